@@ -1,0 +1,1 @@
+"""Kernel adapters: real ones (netlink, ipset, iptables-restore, sysctl) and in-memory fakes."""

@@ -1,0 +1,82 @@
+"""The small Protocols every kernel adapter implements, real or fake.
+
+Each adapter reads one kind of kernel state into the core's shapes and applies a
+run of consecutive plan operations of the kinds it handles (so it may batch them:
+one iptables-restore per table, pipelined netlink requests). On the first failure it
+raises `OperationFailed` naming that operation; operations before it are applied,
+none after it. It returns how many kernel writes it made.
+Must not import: kopf, kubernetes, jinja2; adapters implement, they do not plan.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Protocol, Sequence, runtime_checkable
+
+from vsop.core import ops
+from vsop.core.state import ChainKey, IPSet, Jump, LinkState, RealServer, RealServerKey, ServiceKey, VirtualServer
+
+
+class OperationFailed(Exception):
+    """A kernel refused one operation; `reason` is worded for a person, not an errno."""
+
+    def __init__(self, op: ops.Op, reason: str):
+        self.op = op
+        self.reason = reason
+        super().__init__(f"{op.kind} {op.describe()}: {reason}")
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    handles: tuple[type[ops.Op], ...]
+
+    def apply(self, operations: Sequence[ops.Op]) -> int:
+        """Apply in order; raise OperationFailed at the first refusal; return writes made."""
+        ...
+
+
+class IPVSAdapter(Adapter, Protocol):
+    """AddService EditService DeleteService AddRealServer EditRealServer DeleteRealServer."""
+
+    def probe(self) -> None:
+        """Raise KernelUnsupported when this kernel has no IPVS."""
+        ...
+
+    def read(self) -> tuple[dict[ServiceKey, VirtualServer], dict[RealServerKey, RealServer]]:
+        """Every IPVS service and real server on the host, vsop's or not."""
+        ...
+
+
+class LinkAdapter(Adapter, Protocol):
+    """CreateLink SetLinkUp DeleteLink AddAddress DeleteAddress."""
+
+    def probe(self, link: str) -> None:
+        """Raise KernelUnsupported when dummy links cannot be created."""
+        ...
+
+    def read(self, link: str) -> tuple[LinkState | None, frozenset[str], frozenset[str]]:
+        """(the link, its addresses as "ip/prefix", the node's other addresses as "ip")."""
+        ...
+
+
+class IPSetAdapter(Adapter, Protocol):
+    """CreateSet DestroySet AddSetMember DeleteSetMember."""
+
+    def read(self, names: frozenset[str]) -> dict[str, IPSet]:
+        """The sets among `names` that exist, with members and their comments."""
+        ...
+
+
+class IPTablesAdapter(Adapter, Protocol):
+    """WriteChain DeleteChain AddJump DeleteJump, for both families."""
+
+    def read(self, chains: frozenset[str]) -> tuple[dict[ChainKey, tuple[str, ...]], frozenset[Jump]]:
+        """The named chains with their rules, and the rules in built-in chains jumping to them."""
+        ...
+
+
+class SysctlAdapter(Adapter, Protocol):
+    """SetSysctl."""
+
+    def read(self, names: Iterable[str]) -> dict[str, str]:
+        """Current values; a name the kernel does not have is left out."""
+        ...

@@ -1,0 +1,172 @@
+"""The `vsop` command line: parses arguments, runs one command, maps errors to exit codes.
+
+Exit codes: 0 done, 1 runtime failure, 2 invalid input (nothing was changed).
+Thin on purpose: loading, planning and executing live in their own modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from typing import Sequence
+
+from vsop import __version__
+from vsop.core.commands import command_lines, render
+from vsop.core.desired import Desired, Node, desired_state
+from vsop.core.plan import Plan, PlanError, plan
+from vsop.core.state import KernelState, Names
+from vsop.errors import FieldError, InvalidInput, KernelUnsupported
+from vsop.loader import Loaded, load_paths
+
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+
+DESCRIPTION = """\
+vsop reconciles VirtualService objects into Linux IPVS load balancing, the way
+kube-proxy's IPVS mode does: a dummy link (vsop0) holds the VIPs, IPVS services
+pick a real server, one ipset holds every VIP:port and a few constant iptables
+rules mark and masquerade that traffic.
+
+  vsop plan --from-empty -f examples/seed.yaml   what a clean node would be told
+  vsop crd                                       the CustomResourceDefinition
+"""
+
+
+def _add_files(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
+        help="a YAML file (several documents allowed) or a folder of them; repeatable; '-' reads stdin",
+    )
+    parser.add_argument(
+        "--node-name", default=socket.gethostname(),
+        help="this node's name, for nodeSelector (default: the host name)",
+    )
+    parser.add_argument(
+        "--node-label", action="append", default=[], metavar="KEY=VALUE",
+        help="a label of this node, for nodeSelector; repeatable (kubernetes.io/hostname is always set)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vsop", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "plan",
+        help="validate, diff against this host (or an empty node), print the plan as commands",
+        description=(
+            "Validate the VirtualServices, compute this node's desired kernel state, diff it against\n"
+            "the host (or, with --from-empty, against a node with nothing of vsop's) and print the\n"
+            "operations as the ip / ipvsadm / ipset / iptables / sysctl commands a person would type,\n"
+            "grouped and commented. Nothing is written."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_files(p)
+    p.add_argument("--from-empty", action="store_true", help="plan against an empty node instead of this host")
+    p.add_argument("-o", "--output", choices=("commands", "json"), default="commands", help="output format")
+
+    sub.add_parser("crd", help="print the CustomResourceDefinition generated from the model")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _node(args: argparse.Namespace) -> Node:
+    labels = {"kubernetes.io/hostname": args.node_name}
+    for item in args.node_label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput([FieldError(path="--node-label", reason=f"must be KEY=VALUE, got {item!r}")])
+        labels[key] = value
+    return Node(args.node_name, labels)
+
+
+def _load(args: argparse.Namespace) -> Loaded:
+    stdin_text = sys.stdin.read() if "-" in args.paths else None
+    loaded = load_paths(args.paths, stdin_text=stdin_text)
+    for note in loaded.skipped:
+        print(f"vsop: {note} (not a VirtualService)", file=sys.stderr)
+    return loaded
+
+
+def _report_problems(desired: Desired | Plan) -> None:
+    for problem in desired.problems:
+        print(f"vsop: VirtualService {problem.obj}: {problem.reason}: {problem.message}", file=sys.stderr)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    names = Names()
+    loaded = _load(args)
+    if not args.from_empty:
+        from vsop.host import read_host  # the kernel readers; imported only when a host is read
+
+        observed = read_host(names)
+    else:
+        observed = KernelState()
+    desired = desired_state(loaded.services, _node(args), names=names, node_addresses=observed.node_addresses)
+    _report_problems(desired)
+    result = plan(desired.state, observed, names)
+    _report_problems(result)
+    if args.output == "json":
+        json.dump(
+            {
+                "node": args.node_name,
+                "fromEmpty": args.from_empty,
+                "counts": result.counts(),
+                "operations": [
+                    {"kind": op.kind, "description": op.describe(), "commands": command_lines(op)} for op in result.ops
+                ],
+                "problems": [p.__dict__ for p in (*desired.problems, *result.problems)],
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+        return EXIT_OK
+    against = "an empty node" if args.from_empty else f"this host ({args.node_name})"
+    if not result.ops:
+        print(f"# Nothing to do: {against} already matches {len(loaded.services)} VirtualService(s).")
+        return EXIT_OK
+    print(f"# vsop plan against {against}: {len(result.ops)} operation(s) for {len(desired.programmed)} VirtualService(s).")
+    print("# Each command below is what vsop does through netlink / iptables-restore.\n")
+    sys.stdout.write(render(result.ops))
+    return EXIT_OK
+
+
+def cmd_crd(args: argparse.Namespace) -> int:
+    from vsop.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return EXIT_OK
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"vsop {__version__}")
+    return EXIT_OK
+
+
+COMMANDS = {"plan": cmd_plan, "crd": cmd_crd, "version": cmd_version}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except InvalidInput as exc:
+        for error in exc.errors:
+            print(f"vsop: invalid: {error}", file=sys.stderr)
+        print(f"vsop: {len(exc.errors)} problem(s) found; nothing was changed", file=sys.stderr)
+        return EXIT_INVALID
+    except (KernelUnsupported, PlanError) as exc:
+        print(f"vsop: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""From VirtualServices to the kernel state one node should have.
+
+Owns: which VirtualServices a node programs (node selector, conflicts, refused VIPs),
+how ports and backends become IPVS services and real servers, the ipset members,
+the constant iptables rules and the sysctls.
+Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from vsop.core.state import (
+    ChainKey,
+    IPSet,
+    Jump,
+    KernelState,
+    LinkState,
+    Names,
+    RealServer,
+    RealServerKey,
+    ServiceKey,
+    VirtualServer,
+    host_prefix,
+    ipset_member,
+)
+from vsop.model import PortSpec, VirtualService
+
+
+@dataclass(frozen=True)
+class EndpointPort:
+    name: str | None
+    port: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One address of a Service's EndpointSlice, as the core needs it."""
+
+    address: str
+    ports: tuple[EndpointPort, ...]
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something about one VirtualService a user must be told; it is not programmed (or only partly)."""
+
+    obj: str
+    reason: str  # CamelCase, like a Kubernetes event reason
+    message: str
+
+
+@dataclass(frozen=True)
+class Desired:
+    state: KernelState
+    programmed: tuple[str, ...]  # refs of the VirtualServices this node programs
+    problems: tuple[Problem, ...] = ()
+
+
+def resolve_conflicts(services: Iterable[VirtualService]) -> tuple[list[VirtualService], list[Problem]]:
+    """Two objects claiming one VIP:port/protocol: the older wins, the newer is refused whole.
+
+    Age is metadata.creationTimestamp; ties (or files, which have none) go to the one
+    given first, then to the name, so every node reaches the same verdict.
+    """
+    ordered = sorted(
+        enumerate(services), key=lambda item: (item[1].metadata.creation_timestamp or "", item[0], item[1].ref)
+    )
+    owners: dict[tuple[str, int, str], str] = {}
+    winners: list[VirtualService] = []
+    problems: list[Problem] = []
+    for _, vs in ordered:
+        keys = [(vs.spec.vip, port.port, port.protocol) for port in vs.spec.ports]
+        clash = next(((key, owners[key]) for key in keys if key in owners), None)
+        if clash is not None:
+            (vip, port, protocol), owner = clash
+            problems.append(
+                Problem(vs.ref, "Conflict", f"{vip}:{port}/{protocol} is already claimed by VirtualService {owner}, which is older")
+            )
+            continue
+        for key in keys:
+            owners[key] = vs.ref
+        winners.append(vs)
+    return winners, problems
+
+
+def constant_chains(names: Names, family: int) -> dict[ChainKey, tuple[str, ...]]:
+    """The fixed rules: their count never depends on how many services exist."""
+    vip_ports = names.set_name(names.vip_ports_set, family)
+    nomasq = names.set_name(names.nomasq_set, family)
+    vips = names.set_name(names.vips_set, family)
+    reject = "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"
+    f = 4 if family == 4 else 6
+    return {
+        ChainKey(f, "nat", names.services_chain): (
+            f"-m set --match-set {nomasq} dst,dst -j RETURN",
+            f"-m set --match-set {vip_ports} dst,dst -j {names.mark_chain}",
+        ),
+        ChainKey(f, "nat", names.mark_chain): (f"-j MARK --set-xmark {names.mark}",),
+        ChainKey(f, "nat", names.postrouting_chain): (f"-m mark --mark {names.mark} -j MASQUERADE",),
+        ChainKey(f, "filter", names.filter_chain): (
+            f"-m set --match-set {vip_ports} dst,dst -j ACCEPT",
+            f"-m set --match-set {vips} dst -m conntrack --ctstate NEW -j REJECT --reject-with {reject}",
+        ),
+    }
+
+
+def constant_jumps(names: Names, family: int) -> frozenset[Jump]:
+    f = 4 if family == 4 else 6
+
+    def jump(table: str, chain: str, target: str, what: str) -> Jump:
+        return Jump(f, table, chain, f'-m comment --comment "{names.comment}: {what}" -j {target}')
+
+    return frozenset(
+        {
+            # Locally originated traffic to a VIP never crosses PREROUTING, hence OUTPUT too.
+            jump("nat", "PREROUTING", names.services_chain, "VIP services"),
+            jump("nat", "OUTPUT", names.services_chain, "VIP services"),
+            jump("nat", "POSTROUTING", names.postrouting_chain, "masquerade marked VIP traffic"),
+            jump("filter", "INPUT", names.filter_chain, "only service ports on VIPs"),
+        }
+    )
+
+
+def family_sysctls(family: int) -> dict[str, str]:
+    common = {
+        # Without conntrack entries for IPVS connections, MASQUERADE never sees them.
+        "net.ipv4.vs.conntrack": "1",
+        # Drop connections to a deleted real server at once instead of blackholing them.
+        "net.ipv4.vs.expire_nodest_conn": "1",
+        # Persistence templates of a weight-0 real server expire, so draining finishes.
+        "net.ipv4.vs.expire_quiescent_template": "1",
+    }
+    if family == 4:
+        return {**common, "net.ipv4.ip_forward": "1"}
+    return {**common, "net.ipv6.conf.all.forwarding": "1"}
+
+
+def applies_to_node(vs: VirtualService, node: Node) -> bool:
+    return vs.spec.node_selector.matches(node.labels)
+
+
+def _protocol(port: PortSpec) -> str:
+    return port.protocol.lower()
+
+
+def _static_port(vs: VirtualService, port: PortSpec, backend_port: int | None) -> int:
+    if backend_port is not None:
+        return backend_port
+    if isinstance(port.target_port, int):
+        return port.target_port
+    return port.port
+
+
+def _endpoint_port(port: PortSpec, endpoint: Endpoint) -> int | None:
+    """Which port of an endpoint serves this VIP port; None if it has none that fits."""
+    same_protocol = [p for p in endpoint.ports if p.protocol == port.protocol]
+    if isinstance(port.target_port, int):
+        return port.target_port
+    wanted = port.target_port if isinstance(port.target_port, str) else port.name
+    if wanted is not None:
+        named = next((p.port for p in same_protocol if p.name == wanted), None)
+        if named is not None or isinstance(port.target_port, str):
+            return named
+    if len(same_protocol) == 1:
+        return same_protocol[0].port
+    return port.port
+
+
+def desired_state(
+    services: Iterable[VirtualService],
+    node: Node,
+    *,
+    names: Names = Names(),
+    endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
+    node_addresses: Iterable[str] = (),
+    out_of_service: frozenset[RealServerKey] = frozenset(),
+) -> Desired:
+    """The node's desired kernel state.
+
+    `endpoints` maps (namespace, service name) to the endpoints of a serviceRef.
+    `node_addresses` are the node's own addresses outside vsop's link: such a VIP is refused.
+    `out_of_service` are real servers a health check took out: they get weight 0, unless
+    every real server of their service is out (then there is nothing better; keep all).
+    """
+    endpoints = endpoints or {}
+    own_addresses = {str(ipaddress.ip_address(a.split("/")[0])) for a in node_addresses}
+    winners, problems = resolve_conflicts(services)
+
+    virtual_servers: dict[ServiceKey, VirtualServer] = {}
+    real_servers: dict[RealServerKey, RealServer] = {}
+    members: dict[tuple[str, int], dict[str, str]] = {}  # (set base name, family) -> member -> owner
+    vips: set[str] = set()
+    programmed: list[str] = []
+
+    for vs in winners:
+        spec = vs.spec
+        if not applies_to_node(vs, node):
+            continue
+        if spec.vip in own_addresses:
+            problems.append(
+                Problem(vs.ref, "VIPRefused", f"VIP {spec.vip} is already an address of node {node.name}; binding it to {names.link} would cut the node off")
+            )
+            continue
+        family = spec.family
+        masquerade = spec.masquerade and spec.forwarding == "masq"
+        vips.add(spec.vip)
+        programmed.append(vs.ref)
+        members.setdefault((names.vips_set, family), {})[spec.vip] = vs.ref
+        for port in spec.ports:
+            key = ServiceKey(_protocol(port), spec.vip, port.port)  # type: ignore[arg-type]
+            members.setdefault((names.vip_ports_set, family), {})[ipset_member(key)] = vs.ref
+            if not masquerade:
+                members.setdefault((names.nomasq_set, family), {})[ipset_member(key)] = vs.ref
+            if spec.mode != "ipvs":
+                continue  # keepalived owns IPVS for this service; vsop keeps the rest
+            virtual_servers[key] = VirtualServer(key, spec.scheduler, spec.persistence.timeout_seconds, vs.ref)
+            for rs in _real_servers(vs, port, key, endpoints):
+                real_servers.setdefault(rs.key, rs)
+
+    real_servers = _apply_health(real_servers, out_of_service)
+
+    families = {ipaddress.ip_address(vip).version for vip in vips}
+    ipsets: dict[str, IPSet] = {}
+    chains: dict[ChainKey, tuple[str, ...]] = {}
+    jumps: set[Jump] = set()
+    sysctls: dict[str, str] = {}
+    for family in sorted(families):
+        for base, kind in ((names.vip_ports_set, "hash:ip,port"), (names.nomasq_set, "hash:ip,port"), (names.vips_set, "hash:ip")):
+            name = names.set_name(base, family)
+            ipsets[name] = IPSet(name, kind, family, dict(members.get((base, family), {})))  # type: ignore[arg-type]
+        chains.update(constant_chains(names, family))
+        jumps |= constant_jumps(names, family)
+        sysctls.update(family_sysctls(family))
+
+    state = KernelState(
+        link=LinkState(names.link, up=True) if vips else None,
+        addresses=frozenset(host_prefix(vip) for vip in vips),
+        services=virtual_servers,
+        real_servers=real_servers,
+        ipsets=ipsets,
+        chains=chains,
+        jumps=frozenset(jumps),
+        sysctls=sysctls,
+    )
+    return Desired(state, tuple(programmed), tuple(problems))
+
+
+def _real_servers(
+    vs: VirtualService, port: PortSpec, key: ServiceKey, endpoints: Mapping[tuple[str, str], Iterable[Endpoint]]
+) -> list[RealServer]:
+    spec = vs.spec
+    found: list[RealServer] = []
+    for backend in spec.backends:
+        rport = _static_port(vs, port, backend.port) if spec.forwarding == "masq" else port.port
+        found.append(RealServer(RealServerKey(key, backend.address, rport), spec.forwarding, backend.weight))
+    if spec.service_ref is not None:
+        family = spec.family
+        for endpoint in endpoints.get((vs.metadata.namespace, spec.service_ref.name), ()):
+            if ipaddress.ip_address(endpoint.address).version != family and spec.forwarding != "tunnel":
+                continue  # dual-stack slices: only the VIP's family
+            if endpoint.ready:
+                weight = 1
+            elif endpoint.terminating and endpoint.serving:
+                weight = 0  # drained: existing connections finish, no new ones arrive
+            else:
+                continue
+            rport = _endpoint_port(port, endpoint) if spec.forwarding == "masq" else port.port
+            if rport is None:
+                continue
+            found.append(RealServer(RealServerKey(key, endpoint.address, rport), spec.forwarding, weight))
+    return found
+
+
+def _apply_health(real_servers: dict[RealServerKey, RealServer], out: frozenset[RealServerKey]) -> dict[RealServerKey, RealServer]:
+    if not out:
+        return real_servers
+    by_service: dict[ServiceKey, list[RealServer]] = {}
+    for rs in real_servers.values():
+        by_service.setdefault(rs.key.service, []).append(rs)
+    result = dict(real_servers)
+    for servers in by_service.values():
+        serving = [rs for rs in servers if rs.weight > 0]
+        if serving and all(rs.key in out for rs in serving):
+            continue  # all of them failing: keep them, there is nothing better to send traffic to
+        for rs in serving:
+            if rs.key in out:
+                result[rs.key] = RealServer(rs.key, rs.forwarding, 0)
+    return result

@@ -1,0 +1,225 @@
+"""An in-memory kernel: applies plan operations to a KernelState, refusing what a kernel refuses.
+
+It is the fakes' engine and the property tests' oracle. It enforces the kernel's own
+preconditions (no duplicate service, no real server without its service, no address
+without its link, no rule naming a missing set or chain, no chain deleted while a
+jump names it, no set destroyed while a rule names it) and vsop's ownership rule (an
+IPVS service is created only on a VIP already bound to vsop's link, and a VIP is
+unbound only once its services are gone), so a plan in the wrong order fails here.
+Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterable
+
+from vsop.core import ops
+from vsop.core.plan import jump_target
+from vsop.core.state import ChainKey, IPSet, KernelState, LinkState, Names
+
+
+class KernelRefused(Exception):
+    """What the real kernel would answer with an errno."""
+
+
+def apply_op(state: KernelState, op: ops.Op, names: Names = Names()) -> KernelState:
+    handler = _HANDLERS[type(op)]
+    return handler(state, op, names)
+
+
+def apply_ops(state: KernelState, operations: Iterable[ops.Op], names: Names = Names()) -> KernelState:
+    for op in operations:
+        state = apply_op(state, op, names)
+    return state
+
+
+def _refuse(message: str) -> KernelRefused:
+    return KernelRefused(message)
+
+
+def _sysctl(state: KernelState, op: ops.SetSysctl, names: Names) -> KernelState:
+    return replace(state, sysctls={**state.sysctls, op.name: op.value})
+
+
+def _create_set(state: KernelState, op: ops.CreateSet, names: Names) -> KernelState:
+    if op.ipset.name in state.ipsets:
+        raise _refuse(f"ipset {op.ipset.name}: set with the same name already exists")
+    return replace(state, ipsets={**state.ipsets, op.ipset.name: IPSet(op.ipset.name, op.ipset.kind, op.ipset.family, {})})
+
+
+def _destroy_set(state: KernelState, op: ops.DestroySet, names: Names) -> KernelState:
+    if op.name not in state.ipsets:
+        raise _refuse(f"ipset {op.name}: the set does not exist")
+    if any(f"--match-set {op.name} " in rule for rules in state.chains.values() for rule in rules):
+        raise _refuse(f"ipset {op.name}: set is in use by a kernel component")
+    return replace(state, ipsets={k: v for k, v in state.ipsets.items() if k != op.name})
+
+
+def _add_member(state: KernelState, op: ops.AddSetMember, names: Names) -> KernelState:
+    ipset = state.ipsets.get(op.set_name)
+    if ipset is None:
+        raise _refuse(f"ipset {op.set_name}: the set does not exist")
+    if op.member in ipset.members and not op.replace:
+        raise _refuse(f"ipset {op.set_name}: element {op.member} is already added")
+    members = {**ipset.members, op.member: op.comment}
+    return replace(state, ipsets={**state.ipsets, op.set_name: replace(ipset, members=members)})
+
+
+def _del_member(state: KernelState, op: ops.DeleteSetMember, names: Names) -> KernelState:
+    ipset = state.ipsets.get(op.set_name)
+    if ipset is None or op.member not in ipset.members:
+        raise _refuse(f"ipset {op.set_name}: element {op.member} is not added")
+    members = {k: v for k, v in ipset.members.items() if k != op.member}
+    return replace(state, ipsets={**state.ipsets, op.set_name: replace(ipset, members=members)})
+
+
+def _write_chain(state: KernelState, op: ops.WriteChain, names: Names) -> KernelState:
+    for rule in op.rules:
+        words = rule.split()
+        if "--match-set" in words:
+            set_name = words[words.index("--match-set") + 1]
+            if set_name not in state.ipsets:
+                raise _refuse(f"iptables-restore: Set {set_name} doesn't exist")
+        target = jump_target(rule)
+        if target in names.owned_chains() and target != op.key.chain:
+            if ChainKey(op.key.family, op.key.table, target) not in state.chains:
+                raise _refuse(f"iptables-restore: Couldn't load target `{target}'")
+    return replace(state, chains={**state.chains, op.key: op.rules})
+
+
+def _delete_chain(state: KernelState, op: ops.DeleteChain, names: Names) -> KernelState:
+    if op.key not in state.chains:
+        raise _refuse(f"iptables: chain {op.key.chain} does not exist")
+    referenced = [j for j in state.jumps if (j.family, j.table) == (op.key.family, op.key.table) and jump_target(j.rule) == op.key.chain]
+    referenced_by_chain = [
+        k for k, rules in state.chains.items()
+        if k != op.key and (k.family, k.table) == (op.key.family, op.key.table) and any(jump_target(r) == op.key.chain for r in rules)
+    ]
+    if referenced or referenced_by_chain:
+        raise _refuse(f"iptables: chain {op.key.chain} is still referenced")
+    return replace(state, chains={k: v for k, v in state.chains.items() if k != op.key})
+
+
+def _add_jump(state: KernelState, op: ops.AddJump, names: Names) -> KernelState:
+    target = jump_target(op.jump.rule)
+    key_exists = any((k.family, k.table, k.chain) == (op.jump.family, op.jump.table, target) for k in state.chains)
+    if not key_exists:
+        raise _refuse(f"iptables: chain {target} does not exist")
+    return replace(state, jumps=state.jumps | {op.jump})
+
+
+def _delete_jump(state: KernelState, op: ops.DeleteJump, names: Names) -> KernelState:
+    if op.jump not in state.jumps:
+        raise _refuse("iptables: Bad rule (does a matching rule exist in that chain?)")
+    return replace(state, jumps=state.jumps - {op.jump})
+
+
+def _create_link(state: KernelState, op: ops.CreateLink, names: Names) -> KernelState:
+    if state.link is not None:
+        raise _refuse(f"link {op.name}: File exists")
+    return replace(state, link=LinkState(op.name, up=True), addresses=frozenset())
+
+
+def _link_up(state: KernelState, op: ops.SetLinkUp, names: Names) -> KernelState:
+    if state.link is None:
+        raise _refuse(f"link {op.name}: No such device")
+    return replace(state, link=LinkState(op.name, up=True))
+
+
+def _delete_link(state: KernelState, op: ops.DeleteLink, names: Names) -> KernelState:
+    if state.link is None:
+        raise _refuse(f"link {op.name}: No such device")
+    bound = state.bound_vips()
+    if any(key.vip in bound for key in state.services):
+        raise _refuse(f"ownership: deleting {op.name} would leave its VIPs' IPVS services behind")
+    return replace(state, link=None, addresses=frozenset())
+
+
+def _add_address(state: KernelState, op: ops.AddAddress, names: Names) -> KernelState:
+    if state.link is None:
+        raise _refuse(f"address {op.address}: Cannot find device {op.link}")
+    if op.address in state.addresses:
+        raise _refuse(f"address {op.address}: File exists")
+    return replace(state, addresses=state.addresses | {op.address})
+
+
+def _delete_address(state: KernelState, op: ops.DeleteAddress, names: Names) -> KernelState:
+    if op.address not in state.addresses:
+        raise _refuse(f"address {op.address}: Cannot assign requested address")
+    vip = op.address.split("/")[0]
+    if any(key.vip == vip for key in state.services):
+        raise _refuse(f"ownership: unbinding {vip} first would turn its IPVS services foreign")
+    return replace(state, addresses=state.addresses - {op.address})
+
+
+def _add_service(state: KernelState, op: ops.AddService, names: Names) -> KernelState:
+    key = op.service.key
+    if key in state.services:
+        raise _refuse(f"IPVS service {key}: File exists")
+    if key.vip not in state.bound_vips():
+        raise _refuse(f"ownership: IPVS service {key} created before its VIP is bound to {names.link}")
+    return replace(state, services={**state.services, key: op.service})
+
+
+def _edit_service(state: KernelState, op: ops.EditService, names: Names) -> KernelState:
+    key = op.service.key
+    if key not in state.services:
+        raise _refuse(f"IPVS service {key}: No such process")
+    return replace(state, services={**state.services, key: op.service})
+
+
+def _delete_service(state: KernelState, op: ops.DeleteService, names: Names) -> KernelState:
+    if op.key not in state.services:
+        raise _refuse(f"IPVS service {op.key}: No such process")
+    return replace(
+        state,
+        services={k: v for k, v in state.services.items() if k != op.key},
+        real_servers={k: v for k, v in state.real_servers.items() if k.service != op.key},
+    )
+
+
+def _add_real_server(state: KernelState, op: ops.AddRealServer, names: Names) -> KernelState:
+    key = op.real_server.key
+    if key.service not in state.services:
+        raise _refuse(f"real server {key}: IPVS service {key.service} does not exist")
+    if key in state.real_servers:
+        raise _refuse(f"real server {key}: File exists")
+    return replace(state, real_servers={**state.real_servers, key: op.real_server})
+
+
+def _edit_real_server(state: KernelState, op: ops.EditRealServer, names: Names) -> KernelState:
+    key = op.real_server.key
+    if key not in state.real_servers:
+        raise _refuse(f"real server {key}: No such file or directory")
+    return replace(state, real_servers={**state.real_servers, key: op.real_server})
+
+
+def _delete_real_server(state: KernelState, op: ops.DeleteRealServer, names: Names) -> KernelState:
+    if op.key not in state.real_servers:
+        raise _refuse(f"real server {op.key}: No such file or directory")
+    return replace(state, real_servers={k: v for k, v in state.real_servers.items() if k != op.key})
+
+
+_HANDLERS = {
+    ops.SetSysctl: _sysctl,
+    ops.CreateSet: _create_set,
+    ops.DestroySet: _destroy_set,
+    ops.AddSetMember: _add_member,
+    ops.DeleteSetMember: _del_member,
+    ops.WriteChain: _write_chain,
+    ops.DeleteChain: _delete_chain,
+    ops.AddJump: _add_jump,
+    ops.DeleteJump: _delete_jump,
+    ops.CreateLink: _create_link,
+    ops.SetLinkUp: _link_up,
+    ops.DeleteLink: _delete_link,
+    ops.AddAddress: _add_address,
+    ops.DeleteAddress: _delete_address,
+    ops.AddService: _add_service,
+    ops.EditService: _edit_service,
+    ops.DeleteService: _delete_service,
+    ops.AddRealServer: _add_real_server,
+    ops.EditRealServer: _edit_real_server,
+    ops.DeleteRealServer: _delete_real_server,
+}

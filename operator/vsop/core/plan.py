@@ -1,0 +1,231 @@
+"""Diff desired against observed kernel state and order the changes.
+
+Owns what counts as vsop's in an observed state (its link and the VIPs bound there,
+IPVS services on those VIPs, its sets, chains and jumps) and the order that keeps
+the node safe while it changes: the VIP filter is in place before a VIP is bound,
+an address is bound before its IPVS service exists, new real servers come before old
+ones leave, services go before their address, jumps go before their chains, chains
+before their sets. Anything not vsop's is never in a plan.
+Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from vsop.core import ops
+from vsop.core.desired import Problem
+from vsop.core.state import ChainKey, IPSet, KernelState, Names, RealServer, ServiceKey
+
+
+class PlanError(Exception):
+    """The observed state cannot be reconciled safely (e.g. a set of vsop's name with a foreign type)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    ops: tuple[ops.Op, ...]
+    problems: tuple[Problem, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for op in self.ops:
+            counts[op.kind] = counts.get(op.kind, 0) + 1
+        return counts
+
+
+# Execution order, by op type. Additions first (safest order for traffic), then removals.
+PHASES: tuple[type[ops.Op], ...] = (
+    ops.SetSysctl,
+    ops.CreateSet,
+    ops.AddSetMember,
+    ops.WriteChain,
+    ops.AddJump,
+    ops.CreateLink,
+    ops.SetLinkUp,
+    ops.AddAddress,
+    ops.AddService,
+    ops.EditService,
+    ops.AddRealServer,
+    ops.EditRealServer,
+    ops.DeleteRealServer,
+    ops.DeleteService,
+    ops.DeleteAddress,
+    ops.DeleteSetMember,
+    ops.DeleteLink,
+    ops.DeleteJump,
+    ops.DeleteChain,
+    ops.DestroySet,
+)
+
+
+def owned(observed: KernelState, names: Names) -> KernelState:
+    """The part of an observed state that is vsop's; everything else is foreign."""
+    link = observed.link if observed.link is not None and observed.link.name == names.link else None
+    addresses = observed.addresses if link is not None else frozenset()
+    bound = frozenset(a.split("/")[0] for a in addresses)
+    chains = names.owned_chains()
+    return KernelState(
+        link=link,
+        addresses=addresses,
+        services={k: v for k, v in observed.services.items() if k.vip in bound},
+        real_servers={k: v for k, v in observed.real_servers.items() if k.service.vip in bound},
+        ipsets={k: v for k, v in observed.ipsets.items() if k in names.owned_set_names()},
+        chains={k: v for k, v in observed.chains.items() if k.chain in chains},
+        jumps=frozenset(j for j in observed.jumps if jump_target(j.rule) in chains),
+        sysctls=dict(observed.sysctls),
+        node_addresses=observed.node_addresses,
+    )
+
+
+def jump_target(rule: str) -> str | None:
+    words = rule.split()
+    for flag in ("-j", "--jump", "-g", "--goto"):
+        if flag in words:
+            index = words.index(flag)
+            if index + 1 < len(words):
+                return words[index + 1]
+    return None
+
+
+def without_vips(state: KernelState, vips: Iterable[str], names: Names) -> KernelState:
+    """The desired state with some VIPs left out entirely (services, members, address)."""
+    drop = frozenset(vips)
+    if not drop:
+        return state
+    ipsets = {}
+    for name, ipset in state.ipsets.items():
+        kept = {m: c for m, c in ipset.members.items() if m.split(",")[0] not in drop}
+        ipsets[name] = replace(ipset, members=kept)
+    addresses = frozenset(a for a in state.addresses if a.split("/")[0] not in drop)
+    return replace(
+        state,
+        link=state.link if addresses else None,
+        addresses=addresses,
+        services={k: v for k, v in state.services.items() if k.vip not in drop},
+        real_servers={k: v for k, v in state.real_servers.items() if k.service.vip not in drop},
+        ipsets=ipsets,
+    )
+
+
+def plan(desired: KernelState, observed: KernelState, names: Names = Names()) -> Plan:
+    """The ordered operations that turn the observed node into the desired one."""
+    mine = owned(observed, names)
+    problems: list[Problem] = []
+
+    # A desired service that already exists on an address vsop has not bound belongs to
+    # someone else: binding the VIP would silently adopt it. Leave that VIP alone.
+    foreign = {key for key in observed.services if key not in mine.services}
+    clashing = sorted({key.vip for key in desired.services if key in foreign})
+    for vip in clashing:
+        owners = sorted({s.owner for k, s in desired.services.items() if k.vip == vip and s.owner})
+        for owner in owners or [""]:
+            problems.append(
+                Problem(owner, "VIPInUse", f"VIP {vip} has IPVS services vsop does not own; not binding it")
+            )
+    desired = without_vips(desired, clashing, names)
+
+    planned: list[ops.Op] = []
+    planned += _sysctls(desired, mine)
+    planned += _link(desired, mine, names)
+    planned += _addresses(desired, mine, names)
+    planned += _ipsets(desired, mine)
+    planned += _chains(desired, mine)
+    planned += _ipvs(desired, mine)
+    order = {phase: index for index, phase in enumerate(PHASES)}
+    planned.sort(key=lambda op: order[type(op)])  # stable: keeps the sorted order within a phase
+    return Plan(tuple(planned), tuple(problems))
+
+
+def _sysctls(desired: KernelState, mine: KernelState) -> list[ops.Op]:
+    return [
+        ops.SetSysctl(name, value, mine.sysctls.get(name))
+        for name, value in sorted(desired.sysctls.items())
+        if mine.sysctls.get(name) != value
+    ]
+
+
+def _link(desired: KernelState, mine: KernelState, names: Names) -> list[ops.Op]:
+    if desired.link is not None and mine.link is None:
+        return [ops.CreateLink(names.link)]
+    if desired.link is not None and mine.link is not None and not mine.link.up:
+        return [ops.SetLinkUp(names.link)]
+    if desired.link is None and mine.link is not None:
+        return [ops.DeleteLink(names.link)]
+    return []
+
+
+def _addresses(desired: KernelState, mine: KernelState, names: Names) -> list[ops.Op]:
+    result: list[ops.Op] = [ops.AddAddress(names.link, a) for a in sorted(desired.addresses - mine.addresses)]
+    if desired.link is not None:  # deleting the link takes its addresses with it
+        result += [ops.DeleteAddress(names.link, a) for a in sorted(mine.addresses - desired.addresses)]
+    return result
+
+
+def _ipsets(desired: KernelState, mine: KernelState) -> list[ops.Op]:
+    result: list[ops.Op] = []
+    for name, want in sorted(desired.ipsets.items()):
+        have = mine.ipsets.get(name)
+        if have is not None and have.header != want.header:
+            raise PlanError(
+                f"ipset {name} exists as {have.kind} IPv{have.family}, vsop needs {want.kind} IPv{want.family}; "
+                "remove it (vsop cleanup) and apply again"
+            )
+        current = have.members if have is not None else {}
+        if have is None:
+            result.append(ops.CreateSet(IPSet(want.name, want.kind, want.family)))
+        for member, comment in sorted(want.members.items()):
+            if member not in current:
+                result.append(ops.AddSetMember(name, member, comment))
+            elif current[member] != comment:
+                result.append(ops.AddSetMember(name, member, comment, replace=True))
+        result += [ops.DeleteSetMember(name, m) for m in sorted(set(current) - set(want.members))]
+    for name in sorted(set(mine.ipsets) - set(desired.ipsets)):
+        result.append(ops.DestroySet(name))  # its members go with it
+    return result
+
+
+def _dependency_order(chains: dict[ChainKey, tuple[str, ...]]) -> list[ChainKey]:
+    """Chains that jump to none of the others first, so a target exists before its jump."""
+    names = {key.chain for key in chains}
+    return sorted(chains, key=lambda key: (sum(jump_target(rule) in names for rule in chains[key]), key))
+
+
+def _chains(desired: KernelState, mine: KernelState) -> list[ops.Op]:
+    result: list[ops.Op] = []
+    for key in _dependency_order(dict(desired.chains)):
+        if mine.chains.get(key) != desired.chains[key]:
+            result.append(ops.WriteChain(key, desired.chains[key], exists=key in mine.chains))
+    gone = {key: rules for key, rules in mine.chains.items() if key not in desired.chains}
+    result += [ops.DeleteChain(key) for key in reversed(_dependency_order(gone))]
+    result += [ops.AddJump(j) for j in sorted(desired.jumps - mine.jumps)]
+    result += [ops.DeleteJump(j) for j in sorted(mine.jumps - desired.jumps)]
+    return result
+
+
+def _ipvs(desired: KernelState, mine: KernelState) -> list[ops.Op]:
+    result: list[ops.Op] = []
+    for key, want in sorted(desired.services.items()):
+        have = mine.services.get(key)
+        if have is None:
+            result.append(ops.AddService(want))
+        elif not want.same_kernel_config(have):
+            # In place: deleting and re-adding would drop every connection of the service.
+            result.append(ops.EditService(want, have))
+    gone_services: set[ServiceKey] = set(mine.services) - set(desired.services)
+    for key, want_rs in sorted(desired.real_servers.items()):
+        have_rs: RealServer | None = mine.real_servers.get(key)
+        if have_rs is None:
+            result.append(ops.AddRealServer(want_rs))
+        elif not want_rs.same_kernel_config(have_rs):
+            result.append(ops.EditRealServer(want_rs, have_rs))
+    for key in sorted(set(mine.real_servers) - set(desired.real_servers)):
+        if key.service not in gone_services:  # deleting a service deletes its real servers
+            result.append(ops.DeleteRealServer(key))
+    result += [ops.DeleteService(key) for key in sorted(gone_services)]
+    return result
+

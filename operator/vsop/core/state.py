@@ -1,0 +1,163 @@
+"""The shapes of kernel state vsop reasons about, desired and observed alike.
+
+One `KernelState` describes a node: the dummy link and its addresses, IPVS virtual
+services and real servers, ipsets, vsop's iptables chains and the jumps into them,
+and sysctls. Observed states may hold foreign objects (other IPVS services, other
+addresses of the node); `Names` says which objects are vsop's.
+Pure data: must not import anything beyond the standard library.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal, Mapping
+
+Protocol = Literal["tcp", "udp", "sctp"]
+Forwarding = Literal["masq", "route", "tunnel"]
+Family = Literal[4, 6]
+
+
+@dataclass(frozen=True)
+class Names:
+    """Names of everything vsop owns; configurable so two instances can coexist."""
+
+    link: str = "vsop0"
+    vip_ports_set: str = "VSOP-VIP-PORTS"
+    vips_set: str = "VSOP-VIPS"
+    nomasq_set: str = "VSOP-VIP-PORTS-NOMASQ"
+    services_chain: str = "VSOP-SERVICES"
+    mark_chain: str = "VSOP-MARK-MASQ"
+    postrouting_chain: str = "VSOP-POSTROUTING"
+    filter_chain: str = "VSOP-FILTER"
+    masq_mark: int = 0x2000
+    comment: str = "vsop"
+
+    def set_name(self, base: str, family: int) -> str:
+        # ipset names are global across families, so IPv6 sets get a suffix (31 chars max).
+        return base if family == 4 else f"{base}-V6"
+
+    def owned_set_names(self) -> frozenset[str]:
+        bases = (self.vip_ports_set, self.vips_set, self.nomasq_set)
+        return frozenset(self.set_name(base, family) for base in bases for family in (4, 6))
+
+    def owned_chains(self) -> frozenset[str]:
+        return frozenset((self.services_chain, self.mark_chain, self.postrouting_chain, self.filter_chain))
+
+    @property
+    def mark(self) -> str:
+        return f"{self.masq_mark:#x}/{self.masq_mark:#x}"
+
+
+@dataclass(frozen=True, order=True)
+class ServiceKey:
+    """An IPVS virtual service is identified by protocol, address and port."""
+
+    protocol: Protocol
+    vip: str
+    port: int
+
+    @property
+    def family(self) -> Family:
+        return 6 if ":" in self.vip else 4
+
+    def __str__(self) -> str:
+        host = f"[{self.vip}]" if self.family == 6 else self.vip
+        return f"{self.protocol.upper()} {host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class VirtualServer:
+    key: ServiceKey
+    scheduler: str = "rr"
+    persistence_timeout: int = 0  # 0: not persistent
+    owner: str = ""  # "namespace/name" of the VirtualService; not a kernel attribute
+
+    def same_kernel_config(self, other: "VirtualServer") -> bool:
+        return (self.scheduler, self.persistence_timeout) == (other.scheduler, other.persistence_timeout)
+
+
+@dataclass(frozen=True, order=True)
+class RealServerKey:
+    service: ServiceKey
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RealServer:
+    key: RealServerKey
+    forwarding: Forwarding = "masq"
+    weight: int = 1
+    # Connection counters are observed only; they never make two states differ.
+    active_connections: int = field(default=0, compare=False)
+    inactive_connections: int = field(default=0, compare=False)
+
+    def same_kernel_config(self, other: "RealServer") -> bool:
+        return (self.forwarding, self.weight) == (other.forwarding, other.weight)
+
+
+@dataclass(frozen=True)
+class IPSet:
+    name: str
+    kind: str  # "hash:ip,port" | "hash:ip"
+    family: Family
+    members: Mapping[str, str] = field(default_factory=dict)  # member -> comment (owning object)
+
+    @property
+    def header(self) -> tuple[str, str, int]:
+        return (self.name, self.kind, self.family)
+
+
+@dataclass(frozen=True, order=True)
+class ChainKey:
+    family: Family
+    table: str
+    chain: str
+
+
+@dataclass(frozen=True, order=True)
+class Jump:
+    """A rule in a built-in chain that jumps to one of vsop's chains."""
+
+    family: Family
+    table: str
+    chain: str  # the built-in chain: PREROUTING, OUTPUT, POSTROUTING, INPUT
+    rule: str  # rule text as iptables-save prints it, without "-A CHAIN"
+
+
+@dataclass(frozen=True)
+class LinkState:
+    name: str
+    up: bool = True
+
+
+@dataclass(frozen=True)
+class KernelState:
+    link: LinkState | None = None
+    addresses: frozenset[str] = frozenset()  # VIPs on vsop's link, as "ip/prefixlen"
+    services: Mapping[ServiceKey, VirtualServer] = field(default_factory=dict)
+    real_servers: Mapping[RealServerKey, RealServer] = field(default_factory=dict)
+    ipsets: Mapping[str, IPSet] = field(default_factory=dict)
+    chains: Mapping[ChainKey, tuple[str, ...]] = field(default_factory=dict)  # rules, iptables-save text
+    jumps: frozenset[Jump] = frozenset()
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+    # Addresses of the node outside vsop's link; a VIP among them is refused.
+    node_addresses: frozenset[str] = frozenset()
+
+    def bound_vips(self) -> frozenset[str]:
+        return frozenset(address.split("/")[0] for address in self.addresses)
+
+
+def host_prefix(vip: str) -> str:
+    """A VIP is bound as a host route only: /32 or /128, never a subnet."""
+    return f"{vip}/{128 if ipaddress.ip_address(vip).version == 6 else 32}"
+
+
+def ipset_member(key: ServiceKey) -> str:
+    """hash:ip,port member text, as `ipset save` prints it."""
+    return f"{key.vip},{key.protocol}:{key.port}"

@@ -1,0 +1,211 @@
+"""The CustomResourceDefinition, generated from the model.
+
+Owns the translation of pydantic's JSON schema into a structural
+apiextensions.k8s.io/v1 schema (refs inlined, optionals flattened, int-or-string
+marked) and the CEL rules that mirror `model.semantic_errors`, so the API server
+refuses what a file would be refused for. `crds/virtualservices.vsop.dev.yaml` is
+this module's output, committed; a test keeps the two equal.
+Must not import: kopf, pyroute2, kubernetes, subprocess.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from vsop.model import API_GROUP, API_VERSION, DNS_LABEL, KIND, VirtualServiceSpec, VirtualServiceStatus
+
+PLURAL = "virtualservices"
+
+# Each mirrors a rule of model.semantic_errors; the message matches its reason.
+SPEC_RULES: list[dict[str, str]] = [
+    {
+        "rule": "(has(self.backends) && size(self.backends) > 0) || has(self.serviceRef)",
+        "message": "at least one of backends or serviceRef is required",
+        "fieldPath": ".backends",
+        "reason": "FieldValueRequired",
+    },
+    {
+        "rule": "has(self.serviceRef) || self.ports.all(p, !has(p.targetPort) || type(p.targetPort) == int)",
+        "message": "a port name in targetPort needs serviceRef to resolve it",
+        "fieldPath": ".ports",
+    },
+    {
+        "rule": "self.forwarding == 'masq' || self.ports.all(p, !has(p.targetPort) || (type(p.targetPort) == int && p.targetPort == p.port))",
+        "message": "only forwarding masq can change the port: with route or tunnel, targetPort must equal port",
+        "fieldPath": ".ports",
+    },
+    {
+        "rule": "self.ports.all(p, !has(p.name) || self.ports.filter(q, has(q.name) && q.name == p.name).size() == 1)",
+        "message": "port names must be unique",
+        "fieldPath": ".ports",
+    },
+    {
+        "rule": "self.forwarding == 'tunnel' || !has(self.backends) || self.backends.all(b, b.address.contains(':') == self.vip.contains(':'))",
+        "message": "a backend of another IP family than the VIP needs forwarding: tunnel",
+        "fieldPath": ".backends",
+    },
+    {
+        "rule": "size(self.ports) == 1 || !has(self.backends) || self.backends.all(b, !has(b.port))",
+        "message": "a backend port is ambiguous with several ports; use ports[].targetPort",
+        "fieldPath": ".backends",
+    },
+    {
+        "rule": "self.forwarding == 'masq' || !has(self.backends) || self.backends.all(b, !has(b.port) || b.port == self.ports[0].port)",
+        "message": "only forwarding masq can change the port: with route or tunnel, a backend port must equal the VIP port",
+        "fieldPath": ".backends",
+    },
+    {
+        "rule": "!has(self.announce) || self.announce != 'vrrp' || has(self.vrrp)",
+        "message": "announce: vrrp needs the vrrp block (interface, virtualRouterID)",
+        "fieldPath": ".vrrp",
+    },
+    {
+        "rule": "!has(self.announce) || self.announce != 'vrrp' || self.mode == 'keepalived'",
+        "message": "announce: vrrp is done by keepalived and needs mode: keepalived",
+        "fieldPath": ".announce",
+    },
+]
+
+HEALTH_CHECK_RULES = [
+    {
+        "rule": "self.type == 'none' || self.timeoutSeconds < self.intervalSeconds",
+        "message": "timeoutSeconds must be less than intervalSeconds",
+        "fieldPath": ".timeoutSeconds",
+    }
+]
+
+TARGET_PORT_RULES = [
+    {
+        "rule": f"type(self) == int ? (self >= 1 && self <= 65535) : (size(self) <= 63 && self.matches('{DNS_LABEL}'))",
+        "message": "must be a port number 1..65535 or a port name (DNS label)",
+    }
+]
+
+PRINTER_COLUMNS = [
+    {"name": "VIP", "type": "string", "jsonPath": ".spec.vip"},
+    {"name": "Ports", "type": "string", "jsonPath": ".spec.ports[*].port"},
+    {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "priority": 1},
+    {"name": "Scheduler", "type": "string", "jsonPath": ".spec.scheduler", "priority": 1},
+    {"name": "Healthy", "type": "integer", "jsonPath": ".status.backends.healthy"},
+    {"name": "Backends", "type": "integer", "jsonPath": ".status.backends.total"},
+    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def _structural(schema: Any, defs: dict[str, Any]) -> Any:
+    """pydantic JSON schema -> Kubernetes structural schema."""
+    if isinstance(schema, list):
+        return [_structural(item, defs) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema:
+        target = copy.deepcopy(defs[schema["$ref"].split("/")[-1]])
+        extra = {k: v for k, v in schema.items() if k != "$ref"}
+        return _structural({**target, **extra}, defs)
+    schema = dict(schema)
+    branches = schema.pop("anyOf", None)
+    if branches is not None:
+        non_null = [b for b in branches if b.get("type") != "null"]
+        types = sorted(b.get("type", "") for b in non_null)
+        if types == ["integer", "string"]:
+            # int-or-string (targetPort): structural schemas allow no typed branches; CEL checks values.
+            schema.update({"x-kubernetes-int-or-string": True})
+        elif len(non_null) == 1:
+            schema = {**_structural(non_null[0], defs), **schema}
+        else:
+            raise ValueError(f"cannot express union {branches} structurally")
+    result: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("title", "additionalProperties") and not (key == "additionalProperties" and isinstance(value, dict)):
+            continue  # unknown fields are pruned by the API server; properties and additionalProperties exclude each other
+        if key == "default" and value in (None, [], {}):
+            continue
+        if key == "const":
+            result["enum"] = [value]
+            continue
+        if key == "properties":
+            result[key] = {name: _structural(prop, defs) for name, prop in value.items()}
+        elif key in ("items", "additionalProperties"):
+            result[key] = _structural(value, defs)
+        else:
+            result[key] = value
+    return result
+
+
+def _schema_of(model: type) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")  # type: ignore[attr-defined]
+    defs = raw.pop("$defs", {})
+    return _structural(raw, defs)
+
+
+def spec_schema() -> dict[str, Any]:
+    spec = _schema_of(VirtualServiceSpec)
+    spec["x-kubernetes-validations"] = SPEC_RULES
+    props = spec["properties"]
+    ports = props["ports"]
+    # Like a Service's ports: a list-map keyed by (port, protocol), so duplicates are refused.
+    ports["x-kubernetes-list-type"] = "map"
+    ports["x-kubernetes-list-map-keys"] = ["port", "protocol"]
+    ports["items"]["properties"]["targetPort"]["x-kubernetes-validations"] = TARGET_PORT_RULES
+    props["healthCheck"]["x-kubernetes-validations"] = HEALTH_CHECK_RULES
+    props["vip"]["description"] = "The virtual IP: an IPv4 or IPv6 address literal, bound as /32 or /128 on vsop0."
+    return spec
+
+
+def status_schema() -> dict[str, Any]:
+    status = _schema_of(VirtualServiceStatus)
+    status["properties"]["conditions"]["x-kubernetes-list-type"] = "map"
+    status["properties"]["conditions"]["x-kubernetes-list-map-keys"] = ["type"]
+    return status
+
+
+def crd() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{API_GROUP}"},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": ["vsop"],
+                "categories": ["vsop"],
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A virtual IP load-balanced by IPVS (or keepalived) across backends.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema(),
+                                "status": status_schema(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = "# Generated by `vsop crd` from vsop.model; do not edit (tests compare it).\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120, allow_unicode=False)

@@ -1,0 +1,376 @@
+"""The v1alpha1 VirtualService resource: typed, immutable, validated.
+
+Owns the spec and status shapes, their defaults and every validation rule, and the
+error type that names the object, field and reason. Structural rules live on the
+pydantic fields (so they also reach the generated CRD schema); rules that relate
+fields to each other live in `semantic_errors`, mirrored as CEL in the CRD.
+
+Must not import: anything that touches the kernel, the cluster, files or processes
+(kopf, pyroute2, kubernetes, subprocess, socket) or other vsop modules but `errors`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal, Mapping
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+)
+from pydantic.alias_generators import to_camel
+
+from vsop.errors import FieldError, InvalidInput
+
+API_GROUP = "vsop.dev"
+API_VERSION = "v1alpha1"
+KIND = "VirtualService"
+
+# Every scheduler the kernel ships as ip_vs_<name>; the names ipvsadm -s accepts.
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+MAX_PERSISTENCE_SECONDS = 31_536_000  # one year, the kernel's own cap for -p
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Linux allows almost any byte in an interface name; we accept the portable subset so
+# the name is also safe in keepalived configuration and shell commands.
+INTERFACE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}$"
+IP_LITERAL_PATTERN = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)$"
+
+
+def _ip_literal(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be an IP address literal as a string, got {type(value).__name__}")
+    if value != value.strip() or not value:
+        raise ValueError(f"must be an IPv4 or IPv6 address literal without spaces, got {value!r}")
+    if "/" in value:
+        raise ValueError(f"must be a single address, not a CIDR prefix, got {value!r}")
+    if "%" in value:
+        raise ValueError(f"must not carry an IPv6 zone, got {value!r}")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"must be an IPv4 or IPv6 address literal (not a hostname), got {value!r}") from None
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(f"must be a unicast address, got {value!r}")
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        raise ValueError(f"must not be an IPv4-mapped IPv6 address, use the IPv4 form, got {value!r}")
+    return str(address)  # canonical text: one spelling per address in the kernel tables
+
+
+def _vip(value: str) -> str:
+    address = ipaddress.ip_address(value)
+    if address.is_loopback:
+        raise ValueError(f"{value} is a loopback address; binding it to the dummy link would break the node")
+    if isinstance(address, ipaddress.IPv6Address) and address.is_link_local:
+        raise ValueError(f"{value} is an IPv6 link-local address, which needs a zone and cannot be a VIP")
+    if value == "255.255.255.255":
+        raise ValueError("255.255.255.255 is the broadcast address")
+    return value
+
+
+IPLiteral = Annotated[
+    str,
+    BeforeValidator(_ip_literal),
+    WithJsonSchema({"type": "string", "maxLength": 45, "pattern": IP_LITERAL_PATTERN}),
+]
+VIP = Annotated[IPLiteral, AfterValidator(_vip)]
+PortNumber = Annotated[int, Field(ge=1, le=65535, strict=True)]
+DNSLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, strict=False
+    )
+
+
+class PortSpec(_Spec):
+    """One VIP port: the IPVS virtual service `VIP:port/protocol`."""
+
+    name: DNSLabel | None = None
+    port: PortNumber
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    target_port: PortNumber | DNSLabel | None = Field(
+        default=None,
+        description="Backend port: a number, or a port name resolved through serviceRef. Default: port.",
+    )
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.port, self.protocol)
+
+
+class Backend(_Spec):
+    """A static real server."""
+
+    address: IPLiteral
+    port: PortNumber | None = Field(default=None, description="Default: the port's targetPort, else port.")
+    weight: int = Field(default=1, ge=0, le=65535, strict=True, description="0 drains the real server.")
+
+
+class ServiceRef(_Spec):
+    name: DNSLabel
+
+
+class Persistence(_Spec):
+    timeout_seconds: int = Field(default=0, ge=0, le=MAX_PERSISTENCE_SECONDS, strict=True)
+
+
+class HealthCheck(_Spec):
+    type: Literal["none", "tcp", "http"] = "none"
+    path: str = Field(default="/", max_length=1024, pattern=r"^/[\x21-\x7e]*$")
+    expect_status: int = Field(default=200, ge=100, le=599, strict=True)
+    interval_seconds: int = Field(default=3, ge=1, le=3600, strict=True)
+    timeout_seconds: int = Field(default=2, ge=1, le=3600, strict=True)
+    failure_threshold: int = Field(default=2, ge=1, le=100, strict=True)
+    success_threshold: int = Field(default=1, ge=1, le=100, strict=True)
+
+
+class LabelSelectorRequirement(_Spec):
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: tuple[str, ...] = ()
+
+
+class NodeSelector(_Spec):
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            if req.operator == "Exists" and not present:
+                return False
+            if req.operator == "DoesNotExist" and present:
+                return False
+            if req.operator == "In" and (not present or labels[req.key] not in req.values):
+                return False
+            if req.operator == "NotIn" and present and labels[req.key] in req.values:
+                return False
+        return True
+
+
+class VRRP(_Spec):
+    interface: str = Field(min_length=1, max_length=15, pattern=INTERFACE_NAME)
+    virtual_router_id: int = Field(alias="virtualRouterID", ge=1, le=255, strict=True)
+    priority: int = Field(default=100, ge=1, le=254, strict=True)
+    advert_interval_seconds: int = Field(default=1, ge=1, le=255, strict=True)
+
+
+class VirtualServiceSpec(_Spec):
+    vip: VIP
+    ports: tuple[PortSpec, ...] = Field(min_length=1, max_length=64)
+    scheduler: Literal[SCHEDULERS] = "rr"  # type: ignore[valid-type]
+    forwarding: Literal["masq", "route", "tunnel"] = "masq"
+    masquerade: bool = True
+    persistence: Persistence = Field(default_factory=Persistence)
+    backends: tuple[Backend, ...] = Field(default=(), max_length=1024)
+    service_ref: ServiceRef | None = None
+    health_check: HealthCheck = Field(default_factory=HealthCheck)
+    node_selector: NodeSelector = Field(default_factory=NodeSelector)
+    mode: Literal["ipvs", "keepalived"] = "ipvs"
+    announce: Literal["none", "vrrp"] = "none"
+    vrrp: VRRP | None = None
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.vip).version
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes metadata vsop reads; the rest is kept as given."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: DNSLabel | Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    namespace: DNSLabel = "default"
+    creation_timestamp: str | None = Field(default=None, alias="creationTimestamp")
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Condition(_Spec):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(default="", max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class BackendCounts(_Spec):
+    total: int = Field(default=0, ge=0)
+    healthy: int = Field(default=0, ge=0)
+
+
+class NodeStatus(_Spec):
+    programmed: bool = False
+    backends: BackendCounts = Field(default_factory=BackendCounts)
+    message: str = ""
+    observed_generation: int | None = None
+
+
+class VirtualServiceStatus(_Spec):
+    observed_generation: int | None = None
+    conditions: tuple[Condition, ...] = ()
+    backends: BackendCounts = Field(default_factory=BackendCounts)
+    nodes: dict[str, NodeStatus] = Field(default_factory=dict)
+
+
+class VirtualService(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    api_version: Literal["vsop.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["VirtualService"]
+    metadata: ObjectMeta
+    spec: VirtualServiceSpec
+    status: VirtualServiceStatus | None = None
+
+    @property
+    def ref(self) -> str:
+        """`namespace/name`, how logs and errors name the object."""
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+
+def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
+    """Rules that relate fields; each is (field path, reason). Mirrored as CEL in the CRD."""
+    errors: list[tuple[str, str]] = []
+    if not spec.backends and spec.service_ref is None:
+        errors.append(("spec.backends", "at least one of backends or serviceRef is required"))
+    seen: dict[tuple[int, str], int] = {}
+    names: dict[str, int] = {}
+    for index, port in enumerate(spec.ports):
+        if port.key in seen:
+            errors.append(
+                (f"spec.ports[{index}]", f"duplicate port {port.port}/{port.protocol}, already in ports[{seen[port.key]}]")
+            )
+        seen.setdefault(port.key, index)
+        if port.name is not None:
+            if port.name in names:
+                errors.append((f"spec.ports[{index}].name", f"duplicate port name {port.name!r}"))
+            names.setdefault(port.name, index)
+        if isinstance(port.target_port, str) and spec.service_ref is None:
+            errors.append(
+                (f"spec.ports[{index}].targetPort", f"a port name ({port.target_port!r}) needs serviceRef to resolve it")
+            )
+        if spec.forwarding != "masq" and port.target_port is not None and port.target_port != port.port:
+            errors.append(
+                (
+                    f"spec.ports[{index}].targetPort",
+                    f"forwarding {spec.forwarding} cannot change the port ({port.port} -> {port.target_port}); only masq can",
+                )
+            )
+    vip_family = spec.family
+    backend_keys: dict[tuple[str, int | None], int] = {}
+    for index, backend in enumerate(spec.backends):
+        family = ipaddress.ip_address(backend.address).version
+        if family != vip_family and spec.forwarding != "tunnel":
+            errors.append(
+                (
+                    f"spec.backends[{index}].address",
+                    f"IPv{family} backend {backend.address} for an IPv{vip_family} VIP needs forwarding: tunnel",
+                )
+            )
+        if backend.port is not None and len(spec.ports) > 1:
+            errors.append(
+                (f"spec.backends[{index}].port", "a backend port is ambiguous with several ports; use ports[].targetPort")
+            )
+        if backend.port is not None and spec.forwarding != "masq" and backend.port != spec.ports[0].port:
+            errors.append(
+                (
+                    f"spec.backends[{index}].port",
+                    f"forwarding {spec.forwarding} cannot change the port ({spec.ports[0].port} -> {backend.port}); only masq can",
+                )
+            )
+        bkey = (backend.address, backend.port)
+        if bkey in backend_keys:
+            errors.append((f"spec.backends[{index}]", f"duplicate backend {backend.address}, already backends[{backend_keys[bkey]}]"))
+        backend_keys.setdefault(bkey, index)
+    hc = spec.health_check
+    if hc.type != "none" and hc.timeout_seconds >= hc.interval_seconds:
+        errors.append(
+            ("spec.healthCheck.timeoutSeconds", f"must be less than intervalSeconds ({hc.timeout_seconds} >= {hc.interval_seconds})")
+        )
+    if spec.announce == "vrrp" and spec.vrrp is None:
+        errors.append(("spec.vrrp", "announce: vrrp needs the vrrp block (interface, virtualRouterID)"))
+    if spec.announce == "vrrp" and spec.mode != "keepalived":
+        errors.append(("spec.announce", "announce: vrrp is done by keepalived and needs mode: keepalived"))
+    return errors
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("function-after[_vip(), function-before[_ip_literal(), str]]",):
+            continue
+        elif isinstance(part, str) and ("[" in part or "(" in part):
+            continue  # pydantic's union/validator branch labels, not fields
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _reason(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    given = error.get("input")
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; unknown fields are refused, not ignored)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"must be one of {expected}, got {given!r}"
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ")
+    if kind.startswith(("greater", "less", "too_", "string_", "int_", "bool_", "model_", "dict_", "tuple_", "list_")):
+        return f"{message[0].lower()}{message[1:]} (got {given!r})" if not isinstance(given, (dict, list)) else message
+    return message
+
+
+def parse_virtual_service(data: Any) -> VirtualService:
+    """Validate one document; raises InvalidInput listing every problem found."""
+    ref = _guess_ref(data)
+    try:
+        vs = VirtualService.model_validate(data)
+    except ValidationError as exc:
+        errors = _dedupe_union_errors(exc.errors())
+        raise InvalidInput(
+            [FieldError(obj=ref, path=_loc_to_path(tuple(e["loc"])), reason=_reason(e), loc=tuple(e["loc"])) for e in errors]
+        ) from None
+    problems = semantic_errors(vs.spec)
+    if problems:
+        raise InvalidInput([FieldError(obj=vs.ref, path=path, reason=reason) for path, reason in problems])
+    return vs
+
+
+def _dedupe_union_errors(errors: list[Any]) -> list[Any]:
+    """A union (int | name) reports one error per branch; keep one per field."""
+    seen: dict[str, Any] = {}
+    for error in errors:
+        path = _loc_to_path(tuple(error["loc"]))
+        seen.setdefault(path, error)
+    return list(seen.values())
+
+
+def _guess_ref(data: Any) -> str | None:
+    if isinstance(data, dict) and isinstance(data.get("metadata"), dict):
+        meta = data["metadata"]
+        name = meta.get("name")
+        namespace = meta.get("namespace") or "default"
+        if isinstance(name, str):
+            return f"{namespace}/{name}"
+    return None
+
+
+def is_dns_label(value: str) -> bool:
+    return len(value) <= 63 and re.fullmatch(DNS_LABEL, value) is not None
