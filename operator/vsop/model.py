@@ -190,7 +190,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    name: DNSLabel | Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     namespace: DNSLabel = "default"
     creation_timestamp: str | None = Field(default=None, alias="creationTimestamp")
     generation: int | None = None
@@ -306,17 +306,27 @@ def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
     return errors
 
 
+def _field_loc(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The part of pydantic's location that names fields in the input (drops union branch labels)."""
+    kept: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and not any(c in part for c in "[(-"):
+            node = None  # a missing or unknown field: named, but nothing below it
+        else:
+            continue
+        kept.append(part)
+    return tuple(kept)
+
+
 def _loc_to_path(loc: tuple[Any, ...]) -> str:
     path = ""
     for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in ("function-after[_vip(), function-before[_ip_literal(), str]]",):
-            continue
-        elif isinstance(part, str) and ("[" in part or "(" in part):
-            continue  # pydantic's union/validator branch labels, not fields
-        else:
-            path += f".{part}" if path else str(part)
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path
 
 
@@ -343,23 +353,19 @@ def parse_virtual_service(data: Any) -> VirtualService:
     try:
         vs = VirtualService.model_validate(data)
     except ValidationError as exc:
-        errors = _dedupe_union_errors(exc.errors())
+        found: dict[tuple[Any, ...], Any] = {}
+        for error in exc.errors():
+            # A union (port number | port name) reports one error per branch: keep the first.
+            found.setdefault(_field_loc(data, tuple(error["loc"])), error)
+        # A list whose item failed also reports "too short after validation": the item's error says it all.
+        shadowed = {loc for loc in found for other in found if len(other) > len(loc) and other[: len(loc)] == loc}
         raise InvalidInput(
-            [FieldError(obj=ref, path=_loc_to_path(tuple(e["loc"])), reason=_reason(e), loc=tuple(e["loc"])) for e in errors]
+            [FieldError(obj=ref, path=_loc_to_path(loc), reason=_reason(e), loc=loc) for loc, e in found.items() if loc not in shadowed]
         ) from None
     problems = semantic_errors(vs.spec)
     if problems:
         raise InvalidInput([FieldError(obj=vs.ref, path=path, reason=reason) for path, reason in problems])
     return vs
-
-
-def _dedupe_union_errors(errors: list[Any]) -> list[Any]:
-    """A union (int | name) reports one error per branch; keep one per field."""
-    seen: dict[str, Any] = {}
-    for error in errors:
-        path = _loc_to_path(tuple(error["loc"]))
-        seen.setdefault(path, error)
-    return list(seen.values())
 
 
 def _guess_ref(data: Any) -> str | None:

@@ -11,7 +11,7 @@ Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapter
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from vsop.core import ops
@@ -23,32 +23,38 @@ class KernelRefused(Exception):
     """What the real kernel would answer with an errno."""
 
 
-def apply_op(state: KernelState, op: ops.Op, names: Names = Names()) -> KernelState:
-    handler = _HANDLERS[type(op)]
-    return handler(state, op, names)
+def apply_op(state: KernelState, op: ops.Op, names: Names = Names(), *, ownership: bool = True) -> KernelState:
+    """Apply one operation. `ownership=False` checks only what a kernel checks (for adapter fakes)."""
+    return _HANDLERS[type(op)](state, op, _Rules(names, ownership))
 
 
-def apply_ops(state: KernelState, operations: Iterable[ops.Op], names: Names = Names()) -> KernelState:
+def apply_ops(state: KernelState, operations: Iterable[ops.Op], names: Names = Names(), *, ownership: bool = True) -> KernelState:
     for op in operations:
-        state = apply_op(state, op, names)
+        state = apply_op(state, op, names, ownership=ownership)
     return state
+
+
+@dataclass(frozen=True)
+class _Rules:
+    names: Names
+    ownership: bool  # False: only what a kernel checks, none of vsop's ownership rules
 
 
 def _refuse(message: str) -> KernelRefused:
     return KernelRefused(message)
 
 
-def _sysctl(state: KernelState, op: ops.SetSysctl, names: Names) -> KernelState:
+def _sysctl(state: KernelState, op: ops.SetSysctl, rules: _Rules) -> KernelState:
     return replace(state, sysctls={**state.sysctls, op.name: op.value})
 
 
-def _create_set(state: KernelState, op: ops.CreateSet, names: Names) -> KernelState:
+def _create_set(state: KernelState, op: ops.CreateSet, rules: _Rules) -> KernelState:
     if op.ipset.name in state.ipsets:
         raise _refuse(f"ipset {op.ipset.name}: set with the same name already exists")
     return replace(state, ipsets={**state.ipsets, op.ipset.name: IPSet(op.ipset.name, op.ipset.kind, op.ipset.family, {})})
 
 
-def _destroy_set(state: KernelState, op: ops.DestroySet, names: Names) -> KernelState:
+def _destroy_set(state: KernelState, op: ops.DestroySet, rules: _Rules) -> KernelState:
     if op.name not in state.ipsets:
         raise _refuse(f"ipset {op.name}: the set does not exist")
     if any(f"--match-set {op.name} " in rule for rules in state.chains.values() for rule in rules):
@@ -56,7 +62,7 @@ def _destroy_set(state: KernelState, op: ops.DestroySet, names: Names) -> Kernel
     return replace(state, ipsets={k: v for k, v in state.ipsets.items() if k != op.name})
 
 
-def _add_member(state: KernelState, op: ops.AddSetMember, names: Names) -> KernelState:
+def _add_member(state: KernelState, op: ops.AddSetMember, rules: _Rules) -> KernelState:
     ipset = state.ipsets.get(op.set_name)
     if ipset is None:
         raise _refuse(f"ipset {op.set_name}: the set does not exist")
@@ -66,7 +72,7 @@ def _add_member(state: KernelState, op: ops.AddSetMember, names: Names) -> Kerne
     return replace(state, ipsets={**state.ipsets, op.set_name: replace(ipset, members=members)})
 
 
-def _del_member(state: KernelState, op: ops.DeleteSetMember, names: Names) -> KernelState:
+def _del_member(state: KernelState, op: ops.DeleteSetMember, rules: _Rules) -> KernelState:
     ipset = state.ipsets.get(op.set_name)
     if ipset is None or op.member not in ipset.members:
         raise _refuse(f"ipset {op.set_name}: element {op.member} is not added")
@@ -74,7 +80,7 @@ def _del_member(state: KernelState, op: ops.DeleteSetMember, names: Names) -> Ke
     return replace(state, ipsets={**state.ipsets, op.set_name: replace(ipset, members=members)})
 
 
-def _write_chain(state: KernelState, op: ops.WriteChain, names: Names) -> KernelState:
+def _write_chain(state: KernelState, op: ops.WriteChain, rules: _Rules) -> KernelState:
     for rule in op.rules:
         words = rule.split()
         if "--match-set" in words:
@@ -82,13 +88,13 @@ def _write_chain(state: KernelState, op: ops.WriteChain, names: Names) -> Kernel
             if set_name not in state.ipsets:
                 raise _refuse(f"iptables-restore: Set {set_name} doesn't exist")
         target = jump_target(rule)
-        if target in names.owned_chains() and target != op.key.chain:
+        if target in rules.names.owned_chains() and target != op.key.chain:
             if ChainKey(op.key.family, op.key.table, target) not in state.chains:
                 raise _refuse(f"iptables-restore: Couldn't load target `{target}'")
     return replace(state, chains={**state.chains, op.key: op.rules})
 
 
-def _delete_chain(state: KernelState, op: ops.DeleteChain, names: Names) -> KernelState:
+def _delete_chain(state: KernelState, op: ops.DeleteChain, rules: _Rules) -> KernelState:
     if op.key not in state.chains:
         raise _refuse(f"iptables: chain {op.key.chain} does not exist")
     referenced = [j for j in state.jumps if (j.family, j.table) == (op.key.family, op.key.table) and jump_target(j.rule) == op.key.chain]
@@ -101,7 +107,7 @@ def _delete_chain(state: KernelState, op: ops.DeleteChain, names: Names) -> Kern
     return replace(state, chains={k: v for k, v in state.chains.items() if k != op.key})
 
 
-def _add_jump(state: KernelState, op: ops.AddJump, names: Names) -> KernelState:
+def _add_jump(state: KernelState, op: ops.AddJump, rules: _Rules) -> KernelState:
     target = jump_target(op.jump.rule)
     key_exists = any((k.family, k.table, k.chain) == (op.jump.family, op.jump.table, target) for k in state.chains)
     if not key_exists:
@@ -109,34 +115,34 @@ def _add_jump(state: KernelState, op: ops.AddJump, names: Names) -> KernelState:
     return replace(state, jumps=state.jumps | {op.jump})
 
 
-def _delete_jump(state: KernelState, op: ops.DeleteJump, names: Names) -> KernelState:
+def _delete_jump(state: KernelState, op: ops.DeleteJump, rules: _Rules) -> KernelState:
     if op.jump not in state.jumps:
         raise _refuse("iptables: Bad rule (does a matching rule exist in that chain?)")
     return replace(state, jumps=state.jumps - {op.jump})
 
 
-def _create_link(state: KernelState, op: ops.CreateLink, names: Names) -> KernelState:
+def _create_link(state: KernelState, op: ops.CreateLink, rules: _Rules) -> KernelState:
     if state.link is not None:
         raise _refuse(f"link {op.name}: File exists")
     return replace(state, link=LinkState(op.name, up=True), addresses=frozenset())
 
 
-def _link_up(state: KernelState, op: ops.SetLinkUp, names: Names) -> KernelState:
+def _link_up(state: KernelState, op: ops.SetLinkUp, rules: _Rules) -> KernelState:
     if state.link is None:
         raise _refuse(f"link {op.name}: No such device")
     return replace(state, link=LinkState(op.name, up=True))
 
 
-def _delete_link(state: KernelState, op: ops.DeleteLink, names: Names) -> KernelState:
+def _delete_link(state: KernelState, op: ops.DeleteLink, rules: _Rules) -> KernelState:
     if state.link is None:
         raise _refuse(f"link {op.name}: No such device")
     bound = state.bound_vips()
-    if any(key.vip in bound for key in state.services):
+    if rules.ownership and any(key.vip in bound for key in state.services):
         raise _refuse(f"ownership: deleting {op.name} would leave its VIPs' IPVS services behind")
     return replace(state, link=None, addresses=frozenset())
 
 
-def _add_address(state: KernelState, op: ops.AddAddress, names: Names) -> KernelState:
+def _add_address(state: KernelState, op: ops.AddAddress, rules: _Rules) -> KernelState:
     if state.link is None:
         raise _refuse(f"address {op.address}: Cannot find device {op.link}")
     if op.address in state.addresses:
@@ -144,32 +150,32 @@ def _add_address(state: KernelState, op: ops.AddAddress, names: Names) -> Kernel
     return replace(state, addresses=state.addresses | {op.address})
 
 
-def _delete_address(state: KernelState, op: ops.DeleteAddress, names: Names) -> KernelState:
+def _delete_address(state: KernelState, op: ops.DeleteAddress, rules: _Rules) -> KernelState:
     if op.address not in state.addresses:
         raise _refuse(f"address {op.address}: Cannot assign requested address")
     vip = op.address.split("/")[0]
-    if any(key.vip == vip for key in state.services):
+    if rules.ownership and any(key.vip == vip for key in state.services):
         raise _refuse(f"ownership: unbinding {vip} first would turn its IPVS services foreign")
     return replace(state, addresses=state.addresses - {op.address})
 
 
-def _add_service(state: KernelState, op: ops.AddService, names: Names) -> KernelState:
+def _add_service(state: KernelState, op: ops.AddService, rules: _Rules) -> KernelState:
     key = op.service.key
     if key in state.services:
         raise _refuse(f"IPVS service {key}: File exists")
-    if key.vip not in state.bound_vips():
-        raise _refuse(f"ownership: IPVS service {key} created before its VIP is bound to {names.link}")
+    if rules.ownership and key.vip not in state.bound_vips():
+        raise _refuse(f"ownership: IPVS service {key} created before its VIP is bound to {rules.names.link}")
     return replace(state, services={**state.services, key: op.service})
 
 
-def _edit_service(state: KernelState, op: ops.EditService, names: Names) -> KernelState:
+def _edit_service(state: KernelState, op: ops.EditService, rules: _Rules) -> KernelState:
     key = op.service.key
     if key not in state.services:
         raise _refuse(f"IPVS service {key}: No such process")
     return replace(state, services={**state.services, key: op.service})
 
 
-def _delete_service(state: KernelState, op: ops.DeleteService, names: Names) -> KernelState:
+def _delete_service(state: KernelState, op: ops.DeleteService, rules: _Rules) -> KernelState:
     if op.key not in state.services:
         raise _refuse(f"IPVS service {op.key}: No such process")
     return replace(
@@ -179,7 +185,7 @@ def _delete_service(state: KernelState, op: ops.DeleteService, names: Names) -> 
     )
 
 
-def _add_real_server(state: KernelState, op: ops.AddRealServer, names: Names) -> KernelState:
+def _add_real_server(state: KernelState, op: ops.AddRealServer, rules: _Rules) -> KernelState:
     key = op.real_server.key
     if key.service not in state.services:
         raise _refuse(f"real server {key}: IPVS service {key.service} does not exist")
@@ -188,14 +194,14 @@ def _add_real_server(state: KernelState, op: ops.AddRealServer, names: Names) ->
     return replace(state, real_servers={**state.real_servers, key: op.real_server})
 
 
-def _edit_real_server(state: KernelState, op: ops.EditRealServer, names: Names) -> KernelState:
+def _edit_real_server(state: KernelState, op: ops.EditRealServer, rules: _Rules) -> KernelState:
     key = op.real_server.key
     if key not in state.real_servers:
         raise _refuse(f"real server {key}: No such file or directory")
     return replace(state, real_servers={**state.real_servers, key: op.real_server})
 
 
-def _delete_real_server(state: KernelState, op: ops.DeleteRealServer, names: Names) -> KernelState:
+def _delete_real_server(state: KernelState, op: ops.DeleteRealServer, rules: _Rules) -> KernelState:
     if op.key not in state.real_servers:
         raise _refuse(f"real server {op.key}: No such file or directory")
     return replace(state, real_servers={k: v for k, v in state.real_servers.items() if k != op.key})

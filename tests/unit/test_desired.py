@@ -1,0 +1,113 @@
+"""Desired state: what one node should hold for a set of VirtualServices."""
+
+from __future__ import annotations
+
+from tests.conftest import make_vs
+from vsop.core.desired import Endpoint, EndpointPort, Node, desired_state, resolve_conflicts
+from vsop.core.state import RealServerKey, ServiceKey
+
+NODE = Node("node-a", {"kubernetes.io/hostname": "node-a", "zone": "a"})
+WEB = ServiceKey("tcp", "169.254.11.2", 80)
+
+
+def test_seed_becomes_one_service_two_real_servers_and_set_members() -> None:
+    state = desired_state([make_vs()], NODE).state
+    assert list(state.services) == [WEB]
+    assert state.services[WEB].scheduler == "rr" and state.services[WEB].owner == "default/web"
+    assert {(k.address, k.port, v.forwarding, v.weight) for k, v in state.real_servers.items()} == {
+        ("192.168.2.111", 8080, "masq", 1),
+        ("192.168.2.222", 8080, "masq", 1),
+    }
+    assert state.addresses == {"169.254.11.2/32"}
+    assert state.link is not None and state.link.name == "vsop0"
+    assert state.ipsets["VSOP-VIP-PORTS"].members == {"169.254.11.2,tcp:80": "default/web"}
+    assert state.ipsets["VSOP-VIPS"].members == {"169.254.11.2": "default/web"}
+    assert state.ipsets["VSOP-VIP-PORTS-NOMASQ"].members == {}
+    assert state.sysctls["net.ipv4.vs.conntrack"] == "1"
+    assert {(j.table, j.chain) for j in state.jumps} == {("nat", "PREROUTING"), ("nat", "OUTPUT"), ("nat", "POSTROUTING"), ("filter", "INPUT")}
+
+
+def test_rule_count_is_constant_however_many_services() -> None:
+    one = desired_state([make_vs()], NODE).state
+    many = desired_state(
+        [make_vs(f"s{i}", vip=f"10.50.{i // 250}.{i % 250 + 1}") for i in range(600)], NODE
+    ).state
+    rules = lambda s: sum(len(r) for r in s.chains.values()) + len(s.jumps)  # noqa: E731
+    assert rules(one) == rules(many) == 10  # 6 rules in 4 chains, 4 jumps
+    assert len(many.services) == 600 and len(many.ipsets["VSOP-VIP-PORTS"].members) == 600
+
+
+def test_ipv6_gets_its_own_sets_chains_and_host_prefix() -> None:
+    state = desired_state([make_vs(vip="fd00::11", backends=[{"address": "fd00::2"}])], NODE).state
+    assert state.addresses == {"fd00::11/128"}
+    assert set(state.ipsets) == {"VSOP-VIP-PORTS-V6", "VSOP-VIPS-V6", "VSOP-VIP-PORTS-NOMASQ-V6"}
+    assert {k.family for k in state.chains} == {6}
+    assert "net.ipv6.conf.all.forwarding" in state.sysctls
+    assert any("icmp6-port-unreachable" in r for rules in state.chains.values() for r in rules)
+
+
+def test_route_and_unmasqueraded_services_skip_masquerade() -> None:
+    state = desired_state(
+        [make_vs("dr", forwarding="route", ports=[{"port": 80}]), make_vs("plain", vip="169.254.11.3", masquerade=False)], NODE
+    ).state
+    assert set(state.ipsets["VSOP-VIP-PORTS-NOMASQ"].members) == {"169.254.11.2,tcp:80", "169.254.11.3,tcp:80"}
+    assert {rs.forwarding for rs in state.real_servers.values() if rs.key.service.vip == "169.254.11.2"} == {"route"}
+    assert {rs.key.port for rs in state.real_servers.values() if rs.key.service.vip == "169.254.11.2"} == {80}
+
+
+def test_node_selector_excludes_node() -> None:
+    selected = make_vs(nodeSelector={"matchLabels": {"zone": "b"}})
+    assert desired_state([selected], NODE).state.services == {}
+    assert desired_state([selected], NODE).state.link is None
+    assert desired_state([make_vs(nodeSelector={"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]})], NODE).programmed
+
+
+def test_vip_that_is_a_node_address_is_refused() -> None:
+    result = desired_state([make_vs()], NODE, node_addresses=["169.254.11.2", "10.0.0.5"])
+    assert result.state.services == {} and result.state.addresses == frozenset()
+    assert [(p.obj, p.reason) for p in result.problems] == [("default/web", "VIPRefused")]
+
+
+def test_conflict_older_wins_in_both_orders() -> None:
+    old = make_vs("old", created="2026-01-01T00:00:00Z")
+    new = make_vs("new", namespace="other", created="2026-02-01T00:00:00Z")
+    for order in ([old, new], [new, old]):
+        winners, problems = resolve_conflicts(order)
+        assert [w.ref for w in winners] == ["default/old"]
+        assert problems[0].obj == "other/new" and "default/old" in problems[0].message
+    # Different protocol on the same VIP:port is no conflict.
+    udp = make_vs("dns", ports=[{"port": 80, "protocol": "UDP"}])
+    assert len(resolve_conflicts([old, udp])[0]) == 2
+
+
+def test_keepalived_mode_keeps_everything_but_ipvs() -> None:
+    state = desired_state([make_vs(mode="keepalived")], NODE).state
+    assert state.services == {} and state.real_servers == {}
+    assert state.addresses == {"169.254.11.2/32"} and state.ipsets["VSOP-VIP-PORTS"].members
+
+
+def test_service_ref_endpoints_ready_terminating_and_named_ports() -> None:
+    vs = make_vs(backends=[], serviceRef={"name": "nginx"}, ports=[{"name": "http", "port": 80, "targetPort": "web"}])
+    eps = [
+        Endpoint("10.1.0.1", (EndpointPort("web", 8080),), ready=True),
+        Endpoint("10.1.0.2", (EndpointPort("web", 8080),), ready=False, serving=True, terminating=True),
+        Endpoint("10.1.0.3", (EndpointPort("web", 8080),), ready=False, serving=False),
+        Endpoint("fd00::5", (EndpointPort("web", 8080),), ready=True),
+    ]
+    state = desired_state([vs], NODE, endpoints={("default", "nginx"): eps}).state
+    assert {(k.address, k.port, v.weight) for k, v in state.real_servers.items()} == {("10.1.0.1", 8080, 1), ("10.1.0.2", 8080, 0)}
+
+
+def test_health_takes_real_servers_out_unless_all_fail() -> None:
+    vs = make_vs()
+    a = RealServerKey(WEB, "192.168.2.111", 8080)
+    b = RealServerKey(WEB, "192.168.2.222", 8080)
+    one_out = desired_state([vs], NODE, out_of_service=frozenset({a})).state
+    assert (one_out.real_servers[a].weight, one_out.real_servers[b].weight) == (0, 1)
+    all_out = desired_state([vs], NODE, out_of_service=frozenset({a, b})).state
+    assert (all_out.real_servers[a].weight, all_out.real_servers[b].weight) == (1, 1)
+
+
+def test_nothing_desired_means_nothing_at_all() -> None:
+    state = desired_state([], NODE).state
+    assert state.link is None and not state.ipsets and not state.chains and not state.jumps and not state.sysctls
