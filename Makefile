@@ -1,0 +1,49 @@
+# vsop: the two entry points are `make demo` and `make test`; both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test deps venv unit netns vm kube lint crd bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install python3 (>= 3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+# Debian packages for the kernel tiers (qemu, Debian's kernel, ipvsadm, ipset, iptables, keepalived...).
+deps:
+	bash vm/install-deps.sh
+
+demo: venv
+	@echo "# vsop plan --from-empty -f examples/seed.yaml"
+	@$(BIN)/vsop plan --from-empty -f examples/seed.yaml
+
+test: deps venv
+	bash tests/run-tiers.sh
+
+unit: venv
+	bash tests/run-tiers.sh unit
+
+netns: venv
+	bash tests/run-tiers.sh netns
+
+vm: deps venv
+	bash tests/run-tiers.sh vm
+
+kube: venv
+	bash tests/run-tiers.sh kube
+
+lint: venv
+	$(BIN)/lint-imports
+
+crd: venv
+	$(BIN)/vsop crd > crds/virtualservices.vsop.dev.yaml
+
+clean:
+	rm -rf $(VENV) .cache build dist
