@@ -13,10 +13,13 @@ import sys
 from typing import Sequence
 
 from vsop import __version__
+from vsop.core import ops
 from vsop.core.commands import command_lines, render
 from vsop.core.desired import Desired, Node, desired_state
 from vsop.core.plan import Plan, PlanError, plan
 from vsop.core.state import KernelState, Names
+from vsop.engine import read_observed
+from vsop.adapters.base import OperationFailed
 from vsop.errors import FieldError, InvalidInput, KernelUnsupported
 from vsop.loader import Loaded, load_paths
 
@@ -29,6 +32,9 @@ pick a real server, one ipset holds every VIP:port and a few constant iptables
 rules mark and masquerade that traffic.
 
   vsop plan --from-empty -f examples/seed.yaml   what a clean node would be told
+  vsop apply -f examples/seed.yaml               program this host (root); again: 0 writes
+  vsop show                                      what vsop owns here, like ipvsadm -Ln
+  vsop cleanup                                   remove all of it, and nothing else
   vsop crd                                       the CustomResourceDefinition
 """
 
@@ -69,6 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-empty", action="store_true", help="plan against an empty node instead of this host")
     p.add_argument("-o", "--output", choices=("commands", "json"), default="commands", help="output format")
 
+    p = sub.add_parser(
+        "apply",
+        help="program this host: validate, read the kernel, apply only the difference",
+        description=(
+            "Validate every VirtualService first (nothing is written if one is invalid), read what\n"
+            "vsop owns on this host, and apply only the difference, in a safe order. Prints what\n"
+            "changed; a second run changes nothing and says so. A kernel refusal stops at that\n"
+            "operation (exit 1); the next apply converges."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_files(p)
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+
+    p = sub.add_parser("show", help="what vsop owns on this host: VIPs, services, real servers, connections")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+
+    p = sub.add_parser("cleanup", help="remove everything vsop owns on this host, and nothing else")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+
     sub.add_parser("crd", help="print the CustomResourceDefinition generated from the model")
     sub.add_parser("version", help="print the version")
     return parser
@@ -92,11 +119,6 @@ def _load(args: argparse.Namespace) -> Loaded:
     return loaded
 
 
-def _report_problems(desired: Desired | Plan) -> None:
-    for problem in desired.problems:
-        print(f"vsop: VirtualService {problem.obj}: {problem.reason}: {problem.message}", file=sys.stderr)
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
     names = Names()
     loaded = _load(args)
@@ -107,9 +129,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         observed = KernelState()
     desired = desired_state(loaded.services, _node(args), names=names, node_addresses=observed.node_addresses)
-    _report_problems(desired)
+    _refuse_problems(desired)
     result = plan(desired.state, observed, names)
-    _report_problems(result)
+    _refuse_problems(result)
     if args.output == "json":
         json.dump(
             {
@@ -119,7 +141,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 "operations": [
                     {"kind": op.kind, "description": op.describe(), "commands": command_lines(op)} for op in result.ops
                 ],
-                "problems": [p.__dict__ for p in (*desired.problems, *result.problems)],
             },
             sys.stdout,
             indent=2,
@@ -136,6 +157,100 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _refuse_problems(desired: Desired | Plan) -> None:
+    """For one-shot commands a conflict or refused VIP is invalid input: nothing is half-applied."""
+    if desired.problems:
+        raise InvalidInput(
+            [FieldError(obj=p.obj or None, path="spec.vip" if p.reason != "Conflict" else "spec.ports", reason=f"{p.reason}: {p.message}") for p in desired.problems]
+        )
+
+
+def _op_json(op: ops.Op) -> dict[str, object]:
+    return {"kind": op.kind, "description": op.describe(), "commands": command_lines(op)}
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from vsop.engine import ExecutionFailed, execute
+    from vsop.host import real_kernel
+
+    names = Names()
+    loaded = _load(args)
+    kernel = real_kernel()
+    observed = read_observed(kernel, names)
+    desired = desired_state(loaded.services, _node(args), names=names, node_addresses=observed.node_addresses)
+    _refuse_problems(desired)
+    result = plan(desired.state, observed, names)
+    _refuse_problems(result)
+    try:
+        writes, applied = execute(kernel, result, names)
+    except ExecutionFailed as exc:
+        index = exc.applied + 1
+        print(
+            f"vsop: apply failed at operation {index} of {len(result.ops)}: {exc}\n"
+            f"vsop: the {exc.applied} operation(s) before it were applied; fix the cause and apply again to converge",
+            file=sys.stderr,
+        )
+        if args.output == "json":
+            json.dump({"changed": exc.applied > 0, "failed": _op_json(exc.op), "reason": exc.reason, "applied": exc.applied}, sys.stdout, indent=2)
+            print()
+        return EXIT_FAILURE
+    if args.output == "json":
+        json.dump(
+            {"changed": bool(applied), "writes": writes, "counts": result.counts(), "operations": [_op_json(op) for op in applied]},
+            sys.stdout,
+            indent=2,
+        )
+        print()
+        return EXIT_OK
+    if not applied:
+        print(f"vsop: nothing changed: {len(desired.programmed)} VirtualService(s) already programmed on {args.node_name} (0 writes)")
+        return EXIT_OK
+    counts = ", ".join(f"{kind} {count}" for kind, count in result.counts().items())
+    print(f"vsop: applied {len(applied)} operation(s) for {len(desired.programmed)} VirtualService(s) on {args.node_name}: {counts}")
+    for op in applied:
+        print(f"  {op.kind:<18} {op.describe()}")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from vsop.host import real_kernel
+    from vsop.show import show_json, show_text
+
+    names = Names()
+    observed = read_observed(real_kernel(), names)
+    if args.output == "json":
+        json.dump(show_json(observed, names), sys.stdout, indent=2)
+        print()
+    else:
+        sys.stdout.write(show_text(observed, names))
+    return EXIT_OK
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from vsop.engine import ExecutionFailed, cleanup
+    from vsop.host import real_kernel
+
+    names = Names()
+    try:
+        result = cleanup(real_kernel(), names, dry_run=args.dry_run)
+    except ExecutionFailed as exc:
+        print(f"vsop: cleanup failed: {exc}; the {exc.applied} operation(s) before it were applied", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.dry_run:
+        sys.stdout.write(render(result.plan.ops) if result.plan.ops else "# Nothing of vsop's on this host.\n")
+        return EXIT_OK
+    if args.output == "json":
+        json.dump({"changed": bool(result.applied), "writes": result.writes, "operations": [_op_json(op) for op in result.applied]}, sys.stdout, indent=2)
+        print()
+    elif result.applied:
+        print(f"vsop: removed everything vsop owned: {len(result.applied)} operation(s)")
+        for op in result.applied:
+            print(f"  {op.kind:<18} {op.describe()}")
+    else:
+        print("vsop: nothing of vsop's on this host (0 writes)")
+    return EXIT_OK
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from vsop.crd import crd_yaml
 
@@ -148,7 +263,14 @@ def cmd_version(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"plan": cmd_plan, "crd": cmd_crd, "version": cmd_version}
+COMMANDS = {
+    "plan": cmd_plan,
+    "apply": cmd_apply,
+    "show": cmd_show,
+    "cleanup": cmd_cleanup,
+    "crd": cmd_crd,
+    "version": cmd_version,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,8 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vsop: invalid: {error}", file=sys.stderr)
         print(f"vsop: {len(exc.errors)} problem(s) found; nothing was changed", file=sys.stderr)
         return EXIT_INVALID
-    except (KernelUnsupported, PlanError) as exc:
+    except (KernelUnsupported, PlanError, OperationFailed) as exc:
         print(f"vsop: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except PermissionError as exc:
+        print(f"vsop: {exc}: reading and programming the kernel needs root (CAP_NET_ADMIN)", file=sys.stderr)
         return EXIT_FAILURE
     except BrokenPipeError:
         return EXIT_OK

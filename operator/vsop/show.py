@@ -1,0 +1,107 @@
+"""`vsop show`: what vsop owns on this host, as a person or a machine reads it.
+
+Owns the table (like `ipvsadm -Ln`, plus the owning VirtualService of each VIP port,
+taken from the comments on vsop's ipset members, so the mapping lives in the kernel
+and survives restarts) and its JSON twin. Pure formatting of an observed state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vsop.core.plan import owned
+from vsop.core.state import KernelState, Names, ServiceKey
+
+_FORWARD = {"masq": "Masq", "route": "Route", "tunnel": "Tunnel"}
+
+
+def owners(state: KernelState, names: Names) -> dict[str, str]:
+    """ipset member text ("vip,proto:port" or "vip") -> owning VirtualService."""
+    result: dict[str, str] = {}
+    for family in (4, 6):
+        for base in (names.vip_ports_set, names.vips_set):
+            ipset = state.ipsets.get(names.set_name(base, family))
+            if ipset is not None:
+                result.update(ipset.members)
+    return result
+
+
+def _member(key: ServiceKey) -> str:
+    return f"{key.vip},{key.protocol}:{key.port}"
+
+
+def _host(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def show_json(observed: KernelState, names: Names) -> dict[str, Any]:
+    mine = owned(observed, names)
+    by_member = owners(mine, names)
+    services = []
+    for key, service in sorted(mine.services.items()):
+        real = [rs for k, rs in sorted(mine.real_servers.items()) if k.service == key]
+        services.append(
+            {
+                "protocol": key.protocol.upper(),
+                "vip": key.vip,
+                "port": key.port,
+                "scheduler": service.scheduler,
+                "persistenceTimeout": service.persistence_timeout,
+                "owner": by_member.get(_member(key), ""),
+                "realServers": [
+                    {
+                        "address": rs.key.address,
+                        "port": rs.key.port,
+                        "forwarding": rs.forwarding,
+                        "weight": rs.weight,
+                        "activeConnections": rs.active_connections,
+                        "inactiveConnections": rs.inactive_connections,
+                    }
+                    for rs in real
+                ],
+            }
+        )
+    with_ipvs = {_member(k) for k in mine.services}
+    without_ipvs = sorted(
+        m for m in by_member if "," in m and m not in with_ipvs
+    )  # keepalived-mode ports: vsop holds the VIP and rules, keepalived the IPVS service
+    return {
+        "link": None if mine.link is None else {"name": mine.link.name, "up": mine.link.up},
+        "vips": sorted(a.split("/")[0] for a in mine.addresses),
+        "services": services,
+        "portsWithoutIPVSService": [{"member": m, "owner": by_member[m]} for m in without_ipvs],
+        "ipsets": {name: len(ipset.members) for name, ipset in sorted(mine.ipsets.items())},
+        "chains": {f"{'ip6tables' if k.family == 6 else 'iptables'} {k.table} {k.chain}": len(r) for k, r in sorted(mine.chains.items())},
+        "jumps": len(mine.jumps),
+        "sysctls": dict(sorted(mine.sysctls.items())),
+    }
+
+
+def show_text(observed: KernelState, names: Names) -> str:
+    data = show_json(observed, names)
+    if data["link"] is None and not data["ipsets"] and not data["chains"]:
+        return "Nothing of vsop's on this host.\n"
+    lines = []
+    link = data["link"]
+    link_text = f"link {link['name']} {'up' if link['up'] else 'DOWN'}" if link else f"no {names.link} link"
+    real_count = sum(len(s["realServers"]) for s in data["services"])
+    lines.append(f"{link_text}, {len(data['vips'])} VIP(s), {len(data['services'])} service(s), {real_count} real server(s)")
+    lines.append("")
+    lines.append(f"{'Prot LocalAddress:Port':<34} {'Scheduler':<10} {'Flags':<14} Owner")
+    lines.append(f"{'  -> RemoteAddress:Port':<34} {'Forward':<7} {'Weight':>6} {'ActiveConn':>10} {'InActConn':>10}")
+    for svc in data["services"]:
+        flags = f"persistent {svc['persistenceTimeout']}" if svc["persistenceTimeout"] else ""
+        lines.append(f"{svc['protocol']:<4} {_host(svc['vip'], svc['port']):<29} {svc['scheduler']:<10} {flags:<14} {svc['owner'] or '-'}")
+        for rs in svc["realServers"]:
+            lines.append(
+                f"  -> {_host(rs['address'], rs['port']):<29} {_FORWARD[rs['forwarding']]:<7} {rs['weight']:>6} "
+                f"{rs['activeConnections']:>10} {rs['inactiveConnections']:>10}"
+            )
+    for item in data["portsWithoutIPVSService"]:
+        lines.append(f"{item['member']:<34} (no IPVS service from vsop: keepalived mode)  {item['owner']}")
+    lines.append("")
+    sets = ", ".join(f"{name} {count}" for name, count in data["ipsets"].items())
+    lines.append(f"ipsets: {sets or 'none'}")
+    lines.append(f"iptables: {len(data['chains'])} chain(s), {sum(data['chains'].values())} rule(s), {data['jumps']} jump(s)")
+    lines.append("sysctls: " + " ".join(f"{k}={v}" for k, v in data["sysctls"].items()))
+    return "\n".join(lines) + "\n"
