@@ -1,0 +1,72 @@
+"""Graceful termination of real servers, like kube-proxy's: drain first, delete later.
+
+Owns the decision for a real server that left the desired state while its service
+stays: keep it at weight 0 (no new connections, established ones finish) until it
+has no connections left or its grace period ran out, then let the plan delete it.
+UDP has no connection to wait for, so a UDP real server goes at once. A whole
+service that goes away is deleted at once, as kube-proxy does.
+Pure: the clock is an argument; must not import time, asyncio or anything outside the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+from vsop.core.plan import owned
+from vsop.core.state import KernelState, Names, RealServer, RealServerKey, ServiceKey
+
+DEFAULT_GRACE_SECONDS = 30.0
+
+
+@dataclass
+class Draining:
+    """When each draining real server started to drain (monotonic seconds)."""
+
+    since: dict[RealServerKey, float] = field(default_factory=dict)
+
+    def keys(self) -> frozenset[RealServerKey]:
+        return frozenset(self.since)
+
+
+def with_draining(
+    desired: KernelState,
+    observed: KernelState,
+    draining: Draining,
+    now: float,
+    grace: Mapping[ServiceKey, float] | None = None,
+    names: Names = Names(),
+) -> KernelState:
+    """The desired state plus weight-0 entries for real servers still draining.
+
+    Updates `draining` in place: starts the clock for newly removed real servers and
+    forgets those that are deleted or came back.
+    """
+    grace = grace or {}
+    mine = owned(observed, names)
+    keep: dict[RealServerKey, RealServer] = {}
+    for key, current in mine.real_servers.items():
+        if key in desired.real_servers or key.service not in desired.services:
+            draining.since.pop(key, None)
+            continue
+        if key.service.protocol == "udp":
+            draining.since.pop(key, None)  # nothing to wait for; conntrack cleanup moves clients
+            continue
+        started = draining.since.setdefault(key, now)
+        limit = grace.get(key.service, DEFAULT_GRACE_SECONDS)
+        # Only established connections are waited for: closing ones (InActConn) are
+        # expired by the kernel anyway (expire_nodest_conn=1) and would hold a real
+        # server for the two minutes of TIME_WAIT.
+        if current.active_connections == 0:
+            draining.since.pop(key, None)  # nothing to drain: the plan deletes it now
+            continue
+        if now - started >= limit:
+            draining.since.pop(key, None)  # grace period over: delete even with connections
+            continue
+        keep[key] = replace(current, weight=0)
+    for key in list(draining.since):
+        if key not in keep:
+            draining.since.pop(key, None)
+    if not keep:
+        return desired
+    return replace(desired, real_servers={**desired.real_servers, **keep})

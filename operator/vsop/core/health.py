@@ -1,0 +1,67 @@
+"""Health state of real servers: thresholds of consecutive results, with no clock or I/O.
+
+Owns the state machine keepalived users expect: a real server starts in service;
+`failureThreshold` consecutive failed checks take it out, `successThreshold`
+consecutive good ones bring it back. The checks themselves (TCP connect, HTTP GET)
+are run by the agent; this module only counts their results.
+Pure: must not import asyncio, socket, subprocess or anything outside the core.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from vsop.core.state import RealServerKey
+
+
+@dataclass
+class Health:
+    healthy: bool = True
+    successes: int = 0  # consecutive
+    failures: int = 0  # consecutive
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    failure: int = 2
+    success: int = 1
+
+
+@dataclass
+class HealthTracker:
+    states: dict[RealServerKey, Health] = field(default_factory=dict)
+
+    def record(self, key: RealServerKey, ok: bool, thresholds: Thresholds, error: str = "") -> bool:
+        """Count one check result; True when the real server changed between in and out of service."""
+        state = self.states.setdefault(key, Health())
+        if ok:
+            state.successes += 1
+            state.failures = 0
+            state.last_error = ""
+            if not state.healthy and state.successes >= thresholds.success:
+                state.healthy = True
+                return True
+        else:
+            state.failures += 1
+            state.successes = 0
+            state.last_error = error
+            if state.healthy and state.failures >= thresholds.failure:
+                state.healthy = False
+                return True
+        return False
+
+    def forget_except(self, keys: Iterable[RealServerKey]) -> None:
+        """Drop the state of real servers that are no longer checked."""
+        keep = set(keys)
+        for key in list(self.states):
+            if key not in keep:
+                del self.states[key]
+
+    def out_of_service(self) -> frozenset[RealServerKey]:
+        return frozenset(key for key, state in self.states.items() if not state.healthy)
+
+    def is_healthy(self, key: RealServerKey) -> bool:
+        state = self.states.get(key)
+        return state is None or state.healthy
