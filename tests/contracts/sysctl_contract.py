@@ -1,0 +1,52 @@
+"""What every SysctlAdapter does, asserted through its read(): the real one and the fake alike.
+
+The `sysctl_adapter` fixture is an adapter over a kernel that has
+net.ipv4.ip_forward and net.ipv6.conf.all.forwarding (every network namespace does),
+each "0" or "1", and no net.ipv4.vsop_no_such_setting.
+Must not import: kopf, kubernetes, jinja2, or any real adapter.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vsop.adapters.base import OperationFailed
+from vsop.core import ops
+
+FORWARDING = {4: "net.ipv4.ip_forward", 6: "net.ipv6.conf.all.forwarding"}
+MISSING = "net.ipv4.vsop_no_such_setting"
+
+
+class SysctlContract:
+    """Needs fixture `sysctl_adapter`."""
+
+    @pytest.fixture(params=[4, 6], ids=["ipv4", "ipv6"])
+    def family(self, request: pytest.FixtureRequest) -> int:
+        return request.param
+
+    def test_reads_a_setting(self, sysctl_adapter, family):
+        assert sysctl_adapter.read([FORWARDING[family]])[FORWARDING[family]] in ("0", "1")
+
+    def test_leaves_a_missing_setting_out(self, sysctl_adapter):
+        assert sysctl_adapter.read([MISSING, FORWARDING[4]]).keys() == {FORWARDING[4]}
+
+    def test_writes_a_setting(self, sysctl_adapter, family):
+        name = FORWARDING[family]
+        for value in ("1", "0", "1"):
+            assert sysctl_adapter.apply([ops.SetSysctl(name, value)]) == 1
+            assert sysctl_adapter.read([name]) == {name: value}
+
+    def test_writing_the_current_value_writes_nothing(self, sysctl_adapter, family):
+        name = FORWARDING[family]
+        current = sysctl_adapter.read([name])[name]
+        assert sysctl_adapter.apply([ops.SetSysctl(name, current, previous=current)]) == 0
+        assert sysctl_adapter.read([name]) == {name: current}
+
+    def test_writing_a_missing_setting_fails_naming_it(self, sysctl_adapter):
+        sysctl_adapter.apply([ops.SetSysctl(FORWARDING[4], "0"), ops.SetSysctl(FORWARDING[6], "0")])
+        missing = ops.SetSysctl(MISSING, "1")
+        with pytest.raises(OperationFailed) as failed:
+            sysctl_adapter.apply([ops.SetSysctl(FORWARDING[4], "1"), missing, ops.SetSysctl(FORWARDING[6], "1")])
+        assert failed.value.op == missing
+        assert failed.value.reason
+        assert sysctl_adapter.read([FORWARDING[4], FORWARDING[6], MISSING]) == {FORWARDING[4]: "1", FORWARDING[6]: "0"}

@@ -1,0 +1,85 @@
+"""The real IPSetKernel: the shared contract, plus what only a real kernel shows (foreign sets made with the CLI)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.contracts.ipset_contract import MEMBERS, OWNER, VIP, IPSetContract, create_ops, vip_ports_set, vips_set
+from vsop.adapters.base import OperationFailed
+from vsop.adapters.ipset import IPSetKernel
+from vsop.core import ops
+from vsop.core.state import Names
+
+
+class TestIPSetKernel(IPSetContract):
+    pass
+
+
+def ipset(*arguments: str) -> str:
+    return subprocess.run(["ipset", *arguments], check=True, capture_output=True, text=True).stdout
+
+
+def test_foreign_sets_survive_every_operation(ipset_adapter: IPSetKernel):
+    ipset("create", "FOREIGN", "hash:ip,port", "family", "inet", "comment")
+    ipset("add", "FOREIGN", f"{VIP[4]},tcp:80", "comment", "someone else")
+    ipset("create", "FOREIGN-NETS", "hash:net", "family", "inet6")
+    ipset("add", "FOREIGN-NETS", "fd00::/64")
+    before = ipset("save", "FOREIGN") + ipset("save", "FOREIGN-NETS")
+
+    lifecycle = [
+        create_ops(4) + create_ops(6),
+        [ops.AddSetMember(vip_ports_set(f), m, OWNER) for f in (4, 6) for m in MEMBERS[f]],
+        [ops.AddSetMember(vip_ports_set(4), MEMBERS[4][0], "other/owner", replace=True)],
+        [ops.DeleteSetMember(vip_ports_set(4), MEMBERS[4][0])],
+        [ops.DestroySet(name) for name in (vip_ports_set(4), vips_set(4), vip_ports_set(6), vips_set(6))],
+    ]
+    for operations in lifecycle:
+        ipset_adapter.apply(operations)
+        assert ipset("save", "FOREIGN") + ipset("save", "FOREIGN-NETS") == before
+    assert {"FOREIGN", "FOREIGN-NETS"} <= set(ipset("list", "-n").split())
+    assert ipset_adapter.read(Names().owned_set_names()) == {}
+
+
+def test_reads_a_set_of_vsops_name_made_with_other_options(ipset_adapter: IPSetKernel):
+    name = vip_ports_set(4)
+    ipset("create", name, "hash:ip,port", "family", "inet", "counters", "comment", "timeout", "600", "skbinfo")
+    ipset("add", name, MEMBERS[4][0], "comment", OWNER)
+    ipset("add", name, MEMBERS[4][1], "timeout", "0")
+    found = ipset_adapter.read(frozenset({name}))[name]
+    assert (found.kind, found.family) == ("hash:ip,port", 4)
+    assert found.members == {MEMBERS[4][0]: OWNER, MEMBERS[4][1]: ""}
+
+
+def test_reports_the_real_type_of_a_set_vsop_did_not_make(ipset_adapter: IPSetKernel):
+    """So the planner can refuse it rather than fill a set of the wrong type."""
+    ipset("create", vips_set(6), "hash:net", "family", "inet6")
+    ipset("create", vips_set(4), "bitmap:port", "range", "1-100")
+    found = ipset_adapter.read(frozenset({vips_set(6), vips_set(4)}))
+    assert (found[vips_set(6)].kind, found[vips_set(6)].family) == ("hash:net", 6)
+    assert found[vips_set(4)].kind == "bitmap:port"
+
+
+def test_members_read_back_in_the_text_ipset_save_prints(ipset_adapter: IPSetKernel):
+    name = vip_ports_set(6)
+    ipset_adapter.apply(create_ops(6) + [ops.AddSetMember(name, m, OWNER) for m in MEMBERS[6]])
+    saved = {line.split()[2] for line in ipset("save", name).splitlines() if line.startswith("add ")}
+    assert saved == set(MEMBERS[6]) == set(ipset_adapter.read(frozenset({name}))[name].members)
+
+
+def test_a_comment_ipset_cannot_hold_fails_before_the_kernel_sees_it(ipset_adapter: IPSetKernel):
+    name = vip_ports_set(4)
+    quoted = ops.AddSetMember(name, MEMBERS[4][1], 'with "quotes"')
+    with pytest.raises(OperationFailed) as failed:
+        ipset_adapter.apply(create_ops(4) + [ops.AddSetMember(name, MEMBERS[4][0], OWNER), quoted])
+    assert failed.value.op == quoted
+    assert ipset_adapter.read(frozenset({name}))[name].members == {MEMBERS[4][0]: OWNER}
+
+
+def test_a_failure_names_the_kernels_reason(ipset_adapter: IPSetKernel):
+    duplicate = create_ops(4)[0]
+    with pytest.raises(OperationFailed) as failed:
+        ipset_adapter.apply([duplicate, duplicate])
+    assert failed.value.op == duplicate
+    assert "already exists" in failed.value.reason
