@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
 
 from vsop.adapters.base import Adapter, IPSetAdapter, IPTablesAdapter, IPVSAdapter, LinkAdapter, OperationFailed, SysctlAdapter
@@ -152,5 +152,8 @@ def fake_kernel(state: KernelState | None = None, names: Names = Names()) -> tup
     """A Kernel of in-memory fakes sharing one state, and that state's holder."""
     from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeIPVS, FakeKernel, FakeLinks, FakeSysctls
 
-    fake = FakeKernel(state or KernelState(), names)
+    state = state or KernelState()
+    # Like a kernel with IPVS loaded: every setting vsop reads exists, off by default.
+    state = replace(state, sysctls={**{name: "0" for name in ALL_SYSCTLS}, **state.sysctls})
+    fake = FakeKernel(state, names)
     return Kernel(FakeIPVS(fake), FakeLinks(fake), FakeIPSets(fake), FakeIPTables(fake), FakeSysctls(fake)), fake

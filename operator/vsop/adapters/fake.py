@@ -109,7 +109,20 @@ class FakeIPTables(_View):
 
 
 class FakeSysctls(_View):
+    """Like /proc/sys: only names the kernel has exist, and writing the current value writes nothing."""
+
     handles = (ops.SetSysctl,)
+
+    def apply(self, operations: Sequence[ops.Op]) -> int:
+        writes = 0
+        for op in operations:
+            assert isinstance(op, ops.SetSysctl)
+            current = self.kernel.state.sysctls.get(op.name)
+            if current is None:
+                raise OperationFailed(op, f"this kernel has no sysctl {op.name}")
+            if current != op.value:
+                writes += self.kernel.apply([op])
+        return writes
 
     def read(self, names: Iterable[str]) -> dict[str, str]:
         return {n: self.kernel.state.sysctls[n] for n in names if n in self.kernel.state.sysctls}

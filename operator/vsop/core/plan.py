@@ -11,6 +11,7 @@ Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapter
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, replace
 from typing import Iterable
 
@@ -83,7 +84,10 @@ def owned(observed: KernelState, names: Names) -> KernelState:
 
 
 def jump_target(rule: str) -> str | None:
-    words = rule.split()
+    try:
+        words = shlex.split(rule)  # a quoted comment may mention a chain without jumping to it
+    except ValueError:
+        words = rule.split()
     for flag in ("-j", "--jump", "-g", "--goto"):
         if flag in words:
             index = words.index(flag)
