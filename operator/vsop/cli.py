@@ -18,7 +18,7 @@ from vsop.core.commands import command_lines, render
 from vsop.core.desired import Desired, Node, desired_state
 from vsop.core.plan import Plan, PlanError, plan
 from vsop.core.state import KernelState, Names
-from vsop.engine import read_observed
+from vsop.engine import read_observed, running_kernel_version
 from vsop.adapters.base import OperationFailed
 from vsop.errors import FieldError, InvalidInput, KernelUnsupported
 from vsop.loader import Loaded, load_paths
@@ -128,7 +128,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         observed = read_host(names)
     else:
         observed = KernelState()
-    desired = desired_state(loaded.services, _node(args), names=names, node_addresses=observed.node_addresses)
+    desired = desired_state(
+        loaded.services,
+        _node(args),
+        names=names,
+        node_addresses=observed.node_addresses,
+        kernel_version=None if args.from_empty else running_kernel_version(),
+    )
     _refuse_problems(desired)
     result = plan(desired.state, observed, names)
     _refuse_problems(result)
@@ -177,7 +183,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     loaded = _load(args)
     kernel = real_kernel()
     observed = read_observed(kernel, names)
-    desired = desired_state(loaded.services, _node(args), names=names, node_addresses=observed.node_addresses)
+    desired = desired_state(
+        loaded.services, _node(args), names=names, node_addresses=observed.node_addresses, kernel_version=running_kernel_version()
+    )
     _refuse_problems(desired)
     result = plan(desired.state, observed, names)
     _refuse_problems(result)

@@ -12,18 +12,29 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from vsop.adapters.base import Adapter, IPSetAdapter, IPTablesAdapter, IPVSAdapter, LinkAdapter, OperationFailed, SysctlAdapter
 from vsop.core import ops
-from vsop.core.desired import Desired, Endpoint, Node, desired_state, family_sysctls
+from vsop.core.desired import ARP_SYSCTLS, Desired, Endpoint, Node, desired_state, family_sysctls, kernel_sysctls
 from vsop.core.plan import Plan, plan
 from vsop.core.state import KernelState, Names, RealServerKey
 from vsop.model import VirtualService
 
 log = logging.getLogger("vsop.engine")
 
-ALL_SYSCTLS = tuple(sorted(set(family_sysctls(4)) | set(family_sysctls(6))))
+ALL_SYSCTLS = tuple(sorted({*family_sysctls(4), *family_sysctls(6), *kernel_sysctls((6, 0)), *ARP_SYSCTLS}))
+
+
+def running_kernel_version() -> tuple[int, int] | None:
+    """(major, minor) of the running kernel, from its release string."""
+    import platform
+
+    parts = platform.release().split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return None
 
 
 @dataclass
@@ -121,13 +132,24 @@ def sync(
     names: Names = Names(),
     endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
     out_of_service: frozenset[RealServerKey] = frozenset(),
+    kernel_version: tuple[int, int] | None = None,
+    adjust: Callable[[KernelState, KernelState], KernelState] | None = None,
     dry_run: bool = False,
 ) -> SyncResult:
+    """One level-based sync. `adjust(desired, observed)` may amend the desired state (draining)."""
     started = time.monotonic()
     observed = read_observed(kernel, names)
     desired = desired_state(
-        services, node, names=names, endpoints=endpoints, node_addresses=observed.node_addresses, out_of_service=out_of_service
+        services,
+        node,
+        names=names,
+        endpoints=endpoints,
+        node_addresses=observed.node_addresses,
+        out_of_service=out_of_service,
+        kernel_version=kernel_version,
     )
+    if adjust is not None:
+        desired = replace(desired, state=adjust(desired.state, observed))
     the_plan = plan(desired.state, observed, names)
     result = SyncResult(desired, the_plan)
     if not dry_run and the_plan.ops:

@@ -122,6 +122,16 @@ class Persistence(_Spec):
     timeout_seconds: int = Field(default=0, ge=0, le=MAX_PERSISTENCE_SECONDS, strict=True)
 
 
+class Drain(_Spec):
+    timeout_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        strict=True,
+        description="How long a removed TCP/SCTP real server keeps its established connections (weight 0) before it is deleted.",
+    )
+
+
 class HealthCheck(_Spec):
     type: Literal["none", "tcp", "http"] = "none"
     path: str = Field(default="/", max_length=1024, pattern=r"^/[\x21-\x7e]*$")
@@ -175,6 +185,12 @@ class VirtualServiceSpec(_Spec):
     backends: tuple[Backend, ...] = Field(default=(), max_length=1024)
     service_ref: ServiceRef | None = None
     health_check: HealthCheck = Field(default_factory=HealthCheck)
+    drain: Drain = Field(default_factory=Drain)
+    suppress_arp: bool = Field(
+        default=False,
+        alias="suppressARP",
+        description="Do not answer ARP for the VIP on every interface (arp_ignore=1, arp_announce=2): for VIPs announced another way.",
+    )
     node_selector: NodeSelector = Field(default_factory=NodeSelector)
     mode: Literal["ipvs", "keepalived"] = "ipvs"
     announce: Literal["none", "vrrp"] = "none"

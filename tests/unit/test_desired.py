@@ -111,3 +111,23 @@ def test_health_takes_real_servers_out_unless_all_fail() -> None:
 def test_nothing_desired_means_nothing_at_all() -> None:
     state = desired_state([], NODE).state
     assert state.link is None and not state.ipsets and not state.chains and not state.jumps and not state.sysctls
+
+
+def test_conn_reuse_mode_follows_the_kernel_release() -> None:
+    assert desired_state([make_vs()], NODE, kernel_version=(6, 1)).state.sysctls["net.ipv4.vs.conn_reuse_mode"] == "1"
+    assert desired_state([make_vs()], NODE, kernel_version=(5, 4)).state.sysctls["net.ipv4.vs.conn_reuse_mode"] == "0"
+    assert "net.ipv4.vs.conn_reuse_mode" not in desired_state([make_vs()], NODE).state.sysctls
+
+
+def test_suppress_arp_sets_arp_ignore_and_announce() -> None:
+    assert "net.ipv4.conf.all.arp_ignore" not in desired_state([make_vs()], NODE).state.sysctls
+    sysctls = desired_state([make_vs(suppressARP=True)], NODE).state.sysctls
+    assert (sysctls["net.ipv4.conf.all.arp_ignore"], sysctls["net.ipv4.conf.all.arp_announce"]) == ("1", "2")
+
+
+def test_unhealthy_udp_real_server_is_removed_not_quiesced() -> None:
+    vs = make_vs(ports=[{"port": 53, "protocol": "UDP"}])
+    key = ServiceKey("udp", "169.254.11.2", 53)
+    out = RealServerKey(key, "192.168.2.111", 53)
+    state = desired_state([vs], NODE, out_of_service=frozenset({out})).state
+    assert out not in state.real_servers and len(state.real_servers) == 1

@@ -134,6 +134,24 @@ def constant_jumps(names: Names, family: int) -> frozenset[Jump]:
     )
 
 
+ARP_SYSCTLS = {
+    # Answer ARP only for addresses on the receiving interface, never for VIPs on vsop0,
+    # and never use a VIP as the source of our own ARP requests.
+    "net.ipv4.conf.all.arp_ignore": "1",
+    "net.ipv4.conf.all.arp_announce": "2",
+}
+
+
+def kernel_sysctls(kernel_version: tuple[int, int] | None) -> dict[str, str]:
+    """Settings whose right value depends on the kernel release."""
+    if kernel_version is None:
+        return {}
+    # Before 5.9, conn_reuse_mode=1 stalled new connections from a reused client port for a
+    # second when the old one pointed at a weight-0 real server; 0 avoided that (kube-proxy's
+    # choice). From 5.9 the kernel fixed it and 1 reschedules such connections, as draining needs.
+    return {"net.ipv4.vs.conn_reuse_mode": "1" if kernel_version >= (5, 9) else "0"}
+
+
 def family_sysctls(family: int) -> dict[str, str]:
     common = {
         # Without conntrack entries for IPVS connections, MASQUERADE never sees them.
@@ -187,6 +205,7 @@ def desired_state(
     endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
     node_addresses: Iterable[str] = (),
     out_of_service: frozenset[RealServerKey] = frozenset(),
+    kernel_version: tuple[int, int] | None = None,
 ) -> Desired:
     """The node's desired kernel state.
 
@@ -244,6 +263,10 @@ def desired_state(
         chains.update(constant_chains(names, family))
         jumps |= constant_jumps(names, family)
         sysctls.update(family_sysctls(family))
+    if families:
+        sysctls.update(kernel_sysctls(kernel_version))
+    if any(vs.spec.suppress_arp and vs.spec.family == 4 for vs in winners if vs.ref in programmed):
+        sysctls.update(ARP_SYSCTLS)
 
     state = KernelState(
         link=LinkState(names.link, up=True) if vips else None,
@@ -296,6 +319,12 @@ def _apply_health(real_servers: dict[RealServerKey, RealServer], out: frozenset[
         if serving and all(rs.key in out for rs in serving):
             continue  # all of them failing: keep them, there is nothing better to send traffic to
         for rs in serving:
-            if rs.key in out:
+            if rs.key not in out:
+                continue
+            if rs.key.service.protocol == "udp":
+                # UDP has no connection to finish: a quiescent real server would keep every
+                # client on a fixed source port stuck on it until the entry times out.
+                del result[rs.key]
+            else:
                 result[rs.key] = RealServer(rs.key, rs.forwarding, 0)
     return result
