@@ -91,11 +91,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="what vsop owns on this host: VIPs, services, real servers, connections")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    p.add_argument(
+        "--status-file", default="/run/vsop/agent.json",
+        help="the host agent's status (health, file errors, draining), shown when the agent runs",
+    )
 
     p = sub.add_parser("cleanup", help="remove everything vsop owns on this host, and nothing else")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
     p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
 
+    p = sub.add_parser(
+        "agent",
+        help="daemon: with --from DIR keep a folder of YAML true on this host; without, the in-cluster node agent",
+        description=(
+            "With --from DIR: the host agent. Loads every VirtualService in DIR, reconciles, follows\n"
+            "changes (polling), resyncs periodically to repair drift, runs health checks and drains\n"
+            "removed real servers. A file that fails validation is reported and ignored (its last good\n"
+            "objects stay); deleting a file removes its objects. SIGTERM stops the agent and leaves\n"
+            "the kernel serving. Without --from: the in-cluster node agent (DaemonSet); see\n"
+            "`vsop agent --help-cluster`."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--from", dest="directory", metavar="DIR", help="the folder of VirtualService YAML to follow")
+    p.add_argument("--node-name", default=socket.gethostname(), help="this node's name, for nodeSelector")
+    p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE", help="a label of this node; repeatable")
+    p.add_argument("--resync-seconds", type=float, default=30.0, help="full resync period that repairs drift (default 30)")
+    p.add_argument("--poll-seconds", type=float, default=1.0, help="how often the folder is checked for changes (default 1)")
+    p.add_argument("--status-file", default="/run/vsop/agent.json", help="where the agent writes its state for `vsop show`")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every sync, also those that change nothing")
+
+    sub.add_parser("controller", help="the in-cluster controller (Deployment): conflicts, conditions, events")
     sub.add_parser("crd", help="print the CustomResourceDefinition generated from the model")
     sub.add_parser("version", help="print the version")
     return parser
@@ -226,12 +252,28 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     names = Names()
     observed = read_observed(real_kernel(), names)
+    agent = _agent_status(args.status_file)
     if args.output == "json":
-        json.dump(show_json(observed, names), sys.stdout, indent=2)
+        json.dump(show_json(observed, names, agent), sys.stdout, indent=2)
         print()
     else:
-        sys.stdout.write(show_text(observed, names))
+        sys.stdout.write(show_text(observed, names, agent))
     return EXIT_OK
+
+
+def _agent_status(path: str) -> dict[str, object] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            status = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    try:
+        import os
+
+        os.kill(int(status.get("pid", 0)), 0)
+    except (OSError, ValueError):
+        status["stale"] = True  # the agent that wrote it is gone
+    return status
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -259,6 +301,30 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vsop.adapters.conntrack import ConntrackTool
+    from vsop.host import real_kernel
+    from vsop.host_agent import AgentConfig, run_agent
+    from vsop.logs import setup_logging
+
+    setup_logging(args.verbose)
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise InvalidInput([FieldError(path="--from", reason=f"{directory} is not a folder")])
+    config = AgentConfig(
+        directory=directory,
+        node=_node(args),
+        resync_seconds=args.resync_seconds,
+        poll_seconds=args.poll_seconds,
+        status_file=Path(args.status_file) if args.status_file else None,
+    )
+    kernel = real_kernel()
+    kernel.ipvs.probe()  # say it now, not at the first sync: this kernel cannot run the agent
+    return run_agent(kernel, config, ConntrackTool())
+
+
 def cmd_crd(args: argparse.Namespace) -> int:
     from vsop.crd import crd_yaml
 
@@ -276,12 +342,33 @@ COMMANDS = {
     "apply": cmd_apply,
     "show": cmd_show,
     "cleanup": cmd_cleanup,
+    "agent": cmd_agent,
     "crd": cmd_crd,
     "version": cmd_version,
 }
 
 
+def _in_cluster(argv: Sequence[str]) -> int | None:
+    """`vsop controller ...` and `vsop agent ...` without --from belong to the Kubernetes layer."""
+    if not argv or argv[0] not in ("agent", "controller"):
+        return None
+    rest = list(argv[1:])
+    if argv[0] == "agent" and (any(a == "--from" or a.startswith("--from=") for a in rest) or rest in (["-h"], ["--help"])):
+        return None
+    if argv[0] == "agent":
+        from vsop.kube.agent import main as agent_main
+
+        return agent_main([a for a in rest if a != "--help-cluster"] + (["--help"] if "--help-cluster" in rest else []))
+    from vsop.kube.controller import main as controller_main
+
+    return controller_main(rest)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    delegated = _in_cluster(argv)
+    if delegated is not None:
+        return delegated
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -34,9 +34,10 @@ def _host(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def show_json(observed: KernelState, names: Names) -> dict[str, Any]:
+def show_json(observed: KernelState, names: Names, agent: dict[str, Any] | None = None) -> dict[str, Any]:
     mine = owned(observed, names)
     by_member = owners(mine, names)
+    health = {(h["service"], h["realServer"]): h for h in (agent or {}).get("health", [])}
     services = []
     for key, service in sorted(mine.services.items()):
         real = [rs for k, rs in sorted(mine.real_servers.items()) if k.service == key]
@@ -56,6 +57,7 @@ def show_json(observed: KernelState, names: Names) -> dict[str, Any]:
                         "weight": rs.weight,
                         "activeConnections": rs.active_connections,
                         "inactiveConnections": rs.inactive_connections,
+                        **_health_of(health, rs.key),
                     }
                     for rs in real
                 ],
@@ -74,11 +76,27 @@ def show_json(observed: KernelState, names: Names) -> dict[str, Any]:
         "chains": {f"{'ip6tables' if k.family == 6 else 'iptables'} {k.table} {k.chain}": len(r) for k, r in sorted(mine.chains.items())},
         "jumps": len(mine.jumps),
         "sysctls": dict(sorted(mine.sysctls.items())),
+        "agent": None
+        if agent is None
+        else {
+            "stale": bool(agent.get("stale")),
+            "directory": agent.get("directory"),
+            "fileErrors": agent.get("errors", {}),
+            "draining": agent.get("draining", []),
+            "lastSync": agent.get("lastSync", {}),
+        },
     }
 
 
-def show_text(observed: KernelState, names: Names) -> str:
-    data = show_json(observed, names)
+def _health_of(health: dict[tuple[str, str], dict[str, Any]], key: Any) -> dict[str, Any]:
+    found = health.get((str(key.service), str(key)))
+    if found is None:
+        return {}
+    return {"healthy": found["healthy"], "lastError": found.get("lastError", "")}
+
+
+def show_text(observed: KernelState, names: Names, agent: dict[str, Any] | None = None) -> str:
+    data = show_json(observed, names, agent)
     if data["link"] is None and not data["ipsets"] and not data["chains"]:
         return "Nothing of vsop's on this host.\n"
     lines = []
@@ -88,14 +106,14 @@ def show_text(observed: KernelState, names: Names) -> str:
     lines.append(f"{link_text}, {len(data['vips'])} VIP(s), {len(data['services'])} service(s), {real_count} real server(s)")
     lines.append("")
     lines.append(f"{'Prot LocalAddress:Port':<34} {'Scheduler':<10} {'Flags':<14} Owner")
-    lines.append(f"{'  -> RemoteAddress:Port':<34} {'Forward':<7} {'Weight':>6} {'ActiveConn':>10} {'InActConn':>10}")
+    lines.append(f"{'  -> RemoteAddress:Port':<34} {'Forward':<7} {'Weight':>6} {'ActiveConn':>10} {'InActConn':>10}  Health")
     for svc in data["services"]:
         flags = f"persistent {svc['persistenceTimeout']}" if svc["persistenceTimeout"] else ""
         lines.append(f"{svc['protocol']:<4} {_host(svc['vip'], svc['port']):<29} {svc['scheduler']:<10} {flags:<14} {svc['owner'] or '-'}")
         for rs in svc["realServers"]:
             lines.append(
                 f"  -> {_host(rs['address'], rs['port']):<29} {_FORWARD[rs['forwarding']]:<7} {rs['weight']:>6} "
-                f"{rs['activeConnections']:>10} {rs['inactiveConnections']:>10}"
+                f"{rs['activeConnections']:>10} {rs['inactiveConnections']:>10}  {_health_text(rs)}"
             )
     for item in data["portsWithoutIPVSService"]:
         lines.append(f"{item['member']:<34} (no IPVS service from vsop: keepalived mode)  {item['owner']}")
@@ -104,4 +122,20 @@ def show_text(observed: KernelState, names: Names) -> str:
     lines.append(f"ipsets: {sets or 'none'}")
     lines.append(f"iptables: {len(data['chains'])} chain(s), {sum(data['chains'].values())} rule(s), {data['jumps']} jump(s)")
     lines.append("sysctls: " + " ".join(f"{k}={v}" for k, v in data["sysctls"].items()))
+    agent_data = data["agent"]
+    if agent_data is not None:
+        state = "NOT RUNNING (status is stale)" if agent_data["stale"] else "running"
+        lines.append(f"agent: {state}, following {agent_data['directory']}")
+        for path, error in sorted(agent_data["fileErrors"].items()):
+            lines.append(f"  ignored file {path}: {error}")
+        for item in agent_data["draining"]:
+            lines.append(f"  draining {item}")
+        if agent_data["lastSync"].get("error"):
+            lines.append(f"  last sync failed: {agent_data['lastSync']['error']}")
     return "\n".join(lines) + "\n"
+
+
+def _health_text(rs: dict[str, Any]) -> str:
+    if "healthy" not in rs:
+        return "-"
+    return "ok" if rs["healthy"] else f"FAILING ({rs['lastError']})"

@@ -67,6 +67,9 @@ class Desired:
     state: KernelState
     programmed: tuple[str, ...]  # refs of the VirtualServices this node programs
     problems: tuple[Problem, ...] = ()
+    # Every configured real server and its VirtualService, before health takes any out:
+    # what health checks must keep probing so a failed real server can come back.
+    configured: Mapping[RealServerKey, str] = field(default_factory=dict)
 
 
 def resolve_conflicts(services: Iterable[VirtualService]) -> tuple[list[VirtualService], list[Problem]]:
@@ -249,6 +252,7 @@ def desired_state(
             for rs in _real_servers(vs, port, key, endpoints):
                 real_servers.setdefault(rs.key, rs)
 
+    configured = {key: virtual_servers[key.service].owner for key in real_servers}
     real_servers = _apply_health(real_servers, out_of_service)
 
     families = {ipaddress.ip_address(vip).version for vip in vips}
@@ -278,7 +282,7 @@ def desired_state(
         jumps=frozenset(jumps),
         sysctls=sysctls,
     )
-    return Desired(state, tuple(programmed), tuple(problems))
+    return Desired(state, tuple(programmed), tuple(problems), configured)
 
 
 def _real_servers(

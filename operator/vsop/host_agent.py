@@ -1,0 +1,234 @@
+"""`vsop agent --from DIR`: keep a folder of VirtualServices true on this host's kernel.
+
+Owns the agent's loop: poll the folder, run health checks, and run one level-based
+sync whenever something changed, on a periodic resync (which repairs drift made by
+hand) and while real servers drain. It removes nothing on SIGTERM, so the dataplane
+keeps serving while the agent restarts, and a restart with unchanged files writes
+nothing. Its state for `vsop show` goes to a JSON status file.
+Must not import: kopf, kubernetes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from vsop.adapters.base import OperationFailed
+from vsop.adapters.conntrack import ConntrackCleaner
+from vsop.checks import HealthChecker, Target
+from vsop.core import ops
+from vsop.core.desired import Node
+from vsop.core.draining import Draining, with_draining
+from vsop.core.health import HealthTracker
+from vsop.core.plan import PlanError
+from vsop.core.state import Names, RealServerKey, ServiceKey
+from vsop.engine import ExecutionFailed, Kernel, SyncResult, running_kernel_version, sync
+from vsop.errors import KernelUnsupported
+from vsop.folder import FolderSource
+from vsop.model import VirtualService
+
+log = logging.getLogger("vsop.agent")
+
+DEFAULT_STATUS_FILE = Path("/run/vsop/agent.json")
+
+
+@dataclass
+class AgentConfig:
+    directory: Path
+    node: Node
+    names: Names = field(default_factory=Names)
+    resync_seconds: float = 30.0
+    poll_seconds: float = 1.0
+    debounce_seconds: float = 0.1
+    retry_seconds: float = 5.0
+    status_file: Path | None = DEFAULT_STATUS_FILE
+
+
+class HostAgent:
+    def __init__(
+        self,
+        kernel: Kernel,
+        config: AgentConfig,
+        conntrack: ConntrackCleaner,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.kernel = kernel
+        self.config = config
+        self.conntrack = conntrack
+        self.clock = clock
+        self.source = FolderSource(config.directory)
+        self.tracker = HealthTracker()
+        self.draining = Draining()
+        self.kernel_version = running_kernel_version()
+        self.last: dict[str, Any] = {}
+        self.targets: set[Target] = set()
+        self.syncs = 0
+
+    # -- one sync (blocking: adapters talk to the kernel) ---------------------------
+
+    def sync_once(self) -> SyncResult | None:
+        services = self.source.services()
+        grace = _grace_by_service(services)
+        started = time.monotonic()
+        try:
+            result = sync(
+                self.kernel,
+                services,
+                self.config.node,
+                names=self.config.names,
+                out_of_service=self.tracker.out_of_service(),
+                kernel_version=self.kernel_version,
+                adjust=lambda desired, observed: with_draining(desired, observed, self.draining, self.clock(), grace, self.config.names),
+            )
+        except (ExecutionFailed, OperationFailed, KernelUnsupported, PlanError, OSError) as exc:
+            self.last = {"error": str(exc), "seconds": round(time.monotonic() - started, 4), "at": time.time()}
+            log.error("sync failed, will retry error=%r", str(exc))
+            self.write_status()
+            return None
+        self.syncs += 1
+        for problem in result.desired.problems + result.plan.problems:
+            log.warning("VirtualService not programmed object=%s reason=%s message=%r", problem.obj, problem.reason, problem.message)
+        self._forget_udp_conntrack(result.applied)
+        self.targets = _health_targets(services, result.desired.configured, self.draining)
+        self.last = {
+            "writes": result.writes,
+            "operations": result.plan.counts(),
+            "seconds": round(result.seconds, 4),
+            "at": time.time(),
+            "programmed": list(result.desired.programmed),
+            "problems": [p.__dict__ for p in result.desired.problems + result.plan.problems],
+        }
+        if result.writes:
+            log.info("synced objects=%d writes=%d seconds=%.3f operations=%s", len(services), result.writes, result.seconds, result.plan.counts())
+        else:
+            log.debug("synced, nothing to change objects=%d seconds=%.3f", len(services), result.seconds)
+        self.write_status()
+        return result
+
+    def _forget_udp_conntrack(self, applied: list[ops.Op]) -> None:
+        for op in applied:
+            if isinstance(op, ops.DeleteRealServer) and op.key.service.protocol == "udp":
+                key = op.key
+                self.conntrack.forget_udp(key.service.vip, key.service.port, key.address, key.port)
+
+    # -- status for `vsop show` --------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "directory": str(self.config.directory),
+            "node": self.config.node.name,
+            "files": {str(path): state.error for path, state in sorted(self.source.files.items())},
+            "errors": self.source.errors(),
+            "objects": [vs.ref for vs in self.source.services()],
+            "health": [
+                {
+                    "service": str(target.key.service),
+                    "realServer": str(target.key),
+                    "check": target.check.type,
+                    "healthy": self.tracker.is_healthy(target.key),
+                    "consecutiveFailures": self.tracker.states.get(target.key).failures if target.key in self.tracker.states else 0,
+                    "lastError": self.tracker.states.get(target.key).last_error if target.key in self.tracker.states else "",
+                }
+                for target in sorted(self.targets, key=lambda t: t.key)
+            ],
+            "draining": [str(key.service) + " -> " + str(key) for key in sorted(self.draining.keys())],
+            "lastSync": self.last,
+        }
+
+    def write_status(self) -> None:
+        path = self.config.status_file
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(self.status(), indent=2))
+            temporary.replace(path)
+        except OSError as exc:
+            log.warning("cannot write status file path=%s error=%r", path, str(exc))
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        wake = asyncio.Event()
+        checker = HealthChecker(self.tracker, wake.set)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsop-sync")
+        loop = asyncio.get_running_loop()
+        log.info("agent started directory=%s node=%s resync_seconds=%g", self.config.directory, self.config.node.name, self.config.resync_seconds)
+        self.source.poll()
+        poller = loop.create_task(self._poll(wake, stop), name="poll folder")
+        next_resync = 0.0
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                timeout = max(0.0, next_resync - now)
+                if self.draining.since:
+                    timeout = min(timeout, 1.0)  # drained real servers are deleted promptly
+                await _wait_any(wake, stop, timeout)
+                if stop.is_set():
+                    break
+                if wake.is_set():
+                    await asyncio.sleep(self.config.debounce_seconds)  # gather a burst of changes into one sync
+                wake.clear()
+                result = await loop.run_in_executor(executor, self.sync_once)
+                next_resync = time.monotonic() + (self.config.resync_seconds if result is not None else self.config.retry_seconds)
+                checker.update(self.targets)
+        finally:
+            poller.cancel()
+            await checker.stop()
+            executor.shutdown(wait=True)
+            log.info("agent stopped; the kernel keeps serving what was programmed syncs=%d", self.syncs)
+
+    async def _poll(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.config.poll_seconds)
+            if self.source.poll():
+                self.write_status()
+                wake.set()
+
+
+async def _wait_any(first: asyncio.Event, second: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def _grace_by_service(services: list[VirtualService]) -> dict[ServiceKey, float]:
+    grace: dict[ServiceKey, float] = {}
+    for vs in services:
+        for port in vs.spec.ports:
+            grace[ServiceKey(port.protocol.lower(), vs.spec.vip, port.port)] = float(vs.spec.drain.timeout_seconds)  # type: ignore[arg-type]
+    return grace
+
+
+def _health_targets(services: list[VirtualService], configured: Mapping[RealServerKey, str], draining: Draining) -> set[Target]:
+    """Every configured real server of a VirtualService with a health check, in service or not."""
+    checks = {vs.ref: vs.spec.health_check for vs in services if vs.spec.health_check.type != "none"}
+    return {Target(key, checks[owner]) for key, owner in configured.items() if owner in checks and key not in draining.since}
+
+
+def run_agent(kernel: Kernel, config: AgentConfig, conntrack: ConntrackCleaner) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit code."""
+    agent = HostAgent(kernel, config, conntrack)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await agent.run(stop)
+
+    asyncio.run(main())
+    return 0

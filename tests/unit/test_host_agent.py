@@ -1,0 +1,170 @@
+"""The host agent on fake adapters: folder following, bad files, restart, health, draining, UDP conntrack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import SEED
+from vsop.adapters.conntrack import FakeConntrack
+from vsop.core.desired import Node
+from vsop.core.health import Thresholds
+from vsop.core.state import RealServerKey, ServiceKey
+from vsop.engine import fake_kernel
+from vsop.folder import FolderSource
+from vsop.host_agent import AgentConfig, HostAgent
+
+WEB = ServiceKey("tcp", "169.254.11.2", 80)
+
+
+def write(folder: Path, name: str, **spec) -> Path:
+    doc = json.loads(json.dumps(SEED))
+    doc["metadata"]["name"] = name
+    doc["spec"].update(spec)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def agent_for(folder: Path, state=None, clock=None):
+    kernel, fake = fake_kernel(state)
+    config = AgentConfig(folder, Node("n"), status_file=folder.parent / "status.json", poll_seconds=0.02, debounce_seconds=0.01)
+    agent = HostAgent(kernel, config, FakeConntrack(), **({"clock": clock} if clock else {}))
+    return agent, fake
+
+
+def test_new_file_programs_and_removed_file_unprograms(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    agent, fake = agent_for(folder)
+    write(folder, "web")
+    agent.source.poll()
+    assert agent.sync_once().writes > 0
+    assert WEB in fake.state.services
+    second = write(folder, "api", vip="169.254.11.3")
+    agent.source.poll()
+    agent.sync_once()
+    assert {k.vip for k in fake.state.services} == {"169.254.11.2", "169.254.11.3"}
+    second.unlink()
+    assert agent.source.poll() is True
+    agent.sync_once()
+    assert {k.vip for k in fake.state.services} == {"169.254.11.2"}
+
+
+def test_broken_file_keeps_last_good_state_and_harms_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    agent, fake = agent_for(folder)
+    path = write(folder, "web")
+    write(folder, "api", vip="169.254.11.3")
+    agent.source.poll()
+    agent.sync_once()
+    before = fake.state
+    path.write_text(path.read_text().replace("scheduler: rr", "scheduler: bogus").replace("vip: 169.254.11.2", "vip: 169.254.11.2\n  sheduler: x"))
+    agent.source.poll()
+    result = agent.sync_once()
+    assert result.writes == 0 and fake.state == before
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert "sheduler" in status["errors"][str(path)] and "unknown field" in status["errors"][str(path)]
+
+
+def test_restart_with_unchanged_files_writes_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    write(folder, "web", healthCheck={"type": "tcp"})
+    agent, fake = agent_for(folder)
+    agent.source.poll()
+    agent.sync_once()
+    restarted = HostAgent(agent.kernel, agent.config, FakeConntrack())
+    restarted.source.poll()
+    assert restarted.sync_once().writes == 0
+
+
+def test_failing_health_check_sets_weight_zero_and_recovery_restores(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    write(folder, "web", healthCheck={"type": "tcp", "failureThreshold": 2})
+    agent, fake = agent_for(folder)
+    agent.source.poll()
+    agent.sync_once()
+    bad = RealServerKey(WEB, "192.168.2.111", 8080)
+    assert {t.key for t in agent.targets} == {bad, RealServerKey(WEB, "192.168.2.222", 8080)}
+    for _ in range(2):
+        agent.tracker.record(bad, False, Thresholds(2, 1), "connection refused")
+    agent.sync_once()
+    assert fake.state.real_servers[bad].weight == 0
+    assert bad in {t.key for t in agent.targets}  # still checked, so it can come back
+    agent.tracker.record(bad, True, Thresholds(2, 1))
+    agent.sync_once()
+    assert fake.state.real_servers[bad].weight == 1
+
+
+def test_removed_backend_drains_until_idle(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    now = [100.0]
+    path = write(folder, "web")
+    agent, fake = agent_for(folder, clock=lambda: now[0])
+    agent.source.poll()
+    agent.sync_once()
+    leaving = RealServerKey(WEB, "192.168.2.222", 8080)
+    fake.state = replace(fake.state, real_servers={**fake.state.real_servers, leaving: replace(fake.state.real_servers[leaving], active_connections=1)})
+    write(folder, "web", backends=[{"address": "192.168.2.111"}])
+    assert path.exists()
+    agent.source.poll()
+    agent.sync_once()
+    assert fake.state.real_servers[leaving].weight == 0 and agent.draining.since
+    fake.state = replace(fake.state, real_servers={**fake.state.real_servers, leaving: replace(fake.state.real_servers[leaving], active_connections=0)})
+    now[0] += 2
+    agent.sync_once()
+    assert leaving not in fake.state.real_servers and not agent.draining.since
+
+
+def test_removed_udp_backend_forgets_its_conntrack_entries(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    write(folder, "dns", ports=[{"port": 53, "protocol": "UDP"}])
+    agent, fake = agent_for(folder)
+    agent.source.poll()
+    agent.sync_once()
+    write(folder, "dns", ports=[{"port": 53, "protocol": "UDP"}], backends=[{"address": "192.168.2.111"}])
+    agent.source.poll()
+    agent.sync_once()
+    assert agent.conntrack.forgotten == [("169.254.11.2", 53, "192.168.2.222", 53)]
+
+
+def test_object_in_two_files_is_kept_once_and_reported(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    write(folder, "web")
+    (folder / "zz-copy.yaml").write_text((folder / "web.yaml").read_text())
+    source = FolderSource(folder)
+    source.poll()
+    assert [vs.ref for vs in source.services()] == ["default/web"]
+    assert "already defined" in source.errors()[str(folder / "zz-copy.yaml")]
+
+
+def test_run_loop_follows_changes_and_stops_without_removing(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    agent, fake = agent_for(folder)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        write(folder, "web")
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if WEB in fake.state.services:
+                break
+        assert WEB in fake.state.services
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert WEB in fake.state.services  # stopping removed nothing
