@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test deps venv unit netns vm kube lint crd bench clean
+.PHONY: demo demo-plan test deps venv unit netns vm kube lint crd bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install python3 (>= 3.11)"; exit 1; }
@@ -20,9 +20,17 @@ venv: $(STAMP)
 deps:
 	bash vm/install-deps.sh
 
-demo: venv
-	@echo "# vsop plan --from-empty -f examples/seed.yaml"
-	@$(BIN)/vsop plan --from-empty -f examples/seed.yaml
+# The live lab: boots Debian's kernel under qemu, rebuilds the seed's network in
+# namespaces inside it, applies examples/seed.yaml and shows requests alternating.
+demo: deps venv
+	vm/run --timeout 900 -- bash demo/lab.sh
+
+# The same plan without a VM: what a clean node would be told.
+demo-plan: venv
+	$(BIN)/vsop plan --from-empty -f examples/seed.yaml
+
+bench: deps venv
+	vm/run --timeout 3000 --mem 4096 -- $(BIN)/python bench/sync_bench.py
 
 test: deps venv
 	bash tests/run-tiers.sh

@@ -70,6 +70,9 @@ class SyncResult:
     writes: int = 0
     seconds: float = 0.0
     applied: list[ops.Op] = field(default_factory=list)
+    read_seconds: float = 0.0  # reading the kernel
+    plan_seconds: float = 0.0  # desired state, diff and plan
+    execute_seconds: float = 0.0  # the writes
 
 
 def read_observed(kernel: Kernel, names: Names) -> KernelState:
@@ -139,6 +142,7 @@ def sync(
     """One level-based sync. `adjust(desired, observed)` may amend the desired state (draining)."""
     started = time.monotonic()
     observed = read_observed(kernel, names)
+    read_done = time.monotonic()
     desired = desired_state(
         services,
         node,
@@ -151,10 +155,12 @@ def sync(
     if adjust is not None:
         desired = replace(desired, state=adjust(desired.state, observed))
     the_plan = plan(desired.state, observed, names)
-    result = SyncResult(desired, the_plan)
+    planned = time.monotonic()
+    result = SyncResult(desired, the_plan, read_seconds=read_done - started, plan_seconds=planned - read_done)
     if not dry_run and the_plan.ops:
         result.writes, result.applied = execute(kernel, the_plan, names)
     result.seconds = time.monotonic() - started
+    result.execute_seconds = result.seconds - (planned - started)
     return result
 
 

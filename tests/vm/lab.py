@@ -1,0 +1,143 @@
+"""The lab shared by the vsop tests of the vm tier, and helpers to drive vsop in-process.
+
+Topology (every address inside the VM, in namespaces made here):
+
+    client ns 10.200.9.2 --veth-- node (VM root ns) --veth-- 10.200.1.2 backend "be1"
+      default route via 10.200.9.1                   \\--veth-- 10.200.2.2 backend "be2"
+
+The backends have no default route, so their answers reach a client only when
+vsop's MASQUERADE rewrote the source to the node's address on their link. Each
+backend runs busybox httpd on 8080 (answers its name), a TCP echo on 7007 and a
+UDP echo on 5353 (in-process threads, answering "<name>:<data>").
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from tests.vm.conftest import Namespaces, Netns, http_get, run, start_http_server, veth
+from vsop.cli import main as vsop
+
+VIP = "169.254.11.2"
+BACKENDS = {"be1": "10.200.1.2", "be2": "10.200.2.2"}
+CLIENT = "10.200.9.2"
+NODE_ON_CLIENT_SIDE = "10.200.9.1"
+
+
+def _serve_tcp_echo(ns: Netns, port: int, stop: threading.Event) -> None:
+    with ns.entered():
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", port))
+    server.listen(16)
+    server.settimeout(0.2)
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(4096):
+                conn.sendall(f"{ns.name}:{data.decode()}".encode())
+
+    while not stop.is_set():
+        try:
+            conn, _ = server.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    server.close()
+
+
+def _serve_udp_echo(ns: Netns, port: int, stop: threading.Event) -> None:
+    with ns.entered():
+        server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("0.0.0.0", port))
+    server.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            data, peer = server.recvfrom(4096)
+        except socket.timeout:
+            continue
+        server.sendto(f"{ns.name}:{data.decode()}".encode(), peer)
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Netns]]:
+    pool = Namespaces()
+    stop = threading.Event()
+    spaces: dict[str, Netns] = {}
+    www = tmp_path_factory.mktemp("www")
+    for name, address in BACKENDS.items():
+        ns = pool.add(name, name=name)
+        veth(None, address.rsplit(".", 1)[0] + ".1/24", ns, f"{address}/24")
+        start_http_server(ns, www / name, port=8080)
+        for serve, port in ((_serve_tcp_echo, 7007), (_serve_udp_echo, 5353)):
+            threading.Thread(target=serve, args=(ns, port, stop), daemon=True).start()
+        spaces[name] = ns
+    client = pool.add("client", name="client")
+    veth(None, f"{NODE_ON_CLIENT_SIDE}/24", client, f"{CLIENT}/24")
+    client.run("ip", "route", "add", "default", "via", NODE_ON_CLIENT_SIDE)
+    spaces["client"] = client
+    time.sleep(0.3)  # the echo threads bind
+    yield spaces
+    stop.set()
+    pool.close()
+
+
+@pytest.fixture
+def clean_node(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+    yield
+    assert vsop(["cleanup"]) == 0
+    capsys.readouterr()
+    assert "VSOP" not in run("iptables-save").stdout
+    assert "VSOP" not in run("ipset", "list", "-n").stdout
+    assert run("ip", "link", "show", "vsop0", check=False).returncode != 0
+
+
+def manifest(tmp_path: Path, name: str = "web", **spec: Any) -> str:
+    doc = {
+        "apiVersion": "vsop.dev/v1alpha1",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "vip": VIP,
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+            "scheduler": "rr",
+            "backends": [{"address": address} for address in BACKENDS.values()],
+            **spec,
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def apply(capsys: pytest.CaptureFixture[str], *paths: str) -> dict[str, Any]:
+    capsys.readouterr()
+    args = ["apply", "-o", "json"]
+    for path in paths:
+        args += ["-f", path]
+    code = vsop(args)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def kinds(report: dict[str, Any]) -> list[str]:
+    return [op["kind"] for op in report["operations"]]
+
+
+def answers(count: int, host: str = VIP, port: int = 80, netns: Netns | None = None) -> list[str]:
+    return [http_get(host, port, netns=netns, timeout=5).strip() for _ in range(count)]
+
+
+def echo(conn: socket.socket, text: str) -> str:
+    conn.sendall(text.encode())
+    return conn.recv(4096).decode()
