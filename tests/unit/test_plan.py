@@ -133,3 +133,11 @@ def test_owner_change_updates_set_comment_in_place() -> None:
     desired = desired_state([make_vs("renamed")], NODE).state
     result = plan(desired, before)
     assert {op.kind for op in result.ops} == {"ipset.add"} and all(op.replace for op in result.ops)  # type: ignore[attr-defined]
+
+
+def test_set_without_the_comment_extension_is_an_error() -> None:
+    desired, _, before = converge([make_vs()])
+    old = before.ipsets["VSOP-VIPS"]
+    broken = replace(before, ipsets={**before.ipsets, "VSOP-VIPS": replace(old, comments=False)})
+    with pytest.raises(PlanError, match="without comments"):
+        plan(desired, broken)

@@ -130,7 +130,7 @@ def _comment_words(comment: str) -> str:
 
 def parse_save(text: str) -> dict[str, IPSet]:
     """Sets from `ipset save` output: headers from `create` lines, members from `add` lines."""
-    headers: dict[str, tuple[str, int]] = {}
+    headers: dict[str, tuple[str, int, bool]] = {}
     members: dict[str, dict[str, str]] = {}
     for line in text.splitlines():
         if line.startswith("add "):
@@ -145,9 +145,12 @@ def parse_save(text: str) -> dict[str, IPSet]:
             if len(words) >= 3:
                 # bitmap:* and list:set have no family; vsop never makes them, the planner refuses them.
                 family = _FAMILY_NUMBER.get(_option(words[3:], "family") or "inet", 4)
-                headers[words[1]] = (words[2], family)
+                headers[words[1]] = (words[2], family, "comment" in words[3:])
                 members.setdefault(words[1], {})
-    return {name: IPSet(name, kind, family, members[name]) for name, (kind, family) in headers.items()}  # type: ignore[arg-type]
+    return {
+        name: IPSet(name, kind, family, members[name], comments)  # type: ignore[arg-type]
+        for name, (kind, family, comments) in headers.items()
+    }
 
 
 def _option(words: list[str], key: str) -> str | None:

@@ -16,7 +16,7 @@ from typing import Iterable
 
 from vsop.core import ops
 from vsop.core.plan import jump_target
-from vsop.core.state import ChainKey, IPSet, KernelState, LinkState, Names
+from vsop.core.state import ChainKey, KernelState, LinkState, Names
 
 
 class KernelRefused(Exception):
@@ -51,7 +51,7 @@ def _sysctl(state: KernelState, op: ops.SetSysctl, rules: _Rules) -> KernelState
 def _create_set(state: KernelState, op: ops.CreateSet, rules: _Rules) -> KernelState:
     if op.ipset.name in state.ipsets:
         raise _refuse(f"ipset {op.ipset.name}: set with the same name already exists")
-    return replace(state, ipsets={**state.ipsets, op.ipset.name: IPSet(op.ipset.name, op.ipset.kind, op.ipset.family, {})})
+    return replace(state, ipsets={**state.ipsets, op.ipset.name: replace(op.ipset, members={})})
 
 
 def _destroy_set(state: KernelState, op: ops.DestroySet, rules: _Rules) -> KernelState:

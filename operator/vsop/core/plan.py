@@ -175,9 +175,10 @@ def _ipsets(desired: KernelState, mine: KernelState) -> list[ops.Op]:
     for name, want in sorted(desired.ipsets.items()):
         have = mine.ipsets.get(name)
         if have is not None and have.header != want.header:
+            comments = lambda s: "" if s.comments else " without comments"  # noqa: E731
             raise PlanError(
-                f"ipset {name} exists as {have.kind} IPv{have.family}, vsop needs {want.kind} IPv{want.family}; "
-                "remove it (vsop cleanup) and apply again"
+                f"ipset {name} exists as {have.kind} IPv{have.family}{comments(have)}, vsop needs {want.kind} "
+                f"IPv{want.family}{comments(want)}; remove it (vsop cleanup) and apply again"
             )
         current = have.members if have is not None else {}
         if have is None:

@@ -107,10 +107,11 @@ class IPSet:
     kind: str  # "hash:ip,port" | "hash:ip"
     family: Family
     members: Mapping[str, str] = field(default_factory=dict)  # member -> comment (owning object)
+    comments: bool = True  # created with the comment extension, which vsop's members need
 
     @property
-    def header(self) -> tuple[str, str, int]:
-        return (self.name, self.kind, self.family)
+    def header(self) -> tuple[str, str, int, bool]:
+        return (self.name, self.kind, self.family, self.comments)
 
 
 @dataclass(frozen=True, order=True)
