@@ -16,7 +16,7 @@ import os
 import socket
 import struct
 import threading
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from pyroute2 import netns as _netns
 from pyroute2.netlink import GENL_ID_CTRL, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, ctrlmsg
@@ -86,8 +86,14 @@ class NetlinkPipe:
     @property
     def sock(self) -> socket.socket:
         if self._sock is None:
-            # flags=0: pyroute2 would otherwise create a missing namespace (O_CREAT).
-            sock = _netns.create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_RAW, self.protocol, flags=0) if self.netns else socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, self.protocol)
+            if self.netns:
+                try:
+                    # flags=0: pyroute2 would otherwise create a missing namespace (O_CREAT).
+                    sock = _netns.create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_RAW, self.protocol, flags=0)
+                except OSError as e:
+                    raise OSError(e.errno, f"network namespace {self.netns}: {e.strerror}") from None
+            else:
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, self.protocol)
             for option, forced, value in ((socket.SO_SNDBUF, SO_SNDBUFFORCE, 1 << 20), (socket.SO_RCVBUF, SO_RCVBUFFORCE, 4 << 20)):
                 try:  # the FORCE variants (root only) may exceed net.core.[rw]mem_max
                     sock.setsockopt(socket.SOL_SOCKET, forced, value)
@@ -179,6 +185,45 @@ class NetlinkPipe:
 
     def dump(self, mtype: int, body: bytes) -> list[bytes]:
         return self.request(mtype, body, NLM_F_REQUEST | NLM_F_DUMP)
+
+    def dump_many(self, mtype: int, bodies: Iterable[bytes], handle: Callable[[int, bytes], None]) -> dict[int, int]:
+        """One dump per body, in turn; handle(body index, payload) for each reply.
+
+        Returns {body index: errno} for the dumps the kernel refused. A netlink
+        socket runs one dump at a time (a second request gets EBUSY until the first
+        has sent NLMSG_DONE), so this cannot be pipelined; it is the tight loop of
+        `request` for the thousands of per-service destination dumps.
+        """
+        failed: dict[int, int] = {}
+        flags = NLM_F_REQUEST | NLM_F_DUMP
+        unpack = _HDR.unpack_from
+        with self.lock:
+            sock, buf = self.sock, self._buf
+            view = memoryview(buf)
+            for i, body in enumerate(bodies):
+                self._reserve(1)
+                seq = self._next_seq()
+                sock.send(_HDR.pack(16 + len(body), mtype, flags, seq, 0) + body)
+                done = False
+                while not done:
+                    n = sock.recv_into(buf)
+                    offset = 0
+                    while offset + 16 <= n:
+                        length, rtype, _flags, rseq, _pid = unpack(buf, offset)
+                        if length < 16:
+                            break
+                        if rseq == seq:
+                            if rtype == NLMSG_DONE:
+                                done = True
+                            elif rtype == NLMSG_ERROR:
+                                code = -struct.unpack_from("=i", buf, offset + 16)[0]
+                                if code:
+                                    failed[i] = code
+                                done = True
+                            elif rtype != NLMSG_OVERRUN:
+                                handle(i, bytes(view[offset + 16 : offset + length]))
+                        offset += (length + 3) & ~3
+        return failed
 
     def pipeline(self, requests: Sequence[tuple[int, int, bytes]], batch: int) -> tuple[int, int, str] | None:
         """Send (type, extra flags, body) requests `batch` at a time; stop after the first batch with an error.
@@ -341,50 +386,77 @@ def encode(op: ops.Op) -> bytes:
 # --- message parsing -----------------------------------------------------------------
 
 
-def _address_text(family: int, raw: memoryview) -> str:
+_U16_AT = struct.Struct("=H")
+_BE16_AT = struct.Struct("!H")
+_U32_AT = struct.Struct("=I")
+
+
+def attr_offsets(buf: bytes, offset: int, end: int) -> dict[int, int]:
+    """{attribute type: offset of its payload} for the attributes in buf[offset:end].
+
+    Offsets rather than slices: reading 10k services and 20k real servers walks
+    some 400k attributes, and this is where read() spends its time.
+    """
+    found = {}
+    unpack = _NLA.unpack_from
+    while offset + 4 <= end:
+        length, atype = unpack(buf, offset)
+        if length < 4:
+            break
+        found[atype & 0x3FFF] = offset + 4
+        offset += (length + 3) & ~3
+    return found
+
+
+def address_text(family: int, buf: bytes, offset: int) -> str:
     if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, bytes(raw[:4]))
-    return str(ipaddress.IPv6Address(bytes(raw[:16])))  # the model's canonical spelling
+        return socket.inet_ntop(socket.AF_INET, buf[offset : offset + 4])
+    return str(ipaddress.IPv6Address(buf[offset : offset + 16]))  # the model's canonical spelling
 
 
-def _parse_service(attrs: memoryview) -> tuple[ServiceKey, VirtualServer] | None:
-    values: dict[int, memoryview] = dict(iter_attrs(attrs))
-    if _SVC_FWMARK in values or _SVC_ADDR not in values:
+def _top_attr(payload: bytes, attr: int) -> tuple[int, int] | None:
+    """(start, end) of the nested attribute `attr` right after the genlmsghdr."""
+    at = attr_offsets(payload, 4, len(payload))
+    if attr not in at:
+        return None
+    start = at[attr]
+    return start, start - 4 + _U16_AT.unpack_from(payload, start - 4)[0]
+
+
+def _parse_service(buf: bytes, start: int, end: int) -> tuple[ServiceKey, VirtualServer] | None:
+    at = attr_offsets(buf, start, end)
+    if _SVC_FWMARK in at or _SVC_ADDR not in at:
         return None  # fwmark services have no VIP:port; never vsop's
-    protocol = _PROTO_NAME.get(struct.unpack_from("=H", values[_SVC_PROTOCOL])[0])
+    protocol = _PROTO_NAME.get(_U16_AT.unpack_from(buf, at[_SVC_PROTOCOL])[0])
     if protocol is None:
         return None
-    family = struct.unpack_from("=H", values[_SVC_AF])[0]
-    key = ServiceKey(protocol, _address_text(family, values[_SVC_ADDR]), struct.unpack_from("!H", values[_SVC_PORT])[0])
-    flags = struct.unpack_from("=I", values[_SVC_FLAGS])[0] if _SVC_FLAGS in values else 0
-    timeout = struct.unpack_from("=I", values[_SVC_TIMEOUT])[0] if _SVC_TIMEOUT in values else 0
-    scheduler = bytes(values.get(_SVC_SCHED, b"")).rstrip(b"\0").decode()
-    persistence = timeout if flags & IP_VS_SVC_F_PERSISTENT else 0
-    return key, VirtualServer(key, scheduler, persistence)
+    family = _U16_AT.unpack_from(buf, at[_SVC_AF])[0]
+    key = ServiceKey(protocol, address_text(family, buf, at[_SVC_ADDR]), _BE16_AT.unpack_from(buf, at[_SVC_PORT])[0])
+    flags = _U32_AT.unpack_from(buf, at[_SVC_FLAGS])[0] if _SVC_FLAGS in at else 0
+    timeout = _U32_AT.unpack_from(buf, at[_SVC_TIMEOUT])[0] if _SVC_TIMEOUT in at else 0
+    scheduler = ""
+    if _SVC_SCHED in at:
+        offset = at[_SVC_SCHED]
+        length = _U16_AT.unpack_from(buf, offset - 4)[0] - 4
+        scheduler = buf[offset : offset + length].rstrip(b"\0").decode()
+    return key, VirtualServer(key, scheduler, timeout if flags & IP_VS_SVC_F_PERSISTENT else 0)
 
 
-def _parse_dest(service: ServiceKey, attrs: memoryview) -> RealServer:
-    values: dict[int, memoryview] = dict(iter_attrs(attrs))
-
-    def u32(attr: int) -> int:
-        return struct.unpack_from("=I", values[attr])[0] if attr in values else 0
-
-    family = struct.unpack_from("=H", values[_DST_ADDR_FAMILY])[0] if _DST_ADDR_FAMILY in values else (socket.AF_INET6 if service.family == 6 else socket.AF_INET)
-    key = RealServerKey(service, _address_text(family, values[_DST_ADDR]), struct.unpack_from("!H", values[_DST_PORT])[0])
+def _parse_dest(service: ServiceKey, buf: bytes, start: int, end: int) -> RealServer:
+    at = attr_offsets(buf, start, end)
+    u32 = _U32_AT.unpack_from
+    if _DST_ADDR_FAMILY in at:
+        family = _U16_AT.unpack_from(buf, at[_DST_ADDR_FAMILY])[0]
+    else:  # kernels before 4.x only had same-family real servers
+        family = socket.AF_INET6 if service.family == 6 else socket.AF_INET
+    key = RealServerKey(service, address_text(family, buf, at[_DST_ADDR]), _BE16_AT.unpack_from(buf, at[_DST_PORT])[0])
     return RealServer(
         key,
-        forwarding=_FWD_NAME.get(u32(_DST_FWD) & 0x7, "route"),  # type: ignore[arg-type]
-        weight=u32(_DST_WEIGHT),
-        active_connections=u32(_DST_ACTIVE),
-        inactive_connections=u32(_DST_INACTIVE),
+        forwarding=_FWD_NAME.get(u32(buf, at[_DST_FWD])[0] & 0x7, "route") if _DST_FWD in at else "masq",  # type: ignore[arg-type]
+        weight=u32(buf, at[_DST_WEIGHT])[0] if _DST_WEIGHT in at else 0,
+        active_connections=u32(buf, at[_DST_ACTIVE])[0] if _DST_ACTIVE in at else 0,
+        inactive_connections=u32(buf, at[_DST_INACTIVE])[0] if _DST_INACTIVE in at else 0,
     )
-
-
-def _nested(payload: bytes, attr: int) -> memoryview | None:
-    for atype, value in iter_attrs(payload, 4):  # after the genlmsghdr
-        if atype == attr:
-            return value
-    return None
 
 
 # --- errors in a person's words -------------------------------------------------------
@@ -474,42 +546,52 @@ class IPVSKernel:
         family = self.family_id
         services: dict[ServiceKey, VirtualServer] = {}
         for payload in self._pipe.dump(family, _genl(_ipvs.IPVS_CMD_GET_SERVICE, b"")):
-            attrs = _nested(payload, _CMD_ATTR_SERVICE)
-            parsed = _parse_service(attrs) if attrs is not None else None
+            where = _top_attr(payload, _CMD_ATTR_SERVICE)
+            parsed = _parse_service(payload, *where) if where is not None else None
             if parsed is not None:
                 services[parsed[0]] = parsed[1]
         real_servers: dict[RealServerKey, RealServer] = {}
-        # A netlink socket runs one dump at a time (a second one gets EBUSY until the
-        # first has sent NLMSG_DONE), so destinations are dumped service by service.
-        for key in services:
-            try:
-                replies = self._pipe.dump(family, _genl(_ipvs.IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))))
-            except NetlinkError as e:
-                if e.code in (errno.ESRCH, errno.ENOENT):
-                    continue  # deleted by someone else since the service dump
-                raise
-            for payload in replies:
-                attrs = _nested(payload, _CMD_ATTR_DEST)
-                if attrs is not None:
-                    rs = _parse_dest(key, attrs)
-                    real_servers[rs.key] = rs
+        keys = list(services)
+
+        def on_dest(index: int, payload: bytes) -> None:
+            where = _top_attr(payload, _CMD_ATTR_DEST)
+            if where is not None:
+                rs = _parse_dest(keys[index], payload, *where)
+                real_servers[rs.key] = rs
+
+        bodies = (_genl(_ipvs.IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in keys)
+        for index, code in self._pipe.dump_many(family, bodies, on_dest).items():
+            if code not in (errno.ESRCH, errno.ENOENT):  # those: deleted since the service dump
+                raise NetlinkError(code, f"dumping the real servers of {keys[index]}: {os.strerror(code)}")
         return services, real_servers
 
     def apply(self, operations: Sequence[ops.Op]) -> int:
         """Pipelined; on a refusal raises OperationFailed for the first refused operation.
 
-        Operations before it are applied. Those after it in the same batch (at most
-        `batch - 1`) were already sent and the kernel applied whichever it could;
-        later batches are not sent. Either way the next sync re-reads the kernel and
-        converges.
+        Operations before it are applied. A batch holds operations of one kind only
+        (the plan groups them), so what may have been sent after the refused one
+        (at most `batch - 1`, applied where the kernel could) is of the same kind and
+        independent of it: a later kind, such as the removal of old real servers
+        after new ones were added, is never sent past a failure. The next sync
+        re-reads the kernel and converges.
         """
         if not operations:
             return 0
         family = self.family_id
-        requests = [(family, 0, encode(op)) for op in operations]
-        failed = self._pipe.pipeline(requests, self.batch)
-        if failed is not None:
-            index, code, text = failed
-            op = operations[index]
-            raise OperationFailed(op, _reason(op, code, text))
+        for run in runs_of_one_kind(operations):
+            requests = [(family, 0, encode(op)) for op in run]
+            failed = self._pipe.pipeline(requests, self.batch)
+            if failed is not None:
+                index, code, text = failed
+                op = run[index]
+                raise OperationFailed(op, _reason(op, code, text))
         return len(operations)
+
+
+def runs_of_one_kind(operations: Sequence[ops.Op]) -> Iterator[Sequence[ops.Op]]:
+    """Each maximal run of consecutive operations of one type."""
+    start = 0
+    for i in range(1, len(operations) + 1):
+        if i == len(operations) or type(operations[i]) is not type(operations[start]):
+            yield operations[start:i]
+            start = i

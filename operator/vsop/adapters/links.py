@@ -10,7 +10,6 @@ Must not import: kopf, kubernetes, jinja2, vsop.core.plan/desired.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import socket
 import struct
@@ -20,7 +19,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from vsop.adapters.base import OperationFailed
-from vsop.adapters.ipvs import NetlinkPipe, iter_attrs, nla
+from vsop.adapters.ipvs import NetlinkPipe, address_text, attr_offsets, nla
 from vsop.core import ops
 from vsop.core.state import LinkState
 from vsop.errors import KernelUnsupported
@@ -36,12 +35,6 @@ IFF_UP = 0x1
 
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, ifindex
 _ADDRESS_OPS = (ops.AddAddress, ops.DeleteAddress)
-
-
-def _address_text(family: int, raw: memoryview) -> str:
-    if family == socket.AF_INET:
-        return socket.inet_ntop(socket.AF_INET, bytes(raw[:4]))
-    return str(ipaddress.IPv6Address(bytes(raw[:16])))  # the model's canonical spelling
 
 
 def _encode_address(op: ops.AddAddress | ops.DeleteAddress, index: int) -> tuple[int, int, bytes]:
@@ -106,7 +99,10 @@ class LinkKernel:
     def _ipr(self) -> IPRoute:
         if self._iproute is None:
             # groups=0: no multicast subscriptions, whose events would pile up unread.
-            self._iproute = IPRoute(netns=self.netns, flags=0, groups=0) if self.netns else IPRoute(groups=0)
+            try:
+                self._iproute = IPRoute(netns=self.netns, flags=0, groups=0) if self.netns else IPRoute(groups=0)
+            except OSError as e:
+                raise OSError(e.errno, f"network namespace {self.netns}: {e.strerror}") from None
         return self._iproute
 
     def close(self) -> None:
@@ -162,13 +158,17 @@ class LinkKernel:
             family, prefixlen, _flags, _scope, ifindex = _IFADDRMSG.unpack_from(payload)
             if family not in (socket.AF_INET, socket.AF_INET6):
                 continue
-            attrs = dict(iter_attrs(payload, _IFADDRMSG.size))
+            at = attr_offsets(payload, _IFADDRMSG.size, len(payload))
             # IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on a
             # point-to-point IPv4 link, and IPv6 sends IFA_LOCAL only with a peer.
-            raw = attrs.get(IFA_LOCAL, attrs.get(IFA_ADDRESS))
-            if raw is None:
+            offset = at.get(IFA_LOCAL, at.get(IFA_ADDRESS))
+            if offset is None:
                 continue
-            ip = _address_text(family, raw)
+            if ifindex == index and family == socket.AF_INET6 and payload[offset] == 0xFE and payload[offset + 1] & 0xC0 == 0x80:
+                # The kernel gives a link that goes up an fe80::/64 address of its
+                # own; it is not a VIP (those are never link-local) and not vsop's to remove.
+                continue
+            ip = address_text(family, payload, offset)
             if ifindex == index:
                 own.add(f"{ip}/{prefixlen}")
             else:
@@ -178,11 +178,12 @@ class LinkKernel:
     # --- writing ---
 
     def apply(self, operations: Sequence[ops.Op]) -> int:
-        """Link operations one by one; each run of address operations pipelined.
+        """Link operations one by one; each run of AddAddress (or DeleteAddress) pipelined.
 
         On a refusal raises OperationFailed for the first refused operation.
-        Operations before it are applied; in a pipelined run of address operations
-        those after it in the same batch (at most `batch - 1`) were sent too.
+        Operations before it are applied; in a pipelined run, those after it in the
+        same batch (at most `batch - 1`, all of the same kind) were sent too, and the
+        kernel applied whichever it could. Nothing of another kind is sent past it.
         """
         indexes: dict[str, int | None] = {}
 
@@ -196,8 +197,9 @@ class LinkKernel:
         while i < len(operations):
             op = operations[i]
             if isinstance(op, _ADDRESS_OPS):
+                # One kind per pipelined run: nothing of a later kind is sent past a failure.
                 run: list[ops.AddAddress | ops.DeleteAddress] = []
-                while i < len(operations) and isinstance(operations[i], _ADDRESS_OPS):
+                while i < len(operations) and type(operations[i]) is type(op):
                     run.append(operations[i])  # type: ignore[arg-type]
                     i += 1
                 requests = []

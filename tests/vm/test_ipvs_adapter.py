@@ -1,0 +1,183 @@
+"""VM tier: the real IPVS adapter (IPVSKernel) against a kernel that has IPVS.
+
+Runs the IPVS contract plus what only a real kernel shows: services created by
+ipvsadm are read and survive vsop's writes, ipvsadm reads back what vsop wrote, the
+kernel's EINVAL for a backend it will not route to becomes a sentence, and what pipelining
+does after a failure. Each test gets its own network namespace (IPVS tables are per
+namespace), with a dummy link making 10.77.0.0/16 routable for real servers.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pyroute2 import IPRoute
+from pyroute2 import netns as pyroute2_netns
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))
+
+from tests.contracts.ipvs_contract import API, DNS, WEB, WEB6, IPVSContract, kernel_config, real, service  # noqa: E402
+from vsop.adapters.base import OperationFailed  # noqa: E402
+from vsop.adapters.ipvs import IPVSKernel  # noqa: E402
+from vsop.core import ops  # noqa: E402
+from vsop.core.state import RealServerKey, ServiceKey  # noqa: E402
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture
+def ipvs_netns():
+    """A fresh namespace whose dummy link `rs0` holds 10.77.0.254/16 and fd00:77::fe/64."""
+    name = f"vsopipvs-{secrets.token_hex(4)}"
+    pyroute2_netns.create(name)
+    try:
+        with IPRoute(netns=name, flags=0) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            ipr.link("add", ifname="rs0", kind="dummy")
+            index = ipr.link_lookup(ifname="rs0")[0]
+            ipr.link("set", index=index, state="up")
+            ipr.addr("add", index=index, address="10.77.0.254", prefixlen=16)
+            ipr.addr("add", index=index, address="fd00:77::fe", prefixlen=64)
+        yield name
+    finally:
+        pyroute2_netns.remove(name)
+
+
+@pytest.fixture
+def ipvs_adapter(ipvs_netns):
+    adapter = IPVSKernel(netns=ipvs_netns)
+    yield adapter
+    adapter.close()
+
+
+def ipvsadm(netns: str, *args: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, "ipvsadm", *args], check=True, capture_output=True, text=True).stdout
+
+
+class TestIPVSKernel(IPVSContract):
+    pass
+
+
+def test_probe_finds_ipvs(ipvs_adapter):
+    ipvs_adapter.probe()
+
+
+def test_a_backend_the_kernel_will_not_route_to_is_named(ipvs_adapter):
+    # ip_vs_new_dest wants inet_addr_type() to say unicast or local. An address with
+    # no route at all passes (the lookup miss defaults to unicast); the subnet's
+    # broadcast address does not, and neither does anything in a namespace that has
+    # no IPv4 address yet (no local table): EINVAL.
+    ipvs_adapter.apply([ops.AddService(service(WEB))])
+    refused = ops.AddRealServer(real(WEB, "10.77.255.255", 80))
+    with pytest.raises(OperationFailed) as failure:
+        ipvs_adapter.apply([refused])
+    assert failure.value.op == refused
+    assert failure.value.reason == "backend 10.77.255.255 is not routable from this node"
+
+
+def test_a_namespace_without_addresses_routes_to_no_backend():
+    name = f"vsopbare-{secrets.token_hex(4)}"
+    pyroute2_netns.create(name)
+    try:
+        with IPVSKernel(netns=name) as adapter:
+            adapter.apply([ops.AddService(service(WEB))])
+            with pytest.raises(OperationFailed) as failure:
+                adapter.apply([ops.AddRealServer(real(WEB, "10.77.0.1", 80))])
+            assert failure.value.reason == "backend 10.77.0.1 is not routable from this node"
+    finally:
+        pyroute2_netns.remove(name)
+
+
+def test_an_unknown_scheduler_is_named(ipvs_adapter):
+    with pytest.raises(OperationFailed) as failure:
+        ipvs_adapter.apply([ops.AddService(service(WEB, "nosuch"))])
+    assert "scheduler 'nosuch'" in failure.value.reason
+
+
+def test_ipvsadm_reads_what_vsop_wrote(ipvs_adapter, ipvs_netns):
+    ipvs_adapter.apply(
+        [
+            ops.AddService(service(WEB, "wrr", 300)),
+            ops.AddRealServer(real(WEB, "10.77.0.1", 8080, "masq", 3)),
+            ops.AddRealServer(real(WEB, "10.77.0.2", 80, "route", 0)),
+            ops.AddRealServer(real(WEB, "10.77.0.3", 80, "tunnel", 1)),
+            ops.AddService(service(WEB6, "sh", 60)),
+            ops.AddRealServer(real(WEB6, "fd00:77::1", 8080)),
+            ops.AddService(service(DNS)),
+        ]
+    )
+    saved = set(ipvsadm(ipvs_netns, "-Sn").splitlines())
+    # No "-M": the persistence netmask is a host mask (0xffffffff, /128) as ipvsadm sets it.
+    assert saved == {
+        "-A -t 192.0.2.10:80 -s wrr -p 300",
+        "-a -t 192.0.2.10:80 -r 10.77.0.1:8080 -m -w 3",
+        "-a -t 192.0.2.10:80 -r 10.77.0.2:80 -g -w 0",
+        "-a -t 192.0.2.10:80 -r 10.77.0.3:80 -i -w 1 --tun-type ipip",
+        "-A -t [2001:db8::10]:80 -s sh -p 60",
+        "-a -t [2001:db8::10]:80 -r [fd00:77::1]:8080 -m -w 1",
+        "-A -u 192.0.2.12:53 -s rr",
+    }
+
+
+def test_reads_what_ipvsadm_wrote_and_skips_fwmark_services(ipvs_adapter, ipvs_netns):
+    foreign = ServiceKey("udp", "2001:db8::5", 53)
+    ipvsadm(ipvs_netns, "-A", "-u", "[2001:db8:0:0::5]:53", "-s", "sh", "-p", "60")
+    ipvsadm(ipvs_netns, "-a", "-u", "[2001:db8::5]:53", "-r", "[fd00:77::5]:53", "-g", "-w", "4")
+    ipvsadm(ipvs_netns, "-A", "-f", "7", "-s", "rr")
+    ipvsadm(ipvs_netns, "-a", "-f", "7", "-r", "10.77.0.7:0", "-g")
+    assert kernel_config(*ipvs_adapter.read()) == (
+        {foreign: ("sh", 60)},
+        {RealServerKey(foreign, "fd00:77::5", 53): ("route", 4)},
+    )
+
+
+def test_foreign_services_survive_vsops_writes(ipvs_adapter, ipvs_netns):
+    ipvsadm(ipvs_netns, "-A", "-t", "203.0.113.1:80", "-s", "lc")
+    ipvsadm(ipvs_netns, "-a", "-t", "203.0.113.1:80", "-r", "10.77.9.9:80", "-m", "-w", "2")
+    ipvsadm(ipvs_netns, "-A", "-f", "7", "-s", "rr")
+    before = set(ipvsadm(ipvs_netns, "-Sn").splitlines())
+    backend = real(WEB, "10.77.0.1")
+    ipvs_adapter.apply([ops.AddService(service(WEB)), ops.AddRealServer(backend), ops.AddService(service(API))])
+    ipvs_adapter.apply([ops.EditService(service(WEB, "wlc", 30)), ops.EditRealServer(real(WEB, "10.77.0.1", weight=5)), ops.DeleteService(API)])
+    ipvs_adapter.apply([ops.DeleteService(WEB)])
+    assert set(ipvsadm(ipvs_netns, "-Sn").splitlines()) == before
+    foreign = ServiceKey("tcp", "203.0.113.1", 80)
+    assert kernel_config(*ipvs_adapter.read()) == ({foreign: ("lc", 0)}, {RealServerKey(foreign, "10.77.9.9", 80): ("masq", 2)})
+
+
+def test_pipelining_stops_after_the_batch_with_the_failure(ipvs_netns):
+    """Batch of 4: the failing op's batch is sent whole, later batches are not."""
+    keys = [ServiceKey("tcp", "192.0.2.50", port) for port in range(1, 11)]
+    run = [ops.AddService(service(key)) for key in keys]
+    run[5] = ops.AddService(service(keys[1], "wrr"))  # a duplicate of the second one
+    with IPVSKernel(netns=ipvs_netns, batch=4) as adapter:
+        with pytest.raises(OperationFailed) as failure:
+            adapter.apply(run)
+        assert failure.value.op == run[5]
+        present = set(adapter.read()[0])
+    assert present == {keys[i] for i in (0, 1, 2, 3, 4, 6, 7)}
+
+
+def test_batch_of_one_stops_at_the_failure(ipvs_netns):
+    run = [ops.AddService(service(WEB)), ops.AddService(service(WEB, "wrr")), ops.AddService(service(API))]
+    with IPVSKernel(netns=ipvs_netns, batch=1) as adapter:
+        with pytest.raises(OperationFailed) as failure:
+            adapter.apply(run)
+        assert failure.value.op == run[1]
+        assert set(adapter.read()[0]) == {WEB}
+
+
+def test_reads_many_services_and_their_real_servers(ipvs_adapter):
+    keys = [ServiceKey("tcp", f"192.0.2.{i}", 80) for i in range(1, 201)]
+    run: list[ops.Op] = [ops.AddService(service(key)) for key in keys]
+    run += [ops.AddRealServer(real(key, f"10.77.1.{j}")) for key in keys for j in (1, 2)]
+    assert ipvs_adapter.apply(run) == len(run)
+    services, real_servers = ipvs_adapter.read()
+    assert set(services) == set(keys)
+    assert len(real_servers) == 400
