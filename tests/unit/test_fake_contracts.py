@@ -6,8 +6,10 @@ import pytest
 
 from tests.contracts.ipset_contract import IPSetContract
 from tests.contracts.iptables_contract import IPTablesContract
+from tests.contracts.ipvs_contract import IPVSContract
+from tests.contracts.links_contract import LinkContract
 from tests.contracts.sysctl_contract import SysctlContract
-from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeKernel, FakeSysctls
+from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeIPVS, FakeKernel, FakeLinks, FakeSysctls
 from vsop.core.state import KernelState
 
 
@@ -41,4 +43,22 @@ class TestFakeIPTables(IPTablesContract):
 
 
 class TestFakeSysctls(SysctlContract):
+    pass
+
+
+@pytest.fixture
+def ipvs_adapter(fake: FakeKernel) -> FakeIPVS:
+    return FakeIPVS(fake)
+
+
+@pytest.fixture
+def link_adapter(fake: FakeKernel) -> FakeLinks:
+    return FakeLinks(fake)
+
+
+class TestFakeIPVS(IPVSContract):
+    pass
+
+
+class TestFakeLinks(LinkContract):
     pass

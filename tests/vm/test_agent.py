@@ -146,7 +146,9 @@ def test_tcp_health_check_takes_a_dead_backend_out_and_back(lab, agent, tmp_path
     servers["be2"].wait()
     took = wait_for("be2 out of service", lambda: weight_of(BACKENDS["be2"], 9090) == 0, 30, 0.05)
     record(capsys, f"TCP health: backend death to weight 0 in {took:.2f}s (interval 2s x threshold 2 = 4s)")
-    assert took <= 2 * 2 + 1 + 1.5, f"took {took:.2f}s"  # interval x threshold + 1 s, plus emulation slack
+    # interval x threshold + 1 s, plus slack for a sync under software emulation (several seconds
+    # when other VMs share the CPU; about 0.5 s alone)
+    assert took <= 2 * 2 + 1 + 3, f"took {took:.2f}s"
     answered = [http_get(VIP, netns=client, timeout=3).strip() for _ in range(8)]
     assert answered == ["be1"] * 8  # none failed, none went to the dead backend
 
