@@ -59,19 +59,20 @@ def sh(*argv: str, stdin: str | None = None) -> str:
 @contextmanager
 def throwaway_netns() -> Iterator[None]:
     """Enter a fresh network namespace (IPVS, sets and rules are per namespace) with the backends routable."""
+    from pyroute2 import netns
+
     name = f"vsopbench{os.getpid()}"
     sh("ip", "netns", "add", name)
-    with open("/proc/thread-self/ns/net") as home, open(f"/run/netns/{name}") as target:
-        os.setns(target.fileno(), os.CLONE_NEWNET)
-        try:
-            sh("ip", "link", "set", "lo", "up")
-            sh("ip", "link", "add", "bench0", "type", "dummy")
-            sh("ip", "addr", "add", "10.250.0.1/24", "dev", "bench0")
-            sh("ip", "link", "set", "bench0", "up")
-            yield
-        finally:
-            os.setns(home.fileno(), os.CLONE_NEWNET)
-            sh("ip", "netns", "del", name)
+    netns.pushns(name)  # this thread and every process it starts now live there
+    try:
+        sh("ip", "link", "set", "lo", "up")
+        sh("ip", "link", "add", "bench0", "type", "dummy")
+        sh("ip", "addr", "add", "10.250.0.1/24", "dev", "bench0")
+        sh("ip", "link", "set", "bench0", "up")
+        yield
+    finally:
+        netns.popns()
+        sh("ip", "netns", "del", name)
 
 
 class Counting:

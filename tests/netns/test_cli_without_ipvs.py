@@ -1,0 +1,33 @@
+"""On a kernel without IPVS (this machine's), apply refuses with the reason and writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VSOP = str(Path(sys.executable).parent / "vsop")
+
+
+def snapshot() -> tuple[str, str, str]:
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True).stdout
+
+    rules = "\n".join(line for line in run("iptables-save").splitlines() if not line.startswith("#"))
+    return rules, run("ipset", "list", "-n"), run("ip", "-o", "addr")
+
+
+def test_apply_without_ipvs_exits_1_naming_the_reason_and_writes_nothing() -> None:
+    before = snapshot()
+    done = subprocess.run([VSOP, "apply", "-f", str(ROOT / "examples" / "seed.yaml")], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert "this kernel has no IPVS: load ip_vs or use mode: keepalived" in done.stderr
+    assert snapshot() == before
+
+
+def test_invalid_input_exits_2_before_the_kernel_is_even_read(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((ROOT / "examples" / "seed.yaml").read_text().replace("port: 80", "port: 0"))
+    done = subprocess.run([VSOP, "apply", "-f", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2 and "spec.ports[0].port" in done.stderr
