@@ -35,6 +35,8 @@ rules mark and masquerade that traffic.
   vsop apply -f examples/seed.yaml               program this host (root); again: 0 writes
   vsop show                                      what vsop owns here, like ipvsadm -Ln
   vsop cleanup                                   remove all of it, and nothing else
+  vsop agent --from /etc/vsop/services           keep a folder true: health checks, draining
+  vsop render keepalived -f examples/keepalived  keepalived.conf for mode: keepalived objects
   vsop crd                                       the CustomResourceDefinition
 """
 
@@ -122,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log every sync, also those that change nothing")
 
     sub.add_parser("controller", help="the in-cluster controller (Deployment): conflicts, conditions, events")
+    render_parser = sub.add_parser("render", help="render configuration for another tool: `vsop render keepalived -f PATH`")
+    render_parser.add_argument("tool", choices=("keepalived",), help="keepalived: see `vsop render keepalived --help`")
     sub.add_parser("crd", help="print the CustomResourceDefinition generated from the model")
     sub.add_parser("version", help="print the version")
     return parser
@@ -369,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     delegated = _in_cluster(argv)
     if delegated is not None:
         return delegated
+    if argv[:2] == ["render", "keepalived"]:
+        from vsop.keepalived.render import main as render_keepalived
+
+        return render_keepalived(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -131,3 +131,12 @@ def test_unhealthy_udp_real_server_is_removed_not_quiesced() -> None:
     out = RealServerKey(key, "192.168.2.111", 53)
     state = desired_state([vs], NODE, out_of_service=frozenset({out})).state
     assert out not in state.real_servers and len(state.real_servers) == 1
+
+
+def test_vrrp_vips_are_keepalived_s_to_bind_but_keep_sets_and_chains() -> None:
+    vs = make_vs(mode="keepalived", announce="vrrp", vrrp={"interface": "eth0", "virtualRouterID": 51})
+    result = desired_state([vs], NODE, node_addresses=["169.254.11.2"])  # this node is the VRRP master
+    state = result.state
+    assert not result.problems and state.addresses == frozenset() and state.link is None
+    assert state.ipsets["VSOP-VIP-PORTS"].members == {"169.254.11.2,tcp:80": "default/web"}
+    assert state.chains and state.jumps and state.services == {}

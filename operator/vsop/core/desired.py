@@ -224,21 +224,27 @@ def desired_state(
     virtual_servers: dict[ServiceKey, VirtualServer] = {}
     real_servers: dict[RealServerKey, RealServer] = {}
     members: dict[tuple[str, int], dict[str, str]] = {}  # (set base name, family) -> member -> owner
-    vips: set[str] = set()
+    vips: set[str] = set()  # bound on vsop's link
+    families_used: set[int] = set()
     programmed: list[str] = []
 
     for vs in winners:
         spec = vs.spec
         if not applies_to_node(vs, node):
             continue
-        if spec.vip in own_addresses:
+        # With VRRP, keepalived owns the VIP on vrrp.interface: vsop neither binds it on its
+        # link nor refuses it when this node (the VRRP master) already holds it.
+        vrrp = spec.mode == "keepalived" and spec.announce == "vrrp"
+        if spec.vip in own_addresses and not vrrp:
             problems.append(
                 Problem(vs.ref, "VIPRefused", f"VIP {spec.vip} is already an address of node {node.name}; binding it to {names.link} would cut the node off")
             )
             continue
         family = spec.family
         masquerade = spec.masquerade and spec.forwarding == "masq"
-        vips.add(spec.vip)
+        if not vrrp:
+            vips.add(spec.vip)
+        families_used.add(spec.family)
         programmed.append(vs.ref)
         members.setdefault((names.vips_set, family), {})[spec.vip] = vs.ref
         for port in spec.ports:
@@ -255,7 +261,7 @@ def desired_state(
     configured = {key: virtual_servers[key.service].owner for key in real_servers}
     real_servers = _apply_health(real_servers, out_of_service)
 
-    families = {ipaddress.ip_address(vip).version for vip in vips}
+    families = families_used
     ipsets: dict[str, IPSet] = {}
     chains: dict[ChainKey, tuple[str, ...]] = {}
     jumps: set[Jump] = set()
