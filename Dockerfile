@@ -1,5 +1,8 @@
-# vsop: the node agent / controller image. Built from the wheel, so the image holds
-# exactly what `pip install vsop` would, plus the tools a person wants inside the pod.
+# vsop: the image of the in-cluster node agent (DaemonSet) and controller (Deployment),
+# and of the host tools. Built from the wheel, so it holds exactly what `pip install vsop`
+# would, plus the tools a person wants inside the agent's pod.
+#   docker build -t REGISTRY/vsop:TAG .
+#   vsop agent          (DaemonSet; deploy/agent.yaml)     vsop controller   (deploy/controller.yaml)
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -8,13 +11,20 @@ COPY crds ./crds
 RUN pip install --no-cache-dir build && python -m build --wheel --outdir /dist
 
 FROM python:3.11-slim-bookworm
-# iptables ships both backends (iptables-legacy and iptables-nft); vsop detects which
-# one the host uses. ipset and ipvsadm are for humans debugging inside the pod.
+# iptables ships both backends (iptables-legacy and iptables-nft, with their -save and
+# -restore); vsop detects which one the host uses, as kube-proxy's iptables-wrappers do.
+# ipset, ipvsadm, iproute2 and conntrack are for humans debugging inside the pod.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends iptables ipset ipvsadm iproute2 conntrack \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /dist/*.whl /tmp/
 RUN pip install --no-cache-dir /tmp/*.whl && rm /tmp/*.whl
+# Logs go straight to the container runtime; nothing is written under a read-only root.
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+LABEL org.opencontainers.image.title="vsop" \
+      org.opencontainers.image.description="VirtualService operator: declared VIPs reconciled into Linux IPVS, ipset and iptables"
+# The agent runs as root with only NET_ADMIN and NET_RAW (deploy/agent.yaml);
+# the controller runs as a non-root user (deploy/controller.yaml).
 USER 0
 ENTRYPOINT ["vsop"]
 CMD ["agent"]

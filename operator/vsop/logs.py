@@ -8,7 +8,7 @@ import sys
 
 class KlogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        stamp = self.formatTime(record, "%m%d %H:%M:%S") + f".{int(record.msecs * 1000):06d}"
+        stamp = self.formatTime(record, "%m%d %H:%M:%S") + f".{int(record.created % 1 * 1_000_000):06d}"
         text = f"{record.levelname[0]}{stamp} {record.process} {record.name}] {record.getMessage()}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

@@ -1,0 +1,703 @@
+"""The in-cluster node agent (`vsop agent`, a DaemonSet): programs this node's kernel.
+
+Owns the agent's kopf wiring: indexes of VirtualServices, of EndpointSlices (by
+Service) and of this node's Node object, and raw event handlers that only wake the
+reconciler; the node's one reconcile loop (debounced wake-ups, a periodic full
+resync that repairs drift, nothing at all before the first complete listing of
+every watched kind); `status.nodes.<this node>` written only when it changed; Events
+for refused VIPs and kernel failures; probes and metrics.
+Like the host agent, it runs the health checks of `healthCheck`, drains removed
+real servers for `drain.timeoutSeconds`, and forgets UDP conntrack entries of removed
+ones. Handlers store nothing on the objects: no finalizers, no annotations, no progress.
+The kernel work is the engine's. The kernel and the conntrack cleaner are injected;
+only `main` builds the real ones (`vsop.host`, `vsop.adapters.conntrack`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+import kopf
+
+from vsop.checks import HealthChecker, Target
+from vsop.core import ops
+from vsop.core.desired import Desired, Endpoint, Node, desired_state
+from vsop.core.draining import Draining, with_draining
+from vsop.core.health import HealthTracker
+from vsop.core.plan import Plan, PlanError, plan
+from vsop.core.state import KernelState, Names, RealServerKey, ServiceKey
+from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, running_kernel_version
+from vsop.errors import KernelUnsupported
+from vsop.kube import endpoints as eps
+from vsop.kube import objects
+from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
+from vsop.kube.metrics import AgentMetrics, HttpEndpoints, Probes
+from vsop.kube.runtime import ListingGate, Trigger, configure_logging, kopf_settings, kv, run_with_kopf
+from vsop.kube.status import NodeEntry, backend_counts, normalize_node_status
+from vsop.model import API_GROUP, API_VERSION, VirtualService
+
+if TYPE_CHECKING:  # a Protocol; the real cleaner is built in main()
+    from vsop.adapters.conntrack import ConntrackCleaner
+
+log = logging.getLogger("vsop.kube.agent")
+
+COMPONENT = "vsop-agent"
+FAKE_KERNEL_ENV = "VSOP_FAKE_KERNEL"  # test-only: "1" runs on in-memory fake adapters
+PROC_SYS = "/proc/sys"
+VS_INDEX, SLICE_INDEX, NODE_INDEX = "vsop_virtualservices", "vsop_endpointslices", "vsop_node"
+PATCH_CONCURRENCY = 8
+_NOTHING: Any = object()  # nothing patched yet
+
+
+# --- what the indexes hold -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VSRecord:
+    """One VirtualService as this node needs it: parsed (or why not), and this node's status entry."""
+
+    namespace: str
+    name: str
+    uid: str | None
+    generation: int | None
+    vs: VirtualService | None
+    error: str | None
+    node_status: dict[str, Any] | None  # status.nodes.<this node>, normalized, as found on the object
+    fingerprint: str  # what the kernel depends on: uid, creation time and spec
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def identity(self) -> tuple[str, str, str | None]:
+        """Like `key`, but a deleted and re-created object is another one."""
+        return (self.namespace, self.name, self.uid)
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(self.namespace, self.name, self.uid)
+
+
+def vs_record(body: Mapping[str, Any], node_name: str) -> VSRecord:
+    vs, error = objects.parse(body)
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    nodes = status.get("nodes") if isinstance(status, Mapping) else None
+    mine = normalize_node_status(nodes.get(node_name)) if isinstance(nodes, Mapping) else None
+    return VSRecord(
+        namespace=meta.get("namespace") or "default",
+        name=meta.get("name") or "",
+        uid=meta.get("uid"),
+        generation=meta.get("generation"),
+        vs=vs,
+        error=error,
+        node_status=mine,
+        fingerprint=objects.fingerprint(body),
+    )
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    labels: Mapping[str, str]
+    addresses: tuple[str, ...]
+
+
+# --- one sync --------------------------------------------------------------------------------
+
+
+@dataclass
+class KernelOutcome:
+    desired: Desired
+    plan: Plan
+    writes: int = 0
+    applied: tuple[Any, ...] = ()
+    error: str | None = None
+    after: KernelState | None = None  # re-read after a failure: what actually got programmed
+    seconds: float = 0.0
+
+
+@dataclass
+class SyncReport:
+    """What one sync did, for tests and logs."""
+
+    outcome: KernelOutcome | None
+    entries: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
+    patched: list[tuple[str, str]] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (object, reason, message)
+
+
+def _programmed_in(state: KernelState, desired: KernelState, ref: str) -> bool:
+    """Whether everything the desired state holds for one VirtualService (and the shared rules) is in `state`."""
+    keys = [key for key, service in desired.services.items() if service.owner == ref]
+    for key in keys:
+        have = state.services.get(key)
+        if have is None or not desired.services[key].same_kernel_config(have) or key.vip not in state.bound_vips():
+            return False
+    for key, rs in desired.real_servers.items():
+        if key.service in keys:
+            have_rs = state.real_servers.get(key)
+            if have_rs is None or not rs.same_kernel_config(have_rs):
+                return False
+    for name, ipset in desired.ipsets.items():
+        members = state.ipsets[name].members if name in state.ipsets else {}
+        if any(owner == ref and member not in members for member, owner in ipset.members.items()):
+            return False
+    # The constant rules are shared: without them no VIP works.
+    return all(state.chains.get(key) == rules for key, rules in desired.chains.items()) and desired.jumps <= state.jumps
+
+
+@dataclass
+class AgentOptions:
+    node_name: str
+    namespaces: tuple[str, ...] = ()
+    resync_seconds: float = 30.0
+    debounce_seconds: float = 0.1
+    names: Names = field(default_factory=Names)
+    # Addresses a VIP must never take besides the node's own: the API server's.
+    extra_node_addresses: tuple[str, ...] = ()
+
+
+class Agent:
+    """One node's agent. `registry` holds its kopf handlers; `run()` runs kopf and the reconcile loop."""
+
+    def __init__(
+        self,
+        options: AgentOptions,
+        kernel: Kernel,
+        writer: Writer,
+        *,
+        conntrack: ConntrackCleaner | None = None,
+        metrics: AgentMetrics | None = None,
+    ):
+        self.options = options
+        self.node_name = options.node_name
+        self.kernel = kernel
+        self.writer = writer
+        self.conntrack = conntrack
+        self.kernel_version = running_kernel_version()
+        self.tracker = HealthTracker()
+        self.checker: HealthChecker | None = None
+        self.health_targets: set[Target] = set()
+        self.metrics = metrics or AgentMetrics()
+        self.probes = Probes(stall_seconds=max(120.0, 4 * options.resync_seconds))
+        self.trigger = Trigger()
+        self.gate = ListingGate(self.trigger, f"{COMPONENT} {self.node_name}")
+        self.syncs = 0  # syncs that reached the kernel
+        self.turns = 0  # turns of the reconcile loop, finished
+        self.busy = False  # a turn is running (its snapshot is taken)
+        self._indexes: dict[str, kopf.Index] = {}
+        self._fingerprints: dict[tuple[str, str], str] = {}
+        self._node_fingerprint: Any = None
+        self._referenced: set[tuple[str, str]] = set()
+        self._last_node: NodeInfo | None = None
+        self._last_good: dict[tuple[str, str], tuple[str | None, VirtualService]] = {}
+        self._patched: dict[tuple[str, str, str | None], dict[str, Any] | None] = {}
+        self._evented: dict[tuple[str, str, str | None], str] = {}
+        self._invalid_logged: dict[tuple[str, str], str] = {}
+        self._draining = Draining()
+        self.registry = self._build_registry()
+        self.settings = kopf_settings()
+        # Server-side filtering where the API (and kopf >= 1.45) offers it; the handlers filter again.
+        watching = self.settings.watching
+        if hasattr(watching, "field_selectors") and hasattr(watching, "label_selectors"):
+            watching.field_selectors["", "v1", "nodes"] = f"metadata.name={self.node_name}"
+            watching.label_selectors["discovery.k8s.io", "v1", "endpointslices"] = eps.SERVICE_NAME_LABEL
+
+    # -- kopf wiring: indexes feed state, event handlers only wake the loop --
+    # All handlers are coroutines: kopf runs plain functions in a thread pool, and the
+    # trigger (an asyncio.Event) must be set from the event loop's thread.
+
+    def _build_registry(self) -> kopf.OperatorRegistry:
+        registry = kopf.OperatorRegistry()
+        node_name = self.node_name
+
+        @kopf.index(API_GROUP, API_VERSION, PLURAL, id=VS_INDEX, registry=registry)
+        async def index_virtualservices(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+            return {(namespace, name): vs_record(body, node_name)}
+
+        @kopf.index("discovery.k8s.io", "v1", "endpointslices", id=SLICE_INDEX, registry=registry, labels={eps.SERVICE_NAME_LABEL: kopf.PRESENT})
+        async def index_endpointslices(body: kopf.Body, **_: Any) -> dict[Any, Any] | None:
+            service = eps.slice_service(body)
+            return {service: eps.slice_endpoints(body)} if service is not None else None
+
+        @kopf.index("", "v1", "nodes", id=NODE_INDEX, registry=registry, when=lambda name, **_: name == node_name)
+        async def index_node(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+            return {None: NodeInfo(eps.node_labels(body), eps.node_addresses(body))}
+
+        @kopf.on.startup(registry=registry)
+        async def capture_indexes(**kwargs: Any) -> None:
+            # Documented by kopf: indexes may be handed to tasks; they are complete once
+            # any resource handler runs.
+            self._indexes = {name: kwargs[name] for name in (VS_INDEX, SLICE_INDEX, NODE_INDEX)}
+
+        @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
+        async def virtualservice_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+            self.gate.done()
+            key = (namespace, name)
+            if event.get("type") == "DELETED":
+                self._fingerprints.pop(key, None)
+                self.trigger.wake(f"virtualservice {namespace}/{name} deleted")
+                return
+            current = objects.fingerprint(body)
+            if self._fingerprints.get(key) != current:  # status-only changes (other nodes' keys) change nothing here
+                self._fingerprints[key] = current
+                self.trigger.wake(f"virtualservice {namespace}/{name} changed")
+
+        @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", registry=registry, labels={eps.SERVICE_NAME_LABEL: kopf.PRESENT})
+        async def endpointslice_event(body: kopf.Body, **_: Any) -> None:
+            self.gate.done()
+            service = eps.slice_service(body)
+            if service in self._referenced:
+                self.trigger.wake(f"endpoints of service {service[0]}/{service[1]} changed")  # type: ignore[index]
+
+        @kopf.on.event("", "v1", "nodes", registry=registry, when=lambda name, **_: name == node_name)
+        async def node_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+            self.gate.done()
+            current = (eps.node_labels(body), eps.node_addresses(body), event.get("type") == "DELETED")
+            if current != self._node_fingerprint:  # not every heartbeat: labels and addresses only
+                self._node_fingerprint = current
+                self.trigger.wake(f"node {node_name} changed")
+
+        return registry
+
+    @property
+    def listed(self) -> bool:
+        return self.gate.listed
+
+    # -- the reconcile loop --
+
+    async def reconcile_forever(self) -> None:
+        await self.gate.wait(self.options.resync_seconds, self.probes.turned)
+        self.checker = HealthChecker(self.tracker, lambda: self.trigger.wake("health check result changed"))
+        try:
+            await self._turn_forever()
+        finally:
+            await self.checker.stop()
+
+    async def _turn_forever(self) -> None:
+        failures = 0
+        timeout = 0.0
+        while True:
+            self.probes.turned()
+            if self._draining.since:
+                timeout = min(timeout, 1.0)  # drained real servers are deleted promptly
+            woken = await self.trigger.wait(timeout, self.options.debounce_seconds)
+            reasons = self.trigger.take()
+            periodic = not woken
+            self.busy = True
+            try:
+                report = await self.sync_once(periodic=periodic, reasons=reasons)
+            except Exception as exc:  # the loop must survive anything; the next turn retries
+                log.exception(kv("Sync failed", node=self.node_name, error=str(exc)))
+                self.metrics.errors.labels("kernel").inc()
+                report = None
+            finally:
+                self.busy = False
+                self.turns += 1
+            ok = report is not None and report.outcome is not None and report.outcome.error is None
+            failures = 0 if ok else failures + 1
+            # Retry a failed sync sooner than the resync period, backing off: 1s, 2s, 4s...
+            timeout = self.options.resync_seconds if ok else min(self.options.resync_seconds, float(2 ** min(failures - 1, 6)))
+
+    def _snapshot(self) -> tuple[list[VSRecord], dict[tuple[str, str], tuple[Endpoint, ...]], NodeInfo | None]:
+        records: list[VSRecord] = []
+        for store in self._indexes.get(VS_INDEX, {}).values():
+            for record in store:
+                records.append(record)
+                break
+        records.sort(key=lambda r: r.key)
+        referenced: set[tuple[str, str]] = set()
+        for record in records:
+            last = self._last_good.get(record.key)
+            vs = record.vs if record.vs is not None else (last[1] if last is not None else None)
+            if vs is not None and vs.spec.service_ref is not None:
+                referenced.add((record.namespace, vs.spec.service_ref.name))
+        self._referenced = referenced
+        slices = self._indexes.get(SLICE_INDEX, {})
+        endpoints = {key: eps.merge_endpoints(slices[key]) for key in referenced if key in slices}
+        node: NodeInfo | None = None
+        for info in self._indexes.get(NODE_INDEX, {}).get(None, ()):
+            node = info
+        if node is not None:
+            self._last_node = node
+        return records, endpoints, node or self._last_node
+
+    async def sync_once(self, *, periodic: bool = False, reasons: Iterable[str] = ()) -> SyncReport:
+        """Read the indexes, sync the kernel, report. Does nothing before the initial listing."""
+        if not self.listed:
+            return SyncReport(outcome=None)
+        records, endpoints, node_info = self._snapshot()
+        if node_info is None:
+            self.probes.ready_reason = f"Node {self.node_name} not found"
+            log.warning(kv("Node object not found; not syncing (nodeSelector cannot be evaluated)", node=self.node_name))
+            return SyncReport(outcome=None)
+
+        services, notes = self._effective(records)
+        node = Node(self.node_name, dict(node_info.labels))
+        extra = tuple(node_info.addresses) + tuple(self.options.extra_node_addresses)
+        outcome = await asyncio.to_thread(self._kernel_sync, services, node, endpoints, extra, self.tracker.out_of_service())
+        self.syncs += 1
+        self.health_targets = _health_targets(services, outcome.desired.configured, self._draining)
+        if self.checker is not None:
+            self.checker.update(self.health_targets)
+        self._record_metrics(outcome, records)
+        self._log_outcome(outcome, reasons)
+
+        if outcome.error is None:
+            self.probes.ready = True
+            self.probes.ready_reason = "ok"
+        report = SyncReport(outcome=outcome)
+        report.entries = self._entries(records, outcome, notes)
+        await self._publish(records, report, periodic)
+        return report
+
+    def _effective(self, records: Sequence[VSRecord]) -> tuple[list[VirtualService], dict[tuple[str, str], str]]:
+        """Valid objects, plus the last valid version of objects that became invalid (their kernel state stays)."""
+        services: list[VirtualService] = []
+        notes: dict[tuple[str, str], str] = {}
+        for record in records:
+            if record.vs is not None:
+                services.append(record.vs)
+                self._last_good[record.key] = (record.uid, record.vs)
+                self._invalid_logged.pop(record.key, None)
+                continue
+            if self._invalid_logged.get(record.key) != record.fingerprint:
+                self._invalid_logged[record.key] = record.fingerprint
+                log.warning(kv("Invalid VirtualService ignored; its kernel state is left as it was", virtualService=f"{record.namespace}/{record.name}", generation=record.generation, error=record.error))
+            last = self._last_good.get(record.key)
+            if last is not None and last[0] == record.uid:
+                services.append(last[1])
+                notes[record.key] = (
+                    f"InvalidSpec: generation {record.generation} is invalid ({record.error}); "
+                    f"still programming generation {last[1].metadata.generation}"
+                )
+        present = {r.key for r in records}
+        for key in list(self._last_good):
+            if key not in present:
+                del self._last_good[key]
+        # Every node and the controller must reach the same verdict on conflicts: same order.
+        services.sort(key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
+        return services, notes
+
+    def _kernel_sync(
+        self,
+        services: list[VirtualService],
+        node: Node,
+        endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
+        extra: tuple[str, ...],
+        out_of_service: frozenset[RealServerKey],
+    ) -> KernelOutcome:
+        """Runs in a worker thread: the adapters block (netlink, iptables-restore, conntrack)."""
+        started = time.monotonic()
+        names = self.options.names
+        observed = read_observed(self.kernel, names)
+        desired = desired_state(
+            services,
+            node,
+            names=names,
+            endpoints=endpoints,
+            node_addresses=set(observed.node_addresses) | set(extra),
+            out_of_service=out_of_service,
+            kernel_version=self.kernel_version,
+        )
+        target = with_draining(desired.state, observed, self._draining, time.monotonic(), _grace_by_service(services), names)
+        try:
+            outcome = KernelOutcome(desired=desired, plan=plan(target, observed, names))
+        except PlanError as exc:  # vsop's names taken by something else: nothing can be done safely
+            return KernelOutcome(desired=desired, plan=Plan(()), error=str(exc), after=observed, seconds=time.monotonic() - started)
+        if outcome.plan.ops:
+            try:
+                outcome.writes, applied = execute(self.kernel, outcome.plan, names)
+                outcome.applied = tuple(applied)
+            except ExecutionFailed as exc:
+                outcome.error = str(exc)
+                outcome.writes = exc.writes
+                outcome.applied = tuple(outcome.plan.ops[: exc.applied])
+                outcome.after = read_observed(self.kernel, names)
+            except KernelUnsupported as exc:
+                outcome.error = str(exc)
+                outcome.after = observed
+        self._forget_udp_conntrack(outcome.applied)
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def _forget_udp_conntrack(self, applied: Iterable[Any]) -> None:
+        """UDP clients of a deleted real server move at once, not when their conntrack entry expires."""
+        if self.conntrack is None:
+            return
+        for op in applied:
+            if isinstance(op, ops.DeleteRealServer) and op.key.service.protocol == "udp":
+                key = op.key
+                try:
+                    self.conntrack.forget_udp(key.service.vip, key.service.port, key.address, key.port)
+                except (OSError, ValueError) as exc:
+                    log.warning(kv("Forgetting UDP conntrack entries failed", realServer=f"{key.service} -> {key}", error=str(exc)))
+
+    def _entries(self, records: Sequence[VSRecord], outcome: KernelOutcome, notes: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], dict[str, Any] | None]:
+        """status.nodes.<this node> for every VirtualService; None: this node has no business with it."""
+        desired = outcome.desired
+        problems = {p.obj: p for p in (*desired.problems, *outcome.plan.problems)}
+        programmed = set(desired.programmed)
+        entries: dict[tuple[str, str], dict[str, Any] | None] = {}
+        for record in records:
+            ref = f"{record.namespace}/{record.name}"
+            usable = record.vs is not None or record.key in notes
+            problem = problems.get(ref)
+            entry: NodeEntry | None = None
+            if not usable or (problem is not None and problem.reason == "Conflict"):
+                entry = None  # invalid (nothing programmed) or a conflict loser: the controller reports it
+            elif problem is not None:
+                entry = NodeEntry(False, 0, 0, f"{problem.reason}: {problem.message}", record.generation)
+            elif ref in programmed:
+                total, healthy = backend_counts(desired.state, ref)
+                ok = outcome.error is None or _programmed_in(outcome.after or KernelState(), desired.state, ref)
+                message = notes.get(record.key, "") if ok else f"KernelError: {outcome.error}"
+                entry = NodeEntry(ok, total, healthy, message, record.generation)
+            entries[record.key] = entry.as_status() if entry is not None else None
+        return entries
+
+    async def _publish(self, records: Sequence[VSRecord], report: SyncReport, periodic: bool) -> None:
+        """Patch this node's key where it changed; post an Event for each new failure."""
+        by_key = {r.key: r for r in records}
+        present = {r.identity for r in records}
+        for memory in (self._patched, self._evented):
+            for identity in [i for i in memory if i not in present]:
+                del memory[identity]
+        semaphore = asyncio.Semaphore(PATCH_CONCURRENCY)
+
+        async def patch(record: VSRecord, entry: dict[str, Any] | None) -> None:
+            async with semaphore:
+                try:
+                    found = await self.writer.patch_status(record.ref, {"nodes": {self.node_name: entry}})
+                except (ApiError, OSError) as exc:
+                    self.metrics.errors.labels("api").inc()
+                    log.warning(kv("Status patch failed; retried on the next sync", virtualService=str(record.ref), node=self.node_name, error=str(exc)))
+                    return
+                self._patched[record.identity] = entry
+                if found:
+                    self.metrics.status_patches.inc()
+                    report.patched.append(record.key)
+                    log.info(kv("Updated node status", virtualService=str(record.ref), node=self.node_name,
+                                programmed=entry["programmed"] if entry else None, message=(entry or {}).get("message") or None,
+                                removed=entry is None or None))
+
+        jobs = []
+        for key, entry in report.entries.items():
+            record = by_key[key]
+            # The periodic resync compares with the object itself, which repairs a status edited by hand.
+            patched = self._patched.get(record.identity, _NOTHING)
+            baseline = record.node_status if periodic or patched is _NOTHING else patched
+            if entry != baseline:
+                jobs.append(patch(record, entry))
+            message = (entry or {}).get("message", "") if entry is not None and not entry["programmed"] else ""
+            if message and self._evented.get(record.identity) != message:
+                reason, _, text = message.partition(": ")
+                jobs.append(self._event(record, "Warning", reason, text or message, report))
+                self._evented[record.identity] = message
+            elif not message:
+                self._evented.pop(record.identity, None)
+        if jobs:
+            await asyncio.gather(*jobs)
+
+    async def _event(self, record: VSRecord, type: str, reason: str, message: str, report: SyncReport) -> None:
+        text = f"node {self.node_name}: {message}"
+        report.events.append((str(record.ref), reason, text))
+        log.warning(kv("Posting event", virtualService=str(record.ref), reason=reason, node=self.node_name, message=message))
+        try:
+            await self.writer.post_event(record.ref, type, reason, text)
+            self.metrics.events.labels(reason).inc()
+        except (ApiError, OSError) as exc:
+            self.metrics.errors.labels("api").inc()
+            log.warning(kv("Posting event failed", virtualService=str(record.ref), reason=reason, error=str(exc)))
+
+    def _record_metrics(self, outcome: KernelOutcome, records: Sequence[VSRecord]) -> None:
+        m = self.metrics
+        m.syncs.labels("error" if outcome.error else "success").inc()
+        m.sync_duration.observe(outcome.seconds)
+        for op in outcome.applied:
+            m.operations.labels(op.kind).inc()
+        if outcome.error:
+            m.errors.labels("kernel").inc()
+        else:
+            m.last_success.set(time.time())
+        state = outcome.desired.state if outcome.error is None else (outcome.after or KernelState())
+        m.vips.set(len(state.bound_vips()))
+        m.virtual_servers.set(len(state.services))
+        m.real_servers.labels("active").set(sum(1 for rs in state.real_servers.values() if rs.weight > 0))
+        m.real_servers.labels("drained").set(sum(1 for rs in state.real_servers.values() if rs.weight == 0))
+        problems = {p.obj: p.reason for p in (*outcome.desired.problems, *outcome.plan.problems)}
+        programmed = set(outcome.desired.programmed)
+        counts = {"programmed": 0, "failed": 0, "conflict": 0, "invalid": 0, "not_selected": 0}
+        for record in records:
+            ref = f"{record.namespace}/{record.name}"
+            if record.vs is None:
+                counts["invalid"] += 1
+            elif problems.get(ref) == "Conflict":
+                counts["conflict"] += 1
+            elif ref in problems:
+                counts["failed"] += 1
+            elif ref in programmed:
+                counts["programmed" if outcome.error is None else "failed"] += 1
+            else:
+                counts["not_selected"] += 1
+        for state_name, count in counts.items():
+            m.virtualservices.labels(state_name).set(count)
+
+    def _log_outcome(self, outcome: KernelOutcome, reasons: Iterable[str]) -> None:
+        why = ", ".join(sorted(reasons)) or "periodic resync"
+        counts = ",".join(f"{kind}={n}" for kind, n in sorted(outcome.plan.counts().items()))
+        if outcome.error:
+            log.error(kv("Kernel sync failed; retrying", node=self.node_name, error=outcome.error, applied=len(outcome.applied), planned=len(outcome.plan.ops), trigger=why))
+        elif outcome.plan.ops:
+            log.info(kv("Programmed kernel", node=self.node_name, operations=len(outcome.plan.ops), writes=outcome.writes, changes=counts,
+                        virtualServices=len(outcome.desired.programmed), duration=f"{outcome.seconds * 1000:.1f}ms", trigger=why))
+            for op in outcome.applied:
+                log.debug(kv("Applied", node=self.node_name, kind=op.kind, operation=op.describe()))
+        else:
+            log.debug(kv("Kernel already matches", node=self.node_name, virtualServices=len(outcome.desired.programmed), trigger=why))
+        for problem in (*outcome.desired.problems, *outcome.plan.problems):
+            log.debug(kv("Not programmed", virtualService=problem.obj, reason=problem.reason, message=problem.message))
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        await run_with_kopf(
+            registry=self.registry,
+            settings=self.settings,
+            namespaces=self.options.namespaces,
+            loop=self.reconcile_forever,
+            stop=stop,
+            name=COMPONENT,
+        )
+
+
+def _grace_by_service(services: Iterable[VirtualService]) -> dict[ServiceKey, float]:
+    """How long each IPVS service's removed real servers drain (spec.drain.timeoutSeconds)."""
+    grace: dict[ServiceKey, float] = {}
+    for vs in services:
+        for port in vs.spec.ports:
+            grace[ServiceKey(port.protocol.lower(), vs.spec.vip, port.port)] = float(vs.spec.drain.timeout_seconds)  # type: ignore[arg-type]
+    return grace
+
+
+def _health_targets(services: Iterable[VirtualService], configured: Mapping[RealServerKey, str], draining: Draining) -> set[Target]:
+    """Every configured real server of a VirtualService with a health check, in service or not (so it can come back)."""
+    checks = {vs.ref: vs.spec.health_check for vs in services if vs.spec.health_check.type != "none"}
+    return {Target(key, checks[owner]) for key, owner in configured.items() if owner in checks and key not in draining.since}
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vsop agent",
+        description=(
+            "The in-cluster node agent (DaemonSet): watches VirtualServices, the EndpointSlices of\n"
+            "their serviceRef Services and this node's Node, and programs this node's kernel.\n"
+            "Writes only status.nodes.<node> of each VirtualService, and Events."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--node-name", default=os.environ.get("NODE_NAME", ""), help="this node's name (default: $NODE_NAME)")
+    parser.add_argument("--namespace", "-n", dest="namespaces", action="append", default=[], metavar="NS",
+                        help="watch VirtualServices in this namespace; repeatable (default: all namespaces)")
+    parser.add_argument("--resync-seconds", type=float, default=30.0, help="full resync period, repairs drift (default: 30)")
+    parser.add_argument("--debounce-seconds", type=float, default=0.1, help="wait after a change for more (default: 0.1)")
+    parser.add_argument("--health-port", type=int, default=9710, help="port of /healthz and /readyz (default: 9710)")
+    parser.add_argument("--metrics-port", type=int, default=9711, help="port of /metrics (default: 9711; may equal --health-port)")
+    parser.add_argument("--bind-address", default="0.0.0.0", help="address the probe and metrics ports listen on")
+    parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster service account, else $KUBECONFIG)")
+    parser.add_argument("--context", default=None, help="kubeconfig context")
+    parser.add_argument("--proc-sys", default=PROC_SYS, metavar="DIR",
+                        help="where the host's /proc/sys is writable (default: /proc/sys; in a pod, the hostPath mount of /proc/sys/net)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every kernel operation and kopf's own messages")
+    return parser
+
+
+def _host_from_environment(proc_sys: str = PROC_SYS) -> tuple[Kernel, ConntrackCleaner]:
+    """This node's kernel and conntrack table; in-memory fakes when VSOP_FAKE_KERNEL=1 (tests only)."""
+    if os.environ.get(FAKE_KERNEL_ENV) == "1":
+        from vsop.adapters.conntrack import FakeConntrack
+        from vsop.engine import fake_kernel
+
+        log.warning(kv("Using in-memory fake kernel adapters; nothing is programmed (test only)", env=FAKE_KERNEL_ENV))
+        return fake_kernel()[0], FakeConntrack()
+    from vsop.adapters.conntrack import ConntrackTool
+    from vsop.host import real_kernel
+
+    # /proc/sys is read-only in an unprivileged container: the sysctl adapter is then
+    # rooted at the host's /proc/sys/net mounted elsewhere.
+    if proc_sys.rstrip("/") != PROC_SYS and not os.path.isdir(os.path.join(proc_sys, "net")):
+        raise FileNotFoundError(f"--proc-sys {proc_sys}: no net/ in it (mount the host's /proc/sys/net there)")
+    kernel = real_kernel(proc_sys)
+    kernel.ipvs.probe()  # say it now, not at the first sync: this kernel cannot run the agent
+    return kernel, ConntrackTool()
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    kernel: Kernel | None = None,
+    conntrack: ConntrackCleaner | None = None,
+    connection: Connection | None = None,
+) -> int:
+    """`vsop agent` in the cluster. Exit codes: 0 stopped by a signal, 1 runtime failure, 2 invalid flags."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
+        return 0 if not exc.code else 2
+    if not args.node_name:
+        print("vsop agent: --node-name (or $NODE_NAME) is required in the cluster", flush=True)
+        return 2
+    if args.resync_seconds <= 0 or args.debounce_seconds < 0:
+        print("vsop agent: --resync-seconds must be > 0 and --debounce-seconds >= 0", flush=True)
+        return 2
+    configure_logging(args.verbose)
+    try:
+        connection = connection or Connection.load(args.kubeconfig, args.context)
+    except Exception as exc:  # no kubeconfig, no service account
+        log.error(kv("Cannot load credentials for the API server", kubeconfig=args.kubeconfig, error=str(exc)))
+        return 1
+    try:
+        if kernel is None:
+            kernel, conntrack = _host_from_environment(args.proc_sys)
+    except Exception as exc:  # no IPVS, no permission, no writable /proc/sys
+        log.error(kv("Cannot use this node's kernel", node=args.node_name, error=str(exc)))
+        return 1
+    options = AgentOptions(
+        node_name=args.node_name,
+        namespaces=tuple(args.namespaces),
+        resync_seconds=args.resync_seconds,
+        debounce_seconds=args.debounce_seconds,
+        extra_node_addresses=connection.api_server_addresses(),
+    )
+    agent = Agent(options, kernel, ApiWriter(connection, COMPONENT, host=args.node_name), conntrack=conntrack)
+    connection.register_login(agent.registry)
+    log.info(kv("Starting", component=COMPONENT, node=args.node_name, namespaces=",".join(args.namespaces) or "all",
+                resync=f"{args.resync_seconds:g}s", credentials=connection.source, host=socket.gethostname()))
+
+    async def serve() -> None:
+        endpoints = HttpEndpoints(agent.probes, agent.metrics.registry, args.health_port, args.metrics_port, args.bind_address)
+        await endpoints.start()
+        try:
+            await agent.run()
+        finally:
+            await endpoints.stop()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        log.error(kv("Agent stopped on an error", node=args.node_name, error=str(exc)))
+        return 1
+    log.info(kv("Stopped", component=COMPONENT, node=args.node_name))
+    return 0

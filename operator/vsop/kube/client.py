@@ -1,0 +1,195 @@
+"""Talking to the API server: credentials for kopf, and the few writes vsop makes.
+
+Owns where credentials come from (in-cluster service account, or a kubeconfig),
+handing them to kopf (which does all reading: lists and watches), and the two writes:
+a JSON merge patch of a VirtualService's status subresource and creating a core/v1
+Event. Writes go through the official client in a worker thread, so the same
+credentials (with token refresh) serve both.
+Must not import vsop.engine, vsop.adapters or vsop.host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import json
+import logging
+import os
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any, Mapping, Protocol
+
+import kopf
+import kubernetes.client
+import kubernetes.config
+
+from vsop.model import API_GROUP, API_VERSION, KIND
+
+log = logging.getLogger("vsop.kube.client")
+
+PLURAL = "virtualservices"
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+class ApiError(Exception):
+    """The API server refused a write (other than the object being gone)."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(f"HTTP {status}: {message}")
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """The VirtualService an Event or a status patch is about."""
+
+    namespace: str
+    name: str
+    uid: str | None = None
+
+    def involved_object(self) -> dict[str, Any]:
+        ref = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "namespace": self.namespace, "name": self.name}
+        if self.uid:
+            ref["uid"] = self.uid
+        return ref
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Writer(Protocol):
+    """The writes the agent and the controller make; tests may substitute a recorder."""
+
+    async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> bool:
+        """Merge-patch `status`; False if the object is gone."""
+        ...
+
+    async def post_event(self, ref: ObjectRef, type: str, reason: str, message: str) -> None: ...
+
+
+class Connection:
+    """One set of credentials: a `kubernetes.client.Configuration` kept by this object (not the global default)."""
+
+    def __init__(self, configuration: kubernetes.client.Configuration, source: str):
+        self.configuration = configuration
+        self.source = source
+        self.api = kubernetes.client.ApiClient(configuration)
+
+    @classmethod
+    def for_url(cls, url: str) -> "Connection":
+        """No credentials at all: a local test server."""
+        configuration = kubernetes.client.Configuration()
+        configuration.host = url.rstrip("/")
+        return cls(configuration, f"url {url}")
+
+    @classmethod
+    def load(cls, kubeconfig: str | None = None, context: str | None = None) -> "Connection":
+        """--kubeconfig if given; else in-cluster when running in a pod; else $KUBECONFIG or ~/.kube/config."""
+        configuration = kubernetes.client.Configuration()
+        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(f"{SERVICE_ACCOUNT_DIR}/token"):
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+            return cls(configuration, "in-cluster service account")
+        kubernetes.config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        return cls(configuration, f"kubeconfig {kubeconfig or os.environ.get('KUBECONFIG') or '~/.kube/config'}")
+
+    def connection_info(self) -> kopf.ConnectionInfo:
+        """The same credentials for kopf; called again by kopf whenever they stop working (token refresh)."""
+        config = self.configuration
+        header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+        parts = header.split(" ", 1) if header else []
+        scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+        return kopf.ConnectionInfo(
+            server=config.host,
+            ca_path=config.ssl_ca_cert,
+            insecure=not config.verify_ssl,
+            username=config.username or None,
+            password=config.password or None,
+            scheme=scheme,
+            token=token,
+            certificate_path=config.cert_file,
+            private_key_path=config.key_file,
+        )
+
+    def api_server_addresses(self) -> tuple[str, ...]:
+        """The API server's IP addresses this process knows of: a VIP must never take them over."""
+        found: list[str] = []
+        candidates = [urllib.parse.urlsplit(self.configuration.host).hostname or "", os.environ.get("KUBERNETES_SERVICE_HOST", "")]
+        for candidate in candidates:
+            try:
+                found.append(str(ipaddress.ip_address(candidate)))
+            except ValueError:
+                continue
+        return tuple(dict.fromkeys(found))
+
+    def register_login(self, registry: kopf.OperatorRegistry) -> None:
+        @kopf.on.login(registry=registry)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return self.connection_info()
+
+
+class ApiWriter:
+    """`Writer` over the official client; blocking calls run in a worker thread."""
+
+    def __init__(self, connection: Connection, component: str, host: str | None = None):
+        self.connection = connection
+        self.component = component
+        self.host = host
+
+    def _patch_status(self, ref: ObjectRef, body: dict[str, Any]) -> tuple[int, str]:
+        api = kubernetes.client.CustomObjectsApi(self.connection.api)
+        try:
+            response = api.patch_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, ref.namespace, PLURAL, ref.name, body,
+                _content_type="application/merge-patch+json", _preload_content=False,
+            )
+            return int(response.status), ""
+        except kubernetes.client.exceptions.ApiException as exc:
+            return int(exc.status or 0), str(exc.body or exc.reason)
+
+    def _create_event(self, namespace: str, body: dict[str, Any]) -> tuple[int, str]:
+        api = kubernetes.client.CoreV1Api(self.connection.api)
+        try:
+            response = api.create_namespaced_event(namespace, body, _preload_content=False)
+            return int(response.status), ""
+        except kubernetes.client.exceptions.ApiException as exc:
+            return int(exc.status or 0), str(exc.body or exc.reason)
+
+    async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> bool:
+        code, text = await asyncio.to_thread(self._patch_status, ref, {"status": dict(status)})
+        if code == 404:
+            return False
+        if not 200 <= code < 300:
+            raise ApiError(code, _message(text))
+        return True
+
+    async def post_event(self, ref: ObjectRef, type: str, reason: str, message: str) -> None:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            # client-go's recorder names events <object>.<unique hex>; generateName is not relied on.
+            "metadata": {"name": f"{ref.name}.{time.time_ns():x}", "namespace": ref.namespace},
+            "involvedObject": ref.involved_object(),
+            "reason": reason,
+            "message": message[:1024],
+            "type": type,
+            "source": {"component": self.component, **({"host": self.host} if self.host else {})},
+            "reportingComponent": f"{API_GROUP}/{self.component}",
+            "reportingInstance": self.host or self.component,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        code, text = await asyncio.to_thread(self._create_event, ref.namespace, body)
+        if not 200 <= code < 300:
+            raise ApiError(code, _message(text))
+
+
+def _message(text: str) -> str:
+    try:
+        return str(json.loads(text).get("message", text))[:500]
+    except (ValueError, AttributeError):
+        return text[:500]

@@ -1,0 +1,368 @@
+"""The controller (`vsop controller`, a Deployment with one replica): sums up what the nodes report.
+
+Owns the cluster-wide verdicts: conflicts (the same `resolve_conflicts` every agent
+runs, over the same objects in the same order, so both agree on the winner), invalid
+specs, the `Ready` / `Programmed` / `Degraded` / `Conflict` conditions with
+`status.backends` and `status.observedGeneration`, removing `status.nodes` keys of
+Nodes that no longer exist, and Events on the transitions a user must notice.
+Like the agent: kopf indexes plus raw event handlers that only wake one loop;
+nothing stored on the objects but status. Never touches a kernel: must not import
+vsop.engine, vsop.adapters or vsop.host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import kopf
+
+from vsop.core.desired import Node, applies_to_node, resolve_conflicts
+from vsop.kube import objects
+from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
+from vsop.kube.metrics import ControllerMetrics, HttpEndpoints, Probes
+from vsop.kube.runtime import ListingGate, Trigger, configure_logging, kopf_settings, kv, now_rfc3339, run_with_kopf
+from vsop.kube.status import CONDITION_TYPES, EventSpec, Facts, summarize, transition_events, with_transition_times
+from vsop.model import API_GROUP, API_VERSION, VirtualService
+
+log = logging.getLogger("vsop.kube.controller")
+
+COMPONENT = "vsop-controller"
+VS_INDEX, NODE_INDEX = "vsop_virtualservices", "vsop_nodes"
+PATCH_CONCURRENCY = 8
+
+
+@dataclass(frozen=True)
+class Observed:
+    namespace: str
+    name: str
+    uid: str | None
+    generation: int | None
+    vs: VirtualService | None
+    error: str | None
+    status: Mapping[str, Any]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    @property
+    def identity(self) -> tuple[str, str, str | None]:
+        """Like `key`, but a deleted and re-created object is another one."""
+        return (self.namespace, self.name, self.uid)
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(self.namespace, self.name, self.uid)
+
+
+def observe(body: Mapping[str, Any]) -> Observed:
+    vs, error = objects.parse(body)
+    meta = body.get("metadata") or {}
+    status = objects.plain(body.get("status")) or {}
+    return Observed(
+        namespace=meta.get("namespace") or "default",
+        name=meta.get("name") or "",
+        uid=meta.get("uid"),
+        generation=meta.get("generation"),
+        vs=vs,
+        error=error,
+        status=status if isinstance(status, dict) else {},
+    )
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    labels: Mapping[str, str]
+    ready: bool
+
+
+def node_facts(body: Mapping[str, Any]) -> NodeFacts:
+    conditions = (body.get("status") or {}).get("conditions") or ()
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return NodeFacts(dict((body.get("metadata") or {}).get("labels") or {}), ready)
+
+
+def owned_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a status the controller writes."""
+    return {
+        "observedGeneration": status.get("observedGeneration"),
+        "conditions": {c.get("type"): dict(c) for c in status.get("conditions") or () if isinstance(c, Mapping) and c.get("type") in CONDITION_TYPES},
+        "backends": dict(status.get("backends") or {}),
+    }
+
+
+@dataclass
+class ReconcileReport:
+    patched: list[tuple[str, str]] = field(default_factory=list)
+    events: list[tuple[str, str, str, str]] = field(default_factory=list)  # (object, type, reason, message)
+    failed: int = 0  # status patches that failed
+
+
+@dataclass
+class ControllerOptions:
+    namespaces: tuple[str, ...] = ()
+    resync_seconds: float = 30.0
+    debounce_seconds: float = 0.1
+
+
+class Controller:
+    def __init__(self, options: ControllerOptions, writer: Writer, *, metrics: ControllerMetrics | None = None):
+        self.options = options
+        self.writer = writer
+        self.metrics = metrics or ControllerMetrics()
+        self.probes = Probes(stall_seconds=max(120.0, 4 * options.resync_seconds))
+        self.trigger = Trigger()
+        self.gate = ListingGate(self.trigger, COMPONENT)
+        self.turns = 0  # turns of the reconcile loop, finished
+        self.busy = False  # a turn is running (its snapshot is taken)
+        self._indexes: dict[str, kopf.Index] = {}
+        self._node_fingerprints: dict[str, Any] = {}
+        self._written: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+        self.registry = self._build_registry()
+        self.settings = kopf_settings()
+
+    def _build_registry(self) -> kopf.OperatorRegistry:
+        registry = kopf.OperatorRegistry()
+
+        @kopf.index(API_GROUP, API_VERSION, PLURAL, id=VS_INDEX, registry=registry)
+        async def index_virtualservices(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+            return {(namespace, name): observe(body)}
+
+        @kopf.index("", "v1", "nodes", id=NODE_INDEX, registry=registry)
+        async def index_nodes(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any]:
+            return {name: node_facts(body)}
+
+        @kopf.on.startup(registry=registry)
+        async def capture_indexes(**kwargs: Any) -> None:
+            self._indexes = {name: kwargs[name] for name in (VS_INDEX, NODE_INDEX)}
+
+        @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
+        async def virtualservice_event(event: Mapping[str, Any], namespace: str, name: str, **_: Any) -> None:
+            self.gate.done()
+            # Spec and status both matter here (agents report in status.nodes).
+            self.trigger.wake(f"virtualservice {namespace}/{name} {str(event.get('type') or 'listed').lower()}")
+
+        @kopf.on.event("", "v1", "nodes", registry=registry)
+        async def node_event(event: Mapping[str, Any], body: kopf.Body, name: str, **_: Any) -> None:
+            self.gate.done()
+            current = None if event.get("type") == "DELETED" else node_facts(body)
+            if self._node_fingerprints.get(name, "unseen") != current:  # not every heartbeat
+                self._node_fingerprints[name] = current
+                self.trigger.wake(f"node {name} changed")
+
+        return registry
+
+    @property
+    def listed(self) -> bool:
+        return self.gate.listed
+
+    async def reconcile_forever(self) -> None:
+        await self.gate.wait(self.options.resync_seconds, self.probes.turned)
+        failures = 0
+        timeout = 0.0
+        while True:
+            self.probes.turned()
+            woken = await self.trigger.wait(timeout, self.options.debounce_seconds)
+            self.trigger.take()
+            started = time.monotonic()
+            self.busy = True
+            try:
+                await self.reconcile_once(periodic=not woken)
+                failures = 0
+                self.metrics.reconciles.labels("success").inc()
+                self.probes.ready = True
+                self.probes.ready_reason = "ok"
+            except Exception as exc:
+                failures += 1
+                self.metrics.reconciles.labels("error").inc()
+                log.exception(kv("Reconcile failed", error=str(exc)))
+            finally:
+                self.busy = False
+                self.turns += 1
+            self.metrics.reconcile_duration.observe(time.monotonic() - started)
+            timeout = self.options.resync_seconds if not failures else min(self.options.resync_seconds, float(2 ** min(failures - 1, 6)))
+
+    def _snapshot(self) -> tuple[list[Observed], dict[str, NodeFacts]]:
+        records = [next(iter(store)) for store in self._indexes.get(VS_INDEX, {}).values() if len(store)]
+        records.sort(key=lambda r: r.key)
+        nodes = {name: next(iter(store)) for name, store in self._indexes.get(NODE_INDEX, {}).items() if len(store)}
+        return records, nodes
+
+    async def reconcile_once(self, *, periodic: bool = False) -> ReconcileReport:
+        report = ReconcileReport()
+        if not self.listed:
+            return report
+        records, nodes = self._snapshot()
+        valid = sorted((r.vs for r in records if r.vs is not None), key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
+        _, problems = resolve_conflicts(valid)
+        conflicts = {p.obj: p.message for p in problems if p.reason == "Conflict"}
+        ready_nodes = {name: facts for name, facts in nodes.items() if facts.ready}
+        present = {r.identity for r in records}
+        for identity in [i for i in self._written if i not in present]:
+            del self._written[identity]
+
+        now = now_rfc3339()
+        jobs = []
+        counts: dict[tuple[str, str], int] = {}
+        for record in records:
+            ref = f"{record.namespace}/{record.name}"
+            if record.vs is not None:
+                expected = tuple(sorted(n for n, f in ready_nodes.items() if applies_to_node(record.vs, Node(n, f.labels))))
+            else:
+                expected = tuple(sorted(ready_nodes))  # the selector cannot be read: count whoever reports
+            facts = Facts(
+                generation=record.generation,
+                invalid=f"spec is invalid: {record.error}" if record.error else None,
+                conflict=conflicts.get(ref),
+                expected=expected,
+                nodes=record.status.get("nodes") if isinstance(record.status.get("nodes"), Mapping) else {},
+                known_nodes=frozenset(nodes),
+            )
+            summary = summarize(facts)
+            found = owned_status(record.status)
+            baseline = found if periodic or record.identity not in self._written else self._written[record.identity]
+            old_conditions = list(baseline["conditions"].values())
+            conditions = with_transition_times(summary.conditions, old_conditions, now)
+            wanted = {
+                "observedGeneration": record.generation,
+                "conditions": {c["type"]: c for c in conditions},
+                "backends": summary.backends,
+            }
+            for condition in conditions:
+                counts[(condition["type"], condition["status"])] = counts.get((condition["type"], condition["status"]), 0) + 1
+            if wanted != baseline or summary.stale:
+                patch: dict[str, Any] = {
+                    "observedGeneration": record.generation,
+                    # Merge patch replaces lists whole: keep conditions other writers may have set.
+                    "conditions": conditions + [c for c in record.status.get("conditions") or () if isinstance(c, Mapping) and c.get("type") not in CONDITION_TYPES],
+                    "backends": summary.backends,
+                }
+                if summary.stale:
+                    patch["nodes"] = {name: None for name in summary.stale}
+                jobs.append(self._apply(record, patch, wanted, transition_events(old_conditions, conditions), report))
+        if jobs:
+            semaphore = asyncio.Semaphore(PATCH_CONCURRENCY)
+
+            async def limited(job: Any) -> None:
+                async with semaphore:
+                    await job
+
+            await asyncio.gather(*(limited(job) for job in jobs))
+        if report.failed:
+            raise ApiError(0, f"{report.failed} status patch(es) failed")
+        self.metrics.conditions.clear()
+        for (kind, status), count in counts.items():
+            self.metrics.conditions.labels(kind, status).set(count)
+        return report
+
+    async def _apply(self, record: Observed, patch: dict[str, Any], wanted: dict[str, Any], events: Sequence[EventSpec], report: ReconcileReport) -> None:
+        """Patch the status; only once that worked, post the Events of its transitions (never twice)."""
+        try:
+            found = await self.writer.patch_status(record.ref, patch)
+        except (ApiError, OSError) as exc:
+            self.metrics.errors.labels("api").inc()
+            log.warning(kv("Status patch failed; retried on the next reconcile", virtualService=str(record.ref), error=str(exc)))
+            report.failed += 1
+            return
+        if not found:
+            return
+        self._written[record.identity] = wanted
+        self.metrics.status_patches.inc()
+        report.patched.append(record.key)
+        ready = wanted["conditions"]["Ready"]
+        log.info(kv("Updated status", virtualService=str(record.ref), generation=record.generation, ready=ready["status"],
+                    reason=ready["reason"], backends=f"{wanted['backends']['healthy']}/{wanted['backends']['total']}",
+                    removedNodes=",".join(patch.get("nodes", {})) or None))
+        for event in events:
+            await self._event(record, event.type, event.reason, event.message, report)
+
+    async def _event(self, record: Observed, type: str, reason: str, message: str, report: ReconcileReport) -> None:
+        report.events.append((str(record.ref), type, reason, message))
+        log.info(kv("Posting event", virtualService=str(record.ref), type=type, reason=reason, message=message))
+        try:
+            await self.writer.post_event(record.ref, type, reason, message)
+            self.metrics.events.labels(reason).inc()
+        except (ApiError, OSError) as exc:
+            self.metrics.errors.labels("api").inc()
+            log.warning(kv("Posting event failed", virtualService=str(record.ref), reason=reason, error=str(exc)))
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        await run_with_kopf(
+            registry=self.registry,
+            settings=self.settings,
+            namespaces=self.options.namespaces,
+            loop=self.reconcile_forever,
+            stop=stop,
+            name=COMPONENT,
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vsop controller",
+        description=(
+            "The controller (a Deployment with one replica): decides conflicts between VirtualServices,\n"
+            "sums up what every node reports in status.nodes into the Ready, Programmed, Degraded and\n"
+            "Conflict conditions and status.backends, and posts Events. It never touches a kernel."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--namespace", "-n", dest="namespaces", action="append", default=[], metavar="NS",
+                        help="watch VirtualServices in this namespace; repeatable (default: all); give the agents the same")
+    parser.add_argument("--resync-seconds", type=float, default=30.0, help="full reconcile period (default: 30)")
+    parser.add_argument("--debounce-seconds", type=float, default=0.1, help="wait after a change for more (default: 0.1)")
+    parser.add_argument("--health-port", type=int, default=9720, help="port of /healthz and /readyz (default: 9720)")
+    parser.add_argument("--metrics-port", type=int, default=9721, help="port of /metrics (default: 9721; may equal --health-port)")
+    parser.add_argument("--bind-address", default="0.0.0.0", help="address the probe and metrics ports listen on")
+    parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster service account, else $KUBECONFIG)")
+    parser.add_argument("--context", default=None, help="kubeconfig context")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log kopf's own messages too")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, connection: Connection | None = None) -> int:
+    """`vsop controller`. Exit codes: 0 stopped by a signal, 1 runtime failure, 2 invalid flags."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
+        return 0 if not exc.code else 2
+    if args.resync_seconds <= 0 or args.debounce_seconds < 0:
+        print("vsop controller: --resync-seconds must be > 0 and --debounce-seconds >= 0", flush=True)
+        return 2
+    configure_logging(args.verbose)
+    try:
+        connection = connection or Connection.load(args.kubeconfig, args.context)
+    except Exception as exc:  # no kubeconfig, no service account
+        log.error(kv("Cannot load credentials for the API server", kubeconfig=args.kubeconfig, error=str(exc)))
+        return 1
+    options = ControllerOptions(tuple(args.namespaces), args.resync_seconds, args.debounce_seconds)
+    controller = Controller(options, ApiWriter(connection, COMPONENT, host=os.environ.get("POD_NAME") or socket.gethostname()))
+    connection.register_login(controller.registry)
+    log.info(kv("Starting", component=COMPONENT, namespaces=",".join(args.namespaces) or "all",
+                resync=f"{args.resync_seconds:g}s", credentials=connection.source))
+
+    async def serve() -> None:
+        endpoints = HttpEndpoints(controller.probes, controller.metrics.registry, args.health_port, args.metrics_port, args.bind_address)
+        await endpoints.start()
+        try:
+            await controller.run()
+        finally:
+            await endpoints.stop()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        log.error(kv("Controller stopped on an error", error=str(exc)))
+        return 1
+    log.info(kv("Stopped", component=COMPONENT))
+    return 0

@@ -1,0 +1,141 @@
+"""Prometheus metrics, and the HTTP endpoints for probes and scraping.
+
+Owns the metric names and labels of the agent and the controller (each process has
+its own registry, so tests can run several in one process) and a small aiohttp
+server: `/healthz` (alive: the reconcile loop keeps turning), `/readyz` (the first
+sync succeeded) and `/metrics`, on one port or two.
+Must not import vsop.engine or vsop.adapters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from vsop.kube.runtime import kv
+
+log = logging.getLogger("vsop.kube.metrics")
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        self.syncs = Counter("vsop_syncs", "Kernel syncs of this node, by result (success, error).", ["result"], registry=r)
+        self.sync_duration = Histogram(
+            "vsop_sync_duration_seconds", "Time to read, plan and apply one sync.", buckets=DURATION_BUCKETS, registry=r
+        )
+        self.operations = Counter(
+            "vsop_kernel_operations", "Kernel operations applied, by kind (service.add, realserver.edit, ...).", ["kind"], registry=r
+        )
+        self.errors = Counter(
+            "vsop_errors", "Errors, by source (kernel: a sync failed; api: a status patch or Event failed).", ["source"], registry=r
+        )
+        self.vips = Gauge("vsop_vips_programmed", "VIPs bound on vsop's link on this node.", registry=r)
+        self.virtual_servers = Gauge("vsop_virtual_servers_programmed", "IPVS virtual services vsop programmed on this node.", registry=r)
+        self.real_servers = Gauge(
+            "vsop_real_servers_programmed", "IPVS real servers vsop programmed on this node, by state (active, drained).", ["state"], registry=r
+        )
+        self.virtualservices = Gauge(
+            "vsop_virtualservices",
+            "VirtualServices seen by this node, by state (programmed, failed, conflict, invalid, not_selected).",
+            ["state"],
+            registry=r,
+        )
+        self.status_patches = Counter("vsop_status_patches", "Merge patches of status.nodes.<this node>.", registry=r)
+        self.events = Counter("vsop_events", "Events posted, by reason.", ["reason"], registry=r)
+        self.last_success = Gauge("vsop_last_successful_sync_timestamp_seconds", "Unix time of the last successful sync.", registry=r)
+
+
+class ControllerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        self.reconciles = Counter("vsop_controller_reconciles", "Status reconciliations of all VirtualServices, by result.", ["result"], registry=r)
+        self.reconcile_duration = Histogram(
+            "vsop_controller_reconcile_duration_seconds", "Time of one reconciliation.", buckets=DURATION_BUCKETS, registry=r
+        )
+        self.status_patches = Counter("vsop_controller_status_patches", "Status patches made.", registry=r)
+        self.errors = Counter("vsop_controller_errors", "Errors, by source (api).", ["source"], registry=r)
+        self.events = Counter("vsop_controller_events", "Events posted, by reason.", ["reason"], registry=r)
+        self.conditions = Gauge(
+            "vsop_controller_virtualservices", "VirtualServices by condition type and status.", ["condition", "status"], registry=r
+        )
+
+
+class Probes:
+    """Liveness and readiness as the reconcile loop reports them."""
+
+    def __init__(self, stall_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.stall_seconds = stall_seconds
+        self.clock = clock
+        self.last_turn = clock()
+        self.ready = False
+        self.ready_reason = "waiting for the initial listing and the first sync"
+
+    def turned(self) -> None:
+        self.last_turn = self.clock()
+
+    def live(self) -> tuple[bool, str]:
+        idle = self.clock() - self.last_turn
+        if idle > self.stall_seconds:
+            return False, f"reconcile loop stalled for {idle:.0f}s"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        return (True, "ok") if self.ready else (False, self.ready_reason)
+
+
+class HttpEndpoints:
+    """/healthz, /readyz and /metrics on `health_port` and `metrics_port` (the same port serves all three)."""
+
+    def __init__(self, probes: Probes, registry: CollectorRegistry, health_port: int, metrics_port: int, host: str = "0.0.0.0"):
+        self.probes = probes
+        self.registry = registry
+        self.health_port = health_port
+        self.metrics_port = metrics_port
+        self.host = host
+        self.runners: list[web.AppRunner] = []
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        ok, why = self.probes.live()
+        return web.Response(status=200 if ok else 503, text=why + "\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ok, why = self.probes.readiness()
+        return web.Response(status=200 if ok else 503, text=why + "\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _serve(self, port: int, routes: list[web.RouteDef]) -> int:
+        """Serve the routes; returns the port bound (port 0 picks a free one)."""
+        app = web.Application()
+        app.add_routes(routes)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, port)
+        await site.start()
+        self.runners.append(runner)
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or ()
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def start(self) -> None:
+        health = [web.get("/healthz", self._healthz), web.get("/livez", self._healthz), web.get("/readyz", self._readyz)]
+        metrics = [web.get("/metrics", self._metrics)]
+        if self.health_port == self.metrics_port:
+            self.health_port = self.metrics_port = await self._serve(self.health_port, health + metrics)
+        else:
+            self.health_port = await self._serve(self.health_port, health)
+            self.metrics_port = await self._serve(self.metrics_port, metrics)
+        log.info(kv("Serving probes and metrics", address=self.host, healthPort=self.health_port, metricsPort=self.metrics_port))
+
+    async def stop(self) -> None:
+        for runner in self.runners:
+            await runner.cleanup()
+        self.runners.clear()

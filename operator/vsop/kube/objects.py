@@ -1,0 +1,39 @@
+"""VirtualService objects as the API serves them: plain JSON, parsed the way files are, fingerprinted.
+
+Owns turning a watched object (a kopf body view) into plain values, validating it with
+`parse_virtual_service` (status is written by vsop itself and is not validated), the
+one-line wording of why an object is invalid, and the fingerprint of what the kernel
+depends on (uid, creation time, spec), so status-only changes wake no agent.
+Must not import kopf, kubernetes, asyncio, vsop.engine or vsop.adapters.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from vsop.errors import InvalidInput
+from vsop.model import VirtualService, parse_virtual_service
+
+
+def plain(value: Any) -> Any:
+    """Nested mappings and sequences (e.g. kopf's body views) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def parse(body: Mapping[str, Any]) -> tuple[VirtualService | None, str | None]:
+    """(the parsed object, None) or (None, why it is invalid: every field and reason on one line)."""
+    raw = {k: plain(body.get(k)) for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    try:
+        return parse_virtual_service(raw), None
+    except InvalidInput as exc:
+        return None, "; ".join(f"{e.path}: {e.reason}" if e.path else e.reason for e in exc.errors)
+
+
+def fingerprint(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return json.dumps([meta.get("uid"), meta.get("creationTimestamp"), plain(body.get("spec"))], sort_keys=True, default=str)

@@ -1,0 +1,239 @@
+"""Kube tier: the agent and the controller against kmock's Kubernetes API emulator.
+
+Every test here is marked `kube`. The emulator (kmock, by kopf's author) serves
+discovery, lists, watches, merge patches and creations from memory; objects are
+changed through its HTTP API so that watches see them, as a real API server's
+clients would. It assigns no uid, creationTimestamp or generation, so `Cluster`
+sets them like the API server does. The kernel is `vsop.engine.fake_kernel()`:
+tests assert the state the fakes end in. Nothing leaves loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import itertools
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Mapping
+
+import kmock
+import pytest
+
+from vsop.adapters.conntrack import FakeConntrack
+from vsop.core.state import KernelState
+from vsop.engine import fake_kernel
+from vsop.kube.agent import Agent, AgentOptions
+from vsop.kube.client import ApiWriter, Connection, ObjectRef
+from vsop.kube.controller import Controller, ControllerOptions
+
+HERE = Path(__file__).resolve().parent
+
+VS = "vsop.dev/v1alpha1/virtualservices"
+SLICES = "discovery.k8s.io/v1/endpointslices"
+NODES = "v1/nodes"
+EVENTS = "v1/events"
+
+WAIT_SECONDS = 10.0  # an upper bound only: waits return as soon as the condition holds
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # kmock 0.8 loads its bundled discovery data with a deprecated importlib call.
+    config.addinivalue_line("filterwarnings", "ignore:read_binary is deprecated:DeprecationWarning")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if HERE in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.kube)
+
+
+async def until(condition: Callable[[], Any], what: str = "condition", timeout: float = WAIT_SECONDS) -> Any:
+    """Poll until `condition()` is truthy; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Cluster:
+    """The emulated API server, with the bookkeeping the real one does (uid, creation time, generation)."""
+
+    def __init__(self, server: kmock.KubernetesEmulator):
+        self.server = server
+        self.url = str(server.url).rstrip("/")
+        self._clock = itertools.count(1)
+
+    def _stamp(self) -> str:
+        # One second apart, in creation order: "older" is well defined.
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_700_000_000 + next(self._clock)))
+
+    @staticmethod
+    def _path(resource: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+        group_version, plural = resource.rsplit("/", 1)
+        root = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
+        path = f"{root}/namespaces/{namespace}/{plural}" if namespace else f"{root}/{plural}"
+        if name:
+            path += f"/{name}"
+        if sub:
+            path += f"/{sub}"
+        return path
+
+    async def create(self, resource: str, body: Mapping[str, Any], created: str | None = None) -> dict[str, Any]:
+        body = copy.deepcopy(dict(body))
+        meta = body.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", created or self._stamp())
+        meta.setdefault("generation", 1)
+        meta.setdefault("resourceVersion", "1")
+        async with self.server.post(self._path(resource, meta.get("namespace")), json=body) as response:
+            assert response.status < 300, await response.text()
+            return await response.json()
+
+    async def patch(self, resource: str, namespace: str | None, name: str, patch: Mapping[str, Any], sub: str | None = None) -> dict[str, Any]:
+        patch = copy.deepcopy(dict(patch))
+        if "spec" in patch and sub is None:  # the API server bumps generation on spec changes
+            current = self.get(resource, namespace, name)
+            patch.setdefault("metadata", {})["generation"] = int(current["metadata"].get("generation", 1)) + 1
+        async with self.server.patch(
+            self._path(resource, namespace, name, sub), json=patch, headers={"Content-Type": "application/merge-patch+json"}
+        ) as response:
+            assert response.status < 300, await response.text()
+            return await response.json()
+
+    async def delete(self, resource: str, namespace: str | None, name: str) -> None:
+        async with self.server.delete(self._path(resource, namespace, name)) as response:
+            assert response.status < 300, await response.text()
+
+    def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any]:
+        return _plain(self.server.objects[resource, namespace, name])
+
+    def status(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.get(VS, namespace, name).get("status") or {}
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        found = [_plain(obj) for (res, _, _), obj in self.server.objects.items() if res == kmock.resource(EVENTS) and not obj.deleted]
+        return [e for e in found if name is None or e["involvedObject"]["name"] == name]
+
+    def requests(self, method: str | None = None) -> list[Any]:
+        return [r for r in list(self.server) if method is None or r.method == method.upper()]
+
+    # -- shorthands --
+
+    async def node(self, name: str, labels: Mapping[str, str] | None = None, addresses: tuple[str, ...] = (), ready: bool = True) -> None:
+        await self.create(NODES, {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": a} for a in addresses] + [{"type": "Hostname", "address": name}],
+                "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            },
+        })
+
+    async def vs(self, name: str, spec: Mapping[str, Any], namespace: str = "default", created: str | None = None) -> dict[str, Any]:
+        return await self.create(VS, {"apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService",
+                                      "metadata": {"name": name, "namespace": namespace}, "spec": dict(spec)}, created=created)
+
+    async def endpoint_slice(self, name: str, service: str, endpoints: list[dict[str, Any]], ports: list[dict[str, Any]],
+                             namespace: str = "default", address_type: str = "IPv4") -> None:
+        await self.create(SLICES, {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"kubernetes.io/service-name": service}},
+            "addressType": address_type, "endpoints": endpoints, "ports": ports,
+        })
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@pytest.fixture
+def cluster(kmock: kmock.KubernetesEmulator) -> Cluster:
+    kmock.resources.load_bundled()
+    kmock.resources[VS] = kmock.ResourceInfo(
+        kind="VirtualService", singular="virtualservice", namespaced=True, shortnames={"vsop"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
+    )
+    return Cluster(kmock)
+
+
+class RecordingWriter(ApiWriter):
+    """The real writer, remembering every patch and Event it sent."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.posted: list[tuple[str, str, str, str]] = []
+
+    async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> bool:
+        self.patches.append((str(ref), copy.deepcopy(dict(status))))
+        return await super().patch_status(ref, status)
+
+    async def post_event(self, ref: ObjectRef, type: str, reason: str, message: str) -> None:
+        self.posted.append((str(ref), type, reason, message))
+        await super().post_event(ref, type, reason, message)
+
+
+def make_agent(cluster: Cluster, node: str = "node-a", state: KernelState | None = None, **options: Any) -> tuple[Agent, Any, RecordingWriter]:
+    """An agent on a fake kernel, as main() would build it; (agent, fake kernel, writer)."""
+    kernel, fake = fake_kernel(state)
+    connection = Connection.for_url(cluster.url)
+    writer = RecordingWriter(connection, "vsop-agent", host=node)
+    options.setdefault("resync_seconds", 3600.0)  # tests wake the loop themselves
+    options.setdefault("debounce_seconds", 0.01)
+    agent = Agent(AgentOptions(node_name=node, **options), kernel, writer, conntrack=FakeConntrack())
+    connection.register_login(agent.registry)
+    return agent, fake, writer
+
+
+def make_controller(cluster: Cluster, **options: Any) -> tuple[Controller, RecordingWriter]:
+    connection = Connection.for_url(cluster.url)
+    writer = RecordingWriter(connection, "vsop-controller", host="controller-0")
+    options.setdefault("resync_seconds", 3600.0)
+    options.setdefault("debounce_seconds", 0.01)
+    controller = Controller(ControllerOptions(**options), writer)
+    connection.register_login(controller.registry)
+    return controller, writer
+
+
+@contextlib.asynccontextmanager
+async def running(*components: Agent | Controller) -> AsyncIterator[None]:
+    """Run the components (each with its own kopf) and stop them all at once, as separate processes would."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(component.run(stop)) for component in components]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=15)
+
+
+@contextlib.asynccontextmanager
+async def run_agent(cluster: Cluster, node: str = "node-a", state: KernelState | None = None, **options: Any) -> AsyncIterator[tuple[Agent, Any, RecordingWriter]]:
+    agent, fake, writer = make_agent(cluster, node, state, **options)
+    async with running(agent):
+        yield agent, fake, writer
+
+
+@contextlib.asynccontextmanager
+async def run_controller(cluster: Cluster, **options: Any) -> AsyncIterator[tuple[Controller, RecordingWriter]]:
+    controller, writer = make_controller(cluster, **options)
+    async with running(controller):
+        yield controller, writer
+
+
+async def resync(component: Agent | Controller) -> None:
+    """Wake the loop and wait for a full turn that started after now (a running turn does not count)."""
+    target = component.turns + (2 if component.busy else 1)
+    component.trigger.wake("test")
+    await until(lambda: component.turns >= target, "a full reconcile turn")

@@ -1,0 +1,335 @@
+"""The node agent against the API emulator, on a fake kernel: what ends up programmed, and what it reports."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import kmock
+import pytest
+import pytest_asyncio
+
+from tests.conftest import make_vs
+from tests.kube.conftest import NODES, SLICES, VS, Cluster, resync, run_agent, until
+from vsop.core import ops
+from vsop.core.desired import Node
+from vsop.core.state import KernelState, ServiceKey, VirtualServer
+from vsop.engine import fake_kernel, sync
+
+pytestmark = pytest.mark.asyncio
+
+WEB = {
+    "vip": "169.254.11.2",
+    "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+    "backends": [{"address": "192.168.2.111"}, {"address": "192.168.2.222"}],
+}
+HTTP = ServiceKey("tcp", "169.254.11.2", 80)
+FOREIGN = VirtualServer(ServiceKey("udp", "10.96.0.10", 53), "rr")
+
+
+def real_servers(fake: Any, key: ServiceKey = HTTP) -> dict[str, int]:
+    """address:port -> weight of one IPVS service in the fake kernel."""
+    return {f"{k.address}:{k.port}": rs.weight for k, rs in fake.state.real_servers.items() if k.service == key}
+
+
+def node_entry(cluster: Cluster, name: str, node: str = "node-a", namespace: str = "default") -> Any:
+    return (cluster.status(namespace, name).get("nodes") or {}).get(node)
+
+
+@pytest_asyncio.fixture
+async def node_a(cluster: Cluster) -> Cluster:
+    await cluster.node("node-a", labels={"zone": "a"}, addresses=("10.0.0.11",))
+    return cluster
+
+
+async def test_static_backends_are_programmed_and_reported_under_this_node_only(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", WEB)
+    async with run_agent(cluster, state=KernelState(services={FOREIGN.key: FOREIGN})) as (agent, fake, writer):
+        await until(lambda: real_servers(fake) == {"192.168.2.111:8080": 1, "192.168.2.222:8080": 1}, "the real servers")
+        state = fake.state
+        assert state.link is not None and state.link.name == "vsop0"
+        assert state.bound_vips() == {"169.254.11.2"}
+        assert set(state.services) == {HTTP, FOREIGN.key} and state.services[FOREIGN.key] == FOREIGN
+        assert state.services[HTTP].scheduler == "rr"
+        assert "169.254.11.2,tcp:80" in state.ipsets["VSOP-VIP-PORTS"].members
+        assert state.sysctls["net.ipv4.vs.conntrack"] == "1"
+
+        entry = await until(lambda: node_entry(cluster, "web"), "status.nodes.node-a")
+        assert entry == {"programmed": True, "backends": {"total": 2, "healthy": 2}, "message": "", "observedGeneration": 1}
+        assert list(cluster.status("default", "web")) == ["nodes"]
+        assert all(patch == {"nodes": {"node-a": patch["nodes"]["node-a"]}} for _, patch in writer.patches)
+
+    # Nothing but status was ever written, and nothing of kopf's is on the object.
+    patches = cluster.requests("PATCH")
+    assert patches and all(str(r.url.path).endswith("/status") for r in patches)
+    meta = cluster.get(VS, "default", "web")["metadata"]
+    assert not meta.get("finalizers") and not meta.get("annotations")
+    assert agent.probes.readiness() == (True, "ok")
+
+
+async def test_service_ref_endpoints_move_real_servers(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", {
+        "vip": "169.254.11.2",
+        "ports": [{"name": "http", "port": 80, "targetPort": "web"}],
+        "serviceRef": {"name": "nginx"},
+    })
+    ports = [{"name": "web", "port": 8080, "protocol": "TCP"}, {"name": "metrics", "port": 9090, "protocol": "TCP"}]
+
+    def endpoint(address: str, ready: bool = True, serving: bool | None = None, terminating: bool = False) -> dict[str, Any]:
+        conditions: dict[str, Any] = {"ready": ready, "terminating": terminating}
+        if serving is not None:
+            conditions["serving"] = serving
+        return {"addresses": [address], "conditions": conditions}
+
+    await cluster.endpoint_slice("nginx-abc", "nginx", [endpoint("10.1.0.1"), endpoint("10.1.0.2", ready=False)], ports)
+    # The IPv6 slice of a dual-stack Service: not for an IPv4 VIP.
+    await cluster.endpoint_slice("nginx-v6", "nginx", [{"addresses": ["fd00::1"], "conditions": {"ready": True}}], ports, address_type="IPv6")
+    # Another Service's endpoints stay out.
+    await cluster.endpoint_slice("other-xyz", "other", [endpoint("10.9.9.9")], ports)
+
+    async with run_agent(cluster) as (agent, fake, _):
+        await until(lambda: real_servers(fake) == {"10.1.0.1:8080": 1}, "only the ready endpoint, on the named port")
+        entry = await until(lambda: node_entry(cluster, "web"), "the node status")
+        assert entry["backends"] == {"total": 1, "healthy": 1}
+
+        async def endpoints(*items: dict[str, Any]) -> None:
+            await cluster.patch(SLICES, "default", "nginx-abc", {"endpoints": list(items)})
+
+        await endpoints(endpoint("10.1.0.1"), endpoint("10.1.0.2"))
+        await until(lambda: real_servers(fake) == {"10.1.0.1:8080": 1, "10.1.0.2:8080": 1}, "the endpoint that became ready")
+
+        await endpoints(endpoint("10.1.0.1", ready=False, serving=True, terminating=True), endpoint("10.1.0.2"))
+        await until(lambda: real_servers(fake) == {"10.1.0.1:8080": 0, "10.1.0.2:8080": 1}, "the terminating endpoint drained")
+        await until(lambda: (node_entry(cluster, "web") or {}).get("backends") == {"total": 2, "healthy": 1}, "drained counted")
+
+        await endpoints(endpoint("10.1.0.1", ready=False, serving=False, terminating=True), endpoint("10.1.0.2", ready=False))
+        await until(lambda: real_servers(fake) == {}, "terminating-not-serving and unready endpoints removed")
+
+        await endpoints(endpoint("10.1.0.3"))
+        await until(lambda: real_servers(fake) == {"10.1.0.3:8080": 1}, "a new endpoint")
+
+        await cluster.delete(SLICES, "default", "nginx-abc")
+        await until(lambda: real_servers(fake) == {} and HTTP in fake.state.services, "no endpoints left; the VIP stays")
+        assert fake.state.bound_vips() == {"169.254.11.2"}
+
+
+async def test_node_selector_excluding_this_node_leaves_nothing(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", {**WEB, "nodeSelector": {"matchLabels": {"vsop.dev/lb": "true"}}})
+    async with run_agent(cluster) as (agent, fake, writer):
+        await until(lambda: agent.syncs >= 1, "a sync")
+        await resync(agent)
+        assert fake.writes == 0 and fake.state.services == {} and fake.state.link is None
+        assert node_entry(cluster, "web") is None and writer.patches == []
+
+        await cluster.patch(NODES, None, "node-a", {"metadata": {"labels": {"vsop.dev/lb": "true"}}})
+        await until(lambda: len(real_servers(fake)) == 2, "programmed once the node is labelled")
+        await until(lambda: (node_entry(cluster, "web") or {}).get("programmed"), "reported")
+
+        await cluster.patch(NODES, None, "node-a", {"metadata": {"labels": {"vsop.dev/lb": None}}})
+        await until(lambda: fake.state.services == {} and fake.state.link is None, "removed once the label is gone")
+        await until(lambda: node_entry(cluster, "web") is None, "this node's key removed")
+
+
+async def test_deleting_the_virtualservice_removes_its_kernel_objects(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", WEB)
+    await cluster.vs("api", {**WEB, "vip": "169.254.11.3"})
+    async with run_agent(cluster, state=KernelState(services={FOREIGN.key: FOREIGN})) as (agent, fake, _):
+        await until(lambda: fake.state.bound_vips() == {"169.254.11.2", "169.254.11.3"}, "both programmed")
+        await cluster.delete(VS, "default", "web")
+        await until(lambda: fake.state.bound_vips() == {"169.254.11.3"}, "web's VIP gone")
+        assert HTTP not in fake.state.services and "169.254.11.2,tcp:80" not in fake.state.ipsets["VSOP-VIP-PORTS"].members
+        await cluster.delete(VS, "default", "api")
+        await until(lambda: fake.state.link is None and not fake.state.ipsets and not fake.state.chains, "everything of vsop's gone")
+        assert fake.state.services == {FOREIGN.key: FOREIGN}
+
+
+async def test_nothing_is_deleted_before_the_initial_listing(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", WEB)
+    # The node as a previous agent left it: web, and a VirtualService deleted while no agent ran.
+    previous, fake_before = fake_kernel()
+    sync(previous, [make_vs("web"), make_vs("gone", vip="169.254.11.9")], Node("node-a"))
+    gate = asyncio.Event()
+
+    async def hold_listing() -> None:
+        await gate.wait()  # then fall through to the emulator's own answer
+
+    cluster.server[kmock.action.LIST, kmock.resource("vsop.dev", "v1alpha1", "virtualservices")] << hold_listing
+    async with run_agent(cluster, state=fake_before.state) as (agent, fake, writer):
+        await until(lambda: any(r.action == kmock.action.LIST and r.resource == kmock.resource("v1/nodes") for r in list(cluster.server)), "the other listings")
+        await asyncio.sleep(0.3)  # time for a wrong agent to act; a right one waits for the listing
+        assert not agent.listed and agent.syncs == 0 and fake.writes == 0 and writer.patches == []
+        gate.set()
+        await until(lambda: fake.state.bound_vips() == {"169.254.11.2"}, "the stale VIP removed after the listing")
+        assert not any(
+            getattr(op, "vip", None) == "169.254.11.2" or "169.254.11.2" in op.describe() for op in fake.applied
+            if isinstance(op, (ops.DeleteService, ops.DeleteAddress, ops.DeleteRealServer))
+        ), "web's objects were never deleted"
+        assert set(real_servers(fake)) == {"192.168.2.111:8080", "192.168.2.222:8080"}
+
+
+async def test_status_is_not_patched_again_when_nothing_changed(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.node("node-b")
+    await cluster.vs("web", WEB)
+    async with run_agent(cluster) as (agent, fake, writer):
+        await until(lambda: node_entry(cluster, "web"), "the first report")
+        patched = len(writer.patches)
+        writes = fake.writes
+        await resync(agent)
+        await resync(agent)
+        # Another node's agent reporting changes nothing here.
+        await cluster.patch(VS, "default", "web", {"status": {"nodes": {"node-b": {"programmed": True}}}}, sub="status")
+        await resync(agent)
+        assert len(writer.patches) == patched == 1 and fake.writes == writes
+
+        # The periodic resync compares with the object: an entry removed by hand comes back.
+        await cluster.patch(VS, "default", "web", {"status": {"nodes": {"node-a": None}}}, sub="status")
+        await asyncio.sleep(0.05)
+        assert await agent.sync_once(periodic=True) is not None
+        await until(lambda: node_entry(cluster, "web"), "the entry restored")
+        assert node_entry(cluster, "web", "node-b") == {"programmed": True}
+
+
+async def test_invalid_object_changes_no_kernel_state(node_a: Cluster) -> None:
+    cluster = node_a
+    # A duplicate backend: the CRD schema admits it, the model refuses it.
+    await cluster.vs("bad", {**WEB, "vip": "169.254.11.5", "backends": [{"address": "192.168.2.111"}, {"address": "192.168.2.111"}]})
+    async with run_agent(cluster) as (agent, fake, writer):
+        await until(lambda: agent.syncs >= 1, "a sync")
+        await resync(agent)
+        assert fake.writes == 0 and fake.state.services == {}
+        assert node_entry(cluster, "bad") is None
+
+        await cluster.vs("web", WEB)
+        await until(lambda: len(real_servers(fake)) == 2, "web programmed")
+        writes = fake.writes
+        # web turns invalid: what it programmed stays as it was.
+        await cluster.patch(VS, "default", "web", {"spec": {"scheduler": "no-such-scheduler"}})
+        entry = await until(lambda: (node_entry(cluster, "web") or {}).get("message"), "the node's note")
+        assert entry.startswith("InvalidSpec: generation 2 is invalid (spec.scheduler: must be one of")
+        assert "still programming generation 1" in entry
+        assert node_entry(cluster, "web")["programmed"] is True
+        assert fake.writes == writes and len(real_servers(fake)) == 2
+
+
+async def test_conflicting_object_changes_no_kernel_state(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", WEB)
+    async with run_agent(cluster) as (agent, fake, writer):
+        await until(lambda: len(real_servers(fake)) == 2, "web programmed")
+        writes = fake.writes
+        await cluster.create(VS, {"apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService",
+                                  "metadata": {"name": "web2", "namespace": "other"},
+                                  "spec": {**WEB, "backends": [{"address": "192.168.9.9"}]}})
+        await resync(agent)
+        assert fake.writes == writes and set(real_servers(fake)) == {"192.168.2.111:8080", "192.168.2.222:8080"}
+        assert node_entry(cluster, "web2", namespace="other") is None
+
+        await cluster.delete(VS, "default", "web")  # the winner goes: the other one takes the VIP
+        await until(lambda: real_servers(fake) == {"192.168.9.9:8080": 1}, "web2 programmed")
+
+
+async def test_vip_that_is_a_node_address_is_refused_with_status_and_event(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", {**WEB, "vip": "10.0.0.11"})
+    async with run_agent(cluster) as (agent, fake, writer):
+        entry = await until(lambda: node_entry(cluster, "web"), "the node's report")
+        assert entry["programmed"] is False
+        assert entry["message"].startswith("VIPRefused: VIP 10.0.0.11 is already an address of node node-a")
+        assert fake.state.services == {} and fake.state.link is None
+        await until(lambda: cluster.events("web"), "the Event")
+        await resync(agent)
+        [event] = cluster.events("web")
+        assert event["reason"] == "VIPRefused" and event["type"] == "Warning"
+        assert event["message"].startswith("node node-a: VIP 10.0.0.11")
+        assert event["source"] == {"component": "vsop-agent", "host": "node-a"}
+        assert event["involvedObject"]["uid"] == cluster.get(VS, "default", "web")["metadata"]["uid"]
+
+
+async def test_kernel_failure_is_reported_then_retried(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", WEB)
+    kernel_says_no = "backend 192.168.2.222 is not routable from this node"
+
+    async with run_agent(cluster) as (agent, fake, writer):
+        fake.refuse = lambda op: kernel_says_no if isinstance(op, ops.AddRealServer) and op.real_server.key.address == "192.168.2.222" else None
+        entry = await until(lambda: node_entry(cluster, "web"), "the failure reported")
+        assert entry["programmed"] is False and entry["message"].startswith("KernelError: realserver.add") and kernel_says_no in entry["message"]
+        assert agent.probes.readiness()[0] is False
+        await until(lambda: any(e["reason"] == "KernelError" for e in cluster.events("web")), "the Event")
+        fake.refuse = lambda op: None
+        await until(lambda: (node_entry(cluster, "web") or {}).get("programmed"), "programmed on the retry", timeout=5)
+        assert len(real_servers(fake)) == 2 and agent.probes.readiness() == (True, "ok")
+
+
+async def test_agent_limited_to_namespaces(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", WEB, namespace="team-a")
+    await cluster.vs("other", {**WEB, "vip": "169.254.11.3"})
+    async with run_agent(cluster, namespaces=("team-a",)) as (agent, fake, _):
+        await until(lambda: fake.state.bound_vips() == {"169.254.11.2"}, "team-a's VIP")
+        await resync(agent)
+        assert fake.state.bound_vips() == {"169.254.11.2"} and node_entry(cluster, "other") is None
+
+
+async def test_health_checks_take_a_failing_static_backend_out(node_a: Cluster) -> None:
+    cluster = node_a
+    server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        # Loopback only: 127.0.0.2 has nothing listening, so its check is refused at once.
+        await cluster.vs("checked", {
+            "vip": "169.254.11.2", "ports": [{"port": 80}],
+            "backends": [{"address": "127.0.0.1", "port": port}, {"address": "127.0.0.2", "port": port}],
+            "healthCheck": {"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 1},
+        })
+        async with run_agent(cluster) as (agent, fake, _):
+            await until(lambda: real_servers(fake) == {f"127.0.0.1:{port}": 1, f"127.0.0.2:{port}": 0}, "the failing one at weight 0")
+            await until(lambda: (node_entry(cluster, "checked") or {}).get("backends") == {"total": 2, "healthy": 1}, "counted unhealthy")
+            assert {str(t.key) for t in agent.health_targets} == {f"127.0.0.1:{port}", f"127.0.0.2:{port}"}
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_removed_udp_real_server_loses_its_conntrack_entries(node_a: Cluster) -> None:
+    cluster = node_a
+    dns = {"vip": "169.254.11.53", "ports": [{"port": 53, "protocol": "UDP"}],
+           "backends": [{"address": "192.168.2.111"}, {"address": "192.168.2.222"}]}
+    await cluster.vs("dns", dns)
+    async with run_agent(cluster) as (agent, fake, _):
+        udp = ServiceKey("udp", "169.254.11.53", 53)
+        await until(lambda: len(real_servers(fake, udp)) == 2, "both programmed")
+        await cluster.patch(VS, "default", "dns", {"spec": {"backends": [{"address": "192.168.2.111"}]}})
+        await until(lambda: real_servers(fake, udp) == {"192.168.2.111:53": 1}, "one removed at once (UDP does not drain)")
+        assert agent.conntrack.forgotten == [("169.254.11.53", 53, "192.168.2.222", 53)]
+
+
+async def test_a_recreated_object_is_programmed_and_reported_again(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", WEB)
+    async with run_agent(cluster) as (agent, fake, _):
+        await until(lambda: node_entry(cluster, "web"), "reported")
+        await cluster.delete(VS, "default", "web")
+        await cluster.vs("web", {**WEB, "backends": [{"address": "192.168.2.111"}]})
+        await until(lambda: real_servers(fake) == {"192.168.2.111:8080": 1}, "the new object programmed")
+        await until(lambda: (node_entry(cluster, "web") or {}).get("backends") == {"total": 1, "healthy": 1}, "the new object reported")
+
+
+async def test_the_periodic_resync_repairs_drift_made_by_hand(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", WEB)
+    async with run_agent(cluster, resync_seconds=0.2) as (agent, fake, writer):
+        await until(lambda: len(real_servers(fake)) == 2, "programmed")
+        patches = len(writer.patches)
+        # Someone runs `ipvsadm -d -t 169.254.11.2:80 -r 192.168.2.222:8080` by hand.
+        gone = next(key for key in fake.state.real_servers if key.address == "192.168.2.222")
+        fake.state = replace(fake.state, real_servers={k: v for k, v in fake.state.real_servers.items() if k != gone})
+        await until(lambda: len(real_servers(fake)) == 2, "put back by the next resync")
+        assert len(writer.patches) == patches  # the status did not change, so it was not written

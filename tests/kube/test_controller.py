@@ -1,0 +1,168 @@
+"""The controller against the API emulator: conflicts, conditions summed over nodes, Events; and with agents."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.kube.conftest import NODES, VS, Cluster, make_agent, make_controller, resync, run_controller, running, until
+from tests.kube.test_agent import WEB, real_servers
+
+pytestmark = pytest.mark.asyncio
+
+
+def conditions(cluster: Cluster, name: str, namespace: str = "default") -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in cluster.status(namespace, name).get("conditions") or ()}
+
+
+def condition(cluster: Cluster, name: str, kind: str, namespace: str = "default") -> tuple[str, str] | None:
+    found = conditions(cluster, name, namespace).get(kind)
+    return (found["status"], found["reason"]) if found else None
+
+
+async def report(cluster: Cluster, name: str, node: str, programmed: bool = True, total: int = 2, healthy: int = 2,
+                 message: str = "", generation: int = 1) -> None:
+    """What an agent on `node` would write."""
+    entry = {"programmed": programmed, "backends": {"total": total, "healthy": healthy}, "message": message, "observedGeneration": generation}
+    await cluster.patch(VS, "default", name, {"status": {"nodes": {node: entry}}}, sub="status")
+
+
+async def test_conflict_older_wins_whichever_arrives_first(cluster: Cluster) -> None:
+    await cluster.node("node-a")
+    # The newer object is there first; the older one (an earlier creationTimestamp) shows up later.
+    await cluster.vs("newer", WEB, created="2024-05-01T10:00:00Z")
+    async with run_controller(cluster) as (controller, writer):
+        await until(lambda: condition(cluster, "newer", "Conflict") == ("False", "NoConflict"), "no conflict while alone")
+        await cluster.create(VS, {"apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService",
+                                  "metadata": {"name": "older", "namespace": "team-b"}, "spec": WEB}, created="2024-04-01T10:00:00Z")
+        await until(lambda: condition(cluster, "newer", "Conflict") == ("True", "Conflict"), "the newer one loses")
+        loser = conditions(cluster, "newer")
+        assert loser["Conflict"]["message"] == (
+            "169.254.11.2:80/TCP is already claimed by VirtualService team-b/older, which is older"
+        )
+        assert (loser["Ready"]["status"], loser["Ready"]["reason"]) == ("False", "Conflict")
+        assert (loser["Programmed"]["status"], loser["Programmed"]["reason"]) == ("False", "Conflict")
+        await until(lambda: condition(cluster, "older", "Conflict", "team-b") == ("False", "NoConflict"), "the older one keeps it")
+        await until(lambda: [e for e in cluster.events("newer") if e["reason"] == "Conflict"], "the Conflict event")
+        [event] = [e for e in cluster.events("newer") if e["reason"] == "Conflict"]
+        assert event["type"] == "Warning" and "team-b/older" in event["message"]
+
+        # The winner goes away: the conflict is recomputed.
+        await cluster.delete(VS, "team-b", "older")
+        await until(lambda: condition(cluster, "newer", "Conflict") == ("False", "NoConflict"), "conflict cleared")
+
+
+async def test_conflict_in_creation_order(cluster: Cluster) -> None:
+    await cluster.node("node-a")
+    async with run_controller(cluster) as (controller, writer):
+        await cluster.vs("first", WEB)
+        await cluster.vs("second", {**WEB, "ports": [{"port": 80}, {"port": 443}]})
+        await until(lambda: condition(cluster, "second", "Conflict") == ("True", "Conflict"), "the second one loses")
+        await until(lambda: condition(cluster, "first", "Conflict") == ("False", "NoConflict"), "the first one keeps it")
+        # Not the same port: no conflict.
+        await cluster.vs("third", {**WEB, "ports": [{"port": 8443}]})
+        await until(lambda: condition(cluster, "third", "Conflict") == ("False", "NoConflict"), "third is fine")
+
+
+async def test_conditions_sum_up_the_nodes(cluster: Cluster) -> None:
+    for node in ("node-a", "node-b", "node-c"):
+        await cluster.node(node, labels={"vsop.dev/lb": "true"})
+    await cluster.node("node-d")  # not selected
+    await cluster.node("node-e", labels={"vsop.dev/lb": "true"}, ready=False)  # not expected to report
+    await cluster.vs("web", {**WEB, "nodeSelector": {"matchLabels": {"vsop.dev/lb": "true"}}})
+    async with run_controller(cluster) as (controller, writer):
+        await until(lambda: condition(cluster, "web", "Programmed") == ("False", "Pending"), "pending before any report")
+        assert conditions(cluster, "web")["Programmed"]["message"] == "programmed on 0 of 3 node(s); waiting for node-a, node-b, node-c"
+        assert condition(cluster, "web", "Ready") == ("False", "Pending")
+
+        await report(cluster, "web", "node-a")
+        await report(cluster, "web", "node-b", healthy=1)
+        await report(cluster, "web", "node-c", generation=0)  # an old generation: not counted
+        await until(lambda: cluster.status("default", "web").get("backends") == {"total": 2, "healthy": 1}, "backends summed up")
+        status = cluster.status("default", "web")
+        assert status["observedGeneration"] == 1
+        found = conditions(cluster, "web")
+        assert (found["Ready"]["status"], found["Ready"]["reason"]) == ("True", "Ready")
+        assert found["Ready"]["message"] == "1 of 2 backend(s) healthy; programmed on 2 of 3 node(s)"
+        assert found["Programmed"]["message"] == "programmed on 2 of 3 node(s); waiting for node-c"
+        assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"] for c in found.values())
+        ready_since = found["Ready"]["lastTransitionTime"]
+
+        await report(cluster, "web", "node-c", programmed=False, total=0, healthy=0,
+                     message="VIPRefused: VIP 169.254.11.2 is already an address of node node-c")
+        await until(lambda: condition(cluster, "web", "Degraded") == ("True", "VIPRefused"), "degraded by the refusing node")
+        found = conditions(cluster, "web")
+        assert (found["Programmed"]["status"], found["Programmed"]["reason"]) == ("False", "NotProgrammed")
+        assert "failed on node-c: VIPRefused: VIP 169.254.11.2" in found["Programmed"]["message"]
+        assert found["Ready"]["lastTransitionTime"] == ready_since  # still True: the time of the last change stays
+        await until(lambda: [e for e in cluster.events("web") if e["reason"] == "VIPRefused"], "the Event")
+
+        await report(cluster, "web", "node-c")
+        await until(lambda: condition(cluster, "web", "Programmed") == ("True", "Programmed"), "programmed everywhere")
+        assert conditions(cluster, "web")["Programmed"]["message"] == "programmed on 3 of 3 node(s)"
+        assert condition(cluster, "web", "Degraded") == ("False", "AsExpected")
+        await until(lambda: {"Programmed", "Recovered"} <= {e["reason"] for e in cluster.events("web")}, "the Events")
+        [programmed] = [e for e in cluster.events("web") if e["reason"] == "Programmed"]
+        assert programmed["type"] == "Normal" and programmed["message"] == "programmed on 3 of 3 node(s)"
+
+        # Nothing changes: nothing is written, no Event repeats.
+        patches, posted = len(writer.patches), len(writer.posted)
+        await resync(controller)
+        await resync(controller)
+        assert (len(writer.patches), len(writer.posted)) == (patches, posted)
+
+        # A Node that is gone loses its key.
+        await report(cluster, "web", "node-x")
+        await until(lambda: "node-x" not in cluster.status("default", "web")["nodes"], "the stale key removed")
+        assert set(cluster.status("default", "web")["nodes"]) == {"node-a", "node-b", "node-c"}
+
+
+async def test_no_ready_backends_and_invalid_spec_are_told(cluster: Cluster) -> None:
+    await cluster.node("node-a")
+    await cluster.vs("empty", {"vip": "169.254.11.7", "ports": [{"port": 80}], "serviceRef": {"name": "nginx"}})
+    await cluster.vs("bad", {**WEB, "vip": "169.254.11.8", "scheduler": "nope"})
+    async with run_controller(cluster) as (controller, writer):
+        await report(cluster, "empty", "node-a", total=0, healthy=0)
+        await until(lambda: condition(cluster, "empty", "Ready") == ("False", "NoReadyBackends"), "not ready without backends")
+        assert condition(cluster, "empty", "Degraded") == ("True", "NoReadyBackends")
+        assert condition(cluster, "empty", "Programmed") == ("True", "Programmed")
+        await until(lambda: [e for e in cluster.events("empty") if e["reason"] == "NoReadyBackends"], "the Event")
+
+        await until(lambda: condition(cluster, "bad", "Ready") == ("False", "InvalidSpec"), "invalid told")
+        message = conditions(cluster, "bad")["Ready"]["message"]
+        assert message.startswith("spec is invalid: spec.scheduler: must be one of")
+        await until(lambda: [e for e in cluster.events("bad") if e["reason"] == "InvalidSpec"], "the Event")
+
+
+async def test_agents_and_controller_together(cluster: Cluster) -> None:
+    await cluster.node("node-a", addresses=("10.0.0.11",))
+    await cluster.node("node-b", addresses=("10.0.0.12",))
+    await cluster.vs("web", WEB)
+    await cluster.vs("clash", WEB, namespace="team-b")
+    controller, _ = make_controller(cluster)
+    agent_a, fake_a, _ = make_agent(cluster, "node-a")
+    agent_b, fake_b, _ = make_agent(cluster, "node-b")
+    async with running(controller, agent_a, agent_b):
+        await until(lambda: condition(cluster, "web", "Programmed") == ("True", "Programmed"), "web programmed on both")
+        assert condition(cluster, "web", "Ready") == ("True", "Ready")
+        assert conditions(cluster, "web")["Ready"]["message"] == "2 of 2 backend(s) healthy; programmed on 2 of 2 node(s)"
+        assert len(real_servers(fake_a)) == len(real_servers(fake_b)) == 2
+        await until(lambda: condition(cluster, "clash", "Conflict", "team-b") == ("True", "Conflict"), "the loser told")
+        assert "nodes" not in cluster.status("team-b", "clash")  # no agent reports a conflict loser
+
+        # The winner goes: every agent and the controller agree on the new owner.
+        await cluster.delete(VS, "default", "web")
+        await until(lambda: condition(cluster, "clash", "Ready", "team-b") == ("True", "Ready"), "the other one takes over")
+        await cluster.patch(NODES, None, "node-b", {"metadata": {"labels": {"unrelated": "x"}}})
+        await until(lambda: set(cluster.status("team-b", "clash")["nodes"]) == {"node-a", "node-b"}, "both nodes report")
+
+
+async def test_a_recreated_object_gets_its_own_status(cluster: Cluster) -> None:
+    await cluster.node("node-a")
+    await cluster.vs("web", WEB)
+    async with run_controller(cluster) as (controller, writer):
+        await until(lambda: condition(cluster, "web", "Programmed") == ("False", "Pending"), "first status")
+        await cluster.delete(VS, "default", "web")
+        await cluster.vs("web", WEB)
+        await until(lambda: condition(cluster, "web", "Programmed") == ("False", "Pending"), "the new object's status")

@@ -1,0 +1,178 @@
+"""deploy/ (the kustomize base) and examples/k8s: they build, they are least privilege, and they fit the code.
+
+The RBAC check is by use: the agent and the controller run against the emulator, and
+every request they make must be allowed by their own ClusterRole, which in turn holds
+nothing they do not use.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+import kmock
+import pytest
+import yaml
+
+from tests.kube.conftest import Cluster, run_agent, run_controller, until
+from tests.kube.test_agent import WEB
+from vsop.model import parse_virtual_service
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+def build(directory: Path) -> list[dict[str, Any]]:
+    """`kubectl kustomize`, or (without kubectl) the plain resources of the kustomizations, recursively."""
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        done = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    docs: list[dict[str, Any]] = []
+    for resource in kustomization["resources"]:
+        path = directory / resource
+        docs += build(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+@pytest.fixture(scope="module")
+def manifests() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in build(DEPLOY)}
+
+
+def rules(manifests: dict[tuple[str, str], dict[str, Any]], role: str) -> set[tuple[str, str, str]]:
+    found = set()
+    for rule in manifests["ClusterRole", role]["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    found.add((group, resource, verb))
+    return found
+
+
+def test_the_base_builds_with_everything(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    assert set(manifests) >= {
+        ("Namespace", "vsop-system"), ("CustomResourceDefinition", "virtualservices.vsop.dev"),
+        ("ServiceAccount", "vsop-agent"), ("ServiceAccount", "vsop-controller"),
+        ("ClusterRole", "vsop-agent"), ("ClusterRole", "vsop-controller"),
+        ("ClusterRoleBinding", "vsop-agent"), ("ClusterRoleBinding", "vsop-controller"),
+        ("DaemonSet", "vsop-agent"), ("Deployment", "vsop-controller"),
+    }
+    for (kind, name), doc in manifests.items():
+        if kind in ("ServiceAccount", "DaemonSet", "Deployment"):
+            assert doc["metadata"]["namespace"] == "vsop-system", name
+    for binding in ("vsop-agent", "vsop-controller"):
+        doc = manifests["ClusterRoleBinding", binding]
+        assert doc["roleRef"]["name"] == binding
+        assert doc["subjects"] == [{"kind": "ServiceAccount", "name": binding, "namespace": "vsop-system"}]
+
+
+def test_rbac_is_what_the_issue_grants_and_no_more(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    read = {"get", "list", "watch"}
+    agent = rules(manifests, "vsop-agent")
+    assert agent == (
+        {("vsop.dev", "virtualservices", v) for v in read}
+        | {("vsop.dev", "virtualservices/status", "patch")}
+        | {("discovery.k8s.io", "endpointslices", v) for v in read}
+        | {("", "nodes", v) for v in read}
+        | {("", "events", "create")}
+    )
+    controller = rules(manifests, "vsop-controller")
+    assert controller == (
+        {("vsop.dev", "virtualservices", v) for v in read}
+        | {("vsop.dev", "virtualservices/status", "patch")}
+        | {("", "nodes", v) for v in read}
+        | {("", "events", "create")}
+    )
+    assert not any("*" in part for rule in agent | controller for part in rule)
+
+
+def test_the_agent_daemonset_is_unprivileged_on_the_host_network(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    spec = manifests["DaemonSet", "vsop-agent"]["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert spec["hostNetwork"] is True and spec["serviceAccountName"] == "vsop-agent"
+    assert {"operator": "Exists"} in spec["tolerations"]
+    security = container["securityContext"]
+    assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts["/run/xtables.lock"]["name"]]["hostPath"] == {"path": "/run/xtables.lock", "type": "FileOrCreate"}
+    assert mounts["/lib/modules"]["readOnly"] is True and volumes[mounts["/lib/modules"]["name"]]["hostPath"]["path"] == "/lib/modules"
+    assert volumes[mounts["/host/proc/sys/net"]["name"]]["hostPath"]["path"] == "/proc/sys/net"
+    assert "--proc-sys=/host/proc/sys" in container["args"] and container["args"][0] == "agent"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert "--health-port=%d" % ports["health"] in container["args"] and "--metrics-port=%d" % ports["metrics"] in container["args"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert container["image"] == "vsop:0.1.0"
+
+
+def test_the_controller_is_one_replica_never_two(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    deployment = manifests["Deployment", "vsop-controller"]["spec"]
+    assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
+    spec = deployment["template"]["spec"]
+    [container] = spec["containers"]
+    assert spec["securityContext"]["runAsNonRoot"] is True and "hostNetwork" not in spec
+    assert container["args"][0] == "controller" and container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_examples_are_valid() -> None:
+    kinds = []
+    for path in sorted((ROOT / "examples" / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            kinds.append(doc["kind"])
+            if doc["kind"] == "VirtualService":
+                vs = parse_virtual_service(doc)
+                assert vs.spec.vip.startswith(("169.254.", "192.0.2.")), "documentation or link-local VIPs only"
+    assert sorted(kinds) == ["Deployment", "Service", "VirtualService", "VirtualService"]
+
+
+def used(cluster: Cluster) -> set[tuple[str, str, str]]:
+    """(group, resource[/subresource], verb) of every request vsop made (the test's own are kmock's)."""
+    verbs = {kmock.action.LIST: "list", kmock.action.WATCH: "watch", kmock.action.FETCH: "get",
+             kmock.action.CREATE: "create", kmock.action.UPDATE: "patch", kmock.action.DELETE: "delete"}
+    found = set()
+    for request in cluster.requests():
+        if request.headers.get("User-Agent", "").startswith("kmock") or request.resource is None or not request.resource.plural:
+            continue  # the test's own requests, and discovery (open to every authenticated client)
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        found.add((request.resource.group or "", resource, verbs[request.action]))
+    return found
+
+
+def allowed(granted: set[tuple[str, str, str]], requests: Iterable[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    return sorted(r for r in requests if r not in granted)
+
+
+
+@pytest.mark.asyncio
+async def test_the_agent_needs_no_more_than_its_role(cluster: Cluster, manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    await cluster.node("node-a", addresses=("10.0.0.11",))
+    await cluster.vs("web", {**WEB, "serviceRef": {"name": "web"}})
+    await cluster.vs("refused", {**WEB, "vip": "10.0.0.11"})
+    await cluster.endpoint_slice("web-1", "web", [{"addresses": ["10.1.0.1"]}], [{"port": 8080}])
+    async with run_agent(cluster) as (agent, fake, writer):
+        await until(lambda: cluster.events("refused") and cluster.status("default", "web").get("nodes"), "a status patch and an Event")
+    requests = used(cluster)
+    assert allowed(rules(manifests, "vsop-agent"), requests) == []
+    assert {("vsop.dev", "virtualservices/status", "patch"), ("", "events", "create"), ("", "nodes", "watch")} <= requests
+
+
+@pytest.mark.asyncio
+async def test_the_controller_needs_no_more_than_its_role(cluster: Cluster, manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    await cluster.node("node-a")
+    await cluster.vs("web", WEB)
+    await cluster.vs("clash", WEB, namespace="team-b")
+    async with run_controller(cluster) as (controller, writer):
+        await until(lambda: cluster.events("clash"), "the conflict Event")
+    requests = used(cluster)
+    assert allowed(rules(manifests, "vsop-controller"), requests) == []
+    assert {("vsop.dev", "virtualservices/status", "patch"), ("", "events", "create")} <= requests
