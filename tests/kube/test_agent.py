@@ -326,7 +326,7 @@ async def test_the_periodic_resync_repairs_drift_made_by_hand(node_a: Cluster) -
     cluster = node_a
     await cluster.vs("web", WEB)
     async with run_agent(cluster, resync_seconds=0.2) as (agent, fake, writer):
-        await until(lambda: len(real_servers(fake)) == 2, "programmed")
+        await until(lambda: len(real_servers(fake)) == 2 and len(writer.patches) > 0, "programmed and reported")
         patches = len(writer.patches)
         # Someone runs `ipvsadm -d -t 169.254.11.2:80 -r 192.168.2.222:8080` by hand.
         gone = next(key for key in fake.state.real_servers if key.address == "192.168.2.222")
