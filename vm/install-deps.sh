@@ -106,15 +106,15 @@ if ! kernel_ready; then
   chmod 755 "$tmp"
   if id _apt >/dev/null 2>&1; then chown _apt "$tmp"; fi
   (cd "$tmp" && apt-get download -qq "$kpkg") || die "apt-get download $kpkg failed"
-  deb="$(ls "$tmp"/*.deb 2>/dev/null | head -n1)"
+  deb="$(compgen -G "$tmp/*.deb" | head -n1 || true)"
   [ -n "$deb" ] || die "apt-get download produced no .deb for $kpkg"
   rm -rf "$KDIR.new"
   mkdir -p "$KDIR.new"
   dpkg-deb -x "$deb" "$KDIR.new" || die "dpkg-deb -x $deb failed"
   rm -rf "$KDIR"
   mv "$KDIR.new" "$KDIR"
-  # The initramfs depends on the kernel tree: force a rebuild.
-  rm -f "$CACHE/initramfs.cpio.gz"
+  # The boot files depend on the kernel tree: force a rebuild.
+  rm -f "$CACHE/initramfs.cpio.gz" "$CACHE/vmlinux" "$CACHE/vmlinux.kver"
   kernel_ready || die "unpacked $kpkg but found no vmlinuz / ip_vs module in $KDIR"
   log "kernel unpacked into $KDIR"
 fi

@@ -198,7 +198,7 @@ class VirtualServiceSpec(_Spec):
 
     @property
     def family(self) -> int:
-        return ipaddress.ip_address(self.vip).version
+        return 6 if ":" in self.vip else 4  # vip is a validated literal: only IPv6 has colons
 
 
 class ObjectMeta(BaseModel):

@@ -275,7 +275,8 @@ def desired_state(
         sysctls.update(family_sysctls(family))
     if families:
         sysctls.update(kernel_sysctls(kernel_version))
-    if any(vs.spec.suppress_arp and vs.spec.family == 4 for vs in winners if vs.ref in programmed):
+    chosen = set(programmed)
+    if any(vs.spec.suppress_arp and vs.spec.family == 4 for vs in winners if vs.ref in chosen):
         sysctls.update(ARP_SYSCTLS)
 
     state = KernelState(
