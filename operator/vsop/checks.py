@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
+from vsop.core.draining import Draining
 from vsop.core.health import HealthTracker, Thresholds
 from vsop.core.state import RealServerKey
-from vsop.model import HealthCheck
+from vsop.model import HealthCheck, VirtualService
 
 log = logging.getLogger("vsop.health")
 
@@ -115,3 +116,10 @@ class HealthChecker:
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         self.tasks.clear()
+
+
+def health_targets(services: Iterable[VirtualService], configured: Mapping[RealServerKey, str], draining: Draining) -> set[Target]:
+    """Every configured real server of a VirtualService with a health check, in service or not
+    (so a failed one can come back), except those draining away."""
+    checks = {vs.ref: vs.spec.health_check for vs in services if vs.spec.health_check.type != "none"}
+    return {Target(key, checks[owner]) for key, owner in configured.items() if owner in checks and key not in draining.since}

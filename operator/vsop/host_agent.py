@@ -19,17 +19,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from vsop.adapters.base import OperationFailed
 from vsop.adapters.conntrack import ConntrackCleaner
-from vsop.checks import HealthChecker, Target
+from vsop.checks import HealthChecker, Target, health_targets
 from vsop.core import ops
 from vsop.core.desired import Node
-from vsop.core.draining import Draining, with_draining
+from vsop.core.draining import Draining, grace_by_service, with_draining
 from vsop.core.health import HealthTracker
 from vsop.core.plan import PlanError
-from vsop.core.state import Names, RealServerKey, ServiceKey
+from vsop.core.state import Names
 from vsop.engine import ExecutionFailed, Kernel, SyncResult, running_kernel_version, sync
 from vsop.errors import KernelUnsupported
 from vsop.folder import FolderSource
@@ -76,7 +76,7 @@ class HostAgent:
 
     def sync_once(self) -> SyncResult | None:
         services = self.source.services()
-        grace = _grace_by_service(services)
+        grace = grace_by_service(services)
         started = time.monotonic()
         try:
             result = sync(
@@ -97,7 +97,7 @@ class HostAgent:
         for problem in result.desired.problems + result.plan.problems:
             log.warning("VirtualService not programmed object=%s reason=%s message=%r", problem.obj, problem.reason, problem.message)
         self._forget_udp_conntrack(result.applied)
-        self.targets = _health_targets(services, result.desired.configured, self.draining)
+        self.targets = health_targets(services, result.desired.configured, self.draining)
         self.last = {
             "writes": result.writes,
             "operations": result.plan.counts(),
@@ -203,20 +203,6 @@ async def _wait_any(first: asyncio.Event, second: asyncio.Event, timeout: float)
     finally:
         for waiter in waiters:
             waiter.cancel()
-
-
-def _grace_by_service(services: list[VirtualService]) -> dict[ServiceKey, float]:
-    grace: dict[ServiceKey, float] = {}
-    for vs in services:
-        for port in vs.spec.ports:
-            grace[ServiceKey(port.protocol.lower(), vs.spec.vip, port.port)] = float(vs.spec.drain.timeout_seconds)  # type: ignore[arg-type]
-    return grace
-
-
-def _health_targets(services: list[VirtualService], configured: Mapping[RealServerKey, str], draining: Draining) -> set[Target]:
-    """Every configured real server of a VirtualService with a health check, in service or not."""
-    checks = {vs.ref: vs.spec.health_check for vs in services if vs.spec.health_check.type != "none"}
-    return {Target(key, checks[owner]) for key, owner in configured.items() if owner in checks and key not in draining.since}
 
 
 def run_agent(kernel: Kernel, config: AgentConfig, conntrack: ConntrackCleaner) -> int:

@@ -11,10 +11,11 @@ Pure: the clock is an argument; must not import time, asyncio or anything outsid
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from vsop.core.plan import owned
 from vsop.core.state import KernelState, Names, RealServer, RealServerKey, ServiceKey
+from vsop.model import VirtualService
 
 DEFAULT_GRACE_SECONDS = 30.0
 
@@ -70,3 +71,13 @@ def with_draining(
     if not keep:
         return desired
     return replace(desired, real_servers={**desired.real_servers, **keep})
+
+
+def grace_by_service(services: Iterable[VirtualService]) -> dict[ServiceKey, float]:
+    """How long the removed real servers of each IPVS service may drain (spec.drain.timeoutSeconds)."""
+    grace: dict[ServiceKey, float] = {}
+    for vs in services:
+        for port in vs.spec.ports:
+            key = ServiceKey(port.protocol.lower(), vs.spec.vip, port.port)  # type: ignore[arg-type]
+            grace[key] = float(vs.spec.drain.timeout_seconds)
+    return grace

@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import kopf
 
-from vsop.checks import HealthChecker, Target
+from vsop.checks import HealthChecker, Target, health_targets
 from vsop.core import ops
 from vsop.core.desired import Desired, Endpoint, Node, desired_state
-from vsop.core.draining import Draining, with_draining
+from vsop.core.draining import Draining, grace_by_service, with_draining
 from vsop.core.health import HealthTracker
 from vsop.core.plan import Plan, PlanError, plan
-from vsop.core.state import KernelState, Names, RealServerKey, ServiceKey
+from vsop.core.state import KernelState, Names, RealServerKey
 from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, running_kernel_version
 from vsop.errors import KernelUnsupported
 from vsop.kube import endpoints as eps
@@ -345,7 +345,7 @@ class Agent:
         extra = tuple(node_info.addresses) + tuple(self.options.extra_node_addresses)
         outcome = await asyncio.to_thread(self._kernel_sync, services, node, endpoints, extra, self.tracker.out_of_service())
         self.syncs += 1
-        self.health_targets = _health_targets(services, outcome.desired.configured, self._draining)
+        self.health_targets = health_targets(services, outcome.desired.configured, self._draining)
         if self.checker is not None:
             self.checker.update(self.health_targets)
         self._record_metrics(outcome, records)
@@ -408,7 +408,7 @@ class Agent:
             out_of_service=out_of_service,
             kernel_version=self.kernel_version,
         )
-        target = with_draining(desired.state, observed, self._draining, time.monotonic(), _grace_by_service(services), names)
+        target = with_draining(desired.state, observed, self._draining, time.monotonic(), grace_by_service(services), names)
         try:
             outcome = KernelOutcome(desired=desired, plan=plan(target, observed, names))
         except PlanError as exc:  # vsop's names taken by something else: nothing can be done safely
@@ -575,21 +575,6 @@ class Agent:
             stop=stop,
             name=COMPONENT,
         )
-
-
-def _grace_by_service(services: Iterable[VirtualService]) -> dict[ServiceKey, float]:
-    """How long each IPVS service's removed real servers drain (spec.drain.timeoutSeconds)."""
-    grace: dict[ServiceKey, float] = {}
-    for vs in services:
-        for port in vs.spec.ports:
-            grace[ServiceKey(port.protocol.lower(), vs.spec.vip, port.port)] = float(vs.spec.drain.timeout_seconds)  # type: ignore[arg-type]
-    return grace
-
-
-def _health_targets(services: Iterable[VirtualService], configured: Mapping[RealServerKey, str], draining: Draining) -> set[Target]:
-    """Every configured real server of a VirtualService with a health check, in service or not (so it can come back)."""
-    checks = {vs.ref: vs.spec.health_check for vs in services if vs.spec.health_check.type != "none"}
-    return {Target(key, checks[owner]) for key, owner in configured.items() if owner in checks and key not in draining.since}
 
 
 # --- the command line ----------------------------------------------------------------------
