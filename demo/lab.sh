@@ -40,10 +40,10 @@ say "vsop apply -f examples/seed.yaml"
 $VSOP apply -f examples/seed.yaml --node-name lab
 
 say "six requests from the client namespace to http://169.254.11.2/"
-for i in 1 2 3 4 5 6; do ns client $BB wget -q -T 5 -O - http://169.254.11.2/; done
+for i in 1 2 3 4 5 6; do ns client curl -s --max-time 5 http://169.254.11.2/; done
 
 say "four requests from the node itself (locally originated traffic, through the OUTPUT hook)"
-for i in 1 2 3 4; do $BB wget -q -T 5 -O - http://169.254.11.2/; done
+for i in 1 2 3 4; do curl -s --max-time 5 http://169.254.11.2/; done
 
 say "vsop show"
 $VSOP show
