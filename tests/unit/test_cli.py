@@ -70,3 +70,9 @@ def test_console_script_runs_crd_and_version() -> None:
     assert subprocess.run([str(vsop), "version"], capture_output=True, text=True, check=True).stdout.startswith("vsop ")
     helptext = subprocess.run([str(vsop), "plan", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--from-empty" in helptext and "ipvsadm" in helptext
+
+
+def test_render_keepalived_is_wired(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["render", "keepalived", "-f", str(ROOT / "examples" / "keepalived" / "web-nat-http.yaml"), "--layout", "single"]) == 0
+    out = capsys.readouterr().out
+    assert "virtual_server 169.254.12.2 80 {" in out and "lb_kind NAT" in out

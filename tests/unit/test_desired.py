@@ -104,8 +104,11 @@ def test_health_takes_real_servers_out_unless_all_fail() -> None:
     b = RealServerKey(WEB, "192.168.2.222", 8080)
     one_out = desired_state([vs], NODE, out_of_service=frozenset({a})).state
     assert (one_out.real_servers[a].weight, one_out.real_servers[b].weight) == (0, 1)
-    all_out = desired_state([vs], NODE, out_of_service=frozenset({a, b})).state
-    assert (all_out.real_servers[a].weight, all_out.real_servers[b].weight) == (1, 1)
+    all_out = desired_state([vs], NODE, out_of_service=frozenset({a, b}))
+    assert (all_out.state.real_servers[a].weight, all_out.state.real_servers[b].weight) == (1, 1)
+    assert [(w.obj, w.reason) for w in all_out.warnings] == [("default/web", "AllBackendsFailing")]
+    assert not all_out.problems  # still programmed
+    assert desired_state([vs], NODE, out_of_service=frozenset({a})).warnings == ()
 
 
 def test_nothing_desired_means_nothing_at_all() -> None:

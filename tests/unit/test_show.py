@@ -33,3 +33,25 @@ def test_show_names_owner_weights_and_connections() -> None:
 
 def test_show_on_a_clean_host() -> None:
     assert show_text(KernelState(), Names()) == "Nothing of vsop's on this host.\n"
+
+
+def test_show_includes_the_agents_health_errors_and_draining() -> None:
+    kernel, fake = fake_kernel()
+    sync(kernel, [make_vs()], Node("n"))
+    observed = read_observed(kernel, Names())
+    agent = {
+        "pid": 1,
+        "directory": "/etc/vsop/services",
+        "errors": {"/etc/vsop/services/api.yaml": "spec.vip: must be ..."},
+        "health": [
+            {"service": "TCP 169.254.11.2:80", "realServer": "192.168.2.111:8080", "healthy": False, "lastError": "TCP connect failed: Connection refused"},
+            {"service": "TCP 169.254.11.2:80", "realServer": "192.168.2.222:8080", "healthy": True, "lastError": ""},
+        ],
+        "draining": ["TCP 169.254.11.2:80 -> 10.0.0.9:8080"],
+        "lastSync": {"writes": 0},
+    }
+    text = show_text(observed, Names(), agent)
+    assert "FAILING (TCP connect failed: Connection refused)" in text and "  ok" in text
+    assert "ignored file /etc/vsop/services/api.yaml" in text and "draining TCP 169.254.11.2:80 -> 10.0.0.9:8080" in text
+    data = show_json(observed, Names(), agent)
+    assert [rs["healthy"] for rs in data["services"][0]["realServers"]] == [False, True]

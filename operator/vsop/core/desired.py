@@ -70,6 +70,8 @@ class Desired:
     # Every configured real server and its VirtualService, before health takes any out:
     # what health checks must keep probing so a failed real server can come back.
     configured: Mapping[RealServerKey, str] = field(default_factory=dict)
+    # Programmed, but a user should know (e.g. every real server of a service failing its checks).
+    warnings: tuple[Problem, ...] = ()
 
 
 def resolve_conflicts(services: Iterable[VirtualService]) -> tuple[list[VirtualService], list[Problem]]:
@@ -259,7 +261,15 @@ def desired_state(
                 real_servers.setdefault(rs.key, rs)
 
     configured = {key: virtual_servers[key.service].owner for key in real_servers}
-    real_servers = _apply_health(real_servers, out_of_service)
+    real_servers, all_failing = _apply_health(real_servers, out_of_service)
+    warnings = tuple(
+        Problem(
+            virtual_servers[key].owner,
+            "AllBackendsFailing",
+            f"every real server of {key} fails its health check; keeping them all, there is nothing better to send traffic to",
+        )
+        for key in all_failing
+    )
 
     families = families_used
     ipsets: dict[str, IPSet] = {}
@@ -289,7 +299,7 @@ def desired_state(
         jumps=frozenset(jumps),
         sysctls=sysctls,
     )
-    return Desired(state, tuple(programmed), tuple(problems), configured)
+    return Desired(state, tuple(programmed), tuple(problems), configured, warnings)
 
 
 def _real_servers(
@@ -318,16 +328,21 @@ def _real_servers(
     return found
 
 
-def _apply_health(real_servers: dict[RealServerKey, RealServer], out: frozenset[RealServerKey]) -> dict[RealServerKey, RealServer]:
+def _apply_health(
+    real_servers: dict[RealServerKey, RealServer], out: frozenset[RealServerKey]
+) -> tuple[dict[RealServerKey, RealServer], list[ServiceKey]]:
+    """Real servers after health took some out, and the services whose every real server fails."""
     if not out:
-        return real_servers
+        return real_servers, []
     by_service: dict[ServiceKey, list[RealServer]] = {}
     for rs in real_servers.values():
         by_service.setdefault(rs.key.service, []).append(rs)
     result = dict(real_servers)
-    for servers in by_service.values():
+    all_failing: list[ServiceKey] = []
+    for service, servers in sorted(by_service.items(), key=lambda item: (item[0].protocol, item[0].vip, item[0].port)):
         serving = [rs for rs in servers if rs.weight > 0]
         if serving and all(rs.key in out for rs in serving):
+            all_failing.append(service)
             continue  # all of them failing: keep them, there is nothing better to send traffic to
         for rs in serving:
             if rs.key not in out:
@@ -338,4 +353,4 @@ def _apply_health(real_servers: dict[RealServerKey, RealServer], out: frozenset[
                 del result[rs.key]
             else:
                 result[rs.key] = RealServer(rs.key, rs.forwarding, 0)
-    return result
+    return result, all_failing
