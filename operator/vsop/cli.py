@@ -122,6 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-seconds", type=float, default=1.0, help="how often the folder is checked for changes (default 1)")
     p.add_argument("--status-file", default="/run/vsop/agent.json", help="where the agent writes its state for `vsop show`")
     p.add_argument("-v", "--verbose", action="store_true", help="log every sync, also those that change nothing")
+    k = p.add_argument_group(
+        "keepalived mode (objects with mode: keepalived)",
+        "After each sync the configuration is rendered; when it changed, the candidate is checked with\n"
+        "`keepalived -t`, swapped in file by file (atomic renames) and keepalived gets SIGHUP. An invalid\n"
+        "candidate leaves the old configuration in place and is reported (log, `vsop show`).",
+    )
+    k.add_argument("--keepalived-dir", default="/etc/keepalived", metavar="DIR", help="where keepalived.conf (and conf.d/) go (default /etc/keepalived)")
+    k.add_argument("--keepalived-pidfile", default="/run/keepalived.pid", metavar="FILE", help="the running keepalived's pidfile, for SIGHUP (default /run/keepalived.pid)")
+    k.add_argument("--keepalived-auth-file", metavar="FILE", help="VRRP PASS password (1-8 characters) for IPv4 vrrp_instances; read at each render")
+    k.add_argument("--keepalived-layout", choices=("confd", "single"), default="confd", help="keepalived.conf + conf.d/*.conf (default), or one file")
+    k.add_argument("--keepalived-binary", default="keepalived", metavar="PATH", help="the keepalived used for `keepalived -t` (default: keepalived on PATH)")
 
     sub.add_parser("controller", help="the in-cluster controller (Deployment): conflicts, conditions, events")
     render_parser = sub.add_parser("render", help="render configuration for another tool: `vsop render keepalived -f PATH`")
@@ -311,6 +322,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from vsop.adapters.conntrack import ConntrackTool
     from vsop.host import real_kernel
     from vsop.host_agent import AgentConfig, run_agent
+    from vsop.keepalived_daemon import KeepalivedConfig, KeepalivedWriter
     from vsop.logs import setup_logging
 
     setup_logging(args.verbose)
@@ -324,9 +336,18 @@ def cmd_agent(args: argparse.Namespace) -> int:
         poll_seconds=args.poll_seconds,
         status_file=Path(args.status_file) if args.status_file else None,
     )
+    keepalived = KeepalivedWriter(
+        KeepalivedConfig(
+            directory=Path(args.keepalived_dir),
+            pidfile=Path(args.keepalived_pidfile),
+            layout=args.keepalived_layout,
+            auth_file=Path(args.keepalived_auth_file) if args.keepalived_auth_file else None,
+            binary=args.keepalived_binary,
+        )
+    )
     kernel = real_kernel()
     kernel.ipvs.probe()  # say it now, not at the first sync: this kernel cannot run the agent
-    return run_agent(kernel, config, ConntrackTool())
+    return run_agent(kernel, config, ConntrackTool(), keepalived=keepalived)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:

@@ -5,6 +5,11 @@ sync whenever something changed, on a periodic resync (which repairs drift made 
 hand) and while real servers drain. It removes nothing on SIGTERM, so the dataplane
 keeps serving while the agent restarts, and a restart with unchanged files writes
 nothing. Its state for `vsop show` goes to a JSON status file.
+
+In keepalived mode (any loaded VirtualService with `mode: keepalived`) each successful
+sync is followed by the keepalived writer (vsop.keepalived_daemon): render, validate
+with `keepalived -t`, swap in, SIGHUP only on change. The IPVS services keepalived
+creates for those objects are delegated in the desired state, so the sync leaves them alone.
 Must not import: kopf, kubernetes.
 """
 
@@ -29,10 +34,11 @@ from vsop.core.desired import Node
 from vsop.core.draining import Draining, grace_by_service, with_draining
 from vsop.core.health import HealthTracker
 from vsop.core.plan import PlanError
-from vsop.core.state import Names
+from vsop.core.state import KernelState, Names
 from vsop.engine import ExecutionFailed, Kernel, SyncResult, running_kernel_version, sync
 from vsop.errors import KernelUnsupported
 from vsop.folder import FolderSource
+from vsop.keepalived_daemon import KeepalivedWriter
 from vsop.model import VirtualService
 
 log = logging.getLogger("vsop.agent")
@@ -59,6 +65,7 @@ class HostAgent:
         config: AgentConfig,
         conntrack: ConntrackCleaner,
         clock: Callable[[], float] = time.monotonic,
+        keepalived: KeepalivedWriter | None = None,
     ):
         self.kernel = kernel
         self.config = config
@@ -71,6 +78,7 @@ class HostAgent:
         self.last: dict[str, Any] = {}
         self.targets: set[Target] = set()
         self.syncs = 0
+        self.keepalived = keepalived
 
     # -- one sync (blocking: adapters talk to the kernel) ---------------------------
 
@@ -78,6 +86,10 @@ class HostAgent:
         services = self.source.services()
         grace = grace_by_service(services)
         started = time.monotonic()
+
+        def adjust(desired: KernelState, observed: KernelState) -> KernelState:
+            return with_draining(desired, observed, self.draining, self.clock(), grace, self.config.names)
+
         try:
             result = sync(
                 self.kernel,
@@ -86,7 +98,7 @@ class HostAgent:
                 names=self.config.names,
                 out_of_service=self.tracker.out_of_service(),
                 kernel_version=self.kernel_version,
-                adjust=lambda desired, observed: with_draining(desired, observed, self.draining, self.clock(), grace, self.config.names),
+                adjust=adjust,
             )
         except (ExecutionFailed, OperationFailed, KernelUnsupported, PlanError, OSError) as exc:
             self.last = {"error": str(exc), "seconds": round(time.monotonic() - started, 4), "at": time.time()}
@@ -110,8 +122,19 @@ class HostAgent:
             log.info("synced objects=%d writes=%d seconds=%.3f operations=%s", len(services), result.writes, result.seconds, result.plan.counts())
         else:
             log.debug("synced, nothing to change objects=%d seconds=%.3f", len(services), result.seconds)
+        self._update_keepalived(services)
         self.write_status()
         return result
+
+    def _update_keepalived(self, services: list[VirtualService]) -> None:
+        """After a successful sync: keepalived's configuration for this node, when it is in use."""
+        if self.keepalived is None or not self.keepalived.wanted(services):
+            return
+        try:
+            self.keepalived.update(services, node=self.config.node, names=self.config.names)
+        except OSError as exc:  # the writer reports its own failures; this is a last resort
+            log.error("keepalived configuration not written error=%r", str(exc))
+            self.keepalived.last_error = {"at": time.time(), "stage": "write", "message": str(exc)}
 
     def _forget_udp_conntrack(self, applied: list[ops.Op]) -> None:
         for op in applied:
@@ -142,6 +165,7 @@ class HostAgent:
             ],
             "draining": [str(key.service) + " -> " + str(key) for key in sorted(self.draining.keys())],
             "lastSync": self.last,
+            **({"keepalived": self.keepalived.status()} if self.keepalived is not None else {}),
         }
 
     def write_status(self) -> None:
@@ -205,9 +229,11 @@ async def _wait_any(first: asyncio.Event, second: asyncio.Event, timeout: float)
             waiter.cancel()
 
 
-def run_agent(kernel: Kernel, config: AgentConfig, conntrack: ConntrackCleaner) -> int:
+def run_agent(
+    kernel: Kernel, config: AgentConfig, conntrack: ConntrackCleaner, keepalived: KeepalivedWriter | None = None
+) -> int:
     """Run until SIGTERM or SIGINT; returns the exit code."""
-    agent = HostAgent(kernel, config, conntrack)
+    agent = HostAgent(kernel, config, conntrack, keepalived=keepalived)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -84,6 +84,7 @@ def show_json(observed: KernelState, names: Names, agent: dict[str, Any] | None 
             "fileErrors": agent.get("errors", {}),
             "draining": agent.get("draining", []),
             "lastSync": agent.get("lastSync", {}),
+            **({"keepalived": agent["keepalived"]} if agent.get("keepalived") else {}),
         },
     }
 
@@ -132,6 +133,14 @@ def show_text(observed: KernelState, names: Names, agent: dict[str, Any] | None 
             lines.append(f"  draining {item}")
         if agent_data["lastSync"].get("error"):
             lines.append(f"  last sync failed: {agent_data['lastSync']['error']}")
+        keepalived = agent_data.get("keepalived")
+        if keepalived and keepalived.get("active"):
+            written = keepalived.get("lastWritten") or {}
+            lines.append(f"  keepalived: {keepalived['directory']}, last written {len(written.get('files', []))} file(s): {written.get('reload', 'nothing written yet')}")
+            if keepalived.get("lastError"):
+                lines.append(f"  keepalived: not applied ({keepalived['lastError'].get('stage')}): {keepalived['lastError'].get('message')}")
+            for problem in keepalived.get("problems", []):
+                lines.append(f"  keepalived: not rendered: {problem}")
     return "\n".join(lines) + "\n"
 
 

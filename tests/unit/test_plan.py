@@ -141,3 +141,15 @@ def test_set_without_the_comment_extension_is_an_error() -> None:
     broken = replace(before, ipsets={**before.ipsets, "VSOP-VIPS": replace(old, comments=False)})
     with pytest.raises(PlanError, match="without comments"):
         plan(desired, broken)
+
+
+def test_keepalived_s_ipvs_services_on_a_bound_vip_are_left_alone() -> None:
+    vs = make_vs(mode="keepalived")
+    desired = desired_state([vs], NODE).state
+    programmed = apply_ops(KernelState(), plan(desired, KernelState()).ops)
+    # keepalived programs the service and its real servers on the VIP vsop bound
+    ka = VirtualServer(WEB, "wrr")
+    rs = RealServer(RealServerKey(WEB, "192.168.2.111", 8080), "masq", 1)
+    observed = replace(programmed, services={WEB: ka}, real_servers={rs.key: rs})
+    assert WEB in desired.delegated
+    assert plan(desired, observed).ops == ()

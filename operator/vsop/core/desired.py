@@ -226,6 +226,7 @@ def desired_state(
     virtual_servers: dict[ServiceKey, VirtualServer] = {}
     real_servers: dict[RealServerKey, RealServer] = {}
     members: dict[tuple[str, int], dict[str, str]] = {}  # (set base name, family) -> member -> owner
+    delegated: set[ServiceKey] = set()  # keepalived's IPVS services
     vips: set[str] = set()  # bound on vsop's link
     families_used: set[int] = set()
     programmed: list[str] = []
@@ -255,6 +256,7 @@ def desired_state(
             if not masquerade:
                 members.setdefault((names.nomasq_set, family), {})[ipset_member(key)] = vs.ref
             if spec.mode != "ipvs":
+                delegated.add(key)
                 continue  # keepalived owns IPVS for this service; vsop keeps the rest
             virtual_servers[key] = VirtualServer(key, spec.scheduler, spec.persistence.timeout_seconds, vs.ref)
             for rs in _real_servers(vs, port, key, endpoints):
@@ -298,6 +300,7 @@ def desired_state(
         chains=chains,
         jumps=frozenset(jumps),
         sysctls=sysctls,
+        delegated=frozenset(delegated),
     )
     return Desired(state, tuple(programmed), tuple(problems), configured, warnings)
 

@@ -64,8 +64,12 @@ PHASES: tuple[type[ops.Op], ...] = (
 )
 
 
-def owned(observed: KernelState, names: Names) -> KernelState:
-    """The part of an observed state that is vsop's; everything else is foreign."""
+def owned(observed: KernelState, names: Names, delegated: frozenset[ServiceKey] = frozenset()) -> KernelState:
+    """The part of an observed state that is vsop's; everything else is foreign.
+
+    An IPVS service is vsop's when its VIP is bound on vsop's link, unless it is
+    `delegated` (keepalived programs it for a mode: keepalived object).
+    """
     link = observed.link if observed.link is not None and observed.link.name == names.link else None
     addresses = observed.addresses if link is not None else frozenset()
     bound = frozenset(a.split("/")[0] for a in addresses)
@@ -73,8 +77,10 @@ def owned(observed: KernelState, names: Names) -> KernelState:
     return KernelState(
         link=link,
         addresses=addresses,
-        services={k: v for k, v in observed.services.items() if k.vip in bound},
-        real_servers={k: v for k, v in observed.real_servers.items() if k.service.vip in bound},
+        services={k: v for k, v in observed.services.items() if k.vip in bound and k not in delegated},
+        real_servers={
+            k: v for k, v in observed.real_servers.items() if k.service.vip in bound and k.service not in delegated
+        },
         ipsets={k: v for k, v in observed.ipsets.items() if k in names.owned_set_names()},
         chains={k: v for k, v in observed.chains.items() if k.chain in chains},
         jumps=frozenset(j for j in observed.jumps if jump_target(j.rule) in chains),
@@ -118,7 +124,7 @@ def without_vips(state: KernelState, vips: Iterable[str], names: Names) -> Kerne
 
 def plan(desired: KernelState, observed: KernelState, names: Names = Names()) -> Plan:
     """The ordered operations that turn the observed node into the desired one."""
-    mine = owned(observed, names)
+    mine = owned(observed, names, desired.delegated)
     problems: list[Problem] = []
 
     # A desired service that already exists on an address vsop has not bound belongs to

@@ -149,6 +149,9 @@ class KernelState:
     sysctls: Mapping[str, str] = field(default_factory=dict)
     # Addresses of the node outside vsop's link; a VIP among them is refused.
     node_addresses: frozenset[str] = frozenset()
+    # IPVS services on vsop's VIPs that another program owns: keepalived's, for
+    # mode: keepalived objects. Desired states name them so a plan leaves them alone.
+    delegated: frozenset["ServiceKey"] = frozenset()
 
     def bound_vips(self) -> frozenset[str]:
         return frozenset(address.split("/")[0] for address in self.addresses)
