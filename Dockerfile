@@ -14,8 +14,10 @@ FROM python:3.11-slim-bookworm
 # iptables ships both backends (iptables-legacy and iptables-nft, with their -save and
 # -restore); vsop detects which one the host uses, as kube-proxy's iptables-wrappers do.
 # ipset, ipvsadm, iproute2 and conntrack are for humans debugging inside the pod.
+# keepalived (Debian's 2.2.7) is for keepalived mode: the agent checks each candidate
+# configuration with `keepalived -t`, and deploy/keepalived runs it from this image.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables ipset ipvsadm iproute2 conntrack \
+ && apt-get install -y --no-install-recommends iptables ipset ipvsadm iproute2 conntrack keepalived \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /dist/*.whl /tmp/
 RUN pip install --no-cache-dir /tmp/*.whl && rm /tmp/*.whl

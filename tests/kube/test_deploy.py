@@ -135,6 +135,40 @@ def test_examples_are_valid() -> None:
     assert sorted(kinds) == ["Deployment", "Service", "VirtualService", "VirtualService"]
 
 
+def test_the_keepalived_overlay_adds_keepalived_beside_the_agent(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """deploy/keepalived (a Component) through the example overlay: keepalived shares the config, run and PID namespaces."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("components and patches need kubectl kustomize")
+    built = {(doc["kind"], doc["metadata"]["name"]): doc for doc in build(ROOT / "examples" / "k8s" / "keepalived")}
+    assert set(built) == set(manifests), "the same objects as the base"
+    spec = built["DaemonSet", "vsop-agent"]["spec"]["template"]["spec"]
+    base = manifests["DaemonSet", "vsop-agent"]["spec"]["template"]["spec"]
+    assert spec["shareProcessNamespace"] is True and spec["hostNetwork"] is True
+    agent, keepalived = spec["containers"]
+    assert agent["name"] == "agent" and keepalived["name"] == "keepalived"
+    assert agent["securityContext"] == base["containers"][0]["securityContext"], "the agent gains no capability"
+    assert agent["args"][: len(base["containers"][0]["args"])] == base["containers"][0]["args"]
+    flags = dict(a.split("=", 1) for a in agent["args"] if a.startswith("--keepalived-"))
+    assert flags == {"--keepalived-dir": "/etc/keepalived", "--keepalived-pidfile": "/run/keepalived/keepalived.pid",
+                     "--keepalived-auth-file": "/etc/vsop/vrrp/password"}
+    script = " ".join(keepalived["args"])
+    assert "exec keepalived -n -l -D -f /etc/keepalived/keepalived.conf" in script and f"-p {flags['--keepalived-pidfile']}" in script
+    assert keepalived["image"] == agent["image"] == "vsop:0.1.0"
+    security = keepalived["securityContext"]
+    assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW", "NET_BROADCAST"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {c["name"]: {m["mountPath"]: m for m in c["volumeMounts"]} for c in (agent, keepalived)}
+    for path in ("/etc/keepalived", "/run/keepalived"):
+        assert mounts["agent"][path]["name"] == mounts["keepalived"][path]["name"], f"{path} shared"
+        assert "emptyDir" in volumes[mounts["agent"][path]["name"]]
+    assert not mounts["agent"]["/etc/keepalived"].get("readOnly") and mounts["keepalived"]["/etc/keepalived"]["readOnly"] is True
+    secret = volumes[mounts["agent"]["/etc/vsop/vrrp"]["name"]]["secret"]
+    assert secret["secretName"] == "vsop-vrrp-auth" and secret["optional"] is True
+    assert secret["items"] == [{"key": "password", "path": "password"}]
+    assert "/etc/vsop/vrrp" not in mounts["keepalived"], "only the agent reads the password"
+
+
 def used(cluster: Cluster) -> set[tuple[str, str, str]]:
     """(group, resource[/subresource], verb) of every request vsop made (the test's own are kmock's)."""
     verbs = {kmock.action.LIST: "list", kmock.action.WATCH: "watch", kmock.action.FETCH: "get",

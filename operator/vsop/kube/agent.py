@@ -11,6 +11,10 @@ real servers for `drain.timeoutSeconds`, and forgets UDP conntrack entries of re
 ones. Handlers store nothing on the objects: no finalizers, no annotations, no progress.
 The kernel work is the engine's. The kernel and the conntrack cleaner are injected;
 only `main` builds the real ones (`vsop.host`, `vsop.adapters.conntrack`).
+In keepalived mode (`--keepalived-dir`, off by default) each successful kernel sync is
+followed, in the same worker thread, by the keepalived writer (vsop.keepalived_daemon:
+render with the serviceRef endpoints, `keepalived -t`, swap in, SIGHUP only on change);
+its failures go into the status entries of the keepalived-mode objects and Events.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import kopf
@@ -35,6 +40,8 @@ from vsop.core.plan import Plan, PlanError, plan
 from vsop.core.state import KernelState, Names, RealServerKey
 from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, running_kernel_version
 from vsop.errors import KernelUnsupported
+from vsop.keepalived.servers import services_of
+from vsop.keepalived_daemon import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
 from vsop.kube import endpoints as eps
 from vsop.kube import objects
 from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
@@ -125,10 +132,25 @@ class KernelOutcome:
 
 
 @dataclass
+class KeepalivedReport:
+    """What the keepalived writer made of one sync, per keepalived-mode object on this node."""
+
+    backends: dict[str, tuple[int, int]] = field(default_factory=dict)  # ref -> (total, ready) real server addresses rendered
+    problems: dict[str, str] = field(default_factory=dict)  # ref -> "Reason: message": left out of the configuration
+    error: str = ""  # "KeepalivedError: stage: message": nothing new was applied (old configuration stays)
+    changed: bool = False
+    reloaded: bool = False
+
+    def failure(self, ref: str) -> str:
+        return self.problems.get(ref) or self.error
+
+
+@dataclass
 class SyncReport:
     """What one sync did, for tests and logs."""
 
     outcome: KernelOutcome | None
+    keepalived: KeepalivedReport | None = None
     entries: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
     patched: list[tuple[str, str]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (object, reason, message)
@@ -176,8 +198,13 @@ class Agent:
         *,
         conntrack: ConntrackCleaner | None = None,
         metrics: AgentMetrics | None = None,
+        keepalived: KeepalivedWriter | None = None,
     ):
         self.options = options
+        self.keepalived = keepalived
+        # In the cluster the password is an optional Secret: no file means no VRRP authentication.
+        self._auth_file = keepalived.config.auth_file if keepalived is not None else None
+        self._auth_present: bool | None = None
         self.node_name = options.node_name
         self.kernel = kernel
         self.writer = writer
@@ -343,19 +370,19 @@ class Agent:
         services, notes = self._effective(records)
         node = Node(self.node_name, dict(node_info.labels))
         extra = tuple(node_info.addresses) + tuple(self.options.extra_node_addresses)
-        outcome = await asyncio.to_thread(self._kernel_sync, services, node, endpoints, extra, self.tracker.out_of_service())
+        outcome, keepalived = await asyncio.to_thread(self._blocking_sync, services, node, endpoints, extra, self.tracker.out_of_service())
         self.syncs += 1
         self.health_targets = health_targets(services, outcome.desired.configured, self._draining)
         if self.checker is not None:
             self.checker.update(self.health_targets)
-        self._record_metrics(outcome, records)
+        self._record_metrics(outcome, records, keepalived)
         self._log_outcome(outcome, reasons)
 
         if outcome.error is None:
             self.probes.ready = True
             self.probes.ready_reason = "ok"
-        report = SyncReport(outcome=outcome)
-        report.entries = self._entries(records, outcome, notes)
+        report = SyncReport(outcome=outcome, keepalived=keepalived)
+        report.entries = self._entries(records, outcome, notes, keepalived)
         await self._publish(records, report, periodic)
         return report
 
@@ -386,6 +413,60 @@ class Agent:
         # Every node and the controller must reach the same verdict on conflicts: same order.
         services.sort(key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
         return services, notes
+
+    def _blocking_sync(
+        self,
+        services: list[VirtualService],
+        node: Node,
+        endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
+        extra: tuple[str, ...],
+        out_of_service: frozenset[RealServerKey],
+    ) -> tuple[KernelOutcome, KeepalivedReport | None]:
+        """Runs in a worker thread: the kernel sync, then (only after a successful one) keepalived's files."""
+        outcome = self._kernel_sync(services, node, endpoints, extra, out_of_service)
+        if outcome.error is not None or self.keepalived is None or not self.keepalived.wanted(services):
+            return outcome, None
+        return outcome, self._keepalived_sync(services, node, endpoints, set(outcome.desired.programmed))
+
+    def _keepalived_sync(
+        self,
+        services: list[VirtualService],
+        node: Node,
+        endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
+        programmed: set[str],
+    ) -> KeepalivedReport:
+        """Blocking (`keepalived -t`, file writes, a signal): the keepalived writer, and what it means per object."""
+        assert self.keepalived is not None
+        writer = self.keepalived
+        report = KeepalivedReport()
+        if self._auth_file is not None:
+            present = self._auth_file.exists()
+            if present != self._auth_present:
+                self._auth_present = present
+                log.log(logging.INFO if present else logging.WARNING,
+                        kv("VRRP password file " + ("found; vrrp_instances authenticate" if present else "absent; vrrp_instances have no authentication"),
+                           file=str(self._auth_file)))
+            writer.config.auth_file = self._auth_file if present else None
+        for vs in services:
+            if vs.spec.mode == "keepalived" and vs.ref in programmed:
+                addresses: dict[str, bool] = {}
+                for service in services_of(vs, endpoints):
+                    for rs in service.real_servers:
+                        addresses[rs.key.address] = addresses.get(rs.key.address, False) or rs.weight > 0
+                report.backends[vs.ref] = (len(addresses), sum(addresses.values()))
+        try:
+            result = writer.update(services, node=node, endpoints=endpoints, names=self.options.names)
+        except OSError as exc:  # the writer reports its own failures; this is a last resort
+            writer.last_error = {"at": time.time(), "stage": "write", "message": str(exc)}
+            report.error = f"KeepalivedError: write: {exc}"
+            return report
+        report.changed, report.reloaded = result.changed, result.reloaded
+        if result.error:
+            report.error = f"KeepalivedError: {writer.last_error.get('stage', 'render')}: {result.error}"
+        for problem in writer.problems:  # "namespace/name: Reason: message"
+            ref, _, reason_message = problem.partition(": ")
+            report.problems[ref] = reason_message
+        return report
 
     def _kernel_sync(
         self,
@@ -441,7 +522,9 @@ class Agent:
                 except (OSError, ValueError) as exc:
                     log.warning(kv("Forgetting UDP conntrack entries failed", realServer=f"{key.service} -> {key}", error=str(exc)))
 
-    def _entries(self, records: Sequence[VSRecord], outcome: KernelOutcome, notes: Mapping[tuple[str, str], str]) -> dict[tuple[str, str], dict[str, Any] | None]:
+    def _entries(
+        self, records: Sequence[VSRecord], outcome: KernelOutcome, notes: Mapping[tuple[str, str], str], keepalived: KeepalivedReport | None = None
+    ) -> dict[tuple[str, str], dict[str, Any] | None]:
         """status.nodes.<this node> for every VirtualService; None: this node has no business with it."""
         desired = outcome.desired
         problems = {p.obj: p for p in (*desired.problems, *outcome.plan.problems)}
@@ -460,6 +543,12 @@ class Agent:
                 total, healthy = backend_counts(desired.state, ref)
                 ok = outcome.error is None or _programmed_in(outcome.after or KernelState(), desired.state, ref)
                 message = notes.get(record.key, "") if ok else f"KernelError: {outcome.error}"
+                if ok and keepalived is not None and ref in keepalived.backends:
+                    # keepalived programs IPVS for it: count what was rendered (keepalived's checks decide the rest).
+                    total, healthy = keepalived.backends[ref]
+                    failure = keepalived.failure(ref)
+                    if failure:
+                        ok, message = False, failure
                 entry = NodeEntry(ok, total, healthy, message, record.generation)
             entries[record.key] = entry.as_status() if entry is not None else None
         return entries
@@ -518,8 +607,10 @@ class Agent:
             self.metrics.errors.labels("api").inc()
             log.warning(kv("Posting event failed", virtualService=str(record.ref), reason=reason, error=str(exc)))
 
-    def _record_metrics(self, outcome: KernelOutcome, records: Sequence[VSRecord]) -> None:
+    def _record_metrics(self, outcome: KernelOutcome, records: Sequence[VSRecord], keepalived: KeepalivedReport | None = None) -> None:
         m = self.metrics
+        if keepalived is not None and keepalived.error:
+            m.errors.labels("keepalived").inc()
         m.syncs.labels("error" if outcome.error else "success").inc()
         m.sync_duration.observe(outcome.seconds)
         for op in outcome.applied:
@@ -545,7 +636,8 @@ class Agent:
             elif ref in problems:
                 counts["failed"] += 1
             elif ref in programmed:
-                counts["programmed" if outcome.error is None else "failed"] += 1
+                failed = outcome.error is not None or (keepalived is not None and bool(keepalived.failure(ref)))
+                counts["failed" if failed else "programmed"] += 1
             else:
                 counts["not_selected"] += 1
         for state_name, count in counts.items():
@@ -602,8 +694,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--context", default=None, help="kubeconfig context")
     parser.add_argument("--proc-sys", default=PROC_SYS, metavar="DIR",
                         help="where the host's /proc/sys is writable (default: /proc/sys; in a pod, the hostPath mount of /proc/sys/net)")
+    k = parser.add_argument_group(
+        "keepalived mode (objects with mode: keepalived; off unless --keepalived-dir is given)",
+        "After each successful sync keepalived's configuration for this node (serviceRef endpoints included) is\n"
+        "rendered; when it changed it is checked with `keepalived -t`, swapped in file by file and keepalived\n"
+        "gets SIGHUP. An invalid candidate changes nothing and is reported in status.nodes.<node> and an Event.",
+    )
+    k.add_argument("--keepalived-dir", default=None, metavar="DIR", help="where keepalived.conf (and conf.d/) go; enables keepalived mode")
+    k.add_argument("--keepalived-pidfile", default=None, metavar="FILE", help=f"the running keepalived's pidfile, for SIGHUP (default {DEFAULT_PIDFILE})")
+    k.add_argument("--keepalived-auth-file", default=None, metavar="FILE",
+                   help="VRRP PASS password (1-8 characters), a key of a mounted Secret; read at each render; absent: no authentication")
+    k.add_argument("--keepalived-layout", choices=("confd", "single"), default=None, help="keepalived.conf + conf.d/*.conf (default), or one file")
+    k.add_argument("--keepalived-binary", default=None, metavar="PATH", help="the keepalived used for `keepalived -t` (default: keepalived on PATH)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every kernel operation and kopf's own messages")
     return parser
+
+
+def keepalived_writer(args: argparse.Namespace) -> KeepalivedWriter | None:
+    """The writer the --keepalived-* flags ask for; None without --keepalived-dir. ValueError: flags without it."""
+    given = [flag for flag, value in (("--keepalived-pidfile", args.keepalived_pidfile), ("--keepalived-auth-file", args.keepalived_auth_file),
+                                      ("--keepalived-layout", args.keepalived_layout), ("--keepalived-binary", args.keepalived_binary)) if value]
+    if not args.keepalived_dir:
+        if given:
+            raise ValueError(f"{', '.join(given)} need --keepalived-dir")
+        return None
+    return KeepalivedWriter(
+        KeepalivedConfig(
+            directory=Path(args.keepalived_dir),
+            pidfile=Path(args.keepalived_pidfile) if args.keepalived_pidfile else DEFAULT_PIDFILE,
+            layout=args.keepalived_layout or "confd",
+            auth_file=Path(args.keepalived_auth_file) if args.keepalived_auth_file else None,
+            binary=args.keepalived_binary or "keepalived",
+        )
+    )
 
 
 def _host_from_environment(proc_sys: str = PROC_SYS) -> tuple[Kernel, ConntrackCleaner]:
@@ -645,6 +768,11 @@ def main(
     if args.resync_seconds <= 0 or args.debounce_seconds < 0:
         print("vsop agent: --resync-seconds must be > 0 and --debounce-seconds >= 0", flush=True)
         return 2
+    try:
+        keepalived = keepalived_writer(args)
+    except ValueError as exc:
+        print(f"vsop agent: {exc}", flush=True)
+        return 2
     configure_logging(args.verbose)
     try:
         connection = connection or Connection.load(args.kubeconfig, args.context)
@@ -664,10 +792,11 @@ def main(
         debounce_seconds=args.debounce_seconds,
         extra_node_addresses=connection.api_server_addresses(),
     )
-    agent = Agent(options, kernel, ApiWriter(connection, COMPONENT, host=args.node_name), conntrack=conntrack)
+    agent = Agent(options, kernel, ApiWriter(connection, COMPONENT, host=args.node_name), conntrack=conntrack, keepalived=keepalived)
     connection.register_login(agent.registry)
     log.info(kv("Starting", component=COMPONENT, node=args.node_name, namespaces=",".join(args.namespaces) or "all",
-                resync=f"{args.resync_seconds:g}s", credentials=connection.source, host=socket.gethostname()))
+                resync=f"{args.resync_seconds:g}s", credentials=connection.source, host=socket.gethostname(),
+                keepalived=str(keepalived.config.directory) if keepalived is not None else "off"))
 
     async def serve() -> None:
         endpoints = HttpEndpoints(agent.probes, agent.metrics.registry, args.health_port, args.metrics_port, args.bind_address)

@@ -34,7 +34,7 @@ class AgentMetrics:
             "vsop_kernel_operations", "Kernel operations applied, by kind (service.add, realserver.edit, ...).", ["kind"], registry=r
         )
         self.errors = Counter(
-            "vsop_errors", "Errors, by source (kernel: a sync failed; api: a status patch or Event failed).", ["source"], registry=r
+            "vsop_errors", "Errors, by source (kernel: a sync failed; api: a status patch or Event failed; keepalived: its configuration was not applied).", ["source"], registry=r
         )
         self.vips = Gauge("vsop_vips_programmed", "VIPs bound on vsop's link on this node.", registry=r)
         self.virtual_servers = Gauge("vsop_virtual_servers_programmed", "IPVS virtual services vsop programmed on this node.", registry=r)
