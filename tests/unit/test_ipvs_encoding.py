@@ -12,7 +12,7 @@ import socket
 import pytest
 from pyroute2.netlink.generic import ipvs as pyroute2_ipvs
 
-from vsop.adapters import ipvs
+from vsop.adapters import ipvs, netlink
 from vsop.core import ops
 from vsop.core.state import RealServer, RealServerKey, ServiceKey, VirtualServer
 
@@ -21,7 +21,7 @@ WEB6 = ServiceKey("sctp", "2001:db8::10", 9000)
 
 
 def decoded(body: bytes) -> pyroute2_ipvs.ipvsmsg:
-    msg = pyroute2_ipvs.ipvsmsg(ipvs._HDR.pack(16 + len(body), 0x20, 0, 0, 0) + body)
+    msg = pyroute2_ipvs.ipvsmsg(netlink.NLMSG_HEADER.pack(16 + len(body), 0x20, 0, 0, 0) + body)
     msg.decode()
     return msg
 
@@ -85,7 +85,7 @@ def test_ipv6_netmask_is_a_prefix_length():
     payload = ipvs.encode(ops.AddService(VirtualServer(WEB6, "rr", 60)))
     start, end = ipvs._top_attr(payload, ipvs._CMD_ATTR_SERVICE)
     at = ipvs.attr_offsets(payload, start, end)
-    assert ipvs._U32_AT.unpack_from(payload, at[ipvs._SVC_NETMASK])[0] == 128
+    assert netlink.U32_AT.unpack_from(payload, at[ipvs._SVC_NETMASK])[0] == 128
 
 
 def test_other_operations_are_refused():

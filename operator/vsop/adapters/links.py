@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from vsop.adapters.base import OperationFailed
-from vsop.adapters.ipvs import NetlinkPipe, address_text, attr_offsets, nla
+from vsop.adapters.netlink import NetlinkPipe, address_text, attr_offsets, kernel_refused, nla
 from vsop.core import ops
 from vsop.core.state import LinkState
 from vsop.errors import KernelUnsupported
@@ -73,8 +73,7 @@ def _reason(op: ops.Op, code: int, text: str = "") -> str:
                 return f"link {link} does not exist"
             if code == errno.EADDRNOTAVAIL:
                 return f"{address} is not bound to {link}"
-    detail = f": {text}" if text else ""
-    return f"the kernel refused it: {os.strerror(code).lower()} ({errno.errorcode.get(code, code)}){detail}"
+    return kernel_refused(code, text)
 
 
 class LinkKernel:
