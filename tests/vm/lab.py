@@ -141,3 +141,16 @@ def answers(count: int, host: str = VIP, port: int = 80, netns: Netns | None = N
 def echo(conn: socket.socket, text: str) -> str:
     conn.sendall(text.encode())
     return conn.recv(4096).decode()
+
+
+def connect(netns: Netns, host: str, port: int, timeout: float = 5) -> socket.socket:
+    """A TCP connection to host:port opened from inside `netns` (the socket stays there); close it with `with`."""
+    with netns.entered():
+        conn = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
+    try:
+        conn.connect((host, port))
+    except OSError:
+        conn.close()
+        raise
+    return conn

@@ -25,7 +25,7 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import http_get, run, start_http_server  # noqa: E402
-from tests.vm.lab import BACKENDS, VIP, clean_node, echo, lab, manifest  # noqa: E402,F401
+from tests.vm.lab import BACKENDS, VIP, clean_node, connect, echo, lab, manifest  # noqa: E402,F401
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
 
@@ -163,11 +163,7 @@ def test_removed_backend_drains_its_open_connection_then_goes(lab, agent, tmp_pa
     ports = [{"name": "echo", "port": 7, "targetPort": 7007}]
     manifest(agent.directory, "echo", ports=ports, drain={"timeoutSeconds": 120})
     agent.start()
-    with client.entered():
-        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with conn:
-        conn.settimeout(5)
-        conn.connect((VIP, 7))
+    with connect(client, VIP, 7) as conn:
         first = echo(conn, "a")
         leaving = first.split(":")[0]
         staying = next(name for name in BACKENDS if name != leaving)
@@ -175,11 +171,7 @@ def test_removed_backend_drains_its_open_connection_then_goes(lab, agent, tmp_pa
         wait_for("the leaving backend drained to weight 0", lambda: weight_of(BACKENDS[leaving], 7007) == 0, 30, 0.05)
         assert echo(conn, "b") == f"{leaving}:b"  # the open connection keeps working
         for _ in range(4):
-            with client.entered():
-                fresh = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            with fresh:
-                fresh.settimeout(5)
-                fresh.connect((VIP, 7))
+            with connect(client, VIP, 7) as fresh:
                 assert echo(fresh, "n").startswith(f"{staying}:")  # no new connection goes to it
         time.sleep(1)
         assert weight_of(BACKENDS[leaving], 7007) == 0  # still there while the connection lives

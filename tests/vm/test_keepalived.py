@@ -35,7 +35,7 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import Namespaces, Netns, http_get, kill_process, run, start_http_server, veth  # noqa: E402
-from tests.vm.lab import BACKENDS, VIP, echo, lab, manifest  # noqa: E402,F401
+from tests.vm.lab import BACKENDS, VIP, connect, echo, lab, manifest  # noqa: E402,F401
 from tests.vm.test_agent import STARTUP_TIMEOUT, VSOP, record, wait_for, weight_of  # noqa: E402
 from vsop.cli import main as vsop  # noqa: E402
 
@@ -181,11 +181,7 @@ def test_change_reloads_with_sighup_keeping_connections_and_invalid_candidate_ke
     client = lab["client"]
     pid = stack.keepalived.pid
     live = stack.keepalived_dir / "conf.d"
-    with client.entered():
-        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with conn:
-        conn.settimeout(5)
-        conn.connect((VIP, 7))
+    with connect(client, VIP, 7) as conn:
         first = echo(conn, "a")
         # A change: be1 weight 2, and a second VirtualService.
         backends = [{"address": BACKENDS["be1"], "weight": 2}, {"address": BACKENDS["be2"]}]

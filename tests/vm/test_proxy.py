@@ -32,6 +32,7 @@ from tests.vm.lab import (  # noqa: E402,F401
     answers,
     apply,
     clean_node,
+    connect,
     echo,
     kinds,
     lab,
@@ -185,11 +186,7 @@ def test_udp_backends_answer_through_the_vip(lab, tmp_path, capsys) -> None:
 def test_changes_apply_only_the_delta_and_keep_open_connections(lab, tmp_path, capsys) -> None:
     ports = [{"name": "echo", "port": 7, "targetPort": 7007}]
     apply(capsys, manifest(tmp_path, "echo", ports=ports))
-    with lab["client"].entered():
-        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with conn:
-        conn.settimeout(5)
-        conn.connect((VIP, 7))
+    with connect(lab["client"], VIP, 7) as conn:
         first = echo(conn, "a")
         backend = first.split(":")[0]
         assert first == f"{backend}:a"
@@ -256,11 +253,7 @@ def test_route_and_tunnel_forwarding_reach_backends_that_answer_directly(tmp_pat
 
 def test_show_names_the_owner_and_counts_connections(lab, tmp_path, capsys) -> None:
     apply(capsys, manifest(tmp_path, "echo", ports=[{"name": "echo", "port": 7, "targetPort": 7007}]))
-    with lab["client"].entered():
-        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with conn:
-        conn.settimeout(5)
-        conn.connect((VIP, 7))
+    with connect(lab["client"], VIP, 7) as conn:
         echo(conn, "x")
         capsys.readouterr()
         assert vsop(["show", "-o", "json"]) == 0
