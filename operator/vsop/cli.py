@@ -21,9 +21,9 @@ from vsop.core.state import KernelState, Names
 from vsop.engine import read_observed, running_kernel_version
 from vsop.adapters.base import OperationFailed
 from vsop.errors import FieldError, InvalidInput, KernelUnsupported
-from vsop.loader import Loaded, load_paths
-
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+from vsop.loader import Loaded, load_paths, read_stdin
+from vsop import output
+from vsop.output import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 
 DESCRIPTION = """\
 vsop reconciles VirtualService objects into Linux IPVS load balancing, the way
@@ -38,7 +38,21 @@ rules mark and masquerade that traffic.
   vsop agent --from /etc/vsop/services           keep a folder true: health checks, draining
   vsop render keepalived -f examples/keepalived  keepalived.conf for mode: keepalived objects
   vsop crd                                       the CustomResourceDefinition
+
+Every command takes -o text|json (plan also -o commands); with -o json, errors are a
+JSON object on stdout too. Exit codes: 0 done, 1 runtime failure, 2 invalid input.
 """
+
+
+def _add_common(parser: argparse.ArgumentParser, formats: tuple[str, ...] = ("text", "json")) -> None:
+    """-o and -v, the same on every command."""
+    parser.add_argument("-o", "--output", choices=formats, default=formats[0], help=f"output format (default: {formats[0]})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail; on an unexpected failure, the full trace")
+
+
+def _sub(sub: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose --help always has a description (the one-line help if no longer one)."""
+    return sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".", formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _add_files(parser: argparse.ArgumentParser) -> None:
@@ -60,46 +74,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vsop", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"vsop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
+    p = _sub(
+        sub,
         "plan",
-        help="validate, diff against this host (or an empty node), print the plan as commands",
-        description=(
-            "Validate the VirtualServices, compute this node's desired kernel state, diff it against\n"
-            "the host (or, with --from-empty, against a node with nothing of vsop's) and print the\n"
-            "operations as the ip / ipvsadm / ipset / iptables / sysctl commands a person would type,\n"
-            "grouped and commented. Nothing is written."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "validate, diff against this host (or an empty node), print the plan as commands",
+        "Validate the VirtualServices, compute this node's desired kernel state, diff it against\n"
+        "the host (or, with --from-empty, against a node with nothing of vsop's) and print the\n"
+        "operations as the ip / ipvsadm / ipset / iptables / sysctl commands a person would type,\n"
+        "grouped and commented (-o commands, the same as -o text). Nothing is written.",
     )
     _add_files(p)
     p.add_argument("--from-empty", action="store_true", help="plan against an empty node instead of this host")
-    p.add_argument("-o", "--output", choices=("commands", "json"), default="commands", help="output format")
+    _add_common(p, ("commands", "text", "json"))
 
-    p = sub.add_parser(
+    p = _sub(
+        sub,
         "apply",
-        help="program this host: validate, read the kernel, apply only the difference",
-        description=(
-            "Validate every VirtualService first (nothing is written if one is invalid), read what\n"
-            "vsop owns on this host, and apply only the difference, in a safe order. Prints what\n"
-            "changed; a second run changes nothing and says so. A kernel refusal stops at that\n"
-            "operation (exit 1); the next apply converges."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "program this host: validate, read the kernel, apply only the difference",
+        "Validate every VirtualService first (nothing is written if one is invalid), read what\n"
+        "vsop owns on this host, and apply only the difference, in a safe order. Prints what\n"
+        "changed; a second run changes nothing and says so. A kernel refusal stops at that\n"
+        "operation (exit 1); the next apply converges.",
     )
     _add_files(p)
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    _add_common(p)
 
-    p = sub.add_parser("show", help="what vsop owns on this host: VIPs, services, real servers, connections")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    p = _sub(
+        sub,
+        "show",
+        "what vsop owns on this host: VIPs, services, real servers, connections",
+        "What vsop owns on this host, read from the kernel: VIPs, IPVS services, real servers with\n"
+        "weights and connections, and, when the host agent runs, health and draining. Like\n"
+        "`ipvsadm -Ln`, limited to vsop's objects. Nothing is written.",
+    )
+    _add_common(p)
     p.add_argument(
         "--status-file", default="/run/vsop/agent.json",
         help="the host agent's status (health, file errors, draining), shown when the agent runs",
     )
 
-    p = sub.add_parser("cleanup", help="remove everything vsop owns on this host, and nothing else")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format")
+    p = _sub(
+        sub,
+        "cleanup",
+        "remove everything vsop owns on this host, and nothing else",
+        "Remove everything vsop owns on this host: its IPVS services, VIPs and link, ipsets and\n"
+        "iptables chains and jumps. Foreign IPVS services, chains, sets and addresses stay.\n"
+        "With --dry-run, print the operations (as commands, or -o json) and change nothing.",
+    )
+    _add_common(p)
     p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
 
     p = sub.add_parser(
@@ -122,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-seconds", type=float, default=1.0, help="how often the folder is checked for changes (default 1)")
     p.add_argument("--status-file", default="/run/vsop/agent.json", help="where the agent writes its state for `vsop show`")
     p.add_argument("-v", "--verbose", action="store_true", help="log every sync, also those that change nothing")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="format of a startup error (the agent logs as text)")
     k = p.add_argument_group(
         "keepalived mode (objects with mode: keepalived)",
         "After each sync the configuration is rendered; when it changed, the candidate is checked with\n"
@@ -134,11 +160,32 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--keepalived-layout", choices=("confd", "single"), default="confd", help="keepalived.conf + conf.d/*.conf (default), or one file")
     k.add_argument("--keepalived-binary", default="keepalived", metavar="PATH", help="the keepalived used for `keepalived -t` (default: keepalived on PATH)")
 
-    sub.add_parser("controller", help="the in-cluster controller (Deployment): conflicts, conditions, events")
-    render_parser = sub.add_parser("render", help="render configuration for another tool: `vsop render keepalived -f PATH`")
+    _sub(
+        sub,
+        "controller",
+        "the in-cluster controller (Deployment): conflicts, conditions, events",
+        "The in-cluster controller (a Deployment): decides conflicts between VirtualServices,\n"
+        "aggregates the nodes' status into conditions and emits Events. See `vsop controller --help`.",
+    )
+    render_parser = _sub(
+        sub,
+        "render",
+        "render configuration for another tool: `vsop render keepalived -f PATH`",
+        "Render configuration for another tool. Only keepalived for now:\n"
+        "`vsop render keepalived -f PATH [--out DIR]`; see `vsop render keepalived --help`.",
+    )
     render_parser.add_argument("tool", choices=("keepalived",), help="keepalived: see `vsop render keepalived --help`")
-    sub.add_parser("crd", help="print the CustomResourceDefinition generated from the model")
-    sub.add_parser("version", help="print the version")
+    p = _sub(
+        sub,
+        "crd",
+        "print the CustomResourceDefinition generated from the model",
+        "Print the CustomResourceDefinition (virtualservices.vsop.dev) generated from the model,\n"
+        "with its validation rules as OpenAPI schema and CEL: `vsop crd | kubectl apply -f -`.\n"
+        "-o text prints YAML, -o json the same object as JSON.",
+    )
+    _add_common(p)
+    p = _sub(sub, "version", "print the version", "Print vsop's version (the same as `vsop --version`).")
+    _add_common(p)
     return parser
 
 
@@ -153,7 +200,7 @@ def _node(args: argparse.Namespace) -> Node:
 
 
 def _load(args: argparse.Namespace) -> Loaded:
-    stdin_text = sys.stdin.read() if "-" in args.paths else None
+    stdin_text = read_stdin() if "-" in args.paths else None
     loaded = load_paths(args.paths, stdin_text=stdin_text)
     for note in loaded.skipped:
         print(f"vsop: {note} (not a VirtualService)", file=sys.stderr)
@@ -299,8 +346,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     try:
         result = cleanup(real_kernel(), names, dry_run=args.dry_run)
     except ExecutionFailed as exc:
-        print(f"vsop: cleanup failed: {exc}; the {exc.applied} operation(s) before it were applied", file=sys.stderr)
-        return EXIT_FAILURE
+        return output.failure(f"cleanup failed: {exc}; the {exc.applied} operation(s) before it were applied", args.output, applied=exc.applied)
+    if args.dry_run and args.output == "json":
+        json.dump({"dryRun": True, "counts": result.plan.counts(), "operations": [_op_json(op) for op in result.plan.ops]}, sys.stdout, indent=2)
+        print()
+        return EXIT_OK
     if args.dry_run:
         sys.stdout.write(render(result.plan.ops) if result.plan.ops else "# Nothing of vsop's on this host.\n")
         return EXIT_OK
@@ -351,14 +401,21 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_crd(args: argparse.Namespace) -> int:
-    from vsop.crd import crd_yaml
+    from vsop.crd import crd, crd_yaml
 
-    sys.stdout.write(crd_yaml())
+    if args.output == "json":
+        json.dump(crd(), sys.stdout, indent=2)
+        print()
+    else:
+        sys.stdout.write(crd_yaml())
     return EXIT_OK
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    print(f"vsop {__version__}")
+    if args.output == "json":
+        print(json.dumps({"version": __version__}))
+    else:
+        print(f"vsop {__version__}")
     return EXIT_OK
 
 
@@ -400,21 +457,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return render_keepalived(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    fmt = getattr(args, "output", "text")
+    fmt = "json" if fmt == "json" else "text"
     try:
         return COMMANDS[args.command](args)
     except InvalidInput as exc:
-        for error in exc.errors:
-            print(f"vsop: invalid: {error}", file=sys.stderr)
-        print(f"vsop: {len(exc.errors)} problem(s) found; nothing was changed", file=sys.stderr)
-        return EXIT_INVALID
+        return output.invalid(exc, fmt)
     except (KernelUnsupported, PlanError, OperationFailed) as exc:
-        print(f"vsop: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return output.failure(str(exc), fmt)
     except PermissionError as exc:
-        print(f"vsop: {exc}: reading and programming the kernel needs root (CAP_NET_ADMIN)", file=sys.stderr)
-        return EXIT_FAILURE
+        # Files the user named are read by the loader (a refusal there is invalid input);
+        # what is left is the kernel or /run: that needs privileges.
+        where = f"{exc.filename}: " if exc.filename else ""
+        return output.failure(f"{where}permission denied: reading and programming the kernel needs root (CAP_NET_ADMIN)", fmt)
     except BrokenPipeError:
         return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last resort: one line, not a trace, unless -v
+        return output.bug(exc, fmt, verbose=getattr(args, "verbose", False))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,6 +30,17 @@ class FieldError:
     def at(self, **changes: Any) -> "FieldError":
         return replace(self, **changes)
 
+    def to_json(self) -> dict[str, Any]:
+        """The error as `-o json` prints it: each part on its own, and the one-line message."""
+        return {
+            "file": self.file,
+            "line": self.line,
+            "object": self.obj,
+            "field": self.path or None,
+            "reason": self.reason,
+            "message": str(self),
+        }
+
 
 class InvalidInput(Exception):
     """Input that vsop refuses; nothing has been changed when this is raised."""

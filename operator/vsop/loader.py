@@ -9,6 +9,7 @@ Must not import: kopf, pyroute2, kubernetes, subprocess.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -50,6 +51,31 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     if problems:
         raise InvalidInput(problems)
     return files
+
+
+def decode(data: bytes, name: str) -> str:
+    """UTF-8 text (a BOM is dropped); anything else is refused naming the line of the first bad byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InvalidInput(
+            [FieldError(file=name, line=line, reason=f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8")]
+        ) from None
+
+
+def read_stdin() -> str:
+    """Standard input for `-f -`, as UTF-8; a closed or unreadable stdin is invalid input."""
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    try:
+        data = stream.read() if stream is not None else None
+    except (OSError, ValueError):
+        data = None
+    if data is None:
+        raise InvalidInput([FieldError(file="-", reason="cannot read standard input: it is closed")])
+    if isinstance(data, str):
+        return data
+    return decode(data, "-")
 
 
 def load_paths(paths: Iterable[str | Path], *, stdin_text: str | None = None) -> Loaded:

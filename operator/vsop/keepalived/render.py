@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import re
 import sys
@@ -31,7 +32,8 @@ from vsop.core.desired import Endpoint, Node, Problem, applies_to_node, resolve_
 from vsop.core.state import Names
 from vsop.errors import FieldError, InvalidInput
 from vsop.keepalived.servers import Service, services_of
-from vsop.loader import load_paths
+from vsop import output
+from vsop.loader import load_paths, read_stdin
 from vsop.model import INTERFACE_NAME, PROTOCOLS, SCHEDULERS, VirtualService
 
 Layout = Literal["single", "confd"]
@@ -574,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-file", metavar="FILE",
         help="VRRP PASS password (1-8 characters) for IPv4 vrrp_instances; in the cluster, a mounted Secret key",
     )
+    parser.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text",
+        help="text: the configuration (or, with --out, what was written); json: the files and notes as one object",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="on an unexpected failure, the full trace")
     return parser
 
 
@@ -584,36 +591,54 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return int(exc.code) if isinstance(exc.code, int) else 2
     try:
-        password = read_auth_file(args.auth_file) if args.auth_file else None
-        stdin_text = sys.stdin.read() if "-" in args.paths else None
-        loaded = load_paths(args.paths, stdin_text=stdin_text)
-        for note in loaded.skipped:
-            print(f"vsop: {note} (not a VirtualService)", file=sys.stderr)
-        result = render_keepalived(loaded.services, layout=args.layout, auth_password=password)
-        for note in result.skipped:
-            print(f"vsop: {note}", file=sys.stderr)
-        for warning in result.warnings:
-            print(f"vsop: warning: {warning}", file=sys.stderr)
-        if result.problems:
-            raise InvalidInput(
-                FieldError(obj=p.obj or None, reason=f"{p.reason}: {p.message}") for p in result.problems
-            )
+        return _run(args)
     except InvalidInput as exc:
-        for error in exc.errors:
-            print(f"vsop: invalid: {error}", file=sys.stderr)
-        print(f"vsop: {len(exc.errors)} problem(s) found; nothing was rendered", file=sys.stderr)
-        return 2
+        return output.invalid(exc, args.output, nothing="nothing was rendered")
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last resort: one line, not a trace, unless -v
+        return output.bug(exc, args.output, verbose=args.verbose)
+
+
+def _run(args: argparse.Namespace) -> int:
+    password = read_auth_file(args.auth_file) if args.auth_file else None
+    stdin_text = read_stdin() if "-" in args.paths else None
+    loaded = load_paths(args.paths, stdin_text=stdin_text)
+    notes = [f"{note} (not a VirtualService)" for note in loaded.skipped]
+    result = render_keepalived(loaded.services, layout=args.layout, auth_password=password)
+    notes.extend(result.skipped)
+    for note in notes:
+        print(f"vsop: {note}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"vsop: warning: {warning}", file=sys.stderr)
+    if result.problems:
+        raise InvalidInput(FieldError(obj=p.obj or None, reason=f"{p.reason}: {p.message}") for p in result.problems)
     if not args.out:
-        try:
+        if args.output == "json":
+            document = {"layout": args.layout, "files": result.files, "rendered": list(result.rendered), "skipped": notes, "warnings": list(result.warnings)}
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        else:
             sys.stdout.write(result.text())
-        except BrokenPipeError:
-            pass
         return 0
     try:
         written, removed = write_files(args.out, result.files, result.directories)
     except OSError as exc:
-        print(f"vsop: cannot write the configuration into {args.out}: {exc}", file=sys.stderr)
-        return 1
+        reason = exc.strerror.lower() if exc.strerror else str(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        return output.failure(f"cannot write the configuration into {args.out}: {reason}{where}; nothing was changed", args.output)
+    if args.output == "json":
+        document = {
+            "out": str(args.out),
+            "written": [str(p) for p in written],
+            "removed": [str(p) for p in removed],
+            "rendered": list(result.rendered),
+            "skipped": notes,
+            "warnings": list(result.warnings),
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return 0
     print(f"vsop: wrote {len(written)} file(s) for {len(result.rendered)} VirtualService(s) into {args.out}")
     for path in written:
         print(f"  wrote   {path}")
