@@ -26,6 +26,7 @@ from vsop.adapters.conntrack import FakeConntrack
 from vsop.core.state import KernelState
 from vsop.engine import fake_kernel
 from vsop.kube.agent import Agent, AgentOptions
+from vsop.kube.apiserver import ApiServerAddresses
 from vsop.kube.client import ApiWriter, Connection, ObjectRef
 from vsop.kube.controller import Controller, ControllerOptions
 
@@ -191,7 +192,8 @@ def make_agent(cluster: Cluster, node: str = "node-a", state: KernelState | None
     writer = RecordingWriter(connection, "vsop-agent", host=node)
     options.setdefault("resync_seconds", 3600.0)  # tests wake the loop themselves
     options.setdefault("debounce_seconds", 0.01)
-    agent = Agent(AgentOptions(node_name=node, **options), kernel, writer, conntrack=FakeConntrack())
+    apiserver = options.pop("apiserver", None) or ApiServerAddresses.for_connection(connection)  # as main() does
+    agent = Agent(AgentOptions(node_name=node, **options), kernel, writer, conntrack=FakeConntrack(), apiserver=apiserver)
     connection.register_login(agent.registry)
     return agent, fake, writer
 

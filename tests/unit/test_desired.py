@@ -68,6 +68,16 @@ def test_vip_that_is_a_node_address_is_refused() -> None:
     assert [(p.obj, p.reason) for p in result.problems] == [("default/web", "VIPRefused")]
 
 
+def test_a_reserved_address_is_refused_with_whose_it_is_even_with_vrrp() -> None:
+    api = {"169.254.11.2": "the Kubernetes API server (endpoint of service default/kubernetes)"}
+    vrrp = make_vs(mode="keepalived", announce="vrrp", vrrp={"interface": "eth0", "virtualRouterID": 51})
+    for vs in (make_vs(), vrrp):
+        result = desired_state([vs], NODE, reserved=api)
+        assert result.state.services == {} and result.state.addresses == frozenset() and not result.programmed
+        [problem] = result.problems
+        assert problem.reason == "VIPRefused" and problem.message.startswith("VIP 169.254.11.2 is an address of the Kubernetes API server (endpoint")
+
+
 def test_conflict_older_wins_in_both_orders() -> None:
     old = make_vs("old", created="2026-01-01T00:00:00Z")
     new = make_vs("new", namespace="other", created="2026-02-01T00:00:00Z")

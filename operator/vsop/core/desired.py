@@ -209,6 +209,7 @@ def desired_state(
     names: Names = Names(),
     endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
     node_addresses: Iterable[str] = (),
+    reserved: Mapping[str, str] | None = None,
     out_of_service: frozenset[RealServerKey] = frozenset(),
     kernel_version: tuple[int, int] | None = None,
 ) -> Desired:
@@ -216,11 +217,14 @@ def desired_state(
 
     `endpoints` maps (namespace, service name) to the endpoints of a serviceRef.
     `node_addresses` are the node's own addresses outside vsop's link: such a VIP is refused.
+    `reserved` maps addresses that belong to something the node depends on to whose they
+    are (e.g. the Kubernetes API server's): such a VIP is refused too, even with VRRP.
     `out_of_service` are real servers a health check took out: they get weight 0, unless
     every real server of their service is out (then there is nothing better; keep all).
     """
     endpoints = endpoints or {}
     own_addresses = {str(ipaddress.ip_address(a.split("/")[0])) for a in node_addresses}
+    reserved_by = {str(ipaddress.ip_address(a)): whose for a, whose in (reserved or {}).items()}
     winners, problems = resolve_conflicts(services)
 
     virtual_servers: dict[ServiceKey, VirtualServer] = {}
@@ -238,6 +242,11 @@ def desired_state(
         # With VRRP, keepalived owns the VIP on vrrp.interface: vsop neither binds it on its
         # link nor refuses it when this node (the VRRP master) already holds it.
         vrrp = spec.mode == "keepalived" and spec.announce == "vrrp"
+        if spec.vip in reserved_by:
+            problems.append(
+                Problem(vs.ref, "VIPRefused", f"VIP {spec.vip} is an address of {reserved_by[spec.vip]}; a VIP there would cut node {node.name} off from it")
+            )
+            continue
         if spec.vip in own_addresses and not vrrp:
             problems.append(
                 Problem(vs.ref, "VIPRefused", f"VIP {spec.vip} is already an address of node {node.name}; binding it to {names.link} would cut the node off")

@@ -43,6 +43,7 @@ from vsop.errors import KernelUnsupported
 from vsop.keepalived.servers import services_of
 from vsop.keepalived_daemon import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
 from vsop.kube import endpoints as eps
+from vsop.kube.apiserver import ApiServerAddresses
 from vsop.kube import objects
 from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
 from vsop.kube.metrics import AgentMetrics, HttpEndpoints, Probes
@@ -199,8 +200,10 @@ class Agent:
         conntrack: ConntrackCleaner | None = None,
         metrics: AgentMetrics | None = None,
         keepalived: KeepalivedWriter | None = None,
+        apiserver: ApiServerAddresses | None = None,
     ):
         self.options = options
+        self.apiserver = apiserver  # the API server's addresses: refused as VIPs
         self.keepalived = keepalived
         # In the cluster the password is an optional Secret: no file means no VRRP authentication.
         self._auth_file = keepalived.config.auth_file if keepalived is not None else None
@@ -304,9 +307,16 @@ class Agent:
     async def reconcile_forever(self) -> None:
         await self.gate.wait(self.options.resync_seconds, self.probes.turned)
         self.checker = HealthChecker(self.tracker, lambda: self.trigger.wake("health check result changed"))
+        follower = None
+        if self.apiserver is not None:
+            await self.apiserver.refresh()  # before the first sync: never bind the API server's address, not even once
+            follower = asyncio.create_task(self.apiserver.follow(self.options.resync_seconds, self.trigger.wake))
         try:
             await self._turn_forever()
         finally:
+            if follower is not None:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
             await self.checker.stop()
 
     async def _turn_forever(self) -> None:
@@ -486,6 +496,7 @@ class Agent:
             names=names,
             endpoints=endpoints,
             node_addresses=set(observed.node_addresses) | set(extra),
+            reserved=self.apiserver.reserved() if self.apiserver is not None else None,
             out_of_service=out_of_service,
             kernel_version=self.kernel_version,
         )
@@ -790,9 +801,9 @@ def main(
         namespaces=tuple(args.namespaces),
         resync_seconds=args.resync_seconds,
         debounce_seconds=args.debounce_seconds,
-        extra_node_addresses=connection.api_server_addresses(),
     )
-    agent = Agent(options, kernel, ApiWriter(connection, COMPONENT, host=args.node_name), conntrack=conntrack, keepalived=keepalived)
+    agent = Agent(options, kernel, ApiWriter(connection, COMPONENT, host=args.node_name), conntrack=conntrack, keepalived=keepalived,
+                  apiserver=ApiServerAddresses.for_connection(connection))
     connection.register_login(agent.registry)
     log.info(kv("Starting", component=COMPONENT, node=args.node_name, namespaces=",".join(args.namespaces) or "all",
                 resync=f"{args.resync_seconds:g}s", credentials=connection.source, host=socket.gethostname(),

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import ipaddress
 import json
 import logging
 import os
 import time
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
@@ -111,17 +109,6 @@ class Connection:
             certificate_path=config.cert_file,
             private_key_path=config.key_file,
         )
-
-    def api_server_addresses(self) -> tuple[str, ...]:
-        """The API server's IP addresses this process knows of: a VIP must never take them over."""
-        found: list[str] = []
-        candidates = [urllib.parse.urlsplit(self.configuration.host).hostname or "", os.environ.get("KUBERNETES_SERVICE_HOST", "")]
-        for candidate in candidates:
-            try:
-                found.append(str(ipaddress.ip_address(candidate)))
-            except ValueError:
-                continue
-        return tuple(dict.fromkeys(found))
 
     def register_login(self, registry: kopf.OperatorRegistry) -> None:
         @kopf.on.login(registry=registry)
