@@ -109,7 +109,7 @@ def test_jumps_go_to_the_top_of_the_built_in_chain(iptables_backend: str, family
 
 def test_deleting_a_jump_removes_every_copy_of_it(iptables_backend: str):
     iptables = IPTablesKernel(iptables_backend)
-    into_filter = next(j for j in constant_jumps(NAMES, 4) if j.table == "filter")
+    into_filter = next(j for j in constant_jumps(NAMES, 4) if j.table == "filter" and j.chain == "INPUT")
     iptables.apply([ops.WriteChain(filter_chain(4), ()), ops.AddJump(into_filter)])
     cli(iptables_backend, 4, "-A", "INPUT", "-j", "ACCEPT")
     subprocess.run(

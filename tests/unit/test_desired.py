@@ -24,7 +24,7 @@ def test_seed_becomes_one_service_two_real_servers_and_set_members() -> None:
     assert state.ipsets["VSOP-VIPS"].members == {"169.254.11.2": "default/web"}
     assert state.ipsets["VSOP-VIP-PORTS-NOMASQ"].members == {}
     assert state.sysctls["net.ipv4.vs.conntrack"] == "1"
-    assert {(j.table, j.chain) for j in state.jumps} == {("nat", "PREROUTING"), ("nat", "OUTPUT"), ("nat", "POSTROUTING"), ("filter", "INPUT")}
+    assert {(j.table, j.chain) for j in state.jumps} == {("nat", "PREROUTING"), ("nat", "OUTPUT"), ("nat", "POSTROUTING"), ("filter", "INPUT"), ("filter", "FORWARD")}
 
 
 def test_rule_count_is_constant_however_many_services() -> None:
@@ -33,7 +33,7 @@ def test_rule_count_is_constant_however_many_services() -> None:
         [make_vs(f"s{i}", vip=f"10.50.{i // 250}.{i % 250 + 1}") for i in range(600)], NODE
     ).state
     rules = lambda s: sum(len(r) for r in s.chains.values()) + len(s.jumps)  # noqa: E731
-    assert rules(one) == rules(many) == 10  # 6 rules in 4 chains, 4 jumps
+    assert rules(one) == rules(many) == 14  # 9 rules in 5 chains, 5 jumps
     assert len(many.services) == 600 and len(many.ipsets["VSOP-VIP-PORTS"].members) == 600
 
 

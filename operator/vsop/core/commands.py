@@ -27,9 +27,12 @@ SECTION = {
     ops.AddSetMember: "Set members: one per VIP port (and one per VIP).",
     ops.WriteChain: (
         "vsop's own chains (vsop loads each table with one `iptables-restore --noflush`).\n"
-        "# VSOP-SERVICES marks traffic to a VIP port, VSOP-POSTROUTING masquerades marked traffic so\n"
-        "# replies from real servers on other hosts come back through this node, and VSOP-FILTER\n"
-        "# lets only service ports through to a VIP (the node's sshd stays unreachable on it)."
+        "# VSOP-SERVICES marks connections and traffic to a VIP port, VSOP-POSTROUTING masquerades\n"
+        "# marked traffic so replies from real servers on other hosts come back through this node,\n"
+        "# VSOP-FILTER lets only service ports through to a VIP (the node's sshd stays unreachable\n"
+        "# on it), and VSOP-FORWARD accepts the real servers' replies of VIP connections: they are\n"
+        "# routed through FORWARD, where a policy of DROP (Docker, ufw) would drop them before IPVS\n"
+        "# sees them (kube-proxy's KUBE-FORWARD). The policy itself is left as it is."
     ),
     ops.AddJump: (
         "Hook the chains into the built-in ones. Locally originated traffic skips PREROUTING,\n"

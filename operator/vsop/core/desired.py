@@ -110,6 +110,9 @@ def constant_chains(names: Names, family: int) -> dict[ChainKey, tuple[str, ...]
     f = 4 if family == 4 else 6
     return {
         ChainKey(f, "nat", names.services_chain): (
+            # nat sees the first packet of each connection only: the connection mark set here
+            # is how VSOP-FORWARD recognises the later packets (the real servers' replies).
+            f"-m set --match-set {vip_ports} dst,dst -j CONNMARK --set-xmark {names.mark}",
             f"-m set --match-set {nomasq} dst,dst -j RETURN",
             f"-m set --match-set {vip_ports} dst,dst -j {names.mark_chain}",
         ),
@@ -118,6 +121,14 @@ def constant_chains(names: Names, family: int) -> dict[ChainKey, tuple[str, ...]
         ChainKey(f, "filter", names.filter_chain): (
             f"-m set --match-set {vip_ports} dst,dst -j ACCEPT",
             f"-m set --match-set {vips} dst -m conntrack --ctstate NEW -j REJECT --reject-with {reject}",
+        ),
+        # A real server's reply is de-masqueraded to the client's address and routed through
+        # FORWARD, whose filter hook runs before IPVS's reply hook: with a FORWARD policy of
+        # DROP (Docker, ufw) it dies there. kube-proxy's KUBE-FORWARD accepts marked traffic
+        # and every established flow; this accepts established flows of VIP connections only.
+        ChainKey(f, "filter", names.forward_chain): (
+            f"-m mark --mark {names.mark} -j ACCEPT",
+            f"-m connmark --mark {names.mark} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         ),
     }
 
@@ -135,6 +146,7 @@ def constant_jumps(names: Names, family: int) -> frozenset[Jump]:
             jump("nat", "OUTPUT", names.services_chain, "VIP services"),
             jump("nat", "POSTROUTING", names.postrouting_chain, "masquerade marked VIP traffic"),
             jump("filter", "INPUT", names.filter_chain, "only service ports on VIPs"),
+            jump("filter", "FORWARD", names.forward_chain, "forward VIP traffic"),
         }
     )
 

@@ -30,6 +30,7 @@ class Names:
     mark_chain: str = "VSOP-MARK-MASQ"
     postrouting_chain: str = "VSOP-POSTROUTING"
     filter_chain: str = "VSOP-FILTER"
+    forward_chain: str = "VSOP-FORWARD"
     masq_mark: int = 0x2000
     comment: str = "vsop"
 
@@ -42,7 +43,7 @@ class Names:
         return frozenset(self.set_name(base, family) for base in bases for family in (4, 6))
 
     def owned_chains(self) -> frozenset[str]:
-        return frozenset((self.services_chain, self.mark_chain, self.postrouting_chain, self.filter_chain))
+        return frozenset((self.services_chain, self.mark_chain, self.postrouting_chain, self.filter_chain, self.forward_chain))
 
     @property
     def mark(self) -> str:
