@@ -34,6 +34,8 @@ rules mark and masquerade that traffic.
   vsop plan --from-empty -f examples/seed.yaml   what a clean node would be told
   vsop apply -f examples/seed.yaml               program this host (root); again: 0 writes
   vsop show                                      what vsop owns here, like ipvsadm -Ln
+  vsop explain 169.254.11.2:80                   the path of a packet to a VIP, hook by hook, with counters
+  vsop doctor                                    every known cause of a dead VIP checked, each with its fix
   vsop cleanup                                   remove all of it, and nothing else
   vsop agent --from /etc/vsop/services           keep a folder true: health checks, draining
   vsop render keepalived -f examples/keepalived  keepalived.conf for mode: keepalived objects
@@ -115,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--status-file", default="/run/vsop/agent.json",
         help="the host agent's status (health, file errors, draining), shown when the agent runs",
     )
+
+    from vsop.diagnose import add_parsers as add_diagnose_parsers
+
+    add_diagnose_parsers(sub, "/run/vsop/agent.json", _sub, _add_common)
 
     p = _sub(
         sub,
@@ -419,8 +425,22 @@ def cmd_version(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from vsop.diagnose import cmd_explain as run
+
+    return run(args)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from vsop.diagnose import cmd_doctor as run
+
+    return run(args)
+
+
 COMMANDS = {
     "plan": cmd_plan,
+    "explain": cmd_explain,
+    "doctor": cmd_doctor,
     "apply": cmd_apply,
     "show": cmd_show,
     "cleanup": cmd_cleanup,
