@@ -34,8 +34,8 @@ DOCTOR_DESCRIPTION = """\
 Check every known cause of a dead or half-working VIP on this node, for the given
 VIP:PORTs or for everything vsop serves here: IPVS in the kernel, the sysctls IPVS and
 masquerade need, strict rp_filter dropping packets, the VIP on vsop0 and vsop0 up, vsop's
-chains and jumps, a foreign rule ahead of vsop's jump, rules on the other iptables
-backend, real servers without a route or local, ARP and conn_reuse_mode settings, stale
+chains and jumps (FORWARD with a DROP policy included), a foreign rule ahead of vsop's
+jump, rules on the other iptables backend, real servers without a route or local, ARP and conn_reuse_mode settings, stale
 UDP conntrack entries, the host agent's status. Each failure names its fix.
 Exit 0: every check passes (warnings allowed); 1: something is wrong.
 """

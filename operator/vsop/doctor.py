@@ -220,6 +220,14 @@ def check_rules(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
             present = chain is not None and any(rule.text == jump.rule for rule in chain.rules)
             if present:
                 yield Finding(label, PASS, f"{jump.chain} ({jump.table}) jumps to vsop")
+            elif jump.chain == "FORWARD" and (chain is None or chain.policy != "DROP"):
+                yield Finding(label, WARN, "the jump from FORWARD into vsop's chain is missing; harmless while FORWARD's policy is ACCEPT",
+                              fix=[f"{tool} -t {jump.table} -I {jump.chain} {jump.rule}"])
+            elif jump.chain == "FORWARD":
+                yield Finding(label, FAIL,
+                              f"FORWARD's policy is DROP ({chain.packets} packets dropped so far) and its jump into vsop's chain is missing: "  # type: ignore[union-attr]
+                              "the real servers' answers die on their way back to the client (Docker and ufw leave FORWARD so)",
+                              fix=[f"{tool} -t {jump.table} -I {jump.chain} {jump.rule}"])
             else:
                 yield Finding(label, FAIL, f"the jump from {jump.chain} ({jump.table}) into vsop's chain is missing: {_jump_why(jump.chain)}",
                               fix=[f"{tool} -t {jump.table} -I {jump.chain} {jump.rule}"])
@@ -267,26 +275,6 @@ def check_foreign_rules(facts: Facts, keys: list[ServiceKey]) -> Iterable[Findin
                                   f"a foreign rule ahead of vsop's jump may match {key}: `{text}` ({rule.packets} packets so far)")
     if keys and not reported:
         yield Finding("rules.ahead", PASS, "no foreign rule ahead of vsop's jumps stops VIP traffic")
-
-
-def check_forward(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
-    names = facts.names
-    forward_chain = getattr(names, "forward_chain", "VSOP-FORWARD")
-    for family in sorted({key.family for key in keys}):
-        chain = facts.chain(family, "filter", "FORWARD")
-        if chain is None or chain.policy != "DROP":
-            continue
-        tool = _iptables(family)
-        accepted = any(r.target == forward_chain for r in chain.rules) or any(
-            r.target == "ACCEPT" and "ESTABLISHED" in r.text and "-i " not in r.text and "-o " not in r.text for r in chain.rules
-        )
-        if accepted:
-            yield Finding(f"rules.forward {tool}", PASS, "FORWARD drops by policy, but accepts the answers of established connections")
-        else:
-            yield Finding(f"rules.forward {tool}", FAIL,
-                          f"FORWARD's policy is DROP ({chain.packets} packets dropped so far) and nothing accepts the real servers' "
-                          "answers on their way back to the client (Docker and ufw leave FORWARD so)",
-                          fix=[f"{tool} -I FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"])
 
 
 def check_other_backend(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
@@ -442,7 +430,7 @@ def check_agent(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
 
 
 CHECKS = (check_ipvs, check_sysctls, check_rp_filter, check_link, check_services, check_rules, check_foreign_rules,
-          check_forward, check_other_backend, check_real_servers, check_conntrack, check_agent)
+          check_other_backend, check_real_servers, check_conntrack, check_agent)
 
 
 def doctor(facts: Facts, keys: list[ServiceKey] | None = None) -> dict[str, Any]:

@@ -408,25 +408,29 @@ def _postrouting_step(facts: Facts, key: ServiceKey) -> Step:
 
 def _forward_step(facts: Facts, key: ServiceKey) -> Step:
     names, family = facts.names, key.family
-    forward_chain = getattr(names, "forward_chain", "VSOP-FORWARD")
     chain = facts.chain(family, "filter", "FORWARD")
-    jump = find_jump(facts, family, "filter", "FORWARD", forward_chain)
+    own = facts.chain(family, "filter", names.forward_chain)
+    jump = find_jump(facts, family, "filter", "FORWARD", names.forward_chain)
     counters = _rule_counters(jump, "jump ")
+    items = []
+    for rule in own.rules if own else ():
+        word = "accept marked" if "--mark" in rule.text and "connmark" not in rule.text else "accept established" if "ESTABLISHED" in rule.text else (rule.target or "rule").lower()
+        counters[f"{word} packets"] = rule.packets
+        items.append(Item(f"{names.forward_chain} {rule.position}", f"-A {names.forward_chain} {rule.text}", None, _rule_counters(rule)))
+    policy = chain.policy if chain and chain.policy else "ACCEPT"
     if chain is not None and chain.policy:
         counters["policy packets"] = chain.packets
-    policy = chain.policy if chain else "ACCEPT"
-    dropping = [r for r in (chain.rules if chain else ()) if r.target in ("DROP", "REJECT") and (jump is None or r.position < jump.position) and matches(r, key) is not False]
-    ok: bool | None = (policy == "ACCEPT" or jump is not None) and not dropping
-    found = f"FORWARD policy {policy}" + (f", vsop's jump is rule {jump.position}" if jump else ", no jump to vsop")
-    if dropping:
-        found += f"; {len(dropping)} DROP/REJECT rule(s) ahead"
+    dropping = [r for r in (chain.rules if chain else ()) if r.target in ("DROP", "REJECT") and (jump is None or r.position < jump.position)]
+    items += [Item(f"FORWARD {r.position}", f"-A FORWARD {r.text}  (ahead of vsop's jump)", None, _rule_counters(r)) for r in dropping]
+    ok: bool | None = jump is not None or policy == "ACCEPT"
+    found = f"FORWARD policy {policy}, " + (_jump_text(jump, chain, "") if jump else "no jump to vsop" + ("" if ok else ": the answers are dropped"))
     return Step(
         id="forward", hook="filter FORWARD", title="the real server's answer, on its way back",
         why=("The answer comes back addressed to this node; conntrack undoes the masquerade and the packet is forwarded to "
-             "the client, so it crosses FORWARD (IPVS restores the VIP as source there). A DROP policy, as Docker and "
-             f"ufw leave it, needs vsop's accept ({forward_chain}, like kube-proxy's KUBE-FORWARD)."),
-        expect=f"FORWARD policy ACCEPT, or a jump to {forward_chain}", found=found, ok=ok, counters=counters,
-        items=[Item(f"FORWARD {r.position}", f"-A FORWARD {r.text}", None, _rule_counters(r)) for r in dropping],
+             "the client, so it crosses FORWARD before IPVS puts the VIP back as its source. A DROP policy, as Docker "
+             f"and ufw leave it, needs vsop's accept: {names.forward_chain} (kube-proxy's KUBE-FORWARD) accepts marked "
+             "packets and the established flows of VIP connections."),
+        expect=_expected_jump(names, family, "filter", "FORWARD"), found=found, ok=ok, counters=counters, items=items,
     )
 
 

@@ -212,7 +212,8 @@ def fault(name: str, facts: Facts) -> Facts:
     elif name == "local-real-server":
         facts.routes = {**facts.routes, "10.200.1.2": Route("10.200.1.2", True, "local", "lo")}
     elif name == "forward-drop":
-        facts.rules = parse_save_counters(save_text(state, policies={"FORWARD": "DROP"}), 4)
+        without = replace(state, jumps=frozenset(j for j in state.jumps if j.chain != "FORWARD"))
+        facts.rules = parse_save_counters(save_text(without, policies={"FORWARD": "DROP"}), 4)
     elif name == "agent-stale":
         facts.agent = {"pid": 99999, "stale": True, "directory": "/etc/vsop/services"}
     elif name == "conn-reuse":
@@ -234,7 +235,7 @@ FAULTS = {
     "rp-filter": ("sysctl.rp_filter", "sysctl -w net.ipv4.conf.all.rp_filter=2"),
     "other-backend": ("rules.backends", "iptables-legacy -t filter -D INPUT -d 169.254.11.2/32 -j DROP"),
     "local-real-server": ("route 10.200.1.2", None),
-    "forward-drop": ("rules.forward iptables", "iptables -I FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+    "forward-drop": ("rules.jump iptables filter FORWARD", 'iptables -t filter -I FORWARD -m comment --comment "vsop: forward VIP traffic" -j VSOP-FORWARD'),
     "agent-stale": ("agent.status", "systemctl restart vsop-agent"),
     "conn-reuse": ("sysctl.conn_reuse_mode", "sysctl -w net.ipv4.vs.conn_reuse_mode=0"),
     "no-real-server": ("ipvs.service TCP 169.254.11.2:80", None),
@@ -268,6 +269,16 @@ def test_doctor_finds_a_stale_udp_conntrack_entry() -> None:
     assert found[0]["fix"] == ["conntrack -D -f ipv4 -p udp --orig-dst 169.254.11.2 --orig-port-dst 53 --reply-src 10.200.3.3 --reply-port-src 5353"]
     conntrack = {s["id"]: s for s in explain(facts, UDP)["steps"]}["conntrack"]
     assert conntrack["ok"] is False and "least recently used" in conntrack["items"][0]["text"]
+
+
+def test_a_missing_forward_jump_only_warns_while_forward_accepts() -> None:
+    facts = healthy()
+    state = facts.observed
+    facts.rules = parse_save_counters(save_text(replace(state, jumps=frozenset(j for j in state.jumps if j.chain != "FORWARD"))), 4)
+    report = doctor(facts)
+    assert report["ok"] and report["warnings"] == 1
+    forward = {s["id"]: s for s in explain(facts, KEY)["steps"]}["forward"]
+    assert forward["ok"] is True and "no jump to vsop" in forward["found"]
 
 
 def test_doctor_checks_only_the_given_targets_and_names_an_unknown_one() -> None:
