@@ -283,8 +283,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     _refuse_problems(desired)
     result = plan(desired.state, observed, names)
     _refuse_problems(result)
+    stale: list[str] = []
     try:
-        writes, applied = execute(kernel, result, names)
+        writes, applied = execute(kernel, result, names, observed=observed, conntrack_failures=stale)
     except ExecutionFailed as exc:
         index = exc.applied + 1
         print(
@@ -296,9 +297,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
             json.dump({"changed": exc.applied > 0, "failed": _op_json(exc.op), "reason": exc.reason, "applied": exc.applied}, sys.stdout, indent=2)
             print()
         return EXIT_FAILURE
+    finally:
+        _report_conntrack(stale)
     if args.output == "json":
         json.dump(
-            {"changed": bool(applied), "writes": writes, "counts": result.counts(), "operations": [_op_json(op) for op in applied]},
+            {"changed": bool(applied), "writes": writes, "counts": result.counts(), "operations": [_op_json(op) for op in applied],
+             **({"conntrackFailures": stale} if stale else {})},
             sys.stdout,
             indent=2,
         )
@@ -312,6 +316,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
     for op in applied:
         print(f"  {op.kind:<18} {op.describe()}")
     return EXIT_OK
+
+
+def _report_conntrack(failures: list[str]) -> None:
+    for failure in failures:
+        print(f"vsop: warning: UDP conntrack entries not forgotten for {failure}; its clients move when their entries expire", file=sys.stderr)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -360,6 +369,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     if args.dry_run:
         sys.stdout.write(render(result.plan.ops) if result.plan.ops else "# Nothing of vsop's on this host.\n")
         return EXIT_OK
+    _report_conntrack(result.conntrack_failures)
     if args.output == "json":
         json.dump({"changed": bool(result.applied), "writes": result.writes, "operations": [_op_json(op) for op in result.applied]}, sys.stdout, indent=2)
         print()

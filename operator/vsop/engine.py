@@ -15,9 +15,11 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Mapping, Sequence
 
 from vsop.adapters.base import Adapter, IPSetAdapter, IPTablesAdapter, IPVSAdapter, LinkAdapter, OperationFailed, SysctlAdapter
+from vsop.adapters.conntrack import ConntrackCleaner
 from vsop.core import ops
 from vsop.core.desired import ARP_SYSCTLS, Desired, Endpoint, Node, desired_state, family_sysctls, kernel_sysctls
 from vsop.core.plan import Plan, plan
+from vsop.core.stale import removed_udp_real_servers
 from vsop.core.state import KernelState, Names, RealServerKey
 from vsop.model import VirtualService
 
@@ -44,6 +46,8 @@ class Kernel:
     ipsets: IPSetAdapter
     iptables: IPTablesAdapter
     sysctls: SysctlAdapter
+    # Forgets the conntrack entries of removed UDP real servers; None: nobody does (a dry run).
+    conntrack: ConntrackCleaner | None = None
 
     def adapter_for(self, op: ops.Op) -> Adapter:
         for adapter in (self.ipvs, self.links, self.ipsets, self.iptables, self.sysctls):
@@ -73,6 +77,8 @@ class SyncResult:
     read_seconds: float = 0.0  # reading the kernel
     plan_seconds: float = 0.0  # desired state, diff and plan
     execute_seconds: float = 0.0  # the writes
+    # "real server: reason" for each removed UDP real server whose conntrack entries stay.
+    conntrack_failures: list[str] = field(default_factory=list)
 
 
 def read_observed(kernel: Kernel, names: Names) -> KernelState:
@@ -112,19 +118,61 @@ def probe(kernel: Kernel, the_plan: Plan, names: Names) -> None:
         kernel.links.probe(names.link)
 
 
-def execute(kernel: Kernel, the_plan: Plan, names: Names) -> tuple[int, list[ops.Op]]:
+def execute(
+    kernel: Kernel,
+    the_plan: Plan,
+    names: Names,
+    *,
+    observed: KernelState | None = None,
+    conntrack_failures: list[str] | None = None,
+) -> tuple[int, list[ops.Op]]:
+    """Apply the plan; then forget the conntrack entries of every UDP real server it removed.
+
+    `observed` is the state the plan was made from (it names the real servers a deleted
+    service took with it; read from IPVS when not given). The conntrack step runs after
+    a failed run too, for what was applied; its failures are logged and appended to
+    `conntrack_failures`, and never fail the sync: the kernel state is right, only UDP
+    clients on a fixed source port stay on the old real server until their entry expires.
+    """
     probe(kernel, the_plan, names)
+    if observed is None and kernel.conntrack is not None and any(
+        isinstance(op, ops.DeleteService) and op.key.protocol == "udp" for op in the_plan.ops
+    ):
+        services, real_servers = kernel.ipvs.read()
+        observed = KernelState(services=services, real_servers=real_servers)
     writes = 0
     applied: list[ops.Op] = []
-    for adapter, run in runs(the_plan.ops, kernel):
-        try:
-            writes += adapter.apply(run)
-        except OperationFailed as failure:
-            index = run.index(failure.op) if failure.op in run else 0
-            applied.extend(run[:index])
-            raise ExecutionFailed(failure, len(applied), writes + index) from None
-        applied.extend(run)
+    try:
+        for adapter, run in runs(the_plan.ops, kernel):
+            try:
+                writes += adapter.apply(run)
+            except OperationFailed as failure:
+                index = run.index(failure.op) if failure.op in run else 0
+                applied.extend(run[:index])
+                raise ExecutionFailed(failure, len(applied), writes + index) from None
+            applied.extend(run)
+    finally:
+        failures = forget_removed_udp(kernel, applied, observed or KernelState())
+        if conntrack_failures is not None:
+            conntrack_failures.extend(failures)
     return writes, applied
+
+
+def forget_removed_udp(kernel: Kernel, applied: Sequence[ops.Op], before: KernelState) -> list[str]:
+    """UDP clients of a removed real server move at once, not when their conntrack entry expires."""
+    if kernel.conntrack is None:
+        return []
+    failures: list[str] = []
+    for key in removed_udp_real_servers(applied, before):
+        try:
+            kernel.conntrack.forget_udp(key.service.vip, key.service.port, key.address, key.port)
+        except (OSError, ValueError) as exc:
+            failures.append(f"{key.service} -> {key}: {exc}")
+            log.warning(
+                "forgetting UDP conntrack entries failed; its clients stay on it until their entries expire service=%r real_server=%s error=%r",
+                str(key.service), key, str(exc),
+            )
+    return failures
 
 
 def sync(
@@ -158,7 +206,9 @@ def sync(
     planned = time.monotonic()
     result = SyncResult(desired, the_plan, read_seconds=read_done - started, plan_seconds=planned - read_done)
     if not dry_run and the_plan.ops:
-        result.writes, result.applied = execute(kernel, the_plan, names)
+        result.writes, result.applied = execute(
+            kernel, the_plan, names, observed=observed, conntrack_failures=result.conntrack_failures
+        )
     result.seconds = time.monotonic() - started
     result.execute_seconds = result.seconds - (planned - started)
     return result
@@ -171,17 +221,21 @@ def cleanup(kernel: Kernel, names: Names = Names(), dry_run: bool = False) -> Sy
     the_plan = plan(KernelState(), observed, names)
     result = SyncResult(Desired(KernelState(), ()), the_plan)
     if not dry_run and the_plan.ops:
-        result.writes, result.applied = execute(kernel, the_plan, names)
+        result.writes, result.applied = execute(
+            kernel, the_plan, names, observed=observed, conntrack_failures=result.conntrack_failures
+        )
     result.seconds = time.monotonic() - started
     return result
 
 
 def fake_kernel(state: KernelState | None = None, names: Names = Names()) -> tuple[Kernel, "FakeKernel"]:
     """A Kernel of in-memory fakes sharing one state, and that state's holder."""
+    from vsop.adapters.conntrack import FakeConntrack
     from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeIPVS, FakeKernel, FakeLinks, FakeSysctls
 
     state = state or KernelState()
     # Like a kernel with IPVS loaded: every setting vsop reads exists, off by default.
     state = replace(state, sysctls={**{name: "0" for name in ALL_SYSCTLS}, **state.sysctls})
     fake = FakeKernel(state, names)
-    return Kernel(FakeIPVS(fake), FakeLinks(fake), FakeIPSets(fake), FakeIPTables(fake), FakeSysctls(fake)), fake
+    kernel = Kernel(FakeIPVS(fake), FakeLinks(fake), FakeIPSets(fake), FakeIPTables(fake), FakeSysctls(fake), FakeConntrack())
+    return kernel, fake

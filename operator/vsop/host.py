@@ -13,13 +13,14 @@ from vsop.engine import Kernel, read_observed
 
 def real_kernel(proc_sys: str = "/proc/sys") -> Kernel:
     """The real adapters; `proc_sys` is where net sysctls are written (a container mounts the host's elsewhere)."""
+    from vsop.adapters.conntrack import ConntrackTool
     from vsop.adapters.ipset import IPSetKernel
     from vsop.adapters.iptables import IPTablesKernel
     from vsop.adapters.ipvs import IPVSKernel
     from vsop.adapters.links import LinkKernel
     from vsop.adapters.sysctl import SysctlKernel
 
-    return Kernel(IPVSKernel(), LinkKernel(), IPSetKernel(), IPTablesKernel(), SysctlKernel(root=proc_sys))
+    return Kernel(IPVSKernel(), LinkKernel(), IPSetKernel(), IPTablesKernel(), SysctlKernel(root=proc_sys), ConntrackTool())
 
 
 def read_host(names: Names, kernel: Kernel | None = None) -> KernelState:

@@ -29,7 +29,6 @@ from typing import Any, Callable
 from vsop.adapters.base import OperationFailed
 from vsop.adapters.conntrack import ConntrackCleaner
 from vsop.checks import HealthChecker, Target, health_targets
-from vsop.core import ops
 from vsop.core.desired import Node
 from vsop.core.draining import Draining, grace_by_service, with_draining
 from vsop.core.health import HealthTracker
@@ -70,6 +69,7 @@ class HostAgent:
         self.kernel = kernel
         self.config = config
         self.conntrack = conntrack
+        kernel.conntrack = conntrack  # the engine forgets removed UDP real servers' entries
         self.clock = clock
         self.source = FolderSource(config.directory)
         self.tracker = HealthTracker()
@@ -108,7 +108,6 @@ class HostAgent:
         self.syncs += 1
         for problem in result.desired.problems + result.plan.problems:
             log.warning("VirtualService not programmed object=%s reason=%s message=%r", problem.obj, problem.reason, problem.message)
-        self._forget_udp_conntrack(result.applied)
         self.targets = health_targets(services, result.desired.configured, self.draining)
         self.last = {
             "writes": result.writes,
@@ -135,12 +134,6 @@ class HostAgent:
         except OSError as exc:  # the writer reports its own failures; this is a last resort
             log.error("keepalived configuration not written error=%r", str(exc))
             self.keepalived.last_error = {"at": time.time(), "stage": "write", "message": str(exc)}
-
-    def _forget_udp_conntrack(self, applied: list[ops.Op]) -> None:
-        for op in applied:
-            if isinstance(op, ops.DeleteRealServer) and op.key.service.protocol == "udp":
-                key = op.key
-                self.conntrack.forget_udp(key.service.vip, key.service.port, key.address, key.port)
 
     # -- status for `vsop show` --------------------------------------------------
 

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import make_vs
 from vsop.core import ops
 from vsop.core.desired import Node
-from vsop.core.state import KernelState, RealServer, RealServerKey, ServiceKey, VirtualServer
+from vsop.core.state import KernelState, Names, RealServer, RealServerKey, ServiceKey, VirtualServer
 from vsop.engine import ExecutionFailed, cleanup, fake_kernel, runs, sync
 from vsop.errors import KernelUnsupported
 
@@ -84,3 +84,74 @@ def test_removed_object_is_removed_from_the_kernel() -> None:
     sync(kernel, [make_vs("b", vip="169.254.11.3")], NODE)
     assert {k.vip for k in fake.state.services} == {"169.254.11.3"}
     assert fake.state.addresses == {"169.254.11.3/32"}
+
+
+# --- UDP conntrack: every removed UDP real server, by any path ------------------------------
+
+DNS_PORTS = [{"name": "dns", "port": 53, "protocol": "UDP"}]
+ONE = [{"address": "192.168.2.111"}]
+TWO = [{"address": "192.168.2.111"}, {"address": "192.168.2.222"}]
+
+
+def udp_vs(name: str = "dns", backends: list[dict[str, object]] = TWO, **spec: object):
+    return make_vs(name, vip="169.254.11.53", ports=DNS_PORTS, backends=backends, **spec)
+
+
+def test_a_removed_udp_real_server_is_forgotten_by_the_engine() -> None:
+    kernel, _ = fake_kernel()
+    sync(kernel, [udp_vs(), make_vs()], NODE)
+    assert kernel.conntrack.forgotten == []
+    result = sync(kernel, [udp_vs(backends=ONE), make_vs(backends=ONE)], NODE)  # the TCP one is not forgotten
+    assert kernel.conntrack.forgotten == [("169.254.11.53", 53, "192.168.2.222", 53)]
+    assert result.conntrack_failures == []
+
+
+def test_a_whole_udp_service_going_away_forgets_each_of_its_real_servers() -> None:
+    kernel, _ = fake_kernel()
+    sync(kernel, [udp_vs(), make_vs()], NODE)
+    sync(kernel, [make_vs()], NODE)
+    assert sorted(kernel.conntrack.forgotten) == [("169.254.11.53", 53, "192.168.2.111", 53), ("169.254.11.53", 53, "192.168.2.222", 53)]
+
+
+def test_replaced_on_the_same_vip_port_forgets_the_old_real_servers_only() -> None:
+    kernel, _ = fake_kernel()
+    sync(kernel, [udp_vs()], NODE)
+    sync(kernel, [udp_vs("dns2", backends=[{"address": "192.168.2.33"}])], NODE)
+    assert sorted(kernel.conntrack.forgotten) == [("169.254.11.53", 53, "192.168.2.111", 53), ("169.254.11.53", 53, "192.168.2.222", 53)]
+
+
+def test_cleanup_forgets_udp_real_servers_too() -> None:
+    kernel, _ = fake_kernel()
+    sync(kernel, [udp_vs(backends=ONE)], NODE)
+    cleanup(kernel)
+    assert kernel.conntrack.forgotten == [("169.254.11.53", 53, "192.168.2.111", 53)]
+
+
+def test_execute_without_the_observed_state_reads_ipvs_for_a_deleted_service() -> None:
+    from vsop.core.plan import plan
+    from vsop.engine import execute, read_observed
+
+    kernel, _ = fake_kernel()
+    sync(kernel, [udp_vs(backends=ONE)], NODE)
+    the_plan = plan(KernelState(), read_observed(kernel, Names()), Names())
+    execute(kernel, the_plan, Names())  # a caller that has no observed state at hand
+    assert kernel.conntrack.forgotten == [("169.254.11.53", 53, "192.168.2.111", 53)]
+
+
+def test_a_conntrack_failure_is_reported_and_the_sync_still_succeeds(caplog: pytest.LogCaptureFixture) -> None:
+    kernel, fake = fake_kernel()
+    sync(kernel, [udp_vs()], NODE)
+    kernel.conntrack.refuse = lambda entry: "the conntrack tool (conntrack-tools) is not installed"
+    result = sync(kernel, [udp_vs(backends=ONE)], NODE)
+    assert result.conntrack_failures == ["UDP 169.254.11.53:53 -> 192.168.2.222:53: the conntrack tool (conntrack-tools) is not installed"]
+    assert len(fake.state.real_servers) == 1
+    assert "forgetting UDP conntrack entries failed" in caplog.text and "192.168.2.222:53" in caplog.text
+
+
+def test_a_failed_run_still_forgets_what_it_removed() -> None:
+    kernel, fake = fake_kernel()
+    sync(kernel, [udp_vs()], NODE)
+    fake.refuse = lambda op: "refused" if isinstance(op, ops.DeleteAddress) else None
+    with pytest.raises(ExecutionFailed):
+        sync(kernel, [make_vs()], NODE)  # the UDP service goes, then unbinding its VIP fails
+    assert len(kernel.conntrack.forgotten) == 2

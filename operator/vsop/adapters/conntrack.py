@@ -13,14 +13,22 @@ import logging
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 log = logging.getLogger("vsop.conntrack")
 
 
+# What conntrack prints when nothing matched (it exits 1): not a failure (kube-proxy's check too).
+NOTHING_DELETED = "0 flow entries have been deleted"
+
+
+class ConntrackFailed(OSError):
+    """Entries could not be forgotten; `str()` says why, for a person."""
+
+
 class ConntrackCleaner(Protocol):
     def forget_udp(self, vip: str, port: int, address: str, rport: int) -> None:
-        """Delete UDP entries for VIP:port whose reply comes from address:rport."""
+        """Delete UDP entries for VIP:port whose reply comes from address:rport; ConntrackFailed if it cannot."""
         ...
 
 
@@ -30,23 +38,31 @@ class ConntrackTool:
 
     def forget_udp(self, vip: str, port: int, address: str, rport: int) -> None:
         if self.binary is None:
-            log.warning("conntrack tool not found; UDP clients of a removed real server move only when their entry expires")
-            return
+            raise ConntrackFailed("the conntrack tool (conntrack-tools) is not installed")
         family = "ipv6" if ":" in vip else "ipv4"
         command = [
             self.binary, "-D", "-f", family, "-p", "udp",
             "--orig-dst", vip, "--orig-port-dst", str(port),
             "--reply-src", address, "--reply-port-src", str(rport),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
-        # conntrack exits 1 when nothing matched ("0 flow entries have been deleted"): that is fine.
-        deleted = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
-        log.info("forgot UDP conntrack entries vip=%s port=%d real_server=%s:%d result=%r", vip, port, address, rport, deleted)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConntrackFailed(f"{self.binary}: {exc}") from None
+        said = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+        if done.returncode != 0 and NOTHING_DELETED not in said:
+            raise ConntrackFailed(f"conntrack -D exited {done.returncode}: {said or 'no message'}")
+        log.info("forgot UDP conntrack entries vip=%s port=%d real_server=%s:%d result=%r", vip, port, address, rport, said)
 
 
 @dataclass
 class FakeConntrack:
     forgotten: list[tuple[str, int, str, int]] = field(default_factory=list)
+    # Return a reason to fail, like a conntrack tool that is missing or refuses.
+    refuse: Callable[[tuple[str, int, str, int]], str | None] = lambda entry: None
 
     def forget_udp(self, vip: str, port: int, address: str, rport: int) -> None:
+        reason = self.refuse((vip, port, address, rport))
+        if reason is not None:
+            raise ConntrackFailed(reason)
         self.forgotten.append((vip, port, address, rport))

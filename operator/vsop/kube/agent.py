@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import kopf
 
 from vsop.checks import HealthChecker, Target, health_targets
-from vsop.core import ops
 from vsop.core.desired import Desired, Endpoint, Node, desired_state
 from vsop.core.draining import Draining, grace_by_service, with_draining
 from vsop.core.health import HealthTracker
@@ -212,6 +211,8 @@ class Agent:
         self.kernel = kernel
         self.writer = writer
         self.conntrack = conntrack
+        if conntrack is not None:
+            kernel.conntrack = conntrack  # the engine forgets removed UDP real servers' entries
         self.kernel_version = running_kernel_version()
         self.tracker = HealthTracker()
         self.checker: HealthChecker | None = None
@@ -507,7 +508,7 @@ class Agent:
             return KernelOutcome(desired=desired, plan=Plan(()), error=str(exc), after=observed, seconds=time.monotonic() - started)
         if outcome.plan.ops:
             try:
-                outcome.writes, applied = execute(self.kernel, outcome.plan, names)
+                outcome.writes, applied = execute(self.kernel, outcome.plan, names, observed=observed)
                 outcome.applied = tuple(applied)
             except ExecutionFailed as exc:
                 outcome.error = str(exc)
@@ -517,21 +518,8 @@ class Agent:
             except KernelUnsupported as exc:
                 outcome.error = str(exc)
                 outcome.after = observed
-        self._forget_udp_conntrack(outcome.applied)
         outcome.seconds = time.monotonic() - started
         return outcome
-
-    def _forget_udp_conntrack(self, applied: Iterable[Any]) -> None:
-        """UDP clients of a deleted real server move at once, not when their conntrack entry expires."""
-        if self.conntrack is None:
-            return
-        for op in applied:
-            if isinstance(op, ops.DeleteRealServer) and op.key.service.protocol == "udp":
-                key = op.key
-                try:
-                    self.conntrack.forget_udp(key.service.vip, key.service.port, key.address, key.port)
-                except (OSError, ValueError) as exc:
-                    log.warning(kv("Forgetting UDP conntrack entries failed", realServer=f"{key.service} -> {key}", error=str(exc)))
 
     def _entries(
         self, records: Sequence[VSRecord], outcome: KernelOutcome, notes: Mapping[tuple[str, str], str], keepalived: KeepalivedReport | None = None
