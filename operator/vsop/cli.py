@@ -210,6 +210,8 @@ def _load(args: argparse.Namespace) -> Loaded:
     loaded = load_paths(args.paths, stdin_text=stdin_text)
     for note in loaded.skipped:
         print(f"vsop: {note} (not a VirtualService)", file=sys.stderr)
+    for warning in loaded.warnings:
+        print(f"vsop: warning: {warning}", file=sys.stderr)
     return loaded
 
 
@@ -229,9 +231,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         node_addresses=observed.node_addresses,
         kernel_version=None if args.from_empty else running_kernel_version(),
     )
-    _refuse_problems(desired)
+    _refuse_problems(desired, loaded)
     result = plan(desired.state, observed, names)
-    _refuse_problems(result)
+    _refuse_problems(result, loaded)
     if args.output == "json":
         json.dump(
             {
@@ -249,7 +251,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return EXIT_OK
     against = "an empty node" if args.from_empty else f"this host ({args.node_name})"
     if not result.ops:
-        print(f"# Nothing to do: {against} already matches {len(loaded.services)} VirtualService(s).")
+        elsewhere = len(loaded.services) - len(desired.programmed)
+        note = f"; {elsewhere} VirtualService(s) are not for node {args.node_name} (nodeSelector)" if elsewhere else ""
+        print(f"# Nothing to do: {against} already matches the {len(desired.programmed)} VirtualService(s) it programs{note}.")
         return EXIT_OK
     print(f"# vsop plan against {against}: {len(result.ops)} operation(s) for {len(desired.programmed)} VirtualService(s).")
     print("# Each command below is what vsop does through netlink / iptables-restore.\n")
@@ -257,12 +261,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _refuse_problems(desired: Desired | Plan) -> None:
-    """For one-shot commands a conflict or refused VIP is invalid input: nothing is half-applied."""
+def _refuse_problems(desired: Desired | Plan, loaded: Loaded | None = None) -> None:
+    """For one-shot commands a conflict or refused VIP is invalid input: nothing is half-applied.
+
+    Each names the file and line of its object and, for a conflict, of the object that keeps the port.
+    """
     if desired.problems:
-        raise InvalidInput(
-            [FieldError(obj=p.obj or None, path="spec.vip" if p.reason != "Conflict" else "spec.ports", reason=f"{p.reason}: {p.message}") for p in desired.problems]
-        )
+        sources = loaded.sources if loaded is not None else {}
+        errors = []
+        for p in desired.problems:
+            message = p.message
+            other = getattr(p, "other", "")
+            if other and other in sources:
+                message = message.replace(f"VirtualService {other}", f"VirtualService {other} ({sources[other]})", 1)
+            where = sources.get(p.obj)
+            errors.append(
+                FieldError(
+                    file=where.file if where else None,
+                    line=where.line if where else None,
+                    obj=p.obj or None,
+                    path="spec.vip" if p.reason != "Conflict" else "spec.ports",
+                    reason=f"{p.reason}: {message}",
+                )
+            )
+        raise InvalidInput(errors)
 
 
 def _op_json(op: ops.Op) -> dict[str, object]:
@@ -280,9 +302,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     desired = desired_state(
         loaded.services, _node(args), names=names, node_addresses=observed.node_addresses, kernel_version=running_kernel_version()
     )
-    _refuse_problems(desired)
+    _refuse_problems(desired, loaded)
     result = plan(desired.state, observed, names)
-    _refuse_problems(result)
+    _refuse_problems(result, loaded)
     stale: list[str] = []
     try:
         writes, applied = execute(kernel, result, names, observed=observed, conntrack_failures=stale)

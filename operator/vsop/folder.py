@@ -75,6 +75,8 @@ class FolderSource:
                 continue
             for note in loaded.skipped:
                 log.info("%s (not a VirtualService)", note)
+            for warning in loaded.warnings:
+                log.warning("%s", warning)
             self.files[path] = FileState(fingerprint, loaded.services, None)
             log.info("file loaded file=%s objects=%d", path, len(loaded.services))
             changed = True

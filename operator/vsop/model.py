@@ -11,9 +11,10 @@ Must not import: anything that touches the kernel, the cluster, files or process
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Iterable, Literal, Mapping
 
 from pydantic import (
     AfterValidator,
@@ -40,12 +41,38 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Linux allows almost any byte in an interface name; we accept the portable subset so
 # the name is also safe in keepalived configuration and shell commands.
 INTERFACE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}$"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+HTTP_PATH = r"^/[\x21-\x7e]*$"
 IP_LITERAL_PATTERN = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)$"
+
+
+@functools.lru_cache(maxsize=65536)
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """ipaddress parsing is the costliest step of validating a big file; each literal is parsed once."""
+    return ipaddress.ip_address(value)
+
+
+def show(value: Any) -> str:
+    """A value as the user wrote it in YAML, for a message: never a Python type or repr."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return repr(text)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return "a value of another kind"
 
 
 def _ip_literal(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"must be an IP address literal as a string, got {type(value).__name__}")
+        raise ValueError(f"must be an IP address written as text (quote it), got {show(value)}")
     if value != value.strip() or not value:
         raise ValueError(f"must be an IPv4 or IPv6 address literal without spaces, got {value!r}")
     if "/" in value:
@@ -53,7 +80,7 @@ def _ip_literal(value: Any) -> str:
     if "%" in value:
         raise ValueError(f"must not carry an IPv6 zone, got {value!r}")
     try:
-        address = ipaddress.ip_address(value)
+        address = _address(value)
     except ValueError:
         raise ValueError(f"must be an IPv4 or IPv6 address literal (not a hostname), got {value!r}") from None
     if address.is_unspecified or address.is_multicast:
@@ -64,14 +91,28 @@ def _ip_literal(value: Any) -> str:
 
 
 def _vip(value: str) -> str:
-    address = ipaddress.ip_address(value)
+    address = _address(value)
     if address.is_loopback:
         raise ValueError(f"{value} is a loopback address; binding it to the dummy link would break the node")
     if isinstance(address, ipaddress.IPv6Address) and address.is_link_local:
         raise ValueError(f"{value} is an IPv6 link-local address, which needs a zone and cannot be a VIP")
     if value == "255.255.255.255":
         raise ValueError("255.255.255.255 is the broadcast address")
+    if isinstance(address, ipaddress.IPv4Address) and address in CLASS_E:
+        raise ValueError(f"{value} is in 240.0.0.0/4 (class E, reserved): Linux neither routes nor answers it")
     return value
+
+
+def _backend(value: str) -> str:
+    address = _address(value)
+    if address.is_loopback:
+        raise ValueError(f"{value} is a loopback address: the node itself, which IPVS cannot forward to")
+    if value == "255.255.255.255":
+        raise ValueError("255.255.255.255 is the broadcast address, not a real server")
+    return value
+
+
+CLASS_E = ipaddress.ip_network("240.0.0.0/4")
 
 
 IPLiteral = Annotated[
@@ -80,6 +121,7 @@ IPLiteral = Annotated[
     WithJsonSchema({"type": "string", "maxLength": 45, "pattern": IP_LITERAL_PATTERN}),
 ]
 VIP = Annotated[IPLiteral, AfterValidator(_vip)]
+BackendAddress = Annotated[IPLiteral, AfterValidator(_backend)]
 PortNumber = Annotated[int, Field(ge=1, le=65535, strict=True)]
 DNSLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
 
@@ -109,7 +151,7 @@ class PortSpec(_Spec):
 class Backend(_Spec):
     """A static real server."""
 
-    address: IPLiteral
+    address: BackendAddress
     port: PortNumber | None = Field(default=None, description="Default: the port's targetPort, else port.")
     weight: int = Field(default=1, ge=0, le=65535, strict=True, description="0 drains the real server.")
 
@@ -134,7 +176,7 @@ class Drain(_Spec):
 
 class HealthCheck(_Spec):
     type: Literal["none", "tcp", "http"] = "none"
-    path: str = Field(default="/", max_length=1024, pattern=r"^/[\x21-\x7e]*$")
+    path: str = Field(default="/", max_length=1024, pattern=HTTP_PATH)
     expect_status: int = Field(default=200, ge=100, le=599, strict=True)
     interval_seconds: int = Field(default=3, ge=1, le=3600, strict=True)
     timeout_seconds: int = Field(default=2, ge=1, le=3600, strict=True)
@@ -206,7 +248,7 @@ class ObjectMeta(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
     namespace: DNSLabel = "default"
     creation_timestamp: str | None = Field(default=None, alias="creationTimestamp")
     generation: int | None = None
@@ -287,7 +329,7 @@ def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
     vip_family = spec.family
     backend_keys: dict[tuple[str, int | None], int] = {}
     for index, backend in enumerate(spec.backends):
-        family = ipaddress.ip_address(backend.address).version
+        family = _address(backend.address).version
         if family != vip_family and spec.forwarding != "tunnel":
             errors.append(
                 (
@@ -306,19 +348,60 @@ def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
                     f"forwarding {spec.forwarding} cannot change the port ({spec.ports[0].port} -> {backend.port}); only masq can",
                 )
             )
+        address = _address(backend.address)
+        if backend.address == spec.vip:
+            errors.append((f"spec.backends[{index}].address", f"{backend.address} is this VirtualService's VIP: traffic would loop"))
+        elif address.is_link_local and spec.forwarding != "tunnel":
+            errors.append(
+                (
+                    f"spec.backends[{index}].address",
+                    f"{backend.address} is link-local: not routed beyond its link, so IPVS cannot reach it with forwarding {spec.forwarding} (only tunnel)",
+                )
+            )
         bkey = (backend.address, backend.port)
         if bkey in backend_keys:
             errors.append((f"spec.backends[{index}]", f"duplicate backend {backend.address}, already backends[{backend_keys[bkey]}]"))
         backend_keys.setdefault(bkey, index)
     hc = spec.health_check
-    if hc.type != "none" and hc.timeout_seconds >= hc.interval_seconds:
+    if hc.type != "none" and hc.timeout_seconds > hc.interval_seconds:
         errors.append(
-            ("spec.healthCheck.timeoutSeconds", f"must be less than intervalSeconds ({hc.timeout_seconds} >= {hc.interval_seconds})")
+            ("spec.healthCheck.timeoutSeconds", f"must be at most intervalSeconds ({hc.timeout_seconds} > {hc.interval_seconds})")
         )
+    for index, req in enumerate(spec.node_selector.match_expressions):
+        where = f"spec.nodeSelector.matchExpressions[{index}].values"
+        if req.operator in ("In", "NotIn") and not req.values:
+            errors.append((where, f"operator {req.operator} needs at least one value"))
+        if req.operator in ("Exists", "DoesNotExist") and req.values:
+            errors.append((where, f"operator {req.operator} takes no values"))
     if spec.announce == "vrrp" and spec.vrrp is None:
         errors.append(("spec.vrrp", "announce: vrrp needs the vrrp block (interface, virtualRouterID)"))
     if spec.announce == "vrrp" and spec.mode != "keepalived":
         errors.append(("spec.announce", "announce: vrrp is done by keepalived and needs mode: keepalived"))
+    return errors
+
+
+def semantic_warnings(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
+    """Accepted, but probably not what was meant; each is (field path, reason)."""
+    warnings: list[tuple[str, str]] = []
+    if spec.vrrp is not None and spec.announce != "vrrp":
+        warnings.append(("spec.vrrp", "ignored: announce is none; set announce: vrrp (with mode: keepalived) to use this block"))
+    return warnings
+
+
+def cross_object_errors(services: Iterable[VirtualService]) -> list[tuple[str, str, str]]:
+    """Rules between objects: a real server that is some VIP. Each is (ref, field path, reason)."""
+    services = list(services)
+    vips: dict[str, str] = {}
+    for vs in services:
+        vips.setdefault(vs.spec.vip, vs.ref)
+    errors: list[tuple[str, str, str]] = []
+    for vs in services:
+        for index, backend in enumerate(vs.spec.backends):
+            owner = vips.get(backend.address)
+            if owner is not None and owner != vs.ref:
+                errors.append(
+                    (vs.ref, f"spec.backends[{index}].address", f"{backend.address} is the VIP of VirtualService {owner}: a VIP cannot be a real server")
+                )
     return errors
 
 
@@ -346,21 +429,66 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     return path
 
 
-def _reason(error: Mapping[str, Any]) -> str:
+# What a pattern means, in the words of the people who write these files.
+PATTERN_WORDS = {
+    DNS_LABEL: "must be a DNS label: lower-case letters, digits and '-', starting and ending with a letter or digit",
+    INTERFACE_NAME: "must be an interface name: letters, digits, '_', '.' and '-', starting with a letter or digit",
+    NAME_PATTERN: "must be a DNS subdomain name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
+    HTTP_PATH: "must be an HTTP path starting with '/', without spaces or control characters",
+}
+# How to name what a list holds, by the field holding it.
+ITEMS = {"ports": "ports", "backends": "backends", "matchExpressions": "expressions", "values": "values", "conditions": "conditions"}
+
+
+def _reason(error: Mapping[str, Any], loc: tuple[Any, ...] = ()) -> str:
     kind = error["type"]
     given = error.get("input")
+    ctx = error.get("ctx") or {}
+    got = f", got {show(given)}"
+    field = next((part for part in reversed(loc) if isinstance(part, str)), "")
     if kind == "extra_forbidden":
         return "unknown field (check the spelling; unknown fields are refused, not ignored)"
     if kind == "missing":
         return "required field is missing"
     if kind == "literal_error":
-        expected = error.get("ctx", {}).get("expected", "")
-        return f"must be one of {expected}, got {given!r}"
-    message = str(error["msg"])
-    message = message.removeprefix("Value error, ")
-    if kind.startswith(("greater", "less", "too_", "string_", "int_", "bool_", "model_", "dict_", "tuple_", "list_")):
-        return f"{message[0].lower()}{message[1:]} (got {given!r})" if not isinstance(given, (dict, list)) else message
-    return message
+        return f"must be one of {ctx.get('expected', '')}{got}"
+    if kind in ("int_type", "int_parsing", "int_from_float", "int_strict"):
+        if isinstance(given, str) and given.strip().lstrip("+-").isdigit():
+            return f"must be a number, not text: write {given.strip()} without quotes"
+        return f"must be a whole number{got}"
+    if kind in ("greater_than_equal", "greater_than"):
+        bound = ctx.get("ge", ctx.get("gt"))
+        return f"must be at least {bound}{got}" if kind == "greater_than_equal" else f"must be more than {bound}{got}"
+    if kind in ("less_than_equal", "less_than"):
+        bound = ctx.get("le", ctx.get("lt"))
+        return f"must be at most {bound}{got}" if kind == "less_than_equal" else f"must be less than {bound}{got}"
+    if kind in ("string_type", "string_unicode"):
+        return f"must be text{got}"
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx.get('min_length')} characters{got}"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters (got {len(given) if isinstance(given, str) else '?'})"
+    if kind == "string_pattern_mismatch":
+        words = PATTERN_WORDS.get(str(ctx.get("pattern", "")), "is not in the expected form")
+        return f"{words}{got}"
+    if kind in ("too_short", "too_long"):
+        items = ITEMS.get(field, "entries")
+        count = len(given) if isinstance(given, (list, tuple, dict)) else None
+        bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        limit = "at least" if kind == "too_short" else "at most"
+        items = items[:-1] if bound == 1 else items
+        return f"{limit} {bound} {items}" + (f" (got {count})" if count is not None else "")
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false{got}"
+    if kind in ("model_type", "model_attributes_type", "dict_type", "mapping_type"):
+        return f"must be a mapping (key: value lines){got}"
+    if kind in ("tuple_type", "list_type", "iterable_type", "sequence_type"):
+        return f"must be a list{got}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number{got}"
+    if kind == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ")
+    return f"is not valid{got}"
 
 
 def parse_virtual_service(data: Any) -> VirtualService:
@@ -376,12 +504,18 @@ def parse_virtual_service(data: Any) -> VirtualService:
         # A list whose item failed also reports "too short after validation": the item's error says it all.
         shadowed = {loc for loc in found for other in found if len(other) > len(loc) and other[: len(loc)] == loc}
         raise InvalidInput(
-            [FieldError(obj=ref, path=_loc_to_path(loc), reason=_reason(e), loc=loc) for loc, e in found.items() if loc not in shadowed]
+            [FieldError(obj=ref, path=_loc_to_path(loc), reason=_union_reason(loc, e), loc=loc) for loc, e in found.items() if loc not in shadowed]
         ) from None
     problems = semantic_errors(vs.spec)
     if problems:
         raise InvalidInput([FieldError(obj=vs.ref, path=path, reason=reason) for path, reason in problems])
     return vs
+
+
+def _union_reason(loc: tuple[Any, ...], error: Mapping[str, Any]) -> str:
+    if loc and loc[-1] == "targetPort" and error["type"] not in ("greater_than_equal", "less_than_equal"):
+        return f"must be a port number (1-65535) or a port name (a DNS label, with serviceRef), got {show(error.get('input'))}"
+    return _reason(error, loc)
 
 
 def _guess_ref(data: Any) -> str | None:

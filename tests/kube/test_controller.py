@@ -39,7 +39,7 @@ async def test_conflict_older_wins_whichever_arrives_first(cluster: Cluster) -> 
         await until(lambda: condition(cluster, "newer", "Conflict") == ("True", "Conflict"), "the newer one loses")
         loser = conditions(cluster, "newer")
         assert loser["Conflict"]["message"] == (
-            "169.254.11.2:80/TCP is already claimed by VirtualService team-b/older, which is older"
+            "169.254.11.2:80/TCP is already claimed by VirtualService team-b/older, which keeps it: it was created first (2024-04-01T10:00:00Z)"
         )
         assert (loser["Ready"]["status"], loser["Ready"]["reason"]) == ("False", "Conflict")
         assert (loser["Programmed"]["status"], loser["Programmed"]["reason"]) == ("False", "Conflict")

@@ -60,6 +60,7 @@ class Problem:
     obj: str
     reason: str  # CamelCase, like a Kubernetes event reason
     message: str
+    other: str = field(default="", compare=False)  # the object it clashes with, if any (for file:line)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def resolve_conflicts(services: Iterable[VirtualService]) -> tuple[list[VirtualS
     ordered = sorted(
         enumerate(services), key=lambda item: (item[1].metadata.creation_timestamp or "", item[0], item[1].ref)
     )
-    owners: dict[tuple[str, int, str], str] = {}
+    owners: dict[tuple[str, int, str], VirtualService] = {}
     winners: list[VirtualService] = []
     problems: list[Problem] = []
     for _, vs in ordered:
@@ -92,13 +93,20 @@ def resolve_conflicts(services: Iterable[VirtualService]) -> tuple[list[VirtualS
         if clash is not None:
             (vip, port, protocol), owner = clash
             problems.append(
-                Problem(vs.ref, "Conflict", f"{vip}:{port}/{protocol} is already claimed by VirtualService {owner}, which is older")
+                Problem(vs.ref, "Conflict", f"{vip}:{port}/{protocol} is already claimed by VirtualService {owner.ref}, {_why_first(owner, vs)}", owner.ref)
             )
             continue
         for key in keys:
-            owners[key] = vs.ref
+            owners[key] = vs
         winners.append(vs)
     return winners, problems
+
+
+def _why_first(owner: VirtualService, other: VirtualService) -> str:
+    first, second = owner.metadata.creation_timestamp, other.metadata.creation_timestamp
+    if first and (not second or first < second):
+        return f"which keeps it: it was created first ({first})"
+    return "which keeps it: it comes first (same age or no creationTimestamp: the order given, then the name)"
 
 
 def constant_chains(names: Names, family: int) -> dict[ChainKey, tuple[str, ...]]:
