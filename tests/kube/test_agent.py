@@ -278,21 +278,26 @@ async def test_agent_limited_to_namespaces(node_a: Cluster) -> None:
         assert fake.state.bound_vips() == {"169.254.11.2"} and node_entry(cluster, "other") is None
 
 
-async def test_health_checks_take_a_failing_static_backend_out(node_a: Cluster) -> None:
+async def test_health_checks_take_a_failing_static_backend_out(node_a: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     cluster = node_a
     server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
+    # A loopback real server is refused (IPVS cannot forward to the node itself), so the
+    # objects name documentation addresses and the checks' connections go to loopback:
+    # 127.0.0.2 has nothing listening, so its check is refused at once.
+    loopback = {"192.0.2.1": "127.0.0.1", "192.0.2.2": "127.0.0.2"}
+    connect = asyncio.open_connection
+    monkeypatch.setattr(asyncio, "open_connection", lambda host, *a, **k: connect(loopback.get(host, host), *a, **k))
     try:
-        # Loopback only: 127.0.0.2 has nothing listening, so its check is refused at once.
         await cluster.vs("checked", {
             "vip": "169.254.11.2", "ports": [{"port": 80}],
-            "backends": [{"address": "127.0.0.1", "port": port}, {"address": "127.0.0.2", "port": port}],
+            "backends": [{"address": "192.0.2.1", "port": port}, {"address": "192.0.2.2", "port": port}],
             "healthCheck": {"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 1},
         })
         async with run_agent(cluster) as (agent, fake, _):
-            await until(lambda: real_servers(fake) == {f"127.0.0.1:{port}": 1, f"127.0.0.2:{port}": 0}, "the failing one at weight 0")
+            await until(lambda: real_servers(fake) == {f"192.0.2.1:{port}": 1, f"192.0.2.2:{port}": 0}, "the failing one at weight 0")
             await until(lambda: (node_entry(cluster, "checked") or {}).get("backends") == {"total": 2, "healthy": 1}, "counted unhealthy")
-            assert {str(t.key) for t in agent.health_targets} == {f"127.0.0.1:{port}", f"127.0.0.2:{port}"}
+            assert {str(t.key) for t in agent.health_targets} == {f"192.0.2.1:{port}", f"192.0.2.2:{port}"}
     finally:
         server.close()
         await server.wait_closed()
