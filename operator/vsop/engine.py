@@ -59,11 +59,12 @@ class Kernel:
 class ExecutionFailed(Exception):
     """The kernel refused an operation; the ones before it were applied."""
 
-    def __init__(self, failure: OperationFailed, applied: int, writes: int):
+    def __init__(self, failure: OperationFailed, applied: int, writes: int, applied_ops: Sequence[ops.Op] = ()):
         self.op = failure.op
         self.reason = failure.reason
         self.applied = applied
         self.writes = writes
+        self.applied_ops = tuple(applied_ops)  # the operations applied before the refusal
         super().__init__(f"{failure.op.kind} {failure.op.describe()}: {failure.reason}")
 
 
@@ -79,6 +80,7 @@ class SyncResult:
     execute_seconds: float = 0.0  # the writes
     # "real server: reason" for each removed UDP real server whose conntrack entries stay.
     conntrack_failures: list[str] = field(default_factory=list)
+    observed: KernelState | None = None  # what was read before the writes
 
 
 def read_observed(kernel: Kernel, names: Names) -> KernelState:
@@ -149,7 +151,7 @@ def execute(
             except OperationFailed as failure:
                 index = run.index(failure.op) if failure.op in run else 0
                 applied.extend(run[:index])
-                raise ExecutionFailed(failure, len(applied), writes + index) from None
+                raise ExecutionFailed(failure, len(applied), writes + index, applied) from None
             applied.extend(run)
     finally:
         failures = forget_removed_udp(kernel, applied, observed or KernelState())
@@ -186,25 +188,34 @@ def sync(
     kernel_version: tuple[int, int] | None = None,
     adjust: Callable[[KernelState, KernelState], KernelState] | None = None,
     dry_run: bool = False,
+    observed: KernelState | None = None,
+    desired: Desired | None = None,
 ) -> SyncResult:
-    """One level-based sync. `adjust(desired, observed)` may amend the desired state (draining)."""
+    """One level-based sync. `adjust(desired, observed)` may amend the desired state (draining).
+
+    The node reconciler (vsop.node) passes what it already has: the `observed` state it just
+    read and the `desired` state assembled from its per-object fragments (then `services`
+    is not looked at); everything else is the same path `apply` takes.
+    """
     started = time.monotonic()
-    observed = read_observed(kernel, names)
+    if observed is None:
+        observed = read_observed(kernel, names)
     read_done = time.monotonic()
-    desired = desired_state(
-        services,
-        node,
-        names=names,
-        endpoints=endpoints,
-        node_addresses=observed.node_addresses,
-        out_of_service=out_of_service,
-        kernel_version=kernel_version,
-    )
+    if desired is None:
+        desired = desired_state(
+            services,
+            node,
+            names=names,
+            endpoints=endpoints,
+            node_addresses=observed.node_addresses,
+            out_of_service=out_of_service,
+            kernel_version=kernel_version,
+        )
     if adjust is not None:
         desired = replace(desired, state=adjust(desired.state, observed))
     the_plan = plan(desired.state, observed, names)
     planned = time.monotonic()
-    result = SyncResult(desired, the_plan, read_seconds=read_done - started, plan_seconds=planned - read_done)
+    result = SyncResult(desired, the_plan, read_seconds=read_done - started, plan_seconds=planned - read_done, observed=observed)
     if not dry_run and the_plan.ops:
         result.writes, result.applied = execute(
             kernel, the_plan, names, observed=observed, conntrack_failures=result.conntrack_failures

@@ -46,6 +46,14 @@ class IPVSContract:
     def test_reads_nothing_from_an_empty_table(self, ipvs_adapter):
         assert ipvs_adapter.read() == ({}, {})
 
+    def test_reads_the_real_servers_of_chosen_services_only(self, ipvs_adapter):
+        web, dns = real(WEB, "10.77.0.1"), real(DNS, "10.77.0.2", 53)
+        ipvs_adapter.apply([ops.AddService(service(WEB)), ops.AddService(service(DNS))])
+        ipvs_adapter.apply([ops.AddRealServer(web), ops.AddRealServer(dns)])
+        chosen = ipvs_adapter.read_real_servers([DNS, API])  # API does not exist: it has none
+        assert {k: (v.forwarding, v.weight) for k, v in chosen.items()} == {dns.key: ("masq", 1)}
+        assert ipvs_adapter.read_real_servers([]) == {}
+
     def test_adds_a_service_and_counts_writes(self, ipvs_adapter):
         assert ipvs_adapter.apply([ops.AddService(service(WEB))]) == 1
         services, real_servers = ipvs_adapter.read()

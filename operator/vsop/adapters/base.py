@@ -45,6 +45,10 @@ class IPVSAdapter(Adapter, Protocol):
         """Every IPVS service and real server on the host, vsop's or not."""
         ...
 
+    def read_real_servers(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, RealServer]:
+        """The real servers (with connection counters) of just these services; a missing service has none."""
+        ...
+
 
 class LinkAdapter(Adapter, Protocol):
     """CreateLink SetLinkUp DeleteLink AddAddress DeleteAddress."""

@@ -73,6 +73,10 @@ class FakeIPVS(_View):
         services = {k: replace(v, owner="") for k, v in self.kernel.state.services.items()}
         return services, dict(self.kernel.state.real_servers)
 
+    def read_real_servers(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, RealServer]:
+        wanted = frozenset(services)
+        return {k: v for k, v in self.kernel.state.real_servers.items() if k.service in wanted}
+
 
 class FakeLinks(_View):
     handles = (ops.CreateLink, ops.SetLinkUp, ops.DeleteLink, ops.AddAddress, ops.DeleteAddress)

@@ -14,7 +14,7 @@ import os
 import socket
 import struct
 import sys
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from pyroute2.netlink import NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
@@ -307,6 +307,11 @@ class IPVSKernel:
             parsed = _parse_service(payload, *where) if where is not None else None
             if parsed is not None:
                 services[parsed[0]] = parsed[1]
+        return services, self.read_real_servers(services)
+
+    def read_real_servers(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, RealServer]:
+        """One pipelined GET_DEST dump per service (many requests in flight, not one round trip each)."""
+        family = self.family_id
         real_servers: dict[RealServerKey, RealServer] = {}
         keys = list(services)
 
@@ -320,7 +325,7 @@ class IPVSKernel:
         for index, code in self._pipe.dump_many(family, bodies, on_dest).items():
             if code not in (errno.ESRCH, errno.ENOENT):  # those: deleted since the service dump
                 raise NetlinkError(code, f"dumping the real servers of {keys[index]}: {os.strerror(code)}")
-        return services, real_servers
+        return real_servers
 
     def stats(self, keys: Sequence[ServiceKey]) -> tuple[dict[ServiceKey, dict[str, int]], dict[RealServerKey, dict[str, int]]]:
         """Counters and rates of the given services and of their real servers (`ipvsadm -Ln --stats --rate`).

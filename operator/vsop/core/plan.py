@@ -28,6 +28,7 @@ class PlanError(Exception):
 class Plan:
     ops: tuple[ops.Op, ...]
     problems: tuple[Problem, ...] = ()
+    left_alone: frozenset[str] = frozenset()  # VIPs not bound because someone else's IPVS services sit on them
 
     def __bool__(self) -> bool:
         return bool(self.ops)
@@ -102,8 +103,11 @@ def jump_target(rule: str) -> str | None:
     return None
 
 
-def without_vips(state: KernelState, vips: Iterable[str], names: Names) -> KernelState:
-    """The desired state with some VIPs left out entirely (services, members, address)."""
+def without_vips(state: KernelState, vips: Iterable[str], names: Names, link_elsewhere: bool = False) -> KernelState:
+    """The desired state with some VIPs left out entirely (services, members, address).
+
+    `link_elsewhere`: the state is only part of the node's and VIPs outside it keep the link.
+    """
     drop = frozenset(vips)
     if not drop:
         return state
@@ -114,7 +118,7 @@ def without_vips(state: KernelState, vips: Iterable[str], names: Names) -> Kerne
     addresses = frozenset(a for a in state.addresses if a.split("/")[0] not in drop)
     return replace(
         state,
-        link=state.link if addresses else None,
+        link=state.link if addresses or link_elsewhere else None,
         addresses=addresses,
         services={k: v for k, v in state.services.items() if k.vip not in drop},
         real_servers={k: v for k, v in state.real_servers.items() if k.service.vip not in drop},
@@ -122,22 +126,29 @@ def without_vips(state: KernelState, vips: Iterable[str], names: Names) -> Kerne
     )
 
 
-def plan(desired: KernelState, observed: KernelState, names: Names = Names()) -> Plan:
-    """The ordered operations that turn the observed node into the desired one."""
+def plan(desired: KernelState, observed: KernelState, names: Names = Names(), *, link_elsewhere: bool = False) -> Plan:
+    """The ordered operations that turn the observed node into the desired one.
+
+    `link_elsewhere`: both states are cut down to some VIPs (vsop.core.fragments.around) and
+    VIPs outside them keep vsop's link bound, whatever happens to these.
+    """
     mine = owned(observed, names, desired.delegated)
     problems: list[Problem] = []
 
-    # A desired service that already exists on an address vsop has not bound belongs to
-    # someone else: binding the VIP would silently adopt it. Leave that VIP alone.
-    foreign = {key for key in observed.services if key not in mine.services}
-    clashing = sorted({key.vip for key in desired.services if key in foreign})
+    # An IPVS service on an address vsop has not bound belongs to someone else: binding
+    # that VIP would silently adopt it (and the next sync delete it), whether or not vsop
+    # wants the same port. Leave that VIP alone.
+    wanted = {key.vip for key in desired.services} | desired.bound_vips()
+    clashing = sorted(
+        {key.vip for key in observed.services if key.vip in wanted and key not in mine.services and key not in desired.delegated}
+    )
     for vip in clashing:
         owners = sorted({s.owner for k, s in desired.services.items() if k.vip == vip and s.owner})
         for owner in owners or [""]:
             problems.append(
                 Problem(owner, "VIPInUse", f"VIP {vip} has IPVS services vsop does not own; not binding it")
             )
-    desired = without_vips(desired, clashing, names)
+    desired = without_vips(desired, clashing, names, link_elsewhere)
 
     planned: list[ops.Op] = []
     planned += _sysctls(desired, mine)
@@ -148,7 +159,7 @@ def plan(desired: KernelState, observed: KernelState, names: Names = Names()) ->
     planned += _ipvs(desired, mine)
     order = {phase: index for index, phase in enumerate(PHASES)}
     planned.sort(key=lambda op: order[type(op)])  # stable: keeps the sorted order within a phase
-    return Plan(tuple(planned), tuple(problems))
+    return Plan(tuple(planned), tuple(problems), frozenset(clashing))
 
 
 def _sysctls(desired: KernelState, mine: KernelState) -> list[ops.Op]:

@@ -1,0 +1,503 @@
+"""The node reconciler: every VirtualService of one node, kept true on its kernel at the cost of each change.
+
+Owns, for one node: the objects its source declares, one desired `Fragment` per object,
+the conflict verdicts, health (which real servers checks took out), draining (the
+engine's execute forgets removed UDP real servers' conntrack entries), and `observed`: the kernel state it last read plus every write it
+made since. A change re-derives only the objects it touches (and those sharing a
+VIP:port with them), plans only their VIPs against `observed`, and writes the
+difference; a health result is therefore one weight edit. A full resync
+(`reconcile(full=True)`, the agents run one every 30 s) reads the kernel again and goes
+through `engine.sync`, the same path `vsop apply` takes, which repairs drift made by
+hand; it skips planning when nothing vsop owns changed. Any failed or partial write,
+or anything unexpected, drops `observed`, so the next plan starts from a full re-read.
+Sources (host folder, kopf indexes) and sinks (status file, Kubernetes status) are
+the agents' business: this module neither reads files nor talks to an API server.
+Must not import: kopf, kubernetes, pyroute2, asyncio (adapters are injected; it blocks).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+import ipaddress
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from vsop.adapters.base import OperationFailed
+from vsop.core import ops
+from vsop.core.desired import Desired, Endpoint, Node, Problem, resolve_conflicts
+from vsop.core.draining import Draining, with_draining
+from vsop.core.fragments import Fragment, around, assemble, desired_from, fragment, grace_of, refused, shared_state
+from vsop.core.memory import KernelRefused, apply_ops
+from vsop.core.plan import Plan, PlanError, owned, plan
+from vsop.core.state import KernelState, Names, RealServerKey
+from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, sync
+from vsop.errors import KernelUnsupported
+from vsop.model import VirtualService
+
+log = logging.getLogger("vsop.node")
+
+Claim = tuple[str, int, str]  # (vip, port, protocol)
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did."""
+
+    full: bool  # a full read of the kernel (resync, first run, after a failure)
+    plan: Plan = field(default_factory=lambda: Plan(()))
+    writes: int = 0
+    applied: list[ops.Op] = field(default_factory=list)
+    error: str | None = None
+    after: KernelState | None = None  # re-read after a failure: what actually got programmed
+    skipped: bool = False  # full read found nothing of vsop's changed: nothing planned
+    objects: int = 0  # objects re-derived
+    vips: int = 0  # VIPs planned (incremental)
+    seconds: float = 0.0
+    read_seconds: float = 0.0
+    plan_seconds: float = 0.0
+    execute_seconds: float = 0.0
+    conntrack_failures: list[str] = field(default_factory=list)  # removed UDP real servers whose entries stay
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _claims(vs: VirtualService) -> set[Claim]:
+    return {(vs.spec.vip, port.port, port.protocol) for port in vs.spec.ports}
+
+
+def _normalized(address: str) -> str:
+    text = address.split("/")[0]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text
+
+
+def _service_ref(vs: VirtualService) -> tuple[str, str] | None:
+    ref = vs.spec.service_ref
+    return (vs.metadata.namespace, ref.name) if ref is not None else None
+
+
+class Reconciler:
+    """One node's kernel, reconciled from whatever its source declares. Not thread-safe: one caller at a time."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        node: Node,
+        *,
+        names: Names = Names(),
+        kernel_version: tuple[int, int] | None = None,
+        extra_node_addresses: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.kernel = kernel
+        self.node = node
+        self.names = names
+        self.kernel_version = kernel_version
+        self.extra_node_addresses = frozenset(extra_node_addresses)
+        self.clock = clock
+        # inputs
+        self.objects: dict[str, VirtualService] = {}
+        self._order: dict[str, tuple[str, int, str]] = {}
+        self.endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
+        self.out_of_service: frozenset[RealServerKey] = frozenset()
+        # derived, kept per object
+        self.fragments: dict[str, Fragment] = {}
+        self._claimants: dict[Claim, set[str]] = {}
+        self._by_vip: dict[str, set[str]] = {}  # every object, by VIP
+        self._by_service_ref: dict[tuple[str, str], set[str]] = {}
+        self._families: Counter[int] = Counter()
+        self._arp = 0
+        self._bound: Counter[str] = Counter()
+        self.configured: dict[RealServerKey, str] = {}  # every configured real server -> its object
+        self._node_addresses: frozenset[str] = frozenset()  # what the fragments were derived with
+        self._dirty: set[str] = set()
+        self._new_objects: dict[str, VirtualService] | None = None  # set_objects' input, adopted at the next reconcile
+        self._derived = 0  # objects re-derived by the last _derive
+        self._shared_dirty = True
+        # the kernel as last read plus what was written since; None: read it before planning
+        self.observed: KernelState | None = None
+        self.plan_problems: dict[str, tuple[Problem, ...]] = {}  # vip -> problems the plan found (VIPInUse)
+        self.left_alone: set[str] = set()  # VIPs the last plans left alone (someone else's IPVS services on them)
+        self.draining = Draining()
+        self.reads = 0  # full reads of the kernel
+        self.last: Outcome | None = None
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def set_objects(self, services: Sequence[VirtualService]) -> int:
+        """Everything the source declares, in its order (ties in age go to the first). Returns objects changed."""
+        current: dict[str, VirtualService] = {}
+        for vs in services:
+            current.setdefault(vs.ref, vs)
+        changed = 0
+        for ref in self.objects.keys() - current.keys():
+            self._dirty.add(ref)
+            changed += 1
+        for ref, vs in current.items():
+            old = self.objects.get(ref)
+            if old is not vs and old != vs:
+                self._dirty.add(ref)
+                changed += 1
+        order: dict[str, tuple[str, int, str]] = {}
+        for index, vs in enumerate(current.values()):
+            order[vs.ref] = (vs.metadata.creation_timestamp or "", index, vs.ref)
+        self._order = order
+        self._new_objects = current
+        return changed
+
+    def set_endpoints(self, endpoints: Mapping[tuple[str, str], Iterable[Endpoint]]) -> None:
+        """The endpoints of every serviceRef (missing key: none)."""
+        fresh = {key: tuple(value) for key, value in endpoints.items()}
+        for key in self.endpoints.keys() | fresh.keys():
+            if self.endpoints.get(key, ()) != fresh.get(key, ()):
+                self._dirty |= self._by_service_ref.get(key, set())
+        self.endpoints = fresh
+
+    def set_node(self, node: Node, extra_node_addresses: Iterable[str] | None = None) -> None:
+        if node != self.node:
+            self._dirty |= set(self.objects) | set(self._new_objects or {})
+            self.node = node
+        if extra_node_addresses is not None:
+            self.extra_node_addresses = frozenset(extra_node_addresses)
+
+    def set_out_of_service(self, keys: frozenset[RealServerKey]) -> None:
+        """The real servers health checks took out; each flip re-derives its one object."""
+        for key in keys ^ self.out_of_service:
+            owner = self.configured.get(key)
+            if owner is not None:
+                self._dirty.add(owner)
+        self.out_of_service = frozenset(keys)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._dirty) or self.observed is None
+
+    # -- derivation ----------------------------------------------------------------------------------
+
+    def _ordered(self, refs: Iterable[str]) -> list[str]:
+        return sorted(refs, key=lambda ref: self._order[ref])
+
+    def _derive(self, node_addresses: frozenset[str]) -> set[str]:
+        """Apply pending object changes; re-derive the objects they touch. Returns the VIPs whose desired state may differ."""
+        if self._new_objects is not None:
+            self._adopt(self._new_objects)
+            self._new_objects = None
+        if node_addresses != self._node_addresses:
+            for address in node_addresses ^ self._node_addresses:
+                self._dirty |= self._by_vip.get(_normalized(address), set())
+            self._node_addresses = node_addresses
+        self._derived = 0
+        if not self._dirty:
+            return set()
+        # Conflicts chain through shared VIP:port claims: re-judge the whole connected group.
+        group: set[str] = set()
+        todo = [ref for ref in self._dirty]
+        while todo:
+            ref = todo.pop()
+            if ref in group:
+                continue
+            group.add(ref)
+            vs = self.objects.get(ref)
+            if vs is None:
+                continue
+            for claim in _claims(vs):
+                todo.extend(other for other in self._claimants.get(claim, ()) if other not in group)
+        present = [ref for ref in group if ref in self.objects]
+        _, problems = resolve_conflicts([self.objects[ref] for ref in self._ordered(present)])
+        lost = {problem.obj: problem for problem in problems}
+        vips: set[str] = set()
+        derived = 0
+        for ref in group:
+            old = self.fragments.get(ref)
+            vs = self.objects.get(ref)
+            if vs is None:
+                new = None
+            elif ref in lost:
+                new = refused(vs, lost[ref])
+            elif ref in self._dirty or old is None or old.problems[:1] and old.problems[0].reason == "Conflict":
+                new = fragment(
+                    vs,
+                    self.node,
+                    names=self.names,
+                    endpoints=self._endpoints_of(vs),
+                    node_addresses=node_addresses,
+                    out_of_service=self.out_of_service,
+                )
+                derived += 1
+            else:
+                continue  # a winner that stays one, unchanged
+            if old is not None:
+                self._unindex(old)
+                vips.add(old.vip)
+            if new is not None:
+                self._index(new)
+                self.fragments[ref] = new
+                vips.add(new.vip)
+            else:
+                self.fragments.pop(ref, None)
+        self._dirty.clear()
+        self._derived = derived
+        return vips
+
+    def _endpoints_of(self, vs: VirtualService) -> Mapping[tuple[str, str], Iterable[Endpoint]]:
+        key = _service_ref(vs)
+        return {key: self.endpoints.get(key, ())} if key is not None else {}
+
+    def _adopt(self, current: dict[str, VirtualService]) -> None:
+        """Swap in the source's objects, keeping the claim, VIP and serviceRef indexes."""
+        for ref in self.objects.keys() - current.keys():
+            self._forget_object(self.objects[ref])
+        for ref, vs in current.items():
+            old = self.objects.get(ref)
+            if old is vs:
+                continue
+            if old is not None:
+                self._forget_object(old)
+            for claim in _claims(vs):
+                self._claimants.setdefault(claim, set()).add(ref)
+            self._by_vip.setdefault(vs.spec.vip, set()).add(ref)
+            key = _service_ref(vs)
+            if key is not None:
+                self._by_service_ref.setdefault(key, set()).add(ref)
+        self.objects = current
+
+    def _forget_object(self, vs: VirtualService) -> None:
+        """Index entries of an object's old version; its claimants are kept in the dirty group first."""
+        ref = vs.ref
+        for claim in _claims(vs):
+            claimants = self._claimants.get(claim)
+            if claimants is not None:
+                self._dirty |= claimants  # others on the claim may win now
+                claimants.discard(ref)
+                if not claimants:
+                    del self._claimants[claim]
+        refs = self._by_vip.get(vs.spec.vip)
+        if refs is not None:
+            refs.discard(ref)
+            if not refs:
+                del self._by_vip[vs.spec.vip]
+        key = _service_ref(vs)
+        if key is not None and key in self._by_service_ref:
+            self._by_service_ref[key].discard(ref)
+            if not self._by_service_ref[key]:
+                del self._by_service_ref[key]
+
+    def _index(self, piece: Fragment) -> None:
+        if piece.family is not None:
+            self._families[piece.family] += 1
+        self._arp += piece.arp
+        for address in piece.addresses:
+            self._bound[address] += 1
+        self.configured.update(piece.configured)
+
+    def _unindex(self, piece: Fragment) -> None:
+        if piece.family is not None:
+            self._families[piece.family] -= 1
+            if not self._families[piece.family]:
+                del self._families[piece.family]
+        self._arp -= piece.arp
+        for address in piece.addresses:
+            self._bound[address] -= 1
+            if not self._bound[address]:
+                del self._bound[address]
+        for key in piece.configured:
+            if self.configured.get(key) == piece.ref:
+                del self.configured[key]
+
+    def _bound_vips(self) -> Iterable[str]:
+        return (address.split("/")[0] for address in self._bound)
+
+    def _shared(self) -> KernelState:
+        return shared_state(self.names, self._families, arp=self._arp > 0, bound=bool(self._bound), kernel_version=self.kernel_version)
+
+    def _pieces(self, vips: Iterable[str] | None = None) -> list[Fragment]:
+        """Fragments in conflict order: all of them, or those on some VIPs."""
+        if vips is None:
+            refs: Iterable[str] = self.fragments
+        else:
+            refs = {ref for vip in vips for ref in self._by_vip.get(vip, ()) if ref in self.fragments}
+        return [self.fragments[ref] for ref in self._ordered(refs)]
+
+    def desired(self) -> Desired:
+        """The node's whole desired state (before draining), as desired_state would compute it."""
+        return desired_from(self._shared(), self._pieces())
+
+    @property
+    def programmed(self) -> set[str]:
+        return {ref for ref, piece in self.fragments.items() if piece.programmed}
+
+    def problems(self, ref: str) -> tuple[Problem, ...]:
+        """Why an object is not (or not wholly) programmed: from its derivation and the last plan of its VIP."""
+        piece = self.fragments.get(ref)
+        if piece is None:
+            return ()
+        return piece.problems + tuple(p for p in self.plan_problems.get(piece.vip, ()) if p.obj == ref)
+
+    # -- reconcile -----------------------------------------------------------------------------------
+
+    def reconcile(self, *, full: bool = False) -> Outcome:
+        """Incremental when possible; a full read when asked, first, or after any failure."""
+        if full or self.observed is None:
+            outcome = self._full()
+        else:
+            outcome = self._incremental()
+        self.last = outcome
+        return outcome
+
+    def _full(self) -> Outcome:
+        started = time.monotonic()
+        outcome = Outcome(full=True)
+        try:
+            observed = read_observed(self.kernel, self.names)
+        except (OperationFailed, KernelUnsupported, OSError) as exc:
+            self.observed = None
+            outcome.error = f"reading the kernel: {exc}"
+            outcome.seconds = time.monotonic() - started
+            return outcome
+        self.reads += 1
+        read_done = time.monotonic()
+        addresses = frozenset(observed.node_addresses) | self.extra_node_addresses
+        vips = self._derive(addresses)
+        outcome.objects = self._derived
+        # Nothing of vsop's changed since the last plan and nothing new is wanted: no plan.
+        if (
+            not vips
+            and self.observed is not None
+            and not self.draining.since
+            and not self._shared_dirty
+            and owned(observed, self.names) == owned(self.observed, self.names)
+        ):
+            self.observed = observed
+            outcome.skipped = True
+            outcome.read_seconds = read_done - started
+            outcome.seconds = time.monotonic() - started
+            return outcome
+        desired = self.desired()
+        grace = grace_of(self.fragments.values())
+
+        def adjust(want: KernelState, have: KernelState) -> KernelState:
+            return with_draining(want, have, self.draining, self.clock(), grace, self.names)
+
+        self.observed = None  # until the writes are known to have worked
+        try:
+            result = sync(self.kernel, (), self.node, names=self.names, observed=observed, desired=desired, adjust=adjust)
+        except ExecutionFailed as exc:
+            return self._failed(outcome, started, str(exc), exc.writes, list(exc.applied_ops))
+        except (PlanError, KernelUnsupported, OperationFailed, OSError) as exc:
+            return self._failed(outcome, started, str(exc), 0, [])
+        self.observed = self._after(observed, result.applied)
+        self._shared_dirty = False
+        self.plan_problems = self._by_vip_problems(result.plan.problems)
+        self.left_alone = set(result.plan.left_alone)
+        outcome.plan, outcome.writes, outcome.applied = result.plan, result.writes, result.applied
+        outcome.conntrack_failures = result.conntrack_failures
+        outcome.read_seconds, outcome.plan_seconds, outcome.execute_seconds = read_done - started, result.plan_seconds, result.execute_seconds
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def _incremental(self) -> Outcome:
+        started = time.monotonic()
+        outcome = Outcome(full=False)
+        assert self.observed is not None
+        vips = self._derive(self._node_addresses)
+        outcome.objects = self._derived
+        if self.draining.since:
+            vips |= self._refresh_draining()
+        if not vips and not self._shared_dirty:
+            outcome.seconds = time.monotonic() - started
+            return outcome
+        cut = frozenset(vips)
+        observed = around(self.observed, cut, self.names)
+        pieces = self._pieces(cut)
+        want = assemble(self._shared(), pieces, cut)
+        # The link stays while any VIP outside the cut is bound (one left alone as VIPInUse is not).
+        elsewhere = any(vip not in cut and vip not in self.left_alone for vip in self._bound_vips())
+        want = replace(want, link=want.link if want.addresses or elsewhere else None)
+        sub = Draining({k: v for k, v in self.draining.since.items() if k.service.vip in cut})
+        want = with_draining(want, observed, sub, self.clock(), grace_of(pieces), self.names)
+        self.draining.since = {**{k: v for k, v in self.draining.since.items() if k.service.vip not in cut}, **sub.since}
+        try:
+            the_plan = plan(want, observed, self.names, link_elsewhere=elsewhere)
+        except PlanError as exc:
+            return self._failed(outcome, started, str(exc), 0, [])
+        planned = time.monotonic()
+        outcome.plan, outcome.vips = the_plan, len(cut)
+        outcome.plan_seconds = planned - started
+        for vip in cut:
+            self.plan_problems.pop(vip, None)
+        self.plan_problems.update(self._by_vip_problems(the_plan.problems))
+        self.left_alone = (self.left_alone - cut) | the_plan.left_alone
+        if the_plan.ops:
+            try:
+                outcome.writes, outcome.applied = execute(
+                    self.kernel, the_plan, self.names, observed=observed, conntrack_failures=outcome.conntrack_failures
+                )
+            except ExecutionFailed as exc:
+                return self._failed(outcome, started, str(exc), exc.writes, list(exc.applied_ops))
+            except (KernelUnsupported, OperationFailed, OSError) as exc:
+                return self._failed(outcome, started, str(exc), 0, [])
+            try:
+                self.observed = apply_ops(self.observed, outcome.applied, self.names, ownership=False)
+            except KernelRefused:  # the cache no longer matches what the kernel accepted: read it again
+                self.observed = None
+        self._shared_dirty = False
+        outcome.execute_seconds = time.monotonic() - planned
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def _refresh_draining(self) -> set[str]:
+        """Fresh connection counters of the services with draining real servers (only those are dumped)."""
+        services = {key.service for key in self.draining.since}
+        assert self.observed is not None
+        try:
+            fresh = self.kernel.ipvs.read_real_servers(services)
+        except (OperationFailed, OSError) as exc:
+            log.warning("reading draining real servers failed, will read everything error=%r", str(exc))
+            self.observed = None
+            return set()
+        kept = {k: v for k, v in self.observed.real_servers.items() if k.service not in services}
+        self.observed = replace(self.observed, real_servers={**kept, **fresh})
+        return {key.vip for key in services}
+
+    def _after(self, observed: KernelState, applied: Sequence[ops.Op]) -> KernelState | None:
+        try:
+            return apply_ops(observed, applied, self.names, ownership=False)
+        except KernelRefused:
+            return None
+
+    def _failed(self, outcome: Outcome, started: float, error: str, writes: int, applied: list[ops.Op]) -> Outcome:
+        """A refused, partial or impossible write: forget what we think the kernel holds."""
+        self.observed = None
+        self._shared_dirty = True
+        outcome.error, outcome.writes, outcome.applied = error, writes, applied
+        try:
+            outcome.after = read_observed(self.kernel, self.names)
+        except Exception as exc:  # noqa: BLE001 - a second failure must not hide the first
+            log.warning("re-reading the kernel after a failure failed error=%r", str(exc))
+        outcome.seconds = time.monotonic() - started
+        log.error("kernel write failed; the next reconcile reads the kernel again error=%r writes=%d", error, writes)
+        return outcome
+
+    def _by_vip_problems(self, problems: Iterable[Problem]) -> dict[str, tuple[Problem, ...]]:
+        result: dict[str, list[Problem]] = {}
+        for problem in problems:
+            vs = self.objects.get(problem.obj)
+            if vs is not None:
+                result.setdefault(vs.spec.vip, []).append(problem)
+        return {vip: tuple(found) for vip, found in result.items()}
+
+    def status(self) -> dict[str, Any]:
+        last = self.last
+        return {
+            "objects": len(self.objects),
+            "programmed": len(self.programmed),
+            "reads": self.reads,
+            "draining": len(self.draining.since),
+            "last": None if last is None else {"full": last.full, "writes": last.writes, "seconds": round(last.seconds, 4), "error": last.error},
+        }

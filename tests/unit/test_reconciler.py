@@ -1,0 +1,269 @@
+"""The node reconciler on fake adapters: the incremental path ends where a full sync from scratch ends.
+
+Properties: any sequence of object changes, endpoint changes and health results fed
+through the incremental path leaves the fake kernel exactly as `engine.sync` of the same
+objects on a fresh node (with the same foreign objects) leaves it, after every step;
+drift made by hand is repaired by the next full resync; a refused write makes the next
+reconcile read the kernel again. Plus the costs that matter: a health flip is one weight
+edit, a no-op full resync plans nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.unit.test_property import comparable, foreign_state, virtual_service
+from vsop.adapters.conntrack import FakeConntrack
+from vsop.core import ops
+from vsop.core.desired import Endpoint, EndpointPort, Node
+from vsop.core.state import KernelState, RealServerKey, ServiceKey
+from vsop.engine import fake_kernel, sync
+from vsop.model import VirtualService, parse_virtual_service
+from vsop.node.reconciler import Reconciler
+
+NODE = Node("n", {"zone": "a"})
+TIMESTAMPS = [None, "2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z"]
+SERVICES = ["web", "api"]
+ENDPOINT_ADDRESSES = ["10.2.0.1", "10.2.0.2", "10.2.0.3"]
+
+
+@st.composite
+def an_object(draw: Any) -> VirtualService:
+    index = draw(st.integers(0, 5))
+    body = draw(virtual_service(index))
+    body["metadata"]["namespace"] = "a"
+    stamp = draw(st.sampled_from(TIMESTAMPS))
+    if stamp is not None:
+        body["metadata"]["creationTimestamp"] = stamp
+    spec = body["spec"]
+    # VIPs that are the node's own address or carry a foreign IPVS service: refused / left alone.
+    if ":" not in spec["vip"]:
+        spec["vip"] = draw(st.sampled_from([spec["vip"]] * 6 + ["10.0.0.5", "10.96.0.10"]))
+    if ":" not in spec["vip"] and draw(st.booleans()):
+        spec["serviceRef"] = {"name": draw(st.sampled_from(SERVICES))}
+        if draw(st.booleans()):
+            spec.pop("backends")
+    if draw(st.booleans()):
+        spec["healthCheck"] = {"type": "tcp"}
+    if spec["vip"] == "10.96.0.10" and spec["mode"] == "keepalived":
+        # An IPVS service already there with the key keepalived will program is indistinguishable
+        # from keepalived's own: vsop binds the VIP (and a later sync owns what is on it).
+        spec["mode"] = "ipvs"
+    if draw(st.integers(0, 5)) == 0:
+        spec["nodeSelector"] = {"matchLabels": {"zone": "b"}}
+    if ":" not in spec["vip"] and draw(st.integers(0, 4)) == 0:
+        spec["suppressARP"] = True
+    return parse_virtual_service(body)
+
+
+def endpoints_of(addresses: list[str]) -> tuple[Endpoint, ...]:
+    return tuple(Endpoint(address, (EndpointPort(None, 8080, "TCP"), EndpointPort(None, 8053, "UDP"))) for address in addresses)
+
+
+step = st.one_of(
+    st.tuples(st.just("put"), an_object()),
+    st.tuples(st.just("delete"), st.integers(0, 5)),
+    st.tuples(st.just("health"), st.integers(0, 50)),
+    st.tuples(st.just("endpoints"), st.sampled_from(SERVICES), st.lists(st.sampled_from(ENDPOINT_ADDRESSES), unique=True, max_size=3)),
+)
+
+
+def from_scratch(objects: list[VirtualService], endpoints: dict[Any, Any], out: frozenset[RealServerKey]) -> KernelState:
+    kernel, fake = fake_kernel(foreign_state())
+    sync(kernel, objects, NODE, endpoints=endpoints, out_of_service=out)
+    return fake.state
+
+
+def same_kernel(a: KernelState, b: KernelState, delegated: frozenset[ServiceKey]) -> None:
+    assert comparable(a, delegated) == comparable(b, delegated)
+    # vsop never turns a setting back: a sysctl set once stays set. What a scratch sync sets holds.
+    assert {k: a.sysctls.get(k) for k, v in b.sysctls.items() if v != "0"} == {k: v for k, v in b.sysctls.items() if v != "0"}
+    # Foreign objects too; services handed to keepalived (mode: keepalived) are keepalived's.
+    # (The owner is not a kernel attribute: the set comments carry it, compared above.)
+    assert {k: replace(v, owner="") for k, v in a.services.items() if k not in delegated} == {
+        k: replace(v, owner="") for k, v in b.services.items() if k not in delegated
+    }
+    assert {k: v for k, v in a.real_servers.items() if k.service not in delegated} == {
+        k: v for k, v in b.real_servers.items() if k.service not in delegated
+    }
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(step, min_size=1, max_size=14), batch=st.lists(st.booleans(), min_size=14, max_size=14))
+def test_incremental_path_ends_where_a_full_sync_from_scratch_ends(steps: list[Any], batch: list[bool]) -> None:
+    kernel, fake = fake_kernel(foreign_state())
+    reconciler = Reconciler(kernel, NODE)
+    objects: dict[str, VirtualService] = {}
+    endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
+    out: set[RealServerKey] = set()
+    assert reconciler.reconcile().full  # the first one reads the kernel
+
+    for number, action in enumerate(steps):
+        if action[0] == "put":
+            objects[action[1].ref] = action[1]
+        elif action[0] == "delete":
+            objects.pop(f"a/vs{action[1]}", None)
+        elif action[0] == "health":
+            configured = sorted(reconciler.configured)
+            if configured:
+                out ^= {configured[action[1] % len(configured)]}
+        else:
+            endpoints[("a", action[1])] = endpoints_of(action[2])
+        reconciler.set_objects(list(objects.values()))
+        reconciler.set_endpoints(endpoints)
+        out &= set(reconciler.configured) | {k for k in out}
+        reconciler.set_out_of_service(frozenset(out))
+        if batch[number]:
+            continue  # several changes in one reconcile
+        outcome = reconciler.reconcile()
+        assert outcome.ok and not outcome.full, outcome.error
+        expected = from_scratch(list(objects.values()), endpoints, frozenset(out))
+        same_kernel(fake.state, expected, reconciler.desired().state.delegated)
+
+    reconciler.reconcile()
+    expected = from_scratch(list(objects.values()), endpoints, frozenset(out))
+    same_kernel(fake.state, expected, reconciler.desired().state.delegated)
+    # The full path agrees: nothing left to write, and the engine on its own says the same.
+    writes = fake.writes
+    resync = reconciler.reconcile(full=True)
+    assert resync.ok and resync.writes == 0 and fake.writes == writes
+    assert sync(kernel, list(objects.values()), NODE, endpoints=endpoints, out_of_service=frozenset(out)).plan.ops == ()
+    # The reconciler's whole desired state is desired_state's.
+    assert reconciler.desired().state == sync(kernel, list(objects.values()), NODE, endpoints=endpoints,
+                                             out_of_service=frozenset(out), dry_run=True).desired.state
+
+
+def web(name: str = "web", vip: str = "169.254.20.1", **spec: Any) -> VirtualService:
+    body = {
+        "apiVersion": "vsop.dev/v1alpha1",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"vip": vip, "ports": [{"port": 80, "targetPort": 8080}, {"port": 53, "protocol": "UDP"}],
+                 "backends": [{"address": "10.1.0.1"}, {"address": "10.1.0.2"}], **spec},
+    }
+    return parse_virtual_service(body)
+
+
+def many(count: int) -> list[VirtualService]:
+    return [web(f"s{i}", f"169.254.{i // 250 + 30}.{i % 250 + 1}") for i in range(count)]
+
+
+def test_a_health_result_is_one_weight_edit_and_reads_nothing() -> None:
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    reconciler.set_objects(many(50))
+    assert reconciler.reconcile().ok
+    reads, writes = reconciler.reads, fake.writes
+    dead = RealServerKey(ServiceKey("tcp", "169.254.30.8", 80), "10.1.0.2", 8080)
+    reconciler.set_out_of_service(frozenset({dead}))
+    outcome = reconciler.reconcile()
+    assert [op.kind for op in outcome.applied] == ["realserver.edit"] and outcome.objects == 1
+    assert fake.state.real_servers[dead].weight == 0 and fake.writes == writes + 1 and reconciler.reads == reads
+    reconciler.set_out_of_service(frozenset())
+    assert [op.kind for op in reconciler.reconcile().applied] == ["realserver.edit"]
+    assert fake.state.real_servers[dead].weight == 1
+
+
+def test_adding_one_object_re_derives_only_that_object() -> None:
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    objects = many(200)
+    reconciler.set_objects(objects)
+    reconciler.reconcile()
+    extra = web("new", "169.254.99.1")
+    reconciler.set_objects([*objects, extra])
+    outcome = reconciler.reconcile()
+    assert not outcome.full and outcome.objects == 1 and outcome.vips == 1
+    assert {op.kind for op in outcome.applied} == {"address.add", "ipset.add", "service.add", "realserver.add"}
+    assert reconciler.reconcile().writes == 0
+
+
+def test_drift_by_hand_is_repaired_by_the_next_full_resync() -> None:
+    kernel, fake = fake_kernel(foreign_state())
+    reconciler = Reconciler(kernel, NODE)
+    objects = many(5)
+    reconciler.set_objects(objects)
+    reconciler.reconcile()
+    clean = fake.state
+    # By hand: a real server deleted, a weight changed, a chain flushed, a set emptied.
+    gone = RealServerKey(ServiceKey("tcp", "169.254.30.1", 80), "10.1.0.1", 8080)
+    edited = RealServerKey(ServiceKey("tcp", "169.254.30.2", 80), "10.1.0.1", 8080)
+    chain = sorted(k for k in fake.state.chains if k.chain.startswith("VSOP"))[0]
+    fake.state = replace(
+        fake.state,
+        real_servers={**{k: v for k, v in fake.state.real_servers.items() if k != gone}, edited: replace(fake.state.real_servers[edited], weight=7)},
+        chains={**fake.state.chains, chain: ()},
+        ipsets={**fake.state.ipsets, "VSOP-VIPS": replace(fake.state.ipsets["VSOP-VIPS"], members={})},
+    )
+    assert reconciler.reconcile().writes == 0  # the incremental path trusts what it wrote
+    repaired = reconciler.reconcile(full=True)
+    assert repaired.full and repaired.ok and repaired.writes > 0
+    same_kernel(fake.state, clean, frozenset())
+    again = reconciler.reconcile(full=True)
+    assert again.skipped and again.writes == 0  # nothing of vsop's changed: nothing planned
+
+
+def test_a_refused_write_forces_a_full_read_before_the_next_plan() -> None:
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    objects = many(3)
+    reconciler.set_objects(objects)
+    reconciler.reconcile()
+    fake.refuse = lambda op: "No route to host" if isinstance(op, ops.AddRealServer) and op.real_server.key.address == "10.1.0.2" else None
+    reconciler.set_objects([*objects, web("new", "169.254.99.1")])
+    failed = reconciler.reconcile()
+    assert not failed.ok and "No route to host" in (failed.error or "")
+    assert reconciler.observed is None and failed.after is not None
+    assert any(op.kind == "realserver.add" for op in failed.applied)  # the one before it went in
+    # Meanwhile someone deletes a VIP's service by hand: only a full read can know.
+    lost = ServiceKey("tcp", "169.254.30.1", 80)
+    fake.state = replace(fake.state, services={k: v for k, v in fake.state.services.items() if k != lost},
+                         real_servers={k: v for k, v in fake.state.real_servers.items() if k.service != lost})
+    fake.refuse = lambda op: None
+    reads = reconciler.reads
+    healed = reconciler.reconcile()
+    assert healed.full and healed.ok and reconciler.reads == reads + 1
+    same_kernel(fake.state, from_scratch_plain([*objects, web("new", "169.254.99.1")]), frozenset())
+
+
+def from_scratch_plain(objects: list[VirtualService]) -> KernelState:
+    kernel, fake = fake_kernel()
+    sync(kernel, objects, NODE)
+    return fake.state
+
+
+def test_removed_udp_real_server_forgets_its_conntrack_entries_once() -> None:
+    kernel, fake = fake_kernel()
+    conntrack = kernel.conntrack
+    assert isinstance(conntrack, FakeConntrack)
+    reconciler = Reconciler(kernel, NODE)
+    reconciler.set_objects([web()])
+    reconciler.reconcile()
+    reconciler.set_objects([web(backends=[{"address": "10.1.0.1"}])])
+    reconciler.reconcile()
+    assert conntrack.forgotten == [("169.254.20.1", 53, "10.1.0.2", 53)]
+
+
+def test_draining_real_server_keeps_weight_zero_until_its_connections_end() -> None:
+    now = [100.0]
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE, clock=lambda: now[0])
+    reconciler.set_objects([web()])
+    reconciler.reconcile()
+    key = RealServerKey(ServiceKey("tcp", "169.254.20.1", 80), "10.1.0.2", 8080)
+    fake.state = replace(fake.state, real_servers={**fake.state.real_servers, key: replace(fake.state.real_servers[key], active_connections=3)})
+    reconciler.reconcile(full=True)  # the counters are read
+    reconciler.set_objects([web(backends=[{"address": "10.1.0.1"}])])
+    reconciler.reconcile()
+    assert fake.state.real_servers[key].weight == 0 and key in reconciler.draining.since
+    now[0] += 5
+    reconciler.reconcile()  # still connected: stays
+    assert key in fake.state.real_servers
+    fake.state = replace(fake.state, real_servers={**fake.state.real_servers, key: replace(fake.state.real_servers[key], active_connections=0)})
+    reads = reconciler.reads
+    reconciler.reconcile()  # only the draining service's real servers are dumped
+    assert key not in fake.state.real_servers and not reconciler.draining.since and reconciler.reads == reads
