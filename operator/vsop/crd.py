@@ -69,10 +69,46 @@ SPEC_RULES: list[dict[str, str]] = [
     },
 ]
 
+SPEC_RULES += [
+    {
+        "rule": "!has(self.backends) || self.backends.all(b, b.address != self.vip)",
+        "message": "a backend cannot be this VirtualService's own VIP: traffic would loop",
+        "fieldPath": ".backends",
+    },
+    {
+        "rule": "self.forwarding == 'tunnel' || !has(self.backends) || self.backends.all(b, !b.address.matches('^(169[.]254[.]|[fF][eE][89aAbB][0-9a-fA-F]:)'))",
+        "message": "a link-local backend is not routed beyond its link: only forwarding tunnel can reach it",
+        "fieldPath": ".backends",
+    },
+]
+
+VIP_RULES = [
+    {
+        "rule": "!self.matches('^(24[0-9]|25[0-5])[.]')",
+        "message": "a VIP in 240.0.0.0/4 (class E, reserved) is neither routed nor answered by Linux",
+    }
+]
+
+BACKEND_RULES = [
+    {
+        "rule": "!self.address.startsWith('127.') && self.address != '::1' && self.address != '255.255.255.255'",
+        "message": "a backend cannot be a loopback address (the node itself) or the broadcast address",
+        "fieldPath": ".address",
+    }
+]
+
+MATCH_EXPRESSION_RULES = [
+    {
+        "rule": "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)",
+        "message": "operators In and NotIn need at least one value; Exists and DoesNotExist take no values",
+        "fieldPath": ".values",
+    }
+]
+
 HEALTH_CHECK_RULES = [
     {
-        "rule": "self.type == 'none' || self.timeoutSeconds < self.intervalSeconds",
-        "message": "timeoutSeconds must be less than intervalSeconds",
+        "rule": "self.type == 'none' || self.timeoutSeconds <= self.intervalSeconds",
+        "message": "timeoutSeconds must be at most intervalSeconds",
         "fieldPath": ".timeoutSeconds",
     }
 ]
@@ -152,6 +188,9 @@ def spec_schema() -> dict[str, Any]:
     ports["x-kubernetes-list-map-keys"] = ["port", "protocol"]
     ports["items"]["properties"]["targetPort"]["x-kubernetes-validations"] = TARGET_PORT_RULES
     props["healthCheck"]["x-kubernetes-validations"] = HEALTH_CHECK_RULES
+    props["vip"]["x-kubernetes-validations"] = VIP_RULES
+    props["backends"]["items"]["x-kubernetes-validations"] = BACKEND_RULES
+    props["nodeSelector"]["properties"]["matchExpressions"]["items"]["x-kubernetes-validations"] = MATCH_EXPRESSION_RULES
     props["vip"]["description"] = "The virtual IP: an IPv4 or IPv6 address literal, bound as /32 or /128 on vsop0."
     return spec
 

@@ -16,10 +16,12 @@ Must not import: kopf, kubernetes, pyroute2, subprocess, socket, vsop.adapters, 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -425,7 +427,7 @@ def render_keepalived(
                 virtual_servers=virtual_servers,
                 empty_ports=empty,
                 service_ref=Token(spec.service_ref.name, _DNS_LABEL) if spec.service_ref is not None else None,
-                filename=f"{CONFD}/{vs.metadata.namespace}_{vs.metadata.name}.conf",
+                filename=f"{CONFD}/{section_filename(vs.metadata.namespace, vs.metadata.name)}",
             )
         )
 
@@ -506,38 +508,77 @@ def _is_ours(path: Path) -> bool:
         return False
 
 
-def write_files(
-    directory: str | Path, files: Mapping[str, str], directories: Iterable[str] = ()
-) -> tuple[list[Path], list[Path]]:
-    """Write each file atomically (temporary file, then rename) and remove vsop's stale conf.d files.
+# Longest file name written: NAME_MAX is 255 bytes; keep room for editors' and tools' suffixes.
+MAX_FILENAME = 200
 
+
+def section_filename(namespace: str, name: str) -> str:
+    """conf.d/NAMESPACE_NAME.conf; a name too long for the file system keeps its start and
+    gains a stable hash of the whole reference, so it never collides and never changes."""
+    plain = f"{namespace}_{name}.conf"
+    if len(plain) <= MAX_FILENAME:
+        return plain
+    digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:12]
+    return f"{plain[: MAX_FILENAME - len(digest) - 6]}-{digest}.conf"
+
+
+class NotOurs(OSError):
+    """A file in the way that vsop did not write: never overwritten without --force."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
+def write_files(
+    directory: str | Path, files: Mapping[str, str], directories: Iterable[str] = (), *, force: bool = False
+) -> tuple[list[Path], list[Path]]:
+    """Write every file, all or nothing as far as a file system allows, and remove vsop's stale conf.d files.
+
+    Every file is first written (and synced) into a temporary folder inside `directory`;
+    only when all of them are there are they renamed into place, each rename atomic. A
+    failure before that leaves every live file as it was. A file in the way that vsop did
+    not write (its first line is not vsop's marker) is refused unless `force`.
     `directories` are created even when no file goes into them. Files holding a VRRP
     password are 0600, the others 0644. Only files whose first line is vsop's marker are
     ever removed. Returns (written, removed).
     """
     root = Path(directory)
+    targets = {relative: root / relative for relative in files}
+    for target in targets.values():
+        if target.is_dir():
+            raise NotOurs(21, "is a folder; not replaced", str(target))
+        if not force and target.exists() and not _is_ours(target):
+            raise NotOurs(
+                17,
+                f"not written by vsop (its first line is not '{MARKER}'); not overwritten: move it away or pass --force",
+                str(target),
+            )
+    root.mkdir(parents=True, exist_ok=True)
     for folder in directories:
         (root / folder).mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for relative, content in files.items():
-        target = root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+    staging = Path(tempfile.mkdtemp(prefix=".vsop-staging-", dir=root))
+    try:
+        staged: list[tuple[Path, Path]] = []
+        for relative, content in files.items():
+            temporary = staging / relative
+            temporary.parent.mkdir(parents=True, exist_ok=True)
+            with open(temporary, "w", encoding="utf-8") as handle:
                 handle.write(content)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(tmp, 0o600 if "auth_pass" in content else 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        written.append(target)
+            os.chmod(temporary, 0o600 if "auth_pass" in content else 0o644)
+            staged.append((temporary, targets[relative]))
+        written: list[Path] = []
+        for temporary, target in staged:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temporary, target)
+            written.append(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     removed: list[Path] = []
     confd = root / CONFD
     if confd.is_dir():
-        keep = {root / relative for relative in files}
+        keep = set(targets.values())
         for path in sorted(confd.glob("*.conf")):
             if path not in keep and path.is_file() and _is_ours(path):
                 path.unlink()
@@ -571,7 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a YAML file (several documents allowed) or a folder of them; repeatable; '-' reads stdin",
     )
     parser.add_argument("--layout", choices=LAYOUTS, default="confd", help="one file, or a main file and conf.d/ (default: confd)")
-    parser.add_argument("--out", metavar="DIR", help="write the files into DIR (atomically; vsop's stale conf.d files are removed)")
+    parser.add_argument(
+        "--out", metavar="DIR",
+        help="write the files into DIR: all staged first, then renamed into place; vsop's stale conf.d files are removed",
+    )
+    parser.add_argument("--force", action="store_true", help="with --out, also replace files vsop did not write")
     parser.add_argument(
         "--auth-file", metavar="FILE",
         help="VRRP PASS password (1-8 characters) for IPv4 vrrp_instances; in the cluster, a mounted Secret key",
@@ -623,7 +668,9 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write(result.text())
         return 0
     try:
-        written, removed = write_files(args.out, result.files, result.directories)
+        written, removed = write_files(args.out, result.files, result.directories, force=args.force)
+    except NotOurs as exc:
+        raise InvalidInput([FieldError(file=exc.filename, reason=exc.strerror)]) from None
     except OSError as exc:
         reason = exc.strerror.lower() if exc.strerror else str(exc)
         where = f" ({exc.filename})" if exc.filename else ""
