@@ -95,8 +95,14 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
     """
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        # Called by the composer for every node; PyYAML's version tries regular expressions
+        # chosen by the first character. Text that no implicit type can match is decided here.
         if kind is yaml.ScalarNode:
-            key = (value, implicit[0])
+            if not implicit[0]:
+                return _STR  # quoted or block text
+            if value and (value[0] not in self.yaml_implicit_resolvers or value.count(".") > 1):
+                return _STR  # names, and addresses: no number, date or boolean has two dots
+            key = (value, True)
             tag = _RESOLVED.get(key)
             if tag is None:
                 tag = super().resolve(kind, value, implicit)
@@ -130,10 +136,13 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
                     continue
                 if key_node.__class__ is not yaml.ScalarNode:
                     raise _Refused(key_node, "a mapping key must be a plain value (a name), not a list or mapping")
-                key = self.build(key_node, memo, depth + 1)
+                key = key_node.value if key_node.tag == _STR else self.build(key_node, memo, depth + 1)
                 if key in value:
                     raise _Refused(key_node, f"duplicate key {key_node.value!r} (YAML keeps only the last one)")
-                value[key] = self.build(value_node, memo, depth + 1)
+                if value_node.__class__ is yaml.ScalarNode and value_node.tag == _STR:
+                    value[key] = value_node.value  # the common case, without a call
+                else:
+                    value[key] = self.build(value_node, memo, depth + 1)
             if merged:
                 value = self._merge(node, merged, value, memo, depth)
         elif cls is yaml.SequenceNode:

@@ -299,7 +299,7 @@ def _vrrp_problems(services: Sequence[VirtualService]) -> list[Problem]:
                 Problem(
                     vs.ref,
                     "Conflict",
-                    f"VIP {spec.vip} is announced differently by VirtualService {claim[0]}, which is older; "
+                    f"VIP {spec.vip} is announced differently by VirtualService {claim[0]}, which keeps it (it is older, or was given first); "
                     "every VirtualService with a VIP announced by VRRP must use the same vrrp interface and virtualRouterID",
                 )
             )
