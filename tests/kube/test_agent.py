@@ -338,3 +338,18 @@ async def test_the_periodic_resync_repairs_drift_made_by_hand(node_a: Cluster) -
         fake.state = replace(fake.state, real_servers={k: v for k, v in fake.state.real_servers.items() if k != gone})
         await until(lambda: len(real_servers(fake)) == 2, "put back by the next resync")
         assert len(writer.patches) == patches  # the status did not change, so it was not written
+
+
+async def test_a_change_is_planned_alone_without_reading_the_kernel_again(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", WEB)
+    async with run_agent(cluster) as (agent, fake, writer):
+        await until(lambda: len(real_servers(fake)) == 2, "programmed")
+        reads, writes = agent.reconciler.reads, fake.writes
+        await cluster.vs("api", {**WEB, "vip": "169.254.11.3"})
+        api = ServiceKey("tcp", "169.254.11.3", 80)
+        await until(lambda: len(real_servers(fake, api)) == 2, "the new object programmed")
+        await until(lambda: node_entry(cluster, "api"), "the new object reported")
+        # Only the new VIP was planned: its address, members, service and two real servers.
+        assert agent.reconciler.reads == reads and fake.writes - writes == 6
+        assert real_servers(fake) == {"192.168.2.111:8080": 1, "192.168.2.222:8080": 1}

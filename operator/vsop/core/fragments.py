@@ -82,10 +82,13 @@ def fragment(
     names: Names = Names(),
     endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
     node_addresses: Iterable[str] = (),
+    reserved: Mapping[str, str] | None = None,
     out_of_service: frozenset[RealServerKey] = frozenset(),
 ) -> Fragment:
     """The fragment of a VirtualService that won its conflicts (or has none)."""
-    desired = desired_state([vs], node, names=names, endpoints=endpoints, node_addresses=node_addresses, out_of_service=out_of_service)
+    desired = desired_state(
+        [vs], node, names=names, endpoints=endpoints, node_addresses=node_addresses, reserved=reserved, out_of_service=out_of_service
+    )
     state = desired.state
     programmed = vs.ref in desired.programmed
     members = {name: dict(ipset.members) for name, ipset in state.ipsets.items() if ipset.members}

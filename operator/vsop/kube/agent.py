@@ -6,11 +6,15 @@ reconciler; the node's one reconcile loop (debounced wake-ups, a periodic full
 resync that repairs drift, nothing at all before the first complete listing of
 every watched kind); `status.nodes.<this node>` written only when it changed; Events
 for refused VIPs and kernel failures; probes and metrics.
-Like the host agent, it runs the health checks of `healthCheck`, drains removed
-real servers for `drain.timeoutSeconds`, and forgets UDP conntrack entries of removed
-ones. Handlers store nothing on the objects: no finalizers, no annotations, no progress.
-The kernel work is the engine's. The kernel and the conntrack cleaner are injected;
-only `main` builds the real ones (`vsop.host`, `vsop.adapters.conntrack`).
+It is a source and a sink around the node reconciler (vsop.node.reconciler), the same
+one the host agent runs: each turn hands it the indexes' objects, endpoints, node and
+health results; a turn woken by a change plans only what changed, a periodic turn is
+its full resync. The reconciler owns the kernel work (draining for
+`drain.timeoutSeconds`, health results as weight edits, UDP conntrack cleanup through
+the engine); this module runs the health checks of `healthCheck` and reports.
+Handlers store nothing on the objects: no finalizers, no annotations, no progress.
+The kernel and the conntrack cleaner are injected; only `main` builds the real ones
+(`vsop.host`, `vsop.adapters.conntrack`).
 In keepalived mode (`--keepalived-dir`, off by default) each successful kernel sync is
 followed, in the same worker thread, by the keepalived writer (vsop.keepalived_daemon:
 render with the serviceRef endpoints, `keepalived -t`, swap in, SIGHUP only on change);
@@ -32,13 +36,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 import kopf
 
 from vsop.checks import HealthChecker, Target, health_targets
-from vsop.core.desired import Desired, Endpoint, Node, desired_state
-from vsop.core.draining import Draining, grace_by_service, with_draining
+from vsop.core.desired import Endpoint, Node, Problem
+from vsop.core.fragments import Fragment
 from vsop.core.health import HealthTracker
-from vsop.core.plan import Plan, PlanError, plan
-from vsop.core.state import KernelState, Names, RealServerKey
-from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, running_kernel_version
-from vsop.errors import KernelUnsupported
+from vsop.core.plan import Plan, owned
+from vsop.core.state import KernelState, Names
+from vsop.engine import Kernel, running_kernel_version
 from vsop.keepalived.servers import services_of
 from vsop.keepalived_daemon import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
 from vsop.kube import endpoints as eps
@@ -47,8 +50,9 @@ from vsop.kube import objects
 from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
 from vsop.kube.metrics import AgentMetrics, HttpEndpoints, Probes
 from vsop.kube.runtime import ListingGate, Trigger, configure_logging, kopf_settings, kv, run_with_kopf
-from vsop.kube.status import NodeEntry, backend_counts, normalize_node_status
+from vsop.kube.status import NodeEntry, normalize_node_status
 from vsop.model import API_GROUP, API_VERSION, VirtualService
+from vsop.node.reconciler import Reconciler
 
 if TYPE_CHECKING:  # a Protocol; the real cleaner is built in main()
     from vsop.adapters.conntrack import ConntrackCleaner
@@ -122,13 +126,17 @@ class NodeInfo:
 
 @dataclass
 class KernelOutcome:
-    desired: Desired
+    """One reconcile of this node's kernel, as the status, Events and metrics need it."""
+
     plan: Plan
+    programmed: frozenset[str] = frozenset()
+    problems: Mapping[str, Problem] = field(default_factory=dict)  # ref -> why it is not (wholly) programmed
     writes: int = 0
     applied: tuple[Any, ...] = ()
     error: str | None = None
     after: KernelState | None = None  # re-read after a failure: what actually got programmed
     seconds: float = 0.0
+    full: bool = True  # read the whole kernel (resync, first, after a failure) or planned a change only
 
 
 @dataclass
@@ -156,24 +164,30 @@ class SyncReport:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (object, reason, message)
 
 
-def _programmed_in(state: KernelState, desired: KernelState, ref: str) -> bool:
-    """Whether everything the desired state holds for one VirtualService (and the shared rules) is in `state`."""
-    keys = [key for key, service in desired.services.items() if service.owner == ref]
-    for key in keys:
+def _programmed_in(state: KernelState, piece: Fragment, shared: KernelState) -> bool:
+    """Whether everything one VirtualService's fragment (and the shared rules) asks for is in `state`."""
+    bound = state.bound_vips()
+    for key, service in piece.services.items():
         have = state.services.get(key)
-        if have is None or not desired.services[key].same_kernel_config(have) or key.vip not in state.bound_vips():
+        if have is None or not service.same_kernel_config(have) or key.vip not in bound:
             return False
-    for key, rs in desired.real_servers.items():
-        if key.service in keys:
-            have_rs = state.real_servers.get(key)
-            if have_rs is None or not rs.same_kernel_config(have_rs):
-                return False
-    for name, ipset in desired.ipsets.items():
-        members = state.ipsets[name].members if name in state.ipsets else {}
-        if any(owner == ref and member not in members for member, owner in ipset.members.items()):
+    for key, rs in piece.real_servers.items():
+        have_rs = state.real_servers.get(key)
+        if have_rs is None or not rs.same_kernel_config(have_rs):
+            return False
+    for name, members in piece.members.items():
+        present = state.ipsets[name].members if name in state.ipsets else {}
+        if any(member not in present for member in members):
             return False
     # The constant rules are shared: without them no VIP works.
-    return all(state.chains.get(key) == rules for key, rules in desired.chains.items()) and desired.jumps <= state.jumps
+    return all(state.chains.get(key) == rules for key, rules in shared.chains.items()) and shared.jumps <= state.jumps
+
+
+def _backend_counts(piece: Fragment) -> tuple[int, int]:
+    """(total, healthy) backends of one VirtualService: distinct real server addresses, healthy with weight > 0."""
+    total = {key.address for key in piece.real_servers}
+    healthy = {key.address for key, rs in piece.real_servers.items() if rs.weight > 0}
+    return len(total), len(healthy)
 
 
 @dataclass
@@ -233,7 +247,8 @@ class Agent:
         self._patched: dict[tuple[str, str, str | None], dict[str, Any] | None] = {}
         self._evented: dict[tuple[str, str, str | None], str] = {}
         self._invalid_logged: dict[tuple[str, str], str] = {}
-        self._draining = Draining()
+        # The kernel work: sync, draining, health weights, conntrack (through the engine), incremental.
+        self.reconciler = Reconciler(kernel, Node(self.node_name), names=options.names, kernel_version=self.kernel_version)
         self.registry = self._build_registry()
         self.settings = kopf_settings()
         # Server-side filtering where the API (and kopf >= 1.45) offers it; the handlers filter again.
@@ -325,7 +340,7 @@ class Agent:
         timeout = 0.0
         while True:
             self.probes.turned()
-            if self._draining.since:
+            if self.reconciler.draining.since:
                 timeout = min(timeout, 1.0)  # drained real servers are deleted promptly
             woken = await self.trigger.wait(timeout, self.options.debounce_seconds)
             reasons = self.trigger.take()
@@ -381,9 +396,15 @@ class Agent:
         services, notes = self._effective(records)
         node = Node(self.node_name, dict(node_info.labels))
         extra = tuple(node_info.addresses) + tuple(self.options.extra_node_addresses)
-        outcome, keepalived = await asyncio.to_thread(self._blocking_sync, services, node, endpoints, extra, self.tracker.out_of_service())
+        reconciler = self.reconciler
+        reconciler.set_objects(services)
+        reconciler.set_endpoints(endpoints)
+        reconciler.set_node(node, extra)
+        reconciler.set_reserved(self.apiserver.reserved() if self.apiserver is not None else {})
+        reconciler.set_out_of_service(self.tracker.out_of_service())
+        outcome, keepalived = await asyncio.to_thread(self._blocking_sync, services, node, endpoints, periodic)
         self.syncs += 1
-        self.health_targets = health_targets(services, outcome.desired.configured, self._draining)
+        self.health_targets = health_targets(services, reconciler.configured, reconciler.draining)
         if self.checker is not None:
             self.checker.update(self.health_targets)
         self._record_metrics(outcome, records, keepalived)
@@ -430,14 +451,13 @@ class Agent:
         services: list[VirtualService],
         node: Node,
         endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
-        extra: tuple[str, ...],
-        out_of_service: frozenset[RealServerKey],
+        full: bool,
     ) -> tuple[KernelOutcome, KeepalivedReport | None]:
-        """Runs in a worker thread: the kernel sync, then (only after a successful one) keepalived's files."""
-        outcome = self._kernel_sync(services, node, endpoints, extra, out_of_service)
+        """Runs in a worker thread: the kernel reconcile, then (only after a successful one) keepalived's files."""
+        outcome = self._kernel_sync(full)
         if outcome.error is not None or self.keepalived is None or not self.keepalived.wanted(services):
             return outcome, None
-        return outcome, self._keepalived_sync(services, node, endpoints, set(outcome.desired.programmed))
+        return outcome, self._keepalived_sync(services, node, endpoints, set(outcome.programmed))
 
     def _keepalived_sync(
         self,
@@ -479,55 +499,39 @@ class Agent:
             report.problems[ref] = reason_message
         return report
 
-    def _kernel_sync(
-        self,
-        services: list[VirtualService],
-        node: Node,
-        endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
-        extra: tuple[str, ...],
-        out_of_service: frozenset[RealServerKey],
-    ) -> KernelOutcome:
-        """Runs in a worker thread: the adapters block (netlink, iptables-restore, conntrack)."""
-        started = time.monotonic()
-        names = self.options.names
-        observed = read_observed(self.kernel, names)
-        desired = desired_state(
-            services,
-            node,
-            names=names,
-            endpoints=endpoints,
-            node_addresses=set(observed.node_addresses) | set(extra),
-            reserved=self.apiserver.reserved() if self.apiserver is not None else None,
-            out_of_service=out_of_service,
-            kernel_version=self.kernel_version,
+    def _kernel_sync(self, full: bool) -> KernelOutcome:
+        """Runs in a worker thread: the adapters block (netlink, iptables-restore, conntrack).
+
+        A periodic turn is the reconciler's full resync (reads the kernel, repairs drift);
+        a turn woken by a change plans only the objects that changed.
+        """
+        reconciler = self.reconciler
+        result = reconciler.reconcile(full=full)
+        problems: dict[str, Problem] = {}
+        for ref, piece in reconciler.fragments.items():
+            found = reconciler.problems(ref) if piece.problems or reconciler.plan_problems else ()
+            if found:
+                problems[ref] = found[-1]
+        return KernelOutcome(
+            plan=result.plan,
+            programmed=frozenset(reconciler.programmed),
+            problems=problems,
+            writes=result.writes,
+            applied=tuple(result.applied),
+            error=result.error,
+            after=result.after,
+            seconds=result.seconds,
+            full=result.full,
         )
-        target = with_draining(desired.state, observed, self._draining, time.monotonic(), grace_by_service(services), names)
-        try:
-            outcome = KernelOutcome(desired=desired, plan=plan(target, observed, names))
-        except PlanError as exc:  # vsop's names taken by something else: nothing can be done safely
-            return KernelOutcome(desired=desired, plan=Plan(()), error=str(exc), after=observed, seconds=time.monotonic() - started)
-        if outcome.plan.ops:
-            try:
-                outcome.writes, applied = execute(self.kernel, outcome.plan, names, observed=observed)
-                outcome.applied = tuple(applied)
-            except ExecutionFailed as exc:
-                outcome.error = str(exc)
-                outcome.writes = exc.writes
-                outcome.applied = tuple(outcome.plan.ops[: exc.applied])
-                outcome.after = read_observed(self.kernel, names)
-            except KernelUnsupported as exc:
-                outcome.error = str(exc)
-                outcome.after = observed
-        outcome.seconds = time.monotonic() - started
-        return outcome
 
     def _entries(
         self, records: Sequence[VSRecord], outcome: KernelOutcome, notes: Mapping[tuple[str, str], str], keepalived: KeepalivedReport | None = None
     ) -> dict[tuple[str, str], dict[str, Any] | None]:
         """status.nodes.<this node> for every VirtualService; None: this node has no business with it."""
-        desired = outcome.desired
-        problems = {p.obj: p for p in (*desired.problems, *outcome.plan.problems)}
-        programmed = set(desired.programmed)
+        problems = outcome.problems
+        programmed = outcome.programmed
+        fragments = self.reconciler.fragments
+        shared = self.reconciler.shared() if outcome.error is not None else KernelState()
         entries: dict[tuple[str, str], dict[str, Any] | None] = {}
         for record in records:
             ref = f"{record.namespace}/{record.name}"
@@ -539,8 +543,8 @@ class Agent:
             elif problem is not None:
                 entry = NodeEntry(False, 0, 0, f"{problem.reason}: {problem.message}", record.generation)
             elif ref in programmed:
-                total, healthy = backend_counts(desired.state, ref)
-                ok = outcome.error is None or _programmed_in(outcome.after or KernelState(), desired.state, ref)
+                total, healthy = _backend_counts(fragments[ref])
+                ok = outcome.error is None or _programmed_in(outcome.after or KernelState(), fragments[ref], shared)
                 message = notes.get(record.key, "") if ok else f"KernelError: {outcome.error}"
                 if ok and keepalived is not None and ref in keepalived.backends:
                     # keepalived programs IPVS for it: count what was rendered (keepalived's checks decide the rest).
@@ -618,13 +622,14 @@ class Agent:
             m.errors.labels("kernel").inc()
         else:
             m.last_success.set(time.time())
-        state = outcome.desired.state if outcome.error is None else (outcome.after or KernelState())
+        observed = self.reconciler.observed if outcome.error is None else outcome.after
+        state = owned(observed, self.options.names) if observed is not None else KernelState()
         m.vips.set(len(state.bound_vips()))
         m.virtual_servers.set(len(state.services))
         m.real_servers.labels("active").set(sum(1 for rs in state.real_servers.values() if rs.weight > 0))
         m.real_servers.labels("drained").set(sum(1 for rs in state.real_servers.values() if rs.weight == 0))
-        problems = {p.obj: p.reason for p in (*outcome.desired.problems, *outcome.plan.problems)}
-        programmed = set(outcome.desired.programmed)
+        problems = {ref: p.reason for ref, p in outcome.problems.items()}
+        programmed = outcome.programmed
         counts = {"programmed": 0, "failed": 0, "conflict": 0, "invalid": 0, "not_selected": 0}
         for record in records:
             ref = f"{record.namespace}/{record.name}"
@@ -649,12 +654,13 @@ class Agent:
             log.error(kv("Kernel sync failed; retrying", node=self.node_name, error=outcome.error, applied=len(outcome.applied), planned=len(outcome.plan.ops), trigger=why))
         elif outcome.plan.ops:
             log.info(kv("Programmed kernel", node=self.node_name, operations=len(outcome.plan.ops), writes=outcome.writes, changes=counts,
-                        virtualServices=len(outcome.desired.programmed), duration=f"{outcome.seconds * 1000:.1f}ms", trigger=why))
+                        virtualServices=len(outcome.programmed), duration=f"{outcome.seconds * 1000:.1f}ms", trigger=why,
+                        full=outcome.full))
             for op in outcome.applied:
                 log.debug(kv("Applied", node=self.node_name, kind=op.kind, operation=op.describe()))
         else:
-            log.debug(kv("Kernel already matches", node=self.node_name, virtualServices=len(outcome.desired.programmed), trigger=why))
-        for problem in (*outcome.desired.problems, *outcome.plan.problems):
+            log.debug(kv("Kernel already matches", node=self.node_name, virtualServices=len(outcome.programmed), trigger=why))
+        for problem in outcome.problems.values():
             log.debug(kv("Not programmed", virtualService=problem.obj, reason=problem.reason, message=problem.message))
 
     async def run(self, stop: asyncio.Event | None = None) -> None:

@@ -106,6 +106,7 @@ class Reconciler:
         self._order: dict[str, tuple[str, int, str]] = {}
         self.endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self.out_of_service: frozenset[RealServerKey] = frozenset()
+        self.reserved: dict[str, str] = {}  # address -> whose (the API server's): refused as a VIP
         # derived, kept per object
         self.fragments: dict[str, Fragment] = {}
         self._claimants: dict[Claim, set[str]] = {}
@@ -165,6 +166,14 @@ class Reconciler:
             self.node = node
         if extra_node_addresses is not None:
             self.extra_node_addresses = frozenset(extra_node_addresses)
+
+    def set_reserved(self, reserved: Mapping[str, str]) -> None:
+        """Addresses something the node depends on uses (the API server's), refused as VIPs: address -> whose."""
+        fresh = {_normalized(address): whose for address, whose in reserved.items()}
+        for address in self.reserved.keys() | fresh.keys():
+            if self.reserved.get(address) != fresh.get(address):
+                self._dirty |= self._by_vip.get(address, set())
+        self.reserved = fresh
 
     def set_out_of_service(self, keys: frozenset[RealServerKey]) -> None:
         """The real servers health checks took out; each flip re-derives its one object."""
@@ -227,6 +236,7 @@ class Reconciler:
                     names=self.names,
                     endpoints=self._endpoints_of(vs),
                     node_addresses=node_addresses,
+                    reserved={vs.spec.vip: self.reserved[vs.spec.vip]} if vs.spec.vip in self.reserved else None,
                     out_of_service=self.out_of_service,
                 )
                 derived += 1
@@ -313,7 +323,8 @@ class Reconciler:
     def _bound_vips(self) -> Iterable[str]:
         return (address.split("/")[0] for address in self._bound)
 
-    def _shared(self) -> KernelState:
+    def shared(self) -> KernelState:
+        """What every VIP shares (link, set headers, constant chains and jumps, sysctls) for the objects now programmed."""
         return shared_state(self.names, self._families, arp=self._arp > 0, bound=bool(self._bound), kernel_version=self.kernel_version)
 
     def _pieces(self, vips: Iterable[str] | None = None) -> list[Fragment]:
@@ -326,7 +337,7 @@ class Reconciler:
 
     def desired(self) -> Desired:
         """The node's whole desired state (before draining), as desired_state would compute it."""
-        return desired_from(self._shared(), self._pieces())
+        return desired_from(self.shared(), self._pieces())
 
     @property
     def programmed(self) -> set[str]:
@@ -405,7 +416,8 @@ class Reconciler:
         started = time.monotonic()
         outcome = Outcome(full=False)
         assert self.observed is not None
-        vips = self._derive(self._node_addresses)
+        # Node addresses as last read, plus the extra ones the source may have changed since.
+        vips = self._derive(frozenset(self.observed.node_addresses) | self.extra_node_addresses)
         outcome.objects = self._derived
         if self.draining.since:
             vips |= self._refresh_draining()
@@ -415,7 +427,7 @@ class Reconciler:
         cut = frozenset(vips)
         observed = around(self.observed, cut, self.names)
         pieces = self._pieces(cut)
-        want = assemble(self._shared(), pieces, cut)
+        want = assemble(self.shared(), pieces, cut)
         # The link stays while any VIP outside the cut is bound (one left alone as VIPInUse is not).
         elsewhere = any(vip not in cut and vip not in self.left_alone for vip in self._bound_vips())
         want = replace(want, link=want.link if want.addresses or elsewhere else None)
