@@ -121,6 +121,8 @@ async def test_service_ref_renders_its_ready_endpoints_and_endpoint_changes_relo
     async with run_keepalived_agent(cluster, setup) as (agent, fake, _):
         await until(lambda: "real_server 10.1.0.1 8080" in setup.conf("web"), "the ready endpoint rendered, on the named port")
         assert "10.1.0.2" not in setup.conf("web")
+        # The files are swapped in before the SIGHUP is sent (in the agent's worker thread).
+        await until(lambda: setup.signaller.sent, "the SIGHUP after the swap")
         assert len(setup.check.calls) == 1 and len(setup.signaller.sent) == 1
         assert setup.signaller.sent == [setup.writer.config.pidfile]
         # vsop keeps the link, sets and chains; keepalived owns IPVS for the object.
