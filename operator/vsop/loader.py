@@ -77,6 +77,50 @@ class _Refused(Exception):
         super().__init__(reason)
         self.node = node
         self.reason = reason
+        self.document: yaml.Node | None = None  # the document it was found in, for the object and field
+
+    def error(self, name: str) -> FieldError:
+        obj, path = _locate(self.document, self.node) if self.document is not None else (None, "")
+        return FieldError(file=name, line=self.node.start_mark.line + 1, obj=obj, path=path, reason=self.reason)
+
+
+def _locate(document: yaml.Node, target: yaml.Node) -> tuple[str | None, str]:
+    """The object (namespace/name) and field path of a node, found by walking the document."""
+    stack: list[tuple[yaml.Node, list[Any]]] = [(document, [])]
+    found: list[Any] | None = None
+    while stack and found is None:
+        node, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            continue
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                if key_node is target or value_node is target:
+                    found = path + [key]
+                    break
+                stack.append((value_node, path + [key]))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                if item is target:
+                    found = path + [index]
+                    break
+                stack.append((item, path + [index]))
+    if not found:
+        return None, ""
+    root = document
+    if found[0] == "items" and len(found) > 1 and isinstance(found[1], int):  # inside a List
+        root = _child(_child(document, "items"), found[1]) or document
+        found = found[2:]
+    meta = _child(root, "metadata")
+    name = _child(meta, "name")
+    namespace = _child(meta, "namespace")
+    obj = None
+    if isinstance(name, yaml.ScalarNode):
+        obj = f"{namespace.value if isinstance(namespace, yaml.ScalarNode) and namespace.value else 'default'}/{name.value}"
+    path = ""
+    for part in found:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return obj, path
 
 
 _STR = "tag:yaml.org,2002:str"
@@ -505,7 +549,11 @@ def _documents(text: str, name: str) -> Iterator[tuple[Any, yaml.Node | None, in
                 refused = _check_aliases(node)
                 if refused is not None:
                     raise refused
-            data = loader.build(node, {} if aliases else None)
+            try:
+                data = loader.build(node, {} if aliases else None)
+            except _Refused as exc:
+                exc.document = node
+                raise
             yield data, node, node.start_mark.line + 1
     finally:
         loader.dispose()
@@ -561,7 +609,7 @@ def _load_text(text: str, name: str, loaded: Loaded) -> list[FieldError]:
                 continue  # an empty document, e.g. a trailing '---'
             errors.extend(_document(data, node, line, name, index, text, loaded))
     except _Refused as exc:
-        errors.append(FieldError(file=name, line=exc.node.start_mark.line + 1, reason=exc.reason))
+        errors.append(exc.error(name))
     except _JSONProblem as exc:
         errors.append(FieldError(file=name, line=exc.line, reason=exc.reason))
     except yaml.YAMLError as exc:

@@ -82,7 +82,7 @@ JSON_TABS = (
 Case = tuple[dict[str, Any], list[str] | None, int, list[str]]
 CASES: dict[str, Case] = {
     # --- YAML that different readers read differently
-    "octal port": ({"a.yaml": raw("  ports: [{port: 0100}]\n" + SPEC_OK)}, None, 2, ["a.yaml:5:", "octal", "plain decimal"]),
+    "octal port": ({"a.yaml": raw("  ports: [{port: 0100}]\n" + SPEC_OK)}, None, 2, ["a.yaml:5: VirtualService default/web: spec.ports[0].port: 0100", "octal", "plain decimal"]),
     "octal 010": ({"a.yaml": raw("  ports: [{port: 010}]\n" + SPEC_OK)}, None, 2, ["010", "plain decimal"]),
     "sexagesimal port": ({"a.yaml": raw("  ports: [{port: 1:20}]\n" + SPEC_OK)}, None, 2, ["base-60", "plain decimal"]),
     "binary weight": ({"a.yaml": raw("  ports: [{port: 80}]\n  vip: 10.9.0.1\n  backends: [{address: 10.0.0.1, weight: 0b11}]\n")}, None, 2, ["binary", "plain decimal"]),

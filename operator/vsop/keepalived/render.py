@@ -543,6 +543,8 @@ def write_files(
     ever removed. Returns (written, removed).
     """
     root = Path(directory)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(20, "is not a folder", str(root))
     targets = {relative: root / relative for relative in files}
     for target in targets.values():
         if target.is_dir():
