@@ -176,7 +176,7 @@ def test_yaml_duplicate_keys_are_refused() -> None:
     text = "apiVersion: vsop.dev/v1alpha1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  vip: 10.0.0.1\n  vip: 10.0.0.2\n"
     with pytest.raises(InvalidInput) as caught:
         load_text(text, "dup.yaml")
-    assert "dup.yaml:6: duplicate key 'vip'" in str(caught.value)
+    assert "dup.yaml:6: VirtualService default/a: spec.vip: duplicate key 'vip'" in str(caught.value)
 
 
 def test_yaml_syntax_error_names_line() -> None:
