@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_files(p)
     p.add_argument("--from-empty", action="store_true", help="plan against an empty node instead of this host")
+    p.add_argument(
+        "--keep-accept-ra", action="store_true",
+        help="never change net.ipv6.conf.<if>.accept_ra: refuse IPv6 VIPs whose forwarding would stop router "
+        "advertisements (default: set accept_ra=2 where it is 1 before turning IPv6 forwarding on)",
+    )
     _add_common(p, ("commands", "text", "json"))
 
     p = _sub(
@@ -102,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         "operation (exit 1); the next apply converges.",
     )
     _add_files(p)
+    p.add_argument(
+        "--keep-accept-ra", action="store_true",
+        help="never change net.ipv6.conf.<if>.accept_ra: refuse IPv6 VIPs whose forwarding would stop router "
+        "advertisements (default: set accept_ra=2 where it is 1 before turning IPv6 forwarding on)",
+    )
     _add_common(p)
 
     p = _sub(
@@ -132,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    p.add_argument(
+        "--restore-sysctls", action="store_true",
+        help="also put back the kernel settings vsop changed, to the values found before its first change "
+        "(recorded in /run/vsop/sysctls.json); without it they are listed and left as they are",
+    )
 
     p = sub.add_parser(
         "agent",
@@ -232,7 +247,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         kernel_version=None if args.from_empty else running_kernel_version(),
     )
     _refuse_problems(desired, loaded)
-    result = plan(desired.state, observed, names)
+    result = plan(desired.state, observed, names, keep_accept_ra=args.keep_accept_ra)
     _refuse_problems(result, loaded)
     if args.output == "json":
         json.dump(
@@ -303,7 +318,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         loaded.services, _node(args), names=names, node_addresses=observed.node_addresses, kernel_version=running_kernel_version()
     )
     _refuse_problems(desired, loaded)
-    result = plan(desired.state, observed, names)
+    result = plan(desired.state, observed, names, keep_accept_ra=args.keep_accept_ra)
     _refuse_problems(result, loaded)
     stale: list[str] = []
     try:
@@ -349,14 +364,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     from vsop.host import real_kernel
     from vsop.show import show_json, show_text
 
+    from vsop.engine import changed_sysctls
+
     names = Names()
-    observed = read_observed(real_kernel(), names)
+    kernel = real_kernel()
+    observed = read_observed(kernel, names)
     agent = _agent_status(args.status_file)
+    try:
+        changed = changed_sysctls(kernel)
+    except OSError as exc:
+        print(f"vsop: warning: {exc}", file=sys.stderr)
+        changed = {}
     if args.output == "json":
-        json.dump(show_json(observed, names, agent), sys.stdout, indent=2)
+        json.dump(show_json(observed, names, agent, changed), sys.stdout, indent=2)
         print()
     else:
-        sys.stdout.write(show_text(observed, names, agent))
+        sys.stdout.write(show_text(observed, names, agent, changed))
     return EXIT_OK
 
 
@@ -376,12 +399,13 @@ def _agent_status(path: str) -> dict[str, object] | None:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    from vsop.engine import ExecutionFailed, cleanup
+    from vsop.engine import ExecutionFailed, changed_sysctls, cleanup, restore_sysctls
     from vsop.host import real_kernel
 
     names = Names()
+    kernel = real_kernel()
     try:
-        result = cleanup(real_kernel(), names, dry_run=args.dry_run)
+        result = cleanup(kernel, names, dry_run=args.dry_run)
     except ExecutionFailed as exc:
         return output.failure(f"cleanup failed: {exc}; the {exc.applied} operation(s) before it were applied", args.output, applied=exc.applied)
     if args.dry_run and args.output == "json":
@@ -392,15 +416,36 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         sys.stdout.write(render(result.plan.ops) if result.plan.ops else "# Nothing of vsop's on this host.\n")
         return EXIT_OK
     _report_conntrack(result.conntrack_failures)
+    changed = changed_sysctls(kernel)
+    restored = restore_sysctls(kernel) if args.restore_sysctls else []
     if args.output == "json":
-        json.dump({"changed": bool(result.applied), "writes": result.writes, "operations": [_op_json(op) for op in result.applied]}, sys.stdout, indent=2)
+        json.dump(
+            {
+                "changed": bool(result.applied or restored),
+                "writes": result.writes + len(restored),
+                "operations": [_op_json(op) for op in [*result.applied, *restored]],
+                "sysctls": {name: {"before": before, "now": now} for name, (before, now) in changed.items()},
+                "sysctlsRestored": [op.name for op in restored],
+            },
+            sys.stdout,
+            indent=2,
+        )
         print()
-    elif result.applied:
+        return EXIT_OK
+    if result.applied:
         print(f"vsop: removed everything vsop owned: {len(result.applied)} operation(s)")
         for op in result.applied:
             print(f"  {op.kind:<18} {op.describe()}")
     else:
         print("vsop: nothing of vsop's on this host (0 writes)")
+    if restored:
+        print(f"vsop: restored {len(restored)} kernel setting(s) to the values found before vsop's first change:")
+        for op in restored:
+            print(f"  {op.name}={op.value} (was {op.previous})")
+    elif changed and not args.restore_sysctls:
+        print("vsop: kernel settings vsop changed, left as they are (--restore-sysctls puts back the values found before):")
+        for name, (before, now) in changed.items():
+            print(f"  {name}: found {before}, now {now if now is not None else '(gone)'}")
     return EXIT_OK
 
 

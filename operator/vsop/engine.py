@@ -16,10 +16,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from vsop.adapters.base import Adapter, IPSetAdapter, IPTablesAdapter, IPVSAdapter, LinkAdapter, OperationFailed, SysctlAdapter
 from vsop.adapters.conntrack import ConntrackCleaner
+from vsop.adapters.sysctl import SysctlRecord
 from vsop.core import ops
 from vsop.core.desired import ARP_SYSCTLS, Desired, Endpoint, Node, desired_state, family_sysctls, kernel_sysctls
 from vsop.core.plan import Plan, plan
 from vsop.core.stale import removed_udp_real_servers
+from vsop.core.sysctls import accept_ra_name, recorded, restore_order
 from vsop.core.state import KernelState, Names, RealServerKey
 from vsop.model import VirtualService
 
@@ -48,6 +50,8 @@ class Kernel:
     sysctls: SysctlAdapter
     # Forgets the conntrack entries of removed UDP real servers; None: nobody does (a dry run).
     conntrack: ConntrackCleaner | None = None
+    # The values of the settings vsop changed, before its first change; None: not recorded.
+    sysctl_record: SysctlRecord | None = None
 
     def adapter_for(self, op: ops.Op) -> Adapter:
         for adapter in (self.ipvs, self.links, self.ipsets, self.iptables, self.sysctls):
@@ -95,7 +99,7 @@ def read_observed(kernel: Kernel, names: Names) -> KernelState:
         ipsets=kernel.ipsets.read(names.owned_set_names()),
         chains=chains,
         jumps=jumps,
-        sysctls=kernel.sysctls.read(ALL_SYSCTLS),
+        sysctls=kernel.sysctls.read((*ALL_SYSCTLS, *(accept_ra_name(i) for i in kernel.sysctls.ipv6_interfaces()))),
         node_addresses=node_addresses,
     )
 
@@ -154,10 +158,48 @@ def execute(
                 raise ExecutionFailed(failure, len(applied), writes + index, applied) from None
             applied.extend(run)
     finally:
+        record_sysctls(kernel, applied)
         failures = forget_removed_udp(kernel, applied, observed or KernelState())
         if conntrack_failures is not None:
             conntrack_failures.extend(failures)
     return writes, applied
+
+
+def record_sysctls(kernel: Kernel, applied: Sequence[ops.Op]) -> None:
+    """Keep the value each setting had before vsop first changed it, for `cleanup --restore-sysctls`."""
+    if kernel.sysctl_record is None or not any(isinstance(op, ops.SetSysctl) for op in applied):
+        return
+    try:
+        before = kernel.sysctl_record.load()
+        after = recorded(before, applied)
+        if after != before:
+            kernel.sysctl_record.save(after)
+    except OSError as exc:
+        log.warning("cannot record the sysctls vsop changed; cleanup --restore-sysctls will not know them error=%r", str(exc))
+
+
+def changed_sysctls(kernel: Kernel) -> dict[str, tuple[str, str | None]]:
+    """Each setting vsop changed: (the value found before vsop's first change, the value now)."""
+    if kernel.sysctl_record is None:
+        return {}
+    before = kernel.sysctl_record.load()
+    now = kernel.sysctls.read(before)
+    return {name: (before[name], now.get(name)) for name in restore_order(before)}
+
+
+def restore_sysctls(kernel: Kernel) -> list[ops.SetSysctl]:
+    """Put back the values recorded before vsop's first change; forget the record. Returns the changes."""
+    if kernel.sysctl_record is None:
+        return []
+    changes = [
+        ops.SetSysctl(name, before, now)
+        for name, (before, now) in changed_sysctls(kernel).items()
+        if now is not None and now != before  # an interface that is gone has nothing to restore
+    ]
+    for change in changes:
+        kernel.sysctls.apply([change])
+    kernel.sysctl_record.save({})
+    return changes
 
 
 def forget_removed_udp(kernel: Kernel, applied: Sequence[ops.Op], before: KernelState) -> list[str]:
@@ -190,6 +232,7 @@ def sync(
     dry_run: bool = False,
     observed: KernelState | None = None,
     desired: Desired | None = None,
+    keep_accept_ra: bool = False,
 ) -> SyncResult:
     """One level-based sync. `adjust(desired, observed)` may amend the desired state (draining).
 
@@ -213,7 +256,7 @@ def sync(
         )
     if adjust is not None:
         desired = replace(desired, state=adjust(desired.state, observed))
-    the_plan = plan(desired.state, observed, names)
+    the_plan = plan(desired.state, observed, names, keep_accept_ra=keep_accept_ra)
     planned = time.monotonic()
     result = SyncResult(desired, the_plan, read_seconds=read_done - started, plan_seconds=planned - read_done, observed=observed)
     if not dry_run and the_plan.ops:
@@ -243,10 +286,11 @@ def fake_kernel(state: KernelState | None = None, names: Names = Names()) -> tup
     """A Kernel of in-memory fakes sharing one state, and that state's holder."""
     from vsop.adapters.conntrack import FakeConntrack
     from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeIPVS, FakeKernel, FakeLinks, FakeSysctls
+    from vsop.adapters.sysctl import MemoryRecord
 
     state = state or KernelState()
     # Like a kernel with IPVS loaded: every setting vsop reads exists, off by default.
     state = replace(state, sysctls={**{name: "0" for name in ALL_SYSCTLS}, **state.sysctls})
     fake = FakeKernel(state, names)
-    kernel = Kernel(FakeIPVS(fake), FakeLinks(fake), FakeIPSets(fake), FakeIPTables(fake), FakeSysctls(fake), FakeConntrack())
+    kernel = Kernel(FakeIPVS(fake), FakeLinks(fake), FakeIPSets(fake), FakeIPTables(fake), FakeSysctls(fake), FakeConntrack(), MemoryRecord())
     return kernel, fake

@@ -11,6 +11,7 @@ from typing import Any
 
 from vsop.core.plan import owned
 from vsop.core.state import KernelState, Names, ServiceKey
+from vsop.core.sysctls import accept_ra_interface
 
 _FORWARD = {"masq": "Masq", "route": "Route", "tunnel": "Tunnel"}
 
@@ -34,7 +35,13 @@ def _host(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def show_json(observed: KernelState, names: Names, agent: dict[str, Any] | None = None) -> dict[str, Any]:
+def show_json(
+    observed: KernelState,
+    names: Names,
+    agent: dict[str, Any] | None = None,
+    changed: dict[str, tuple[str, str | None]] | None = None,
+) -> dict[str, Any]:
+    """`changed`: the sysctls vsop changed, (value before vsop's first change, value now)."""
     mine = owned(observed, names)
     by_member = owners(mine, names)
     health = {(h["service"], h["realServer"]): h for h in (agent or {}).get("health", [])}
@@ -75,7 +82,9 @@ def show_json(observed: KernelState, names: Names, agent: dict[str, Any] | None 
         "ipsets": {name: len(ipset.members) for name, ipset in sorted(mine.ipsets.items())},
         "chains": {f"{'ip6tables' if k.family == 6 else 'iptables'} {k.table} {k.chain}": len(r) for k, r in sorted(mine.chains.items())},
         "jumps": len(mine.jumps),
-        "sysctls": dict(sorted(mine.sysctls.items())),
+        # Per-interface accept_ra settings are many; those vsop changed are under changedSysctls.
+        "sysctls": dict(sorted((k, v) for k, v in mine.sysctls.items() if accept_ra_interface(k) is None)),
+        "changedSysctls": {name: {"before": before, "now": now} for name, (before, now) in (changed or {}).items()},
         "agent": None
         if agent is None
         else {
@@ -96,8 +105,10 @@ def _health_of(health: dict[tuple[str, str], dict[str, Any]], key: Any) -> dict[
     return {"healthy": found["healthy"], "lastError": found.get("lastError", "")}
 
 
-def show_text(observed: KernelState, names: Names, agent: dict[str, Any] | None = None) -> str:
-    data = show_json(observed, names, agent)
+def show_text(
+    observed: KernelState, names: Names, agent: dict[str, Any] | None = None, changed: dict[str, tuple[str, str | None]] | None = None
+) -> str:
+    data = show_json(observed, names, agent, changed)
     if data["link"] is None and not data["ipsets"] and not data["chains"]:
         return "Nothing of vsop's on this host.\n"
     lines = []
@@ -123,6 +134,9 @@ def show_text(observed: KernelState, names: Names, agent: dict[str, Any] | None 
     lines.append(f"ipsets: {sets or 'none'}")
     lines.append(f"iptables: {len(data['chains'])} chain(s), {sum(data['chains'].values())} rule(s), {data['jumps']} jump(s)")
     lines.append("sysctls: " + " ".join(f"{k}={v}" for k, v in data["sysctls"].items()))
+    for name, values in data["changedSysctls"].items():
+        why = " (router advertisements keep working with IPv6 forwarding on)" if accept_ra_interface(name) else ""
+        lines.append(f"  changed by vsop: {name} {values['before']} -> {values['now']}{why}; `vsop cleanup --restore-sysctls` puts it back")
     agent_data = data["agent"]
     if agent_data is not None:
         state = "NOT RUNNING (status is stale)" if agent_data["stale"] else "running"

@@ -2,7 +2,8 @@
 
 The `sysctl_adapter` fixture is an adapter over a kernel that has
 net.ipv4.ip_forward and net.ipv6.conf.all.forwarding (every network namespace does),
-each "0" or "1", and no net.ipv4.vsop_no_such_setting.
+each "0" or "1", and no net.ipv4.vsop_no_such_setting; its IPv6 interfaces
+include `lo` (every network namespace has it) with net.ipv6.conf.lo.accept_ra.
 Must not import: kopf, kubernetes, jinja2, or any real adapter.
 """
 
@@ -23,6 +24,11 @@ class SysctlContract:
     @pytest.fixture(params=[4, 6], ids=["ipv4", "ipv6"])
     def family(self, request: pytest.FixtureRequest) -> int:
         return request.param
+
+    def test_lists_ipv6_interfaces_without_all_and_default(self, sysctl_adapter):
+        interfaces = sysctl_adapter.ipv6_interfaces()
+        assert "lo" in interfaces and "all" not in interfaces and "default" not in interfaces
+        assert sysctl_adapter.read(["net.ipv6.conf.lo.accept_ra"]).keys() == {"net.ipv6.conf.lo.accept_ra"}
 
     def test_reads_a_setting(self, sysctl_adapter, family):
         assert sysctl_adapter.read([FORWARDING[family]])[FORWARDING[family]] in ("0", "1")

@@ -16,7 +16,7 @@ from vsop.core.state import KernelState
 @pytest.fixture
 def fake() -> FakeKernel:
     # Every namespace has the forwarding settings; the iptables contract's rules name sets, so one kernel is shared.
-    return FakeKernel(KernelState(sysctls={"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.forwarding": "0"}))
+    return FakeKernel(KernelState(sysctls={"net.ipv4.ip_forward": "0", "net.ipv6.conf.all.forwarding": "0", "net.ipv6.conf.lo.accept_ra": "1"}))
 
 
 @pytest.fixture

@@ -79,3 +79,54 @@ def test_forward_policy_drop_ipv6_remote_and_local_clients(forward_drop, tmp_pat
         assert "VSOP" not in run("ip6tables-save").stdout
     finally:
         pool.close()
+
+
+# --- IPv6 forwarding keeps router advertisements --------------------------------------------
+
+
+def sysctl(name: str) -> str:
+    return run("sysctl", "-n", name).stdout.strip()
+
+
+def test_ipv6_forwarding_sets_accept_ra_2_and_cleanup_restores(tmp_path, capsys) -> None:
+    """An interface with accept_ra=1 (a host that learns its default route from RAs) gets 2
+    before IPv6 forwarding goes on; cleanup --restore-sysctls puts back 1 and forwarding's 0."""
+    assert vsop(["cleanup", "--restore-sysctls"]) == 0  # a host vsop has not touched yet
+    run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=0")
+    pool = Namespaces()
+    try:
+        backend = pool.add("ra")
+        uplink, _ = veth(None, "fd00:202:1::1/64", backend, "fd00:202:1::2/64")
+        run("sysctl", "-qw", f"net.ipv6.conf.{uplink}.accept_ra=1")
+        start_http_server(backend, tmp_path / "www-ra", port=8080, body="ra-backend")
+        path = manifest(tmp_path, "ra6", vip="fd00:13::2", backends=[{"address": "fd00:202:1::2"}])
+
+        capsys.readouterr()
+        assert vsop(["apply", "--keep-accept-ra", "-f", path]) == 2  # the opt-out refuses, clearly
+        err = capsys.readouterr().err
+        assert "RouterAdvertisements" in err and uplink in err and "default/ra6" in err
+        assert sysctl(f"net.ipv6.conf.{uplink}.accept_ra") == "1"
+        assert sysctl("net.ipv6.conf.all.forwarding") == "0"
+
+        assert vsop(["plan", "-f", path]) == 0
+        planned = capsys.readouterr().out
+        assert f"sysctl -w net.ipv6.conf.{uplink}.accept_ra=2" in planned and "router advertisements" in planned
+        assert planned.index(f"net.ipv6.conf.{uplink}.accept_ra=2") < planned.index("net.ipv6.conf.all.forwarding=1")
+
+        apply(capsys, path)
+        assert sysctl(f"net.ipv6.conf.{uplink}.accept_ra") == "2"
+        assert sysctl("net.ipv6.conf.all.forwarding") == "1"
+        assert http_get("fd00:13::2", 80, timeout=5).strip() == "ra-backend"
+        assert vsop(["show"]) == 0
+        assert f"changed by vsop: net.ipv6.conf.{uplink}.accept_ra 1 -> 2" in capsys.readouterr().out
+
+        assert vsop(["cleanup"]) == 0  # without the flag: listed, left as they are
+        out = capsys.readouterr().out
+        assert f"net.ipv6.conf.{uplink}.accept_ra: found 1, now 2" in out
+        assert sysctl(f"net.ipv6.conf.{uplink}.accept_ra") == "2"
+        assert vsop(["cleanup", "--restore-sysctls"]) == 0
+        assert f"net.ipv6.conf.{uplink}.accept_ra=1 (was 2)" in capsys.readouterr().out
+        assert sysctl(f"net.ipv6.conf.{uplink}.accept_ra") == "1"
+        assert sysctl("net.ipv6.conf.all.forwarding") == "0"
+    finally:
+        pool.close()

@@ -84,3 +84,7 @@ class SysctlAdapter(Adapter, Protocol):
     def read(self, names: Iterable[str]) -> dict[str, str]:
         """Current values; a name the kernel does not have is left out."""
         ...
+
+    def ipv6_interfaces(self) -> list[str]:
+        """Interfaces with IPv6 settings (net.ipv6.conf.<interface>), without "all" and "default"."""
+        ...

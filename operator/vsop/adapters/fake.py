@@ -130,3 +130,8 @@ class FakeSysctls(_View):
 
     def read(self, names: Iterable[str]) -> dict[str, str]:
         return {n: self.kernel.state.sysctls[n] for n in names if n in self.kernel.state.sysctls}
+
+    def ipv6_interfaces(self) -> list[str]:
+        from vsop.core.sysctls import accept_ra_interface
+
+        return sorted({i for name in self.kernel.state.sysctls if (i := accept_ra_interface(name)) is not None})

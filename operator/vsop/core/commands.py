@@ -18,7 +18,10 @@ from vsop.core.state import RealServerKey, ServiceKey
 SECTION = {
     ops.SetSysctl: (
         "Kernel settings. IPVS keeps no conntrack entries unless vs.conntrack=1, and then iptables\n"
-        "# MASQUERADE never sees load-balanced packets; forwarding lets replies pass through."
+        "# MASQUERADE never sees load-balanced packets; forwarding lets replies pass through.\n"
+        "# With IPv6 forwarding on, the kernel ignores router advertisements on interfaces with\n"
+        "# accept_ra=1 (a default route learned from them expires), so those get accept_ra=2 first.\n"
+        "# `vsop cleanup --restore-sysctls` puts back the values found before vsop's first change."
     ),
     ops.CreateSet: (
         "ipsets: every VIP,proto:port (and every VIP) lives in a set, so the iptables rules\n"

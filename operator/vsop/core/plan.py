@@ -18,6 +18,7 @@ from typing import Iterable
 from vsop.core import ops
 from vsop.core.desired import Problem
 from vsop.core.state import ChainKey, IPSet, KernelState, Names, RealServer, RealServerKey, ServiceKey
+from vsop.core.sysctls import IPV6_FORWARDING, accept_ra_interface, keep_router_advertisements
 
 
 class PlanError(Exception):
@@ -126,14 +127,25 @@ def without_vips(state: KernelState, vips: Iterable[str], names: Names, link_els
     )
 
 
-def plan(desired: KernelState, observed: KernelState, names: Names = Names(), *, link_elsewhere: bool = False) -> Plan:
+def plan(
+    desired: KernelState,
+    observed: KernelState,
+    names: Names = Names(),
+    *,
+    link_elsewhere: bool = False,
+    keep_accept_ra: bool = False,
+) -> Plan:
     """The ordered operations that turn the observed node into the desired one.
 
     `link_elsewhere`: both states are cut down to some VIPs (vsop.core.fragments.around) and
     VIPs outside them keep vsop's link bound, whatever happens to these.
+    Turning IPv6 forwarding on sets accept_ra=2 first where it is 1 (see vsop.core.sysctls);
+    with `keep_accept_ra` the IPv6 VIPs that need it are refused instead.
     """
     mine = owned(observed, names, desired.delegated)
     problems: list[Problem] = []
+    desired, refused = _router_advertisements(desired, observed, names, keep_accept_ra)
+    problems += refused
 
     # An IPVS service on an address vsop has not bound belongs to someone else: binding
     # that VIP would silently adopt it (and the next sync delete it), whether or not vsop
@@ -162,10 +174,37 @@ def plan(desired: KernelState, observed: KernelState, names: Names = Names(), *,
     return Plan(tuple(planned), tuple(problems), frozenset(clashing))
 
 
+def _router_advertisements(
+    desired: KernelState, observed: KernelState, names: Names, keep_accept_ra: bool
+) -> tuple[KernelState, list[Problem]]:
+    keep = keep_router_advertisements(desired.sysctls, observed.sysctls, names.link)
+    if not keep:
+        return desired, []
+    if not keep_accept_ra:
+        return replace(desired, sysctls={**keep, **desired.sysctls}), []
+    interfaces = ", ".join(sorted(str(accept_ra_interface(name)) for name in keep))
+    vips = sorted(a.split("/")[0] for a in desired.addresses if ":" in a)
+    v6_members = desired.ipsets.get(names.set_name(names.vips_set, 6))
+    owners = dict(v6_members.members) if v6_members is not None else {}
+    problems = [
+        Problem(
+            owners.get(vip, ""),
+            "RouterAdvertisements",
+            f"IPv6 VIP {vip} needs net.ipv6.conf.all.forwarding=1, which makes the kernel ignore router "
+            f"advertisements on {interfaces} (accept_ra=1): a default route learned from them would expire. "
+            "vsop sets accept_ra=2 there unless told to keep accept_ra; not programming it",
+        )
+        for vip in sorted(set(vips) | {m for m in owners if ":" in m})
+    ]
+    sysctls = {name: value for name, value in desired.sysctls.items() if name != IPV6_FORWARDING}
+    return replace(without_vips(desired, vips, names), sysctls=sysctls), problems
+
+
 def _sysctls(desired: KernelState, mine: KernelState) -> list[ops.Op]:
+    # accept_ra=2 before forwarding=1: never a moment where an interface drops RAs.
     return [
         ops.SetSysctl(name, value, mine.sysctls.get(name))
-        for name, value in sorted(desired.sysctls.items())
+        for name, value in sorted(desired.sysctls.items(), key=lambda item: (accept_ra_interface(item[0]) is None, item[0]))
         if mine.sysctls.get(name) != value
     ]
 
