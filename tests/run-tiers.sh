@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs the test tiers (default: all) and prints one summary line per tier.
 # unit: anywhere. netns: root on this machine. vm: inside Debian's kernel under qemu.
-# kube: against the kmock API emulator. A tier that cannot run fails; none is skipped.
+# kube: against the kmock API emulator. crd: the CRD and the image's install path checked by
+# independent implementations (Google's CEL runtime, jsonschema, pip). A tier that cannot run fails; none is skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 tiers=("$@")
 if [ ${#tiers[@]} -eq 0 ]; then
-  tiers=(lint unit netns vm)
+  tiers=(lint unit crd netns vm)
   # The kube tier arrives with the in-cluster agent; run it as soon as it has tests.
   compgen -G "tests/kube/test_*.py" >/dev/null && tiers+=(kube)
 fi
@@ -38,6 +39,7 @@ for tier in "${tiers[@]}"; do
     # kmock and hypothesis plugins cost ~6 s of start-up under emulation; the vm tier uses neither.
     vm)    run_tier vm vm/run --timeout 2400 -- $py -m pytest tests/vm -q -p no:kmock -p no:hypothesispytest ;;
     kube)  run_tier kube $py -m pytest tests/kube -q ;;
+    crd)   run_tier crd $py -m pytest tests/crd -q ;;
     *) echo "unknown tier $tier"; exit 2 ;;
   esac
 done

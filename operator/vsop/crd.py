@@ -120,6 +120,38 @@ TARGET_PORT_RULES = [
     }
 ]
 
+# RE2, as CEL's matches() uses. The schema's pattern only says "looks like an address";
+# these mirror model._ip_literal and model._vip. IPv4 text is exact here (dotted decimal,
+# no leading zeros); IPv6 checks are exact for every valid spelling (a nonzero first
+# hextet is always written out; the all-zero and IPv4-mapped forms are spelled out).
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_H16 = "[0-9a-fA-F]{1,4}"
+IP_LITERAL_RULES = [
+    {
+        "rule": f"self.contains(':') || self.matches('^({_OCTET}[.]){{3}}{_OCTET}$')",
+        "message": "must be an IPv4 address in dotted decimal (0-255, no leading zeros) or an IPv6 address",
+    },
+    {
+        "rule": "self != '0.0.0.0' && !self.matches('^[0:]+$') && !self.matches('^(22[4-9]|23[0-9])[.]') && !self.matches('^[fF][fF][0-9a-fA-F]{2}:')",
+        "message": "must be a unicast address (not unspecified, not multicast)",
+    },
+    {
+        "rule": f"!self.matches('^(::|(0{{1,4}}:){{1,4}}:|(0{{1,4}}:){{5}})[fF]{{4}}:(({_OCTET}[.]){{3}}{_OCTET}|{_H16}:{_H16})$')",
+        "message": "must not be an IPv4-mapped IPv6 address, use the IPv4 form",
+    },
+]
+VIP_RULES = [
+    {
+        "rule": "!self.matches('^127[.]') && !self.matches('^[0:]*:0{0,3}1$')",
+        "message": "is a loopback address; binding it to the dummy link would break the node",
+    },
+    {
+        "rule": "!self.matches('^[fF][eE][89aAbB][0-9a-fA-F]:')",
+        "message": "is an IPv6 link-local address, which needs a zone and cannot be a VIP",
+    },
+    {"rule": "self != '255.255.255.255'", "message": "255.255.255.255 is the broadcast address"},
+]
+
 PRINTER_COLUMNS = [
     {"name": "VIP", "type": "string", "jsonPath": ".spec.vip"},
     {"name": "Ports", "type": "string", "jsonPath": ".spec.ports[*].port"},
@@ -186,7 +218,11 @@ def spec_schema() -> dict[str, Any]:
     # Like a Service's ports: a list-map keyed by (port, protocol), so duplicates are refused.
     ports["x-kubernetes-list-type"] = "map"
     ports["x-kubernetes-list-map-keys"] = ["port", "protocol"]
-    ports["items"]["properties"]["targetPort"]["x-kubernetes-validations"] = TARGET_PORT_RULES
+    target_port = ports["items"]["properties"]["targetPort"]
+    target_port["x-kubernetes-validations"] = TARGET_PORT_RULES
+    target_port["maxLength"] = 63  # a port name; bounds the rule's matches() for the API server's cost estimate (ints ignore it)
+    props["vip"]["x-kubernetes-validations"] = IP_LITERAL_RULES + VIP_RULES
+    props["backends"]["items"]["properties"]["address"]["x-kubernetes-validations"] = IP_LITERAL_RULES
     props["healthCheck"]["x-kubernetes-validations"] = HEALTH_CHECK_RULES
     props["vip"]["x-kubernetes-validations"] = VIP_RULES
     props["backends"]["items"]["x-kubernetes-validations"] = BACKEND_RULES

@@ -1,0 +1,156 @@
+"""The CRD's CEL rules, compiled and evaluated by Google's CEL runtime, agree with the model on the whole validation corpus.
+
+The corpus is the model's own (tests/unit/test_validation.py: GOOD and BAD), plus the
+shipped examples. For every object the API server's verdict (schema + list-map keys +
+CEL, defaults applied first; tests/crd/apiserver.py) must equal the model's: accepted,
+or refused for the same field (the field itself, or the list holding the offending
+item, since a rule's fieldPath cannot name the failing index). MODEL_ONLY lists the
+checks only the model makes, each with the reason the CRD cannot; for those the CRD
+must still accept, so the list cannot go stale.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cel_expr_python import cel
+
+from tests.crd import apiserver
+from tests.crd.cost import unbounded_walks
+from tests.conftest import SEED
+from tests.unit.test_validation import BAD, GOOD
+from vsop.errors import InvalidInput
+from vsop.model import parse_virtual_service
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Checks only the model makes, and why the CRD cannot.
+MODEL_ONLY: dict[str, str] = {
+    "duplicate backend": (
+        "a backend is (address, port) with port optional and no static default, so the list cannot be a list-map keyed by "
+        "both; a CEL pairwise comparison over 1024 backends is quadratic and over the API server's cost budget"
+    ),
+}
+
+
+def examples() -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in [ROOT / "examples" / "seed.yaml", *sorted((ROOT / "examples" / "k8s").glob("*.yaml"))]:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "VirtualService":
+                found[f"{path.name}:{doc['metadata']['name']}"] = doc
+    return found
+
+
+def same_field(crd_path: str, model_path: str) -> bool:
+    return crd_path == model_path or model_path.startswith(crd_path + "[")
+
+
+def test_every_rule_compiles_with_self_typed_as_at_its_node() -> None:
+    rules = apiserver.rules()  # raises CompileError naming the rule and the compiler's message
+    assert len(rules) == sum(len(n.get("x-kubernetes-validations") or ()) for _, n in apiserver.schema_nodes(apiserver.root_schema()))
+    assert {apiserver.fmt(tuple(p for p in r.schema_path)) for r in rules} >= {"spec", "spec.healthCheck"}
+
+
+def test_a_rule_that_does_not_type_check_is_refused_with_the_rule_and_the_error() -> None:
+    """The typed environment is what makes compile failures visible: a misspelt field or a string compared with an int."""
+    types = apiserver.ProtoTypes(apiserver.root_schema())
+    spec = types.cel_type(apiserver.root_schema()["properties"]["spec"], ("spec",))
+    env = cel.NewEnv(types.pool, variables={"self": spec}, extensions=apiserver.extensions())
+    assert env.compile("self.ports.all(p, p.port > 0)").return_type() == cel.Type.BOOL
+    for wrong, words in (("self.portz.size() > 0", "undefined field 'portz'"), ("self.vip > 3", "no matching overload"),
+                         ("self.ports.all(p, p.protocol == 6)", "no matching overload"), ("self.ports.all(p, ", "Syntax error")):
+        with pytest.raises(RuntimeError, match=words):
+            env.compile(wrong)
+
+
+@pytest.mark.parametrize("doc", GOOD.values(), ids=GOOD.keys())
+def test_good_objects_are_admitted(doc: dict[str, Any]) -> None:
+    parse_virtual_service(doc)
+    stored, refusals = apiserver.admit(doc)
+    assert refusals == [], [str(r) for r in refusals]
+    parse_virtual_service(stored)  # what the API server stores (defaults filled in) is still valid for the model
+
+
+@pytest.mark.parametrize("doc", examples().values(), ids=examples().keys())
+def test_shipped_examples_are_admitted(doc: dict[str, Any]) -> None:
+    parse_virtual_service(doc)
+    assert apiserver.admit(doc)[1] == []
+
+
+@pytest.mark.parametrize(("name", "doc", "path"), [(n, d, p) for n, (d, p, _) in BAD.items()], ids=BAD.keys())
+def test_bad_objects_are_refused_for_the_same_field(name: str, doc: dict[str, Any], path: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        parse_virtual_service(doc)
+    assert any(e.path == path for e in caught.value.errors)
+    refusals = apiserver.admit(doc)[1]
+    if name in MODEL_ONLY:
+        assert refusals == [], f"the CRD now refuses {name!r} ({[str(r) for r in refusals]}): remove it from MODEL_ONLY"
+        return
+    assert refusals, f"the model refuses {path} but the API server would admit it: {caught.value.errors[0]}"
+    assert any(same_field(r.path, path) for r in refusals), f"model: {path}; API server: {[str(r) for r in refusals]}"
+
+
+def test_model_only_checks_name_corpus_cases() -> None:
+    assert set(MODEL_ONLY) <= set(BAD), "every model-only check is a case of the corpus"
+
+
+def test_no_rule_walks_an_unbounded_list_or_string() -> None:
+    problems = []
+    for path, node in apiserver.schema_nodes(apiserver.root_schema()):
+        for item in node.get("x-kubernetes-validations") or ():
+            for walk in unbounded_walks(item["rule"], node):
+                problems.append(f"{apiserver.fmt(path)}: {item['rule']!r} walks {walk}")
+    assert problems == [], "the API server's cost estimate needs these bounded:\n" + "\n".join(problems)
+
+
+def test_the_walk_finder_sees_what_a_rule_iterates() -> None:
+    """The check above can fail: unbounded walks are found through self, comprehension variables and indexes."""
+    spec = apiserver.root_schema()["properties"]["spec"]
+    unbounded = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "string"}},
+                                                  "names": {"type": "array", "maxItems": 4, "items": {"type": "string"}},
+                                                  "labels": {"type": "object", "additionalProperties": {"type": "string"}}}}
+    assert unbounded_walks("self.items.all(i, i != '')", unbounded) == ["self.items (no maxItems)"]
+    assert unbounded_walks("self.names.all(n, n.startsWith('a'))", unbounded) == ["n (no maxLength)"]
+    assert unbounded_walks("size(self.names[0]) < 3 && self.labels.all(k, k != '')", unbounded) == [
+        "self.labels (no maxProperties)", "self.names[0] (no maxLength)"]
+    assert unbounded_walks("self.ports.all(p, self.ports.filter(q, q.port == p.port).size() == 1)", spec) == []
+
+
+# Spellings around every address rule: special ranges in IPv4 and in several IPv6 spellings, and their neighbours.
+ADDRESSES = [
+    "10.0.0.1", "169.254.11.2", "0.0.0.0", "0.0.0.1", "127.0.0.1", "127.255.255.254", "126.255.255.255", "128.0.0.1",
+    "223.255.255.255", "224.0.0.1", "239.255.255.255", "240.0.0.1", "255.255.255.255", "255.255.255.254",
+    "010.0.0.1", "10.0.0.01", "256.0.0.1", "1.2.3", "1.2.3.4.5",
+    "::", "0::0", "0:0:0:0:0:0:0:0", "::1", "::0001", "0:0:0:0:0:0:0:1", "::2", "1::1", "::1:0",
+    "fe80::1", "FE80::1", "febf::1", "fec0::1", "fe8::1", "fe80:0:0:0:0:0:0:1",
+    "ff02::1", "FF05::2", "ff::1", "f00::1", "fd00::11", "2001:db8::1", "2001:DB8:0:0:0:0:0:1",
+    "::ffff:10.0.0.1", "::FFFF:127.0.0.1", "0:0:0:0:0:ffff:a00:1", "0::ffff:a00:1", "::ffff:1", "::ffff:0:1:2", "::fffe:10.0.0.1",
+    "::10.0.0.1", "64:ff9b::10.0.0.1",
+]
+
+
+def model_refuses(doc: dict[str, Any], path: str) -> bool:
+    try:
+        parse_virtual_service(doc)
+    except InvalidInput as exc:
+        return any(e.path == path for e in exc.errors)
+    return False
+
+
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_address_rules_agree_with_the_model(address: str) -> None:
+    """VIP and backend address checks are the same on both sides for every spelling above."""
+    family_backend = "fd00::1:2" if ":" in address else "192.168.2.111"
+    cases = {
+        "spec.vip": {**SEED, "spec": {**SEED["spec"], "vip": address, "backends": [{"address": family_backend}]}},
+        "spec.backends[0].address": {**SEED, "spec": {**SEED["spec"], "vip": "fd00::11" if ":" in address else "169.254.11.2",
+                                                      "backends": [{"address": address}]}},
+    }
+    for path, doc in cases.items():
+        model = model_refuses(doc, path)
+        refusals = [r for r in apiserver.admit(doc)[1] if same_field(r.path, path)]
+        assert bool(refusals) == model, f"{address} at {path}: model {'refuses' if model else 'accepts'}, API server {[str(r) for r in refusals] or 'accepts'}"
