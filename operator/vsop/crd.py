@@ -71,7 +71,8 @@ SPEC_RULES: list[dict[str, str]] = [
 
 SPEC_RULES += [
     {
-        "rule": "!has(self.backends) || self.backends.all(b, b.address != self.vip)",
+        # Letter case only: other spellings of one IPv6 address (zeros written out) are the model's to catch.
+        "rule": "!has(self.backends) || self.backends.all(b, b.address.lowerAscii() != self.vip.lowerAscii())",
         "message": "a backend cannot be this VirtualService's own VIP: traffic would loop",
         "fieldPath": ".backends",
     },
@@ -86,12 +87,21 @@ VIP_RULES = [
     {
         "rule": "!self.matches('^(24[0-9]|25[0-5])[.]')",
         "message": "a VIP in 240.0.0.0/4 (class E, reserved) is neither routed nor answered by Linux",
-    }
+    },
+    {
+        "rule": "!self.matches('^127[.]') && !self.matches('^[0:]*:0{0,3}1$')",
+        "message": "is a loopback address; binding it to the dummy link would break the node",
+    },
+    {
+        "rule": "!self.matches('^[fF][eE][89aAbB][0-9a-fA-F]:')",
+        "message": "is an IPv6 link-local address, which needs a zone and cannot be a VIP",
+    },
+    {"rule": "self != '255.255.255.255'", "message": "255.255.255.255 is the broadcast address"},
 ]
 
 BACKEND_RULES = [
     {
-        "rule": "!self.address.startsWith('127.') && self.address != '::1' && self.address != '255.255.255.255'",
+        "rule": "!self.address.startsWith('127.') && !self.address.matches('^[0:]*:0{0,3}1$') && self.address != '255.255.255.255'",
         "message": "a backend cannot be a loopback address (the node itself) or the broadcast address",
         "fieldPath": ".address",
     }
@@ -140,18 +150,6 @@ IP_LITERAL_RULES = [
         "message": "must not be an IPv4-mapped IPv6 address, use the IPv4 form",
     },
 ]
-VIP_RULES = [
-    {
-        "rule": "!self.matches('^127[.]') && !self.matches('^[0:]*:0{0,3}1$')",
-        "message": "is a loopback address; binding it to the dummy link would break the node",
-    },
-    {
-        "rule": "!self.matches('^[fF][eE][89aAbB][0-9a-fA-F]:')",
-        "message": "is an IPv6 link-local address, which needs a zone and cannot be a VIP",
-    },
-    {"rule": "self != '255.255.255.255'", "message": "255.255.255.255 is the broadcast address"},
-]
-
 PRINTER_COLUMNS = [
     {"name": "VIP", "type": "string", "jsonPath": ".spec.vip"},
     {"name": "Ports", "type": "string", "jsonPath": ".spec.ports[*].port"},
@@ -221,10 +219,9 @@ def spec_schema() -> dict[str, Any]:
     target_port = ports["items"]["properties"]["targetPort"]
     target_port["x-kubernetes-validations"] = TARGET_PORT_RULES
     target_port["maxLength"] = 63  # a port name; bounds the rule's matches() for the API server's cost estimate (ints ignore it)
-    props["vip"]["x-kubernetes-validations"] = IP_LITERAL_RULES + VIP_RULES
     props["backends"]["items"]["properties"]["address"]["x-kubernetes-validations"] = IP_LITERAL_RULES
     props["healthCheck"]["x-kubernetes-validations"] = HEALTH_CHECK_RULES
-    props["vip"]["x-kubernetes-validations"] = VIP_RULES
+    props["vip"]["x-kubernetes-validations"] = IP_LITERAL_RULES + VIP_RULES
     props["backends"]["items"]["x-kubernetes-validations"] = BACKEND_RULES
     props["nodeSelector"]["properties"]["matchExpressions"]["items"]["x-kubernetes-validations"] = MATCH_EXPRESSION_RULES
     props["vip"]["description"] = "The virtual IP: an IPv4 or IPv6 address literal, bound as /32 or /128 on vsop0."

@@ -187,12 +187,13 @@ class HealthCheck(_Spec):
 class LabelSelectorRequirement(_Spec):
     key: str = Field(min_length=1, max_length=317)
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: tuple[str, ...] = ()
+    # Bounded so the CRD's CEL rule on each requirement fits the API server's cost estimate.
+    values: tuple[Annotated[str, Field(max_length=63)], ...] = Field(default=(), max_length=64)
 
 
 class NodeSelector(_Spec):
     match_labels: dict[str, str] = Field(default_factory=dict)
-    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+    match_expressions: tuple[LabelSelectorRequirement, ...] = Field(default=(), max_length=32)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         if any(labels.get(k) != v for k, v in self.match_labels.items()):

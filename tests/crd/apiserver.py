@@ -17,8 +17,9 @@ API server itself relies on, or their closest independent equivalents:
 - what the CRD declares beyond JSON Schema is done here, from the CRD, in a few lines:
   defaults (applied before validation, recursively, as the API server does),
   `x-kubernetes-list-type: map` key uniqueness, the served version and kind;
-- the object's name is checked as the API server checks every custom resource's name
-  (a DNS-1123 subdomain); it is not the CRD's.
+- the object's metadata is checked as the API server checks every object's: a name that
+  is a DNS-1123 subdomain, labels and annotations that map strings to strings; it is not
+  the CRD's.
 Each refusal is (field path, message, layer); paths are written like the model's
 (`spec.ports[0].targetPort`).
 """
@@ -319,7 +320,14 @@ def admit(doc: dict[str, Any]) -> tuple[dict[str, Any], list[Refusal]]:
     if doc.get("kind") != crd()["spec"]["names"]["kind"]:
         return doc, [Refusal("kind", f"kind {doc.get('kind')!r} is not {crd()['spec']['names']['kind']!r}", "apiserver")]
     found: list[Refusal] = []
-    name = (doc.get("metadata") or {}).get("name")
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        return doc, [Refusal("metadata", "must be an object", "apiserver")]
+    for field in ("labels", "annotations"):  # ObjectMeta: map[string]string
+        for key, value in (meta.get(field) or {}).items():
+            if not isinstance(value, str):
+                found.append(Refusal(f"metadata.{field}.{key}", "must be a string", "apiserver"))
+    name = meta.get("name")
     if not isinstance(name, str) or len(name) > 253 or not DNS_SUBDOMAIN.match(name):
         found.append(Refusal("metadata.name", "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'", "apiserver"))
     stored = apply_defaults(copy.deepcopy(doc), root_schema())

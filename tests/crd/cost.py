@@ -4,10 +4,11 @@ The API server estimates each rule's worst-case cost from the schema before it a
 the CRD; a list without maxItems or a string without maxLength counts as large as a
 whole request (3 MiB), which sinks the estimate (and the CRD) as soon as a rule walks
 it. This finds every value a rule walks: the receiver of a comprehension macro (all,
-exists, exists_one, filter, map), the argument of size(), and the receiver of a string
-function; resolves it to its schema node through `self`, comprehension variables,
-field selections and indexes; and names the ones without a bound (maxItems,
-maxProperties, maxLength, or an enum for strings).
+exists, exists_one, filter, map) and the receiver of a string function (size() is
+constant-time and not a walk); resolves it to its schema node through `self`,
+comprehension variables, field selections and indexes; and names the ones without a
+bound (maxItems, maxProperties, maxLength, or an enum for strings). A rule under a list
+or map runs once per item, so every list and map enclosing the rule must be bounded too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 CHAIN = rf"{IDENT}(?:\.{IDENT}|\[\d+\])*"
 MACRO = re.compile(rf"({CHAIN})\.(all|exists|exists_one|filter|map)\(\s*({IDENT})\s*,")
-SIZE = re.compile(rf"(?:\bsize\(\s*({CHAIN})\s*\)|({CHAIN})\.size\(\))")
 STRING_FUNCTIONS = ("contains", "matches", "startsWith", "endsWith", "split", "indexOf", "lastIndexOf",
                     "lowerAscii", "upperAscii", "replace", "substring", "trim", "join", "charAt", "find", "findAll")
 STRING_CALL = re.compile(rf"({CHAIN})\.({'|'.join(STRING_FUNCTIONS)})\(")
@@ -64,7 +64,7 @@ def unbounded_walks(rule: str, self_schema: dict[str, Any]) -> list[str]:
         variables[match.group(3)] = node.get("items") if node is not None and node.get("type") == "array" else (
             node.get("additionalProperties") if node is not None and isinstance(node.get("additionalProperties"), dict) else None)
     walked: list[str] = []
-    for pattern in (MACRO, SIZE, STRING_CALL):
+    for pattern in (MACRO, STRING_CALL):
         for match in pattern.finditer(rule):
             chain = next(group for group in match.groups() if group)
             walked.append(chain)
@@ -74,4 +74,23 @@ def unbounded_walks(rule: str, self_schema: dict[str, Any]) -> list[str]:
         if node is not None and not bounded(node):
             what = "maxItems" if node.get("type") == "array" else "maxProperties" if node.get("type") == "object" else "maxLength"
             problems.append(f"{chain} (no {what})")
+    return problems
+
+
+def unbounded_enclosures(schema_path: tuple[str, ...], root: dict[str, Any]) -> list[str]:
+    """The lists and maps enclosing a schema node that have no bound: the rule there runs once per item."""
+    problems = []
+    node = root
+    for depth, step in enumerate(schema_path):
+        where = ".".join(schema_path[:depth]) or "<root>"
+        if step == "[]":
+            if "maxItems" not in node:
+                problems.append(f"{where} (no maxItems)")
+            node = node["items"]
+        elif step == "{}":
+            if "maxProperties" not in node:
+                problems.append(f"{where} (no maxProperties)")
+            node = node["additionalProperties"]
+        else:
+            node = node["properties"][step]
     return problems

@@ -19,7 +19,7 @@ import yaml
 from cel_expr_python import cel
 
 from tests.crd import apiserver
-from tests.crd.cost import unbounded_walks
+from tests.crd.cost import unbounded_enclosures, unbounded_walks
 from tests.conftest import SEED
 from tests.unit.test_validation import BAD, GOOD
 from vsop.errors import InvalidInput
@@ -104,6 +104,8 @@ def test_no_rule_walks_an_unbounded_list_or_string() -> None:
         for item in node.get("x-kubernetes-validations") or ():
             for walk in unbounded_walks(item["rule"], node):
                 problems.append(f"{apiserver.fmt(path)}: {item['rule']!r} walks {walk}")
+            for enclosure in unbounded_enclosures(path, apiserver.root_schema()):
+                problems.append(f"{apiserver.fmt(path)}: {item['rule']!r} runs once per item of {enclosure}")
     assert problems == [], "the API server's cost estimate needs these bounded:\n" + "\n".join(problems)
 
 
@@ -115,8 +117,11 @@ def test_the_walk_finder_sees_what_a_rule_iterates() -> None:
                                                   "labels": {"type": "object", "additionalProperties": {"type": "string"}}}}
     assert unbounded_walks("self.items.all(i, i != '')", unbounded) == ["self.items (no maxItems)"]
     assert unbounded_walks("self.names.all(n, n.startsWith('a'))", unbounded) == ["n (no maxLength)"]
-    assert unbounded_walks("size(self.names[0]) < 3 && self.labels.all(k, k != '')", unbounded) == [
-        "self.labels (no maxProperties)", "self.names[0] (no maxLength)"]
+    assert unbounded_walks("size(self.names[0]) < 3 && self.labels.all(k, k.contains('x')) && self.names[1].matches('y')", unbounded) == [
+        "self.labels (no maxProperties)", "k (no maxLength)", "self.names[1] (no maxLength)"]
+    assert unbounded_enclosures(("items", "[]"), unbounded) == ["items (no maxItems)"]
+    assert unbounded_enclosures(("names", "[]"), unbounded) == []
+    assert unbounded_enclosures(("labels", "{}"), unbounded) == ["labels (no maxProperties)"]
     assert unbounded_walks("self.ports.all(p, self.ports.filter(q, q.port == p.port).size() == 1)", spec) == []
 
 
@@ -154,3 +159,63 @@ def test_address_rules_agree_with_the_model(address: str) -> None:
         model = model_refuses(doc, path)
         refusals = [r for r in apiserver.admit(doc)[1] if same_field(r.path, path)]
         assert bool(refusals) == model, f"{address} at {path}: model {'refuses' if model else 'accepts'}, API server {[str(r) for r in refusals] or 'accepts'}"
+
+
+def cli_corpus() -> dict[str, dict[str, Any]]:
+    """The single VirtualServices of tests/unit/test_corpus.py that any YAML reader reads alike (its YAML-level cases are the loader's)."""
+    from tests.unit.test_corpus import CASES
+
+    found = {}
+    for name, (files, paths, _code, _words) in CASES.items():
+        if len(files) != 1 or paths is not None:
+            continue
+        [text] = files.values()
+        if isinstance(text, bytes) or "&" in text or len(text) > 10_000:
+            continue  # aliases (bombs), encodings and depth are the loader's concern; PyYAML would expand them
+        try:
+            docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        except (yaml.YAMLError, UnicodeDecodeError, ValueError, RecursionError):
+            continue
+        if len(docs) == 1 and isinstance(docs[0], dict) and docs[0].get("kind") == "VirtualService" and isinstance(docs[0].get("spec"), dict):
+            found[name] = docs[0]
+    return found
+
+
+CLI_CORPUS = cli_corpus()
+
+
+def test_the_cli_corpus_is_used() -> None:
+    assert len(CLI_CORPUS) >= 25 and {"class E VIP", "In without values", "link-local backend"} <= set(CLI_CORPUS)
+
+
+@pytest.mark.parametrize("doc", CLI_CORPUS.values(), ids=CLI_CORPUS.keys())
+def test_cli_corpus_verdicts_agree(doc: dict[str, Any]) -> None:
+    try:
+        parse_virtual_service(doc)
+        model: list[str] = []
+    except InvalidInput as exc:
+        model = [e.path for e in exc.errors]
+    refusals = apiserver.admit(doc)[1]
+    if not model:
+        assert refusals == [], [str(r) for r in refusals]
+    else:
+        assert any(same_field(r.path, path) for r in refusals for path in model), f"model: {model}; API server: {[str(r) for r in refusals]}"
+
+
+BOUNDS = {
+    "33 match expressions": ({"matchExpressions": [{"key": f"k{i}", "operator": "Exists"} for i in range(33)]}, "spec.nodeSelector.matchExpressions"),
+    "65 values": ({"matchExpressions": [{"key": "k", "operator": "In", "values": [f"v{i}" for i in range(65)]}]}, "spec.nodeSelector.matchExpressions[0].values"),
+    "a 64-character value": ({"matchExpressions": [{"key": "k", "operator": "In", "values": ["v" * 64]}]}, "spec.nodeSelector.matchExpressions[0].values[0]"),
+}
+
+
+@pytest.mark.parametrize(("selector", "path"), BOUNDS.values(), ids=BOUNDS.keys())
+def test_the_bounds_rules_need_are_the_models_too(selector: dict[str, Any], path: str) -> None:
+    """maxItems/maxLength added for the cost estimate refuse on both sides, and just inside them both accept."""
+    doc = {**SEED, "spec": {**SEED["spec"], "nodeSelector": selector}}
+    assert model_refuses(doc, path)
+    assert any(r.path == path for r in apiserver.admit(doc)[1])
+    inside = {**SEED, "spec": {**SEED["spec"], "nodeSelector": {"matchExpressions": [
+        {"key": f"k{i}", "operator": "In", "values": ["v" * 63] * 64} for i in range(32)]}}}
+    parse_virtual_service(inside)
+    assert apiserver.admit(inside)[1] == []
