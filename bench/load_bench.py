@@ -49,6 +49,7 @@ def write_file(count: int, path: Path) -> None:
 CHILD = r"""
 import json, resource, sys, time
 how, path = sys.argv[1], sys.argv[2]
+cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
 start = time.perf_counter()
 if how == "new":
     from vsop.loader import load_paths
@@ -67,7 +68,8 @@ else:
         parse_virtual_service(data)
         count += 1
 seconds = time.perf_counter() - start
-print(json.dumps({"count": count, "seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"count": count, "seconds": seconds, "cpu": usage.ru_utime + usage.ru_stime - cpu0, "peak_mb": usage.ru_maxrss / 1024}))
 """
 
 OLD_COMMIT = "1fa0034"  # the last commit with the pure-Python loader
@@ -98,7 +100,8 @@ def main(argv: list[str]) -> int:
     import yaml
 
     print(f"libyaml: {yaml.__with_libyaml__}; cpus: {os.cpu_count()}; load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"{'VirtualServices':>15} {'file MB':>8} {'new s':>7} {'new MB':>7} {'old s':>7} {'old MB':>7} {'speed-up':>8}")
+    print("wall-clock s (CPU s of the process) and peak RSS; new = vsop.loader.load_paths, old = the pure-Python loader")
+    print(f"{'VirtualServices':>15} {'file MB':>8} {'new s':>14} {'new MB':>7} {'old s':>16} {'old MB':>7} {'speed-up':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         have_old = with_old and old_loader(folder)
@@ -107,10 +110,10 @@ def main(argv: list[str]) -> int:
             write_file(count, path)
             new = run("new", path, folder)
             assert new["count"] == count, new
-            line = f"{count:>15,} {path.stat().st_size / 1e6:>8.1f} {new['seconds']:>7.2f} {new['peak_mb']:>7.0f}"
+            line = f"{count:>15,} {path.stat().st_size / 1e6:>8.1f} {new['seconds']:>6.2f} ({new['cpu']:>5.2f}) {new['peak_mb']:>7.0f}"
             if have_old:
                 old = run("old", path, folder)
-                line += f" {old['seconds']:>7.2f} {old['peak_mb']:>7.0f} {old['seconds'] / new['seconds']:>7.1f}x"
+                line += f" {old['seconds']:>7.2f} ({old['cpu']:>6.2f}) {old['peak_mb']:>7.0f} {old['cpu'] / new['cpu']:>7.1f}x"
             print(line, flush=True)
     return 0
 

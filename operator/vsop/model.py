@@ -454,6 +454,8 @@ def _reason(error: Mapping[str, Any], loc: tuple[Any, ...] = ()) -> str:
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected', '')}{got}"
     if kind in ("int_type", "int_parsing", "int_from_float", "int_strict"):
+        if isinstance(given, str) and re.fullmatch(r"[-+]?0[0-9_]+", given.strip()):
+            return f"{given.strip()} has a leading zero, which YAML readers disagree on (octal or text): write the number in plain decimal"
         if isinstance(given, str) and given.strip().lstrip("+-").isdigit():
             return f"must be a number, not text: write {given.strip()} without quotes"
         return f"must be a whole number{got}"

@@ -83,6 +83,7 @@ Case = tuple[dict[str, Any], list[str] | None, int, list[str]]
 CASES: dict[str, Case] = {
     # --- YAML that different readers read differently
     "octal port": ({"a.yaml": raw("  ports: [{port: 0100}]\n" + SPEC_OK)}, None, 2, ["a.yaml:5: VirtualService default/web: spec.ports[0].port: 0100", "octal", "plain decimal"]),
+    "leading zero 080": ({"a.yaml": raw("  ports: [{port: 080}]\n" + SPEC_OK)}, None, 2, ["spec.ports[0].port", "leading zero", "plain decimal"]),
     "octal 010": ({"a.yaml": raw("  ports: [{port: 010}]\n" + SPEC_OK)}, None, 2, ["010", "plain decimal"]),
     "sexagesimal port": ({"a.yaml": raw("  ports: [{port: 1:20}]\n" + SPEC_OK)}, None, 2, ["base-60", "plain decimal"]),
     "binary weight": ({"a.yaml": raw("  ports: [{port: 80}]\n  vip: 10.9.0.1\n  backends: [{address: 10.0.0.1, weight: 0b11}]\n")}, None, 2, ["binary", "plain decimal"]),
@@ -334,3 +335,14 @@ def test_unreadable_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFixtur
     monkeypatch.setattr(vsop.loader.os, "walk", refusing_walk)
     code, out, err = run(["plan", "--from-empty", "-f", str(folder)], capsys)
     assert code == 2 and f"{folder}: cannot list the folder: permission denied" in err
+
+
+def test_no_virtualservice_is_an_empty_result_not_an_error(tmp_path: Path) -> None:
+    """Callers decide what an input without VirtualServices means; the loader reports what it saw."""
+    from vsop.loader import load_paths
+
+    (tmp_path / "svc.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: nginx}\n")
+    (tmp_path / "empty.yaml").write_text("")
+    loaded = load_paths([tmp_path, "/dev/null"])
+    assert loaded.services == [] and loaded.skipped == [f"{tmp_path / 'svc.yaml'}:1: skipped Service nginx"]
+    assert loaded.files == [str(tmp_path / "empty.yaml"), str(tmp_path / "svc.yaml"), "/dev/null"]

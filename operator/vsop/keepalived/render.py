@@ -658,13 +658,14 @@ def _run(args: argparse.Namespace) -> int:
     notes.extend(result.skipped)
     for note in notes:
         print(f"vsop: {note}", file=sys.stderr)
-    for warning in result.warnings:
+    warnings = [*loaded.warnings, *result.warnings]
+    for warning in warnings:
         print(f"vsop: warning: {warning}", file=sys.stderr)
     if result.problems:
         raise InvalidInput(FieldError(obj=p.obj or None, reason=f"{p.reason}: {p.message}") for p in result.problems)
     if not args.out:
         if args.output == "json":
-            document = {"layout": args.layout, "files": result.files, "rendered": list(result.rendered), "skipped": notes, "warnings": list(result.warnings)}
+            document = {"layout": args.layout, "files": result.files, "rendered": list(result.rendered), "skipped": notes, "warnings": warnings}
             sys.stdout.write(json.dumps(document, indent=2) + "\n")
         else:
             sys.stdout.write(result.text())
@@ -684,7 +685,7 @@ def _run(args: argparse.Namespace) -> int:
             "removed": [str(p) for p in removed],
             "rendered": list(result.rendered),
             "skipped": notes,
-            "warnings": list(result.warnings),
+            "warnings": warnings,
         }
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
         return 0
