@@ -235,6 +235,24 @@ async def test_conflicting_object_changes_no_kernel_state(node_a: Cluster) -> No
         await until(lambda: real_servers(fake) == {"192.168.9.9:8080": 1}, "web2 programmed")
 
 
+async def test_service_ref_ambiguous_port_is_a_status_reason_not_a_guess(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", {"vip": "169.254.11.2", "ports": [{"port": 80}], "serviceRef": {"name": "nginx"}})
+    ports = [{"name": "web", "port": 8080, "protocol": "TCP"}, {"name": "metrics", "port": 9090, "protocol": "TCP"}]
+    await cluster.endpoint_slice("nginx-abc", "nginx", [{"addresses": ["10.1.0.1"], "conditions": {"ready": True}}], ports)
+    async with run_agent(cluster) as (agent, fake, _):
+        entry = await until(lambda: node_entry(cluster, "web"), "the node status")
+        assert entry["programmed"] is False
+        assert entry["message"].startswith("AmbiguousPort: serviceRef nginx: port 80/TCP matches none of the Service's TCP ports")
+        assert real_servers(fake) == {}  # not the VIP port, not the first port
+        await until(lambda: cluster.events("web"), "the Event")
+        assert cluster.events("web")[0]["reason"] == "AmbiguousPort"
+        # Naming the port resolves it.
+        await cluster.patch(VS, "default", "web", {"spec": {"ports": [{"port": 80, "targetPort": "metrics"}]}})
+        await until(lambda: real_servers(fake) == {"10.1.0.1:9090": 1}, "the named port")
+        await until(lambda: (node_entry(cluster, "web") or {}).get("programmed") is True, "programmed")
+
+
 async def test_vip_that_is_a_node_address_is_refused_with_status_and_event(node_a: Cluster) -> None:
     cluster = node_a
     await cluster.vs("web", {**WEB, "vip": "10.0.0.11"})

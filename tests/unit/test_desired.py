@@ -153,3 +153,54 @@ def test_vrrp_vips_are_keepalived_s_to_bind_but_keep_sets_and_chains() -> None:
     assert not result.problems and state.addresses == frozenset() and state.link is None
     assert state.ipsets["VSOP-VIP-PORTS"].members == {"169.254.11.2,tcp:80": "default/web"}
     assert state.chains and state.jumps and state.services == {}
+
+
+# --- serviceRef ports, resolved as Kubernetes resolves a Service's ports ---------------------
+
+MULTI = (EndpointPort("http", 8080), EndpointPort("metrics", 9090), EndpointPort("dns", 53, "UDP"))
+
+
+def ref_ports(ports: list[dict[str, object]], endpoint_ports=MULTI):
+    vs = make_vs(backends=[], serviceRef={"name": "app"}, ports=ports)
+    desired = desired_state([vs], NODE, endpoints={("default", "app"): [Endpoint("10.1.0.1", endpoint_ports)]})
+    return {(k.service.port, k.port) for k in desired.state.real_servers}, [(p.reason, p.message) for p in desired.problems]
+
+
+def test_service_ref_port_by_target_port_name_and_number() -> None:
+    assert ref_ports([{"port": 80, "targetPort": "metrics"}]) == ({(80, 9090)}, [])
+    assert ref_ports([{"port": 80, "targetPort": 7000}]) == ({(80, 7000)}, [])  # a number is taken as it is
+
+
+def test_service_ref_port_by_the_vip_ports_name_then_number() -> None:
+    assert ref_ports([{"name": "http", "port": 80}]) == ({(80, 8080)}, [])
+    assert ref_ports([{"name": "other", "port": 9090}]) == ({(9090, 9090)}, [])  # no such name: by number
+    assert ref_ports([{"port": 53, "protocol": "UDP"}]) == ({(53, 53)}, [])
+
+
+def test_service_ref_single_port_service_needs_no_name() -> None:
+    assert ref_ports([{"port": 80}], (EndpointPort(None, 8080),)) == ({(80, 8080)}, [])
+    # the only TCP port: the UDP one does not make it ambiguous
+    assert ref_ports([{"port": 80}], (EndpointPort("web", 8080), EndpointPort("dns", 53, "UDP"))) == ({(80, 8080)}, [])
+
+
+def test_service_ref_ambiguous_port_is_refused_with_a_reason_not_guessed() -> None:
+    servers, problems = ref_ports([{"port": 80}])
+    assert servers == set()  # never the VIP port, never the first port
+    [(reason, message)] = problems
+    assert reason == "AmbiguousPort"
+    assert "serviceRef app: port 80/TCP matches none of the Service's TCP ports by name or number" in message
+    assert "http=8080, metrics=9090" in message and "set targetPort" in message
+
+
+def test_service_ref_missing_named_port_is_reported() -> None:
+    servers, problems = ref_ports([{"port": 80, "targetPort": "admin"}])
+    assert servers == set() and problems[0][0] == "PortNotFound" and "'admin'" in problems[0][1]
+    servers, problems = ref_ports([{"port": 80, "protocol": "SCTP"}])
+    assert servers == set() and problems == [("PortNotFound", "serviceRef app: port 80/SCTP: the Service has no SCTP port; this port gets no real servers from it")]
+
+
+def test_service_ref_named_port_missing_on_some_endpoints_only_is_not_a_problem() -> None:
+    vs = make_vs(backends=[], serviceRef={"name": "app"}, ports=[{"port": 80, "targetPort": "http"}])
+    endpoints = [Endpoint("10.1.0.1", (EndpointPort("http", 8080),)), Endpoint("10.1.0.2", (EndpointPort("web", 8080),))]
+    desired = desired_state([vs], NODE, endpoints={("default", "app"): endpoints})
+    assert {k.address for k in desired.state.real_servers} == {"10.1.0.1"} and desired.problems == ()

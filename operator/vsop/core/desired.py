@@ -207,19 +207,54 @@ def _static_port(vs: VirtualService, port: PortSpec, backend_port: int | None) -
     return port.port
 
 
-def _endpoint_port(port: PortSpec, endpoint: Endpoint) -> int | None:
-    """Which port of an endpoint serves this VIP port; None if it has none that fits."""
-    same_protocol = [p for p in endpoint.ports if p.protocol == port.protocol]
+@dataclass(frozen=True)
+class Unresolved:
+    """A VIP port that names no single port of its serviceRef's endpoints."""
+
+    reason: str  # PortNotFound | AmbiguousPort
+    message: str
+
+
+def _endpoint_port(port: PortSpec, endpoint: Endpoint) -> int | Unresolved:
+    """Which port of an endpoint serves this VIP port, resolved as Kubernetes resolves Service ports.
+
+    An EndpointSlice names each port after its Service port (the `name` of the Service's
+    port, which kube-proxy matches too) and gives the number it resolved on the pod:
+    - `targetPort: <number>`: that number, as a Service's numeric targetPort;
+    - `targetPort: <name>`: the endpoint port of that name, nothing else;
+    - no targetPort: by name (the VIP port's `name` equals a Service port's name), then by
+      number (an endpoint port with the VIP port's number), then the Service's only port of
+      the protocol. A multi-port Service that matches none of these is ambiguous: refused,
+      never guessed.
+    """
     if isinstance(port.target_port, int):
         return port.target_port
-    wanted = port.target_port if isinstance(port.target_port, str) else port.name
-    if wanted is not None:
-        named = next((p.port for p in same_protocol if p.name == wanted), None)
-        if named is not None or isinstance(port.target_port, str):
-            return named
+    same_protocol = [p for p in endpoint.ports if p.protocol == port.protocol]
+    offered = ", ".join(f"{p.name or '(unnamed)'}={p.port}" for p in same_protocol) or "none"
+    if isinstance(port.target_port, str):
+        named = [p.port for p in same_protocol if p.name == port.target_port]
+        if named:
+            return named[0]
+        return Unresolved(
+            "PortNotFound",
+            f"port {port.port}/{port.protocol}: targetPort {port.target_port!r} is not a {port.protocol} port of the Service (its ports: {offered})",
+        )
+    if port.name is not None:
+        named = [p.port for p in same_protocol if p.name == port.name]
+        if named:
+            return named[0]
+    numbered = [p.port for p in same_protocol if p.port == port.port]
+    if numbered:
+        return numbered[0]
     if len(same_protocol) == 1:
         return same_protocol[0].port
-    return port.port
+    if not same_protocol:
+        return Unresolved("PortNotFound", f"port {port.port}/{port.protocol}: the Service has no {port.protocol} port")
+    return Unresolved(
+        "AmbiguousPort",
+        f"port {port.port}/{port.protocol} matches none of the Service's {port.protocol} ports by name or number "
+        f"and there are several ({offered}); set targetPort to the name of one",
+    )
 
 
 def desired_state(
@@ -288,7 +323,7 @@ def desired_state(
                 delegated.add(key)
                 continue  # keepalived owns IPVS for this service; vsop keeps the rest
             virtual_servers[key] = VirtualServer(key, spec.scheduler, spec.persistence.timeout_seconds, vs.ref)
-            for rs in _real_servers(vs, port, key, endpoints):
+            for rs in _real_servers(vs, port, key, endpoints, problems):
                 real_servers.setdefault(rs.key, rs)
 
     configured = {key: virtual_servers[key.service].owner for key in real_servers}
@@ -335,10 +370,16 @@ def desired_state(
 
 
 def _real_servers(
-    vs: VirtualService, port: PortSpec, key: ServiceKey, endpoints: Mapping[tuple[str, str], Iterable[Endpoint]]
+    vs: VirtualService,
+    port: PortSpec,
+    key: ServiceKey,
+    endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
+    problems: list[Problem],
 ) -> list[RealServer]:
+    """Static backends and serviceRef endpoints; a VIP port its endpoints cannot resolve goes into `problems`."""
     spec = vs.spec
     found: list[RealServer] = []
+    unresolved: Unresolved | None = None
     for backend in spec.backends:
         rport = _static_port(vs, port, backend.port) if spec.forwarding == "masq" else port.port
         found.append(RealServer(RealServerKey(key, backend.address, rport), spec.forwarding, backend.weight))
@@ -354,9 +395,14 @@ def _real_servers(
             else:
                 continue
             rport = _endpoint_port(port, endpoint) if spec.forwarding == "masq" else port.port
-            if rport is None:
+            if isinstance(rport, Unresolved):
+                unresolved = unresolved if unresolved is not None and unresolved.reason == "AmbiguousPort" else rport
                 continue
             found.append(RealServer(RealServerKey(key, endpoint.address, rport), spec.forwarding, weight))
+    # An ambiguous port is always reported; a named port some endpoints lack (a rollout) only when none has it.
+    if unresolved is not None and (unresolved.reason == "AmbiguousPort" or not found):
+        ref = spec.service_ref.name if spec.service_ref is not None else ""
+        problems.append(Problem(vs.ref, unresolved.reason, f"serviceRef {ref}: {unresolved.message}; this port gets no real servers from it"))
     return found
 
 
