@@ -3,8 +3,9 @@
 # kernel has IPVS. It rebuilds the seed's network in network namespaces — two web
 # servers 192.168.2.111 and .222 on a LAN behind the node, a client on another link —
 # applies examples/seed.yaml unchanged, and shows requests alternating between the
-# backends, from the client and from the node itself. Nothing leaves the VM (it has
-# no network device).
+# backends, from the client and from the node itself, then checks the node with
+# `vsop doctor` and ends with `vsop explain`, whose counters are those requests.
+# Nothing leaves the VM (it has no network device).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${VSOP_IN_VM:-}" = 1 ] || { echo "demo/lab.sh runs inside the VM: make demo" >&2; exit 2; }
@@ -51,5 +52,11 @@ $VSOP show
 say "vsop apply again: nothing to change"
 $VSOP apply -f examples/seed.yaml --node-name lab
 
-say "vsop cleanup: everything vsop owned goes, nothing else"
-$VSOP cleanup
+say "vsop cleanup --dry-run: what cleanup would remove (everything vsop owns, nothing else)"
+$VSOP cleanup --dry-run
+
+say "vsop doctor: every known cause of a dead VIP, checked"
+$VSOP doctor
+
+say "vsop explain 169.254.11.2:80: the path of those requests, hook by hook, with their counters"
+$VSOP explain 169.254.11.2:80
