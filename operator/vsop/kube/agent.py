@@ -39,7 +39,7 @@ from vsop.checks import HealthChecker, Target, health_targets
 from vsop.core.desired import Endpoint, Node, Problem
 from vsop.core.fragments import Fragment
 from vsop.core.health import HealthTracker
-from vsop.core.plan import Plan, owned
+from vsop.core.plan import Plan
 from vsop.core.state import KernelState, Names
 from vsop.engine import Kernel, running_kernel_version
 from vsop.keepalived.servers import services_of
@@ -614,20 +614,8 @@ class Agent:
         m = self.metrics
         if keepalived is not None and keepalived.error:
             m.errors.labels("keepalived").inc()
-        m.syncs.labels("error" if outcome.error else "success").inc()
-        m.sync_duration.observe(outcome.seconds)
-        for op in outcome.applied:
-            m.operations.labels(op.kind).inc()
-        if outcome.error:
-            m.errors.labels("kernel").inc()
-        else:
-            m.last_success.set(time.time())
-        observed = self.reconciler.observed if outcome.error is None else outcome.after
-        state = owned(observed, self.options.names) if observed is not None else KernelState()
-        m.vips.set(len(state.bound_vips()))
-        m.virtual_servers.set(len(state.services))
-        m.real_servers.labels("active").set(sum(1 for rs in state.real_servers.values() if rs.weight > 0))
-        m.real_servers.labels("drained").set(sum(1 for rs in state.real_servers.values() if rs.weight == 0))
+        if self.reconciler.last is not None:
+            m.record(self.reconciler.last, self.reconciler)
         problems = {ref: p.reason for ref, p in outcome.problems.items()}
         programmed = outcome.programmed
         counts = {"programmed": 0, "failed": 0, "conflict": 0, "invalid": 0, "not_selected": 0}

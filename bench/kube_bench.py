@@ -1,0 +1,135 @@
+"""Benchmark of the in-cluster agent on kmock (the API emulator) and the fake kernel, natively.
+
+With N VirtualServices already programmed, creates one more object at a time, `changes`
+times, and measures from the create call to the moment the fake kernel applied its IPVS
+service (the AddService write, time-stamped inside the fake). Prints, side by side in one
+run, the agent as it runs (a change plans only the changed object) and the same agent
+made to do a full level-based sync on every change (read everything, desire and plan every
+object: what the agent did before the node reconciler), with p50/p90/p99/max and ratios.
+Also the RSS of this process (agent + emulator + fake kernel) at the end.
+
+    .venv/bin/python bench/kube_bench.py --objects 1000 --changes 100
+
+Figures only, no assertions: targets are judged by a person (docs/performance.md). Nothing
+leaves loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY / "operator"))
+sys.path.insert(0, str(REPOSITORY))
+
+import kmock  # noqa: E402
+
+from tests.kube.conftest import VS, Cluster, make_agent, running  # noqa: E402
+from vsop.core import ops  # noqa: E402
+
+
+def spec(index: int) -> dict[str, Any]:
+    return {
+        "vip": f"169.254.{index // 250 + 1}.{index % 250 + 1}",
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+        "backends": [{"address": "10.250.0.2"}, {"address": "10.250.0.3"}],
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def run(objects: int, changes: int, debounce: float, full_every_change: bool) -> dict[str, Any]:
+    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
+        emulator.resources.load_bundled()
+        emulator.resources[VS] = kmock.ResourceInfo(
+            kind="VirtualService", singular="virtualservice", namespaced=True, shortnames={"vsop"},
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
+        )
+        cluster = Cluster(emulator)
+        await cluster.node("node-a", addresses=("10.0.0.11",))
+        for index in range(objects):
+            await cluster.vs(f"s{index}", spec(index))
+        agent, fake, writer = make_agent(cluster, resync_seconds=3600.0, debounce_seconds=debounce)
+        if full_every_change:
+            original = agent.reconciler.reconcile
+            agent.reconciler.reconcile = lambda full=False: original(full=True)  # type: ignore[method-assign]
+        applied_at: dict[str, float] = {}
+        apply = fake.apply
+
+        def stamped(operations: Any) -> int:
+            done = apply(operations)
+            now = time.monotonic()
+            for op in operations:
+                if isinstance(op, ops.AddService):
+                    applied_at.setdefault(op.service.key.vip, now)
+            return done
+
+        fake.apply = stamped  # type: ignore[method-assign]
+        latencies: list[float] = []
+        async with running(agent):
+            started = time.monotonic()
+            while len(applied_at) < objects:
+                if time.monotonic() - started > 600:
+                    raise SystemExit(f"only {len(applied_at)} of {objects} programmed after 600 s")
+                await asyncio.sleep(0.05)
+            first_sync = time.monotonic() - started
+            while len(writer.patches) < objects:  # the first sync's status patches are out
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            for change in range(changes):
+                index = objects + change
+                vip = spec(index)["vip"]
+                sent = time.monotonic()
+                await cluster.vs(f"s{index}", spec(index))
+                while vip not in applied_at:
+                    if time.monotonic() - sent > 60:
+                        raise SystemExit(f"{vip} not programmed after 60 s")
+                    await asyncio.sleep(0.001)
+                latencies.append(applied_at[vip] - sent)
+                await asyncio.sleep(0.05)  # one change at a time, as people make them
+        return {
+            "first": first_sync,
+            "latencies": latencies,
+            "reads": agent.reconciler.reads,
+            "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--debounce", type=float, nargs="+", default=[0.1, 0.01], help="agent --debounce-seconds values to run")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    print(f"in-cluster agent on kmock, fake kernel: {args.objects} objects, then {args.changes} creations one at a time")
+    print(f"{'debounce':>9} {'mode':<28} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'full reads':>10} {'first sync s':>12}")
+    for debounce in args.debounce:
+        rows = {}
+        for full in (False, True):
+            result = asyncio.run(run(args.objects, args.changes, debounce, full))
+            lat = [x * 1000 for x in result["latencies"]]
+            rows[full] = lat
+            mode = "full sync on every change" if full else "incremental (reconciler)"
+            print(
+                f"{debounce:>9g} {mode:<28} {statistics.median(lat):>8.1f} {percentile(lat, 0.9):>8.1f} {percentile(lat, 0.99):>8.1f}"
+                f" {max(lat):>8.1f} {result['reads']:>10} {result['first']:>12.2f}"
+            )
+        ratio = percentile(rows[True], 0.99) / percentile(rows[False], 0.99)
+        print(f"{'':>9} p99 full / incremental: {ratio:.1f}x")
+    print(f"max RSS of this process (emulator + agent + fake kernel): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Metrics of one node's reconciler, and the HTTP endpoints for probes and scraping.
+
+Owns the metric names and labels of a node agent, host or in-cluster (each process has
+its own registry, so tests can run several in one process), `NodeMetrics.record`, which
+turns one reconcile `Outcome` into them, and a small aiohttp server: `/healthz` (alive:
+the loop keeps turning), `/readyz` (the first sync succeeded) and `/metrics`, on one
+port or two. Both agents hang these off the same reconciler.
+Must not import: kopf, kubernetes, vsop.kube, vsop.adapters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from vsop.core.plan import owned
+from vsop.core.state import KernelState
+
+log = logging.getLogger("vsop.node.metrics")
+
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class NodeMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        self.syncs = Counter("vsop_syncs", "Kernel syncs of this node, by result (success, error).", ["result"], registry=r)
+        self.sync_duration = Histogram(
+            "vsop_sync_duration_seconds", "Time to read, plan and apply one sync.", buckets=DURATION_BUCKETS, registry=r
+        )
+        self.operations = Counter(
+            "vsop_kernel_operations", "Kernel operations applied, by kind (service.add, realserver.edit, ...).", ["kind"], registry=r
+        )
+        self.errors = Counter(
+            "vsop_errors", "Errors, by source (kernel: a sync failed; api: a status patch or Event failed; keepalived: its configuration was not applied).", ["source"], registry=r
+        )
+        self.vips = Gauge("vsop_vips_programmed", "VIPs bound on vsop's link on this node.", registry=r)
+        self.virtual_servers = Gauge("vsop_virtual_servers_programmed", "IPVS virtual services vsop programmed on this node.", registry=r)
+        self.real_servers = Gauge(
+            "vsop_real_servers_programmed", "IPVS real servers vsop programmed on this node, by state (active, drained).", ["state"], registry=r
+        )
+        self.virtualservices = Gauge(
+            "vsop_virtualservices",
+            "VirtualServices seen by this node, by state (programmed, failed, conflict, invalid, not_selected).",
+            ["state"],
+            registry=r,
+        )
+        self.status_patches = Counter("vsop_status_patches", "Merge patches of status.nodes.<this node>.", registry=r)
+        self.events = Counter("vsop_events", "Events posted, by reason.", ["reason"], registry=r)
+        self.last_success = Gauge("vsop_last_successful_sync_timestamp_seconds", "Unix time of the last successful sync.", registry=r)
+        self.incremental = Counter(
+            "vsop_reconciles", "Reconciles of this node, by kind (incremental: only changed objects; full: the kernel read again; skipped: read, nothing of vsop's changed).",
+            ["kind"], registry=r,
+        )
+
+    def record(self, outcome: Any, reconciler: Any) -> None:
+        """One reconcile's figures (a vsop.node.reconciler Outcome, and its Reconciler): its result, duration and operations, and what the kernel now holds of vsop's."""
+        self.syncs.labels("error" if outcome.error else "success").inc()
+        self.incremental.labels("skipped" if outcome.skipped else "full" if outcome.full else "incremental").inc()
+        self.sync_duration.observe(outcome.seconds)
+        for op in outcome.applied:
+            self.operations.labels(op.kind).inc()
+        if outcome.error:
+            self.errors.labels("kernel").inc()
+        else:
+            self.last_success.set(time.time())
+        observed = reconciler.observed if outcome.error is None else outcome.after
+        state = owned(observed, reconciler.names) if observed is not None else KernelState()
+        self.vips.set(len(state.bound_vips()))
+        self.virtual_servers.set(len(state.services))
+        self.real_servers.labels("active").set(sum(1 for rs in state.real_servers.values() if rs.weight > 0))
+        self.real_servers.labels("drained").set(sum(1 for rs in state.real_servers.values() if rs.weight == 0))
+
+
+class Probes:
+    """Liveness and readiness as the reconcile loop reports them."""
+
+    def __init__(self, stall_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.stall_seconds = stall_seconds
+        self.clock = clock
+        self.last_turn = clock()
+        self.ready = False
+        self.ready_reason = "waiting for the initial listing and the first sync"
+
+    def turned(self) -> None:
+        self.last_turn = self.clock()
+
+    def live(self) -> tuple[bool, str]:
+        idle = self.clock() - self.last_turn
+        if idle > self.stall_seconds:
+            return False, f"reconcile loop stalled for {idle:.0f}s"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        return (True, "ok") if self.ready else (False, self.ready_reason)
+
+
+class HttpEndpoints:
+    """/healthz, /readyz and /metrics on `health_port` and `metrics_port` (the same port serves all three)."""
+
+    def __init__(self, probes: Probes, registry: CollectorRegistry, health_port: int, metrics_port: int, host: str = "0.0.0.0"):
+        self.probes = probes
+        self.registry = registry
+        self.health_port = health_port
+        self.metrics_port = metrics_port
+        self.host = host
+        self.runners: list[web.AppRunner] = []
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        ok, why = self.probes.live()
+        return web.Response(status=200 if ok else 503, text=why + "\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ok, why = self.probes.readiness()
+        return web.Response(status=200 if ok else 503, text=why + "\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _serve(self, port: int, routes: list[web.RouteDef]) -> int:
+        """Serve the routes; returns the port bound (port 0 picks a free one)."""
+        app = web.Application()
+        app.add_routes(routes)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, port)
+        await site.start()
+        self.runners.append(runner)
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or ()
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def start(self) -> None:
+        health = [web.get("/healthz", self._healthz), web.get("/livez", self._healthz), web.get("/readyz", self._readyz)]
+        metrics = [web.get("/metrics", self._metrics)]
+        if self.health_port == self.metrics_port:
+            self.health_port = self.metrics_port = await self._serve(self.health_port, health + metrics)
+        else:
+            self.health_port = await self._serve(self.health_port, health)
+            self.metrics_port = await self._serve(self.metrics_port, metrics)
+        # The klog-style line both agents print (vsop.kube.runtime.kv's shape).
+        log.info('"Serving probes and metrics" address="%s" healthPort=%d metricsPort=%d', self.host, self.health_port, self.metrics_port)
+
+    async def stop(self) -> None:
+        for runner in self.runners:
+            await runner.cleanup()
+        self.runners.clear()
