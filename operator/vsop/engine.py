@@ -20,6 +20,7 @@ from vsop.adapters.sysctl import SysctlRecord
 from vsop.core import ops
 from vsop.core.desired import ARP_SYSCTLS, Desired, Endpoint, Node, desired_state, family_sysctls, kernel_sysctls
 from vsop.core.plan import Plan, plan
+from vsop.core.drift import Repair, repairs
 from vsop.core.stale import removed_udp_real_servers
 from vsop.core.sysctls import accept_ra_name, recorded, restore_order
 from vsop.core.state import KernelState, Names, RealServerKey
@@ -84,6 +85,8 @@ class SyncResult:
     execute_seconds: float = 0.0  # the writes
     # "real server: reason" for each removed UDP real server whose conntrack entries stay.
     conntrack_failures: list[str] = field(default_factory=list)
+    # Operations that put back what changed behind vsop's back (only when `expected` was given).
+    repairs: list[Repair] = field(default_factory=list)
     observed: KernelState | None = None  # what was read before the writes
 
 
@@ -233,8 +236,14 @@ def sync(
     observed: KernelState | None = None,
     desired: Desired | None = None,
     keep_accept_ra: bool = False,
+    expected: KernelState | None = None,
 ) -> SyncResult:
     """One level-based sync. `adjust(desired, observed)` may amend the desired state (draining).
+
+    `expected` is what the caller believes the kernel holds: the target of its last
+    successful sync (`result.desired.state`) or a cache of its own writes. With it, every
+    operation that puts back something changed behind vsop's back is logged with what it
+    found and put back, and listed in `result.repairs` (vsop.core.drift).
 
     The node reconciler (vsop.node) passes what it already has: the `observed` state it just
     read and the `desired` state assembled from its per-object fragments (then `services`
@@ -263,6 +272,13 @@ def sync(
         result.writes, result.applied = execute(
             kernel, the_plan, names, observed=observed, conntrack_failures=result.conntrack_failures
         )
+    if expected is not None and result.applied:
+        result.repairs = repairs(result.applied, expected, observed, desired.state)
+        for repair in result.repairs:
+            log.warning(
+                "repaired drift: the kernel was changed behind vsop's back object=%s change=%r found=%r put_back=%r",
+                repair.obj or "-", f"{repair.op.kind} {repair.op.describe()}", repair.found, repair.wanted,
+            )
     result.seconds = time.monotonic() - started
     result.execute_seconds = result.seconds - (planned - started)
     return result

@@ -79,6 +79,9 @@ class HostAgent:
         self.targets: set[Target] = set()
         self.syncs = 0
         self.keepalived = keepalived
+        self._expected: KernelState | None = None  # the target of the last successful sync
+        self.drift_repairs = 0  # operations that put back what changed behind vsop's back
+        self.last_repairs: list[str] = []
 
     # -- one sync (blocking: adapters talk to the kernel) ---------------------------
 
@@ -99,6 +102,7 @@ class HostAgent:
                 out_of_service=self.tracker.out_of_service(),
                 kernel_version=self.kernel_version,
                 adjust=adjust,
+                expected=self._expected,
             )
         except (ExecutionFailed, OperationFailed, KernelUnsupported, PlanError, OSError) as exc:
             self.last = {"error": str(exc), "seconds": round(time.monotonic() - started, 4), "at": time.time()}
@@ -106,6 +110,10 @@ class HostAgent:
             self.write_status()
             return None
         self.syncs += 1
+        self._expected = result.desired.state
+        if result.repairs:
+            self.drift_repairs += len(result.repairs)
+            self.last_repairs = [f"{r.obj or '-'}: {r.describe()}" for r in result.repairs]
         for problem in result.desired.problems + result.plan.problems:
             log.warning("VirtualService not programmed object=%s reason=%s message=%r", problem.obj, problem.reason, problem.message)
         self.targets = health_targets(services, result.desired.configured, self.draining)
@@ -158,6 +166,7 @@ class HostAgent:
             ],
             "draining": [str(key.service) + " -> " + str(key) for key in sorted(self.draining.keys())],
             "lastSync": self.last,
+            "driftRepairs": {"total": self.drift_repairs, "last": self.last_repairs},
             **({"keepalived": self.keepalived.status()} if self.keepalived is not None else {}),
         }
 

@@ -93,6 +93,7 @@ def show_json(
             "fileErrors": agent.get("errors", {}),
             "draining": agent.get("draining", []),
             "lastSync": agent.get("lastSync", {}),
+            "driftRepairs": agent.get("driftRepairs", {"total": 0, "last": []}),
             **({"keepalived": agent["keepalived"]} if agent.get("keepalived") else {}),
         },
     }
@@ -145,6 +146,10 @@ def show_text(
             lines.append(f"  ignored file {path}: {error}")
         for item in agent_data["draining"]:
             lines.append(f"  draining {item}")
+        drift = agent_data["driftRepairs"]
+        if drift.get("total"):
+            lines.append(f"  drift repaired: {drift['total']} operation(s) put back what changed behind vsop's back; last:")
+            lines.extend(f"    {item}" for item in drift.get("last", []))
         if agent_data["lastSync"].get("error"):
             lines.append(f"  last sync failed: {agent_data['lastSync']['error']}")
         keepalived = agent_data.get("keepalived")

@@ -356,6 +356,10 @@ async def test_the_periodic_resync_repairs_drift_made_by_hand(node_a: Cluster) -
         fake.state = replace(fake.state, real_servers={k: v for k, v in fake.state.real_servers.items() if k != gone})
         await until(lambda: len(real_servers(fake)) == 2, "put back by the next resync")
         assert len(writer.patches) == patches  # the status did not change, so it was not written
+        # The repair is counted and told on the object, naming what was put back.
+        assert agent.metrics.drift_repairs.labels("realserver.add")._value.get() == 1
+        event = await until(lambda: next((e for e in cluster.events("web") if e["reason"] == "DriftRepaired"), None), "the Event")
+        assert "192.168.2.222:8080" in event["message"] and "found nothing, put back masq weight 1" in event["message"]
 
 
 async def test_a_change_is_planned_alone_without_reading_the_kernel_again(node_a: Cluster) -> None:

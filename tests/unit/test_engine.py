@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tests.conftest import make_vs
@@ -155,3 +157,44 @@ def test_a_failed_run_still_forgets_what_it_removed() -> None:
     with pytest.raises(ExecutionFailed):
         sync(kernel, [make_vs()], NODE)  # the UDP service goes, then unbinding its VIP fails
     assert len(kernel.conntrack.forgotten) == 2
+
+
+# --- drift: what a full sync puts back is a repair, what the desired state changed is not ---
+
+
+def test_drift_repairs_are_found_logged_and_described(caplog: pytest.LogCaptureFixture) -> None:
+    kernel, fake = fake_kernel()
+    first = sync(kernel, [make_vs()], NODE)
+    assert first.repairs == []  # no expectation yet: nothing counts as drift
+    # By hand: a weight changed, a real server deleted, a VIP set member removed, a sysctl reset.
+    rs = next(k for k in fake.state.real_servers if k.address == "192.168.2.111")
+    gone = next(k for k in fake.state.real_servers if k.address == "192.168.2.222")
+    members = dict(fake.state.ipsets["VSOP-VIP-PORTS"].members)
+    members.pop("169.254.11.2,tcp:80")
+    fake.state = replace(
+        fake.state,
+        real_servers={rs: replace(fake.state.real_servers[rs], weight=5)},
+        ipsets={**fake.state.ipsets, "VSOP-VIP-PORTS": replace(fake.state.ipsets["VSOP-VIP-PORTS"], members=members)},
+        sysctls={**fake.state.sysctls, "net.ipv4.vs.conntrack": "0"},
+    )
+    second = sync(kernel, [make_vs()], NODE, expected=first.desired.state)
+    described = sorted(r.describe() for r in second.repairs)
+    assert len(described) == 4
+    assert any("192.168.2.111:8080 masq weight 1 (was masq weight 5): found masq weight 5, put back masq weight 1" in d for d in described)
+    assert any(d.startswith("realserver.add") and "found nothing" in d for d in described)
+    assert any(d.startswith("ipset.add") for d in described) and any(d.startswith("sysctl.set sysctl net.ipv4.vs.conntrack=1") for d in described)
+    assert {r.obj for r in second.repairs} == {"default/web", ""}
+    assert "repaired drift" in caplog.text and "weight 5" in caplog.text
+    assert sync(kernel, [make_vs()], NODE, expected=second.desired.state).repairs == []
+
+
+def test_a_change_of_the_desired_state_is_not_drift() -> None:
+    kernel, fake = fake_kernel()
+    first = sync(kernel, [make_vs()], NODE)
+    changed = sync(kernel, [make_vs(backends=[{"address": "192.168.2.111", "weight": 3}])], NODE, expected=first.desired.state)
+    assert changed.applied and changed.repairs == []
+    # A real server added by hand to vsop's service is drift too (vsop never wanted it).
+    extra = RealServerKey(ServiceKey("tcp", "169.254.11.2", 80), "192.168.2.99", 8080)
+    fake.state = replace(fake.state, real_servers={**fake.state.real_servers, extra: RealServer(extra)})
+    again = sync(kernel, [make_vs(backends=[{"address": "192.168.2.111", "weight": 3}])], NODE, expected=changed.desired.state)
+    assert [r.describe() for r in again.repairs] == ["realserver.delete TCP 169.254.11.2:80 -> 192.168.2.99:8080: found masq weight 1, put back nothing"]

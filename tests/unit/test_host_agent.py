@@ -168,3 +168,25 @@ def test_run_loop_follows_changes_and_stops_without_removing(tmp_path: Path) -> 
 
     asyncio.run(scenario())
     assert WEB in fake.state.services  # stopping removed nothing
+
+
+def test_drift_is_repaired_counted_and_shown_but_a_file_change_is_not_drift(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    agent, fake = agent_for(folder)
+    write(folder, "web")
+    agent.source.poll()
+    agent.sync_once()
+    write(folder, "web", backends=[{"address": "192.168.2.111", "weight": 2}])  # a change, not drift
+    agent.source.poll()
+    agent.sync_once()
+    assert agent.drift_repairs == 0
+    key = RealServerKey(WEB, "192.168.2.111", 8080)
+    fake.state = replace(fake.state, real_servers={**fake.state.real_servers, key: replace(fake.state.real_servers[key], weight=7)})
+    agent.sync_once()  # the periodic resync
+    assert fake.state.real_servers[key].weight == 2
+    assert agent.drift_repairs == 1
+    status = json.loads(agent.config.status_file.read_text())
+    assert status["driftRepairs"]["total"] == 1
+    assert "found masq weight 7, put back masq weight 2" in status["driftRepairs"]["last"][0]
+    assert status["driftRepairs"]["last"][0].startswith("default/web: realserver.edit")

@@ -137,6 +137,7 @@ class KernelOutcome:
     after: KernelState | None = None  # re-read after a failure: what actually got programmed
     seconds: float = 0.0
     full: bool = True  # read the whole kernel (resync, first, after a failure) or planned a change only
+    repairs: tuple[Any, ...] = ()  # drift the full resync put back (vsop.core.drift.Repair)
 
 
 @dataclass
@@ -416,7 +417,20 @@ class Agent:
         report = SyncReport(outcome=outcome, keepalived=keepalived)
         report.entries = self._entries(records, outcome, notes, keepalived)
         await self._publish(records, report, periodic)
+        await self._report_drift(records, outcome, report)
         return report
+
+    async def _report_drift(self, records: Sequence[VSRecord], outcome: KernelOutcome, report: SyncReport) -> None:
+        """Each repair a full resync made: counted, and an Event on the object that owns what was put back."""
+        by_ref = {f"{r.namespace}/{r.name}": r for r in records}
+        changes: dict[str, list[str]] = {}
+        for repair in outcome.repairs:
+            self.metrics.drift_repairs.labels(repair.op.kind).inc()
+            changes.setdefault(repair.obj, []).append(repair.describe())
+        for ref, described in changes.items():
+            record = by_ref.get(ref)
+            if record is not None:  # shared rules and sysctls have no single owner: logged and counted only
+                await self._event(record, "Warning", "DriftRepaired", "the kernel was changed behind vsop's back; put back: " + "; ".join(described), report)
 
     def _effective(self, records: Sequence[VSRecord]) -> tuple[list[VirtualService], dict[tuple[str, str], str]]:
         """Valid objects, plus the last valid version of objects that became invalid (their kernel state stays)."""
@@ -522,6 +536,7 @@ class Agent:
             after=result.after,
             seconds=result.seconds,
             full=result.full,
+            repairs=tuple(result.repairs),
         )
 
     def _entries(

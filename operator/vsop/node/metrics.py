@@ -51,6 +51,9 @@ class NodeMetrics:
         )
         self.status_patches = Counter("vsop_status_patches", "Merge patches of status.nodes.<this node>.", registry=r)
         self.events = Counter("vsop_events", "Events posted, by reason.", ["reason"], registry=r)
+        self.drift_repairs = Counter(
+            "vsop_drift_repairs", "Kernel changes made behind vsop's back that a full resync put back, by operation kind.", ["kind"], registry=r
+        )
         self.last_success = Gauge("vsop_last_successful_sync_timestamp_seconds", "Unix time of the last successful sync.", registry=r)
         self.incremental = Counter(
             "vsop_reconciles", "Reconciles of this node, by kind (incremental: only changed objects; full: the kernel read again; skipped: read, nothing of vsop's changed).",

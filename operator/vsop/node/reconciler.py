@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from vsop.adapters.base import OperationFailed
 from vsop.core import ops
+from vsop.core.drift import Repair
 from vsop.core.desired import Desired, Endpoint, Node, Problem, resolve_conflicts
 from vsop.core.draining import Draining, with_draining
 from vsop.core.fragments import Fragment, around, assemble, desired_from, fragment, grace_of, refused, shared_state
@@ -59,6 +60,7 @@ class Outcome:
     plan_seconds: float = 0.0
     execute_seconds: float = 0.0
     conntrack_failures: list[str] = field(default_factory=list)  # removed UDP real servers whose entries stay
+    repairs: list[Repair] = field(default_factory=list)  # drift a full sync put back (vsop.core.drift)
 
     @property
     def ok(self) -> bool:
@@ -395,9 +397,12 @@ class Reconciler:
         def adjust(want: KernelState, have: KernelState) -> KernelState:
             return with_draining(want, have, self.draining, self.clock(), grace, self.names)
 
+        expected = self.observed  # what vsop believes it left: a difference now is drift
         self.observed = None  # until the writes are known to have worked
         try:
-            result = sync(self.kernel, (), self.node, names=self.names, observed=observed, desired=desired, adjust=adjust)
+            result = sync(
+                self.kernel, (), self.node, names=self.names, observed=observed, desired=desired, adjust=adjust, expected=expected
+            )
         except ExecutionFailed as exc:
             return self._failed(outcome, started, str(exc), exc.writes, list(exc.applied_ops))
         except (PlanError, KernelUnsupported, OperationFailed, OSError) as exc:
@@ -408,6 +413,7 @@ class Reconciler:
         self.left_alone = set(result.plan.left_alone)
         outcome.plan, outcome.writes, outcome.applied = result.plan, result.writes, result.applied
         outcome.conntrack_failures = result.conntrack_failures
+        outcome.repairs = result.repairs
         outcome.read_seconds, outcome.plan_seconds, outcome.execute_seconds = read_done - started, result.plan_seconds, result.execute_seconds
         outcome.seconds = time.monotonic() - started
         return outcome
