@@ -421,11 +421,10 @@ class Agent:
         return report
 
     async def _report_drift(self, records: Sequence[VSRecord], outcome: KernelOutcome, report: SyncReport) -> None:
-        """Each repair a full resync made: counted, and an Event on the object that owns what was put back."""
+        """Each repair a full resync made (counted by the node metrics): an Event on the object that owns what was put back."""
         by_ref = {f"{r.namespace}/{r.name}": r for r in records}
         changes: dict[str, list[str]] = {}
         for repair in outcome.repairs:
-            self.metrics.drift_repairs.labels(repair.op.kind).inc()
             changes.setdefault(repair.obj, []).append(repair.describe())
         for ref, described in changes.items():
             record = by_ref.get(ref)

@@ -67,6 +67,8 @@ class NodeMetrics:
         self.sync_duration.observe(outcome.seconds)
         for op in outcome.applied:
             self.operations.labels(op.kind).inc()
+        for repair in getattr(outcome, "repairs", ()):  # drift a full resync put back
+            self.drift_repairs.labels(repair.op.kind).inc()
         if outcome.error:
             self.errors.labels("kernel").inc()
         else:
