@@ -91,3 +91,31 @@ def test_ipv6_netmask_is_a_prefix_length():
 def test_other_operations_are_refused():
     with pytest.raises(TypeError):
         ipvs.encode(ops.CreateLink("vsop0"))
+
+
+def test_proc_net_ip_vs_destinations_are_read_under_their_services() -> None:
+    from vsop.adapters.ipvs import parse_proc_ip_vs
+    from vsop.core.state import RealServerKey, ServiceKey
+
+    text = (
+        "IP Virtual Server version 1.2.1 (size=4096)\n"
+        "Prot LocalAddress:Port Scheduler Flags\n"
+        "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+        "TCP  A9FE0B02:0050 rr \n"
+        "  -> C0A8026F:1F90      Masq    1      3          0         \n"
+        "  -> C0A802DE:1F90      Route   0      0          7         \n"
+        "FWM  00000001 rr \n"
+        "  -> C0A802DE:1F90      Masq    1      0          0         \n"
+        "UDP  [fd00:0000:0000:0000:0000:0000:0000:000a]:0035 wlc persistent 60 FFFFFFFF\n"
+        "  -> [fd00:0001:0000:0000:0000:0000:0000:0001]:0035      Tunnel  2      0          0         \n"
+        "TCP  A9FE0B03:0050 rr \n"
+        "  -> A9FE0B03:1F90      Local   1      0          0         \n"
+    )
+    found = parse_proc_ip_vs(text)
+    web, dns, local = ServiceKey("tcp", "169.254.11.2", 80), ServiceKey("udp", "fd00::a", 53), ServiceKey("tcp", "169.254.11.3", 80)
+    assert {k: (v.forwarding, v.weight, v.active_connections, v.inactive_connections) for k, v in found.items()} == {
+        RealServerKey(web, "192.168.2.111", 8080): ("masq", 1, 3, 0),
+        RealServerKey(web, "192.168.2.222", 8080): ("route", 0, 0, 7),
+        RealServerKey(dns, "fd00:1::1", 53): ("tunnel", 2, 0, 0),
+        RealServerKey(local, "169.254.11.3", 8080): ("route", 1, 0, 0),  # the fwmark service's destination is skipped
+    }

@@ -181,3 +181,31 @@ def test_reads_many_services_and_their_real_servers(ipvs_adapter):
     services, real_servers = ipvs_adapter.read()
     assert set(services) == set(keys)
     assert len(real_servers) == 400
+
+
+def test_one_read_of_proc_net_ip_vs_gives_what_a_dump_per_service_gives(ipvs_netns):
+    """In its own namespace the adapter reads every real server from /proc/net/ip_vs at once."""
+    from tests.vm.conftest import entered_netns
+
+    with entered_netns(f"/var/run/netns/{ipvs_netns}"):
+        adapter = IPVSKernel()  # this thread's namespace: the proc file is the same table
+        try:
+            tunnel = ServiceKey("udp", "2001:db8::6", 53)
+            run: list[ops.Op] = [ops.AddService(service(WEB)), ops.AddService(service(WEB6, "wlc", 60)), ops.AddService(service(tunnel))]
+            run += [
+                ops.AddRealServer(real(WEB, "10.77.0.1", 8080, "masq", 1)),
+                ops.AddRealServer(real(WEB, "10.77.0.2", 80, "route", 0)),
+                ops.AddRealServer(real(WEB6, "fd00:77::1", 8080, "masq", 3)),
+                ops.AddRealServer(real(tunnel, "10.77.0.3", 53, "tunnel", 2)),
+            ]
+            adapter.apply(run)
+            ipvsadm(ipvs_netns, "-A", "-f", "7", "-s", "rr")
+            ipvsadm(ipvs_netns, "-a", "-f", "7", "-r", "10.77.0.7:0", "-g")
+            assert adapter._proc_netns is not None
+            services, from_proc = adapter.read()
+            assert adapter._proc_netns is not None, "the proc file was readable"
+            from_dumps = adapter.read_real_servers(services)
+            assert from_proc == from_dumps and len(from_proc) == 4
+            assert kernel_config(services, from_proc)[1][RealServerKey(tunnel, "10.77.0.3", 53)] == ("tunnel", 2)
+        finally:
+            adapter.close()
