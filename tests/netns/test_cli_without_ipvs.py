@@ -31,3 +31,19 @@ def test_invalid_input_exits_2_before_the_kernel_is_even_read(tmp_path: Path) ->
     bad.write_text((ROOT / "examples" / "seed.yaml").read_text().replace("port: 80", "port: 0"))
     done = subprocess.run([VSOP, "apply", "-f", str(bad)], capture_output=True, text=True)
     assert done.returncode == 2 and "spec.ports[0].port" in done.stderr
+
+
+def test_doctor_without_ipvs_names_the_module_to_load_and_explain_still_walks_the_path() -> None:
+    # A diagnosis must work best on a broken node: every reader that fails is a finding, not a crash.
+    import json
+
+    done = subprocess.run([VSOP, "doctor", "-o", "json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    report = json.loads(done.stdout)
+    failed = [f for f in report["findings"] if f["status"] == "fail"]
+    assert [f["check"] for f in failed] == ["kernel.ipvs"] and "modprobe ip_vs" in failed[0]["fix"]
+    explained = subprocess.run([VSOP, "explain", "169.254.11.2:80"], capture_output=True, text=True, timeout=120)
+    assert explained.returncode == 0, explained.stderr
+    assert "IPVS is not available" in explained.stdout and "MISSING" in explained.stdout
+    bad = subprocess.run([VSOP, "explain", "169.254.11.2"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "expected VIP:PORT[/PROTOCOL]" in bad.stderr

@@ -307,3 +307,56 @@ def test_constant_rules_used_by_the_fixture_are_vsops() -> None:
     assert set(constant_chains(NAMES, 4)) <= set(state.chains) and constant_jumps(NAMES, 4) <= state.jumps
     rs = RealServer(RealServerKey(KEY, "10.200.1.2", 8080))
     assert rs.key in state.real_servers and IPSet  # noqa: B018
+
+
+# --- the commands, with the gathering of live facts replaced -----------------------------------
+
+
+def test_explain_and_doctor_commands(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import vsop.diagnose
+    import vsop.facts_live
+    from vsop.cli import main
+
+    readings = iter([healthy(), fault("jump", healthy())])
+    monkeypatch.setattr(vsop.facts_live, "gather", lambda *a, **k: next(readings))
+    assert main(["explain", "169.254.11.2:80", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["problems"] == []
+    assert main(["doctor", "169.254.11.2:80"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  rules.jump iptables nat PREROUTING" in out and "fix: iptables -t nat -I PREROUTING" in out
+
+    # --watch: each screen shows the growth since the previous one; Ctrl-C ends it with 0.
+    later = healthy()
+    later.rules = parse_save_counters(save_text(later.observed, counters=8), 4)
+    readings = iter([healthy(), later])
+    monkeypatch.setattr(vsop.facts_live, "gather", lambda *a, **k: next(readings))
+    sleeps = iter([None, KeyboardInterrupt()])
+
+    def sleep(seconds: float) -> None:
+        step = next(sleeps)
+        if step is not None:
+            raise step
+
+    monkeypatch.setattr(vsop.diagnose.time, "sleep", sleep)
+    assert main(["explain", "169.254.11.2:80", "--watch", "--from", "10.200.9.2"]) == 0
+    screens = capsys.readouterr().out.split("\033[H\033[2J")[1:]
+    assert len(screens) == 2 and "(+" not in screens[0]
+    assert "packets 8 (+3)" in screens[1] and "nat OUTPUT" not in screens[1]
+
+    assert main(["explain", "169.254.11.2:80/icmp"]) == 2
+    assert "protocol must be TCP, UDP or SCTP" in capsys.readouterr().err
+
+
+def test_the_store_tells_doctor_what_to_expect(tmp_path) -> None:
+    from vsop.facts_live import load_desired
+
+    (tmp_path / "web.yaml").write_text(
+        "apiVersion: vsop.dev/v1alpha1\nkind: VirtualService\nmetadata: {name: web, namespace: default}\n"
+        "spec: {vip: 169.254.11.2, ports: [{port: 80}], backends: [{address: 10.200.1.2}], suppressARP: true}\n"
+    )
+    desired, source, errors = load_desired(str(tmp_path), NAMES, (6, 1), ())
+    assert desired is not None and source == str(tmp_path) and errors == []
+    assert KEY in desired.services and desired.sysctls["net.ipv4.conf.all.arp_ignore"] == "1"
+    assert load_desired(str(tmp_path / "missing"), NAMES, (6, 1), ()) == (None, "", [])
