@@ -42,9 +42,13 @@ MAX_DEPTH = 100  # far deeper than any VirtualService; libyaml itself stops at 1
 try:
     _BaseLoader: type = yaml.CSafeLoader
     LIBYAML = True
-except AttributeError:  # PyYAML built without libyaml: correct, about 15x slower
+except AttributeError:  # PyYAML built without libyaml: correct, about 10x slower
     _BaseLoader = yaml.SafeLoader
     LIBYAML = False
+NO_LIBYAML = (
+    "PyYAML was built without libyaml here: YAML is read by its pure-Python parser, about 10x slower "
+    "(install libyaml, e.g. the libyaml-dev package, then reinstall PyYAML)"
+)
 
 _DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)")
 _FLOAT_SAFE = re.compile(r"[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
@@ -459,7 +463,7 @@ def _without_gc(function: Any) -> Any:
 
 @_without_gc
 def load_paths(paths: Iterable[str | Path], *, stdin_text: str | None = None) -> Loaded:
-    loaded = Loaded()
+    loaded = Loaded(warnings=[] if LIBYAML else [NO_LIBYAML])
     errors: list[FieldError] = []
     for path in expand_paths(paths):
         name = str(path)
@@ -479,7 +483,7 @@ def load_paths(paths: Iterable[str | Path], *, stdin_text: str | None = None) ->
 
 @_without_gc
 def load_text(text: str, name: str = "<input>") -> Loaded:
-    loaded = Loaded(files=[name])
+    loaded = Loaded(files=[name], warnings=[] if LIBYAML else [NO_LIBYAML])
     errors = _load_text(text, name, loaded)
     if not errors:
         errors.extend(_cross_object(loaded))

@@ -346,3 +346,25 @@ def test_no_virtualservice_is_an_empty_result_not_an_error(tmp_path: Path) -> No
     loaded = load_paths([tmp_path, "/dev/null"])
     assert loaded.services == [] and loaded.skipped == [f"{tmp_path / 'svc.yaml'}:1: skipped Service nginx"]
     assert loaded.files == [str(tmp_path / "empty.yaml"), str(tmp_path / "svc.yaml"), "/dev/null"]
+
+
+def test_without_libyaml_the_same_answers_and_a_warning(tmp_path: Path) -> None:
+    """PyYAML built without libyaml: the pure-Python parser gives the same verdicts, with a warning."""
+    import subprocess
+
+    (tmp_path / "good.yaml").write_text(GOOD)
+    (tmp_path / "bomb.yaml").write_text(bomb(9))
+    (tmp_path / "deep.yaml").write_text(HEAD + "metadata: {name: n}\nspec: " + "[" * 20000 + "]" * 20000 + "\n")
+    (tmp_path / "octal.yaml").write_text(raw("  ports: [{port: 0100}]\n" + SPEC_OK))
+    script = (
+        "import sys, yaml\n"
+        "del yaml.CSafeLoader\n"
+        "from vsop.cli import main\n"
+        "sys.exit(main(['plan', '--from-empty', '-f', sys.argv[1]]))\n"
+    )
+    expected = {"good.yaml": (0, "about 10x slower"), "bomb.yaml": (2, "too many YAML aliases"),
+                "deep.yaml": (2, "nested too deeply"), "octal.yaml": (2, "octal")}
+    for name, (code, words) in expected.items():
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == code, done.stderr
+        assert words in done.stderr and "Traceback" not in done.stderr, done.stderr
