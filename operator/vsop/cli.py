@@ -21,7 +21,7 @@ from vsop.core.state import KernelState, Names
 from vsop.engine import read_observed, running_kernel_version
 from vsop.adapters.base import OperationFailed
 from vsop.errors import FieldError, InvalidInput, KernelUnsupported
-from vsop.loader import Loaded, load_paths, read_stdin
+from vsop.loader import Loaded, load_paths, problem_errors, read_stdin
 from vsop import output
 from vsop.output import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
 
@@ -282,24 +282,7 @@ def _refuse_problems(desired: Desired | Plan, loaded: Loaded | None = None) -> N
     Each names the file and line of its object and, for a conflict, of the object that keeps the port.
     """
     if desired.problems:
-        sources = loaded.sources if loaded is not None else {}
-        errors = []
-        for p in desired.problems:
-            message = p.message
-            other = getattr(p, "other", "")
-            if other and other in sources:
-                message = message.replace(f"VirtualService {other}", f"VirtualService {other} ({sources[other]})", 1)
-            where = sources.get(p.obj)
-            errors.append(
-                FieldError(
-                    file=where.file if where else None,
-                    line=where.line if where else None,
-                    obj=p.obj or None,
-                    path="spec.vip" if p.reason != "Conflict" else "spec.ports",
-                    reason=f"{p.reason}: {message}",
-                )
-            )
-        raise InvalidInput(errors)
+        raise InvalidInput(problem_errors(desired.problems, loaded, lambda p: "spec.ports" if p.reason == "Conflict" else "spec.vip"))
 
 
 def _op_json(op: ops.Op) -> dict[str, object]:

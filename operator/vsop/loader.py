@@ -492,6 +492,30 @@ def load_text(text: str, name: str = "<input>") -> Loaded:
     return loaded
 
 
+def problem_errors(problems: Iterable[Any], loaded: Loaded | None, field: Any = None) -> list[FieldError]:
+    """Problems found after loading (conflicts, refused VIPs), in the loader's voice: each with
+    its object's file and line and, for a clash, the other object's too. `field(problem)`
+    names the field, if any."""
+    sources = loaded.sources if loaded is not None else {}
+    errors: list[FieldError] = []
+    for p in problems:
+        message = p.message
+        other = getattr(p, "other", "")
+        if other and other in sources:
+            message = message.replace(f"VirtualService {other}", f"VirtualService {other} ({sources[other]})", 1)
+        where = sources.get(p.obj)
+        errors.append(
+            FieldError(
+                file=where.file if where else None,
+                line=where.line if where else None,
+                obj=p.obj or None,
+                path=field(p) if field is not None else "",
+                reason=f"{p.reason}: {message}",
+            )
+        )
+    return errors
+
+
 def _cross_object(loaded: Loaded) -> list[FieldError]:
     errors: list[FieldError] = []
     for ref, path, reason in cross_object_errors(loaded.services):

@@ -35,7 +35,7 @@ from vsop.core.state import Names
 from vsop.errors import FieldError, InvalidInput
 from vsop.keepalived.servers import Service, services_of
 from vsop import output
-from vsop.loader import load_paths, read_stdin
+from vsop.loader import load_paths, problem_errors, read_stdin
 from vsop.model import INTERFACE_NAME, PROTOCOLS, SCHEDULERS, VirtualService
 
 Layout = Literal["single", "confd"]
@@ -662,7 +662,7 @@ def _run(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"vsop: warning: {warning}", file=sys.stderr)
     if result.problems:
-        raise InvalidInput(FieldError(obj=p.obj or None, reason=f"{p.reason}: {p.message}") for p in result.problems)
+        raise InvalidInput(problem_errors(result.problems, loaded))
     if not args.out:
         if args.output == "json":
             document = {"layout": args.layout, "files": result.files, "rendered": list(result.rendered), "skipped": notes, "warnings": warnings}
