@@ -73,7 +73,7 @@ def _add_files(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = output.Parser(
         prog="vsop", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"vsop {__version__}")
@@ -536,7 +536,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return render_keepalived(argv[2:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except output.UsageError as exc:
+        return output.usage(exc, argv)
     fmt = getattr(args, "output", "text")
     fmt = "json" if fmt == "json" else "text"
     try:

@@ -8,10 +8,11 @@ kubernetes, subprocess, vsop.cli.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import traceback
-from typing import Any
+from typing import Any, NoReturn, Sequence
 
 from vsop.errors import InvalidInput
 
@@ -60,3 +61,35 @@ def bug(exc: BaseException, output: str = "text", verbose: bool = False) -> int:
     if verbose:
         traceback.print_exception(exc, file=sys.stderr)
     return failure(message, output)
+
+
+class UsageError(Exception):
+    """A command line argparse refused; raised instead of argparse's own exit."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error can be reported as JSON too (see `usage`)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self, message)
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    args = list(argv)
+    pairs = zip(args, args[1:])
+    return any(a in ("-o", "--output") and b == "json" for a, b in pairs) or any(a in ("-ojson", "--output=json") for a in args)
+
+
+def usage(exc: UsageError, argv: Sequence[str]) -> int:
+    """Exit 2, as argparse would, in the format asked for."""
+    if wants_json(argv):
+        _emit_json({"error": "usage", "exitCode": EXIT_INVALID, "message": f"{exc.parser.prog}: {exc.message}"})
+    else:
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+    return EXIT_INVALID

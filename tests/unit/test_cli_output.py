@@ -82,3 +82,14 @@ def test_a_bug_is_one_line_and_exit_one(monkeypatch: pytest.MonkeyPatch, capsys:
     assert err.count("\n") == 1 and "bug in vsop" in err and "Traceback" not in err
     assert main(["version", "-v"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_two_and_honour_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "-o", "json"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["exitCode"] == 2 and "-f/--filename" in doc["message"]
+    assert main(["plan"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "usage: vsop plan" in err and "-f/--filename" in err
+    assert main(["render", "keepalived", "--output=json"]) == 2
+    assert json.loads(capsys.readouterr().out)["error"] == "usage"

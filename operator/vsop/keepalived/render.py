@@ -606,7 +606,7 @@ layouts:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = output.Parser(
         prog="vsop render keepalived", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -635,7 +635,9 @@ def main(argv: Sequence[str]) -> int:
     """`vsop render keepalived ARGS`: argv is what follows `keepalived`. 0 done, 1 cannot write, 2 invalid input."""
     try:
         args = build_parser().parse_args(list(argv))
-    except SystemExit as exc:  # --help, or a usage error argparse already printed
+    except output.UsageError as exc:
+        return output.usage(exc, argv)
+    except SystemExit as exc:  # --help
         return int(exc.code) if isinstance(exc.code, int) else 2
     try:
         return _run(args)
