@@ -273,8 +273,12 @@ class CompileError(AssertionError):
 
 @cache
 def rules() -> tuple[Rule, ...]:
-    """Every rule of the CRD, compiled; CompileError names the rule and the compiler's message."""
-    schema = root_schema()
+    """Every rule of the committed CRD, compiled."""
+    return compile_rules(root_schema())
+
+
+def compile_rules(schema: dict[str, Any]) -> tuple[Rule, ...]:
+    """Every rule of a schema, compiled; CompileError names the rule, its node and the compiler's message."""
     types = ProtoTypes(schema)
     dynamic = cel.NewEnv(variables={"self": cel.Type.DYN, "oldSelf": cel.Type.DYN}, extensions=extensions())
     found = []

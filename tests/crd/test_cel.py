@@ -11,6 +11,7 @@ must still accept, so the list cannot go stale.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,16 @@ def test_a_rule_that_does_not_type_check_is_refused_with_the_rule_and_the_error(
                          ("self.ports.all(p, p.protocol == 6)", "no matching overload"), ("self.ports.all(p, ", "Syntax error")):
         with pytest.raises(RuntimeError, match=words):
             env.compile(wrong)
+
+
+def test_a_rule_that_fails_to_compile_fails_with_the_rule_and_the_error() -> None:
+    schema = copy.deepcopy(apiserver.root_schema())
+    schema["properties"]["spec"]["properties"]["healthCheck"]["x-kubernetes-validations"].append(
+        {"rule": "self.intervalSecond > 0", "message": "typo"})
+    with pytest.raises(apiserver.CompileError) as caught:
+        apiserver.compile_rules(schema)
+    text = str(caught.value)
+    assert "spec.healthCheck" in text and "'self.intervalSecond > 0'" in text and "undefined field 'intervalSecond'" in text
 
 
 @pytest.mark.parametrize("doc", GOOD.values(), ids=GOOD.keys())
