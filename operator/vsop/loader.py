@@ -142,6 +142,8 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
     time): one recursive function, bounded in depth, memoising only when aliases exist.
     """
 
+    odd_key: yaml.Node | None = None
+
     def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
         # Called by the composer for every node; PyYAML's version tries regular expressions
         # chosen by the first character. Text that no implicit type can match is decided here.
@@ -184,7 +186,12 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
                     continue
                 if key_node.__class__ is not yaml.ScalarNode:
                     raise _Refused(key_node, "a mapping key must be a plain value (a name), not a list or mapping")
-                key = key_node.value if key_node.tag == _STR else self.build(key_node, memo, depth + 1)
+                if key_node.tag == _STR:
+                    key = key_node.value
+                else:
+                    key = self.build(key_node, memo, depth + 1)
+                    if not isinstance(key, str) and self.odd_key is None:
+                        self.odd_key = key_node  # refused in documents of ours: Kubernetes keys are text
                 if key in value:
                     raise _Refused(key_node, f"duplicate key {key_node.value!r} (YAML keeps only the last one)")
                 if value_node.__class__ is yaml.ScalarNode and value_node.tag == _STR:
@@ -577,14 +584,27 @@ def _documents(text: str, name: str) -> Iterator[tuple[Any, yaml.Node | None, in
                 refused = _check_aliases(node)
                 if refused is not None:
                     raise refused
+            loader.odd_key = None
             try:
                 data = loader.build(node, {} if aliases else None)
             except _Refused as exc:
                 exc.document = node
                 raise
+            if loader.odd_key is not None and _ours(data):
+                refused = _Refused(loader.odd_key, f"a key must be text: {loader.odd_key.value or 'an empty value'} is not; quote it")
+                refused.document = node
+                raise refused
             yield data, node, node.start_mark.line + 1
     finally:
         loader.dispose()
+
+
+def _ours(data: Any) -> bool:
+    """A document vsop reads (its group, or a List that may hold ours)."""
+    if not isinstance(data, dict):
+        return False
+    api_version, kind = _kind_of(data)
+    return api_version.startswith(API_GROUP + "/") or kind in (KIND, LIST_KIND, VS_LIST_KIND)
 
 
 class _DuplicateJSONKey(Exception):

@@ -123,6 +123,9 @@ CASES: dict[str, Case] = {
     "unclosed bracket": ({"a.yaml": raw("  ports: [{port: 80}\n" + SPEC_OK)}, None, 2, ["a.yaml:", "not valid YAML"]),
     "mapping value in a scalar": ({"a.yaml": HEAD + "metadata: name: a\n"}, None, 2, ["a.yaml:3:", "not valid YAML"]),
     "list as a key": ({"a.yaml": HEAD + "metadata: {name: a}\nspec:\n  ? [a, b]\n  : c\n"}, None, 2, ["a.yaml:5:", "plain value"]),
+    "null as a key": ({"a.yaml": raw("  ports: [{port: 80}]\n" + SPEC_OK + "  null: x\n")}, None, 2, ["a.yaml:8:", "spec.null", "a key must be text"]),
+    "number as a label key": ({"a.yaml": HEAD + "metadata:\n  name: a\n  labels: {1.5: x}\n"}, None, 2, ["metadata.labels.1.5", "a key must be text"]),
+    "number keys in a document of another kind": ({"a.yaml": "1: 2\n---\n" + GOOD}, None, 0, ["skipped a document without kind"]),
     "date timestamp kept as text": ({"a.yaml": vs(meta={"creationTimestamp": "PLACEHOLDER"}).replace("'PLACEHOLDER'", "2024-01-01")}, None, 0, ["ipvsadm -A"]),
     # --- documents
     "document is a list": ({"a.yaml": "- a\n- b\n---\n" + GOOD}, None, 2, ["a.yaml:1:", "must be a mapping"]),
