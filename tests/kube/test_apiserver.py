@@ -110,3 +110,21 @@ def test_static_addresses_from_the_credentials_and_the_environment() -> None:
     named = static_addresses("https://lb.example:6443", {}, resolve=lambda host: ["192.0.2.7", "2001:db8::7"])
     assert named == {"192.0.2.7": "lb.example, server of the credentials", "2001:db8::7": "lb.example, server of the credentials"}
     assert static_addresses("https://[2001:db8::5]:6443", {}) == {"2001:db8::5": "server of the credentials (https://[2001:db8::5]:6443)"}
+
+
+@pytest.mark.asyncio
+async def test_the_endpoints_are_read_from_default_kubernetes_only_and_a_refused_read_is_retried(
+        control_plane: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    """The read the RBAC allows (list endpointslices in default, by label); a 403 keeps the known addresses and is retried."""
+    cluster = control_plane
+    path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+    cluster.server["get", path][:1] << 403  # the first read is refused, as without the RBAC rule
+    await cluster.vs("api", {**WEB, "vip": API_A})
+    async with run_agent(cluster, resync_seconds=0.3) as (agent, fake, writer):
+        await until(lambda: any("Cannot read the API server's endpoints" in r.getMessage() for r in caplog.records), "the warning")
+        entry = await until(lambda: (node_entry(cluster, "api") or {}).get("programmed") is False and node_entry(cluster, "api"),
+                            "the refusal once a later read succeeds")
+        assert "endpoint of service default/kubernetes" in entry["message"]
+        await until(lambda: API_A not in fake.state.bound_vips() and not fake.state.services, "the VIP withdrawn")
+    reads = [r for r in cluster.requests("get") if r.url.path == path]
+    assert len(reads) >= 2 and all(r.params.get("labelSelector") == "kubernetes.io/service-name=kubernetes" for r in reads)
