@@ -93,3 +93,20 @@ def test_usage_errors_exit_two_and_honour_json(capsys: pytest.CaptureFixture[str
     assert out == "" and "usage: vsop plan" in err and "-f/--filename" in err
     assert main(["render", "keepalived", "--output=json"]) == 2
     assert json.loads(capsys.readouterr().out)["error"] == "usage"
+
+
+def test_cleanup_dry_run_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import vsop.host
+    from tests.conftest import make_vs
+    from vsop.core.desired import Node
+    from vsop.engine import fake_kernel, sync
+
+    kernel, fake = fake_kernel()
+    sync(kernel, [make_vs()], Node("n1"))
+    before = repr(fake.state)
+    monkeypatch.setattr(vsop.host, "real_kernel", lambda: kernel)
+    assert main(["cleanup", "--dry-run", "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["dryRun"] is True and doc["operations"]
+    assert any(cmd.startswith("ipvsadm -D") for op in doc["operations"] for cmd in op["commands"])
+    assert repr(fake.state) == before  # nothing was removed
