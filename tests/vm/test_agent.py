@@ -55,8 +55,9 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
 
 
 class Agent:
-    def __init__(self, directory: Path, workdir: Path):
+    def __init__(self, directory: Path, workdir: Path, resync_seconds: float = 30):
         self.directory = directory
+        self.resync_seconds = resync_seconds
         self.status_file = workdir / "agent.json"
         self.log = workdir / "agent.log"
         self.process: subprocess.Popen | None = None
@@ -64,7 +65,7 @@ class Agent:
     def start(self) -> None:
         self.status_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            [VSOP, "agent", "--from", str(self.directory), "--poll-seconds", "0.2", "--resync-seconds", "30",
+            [VSOP, "agent", "--from", str(self.directory), "--poll-seconds", "0.2", "--resync-seconds", str(self.resync_seconds),
              "--status-file", str(self.status_file), "-v"],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), start_new_session=True,
         )
