@@ -421,7 +421,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         for folder, dirs, names in os.walk(path, onerror=walk_errors.append, followlinks=True):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in names:
-                if name.startswith(".") or not name.endswith(YAML_SUFFIXES):
+                if name.startswith(".") or not name.lower().endswith(YAML_SUFFIXES):  # web.YAML too
                     continue
                 candidate = Path(folder) / name
                 try:

@@ -153,6 +153,7 @@ CASES: dict[str, Case] = {
     "/dev/null next to a good one": ({"a.yaml": GOOD}, ["/dev/null", "a.yaml"], 0, ["ipvsadm -A"]),
     "missing file": ({}, ["nope.yaml"], 2, ["nope.yaml", "no such file"]),
     "folder with hidden and other files": ({"d/a.yaml": GOOD, "d/.swp.yaml": "::", "d/notes.txt": "::"}, ["d"], 0, ["ipvsadm -A"]),
+    "folder with an upper-case suffix": ({"d/web.YAML": GOOD}, ["d"], 0, ["ipvsadm -A"]),
     # --- harmful values
     "backend is its own VIP": ({"a.yaml": vs(backends=[{"address": "10.9.0.1"}])}, None, 2, ["spec.backends[0].address", "this VirtualService's VIP", "loop"]),
     "backend is another VIP": ({"a.yaml": vs() + "---\n" + vs("db", vip="10.9.0.2", backends=[{"address": "10.9.0.1"}])}, None, 2, ["default/db", "spec.backends[0].address", "VIP of VirtualService default/web"]),
