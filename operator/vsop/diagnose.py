@@ -56,7 +56,7 @@ def add_parsers(sub: Any, status_file: str, make: Callable[..., Any], add_common
     p.add_argument("targets", nargs="*", metavar="VIP:PORT[/PROTOCOL]", help="the services to check (default: all of vsop's here)")
     add_common(p)  # -v also lists the checks that pass
     p.add_argument("--status-file", default=status_file, help="the host agent's status file")
-    p.add_argument("--store", metavar="DIR", help="the VirtualServices this node should serve (default: the agent's folder)")
+    p.add_argument("--store", metavar="DIR", help="the VirtualServices this node should serve, for what vsop expects (default: the agent's folder, else /etc/vsop/virtualservices.d)")
 
 
 def _target(text: str, field: str):

@@ -27,6 +27,8 @@ SEARCH_PATH = os.pathsep.join(filter(None, (os.environ.get("PATH"), "/usr/sbin",
 DEFAULT_STATUS_FILE = "/run/vsop/agent.json"
 MODULES = ("ip_vs", "ipip", "ip6_tunnel", "nf_conntrack", "xt_set", "ip_set")
 MAX_ROUTES = 512  # `ip route get` per real server costs a process each
+MAX_CONNTRACK_QUERIES = 8  # beyond this many services of one protocol, one dump filtered here
+DEFAULT_STORE = "/etc/vsop/virtualservices.d"  # the host store (DESIGN.md), when the agent names no folder
 
 
 def _run(argv: Sequence[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -81,22 +83,32 @@ def read_route(address: str) -> Route:
 
 
 def read_conntrack(keys: Iterable[ServiceKey]) -> tuple[list[ConntrackEntry], str]:
+    """The conntrack entries to the given VIP:ports: one `conntrack -L` per service, or per
+    protocol and family when there are many (the table can be large; the filter runs in
+    the kernel only for a single destination)."""
     binary = _which("conntrack")
     if binary is None:
         return [], "the conntrack tool (conntrack-tools) is not installed"
-    entries: list[ConntrackEntry] = []
+    groups: dict[tuple[int, str], list[ServiceKey]] = {}
     for key in keys:
-        argv = [binary, "-L", "-f", "ipv6" if key.family == 6 else "ipv4", "-p", key.protocol,
-                "--orig-dst", key.vip, "--orig-port-dst", str(key.port)]
-        try:
-            done = _run(argv)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return entries, f"conntrack -L: {exc}"
-        if done.returncode != 0 and not done.stdout:
-            reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-            if "0 flow entries" not in reason:
-                return entries, f"conntrack -L: {reason}"
-        entries += parse_conntrack(done.stdout)
+        groups.setdefault((key.family, key.protocol), []).append(key)
+    entries: list[ConntrackEntry] = []
+    for (family, protocol), members in sorted(groups.items()):
+        base = [binary, "-L", "-f", "ipv6" if family == 6 else "ipv4", "-p", protocol]
+        queries = [base] if len(members) > MAX_CONNTRACK_QUERIES else [
+            base + ["--orig-dst", key.vip, "--orig-port-dst", str(key.port)] for key in members
+        ]
+        wanted = {(key.vip, key.port) for key in members}
+        for argv in queries:
+            try:
+                done = _run(argv)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return entries, f"conntrack -L: {exc}"
+            if done.returncode != 0 and not done.stdout:
+                reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+                if "0 flow entries" not in reason:
+                    return entries, f"conntrack -L: {reason}"
+            entries += [e for e in parse_conntrack(done.stdout) if (e.orig_dst, e.orig_dport) in wanted]
     return entries, ""
 
 
@@ -284,7 +296,7 @@ def gather(
     facts.modules = read_modules()
     facts.links = read_links()
     facts.interfaces = read_interfaces()
-    directory = store or (facts.agent or {}).get("directory")
+    directory = store or (facts.agent or {}).get("directory") or (DEFAULT_STORE if os.path.isdir(DEFAULT_STORE) else None)
     desired, source, store_errors = load_desired(directory, names, facts.kernel_version, node_addresses)
     facts.desired, facts.desired_source = desired, source
     errors += store_errors

@@ -30,7 +30,7 @@ UDP = ServiceKey("udp", "169.254.11.2", 53)
 
 
 def save_text(state: KernelState, counters: int = 0, extra: dict[tuple[str, str], list[str]] | None = None,
-              policies: dict[str, str] | None = None) -> str:
+              policies: dict[str, str] | None = None, family: int = 4) -> str:
     """iptables-save -c text of vsop's chains and jumps (plus `extra` rules first in built-in chains)."""
     extra = extra or {}
     policies = policies or {}
@@ -38,11 +38,11 @@ def save_text(state: KernelState, counters: int = 0, extra: dict[tuple[str, str]
     for table, builtins in (("filter", ("INPUT", "FORWARD", "OUTPUT")), ("nat", ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"))):
         out.append(f"*{table}")
         out += [f":{chain} {policies.get(chain, 'ACCEPT')} [{counters}:{counters * 60}]" for chain in builtins]
-        mine = sorted(k for k in state.chains if k.table == table and k.family == 4)
+        mine = sorted(k for k in state.chains if k.table == table and k.family == family)
         out += [f":{k.chain} - [0:0]" for k in mine]
         for chain in builtins:
             out += [f"[{counters}:{counters * 60}] -A {chain} {rule}" for rule in extra.get((table, chain), [])]
-            out += [f"[{counters}:{counters * 60}] -A {chain} {j.rule}" for j in sorted(state.jumps) if j.table == table and j.chain == chain]
+            out += [f"[{counters}:{counters * 60}] -A {chain} {j.rule}" for j in sorted(state.jumps) if j.table == table and j.chain == chain and j.family == family]
         for k in mine:
             out += [f"[{counters}:{counters * 60}] -A {k.chain} {rule}" for rule in state.chains[k]]
         out.append("COMMIT")
@@ -360,3 +360,18 @@ def test_the_store_tells_doctor_what_to_expect(tmp_path) -> None:
     assert desired is not None and source == str(tmp_path) and errors == []
     assert KEY in desired.services and desired.sysctls["net.ipv4.conf.all.arp_ignore"] == "1"
     assert load_desired(str(tmp_path / "missing"), NAMES, (6, 1), ()) == (None, "", [])
+
+
+def test_an_ipv6_vip_is_explained_and_checked_with_ip6tables() -> None:
+    key = ServiceKey("tcp", "fd00::2", 80)
+    vs = make_vs(vip="fd00::2", backends=[{"address": "fd00:1::2", "port": 8080}])
+    state = desired_state([vs], Node("n"), kernel_version=(6, 1)).state
+    facts = Facts(observed=state, rules=parse_save_counters(save_text(state, 2, family=6), 6), kernel_version=(6, 1),
+                  sysctls=dict(state.sysctls), routes={"fd00:1::2": Route("fd00:1::2", True, "unicast", "veth6")})
+    report = explain(facts, key)
+    assert report["problems"] == [] and report["target"]["vip"] == "fd00::2"
+    assert "fd00::2,tcp:80 is in VSOP-VIP-PORTS-V6" in {s["id"]: s for s in report["steps"]}["match"]["found"]
+    assert doctor(facts)["ok"] and doctor(facts)["targets"] == ["TCP [fd00::2]:80"]
+    facts.rules = parse_save_counters(save_text(replace(state, jumps=frozenset(j for j in state.jumps if j.chain != "OUTPUT")), family=6), 6)
+    found = failing(doctor(facts))
+    assert [f["fix"] for f in found] == [['ip6tables -t nat -I OUTPUT -m comment --comment "vsop: VIP services" -j VSOP-SERVICES']]
