@@ -10,6 +10,7 @@ a bad one it names the model's field.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import jsonschema
@@ -121,3 +122,25 @@ def test_where_the_schema_refuses_a_bad_object_it_names_the_models_field(doc: di
     refusals = apiserver.schema_refusals(apiserver.apply_defaults(copy.deepcopy(doc), apiserver.root_schema()))
     if refusals:
         assert any(same_field(r.path, path) for r in refusals), f"model: {path}; schema: {[str(r) for r in refusals]}"
+
+
+REASONS = {"FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired", "FieldValueDuplicate"}
+
+
+def test_every_rule_is_well_formed_for_the_api_server() -> None:
+    """What apiextensions validates on each x-kubernetes-validations entry besides compiling it."""
+    checked = 0
+    for path, node in apiserver.schema_nodes(apiserver.root_schema()):
+        for rule in node.get("x-kubernetes-validations") or ():
+            checked += 1
+            where = f"{apiserver.fmt(path)}: {rule['rule']!r}"
+            assert set(rule) <= {"rule", "message", "messageExpression", "reason", "fieldPath", "optionalOldSelf"}, where
+            assert rule["rule"].strip() and "\n" not in rule["rule"], where
+            assert rule.get("message", "x").strip() and "\n" not in rule.get("message", ""), f"{where}: a one-line message"
+            assert rule.get("reason", "FieldValueInvalid") in REASONS, where
+            if "fieldPath" in rule:  # must name a field that exists below the rule's node
+                target: Any = node
+                for part in re.findall(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]", rule["fieldPath"]):
+                    target = target["items"] if part[1] else (target.get("properties") or {}).get(part[0])
+                    assert target is not None, f"{where}: fieldPath {rule['fieldPath']} names no field of the schema"
+    assert checked >= 15
