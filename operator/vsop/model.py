@@ -218,23 +218,30 @@ class VRRP(_Spec):
     advert_interval_seconds: int = Field(default=1, ge=1, le=255, strict=True)
 
 
+_DEFAULT_PERSISTENCE = Persistence()
+_DEFAULT_HEALTH_CHECK = HealthCheck()
+_DEFAULT_DRAIN = Drain()
+_DEFAULT_NODE_SELECTOR = NodeSelector()
+
+
 class VirtualServiceSpec(_Spec):
     vip: VIP
     ports: tuple[PortSpec, ...] = Field(min_length=1, max_length=64)
     scheduler: Literal[SCHEDULERS] = "rr"  # type: ignore[valid-type]
     forwarding: Literal["masq", "route", "tunnel"] = "masq"
     masquerade: bool = True
-    persistence: Persistence = Field(default_factory=Persistence)
+    # Frozen defaults are shared, not built per object: a big file holds many thousands.
+    persistence: Persistence = Field(default_factory=lambda: _DEFAULT_PERSISTENCE)
     backends: tuple[Backend, ...] = Field(default=(), max_length=1024)
     service_ref: ServiceRef | None = None
-    health_check: HealthCheck = Field(default_factory=HealthCheck)
-    drain: Drain = Field(default_factory=Drain)
+    health_check: HealthCheck = Field(default_factory=lambda: _DEFAULT_HEALTH_CHECK)
+    drain: Drain = Field(default_factory=lambda: _DEFAULT_DRAIN)
     suppress_arp: bool = Field(
         default=False,
         alias="suppressARP",
         description="Do not answer ARP for the VIP on every interface (arp_ignore=1, arp_announce=2): for VIPs announced another way.",
     )
-    node_selector: NodeSelector = Field(default_factory=NodeSelector)
+    node_selector: NodeSelector = Field(default_factory=lambda: _DEFAULT_NODE_SELECTOR)
     mode: Literal["ipvs", "keepalived"] = "ipvs"
     announce: Literal["none", "vrrp"] = "none"
     vrrp: VRRP | None = None
