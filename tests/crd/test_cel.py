@@ -6,7 +6,9 @@ CEL, defaults applied first; tests/crd/apiserver.py) must equal the model's: acc
 or refused for the same field (the field itself, or the list holding the offending
 item, since a rule's fieldPath cannot name the failing index). MODEL_ONLY lists the
 checks only the model makes, each with the reason the CRD cannot; for those the CRD
-must still accept, so the list cannot go stale.
+must still accept, so the list cannot go stale. BETWEEN_OBJECTS lists the corpus cases
+refused only as a set (conflicts, a backend that is another object's VIP): each object
+alone passes both.
 """
 
 from __future__ import annotations
@@ -230,3 +232,26 @@ def test_the_bounds_rules_need_are_the_models_too(selector: dict[str, Any], path
         {"key": f"k{i}", "operator": "In", "values": ["v" * 63] * 64} for i in range(32)]}}}
     parse_virtual_service(inside)
     assert apiserver.admit(inside)[1] == []
+
+
+# Checks between objects: each object alone is valid, so no CRD (which sees one object) can refuse it.
+# The agents and the controller make them and report them in status (Conflict, and the backend's VIPRefused).
+BETWEEN_OBJECTS: dict[str, str] = {
+    "conflict between files": "two objects claim one VIP:port/protocol: the older keeps it (controller: Conflict condition)",
+    "conflict by age": "the same, decided by creationTimestamp",
+    "backend is another VIP": "a real server that is another object's VIP would loop through IPVS",
+    "same object in two files": "one namespace/name twice is a file-level error; the API server stores one object per name",
+}
+
+
+@pytest.mark.parametrize("name", BETWEEN_OBJECTS, ids=BETWEEN_OBJECTS.keys())
+def test_checks_between_objects_pass_each_object_alone(name: str) -> None:
+    from tests.unit.test_corpus import CASES
+
+    files, _paths, code, _words = CASES[name]
+    assert code == 2, "the model refuses the set"
+    docs = [d for text in files.values() for d in yaml.safe_load_all(text) if d]
+    assert len(docs) >= 2
+    for doc in docs:
+        parse_virtual_service(doc)
+        assert apiserver.admit(doc)[1] == []
