@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import resource
 import statistics
 import sys
@@ -84,7 +85,7 @@ async def run(objects: int, changes: int, debounce: float, full_every_change: bo
                     raise SystemExit(f"only {len(applied_at)} of {objects} programmed after 600 s")
                 await asyncio.sleep(0.05)
             first_sync = time.monotonic() - started
-            while len(writer.patches) < objects:  # the first sync's status patches are out
+            while len(writer.patches) < objects and time.monotonic() - started < 600:  # the first sync's status patches are out
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)
             for change in range(changes):
@@ -113,7 +114,8 @@ def main() -> None:
     parser.add_argument("--debounce", type=float, nargs="+", default=[0.1, 0.01], help="agent --debounce-seconds values to run")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    print(f"in-cluster agent on kmock, fake kernel: {args.objects} objects, then {args.changes} creations one at a time")
+    print(f"in-cluster agent on kmock, fake kernel: {args.objects} objects, then {args.changes} creations one at a time; "
+          f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     print(f"{'debounce':>9} {'mode':<28} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} {'full reads':>10} {'first sync s':>12}")
     for debounce in args.debounce:
         rows = {}
@@ -124,7 +126,8 @@ def main() -> None:
             mode = "full sync on every change" if full else "incremental (reconciler)"
             print(
                 f"{debounce:>9g} {mode:<28} {statistics.median(lat):>8.1f} {percentile(lat, 0.9):>8.1f} {percentile(lat, 0.99):>8.1f}"
-                f" {max(lat):>8.1f} {result['reads']:>10} {result['first']:>12.2f}"
+                f" {max(lat):>8.1f} {result['reads']:>10} {result['first']:>12.2f}",
+                flush=True,
             )
         ratio = percentile(rows[True], 0.99) / percentile(rows[False], 0.99)
         print(f"{'':>9} p99 full / incremental: {ratio:.1f}x")

@@ -1,0 +1,311 @@
+"""Benchmark of the node reconciler on a real kernel (run inside the VM, see docs/performance.md).
+
+Prints, side by side in one run:
+  - a new object's VIP answering a client (TCP connect + echo through IPVS), with the node
+    already holding N = 100 and N = 10,000 services: the reconciler's change path (re-derive
+    one object, plan its VIP, write), and the full level-based sync the agents used to run
+    for every change (engine.sync of every object) at the same N;
+  - a real server that dies (TCP check every 2 s, failure threshold 2) reaching weight 0
+    at N = 10,000: check results through the pure HealthTracker, one weight edit;
+  - the periodic no-op resync at N = 10,000 next to `ipvsadm -Sn` + `ipset save` +
+    `iptables-save` run in the same namespace;
+  - the cold first reconcile of N = 10,000 services x 2 real servers next to `ipvsadm -R`;
+  - this process's peak RSS holding 10,000 services.
+Figures only, no assertions: targets are judged by a person (docs/performance.md).
+Everything happens in throwaway network namespaces made here; traffic stays inside them.
+
+    vm/run --timeout 3000 --mem 4096 -- .venv/bin/python bench/agent_bench.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import os
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY / "operator"))
+
+from vsop.checks import HealthChecker, health_targets  # noqa: E402
+from vsop.core.desired import Node  # noqa: E402
+from vsop.core.health import HealthTracker  # noqa: E402
+from vsop.core.state import RealServerKey, ServiceKey  # noqa: E402
+from vsop.engine import cleanup, sync  # noqa: E402
+from vsop.host import real_kernel  # noqa: E402
+from vsop.model import VirtualService, parse_virtual_service  # noqa: E402
+from vsop.node.reconciler import Reconciler  # noqa: E402
+
+NODE = Node("bench")
+BACKENDS = ("10.250.0.2", "10.250.0.3")
+CLIENT, CLIENT_GATEWAY = "10.251.0.2", "10.251.0.1"
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def vip(index: int) -> str:
+    return f"169.254.{index // 250 + 1}.{index % 250 + 1}"
+
+
+def service(index: int, checked: bool = False) -> VirtualService:
+    spec = {
+        "vip": vip(index),
+        "ports": [{"port": 80, "targetPort": 8080}],
+        "backends": [{"address": address} for address in BACKENDS],
+    }
+    if checked:
+        spec["healthCheck"] = {"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2}
+    return parse_virtual_service({
+        "apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": f"s{index}", "namespace": "bench", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": spec,
+    })
+
+
+def sh(*argv: str, stdin: str | None = None) -> str:
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, check=True).stdout
+
+
+@contextmanager
+def entered(name: str) -> Iterator[None]:
+    """This thread in the named network namespace, and back."""
+    with open("/proc/thread-self/ns/net") as home, open(f"/var/run/netns/{name}") as target:
+        if _libc.setns(target.fileno(), 0x40000000) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            yield
+        finally:
+            _libc.setns(home.fileno(), 0x40000000)
+
+
+@contextmanager
+def lab() -> Iterator[str]:
+    """A node namespace (entered by this thread) with two local backends, and a client namespace behind a veth."""
+    node, client = f"vsopbench{os.getpid()}", f"vsopclient{os.getpid()}"
+    sh("ip", "netns", "add", node)
+    sh("ip", "netns", "add", client)
+    try:
+        with entered(node):
+            sh("ip", "link", "set", "lo", "up")
+            sh("ip", "link", "add", "bench0", "type", "dummy")
+            sh("ip", "addr", "add", "10.250.0.1/24", "dev", "bench0")
+            for address in BACKENDS:
+                sh("ip", "addr", "add", f"{address}/32", "dev", "bench0")
+            sh("ip", "link", "set", "bench0", "up")
+            sh("ip", "link", "add", "cli0", "type", "veth", "peer", "name", "cli1", "netns", client)
+            sh("ip", "addr", "add", f"{CLIENT_GATEWAY}/24", "dev", "cli0")
+            sh("ip", "link", "set", "cli0", "up")
+            with entered(client):
+                sh("ip", "link", "set", "lo", "up")
+                sh("ip", "addr", "add", f"{CLIENT}/24", "dev", "cli1")
+                sh("ip", "link", "set", "cli1", "up")
+                sh("ip", "route", "add", "default", "via", CLIENT_GATEWAY)
+            yield client
+    finally:
+        sh("ip", "netns", "del", client)
+        sh("ip", "netns", "del", node)
+
+
+class Echo:
+    """A TCP echo server on address:8080 in this thread's namespace, that can be killed."""
+
+    def __init__(self, address: str):
+        self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind((address, 8080))
+        self.server.listen(64)
+        self.server.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except (socket.timeout, OSError):
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.sendall(conn.recv(64))
+                except OSError:
+                    pass
+
+    def kill(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.server.close()  # connections are now refused
+
+
+def answers(client: str, address: str, timeout: float = 0.5) -> bool:
+    with entered(client):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((address, 80))
+        sock.sendall(b"ping")
+        return sock.recv(64) == b"ping"
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def until_answers(client: str, address: str, limit: float = 120) -> float:
+    started = time.perf_counter()
+    while not answers(client, address):
+        if time.perf_counter() - started > limit:
+            raise SystemExit(f"{address} did not answer within {limit:g}s")
+    return time.perf_counter() - started
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(*argv: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, capture_output=True, check=True)
+    return time.perf_counter() - started
+
+
+def ipvsadm_restore(count: int) -> float:
+    lines = []
+    for index in range(count):
+        lines.append(f"-A -t {vip(index)}:80 -s rr")
+        lines += [f"-a -t {vip(index)}:80 -r {address}:8080 -m -w 1" for address in BACKENDS]
+    sh("ipvsadm", "-C")
+    started = time.perf_counter()
+    sh("ipvsadm", "-R", stdin="\n".join(lines) + "\n")
+    seconds = time.perf_counter() - started
+    sh("ipvsadm", "-C")
+    return seconds
+
+
+def change_figures(client: str, count: int) -> dict[str, float]:
+    """At N=count: a new object through the reconciler's change path, and through a full sync."""
+    kernel = real_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    objects = [service(i) for i in range(count)]
+    reconciler.set_objects(objects)
+    started = time.perf_counter()
+    first = reconciler.reconcile()
+    cold = time.perf_counter() - started
+    assert first.ok, first.error
+    figures = {"cold": cold, "rss": rss_mb()}
+
+    new = service(count)
+    started = time.perf_counter()
+    reconciler.set_objects([*objects, new])
+    outcome = reconciler.reconcile()
+    figures["change_reconcile"] = time.perf_counter() - started
+    figures["change_answers"] = figures["change_reconcile"] + until_answers(client, new.spec.vip)
+    figures["change_writes"] = outcome.writes
+    assert not outcome.full and outcome.ok, outcome.error
+
+    newer = service(count + 1)
+    started = time.perf_counter()
+    full = sync(kernel, [*objects, new, newer], NODE)  # what every change cost before
+    figures["full_sync"] = time.perf_counter() - started
+    figures["full_answers"] = figures["full_sync"] + until_answers(client, newer.spec.vip)
+    figures["full_read"], figures["full_plan"] = full.read_seconds, full.plan_seconds
+    reconciler.set_objects([*objects, new, newer])
+    assert reconciler.reconcile().writes == 0  # it is in the kernel already: nothing to write
+
+    # The periodic resync with nothing changed, against the tools that dump the same tables.
+    started = time.perf_counter()
+    resync = reconciler.reconcile(full=True)
+    figures["noop_resync"] = time.perf_counter() - started
+    figures["noop_skipped"] = float(resync.skipped)
+    figures["noop_writes"] = resync.writes
+    figures["tools"] = timed("ipvsadm", "-Sn") + timed("ipset", "save") + timed("iptables-save")
+    figures["rss_end"] = rss_mb()
+    return figures
+
+
+def dead_backend(count: int) -> float:
+    """With count services programmed, one of them TCP-checked: kill a real server; seconds to weight 0."""
+    kernel = real_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    objects = [service(i, checked=(i == 0)) for i in range(count)]
+    reconciler.set_objects(objects)
+    assert reconciler.reconcile().ok
+    dead = RealServerKey(ServiceKey("tcp", vip(0), 80), BACKENDS[1], 8080)
+
+    async def run() -> float:
+        tracker = HealthTracker()
+        wake = asyncio.Event()
+        checker = HealthChecker(tracker, wake.set)
+        checker.update(health_targets(objects, reconciler.configured, reconciler.draining))
+        await asyncio.sleep(2.5)  # a few good checks first
+        echo_servers[1].kill()
+        killed = time.perf_counter()
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                reconciler.set_out_of_service(tracker.out_of_service())
+                outcome = await asyncio.to_thread(reconciler.reconcile)
+                assert outcome.ok and not outcome.full, outcome.error
+                weight = kernel.ipvs.read_real_servers([dead.service])[dead].weight
+                if weight == 0:
+                    return time.perf_counter() - killed
+        finally:
+            await checker.stop()
+
+    return asyncio.run(run())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", type=int, default=100)
+    parser.add_argument("--large", type=int, default=10000)
+    args = parser.parse_args()
+    print(f"# node reconciler benchmark, kernel {os.uname().release}, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f}")
+    global echo_servers
+    with lab() as client:
+        echo_servers = [Echo(address) for address in BACKENDS]
+        results = {}
+        for count in (args.small, args.large):
+            results[count] = change_figures(client, count)
+            cleanup(real_kernel())
+        small, large = results[args.small], results[args.large]
+        print("\n## a new object's VIP answers a client (change applied + first TCP echo through the VIP)")
+        print(f"{'N':>6} {'reconciler':>11} {'(reconcile)':>12} {'writes':>7} {'full sync':>10} {'(read)':>8} {'(plan)':>8}")
+        for count, r in results.items():
+            print(f"{count:>6} {r['change_answers']:>10.3f}s {r['change_reconcile']:>11.3f}s {r['change_writes']:>7.0f} "
+                  f"{r['full_answers']:>9.3f}s {r['full_read']:>7.2f}s {r['full_plan']:>7.2f}s")
+        print(f"ratio N={args.large} / N={args.small}: reconciler {large['change_answers'] / small['change_answers']:.2f}x, "
+              f"full sync {large['full_answers'] / small['full_answers']:.2f}x")
+
+        print(f"\n## periodic no-op resync at N={args.large + 2}")
+        print(f"resync {large['noop_resync']:.3f}s (skipped planning: {bool(large['noop_skipped'])}, writes {large['noop_writes']:.0f}); "
+              f"ipvsadm -Sn + ipset save + iptables-save {large['tools']:.3f}s; ratio {large['noop_resync'] / large['tools']:.2f}x")
+
+        print(f"\n## cold first reconcile: N={args.large} services x 2 real servers")
+        reference = ipvsadm_restore(args.large)
+        print(f"reconciler {large['cold']:.3f}s; ipvsadm -R {reference:.3f}s; ratio {large['cold'] / reference:.2f}x")
+
+        print(f"\n## peak RSS of this process holding N={args.large} services: {large['rss_end']:.0f} MB "
+              f"(after the cold reconcile {large['rss']:.0f} MB)")
+
+        print(f"\n## a real server dies (TCP check every 2 s, threshold 2): seconds to weight 0 at N={args.large}")
+        seconds = dead_backend(args.large)
+        print(f"{seconds:.2f}s (goal: interval x threshold + 1 s = 5 s)")
+        cleanup(real_kernel())
+    return 0
+
+
+echo_servers: list[Echo] = []
+
+if __name__ == "__main__":
+    sys.exit(main())
