@@ -142,7 +142,7 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
     time): one recursive function, bounded in depth, memoising only when aliases exist.
     """
 
-    odd_key: yaml.Node | None = None
+    deferred: _Refused | None = None
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
         # Called by the composer for every node; PyYAML's version tries regular expressions
@@ -174,7 +174,11 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
             if tag == _STR:
                 return node.value
             constructor = self.yaml_constructors.get(tag)
-            value = constructor(self, node) if constructor is not None else _unknown_tag(self, tag, node)
+            try:
+                value = constructor(self, node) if constructor is not None else _unknown_tag(self, tag, node)
+            except _Refused as exc:
+                self._defer(exc)
+                value = node.value
         elif cls is yaml.MappingNode:
             if node.tag != _MAP:
                 return self._tagged(node)
@@ -185,15 +189,17 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
                     merged.append(value_node)
                     continue
                 if key_node.__class__ is not yaml.ScalarNode:
-                    raise _Refused(key_node, "a mapping key must be a plain value (a name), not a list or mapping")
+                    self._defer(_Refused(key_node, "a mapping key must be a plain value (a name), not a list or mapping"))
+                    continue
                 if key_node.tag == _STR:
                     key = key_node.value
                 else:
                     key = self.build(key_node, memo, depth + 1)
-                    if not isinstance(key, str) and self.odd_key is None:
-                        self.odd_key = key_node  # refused in documents of ours: Kubernetes keys are text
+                    if not isinstance(key, str):  # Kubernetes keys are text
+                        self._defer(_Refused(key_node, f"a key must be text: {key_node.value or 'an empty value'} is not; quote it"))
                 if key in value:
-                    raise _Refused(key_node, f"duplicate key {key_node.value!r} (YAML keeps only the last one)")
+                    self._defer(_Refused(key_node, f"duplicate key {key_node.value!r} (YAML keeps only the last one)"))
+                    continue
                 if value_node.__class__ is yaml.ScalarNode and value_node.tag == _STR:
                     value[key] = value_node.value  # the common case, without a call
                 else:
@@ -212,9 +218,19 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
 
     def _tagged(self, node: yaml.Node) -> Any:
         constructor = self.yaml_constructors.get(node.tag)
-        if constructor is not None and node.tag in _REFUSED_TAGS:
-            return constructor(self, node)
-        return _unknown_tag(self, node.tag, node)
+        try:
+            if constructor is not None and node.tag in _REFUSED_TAGS:
+                return constructor(self, node)
+            return _unknown_tag(self, node.tag, node)
+        except _Refused as exc:
+            self._defer(exc)
+            return None
+
+    def _defer(self, refused: _Refused) -> None:
+        """Keep the first refusal of a document: it is reported only if the document is ours,
+        so a folder of mixed manifests is not blocked by what another tool reads its own way."""
+        if self.deferred is None:
+            self.deferred = refused
 
     def _merge(self, node: yaml.Node, merged: list[yaml.Node], own: dict[Any, Any], memo: dict[int, Any] | None, depth: int) -> dict[Any, Any]:
         """`<<: *defaults` (or a list of them): their keys first, the mapping's own keys win."""
@@ -224,7 +240,8 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
             for item in sources:
                 data = self.build(item, memo, depth + 1)
                 if not isinstance(data, dict):
-                    raise _Refused(item, "a merge key (<<) must refer to a mapping")
+                    self._defer(_Refused(item, "a merge key (<<) must refer to a mapping"))
+                    continue
                 for key, value in data.items():
                     result.setdefault(key, value)
         result.update(own)
@@ -584,16 +601,15 @@ def _documents(text: str, name: str) -> Iterator[tuple[Any, yaml.Node | None, in
                 refused = _check_aliases(node)
                 if refused is not None:
                     raise refused
-            loader.odd_key = None
+            loader.deferred = None
             try:
                 data = loader.build(node, {} if aliases else None)
             except _Refused as exc:
                 exc.document = node
                 raise
-            if loader.odd_key is not None and _ours(data):
-                refused = _Refused(loader.odd_key, f"a key must be text: {loader.odd_key.value or 'an empty value'} is not; quote it")
-                refused.document = node
-                raise refused
+            if loader.deferred is not None and _ours(data):
+                loader.deferred.document = node
+                raise loader.deferred
             yield data, node, node.start_mark.line + 1
     finally:
         loader.dispose()

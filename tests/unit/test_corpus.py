@@ -125,6 +125,11 @@ CASES: dict[str, Case] = {
     "list as a key": ({"a.yaml": HEAD + "metadata: {name: a}\nspec:\n  ? [a, b]\n  : c\n"}, None, 2, ["a.yaml:5:", "plain value"]),
     "null as a key": ({"a.yaml": raw("  ports: [{port: 80}]\n" + SPEC_OK + "  null: x\n")}, None, 2, ["a.yaml:8:", "spec.null", "a key must be text"]),
     "number as a label key": ({"a.yaml": HEAD + "metadata:\n  name: a\n  labels: {1.5: x}\n"}, None, 2, ["metadata.labels.1.5", "a key must be text"]),
+    "YAML 1.1 values in a document of another kind": (
+        {"a.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\ndata: {enabled: yes, mode: 0644, at: 1:20}\non: push\n---\n" + GOOD},
+        None, 0, ["skipped ConfigMap cm", "ipvsadm -A"],
+    ),
+    "duplicate key in a document of another kind": ({"a.yaml": "kind: Secret\ndata: {a: 1, a: 2}\n---\n" + GOOD}, None, 0, ["skipped Secret"]),
     "number keys in a document of another kind": ({"a.yaml": "1: 2\n---\n" + GOOD}, None, 0, ["skipped a document without kind"]),
     "date timestamp kept as text": ({"a.yaml": vs(meta={"creationTimestamp": "PLACEHOLDER"}).replace("'PLACEHOLDER'", "2024-01-01")}, None, 0, ["ipvsadm -A"]),
     # --- documents
