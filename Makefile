@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-plan test deps venv unit netns vm kube lint crd bench clean
+.PHONY: demo demo-plan test deps venv unit netns vm kube lint crd bench bench-cluster clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install python3 (>= 3.11)"; exit 1; }
@@ -31,6 +31,10 @@ demo-plan: venv
 
 bench: deps venv
 	vm/run --timeout 3000 --mem 4096 -- $(BIN)/python bench/sync_bench.py
+
+# What one change costs the API server with 10, 100, 500 simulated node agents (counts, not timings).
+bench-cluster: venv
+	$(BIN)/python bench/cluster_sim.py --nodes 10 100 500 --objects 100
 
 test: deps venv
 	bash tests/run-tiers.sh

@@ -1,0 +1,510 @@
+"""Cluster-scale simulation: what one change costs the API server with N node agents (issue #15).
+
+N node agents (the real `vsop.kube.agent.Agent`, each on its own in-memory fake kernel) and
+the real controller run in this one process against kmock, the Kubernetes API emulator, with
+M VirtualServices. Per N it prints the API requests by verb (from kmock's request log) and
+the watch events delivered for: (a) one object created, (b) one object changed, (c) one
+static backend failing its health check, (d) one node joining, (e) quiet minutes (steady
+state, compressed clock); the size of one VirtualService object; health probes per backend
+per interval.
+
+What makes N=500 fit in one process on a small machine (and why the counts stay exact):
+- One watch stream per resource for the whole process (`Farm`), fanned out in-process to
+  every component's kopf handlers (taken from its `registry`: indexes, event handlers,
+  startup), the way kopf calls them. A watch event is counted once per component whose
+  selectors/filters take it: exactly what the API server would deliver to N separate
+  watches. The components are driven only through `registry` and `reconcile_forever()`.
+- Health checks go through a fake prober (`vsop.checks.check_tcp` replaced in this
+  process): no packet is sent, probes are counted per backend, and a backend is "down"
+  when the scenario says so.
+- Compressed clock: a resync period (30 s in a cluster) lasts 2 s here, or N/50 s when
+  that is longer (`--compress`); "ten quiet minutes" are 20 such periods of every agent.
+  Health checks run at their own interval (1 s) against the fake prober.
+- Setup (not measured) seeds each object's status with what the nodes would have reported,
+  copied from the first agent's own report, instead of N x M real patches.
+Requests made by the simulation itself (creating objects, its watch streams) are not
+counted; a joining agent's initial lists are real requests (made on its behalf).
+
+    .venv/bin/python bench/cluster_sim.py --nodes 10 100 500 --objects 100
+    make bench-cluster
+
+Figures only, no assertions: docs/performance.md records them. Nothing leaves loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import copy
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+if str(REPOSITORY / "operator") not in sys.path:
+    sys.path.insert(0, str(REPOSITORY / "operator"))
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))
+
+import aiohttp  # noqa: E402
+import kmock  # noqa: E402
+import kopf  # noqa: E402
+
+import vsop.checks  # noqa: E402
+from tests.kube.conftest import NODES, SLICES, VS, Cluster  # noqa: E402
+from vsop.engine import fake_kernel  # noqa: E402
+from vsop.kube.agent import Agent, AgentOptions  # noqa: E402
+from vsop.kube.apiserver import ApiServerAddresses  # noqa: E402
+from vsop.kube.client import ApiWriter, Connection  # noqa: E402
+from vsop.kube.controller import Controller, ControllerOptions  # noqa: E402
+
+SIM_AGENT = "vsop-cluster-sim"  # user agent of the simulation's own requests (not counted)
+ON_BEHALF = "vsop-cluster-sim-agent"  # a component's request made by the farm for it (counted)
+QUIET_SECONDS = 1.0
+REPORTS = "vsop.dev/v1alpha1/nodereports"
+
+
+# --- a fake prober ------------------------------------------------------------------------
+
+
+class FakeProber:
+    """Replaces the TCP probe of `vsop.checks`: counts probes per backend, fails the `down` ones."""
+
+    def __init__(self) -> None:
+        self.down: set[str] = set()
+        self.probes: collections.Counter[tuple[str, int]] = collections.Counter()
+        self._original: Any = None
+
+    async def check_tcp(self, address: str, port: int, timeout: float) -> str | None:
+        self.probes[(address, port)] += 1
+        await asyncio.sleep(0)
+        return "TCP connect failed: Connection refused (simulated)" if address in self.down else None
+
+    def install(self) -> None:
+        self._original = vsop.checks.check_tcp
+        vsop.checks.check_tcp = self.check_tcp  # type: ignore[assignment]
+
+    def uninstall(self) -> None:
+        vsop.checks.check_tcp = self._original
+
+
+# --- kopf's role, shared by many components ---------------------------------------------------
+
+
+def _resource_of(selector: Any) -> str:
+    group, version, plural = selector.group or "", selector.version, selector.plural or selector.any_name
+    return f"{group}/{version}/{plural}" if group else f"{version}/{plural}"
+
+
+def _passes(handler: Any, body: Mapping[str, Any], kwargs: Mapping[str, Any]) -> bool:
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    for key, want in (handler.labels or {}).items():
+        if want is kopf.PRESENT:
+            if key not in labels:
+                return False
+        elif want is kopf.ABSENT:
+            if key in labels:
+                return False
+        elif callable(want):
+            if not want(labels.get(key), **kwargs):
+                return False
+        elif labels.get(key) != want:
+            return False
+    return handler.when is None or bool(handler.when(**kwargs))
+
+
+class Component:
+    """One agent or controller as kopf would run it: its indexes, its handlers, its loop."""
+
+    def __init__(self, name: str, obj: Agent | Controller):
+        self.name = name
+        self.obj = obj
+        registry = obj.registry
+        self.indexers = list(registry._indexing.get_all_handlers())
+        self.watchers = list(registry._watching.get_all_handlers())
+        self.startups = [h for h in registry._activities.get_all_handlers() if str(getattr(h.activity, "name", h.activity)).upper() == "STARTUP"]
+        self.resources = {_resource_of(h.selector) for h in self.indexers + self.watchers}
+        self.indexes: dict[str, dict[Any, list[Any]]] = {str(h.id): {} for h in self.indexers}
+        self._contrib: dict[tuple[str, Any], dict[Any, Any]] = {}  # (index id, object key) -> {index key: value}
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        for handler in self.startups:
+            await handler.fn(logger=logging.getLogger(self.name), retry=0, started=None, runtime=None, memo=None, **self.indexes)
+
+    async def deliver(self, resource: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        """Index and handle one event; True when any of this component's handlers took it."""
+        meta = body.get("metadata") or {}
+        kwargs = {
+            "body": body, "meta": meta, "spec": body.get("spec") or {}, "status": body.get("status") or {},
+            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "labels": meta.get("labels") or {}, "annotations": meta.get("annotations") or {},
+            "type": event_type, "event": {"type": event_type, "object": body},
+            "logger": logging.getLogger(self.name), "patch": {}, "memo": None, "resource": None,
+        }
+        taken = False
+        key = (meta.get("namespace"), meta.get("name"))
+        for handler in self.indexers:
+            if _resource_of(handler.selector) != resource:
+                continue
+            slot = (str(handler.id), key)
+            old = self._contrib.pop(slot, {})
+            index = self.indexes[str(handler.id)]
+            for ikey, value in old.items():
+                values = index.get(ikey, [])
+                if value in values:
+                    values.remove(value)
+                if not values:
+                    index.pop(ikey, None)
+            if event_type != "DELETED" and _passes(handler, body, kwargs):
+                taken = True
+                new = await handler.fn(**kwargs) or {}
+                for ikey, value in new.items():
+                    index.setdefault(ikey, []).append(value)
+                self._contrib[slot] = dict(new)
+        for handler in self.watchers:
+            if _resource_of(handler.selector) == resource and _passes(handler, body, kwargs):
+                taken = True
+                await handler.fn(**kwargs)
+        return taken
+
+
+class Farm:
+    """One watch per resource for the process, fanned out to every component; counts deliveries."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.components: list[Component] = []
+        self.delivered: collections.Counter[str] = collections.Counter()
+        self.streams: dict[str, asyncio.Task[None]] = {}
+        self.objects: dict[str, dict[tuple[Any, Any], dict[str, Any]]] = collections.defaultdict(dict)
+        self.session: aiohttp.ClientSession | None = None
+        self.last_event = time.monotonic()
+
+    def _url(self, resource: str) -> str:
+        return self.cluster.url + Cluster._path(resource, None)
+
+    async def _watch(self, resource: str, ready: asyncio.Event) -> None:
+        assert self.session is not None
+        # kmock replays what exists as ADDED first: that is the listing.
+        existing = sum(1 for (res, _, _), obj in self.cluster.server.objects.items() if res == kmock.resource(resource) and not obj.deleted)
+        seen = 0
+        if existing == 0:
+            ready.set()
+        async with self.session.get(self._url(resource), params={"watch": "true"}, timeout=aiohttp.ClientTimeout(total=None)) as response:
+            buffer = b""
+            async for chunk in response.content.iter_any():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    body = event["object"]
+                    meta = body.get("metadata") or {}
+                    key = (meta.get("namespace"), meta.get("name"))
+                    listing = seen < existing
+                    if event["type"] == "DELETED":
+                        self.objects[resource].pop(key, None)
+                    else:
+                        self.objects[resource][key] = body
+                    for component in self.components:
+                        if resource in component.resources:
+                            # kopf hands listed objects to event handlers with no event type.
+                            if await component.deliver(resource, None if listing else event["type"], body) and not listing:
+                                self.delivered[resource] += 1
+                    self.last_event = time.monotonic()
+                    if listing:
+                        seen += 1
+                        if seen == existing:
+                            ready.set()
+
+    async def open(self, resources: Iterable[str]) -> None:
+        self.session = aiohttp.ClientSession(headers={"User-Agent": SIM_AGENT})
+        for resource in resources:
+            ready = asyncio.Event()
+            self.streams[resource] = asyncio.create_task(self._watch(resource, ready))
+            await ready.wait()
+
+    async def add(self, component: Component, *, list_on_behalf: bool = False) -> None:
+        """Start a component: its indexes filled from what the streams hold, then its loop.
+
+        `list_on_behalf`: make the initial LIST requests kopf would make for it (a joining
+        node), so they are counted; the shared streams then carry it on.
+        """
+        if list_on_behalf:
+            assert self.session is not None
+            for resource in sorted(component.resources):
+                async with self.session.get(self._url(resource), headers={"User-Agent": ON_BEHALF}) as response:
+                    await response.read()
+        await component.start()
+        for resource in sorted(component.resources):
+            for body in list(self.objects[resource].values()):
+                await component.deliver(resource, None, body)
+        self.components.append(component)
+        component.task = asyncio.create_task(component.obj.reconcile_forever(), name=f"loop {component.name}")
+
+    async def close(self) -> None:
+        for component in self.components:
+            if component.task is not None:
+                component.task.cancel()
+        await asyncio.gather(*(c.task for c in self.components if c.task is not None), return_exceptions=True)
+        for task in self.streams.values():
+            task.cancel()
+        await asyncio.gather(*self.streams.values(), return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    def busy(self) -> bool:
+        return any(getattr(c.obj, "busy", False) for c in self.components)
+
+
+# --- the scenarios ----------------------------------------------------------------------------
+
+
+def spec(index: int, checked: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "vip": f"169.254.{index // 250 + 1}.{index % 250 + 1}",
+        "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+        "backends": [{"address": f"10.250.{index // 250}.{2 * (index % 125) + 2}"}, {"address": f"10.250.{index // 250}.{2 * (index % 125) + 3}"}],
+    }
+    if checked:
+        body["healthCheck"] = {"type": "tcp", "intervalSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1}
+    return body
+
+
+class Counts:
+    """API requests by verb (components only) and watch events delivered, between two marks."""
+
+    def __init__(self, cluster: Cluster, farm: Farm):
+        self.cluster, self.farm = cluster, farm
+
+    def mark(self) -> tuple[int, collections.Counter[str]]:
+        return len(list(self.cluster.server)), collections.Counter(self.farm.delivered)
+
+    def since(self, mark: tuple[int, collections.Counter[str]]) -> dict[str, Any]:
+        requests = list(self.cluster.server)[mark[0]:]
+        verbs: collections.Counter[str] = collections.Counter()
+        for request in requests:
+            agent = request.headers.get("User-Agent", "")
+            if agent.startswith(SIM_AGENT) and agent != ON_BEHALF or agent.startswith("kmock/"):
+                continue
+            method = str(request.method).split(".")[-1].upper()
+            verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(method) or str(request.action).split(".")[-1].lower()
+            what = (request.resource.plural if request.resource is not None else "?") + ("/" + request.subresource if request.subresource else "")
+            verbs[f"{verb} {what}"] += 1
+        delivered = collections.Counter(self.farm.delivered)
+        delivered.subtract(mark[1])
+        return {"requests": dict(sorted(verbs.items())), "writes": sum(n for k, n in verbs.items() if k.split()[0] in ("create", "update", "patch", "delete")),
+                "watch_events": sum(delivered.values()), "watch_by_resource": {k: v for k, v in sorted(delivered.items()) if v}}
+
+
+async def settle(cluster: Cluster, farm: Farm, minimum: float = 0.0, timeout: float = 600.0) -> None:
+    """Until nothing happened for QUIET_SECONDS: no write, no watch event, no turn running."""
+    start = time.monotonic()
+    await asyncio.sleep(minimum)
+    last_count = -1
+    quiet_since = time.monotonic()
+    while time.monotonic() - start < timeout:
+        # Writes only: every agent also re-reads the API server's endpoints each resync period.
+        count = sum(1 for r in list(cluster.server) if str(r.method).split(".")[-1].upper() != "GET")
+        if count != last_count or farm.busy() or time.monotonic() - farm.last_event < QUIET_SECONDS / 2:
+            last_count, quiet_since = count, time.monotonic()
+        elif time.monotonic() - quiet_since >= QUIET_SECONDS:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the simulated cluster did not settle")
+
+
+async def simulate(nodes: int, objects: int, checked: int, resync: float, quiet_resyncs: int, log: Callable[[str], None]) -> dict[str, Any]:
+    prober = FakeProber()
+    prober.install()
+    try:
+        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
+            emulator.resources.load_bundled()
+            emulator.resources[VS] = kmock.ResourceInfo(
+                kind="VirtualService", singular="virtualservice", namespaced=True, shortnames={"vsop"},
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
+            )
+            # Served in both designs (the one before it has nobody using it).
+            emulator.resources[REPORTS] = kmock.ResourceInfo(
+                kind="NodeReport", singular="nodereport", namespaced=False, shortnames={"vsopnr"},
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+            )
+            cluster = Cluster(emulator)
+            return await _simulate(cluster, prober, nodes, objects, checked, resync, quiet_resyncs, log)
+    finally:
+        prober.uninstall()
+
+
+def _node_name(index: int) -> str:
+    return f"node-{index:04d}"
+
+
+def _agent(connection: Connection, name: str, resync: float) -> Agent:
+    kernel, _ = fake_kernel()
+    writer = ApiWriter(connection, "vsop-agent", host=name)
+    return Agent(AgentOptions(node_name=name, resync_seconds=resync, debounce_seconds=0.05), kernel, writer,
+                 apiserver=ApiServerAddresses.for_connection(connection))
+
+
+async def _simulate(cluster: Cluster, prober: FakeProber, nodes: int, objects: int, checked: int, resync: float,
+                    quiet_resyncs: int, log: Callable[[str], None]) -> dict[str, Any]:
+    t0 = time.monotonic()
+    for index in range(nodes + 1):  # the last one joins later
+        if index < nodes:
+            await cluster.node(_node_name(index), addresses=(f"10.0.{index // 250}.{index % 250 + 1}",))
+    for index in range(objects):
+        await cluster.vs(f"s{index:03d}", spec(index, index < checked))
+    connection = Connection.for_url(cluster.url)
+    farm = Farm(cluster)
+    controller = Controller(ControllerOptions(resync_seconds=resync, debounce_seconds=0.05), ApiWriter(connection, "vsop-controller", host="controller-0"))
+    components = [Component("controller", controller)]
+    agents = [Component(_node_name(i), _agent(connection, _node_name(i), resync)) for i in range(nodes)]
+    await farm.open(sorted(set().union(*(c.resources for c in components + agents[:1]))))
+    # The first agent reports alone; its report on each object is copied for every node (setup only).
+    await farm.add(agents[0])
+    await settle(cluster, farm)
+    seeded = 0
+    for index in range(objects):
+        status = cluster.status("default", f"s{index:03d}")
+        mine = (status.get("nodes") or {}).get(agents[0].name)
+        if mine is not None:
+            await cluster.patch(VS, "default", f"s{index:03d}", {"status": {"nodes": {a.name: mine for a in agents}}}, sub="status")
+            seeded += 1
+    for component in agents[1:]:
+        await farm.add(component)
+    await farm.add(components[0])
+    await settle(cluster, farm)
+    log(f"  N={nodes}: setup {time.monotonic() - t0:.0f}s (status seeded on {seeded} object(s))")
+    counts = Counts(cluster, farm)
+    result: dict[str, Any] = {"nodes": nodes, "objects": objects}
+
+    size = len(json.dumps(cluster.get(VS, "default", "s000"), separators=(",", ":")))
+    result["object_bytes"] = size
+
+    # (e) steady state: quiet_resyncs periods of the compressed clock, probes counted too.
+    mark = counts.mark()
+    probes_before = collections.Counter(prober.probes)
+    started = time.monotonic()
+    await asyncio.sleep(quiet_resyncs * resync)
+    await settle(cluster, farm)
+    elapsed = time.monotonic() - started
+    steady = counts.since(mark)
+    steady["minutes"] = quiet_resyncs * 30.0 / 60.0  # what the periods stand for at the default resync period
+    result["steady"] = steady
+    backend = ("10.250.0.2", 8080)
+    probes = prober.probes[backend] - probes_before[backend]
+    result["probes_per_backend_per_interval"] = round(probes / elapsed * 1.0, 1)  # intervalSeconds is 1
+
+    # (a) one object created
+    mark = counts.mark()
+    await cluster.vs("new", spec(objects + 1, False))
+    await settle(cluster, farm, minimum=0.2)
+    result["created"] = counts.since(mark)
+
+    # (b) one object changed (its port's targetPort)
+    mark = counts.mark()
+    changed = spec(1, 1 < checked)
+    changed["ports"][0]["targetPort"] = 8081
+    await cluster.patch(VS, "default", "s001", {"spec": changed})
+    await settle(cluster, farm, minimum=0.2)
+    result["changed"] = counts.since(mark)
+
+    # (c) one static backend fails its health check (on every node that checks it)
+    mark = counts.mark()
+    prober.down.add(backend[0])
+    await settle(cluster, farm, minimum=3.0)
+    result["health_flip"] = counts.since(mark)
+
+    # (d) one node joins: its Node object, then its agent (initial lists made for it)
+    mark = counts.mark()
+    name = _node_name(nodes)
+    await cluster.node(name, addresses=(f"10.0.{nodes // 250}.{nodes % 250 + 1}",))
+    await farm.add(Component(name, _agent(connection, name, resync)), list_on_behalf=True)
+    await settle(cluster, farm, minimum=0.5)
+    result["node_joined"] = counts.since(mark)
+
+    await farm.close()
+    result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    return result
+
+
+# --- printing -----------------------------------------------------------------------------------
+
+SCENARIOS = (("created", "(a) one object created"), ("changed", "(b) one object changed"),
+             ("health_flip", "(c) one backend fails its check"), ("node_joined", "(d) one node joins"),
+             ("steady", "(e) quiet minutes (steady state)"))
+
+
+def _verbs(requests: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in requests.items()) or "none"
+
+
+def table(columns: Mapping[str, list[dict[str, Any]]]) -> str:
+    """Per N, each scenario's writes and watch events, one column per design, side by side."""
+    labels = list(columns)
+    lines = []
+    ns = sorted({r["nodes"] for results in columns.values() for r in results})
+    for n in ns:
+        rows = {label: next((r for r in columns[label] if r["nodes"] == n), None) for label in labels}
+        lines.append(f"N = {n} nodes, M = {next(r for r in rows.values() if r)['objects']} VirtualServices")
+        header = f"  {'':34}" + "".join(f"{label + ': writes':>18}{'watch events':>14}" for label in labels)
+        lines.append(header)
+        for key, title in SCENARIOS:
+            cells = ""
+            for label in labels:
+                r = rows[label]
+                cells += f"{r[key]['writes']:>18}{r[key]['watch_events']:>14}" if r else f"{'-':>18}{'-':>14}"
+            lines.append(f"  {title:34}{cells}")
+        for key, title in (("object_bytes", "bytes of one VirtualService"), ("probes_per_backend_per_interval", "probes per backend per interval")):
+            lines.append(f"  {title:34}" + "".join(f"{(rows[label] or {}).get(key, '-'):>32}" for label in labels))
+        for label in labels:
+            r = rows[label]
+            if r:
+                lines.append(f"  {label} requests by verb:")
+                for key, title in SCENARIOS:
+                    extra = f" ({r[key]['minutes']:g} min compressed)" if key == "steady" else ""
+                    lines.append(f"    {title}{extra}: {_verbs(r[key]['requests'])}; watch events {r[key]['watch_by_resource'] or 0}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 100, 500])
+    parser.add_argument("--objects", type=int, default=100)
+    parser.add_argument("--checked", type=int, default=10, help="how many of the objects have a TCP health check (interval 1 s)")
+    parser.add_argument("--resync-seconds", type=float, default=30.0)
+    parser.add_argument("--compress", type=float, default=None,
+                        help="clock compression: a resync period lasts resync-seconds/compress (default: 2 s, or N/50 s when longer, "
+                             "so that N agents' resyncs fit in the machine)")
+    parser.add_argument("--quiet-resyncs", type=int, default=20, help="resync periods of steady state (20 x 30 s = 10 minutes)")
+    parser.add_argument("--label", default="now", help="column name of these figures")
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures here")
+    parser.add_argument("--compare", default=None, metavar="FILE", help="figures of another design (--json output) printed side by side")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    results = []
+    for n in args.nodes:
+        resync = args.resync_seconds / args.compress if args.compress else max(2.0, n / 50.0)
+        results.append(asyncio.run(simulate(n, args.objects, args.checked, resync, args.quiet_resyncs, lambda s: print(s, file=sys.stderr, flush=True))))
+        print(f"  N={n}: done, peak RSS {results[-1]['rss_mb']} MB", file=sys.stderr, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"label": args.label, "results": results}, indent=1))
+    columns: dict[str, list[dict[str, Any]]] = {}
+    if args.compare and Path(args.compare).exists():
+        other = json.loads(Path(args.compare).read_text())
+        columns[other["label"]] = other["results"]
+    columns[args.label] = results
+    print(table(columns))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
