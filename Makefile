@@ -56,6 +56,7 @@ lint: venv
 
 crd: venv
 	$(BIN)/vsop crd > crds/virtualservices.vsop.dev.yaml
+	$(BIN)/python -c 'import sys, vsop.crd; sys.stdout.write(vsop.crd.node_report_crd_yaml())' > crds/nodereports.vsop.dev.yaml
 
 clean:
 	rm -rf $(VENV) .cache build dist

@@ -36,6 +36,7 @@ VS = "vsop.dev/v1alpha1/virtualservices"
 SLICES = "discovery.k8s.io/v1/endpointslices"
 NODES = "v1/nodes"
 EVENTS = "v1/events"
+REPORTS = "vsop.dev/v1alpha1/nodereports"
 
 WAIT_SECONDS = 10.0  # an upper bound only: waits return as soon as the condition holds
 
@@ -118,6 +119,13 @@ class Cluster:
     def status(self, namespace: str, name: str) -> dict[str, Any]:
         return self.get(VS, namespace, name).get("status") or {}
 
+    def report(self, node: str) -> dict[str, Any]:
+        """`status.virtualServices` of a node's NodeReport ({} when it has none)."""
+        key = (kmock.resource(REPORTS), None, node)
+        if key not in self.server.objects or self.server.objects[key].deleted:
+            return {}
+        return (self.get(REPORTS, None, node).get("status") or {}).get("virtualServices") or {}
+
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         found = [_plain(obj) for (res, _, _), obj in self.server.objects.items() if res == kmock.resource(EVENTS) and not obj.deleted]
         return [e for e in found if name is None or e["involvedObject"]["name"] == name]
@@ -158,13 +166,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@pytest.fixture
-def cluster(kmock: kmock.KubernetesEmulator) -> Cluster:
-    kmock.resources.load_bundled()
-    kmock.resources[VS] = kmock.ResourceInfo(
+def register_resources(emulator: kmock.KubernetesEmulator) -> None:
+    """The built-in kinds and vsop's two: VirtualServices and NodeReports."""
+    emulator.resources.load_bundled()
+    emulator.resources[VS] = kmock.ResourceInfo(
         kind="VirtualService", singular="virtualservice", namespaced=True, shortnames={"vsop"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
     )
+    emulator.resources[REPORTS] = kmock.ResourceInfo(
+        kind="NodeReport", singular="nodereport", namespaced=False, shortnames={"vsopnr"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    )
+
+
+@pytest.fixture
+def cluster(kmock: kmock.KubernetesEmulator) -> Cluster:
+    register_resources(kmock)
     return Cluster(kmock)
 
 
@@ -175,6 +192,7 @@ class RecordingWriter(ApiWriter):
         super().__init__(*args, **kwargs)
         self.patches: list[tuple[str, dict[str, Any]]] = []
         self.posted: list[tuple[str, str, str, str]] = []
+        self.reports: list[tuple[str, dict[str, Any]]] = []  # (node, merge patch) of NodeReports
 
     async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> bool:
         self.patches.append((str(ref), copy.deepcopy(dict(status))))
@@ -183,6 +201,10 @@ class RecordingWriter(ApiWriter):
     async def post_event(self, ref: ObjectRef, type: str, reason: str, message: str) -> None:
         self.posted.append((str(ref), type, reason, message))
         await super().post_event(ref, type, reason, message)
+
+    async def patch_node_report(self, node: str, body: Mapping[str, Any]) -> None:
+        self.reports.append((node, copy.deepcopy(dict(body))))
+        await super().patch_node_report(node, body)
 
 
 def make_agent(cluster: Cluster, node: str = "node-a", state: KernelState | None = None, **options: Any) -> tuple[Agent, Any, RecordingWriter]:

@@ -34,7 +34,8 @@ def real_servers(fake: Any, key: ServiceKey = HTTP) -> dict[str, int]:
 
 
 def node_entry(cluster: Cluster, name: str, node: str = "node-a", namespace: str = "default") -> Any:
-    return (cluster.status(namespace, name).get("nodes") or {}).get(node)
+    """This node's entry for one object, in the node's NodeReport."""
+    return cluster.report(node).get(f"{namespace}/{name}")
 
 
 @pytest_asyncio.fixture
@@ -43,7 +44,7 @@ async def node_a(cluster: Cluster) -> Cluster:
     return cluster
 
 
-async def test_static_backends_are_programmed_and_reported_under_this_node_only(node_a: Cluster) -> None:
+async def test_static_backends_are_programmed_and_reported_in_this_nodes_report_only(node_a: Cluster) -> None:
     cluster = node_a
     await cluster.vs("web", WEB)
     async with run_agent(cluster, state=KernelState(services={FOREIGN.key: FOREIGN})) as (agent, fake, writer):
@@ -56,14 +57,15 @@ async def test_static_backends_are_programmed_and_reported_under_this_node_only(
         assert "169.254.11.2,tcp:80" in state.ipsets["VSOP-VIP-PORTS"].members
         assert state.sysctls["net.ipv4.vs.conntrack"] == "1"
 
-        entry = await until(lambda: node_entry(cluster, "web"), "status.nodes.node-a")
+        entry = await until(lambda: node_entry(cluster, "web"), "node-a's report")
         assert entry == {"programmed": True, "backends": {"total": 2, "healthy": 2}, "message": "", "observedGeneration": 1}
-        assert list(cluster.status("default", "web")) == ["nodes"]
-        assert all(patch == {"nodes": {"node-a": patch["nodes"]["node-a"]}} for _, patch in writer.patches)
+        assert cluster.status("default", "web") == {}  # the object itself does not grow with the nodes
+        assert [node for node, _ in writer.reports] == ["node-a"]
 
-    # Nothing but status was ever written, and nothing of kopf's is on the object.
-    patches = cluster.requests("PATCH")
-    assert patches and all(str(r.url.path).endswith("/status") for r in patches)
+    # Nothing but this node's report was ever written, and nothing of kopf's is on the object.
+    writes = [r for r in cluster.requests() if str(r.method).split(".")[-1] in ("POST", "PATCH", "PUT", "DELETE")
+              and not r.headers.get("User-Agent", "").startswith("kmock/")]  # the test's own
+    assert writes and all(str(r.url.path).startswith("/apis/vsop.dev/v1alpha1/nodereports") for r in writes)
     meta = cluster.get(VS, "default", "web")["metadata"]
     assert not meta.get("finalizers") and not meta.get("annotations")
     assert agent.probes.readiness() == (True, "ok")
@@ -123,7 +125,7 @@ async def test_node_selector_excluding_this_node_leaves_nothing(node_a: Cluster)
         await until(lambda: agent.syncs >= 1, "a sync")
         await resync(agent)
         assert fake.writes == 0 and fake.state.services == {} and fake.state.link is None
-        assert node_entry(cluster, "web") is None and writer.patches == []
+        assert node_entry(cluster, "web") is None and writer.reports == []
 
         await cluster.patch(NODES, None, "node-a", {"metadata": {"labels": {"vsop.dev/lb": "true"}}})
         await until(lambda: len(real_servers(fake)) == 2, "programmed once the node is labelled")
@@ -163,7 +165,7 @@ async def test_nothing_is_deleted_before_the_initial_listing(node_a: Cluster) ->
     async with run_agent(cluster, state=fake_before.state) as (agent, fake, writer):
         await until(lambda: any(r.action == kmock.action.LIST and r.resource == kmock.resource("v1/nodes") for r in list(cluster.server)), "the other listings")
         await asyncio.sleep(0.3)  # time for a wrong agent to act; a right one waits for the listing
-        assert not agent.listed and agent.syncs == 0 and fake.writes == 0 and writer.patches == []
+        assert not agent.listed and agent.syncs == 0 and fake.writes == 0 and writer.reports == []
         gate.set()
         await until(lambda: fake.state.bound_vips() == {"169.254.11.2"}, "the stale VIP removed after the listing")
         assert not any(
@@ -179,21 +181,23 @@ async def test_status_is_not_patched_again_when_nothing_changed(node_a: Cluster)
     await cluster.vs("web", WEB)
     async with run_agent(cluster) as (agent, fake, writer):
         await until(lambda: node_entry(cluster, "web"), "the first report")
-        patched = len(writer.patches)
+        reported = len(writer.reports)
         writes = fake.writes
         await resync(agent)
         await resync(agent)
-        # Another node's agent reporting changes nothing here.
-        await cluster.patch(VS, "default", "web", {"status": {"nodes": {"node-b": {"programmed": True}}}}, sub="status")
+        # The controller's status on the object changes nothing here.
+        await cluster.patch(VS, "default", "web", {"status": {"observedGeneration": 1}}, sub="status")
         await resync(agent)
-        assert len(writer.patches) == patched == 1 and fake.writes == writes
+        assert len(writer.reports) == reported == 1 and fake.writes == writes and writer.patches == []
 
-        # The periodic resync compares with the object: an entry removed by hand comes back.
-        await cluster.patch(VS, "default", "web", {"status": {"nodes": {"node-a": None}}}, sub="status")
-        await asyncio.sleep(0.05)
-        assert await agent.sync_once(periodic=True) is not None
-        await until(lambda: node_entry(cluster, "web"), "the entry restored")
-        assert node_entry(cluster, "web", "node-b") == {"programmed": True}
+    # A restarted agent reads its report once and writes nothing when nothing changed.
+    requests = len(cluster.requests())
+    async with run_agent(cluster) as (agent, fake, writer):
+        await until(lambda: agent.syncs >= 1, "the first sync")
+        await resync(agent)
+        assert writer.reports == []
+        gets = [r for r in cluster.requests()[requests:] if "nodereports" in str(r.url.path)]
+        assert [str(r.method).split(".")[-1] for r in gets] == ["GET"]
 
 
 async def test_invalid_object_changes_no_kernel_state(node_a: Cluster) -> None:
@@ -349,13 +353,13 @@ async def test_the_periodic_resync_repairs_drift_made_by_hand(node_a: Cluster) -
     cluster = node_a
     await cluster.vs("web", WEB)
     async with run_agent(cluster, resync_seconds=0.2) as (agent, fake, writer):
-        await until(lambda: len(real_servers(fake)) == 2 and len(writer.patches) > 0, "programmed and reported")
-        patches = len(writer.patches)
+        await until(lambda: len(real_servers(fake)) == 2 and len(writer.reports) > 0, "programmed and reported")
+        reports = len(writer.reports)
         # Someone runs `ipvsadm -d -t 169.254.11.2:80 -r 192.168.2.222:8080` by hand.
         gone = next(key for key in fake.state.real_servers if key.address == "192.168.2.222")
         fake.state = replace(fake.state, real_servers={k: v for k, v in fake.state.real_servers.items() if k != gone})
         await until(lambda: len(real_servers(fake)) == 2, "put back by the next resync")
-        assert len(writer.patches) == patches  # the status did not change, so it was not written
+        assert len(writer.reports) == reports  # the status did not change, so it was not written
         # The repair is counted and told on the object, naming what was put back.
         assert agent.metrics.drift_repairs.labels("realserver.add")._value.get() == 1
         event = await until(lambda: next((e for e in cluster.events("web") if e["reason"] == "DriftRepaired"), None), "the Event")

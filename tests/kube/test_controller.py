@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import kmock
 import pytest
 
-from tests.kube.conftest import NODES, VS, Cluster, make_agent, make_controller, resync, run_controller, running, until
+from tests.kube.conftest import NODES, REPORTS, VS, Cluster, make_agent, make_controller, resync, run_controller, running, until
 from tests.kube.test_agent import WEB, real_servers
 
 pytestmark = pytest.mark.asyncio
@@ -23,9 +24,13 @@ def condition(cluster: Cluster, name: str, kind: str, namespace: str = "default"
 
 async def report(cluster: Cluster, name: str, node: str, programmed: bool = True, total: int = 2, healthy: int = 2,
                  message: str = "", generation: int = 1) -> None:
-    """What an agent on `node` would write."""
+    """What an agent on `node` would write in its NodeReport."""
     entry = {"programmed": programmed, "backends": {"total": total, "healthy": healthy}, "message": message, "observedGeneration": generation}
-    await cluster.patch(VS, "default", name, {"status": {"nodes": {node: entry}}}, sub="status")
+    patch = {"status": {"virtualServices": {f"default/{name}": entry}}}
+    if cluster.report(node) or (kmock.resource(REPORTS), None, node) in cluster.server.objects:
+        await cluster.patch(REPORTS, None, node, patch)
+    else:
+        await cluster.create(REPORTS, {"apiVersion": "vsop.dev/v1alpha1", "kind": "NodeReport", "metadata": {"name": node}, **patch})
 
 
 async def test_conflict_older_wins_whichever_arrives_first(cluster: Cluster) -> None:
@@ -112,10 +117,10 @@ async def test_conditions_sum_up_the_nodes(cluster: Cluster) -> None:
         await resync(controller)
         assert (len(writer.patches), len(writer.posted)) == (patches, posted)
 
-        # A Node that is gone loses its key.
+        # The report of a Node that is gone is deleted.
         await report(cluster, "web", "node-x")
-        await until(lambda: "node-x" not in cluster.status("default", "web")["nodes"], "the stale key removed")
-        assert set(cluster.status("default", "web")["nodes"]) == {"node-a", "node-b", "node-c"}
+        await until(lambda: not cluster.report("node-x"), "the stale report deleted")
+        assert all(cluster.report(node) for node in ("node-a", "node-b", "node-c"))
 
 
 async def test_no_ready_backends_and_invalid_spec_are_told(cluster: Cluster) -> None:
@@ -149,13 +154,14 @@ async def test_agents_and_controller_together(cluster: Cluster) -> None:
         assert conditions(cluster, "web")["Ready"]["message"] == "2 of 2 backend(s) healthy; programmed on 2 of 2 node(s)"
         assert len(real_servers(fake_a)) == len(real_servers(fake_b)) == 2
         await until(lambda: condition(cluster, "clash", "Conflict", "team-b") == ("True", "Conflict"), "the loser told")
-        assert "nodes" not in cluster.status("team-b", "clash")  # no agent reports a conflict loser
+        assert all("team-b/clash" not in cluster.report(node) for node in ("node-a", "node-b"))  # no agent reports a conflict loser
+        assert "nodes" not in cluster.status("default", "web")
 
         # The winner goes: every agent and the controller agree on the new owner.
         await cluster.delete(VS, "default", "web")
         await until(lambda: condition(cluster, "clash", "Ready", "team-b") == ("True", "Ready"), "the other one takes over")
         await cluster.patch(NODES, None, "node-b", {"metadata": {"labels": {"unrelated": "x"}}})
-        await until(lambda: set(cluster.status("team-b", "clash")["nodes"]) == {"node-a", "node-b"}, "both nodes report")
+        await until(lambda: all("team-b/clash" in cluster.report(node) for node in ("node-a", "node-b")), "both nodes report")
 
 
 async def test_a_recreated_object_gets_its_own_status(cluster: Cluster) -> None:
@@ -166,3 +172,18 @@ async def test_a_recreated_object_gets_its_own_status(cluster: Cluster) -> None:
         await cluster.delete(VS, "default", "web")
         await cluster.vs("web", WEB)
         await until(lambda: condition(cluster, "web", "Programmed") == ("False", "Pending"), "the new object's status")
+
+
+async def test_upgrade_removes_the_status_nodes_map_older_agents_wrote(cluster: Cluster) -> None:
+    await cluster.node("node-a")
+    await cluster.vs("web", WEB)
+    old_entry = {"programmed": True, "backends": {"total": 2, "healthy": 2}, "message": "", "observedGeneration": 1}
+    await cluster.patch(VS, "default", "web", {"status": {"nodes": {"node-a": old_entry, "node-b": old_entry}}}, sub="status")
+    async with run_controller(cluster) as (controller, writer):
+        await until(lambda: "nodes" not in cluster.status("default", "web"), "status.nodes removed")
+        # Until node-a's agent reports in a NodeReport, the controller waits for it: old keys are not trusted.
+        assert condition(cluster, "web", "Programmed") == ("False", "Pending")
+        await report(cluster, "web", "node-a")
+        await until(lambda: condition(cluster, "web", "Programmed") == ("True", "Programmed"), "programmed from the report")
+        removals = [patch for _, patch in writer.patches if "nodes" in patch]
+        assert removals == [removals[0]] and removals[0]["nodes"] is None  # once

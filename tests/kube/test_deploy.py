@@ -16,7 +16,7 @@ import kmock
 import pytest
 import yaml
 
-from tests.kube.conftest import Cluster, run_agent, run_controller, until
+from tests.kube.conftest import REPORTS, Cluster, run_agent, run_controller, until
 from tests.kube.test_agent import WEB
 from vsop.model import parse_virtual_service
 
@@ -76,7 +76,7 @@ def test_rbac_is_what_the_issue_grants_and_no_more(manifests: dict[tuple[str, st
     agent = rules(manifests, "vsop-agent")
     assert agent == (
         {("vsop.dev", "virtualservices", v) for v in read}
-        | {("vsop.dev", "virtualservices/status", "patch")}
+        | {("vsop.dev", "nodereports", v) for v in ("get", "create", "patch")}
         | {("discovery.k8s.io", "endpointslices", v) for v in read}
         | {("", "nodes", v) for v in read}
         | {("", "events", "create")}
@@ -85,6 +85,7 @@ def test_rbac_is_what_the_issue_grants_and_no_more(manifests: dict[tuple[str, st
     assert controller == (
         {("vsop.dev", "virtualservices", v) for v in read}
         | {("vsop.dev", "virtualservices/status", "patch")}
+        | {("vsop.dev", "nodereports", v) for v in read | {"delete"}}
         | {("", "nodes", v) for v in read}
         | {("", "events", "create")}
     )
@@ -194,10 +195,13 @@ async def test_the_agent_needs_no_more_than_its_role(cluster: Cluster, manifests
     await cluster.vs("refused", {**WEB, "vip": "10.0.0.11"})
     await cluster.endpoint_slice("web-1", "web", [{"addresses": ["10.1.0.1"]}], [{"port": 8080}])
     async with run_agent(cluster) as (agent, fake, writer):
-        await until(lambda: cluster.events("refused") and cluster.status("default", "web").get("nodes"), "a status patch and an Event")
+        await until(lambda: cluster.events("refused") and cluster.report("node-a").get("default/web"), "a report and an Event")
+        await cluster.vs("later", {**WEB, "vip": "169.254.11.9"})
+        await until(lambda: cluster.report("node-a").get("default/later"), "the report patched")
     requests = used(cluster)
     assert allowed(rules(manifests, "vsop-agent"), requests) == []
-    assert {("vsop.dev", "virtualservices/status", "patch"), ("", "events", "create"), ("", "nodes", "watch")} <= requests
+    assert {("vsop.dev", "nodereports", "get"), ("vsop.dev", "nodereports", "create"), ("vsop.dev", "nodereports", "patch"),
+            ("", "events", "create"), ("", "nodes", "watch")} <= requests
 
 
 @pytest.mark.asyncio
@@ -205,8 +209,11 @@ async def test_the_controller_needs_no_more_than_its_role(cluster: Cluster, mani
     await cluster.node("node-a")
     await cluster.vs("web", WEB)
     await cluster.vs("clash", WEB, namespace="team-b")
+    await cluster.create(REPORTS, {"apiVersion": "vsop.dev/v1alpha1", "kind": "NodeReport", "metadata": {"name": "node-gone"}})
     async with run_controller(cluster) as (controller, writer):
         await until(lambda: cluster.events("clash"), "the conflict Event")
+        await until(lambda: (kmock.resource(REPORTS), None, "node-gone") not in cluster.server.objects
+                    or cluster.server.objects[kmock.resource(REPORTS), None, "node-gone"].deleted, "the stale report deleted")
     requests = used(cluster)
     assert allowed(rules(manifests, "vsop-controller"), requests) == []
     assert {("vsop.dev", "virtualservices/status", "patch"), ("", "events", "create")} <= requests

@@ -123,7 +123,7 @@ async def test_agent_and_controller_run_as_deployed(cluster: Cluster, tmp_path: 
 
             await until(lambda: {c["type"]: c["status"] for c in cluster.status("default", "web").get("conditions", ())}.get("Programmed") == "True",
                         "Programmed=True from the controller", timeout=20)
-            entry = cluster.status("default", "web")["nodes"]["node-a"]
+            entry = cluster.report("node-a")["default/web"]
             assert entry["programmed"] is True and entry["backends"] == {"total": 2, "healthy": 2}
 
             status, metrics = await get(session, agent_process.ports["metrics"], "/metrics")
@@ -156,5 +156,5 @@ async def test_flags_are_checked(monkeypatch: pytest.MonkeyPatch, capsys: pytest
     assert agent.main(["--node-name", "n", "--resync-seconds", "0"]) == 2
     assert agent.main(["--no-such-flag"]) == 2
     assert controller.main(["--resync-seconds", "-1"]) == 2
-    assert agent.main(["--help"]) == 0 and "status.nodes.<node>" in capsys.readouterr().out
+    assert agent.main(["--help"]) == 0 and "NodeReport" in capsys.readouterr().out
     assert controller.main(["--help"]) == 0

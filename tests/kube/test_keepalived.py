@@ -3,7 +3,7 @@
 The agent is given a KeepalivedWriter writing into tmp_path, with a fake `keepalived -t`
 and a fake signaller: the files on disk, the checks run and the SIGHUPs sent are asserted,
 with the fake kernel (link, sets, chains; no IPVS for keepalived-mode objects) and what the
-agent reports in status.nodes.<node> and Events.
+agent reports in its NodeReport and Events.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def live(directory: Path) -> dict[str, str]:
 
 
 def node_entry(cluster: Cluster, name: str, node: str = "node-a") -> Any:
-    return (cluster.status("default", name).get("nodes") or {}).get(node)
+    return cluster.report(node).get(f"default/{name}")
 
 
 class Setup:
@@ -129,7 +129,7 @@ async def test_service_ref_renders_its_ready_endpoints_and_endpoint_changes_relo
         assert fake.state.bound_vips() == {"169.254.11.2"}
         assert "169.254.11.2,tcp:80" in fake.state.ipsets["VSOP-VIP-PORTS"].members
         assert HTTP not in fake.state.services and fake.state.real_servers == {}
-        entry = await until(lambda: node_entry(cluster, "web"), "status.nodes.node-a")
+        entry = await until(lambda: node_entry(cluster, "web"), "node-a's report")
         assert entry == {"programmed": True, "backends": {"total": 1, "healthy": 1}, "message": "", "observedGeneration": 1}
 
         await cluster.patch(SLICES, "default", "nginx-abc", {"endpoints": [endpoint("10.1.0.1"), endpoint("10.1.0.2")]})

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from vsop.crd import crd, crd_yaml
+from vsop.crd import crd, crd_yaml, node_report_crd_yaml
 
 COMMITTED = Path(__file__).parent.parent.parent / "crds" / "virtualservices.vsop.dev.yaml"
 
@@ -29,6 +29,11 @@ def spec_schema() -> dict[str, Any]:
 
 def test_committed_crd_equals_generated() -> None:
     assert COMMITTED.read_text() == crd_yaml(), "crds/ is stale: run `vsop crd > crds/virtualservices.vsop.dev.yaml`"
+
+
+def test_committed_node_report_crd_equals_generated() -> None:
+    committed = COMMITTED.parent / "nodereports.vsop.dev.yaml"
+    assert committed.read_text() == node_report_crd_yaml(), "crds/ is stale: run `make crd`"
 
 
 def test_schema_is_structural() -> None:

@@ -4,7 +4,8 @@ Owns the agent's kopf wiring: indexes of VirtualServices, of EndpointSlices (by
 Service) and of this node's Node object, and raw event handlers that only wake the
 reconciler; the node's one reconcile loop (debounced wake-ups, a periodic full
 resync that repairs drift, nothing at all before the first complete listing of
-every watched kind); `status.nodes.<this node>` written only when it changed; Events
+every watched kind); this node's entries in its NodeReport (vsop.kube.report, one
+object per node, watched by the controller only) written only when they changed; Events
 for refused VIPs and kernel failures; probes and metrics.
 It is a source and a sink around the node reconciler (vsop.node.reconciler), the same
 one the host agent runs: each turn hands it the indexes' objects, endpoints, node and
@@ -47,6 +48,7 @@ from vsop.keepalived_daemon import DEFAULT_PIDFILE, KeepalivedConfig, Keepalived
 from vsop.kube import endpoints as eps
 from vsop.kube.apiserver import ApiServerAddresses
 from vsop.kube import objects
+from vsop.kube import report as reports
 from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
 from vsop.kube.metrics import AgentMetrics, HttpEndpoints, Probes
 from vsop.kube.runtime import ListingGate, Trigger, configure_logging, kopf_settings, kv, run_with_kopf
@@ -63,8 +65,6 @@ COMPONENT = "vsop-agent"
 FAKE_KERNEL_ENV = "VSOP_FAKE_KERNEL"  # test-only: "1" runs on in-memory fake adapters
 PROC_SYS = "/proc/sys"
 VS_INDEX, SLICE_INDEX, NODE_INDEX = "vsop_virtualservices", "vsop_endpointslices", "vsop_node"
-PATCH_CONCURRENCY = 8
-_NOTHING: Any = object()  # nothing patched yet
 
 
 # --- what the indexes hold -----------------------------------------------------------------
@@ -245,7 +245,7 @@ class Agent:
         self._referenced: set[tuple[str, str]] = set()
         self._last_node: NodeInfo | None = None
         self._last_good: dict[tuple[str, str], tuple[str | None, VirtualService]] = {}
-        self._patched: dict[tuple[str, str, str | None], dict[str, Any] | None] = {}
+        self._reported: dict[str, dict[str, Any]] | None = None  # this node's report as last read or written
         self._evented: dict[tuple[str, str, str | None], str] = {}
         self._invalid_logged: dict[tuple[str, str], str] = {}
         # The kernel work: sync, draining, health weights, conntrack (through the engine), incremental.
@@ -541,7 +541,7 @@ class Agent:
     def _entries(
         self, records: Sequence[VSRecord], outcome: KernelOutcome, notes: Mapping[tuple[str, str], str], keepalived: KeepalivedReport | None = None
     ) -> dict[tuple[str, str], dict[str, Any] | None]:
-        """status.nodes.<this node> for every VirtualService; None: this node has no business with it."""
+        """This node's report entry for every VirtualService; None: this node has no business with it."""
         problems = outcome.problems
         programmed = outcome.programmed
         fragments = self.reconciler.fragments
@@ -571,38 +571,14 @@ class Agent:
         return entries
 
     async def _publish(self, records: Sequence[VSRecord], report: SyncReport, periodic: bool) -> None:
-        """Patch this node's key where it changed; post an Event for each new failure."""
-        by_key = {r.key: r for r in records}
+        """Write this node's report where it changed (one write at most); post an Event for each new failure."""
         present = {r.identity for r in records}
-        for memory in (self._patched, self._evented):
-            for identity in [i for i in memory if i not in present]:
-                del memory[identity]
-        semaphore = asyncio.Semaphore(PATCH_CONCURRENCY)
-
-        async def patch(record: VSRecord, entry: dict[str, Any] | None) -> None:
-            async with semaphore:
-                try:
-                    found = await self.writer.patch_status(record.ref, {"nodes": {self.node_name: entry}})
-                except (ApiError, OSError) as exc:
-                    self.metrics.errors.labels("api").inc()
-                    log.warning(kv("Status patch failed; retried on the next sync", virtualService=str(record.ref), node=self.node_name, error=str(exc)))
-                    return
-                self._patched[record.identity] = entry
-                if found:
-                    self.metrics.status_patches.inc()
-                    report.patched.append(record.key)
-                    log.info(kv("Updated node status", virtualService=str(record.ref), node=self.node_name,
-                                programmed=entry["programmed"] if entry else None, message=(entry or {}).get("message") or None,
-                                removed=entry is None or None))
-
-        jobs = []
+        for identity in [i for i in self._evented if i not in present]:
+            del self._evented[identity]
+        by_key = {r.key: r for r in records}
+        jobs = [self._write_report(report)]
         for key, entry in report.entries.items():
             record = by_key[key]
-            # The periodic resync compares with the object itself, which repairs a status edited by hand.
-            patched = self._patched.get(record.identity, _NOTHING)
-            baseline = record.node_status if periodic or patched is _NOTHING else patched
-            if entry != baseline:
-                jobs.append(patch(record, entry))
             message = (entry or {}).get("message", "") if entry is not None and not entry["programmed"] else ""
             if message and self._evented.get(record.identity) != message:
                 reason, _, text = message.partition(": ")
@@ -610,8 +586,36 @@ class Agent:
                 self._evented[record.identity] = message
             elif not message:
                 self._evented.pop(record.identity, None)
-        if jobs:
-            await asyncio.gather(*jobs)
+        await asyncio.gather(*jobs)
+
+    async def _write_report(self, report: SyncReport) -> None:
+        """This node's NodeReport (vsop.kube.report): read once at start (and after a failed write), then patched with changes only."""
+        if self._reported is None:
+            try:
+                self._reported = reports.entries_of(await self.writer.read_node_report(self.node_name))
+            except (ApiError, OSError) as exc:
+                self.metrics.errors.labels("api").inc()
+                log.warning(kv("Reading the node report failed; retried on the next sync", node=self.node_name, error=str(exc)))
+                return
+        after = {reports.ref_of(*key): entry for key, entry in report.entries.items()}
+        patch = reports.report_patch(self._reported, after)
+        if patch is None:
+            return
+        try:
+            await self.writer.patch_node_report(self.node_name, patch)
+        except (ApiError, OSError) as exc:
+            self.metrics.errors.labels("api").inc()
+            self._reported = None
+            log.warning(kv("Node report write failed; retried on the next sync", node=self.node_name, error=str(exc)))
+            return
+        changed = patch["status"]["virtualServices"]
+        self._reported = reports.apply_patch(self._reported, patch)
+        self.metrics.status_patches.inc()
+        report.patched.extend(tuple(ref.split("/", 1)) for ref in sorted(changed))  # type: ignore[misc]
+        for ref, entry in sorted(changed.items()):
+            log.info(kv("Updated node report", virtualService=ref, node=self.node_name,
+                        programmed=entry["programmed"] if entry else None, message=(entry or {}).get("message") or None,
+                        removed=entry is None or None))
 
     async def _event(self, record: VSRecord, type: str, reason: str, message: str, report: SyncReport) -> None:
         text = f"node {self.node_name}: {message}"
@@ -685,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "The in-cluster node agent (DaemonSet): watches VirtualServices, the EndpointSlices of\n"
             "their serviceRef Services and this node's Node, and programs this node's kernel.\n"
-            "Writes only status.nodes.<node> of each VirtualService, and Events."
+            "Writes only its own NodeReport (one object per node, read by the controller), and Events."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -705,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
         "keepalived mode (objects with mode: keepalived; off unless --keepalived-dir is given)",
         "After each successful sync keepalived's configuration for this node (serviceRef endpoints included) is\n"
         "rendered; when it changed it is checked with `keepalived -t`, swapped in file by file and keepalived\n"
-        "gets SIGHUP. An invalid candidate changes nothing and is reported in status.nodes.<node> and an Event.",
+        "gets SIGHUP. An invalid candidate changes nothing and is reported in this node's NodeReport and an Event.",
     )
     k.add_argument("--keepalived-dir", default=None, metavar="DIR", help="where keepalived.conf (and conf.d/) go; enables keepalived mode")
     k.add_argument("--keepalived-pidfile", default=None, metavar="FILE", help=f"the running keepalived's pidfile, for SIGHUP (default {DEFAULT_PIDFILE})")

@@ -1,9 +1,10 @@
 """Talking to the API server: credentials for kopf, and the few writes vsop makes.
 
 Owns where credentials come from (in-cluster service account, or a kubeconfig),
-handing them to kopf (which does all reading: lists and watches), and the two writes:
-a JSON merge patch of a VirtualService's status subresource and creating a core/v1
-Event. Writes go through the official client in a worker thread, so the same
+handing them to kopf (which does all reading: lists and watches), and the writes:
+a JSON merge patch of a VirtualService's status subresource (controller), a node's
+own report object read once and merge-patched or created (agent, vsop.kube.report),
+and creating a core/v1 Event. Writes go through the official client in a worker thread, so the same
 credentials (with token refresh) serve both.
 Must not import vsop.engine, vsop.adapters or vsop.host.
 """
@@ -23,6 +24,7 @@ import kopf
 import kubernetes.client
 import kubernetes.config
 
+from vsop.kube.report import PLURAL as REPORTS, new_report
 from vsop.model import API_GROUP, API_VERSION, KIND
 
 log = logging.getLogger("vsop.kube.client")
@@ -65,6 +67,18 @@ class Writer(Protocol):
         ...
 
     async def post_event(self, ref: ObjectRef, type: str, reason: str, message: str) -> None: ...
+
+    async def read_node_report(self, node: str) -> Mapping[str, Any] | None:
+        """This node's report object (vsop.kube.report), or None when there is none yet."""
+        ...
+
+    async def patch_node_report(self, node: str, body: Mapping[str, Any]) -> None:
+        """Merge-patch this node's report object, creating it when it does not exist."""
+        ...
+
+    async def delete_node_report(self, node: str) -> None:
+        """Delete a node's report (the controller, once its Node is gone); gone already is fine."""
+        ...
 
 
 class Connection:
@@ -142,6 +156,42 @@ class ApiWriter:
             return int(response.status), ""
         except kubernetes.client.exceptions.ApiException as exc:
             return int(exc.status or 0), str(exc.body or exc.reason)
+
+    def _report(self, verb: str, node: str, body: Any = None) -> tuple[int, Any]:
+        api = kubernetes.client.CustomObjectsApi(self.connection.api)
+        try:
+            if verb == "get":
+                response = api.get_cluster_custom_object(API_GROUP, API_VERSION, REPORTS, node, _preload_content=False)
+            elif verb == "patch":
+                response = api.patch_cluster_custom_object(API_GROUP, API_VERSION, REPORTS, node, body,
+                                                           _content_type="application/merge-patch+json", _preload_content=False)
+            elif verb == "delete":
+                response = api.delete_cluster_custom_object(API_GROUP, API_VERSION, REPORTS, node, _preload_content=False)
+            else:
+                response = api.create_cluster_custom_object(API_GROUP, API_VERSION, REPORTS, body, _preload_content=False)
+            return int(response.status), json.loads(response.data or b"null")
+        except kubernetes.client.exceptions.ApiException as exc:
+            return int(exc.status or 0), str(exc.body or exc.reason)
+
+    async def read_node_report(self, node: str) -> Mapping[str, Any] | None:
+        code, found = await asyncio.to_thread(self._report, "get", node)
+        if code == 404:
+            return None
+        if not 200 <= code < 300:
+            raise ApiError(code, _message(str(found)))
+        return found if isinstance(found, Mapping) else None
+
+    async def patch_node_report(self, node: str, body: Mapping[str, Any]) -> None:
+        code, found = await asyncio.to_thread(self._report, "patch", node, dict(body))
+        if code == 404:  # the first report of this node: create it (another agent never writes it)
+            code, found = await asyncio.to_thread(self._report, "create", node, new_report(node, body))
+        if not 200 <= code < 300:
+            raise ApiError(code, _message(str(found)))
+
+    async def delete_node_report(self, node: str) -> None:
+        code, found = await asyncio.to_thread(self._report, "delete", node)
+        if code != 404 and not 200 <= code < 300:
+            raise ApiError(code, _message(str(found)))
 
     async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> bool:
         code, text = await asyncio.to_thread(self._patch_status, ref, {"status": dict(status)})

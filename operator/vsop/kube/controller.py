@@ -3,8 +3,10 @@
 Owns the cluster-wide verdicts: conflicts (the same `resolve_conflicts` every agent
 runs, over the same objects in the same order, so both agree on the winner), invalid
 specs, the `Ready` / `Programmed` / `Degraded` / `Conflict` conditions with
-`status.backends` and `status.observedGeneration`, removing `status.nodes` keys of
-Nodes that no longer exist, and Events on the transitions a user must notice.
+`status.backends` and `status.observedGeneration`, summed up from the nodes' NodeReports
+(vsop.kube.report: one object per node, which only the controller watches), deleting
+the reports of Nodes that no longer exist, removing the `status.nodes` map older agents
+wrote on the objects (upgrade), and Events on the transitions a user must notice.
 Like the agent: kopf indexes plus raw event handlers that only wake one loop;
 nothing stored on the objects but status. Never touches a kernel: must not import
 vsop.engine, vsop.adapters or vsop.host.
@@ -25,6 +27,7 @@ import kopf
 
 from vsop.core.desired import Node, applies_to_node, resolve_conflicts
 from vsop.kube import objects
+from vsop.kube import report as reports
 from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
 from vsop.kube.metrics import ControllerMetrics, HttpEndpoints, Probes
 from vsop.kube.runtime import ListingGate, Trigger, configure_logging, kopf_settings, kv, now_rfc3339, run_with_kopf
@@ -34,7 +37,7 @@ from vsop.model import API_GROUP, API_VERSION, VirtualService
 log = logging.getLogger("vsop.kube.controller")
 
 COMPONENT = "vsop-controller"
-VS_INDEX, NODE_INDEX = "vsop_virtualservices", "vsop_nodes"
+VS_INDEX, NODE_INDEX, REPORT_INDEX = "vsop_virtualservices", "vsop_nodes", "vsop_nodereports"
 PATCH_CONCURRENCY = 8
 
 
@@ -103,6 +106,7 @@ class ReconcileReport:
     patched: list[tuple[str, str]] = field(default_factory=list)
     events: list[tuple[str, str, str, str]] = field(default_factory=list)  # (object, type, reason, message)
     failed: int = 0  # status patches that failed
+    deleted_reports: list[str] = field(default_factory=list)  # NodeReports of deleted Nodes
 
 
 @dataclass
@@ -139,9 +143,18 @@ class Controller:
         async def index_nodes(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any]:
             return {name: node_facts(body)}
 
+        @kopf.index(API_GROUP, API_VERSION, reports.PLURAL, id=REPORT_INDEX, registry=registry)
+        async def index_reports(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any]:
+            return {name: reports.entries_of(body)}
+
         @kopf.on.startup(registry=registry)
         async def capture_indexes(**kwargs: Any) -> None:
-            self._indexes = {name: kwargs[name] for name in (VS_INDEX, NODE_INDEX)}
+            self._indexes = {name: kwargs[name] for name in (VS_INDEX, NODE_INDEX, REPORT_INDEX)}
+
+        @kopf.on.event(API_GROUP, API_VERSION, reports.PLURAL, registry=registry)
+        async def report_event(event: Mapping[str, Any], name: str, **_: Any) -> None:
+            self.gate.done()
+            self.trigger.wake(f"node report {name} {str(event.get('type') or 'listed').lower()}")
 
         @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
         async def virtualservice_event(event: Mapping[str, Any], namespace: str, name: str, **_: Any) -> None:
@@ -189,17 +202,18 @@ class Controller:
             self.metrics.reconcile_duration.observe(time.monotonic() - started)
             timeout = self.options.resync_seconds if not failures else min(self.options.resync_seconds, float(2 ** min(failures - 1, 6)))
 
-    def _snapshot(self) -> tuple[list[Observed], dict[str, NodeFacts]]:
+    def _snapshot(self) -> tuple[list[Observed], dict[str, NodeFacts], dict[str, dict[str, Any]]]:
         records = [next(iter(store)) for store in self._indexes.get(VS_INDEX, {}).values() if len(store)]
         records.sort(key=lambda r: r.key)
         nodes = {name: next(iter(store)) for name, store in self._indexes.get(NODE_INDEX, {}).items() if len(store)}
-        return records, nodes
+        found = {name: next(iter(store)) for name, store in self._indexes.get(REPORT_INDEX, {}).items() if len(store)}
+        return records, nodes, found
 
     async def reconcile_once(self, *, periodic: bool = False) -> ReconcileReport:
         report = ReconcileReport()
         if not self.listed:
             return report
-        records, nodes = self._snapshot()
+        records, nodes, node_reports = self._snapshot()
         valid = sorted((r.vs for r in records if r.vs is not None), key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
         _, problems = resolve_conflicts(valid)
         conflicts = {p.obj: p.message for p in problems if p.reason == "Conflict"}
@@ -222,8 +236,9 @@ class Controller:
                 invalid=f"spec is invalid: {record.error}" if record.error else None,
                 conflict=conflicts.get(ref),
                 expected=expected,
-                nodes=record.status.get("nodes") if isinstance(record.status.get("nodes"), Mapping) else {},
-                known_nodes=frozenset(nodes),
+                # Each node's entry for this object, from the node's own report (vsop.kube.report).
+                nodes={node: entries[ref] for node, entries in node_reports.items() if ref in entries},
+                known_nodes=None,
             )
             summary = summarize(facts)
             found = owned_status(record.status)
@@ -237,15 +252,17 @@ class Controller:
             }
             for condition in conditions:
                 counts[(condition["type"], condition["status"])] = counts.get((condition["type"], condition["status"]), 0) + 1
-            if wanted != baseline or summary.stale:
+            # Upgrade: agents before NodeReports wrote status.nodes.<node> here; it goes, once.
+            legacy = "nodes" in record.status
+            if wanted != baseline or legacy:
                 patch: dict[str, Any] = {
                     "observedGeneration": record.generation,
                     # Merge patch replaces lists whole: keep conditions other writers may have set.
                     "conditions": conditions + [c for c in record.status.get("conditions") or () if isinstance(c, Mapping) and c.get("type") not in CONDITION_TYPES],
                     "backends": summary.backends,
                 }
-                if summary.stale:
-                    patch["nodes"] = {name: None for name in summary.stale}
+                if legacy:
+                    patch["nodes"] = None
                 jobs.append(self._apply(record, patch, wanted, transition_events(old_conditions, conditions), report))
         if jobs:
             semaphore = asyncio.Semaphore(PATCH_CONCURRENCY)
@@ -255,8 +272,18 @@ class Controller:
                     await job
 
             await asyncio.gather(*(limited(job) for job in jobs))
+        # The report of a Node that no longer exists goes (its agent is gone with it).
+        for name in sorted(set(node_reports) - set(nodes)):
+            try:
+                await self.writer.delete_node_report(name)
+                report.deleted_reports.append(name)
+                log.info(kv("Deleted the report of a deleted Node", node=name))
+            except (ApiError, OSError) as exc:
+                self.metrics.errors.labels("api").inc()
+                log.warning(kv("Deleting a node report failed; retried on the next reconcile", node=name, error=str(exc)))
+                report.failed += 1
         if report.failed:
-            raise ApiError(0, f"{report.failed} status patch(es) failed")
+            raise ApiError(0, f"{report.failed} write(s) failed")
         self.metrics.conditions.clear()
         for (kind, status), count in counts.items():
             self.metrics.conditions.labels(kind, status).set(count)
@@ -279,7 +306,7 @@ class Controller:
         ready = wanted["conditions"]["Ready"]
         log.info(kv("Updated status", virtualService=str(record.ref), generation=record.generation, ready=ready["status"],
                     reason=ready["reason"], backends=f"{wanted['backends']['healthy']}/{wanted['backends']['total']}",
-                    removedNodes=",".join(patch.get("nodes", {})) or None))
+                    removedLegacyNodes=("nodes" in patch) or None))
         for event in events:
             await self._event(record, event.type, event.reason, event.message, report)
 

@@ -1,0 +1,87 @@
+"""A node's report: what one node did with each VirtualService, in one object per node.
+
+Owns the `NodeReport` object (cluster-scoped, group vsop.dev, named after the node):
+`status.virtualServices["<namespace>/<name>"]` holds the node's entry for each
+VirtualService it handles (the shape of vsop.kube.status.NodeEntry), and what the
+agent changes in it from one turn to the next (`report_patch`: only changed entries,
+removed ones as null, so one turn is at most one write).
+Why a separate object and not `status.nodes.<node>` on each VirtualService: every agent
+watches every VirtualService, so a key per node on the objects made one change N status
+writes each delivered to N agents (N^2 watch events) and grew each object with N. A
+report is written by one agent and watched by the controller alone; the controller sums
+the reports up into each VirtualService's conditions (MetalLB moved per-node state into
+ServiceL2Status objects for the same reasons).
+Pure: must not import kopf, kubernetes, asyncio, vsop.engine or vsop.adapters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from vsop.model import API_GROUP, API_VERSION
+
+KIND = "NodeReport"
+PLURAL = "nodereports"
+RESOURCE = f"{API_GROUP}/{API_VERSION}/{PLURAL}"
+MAX_ENTRY_MESSAGE = 512  # a node's message in its report; the controller shows the first few nodes' anyway
+
+
+def ref_of(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def entries_of(body: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """`status.virtualServices` of a report body ({} when absent or malformed)."""
+    status = (body or {}).get("status") if isinstance(body, Mapping) else None
+    found = status.get("virtualServices") if isinstance(status, Mapping) else None
+    if not isinstance(found, Mapping):
+        return {}
+    return {str(ref): dict(entry) for ref, entry in found.items() if isinstance(entry, Mapping)}
+
+
+def bounded(entry: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(entry)
+    if len(str(out.get("message", ""))) > MAX_ENTRY_MESSAGE:
+        out["message"] = str(out["message"])[: MAX_ENTRY_MESSAGE - 3] + "..."
+    return out
+
+
+def report_patch(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """The merge patch turning the report's entries `before` into `after` (None: nothing to write).
+
+    `after` maps each VirtualService to this node's entry, None where the node has no
+    business with it; entries of objects in `before` but not in `after` are removed too.
+    """
+    changes: dict[str, Any] = {}
+    for ref, entry in after.items():
+        if entry is None:
+            if ref in before:
+                changes[ref] = None
+        elif before.get(ref) != bounded(entry):
+            changes[ref] = bounded(entry)
+    for ref in before:
+        if ref not in after:
+            changes[ref] = None
+    return {"status": {"virtualServices": changes}} if changes else None
+
+
+def apply_patch(before: Mapping[str, Mapping[str, Any]], patch: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """What the entries are once `patch` (from report_patch) was written."""
+    entries = {ref: dict(entry) for ref, entry in before.items()}
+    for ref, entry in patch["status"]["virtualServices"].items():
+        if entry is None:
+            entries.pop(ref, None)
+        else:
+            entries[ref] = dict(entry)
+    return entries
+
+
+def new_report(node: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    """The body creating a node's first report from a report patch (nulls dropped)."""
+    changes = (patch.get("status") or {}).get("virtualServices") or {}
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": KIND,
+        "metadata": {"name": node, "labels": {"vsop.dev/node": node}},
+        "status": {"virtualServices": {ref: entry for ref, entry in changes.items() if entry is not None}},
+    }

@@ -1,0 +1,38 @@
+"""A node's report: one merge patch of what changed, removals as null, nothing when nothing changed."""
+
+from __future__ import annotations
+
+from vsop.kube.report import MAX_ENTRY_MESSAGE, apply_patch, entries_of, new_report, report_patch
+
+OK = {"programmed": True, "backends": {"total": 2, "healthy": 2}, "message": "", "observedGeneration": 1}
+DOWN = {**OK, "backends": {"total": 2, "healthy": 1}}
+
+
+def test_only_changed_entries_are_written_and_gone_ones_are_nulled() -> None:
+    before = {"default/a": OK, "default/b": OK, "default/gone": OK, "default/moved": OK}
+    after = {"default/a": OK, "default/b": DOWN, "default/new": OK, "default/moved": None}
+    patch = report_patch(before, after)
+    assert patch == {"status": {"virtualServices": {"default/b": DOWN, "default/new": OK, "default/gone": None, "default/moved": None}}}
+    assert apply_patch(before, patch) == {"default/a": OK, "default/b": DOWN, "default/new": OK}
+
+
+def test_nothing_changed_is_no_write() -> None:
+    assert report_patch({"default/a": OK}, {"default/a": dict(OK), "default/other": None}) is None
+    assert report_patch({}, {}) is None
+
+
+def test_long_messages_are_bounded_and_then_compare_equal() -> None:
+    failed = {**OK, "programmed": False, "message": "KernelError: " + "x" * 2000}
+    patch = report_patch({}, {"default/a": failed})
+    assert patch is not None
+    written = patch["status"]["virtualServices"]["default/a"]
+    assert len(written["message"]) == MAX_ENTRY_MESSAGE and written["message"].endswith("...")
+    assert report_patch(apply_patch({}, patch), {"default/a": failed}) is None
+
+
+def test_the_first_report_is_created_without_nulls_and_read_back() -> None:
+    patch = {"status": {"virtualServices": {"default/a": OK, "default/gone": None}}}
+    body = new_report("node-a", patch)
+    assert body["metadata"]["name"] == "node-a" and body["kind"] == "NodeReport"
+    assert entries_of(body) == {"default/a": OK}
+    assert entries_of(None) == {} and entries_of({"status": {"virtualServices": "junk"}}) == {}
