@@ -19,6 +19,7 @@ from vsop.adapters.conntrack import ConntrackCleaner
 from vsop.adapters.sysctl import SysctlRecord
 from vsop.core import ops
 from vsop.core.desired import ARP_SYSCTLS, Desired, Endpoint, Node, desired_state, family_sysctls, kernel_sysctls
+from vsop.core.held import Held, keep_held
 from vsop.core.plan import Plan, plan
 from vsop.core.drift import Repair, repairs
 from vsop.core.stale import removed_udp_real_servers
@@ -237,6 +238,7 @@ def sync(
     desired: Desired | None = None,
     keep_accept_ra: bool = False,
     expected: KernelState | None = None,
+    held: Held | None = None,
 ) -> SyncResult:
     """One level-based sync. `adjust(desired, observed)` may amend the desired state (draining).
 
@@ -248,6 +250,9 @@ def sync(
     The node reconciler (vsop.node) passes what it already has: the `observed` state it just
     read and the `desired` state assembled from its per-object fragments (then `services`
     is not looked at); everything else is the same path `apply` takes.
+
+    `held` names objects declared but unusable now: what the kernel has for them is kept
+    (vsop.core.held), also when `desired` is given.
     """
     started = time.monotonic()
     if observed is None:
@@ -263,6 +268,8 @@ def sync(
             out_of_service=out_of_service,
             kernel_version=kernel_version,
         )
+    if held:
+        desired = keep_held(desired, observed, held, names)
     if adjust is not None:
         desired = replace(desired, state=adjust(desired.state, observed))
     the_plan = plan(desired.state, observed, names, keep_accept_ra=keep_accept_ra)

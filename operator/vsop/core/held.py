@@ -1,0 +1,230 @@
+"""Keeping what the kernel has for objects that are declared but cannot be used right now.
+
+Owns the rule "an object that is still declared but invalid (or caught half-written,
+or unreadable) keeps what the kernel has for it". Ownership already lives in the
+kernel: every ipset member's comment names the VirtualService it serves. So a source
+that knows which owners are declared-but-unusable (and, when some declaration could
+not be read at all, which owners it knows to be really gone) lets any agent tell
+"owner declared but invalid" (keep its VIP, IPVS services, real servers and members,
+report it) from "owner gone" (remove), also right after a restart, with no in-memory
+last good state. The host agent, `vsop apply` and the in-cluster agent all use it.
+
+When a valid object claims a VIP:port that a held owner still serves, the held owner
+keeps it (it is what is being served, and the older claim) and the newcomer is
+refused whole with a Conflict problem, as `resolve_conflicts` refuses the newer object.
+Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from vsop.core.desired import Desired, Problem
+from vsop.core.plan import jump_target
+from vsop.core.state import IPSet, KernelState, LinkState, Names, ServiceKey, VirtualServer, host_prefix
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a source could not use, for `keep_held`.
+
+    `owners`: refs ("namespace/name") still declared whose definition is unusable now.
+    `unknown`: some declaration could not be read at all (a missing folder, an
+    unreadable file, a file not yet stable), so any owner in the kernel might be
+    declared there: every kernel owner not in `known` is held too.
+    `known`: refs the source accounts for (declared and loaded, or seen removed).
+    """
+
+    owners: frozenset[str] = frozenset()
+    unknown: bool = False
+    known: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.owners) or self.unknown
+
+
+def parse_member(member: str) -> ServiceKey | None:
+    """A `hash:ip,port` member ("VIP,proto:port") back into its service key."""
+    vip, sep, rest = member.rpartition(",")
+    protocol, sep2, port = rest.partition(":")
+    if not sep or not sep2 or not port.isdigit() or protocol not in ("tcp", "udp", "sctp"):
+        return None
+    return ServiceKey(protocol, vip, int(port))  # type: ignore[arg-type]
+
+
+def kernel_owners(observed: KernelState, names: Names) -> dict[str, frozenset[str]]:
+    """Owner ref -> the members (in vsop's sets) whose comment names it."""
+    found: dict[str, set[str]] = {}
+    for set_name, ipset in observed.ipsets.items():
+        if set_name not in names.owned_set_names():
+            continue
+        for member, comment in ipset.members.items():
+            if comment:
+                found.setdefault(comment, set()).add(f"{set_name} {member}")
+    return {owner: frozenset(members) for owner, members in found.items()}
+
+
+def held_owners(observed: KernelState, held: Held, names: Names, programmed: Iterable[str] = ()) -> frozenset[str]:
+    """The kernel owners whose state must be kept: held by name, or unaccounted for while something is unreadable."""
+    present = set(kernel_owners(observed, names))
+    keep = set(held.owners) & present
+    if held.unknown:
+        keep |= present - set(held.known)
+    return frozenset(keep - set(programmed))
+
+
+def keep_held(desired: Desired, observed: KernelState, held: Held, names: Names = Names()) -> Desired:
+    """`desired` plus what `observed` holds for every held owner, untouched.
+
+    Held owners keep their bound VIPs, IPVS services (scheduler, persistence), real
+    servers (weights as they are) and ipset members. A family no valid object uses
+    any more keeps vsop's observed chains and jumps, so the held VIPs still pass.
+    """
+    owners = held_owners(observed, held, names, desired.programmed)
+    if not owners:
+        return desired
+    bound = observed.bound_vips() if observed.link is not None and observed.link.name == names.link else frozenset()
+
+    kept_members: dict[str, dict[str, str]] = {}  # set name -> member -> owner
+    kept_services: dict[ServiceKey, str] = {}
+    kept_vips: dict[str, str] = {}
+    for set_name, ipset in observed.ipsets.items():
+        if set_name not in names.owned_set_names():
+            continue
+        base = set_name[:-3] if set_name.endswith("-V6") else set_name
+        for member, owner in ipset.members.items():
+            if owner not in owners:
+                continue
+            kept_members.setdefault(set_name, {})[member] = owner
+            if base == names.vips_set:
+                kept_vips[member] = owner
+            elif base == names.vip_ports_set:
+                key = parse_member(member)
+                if key is not None:
+                    kept_services[key] = owner
+
+    # A valid newcomer claiming what a held owner serves is refused whole.
+    losers: dict[str, Problem] = {}
+    for key, owner in kept_services.items():
+        current = desired.state.services.get(key)
+        claimant = current.owner if current is not None else _member_owner(desired.state, key, names)
+        if claimant and claimant != owner and claimant not in losers:
+            losers[claimant] = Problem(
+                claimant, "Conflict",
+                f"{key.vip}:{key.port}/{key.protocol.upper()} is still served for VirtualService {owner}, which is declared but invalid; fix or remove it first",
+            )
+    state = desired.state
+    for loser in losers:
+        state = without_owner(state, loser, names)
+
+    services = dict(state.services)
+    real_servers = dict(state.real_servers)
+    for key, owner in kept_services.items():
+        if key.vip not in bound:
+            continue
+        found = observed.services.get(key)
+        if found is None:
+            continue  # a delegated (keepalived) service or one already gone: nothing of ours to keep
+        services[key] = VirtualServer(key, found.scheduler, found.persistence_timeout, owner)
+        for rs_key, rs in observed.real_servers.items():
+            if rs_key.service == key:
+                real_servers[rs_key] = rs
+
+    addresses = set(state.addresses)
+    for vip in kept_vips:
+        if vip in bound:
+            addresses.add(host_prefix(vip))
+
+    ipsets = dict(state.ipsets)
+    chains = dict(state.chains)
+    jumps = set(state.jumps)
+    families_present = {s.family for s in state.ipsets.values()}
+    for set_name, members in kept_members.items():
+        current = ipsets.get(set_name)
+        if current is None:
+            source = observed.ipsets[set_name]
+            current = IPSet(set_name, source.kind, source.family, {}, source.comments)
+        ipsets[set_name] = replace(current, members={**current.members, **members})
+    for family in {observed.ipsets[name].family for name in kept_members} - families_present:
+        # No valid object of this family is left: keep every set of the family and vsop's
+        # chains and jumps as the kernel has them, or the held VIPs would stop passing.
+        for set_name, source in observed.ipsets.items():
+            if set_name in names.owned_set_names() and source.family == family and set_name not in ipsets:
+                ipsets[set_name] = IPSet(set_name, source.kind, source.family, {}, source.comments)
+        owned_chains = names.owned_chains()
+        chains.update({k: v for k, v in observed.chains.items() if k.family == family and k.chain in owned_chains})
+        jumps |= {j for j in observed.jumps if j.family == family and jump_target(j.rule) in owned_chains}
+
+    link = state.link
+    if addresses and link is None:
+        link = LinkState(names.link, up=observed.link.up if observed.link is not None else True)
+    new_state = replace(
+        state,
+        link=link,
+        addresses=frozenset(addresses),
+        services=services,
+        real_servers=real_servers,
+        ipsets=ipsets,
+        chains=chains,
+        jumps=frozenset(jumps),
+    )
+    kept = tuple(
+        Problem(owner, "KeptInvalid", "declared but its definition cannot be used; keeping what the kernel has for it")
+        for owner in sorted(owners)
+    )
+    programmed = tuple(ref for ref in desired.programmed if ref not in losers)
+    return replace(
+        desired,
+        state=new_state,
+        programmed=programmed,
+        problems=desired.problems + tuple(losers.values()),
+        warnings=desired.warnings + kept,
+        configured={k: v for k, v in desired.configured.items() if v not in losers},
+    )
+
+
+def _member_owner(state: KernelState, key: ServiceKey, names: Names) -> str:
+    """Who claims key in a desired state's VIP:port set (covers objects whose IPVS service is delegated)."""
+    ipset = state.ipsets.get(names.set_name(names.vip_ports_set, key.family))
+    if ipset is None:
+        return ""
+    return ipset.members.get(f"{key.vip},{key.protocol}:{key.port}", "")
+
+
+def without_owner(state: KernelState, owner: str, names: Names = Names()) -> KernelState:
+    """A desired state with one object's share taken out: services, real servers, members, unused VIPs."""
+    services = {k: v for k, v in state.services.items() if v.owner != owner}
+    gone = {k for k in state.services if k not in services}
+    real_servers = {k: v for k, v in state.real_servers.items() if k.service not in gone}
+    ipsets: dict[str, IPSet] = {}
+    for set_name, ipset in state.ipsets.items():
+        ipsets[set_name] = replace(ipset, members={m: o for m, o in ipset.members.items() if o != owner})
+    still_used: dict[str, str] = {}
+    for set_name, ipset in ipsets.items():
+        base = set_name[:-3] if set_name.endswith("-V6") else set_name
+        if base in (names.vip_ports_set, names.nomasq_set):
+            for member, other in ipset.members.items():
+                key = parse_member(member)
+                if key is not None:
+                    still_used.setdefault(key.vip, other)
+    for set_name, ipset in list(ipsets.items()):
+        base = set_name[:-3] if set_name.endswith("-V6") else set_name
+        if base != names.vips_set:
+            continue
+        members = dict(ipset.members)
+        original = state.ipsets[set_name].members
+        for vip, other in original.items():
+            if other == owner and vip in still_used:
+                members[vip] = still_used[vip]  # a VIP shared with another object stays, now in its name
+        ipsets[set_name] = replace(ipset, members=members)
+    vips_left = {m for name, s in ipsets.items() if (name[:-3] if name.endswith("-V6") else name) == names.vips_set for m in s.members}
+    addresses = frozenset(a for a in state.addresses if a.split("/")[0] in vips_left)
+    return replace(
+        state,
+        services=services,
+        real_servers=real_servers,
+        ipsets=ipsets,
+        addresses=addresses,
+    )
+
