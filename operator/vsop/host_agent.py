@@ -1,10 +1,15 @@
-"""`vsop agent --from DIR`: keep a folder of VirtualServices true on this host's kernel.
+"""`vsop agent`: keep the host store (or `--from DIR`, any folder) true on this host's kernel.
 
 Owns the agent's loop: poll the folder, run health checks, and run one level-based
 sync whenever something changed, on a periodic resync (which repairs drift made by
-hand) and while real servers drain. It removes nothing on SIGTERM, so the dataplane
-keeps serving while the agent restarts, and a restart with unchanged files writes
-nothing. Its state for `vsop show` goes to a JSON status file.
+hand) and while real servers drain. Each sync holds the host's writer lock
+(vsop.lock) and re-reads the folder under it, so `vsop apply` / `delete` and the agent
+take turns and the agent never undoes what a command just did. What the folder
+declares but cannot be used now (invalid, unreadable, being rewritten) is passed to
+the sync as `held`: the kernel keeps what it has for it (core.held), also right after
+a restart. It removes nothing on SIGTERM, so the dataplane keeps serving while the
+agent restarts, and a restart with unchanged files writes nothing. Its state for
+`vsop show` goes to a JSON status file.
 
 In keepalived mode (any loaded VirtualService with `mode: keepalived`) each successful
 sync is followed by the keepalived writer (vsop.keepalived_daemon): render, validate
@@ -20,7 +25,9 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +45,7 @@ from vsop.engine import ExecutionFailed, Kernel, SyncResult, running_kernel_vers
 from vsop.errors import KernelUnsupported
 from vsop.folder import FolderSource
 from vsop.keepalived_daemon import KeepalivedWriter
+from vsop.lock import LockTimeout, writer_lock
 from vsop.model import VirtualService
 
 log = logging.getLogger("vsop.agent")
@@ -55,6 +63,8 @@ class AgentConfig:
     debounce_seconds: float = 0.1
     retry_seconds: float = 5.0
     status_file: Path | None = DEFAULT_STATUS_FILE
+    lock: Path | None = None  # the writer lock held during each sync; None: no lock (tests on fakes)
+    lock_wait_seconds: float = 60.0  # a sync gives up after this and is retried
 
 
 class HostAgent:
@@ -71,7 +81,8 @@ class HostAgent:
         self.conntrack = conntrack
         kernel.conntrack = conntrack  # the engine forgets removed UDP real servers' entries
         self.clock = clock
-        self.source = FolderSource(config.directory)
+        self.source = FolderSource(config.directory, settle_seconds=config.poll_seconds)
+        self.source_guard = threading.Lock()  # the poll task and the sync thread both read the folder
         self.tracker = HealthTracker()
         self.draining = Draining()
         self.kernel_version = running_kernel_version()
@@ -85,10 +96,33 @@ class HostAgent:
 
     # -- one sync (blocking: adapters talk to the kernel) ---------------------------
 
+    def poll(self) -> bool:
+        with self.source_guard:
+            return self.source.poll()
+
     def sync_once(self) -> SyncResult | None:
-        services = self.source.services()
-        grace = grace_by_service(services)
         started = time.monotonic()
+        lock = (
+            writer_lock(self.config.lock, self.config.lock_wait_seconds, on_wait=lambda who: log.info("waiting for the writer lock holder=%r", who))
+            if self.config.lock is not None
+            else nullcontext(0.0)
+        )
+        try:
+            with lock:
+                return self._sync_locked(started)
+        except LockTimeout as exc:
+            self.last = {"error": str(exc), "seconds": round(time.monotonic() - started, 4), "at": time.time()}
+            log.error("sync skipped, will retry error=%r", str(exc))
+            self.write_status()
+            return None
+
+    def _sync_locked(self, started: float) -> SyncResult | None:
+        # Under the lock: see what the last writer (`vsop apply`, `delete`) left in the folder.
+        with self.source_guard:
+            self.source.poll()
+            services = self.source.services()
+            held = self.source.held()
+        grace = grace_by_service(services)
 
         def adjust(desired: KernelState, observed: KernelState) -> KernelState:
             return with_draining(desired, observed, self.draining, self.clock(), grace, self.config.names)
@@ -103,6 +137,7 @@ class HostAgent:
                 kernel_version=self.kernel_version,
                 adjust=adjust,
                 expected=self._expected,
+                held=held,
             )
         except (ExecutionFailed, OperationFailed, KernelUnsupported, PlanError, OSError) as exc:
             self.last = {"error": str(exc), "seconds": round(time.monotonic() - started, 4), "at": time.time()}
@@ -116,6 +151,9 @@ class HostAgent:
             self.last_repairs = [f"{r.obj or '-'}: {r.describe()}" for r in result.repairs]
         for problem in result.desired.problems + result.plan.problems:
             log.warning("VirtualService not programmed object=%s reason=%s message=%r", problem.obj, problem.reason, problem.message)
+        for problem in result.desired.warnings:
+            if problem.reason == "KeptInvalid":
+                log.warning("VirtualService kept as the kernel has it object=%s message=%r", problem.obj, problem.message)
         self.targets = health_targets(services, result.desired.configured, self.draining)
         self.last = {
             "writes": result.writes,
@@ -124,6 +162,7 @@ class HostAgent:
             "at": time.time(),
             "programmed": list(result.desired.programmed),
             "problems": [p.__dict__ for p in result.desired.problems + result.plan.problems],
+            "kept": [p.obj for p in result.desired.warnings if p.reason == "KeptInvalid"],
         }
         if result.writes:
             log.info("synced objects=%d writes=%d seconds=%.3f operations=%s", len(services), result.writes, result.seconds, result.plan.counts())
@@ -146,13 +185,17 @@ class HostAgent:
     # -- status for `vsop show` --------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        with self.source_guard:
+            files = {str(path): state.error for path, state in sorted(self.source.files.items())}
+            errors, pending, objects = self.source.errors(), self.source.pending(), [vs.ref for vs in self.source.services()]
         return {
             "pid": os.getpid(),
             "directory": str(self.config.directory),
             "node": self.config.node.name,
-            "files": {str(path): state.error for path, state in sorted(self.source.files.items())},
-            "errors": self.source.errors(),
-            "objects": [vs.ref for vs in self.source.services()],
+            "files": files,
+            "errors": errors,
+            "pending": pending,
+            "objects": objects,
             "health": [
                 {
                     "service": str(target.key.service),
@@ -190,7 +233,7 @@ class HostAgent:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsop-sync")
         loop = asyncio.get_running_loop()
         log.info("agent started directory=%s node=%s resync_seconds=%g", self.config.directory, self.config.node.name, self.config.resync_seconds)
-        self.source.poll()
+        self.poll()
         poller = loop.create_task(self._poll(wake, stop), name="poll folder")
         next_resync = 0.0
         try:
@@ -217,7 +260,7 @@ class HostAgent:
     async def _poll(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.config.poll_seconds)
-            if self.source.poll():
+            if self.poll():
                 self.write_status()
                 wake.set()
 

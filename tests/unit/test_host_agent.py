@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +32,12 @@ def write(folder: Path, name: str, **spec) -> Path:
     return path
 
 
+def settle(agent) -> None:
+    """Let the folder's files become stable: a first look, then a poll later (sync_once polls again)."""
+    agent.poll()
+    time.sleep(agent.config.poll_seconds * 1.5)
+
+
 def agent_for(folder: Path, state=None, clock=None):
     kernel, fake = fake_kernel(state)
     config = AgentConfig(folder, Node("n"), status_file=folder.parent / "status.json", poll_seconds=0.02, debounce_seconds=0.01)
@@ -43,11 +50,11 @@ def test_new_file_programs_and_removed_file_unprograms(tmp_path: Path) -> None:
     folder.mkdir()
     agent, fake = agent_for(folder)
     write(folder, "web")
-    agent.source.poll()
+    settle(agent)
     assert agent.sync_once().writes > 0
     assert WEB in fake.state.services
     second = write(folder, "api", vip="169.254.11.3")
-    agent.source.poll()
+    settle(agent)
     agent.sync_once()
     assert {k.vip for k in fake.state.services} == {"169.254.11.2", "169.254.11.3"}
     second.unlink()
@@ -62,11 +69,11 @@ def test_broken_file_keeps_last_good_state_and_harms_nothing(tmp_path: Path) -> 
     agent, fake = agent_for(folder)
     path = write(folder, "web")
     write(folder, "api", vip="169.254.11.3")
-    agent.source.poll()
+    settle(agent)
     agent.sync_once()
     before = fake.state
     path.write_text(path.read_text().replace("scheduler: rr", "scheduler: bogus").replace("vip: 169.254.11.2", "vip: 169.254.11.2\n  sheduler: x"))
-    agent.source.poll()
+    settle(agent)
     result = agent.sync_once()
     assert result.writes == 0 and fake.state == before
     status = json.loads((tmp_path / "status.json").read_text())
@@ -78,10 +85,10 @@ def test_restart_with_unchanged_files_writes_nothing(tmp_path: Path) -> None:
     folder.mkdir()
     write(folder, "web", healthCheck={"type": "tcp"})
     agent, fake = agent_for(folder)
-    agent.source.poll()
+    settle(agent)
     agent.sync_once()
     restarted = HostAgent(agent.kernel, agent.config, FakeConntrack())
-    restarted.source.poll()
+    settle(restarted)
     assert restarted.sync_once().writes == 0
 
 
@@ -90,7 +97,7 @@ def test_failing_health_check_sets_weight_zero_and_recovery_restores(tmp_path: P
     folder.mkdir()
     write(folder, "web", healthCheck={"type": "tcp", "failureThreshold": 2})
     agent, fake = agent_for(folder)
-    agent.source.poll()
+    settle(agent)
     agent.sync_once()
     bad = RealServerKey(WEB, "192.168.2.111", 8080)
     assert {t.key for t in agent.targets} == {bad, RealServerKey(WEB, "192.168.2.222", 8080)}
@@ -110,13 +117,13 @@ def test_removed_backend_drains_until_idle(tmp_path: Path) -> None:
     now = [100.0]
     path = write(folder, "web")
     agent, fake = agent_for(folder, clock=lambda: now[0])
-    agent.source.poll()
+    settle(agent)
     agent.sync_once()
     leaving = RealServerKey(WEB, "192.168.2.222", 8080)
     fake.state = replace(fake.state, real_servers={**fake.state.real_servers, leaving: replace(fake.state.real_servers[leaving], active_connections=1)})
     write(folder, "web", backends=[{"address": "192.168.2.111"}])
     assert path.exists()
-    agent.source.poll()
+    settle(agent)
     agent.sync_once()
     assert fake.state.real_servers[leaving].weight == 0 and agent.draining.since
     fake.state = replace(fake.state, real_servers={**fake.state.real_servers, leaving: replace(fake.state.real_servers[leaving], active_connections=0)})
@@ -130,10 +137,10 @@ def test_removed_udp_backend_forgets_its_conntrack_entries(tmp_path: Path) -> No
     folder.mkdir()
     write(folder, "dns", ports=[{"port": 53, "protocol": "UDP"}])
     agent, fake = agent_for(folder)
-    agent.source.poll()
+    settle(agent)
     agent.sync_once()
     write(folder, "dns", ports=[{"port": 53, "protocol": "UDP"}], backends=[{"address": "192.168.2.111"}])
-    agent.source.poll()
+    settle(agent)
     agent.sync_once()
     assert agent.conntrack.forgotten == [("169.254.11.2", 53, "192.168.2.222", 53)]
 
@@ -143,10 +150,10 @@ def test_object_in_two_files_is_kept_once_and_reported(tmp_path: Path) -> None:
     folder.mkdir()
     write(folder, "web")
     (folder / "zz-copy.yaml").write_text((folder / "web.yaml").read_text())
-    source = FolderSource(folder)
+    source = FolderSource(folder, settle_seconds=0)
     source.poll()
     assert [vs.ref for vs in source.services()] == ["default/web"]
-    assert "already defined" in source.errors()[str(folder / "zz-copy.yaml")]
+    assert "already served from" in source.errors()[str(folder / "zz-copy.yaml")]
 
 
 def test_run_loop_follows_changes_and_stops_without_removing(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -240,9 +241,10 @@ def test_host_agent_writes_keepalived_after_sync_and_keeps_keepalived_ipvs(tmp_p
     _write(folder, "web", **KA)
     kernel, fake = fake_kernel()
     w, check, signaller = writer(tmp_path)
-    config = AgentConfig(folder, Node("n"), status_file=tmp_path / "status.json")
+    config = AgentConfig(folder, Node("n"), status_file=tmp_path / "status.json", poll_seconds=0.02)
     agent = HostAgent(kernel, config, FakeConntrack(), keepalived=w)
-    agent.source.poll()
+    agent.poll()
+    time.sleep(0.03)  # a file is taken once stable over two polls
     assert agent.sync_once() is not None
     assert fake.state.services == {}  # keepalived owns IPVS for it
     assert "169.254.11.2/32" in fake.state.addresses and signaller.sent
