@@ -10,12 +10,14 @@ import argparse
 import json
 import socket
 import sys
+from dataclasses import replace
 from typing import Sequence
 
 from vsop import __version__
 from vsop.core import ops
 from vsop.core.commands import command_lines, render
 from vsop.core.desired import Desired, Node, desired_state
+from vsop.core.held import Held, keep_held
 from vsop.core.plan import Plan, PlanError, plan
 from vsop.core.state import KernelState, Names
 from vsop.engine import read_observed, running_kernel_version
@@ -24,6 +26,8 @@ from vsop.errors import FieldError, InvalidInput, KernelUnsupported
 from vsop.loader import Loaded, load_paths, problem_errors, read_stdin
 from vsop import output
 from vsop.output import EXIT_FAILURE, EXIT_INVALID, EXIT_OK
+from vsop.lock import LockTimeout
+from vsop.store_cli import StoreUnreadable, add_store_options
 
 DESCRIPTION = """\
 vsop reconciles VirtualService objects into Linux IPVS load balancing, the way
@@ -32,12 +36,14 @@ pick a real server, one ipset holds every VIP:port and a few constant iptables
 rules mark and masquerade that traffic.
 
   vsop plan --from-empty -f examples/seed.yaml   what a clean node would be told
-  vsop apply -f examples/seed.yaml               program this host (root); again: 0 writes
+  vsop apply -f examples/seed.yaml               store the objects, program this host (root); again: 0 writes
+  vsop get                                       what the host store holds, and whether it is programmed
+  vsop delete default/web                        remove one object from the store and the kernel
   vsop show                                      what vsop owns here, like ipvsadm -Ln
   vsop explain 169.254.11.2:80                   the path of a packet to a VIP, hook by hook, with counters
   vsop doctor                                    every known cause of a dead VIP checked, each with its fix
   vsop cleanup                                   remove all of it, and nothing else
-  vsop agent --from /etc/vsop/services           keep a folder true: health checks, draining
+  vsop agent                                     keep the store true: health checks, draining (--from DIR: a folder)
   vsop render keepalived -f examples/keepalived  keepalived.conf for mode: keepalived objects
   vsop crd                                       the CustomResourceDefinition
 
@@ -89,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         "grouped and commented (-o commands, the same as -o text). Nothing is written.",
     )
     _add_files(p)
-    p.add_argument("--from-empty", action="store_true", help="plan against an empty node instead of this host")
+    p.add_argument("--from-empty", action="store_true", help="plan the files alone against an empty node (no store, no root)")
+    add_store_options(p, writer=False)
+    p.add_argument("--prune", action="store_true", help="plan `apply --prune`: the files replace the whole store")
     p.add_argument(
         "--keep-accept-ra", action="store_true",
         help="never change net.ipv6.conf.<if>.accept_ra: refuse IPv6 VIPs whose forwarding would stop router "
@@ -100,11 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(
         sub,
         "apply",
-        "program this host: validate, read the kernel, apply only the difference",
-        "Validate every VirtualService first (nothing is written if one is invalid), read what\n"
-        "vsop owns on this host, and apply only the difference, in a safe order. Prints what\n"
-        "changed; a second run changes nothing and says so. A kernel refusal stops at that\n"
-        "operation (exit 1); the next apply converges.",
+        "store the objects in the host store and program this host from the whole store",
+        "Validate every VirtualService first (nothing is written if one is invalid), store each in\n"
+        "the host store (one file per object, written atomically), then program this host from the\n"
+        "whole store: objects applied earlier stay, as with kubectl apply. --prune makes the store\n"
+        "exactly the given set. Only the difference is applied, in a safe order; a second run\n"
+        "changes nothing and says so. Holds the writer lock (a running agent waits). A kernel\n"
+        "refusal stops at that operation (exit 1); the next apply (or the agent) converges.",
     )
     _add_files(p)
     p.add_argument(
@@ -113,6 +123,40 @@ def build_parser() -> argparse.ArgumentParser:
         "advertisements (default: set accept_ra=2 where it is 1 before turning IPv6 forwarding on)",
     )
     _add_common(p)
+    add_store_options(p, writer=True)
+    p.add_argument("--prune", action="store_true", help="remove from the store (and the kernel) every object not in the files")
+    p.add_argument("--allow-empty", action="store_true", help="with --prune: allow input with no VirtualService (empties the node)")
+
+    p = _sub(
+        sub,
+        "delete",
+        "remove objects from the host store and their state from the kernel",
+        "Remove VirtualServices (NAMESPACE/NAME, or those in -f files) from the host store and\n"
+        "their services, real servers and VIPs from the kernel. TCP/SCTP real servers with open\n"
+        "connections are drained first (weight 0, up to spec.drain.timeoutSeconds) unless --now.\n"
+        "Holds the writer lock.",
+    )
+    p.add_argument("objects", nargs="*", metavar="NAMESPACE/NAME", help="objects to delete (NAME alone: namespace default)")
+    p.add_argument("-f", "--filename", dest="paths", action="append", default=[], metavar="PATH", help="delete the objects these files declare")
+    p.add_argument("--now", action="store_true", help="do not drain: delete at once")
+    p.add_argument("--node-name", default=socket.gethostname(), help="this node's name, for nodeSelector")
+    p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE", help="a label of this node; repeatable")
+    _add_common(p)
+    add_store_options(p, writer=True)
+
+    p = _sub(
+        sub,
+        "get",
+        "the objects in the host store and whether each is programmed on this host",
+        "List the VirtualServices in the host store and, for each, whether it is programmed on\n"
+        "this host (or why not). -o yaml|json: a v1/List of the objects with status.store.\n"
+        "Reads only; never takes the writer lock.",
+    )
+    p.add_argument("objects", nargs="*", metavar="NAMESPACE/NAME", help="only these objects")
+    p.add_argument("--node-name", default=socket.gethostname(), help="this node's name, for nodeSelector")
+    p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE", help="a label of this node; repeatable")
+    _add_common(p, ("text", "yaml", "json"))
+    add_store_options(p, writer=False)
 
     p = _sub(
         sub,
@@ -150,18 +194,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "agent",
-        help="daemon: with --from DIR keep a folder of YAML true on this host; without, the in-cluster node agent",
+        help="daemon: keep the host store (or --from DIR) true on this host; in a pod, the in-cluster node agent",
         description=(
-            "With --from DIR: the host agent. Loads every VirtualService in DIR, reconciles, follows\n"
-            "changes (polling), resyncs periodically to repair drift, runs health checks and drains\n"
-            "removed real servers. A file that fails validation is reported and ignored (its last good\n"
-            "objects stay); deleting a file removes its objects. SIGTERM stops the agent and leaves\n"
-            "the kernel serving. Without --from: the in-cluster node agent (DaemonSet); see\n"
-            "`vsop agent --help-cluster`."
+            "The host agent. Follows the host store (or --from DIR, a folder someone else manages),\n"
+            "reconciles, resyncs periodically to repair drift, runs health checks and drains removed\n"
+            "real servers; each sync holds the writer lock, so `vsop apply` / `delete` work while it\n"
+            "runs. A file is taken once it is stable over two polls; a file that fails validation, or a\n"
+            "folder, file or symlink target that cannot be read, is reported and keeps what the kernel\n"
+            "has for its objects (also across restarts); deleting a file removes its objects. SIGTERM\n"
+            "stops the agent and leaves the kernel serving. In a pod (KUBERNETES_SERVICE_HOST) or with\n"
+            "cluster flags: the in-cluster node agent (DaemonSet); see `vsop agent --help-cluster`."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--from", dest="directory", metavar="DIR", help="the folder of VirtualService YAML to follow")
+    p.add_argument("--from", dest="directory", metavar="DIR", help="follow this folder of VirtualService YAML instead of the host store")
+    p.add_argument("--store", metavar="DIR", help="the host store to follow (default $VSOP_STORE or /etc/vsop/virtualservices.d)")
+    p.add_argument("--lock", metavar="FILE", help="the writer lock held during each sync (default $VSOP_LOCK or /run/vsop/lock)")
     p.add_argument("--node-name", default=socket.gethostname(), help="this node's name, for nodeSelector")
     p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE", help="a label of this node; repeatable")
     p.add_argument("--resync-seconds", type=float, default=30.0, help="full resync period that repairs drift (default 30)")
@@ -227,26 +275,33 @@ def _load(args: argparse.Namespace) -> Loaded:
         print(f"vsop: {note} (not a VirtualService)", file=sys.stderr)
     for warning in loaded.warnings:
         print(f"vsop: warning: {warning}", file=sys.stderr)
+    if not loaded.services:  # never an empty desired state: that would remove everything
+        raise InvalidInput([FieldError(reason=f"no VirtualService found in {' '.join(args.paths)}")])
     return loaded
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
     names = Names()
     loaded = _load(args)
+    services, held = loaded.services, Held()
     if not args.from_empty:
         from vsop.host import read_host  # the kernel readers; imported only when a host is read
+        from vsop.store_cli import plan_services
 
+        services, held = plan_services(args, loaded.services)  # what `apply` of these files would program
         observed = read_host(names)
     else:
         observed = KernelState()
     desired = desired_state(
-        loaded.services,
+        services,
         _node(args),
         names=names,
         node_addresses=observed.node_addresses,
         kernel_version=None if args.from_empty else running_kernel_version(),
     )
-    _refuse_problems(desired, loaded)
+    desired = keep_held(desired, observed, held, names)
+    given = {vs.ref for vs in loaded.services}  # objects already in the store only warn (see store_cli)
+    _refuse_problems(replace(desired, problems=tuple(p for p in desired.problems if p.obj in given)), loaded)
     result = plan(desired.state, observed, names, keep_accept_ra=args.keep_accept_ra)
     _refuse_problems(result, loaded)
     if args.output == "json":
@@ -266,7 +321,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return EXIT_OK
     against = "an empty node" if args.from_empty else f"this host ({args.node_name})"
     if not result.ops:
-        elsewhere = len(loaded.services) - len(desired.programmed)
+        elsewhere = len(services) - len(desired.programmed)
         note = f"; {elsewhere} VirtualService(s) are not for node {args.node_name} (nodeSelector)" if elsewhere else ""
         print(f"# Nothing to do: {against} already matches the {len(desired.programmed)} VirtualService(s) it programs{note}.")
         return EXIT_OK
@@ -290,52 +345,21 @@ def _op_json(op: ops.Op) -> dict[str, object]:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from vsop.engine import ExecutionFailed, execute
-    from vsop.host import real_kernel
+    from vsop.store_cli import cmd_apply as apply_to_store
 
-    names = Names()
-    loaded = _load(args)
-    kernel = real_kernel()
-    observed = read_observed(kernel, names)
-    desired = desired_state(
-        loaded.services, _node(args), names=names, node_addresses=observed.node_addresses, kernel_version=running_kernel_version()
-    )
-    _refuse_problems(desired, loaded)
-    result = plan(desired.state, observed, names, keep_accept_ra=args.keep_accept_ra)
-    _refuse_problems(result, loaded)
-    stale: list[str] = []
-    try:
-        writes, applied = execute(kernel, result, names, observed=observed, conntrack_failures=stale)
-    except ExecutionFailed as exc:
-        index = exc.applied + 1
-        print(
-            f"vsop: apply failed at operation {index} of {len(result.ops)}: {exc}\n"
-            f"vsop: the {exc.applied} operation(s) before it were applied; fix the cause and apply again to converge",
-            file=sys.stderr,
-        )
-        if args.output == "json":
-            json.dump({"changed": exc.applied > 0, "failed": _op_json(exc.op), "reason": exc.reason, "applied": exc.applied}, sys.stdout, indent=2)
-            print()
-        return EXIT_FAILURE
-    finally:
-        _report_conntrack(stale)
-    if args.output == "json":
-        json.dump(
-            {"changed": bool(applied), "writes": writes, "counts": result.counts(), "operations": [_op_json(op) for op in applied],
-             **({"conntrackFailures": stale} if stale else {})},
-            sys.stdout,
-            indent=2,
-        )
-        print()
-        return EXIT_OK
-    if not applied:
-        print(f"vsop: nothing changed: {len(desired.programmed)} VirtualService(s) already programmed on {args.node_name} (0 writes)")
-        return EXIT_OK
-    counts = ", ".join(f"{kind} {count}" for kind, count in result.counts().items())
-    print(f"vsop: applied {len(applied)} operation(s) for {len(desired.programmed)} VirtualService(s) on {args.node_name}: {counts}")
-    for op in applied:
-        print(f"  {op.kind:<18} {op.describe()}")
-    return EXIT_OK
+    return apply_to_store(args)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from vsop.store_cli import cmd_delete as delete_from_store
+
+    return delete_from_store(args)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from vsop.store_cli import cmd_get as get_from_store
+
+    return get_from_store(args)
 
 
 def _report_conntrack(failures: list[str]) -> None:
@@ -382,6 +406,15 @@ def _agent_status(path: str) -> dict[str, object] | None:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _cleanup(args)
+    from vsop.lock import writer_lock
+
+    with writer_lock(on_wait=lambda who: print(f"vsop: waiting for the writer lock held by {who}", file=sys.stderr)):
+        return _cleanup(args)
+
+
+def _cleanup(args: argparse.Namespace) -> int:
     from vsop.engine import ExecutionFailed, changed_sysctls, cleanup, restore_sysctls
     from vsop.host import real_kernel
 
@@ -441,12 +474,23 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from vsop.keepalived_daemon import KeepalivedConfig, KeepalivedWriter
     from vsop.logs import setup_logging
 
+    from vsop.lock import lock_path
+    from vsop.store import store_path
+
     setup_logging(args.verbose)
-    directory = Path(args.directory)
-    if not directory.is_dir():
-        raise InvalidInput([FieldError(path="--from", reason=f"{directory} is not a folder")])
+    if args.directory:
+        directory = Path(args.directory)
+        if not directory.is_dir():
+            raise InvalidInput([FieldError(path="--from", reason=f"{directory} is not a folder")])
+    else:
+        directory = store_path(args.store)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)  # `vsop apply` fills it; the agent may start first
+        except OSError:
+            pass  # a read-only /etc: the agent reports the missing folder and keeps what the kernel has
     config = AgentConfig(
         directory=directory,
+        lock=lock_path(args.lock),
         node=_node(args),
         resync_seconds=args.resync_seconds,
         poll_seconds=args.poll_seconds,
@@ -502,6 +546,8 @@ COMMANDS = {
     "explain": cmd_explain,
     "doctor": cmd_doctor,
     "apply": cmd_apply,
+    "delete": cmd_delete,
+    "get": cmd_get,
     "show": cmd_show,
     "cleanup": cmd_cleanup,
     "agent": cmd_agent,
@@ -510,13 +556,27 @@ COMMANDS = {
 }
 
 
+CLUSTER_ONLY_FLAGS = (
+    "--kubeconfig", "--context", "--namespace", "-n", "--health-port", "--metrics-port", "--bind-address",
+    "--proc-sys", "--debounce-seconds", "--help-cluster",
+)
+
+
 def _in_cluster(argv: Sequence[str]) -> int | None:
-    """`vsop controller ...` and `vsop agent ...` without --from belong to the Kubernetes layer."""
+    """`vsop controller ...`, and `vsop agent ...` in a pod or with cluster flags, belong to the Kubernetes layer."""
+    import os
+
     if not argv or argv[0] not in ("agent", "controller"):
         return None
     rest = list(argv[1:])
-    if argv[0] == "agent" and (any(a == "--from" or a.startswith("--from=") for a in rest) or rest in (["-h"], ["--help"])):
-        return None
+    if argv[0] == "agent":
+        def given(flag: str) -> bool:
+            return any(a == flag or a.startswith(flag + "=") for a in rest)
+
+        host = given("--from") or given("--store") or rest in (["-h"], ["--help"])
+        cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) or any(given(flag) for flag in CLUSTER_ONLY_FLAGS)
+        if host or not cluster:
+            return None
     if argv[0] == "agent":
         from vsop.kube.agent import main as agent_main
 
@@ -546,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except InvalidInput as exc:
         return output.invalid(exc, fmt)
-    except (KernelUnsupported, PlanError, OperationFailed) as exc:
+    except (KernelUnsupported, PlanError, OperationFailed, LockTimeout, StoreUnreadable) as exc:
         return output.failure(str(exc), fmt)
     except PermissionError as exc:
         # Files the user named are read by the loader (a refusal there is invalid input);
@@ -555,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return output.failure(f"{where}permission denied: reading and programming the kernel needs root (CAP_NET_ADMIN)", fmt)
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # the store or the lock: a runtime failure, said in one line
+        return output.failure(str(exc), fmt)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the last resort: one line, not a trace, unless -v

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,14 @@ def snapshot() -> tuple[str, str, str]:
     return rules, run("ipset", "list", "-n"), run("ip", "-o", "addr")
 
 
-def test_apply_without_ipvs_exits_1_naming_the_reason_and_writes_nothing() -> None:
+def test_apply_without_ipvs_exits_1_naming_the_reason_and_writes_nothing(tmp_path: Path) -> None:
     before = snapshot()
-    done = subprocess.run([VSOP, "apply", "-f", str(ROOT / "examples" / "seed.yaml")], capture_output=True, text=True)
+    env = {**os.environ, "VSOP_STORE": str(tmp_path / "store"), "VSOP_LOCK": str(tmp_path / "lock")}
+    done = subprocess.run([VSOP, "apply", "-f", str(ROOT / "examples" / "seed.yaml")], capture_output=True, text=True, env=env)
     assert done.returncode == 1
     assert "this kernel has no IPVS: load ip_vs or use mode: keepalived" in done.stderr
     assert snapshot() == before
+    assert not (tmp_path / "store").exists()  # refused before the store changed
 
 
 def test_invalid_input_exits_2_before_the_kernel_is_even_read(tmp_path: Path) -> None:

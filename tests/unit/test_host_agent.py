@@ -182,10 +182,10 @@ def test_drift_is_repaired_counted_and_shown_but_a_file_change_is_not_drift(tmp_
     folder.mkdir()
     agent, fake = agent_for(folder)
     write(folder, "web")
-    agent.source.poll()
+    settle(agent)
     agent.sync_once()
     write(folder, "web", backends=[{"address": "192.168.2.111", "weight": 2}])  # a change, not drift
-    agent.source.poll()
+    settle(agent)
     agent.sync_once()
     assert agent.drift_repairs == 0
     key = RealServerKey(WEB, "192.168.2.111", 8080)

@@ -656,6 +656,10 @@ def _run(args: argparse.Namespace) -> int:
     stdin_text = read_stdin() if "-" in args.paths else None
     loaded = load_paths(args.paths, stdin_text=stdin_text)
     notes = [f"{note} (not a VirtualService)" for note in loaded.skipped]
+    if not loaded.services:  # never render an empty configuration from input that held nothing
+        for note in notes:
+            print(f"vsop: {note}", file=sys.stderr)
+        raise InvalidInput([FieldError(reason=f"no VirtualService found in {' '.join(args.paths)}")])
     result = render_keepalived(loaded.services, layout=args.layout, auth_password=password)
     notes.extend(result.skipped)
     for note in notes:
