@@ -10,6 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "${VSOP_IN_VM:-}" = 1 ] || { echo "demo/lab.sh runs inside the VM: make demo" >&2; exit 2; }
 VSOP=.venv/bin/vsop
+# The host store lives in the VM's own /run (the host's /etc is read-only in here);
+# apply writes the objects there, get and the agent read them from there.
+export VSOP_STORE=/run/vsop/virtualservices.d
 BB=/bin/busybox
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 ns() { ip netns exec "$@"; }
@@ -37,8 +40,12 @@ ns client ip route add default via 10.200.9.1
 say "vsop plan -f examples/seed.yaml   (what vsop will tell this kernel)"
 $VSOP plan -f examples/seed.yaml --node-name lab
 
-say "vsop apply -f examples/seed.yaml"
+say "vsop apply -f examples/seed.yaml   (stored in $VSOP_STORE, then programmed)"
 $VSOP apply -f examples/seed.yaml --node-name lab
+ls -l "$VSOP_STORE"
+
+say "vsop get"
+$VSOP get --node-name lab
 
 say "six requests from the client namespace to http://169.254.11.2/"
 for i in 1 2 3 4 5 6; do ns client curl -s --max-time 5 http://169.254.11.2/; done

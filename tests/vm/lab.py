@@ -92,7 +92,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Netns]]:
 
 
 @pytest.fixture
-def clean_node(capsys: pytest.CaptureFixture[str]) -> Iterator[None]:
+def clean_node(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # Each test gets its own host store and writer lock (the host's /etc is read-only in the VM);
+    # subprocesses (the agent, the console script) inherit them through the environment.
+    monkeypatch.setenv("VSOP_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("VSOP_LOCK", str(tmp_path / "lock"))
     yield
     assert vsop(["cleanup"]) == 0
     capsys.readouterr()

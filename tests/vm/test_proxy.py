@@ -91,7 +91,7 @@ def test_second_apply_writes_nothing_and_changes_nothing(lab, tmp_path) -> None:
     second = subprocess.run([vsop_bin, "apply", "-f", path, "-o", "json"], capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
     report = json.loads(second.stdout)
-    assert report == {"changed": False, "writes": 0, "counts": {}, "operations": []}
+    assert report == {"changed": False, "writes": 0, "stored": [], "pruned": [], "counts": {}, "operations": []}
     assert kernel_snapshot() == before
     text = subprocess.run([vsop_bin, "apply", "-f", path], capture_output=True, text=True, timeout=300).stdout
     assert text.startswith("vsop: nothing changed")

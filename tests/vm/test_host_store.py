@@ -1,0 +1,332 @@
+"""The host store, the writer lock and a folder agent safe against partial states, proven by packets.
+
+`vsop apply` / `delete` work per object over the host store; input that holds no
+VirtualService changes nothing, byte for byte; the agent following a folder never
+deletes a live VIP because a file, folder or symlink is caught half-way; an agent
+started while a file is invalid keeps that file's VIP; `vsop apply` and an agent
+syncing 1,000 services take turns on the writer lock. Every test runs with its own
+store and lock (tests/vm/lab.py's clean_node sets VSOP_STORE and VSOP_LOCK).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import yaml
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))
+
+from tests.vm.conftest import http_get, run  # noqa: E402
+from tests.vm.lab import BACKENDS, VIP, apply, clean_node, lab, manifest, vsop  # noqa: E402,F401
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
+
+VSOP = str(Path(sys.executable).parent / "vsop")
+API_VIP = "169.254.11.3"
+STARTUP_TIMEOUT = 120
+# Root reads any file whatever its mode; without these two capabilities it cannot, like any user.
+NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
+
+
+def answers_from(vip: str, client) -> str:  # type: ignore[no-untyped-def]
+    return http_get(vip, netns=client, timeout=3).strip()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def kernel_snapshot() -> dict[str, str]:
+    """Everything vsop could have touched, as the tools print it."""
+    return {
+        "ipvs": run("ipvsadm", "-Sn").stdout,
+        "ipset": run("ipset", "save").stdout,
+        "iptables": "\n".join(line for line in run("iptables-save").stdout.splitlines() if not line.startswith("#")),
+        "addresses": run("ip", "-o", "addr").stdout,
+    }
+
+
+def vips_in_kernel() -> set[str]:
+    out = run("ip", "-o", "addr", "show", "dev", "vsop0", check=False).stdout
+    return {line.split()[3].split("/")[0] for line in out.splitlines() if " inet " in line}
+
+
+class Agent:
+    def __init__(self, workdir: Path, *args: str, prefix: list[str] | None = None):
+        self.args = list(args)
+        self.prefix = prefix or []
+        self.status_file = workdir / "agent.json"
+        self.log = workdir / "agent.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.status_file.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [*self.prefix, VSOP, "agent", *self.args, "--poll-seconds", "0.2", "--resync-seconds", "30",
+             "--status-file", str(self.status_file), "-v"],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), start_new_session=True,
+        )
+        wait_for("the agent's first sync", lambda: self.status().get("lastSync", {}).get("at"), STARTUP_TIMEOUT, 0.5)
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+        self.process = None
+
+    def deletions(self) -> list[str]:
+        """Log lines of syncs that deleted something."""
+        text = self.log.read_text() if self.log.exists() else ""
+        return [line for line in text.splitlines() if "synced" in line and ".delete" in line]
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
+    made: list[Agent] = []
+
+    def make(*args: str, prefix: list[str] | None = None) -> Agent:
+        agent = Agent(tmp_path, *args, prefix=prefix)
+        made.append(agent)
+        return agent
+
+    yield make
+    for agent in made:
+        agent.stop()
+    log = tmp_path / "agent.log"
+    if log.exists():
+        sys.stderr.write(log.read_text()[-4000:])
+
+
+class Load:
+    """Requests to every VIP from the client, in a thread; counts failures."""
+
+    def __init__(self, client, vips: list[str]):  # type: ignore[no-untyped-def]
+        self.client, self.vips = client, vips
+        self.failures: list[str] = []
+        self.count = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self) -> None:
+        while not self.done.is_set():
+            for vip in self.vips:
+                try:
+                    http_get(vip, netns=self.client, timeout=3)
+                    self.count += 1
+                except OSError as exc:
+                    self.failures.append(f"{vip}: {exc!r}")
+            time.sleep(0.05)
+
+    def __enter__(self) -> "Load":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join(10)
+
+
+# -- 1. per-object apply / delete / prune ---------------------------------------------------
+
+
+def test_apply_keeps_earlier_objects_delete_removes_one_prune_replaces(lab, tmp_path, capsys) -> None:
+    client = lab["client"]
+    a = manifest(tmp_path, "web")
+    b = manifest(tmp_path, "api", vip=API_VIP)
+    apply(capsys, a)
+    apply(capsys, b)
+    assert answers_from(VIP, client) in BACKENDS and answers_from(API_VIP, client) in BACKENDS  # b kept a
+
+    capsys.readouterr()
+    assert vsop(["delete", "-f", a, "--now"]) == 0
+    with pytest.raises(OSError):
+        http_get(VIP, netns=client, timeout=2)
+    assert answers_from(API_VIP, client) in BACKENDS
+
+    apply(capsys, a)
+    assert answers_from(VIP, client) in BACKENDS
+    capsys.readouterr()
+    assert vsop(["apply", "--prune", "-f", b]) == 0
+    with pytest.raises(OSError):
+        http_get(VIP, netns=client, timeout=2)
+    assert answers_from(API_VIP, client) in BACKENDS
+    assert sorted(p.name for p in Path(os.environ["VSOP_STORE"]).iterdir()) == ["default_api.yaml"]
+
+    again = apply(capsys, b)
+    assert again["writes"] == 0 and again["operations"] == [] and again["stored"] == []
+
+
+# -- 2. input without any VirtualService changes nothing ------------------------------------
+
+
+def test_input_without_virtualservices_exits_2_and_leaves_the_kernel_byte_identical(lab, tmp_path, capsys) -> None:
+    apply(capsys, manifest(tmp_path, "web"))
+    store = Path(os.environ["VSOP_STORE"])
+    stored = {p.name: p.read_text() for p in store.iterdir()}
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    services_only = tmp_path / "list.yaml"
+    services_only.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "List",
+        "items": [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}],
+    }))
+    unreadable = tmp_path / "locked"
+    unreadable.mkdir()
+    shutil.copy(manifest(tmp_path, "other", vip=API_VIP), unreadable / "other.yaml")
+    unreadable.chmod(0)
+    before = kernel_snapshot()
+    for argv, prefix in (
+        (["apply", "-f", str(empty)], []),
+        (["apply", "-f", "/dev/null"], []),
+        (["apply", "-f", str(services_only)], []),
+        (["apply", "--prune", "-f", str(services_only)], []),
+        (["apply", "-f", str(unreadable)], NO_DAC),
+    ):
+        done = subprocess.run([*prefix, VSOP, *argv], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, (argv, done.stdout, done.stderr)
+        assert "nothing was changed" in done.stderr, (argv, done.stderr)
+        assert kernel_snapshot() == before, argv
+    assert {p.name: p.read_text() for p in store.iterdir()} == stored
+
+
+# -- 3. the agent against partial states, under load ----------------------------------------
+
+
+def test_agent_never_deletes_a_live_vip_for_a_partial_state(lab, agents, tmp_path) -> None:
+    client = lab["client"]
+    folder = tmp_path / "services"
+    (folder / "team").mkdir(parents=True)
+    web = Path(manifest(folder, "web"))
+    api = Path(manifest(folder / "team", "api", vip=API_VIP))
+    agent = agents("--from", str(folder), prefix=NO_DAC)
+    agent.start()
+    wait_for("both VIPs", lambda: answers_from(VIP, client) in BACKENDS and answers_from(API_VIP, client) in BACKENDS, 60)
+
+    with Load(client, [VIP, API_VIP]) as load:
+        content = web.read_text()
+        web.write_text("")  # a writer that truncates, then writes
+        time.sleep(0.5)
+        web.write_text(content)
+        time.sleep(1.5)
+
+        folder.rename(tmp_path / "away")  # a folder swapped by mv
+        wait_for("the missing folder reported", lambda: str(folder) in agent.status().get("errors", {}), 30)
+        (tmp_path / "away").rename(folder)
+        wait_for("the folder back", lambda: str(folder) not in agent.status().get("errors", {}), 30)
+
+        (folder / "broken.yaml").symlink_to(tmp_path / "nowhere.yaml")
+        wait_for("the dangling symlink reported", lambda: "dangling" in agent.status().get("errors", {}).get(str(folder / "broken.yaml"), ""), 30)
+
+        (folder / "team").chmod(0)
+        wait_for("the unreadable subfolder reported", lambda: str(folder / "team") in agent.status().get("errors", {}), 30)
+        time.sleep(1)
+        (folder / "team").chmod(0o755)
+        wait_for("the subfolder readable again", lambda: str(folder / "team") not in agent.status().get("errors", {}), 30)
+        time.sleep(0.5)
+    assert load.failures == [] and load.count > 20, load.failures[:5]
+    assert agent.deletions() == []
+    assert vips_in_kernel() == {VIP, API_VIP}
+
+    api.unlink()  # a real removal still removes, dangling symlink or not
+    wait_for("the removed file's VIP to go", lambda: API_VIP not in vips_in_kernel(), 30)
+    with pytest.raises(OSError):
+        http_get(API_VIP, netns=client, timeout=2)
+    assert answers_from(VIP, client) in BACKENDS
+
+
+# -- 4. an invalid file across a restart -------------------------------------------------------
+
+
+def test_agent_started_with_an_invalid_file_keeps_its_vip(lab, agents, tmp_path, capsys) -> None:
+    client = lab["client"]
+    path = Path(manifest(tmp_path, "web"))
+    apply(capsys, str(path))  # into the store
+    stored = Path(os.environ["VSOP_STORE"]) / "default_web.yaml"
+    good = stored.read_text()
+    agent = agents()  # follows the store
+    agent.start()
+    agent.stop()
+
+    stored.write_text(good.replace("port: 80", "port: 0"))  # a typo made while the agent was stopped
+    before = kernel_snapshot()
+    agent.start()
+    wait_for("the invalid file reported", lambda: str(stored) in agent.status().get("errors", {}), 30)
+    time.sleep(1)
+    assert "spec.ports[0].port" in agent.status()["errors"][str(stored)]
+    assert answers_from(VIP, client) in BACKENDS
+    assert kernel_snapshot() == before
+    assert "default/web" in agent.status()["lastSync"].get("kept", [])
+
+    stored.write_text(good)  # fixed
+    wait_for("the fixed file taken", lambda: not agent.status().get("errors") and agent.status()["objects"] == ["default/web"], 30)
+    time.sleep(0.5)
+    assert agent.status()["lastSync"]["writes"] == 0
+    assert kernel_snapshot() == before
+
+
+# -- 5. apply while the agent syncs 1,000 services ---------------------------------------------
+
+
+def test_apply_while_the_agent_syncs_a_thousand_services_waits_its_turn(lab, agents, tmp_path, capsys) -> None:
+    store = Path(os.environ["VSOP_STORE"])
+    store.mkdir()
+    base = yaml.safe_load(Path(manifest(tmp_path, "template")).read_text())
+    for index in range(1000):
+        doc = json.loads(json.dumps(base))
+        doc["metadata"]["name"] = f"svc-{index}"
+        doc["spec"]["vip"] = f"10.250.{index // 250}.{index % 250 + 1}"
+        (store / f"default_svc-{index}.yaml").write_text(yaml.safe_dump(doc))
+    # The second writer starts now and blocks on its input, so it reaches the lock mid-sync.
+    writer = subprocess.Popen(
+        [VSOP, "apply", "-f", "-", "--wait", "600", "-o", "json"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    agent = agents()
+    agent.start()
+    lock = Path(os.environ["VSOP_LOCK"])
+
+    def agent_mid_sync() -> bool:
+        holder = lock.read_text().split(" ", 1)[0] if lock.exists() else ""
+        return holder == str(agent.process.pid) and 0 < Path("/proc/net/ip_vs").read_text().count("TCP ") < 1000
+
+    wait_for("the agent in the middle of its big sync", agent_mid_sync, 120, 0.02)
+    out, err = writer.communicate(Path(manifest(tmp_path, "extra", vip="169.254.11.9")).read_text(), timeout=600)
+    assert writer.returncode == 0, err
+    assert err.strip().splitlines() == [line for line in err.strip().splitlines() if line.startswith("vsop: waiting for the writer lock held by pid")]
+    assert f"pid {agent.process.pid} (" in err and "agent" in err
+    assert json.loads(out)["stored"] == ["default/extra"]
+
+    wait_for("the agent sees the new file", lambda: "default/extra" in agent.status().get("objects", []), 60, 0.5)
+    time.sleep(0.5)
+    assert agent.status()["lastSync"]["writes"] == 0  # apply already programmed it
+    capsys.readouterr()
+    assert vsop(["plan", "-f", str(tmp_path / "extra.yaml"), "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["operations"] == []  # the kernel is exactly the store
+    assert "10.250.3.250" in vips_in_kernel() and "169.254.11.9" in vips_in_kernel()
