@@ -154,7 +154,10 @@ class HostAgent:
         for problem in result.desired.warnings:
             if problem.reason == "KeptInvalid":
                 log.warning("VirtualService kept as the kernel has it object=%s message=%r", problem.obj, problem.message)
-        self.targets = health_targets(services, result.desired.configured, self.draining)
+        targets = health_targets(services, result.desired.configured, self.draining)
+        # While something is held (a file being rewritten, unreadable), keep probing what was
+        # probed: its health state must survive the blip, or a dead real server would return.
+        self.targets = targets | self.targets if held else targets
         self.last = {
             "writes": result.writes,
             "operations": result.plan.counts(),
@@ -233,6 +236,10 @@ class HostAgent:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsop-sync")
         loop = asyncio.get_running_loop()
         log.info("agent started directory=%s node=%s resync_seconds=%g", self.config.directory, self.config.node.name, self.config.resync_seconds)
+        # A file is taken once stable over two polls: look twice before the first sync, so
+        # the first sync already serves what the folder holds.
+        self.poll()
+        await asyncio.sleep(self.config.poll_seconds)
         self.poll()
         poller = loop.create_task(self._poll(wake, stop), name="poll folder")
         next_resync = 0.0

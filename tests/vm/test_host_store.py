@@ -87,7 +87,11 @@ class Agent:
              "--status-file", str(self.status_file), "-v"],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), start_new_session=True,
         )
-        wait_for("the agent's first sync", lambda: self.status().get("lastSync", {}).get("at"), STARTUP_TIMEOUT, 0.5)
+        try:
+            wait_for("the agent's first sync", lambda: self.status().get("lastSync", {}).get("at"), STARTUP_TIMEOUT, 0.5)
+        except AssertionError as exc:
+            log = "\n".join(line for line in self.log.read_text().splitlines() if "pyroute2" not in line)[-3000:]
+            raise AssertionError(f"{exc}; agent exit code {self.process.poll()}; its log:\n{log}") from None
 
     def status(self) -> dict[str, Any]:
         try:
@@ -297,34 +301,46 @@ def test_agent_started_with_an_invalid_file_keeps_its_vip(lab, agents, tmp_path,
 def test_apply_while_the_agent_syncs_a_thousand_services_waits_its_turn(lab, agents, tmp_path, capsys) -> None:
     store = Path(os.environ["VSOP_STORE"])
     store.mkdir()
-    base = yaml.safe_load(Path(manifest(tmp_path, "template")).read_text())
-    for index in range(1000):
-        doc = json.loads(json.dumps(base))
-        doc["metadata"]["name"] = f"svc-{index}"
-        doc["spec"]["vip"] = f"10.250.{index // 250}.{index % 250 + 1}"
-        (store / f"default_svc-{index}.yaml").write_text(yaml.safe_dump(doc))
+    agent = agents()
+    agent.start()  # on an empty store
     # The second writer starts now and blocks on its input, so it reaches the lock mid-sync.
     writer = subprocess.Popen(
         [VSOP, "apply", "-f", "-", "--wait", "600", "-o", "json"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    agent = agents()
-    agent.start()
+    # 1,000 objects appear at once: written in a dot folder (ignored), then renamed into the store.
+    staging = store / ".staging"
+    staging.mkdir()
+    base = yaml.safe_load(Path(manifest(tmp_path, "template")).read_text())
+    for index in range(1000):
+        doc = json.loads(json.dumps(base))
+        doc["metadata"]["name"] = f"svc-{index}"
+        doc["spec"]["vip"] = f"10.250.{index // 250}.{index % 250 + 1}"
+        (staging / f"default_svc-{index}.yaml").write_text(yaml.safe_dump(doc))
+    staging.rename(store / "batch")
     lock = Path(os.environ["VSOP_LOCK"])
 
     def agent_mid_sync() -> bool:
+        """The agent holds the lock and has begun, not finished, programming the 1,000 services."""
         holder = lock.read_text().split(" ", 1)[0] if lock.exists() else ""
-        return holder == str(agent.process.pid) and 0 < Path("/proc/net/ip_vs").read_text().count("TCP ") < 1000
+        if holder != str(agent.process.pid) or Path("/proc/net/ip_vs").read_text().count("TCP ") >= 1000:
+            return False
+        return Path("/proc/net/ip_vs").read_text().count("TCP ") > 0 or "10.250." in run("ip", "-o", "addr", "show", "dev", "vsop0", check=False).stdout
 
-    wait_for("the agent in the middle of its big sync", agent_mid_sync, 120, 0.02)
+    wait_for("the agent in the middle of its big sync", agent_mid_sync, 300, 0.02)
     out, err = writer.communicate(Path(manifest(tmp_path, "extra", vip="169.254.11.9")).read_text(), timeout=600)
     assert writer.returncode == 0, err
     assert err.strip().splitlines() == [line for line in err.strip().splitlines() if line.startswith("vsop: waiting for the writer lock held by pid")]
     assert f"pid {agent.process.pid} (" in err and "agent" in err
     assert json.loads(out)["stored"] == ["default/extra"]
 
-    wait_for("the agent sees the new file", lambda: "default/extra" in agent.status().get("objects", []), 60, 0.5)
-    time.sleep(0.5)
+    applied_at = time.time()
+
+    def synced_with_extra() -> bool:
+        status = agent.status()
+        return "default/extra" in status.get("programmed", status.get("lastSync", {}).get("programmed", [])) and status["lastSync"]["at"] > applied_at
+
+    wait_for("an agent sync that serves the new file", synced_with_extra, 120, 0.5)
     assert agent.status()["lastSync"]["writes"] == 0  # apply already programmed it
     capsys.readouterr()
     assert vsop(["plan", "-f", str(tmp_path / "extra.yaml"), "-o", "json"]) == 0
