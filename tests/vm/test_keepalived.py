@@ -276,7 +276,9 @@ def test_vrrp_failover_moves_the_vip_to_the_backup_and_the_client_keeps_working(
             assert vsop(["render", "keepalived", "-f", path, "--out", str(config)]) == 0
         procs = {}
         for name, ns in nodes.items():
-            ns.run(VSOP, "apply", "-f", path, timeout=120)  # vsop's chains, sets and sysctls on each node
+            # vsop's chains, sets and sysctls on each node; each "host" has its own store and lock
+            ns.run("env", f"VSOP_STORE={tmp_path / name / 'store'}", f"VSOP_LOCK={tmp_path / name / 'lock'}",
+                   VSOP, "apply", "-f", path, timeout=120)
             watches.append(AddressWatch(ns))
         watch = dict(zip(nodes, watches))
 
