@@ -121,6 +121,8 @@ def test_incremental_path_ends_where_a_full_sync_from_scratch_ends(steps: list[A
             continue  # several changes in one reconcile
         outcome = reconciler.reconcile()
         assert outcome.ok and not outcome.full, outcome.error
+        # What it believes the kernel holds is what the kernel holds.
+        assert reconciler.observed is not None and comparable(reconciler.observed) == comparable(fake.state)
         expected = from_scratch(list(objects.values()), endpoints, frozenset(out))
         same_kernel(fake.state, expected, reconciler.desired().state.delegated)
 

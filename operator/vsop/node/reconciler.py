@@ -30,7 +30,7 @@ from vsop.core.drift import Repair
 from vsop.core.desired import Desired, Endpoint, Node, Problem, resolve_conflicts
 from vsop.core.draining import Draining, with_draining
 from vsop.core.fragments import Fragment, around, assemble, desired_from, fragment, grace_of, refused, shared_state
-from vsop.core.memory import KernelRefused, apply_ops
+from vsop.core.memory import KernelRefused, apply_accepted
 from vsop.core.plan import Plan, PlanError, owned, plan
 from vsop.core.state import KernelState, Names, RealServerKey
 from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, sync
@@ -461,7 +461,7 @@ class Reconciler:
             except (KernelUnsupported, OperationFailed, OSError) as exc:
                 return self._failed(outcome, started, str(exc), 0, [])
             try:
-                self.observed = apply_ops(self.observed, outcome.applied, self.names, ownership=False)
+                self.observed = apply_accepted(self.observed, outcome.applied)
             except KernelRefused:  # the cache no longer matches what the kernel accepted: read it again
                 self.observed = None
         self._shared_dirty = False
@@ -485,7 +485,7 @@ class Reconciler:
 
     def _after(self, observed: KernelState, applied: Sequence[ops.Op]) -> KernelState | None:
         try:
-            return apply_ops(observed, applied, self.names, ownership=False)
+            return apply_accepted(observed, applied)
         except KernelRefused:
             return None
 

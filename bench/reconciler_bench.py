@@ -1,0 +1,107 @@
+"""Benchmark of the node reconciler's CPU cost on the in-memory fake kernel (natively, no VM).
+
+The kernel work is what the fakes do in memory, so this isolates what vsop itself spends
+per change as the node grows: N = 100 and N = 10,000 services x 2 real servers. Prints,
+side by side in one run: adding one object (reconciler change path vs a full engine.sync
+of every object, what each change cost before), one health result (weight edit), the
+periodic no-op resync (full read, nothing of vsop's changed), the cold first reconcile,
+and this process's peak RSS. The real kernel's share is measured in the VM by
+bench/agent_bench.py.
+
+    .venv/bin/python bench/reconciler_bench.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY / "operator"))
+
+from vsop.core.desired import Node  # noqa: E402
+from vsop.core.state import RealServerKey, ServiceKey  # noqa: E402
+from vsop.engine import fake_kernel, sync  # noqa: E402
+from vsop.model import VirtualService, parse_virtual_service  # noqa: E402
+from vsop.node.reconciler import Reconciler  # noqa: E402
+
+NODE = Node("bench")
+
+
+def vip(index: int) -> str:
+    return f"169.254.{index // 250 + 1}.{index % 250 + 1}"
+
+
+def service(index: int) -> VirtualService:
+    return parse_virtual_service({
+        "apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService",
+        "metadata": {"name": f"s{index}", "namespace": "bench", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"vip": vip(index), "ports": [{"port": 80, "targetPort": 8080}],
+                 "backends": [{"address": "10.250.0.2"}, {"address": "10.250.0.3"}]},
+    })
+
+
+def cpu() -> float:
+    return time.process_time()
+
+
+def measure(count: int) -> dict[str, float]:
+    objects = [service(i) for i in range(count)]
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    reconciler.set_objects(objects)
+    started = time.perf_counter()
+    assert reconciler.reconcile().ok
+    figures = {"cold": time.perf_counter() - started}
+
+    started = time.perf_counter()
+    reconciler.set_objects([*objects, service(count)])
+    change = reconciler.reconcile()
+    figures["change"] = time.perf_counter() - started
+    figures["change_writes"] = change.writes
+
+    started = time.perf_counter()
+    sync(kernel, [*objects, service(count), service(count + 1)], NODE)
+    figures["full"] = time.perf_counter() - started
+    reconciler.set_objects([*objects, service(count), service(count + 1)])
+    assert reconciler.reconcile(full=True).writes == 0  # written behind its back: the resync takes it in
+
+    dead = RealServerKey(ServiceKey("tcp", vip(0), 80), "10.250.0.3", 8080)
+    started = time.perf_counter()
+    reconciler.set_out_of_service(frozenset({dead}))
+    health = reconciler.reconcile()
+    figures["health"] = time.perf_counter() - started
+    figures["health_writes"] = health.writes
+
+    started = time.perf_counter()
+    resync = reconciler.reconcile(full=True)
+    figures["resync"] = time.perf_counter() - started
+    figures["resync_skipped"] = float(resync.skipped)
+    figures["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", type=int, default=100)
+    parser.add_argument("--large", type=int, default=10000)
+    args = parser.parse_args()
+    print(f"# node reconciler on the fake kernel, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    results = {n: measure(n) for n in (args.small, args.large)}
+    print(f"{'N':>6} {'add: reconciler':>16} {'add: full sync':>15} {'health flip':>12} {'no-op resync':>13} {'cold':>8} {'peak RSS':>9}")
+    for n, r in results.items():
+        print(f"{n:>6} {r['change'] * 1000:>13.2f} ms {r['full'] * 1000:>12.1f} ms {r['health'] * 1000:>9.2f} ms "
+              f"{r['resync'] * 1000:>10.1f} ms {r['cold']:>7.2f}s {r['rss']:>6.0f} MB")
+    small, large = results[args.small], results[args.large]
+    print(f"ratio N={args.large} / N={args.small}: add {large['change'] / small['change']:.2f}x (full sync {large['full'] / small['full']:.0f}x), "
+          f"health {large['health'] / small['health']:.2f}x; writes per add {large['change_writes']:.0f}, per health flip {large['health_writes']:.0f}; "
+          f"no-op resync skipped planning: {bool(large['resync_skipped'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
