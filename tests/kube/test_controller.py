@@ -187,3 +187,38 @@ async def test_upgrade_removes_the_status_nodes_map_older_agents_wrote(cluster: 
         await until(lambda: condition(cluster, "web", "Programmed") == ("True", "Programmed"), "programmed from the report")
         removals = [patch for _, patch in writer.patches if "nodes" in patch]
         assert removals == [removals[0]] and removals[0]["nodes"] is None  # once
+
+
+async def test_restarts_keep_an_invalid_older_owner_and_every_node_and_the_controller_agree(cluster: Cluster) -> None:
+    """An invalid older object and a valid newer one claim one port: the kernels keep serving the
+    older one (ownership is in the kernel), whichever agent restarts, and the controller reports
+    the newer one in Conflict."""
+    from tests.kube.test_agent import WEB, HTTP, real_servers
+
+    await cluster.node("node-a", addresses=("10.0.0.11",))
+    await cluster.node("node-b", addresses=("10.0.0.12",))
+    await cluster.vs("old", WEB)
+    agent_a, fake_a, _ = make_agent(cluster, "node-a")
+    agent_b, fake_b, _ = make_agent(cluster, "node-b")
+    controller, _ = make_controller(cluster)
+    old_backends = {"192.168.2.111:8080": 1, "192.168.2.222:8080": 1}
+    async with running(agent_a, controller):
+        async with running(agent_b):
+            await until(lambda: real_servers(fake_a) == old_backends and real_servers(fake_b) == old_backends, "old programmed on both nodes")
+            await cluster.patch(VS, "default", "old", {"spec": {"scheduler": "no-such-scheduler"}})  # old turns invalid
+            await until(lambda: all((cluster.report(n).get("default/old") or {}).get("message", "").startswith("InvalidSpec")
+                                    for n in ("node-a", "node-b")), "both nodes keep old")
+            await cluster.vs("new", {**WEB, "backends": [{"address": "192.168.9.9"}]})
+            await until(lambda: condition(cluster, "new", "Conflict") == ("True", "Conflict"), "new reported in conflict")
+        # node-b's agent restarts (its kernel stays as it was) while the objects stay as they are.
+        restarted, fake_b2, _ = make_agent(cluster, "node-b", state=fake_b.state)
+        async with running(restarted):
+            await until(lambda: restarted.syncs >= 1, "the restarted agent's first sync")
+            await resync(restarted)
+            await resync(agent_a)
+            assert real_servers(fake_b2) == old_backends and real_servers(fake_a) == old_backends, "both nodes still serve old"
+            assert fake_b2.state.services[HTTP].scheduler == "rr"
+            entry = cluster.report("node-b").get("default/new")
+            assert entry is not None and entry["programmed"] is False and entry["message"].startswith("Conflict: ")
+            await resync(controller)
+            assert condition(cluster, "new", "Conflict") == ("True", "Conflict")

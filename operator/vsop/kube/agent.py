@@ -40,8 +40,9 @@ from vsop.checks import HealthChecker, Target, health_targets
 from vsop.core.desired import Endpoint, Node, Problem
 from vsop.core.fragments import Fragment
 from vsop.core.health import HealthTracker
+from vsop.core.held import Held, parse_member
 from vsop.core.plan import Plan
-from vsop.core.state import KernelState, Names
+from vsop.core.state import KernelState, Names, ServiceKey
 from vsop.engine import Kernel, running_kernel_version
 from vsop.keepalived.servers import services_of
 from vsop.keepalived_daemon import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
@@ -244,7 +245,6 @@ class Agent:
         self._node_fingerprint: Any = None
         self._referenced: set[tuple[str, str]] = set()
         self._last_node: NodeInfo | None = None
-        self._last_good: dict[tuple[str, str], tuple[str | None, VirtualService]] = {}
         self._reported: dict[str, dict[str, Any]] | None = None  # this node's report as last read or written
         self._evented: dict[tuple[str, str, str | None], str] = {}
         self._invalid_logged: dict[tuple[str, str], str] = {}
@@ -370,8 +370,7 @@ class Agent:
         records.sort(key=lambda r: r.key)
         referenced: set[tuple[str, str]] = set()
         for record in records:
-            last = self._last_good.get(record.key)
-            vs = record.vs if record.vs is not None else (last[1] if last is not None else None)
+            vs = record.vs
             if vs is not None and vs.spec.service_ref is not None:
                 referenced.add((record.namespace, vs.spec.service_ref.name))
         self._referenced = referenced
@@ -432,29 +431,28 @@ class Agent:
                 await self._event(record, "Warning", "DriftRepaired", "the kernel was changed behind vsop's back; put back: " + "; ".join(described), report)
 
     def _effective(self, records: Sequence[VSRecord]) -> tuple[list[VirtualService], dict[tuple[str, str], str]]:
-        """Valid objects, plus the last valid version of objects that became invalid (their kernel state stays)."""
+        """Valid objects, and a note for each invalid one whose kernel state is kept.
+
+        An object still declared but invalid keeps what the kernel has for it (core.held):
+        the owners live in the set comments, so this holds right after a restart too, and
+        every node keeps serving the same owner of a VIP:port whatever restarted.
+        """
         services: list[VirtualService] = []
-        notes: dict[tuple[str, str], str] = {}
+        invalid: dict[tuple[str, str], VSRecord] = {}
         for record in records:
             if record.vs is not None:
                 services.append(record.vs)
-                self._last_good[record.key] = (record.uid, record.vs)
                 self._invalid_logged.pop(record.key, None)
                 continue
+            invalid[record.key] = record
             if self._invalid_logged.get(record.key) != record.fingerprint:
                 self._invalid_logged[record.key] = record.fingerprint
-                log.warning(kv("Invalid VirtualService ignored; its kernel state is left as it was", virtualService=f"{record.namespace}/{record.name}", generation=record.generation, error=record.error))
-            last = self._last_good.get(record.key)
-            if last is not None and last[0] == record.uid:
-                services.append(last[1])
-                notes[record.key] = (
-                    f"InvalidSpec: generation {record.generation} is invalid ({record.error}); "
-                    f"still programming generation {last[1].metadata.generation}"
-                )
-        present = {r.key for r in records}
-        for key in list(self._last_good):
-            if key not in present:
-                del self._last_good[key]
+                log.warning(kv("Invalid VirtualService; what the kernel has for it is kept", virtualService=f"{record.namespace}/{record.name}", generation=record.generation, error=record.error))
+        self.reconciler.set_held(Held(owners=frozenset(f"{ns}/{name}" for ns, name in invalid)))
+        notes = {
+            key: f"InvalidSpec: generation {record.generation} is invalid ({record.error}); keeping what the kernel has for it"
+            for key, record in invalid.items()
+        }
         # Every node and the controller must reach the same verdict on conflicts: same order.
         services.sort(key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
         return services, notes
@@ -522,7 +520,7 @@ class Agent:
         result = reconciler.reconcile(full=full)
         problems: dict[str, Problem] = {}
         for ref, piece in reconciler.fragments.items():
-            found = reconciler.problems(ref) if piece.problems or reconciler.plan_problems else ()
+            found = reconciler.problems(ref) if piece.problems or reconciler.plan_problems or reconciler.held_problems else ()
             if found:
                 problems[ref] = found[-1]
         return KernelOutcome(
@@ -546,14 +544,21 @@ class Agent:
         programmed = outcome.programmed
         fragments = self.reconciler.fragments
         shared = self.reconciler.shared() if outcome.error is not None else KernelState()
+        held = self._held_counts({f"{r.namespace}/{r.name}" for r in records if r.vs is None})
         entries: dict[tuple[str, str], dict[str, Any] | None] = {}
         for record in records:
             ref = f"{record.namespace}/{record.name}"
-            usable = record.vs is not None or record.key in notes
             problem = problems.get(ref)
             entry: NodeEntry | None = None
-            if not usable or (problem is not None and problem.reason == "Conflict"):
-                entry = None  # invalid (nothing programmed) or a conflict loser: the controller reports it
+            if record.vs is None:
+                kept = held.get(ref)
+                if kept is not None:  # invalid, and the kernel keeps what it had for it
+                    entry = NodeEntry(True, kept[0], kept[1], notes.get(record.key, ""), record.generation)
+            elif problem is not None and problem.reason == "Conflict" and ref in self.reconciler.held_problems:
+                # Refused for what an invalid owner still serves: only the nodes know; the controller reads it here.
+                entry = NodeEntry(False, 0, 0, f"{problem.reason}: {problem.message}", record.generation)
+            elif problem is not None and problem.reason == "Conflict":
+                entry = None  # a conflict loser: the controller reports it
             elif problem is not None:
                 entry = NodeEntry(False, 0, 0, f"{problem.reason}: {problem.message}", record.generation)
             elif ref in programmed:
@@ -569,6 +574,25 @@ class Agent:
                 entry = NodeEntry(ok, total, healthy, message, record.generation)
             entries[record.key] = entry.as_status() if entry is not None else None
         return entries
+
+    def _held_counts(self, refs: set[str]) -> dict[str, tuple[int, int]]:
+        """(total, healthy) backends the kernel serves for each invalid owner it still has."""
+        observed = self.reconciler.observed
+        if not refs or observed is None:
+            return {}
+        names = self.options.names
+        services: dict[str, set[ServiceKey]] = {}
+        for set_name in (names.set_name(names.vip_ports_set, 4), names.set_name(names.vip_ports_set, 6)):
+            ipset = observed.ipsets.get(set_name)
+            for member, owner in (ipset.members.items() if ipset is not None else ()):
+                key = parse_member(member)
+                if owner in refs and key is not None:
+                    services.setdefault(owner, set()).add(key)
+        counts: dict[str, tuple[int, int]] = {}
+        for owner, keys in services.items():
+            servers = [rs for k, rs in observed.real_servers.items() if k.service in keys]
+            counts[owner] = (len({rs.key.address for rs in servers}), len({rs.key.address for rs in servers if rs.weight > 0}))
+        return counts
 
     async def _publish(self, records: Sequence[VSRecord], report: SyncReport, periodic: bool) -> None:
         """Write this node's report where it changed (one write at most); post an Event for each new failure."""

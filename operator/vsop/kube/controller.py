@@ -231,13 +231,14 @@ class Controller:
                 expected = tuple(sorted(n for n, f in ready_nodes.items() if applies_to_node(record.vs, Node(n, f.labels))))
             else:
                 expected = tuple(sorted(ready_nodes))  # the selector cannot be read: count whoever reports
+            # Each node's entry for this object, from the node's own report (vsop.kube.report).
+            node_entries = {node: entries[ref] for node, entries in node_reports.items() if ref in entries}
             facts = Facts(
                 generation=record.generation,
                 invalid=f"spec is invalid: {record.error}" if record.error else None,
-                conflict=conflicts.get(ref),
+                conflict=conflicts.get(ref) or _node_conflict(node_entries),
                 expected=expected,
-                # Each node's entry for this object, from the node's own report (vsop.kube.report).
-                nodes={node: entries[ref] for node, entries in node_reports.items() if ref in entries},
+                nodes=node_entries,
                 known_nodes=None,
             )
             summary = summarize(facts)
@@ -393,3 +394,17 @@ def main(argv: Sequence[str] | None = None, *, connection: Connection | None = N
         return 1
     log.info(kv("Stopped", component=COMPONENT))
     return 0
+
+
+def _node_conflict(nodes: Any) -> str | None:
+    """A conflict only the nodes can see: the port is still served for an object declared but
+    invalid (its kernel state is kept, core.held), which the controller cannot parse."""
+    if not isinstance(nodes, Mapping):
+        return None
+    for name in sorted(nodes):
+        entry = nodes[name]
+        message = entry.get("message") if isinstance(entry, Mapping) else None
+        if isinstance(message, str) and message.startswith("Conflict: "):
+            return message[len("Conflict: "):]
+    return None
+

@@ -29,7 +29,8 @@ from vsop.core import ops
 from vsop.core.drift import Repair
 from vsop.core.desired import Desired, Endpoint, Node, Problem, resolve_conflicts
 from vsop.core.draining import Draining, with_draining
-from vsop.core.fragments import Fragment, around, assemble, desired_from, fragment, grace_of, refused, shared_state
+from vsop.core.held import Held, held_owners, keep_held
+from vsop.core.fragments import Fragment, around, member_vip, assemble, desired_from, fragment, grace_of, refused, shared_state
 from vsop.core.memory import KernelRefused, apply_accepted
 from vsop.core.plan import Plan, PlanError, owned, plan
 from vsop.core.state import KernelState, Names, RealServerKey
@@ -128,6 +129,12 @@ class Reconciler:
         self.plan_problems: dict[str, tuple[Problem, ...]] = {}  # vip -> problems the plan found (VIPInUse)
         self.left_alone: set[str] = set()  # VIPs the last plans left alone (someone else's IPVS services on them)
         self.draining = Draining()
+        # Objects declared but unusable (invalid, unreadable): the kernel keeps what it has for
+        # them, decided from the owners in the set comments, so it survives restarts (core.held).
+        self.held = Held()
+        self.held_problems: dict[str, Problem] = {}  # ref -> refused: it claims what a held owner serves
+        self._force_full = False
+        self._held_vips: frozenset[str] = frozenset()  # where held owners have members (read at the last full sync)
         self.reads = 0  # full reads of the kernel
         self.last: Outcome | None = None
 
@@ -184,6 +191,12 @@ class Reconciler:
             if owner is not None:
                 self._dirty.add(owner)
         self.out_of_service = frozenset(keys)
+
+    def set_held(self, held: Held) -> None:
+        """Owners declared but unusable now; a change re-reads and re-plans everything (it is rare)."""
+        if held != self.held:
+            self.held = held
+            self._force_full = True
 
     @property
     def pending(self) -> bool:
@@ -343,20 +356,21 @@ class Reconciler:
 
     @property
     def programmed(self) -> set[str]:
-        return {ref for ref, piece in self.fragments.items() if piece.programmed}
+        return {ref for ref, piece in self.fragments.items() if piece.programmed and ref not in self.held_problems}
 
     def problems(self, ref: str) -> tuple[Problem, ...]:
         """Why an object is not (or not wholly) programmed: from its derivation and the last plan of its VIP."""
         piece = self.fragments.get(ref)
         if piece is None:
             return ()
-        return piece.problems + tuple(p for p in self.plan_problems.get(piece.vip, ()) if p.obj == ref)
+        held = (self.held_problems[ref],) if ref in self.held_problems else ()
+        return piece.problems + held + tuple(p for p in self.plan_problems.get(piece.vip, ()) if p.obj == ref)
 
     # -- reconcile -----------------------------------------------------------------------------------
 
     def reconcile(self, *, full: bool = False) -> Outcome:
         """Incremental when possible; a full read when asked, first, or after any failure."""
-        if full or self.observed is None:
+        if full or self.observed is None or self._force_full:
             outcome = self._full()
         else:
             outcome = self._incremental()
@@ -384,6 +398,7 @@ class Reconciler:
             and self.observed is not None
             and not self.draining.since
             and not self._shared_dirty
+            and not self._force_full  # what is held changed: the kernel's owners decide anew
             and owned(observed, self.names) == owned(self.observed, self.names)
         ):
             self.observed = observed
@@ -401,7 +416,8 @@ class Reconciler:
         self.observed = None  # until the writes are known to have worked
         try:
             result = sync(
-                self.kernel, (), self.node, names=self.names, observed=observed, desired=desired, adjust=adjust, expected=expected
+                self.kernel, (), self.node, names=self.names, observed=observed, desired=desired, adjust=adjust, expected=expected,
+                held=self.held if self.held else None,
             )
         except ExecutionFailed as exc:
             return self._failed(outcome, started, str(exc), exc.writes, list(exc.applied_ops))
@@ -411,6 +427,9 @@ class Reconciler:
         self._shared_dirty = False
         self.plan_problems = self._by_vip_problems(result.plan.problems)
         self.left_alone = set(result.plan.left_alone)
+        self.held_problems = self._held_losers(desired.programmed, result.desired)
+        self._held_vips = self._vips_of_held(observed) if self.held else frozenset()
+        self._force_full = False
         outcome.plan, outcome.writes, outcome.applied = result.plan, result.writes, result.applied
         outcome.conntrack_failures = result.conntrack_failures
         outcome.repairs = result.repairs
@@ -430,13 +449,22 @@ class Reconciler:
         if not vips and not self._shared_dirty:
             outcome.seconds = time.monotonic() - started
             return outcome
-        cut = frozenset(vips)
+        # Held owners' VIPs are always planned with the change: keeping them (and the
+        # chains of a family only they still use) is decided over what they hold.
+        cut = frozenset(vips) | (self._held_vips if self.held else frozenset())
         observed = around(self.observed, cut, self.names)
         pieces = self._pieces(cut)
         want = assemble(self.shared(), pieces, cut)
         # The link stays while any VIP outside the cut is bound (one left alone as VIPInUse is not).
         elsewhere = any(vip not in cut and vip not in self.left_alone for vip in self._bound_vips())
         want = replace(want, link=want.link if want.addresses or elsewhere else None)
+        if self.held:
+            wanted = tuple(p.ref for p in pieces if p.programmed)
+            kept = keep_held(Desired(want, wanted), observed, self.held, self.names)
+            want = kept.state
+            for piece in pieces:
+                self.held_problems.pop(piece.ref, None)
+            self.held_problems.update(self._held_losers(wanted, kept))
         sub = Draining({k: v for k, v in self.draining.since.items() if k.service.vip in cut})
         want = with_draining(want, observed, sub, self.clock(), grace_of(pieces), self.names)
         self.draining.since = {**{k: v for k, v in self.draining.since.items() if k.service.vip not in cut}, **sub.since}
@@ -468,6 +496,21 @@ class Reconciler:
         outcome.execute_seconds = time.monotonic() - planned
         outcome.seconds = time.monotonic() - started
         return outcome
+
+    def _vips_of_held(self, observed: KernelState) -> frozenset[str]:
+        owners = held_owners(observed, self.held, self.names, self.programmed)
+        owned_sets = self.names.owned_set_names()
+        return frozenset(
+            member_vip(member)
+            for name, ipset in observed.ipsets.items() if name in owned_sets
+            for member, owner in ipset.members.items() if owner in owners
+        )
+
+    @staticmethod
+    def _held_losers(wanted: Iterable[str], kept: Desired) -> dict[str, Problem]:
+        """Objects keep_held refused: they claim what an owner declared but invalid still serves."""
+        refused = set(wanted) - set(kept.programmed)
+        return {p.obj: p for p in kept.problems if p.obj in refused and p.reason == "Conflict"}
 
     def _refresh_draining(self) -> set[str]:
         """Fresh connection counters of the services with draining real servers (only those are dumped)."""
