@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resync-seconds", type=float, default=30.0, help="full resync period that repairs drift (default 30)")
     p.add_argument("--poll-seconds", type=float, default=1.0, help="how often the folder is checked for changes (default 1)")
     p.add_argument("--status-file", default="/run/vsop/agent.json", help="where the agent writes its state for `vsop show`")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="serve Prometheus /metrics (and /healthz, /readyz) on this port (default: off)")
+    p.add_argument("--bind-address", default="127.0.0.1", help="address the metrics port listens on (default 127.0.0.1)")
     p.add_argument("-v", "--verbose", action="store_true", help="log every sync, also those that change nothing")
     p.add_argument("-o", "--output", choices=("text", "json"), default="text", help="format of a startup error (the agent logs as text)")
     k = p.add_argument_group(
@@ -507,7 +510,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     )
     kernel = real_kernel()
     kernel.ipvs.probe()  # say it now, not at the first sync: this kernel cannot run the agent
-    return run_agent(kernel, config, ConntrackTool(), keepalived=keepalived)
+    return run_agent(kernel, config, ConntrackTool(), keepalived=keepalived, metrics_port=args.metrics_port, bind_address=args.bind_address)
 
 
 def cmd_crd(args: argparse.Namespace) -> int:

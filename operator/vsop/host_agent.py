@@ -1,8 +1,11 @@
 """`vsop agent`: keep the host store (or `--from DIR`, any folder) true on this host's kernel.
 
-Owns the agent's loop: poll the folder, run health checks, and run one level-based
-sync whenever something changed, on a periodic resync (which repairs drift made by
-hand) and while real servers drain. Each sync holds the host's writer lock
+Owns the agent's loop around the node reconciler (vsop.node.reconciler, the same one
+the in-cluster agent runs): poll the folder, run health checks, and reconcile whenever
+something changed (only the changed objects are planned; a health result is one weight
+edit), on a periodic full resync every --resync-seconds (which repairs drift made by
+hand) and while real servers drain; a reconcile after another writer held the lock
+reads the kernel first. `--metrics-port` serves the reconciler's metrics. Each sync holds the host's writer lock
 (vsop.lock) and re-reads the folder under it, so `vsop apply` / `delete` and the agent
 take turns and the agent never undoes what a command just did. What the folder
 declares but cannot be used now (invalid, unreadable, being rewritten) is passed to
@@ -33,20 +36,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from vsop.adapters.base import OperationFailed
 from vsop.adapters.conntrack import ConntrackCleaner
 from vsop.checks import HealthChecker, Target, health_targets
 from vsop.core.desired import Node
-from vsop.core.draining import Draining, grace_by_service, with_draining
+from vsop.core.draining import Draining
 from vsop.core.health import HealthTracker
-from vsop.core.plan import PlanError
-from vsop.core.state import KernelState, Names
-from vsop.engine import ExecutionFailed, Kernel, SyncResult, running_kernel_version, sync
-from vsop.errors import KernelUnsupported
+from vsop.core.held import held_owners
+from vsop.core.state import Names
+from vsop.engine import Kernel, running_kernel_version
 from vsop.folder import FolderSource
 from vsop.keepalived_daemon import KeepalivedWriter
 from vsop.lock import LockTimeout, writer_lock
 from vsop.model import VirtualService
+from vsop.node.metrics import HttpEndpoints, NodeMetrics, Probes
+from vsop.node.reconciler import Outcome, Reconciler
 
 log = logging.getLogger("vsop.agent")
 
@@ -75,6 +78,7 @@ class HostAgent:
         conntrack: ConntrackCleaner,
         clock: Callable[[], float] = time.monotonic,
         keepalived: KeepalivedWriter | None = None,
+        metrics: NodeMetrics | None = None,
     ):
         self.kernel = kernel
         self.config = config
@@ -90,7 +94,12 @@ class HostAgent:
         self.targets: set[Target] = set()
         self.syncs = 0
         self.keepalived = keepalived
-        self._expected: KernelState | None = None  # the target of the last successful sync
+        # The kernel work (incremental changes, full resyncs, draining, health weights, conntrack).
+        self.reconciler = Reconciler(kernel, config.node, names=config.names, kernel_version=self.kernel_version, clock=clock)
+        self.draining = self.reconciler.draining
+        self.metrics = metrics
+        self._last_stamp: int | None = self._lock_stamp()
+        self.probes: Probes | None = None  # liveness, when the metrics port serves it
         self.drift_repairs = 0  # operations that put back what changed behind vsop's back
         self.last_repairs: list[str] = []
 
@@ -100,61 +109,70 @@ class HostAgent:
         with self.source_guard:
             return self.source.poll()
 
-    def sync_once(self) -> SyncResult | None:
+    def sync_once(self, full: bool = True) -> Outcome | None:
+        """One reconcile under the writer lock. `full`: read the whole kernel (the periodic resync);
+        otherwise only the objects that changed are planned, unless another writer (`vsop apply`,
+        `delete`) held the lock since our last reconcile: then what it wrote is read first."""
         started = time.monotonic()
         lock = (
             writer_lock(self.config.lock, self.config.lock_wait_seconds, on_wait=lambda who: log.info("waiting for the writer lock holder=%r", who))
             if self.config.lock is not None
             else nullcontext(0.0)
         )
+        others = self._lock_stamp() != self._last_stamp
         try:
-            with lock:
-                return self._sync_locked(started)
+            with lock as waited:
+                # Waiting means another writer held it just now (its sleep between tries is 50 ms).
+                result = self._sync_locked(started, full or others or waited >= 0.05)
         except LockTimeout as exc:
             self.last = {"error": str(exc), "seconds": round(time.monotonic() - started, 4), "at": time.time()}
             log.error("sync skipped, will retry error=%r", str(exc))
             self.write_status()
             return None
+        self._last_stamp = self._lock_stamp()  # our own release: a later change is another writer's
+        return result
 
-    def _sync_locked(self, started: float) -> SyncResult | None:
+    def _lock_stamp(self) -> int | None:
+        """When the writer lock file last changed: every holder rewrites it when it takes and leaves it."""
+        if self.config.lock is None:
+            return None
+        try:
+            return os.stat(self.config.lock).st_mtime_ns
+        except OSError:
+            return -1
+
+    def _sync_locked(self, started: float, full: bool) -> Outcome | None:
         # Under the lock: see what the last writer (`vsop apply`, `delete`) left in the folder.
         with self.source_guard:
             self.source.poll()
             services = self.source.services()
             held = self.source.held()
-        grace = grace_by_service(services)
-
-        def adjust(desired: KernelState, observed: KernelState) -> KernelState:
-            return with_draining(desired, observed, self.draining, self.clock(), grace, self.config.names)
-
-        try:
-            result = sync(
-                self.kernel,
-                services,
-                self.config.node,
-                names=self.config.names,
-                out_of_service=self.tracker.out_of_service(),
-                kernel_version=self.kernel_version,
-                adjust=adjust,
-                expected=self._expected,
-                held=held,
-            )
-        except (ExecutionFailed, OperationFailed, KernelUnsupported, PlanError, OSError) as exc:
-            self.last = {"error": str(exc), "seconds": round(time.monotonic() - started, 4), "at": time.time()}
-            log.error("sync failed, will retry error=%r", str(exc))
+        reconciler = self.reconciler
+        reconciler.set_objects(services)
+        reconciler.set_held(held)
+        reconciler.set_out_of_service(self.tracker.out_of_service())
+        result = reconciler.reconcile(full=full)
+        if self.probes is not None:
+            self.probes.turned()
+        if self.metrics is not None:
+            self.metrics.record(result, reconciler)
+        if result.error is not None:
+            self.last = {"error": result.error, "seconds": round(time.monotonic() - started, 4), "at": time.time()}
+            log.error("sync failed, will retry error=%r", result.error)
             self.write_status()
             return None
         self.syncs += 1
-        self._expected = result.desired.state
         if result.repairs:
             self.drift_repairs += len(result.repairs)
             self.last_repairs = [f"{r.obj or '-'}: {r.describe()}" for r in result.repairs]
-        for problem in result.desired.problems + result.plan.problems:
+        problems = [p for ref in sorted(reconciler.fragments) for p in reconciler.problems(ref)]
+        for problem in problems:
             log.warning("VirtualService not programmed object=%s reason=%s message=%r", problem.obj, problem.reason, problem.message)
-        for problem in result.desired.warnings:
-            if problem.reason == "KeptInvalid":
-                log.warning("VirtualService kept as the kernel has it object=%s message=%r", problem.obj, problem.message)
-        targets = health_targets(services, result.desired.configured, self.draining)
+        observed = reconciler.observed
+        kept = sorted(held_owners(observed, held, self.config.names, reconciler.programmed)) if held and observed is not None else []
+        for owner in kept:
+            log.warning("VirtualService kept as the kernel has it object=%s message=%r", owner, "declared but its definition cannot be used")
+        targets = health_targets(services, reconciler.configured, reconciler.draining)
         # While something is held (a file being rewritten, unreadable), keep probing what was
         # probed: its health state must survive the blip, or a dead real server would return.
         self.targets = targets | self.targets if held else targets
@@ -163,14 +181,15 @@ class HostAgent:
             "operations": result.plan.counts(),
             "seconds": round(result.seconds, 4),
             "at": time.time(),
-            "programmed": list(result.desired.programmed),
-            "problems": [p.__dict__ for p in result.desired.problems + result.plan.problems],
-            "kept": [p.obj for p in result.desired.warnings if p.reason == "KeptInvalid"],
+            "full": result.full,
+            "programmed": sorted(reconciler.programmed),
+            "problems": [p.__dict__ for p in problems],
+            "kept": kept,
         }
         if result.writes:
-            log.info("synced objects=%d writes=%d seconds=%.3f operations=%s", len(services), result.writes, result.seconds, result.plan.counts())
+            log.info("synced objects=%d writes=%d seconds=%.3f full=%s operations=%s", len(services), result.writes, result.seconds, result.full, result.plan.counts())
         else:
-            log.debug("synced, nothing to change objects=%d seconds=%.3f", len(services), result.seconds)
+            log.debug("synced, nothing to change objects=%d seconds=%.3f full=%s", len(services), result.seconds, result.full)
         self._update_keepalived(services)
         self.write_status()
         return result
@@ -243,6 +262,7 @@ class HostAgent:
         self.poll()
         poller = loop.create_task(self._poll(wake, stop), name="poll folder")
         next_resync = 0.0
+        next_full = 0.0  # the periodic full resync, whatever changes happen meanwhile
         try:
             while not stop.is_set():
                 now = time.monotonic()
@@ -255,8 +275,11 @@ class HostAgent:
                 if wake.is_set():
                     await asyncio.sleep(self.config.debounce_seconds)  # gather a burst of changes into one sync
                 wake.clear()
-                result = await loop.run_in_executor(executor, self.sync_once)
-                next_resync = time.monotonic() + (self.config.resync_seconds if result is not None else self.config.retry_seconds)
+                full = time.monotonic() >= next_full
+                result = await loop.run_in_executor(executor, self.sync_once, full)
+                if result is not None and full:
+                    next_full = time.monotonic() + self.config.resync_seconds
+                next_resync = min(next_full, time.monotonic() + (self.config.resync_seconds if result is not None else self.config.retry_seconds))
                 checker.update(self.targets)
         finally:
             poller.cancel()
@@ -282,17 +305,34 @@ async def _wait_any(first: asyncio.Event, second: asyncio.Event, timeout: float)
 
 
 def run_agent(
-    kernel: Kernel, config: AgentConfig, conntrack: ConntrackCleaner, keepalived: KeepalivedWriter | None = None
+    kernel: Kernel,
+    config: AgentConfig,
+    conntrack: ConntrackCleaner,
+    keepalived: KeepalivedWriter | None = None,
+    metrics_port: int | None = None,
+    bind_address: str = "127.0.0.1",
 ) -> int:
-    """Run until SIGTERM or SIGINT; returns the exit code."""
-    agent = HostAgent(kernel, config, conntrack, keepalived=keepalived)
+    """Run until SIGTERM or SIGINT; returns the exit code. `metrics_port`: serve /metrics, /healthz, /readyz."""
+    metrics = NodeMetrics() if metrics_port is not None else None
+    agent = HostAgent(kernel, config, conntrack, keepalived=keepalived, metrics=metrics)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await agent.run(stop)
+        endpoints = None
+        if metrics is not None and metrics_port is not None:
+            probes = Probes(stall_seconds=max(120.0, 4 * config.resync_seconds))
+            probes.ready, probes.ready_reason = True, "ok"
+            agent.probes = probes
+            endpoints = HttpEndpoints(probes, metrics.registry, metrics_port, metrics_port, bind_address)
+            await endpoints.start()
+        try:
+            await agent.run(stop)
+        finally:
+            if endpoints is not None:
+                await endpoints.stop()
 
     asyncio.run(main())
     return 0

@@ -197,3 +197,30 @@ def test_drift_is_repaired_counted_and_shown_but_a_file_change_is_not_drift(tmp_
     assert status["driftRepairs"]["total"] == 1
     assert "found masq weight 7, put back masq weight 2" in status["driftRepairs"]["last"][0]
     assert status["driftRepairs"]["last"][0].startswith("default/web: realserver.edit")
+
+
+def test_a_new_file_is_planned_alone_and_another_writer_makes_the_next_reconcile_read_the_kernel(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    kernel, fake = fake_kernel()
+    lock = tmp_path / "lock"
+    config = AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02, lock=lock)
+    agent = HostAgent(kernel, config, FakeConntrack())
+    write(folder, "web")
+    settle(agent)
+    assert agent.sync_once().full
+    reads, writes = agent.reconciler.reads, fake.writes
+    write(folder, "api", vip="169.254.11.3")
+    settle(agent)
+    change = agent.sync_once(full=False)
+    assert not change.full and agent.reconciler.reads == reads and change.writes == fake.writes - writes > 0
+    assert {k.vip for k in fake.state.services} == {"169.254.11.2", "169.254.11.3"}
+    # `vsop apply` (another writer) takes the lock and changes the kernel meanwhile.
+    from vsop.lock import writer_lock
+
+    time.sleep(0.01)
+    with writer_lock(lock, 1.0):
+        fake.state = replace(fake.state, real_servers={k: v for k, v in fake.state.real_servers.items() if k.service.vip != "169.254.11.3"})
+    after = agent.sync_once(full=False)
+    assert after.full and agent.reconciler.reads == reads + 1  # what it wrote was read first
+    assert any(k.service.vip == "169.254.11.3" for k in fake.state.real_servers)

@@ -194,9 +194,13 @@ class Reconciler:
 
     def set_held(self, held: Held) -> None:
         """Owners declared but unusable now; a change re-reads and re-plans everything (it is rare)."""
-        if held != self.held:
-            self.held = held
+        # `known` (what the source accounts for) matters only while something is unreadable.
+        def key(h: Held) -> tuple[Any, ...]:
+            return (h.owners, h.unknown, h.known if h.unknown else frozenset())
+
+        if key(held) != key(self.held):
             self._force_full = True
+        self.held = held
 
     @property
     def pending(self) -> bool:
