@@ -32,9 +32,16 @@ demo-plan: venv
 bench: deps venv
 	vm/run --timeout 3000 --mem 4096 -- $(BIN)/python bench/sync_bench.py
 
-# What one change costs the API server with 10, 100, 500 simulated node agents (counts, not timings).
+# What one change costs the API server with 10, 100, 500 simulated node agents (counts, not timings):
+# the design before NodeReports (commit $(CLUSTER_BEFORE), exported to .cache/) and this tree, side by side.
+CLUSTER_BEFORE ?= 66ef99c
+CLUSTER_NODES ?= 10 100 500
 bench-cluster: venv
-	$(BIN)/python bench/cluster_sim.py --nodes 10 100 500 --objects 100
+	rm -rf .cache/cluster-before && mkdir -p .cache/cluster-before
+	git archive $(CLUSTER_BEFORE) | tar -x -C .cache/cluster-before
+	cp bench/cluster_sim.py .cache/cluster-before/bench/
+	cd .cache/cluster-before && $(CURDIR)/$(BIN)/python bench/cluster_sim.py --nodes $(CLUSTER_NODES) --label before --json $(CURDIR)/.cache/cluster-before.json >/dev/null
+	$(BIN)/python bench/cluster_sim.py --nodes $(CLUSTER_NODES) --label after --compare .cache/cluster-before.json
 
 test: deps venv
 	bash tests/run-tiers.sh
