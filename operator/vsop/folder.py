@@ -299,6 +299,21 @@ class FolderSource:
                     unknown = True  # what this path declares is not known
         return Held(frozenset(owners - usable), unknown, frozenset(self.ever | usable))
 
+    def held_services(self) -> tuple[list[VirtualService], bool]:
+        """The last good definitions of what is held, and whether every held object has one.
+
+        For what must be rendered from definitions rather than kept in the kernel (keepalived's
+        configuration): while a file is being rewritten, its last good objects stand in.
+        """
+        held = self.held()
+        found: dict[str, VirtualService] = {}
+        for path, state in sorted(self.files.items()):
+            if state.pending:
+                for vs in state.services:
+                    if self.served.get(vs.ref) == path:
+                        found.setdefault(vs.ref, vs)
+        return list(found.values()), not held.unknown and held.owners <= set(found)
+
     def errors(self) -> dict[str, str]:
         problems = {str(folder): reason for folder, reason in self.folder_errors.items()}
         for path, state in self.files.items():

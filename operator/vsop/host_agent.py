@@ -147,6 +147,7 @@ class HostAgent:
             self.source.poll()
             services = self.source.services()
             held = self.source.held()
+            stand_ins, complete = self.source.held_services() if held else ([], True)
         reconciler = self.reconciler
         reconciler.set_objects(services)
         reconciler.set_held(held)
@@ -190,7 +191,11 @@ class HostAgent:
             log.info("synced objects=%d writes=%d seconds=%.3f full=%s operations=%s", len(services), result.writes, result.seconds, result.full, result.plan.counts())
         else:
             log.debug("synced, nothing to change objects=%d seconds=%.3f full=%s", len(services), result.seconds, result.full)
-        self._update_keepalived(services)
+        if complete:
+            # keepalived is configured from definitions: held objects render from their last good ones.
+            self._update_keepalived(services + stand_ins)
+        else:
+            log.info("keepalived configuration left as it is while objects are held objects=%s", sorted(held.owners) or "unknown")
         self.write_status()
         return result
 

@@ -400,3 +400,19 @@ def test_render_keepalived_refuses_input_without_virtualservices(tmp_path: Path,
     empty.write_text("---\n")
     code, out, err = run(capsys, "render", "keepalived", "-f", str(empty))
     assert code == 2 and out == "" and f"no VirtualService found in {empty}" in err
+
+
+def test_a_file_being_rewritten_stands_in_with_its_last_good_objects_for_rendering(tmp_path: Path) -> None:
+    clock = Clock()
+    source = source_for(tmp_path, clock)
+    path = write(tmp_path, "web.yaml", doc())
+    source.poll()
+    clock.now += 1
+    source.poll()
+    assert source.held_services() == ([], True)
+    write(tmp_path, "web.yaml", doc(scheduler="wlc"))
+    path.touch()
+    clock.now += 0.1
+    source.poll()
+    stand_ins, complete = source.held_services()
+    assert [vs.spec.scheduler for vs in stand_ins] == ["rr"] and source.held().unknown and not complete
