@@ -33,7 +33,7 @@ from vsop.core.held import Held, held_owners, keep_held
 from vsop.core.fragments import Fragment, around, member_vip, assemble, desired_from, fragment, grace_of, refused, shared_state
 from vsop.core.memory import KernelRefused, apply_accepted
 from vsop.core.plan import Plan, PlanError, owned, plan
-from vsop.core.state import KernelState, Names, RealServerKey
+from vsop.core.state import IPSet, KernelState, Names, RealServerKey
 from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, sync
 from vsop.errors import KernelUnsupported
 from vsop.model import VirtualService
@@ -134,6 +134,8 @@ class Reconciler:
         self.held = Held()
         self.held_problems: dict[str, Problem] = {}  # ref -> refused: it claims what a held owner serves
         self._force_full = False
+        self._vip_index: dict[str, tuple[list[Any], list[Any], dict[str, list[str]], list[str]]] = {}
+        self._index_of: KernelState | None = None  # the cached state the VIP index describes
         self._held_vips: frozenset[str] = frozenset()  # where held owners have members (read at the last full sync)
         self.reads = 0  # full reads of the kernel
         self.last: Outcome | None = None
@@ -143,20 +145,23 @@ class Reconciler:
     def set_objects(self, services: Sequence[VirtualService]) -> int:
         """Everything the source declares, in its order (ties in age go to the first). Returns objects changed."""
         current: dict[str, VirtualService] = {}
-        for vs in services:
-            current.setdefault(vs.ref, vs)
+        order: dict[str, tuple[str, int, str]] = {}
+        previous = self.objects
         changed = 0
-        for ref in self.objects.keys() - current.keys():
-            self._dirty.add(ref)
-            changed += 1
-        for ref, vs in current.items():
-            old = self.objects.get(ref)
+        for vs in services:
+            ref = vs.ref  # a computed property: once per object
+            if ref in current:
+                continue
+            current[ref] = vs
+            order[ref] = (vs.metadata.creation_timestamp or "", len(order), ref)
+            old = previous.get(ref)
             if old is not vs and old != vs:
                 self._dirty.add(ref)
                 changed += 1
-        order: dict[str, tuple[str, int, str]] = {}
-        for index, vs in enumerate(current.values()):
-            order[vs.ref] = (vs.metadata.creation_timestamp or "", index, vs.ref)
+        if len(previous) + changed != len(current) or changed:  # something may be gone
+            for ref in previous.keys() - current.keys():
+                self._dirty.add(ref)
+                changed += 1
         self._order = order
         self._new_objects = current
         return changed
@@ -405,6 +410,11 @@ class Reconciler:
             and not self._force_full  # what is held changed: the kernel's owners decide anew
             and owned(observed, self.names) == owned(self.observed, self.names)
         ):
+            if self._index_of is self.observed:
+                # vsop's part is what the index describes; a foreign service that appeared on a
+                # VIP vsop has not bound shows up at the first write that needs it (a refused
+                # write makes the next reconcile read everything again).
+                self._index_of = observed
             self.observed = observed
             outcome.skipped = True
             outcome.read_seconds = read_done - started
@@ -428,6 +438,8 @@ class Reconciler:
         except (PlanError, KernelUnsupported, OperationFailed, OSError) as exc:
             return self._failed(outcome, started, str(exc), 0, [])
         self.observed = self._after(observed, result.applied)
+        if self.observed is not None:  # index it now: the first change after a resync stays cheap
+            self._vip_index, self._index_of = self._build_index(self.observed), self.observed
         self._shared_dirty = False
         self.plan_problems = self._by_vip_problems(result.plan.problems)
         self.left_alone = set(result.plan.left_alone)
@@ -456,7 +468,7 @@ class Reconciler:
         # Held owners' VIPs are always planned with the change: keeping them (and the
         # chains of a family only they still use) is decided over what they hold.
         cut = frozenset(vips) | (self._held_vips if self.held else frozenset())
-        observed = around(self.observed, cut, self.names)
+        observed = self._around(cut)
         pieces = self._pieces(cut)
         want = assemble(self.shared(), pieces, cut)
         # The link stays while any VIP outside the cut is bound (one left alone as VIPInUse is not).
@@ -496,6 +508,8 @@ class Reconciler:
                 self.observed = apply_accepted(self.observed, outcome.applied)
             except KernelRefused:  # the cache no longer matches what the kernel accepted: read it again
                 self.observed = None
+            else:
+                self._reindex(cut, apply_accepted(observed, outcome.applied), outcome.applied)
         self._shared_dirty = False
         outcome.execute_seconds = time.monotonic() - planned
         outcome.seconds = time.monotonic() - started
@@ -515,6 +529,72 @@ class Reconciler:
         """Objects keep_held refused: they claim what an owner declared but invalid still serves."""
         refused = set(wanted) - set(kept.programmed)
         return {p.obj: p for p in kept.problems if p.obj in refused and p.reason == "Conflict"}
+
+    # -- the cached kernel state, indexed by VIP so a change never scans all of it --
+
+    def _build_index(self, state: KernelState) -> dict[str, tuple[list[Any], list[Any], dict[str, list[str]], list[str]]]:
+        owned_sets = self.names.owned_set_names()
+        index: dict[str, tuple[list[Any], list[Any], dict[str, list[str]], list[str]]] = {}
+
+        def entry(vip: str) -> tuple[list[Any], list[Any], dict[str, list[str]], list[str]]:
+            found = index.get(vip)
+            if found is None:
+                found = index[vip] = ([], [], {}, [])
+            return found
+
+        for key in state.services:
+            entry(key.vip)[0].append(key)
+        for rs_key in state.real_servers:
+            entry(rs_key.service.vip)[1].append(rs_key)
+        for name, ipset in state.ipsets.items():
+            if name in owned_sets:
+                for member in ipset.members:
+                    entry(member_vip(member))[2].setdefault(name, []).append(member)
+        for address in state.addresses:
+            entry(address.split("/")[0])[3].append(address)
+        return index
+
+    def _around(self, cut: frozenset[str]) -> KernelState:
+        """`around(self.observed, cut)` by lookups in the VIP index (built once per full read)."""
+        observed = self.observed
+        assert observed is not None
+        if self._index_of is not observed:
+            self._vip_index = self._build_index(observed)
+            self._index_of = observed
+        empty: tuple[list[Any], list[Any], dict[str, list[str]], list[str]] = ([], [], {}, [])
+        entries = [self._vip_index.get(vip, empty) for vip in cut]
+        owned_sets = self.names.owned_set_names()
+        ipsets = {}
+        for name, ipset in observed.ipsets.items():
+            if name in owned_sets:
+                members = {m: ipset.members[m] for e in entries for m in e[2].get(name, ())}
+                ipset = IPSet(ipset.name, ipset.kind, ipset.family, members, ipset.comments)
+            ipsets[name] = ipset
+        return KernelState(
+            link=observed.link,
+            addresses=frozenset(a for e in entries for a in e[3]),
+            services={k: observed.services[k] for e in entries for k in e[0]},
+            real_servers={k: observed.real_servers[k] for e in entries for k in e[1]},
+            ipsets=ipsets,
+            chains=observed.chains,
+            jumps=observed.jumps,
+            sysctls=observed.sysctls,
+            node_addresses=observed.node_addresses,
+            delegated=observed.delegated,
+        )
+
+    def _reindex(self, cut: frozenset[str], after_cut: KernelState, applied: Sequence[ops.Op]) -> None:
+        """Keep the index true for the planned VIPs after their writes (sets or the link gone: rebuild later)."""
+        if self._index_of is None or any(isinstance(op, (ops.CreateSet, ops.DestroySet, ops.DeleteLink, ops.CreateLink)) for op in applied):
+            self._index_of = None
+            return
+        fresh = self._build_index(after_cut)
+        for vip in cut:
+            if vip in fresh:
+                self._vip_index[vip] = fresh[vip]
+            else:
+                self._vip_index.pop(vip, None)
+        self._index_of = self.observed
 
     def _refresh_draining(self) -> set[str]:
         """Fresh connection counters of the services with draining real servers (only those are dumped)."""
