@@ -318,7 +318,8 @@ def _ipvs_step(facts: Facts, key: ServiceKey) -> Step:
         id="ipvs", hook="IPVS (LOCAL_IN; LOCAL_OUT for this node's own packets)", title="the virtual service picks a real server",
         why=("IPVS sits after the filter on INPUT (for packets from this node, on OUTPUT). The scheduler picks a real "
              "server for each new connection and IPVS rewrites the destination (masq) or re-sends the packet "
-             "(route, tunnel); later packets follow IPVS's own connection entry. Counters since creation."),
+             "(route, tunnel); later packets follow IPVS's own connection entry. Counters since creation; the kernel folds its "
+             "per-CPU counters into these totals every 2 s (the rate estimator), so they lag up to 2 s."),
         expect=f"IPVS service {key}", found=found, ok=ok, counters=stats,
     )
 
