@@ -257,6 +257,38 @@ def _endpoint_port(port: PortSpec, endpoint: Endpoint) -> int | Unresolved:
     )
 
 
+SET_KINDS = (("vip_ports_set", "hash:ip,port"), ("nomasq_set", "hash:ip,port"), ("vips_set", "hash:ip"))
+
+
+def shared_state(
+    names: Names, families: Iterable[int], *, arp: bool, bound: bool, kernel_version: tuple[int, int] | None
+) -> KernelState:
+    """Link, empty set headers, constant chains and jumps, sysctls: what every VIP shares."""
+    ipsets: dict[str, IPSet] = {}
+    chains: dict[ChainKey, tuple[str, ...]] = {}
+    jumps: set[Jump] = set()
+    sysctls: dict[str, str] = {}
+    used = sorted(set(families))
+    for family in used:
+        for attribute, kind in SET_KINDS:
+            name = names.set_name(getattr(names, attribute), family)
+            ipsets[name] = IPSet(name, kind, family, {})  # type: ignore[arg-type]
+        chains.update(constant_chains(names, family))
+        jumps |= constant_jumps(names, family)
+        sysctls.update(family_sysctls(family))
+    if used:
+        sysctls.update(kernel_sysctls(kernel_version))
+    if arp:
+        sysctls.update(ARP_SYSCTLS)
+    return KernelState(
+        link=LinkState(names.link, up=True) if bound else None,
+        ipsets=ipsets,
+        chains=chains,
+        jumps=frozenset(jumps),
+        sysctls=sysctls,
+    )
+
+
 def desired_state(
     services: Iterable[VirtualService],
     node: Node,
@@ -284,7 +316,7 @@ def desired_state(
 
     virtual_servers: dict[ServiceKey, VirtualServer] = {}
     real_servers: dict[RealServerKey, RealServer] = {}
-    members: dict[tuple[str, int], dict[str, str]] = {}  # (set base name, family) -> member -> owner
+    members: dict[str, dict[str, str]] = {}  # set name -> member -> owner
     delegated: set[ServiceKey] = set()  # keepalived's IPVS services
     vips: set[str] = set()  # bound on vsop's link
     families_used: set[int] = set()
@@ -313,12 +345,12 @@ def desired_state(
             vips.add(spec.vip)
         families_used.add(spec.family)
         programmed.append(vs.ref)
-        members.setdefault((names.vips_set, family), {})[spec.vip] = vs.ref
+        members.setdefault(names.set_name(names.vips_set, family), {})[spec.vip] = vs.ref
         for port in spec.ports:
             key = ServiceKey(_protocol(port), spec.vip, port.port)  # type: ignore[arg-type]
-            members.setdefault((names.vip_ports_set, family), {})[ipset_member(key)] = vs.ref
+            members.setdefault(names.set_name(names.vip_ports_set, family), {})[ipset_member(key)] = vs.ref
             if not masquerade:
-                members.setdefault((names.nomasq_set, family), {})[ipset_member(key)] = vs.ref
+                members.setdefault(names.set_name(names.nomasq_set, family), {})[ipset_member(key)] = vs.ref
             if spec.mode != "ipvs":
                 delegated.add(key)
                 continue  # keepalived owns IPVS for this service; vsop keeps the rest
@@ -337,33 +369,20 @@ def desired_state(
         for key in all_failing
     )
 
-    families = families_used
-    ipsets: dict[str, IPSet] = {}
-    chains: dict[ChainKey, tuple[str, ...]] = {}
-    jumps: set[Jump] = set()
-    sysctls: dict[str, str] = {}
-    for family in sorted(families):
-        for base, kind in ((names.vip_ports_set, "hash:ip,port"), (names.nomasq_set, "hash:ip,port"), (names.vips_set, "hash:ip")):
-            name = names.set_name(base, family)
-            ipsets[name] = IPSet(name, kind, family, dict(members.get((base, family), {})))  # type: ignore[arg-type]
-        chains.update(constant_chains(names, family))
-        jumps |= constant_jumps(names, family)
-        sysctls.update(family_sysctls(family))
-    if families:
-        sysctls.update(kernel_sysctls(kernel_version))
     chosen = set(programmed)
-    if any(vs.spec.suppress_arp and vs.spec.family == 4 for vs in winners if vs.ref in chosen):
-        sysctls.update(ARP_SYSCTLS)
+    arp = any(vs.spec.suppress_arp and vs.spec.family == 4 for vs in winners if vs.ref in chosen)
+    shared = shared_state(names, families_used, arp=arp, bound=bool(vips), kernel_version=kernel_version)
+    ipsets = {name: IPSet(empty.name, empty.kind, empty.family, dict(members.get(name, {}))) for name, empty in shared.ipsets.items()}
 
     state = KernelState(
-        link=LinkState(names.link, up=True) if vips else None,
+        link=shared.link,
         addresses=frozenset(host_prefix(vip) for vip in vips),
         services=virtual_servers,
         real_servers=real_servers,
         ipsets=ipsets,
-        chains=chains,
-        jumps=frozenset(jumps),
-        sysctls=sysctls,
+        chains=shared.chains,
+        jumps=shared.jumps,
+        sysctls=shared.sysctls,
         delegated=frozenset(delegated),
     )
     return Desired(state, tuple(programmed), tuple(problems), configured, warnings)

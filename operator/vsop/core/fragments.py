@@ -4,7 +4,7 @@ Owns what the incremental reconciler (vsop.node) needs from the core:
 - `Fragment`: one VirtualService's contribution to the desired state (its IPVS services
   and real servers, set members, bound address, problems), derived by `desired_state`
   itself from that object alone, so the two can never disagree;
-- `shared_state`: the part that depends only on which address families and flags are in
+- `shared_state` (defined beside `desired_state`, which builds on it): the part that depends only on which address families and flags are in
   use (link, set headers, the constant chains and jumps, sysctls);
 - `assemble`: fragments into the desired state of some VIPs (or of all of them);
 - `around`: an observed state cut down to some VIPs, shared objects kept whole.
@@ -21,24 +21,17 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from vsop.core.desired import (
-    ARP_SYSCTLS,
     Desired,
     Endpoint,
     Node,
     Problem,
-    constant_chains,
-    constant_jumps,
     desired_state,
-    family_sysctls,
-    kernel_sysctls,
+    shared_state,
 )
 from vsop.core.draining import DEFAULT_GRACE_SECONDS
 from vsop.core.state import (
-    ChainKey,
     IPSet,
-    Jump,
     KernelState,
-    LinkState,
     Names,
     RealServer,
     RealServerKey,
@@ -46,9 +39,6 @@ from vsop.core.state import (
     VirtualServer,
 )
 from vsop.model import VirtualService
-
-SET_KINDS = (("vip_ports_set", "hash:ip,port"), ("nomasq_set", "hash:ip,port"), ("vips_set", "hash:ip"))
-
 
 def member_vip(member: str) -> str:
     """The VIP of a set member: "VIP,proto:port" or "VIP"."""
@@ -114,35 +104,6 @@ def fragment(
 def refused(vs: VirtualService, problem: Problem) -> Fragment:
     """The fragment of a VirtualService that lost a conflict: nothing but the problem."""
     return Fragment(ref=vs.ref, vip=vs.spec.vip, problems=(problem,))
-
-
-def shared_state(
-    names: Names, families: Iterable[int], *, arp: bool, bound: bool, kernel_version: tuple[int, int] | None
-) -> KernelState:
-    """Link, empty set headers, constant chains and jumps, sysctls: what every VIP shares."""
-    ipsets: dict[str, IPSet] = {}
-    chains: dict[ChainKey, tuple[str, ...]] = {}
-    jumps: set[Jump] = set()
-    sysctls: dict[str, str] = {}
-    used = sorted(set(families))
-    for family in used:
-        for attribute, kind in SET_KINDS:
-            name = names.set_name(getattr(names, attribute), family)
-            ipsets[name] = IPSet(name, kind, family, {})  # type: ignore[arg-type]
-        chains.update(constant_chains(names, family))
-        jumps |= constant_jumps(names, family)
-        sysctls.update(family_sysctls(family))
-    if used:
-        sysctls.update(kernel_sysctls(kernel_version))
-    if arp:
-        sysctls.update(ARP_SYSCTLS)
-    return KernelState(
-        link=LinkState(names.link, up=True) if bound else None,
-        ipsets=ipsets,
-        chains=chains,
-        jumps=frozenset(jumps),
-        sysctls=sysctls,
-    )
 
 
 def assemble(shared: KernelState, fragments: Iterable[Fragment], vips: frozenset[str] | None = None) -> KernelState:
