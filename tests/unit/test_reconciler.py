@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.test_property import comparable, foreign_state, virtual_service
@@ -92,28 +93,66 @@ def same_kernel(a: KernelState, b: KernelState, delegated: frozenset[ServiceKey]
     }
 
 
+def _on(name: str, vip: str) -> VirtualService:
+    return parse_virtual_service({"apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": name, "namespace": "a"},
+                                  "spec": {"vip": vip, "ports": [{"port": 80}], "backends": [{"address": "10.1.0.1"}]}})
+
+
+# Same VIP:port, same age, the later one first by name: the order given decides.
+_TIE = [("put", _on("vs3", "169.254.11.1")), ("put", _on("vs1", "169.254.11.1")), ("delete", 3), ("put", _on("vs3", "169.254.11.1"))]
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=st.lists(step, min_size=1, max_size=14), batch=st.lists(st.booleans(), min_size=14, max_size=14))
-def test_incremental_path_ends_where_a_full_sync_from_scratch_ends(steps: list[Any], batch: list[bool]) -> None:
+@example(steps=_TIE, batch=[False] * 14, via=["delta"] * 14)
+@example(steps=_TIE, batch=[False] * 14, via=["positions"] * 14)
+@example(steps=_TIE, batch=[False] * 14, via=["mixed", "delta", "list", "delta"] + ["delta"] * 10)
+@given(
+    steps=st.lists(step, min_size=1, max_size=14),
+    batch=st.lists(st.booleans(), min_size=14, max_size=14),
+    via=st.lists(st.sampled_from(["list", "delta", "positions", "mixed"]), min_size=14, max_size=14),
+)
+def test_incremental_path_ends_where_a_full_sync_from_scratch_ends(steps: list[Any], batch: list[bool], via: list[str]) -> None:
+    """Objects reach the reconciler as the source's whole list (set_objects), as deltas of the
+    changed objects only (update_objects, a newcomer placed after everything seen), or as
+    deltas with their positions in the source's order; or lists and deltas mixed (a resync lists)."""
     kernel, fake = fake_kernel(foreign_state())
     reconciler = Reconciler(kernel, NODE)
     objects: dict[str, VirtualService] = {}
     endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
     out: set[RealServerKey] = set()
+    positions: dict[str, tuple[int, ...]] = {}
     assert reconciler.reconcile().full  # the first one reads the kernel
+    # Positions chosen by the source, when it gives them, for the whole run (ties by name).
+    positioned = via[0] == "positions"
+
+    def source_order() -> list[VirtualService]:
+        if positioned:
+            return sorted(objects.values(), key=lambda vs: (positions[vs.ref], vs.ref))
+        return list(objects.values())
 
     for number, action in enumerate(steps):
+        changed: dict[str, VirtualService | None] = {}
         if action[0] == "put":
             objects[action[1].ref] = action[1]
+            changed[action[1].ref] = action[1]
+            # A position from the object's timestamp slot and name: ties happen on purpose.
+            positions[action[1].ref] = (len(action[1].metadata.name) + number % 2,)
         elif action[0] == "delete":
-            objects.pop(f"a/vs{action[1]}", None)
+            ref = f"a/vs{action[1]}"
+            if objects.pop(ref, None) is not None:
+                changed[ref] = None
         elif action[0] == "health":
             configured = sorted(reconciler.configured)
             if configured:
                 out ^= {configured[action[1] % len(configured)]}
         else:
             endpoints[("a", action[1])] = endpoints_of(action[2])
-        reconciler.set_objects(list(objects.values()))
+        if positioned:
+            reconciler.update_objects(changed, order={ref: positions[ref] for ref, vs in changed.items() if vs is not None})
+        elif via[0] == "list" or via[0] == "mixed" and via[number] in ("list", "positions"):
+            reconciler.set_objects(source_order())
+        else:
+            reconciler.update_objects(changed)
         reconciler.set_endpoints(endpoints)
         out &= set(reconciler.configured) | {k for k in out}
         reconciler.set_out_of_service(frozenset(out))
@@ -123,20 +162,29 @@ def test_incremental_path_ends_where_a_full_sync_from_scratch_ends(steps: list[A
         assert outcome.ok and not outcome.full, outcome.error
         # What it believes the kernel holds is what the kernel holds.
         assert reconciler.observed is not None and comparable(reconciler.observed) == comparable(fake.state)
-        expected = from_scratch(list(objects.values()), endpoints, frozenset(out))
+        expected = from_scratch(source_order(), endpoints, frozenset(out))
         same_kernel(fake.state, expected, reconciler.desired().state.delegated)
 
     reconciler.reconcile()
-    expected = from_scratch(list(objects.values()), endpoints, frozenset(out))
+    expected = from_scratch(source_order(), endpoints, frozenset(out))
     same_kernel(fake.state, expected, reconciler.desired().state.delegated)
     # The full path agrees: nothing left to write, and the engine on its own says the same.
     writes = fake.writes
     resync = reconciler.reconcile(full=True)
     assert resync.ok and resync.writes == 0 and fake.writes == writes
-    assert sync(kernel, list(objects.values()), NODE, endpoints=endpoints, out_of_service=frozenset(out)).plan.ops == ()
-    # The reconciler's whole desired state is desired_state's.
-    assert reconciler.desired().state == sync(kernel, list(objects.values()), NODE, endpoints=endpoints,
-                                             out_of_service=frozenset(out), dry_run=True).desired.state
+    assert sync(kernel, source_order(), NODE, endpoints=endpoints, out_of_service=frozenset(out)).plan.ops == ()
+    # The reconciler's whole desired state is desired_state's, and so are its verdicts.
+    scratch = sync(kernel, source_order(), NODE, endpoints=endpoints, out_of_service=frozenset(out), dry_run=True).desired
+    assert reconciler.desired().state == scratch.state
+    assert reconciler.programmed == set(scratch.programmed)
+    # A reconciler fed the same objects as one whole list from scratch holds the same objects and order.
+    fresh = Reconciler(fake_kernel(foreign_state())[0], NODE)
+    fresh.set_objects(source_order())
+    fresh.set_endpoints(endpoints)
+    fresh.set_out_of_service(frozenset(out))
+    assert fresh.reconcile().ok
+    assert fresh.objects == reconciler.objects and fresh.programmed == reconciler.programmed
+    assert fresh.desired().state == reconciler.desired().state
 
 
 def web(name: str = "web", vip: str = "169.254.20.1", **spec: Any) -> VirtualService:
@@ -182,6 +230,31 @@ def test_adding_one_object_re_derives_only_that_object() -> None:
     assert not outcome.full and outcome.objects == 1 and outcome.vips == 1
     assert {op.kind for op in outcome.applied} == {"address.add", "ipset.add", "service.add", "realserver.add"}
     assert reconciler.reconcile().writes == 0
+
+
+def test_changes_alone_keep_the_source_order_for_ties_in_age() -> None:
+    """update_objects: a newcomer comes after everything seen (it loses a tie in age), an
+    updated object keeps its place, a removed one frees its port; `order` overrides the place."""
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    reconciler.update_objects({"default/zz": web("zz")})
+    assert reconciler.reconcile().ok and reconciler.programmed == {"default/zz"}
+    assert reconciler.update_objects({"default/aa": web("aa")}) == 1  # same VIP:ports, same age, later
+    assert reconciler.reconcile().ok and reconciler.programmed == {"default/zz"}
+    assert [p.reason for p in reconciler.problems("default/aa")] == ["Conflict"]
+    assert reconciler.update_objects({"default/zz": web("zz", scheduler="wlc")}) == 1  # keeps its place
+    assert reconciler.reconcile().ok and reconciler.programmed == {"default/zz"}
+    assert reconciler.update_objects({"default/zz": web("zz", scheduler="wlc")}) == 0  # the same again: nothing
+    assert reconciler.update_objects({"default/zz": None, "default/gone": None}) == 1
+    assert reconciler.reconcile().ok and reconciler.programmed == {"default/aa"}
+    assert {key.vip for key in fake.state.services} == {"169.254.20.1"}
+    # The source says where objects stand: the first position wins the tie.
+    positioned = Reconciler(fake_kernel()[0], NODE)
+    positioned.update_objects({"default/zz": web("zz")}, order={"default/zz": (2,)})
+    positioned.update_objects({"default/aa": web("aa")}, order={"default/aa": (1,)})
+    assert positioned.reconcile().ok and positioned.programmed == {"default/aa"}
+    with pytest.raises(ValueError):
+        positioned.update_objects({"default/other": web("zz")})
 
 
 def test_drift_by_hand_is_repaired_by_the_next_full_resync() -> None:

@@ -106,7 +106,8 @@ class Reconciler:
         self.clock = clock
         # inputs
         self.objects: dict[str, VirtualService] = {}
-        self._order: dict[str, tuple[str, int, str]] = {}
+        self._order: dict[str, tuple[str, Any, str]] = {}  # ref -> (creationTimestamp, position in the source, ref)
+        self._next_position = 0  # update_objects' default position: after every object seen so far
         self.endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self.out_of_service: frozenset[RealServerKey] = frozenset()
         self.reserved: dict[str, str] = {}  # address -> whose (the API server's): refused as a VIP
@@ -163,8 +164,53 @@ class Reconciler:
                 self._dirty.add(ref)
                 changed += 1
         self._order = order
+        self._next_position = len(order)
         self._new_objects = current
         return changed
+
+    def update_objects(self, changed: Mapping[str, VirtualService | None], *, order: Mapping[str, Any] | None = None) -> int:
+        """Only what changed in the source: ref -> its object now, or None when it is gone. Returns objects changed.
+
+        Costs what the change is, whatever the node holds (set_objects compares the whole
+        list). Ties in age go to the first in the source's order: `order` gives the changed
+        objects' positions in it (ref -> any value comparable with the others'; give it
+        always or never); without it a new object comes after every object seen so far and
+        an updated one keeps its place.
+        """
+        if self._new_objects is not None:  # a whole list given before and not yet adopted
+            self._adopt(self._new_objects)
+            self._new_objects = None
+        count = 0
+        for ref, vs in changed.items():
+            old = self.objects.get(ref)
+            if vs is None:
+                if old is None:
+                    continue
+                self._forget_object(old)
+                del self.objects[ref]
+                self._order.pop(ref, None)
+                self._dirty.add(ref)
+                count += 1
+                continue
+            if vs.ref != ref:
+                raise ValueError(f"update_objects: {vs.ref} given as {ref}")
+            if order is not None and ref in order:
+                position = order[ref]
+            elif ref in self._order:
+                position = self._order[ref][1]
+            else:
+                position, self._next_position = self._next_position, self._next_position + 1
+            rank = (vs.metadata.creation_timestamp or "", position, ref)
+            if old is not None and (old is vs or old == vs) and self._order.get(ref) == rank:
+                continue
+            self._order[ref] = rank
+            if old is not None:
+                self._forget_object(old)
+            self._remember_object(ref, vs)
+            self.objects[ref] = vs
+            self._dirty.add(ref)
+            count += 1
+        return count
 
     def set_endpoints(self, endpoints: Mapping[tuple[str, str], Iterable[Endpoint]]) -> None:
         """The endpoints of every serviceRef (missing key: none)."""
@@ -293,13 +339,16 @@ class Reconciler:
                 continue
             if old is not None:
                 self._forget_object(old)
-            for claim in _claims(vs):
-                self._claimants.setdefault(claim, set()).add(ref)
-            self._by_vip.setdefault(vs.spec.vip, set()).add(ref)
-            key = _service_ref(vs)
-            if key is not None:
-                self._by_service_ref.setdefault(key, set()).add(ref)
+            self._remember_object(ref, vs)
         self.objects = current
+
+    def _remember_object(self, ref: str, vs: VirtualService) -> None:
+        for claim in _claims(vs):
+            self._claimants.setdefault(claim, set()).add(ref)
+        self._by_vip.setdefault(vs.spec.vip, set()).add(ref)
+        key = _service_ref(vs)
+        if key is not None:
+            self._by_service_ref.setdefault(key, set()).add(ref)
 
     def _forget_object(self, vs: VirtualService) -> None:
         """Index entries of an object's old version; its claimants are kept in the dirty group first."""
