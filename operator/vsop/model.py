@@ -402,14 +402,19 @@ def cross_object_errors(services: Iterable[VirtualService]) -> list[tuple[str, s
     vips: dict[str, str] = {}
     for vs in services:
         vips.setdefault(vs.spec.vip, vs.ref)
+    return [(vs.ref, path, reason) for vs in services for path, reason, _ in backends_on_vips(vs, vips)]
+
+
+def backends_on_vips(vs: VirtualService, vips: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """Static backends of `vs` that are another object's VIP (`vips`: address -> that object's ref).
+
+    Each is (field path, reason, that object's ref). The loader refuses such input; the agents refuse the object
+    (core.desired), with the same words."""
     errors: list[tuple[str, str, str]] = []
-    for vs in services:
-        for index, backend in enumerate(vs.spec.backends):
-            owner = vips.get(backend.address)
-            if owner is not None and owner != vs.ref:
-                errors.append(
-                    (vs.ref, f"spec.backends[{index}].address", f"{backend.address} is the VIP of VirtualService {owner}: a VIP cannot be a real server")
-                )
+    for index, backend in enumerate(vs.spec.backends):
+        owner = vips.get(backend.address)
+        if owner is not None and owner != vs.ref:
+            errors.append((f"spec.backends[{index}].address", f"{backend.address} is the VIP of VirtualService {owner}: a VIP cannot be a real server", owner))
     return errors
 
 

@@ -42,8 +42,11 @@ def an_object(draw: Any) -> VirtualService:
         body["metadata"]["creationTimestamp"] = stamp
     spec = body["spec"]
     # VIPs that are the node's own address or carry a foreign IPVS service: refused / left alone.
+    # 10.1.0.2 is a real server of other objects: while it is a VIP they are refused (BackendIsVIP).
     if ":" not in spec["vip"]:
-        spec["vip"] = draw(st.sampled_from([spec["vip"]] * 6 + ["10.0.0.5", "10.96.0.10"]))
+        spec["vip"] = draw(st.sampled_from([spec["vip"]] * 6 + ["10.0.0.5", "10.96.0.10", "10.1.0.2"]))
+    if spec["vip"] == "10.1.0.2":
+        spec["backends"] = [b for b in spec["backends"] if b["address"] != "10.1.0.2"] or [{"address": "10.1.0.1"}]
     if ":" not in spec["vip"] and draw(st.booleans()):
         spec["serviceRef"] = {"name": draw(st.sampled_from(SERVICES))}
         if draw(st.booleans()):
@@ -399,3 +402,30 @@ def test_objects_declared_but_invalid_keep_their_state_on_both_paths(steps: list
         same_kernel(fake.state, other_fake.state, delegated)
         # An incremental step after it agrees too.
         assert reconciler.reconcile(full=True).writes == 0
+
+
+def test_a_backend_on_another_objects_vip_is_refused_as_the_loader_refuses_it() -> None:
+    from vsop.model import cross_object_errors
+
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    pointing = web("pointing", "169.254.20.2", backends=[{"address": "10.1.0.1"}, {"address": "10.9.0.1"}])
+    target = web("target", "10.9.0.1")
+    reconciler.set_objects([pointing])
+    assert reconciler.reconcile().ok and reconciler.programmed == {"default/pointing"}
+    # The VIP appears: the object pointing at it loses (incrementally), the VIP's owner keeps it.
+    reconciler.set_objects([pointing, target])
+    outcome = reconciler.reconcile()
+    assert outcome.ok and not outcome.full and outcome.objects == 2
+    assert reconciler.programmed == {"default/target"}
+    [problem] = reconciler.problems("default/pointing")
+    [(_, path, reason)] = cross_object_errors([pointing, target])
+    assert (problem.reason, problem.message, problem.other) == ("BackendIsVIP", f"{path}: {reason}", "default/target")
+    assert not any(k.vip == "169.254.20.2" for k in fake.state.services) and "169.254.20.2/32" not in fake.state.addresses
+    same_kernel(fake.state, from_scratch_plain([target]), frozenset())
+    # A full resync agrees; the VIP gone, the object is programmed again.
+    assert reconciler.reconcile(full=True).writes == 0
+    reconciler.set_objects([pointing])
+    assert reconciler.reconcile().ok and reconciler.programmed == {"default/pointing"}
+    assert not reconciler.problems("default/pointing")
+    same_kernel(fake.state, from_scratch_plain([pointing]), frozenset())

@@ -26,7 +26,7 @@ from vsop.core.state import (
     host_prefix,
     ipset_member,
 )
-from vsop.model import PortSpec, VirtualService
+from vsop.model import PortSpec, VirtualService, backends_on_vips
 
 
 @dataclass(frozen=True)
@@ -299,6 +299,7 @@ def desired_state(
     reserved: Mapping[str, str] | None = None,
     out_of_service: frozenset[RealServerKey] = frozenset(),
     kernel_version: tuple[int, int] | None = None,
+    vip_owners: Mapping[str, str] | None = None,
 ) -> Desired:
     """The node's desired kernel state.
 
@@ -308,8 +309,15 @@ def desired_state(
     are (e.g. the Kubernetes API server's): such a VIP is refused too, even with VRRP.
     `out_of_service` are real servers a health check took out: they get weight 0, unless
     every real server of their service is out (then there is nothing better; keep all).
+    `vip_owners` maps addresses to the object whose VIP each is (default: the VIPs of `services`):
+    an object with a static backend on another object's VIP is refused (BackendIsVIP).
     """
     endpoints = endpoints or {}
+    services = list(services)
+    if vip_owners is None:
+        vip_owners = {}
+        for vs in services:
+            vip_owners.setdefault(vs.spec.vip, vs.ref)
     own_addresses = {str(ipaddress.ip_address(a.split("/")[0])) for a in node_addresses}
     reserved_by = {str(ipaddress.ip_address(a)): whose for a, whose in (reserved or {}).items()}
     winners, problems = resolve_conflicts(services)
@@ -338,6 +346,11 @@ def desired_state(
             problems.append(
                 Problem(vs.ref, "VIPRefused", f"VIP {spec.vip} is already an address of node {node.name}; binding it to {names.link} would cut the node off")
             )
+            continue
+        on_vips = backends_on_vips(vs, vip_owners) if spec.backends else ()
+        if on_vips:
+            path, reason, owner = on_vips[0]
+            problems.append(Problem(vs.ref, "BackendIsVIP", f"{path}: {reason}", owner))
             continue
         family = spec.family
         masquerade = spec.masquerade and spec.forwarding == "masq"

@@ -74,10 +74,12 @@ def fragment(
     node_addresses: Iterable[str] = (),
     reserved: Mapping[str, str] | None = None,
     out_of_service: frozenset[RealServerKey] = frozenset(),
+    vip_owners: Mapping[str, str] | None = None,
 ) -> Fragment:
-    """The fragment of a VirtualService that won its conflicts (or has none)."""
+    """The fragment of a VirtualService that won its conflicts (or has none); `vip_owners`: other objects' VIPs its backends hit."""
     desired = desired_state(
-        [vs], node, names=names, endpoints=endpoints, node_addresses=node_addresses, reserved=reserved, out_of_service=out_of_service
+        [vs], node, names=names, endpoints=endpoints, node_addresses=node_addresses, reserved=reserved, out_of_service=out_of_service,
+        vip_owners=vip_owners,
     )
     state = desired.state
     programmed = vs.ref in desired.programmed

@@ -116,6 +116,7 @@ class Reconciler:
         self._claimants: dict[Claim, set[str]] = {}
         self._by_vip: dict[str, set[str]] = {}  # every object, by VIP
         self._by_service_ref: dict[tuple[str, str], set[str]] = {}
+        self._by_backend: dict[str, set[str]] = {}  # static backend address -> objects: a VIP appearing there refuses them
         self._families: Counter[int] = Counter()
         self._arp = 0
         self._bound: Counter[str] = Counter()
@@ -308,6 +309,7 @@ class Reconciler:
                     node_addresses=node_addresses,
                     reserved={vs.spec.vip: self.reserved[vs.spec.vip]} if vs.spec.vip in self.reserved else None,
                     out_of_service=self.out_of_service,
+                    vip_owners=self._vips_hit(vs),
                 )
                 derived += 1
             else:
@@ -324,6 +326,15 @@ class Reconciler:
         self._dirty.clear()
         self._derived = derived
         return vips
+
+    def _vips_hit(self, vs: VirtualService) -> dict[str, str]:
+        """Its static backends that are other objects' VIPs -> the first such object (BackendIsVIP)."""
+        hit: dict[str, str] = {}
+        for backend in vs.spec.backends:
+            owners = self._by_vip.get(backend.address)
+            if owners:
+                hit[backend.address] = min(owners, key=lambda ref: self._order[ref])
+        return hit
 
     def _endpoints_of(self, vs: VirtualService) -> Mapping[tuple[str, str], Iterable[Endpoint]]:
         key = _service_ref(vs)
@@ -346,6 +357,9 @@ class Reconciler:
         for claim in _claims(vs):
             self._claimants.setdefault(claim, set()).add(ref)
         self._by_vip.setdefault(vs.spec.vip, set()).add(ref)
+        self._dirty |= self._by_backend.get(vs.spec.vip, set())  # a VIP appeared where they send traffic
+        for backend in vs.spec.backends:
+            self._by_backend.setdefault(backend.address, set()).add(ref)
         key = _service_ref(vs)
         if key is not None:
             self._by_service_ref.setdefault(key, set()).add(ref)
@@ -365,6 +379,13 @@ class Reconciler:
             refs.discard(ref)
             if not refs:
                 del self._by_vip[vs.spec.vip]
+        self._dirty |= self._by_backend.get(vs.spec.vip, set())  # their backend may be usable again
+        for backend in vs.spec.backends:
+            pointing = self._by_backend.get(backend.address)
+            if pointing is not None:
+                pointing.discard(ref)
+                if not pointing:
+                    del self._by_backend[backend.address]
         key = _service_ref(vs)
         if key is not None and key in self._by_service_ref:
             self._by_service_ref[key].discard(ref)
