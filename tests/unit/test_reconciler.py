@@ -347,14 +347,8 @@ def test_draining_real_server_keeps_weight_zero_until_its_connections_end() -> N
     assert key not in fake.state.real_servers and not reconciler.draining.since and reconciler.reads == reads
 
 
-def ipvs_mode(vs: VirtualService) -> VirtualService:
-    # (core.held leaves a keepalived-mode newcomer's delegated key in place when it refuses it;
-    # the held rule's own tests cover that mode.)
-    return vs.model_copy(update={"spec": vs.spec.model_copy(update={"mode": "ipvs"})})
-
-
 held_step = st.one_of(
-    st.tuples(st.just("put"), an_object().map(ipvs_mode)),
+    st.tuples(st.just("put"), an_object()),
     st.tuples(st.just("delete"), st.integers(0, 5)),
     st.tuples(st.just("invalid"), st.integers(0, 5)),
     st.tuples(st.just("health"), st.integers(0, 50)),
@@ -429,3 +423,23 @@ def test_a_backend_on_another_objects_vip_is_refused_as_the_loader_refuses_it() 
     assert reconciler.reconcile().ok and reconciler.programmed == {"default/pointing"}
     assert not reconciler.problems("default/pointing")
     same_kernel(fake.state, from_scratch_plain([pointing]), frozenset())
+
+
+def test_a_keepalived_newcomer_losing_to_a_held_owner_leaves_the_held_service_alone() -> None:
+    from vsop.core.held import Held
+
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    reconciler.set_objects([web("old")])
+    assert reconciler.reconcile().ok
+    before = dict(fake.state.services)
+    # "old" is still declared but invalid now; a keepalived-mode newcomer claims its ports.
+    reconciler.set_objects([web("new", mode="keepalived")])
+    reconciler.set_held(Held(owners=frozenset({"default/old"})))
+    for full in (False, True):
+        outcome = reconciler.reconcile(full=full)
+        assert outcome.ok, outcome.error
+        assert fake.state.services == before and reconciler.programmed == set()
+        assert [p.reason for p in reconciler.problems("default/new")] == ["Conflict"]
+    other, other_fake = fake_kernel(fake.state)
+    assert sync(other, [web("new", mode="keepalived")], NODE, held=Held(owners=frozenset({"default/old"}))).plan.ops == ()

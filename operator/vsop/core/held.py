@@ -196,6 +196,10 @@ def without_owner(state: KernelState, owner: str, names: Names = Names()) -> Ker
     """A desired state with one object's share taken out: services, real servers, members, unused VIPs."""
     services = {k: v for k, v in state.services.items() if v.owner != owner}
     gone = {k for k in state.services if k not in services}
+    # Its keepalived (delegated) services are known by their VIP:port members only. Left
+    # delegated, the key would hide a held owner's IPVS service from the plan, which would
+    # then add it again ("File exists").
+    delegated = frozenset(k for k in state.delegated if _member_owner(state, k, names) != owner)
     real_servers = {k: v for k, v in state.real_servers.items() if k.service not in gone}
     ipsets: dict[str, IPSet] = {}
     for set_name, ipset in state.ipsets.items():
@@ -226,5 +230,6 @@ def without_owner(state: KernelState, owner: str, names: Names = Names()) -> Ker
         real_servers=real_servers,
         ipsets=ipsets,
         addresses=addresses,
+        delegated=delegated,
     )
 
