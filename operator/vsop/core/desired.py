@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Iterable, Mapping
 
 from vsop.core.state import (
@@ -264,15 +265,30 @@ def shared_state(
     names: Names, families: Iterable[int], *, arp: bool, bound: bool, kernel_version: tuple[int, int] | None
 ) -> KernelState:
     """Link, empty set headers, constant chains and jumps, sysctls: what every VIP shares."""
-    ipsets: dict[str, IPSet] = {}
+    ipsets, chains, jumps, sysctls = _shared(names, tuple(sorted(set(families))), arp, kernel_version)
+    # Fresh containers each time: callers own what they get (the strings inside are immutable).
+    return KernelState(
+        link=LinkState(names.link, up=True) if bound else None,
+        ipsets={name: IPSet(name, kind, family, {}) for name, kind, family in ipsets},  # type: ignore[arg-type]
+        chains=dict(chains),
+        jumps=jumps,
+        sysctls=dict(sysctls),
+    )
+
+
+@lru_cache(maxsize=64)
+def _shared(
+    names: Names, used: tuple[int, ...], arp: bool, kernel_version: tuple[int, int] | None
+) -> tuple[tuple[tuple[str, str, int], ...], dict[ChainKey, tuple[str, ...]], frozenset[Jump], dict[str, str]]:
+    # Computed once per combination: the reconciler derives one object at a time, and
+    # building these strings per object was a large part of a cold sync under emulation.
+    ipsets: list[tuple[str, str, int]] = []
     chains: dict[ChainKey, tuple[str, ...]] = {}
     jumps: set[Jump] = set()
     sysctls: dict[str, str] = {}
-    used = sorted(set(families))
     for family in used:
         for attribute, kind in SET_KINDS:
-            name = names.set_name(getattr(names, attribute), family)
-            ipsets[name] = IPSet(name, kind, family, {})  # type: ignore[arg-type]
+            ipsets.append((names.set_name(getattr(names, attribute), family), kind, family))
         chains.update(constant_chains(names, family))
         jumps |= constant_jumps(names, family)
         sysctls.update(family_sysctls(family))
@@ -280,13 +296,13 @@ def shared_state(
         sysctls.update(kernel_sysctls(kernel_version))
     if arp:
         sysctls.update(ARP_SYSCTLS)
-    return KernelState(
-        link=LinkState(names.link, up=True) if bound else None,
-        ipsets=ipsets,
-        chains=chains,
-        jumps=frozenset(jumps),
-        sysctls=sysctls,
-    )
+    return tuple(ipsets), chains, frozenset(jumps), sysctls
+
+
+@lru_cache(maxsize=64)
+def _own_addresses(node_addresses: frozenset[str]) -> frozenset[str]:
+    # The reconciler derives one object at a time with the same node addresses: parse them once.
+    return frozenset(str(ipaddress.ip_address(a.split("/")[0])) for a in node_addresses)
 
 
 def desired_state(
@@ -318,7 +334,7 @@ def desired_state(
         vip_owners = {}
         for vs in services:
             vip_owners.setdefault(vs.spec.vip, vs.ref)
-    own_addresses = {str(ipaddress.ip_address(a.split("/")[0])) for a in node_addresses}
+    own_addresses = _own_addresses(node_addresses if isinstance(node_addresses, frozenset) else frozenset(node_addresses))
     reserved_by = {str(ipaddress.ip_address(a)): whose for a, whose in (reserved or {}).items()}
     winners, problems = resolve_conflicts(services)
 

@@ -9,7 +9,6 @@ Pure data: must not import anything beyond the standard library.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal, Mapping
 
@@ -160,7 +159,7 @@ class KernelState:
 
 def host_prefix(vip: str) -> str:
     """A VIP is bound as a host route only: /32 or /128, never a subnet."""
-    return f"{vip}/{128 if ipaddress.ip_address(vip).version == 6 else 32}"
+    return f"{vip}/{128 if ':' in vip else 32}"  # a validated address: only IPv6 has colons
 
 
 def ipset_member(key: ServiceKey) -> str:
