@@ -12,11 +12,11 @@ Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapter
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from vsop.core import ops
 from vsop.core.plan import jump_target
-from vsop.core.state import ChainKey, KernelState, LinkState, Names
+from vsop.core.state import ChainKey, KernelState, LinkState, Names, RealServerKey, ServiceKey
 
 
 class KernelRefused(Exception):
@@ -306,3 +306,86 @@ def apply_accepted(state: KernelState, operations: Iterable[ops.Op]) -> KernelSt
         jumps=frozenset(jumps),
         sysctls=sysctls,
     )
+
+
+def owned_copy(state: KernelState) -> KernelState:
+    """A copy whose containers are its holder's own and mutable (sets for addresses and jumps),
+    for `apply_in_place`: shallow, so one per full read of the kernel, not per change."""
+    return replace(
+        state,
+        addresses=set(state.addresses),  # type: ignore[arg-type]
+        services=dict(state.services),
+        real_servers=dict(state.real_servers),
+        ipsets={name: replace(ipset, members=dict(ipset.members)) for name, ipset in state.ipsets.items()},
+        chains=dict(state.chains),
+        jumps=set(state.jumps),  # type: ignore[arg-type]
+        sysctls=dict(state.sysctls),
+    )
+
+
+def apply_in_place(
+    state: KernelState,
+    operations: Iterable[ops.Op],
+    real_servers_of: Callable[[ServiceKey], Iterable[RealServerKey]],
+) -> KernelState:
+    """`apply_accepted` on a state made by `owned_copy`, changing its containers in place.
+
+    Costs what the operations are, not what the state holds (the node reconciler's cached
+    view of a kernel with 10,000 services, after each change). `real_servers_of(service)`
+    names the real servers a deleted service takes with it (the caller knows them without
+    scanning everything). Returns the state, or a new one sharing its containers when the
+    link changed (the dataclass is frozen). The operations are applied in order, so a
+    service deleted and added again keeps the real servers added after it.
+    """
+    link = state.link
+    addresses: Any = state.addresses
+    services: Any = state.services
+    real_servers: Any = state.real_servers
+    ipsets: Any = state.ipsets
+    chains: Any = state.chains
+    jumps: Any = state.jumps
+    sysctls: Any = state.sysctls
+    for op in operations:
+        if isinstance(op, ops.AddSetMember):
+            ipsets[op.set_name].members[op.member] = op.comment
+        elif isinstance(op, ops.DeleteSetMember):
+            ipsets[op.set_name].members.pop(op.member, None)
+        elif isinstance(op, (ops.AddService, ops.EditService)):
+            services[op.service.key] = op.service
+        elif isinstance(op, (ops.AddRealServer, ops.EditRealServer)):
+            real_servers[op.real_server.key] = op.real_server
+        elif isinstance(op, ops.DeleteRealServer):
+            real_servers.pop(op.key, None)
+        elif isinstance(op, ops.DeleteService):
+            services.pop(op.key, None)
+            for key in list(real_servers_of(op.key)):  # the kernel deletes them with it
+                real_servers.pop(key, None)
+        elif isinstance(op, ops.AddAddress):
+            addresses.add(op.address)
+        elif isinstance(op, ops.DeleteAddress):
+            addresses.discard(op.address)
+        elif isinstance(op, ops.SetSysctl):
+            sysctls[op.name] = op.value
+        elif isinstance(op, ops.CreateSet):
+            ipsets[op.ipset.name] = replace(op.ipset, members={})
+        elif isinstance(op, ops.DestroySet):
+            ipsets.pop(op.name, None)
+        elif isinstance(op, ops.WriteChain):
+            chains[op.key] = op.rules
+        elif isinstance(op, ops.DeleteChain):
+            chains.pop(op.key, None)
+        elif isinstance(op, ops.AddJump):
+            jumps.add(op.jump)
+        elif isinstance(op, ops.DeleteJump):
+            jumps.discard(op.jump)
+        elif isinstance(op, ops.CreateLink):
+            link = LinkState(op.name, up=True)
+            addresses.clear()
+        elif isinstance(op, ops.SetLinkUp):
+            link = LinkState(op.name, up=True)
+        elif isinstance(op, ops.DeleteLink):
+            link = None
+            addresses.clear()
+        else:
+            raise TypeError(f"apply_in_place: unknown operation {op!r}")
+    return state if link == state.link else replace(state, link=link)

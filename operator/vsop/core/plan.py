@@ -11,6 +11,7 @@ Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapter
 
 from __future__ import annotations
 
+import functools
 import shlex
 from dataclasses import dataclass, replace
 from typing import Iterable
@@ -91,6 +92,7 @@ def owned(observed: KernelState, names: Names, delegated: frozenset[ServiceKey] 
     )
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of distinct rules, parsed for every plan
 def jump_target(rule: str) -> str | None:
     try:
         words = shlex.split(rule)  # a quoted comment may mention a chain without jumping to it

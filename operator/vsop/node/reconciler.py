@@ -31,7 +31,7 @@ from vsop.core.desired import Desired, Endpoint, Node, Problem, resolve_conflict
 from vsop.core.draining import Draining, with_draining
 from vsop.core.held import Held, held_owners, keep_held
 from vsop.core.fragments import Fragment, around, member_vip, assemble, desired_from, fragment, grace_of, refused, shared_state
-from vsop.core.memory import KernelRefused, apply_accepted
+from vsop.core.memory import KernelRefused, apply_accepted, apply_in_place, owned_copy
 from vsop.core.plan import Plan, PlanError, owned, plan
 from vsop.core.state import IPSet, KernelState, Names, RealServerKey
 from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, sync
@@ -480,12 +480,13 @@ class Reconciler:
             and not self._force_full  # what is held changed: the kernel's owners decide anew
             and owned(observed, self.names) == owned(self.observed, self.names)
         ):
-            if self._index_of is self.observed:
+            index_holds = self._index_of is self.observed
+            self.observed = owned_copy(observed)  # changed in place by each change (see _incremental)
+            if index_holds:
                 # vsop's part is what the index describes; a foreign service that appeared on a
                 # VIP vsop has not bound shows up at the first write that needs it (a refused
                 # write makes the next reconcile read everything again).
-                self._index_of = observed
-            self.observed = observed
+                self._index_of = self.observed
             outcome.skipped = True
             outcome.read_seconds = read_done - started
             outcome.seconds = time.monotonic() - started
@@ -507,7 +508,8 @@ class Reconciler:
             return self._failed(outcome, started, str(exc), exc.writes, list(exc.applied_ops))
         except (PlanError, KernelUnsupported, OperationFailed, OSError) as exc:
             return self._failed(outcome, started, str(exc), 0, [])
-        self.observed = self._after(observed, result.applied)
+        after = self._after(observed, result.applied)
+        self.observed = owned_copy(after) if after is not None else None  # changed in place by each change
         if self.observed is not None:  # index it now: the first change after a resync stays cheap
             self._vip_index, self._index_of = self._build_index(self.observed), self.observed
         self._shared_dirty = False
@@ -574,12 +576,21 @@ class Reconciler:
                 return self._failed(outcome, started, str(exc), exc.writes, list(exc.applied_ops))
             except (KernelUnsupported, OperationFailed, OSError) as exc:
                 return self._failed(outcome, started, str(exc), 0, [])
+            after_cut = apply_accepted(observed, outcome.applied)
+            gone_with: dict[Any, list[Any]] = {}  # service -> its real servers, which a delete takes along
+            for key in observed.real_servers:
+                gone_with.setdefault(key.service, []).append(key)
+            for op in outcome.applied:
+                if isinstance(op, ops.AddRealServer):
+                    gone_with.setdefault(op.real_server.key.service, []).append(op.real_server.key)
             try:
-                self.observed = apply_accepted(self.observed, outcome.applied)
-            except KernelRefused:  # the cache no longer matches what the kernel accepted: read it again
+                # In place, costing what the change wrote: the cached state is the reconciler's own
+                # copy (owned_copy at each full read), never a copy of all of it per change.
+                self.observed = apply_in_place(self.observed, outcome.applied, lambda service: gone_with.get(service, ()))
+            except (KernelRefused, KeyError):  # the cache no longer matches what the kernel accepted: read it again
                 self.observed = None
             else:
-                self._reindex(cut, apply_accepted(observed, outcome.applied), outcome.applied)
+                self._reindex(cut, after_cut, outcome.applied)
         self._shared_dirty = False
         outcome.execute_seconds = time.monotonic() - planned
         outcome.seconds = time.monotonic() - started
@@ -676,9 +687,19 @@ class Reconciler:
             log.warning("reading draining real servers failed, will read everything error=%r", str(exc))
             self.observed = None
             return set()
-        kept = {k: v for k, v in self.observed.real_servers.items() if k.service not in services}
-        self.observed = replace(self.observed, real_servers={**kept, **fresh})
-        return {key.vip for key in services}
+        vips = {key.vip for key in services}
+        real_servers: Any = self.observed.real_servers  # the reconciler's own copy: changed in place
+        indexed = self._index_of is self.observed
+        for vip in vips:
+            entry = self._vip_index.get(vip) if indexed else None
+            known = entry[1] if entry is not None else [k for k in real_servers if k.service.vip == vip]
+            for key in known:
+                if key.service in services:
+                    real_servers.pop(key, None)
+            if entry is not None:
+                entry[1][:] = [k for k in known if k.service not in services] + [k for k in fresh if k.service.vip == vip]
+        real_servers.update(fresh)
+        return vips
 
     def _after(self, observed: KernelState, applied: Sequence[ops.Op]) -> KernelState | None:
         try:
