@@ -19,6 +19,7 @@ from vsop.core.commands import command_lines, render
 from vsop.core.desired import Desired, Node, desired_state
 from vsop.core.held import Held, keep_held
 from vsop.core.plan import Plan, PlanError, plan
+from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.core.state import KernelState, Names
 from vsop.engine import read_observed, running_kernel_version
 from vsop.adapters.base import OperationFailed
@@ -98,11 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-empty", action="store_true", help="plan the files alone against an empty node (no store, no root)")
     add_store_options(p, writer=False)
     p.add_argument("--prune", action="store_true", help="plan `apply --prune`: the files replace the whole store")
-    p.add_argument(
-        "--keep-accept-ra", action="store_true",
-        help="never change net.ipv6.conf.<if>.accept_ra: refuse IPv6 VIPs whose forwarding would stop router "
-        "advertisements (default: set accept_ra=2 where it is 1 before turning IPv6 forwarding on)",
-    )
+    p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
     _add_common(p, ("commands", "text", "json"))
 
     p = _sub(
@@ -117,11 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "refusal stops at that operation (exit 1); the next apply (or the agent) converges.",
     )
     _add_files(p)
-    p.add_argument(
-        "--keep-accept-ra", action="store_true",
-        help="never change net.ipv6.conf.<if>.accept_ra: refuse IPv6 VIPs whose forwarding would stop router "
-        "advertisements (default: set accept_ra=2 where it is 1 before turning IPv6 forwarding on)",
-    )
+    p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
     _add_common(p)
     add_store_options(p, writer=True)
     p.add_argument("--prune", action="store_true", help="remove from the store (and the kernel) every object not in the files")
@@ -214,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE", help="a label of this node; repeatable")
     p.add_argument("--resync-seconds", type=float, default=30.0, help="full resync period that repairs drift (default 30)")
     p.add_argument("--poll-seconds", type=float, default=1.0, help="how often the folder is checked for changes (default 1)")
+    p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
     p.add_argument("--status-file", default="/run/vsop/agent.json", help="where the agent writes its state for `vsop show`")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                    help="serve Prometheus /metrics (and /healthz, /readyz) on this port (default: off)")
@@ -498,6 +492,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         resync_seconds=args.resync_seconds,
         poll_seconds=args.poll_seconds,
         status_file=Path(args.status_file) if args.status_file else None,
+        keep_accept_ra=args.keep_accept_ra,
     )
     keepalived = KeepalivedWriter(
         KeepalivedConfig(

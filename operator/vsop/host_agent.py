@@ -68,6 +68,7 @@ class AgentConfig:
     status_file: Path | None = DEFAULT_STATUS_FILE
     lock: Path | None = None  # the writer lock held during each sync; None: no lock (tests on fakes)
     lock_wait_seconds: float = 60.0  # a sync gives up after this and is retried
+    keep_accept_ra: bool = False  # refuse IPv6 VIPs that would need accept_ra changed (as apply --keep-accept-ra)
 
 
 class HostAgent:
@@ -95,7 +96,8 @@ class HostAgent:
         self.syncs = 0
         self.keepalived = keepalived
         # The kernel work (incremental changes, full resyncs, draining, health weights, conntrack).
-        self.reconciler = Reconciler(kernel, config.node, names=config.names, kernel_version=self.kernel_version, clock=clock)
+        self.reconciler = Reconciler(kernel, config.node, names=config.names, kernel_version=self.kernel_version, clock=clock,
+                                     keep_accept_ra=config.keep_accept_ra)
         self.draining = self.reconciler.draining
         self.metrics = metrics
         self._last_stamp: int | None = self._lock_stamp()

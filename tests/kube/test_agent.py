@@ -398,3 +398,31 @@ async def test_a_restarted_agent_keeps_what_an_invalid_object_programmed(node_a:
         entry = node_entry(cluster, "web")
         assert entry["programmed"] is True and entry["backends"] == {"total": 2, "healthy": 2}
         assert entry["message"].endswith("keeping what the kernel has for it")
+
+
+async def test_keep_accept_ra_refuses_ipv6_vips_with_a_status_reason(node_a: Cluster) -> None:
+    from vsop.kube.agent import build_parser
+
+    assert build_parser().parse_args(["--keep-accept-ra"]).keep_accept_ra is True
+    cluster = node_a
+    await cluster.vs("web", WEB)
+    await cluster.vs("six", {**WEB, "vip": "fd00:11::2", "backends": [{"address": "fd00:200:1::2"}]})
+    host = KernelState(sysctls={"net.ipv6.conf.eth0.accept_ra": "1", "net.ipv6.conf.all.forwarding": "0"})
+    async with run_agent(cluster, state=host, keep_accept_ra=True) as (agent, fake, _):
+        entry = await until(lambda: node_entry(cluster, "six"), "the node's report")
+        assert entry["programmed"] is False and entry["message"].startswith("RouterAdvertisements: IPv6 VIP fd00:11::2")
+        await until(lambda: (node_entry(cluster, "web") or {}).get("programmed"), "the IPv4 VIP programmed")
+        assert fake.state.bound_vips() == {"169.254.11.2"} and fake.state.sysctls["net.ipv6.conf.eth0.accept_ra"] == "1"
+
+
+async def test_a_backend_on_another_objects_vip_is_refused_with_a_status_reason(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", {**WEB, "vip": "10.9.0.1"})
+    await cluster.vs("loop", {**WEB, "vip": "169.254.11.3", "backends": [{"address": "10.9.0.1"}]})
+    async with run_agent(cluster) as (agent, fake, _):
+        entry = await until(lambda: node_entry(cluster, "loop"), "the node's report")
+        assert entry["programmed"] is False
+        assert entry["message"] == ("BackendIsVIP: spec.backends[0].address: 10.9.0.1 is the VIP of VirtualService default/web: "
+                                    "a VIP cannot be a real server")
+        await until(lambda: (node_entry(cluster, "web") or {}).get("programmed"), "the VIP's owner programmed")
+        assert fake.state.bound_vips() == {"10.9.0.1"}

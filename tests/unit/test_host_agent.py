@@ -224,3 +224,35 @@ def test_a_new_file_is_planned_alone_and_another_writer_makes_the_next_reconcile
     after = agent.sync_once(full=False)
     assert after.full and agent.reconciler.reads == reads + 1  # what it wrote was read first
     assert any(k.service.vip == "169.254.11.3" for k in fake.state.real_servers)
+
+
+def test_keep_accept_ra_refuses_ipv6_vips_and_reports_them(tmp_path: Path) -> None:
+    from vsop.core.state import KernelState
+
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    kernel, fake = fake_kernel(KernelState(sysctls={"net.ipv6.conf.eth0.accept_ra": "1", "net.ipv6.conf.all.forwarding": "0"}))
+    config = AgentConfig(folder, Node("n"), status_file=tmp_path / "status.json", poll_seconds=0.02, keep_accept_ra=True)
+    agent = HostAgent(kernel, config, FakeConntrack())
+    write(folder, "web")
+    write(folder, "six", vip="fd00:11::2", backends=[{"address": "fd00:200:1::2", "port": 8080}])
+    settle(agent)
+    agent.sync_once()
+    assert fake.state.bound_vips() == {"169.254.11.2"} and fake.state.sysctls["net.ipv6.conf.eth0.accept_ra"] == "1"
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert [(p["obj"], p["reason"]) for p in status["lastSync"]["problems"]] == [("default/six", "RouterAdvertisements")]
+
+
+def test_vsop_agent_keep_accept_ra_reaches_the_reconciler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vsop.host
+    import vsop.host_agent
+    from vsop.cli import main
+
+    kernel, _ = fake_kernel()
+    monkeypatch.setattr(vsop.host, "real_kernel", lambda: kernel)
+    configs: list[AgentConfig] = []
+    monkeypatch.setattr(vsop.host_agent, "run_agent", lambda kernel, config, *a, **k: configs.append(config) or 0)
+    for flags, expected in (([], False), (["--keep-accept-ra"], True)):
+        assert main(["agent", "--from", str(tmp_path), "--status-file", "", *flags]) == 0
+        assert configs[-1].keep_accept_ra is expected
+        assert HostAgent(kernel, configs[-1], FakeConntrack()).reconciler.keep_accept_ra is expected

@@ -443,3 +443,27 @@ def test_a_keepalived_newcomer_losing_to_a_held_owner_leaves_the_held_service_al
         assert [p.reason for p in reconciler.problems("default/new")] == ["Conflict"]
     other, other_fake = fake_kernel(fake.state)
     assert sync(other, [web("new", mode="keepalived")], NODE, held=Held(owners=frozenset({"default/old"}))).plan.ops == ()
+
+
+def test_keep_accept_ra_refuses_ipv6_vips_on_both_paths_as_apply_does() -> None:
+    accept_ra = {"net.ipv6.conf.eth0.accept_ra": "1", "net.ipv6.conf.all.forwarding": "0"}
+    kernel, fake = fake_kernel(KernelState(sysctls=accept_ra))
+    reconciler = Reconciler(kernel, NODE, keep_accept_ra=True)
+    v6 = web("six", "fd00:11::2", backends=[{"address": "fd00:200:1::2"}])
+    reconciler.set_objects([web()])
+    assert reconciler.reconcile().ok
+    reconciler.set_objects([web(), v6])  # incremental
+    assert reconciler.reconcile().ok
+    for _ in (1, 2):
+        [problem] = reconciler.problems("default/six")
+        assert problem.reason == "RouterAdvertisements" and "eth0 (accept_ra=1)" in problem.message
+        assert fake.state.sysctls == {**fake.state.sysctls, **accept_ra}
+        assert fake.state.bound_vips() == {"169.254.20.1"}
+        reconciler.reconcile(full=True)
+    expected = sync(fake_kernel(KernelState(sysctls=accept_ra))[0], [web(), v6], NODE, keep_accept_ra=True)
+    assert [p.reason for p in expected.plan.problems] == ["RouterAdvertisements"]
+    # Without it, accept_ra becomes 2 before forwarding goes on (the default of both agents).
+    kernel, fake = fake_kernel(KernelState(sysctls=accept_ra))
+    reconciler = Reconciler(kernel, NODE)
+    reconciler.set_objects([v6])
+    assert reconciler.reconcile().ok and fake.state.sysctls["net.ipv6.conf.eth0.accept_ra"] == "2"

@@ -19,6 +19,11 @@ from vsop.core import ops
 
 IPV6_FORWARDING = "net.ipv6.conf.all.forwarding"
 ACCEPT_RA = "accept_ra"
+# --keep-accept-ra (plan, apply and both agents) means the same everywhere.
+KEEP_ACCEPT_RA_HELP = (
+    "never change net.ipv6.conf.<if>.accept_ra: refuse IPv6 VIPs whose forwarding would stop router "
+    "advertisements, reason RouterAdvertisements (default: set accept_ra=2 where it is 1 before turning IPv6 forwarding on)"
+)
 # Not interfaces: "all" is never applied to accept_ra, "default" only to interfaces created later.
 NOT_INTERFACES = frozenset({"all", "default"})
 

@@ -43,6 +43,7 @@ from vsop.core.health import HealthTracker
 from vsop.core.held import Held, parse_member
 from vsop.core.plan import Plan
 from vsop.core.state import KernelState, Names, ServiceKey
+from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.engine import Kernel, running_kernel_version
 from vsop.keepalived.servers import services_of
 from vsop.keepalived_daemon import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
@@ -201,6 +202,7 @@ class AgentOptions:
     names: Names = field(default_factory=Names)
     # Addresses a VIP must never take besides the node's own: the API server's.
     extra_node_addresses: tuple[str, ...] = ()
+    keep_accept_ra: bool = False  # refuse IPv6 VIPs that would need accept_ra changed (as apply --keep-accept-ra)
 
 
 class Agent:
@@ -249,7 +251,8 @@ class Agent:
         self._evented: dict[tuple[str, str, str | None], str] = {}
         self._invalid_logged: dict[tuple[str, str], str] = {}
         # The kernel work: sync, draining, health weights, conntrack (through the engine), incremental.
-        self.reconciler = Reconciler(kernel, Node(self.node_name), names=options.names, kernel_version=self.kernel_version)
+        self.reconciler = Reconciler(kernel, Node(self.node_name), names=options.names, kernel_version=self.kernel_version,
+                                     keep_accept_ra=options.keep_accept_ra)
         self.registry = self._build_registry()
         self.settings = kopf_settings()
         # Server-side filtering where the API (and kopf >= 1.45) offers it; the handlers filter again.
@@ -741,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VRRP PASS password (1-8 characters), a key of a mounted Secret; read at each render; absent: no authentication")
     k.add_argument("--keepalived-layout", choices=("confd", "single"), default=None, help="keepalived.conf + conf.d/*.conf (default), or one file")
     k.add_argument("--keepalived-binary", default=None, metavar="PATH", help="the keepalived used for `keepalived -t` (default: keepalived on PATH)")
+    parser.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every kernel operation and kopf's own messages")
     return parser
 
@@ -825,6 +829,7 @@ def main(
         namespaces=tuple(args.namespaces),
         resync_seconds=args.resync_seconds,
         debounce_seconds=args.debounce_seconds,
+        keep_accept_ra=args.keep_accept_ra,
     )
     agent = Agent(options, kernel, ApiWriter(connection, COMPONENT, host=args.node_name), conntrack=conntrack, keepalived=keepalived,
                   apiserver=ApiServerAddresses.for_connection(connection))

@@ -97,8 +97,12 @@ class Reconciler:
         kernel_version: tuple[int, int] | None = None,
         extra_node_addresses: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        keep_accept_ra: bool = False,
     ):
         self.kernel = kernel
+        # Never change accept_ra: IPv6 VIPs whose forwarding would stop router advertisements
+        # are refused (RouterAdvertisements), as `vsop apply --keep-accept-ra` refuses them.
+        self.keep_accept_ra = keep_accept_ra
         self.node = node
         self.names = names
         self.kernel_version = kernel_version
@@ -502,7 +506,7 @@ class Reconciler:
         try:
             result = sync(
                 self.kernel, (), self.node, names=self.names, observed=observed, desired=desired, adjust=adjust, expected=expected,
-                held=self.held if self.held else None,
+                held=self.held if self.held else None, keep_accept_ra=self.keep_accept_ra,
             )
         except ExecutionFailed as exc:
             return self._failed(outcome, started, str(exc), exc.writes, list(exc.applied_ops))
@@ -557,7 +561,7 @@ class Reconciler:
         want = with_draining(want, observed, sub, self.clock(), grace_of(pieces), self.names)
         self.draining.since = {**{k: v for k, v in self.draining.since.items() if k.service.vip not in cut}, **sub.since}
         try:
-            the_plan = plan(want, observed, self.names, link_elsewhere=elsewhere)
+            the_plan = plan(want, observed, self.names, link_elsewhere=elsewhere, keep_accept_ra=self.keep_accept_ra)
         except PlanError as exc:
             return self._failed(outcome, started, str(exc), 0, [])
         planned = time.monotonic()
