@@ -421,13 +421,8 @@ def _cleanup(args: argparse.Namespace) -> int:
         result = cleanup(kernel, names, dry_run=args.dry_run)
     except ExecutionFailed as exc:
         return output.failure(f"cleanup failed: {exc}; the {exc.applied} operation(s) before it were applied", args.output, applied=exc.applied)
-    if args.dry_run and args.output == "json":
-        json.dump({"dryRun": True, "counts": result.plan.counts(), "operations": [_op_json(op) for op in result.plan.ops]}, sys.stdout, indent=2)
-        print()
-        return EXIT_OK
     if args.dry_run:
-        sys.stdout.write(render(result.plan.ops) if result.plan.ops else "# Nothing of vsop's on this host.\n")
-        return EXIT_OK
+        return _cleanup_dry_run(args, result.plan, changed_sysctls(kernel), restore_sysctls(kernel, dry_run=True) if args.restore_sysctls else [])
     _report_conntrack(result.conntrack_failures)
     changed = changed_sysctls(kernel)
     restored = restore_sysctls(kernel) if args.restore_sysctls else []
@@ -459,6 +454,32 @@ def _cleanup(args: argparse.Namespace) -> int:
         print("vsop: kernel settings vsop changed, left as they are (--restore-sysctls puts back the values found before):")
         for name, (before, now) in changed.items():
             print(f"  {name}: found {before}, now {now if now is not None else '(gone)'}")
+    return EXIT_OK
+
+
+def _cleanup_dry_run(args: argparse.Namespace, the_plan: Plan, changed: dict[str, tuple[str, str | None]], restores: list[ops.SetSysctl]) -> int:
+    """What cleanup would remove, and the kernel settings it would put back (--restore-sysctls) or leave."""
+    if args.output == "json":
+        json.dump(
+            {
+                "dryRun": True, "counts": the_plan.counts(), "operations": [_op_json(op) for op in [*the_plan.ops, *restores]],
+                "sysctls": {name: {"before": before, "now": now} for name, (before, now) in changed.items()},
+                "sysctlsRestored": [op.name for op in restores],
+            },
+            sys.stdout, indent=2,
+        )
+        print()
+        return EXIT_OK
+    sys.stdout.write(render(the_plan.ops) if the_plan.ops else "# Nothing of vsop's on this host.\n")
+    if restores:
+        sys.stdout.write("\n# Kernel settings put back to the values found before vsop's first change (--restore-sysctls);\n"
+                         "# forwarding goes off before accept_ra goes back.\n")
+        for op in restores:
+            sys.stdout.write(f"sysctl -w {op.name}={op.value}  # now {op.previous}\n")
+    elif changed and not args.restore_sysctls:
+        sys.stdout.write("\n# Kernel settings vsop changed, left as they are (--restore-sysctls would put back the values found before):\n")
+        for name, (before, now) in changed.items():
+            sys.stdout.write(f"#   {name}: found {before}, now {now if now is not None else '(gone)'}\n")
     return EXIT_OK
 
 

@@ -191,8 +191,8 @@ def changed_sysctls(kernel: Kernel) -> dict[str, tuple[str, str | None]]:
     return {name: (before[name], now.get(name)) for name in restore_order(before)}
 
 
-def restore_sysctls(kernel: Kernel) -> list[ops.SetSysctl]:
-    """Put back the values recorded before vsop's first change; forget the record. Returns the changes."""
+def restore_sysctls(kernel: Kernel, dry_run: bool = False) -> list[ops.SetSysctl]:
+    """Put back the values recorded before vsop's first change; forget the record. Returns the changes (`dry_run`: only that)."""
     if kernel.sysctl_record is None:
         return []
     changes = [
@@ -200,6 +200,8 @@ def restore_sysctls(kernel: Kernel) -> list[ops.SetSysctl]:
         for name, (before, now) in changed_sysctls(kernel).items()
         if now is not None and now != before  # an interface that is gone has nothing to restore
     ]
+    if dry_run:
+        return changes
     for change in changes:
         kernel.sysctls.apply([change])
     kernel.sysctl_record.save({})

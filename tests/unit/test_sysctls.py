@@ -120,3 +120,30 @@ def test_file_record_round_trip(tmp_path) -> None:
     (tmp_path / "vsop" / "sysctls.json").write_text("{not json")
     with pytest.raises(OSError, match="not a sysctl record"):
         record.load()
+
+
+def test_cleanup_dry_run_shows_the_sysctls_it_would_put_back_or_leave(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import vsop.host
+    from vsop.cli import main
+
+    kernel, fake = fake_kernel(KernelState(sysctls=HOST))
+    sync(kernel, [web6()], NODE)
+    before = repr(fake.state)
+    monkeypatch.setattr(vsop.host, "real_kernel", lambda: kernel)
+    assert main(["cleanup", "--dry-run", "--restore-sysctls"]) == 0
+    out = capsys.readouterr().out
+    assert "ipvsadm -D" in out
+    restores = out[out.index("--restore-sysctls"):]
+    assert "sysctl -w net.ipv6.conf.all.forwarding=0  # now 1" in restores and "sysctl -w net.ipv6.conf.eth0.accept_ra=1  # now 2" in restores
+    assert restores.index("forwarding=0") < restores.index("eth0.accept_ra=1")  # forwarding goes off first
+    assert main(["cleanup", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "left as they are" in out and "#   net.ipv6.conf.eth0.accept_ra: found 1, now 2" in out and "sysctl -w net.ipv6.conf.eth0" not in out
+    assert main(["cleanup", "--dry-run", "--restore-sysctls", "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "net.ipv6.conf.eth0.accept_ra" in doc["sysctlsRestored"] and doc["sysctls"]["net.ipv6.conf.eth0.accept_ra"] == {"before": "1", "now": "2"}
+    assert any(cmd == "sysctl -w net.ipv6.conf.eth0.accept_ra=1" for op in doc["operations"] for cmd in op["commands"])
+    # Nothing was changed, and the record is still there for the real run.
+    assert repr(fake.state) == before and kernel.sysctl_record.load()["net.ipv6.conf.eth0.accept_ra"] == "1"
