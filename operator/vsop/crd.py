@@ -297,6 +297,11 @@ def node_report_crd() -> dict[str, Any]:
             "backends": {"type": "object", "properties": {"total": {"type": "integer"}, "healthy": {"type": "integer"}}},
             "message": {"type": "string", "maxLength": 512},
             "observedGeneration": {"type": "integer"},
+            "checks": {
+                "type": "object",
+                "description": "address:port -> healthy, for the static backends this node is a designated checker of.",
+                "additionalProperties": {"type": "boolean"},
+            },
         },
     }
     return {

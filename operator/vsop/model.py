@@ -284,10 +284,20 @@ class NodeStatus(_Spec):
     observed_generation: int | None = None
 
 
+class BackendHealth(_Spec):
+    """One static backend's health as its designated checker nodes see it (vsop.kube.checkers)."""
+
+    backend: str = Field(description="address:port probed")
+    checkers: tuple[str, ...] = Field(default=(), description="the nodes that check it; every other node applies their verdict")
+    healthy: bool = True
+    failing_on: tuple[str, ...] = Field(default=(), description="the checkers whose probes fail")
+
+
 class VirtualServiceStatus(_Spec):
     observed_generation: int | None = None
     conditions: tuple[Condition, ...] = ()
     backends: BackendCounts = Field(default_factory=BackendCounts)
+    backend_health: tuple[BackendHealth, ...] = Field(default=(), description="static backends with a health check: who checks each, and the verdict")
     nodes: dict[str, NodeStatus] = Field(default_factory=dict)
 
 

@@ -50,6 +50,7 @@ from vsop.keepalived_daemon import DEFAULT_PIDFILE, KeepalivedConfig, Keepalived
 from vsop.kube import endpoints as eps
 from vsop.kube.apiserver import ApiServerAddresses
 from vsop.kube import objects
+from vsop.kube import checkers
 from vsop.kube import report as reports
 from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
 from vsop.kube.metrics import AgentMetrics, HttpEndpoints, Probes
@@ -84,6 +85,8 @@ class VSRecord:
     error: str | None
     node_status: dict[str, Any] | None  # status.nodes.<this node>, normalized, as found on the object
     fingerprint: str  # what the kernel depends on: uid, creation time and spec
+    # status.backendHealth: the checkers of each static backend and their verdict (vsop.kube.checkers)
+    published: tuple[tuple[str, checkers.Published], ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -114,6 +117,7 @@ def vs_record(body: Mapping[str, Any], node_name: str) -> VSRecord:
         error=error,
         node_status=mine,
         fingerprint=objects.fingerprint(body),
+        published=tuple(sorted(checkers.parse_published(status).items())),
     )
 
 
@@ -235,6 +239,7 @@ class Agent:
         self.tracker = HealthTracker()
         self.checker: HealthChecker | None = None
         self.health_targets: set[Target] = set()
+        self.roles = checkers.Roles(set(), {}, frozenset())  # which health targets this node checks for the cluster
         self.metrics = metrics or AgentMetrics()
         self.probes = Probes(stall_seconds=max(120.0, 4 * options.resync_seconds))
         self.trigger = Trigger()
@@ -296,7 +301,8 @@ class Agent:
                 self._fingerprints.pop(key, None)
                 self.trigger.wake(f"virtualservice {namespace}/{name} deleted")
                 return
-            current = objects.fingerprint(body)
+            # The published health of static backends (vsop.kube.checkers) matters too; other status does not.
+            current = objects.fingerprint(body) + repr(sorted(checkers.parse_published(body.get("status")).items()))
             if self._fingerprints.get(key) != current:  # status-only changes (other nodes' keys) change nothing here
                 self._fingerprints[key] = current
                 self.trigger.wake(f"virtualservice {namespace}/{name} changed")
@@ -404,12 +410,17 @@ class Agent:
         reconciler.set_endpoints(endpoints)
         reconciler.set_node(node, extra)
         reconciler.set_reserved(self.apiserver.reserved() if self.apiserver is not None else {})
-        reconciler.set_out_of_service(self.tracker.out_of_service())
+        published = {f"{r.namespace}/{r.name}": dict(r.published) for r in records if r.published}
+        down = checkers.roles(self.node_name, self.health_targets, reconciler.configured, published).published_down
+        reconciler.set_out_of_service(self.tracker.out_of_service() | down)
         outcome, keepalived = await asyncio.to_thread(self._blocking_sync, services, node, endpoints, periodic)
         self.syncs += 1
         self.health_targets = health_targets(services, reconciler.configured, reconciler.draining)
+        self.roles = checkers.roles(self.node_name, self.health_targets, reconciler.configured, published)
+        if self.roles.published_down != down:
+            self.trigger.wake("published backend health changed")
         if self.checker is not None:
-            self.checker.update(self.health_targets)
+            self.checker.update(self.roles.targets)
         self._record_metrics(outcome, records, keepalived)
         self._log_outcome(outcome, reasons)
 
@@ -418,6 +429,7 @@ class Agent:
             self.probes.ready_reason = "ok"
         report = SyncReport(outcome=outcome, keepalived=keepalived)
         report.entries = self._entries(records, outcome, notes, keepalived)
+        checkers.add_checks(report.entries, self.roles, self.tracker)
         await self._publish(records, report, periodic)
         await self._report_drift(records, outcome, report)
         return report

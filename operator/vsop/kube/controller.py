@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import kopf
 
 from vsop.core.desired import Node, applies_to_node, resolve_conflicts
-from vsop.kube import objects
+from vsop.kube import checkers, objects
 from vsop.kube import report as reports
 from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
 from vsop.kube.metrics import ControllerMetrics, HttpEndpoints, Probes
@@ -98,6 +98,7 @@ def owned_status(status: Mapping[str, Any]) -> dict[str, Any]:
         "observedGeneration": status.get("observedGeneration"),
         "conditions": {c.get("type"): dict(c) for c in status.get("conditions") or () if isinstance(c, Mapping) and c.get("type") in CONDITION_TYPES},
         "backends": dict(status.get("backends") or {}),
+        checkers.STATUS_FIELD: list(status.get(checkers.STATUS_FIELD) or ()),
     }
 
 
@@ -228,9 +229,13 @@ class Controller:
         for record in records:
             ref = f"{record.namespace}/{record.name}"
             if record.vs is not None:
-                expected = tuple(sorted(n for n, f in ready_nodes.items() if applies_to_node(record.vs, Node(n, f.labels))))
+                selected = tuple(sorted(n for n, f in ready_nodes.items() if applies_to_node(record.vs, Node(n, f.labels))))
             else:
-                expected = tuple(sorted(ready_nodes))  # the selector cannot be read: count whoever reports
+                selected = tuple(sorted(ready_nodes))  # the selector cannot be read: count whoever reports
+            # A node counts once its agent runs (has a report): a joining node's Node object alone
+            # changes no object; its first report (every entry at once) leaves "programmed on every
+            # selected node" as it was, so a join writes nothing on the objects it programs.
+            expected = tuple(n for n in selected if n in node_reports)
             # Each node's entry for this object, from the node's own report (vsop.kube.report).
             node_entries = {node: entries[ref] for node, entries in node_reports.items() if ref in entries}
             facts = Facts(
@@ -240,16 +245,23 @@ class Controller:
                 expected=expected,
                 nodes=node_entries,
                 known_nodes=None,
+                unreported=tuple(n for n in selected if n not in node_reports),
             )
             summary = summarize(facts)
             found = owned_status(record.status)
             baseline = found if periodic or record.identity not in self._written else self._written[record.identity]
             old_conditions = list(baseline["conditions"].values())
             conditions = with_transition_times(summary.conditions, old_conditions, now)
+            if record.vs is not None:
+                # Who checks each static backend, and their verdict (vsop.kube.checkers); sized by backends, not nodes.
+                health = checkers.published_health(record.vs, ref, expected, node_reports)
+            else:
+                health = list(record.status.get(checkers.STATUS_FIELD) or ())  # invalid: nodes keep the last valid generation
             wanted = {
                 "observedGeneration": record.generation,
                 "conditions": {c["type"]: c for c in conditions},
                 "backends": summary.backends,
+                checkers.STATUS_FIELD: health,
             }
             for condition in conditions:
                 counts[(condition["type"], condition["status"])] = counts.get((condition["type"], condition["status"]), 0) + 1
@@ -261,6 +273,7 @@ class Controller:
                     # Merge patch replaces lists whole: keep conditions other writers may have set.
                     "conditions": conditions + [c for c in record.status.get("conditions") or () if isinstance(c, Mapping) and c.get("type") not in CONDITION_TYPES],
                     "backends": summary.backends,
+                    checkers.STATUS_FIELD: health or None,
                 }
                 if legacy:
                     patch["nodes"] = None

@@ -89,9 +89,10 @@ class Facts:
     generation: int | None
     invalid: str | None = None  # why the current spec is refused, or None
     conflict: str | None = None  # the conflict, naming the winner, or None
-    expected: tuple[str, ...] = ()  # Ready nodes the nodeSelector matches
+    expected: tuple[str, ...] = ()  # Ready nodes the nodeSelector matches whose agent has a NodeReport
     nodes: Mapping[str, Any] | None = None  # status.nodes as found on the object
     known_nodes: frozenset[str] | None = None  # every Node of the cluster; None while not listed yet
+    unreported: tuple[str, ...] = ()  # Ready nodes the nodeSelector matches whose agent has not reported yet
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ def summarize(facts: Facts) -> Summary:
     total = max((c["total"] for c in counts), default=0)
     healthy = min((c["healthy"] for c in counts), default=0)
     n, m = len(programmed), len(facts.expected)
-    on_nodes = f"programmed on {n} of {m} node(s)"
+    # No node count once every expected node has it: a node joining (and programming it) writes nothing here.
+    on_nodes = "programmed on every selected node" if n == m else f"programmed on {n} of {m} node(s)"
 
     conflict = _condition("Conflict", facts.conflict is not None, "Conflict" if facts.conflict else "NoConflict", facts.conflict or "", gen)
 
@@ -142,6 +144,8 @@ def summarize(facts: Facts) -> Summary:
         prog = _condition("Programmed", False, "InvalidSpec", f"{facts.invalid}{still}", gen)
     elif facts.conflict is not None:
         prog = _condition("Programmed", False, "Conflict", facts.conflict, gen)
+    elif m == 0 and facts.unreported:
+        prog = _condition("Programmed", False, "Pending", f"no agent has reported yet; waiting for {_names(facts.unreported)}", gen)
     elif m == 0:
         prog = _condition("Programmed", False, "NoMatchingNodes", "nodeSelector matches no Ready node", gen)
     elif n == m:

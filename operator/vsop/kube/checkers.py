@@ -1,0 +1,169 @@
+"""Bounded health checks of static backends: a few designated checker nodes per backend.
+
+Owns who checks a static backend in a cluster and how the result reaches every node:
+- `choose`: the checkers of one backend, by rendezvous (highest random weight) hashing
+  of the backend over the candidate nodes (the nodes a VirtualService applies to whose
+  agent has a NodeReport). Pure and deterministic: any process given the same backend
+  and nodes computes the same checkers, and a node joining or leaving moves only the
+  backends it wins or held (about K/N of them).
+- `published_health` (controller): per static backend of a health-checked
+  VirtualService, its checkers and the verdict summed up from what they wrote in their
+  NodeReports (`checks` in the node's entry); the controller writes the list into the
+  VirtualService's `status.backendHealth`, which every agent already watches. Its size is
+  K names per backend, independent of the number of nodes.
+- `Roles` (agent): from the published list, which health targets this node probes at the
+  spec's interval (it is a checker, or nothing is published yet: every node checks for
+  itself, the behaviour without a controller), which it probes only every
+  `SLOW_FACTOR` x interval (the others: a node that cannot reach a backend still takes
+  it out, more slowly), the backends published down (taken out here too), and the
+  `checks` this node publishes as a checker.
+serviceRef endpoints are not covered: their readiness comes from the EndpointSlices, and
+a health check on them stays a check every node runs.
+No I/O of its own: must not import kopf, vsop.engine or vsop.adapters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+from vsop.checks import Target
+from vsop.core.health import HealthTracker
+from vsop.core.state import RealServerKey
+from vsop.model import VirtualService
+
+CHECKERS = 3  # K: checker nodes per static backend
+SLOW_FACTOR = 10  # a non-checker's own probe runs every SLOW_FACTOR x intervalSeconds
+STATUS_FIELD = "backendHealth"  # in VirtualService status, written by the controller
+ENTRY_FIELD = "checks"  # in a node's NodeReport entry: backend -> healthy, for the backends it checks
+
+
+def backend_id(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def static_backends(vs: VirtualService) -> list[str]:
+    """The `address:port` probed for each static backend of a health-checked VirtualService, sorted."""
+    spec = vs.spec
+    if spec.health_check.type == "none" or not spec.backends:
+        return []
+    found: set[str] = set()
+    for port in spec.ports:
+        default = port.target_port if isinstance(port.target_port, int) else port.port
+        for backend in spec.backends:
+            found.add(backend_id(backend.address, backend.port or default))
+    return sorted(found)
+
+
+def _score(backend: str, node: str) -> bytes:
+    return hashlib.sha256(f"{backend}\x00{node}".encode()).digest()
+
+
+def choose(backend: str, nodes: Iterable[str], k: int = CHECKERS) -> tuple[str, ...]:
+    """The k nodes with the highest rendezvous score for this backend (all of them when fewer), best first."""
+    return tuple(sorted(set(nodes), key=lambda node: _score(backend, node), reverse=True)[:k])
+
+
+def _verdict(results: Mapping[str, bool]) -> bool:
+    """Healthy unless a strict majority of the checkers that reported say down (one checker: its word)."""
+    down = sum(1 for ok in results.values() if not ok)
+    return not (down * 2 > len(results))
+
+
+def published_health(vs: VirtualService, ref: str, candidates: Iterable[str],
+                     reports: Mapping[str, Mapping[str, Any]], k: int = CHECKERS) -> list[dict[str, Any]]:
+    """`status.backendHealth` of one VirtualService: per static backend, its checkers and their verdict.
+
+    `candidates`: the nodes it applies to whose agent runs; `reports`: node -> entries of its NodeReport.
+    A backend no checker has reported on yet is healthy (as a real server starts in service).
+    """
+    nodes = sorted(candidates)
+    if not nodes:
+        return []
+    published = []
+    for backend in static_backends(vs):
+        checkers = choose(backend, nodes, k)
+        results: dict[str, bool] = {}
+        for node in checkers:
+            entry = (reports.get(node) or {}).get(ref)
+            checks = entry.get(ENTRY_FIELD) if isinstance(entry, Mapping) else None
+            if isinstance(checks, Mapping) and isinstance(checks.get(backend), bool):
+                results[node] = checks[backend]
+        item: dict[str, Any] = {"backend": backend, "checkers": list(checkers), "healthy": _verdict(results)}
+        down = sorted(node for node, ok in results.items() if not ok)
+        if down:
+            item["failingOn"] = down
+        published.append(item)
+    return published
+
+
+@dataclass(frozen=True)
+class Published:
+    checkers: tuple[str, ...]
+    healthy: bool
+
+
+def parse_published(status: Any) -> dict[str, Published]:
+    """backend -> what the controller published for it, from a VirtualService's status ({} when none)."""
+    items = status.get(STATUS_FIELD) if isinstance(status, Mapping) else None
+    found: dict[str, Published] = {}
+    for item in items if isinstance(items, list) else ():
+        if isinstance(item, Mapping) and isinstance(item.get("backend"), str):
+            checkers = item.get("checkers") if isinstance(item.get("checkers"), list) else []
+            found[item["backend"]] = Published(tuple(str(c) for c in checkers), item.get("healthy") is not False)
+    return found
+
+
+@dataclass
+class Roles:
+    """What this node does about each health target, given what the controller published."""
+
+    targets: set[Target]  # the targets to run, each at the interval it is to be probed at
+    checking: dict[RealServerKey, tuple[str, str]]  # key -> (owner, backend): this node is a designated checker
+    published_down: frozenset[RealServerKey]  # keys this node is not a checker of, published down
+
+    def entry_checks(self, healthy: Mapping[RealServerKey, bool]) -> dict[str, dict[str, bool]]:
+        """owner -> {backend: healthy} this node publishes as a checker (only backends it has a result for)."""
+        out: dict[str, dict[str, bool]] = {}
+        for key, (owner, backend) in self.checking.items():
+            if key in healthy:
+                checks = out.setdefault(owner, {})
+                checks[backend] = checks.get(backend, True) and healthy[key]
+        return out
+
+
+def roles(node: str, targets: Iterable[Target], owners: Mapping[RealServerKey, str],
+          published: Mapping[str, Mapping[str, Published]]) -> Roles:
+    """Split this node's health targets: checker (full rate), others (slow, applying the published verdict).
+
+    `owners`: real server -> "namespace/name" of its VirtualService; `published`: owner -> backend -> Published.
+    """
+    run: set[Target] = set()
+    checking: dict[RealServerKey, tuple[str, str]] = {}
+    down: set[RealServerKey] = set()
+    for target in targets:
+        owner = owners.get(target.key, "")
+        backend = backend_id(target.key.address, target.key.port)
+        found = (published.get(owner) or {}).get(backend)
+        if found is None or not found.checkers:
+            run.add(target)  # nothing published (no controller yet, or a serviceRef endpoint): check it here
+        elif node in found.checkers:
+            run.add(target)
+            checking[target.key] = (owner, backend)
+        else:
+            slow = target.check.model_copy(update={"interval_seconds": target.check.interval_seconds * SLOW_FACTOR})
+            run.add(Target(target.key, slow))
+            if not found.healthy:
+                down.add(target.key)
+    return Roles(run, checking, frozenset(down))
+
+
+def add_checks(entries: dict[tuple[str, str], dict[str, Any] | None], node_roles: Roles, tracker: HealthTracker) -> None:
+    """Put this node's checker results into its report entries (in place); only programmed objects have an entry."""
+    healthy = {key: tracker.is_healthy(key) for key in node_roles.checking if key in tracker.states}
+    for owner, checks in node_roles.entry_checks(healthy).items():
+        namespace, _, name = owner.partition("/")
+        entry = entries.get((namespace, name))
+        if entry is not None:
+            entry[ENTRY_FIELD] = dict(sorted(checks.items()))
