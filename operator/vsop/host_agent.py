@@ -193,20 +193,24 @@ class HostAgent:
             log.info("synced objects=%d writes=%d seconds=%.3f full=%s operations=%s", len(services), result.writes, result.seconds, result.full, result.plan.counts())
         else:
             log.debug("synced, nothing to change objects=%d seconds=%.3f full=%s", len(services), result.seconds, result.full)
-        if complete:
-            # keepalived is configured from definitions: held objects render from their last good ones.
-            self._update_keepalived(services + stand_ins)
+        # keepalived is configured from definitions: held objects render from their last good
+        # ones; those with none (a dangling symlink, a file invalid since the agent started) keep
+        # their live sections, as the kernel keeps their state (core.held), while the rest is
+        # updated. Objects refused for a held owner's ports are left out, as in the kernel.
+        keep = sorted(set(kept) - {vs.ref for vs in stand_ins})
+        if complete or (self.keepalived is not None and self.keepalived.can_keep()):
+            self._update_keepalived([vs for vs in services + stand_ins if vs.ref not in reconciler.held_problems], keep)
         else:
-            log.info("keepalived configuration left as it is while objects are held objects=%s", sorted(held.owners) or "unknown")
+            log.info("keepalived configuration (layout single) left as it is while objects are held objects=%s", sorted(held.owners) or "unknown")
         self.write_status()
         return result
 
-    def _update_keepalived(self, services: list[VirtualService]) -> None:
+    def _update_keepalived(self, services: list[VirtualService], keep: list[str]) -> None:
         """After a successful sync: keepalived's configuration for this node, when it is in use."""
         if self.keepalived is None or not self.keepalived.wanted(services):
             return
         try:
-            self.keepalived.update(services, node=self.config.node, names=self.config.names)
+            self.keepalived.update(services, node=self.config.node, names=self.config.names, keep=keep)
         except OSError as exc:  # the writer reports its own failures; this is a last resort
             log.error("keepalived configuration not written error=%r", str(exc))
             self.keepalived.last_error = {"at": time.time(), "stage": "write", "message": str(exc)}

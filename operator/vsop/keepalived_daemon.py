@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 from vsop.core.desired import Endpoint, Node
 from vsop.core.state import Names
 from vsop.errors import InvalidInput
-from vsop.keepalived.render import CONFD, MAIN_FILE, MARKER, Layout, read_auth_file, render_keepalived, write_files
+from vsop.keepalived.render import CONFD, MAIN_FILE, MARKER, Layout, read_auth_file, render_keepalived, section_filename, write_files
 from vsop.model import VirtualService
 
 log = logging.getLogger("vsop.keepalived")
@@ -155,6 +155,10 @@ class KeepalivedWriter:
     def __post_init__(self) -> None:
         self.active = self.active or _is_vsops(self.config.directory / MAIN_FILE)
 
+    def can_keep(self) -> bool:
+        """Whether `update(keep=...)` can keep objects' sections as they are: one file per object (confd)."""
+        return self.config.layout == "confd"
+
     def wanted(self, services: Iterable[VirtualService]) -> bool:
         """Whether this agent manages keepalived's files: a keepalived-mode object, or vsop's files already there."""
         return self.active or any(vs.spec.mode == "keepalived" for vs in services)
@@ -165,9 +169,17 @@ class KeepalivedWriter:
         node: Node | None = None,
         endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
         names: Names = Names(),
+        keep: Iterable[str] = (),
     ) -> Outcome:
-        """Render; when the result differs from the live files, validate, swap in and reload."""
+        """Render; when the result differs from the live files, validate, swap in and reload.
+
+        `keep`: refs ("namespace/name") declared but without a usable definition now
+        (core.held): their live conf.d files stay as they are (confd layout only, see can_keep).
+        """
         services = list(services)
+        keep = sorted(set(keep) - {vs.ref for vs in services})
+        if keep and not self.can_keep():
+            raise ValueError("keeping objects' sections needs the confd layout")
         try:
             password = read_auth_file(self.config.auth_file) if self.config.auth_file is not None else None
             rendered = render_keepalived(
@@ -186,6 +198,14 @@ class KeepalivedWriter:
         if main.exists() and not _is_vsops(main):
             return self._fail(f"{main} was not written by vsop; not overwritten (move it away, or pass another --keepalived-dir)")
         files = dict(rendered.files)
+        for ref in keep:
+            namespace, _, name = ref.partition("/")
+            relative = f"{CONFD}/{section_filename(namespace, name)}"
+            try:
+                if _is_vsops(directory / relative):
+                    files[relative] = (directory / relative).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                log.warning("keepalived: cannot read a held object's section, it is dropped object=%s error=%r", ref, str(exc))
         if self._live(files) == files:
             self.active = True
             self._rejected = None

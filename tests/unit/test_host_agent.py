@@ -256,3 +256,44 @@ def test_vsop_agent_keep_accept_ra_reaches_the_reconciler(tmp_path: Path, monkey
         assert main(["agent", "--from", str(tmp_path), "--status-file", "", *flags]) == 0
         assert configs[-1].keep_accept_ra is expected
         assert HostAgent(kernel, configs[-1], FakeConntrack()).reconciler.keep_accept_ra is expected
+
+
+def test_a_dangling_symlink_keeps_its_keepalived_section_while_the_others_are_updated(tmp_path: Path) -> None:
+    from tests.unit.test_keepalived_daemon import FakeCheck, FakeSignaller
+    from vsop.keepalived_daemon import KeepalivedConfig, KeepalivedWriter
+
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    ka = {"mode": "keepalived"}
+
+    def agent_on(state):  # type: ignore[no-untyped-def]
+        kernel, fake = fake_kernel(state)
+        writer = KeepalivedWriter(KeepalivedConfig(directory=tmp_path / "ka", pidfile=tmp_path / "ka.pid"), check=FakeCheck(), signaller=FakeSignaller())
+        config = AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02)
+        return HostAgent(kernel, config, FakeConntrack(), keepalived=writer), fake
+
+    confd = tmp_path / "ka" / "conf.d"
+    agent, fake = agent_on(None)
+    write(folder, "web", **ka)
+    api = write(folder, "api", vip="169.254.11.3", **ka)
+    settle(agent)
+    assert agent.sync_once().ok
+    assert sorted(p.name for p in confd.iterdir()) == ["default_api.conf", "default_web.conf"]
+    api_section = (confd / "default_api.conf").read_text()
+    # Restarted with api.yaml a symlink whose target is gone, named as the store names it.
+    api.unlink()
+    (folder / "default_api.yaml").symlink_to(tmp_path / "gone.yaml")
+    write(folder, "db", vip="169.254.11.4", **ka)
+    write(folder, "web", scheduler="wlc", **ka)
+    agent, fake = agent_on(fake.state)
+    settle(agent)
+    assert agent.sync_once().ok and "default/api" in agent.status()["lastSync"]["kept"]
+    assert sorted(p.name for p in confd.iterdir()) == ["default_api.conf", "default_db.conf", "default_web.conf"]
+    assert (confd / "default_api.conf").read_text() == api_section  # the broken file's owner keeps what it had
+    assert "lb_algo wlc" in (confd / "default_web.conf").read_text()
+    assert agent.keepalived is not None and not agent.keepalived.last_error
+    # A newcomer on the held owner's port is refused in the kernel and left out of keepalived too.
+    write(folder, "thief", vip="169.254.11.3", **ka)
+    settle(agent)
+    assert agent.sync_once().ok
+    assert "default_thief.conf" not in {p.name for p in confd.iterdir()} and (confd / "default_api.conf").read_text() == api_section
