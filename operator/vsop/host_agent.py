@@ -46,7 +46,7 @@ from vsop.core.state import Names
 from vsop.engine import Kernel, running_kernel_version
 from vsop.folder import FolderSource
 from vsop.keepalived_daemon import KeepalivedWriter
-from vsop.lock import LockTimeout, writer_lock
+from vsop.lock import LockTimeout, stamp, writer_lock
 from vsop.model import VirtualService
 from vsop.node.metrics import HttpEndpoints, NodeMetrics, Probes
 from vsop.node.reconciler import Outcome, Reconciler
@@ -135,13 +135,7 @@ class HostAgent:
         return result
 
     def _lock_stamp(self) -> int | None:
-        """When the writer lock file last changed: every holder rewrites it when it takes and leaves it."""
-        if self.config.lock is None:
-            return None
-        try:
-            return os.stat(self.config.lock).st_mtime_ns
-        except OSError:
-            return -1
+        return stamp(self.config.lock)
 
     def _sync_locked(self, started: float, full: bool) -> Outcome | None:
         # Under the lock: see what the last writer (`vsop apply`, `delete`) left in the folder.

@@ -37,6 +37,19 @@ def lock_path(given: str | os.PathLike[str] | None = None) -> Path:
     return Path(os.environ.get(ENV_LOCK) or DEFAULT_LOCK)
 
 
+def stamp(path: Path | None) -> int | None:
+    """When the lock file last changed: every holder rewrites it when it takes and leaves it.
+
+    A writer that sees another stamp than after its own last release knows another writer
+    (`vsop apply`, `delete`) held the lock meanwhile, and reads the kernel again."""
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
+
+
 def holder(path: Path) -> str:
     """'pid N (command line)' of the process that last took the lock, as it wrote it."""
     try:

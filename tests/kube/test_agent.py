@@ -426,3 +426,36 @@ async def test_a_backend_on_another_objects_vip_is_refused_with_a_status_reason(
                                     "a VIP cannot be a real server")
         await until(lambda: (node_entry(cluster, "web") or {}).get("programmed"), "the VIP's owner programmed")
         assert fake.state.bound_vips() == {"10.9.0.1"}
+
+
+async def test_the_host_writer_lock_is_held_per_sync_and_another_writer_makes_it_read_the_kernel(node_a: Cluster, tmp_path: Any) -> None:
+    import fcntl
+    import os
+
+    from vsop.kube.agent import build_parser
+
+    assert build_parser().parse_args(["--lock", "/x/lock"]).lock == "/x/lock"
+    cluster = node_a
+    lock = tmp_path / "run-vsop" / "lock"
+    lock.parent.mkdir()
+    await cluster.vs("web", WEB)
+    async with run_agent(cluster, lock=lock, lock_wait_seconds=0.2) as (agent, fake, _):
+        await until(lambda: (node_entry(cluster, "web") or {}).get("programmed"), "programmed")
+        # `vsop apply` on the node holds the lock: the agent writes nothing meanwhile.
+        fd = os.open(lock, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            os.ftruncate(fd, 0)  # as every holder does: the stamp changes
+            await cluster.vs("api", {**WEB, "vip": "169.254.11.3"})
+            await asyncio.sleep(1.0)
+            assert fake.state.bound_vips() == {"169.254.11.2"}
+            # What it writes meanwhile (by hand here) is only known from a full read.
+            fake.state = replace(fake.state, services={k: v for k, v in fake.state.services.items() if k != HTTP},
+                                 real_servers={k: v for k, v in fake.state.real_servers.items() if k.service != HTTP})
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        reads = agent.reconciler.reads
+        await until(lambda: fake.state.bound_vips() == {"169.254.11.2", "169.254.11.3"}, "the new VIP once the lock is free", timeout=10)
+        await until(lambda: HTTP in fake.state.services, "the other writer's change read and put right")
+        assert agent.reconciler.reads > reads and lock.exists()

@@ -56,6 +56,7 @@ from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef,
 from vsop.kube.metrics import AgentMetrics, HttpEndpoints, Probes
 from vsop.kube.runtime import ListingGate, Trigger, configure_logging, kopf_settings, kv, run_with_kopf
 from vsop.kube.status import NodeEntry, normalize_node_status
+from vsop.lock import LockTimeout, lock_path, stamp, writer_lock
 from vsop.model import API_GROUP, API_VERSION, VirtualService
 from vsop.node.reconciler import Reconciler
 
@@ -207,6 +208,10 @@ class AgentOptions:
     # Addresses a VIP must never take besides the node's own: the API server's.
     extra_node_addresses: tuple[str, ...] = ()
     keep_accept_ra: bool = False  # refuse IPv6 VIPs that would need accept_ra changed (as apply --keep-accept-ra)
+    # The host's writer lock (the node's /run/vsop mounted): held per sync, as the host agent
+    # holds it, so a `vsop apply` on the node never interleaves with the agent's writes.
+    lock: Path | None = None
+    lock_wait_seconds: float = 60.0  # a sync gives up after this and is retried
 
 
 class Agent:
@@ -258,6 +263,7 @@ class Agent:
         # The kernel work: sync, draining, health weights, conntrack (through the engine), incremental.
         self.reconciler = Reconciler(kernel, Node(self.node_name), names=options.names, kernel_version=self.kernel_version,
                                      keep_accept_ra=options.keep_accept_ra)
+        self._lock_stamp = stamp(options.lock)  # the host writer lock's, after our last release
         self.registry = self._build_registry()
         self.settings = kopf_settings()
         # Server-side filtering where the API (and kopf >= 1.45) offers it; the handlers filter again.
@@ -358,6 +364,9 @@ class Agent:
             self.busy = True
             try:
                 report = await self.sync_once(periodic=periodic, reasons=reasons)
+            except LockTimeout as exc:  # `vsop apply` (or another writer) on the node: retried soon
+                log.error(kv("Sync skipped, will retry", node=self.node_name, error=str(exc)))
+                report = None
             except Exception as exc:  # the loop must survive anything; the next turn retries
                 log.exception(kv("Sync failed", node=self.node_name, error=str(exc)))
                 self.metrics.errors.labels("kernel").inc()
@@ -479,7 +488,27 @@ class Agent:
         endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
         full: bool,
     ) -> tuple[KernelOutcome, KeepalivedReport | None]:
-        """Runs in a worker thread: the kernel reconcile, then (only after a successful one) keepalived's files."""
+        """Runs in a worker thread: the kernel reconcile, then (only after a successful one) keepalived's files.
+
+        Under the host's writer lock when there is one; after another writer held it (its
+        stamp changed since our last release), the reconcile reads the whole kernel first."""
+        lock = self.options.lock
+        if lock is None:
+            return self._unlocked_sync(services, node, endpoints, full)
+        others = stamp(lock) != self._lock_stamp
+        on_wait = lambda who: log.info(kv("Waiting for the host's writer lock", node=self.node_name, holder=who))  # noqa: E731
+        with writer_lock(lock, self.options.lock_wait_seconds, on_wait=on_wait) as waited:
+            result = self._unlocked_sync(services, node, endpoints, full or others or waited >= 0.05)
+        self._lock_stamp = stamp(lock)  # our own release: a later change is another writer's
+        return result
+
+    def _unlocked_sync(
+        self,
+        services: list[VirtualService],
+        node: Node,
+        endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
+        full: bool,
+    ) -> tuple[KernelOutcome, KeepalivedReport | None]:
         outcome = self._kernel_sync(full)
         if outcome.error is not None or self.keepalived is None or not self.keepalived.wanted(services):
             return outcome, None
@@ -757,6 +786,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--keepalived-layout", choices=("confd", "single"), default=None, help="keepalived.conf + conf.d/*.conf (default), or one file")
     k.add_argument("--keepalived-binary", default=None, metavar="PATH", help="the keepalived used for `keepalived -t` (default: keepalived on PATH)")
     parser.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
+    parser.add_argument("--lock", metavar="FILE", default=None,
+                        help="the host's writer lock, held during each sync (default: $VSOP_LOCK or /run/vsop/lock, "
+                        "when its folder exists: the node's /run/vsop mounted)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every kernel operation and kopf's own messages")
     return parser
 
@@ -842,6 +874,7 @@ def main(
         resync_seconds=args.resync_seconds,
         debounce_seconds=args.debounce_seconds,
         keep_accept_ra=args.keep_accept_ra,
+        lock=lock_path(args.lock) if args.lock or lock_path().parent.is_dir() else None,
     )
     agent = Agent(options, kernel, ApiWriter(connection, COMPONENT, host=args.node_name), conntrack=conntrack, keepalived=keepalived,
                   apiserver=ApiServerAddresses.for_connection(connection))
