@@ -467,3 +467,24 @@ def test_keep_accept_ra_refuses_ipv6_vips_on_both_paths_as_apply_does() -> None:
     reconciler = Reconciler(kernel, NODE)
     reconciler.set_objects([v6])
     assert reconciler.reconcile().ok and fake.state.sysctls["net.ipv6.conf.eth0.accept_ra"] == "2"
+
+
+@settings(max_examples=100, deadline=None)
+@given(objects=st.lists(an_object(), max_size=5), vips=st.sets(st.sampled_from(["169.254.11.1", "169.254.11.2", "fd00::a", "10.96.0.10", "10.1.0.2"])))
+def test_one_cut_around_some_vips_by_index_or_by_scan(objects: list[VirtualService], vips: set[str]) -> None:
+    from vsop.core.fragments import around, member_vip, vip_index
+    from vsop.core.state import Names
+
+    kernel, fake = fake_kernel(foreign_state())
+    sync(kernel, objects, NODE)
+    state, names = fake.state, Names()
+    cut = around(state, vips, names, vip_index(state, names))
+    assert cut == around(state, vips, names)
+    # What it is: the VIPs' addresses, services, real servers and members of vsop's sets; the rest whole.
+    assert cut.addresses == {a for a in state.addresses if a.split("/")[0] in vips}
+    assert cut.services == {k: v for k, v in state.services.items() if k.vip in vips}
+    assert cut.real_servers == {k: v for k, v in state.real_servers.items() if k.service.vip in vips}
+    for name, ipset in state.ipsets.items():
+        members = {m: c for m, c in ipset.members.items() if member_vip(m) in vips} if name in names.owned_set_names() else ipset.members
+        assert cut.ipsets[name].members == members
+    assert (cut.chains, cut.jumps, cut.sysctls, cut.link) == (state.chains, state.jumps, state.sysctls, state.link)

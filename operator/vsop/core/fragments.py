@@ -7,7 +7,9 @@ Owns what the incremental reconciler (vsop.node) needs from the core:
 - `shared_state` (defined beside `desired_state`, which builds on it): the part that depends only on which address families and flags are in
   use (link, set headers, the constant chains and jumps, sysctls);
 - `assemble`: fragments into the desired state of some VIPs (or of all of them);
-- `around`: an observed state cut down to some VIPs, shared objects kept whole.
+- `around`: an observed state cut down to some VIPs, shared objects kept whole, by
+  lookups in a `vip_index` of it (the reconciler keeps one per cached state, so a change
+  never scans the whole node).
 Planning `assemble(..., vips)` against `around(observed, vips)` yields the operations a
 whole plan would make for those VIPs plus the shared objects, provided everything outside
 them already matches; the property test in tests/unit/test_reconciler.py checks that any
@@ -18,7 +20,7 @@ Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapter
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from vsop.core.desired import (
     Desired,
@@ -157,19 +159,54 @@ def desired_from(shared: KernelState, fragments: Iterable[Fragment]) -> Desired:
     )
 
 
-def around(observed: KernelState, vips: frozenset[str], names: Names = Names()) -> KernelState:
-    """`observed` cut down to `vips`: their addresses, IPVS services (anyone's), real servers and
-    members of vsop's sets; the link, chains, jumps and sysctls whole."""
+# VIP -> (its IPVS service keys, real server keys, {vsop set name: members}, addresses).
+VIPIndex = dict[str, tuple[list[Any], list[Any], dict[str, list[str]], list[str]]]
+
+
+def vip_index(state: KernelState, names: Names = Names()) -> VIPIndex:
+    """Everything of `state` that belongs to one VIP, by VIP: one pass over the state."""
     owned_sets = names.owned_set_names()
-    ipsets = {
-        name: (IPSet(s.name, s.kind, s.family, {m: c for m, c in s.members.items() if member_vip(m) in vips}, s.comments) if name in owned_sets else s)
-        for name, s in observed.ipsets.items()
-    }
+    index: VIPIndex = {}
+
+    def entry(vip: str) -> tuple[list[Any], list[Any], dict[str, list[str]], list[str]]:
+        found = index.get(vip)
+        if found is None:
+            found = index[vip] = ([], [], {}, [])
+        return found
+
+    for key in state.services:
+        entry(key.vip)[0].append(key)
+    for rs_key in state.real_servers:
+        entry(rs_key.service.vip)[1].append(rs_key)
+    for name, ipset in state.ipsets.items():
+        if name in owned_sets:
+            for member in ipset.members:
+                entry(member_vip(member))[2].setdefault(name, []).append(member)
+    for address in state.addresses:
+        entry(address.split("/")[0])[3].append(address)
+    return index
+
+
+def around(observed: KernelState, vips: Iterable[str], names: Names = Names(), index: VIPIndex | None = None) -> KernelState:
+    """`observed` cut down to `vips`: their addresses, IPVS services (anyone's), real servers and
+    members of vsop's sets; the link, chains, jumps and sysctls whole. `index`: `vip_index(observed)`,
+    when the caller keeps one (then the cut costs what the VIPs hold, not what the node holds)."""
+    if index is None:
+        index = vip_index(observed, names)
+    empty: tuple[list[Any], list[Any], dict[str, list[str]], list[str]] = ([], [], {}, [])
+    entries = [index.get(vip, empty) for vip in vips]
+    owned_sets = names.owned_set_names()
+    ipsets = {}
+    for name, ipset in observed.ipsets.items():
+        if name in owned_sets:
+            members = {m: ipset.members[m] for e in entries for m in e[2].get(name, ())}
+            ipset = IPSet(ipset.name, ipset.kind, ipset.family, members, ipset.comments)
+        ipsets[name] = ipset
     return KernelState(
         link=observed.link,
-        addresses=frozenset(a for a in observed.addresses if a.split("/")[0] in vips),
-        services={k: v for k, v in observed.services.items() if k.vip in vips},
-        real_servers={k: v for k, v in observed.real_servers.items() if k.service.vip in vips},
+        addresses=frozenset(a for e in entries for a in e[3]),
+        services={k: observed.services[k] for e in entries for k in e[0]},
+        real_servers={k: observed.real_servers[k] for e in entries for k in e[1]},
         ipsets=ipsets,
         chains=observed.chains,
         jumps=observed.jumps,
@@ -186,4 +223,4 @@ def grace_of(fragments: Iterable[Fragment]) -> dict[ServiceKey, float]:
     return grace
 
 
-__all__ = ["DEFAULT_GRACE_SECONDS", "Fragment", "around", "assemble", "desired_from", "fragment", "grace_of", "refused", "shared_state"]
+__all__ = ["DEFAULT_GRACE_SECONDS", "Fragment", "VIPIndex", "around", "vip_index", "assemble", "desired_from", "fragment", "grace_of", "refused", "shared_state"]

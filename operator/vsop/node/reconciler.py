@@ -30,10 +30,10 @@ from vsop.core.drift import Repair
 from vsop.core.desired import Desired, Endpoint, Node, Problem, resolve_conflicts
 from vsop.core.draining import Draining, with_draining
 from vsop.core.held import Held, held_owners, keep_held
-from vsop.core.fragments import Fragment, around, member_vip, assemble, desired_from, fragment, grace_of, refused, shared_state
+from vsop.core.fragments import Fragment, VIPIndex, around, member_vip, assemble, desired_from, fragment, grace_of, refused, shared_state, vip_index
 from vsop.core.memory import KernelRefused, apply_accepted, apply_in_place, owned_copy
 from vsop.core.plan import Plan, PlanError, owned, plan
-from vsop.core.state import IPSet, KernelState, Names, RealServerKey
+from vsop.core.state import KernelState, Names, RealServerKey
 from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, sync
 from vsop.errors import KernelUnsupported
 from vsop.model import VirtualService
@@ -140,7 +140,7 @@ class Reconciler:
         self.held = Held()
         self.held_problems: dict[str, Problem] = {}  # ref -> refused: it claims what a held owner serves
         self._force_full = False
-        self._vip_index: dict[str, tuple[list[Any], list[Any], dict[str, list[str]], list[str]]] = {}
+        self._vip_index: VIPIndex = {}
         self._index_of: KernelState | None = None  # the cached state the VIP index describes
         self._held_vips: frozenset[str] = frozenset()  # where held owners have members (read at the last full sync)
         self.reads = 0  # full reads of the kernel
@@ -515,7 +515,7 @@ class Reconciler:
         after = self._after(observed, result.applied)
         self.observed = owned_copy(after) if after is not None else None  # changed in place by each change
         if self.observed is not None:  # index it now: the first change after a resync stays cheap
-            self._vip_index, self._index_of = self._build_index(self.observed), self.observed
+            self._vip_index, self._index_of = vip_index(self.observed, self.names), self.observed
         self._shared_dirty = False
         self.plan_problems = self._by_vip_problems(result.plan.problems)
         self.left_alone = set(result.plan.left_alone)
@@ -617,63 +617,21 @@ class Reconciler:
 
     # -- the cached kernel state, indexed by VIP so a change never scans all of it --
 
-    def _build_index(self, state: KernelState) -> dict[str, tuple[list[Any], list[Any], dict[str, list[str]], list[str]]]:
-        owned_sets = self.names.owned_set_names()
-        index: dict[str, tuple[list[Any], list[Any], dict[str, list[str]], list[str]]] = {}
-
-        def entry(vip: str) -> tuple[list[Any], list[Any], dict[str, list[str]], list[str]]:
-            found = index.get(vip)
-            if found is None:
-                found = index[vip] = ([], [], {}, [])
-            return found
-
-        for key in state.services:
-            entry(key.vip)[0].append(key)
-        for rs_key in state.real_servers:
-            entry(rs_key.service.vip)[1].append(rs_key)
-        for name, ipset in state.ipsets.items():
-            if name in owned_sets:
-                for member in ipset.members:
-                    entry(member_vip(member))[2].setdefault(name, []).append(member)
-        for address in state.addresses:
-            entry(address.split("/")[0])[3].append(address)
-        return index
-
     def _around(self, cut: frozenset[str]) -> KernelState:
         """`around(self.observed, cut)` by lookups in the VIP index (built once per full read)."""
         observed = self.observed
         assert observed is not None
         if self._index_of is not observed:
-            self._vip_index = self._build_index(observed)
+            self._vip_index = vip_index(observed, self.names)
             self._index_of = observed
-        empty: tuple[list[Any], list[Any], dict[str, list[str]], list[str]] = ([], [], {}, [])
-        entries = [self._vip_index.get(vip, empty) for vip in cut]
-        owned_sets = self.names.owned_set_names()
-        ipsets = {}
-        for name, ipset in observed.ipsets.items():
-            if name in owned_sets:
-                members = {m: ipset.members[m] for e in entries for m in e[2].get(name, ())}
-                ipset = IPSet(ipset.name, ipset.kind, ipset.family, members, ipset.comments)
-            ipsets[name] = ipset
-        return KernelState(
-            link=observed.link,
-            addresses=frozenset(a for e in entries for a in e[3]),
-            services={k: observed.services[k] for e in entries for k in e[0]},
-            real_servers={k: observed.real_servers[k] for e in entries for k in e[1]},
-            ipsets=ipsets,
-            chains=observed.chains,
-            jumps=observed.jumps,
-            sysctls=observed.sysctls,
-            node_addresses=observed.node_addresses,
-            delegated=observed.delegated,
-        )
+        return around(observed, cut, self.names, self._vip_index)
 
     def _reindex(self, cut: frozenset[str], after_cut: KernelState, applied: Sequence[ops.Op]) -> None:
         """Keep the index true for the planned VIPs after their writes (sets or the link gone: rebuild later)."""
         if self._index_of is None or any(isinstance(op, (ops.CreateSet, ops.DestroySet, ops.DeleteLink, ops.CreateLink)) for op in applied):
             self._index_of = None
             return
-        fresh = self._build_index(after_cut)
+        fresh = vip_index(after_cut, self.names)
         for vip in cut:
             if vip in fresh:
                 self._vip_index[vip] = fresh[vip]
