@@ -64,6 +64,46 @@ async def until(condition: Callable[[], Any], what: str = "condition", timeout: 
         await asyncio.sleep(0.01)
 
 
+class Emulator(kmock.KubernetesEmulator):
+    """kmock's emulator with watches that miss nothing.
+
+    kmock 0.8 serves a watch by copying the objects under its lock, releasing it,
+    streaming the copies and only then subscribing to its change bus: an object created
+    in between (a test writing right after a component started, under load) is in
+    neither, and the watcher never hears of it. A real API server resumes the watch
+    from the list's resourceVersion. Here the subscription is taken under the same
+    lock as the copy (kmock publishes changes under that lock), so each change is in
+    exactly one of them.
+    """
+
+    async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
+        yield b""  # headers first: the client waits for them before anything streams
+        assert request.resource is not None
+        bus = self._buses[request.resource]
+        async with self._lock:
+            marker = await bus.mark()
+            events = [{"type": "ADDED", "object": obj.raw} for key, obj in self._objects.items() if _watched(request, key) and not obj.deleted]
+        try:
+            for event in events:
+                yield event
+            async for event in bus.stream(since=marker):
+                meta = (event.get("object") or {}).get("metadata") or {}
+                if _watched(request, (request.resource, meta.get("namespace"), meta.get("name"))):
+                    yield event
+        finally:
+            await bus.unmark(marker)
+
+
+def _watched(request: Any, key: tuple[Any, str | None, str | None]) -> bool:
+    resource, namespace, name = key
+    return resource == request.resource and request.namespace in (None, namespace) and request.name in (None, name)
+
+
+@pytest.fixture
+def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
+    return {**kmock_options, "cls": Emulator}
+
+
 class Cluster:
     """The emulated API server, with the bookkeeping the real one does (uid, creation time, generation)."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vsop.kube.report import MAX_ENTRY_MESSAGE, apply_patch, entries_of, new_report, report_patch
+from vsop.kube.report import MAX_ENTRY_MESSAGE, apply_patch, entries_of, merge_into, new_report, report_patch
 
 OK = {"programmed": True, "backends": {"total": 2, "healthy": 2}, "message": "", "observedGeneration": 1}
 DOWN = {**OK, "backends": {"total": 2, "healthy": 1}}
@@ -14,6 +14,16 @@ def test_only_changed_entries_are_written_and_gone_ones_are_nulled() -> None:
     patch = report_patch(before, after)
     assert patch == {"status": {"virtualServices": {"default/b": DOWN, "default/new": OK, "default/gone": None, "default/moved": None}}}
     assert apply_patch(before, patch) == {"default/a": OK, "default/b": DOWN, "default/new": OK}
+
+
+def test_a_partial_after_changes_only_the_entries_it_names() -> None:
+    before = {"default/a": OK, "default/b": OK, "default/gone": OK}
+    patch = report_patch(before, {"default/b": DOWN, "default/gone": None, "default/new": OK}, complete=False)
+    assert patch == {"status": {"virtualServices": {"default/b": DOWN, "default/gone": None, "default/new": OK}}}
+    assert report_patch(before, {"default/a": dict(OK)}, complete=False) is None  # b and gone are not named: kept
+    entries = {ref: dict(entry) for ref, entry in before.items()}
+    merge_into(entries, patch)
+    assert entries == apply_patch(before, patch) == {"default/a": OK, "default/b": DOWN, "default/new": OK}
 
 
 def test_nothing_changed_is_no_write() -> None:

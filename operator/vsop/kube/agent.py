@@ -30,13 +30,14 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import kopf
 
-from vsop.checks import HealthChecker, Target, health_targets
+from vsop.checks import HealthChecker, Target
 from vsop.core.desired import Endpoint, Node, Problem
 from vsop.core.fragments import Fragment
 from vsop.core.health import HealthTracker
@@ -122,6 +123,13 @@ def vs_record(body: Mapping[str, Any], node_name: str) -> VSRecord:
     )
 
 
+def _service_of(record: VSRecord | None) -> tuple[str, str] | None:
+    """The Service whose endpoints a (valid) VirtualService takes, if any."""
+    if record is None or record.vs is None or record.vs.spec.service_ref is None:
+        return None
+    return (record.namespace, record.vs.spec.service_ref.name)
+
+
 @dataclass(frozen=True)
 class NodeInfo:
     labels: Mapping[str, str]
@@ -136,6 +144,7 @@ class KernelOutcome:
     """One reconcile of this node's kernel, as the status, Events and metrics need it."""
 
     plan: Plan
+    touched: frozenset[str] | None = None  # the objects it may have changed (None: any); the next two cover these
     programmed: frozenset[str] = frozenset()
     problems: Mapping[str, Problem] = field(default_factory=dict)  # ref -> why it is not (wholly) programmed
     writes: int = 0
@@ -255,7 +264,19 @@ class Agent:
         self._indexes: dict[str, kopf.Index] = {}
         self._fingerprints: dict[tuple[str, str], str] = {}
         self._node_fingerprint: Any = None
-        self._referenced: set[tuple[str, str]] = set()
+        # A turn costs what changed: the handlers note which objects and Services changed,
+        # the turn reads only those from the indexes and hands the reconciler the difference.
+        self._changed: set[tuple[str, str]] = set()  # VirtualServices changed since a turn last took them
+        self._changed_services: set[tuple[str, str]] = set()  # referenced Services whose EndpointSlices changed
+        self._everything = True  # the next turn reads every index and reports every object (first turn, after a failure)
+        self._records: dict[tuple[str, str], VSRecord] = {}  # every VirtualService as the reconciler was last given it
+        self._referenced: dict[tuple[str, str], set[tuple[str, str]]] = {}  # Service -> the VirtualServices naming it
+        self._invalid: set[tuple[str, str]] = set()
+        self._checked: dict[str, VirtualService] = {}  # ref -> valid objects with a health check
+        self._published: dict[str, dict[str, checkers.Published]] = {}  # ref -> status.backendHealth, where published
+        self._checks_sent: dict[str, dict[str, bool]] = {}  # owner -> what this node last reported as a checker
+        self._states: dict[tuple[str, str], str] = {}  # the metrics' state of each object (programmed, failed...)
+        self._state_counts: Counter[str] = Counter()
         self._last_node: NodeInfo | None = None
         self._reported: dict[str, dict[str, Any]] | None = None  # this node's report as last read or written
         self._evented: dict[tuple[str, str, str | None], str] = {}
@@ -305,12 +326,14 @@ class Agent:
             key = (namespace, name)
             if event.get("type") == "DELETED":
                 self._fingerprints.pop(key, None)
+                self._changed.add(key)
                 self.trigger.wake(f"virtualservice {namespace}/{name} deleted")
                 return
             # The published health of static backends (vsop.kube.checkers) matters too; other status does not.
             current = objects.fingerprint(body) + repr(sorted(checkers.parse_published(body.get("status")).items()))
             if self._fingerprints.get(key) != current:  # status-only changes (other nodes' keys) change nothing here
                 self._fingerprints[key] = current
+                self._changed.add(key)
                 self.trigger.wake(f"virtualservice {namespace}/{name} changed")
 
         @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", registry=registry, labels={eps.SERVICE_NAME_LABEL: kopf.PRESENT})
@@ -318,6 +341,7 @@ class Agent:
             self.gate.done()
             service = eps.slice_service(body)
             if service in self._referenced:
+                self._changed_services.add(service)  # type: ignore[arg-type]
                 self.trigger.wake(f"endpoints of service {service[0]}/{service[1]} changed")  # type: ignore[index]
 
         @kopf.on.event("", "v1", "nodes", registry=registry, when=lambda name, **_: name == node_name)
@@ -379,107 +403,185 @@ class Agent:
             # Retry a failed sync sooner than the resync period, backing off: 1s, 2s, 4s...
             timeout = self.options.resync_seconds if ok else min(self.options.resync_seconds, float(2 ** min(failures - 1, 6)))
 
-    def _snapshot(self) -> tuple[list[VSRecord], dict[tuple[str, str], tuple[Endpoint, ...]], NodeInfo | None]:
-        records: list[VSRecord] = []
-        for store in self._indexes.get(VS_INDEX, {}).values():
-            for record in store:
-                records.append(record)
-                break
-        records.sort(key=lambda r: r.key)
-        referenced: set[tuple[str, str]] = set()
-        for record in records:
-            vs = record.vs
-            if vs is not None and vs.spec.service_ref is not None:
-                referenced.add((record.namespace, vs.spec.service_ref.name))
-        self._referenced = referenced
-        slices = self._indexes.get(SLICE_INDEX, {})
-        endpoints = {key: eps.merge_endpoints(slices[key]) for key in referenced if key in slices}
+    def _node_info(self) -> NodeInfo | None:
         node: NodeInfo | None = None
         for info in self._indexes.get(NODE_INDEX, {}).get(None, ()):
             node = info
         if node is not None:
             self._last_node = node
-        return records, endpoints, node or self._last_node
+        return node or self._last_node
+
+    def _take_changes(self, everything: bool) -> tuple[dict[tuple[str, str], VSRecord | None], dict[tuple[str, str], tuple[Endpoint, ...] | None]]:
+        """The VirtualServices (key -> record, None: gone) and serviceRef endpoints (None: none) changed since the last turn.
+
+        Reads only what the handlers noted, unless `everything` (the first turn, a periodic
+        resync, after a failure): then every object, compared with what the reconciler has.
+        Keeps the records, the serviceRef and invalid-object bookkeeping up to date.
+        """
+        index = self._indexes.get(VS_INDEX, {})
+        keys, services = self._changed, self._changed_services
+        self._changed, self._changed_services = set(), set()
+        if everything:
+            keys = set(index.keys()) | set(self._records)
+        changes: dict[tuple[str, str], VSRecord | None] = {}
+        for key in keys:
+            record = next(iter(index.get(key, ())), None)
+            old = self._records.get(key)
+            if record is None and old is None:
+                continue
+            changes[key] = record
+            before, after = _service_of(old), _service_of(record)
+            if before != after:
+                if before is not None:
+                    named = self._referenced.get(before, set())
+                    named.discard(key)
+                    if not named:
+                        self._referenced.pop(before, None)
+                    services.add(before)
+                if after is not None:
+                    self._referenced.setdefault(after, set()).add(key)
+                    services.add(after)
+            ref = reports.ref_of(*key)
+            if old is not None and (record is None or record.identity != old.identity):
+                self._evented.pop(old.identity, None)  # gone, or another object under the same name
+            if record is not None and record.published:
+                self._published[ref] = dict(record.published)
+            else:
+                self._published.pop(ref, None)
+            if record is None:
+                del self._records[key]
+                self._invalid.discard(key)
+                self._checked.pop(ref, None)
+                self._invalid_logged.pop(key, None)
+                continue
+            self._records[key] = record
+            if record.vs is None:
+                self._invalid.add(key)
+                self._checked.pop(ref, None)
+                if self._invalid_logged.get(key) != record.fingerprint:
+                    self._invalid_logged[key] = record.fingerprint
+                    log.warning(kv("Invalid VirtualService; what the kernel has for it is kept", virtualService=ref,
+                                   generation=record.generation, error=record.error))
+            else:
+                self._invalid.discard(key)
+                self._invalid_logged.pop(key, None)
+                if record.vs.spec.health_check.type != "none":
+                    self._checked[ref] = record.vs
+                else:
+                    self._checked.pop(ref, None)
+        if everything:
+            services |= set(self._referenced) | set(self.reconciler.endpoints)
+        slices = self._indexes.get(SLICE_INDEX, {})
+        endpoints = {
+            service: eps.merge_endpoints(slices[service]) if service in self._referenced and service in slices else None
+            for service in services
+        }
+        return changes, endpoints
+
+    def _services(self) -> list[VirtualService]:
+        """Every valid object, oldest first (ties by name): the order every node and the controller judge conflicts in."""
+        services = [record.vs for record in self._records.values() if record.vs is not None]
+        services.sort(key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
+        return services
+
+    def _health_targets(self) -> set[Target]:
+        """What `checks.health_targets` gives over every object, from the objects with a health check only."""
+        configured, fragments, draining = self.reconciler.configured, self.reconciler.fragments, self.reconciler.draining.since
+        targets: set[Target] = set()
+        for ref, vs in self._checked.items():
+            piece = fragments.get(ref)
+            for key in piece.configured if piece is not None else ():
+                if configured.get(key) == ref and key not in draining:
+                    targets.add(Target(key, vs.spec.health_check))
+        return targets
 
     async def sync_once(self, *, periodic: bool = False, reasons: Iterable[str] = ()) -> SyncReport:
-        """Read the indexes, sync the kernel, report. Does nothing before the initial listing."""
+        """Hand the reconciler what changed in the indexes, reconcile, report what changed. Does nothing before the initial listing."""
         if not self.listed:
             return SyncReport(outcome=None)
-        records, endpoints, node_info = self._snapshot()
+        node_info = self._node_info()
         if node_info is None:
             self.probes.ready_reason = f"Node {self.node_name} not found"
             log.warning(kv("Node object not found; not syncing (nodeSelector cannot be evaluated)", node=self.node_name))
             return SyncReport(outcome=None)
+        everything = periodic or self._everything
+        self._everything = True  # until this turn is through: whatever it took is not lost
+        changes, endpoints = self._take_changes(everything)
 
-        services, notes = self._effective(records)
         node = Node(self.node_name, dict(node_info.labels))
         extra = tuple(node_info.addresses) + tuple(self.options.extra_node_addresses)
         reconciler = self.reconciler
-        reconciler.set_objects(services)
-        reconciler.set_endpoints(endpoints)
+        delta = {reports.ref_of(*key): record.vs if record is not None else None for key, record in changes.items()}
+        # Invalid objects are not the reconciler's to derive: what the kernel has for them is
+        # held (core.held; the owners live in the set comments, so this holds after a restart
+        # too, and every node keeps serving the same owner of a VIP:port whatever restarted).
+        # Ties in age go by name, as the controller orders them.
+        reconciler.update_objects(delta, order={ref: ref for ref, vs in delta.items() if vs is not None})
+        if endpoints:
+            reconciler.update_endpoints(endpoints)
         reconciler.set_node(node, extra)
         reconciler.set_reserved(self.apiserver.reserved() if self.apiserver is not None else {})
-        published = {f"{r.namespace}/{r.name}": dict(r.published) for r in records if r.published}
-        down = checkers.roles(self.node_name, self.health_targets, reconciler.configured, published).published_down
+        down = checkers.roles(self.node_name, self.health_targets, reconciler.configured, self._published).published_down
         reconciler.set_out_of_service(self.tracker.out_of_service() | down)
-        outcome, keepalived = await asyncio.to_thread(self._blocking_sync, services, node, endpoints, periodic)
+        reconciler.set_held(Held(owners=frozenset(reports.ref_of(*key) for key in self._invalid)))
+        services = self._services() if self.keepalived is not None else []
+        # Keepalived's writer renders every object: then every object's outcome is looked at.
+        cover_all = everything or self.keepalived is not None
+        outcome, keepalived = await asyncio.to_thread(self._blocking_sync, services, node, reconciler.endpoints, periodic, cover_all)
         self.syncs += 1
-        self.health_targets = health_targets(services, reconciler.configured, reconciler.draining)
-        self.roles = checkers.roles(self.node_name, self.health_targets, reconciler.configured, published)
+        self.health_targets = self._health_targets()
+        self.roles = checkers.roles(self.node_name, self.health_targets, reconciler.configured, self._published)
         if self.roles.published_down != down:
             self.trigger.wake("published backend health changed")
         if self.checker is not None:
             self.checker.update(self.roles.targets)
-        self._record_metrics(outcome, records, keepalived)
-        self._log_outcome(outcome, reasons)
 
         if outcome.error is None:
             self.probes.ready = True
             self.probes.ready_reason = "ok"
+        # Entries of the objects this turn may have changed; every object's after a full
+        # sync, a failure (and the turn after it) or in keepalived mode.
+        complete = outcome.touched is None
+        self._everything = outcome.error is not None
+        if complete:
+            keys: set[tuple[str, str]] = set(self._records)
+        else:
+            keys = {key for key in changes if key in self._records}
+            for ref in outcome.touched or ():
+                namespace, _, name = ref.partition("/")
+                if (namespace, name) in self._records:
+                    keys.add((namespace, name))
         report = SyncReport(outcome=outcome, keepalived=keepalived)
-        report.entries = self._entries(records, outcome, notes, keepalived)
+        # What this node publishes as a designated checker (vsop.kube.checkers) changes with results too.
+        healthy = {key: self.tracker.is_healthy(key) for key in self.roles.checking if key in self.tracker.states}
+        checks = self.roles.entry_checks(healthy)
+        for owner in checks.keys() | self._checks_sent.keys():
+            if checks.get(owner) != self._checks_sent.get(owner):
+                namespace, _, name = owner.partition("/")
+                if (namespace, name) in self._records:
+                    keys.add((namespace, name))
+        self._checks_sent = checks
+        report.entries = self._entries([self._records[key] for key in sorted(keys)], outcome, keepalived)
         checkers.add_checks(report.entries, self.roles, self.tracker)
-        await self._publish(records, report, periodic)
-        await self._report_drift(records, outcome, report)
+        for key, record in changes.items():
+            if record is None:
+                report.entries[key] = None  # gone: its entry goes
+        self._record_metrics(outcome, report.entries, complete, keepalived)
+        self._log_outcome(outcome, reasons)
+        await self._publish(report, complete)
+        await self._report_drift(outcome, report)
         return report
 
-    async def _report_drift(self, records: Sequence[VSRecord], outcome: KernelOutcome, report: SyncReport) -> None:
+    async def _report_drift(self, outcome: KernelOutcome, report: SyncReport) -> None:
         """Each repair a full resync made (counted by the node metrics): an Event on the object that owns what was put back."""
-        by_ref = {f"{r.namespace}/{r.name}": r for r in records}
         changes: dict[str, list[str]] = {}
         for repair in outcome.repairs:
             changes.setdefault(repair.obj, []).append(repair.describe())
         for ref, described in changes.items():
-            record = by_ref.get(ref)
+            namespace, _, name = ref.partition("/")
+            record = self._records.get((namespace, name))
             if record is not None:  # shared rules and sysctls have no single owner: logged and counted only
                 await self._event(record, "Warning", "DriftRepaired", "the kernel was changed behind vsop's back; put back: " + "; ".join(described), report)
-
-    def _effective(self, records: Sequence[VSRecord]) -> tuple[list[VirtualService], dict[tuple[str, str], str]]:
-        """Valid objects, and a note for each invalid one whose kernel state is kept.
-
-        An object still declared but invalid keeps what the kernel has for it (core.held):
-        the owners live in the set comments, so this holds right after a restart too, and
-        every node keeps serving the same owner of a VIP:port whatever restarted.
-        """
-        services: list[VirtualService] = []
-        invalid: dict[tuple[str, str], VSRecord] = {}
-        for record in records:
-            if record.vs is not None:
-                services.append(record.vs)
-                self._invalid_logged.pop(record.key, None)
-                continue
-            invalid[record.key] = record
-            if self._invalid_logged.get(record.key) != record.fingerprint:
-                self._invalid_logged[record.key] = record.fingerprint
-                log.warning(kv("Invalid VirtualService; what the kernel has for it is kept", virtualService=f"{record.namespace}/{record.name}", generation=record.generation, error=record.error))
-        self.reconciler.set_held(Held(owners=frozenset(f"{ns}/{name}" for ns, name in invalid)))
-        notes = {
-            key: f"InvalidSpec: generation {record.generation} is invalid ({record.error}); keeping what the kernel has for it"
-            for key, record in invalid.items()
-        }
-        # Every node and the controller must reach the same verdict on conflicts: same order.
-        services.sort(key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
-        return services, notes
 
     def _blocking_sync(
         self,
@@ -487,6 +589,7 @@ class Agent:
         node: Node,
         endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
         full: bool,
+        cover_all: bool = True,
     ) -> tuple[KernelOutcome, KeepalivedReport | None]:
         """Runs in a worker thread: the kernel reconcile, then (only after a successful one) keepalived's files.
 
@@ -494,11 +597,11 @@ class Agent:
         stamp changed since our last release), the reconcile reads the whole kernel first."""
         lock = self.options.lock
         if lock is None:
-            return self._unlocked_sync(services, node, endpoints, full)
+            return self._unlocked_sync(services, node, endpoints, full, cover_all)
         others = stamp(lock) != self._lock_stamp
         on_wait = lambda who: log.info(kv("Waiting for the host's writer lock", node=self.node_name, holder=who))  # noqa: E731
         with writer_lock(lock, self.options.lock_wait_seconds, on_wait=on_wait) as waited:
-            result = self._unlocked_sync(services, node, endpoints, full or others or waited >= 0.05)
+            result = self._unlocked_sync(services, node, endpoints, full or others or waited >= 0.05, cover_all)
         self._lock_stamp = stamp(lock)  # our own release: a later change is another writer's
         return result
 
@@ -508,11 +611,12 @@ class Agent:
         node: Node,
         endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
         full: bool,
+        cover_all: bool = True,
     ) -> tuple[KernelOutcome, KeepalivedReport | None]:
-        outcome = self._kernel_sync(full)
+        outcome = self._kernel_sync(full, cover_all)
         if outcome.error is not None or self.keepalived is None or not self.keepalived.wanted(services):
             return outcome, None
-        return outcome, self._keepalived_sync(services, node, endpoints, set(outcome.programmed))
+        return outcome, self._keepalived_sync(services, node, endpoints, set(self.reconciler.programmed))
 
     def _keepalived_sync(
         self,
@@ -554,7 +658,7 @@ class Agent:
             report.problems[ref] = reason_message
         return report
 
-    def _kernel_sync(self, full: bool) -> KernelOutcome:
+    def _kernel_sync(self, full: bool, cover_all: bool = True) -> KernelOutcome:
         """Runs in a worker thread: the adapters block (netlink, iptables-restore, conntrack).
 
         A periodic turn is the reconciler's full resync (reads the kernel, repairs drift);
@@ -562,14 +666,24 @@ class Agent:
         """
         reconciler = self.reconciler
         result = reconciler.reconcile(full=full)
+        # Only the objects this reconcile may have changed (all after a full one, a failure, or when asked).
+        touched = result.touched if result.error is None and not cover_all else None
+        refs: Iterable[str] = reconciler.fragments if touched is None else touched
         problems: dict[str, Problem] = {}
-        for ref, piece in reconciler.fragments.items():
+        programmed: set[str] = set()
+        for ref in refs:
+            piece = reconciler.fragments.get(ref)
+            if piece is None:
+                continue
             found = reconciler.problems(ref) if piece.problems or reconciler.plan_problems or reconciler.held_problems else ()
             if found:
                 problems[ref] = found[-1]
+            if piece.programmed and ref not in reconciler.held_problems:
+                programmed.add(ref)
         return KernelOutcome(
             plan=result.plan,
-            programmed=frozenset(reconciler.programmed),
+            touched=touched,
+            programmed=frozenset(programmed),
             problems=problems,
             writes=result.writes,
             applied=tuple(result.applied),
@@ -581,9 +695,9 @@ class Agent:
         )
 
     def _entries(
-        self, records: Sequence[VSRecord], outcome: KernelOutcome, notes: Mapping[tuple[str, str], str], keepalived: KeepalivedReport | None = None
+        self, records: Sequence[VSRecord], outcome: KernelOutcome, keepalived: KeepalivedReport | None = None
     ) -> dict[tuple[str, str], dict[str, Any] | None]:
-        """This node's report entry for every VirtualService; None: this node has no business with it."""
+        """This node's report entry for each of `records` (objects the outcome covers); None: this node has no business with it."""
         problems = outcome.problems
         programmed = outcome.programmed
         fragments = self.reconciler.fragments
@@ -597,7 +711,8 @@ class Agent:
             if record.vs is None:
                 kept = held.get(ref)
                 if kept is not None:  # invalid, and the kernel keeps what it had for it
-                    entry = NodeEntry(True, kept[0], kept[1], notes.get(record.key, ""), record.generation)
+                    note = f"InvalidSpec: generation {record.generation} is invalid ({record.error}); keeping what the kernel has for it"
+                    entry = NodeEntry(True, kept[0], kept[1], note, record.generation)
             elif problem is not None and problem.reason == "Conflict" and ref in self.reconciler.held_problems:
                 # Refused for what an invalid owner still serves: only the nodes know; the controller reads it here.
                 entry = NodeEntry(False, 0, 0, f"{problem.reason}: {problem.message}", record.generation)
@@ -608,7 +723,7 @@ class Agent:
             elif ref in programmed:
                 total, healthy = _backend_counts(fragments[ref])
                 ok = outcome.error is None or _programmed_in(outcome.after or KernelState(), fragments[ref], shared)
-                message = notes.get(record.key, "") if ok else f"KernelError: {outcome.error}"
+                message = "" if ok else f"KernelError: {outcome.error}"
                 if ok and keepalived is not None and ref in keepalived.backends:
                     # keepalived programs IPVS for it: count what was rendered (keepalived's checks decide the rest).
                     total, healthy = keepalived.backends[ref]
@@ -638,15 +753,17 @@ class Agent:
             counts[owner] = (len({rs.key.address for rs in servers}), len({rs.key.address for rs in servers if rs.weight > 0}))
         return counts
 
-    async def _publish(self, records: Sequence[VSRecord], report: SyncReport, periodic: bool) -> None:
+    async def _publish(self, report: SyncReport, complete: bool) -> None:
         """Write this node's report where it changed (one write at most); post an Event for each new failure."""
-        present = {r.identity for r in records}
-        for identity in [i for i in self._evented if i not in present]:
-            del self._evented[identity]
-        by_key = {r.key: r for r in records}
-        jobs = [self._write_report(report)]
+        if complete:
+            present = {r.identity for r in self._records.values()}
+            for identity in [i for i in self._evented if i not in present]:
+                del self._evented[identity]
+        jobs = [self._write_report(report, complete)]
         for key, entry in report.entries.items():
-            record = by_key[key]
+            record = self._records.get(key)
+            if record is None:
+                continue
             message = (entry or {}).get("message", "") if entry is not None and not entry["programmed"] else ""
             if message and self._evented.get(record.identity) != message:
                 reason, _, text = message.partition(": ")
@@ -656,17 +773,24 @@ class Agent:
                 self._evented.pop(record.identity, None)
         await asyncio.gather(*jobs)
 
-    async def _write_report(self, report: SyncReport) -> None:
-        """This node's NodeReport (vsop.kube.report): read once at start (and after a failed write), then patched with changes only."""
+    async def _write_report(self, report: SyncReport, complete: bool) -> None:
+        """This node's NodeReport (vsop.kube.report): read once at start (and after a failed write), then patched with changes only.
+
+        `complete`: the report's entries name every object (others in the report go); else
+        only those that may have changed. After a failure the next turn reports everything.
+        """
         if self._reported is None:
             try:
                 self._reported = reports.entries_of(await self.writer.read_node_report(self.node_name))
             except (ApiError, OSError) as exc:
                 self.metrics.errors.labels("api").inc()
+                self._everything = True
                 log.warning(kv("Reading the node report failed; retried on the next sync", node=self.node_name, error=str(exc)))
                 return
+            if not complete:
+                self._everything = True  # what it holds of objects not named here is checked next turn
         after = {reports.ref_of(*key): entry for key, entry in report.entries.items()}
-        patch = reports.report_patch(self._reported, after)
+        patch = reports.report_patch(self._reported, after, complete=complete)
         if patch is None:
             return
         try:
@@ -674,10 +798,11 @@ class Agent:
         except (ApiError, OSError) as exc:
             self.metrics.errors.labels("api").inc()
             self._reported = None
+            self._everything = True
             log.warning(kv("Node report write failed; retried on the next sync", node=self.node_name, error=str(exc)))
             return
         changed = patch["status"]["virtualServices"]
-        self._reported = reports.apply_patch(self._reported, patch)
+        reports.merge_into(self._reported, patch)
         self.metrics.status_patches.inc()
         report.patched.extend(tuple(ref.split("/", 1)) for ref in sorted(changed))  # type: ignore[misc]
         for ref, entry in sorted(changed.items()):
@@ -696,30 +821,42 @@ class Agent:
             self.metrics.errors.labels("api").inc()
             log.warning(kv("Posting event failed", virtualService=str(record.ref), reason=reason, error=str(exc)))
 
-    def _record_metrics(self, outcome: KernelOutcome, records: Sequence[VSRecord], keepalived: KeepalivedReport | None = None) -> None:
+    def _record_metrics(
+        self, outcome: KernelOutcome, entries: Mapping[tuple[str, str], Any], complete: bool, keepalived: KeepalivedReport | None = None
+    ) -> None:
+        """The sync's figures, and the objects by state, counted again only for the objects in `entries`."""
         m = self.metrics
         if keepalived is not None and keepalived.error:
             m.errors.labels("keepalived").inc()
         if self.reconciler.last is not None:
             m.record(self.reconciler.last, self.reconciler)
+        if complete:
+            self._states.clear()
+            self._state_counts.clear()
         problems = {ref: p.reason for ref, p in outcome.problems.items()}
-        programmed = outcome.programmed
-        counts = {"programmed": 0, "failed": 0, "conflict": 0, "invalid": 0, "not_selected": 0}
-        for record in records:
+        for key in entries:
+            record = self._records.get(key)
+            old = self._states.pop(key, None)
+            if old is not None:
+                self._state_counts[old] -= 1
+            if record is None:
+                continue
             ref = f"{record.namespace}/{record.name}"
             if record.vs is None:
-                counts["invalid"] += 1
+                state = "invalid"
             elif problems.get(ref) == "Conflict":
-                counts["conflict"] += 1
+                state = "conflict"
             elif ref in problems:
-                counts["failed"] += 1
-            elif ref in programmed:
+                state = "failed"
+            elif ref in outcome.programmed:
                 failed = outcome.error is not None or (keepalived is not None and bool(keepalived.failure(ref)))
-                counts["failed" if failed else "programmed"] += 1
+                state = "failed" if failed else "programmed"
             else:
-                counts["not_selected"] += 1
-        for state_name, count in counts.items():
-            m.virtualservices.labels(state_name).set(count)
+                state = "not_selected"
+            self._states[key] = state
+            self._state_counts[state] += 1
+        for state_name in ("programmed", "failed", "conflict", "invalid", "not_selected"):
+            m.virtualservices.labels(state_name).set(self._state_counts[state_name])
 
     def _log_outcome(self, outcome: KernelOutcome, reasons: Iterable[str]) -> None:
         why = ", ".join(sorted(reasons)) or "periodic resync"
@@ -728,12 +865,12 @@ class Agent:
             log.error(kv("Kernel sync failed; retrying", node=self.node_name, error=outcome.error, applied=len(outcome.applied), planned=len(outcome.plan.ops), trigger=why))
         elif outcome.plan.ops:
             log.info(kv("Programmed kernel", node=self.node_name, operations=len(outcome.plan.ops), writes=outcome.writes, changes=counts,
-                        virtualServices=len(outcome.programmed), duration=f"{outcome.seconds * 1000:.1f}ms", trigger=why,
+                        virtualServices=self._state_counts["programmed"], duration=f"{outcome.seconds * 1000:.1f}ms", trigger=why,
                         full=outcome.full))
             for op in outcome.applied:
                 log.debug(kv("Applied", node=self.node_name, kind=op.kind, operation=op.describe()))
         else:
-            log.debug(kv("Kernel already matches", node=self.node_name, virtualServices=len(outcome.programmed), trigger=why))
+            log.debug(kv("Kernel already matches", node=self.node_name, virtualServices=self._state_counts["programmed"], trigger=why))
         for problem in outcome.problems.values():
             log.debug(kv("Not programmed", virtualService=problem.obj, reason=problem.reason, message=problem.message))
 

@@ -46,11 +46,15 @@ def bounded(entry: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def report_patch(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any] | None]) -> dict[str, Any] | None:
+def report_patch(
+    before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Mapping[str, Any] | None], *, complete: bool = True
+) -> dict[str, Any] | None:
     """The merge patch turning the report's entries `before` into `after` (None: nothing to write).
 
     `after` maps each VirtualService to this node's entry, None where the node has no
-    business with it; entries of objects in `before` but not in `after` are removed too.
+    business with it. When `complete`, entries of objects in `before` but not in `after`
+    are removed too; otherwise `after` holds only the objects whose entries may have
+    changed, and the others stay as they are.
     """
     changes: dict[str, Any] = {}
     for ref, entry in after.items():
@@ -59,9 +63,10 @@ def report_patch(before: Mapping[str, Mapping[str, Any]], after: Mapping[str, Ma
                 changes[ref] = None
         elif before.get(ref) != bounded(entry):
             changes[ref] = bounded(entry)
-    for ref in before:
-        if ref not in after:
-            changes[ref] = None
+    if complete:
+        for ref in before:
+            if ref not in after:
+                changes[ref] = None
     return {"status": {"virtualServices": changes}} if changes else None
 
 
@@ -74,6 +79,15 @@ def apply_patch(before: Mapping[str, Mapping[str, Any]], patch: Mapping[str, Any
         else:
             entries[ref] = dict(entry)
     return entries
+
+
+def merge_into(entries: dict[str, dict[str, Any]], patch: Mapping[str, Any]) -> None:
+    """`apply_patch` in place: costs what the patch holds, not what the report holds."""
+    for ref, entry in patch["status"]["virtualServices"].items():
+        if entry is None:
+            entries.pop(ref, None)
+        else:
+            entries[ref] = dict(entry)
 
 
 def new_report(node: str, patch: Mapping[str, Any]) -> dict[str, Any]:

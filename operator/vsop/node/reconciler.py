@@ -62,6 +62,10 @@ class Outcome:
     execute_seconds: float = 0.0
     conntrack_failures: list[str] = field(default_factory=list)  # removed UDP real servers whose entries stay
     repairs: list[Repair] = field(default_factory=list)  # drift a full sync put back (vsop.core.drift)
+    # Objects whose fragment, problems or kernel state this reconcile may have changed (those
+    # on the VIPs it planned); None after a full sync: any of them. A source's status sink
+    # re-reports only these (an object gone from the source is the source's to report).
+    touched: frozenset[str] | None = None
 
     @property
     def ok(self) -> bool:
@@ -224,6 +228,17 @@ class Reconciler:
             if self.endpoints.get(key, ()) != fresh.get(key, ()):
                 self._dirty |= self._by_service_ref.get(key, set())
         self.endpoints = fresh
+
+    def update_endpoints(self, changed: Mapping[tuple[str, str], Iterable[Endpoint] | None]) -> None:
+        """Only the serviceRefs whose endpoints changed (None or empty: none now); the others stay."""
+        for key, value in changed.items():
+            fresh = tuple(value) if value is not None else ()
+            if self.endpoints.get(key, ()) != fresh:
+                self._dirty |= self._by_service_ref.get(key, set())
+            if fresh:
+                self.endpoints[key] = fresh
+            else:
+                self.endpoints.pop(key, None)
 
     def set_node(self, node: Node, extra_node_addresses: Iterable[str] | None = None) -> None:
         if node != self.node:
@@ -539,11 +554,13 @@ class Reconciler:
         if self.draining.since:
             vips |= self._refresh_draining()
         if not vips and not self._shared_dirty:
+            outcome.touched = frozenset()
             outcome.seconds = time.monotonic() - started
             return outcome
         # Held owners' VIPs are always planned with the change: keeping them (and the
         # chains of a family only they still use) is decided over what they hold.
         cut = frozenset(vips) | (self._held_vips if self.held else frozenset())
+        outcome.touched = frozenset(ref for vip in cut for ref in self._by_vip.get(vip, ()))
         observed = self._around(cut)
         pieces = self._pieces(cut)
         want = assemble(self.shared(), pieces, cut)
