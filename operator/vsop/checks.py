@@ -101,6 +101,7 @@ class HealthChecker:
         while True:
             async with self.limit:
                 error = await target.probe()
+            first = target.key not in self.tracker.states
             if self.tracker.record(target.key, error is None, thresholds, error or ""):
                 healthy = self.tracker.is_healthy(target.key)
                 log.info(
@@ -108,6 +109,9 @@ class HealthChecker:
                     "back in service" if healthy else "taken out of service",
                     str(target.key.service), str(target.key), error or "checks pass",
                 )
+                self.on_change()
+            elif first:
+                # A first result changes no weight, but a designated checker publishes it (vsop.kube.checkers).
                 self.on_change()
             await asyncio.sleep(target.check.interval_seconds)
 

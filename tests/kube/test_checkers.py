@@ -97,7 +97,9 @@ class Nodes:
     def settled(self) -> bool:
         """The controller published checkers for every backend, and every agent acts on them."""
         found = published(self.cluster)
-        if set(found) != set(BACKENDS) or any(len(item["checkers"]) != min(checkers.CHECKERS, len(self.agents)) for item in found.values()):
+        # Chosen over every running agent: the controller reacts to the first reports at
+        # once, and chooses again as each further node reports.
+        if set(found) != set(BACKENDS) or any(item["checkers"] != list(checkers.choose(b, self.agents)) for b, item in found.items()):
             return False  # not yet, or chosen while some agents had not reported yet
         expected = {name: {b for b, item in found.items() if name in item["checkers"]} for name in self.agents}
         return all(checked_here(agent) == expected[name] for name, agent in self.agents.items())

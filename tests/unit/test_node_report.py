@@ -26,6 +26,16 @@ def test_a_partial_after_changes_only_the_entries_it_names() -> None:
     assert entries == apply_patch(before, patch) == {"default/a": OK, "default/b": DOWN, "default/new": OK}
 
 
+def test_keys_an_entry_no_longer_has_are_nulled_as_a_merge_patch_needs() -> None:
+    before = {"default/a": {**OK, "checks": {"192.0.2.1:8080": True, "192.0.2.2:8080": True}}}
+    after = {"default/a": {**OK, "checks": {"192.0.2.1:8080": True}}}
+    patch = report_patch(before, after)
+    assert patch == {"status": {"virtualServices": {"default/a": {**OK, "checks": {"192.0.2.1:8080": True, "192.0.2.2:8080": None}}}}}
+    assert apply_patch(before, patch) == after
+    assert report_patch(after, {"default/a": OK}) == {"status": {"virtualServices": {"default/a": {**OK, "checks": None}}}}
+    assert report_patch(apply_patch(after, report_patch(after, {"default/a": OK}) or {}), {"default/a": OK}) is None
+
+
 def test_nothing_changed_is_no_write() -> None:
     assert report_patch({"default/a": OK}, {"default/a": dict(OK), "default/other": None}) is None
     assert report_patch({}, {}) is None

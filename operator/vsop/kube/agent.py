@@ -144,7 +144,8 @@ class KernelOutcome:
     """One reconcile of this node's kernel, as the status, Events and metrics need it."""
 
     plan: Plan
-    touched: frozenset[str] | None = None  # the objects it may have changed (None: any); the next two cover these
+    touched: frozenset[str] | None = None  # the objects it may have changed (None: any)
+    # The next two cover every object when `touched` is None, else the objects the turn reports on.
     programmed: frozenset[str] = frozenset()
     problems: Mapping[str, Problem] = field(default_factory=dict)  # ref -> why it is not (wholly) programmed
     writes: int = 0
@@ -561,6 +562,9 @@ class Agent:
                 if (namespace, name) in self._records:
                     keys.add((namespace, name))
         self._checks_sent = checks
+        if not complete:
+            problems, programmed = self._judge(reports.ref_of(*key) for key in keys)
+            outcome.problems, outcome.programmed = problems, frozenset(programmed)
         report.entries = self._entries([self._records[key] for key in sorted(keys)], outcome, keepalived)
         checkers.add_checks(report.entries, self.roles, self.tracker)
         for key, record in changes.items():
@@ -666,20 +670,10 @@ class Agent:
         """
         reconciler = self.reconciler
         result = reconciler.reconcile(full=full)
-        # Only the objects this reconcile may have changed (all after a full one, a failure, or when asked).
+        # Every object after a full reconcile, a failure, or when asked; else the agent
+        # judges the objects it reports on (those this reconcile touched, and what changed).
         touched = result.touched if result.error is None and not cover_all else None
-        refs: Iterable[str] = reconciler.fragments if touched is None else touched
-        problems: dict[str, Problem] = {}
-        programmed: set[str] = set()
-        for ref in refs:
-            piece = reconciler.fragments.get(ref)
-            if piece is None:
-                continue
-            found = reconciler.problems(ref) if piece.problems or reconciler.plan_problems or reconciler.held_problems else ()
-            if found:
-                problems[ref] = found[-1]
-            if piece.programmed and ref not in reconciler.held_problems:
-                programmed.add(ref)
+        problems, programmed = self._judge(reconciler.fragments if touched is None else ())
         return KernelOutcome(
             plan=result.plan,
             touched=touched,
@@ -693,6 +687,22 @@ class Agent:
             full=result.full,
             repairs=tuple(result.repairs),
         )
+
+    def _judge(self, refs: Iterable[str]) -> tuple[dict[str, Problem], set[str]]:
+        """Why each of `refs` is not (wholly) programmed, and which are programmed, as the reconciler now has them."""
+        reconciler = self.reconciler
+        problems: dict[str, Problem] = {}
+        programmed: set[str] = set()
+        for ref in refs:
+            piece = reconciler.fragments.get(ref)
+            if piece is None:
+                continue
+            found = reconciler.problems(ref) if piece.problems or reconciler.plan_problems or reconciler.held_problems else ()
+            if found:
+                problems[ref] = found[-1]
+            if piece.programmed and ref not in reconciler.held_problems:
+                programmed.add(ref)
+        return problems, programmed
 
     def _entries(
         self, records: Sequence[VSRecord], outcome: KernelOutcome, keepalived: KeepalivedReport | None = None
@@ -902,7 +912,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--namespace", "-n", dest="namespaces", action="append", default=[], metavar="NS",
                         help="watch VirtualServices in this namespace; repeatable (default: all namespaces)")
     parser.add_argument("--resync-seconds", type=float, default=30.0, help="full resync period, repairs drift (default: 30)")
-    parser.add_argument("--debounce-seconds", type=float, default=0.1, help="wait after a change for more (default: 0.1)")
+    parser.add_argument("--debounce-seconds", type=float, default=0.1, help="least time between two turns woken by changes; a change after a quiet spell is handled at once (default: 0.1)")
     parser.add_argument("--health-port", type=int, default=9710, help="port of /healthz and /readyz (default: 9710)")
     parser.add_argument("--metrics-port", type=int, default=9711, help="port of /metrics (default: 9711; may equal --health-port)")
     parser.add_argument("--bind-address", default="0.0.0.0", help="address the probe and metrics ports listen on")

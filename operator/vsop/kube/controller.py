@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--namespace", "-n", dest="namespaces", action="append", default=[], metavar="NS",
                         help="watch VirtualServices in this namespace; repeatable (default: all); give the agents the same")
     parser.add_argument("--resync-seconds", type=float, default=30.0, help="full reconcile period (default: 30)")
-    parser.add_argument("--debounce-seconds", type=float, default=0.1, help="wait after a change for more (default: 0.1)")
+    parser.add_argument("--debounce-seconds", type=float, default=0.1, help="least time between two turns woken by changes; a change after a quiet spell is handled at once (default: 0.1)")
     parser.add_argument("--health-port", type=int, default=9720, help="port of /healthz and /readyz (default: 9720)")
     parser.add_argument("--metrics-port", type=int, default=9721, help="port of /metrics (default: 9721; may equal --health-port)")
     parser.add_argument("--bind-address", default="0.0.0.0", help="address the probe and metrics ports listen on")

@@ -62,7 +62,8 @@ def report_patch(
             if ref in before:
                 changes[ref] = None
         elif before.get(ref) != bounded(entry):
-            changes[ref] = bounded(entry)
+            # A merge patch merges nested maps: what the entry no longer has must be nulled.
+            changes[ref] = _with_removals(before.get(ref) or {}, bounded(entry))
     if complete:
         for ref in before:
             if ref not in after:
@@ -70,14 +71,26 @@ def report_patch(
     return {"status": {"virtualServices": changes}} if changes else None
 
 
+def _with_removals(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """`new`, plus null for each key `old` has and `new` lacks, at any depth (RFC 7386 merge patch)."""
+    out = dict(new)
+    for key, value in old.items():
+        if key not in new:
+            out[key] = None
+        elif isinstance(value, Mapping) and isinstance(new[key], Mapping):
+            out[key] = _with_removals(value, new[key])
+    return out
+
+
+def _without_nulls(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """What an entry is once a merge patch of it was written (its nulls remove keys)."""
+    return {key: _without_nulls(value) if isinstance(value, Mapping) else value for key, value in entry.items() if value is not None}
+
+
 def apply_patch(before: Mapping[str, Mapping[str, Any]], patch: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """What the entries are once `patch` (from report_patch) was written."""
     entries = {ref: dict(entry) for ref, entry in before.items()}
-    for ref, entry in patch["status"]["virtualServices"].items():
-        if entry is None:
-            entries.pop(ref, None)
-        else:
-            entries[ref] = dict(entry)
+    merge_into(entries, patch)
     return entries
 
 
@@ -87,7 +100,7 @@ def merge_into(entries: dict[str, dict[str, Any]], patch: Mapping[str, Any]) -> 
         if entry is None:
             entries.pop(ref, None)
         else:
-            entries[ref] = dict(entry)
+            entries[ref] = _without_nulls(entry)
 
 
 def new_report(node: str, patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,5 +110,5 @@ def new_report(node: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,
         "metadata": {"name": node, "labels": {"vsop.dev/node": node}},
-        "status": {"virtualServices": {ref: entry for ref, entry in changes.items() if entry is not None}},
+        "status": {"virtualServices": {ref: _without_nulls(entry) for ref, entry in changes.items() if entry is not None}},
     }

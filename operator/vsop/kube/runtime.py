@@ -1,10 +1,10 @@
 """What the agent and the controller share: kopf settings, the wake-up trigger, running, logging.
 
 Owns the kopf settings both use (standalone, no CRD or namespace scanning, no
-kopf-posted events, server-side selectors), the debounced `Trigger` that handlers
-pull and the one reconcile loop waits on, running kopf and that loop together so
-that either ending stops the other, and structured log lines in the
-style of Kubernetes components (`"Programmed kernel" node="n1" writes=3`).
+kopf-posted events, server-side selectors), the `Trigger` that handlers pull and the
+one reconcile loop waits on (a change after a quiet spell at once, bursts coalesced),
+running kopf and that loop together so that either ending stops the other, and
+structured log lines in the style of Kubernetes components (`"Programmed kernel" node="n1" writes=3`).
 Must not import vsop.engine, vsop.adapters or vsop.host.
 """
 
@@ -15,6 +15,8 @@ import contextlib
 import datetime
 import json
 import logging
+import math
+import time
 from typing import Any, Awaitable, Callable, Collection, Iterator
 
 import kopf
@@ -63,11 +65,20 @@ def kopf_settings() -> kopf.OperatorSettings:
 
 
 class Trigger:
-    """Wake-ups for one reconcile loop: handlers call `wake`, the loop `wait`s and `take`s the reasons."""
+    """Wake-ups for one reconcile loop: handlers call `wake`, the loop `wait`s and `take`s the reasons.
 
-    def __init__(self) -> None:
+    The debounce is a minimum time between two turns, as kube-proxy's minSyncPeriod: the
+    first change after a quiet spell starts a turn at once; changes arriving while turns
+    follow each other closely wait until `debounce` after the last turn started, so a
+    burst still makes one turn per period.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._event: asyncio.Event | None = None
         self._reasons: set[str] = set()
+        self._clock = clock
+        self._sleep = sleep
+        self._taken = -math.inf  # when a turn last took the wake-ups
 
     @property
     def event(self) -> asyncio.Event:
@@ -80,18 +91,20 @@ class Trigger:
         self.event.set()
 
     async def wait(self, timeout: float, debounce: float) -> bool:
-        """True when woken (after the debounce, so a burst of changes makes one sync); False on timeout."""
+        """True when woken (no sooner than `debounce` after the last turn started); False on timeout."""
         try:
             await asyncio.wait_for(self.event.wait(), timeout=max(timeout, 0.0))
         except asyncio.TimeoutError:
             return False
-        if debounce > 0:
-            await asyncio.sleep(debounce)
+        delay = self._taken + debounce - self._clock()
+        if delay > 0:
+            await self._sleep(delay)
         return True
 
     def take(self) -> set[str]:
         reasons, self._reasons = self._reasons, set()
         self.event.clear()
+        self._taken = self._clock()
         return reasons
 
 
