@@ -24,9 +24,11 @@ import asyncio
 import ctypes
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -40,7 +42,10 @@ from vsop.checks import HealthChecker, health_targets  # noqa: E402
 from vsop.core.desired import Node  # noqa: E402
 from vsop.core.health import HealthTracker  # noqa: E402
 from vsop.core.state import RealServerKey, ServiceKey  # noqa: E402
+from vsop.adapters.conntrack import ConntrackTool  # noqa: E402
 from vsop.engine import cleanup, sync  # noqa: E402
+from vsop.host_agent import AgentConfig, HostAgent  # noqa: E402
+from vsop.store import Store, file_name, render  # noqa: E402
 from vsop.host import real_kernel  # noqa: E402
 from vsop.model import VirtualService, parse_virtual_service  # noqa: E402
 from vsop.node.reconciler import Reconciler  # noqa: E402
@@ -146,7 +151,7 @@ class Echo:
         self.server.close()  # connections are now refused
 
 
-def answers(client: str, address: str, timeout: float = 0.5) -> bool:
+def answers(client: str, address: str, timeout: float = 0.5) -> bool:  # noqa: D103
     with entered(client):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -160,9 +165,9 @@ def answers(client: str, address: str, timeout: float = 0.5) -> bool:
         sock.close()
 
 
-def until_answers(client: str, address: str, limit: float = 120) -> float:
+def until_answers(client: str, address: str, limit: float = 120, timeout: float = 0.5) -> float:
     started = time.perf_counter()
-    while not answers(client, address):
+    while not answers(client, address, timeout):
         if time.perf_counter() - started > limit:
             raise SystemExit(f"{address} did not answer within {limit:g}s")
     return time.perf_counter() - started
@@ -240,6 +245,64 @@ def change_figures(client: str, count: int) -> dict[str, float]:
     return figures
 
 
+def host_agent_figures(node: str, client: str, count: int, samples: int = 3) -> dict[str, float]:
+    """The host agent itself (vsop agent) following a store of `count` files, 1 s polls (a file is
+    taken once stable over two), 0.1 s debounce: a new store file written, until its VIP answers."""
+    folder = Path(tempfile.mkdtemp(prefix="vsop-bench-store-"))
+    template = render(service(0))  # the store's own rendering, renamed per object (yaml.dump of 10k is slow here)
+    assert template.count("name: s0\n") == 1 and template.count(vip(0)) == 1
+    for index in range(count):
+        text = template.replace("name: s0\n", f"name: s{index}\n").replace(vip(0), vip(index))
+        (folder / file_name(service(index).ref)).write_text(text)
+    config = AgentConfig(folder, NODE, status_file=folder.parent / f"{folder.name}.json", lock=None)
+    holder: dict[str, object] = {}
+
+    def run() -> None:
+        with entered(node):  # the agent's netlink sockets and tools in the node namespace
+            agent = HostAgent(real_kernel(), config, ConntrackTool())
+            holder["agent"] = agent
+
+            async def main() -> None:
+                stop = asyncio.Event()
+                holder["stop"] = (stop, asyncio.get_running_loop())
+                await agent.run(stop)
+
+            asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True, name="vsop-agent")
+    started = time.perf_counter()
+    thread.start()
+    while True:
+        agent = holder.get("agent")
+        if isinstance(agent, HostAgent) and agent.syncs and len(agent.reconciler.objects) == count:
+            break
+        if time.perf_counter() - started > 1500 or not thread.is_alive():
+            raise SystemExit(f"the host agent did not program {count} files")
+        time.sleep(0.5)
+    figures = {"agent_start": time.perf_counter() - started}
+    time.sleep(2.5)  # past the first status write and a quiet poll or two
+    answered = []
+    for extra in range(count, count + samples):
+        new = service(extra)
+        # Written just after a poll: the worst phase (the next poll sees it, the one after takes
+        # it), so the figure is the pipeline's cost, not a random wait for the poll.
+        polled = agent.polled_at
+        while agent.polled_at == polled:
+            time.sleep(0.002)
+        started = time.perf_counter()
+        Store(folder).write([new])
+        answered.append(until_answers(client, new.spec.vip, limit=300, timeout=0.05))
+        time.sleep(0.5)
+    stop, loop = holder["stop"]  # type: ignore[misc]
+    loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
+    thread.join(120)
+    answered.sort()
+    figures["agent_new_vip"] = answered[len(answered) // 2]
+    figures["agent_new_vip_min"], figures["agent_new_vip_max"] = answered[0], answered[-1]
+    shutil.rmtree(folder, ignore_errors=True)
+    return figures
+
+
 def dead_backend(count: int) -> float:
     """With count services programmed, one of them TCP-checked: kill a real server; seconds to weight 0."""
     kernel = real_kernel()
@@ -286,7 +349,16 @@ def main() -> int:
         for count in (args.small, args.large):
             results[count] = change_figures(client, count)
             cleanup(real_kernel())
+        for count in (args.small, args.large):
+            results[count].update(host_agent_figures(f"vsopbench{os.getpid()}", client, count))
+            cleanup(real_kernel())
         small, large = results[args.small], results[args.large]
+        print("\n## the host agent (vsop agent) following a store folder: a new file written, until its VIP answers")
+        print("## (written just after a poll; 1 s polls, a file taken once stable over two, 0.1 s debounce: >= 2.1 s at any N)")
+        print(f"{'N':>6} {'median':>8} {'min':>7} {'max':>7} {'agent start':>12}")
+        for count, r in results.items():
+            print(f"{count:>6} {r['agent_new_vip']:>7.3f}s {r['agent_new_vip_min']:>6.3f}s {r['agent_new_vip_max']:>6.3f}s {r['agent_start']:>11.1f}s")
+        print(f"HOST-AGENT NEW-FILE RATIO N={args.large} / N={args.small} (goal <= 1.2): {large['agent_new_vip'] / small['agent_new_vip']:.2f}x (median of 3)")
         print("\n## a new object's VIP answers a client (change applied + first TCP echo through the VIP)")
         print(f"{'N':>6} {'reconciler':>11} {'(reconcile)':>12} {'writes':>7} {'full sync':>10} {'(read)':>8} {'(plan)':>8}")
         for count, r in results.items():

@@ -28,6 +28,7 @@ Must not import: kopf, pyroute2, kubernetes.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import os
@@ -36,7 +37,7 @@ import stat as stat_module
 from dataclasses import dataclass, field
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 
@@ -51,6 +52,11 @@ SUFFIXES = (".yaml", ".yml", ".json")
 STORE_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)_([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 
 Fingerprint = tuple[int, int, str]  # size, mtime_ns, sha256 of the content
+
+
+def _file_key(state: FileState) -> tuple[object, ...]:
+    """What of a file's state the declared objects, holds and errors depend on."""
+    return (state.taken, state.error, state.outage, state.pending, state.names, id(state.services))
 
 
 def wanted(name: str) -> bool:
@@ -111,6 +117,14 @@ class FolderSource:
     served: dict[str, Path] = field(default_factory=dict)  # ref -> the path whose definition is served
     ever: set[str] = field(default_factory=set)  # refs loaded at some point by this source
     duplicates: dict[Path, str] = field(default_factory=dict)
+    # Kept between polls so a poll costs a stat per file plus what changed (not a sort of everything):
+    _paths: dict[str, Path] = field(default_factory=dict, repr=False)  # the Path of each name seen
+    _claimed: dict[Path, frozenset[str]] = field(default_factory=dict, repr=False)  # path -> refs it declares
+    _claims: dict[str, list[Path]] = field(default_factory=dict, repr=False)  # ref -> paths declaring it, sorted
+    _losing: dict[str, set[Path]] = field(default_factory=dict, repr=False)  # ref -> paths whose copy is ignored
+    _lost: dict[Path, dict[str, str]] = field(default_factory=dict, repr=False)  # path -> ref -> why ignored
+    _problems: set[Path] = field(default_factory=set, repr=False)  # paths pending, or invalid with nothing good
+    _changed: set[str] = field(default_factory=set, repr=False)  # refs whose served object may differ (take_changes)
 
     # -- reading the folder ----------------------------------------------------------
 
@@ -131,16 +145,19 @@ class FolderSource:
             folder = pending.pop()
             try:
                 with os.scandir(folder) as entries:
-                    listing = sorted(entries, key=lambda e: e.name)
+                    listing = list(entries)
             except OSError as exc:
                 problems[folder] = f"folder cannot be read: {exc.strerror or exc}"
                 continue
+            paths = self._paths
             for entry in listing:
                 if entry.name.startswith("."):
                     continue
-                path = Path(entry.path)
+                path = paths.get(entry.path)
+                if path is None:
+                    path = paths[entry.path] = Path(entry.path)
                 try:
-                    st = os.stat(path)  # follows symlinks: a swapped target is a new fingerprint
+                    st = entry.stat()  # follows symlinks: a swapped target is a new fingerprint
                 except OSError as exc:
                     if wanted(entry.name):
                         reason = "dangling symlink" if entry.is_symlink() else "cannot be read"
@@ -159,36 +176,55 @@ class FolderSource:
         return None
 
     def poll(self) -> bool:
-        """Re-read what changed on disk; True when the declared objects, holds or errors changed."""
-        before = self._signature()
+        """Re-read what changed on disk; True when the declared objects, holds or errors changed.
+
+        Costs a stat per file plus what changed: only files whose stat changed (or that are
+        not yet stable, or invalid) are read, and only the refs they declare are judged again.
+        """
+        errors_before = self.folder_errors
         found, self.folder_errors = self._walk()
         for folder, reason in self.folder_errors.items():
             log.error("cannot read folder, keeping the last good objects beneath it folder=%s error=%r", folder, reason)
+        touched: set[Path] = set()
         for path in list(self.files):
             if path in found:
                 continue
             problem = self._beneath_problem(path)
             if problem is not None:
-                self.files[path].outage = problem  # unknown, not gone: keep what it declared
+                if self.files[path].outage != problem:
+                    self.files[path].outage = problem  # unknown, not gone: keep what it declared
+                    touched.add(path)
                 continue
             log.info("file removed, dropping its objects file=%s objects=%d", path, len(self.files[path].names))
             del self.files[path]
+            touched.add(path)
         for path, st in found.items():
-            state = self.files.setdefault(path, FileState())
-            state.outage = None
+            state = self.files.get(path)
+            if state is None:
+                state = self.files[path] = FileState()
+                touched.add(path)
+            if state.outage is not None:
+                state.outage = None
+                touched.add(path)
             if isinstance(st, str):
+                before = _file_key(state)
                 if state.error != st:
                     log.error("file cannot be read, keeping its last good objects file=%s error=%r kept=%d", path, st, len(state.services))
                 state.error, state.stat_key, state.seen, state.taken, state.pending = st, None, None, None, False
                 if not state.names:
                     state.names = frozenset(filter(None, [ref_from_file_name(path)]))
+                if _file_key(state) != before:
+                    touched.add(path)
                 continue
             key = (st.st_ino, st.st_size, st.st_mtime_ns)
             if key == state.stat_key and not state.pending and state.taken is not None and state.error is None:
                 continue  # unchanged since it was taken: no need to read it again
+            before = _file_key(state)
             self._look(path, state, key)
-        self._resolve_duplicates()
-        return self._signature() != before
+            if _file_key(state) != before:
+                touched.add(path)
+        served_changed = self._resolve_duplicates(touched)
+        return bool(touched) or served_changed or self.folder_errors != errors_before
 
     def _look(self, path: Path, state: FileState, key: tuple[int, int, int]) -> None:
         try:
@@ -244,60 +280,115 @@ class FolderSource:
         self.ever.update(state.names)
         log.info("file loaded file=%s objects=%d", path, len(services))
 
-    def _resolve_duplicates(self) -> None:
-        """Which path serves each ref: the one already serving keeps it; newcomers go by path order."""
-        claims: dict[str, list[Path]] = {}
-        for path, state in sorted(self.files.items()):
-            for ref in sorted(state.names | {vs.ref for vs in state.services}):
-                claims.setdefault(ref, []).append(path)
-        self.duplicates = {}
-        served: dict[str, Path] = {}
-        for ref, paths in claims.items():
+    def _resolve_duplicates(self, touched: set[Path]) -> bool:
+        """Which path serves each ref the touched paths declare (or declared): the one already
+        serving keeps it; newcomers go by path order. Returns whether any served path changed."""
+        refs: set[str] = set()
+        for path in touched:
+            old = self._claimed.pop(path, frozenset())
+            state = self.files.get(path)
+            new = frozenset(state.names | {vs.ref for vs in state.services}) if state is not None else frozenset()
+            if new:
+                self._claimed[path] = new
+            for ref in old - new:
+                self._claims[ref].remove(path)
+                if not self._claims[ref]:
+                    del self._claims[ref]
+            for ref in new - old:
+                bisect.insort(self._claims.setdefault(ref, []), path)
+            refs |= old | new
+            if state is not None and (state.pending or (state.error is not None and not state.services)):
+                self._problems.add(path)
+            else:
+                self._problems.discard(path)
+        self._changed |= refs  # their served object may differ now: the reconciler gets them (take_changes)
+        changed = False
+        lost: set[Path] = set()
+        for ref in refs:
+            paths = self._claims.get(ref, [])
             current = self.served.get(ref)
-            winner = current if current in paths else paths[0]
-            served[ref] = winner
+            winner = current if current in paths else (paths[0] if paths else None)
+            for other in self._losing.pop(ref, set()):
+                self._lost[other].pop(ref, None)
+                lost.add(other)
+            if winner is None:
+                if current is not None:
+                    del self.served[ref]
+                    changed = True
+                continue
+            if winner != current:
+                self.served[ref] = winner
+                changed = True
+                if len(paths) > 1:
+                    log.warning("duplicate VirtualService, serving the first seen object=%s served=%s ignored=%s", ref, winner, [str(p) for p in paths if p != winner])
             for other in paths:
                 if other != winner:
-                    self.duplicates[other] = (
-                        f"VirtualService {ref} is already served from {winner}; this copy in {other} is ignored"
-                    )
-        for ref, path in served.items():
-            if self.served.get(ref) != path:
-                if len(claims[ref]) > 1:
-                    log.warning("duplicate VirtualService, serving the first seen object=%s served=%s ignored=%s", ref, path, [str(p) for p in claims[ref] if p != path])
-        self.served = served
+                    self._lost.setdefault(other, {})[ref] = f"VirtualService {ref} is already served from {winner}; this copy in {other} is ignored"
+                    self._losing.setdefault(ref, set()).add(other)
+                    lost.add(other)
+        for path in lost:
+            reasons = self._lost.get(path)
+            if reasons:
+                self.duplicates[path] = reasons[max(reasons)]
+            else:
+                self._lost.pop(path, None)
+                self.duplicates.pop(path, None)
+        return changed
 
-    def _signature(self) -> tuple[object, ...]:
-        return (
-            tuple((p, s.taken, s.error, s.outage, s.pending, s.names) for p, s in sorted(self.files.items())),
-            tuple(sorted(self.folder_errors.items())),
-            tuple(sorted(self.served.items())),
-        )
+    def take_changes(self) -> tuple[dict[str, VirtualService | None], dict[str, tuple[Any, ...]]]:
+        """What changed since the last call, for the node reconciler's update_objects: ref -> the
+        object `services()` now gives for it (None: none), and each one's position in that
+        list's order (path, then place in the file), which decides ties in age."""
+        changed: dict[str, VirtualService | None] = {}
+        order: dict[str, tuple[Any, ...]] = {}
+        for ref in self._changed:
+            path = self.served.get(ref)
+            state = self.files.get(path) if path is not None else None
+            found = None
+            if state is not None and not state.pending:
+                for index, vs in enumerate(state.services):
+                    if vs.ref == ref:
+                        found = vs
+                        order[ref] = (path.parts, index)  # type: ignore[union-attr]
+                        break
+            changed[ref] = found
+        self._changed = set()
+        return changed, order
 
     # -- what the folder declares ------------------------------------------------------
 
     def services(self) -> list[VirtualService]:
         """Every usable declared object once, from the path that serves it."""
         result: list[VirtualService] = []
-        for path, state in sorted(self.files.items()):
+        served = self.served
+        for path, state in sorted(self.files.items(), key=lambda item: item[0].parts):  # path order, compared in C
             if state.pending:
                 continue  # being rewritten: the kernel keeps what it has (see held())
             for vs in state.services:
-                if self.served.get(vs.ref) == path:
+                winner = served.get(vs.ref)
+                if winner is path or winner == path:
                     result.append(vs)
         return result
 
+    def _usable(self, ref: str) -> bool:
+        path = self.served.get(ref)
+        state = self.files.get(path) if path is not None else None
+        return state is not None and not state.pending and any(vs.ref == ref for vs in state.services)
+
     def held(self) -> Held:
-        """What the kernel must keep: objects declared where nothing usable can be read now."""
-        usable = {vs.ref for vs in self.services()}
+        """What the kernel must keep: objects declared where nothing usable can be read now.
+
+        Looks only at the paths with a problem. `known` (every ref loaded at some point) is
+        given only while something is unknown, the one case core.held reads it.
+        """
         owners: set[str] = set()
         unknown = bool(self.folder_errors)
-        for path, state in self.files.items():
-            if state.pending or (state.error is not None and not state.services):
-                owners |= {ref for ref in state.names if self.served.get(ref) == path}
-                if state.pending or not state.names:
-                    unknown = True  # what this path declares is not known
-        return Held(frozenset(owners - usable), unknown, frozenset(self.ever | usable))
+        for path in self._problems:
+            state = self.files[path]
+            owners |= {ref for ref in state.names if self.served.get(ref) == path}
+            if state.pending or not state.names:
+                unknown = True  # what this path declares is not known
+        return Held(frozenset(ref for ref in owners if not self._usable(ref)), unknown, frozenset(self.ever) if unknown else frozenset())
 
     def held_services(self) -> tuple[list[VirtualService], bool]:
         """The last good definitions of what is held, and whether every held object has one.
@@ -307,7 +398,8 @@ class FolderSource:
         """
         held = self.held()
         found: dict[str, VirtualService] = {}
-        for path, state in sorted(self.files.items()):
+        for path in sorted(self._problems):
+            state = self.files[path]
             if state.pending:
                 for vs in state.services:
                     if self.served.get(vs.ref) == path:
@@ -323,5 +415,9 @@ class FolderSource:
             problems.setdefault(str(path), message)
         return problems
 
+    def settling(self) -> bool:
+        """Whether some file is changed but not yet stable (cheap: looks at problem paths only)."""
+        return any(self.files[path].pending for path in self._problems)
+
     def pending(self) -> list[str]:
-        return [str(path) for path, state in sorted(self.files.items()) if state.pending]
+        return [str(path) for path in sorted(self._problems) if self.files[path].pending]

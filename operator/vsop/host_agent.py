@@ -41,7 +41,6 @@ from vsop.checks import HealthChecker, Target, health_targets
 from vsop.core.desired import Node
 from vsop.core.draining import Draining
 from vsop.core.health import HealthTracker
-from vsop.core.held import held_owners
 from vsop.core.state import Names
 from vsop.engine import Kernel, running_kernel_version
 from vsop.folder import FolderSource
@@ -69,6 +68,7 @@ class AgentConfig:
     lock: Path | None = None  # the writer lock held during each sync; None: no lock (tests on fakes)
     lock_wait_seconds: float = 60.0  # a sync gives up after this and is retried
     keep_accept_ra: bool = False  # refuse IPv6 VIPs that would need accept_ra changed (as apply --keep-accept-ra)
+    status_seconds: float = 1.0  # the running agent rewrites the status file at most this often
 
 
 class HostAgent:
@@ -104,17 +104,22 @@ class HostAgent:
         self.probes: Probes | None = None  # liveness, when the metrics port serves it
         self.drift_repairs = 0  # operations that put back what changed behind vsop's back
         self.last_repairs: list[str] = []
+        self.polled_at = float("-inf")  # when the folder was last polled (monotonic)
+        self.kept: list[str] = []  # owners kept as the kernel has them at the last sync
 
     # -- one sync (blocking: adapters talk to the kernel) ---------------------------
 
     def poll(self) -> bool:
         with self.source_guard:
-            return self.source.poll()
+            changed = self.source.poll()
+            self.polled_at = time.monotonic()
+            return changed
 
-    def sync_once(self, full: bool = True) -> Outcome | None:
+    def sync_once(self, full: bool = True, status: bool = True) -> Outcome | None:
         """One reconcile under the writer lock. `full`: read the whole kernel (the periodic resync);
         otherwise only the objects that changed are planned, unless another writer (`vsop apply`,
-        `delete`) held the lock since our last reconcile: then what it wrote is read first."""
+        `delete`) held the lock since our last reconcile: then what it wrote is read first.
+        `status`: write the status file now (the running agent batches it, see run)."""
         started = time.monotonic()
         lock = (
             writer_lock(self.config.lock, self.config.lock_wait_seconds, on_wait=lambda who: log.info("waiting for the writer lock holder=%r", who))
@@ -125,27 +130,36 @@ class HostAgent:
         try:
             with lock as waited:
                 # Waiting means another writer held it just now (its sleep between tries is 50 ms).
-                result = self._sync_locked(started, full or others or waited >= 0.05)
+                full = full or others or waited >= 0.05
+                # The folder is polled again under the lock when another writer may have changed it,
+                # or when the poll task's last look is not fresh (a stat per file: skipped when it is).
+                repoll = full or time.monotonic() - self.polled_at >= self.config.poll_seconds / 2
+                result = self._sync_locked(started, full, repoll)
         except LockTimeout as exc:
             self.last = {"error": str(exc), "seconds": round(time.monotonic() - started, 4), "at": time.time()}
             log.error("sync skipped, will retry error=%r", str(exc))
             self.write_status()
             return None
         self._last_stamp = self._lock_stamp()  # our own release: a later change is another writer's
+        if status:
+            self.write_status()
         return result
 
     def _lock_stamp(self) -> int | None:
         return stamp(self.config.lock)
 
-    def _sync_locked(self, started: float, full: bool) -> Outcome | None:
+    def _sync_locked(self, started: float, full: bool, repoll: bool = True) -> Outcome | None:
         # Under the lock: see what the last writer (`vsop apply`, `delete`) left in the folder.
         with self.source_guard:
-            self.source.poll()
-            services = self.source.services()
+            if repoll:
+                self.source.poll()
+                self.polled_at = time.monotonic()
+            # Only what changed since the last sync: the folder knows which files did.
+            changed, order = self.source.take_changes()
             held = self.source.held()
             stand_ins, complete = self.source.held_services() if held else ([], True)
         reconciler = self.reconciler
-        reconciler.set_objects(services)
+        reconciler.update_objects(changed, order=order)
         reconciler.set_held(held)
         reconciler.set_out_of_service(self.tracker.out_of_service())
         result = reconciler.reconcile(full=full)
@@ -156,47 +170,50 @@ class HostAgent:
         if result.error is not None:
             self.last = {"error": result.error, "seconds": round(time.monotonic() - started, 4), "at": time.time()}
             log.error("sync failed, will retry error=%r", result.error)
-            self.write_status()
             return None
         self.syncs += 1
         if result.repairs:
             self.drift_repairs += len(result.repairs)
             self.last_repairs = [f"{r.obj or '-'}: {r.describe()}" for r in result.repairs]
-        problems = [p for ref in sorted(reconciler.fragments) for p in reconciler.problems(ref)]
-        for problem in problems:
-            log.warning("VirtualService not programmed object=%s reason=%s message=%r", problem.obj, problem.reason, problem.message)
-        observed = reconciler.observed
-        kept = sorted(held_owners(observed, held, self.config.names, reconciler.programmed)) if held and observed is not None else []
-        for owner in kept:
+        # What this sync judged: every object after a full one, else the changed objects and the
+        # objects of the VIPs it planned (a conflict or a VIP in use changes a neighbour's verdict).
+        judged = reconciler.fragments if result.full else set(changed) | {p.obj for p in result.plan.problems}
+        for ref in sorted(judged):
+            for problem in reconciler.problems(ref):
+                log.warning("VirtualService not programmed object=%s reason=%s message=%r", problem.obj, problem.reason, problem.message)
+        self.kept = sorted(reconciler.kept_owners())
+        for owner in self.kept:
             log.warning("VirtualService kept as the kernel has it object=%s message=%r", owner, "declared but its definition cannot be used")
-        targets = health_targets(services, reconciler.configured, reconciler.draining)
-        # While something is held (a file being rewritten, unreadable), keep probing what was
-        # probed: its health state must survive the blip, or a dead real server would return.
-        self.targets = targets | self.targets if held else targets
+        objects = reconciler.objects.values()
+        if result.full or changed or self.targets or held:
+            targets = health_targets(objects, reconciler.configured, reconciler.draining)
+            # While something is held (a file being rewritten, unreadable), keep probing what was
+            # probed: its health state must survive the blip, or a dead real server would return.
+            self.targets = targets | self.targets if held else targets
+        # The lists (programmed, problems) are built when the status file is written, not per sync.
         self.last = {
             "writes": result.writes,
             "operations": result.plan.counts(),
             "seconds": round(result.seconds, 4),
             "at": time.time(),
             "full": result.full,
-            "programmed": sorted(reconciler.programmed),
-            "problems": [p.__dict__ for p in problems],
-            "kept": kept,
         }
         if result.writes:
-            log.info("synced objects=%d writes=%d seconds=%.3f full=%s operations=%s", len(services), result.writes, result.seconds, result.full, result.plan.counts())
+            log.info("synced objects=%d writes=%d seconds=%.3f full=%s operations=%s", len(reconciler.objects), result.writes, result.seconds, result.full, result.plan.counts())
         else:
-            log.debug("synced, nothing to change objects=%d seconds=%.3f full=%s", len(services), result.seconds, result.full)
-        # keepalived is configured from definitions: held objects render from their last good
-        # ones; those with none (a dangling symlink, a file invalid since the agent started) keep
-        # their live sections, as the kernel keeps their state (core.held), while the rest is
-        # updated. Objects refused for a held owner's ports are left out, as in the kernel.
-        keep = sorted(set(kept) - {vs.ref for vs in stand_ins})
-        if complete or (self.keepalived is not None and self.keepalived.can_keep()):
-            self._update_keepalived([vs for vs in services + stand_ins if vs.ref not in reconciler.held_problems], keep)
-        else:
-            log.info("keepalived configuration (layout single) left as it is while objects are held objects=%s", sorted(held.owners) or "unknown")
-        self.write_status()
+            log.debug("synced, nothing to change objects=%d seconds=%.3f full=%s", len(reconciler.objects), result.seconds, result.full)
+        if self.keepalived is not None and self.keepalived.wanted([*objects, *stand_ins]):
+            # keepalived is configured from definitions: held objects render from their last good
+            # ones; those with none (a dangling symlink, a file invalid since the agent started) keep
+            # their live sections, as the kernel keeps their state (core.held), while the rest is
+            # updated. Objects refused for a held owner's ports are left out, as in the kernel.
+            keep = sorted(set(self.kept) - {vs.ref for vs in stand_ins})
+            if complete or self.keepalived.can_keep():
+                with self.source_guard:
+                    services = self.source.services()
+                self._update_keepalived([vs for vs in services + stand_ins if vs.ref not in reconciler.held_problems], keep)
+            else:
+                log.info("keepalived configuration (layout single) left as it is while objects are held objects=%s", sorted(held.owners) or "unknown")
         return result
 
     def _update_keepalived(self, services: list[VirtualService], keep: list[str]) -> None:
@@ -213,7 +230,7 @@ class HostAgent:
 
     def status(self) -> dict[str, Any]:
         with self.source_guard:
-            files = {str(path): state.error for path, state in sorted(self.source.files.items())}
+            files = {str(path): state.error for path, state in sorted(self.source.files.items(), key=lambda item: item[0].parts)}
             errors, pending, objects = self.source.errors(), self.source.pending(), [vs.ref for vs in self.source.services()]
         return {
             "pid": os.getpid(),
@@ -235,10 +252,17 @@ class HostAgent:
                 for target in sorted(self.targets, key=lambda t: t.key)
             ],
             "draining": [str(key.service) + " -> " + str(key) for key in sorted(self.draining.keys())],
-            "lastSync": self.last,
+            "lastSync": self._last_sync(),
             "driftRepairs": {"total": self.drift_repairs, "last": self.last_repairs},
             **({"keepalived": self.keepalived.status()} if self.keepalived is not None else {}),
         }
+
+    def _last_sync(self) -> dict[str, Any]:
+        if not self.last or "error" in self.last:
+            return self.last
+        reconciler = self.reconciler
+        problems = [p.__dict__ for ref in sorted(reconciler.fragments) for p in reconciler.problems(ref)]
+        return {**self.last, "programmed": sorted(reconciler.programmed), "problems": problems, "kept": self.kept}
 
     def write_status(self) -> None:
         path = self.config.status_file
@@ -247,7 +271,8 @@ class HostAgent:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_suffix(".tmp")
-            temporary.write_text(json.dumps(self.status(), indent=2))
+            # Compact: json's C encoder (an indented dump is pure Python, seconds at 10k objects).
+            temporary.write_text(json.dumps(self.status(), separators=(",", ":")))
             temporary.replace(path)
         except OSError as exc:
             log.warning("cannot write status file path=%s error=%r", path, str(exc))
@@ -268,36 +293,61 @@ class HostAgent:
         poller = loop.create_task(self._poll(wake, stop), name="poll folder")
         next_resync = 0.0
         next_full = 0.0  # the periodic full resync, whatever changes happen meanwhile
+        # The status file (every object's state: costs what the node holds) is written after a
+        # sync, once its writes are done, and at most every status_seconds: a burst of changes
+        # does not pay for it per change, and `vsop show` lags the kernel by that much at most.
+        status_written = float("-inf")
+        status_due: float | None = None
         try:
             while not stop.is_set():
                 now = time.monotonic()
                 timeout = max(0.0, next_resync - now)
                 if self.draining.since:
                     timeout = min(timeout, 1.0)  # drained real servers are deleted promptly
+                if status_due is not None:
+                    timeout = min(timeout, max(0.0, status_due - now))
                 await _wait_any(wake, stop, timeout)
                 if stop.is_set():
                     break
+                now = time.monotonic()
+                if status_due is not None and now >= status_due and not wake.is_set():  # a change goes first
+                    if self._settling() and now - status_written < 10 * self.config.status_seconds:
+                        # A file is settling: its sync comes at the next poll; the status file would
+                        # hold it up (one writer thread), so it waits for it (10 status periods at most).
+                        status_due = now + self.config.poll_seconds
+                        continue
+                    await loop.run_in_executor(executor, self.write_status)
+                    status_written, status_due = time.monotonic(), None
+                    if not wake.is_set() and now < next_resync and not self.draining.since:
+                        continue  # woken for the status file only
                 if wake.is_set():
                     await asyncio.sleep(self.config.debounce_seconds)  # gather a burst of changes into one sync
                 wake.clear()
                 full = time.monotonic() >= next_full
-                result = await loop.run_in_executor(executor, self.sync_once, full)
+                result = await loop.run_in_executor(executor, self.sync_once, full, False)
                 if result is not None and full:
                     next_full = time.monotonic() + self.config.resync_seconds
                 next_resync = min(next_full, time.monotonic() + (self.config.resync_seconds if result is not None else self.config.retry_seconds))
                 checker.update(self.targets)
+                if status_due is None:
+                    status_due = max(status_written + self.config.status_seconds, time.monotonic())
         finally:
             poller.cancel()
             await checker.stop()
             executor.shutdown(wait=True)
+            if status_due is not None:
+                self.write_status()
             log.info("agent stopped; the kernel keeps serving what was programmed syncs=%d", self.syncs)
+
+    def _settling(self) -> bool:
+        with self.source_guard:
+            return self.source.settling()
 
     async def _poll(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await asyncio.sleep(self.config.poll_seconds)
             if self.poll():
-                self.write_status()
-                wake.set()
+                wake.set()  # the sync that follows writes the status file (pending files, errors)
 
 
 async def _wait_any(first: asyncio.Event, second: asyncio.Event, timeout: float) -> None:

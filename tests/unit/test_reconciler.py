@@ -21,7 +21,8 @@ from tests.unit.test_property import comparable, foreign_state, virtual_service
 from vsop.adapters.conntrack import FakeConntrack
 from vsop.core import ops
 from vsop.core.desired import Endpoint, EndpointPort, Node
-from vsop.core.state import KernelState, RealServerKey, ServiceKey
+from vsop.core.held import held_owners, kernel_owners
+from vsop.core.state import KernelState, Names, RealServerKey, ServiceKey
 from vsop.engine import fake_kernel, sync
 from vsop.model import VirtualService, parse_virtual_service
 from vsop.node.reconciler import Reconciler
@@ -163,8 +164,9 @@ def test_incremental_path_ends_where_a_full_sync_from_scratch_ends(steps: list[A
             continue  # several changes in one reconcile
         outcome = reconciler.reconcile()
         assert outcome.ok and not outcome.full, outcome.error
-        # What it believes the kernel holds is what the kernel holds.
+        # What it believes the kernel holds is what the kernel holds, and who owns what in it.
         assert reconciler.observed is not None and comparable(reconciler.observed) == comparable(fake.state)
+        assert reconciler._present_owners() == set(kernel_owners(fake.state, Names()))
         expected = from_scratch(source_order(), endpoints, frozenset(out))
         same_kernel(fake.state, expected, reconciler.desired().state.delegated)
 
@@ -258,6 +260,34 @@ def test_changes_alone_keep_the_source_order_for_ties_in_age() -> None:
     assert positioned.reconcile().ok and positioned.programmed == {"default/aa"}
     with pytest.raises(ValueError):
         positioned.update_objects({"default/other": web("zz")})
+
+
+def test_a_moment_of_unknown_that_keeps_nothing_more_needs_no_full_read() -> None:
+    """A host's new file is "unknown" for one poll: with every kernel owner accounted for, the
+    change path goes on; when what is kept does change, the kernel is read and planned whole."""
+    from vsop.core.held import Held
+
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    a, b, c = web("a"), web("b", "169.254.20.2"), web("c", "169.254.20.3")
+    reconciler.update_objects({a.ref: a, b.ref: b})
+    assert reconciler.reconcile().full
+    reconciler.set_held(Held(unknown=True, known=frozenset({a.ref, b.ref})))
+    assert not reconciler.reconcile().full
+    reconciler.set_held(Held())
+    reconciler.update_objects({c.ref: c})
+    outcome = reconciler.reconcile()
+    assert not outcome.full and outcome.objects == 1 and reconciler.reads == 1
+    assert "169.254.20.3" in {key.vip for key in fake.state.services}
+    # b leaves while something is unreadable and b is not accounted for: the kernel keeps it...
+    reconciler.set_held(Held(unknown=True, known=frozenset({a.ref, c.ref})))
+    reconciler.update_objects({b.ref: None})
+    assert reconciler.reconcile().ok and "169.254.20.2" in {key.vip for key in fake.state.services}
+    # ...until the source is whole again: b's state is no longer kept, everything is re-planned.
+    reconciler.set_held(Held())
+    outcome = reconciler.reconcile()
+    assert outcome.full and outcome.ok and "169.254.20.2" not in {key.vip for key in fake.state.services}
+    assert reconciler.reconcile(full=True).writes == 0
 
 
 def test_drift_by_hand_is_repaired_by_the_next_full_resync() -> None:
@@ -394,6 +424,8 @@ def test_objects_declared_but_invalid_keep_their_state_on_both_paths(steps: list
         sync(other, list(objects.values()), NODE, out_of_service=frozenset(out), held=held)
         delegated = reconciler.desired().state.delegated
         same_kernel(fake.state, other_fake.state, delegated)
+        # The owners it says are kept are those core.held keeps over the kernel as it is.
+        assert reconciler.kept_owners() == held_owners(fake.state, held, Names(), reconciler.programmed)
         # An incremental step after it agrees too.
         assert reconciler.reconcile(full=True).writes == 0
 

@@ -29,7 +29,7 @@ from vsop.core import ops
 from vsop.core.drift import Repair
 from vsop.core.desired import Desired, Endpoint, Node, Problem, resolve_conflicts
 from vsop.core.draining import Draining, with_draining
-from vsop.core.held import Held, held_owners, keep_held
+from vsop.core.held import Held, held_owners, keep_held, kernel_owners
 from vsop.core.fragments import Fragment, VIPIndex, around, member_vip, assemble, desired_from, fragment, grace_of, refused, shared_state, vip_index
 from vsop.core.memory import KernelRefused, apply_accepted, apply_in_place, owned_copy
 from vsop.core.plan import Plan, PlanError, owned, plan
@@ -144,6 +144,10 @@ class Reconciler:
         self.held = Held()
         self.held_problems: dict[str, Problem] = {}  # ref -> refused: it claims what a held owner serves
         self._force_full = False
+        # Owners named by the cached state's set comments (member count each), kept true per write.
+        self._owner_members: Counter[str] = Counter()
+        self._present: set[str] = set()
+        self._owners_of: KernelState | None = None  # the cached state they describe
         self._vip_index: VIPIndex = {}
         self._index_of: KernelState | None = None  # the cached state the VIP index describes
         self._held_vips: frozenset[str] = frozenset()  # where held owners have members (read at the last full sync)
@@ -264,14 +268,86 @@ class Reconciler:
         self.out_of_service = frozenset(keys)
 
     def set_held(self, held: Held) -> None:
-        """Owners declared but unusable now; a change re-reads and re-plans everything (it is rare)."""
+        """Owners declared but unusable now. When that changes and, before or after, some owner in
+        the kernel is (or was) kept, the next reconcile re-reads and re-plans everything; when
+        nothing in the kernel is kept either way (a host's new file not yet stable makes
+        everything "unknown" for one poll, though every owner in the kernel is accounted for),
+        the change path goes on."""
         # `known` (what the source accounts for) matters only while something is unreadable.
         def key(h: Held) -> tuple[Any, ...]:
             return (h.owners, h.unknown, h.known if h.unknown else frozenset())
 
-        if key(held) != key(self.held):
+        if key(held) != key(self.held) and (self.observed is None or self._kept_by(held) or self._kept_by(self.held)):
             self._force_full = True
         self.held = held
+
+    def _kept_by(self, held: Held) -> frozenset[str]:
+        """The kernel owners `held` would keep (held by name, or unaccounted for), over the cached state."""
+        if not held:
+            return frozenset()
+        present = self._present_owners()
+        keep = set(held.owners) & present
+        if held.unknown:
+            keep |= present - held.known
+        return frozenset(keep)
+
+    def kept_owners(self) -> frozenset[str]:
+        """The kernel owners kept as the kernel has them now (core.held.held_owners over the cached state)."""
+        if not self.held or self.observed is None:
+            return frozenset()
+        return frozenset(
+            ref for ref in self._kept_by(self.held)
+            if not (ref in self.fragments and self.fragments[ref].programmed and ref not in self.held_problems)
+        )
+
+    def _present_owners(self) -> set[str]:
+        """Owners named by the cached state's set comments: counted once per full read, then kept per write."""
+        if self._owners_of is not self.observed:
+            assert self.observed is not None
+            self._owner_members = Counter({owner: len(members) for owner, members in kernel_owners(self.observed, self.names).items()})
+            self._present = set(self._owner_members)
+            self._owners_of = self.observed
+        return self._present
+
+    def _count_owners(self, applied: Sequence[ops.Op]) -> None:
+        """Before `applied` goes into the cached state: what it does to the owners its members name."""
+        assert self.observed is not None
+        owned_sets = self.names.owned_set_names()
+        counts, present = self._owner_members, self._present
+
+        def change(owner: str, by: int) -> None:
+            if not owner:
+                return
+            counts[owner] += by
+            if counts[owner] <= 0:
+                del counts[owner]
+                present.discard(owner)
+            else:
+                present.add(owner)
+
+        written: dict[tuple[str, str], str | None] = {}  # members this batch changed -> their comment now
+
+        def comment(set_name: str, member: str) -> str | None:
+            if (set_name, member) in written:
+                return written[(set_name, member)]
+            ipset = self.observed.ipsets.get(set_name) if self.observed is not None else None
+            return ipset.members.get(member) if ipset is not None else None
+
+        for op in applied:
+            if isinstance(op, ops.AddSetMember) and op.set_name in owned_sets:
+                old = comment(op.set_name, op.member)
+                if old is not None:
+                    change(old, -1)
+                change(op.comment, 1)
+                written[(op.set_name, op.member)] = op.comment
+            elif isinstance(op, ops.DeleteSetMember) and op.set_name in owned_sets:
+                old = comment(op.set_name, op.member)
+                if old is not None:
+                    change(old, -1)
+                written[(op.set_name, op.member)] = None
+            elif isinstance(op, (ops.CreateSet, ops.DestroySet)):
+                self._owners_of = None  # rare: count again when needed
+                return
 
     @property
     def pending(self) -> bool:
@@ -607,7 +683,11 @@ class Reconciler:
             try:
                 # In place, costing what the change wrote: the cached state is the reconciler's own
                 # copy (owned_copy at each full read), never a copy of all of it per change.
+                if self._owners_of is self.observed:
+                    self._count_owners(outcome.applied)
+                counted = self._owners_of is self.observed
                 self.observed = apply_in_place(self.observed, outcome.applied, lambda service: gone_with.get(service, ()))
+                self._owners_of = self.observed if counted else None
             except (KernelRefused, KeyError):  # the cache no longer matches what the kernel accepted: read it again
                 self.observed = None
             else:

@@ -1,0 +1,114 @@
+"""The folder source's changes (take_changes) keep a copy equal to what it declares whole.
+
+Any sequence of writes, rewrites, invalid contents, duplicates across files and removals,
+polled with a fake clock: the objects handed over as changes, applied to a mirror, equal
+`services()` after every poll, in its order; `held()` is what the whole-folder rule gives;
+the duplicate reports name the ignored copies. This is what lets the host agent hand the
+node reconciler only what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import SEED
+from vsop.folder import FolderSource
+
+FILES = ["a.yaml", "b.yaml", "sub/c.yaml", "sub/d.yml", "sub-x.yaml"]  # "sub-x" sorts before "sub/" as text, after as a path
+
+
+def document(name: str, vip: int) -> dict[str, Any]:
+    data = json.loads(json.dumps(SEED))
+    data["metadata"]["name"] = name
+    data["spec"]["vip"] = f"169.254.11.{vip}"
+    return data
+
+
+content = st.one_of(
+    st.lists(st.tuples(st.sampled_from(["web", "api", "db"]), st.integers(1, 3)), min_size=1, max_size=2).map(
+        lambda docs: yaml.safe_dump_all([document(name, vip) for name, vip in docs])
+    ),
+    st.just("kind: VirtualService\nmetadata: {name: web}\nspec: {vip: nonsense}\n"),  # invalid, names web
+    st.just("not: a virtual service\n"),
+    st.just(""),
+)
+step = st.one_of(
+    st.tuples(st.just("write"), st.sampled_from(FILES), content),
+    st.tuples(st.just("remove"), st.sampled_from(FILES)),
+    st.tuples(st.just("wait"), st.sampled_from([0.3, 1.0, 2.0])),
+)
+
+
+def whole_held(source: FolderSource) -> tuple[frozenset[str], bool]:
+    """The rule over every file, as the source applied it before it looked at problem paths only."""
+    usable = {vs.ref for vs in source.services()}
+    owners: set[str] = set()
+    unknown = bool(source.folder_errors)
+    for path, state in source.files.items():
+        if state.pending or (state.error is not None and not state.services):
+            owners |= {ref for ref in state.names if source.served.get(ref) == path}
+            if state.pending or not state.names:
+                unknown = True
+    return frozenset(owners - usable), unknown
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@example(steps=[("write", "sub-x.yaml", yaml.safe_dump(document("web", 1))), ("write", "sub/c.yaml", yaml.safe_dump(document("api", 2))), ("wait", 2.0)])
+@given(steps=st.lists(step, min_size=1, max_size=16))
+def test_changes_keep_a_mirror_equal_to_the_whole_folder(steps: list[Any]) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="vsop-folder-"))
+    try:
+        (folder / "sub").mkdir()
+        now = [100.0]
+        source = FolderSource(folder, settle_seconds=1.0, clock=lambda: now[0])
+        mirror: dict[str, Any] = {}
+        positions: dict[str, Any] = {}
+        mtime = 1_000_000_000
+        for action in steps:
+            if action[0] == "write":
+                path = folder / action[1]
+                path.write_text(action[2])
+                mtime += 1  # a distinct mtime per write, as a real clock would give
+                os.utime(path, ns=(mtime * 10**9, mtime * 10**9))
+            elif action[0] == "remove":
+                (folder / action[1]).unlink(missing_ok=True)
+            else:
+                now[0] += action[1]
+            source.poll()
+            changed, order = source.take_changes()
+            for ref, vs in changed.items():
+                if vs is None:
+                    mirror.pop(ref, None)
+                    positions.pop(ref, None)
+                else:
+                    mirror[ref] = vs
+                    positions[ref] = order[ref]
+            whole: dict[str, Any] = {}
+            for vs in source.services():
+                whole.setdefault(vs.ref, vs)
+            assert mirror == whole
+            assert sorted(mirror, key=lambda ref: positions[ref]) == list(whole)
+            held = source.held()
+            assert (held.owners, held.unknown) == whole_held(source)
+            if held.unknown:
+                assert held.known >= {vs.ref for vs in source.services()}
+            for path, message in source.duplicates.items():
+                assert path in source.files and "is ignored" in message
+            served = {ref: path for ref, path in source.served.items()}
+            claims: dict[str, list[Path]] = {}
+            for path, state in sorted(source.files.items()):
+                for ref in state.names | {vs.ref for vs in state.services}:
+                    claims.setdefault(ref, []).append(path)
+            assert set(served) == set(claims) and all(served[ref] in paths for ref, paths in claims.items())
+            assert set(source.duplicates) == {p for ref, paths in claims.items() for p in paths if p != served[ref]}
+    finally:
+        shutil.rmtree(folder)
