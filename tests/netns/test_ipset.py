@@ -83,3 +83,15 @@ def test_a_failure_names_the_kernels_reason(ipset_adapter: IPSetKernel):
         ipset_adapter.apply([duplicate, duplicate])
     assert failed.value.op == duplicate
     assert "already exists" in failed.value.reason
+
+
+def test_an_unchanged_set_reads_as_the_same_object_and_a_hand_made_change_is_seen(ipset_adapter: IPSetKernel):
+    """The adapter reuses its last parse only when `ipset save` prints the very same text."""
+    name = vip_ports_set(4)
+    ipset_adapter.apply(create_ops(4) + [ops.AddSetMember(name, m, OWNER) for m in MEMBERS[4]])
+    first = ipset_adapter.read(frozenset({name}))[name]
+    assert ipset_adapter.read(frozenset({name}))[name] is first
+    ipset("del", name, MEMBERS[4][0])
+    ipset("add", name, f"{VIP[4]},udp:9", "comment", OWNER)  # same count, other member: drift
+    changed = ipset_adapter.read(frozenset({name}))[name]
+    assert changed.members == {**{m: OWNER for m in MEMBERS[4][1:]}, f"{VIP[4]},udp:9": OWNER}

@@ -41,6 +41,9 @@ class IPSetKernel:
     def __init__(self, binary: str = "ipset", *, timeout_seconds: float = 120.0):
         self._binary = binary
         self._timeout = timeout_seconds
+        # Each set's last `ipset save` text and what was parsed from it: the same text next
+        # time returns the same object (callers never mutate what a read returns).
+        self._last: dict[str, tuple[str, IPSet | None]] = {}
 
     def read(self, names: frozenset[str]) -> dict[str, IPSet]:
         # `ipset list -n` prints names only, cheap however big the foreign sets are; then
@@ -55,7 +58,12 @@ class IPSetKernel:
                 if _MISSING_SET in result.stderr:
                     continue  # destroyed since it was listed
                 raise IPSetReadFailed(f"ipset save {name}: {_first_line(result.stderr)}")
-            parsed = parse_save(result.stdout).get(name)
+            last = self._last.get(name)
+            if last is not None and last[0] == result.stdout:
+                parsed = last[1]
+            else:
+                parsed = parse_save(result.stdout).get(name)
+                self._last[name] = (result.stdout, parsed)
             if parsed is not None:
                 found[name] = parsed
         return found

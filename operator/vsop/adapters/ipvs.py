@@ -266,7 +266,9 @@ def _proc_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if host.startswith("["):
         return str(ipaddress.IPv6Address(host[1:-1])), int(port, 16)
-    return str(ipaddress.IPv4Address(int(host, 16))), int(port, 16)
+    # The hex digits are the address in network order (ntohl, "%08X"); inet_ntop spells it
+    # as ipaddress does, at a fraction of the cost.
+    return socket.inet_ntop(socket.AF_INET, bytes.fromhex(host)), int(port, 16)
 
 
 def parse_proc_ip_vs(text: str) -> dict[RealServerKey, RealServer]:
@@ -278,6 +280,7 @@ def parse_proc_ip_vs(text: str) -> dict[RealServerKey, RealServer]:
     """
     found: dict[RealServerKey, RealServer] = {}
     service: ServiceKey | None = None
+    backends: dict[str, tuple[str, int]] = {}  # the same few real servers recur under many services
     for line in text.splitlines()[3:]:
         words = line.split()
         if not words:
@@ -285,7 +288,10 @@ def parse_proc_ip_vs(text: str) -> dict[RealServerKey, RealServer]:
         if words[0] == "->":
             if service is None or len(words) < 6:
                 continue
-            address, port = _proc_address(words[1])
+            where = backends.get(words[1])
+            if where is None:
+                where = backends[words[1]] = _proc_address(words[1])
+            address, port = where
             key = RealServerKey(service, address, port)
             found[key] = RealServer(
                 key,
@@ -333,6 +339,11 @@ class IPVSKernel:
         # /proc/net/ip_vs lists every real server of every service in one read, but only
         # for the namespace of the thread reading it: used when that is the socket's.
         self._proc_netns = None if netns else _thread_netns()
+        # The last read's raw bytes and what was parsed from them: a read that finds the same
+        # bytes returns the same objects (an unchanged table costs the dump, not the parse;
+        # callers never mutate what a read returns).
+        self._last_services: tuple[bytes, dict[ServiceKey, VirtualServer]] | None = None
+        self._last_proc: tuple[str, dict[ServiceKey, VirtualServer], dict[RealServerKey, RealServer]] | None = None
 
     def close(self) -> None:
         self._pipe.close()
@@ -360,12 +371,18 @@ class IPVSKernel:
 
     def read(self) -> tuple[dict[ServiceKey, VirtualServer], dict[RealServerKey, RealServer]]:
         family = self.family_id
-        services: dict[ServiceKey, VirtualServer] = {}
-        for payload in self._pipe.dump(family, _genl(_ipvs.IPVS_CMD_GET_SERVICE, b"")):
-            where = _top_attr(payload, _CMD_ATTR_SERVICE)
-            parsed = _parse_service(payload, *where) if where is not None else None
-            if parsed is not None:
-                services[parsed[0]] = parsed[1]
+        payloads = self._pipe.dump(family, _genl(_ipvs.IPVS_CMD_GET_SERVICE, b""))
+        raw = b"".join(payloads)
+        if self._last_services is not None and self._last_services[0] == raw:
+            services = self._last_services[1]
+        else:
+            services = {}
+            for payload in payloads:
+                where = _top_attr(payload, _CMD_ATTR_SERVICE)
+                parsed = _parse_service(payload, *where) if where is not None else None
+                if parsed is not None:
+                    services[parsed[0]] = parsed[1]
+            self._last_services = (raw, services)
         return services, self._all_real_servers(services)
 
     def _all_real_servers(self, services: dict[ServiceKey, VirtualServer]) -> dict[RealServerKey, RealServer]:
@@ -382,8 +399,13 @@ class IPVSKernel:
             except OSError:
                 self._proc_netns = None  # not readable here: netlink from now on
             else:
+                last = self._last_proc
+                if last is not None and last[0] == text and last[1] is services:
+                    return last[2]
                 found = parse_proc_ip_vs(text)
-                return {k: v for k, v in found.items() if k.service in services}
+                found = {k: v for k, v in found.items() if k.service in services}
+                self._last_proc = (text, services, found)
+                return found
         return self.read_real_servers(services)
 
     def read_real_servers(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, RealServer]:

@@ -93,6 +93,9 @@ class LinkKernel:
         self.batch = batch
         self._pipe = NetlinkPipe(NETLINK_ROUTE, netns)
         self._iproute: IPRoute | None = None
+        # The last address dump's raw bytes (with the link's index) and its parse: the same
+        # bytes return the same sets (callers never mutate what a read returns).
+        self._last: tuple[int | None, bytes, frozenset[str], frozenset[str]] | None = None
 
     @property
     def _ipr(self) -> IPRoute:
@@ -153,7 +156,12 @@ class LinkKernel:
         state = LinkState(link, up=bool(found[1] & IFF_UP)) if found else None
         own: set[str] = set()
         others: set[str] = set()
-        for payload in self._pipe.dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        payloads = self._pipe.dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+        raw = b"".join(payloads)
+        last = self._last
+        if last is not None and last[0] == index and last[1] == raw:
+            return state, last[2], last[3]
+        for payload in payloads:
             family, prefixlen, _flags, _scope, ifindex = _IFADDRMSG.unpack_from(payload)
             if family not in (socket.AF_INET, socket.AF_INET6):
                 continue
@@ -172,7 +180,8 @@ class LinkKernel:
                 own.add(f"{ip}/{prefixlen}")
             else:
                 others.add(ip)
-        return state, frozenset(own), frozenset(others)
+        self._last = (index, raw, frozenset(own), frozenset(others))
+        return state, self._last[2], self._last[3]
 
     # --- writing ---
 
