@@ -119,3 +119,25 @@ def test_netlink_and_restore_leave_the_same_set(ipset_adapter: IPSetKernel):
     ipset_adapter.apply([ops.DestroySet(name) for name in names])
     IPSetKernel(netlink_from=1).apply(create_ops(4) + create_ops(6) + members)
     assert saved() == by_restore
+
+
+def test_the_netlink_listing_reads_what_ipset_save_prints():
+    """Both readers give the same sets, whatever was put in them by hand (odd ones fall back to the command)."""
+    ipset("create", vip_ports_set(4), "hash:ip,port", "family", "inet", "comment")
+    ipset("create", vip_ports_set(6), "hash:ip,port", "family", "inet6", "comment")
+    ipset("create", vips_set(4), "hash:ip", "family", "inet")  # no comment extension
+    ipset("create", vips_set(6), "hash:ip", "family", "inet6", "comment", "timeout", "600")
+    for member in (f"{VIP[4]},tcp:80", f"{VIP[4]},udp:53", f"{VIP[4]},sctp:9", f"{VIP[4]},tcp:0", f"{VIP[4]},udp:65535"):
+        ipset("add", vip_ports_set(4), member, "comment", OWNER)
+    ipset("add", vip_ports_set(6), "fd00:0:0::a,tcp:443", "comment", "ns/other")
+    ipset("add", vip_ports_set(6), "fd00::b,udp:53")
+    ipset("add", vips_set(4), VIP[4])
+    ipset("add", vips_set(6), "fd00::a", "comment", OWNER)
+    names = Names().owned_set_names()
+    by_listing, by_save = IPSetKernel().read(names), IPSetKernel(netlink_from=None).read(names)
+    assert by_listing == by_save
+    assert by_listing[vip_ports_set(6)].members == {"fd00::a,tcp:443": "ns/other", "fd00::b,udp:53": ""}
+    assert not by_listing[vips_set(4)].comments and by_listing[vip_ports_set(4)].comments
+    ipset("add", vip_ports_set(4), f"{VIP[4]},icmp:echo-request")  # ipset spells ICMP types by name: the command reads it
+    assert IPSetKernel().read(names) == IPSetKernel(netlink_from=None).read(names)
+    assert f"{VIP[4]},icmp:echo-request" in IPSetKernel().read(names)[vip_ports_set(4)].members
