@@ -115,10 +115,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from vsop.doctor import doctor, doctor_text
-    from vsop.facts_live import gather
+    from vsop.facts_live import NETSTAT_WINDOW_SECONDS, gather
 
     keys = [_target(text, f"VIP:PORT {text}") for text in args.targets]
-    facts = gather(keys, status_file=args.status_file, store=args.store)
+    facts = gather(keys, status_file=args.status_file, store=args.store, netstat_window=NETSTAT_WINDOW_SECONDS)
     report = doctor(facts, keys)
     if args.output == "json":
         json.dump(report, sys.stdout, indent=2)

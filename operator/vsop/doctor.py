@@ -154,19 +154,40 @@ def check_rp_filter(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
             interface = name[len("net.ipv4.conf."):-len(".rp_filter")]
             if interface != "lo" and max(every, int(value or 0)) == 1:  # the kernel uses the higher of all and the interface
                 strict.append(interface)
-    dropped = facts.netstat.get("TcpExt.IPReversePathFilter", 0)
+    # TcpExt.IPReversePathFilter counts since boot: only its growth between two readings says
+    # packets are dropped now; the total alone may be a long-gone client or other traffic.
+    counter = "TcpExt.IPReversePathFilter"
+    since_boot = facts.netstat.get(counter, 0)
+    earlier = facts.netstat_earlier
+    now = since_boot - earlier.get(counter, since_boot) if earlier is not None else None
+    fix = ["sysctl -w net.ipv4.conf.all.rp_filter=2"]
+    setting = "2 (loose) accepts a packet when any route leads back to its source; the higher of all and the interface applies"
+    where = f"strict reverse path filtering (rp_filter=1) on {', '.join(strict)}"
     if not strict:
         yield Finding("sysctl.rp_filter", PASS, "no interface filters reverse paths strictly")
-    elif dropped:
+    elif now:
         yield Finding(
             "sysctl.rp_filter", FAIL,
-            f"strict reverse path filtering (rp_filter=1) on {', '.join(strict)}, and the kernel dropped {dropped} packet(s) "
-            "for it: a client whose packets arrive on another interface than the route back to it is silently dropped",
-            fix=["sysctl -w net.ipv4.conf.all.rp_filter=2"],
-            setting="2 (loose) accepts a packet when any route leads back to its source; the higher of all and the interface applies",
+            f"{where}, and the kernel dropped {now} packet(s) for it in the {facts.netstat_seconds:.1f} s this check watched "
+            f"({since_boot} since boot): a client whose packets arrive on another interface than the route back to it is silently dropped",
+            fix=fix, setting=setting,
+        )
+    elif since_boot and now is None:
+        yield Finding(
+            "sysctl.rp_filter", FAIL,
+            f"{where}, and the kernel dropped {since_boot} packet(s) for it since boot (one reading: not necessarily now): "
+            "a client whose packets arrive on another interface than the route back to it is silently dropped",
+            fix=fix, setting=setting,
+        )
+    elif since_boot:
+        yield Finding(
+            "sysctl.rp_filter", WARN,
+            f"{where}: the kernel dropped {since_boot} packet(s) for it since boot, none in the {facts.netstat_seconds:.1f} s this "
+            "check watched; run vsop doctor again while a client tries to connect to tell whether it is this VIP's",
+            fix=fix, setting=setting,
         )
     else:
-        yield Finding("sysctl.rp_filter", PASS, f"strict rp_filter on {', '.join(strict)}, but no packet was dropped for it")
+        yield Finding("sysctl.rp_filter", PASS, f"strict rp_filter on {', '.join(strict)}, but no packet was dropped for it since boot")
 
 
 def check_link(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:

@@ -122,6 +122,9 @@ class Facts:
     conntrack_error: str = ""  # the conntrack tool is missing, or failed
     sysctls: Mapping[str, str] = field(default_factory=dict)  # beyond observed.sysctls: rp_filter per interface...
     netstat: Mapping[str, int] = field(default_factory=dict)  # TcpExt / IpExt counters of /proc/net/netstat
+    # The same counters read `netstat_seconds` earlier: since-boot counters only mean "now" as a difference.
+    netstat_earlier: Mapping[str, int] | None = None
+    netstat_seconds: float = 0.0
     agent: Mapping[str, Any] | None = None  # the host agent's status file, "stale" added when its pid is gone
     agent_status_file: str = ""
     kernel_version: tuple[int, int] | None = None

@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from vsop.core.state import KernelState, Names, ServiceKey
 from vsop.facts import ConntrackEntry, Facts, Interface, Route, parse_addresses, parse_conntrack, parse_netstat, parse_route, parse_save_counters
@@ -211,6 +211,20 @@ def load_desired(directory: str | None, names: Names, kernel_version: tuple[int,
     return desired.state, directory, []
 
 
+NETSTAT_WINDOW_SECONDS = 2.0  # a client's SYN retries (1 s, then 2 s) fall into it
+
+
+def _read_netstat() -> dict[str, int] | None:
+    try:
+        return parse_netstat(Path("/proc/net/netstat").read_text())
+    except OSError:
+        return None
+
+
+def _strict_rp_filter(sysctls: Mapping[str, str]) -> bool:
+    return any(name.startswith("net.ipv4.conf.") and name.endswith(".rp_filter") and value == "1" for name, value in sysctls.items())
+
+
 def gather(
     targets: Sequence[ServiceKey] = (),
     *,
@@ -218,8 +232,12 @@ def gather(
     status_file: str = DEFAULT_STATUS_FILE,
     store: str | None = None,
     with_conntrack: bool = True,
+    netstat_window: float = 0.0,
 ) -> Facts:
-    """Read everything explain and doctor need from this host; what fails is noted in `errors`."""
+    """Read everything explain and doctor need from this host; what fails is noted in `errors`.
+
+    /proc/net/netstat is read at the start and at the end, at least `netstat_window`
+    seconds apart when some interface filters reverse paths strictly (doctor's drop check)."""
     from vsop.adapters.ipset import IPSetKernel
     from vsop.adapters.iptables import IPTablesKernel
     from vsop.adapters.ipvs import IPVSKernel
@@ -230,6 +248,7 @@ def gather(
 
     errors: list[str] = []
     facts = Facts(names=names, kernel_version=running_kernel_version())
+    earlier, earlier_at = _read_netstat(), time.monotonic()
     link = None
     addresses: frozenset[str] = frozenset()
     node_addresses: frozenset[str] = frozenset()
@@ -287,10 +306,14 @@ def gather(
         entries, facts.conntrack_error = read_conntrack(keys)
         facts.conntrack = tuple(entries)
     facts.sysctls = read_sysctls()
-    try:
-        facts.netstat = parse_netstat(Path("/proc/net/netstat").read_text())
-    except OSError:
-        pass
+    if earlier is not None and _strict_rp_filter(facts.sysctls):
+        # The drop counter counts since boot: only its growth while we watch says packets die now.
+        time.sleep(max(0.0, netstat_window - (time.monotonic() - earlier_at)))
+    later = _read_netstat()
+    if later is not None:
+        facts.netstat = later
+        if earlier is not None:
+            facts.netstat_earlier, facts.netstat_seconds = earlier, time.monotonic() - earlier_at
     facts.agent = read_agent(status_file)
     facts.agent_status_file = status_file
     facts.modules = read_modules()

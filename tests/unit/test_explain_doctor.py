@@ -375,3 +375,22 @@ def test_an_ipv6_vip_is_explained_and_checked_with_ip6tables() -> None:
     facts.rules = parse_save_counters(save_text(replace(state, jumps=frozenset(j for j in state.jumps if j.chain != "OUTPUT")), family=6), 6)
     found = failing(doctor(facts))
     assert [f["fix"] for f in found] == [['ip6tables -t nat -I OUTPUT -m comment --comment "vsop: VIP services" -j VSOP-SERVICES']]
+
+
+def test_rp_filter_drops_are_judged_by_two_readings_not_the_since_boot_total() -> None:
+    def rp_filter(earlier: int | None, now: int) -> dict:
+        facts = healthy()  # eth0 filters strictly
+        facts.netstat = {"TcpExt.IPReversePathFilter": now}
+        facts.netstat_earlier = None if earlier is None else {"TcpExt.IPReversePathFilter": earlier}
+        facts.netstat_seconds = 2.0
+        report = doctor(facts)
+        [finding] = [f for f in report["findings"] if f["check"] == "sysctl.rp_filter"]
+        return finding
+
+    growing = rp_filter(1, 4)
+    assert growing["status"] == "fail" and "dropped 3 packet(s) for it in the 2.0 s this check watched (4 since boot)" in growing["message"]
+    old = rp_filter(4, 4)  # drops long ago (or of other traffic): not proof that this VIP is hit now
+    assert old["status"] == "warn" and "4 packet(s) for it since boot, none in the 2.0 s" in old["message"] and old["fix"]
+    single = rp_filter(None, 4)
+    assert single["status"] == "fail" and "since boot (one reading: not necessarily now)" in single["message"]
+    assert rp_filter(0, 0)["status"] == "pass" and "since boot" in rp_filter(0, 0)["message"]
