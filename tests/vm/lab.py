@@ -13,12 +13,16 @@ UDP echo on 5353 (in-process threads, answering "<name>:<data>").
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
@@ -158,3 +162,98 @@ def connect(netns: Netns, host: str, port: int, timeout: float = 5) -> socket.so
         conn.close()
         raise
     return conn
+
+
+# --- helpers several vm test files share -----------------------------------------------------
+
+VSOP = str(Path(sys.executable).parent / "vsop")  # the console script, as a service manager runs it
+STARTUP_TIMEOUT = 120  # python imports are slow under software emulation
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1) -> float:
+    """Poll until check() is truthy (an OSError counts as not yet); return the seconds it took."""
+    started = time.monotonic()
+    while True:
+        try:
+            if check():
+                return time.monotonic() - started
+        except OSError:
+            pass
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class AgentProcess:
+    """`vsop agent ARGS` as a process (optionally behind `prefix`, e.g. setpriv), started and stopped by a test."""
+
+    def __init__(self, workdir: Path, *args: str, prefix: list[str] | None = None, resync_seconds: float = 30):
+        self.args = list(args)
+        self.prefix = prefix or []
+        self.resync_seconds = resync_seconds
+        self.status_file = workdir / "agent.json"
+        self.log = workdir / "agent.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start it and wait for its first sync; a timeout shows its exit code and log."""
+        self.status_file.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [*self.prefix, VSOP, "agent", *self.args, "--poll-seconds", "0.2", "--resync-seconds", str(self.resync_seconds),
+             "--status-file", str(self.status_file), "-v"],
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), start_new_session=True,
+        )
+        try:
+            wait_for("the agent's first sync", lambda: self.status().get("lastSync", {}).get("at"), STARTUP_TIMEOUT, 0.5)
+        except AssertionError as exc:
+            log = "\n".join(line for line in self.log.read_text().splitlines() if "pyroute2" not in line)[-3000:]
+            raise AssertionError(f"{exc}; agent exit code {self.process.poll()}; its log:\n{log}") from None
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=60)
+        self.process = None
+
+
+@contextlib.contextmanager
+def udp_asker(netns: Netns, source_port: int, host: str = VIP, port: int = 53) -> Iterator[Callable[[], str | None]]:
+    """ask() sends from one fixed source port in `netns` (one conntrack entry throughout) and
+    returns the name of the backend that answered, or None after 0.2 s."""
+    with netns.entered():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        sock.bind(("0.0.0.0", source_port))
+        sock.settimeout(0.2)
+
+        def ask() -> str | None:
+            sock.sendto(b"q", (host, port))
+            try:
+                return sock.recvfrom(4096)[0].decode().split(":")[0]
+            except socket.timeout:
+                return None
+
+        yield ask
+
+
+def ipv6_client_and_backends(pool: Namespaces, tmp_path: Path, prefix: str, name: str) -> tuple[Netns, list[dict[str, str]]]:
+    """An IPv6 client ns `{name}c` routed through the node on {prefix}:9::/64 and two backends
+    `{name}b1`, `{name}b2` on {prefix}:1::/64 and {prefix}:2::/64 without a default route (their
+    answers come back only masqueraded), serving HTTP on 8080 ("v6-1", "v6-2"). Returns the client
+    and the backends as a VirtualService lists them."""
+    client = pool.add(f"{name}c")
+    veth(None, f"{prefix}:9::1/64", client, f"{prefix}:9::2/64")
+    client.run("ip", "-6", "route", "add", "default", "via", f"{prefix}:9::1")
+    backends = []
+    for index in (1, 2):
+        backend = pool.add(f"{name}b{index}")
+        veth(None, f"{prefix}:{index}::1/64", backend, f"{prefix}:{index}::2/64")  # no default route
+        start_http_server(backend, tmp_path / f"www6-{index}", port=8080, body=f"v6-{index}")
+        backends.append({"address": f"{prefix}:{index}::2"})
+    return client, backends

@@ -7,16 +7,11 @@ removal, UDP failover) are printed for the record.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -25,12 +20,9 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import http_get, run, start_http_server  # noqa: E402
-from tests.vm.lab import BACKENDS, VIP, clean_node, connect, echo, lab, manifest  # noqa: E402,F401
+from tests.vm.lab import BACKENDS, VIP, AgentProcess, clean_node, connect, echo, lab, manifest, udp_asker, wait_for  # noqa: E402,F401
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
-
-VSOP = str(Path(sys.executable).parent / "vsop")
-STARTUP_TIMEOUT = 120  # python imports are slow under software emulation
 
 
 def record(capsys: pytest.CaptureFixture[str], text: str) -> None:
@@ -40,48 +32,12 @@ def record(capsys: pytest.CaptureFixture[str], text: str) -> None:
         out.write(text + "\n")
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1) -> float:
-    """Poll until check() is truthy; return the seconds it took."""
-    started = time.monotonic()
-    while True:
-        try:
-            if check():
-                return time.monotonic() - started
-        except OSError:
-            pass
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+class Agent(AgentProcess):
+    """The host agent following a folder (--from)."""
 
-
-class Agent:
     def __init__(self, directory: Path, workdir: Path, resync_seconds: float = 30):
+        super().__init__(workdir, "--from", str(directory), resync_seconds=resync_seconds)
         self.directory = directory
-        self.resync_seconds = resync_seconds
-        self.status_file = workdir / "agent.json"
-        self.log = workdir / "agent.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.status_file.unlink(missing_ok=True)
-        self.process = subprocess.Popen(
-            [VSOP, "agent", "--from", str(self.directory), "--poll-seconds", "0.2", "--resync-seconds", str(self.resync_seconds),
-             "--status-file", str(self.status_file), "-v"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), start_new_session=True,
-        )
-        wait_for("the agent's first sync", lambda: self.status().get("lastSync", {}).get("at"), STARTUP_TIMEOUT, 0.5)
-
-    def status(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.status_file.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
-        self.process = None
 
 
 @pytest.fixture
@@ -184,19 +140,7 @@ def test_udp_client_on_a_fixed_port_moves_to_a_live_backend(lab, agent, tmp_path
     ports = [{"port": 53, "protocol": "UDP", "targetPort": 5353}]
     manifest(agent.directory, "dns", ports=ports)
     agent.start()
-    with client.entered():
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with sock:
-        sock.bind(("0.0.0.0", 40053))
-        sock.settimeout(0.2)
-
-        def ask() -> str | None:
-            sock.sendto(b"q", (VIP, 53))
-            try:
-                return sock.recvfrom(4096)[0].decode().split(":")[0]
-            except socket.timeout:
-                return None
-
+    with udp_asker(client, 40053) as ask:
         current = next(filter(None, (ask() for _ in range(50))))
         other = next(name for name in BACKENDS if name != current)
         manifest(agent.directory, "dns", ports=ports, backends=[{"address": BACKENDS[other]}])

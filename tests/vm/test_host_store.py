@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 import yaml
@@ -29,32 +28,17 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import http_get, run  # noqa: E402
-from tests.vm.lab import BACKENDS, VIP, apply, clean_node, lab, manifest, vsop  # noqa: E402,F401
+from tests.vm.lab import BACKENDS, VIP, VSOP, AgentProcess, apply, clean_node, lab, manifest, vsop, wait_for  # noqa: E402,F401
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
 
-VSOP = str(Path(sys.executable).parent / "vsop")
 API_VIP = "169.254.11.3"
-STARTUP_TIMEOUT = 120
 # Root reads any file whatever its mode; without these two capabilities it cannot, like any user.
 NO_DAC = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"]
 
 
 def answers_from(vip: str, client) -> str:  # type: ignore[no-untyped-def]
     return http_get(vip, netns=client, timeout=3).strip()
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def kernel_snapshot() -> dict[str, str]:
@@ -72,38 +56,8 @@ def vips_in_kernel() -> set[str]:
     return {line.split()[3].split("/")[0] for line in out.splitlines() if " inet " in line}
 
 
-class Agent:
-    def __init__(self, workdir: Path, *args: str, prefix: list[str] | None = None):
-        self.args = list(args)
-        self.prefix = prefix or []
-        self.status_file = workdir / "agent.json"
-        self.log = workdir / "agent.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.status_file.unlink(missing_ok=True)
-        self.process = subprocess.Popen(
-            [*self.prefix, VSOP, "agent", *self.args, "--poll-seconds", "0.2", "--resync-seconds", "30",
-             "--status-file", str(self.status_file), "-v"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), start_new_session=True,
-        )
-        try:
-            wait_for("the agent's first sync", lambda: self.status().get("lastSync", {}).get("at"), STARTUP_TIMEOUT, 0.5)
-        except AssertionError as exc:
-            log = "\n".join(line for line in self.log.read_text().splitlines() if "pyroute2" not in line)[-3000:]
-            raise AssertionError(f"{exc}; agent exit code {self.process.poll()}; its log:\n{log}") from None
-
-    def status(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.status_file.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
-        self.process = None
+class Agent(AgentProcess):
+    """The host agent as the store's users run it (its args, e.g. --from DIR, or none: the store)."""
 
     def deletions(self) -> list[str]:
         """Log lines of syncs that deleted something."""

@@ -19,7 +19,7 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import Namespaces, http_get, run, start_http_server, veth  # noqa: E402
-from tests.vm.lab import VIP, answers, apply, clean_node, lab, manifest, vsop  # noqa: E402,F401
+from tests.vm.lab import VIP, answers, apply, clean_node, ipv6_client_and_backends, lab, manifest, vsop  # noqa: E402,F401
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
 
@@ -61,15 +61,7 @@ def test_forward_policy_drop_ipv4_remote_and_local_clients(lab, forward_drop, tm
 def test_forward_policy_drop_ipv6_remote_and_local_clients(forward_drop, tmp_path, capsys) -> None:
     pool = Namespaces()
     try:
-        client = pool.add("fc6")
-        veth(None, "fd00:201:9::1/64", client, "fd00:201:9::2/64")
-        client.run("ip", "-6", "route", "add", "default", "via", "fd00:201:9::1")
-        backends = []
-        for index in (1, 2):
-            backend = pool.add(f"fb6{index}")
-            veth(None, f"fd00:201:{index}::1/64", backend, f"fd00:201:{index}::2/64")  # no default route
-            start_http_server(backend, tmp_path / f"www6-{index}", port=8080, body=f"v6-{index}")
-            backends.append({"address": f"fd00:201:{index}::2"})
+        client, backends = ipv6_client_and_backends(pool, tmp_path, "fd00:201", "f6")
         apply(capsys, manifest(tmp_path, "web6", vip="fd00:12::2", backends=backends))
         for netns in (client, None):
             seen = [http_get("fd00:12::2", 80, netns=netns, timeout=5).strip() for _ in range(4)]

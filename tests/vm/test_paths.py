@@ -22,8 +22,8 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import Netns, http_get, run  # noqa: E402
-from tests.vm.lab import BACKENDS, VIP, apply, clean_node, lab, manifest  # noqa: E402,F401
-from tests.vm.test_agent import Agent, agent, record, wait_for, weight_of  # noqa: E402,F401
+from tests.vm.lab import BACKENDS, VIP, apply, clean_node, lab, manifest, udp_asker, wait_for  # noqa: E402,F401
+from tests.vm.test_agent import Agent, agent, record, weight_of  # noqa: E402,F401
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
 
@@ -124,19 +124,7 @@ def test_udp_client_on_a_fixed_port_survives_its_virtualservice_being_replaced(l
     ports = [{"port": 53, "protocol": "UDP", "targetPort": 5353}]
     old = Path(manifest(agent.directory, "dns-old", ports=ports, backends=[{"address": BACKENDS["be1"]}]))
     agent.start()
-    with lab["client"].entered():
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    with sock:
-        sock.bind(("0.0.0.0", 40054))  # one source port throughout: one conntrack entry
-        sock.settimeout(0.2)
-
-        def ask() -> str | None:
-            sock.sendto(b"q", (VIP, 53))
-            try:
-                return sock.recvfrom(4096)[0].decode().split(":")[0]
-            except socket.timeout:
-                return None
-
+    with udp_asker(lab["client"], 40054) as ask:  # one source port throughout: one conntrack entry
         assert next(filter(None, (ask() for _ in range(50)))) == "be1"
         # The whole object goes (its IPVS service with it), then another takes the same VIP:port.
         old.unlink()

@@ -33,6 +33,7 @@ from tests.vm.lab import (  # noqa: E402,F401
     apply,
     clean_node,
     connect,
+    ipv6_client_and_backends,
     echo,
     kinds,
     lab,
@@ -273,15 +274,7 @@ def test_ipv6_vip_round_robin_through_ip6tables_masquerade(tmp_path, capsys) -> 
     """An IPv6 VIP on vsop0 (/128), -V6 sets, ip6tables chains: backends without a route back answer."""
     pool = Namespaces()
     try:
-        client = pool.add("c6")
-        veth(None, "fd00:200:9::1/64", client, "fd00:200:9::2/64")
-        client.run("ip", "-6", "route", "add", "default", "via", "fd00:200:9::1")
-        backends = []
-        for index in (1, 2):
-            backend = pool.add(f"b6{index}")
-            veth(None, f"fd00:200:{index}::1/64", backend, f"fd00:200:{index}::2/64")  # no default route
-            start_http_server(backend, tmp_path / f"www6-{index}", port=8080, body=f"v6-{index}")
-            backends.append({"address": f"fd00:200:{index}::2"})
+        client, backends = ipv6_client_and_backends(pool, tmp_path, "fd00:200", "p6")
         apply(capsys, manifest(tmp_path, "web6", vip="fd00:11::2", backends=backends))
         assert "fd00:11::2/128" in run("ip", "-o", "-6", "addr", "show", "dev", "vsop0").stdout
         assert "VSOP-SERVICES" in run("ip6tables-save", "-t", "nat").stdout
