@@ -685,3 +685,13 @@ def test_long_names_get_a_short_stable_file_name(tmp_path: Path) -> None:
     assert confd == sorted(f for f in render_keepalived([ka(name), ka(other, vip="169.254.12.9")]).files if f.startswith("conf.d/"))
     written, _ = write_files(tmp_path, result.files, result.directories)
     assert all(path.exists() for path in written)
+
+
+def test_a_backend_on_another_objects_vip_is_left_out_as_the_agents_refuse_it() -> None:
+    target = ka("target", vip="10.9.0.1")
+    pointing = ka("pointing", vip="169.254.11.3", backends=[{"address": "10.9.0.1"}])
+    rendered = render_keepalived([target, pointing])
+    assert rendered.rendered == ("default/target",)
+    [problem] = rendered.problems
+    assert (problem.obj, problem.reason) == ("default/pointing", "BackendIsVIP")
+    assert problem.message == "spec.backends[0].address: 10.9.0.1 is the VIP of VirtualService default/target: a VIP cannot be a real server"

@@ -36,7 +36,7 @@ from vsop.errors import FieldError, InvalidInput
 from vsop.keepalived.servers import Service, services_of
 from vsop import output
 from vsop.loader import load_paths, problem_errors, read_stdin
-from vsop.model import INTERFACE_NAME, PROTOCOLS, SCHEDULERS, VirtualService
+from vsop.model import INTERFACE_NAME, PROTOCOLS, SCHEDULERS, VirtualService, backends_on_vips
 
 Layout = Literal["single", "confd"]
 LAYOUTS: tuple[Layout, ...] = ("single", "confd")
@@ -346,6 +346,10 @@ def render_keepalived(
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     password = Token(check_auth_password(auth_password), AUTH_PASS) if auth_password is not None else None
     known = {key: tuple(eps) for key, eps in endpoints.items()} if endpoints is not None else None
+    services = list(services)
+    vip_owners: dict[str, str] = {}
+    for vs in services:
+        vip_owners.setdefault(vs.spec.vip, vs.ref)
     winners, problems = resolve_conflicts(services)
     skipped: list[str] = []
     warnings: list[str] = []
@@ -360,6 +364,8 @@ def render_keepalived(
     for vs in candidates:
         if vs.spec.mode == "keepalived":
             problems.extend(_unsupported(vs))
+            # A real server on another object's VIP: refused as desired_state refuses it (the agents).
+            problems.extend(Problem(vs.ref, "BackendIsVIP", f"{path}: {reason}", owner) for path, reason, owner in backends_on_vips(vs, vip_owners)[:1])
     refused = {p.obj for p in problems}
     chosen = []
     for vs in candidates:
