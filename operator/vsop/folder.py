@@ -226,6 +226,30 @@ class FolderSource:
         served_changed = self._resolve_duplicates(touched)
         return bool(touched) or served_changed or self.folder_errors != errors_before
 
+    def settle_due(self) -> float | None:
+        """When the earliest file not yet stable will have been for settle_seconds (this source's clock)."""
+        seen = [self.files[path].seen_at for path in self._problems if self.files[path].pending]
+        return min(seen) + self.settle_seconds if seen else None
+
+    def recheck(self) -> bool:
+        """Look again at the files not yet stable, and only at them: a file is taken once it has
+        been the same for settle_seconds (the second look of the stability rule), without
+        waiting for the next poll of everything. Anything else (gone, unreadable) is left to
+        the next poll. True when the declared objects or holds changed."""
+        touched: set[Path] = set()
+        for path in sorted(p for p in self._problems if self.files[p].pending):
+            state = self.files[path]
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            before = _file_key(state)
+            self._look(path, state, (st.st_ino, st.st_size, st.st_mtime_ns))
+            if _file_key(state) != before:
+                touched.add(path)
+        served_changed = self._resolve_duplicates(touched)
+        return bool(touched) or served_changed
+
     def _look(self, path: Path, state: FileState, key: tuple[int, int, int]) -> None:
         try:
             content = path.read_bytes()

@@ -344,9 +344,22 @@ class HostAgent:
             return self.source.settling()
 
     async def _poll(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
+        # Every poll_seconds the whole folder (a stat per file); in between, a file that changed
+        # is looked at again as soon as it has been stable for the settle time, so a new file
+        # costs one poll of everything, not two.
+        next_poll = time.monotonic() + self.config.poll_seconds
         while not stop.is_set():
-            await asyncio.sleep(self.config.poll_seconds)
-            if self.poll():
+            with self.source_guard:
+                due = self.source.settle_due()
+            at = next_poll if due is None else min(next_poll, due)
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            if time.monotonic() >= next_poll:
+                changed = self.poll()
+                next_poll = time.monotonic() + self.config.poll_seconds
+            else:
+                with self.source_guard:
+                    changed = self.source.recheck()
+            if changed:
                 wake.set()  # the sync that follows writes the status file (pending files, errors)
 
 
