@@ -59,6 +59,25 @@ class NodeMetrics:
             "vsop_reconciles", "Reconciles of this node, by kind (incremental: only changed objects; full: the kernel read again; skipped: read, nothing of vsop's changed).",
             ["kind"], registry=r,
         )
+        # What the kernel holds of vsop's is counted when scraped, not at every reconcile:
+        # counting walks the whole state, and a change must cost what it changes.
+        self._observed: tuple[KernelState | None, Any] = (None, None)
+        self._counted: tuple[Any, tuple[int, int, int, int]] | None = None
+        self.vips.set_function(lambda: self._counts()[0])
+        self.virtual_servers.set_function(lambda: self._counts()[1])
+        self.real_servers.labels("active").set_function(lambda: self._counts()[2])
+        self.real_servers.labels("drained").set_function(lambda: self._counts()[3])
+
+    def _counts(self) -> tuple[int, int, int, int]:
+        """(VIPs bound, virtual services, active and drained real servers) of vsop's in the last state recorded; once per state."""
+        observed, names = self._observed
+        if self._counted is not None and self._counted[0] is observed:
+            return self._counted[1]
+        state = owned(observed, names) if observed is not None else KernelState()
+        active = sum(1 for rs in state.real_servers.values() if rs.weight > 0)
+        counts = (len(state.bound_vips()), len(state.services), active, len(state.real_servers) - active)
+        self._counted = (observed, counts)
+        return counts
 
     def record(self, outcome: Any, reconciler: Any) -> None:
         """One reconcile's figures (a vsop.node.reconciler Outcome, and its Reconciler): its result, duration and operations, and what the kernel now holds of vsop's."""
@@ -73,12 +92,10 @@ class NodeMetrics:
             self.errors.labels("kernel").inc()
         else:
             self.last_success.set(time.time())
+        # The reconciler replaces its cached state at each write (never changes it in place).
         observed = reconciler.observed if outcome.error is None else outcome.after
-        state = owned(observed, reconciler.names) if observed is not None else KernelState()
-        self.vips.set(len(state.bound_vips()))
-        self.virtual_servers.set(len(state.services))
-        self.real_servers.labels("active").set(sum(1 for rs in state.real_servers.values() if rs.weight > 0))
-        self.real_servers.labels("drained").set(sum(1 for rs in state.real_servers.values() if rs.weight == 0))
+        if observed is not None or outcome.error is not None:
+            self._observed = (observed, reconciler.names)
 
 
 class Probes:
