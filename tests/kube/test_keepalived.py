@@ -243,3 +243,22 @@ async def test_an_absent_vrrp_password_file_means_no_authentication(node_a: Clus
         entry = await until(lambda: node_entry(cluster, "static"), "the node status")
         assert entry["programmed"] is True and entry["message"] == ""
         assert "real_server 192.168.2.111 8080" in setup.conf("static") and len(setup.signaller.sent) == 1
+
+
+async def test_an_invalid_object_keeps_its_section_while_the_others_are_updated(node_a: Cluster, setup: Setup) -> None:
+    cluster = node_a
+    await cluster.vs("static", STATIC)
+    async with run_keepalived_agent(cluster, setup) as (agent, fake, _):
+        await until(lambda: "real_server 192.168.2.222 8080" in setup.conf("static"), "the object rendered")
+        section = setup.conf("static")
+        # Its new generation is invalid: keepalived keeps serving the old one, as the kernel does.
+        await cluster.patch(VS, "default", "static", {"spec": {"scheduler": "bogus"}})
+        await until(lambda: (node_entry(cluster, "static") or {}).get("message", "").startswith("InvalidSpec"), "reported invalid")
+        await cluster.vs("other", {**STATIC, "vip": "169.254.11.4"})
+        await until(lambda: "virtual_server 169.254.11.4 80" in setup.conf("other"), "another object rendered meanwhile")
+        assert setup.conf("static") == section
+        # A newcomer on the invalid object's port loses there, and is not rendered either.
+        await cluster.vs("thief", {**STATIC, "backends": [{"address": "192.168.2.9"}]})
+        await until(lambda: (node_entry(cluster, "thief") or {}).get("message", "").startswith("Conflict"), "the newcomer refused")
+        await resync(agent)
+        assert setup.conf("thief") == "" and setup.conf("static") == section

@@ -41,7 +41,7 @@ from vsop.checks import HealthChecker, Target
 from vsop.core.desired import Endpoint, Node, Problem
 from vsop.core.fragments import Fragment
 from vsop.core.health import HealthTracker
-from vsop.core.held import Held, parse_member
+from vsop.core.held import Held, held_owners, parse_member
 from vsop.core.plan import Plan
 from vsop.core.state import KernelState, Names, ServiceKey
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
@@ -620,7 +620,15 @@ class Agent:
         outcome = self._kernel_sync(full, cover_all)
         if outcome.error is not None or self.keepalived is None or not self.keepalived.wanted(services):
             return outcome, None
-        return outcome, self._keepalived_sync(services, node, endpoints, set(self.reconciler.programmed))
+        reconciler = self.reconciler
+        # An object declared but invalid keeps its conf.d section as it keeps its kernel state
+        # (core.held); an object refused for a held owner's ports is left out, as in the kernel.
+        keep = (
+            sorted(held_owners(reconciler.observed, reconciler.held, self.options.names, reconciler.programmed))
+            if reconciler.held and reconciler.observed is not None and self.keepalived.can_keep() else []
+        )
+        rendered = [vs for vs in services if vs.ref not in reconciler.held_problems]
+        return outcome, self._keepalived_sync(rendered, node, endpoints, set(reconciler.programmed), keep)
 
     def _keepalived_sync(
         self,
@@ -628,6 +636,7 @@ class Agent:
         node: Node,
         endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
         programmed: set[str],
+        keep: Sequence[str] = (),
     ) -> KeepalivedReport:
         """Blocking (`keepalived -t`, file writes, a signal): the keepalived writer, and what it means per object."""
         assert self.keepalived is not None
@@ -649,7 +658,7 @@ class Agent:
                         addresses[rs.key.address] = addresses.get(rs.key.address, False) or rs.weight > 0
                 report.backends[vs.ref] = (len(addresses), sum(addresses.values()))
         try:
-            result = writer.update(services, node=node, endpoints=endpoints, names=self.options.names)
+            result = writer.update(services, node=node, endpoints=endpoints, names=self.options.names, keep=keep)
         except OSError as exc:  # the writer reports its own failures; this is a last resort
             writer.last_error = {"at": time.time(), "stage": "write", "message": str(exc)}
             report.error = f"KeepalivedError: write: {exc}"
