@@ -254,7 +254,7 @@ def host_agent_figures(node: str, client: str, count: int, samples: int = 3) -> 
     for index in range(count):
         text = template.replace("name: s0\n", f"name: s{index}\n").replace(vip(0), vip(index))
         (folder / file_name(service(index).ref)).write_text(text)
-    config = AgentConfig(folder, NODE, status_file=folder.parent / f"{folder.name}.json", lock=None)
+    config = AgentConfig(folder, NODE, status_file=folder.parent / f"{folder.name}.json", lock=None, sweep_seconds=5.0)  # as `vsop agent`
     holder: dict[str, object] = {}
 
     def run() -> None:

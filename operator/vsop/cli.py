@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE", help="a label of this node; repeatable")
     p.add_argument("--resync-seconds", type=float, default=30.0, help="full resync period that repairs drift (default 30)")
     p.add_argument("--poll-seconds", type=float, default=1.0, help="how often the folder is checked for changes (default 1)")
+    p.add_argument("--sweep-seconds", type=float, default=5.0,
+                   help="how often every file is stat-ed; between sweeps a poll stats what its folder's listing says is new, "
+                        "so a write in place (same file, folder untouched) is seen within this (default 5; 0: every poll)")
     p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
     p.add_argument("--status-file", default="/run/vsop/agent.json", help="where the agent writes its state for `vsop show`")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
@@ -512,6 +515,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         node=_node(args),
         resync_seconds=args.resync_seconds,
         poll_seconds=args.poll_seconds,
+        sweep_seconds=args.sweep_seconds,
         status_file=Path(args.status_file) if args.status_file else None,
         keep_accept_ra=args.keep_accept_ra,
     )

@@ -112,6 +112,11 @@ class FolderSource:
     # content again; 0 takes what is there at once (a one-shot reader under the writer lock).
     settle_seconds: float = 1.0
     clock: Callable[[], float] = time.monotonic
+    # 0: every poll stats every file. More: between such sweeps a poll lists only the folders
+    # whose mtime moved, stats only the names new there (or with a new inode), symlinks and
+    # files not yet stable or invalid; a write in place (same name, same inode, the folder's
+    # mtime unchanged) is then seen at the next sweep, at most this long after.
+    sweep_seconds: float = 0.0
     files: dict[Path, FileState] = field(default_factory=dict)
     folder_errors: dict[Path, str] = field(default_factory=dict)
     served: dict[str, Path] = field(default_factory=dict)  # ref -> the path whose definition is served
@@ -125,6 +130,9 @@ class FolderSource:
     _lost: dict[Path, dict[str, str]] = field(default_factory=dict, repr=False)  # path -> ref -> why ignored
     _problems: set[Path] = field(default_factory=set, repr=False)  # paths pending, or invalid with nothing good
     _changed: set[str] = field(default_factory=set, repr=False)  # refs whose served object may differ (take_changes)
+    # folder -> ((inode, mtime_ns), trusted, name -> (d_ino, symlink, path, stat | why | None for a folder))
+    _listings: dict[Path, tuple[tuple[int, int], bool, dict[str, tuple[int, bool, Path, Any]]]] = field(default_factory=dict, repr=False)
+    _swept_at: float = float("-inf")
 
     # -- reading the folder ----------------------------------------------------------
 
@@ -140,34 +148,84 @@ class FolderSource:
         if not stat_module.S_ISDIR(top.st_mode):
             problems[self.directory] = "not a folder"
             return found, problems
-        pending = [self.directory]
+        now = self.clock()
+        sweep = self.sweep_seconds <= 0 or now - self._swept_at >= self.sweep_seconds
+        if sweep:
+            self._swept_at = now
+        listings: dict[Path, tuple[tuple[int, int], bool, dict[str, tuple[int, bool, Path, Any]]]] = {}
+        pending: list[tuple[Path, os.stat_result | None]] = [(self.directory, top)]
         while pending:
-            folder = pending.pop()
+            folder, folder_stat = pending.pop()
             try:
-                with os.scandir(folder) as entries:
-                    listing = list(entries)
+                if folder_stat is None:
+                    folder_stat = os.stat(folder)  # a subfolder's own mtime: its parent's does not move
             except OSError as exc:
                 problems[folder] = f"folder cannot be read: {exc.strerror or exc}"
                 continue
+            key = (folder_stat.st_ino, folder_stat.st_mtime_ns)
+            cached = self._listings.get(folder)
+            if not sweep and cached is not None and cached[0] == key and cached[1]:
+                # Nothing was added, removed or renamed here since it was listed: the names are known.
+                entries = cached[2]
+                for name, (d_ino, symlink, path, result) in entries.items():
+                    if symlink or isinstance(result, str) or path in self._problems:
+                        result = self._stat(name, path, symlink)
+                        entries[name] = (d_ino, symlink, path, result)
+                    self._found(path, result, found, pending)
+                listings[folder] = cached
+                continue
+            listed_at = time.time()
+            try:
+                with os.scandir(folder) as scan:
+                    listing = list(scan)
+            except OSError as exc:
+                problems[folder] = f"folder cannot be read: {exc.strerror or exc}"
+                continue
+            known = cached[2] if cached is not None else {}
+            entries = {}
             paths = self._paths
             for entry in listing:
-                if entry.name.startswith("."):
+                name = entry.name
+                if name.startswith("."):
                     continue
                 path = paths.get(entry.path)
                 if path is None:
                     path = paths[entry.path] = Path(entry.path)
-                try:
-                    st = entry.stat()  # follows symlinks: a swapped target is a new fingerprint
-                except OSError as exc:
-                    if wanted(entry.name):
-                        reason = "dangling symlink" if entry.is_symlink() else "cannot be read"
-                        found[path] = f"{reason}: {exc.strerror or exc}"
-                    continue
-                if stat_module.S_ISDIR(st.st_mode):
-                    pending.append(path)
-                elif wanted(entry.name) and stat_module.S_ISREG(st.st_mode):
-                    found[path] = st
+                symlink = entry.is_symlink()
+                d_ino = entry.inode()
+                old = known.get(name)
+                if not sweep and old is not None and old[0] == d_ino and not symlink and not isinstance(old[3], str) and path not in self._problems:
+                    result = old[3]  # the same file as before (a write in place is the sweep's)
+                else:
+                    result = self._stat(name, path, symlink, entry)
+                entries[name] = (d_ino, symlink, path, result)
+                self._found(path, result, found, pending)
+            # Trusted only if it changed well before this listing: a later change moves its mtime.
+            listings[folder] = (key, listed_at - folder_stat.st_mtime_ns / 1e9 > 1.0, entries)
+        self._listings = listings
         return found, problems
+
+    @staticmethod
+    def _stat(name: str, path: Path, symlink: bool, entry: os.DirEntry[str] | None = None) -> Any:
+        """A file's stat (symlinks followed: a swapped target is a new fingerprint), why it cannot be
+        read, or None for a folder."""
+        try:
+            st = entry.stat() if entry is not None else os.stat(path)
+        except OSError as exc:
+            if wanted(name):
+                reason = "dangling symlink" if symlink else "cannot be read"
+                return f"{reason}: {exc.strerror or exc}"
+            return "ignored"
+        if stat_module.S_ISDIR(st.st_mode):
+            return None
+        return st if wanted(name) and stat_module.S_ISREG(st.st_mode) else "ignored"
+
+    @staticmethod
+    def _found(path: Path, result: Any, found: dict[Path, os.stat_result | str], pending: list[tuple[Path, os.stat_result | None]]) -> None:
+        if result is None:
+            pending.append((path, None))
+        elif result != "ignored":
+            found[path] = result
 
     def _beneath_problem(self, path: Path) -> str | None:
         for folder, reason in self.folder_errors.items():

@@ -68,6 +68,7 @@ class AgentConfig:
     lock: Path | None = None  # the writer lock held during each sync; None: no lock (tests on fakes)
     lock_wait_seconds: float = 60.0  # a sync gives up after this and is retried
     keep_accept_ra: bool = False  # refuse IPv6 VIPs that would need accept_ra changed (as apply --keep-accept-ra)
+    sweep_seconds: float = 0.0  # every file stat-ed this often (0: every poll); see FolderSource (vsop agent: 5)
     status_seconds: float = 1.0  # the running agent rewrites the status file at most this often
 
 
@@ -86,7 +87,7 @@ class HostAgent:
         self.conntrack = conntrack
         kernel.conntrack = conntrack  # the engine forgets removed UDP real servers' entries
         self.clock = clock
-        self.source = FolderSource(config.directory, settle_seconds=config.poll_seconds)
+        self.source = FolderSource(config.directory, settle_seconds=config.poll_seconds, sweep_seconds=config.sweep_seconds)
         self.source_guard = threading.Lock()  # the poll task and the sync thread both read the folder
         self.tracker = HealthTracker()
         self.draining = Draining()

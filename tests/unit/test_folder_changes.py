@@ -63,14 +63,14 @@ def whole_held(source: FolderSource) -> tuple[frozenset[str], bool]:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@example(steps=[("write", "sub-x.yaml", yaml.safe_dump(document("web", 1))), ("write", "sub/c.yaml", yaml.safe_dump(document("api", 2))), ("wait", 2.0)])
-@given(steps=st.lists(step, min_size=1, max_size=16))
-def test_changes_keep_a_mirror_equal_to_the_whole_folder(steps: list[Any]) -> None:
+@example(sweep=0.0, steps=[("write", "sub-x.yaml", yaml.safe_dump(document("web", 1))), ("write", "sub/c.yaml", yaml.safe_dump(document("api", 2))), ("wait", 2.0)])
+@given(steps=st.lists(step, min_size=1, max_size=16), sweep=st.sampled_from([0.0, 3.0]))
+def test_changes_keep_a_mirror_equal_to_the_whole_folder(steps: list[Any], sweep: float) -> None:
     folder = Path(tempfile.mkdtemp(prefix="vsop-folder-"))
     try:
         (folder / "sub").mkdir()
         now = [100.0]
-        source = FolderSource(folder, settle_seconds=1.0, clock=lambda: now[0])
+        source = FolderSource(folder, settle_seconds=1.0, clock=lambda: now[0], sweep_seconds=sweep)
         mirror: dict[str, Any] = {}
         positions: dict[str, Any] = {}
         mtime = 1_000_000_000
@@ -141,3 +141,53 @@ def test_a_changed_file_is_taken_at_its_second_look_without_a_poll_of_everything
     assert source.settle_due() == 103.0 and source.services() == [] and source.held().owners == {"default/web"}
     now[0] = 103.0
     assert source.recheck() and source.services()[0].spec.vip == "169.254.11.3"
+
+
+def test_between_sweeps_a_poll_stats_only_what_a_folder_listing_says_is_new(tmp_path: Path) -> None:
+    """With sweep_seconds, a folder whose mtime has not moved is not listed again and its files
+    are not stat-ed (files not yet stable and symlinks are); a new name, a rename over a name
+    and a symlink's target are seen at the next poll, a write in place at the next sweep."""
+    now = [100.0]
+    source = FolderSource(tmp_path, settle_seconds=1.0, clock=lambda: now[0], sweep_seconds=5.0)
+    web = tmp_path / "web.yaml"
+    web.write_text(yaml.safe_dump(document("web", 1)))
+    (tmp_path / "target.yaml.txt").write_text(yaml.safe_dump(document("api", 2)))
+    (tmp_path / "api.yaml").symlink_to(tmp_path / "target.yaml.txt")
+    past = 1_000_000_000 * 10**9
+    os.utime(tmp_path, ns=(past, past))  # changed long before the listing: its mtime can be trusted
+
+    def vips() -> dict[str, str]:
+        return {vs.ref: vs.spec.vip for vs in source.services()}
+
+    source.poll()  # the first poll sweeps
+    now[0] += 1.0
+    source.poll()
+    assert vips() == {"default/web": "169.254.11.1", "default/api": "169.254.11.2"}
+    # In place: same inode, the folder untouched. Not seen until the sweep.
+    web.write_text(yaml.safe_dump(document("web", 3)))
+    os.utime(web, ns=(past + 10**9, past + 10**9))
+    os.utime(tmp_path, ns=(past, past))
+    for _ in range(3):
+        now[0] += 1.0
+        source.poll()
+    assert vips()["default/web"] == "169.254.11.1"
+    # A symlink's target changed: seen at the next poll (symlinks are always followed).
+    (tmp_path / "target.yaml.txt").write_text(yaml.safe_dump(document("api", 1)))
+    os.utime(tmp_path, ns=(past, past))
+    now[0] += 1.0
+    source.poll()
+    now[0] += 1.0
+    source.poll()
+    assert vips()["default/api"] == "169.254.11.1"
+    now[0] += 2.0
+    source.poll()  # the sweep: the write in place is seen, and taken a settle time later
+    now[0] += 1.0
+    source.poll()
+    assert vips()["default/web"] == "169.254.11.3"
+    # A new name moves the folder's mtime: seen at the next poll, no sweep needed.
+    (tmp_path / "db.yaml").write_text(yaml.safe_dump(document("db", 2)))
+    now[0] += 1.0
+    source.poll()
+    now[0] += 1.0
+    source.poll()
+    assert vips()["default/db"] == "169.254.11.2"
