@@ -22,7 +22,10 @@ Owns which objects a folder currently declares, made safe against partial states
 Polling, not inotify: a folder of a few files costs microseconds to stat, it needs no
 extra dependency, and it sees the symlink swaps that Kubernetes ConfigMap volumes and
 many deploy tools use, which inotify watches on the old target silently miss. A file
-is hashed only when its stat changed or it is not yet stable.
+is hashed only when its stat changed or it is not yet stable. With `sweep_seconds`, a
+poll between sweeps costs a stat per folder plus what changed (a store of 10,000 files
+is not stat-ed file by file every second); `take_changes` hands over only the refs whose
+served object may differ, so the node reconciler's work is what changed, too.
 Must not import: kopf, pyroute2, kubernetes.
 """
 
