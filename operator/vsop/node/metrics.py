@@ -61,8 +61,8 @@ class NodeMetrics:
         )
         # What the kernel holds of vsop's is counted when scraped, not at every reconcile:
         # counting walks the whole state, and a change must cost what it changes.
-        self._observed: tuple[KernelState | None, Any] = (None, None)
-        self._counted: tuple[Any, tuple[int, int, int, int]] | None = None
+        self._observed: tuple[KernelState | None, Any, int] = (None, None, 0)
+        self._counted: tuple[Any, int, tuple[int, int, int, int]] | None = None
         self.vips.set_function(lambda: self._counts()[0])
         self.virtual_servers.set_function(lambda: self._counts()[1])
         self.real_servers.labels("active").set_function(lambda: self._counts()[2])
@@ -70,13 +70,19 @@ class NodeMetrics:
 
     def _counts(self) -> tuple[int, int, int, int]:
         """(VIPs bound, virtual services, active and drained real servers) of vsop's in the last state recorded; once per state."""
-        observed, names = self._observed
-        if self._counted is not None and self._counted[0] is observed:
-            return self._counted[1]
-        state = owned(observed, names) if observed is not None else KernelState()
+        observed, names, changes = self._observed
+        if self._counted is not None and self._counted[0] is observed and self._counted[1] == changes:
+            return self._counted[2]
+        for attempt in range(3):
+            try:
+                state = owned(observed, names) if observed is not None else KernelState()
+                break
+            except RuntimeError:  # the reconciler changed its cached state in place meanwhile: look again
+                if attempt == 2:
+                    return self._counted[2] if self._counted is not None else (0, 0, 0, 0)
         active = sum(1 for rs in state.real_servers.values() if rs.weight > 0)
         counts = (len(state.bound_vips()), len(state.services), active, len(state.real_servers) - active)
-        self._counted = (observed, counts)
+        self._counted = (observed, changes, counts)
         return counts
 
     def record(self, outcome: Any, reconciler: Any) -> None:
@@ -92,10 +98,11 @@ class NodeMetrics:
             self.errors.labels("kernel").inc()
         else:
             self.last_success.set(time.time())
-        # The reconciler replaces its cached state at each write (never changes it in place).
+        # The reconciler changes its cached state in place per change (a new one per full read):
+        # `changes` tells a counted state from the same one changed since.
         observed = reconciler.observed if outcome.error is None else outcome.after
         if observed is not None or outcome.error is not None:
-            self._observed = (observed, reconciler.names)
+            self._observed = (observed, reconciler.names, getattr(reconciler, "changes", 0))
 
 
 class Probes:

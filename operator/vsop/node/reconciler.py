@@ -174,6 +174,7 @@ class Reconciler:
         self._index_of: KernelState | None = None  # the cached state the VIP index describes
         self._held_vips: frozenset[str] = frozenset()  # where held owners have members (read at the last full sync)
         self.reads = 0  # full reads of the kernel
+        self.changes = 0  # changes applied in place to `observed` (with its identity: which state it is)
         self.last: Outcome | None = None
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -708,6 +709,7 @@ class Reconciler:
                 if self._owners_of is self.observed:
                     self._count_owners(outcome.applied)
                 counted = self._owners_of is self.observed
+                self.changes += 1
                 self.observed = apply_in_place(self.observed, outcome.applied, lambda service: gone_with.get(service, ()))
                 self._owners_of = self.observed if counted else None
             except (KernelRefused, KeyError):  # the cache no longer matches what the kernel accepted: read it again
@@ -780,6 +782,7 @@ class Reconciler:
             if entry is not None:
                 entry[1][:] = [k for k in known if k.service not in services] + [k for k in fresh if k.service.vip == vip]
         real_servers.update(fresh)
+        self.changes += 1
         return vips
 
     def _after(self, observed: KernelState, applied: Sequence[ops.Op]) -> KernelState | None:
