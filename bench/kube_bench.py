@@ -56,6 +56,13 @@ def spec(index: int) -> dict[str, Any]:
 STAGES = ("emulator answered", "handler noted it", "wait for the turn", "turn to kernel write", "rest of the turn")
 
 
+def trim(emulator: Any) -> None:
+    """Forget all but the last requests kmock served (see the module docstring); the last few may still be in flight."""
+    history = getattr(emulator, "_requests", None)
+    if isinstance(history, list):
+        del history[:-16]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -67,6 +74,7 @@ async def run(objects: int, changes: int, debounce: float, full_every_change: bo
         cluster = Cluster(emulator)
         await cluster.node("node-a", addresses=("10.0.0.11",))
         for index in range(objects):
+            trim(emulator)
             await cluster.vs(f"s{index}", spec(index))
         agent, fake, writer = make_agent(cluster, resync_seconds=3600.0, debounce_seconds=debounce)
         if full_every_change:
@@ -123,9 +131,7 @@ async def run(objects: int, changes: int, debounce: float, full_every_change: bo
             for change in range(changes):
                 index = objects + change
                 vip, name = spec(index)["vip"], f"s{index}"
-                history = getattr(emulator, "_requests", None)
-                if isinstance(history, list):
-                    del history[:-16]  # see the module docstring; the last few may still be in flight
+                trim(emulator)
                 watching["name"] = name
                 sent = time.monotonic()
                 await cluster.vs(name, spec(index))

@@ -150,7 +150,9 @@ async def test_a_flip_from_the_checkers_reaches_a_non_checker_kernel(cluster: Cl
         await until(lambda: published(cluster)[backend].get("failingOn") == sorted(chosen), "the verdict published", timeout=15)
         assert published(cluster)[backend]["healthy"] is False
         await until(lambda: weights(nodes.fakes[outsider]) == {"192.0.2.1:8080": 0, "192.0.2.2:8080": 1}, "the outsider stops sending")
-        assert nodes.agents[outsider].tracker.is_healthy(next(iter(nodes.agents[outsider].roles.published_down)))
+        # The kernel is written in the agent's worker thread, its roles updated once the turn resumes.
+        down = await until(lambda: nodes.agents[outsider].roles.published_down, "the outsider's roles updated")
+        assert nodes.agents[outsider].tracker.is_healthy(next(iter(down)))
         await until(lambda: all(weights(nodes.fakes[n]) == {"192.0.2.1:8080": 0, "192.0.2.2:8080": 1} for n in chosen), "the checkers too")
 
         prober.down_from["192.0.2.1"] = set()

@@ -55,3 +55,31 @@ def test_no_debounce_never_waits() -> None:
 
     asyncio.run(scenario())
     assert clock.slept == []
+
+
+def test_a_loop_told_to_stop_as_a_change_wakes_it_stops() -> None:
+    # The wake-up and the cancellation land in the same turn of the event loop: the
+    # cancellation must win (asyncio.wait_for on Python 3.11 returned "woken" instead).
+    async def scenario() -> str:
+        trigger = Trigger()
+        waiting = asyncio.create_task(trigger.wait(3600, 0.0))
+        await asyncio.sleep(0)  # it waits for the event now
+        trigger.wake("a change")
+        waiting.cancel()
+        try:
+            await waiting
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "woken"
+
+    assert asyncio.run(scenario()) == "cancelled"
+
+
+def test_a_timeout_is_not_a_wake_up() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        trigger = Trigger()
+        quiet = await trigger.wait(0.01, 0.0)
+        trigger.wake("a change")
+        return quiet, await trigger.wait(0, 0.0)  # a zero timeout is a periodic turn, as before
+
+    assert asyncio.run(scenario()) == (False, False)

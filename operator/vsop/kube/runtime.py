@@ -64,6 +64,21 @@ def kopf_settings() -> kopf.OperatorSettings:
     return settings
 
 
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Whether `event` was set within `timeout` seconds.
+
+    Not `asyncio.wait_for(event.wait())`: on Python 3.11 it swallows a cancellation that
+    arrives while the event is being set (CPython gh-86296), so a reconcile loop told to
+    stop as a change woke it went on waiting for its next change or resync instead.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
 class Trigger:
     """Wake-ups for one reconcile loop: handlers call `wake`, the loop `wait`s and `take`s the reasons.
 
@@ -92,9 +107,9 @@ class Trigger:
 
     async def wait(self, timeout: float, debounce: float) -> bool:
         """True when woken (no sooner than `debounce` after the last turn started); False on timeout."""
-        try:
-            await asyncio.wait_for(self.event.wait(), timeout=max(timeout, 0.0))
-        except asyncio.TimeoutError:
+        if timeout <= 0:
+            return False
+        if not await wait_event(self.event, timeout):
             return False
         delay = self._taken + debounce - self._clock()
         if delay > 0:
@@ -135,9 +150,7 @@ class ListingGate:
         self._event = asyncio.Event()
         while not self.listed:
             on_turn()
-            try:
-                await asyncio.wait_for(self._event.wait(), timeout=warn_every)
-            except asyncio.TimeoutError:
+            if not await wait_event(self._event, warn_every):
                 log.warning(kv("Still waiting for the initial listing; nothing is changed until it is complete", component=self.what))
 
 
