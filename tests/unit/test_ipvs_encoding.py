@@ -119,3 +119,19 @@ def test_proc_net_ip_vs_destinations_are_read_under_their_services() -> None:
         RealServerKey(dns, "fd00:1::1", 53): ("tunnel", 2, 0, 0),
         RealServerKey(local, "169.254.11.3", 8080): ("route", 1, 0, 0),  # the fwmark service's destination is skipped
     }
+
+
+def test_proc_lines_parsed_before_are_reused_and_moved_counters_are_read_again() -> None:
+    from vsop.adapters.ipvs import _parse_proc, parse_proc_ip_vs
+
+    head = "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+    before = head + "TCP  A9FE0B02:0050 rr \n  -> C0A8026F:1F90      Masq    1      0          0         \nTCP  A9FE0B03:0050 rr \n  -> C0A8026F:1F90      Masq    1      0          0         \n"
+    after = before.replace("TCP  A9FE0B03:0050 rr \n  -> C0A8026F:1F90      Masq    1      0          0", "TCP  A9FE0B03:0050 rr \n  -> C0A8026F:1F90      Masq    1      4          0")
+    lines: dict = {}
+    first = _parse_proc(before, {}, lines)
+    again: dict = {}
+    second = _parse_proc(after, lines, again)
+    assert second == parse_proc_ip_vs(after)
+    (quiet, busy) = sorted(second, key=lambda key: key.service.vip)
+    assert second[quiet] is first[quiet]  # the same service line and line: the same object
+    assert second[busy].active_connections == 4 and first[busy].active_connections == 0

@@ -209,3 +209,26 @@ def test_one_read_of_proc_net_ip_vs_gives_what_a_dump_per_service_gives(ipvs_net
             assert kernel_config(services, from_proc)[1][RealServerKey(tunnel, "10.77.0.3", 53)] == ("tunnel", 2)
         finally:
             adapter.close()
+
+
+def test_an_unchanged_table_reads_as_the_same_objects_and_a_hand_made_change_is_seen(ipvs_netns):
+    """The adapter reuses what it parsed only for service messages and /proc lines it finds again byte for byte."""
+    from tests.vm.conftest import entered_netns
+
+    with entered_netns(f"/var/run/netns/{ipvs_netns}"):
+        adapter = IPVSKernel()
+        try:
+            other = ServiceKey("tcp", "169.254.11.3", 80)
+            adapter.apply([ops.AddService(service(WEB)), ops.AddService(service(other))])
+            adapter.apply([ops.AddRealServer(real(WEB, "10.77.0.1", 8080, "masq", 1)), ops.AddRealServer(real(other, "10.77.0.1", 8080, "masq", 1))])
+            services, real_servers = adapter.read()
+            again = adapter.read()
+            assert again[0] is services and again[1] is real_servers
+            ipvsadm(ipvs_netns, "-e", "-t", f"{WEB.vip}:{WEB.port}", "-r", "10.77.0.1:8080", "-m", "-w", "5")
+            ipvsadm(ipvs_netns, "-E", "-t", f"{other.vip}:{other.port}", "-s", "wlc")
+            services, changed = adapter.read()
+            assert changed[RealServerKey(WEB, "10.77.0.1", 8080)].weight == 5
+            assert services[other].scheduler == "wlc" and services[WEB] is again[0][WEB]
+            assert changed[RealServerKey(other, "10.77.0.1", 8080)] is real_servers[RealServerKey(other, "10.77.0.1", 8080)]
+        finally:
+            adapter.close()

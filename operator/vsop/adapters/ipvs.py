@@ -278,28 +278,49 @@ def parse_proc_ip_vs(text: str) -> dict[RealServerKey, RealServer]:
     only maps every destination line to the service line above it. Firewall-mark
     services have no VIP:port and are skipped with their destinations.
     """
+    return _parse_proc(text, {}, {})
+
+
+_Lines = dict[tuple[str, str], "RealServer | None"]
+
+
+def _parse_proc(text: str, previous: _Lines, fresh: _Lines) -> dict[RealServerKey, RealServer]:
+    """parse_proc_ip_vs, reusing the real server parsed last time from the same (service line, line).
+
+    `fresh` receives this read's lines: a line whose counters moved is parsed again, the
+    others (all of them on an idle node) cost a dictionary lookup.
+    """
     found: dict[RealServerKey, RealServer] = {}
     service: ServiceKey | None = None
+    service_line = ""
     backends: dict[str, tuple[str, int]] = {}  # the same few real servers recur under many services
     for line in text.splitlines()[3:]:
+        if line.startswith("  ->"):
+            if service is None:
+                continue
+            pair = (service_line, line)
+            rs = previous.get(pair)
+            if rs is None:
+                words = line.split()
+                if len(words) < 6:
+                    continue
+                where = backends.get(words[1])
+                if where is None:
+                    where = backends[words[1]] = _proc_address(words[1])
+                address, port = where
+                key = RealServerKey(service, address, port)
+                rs = RealServer(
+                    key,
+                    forwarding=_PROC_FWD.get(words[2], "route"),  # type: ignore[arg-type]
+                    weight=int(words[3]),
+                    active_connections=int(words[4]),
+                    inactive_connections=int(words[5]),
+                )
+            fresh[pair] = rs
+            found[rs.key] = rs
+            continue
         words = line.split()
         if not words:
-            continue
-        if words[0] == "->":
-            if service is None or len(words) < 6:
-                continue
-            where = backends.get(words[1])
-            if where is None:
-                where = backends[words[1]] = _proc_address(words[1])
-            address, port = where
-            key = RealServerKey(service, address, port)
-            found[key] = RealServer(
-                key,
-                forwarding=_PROC_FWD.get(words[2], "route"),  # type: ignore[arg-type]
-                weight=int(words[3]),
-                active_connections=int(words[4]),
-                inactive_connections=int(words[5]),
-            )
             continue
         protocol = words[0].lower()
         if protocol not in _PROTO_NUMBER or len(words) < 2:
@@ -307,6 +328,7 @@ def parse_proc_ip_vs(text: str) -> dict[RealServerKey, RealServer]:
             continue
         vip, port = _proc_address(words[1])
         service = ServiceKey(protocol, vip, port)  # type: ignore[arg-type]
+        service_line = line
     return found
 
 
@@ -342,8 +364,14 @@ class IPVSKernel:
         # The last read's raw bytes and what was parsed from them: a read that finds the same
         # bytes returns the same objects (an unchanged table costs the dump, not the parse;
         # callers never mutate what a read returns).
-        self._last_services: tuple[bytes, dict[ServiceKey, VirtualServer]] | None = None
-        self._last_proc: tuple[str, dict[ServiceKey, VirtualServer], dict[RealServerKey, RealServer]] | None = None
+        # What the last read parsed, per service message and per /proc line (counters included,
+        # so a busy service is parsed again): a read that finds them all again returns the same
+        # objects, and a few busy services do not make the other 10k parsed again (callers
+        # never mutate what a read returns).
+        self._service_payloads: dict[bytes, tuple[ServiceKey, VirtualServer] | None] = {}
+        self._last_services: dict[ServiceKey, VirtualServer] | None = None
+        self._proc_lines: _Lines = {}
+        self._last_proc: tuple[dict[ServiceKey, VirtualServer], dict[RealServerKey, RealServer]] | None = None
 
     def close(self) -> None:
         self._pipe.close()
@@ -372,17 +400,21 @@ class IPVSKernel:
     def read(self) -> tuple[dict[ServiceKey, VirtualServer], dict[RealServerKey, RealServer]]:
         family = self.family_id
         payloads = self._pipe.dump(family, _genl(_ipvs.IPVS_CMD_GET_SERVICE, b""))
-        raw = b"".join(payloads)
-        if self._last_services is not None and self._last_services[0] == raw:
-            services = self._last_services[1]
-        else:
-            services = {}
-            for payload in payloads:
+        previous: dict[bytes, tuple[ServiceKey, VirtualServer] | None] = self._service_payloads
+        fresh: dict[bytes, tuple[ServiceKey, VirtualServer] | None] = {}
+        changed = len(payloads) != len(previous)
+        for payload in payloads:
+            if payload in previous:
+                parsed = previous[payload]
+            else:
+                changed = True
                 where = _top_attr(payload, _CMD_ATTR_SERVICE)
                 parsed = _parse_service(payload, *where) if where is not None else None
-                if parsed is not None:
-                    services[parsed[0]] = parsed[1]
-            self._last_services = (raw, services)
+            fresh[payload] = parsed
+        self._service_payloads = fresh
+        if changed or self._last_services is None:
+            self._last_services = {parsed[0]: parsed[1] for parsed in fresh.values() if parsed is not None}
+        services = self._last_services  # the same messages as last time: the same dict
         return services, self._all_real_servers(services)
 
     def _all_real_servers(self, services: dict[ServiceKey, VirtualServer]) -> dict[RealServerKey, RealServer]:
@@ -399,12 +431,15 @@ class IPVSKernel:
             except OSError:
                 self._proc_netns = None  # not readable here: netlink from now on
             else:
+                lines: _Lines = {}
+                previous = self._proc_lines
+                found = _parse_proc(text, previous, lines)
+                self._proc_lines = lines
                 last = self._last_proc
-                if last is not None and last[0] == text and last[1] is services:
-                    return last[2]
-                found = parse_proc_ip_vs(text)
+                if last is not None and last[0] is services and len(lines) == len(previous) and all(pair in previous for pair in lines):
+                    return last[1]  # every line as last time: the same dict
                 found = {k: v for k, v in found.items() if k.service in services}
-                self._last_proc = (text, services, found)
+                self._last_proc = (services, found)
                 return found
         return self.read_real_servers(services)
 
