@@ -218,17 +218,18 @@ def test_an_unchanged_table_reads_as_the_same_objects_and_a_hand_made_change_is_
     with entered_netns(f"/var/run/netns/{ipvs_netns}"):
         adapter = IPVSKernel()
         try:
-            other = ServiceKey("tcp", "169.254.11.3", 80)
-            adapter.apply([ops.AddService(service(WEB)), ops.AddService(service(other))])
-            adapter.apply([ops.AddRealServer(real(WEB, "10.77.0.1", 8080, "masq", 1)), ops.AddRealServer(real(other, "10.77.0.1", 8080, "masq", 1))])
+            other, third = ServiceKey("tcp", "169.254.11.3", 80), ServiceKey("tcp", "169.254.11.4", 80)
+            adapter.apply([ops.AddService(service(key)) for key in (WEB, other, third)])
+            adapter.apply([ops.AddRealServer(real(key, "10.77.0.1", 8080, "masq", 1)) for key in (WEB, other, third)])
             services, real_servers = adapter.read()
             again = adapter.read()
             assert again[0] is services and again[1] is real_servers
             ipvsadm(ipvs_netns, "-e", "-t", f"{WEB.vip}:{WEB.port}", "-r", "10.77.0.1:8080", "-m", "-w", "5")
-            ipvsadm(ipvs_netns, "-E", "-t", f"{other.vip}:{other.port}", "-s", "wlc")
+            ipvsadm(ipvs_netns, "-E", "-t", f"{third.vip}:{third.port}", "-s", "wlc")
             services, changed = adapter.read()
             assert changed[RealServerKey(WEB, "10.77.0.1", 8080)].weight == 5
-            assert services[other].scheduler == "wlc" and services[WEB] is again[0][WEB]
+            assert services[third].scheduler == "wlc" and services[WEB] is again[0][WEB]
+            # /proc prints the scheduler on the service line: only the untouched service's lines are reused
             assert changed[RealServerKey(other, "10.77.0.1", 8080)] is real_servers[RealServerKey(other, "10.77.0.1", 8080)]
         finally:
             adapter.close()
