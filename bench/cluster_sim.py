@@ -22,8 +22,9 @@ What makes N=500 fit in one process on a small machine (and why the counts stay 
   delivered to (`ParseOnce`): CPU only, the deliveries are counted as before.
 - kmock scans its whole request log for every request it serves (quadratic over a run);
   the log is kept short for kmock and whole for the counts (`RequestArchive`).
-- "Settled" means: no write and no watch event for a second, and no wake-up pending in
-  any component (periodic resyncs of N agents do not count, or it never settles).
+- "Settled" means: no write and no watch event for a second (N/250 s when longer), no
+  wake-up pending in any component and no turn running that a change woke (periodic
+  resyncs of N agents do not count, or it never settles).
 Progress goes to stderr; the run of 10, 100 and 500 nodes takes minutes, not hours.
 - Compressed clock: a resync period (30 s in a cluster) lasts 2 s here, or N/50 s when
   that is longer (`--compress`); "ten quiet minutes" are 20 such periods of every agent.
@@ -74,7 +75,7 @@ from vsop.kube.controller import Controller, ControllerOptions  # noqa: E402
 
 SIM_AGENT = "vsop-cluster-sim"  # user agent of the simulation's own requests (not counted)
 ON_BEHALF = "vsop-cluster-sim-agent"  # a component's request made by the farm for it (counted)
-QUIET_SECONDS = 1.0
+QUIET_SECONDS = [1.0]  # settled after this long without a write or event (1 s, or N/250 s when longer)
 REPORTS = "vsop.dev/v1alpha1/nodereports"
 
 
@@ -180,6 +181,21 @@ class Component:
         self.indexes: dict[str, dict[Any, list[Any]]] = {str(h.id): {} for h in self.indexers}
         self._contrib: dict[tuple[str, Any], dict[Any, Any]] = {}  # (index id, object key) -> {index key: value}
         self.task: asyncio.Task[None] | None = None
+        self.changing = 0  # turns running that a change woke (not periodic ones)
+        for method in ("sync_once", "reconcile_once"):
+            if hasattr(obj, method):
+                setattr(obj, method, self._counted(getattr(obj, method)))
+
+    def _counted(self, turn: Callable[..., Any]) -> Callable[..., Any]:
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            woken = not kwargs.get("periodic", False)
+            self.changing += woken
+            try:
+                return await turn(*args, **kwargs)
+            finally:
+                self.changing -= woken
+
+        return counted
 
     async def start(self) -> None:
         for handler in self.startups:
@@ -309,10 +325,10 @@ class Farm:
             await self.session.close()
 
     def busy(self) -> bool:
-        """A component has a wake-up pending (a change not handled yet); periodic resyncs do not count."""
+        """A component has a wake-up pending or a turn a change woke running; periodic resyncs do not count."""
         for c in self.components:
-            if isinstance(c.obj, Controller) and c.obj.busy:
-                return True  # one component: its periodic turns are rare and short
+            if c.changing:
+                return True
             trigger = getattr(c.obj, "trigger", None)
             event = getattr(trigger, "_event", None)
             if event is not None and event.is_set():
@@ -422,9 +438,9 @@ async def settle(cluster: Cluster, farm: Farm, minimum: float = 0.0, timeout: fl
         archive = request_log(cluster)
         count += sum(1 for r in archive.since(seen) if str(r.method).split(".")[-1].upper() != "GET")
         seen = len(archive)
-        if count != last_count or farm.busy() or time.monotonic() - farm.last_event < QUIET_SECONDS / 2:
+        if count != last_count or farm.busy() or time.monotonic() - farm.last_event < QUIET_SECONDS[0] / 2:
             last_count, quiet_since = count, time.monotonic()
-        elif time.monotonic() - quiet_since >= QUIET_SECONDS:
+        elif time.monotonic() - quiet_since >= QUIET_SECONDS[0]:
             return
         await asyncio.sleep(0.1)
     raise TimeoutError("the simulated cluster did not settle")
@@ -433,6 +449,7 @@ async def settle(cluster: Cluster, farm: Farm, minimum: float = 0.0, timeout: fl
 async def simulate(nodes: int, objects: int, checked: int, resync: float, quiet_resyncs: int, log: Callable[[str], None],
                    interval: int = 1) -> dict[str, Any]:
     CHECK_INTERVAL[0] = interval
+    QUIET_SECONDS[0] = max(1.0, nodes / 250.0)
     # Every agent's kernel syncs and API writes run in worker threads: enough of them for N agents.
     asyncio.get_running_loop().set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=64))
     prober = FakeProber()
