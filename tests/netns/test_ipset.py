@@ -141,3 +141,17 @@ def test_the_netlink_listing_reads_what_ipset_save_prints():
     ipset("add", vip_ports_set(4), f"{VIP[4]},icmp:echo-request")  # ipset spells ICMP types by name: the command reads it
     assert IPSetKernel().read(names) == IPSetKernel(netlink_from=None).read(names)
     assert f"{VIP[4]},icmp:echo-request" in IPSetKernel().read(names)[vip_ports_set(4)].members
+
+
+def test_without_ipset_over_netlink_the_command_does_it_all(monkeypatch: pytest.MonkeyPatch):
+    """Where netlink does not answer (no ip_set loaded yet: the command loads it), reads and writes go through the command."""
+    import vsop.adapters.ipset as ipset_module
+
+    def no_netlink(pipe: object) -> int:
+        raise ipset_module._NoNetlink("not here")
+
+    monkeypatch.setattr(ipset_module, "_protocol", no_netlink)
+    adapter = IPSetKernel(netlink_from=1)
+    name = vip_ports_set(4)
+    adapter.apply(create_ops(4) + [ops.AddSetMember(name, m, OWNER) for m in MEMBERS[4]])
+    assert adapter.read(frozenset({name}))[name].members == {m: OWNER for m in MEMBERS[4]}

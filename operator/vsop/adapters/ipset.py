@@ -69,6 +69,10 @@ _ADD_REFUSED = {
 NETLINK_FROM = 256
 
 
+class _NoNetlink(Exception):
+    """ipset over netlink is not answering here (no ip_set loaded yet, a filtered socket): use the command."""
+
+
 class IPSetReadFailed(RuntimeError):
     """`ipset save` failed for a reason other than the set being absent."""
 
@@ -97,7 +101,10 @@ class IPSetKernel:
         unusual: set[str] = set()
         pipe = NetlinkPipe(NETLINK_NETFILTER)  # in the calling thread's namespace, as the command would be
         try:
-            protocol = _protocol(pipe)
+            try:
+                protocol = _protocol(pipe)
+            except _NoNetlink:
+                return self._read_saved(names)  # the command says what is wrong, as before
             for name in sorted(names):
                 try:
                     payloads = pipe.dump((NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST, _list_body(name, protocol))
@@ -158,7 +165,11 @@ class IPSetKernel:
     def _apply_netlink(self, operations: Sequence[ops.Op]) -> None:
         pipe = NetlinkPipe(NETLINK_NETFILTER)  # a socket in the calling thread's namespace, as the command would be
         try:
-            protocol = _protocol(pipe)
+            try:
+                protocol = _protocol(pipe)
+            except _NoNetlink:
+                self._apply_restore(operations)  # the command loads ip_set or says what is wrong, as before
+                return
             for start in range(0, len(operations), self._batch):
                 chunk = operations[start : start + self._batch]
                 bodies: list[bytes] = []
@@ -342,7 +353,7 @@ def _protocol(pipe: NetlinkPipe) -> int:
     try:
         replies = pipe.request((NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_PROTOCOL, body)
     except (OSError, NetlinkError) as exc:
-        raise KernelUnsupported(f"ipset over netlink: {exc}") from None
+        raise _NoNetlink(str(exc)) from None
     for reply in replies:
         offset = _NFGENMSG.size
         while offset + 4 <= len(reply):
