@@ -360,6 +360,9 @@ class HostAgent:
             else:
                 with self.source_guard:
                     changed = self.source.recheck()
+                    # A look just now: the sync it wakes needs no poll of everything (no other
+                    # writer held the lock, or the sync polls anyway).
+                    self.polled_at = time.monotonic()
             if changed:
                 wake.set()  # the sync that follows writes the status file (pending files, errors)
 
