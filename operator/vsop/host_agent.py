@@ -159,6 +159,11 @@ class HostAgent:
             changed, order = self.source.take_changes()
             held = self.source.held()
             stand_ins, complete = self.source.held_services() if held else ([], True)
+            # keepalived renders from the same look at the folder as the kernel's sync: read later,
+            # a file the poll task took meanwhile would appear both as its new version and as its
+            # held stand-in, conflict with itself, and lose its section (keepalived would then drop
+            # the virtual server and reset its connections).
+            declared = self.source.services() if self.keepalived is not None else []
         reconciler = self.reconciler
         reconciler.update_objects(changed, order=order)
         reconciler.set_held(held)
@@ -210,9 +215,9 @@ class HostAgent:
             # updated. Objects refused for a held owner's ports are left out, as in the kernel.
             keep = sorted(set(self.kept) - {vs.ref for vs in stand_ins})
             if complete or self.keepalived.can_keep():
-                with self.source_guard:
-                    services = self.source.services()
-                self._update_keepalived([vs for vs in services + stand_ins if vs.ref not in reconciler.held_problems], keep)
+                usable = {vs.ref for vs in declared}
+                stand_ins = [vs for vs in stand_ins if vs.ref not in usable]
+                self._update_keepalived([vs for vs in declared + stand_ins if vs.ref not in reconciler.held_problems], keep)
             else:
                 log.info("keepalived configuration (layout single) left as it is while objects are held objects=%s", sorted(held.owners) or "unknown")
         return result

@@ -297,3 +297,37 @@ def test_a_dangling_symlink_keeps_its_keepalived_section_while_the_others_are_up
     settle(agent)
     assert agent.sync_once().ok
     assert "default_thief.conf" not in {p.name for p in confd.iterdir()} and (confd / "default_api.conf").read_text() == api_section
+
+
+def test_a_file_taken_by_the_poll_task_during_a_sync_keeps_its_keepalived_section(tmp_path: Path) -> None:
+    """The poll task may take a rewritten file while a sync runs: keepalived still renders from the
+    sync's own look at the folder, so the object never meets its held stand-in and conflicts with itself."""
+    from tests.unit.test_keepalived_daemon import FakeCheck, FakeSignaller
+    from vsop.keepalived_daemon import KeepalivedConfig, KeepalivedWriter
+
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    ka = {"mode": "keepalived"}
+    kernel, fake = fake_kernel(None)
+    writer = KeepalivedWriter(KeepalivedConfig(directory=tmp_path / "ka", pidfile=tmp_path / "ka.pid"), check=FakeCheck(), signaller=FakeSignaller())
+    agent = HostAgent(kernel, AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02), FakeConntrack(), keepalived=writer)
+    confd = tmp_path / "ka" / "conf.d"
+    write(folder, "web", **ka)
+    settle(agent)
+    assert agent.sync_once().ok and (confd / "default_web.conf").exists()
+    write(folder, "web", scheduler="wlc", **ka)
+    agent.poll()  # first look at the rewritten file: settling, its owner held as the kernel has it
+    time.sleep(agent.config.poll_seconds * 1.5)
+    reconcile = agent.reconciler.reconcile
+
+    def poll_task_meanwhile(**kwargs):  # type: ignore[no-untyped-def]
+        outcome = reconcile(**kwargs)
+        agent.poll()  # the poll task's look between the sync's reads: the new version is stable now
+        return outcome
+
+    agent.reconciler.reconcile = poll_task_meanwhile  # type: ignore[method-assign]
+    agent.config = replace(agent.config, poll_seconds=3600.0)  # the sync itself does not poll again
+    agent.polled_at = time.monotonic()
+    assert agent.sync_once(full=False).ok
+    assert (confd / "default_web.conf").exists(), "web lost its keepalived section"
+    assert agent.keepalived is not None and not agent.keepalived.last_error
