@@ -56,7 +56,7 @@ from vsop.kube import report as reports
 from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
 from vsop.kube.metrics import AgentMetrics, HttpEndpoints, Probes
 from vsop.kube.runtime import ListingGate, Trigger, configure_logging, kopf_settings, kv, run_with_kopf
-from vsop.kube.status import NodeEntry, normalize_node_status
+from vsop.kube.status import NodeEntry
 from vsop.lock import LockTimeout, lock_path, stamp, writer_lock
 from vsop.model import API_GROUP, API_VERSION, VirtualService
 from vsop.node.reconciler import Reconciler
@@ -85,7 +85,6 @@ class VSRecord:
     generation: int | None
     vs: VirtualService | None
     error: str | None
-    node_status: dict[str, Any] | None  # status.nodes.<this node>, normalized, as found on the object
     fingerprint: str  # what the kernel depends on: uid, creation time and spec
     # status.backendHealth: the checkers of each static backend and their verdict (vsop.kube.checkers)
     published: tuple[tuple[str, checkers.Published], ...] = ()
@@ -108,8 +107,6 @@ def vs_record(body: Mapping[str, Any], node_name: str) -> VSRecord:
     vs, error = objects.parse(body)
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
-    nodes = status.get("nodes") if isinstance(status, Mapping) else None
-    mine = normalize_node_status(nodes.get(node_name)) if isinstance(nodes, Mapping) else None
     return VSRecord(
         namespace=meta.get("namespace") or "default",
         name=meta.get("name") or "",
@@ -117,7 +114,6 @@ def vs_record(body: Mapping[str, Any], node_name: str) -> VSRecord:
         generation=meta.get("generation"),
         vs=vs,
         error=error,
-        node_status=mine,
         fingerprint=objects.fingerprint(body),
         published=tuple(sorted(checkers.parse_published(status).items())),
     )

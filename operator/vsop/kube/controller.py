@@ -160,7 +160,7 @@ class Controller:
         @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
         async def virtualservice_event(event: Mapping[str, Any], namespace: str, name: str, **_: Any) -> None:
             self.gate.done()
-            # Spec and status both matter here (agents report in status.nodes).
+            # Spec and status both matter here (the controller's own status writes, older agents' status.nodes).
             self.trigger.wake(f"virtualservice {namespace}/{name} {str(event.get('type') or 'listed').lower()}")
 
         @kopf.on.event("", "v1", "nodes", registry=registry)
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vsop controller",
         description=(
             "The controller (a Deployment with one replica): decides conflicts between VirtualServices,\n"
-            "sums up what every node reports in status.nodes into the Ready, Programmed, Degraded and\n"
+            "sums up what every node reports in its NodeReport into the Ready, Programmed, Degraded and\n"
             "Conflict conditions and status.backends, and posts Events. It never touches a kernel."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -1,6 +1,7 @@
 """What a VirtualService's status says: one node's entry, and the conditions summed up over nodes.
 
-Owns the shape of `status.nodes.<node>` (written by each agent for itself), the
+Owns the shape of one node's entry for an object (each agent writes its entries in its
+own NodeReport, vsop.kube.report), the
 `Ready` / `Programmed` / `Degraded` / `Conflict` conditions and `status.backends`
 (written by the controller), keeping `lastTransitionTime` when a condition's status
 does not change, and which condition changes deserve an Event.
@@ -26,7 +27,7 @@ MAX_NAMES_IN_MESSAGE = 5
 
 @dataclass(frozen=True)
 class NodeEntry:
-    """`status.nodes.<node>`: what this node did with one VirtualService."""
+    """One node's entry in its NodeReport: what this node did with one VirtualService."""
 
     programmed: bool
     total: int = 0
@@ -90,7 +91,7 @@ class Facts:
     invalid: str | None = None  # why the current spec is refused, or None
     conflict: str | None = None  # the conflict, naming the winner, or None
     expected: tuple[str, ...] = ()  # Ready nodes the nodeSelector matches whose agent has a NodeReport
-    nodes: Mapping[str, Any] | None = None  # status.nodes as found on the object
+    nodes: Mapping[str, Any] | None = None  # node -> its entry for this object, from the NodeReports
     known_nodes: frozenset[str] | None = None  # every Node of the cluster; None while not listed yet
     unreported: tuple[str, ...] = ()  # Ready nodes the nodeSelector matches whose agent has not reported yet
 
