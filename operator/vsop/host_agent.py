@@ -34,7 +34,7 @@ from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from vsop.adapters.conntrack import ConntrackCleaner
 from vsop.checks import HealthChecker, Target, health_targets
@@ -47,8 +47,10 @@ from vsop.folder import FolderSource
 from vsop.keepalived_daemon import KeepalivedWriter
 from vsop.lock import LockTimeout, stamp, writer_lock
 from vsop.model import VirtualService
-from vsop.node.metrics import HttpEndpoints, NodeMetrics, Probes
 from vsop.node.reconciler import Outcome, Reconciler
+
+if TYPE_CHECKING:  # imported when --metrics-port asks for it: aiohttp and prometheus_client are 12 MB of RSS
+    from vsop.node.metrics import NodeMetrics, Probes
 
 log = logging.getLogger("vsop.agent")
 
@@ -390,7 +392,11 @@ def run_agent(
     bind_address: str = "127.0.0.1",
 ) -> int:
     """Run until SIGTERM or SIGINT; returns the exit code. `metrics_port`: serve /metrics, /healthz, /readyz."""
-    metrics = NodeMetrics() if metrics_port is not None else None
+    metrics = None
+    if metrics_port is not None:
+        from vsop.node.metrics import HttpEndpoints, NodeMetrics, Probes  # only with a port: 12 MB of aiohttp and prometheus_client
+
+        metrics = NodeMetrics()
     agent = HostAgent(kernel, config, conntrack, keepalived=keepalived, metrics=metrics)
 
     async def main() -> None:

@@ -331,3 +331,58 @@ def test_a_file_taken_by_the_poll_task_during_a_sync_keeps_its_keepalived_sectio
     assert agent.sync_once(full=False).ok
     assert (confd / "default_web.conf").exists(), "web lost its keepalived section"
     assert agent.keepalived is not None and not agent.keepalived.last_error
+
+
+def test_the_host_agent_loads_the_http_stack_only_for_a_metrics_port() -> None:
+    """aiohttp and prometheus_client are about 12 MB of the agent's RSS: loaded only with --metrics-port."""
+    import subprocess
+    import sys
+
+    code = "import sys, vsop.cli, vsop.host_agent; print(sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'prometheus_client', 'kopf'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
+
+
+def test_vsop_agent_serves_metrics_and_health_on_its_metrics_port(tmp_path: Path) -> None:
+    """run_agent with a metrics port (the lazily imported HTTP stack) serves /metrics and /healthz, and stops on SIGTERM."""
+    import os
+    import signal
+    import socket
+    import threading
+    import urllib.request
+
+    from vsop.host_agent import run_agent
+
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    write(folder, "web")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kernel, fake = fake_kernel(None)
+    config = AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.05, debounce_seconds=0.01)
+    scraped: dict[str, str] = {}
+
+    def scrape() -> None:
+        deadline = time.monotonic() + 20
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                except OSError:
+                    time.sleep(0.05)
+                    continue
+                if "vsop_" in metrics and fake.state.services:
+                    scraped["metrics"] = metrics
+                    scraped["healthz"] = str(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).status)
+                    break
+                time.sleep(0.05)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    thread.start()
+    assert run_agent(kernel, config, FakeConntrack(), metrics_port=port) == 0
+    thread.join(5)
+    assert scraped.get("healthz") == "200", scraped
+    assert "vsop_" in scraped["metrics"]
