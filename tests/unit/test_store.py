@@ -115,13 +115,19 @@ def test_a_file_is_taken_only_once_stable_over_two_polls(tmp_path: Path) -> None
     assert [vs.ref for vs in source.services()] == ["default/web"] and not source.held()
 
 
-def test_truncated_then_rewritten_file_never_drops_its_objects(tmp_path: Path) -> None:
-    clock = Clock()
-    source = source_for(tmp_path, clock)
-    path = write(tmp_path, "web.yaml", doc())
+def settled(folder: Path, source: FolderSource, clock: Clock, name: str, document: dict[str, Any]) -> Path:
+    """A file written and taken by the source: seen at one poll, stable at the next a settle period later."""
+    path = write(folder, name, document)
     source.poll()
     clock.now += 1
     source.poll()
+    return path
+
+
+def test_truncated_then_rewritten_file_never_drops_its_objects(tmp_path: Path) -> None:
+    clock = Clock()
+    source = source_for(tmp_path, clock)
+    path = settled(tmp_path, source, clock, "web.yaml", doc())
     path.write_text("")  # a writer that truncates, then writes
     clock.now += 1
     source.poll()
@@ -139,10 +145,7 @@ def test_truncated_then_rewritten_file_never_drops_its_objects(tmp_path: Path) -
 def test_a_file_left_empty_or_cut_short_is_an_error_that_keeps_the_last_good_objects(tmp_path: Path) -> None:
     clock = Clock()
     source = source_for(tmp_path, clock)
-    path = write(tmp_path, "web.yaml", doc())
-    source.poll()
-    clock.now += 1
-    source.poll()
+    path = settled(tmp_path, source, clock, "web.yaml", doc())
     path.write_text("")
     source.poll()
     clock.now += 1
@@ -215,10 +218,7 @@ def test_extensions_match_case_insensitively_and_dot_files_are_ignored(tmp_path:
 def test_duplicate_keeps_the_definition_being_served_and_reports_both_paths(tmp_path: Path) -> None:
     clock = Clock()
     source = source_for(tmp_path, clock)
-    write(tmp_path, "web.yaml", doc())
-    source.poll()
-    clock.now += 1
-    source.poll()
+    settled(tmp_path, source, clock, "web.yaml", doc())
     newcomer = write(tmp_path, "00-other.yaml", doc(backends=[{"address": "192.168.9.9"}]))  # sorts first
     source.poll()
     clock.now += 1
@@ -405,10 +405,7 @@ def test_render_keepalived_refuses_input_without_virtualservices(tmp_path: Path,
 def test_a_file_being_rewritten_stands_in_with_its_last_good_objects_for_rendering(tmp_path: Path) -> None:
     clock = Clock()
     source = source_for(tmp_path, clock)
-    path = write(tmp_path, "web.yaml", doc())
-    source.poll()
-    clock.now += 1
-    source.poll()
+    path = settled(tmp_path, source, clock, "web.yaml", doc())
     assert source.held_services() == ([], True)
     write(tmp_path, "web.yaml", doc(scheduler="wlc"))
     path.touch()
