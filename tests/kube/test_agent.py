@@ -415,6 +415,34 @@ async def test_keep_accept_ra_refuses_ipv6_vips_with_a_status_reason(node_a: Clu
         assert fake.state.bound_vips() == {"169.254.11.2"} and fake.state.sysctls["net.ipv6.conf.eth0.accept_ra"] == "1"
 
 
+async def test_an_object_on_a_vip_someone_else_serves_is_reported_not_programmed(node_a: Cluster) -> None:
+    """VIPInUse: the VIP has IPVS services vsop does not own, so vsop leaves it alone; its objects'
+    entries say so and are not programmed, whether a full sync or a change planned them."""
+    cluster = node_a
+    await cluster.vs("web", WEB)
+    await cluster.vs("dns", {**WEB, "vip": "10.96.0.10"})  # where FOREIGN is
+    state = KernelState(services={FOREIGN.key: FOREIGN})
+    async with run_agent(cluster, state=state, resync_seconds=0.3) as (agent, fake, _):
+        in_use = "VIPInUse: VIP 10.96.0.10 has IPVS services vsop does not own"
+        entry = await until(lambda: node_entry(cluster, "dns"), "the node's report (the first, full sync)")
+        assert entry["programmed"] is False and entry["message"].startswith(in_use)
+        assert (await until(lambda: node_entry(cluster, "web")))["programmed"] is True
+        # Created while the agent runs: the change path plans it alone.
+        reads = agent.reconciler.reads
+        await cluster.vs("metrics", {**WEB, "vip": "10.96.0.10", "ports": [{"port": 9100}]})
+        entry = await until(lambda: node_entry(cluster, "metrics"), "the new object's entry")
+        assert entry["programmed"] is False and entry["message"].startswith(in_use)
+        assert agent.reconciler.programmed == {"default/web"}
+        assert agent.metrics.virtualservices.labels("failed")._value.get() == 2
+        assert agent.metrics.virtualservices.labels("programmed")._value.get() == 1
+        # The periodic full resync says the same, and leaves the VIP to its owner.
+        await until(lambda: agent.reconciler.reads > reads, "a full resync")
+        await resync(agent)
+        assert [node_entry(cluster, name)["programmed"] for name in ("web", "dns", "metrics")] == [True, False, False]
+        assert agent.reconciler.programmed == {"default/web"}
+        assert fake.state.bound_vips() == {"169.254.11.2"} and fake.state.services[FOREIGN.key] == FOREIGN
+
+
 async def test_a_backend_on_another_objects_vip_is_refused_with_a_status_reason(node_a: Cluster) -> None:
     cluster = node_a
     await cluster.vs("web", {**WEB, "vip": "10.9.0.1"})

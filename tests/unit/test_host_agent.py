@@ -241,6 +241,7 @@ def test_keep_accept_ra_refuses_ipv6_vips_and_reports_them(tmp_path: Path) -> No
     assert fake.state.bound_vips() == {"169.254.11.2"} and fake.state.sysctls["net.ipv6.conf.eth0.accept_ra"] == "1"
     status = json.loads((tmp_path / "status.json").read_text())
     assert [(p["obj"], p["reason"]) for p in status["lastSync"]["problems"]] == [("default/six", "RouterAdvertisements")]
+    assert status["lastSync"]["programmed"] == ["default/web"]  # what `vsop show` lists as programmed
 
 
 def test_vsop_agent_keep_accept_ra_reaches_the_reconciler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -77,10 +77,16 @@ step = st.one_of(
 )
 
 
-def from_scratch(objects: list[VirtualService], endpoints: dict[Any, Any], out: frozenset[RealServerKey]) -> KernelState:
+def from_scratch(objects: list[VirtualService], endpoints: dict[Any, Any], out: frozenset[RealServerKey]) -> tuple[KernelState, set[str]]:
+    """The kernel a full sync on a fresh node ends with, and the objects it programmed as declared."""
     kernel, fake = fake_kernel(foreign_state())
-    sync(kernel, objects, NODE, endpoints=endpoints, out_of_service=out)
-    return fake.state
+    result = sync(kernel, objects, NODE, endpoints=endpoints, out_of_service=out)
+    return fake.state, as_declared(result)
+
+
+def as_declared(result: Any) -> set[str]:
+    """A sync's programmed objects less those its plan refused (VIPInUse, RouterAdvertisements)."""
+    return set(result.desired.programmed) - {p.obj for p in result.plan.problems}
 
 
 def same_kernel(a: KernelState, b: KernelState, delegated: frozenset[ServiceKey]) -> None:
@@ -167,21 +173,23 @@ def test_incremental_path_ends_where_a_full_sync_from_scratch_ends(steps: list[A
         # What it believes the kernel holds is what the kernel holds, and who owns what in it.
         assert reconciler.observed is not None and comparable(reconciler.observed) == comparable(fake.state)
         assert reconciler._present_owners() == set(kernel_owners(fake.state, Names()))
-        expected = from_scratch(source_order(), endpoints, frozenset(out))
+        expected, declared = from_scratch(source_order(), endpoints, frozenset(out))
         same_kernel(fake.state, expected, reconciler.desired().state.delegated)
+        assert reconciler.programmed == declared
 
     reconciler.reconcile()
-    expected = from_scratch(source_order(), endpoints, frozenset(out))
+    expected, declared = from_scratch(source_order(), endpoints, frozenset(out))
     same_kernel(fake.state, expected, reconciler.desired().state.delegated)
+    assert reconciler.programmed == declared
     # The full path agrees: nothing left to write, and the engine on its own says the same.
     writes = fake.writes
     resync = reconciler.reconcile(full=True)
     assert resync.ok and resync.writes == 0 and fake.writes == writes
     assert sync(kernel, source_order(), NODE, endpoints=endpoints, out_of_service=frozenset(out)).plan.ops == ()
     # The reconciler's whole desired state is desired_state's, and so are its verdicts.
-    scratch = sync(kernel, source_order(), NODE, endpoints=endpoints, out_of_service=frozenset(out), dry_run=True).desired
-    assert reconciler.desired().state == scratch.state
-    assert reconciler.programmed == set(scratch.programmed)
+    scratch = sync(kernel, source_order(), NODE, endpoints=endpoints, out_of_service=frozenset(out), dry_run=True)
+    assert reconciler.desired().state == scratch.desired.state
+    assert reconciler.programmed == as_declared(scratch)
     # A reconciler fed the same objects as one whole list from scratch holds the same objects and order.
     fresh = Reconciler(fake_kernel(foreign_state())[0], NODE)
     fresh.set_objects(source_order())
@@ -489,16 +497,67 @@ def test_keep_accept_ra_refuses_ipv6_vips_on_both_paths_as_apply_does() -> None:
     for _ in (1, 2):
         [problem] = reconciler.problems("default/six")
         assert problem.reason == "RouterAdvertisements" and "eth0 (accept_ra=1)" in problem.message
+        assert reconciler.programmed == {"default/web"}  # what the plan refused is not programmed
         assert fake.state.sysctls == {**fake.state.sysctls, **accept_ra}
         assert fake.state.bound_vips() == {"169.254.20.1"}
         reconciler.reconcile(full=True)
     expected = sync(fake_kernel(KernelState(sysctls=accept_ra))[0], [web(), v6], NODE, keep_accept_ra=True)
     assert [p.reason for p in expected.plan.problems] == ["RouterAdvertisements"]
+    # Refused by the first (full) reconcile, and still after a change to it on the change path.
+    first = Reconciler(fake_kernel(KernelState(sysctls=accept_ra))[0], NODE, keep_accept_ra=True)
+    first.set_objects([web(), v6])
+    assert first.reconcile().full and first.programmed == {"default/web"}
+    first.set_objects([web(), web("six", "fd00:11::2", backends=[{"address": "fd00:200:1::2"}], scheduler="wlc")])
+    outcome = first.reconcile()
+    assert not outcome.full and outcome.writes == 0 and first.programmed == {"default/web"}
     # Without it, accept_ra becomes 2 before forwarding goes on (the default of both agents).
     kernel, fake = fake_kernel(KernelState(sysctls=accept_ra))
     reconciler = Reconciler(kernel, NODE)
     reconciler.set_objects([v6])
     assert reconciler.reconcile().ok and fake.state.sysctls["net.ipv6.conf.eth0.accept_ra"] == "2"
+
+
+def test_an_object_whose_vip_someone_else_serves_is_not_programmed_on_either_path() -> None:
+    """VIPInUse: the plan leaves a VIP with foreign IPVS services alone; its objects are reported
+    with the problem and are not programmed, whichever path planned them."""
+    kernel, fake = fake_kernel(foreign_state())  # a foreign IPVS service on 10.96.0.10
+    reconciler = Reconciler(kernel, NODE)
+    dns = web("dns", "10.96.0.10")
+    reconciler.set_objects([web(), dns])  # the first reconcile is a full one
+    assert reconciler.reconcile().full and reconciler.programmed == {"default/web"}
+    assert [p.reason for p in reconciler.problems("default/dns")] == ["VIPInUse"]
+    # The change path: a new object on the used VIP, and a change to the refused one.
+    other = web("other", "10.96.0.10", ports=[{"port": 8080}])
+    reconciler.set_objects([web(), dns, other])
+    outcome = reconciler.reconcile()
+    assert outcome.ok and not outcome.full and reconciler.programmed == {"default/web"}
+    reconciler.set_objects([web(), web("dns", "10.96.0.10", scheduler="wlc"), other])
+    assert not reconciler.reconcile().full and reconciler.programmed == {"default/web"}
+    assert [p.reason for p in reconciler.problems("default/other")] == ["VIPInUse"]
+    assert "10.96.0.10" not in fake.state.bound_vips()
+    # A full resync agrees.
+    assert reconciler.reconcile(full=True).writes == 0 and reconciler.programmed == {"default/web"}
+    # Where nothing refuses it, a change on that VIP's neighbour is programmed, and one that leaves is not.
+    free = web("free", "169.254.20.9")
+    reconciler.set_objects([web(), dns, other, free])
+    assert not reconciler.reconcile().full and reconciler.programmed == {"default/web", "default/free"}
+    reconciler.set_objects([dns, other, free])
+    assert not reconciler.reconcile().full and reconciler.programmed == {"default/free"}
+
+
+def test_a_change_judges_only_the_objects_on_the_vips_it_planned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`programmed` is kept per change: one new object judges a handful of objects, not all 200."""
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    objects = many(200)
+    reconciler.set_objects(objects)
+    assert reconciler.reconcile().ok and len(reconciler.programmed) == 200
+    judged: list[str] = []
+    judge = reconciler._is_programmed
+    monkeypatch.setattr(reconciler, "_is_programmed", lambda ref: judged.append(ref) or judge(ref))
+    reconciler.set_objects([*objects, web("new", "169.254.99.1")])
+    assert not reconciler.reconcile().full and "default/new" in reconciler.programmed
+    assert set(judged) == {"default/new"} and len(reconciler.programmed) == 201
 
 
 @settings(max_examples=100, deadline=None)

@@ -705,7 +705,7 @@ class Agent:
             found = reconciler.problems(ref) if piece.problems or reconciler.plan_problems or reconciler.held_problems else ()
             if found:
                 problems[ref] = found[-1]
-            if piece.programmed and ref not in reconciler.held_problems:
+            if ref in reconciler.programmed:
                 programmed.add(ref)
         return problems, programmed
 

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import AbstractSet, Any, Callable, Iterable, Mapping, Sequence
 
 from vsop.adapters.base import OperationFailed
 from vsop.core import ops
@@ -168,6 +168,9 @@ class Reconciler:
         # them, decided from the owners in the set comments, so it survives restarts (core.held).
         self.held = Held()
         self.held_problems: dict[str, Problem] = {}  # ref -> refused: it claims what a held owner serves
+        # Objects whose state is in the kernel as declared: their fragment is programmed and
+        # neither a held owner nor the last plan of their VIP refused them. Kept per change.
+        self._programmed: set[str] = set()
         self._force_full = False
         # Owners named by the cached state's set comments (member count each), kept true per write.
         self._owner_members: Counter[str] = Counter()
@@ -321,10 +324,7 @@ class Reconciler:
         """The kernel owners kept as the kernel has them now (core.held.held_owners over the cached state)."""
         if not self.held or self.observed is None:
             return frozenset()
-        return frozenset(
-            ref for ref in self._kept_by(self.held)
-            if not (ref in self.fragments and self.fragments[ref].programmed and ref not in self.held_problems)
-        )
+        return frozenset(ref for ref in self._kept_by(self.held) if ref not in self._programmed)
 
     def _present_owners(self) -> set[str]:
         """Owners named by the cached state's set comments: counted once per full read, then kept per write."""
@@ -444,6 +444,7 @@ class Reconciler:
                 vips.add(new.vip)
             else:
                 self.fragments.pop(ref, None)
+        self._judge(group)
         self._dirty.clear()
         self._derived = derived
         return vips
@@ -555,8 +556,26 @@ class Reconciler:
         return desired_from(self.shared(), self._pieces())
 
     @property
-    def programmed(self) -> set[str]:
-        return {ref for ref, piece in self.fragments.items() if piece.programmed and ref not in self.held_problems}
+    def programmed(self) -> AbstractSet[str]:
+        """The objects whose state is in the kernel as declared (read-only; kept true per change, not computed per call)."""
+        return self._programmed
+
+    def _is_programmed(self, ref: str) -> bool:
+        piece = self.fragments.get(ref)
+        return (
+            piece is not None
+            and piece.programmed
+            and ref not in self.held_problems
+            and not any(p.obj == ref for p in self.plan_problems.get(piece.vip, ()))  # VIPInUse, RouterAdvertisements
+        )
+
+    def _judge(self, refs: Iterable[str]) -> None:
+        """`programmed` made true again for `refs` (those whose fragment, held or plan verdict just changed)."""
+        for ref in refs:
+            if self._is_programmed(ref):
+                self._programmed.add(ref)
+            else:
+                self._programmed.discard(ref)
 
     def problems(self, ref: str) -> tuple[Problem, ...]:
         """Why an object is not (or not wholly) programmed: from its derivation and the last plan of its VIP."""
@@ -637,6 +656,7 @@ class Reconciler:
         self.plan_problems = self._by_vip_problems(result.plan.problems)
         self.left_alone = set(result.plan.left_alone)
         self.held_problems = self._held_losers(desired.programmed, result.desired)
+        self._programmed = {ref for ref in self.fragments if self._is_programmed(ref)}  # the full path's cost is N anyway
         self._held_vips = self._vips_of_held(observed) if self.held else frozenset()
         self._force_full = False
         outcome.plan, outcome.writes, outcome.applied = result.plan, result.writes, result.applied
@@ -689,6 +709,7 @@ class Reconciler:
         for vip in cut:
             self.plan_problems.pop(vip, None)
         self.plan_problems.update(self._by_vip_problems(the_plan.problems))
+        self._judge(outcome.touched)  # every object on the planned VIPs
         self.left_alone = (self.left_alone - cut) | the_plan.left_alone
         if the_plan.ops:
             try:
