@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tests.unit.test_property import foreign_state, services
 from vsop.core import ops
 from vsop.core.desired import Node
-from vsop.core.memory import apply_accepted, apply_in_place, owned_copy
+from vsop.core.memory import apply_accepted, apply_in_place, owned_copy, taken_along
 from vsop.core.state import KernelState, Names
 from vsop.engine import ExecutionFailed, fake_kernel, read_observed, sync
 
@@ -68,14 +68,7 @@ def test_the_interpreter_predicts_what_the_fakes_read_back(rounds: list[Any]) ->
             event("a write refused")
         accepted = list(fake.applied)
         after = as_read(read_observed(kernel, NAMES))
-        # What a deleted service takes along: its real servers in the cache, and any the operations added.
-        taken = {key.service: [] for key in cached.real_servers}
-        for key in cached.real_servers:
-            taken[key.service].append(key)
-        for op in accepted:
-            if isinstance(op, ops.AddRealServer):
-                taken.setdefault(op.real_server.key.service, []).append(op.real_server.key)
         assert as_read(apply_accepted(before, accepted)) == after
-        cached = apply_in_place(cached, accepted, lambda service: taken.get(service, ()))
+        cached = apply_in_place(cached, accepted, taken_along(cached.real_servers, accepted))
         assert as_read(cached) == after
         assert before == untouched  # a copy is changed, never what it was copied from

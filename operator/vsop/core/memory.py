@@ -1,18 +1,20 @@
 """An in-memory kernel: applies plan operations to a KernelState, refusing what a kernel refuses.
 
-It is the fakes' engine and the property tests' oracle. It enforces the kernel's own
+`apply_op` is the fakes' engine and the property tests' oracle. It enforces the kernel's own
 preconditions (no duplicate service, no real server without its service, no address
 without its link, no rule naming a missing set or chain, no chain deleted while a
 jump names it, no set destroyed while a rule names it) and vsop's ownership rule (an
 IPVS service is created only on a VIP already bound to vsop's link, and a VIP is
 unbound only once its services are gone), so a plan in the wrong order fails here.
+`apply_in_place` (and `apply_accepted`, the same on a copy) applies what a kernel already
+accepted without checks, at the cost of the operations: the node reconciler's cache.
 Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from vsop.core import ops
 from vsop.core.plan import jump_target
@@ -231,81 +233,35 @@ _HANDLERS = {
 }
 
 
-def apply_accepted(state: KernelState, operations: Iterable[ops.Op]) -> KernelState:
+def apply_accepted(state: KernelState, operations: Sequence[ops.Op]) -> KernelState:
     """The state after operations a kernel already accepted, in one pass (no checks).
 
     `apply_ops` copies the state per operation to check each one, which is quadratic for a
-    cold sync of thousands of services; the node reconciler keeps its cached view of the
-    kernel with this instead, after the adapters applied the operations.
+    cold sync of thousands of services. This is `apply_in_place` on an `owned_copy`: `state`
+    stays as it was, and the result's containers are its own, so it can be changed in
+    place in turn (the node reconciler's cache after a full sync).
     """
-    link = state.link
-    addresses = set(state.addresses)
-    services = dict(state.services)
-    real_servers = dict(state.real_servers)
-    ipsets = {name: (ipset, None) for name, ipset in state.ipsets.items()}  # name -> (header, members copy or None)
-    chains = dict(state.chains)
-    jumps = set(state.jumps)
-    sysctls = dict(state.sysctls)
-    gone_services: set = set()
+    return apply_in_place(owned_copy(state), operations, taken_along(state.real_servers, operations))
 
-    def members(name: str) -> dict[str, str]:
-        header, copied = ipsets[name]
-        if copied is None:
-            copied = dict(header.members)
-            ipsets[name] = (header, copied)
-        return copied
 
-    for op in operations:
-        if isinstance(op, ops.SetSysctl):
-            sysctls[op.name] = op.value
-        elif isinstance(op, ops.CreateSet):
-            ipsets[op.ipset.name] = (replace(op.ipset, members={}), {})
-        elif isinstance(op, ops.DestroySet):
-            ipsets.pop(op.name, None)
-        elif isinstance(op, ops.AddSetMember):
-            members(op.set_name)[op.member] = op.comment
-        elif isinstance(op, ops.DeleteSetMember):
-            members(op.set_name).pop(op.member, None)
-        elif isinstance(op, ops.WriteChain):
-            chains[op.key] = op.rules
-        elif isinstance(op, ops.DeleteChain):
-            chains.pop(op.key, None)
-        elif isinstance(op, ops.AddJump):
-            jumps.add(op.jump)
-        elif isinstance(op, ops.DeleteJump):
-            jumps.discard(op.jump)
-        elif isinstance(op, ops.CreateLink):
-            link, addresses = LinkState(op.name, up=True), set()
-        elif isinstance(op, ops.SetLinkUp):
-            link = LinkState(op.name, up=True)
-        elif isinstance(op, ops.DeleteLink):
-            link, addresses = None, set()
-        elif isinstance(op, ops.AddAddress):
-            addresses.add(op.address)
-        elif isinstance(op, ops.DeleteAddress):
-            addresses.discard(op.address)
-        elif isinstance(op, (ops.AddService, ops.EditService)):
-            services[op.service.key] = op.service
-        elif isinstance(op, ops.DeleteService):
-            services.pop(op.key, None)
-            gone_services.add(op.key)
-        elif isinstance(op, (ops.AddRealServer, ops.EditRealServer)):
-            real_servers[op.real_server.key] = op.real_server
-        elif isinstance(op, ops.DeleteRealServer):
-            real_servers.pop(op.key, None)
-    if gone_services:  # a deleted service takes its real servers with it
-        real_servers = {k: v for k, v in real_servers.items() if k.service not in gone_services}
-    return replace(
-        state,
-        link=link,
-        addresses=frozenset(addresses),
-        services=services,
-        real_servers=real_servers,
-        ipsets={name: (replace(header, members=copied) if copied is not None else header) for name, (header, copied) in ipsets.items()},
-        chains=chains,
-        jumps=frozenset(jumps),
-        sysctls=sysctls,
-    )
+def taken_along(real_servers: Iterable[RealServerKey], operations: Sequence[ops.Op]) -> Callable[[ServiceKey], Iterable[RealServerKey]]:
+    """`apply_in_place`'s `real_servers_of`: a service's real servers among `real_servers` (all
+    those of the services the operations delete, at least) and those the operations add.
+    Indexed once, at the first service deleted; most batches delete none."""
+    index: dict[ServiceKey, list[RealServerKey]] | None = None
+
+    def real_servers_of(service: ServiceKey) -> Iterable[RealServerKey]:
+        nonlocal index
+        if index is None:
+            index = {}
+            for key in real_servers:
+                index.setdefault(key.service, []).append(key)
+            for op in operations:
+                if isinstance(op, ops.AddRealServer):
+                    index.setdefault(op.real_server.key.service, []).append(op.real_server.key)
+        return index.get(service, ())
+
+    return real_servers_of
 
 
 def owned_copy(state: KernelState) -> KernelState:
@@ -328,14 +284,16 @@ def apply_in_place(
     operations: Iterable[ops.Op],
     real_servers_of: Callable[[ServiceKey], Iterable[RealServerKey]],
 ) -> KernelState:
-    """`apply_accepted` on a state made by `owned_copy`, changing its containers in place.
+    """The state after operations a kernel already accepted (no checks), changing the
+    containers of a state made by `owned_copy` in place: the one interpreter of accepted
+    operations (`apply_accepted` is this on a copy).
 
     Costs what the operations are, not what the state holds (the node reconciler's cached
     view of a kernel with 10,000 services, after each change). `real_servers_of(service)`
-    names the real servers a deleted service takes with it (the caller knows them without
-    scanning everything). Returns the state, or a new one sharing its containers when the
-    link changed (the dataclass is frozen). The operations are applied in order, so a
-    service deleted and added again keeps the real servers added after it.
+    names the real servers a deleted service takes with it (`taken_along`: the caller knows
+    them without scanning everything). Returns the state, or a new one sharing its
+    containers when the link changed (the dataclass is frozen). The operations are applied
+    in order, so a service deleted and added again keeps the real servers added after it.
     """
     link = state.link
     addresses: Any = state.addresses

@@ -31,7 +31,7 @@ from vsop.core.desired import Desired, Endpoint, Node, Problem, resolve_conflict
 from vsop.core.draining import Draining, with_draining
 from vsop.core.held import Held, held_owners, keep_held, kernel_owners
 from vsop.core.fragments import Fragment, VIPIndex, around, member_vip, assemble, desired_from, fragment, grace_of, refused, shared_state, vip_index
-from vsop.core.memory import KernelRefused, apply_accepted, apply_in_place, owned_copy
+from vsop.core.memory import KernelRefused, apply_accepted, apply_in_place, owned_copy, taken_along
 from vsop.core.plan import Plan, PlanError, owned, plan
 from vsop.core.state import KernelState, Names, RealServerKey
 from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, sync
@@ -649,7 +649,7 @@ class Reconciler:
         except (PlanError, KernelUnsupported, OperationFailed, OSError) as exc:
             return self._failed(outcome, started, str(exc), 0, [])
         after = self._after(observed, result.applied)
-        self.observed = owned_copy(after) if after is not None else None  # changed in place by each change
+        self.observed = after  # the reconciler's own copy: changed in place by each change
         if self.observed is not None:  # index it now: the first change after a resync stays cheap
             self._vip_index, self._index_of = vip_index(self.observed, self.names), self.observed
         self._shared_dirty = False
@@ -721,12 +721,6 @@ class Reconciler:
             except (KernelUnsupported, OperationFailed, OSError) as exc:
                 return self._failed(outcome, started, str(exc), 0, [])
             after_cut = apply_accepted(observed, outcome.applied)
-            gone_with: dict[Any, list[Any]] = {}  # service -> its real servers, which a delete takes along
-            for key in observed.real_servers:
-                gone_with.setdefault(key.service, []).append(key)
-            for op in outcome.applied:
-                if isinstance(op, ops.AddRealServer):
-                    gone_with.setdefault(op.real_server.key.service, []).append(op.real_server.key)
             try:
                 # In place, costing what the change wrote: the cached state is the reconciler's own
                 # copy (owned_copy at each full read), never a copy of all of it per change.
@@ -734,7 +728,7 @@ class Reconciler:
                     self._count_owners(outcome.applied)
                 counted = self._owners_of is self.observed
                 self.changes += 1
-                self.observed = apply_in_place(self.observed, outcome.applied, lambda service: gone_with.get(service, ()))
+                self.observed = apply_in_place(self.observed, outcome.applied, taken_along(observed.real_servers, outcome.applied))
                 self._owners_of = self.observed if counted else None
             except (KernelRefused, KeyError):  # the cache no longer matches what the kernel accepted: read it again
                 self.observed = None
@@ -810,11 +804,11 @@ class Reconciler:
         return vips
 
     def _after(self, observed: KernelState, applied: Sequence[ops.Op]) -> KernelState | None:
-        if not applied:
-            return observed  # the same objects: the next resync's unchanged read compares by identity
+        """The cache after a full sync: a copy of the read with its writes (the entries are the
+        read's own objects, so the next resync's unchanged read compares by identity)."""
         try:
             return apply_accepted(observed, applied)
-        except KernelRefused:
+        except (KernelRefused, KeyError):
             return None
 
     def _failed(self, outcome: Outcome, started: float, error: str, writes: int, applied: list[ops.Op]) -> Outcome:
