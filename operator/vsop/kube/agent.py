@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -33,7 +34,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import kopf
 
@@ -69,6 +70,7 @@ log = logging.getLogger("vsop.kube.agent")
 COMPONENT = "vsop-agent"
 FAKE_KERNEL_ENV = "VSOP_FAKE_KERNEL"  # test-only: "1" runs on in-memory fake adapters
 PROC_SYS = "/proc/sys"
+T = TypeVar("T")
 VS_INDEX, SLICE_INDEX, NODE_INDEX = "vsop_virtualservices", "vsop_endpointslices", "vsop_node"
 
 
@@ -524,7 +526,8 @@ class Agent:
         services = self._services() if self.keepalived is not None else []
         # Keepalived's writer renders every object: then every object's outcome is looked at.
         cover_all = everything or self.keepalived is not None
-        outcome, keepalived = await asyncio.to_thread(self._blocking_sync, services, node, reconciler.endpoints, periodic, cover_all)
+        sync = functools.partial(self._blocking_sync, services, node, reconciler.endpoints, cover_all=cover_all)
+        outcome, keepalived = await asyncio.to_thread(self._locked, sync, periodic)
         self.syncs += 1
         self.health_targets = self._health_targets()
         self.roles = checkers.roles(self.node_name, self.health_targets, reconciler.configured, self._published)
@@ -583,6 +586,22 @@ class Agent:
             if record is not None:  # shared rules and sysctls have no single owner: logged and counted only
                 await self._event(record, "Warning", "DriftRepaired", "the kernel was changed behind vsop's back; put back: " + "; ".join(described), report)
 
+    def _locked(self, sync: Callable[[bool], T], full: bool) -> T:
+        """Runs in a worker thread: `sync(full)` under the host's writer lock when there is one.
+
+        After another writer held the lock (its stamp changed since our last release), or
+        when waiting for it took a while, `full` is True: the reconcile reads the whole
+        kernel first."""
+        lock = self.options.lock
+        if lock is None:
+            return sync(full)
+        others = stamp(lock) != self._lock_stamp
+        on_wait = lambda who: log.info(kv("Waiting for the host's writer lock", node=self.node_name, holder=who))  # noqa: E731
+        with writer_lock(lock, self.options.lock_wait_seconds, on_wait=on_wait) as waited:
+            result = sync(full or others or waited >= 0.05)
+        self._lock_stamp = stamp(lock)  # our own release: a later change is another writer's
+        return result
+
     def _blocking_sync(
         self,
         services: list[VirtualService],
@@ -591,28 +610,7 @@ class Agent:
         full: bool,
         cover_all: bool = True,
     ) -> tuple[KernelOutcome, KeepalivedReport | None]:
-        """Runs in a worker thread: the kernel reconcile, then (only after a successful one) keepalived's files.
-
-        Under the host's writer lock when there is one; after another writer held it (its
-        stamp changed since our last release), the reconcile reads the whole kernel first."""
-        lock = self.options.lock
-        if lock is None:
-            return self._unlocked_sync(services, node, endpoints, full, cover_all)
-        others = stamp(lock) != self._lock_stamp
-        on_wait = lambda who: log.info(kv("Waiting for the host's writer lock", node=self.node_name, holder=who))  # noqa: E731
-        with writer_lock(lock, self.options.lock_wait_seconds, on_wait=on_wait) as waited:
-            result = self._unlocked_sync(services, node, endpoints, full or others or waited >= 0.05, cover_all)
-        self._lock_stamp = stamp(lock)  # our own release: a later change is another writer's
-        return result
-
-    def _unlocked_sync(
-        self,
-        services: list[VirtualService],
-        node: Node,
-        endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
-        full: bool,
-        cover_all: bool = True,
-    ) -> tuple[KernelOutcome, KeepalivedReport | None]:
+        """Blocking (netlink, iptables-restore, keepalived -t): the kernel reconcile, then (only after a successful one) keepalived's files."""
         outcome = self._kernel_sync(full, cover_all)
         if outcome.error is not None or self.keepalived is None or not self.keepalived.wanted(services):
             return outcome, None
