@@ -245,15 +245,21 @@ def change_figures(client: str, count: int) -> dict[str, float]:
     return figures
 
 
-def host_agent_figures(node: str, client: str, count: int, samples: int = 3) -> dict[str, float]:
-    """The host agent itself (vsop agent) following a store of `count` files, 1 s polls (a file is
-    taken once stable over two), 0.1 s debounce: a new store file written, until its VIP answers."""
+def store_folder(count: int) -> Path:
+    """A new temporary folder holding the store files of service(0) .. service(count - 1)."""
     folder = Path(tempfile.mkdtemp(prefix="vsop-bench-store-"))
     template = render(service(0))  # the store's own rendering, renamed per object (yaml.dump of 10k is slow here)
     assert template.count("name: s0\n") == 1 and template.count(vip(0)) == 1
     for index in range(count):
         text = template.replace("name: s0\n", f"name: s{index}\n").replace(vip(0), vip(index))
-        (folder / file_name(service(index).ref)).write_text(text)
+        (folder / file_name(f"bench/s{index}")).write_text(text)
+    return folder
+
+
+def host_agent_figures(node: str, client: str, count: int, samples: int = 3) -> dict[str, float]:
+    """The host agent itself (vsop agent) following a store of `count` files, 1 s polls (a file is
+    taken once stable over two), 0.1 s debounce: a new store file written, until its VIP answers."""
+    folder = store_folder(count)
     config = AgentConfig(folder, NODE, status_file=folder.parent / f"{folder.name}.json", lock=None, sweep_seconds=5.0)  # as `vsop agent`
     holder: dict[str, object] = {}
 
