@@ -54,7 +54,8 @@ log = logging.getLogger("vsop.folder")
 SUFFIXES = (".yaml", ".yml", ".json")
 STORE_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)_([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 
-Fingerprint = tuple[int, int, str]  # size, mtime_ns, sha256 of the content
+Fingerprint = tuple[int, int, bytes]  # size, mtime_ns, sha256 of the content
+StatKey = tuple[int, int, int]  # inode, size, mtime_ns: what a poll compares (an os.stat_result is ten times its size)
 
 
 def _file_key(state: FileState) -> tuple[object, ...]:
@@ -91,7 +92,7 @@ def guess_refs(text: str) -> frozenset[str]:
     return frozenset(refs)
 
 
-@dataclass
+@dataclass(slots=True)  # one per file: 10,000 in a big store
 class FileState:
     services: list[VirtualService] = field(default_factory=list)  # the last good ones
     names: frozenset[str] = frozenset()  # refs this path declares as far as known (last good or guessed)
@@ -99,7 +100,7 @@ class FileState:
     taken: Fingerprint | None = None  # the content in use
     seen: Fingerprint | None = None  # the content at the last poll
     seen_at: float = 0.0  # when `seen` was first observed
-    stat_key: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) at the last poll
+    stat_key: StatKey | None = None  # at the last poll
     pending: bool = False  # changed since taken, not yet stable
     outage: str | None = None  # a folder above it cannot be read: nothing is known about it now
 
@@ -139,9 +140,9 @@ class FolderSource:
 
     # -- reading the folder ----------------------------------------------------------
 
-    def _walk(self) -> tuple[dict[Path, os.stat_result | str], dict[Path, str]]:
-        """Every candidate file (its stat, or why it cannot be read) and every folder that cannot be listed."""
-        found: dict[Path, os.stat_result | str] = {}
+    def _walk(self) -> tuple[dict[Path, StatKey | str], dict[Path, str]]:
+        """Every candidate file (its stat key, or why it cannot be read) and every folder that cannot be listed."""
+        found: dict[Path, StatKey | str] = {}
         problems: dict[Path, str] = {}
         try:
             top = os.stat(self.directory)
@@ -210,8 +211,8 @@ class FolderSource:
 
     @staticmethod
     def _stat(name: str, path: Path, symlink: bool, entry: os.DirEntry[str] | None = None) -> Any:
-        """A file's stat (symlinks followed: a swapped target is a new fingerprint), why it cannot be
-        read, or None for a folder."""
+        """A file's stat key (symlinks followed: a swapped target is a new fingerprint), why it cannot
+        be read, or None for a folder. Kept per file between polls, so only the key is."""
         try:
             st = entry.stat() if entry is not None else os.stat(path)
         except OSError as exc:
@@ -221,10 +222,10 @@ class FolderSource:
             return "ignored"
         if stat_module.S_ISDIR(st.st_mode):
             return None
-        return st if wanted(name) and stat_module.S_ISREG(st.st_mode) else "ignored"
+        return (st.st_ino, st.st_size, st.st_mtime_ns) if wanted(name) and stat_module.S_ISREG(st.st_mode) else "ignored"
 
     @staticmethod
-    def _found(path: Path, result: Any, found: dict[Path, os.stat_result | str], pending: list[tuple[Path, os.stat_result | None]]) -> None:
+    def _found(path: Path, result: Any, found: dict[Path, StatKey | str], pending: list[tuple[Path, os.stat_result | None]]) -> None:
         if result is None:
             pending.append((path, None))
         elif result != "ignored":
@@ -277,7 +278,7 @@ class FolderSource:
                 if _file_key(state) != before:
                     touched.add(path)
                 continue
-            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            key = st
             if key == state.stat_key and not state.pending and state.taken is not None and state.error is None:
                 continue  # unchanged since it was taken: no need to read it again
             before = _file_key(state)
@@ -311,7 +312,7 @@ class FolderSource:
         served_changed = self._resolve_duplicates(touched)
         return bool(touched) or served_changed
 
-    def _look(self, path: Path, state: FileState, key: tuple[int, int, int]) -> None:
+    def _look(self, path: Path, state: FileState, key: StatKey) -> None:
         try:
             content = path.read_bytes()
         except OSError as exc:
@@ -320,7 +321,7 @@ class FolderSource:
                 log.error("file cannot be read, keeping its last good objects file=%s error=%r", path, reason)
             state.error, state.stat_key, state.seen, state.taken, state.pending = reason, None, None, None, False
             return
-        fingerprint = (len(content), key[2], hashlib.sha256(content).hexdigest())
+        fingerprint = (len(content), key[2], hashlib.sha256(content).digest())
         state.stat_key = key
         if fingerprint == state.taken:
             state.pending, state.seen = False, fingerprint
@@ -372,7 +373,10 @@ class FolderSource:
         for path in touched:
             old = self._claimed.pop(path, frozenset())
             state = self.files.get(path)
-            new = frozenset(state.names | {vs.ref for vs in state.services}) if state is not None else frozenset()
+            new: frozenset[str] = frozenset()
+            if state is not None:
+                loaded = {vs.ref for vs in state.services}
+                new = state.names if loaded <= state.names else state.names | loaded  # mostly the same: shared, not copied
             if new:
                 self._claimed[path] = new
             for ref in old - new:

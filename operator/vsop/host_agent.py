@@ -47,6 +47,7 @@ from vsop.folder import FolderSource
 from vsop.keepalived_daemon import KeepalivedWriter
 from vsop.lock import LockTimeout, stamp, writer_lock
 from vsop.model import VirtualService
+from vsop.node import heap
 from vsop.node.reconciler import Outcome, Reconciler
 
 if TYPE_CHECKING:  # imported when --metrics-port asks for it: aiohttp and prometheus_client are 12 MB of RSS
@@ -335,6 +336,8 @@ class HostAgent:
                 result = await loop.run_in_executor(executor, self.sync_once, full, False)
                 if result is not None and full:
                     next_full = time.monotonic() + self.config.resync_seconds
+                    # A full sync's read, desired state and plan were dropped: give their pages back.
+                    await loop.run_in_executor(executor, heap.trim)
                 next_resync = min(next_full, time.monotonic() + (self.config.resync_seconds if result is not None else self.config.retry_seconds))
                 checker.update(self.targets)
                 if status_due is None:

@@ -387,3 +387,38 @@ def test_vsop_agent_serves_metrics_and_health_on_its_metrics_port(tmp_path: Path
     thread.join(5)
     assert scraped.get("healthz") == "200", scraped
     assert "vsop_" in scraped["metrics"]
+
+
+def test_a_full_sync_hands_the_freed_heap_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full sync drops the kernel's whole state as read, the desired state and the plan: the run
+    loop trims the C heap after it (RSS at 10k services), and not after a change's small sync."""
+    from vsop.node import heap
+
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    write(folder, "web")
+    agent, fake = agent_for(folder)
+    trims: list[bool] = []
+    syncs: list[bool] = []
+    sync_once = agent.sync_once
+    monkeypatch.setattr(heap, "trim", lambda: trims.append(syncs[-1]) or True)
+    monkeypatch.setattr(agent, "sync_once", lambda full=True, status=True: syncs.append(full) or sync_once(full, status))
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if WEB in fake.state.services:
+                break
+        write(folder, "api", vip="169.254.11.3")
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if len(syncs) >= 2:
+                break
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    assert syncs[:2] == [True, False], syncs
+    assert trims == [True] * syncs.count(True), (trims, syncs)

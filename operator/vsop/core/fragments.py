@@ -42,12 +42,15 @@ from vsop.core.state import (
 )
 from vsop.model import VirtualService
 
+_NO_SERVICES: frozenset[ServiceKey] = frozenset()  # shared: an empty frozenset is not a singleton (216 bytes each)
+
+
 def member_vip(member: str) -> str:
     """The VIP of a set member: "VIP,proto:port" or "VIP"."""
     return member.split(",", 1)[0]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per object, 10,000 on a big node
 class Fragment:
     """What one VirtualService adds to this node's desired state (empty when not programmed here)."""
 
@@ -64,7 +67,12 @@ class Fragment:
     configured: Mapping[RealServerKey, str] = field(default_factory=dict)
     family: int | None = None  # the family it needs sets, chains and sysctls for, when programmed
     arp: bool = False  # needs the ARP sysctls (suppressARP, IPv4)
-    grace: Mapping[ServiceKey, float] = field(default_factory=dict)  # drain timeout per IPVS service
+    drain_seconds: float = 0.0  # the drain timeout of each of its IPVS services (`services`)
+
+    @property
+    def grace(self) -> dict[ServiceKey, float]:
+        """Drain timeout per IPVS service (one number per object: not kept as a mapping per object)."""
+        return dict.fromkeys(self.services, self.drain_seconds)
 
 
 def fragment(
@@ -86,7 +94,6 @@ def fragment(
     state = desired.state
     programmed = vs.ref in desired.programmed
     members = {name: dict(ipset.members) for name, ipset in state.ipsets.items() if ipset.members}
-    grace = {key: float(vs.spec.drain.timeout_seconds) for key in state.services}
     return Fragment(
         ref=vs.ref,
         vip=vs.spec.vip,
@@ -97,11 +104,11 @@ def fragment(
         real_servers=dict(state.real_servers),
         members=members,
         addresses=state.addresses,
-        delegated=state.delegated,
+        delegated=state.delegated or _NO_SERVICES,
         configured=dict(desired.configured),
         family=vs.spec.family if programmed else None,
         arp=programmed and vs.spec.suppress_arp and vs.spec.family == 4,
-        grace=grace,
+        drain_seconds=float(vs.spec.drain.timeout_seconds),
     )
 
 
@@ -219,7 +226,8 @@ def around(observed: KernelState, vips: Iterable[str], names: Names = Names(), i
 def grace_of(fragments: Iterable[Fragment]) -> dict[ServiceKey, float]:
     grace: dict[ServiceKey, float] = {}
     for piece in fragments:
-        grace.update(piece.grace)
+        for key in piece.services:
+            grace[key] = piece.drain_seconds
     return grace
 
 

@@ -49,7 +49,9 @@ class Names:
         return f"{self.masq_mark:#x}/{self.masq_mark:#x}"
 
 
-@dataclass(frozen=True, order=True)
+# slots=True on the four below: a node of 10,000 services holds tens of thousands of each
+# (desired and observed), 40 bytes less apiece.
+@dataclass(frozen=True, order=True, slots=True)
 class ServiceKey:
     """An IPVS virtual service is identified by protocol, address and port."""
 
@@ -66,7 +68,7 @@ class ServiceKey:
         return f"{self.protocol.upper()} {host}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VirtualServer:
     key: ServiceKey
     scheduler: str = "rr"
@@ -77,7 +79,7 @@ class VirtualServer:
         return (self.scheduler, self.persistence_timeout) == (other.scheduler, other.persistence_timeout)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class RealServerKey:
     service: ServiceKey
     address: str
@@ -88,7 +90,7 @@ class RealServerKey:
         return f"{host}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RealServer:
     key: RealServerKey
     forwarding: Forwarding = "masq"

@@ -1,0 +1,65 @@
+"""What the agents keep per object stays small and shared (the host agent's RSS at 10,000 services,
+bench/agent_rss.py), without changing what any of it means."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from tests.conftest import make_vs
+from vsop.core.desired import Node
+from vsop.core.fragments import fragment, grace_of, refused
+from vsop.core.desired import Problem
+from vsop.core.state import RealServer, RealServerKey, ServiceKey, VirtualServer
+from vsop.folder import FolderSource
+from vsop.node import heap
+from vsop.store import Store
+
+
+def test_parsed_objects_share_their_fields_sets_and_copies_do_not_touch_them() -> None:
+    a, b = make_vs("a", drain={"timeoutSeconds": 5}), make_vs("b", drain={"timeoutSeconds": 7})
+    assert a.spec.backends[0].__pydantic_fields_set__ is b.spec.backends[1].__pydantic_fields_set__
+    assert a.spec.model_fields_set == {"vip", "ports", "backends", "drain"}
+    copied = a.spec.model_copy(update={"scheduler": "wrr"})
+    assert copied.model_fields_set == {"vip", "ports", "backends", "drain", "scheduler"}
+    assert a.spec.model_fields_set == b.spec.model_fields_set == {"vip", "ports", "backends", "drain"}
+    assert a.spec.model_dump(exclude_unset=True, by_alias=True)["drain"] == {"timeoutSeconds": 5}
+
+
+def test_an_objects_ref_is_one_string() -> None:
+    assert make_vs("web").ref is make_vs("web").ref == "default/web"
+
+
+def test_kernel_state_records_have_no_per_instance_dict() -> None:
+    key = ServiceKey("tcp", "169.254.11.2", 80)
+    rs_key = RealServerKey(key, "192.168.2.111", 8080)
+    for record in (key, VirtualServer(key), rs_key, RealServer(rs_key)):
+        assert not hasattr(record, "__dict__"), type(record).__name__
+
+
+def test_a_fragment_keeps_one_drain_timeout_and_grace_is_per_service_as_before() -> None:
+    vs = make_vs(ports=[{"port": 80}, {"port": 443}], drain={"timeoutSeconds": 12})
+    piece = fragment(vs, Node("n"))
+    assert piece.grace == {ServiceKey("tcp", "169.254.11.2", 80): 12.0, ServiceKey("tcp", "169.254.11.2", 443): 12.0}
+    lost = refused(make_vs("other"), Problem("default/other", "Conflict", "lost"))
+    assert grace_of([piece, lost]) == piece.grace and lost.grace == {}
+    assert fragment(make_vs("x"), Node("n")).delegated is piece.delegated == frozenset()
+
+
+def test_the_folder_keeps_a_stat_key_per_file_and_shares_what_a_file_declares(tmp_path: Path) -> None:
+    Store(tmp_path).write([make_vs("web"), make_vs("api", vip="169.254.11.3")])
+    source = FolderSource(tmp_path, settle_seconds=0)
+    source.poll()
+    for path, state in source.files.items():
+        st = os.stat(path)
+        assert state.stat_key == (st.st_ino, st.st_size, st.st_mtime_ns)
+        assert not hasattr(state, "__dict__")
+        assert source._claimed[path] is state.names  # the same frozenset, not a copy per path
+    assert sorted(vs.ref for vs in source.services()) == ["default/api", "default/web"]
+
+
+def test_the_heap_is_trimmed_through_glibc_where_there_is_one() -> None:
+    if platform.libc_ver()[0] == "glibc":
+        assert heap._malloc_trim() is not None
+    assert heap.trim() in (True, False)
