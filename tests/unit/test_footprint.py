@@ -63,3 +63,17 @@ def test_the_heap_is_trimmed_through_glibc_where_there_is_one() -> None:
     if platform.libc_ver()[0] == "glibc":
         assert heap._malloc_trim() is not None
     assert heap.trim() in (True, False)
+
+
+def test_the_host_agent_loads_neither_pyroute2_nor_jinja2() -> None:
+    """Each runs its package's whole __init__ (pyroute2: about 190 modules, 10 MB of RSS; jinja2 2 MB):
+    the adapters speak netlink themselves, keepalived templates load when a configuration is rendered."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vsop.cli, vsop.host_agent, vsop.keepalived_daemon; from vsop.host import real_kernel; real_kernel(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyroute2', 'jinja2'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out

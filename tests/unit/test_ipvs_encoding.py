@@ -135,3 +135,38 @@ def test_proc_lines_parsed_before_are_reused_and_moved_counters_are_read_again()
     (quiet, busy) = sorted(second, key=lambda key: key.service.vip)
     assert second[quiet] is first[quiet]  # the same service line and line: the same object
     assert second[busy].active_connections == 4 and first[busy].active_connections == 0
+
+
+def test_the_ipvs_commands_are_the_kernels_numbers() -> None:
+    """Spelled out here (pyroute2 is not imported by the adapters); pyroute2 agrees."""
+    for name in ("GENL_NAME", "GENL_VERSION", "IPVS_CMD_NEW_SERVICE", "IPVS_CMD_SET_SERVICE", "IPVS_CMD_DEL_SERVICE",
+                 "IPVS_CMD_GET_SERVICE", "IPVS_CMD_NEW_DEST", "IPVS_CMD_SET_DEST", "IPVS_CMD_DEL_DEST", "IPVS_CMD_GET_DEST"):
+        assert getattr(ipvs, name) == getattr(pyroute2_ipvs, name), name
+
+
+def test_the_family_lookup_asks_and_reads_what_pyroute2_would() -> None:
+    from pyroute2.netlink import GENL_ID_CTRL, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, ctrlmsg
+
+    assert (netlink.GENL_ID_CTRL, netlink.NLM_F_ACK, netlink.NLM_F_DUMP, netlink.NLM_F_REQUEST) == (GENL_ID_CTRL, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST)
+    sent: list[tuple[int, bytes]] = []
+
+    class Pipe:
+        def request(self, mtype: int, body: bytes, flags: int) -> list[bytes]:
+            sent.append((mtype, body))
+            reply = ctrlmsg()
+            reply["cmd"], reply["version"] = 1, 2  # CTRL_CMD_NEWFAMILY
+            reply["attrs"] = [["CTRL_ATTR_FAMILY_NAME", "IPVS"], ["CTRL_ATTR_FAMILY_ID", 37]]
+            reply.encode()
+            return [bytes(reply.data[16:])]
+
+    assert netlink.genl_family(Pipe(), "IPVS") == 37  # type: ignore[arg-type]
+    (mtype, body), = sent
+    asked = ctrlmsg(netlink.NLMSG_HEADER.pack(16 + len(body), mtype, 0, 0, 0) + body)
+    asked.decode()
+    assert mtype == GENL_ID_CTRL and asked["cmd"] == 3 and asked.get_attr("CTRL_ATTR_FAMILY_NAME") == "IPVS"
+
+
+def test_a_netlink_error_has_pyroute2s_shape() -> None:
+    error = netlink.NetlinkError(2)
+    assert error.code == 2 and error.args == (2, "No such file or directory")
+    assert netlink.NetlinkError(17, "exists").args == (17, "exists")

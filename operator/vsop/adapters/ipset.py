@@ -27,9 +27,7 @@ import subprocess
 from typing import Sequence
 
 from vsop.adapters.base import OperationFailed
-from vsop.adapters.netlink import NLMSG_ERROR, NLMSG_HEADER, NetlinkPipe, attr_offsets, kernel_refused, nla
-from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
-from pyroute2.netlink.exceptions import NetlinkError
+from vsop.adapters.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HEADER, NetlinkError, NetlinkPipe, attr_offsets, kernel_refused, nla
 from vsop.core import ops
 from vsop.core.state import IPSet
 from vsop.errors import KernelUnsupported

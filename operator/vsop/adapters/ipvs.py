@@ -17,12 +17,10 @@ import struct
 import sys
 from typing import Iterable, Iterator, Sequence
 
-from pyroute2.netlink import NLM_F_REQUEST
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.generic import ipvs as _ipvs
-
 from vsop.adapters.base import OperationFailed
 from vsop.adapters.netlink import (
+    NLM_F_REQUEST,
+    NetlinkError,
     BE16_AT,
     iter_attrs,
     NETLINK_GENERIC,
@@ -43,6 +41,9 @@ from vsop.errors import KernelUnsupported
 NO_IPVS = "this kernel has no IPVS: load ip_vs or use mode: keepalived"
 
 # IPVS uapi (include/uapi/linux/ip_vs.h)
+GENL_NAME, GENL_VERSION = "IPVS", 1
+IPVS_CMD_NEW_SERVICE, IPVS_CMD_SET_SERVICE, IPVS_CMD_DEL_SERVICE, IPVS_CMD_GET_SERVICE = 1, 2, 3, 4
+IPVS_CMD_NEW_DEST, IPVS_CMD_SET_DEST, IPVS_CMD_DEL_DEST, IPVS_CMD_GET_DEST = 5, 6, 7, 8
 IP_VS_SVC_F_PERSISTENT = 0x1
 IP_VS_CONN_F_MASQ, IP_VS_CONN_F_LOCALNODE, IP_VS_CONN_F_TUNNEL, IP_VS_CONN_F_DROUTE = 0, 1, 2, 3
 _CMD_ATTR_SERVICE, _CMD_ATTR_DEST = 1, 2
@@ -129,24 +130,24 @@ def _dest_attrs(key: RealServerKey, real_server: RealServer | None) -> bytes:
 
 
 def _genl(cmd: int, attrs: bytes) -> bytes:
-    return _GENL.pack(cmd, _ipvs.GENL_VERSION, 0) + attrs
+    return _GENL.pack(cmd, GENL_VERSION, 0) + attrs
 
 
 def encode(op: ops.Op) -> bytes:
     """The IPVS generic netlink body (genlmsghdr and attributes) doing `op`."""
     match op:
         case ops.AddService(service=service):
-            return _genl(_ipvs.IPVS_CMD_NEW_SERVICE, _service_attrs(service))
+            return _genl(IPVS_CMD_NEW_SERVICE, _service_attrs(service))
         case ops.EditService(service=service):
-            return _genl(_ipvs.IPVS_CMD_SET_SERVICE, _service_attrs(service))
+            return _genl(IPVS_CMD_SET_SERVICE, _service_attrs(service))
         case ops.DeleteService(key=key):
-            return _genl(_ipvs.IPVS_CMD_DEL_SERVICE, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key)))
+            return _genl(IPVS_CMD_DEL_SERVICE, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key)))
         case ops.AddRealServer(real_server=rs) | ops.EditRealServer(real_server=rs):
             # pyroute2's "update" verb sends IPVS_CMD_DEL_DEST; SET_DEST edits in place.
-            cmd = _ipvs.IPVS_CMD_NEW_DEST if isinstance(op, ops.AddRealServer) else _ipvs.IPVS_CMD_SET_DEST
+            cmd = IPVS_CMD_NEW_DEST if isinstance(op, ops.AddRealServer) else IPVS_CMD_SET_DEST
             return _genl(cmd, nla(_CMD_ATTR_SERVICE, _service_key_attrs(rs.key.service)) + _dest_attrs(rs.key, rs))
         case ops.DeleteRealServer(key=key):
-            return _genl(_ipvs.IPVS_CMD_DEL_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key.service)) + _dest_attrs(key, None))
+            return _genl(IPVS_CMD_DEL_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key.service)) + _dest_attrs(key, None))
     raise TypeError(f"the IPVS adapter does not handle {type(op).__name__}")
 
 
@@ -387,7 +388,7 @@ class IPVSKernel:
     def family_id(self) -> int:
         if self._family is None:
             try:
-                self._family = genl_family(self._pipe, _ipvs.GENL_NAME)
+                self._family = genl_family(self._pipe, GENL_NAME)
             except NetlinkError as e:
                 if e.code == errno.ENOENT:
                     raise KernelUnsupported(NO_IPVS) from None
@@ -399,7 +400,7 @@ class IPVSKernel:
 
     def read(self) -> tuple[dict[ServiceKey, VirtualServer], dict[RealServerKey, RealServer]]:
         family = self.family_id
-        payloads = self._pipe.dump(family, _genl(_ipvs.IPVS_CMD_GET_SERVICE, b""))
+        payloads = self._pipe.dump(family, _genl(IPVS_CMD_GET_SERVICE, b""))
         previous: dict[bytes, tuple[ServiceKey, VirtualServer] | None] = self._service_payloads
         fresh: dict[bytes, tuple[ServiceKey, VirtualServer] | None] = {}
         changed = len(payloads) != len(previous)
@@ -455,7 +456,7 @@ class IPVSKernel:
                 rs = _parse_dest(keys[index], payload, *where)
                 real_servers[rs.key] = rs
 
-        bodies = (_genl(_ipvs.IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in keys)
+        bodies = (_genl(IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in keys)
         for index, code in self._pipe.dump_many(family, bodies, on_dest).items():
             if code not in (errno.ESRCH, errno.ENOENT):  # those: deleted since the service dump
                 raise NetlinkError(code, f"dumping the real servers of {keys[index]}: {os.strerror(code)}")
@@ -474,7 +475,7 @@ class IPVSKernel:
         wanted = list(keys)
         for key in wanted:
             try:
-                replies = self._pipe.request(family, _genl(_ipvs.IPVS_CMD_GET_SERVICE, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))), NLM_F_REQUEST)
+                replies = self._pipe.request(family, _genl(IPVS_CMD_GET_SERVICE, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))), NLM_F_REQUEST)
             except NetlinkError as e:
                 if e.code in (errno.ESRCH, errno.ENOENT):
                     continue
@@ -491,7 +492,7 @@ class IPVSKernel:
                 dests[rs.key] = parse_stats(payload, *where, "dest")
 
         present = [key for key in wanted if key in services]
-        bodies = (_genl(_ipvs.IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in present)
+        bodies = (_genl(IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in present)
         self._pipe.dump_many(family, bodies, on_dest)
         return services, dests
 

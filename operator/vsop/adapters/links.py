@@ -1,9 +1,10 @@
 """The real link adapter: vsop's dummy link and the VIPs bound to it, over rtnetlink.
 
-Owns `LinkKernel` (base.LinkAdapter). Link operations (few) go through pyroute2's
-IPRoute; address writes and the address dump (one per VIP: thousands with many
-services) go through the pipelined `NetlinkPipe` with hand-packed messages, because
-pyroute2 spends ~100 µs encoding or decoding each address message.
+Owns `LinkKernel` (base.LinkAdapter). Everything goes through `NetlinkPipe` with
+hand-packed rtnetlink messages: address writes and the address dump (one per VIP:
+thousands with many services) pipelined, because pyroute2 spends ~100 µs encoding or
+decoding each address message; the few link messages (get, create, up, delete) too,
+because importing pyroute2's IPRoute loads all of pyroute2 (10 MB of the agent's RSS).
 Must not import: kopf, kubernetes, jinja2, vsop.core.plan/desired.
 """
 
@@ -15,11 +16,8 @@ import socket
 import struct
 from typing import Sequence
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from vsop.adapters.base import OperationFailed
-from vsop.adapters.netlink import NetlinkPipe, address_text, attr_offsets, kernel_refused, nla
+from vsop.adapters.netlink import NLM_F_ACK, NLM_F_REQUEST, NetlinkError, NetlinkPipe, address_text, attr_offsets, kernel_refused, nla
 from vsop.core import ops
 from vsop.core.state import LinkState
 from vsop.errors import KernelUnsupported
@@ -27,13 +25,16 @@ from vsop.errors import KernelUnsupported
 NO_DUMMY = "this kernel cannot create dummy links: load the dummy module or use mode: keepalived"
 
 NETLINK_ROUTE = 0
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+IFLA_IFNAME, IFLA_LINKINFO, IFLA_INFO_KIND = 3, 18, 1
 NLM_F_EXCL, NLM_F_CREATE = 0x200, 0x400
 IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
 IFA_F_NODAD = 0x02
 IFF_UP = 0x1
 
 _IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, ifindex
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change (the flags' mask)
 _ADDRESS_OPS = (ops.AddAddress, ops.DeleteAddress)
 
 
@@ -49,6 +50,10 @@ def _encode_address(op: ops.AddAddress | ops.DeleteAddress, index: int) -> tuple
     if isinstance(op, ops.AddAddress):
         return RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body + nla(IFA_FLAGS, struct.pack("=I", flags))
     return RTM_DELADDR, 0, body
+
+
+def _name(name: str) -> bytes:
+    return nla(IFLA_IFNAME, name.encode() + b"\0")
 
 
 def _reason(op: ops.Op, code: int, text: str = "") -> str:
@@ -92,26 +97,12 @@ class LinkKernel:
         self.netns = netns
         self.batch = batch
         self._pipe = NetlinkPipe(NETLINK_ROUTE, netns)
-        self._iproute: IPRoute | None = None
         # The last address dump's raw bytes (with the link's index) and its parse: the same
         # bytes return the same sets (callers never mutate what a read returns).
         self._last: tuple[int | None, bytes, frozenset[str], frozenset[str]] | None = None
 
-    @property
-    def _ipr(self) -> IPRoute:
-        if self._iproute is None:
-            # groups=0: no multicast subscriptions, whose events would pile up unread.
-            try:
-                self._iproute = IPRoute(netns=self.netns, flags=0, groups=0) if self.netns else IPRoute(groups=0)
-            except OSError as e:
-                raise OSError(e.errno, f"network namespace {self.netns}: {e.strerror}") from None
-        return self._iproute
-
     def close(self) -> None:
         self._pipe.close()
-        if self._iproute is not None:
-            self._iproute.close()
-            self._iproute = None
 
     def __enter__(self) -> "LinkKernel":
         return self
@@ -124,12 +115,21 @@ class LinkKernel:
     def _link(self, name: str) -> tuple[int, int] | None:
         """(ifindex, flags) of the link, or None."""
         try:
-            (msg,) = self._ipr.link("get", ifname=name)
+            (reply,) = self._pipe.request(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _name(name))
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return None
             raise
-        return msg["index"], msg["flags"]
+        _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(reply)
+        return index, flags
+
+    def _create_dummy(self, name: str, up: bool) -> None:
+        flags = IFF_UP if up else 0
+        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, flags, flags) + _name(name) + nla(IFLA_LINKINFO, nla(IFLA_INFO_KIND, b"dummy"))
+        self._pipe.request(RTM_NEWLINK, body, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+
+    def _delete(self, index: int) -> None:
+        self._pipe.request(RTM_DELLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0))
 
     def probe(self, link: str) -> None:
         if self._link(link) is not None:
@@ -138,7 +138,7 @@ class LinkKernel:
         # may have the driver built in, as a module it autoloads, or not at all.
         name = f"vsopprobe{os.getpid() % 100000}"
         try:
-            self._ipr.link("add", ifname=name, kind="dummy")
+            self._create_dummy(name, up=False)
         except NetlinkError as e:
             if e.code == errno.EOPNOTSUPP:
                 raise KernelUnsupported(NO_DUMMY) from None
@@ -146,7 +146,7 @@ class LinkKernel:
                 raise
         found = self._link(name)
         if found is not None:
-            self._ipr.link("del", index=found[0])
+            self._delete(found[0])
 
     # --- reading ---
 
@@ -237,19 +237,18 @@ class LinkKernel:
             raise OperationFailed(run[index], _reason(run[index], code, text))
 
     def _link_op(self, op: ops.Op) -> None:
-        ipr = self._ipr
         match op:
             case ops.CreateLink(name=name):
-                ipr.link("add", ifname=name, kind="dummy", state="up")
+                self._create_dummy(name, up=True)
             case ops.SetLinkUp(name=name):
                 found = self._link(name)
                 if found is None:
                     raise NetlinkError(errno.ENODEV)
-                ipr.link("set", index=found[0], state="up")
+                self._pipe.request(RTM_NEWLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, found[0], IFF_UP, IFF_UP))
             case ops.DeleteLink(name=name):
                 found = self._link(name)
                 if found is None:
                     raise NetlinkError(errno.ENODEV)
-                ipr.link("del", index=found[0])
+                self._delete(found[0])
             case _:
                 raise TypeError(f"the link adapter does not handle {type(op).__name__}")

@@ -17,9 +17,21 @@ import struct
 import threading
 from typing import Callable, Iterable, Iterator, Sequence
 
-from pyroute2 import netns as _netns
-from pyroute2.netlink import GENL_ID_CTRL, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, ctrlmsg
-from pyroute2.netlink.exceptions import NetlinkError
+# No pyroute2 here, nor in the adapters a sync uses: importing any part of it runs its package's
+# __init__, which loads all of pyroute2 (about 190 modules, 10 MB of every agent's RSS). Only a
+# socket in a named namespace borrows pyroute2.netns (tests and tools; agents use their own).
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+GENL_ID_CTRL = 0x10
+CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 1, 2
+_GENL_HEADER = struct.Struct("=BBH")  # genlmsghdr: cmd, version, reserved
+
+
+class NetlinkError(Exception):
+    """The kernel refused a netlink request: `code` is the positive errno (pyroute2's shape)."""
+
+    def __init__(self, code: int, msg: str | None = None):
+        super().__init__(code, msg or os.strerror(code))
+        self.code = code
 
 
 NETLINK_GENERIC = 16
@@ -61,6 +73,8 @@ class NetlinkPipe:
     def sock(self) -> socket.socket:
         if self._sock is None:
             if self.netns:
+                from pyroute2 import netns as _netns
+
                 try:
                     # flags=0: pyroute2 would otherwise create a missing namespace (O_CREAT).
                     sock = _netns.create_socket(self.netns, socket.AF_NETLINK, socket.SOCK_RAW, self.protocol, flags=0)
@@ -260,15 +274,12 @@ def nla(atype: int, payload: bytes) -> bytes:
 
 def genl_family(pipe: NetlinkPipe, name: str) -> int:
     """The generic netlink family id of `name`; NetlinkError(ENOENT) when the kernel has none."""
-    msg = ctrlmsg()
-    msg["cmd"] = CTRL_CMD_GETFAMILY
-    msg["version"] = 1
-    msg["attrs"] = [["CTRL_ATTR_FAMILY_NAME", name]]
-    msg.encode()
-    (reply,) = pipe.request(GENL_ID_CTRL, bytes(msg.data[16:]), NLM_F_REQUEST)
-    parsed = ctrlmsg(NLMSG_HEADER.pack(16 + len(reply), GENL_ID_CTRL, 0, 0, 0) + reply)
-    parsed.decode()
-    return parsed.get_attr("CTRL_ATTR_FAMILY_ID")
+    body = _GENL_HEADER.pack(CTRL_CMD_GETFAMILY, 1, 0) + nla(CTRL_ATTR_FAMILY_NAME, name.encode() + b"\0")
+    (reply,) = pipe.request(GENL_ID_CTRL, body, NLM_F_REQUEST)
+    at = attr_offsets(reply, _GENL_HEADER.size, len(reply))
+    if CTRL_ATTR_FAMILY_ID not in at:
+        raise NetlinkError(errno.ENOENT, f"no generic netlink family id for {name}")
+    return U16_AT.unpack_from(reply, at[CTRL_ATTR_FAMILY_ID])[0]
 
 
 U16_AT = struct.Struct("=H")

@@ -26,9 +26,10 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 
-import jinja2
+if TYPE_CHECKING:  # imported when a configuration is rendered: every host agent loads this module (2 MB of RSS)
+    import jinja2
 
 from vsop.core.desired import Endpoint, Node, Problem, applies_to_node, resolve_conflicts
 from vsop.core.state import Names
@@ -80,6 +81,8 @@ class Token(str):
 
 def _only_checked(value: Any) -> Any:
     """jinja2 `finalize`: every interpolated value is an int or a Token, or rendering stops."""
+    import jinja2
+
     if isinstance(value, Token) or (isinstance(value, int) and not isinstance(value, bool)):
         return value
     if isinstance(value, jinja2.StrictUndefined):
@@ -88,6 +91,8 @@ def _only_checked(value: Any) -> Any:
 
 
 def _environment() -> jinja2.Environment:
+    import jinja2
+
     return jinja2.Environment(
         loader=jinja2.PackageLoader("vsop.keepalived", "templates"),
         undefined=jinja2.StrictUndefined,
