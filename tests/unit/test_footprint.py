@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tests.conftest import make_vs
 from vsop.core.desired import Node
-from vsop.core.fragments import fragment, grace_of, refused
-from vsop.core.desired import Problem
-from vsop.core.state import RealServer, RealServerKey, ServiceKey, VirtualServer
+from vsop.core.desired import Problem, desired_state, shared_state
+from vsop.core.fragments import assemble, fragment, grace_of, refused
+from vsop.core.state import Names, RealServer, RealServerKey, ServiceKey, VirtualServer
 from vsop.folder import FolderSource
 from vsop.node import heap
 from vsop.store import Store
@@ -45,6 +45,17 @@ def test_a_fragment_keeps_one_drain_timeout_and_grace_is_per_service_as_before()
     lost = refused(make_vs("other"), Problem("default/other", "Conflict", "lost"))
     assert grace_of([piece, lost]) == piece.grace and lost.grace == {}
     assert fragment(make_vs("x"), Node("n")).delegated is piece.delegated == frozenset()
+
+
+def test_a_fragments_mappings_are_its_objects_desired_state() -> None:
+    vs = make_vs(ports=[{"port": 80}, {"port": 53, "protocol": "UDP"}])
+    node = Node("n")
+    piece, desired = fragment(vs, node), desired_state([vs], node)
+    state = desired.state
+    assert piece.services == state.services and piece.real_servers == state.real_servers
+    assert piece.members == {name: dict(ipset.members) for name, ipset in state.ipsets.items() if ipset.members}
+    assert set(piece.addresses) == state.addresses and piece.configured == desired.configured
+    assert assemble(shared_state(Names(), {4: 1}, arp=False, bound=True, kernel_version=None), [piece]) == state
 
 
 def test_the_folder_keeps_a_stat_key_per_file_and_shares_what_a_file_declares(tmp_path: Path) -> None:

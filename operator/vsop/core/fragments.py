@@ -19,7 +19,7 @@ Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapter
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from vsop.core.desired import (
@@ -50,29 +50,55 @@ def member_vip(member: str) -> str:
     return member.split(",", 1)[0]
 
 
-@dataclass(frozen=True, slots=True)  # one per object, 10,000 on a big node
+@dataclass(frozen=True, slots=True)
 class Fragment:
-    """What one VirtualService adds to this node's desired state (empty when not programmed here)."""
+    """What one VirtualService adds to this node's desired state (empty when not programmed here).
+
+    A node holds one per object (10,000 on a big one), each with a few entries: kept as
+    tuples, not as a handful of small dicts and sets per object (about 1 KB each at 10k
+    objects); the mappings are built when asked for (`services`, `real_servers`, ...).
+    """
 
     ref: str
     vip: str
     programmed: bool = False
     problems: tuple[Problem, ...] = ()
     warnings: tuple[Problem, ...] = ()
-    services: Mapping[ServiceKey, VirtualServer] = field(default_factory=dict)
-    real_servers: Mapping[RealServerKey, RealServer] = field(default_factory=dict)
-    members: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # set name -> member -> owner
-    addresses: frozenset[str] = frozenset()
+    service_list: tuple[VirtualServer, ...] = ()  # its IPVS services (each under its own key)
+    real_server_list: tuple[RealServer, ...] = ()
+    member_list: tuple[tuple[str, str, str], ...] = ()  # (set name, member, owner) in set order
+    addresses: tuple[str, ...] = ()  # bound on the link (VIP/prefix)
     delegated: frozenset[ServiceKey] = frozenset()
-    configured: Mapping[RealServerKey, str] = field(default_factory=dict)
+    configured_keys: tuple[RealServerKey, ...] = ()  # every configured real server (before health), all of this object
     family: int | None = None  # the family it needs sets, chains and sysctls for, when programmed
     arp: bool = False  # needs the ARP sysctls (suppressARP, IPv4)
-    drain_seconds: float = 0.0  # the drain timeout of each of its IPVS services (`services`)
+    drain_seconds: float = 0.0  # the drain timeout of each of its IPVS services
+
+    @property
+    def services(self) -> dict[ServiceKey, VirtualServer]:
+        return {service.key: service for service in self.service_list}
+
+    @property
+    def real_servers(self) -> dict[RealServerKey, RealServer]:
+        return {rs.key: rs for rs in self.real_server_list}
+
+    @property
+    def members(self) -> dict[str, dict[str, str]]:
+        """Set name -> member -> owner."""
+        found: dict[str, dict[str, str]] = {}
+        for name, member, owner in self.member_list:
+            found.setdefault(name, {})[member] = owner
+        return found
+
+    @property
+    def configured(self) -> dict[RealServerKey, str]:
+        """Every configured real server -> this object (as Desired.configured)."""
+        return dict.fromkeys(self.configured_keys, self.ref)
 
     @property
     def grace(self) -> dict[ServiceKey, float]:
-        """Drain timeout per IPVS service (one number per object: not kept as a mapping per object)."""
-        return dict.fromkeys(self.services, self.drain_seconds)
+        """Drain timeout per IPVS service."""
+        return {service.key: self.drain_seconds for service in self.service_list}
 
 
 def fragment(
@@ -93,19 +119,19 @@ def fragment(
     )
     state = desired.state
     programmed = vs.ref in desired.programmed
-    members = {name: dict(ipset.members) for name, ipset in state.ipsets.items() if ipset.members}
+    # Desired.configured of one object maps each of its real servers to it: the keys suffice.
     return Fragment(
         ref=vs.ref,
         vip=vs.spec.vip,
         programmed=programmed,
         problems=desired.problems,
         warnings=desired.warnings,
-        services=dict(state.services),
-        real_servers=dict(state.real_servers),
-        members=members,
-        addresses=state.addresses,
+        service_list=tuple(state.services.values()),
+        real_server_list=tuple(state.real_servers.values()),
+        member_list=tuple((name, member, owner) for name, ipset in state.ipsets.items() for member, owner in ipset.members.items()),
+        addresses=tuple(sorted(state.addresses)),
         delegated=state.delegated or _NO_SERVICES,
-        configured=dict(desired.configured),
+        configured_keys=tuple(desired.configured),
         family=vs.spec.family if programmed else None,
         arp=programmed and vs.spec.suppress_arp and vs.spec.family == 4,
         drain_seconds=float(vs.spec.drain.timeout_seconds),
@@ -131,11 +157,13 @@ def assemble(shared: KernelState, fragments: Iterable[Fragment], vips: frozenset
     for piece in fragments:
         if vips is not None and piece.vip not in vips:
             continue
-        services.update(piece.services)
-        real_servers.update(piece.real_servers)
-        for name, owned_members in piece.members.items():
-            members.setdefault(name, {}).update(owned_members)
-        addresses |= piece.addresses
+        for service in piece.service_list:
+            services[service.key] = service
+        for rs in piece.real_server_list:
+            real_servers[rs.key] = rs
+        for name, member, owner in piece.member_list:
+            members.setdefault(name, {})[member] = owner
+        addresses.update(piece.addresses)
         delegated |= piece.delegated
     ipsets = {name: IPSet(header.name, header.kind, header.family, members.get(name, {})) for name, header in shared.ipsets.items()}
     return KernelState(
@@ -156,7 +184,7 @@ def desired_from(shared: KernelState, fragments: Iterable[Fragment]) -> Desired:
     pieces = list(fragments)
     configured: dict[RealServerKey, str] = {}
     for piece in pieces:
-        configured.update(piece.configured)
+        configured.update(dict.fromkeys(piece.configured_keys, piece.ref))
     return Desired(
         assemble(shared, pieces),
         tuple(p.ref for p in pieces if p.programmed),
@@ -226,8 +254,8 @@ def around(observed: KernelState, vips: Iterable[str], names: Names = Names(), i
 def grace_of(fragments: Iterable[Fragment]) -> dict[ServiceKey, float]:
     grace: dict[ServiceKey, float] = {}
     for piece in fragments:
-        for key in piece.services:
-            grace[key] = piece.drain_seconds
+        for service in piece.service_list:
+            grace[service.key] = piece.drain_seconds
     return grace
 
 

@@ -520,7 +520,7 @@ class Reconciler:
         self._arp += piece.arp
         for address in piece.addresses:
             self._bound[address] += 1
-        self.configured.update(piece.configured)
+        self.configured.update(dict.fromkeys(piece.configured_keys, piece.ref))
 
     def _unindex(self, piece: Fragment) -> None:
         if piece.family is not None:
@@ -532,7 +532,7 @@ class Reconciler:
             self._bound[address] -= 1
             if not self._bound[address]:
                 del self._bound[address]
-        for key in piece.configured:
+        for key in piece.configured_keys:
             if self.configured.get(key) == piece.ref:
                 del self.configured[key]
 
