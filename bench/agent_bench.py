@@ -15,6 +15,7 @@ Figures only, no assertions: targets are judged by a person (docs/performance.md
 Everything happens in throwaway network namespaces made here; traffic stays inside them.
 
     vm/run --timeout 3000 --mem 4096 -- .venv/bin/python bench/agent_bench.py
+    (--host-agent-only: the host agent's new-file figure alone; --resync: a new file during the periodic full resync)
 """
 
 from __future__ import annotations
@@ -309,6 +310,93 @@ def host_agent_figures(node: str, client: str, count: int, samples: int = 3) -> 
     return figures
 
 
+def resync_figures(node: str, client: str, count: int, samples: int = 3, resync_seconds: float = 20.0) -> dict[str, float]:
+    """The host agent following a store of `count` files, as host_agent_figures: a new store file
+    written just after a poll (quiet time), and one written just after the periodic full resync
+    started (the store changed since the last one, as it does in use), until its VIP answers;
+    the full resync's turn is timed too. `--resync` prints them side by side."""
+    folder = Path(tempfile.mkdtemp(prefix="vsop-bench-resync-"))
+    template = render(service(0))
+    for index in range(count):
+        (folder / file_name(service(index).ref)).write_text(template.replace("name: s0\n", f"name: s{index}\n").replace(vip(0), vip(index)))
+    config = AgentConfig(folder, NODE, status_file=folder.parent / f"{folder.name}.json", lock=None, sweep_seconds=5.0,
+                         resync_seconds=resync_seconds)
+    holder: dict[str, object] = {}
+    fulls: list[tuple[float, float, float]] = []  # (started, seconds, reading the kernel) of each full reconcile
+
+    def run() -> None:
+        with entered(node):
+            agent = HostAgent(real_kernel(), config, ConntrackTool())
+            reconcile = agent.reconciler.reconcile
+
+            def traced(*, full: bool = False):  # type: ignore[no-untyped-def]
+                started = time.perf_counter()
+                if full:
+                    fulls.append((started, -1.0, 0.0))
+                outcome = reconcile(full=full)
+                if full:
+                    fulls[-1] = (started, time.perf_counter() - started, outcome.read_seconds)
+                return outcome
+
+            agent.reconciler.reconcile = traced  # type: ignore[method-assign]
+            holder["agent"] = agent
+
+            async def main() -> None:
+                stop = asyncio.Event()
+                holder["stop"] = (stop, asyncio.get_running_loop())
+                await agent.run(stop)
+
+            asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True, name="vsop-agent-resync")
+    started = time.perf_counter()
+    thread.start()
+    while True:
+        agent = holder.get("agent")
+        if isinstance(agent, HostAgent) and agent.syncs and len(agent.reconciler.objects) == count:
+            break
+        if time.perf_counter() - started > 1500 or not thread.is_alive():
+            raise SystemExit(f"the host agent did not program {count} files")
+        time.sleep(0.5)
+    time.sleep(2.5)
+    quiet, during, turns, reads = [], [], [], []
+    extra = count
+    for _ in range(samples):
+        polled = agent.polled_at
+        while agent.polled_at == polled:
+            time.sleep(0.002)
+        new = service(extra)
+        extra += 1
+        started = time.perf_counter()
+        Store(folder).write([new])
+        quiet.append(until_answers(client, new.spec.vip, limit=300, timeout=0.05))
+        time.sleep(0.5)
+    for _ in range(samples):
+        # A change since the last full resync (the previous sample's file), then the next one starts.
+        known = len(fulls)
+        while len(fulls) == known:
+            if time.perf_counter() - started > 3000:
+                raise SystemExit("no full resync started")
+            time.sleep(0.002)
+        time.sleep(0.05)  # just after it started
+        new = service(extra)
+        extra += 1
+        Store(folder).write([new])
+        during.append(until_answers(client, new.spec.vip, limit=300, timeout=0.05))
+        while fulls[known][1] < 0:
+            time.sleep(0.01)
+        turns.append(fulls[known][1])
+        reads.append(fulls[known][2])
+    stop, loop = holder["stop"]  # type: ignore[misc]
+    loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
+    thread.join(120)
+    shutil.rmtree(folder, ignore_errors=True)
+    quiet.sort(), during.sort(), turns.sort(), reads.sort()
+    middle = samples // 2
+    return {"quiet": quiet[middle], "quiet_max": quiet[-1], "during": during[middle], "during_min": during[0], "during_max": during[-1],
+            "resync_turn": turns[middle], "resync_turn_max": turns[-1], "resync_read": reads[middle]}
+
+
 def dead_backend(count: int) -> float:
     """With count services programmed, one of them TCP-checked: kill a real server; seconds to weight 0."""
     kernel = real_kernel()
@@ -347,11 +435,14 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--large", type=int, default=10000)
     parser.add_argument("--host-agent-only", action="store_true", help="only the host agent's new-file figure")
+    parser.add_argument("--resync", action="store_true", help="only the host agent's new file written during its periodic full resync")
     args = parser.parse_args()
     print(f"# node reconciler benchmark, kernel {os.uname().release}, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f}")
     global echo_servers
     with lab() as client:
         echo_servers = [Echo(address) for address in BACKENDS]
+        if args.resync:
+            return print_resync(client, args.small, args.large)
         results: dict[int, dict[str, float]] = {args.small: {}, args.large: {}}
         for count in () if args.host_agent_only else (args.small, args.large):
             results[count] = change_figures(client, count)
@@ -394,6 +485,24 @@ def main() -> int:
         seconds = dead_backend(args.large)
         print(f"{seconds:.2f}s (goal: interval x threshold + 1 s = 5 s)")
         cleanup(real_kernel())
+    return 0
+
+
+def print_resync(client: str, small: int, large: int) -> int:
+    figures = {}
+    for count in (small, large):
+        figures[count] = resync_figures(f"vsopbench{os.getpid()}", client, count)
+        cleanup(real_kernel())
+    print("\n## the host agent: a new store file until its VIP answers, written in quiet time (just after a poll)")
+    print("## and just after the periodic full resync started (a change since the last one); median of 3 [min-max]")
+    print("## (resync turn: the full reconcile the file was written during; read: its read of the kernel)")
+    print(f"{'N':>6} {'quiet':>8} {'during resync':>24} {'resync turn':>12} {'(read)':>8}")
+    for count, r in figures.items():
+        print(f"{count:>6} {r['quiet']:>7.3f}s {r['during']:>7.3f}s [{r['during_min']:.3f}-{r['during_max']:.3f}s] {r['resync_turn']:>11.3f}s "
+              f"{r['resync_read']:>7.3f}s")
+    r = figures[large]
+    print(f"DURING-RESYNC / QUIET at N={large}: {r['during'] / r['quiet']:.2f}x; N={large} / N={small} during resync: "
+          f"{r['during'] / figures[small]['during']:.2f}x")
     return 0
 
 

@@ -3,9 +3,10 @@
 Owns the agent's loop around the node reconciler (vsop.node.reconciler, the same one
 the in-cluster agent runs): poll the folder, run health checks, and reconcile whenever
 something changed (only the changed objects are planned; a health result is one weight
-edit), on a periodic full resync every --resync-seconds (which repairs drift made by
-hand) and while real servers drain; a reconcile after another writer held the lock
-reads the kernel first. `--metrics-port` serves the reconciler's metrics. Each sync holds the host's writer lock
+edit), on a periodic full resync every --resync-seconds (which re-reads the kernel and
+repairs drift made by hand, in parts when it is large, a change served between them)
+and while real servers drain; a reconcile after another writer held the lock reads the
+kernel first. `--metrics-port` serves the reconciler's metrics. Each sync holds the host's writer lock
 (vsop.lock) and re-reads the folder under it, so `vsop apply` / `delete` and the agent
 take turns and the agent never undoes what a command just did. What the folder
 declares but cannot be used now (invalid, unreadable, being rewritten) is passed to
@@ -137,7 +138,8 @@ class HostAgent:
                 full = full or others or waited >= 0.05
                 # The folder is polled again under the lock when another writer may have changed it,
                 # or when the poll task's last look is not fresh (a stat per file: skipped when it is).
-                repoll = full or time.monotonic() - self.polled_at >= self.config.poll_seconds / 2
+                # The periodic resync is the kernel's: the poll task and its sweeps follow the folder.
+                repoll = others or waited >= 0.05 or time.monotonic() - self.polled_at >= self.config.poll_seconds / 2
                 result = self._sync_locked(started, full, repoll)
         except LockTimeout as exc:
             self.last = {"error": str(exc), "seconds": round(time.monotonic() - started, 4), "at": time.time()}
@@ -184,9 +186,10 @@ class HostAgent:
         if result.repairs:
             self.drift_repairs += len(result.repairs)
             self.last_repairs = [f"{r.obj or '-'}: {r.describe()}" for r in result.repairs]
-        # What this sync judged: every object after a full one, else the changed objects and the
-        # objects of the VIPs it planned (a conflict or a VIP in use changes a neighbour's verdict).
-        judged = reconciler.fragments if result.full else set(changed) | {p.obj for p in result.plan.problems}
+        # What this sync judged: every object after a whole plan, else the changed objects and the
+        # objects of the VIPs it planned (a conflict or a VIP in use changes a neighbour's verdict);
+        # a resync plans only the VIPs where the kernel differs from what vsop left there.
+        judged = reconciler.fragments if result.touched is None else set(changed) | {p.obj for p in result.plan.problems}
         for ref in sorted(judged):
             for problem in reconciler.problems(ref):
                 log.warning("VirtualService not programmed object=%s reason=%s message=%r", problem.obj, problem.reason, problem.message)
@@ -194,7 +197,7 @@ class HostAgent:
         for owner in self.kept:
             log.warning("VirtualService kept as the kernel has it object=%s message=%r", owner, "declared but its definition cannot be used")
         objects = reconciler.objects.values()
-        if result.full or changed or self.targets or held:
+        if result.touched is None or changed or self.targets or held:
             targets = health_targets(objects, reconciler.configured, reconciler.draining)
             # While something is held (a file being rewritten, unreadable), keep probing what was
             # probed: its health state must survive the blip, or a dead real server would return.
@@ -208,9 +211,10 @@ class HostAgent:
             "full": result.full,
         }
         if result.writes:
-            log.info("synced objects=%d writes=%d seconds=%.3f full=%s operations=%s", len(reconciler.objects), result.writes, result.seconds, result.full, result.plan.counts())
+            log.info("synced objects=%d writes=%d seconds=%.3f read=%.3f full=%s operations=%s", len(reconciler.objects), result.writes, result.seconds,
+                     result.read_seconds, result.full, result.plan.counts())
         else:
-            log.debug("synced, nothing to change objects=%d seconds=%.3f full=%s", len(reconciler.objects), result.seconds, result.full)
+            log.debug("synced, nothing to change objects=%d seconds=%.3f read=%.3f full=%s", len(reconciler.objects), result.seconds, result.read_seconds, result.full)
         if self.keepalived is not None and self.keepalived.wanted([*objects, *stand_ins]):
             # keepalived is configured from definitions: held objects render from their last good
             # ones; those with none (a dangling symlink, a file invalid since the agent started) keep
@@ -319,7 +323,8 @@ class HostAgent:
                 if stop.is_set():
                     break
                 now = time.monotonic()
-                if status_due is not None and now >= status_due and not wake.is_set():  # a change goes first
+                replanning = self.reconciler.replanning  # a resync's drift left to plan: its next part goes first
+                if status_due is not None and now >= status_due and not wake.is_set() and not replanning:  # a change goes first
                     if self._settling() and now - status_written < 10 * self.config.status_seconds:
                         # A file is settling: its sync comes at the next poll; the status file would
                         # hold it up (one writer thread), so it waits for it (10 status periods at most).
@@ -327,7 +332,7 @@ class HostAgent:
                         continue
                     await loop.run_in_executor(executor, self.write_status)
                     status_written, status_due = time.monotonic(), None
-                    if not wake.is_set() and now < next_resync and not self.draining.since:
+                    if not wake.is_set() and now < next_resync and not self.draining.since and not replanning:
                         continue  # woken for the status file only
                 if wake.is_set():
                     await asyncio.sleep(self.config.debounce_seconds)  # gather a burst of changes into one sync
@@ -339,6 +344,10 @@ class HostAgent:
                     # A full sync's read, desired state and plan were dropped: give their pages back.
                     await loop.run_in_executor(executor, heap.trim)
                 next_resync = min(next_full, time.monotonic() + (self.config.resync_seconds if result is not None else self.config.retry_seconds))
+                if result is not None and self.reconciler.replanning:
+                    # The resync found drift on more VIPs than one turn plans: the next part at
+                    # once, with whatever changed meanwhile (a change never waits for all of it).
+                    next_resync = time.monotonic()
                 checker.update(self.targets)
                 if status_due is None:
                     status_due = max(status_written + self.config.status_seconds, time.monotonic())

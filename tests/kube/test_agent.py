@@ -366,6 +366,24 @@ async def test_the_periodic_resync_repairs_drift_made_by_hand(node_a: Cluster) -
         assert "192.168.2.222:8080" in event["message"] and "found nothing, put back masq weight 1" in event["message"]
 
 
+async def test_a_resync_that_finds_drift_on_many_vips_plans_them_in_parts_one_turn_after_another(node_a: Cluster) -> None:
+    cluster = node_a
+    names = ["web", "api", "db"]
+    for index, name in enumerate(names):
+        await cluster.vs(name, {**WEB, "vip": f"169.254.11.{index + 2}"})
+    async with run_agent(cluster, resync_seconds=2.0) as (agent, fake, writer):
+        agent.reconciler.resync_chunk = 1
+        await until(lambda: len(fake.state.services) == 3, "programmed")
+        reads = agent.reconciler.reads
+        # Someone runs `ipvsadm -C` by hand.
+        fake.state = replace(fake.state, services={}, real_servers={})
+        await until(lambda: len(fake.state.services) == 3, "put back by the next resync")
+        # One read of the kernel; its parts followed in turns of their own, not a resync period apart.
+        assert agent.reconciler.reads == reads + 1 and not agent.reconciler.replanning
+        for name in names:
+            await until(lambda name=name: next((e for e in cluster.events(name) if e["reason"] == "DriftRepaired"), None), f"the Event on {name}")
+
+
 async def test_a_change_is_planned_alone_without_reading_the_kernel_again(node_a: Cluster) -> None:
     cluster = node_a
     await cluster.vs("web", WEB)

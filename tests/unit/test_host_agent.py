@@ -422,3 +422,83 @@ def test_a_full_sync_hands_the_freed_heap_back(tmp_path: Path, monkeypatch: pyte
     asyncio.run(scenario())
     assert syncs[:2] == [True, False], syncs
     assert trims == [True] * syncs.count(True), (trims, syncs)
+
+
+def _vips_on_the_link(state) -> set[str]:
+    return {address.split("/")[0] for address in state.addresses}
+
+
+def _services_deleted_by_hand(fake) -> None:
+    vips = _vips_on_the_link(fake.state)
+    fake.state = replace(fake.state, services={k: v for k, v in fake.state.services.items() if k.vip not in vips},
+                         real_servers={k: v for k, v in fake.state.real_servers.items() if k.service.vip not in vips})
+
+
+def test_a_file_taken_during_a_resync_in_parts_is_programmed_before_the_resync_ends(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    agent, fake = agent_for(folder)
+    agent.reconciler.resync_chunk = 2
+    for index in range(6):
+        write(folder, f"s{index}", vip=f"169.254.11.{index + 2}")
+    settle(agent)
+    assert agent.sync_once().ok
+    clean = dict(fake.state.services)
+    _services_deleted_by_hand(fake)
+    first = agent.sync_once()  # the periodic resync: one read, the first part of what it found
+    assert first.full and first.vips == 2 and agent.reconciler.replanning and agent.drift_repairs > 0
+    write(folder, "new", vip="169.254.11.20")
+    settle(agent)
+    step = agent.sync_once(full=False)  # the next turn: the new file with the next part
+    assert not step.full and step.objects == 1 and step.vips == 3
+    assert "169.254.11.20" in {k.vip for k in fake.state.services} and agent.reconciler.replanning
+    turns = 2
+    while agent.reconciler.replanning:
+        assert not agent.sync_once(full=False).full
+        turns += 1
+    assert turns == 3 and agent.reconciler.reads == 2
+    assert {k: v for k, v in fake.state.services.items() if k.vip != "169.254.11.20"}.keys() == clean.keys()
+    assert agent.drift_repairs == 6 * (1 + 2)  # an IPVS service and its two real servers per file
+    writes = fake.writes
+    assert agent.sync_once().writes == 0 and fake.writes == writes
+
+
+def test_the_run_loop_plans_a_resync_s_parts_at_once_not_one_per_period(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    kernel, fake = fake_kernel()
+    config = AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02, debounce_seconds=0.01, resync_seconds=1.0)
+    agent = HostAgent(kernel, config, FakeConntrack())
+    agent.reconciler.resync_chunk = 1
+    for index in range(5):
+        write(folder, f"s{index}", vip=f"169.254.11.{index + 2}")
+    calls: list[bool] = []
+    reconcile = agent.reconciler.reconcile
+
+    def counted(*, full: bool = False):  # type: ignore[no-untyped-def]
+        calls.append(full)
+        return reconcile(full=full)
+
+    agent.reconciler.reconcile = counted  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        for _ in range(500):
+            await asyncio.sleep(0.02)
+            if len(fake.state.services) == 5:
+                break
+        clean = dict(fake.state.services)
+        _services_deleted_by_hand(fake)
+        calls.clear()
+        for _ in range(500):
+            await asyncio.sleep(0.02)
+            if fake.state.services.keys() == clean.keys():
+                break
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        assert fake.state.services.keys() == clean.keys()
+
+    asyncio.run(scenario())
+    # One periodic resync found the five VIPs; its parts followed at once, not a period apart.
+    assert calls[:5] == [True, False, False, False, False]

@@ -579,3 +579,124 @@ def test_one_cut_around_some_vips_by_index_or_by_scan(objects: list[VirtualServi
         members = {m: c for m, c in ipset.members.items() if member_vip(m) in vips} if name in names.owned_set_names() else ipset.members
         assert cut.ipsets[name].members == members
     assert (cut.chains, cut.jumps, cut.sysctls, cut.link) == (state.chains, state.jumps, state.sysctls, state.link)
+
+
+# -- the periodic resync in parts ------------------------------------------------------------------
+
+
+def _vsop_vips(state: KernelState) -> set[str]:
+    return {address.split("/")[0] for address in state.addresses}
+
+
+def test_a_resync_after_changes_plans_nothing_when_the_kernel_holds_what_vsop_wrote() -> None:
+    """The cache carries owners on what the change path wrote; the kernel keeps none. The resync
+    compares what the kernel holds, not who owns it: nothing differs, nothing is planned."""
+    kernel, fake = fake_kernel(foreign_state())
+    reconciler = Reconciler(kernel, NODE)
+    reconciler.set_objects(many(20))
+    assert reconciler.reconcile().full
+    extra = web("new", "169.254.99.1")
+    reconciler.update_objects({extra.ref: extra})
+    assert not reconciler.reconcile().full
+    assert reconciler.reconcile(full=True).skipped  # the first resync after the change...
+    extra = web("newer", "169.254.99.2")
+    reconciler.update_objects({extra.ref: extra})
+    reconciler.reconcile()
+    writes, reads = fake.writes, reconciler.reads
+    resync = reconciler.reconcile(full=True)  # ...and after another one
+    assert resync.ok and resync.full and resync.skipped and resync.vips == 0 and resync.plan.ops == ()
+    assert fake.writes == writes and reconciler.reads == reads + 1
+
+
+def test_a_change_during_a_split_resync_is_programmed_before_the_resync_ends_and_drift_is_repaired() -> None:
+    kernel, fake = fake_kernel(foreign_state())
+    reconciler = Reconciler(kernel, NODE, resync_chunk=3)
+    objects = many(10)
+    reconciler.set_objects(objects)
+    assert reconciler.reconcile().ok
+    vips = _vsop_vips(fake.state)
+    # By hand: every vsop IPVS service deleted (their real servers go with them).
+    fake.state = replace(fake.state, services={k: v for k, v in fake.state.services.items() if k.vip not in vips},
+                         real_servers={k: v for k, v in fake.state.real_servers.items() if k.service.vip not in vips})
+    reads = reconciler.reads
+    first = reconciler.reconcile(full=True)
+    assert first.ok and first.full and not first.skipped and first.vips == 3 and reconciler.replanning
+    assert len({_vip_of(r.op) for r in first.repairs}) == 3 and all(r.found == "nothing" for r in first.repairs)
+    # A change arrives: the next reconcile programs it with the next part, before the resync is through.
+    new = web("new", "169.254.99.1")
+    reconciler.update_objects({new.ref: new})
+    step = reconciler.reconcile()
+    assert step.ok and not step.full and step.vips == 4 and step.objects == 1
+    assert "169.254.99.1" in {k.vip for k in fake.state.services} and reconciler.replanning
+    assert not any(_vip_of(r.op) == "169.254.99.1" for r in step.repairs)  # a change, not a repair
+    parts, repaired = [first.vips, step.vips - 1], len(first.repairs) + len(step.repairs)
+    while reconciler.replanning:
+        part = reconciler.reconcile()
+        assert part.ok and not part.full
+        parts.append(part.vips)
+        repaired += len(part.repairs)
+    assert parts == [3, 3, 3, 1] and reconciler.reads == reads + 1  # one read for the whole resync
+    assert repaired == 10 * 2 + 10 * 2 * 2  # two IPVS services per object, two real servers each
+    same_kernel(fake.state, from_scratch([*objects, new], {}, frozenset())[0], frozenset())
+    # Idempotent: the next resync finds nothing and writes nothing.
+    writes = fake.writes
+    again = reconciler.reconcile(full=True)
+    assert again.skipped and fake.writes == writes
+
+
+def _vip_of(op: ops.Op) -> str | None:
+    from vsop.node.reconciler import _op_vip
+
+    return _op_vip(op)
+
+
+def test_drift_in_chains_and_jumps_is_repaired_without_planning_a_vip_and_a_lost_set_plans_everything() -> None:
+    kernel, fake = fake_kernel(foreign_state())
+    reconciler = Reconciler(kernel, NODE)
+    reconciler.set_objects(many(5))
+    reconciler.reconcile()
+    clean = fake.state
+    mine = sorted(j for j in fake.state.jumps if "VSOP" in j.rule)
+    fake.state = replace(fake.state, jumps=fake.state.jumps - {mine[0]})
+    repaired = reconciler.reconcile(full=True)
+    assert repaired.ok and repaired.vips == 0 and repaired.touched == frozenset()
+    assert [r.op.kind for r in repaired.repairs] == ["jump.add"]
+    same_kernel(fake.state, clean, frozenset())
+    # A set destroyed by hand: created again, it needs every VIP's members: the node is planned whole.
+    fake.state = replace(fake.state, ipsets={k: v for k, v in fake.state.ipsets.items() if k != "VSOP-VIPS"})
+    whole = reconciler.reconcile(full=True)
+    assert whole.ok and whole.full and whole.touched is None and not reconciler.replanning
+    same_kernel(fake.state, clean, frozenset())
+    assert reconciler.reconcile(full=True).skipped
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=st.lists(an_object(), min_size=2, max_size=6), after=st.lists(an_object(), max_size=6), chunk=st.integers(1, 2),
+       between=st.integers(0, 3), data=st.data())
+def test_a_resync_in_parts_with_changes_between_ends_where_a_sync_from_scratch_ends(
+    before: list[VirtualService], after: list[VirtualService], chunk: int, between: int, data: Any
+) -> None:
+    """Drift made by hand, a resync in parts of `chunk` VIPs, the objects changed after `between` of its
+    parts: the kernel ends as a sync of the final objects from scratch leaves it; the next resync writes nothing."""
+    from tests.unit.test_property import drift
+
+    kernel, fake = fake_kernel(foreign_state())
+    reconciler = Reconciler(kernel, NODE, resync_chunk=chunk)
+    first = {vs.ref: vs for vs in before}
+    reconciler.set_objects(list(first.values()))
+    assert reconciler.reconcile().ok
+    fake.state = drift(fake.state, data)
+    assert reconciler.reconcile(full=True).ok
+    final = {vs.ref: vs for vs in after}
+    for part in range(between + 1):
+        if part == between:
+            reconciler.set_objects(list(final.values()))
+        assert reconciler.reconcile().ok
+    while reconciler.replanning:
+        assert reconciler.reconcile().ok
+    delegated = reconciler.desired().state.delegated
+    expected, declared = from_scratch(list(final.values()), {}, frozenset())
+    same_kernel(fake.state, expected, delegated)
+    assert reconciler.programmed == declared
+    writes = fake.writes
+    assert reconciler.reconcile(full=True).ok and fake.writes == writes

@@ -399,6 +399,10 @@ class Agent:
                 self.turns += 1
             ok = report is not None and report.outcome is not None and report.outcome.error is None
             failures = 0 if ok else failures + 1
+            if ok and self.reconciler.replanning:
+                # The resync found drift on more VIPs than one turn plans: the next part at once,
+                # with whatever changed meanwhile (a change never waits for all of it).
+                self.trigger.wake("resync: drift left to plan")
             # Retry a failed sync sooner than the resync period, backing off: 1s, 2s, 4s...
             timeout = self.options.resync_seconds if ok else min(self.options.resync_seconds, float(2 ** min(failures - 1, 6)))
 

@@ -5,11 +5,14 @@ the conflict verdicts, health (which real servers checks took out), draining (th
 engine's execute forgets removed UDP real servers' conntrack entries), and `observed`: the kernel state it last read plus every write it
 made since. A change re-derives only the objects it touches (and those sharing a
 VIP:port with them), plans only their VIPs against `observed`, and writes the
-difference; a health result is therefore one weight edit. A full resync
-(`reconcile(full=True)`, the agents run one every 30 s) reads the kernel again and goes
-through `engine.sync`, the same path `vsop apply` takes, which repairs drift made by
-hand; it skips planning when nothing vsop owns changed. Any failed or partial write,
-or anything unexpected, drops `observed`, so the next plan starts from a full re-read.
+difference; a health result is therefore one weight edit. A resync
+(`reconcile(full=True)`, the agents run one every 30 s) reads the kernel again, compares
+it with `observed` and plans the VIPs where they differ (drift made by hand) like a
+change, `resync_chunk` VIPs per reconcile, so changes are served between its parts
+(`replanning` says more are due); it plans nothing when nothing differs. The first
+reconcile, one after any failed or partial write (which drops `observed`), and a resync
+that finds vsop's link or a set's header changed plan the whole node through
+`engine.sync`, the same path `vsop apply` takes.
 Sources (host folder, kopf indexes) and sinks (status file, Kubernetes status) are
 the agents' business: this module neither reads files nor talks to an API server.
 Must not import: kopf, kubernetes, pyroute2, asyncio (adapters are injected; it blocks).
@@ -18,6 +21,7 @@ Must not import: kopf, kubernetes, pyroute2, asyncio (adapters are injected; it 
 from __future__ import annotations
 
 import logging
+import itertools
 import time
 from collections import Counter
 import ipaddress
@@ -26,13 +30,13 @@ from typing import AbstractSet, Any, Callable, Iterable, Mapping, Sequence
 
 from vsop.adapters.base import OperationFailed
 from vsop.core import ops
-from vsop.core.drift import Repair
+from vsop.core.drift import Repair, repairs
 from vsop.core.desired import Desired, Endpoint, Node, Problem, resolve_conflicts
 from vsop.core.draining import Draining, with_draining
 from vsop.core.held import Held, held_owners, keep_held, kernel_owners
 from vsop.core.fragments import Fragment, VIPIndex, around, member_vip, assemble, desired_from, fragment, grace_of, refused, shared_state, vip_index
 from vsop.core.memory import KernelRefused, apply_accepted, apply_in_place, owned_copy, taken_along
-from vsop.core.plan import Plan, PlanError, owned, plan
+from vsop.core.plan import Plan, PlanError, plan
 from vsop.core.state import KernelState, Names, RealServerKey
 from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, sync
 from vsop.errors import KernelUnsupported
@@ -89,29 +93,31 @@ def _service_ref(vs: VirtualService) -> tuple[str, str] | None:
     return (vs.metadata.namespace, ref.name) if ref is not None else None
 
 
-def _same_read(a: KernelState, b: KernelState) -> bool:
-    """Both reads are the same (a sufficient test that nothing of vsop's changed, not a necessary one).
+def _op_vip(op: ops.Op) -> str | None:
+    """The VIP an operation is about; None for what every VIP shares."""
+    if isinstance(op, (ops.AddService, ops.EditService)):
+        return op.service.key.vip
+    if isinstance(op, ops.DeleteService):
+        return op.key.vip
+    if isinstance(op, (ops.AddRealServer, ops.EditRealServer)):
+        return op.real_server.key.service.vip
+    if isinstance(op, ops.DeleteRealServer):
+        return op.key.service.vip
+    if isinstance(op, (ops.AddSetMember, ops.DeleteSetMember)):
+        return member_vip(op.member)
+    if isinstance(op, (ops.AddAddress, ops.DeleteAddress)):
+        return op.address.split("/")[0]
+    return None
 
-    The adapters hand back the very objects they parsed before for what the kernel answered
-    alike, so most of this compares by identity; owned() would filter 30k entries of each
-    read first, which was most of a no-op resync's planning-free work.
-    """
 
-    def same(x: object, y: object) -> bool:
-        return x is y or x == y
-
-    return (
-        same(a.services, b.services)
-        and same(a.real_servers, b.real_servers)
-        and same(a.addresses, b.addresses)
-        and a.link == b.link
-        and same(a.ipsets, b.ipsets)
-        and a.chains == b.chains
-        and a.jumps == b.jumps
-        and a.sysctls == b.sysctls
-        and a.node_addresses == b.node_addresses
-        and a.delegated == b.delegated
-    )
+def _merged(a: KernelState, b: KernelState) -> KernelState:
+    """Two cuts of one state around different VIPs, as one."""
+    ipsets = dict(a.ipsets)
+    for name, ipset in b.ipsets.items():
+        before = ipsets.get(name)
+        ipsets[name] = replace(ipset, members={**(before.members if before is not None else {}), **ipset.members})
+    return replace(b, addresses=a.addresses | b.addresses, services={**a.services, **b.services},
+                   real_servers={**a.real_servers, **b.real_servers}, ipsets=ipsets)
 
 
 class Reconciler:
@@ -127,8 +133,12 @@ class Reconciler:
         extra_node_addresses: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
         keep_accept_ra: bool = False,
+        resync_chunk: int = 256,
     ):
         self.kernel = kernel
+        # A resync that finds drift on many VIPs plans at most this many per reconcile; the
+        # rest wait in `_replan` for the next ones, so a change is served between them.
+        self.resync_chunk = max(1, resync_chunk)
         # Never change accept_ra: IPv6 VIPs whose forwarding would stop router advertisements
         # are refused (RouterAdvertisements), as `vsop apply --keep-accept-ra` refuses them.
         self.keep_accept_ra = keep_accept_ra
@@ -179,6 +189,11 @@ class Reconciler:
         self._vip_index: VIPIndex = {}
         self._index_of: KernelState | None = None  # the cached state the VIP index describes
         self._held_vips: frozenset[str] = frozenset()  # where held owners have members (read at the last full sync)
+        # VIPs a resync found the kernel holding otherwise than the cache said, still to plan, and
+        # what the cache said they held (for the drift report: vsop.core.drift).
+        self._replan: set[str] = set()
+        self._expected: KernelState | None = None
+        self._shared_drift = False  # the chains, jumps or sysctls too (reported at the next plan)
         self.reads = 0  # full reads of the kernel
         self.changes = 0  # changes applied in place to `observed` (with its identity: which state it is)
         self.last: Outcome | None = None
@@ -377,7 +392,12 @@ class Reconciler:
 
     @property
     def pending(self) -> bool:
-        return bool(self._dirty) or self.observed is None
+        return bool(self._dirty) or self.observed is None or bool(self._replan)
+
+    @property
+    def replanning(self) -> bool:
+        """A resync found drift on more VIPs than one reconcile plans: call reconcile() again soon."""
+        return bool(self._replan)
 
     # -- derivation ----------------------------------------------------------------------------------
 
@@ -588,49 +608,150 @@ class Reconciler:
     # -- reconcile -----------------------------------------------------------------------------------
 
     def reconcile(self, *, full: bool = False) -> Outcome:
-        """Incremental when possible; a full read when asked, first, or after any failure."""
-        if full or self.observed is None or self._force_full:
+        """Incremental when possible; a whole plan first, after any failure or when what is held
+        changed. `full`: a resync: read the kernel again and plan the VIPs where it differs from
+        the cache (drift), at most `resync_chunk` of them now (see `replanning`)."""
+        if self.observed is None or self._force_full:
             outcome = self._full()
+        elif full:
+            outcome = self._resync()
         else:
-            outcome = self._incremental()
+            outcome = self._incremental(Outcome(full=False), time.monotonic())
         self.last = outcome
         return outcome
 
-    def _full(self) -> Outcome:
-        started = time.monotonic()
-        outcome = Outcome(full=True)
+    def _read(self, outcome: Outcome, started: float) -> KernelState | None:
         try:
             observed = read_observed(self.kernel, self.names)
         except (OperationFailed, KernelUnsupported, OSError) as exc:
             self.observed = None
             outcome.error = f"reading the kernel: {exc}"
             outcome.seconds = time.monotonic() - started
-            return outcome
+            return None
         self.reads += 1
+        outcome.read_seconds = time.monotonic() - started
+        return observed
+
+    def _full(self) -> Outcome:
+        started = time.monotonic()
+        outcome = Outcome(full=True)
+        observed = self._read(outcome, started)
+        return outcome if observed is None else self._whole(outcome, observed, started)
+
+    def _resync(self) -> Outcome:
+        """The periodic level-based resync, in parts. Reads the whole kernel (the only part that
+        costs what the node holds) and compares it with the cache: the VIPs where they differ
+        (drift made by hand, or a cache gone wrong) are planned from the fresh read like a
+        change, `resync_chunk` at a time, each part its own reconcile, so changes that arrive
+        meanwhile are served between the parts (controller-runtime's resync queues every object
+        behind the changes; kube-proxy's nftables proxier repairs what a partial sync missed).
+        Drift in the chains, jumps or sysctls is planned with the first part (they are planned
+        whole with any VIPs); when vsop's link or a set's header differs, the node is planned
+        whole through engine.sync, as after a failure."""
+        started = time.monotonic()
+        outcome = Outcome(full=True)
+        fresh = self._read(outcome, started)
+        if fresh is None:
+            return outcome
+        old = self.observed
+        assert old is not None
+        found = self._drift(fresh, old)
+        if found is None:
+            log.info("resync: vsop's link or sets differ from what vsop left, planning everything")
+            return self._whole(outcome, fresh, started)
+        drift, shared = found
+        indexed = self._index_of is old
+        counted = self._owners_of is old
+        if drift or shared:
+            log.info("resync: the kernel differs from what vsop left, planning the difference again vips=%d shared=%s", len(drift), shared)
+            # What vsop believed those VIPs (and the chains, jumps and sysctls) held.
+            expected = around(old, drift, self.names, self._vip_index if indexed else None)
+            if self._replan and self._expected is not None:  # a previous resync's VIPs not yet planned
+                expected = _merged(self._expected, expected)
+            self._expected = expected
+            self._replan |= drift
+            # Chains, jumps and sysctls are planned whole with any VIPs (core.fragments.around):
+            # the next part plans them even when no VIP is due.
+            self._shared_dirty = self._shared_dirty or shared
+            self._shared_drift = self._shared_drift or shared
+        # The fresh read is the cache from now on: the kernel's own objects, so the next
+        # resync compares them by identity where nothing changed.
+        self.observed = owned_copy(fresh)
+        if drift:
+            self._vip_index, self._index_of = vip_index(self.observed, self.names), self.observed
+            self._owners_of = None
+            if self.held:
+                self._held_vips = self._vips_of_held(self.observed)
+        else:
+            # The same entries per VIP as before: the index and the owner counts still hold.
+            if indexed:
+                self._index_of = self.observed
+            if counted:
+                self._owners_of = self.observed
+        return self._incremental(outcome, started)
+
+    def _drift(self, fresh: KernelState, cached: KernelState) -> tuple[set[str], bool] | None:
+        """Where a fresh read differs from the cache: the VIPs whose IPVS services, real servers,
+        set members or addresses differ, and whether vsop's chains, jumps or the sysctls do; None
+        when vsop's link or a set's header does (planned whole: a set created again loses the
+        members of every VIP). Costs a pass over the entries (by identity first: an adapter
+        hands back the objects it parsed before), nothing of planning. Owners are not kernel
+        attributes: ignored."""
+        if fresh.link != cached.link or fresh.delegated != cached.delegated:
+            return None
+        shared = fresh.chains != cached.chains or fresh.jumps != cached.jumps or fresh.sysctls != cached.sysctls
+        vips: set[str] = set()
+        owned_sets = self.names.owned_set_names()
+        for name in owned_sets:
+            a, b = fresh.ipsets.get(name), cached.ipsets.get(name)
+            if a is None or b is None:
+                if a is not b:
+                    return None
+                continue
+            if a.header != b.header:
+                return None
+            if a.members is b.members or a.members == b.members:
+                continue
+            other = b.members
+            for member, comment in a.members.items():
+                if other.get(member) != comment:
+                    vips.add(member_vip(member))
+            for member in other.keys() - a.members.keys():
+                vips.add(member_vip(member))
+        if fresh.addresses != cached.addresses:
+            vips.update(address.split("/")[0] for address in fresh.addresses ^ cached.addresses)
+        services, known = fresh.services, cached.services
+        if services is not known and services != known:  # != in C: the same objects where nothing changed
+            for key, service in services.items():
+                was = known.get(key)
+                if was is not service and (was is None or not service.same_kernel_config(was)):
+                    vips.add(key.vip)
+            if len(services) != len(known) or vips:
+                vips.update(key.vip for key in known.keys() - services.keys())
+        real_servers, had = fresh.real_servers, cached.real_servers
+        if real_servers is not had and real_servers != had:
+            for rs_key, rs in real_servers.items():
+                was_rs = had.get(rs_key)
+                if was_rs is not rs and was_rs != rs:
+                    vips.add(rs_key.service.vip)
+            vips.update(rs_key.service.vip for rs_key in had.keys() - real_servers.keys())
+        return vips, shared
+
+    def _take_replan(self) -> set[str]:
+        """The next part of the VIPs a resync found drifted."""
+        if len(self._replan) <= self.resync_chunk:
+            taken, self._replan = self._replan, set()
+        else:
+            taken = set(itertools.islice(self._replan, self.resync_chunk))
+            self._replan -= taken
+        return taken
+
+    def _whole(self, outcome: Outcome, observed: KernelState, started: float) -> Outcome:
+        """Plan every object against a full read through engine.sync (`vsop apply`'s path)."""
         read_done = time.monotonic()
         addresses = frozenset(observed.node_addresses) | self.extra_node_addresses
-        vips = self._derive(addresses)
+        self._derive(addresses)
         outcome.objects = self._derived
-        # Nothing of vsop's changed since the last plan and nothing new is wanted: no plan.
-        if (
-            not vips
-            and self.observed is not None
-            and not self.draining.since
-            and not self._shared_dirty
-            and not self._force_full  # what is held changed: the kernel's owners decide anew
-            and (_same_read(observed, self.observed) or owned(observed, self.names) == owned(self.observed, self.names))
-        ):
-            index_holds = self._index_of is self.observed
-            self.observed = owned_copy(observed)  # changed in place by each change (see _incremental)
-            if index_holds:
-                # vsop's part is what the index describes; a foreign service that appeared on a
-                # VIP vsop has not bound shows up at the first write that needs it (a refused
-                # write makes the next reconcile read everything again).
-                self._index_of = self.observed
-            outcome.skipped = True
-            outcome.read_seconds = read_done - started
-            outcome.seconds = time.monotonic() - started
-            return outcome
         desired = self.desired()
         grace = grace_of(self.fragments.values())
 
@@ -639,6 +760,7 @@ class Reconciler:
 
         expected = self.observed  # what vsop believes it left: a difference now is drift
         self.observed = None  # until the writes are known to have worked
+        self._replan, self._expected, self._shared_drift = set(), None, False  # every VIP is planned now
         try:
             result = sync(
                 self.kernel, (), self.node, names=self.names, observed=observed, desired=desired, adjust=adjust, expected=expected,
@@ -666,17 +788,23 @@ class Reconciler:
         outcome.seconds = time.monotonic() - started
         return outcome
 
-    def _incremental(self) -> Outcome:
-        started = time.monotonic()
-        outcome = Outcome(full=False)
+    def _incremental(self, outcome: Outcome, started: float) -> Outcome:
+        """Plan the VIPs that changed (and the next part of a resync's drift) against the cache."""
         assert self.observed is not None
         # Node addresses as last read, plus the extra ones the source may have changed since.
         vips = self._derive(frozenset(self.observed.node_addresses) | self.extra_node_addresses)
         outcome.objects = self._derived
+        changed_vips = set(vips)
         if self.draining.since:
             vips |= self._refresh_draining()
+            if self.observed is None:  # the draining read failed: the next reconcile reads everything
+                outcome.seconds = time.monotonic() - started
+                return outcome
+        repairing = self._take_replan() if self._replan else set()
+        vips |= repairing
         if not vips and not self._shared_dirty:
             outcome.touched = frozenset()
+            outcome.skipped = outcome.full  # a resync that found nothing to do
             outcome.seconds = time.monotonic() - started
             return outcome
         # Held owners' VIPs are always planned with the change: keeping them (and the
@@ -720,6 +848,8 @@ class Reconciler:
                 return self._failed(outcome, started, str(exc), exc.writes, list(exc.applied_ops))
             except (KernelUnsupported, OperationFailed, OSError) as exc:
                 return self._failed(outcome, started, str(exc), 0, [])
+            if (repairing or self._shared_drift) and self._expected is not None:
+                self._report_repairs(outcome, repairing - changed_vips, self._shared_drift, observed, want)
             after_cut = apply_accepted(observed, outcome.applied)
             try:
                 # In place, costing what the change wrote: the cached state is the reconciler's own
@@ -734,10 +864,24 @@ class Reconciler:
                 self.observed = None
             else:
                 self._reindex(cut, after_cut, outcome.applied)
-        self._shared_dirty = False
+        self._shared_dirty = self._shared_drift = False
+        if not self._replan:
+            self._expected = None
         outcome.execute_seconds = time.monotonic() - planned
         outcome.seconds = time.monotonic() - started
         return outcome
+
+    def _report_repairs(self, outcome: Outcome, vips: set[str], shared: bool, observed: KernelState, want: KernelState) -> None:
+        """The writes on `vips` (drifted, not changed meanwhile), and on the chains, jumps and
+        sysctls when they drifted, that put back what changed behind vsop's back."""
+        assert self._expected is not None
+        mine = [op for op in outcome.applied if (vip := _op_vip(op)) in vips or (vip is None and shared)]
+        outcome.repairs = repairs(mine, self._expected, observed, want) if mine else []
+        for repair in outcome.repairs:
+            log.warning(
+                "repaired drift: the kernel was changed behind vsop's back object=%s change=%r found=%r put_back=%r",
+                repair.obj or "-", f"{repair.op.kind} {repair.op.describe()}", repair.found, repair.wanted,
+            )
 
     def _vips_of_held(self, observed: KernelState) -> frozenset[str]:
         owners = held_owners(observed, self.held, self.names, self.programmed)
