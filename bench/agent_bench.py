@@ -315,14 +315,12 @@ def resync_figures(node: str, client: str, count: int, samples: int = 3, resync_
     written just after a poll (quiet time), and one written just after the periodic full resync
     started (the store changed since the last one, as it does in use), until its VIP answers;
     the full resync's turn is timed too. `--resync` prints them side by side."""
-    folder = Path(tempfile.mkdtemp(prefix="vsop-bench-resync-"))
-    template = render(service(0))
-    for index in range(count):
-        (folder / file_name(service(index).ref)).write_text(template.replace("name: s0\n", f"name: s{index}\n").replace(vip(0), vip(index)))
+    folder = store_folder(count)
     config = AgentConfig(folder, NODE, status_file=folder.parent / f"{folder.name}.json", lock=None, sweep_seconds=5.0,
                          resync_seconds=resync_seconds)
     holder: dict[str, object] = {}
     fulls: list[tuple[float, float, float]] = []  # (started, seconds, reading the kernel) of each full reconcile
+    statuses: list[tuple[float, float]] = []  # (started, ended) of each status file write
 
     def run() -> None:
         with entered(node):
@@ -339,6 +337,14 @@ def resync_figures(node: str, client: str, count: int, samples: int = 3, resync_
                 return outcome
 
             agent.reconciler.reconcile = traced  # type: ignore[method-assign]
+            write_status = agent.write_status
+
+            def timed_status() -> None:
+                started = time.perf_counter()
+                write_status()
+                statuses.append((started, time.perf_counter()))
+
+            agent.write_status = timed_status  # type: ignore[method-assign]
             holder["agent"] = agent
 
             async def main() -> None:
@@ -359,7 +365,7 @@ def resync_figures(node: str, client: str, count: int, samples: int = 3, resync_
             raise SystemExit(f"the host agent did not program {count} files")
         time.sleep(0.5)
     time.sleep(2.5)
-    quiet, during, turns, reads = [], [], [], []
+    quiet, during, turns, reads, behind = [], [], [], [], []
     extra = count
     for _ in range(samples):
         polled = agent.polled_at
@@ -381,8 +387,12 @@ def resync_figures(node: str, client: str, count: int, samples: int = 3, resync_
         time.sleep(0.05)  # just after it started
         new = service(extra)
         extra += 1
+        written = time.perf_counter()
         Store(folder).write([new])
         during.append(until_answers(client, new.spec.vip, limit=300, timeout=0.05))
+        answered = written + during[-1]
+        # Status file writes that ran between the write and the answer (one sync thread: a change waits for them).
+        behind.append(sum(min(end, answered) - max(begin, written) for begin, end in statuses if end > written and begin < answered))
         while fulls[known][1] < 0:
             time.sleep(0.01)
         turns.append(fulls[known][1])
@@ -391,10 +401,11 @@ def resync_figures(node: str, client: str, count: int, samples: int = 3, resync_
     loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
     thread.join(120)
     shutil.rmtree(folder, ignore_errors=True)
+    worst = behind[during.index(max(during))]
     quiet.sort(), during.sort(), turns.sort(), reads.sort()
     middle = samples // 2
     return {"quiet": quiet[middle], "quiet_max": quiet[-1], "during": during[middle], "during_min": during[0], "during_max": during[-1],
-            "resync_turn": turns[middle], "resync_turn_max": turns[-1], "resync_read": reads[middle]}
+            "resync_turn": turns[middle], "resync_turn_max": turns[-1], "resync_read": reads[middle], "status_in_slowest": worst}
 
 
 def dead_backend(count: int) -> float:
@@ -495,11 +506,12 @@ def print_resync(client: str, small: int, large: int) -> int:
         cleanup(real_kernel())
     print("\n## the host agent: a new store file until its VIP answers, written in quiet time (just after a poll)")
     print("## and just after the periodic full resync started (a change since the last one); median of 3 [min-max]")
-    print("## (resync turn: the full reconcile the file was written during; read: its read of the kernel)")
-    print(f"{'N':>6} {'quiet':>8} {'during resync':>24} {'resync turn':>12} {'(read)':>8}")
+    print("## (resync turn: the full reconcile the file was written during; read: its read of the kernel;")
+    print("##  status: seconds of status file writes between the slowest sample's write and its answer)")
+    print(f"{'N':>6} {'quiet':>8} {'during resync':>24} {'resync turn':>12} {'(read)':>8} {'status':>7}")
     for count, r in figures.items():
         print(f"{count:>6} {r['quiet']:>7.3f}s {r['during']:>7.3f}s [{r['during_min']:.3f}-{r['during_max']:.3f}s] {r['resync_turn']:>11.3f}s "
-              f"{r['resync_read']:>7.3f}s")
+              f"{r['resync_read']:>7.3f}s {r['status_in_slowest']:>6.2f}s")
     r = figures[large]
     print(f"DURING-RESYNC / QUIET at N={large}: {r['during'] / r['quiet']:.2f}x; N={large} / N={small} during resync: "
           f"{r['during'] / figures[small]['during']:.2f}x")
