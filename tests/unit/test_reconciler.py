@@ -519,7 +519,7 @@ def test_keep_accept_ra_refuses_ipv6_vips_on_both_paths_as_apply_does() -> None:
 
 def test_an_object_whose_vip_someone_else_serves_is_not_programmed_on_either_path() -> None:
     """VIPInUse: the plan leaves a VIP with foreign IPVS services alone; its objects are reported
-    with the problem and are not programmed, whichever path planned them."""
+    with the problem and are not programmed, whichever path planned them, until the VIP is free."""
     kernel, fake = fake_kernel(foreign_state())  # a foreign IPVS service on 10.96.0.10
     reconciler = Reconciler(kernel, NODE)
     dns = web("dns", "10.96.0.10")
@@ -543,6 +543,11 @@ def test_an_object_whose_vip_someone_else_serves_is_not_programmed_on_either_pat
     assert not reconciler.reconcile().full and reconciler.programmed == {"default/web", "default/free"}
     reconciler.set_objects([dns, other, free])
     assert not reconciler.reconcile().full and reconciler.programmed == {"default/free"}
+    # The foreign service goes: the next resync finds the VIP free and programs its objects.
+    fake.state = replace(fake.state, services={k: v for k, v in fake.state.services.items() if k.vip != "10.96.0.10"},
+                         real_servers={k: v for k, v in fake.state.real_servers.items() if k.service.vip != "10.96.0.10"})
+    assert reconciler.reconcile(full=True).ok and "10.96.0.10" in fake.state.bound_vips()
+    assert reconciler.programmed == {"default/free", "default/dns", "default/other"} and not reconciler.problems("default/dns")
 
 
 def test_a_change_judges_only_the_objects_on_the_vips_it_planned(monkeypatch: pytest.MonkeyPatch) -> None:
