@@ -88,3 +88,19 @@ def test_the_host_agent_loads_neither_pyroute2_nor_jinja2() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]", out
+
+
+def test_the_reconcilers_indexes_keep_a_lone_ref_as_itself_and_sets_only_where_shared() -> None:
+    from vsop.engine import fake_kernel
+    from vsop.node.reconciler import Reconciler
+
+    reconciler = Reconciler(fake_kernel()[0], Node("n"))
+    web, api, other = make_vs("web"), make_vs("api", ports=[{"port": 443}]), make_vs("other", vip="169.254.11.9")
+    reconciler.update_objects({"default/web": web, "default/api": api, "default/other": other})
+    assert reconciler.reconcile().ok
+    assert reconciler._by_vip == {"169.254.11.2": {"default/web", "default/api"}, "169.254.11.9": "default/other"}
+    assert reconciler._claimants[("169.254.11.9", 80, "TCP")] == "default/other"
+    reconciler.update_objects({"default/api": None})
+    assert reconciler.reconcile().ok
+    assert reconciler._by_vip == {"169.254.11.2": "default/web", "169.254.11.9": "default/other"}
+    assert reconciler.programmed == {"default/web", "default/other"}

@@ -135,6 +135,10 @@ def test_proc_lines_parsed_before_are_reused_and_moved_counters_are_read_again()
     (quiet, busy) = sorted(second, key=lambda key: key.service.vip)
     assert second[quiet] is first[quiet]  # the same service line and line: the same object
     assert second[busy].active_connections == 4 and first[busy].active_connections == 0
+    (one, quiet_line), (other, busy_line) = sorted(again)
+    assert one != other and quiet_line == busy_line.replace(" 4 ", " 0 ")
+    kept = {id(line) for _, line in lines}
+    assert len(kept) == 1  # one destination line under two services: kept once, not per service
 
 
 def test_the_ipvs_commands_are_the_kernels_numbers() -> None:

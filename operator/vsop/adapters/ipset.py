@@ -19,7 +19,9 @@ Must not import: kopf, kubernetes, jinja2.
 from __future__ import annotations
 
 import errno
+import hashlib
 import re
+import sys
 import shutil
 import socket
 import struct
@@ -88,7 +90,7 @@ class IPSetKernel:
         # Each set's last `ipset save` text and what was parsed from it: the same text next
         # time returns the same object (callers never mutate what a read returns).
         self._last: dict[str, tuple[str, IPSet | None]] = {}
-        self._last_listed: dict[str, tuple[bytes, IPSet | None]] = {}  # the same for the netlink listing
+        self._last_listed: dict[str, tuple[bytes, IPSet | None]] = {}  # the same for the netlink listing (a digest of it)
 
     def read(self, names: frozenset[str]) -> dict[str, IPSet]:
         """vsop's sets: listed over netlink when `netlink_from` is set, else (or for a set of a type
@@ -110,7 +112,7 @@ class IPSetKernel:
                     if exc.code == errno.ENOENT:
                         continue  # no such set
                     raise IPSetReadFailed(f"listing ipset {name} over netlink: {exc}") from None
-                raw = b"".join(payloads)
+                raw = hashlib.blake2b(b"".join(payloads), digest_size=16).digest()  # not the listing itself: 1 MB at 10k members
                 last = self._last_listed.get(name)
                 if last is not None and last[0] == raw:
                     parsed = last[1]
@@ -330,7 +332,7 @@ def parse_listed(name: str, payloads: Sequence[bytes]) -> IPSet | None:
                 if proto is None or _ATTR_PORT not in element:
                     return None
                 member = f"{member},{proto}:{struct.unpack_from('!H', payload, element[_ATTR_PORT])[0]}"
-            members[member] = _string(payload, element[_ATTR_COMMENT]) if _ATTR_COMMENT in element else ""
+            members[member] = sys.intern(_string(payload, element[_ATTR_COMMENT])) if _ATTR_COMMENT in element else ""  # an owner ref: shared
     if kind is None or family is None:
         return None
     return IPSet(name, kind, family, members, comments)  # type: ignore[arg-type]
@@ -432,7 +434,7 @@ def parse_save(text: str) -> dict[str, IPSet]:
             words = line.split(" ", 3)
             if len(words) >= 3:
                 comment = _COMMENT.search(words[3]) if len(words) > 3 else None
-                members.setdefault(words[1], {})[words[2]] = comment.group(1) if comment else ""
+                members.setdefault(words[1], {})[words[2]] = sys.intern(comment.group(1)) if comment else ""  # an owner ref: shared
         elif line.startswith("create "):
             words = line.split()
             if len(words) >= 3:

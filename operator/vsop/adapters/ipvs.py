@@ -10,6 +10,7 @@ Must not import: kopf, kubernetes, jinja2, vsop.core.plan/desired (adapters impl
 from __future__ import annotations
 
 import errno
+import hashlib
 import ipaddress
 import os
 import socket
@@ -299,7 +300,9 @@ def _parse_proc(text: str, previous: _Lines, fresh: _Lines) -> dict[RealServerKe
         if line.startswith("  ->"):
             if service is None:
                 continue
-            pair = (service_line, line)
+            # Interned: a destination's line is the same text under every service it serves
+            # (thousands of copies of a few lines otherwise, kept as keys until the next read).
+            pair = (service_line, sys.intern(line))
             rs = previous.get(pair)
             if rs is None:
                 words = line.split()
@@ -369,6 +372,7 @@ class IPVSKernel:
         # so a busy service is parsed again): a read that finds them all again returns the same
         # objects, and a few busy services do not make the other 10k parsed again (callers
         # never mutate what a read returns).
+        # Keyed by a digest of each message, not the message (10k of them, 300 bytes each).
         self._service_payloads: dict[bytes, tuple[ServiceKey, VirtualServer] | None] = {}
         self._last_services: dict[ServiceKey, VirtualServer] | None = None
         self._proc_lines: _Lines = {}
@@ -405,13 +409,14 @@ class IPVSKernel:
         fresh: dict[bytes, tuple[ServiceKey, VirtualServer] | None] = {}
         changed = len(payloads) != len(previous)
         for payload in payloads:
-            if payload in previous:
-                parsed = previous[payload]
+            digest = hashlib.blake2b(payload, digest_size=16).digest()
+            if digest in previous:
+                parsed = previous[digest]
             else:
                 changed = True
                 where = _top_attr(payload, _CMD_ATTR_SERVICE)
                 parsed = _parse_service(payload, *where) if where is not None else None
-            fresh[payload] = parsed
+            fresh[digest] = parsed
         self._service_payloads = fresh
         if changed or self._last_services is None:
             self._last_services = {parsed[0]: parsed[1] for parsed in fresh.values() if parsed is not None}

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 import ipaddress
 from dataclasses import dataclass, field, replace
-from typing import AbstractSet, Any, Callable, Iterable, Mapping, Sequence
+from typing import AbstractSet, Any, Callable, Collection, Iterable, Mapping, Sequence
 
 from vsop.adapters.base import OperationFailed
 from vsop.core import ops
@@ -78,6 +78,40 @@ class Outcome:
 
 def _claims(vs: VirtualService) -> set[Claim]:
     return {(vs.spec.vip, port.port, port.protocol) for port in vs.spec.ports}
+
+
+def _refs(index: Mapping[Any, str | set[str]], key: Any) -> Collection[str]:
+    """The refs an index holds under `key` (one ref is kept as the string itself)."""
+    found = index.get(key)
+    if found is None:
+        return ()
+    return (found,) if isinstance(found, str) else found
+
+
+def _add(index: dict[Any, str | set[str]], key: Any, ref: str) -> None:
+    found = index.get(key)
+    if found is None:
+        index[key] = ref
+    elif isinstance(found, str):
+        if found != ref:
+            index[key] = {found, ref}
+    else:
+        found.add(ref)
+
+
+def _discard(index: dict[Any, str | set[str]], key: Any, ref: str) -> None:
+    found = index.get(key)
+    if found is None:
+        return
+    if isinstance(found, str):
+        if found == ref:
+            del index[key]
+        return
+    found.discard(ref)
+    if len(found) == 1:
+        index[key] = next(iter(found))
+    elif not found:
+        del index[key]
 
 
 def _normalized(address: str) -> str:
@@ -156,8 +190,10 @@ class Reconciler:
         self.reserved: dict[str, str] = {}  # address -> whose (the API server's): refused as a VIP
         # derived, kept per object
         self.fragments: dict[str, Fragment] = {}
-        self._claimants: dict[Claim, set[str]] = {}
-        self._by_vip: dict[str, set[str]] = {}  # every object, by VIP
+        # One ref, or a set of them where several share the key (rare): a set per VIP and per
+        # claim was 216 bytes x 20,000 on a node of 10,000 objects (see _refs).
+        self._claimants: dict[Claim, str | set[str]] = {}
+        self._by_vip: dict[str, str | set[str]] = {}  # every object, by VIP
         self._by_service_ref: dict[tuple[str, str], set[str]] = {}
         self._by_backend: dict[str, set[str]] = {}  # static backend address -> objects: a VIP appearing there refuses them
         self._families: Counter[int] = Counter()
@@ -300,7 +336,7 @@ class Reconciler:
         fresh = {_normalized(address): whose for address, whose in reserved.items()}
         for address in self.reserved.keys() | fresh.keys():
             if self.reserved.get(address) != fresh.get(address):
-                self._dirty |= self._by_vip.get(address, set())
+                self._dirty.update(_refs(self._by_vip, address))
         self.reserved = fresh
 
     def set_out_of_service(self, keys: frozenset[RealServerKey]) -> None:
@@ -411,7 +447,7 @@ class Reconciler:
             self._new_objects = None
         if node_addresses != self._node_addresses:
             for address in node_addresses ^ self._node_addresses:
-                self._dirty |= self._by_vip.get(_normalized(address), set())
+                self._dirty.update(_refs(self._by_vip, _normalized(address)))
             self._node_addresses = node_addresses
         self._derived = 0
         if not self._dirty:
@@ -428,7 +464,7 @@ class Reconciler:
             if vs is None:
                 continue
             for claim in _claims(vs):
-                todo.extend(other for other in self._claimants.get(claim, ()) if other not in group)
+                todo.extend(other for other in _refs(self._claimants, claim) if other not in group)
         present = [ref for ref in group if ref in self.objects]
         _, problems = resolve_conflicts([self.objects[ref] for ref in self._ordered(present)])
         lost = {problem.obj: problem for problem in problems}
@@ -473,7 +509,7 @@ class Reconciler:
         """Its static backends that are other objects' VIPs -> the first such object (BackendIsVIP)."""
         hit: dict[str, str] = {}
         for backend in vs.spec.backends:
-            owners = self._by_vip.get(backend.address)
+            owners = _refs(self._by_vip, backend.address)
             if owners:
                 hit[backend.address] = min(owners, key=lambda ref: self._order[ref])
         return hit
@@ -497,8 +533,8 @@ class Reconciler:
 
     def _remember_object(self, ref: str, vs: VirtualService) -> None:
         for claim in _claims(vs):
-            self._claimants.setdefault(claim, set()).add(ref)
-        self._by_vip.setdefault(vs.spec.vip, set()).add(ref)
+            _add(self._claimants, claim, ref)
+        _add(self._by_vip, vs.spec.vip, ref)
         self._dirty |= self._by_backend.get(vs.spec.vip, set())  # a VIP appeared where they send traffic
         for backend in vs.spec.backends:
             self._by_backend.setdefault(backend.address, set()).add(ref)
@@ -510,17 +546,9 @@ class Reconciler:
         """Index entries of an object's old version; its claimants are kept in the dirty group first."""
         ref = vs.ref
         for claim in _claims(vs):
-            claimants = self._claimants.get(claim)
-            if claimants is not None:
-                self._dirty |= claimants  # others on the claim may win now
-                claimants.discard(ref)
-                if not claimants:
-                    del self._claimants[claim]
-        refs = self._by_vip.get(vs.spec.vip)
-        if refs is not None:
-            refs.discard(ref)
-            if not refs:
-                del self._by_vip[vs.spec.vip]
+            self._dirty.update(_refs(self._claimants, claim))  # others on the claim may win now
+            _discard(self._claimants, claim, ref)
+        _discard(self._by_vip, vs.spec.vip, ref)
         self._dirty |= self._by_backend.get(vs.spec.vip, set())  # their backend may be usable again
         for backend in vs.spec.backends:
             pointing = self._by_backend.get(backend.address)
@@ -568,7 +596,7 @@ class Reconciler:
         if vips is None:
             refs: Iterable[str] = self.fragments
         else:
-            refs = {ref for vip in vips for ref in self._by_vip.get(vip, ()) if ref in self.fragments}
+            refs = {ref for vip in vips for ref in _refs(self._by_vip, vip) if ref in self.fragments}
         return [self.fragments[ref] for ref in self._ordered(refs)]
 
     def desired(self) -> Desired:
@@ -810,7 +838,7 @@ class Reconciler:
         # Held owners' VIPs are always planned with the change: keeping them (and the
         # chains of a family only they still use) is decided over what they hold.
         cut = frozenset(vips) | (self._held_vips if self.held else frozenset())
-        outcome.touched = frozenset(ref for vip in cut for ref in self._by_vip.get(vip, ()))
+        outcome.touched = frozenset(ref for vip in cut for ref in _refs(self._by_vip, vip))
         observed = self._around(cut)
         pieces = self._pieces(cut)
         want = assemble(self.shared(), pieces, cut)
