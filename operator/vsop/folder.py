@@ -127,7 +127,6 @@ class FolderSource:
     ever: set[str] = field(default_factory=set)  # refs loaded at some point by this source
     duplicates: dict[Path, str] = field(default_factory=dict)
     # Kept between polls so a poll costs a stat per file plus what changed (not a sort of everything):
-    _paths: dict[str, Path] = field(default_factory=dict, repr=False)  # the Path of each name seen
     _claimed: dict[Path, frozenset[str]] = field(default_factory=dict, repr=False)  # path -> refs it declares
     _claims: dict[str, list[Path]] = field(default_factory=dict, repr=False)  # ref -> paths declaring it, sorted
     _losing: dict[str, set[Path]] = field(default_factory=dict, repr=False)  # ref -> paths whose copy is ignored
@@ -187,17 +186,14 @@ class FolderSource:
                 continue
             known = cached[2] if cached is not None else {}
             entries = {}
-            paths = self._paths
             for entry in listing:
                 name = entry.name
                 if name.startswith("."):
                     continue
-                path = paths.get(entry.path)
-                if path is None:
-                    path = paths[entry.path] = Path(entry.path)
+                old = known.get(name)
+                path = old[2] if old is not None else Path(entry.path)  # the Path listed before: not made again
                 symlink = entry.is_symlink()
                 d_ino = entry.inode()
-                old = known.get(name)
                 if not sweep and old is not None and old[0] == d_ino and not symlink and not isinstance(old[3], str) and path not in self._problems:
                     result = old[3]  # the same file as before (a write in place is the sweep's)
                 else:

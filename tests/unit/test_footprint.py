@@ -104,3 +104,15 @@ def test_the_reconcilers_indexes_keep_a_lone_ref_as_itself_and_sets_only_where_s
     assert reconciler.reconcile().ok
     assert reconciler._by_vip == {"169.254.11.2": "default/web", "169.254.11.9": "default/other"}
     assert reconciler.programmed == {"default/web", "default/other"}
+
+
+def test_equal_ports_and_backends_are_one_instance_and_keep_which_fields_were_given() -> None:
+    a, b = make_vs("a"), make_vs("b", vip="169.254.11.3")
+    assert a.spec.backends is b.spec.backends and a.spec.ports is b.spec.ports
+    given = make_vs("c", backends=[{"address": "192.168.2.111", "weight": 1}, {"address": "192.168.2.222"}])
+    assert given.spec.backends == a.spec.backends  # equal values ...
+    assert given.spec.backends[0] is not a.spec.backends[0]  # ... but weight was written here: its own instance
+    assert given.spec.backends[0].model_fields_set == {"address", "weight"} and a.spec.backends[0].model_fields_set == {"address"}
+    assert given.spec.backends[1] is a.spec.backends[1]
+    other = make_vs("d", backends=[{"address": "192.168.2.99"}])
+    assert other.spec.backends[0].address == "192.168.2.99" and other.spec.ports is a.spec.ports
