@@ -404,6 +404,7 @@ def run_agent(
     bind_address: str = "127.0.0.1",
 ) -> int:
     """Run until SIGTERM or SIGINT; returns the exit code. `metrics_port`: serve /metrics, /healthz, /readyz."""
+    heap.tune()  # before the folder is read and the sync thread starts (RSS at 10k services)
     metrics = None
     if metrics_port is not None:
         from vsop.node.metrics import HttpEndpoints, NodeMetrics, Probes  # only with a port: 12 MB of aiohttp and prometheus_client

@@ -70,10 +70,35 @@ def test_the_folder_keeps_a_stat_key_per_file_and_shares_what_a_file_declares(tm
     assert sorted(vs.ref for vs in source.services()) == ["default/api", "default/web"]
 
 
-def test_the_heap_is_trimmed_through_glibc_where_there_is_one() -> None:
-    if platform.libc_ver()[0] == "glibc":
+def test_the_heap_is_tuned_and_trimmed_through_glibc_where_there_is_one() -> None:
+    glibc = platform.libc_ver()[0] == "glibc"
+    if glibc:
         assert heap._malloc_trim() is not None
+    assert heap.tune() is glibc
     assert heap.trim() in (True, False)
+
+
+def test_the_host_agent_tunes_the_heap_before_it_reads_anything(tmp_path: Path, monkeypatch) -> None:
+    from vsop.adapters.conntrack import FakeConntrack
+    from vsop.engine import fake_kernel
+    from vsop.host_agent import AgentConfig, HostAgent, run_agent
+
+    calls: list[str] = []
+    monkeypatch.setattr(heap, "tune", lambda: calls.append("tune") or True)
+
+    async def run(self, stop) -> None:  # type: ignore[no-untyped-def]
+        calls.append("run")
+
+    monkeypatch.setattr(HostAgent, "run", run)
+    init = HostAgent.__init__
+
+    def created(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        calls.append("agent")
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(HostAgent, "__init__", created)
+    assert run_agent(fake_kernel()[0], AgentConfig(tmp_path, Node("n"), status_file=None), FakeConntrack()) == 0
+    assert calls == ["tune", "agent", "run"]
 
 
 def test_the_host_agent_loads_neither_pyroute2_nor_jinja2() -> None:
