@@ -200,6 +200,25 @@ async def test_status_is_not_patched_again_when_nothing_changed(node_a: Cluster)
         assert [str(r.method).split(".")[-1] for r in gets] == ["GET"]
 
 
+async def test_a_start_among_many_objects_is_one_kernel_turn_and_one_node_report_write(node_a: Cluster) -> None:
+    """A (re)started agent reconciles once the listing is complete, not per object event: every
+    object in one turn and at most one NodeReport write (none after a restart that changes nothing)."""
+    cluster = node_a
+    count = 40
+    for i in range(count):
+        await cluster.vs(f"s{i}", {**WEB, "vip": f"169.254.12.{i + 1}"})
+    async with run_agent(cluster, debounce_seconds=0.0) as (agent, fake, writer):
+        await until(lambda: len(cluster.report("node-a")) == count, "every object reported")
+        await until(lambda: not agent.busy and not agent.trigger.event.is_set(), "the agent idle")
+        assert len(writer.reports) == 1 and writer.posted == [] and agent.syncs == 1
+        assert len(fake.state.services) == count
+    state = fake.state
+    async with run_agent(cluster, state=state, debounce_seconds=0.0) as (agent, fake, writer):
+        await until(lambda: agent.syncs >= 1, "the first sync after the restart")
+        await until(lambda: not agent.busy and not agent.trigger.event.is_set(), "the agent idle")
+        assert writer.reports == [] and writer.posted == [] and fake.writes == 0 and agent.syncs == 1
+
+
 async def test_invalid_object_changes_no_kernel_state(node_a: Cluster) -> None:
     cluster = node_a
     # A duplicate backend: the CRD schema admits it, the model refuses it.

@@ -121,6 +121,11 @@ def vs_record(body: Mapping[str, Any], node_name: str) -> VSRecord:
     )
 
 
+def _seen(record: VSRecord) -> tuple[str, tuple[tuple[str, checkers.Published], ...]]:
+    """What a VirtualService event must change for the agent to look at the object again."""
+    return (record.fingerprint, record.published)
+
+
 def _service_of(record: VSRecord | None) -> tuple[str, str] | None:
     """The Service whose endpoints a (valid) VirtualService takes, if any."""
     if record is None or record.vs is None or record.vs.spec.service_ref is None:
@@ -328,8 +333,10 @@ class Agent:
                 self._changed.add(key)
                 self.trigger.wake(f"virtualservice {namespace}/{name} deleted")
                 return
-            # The published health of static backends (vsop.kube.checkers) matters too; other status does not.
-            current = objects.fingerprint(body) + repr(sorted(checkers.parse_published(body.get("status")).items()))
+            # kopf ran the index handlers on this body just before: the record holds what the kernel and
+            # the published health of static backends (vsop.kube.checkers) depend on; other status does not.
+            record = next(iter(self._indexes.get(VS_INDEX, {}).get(key, ())), None)
+            current = _seen(record if record is not None else vs_record(body, node_name))
             if self._fingerprints.get(key) != current:  # status-only changes (other nodes' keys) change nothing here
                 self._fingerprints[key] = current
                 self._changed.add(key)
@@ -426,6 +433,10 @@ class Agent:
         self._changed, self._changed_services = set(), set()
         if everything:
             keys = set(index.keys()) | set(self._records)
+            # What this turn takes from the indexes is seen: the listing's events that reach the
+            # handlers after it (kopf calls them once per object after the indexes are complete)
+            # wake no other turn for the same objects.
+            self._fingerprints = {key: _seen(record) for key in index.keys() for record in index.get(key, ())}
         changes: dict[tuple[str, str], VSRecord | None] = {}
         for key in keys:
             record = next(iter(index.get(key, ())), None)

@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable, Collection, Iterator
 
 import kopf
 
+from vsop.kube import toggles
 from vsop.logs import setup_logging
 
 log = logging.getLogger("vsop.kube")
@@ -52,6 +53,7 @@ def configure_logging(verbose: bool = False) -> None:
 
 def kopf_settings() -> kopf.OperatorSettings:
     """Settings for a reader of the cluster that never writes kopf's own bookkeeping."""
+    toggles.install()  # index readiness in O(objects), not O(objects^2) (vsop.kube.toggles)
     settings = kopf.OperatorSettings()
     settings.peering.standalone = True  # every agent runs; the controller runs as one replica
     # No runtime watching of CRDs and namespaces: no permission needed for them.
