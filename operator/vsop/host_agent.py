@@ -105,6 +105,10 @@ class HostAgent:
                                      keep_accept_ra=config.keep_accept_ra)
         self.draining = self.reconciler.draining
         self.metrics = metrics
+        if metrics is not None:  # vsop_virtualservices, counted when scraped
+            from vsop.node.metrics import object_states
+
+            metrics.count_objects(lambda: object_states(self.reconciler))
         self._last_stamp: int | None = self._lock_stamp()
         self.probes: Probes | None = None  # liveness, when the metrics port serves it
         self.drift_repairs = 0  # operations that put back what changed behind vsop's back

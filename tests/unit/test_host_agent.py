@@ -502,3 +502,48 @@ def test_the_run_loop_plans_a_resync_s_parts_at_once_not_one_per_period(tmp_path
     asyncio.run(scenario())
     # One periodic resync found the five VIPs; its parts followed at once, not a period apart.
     assert calls[:5] == [True, False, False, False, False]
+
+
+def test_the_host_agents_metrics_count_its_virtualservices_by_state_when_scraped(tmp_path: Path) -> None:
+    """vsop_virtualservices on the host agent's --metrics-port: counted when scraped, at most once per
+    reconcile, never per change."""
+    from prometheus_client import generate_latest
+
+    from vsop.core.state import KernelState, VirtualServer
+    from vsop.node.metrics import NodeMetrics
+
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    write(folder, "web")
+    write(folder, "clash", backends=[{"address": "192.168.2.9"}])  # web's VIP and port: one of them loses
+    write(folder, "elsewhere", vip="169.254.11.3", nodeSelector={"matchLabels": {"zone": "b"}})
+    write(folder, "taken", vip="169.254.11.4")  # a VIP:port something else's IPVS service has
+    (folder / "broken.yaml").write_text(yaml.safe_dump({**SEED, "metadata": {"name": "broken", "namespace": "default"},
+                                                        "spec": {**SEED["spec"], "scheduler": "bogus"}}))
+    foreign = VirtualServer(ServiceKey("tcp", "169.254.11.4", 80), "rr")
+    kernel, fake = fake_kernel(KernelState(services={foreign.key: foreign}))
+    config = AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02, debounce_seconds=0.01)
+    metrics = NodeMetrics()
+    agent = HostAgent(kernel, config, FakeConntrack(), metrics=metrics)
+    source = metrics._object_source
+    calls: list[int] = []
+    metrics._object_source = lambda: (calls.append(1), source())[1]  # type: ignore[assignment, func-returns-value]
+
+    def scrape() -> dict[str, float]:
+        found = {}
+        for line in generate_latest(metrics.registry).decode().splitlines():
+            if line.startswith("vsop_virtualservices{"):
+                labels, value = line.rsplit(" ", 1)
+                found[labels.split('state="', 1)[1].split('"', 1)[0]] = float(value)
+        return found
+
+    settle(agent)
+    agent.sync_once()
+    agent.sync_once(full=False)
+    assert calls == []  # nothing per reconcile
+    assert scrape() == {"programmed": 1, "failed": 1, "conflict": 1, "invalid": 1, "not_selected": 1}
+    assert scrape()["programmed"] == 1 and calls == [1]  # once per reconcile, however many scrapes
+    (folder / "clash.yaml").unlink()
+    agent.source.poll()
+    agent.sync_once(full=False)
+    assert scrape() == {"programmed": 1, "failed": 1, "conflict": 0, "invalid": 1, "not_selected": 1} and calls == [1, 1]

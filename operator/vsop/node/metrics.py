@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable
+from collections import Counter as Tally
+from typing import Any, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,6 +23,7 @@ from vsop.core.state import KernelState
 
 log = logging.getLogger("vsop.node.metrics")
 
+OBJECT_STATES = ("programmed", "failed", "conflict", "invalid", "not_selected")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -63,6 +65,9 @@ class NodeMetrics:
         # counting walks the whole state, and a change must cost what it changes.
         self._observed: tuple[KernelState | None, Any, int] = (None, None, 0)
         self._counted: tuple[Any, int, tuple[int, int, int, int]] | None = None
+        self._recorded = 0  # reconciles recorded: what an object count computed at a scrape is valid for
+        self._objects: tuple[int, Mapping[str, int]] | None = None
+        self._object_source: Callable[[], Mapping[str, int]] | None = None
         self.vips.set_function(lambda: self._counts()[0])
         self.virtual_servers.set_function(lambda: self._counts()[1])
         self.real_servers.labels("active").set_function(lambda: self._counts()[2])
@@ -85,8 +90,31 @@ class NodeMetrics:
         self._counted = (observed, changes, counts)
         return counts
 
+    def count_objects(self, states: Callable[[], Mapping[str, int]]) -> None:
+        """`vsop_virtualservices` from `states()` (state -> objects), called when scraped, at most once per
+        recorded reconcile: a change costs nothing here (the in-cluster agent counts per change instead)."""
+        self._object_source = states
+        for state in OBJECT_STATES:
+            self.virtualservices.labels(state).set_function(lambda state=state: self._object_counts().get(state, 0))
+
+    def _object_counts(self) -> Mapping[str, int]:
+        recorded = self._recorded
+        if self._objects is not None and self._objects[0] == recorded:
+            return self._objects[1]
+        assert self._object_source is not None
+        for attempt in range(3):
+            try:
+                counts = self._object_source()
+                break
+            except RuntimeError:  # the sync thread changed the reconciler's tables meanwhile: look again
+                if attempt == 2:
+                    return self._objects[1] if self._objects is not None else {}
+        self._objects = (recorded, counts)
+        return counts
+
     def record(self, outcome: Any, reconciler: Any) -> None:
         """One reconcile's figures (a vsop.node.reconciler Outcome, and its Reconciler): its result, duration and operations, and what the kernel now holds of vsop's."""
+        self._recorded += 1
         self.syncs.labels("error" if outcome.error else "success").inc()
         self.incremental.labels("skipped" if outcome.skipped else "full" if outcome.full else "incremental").inc()
         self.sync_duration.observe(outcome.seconds)
@@ -103,6 +131,25 @@ class NodeMetrics:
         observed = reconciler.observed if outcome.error is None else outcome.after
         if observed is not None or outcome.error is not None:
             self._observed = (observed, reconciler.names, getattr(reconciler, "changes", 0))
+
+
+def object_states(reconciler: Any) -> Tally[str]:
+    """A node reconciler's VirtualServices by state, as the in-cluster agent tells them apart: one pass
+    over the objects. `invalid`: owners declared whose definition cannot be used and that have no
+    usable version (a file invalid since the agent started, unreadable, being written)."""
+    counts: Tally[str] = Tally()
+    programmed = reconciler.programmed
+    objects = reconciler.objects
+    for ref in list(objects):
+        found = reconciler.problems(ref)
+        if found:
+            counts["conflict" if found[-1].reason == "Conflict" else "failed"] += 1
+        elif ref in programmed:
+            counts["programmed"] += 1
+        else:
+            counts["not_selected"] += 1
+    counts["invalid"] = sum(1 for ref in reconciler.held.owners if ref not in objects)
+    return counts
 
 
 class Probes:
