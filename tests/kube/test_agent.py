@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import make_vs
-from tests.kube.conftest import NODES, SLICES, VS, Cluster, resync, run_agent, until
+from tests.kube.conftest import NODES, REPORTS, SLICES, VS, Cluster, resync, run_agent, until
 from vsop.core import ops
 from vsop.core.desired import Node
 from vsop.core.state import KernelState, ServiceKey, VirtualServer
@@ -291,6 +291,24 @@ async def test_vip_that_is_a_node_address_is_refused_with_status_and_event(node_
         assert event["message"].startswith("node node-a: VIP 10.0.0.11")
         assert event["source"] == {"component": "vsop-agent", "host": "node-a"}
         assert event["involvedObject"]["uid"] == cluster.get(VS, "default", "web")["metadata"]["uid"]
+
+
+async def test_a_restarted_agent_posts_no_event_again_for_a_failure_its_report_carries(node_a: Cluster) -> None:
+    cluster = node_a
+    await cluster.vs("web", {**WEB, "vip": "10.0.0.11"})
+    async with run_agent(cluster) as (agent, fake, writer):
+        await until(lambda: writer.posted, "the Event")
+        await resync(agent)
+        assert [reason for _, _, reason, _ in writer.posted] == ["VIPRefused"]
+    async with run_agent(cluster) as (agent, fake, writer):
+        await until(lambda: agent.syncs >= 1, "the first sync after the restart")
+        await resync(agent)
+        assert writer.posted == [] and writer.reports == []
+    # The report is what tells: without it, the failure is news again.
+    await cluster.delete(REPORTS, None, "node-a")
+    async with run_agent(cluster) as (agent, fake, writer):
+        await until(lambda: writer.posted, "the Event")
+        assert [reason for _, _, reason, _ in writer.posted] == ["VIPRefused"] and len(writer.reports) == 1
 
 
 async def test_kernel_failure_is_reported_then_retried(node_a: Cluster) -> None:

@@ -284,6 +284,8 @@ class Agent:
         self._last_node: NodeInfo | None = None
         self._reported: dict[str, dict[str, Any]] | None = None  # this node's report as last read or written
         self._evented: dict[tuple[str, str, str | None], str] = {}
+        self._report_read = False  # the report was read once since the start
+        self._restarted_with: dict[str, dict[str, Any]] | None = None  # its entries then, until the turn that reads them
         self._invalid_logged: dict[tuple[str, str], str] = {}
         # The kernel work: sync, draining, health weights, conntrack (through the engine), incremental.
         self.reconciler = Reconciler(kernel, Node(self.node_name), names=options.names, kernel_version=self.kernel_version,
@@ -787,6 +789,11 @@ class Agent:
             present = {r.identity for r in self._records.values()}
             for identity in [i for i in self._evented if i not in present]:
                 del self._evented[identity]
+        if self._reported is None:
+            await self._read_report(complete)
+        # A restarted agent: a failure its report already carries, with the same message and
+        # generation, had its Event posted by the agent before; a restart posts no Event per object.
+        before, self._restarted_with = self._restarted_with, None
         jobs = [self._write_report(report, complete)]
         for key, entry in report.entries.items():
             record = self._records.get(key)
@@ -794,6 +801,9 @@ class Agent:
                 continue
             message = (entry or {}).get("message", "") if entry is not None and not entry["programmed"] else ""
             if message and self._evented.get(record.identity) != message:
+                if before is not None and before.get(reports.ref_of(*key)) == reports.bounded(entry):  # type: ignore[arg-type]
+                    self._evented[record.identity] = message
+                    continue
                 reason, _, text = message.partition(": ")
                 jobs.append(self._event(record, "Warning", reason, text or message, report))
                 self._evented[record.identity] = message
@@ -801,22 +811,30 @@ class Agent:
                 self._evented.pop(record.identity, None)
         await asyncio.gather(*jobs)
 
+    async def _read_report(self, complete: bool) -> bool:
+        """This node's NodeReport as stored (at start, and after a failed write); False: not read, retried next turn."""
+        try:
+            self._reported = reports.entries_of(await self.writer.read_node_report(self.node_name))
+        except (ApiError, OSError) as exc:
+            self.metrics.errors.labels("api").inc()
+            self._everything = True
+            log.warning(kv("Reading the node report failed; retried on the next sync", node=self.node_name, error=str(exc)))
+            return False
+        if not complete:
+            self._everything = True  # what it holds of objects not named here is checked next turn
+        if not self._report_read:
+            self._report_read = True
+            self._restarted_with = dict(self._reported)
+        return True
+
     async def _write_report(self, report: SyncReport, complete: bool) -> None:
         """This node's NodeReport (vsop.kube.report): read once at start (and after a failed write), then patched with changes only.
 
         `complete`: the report's entries name every object (others in the report go); else
         only those that may have changed. After a failure the next turn reports everything.
         """
-        if self._reported is None:
-            try:
-                self._reported = reports.entries_of(await self.writer.read_node_report(self.node_name))
-            except (ApiError, OSError) as exc:
-                self.metrics.errors.labels("api").inc()
-                self._everything = True
-                log.warning(kv("Reading the node report failed; retried on the next sync", node=self.node_name, error=str(exc)))
-                return
-            if not complete:
-                self._everything = True  # what it holds of objects not named here is checked next turn
+        if self._reported is None:  # _publish could not read it this turn
+            return
         after = {reports.ref_of(*key): entry for key, entry in report.entries.items()}
         patch = reports.report_patch(self._reported, after, complete=complete)
         if patch is None:
