@@ -27,7 +27,18 @@ def plain(value: Any) -> Any:
 
 def parse(body: Mapping[str, Any]) -> tuple[VirtualService | None, str | None]:
     """(the parsed object, None) or (None, why it is invalid: every field and reason on one line)."""
+    return parse_plain({k: plain(body.get(k)) for k in ("apiVersion", "kind", "metadata", "spec") if k in body})
+
+
+def parse_and_fingerprint(body: Mapping[str, Any]) -> tuple[VirtualService | None, str | None, str]:
+    """`parse` and `fingerprint` of one body, which is made plain once for both."""
     raw = {k: plain(body.get(k)) for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    meta = raw.get("metadata") or {}
+    stamp = json.dumps([meta.get("uid"), meta.get("creationTimestamp"), raw.get("spec")], sort_keys=True, default=str)  # as `fingerprint`
+    return (*parse_plain(raw), stamp)
+
+
+def parse_plain(raw: dict[str, Any]) -> tuple[VirtualService | None, str | None]:
     try:
         return parse_virtual_service(raw), None
     except InvalidInput as exc:
@@ -35,5 +46,6 @@ def parse(body: Mapping[str, Any]) -> tuple[VirtualService | None, str | None]:
 
 
 def fingerprint(body: Mapping[str, Any]) -> str:
+    """What the kernel depends on: uid, creation time and spec (status-only changes leave it)."""
     meta = body.get("metadata") or {}
     return json.dumps([meta.get("uid"), meta.get("creationTimestamp"), plain(body.get("spec"))], sort_keys=True, default=str)
