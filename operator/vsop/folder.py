@@ -133,6 +133,10 @@ class FolderSource:
     _lost: dict[Path, dict[str, str]] = field(default_factory=dict, repr=False)  # path -> ref -> why ignored
     _problems: set[Path] = field(default_factory=set, repr=False)  # paths pending, or invalid with nothing good
     _changed: set[str] = field(default_factory=set, repr=False)  # refs whose served object may differ (take_changes)
+    # The same for the agent's status file, which is written on its own schedule (take_status_changes):
+    _status_paths: set[Path] = field(default_factory=set, repr=False)  # paths whose entry (present, error) may differ
+    _status_refs: set[str] = field(default_factory=set, repr=False)  # refs whose place in services() may differ
+    _erring: set[Path] = field(default_factory=set, repr=False)  # paths with an error or an outage (errors())
     # folder -> ((inode, mtime_ns), trusted, name -> (d_ino, symlink, path, stat | why | None for a folder))
     _listings: dict[Path, tuple[tuple[int, int], bool, dict[str, tuple[int, bool, Path, Any]]]] = field(default_factory=dict, repr=False)
     _swept_at: float = float("-inf")
@@ -386,7 +390,13 @@ class FolderSource:
                 self._problems.add(path)
             else:
                 self._problems.discard(path)
+            if state is not None and (state.error or state.outage):
+                self._erring.add(path)
+            else:
+                self._erring.discard(path)
         self._changed |= refs  # their served object may differ now: the reconciler gets them (take_changes)
+        self._status_refs |= refs
+        self._status_paths |= touched
         changed = False
         lost: set[Path] = set()
         for ref in refs:
@@ -427,18 +437,32 @@ class FolderSource:
         changed: dict[str, VirtualService | None] = {}
         order: dict[str, tuple[Any, ...]] = {}
         for ref in self._changed:
-            path = self.served.get(ref)
-            state = self.files.get(path) if path is not None else None
-            found = None
-            if state is not None and not state.pending:
-                for index, vs in enumerate(state.services):
-                    if vs.ref == ref:
-                        found = vs
-                        order[ref] = (path.parts, index)  # type: ignore[union-attr]
-                        break
-            changed[ref] = found
+            found = self.served_entry(ref)
+            if found is None:
+                changed[ref] = None
+            else:
+                changed[ref], order[ref] = found
         self._changed = set()
         return changed, order
+
+    def take_status_changes(self) -> tuple[set[Path], set[str]]:
+        """What may have changed for a status report since the last call (independent of
+        take_changes): the paths whose entry in `files` (present or not, error) may differ, and
+        the refs whose object or place in `services()` may differ."""
+        paths, refs = self._status_paths, self._status_refs
+        self._status_paths, self._status_refs = set(), set()
+        return paths, refs
+
+    def served_entry(self, ref: str) -> tuple[VirtualService, tuple[Any, ...]] | None:
+        """The object `services()` gives for ref and its place in that list (path parts, place in
+        the file); None when it gives none."""
+        path = self.served.get(ref)
+        state = self.files.get(path) if path is not None else None
+        if state is not None and not state.pending:
+            for index, vs in enumerate(state.services):
+                if vs.ref == ref:
+                    return vs, (path.parts, index)  # type: ignore[union-attr]
+        return None
 
     # -- what the folder declares ------------------------------------------------------
 
@@ -492,17 +516,15 @@ class FolderSource:
         return list(found.values()), not held.unknown and held.owners <= set(found)
 
     def errors(self) -> dict[str, str]:
+        """Why something is not used: folders, then files in path order, then duplicate copies.
+        Costs the errors, not the files."""
         problems = {str(folder): reason for folder, reason in self.folder_errors.items()}
-        for path, state in self.files.items():
-            if state.outage or state.error:
-                problems[str(path)] = state.outage or state.error  # type: ignore[assignment]
+        for path in sorted(self._erring):
+            state = self.files[path]
+            problems[str(path)] = state.outage or state.error  # type: ignore[assignment]
         for path, message in self.duplicates.items():
             problems.setdefault(str(path), message)
         return problems
-
-    def settling(self) -> bool:
-        """Whether some file is changed but not yet stable (cheap: looks at problem paths only)."""
-        return any(self.files[path].pending for path in self._problems)
 
     def pending(self) -> list[str]:
         return [str(path) for path in sorted(self._problems) if self.files[path].pending]

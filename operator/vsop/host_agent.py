@@ -25,7 +25,6 @@ Must not import: kopf, kubernetes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from vsop.adapters.conntrack import ConntrackCleaner
+from vsop.agent_status import StatusDocument
 from vsop.checks import HealthChecker, Target, health_targets
 from vsop.core.desired import Node
 from vsop.core.draining import Draining
@@ -115,6 +115,7 @@ class HostAgent:
         self.last_repairs: list[str] = []
         self.polled_at = float("-inf")  # when the folder was last polled (monotonic)
         self.kept: list[str] = []  # owners kept as the kernel has them at the last sync
+        self.status_doc = StatusDocument()  # the status file's text, kept per entry (vsop.agent_status)
 
     # -- one sync (blocking: adapters talk to the kernel) ---------------------------
 
@@ -148,7 +149,8 @@ class HostAgent:
         except LockTimeout as exc:
             self.last = {"error": str(exc), "seconds": round(time.monotonic() - started, 4), "at": time.time()}
             log.error("sync skipped, will retry error=%r", str(exc))
-            self.write_status()
+            if status:
+                self.write_status()
             return None
         self._last_stamp = self._lock_stamp()  # our own release: a later change is another writer's
         if status:
@@ -178,6 +180,13 @@ class HostAgent:
         reconciler.set_held(held)
         reconciler.set_out_of_service(self.tracker.out_of_service())
         result = reconciler.reconcile(full=full)
+        # The objects whose verdict (programmed, problems) the status file must look at again:
+        # any after a failure or a whole plan, else the changed ones and those on the VIPs the
+        # reconcile planned (a resync plans only where the kernel differs from the cache).
+        if result.error is not None or result.touched is None:
+            self.status_doc.judged(None)
+        else:
+            self.status_doc.judged(set(changed) | result.touched)
         if self.probes is not None:
             self.probes.turned()
         if self.metrics is not None:
@@ -246,6 +255,8 @@ class HostAgent:
     # -- status for `vsop show` --------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """The status document built from scratch (costs what the node holds): what status_text
+        keeps up to date per entry, and the reference it is tested against."""
         with self.source_guard:
             files = {str(path): state.error for path, state in sorted(self.source.files.items(), key=lambda item: item[0].parts)}
             errors, pending, objects = self.source.errors(), self.source.pending(), [vs.ref for vs in self.source.services()]
@@ -281,15 +292,38 @@ class HostAgent:
         problems = [p.__dict__ for ref in sorted(reconciler.fragments) for p in reconciler.problems(ref)]
         return {**self.last, "programmed": sorted(reconciler.programmed), "problems": problems, "kept": self.kept}
 
-    def write_status(self) -> None:
+    def status_text(self, health_changed: set[Any] | None = None) -> str:
+        """The status document as JSON, `json.dumps(self.status(), separators=(",", ":"))`, costing
+        what changed since the last call: the folder's changed paths and refs, the objects the
+        syncs judged, the health targets and real servers whose health changed
+        (`health_changed`: taken by the caller from the tracker; None: taken here). The source
+        guard is held only for the folder's changes. Run it where syncs run (one thread)."""
+        doc = self.status_doc
+        with self.source_guard:
+            paths, refs = self.source.take_status_changes()
+            doc.update_files(self.source, paths, refs)
+            errors, pending = self.source.errors(), self.source.pending()
+        doc.update_health(self.targets, self.tracker, self.tracker.take_changed() if health_changed is None else health_changed)
+        doc.update_verdicts(self.reconciler)
+        return doc.render(
+            head={"pid": os.getpid(), "directory": str(self.config.directory), "node": self.config.node.name},
+            errors=errors,
+            pending=pending,
+            draining=[str(key.service) + " -> " + str(key) for key in sorted(self.draining.keys())],
+            last=self.last,
+            kept=self.kept,
+            drift={"total": self.drift_repairs, "last": self.last_repairs},
+            keepalived=self.keepalived.status if self.keepalived is not None else None,
+        )
+
+    def write_status(self, health_changed: set[Any] | None = None) -> None:
         path = self.config.status_file
         if path is None:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_suffix(".tmp")
-            # Compact: json's C encoder (an indented dump is pure Python, seconds at 10k objects).
-            temporary.write_text(json.dumps(self.status(), separators=(",", ":")))
+            temporary.write_text(self.status_text(health_changed))
             temporary.replace(path)
         except OSError as exc:
             log.warning("cannot write status file path=%s error=%r", path, str(exc))
@@ -310,9 +344,9 @@ class HostAgent:
         poller = loop.create_task(self._poll(wake, stop), name="poll folder")
         next_resync = 0.0
         next_full = 0.0  # the periodic full resync, whatever changes happen meanwhile
-        # The status file (every object's state: costs what the node holds) is written after a
-        # sync, once its writes are done, and at most every status_seconds: a burst of changes
-        # does not pay for it per change, and `vsop show` lags the kernel by that much at most.
+        # The status file is written after a sync, once its writes are done, and at most every
+        # status_seconds: it costs what changed (vsop.agent_status), yet a burst of changes does
+        # not pay for it per change, and `vsop show` lags the kernel by that much at most.
         status_written = float("-inf")
         status_due: float | None = None
         try:
@@ -329,12 +363,8 @@ class HostAgent:
                 now = time.monotonic()
                 replanning = self.reconciler.replanning  # a resync's drift left to plan: its next part goes first
                 if status_due is not None and now >= status_due and not wake.is_set() and not replanning:  # a change goes first
-                    if self._settling() and now - status_written < 10 * self.config.status_seconds:
-                        # A file is settling: its sync comes at the next poll; the status file would
-                        # hold it up (one writer thread), so it waits for it (10 status periods at most).
-                        status_due = now + self.config.poll_seconds
-                        continue
-                    await loop.run_in_executor(executor, self.write_status)
+                    # The tracker's changes are taken here, on the loop that records them.
+                    await loop.run_in_executor(executor, self.write_status, self.tracker.take_changed())
                     status_written, status_due = time.monotonic(), None
                     if not wake.is_set() and now < next_resync and not self.draining.since and not replanning:
                         continue  # woken for the status file only
@@ -362,10 +392,6 @@ class HostAgent:
             if status_due is not None:
                 self.write_status()
             log.info("agent stopped; the kernel keeps serving what was programmed syncs=%d", self.syncs)
-
-    def _settling(self) -> bool:
-        with self.source_guard:
-            return self.source.settling()
 
     async def _poll(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
         # Every poll_seconds the whole folder (a stat per file); in between, a file that changed

@@ -32,10 +32,21 @@ class Thresholds:
 @dataclass
 class HealthTracker:
     states: dict[RealServerKey, Health] = field(default_factory=dict)
+    # Real servers whose reported health (healthy, failures, last error) changed since
+    # take_changed: a status report re-renders only these.
+    changed: set[RealServerKey] = field(default_factory=set)
 
     def record(self, key: RealServerKey, ok: bool, thresholds: Thresholds, error: str = "") -> bool:
         """Count one check result; True when the real server changed between in and out of service."""
         state = self.states.setdefault(key, Health())
+        before = (state.healthy, state.failures, state.last_error)
+        flipped = self._count(state, ok, thresholds, error)
+        if (state.healthy, state.failures, state.last_error) != before:
+            self.changed.add(key)
+        return flipped
+
+    @staticmethod
+    def _count(state: Health, ok: bool, thresholds: Thresholds, error: str) -> bool:
         if ok:
             state.successes += 1
             state.failures = 0
@@ -58,6 +69,12 @@ class HealthTracker:
         for key in list(self.states):
             if key not in keep:
                 del self.states[key]
+                self.changed.add(key)
+
+    def take_changed(self) -> set[RealServerKey]:
+        """The real servers whose reported health changed since the last call."""
+        changed, self.changed = self.changed, set()
+        return changed
 
     def out_of_service(self) -> frozenset[RealServerKey]:
         return frozenset(key for key, state in self.states.items() if not state.healthy)
