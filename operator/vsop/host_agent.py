@@ -116,6 +116,7 @@ class HostAgent:
         self.polled_at = float("-inf")  # when the folder was last polled (monotonic)
         self.kept: list[str] = []  # owners kept as the kernel has them at the last sync
         self.status_doc = StatusDocument()  # the status file's text, kept per entry (vsop.agent_status)
+        self._change_syncing = False  # a sync for a change is wanted or running: a poll of everything waits
 
     # -- one sync (blocking: adapters talk to the kernel) ---------------------------
 
@@ -370,9 +371,13 @@ class HostAgent:
                         continue  # woken for the status file only
                 if wake.is_set():
                     await asyncio.sleep(self.config.debounce_seconds)  # gather a burst of changes into one sync
-                wake.clear()
                 full = time.monotonic() >= next_full
-                result = await loop.run_in_executor(executor, self.sync_once, full, False)
+                self._change_syncing = not full  # the poll task's next look at everything waits for it
+                wake.clear()
+                try:
+                    result = await loop.run_in_executor(executor, self.sync_once, full, False)
+                finally:
+                    self._change_syncing = False
                 if result is not None and full:
                     next_full = time.monotonic() + self.config.resync_seconds
                     # A full sync's read, desired state and plan were dropped: give their pages back.
@@ -393,6 +398,12 @@ class HostAgent:
                 self.write_status()
             log.info("agent stopped; the kernel keeps serving what was programmed syncs=%d", self.syncs)
 
+    async def _after_change(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
+        """Until no sync for a change is wanted or running (a periodic full resync is not waited for:
+        a file seen meanwhile is taken as soon as it is over)."""
+        while (wake.is_set() or self._change_syncing) and not stop.is_set():
+            await asyncio.sleep(0.01)
+
     async def _poll(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
         # Every poll_seconds the whole folder (a stat per file); in between, a file that changed
         # is looked at again as soon as it has been stable for the settle time, so a new file
@@ -404,6 +415,9 @@ class HostAgent:
             at = next_poll if due is None else min(next_poll, due)
             await asyncio.sleep(max(0.0, at - time.monotonic()))
             if time.monotonic() >= next_poll:
+                # A change goes first: a look at everything (a stat per file at a sweep) runs on
+                # this loop and would hold up the sync a change just woke, or slow it down.
+                await self._after_change(wake, stop)
                 changed = self.poll()
                 next_poll = time.monotonic() + self.config.poll_seconds
             else:
