@@ -143,7 +143,7 @@ class FolderSource:
 
     # -- reading the folder ----------------------------------------------------------
 
-    def _walk(self) -> tuple[dict[Path, StatKey | str], dict[Path, str]]:
+    def _walk(self, sweep: bool) -> tuple[dict[Path, StatKey | str], dict[Path, str]]:
         """Every candidate file (its stat key, or why it cannot be read) and every folder that cannot be listed."""
         found: dict[Path, StatKey | str] = {}
         problems: dict[Path, str] = {}
@@ -155,10 +155,8 @@ class FolderSource:
         if not stat_module.S_ISDIR(top.st_mode):
             problems[self.directory] = "not a folder"
             return found, problems
-        now = self.clock()
-        sweep = self.sweep_seconds <= 0 or now - self._swept_at >= self.sweep_seconds
         if sweep:
-            self._swept_at = now
+            self._swept_at = self.clock()
         listings: dict[Path, tuple[tuple[int, int], bool, dict[str, tuple[int, bool, Path, Any]]]] = {}
         pending: list[tuple[Path, os.stat_result | None]] = [(self.directory, top)]
         while pending:
@@ -242,9 +240,22 @@ class FolderSource:
 
         Costs a stat per file plus what changed: only files whose stat changed (or that are
         not yet stable, or invalid) are read, and only the refs they declare are judged again.
+        With sweep_seconds, a sweep that falls due is put off while polls find changes (for
+        at most another sweep_seconds): the first look at a new file, which starts its settle
+        time, and the sync it wakes do not wait for a stat of every file.
         """
+        if self.sweep_seconds <= 0:
+            return self._poll(sweep=True)
+        since = self.clock() - self._swept_at
+        if since < self.sweep_seconds:
+            return self._poll(sweep=False)
+        if since < 2 * self.sweep_seconds and self._poll(sweep=False):
+            return True
+        return self._poll(sweep=True)
+
+    def _poll(self, sweep: bool) -> bool:
         errors_before = self.folder_errors
-        found, self.folder_errors = self._walk()
+        found, self.folder_errors = self._walk(sweep)
         for folder, reason in self.folder_errors.items():
             log.error("cannot read folder, keeping the last good objects beneath it folder=%s error=%r", folder, reason)
         touched: set[Path] = set()

@@ -191,3 +191,47 @@ def test_between_sweeps_a_poll_stats_only_what_a_folder_listing_says_is_new(tmp_
     now[0] += 1.0
     source.poll()
     assert vips()["default/db"] == "169.254.11.2"
+
+
+def test_a_sweep_that_falls_due_waits_for_a_poll_that_finds_nothing_new(tmp_path: Path) -> None:
+    """The poll that first sees a new file does not also stat every file (that would delay the
+    file's settle time and the sync it wakes); the next poll that finds nothing does, and a
+    sweep is put off for at most another sweep period."""
+    now = [100.0]
+    source = FolderSource(tmp_path, settle_seconds=1.0, clock=lambda: now[0], sweep_seconds=5.0)
+    web = tmp_path / "web.yaml"
+    web.write_text(yaml.safe_dump(document("web", 1)))
+    past = 1_000_000_000 * 10**9
+    os.utime(tmp_path, ns=(past, past))
+    source.poll()  # the first poll sweeps
+    now[0] += 1.0
+    source.poll()
+    web.write_text(yaml.safe_dump(document("web", 3)))  # in place: only a sweep sees it
+    os.utime(web, ns=(past + 10**9, past + 10**9))
+    now[0] += 4.0  # the sweep is due
+    (tmp_path / "db.yaml").write_text(yaml.safe_dump(document("db", 2)))
+    assert source.poll()  # the new name, seen through the folder's listing
+    assert source.pending() == [str(tmp_path / "db.yaml")]  # and not the rewritten file: no sweep
+    now[0] += 1.0
+    assert source.poll()  # db taken: the sweep waits again
+    assert source.pending() == []
+    now[0] += 1.0
+    assert source.poll()  # nothing new: the sweep sees the write in place
+    assert source.pending() == [str(web)]
+    now[0] += 1.0
+    source.poll()
+    assert source.pending() == []
+
+    # Changes at every poll put the sweep off for one more sweep period at most.
+    now[0] += 5.0
+    web.write_text(yaml.safe_dump(document("web", 2)))
+    os.utime(web, ns=(past + 2 * 10**9, past + 2 * 10**9))
+    os.utime(tmp_path, ns=(past, past))
+    for index in range(4):
+        (tmp_path / f"n{index}.yaml").write_text(yaml.safe_dump(document(f"n{index}", 2)))
+        source.poll()
+        assert str(web) not in source.pending()
+        now[0] += 1.0
+    (tmp_path / "last.yaml").write_text(yaml.safe_dump(document("last", 2)))
+    source.poll()  # 10 s since the last sweep: it happens, changes or not
+    assert str(web) in source.pending()
