@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-seconds", type=float, default=1.0, help="how often the folder is checked for changes (default 1)")
     p.add_argument("--sweep-seconds", type=float, default=5.0,
                    help="how often every file is stat-ed; between sweeps a poll stats what its folder's listing says is new, "
-                        "so a write in place (same file, folder untouched) is seen within this (default 5; 0: every poll)")
+                        "so a write in place (same file, folder untouched) is seen within this, or twice this while polls keep finding "
+                        "changes (default 5; 0: every poll)")
     p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
     p.add_argument("--status-file", default="/run/vsop/agent.json", help="where the agent writes its state for `vsop show`")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",

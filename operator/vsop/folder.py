@@ -119,7 +119,8 @@ class FolderSource:
     # 0: every poll stats every file. More: between such sweeps a poll lists only the folders
     # whose mtime moved, stats only the names new there (or with a new inode), symlinks and
     # files not yet stable or invalid; a write in place (same name, same inode, the folder's
-    # mtime unchanged) is then seen at the next sweep, at most this long after.
+    # mtime unchanged) is then seen at the next sweep, at most this long after (twice this
+    # while every poll finds changes: see poll).
     sweep_seconds: float = 0.0
     files: dict[Path, FileState] = field(default_factory=dict)
     folder_errors: dict[Path, str] = field(default_factory=dict)
