@@ -130,6 +130,9 @@ class Controller:
         self._indexes: dict[str, kopf.Index] = {}
         self._node_fingerprints: dict[str, Any] = {}
         self._written: dict[tuple[str, str, str | None], dict[str, Any]] = {}
+        # The record (one per watch event) whose legacy status.nodes a patch removed: until the watch
+        # brings the object back, a turn sees the map still there and must not remove it again.
+        self._legacy_removed: dict[tuple[str, str, str | None], Observed] = {}
         self.registry = self._build_registry()
         self.settings = kopf_settings()
 
@@ -222,6 +225,8 @@ class Controller:
         present = {r.identity for r in records}
         for identity in [i for i in self._written if i not in present]:
             del self._written[identity]
+        for identity in [i for i in self._legacy_removed if i not in present]:
+            del self._legacy_removed[identity]
 
         now = now_rfc3339()
         jobs = []
@@ -266,7 +271,9 @@ class Controller:
             for condition in conditions:
                 counts[(condition["type"], condition["status"])] = counts.get((condition["type"], condition["status"]), 0) + 1
             # Upgrade: agents before NodeReports wrote status.nodes.<node> here; it goes, once.
-            legacy = "nodes" in record.status
+            legacy = "nodes" in record.status and self._legacy_removed.get(record.identity) is not record
+            if "nodes" not in record.status:
+                self._legacy_removed.pop(record.identity, None)
             if wanted != baseline or legacy:
                 patch: dict[str, Any] = {
                     "observedGeneration": record.generation,
@@ -315,6 +322,8 @@ class Controller:
         if not found:
             return
         self._written[record.identity] = wanted
+        if "nodes" in patch:
+            self._legacy_removed[record.identity] = record
         self.metrics.status_patches.inc()
         report.patched.append(record.key)
         ready = wanted["conditions"]["Ready"]
