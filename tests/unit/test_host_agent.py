@@ -439,6 +439,7 @@ def test_a_file_taken_during_a_resync_in_parts_is_programmed_before_the_resync_e
     folder.mkdir()
     agent, fake = agent_for(folder)
     agent.reconciler.resync_chunk = 2
+    agent.reconciler.audit_chunk = 0  # the drift's parts alone (the audit: tests/unit/test_reconciler.py)
     for index in range(6):
         write(folder, f"s{index}", vip=f"169.254.11.{index + 2}")
     settle(agent)
@@ -470,6 +471,7 @@ def test_the_run_loop_plans_a_resync_s_parts_at_once_not_one_per_period(tmp_path
     config = AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02, debounce_seconds=0.01, resync_seconds=1.0)
     agent = HostAgent(kernel, config, FakeConntrack())
     agent.reconciler.resync_chunk = 1
+    agent.reconciler.audit_chunk = 0  # the drift's parts alone
     for index in range(5):
         write(folder, f"s{index}", vip=f"169.254.11.{index + 2}")
     calls: list[bool] = []

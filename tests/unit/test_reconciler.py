@@ -4,7 +4,9 @@ Properties: any sequence of object changes, endpoint changes and health results 
 through the incremental path leaves the fake kernel exactly as `engine.sync` of the same
 objects on a fresh node (with the same foreign objects) leaves it, after every step;
 drift made by hand is repaired by the next full resync; a refused write makes the next
-reconcile read the kernel again. Plus the costs that matter: a health flip is one weight
+reconcile read the kernel again; a change the incremental path missed (its dirty marks lost, a
+fragment derived wrong) is repaired by the resyncs' audit within ceil(VIPs / slice) resyncs.
+Plus the costs that matter: a health flip is one weight
 edit, a no-op full resync plans nothing.
 """
 
@@ -609,13 +611,14 @@ def test_a_resync_after_changes_plans_nothing_when_the_kernel_holds_what_vsop_wr
     reconciler.reconcile()
     writes, reads = fake.writes, reconciler.reads
     resync = reconciler.reconcile(full=True)  # ...and after another one
-    assert resync.ok and resync.full and resync.skipped and resync.vips == 0 and resync.plan.ops == ()
+    # The audit's slice is planned (here every VIP: 23 < resync_chunk) and finds nothing to write.
+    assert resync.ok and resync.full and resync.skipped and resync.vips == resync.audited == 23 and resync.plan.ops == ()
     assert fake.writes == writes and reconciler.reads == reads + 1
 
 
 def test_a_change_during_a_split_resync_is_programmed_before_the_resync_ends_and_drift_is_repaired() -> None:
     kernel, fake = fake_kernel(foreign_state())
-    reconciler = Reconciler(kernel, NODE, resync_chunk=3)
+    reconciler = Reconciler(kernel, NODE, resync_chunk=3, audit_chunk=0)  # the drift's parts alone (the audit: below)
     objects = many(10)
     reconciler.set_objects(objects)
     assert reconciler.reconcile().ok
@@ -664,7 +667,8 @@ def test_drift_in_chains_and_jumps_is_repaired_without_planning_a_vip_and_a_lost
     mine = sorted(j for j in fake.state.jumps if "VSOP" in j.rule)
     fake.state = replace(fake.state, jumps=fake.state.jumps - {mine[0]})
     repaired = reconciler.reconcile(full=True)
-    assert repaired.ok and repaired.vips == 0 and repaired.touched == frozenset()
+    # No VIP drifted: only the audit's slice is planned, and it reports nothing of them.
+    assert repaired.ok and repaired.vips == repaired.audited and repaired.touched == frozenset()
     assert [r.op.kind for r in repaired.repairs] == ["jump.add"]
     same_kernel(fake.state, clean, frozenset())
     # A set destroyed by hand: created again, it needs every VIP's members: the node is planned whole.
@@ -705,3 +709,147 @@ def test_a_resync_in_parts_with_changes_between_ends_where_a_sync_from_scratch_e
     assert reconciler.programmed == declared
     writes = fake.writes
     assert reconciler.reconcile(full=True).ok and fake.writes == writes
+
+
+# -- the audit: a slice of VIPs re-derived from scratch each resync ---------------------------------
+
+
+def _missed(reconciler: Reconciler) -> None:
+    """An incremental bug: the change reached the reconciler's objects, its dirty marks were lost."""
+    reconciler._dirty.clear()
+
+
+def _resyncs_to_audit_all(reconciler: Reconciler, fake: Any) -> int:
+    vips = {vs.spec.vip for vs in reconciler.objects.values()} | _vsop_vips(fake.state)
+    return -(-len(vips) // reconciler.audit_chunk)
+
+
+def test_a_missed_change_the_kernel_and_cache_agree_on_is_repaired_by_the_audit_within_its_bound(caplog: Any) -> None:
+    kernel, fake = fake_kernel(foreign_state())
+    reconciler = Reconciler(kernel, NODE, resync_chunk=3)
+    objects = many(10)
+    reconciler.set_objects(objects)
+    assert reconciler.reconcile().ok
+    # s4 loses a backend and s7 is removed, both missed by the change path: kernel == cache == the old state.
+    changed = web("s4", "169.254.30.5", backends=[{"address": "10.1.0.1"}])
+    reconciler.update_objects({changed.ref: changed, objects[7].ref: None})
+    _missed(reconciler)
+    assert reconciler.reconcile().writes == 0
+    final = [changed if vs.ref == changed.ref else vs for vs in objects if vs.ref != objects[7].ref]
+    expected = from_scratch(final, {}, frozenset())[0]
+    # The drift check alone finds nothing: the kernel holds what the cache says.
+    reconciler.audit_chunk = 0
+    assert reconciler.reconcile(full=True).skipped and comparable(fake.state, frozenset()) != comparable(expected, frozenset())
+    reconciler.audit_chunk = 3
+    bound = _resyncs_to_audit_all(reconciler, fake)
+    assert bound == 4  # 10 VIPs of vsop (s7's still bound) and the foreign one, 3 per resync
+    repairs: list[Any] = []
+    with caplog.at_level("INFO", logger="vsop.node"):
+        for _ in range(bound):
+            outcome = reconciler.reconcile(full=True)
+            # 3 VIPs, and in the round's first slice the VIP of s7's orphan fragment
+            assert outcome.ok and outcome.audited <= 4 and not reconciler.replanning
+            repairs += outcome.repairs
+    same_kernel(fake.state, expected, frozenset())
+    assert {r.obj for r in repairs} >= {"default/s4"} and reconciler.audit_repairs >= 4  # s4's real server, s7's service, address, members
+    assert any("audit repaired" in record.message for record in caplog.records)
+    assert "default/s7" not in reconciler.fragments and reconciler.desired().state == from_scratch_reconciler(final).desired().state
+    assert reconciler.programmed == from_scratch(final, {}, frozenset())[1]
+    # Then idempotent: a whole round of resyncs writes nothing and reports nothing.
+    writes = fake.writes
+    for _ in range(bound):
+        outcome = reconciler.reconcile(full=True)
+        assert outcome.skipped and outcome.writes == 0 and outcome.repairs == [] and outcome.touched == frozenset()
+    assert fake.writes == writes
+
+
+def from_scratch_reconciler(objects: list[VirtualService]) -> Reconciler:
+    kernel, _ = fake_kernel(foreign_state())
+    fresh = Reconciler(kernel, NODE)
+    fresh.set_objects(objects)
+    assert fresh.reconcile().ok
+    return fresh
+
+
+def test_a_fragment_a_bug_derived_wrong_and_a_lost_endpoint_event_are_repaired_by_the_audit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconciler's desired view gone wrong by hand: a change derived by a buggy path and
+    programmed, the endpoints changed without their event. The kernel agrees with the cache;
+    the audit re-derives from scratch and puts both right within ceil(VIPs / slice) resyncs."""
+    from vsop.node import reconciler as module
+
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE, resync_chunk=2)
+    by_ref = parse_virtual_service({"apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": "ref", "namespace": "default"},
+                                    "spec": {"vip": "169.254.40.1", "ports": [{"port": 80, "targetPort": 8080}], "serviceRef": {"name": "web"}}})
+    objects = [*many(4), by_ref]
+    reconciler.set_objects(objects)
+    reconciler.set_endpoints({("default", "web"): endpoints_of(["10.2.0.1"])})
+    assert reconciler.reconcile().ok
+    # s1 changes; a bug derives it from another version (one wrong backend), and that is programmed.
+    changed = web("s1", "169.254.30.2", backends=[{"address": "10.1.0.1"}, {"address": "10.1.0.3"}])
+    wrong = web("s1", "169.254.30.2", backends=[{"address": "10.1.0.9"}])
+    good = module.fragment
+    monkeypatch.setattr(module, "fragment", lambda vs, *a, **k: good(wrong if vs.ref == wrong.ref else vs, *a, **k))
+    reconciler.update_objects({changed.ref: changed})
+    assert reconciler.reconcile().writes > 0
+    monkeypatch.setattr(module, "fragment", good)
+    # An endpoint event lost: the endpoints changed, no object marked.
+    reconciler.endpoints[("default", "web")] = endpoints_of(["10.2.0.2", "10.2.0.3"])
+    final = [changed if vs.ref == changed.ref else vs for vs in objects]
+    expected_kernel, expected = fake_kernel()
+    sync(expected_kernel, final, NODE, endpoints={("default", "web"): endpoints_of(["10.2.0.2", "10.2.0.3"])})
+    assert comparable(fake.state, frozenset()) != comparable(expected.state, frozenset())
+    bound = _resyncs_to_audit_all(reconciler, fake)
+    assert bound == 3  # 5 VIPs, 2 per resync
+    for _ in range(bound):
+        outcome = reconciler.reconcile(full=True)
+        assert outcome.ok and 0 < outcome.audited <= 2
+    same_kernel(fake.state, expected.state, frozenset())
+    assert reconciler.audit_repairs > 0
+    writes = fake.writes
+    for _ in range(bound):
+        assert reconciler.reconcile(full=True).skipped
+    assert fake.writes == writes
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=st.lists(an_object(), min_size=1, max_size=6), after=st.lists(an_object(), max_size=6), chunk=st.integers(1, 3),
+       lost=st.lists(st.booleans(), min_size=12, max_size=12))
+def test_changes_the_incremental_path_missed_are_repaired_by_the_audit_within_its_bound(
+    before: list[VirtualService], after: list[VirtualService], chunk: int, lost: list[bool]
+) -> None:
+    """Any objects, then any changes of which some lost their dirty marks (an incremental bug):
+    after ceil(VIPs / chunk) resyncs the kernel is what a sync of the final objects from scratch
+    leaves, the verdicts agree, and the next round of resyncs writes nothing."""
+    kernel, fake = fake_kernel(foreign_state())
+    reconciler = Reconciler(kernel, NODE, resync_chunk=chunk)
+    first = {vs.ref: vs for vs in before}
+    reconciler.set_objects(list(first.values()))
+    assert reconciler.reconcile().ok
+    final = dict(first)
+    deltas: list[tuple[str, VirtualService | None]] = [(vs.ref, vs) for vs in after]
+    deltas += [(ref, None) for ref in first if ref not in {vs.ref for vs in after}]
+    for (ref, vs), missed in zip(deltas, lost):
+        reconciler.update_objects({ref: vs})
+        if missed:
+            _missed(reconciler)
+        assert reconciler.reconcile().ok
+        if vs is None:
+            final.pop(ref, None)
+        else:
+            final[ref] = vs
+    for ref, vs in deltas[len(lost):]:  # more changes than marks drawn: not missed
+        reconciler.update_objects({ref: vs})
+        assert reconciler.reconcile().ok
+        final.pop(ref, None) if vs is None else final.update({ref: vs})
+    bound = _resyncs_to_audit_all(reconciler, fake) + 1  # +1: the foreign VIPs the cache holds
+    for _ in range(bound):
+        assert reconciler.reconcile(full=True).ok
+    expected, declared = from_scratch(list(final.values()), {}, frozenset())
+    delegated = reconciler.desired().state.delegated
+    same_kernel(fake.state, expected, delegated)
+    assert reconciler.programmed == declared
+    writes = fake.writes
+    for _ in range(bound):
+        assert reconciler.reconcile(full=True).writes == 0
+    assert fake.writes == writes

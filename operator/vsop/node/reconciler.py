@@ -9,7 +9,10 @@ difference; a health result is therefore one weight edit. A resync
 (`reconcile(full=True)`, the agents run one every 30 s) reads the kernel again, compares
 it with `observed` and plans the VIPs where they differ (drift made by hand) like a
 change, `resync_chunk` VIPs per reconcile, so changes are served between its parts
-(`replanning` says more are due); it plans nothing when nothing differs. The first
+(`replanning` says more are due); it plans nothing else when nothing differs. Each resync
+also audits a rotating slice of VIPs (`audit_chunk`): their objects re-derived from scratch
+and planned against the fresh read, so what the kernel and the cache agree on but the
+objects do not (a missed change) is put right within ceil(VIPs / slice) resyncs. The first
 reconcile, one after any failed or partial write (which drops `observed`), and a resync
 that finds vsop's link or a set's header changed plan the whole node through
 `engine.sync`, the same path `vsop apply` takes.
@@ -57,7 +60,8 @@ class Outcome:
     applied: list[ops.Op] = field(default_factory=list)
     error: str | None = None
     after: KernelState | None = None  # re-read after a failure: what actually got programmed
-    skipped: bool = False  # full read found nothing of vsop's changed: nothing planned
+    skipped: bool = False  # full read found nothing of vsop's changed, the audit nothing wrong: nothing written
+    audited: int = 0  # VIPs a resync's audit re-derived from scratch and planned (see Reconciler._audit_slice)
     objects: int = 0  # objects re-derived
     vips: int = 0  # VIPs planned (incremental)
     seconds: float = 0.0
@@ -168,11 +172,15 @@ class Reconciler:
         clock: Callable[[], float] = time.monotonic,
         keep_accept_ra: bool = False,
         resync_chunk: int = 256,
+        audit_chunk: int | None = None,
     ):
         self.kernel = kernel
         # A resync that finds drift on many VIPs plans at most this many per reconcile; the
         # rest wait in `_replan` for the next ones, so a change is served between them.
         self.resync_chunk = max(1, resync_chunk)
+        # Each resync also audits this many VIPs (default: resync_chunk; 0: none): their objects
+        # re-derived from scratch and planned against the fresh read, whatever the cache says.
+        self.audit_chunk = self.resync_chunk if audit_chunk is None else max(0, audit_chunk)
         # Never change accept_ra: IPv6 VIPs whose forwarding would stop router advertisements
         # are refused (RouterAdvertisements), as `vsop apply --keep-accept-ra` refuses them.
         self.keep_accept_ra = keep_accept_ra
@@ -230,6 +238,12 @@ class Reconciler:
         self._replan: set[str] = set()
         self._expected: KernelState | None = None
         self._shared_drift = False  # the chains, jumps or sysctls too (reported at the next plan)
+        # The audit's round: every VIP in a stable order, taken audit_chunk per resync.
+        self._audit_round: list[str] = []
+        self._audit_at = 0
+        self._auditing: set[str] = set()  # this resync's slice, planned by the reconcile that read
+        self._orphans: set[str] = set()  # fragments of objects gone (a missed removal): dropped by the round's first slice
+        self.audit_repairs = 0  # writes audits made: the incremental path had left a VIP wrong
         self.reads = 0  # full reads of the kernel
         self.changes = 0  # changes applied in place to `observed` (with its identity: which state it is)
         self.last: Outcome | None = None
@@ -716,7 +730,33 @@ class Reconciler:
                 self._index_of = self.observed
             if counted:
                 self._owners_of = self.observed
+        self._auditing = self._audit_slice()
         return self._incremental(outcome, started)
+
+    def _audit_slice(self) -> set[str]:
+        """The next `audit_chunk` VIPs of the audit's round. The drift check above only compares
+        the kernel with the cache; a VIP where both agree but the incremental path left the
+        desired state wrong (a missed change, a bug in a partial derivation) would stay wrong.
+        So every resync also re-derives a slice of VIPs' objects from scratch and plans those
+        VIPs against the fresh read: every VIP is audited level-based within
+        ceil(VIPs / audit_chunk) resyncs (one found later within two rounds), at O(slice) per
+        resync. kube-proxy's nftables proxier answers the same doubt with a full sync every
+        hour (FullSyncPeriod), which here would hold changes behind a whole-node plan."""
+        if not self.audit_chunk:
+            return set()
+        if self._audit_at >= len(self._audit_round):
+            # A new round: every VIP an object declares or the cache holds (an entry nobody
+            # declares any more is audited too). Sorted once per round, not per resync.
+            vips = set(self._by_vip)
+            if self.observed is not None:
+                if self._index_of is not self.observed:  # (as _around would: once per read)
+                    self._vip_index, self._index_of = vip_index(self.observed, self.names), self.observed
+                vips.update(self._vip_index)
+            self._audit_round, self._audit_at = sorted(vips), 0
+            self._orphans = self.fragments.keys() - self.objects.keys() - (self._new_objects or {}).keys()
+        taken = self._audit_round[self._audit_at:self._audit_at + self.audit_chunk]
+        self._audit_at += len(taken)
+        return set(taken)
 
     def _drift(self, fresh: KernelState, cached: KernelState) -> tuple[set[str], bool] | None:
         """Where a fresh read differs from the cache: the VIPs whose IPVS services, real servers,
@@ -820,16 +860,31 @@ class Reconciler:
         """Plan the VIPs that changed (and the next part of a resync's drift) against the cache."""
         assert self.observed is not None
         # Node addresses as last read, plus the extra ones the source may have changed since.
-        vips = self._derive(frozenset(self.observed.node_addresses) | self.extra_node_addresses)
+        addresses = frozenset(self.observed.node_addresses) | self.extra_node_addresses
+        vips = self._derive(addresses)
         outcome.objects = self._derived
         changed_vips = set(vips)
+        audit, self._auditing = self._auditing, set()
+        stale: set[str] = set()  # audited objects whose fragment differed from a derivation from scratch
+        verdicts: dict[str, Any] = {}  # audited objects' verdicts before: reported (touched) only if they change
+        if audit or self._orphans:
+            audit = self._audit(audit, addresses, stale, verdicts)
+            vips |= audit
+            outcome.objects += self._derived
+            outcome.audited = len(audit)
         if self.draining.since:
             vips |= self._refresh_draining()
             if self.observed is None:  # the draining read failed: the next reconcile reads everything
                 outcome.seconds = time.monotonic() - started
                 return outcome
         repairing = self._take_replan() if self._replan else set()
+        if audit and self._replan:  # drifted VIPs the audit plans now: repaired (and reported) as drift
+            overlap = audit & self._replan
+            self._replan -= overlap
+            repairing |= overlap
         vips |= repairing
+        # A resync that found no drift and no change: written nothing below, it skipped.
+        quiet = outcome.full and not changed_vips and not repairing and not self._shared_dirty
         if not vips and not self._shared_dirty:
             outcome.touched = frozenset()
             outcome.skipped = outcome.full  # a resync that found nothing to do
@@ -866,6 +921,15 @@ class Reconciler:
             self.plan_problems.pop(vip, None)
         self.plan_problems.update(self._by_vip_problems(the_plan.problems))
         self._judge(outcome.touched)  # every object on the planned VIPs
+        if verdicts:
+            # Audited objects are reported (status, events) only when the audit changed something
+            # of theirs: a no-op audit re-judges nothing downstream.
+            written = {vip for op in the_plan.ops if (vip := _op_vip(op)) is not None}
+            outcome.touched = frozenset(
+                ref for ref in outcome.touched
+                if ref not in verdicts or ref in stale or self._verdict(ref) != verdicts[ref]
+                or (ref in self.fragments and self.fragments[ref].vip in written)
+            )
         self.left_alone = (self.left_alone - cut) | the_plan.left_alone
         if the_plan.ops:
             try:
@@ -878,6 +942,8 @@ class Reconciler:
                 return self._failed(outcome, started, str(exc), 0, [])
             if (repairing or self._shared_drift) and self._expected is not None:
                 self._report_repairs(outcome, repairing - changed_vips, self._shared_drift, observed, want)
+            if audit:
+                self._report_audit(outcome, audit - changed_vips - repairing, observed, want)
             after_cut = apply_accepted(observed, outcome.applied)
             try:
                 # In place, costing what the change wrote: the cached state is the reconciler's own
@@ -895,9 +961,45 @@ class Reconciler:
         self._shared_dirty = self._shared_drift = False
         if not self._replan:
             self._expected = None
+        if stale:
+            log.info("audit: re-derived from scratch, objects differed from what the incremental path kept objects=%s", ",".join(sorted(stale)))
+        outcome.skipped = quiet and not outcome.writes and not stale
         outcome.execute_seconds = time.monotonic() - planned
         outcome.seconds = time.monotonic() - started
         return outcome
+
+    def _audit(self, audit: set[str], addresses: frozenset[str], stale: set[str], verdicts: dict[str, Any]) -> set[str]:
+        """Re-derive every object on the audited VIPs from scratch (and their claim groups);
+        `stale` gets those whose fragment differed from what was kept, `verdicts` what each
+        object's verdict was. Returns the VIPs to plan."""
+        refs = {ref for vip in audit for ref in _refs(self._by_vip, vip)}
+        refs |= {ref for ref in self._orphans if ref not in self.objects}
+        self._orphans = set()
+        before = {ref: self.fragments.get(ref) for ref in refs}
+        verdicts.update((ref, self._verdict(ref)) for ref in refs)
+        self._dirty.update(refs)
+        vips = self._derive(addresses)
+        stale.update(ref for ref in refs if self.fragments.get(ref) != before[ref])
+        return audit | vips
+
+    def _verdict(self, ref: str) -> tuple[bool, tuple[Problem, ...]]:
+        return ref in self._programmed, self.problems(ref)
+
+    def _report_audit(self, outcome: Outcome, vips: set[str], observed: KernelState, want: KernelState) -> None:
+        """The writes on audited VIPs (not changed nor drifted meanwhile): the kernel held what the
+        cache said, but not what a derivation from scratch wants. Reported as repairs."""
+        mine = [op for op in outcome.applied if _op_vip(op) in vips]
+        if not mine:
+            return
+        # Against the target itself: what was found differs from what is wanted now.
+        found = repairs(mine, want, observed, want)
+        self.audit_repairs += len(mine)
+        outcome.repairs = [*outcome.repairs, *found]
+        for repair in found:
+            log.info(
+                "audit repaired: the kernel held what vsop had kept, not what its objects want object=%s change=%r found=%r put_back=%r",
+                repair.obj or "-", f"{repair.op.kind} {repair.op.describe()}", repair.found, repair.wanted,
+            )
 
     def _report_repairs(self, outcome: Outcome, vips: set[str], shared: bool, observed: KernelState, want: KernelState) -> None:
         """The writes on `vips` (drifted, not changed meanwhile), and on the chains, jumps and
