@@ -93,7 +93,7 @@ class HostAgent:
         self.clock = clock
         self.source = FolderSource(config.directory, settle_seconds=config.poll_seconds, sweep_seconds=config.sweep_seconds)
         self.source_guard = threading.Lock()  # the poll task and the sync thread both read the folder
-        self.tracker = HealthTracker()
+        self.tracker = HealthTracker(track_changes=True)  # the status file re-renders the changed real servers
         self.draining = Draining()
         self.kernel_version = running_kernel_version()
         self.last: dict[str, Any] = {}

@@ -179,3 +179,16 @@ def test_a_write_after_one_change_serializes_only_that_change(tmp_path: Path) ->
     outcome = agent.sync_once(full=True, status=False)
     assert outcome is not None and outcome.full and outcome.skipped
     assert cost() == 0
+
+
+def test_a_tracker_keeps_changes_only_when_asked() -> None:
+    """The in-cluster agent's tracker is never asked for its changes: it must not collect them."""
+    from vsop.core.health import HealthTracker
+    from vsop.core.state import RealServerKey, ServiceKey
+
+    key = RealServerKey(ServiceKey("tcp", "169.254.11.2", 80), "192.168.2.111", 8080)
+    quiet, tracking = HealthTracker(), HealthTracker(track_changes=True)
+    for tracker in (quiet, tracking):
+        tracker.record(key, False, Thresholds(), "connection refused")
+        tracker.forget_except(())
+    assert quiet.take_changed() == set() and tracking.take_changed() == {key}

@@ -33,15 +33,17 @@ class Thresholds:
 class HealthTracker:
     states: dict[RealServerKey, Health] = field(default_factory=dict)
     # Real servers whose reported health (healthy, failures, last error) changed since
-    # take_changed: a status report re-renders only these.
+    # take_changed: a status report re-renders only these. Kept only with track_changes (a
+    # tracker nobody takes them from would keep every real server ever checked).
     changed: set[RealServerKey] = field(default_factory=set)
+    track_changes: bool = False
 
     def record(self, key: RealServerKey, ok: bool, thresholds: Thresholds, error: str = "") -> bool:
         """Count one check result; True when the real server changed between in and out of service."""
         state = self.states.setdefault(key, Health())
         before = (state.healthy, state.failures, state.last_error)
         flipped = self._count(state, ok, thresholds, error)
-        if (state.healthy, state.failures, state.last_error) != before:
+        if self.track_changes and (state.healthy, state.failures, state.last_error) != before:
             self.changed.add(key)
         return flipped
 
@@ -69,7 +71,8 @@ class HealthTracker:
         for key in list(self.states):
             if key not in keep:
                 del self.states[key]
-                self.changed.add(key)
+                if self.track_changes:
+                    self.changed.add(key)
 
     def take_changed(self) -> set[RealServerKey]:
         """The real servers whose reported health changed since the last call."""
