@@ -818,6 +818,10 @@ class Reconciler:
         """Plan every object against a full read through engine.sync (`vsop apply`'s path)."""
         read_done = time.monotonic()
         addresses = frozenset(observed.node_addresses) | self.extra_node_addresses
+        # This is also the recovery path (after a failed write, a lost link or set): it trusts no
+        # per-object state that a missed change may have left stale, and derives every object
+        # again, dropping fragments whose object is gone (O(N), as the plan is anyway).
+        self._dirty.update(self.objects.keys() | self.fragments.keys())
         self._derive(addresses)
         outcome.objects = self._derived
         desired = self.desired()
@@ -975,12 +979,19 @@ class Reconciler:
         refs = {ref for vip in audit for ref in _refs(self._by_vip, vip)}
         refs |= {ref for ref in self._orphans if ref not in self.objects}
         self._orphans = set()
-        before = {ref: self.fragments.get(ref) for ref in refs}
-        verdicts.update((ref, self._verdict(ref)) for ref in refs)
-        self._dirty.update(refs)
-        vips = self._derive(addresses)
-        stale.update(ref for ref in refs if self.fragments.get(ref) != before[ref])
-        return audit | vips
+        before: dict[str, Fragment | None] = {}
+        planned = set(audit)
+        while refs:
+            before.update((ref, self.fragments.get(ref)) for ref in refs)
+            verdicts.update((ref, self._verdict(ref)) for ref in refs)
+            self._dirty.update(refs)
+            planned |= self._derive(addresses)
+            # A stale fragment may sit on another VIP than its object now declares (the change
+            # that moved it was missed): the VIPs it left are planned too, so every object on
+            # them is derived again before the plan reads their fragments (O(slice)).
+            refs = {ref for vip in planned for ref in _refs(self._by_vip, vip)} - before.keys()
+        stale.update(ref for ref, fragment in before.items() if self.fragments.get(ref) != fragment)
+        return planned
 
     def _verdict(self, ref: str) -> tuple[bool, tuple[Problem, ...]]:
         return ref in self._programmed, self.problems(ref)
