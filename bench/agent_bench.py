@@ -35,7 +35,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "operator"))
@@ -258,16 +258,18 @@ def store_folder(count: int) -> Path:
     return folder
 
 
-def host_agent_figures(node: str, client: str, count: int, samples: int = 3) -> dict[str, float]:
-    """The host agent itself (vsop agent) following a store of `count` files, 1 s polls (a file is
-    taken once stable over two), 0.1 s debounce: a new store file written, until its VIP answers."""
-    folder = store_folder(count)
-    config = AgentConfig(folder, NODE, status_file=folder.parent / f"{folder.name}.json", lock=None, sweep_seconds=5.0)  # as `vsop agent`
-    holder: dict[str, object] = {}
+@contextmanager
+def running_agent(node: str, config: AgentConfig, count: int, prepare: Callable[[HostAgent], None] | None = None) -> Iterator[tuple[HostAgent, float]]:
+    """`vsop agent`'s loop (HostAgent.run) in a thread, its netlink sockets and tools in the node's
+    namespace, once it has programmed `count` files; stopped on exit. `prepare` may wrap the
+    agent's methods before it runs. Yields the agent and the seconds it took to program them."""
+    holder: dict[str, Any] = {}
 
     def run() -> None:
-        with entered(node):  # the agent's netlink sockets and tools in the node namespace
+        with entered(node):
             agent = HostAgent(real_kernel(), config, ConntrackTool())
+            if prepare is not None:
+                prepare(agent)
             holder["agent"] = agent
 
             async def main() -> None:
@@ -287,23 +289,34 @@ def host_agent_figures(node: str, client: str, count: int, samples: int = 3) -> 
         if time.perf_counter() - started > 1500 or not thread.is_alive():
             raise SystemExit(f"the host agent did not program {count} files")
         time.sleep(0.5)
-    figures = {"agent_start": time.perf_counter() - started}
-    time.sleep(2.5)  # past the first status write and a quiet poll or two
-    answered = []
-    for extra in range(count, count + samples):
-        new = service(extra)
-        # Written just after a poll: the worst phase (the next poll sees it, the one after takes
-        # it), so the figure is the pipeline's cost, not a random wait for the poll.
-        polled = agent.polled_at
-        while agent.polled_at == polled:
-            time.sleep(0.002)
-        started = time.perf_counter()
-        Store(folder).write([new])
-        answered.append(until_answers(client, new.spec.vip, limit=300, timeout=0.05))
-        time.sleep(0.5)
-    stop, loop = holder["stop"]  # type: ignore[misc]
-    loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
-    thread.join(120)
+    try:
+        yield agent, time.perf_counter() - started
+    finally:
+        stop, loop = holder["stop"]
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(120)
+
+
+def host_agent_figures(node: str, client: str, count: int, samples: int = 3) -> dict[str, float]:
+    """The host agent itself (vsop agent) following a store of `count` files, 1 s polls (a file is
+    taken once stable over two), 0.1 s debounce: a new store file written, until its VIP answers."""
+    folder = store_folder(count)
+    config = AgentConfig(folder, NODE, status_file=folder.parent / f"{folder.name}.json", lock=None, sweep_seconds=5.0)  # as `vsop agent`
+    with running_agent(node, config, count) as (agent, took):
+        figures = {"agent_start": took}
+        time.sleep(2.5)  # past the first status write and a quiet poll or two
+        answered = []
+        for extra in range(count, count + samples):
+            new = service(extra)
+            # Written just after a poll: the worst phase (the next poll sees it, the one after takes
+            # it), so the figure is the pipeline's cost, not a random wait for the poll.
+            polled = agent.polled_at
+            while agent.polled_at == polled:
+                time.sleep(0.002)
+            started = time.perf_counter()
+            Store(folder).write([new])
+            answered.append(until_answers(client, new.spec.vip, limit=300, timeout=0.05))
+            time.sleep(0.5)
     answered.sort()
     figures["agent_new_vip"] = statistics.median(answered)
     figures["agent_new_vip_min"], figures["agent_new_vip_max"] = answered[0], answered[-1]
@@ -319,88 +332,66 @@ def resync_figures(node: str, client: str, count: int, samples: int = 3, resync_
     folder = store_folder(count)
     config = AgentConfig(folder, NODE, status_file=folder.parent / f"{folder.name}.json", lock=None, sweep_seconds=5.0,
                          resync_seconds=resync_seconds)
-    holder: dict[str, object] = {}
     fulls: list[tuple[float, float, float]] = []  # (started, seconds, reading the kernel) of each full reconcile
     statuses: list[tuple[float, float]] = []  # (started, ended) of each status file write
 
-    def run() -> None:
-        with entered(node):
-            agent = HostAgent(real_kernel(), config, ConntrackTool())
-            reconcile = agent.reconciler.reconcile
+    def prepare(agent: HostAgent) -> None:
+        reconcile = agent.reconciler.reconcile
 
-            def traced(*, full: bool = False):  # type: ignore[no-untyped-def]
-                started = time.perf_counter()
-                if full:
-                    fulls.append((started, -1.0, 0.0))
-                outcome = reconcile(full=full)
-                if full:
-                    fulls[-1] = (started, time.perf_counter() - started, outcome.read_seconds)
-                return outcome
+        def traced(*, full: bool = False):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            if full:
+                fulls.append((started, -1.0, 0.0))
+            outcome = reconcile(full=full)
+            if full:
+                fulls[-1] = (started, time.perf_counter() - started, outcome.read_seconds)
+            return outcome
 
-            agent.reconciler.reconcile = traced  # type: ignore[method-assign]
-            write_status = agent.write_status
+        agent.reconciler.reconcile = traced  # type: ignore[method-assign]
+        write_status = agent.write_status
 
-            def timed_status(*args: Any) -> None:  # the run loop hands it the health changes it took
-                started = time.perf_counter()
-                write_status(*args)
-                statuses.append((started, time.perf_counter()))
+        def timed_status(*args: Any) -> None:  # the run loop hands it the health changes it took
+            started = time.perf_counter()
+            write_status(*args)
+            statuses.append((started, time.perf_counter()))
 
-            agent.write_status = timed_status  # type: ignore[method-assign]
-            holder["agent"] = agent
+        agent.write_status = timed_status  # type: ignore[method-assign]
 
-            async def main() -> None:
-                stop = asyncio.Event()
-                holder["stop"] = (stop, asyncio.get_running_loop())
-                await agent.run(stop)
-
-            asyncio.run(main())
-
-    thread = threading.Thread(target=run, daemon=True, name="vsop-agent-resync")
-    started = time.perf_counter()
-    thread.start()
-    while True:
-        agent = holder.get("agent")
-        if isinstance(agent, HostAgent) and agent.syncs and len(agent.reconciler.objects) == count:
-            break
-        if time.perf_counter() - started > 1500 or not thread.is_alive():
-            raise SystemExit(f"the host agent did not program {count} files")
-        time.sleep(0.5)
-    time.sleep(2.5)
-    quiet, during, turns, reads, behind = [], [], [], [], []
-    extra = count
-    for _ in range(samples):
-        polled = agent.polled_at
-        while agent.polled_at == polled:
-            time.sleep(0.002)
-        new = service(extra)
-        extra += 1
+    with running_agent(node, config, count, prepare) as (agent, took):
         started = time.perf_counter()
-        Store(folder).write([new])
-        quiet.append(until_answers(client, new.spec.vip, limit=300, timeout=0.05))
-        time.sleep(0.5)
-    for _ in range(samples):
-        # A change since the last full resync (the previous sample's file), then the next one starts.
-        known = len(fulls)
-        while len(fulls) == known:
-            if time.perf_counter() - started > 3000:
-                raise SystemExit("no full resync started")
-            time.sleep(0.002)
-        time.sleep(0.05)  # just after it started
-        new = service(extra)
-        extra += 1
-        written = time.perf_counter()
-        Store(folder).write([new])
-        during.append(until_answers(client, new.spec.vip, limit=300, timeout=0.05))
-        answered = written + during[-1]
-        # Status file writes that ran between the write and the answer (one sync thread: a change waits for them).
-        behind.append(sum(min(end, answered) - max(begin, written) for begin, end in statuses if end > written and begin < answered))
-        while fulls[known][1] < 0:
-            time.sleep(0.01)
-        turns.append(fulls[known][1])
-        reads.append(fulls[known][2])
-    stop, loop = holder["stop"]  # type: ignore[misc]
-    loop.call_soon_threadsafe(stop.set)  # type: ignore[attr-defined]
-    thread.join(120)
+        time.sleep(2.5)
+        quiet, during, turns, reads, behind = [], [], [], [], []
+        extra = count
+        for _ in range(samples):
+            polled = agent.polled_at
+            while agent.polled_at == polled:
+                time.sleep(0.002)
+            new = service(extra)
+            extra += 1
+            started = time.perf_counter()
+            Store(folder).write([new])
+            quiet.append(until_answers(client, new.spec.vip, limit=300, timeout=0.05))
+            time.sleep(0.5)
+        for _ in range(samples):
+            # A change since the last full resync (the previous sample's file), then the next one starts.
+            known = len(fulls)
+            while len(fulls) == known:
+                if time.perf_counter() - started > 3000:
+                    raise SystemExit("no full resync started")
+                time.sleep(0.002)
+            time.sleep(0.05)  # just after it started
+            new = service(extra)
+            extra += 1
+            written = time.perf_counter()
+            Store(folder).write([new])
+            during.append(until_answers(client, new.spec.vip, limit=300, timeout=0.05))
+            answered = written + during[-1]
+            # Status file writes that ran between the write and the answer (one sync thread: a change waits for them).
+            behind.append(sum(min(end, answered) - max(begin, written) for begin, end in statuses if end > written and begin < answered))
+            while fulls[known][1] < 0:
+                time.sleep(0.01)
+            turns.append(fulls[known][1])
+            reads.append(fulls[known][2])
     shutil.rmtree(folder, ignore_errors=True)
     worst = behind[during.index(max(during))]
     quiet.sort(), during.sort(), turns.sort(), reads.sort()

@@ -250,24 +250,20 @@ _SHARED_PARTS: dict[Any, Any] = {}
 _SHARED_PARTS_MAX = 8192
 
 
-def _shared_parts(parts: tuple[_Spec, ...]) -> tuple[_Spec, ...]:
-    def one(part: _Spec) -> _Spec:
-        key = (part, frozenset(part.__pydantic_fields_set__))
-        found = _SHARED_PARTS.get(key)
-        if found is None:
-            if len(_SHARED_PARTS) >= _SHARED_PARTS_MAX:
-                return part
-            found = _SHARED_PARTS.setdefault(key, part)
-        return found  # type: ignore[no-any-return]
-
-    shared = tuple(one(part) for part in parts)
-    key = tuple(map(id, shared))  # its members are the shared instances, kept alive by the table
+def _shared(key: Any, value: Any) -> Any:
+    """The instance the table holds for `key` (this `value` when it is the first), or `value` once the table is full."""
     found = _SHARED_PARTS.get(key)
     if found is None:
         if len(_SHARED_PARTS) >= _SHARED_PARTS_MAX:
-            return shared
-        found = _SHARED_PARTS.setdefault(key, shared)
-    return found  # type: ignore[no-any-return]
+            return value
+        found = _SHARED_PARTS.setdefault(key, value)
+    return found
+
+
+def _shared_parts(parts: tuple[_Spec, ...]) -> tuple[_Spec, ...]:
+    shared = tuple(_shared((part, frozenset(part.__pydantic_fields_set__)), part) for part in parts)
+    # Keyed by its members' identities: they are the shared instances, kept alive by the table.
+    return _shared(tuple(map(id, shared)), shared)  # type: ignore[no-any-return]
 
 
 _DEFAULT_PERSISTENCE = Persistence()
