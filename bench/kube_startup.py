@@ -48,7 +48,7 @@ from kube_bench import spec, trim  # noqa: E402  (puts the repository and operat
 
 import kmock  # noqa: E402
 
-from tests.kube.conftest import Cluster, Emulator, _watched, make_agent, register_resources, running  # noqa: E402
+from tests.kube.conftest import Cluster, Emulator, make_agent, register_resources, running  # noqa: E402
 from vsop.core import ops  # noqa: E402
 
 PHASES = (
@@ -65,22 +65,10 @@ PHASES = (
 class ResumingEmulator(Emulator):
     """The tests' emulator, whose watches resume from a listing (resourceVersion given) instead of replaying every object."""
 
-    async def _serve_watch(self, request: Any) -> Any:
-        if not (getattr(request, "params", None) or {}).get("resourceVersion"):
-            async for item in super()._serve_watch(request):
-                yield item
-            return
-        yield b""
-        bus = self._buses[request.resource]
-        async with self._lock:
-            marker = await bus.mark()
-        try:
-            async for event in bus.stream(since=marker):
-                meta = (event.get("object") or {}).get("metadata") or {}
-                if _watched(request, (request.resource, meta.get("namespace"), meta.get("name"))):
-                    yield event
-        finally:
-            await bus.unmark(marker)
+    def _replayed(self, request: Any) -> list[dict[str, Any]]:
+        if (getattr(request, "params", None) or {}).get("resourceVersion"):
+            return []  # resumed from the listing: only what changes from now on
+        return super()._replayed(request)
 
 
 async def _trimming(emulator: Any, stop: asyncio.Event) -> None:

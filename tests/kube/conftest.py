@@ -82,7 +82,7 @@ class Emulator(kmock.KubernetesEmulator):
         bus = self._buses[request.resource]
         async with self._lock:
             marker = await bus.mark()
-            events = [{"type": "ADDED", "object": obj.raw} for key, obj in self._objects.items() if _watched(request, key) and not obj.deleted]
+            events = self._replayed(request)
         try:
             for event in events:
                 yield event
@@ -92,6 +92,10 @@ class Emulator(kmock.KubernetesEmulator):
                     yield event
         finally:
             await bus.unmark(marker)
+
+    def _replayed(self, request: Any) -> list[dict[str, Any]]:
+        """What a new watch hears first (under the lock): every object it watches, as ADDED."""
+        return [{"type": "ADDED", "object": obj.raw} for key, obj in self._objects.items() if _watched(request, key) and not obj.deleted]
 
 
 def _watched(request: Any, key: tuple[Any, str | None, str | None]) -> bool:
