@@ -63,7 +63,7 @@ lint: venv
 
 crd: venv
 	$(BIN)/vsop crd > crds/virtualservices.vsop.dev.yaml
-	$(BIN)/python -c 'import sys, vsop.crd; sys.stdout.write(vsop.crd.node_report_crd_yaml())' > crds/nodereports.vsop.dev.yaml
+	$(BIN)/python -c 'import sys, vsop.api.crd; sys.stdout.write(vsop.api.crd.node_report_crd_yaml())' > crds/nodereports.vsop.dev.yaml
 
 clean:
 	rm -rf $(VENV) .cache build dist

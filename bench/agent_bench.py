@@ -40,16 +40,16 @@ from typing import Any, Callable, Iterator
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "operator"))
 
-from vsop.checks import HealthChecker, health_targets  # noqa: E402
+from vsop.node.probes import HealthChecker, health_targets  # noqa: E402
 from vsop.core.desired import Node  # noqa: E402
 from vsop.core.health import HealthTracker  # noqa: E402
 from vsop.core.state import RealServerKey, ServiceKey  # noqa: E402
 from vsop.adapters.conntrack import ConntrackTool  # noqa: E402
-from vsop.engine import cleanup, sync  # noqa: E402
-from vsop.host_agent import AgentConfig, HostAgent  # noqa: E402
-from vsop.store import Store, file_name, render  # noqa: E402
-from vsop.host import real_kernel  # noqa: E402
-from vsop.model import VirtualService, parse_virtual_service  # noqa: E402
+from vsop.node.execute import cleanup, sync  # noqa: E402
+from vsop.host.agent import AgentConfig, HostAgent  # noqa: E402
+from vsop.host.store import Store, file_name, render  # noqa: E402
+from vsop.adapters.real import real_kernel  # noqa: E402
+from vsop.api.model import VirtualService, parse_virtual_service  # noqa: E402
 from vsop.node.reconciler import Reconciler  # noqa: E402
 
 NODE = Node("bench")

@@ -30,8 +30,8 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agent_bench import lab, store_folder  # noqa: E402
-from vsop.engine import cleanup  # noqa: E402
-from vsop.host import real_kernel  # noqa: E402
+from vsop.node.execute import cleanup  # noqa: E402
+from vsop.adapters.real import real_kernel  # noqa: E402
 
 GOAL_MB = 150
 FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")

@@ -14,7 +14,7 @@ What makes N=500 fit in one process on a small machine (and why the counts stay 
   startup), the way kopf calls them. A watch event is counted once per component whose
   selectors/filters take it: exactly what the API server would deliver to N separate
   watches. The components are driven only through `registry` and `reconcile_forever()`.
-- Health checks go through a fake prober (`vsop.checks.check_tcp` replaced in this
+- Health checks go through a fake prober (`vsop.node.probes.check_tcp` replaced in this
   process): no packet is sent, probes are counted per backend, and a backend is "down"
   when the scenario says so. Their interval is 1 s, or N/100 s when longer
   (`--check-interval`); probes are counted per interval.
@@ -64,10 +64,10 @@ import aiohttp  # noqa: E402
 import kmock  # noqa: E402
 import kopf  # noqa: E402
 
-import vsop.checks  # noqa: E402
+import vsop.node.probes  # noqa: E402
 import vsop.kube.objects  # noqa: E402
 from tests.kube.conftest import NODES, SLICES, VS, Cluster  # noqa: E402
-from vsop.engine import fake_kernel  # noqa: E402
+from vsop.node.execute import fake_kernel  # noqa: E402
 from vsop.kube.agent import Agent, AgentOptions  # noqa: E402
 from vsop.kube.apiserver import ApiServerAddresses  # noqa: E402
 from vsop.kube.client import ApiWriter, Connection  # noqa: E402
@@ -83,7 +83,7 @@ REPORTS = "vsop.dev/v1alpha1/nodereports"
 
 
 class FakeProber:
-    """Replaces the TCP probe of `vsop.checks`: counts probes per backend, fails the `down` ones."""
+    """Replaces the TCP probe of `vsop.node.probes`: counts probes per backend, fails the `down` ones."""
 
     def __init__(self) -> None:
         self.down: set[str] = set()
@@ -96,11 +96,11 @@ class FakeProber:
         return "TCP connect failed: Connection refused (simulated)" if address in self.down else None
 
     def install(self) -> None:
-        self._original = vsop.checks.check_tcp
-        vsop.checks.check_tcp = self.check_tcp  # type: ignore[assignment]
+        self._original = vsop.node.probes.check_tcp
+        vsop.node.probes.check_tcp = self.check_tcp  # type: ignore[assignment]
 
     def uninstall(self) -> None:
-        vsop.checks.check_tcp = self._original
+        vsop.node.probes.check_tcp = self._original
 
 
 class ParseOnce:

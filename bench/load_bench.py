@@ -52,11 +52,11 @@ how, path = sys.argv[1], sys.argv[2]
 cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
 start = time.perf_counter()
 if how == "new":
-    from vsop.loader import load_paths
+    from vsop.api.manifests import load_paths
     count = len(load_paths([path]).services)
 else:
     import yaml
-    from vsop.model import parse_virtual_service
+    from vsop.api.model import parse_virtual_service
     sys.path.insert(0, sys.argv[3])
     from old_loader import _compose_documents, _duplicate_key
     text = open(path, encoding="utf-8").read()
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> int:
     import yaml
 
     print(f"libyaml: {yaml.__with_libyaml__}; cpus: {os.cpu_count()}; load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print("wall-clock s (CPU s of the process) and peak RSS; new = vsop.loader.load_paths, old = the pure-Python loader")
+    print("wall-clock s (CPU s of the process) and peak RSS; new = vsop.api.manifests.load_paths, old = the pure-Python loader")
     print(f"{'VirtualServices':>15} {'file MB':>8} {'new s':>14} {'new MB':>7} {'old s':>16} {'old MB':>7} {'speed-up':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

@@ -25,9 +25,9 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "operator"))
 
 from vsop.core.desired import Node  # noqa: E402
-from vsop.engine import Kernel, cleanup, sync  # noqa: E402
-from vsop.host import real_kernel  # noqa: E402
-from vsop.model import VirtualService, parse_virtual_service  # noqa: E402
+from vsop.node.execute import Kernel, cleanup, sync  # noqa: E402
+from vsop.adapters.real import real_kernel  # noqa: E402
+from vsop.api.model import VirtualService, parse_virtual_service  # noqa: E402
 
 BACKENDS = ("10.250.0.2", "10.250.0.3", "10.250.0.4", "10.250.0.5", "10.250.0.6")
 NODE = Node("bench")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from vsop.model import VirtualService, parse_virtual_service
+from vsop.api.model import VirtualService, parse_virtual_service
 
 SEED: dict[str, Any] = {
     "apiVersion": "vsop.dev/v1alpha1",

@@ -1,6 +1,6 @@
 """The CRD's CEL rules, compiled and evaluated by Google's CEL runtime, agree with the model on the whole validation corpus.
 
-The corpus is the model's own (tests/unit/test_validation.py: GOOD and BAD), plus the
+The corpus is the model's own (tests/unit/api/test_validation.py: GOOD and BAD), plus the
 shipped examples. For every object the API server's verdict (schema + list-map keys +
 CEL, defaults applied first; tests/crd/apiserver.py) must equal the model's: accepted,
 or refused for the same field (the field itself, or the list holding the offending
@@ -24,9 +24,9 @@ from cel_expr_python import cel
 from tests.crd import apiserver
 from tests.crd.cost import unbounded_enclosures, unbounded_walks
 from tests.conftest import SEED
-from tests.unit.test_validation import BAD, GOOD
-from vsop.errors import InvalidInput
-from vsop.model import parse_virtual_service
+from tests.unit.api.test_validation import BAD, GOOD
+from vsop.api.errors import InvalidInput
+from vsop.api.model import parse_virtual_service
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -175,8 +175,8 @@ def test_address_rules_agree_with_the_model(address: str) -> None:
 
 
 def cli_corpus() -> dict[str, dict[str, Any]]:
-    """The single VirtualServices of tests/unit/test_corpus.py that any YAML reader reads alike (its YAML-level cases are the loader's)."""
-    from tests.unit.test_corpus import CASES
+    """The single VirtualServices of tests/unit/api/test_corpus.py that any YAML reader reads alike (its YAML-level cases are the loader's)."""
+    from tests.unit.api.test_corpus import CASES
 
     found = {}
     for name, (files, paths, _code, _words) in CASES.items():
@@ -246,7 +246,7 @@ BETWEEN_OBJECTS: dict[str, str] = {
 
 @pytest.mark.parametrize("name", BETWEEN_OBJECTS, ids=BETWEEN_OBJECTS.keys())
 def test_checks_between_objects_pass_each_object_alone(name: str) -> None:
-    from tests.unit.test_corpus import CASES
+    from tests.unit.api.test_corpus import CASES
 
     files, _paths, code, _words = CASES[name]
     assert code == 2, "the model refuses the set"

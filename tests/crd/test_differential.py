@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from tests.conftest import SEED
 from tests.crd import apiserver
 from tests.crd.test_cel import ADDRESSES, same_field
-from vsop.errors import InvalidInput
-from vsop.model import parse_virtual_service
+from vsop.api.errors import InvalidInput
+from vsop.api.model import parse_virtual_service
 
 V4 = [a for a in ADDRESSES if ":" not in a][:14] + ["192.168.2.111", "10.1.2.3", "169.254.3.4"]
 V6 = [a for a in ADDRESSES if ":" in a] + ["fd00::1:2", "2001:db8::2"]

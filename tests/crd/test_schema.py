@@ -18,8 +18,8 @@ import pytest
 
 from tests.crd import apiserver
 from tests.crd.test_cel import same_field
-from tests.unit.test_validation import BAD, GOOD
-from vsop.crd import crd, crd_yaml
+from tests.unit.api.test_validation import BAD, GOOD
+from vsop.api.crd import crd, crd_yaml
 
 COMBINATORS = ("allOf", "anyOf", "oneOf", "not")
 # What a structural schema node may hold (apiextensions.k8s.io/v1 JSONSchemaProps, minus $ref, definitions, and friends).

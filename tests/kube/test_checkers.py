@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-import vsop.checks
+import vsop.node.probes
 from tests.kube.conftest import NODES, VS, Cluster, make_agent, make_controller, until
 from vsop.core.state import ServiceKey
 from vsop.kube import checkers
@@ -52,7 +52,7 @@ class Prober:
 @pytest.fixture
 def prober(monkeypatch: pytest.MonkeyPatch) -> Prober:
     fake = Prober()
-    monkeypatch.setattr(vsop.checks, "check_tcp", fake.check_tcp)
+    monkeypatch.setattr(vsop.node.probes, "check_tcp", fake.check_tcp)
     return fake
 
 

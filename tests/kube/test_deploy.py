@@ -18,7 +18,7 @@ import yaml
 
 from tests.kube.conftest import REPORTS, Cluster, run_agent, run_controller, until
 from tests.kube.test_agent import WEB
-from vsop.model import parse_virtual_service
+from vsop.api.model import parse_virtual_service
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

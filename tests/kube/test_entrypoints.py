@@ -25,7 +25,7 @@ pytestmark = pytest.mark.asyncio
 
 # The console script the image's entrypoint is, else the same main through the interpreter.
 SCRIPT = Path(sys.executable).with_name("vsop")
-VSOP = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "vsop.cli"]
+VSOP = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "vsop.cli.main"]
 
 
 def kubeconfig(path: Path, url: str) -> Path:

@@ -18,8 +18,8 @@ import pytest_asyncio
 from tests.kube.conftest import SLICES, VS, Cluster, RecordingWriter, resync, running, until
 from vsop.adapters.conntrack import FakeConntrack
 from vsop.core.state import ServiceKey
-from vsop.engine import fake_kernel
-from vsop.keepalived_daemon import Check, KeepalivedConfig, KeepalivedWriter
+from vsop.node.execute import fake_kernel
+from vsop.keepalived.writer import Check, KeepalivedConfig, KeepalivedWriter
 from vsop.kube import agent as agent_module
 from vsop.kube.agent import Agent, AgentOptions
 from vsop.kube.client import Connection

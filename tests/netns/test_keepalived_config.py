@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_vs
-from vsop.keepalived.render import main, render_keepalived, write_files
+from vsop.cli.render import main
+from vsop.keepalived.render import render_keepalived, write_files
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "keepalived"
 EXAMPLES = Path(__file__).parent.parent.parent / "examples" / "keepalived"

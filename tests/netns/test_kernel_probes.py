@@ -14,7 +14,7 @@ from vsop.adapters.base import OperationFailed
 from vsop.adapters.ipvs import IPVSKernel
 from vsop.adapters.links import LinkKernel
 from vsop.core import ops
-from vsop.errors import KernelUnsupported
+from vsop.api.errors import KernelUnsupported
 
 
 def _has_ipvs() -> bool:

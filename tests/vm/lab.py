@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from tests.vm.conftest import Namespaces, Netns, http_get, run, start_http_server, veth
-from vsop.cli import main as vsop
+from vsop.cli.main import main as vsop
 
 VIP = "169.254.11.2"
 BACKENDS = {"be1": "10.200.1.2", "be2": "10.200.2.2"}

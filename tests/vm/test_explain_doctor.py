@@ -24,7 +24,7 @@ if str(REPOSITORY) not in sys.path:
 
 from tests.vm.conftest import run, veth  # noqa: E402
 from tests.vm.lab import BACKENDS, CLIENT, VIP, answers, apply, clean_node, lab, manifest, vsop  # noqa: E402,F401
-from vsop.explain import deltas  # noqa: E402
+from vsop.diagnose.explain import deltas  # noqa: E402
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
 

@@ -38,7 +38,7 @@ from tests.vm.conftest import Namespaces, Netns, http_get, kill_process, run, st
 from tests.vm.lab import BACKENDS, VIP, connect, echo, lab, manifest  # noqa: E402,F401
 from tests.vm.lab import STARTUP_TIMEOUT, VSOP, wait_for  # noqa: E402
 from tests.vm.test_agent import record, weight_of  # noqa: E402
-from vsop.cli import main as vsop  # noqa: E402
+from vsop.cli.main import main as vsop  # noqa: E402
 
 pytestmark = [pytest.mark.vm]
 

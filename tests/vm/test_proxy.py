@@ -2,7 +2,7 @@
 
 The lab (tests/vm/lab.py): a client namespace and two backends without a default
 route, so only vsop's masquerade brings their answers back. vsop runs in-process
-through its CLI entry point (`vsop.cli.main`), as a user runs it; one test also
+through its CLI entry point (`vsop.cli.main.main`), as a user runs it; one test also
 starts the `vsop` console script.
 """
 

@@ -16,7 +16,7 @@ from vsop.adapters.base import OperationFailed
 from vsop.core import ops
 from vsop.core.memory import KernelRefused, apply_op
 from vsop.core.state import ChainKey, IPSet, Jump, KernelState, LinkState, Names, RealServer, RealServerKey, ServiceKey, VirtualServer
-from vsop.errors import KernelUnsupported
+from vsop.api.errors import KernelUnsupported
 
 
 @dataclass

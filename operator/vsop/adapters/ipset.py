@@ -32,7 +32,7 @@ from vsop.adapters.base import OperationFailed
 from vsop.adapters.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HEADER, NetlinkError, NetlinkPipe, attr_offsets, kernel_refused, nla
 from vsop.core import ops
 from vsop.core.state import IPSet
-from vsop.errors import KernelUnsupported
+from vsop.api.errors import KernelUnsupported
 
 # The ipset command refuses longer comments (the kernel's IPSET_MAX_COMMENT_SIZE).
 MAX_COMMENT_LENGTH = 255

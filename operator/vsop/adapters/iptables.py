@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 from vsop.adapters.base import OperationFailed
 from vsop.core import ops
 from vsop.core.state import ChainKey, Jump
-from vsop.errors import KernelUnsupported
+from vsop.api.errors import KernelUnsupported
 
 BACKENDS = ("nft", "legacy")
 TABLES = ("filter", "nat")

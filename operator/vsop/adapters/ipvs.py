@@ -37,7 +37,7 @@ from vsop.adapters.netlink import (
 )
 from vsop.core import ops
 from vsop.core.state import RealServer, RealServerKey, ServiceKey, VirtualServer
-from vsop.errors import KernelUnsupported
+from vsop.api.errors import KernelUnsupported
 
 NO_IPVS = "this kernel has no IPVS: load ip_vs or use mode: keepalived"
 

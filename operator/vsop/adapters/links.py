@@ -21,7 +21,7 @@ from vsop.adapters.base import OperationFailed
 from vsop.adapters.netlink import NLM_F_ACK, NLM_F_REQUEST, NetlinkError, NetlinkPipe, address_text, attr_offsets, kernel_refused, nla
 from vsop.core import ops
 from vsop.core.state import LinkState
-from vsop.errors import KernelUnsupported
+from vsop.api.errors import KernelUnsupported
 
 NO_DUMMY = "this kernel cannot create dummy links: load the dummy module or use mode: keepalived"
 

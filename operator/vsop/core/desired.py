@@ -27,7 +27,7 @@ from vsop.core.state import (
     host_prefix,
     ipset_member,
 )
-from vsop.model import PortSpec, VirtualService, backends_on_vips
+from vsop.api.model import PortSpec, VirtualService, backends_on_vips
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 
 from vsop.core.plan import owned
 from vsop.core.state import KernelState, Names, RealServer, RealServerKey, ServiceKey
-from vsop.model import VirtualService
+from vsop.api.model import VirtualService
 
 DEFAULT_GRACE_SECONDS = 30.0
 

@@ -12,7 +12,7 @@ Owns what the incremental reconciler (vsop.node) needs from the core:
   never scans the whole node).
 Planning `assemble(..., vips)` against `around(observed, vips)` yields the operations a
 whole plan would make for those VIPs plus the shared objects, provided everything outside
-them already matches; the property test in tests/unit/test_reconciler.py checks that any
+them already matches; the property test in tests/unit/node/test_reconciler.py checks that any
 sequence of changes leaves the kernel exactly as a full sync from scratch would.
 Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
 """
@@ -40,7 +40,7 @@ from vsop.core.state import (
     ServiceKey,
     VirtualServer,
 )
-from vsop.model import VirtualService
+from vsop.api.model import VirtualService
 
 _NO_SERVICES: frozenset[ServiceKey] = frozenset()  # shared: an empty frozenset is not a singleton (216 bytes each)
 

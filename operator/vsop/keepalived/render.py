@@ -3,7 +3,7 @@
 Owns the view of a VirtualService that keepalived needs (virtual_server, real_server,
 TCP_CHECK / HTTP_GET, vrrp_instance), the two layouts (`single`: one keepalived.conf;
 `confd`: keepalived.conf with global_defs and `include conf.d/*.conf`, one file per
-VirtualService), the checks for what keepalived cannot carry, and the command line.
+VirtualService), and the checks for what keepalived cannot carry. The command `vsop render keepalived` is vsop.cli.render.
 
 Safety: templates are jinja2 with StrictUndefined and no autoescaping, and their
 `finalize` refuses anything but an int or a `Token`: a string that fully matched a
@@ -15,14 +15,11 @@ Must not import: kopf, kubernetes, pyroute2, subprocess, socket, vsop.adapters, 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import ipaddress
-import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,11 +30,9 @@ if TYPE_CHECKING:  # imported when a configuration is rendered: every host agent
 
 from vsop.core.desired import Endpoint, Node, Problem, applies_to_node, resolve_conflicts
 from vsop.core.state import Names
-from vsop.errors import FieldError, InvalidInput
+from vsop.api.errors import FieldError, InvalidInput
 from vsop.keepalived.servers import Service, services_of
-from vsop import output
-from vsop.loader import load_paths, problem_errors, read_stdin
-from vsop.model import INTERFACE_NAME, PROTOCOLS, SCHEDULERS, VirtualService, backends_on_vips
+from vsop.api.model import INTERFACE_NAME, PROTOCOLS, SCHEDULERS, VirtualService, backends_on_vips
 
 Layout = Literal["single", "confd"]
 LAYOUTS: tuple[Layout, ...] = ("single", "confd")
@@ -597,118 +592,3 @@ def write_files(
                 path.unlink()
                 removed.append(path)
     return written, removed
-
-
-# ---------------------------------------------------------------------------------------
-# vsop render keepalived
-
-
-DESCRIPTION = """\
-Print (or with --out, write) the keepalived configuration for the VirtualServices with
-mode: keepalived: global_defs, one virtual_server per port with its real servers and
-health checks, and a vrrp_instance for those with announce: vrrp. Objects with
-mode: ipvs are not rendered. Only values from validated fields reach the files.
-
-layouts:
-  confd   keepalived.conf (global_defs, include conf.d/*.conf) and conf.d/NAMESPACE_NAME.conf
-          for each VirtualService (the default)
-  single  one keepalived.conf
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = output.Parser(
-        prog="vsop render keepalived", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
-        help="a YAML file (several documents allowed) or a folder of them; repeatable; '-' reads stdin",
-    )
-    parser.add_argument("--layout", choices=LAYOUTS, default="confd", help="one file, or a main file and conf.d/ (default: confd)")
-    parser.add_argument(
-        "--out", metavar="DIR",
-        help="write the files into DIR: all staged first, then renamed into place; vsop's stale conf.d files are removed",
-    )
-    parser.add_argument("--force", action="store_true", help="with --out, also replace files vsop did not write")
-    parser.add_argument(
-        "--auth-file", metavar="FILE",
-        help="VRRP PASS password (1-8 characters) for IPv4 vrrp_instances; in the cluster, a mounted Secret key",
-    )
-    parser.add_argument(
-        "-o", "--output", choices=("text", "json"), default="text",
-        help="text: the configuration (or, with --out, what was written); json: the files and notes as one object",
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="on an unexpected failure, the full trace")
-    return parser
-
-
-def main(argv: Sequence[str]) -> int:
-    """`vsop render keepalived ARGS`: argv is what follows `keepalived`. 0 done, 1 cannot write, 2 invalid input."""
-    try:
-        args = build_parser().parse_args(list(argv))
-    except output.UsageError as exc:
-        return output.usage(exc, argv)
-    except SystemExit as exc:  # --help
-        return int(exc.code) if isinstance(exc.code, int) else 2
-    try:
-        return _run(args)
-    except InvalidInput as exc:
-        return output.invalid(exc, args.output, nothing="nothing was rendered")
-    except BrokenPipeError:
-        return 0
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # the last resort: one line, not a trace, unless -v
-        return output.bug(exc, args.output, verbose=args.verbose)
-
-
-def _run(args: argparse.Namespace) -> int:
-    password = read_auth_file(args.auth_file) if args.auth_file else None
-    stdin_text = read_stdin() if "-" in args.paths else None
-    loaded = load_paths(args.paths, stdin_text=stdin_text)
-    notes = [f"{note} (not a VirtualService)" for note in loaded.skipped]
-    if not loaded.services:  # never render an empty configuration from input that held nothing
-        for note in notes:
-            print(f"vsop: {note}", file=sys.stderr)
-        raise InvalidInput([FieldError(reason=f"no VirtualService found in {' '.join(args.paths)}")])
-    result = render_keepalived(loaded.services, layout=args.layout, auth_password=password)
-    notes.extend(result.skipped)
-    for note in notes:
-        print(f"vsop: {note}", file=sys.stderr)
-    warnings = [*loaded.warnings, *result.warnings]
-    for warning in warnings:
-        print(f"vsop: warning: {warning}", file=sys.stderr)
-    if result.problems:
-        raise InvalidInput(problem_errors(result.problems, loaded))
-    if not args.out:
-        if args.output == "json":
-            document = {"layout": args.layout, "files": result.files, "rendered": list(result.rendered), "skipped": notes, "warnings": warnings}
-            sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        else:
-            sys.stdout.write(result.text())
-        return 0
-    try:
-        written, removed = write_files(args.out, result.files, result.directories, force=args.force)
-    except NotOurs as exc:
-        raise InvalidInput([FieldError(file=exc.filename, reason=exc.strerror)]) from None
-    except OSError as exc:
-        reason = exc.strerror.lower() if exc.strerror else str(exc)
-        where = f" ({exc.filename})" if exc.filename else ""
-        return output.failure(f"cannot write the configuration into {args.out}: {reason}{where}; nothing was changed", args.output)
-    if args.output == "json":
-        document = {
-            "out": str(args.out),
-            "written": [str(p) for p in written],
-            "removed": [str(p) for p in removed],
-            "rendered": list(result.rendered),
-            "skipped": notes,
-            "warnings": warnings,
-        }
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        return 0
-    print(f"vsop: wrote {len(written)} file(s) for {len(result.rendered)} VirtualService(s) into {args.out}")
-    for path in written:
-        print(f"  wrote   {path}")
-    for path in removed:
-        print(f"  removed {path} (its VirtualService is gone)")
-    return 0

@@ -16,7 +16,7 @@ from typing import Iterable, Mapping
 
 from vsop.core.desired import Endpoint, Node, desired_state
 from vsop.core.state import RealServer, ServiceKey
-from vsop.model import NodeSelector, VirtualService
+from vsop.api.model import NodeSelector, VirtualService
 
 # A node name nothing selects on: the copy below has no nodeSelector anyway.
 _ANY_NODE = Node("keepalived-render")

@@ -15,9 +15,9 @@ its full resync. The reconciler owns the kernel work (draining for
 the engine); this module runs the health checks of `healthCheck` and reports.
 Handlers store nothing on the objects: no finalizers, no annotations, no progress.
 The kernel and the conntrack cleaner are injected; only `main` builds the real ones
-(`vsop.host`, `vsop.adapters.conntrack`).
+(`vsop.adapters.real`, `vsop.adapters.conntrack`).
 In keepalived mode (`--keepalived-dir`, off by default) each successful kernel sync is
-followed, in the same worker thread, by the keepalived writer (vsop.keepalived_daemon:
+followed, in the same worker thread, by the keepalived writer (vsop.keepalived.writer:
 render with the serviceRef endpoints, `keepalived -t`, swap in, SIGHUP only on change);
 its failures go into the status entries of the keepalived-mode objects and Events.
 """
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Ty
 
 import kopf
 
-from vsop.checks import HealthChecker, Target
+from vsop.node.probes import HealthChecker, Target
 from vsop.core.desired import Endpoint, Node, Problem
 from vsop.core.fragments import Fragment
 from vsop.core.health import HealthTracker
@@ -46,9 +46,9 @@ from vsop.core.held import Held, held_owners, parse_member
 from vsop.core.plan import Plan
 from vsop.core.state import KernelState, Names, ServiceKey
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
-from vsop.engine import Kernel, running_kernel_version
+from vsop.node.execute import Kernel, running_kernel_version
 from vsop.keepalived.servers import services_of
-from vsop.keepalived_daemon import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
+from vsop.keepalived.writer import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
 from vsop.kube import endpoints as eps
 from vsop.kube.apiserver import ApiServerAddresses
 from vsop.kube import objects
@@ -58,8 +58,8 @@ from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef,
 from vsop.kube.metrics import AgentMetrics, HttpEndpoints, Probes
 from vsop.kube.runtime import ListingGate, Trigger, configure_logging, kopf_settings, kv, run_with_kopf
 from vsop.kube.status import NodeEntry
-from vsop.lock import LockTimeout, lock_path, stamp, writer_lock
-from vsop.model import API_GROUP, API_VERSION, VirtualService
+from vsop.node.lock import LockTimeout, lock_path, stamp, writer_lock
+from vsop.api.model import API_GROUP, API_VERSION, VirtualService
 from vsop.node.reconciler import Reconciler
 
 if TYPE_CHECKING:  # a Protocol; the real cleaner is built in main()
@@ -1000,12 +1000,12 @@ def _host_from_environment(proc_sys: str = PROC_SYS) -> tuple[Kernel, ConntrackC
     """This node's kernel and conntrack table; in-memory fakes when VSOP_FAKE_KERNEL=1 (tests only)."""
     if os.environ.get(FAKE_KERNEL_ENV) == "1":
         from vsop.adapters.conntrack import FakeConntrack
-        from vsop.engine import fake_kernel
+        from vsop.node.execute import fake_kernel
 
         log.warning(kv("Using in-memory fake kernel adapters; nothing is programmed (test only)", env=FAKE_KERNEL_ENV))
         return fake_kernel()[0], FakeConntrack()
     from vsop.adapters.conntrack import ConntrackTool
-    from vsop.host import real_kernel
+    from vsop.adapters.real import real_kernel
 
     # /proc/sys is read-only in an unprivileged container: the sysctl adapter is then
     # rooted at the host's /proc/sys/net mounted elsewhere.

@@ -12,7 +12,7 @@ every connection to it except the VirtualService's ports: the kubelet, this agen
 everything else on the node would lose the API server.
 The agent hands `reserved()` to the desired-state computation; nothing else here
 touches the kernel. Reading needs `list` on endpointslices in `default` (deploy/rbac.yaml).
-Must not import vsop.engine, vsop.adapters or vsop.host.
+Must not import vsop.node.execute, vsop.adapters or vsop.adapters.real.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Owns who checks a static backend in a cluster and how the result reaches every n
   `checks` this node publishes as a checker.
 serviceRef endpoints are not covered: their readiness comes from the EndpointSlices, and
 a health check on them stays a check every node runs.
-No I/O of its own: must not import kopf, vsop.engine or vsop.adapters.
+No I/O of its own: must not import kopf, vsop.node.execute or vsop.adapters.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-from vsop.checks import Target
+from vsop.node.probes import Target
 from vsop.core.health import HealthTracker
 from vsop.core.state import RealServerKey
-from vsop.model import VirtualService
+from vsop.api.model import VirtualService
 
 CHECKERS = 3  # K: checker nodes per static backend
 SLOW_FACTOR = 10  # a non-checker's own probe runs every SLOW_FACTOR x intervalSeconds

@@ -6,7 +6,7 @@ a JSON merge patch of a VirtualService's status subresource (controller), a node
 own report object read once and merge-patched or created (agent, vsop.kube.report),
 and creating a core/v1 Event. Writes go through the official client in a worker thread, so the same
 credentials (with token refresh) serve both.
-Must not import vsop.engine, vsop.adapters or vsop.host.
+Must not import vsop.node.execute, vsop.adapters or vsop.adapters.real.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import kubernetes.client
 import kubernetes.config
 
 from vsop.kube.report import PLURAL as REPORTS, new_report
-from vsop.model import API_GROUP, API_VERSION, KIND
+from vsop.api.model import API_GROUP, API_VERSION, KIND
 
 log = logging.getLogger("vsop.kube.client")
 

@@ -9,7 +9,7 @@ the reports of Nodes that no longer exist, removing the `status.nodes` map older
 wrote on the objects (upgrade), and Events on the transitions a user must notice.
 Like the agent: kopf indexes plus raw event handlers that only wake one loop;
 nothing stored on the objects but status. Never touches a kernel: must not import
-vsop.engine, vsop.adapters or vsop.host.
+vsop.node.execute, vsop.adapters or vsop.adapters.real.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef,
 from vsop.kube.metrics import ControllerMetrics, HttpEndpoints, Probes
 from vsop.kube.runtime import ListingGate, Trigger, configure_logging, kopf_settings, kv, now_rfc3339, run_with_kopf
 from vsop.kube.status import CONDITION_TYPES, EventSpec, Facts, summarize, transition_events, with_transition_times
-from vsop.model import API_GROUP, API_VERSION, VirtualService
+from vsop.api.model import API_GROUP, API_VERSION, VirtualService
 
 log = logging.getLogger("vsop.kube.controller")
 

@@ -4,7 +4,7 @@ Owns reading discovery.k8s.io/v1 EndpointSlices and core/v1 Nodes (plain dicts, 
 the API serves them) into core types: `Endpoint`s with the API's defaults for
 ready / serving / terminating, named ports with protocols, the first address of each
 endpoint, the same endpoint listed by two slices merged; a node's labels and addresses.
-Pure: must not import kopf, kubernetes, asyncio, vsop.engine or vsop.adapters.
+Pure: must not import kopf, kubernetes, asyncio, vsop.node.execute or vsop.adapters.
 """
 
 from __future__ import annotations

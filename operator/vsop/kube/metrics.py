@@ -4,7 +4,7 @@ Owns the controller's metric names and labels (each process has its own registry
 tests can run several in one process). The node agent's metrics, the probes and the
 HTTP endpoints live in vsop.node.metrics (the host agent serves them too) and are
 re-exported here under their old names.
-Must not import vsop.engine or vsop.adapters.
+Must not import vsop.node.execute or vsop.adapters.
 """
 
 from __future__ import annotations

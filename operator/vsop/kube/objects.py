@@ -4,7 +4,7 @@ Owns turning a watched object (a kopf body view) into plain values, validating i
 `parse_virtual_service` (status is written by vsop itself and is not validated), the
 one-line wording of why an object is invalid, and the fingerprint of what the kernel
 depends on (uid, creation time, spec), so status-only changes wake no agent.
-Must not import kopf, kubernetes, asyncio, vsop.engine or vsop.adapters.
+Must not import kopf, kubernetes, asyncio, vsop.node.execute or vsop.adapters.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from vsop.errors import InvalidInput
-from vsop.model import VirtualService, parse_virtual_service
+from vsop.api.errors import InvalidInput
+from vsop.api.model import VirtualService, parse_virtual_service
 
 
 def plain(value: Any) -> Any:

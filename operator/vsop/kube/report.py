@@ -11,14 +11,14 @@ writes each delivered to N agents (N^2 watch events) and grew each object with N
 report is written by one agent and watched by the controller alone; the controller sums
 the reports up into each VirtualService's conditions (MetalLB moved per-node state into
 ServiceL2Status objects for the same reasons).
-Pure: must not import kopf, kubernetes, asyncio, vsop.engine or vsop.adapters.
+Pure: must not import kopf, kubernetes, asyncio, vsop.node.execute or vsop.adapters.
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from vsop.model import API_GROUP, API_VERSION
+from vsop.api.model import API_GROUP, API_VERSION
 
 KIND = "NodeReport"
 PLURAL = "nodereports"

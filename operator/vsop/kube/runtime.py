@@ -5,7 +5,7 @@ kopf-posted events, server-side selectors), the `Trigger` that handlers pull and
 one reconcile loop waits on (a change after a quiet spell at once, bursts coalesced),
 running kopf and that loop together so that either ending stops the other, and
 structured log lines in the style of Kubernetes components (`"Programmed kernel" node="n1" writes=3`).
-Must not import vsop.engine, vsop.adapters or vsop.host.
+Must not import vsop.node.execute, vsop.adapters or vsop.adapters.real.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Awaitable, Callable, Collection, Iterator
 import kopf
 
 from vsop.kube import toggles
-from vsop.logs import setup_logging
+from vsop.cli.logs import setup_logging
 
 log = logging.getLogger("vsop.kube")
 

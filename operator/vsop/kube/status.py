@@ -7,7 +7,7 @@ own NodeReport, vsop.kube.report), the
 does not change, and which condition changes deserve an Event.
 Node messages start with a reason (`VIPRefused: ...`, `KernelError: ...`,
 `InvalidSpec: ...`) so the controller can tell failures apart.
-Pure: must not import kopf, kubernetes, asyncio, vsop.engine or vsop.adapters.
+Pure: must not import kopf, kubernetes, asyncio, vsop.node.execute or vsop.adapters.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ last index is complete: O(N). The set's other users (kopf's operator pause, an
 
 It touches kopf's private module, so it checks the shape it expects and leaves kopf as
 it is (slow, correct) with a warning when that shape changed.
-Must not import vsop.engine, vsop.adapters or vsop.host.
+Must not import vsop.node.execute, vsop.adapters or vsop.adapters.real.
 """
 
 from __future__ import annotations

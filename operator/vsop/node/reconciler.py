@@ -41,9 +41,9 @@ from vsop.core.fragments import Fragment, VIPIndex, around, member_vip, assemble
 from vsop.core.memory import KernelRefused, apply_accepted, apply_in_place, owned_copy, taken_along
 from vsop.core.plan import Plan, PlanError, plan
 from vsop.core.state import KernelState, Names, RealServerKey
-from vsop.engine import ExecutionFailed, Kernel, execute, read_observed, sync
-from vsop.errors import KernelUnsupported
-from vsop.model import VirtualService
+from vsop.node.execute import ExecutionFailed, Kernel, execute, read_observed, sync
+from vsop.api.errors import KernelUnsupported
+from vsop.api.model import VirtualService
 
 log = logging.getLogger("vsop.node")
 

@@ -1,0 +1,614 @@
+"""The v1alpha1 VirtualService resource: typed, immutable, validated.
+
+Owns the spec and status shapes, their defaults and every validation rule, and the
+error type that names the object, field and reason. Structural rules live on the
+pydantic fields (so they also reach the generated CRD schema); rules that relate
+fields to each other live in `semantic_errors`, mirrored as CEL in the CRD.
+
+Must not import: anything that touches the kernel, the cluster, files or processes
+(kopf, pyroute2, kubernetes, subprocess, socket) or other vsop modules but `errors`.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+import sys
+from typing import Annotated, Any, Iterable, Literal, Mapping
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from vsop.api.errors import FieldError, InvalidInput
+
+API_GROUP = "vsop.dev"
+API_VERSION = "v1alpha1"
+KIND = "VirtualService"
+
+# Every scheduler the kernel ships as ip_vs_<name>; the names ipvsadm -s accepts.
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+MAX_PERSISTENCE_SECONDS = 31_536_000  # one year, the kernel's own cap for -p
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Linux allows almost any byte in an interface name; we accept the portable subset so
+# the name is also safe in keepalived configuration and shell commands.
+INTERFACE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}$"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+HTTP_PATH = r"^/[\x21-\x7e]*$"
+IP_LITERAL_PATTERN = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)$"
+
+
+@functools.lru_cache(maxsize=65536)
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """ipaddress parsing is the costliest step of validating a big file; each literal is parsed once."""
+    return ipaddress.ip_address(value)
+
+
+def show(value: Any) -> str:
+    """A value as the user wrote it in YAML, for a message: never a Python type or repr."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return repr(text)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return "a value of another kind"
+
+
+def _ip_literal(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be an IP address written as text (quote it), got {show(value)}")
+    if value != value.strip() or not value:
+        raise ValueError(f"must be an IPv4 or IPv6 address literal without spaces, got {value!r}")
+    if "/" in value:
+        raise ValueError(f"must be a single address, not a CIDR prefix, got {value!r}")
+    if "%" in value:
+        raise ValueError(f"must not carry an IPv6 zone, got {value!r}")
+    try:
+        address = _address(value)
+    except ValueError:
+        raise ValueError(f"must be an IPv4 or IPv6 address literal (not a hostname), got {value!r}") from None
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError(f"must be a unicast address, got {value!r}")
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        raise ValueError(f"must not be an IPv4-mapped IPv6 address, use the IPv4 form, got {value!r}")
+    return str(address)  # canonical text: one spelling per address in the kernel tables
+
+
+def _vip(value: str) -> str:
+    address = _address(value)
+    if address.is_loopback:
+        raise ValueError(f"{value} is a loopback address; binding it to the dummy link would break the node")
+    if isinstance(address, ipaddress.IPv6Address) and address.is_link_local:
+        raise ValueError(f"{value} is an IPv6 link-local address, which needs a zone and cannot be a VIP")
+    if value == "255.255.255.255":
+        raise ValueError("255.255.255.255 is the broadcast address")
+    if isinstance(address, ipaddress.IPv4Address) and address in CLASS_E:
+        raise ValueError(f"{value} is in 240.0.0.0/4 (class E, reserved): Linux neither routes nor answers it")
+    return value
+
+
+def _backend(value: str) -> str:
+    address = _address(value)
+    if address.is_loopback:
+        raise ValueError(f"{value} is a loopback address: the node itself, which IPVS cannot forward to")
+    if value == "255.255.255.255":
+        raise ValueError("255.255.255.255 is the broadcast address, not a real server")
+    return value
+
+
+CLASS_E = ipaddress.ip_network("240.0.0.0/4")
+
+
+IPLiteral = Annotated[
+    str,
+    BeforeValidator(_ip_literal),
+    WithJsonSchema({"type": "string", "maxLength": 45, "pattern": IP_LITERAL_PATTERN}),
+]
+VIP = Annotated[IPLiteral, AfterValidator(_vip)]
+BackendAddress = Annotated[IPLiteral, AfterValidator(_backend)]
+PortNumber = Annotated[int, Field(ge=1, le=65535, strict=True)]
+DNSLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
+
+
+# Every model here is frozen, so which fields a model was given never changes after it is
+# built: models given the same fields share one set (pydantic keeps one per instance, 216 bytes;
+# six per parsed object, 13 MB of a host agent holding 10,000). pydantic copies it before
+# changing it (model_copy), and only a model that allows assignment would change it in place.
+_FIELDS_SETS: dict[frozenset[str], set[str]] = {}
+_FIELDS_SETS_MAX = 4096  # distinct combinations shared; past that (never in practice) each keeps its own
+
+
+def _share_fields_set(model: BaseModel, context: Any) -> None:
+    fields = model.__pydantic_fields_set__
+    key = frozenset(fields)
+    shared = _FIELDS_SETS.get(key)
+    if shared is None:
+        if len(_FIELDS_SETS) >= _FIELDS_SETS_MAX:
+            return
+        shared = _FIELDS_SETS.setdefault(key, fields)
+    object.__setattr__(model, "__pydantic_fields_set__", shared)
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, strict=False
+    )
+
+    model_post_init = _share_fields_set
+
+
+class PortSpec(_Spec):
+    """One VIP port: the IPVS virtual service `VIP:port/protocol`."""
+
+    name: DNSLabel | None = None
+    port: PortNumber
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    target_port: PortNumber | DNSLabel | None = Field(
+        default=None,
+        description="Backend port: a number, or a port name resolved through serviceRef. Default: port.",
+    )
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return (self.port, self.protocol)
+
+
+class Backend(_Spec):
+    """A static real server."""
+
+    address: BackendAddress
+    port: PortNumber | None = Field(default=None, description="Default: the port's targetPort, else port.")
+    weight: int = Field(default=1, ge=0, le=65535, strict=True, description="0 drains the real server.")
+
+
+class ServiceRef(_Spec):
+    name: DNSLabel
+
+
+class Persistence(_Spec):
+    timeout_seconds: int = Field(default=0, ge=0, le=MAX_PERSISTENCE_SECONDS, strict=True)
+
+
+class Drain(_Spec):
+    timeout_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        strict=True,
+        description="How long a removed TCP/SCTP real server keeps its established connections (weight 0) before it is deleted.",
+    )
+
+
+class HealthCheck(_Spec):
+    type: Literal["none", "tcp", "http"] = "none"
+    path: str = Field(default="/", max_length=1024, pattern=HTTP_PATH)
+    expect_status: int = Field(default=200, ge=100, le=599, strict=True)
+    interval_seconds: int = Field(default=3, ge=1, le=3600, strict=True)
+    timeout_seconds: int = Field(default=2, ge=1, le=3600, strict=True)
+    failure_threshold: int = Field(default=2, ge=1, le=100, strict=True)
+    success_threshold: int = Field(default=1, ge=1, le=100, strict=True)
+
+
+class LabelSelectorRequirement(_Spec):
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    # Bounded so the CRD's CEL rule on each requirement fits the API server's cost estimate.
+    values: tuple[Annotated[str, Field(max_length=63)], ...] = Field(default=(), max_length=64)
+
+
+class NodeSelector(_Spec):
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: tuple[LabelSelectorRequirement, ...] = Field(default=(), max_length=32)
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            if req.operator == "Exists" and not present:
+                return False
+            if req.operator == "DoesNotExist" and present:
+                return False
+            if req.operator == "In" and (not present or labels[req.key] not in req.values):
+                return False
+            if req.operator == "NotIn" and present and labels[req.key] in req.values:
+                return False
+        return True
+
+
+class VRRP(_Spec):
+    interface: str = Field(min_length=1, max_length=15, pattern=INTERFACE_NAME)
+    virtual_router_id: int = Field(alias="virtualRouterID", ge=1, le=255, strict=True)
+    priority: int = Field(default=100, ge=1, le=254, strict=True)
+    advert_interval_seconds: int = Field(default=1, ge=1, le=255, strict=True)
+
+
+# Ports and backends equal in every field (and in which fields were given) are one frozen
+# instance for all the objects that declare them, as are equal lists of them: a node's
+# VIPs often share their real servers and ports (a store of 10,000 objects sending to the
+# same two backends held 30,000 equal copies, 10 MB). Bounded: past the limit, new
+# values keep their own instances.
+_SHARED_PARTS: dict[Any, Any] = {}
+_SHARED_PARTS_MAX = 8192
+
+
+def _shared(key: Any, value: Any) -> Any:
+    """The instance the table holds for `key` (this `value` when it is the first), or `value` once the table is full."""
+    found = _SHARED_PARTS.get(key)
+    if found is None:
+        if len(_SHARED_PARTS) >= _SHARED_PARTS_MAX:
+            return value
+        found = _SHARED_PARTS.setdefault(key, value)
+    return found
+
+
+def _shared_parts(parts: tuple[_Spec, ...]) -> tuple[_Spec, ...]:
+    shared = tuple(_shared((part, frozenset(part.__pydantic_fields_set__)), part) for part in parts)
+    # Keyed by its members' identities: they are the shared instances, kept alive by the table.
+    return _shared(tuple(map(id, shared)), shared)  # type: ignore[no-any-return]
+
+
+_DEFAULT_PERSISTENCE = Persistence()
+_DEFAULT_HEALTH_CHECK = HealthCheck()
+_DEFAULT_DRAIN = Drain()
+_DEFAULT_NODE_SELECTOR = NodeSelector()
+
+
+class VirtualServiceSpec(_Spec):
+    vip: VIP
+    ports: tuple[PortSpec, ...] = Field(min_length=1, max_length=64)
+    scheduler: Literal[SCHEDULERS] = "rr"  # type: ignore[valid-type]
+    forwarding: Literal["masq", "route", "tunnel"] = "masq"
+    masquerade: bool = True
+    # Frozen defaults are shared, not built per object: a big file holds many thousands.
+    persistence: Persistence = Field(default_factory=lambda: _DEFAULT_PERSISTENCE)
+    backends: tuple[Backend, ...] = Field(default=(), max_length=1024)
+    service_ref: ServiceRef | None = None
+    health_check: HealthCheck = Field(default_factory=lambda: _DEFAULT_HEALTH_CHECK)
+    drain: Drain = Field(default_factory=lambda: _DEFAULT_DRAIN)
+    suppress_arp: bool = Field(
+        default=False,
+        alias="suppressARP",
+        description="Do not answer ARP for the VIP on every interface (arp_ignore=1, arp_announce=2): for VIPs announced another way.",
+    )
+    node_selector: NodeSelector = Field(default_factory=lambda: _DEFAULT_NODE_SELECTOR)
+    mode: Literal["ipvs", "keepalived"] = "ipvs"
+    announce: Literal["none", "vrrp"] = "none"
+    vrrp: VRRP | None = None
+
+    @field_validator("ports", "backends", mode="after")
+    @classmethod
+    def _shared(cls, parts: tuple[_Spec, ...]) -> tuple[_Spec, ...]:
+        return _shared_parts(parts)
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.vip else 4  # vip is a validated literal: only IPv6 has colons
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes metadata vsop reads; the rest is kept as given."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    model_post_init = _share_fields_set
+
+    name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
+    namespace: DNSLabel = "default"
+    creation_timestamp: str | None = Field(default=None, alias="creationTimestamp")
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Condition(_Spec):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(default="", max_length=1024)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class BackendCounts(_Spec):
+    total: int = Field(default=0, ge=0)
+    healthy: int = Field(default=0, ge=0)
+
+
+class NodeStatus(_Spec):
+    programmed: bool = False
+    backends: BackendCounts = Field(default_factory=BackendCounts)
+    message: str = ""
+    observed_generation: int | None = None
+
+
+class BackendHealth(_Spec):
+    """One static backend's health as its designated checker nodes see it (vsop.kube.checkers)."""
+
+    backend: str = Field(description="address:port probed")
+    checkers: tuple[str, ...] = Field(default=(), description="the nodes that check it; every other node applies their verdict")
+    healthy: bool = True
+    failing_on: tuple[str, ...] = Field(default=(), description="the checkers whose probes fail")
+
+
+class VirtualServiceStatus(_Spec):
+    observed_generation: int | None = None
+    conditions: tuple[Condition, ...] = ()
+    backends: BackendCounts = Field(default_factory=BackendCounts)
+    backend_health: tuple[BackendHealth, ...] = Field(default=(), description="static backends with a health check: who checks each, and the verdict")
+    nodes: dict[str, NodeStatus] = Field(default_factory=dict)
+
+
+class VirtualService(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_post_init = _share_fields_set
+
+    api_version: Literal["vsop.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["VirtualService"]
+    metadata: ObjectMeta
+    spec: VirtualServiceSpec
+    status: VirtualServiceStatus | None = None
+
+    @property
+    def ref(self) -> str:
+        """`namespace/name`, how logs and errors name the object."""
+        # Interned: the agents keep it in a dozen places per object (indexes, fragments, set
+        # comments), one string for all of them rather than one per call.
+        return sys.intern(f"{self.metadata.namespace}/{self.metadata.name}")
+
+
+def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
+    """Rules that relate fields; each is (field path, reason). Mirrored as CEL in the CRD."""
+    errors: list[tuple[str, str]] = []
+    if not spec.backends and spec.service_ref is None:
+        errors.append(("spec.backends", "at least one of backends or serviceRef is required"))
+    seen: dict[tuple[int, str], int] = {}
+    names: dict[str, int] = {}
+    for index, port in enumerate(spec.ports):
+        if port.key in seen:
+            errors.append(
+                (f"spec.ports[{index}]", f"duplicate port {port.port}/{port.protocol}, already in ports[{seen[port.key]}]")
+            )
+        seen.setdefault(port.key, index)
+        if port.name is not None:
+            if port.name in names:
+                errors.append((f"spec.ports[{index}].name", f"duplicate port name {port.name!r}"))
+            names.setdefault(port.name, index)
+        if isinstance(port.target_port, str) and spec.service_ref is None:
+            errors.append(
+                (f"spec.ports[{index}].targetPort", f"a port name ({port.target_port!r}) needs serviceRef to resolve it")
+            )
+        if spec.forwarding != "masq" and port.target_port is not None and port.target_port != port.port:
+            errors.append(
+                (
+                    f"spec.ports[{index}].targetPort",
+                    f"forwarding {spec.forwarding} cannot change the port ({port.port} -> {port.target_port}); only masq can",
+                )
+            )
+    vip_family = spec.family
+    backend_keys: dict[tuple[str, int | None], int] = {}
+    for index, backend in enumerate(spec.backends):
+        family = _address(backend.address).version
+        if family != vip_family and spec.forwarding != "tunnel":
+            errors.append(
+                (
+                    f"spec.backends[{index}].address",
+                    f"IPv{family} backend {backend.address} for an IPv{vip_family} VIP needs forwarding: tunnel",
+                )
+            )
+        if backend.port is not None and len(spec.ports) > 1:
+            errors.append(
+                (f"spec.backends[{index}].port", "a backend port is ambiguous with several ports; use ports[].targetPort")
+            )
+        if backend.port is not None and spec.forwarding != "masq" and backend.port != spec.ports[0].port:
+            errors.append(
+                (
+                    f"spec.backends[{index}].port",
+                    f"forwarding {spec.forwarding} cannot change the port ({spec.ports[0].port} -> {backend.port}); only masq can",
+                )
+            )
+        address = _address(backend.address)
+        if backend.address == spec.vip:
+            errors.append((f"spec.backends[{index}].address", f"{backend.address} is this VirtualService's VIP: traffic would loop"))
+        elif address.is_link_local and spec.forwarding != "tunnel":
+            errors.append(
+                (
+                    f"spec.backends[{index}].address",
+                    f"{backend.address} is link-local: not routed beyond its link, so IPVS cannot reach it with forwarding {spec.forwarding} (only tunnel)",
+                )
+            )
+        bkey = (backend.address, backend.port)
+        if bkey in backend_keys:
+            errors.append((f"spec.backends[{index}]", f"duplicate backend {backend.address}, already backends[{backend_keys[bkey]}]"))
+        backend_keys.setdefault(bkey, index)
+    hc = spec.health_check
+    if hc.type != "none" and hc.timeout_seconds > hc.interval_seconds:
+        errors.append(
+            ("spec.healthCheck.timeoutSeconds", f"must be at most intervalSeconds ({hc.timeout_seconds} > {hc.interval_seconds})")
+        )
+    for index, req in enumerate(spec.node_selector.match_expressions):
+        where = f"spec.nodeSelector.matchExpressions[{index}].values"
+        if req.operator in ("In", "NotIn") and not req.values:
+            errors.append((where, f"operator {req.operator} needs at least one value"))
+        if req.operator in ("Exists", "DoesNotExist") and req.values:
+            errors.append((where, f"operator {req.operator} takes no values"))
+    if spec.announce == "vrrp" and spec.vrrp is None:
+        errors.append(("spec.vrrp", "announce: vrrp needs the vrrp block (interface, virtualRouterID)"))
+    if spec.announce == "vrrp" and spec.mode != "keepalived":
+        errors.append(("spec.announce", "announce: vrrp is done by keepalived and needs mode: keepalived"))
+    return errors
+
+
+def semantic_warnings(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
+    """Accepted, but probably not what was meant; each is (field path, reason)."""
+    warnings: list[tuple[str, str]] = []
+    if spec.vrrp is not None and spec.announce != "vrrp":
+        warnings.append(("spec.vrrp", "ignored: announce is none; set announce: vrrp (with mode: keepalived) to use this block"))
+    return warnings
+
+
+def cross_object_errors(services: Iterable[VirtualService]) -> list[tuple[str, str, str]]:
+    """Rules between objects: a real server that is some VIP. Each is (ref, field path, reason)."""
+    services = list(services)
+    vips: dict[str, str] = {}
+    for vs in services:
+        vips.setdefault(vs.spec.vip, vs.ref)
+    return [(vs.ref, path, reason) for vs in services for path, reason, _ in backends_on_vips(vs, vips)]
+
+
+def backends_on_vips(vs: VirtualService, vips: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """Static backends of `vs` that are another object's VIP (`vips`: address -> that object's ref).
+
+    Each is (field path, reason, that object's ref). The loader refuses such input; the agents refuse the object
+    (core.desired), with the same words."""
+    errors: list[tuple[str, str, str]] = []
+    for index, backend in enumerate(vs.spec.backends):
+        owner = vips.get(backend.address)
+        if owner is not None and owner != vs.ref:
+            errors.append((f"spec.backends[{index}].address", f"{backend.address} is the VIP of VirtualService {owner}: a VIP cannot be a real server", owner))
+    return errors
+
+
+def _field_loc(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The part of pydantic's location that names fields in the input (drops union branch labels)."""
+    kept: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and not any(c in part for c in "[(-"):
+            node = None  # a missing or unknown field: named, but nothing below it
+        else:
+            continue
+        kept.append(part)
+    return tuple(kept)
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+# What a pattern means, in the words of the people who write these files.
+PATTERN_WORDS = {
+    DNS_LABEL: "must be a DNS label: lower-case letters, digits and '-', starting and ending with a letter or digit",
+    INTERFACE_NAME: "must be an interface name: letters, digits, '_', '.' and '-', starting with a letter or digit",
+    NAME_PATTERN: "must be a DNS subdomain name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
+    HTTP_PATH: "must be an HTTP path starting with '/', without spaces or control characters",
+}
+# How to name what a list holds, by the field holding it.
+ITEMS = {"ports": "ports", "backends": "backends", "matchExpressions": "expressions", "values": "values", "conditions": "conditions"}
+
+
+def _reason(error: Mapping[str, Any], loc: tuple[Any, ...] = ()) -> str:
+    kind = error["type"]
+    given = error.get("input")
+    ctx = error.get("ctx") or {}
+    got = f", got {show(given)}"
+    field = next((part for part in reversed(loc) if isinstance(part, str)), "")
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; unknown fields are refused, not ignored)"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}{got}"
+    if kind in ("int_type", "int_parsing", "int_from_float", "int_strict"):
+        if isinstance(given, str) and re.fullmatch(r"[-+]?0[0-9_]+", given.strip()):
+            return f"{given.strip()} has a leading zero, which YAML readers disagree on (octal or text): write the number in plain decimal"
+        if isinstance(given, str) and given.strip().lstrip("+-").isdigit():
+            return f"must be a number, not text: write {given.strip()} without quotes"
+        return f"must be a whole number{got}"
+    if kind in ("greater_than_equal", "greater_than"):
+        bound = ctx.get("ge", ctx.get("gt"))
+        return f"must be at least {bound}{got}" if kind == "greater_than_equal" else f"must be more than {bound}{got}"
+    if kind in ("less_than_equal", "less_than"):
+        bound = ctx.get("le", ctx.get("lt"))
+        return f"must be at most {bound}{got}" if kind == "less_than_equal" else f"must be less than {bound}{got}"
+    if kind in ("string_type", "string_unicode"):
+        return f"must be text{got}"
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else f"must be at least {ctx.get('min_length')} characters{got}"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters (got {len(given) if isinstance(given, str) else '?'})"
+    if kind == "string_pattern_mismatch":
+        words = PATTERN_WORDS.get(str(ctx.get("pattern", "")), "is not in the expected form")
+        return f"{words}{got}"
+    if kind in ("too_short", "too_long"):
+        items = ITEMS.get(field, "entries")
+        count = len(given) if isinstance(given, (list, tuple, dict)) else None
+        bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        limit = "at least" if kind == "too_short" else "at most"
+        items = items[:-1] if bound == 1 else items
+        return f"{limit} {bound} {items}" + (f" (got {count})" if count is not None else "")
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false{got}"
+    if kind in ("model_type", "model_attributes_type", "dict_type", "mapping_type"):
+        return f"must be a mapping (key: value lines){got}"
+    if kind in ("tuple_type", "list_type", "iterable_type", "sequence_type"):
+        return f"must be a list{got}"
+    if kind in ("float_type", "float_parsing"):
+        return f"must be a number{got}"
+    if kind == "value_error":
+        return str(error["msg"]).removeprefix("Value error, ")
+    return f"is not valid{got}"
+
+
+def parse_virtual_service(data: Any) -> VirtualService:
+    """Validate one document; raises InvalidInput listing every problem found."""
+    ref = _guess_ref(data)
+    try:
+        vs = VirtualService.model_validate(data)
+    except ValidationError as exc:
+        found: dict[tuple[Any, ...], Any] = {}
+        for error in exc.errors():
+            # A union (port number | port name) reports one error per branch: keep the first.
+            found.setdefault(_field_loc(data, tuple(error["loc"])), error)
+        # A list whose item failed also reports "too short after validation": the item's error says it all.
+        shadowed = {loc for loc in found for other in found if len(other) > len(loc) and other[: len(loc)] == loc}
+        raise InvalidInput(
+            [FieldError(obj=ref, path=_loc_to_path(loc), reason=_union_reason(loc, e), loc=loc) for loc, e in found.items() if loc not in shadowed]
+        ) from None
+    problems = semantic_errors(vs.spec)
+    if problems:
+        raise InvalidInput([FieldError(obj=vs.ref, path=path, reason=reason) for path, reason in problems])
+    return vs
+
+
+def _union_reason(loc: tuple[Any, ...], error: Mapping[str, Any]) -> str:
+    if loc and loc[-1] == "targetPort" and error["type"] not in ("greater_than_equal", "less_than_equal"):
+        return f"must be a port number (1-65535) or a port name (a DNS label, with serviceRef), got {show(error.get('input'))}"
+    return _reason(error, loc)
+
+
+def _guess_ref(data: Any) -> str | None:
+    if isinstance(data, dict) and isinstance(data.get("metadata"), dict):
+        meta = data["metadata"]
+        name = meta.get("name")
+        namespace = meta.get("namespace") or "default"
+        if isinstance(name, str):
+            return f"{namespace}/{name}"
+    return None
+
+
+def is_dns_label(value: str) -> bool:
+    return len(value) <= 63 and re.fullmatch(DNS_LABEL, value) is not None

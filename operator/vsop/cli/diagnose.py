@@ -1,0 +1,128 @@
+"""The `vsop explain` and `vsop doctor` commands: arguments, gathering facts, printing, exit codes.
+
+Owns the two subcommands' argument parsers and their runs (including `explain --watch`,
+which redraws with the growth since the previous screen). The reasoning lives in
+vsop.diagnose.explain and vsop.diagnose.doctor, the reading of the host in vsop.diagnose.gather.
+Must not import: kopf, kubernetes, jinja2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import sys
+import time
+from typing import Any, Callable
+
+from vsop.api.errors import FieldError, InvalidInput
+
+EXPLAIN_DESCRIPTION = """\
+The path one packet to VIP:PORT takes through this node, hook by hook: where it enters
+(PREROUTING for a client on another host, OUTPUT for one on this node), the ipset match
+and the mark, the routing decision, VSOP-FILTER on INPUT, the IPVS service and its real
+servers (weight, connections, health, the route to each), MASQUERADE on POSTROUTING, the
+way back through FORWARD, and the conntrack entries. Each step says what vsop expects,
+what the kernel has, its live counters and why the step exists.
+
+  vsop explain 169.254.11.2:80                 both entry points
+  vsop explain 169.254.11.2:53/udp --from 10.200.9.2
+  vsop explain 169.254.11.2:80 --watch         redraw every 2 s with the growth of each counter
+"""
+
+DOCTOR_DESCRIPTION = """\
+Check every known cause of a dead or half-working VIP on this node, for the given
+VIP:PORTs or for everything vsop serves here: IPVS in the kernel, the sysctls IPVS and
+masquerade need, strict rp_filter dropping packets, the VIP on vsop0 and vsop0 up, vsop's
+chains and jumps (FORWARD with a DROP policy included), a foreign rule ahead of vsop's
+jump, rules on the other iptables backend, real servers without a route or local, ARP and conn_reuse_mode settings, stale
+UDP conntrack entries, the host agent's status. Each failure names its fix.
+Exit 0: every check passes (warnings allowed); 1: something is wrong.
+"""
+
+
+def add_parsers(sub: Any, status_file: str, make: Callable[..., Any], add_common: Callable[[Any], None]) -> None:
+    """Register both subcommands; `make` and `add_common` are the CLI's own (-o, -v the same everywhere)."""
+    p = make(sub, "explain", "the path one packet to VIP:PORT takes through this node, with live counters", EXPLAIN_DESCRIPTION)
+    p.add_argument("target", metavar="VIP:PORT[/PROTOCOL]", help="e.g. 169.254.11.2:80, 169.254.11.2:53/udp, [fd00::2]:80")
+    p.add_argument("--from", dest="origin", metavar="ADDRESS",
+                   help="the client's address: one of this node's (or 'node') follows OUTPUT, any other PREROUTING (default: both)")
+    p.add_argument("--watch", action="store_true", help="redraw until interrupted, with the growth since the previous screen")
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between screens with --watch (default 2)")
+    add_common(p)
+    p.add_argument("--status-file", default=status_file, help="the host agent's status (health, draining)")
+
+    p = make(sub, "doctor", "every known cause of a dead VIP checked on this node, each failure with its fix", DOCTOR_DESCRIPTION)
+    p.add_argument("targets", nargs="*", metavar="VIP:PORT[/PROTOCOL]", help="the services to check (default: all of vsop's here)")
+    add_common(p)  # -v also lists the checks that pass
+    p.add_argument("--status-file", default=status_file, help="the host agent's status file")
+    p.add_argument("--store", metavar="DIR", help="the VirtualServices this node should serve, for what vsop expects (default: the agent's folder, else /etc/vsop/virtualservices.d)")
+
+
+def _target(text: str, field: str):
+    from vsop.diagnose.explain import TargetError, parse_target
+
+    try:
+        return parse_target(text)
+    except TargetError as exc:
+        raise InvalidInput([FieldError(path=field, reason=str(exc))]) from None
+
+
+def _origin(origin: str | None, facts: Any) -> str:
+    if origin is None:
+        return "both"
+    if origin in ("node", "local"):
+        return "local"
+    try:
+        address = ipaddress.ip_address(origin)
+    except ValueError:
+        raise InvalidInput([FieldError(path="--from", reason=f"{origin!r} is not an IP address (or 'node')")]) from None
+    own = {str(ipaddress.ip_interface(a).ip) for i in facts.interfaces.values() for a in i.addresses}
+    own |= set(facts.observed.node_addresses) | facts.observed.bound_vips()
+    return "local" if address.is_loopback or str(address) in own else "remote"
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from vsop.diagnose.explain import explain, explain_text
+    from vsop.diagnose.gather import gather
+
+    key = _target(args.target, "VIP:PORT")
+    previous: dict[str, Any] | None = None
+    write: Callable[[str], Any] = sys.stdout.write
+    while True:
+        facts = gather([key], status_file=args.status_file)
+        report = explain(facts, key, _origin(args.origin, facts))
+        if args.output == "json":
+            if args.watch and previous is not None:
+                from vsop.diagnose.explain import deltas
+
+                report["deltas"] = [{"step": s, "item": i, "counter": c, "growth": v} for (s, i, c), v in deltas(previous, report).items()]
+            json.dump(report, sys.stdout, indent=None if args.watch else 2)
+            print()
+        else:
+            if args.watch:
+                write("\033[H\033[2J" + time.strftime("%H:%M:%S  ") + f"every {args.interval:g} s, Ctrl-C stops\n")
+            write(explain_text(report, previous))
+        sys.stdout.flush()
+        if not args.watch:
+            return 0  # a report, whatever it shows; `vsop doctor` is the check with an exit code
+        previous = report
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from vsop.diagnose.doctor import doctor, doctor_text
+    from vsop.diagnose.gather import NETSTAT_WINDOW_SECONDS, gather
+
+    keys = [_target(text, f"VIP:PORT {text}") for text in args.targets]
+    facts = gather(keys, status_file=args.status_file, store=args.store, netstat_window=NETSTAT_WINDOW_SECONDS)
+    report = doctor(facts, keys)
+    if args.output == "json":
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        sys.stdout.write(doctor_text(report, verbose=args.verbose))
+    return 0 if report["ok"] else 1

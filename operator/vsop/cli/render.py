@@ -1,0 +1,127 @@
+"""`vsop render keepalived`: print or write the keepalived configuration for keepalived-mode objects.
+
+Owns the command's arguments, reading the input, and printing or writing what
+vsop.keepalived.render produced. Must not import: vsop.kube, vsop.adapters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from vsop.api.errors import FieldError, InvalidInput
+from vsop.api.manifests import load_paths, problem_errors, read_stdin
+from vsop.cli import output
+from vsop.keepalived.render import LAYOUTS, NotOurs, read_auth_file, render_keepalived, write_files
+
+DESCRIPTION = """\
+Print (or with --out, write) the keepalived configuration for the VirtualServices with
+mode: keepalived: global_defs, one virtual_server per port with its real servers and
+health checks, and a vrrp_instance for those with announce: vrrp. Objects with
+mode: ipvs are not rendered. Only values from validated fields reach the files.
+
+layouts:
+  confd   keepalived.conf (global_defs, include conf.d/*.conf) and conf.d/NAMESPACE_NAME.conf
+          for each VirtualService (the default)
+  single  one keepalived.conf
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = output.Parser(
+        prog="vsop render keepalived", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
+        help="a YAML file (several documents allowed) or a folder of them; repeatable; '-' reads stdin",
+    )
+    parser.add_argument("--layout", choices=LAYOUTS, default="confd", help="one file, or a main file and conf.d/ (default: confd)")
+    parser.add_argument(
+        "--out", metavar="DIR",
+        help="write the files into DIR: all staged first, then renamed into place; vsop's stale conf.d files are removed",
+    )
+    parser.add_argument("--force", action="store_true", help="with --out, also replace files vsop did not write")
+    parser.add_argument(
+        "--auth-file", metavar="FILE",
+        help="VRRP PASS password (1-8 characters) for IPv4 vrrp_instances; in the cluster, a mounted Secret key",
+    )
+    parser.add_argument(
+        "-o", "--output", choices=("text", "json"), default="text",
+        help="text: the configuration (or, with --out, what was written); json: the files and notes as one object",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="on an unexpected failure, the full trace")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """`vsop render keepalived ARGS`: argv is what follows `keepalived`. 0 done, 1 cannot write, 2 invalid input."""
+    try:
+        args = build_parser().parse_args(list(argv))
+    except output.UsageError as exc:
+        return output.usage(exc, argv)
+    except SystemExit as exc:  # --help
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    try:
+        return _run(args)
+    except InvalidInput as exc:
+        return output.invalid(exc, args.output, nothing="nothing was rendered")
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last resort: one line, not a trace, unless -v
+        return output.bug(exc, args.output, verbose=args.verbose)
+
+
+def _run(args: argparse.Namespace) -> int:
+    password = read_auth_file(args.auth_file) if args.auth_file else None
+    stdin_text = read_stdin() if "-" in args.paths else None
+    loaded = load_paths(args.paths, stdin_text=stdin_text)
+    notes = [f"{note} (not a VirtualService)" for note in loaded.skipped]
+    if not loaded.services:  # never render an empty configuration from input that held nothing
+        for note in notes:
+            print(f"vsop: {note}", file=sys.stderr)
+        raise InvalidInput([FieldError(reason=f"no VirtualService found in {' '.join(args.paths)}")])
+    result = render_keepalived(loaded.services, layout=args.layout, auth_password=password)
+    notes.extend(result.skipped)
+    for note in notes:
+        print(f"vsop: {note}", file=sys.stderr)
+    warnings = [*loaded.warnings, *result.warnings]
+    for warning in warnings:
+        print(f"vsop: warning: {warning}", file=sys.stderr)
+    if result.problems:
+        raise InvalidInput(problem_errors(result.problems, loaded))
+    if not args.out:
+        if args.output == "json":
+            document = {"layout": args.layout, "files": result.files, "rendered": list(result.rendered), "skipped": notes, "warnings": warnings}
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        else:
+            sys.stdout.write(result.text())
+        return 0
+    try:
+        written, removed = write_files(args.out, result.files, result.directories, force=args.force)
+    except NotOurs as exc:
+        raise InvalidInput([FieldError(file=exc.filename, reason=exc.strerror)]) from None
+    except OSError as exc:
+        reason = exc.strerror.lower() if exc.strerror else str(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        return output.failure(f"cannot write the configuration into {args.out}: {reason}{where}; nothing was changed", args.output)
+    if args.output == "json":
+        document = {
+            "out": str(args.out),
+            "written": [str(p) for p in written],
+            "removed": [str(p) for p in removed],
+            "rendered": list(result.rendered),
+            "skipped": notes,
+            "warnings": warnings,
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return 0
+    print(f"vsop: wrote {len(written)} file(s) for {len(result.rendered)} VirtualService(s) into {args.out}")
+    for path in written:
+        print(f"  wrote   {path}")
+    for path in removed:
+        print(f"  removed {path} (its VirtualService is gone)")
+    return 0

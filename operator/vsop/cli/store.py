@@ -1,0 +1,375 @@
+"""`vsop apply`, `vsop delete`, `vsop get` and store-aware `vsop plan`: the command line over the host store.
+
+Owns the per-object semantics a kubectl user expects on a plain host: `apply -f b`
+never removes what `apply -f a` added (the store keeps every applied object and the
+kernel is programmed from the whole store), `--prune` makes the store exactly the
+given set, `delete` removes objects (draining TCP real servers first unless --now),
+`get` lists what the store holds and whether each object is programmed. Every
+command that writes holds the writer lock (vsop.node.lock) for its whole read-plan-write;
+`get` and `plan` never take it. Invalid input (exit 2) leaves the store and the
+kernel untouched; a store file that stopped validating keeps what the kernel has for
+its objects (core.held), exactly as the host agent does.
+Must not import: kopf, kubernetes (the kernel adapters arrive through vsop.adapters.real).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vsop.core.desired import Desired, desired_state
+from vsop.core.held import Held, keep_held
+from vsop.core.plan import Plan, plan
+from vsop.core.state import KernelState, Names, ServiceKey
+from vsop.api.errors import FieldError, InvalidInput
+from vsop.node.lock import DEFAULT_WAIT_SECONDS, LockTimeout, lock_path, writer_lock
+from vsop.api.model import VirtualService
+from vsop.host.store import Store, StoreContents, store_path
+
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+
+
+class StoreUnreadable(Exception):
+    """The store folder (or part of it) cannot be read: a runtime failure, exit 1."""
+
+
+def add_store_options(parser: argparse.ArgumentParser, writer: bool) -> None:
+    parser.add_argument(
+        "--store", metavar="DIR",
+        help="the host store: one file per object (default $VSOP_STORE or /etc/vsop/virtualservices.d)",
+    )
+    if writer:
+        parser.add_argument("--lock", metavar="FILE", help="the writer lock (default $VSOP_LOCK or /run/vsop/lock)")
+        parser.add_argument(
+            "--wait", type=float, default=DEFAULT_WAIT_SECONDS, metavar="SECONDS",
+            help=f"how long to wait for another writer (the agent, another apply) to finish (default {DEFAULT_WAIT_SECONDS:g})",
+        )
+
+
+def _say_waiting(who: str) -> None:
+    print(f"vsop: waiting for the writer lock held by {who}", file=sys.stderr)
+
+
+def locked(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    return writer_lock(lock_path(args.lock), args.wait, on_wait=_say_waiting)
+
+
+@dataclass
+class Merged:
+    """The store as it would be after the command: what to program and what to keep held."""
+
+    services: list[VirtualService]
+    held: Held
+    contents: StoreContents
+
+
+def read_store(store: Store, strict: bool) -> StoreContents:
+    contents = store.read()
+    if contents.source.folder_errors:
+        problems = "; ".join(f"{folder}: {reason}" for folder, reason in contents.source.folder_errors.items())
+        if strict:
+            raise StoreUnreadable(f"cannot read the store {store.directory}: {problems}")
+        print(f"vsop: warning: {problems}", file=sys.stderr)
+    for path, error in sorted(contents.errors.items()):
+        print(f"vsop: warning: store file {path}: {error} (what the kernel has for it is kept)", file=sys.stderr)
+    return contents
+
+
+def merge(contents: StoreContents, given: list[VirtualService], store: Store, prune: bool) -> Merged:
+    """Store contents with the given objects applied on top (or, pruning, instead)."""
+    new = {vs.ref for vs in given}
+    misplaced = [
+        FieldError(obj=ref, reason=f"is declared in {path}, a store file vsop apply did not write; edit or remove that file")
+        for ref, path in contents.files.items()
+        if ref in new and not store.canonical(ref, path)
+    ]
+    if misplaced:
+        raise InvalidInput(misplaced)
+    if prune:
+        return Merged(list(given), Held(), contents)
+    kept = [vs for vs in contents.services if vs.ref not in new]
+    held = contents.source.held()
+    held = Held(held.owners - new, held.unknown, held.known | new)
+    return Merged(kept + list(given), held, contents)
+
+
+def program(
+    merged: Merged, node, names: Names, observed: KernelState, kernel_version, new: set[str],  # type: ignore[no-untyped-def]
+    loaded=None, keep_accept_ra: bool = False,  # type: ignore[no-untyped-def]
+) -> tuple[Desired, Plan]:
+    from vsop.cli.main import _refuse_problems
+
+    desired = desired_state(merged.services, node, names=names, node_addresses=observed.node_addresses, kernel_version=kernel_version)
+    desired = keep_held(desired, observed, merged.held, names)
+    ours = Desired(desired.state, desired.programmed, tuple(p for p in desired.problems if p.obj in new))
+    _refuse_problems(ours, loaded)  # the objects being applied must be programmable; older ones only warn
+    for problem in desired.problems + desired.warnings:
+        if problem.obj not in new:
+            print(f"vsop: warning: VirtualService {problem.obj}: {problem.reason}: {problem.message}", file=sys.stderr)
+    result = plan(desired.state, observed, names, keep_accept_ra=keep_accept_ra)
+    _refuse_problems(result, loaded)
+    return desired, result
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from vsop.cli import output
+    from vsop.cli.main import _load, _node, _op_json, _report_conntrack
+    from vsop.node.execute import ExecutionFailed, execute, probe, read_observed, running_kernel_version
+    from vsop.adapters.real import real_kernel
+
+    names = Names()
+    loaded = _load(args)  # invalid input stops here: nothing read, nothing written
+    node = _node(args)
+    store = Store(store_path(args.store))
+    new = {vs.ref for vs in loaded.services}
+    if args.prune and not loaded.services and not args.allow_empty:
+        raise InvalidInput([FieldError(reason="--prune with no VirtualService would empty this node; add --allow-empty to mean it")])
+    with locked(args):
+        contents = read_store(store, strict=True)
+        merged = merge(contents, loaded.services, store, args.prune)
+        kernel = real_kernel()
+        observed = read_observed(kernel, names)
+        desired, result = program(merged, node, names, observed, running_kernel_version(), new, loaded, args.keep_accept_ra)
+        probe(kernel, result, names)  # a kernel that cannot do it refuses before the store changes
+        stored = store.write(loaded.services)
+        pruned: list[Path] = []
+        if args.prune:
+            keep = {store.path_for(ref) for ref in new}
+            pruned = store.remove(path for path in sorted(contents.source.files) if path not in keep)
+        stale: list[str] = []
+        try:
+            writes, applied = execute(kernel, result, names, observed=observed, conntrack_failures=stale)
+        except ExecutionFailed as exc:
+            return output.failure(
+                f"stored {len(loaded.services)} object(s) in {store.directory}; programming the kernel failed at operation"
+                f" {exc.applied + 1} of {len(result.ops)}: {exc}; the {exc.applied} operation(s) before it were applied;"
+                " fix the cause and apply again (a running agent retries by itself)",
+                args.output, failed=_op_json(exc.op), reason=exc.reason, applied=exc.applied,
+            )
+        finally:
+            _report_conntrack(stale)
+    store_note = f"store {store.directory}: {len(stored)} object(s) written" + (f", {len(pruned)} file(s) pruned" if pruned else "")
+    if args.output == "json":
+        json.dump(
+            {
+                "changed": bool(applied) or bool(stored) or bool(pruned),
+                "writes": writes,
+                "stored": stored,
+                "pruned": [str(p) for p in pruned],
+                "counts": result.counts(),
+                "operations": [_op_json(op) for op in applied],
+                **({"conntrackFailures": stale} if stale else {}),
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+        return EXIT_OK
+    total = len(desired.programmed)
+    if not applied and not stored and not pruned:
+        print(f"vsop: nothing changed: {total} VirtualService(s) already programmed on {args.node_name} (0 writes)")
+        return EXIT_OK
+    counts = ", ".join(f"{kind} {count}" for kind, count in result.counts().items())
+    print(f"vsop: {store_note}")
+    print(f"vsop: applied {len(applied)} operation(s) for {total} VirtualService(s) on {args.node_name}" + (f": {counts}" if counts else ""))
+    for op in applied:
+        print(f"  {op.kind:<18} {op.describe()}")
+    return EXIT_OK
+
+
+def _refs_to_delete(args: argparse.Namespace) -> list[str]:
+    from vsop.cli.main import _load
+
+    refs: list[str] = []
+    problems: list[FieldError] = []
+    for item in args.objects:
+        namespace, sep, name = item.rpartition("/")
+        if not name:
+            problems.append(FieldError(path="NAMESPACE/NAME", reason=f"got {item!r}"))
+            continue
+        refs.append(f"{namespace or 'default'}/{name}")
+    if args.paths:
+        refs += [vs.ref for vs in _load(args).services]
+    if problems:
+        raise InvalidInput(problems)
+    if not refs:
+        raise InvalidInput([FieldError(reason="name the objects to delete: NAMESPACE/NAME... or -f PATH...")])
+    return list(dict.fromkeys(refs))
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from vsop.cli import output
+    from vsop.cli.main import _node, _op_json, _report_conntrack
+    from vsop.node.execute import ExecutionFailed, execute, read_observed, running_kernel_version
+    from vsop.adapters.real import real_kernel
+
+    names = Names()
+    refs = _refs_to_delete(args)
+    node = _node(args)
+    store = Store(store_path(args.store))
+    with locked(args):
+        contents = read_store(store, strict=True)
+        declared = {**{ref: path for ref, path in contents.files.items()}}
+        missing = [ref for ref in refs if ref not in declared]
+        if missing:
+            raise InvalidInput([FieldError(obj=ref, reason=f"not in the store {store.directory}") for ref in missing])
+        foreign = [ref for ref in refs if not store.canonical(ref, declared[ref])]
+        if foreign:
+            raise InvalidInput(
+                [FieldError(obj=ref, reason=f"is declared in {declared[ref]}, which holds more than vsop wrote; edit that file") for ref in foreign]
+            )
+        gone = set(refs)
+        remaining = [vs for vs in contents.services if vs.ref not in gone]
+        held = contents.source.held()
+        merged = Merged(remaining, Held(held.owners - gone, held.unknown, held.known | gone), contents)
+        kernel = real_kernel()
+        observed = read_observed(kernel, names)
+        drained = 0.0
+        if not args.now:
+            drained = _drain(kernel, observed, contents.services, gone, names, args)
+            observed = read_observed(kernel, names)
+        desired, result = program(merged, node, names, observed, running_kernel_version(), set())
+        store.remove(declared[ref] for ref in refs)
+        stale: list[str] = []
+        try:
+            writes, applied = execute(kernel, result, names, observed=observed, conntrack_failures=stale)
+        except ExecutionFailed as exc:
+            return output.failure(
+                f"removed {len(refs)} object(s) from the store; the kernel refused: {exc}; apply again to converge",
+                args.output, applied=exc.applied,
+            )
+        finally:
+            _report_conntrack(stale)
+    if args.output == "json":
+        json.dump({"deleted": refs, "writes": writes, "drainedSeconds": round(drained, 3), "operations": [_op_json(op) for op in applied]}, sys.stdout, indent=2)
+        print()
+        return EXIT_OK
+    for ref in refs:
+        print(f"vsop: deleted VirtualService {ref}" + (f" (drained {drained:.1f}s)" if drained >= 0.05 else ""))
+    print(f"vsop: {len(applied)} kernel operation(s)")
+    for op in applied:
+        print(f"  {op.kind:<18} {op.describe()}")
+    return EXIT_OK
+
+
+def _drain(kernel, observed: KernelState, services: list[VirtualService], gone: set[str], names: Names, args: argparse.Namespace) -> float:  # type: ignore[no-untyped-def]
+    """Weight 0 for the deleted objects' TCP/SCTP real servers, then wait for their established connections."""
+    from dataclasses import replace
+
+    from vsop.core import ops
+    from vsop.node.execute import execute, read_observed
+
+    keys: set[ServiceKey] = set()
+    grace = 0.0
+    for vs in services:
+        if vs.ref in gone:
+            grace = max(grace, float(vs.spec.drain.timeout_seconds))
+            keys |= {ServiceKey(p.protocol.lower(), vs.spec.vip, p.port) for p in vs.spec.ports if p.protocol != "UDP"}  # type: ignore[arg-type]
+    busy = [rs for rs in observed.real_servers.values() if rs.key.service in keys and rs.active_connections > 0]
+    if not busy:
+        return 0.0
+    edits = [ops.EditRealServer(replace(rs, weight=0)) for rs in observed.real_servers.values() if rs.key.service in keys and rs.weight > 0]
+    execute(kernel, Plan(tuple(edits)), names, observed=observed)
+    print(f"vsop: draining {len(busy)} real server(s) with open connections (up to {grace:g}s; --now skips this)", file=sys.stderr)
+    started = time.monotonic()
+    while time.monotonic() - started < grace:
+        current = read_observed(kernel, names)
+        if not any(rs.active_connections for rs in current.real_servers.values() if rs.key.service in keys):
+            break
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def programmed_state(vs: VirtualService, desired: Desired, observed: KernelState, names: Names) -> str:
+    """'yes', or why not, for one stored object against the kernel."""
+    from vsop.core.plan import owned
+
+    problem = next((p for p in desired.problems if p.obj == vs.ref), None)
+    if problem is not None:
+        return f"no: {problem.reason}: {problem.message}"
+    if vs.ref not in desired.programmed:
+        return "no: not for this node (nodeSelector)"
+    mine = owned(observed, names)
+    for key, service in desired.state.services.items():
+        if service.owner != vs.ref:
+            continue
+        if key not in mine.services:
+            return f"no: IPVS service {key} missing"
+        wanted = {k for k in desired.state.real_servers if k.service == key}
+        have = {k for k in mine.real_servers if k.service == key}
+        if wanted - have:
+            return f"no: real server {sorted(wanted - have)[0]} missing from {key}"
+    for set_name, ipset in desired.state.ipsets.items():
+        for member, owner in ipset.members.items():
+            present = mine.ipsets.get(set_name)
+            if owner == vs.ref and (present is None or member not in present.members):
+                return f"no: {member} missing from ipset {set_name}"
+    return "yes"
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from vsop.cli.main import _node
+
+    names = Names()
+    store = Store(store_path(args.store))
+    contents = read_store(store, strict=False)
+    wanted = set(args.objects)
+    services = [vs for vs in contents.services if not wanted or vs.ref in wanted or vs.metadata.name in wanted]
+    observed: KernelState | None = None
+    reason = ""
+    try:
+        from vsop.node.execute import read_observed, running_kernel_version
+        from vsop.adapters.real import real_kernel
+
+        observed = read_observed(real_kernel(), names)
+    except Exception as exc:  # noqa: BLE001 - `get` still lists the store when the kernel cannot be read
+        reason = f"unknown: cannot read the kernel ({exc})"
+    rows = []
+    if observed is not None:
+        desired = desired_state(contents.services, _node(args), names=names, node_addresses=observed.node_addresses, kernel_version=running_kernel_version())
+    for vs in services:
+        state = programmed_state(vs, desired, observed, names) if observed is not None else reason
+        rows.append((vs, state, contents.files.get(vs.ref)))
+    errors = contents.errors
+    if args.output in ("json", "yaml"):
+        from vsop.host.store import document
+
+        items = [
+            {**document(vs), "status": {"store": {"file": str(path), "programmed": state == "yes", "message": "" if state == "yes" else state}}}
+            for vs, state, path in rows
+        ]
+        data = {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"store": str(store.directory), "errors": errors}}
+        if args.output == "json":
+            json.dump(data, sys.stdout, indent=2)
+            print()
+        else:
+            sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+        return EXIT_OK
+    if not rows and not errors:
+        print(f"No VirtualServices in the store {store.directory}.")
+        return EXIT_OK
+    width = max([len(vs.ref) for vs, _, _ in rows] + [len("NAMESPACE/NAME")])
+    print(f"{'NAMESPACE/NAME':<{width}}  {'VIP':<16} {'PORTS':<20} PROGRAMMED")
+    for vs, state, _ in rows:
+        ports = ",".join(f"{p.port}/{p.protocol}" for p in vs.spec.ports)
+        print(f"{vs.ref:<{width}}  {vs.spec.vip:<16} {ports:<20} {state}")
+    for path, error in sorted(errors.items()):
+        print(f"error: {path}: {error}")
+    return EXIT_OK
+
+
+def plan_services(args: argparse.Namespace, given: list[VirtualService]) -> tuple[list[VirtualService], Held]:
+    """For `vsop plan` against this host: the store with the given files applied on top."""
+    store = Store(store_path(getattr(args, "store", None)))
+    contents = read_store(store, strict=False)
+    merged = merge(contents, given, store, getattr(args, "prune", False))
+    return merged.services, merged.held
+
+
+__all__ = ["LockTimeout", "StoreUnreadable", "add_store_options", "cmd_apply", "cmd_delete", "cmd_get", "plan_services"]

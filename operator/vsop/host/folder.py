@@ -1,0 +1,542 @@
+"""A folder of VirtualService YAML, followed by polling: the host agent's source (and the store's reader).
+
+Owns which objects a folder currently declares, made safe against partial states:
+
+- a file is taken only once it is stable: the same (size, mtime, content hash) on two
+  polls at least `settle_seconds` apart, so a writer that truncates then writes, or a copy in progress,
+  is never read half-way;
+- a missing or unreadable folder or subfolder, an unreadable file and a dangling
+  symlink are errors (reported) that keep the last good objects of everything under
+  them; a file that fails validation, or holds no VirtualService, keeps its last good
+  objects too; only a file that is really gone from a readable folder takes its
+  objects with it;
+- what cannot be used right now is also reported as a `Held` (core.held): the
+  objects such a path declares, or, when nothing is known about it, "unknown", so
+  the kernel keeps what it has for them, also right after a restart;
+- extensions match case-insensitively (.yaml .yml .json); dot files and folders
+  (editors' swap files, ConfigMaps' ..data, the store's temp files) are ignored;
+- an object declared twice keeps the definition already being served (first seen
+  wins; path order only decides between newcomers); the other copy is reported
+  with both paths.
+
+Polling, not inotify: a folder of a few files costs microseconds to stat, it needs no
+extra dependency, and it sees the symlink swaps that Kubernetes ConfigMap volumes and
+many deploy tools use, which inotify watches on the old target silently miss. A file
+is hashed only when its stat changed or it is not yet stable. With `sweep_seconds`, a
+poll between sweeps costs a stat per folder plus what changed (a store of 10,000 files
+is not stat-ed file by file every second); `take_changes` hands over only the refs whose
+served object may differ, so the node reconciler's work is what changed, too.
+Must not import: kopf, pyroute2, kubernetes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import logging
+import os
+import re
+import stat as stat_module
+from dataclasses import dataclass, field
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from vsop.core.held import Held
+from vsop.api.errors import InvalidInput
+from vsop.api.manifests import load_text
+from vsop.api.model import KIND, VirtualService
+
+log = logging.getLogger("vsop.host.folder")
+
+SUFFIXES = (".yaml", ".yml", ".json")
+STORE_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)_([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
+
+Fingerprint = tuple[int, int, bytes]  # size, mtime_ns, sha256 of the content
+StatKey = tuple[int, int, int]  # inode, size, mtime_ns: what a poll compares (an os.stat_result is ten times its size)
+
+
+def _file_key(state: FileState) -> tuple[object, ...]:
+    """What of a file's state the declared objects, holds and errors depend on."""
+    return (state.taken, state.error, state.outage, state.pending, state.names, id(state.services))
+
+
+def wanted(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(SUFFIXES)
+
+
+def ref_from_file_name(path: Path) -> str | None:
+    """The store's file naming, NAMESPACE_NAME.yaml -> "NAMESPACE/NAME"; None for other names."""
+    stem = path.name
+    for suffix in SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    match = STORE_NAME.match(stem)
+    return f"{match.group(1)}/{match.group(3)}" if match else None
+
+
+def guess_refs(text: str) -> frozenset[str]:
+    """The VirtualServices a file names, even when they do not validate; empty if unknown."""
+    refs: set[str] = set()
+    try:
+        for doc in yaml.safe_load_all(text):
+            if isinstance(doc, dict) and doc.get("kind") == KIND and isinstance(doc.get("metadata"), dict):
+                name, namespace = doc["metadata"].get("name"), doc["metadata"].get("namespace") or "default"
+                if isinstance(name, str) and isinstance(namespace, str):
+                    refs.add(f"{namespace}/{name}")
+    except yaml.YAMLError:
+        return frozenset()
+    return frozenset(refs)
+
+
+@dataclass(slots=True)  # one per file: 10,000 in a big store
+class FileState:
+    services: list[VirtualService] = field(default_factory=list)  # the last good ones
+    names: frozenset[str] = frozenset()  # refs this path declares as far as known (last good or guessed)
+    error: str | None = None  # why the current content is not used
+    taken: Fingerprint | None = None  # the content in use
+    seen: Fingerprint | None = None  # the content at the last poll
+    seen_at: float = 0.0  # when `seen` was first observed
+    stat_key: StatKey | None = None  # at the last poll
+    pending: bool = False  # changed since taken, not yet stable
+    outage: str | None = None  # a folder above it cannot be read: nothing is known about it now
+
+    @property
+    def usable(self) -> bool:
+        return not self.pending and bool(self.services)
+
+
+@dataclass
+class FolderSource:
+    directory: Path
+    # A changed file is taken once a poll at least this long after the change sees the same
+    # content again; 0 takes what is there at once (a one-shot reader under the writer lock).
+    settle_seconds: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    # 0: every poll stats every file. More: between such sweeps a poll lists only the folders
+    # whose mtime moved, stats only the names new there (or with a new inode), symlinks and
+    # files not yet stable or invalid; a write in place (same name, same inode, the folder's
+    # mtime unchanged) is then seen at the next sweep, at most this long after (twice this
+    # while every poll finds changes: see poll).
+    sweep_seconds: float = 0.0
+    files: dict[Path, FileState] = field(default_factory=dict)
+    folder_errors: dict[Path, str] = field(default_factory=dict)
+    served: dict[str, Path] = field(default_factory=dict)  # ref -> the path whose definition is served
+    ever: set[str] = field(default_factory=set)  # refs loaded at some point by this source
+    duplicates: dict[Path, str] = field(default_factory=dict)
+    # Kept between polls so a poll costs a stat per file plus what changed (not a sort of everything):
+    _claimed: dict[Path, frozenset[str]] = field(default_factory=dict, repr=False)  # path -> refs it declares
+    _claims: dict[str, list[Path]] = field(default_factory=dict, repr=False)  # ref -> paths declaring it, sorted
+    _losing: dict[str, set[Path]] = field(default_factory=dict, repr=False)  # ref -> paths whose copy is ignored
+    _lost: dict[Path, dict[str, str]] = field(default_factory=dict, repr=False)  # path -> ref -> why ignored
+    _problems: set[Path] = field(default_factory=set, repr=False)  # paths pending, or invalid with nothing good
+    _changed: set[str] = field(default_factory=set, repr=False)  # refs whose served object may differ (take_changes)
+    # The same for the agent's status file, which is written on its own schedule (take_status_changes):
+    _status_paths: set[Path] = field(default_factory=set, repr=False)  # paths whose entry (present, error) may differ
+    _status_refs: set[str] = field(default_factory=set, repr=False)  # refs whose place in services() may differ
+    _erring: set[Path] = field(default_factory=set, repr=False)  # paths with an error or an outage (errors())
+    # folder -> ((inode, mtime_ns), trusted, name -> (d_ino, symlink, path, stat | why | None for a folder))
+    _listings: dict[Path, tuple[tuple[int, int], bool, dict[str, tuple[int, bool, Path, Any]]]] = field(default_factory=dict, repr=False)
+    _swept_at: float = float("-inf")
+
+    # -- reading the folder ----------------------------------------------------------
+
+    def _walk(self, sweep: bool) -> tuple[dict[Path, StatKey | str], dict[Path, str]]:
+        """Every candidate file (its stat key, or why it cannot be read) and every folder that cannot be listed."""
+        found: dict[Path, StatKey | str] = {}
+        problems: dict[Path, str] = {}
+        try:
+            top = os.stat(self.directory)
+        except OSError as exc:
+            problems[self.directory] = f"folder cannot be read: {exc.strerror or exc}"
+            return found, problems
+        if not stat_module.S_ISDIR(top.st_mode):
+            problems[self.directory] = "not a folder"
+            return found, problems
+        if sweep:
+            self._swept_at = self.clock()
+        listings: dict[Path, tuple[tuple[int, int], bool, dict[str, tuple[int, bool, Path, Any]]]] = {}
+        pending: list[tuple[Path, os.stat_result | None]] = [(self.directory, top)]
+        while pending:
+            folder, folder_stat = pending.pop()
+            try:
+                if folder_stat is None:
+                    folder_stat = os.stat(folder)  # a subfolder's own mtime: its parent's does not move
+            except OSError as exc:
+                problems[folder] = f"folder cannot be read: {exc.strerror or exc}"
+                continue
+            key = (folder_stat.st_ino, folder_stat.st_mtime_ns)
+            cached = self._listings.get(folder)
+            if not sweep and cached is not None and cached[0] == key and cached[1]:
+                # Nothing was added, removed or renamed here since it was listed: the names are known.
+                entries = cached[2]
+                for name, (d_ino, symlink, path, result) in entries.items():
+                    if symlink or isinstance(result, str) or path in self._problems:
+                        result = self._stat(name, path, symlink)
+                        entries[name] = (d_ino, symlink, path, result)
+                    self._found(path, result, found, pending)
+                listings[folder] = cached
+                continue
+            listed_at = time.time()
+            try:
+                with os.scandir(folder) as scan:
+                    listing = list(scan)
+            except OSError as exc:
+                problems[folder] = f"folder cannot be read: {exc.strerror or exc}"
+                continue
+            known = cached[2] if cached is not None else {}
+            entries = {}
+            for entry in listing:
+                name = entry.name
+                if name.startswith("."):
+                    continue
+                old = known.get(name)
+                path = old[2] if old is not None else Path(entry.path)  # the Path listed before: not made again
+                symlink = entry.is_symlink()
+                d_ino = entry.inode()
+                if not sweep and old is not None and old[0] == d_ino and not symlink and not isinstance(old[3], str) and path not in self._problems:
+                    result = old[3]  # the same file as before (a write in place is the sweep's)
+                else:
+                    result = self._stat(name, path, symlink, entry)
+                entries[name] = (d_ino, symlink, path, result)
+                self._found(path, result, found, pending)
+            # Trusted only if it changed well before this listing: a later change moves its mtime.
+            listings[folder] = (key, listed_at - folder_stat.st_mtime_ns / 1e9 > 1.0, entries)
+        self._listings = listings
+        return found, problems
+
+    @staticmethod
+    def _stat(name: str, path: Path, symlink: bool, entry: os.DirEntry[str] | None = None) -> Any:
+        """A file's stat key (symlinks followed: a swapped target is a new fingerprint), why it cannot
+        be read, or None for a folder. Kept per file between polls, so only the key is."""
+        try:
+            st = entry.stat() if entry is not None else os.stat(path)
+        except OSError as exc:
+            if wanted(name):
+                reason = "dangling symlink" if symlink else "cannot be read"
+                return f"{reason}: {exc.strerror or exc}"
+            return "ignored"
+        if stat_module.S_ISDIR(st.st_mode):
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns) if wanted(name) and stat_module.S_ISREG(st.st_mode) else "ignored"
+
+    @staticmethod
+    def _found(path: Path, result: Any, found: dict[Path, StatKey | str], pending: list[tuple[Path, os.stat_result | None]]) -> None:
+        if result is None:
+            pending.append((path, None))
+        elif result != "ignored":
+            found[path] = result
+
+    def _beneath_problem(self, path: Path) -> str | None:
+        for folder, reason in self.folder_errors.items():
+            if folder == path or folder in path.parents:
+                return f"{folder}: {reason}"
+        return None
+
+    def poll(self) -> bool:
+        """Re-read what changed on disk; True when the declared objects, holds or errors changed.
+
+        Costs a stat per file plus what changed: only files whose stat changed (or that are
+        not yet stable, or invalid) are read, and only the refs they declare are judged again.
+        With sweep_seconds, a sweep that falls due is put off while polls find changes (for
+        at most another sweep_seconds): the first look at a new file, which starts its settle
+        time, and the sync it wakes do not wait for a stat of every file.
+        """
+        if self.sweep_seconds <= 0:
+            return self._poll(sweep=True)
+        since = self.clock() - self._swept_at
+        if since < self.sweep_seconds:
+            return self._poll(sweep=False)
+        if since < 2 * self.sweep_seconds and self._poll(sweep=False):
+            return True
+        return self._poll(sweep=True)
+
+    def _poll(self, sweep: bool) -> bool:
+        errors_before = self.folder_errors
+        found, self.folder_errors = self._walk(sweep)
+        for folder, reason in self.folder_errors.items():
+            log.error("cannot read folder, keeping the last good objects beneath it folder=%s error=%r", folder, reason)
+        touched: set[Path] = set()
+        for path in list(self.files):
+            if path in found:
+                continue
+            problem = self._beneath_problem(path)
+            if problem is not None:
+                if self.files[path].outage != problem:
+                    self.files[path].outage = problem  # unknown, not gone: keep what it declared
+                    touched.add(path)
+                continue
+            log.info("file removed, dropping its objects file=%s objects=%d", path, len(self.files[path].names))
+            del self.files[path]
+            touched.add(path)
+        for path, st in found.items():
+            state = self.files.get(path)
+            if state is None:
+                state = self.files[path] = FileState()
+                touched.add(path)
+            if state.outage is not None:
+                state.outage = None
+                touched.add(path)
+            if isinstance(st, str):
+                before = _file_key(state)
+                if state.error != st:
+                    log.error("file cannot be read, keeping its last good objects file=%s error=%r kept=%d", path, st, len(state.services))
+                state.error, state.stat_key, state.seen, state.taken, state.pending = st, None, None, None, False
+                if not state.names:
+                    state.names = frozenset(filter(None, [ref_from_file_name(path)]))
+                if _file_key(state) != before:
+                    touched.add(path)
+                continue
+            key = st
+            if key == state.stat_key and not state.pending and state.taken is not None and state.error is None:
+                continue  # unchanged since it was taken: no need to read it again
+            before = _file_key(state)
+            self._look(path, state, key)
+            if _file_key(state) != before:
+                touched.add(path)
+        served_changed = self._resolve_duplicates(touched)
+        return bool(touched) or served_changed or self.folder_errors != errors_before
+
+    def settle_due(self) -> float | None:
+        """When the earliest file not yet stable will have been for settle_seconds (this source's clock)."""
+        seen = [self.files[path].seen_at for path in self._problems if self.files[path].pending]
+        return min(seen) + self.settle_seconds if seen else None
+
+    def recheck(self) -> bool:
+        """Look again at the files not yet stable, and only at them: a file is taken once it has
+        been the same for settle_seconds (the second look of the stability rule), without
+        waiting for the next poll of everything. Anything else (gone, unreadable) is left to
+        the next poll. True when the declared objects or holds changed."""
+        touched: set[Path] = set()
+        for path in sorted(p for p in self._problems if self.files[p].pending):
+            state = self.files[path]
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            before = _file_key(state)
+            self._look(path, state, (st.st_ino, st.st_size, st.st_mtime_ns))
+            if _file_key(state) != before:
+                touched.add(path)
+        served_changed = self._resolve_duplicates(touched)
+        return bool(touched) or served_changed
+
+    def _look(self, path: Path, state: FileState, key: StatKey) -> None:
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            reason = f"cannot be read: {exc.strerror or exc}"
+            if state.error != reason:
+                log.error("file cannot be read, keeping its last good objects file=%s error=%r", path, reason)
+            state.error, state.stat_key, state.seen, state.taken, state.pending = reason, None, None, None, False
+            return
+        fingerprint = (len(content), key[2], hashlib.sha256(content).digest())
+        state.stat_key = key
+        if fingerprint == state.taken:
+            state.pending, state.seen = False, fingerprint
+            return
+        now = self.clock()
+        if fingerprint != state.seen:
+            state.seen, state.seen_at = fingerprint, now
+        stable = self.settle_seconds <= 0 or now - state.seen_at >= self.settle_seconds
+        if not stable:
+            state.pending = True  # changed: wait for the same content on the next poll
+            return
+        state.pending, state.taken = False, fingerprint
+        self._take(path, state, content)
+
+    def _take(self, path: Path, state: FileState, content: bytes) -> None:
+        error: str | None = None
+        services: list[VirtualService] = []
+        text = ""
+        try:
+            text = content.decode("utf-8")
+            loaded = load_text(text, str(path))
+            services = loaded.services
+            for note in loaded.skipped:
+                log.info("%s (not a VirtualService)", note)
+            for warning in loaded.warnings:
+                log.warning("%s", warning)
+            if not services:
+                error = f"no VirtualService found in {path}"
+        except UnicodeDecodeError as exc:
+            error = f"{path}: not UTF-8 text: {exc}"
+        except InvalidInput as exc:
+            error = "; ".join(str(e) for e in exc.errors)
+        if error is not None:
+            if state.error != error:
+                log.error("invalid file ignored, keeping its last good objects file=%s error=%r kept=%d", path, error, len(state.services))
+            state.error = error
+            guessed = guess_refs(text) or frozenset(filter(None, [ref_from_file_name(path)]))
+            state.names = state.names | guessed if state.services else guessed
+            return
+        state.services, state.error = services, None
+        state.names = frozenset(vs.ref for vs in services)
+        self.ever.update(state.names)
+        log.info("file loaded file=%s objects=%d", path, len(services))
+
+    def _resolve_duplicates(self, touched: set[Path]) -> bool:
+        """Which path serves each ref the touched paths declare (or declared): the one already
+        serving keeps it; newcomers go by path order. Returns whether any served path changed."""
+        refs: set[str] = set()
+        for path in touched:
+            old = self._claimed.pop(path, frozenset())
+            state = self.files.get(path)
+            new: frozenset[str] = frozenset()
+            if state is not None:
+                loaded = {vs.ref for vs in state.services}
+                new = state.names if loaded <= state.names else state.names | loaded  # mostly the same: shared, not copied
+            if new:
+                self._claimed[path] = new
+            for ref in old - new:
+                self._claims[ref].remove(path)
+                if not self._claims[ref]:
+                    del self._claims[ref]
+            for ref in new - old:
+                bisect.insort(self._claims.setdefault(ref, []), path)
+            refs |= old | new
+            if state is not None and (state.pending or (state.error is not None and not state.services)):
+                self._problems.add(path)
+            else:
+                self._problems.discard(path)
+            if state is not None and (state.error or state.outage):
+                self._erring.add(path)
+            else:
+                self._erring.discard(path)
+        self._changed |= refs  # their served object may differ now: the reconciler gets them (take_changes)
+        self._status_refs |= refs
+        self._status_paths |= touched
+        changed = False
+        lost: set[Path] = set()
+        for ref in refs:
+            paths = self._claims.get(ref, [])
+            current = self.served.get(ref)
+            winner = current if current in paths else (paths[0] if paths else None)
+            for other in self._losing.pop(ref, set()):
+                self._lost[other].pop(ref, None)
+                lost.add(other)
+            if winner is None:
+                if current is not None:
+                    del self.served[ref]
+                    changed = True
+                continue
+            if winner != current:
+                self.served[ref] = winner
+                changed = True
+                if len(paths) > 1:
+                    log.warning("duplicate VirtualService, serving the first seen object=%s served=%s ignored=%s", ref, winner, [str(p) for p in paths if p != winner])
+            for other in paths:
+                if other != winner:
+                    self._lost.setdefault(other, {})[ref] = f"VirtualService {ref} is already served from {winner}; this copy in {other} is ignored"
+                    self._losing.setdefault(ref, set()).add(other)
+                    lost.add(other)
+        for path in lost:
+            reasons = self._lost.get(path)
+            if reasons:
+                self.duplicates[path] = reasons[max(reasons)]
+            else:
+                self._lost.pop(path, None)
+                self.duplicates.pop(path, None)
+        return changed
+
+    def take_changes(self) -> tuple[dict[str, VirtualService | None], dict[str, tuple[Any, ...]]]:
+        """What changed since the last call, for the node reconciler's update_objects: ref -> the
+        object `services()` now gives for it (None: none), and each one's position in that
+        list's order (path, then place in the file), which decides ties in age."""
+        changed: dict[str, VirtualService | None] = {}
+        order: dict[str, tuple[Any, ...]] = {}
+        for ref in self._changed:
+            found = self.served_entry(ref)
+            if found is None:
+                changed[ref] = None
+            else:
+                changed[ref], order[ref] = found
+        self._changed = set()
+        return changed, order
+
+    def take_status_changes(self) -> tuple[set[Path], set[str]]:
+        """What may have changed for a status report since the last call (independent of
+        take_changes): the paths whose entry in `files` (present or not, error) may differ, and
+        the refs whose object or place in `services()` may differ."""
+        paths, refs = self._status_paths, self._status_refs
+        self._status_paths, self._status_refs = set(), set()
+        return paths, refs
+
+    def served_entry(self, ref: str) -> tuple[VirtualService, tuple[Any, ...]] | None:
+        """The object `services()` gives for ref and its place in that list (path parts, place in
+        the file); None when it gives none."""
+        path = self.served.get(ref)
+        state = self.files.get(path) if path is not None else None
+        if state is not None and not state.pending:
+            for index, vs in enumerate(state.services):
+                if vs.ref == ref:
+                    return vs, (path.parts, index)  # type: ignore[union-attr]
+        return None
+
+    # -- what the folder declares ------------------------------------------------------
+
+    def services(self) -> list[VirtualService]:
+        """Every usable declared object once, from the path that serves it."""
+        result: list[VirtualService] = []
+        served = self.served
+        for path, state in sorted(self.files.items(), key=lambda item: item[0].parts):  # path order, compared in C
+            if state.pending:
+                continue  # being rewritten: the kernel keeps what it has (see held())
+            for vs in state.services:
+                winner = served.get(vs.ref)
+                if winner is path or winner == path:
+                    result.append(vs)
+        return result
+
+    def _usable(self, ref: str) -> bool:
+        path = self.served.get(ref)
+        state = self.files.get(path) if path is not None else None
+        return state is not None and not state.pending and any(vs.ref == ref for vs in state.services)
+
+    def held(self) -> Held:
+        """What the kernel must keep: objects declared where nothing usable can be read now.
+
+        Looks only at the paths with a problem. `known` (every ref loaded at some point) is
+        given only while something is unknown, the one case core.held reads it.
+        """
+        owners: set[str] = set()
+        unknown = bool(self.folder_errors)
+        for path in self._problems:
+            state = self.files[path]
+            owners |= {ref for ref in state.names if self.served.get(ref) == path}
+            if state.pending or not state.names:
+                unknown = True  # what this path declares is not known
+        return Held(frozenset(ref for ref in owners if not self._usable(ref)), unknown, frozenset(self.ever) if unknown else frozenset())
+
+    def held_services(self) -> tuple[list[VirtualService], bool]:
+        """The last good definitions of what is held, and whether every held object has one.
+
+        For what must be rendered from definitions rather than kept in the kernel (keepalived's
+        configuration): while a file is being rewritten, its last good objects stand in.
+        """
+        held = self.held()
+        found: dict[str, VirtualService] = {}
+        for path in sorted(self._problems):
+            state = self.files[path]
+            if state.pending:
+                for vs in state.services:
+                    if self.served.get(vs.ref) == path:
+                        found.setdefault(vs.ref, vs)
+        return list(found.values()), not held.unknown and held.owners <= set(found)
+
+    def errors(self) -> dict[str, str]:
+        """Why something is not used: folders, then files in path order, then duplicate copies.
+        Costs the errors, not the files."""
+        problems = {str(folder): reason for folder, reason in self.folder_errors.items()}
+        for path in sorted(self._erring):
+            state = self.files[path]
+            problems[str(path)] = state.outage or state.error  # type: ignore[assignment]
+        for path, message in self.duplicates.items():
+            problems.setdefault(str(path), message)
+        return problems
+
+    def pending(self) -> list[str]:
+        return [str(path) for path in sorted(self._problems) if self.files[path].pending]

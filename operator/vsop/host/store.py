@@ -1,0 +1,142 @@
+"""The host store: a folder (default /etc/vsop/virtualservices.d) of one file per VirtualService.
+
+Owns where a host keeps its declared objects and how they are written: one file
+`NAMESPACE_NAME.yaml` per object (namespaces and names cannot hold '_', so the name
+maps back to the object), written atomically (a dot-named temp file in the same
+folder, fsync, rename, fsync of the folder), so a reader never sees half a file and a
+crash leaves the old file or the new one. `vsop apply`, `vsop delete`, `vsop get`,
+`vsop plan` and the host agent all read it through `vsop.host.folder.FolderSource`, so the
+command line and the daemon never disagree about what the node should serve. Writers
+hold the writer lock (vsop.node.lock) while they change it.
+Must not import: kopf, pyroute2, kubernetes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from vsop.host.folder import FolderSource, ref_from_file_name
+from vsop.api.model import VirtualService
+
+DEFAULT_STORE = Path("/etc/vsop/virtualservices.d")
+ENV_STORE = "VSOP_STORE"
+
+
+def store_path(given: str | os.PathLike[str] | None = None) -> Path:
+    if given:
+        return Path(given)
+    return Path(os.environ.get(ENV_STORE) or DEFAULT_STORE)
+
+
+def file_name(ref: str) -> str:
+    namespace, _, name = ref.partition("/")
+    return f"{namespace}_{name}.yaml"
+
+
+def document(vs: VirtualService) -> dict[str, object]:
+    """The object as stored: apiVersion, kind, metadata, spec (no status), defaults left out."""
+    data = vs.model_dump(by_alias=True, exclude_defaults=True, exclude_none=True, mode="json", exclude={"status"})
+    data["apiVersion"] = vs.api_version
+    data["kind"] = vs.kind
+    metadata = dict(data.get("metadata") or {})
+    metadata = {"name": vs.metadata.name, "namespace": vs.metadata.namespace, **metadata}
+    return {"apiVersion": vs.api_version, "kind": vs.kind, "metadata": metadata, "spec": data.get("spec", {})}
+
+
+def render(vs: VirtualService) -> str:
+    return "# Written by vsop apply; the host agent follows this folder.\n" + yaml.safe_dump(document(vs), sort_keys=False)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace path by text so that a reader sees the old content or the new one, never a part."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    # The rename is durable only once the folder itself is on disk.
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class StoreContents:
+    source: FolderSource
+    services: list[VirtualService] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)  # ref -> the file that declares it
+
+    @property
+    def errors(self) -> dict[str, str]:
+        return self.source.errors()
+
+
+@dataclass
+class Store:
+    directory: Path
+
+    def path_for(self, ref: str) -> Path:
+        return self.directory / file_name(ref)
+
+    def exists(self) -> bool:
+        return self.directory.exists()
+
+    def read(self) -> StoreContents:
+        """What the store declares now (a one-shot read: writers hold the lock, so it is stable)."""
+        source = FolderSource(self.directory, settle_seconds=0)
+        if not self.directory.exists():
+            return StoreContents(source)  # a store nobody wrote yet: empty, not an error
+        source.poll()
+        files = {ref: path for ref, path in source.served.items()}
+        return StoreContents(source, source.services(), files)
+
+    def write(self, services: Iterable[VirtualService]) -> list[str]:
+        """Store each object in its own file; returns the refs whose file changed."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        changed: list[str] = []
+        for vs in services:
+            path = self.path_for(vs.ref)
+            text = render(vs)
+            try:
+                if path.read_text(encoding="utf-8") == text:
+                    continue
+            except (OSError, UnicodeDecodeError):
+                pass
+            write_atomically(path, text)
+            changed.append(vs.ref)
+        return changed
+
+    def remove(self, paths: Iterable[Path]) -> list[Path]:
+        removed: list[Path] = []
+        for path in paths:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+        if removed:
+            _sync_folder(self.directory)
+        return removed
+
+    def canonical(self, ref: str, path: Path) -> bool:
+        """Whether `path` is the store's own file for `ref` (not a hand-placed file holding it)."""
+        return path == self.path_for(ref) or (path.parent == self.directory and ref_from_file_name(path) == ref)

@@ -1,0 +1,324 @@
+"""The agent's keepalived writer: render, validate with `keepalived -t`, swap in, SIGHUP.
+
+Owns what the agent does in keepalived mode after each sync: render the configuration
+for this node (vsop.keepalived.render), compare it with what is live in the
+configuration folder, and only when it differs
+
+1. write the complete candidate tree (main file, conf.d/, and any foreign conf.d files
+   that the live `include` would also read) into a temporary folder beside the live one,
+2. validate it with `keepalived -t -f CANDIDATE` (clean = exit 0 and nothing on stderr;
+   2.2.7 exits 0 for a missing file, so stderr counts too),
+3. swap it in file by file with rename(2) (each file atomic), remove vsop's stale
+   conf.d files, and
+4. send SIGHUP to the running keepalived (pidfile, checked to name a keepalived
+   process), which reads the folder only then: it never sees a half-written set.
+
+An invalid candidate leaves every live file as it was (keepalived goes on with the
+old configuration) and is reported with keepalived's own message; the same candidate
+is not validated again until it changes. A keepalived.conf that vsop did not write is
+never overwritten. It lives outside the vsop.keepalived package because it runs a
+process and sends signals, which that package's import contract forbids.
+Must not import: kopf, kubernetes, pyroute2, socket, asyncio, vsop.adapters, vsop.cli.main.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol
+
+from vsop.core.desired import Endpoint, Node
+from vsop.core.state import Names
+from vsop.api.errors import InvalidInput
+from vsop.keepalived.render import CONFD, MAIN_FILE, MARKER, Layout, read_auth_file, render_keepalived, section_filename, write_files
+from vsop.api.model import VirtualService
+
+log = logging.getLogger("vsop.keepalived")
+
+DEFAULT_DIRECTORY = Path("/etc/keepalived")
+DEFAULT_PIDFILE = Path("/run/keepalived.pid")
+CHECK_TIMEOUT_SECONDS = 60.0  # keepalived -t takes well under a second; generous for slow machines
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    message: str  # keepalived's complaint (stderr, else stdout, else the exit code) when not ok
+
+
+def keepalived_check(binary: str, main_file: Path) -> Check:
+    """`keepalived -t -f main_file`: clean is exit 0 with an empty stderr."""
+    try:
+        proc = subprocess.run(
+            [binary, "--config-test", "-f", str(main_file)],
+            capture_output=True, text=True, timeout=CHECK_TIMEOUT_SECONDS, stdin=subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        return Check(False, f"cannot run {binary}: not found (install keepalived, or pass --keepalived-binary)")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check(False, f"cannot run {binary} --config-test: {exc}")
+    complaint = proc.stderr.strip()
+    if proc.returncode == 0 and not complaint:
+        return Check(True, "")
+    text = complaint or proc.stdout.strip() or f"exit code {proc.returncode}"
+    # Paths in keepalived's messages name the temporary candidate; show them relative.
+    text = text.replace(str(main_file.parent) + "/", "")
+    return Check(False, text)
+
+
+class Signaller(Protocol):
+    def reload(self, pidfile: Path) -> str:
+        """SIGHUP the keepalived of pidfile; return what was done. Raises ReloadFailed."""
+
+
+class ReloadFailed(Exception):
+    pass
+
+
+class NotRunning(Exception):
+    """No keepalived runs (no pidfile, or its process is gone): it reads the files when it starts."""
+
+
+class ProcessSignaller:
+    """SIGHUP through the pidfile, after checking the pid names a live keepalived process."""
+
+    def __init__(self, kill: Callable[[int, int], None] = os.kill, proc: Path = Path("/proc")):
+        self.kill = kill
+        self.proc = proc
+
+    def reload(self, pidfile: Path) -> str:
+        try:
+            text = pidfile.read_text().strip()
+        except FileNotFoundError:
+            raise NotRunning(f"no keepalived is running ({pidfile} does not exist)") from None
+        except OSError as exc:
+            raise ReloadFailed(f"cannot read {pidfile}: {exc.strerror or exc}") from None
+        try:
+            pid = int(text)
+        except ValueError:
+            raise ReloadFailed(f"{pidfile} does not hold a process id: {text[:40]!r}") from None
+        try:
+            name = (self.proc / str(pid) / "comm").read_text().strip()
+        except OSError:
+            raise NotRunning(f"no keepalived is running (process {pid} of {pidfile} is gone)") from None
+        if name != "keepalived":
+            # A stale pidfile whose number now belongs to something else: never signal it.
+            raise ReloadFailed(f"process {pid} of {pidfile} is {name!r}, not keepalived; not signalled")
+        try:
+            self.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            raise NotRunning(f"no keepalived is running (process {pid} of {pidfile} is gone)") from None
+        except PermissionError as exc:
+            raise ReloadFailed(f"cannot signal keepalived {pid}: {exc.strerror or exc}") from None
+        return f"SIGHUP sent to keepalived {pid}"
+
+
+@dataclass
+class KeepalivedConfig:
+    directory: Path = DEFAULT_DIRECTORY
+    pidfile: Path = DEFAULT_PIDFILE
+    layout: Layout = "confd"
+    auth_file: Path | None = None
+    binary: str = "keepalived"
+    router_id: str = "vsop"
+
+
+@dataclass
+class Outcome:
+    changed: bool  # the live files were replaced
+    reloaded: bool  # keepalived was sent SIGHUP
+    error: str = ""  # why the candidate was not swapped in, or the reload failed
+    note: str = ""
+
+
+@dataclass
+class KeepalivedWriter:
+    config: KeepalivedConfig
+    check: Callable[[str, Path], Check] = keepalived_check
+    signaller: Signaller = field(default_factory=ProcessSignaller)
+    clock: Callable[[], float] = time.time
+    active: bool = False  # wrote (or found) vsop's configuration: keep it true even when it becomes empty
+    last_written: dict[str, Any] = field(default_factory=dict)
+    last_error: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    _rejected: tuple[str, str] | None = None  # (digest of a rejected candidate, why)
+    _reload_pending: bool = False  # the files are written but keepalived was not told
+
+    def __post_init__(self) -> None:
+        self.active = self.active or _is_vsops(self.config.directory / MAIN_FILE)
+
+    def can_keep(self) -> bool:
+        """Whether `update(keep=...)` can keep objects' sections as they are: one file per object (confd)."""
+        return self.config.layout == "confd"
+
+    def wanted(self, services: Iterable[VirtualService]) -> bool:
+        """Whether this agent manages keepalived's files: a keepalived-mode object, or vsop's files already there."""
+        return self.active or any(vs.spec.mode == "keepalived" for vs in services)
+
+    def update(
+        self,
+        services: Iterable[VirtualService],
+        node: Node | None = None,
+        endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
+        names: Names = Names(),
+        keep: Iterable[str] = (),
+    ) -> Outcome:
+        """Render; when the result differs from the live files, validate, swap in and reload.
+
+        `keep`: refs ("namespace/name") declared but without a usable definition now
+        (core.held): their live conf.d files stay as they are (confd layout only, see can_keep).
+        """
+        services = list(services)
+        keep = sorted(set(keep) - {vs.ref for vs in services})
+        if keep and not self.can_keep():
+            raise ValueError("keeping objects' sections needs the confd layout")
+        try:
+            password = read_auth_file(self.config.auth_file) if self.config.auth_file is not None else None
+            rendered = render_keepalived(
+                services, layout=self.config.layout, endpoints=endpoints, auth_password=password,
+                node=node, router_id=self.config.router_id, names=names,
+            )
+        except InvalidInput as exc:
+            return self._fail("; ".join(str(e) for e in exc.errors))
+        self.problems = [f"{p.obj}: {p.reason}: {p.message}" for p in rendered.problems]
+        for problem in self.problems:
+            log.warning("VirtualService not rendered for keepalived: %s", problem)
+        for warning in rendered.warnings:
+            log.debug("keepalived: %s", warning)
+        directory = self.config.directory
+        main = directory / MAIN_FILE
+        if main.exists() and not _is_vsops(main):
+            return self._fail(f"{main} was not written by vsop; not overwritten (move it away, or pass another --keepalived-dir)")
+        files = dict(rendered.files)
+        for ref in keep:
+            namespace, _, name = ref.partition("/")
+            relative = f"{CONFD}/{section_filename(namespace, name)}"
+            try:
+                if _is_vsops(directory / relative):
+                    files[relative] = (directory / relative).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                log.warning("keepalived: cannot read a held object's section, it is dropped object=%s error=%r", ref, str(exc))
+        if self._live(files) == files:
+            self.active = True
+            self._rejected = None
+            if self._reload_pending:  # written earlier, but the SIGHUP failed: try again
+                return self._reload(changed=False)
+            if self.last_error.get("stage") == "check":
+                self.last_error = {}  # the live files are what is wanted again
+            return Outcome(changed=False, reloaded=False)
+        digest = _digest(files)
+        if self._rejected is not None and self._rejected[0] == digest:
+            return Outcome(changed=False, reloaded=False, error=self._rejected[1])  # reported already
+        try:
+            verdict = self._validate(files, rendered.directories)
+        except OSError as exc:
+            return self._fail(f"cannot write a candidate into {directory}: {exc}", stage="write")
+        if not verdict.ok:
+            why = f"keepalived -t rejected the new configuration; the old one stays: {verdict.message}"
+            self._rejected = (digest, why)
+            return self._fail(why, stage="check")
+        self._rejected = None
+        try:
+            written, removed = write_files(directory, files, rendered.directories)
+        except OSError as exc:
+            return self._fail(f"cannot write the configuration into {directory}: {exc}", stage="write")
+        self.active = True
+        self.last_written = {
+            "at": self.clock(),
+            "files": [str(p) for p in written],
+            "removed": [str(p) for p in removed],
+            "virtualServices": list(rendered.rendered),
+        }
+        log.info("keepalived configuration written directory=%s files=%d removed=%d", directory, len(written), len(removed))
+        return self._reload(changed=True)
+
+    def _reload(self, changed: bool) -> Outcome:
+        try:
+            note = self.signaller.reload(self.config.pidfile)
+        except NotRunning as exc:
+            note = f"{exc}; it reads the files when it starts"
+            reloaded = False
+        except ReloadFailed as exc:
+            self._reload_pending = True
+            self.last_written["reload"] = f"failed: {exc}"
+            return self._fail(f"configuration written but keepalived not reloaded: {exc}", stage="reload", changed=changed)
+        else:
+            reloaded = True
+        self._reload_pending = False
+        self.last_written["reload"] = note
+        self.last_error = {}
+        log.info("keepalived: %s", note)
+        return Outcome(changed=changed, reloaded=reloaded, note=note)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "directory": str(self.config.directory),
+            "pidfile": str(self.config.pidfile),
+            "layout": self.config.layout,
+            "active": self.active,
+            "lastWritten": self.last_written,
+            "lastError": self.last_error,
+            "problems": self.problems,
+        }
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _fail(self, message: str, stage: str = "render", changed: bool = False) -> Outcome:
+        log.error("keepalived configuration not applied stage=%s error=%r", stage, message)
+        self.last_error = {"at": self.clock(), "stage": stage, "message": message}
+        return Outcome(changed=changed, reloaded=False, error=message)
+
+    def _live(self, files: Mapping[str, str]) -> dict[str, str]:
+        """The live content of the files vsop would write, plus vsop's other conf.d files (stale ones)."""
+        root = self.config.directory
+        live: dict[str, str] = {}
+        paths = {root / relative for relative in files}
+        confd = root / CONFD
+        if confd.is_dir():
+            paths |= {path for path in confd.glob("*.conf") if path.is_file() and _is_vsops(path)}
+        for path in paths:
+            try:
+                live[str(path.relative_to(root))] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+        return live
+
+    def _validate(self, files: Mapping[str, str], directories: Iterable[str]) -> Check:
+        root = self.config.directory
+        root.mkdir(parents=True, exist_ok=True)
+        candidate = Path(tempfile.mkdtemp(prefix=".vsop-candidate-", dir=root))
+        try:
+            write_files(candidate, files, directories)
+            confd = root / CONFD
+            if confd.is_dir():  # the live `include conf.d/*.conf` reads foreign files too
+                for path in confd.glob("*.conf"):
+                    target = candidate / CONFD / path.name
+                    if path.is_file() and not _is_vsops(path) and not target.exists():
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(path, target)
+            return self.check(self.config.binary, candidate / MAIN_FILE)
+        finally:
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _is_vsops(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return handle.readline().startswith(MARKER)
+    except OSError:
+        return False
+
+
+def _digest(files: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    for name, content in sorted(files.items()):
+        h.update(name.encode() + b"\0" + content.encode() + b"\0")
+    return h.hexdigest()

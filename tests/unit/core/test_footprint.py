@@ -1,0 +1,143 @@
+"""What the agents keep per object stays small and shared (the host agent's RSS at 10,000 services,
+bench/agent_rss.py), without changing what any of it means."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from tests.conftest import make_vs
+from vsop.core.desired import Node
+from vsop.core.desired import Problem, desired_state, shared_state
+from vsop.core.fragments import assemble, fragment, grace_of, refused
+from vsop.core.state import Names, RealServer, RealServerKey, ServiceKey, VirtualServer
+from vsop.host.folder import FolderSource
+from vsop.node import heap
+from vsop.host.store import Store
+
+
+def test_parsed_objects_share_their_fields_sets_and_copies_do_not_touch_them() -> None:
+    a, b = make_vs("a", drain={"timeoutSeconds": 5}), make_vs("b", drain={"timeoutSeconds": 7})
+    assert a.spec.backends[0].__pydantic_fields_set__ is b.spec.backends[1].__pydantic_fields_set__
+    assert a.spec.model_fields_set == {"vip", "ports", "backends", "drain"}
+    copied = a.spec.model_copy(update={"scheduler": "wrr"})
+    assert copied.model_fields_set == {"vip", "ports", "backends", "drain", "scheduler"}
+    assert a.spec.model_fields_set == b.spec.model_fields_set == {"vip", "ports", "backends", "drain"}
+    assert a.spec.model_dump(exclude_unset=True, by_alias=True)["drain"] == {"timeoutSeconds": 5}
+
+
+def test_an_objects_ref_is_one_string() -> None:
+    assert make_vs("web").ref is make_vs("web").ref == "default/web"
+
+
+def test_kernel_state_records_have_no_per_instance_dict() -> None:
+    key = ServiceKey("tcp", "169.254.11.2", 80)
+    rs_key = RealServerKey(key, "192.168.2.111", 8080)
+    for record in (key, VirtualServer(key), rs_key, RealServer(rs_key)):
+        assert not hasattr(record, "__dict__"), type(record).__name__
+
+
+def test_a_fragment_keeps_one_drain_timeout_and_grace_is_per_service_as_before() -> None:
+    vs = make_vs(ports=[{"port": 80}, {"port": 443}], drain={"timeoutSeconds": 12})
+    piece = fragment(vs, Node("n"))
+    assert piece.grace == {ServiceKey("tcp", "169.254.11.2", 80): 12.0, ServiceKey("tcp", "169.254.11.2", 443): 12.0}
+    lost = refused(make_vs("other"), Problem("default/other", "Conflict", "lost"))
+    assert grace_of([piece, lost]) == piece.grace and lost.grace == {}
+    assert fragment(make_vs("x"), Node("n")).delegated is piece.delegated == frozenset()
+
+
+def test_a_fragments_mappings_are_its_objects_desired_state() -> None:
+    vs = make_vs(ports=[{"port": 80}, {"port": 53, "protocol": "UDP"}])
+    node = Node("n")
+    piece, desired = fragment(vs, node), desired_state([vs], node)
+    state = desired.state
+    assert piece.services == state.services and piece.real_servers == state.real_servers
+    assert piece.members == {name: dict(ipset.members) for name, ipset in state.ipsets.items() if ipset.members}
+    assert set(piece.addresses) == state.addresses and piece.configured == desired.configured
+    assert assemble(shared_state(Names(), {4: 1}, arp=False, bound=True, kernel_version=None), [piece]) == state
+
+
+def test_the_folder_keeps_a_stat_key_per_file_and_shares_what_a_file_declares(tmp_path: Path) -> None:
+    Store(tmp_path).write([make_vs("web"), make_vs("api", vip="169.254.11.3")])
+    source = FolderSource(tmp_path, settle_seconds=0)
+    source.poll()
+    for path, state in source.files.items():
+        st = os.stat(path)
+        assert state.stat_key == (st.st_ino, st.st_size, st.st_mtime_ns)
+        assert not hasattr(state, "__dict__")
+        assert source._claimed[path] is state.names  # the same frozenset, not a copy per path
+    assert sorted(vs.ref for vs in source.services()) == ["default/api", "default/web"]
+
+
+def test_the_heap_is_tuned_and_trimmed_through_glibc_where_there_is_one() -> None:
+    glibc = platform.libc_ver()[0] == "glibc"
+    if glibc:
+        assert heap._malloc_trim() is not None
+    assert heap.tune() is glibc
+    assert heap.trim() in (True, False)
+
+
+def test_the_host_agent_tunes_the_heap_before_it_reads_anything(tmp_path: Path, monkeypatch) -> None:
+    from vsop.adapters.conntrack import FakeConntrack
+    from vsop.node.execute import fake_kernel
+    from vsop.host.agent import AgentConfig, HostAgent, run_agent
+
+    calls: list[str] = []
+    monkeypatch.setattr(heap, "tune", lambda: calls.append("tune") or True)
+
+    async def run(self, stop) -> None:  # type: ignore[no-untyped-def]
+        calls.append("run")
+
+    monkeypatch.setattr(HostAgent, "run", run)
+    init = HostAgent.__init__
+
+    def created(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        calls.append("agent")
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(HostAgent, "__init__", created)
+    assert run_agent(fake_kernel()[0], AgentConfig(tmp_path, Node("n"), status_file=None), FakeConntrack()) == 0
+    assert calls == ["tune", "agent", "run"]
+
+
+def test_the_host_agent_loads_neither_pyroute2_nor_jinja2() -> None:
+    """Each runs its package's whole __init__ (pyroute2: about 190 modules, 10 MB of RSS; jinja2 2 MB):
+    the adapters speak netlink themselves, keepalived templates load when a configuration is rendered."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vsop.cli.main, vsop.host.agent, vsop.keepalived.writer; from vsop.adapters.real import real_kernel; real_kernel(); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'pyroute2', 'jinja2'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
+
+
+def test_the_reconcilers_indexes_keep_a_lone_ref_as_itself_and_sets_only_where_shared() -> None:
+    from vsop.node.execute import fake_kernel
+    from vsop.node.reconciler import Reconciler
+
+    reconciler = Reconciler(fake_kernel()[0], Node("n"))
+    web, api, other = make_vs("web"), make_vs("api", ports=[{"port": 443}]), make_vs("other", vip="169.254.11.9")
+    reconciler.update_objects({"default/web": web, "default/api": api, "default/other": other})
+    assert reconciler.reconcile().ok
+    assert reconciler._by_vip == {"169.254.11.2": {"default/web", "default/api"}, "169.254.11.9": "default/other"}
+    assert reconciler._claimants[("169.254.11.9", 80, "TCP")] == "default/other"
+    reconciler.update_objects({"default/api": None})
+    assert reconciler.reconcile().ok
+    assert reconciler._by_vip == {"169.254.11.2": "default/web", "169.254.11.9": "default/other"}
+    assert reconciler.programmed == {"default/web", "default/other"}
+
+
+def test_equal_ports_and_backends_are_one_instance_and_keep_which_fields_were_given() -> None:
+    a, b = make_vs("a"), make_vs("b", vip="169.254.11.3")
+    assert a.spec.backends is b.spec.backends and a.spec.ports is b.spec.ports
+    given = make_vs("c", backends=[{"address": "192.168.2.111", "weight": 1}, {"address": "192.168.2.222"}])
+    assert given.spec.backends == a.spec.backends  # equal values ...
+    assert given.spec.backends[0] is not a.spec.backends[0]  # ... but weight was written here: its own instance
+    assert given.spec.backends[0].model_fields_set == {"address", "weight"} and a.spec.backends[0].model_fields_set == {"address"}
+    assert given.spec.backends[1] is a.spec.backends[1]
+    other = make_vs("d", backends=[{"address": "192.168.2.99"}])
+    assert other.spec.backends[0].address == "192.168.2.99" and other.spec.ports is a.spec.ports

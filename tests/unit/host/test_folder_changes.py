@@ -1,0 +1,237 @@
+"""The folder source's changes (take_changes) keep a copy equal to what it declares whole.
+
+Any sequence of writes, rewrites, invalid contents, duplicates across files and removals,
+polled with a fake clock: the objects handed over as changes, applied to a mirror, equal
+`services()` after every poll, in its order; `held()` is what the whole-folder rule gives;
+the duplicate reports name the ignored copies. This is what lets the host agent hand the
+node reconciler only what changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import SEED
+from vsop.host.folder import FolderSource
+
+FILES = ["a.yaml", "b.yaml", "sub/c.yaml", "sub/d.yml", "sub-x.yaml"]  # "sub-x" sorts before "sub/" as text, after as a path
+
+
+def document(name: str, vip: int) -> dict[str, Any]:
+    data = json.loads(json.dumps(SEED))
+    data["metadata"]["name"] = name
+    data["spec"]["vip"] = f"169.254.11.{vip}"
+    return data
+
+
+content = st.one_of(
+    st.lists(st.tuples(st.sampled_from(["web", "api", "db"]), st.integers(1, 3)), min_size=1, max_size=2).map(
+        lambda docs: yaml.safe_dump_all([document(name, vip) for name, vip in docs])
+    ),
+    st.just("kind: VirtualService\nmetadata: {name: web}\nspec: {vip: nonsense}\n"),  # invalid, names web
+    st.just("not: a virtual service\n"),
+    st.just(""),
+)
+step = st.one_of(
+    st.tuples(st.just("write"), st.sampled_from(FILES), content),
+    st.tuples(st.just("remove"), st.sampled_from(FILES)),
+    st.tuples(st.just("wait"), st.sampled_from([0.3, 1.0, 2.0])),
+    st.tuples(st.just("recheck"), st.sampled_from([0.3, 1.0])),  # the files not yet stable only, a while later
+)
+
+
+def whole_held(source: FolderSource) -> tuple[frozenset[str], bool]:
+    """The rule over every file, as the source applied it before it looked at problem paths only."""
+    usable = {vs.ref for vs in source.services()}
+    owners: set[str] = set()
+    unknown = bool(source.folder_errors)
+    for path, state in source.files.items():
+        if state.pending or (state.error is not None and not state.services):
+            owners |= {ref for ref in state.names if source.served.get(ref) == path}
+            if state.pending or not state.names:
+                unknown = True
+    return frozenset(owners - usable), unknown
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@example(sweep=0.0, steps=[("write", "sub-x.yaml", yaml.safe_dump(document("web", 1))), ("write", "sub/c.yaml", yaml.safe_dump(document("api", 2))), ("wait", 2.0)])
+@given(steps=st.lists(step, min_size=1, max_size=16), sweep=st.sampled_from([0.0, 3.0]))
+def test_changes_keep_a_mirror_equal_to_the_whole_folder(steps: list[Any], sweep: float) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="vsop-folder-"))
+    try:
+        (folder / "sub").mkdir()
+        now = [100.0]
+        source = FolderSource(folder, settle_seconds=1.0, clock=lambda: now[0], sweep_seconds=sweep)
+        mirror: dict[str, Any] = {}
+        positions: dict[str, Any] = {}
+        mtime = 1_000_000_000
+        for action in steps:
+            if action[0] == "write":
+                path = folder / action[1]
+                path.write_text(action[2])
+                mtime += 1  # a distinct mtime per write, as a real clock would give
+                os.utime(path, ns=(mtime * 10**9, mtime * 10**9))
+            elif action[0] == "remove":
+                (folder / action[1]).unlink(missing_ok=True)
+            else:
+                now[0] += action[1]
+            if action[0] == "recheck":
+                source.recheck()
+            else:
+                source.poll()
+            changed, order = source.take_changes()
+            for ref, vs in changed.items():
+                if vs is None:
+                    mirror.pop(ref, None)
+                    positions.pop(ref, None)
+                else:
+                    mirror[ref] = vs
+                    positions[ref] = order[ref]
+            whole: dict[str, Any] = {}
+            for vs in source.services():
+                whole.setdefault(vs.ref, vs)
+            assert mirror == whole
+            assert sorted(mirror, key=lambda ref: positions[ref]) == list(whole)
+            held = source.held()
+            assert (held.owners, held.unknown) == whole_held(source)
+            if held.unknown:
+                assert held.known >= {vs.ref for vs in source.services()}
+            for path, message in source.duplicates.items():
+                assert path in source.files and "is ignored" in message
+            served = {ref: path for ref, path in source.served.items()}
+            claims: dict[str, list[Path]] = {}
+            for path, state in sorted(source.files.items()):
+                for ref in state.names | {vs.ref for vs in state.services}:
+                    claims.setdefault(ref, []).append(path)
+            assert set(served) == set(claims) and all(served[ref] in paths for ref, paths in claims.items())
+            assert set(source.duplicates) == {p for ref, paths in claims.items() for p in paths if p != served[ref]}
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_a_changed_file_is_taken_at_its_second_look_without_a_poll_of_everything(tmp_path: Path) -> None:
+    now = [100.0]
+    source = FolderSource(tmp_path, settle_seconds=1.0, clock=lambda: now[0])
+    (tmp_path / "web.yaml").write_text(yaml.safe_dump(document("web", 1)))
+    assert source.poll() and source.services() == [] and source.held().unknown
+    assert source.settle_due() == 101.0
+    now[0] = 100.5
+    assert not source.recheck() and source.services() == []  # not yet stable for a second
+    now[0] = 101.0
+    assert source.recheck() and [vs.ref for vs in source.services()] == ["default/web"]
+    assert source.settle_due() is None and not source.held()
+    changed, _ = source.take_changes()
+    assert list(changed) == ["default/web"]
+    # Changed between the two looks: seen anew, taken a settle time after the new content.
+    (tmp_path / "web.yaml").write_text(yaml.safe_dump(document("web", 2)))
+    os.utime(tmp_path / "web.yaml", ns=(2 * 10**18, 2 * 10**18))
+    assert source.poll() and source.settle_due() == 102.0
+    (tmp_path / "web.yaml").write_text(yaml.safe_dump(document("web", 3)))
+    now[0] = 102.0
+    source.recheck()  # not what was seen a second ago: seen anew, still held as the kernel has it
+    assert source.settle_due() == 103.0 and source.services() == [] and source.held().owners == {"default/web"}
+    now[0] = 103.0
+    assert source.recheck() and source.services()[0].spec.vip == "169.254.11.3"
+
+
+def test_between_sweeps_a_poll_stats_only_what_a_folder_listing_says_is_new(tmp_path: Path) -> None:
+    """With sweep_seconds, a folder whose mtime has not moved is not listed again and its files
+    are not stat-ed (files not yet stable and symlinks are); a new name, a rename over a name
+    and a symlink's target are seen at the next poll, a write in place at the next sweep."""
+    now = [100.0]
+    source = FolderSource(tmp_path, settle_seconds=1.0, clock=lambda: now[0], sweep_seconds=5.0)
+    web = tmp_path / "web.yaml"
+    web.write_text(yaml.safe_dump(document("web", 1)))
+    (tmp_path / "target.yaml.txt").write_text(yaml.safe_dump(document("api", 2)))
+    (tmp_path / "api.yaml").symlink_to(tmp_path / "target.yaml.txt")
+    past = 1_000_000_000 * 10**9
+    os.utime(tmp_path, ns=(past, past))  # changed long before the listing: its mtime can be trusted
+
+    def vips() -> dict[str, str]:
+        return {vs.ref: vs.spec.vip for vs in source.services()}
+
+    source.poll()  # the first poll sweeps
+    now[0] += 1.0
+    source.poll()
+    assert vips() == {"default/web": "169.254.11.1", "default/api": "169.254.11.2"}
+    # In place: same inode, the folder untouched. Not seen until the sweep.
+    web.write_text(yaml.safe_dump(document("web", 3)))
+    os.utime(web, ns=(past + 10**9, past + 10**9))
+    os.utime(tmp_path, ns=(past, past))
+    for _ in range(3):
+        now[0] += 1.0
+        source.poll()
+    assert vips()["default/web"] == "169.254.11.1"
+    # A symlink's target changed: seen at the next poll (symlinks are always followed).
+    (tmp_path / "target.yaml.txt").write_text(yaml.safe_dump(document("api", 1)))
+    os.utime(tmp_path, ns=(past, past))
+    now[0] += 1.0
+    source.poll()
+    now[0] += 1.0
+    source.poll()
+    assert vips()["default/api"] == "169.254.11.1"
+    now[0] += 2.0
+    source.poll()  # the sweep: the write in place is seen, and taken a settle time later
+    now[0] += 1.0
+    source.poll()
+    assert vips()["default/web"] == "169.254.11.3"
+    # A new name moves the folder's mtime: seen at the next poll, no sweep needed.
+    (tmp_path / "db.yaml").write_text(yaml.safe_dump(document("db", 2)))
+    now[0] += 1.0
+    source.poll()
+    now[0] += 1.0
+    source.poll()
+    assert vips()["default/db"] == "169.254.11.2"
+
+
+def test_a_sweep_that_falls_due_waits_for_a_poll_that_finds_nothing_new(tmp_path: Path) -> None:
+    """The poll that first sees a new file does not also stat every file (that would delay the
+    file's settle time and the sync it wakes); the next poll that finds nothing does, and a
+    sweep is put off for at most another sweep period."""
+    now = [100.0]
+    source = FolderSource(tmp_path, settle_seconds=1.0, clock=lambda: now[0], sweep_seconds=5.0)
+    web = tmp_path / "web.yaml"
+    web.write_text(yaml.safe_dump(document("web", 1)))
+    past = 1_000_000_000 * 10**9
+    os.utime(tmp_path, ns=(past, past))
+    source.poll()  # the first poll sweeps
+    now[0] += 1.0
+    source.poll()
+    web.write_text(yaml.safe_dump(document("web", 3)))  # in place: only a sweep sees it
+    os.utime(web, ns=(past + 10**9, past + 10**9))
+    now[0] += 4.0  # the sweep is due
+    (tmp_path / "db.yaml").write_text(yaml.safe_dump(document("db", 2)))
+    assert source.poll()  # the new name, seen through the folder's listing
+    assert source.pending() == [str(tmp_path / "db.yaml")]  # and not the rewritten file: no sweep
+    now[0] += 1.0
+    assert source.poll()  # db taken: the sweep waits again
+    assert source.pending() == []
+    now[0] += 1.0
+    assert source.poll()  # nothing new: the sweep sees the write in place
+    assert source.pending() == [str(web)]
+    now[0] += 1.0
+    source.poll()
+    assert source.pending() == []
+
+    # Changes at every poll put the sweep off for one more sweep period at most.
+    now[0] += 5.0
+    web.write_text(yaml.safe_dump(document("web", 2)))
+    os.utime(web, ns=(past + 2 * 10**9, past + 2 * 10**9))
+    os.utime(tmp_path, ns=(past, past))
+    for index in range(4):
+        (tmp_path / f"n{index}.yaml").write_text(yaml.safe_dump(document(f"n{index}", 2)))
+        source.poll()
+        assert str(web) not in source.pending()
+        now[0] += 1.0
+    (tmp_path / "last.yaml").write_text(yaml.safe_dump(document("last", 2)))
+    source.poll()  # 10 s since the last sweep: it happens, changes or not
+    assert str(web) in source.pending()
