@@ -4,7 +4,9 @@ Owns where a host keeps its declared objects and how they are written: one file
 `NAMESPACE_NAME.yaml` per object (namespaces and names cannot hold '_', so the name
 maps back to the object), written atomically (a dot-named temp file in the same
 folder, fsync, rename, fsync of the folder), so a reader never sees half a file and a
-crash leaves the old file or the new one. `vsop apply`, `vsop delete`, `vsop get`,
+crash leaves the old file or the new one; an apply of several objects stages every file
+before renaming any, so it lands whole or not at all, and temp files a dead writer left
+are removed by the next writer. `vsop apply`, `vsop delete`, `vsop get`,
 `vsop plan` and the host agent all read it through `vsop.host.folder.FolderSource`, so the
 command line and the daemon never disagree about what the node should serve. Writers
 hold the writer lock (vsop.node.lock) while they change it.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -53,21 +56,74 @@ def render(vs: VirtualService) -> str:
     return "# Written by vsop apply; the host agent follows this folder.\n" + yaml.safe_dump(document(vs), sort_keys=False)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace path by text so that a reader sees the old content or the new one, never a part."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _temporary_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+# `.NAME.PID.tmp`: what a writer stages before its rename (the folder source skips dot files).
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.tmp$")
+
+
+def _stage(path: Path, text: str) -> Path:
+    """Write text beside path under a dot name, on disk (fsync), not yet visible under path."""
+    temporary = _temporary_for(path)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    return temporary
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace path by text so that a reader sees the old content or the new one, never a part."""
+    temporary = _stage(path, text)
+    try:
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
             temporary.unlink()
         raise
     _sync_folder(path.parent)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove the staged files writers that died left behind (`.NAME.PID.tmp` of a PID that is gone).
+
+    A writer holds the writer lock while it stages and renames, so under the lock any temp
+    file whose writer is not running is garbage; one whose PID lives (ours, or a reused PID)
+    is left alone.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        if _pid_alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def _sync_folder(folder: Path) -> None:
@@ -110,9 +166,16 @@ class Store:
         return StoreContents(source, source.services(), files)
 
     def write(self, services: Iterable[VirtualService]) -> list[str]:
-        """Store each object in its own file; returns the refs whose file changed."""
+        """Store each object in its own file, all or nothing; returns the refs whose file changed.
+
+        Every changed file is staged first (written and fsynced under a dot name), and only
+        when all of them are on disk are they renamed into place: a full disk or a failed
+        write leaves the store exactly as it was, never objects 1..k-1 of an apply that the
+        agent would then program as a partial set.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
-        changed: list[str] = []
+        remove_stale_temporaries(self.directory)
+        pending: list[tuple[str, Path, str]] = []
         for vs in services:
             path = self.path_for(vs.ref)
             text = render(vs)
@@ -121,12 +184,27 @@ class Store:
                     continue
             except (OSError, UnicodeDecodeError):
                 pass
-            write_atomically(path, text)
-            changed.append(vs.ref)
-        return changed
+            pending.append((vs.ref, path, text))
+        staged: list[tuple[Path, Path]] = []
+        try:
+            for _, path, text in pending:
+                staged.append((_stage(path, text), path))
+            # A rename within one folder needs no new space: the failures a disk can give
+            # (full, quota, I/O while writing) all come while staging, before any rename.
+            for temporary, path in staged:
+                os.replace(temporary, path)
+        except BaseException:
+            for temporary, _ in staged:
+                with contextlib.suppress(OSError):
+                    temporary.unlink()
+            raise
+        if staged:
+            _sync_folder(self.directory)
+        return [ref for ref, _, _ in pending]
 
     def remove(self, paths: Iterable[Path]) -> list[Path]:
         removed: list[Path] = []
+        remove_stale_temporaries(self.directory)
         for path in paths:
             try:
                 path.unlink()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 from pathlib import Path
 from typing import Any
@@ -413,3 +414,58 @@ def test_a_file_being_rewritten_stands_in_with_its_last_good_objects_for_renderi
     source.poll()
     stand_ins, complete = source.held_services()
     assert [vs.spec.scheduler for vs in stand_ins] == ["rr"] and source.held().unknown and not complete
+
+
+# -- all or nothing: an apply of several objects lands whole, or the store stays as it was ----
+
+
+def test_a_failure_while_staging_leaves_the_store_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store(tmp_path)
+    store.write([make_vs("web")])
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    real_fsync, calls = os.fsync, []
+
+    def full_on_the_third(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_on_the_third)
+    with pytest.raises(OSError, match="No space left"):
+        store.write([make_vs("web", scheduler="wlc"), make_vs("api", vip="169.254.11.3"), make_vs("db", vip="169.254.11.4")])
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before  # no object of the three, no temp file
+
+
+def test_apply_of_several_objects_on_a_full_disk_stores_none_and_programs_nothing(node, tmp_path: Path, capsys, monkeypatch) -> None:
+    both = write(tmp_path, "both.yaml", doc("web"), doc("api", vip="169.254.11.3"))
+    real_fsync, calls = os.fsync, []
+
+    def full_on_the_second(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_on_the_second)
+    code, _, err = run(capsys, "apply", "-f", str(both), "--node-name", "n")
+    assert code == 1 and "No space left on device" in err
+    assert [p.name for p in (tmp_path / "store").iterdir()] == []
+    assert WEB not in node.state.services and API not in node.state.services
+
+
+def test_the_next_writer_removes_temp_files_a_dead_writer_left(tmp_path: Path) -> None:
+    dead = _a_dead_pid()
+    stale = tmp_path / f".default_web.yaml.{dead}.tmp"
+    stale.write_text("half a file")
+    alive = tmp_path / f".default_api.yaml.{os.getppid()}.tmp"  # a live writer's stage is not ours to take
+    alive.write_text("being written")
+    Store(tmp_path).write([make_vs("web")])
+    assert not stale.exists() and alive.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["default_web.yaml", alive.name])
+
+
+def _a_dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
