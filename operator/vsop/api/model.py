@@ -277,7 +277,9 @@ class VirtualServiceSpec(_Spec):
     ports: tuple[PortSpec, ...] = Field(min_length=1, max_length=64)
     scheduler: Literal[SCHEDULERS] = "rr"  # type: ignore[valid-type]
     forwarding: Literal["masq", "route", "tunnel"] = "masq"
-    masquerade: bool = True
+    # Strict: only true/false (YAML 1.2 core, and what the API server accepts); pydantic's lax
+    # mode would read `y`, "false" and 0 as booleans, silently.
+    masquerade: bool = Field(default=True, strict=True)
     # Frozen defaults are shared, not built per object: a big file holds many thousands.
     persistence: Persistence = Field(default_factory=lambda: _DEFAULT_PERSISTENCE)
     backends: tuple[Backend, ...] = Field(default=(), max_length=1024)
@@ -286,6 +288,7 @@ class VirtualServiceSpec(_Spec):
     drain: Drain = Field(default_factory=lambda: _DEFAULT_DRAIN)
     suppress_arp: bool = Field(
         default=False,
+        strict=True,
         alias="suppressARP",
         description="Do not answer ARP for the VIP on every interface (arp_ignore=1, arp_announce=2): for VIPs announced another way.",
     )
@@ -538,6 +541,10 @@ def _reason(error: Mapping[str, Any], loc: tuple[Any, ...] = ()) -> str:
         if isinstance(given, str) and given.strip().lstrip("+-").isdigit():
             return f"must be a number, not text: write {given.strip()} without quotes"
         return f"must be a whole number{got}"
+    if kind in ("bool_type", "bool_parsing"):
+        if isinstance(given, str):
+            return f"must be true or false, not text{got}: write true or false without quotes (YAML 1.2 reads y, n, yes and no as text)"
+        return f"must be true or false{got}"
     if kind in ("greater_than_equal", "greater_than"):
         bound = ctx.get("ge", ctx.get("gt"))
         return f"must be at least {bound}{got}" if kind == "greater_than_equal" else f"must be more than {bound}{got}"

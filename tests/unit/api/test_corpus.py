@@ -92,6 +92,12 @@ CASES: dict[str, Case] = {
     "sexagesimal float": ({"a.yaml": raw("  ports: [{port: 80}]\n" + SPEC_OK + "  persistence: {timeoutSeconds: 1:30.5}\n")}, None, 2, ["base-60"]),
     "yes as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  masquerade: yes\n" + SPEC_OK)}, None, 2, ["yes", "true or false"]),
     "off as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  suppressARP: off\n" + SPEC_OK)}, None, 2, ["off", "true or false"]),
+    # --- booleans take only true/false (YAML 1.2 core; the API server refuses anything else)
+    "y as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  suppressARP: y\n" + SPEC_OK)}, None, 2, ["spec.suppressARP", "not text, got 'y'", "true or false"]),
+    "n as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  masquerade: n\n" + SPEC_OK)}, None, 2, ["spec.masquerade", "not text, got 'n'", "true or false"]),
+    "quoted false": ({"a.yaml": raw("  ports: [{port: 80}]\n  masquerade: \"false\"\n" + SPEC_OK)}, None, 2, ["spec.masquerade", "got 'false'", "without quotes"]),
+    "zero as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  masquerade: 0\n" + SPEC_OK)}, None, 2, ["spec.masquerade: must be true or false, got 0"]),
+    "one as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  suppressARP: 1\n" + SPEC_OK)}, None, 2, ["spec.suppressARP: must be true or false, got 1"]),
     "quoted yes label is text": ({"a.yaml": vs(nodeSelector={"matchLabels": {"lb": "yes"}})}, ["a.yaml", "--node-label", "lb=yes"], 0, ["ipvsadm -A"]),
     # --- YAML that costs too much or is not a tree
     "alias bomb": ({"a.yaml": bomb(9)}, None, 2, ["too many YAML aliases"]),
