@@ -83,6 +83,9 @@ def old_loader(folder: Path) -> bool:
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return False
+    # The old loader's own imports, at the modules' current paths.
+    for before, after in (("vsop.errors", "vsop.api.errors"), ("vsop.model", "vsop.api.model")):
+        text = text.replace(f"from {before} import", f"from {after} import")
     (folder / "old_loader.py").write_text(text)
     return True
 

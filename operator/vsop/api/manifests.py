@@ -5,7 +5,8 @@ the same file named twice is read once), which documents are VirtualServices (ot
 API groups are skipped with a note; `v1/List` and `VirtualServiceList` are expanded),
 the hardening of YAML (libyaml; aliases bounded, recursion and nesting refused;
 numbers and booleans that YAML 1.1 and 1.2 read differently refused with advice;
-duplicate keys refused) and the mapping from a validation error back to the file and
+duplicate keys, explicit tags and two merge keys in one mapping refused; bytes per
+input and digits per number bounded) and the mapping from a validation error back to the file and
 line it came from. Line numbers are looked up in the YAML nodes only when a message
 needs one. Nothing is half-loaded: either every file validates or `InvalidInput`
 lists every problem. Input with no VirtualService at all is returned empty (with its
@@ -38,6 +39,11 @@ VS_LIST_KIND = KIND + "List"
 # (`<<: *defaults`) in a big file stay far below; a "billion laughs" bomb is far above.
 MAX_ALIAS_EXPANSION = 1_000_000
 MAX_DEPTH = 100  # far deeper than any VirtualService; libyaml itself stops at 1000
+# Far beyond any real store (10,000 objects are about 5 MB): reading stops here, so `-f /dev/zero`
+# is a clear refusal, not memory running out.
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+# A number longer than this is no port, weight or timeout (Python refuses above 4,300 digits).
+MAX_DIGITS = 30
 
 try:
     _BaseLoader: type = yaml.CSafeLoader
@@ -143,6 +149,28 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
     """
 
     deferred: _Refused | None = None
+    # The document's text when it holds a '!' (a tag may be written): tags are found by
+    # looking at where a node starts, since the composer keeps no "explicit" flag.
+    tagged_text: str | None = None
+
+    def explicit_tag(self, node: yaml.Node) -> str | None:
+        """The tag written before this node (`!!int "80"`, `&a !!str x`), or None."""
+        text, index = self.tagged_text, node.start_mark.index
+        if text is None:
+            return None
+        if text.startswith("&", index):  # an anchor may stand before the tag
+            end = index
+            while end < len(text) and not text[end].isspace():
+                end += 1
+            index = end
+            while index < len(text) and text[index] in " \t":
+                index += 1
+        if not text.startswith("!", index):
+            return None
+        end = index
+        while end < len(text) and not text[end].isspace() and text[end] not in ",]}":
+            end += 1
+        return text[index:end]
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
         # Called by the composer for every node; PyYAML's version tries regular expressions
@@ -169,6 +197,12 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
             if known is not memo:
                 return known
         cls = node.__class__
+        if self.tagged_text is not None:
+            written = self.explicit_tag(node)
+            if written is not None:
+                # Even a tag naming a core type: `!!int "80"` and `!!str 80` make a value
+                # kubectl and the API server read differently from what vsop would.
+                self._defer(_Refused(node, f"the YAML tag {written} is not supported in vsop's documents; write plain values"))
         if cls is yaml.ScalarNode:
             tag = node.tag
             if tag == _STR:
@@ -186,12 +220,14 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
             merged: list[yaml.Node] = []
             for key_node, value_node in node.value:
                 if key_node.tag == _MERGE:
+                    if merged:  # readers disagree on which of two `<<` wins (PyYAML: the last)
+                        self._defer(_Refused(key_node, "two merge keys (<<) in one mapping; readers disagree on which wins: write one, with a list (<<: [*a, *b])"))
                     merged.append(value_node)
                     continue
                 if key_node.__class__ is not yaml.ScalarNode:
                     self._defer(_Refused(key_node, "a mapping key must be a plain value (a name), not a list or mapping"))
                     continue
-                if key_node.tag == _STR:
+                if key_node.tag == _STR and self.tagged_text is None:
                     key = key_node.value
                 else:
                     key = self.build(key_node, memo, depth + 1)
@@ -200,7 +236,7 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
                 if key in value:
                     self._defer(_Refused(key_node, f"duplicate key {key_node.value!r} (YAML keeps only the last one)"))
                     continue
-                if value_node.__class__ is yaml.ScalarNode and value_node.tag == _STR:
+                if value_node.__class__ is yaml.ScalarNode and value_node.tag == _STR and self.tagged_text is None:
                     value[key] = value_node.value  # the common case, without a call
                 else:
                     value[key] = self.build(value_node, memo, depth + 1)
@@ -265,6 +301,8 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
 
 def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
     text = node.value
+    if len(text) > MAX_DIGITS:
+        raise _Refused(node, f"a number of {len(text)} digits is out of range (at most {MAX_DIGITS} digits)")
     if _DECIMAL.fullmatch(text) is None:
         raise _Refused(node, _ambiguous_number(text))
     return int(text)
@@ -272,6 +310,8 @@ def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
 
 def _construct_float(loader: _Loader, node: yaml.ScalarNode) -> float:
     text = node.value
+    if len(text) > MAX_DIGITS:
+        raise _Refused(node, f"a number of {len(text)} characters is out of range (at most {MAX_DIGITS})")
     if _FLOAT_SAFE.fullmatch(text) is None:
         raise _Refused(node, _ambiguous_number(text))
     return float(yaml.SafeLoader.construct_yaml_float(loader, node))
@@ -389,7 +429,7 @@ def read_stdin() -> str:
     """Standard input for `-f -`, as UTF-8; a closed or unreadable stdin is invalid input."""
     stream = getattr(sys.stdin, "buffer", sys.stdin)
     try:
-        data = stream.read() if stream is not None else None
+        data = _read_bounded(stream, "-") if stream is not None else None
     except (OSError, ValueError):
         data = None
     if data is None:
@@ -457,10 +497,21 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def _size(count: int) -> str:
+    return f"{count // (1024 * 1024)} MiB" if count >= 1024 * 1024 else f"{count} bytes"
+
+
+def _read_bounded(handle: Any, name: str) -> bytes:
+    data = handle.read(MAX_INPUT_BYTES + 1)
+    if data is not None and len(data) > MAX_INPUT_BYTES:
+        raise InvalidInput([FieldError(file=name, reason=f"too large: more than {_size(MAX_INPUT_BYTES)}; split it into several files")])
+    return data
+
+
 def read_path(path: Path) -> str:
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            data = _read_bounded(handle, str(path))
     except IsADirectoryError:
         raise InvalidInput([FieldError(file=str(path), reason="is a folder")]) from None
     except OSError as exc:
@@ -581,9 +632,11 @@ def _documents(text: str, name: str) -> Iterator[tuple[Any, yaml.Node | None, in
     if stripped.startswith(("{", "[")):
         # JSON is read as JSON (tabs and all); YAML nodes are composed only for a message's line.
         try:
-            data = json.loads(text, object_pairs_hook=_json_object)
+            data = json.loads(text, object_pairs_hook=_json_object, parse_int=_json_int)
         except _DuplicateJSONKey:
             pass  # YAML says where
+        except _JSONNumber as exc:
+            raise _JSONProblem(1, f"a number of {exc.digits} digits is out of range (at most {MAX_DIGITS} digits)") from None
         except json.JSONDecodeError as exc:
             if _looks_like_json(stripped):
                 raise _JSONProblem(exc.lineno, f"not valid JSON: {exc.msg.lower()} (column {exc.colno})") from None
@@ -594,6 +647,8 @@ def _documents(text: str, name: str) -> Iterator[tuple[Any, yaml.Node | None, in
         text = text.replace("\t", " ") if _looks_like_json(stripped) else text
     aliases = "*" in text
     loader = _Loader(text)
+    if "!" in text:
+        loader.tagged_text = text
     try:
         while loader.check_node():
             node = loader.get_node()
@@ -639,6 +694,18 @@ def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     if len(result) != len(pairs):
         raise _DuplicateJSONKey()
     return result
+
+
+def _json_int(text: str) -> int:
+    if len(text) > MAX_DIGITS:
+        raise _JSONNumber(len(text))
+    return int(text)
+
+
+class _JSONNumber(Exception):
+    def __init__(self, digits: int):
+        super().__init__(digits)
+        self.digits = digits
 
 
 def _looks_like_json(text: str) -> bool:

@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from vsop.api.errors import FieldError, InvalidInput
+from vsop.api.errors import FieldError, InvalidInput, printable
 
 API_GROUP = "vsop.dev"
 API_VERSION = "v1alpha1"
@@ -63,8 +63,7 @@ def show(value: Any) -> str:
     if isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, str):
-        text = value if len(value) <= 60 else value[:57] + "..."
-        return repr(text)
+        return "'" + printable(value, 60) + "'"
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, (list, tuple)):

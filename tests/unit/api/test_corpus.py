@@ -92,6 +92,19 @@ CASES: dict[str, Case] = {
     "sexagesimal float": ({"a.yaml": raw("  ports: [{port: 80}]\n" + SPEC_OK + "  persistence: {timeoutSeconds: 1:30.5}\n")}, None, 2, ["base-60"]),
     "yes as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  masquerade: yes\n" + SPEC_OK)}, None, 2, ["yes", "true or false"]),
     "off as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  suppressARP: off\n" + SPEC_OK)}, None, 2, ["off", "true or false"]),
+    # --- tags, even of core types, and merge keys readers disagree on
+    "int tag on a quoted port": ({"a.yaml": raw('  ports: [{port: !!int "80"}]\n' + SPEC_OK)}, None, 2, ["spec.ports[0].port", "the YAML tag !!int is not supported"]),
+    "str tag on a name": ({"a.yaml": HEAD + "metadata: {name: !!str web}\nspec:\n  ports: [{port: 80}]\n" + SPEC_OK}, None, 2, ["metadata.name", "the YAML tag !!str"]),
+    "tag after an anchor": ({"a.yaml": raw("  ports: [{port: &p !!int 80}]\n" + SPEC_OK)}, None, 2, ["the YAML tag !!int"]),
+    "one merge key is fine": ({"a.yaml": raw("  ports:\n  - <<: {port: 80}\n    name: http\n" + SPEC_OK)}, None, 0, ["ipvsadm -A -t 10.9.0.1:80"]),
+    "two merge keys in one mapping": ({"a.yaml": raw("  ports:\n  - <<: {port: 80}\n    <<: {port: 81}\n" + SPEC_OK)}, None, 2, ["two merge keys", "<<: [*a, *b]"]),
+    # --- sizes: refused with the bound, never a crash or a megabyte echoed
+    "a number of 5000 digits": ({"a.yaml": raw("  ports: [{port: " + "9" * 5000 + "}]\n" + SPEC_OK)}, None, 2, ["spec.ports[0].port", "5000 digits is out of range"]),
+    "a JSON number of 5000 digits": ({"a.json": '{"apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": "j"}, "spec": {"ports": [{"port": ' + "9" * 5000 + "}]}}"}, None, 2, ["a.json:1:", "5000 digits is out of range"]),
+    "a megabyte key is named, not echoed": ({"a.json": '{"apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": "j"}, "spec": {"vip": "10.9.0.1", "ports": [{"port": 80}], "backends": [{"address": "10.0.0.1"}], "' + "k" * 1_000_000 + '": 1}}'}, None, 2, ["(1000005 characters)", "unknown field"]),
+    # --- control characters in what is echoed: escaped, one notation
+    "escape codes in a name": ({"a.yaml": HEAD + 'metadata: {name: "web\\e]0;owned\\a\\e[2J"}\nspec:\n  ports: [{port: 80}]\n' + SPEC_OK}, None, 2, ["metadata.name", "\\x1b]0;owned\\x07\\x1b[2J"]),
+    "NUL and bidi override in a key": ({"a.yaml": raw('  "x\\0y\\u202ez": 1\n  ports: [{port: 80}]\n' + SPEC_OK)}, None, 2, ["x\\x00y\\u202ez", "unknown field"]),
     # --- booleans take only true/false (YAML 1.2 core; the API server refuses anything else)
     "y as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  suppressARP: y\n" + SPEC_OK)}, None, 2, ["spec.suppressARP", "not text, got 'y'", "true or false"]),
     "n as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  masquerade: n\n" + SPEC_OK)}, None, 2, ["spec.masquerade", "not text, got 'n'", "true or false"]),
@@ -256,6 +269,9 @@ def test_corpus(
     for word in words:
         assert word in text, f"{word!r} not in:\n{text}"
     assert not PYTHON.search(err), err
+    # Whatever the input held, what is echoed is escaped and bounded.
+    assert all(ch.isprintable() or ch in "\n\t" for ch in err), repr(err[:500])
+    assert max((len(line) for line in err.splitlines()), default=0) <= 2000, len(err)
     if code != 0:
         json_code, json_out, json_err = run(args + ["-o", "json"], capsys)
         doc = json.loads(json_out)
@@ -383,3 +399,14 @@ def test_without_libyaml_the_same_answers_and_a_warning(tmp_path: Path) -> None:
         done = subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], capture_output=True, text=True, timeout=60)
         assert done.returncode == code, done.stderr
         assert words in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_input_past_the_size_bound_is_refused_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from vsop.api import manifests
+
+    monkeypatch.setattr(manifests, "MAX_INPUT_BYTES", 1024)
+    (tmp_path / "big.yaml").write_text(GOOD + "#" * 2048 + "\n")
+    code, out, err = run(["plan", "--from-empty", "-f", str(tmp_path / "big.yaml")], capsys)
+    assert code == 2 and f"{tmp_path / 'big.yaml'}: too large: more than" in err, err
+    code, out, err = run(["plan", "--from-empty", "-f", "/dev/zero"], capsys)  # an endless input ends at the bound
+    assert code == 2 and "/dev/zero: too large" in err, err
