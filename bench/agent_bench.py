@@ -45,7 +45,7 @@ from vsop.core.desired import Node  # noqa: E402
 from vsop.core.health import HealthTracker  # noqa: E402
 from vsop.core.state import RealServerKey, ServiceKey  # noqa: E402
 from vsop.adapters.conntrack import ConntrackTool  # noqa: E402
-from vsop.node.execute import cleanup, sync  # noqa: E402
+from vsop.node.whole import cleanup, sync  # noqa: E402
 from vsop.host.agent import AgentConfig, HostAgent  # noqa: E402
 from vsop.host.store import Store, file_name, render  # noqa: E402
 from vsop.adapters.real import real_kernel  # noqa: E402

@@ -30,7 +30,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from agent_bench import lab, store_folder  # noqa: E402
-from vsop.node.execute import cleanup  # noqa: E402
+from vsop.node.whole import cleanup  # noqa: E402
 from vsop.adapters.real import real_kernel  # noqa: E402
 
 GOAL_MB = 150

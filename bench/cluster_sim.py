@@ -67,7 +67,7 @@ import kopf  # noqa: E402
 import vsop.node.probes  # noqa: E402
 import vsop.kube.objects  # noqa: E402
 from tests.kube.conftest import NODES, SLICES, VS, Cluster  # noqa: E402
-from vsop.node.execute import fake_kernel  # noqa: E402
+from vsop.adapters.kernel import fake_kernel  # noqa: E402
 from vsop.kube.agent import Agent, AgentOptions  # noqa: E402
 from vsop.kube.apiserver import ApiServerAddresses  # noqa: E402
 from vsop.kube.client import ApiWriter, Connection  # noqa: E402

@@ -35,7 +35,7 @@ def measure(count: int) -> dict[str, float]:
     assert Path(vsop.__file__).is_relative_to(os.environ["PYTHONPATH"]), f"{vsop.__file__} is not the revision's"
     from vsop.core.memory import apply_accepted
     from vsop.core.state import KernelState, RealServerKey, ServiceKey
-    from vsop.node.execute import fake_kernel
+    from vsop.adapters.kernel import fake_kernel
     from vsop.node.reconciler import Reconciler
 
     # reconciler_bench puts this tree's `operator` first on sys.path: imported after vsop

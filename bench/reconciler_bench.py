@@ -26,7 +26,8 @@ sys.path.insert(0, str(REPOSITORY / "operator"))
 
 from vsop.core.desired import Node  # noqa: E402
 from vsop.core.state import RealServerKey, ServiceKey  # noqa: E402
-from vsop.node.execute import fake_kernel, sync  # noqa: E402
+from vsop.adapters.kernel import fake_kernel  # noqa: E402
+from vsop.node.whole import sync  # noqa: E402
 from vsop.api.model import VirtualService, parse_virtual_service  # noqa: E402
 from vsop.node.reconciler import Reconciler  # noqa: E402
 

@@ -25,7 +25,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "operator"))
 
 from vsop.core.desired import Node  # noqa: E402
-from vsop.node.execute import Kernel, cleanup, sync  # noqa: E402
+from vsop.adapters.kernel import Kernel  # noqa: E402
+from vsop.node.whole import cleanup, sync  # noqa: E402
 from vsop.adapters.real import real_kernel  # noqa: E402
 from vsop.api.model import VirtualService, parse_virtual_service  # noqa: E402
 

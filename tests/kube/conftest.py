@@ -4,7 +4,7 @@ Every test here is marked `kube`. The emulator (kmock, by kopf's author) serves
 discovery, lists, watches, merge patches and creations from memory; objects are
 changed through its HTTP API so that watches see them, as a real API server's
 clients would. It assigns no uid, creationTimestamp or generation, so `Cluster`
-sets them like the API server does. The kernel is `vsop.node.execute.fake_kernel()`:
+sets them like the API server does. The kernel is `vsop.adapters.kernel.fake_kernel()`:
 tests assert the state the fakes end in. Nothing leaves loopback.
 """
 
@@ -24,7 +24,7 @@ import pytest
 
 from vsop.adapters.conntrack import FakeConntrack
 from vsop.core.state import KernelState
-from vsop.node.execute import fake_kernel
+from vsop.adapters.kernel import fake_kernel
 from vsop.kube.agent import Agent, AgentOptions
 from vsop.kube.apiserver import ApiServerAddresses
 from vsop.kube.client import ApiWriter, Connection, ObjectRef

@@ -15,7 +15,8 @@ from tests.kube.conftest import NODES, REPORTS, SLICES, VS, Cluster, resync, run
 from vsop.core import ops
 from vsop.core.desired import Node
 from vsop.core.state import KernelState, ServiceKey, VirtualServer
-from vsop.node.execute import fake_kernel, sync
+from vsop.adapters.kernel import fake_kernel
+from vsop.node.whole import sync
 
 pytestmark = pytest.mark.asyncio
 

@@ -18,7 +18,7 @@ import pytest_asyncio
 from tests.kube.conftest import SLICES, VS, Cluster, RecordingWriter, resync, running, until
 from vsop.adapters.conntrack import FakeConntrack
 from vsop.core.state import ServiceKey
-from vsop.node.execute import fake_kernel
+from vsop.adapters.kernel import fake_kernel
 from vsop.keepalived.writer import Check, KeepalivedConfig, KeepalivedWriter
 from vsop.kube import agent as agent_module
 from vsop.kube.agent import Agent, AgentOptions

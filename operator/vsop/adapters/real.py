@@ -1,14 +1,14 @@
 """This host's kernel, through the real adapters.
 
-Owns the wiring of the real adapters into an engine `Kernel` and reading the host
-into an observed `KernelState`. The adapters are imported here and nowhere in the
+Owns the wiring of the real adapters into the `Kernel` port (vsop.adapters.kernel) and
+reading the host into an observed `KernelState`. The adapters are imported here and nowhere in the
 core, so `vsop plan --from-empty` and the tests never need them.
 """
 
 from __future__ import annotations
 
 from vsop.core.state import KernelState, Names
-from vsop.node.execute import Kernel, read_observed
+from vsop.adapters.kernel import Kernel, read_observed
 
 
 def real_kernel(proc_sys: str = "/proc/sys") -> Kernel:

@@ -243,7 +243,7 @@ def gather(
     from vsop.adapters.ipvs import IPVSKernel
     from vsop.adapters.links import LinkKernel
     from vsop.adapters.sysctl import SysctlKernel
-    from vsop.node.execute import ALL_SYSCTLS, running_kernel_version
+    from vsop.adapters.kernel import ALL_SYSCTLS, running_kernel_version
     from vsop.api.errors import KernelUnsupported
 
     errors: list[str] = []

@@ -43,7 +43,7 @@ from vsop.core.desired import Node
 from vsop.core.draining import Draining
 from vsop.core.health import HealthTracker
 from vsop.core.state import Names
-from vsop.node.execute import Kernel, running_kernel_version
+from vsop.adapters.kernel import Kernel, running_kernel_version
 from vsop.host.folder import FolderSource
 from vsop.keepalived.writer import KeepalivedWriter
 from vsop.node.lock import LockTimeout, stamp, writer_lock

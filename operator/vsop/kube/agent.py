@@ -46,7 +46,7 @@ from vsop.core.held import Held, held_owners, parse_member
 from vsop.core.plan import Plan
 from vsop.core.state import KernelState, Names, ServiceKey
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
-from vsop.node.execute import Kernel, running_kernel_version
+from vsop.adapters.kernel import Kernel, running_kernel_version
 from vsop.keepalived.servers import services_of
 from vsop.keepalived.writer import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
 from vsop.kube import endpoints as eps
@@ -1000,7 +1000,7 @@ def _host_from_environment(proc_sys: str = PROC_SYS) -> tuple[Kernel, ConntrackC
     """This node's kernel and conntrack table; in-memory fakes when VSOP_FAKE_KERNEL=1 (tests only)."""
     if os.environ.get(FAKE_KERNEL_ENV) == "1":
         from vsop.adapters.conntrack import FakeConntrack
-        from vsop.node.execute import fake_kernel
+        from vsop.adapters.kernel import fake_kernel
 
         log.warning(kv("Using in-memory fake kernel adapters; nothing is programmed (test only)", env=FAKE_KERNEL_ENV))
         return fake_kernel()[0], FakeConntrack()

@@ -36,12 +36,14 @@ from vsop.core import ops
 from vsop.core.drift import Repair, repairs
 from vsop.core.desired import Desired, Endpoint, Node, Problem, resolve_conflicts
 from vsop.core.draining import Draining, with_draining
-from vsop.core.held import Held, held_owners, keep_held, kernel_owners
+from vsop.core.held import Held, held_owners, kernel_owners
 from vsop.core.fragments import Fragment, VIPIndex, around, member_vip, assemble, desired_from, fragment, grace_of, refused, shared_state, vip_index
 from vsop.core.memory import KernelRefused, apply_accepted, apply_in_place, owned_copy, taken_along
-from vsop.core.plan import Plan, PlanError, plan
+from vsop.core.plan import Plan, PlanError
 from vsop.core.state import KernelState, Names, RealServerKey
-from vsop.node.execute import ExecutionFailed, Kernel, execute, read_observed, sync
+from vsop.adapters.kernel import Kernel, read_observed
+from vsop.node.execute import ExecutionFailed, execute
+from vsop.node.whole import program, report_repairs, sync
 from vsop.api.errors import KernelUnsupported
 from vsop.api.model import VirtualService
 
@@ -904,20 +906,28 @@ class Reconciler:
         # The link stays while any VIP outside the cut is bound (one left alone as VIPInUse is not).
         elsewhere = any(vip not in cut and vip not in self.left_alone for vip in self._bound_vips())
         want = replace(want, link=want.link if want.addresses or elsewhere else None)
-        if self.held:
-            wanted = tuple(p.ref for p in pieces if p.programmed)
-            kept = keep_held(Desired(want, wanted), observed, self.held, self.names)
-            want = kept.state
-            for piece in pieces:
-                self.held_problems.pop(piece.ref, None)
-            self.held_problems.update(self._held_losers(wanted, kept))
-        sub = Draining({k: v for k, v in self.draining.since.items() if k.service.vip in cut})
-        want = with_draining(want, observed, sub, self.clock(), grace_of(pieces), self.names)
-        self.draining.since = {**{k: v for k, v in self.draining.since.items() if k.service.vip not in cut}, **sub.since}
+        wanted = tuple(p.ref for p in pieces if p.programmed)
+
+        def check(kept: Desired) -> None:
+            if self.held:
+                for piece in pieces:
+                    self.held_problems.pop(piece.ref, None)
+                self.held_problems.update(self._held_losers(wanted, kept))
+
+        def drain(state: KernelState, have: KernelState) -> KernelState:
+            sub = Draining({k: v for k, v in self.draining.since.items() if k.service.vip in cut})
+            state = with_draining(state, have, sub, self.clock(), grace_of(pieces), self.names)
+            self.draining.since = {**{k: v for k, v in self.draining.since.items() if k.service.vip not in cut}, **sub.since}
+            return state
+
         try:
-            the_plan = plan(want, observed, self.names, link_elsewhere=elsewhere, keep_accept_ra=self.keep_accept_ra)
+            target, the_plan = program(
+                Desired(want, wanted), observed, self.names, held=self.held, drain=drain, check=check,
+                link_elsewhere=elsewhere, keep_accept_ra=self.keep_accept_ra,
+            )
         except PlanError as exc:
             return self._failed(outcome, started, str(exc), 0, [])
+        want = target.state
         planned = time.monotonic()
         outcome.plan, outcome.vips = the_plan, len(cut)
         outcome.plan_seconds = planned - started
@@ -1017,12 +1027,7 @@ class Reconciler:
         sysctls when they drifted, that put back what changed behind vsop's back."""
         assert self._expected is not None
         mine = [op for op in outcome.applied if (vip := _op_vip(op)) in vips or (vip is None and shared)]
-        outcome.repairs = repairs(mine, self._expected, observed, want) if mine else []
-        for repair in outcome.repairs:
-            log.warning(
-                "repaired drift: the kernel was changed behind vsop's back object=%s change=%r found=%r put_back=%r",
-                repair.obj or "-", f"{repair.op.kind} {repair.op.describe()}", repair.found, repair.wanted,
-            )
+        outcome.repairs = report_repairs(mine, self._expected, observed, want) if mine else []
 
     def _vips_of_held(self, observed: KernelState) -> frozenset[str]:
         owners = held_owners(observed, self.held, self.names, self.programmed)

@@ -99,7 +99,8 @@ def test_cleanup_dry_run_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     import vsop.adapters.real
     from tests.conftest import make_vs
     from vsop.core.desired import Node
-    from vsop.node.execute import fake_kernel, sync
+    from vsop.adapters.kernel import fake_kernel
+    from vsop.node.whole import sync
 
     kernel, fake = fake_kernel()
     sync(kernel, [make_vs()], Node("n1"))

@@ -80,7 +80,7 @@ def test_the_heap_is_tuned_and_trimmed_through_glibc_where_there_is_one() -> Non
 
 def test_the_host_agent_tunes_the_heap_before_it_reads_anything(tmp_path: Path, monkeypatch) -> None:
     from vsop.adapters.conntrack import FakeConntrack
-    from vsop.node.execute import fake_kernel
+    from vsop.adapters.kernel import fake_kernel
     from vsop.host.agent import AgentConfig, HostAgent, run_agent
 
     calls: list[str] = []
@@ -116,7 +116,7 @@ def test_the_host_agent_loads_neither_pyroute2_nor_jinja2() -> None:
 
 
 def test_the_reconcilers_indexes_keep_a_lone_ref_as_itself_and_sets_only_where_shared() -> None:
-    from vsop.node.execute import fake_kernel
+    from vsop.adapters.kernel import fake_kernel
     from vsop.node.reconciler import Reconciler
 
     reconciler = Reconciler(fake_kernel()[0], Node("n"))

@@ -23,7 +23,9 @@ from vsop.core import ops
 from vsop.core.desired import Node
 from vsop.core.memory import apply_accepted, apply_in_place, owned_copy, taken_along
 from vsop.core.state import KernelState, Names
-from vsop.node.execute import ExecutionFailed, fake_kernel, read_observed, sync
+from vsop.adapters.kernel import fake_kernel, read_observed
+from vsop.node.execute import ExecutionFailed
+from vsop.node.whole import sync
 
 NAMES = Names()
 

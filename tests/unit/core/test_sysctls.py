@@ -10,7 +10,9 @@ from vsop.core.commands import render
 from vsop.core.desired import Node
 from vsop.core.state import KernelState
 from vsop.core.sysctls import accept_ra_interface, accept_ra_name, recorded, restore_order
-from vsop.node.execute import changed_sysctls, fake_kernel, restore_sysctls, sync
+from vsop.adapters.kernel import fake_kernel
+from vsop.node.execute import changed_sysctls, restore_sysctls
+from vsop.node.whole import sync
 
 NODE = Node("n")
 HOST = {

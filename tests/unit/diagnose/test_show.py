@@ -7,7 +7,8 @@ from dataclasses import replace
 from tests.conftest import make_vs
 from vsop.core.desired import Node
 from vsop.core.state import KernelState, ServiceKey, VirtualServer
-from vsop.node.execute import fake_kernel, read_observed, sync
+from vsop.adapters.kernel import fake_kernel, read_observed
+from vsop.node.whole import sync
 from vsop.core.state import Names
 from vsop.diagnose.show import show_json, show_text
 

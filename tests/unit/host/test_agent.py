@@ -16,7 +16,7 @@ from vsop.adapters.conntrack import FakeConntrack
 from vsop.core.desired import Node
 from vsop.core.health import Thresholds
 from vsop.core.state import RealServerKey, ServiceKey
-from vsop.node.execute import fake_kernel
+from vsop.adapters.kernel import fake_kernel
 from vsop.host.folder import FolderSource
 from vsop.host.agent import AgentConfig, HostAgent
 

@@ -23,7 +23,7 @@ from tests.conftest import SEED
 from vsop.adapters.conntrack import FakeConntrack
 from vsop.core.desired import Node
 from vsop.core.health import Thresholds
-from vsop.node.execute import fake_kernel
+from vsop.adapters.kernel import fake_kernel
 from vsop.host.agent import AgentConfig, HostAgent
 
 FILES = ["a.yaml", "b.yaml", "sub/c.yaml", "sub-x.yaml"]

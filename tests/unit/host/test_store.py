@@ -24,7 +24,8 @@ from vsop.core.desired import Node, desired_state
 from vsop.core.held import Held, keep_held
 from vsop.core.plan import plan
 from vsop.core.state import ServiceKey
-from vsop.node.execute import fake_kernel, sync
+from vsop.adapters.kernel import fake_kernel
+from vsop.node.whole import sync
 from vsop.host.folder import FolderSource, ref_from_file_name
 from vsop.node.lock import LockTimeout, holder, writer_lock
 from vsop.api.manifests import load_text

@@ -19,7 +19,7 @@ import yaml
 from tests.conftest import SEED, make_vs
 from vsop.core.desired import Node
 from vsop.core.state import RealServer, RealServerKey, ServiceKey, VirtualServer
-from vsop.node.execute import fake_kernel
+from vsop.adapters.kernel import fake_kernel
 from vsop.host.agent import AgentConfig, HostAgent
 from vsop.keepalived.writer import (
     Check,

@@ -10,7 +10,9 @@ from tests.conftest import make_vs
 from vsop.core import ops
 from vsop.core.desired import Node
 from vsop.core.state import KernelState, Names, RealServer, RealServerKey, ServiceKey, VirtualServer
-from vsop.node.execute import ExecutionFailed, cleanup, fake_kernel, runs, sync
+from vsop.adapters.kernel import fake_kernel
+from vsop.node.execute import ExecutionFailed, runs
+from vsop.node.whole import cleanup, sync
 from vsop.api.errors import KernelUnsupported
 
 NODE = Node("n")
@@ -131,7 +133,8 @@ def test_cleanup_forgets_udp_real_servers_too() -> None:
 
 def test_execute_without_the_observed_state_reads_ipvs_for_a_deleted_service() -> None:
     from vsop.core.plan import plan
-    from vsop.node.execute import execute, read_observed
+    from vsop.adapters.kernel import read_observed
+    from vsop.node.execute import execute
 
     kernel, _ = fake_kernel()
     sync(kernel, [udp_vs(backends=ONE)], NODE)

@@ -4,7 +4,7 @@ each change updates in place: a scrape after a change counts the change."""
 from __future__ import annotations
 
 from tests.unit.node.test_reconciler import NODE, web
-from vsop.node.execute import fake_kernel
+from vsop.adapters.kernel import fake_kernel
 from vsop.node.metrics import NodeMetrics
 from vsop.node.reconciler import Reconciler
 

@@ -25,7 +25,8 @@ from vsop.core import ops
 from vsop.core.desired import Endpoint, EndpointPort, Node
 from vsop.core.held import held_owners, kernel_owners
 from vsop.core.state import KernelState, Names, RealServerKey, ServiceKey
-from vsop.node.execute import fake_kernel, sync
+from vsop.adapters.kernel import fake_kernel
+from vsop.node.whole import sync
 from vsop.api.model import VirtualService, parse_virtual_service
 from vsop.node.reconciler import Reconciler
 

@@ -1,0 +1,88 @@
+"""The Kernel port: the bundle of adapters one node's kernel is reached through.
+
+Owns `Kernel` (one adapter per kind of kernel object, and which of them applies an
+operation), reading every adapter into one observed `KernelState`, the running kernel's
+version, and `fake_kernel` (the same bundle of in-memory fakes, vsop.adapters.fake).
+The real bundle is built by vsop.adapters.real. Planning and executing are vsop.node's.
+Must not import: kopf, kubernetes, jinja2, pyroute2 (the real adapters are built elsewhere),
+vsop.node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from vsop.adapters.base import Adapter, IPSetAdapter, IPTablesAdapter, IPVSAdapter, LinkAdapter, SysctlAdapter
+from vsop.adapters.conntrack import ConntrackCleaner
+from vsop.adapters.sysctl import SysctlRecord
+from vsop.core import ops
+from vsop.core.desired import ARP_SYSCTLS, family_sysctls, kernel_sysctls
+from vsop.core.sysctls import accept_ra_name
+from vsop.core.state import KernelState, Names
+
+if TYPE_CHECKING:
+    from vsop.adapters.fake import FakeKernel
+
+ALL_SYSCTLS = tuple(sorted({*family_sysctls(4), *family_sysctls(6), *kernel_sysctls((6, 0)), *ARP_SYSCTLS}))
+
+
+def running_kernel_version() -> tuple[int, int] | None:
+    """(major, minor) of the running kernel, from its release string."""
+    import platform
+
+    parts = platform.release().split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return None
+
+
+@dataclass
+class Kernel:
+    ipvs: IPVSAdapter
+    links: LinkAdapter
+    ipsets: IPSetAdapter
+    iptables: IPTablesAdapter
+    sysctls: SysctlAdapter
+    # Forgets the conntrack entries of removed UDP real servers; None: nobody does (a dry run).
+    conntrack: ConntrackCleaner | None = None
+    # The values of the settings vsop changed, before its first change; None: not recorded.
+    sysctl_record: SysctlRecord | None = None
+
+    def adapter_for(self, op: ops.Op) -> Adapter:
+        for adapter in (self.ipvs, self.links, self.ipsets, self.iptables, self.sysctls):
+            if isinstance(op, adapter.handles):
+                return adapter
+        raise TypeError(f"no adapter handles {op.kind}")
+
+
+def read_observed(kernel: Kernel, names: Names) -> KernelState:
+    link, addresses, node_addresses = kernel.links.read(names.link)
+    services, real_servers = kernel.ipvs.read()
+    chains, jumps = kernel.iptables.read(names.owned_chains())
+    return KernelState(
+        link=link,
+        addresses=addresses,
+        services=services,
+        real_servers=real_servers,
+        ipsets=kernel.ipsets.read(names.owned_set_names()),
+        chains=chains,
+        jumps=jumps,
+        sysctls=kernel.sysctls.read((*ALL_SYSCTLS, *(accept_ra_name(i) for i in kernel.sysctls.ipv6_interfaces()))),
+        node_addresses=node_addresses,
+    )
+
+
+def fake_kernel(state: KernelState | None = None, names: Names = Names()) -> tuple[Kernel, "FakeKernel"]:
+    """A Kernel of in-memory fakes sharing one state, and that state's holder."""
+    from vsop.adapters.conntrack import FakeConntrack
+    from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeIPVS, FakeKernel, FakeLinks, FakeSysctls
+    from vsop.adapters.sysctl import MemoryRecord
+
+    state = state or KernelState()
+    # Like a kernel with IPVS loaded: every setting vsop reads exists, off by default.
+    state = replace(state, sysctls={**{name: "0" for name in ALL_SYSCTLS}, **state.sysctls})
+    fake = FakeKernel(state, names)
+    kernel = Kernel(FakeIPVS(fake), FakeLinks(fake), FakeIPSets(fake), FakeIPTables(fake), FakeSysctls(fake), FakeConntrack(), MemoryRecord())
+    return kernel, fake
