@@ -1,0 +1,101 @@
+"""The tier runner fails a tier that ran nothing, skipped what it may not, or deselected tests.
+
+These run tests/run-tiers.sh's own judgment (`--verdict`, tests/tier_verdict.py) on crafted
+pytest output and on the output of a real pytest run, so `make test` cannot go green on a
+tier where nothing was tested.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tier_verdict import Allowed, judge, load_allowed
+
+ROOT = Path(__file__).resolve().parents[3]
+RUN_TIERS = ROOT / "tests" / "run-tiers.sh"
+ALLOW = [Allowed("netns", "tests/netns/test_kernel_probes.py", "this kernel has IPVS", "the VM tier covers it")]
+
+
+def verdict(tmp_path: Path, tier: str, output: str, code: int) -> subprocess.CompletedProcess[str]:
+    log = tmp_path / "tier.log"
+    log.write_text(output)
+    return subprocess.run(["bash", str(RUN_TIERS), "--verdict", tier, str(log), str(code)], capture_output=True, text=True, timeout=60)
+
+
+def test_a_tier_that_passed_tests_is_green(tmp_path: Path) -> None:
+    done = verdict(tmp_path, "unit", "....\n12 passed, 3 warnings in 4.56s\n", 0)
+    assert (done.returncode, done.stdout) == (0, "ok  12 passed, 3 warnings in 4.56s\n")
+
+
+@pytest.mark.parametrize(
+    ("output", "code", "why"),
+    [
+        ("sss\n3 skipped in 0.10s\n", 0, "nothing passed"),
+        ("\nno tests ran in 0.01s\n", 5, "nothing passed"),
+        ("====== 3 deselected in 0.54s ======\n", 5, "nothing passed"),
+        ("..\n2 passed, 1 deselected in 0.6s\n", 0, "1 deselected"),
+        ("..s\nSKIPPED [1] tests/unit/test_x.py:3: no reason to skip\n2 passed, 1 skipped in 0.6s\n", 0,
+         "skipped outside tests/allowed-skips.txt: tests/unit/test_x.py: no reason to skip"),
+        ("..s\n2 passed, 1 skipped in 0.6s\n", 0, "1 skipped but 0 skip reasons reported"),
+        (".F\n1 failed, 1 passed in 0.6s\n", 1, "1 failed"),
+        (".E\n1 passed, 1 error in 0.6s\n", 1, "1 error"),
+        ("Traceback: the VM did not boot\n", 3, "pytest printed no summary line"),
+        ("..\n2 passed in 0.3s\n", 143, "pytest exited 143"),
+    ],
+    ids=["all-skipped", "no-tests", "all-deselected", "some-deselected", "unlisted-skip", "unreported-skip", "failed", "error", "no-summary", "killed"],
+)
+def test_a_tier_fails_when_it_did_not_test_everything(tmp_path: Path, output: str, code: int, why: str) -> None:
+    done = verdict(tmp_path, "unit", output, code)
+    assert done.returncode == 1
+    assert done.stdout.startswith("FAIL  ") and why in done.stdout
+
+
+def test_an_allowed_skip_is_allowed_for_its_tier_file_and_reason_only() -> None:
+    skipped = "SKIPPED [1] tests/netns/test_kernel_probes.py:30: this kernel has IPVS\n9 passed, 1 skipped in 1.0s\n"
+    assert judge("netns", skipped, 0, ALLOW).ok
+    assert not judge("unit", skipped, 0, ALLOW).ok
+    assert not judge("netns", skipped.replace("has IPVS", "has IPVS, probably"), 0, ALLOW).ok
+    assert not judge("netns", skipped.replace("test_kernel_probes", "test_ipset"), 0, ALLOW).ok
+
+
+def test_every_allowed_skip_names_a_test_file_that_exists_and_says_why() -> None:
+    allowed = load_allowed()
+    assert allowed, "the list is read"
+    for entry in allowed:
+        assert (ROOT / entry.where).is_file(), entry
+        assert entry.tier in {"unit", "netns", "vm", "kube", "crd"} and len(entry.why) > 20, entry
+
+
+def test_a_real_pytest_run_that_only_skips_fails_the_tier(tmp_path: Path) -> None:
+    (tmp_path / "test_skips.py").write_text("import pytest\n\ndef test_a():\n    pytest.skip('the kernel lacks it')\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "test_skips.py"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTEST_ADDOPTS": ""},
+    )
+    assert run.returncode == 0, "pytest itself calls a run that only skipped a success"
+    done = verdict(tmp_path, "unit", run.stdout, run.returncode)
+    assert done.returncode == 1
+    assert "nothing passed" in done.stdout and "skipped outside tests/allowed-skips.txt: test_skips.py: the kernel lacks it" in done.stdout
+
+
+def test_pytest_addopts_is_refused_before_any_tier_runs(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["bash", str(RUN_TIERS), "unit"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTEST_ADDOPTS": "-k not_slow"},
+    )
+    assert done.returncode == 2
+    assert "PYTEST_ADDOPTS is set (-k not_slow)" in done.stderr and "=== tier" not in done.stdout
+
+
+def test_golden_updates_are_refused_under_ci() -> None:
+    done = subprocess.run(
+        ["bash", str(RUN_TIERS), "unit"], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTEST_ADDOPTS": "", "CI": "true", "VSOP_UPDATE_GOLDEN": "1"},
+    )
+    assert done.returncode == 2
+    assert "VSOP_UPDATE_GOLDEN is set under CI" in done.stderr and "=== tier" not in done.stdout
