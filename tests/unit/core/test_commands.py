@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tests import golden
 from tests.conftest import make_vs
 from vsop.cli.main import main
 from vsop.core import ops
@@ -20,10 +20,7 @@ ROOT = Path(__file__).parent.parent.parent.parent
 
 
 def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("VSOP_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text(), f"{path} differs; rerun with VSOP_UPDATE_GOLDEN=1 if the change is intended"
+    golden.check_golden(GOLDEN / name, text)
 
 
 def test_seed_plan_matches_golden(capsys: pytest.CaptureFixture[str]) -> None:

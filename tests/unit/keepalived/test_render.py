@@ -1,7 +1,7 @@
 """keepalived rendering: golden files per forwarding method, health check, VRRP and layout;
 what keepalived cannot carry; and proof that no value outside a constrained field reaches a file.
 
-Refresh the golden files with VSOP_UPDATE_GOLDEN=1 (then read the diff).
+VSOP_UPDATE_GOLDEN=1 writes a changed tree beside its golden (tests/golden.py); the test still fails.
 The netns tier runs `keepalived -t` on every golden tree (tests/netns/test_keepalived_config.py).
 """
 
@@ -19,6 +19,7 @@ from typing import Any, Callable
 import jinja2
 import pytest
 
+from tests import golden
 from tests.conftest import make_vs
 from vsop.core.desired import Endpoint, EndpointPort, Node
 from vsop.api.errors import InvalidInput
@@ -174,16 +175,7 @@ def render_case(name: str) -> Rendered:
 
 
 def check_golden_tree(name: str, files: dict[str, str]) -> None:
-    folder = GOLDEN / name
-    if os.environ.get("VSOP_UPDATE_GOLDEN"):
-        shutil.rmtree(folder, ignore_errors=True)
-        for relative, content in files.items():
-            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-            (folder / relative).write_text(content)
-    on_disk = {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
-    assert sorted(on_disk) == sorted(files), f"{folder}: other files than rendered; rerun with VSOP_UPDATE_GOLDEN=1 if intended"
-    for relative, content in files.items():
-        assert content == on_disk[relative], f"{folder / relative} differs; rerun with VSOP_UPDATE_GOLDEN=1 if the change is intended"
+    golden.check_golden_tree(GOLDEN / name, files)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
