@@ -33,3 +33,35 @@ def make_vs(name: str = "web", namespace: str = "default", created: str | None =
 @pytest.fixture
 def seed_doc() -> dict[str, Any]:
     return copy.deepcopy(SEED)
+
+
+# -- hypothesis: derandomized in the tiers, random only in `make test-random` ---------------------
+# The `ci` profile (the default) draws the same examples on every run: a tier fails or passes on
+# the code alone. `make test-random` runs the property tests with `--hypothesis-profile=random`
+# and a fresh seed it prints; a failure found there becomes an @example on its test.
+# Loaded only where the hypothesis plugin is (the vm tier runs without it: its import costs
+# seconds under emulation).
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("hypothesispytest"):
+        return
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+    settings.register_profile("random", derandomize=False, database=None, print_blob=True)
+    if config.getoption("hypothesis_profile", None) is None:
+        settings.load_profile("ci")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("hypothesispytest"):
+        return
+    from hypothesis import settings
+
+    profile = settings.get_current_profile_name()
+    if profile == "ci":
+        terminalreporter.write_line("hypothesis: profile ci, derandomized (each test's seed derives from the test itself)")
+    else:
+        seed = config.getoption("hypothesis_seed", None)
+        terminalreporter.write_line(f"hypothesis: profile {profile}, seed {seed if seed is not None else 'random (none given)'}")
