@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from vsop.api.model import API_GROUP, API_VERSION, DNS_LABEL, KIND, VirtualServiceSpec, VirtualServiceStatus
+from vsop.api.model import API_GROUP, API_VERSION, DNS_LABEL, KIND, PORT_NAME, VirtualServiceSpec, VirtualServiceStatus
 
 PLURAL = "virtualservices"
 
@@ -125,10 +125,11 @@ HEALTH_CHECK_RULES = [
 
 TARGET_PORT_RULES = [
     {
-        "rule": f"type(self) == int ? (self >= 1 && self <= 65535) : (size(self) <= 63 && self.matches('{DNS_LABEL}'))",
-        "message": "must be a port number 1..65535 or a port name (DNS label)",
+        "rule": f"type(self) == int ? (self >= 1 && self <= 65535) : (size(self) <= 15 && self.matches('{PORT_NAME}') && self.matches('[a-z]'))",
+        "message": "must be a port number 1..65535 or a port name (IANA_SVC_NAME: at most 15 characters, at least one letter)",
     }
 ]
+PORT_NAME_RULES = [{"rule": "self.matches('[a-z]')", "message": "a port name holds at least one letter"}]
 
 # RE2, as CEL's matches() uses. The schema's pattern only says "looks like an address";
 # these mirror model._ip_literal and model._vip. IPv4 text is exact here (dotted decimal,
@@ -218,7 +219,8 @@ def spec_schema() -> dict[str, Any]:
     ports["x-kubernetes-list-map-keys"] = ["port", "protocol"]
     target_port = ports["items"]["properties"]["targetPort"]
     target_port["x-kubernetes-validations"] = TARGET_PORT_RULES
-    target_port["maxLength"] = 63  # a port name; bounds the rule's matches() for the API server's cost estimate (ints ignore it)
+    target_port["maxLength"] = 15  # a port name; bounds the rule's matches() for the API server's cost estimate (ints ignore it)
+    ports["items"]["properties"]["name"]["x-kubernetes-validations"] = PORT_NAME_RULES
     props["backends"]["items"]["properties"]["address"]["x-kubernetes-validations"] = IP_LITERAL_RULES
     props["healthCheck"]["x-kubernetes-validations"] = HEALTH_CHECK_RULES
     props["vip"]["x-kubernetes-validations"] = IP_LITERAL_RULES + VIP_RULES

@@ -43,7 +43,11 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Linux allows almost any byte in an interface name; we accept the portable subset so
 # the name is also safe in keepalived configuration and shell commands.
 INTERFACE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}$"
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# Kubernetes' DNS-1123 subdomain: dot-separated DNS labels (`web..v1` and `web-.v1` are refused).
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Kubernetes' IANA_SVC_NAME for port names: at most 15 characters, hyphens only between
+# letters or digits; at least one letter is checked apart (RE2 has no look-ahead).
+PORT_NAME = r"^[a-z0-9]+(-[a-z0-9]+)*$"
 HTTP_PATH = r"^/[\x21-\x7e]*$"
 IP_LITERAL_PATTERN = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)$"
 
@@ -127,6 +131,17 @@ PortNumber = Annotated[int, Field(ge=1, le=65535, strict=True)]
 DNSLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
 
 
+def _port_name(value: str) -> str:
+    if not any("a" <= ch <= "z" for ch in value):
+        raise ValueError(
+            f"{show(value)} is a number, not a port name (a port name holds at least one letter): write it without quotes"
+        )
+    return value
+
+
+PortName = Annotated[str, Field(min_length=1, max_length=15, pattern=PORT_NAME), AfterValidator(_port_name)]
+
+
 # Every model here is frozen, so which fields a model was given never changes after it is
 # built: models given the same fields share one set (pydantic keeps one per instance, 216 bytes;
 # six per parsed object, 13 MB of a host agent holding 10,000). pydantic copies it before
@@ -157,10 +172,10 @@ class _Spec(BaseModel):
 class PortSpec(_Spec):
     """One VIP port: the IPVS virtual service `VIP:port/protocol`."""
 
-    name: DNSLabel | None = None
+    name: PortName | None = None
     port: PortNumber
     protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
-    target_port: PortNumber | DNSLabel | None = Field(
+    target_port: PortNumber | PortName | None = Field(
         default=None,
         description="Backend port: a number, or a port name resolved through serviceRef. Default: port.",
     )
@@ -435,7 +450,10 @@ def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
                     f"{backend.address} is link-local: not routed beyond its link, so IPVS cannot reach it with forwarding {spec.forwarding} (only tunnel)",
                 )
             )
-        bkey = (backend.address, backend.port)
+        # The real server it becomes: with one port, a backend without a port takes targetPort
+        # (or the port), so `{address: A, port: 8080}` and `{address: A}` with targetPort 8080
+        # are one real server, which would silently keep one weight.
+        bkey = (address, backend.port if backend.port is not None else _static_port(spec))
         if bkey in backend_keys:
             errors.append((f"spec.backends[{index}]", f"duplicate backend {backend.address}, already backends[{backend_keys[bkey]}]"))
         backend_keys.setdefault(bkey, index)
@@ -516,6 +534,7 @@ PATTERN_WORDS = {
     DNS_LABEL: "must be a DNS label: lower-case letters, digits and '-', starting and ending with a letter or digit",
     INTERFACE_NAME: "must be an interface name: letters, digits, '_', '.' and '-', starting with a letter or digit",
     NAME_PATTERN: "must be a DNS subdomain name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
+    PORT_NAME: "must be a port name (IANA_SVC_NAME): lower-case letters, digits and single '-' between them, at least one letter",
     HTTP_PATH: "must be an HTTP path starting with '/', without spaces or control characters",
 }
 # How to name what a list holds, by the field holding it.
@@ -579,6 +598,14 @@ def _reason(error: Mapping[str, Any], loc: tuple[Any, ...] = ()) -> str:
     return f"is not valid{got}"
 
 
+def _static_port(spec: Any) -> int | None:
+    """The port a static backend without its own port gets, when there is exactly one."""
+    if len(spec.ports) != 1:
+        return None
+    port = spec.ports[0]
+    return port.target_port if isinstance(port.target_port, int) else (port.port if port.target_port is None else None)
+
+
 def parse_virtual_service(data: Any) -> VirtualService:
     """Validate one document; raises InvalidInput listing every problem found."""
     ref = _guess_ref(data)
@@ -602,7 +629,10 @@ def parse_virtual_service(data: Any) -> VirtualService:
 
 def _union_reason(loc: tuple[Any, ...], error: Mapping[str, Any]) -> str:
     if loc and loc[-1] == "targetPort" and error["type"] not in ("greater_than_equal", "less_than_equal"):
-        return f"must be a port number (1-65535) or a port name (a DNS label, with serviceRef), got {show(error.get('input'))}"
+        given = error.get("input")
+        if isinstance(given, str) and given.isdigit():
+            return f"{show(given)} is a number, not a port name (a port name holds at least one letter): write it without quotes"
+        return f"must be a port number (1-65535) or a port name (IANA_SVC_NAME, with serviceRef), got {show(given)}"
     return _reason(error, loc)
 
 

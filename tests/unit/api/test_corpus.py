@@ -105,6 +105,16 @@ CASES: dict[str, Case] = {
     # --- control characters in what is echoed: escaped, one notation
     "escape codes in a name": ({"a.yaml": HEAD + 'metadata: {name: "web\\e]0;owned\\a\\e[2J"}\nspec:\n  ports: [{port: 80}]\n' + SPEC_OK}, None, 2, ["metadata.name", "\\x1b]0;owned\\x07\\x1b[2J"]),
     "NUL and bidi override in a key": ({"a.yaml": raw('  "x\\0y\\u202ez": 1\n  ports: [{port: 80}]\n' + SPEC_OK)}, None, 2, ["x\\x00y\\u202ez", "unknown field"]),
+    # --- Kubernetes' own rules for names and port names
+    "name with an empty label": ({"a.yaml": vs(name="web..v1")}, None, 2, ["metadata.name", "must be a DNS subdomain name"]),
+    "name with a label ending in '-'": ({"a.yaml": vs(name="web-.v1")}, None, 2, ["metadata.name", "must be a DNS subdomain name"]),
+    "dotted name is fine": ({"a.yaml": vs(name="web.v1")}, None, 0, ["ipvsadm -A"]),
+    "targetPort of digits in quotes": ({"a.yaml": raw('  ports: [{port: 80, targetPort: "8080"}]\n' + SPEC_OK)}, None, 2, ["spec.ports[0].targetPort", "'8080' is a number, not a port name", "without quotes"]),
+    "port name of 16 characters": ({"a.yaml": vs(ports=[{"port": 80, "name": "a" * 16}])}, None, 2, ["spec.ports[0].name", "at most 15 characters"]),
+    "port name with two hyphens": ({"a.yaml": vs(ports=[{"port": 80, "name": "web--http"}])}, None, 2, ["spec.ports[0].name", "IANA_SVC_NAME"]),
+    "port name of digits": ({"a.yaml": vs(ports=[{"port": 80, "name": "8080"}])}, None, 2, ["spec.ports[0].name", "is a number, not a port name"]),
+    "one real server written twice": ({"a.yaml": vs(ports=[{"port": 80, "targetPort": 8080}], backends=[{"address": "10.0.0.1", "port": 8080}, {"address": "10.0.0.1", "weight": 3}])}, None, 2, ["spec.backends[1]", "duplicate backend 10.0.0.1, already backends[0]"]),
+    "the same address on two ports is two real servers": ({"a.yaml": vs(ports=[{"port": 80, "targetPort": 8080}], backends=[{"address": "10.0.0.1", "port": 8081}, {"address": "10.0.0.1"}])}, None, 0, ["10.0.0.1:8081", "10.0.0.1:8080"]),
     # --- booleans take only true/false (YAML 1.2 core; the API server refuses anything else)
     "y as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  suppressARP: y\n" + SPEC_OK)}, None, 2, ["spec.suppressARP", "not text, got 'y'", "true or false"]),
     "n as boolean": ({"a.yaml": raw("  ports: [{port: 80}]\n  masquerade: n\n" + SPEC_OK)}, None, 2, ["spec.masquerade", "not text, got 'n'", "true or false"]),
@@ -197,7 +207,7 @@ CASES: dict[str, Case] = {
     # --- plain words for every field
     "65 ports": ({"a.yaml": vs(ports=[{"port": p} for p in range(1, 66)])}, None, 2, ["at most 64 ports"]),
     "no ports": ({"a.yaml": vs(ports=[])}, None, 2, ["at least 1 port"]),
-    "port name upper case": ({"a.yaml": vs(ports=[{"port": 80, "name": "HTTP"}])}, None, 2, ["must be a DNS label: lower-case letters, digits and '-'"]),
+    "port name upper case": ({"a.yaml": vs(ports=[{"port": 80, "name": "HTTP"}])}, None, 2, ["must be a port name (IANA_SVC_NAME): lower-case letters, digits and single '-'"]),
     "port quoted": ({"a.yaml": vs(ports=[{"port": "80"}])}, None, 2, ["not text", "without quotes"]),
     "port as float": ({"a.yaml": vs(ports=[{"port": 80.5}])}, None, 2, ["whole number"]),
     "port 0": ({"a.yaml": vs(ports=[{"port": 0}])}, None, 2, ["at least 1, got 0"]),
