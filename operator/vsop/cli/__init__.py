@@ -1,6 +1,12 @@
-"""The `vsop` command line: one module per command group, exit codes, one voice for errors.
+"""The `vsop` command line: one module per command group, each with `register(subparsers)` and
+`run(args) -> Result`; main prints the Result once, as text or JSON.
 
-Reading order: main (the parser and dispatch), output (exit codes and the error object), store
-(apply, delete, get, store-aware plan), diagnose (explain and doctor), logs (klog-style logging
-for every vsop process). Nothing below cli imports it, except the keepalived renderer's own command.
+Reading order: main (the parser from the groups' registers, dispatch, errors to exit codes),
+output (exit codes, the Result and how it is printed, the error object), common (what several
+commands share: input files, this node, op JSON, refused problems, conntrack notes), then the
+groups: plan, store (apply, delete, get, and the store-aware part of plan), show, diagnose
+(explain, doctor), cleanup, render (`vsop render keepalived`, its own parser), crd (crd, version);
+logs (klog-style logging for every vsop process). A group imports common and output, never main
+or a sibling (plan reads the store through store). Nothing below cli imports it, except the kube
+start-up's logging (see pyproject.toml's floors).
 """

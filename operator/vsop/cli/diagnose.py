@@ -1,21 +1,24 @@
-"""The `vsop explain` and `vsop doctor` commands: arguments, gathering facts, printing, exit codes.
+"""The `vsop explain` and `vsop doctor` commands: arguments, gathering facts, their Results, exit codes.
 
 Owns the two subcommands' argument parsers and their runs (including `explain --watch`,
-which redraws with the growth since the previous screen). The reasoning lives in
-vsop.diagnose.explain and vsop.diagnose.doctor, the reading of the host in vsop.diagnose.gather.
-Must not import: kopf, kubernetes, jinja2.
+which prints a screen at a time, each with the growth since the previous one). The reasoning
+lives in vsop.diagnose.explain and vsop.diagnose.doctor, the reading of the host in
+vsop.diagnose.gather. Must not import: vsop.cli.main, kopf, kubernetes, jinja2.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import sys
 import time
-from typing import Any, Callable
+from functools import partial
+from typing import Any
 
 from vsop.api.errors import FieldError, InvalidInput
+from vsop.cli.common import STATUS_FILE, add_common, subcommand
+from vsop.cli import output
+from vsop.cli.output import Result
 
 EXPLAIN_DESCRIPTION = """\
 The path one packet to VIP:PORT takes through this node, hook by hook: where it enters
@@ -41,22 +44,25 @@ Exit 0: every check passes (warnings allowed); 1: something is wrong.
 """
 
 
-def add_parsers(sub: Any, status_file: str, make: Callable[..., Any], add_common: Callable[[Any], None]) -> None:
-    """Register both subcommands; `make` and `add_common` are the CLI's own (-o, -v the same everywhere)."""
-    p = make(sub, "explain", "the path one packet to VIP:PORT takes through this node, with live counters", EXPLAIN_DESCRIPTION)
+def register(sub: Any) -> None:
+    p = subcommand(sub, "explain", "the path one packet to VIP:PORT takes through this node, with live counters", EXPLAIN_DESCRIPTION)
     p.add_argument("target", metavar="VIP:PORT[/PROTOCOL]", help="e.g. 169.254.11.2:80, 169.254.11.2:53/udp, [fd00::2]:80")
     p.add_argument("--from", dest="origin", metavar="ADDRESS",
                    help="the client's address: one of this node's (or 'node') follows OUTPUT, any other PREROUTING (default: both)")
     p.add_argument("--watch", action="store_true", help="redraw until interrupted, with the growth since the previous screen")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between screens with --watch (default 2)")
     add_common(p)
-    p.add_argument("--status-file", default=status_file, help="the host agent's status (health, draining)")
+    p.add_argument("--status-file", default=STATUS_FILE, help="the host agent's status (health, draining)")
 
-    p = make(sub, "doctor", "every known cause of a dead VIP checked on this node, each failure with its fix", DOCTOR_DESCRIPTION)
+    p = subcommand(sub, "doctor", "every known cause of a dead VIP checked on this node, each failure with its fix", DOCTOR_DESCRIPTION)
     p.add_argument("targets", nargs="*", metavar="VIP:PORT[/PROTOCOL]", help="the services to check (default: all of vsop's here)")
     add_common(p)  # -v also lists the checks that pass
-    p.add_argument("--status-file", default=status_file, help="the host agent's status file")
+    p.add_argument("--status-file", default=STATUS_FILE, help="the host agent's status file")
     p.add_argument("--store", metavar="DIR", help="the VirtualServices this node should serve, for what vsop expects (default: the agent's folder, else /etc/vsop/virtualservices.d)")
+
+
+def run(args: argparse.Namespace) -> Result:
+    return _explain(args) if args.command == "explain" else _doctor(args)
 
 
 def _target(text: str, field: str):
@@ -82,47 +88,42 @@ def _origin(origin: str | None, facts: Any) -> str:
     return "local" if address.is_loopback or str(address) in own else "remote"
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
+def _explain(args: argparse.Namespace) -> Result:
     from vsop.diagnose.explain import explain, explain_text
     from vsop.diagnose.gather import gather
 
     key = _target(args.target, "VIP:PORT")
     previous: dict[str, Any] | None = None
-    write: Callable[[str], Any] = sys.stdout.write
     while True:
         facts = gather([key], status_file=args.status_file)
         report = explain(facts, key, _origin(args.origin, facts))
-        if args.output == "json":
-            if args.watch and previous is not None:
-                from vsop.diagnose.explain import deltas
-
-                report["deltas"] = [{"step": s, "item": i, "counter": c, "growth": v} for (s, i, c), v in deltas(previous, report).items()]
-            json.dump(report, sys.stdout, indent=None if args.watch else 2)
-            print()
-        else:
-            if args.watch:
-                write("\033[H\033[2J" + time.strftime("%H:%M:%S  ") + f"every {args.interval:g} s, Ctrl-C stops\n")
-            write(explain_text(report, previous))
-        sys.stdout.flush()
         if not args.watch:
-            return 0  # a report, whatever it shows; `vsop doctor` is the check with an exit code
+            return Result(text=partial(explain_text, report), document=report)  # a report, whatever it shows: doctor is the check
+        header = "\033[H\033[2J" + time.strftime("%H:%M:%S  ") + f"every {args.interval:g} s, Ctrl-C stops\n"
+        text, document = partial(explain_text, report, previous), partial(_with_deltas, report, previous)
+        output.emit(Result(text=lambda: header + text(), document=document, indent=None), args.output)
+        sys.stdout.flush()
         previous = report
         try:
             time.sleep(args.interval)
         except KeyboardInterrupt:
-            return 0
+            return Result()
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
+def _with_deltas(report: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """A --watch screen as JSON: the report with each counter's growth since the previous screen."""
+    from vsop.diagnose.explain import deltas
+
+    if previous is not None:
+        report["deltas"] = [{"step": s, "item": i, "counter": c, "growth": v} for (s, i, c), v in deltas(previous, report).items()]
+    return report
+
+
+def _doctor(args: argparse.Namespace) -> Result:
     from vsop.diagnose.doctor import doctor, doctor_text
     from vsop.diagnose.gather import NETSTAT_WINDOW_SECONDS, gather
 
     keys = [_target(text, f"VIP:PORT {text}") for text in args.targets]
     facts = gather(keys, status_file=args.status_file, store=args.store, netstat_window=NETSTAT_WINDOW_SECONDS)
     report = doctor(facts, keys)
-    if args.output == "json":
-        json.dump(report, sys.stdout, indent=2)
-        print()
-    else:
-        sys.stdout.write(doctor_text(report, verbose=args.verbose))
-    return 0 if report["ok"] else 1
+    return Result(0 if report["ok"] else 1, text=lambda: doctor_text(report, verbose=args.verbose), document=report)

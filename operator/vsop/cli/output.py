@@ -1,9 +1,9 @@
-"""How every command reports an outcome it did not plan for: invalid input, runtime
-failure, a bug. One voice for all of them, as text on stderr or, with `-o json`, as one
-JSON object on stdout (so a script reading stdout always gets JSON).
+"""How every command speaks: its Result printed once, as text or JSON, and the outcomes it did
+not plan for (invalid input, runtime failure, a bug) in one voice, as text on stderr or, with
+`-o json`, as one JSON object on stdout (so a script reading stdout always gets JSON).
 
-Owns the exit codes and the error object's shape. Must not import: kopf, pyroute2,
-kubernetes, subprocess, vsop.cli.main.
+Owns the exit codes, the Result a command returns, and the error object's shape. Must not
+import: kopf, pyroute2, kubernetes, subprocess, any other vsop.cli module.
 """
 
 from __future__ import annotations
@@ -12,11 +12,58 @@ import argparse
 import json
 import sys
 import traceback
-from typing import Any, NoReturn, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, NoReturn, Sequence, Union
 
 from vsop.api.errors import InvalidInput
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+
+# A Result's text or document, or the function that makes it: a command computes only the format asked for.
+Text = Union[str, Callable[[], str]]
+Document = Union[Any, Callable[[], Any]]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one command has to say, printed once by `emit`.
+
+    text: the output of -o text (and plan's -o commands); document: the output of -o json (and
+    get's -o yaml), None for a command that has none; notes: lines for stderr after the output.
+    A runtime failure (exit 1) is `failed(...)`: said as every failure is.
+    """
+
+    code: int = EXIT_OK
+    text: Text = ""
+    document: Document = None
+    indent: int | None = 2
+    notes: tuple[str, ...] = ()
+    failure: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def failed(message: str, notes: Sequence[str] = (), **extra: Any) -> Result:
+    """Exit 1 with this message (and, with -o json, these fields beside it)."""
+    return Result(EXIT_FAILURE, notes=tuple(notes), failure=message, extra=extra)
+
+
+def emit(result: Result, output: str) -> int:
+    """Print `result` in the format asked for (-o); its exit code."""
+    if result.failure is not None:
+        failure(result.failure, output, **result.extra)
+    elif output in ("json", "yaml") and result.document is not None:
+        document = result.document() if callable(result.document) else result.document
+        if output == "yaml":
+            import yaml
+
+            sys.stdout.write(yaml.safe_dump(document, sort_keys=False))
+        else:
+            sys.stdout.write(json.dumps(document, indent=result.indent) + "\n")
+    else:
+        sys.stdout.write(result.text() if callable(result.text) else result.text)
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    return result.code
 
 
 def _emit_json(document: dict[str, Any]) -> None:

@@ -1,20 +1,21 @@
 """`vsop render keepalived`: print or write the keepalived configuration for keepalived-mode objects.
 
-Owns the command's arguments, reading the input, and printing or writing what
-vsop.keepalived.render produced. Must not import: vsop.kube, vsop.adapters.
+Owns the command's arguments (its own parser: `vsop render keepalived ...` arrives here before
+the main parser sees it; `register` adds the `render` entry the main --help lists), reading the
+input, and the Result of what vsop.keepalived.render produced. Must not import: vsop.cli.main,
+vsop.kube, vsop.adapters.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from vsop.api.errors import FieldError, InvalidInput
 from vsop.api.manifests import load_paths, problem_errors, read_stdin
 from vsop.cli import output
-from vsop.keepalived.render import LAYOUTS, NotOurs, read_auth_file, render_keepalived, write_files
+from vsop.cli.common import say, subcommand
+from vsop.cli.output import Result
 
 DESCRIPTION = """\
 Print (or with --out, write) the keepalived configuration for the VirtualServices with
@@ -29,7 +30,21 @@ layouts:
 """
 
 
+def register(sub: Any) -> None:
+    """The `render` entry of the main parser: its help; `vsop render keepalived` itself is `main`'s."""
+    p = subcommand(
+        sub,
+        "render",
+        "render configuration for another tool: `vsop render keepalived -f PATH`",
+        "Render configuration for another tool. Only keepalived for now:\n"
+        "`vsop render keepalived -f PATH [--out DIR]`; see `vsop render keepalived --help`.",
+    )
+    p.add_argument("tool", choices=("keepalived",), help="keepalived: see `vsop render keepalived --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from vsop.keepalived.render import LAYOUTS
+
     parser = output.Parser(
         prog="vsop render keepalived", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -64,7 +79,7 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code) if isinstance(exc.code, int) else 2
     try:
-        return _run(args)
+        return output.emit(run(args), args.output)
     except InvalidInput as exc:
         return output.invalid(exc, args.output, nothing="nothing was rendered")
     except BrokenPipeError:
@@ -75,31 +90,29 @@ def main(argv: Sequence[str]) -> int:
         return output.bug(exc, args.output, verbose=args.verbose)
 
 
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> Result:
+    from vsop.keepalived.render import NotOurs, read_auth_file, render_keepalived, write_files
+
     password = read_auth_file(args.auth_file) if args.auth_file else None
     stdin_text = read_stdin() if "-" in args.paths else None
     loaded = load_paths(args.paths, stdin_text=stdin_text)
     notes = [f"{note} (not a VirtualService)" for note in loaded.skipped]
     if not loaded.services:  # never render an empty configuration from input that held nothing
         for note in notes:
-            print(f"vsop: {note}", file=sys.stderr)
+            say(note)
         raise InvalidInput([FieldError(reason=f"no VirtualService found in {' '.join(args.paths)}")])
     result = render_keepalived(loaded.services, layout=args.layout, auth_password=password)
     notes.extend(result.skipped)
     for note in notes:
-        print(f"vsop: {note}", file=sys.stderr)
+        say(note)
     warnings = [*loaded.warnings, *result.warnings]
     for warning in warnings:
-        print(f"vsop: warning: {warning}", file=sys.stderr)
+        say(f"warning: {warning}")
     if result.problems:
         raise InvalidInput(problem_errors(result.problems, loaded))
     if not args.out:
-        if args.output == "json":
-            document = {"layout": args.layout, "files": result.files, "rendered": list(result.rendered), "skipped": notes, "warnings": warnings}
-            sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        else:
-            sys.stdout.write(result.text())
-        return 0
+        document = {"layout": args.layout, "files": result.files, "rendered": list(result.rendered), "skipped": notes, "warnings": warnings}
+        return Result(text=result.text, document=document)
     try:
         written, removed = write_files(args.out, result.files, result.directories, force=args.force)
     except NotOurs as exc:
@@ -107,21 +120,16 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as exc:
         reason = exc.strerror.lower() if exc.strerror else str(exc)
         where = f" ({exc.filename})" if exc.filename else ""
-        return output.failure(f"cannot write the configuration into {args.out}: {reason}{where}; nothing was changed", args.output)
-    if args.output == "json":
-        document = {
-            "out": str(args.out),
-            "written": [str(p) for p in written],
-            "removed": [str(p) for p in removed],
-            "rendered": list(result.rendered),
-            "skipped": notes,
-            "warnings": warnings,
-        }
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        return 0
-    print(f"vsop: wrote {len(written)} file(s) for {len(result.rendered)} VirtualService(s) into {args.out}")
-    for path in written:
-        print(f"  wrote   {path}")
-    for path in removed:
-        print(f"  removed {path} (its VirtualService is gone)")
-    return 0
+        return output.failed(f"cannot write the configuration into {args.out}: {reason}{where}; nothing was changed")
+    document = {
+        "out": str(args.out),
+        "written": [str(p) for p in written],
+        "removed": [str(p) for p in removed],
+        "rendered": list(result.rendered),
+        "skipped": notes,
+        "warnings": warnings,
+    }
+    lines = [f"vsop: wrote {len(written)} file(s) for {len(result.rendered)} VirtualService(s) into {args.out}"]
+    lines += [f"  wrote   {path}" for path in written]
+    lines += [f"  removed {path} (its VirtualService is gone)" for path in removed]
+    return Result(text="".join(line + "\n" for line in lines), document=document)

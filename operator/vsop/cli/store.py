@@ -9,30 +9,31 @@ command that writes holds the writer lock (vsop.node.lock) for its whole read-pl
 `get` and `plan` never take it. Invalid input (exit 2) leaves the store and the
 kernel untouched; a store file that stopped validating keeps what the kernel has for
 its objects (core.held), exactly as the host agent does.
-Must not import: kopf, kubernetes (the kernel adapters arrive through vsop.adapters.real).
+Must not import: vsop.cli.main, kopf, kubernetes (the kernel adapters arrive through vsop.adapters.real).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Callable
 
-import yaml
-
+from vsop.core import ops
 from vsop.core.desired import Desired, desired_state
 from vsop.core.held import Held, keep_held
 from vsop.core.plan import Plan, plan
 from vsop.core.state import KernelState, Names, ServiceKey
+from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.api.errors import FieldError, InvalidInput
 from vsop.node.lock import DEFAULT_WAIT_SECONDS, LockTimeout, lock_path, writer_lock
 from vsop.api.model import VirtualService
 from vsop.host.store import Store, StoreContents, store_path
-
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+from vsop.cli.common import add_common, add_files, conntrack_notes, load, node, op_json, refuse_problems, report_conntrack, say, subcommand
+from vsop.cli.output import Result, failed
 
 
 class StoreUnreadable(Exception):
@@ -52,12 +53,63 @@ def add_store_options(parser: argparse.ArgumentParser, writer: bool) -> None:
         )
 
 
-def _say_waiting(who: str) -> None:
-    print(f"vsop: waiting for the writer lock held by {who}", file=sys.stderr)
+def register(sub: Any) -> None:
+    p = subcommand(
+        sub,
+        "apply",
+        "store the objects in the host store and program this host from the whole store",
+        "Validate every VirtualService first (nothing is written if one is invalid), store each in\n"
+        "the host store (one file per object, written atomically), then program this host from the\n"
+        "whole store: objects applied earlier stay, as with kubectl apply. --prune makes the store\n"
+        "exactly the given set. Only the difference is applied, in a safe order; a second run\n"
+        "changes nothing and says so. Holds the writer lock (a running agent waits). A kernel\n"
+        "refusal stops at that operation (exit 1); the next apply (or the agent) converges.",
+    )
+    add_files(p)
+    p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
+    add_common(p)
+    add_store_options(p, writer=True)
+    p.add_argument("--prune", action="store_true", help="remove from the store (and the kernel) every object not in the files")
+    p.add_argument("--allow-empty", action="store_true", help="with --prune: allow input with no VirtualService (empties the node)")
+
+    p = subcommand(
+        sub,
+        "delete",
+        "remove objects from the host store and their state from the kernel",
+        "Remove VirtualServices (NAMESPACE/NAME, or those in -f files) from the host store and\n"
+        "their services, real servers and VIPs from the kernel. TCP/SCTP real servers with open\n"
+        "connections are drained first (weight 0, up to spec.drain.timeoutSeconds) unless --now.\n"
+        "Holds the writer lock.",
+    )
+    p.add_argument("objects", nargs="*", metavar="NAMESPACE/NAME", help="objects to delete (NAME alone: namespace default)")
+    p.add_argument("-f", "--filename", dest="paths", action="append", default=[], metavar="PATH", help="delete the objects these files declare")
+    p.add_argument("--now", action="store_true", help="do not drain: delete at once")
+    p.add_argument("--node-name", default=socket.gethostname(), help="this node's name, for nodeSelector")
+    p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE", help="a label of this node; repeatable")
+    add_common(p)
+    add_store_options(p, writer=True)
+
+    p = subcommand(
+        sub,
+        "get",
+        "the objects in the host store and whether each is programmed on this host",
+        "List the VirtualServices in the host store and, for each, whether it is programmed on\n"
+        "this host (or why not). -o yaml|json: a v1/List of the objects with status.store.\n"
+        "Reads only; never takes the writer lock.",
+    )
+    p.add_argument("objects", nargs="*", metavar="NAMESPACE/NAME", help="only these objects")
+    p.add_argument("--node-name", default=socket.gethostname(), help="this node's name, for nodeSelector")
+    p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE", help="a label of this node; repeatable")
+    add_common(p, ("text", "yaml", "json"))
+    add_store_options(p, writer=False)
+
+
+def run(args: argparse.Namespace) -> Result:
+    return {"apply": apply, "delete": delete, "get": get}[args.command](args)
 
 
 def locked(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    return writer_lock(lock_path(args.lock), args.wait, on_wait=_say_waiting)
+    return writer_lock(lock_path(args.lock), args.wait, on_wait=lambda who: say(f"waiting for the writer lock held by {who}"))
 
 
 @dataclass
@@ -75,9 +127,9 @@ def read_store(store: Store, strict: bool) -> StoreContents:
         problems = "; ".join(f"{folder}: {reason}" for folder, reason in contents.source.folder_errors.items())
         if strict:
             raise StoreUnreadable(f"cannot read the store {store.directory}: {problems}")
-        print(f"vsop: warning: {problems}", file=sys.stderr)
+        say(f"warning: {problems}")
     for path, error in sorted(contents.errors.items()):
-        print(f"vsop: warning: store file {path}: {error} (what the kernel has for it is kept)", file=sys.stderr)
+        say(f"warning: store file {path}: {error} (what the kernel has for it is kept)")
     return contents
 
 
@@ -103,39 +155,44 @@ def program(
     merged: Merged, node, names: Names, observed: KernelState, kernel_version, new: set[str],  # type: ignore[no-untyped-def]
     loaded=None, keep_accept_ra: bool = False,  # type: ignore[no-untyped-def]
 ) -> tuple[Desired, Plan]:
-    from vsop.cli.main import _refuse_problems
-
     desired = desired_state(merged.services, node, names=names, node_addresses=observed.node_addresses, kernel_version=kernel_version)
     desired = keep_held(desired, observed, merged.held, names)
     ours = Desired(desired.state, desired.programmed, tuple(p for p in desired.problems if p.obj in new))
-    _refuse_problems(ours, loaded)  # the objects being applied must be programmable; older ones only warn
+    refuse_problems(ours, loaded)  # the objects being applied must be programmable; older ones only warn
     for problem in desired.problems + desired.warnings:
         if problem.obj not in new:
             print(f"vsop: warning: VirtualService {problem.obj}: {problem.reason}: {problem.message}", file=sys.stderr)
     result = plan(desired.state, observed, names, keep_accept_ra=keep_accept_ra)
-    _refuse_problems(result, loaded)
+    refuse_problems(result, loaded)
     return desired, result
 
 
-def cmd_apply(args: argparse.Namespace) -> int:
-    from vsop.cli import output
-    from vsop.cli.main import _load, _node, _op_json, _report_conntrack
-    from vsop.node.execute import ExecutionFailed, execute, probe, read_observed, running_kernel_version
+def apply(args: argparse.Namespace) -> Result:
+    from vsop.node.execute import ExecutionFailed, probe, read_observed, running_kernel_version
     from vsop.adapters.real import real_kernel
 
     names = Names()
-    loaded = _load(args)  # invalid input stops here: nothing read, nothing written
-    node = _node(args)
+    loaded = load(args)  # invalid input stops here: nothing read, nothing written
+    this_node = node(args)
     store = Store(store_path(args.store))
     new = {vs.ref for vs in loaded.services}
     if args.prune and not loaded.services and not args.allow_empty:
         raise InvalidInput([FieldError(reason="--prune with no VirtualService would empty this node; add --allow-empty to mean it")])
+
+    def refused(exc: ExecutionFailed) -> Result:
+        return failed(
+            f"stored {len(loaded.services)} object(s) in {store.directory}; programming the kernel failed at operation"
+            f" {exc.applied + 1} of {len(result.ops)}: {exc}; the {exc.applied} operation(s) before it were applied;"
+            " fix the cause and apply again (a running agent retries by itself)",
+            failed=op_json(exc.op), reason=exc.reason, applied=exc.applied,
+        )
+
     with locked(args):
         contents = read_store(store, strict=True)
         merged = merge(contents, loaded.services, store, args.prune)
         kernel = real_kernel()
         observed = read_observed(kernel, names)
-        desired, result = program(merged, node, names, observed, running_kernel_version(), new, loaded, args.keep_accept_ra)
+        desired, result = program(merged, this_node, names, observed, running_kernel_version(), new, loaded, args.keep_accept_ra)
         probe(kernel, result, names)  # a kernel that cannot do it refuses before the store changes
         stored = store.write(loaded.services)
         pruned: list[Path] = []
@@ -143,49 +200,54 @@ def cmd_apply(args: argparse.Namespace) -> int:
             keep = {store.path_for(ref) for ref in new}
             pruned = store.remove(path for path in sorted(contents.source.files) if path not in keep)
         stale: list[str] = []
-        try:
-            writes, applied = execute(kernel, result, names, observed=observed, conntrack_failures=stale)
-        except ExecutionFailed as exc:
-            return output.failure(
-                f"stored {len(loaded.services)} object(s) in {store.directory}; programming the kernel failed at operation"
-                f" {exc.applied + 1} of {len(result.ops)}: {exc}; the {exc.applied} operation(s) before it were applied;"
-                " fix the cause and apply again (a running agent retries by itself)",
-                args.output, failed=_op_json(exc.op), reason=exc.reason, applied=exc.applied,
-            )
-        finally:
-            _report_conntrack(stale)
-    store_note = f"store {store.directory}: {len(stored)} object(s) written" + (f", {len(pruned)} file(s) pruned" if pruned else "")
-    if args.output == "json":
-        json.dump(
-            {
-                "changed": bool(applied) or bool(stored) or bool(pruned),
-                "writes": writes,
-                "stored": stored,
-                "pruned": [str(p) for p in pruned],
-                "counts": result.counts(),
-                "operations": [_op_json(op) for op in applied],
-                **({"conntrackFailures": stale} if stale else {}),
-            },
-            sys.stdout,
-            indent=2,
-        )
-        print()
-        return EXIT_OK
+        executed = execute_saying(kernel, result, names, observed, stale, refused)
+    if isinstance(executed, Result):
+        return executed
+    writes, applied = executed
+    document = {
+        "changed": bool(applied) or bool(stored) or bool(pruned),
+        "writes": writes,
+        "stored": stored,
+        "pruned": [str(p) for p in pruned],
+        "counts": result.counts(),
+        "operations": [op_json(op) for op in applied],
+        **({"conntrackFailures": stale} if stale else {}),
+    }
     total = len(desired.programmed)
     if not applied and not stored and not pruned:
-        print(f"vsop: nothing changed: {total} VirtualService(s) already programmed on {args.node_name} (0 writes)")
-        return EXIT_OK
+        return Result(text=f"vsop: nothing changed: {total} VirtualService(s) already programmed on {args.node_name} (0 writes)\n", document=document)
     counts = ", ".join(f"{kind} {count}" for kind, count in result.counts().items())
-    print(f"vsop: {store_note}")
-    print(f"vsop: applied {len(applied)} operation(s) for {total} VirtualService(s) on {args.node_name}" + (f": {counts}" if counts else ""))
-    for op in applied:
-        print(f"  {op.kind:<18} {op.describe()}")
-    return EXIT_OK
+    store_note = f"store {store.directory}: {len(stored)} object(s) written" + (f", {len(pruned)} file(s) pruned" if pruned else "")
+    text = (
+        f"vsop: {store_note}\n"
+        f"vsop: applied {len(applied)} operation(s) for {total} VirtualService(s) on {args.node_name}" + (f": {counts}" if counts else "") + "\n"
+        + _operations_text(applied)
+    )
+    return Result(text=text, document=document)
+
+
+def execute_saying(
+    kernel, the_plan: Plan, names: Names, observed: KernelState, stale: list[str], refused: Callable[[Any], Result],  # type: ignore[no-untyped-def]
+) -> tuple[int, list[ops.Op]] | Result:
+    """Execute the plan, saying on stderr which UDP conntrack entries could not be forgotten (collected
+    in `stale`): at once, or, when the kernel refused an operation, after `refused` said so."""
+    from vsop.node.execute import ExecutionFailed, execute
+
+    try:
+        return execute(kernel, the_plan, names, observed=observed, conntrack_failures=stale)
+    except ExecutionFailed as exc:
+        notes = conntrack_notes(stale)
+        stale.clear()  # said after the failure, not before it
+        return replace(refused(exc), notes=notes)
+    finally:
+        report_conntrack(stale)
+
+
+def _operations_text(applied: list[ops.Op]) -> str:
+    return "".join(f"  {op.kind:<18} {op.describe()}\n" for op in applied)
 
 
 def _refs_to_delete(args: argparse.Namespace) -> list[str]:
-    from vsop.cli.main import _load
-
     refs: list[str] = []
     problems: list[FieldError] = []
     for item in args.objects:
@@ -195,7 +257,7 @@ def _refs_to_delete(args: argparse.Namespace) -> list[str]:
             continue
         refs.append(f"{namespace or 'default'}/{name}")
     if args.paths:
-        refs += [vs.ref for vs in _load(args).services]
+        refs += [vs.ref for vs in load(args).services]
     if problems:
         raise InvalidInput(problems)
     if not refs:
@@ -203,16 +265,18 @@ def _refs_to_delete(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(refs))
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
-    from vsop.cli import output
-    from vsop.cli.main import _node, _op_json, _report_conntrack
-    from vsop.node.execute import ExecutionFailed, execute, read_observed, running_kernel_version
+def delete(args: argparse.Namespace) -> Result:
+    from vsop.node.execute import read_observed, running_kernel_version
     from vsop.adapters.real import real_kernel
 
     names = Names()
     refs = _refs_to_delete(args)
-    node = _node(args)
+    this_node = node(args)
     store = Store(store_path(args.store))
+
+    def refused(exc: Any) -> Result:
+        return failed(f"removed {len(refs)} object(s) from the store; the kernel refused: {exc}; apply again to converge", applied=exc.applied)
+
     with locked(args):
         contents = read_store(store, strict=True)
         declared = {**{ref: path for ref, path in contents.files.items()}}
@@ -234,35 +298,21 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if not args.now:
             drained = _drain(kernel, observed, contents.services, gone, names, args)
             observed = read_observed(kernel, names)
-        desired, result = program(merged, node, names, observed, running_kernel_version(), set())
+        desired, result = program(merged, this_node, names, observed, running_kernel_version(), set())
         store.remove(declared[ref] for ref in refs)
-        stale: list[str] = []
-        try:
-            writes, applied = execute(kernel, result, names, observed=observed, conntrack_failures=stale)
-        except ExecutionFailed as exc:
-            return output.failure(
-                f"removed {len(refs)} object(s) from the store; the kernel refused: {exc}; apply again to converge",
-                args.output, applied=exc.applied,
-            )
-        finally:
-            _report_conntrack(stale)
-    if args.output == "json":
-        json.dump({"deleted": refs, "writes": writes, "drainedSeconds": round(drained, 3), "operations": [_op_json(op) for op in applied]}, sys.stdout, indent=2)
-        print()
-        return EXIT_OK
-    for ref in refs:
-        print(f"vsop: deleted VirtualService {ref}" + (f" (drained {drained:.1f}s)" if drained >= 0.05 else ""))
-    print(f"vsop: {len(applied)} kernel operation(s)")
-    for op in applied:
-        print(f"  {op.kind:<18} {op.describe()}")
-    return EXIT_OK
+        executed = execute_saying(kernel, result, names, observed, [], refused)
+    if isinstance(executed, Result):
+        return executed
+    writes, applied = executed
+    text = "".join(f"vsop: deleted VirtualService {ref}" + (f" (drained {drained:.1f}s)" if drained >= 0.05 else "") + "\n" for ref in refs)
+    return Result(
+        text=text + f"vsop: {len(applied)} kernel operation(s)\n" + _operations_text(applied),
+        document={"deleted": refs, "writes": writes, "drainedSeconds": round(drained, 3), "operations": [op_json(op) for op in applied]},
+    )
 
 
 def _drain(kernel, observed: KernelState, services: list[VirtualService], gone: set[str], names: Names, args: argparse.Namespace) -> float:  # type: ignore[no-untyped-def]
     """Weight 0 for the deleted objects' TCP/SCTP real servers, then wait for their established connections."""
-    from dataclasses import replace
-
-    from vsop.core import ops
     from vsop.node.execute import execute, read_observed
 
     keys: set[ServiceKey] = set()
@@ -276,7 +326,7 @@ def _drain(kernel, observed: KernelState, services: list[VirtualService], gone: 
         return 0.0
     edits = [ops.EditRealServer(replace(rs, weight=0)) for rs in observed.real_servers.values() if rs.key.service in keys and rs.weight > 0]
     execute(kernel, Plan(tuple(edits)), names, observed=observed)
-    print(f"vsop: draining {len(busy)} real server(s) with open connections (up to {grace:g}s; --now skips this)", file=sys.stderr)
+    say(f"draining {len(busy)} real server(s) with open connections (up to {grace:g}s; --now skips this)")
     started = time.monotonic()
     while time.monotonic() - started < grace:
         current = read_observed(kernel, names)
@@ -313,9 +363,7 @@ def programmed_state(vs: VirtualService, desired: Desired, observed: KernelState
     return "yes"
 
 
-def cmd_get(args: argparse.Namespace) -> int:
-    from vsop.cli.main import _node
-
+def get(args: argparse.Namespace) -> Result:
     names = Names()
     store = Store(store_path(args.store))
     contents = read_store(store, strict=False)
@@ -332,36 +380,37 @@ def cmd_get(args: argparse.Namespace) -> int:
         reason = f"unknown: cannot read the kernel ({exc})"
     rows = []
     if observed is not None:
-        desired = desired_state(contents.services, _node(args), names=names, node_addresses=observed.node_addresses, kernel_version=running_kernel_version())
+        desired = desired_state(contents.services, node(args), names=names, node_addresses=observed.node_addresses, kernel_version=running_kernel_version())
     for vs in services:
         state = programmed_state(vs, desired, observed, names) if observed is not None else reason
         rows.append((vs, state, contents.files.get(vs.ref)))
-    errors = contents.errors
-    if args.output in ("json", "yaml"):
-        from vsop.host.store import document
+    return Result(text=lambda: _get_text(rows, contents.errors, store), document=lambda: _get_document(rows, contents.errors, store))
 
-        items = [
-            {**document(vs), "status": {"store": {"file": str(path), "programmed": state == "yes", "message": "" if state == "yes" else state}}}
-            for vs, state, path in rows
-        ]
-        data = {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"store": str(store.directory), "errors": errors}}
-        if args.output == "json":
-            json.dump(data, sys.stdout, indent=2)
-            print()
-        else:
-            sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
-        return EXIT_OK
+
+Row = tuple[VirtualService, str, Path | None]  # the object, programmed or why not, its file
+
+
+def _get_document(rows: list[Row], errors: dict[str, str], store: Store) -> dict[str, object]:
+    """A v1/List of the stored objects, each with status.store (-o json, -o yaml)."""
+    from vsop.host.store import document
+
+    items = [
+        {**document(vs), "status": {"store": {"file": str(path), "programmed": state == "yes", "message": "" if state == "yes" else state}}}
+        for vs, state, path in rows
+    ]
+    return {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"store": str(store.directory), "errors": errors}}
+
+
+def _get_text(rows: list[Row], errors: dict[str, str], store: Store) -> str:
     if not rows and not errors:
-        print(f"No VirtualServices in the store {store.directory}.")
-        return EXIT_OK
+        return f"No VirtualServices in the store {store.directory}.\n"
     width = max([len(vs.ref) for vs, _, _ in rows] + [len("NAMESPACE/NAME")])
-    print(f"{'NAMESPACE/NAME':<{width}}  {'VIP':<16} {'PORTS':<20} PROGRAMMED")
+    lines = [f"{'NAMESPACE/NAME':<{width}}  {'VIP':<16} {'PORTS':<20} PROGRAMMED"]
     for vs, state, _ in rows:
         ports = ",".join(f"{p.port}/{p.protocol}" for p in vs.spec.ports)
-        print(f"{vs.ref:<{width}}  {vs.spec.vip:<16} {ports:<20} {state}")
-    for path, error in sorted(errors.items()):
-        print(f"error: {path}: {error}")
-    return EXIT_OK
+        lines.append(f"{vs.ref:<{width}}  {vs.spec.vip:<16} {ports:<20} {state}")
+    lines += [f"error: {path}: {error}" for path, error in sorted(errors.items())]
+    return "".join(line + "\n" for line in lines)
 
 
 def plan_services(args: argparse.Namespace, given: list[VirtualService]) -> tuple[list[VirtualService], Held]:
@@ -372,4 +421,4 @@ def plan_services(args: argparse.Namespace, given: list[VirtualService]) -> tupl
     return merged.services, merged.held
 
 
-__all__ = ["LockTimeout", "StoreUnreadable", "add_store_options", "cmd_apply", "cmd_delete", "cmd_get", "plan_services"]
+__all__ = ["LockTimeout", "StoreUnreadable", "add_store_options", "apply", "delete", "get", "plan_services", "register", "run"]

@@ -1,0 +1,102 @@
+"""What several commands share: the -o/-v flags and the subcommand shape, reading the input
+files, this node from --node-name/--node-label, an operation as JSON, and the two things a
+one-shot command says on stderr (problems refused as invalid input, conntrack entries kept).
+
+Must not import: vsop.cli.main or any command module (they import this), kopf, kubernetes,
+pyroute2 (the kernel arrives through vsop.adapters.real, inside the commands that read it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from typing import Any
+
+from vsop.api.errors import FieldError, InvalidInput
+from vsop.api.manifests import Loaded, load_paths, problem_errors, read_stdin
+from vsop.core import ops
+from vsop.core.commands import command_lines
+from vsop.core.desired import Desired, Node
+from vsop.core.plan import Plan
+
+STATUS_FILE = "/run/vsop/agent.json"  # where the host agent writes its state, for show, explain and doctor
+
+
+def add_common(parser: argparse.ArgumentParser, formats: tuple[str, ...] = ("text", "json")) -> None:
+    """-o and -v, the same on every command."""
+    parser.add_argument("-o", "--output", choices=formats, default=formats[0], help=f"output format (default: {formats[0]})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="more detail; on an unexpected failure, the full trace")
+
+
+def subcommand(sub: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose --help always has a description (the one-line help if no longer one)."""
+    return sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".", formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_files(parser: argparse.ArgumentParser) -> None:
+    """-f PATH... and this node's name and labels: the input of plan and apply."""
+    parser.add_argument(
+        "-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
+        help="a YAML file (several documents allowed) or a folder of them; repeatable; '-' reads stdin",
+    )
+    parser.add_argument(
+        "--node-name", default=socket.gethostname(),
+        help="this node's name, for nodeSelector (default: the host name)",
+    )
+    parser.add_argument(
+        "--node-label", action="append", default=[], metavar="KEY=VALUE",
+        help="a label of this node, for nodeSelector; repeatable (kubernetes.io/hostname is always set)",
+    )
+
+
+def say(message: str) -> None:
+    """One line on stderr, while the command runs (a note, a warning, a wait)."""
+    print(f"vsop: {message}", file=sys.stderr)
+
+
+def node(args: argparse.Namespace) -> Node:
+    labels = {"kubernetes.io/hostname": args.node_name}
+    for item in args.node_label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput([FieldError(path="--node-label", reason=f"must be KEY=VALUE, got {item!r}")])
+        labels[key] = value
+    return Node(args.node_name, labels)
+
+
+def load(args: argparse.Namespace) -> Loaded:
+    """The VirtualServices in -f PATH...; input holding none is invalid."""
+    stdin_text = read_stdin() if "-" in args.paths else None
+    loaded = load_paths(args.paths, stdin_text=stdin_text)
+    for note in loaded.skipped:
+        say(f"{note} (not a VirtualService)")
+    for warning in loaded.warnings:
+        say(f"warning: {warning}")
+    if not loaded.services:  # never an empty desired state: that would remove everything
+        raise InvalidInput([FieldError(reason=f"no VirtualService found in {' '.join(args.paths)}")])
+    return loaded
+
+
+def refuse_problems(desired: Desired | Plan, loaded: Loaded | None = None) -> None:
+    """For one-shot commands a conflict or refused VIP is invalid input: nothing is half-applied.
+
+    Each names the file and line of its object and, for a conflict, of the object that keeps the port.
+    """
+    if desired.problems:
+        raise InvalidInput(problem_errors(desired.problems, loaded, lambda p: "spec.ports" if p.reason == "Conflict" else "spec.vip"))
+
+
+def op_json(op: ops.Op) -> dict[str, object]:
+    return {"kind": op.kind, "description": op.describe(), "commands": command_lines(op)}
+
+
+def conntrack_notes(failures: list[str]) -> tuple[str, ...]:
+    return tuple(
+        f"vsop: warning: UDP conntrack entries not forgotten for {failure}; its clients move when their entries expire" for failure in failures
+    )
+
+
+def report_conntrack(failures: list[str]) -> None:
+    for note in conntrack_notes(failures):
+        print(note, file=sys.stderr)

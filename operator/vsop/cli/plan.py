@@ -1,0 +1,97 @@
+"""`vsop plan`: what `apply` of the files would do on this host (or on an empty node), as commands.
+
+Owns the command's arguments and the pipeline that plans without writing: the files on top of
+the host store (vsop.cli.store), kept held, refused problems, the plan. Nothing is written and
+the writer lock is never taken. Must not import: vsop.cli.main, kopf, kubernetes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from typing import Any
+
+from vsop.api.manifests import Loaded
+from vsop.core.commands import command_lines, render
+from vsop.core.desired import Desired, desired_state
+from vsop.core.held import Held, keep_held
+from vsop.core.plan import Plan, plan
+from vsop.core.state import KernelState, Names
+from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
+from vsop.api.model import VirtualService
+from vsop.cli.common import add_common, add_files, load, node, refuse_problems, subcommand
+from vsop.cli.output import Result
+from vsop.cli.store import add_store_options, plan_services
+
+
+def register(sub: Any) -> None:
+    p = subcommand(
+        sub,
+        "plan",
+        "validate, diff against this host (or an empty node), print the plan as commands",
+        "Validate the VirtualServices, compute this node's desired kernel state, diff it against\n"
+        "the host (or, with --from-empty, against a node with nothing of vsop's) and print the\n"
+        "operations as the ip / ipvsadm / ipset / iptables / sysctl commands a person would type,\n"
+        "grouped and commented (-o commands, the same as -o text). Nothing is written.",
+    )
+    add_files(p)
+    p.add_argument("--from-empty", action="store_true", help="plan the files alone against an empty node (no store, no root)")
+    add_store_options(p, writer=False)
+    p.add_argument("--prune", action="store_true", help="plan `apply --prune`: the files replace the whole store")
+    p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
+    add_common(p, ("commands", "text", "json"))
+
+
+def run(args: argparse.Namespace) -> Result:
+    loaded = load(args)
+    services, desired, result = planned(args, loaded)
+    return Result(text=lambda: _text(args, services, desired, result), document=lambda: _document(args, result))
+
+
+def planned(args: argparse.Namespace, loaded: Loaded) -> tuple[list[VirtualService], Desired, Plan]:
+    """The files (on top of the store, unless --from-empty) planned against this host or an empty node."""
+    names = Names()
+    services, held = loaded.services, Held()
+    if not args.from_empty:
+        from vsop.adapters.real import read_host  # the kernel readers; imported only when a host is read
+        from vsop.node.execute import running_kernel_version
+
+        services, held = plan_services(args, loaded.services)  # what `apply` of these files would program
+        observed = read_host(names)
+    else:
+        observed = KernelState()
+    desired = desired_state(
+        services,
+        node(args),
+        names=names,
+        node_addresses=observed.node_addresses,
+        kernel_version=None if args.from_empty else running_kernel_version(),
+    )
+    desired = keep_held(desired, observed, held, names)
+    given = {vs.ref for vs in loaded.services}  # objects already in the store only warn (see vsop.cli.store)
+    refuse_problems(replace(desired, problems=tuple(p for p in desired.problems if p.obj in given)), loaded)
+    result = plan(desired.state, observed, names, keep_accept_ra=args.keep_accept_ra)
+    refuse_problems(result, loaded)
+    return services, desired, result
+
+
+def _document(args: argparse.Namespace, result: Plan) -> dict[str, object]:
+    return {
+        "node": args.node_name,
+        "fromEmpty": args.from_empty,
+        "counts": result.counts(),
+        "operations": [{"kind": op.kind, "description": op.describe(), "commands": command_lines(op)} for op in result.ops],
+    }
+
+
+def _text(args: argparse.Namespace, services: list[VirtualService], desired: Desired, result: Plan) -> str:
+    against = "an empty node" if args.from_empty else f"this host ({args.node_name})"
+    if not result.ops:
+        elsewhere = len(services) - len(desired.programmed)
+        note = f"; {elsewhere} VirtualService(s) are not for node {args.node_name} (nodeSelector)" if elsewhere else ""
+        return f"# Nothing to do: {against} already matches the {len(desired.programmed)} VirtualService(s) it programs{note}.\n"
+    return (
+        f"# vsop plan against {against}: {len(result.ops)} operation(s) for {len(desired.programmed)} VirtualService(s).\n"
+        "# Each command below is what vsop does through netlink / iptables-restore.\n\n"
+        + render(result.ops)
+    )
