@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> Result:
 
 
 def _cleanup(args: argparse.Namespace) -> Result:
-    from vsop.node.execute import ExecutionFailed, changed_sysctls, cleanup, restore_sysctls
+    from vsop.node.execute import ExecutionFailed, changed_sysctls, restore_sysctls
+    from vsop.node.whole import cleanup
     from vsop.adapters.real import real_kernel
 
     names = Names()

@@ -54,7 +54,7 @@ def planned(args: argparse.Namespace, loaded: Loaded) -> tuple[list[VirtualServi
     services, held = loaded.services, Held()
     if not args.from_empty:
         from vsop.adapters.real import read_host  # the kernel readers; imported only when a host is read
-        from vsop.node.execute import running_kernel_version
+        from vsop.adapters.kernel import running_kernel_version
 
         services, held = plan_services(args, loaded.services)  # what `apply` of these files would program
         observed = read_host(names)

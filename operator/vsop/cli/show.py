@@ -35,7 +35,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> Result:
     from vsop.adapters.real import real_kernel
     from vsop.diagnose.show import show_json, show_text
-    from vsop.node.execute import changed_sysctls, read_observed
+    from vsop.adapters.kernel import read_observed
+    from vsop.node.execute import changed_sysctls
 
     names = Names()
     kernel = real_kernel()

@@ -168,7 +168,8 @@ def program(
 
 
 def apply(args: argparse.Namespace) -> Result:
-    from vsop.node.execute import ExecutionFailed, probe, read_observed, running_kernel_version
+    from vsop.adapters.kernel import read_observed, running_kernel_version
+    from vsop.node.execute import ExecutionFailed, probe
     from vsop.adapters.real import real_kernel
 
     names = Names()
@@ -266,7 +267,7 @@ def _refs_to_delete(args: argparse.Namespace) -> list[str]:
 
 
 def delete(args: argparse.Namespace) -> Result:
-    from vsop.node.execute import read_observed, running_kernel_version
+    from vsop.adapters.kernel import read_observed, running_kernel_version
     from vsop.adapters.real import real_kernel
 
     names = Names()
@@ -313,7 +314,8 @@ def delete(args: argparse.Namespace) -> Result:
 
 def _drain(kernel, observed: KernelState, services: list[VirtualService], gone: set[str], names: Names, args: argparse.Namespace) -> float:  # type: ignore[no-untyped-def]
     """Weight 0 for the deleted objects' TCP/SCTP real servers, then wait for their established connections."""
-    from vsop.node.execute import execute, read_observed
+    from vsop.adapters.kernel import read_observed
+    from vsop.node.execute import execute
 
     keys: set[ServiceKey] = set()
     grace = 0.0
@@ -372,7 +374,7 @@ def get(args: argparse.Namespace) -> Result:
     observed: KernelState | None = None
     reason = ""
     try:
-        from vsop.node.execute import read_observed, running_kernel_version
+        from vsop.adapters.kernel import read_observed, running_kernel_version
         from vsop.adapters.real import real_kernel
 
         observed = read_observed(real_kernel(), names)
