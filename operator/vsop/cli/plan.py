@@ -1,8 +1,8 @@
 """`vsop plan`: what `apply` of the files would do on this host (or on an empty node), as commands.
 
-Owns the command's arguments and the pipeline that plans without writing: the files on top of
-the host store (vsop.cli.store), kept held, refused problems, the plan. Nothing is written and
-the writer lock is never taken. Must not import: vsop.cli.main, kopf, kubernetes.
+Owns the command's arguments and what it plans: the files on top of the host store
+(vsop.cli.store), through the whole-node pipeline up to the plan (vsop.node.whole), problems of
+the given objects refused as invalid input. Nothing is written and the writer lock is never taken. Must not import: vsop.cli.main, kopf, kubernetes.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from typing import Any
 
 from vsop.api.manifests import Loaded
 from vsop.core.commands import command_lines, render
-from vsop.core.desired import Desired, desired_state
-from vsop.core.held import Held, keep_held
-from vsop.core.plan import Plan, plan
+from vsop.core.desired import Desired
+from vsop.core.held import Held
+from vsop.core.plan import Plan
 from vsop.core.state import KernelState, Names
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.api.model import VirtualService
+from vsop.node.whole import derive, program
 from vsop.cli.common import add_common, add_files, load, node, refuse_problems, subcommand
 from vsop.cli.output import Result
 from vsop.cli.store import add_store_options, plan_services
@@ -60,17 +61,14 @@ def planned(args: argparse.Namespace, loaded: Loaded) -> tuple[list[VirtualServi
         observed = read_host(names)
     else:
         observed = KernelState()
-    desired = desired_state(
-        services,
-        node(args),
-        names=names,
-        node_addresses=observed.node_addresses,
-        kernel_version=None if args.from_empty else running_kernel_version(),
-    )
-    desired = keep_held(desired, observed, held, names)
     given = {vs.ref for vs in loaded.services}  # objects already in the store only warn (see vsop.cli.store)
-    refuse_problems(replace(desired, problems=tuple(p for p in desired.problems if p.obj in given)), loaded)
-    result = plan(desired.state, observed, names, keep_accept_ra=args.keep_accept_ra)
+
+    def check(desired: Desired) -> None:
+        refuse_problems(replace(desired, problems=tuple(p for p in desired.problems if p.obj in given)), loaded)
+
+    kernel_version = None if args.from_empty else running_kernel_version()
+    desired = derive(services, node(args), observed, names=names, kernel_version=kernel_version)
+    desired, result = program(desired, observed, names, held=held, keep_accept_ra=args.keep_accept_ra, check=check)
     refuse_problems(result, loaded)
     return services, desired, result
 

@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import argparse
 import socket
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from vsop.core import ops
-from vsop.core.desired import Desired, desired_state
-from vsop.core.held import Held, keep_held
-from vsop.core.plan import Plan, plan
+from vsop.core.desired import Desired
+from vsop.core.held import Held
+from vsop.core.plan import Plan
 from vsop.core.state import KernelState, Names, ServiceKey
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.api.errors import FieldError, InvalidInput
 from vsop.node.lock import DEFAULT_WAIT_SECONDS, LockTimeout, lock_path, writer_lock
 from vsop.api.model import VirtualService
 from vsop.host.store import Store, StoreContents, store_path
+from vsop.node import whole
 from vsop.cli.common import add_common, add_files, conntrack_notes, load, node, op_json, refuse_problems, report_conntrack, say, subcommand
 from vsop.cli.output import Result, failed
 
@@ -155,14 +155,16 @@ def program(
     merged: Merged, node, names: Names, observed: KernelState, kernel_version, new: set[str],  # type: ignore[no-untyped-def]
     loaded=None, keep_accept_ra: bool = False,  # type: ignore[no-untyped-def]
 ) -> tuple[Desired, Plan]:
-    desired = desired_state(merged.services, node, names=names, node_addresses=observed.node_addresses, kernel_version=kernel_version)
-    desired = keep_held(desired, observed, merged.held, names)
-    ours = Desired(desired.state, desired.programmed, tuple(p for p in desired.problems if p.obj in new))
-    refuse_problems(ours, loaded)  # the objects being applied must be programmable; older ones only warn
-    for problem in desired.problems + desired.warnings:
-        if problem.obj not in new:
-            print(f"vsop: warning: VirtualService {problem.obj}: {problem.reason}: {problem.message}", file=sys.stderr)
-    result = plan(desired.state, observed, names, keep_accept_ra=keep_accept_ra)
+    """The store as it will be, through the whole-node pipeline: the objects being applied (`new`)
+    must be programmable (invalid input otherwise); older ones only warn."""
+    def check(desired: Desired) -> None:
+        refuse_problems(Desired(desired.state, desired.programmed, tuple(p for p in desired.problems if p.obj in new)), loaded)
+        for problem in desired.problems + desired.warnings:
+            if problem.obj not in new:
+                say(f"warning: VirtualService {problem.obj}: {problem.reason}: {problem.message}")
+
+    desired = whole.derive(merged.services, node, observed, names=names, kernel_version=kernel_version)
+    desired, result = whole.program(desired, observed, names, held=merged.held, keep_accept_ra=keep_accept_ra, check=check)
     refuse_problems(result, loaded)
     return desired, result
 
@@ -382,7 +384,7 @@ def get(args: argparse.Namespace) -> Result:
         reason = f"unknown: cannot read the kernel ({exc})"
     rows = []
     if observed is not None:
-        desired = desired_state(contents.services, node(args), names=names, node_addresses=observed.node_addresses, kernel_version=running_kernel_version())
+        desired = whole.derive(contents.services, node(args), observed, names=names, kernel_version=running_kernel_version())
     for vs in services:
         state = programmed_state(vs, desired, observed, names) if observed is not None else reason
         rows.append((vs, state, contents.files.get(vs.ref)))
