@@ -198,17 +198,17 @@ def load_desired(directory: str | None, names: Names, kernel_version: tuple[int,
     if not directory or not os.path.isdir(directory):
         return None, "", []
     from vsop.core.desired import Node, desired_state
-    from vsop.api.errors import InvalidInput
-    from vsop.api.manifests import load_paths
+    from vsop.host.folder import FolderSource
 
-    try:
-        loaded = load_paths([directory])
-    except (InvalidInput, OSError) as exc:
-        return None, directory, [f"the VirtualServices in {directory} could not be read: {exc}"]
+    # Read as the agent reads it: one bad file is reported once and the valid ones still count
+    # (a doctor that dropped every object for one typo would say the host serves nothing).
+    source = FolderSource(Path(directory), settle_seconds=0)
+    source.poll()
+    errors = [f"{path}: {reason} (the agent keeps what it had for this file; the other files are checked)" for path, reason in source.errors().items()]
     hostname = socket.gethostname()
-    desired = desired_state(loaded.services, Node(hostname, {"kubernetes.io/hostname": hostname}), names=names,
+    desired = desired_state(source.services(), Node(hostname, {"kubernetes.io/hostname": hostname}), names=names,
                             node_addresses=node_addresses, kernel_version=kernel_version)
-    return desired.state, directory, []
+    return desired.state, directory, errors
 
 
 NETSTAT_WINDOW_SECONDS = 2.0  # a client's SYN retries (1 s, then 2 s) fall into it

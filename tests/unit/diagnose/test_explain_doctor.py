@@ -361,6 +361,12 @@ def test_the_store_tells_doctor_what_to_expect(tmp_path) -> None:
     assert KEY in desired.services and desired.sysctls["net.ipv4.conf.all.arp_ignore"] == "1"
     assert load_desired(str(tmp_path / "missing"), NAMES, (6, 1), ()) == (None, "", [])
 
+    # One bad file beside it: reported once, and the valid object still counts.
+    (tmp_path / "bad.yaml").write_text("apiVersion: vsop.dev/v1alpha1\nkind: VirtualService\nmetadata: {name: bad}\nspec: {vip: 10.0.0.1/32}\n")
+    desired, source, errors = load_desired(str(tmp_path), NAMES, (6, 1), ())
+    assert desired is not None and KEY in desired.services
+    assert len(errors) == 1 and errors[0].startswith(f"{tmp_path / 'bad.yaml'}: ") and "spec.vip" in errors[0], errors
+
 
 def test_an_ipv6_vip_is_explained_and_checked_with_ip6tables() -> None:
     key = ServiceKey("tcp", "fd00::2", 80)
