@@ -71,6 +71,7 @@ lint: venv
 crd: venv
 	$(BIN)/vsop crd > crds/virtualservices.vsop.dev.yaml
 	$(BIN)/python -c 'import sys, vsop.api.crd; sys.stdout.write(vsop.api.crd.node_report_crd_yaml())' > crds/nodereports.vsop.dev.yaml
+	$(BIN)/python -c 'import sys, vsop.api.crd; sys.stdout.write(vsop.api.crd.vip_pool_crd_yaml())' > crds/vippools.vsop.dev.yaml
 
 clean:
 	rm -rf $(VENV) .cache build dist

@@ -41,6 +41,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, struct_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "virtualservices.vsop.dev.yaml"
+POOL_CRD_FILE = ROOT / "crds" / "vippools.vsop.dev.yaml"
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 PACKAGE = "vsopcrd"
 
@@ -58,17 +59,18 @@ class Refusal:
 
 
 @cache
-def crd() -> dict[str, Any]:
-    return yaml.safe_load(CRD_FILE.read_text())
+def crd(file: Path = CRD_FILE) -> dict[str, Any]:
+    """A committed CRD (every function here takes which one; the VirtualService's by default)."""
+    return yaml.safe_load(file.read_text())
 
 
-def version() -> dict[str, Any]:
-    [served] = [v for v in crd()["spec"]["versions"] if v.get("served")]
+def version(file: Path = CRD_FILE) -> dict[str, Any]:
+    [served] = [v for v in crd(file)["spec"]["versions"] if v.get("served")]
     return served
 
 
-def root_schema() -> dict[str, Any]:
-    return version()["schema"]["openAPIV3Schema"]
+def root_schema(file: Path = CRD_FILE) -> dict[str, Any]:
+    return version(file)["schema"]["openAPIV3Schema"]
 
 
 def fmt(parts: tuple[Any, ...]) -> str:
@@ -149,15 +151,15 @@ def as_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 @cache
-def validator() -> jsonschema.Draft4Validator:
-    schema = as_json_schema(root_schema())
+def validator(file: Path = CRD_FILE) -> jsonschema.Draft4Validator:
+    schema = as_json_schema(root_schema(file))
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema)
 
 
-def schema_refusals(doc: dict[str, Any]) -> list[Refusal]:
+def schema_refusals(doc: dict[str, Any], file: Path = CRD_FILE) -> list[Refusal]:
     found = []
-    for error in validator().iter_errors(doc):
+    for error in validator(file).iter_errors(doc):
         parts = tuple(error.absolute_path)
         if error.validator == "required":  # names the object; the API server names the missing field
             missing = [name for name in error.validator_value if name not in (error.instance or {})]
@@ -170,9 +172,9 @@ def schema_refusals(doc: dict[str, Any]) -> list[Refusal]:
     return found
 
 
-def list_map_refusals(doc: dict[str, Any]) -> list[Refusal]:
+def list_map_refusals(doc: dict[str, Any], file: Path = CRD_FILE) -> list[Refusal]:
     found = []
-    for schema_path, node in schema_nodes(root_schema()):
+    for schema_path, node in schema_nodes(root_schema(file)):
         if node.get("x-kubernetes-list-type") not in ("map", "set"):
             continue
         for path, items in instances(doc, schema_path):
@@ -272,9 +274,9 @@ class CompileError(AssertionError):
 
 
 @cache
-def rules() -> tuple[Rule, ...]:
+def rules(file: Path = CRD_FILE) -> tuple[Rule, ...]:
     """Every rule of the committed CRD, compiled."""
-    return compile_rules(root_schema())
+    return compile_rules(root_schema(file))
 
 
 def compile_rules(schema: dict[str, Any]) -> tuple[Rule, ...]:
@@ -297,9 +299,9 @@ def compile_rules(schema: dict[str, Any]) -> tuple[Rule, ...]:
     return tuple(found)
 
 
-def cel_refusals(doc: dict[str, Any]) -> list[Refusal]:
+def cel_refusals(doc: dict[str, Any], file: Path = CRD_FILE) -> list[Refusal]:
     found = []
-    for rule in rules():
+    for rule in rules(file):
         for path, value in instances(doc, rule.schema_path):
             if rule.rule.count("oldSelf"):
                 continue  # transition rules: not evaluated on create
@@ -315,14 +317,14 @@ def cel_refusals(doc: dict[str, Any]) -> list[Refusal]:
 # --- the whole admission path --------------------------------------------------------------
 
 
-def admit(doc: dict[str, Any]) -> tuple[dict[str, Any], list[Refusal]]:
+def admit(doc: dict[str, Any], file: Path = CRD_FILE) -> tuple[dict[str, Any], list[Refusal]]:
     """The object as stored (defaults applied) and the refusals, in the API server's order."""
-    group = crd()["spec"]["group"]
-    served = f"{group}/{version()['name']}"
+    group = crd(file)["spec"]["group"]
+    served = f"{group}/{version(file)['name']}"
     if doc.get("apiVersion") != served:
         return doc, [Refusal("apiVersion", f"no such resource in {served!r}: {doc.get('apiVersion')!r}", "apiserver")]
-    if doc.get("kind") != crd()["spec"]["names"]["kind"]:
-        return doc, [Refusal("kind", f"kind {doc.get('kind')!r} is not {crd()['spec']['names']['kind']!r}", "apiserver")]
+    if doc.get("kind") != crd(file)["spec"]["names"]["kind"]:
+        return doc, [Refusal("kind", f"kind {doc.get('kind')!r} is not {crd(file)['spec']['names']['kind']!r}", "apiserver")]
     found: list[Refusal] = []
     meta = doc.get("metadata")
     if not isinstance(meta, dict):
@@ -334,10 +336,10 @@ def admit(doc: dict[str, Any]) -> tuple[dict[str, Any], list[Refusal]]:
     name = meta.get("name")
     if not isinstance(name, str) or len(name) > 253 or not DNS_SUBDOMAIN.match(name):
         found.append(Refusal("metadata.name", "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'", "apiserver"))
-    stored = apply_defaults(copy.deepcopy(doc), root_schema())
-    schema = schema_refusals(stored) + list_map_refusals(stored)
+    stored = apply_defaults(copy.deepcopy(doc), root_schema(file))
+    schema = schema_refusals(stored, file) + list_map_refusals(stored, file)
     found += schema
     # The API server skips CEL when the schema already found a value of the wrong type: the rules would see garbage.
     if not any("is not of type" in r.message for r in schema):
-        found += cel_refusals(stored)
+        found += cel_refusals(stored, file)
     return stored, found

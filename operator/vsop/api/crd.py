@@ -361,3 +361,96 @@ def node_report_crd() -> dict[str, Any]:
 def node_report_crd_yaml() -> str:
     header = "# Generated from vsop.api.crd.node_report_crd by `make crd`; do not edit (tests compare it).\n"
     return header + yaml.safe_dump(node_report_crd(), sort_keys=False, width=120, allow_unicode=False)
+
+
+# --- VipPool: cluster-scoped, written by an administrator (vsop.api.pools) -------------------
+
+_IPV4 = f"({_OCTET}[.]){{3}}{_OCTET}"
+POOL_ADDRESS_RULES = [
+    {
+        "rule": f"self.contains(':') || self.matches('^{_IPV4}(/(3[0-2]|[12]?[0-9])|-{_IPV4})?$')",
+        "message": "must be an IPv4 address, CIDR prefix (length 0-32) or first-last range in dotted decimal (0-255, no leading zeros)",
+    },
+    {
+        "rule": "!self.contains(':') || !self.contains('/') || self.matches('/(12[0-8]|1[01][0-9]|[1-9]?[0-9])$')",
+        "message": "an IPv6 prefix length is 0-128",
+    },
+    {
+        "rule": "!self.contains('-') || !self.contains(':') || self.matches('^[^-]*:[^-]*-[^-]*:[^-]*$')",
+        "message": "a range is of one family: both ends IPv4 or both IPv6",
+    },
+]
+POOL_PRINTER_COLUMNS = [
+    {"name": "Addresses", "type": "string", "jsonPath": ".spec.addresses"},
+    {"name": "AutoAssign", "type": "boolean", "jsonPath": ".spec.autoAssign"},
+    {"name": "Priority", "type": "integer", "jsonPath": ".spec.serviceAllocation.priority", "priority": 1},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def vip_pool_spec_schema() -> dict[str, Any]:
+    from vsop.api.pools import VipPoolSpec
+
+    spec = _schema_of(VipPoolSpec)
+    props = spec["properties"]
+    props["addresses"]["items"]["x-kubernetes-validations"] = POOL_ADDRESS_RULES
+    props["addresses"]["x-kubernetes-list-type"] = "set"
+    allocation = props["serviceAllocation"]["properties"]
+    allocation["namespaces"]["x-kubernetes-list-type"] = "set"
+    for selectors in ("namespaceSelectors", "serviceSelectors"):
+        allocation[selectors]["items"]["properties"]["matchExpressions"]["items"]["x-kubernetes-validations"] = copy.deepcopy(MATCH_EXPRESSION_RULES)
+    template = props["template"]["properties"]
+    template["healthCheck"]["x-kubernetes-validations"] = copy.deepcopy(HEALTH_CHECK_RULES)
+    template["nodeSelector"]["properties"]["matchExpressions"]["items"]["x-kubernetes-validations"] = copy.deepcopy(MATCH_EXPRESSION_RULES)
+    return spec
+
+
+def vip_pool_crd() -> dict[str, Any]:
+    from vsop.api.pools import POOL_KIND, POOL_PLURAL
+
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{POOL_PLURAL}.{API_GROUP}"},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": POOL_KIND,
+                "listKind": f"{POOL_KIND}List",
+                "plural": POOL_PLURAL,
+                "singular": POOL_KIND.lower(),
+                "shortNames": ["vsoppool"],
+                "categories": ["vsop"],
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "additionalPrinterColumns": POOL_PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "Addresses an administrator grants: a VirtualService's VIP must lie in a VipPool that grants "
+                                "its namespace, and LoadBalancer Services of vsop's class are allocated from them."
+                            ),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": vip_pool_spec_schema(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def vip_pool_crd_yaml() -> str:
+    header = "# Generated from vsop.api.crd.vip_pool_crd by `make crd`; do not edit (tests compare it).\n"
+    return header + yaml.safe_dump(vip_pool_crd(), sort_keys=False, width=120, allow_unicode=False)

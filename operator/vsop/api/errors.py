@@ -49,13 +49,14 @@ class FieldError:
     file: str | None = None
     line: int | None = None
     loc: tuple[Any, ...] = ()  # pydantic's raw location, used to find the YAML line
+    kind: str = "VirtualService"  # what `obj` names: VirtualService, or VipPool (vsop.api.pools)
 
     def __str__(self) -> str:
         where = ""
         if self.file:
             file = printable(self.file, None)
             where = f"{file}:{self.line}: " if self.line else f"{file}: "
-        obj = f"VirtualService {printable(self.obj)}: " if self.obj else ""
+        obj = f"{self.kind} {printable(self.obj)}: " if self.obj else ""
         path = f"{printable(self.path)}: " if self.path else ""
         return f"{where}{obj}{path}{printable(self.reason, 4 * ECHO_LIMIT)}"
 

@@ -82,3 +82,10 @@ def test_crd_names_status_and_columns() -> None:
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     assert status["nodes"]["additionalProperties"]["properties"]["programmed"]["type"] == "boolean"
     assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
+
+
+def test_committed_vip_pool_crd_equals_generated() -> None:
+    from vsop.api.crd import vip_pool_crd_yaml
+
+    committed = COMMITTED.parent / "vippools.vsop.dev.yaml"
+    assert committed.read_text() == vip_pool_crd_yaml(), "crds/ is stale: run `make crd`"

@@ -1,0 +1,178 @@
+"""Who may claim an address: the pool rule, the metadata rule, sharing across namespaces, seniority.
+
+Owns the decisions of DESIGN.md "Who may claim an address", as pure functions over the
+objects (the controller and the agents run the same ones, in the same order, and reach
+the same verdict):
+- `vip_not_allowed`: in a cluster a VIP must lie in a VipPool granting the object's
+  namespace (`--vip-policy=pools`, the default; `any` keeps the old behaviour); a cloud
+  metadata address is refused under both policies unless a granting pool names it as a
+  single address;
+- `host_vip_refused`: on a plain host pools are optional, the metadata addresses are
+  refused unless `--allow-vip` names them;
+- `resolve_claims`: one VIP:port/protocol has one owner, the older object; a VIP used by
+  one namespace is claimed from another only when both objects carry the same
+  `vsop.dev/allow-shared-ip` key (and their ports differ, MetalLB's rule);
+- `Tombstones`: an object deleted and re-created (same namespace and name) within the grace
+  period keeps the seniority it had, so delete + create is not a takeover.
+Must not import: kopf, kubernetes, pyroute2, asyncio, subprocess, socket, vsop.adapters, vsop.cli.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Iterable, Literal, Mapping, Sequence
+
+from vsop.api.model import VirtualService
+from vsop.api.pools import METADATA_ADDRESSES, VipPool, pool_summary
+from vsop.core.desired import Problem
+
+SHARED_IP_ANNOTATION = "vsop.dev/allow-shared-ip"
+NOT_ALLOWED = "VIPNotAllowed"
+CONFLICT = "Conflict"
+DEFAULT_GRACE_SECONDS = 300.0
+
+Policy = Literal["pools", "any"]
+POLICIES: tuple[str, ...] = ("pools", "any")
+
+
+def is_metadata_address(vip: str) -> bool:
+    return str(ipaddress.ip_address(vip)) in METADATA_ADDRESSES
+
+
+def _names(pools: Sequence[VipPool]) -> str:
+    if not pools:
+        return "no VipPool exists"
+    shown = [pool_summary(p) for p in sorted(pools, key=lambda p: p.name)[:8]]
+    more = f", and {len(pools) - 8} more" if len(pools) > 8 else ""
+    return "VipPools: " + ", ".join(shown) + more
+
+
+def vip_not_allowed(vip: str, namespace: str, pools: Sequence[VipPool], namespace_labels: Mapping[str, str] | None,
+                    policy: Policy = "pools") -> str | None:
+    """Why `namespace` may not use `vip` (a message for the VIPNotAllowed reason), or None.
+
+    `namespace_labels` is None when the Namespace is unknown: only pools naming the
+    namespace (or granting every namespace) grant it then.
+    """
+    granting = [p for p in pools if p.grants_namespace(namespace, namespace_labels)]
+    if is_metadata_address(vip):
+        if any(p.names(vip) for p in granting):
+            return None
+        return (f"{vip} is a cloud metadata address (the nodes' instance credentials): refused unless a VipPool granting "
+                f"namespace {namespace} names it as a single address ({_names(pools)})")
+    if policy == "any":
+        return None
+    if any(p.holds(vip) for p in granting):
+        return None
+    holding = [p.name for p in pools if p.holds(vip)]
+    if holding:
+        return (f"{vip} lies in VipPool {', '.join(sorted(holding))}, which does not grant namespace {namespace} "
+                f"({_names(pools)})")
+    return f"{vip} lies in no VipPool granting namespace {namespace} ({_names(pools)})"
+
+
+def host_vip_refused(vip: str, allowed: Iterable[str] = ()) -> str | None:
+    """On a plain host (no cluster): only the metadata addresses, unless `--allow-vip` names them."""
+    if not is_metadata_address(vip):
+        return None
+    if str(ipaddress.ip_address(vip)) in {str(ipaddress.ip_address(a)) for a in allowed}:
+        return None
+    return f"{vip} is a cloud metadata address (the host's instance credentials): refused unless --allow-vip={vip} is given"
+
+
+def shared_key(vs: VirtualService) -> str | None:
+    annotations = (vs.metadata.model_extra or {}).get("annotations") or {}
+    key = annotations.get(SHARED_IP_ANNOTATION) if isinstance(annotations, Mapping) else None
+    return key if isinstance(key, str) and key else None
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A deleted object's claim, kept for its re-creation until `until` (the caller's clock)."""
+
+    created: str  # the deleted object's creationTimestamp: the seniority a re-created one inherits
+    until: float
+
+
+class Tombstones:
+    """Deleted objects' seniority, by namespace/name, for the grace period. The caller passes the clock."""
+
+    def __init__(self, grace_seconds: float = DEFAULT_GRACE_SECONDS):
+        self.grace_seconds = grace_seconds
+        self._seen: dict[str, tuple[str | None, str]] = {}  # ref -> (uid, effective creationTimestamp)
+        self._dead: dict[str, Tombstone] = {}
+
+    def observe(self, services: Iterable[VirtualService], now: float, uids: Mapping[str, str | None] | None = None) -> dict[str, str]:
+        """Record this listing; return the seniority (a creationTimestamp) of every object that inherits one."""
+        uids = uids or {}
+        current: dict[str, tuple[str | None, str]] = {}
+        for vs in services:
+            created = vs.metadata.creation_timestamp or ""
+            uid = uids.get(vs.ref)
+            seen = self._seen.get(vs.ref)
+            if seen is not None:
+                # The same object keeps the seniority settled when it appeared; another uid under the
+                # same name was deleted and re-created between two listings, well within the grace.
+                current[vs.ref] = seen if seen[0] == uid else (uid, min(seen[1], created) if created else seen[1])
+                continue
+            tomb = self._dead.pop(vs.ref, None)
+            if tomb is not None and now <= tomb.until and tomb.created < created:
+                current[vs.ref] = (uid, tomb.created)
+            else:
+                current[vs.ref] = (uid, created)
+        for ref, (_, created) in self._seen.items():
+            if ref not in current and created:
+                self._dead[ref] = Tombstone(created, now + self.grace_seconds)
+        self._dead = {ref: t for ref, t in self._dead.items() if now <= t.until}
+        self._seen = current
+        return {ref: created for ref, (_, created) in current.items() if created}
+
+
+def resolve_claims(services: Iterable[VirtualService], seniority: Mapping[str, str] | None = None) -> tuple[list[VirtualService], list[Problem]]:
+    """The objects that keep their claims, and a Conflict for each other one (refused whole).
+
+    Older first (`seniority` overrides an object's creationTimestamp: Tombstones), ties to
+    the order given, then the name. A VIP:port/protocol has one owner. A VIP another
+    namespace already uses is shared only when both objects carry the same
+    `vsop.dev/allow-shared-ip` key.
+    """
+    seniority = seniority or {}
+
+    def age(vs: VirtualService) -> str:
+        return seniority.get(vs.ref) or vs.metadata.creation_timestamp or ""
+
+    ordered = sorted(enumerate(services), key=lambda item: (age(item[1]), item[0], item[1].ref))
+    owners: dict[tuple[str, int, str], VirtualService] = {}
+    users: dict[str, list[VirtualService]] = {}  # vip -> the winners using it
+    winners: list[VirtualService] = []
+    problems: list[Problem] = []
+    for _, vs in ordered:
+        keys = [(vs.spec.vip, port.port, port.protocol) for port in vs.spec.ports]
+        clash = next(((key, owners[key]) for key in keys if key in owners), None)
+        if clash is not None:
+            (vip, port, protocol), owner = clash
+            problems.append(Problem(vs.ref, CONFLICT, f"{vip}:{port}/{protocol} is already claimed by VirtualService {owner.ref}, {_why(owner, vs, age)}", owner.ref))
+            continue
+        key = shared_key(vs)
+        other = next((u for u in users.get(vs.spec.vip, ()) if u.metadata.namespace != vs.metadata.namespace and (key is None or shared_key(u) != key)), None)
+        if other is not None:
+            theirs = shared_key(other)
+            problems.append(Problem(vs.ref, CONFLICT, (
+                f"{vs.spec.vip} is used by namespace {other.metadata.namespace} (VirtualService {other.ref}, {_why(other, vs, age)}); "
+                f"another namespace shares it only when both carry the same {SHARED_IP_ANNOTATION} annotation "
+                f"(this one: {key or 'none'}, theirs: {theirs or 'none'})"), other.ref))
+            continue
+        for k in keys:
+            owners[k] = vs
+        users.setdefault(vs.spec.vip, []).append(vs)
+        winners.append(vs)
+    return winners, problems
+
+
+def _why(owner: VirtualService, other: VirtualService, age: object) -> str:
+    first, second = age(owner), age(other)  # type: ignore[operator]
+    if first and (not second or first < second):
+        inherited = first != owner.metadata.creation_timestamp
+        return f"which keeps it: it was created first ({first}{', before it was re-created' if inherited else ''})"
+    return "which keeps it: it comes first (same age or no creationTimestamp: the order given, then the name)"
