@@ -61,7 +61,7 @@ specs = st.fixed_dictionaries(
         "scheduler": edge(["rr", "mh"], ["roundrobin"]),
         "healthCheck": health,
         "mode": st.sampled_from(["ipvs", "keepalived"]),
-        "announce": st.sampled_from(["none", "vrrp"]),
+        "announce": st.sampled_from(["none", "vrrp", "bgp"]),
         "vrrp": st.fixed_dictionaries({"interface": edge(["eth0"], ["eth 0"]), "virtualRouterID": edge([1, 51], [256])}),
         "nodeSelector": st.fixed_dictionaries({}, optional={"matchExpressions": st.lists(requirement, max_size=2)}),
         "persistence": st.fixed_dictionaries({"timeoutSeconds": edge([0, 300], [31536001])}),

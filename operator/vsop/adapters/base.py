@@ -62,6 +62,14 @@ class LinkAdapter(Adapter, Protocol):
         ...
 
 
+class RouteAdapter(Adapter, Protocol):
+    """AddRoute DeleteRoute: blackhole routes in vsop's routing table (announce: bgp)."""
+
+    def read(self, table: int, protocol: int) -> frozenset[str]:
+        """The blackhole routes in `table` with protocol number `protocol`, as "ip/prefixlen"."""
+        ...
+
+
 class IPSetAdapter(Adapter, Protocol):
     """CreateSet DestroySet AddSetMember DeleteSetMember."""
 

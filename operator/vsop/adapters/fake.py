@@ -92,6 +92,18 @@ class FakeLinks(_View):
         return state.link, state.addresses, state.node_addresses
 
 
+class FakeRoutes(_View):
+    """vsop's table as the state holds it: only vsop's own routes (foreign ones are the real kernel's business)."""
+
+    handles = (ops.AddRoute, ops.DeleteRoute)
+
+    def read(self, table: int, protocol: int) -> frozenset[str]:
+        names = self.kernel.names
+        if (table, protocol) != (names.route_table, names.route_protocol):
+            return frozenset()
+        return frozenset(self.kernel.state.routes)
+
+
 class FakeIPSets(_View):
     handles = (ops.CreateSet, ops.DestroySet, ops.AddSetMember, ops.DeleteSetMember)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from vsop.adapters.base import Adapter, IPSetAdapter, IPTablesAdapter, IPVSAdapter, LinkAdapter, SysctlAdapter
+from vsop.adapters.base import Adapter, IPSetAdapter, IPTablesAdapter, IPVSAdapter, LinkAdapter, RouteAdapter, SysctlAdapter
 from vsop.adapters.conntrack import ConntrackCleaner
 from vsop.adapters.sysctl import SysctlRecord
 from vsop.core import ops
@@ -49,10 +49,12 @@ class Kernel:
     conntrack: ConntrackCleaner | None = None
     # The values of the settings vsop changed, before its first change; None: not recorded.
     sysctl_record: SysctlRecord | None = None
+    # vsop's routing table (announce: bgp); None: no routes are read or written.
+    routes: RouteAdapter | None = None
 
     def adapter_for(self, op: ops.Op) -> Adapter:
-        for adapter in (self.ipvs, self.links, self.ipsets, self.iptables, self.sysctls):
-            if isinstance(op, adapter.handles):
+        for adapter in (self.ipvs, self.links, self.ipsets, self.iptables, self.sysctls, self.routes):
+            if adapter is not None and isinstance(op, adapter.handles):
                 return adapter
         raise TypeError(f"no adapter handles {op.kind}")
 
@@ -71,18 +73,21 @@ def read_observed(kernel: Kernel, names: Names) -> KernelState:
         jumps=jumps,
         sysctls=kernel.sysctls.read((*ALL_SYSCTLS, *(accept_ra_name(i) for i in kernel.sysctls.ipv6_interfaces()))),
         node_addresses=node_addresses,
+        routes=kernel.routes.read(names.route_table, names.route_protocol) if kernel.routes is not None else frozenset(),
     )
 
 
 def fake_kernel(state: KernelState | None = None, names: Names = Names()) -> tuple[Kernel, "FakeKernel"]:
     """A Kernel of in-memory fakes sharing one state, and that state's holder."""
     from vsop.adapters.conntrack import FakeConntrack
-    from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeIPVS, FakeKernel, FakeLinks, FakeSysctls
+    from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeIPVS, FakeKernel, FakeLinks, FakeRoutes, FakeSysctls
     from vsop.adapters.sysctl import MemoryRecord
 
     state = state or KernelState()
     # Like a kernel with IPVS loaded: every setting vsop reads exists, off by default.
     state = replace(state, sysctls={**{name: "0" for name in ALL_SYSCTLS}, **state.sysctls})
     fake = FakeKernel(state, names)
-    kernel = Kernel(FakeIPVS(fake), FakeLinks(fake), FakeIPSets(fake), FakeIPTables(fake), FakeSysctls(fake), FakeConntrack(), MemoryRecord())
+    kernel = Kernel(
+        FakeIPVS(fake), FakeLinks(fake), FakeIPSets(fake), FakeIPTables(fake), FakeSysctls(fake), FakeConntrack(), MemoryRecord(), FakeRoutes(fake)
+    )
     return kernel, fake

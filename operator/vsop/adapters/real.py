@@ -18,9 +18,12 @@ def real_kernel(proc_sys: str = "/proc/sys") -> Kernel:
     from vsop.adapters.iptables import IPTablesKernel
     from vsop.adapters.ipvs import IPVSKernel
     from vsop.adapters.links import LinkKernel
+    from vsop.adapters.routes import RouteKernel
     from vsop.adapters.sysctl import FileRecord, SysctlKernel
 
-    return Kernel(IPVSKernel(), LinkKernel(), IPSetKernel(), IPTablesKernel(), SysctlKernel(root=proc_sys), ConntrackTool(), FileRecord())
+    return Kernel(
+        IPVSKernel(), LinkKernel(), IPSetKernel(), IPTablesKernel(), SysctlKernel(root=proc_sys), ConntrackTool(), FileRecord(), RouteKernel()
+    )
 
 
 def read_host(names: Names, kernel: Kernel | None = None) -> KernelState:

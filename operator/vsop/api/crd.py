@@ -67,6 +67,11 @@ SPEC_RULES: list[dict[str, str]] = [
         "message": "announce: vrrp is done by keepalived and needs mode: keepalived",
         "fieldPath": ".announce",
     },
+    {
+        "rule": "!has(self.announce) || self.announce != 'bgp' || self.mode == 'ipvs'",
+        "message": "announce: bgp announces what vsop programs into IPVS and needs mode: ipvs",
+        "fieldPath": ".announce",
+    },
 ]
 
 SPEC_RULES += [

@@ -308,7 +308,10 @@ class VirtualServiceSpec(_Spec):
     )
     node_selector: NodeSelector = Field(default_factory=lambda: _DEFAULT_NODE_SELECTOR)
     mode: Literal["ipvs", "keepalived"] = "ipvs"
-    announce: Literal["none", "vrrp"] = "none"
+    announce: Literal["none", "vrrp", "bgp"] = Field(
+        default="none",
+        description="How the network learns where the VIP lives: vrrp (keepalived elects one node), bgp (every serving node announces it through BIRD).",
+    )
     vrrp: VRRP | None = None
 
     @field_validator("ports", "backends", mode="after")
@@ -472,6 +475,8 @@ def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
         errors.append(("spec.vrrp", "announce: vrrp needs the vrrp block (interface, virtualRouterID)"))
     if spec.announce == "vrrp" and spec.mode != "keepalived":
         errors.append(("spec.announce", "announce: vrrp is done by keepalived and needs mode: keepalived"))
+    if spec.announce == "bgp" and spec.mode != "ipvs":
+        errors.append(("spec.announce", "announce: bgp announces what vsop programs into IPVS and needs mode: ipvs"))
     return errors
 
 
@@ -479,7 +484,7 @@ def semantic_warnings(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
     """Accepted, but probably not what was meant; each is (field path, reason)."""
     warnings: list[tuple[str, str]] = []
     if spec.vrrp is not None and spec.announce != "vrrp":
-        warnings.append(("spec.vrrp", "ignored: announce is none; set announce: vrrp (with mode: keepalived) to use this block"))
+        warnings.append(("spec.vrrp", f"ignored: announce is {spec.announce}; set announce: vrrp (with mode: keepalived) to use this block"))
     return warnings
 
 

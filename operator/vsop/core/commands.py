@@ -51,6 +51,12 @@ SECTION = {
     ops.EditService: "Edit virtual services in place: connections survive a scheduler or persistence change.",
     ops.AddRealServer: "Real servers: -m masquerade (NAT), -g direct routing, -i IP-in-IP tunnel; -w weight.",
     ops.EditRealServer: "Edit real servers in place (weight 0 drains: no new connections, old ones finish).",
+    ops.AddRoute: (
+        "announce: bgp. A blackhole route per VIP in vsop's own table, which no `ip rule` consults\n"
+        "# (forwarding is unchanged): BIRD learns the table and announces each VIP to its peers.\n"
+        "# Added once the VIP's services have a healthy real server."
+    ),
+    ops.DeleteRoute: "Withdraw VIPs from BGP first (no healthy real server, or going away): their peers stop sending.",
     ops.DeleteRealServer: "Remove real servers that are no longer wanted (new ones were added first).",
     ops.DeleteService: "Remove virtual services (their real servers go with them).",
     ops.DeleteAddress: "Unbind VIPs whose services are gone.",
@@ -129,6 +135,10 @@ def command_lines(op: ops.Op) -> list[str]:
             return [f"ipvsadm {verb} {_service(rs.key.service)} {_real(rs.key)} {_FORWARDING_FLAG[rs.forwarding]} -w {rs.weight}"]
         case ops.DeleteRealServer(key=key):
             return [f"ipvsadm -d {_service(key.service)} {_real(key)}"]
+        case ops.AddRoute(prefix=prefix, table=table, protocol=protocol):
+            return [f"ip route add blackhole {prefix} table {table} proto {protocol}"]
+        case ops.DeleteRoute(prefix=prefix, table=table, protocol=protocol):
+            return [f"ip route del blackhole {prefix} table {table} proto {protocol}"]
     raise TypeError(f"no command for {type(op).__name__}")
 
 

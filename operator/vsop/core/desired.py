@@ -2,7 +2,8 @@
 
 Owns: which VirtualServices a node programs (node selector, conflicts, refused VIPs),
 how ports and backends become IPVS services and real servers, the ipset members,
-the constant iptables rules and the sysctls.
+the constant iptables rules, the sysctls, and which VIPs this node asks BGP to attract
+(a route in vsop's table: programmed, a healthy real server, not withdrawn).
 Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
 """
 
@@ -316,6 +317,7 @@ def desired_state(
     out_of_service: frozenset[RealServerKey] = frozenset(),
     kernel_version: tuple[int, int] | None = None,
     vip_owners: Mapping[str, str] | None = None,
+    announcing: bool = True,
 ) -> Desired:
     """The node's desired kernel state.
 
@@ -327,6 +329,10 @@ def desired_state(
     every real server of their service is out (then there is nothing better; keep all).
     `vip_owners` maps addresses to the object whose VIP each is (default: the VIPs of `services`):
     an object with a static backend on another object's VIP is refused (BackendIsVIP).
+    `announcing`: False while the node is being drained: no VIP is announced over BGP.
+    An `announce: bgp` object gets a route for its VIP when it is programmed and at least one
+    of its IPVS services has a real server that takes new connections (weight > 0, not
+    every one of them failing its checks).
     """
     endpoints = endpoints or {}
     services = list(services)
@@ -345,6 +351,7 @@ def desired_state(
     vips: set[str] = set()  # bound on vsop's link
     families_used: set[int] = set()
     programmed: list[str] = []
+    announced: dict[str, list[ServiceKey]] = {}  # announce: bgp VIP -> the services that may attract it
 
     for vs in winners:
         spec = vs.spec
@@ -386,6 +393,8 @@ def desired_state(
             virtual_servers[key] = VirtualServer(key, spec.scheduler, spec.persistence.timeout_seconds, vs.ref)
             for rs in _real_servers(vs, port, key, endpoints, problems):
                 real_servers.setdefault(rs.key, rs)
+            if spec.announce == "bgp" and announcing:
+                announced.setdefault(spec.vip, []).append(key)
 
     configured = {key: virtual_servers[key.service].owner for key in real_servers}
     real_servers, all_failing = _apply_health(real_servers, out_of_service)
@@ -397,6 +406,10 @@ def desired_state(
         )
         for key in all_failing
     )
+
+    failing = set(all_failing)
+    serving = {rs.key.service for rs in real_servers.values() if rs.weight > 0 and rs.key.service not in failing}
+    routes = frozenset(host_prefix(vip) for vip, keys in announced.items() if vip in vips and any(k in serving for k in keys))
 
     chosen = set(programmed)
     arp = any(vs.spec.suppress_arp and vs.spec.family == 4 for vs in winners if vs.ref in chosen)
@@ -413,6 +426,7 @@ def desired_state(
         jumps=shared.jumps,
         sysctls=shared.sysctls,
         delegated=frozenset(delegated),
+        routes=routes,
     )
     return Desired(state, tuple(programmed), tuple(problems), configured, warnings)
 

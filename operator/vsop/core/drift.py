@@ -55,6 +55,8 @@ def _subject(op: ops.Op) -> tuple[Any, ...] | None:
             return ("realserver", rs.key)
         case ops.DeleteRealServer(key=key):
             return ("realserver", key)
+        case ops.AddRoute(prefix=prefix) | ops.DeleteRoute(prefix=prefix):
+            return ("route", prefix)
     return None
 
 
@@ -83,6 +85,8 @@ def _value(state: KernelState, subject: tuple[Any, ...]) -> Any:
     if kind == "realserver":
         rs = state.real_servers.get(subject[1])
         return None if rs is None else f"{rs.forwarding} weight {rs.weight}"
+    if kind == "route":
+        return "announced" if subject[1] in state.routes else None
     return None
 
 
@@ -96,6 +100,9 @@ def _owner(state: KernelState, subject: tuple[Any, ...]) -> str:
     if subject[0] == "member":
         ipset = state.ipsets.get(subject[1])
         return ipset.members.get(subject[2], "") if ipset is not None else ""
+    if subject[0] == "route":  # the VIP's member in the VIPs set names its object
+        vip = subject[1].split("/")[0]
+        return next((ipset.members[vip] for ipset in state.ipsets.values() if vip in ipset.members), "")
     return ""
 
 

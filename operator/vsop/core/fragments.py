@@ -7,7 +7,7 @@ Owns what the incremental reconciler (vsop.node) needs from the core:
 - `shared_state` (defined beside `desired_state`, which builds on it): the part that depends only on which address families and flags are in
   use (link, set headers, the constant chains and jumps, sysctls);
 - `assemble`: fragments into the desired state of some VIPs (or of all of them);
-- `around`: an observed state cut down to some VIPs, shared objects kept whole, by
+- `around`: an observed state cut down to some VIPs (their routes too), shared objects kept whole, by
   lookups in a `vip_index` of it (the reconciler keeps one per cached state, so a change
   never scans the whole node).
 Planning `assemble(..., vips)` against `around(observed, vips)` yields the operations a
@@ -68,6 +68,7 @@ class Fragment:
     real_server_list: tuple[RealServer, ...] = ()
     member_list: tuple[tuple[str, str, str], ...] = ()  # (set name, member, owner) in set order
     addresses: tuple[str, ...] = ()  # bound on the link (VIP/prefix)
+    routes: tuple[str, ...] = ()  # announced over BGP: a route in vsop's table (VIP/prefix)
     delegated: frozenset[ServiceKey] = frozenset()
     configured_keys: tuple[RealServerKey, ...] = ()  # every configured real server (before health), all of this object
     family: int | None = None  # the family it needs sets, chains and sysctls for, when programmed
@@ -111,11 +112,12 @@ def fragment(
     reserved: Mapping[str, str] | None = None,
     out_of_service: frozenset[RealServerKey] = frozenset(),
     vip_owners: Mapping[str, str] | None = None,
+    announcing: bool = True,
 ) -> Fragment:
     """The fragment of a VirtualService that won its conflicts (or has none); `vip_owners`: other objects' VIPs its backends hit."""
     desired = desired_state(
         [vs], node, names=names, endpoints=endpoints, node_addresses=node_addresses, reserved=reserved, out_of_service=out_of_service,
-        vip_owners=vip_owners,
+        vip_owners=vip_owners, announcing=announcing,
     )
     state = desired.state
     programmed = vs.ref in desired.programmed
@@ -130,6 +132,7 @@ def fragment(
         real_server_list=tuple(state.real_servers.values()),
         member_list=tuple((name, member, owner) for name, ipset in state.ipsets.items() for member, owner in ipset.members.items()),
         addresses=tuple(sorted(state.addresses)),
+        routes=tuple(sorted(state.routes)),
         delegated=state.delegated or _NO_SERVICES,
         configured_keys=tuple(desired.configured),
         family=vs.spec.family if programmed else None,
@@ -153,6 +156,7 @@ def assemble(shared: KernelState, fragments: Iterable[Fragment], vips: frozenset
     real_servers: dict[RealServerKey, RealServer] = {}
     members: dict[str, dict[str, str]] = {name: {} for name in shared.ipsets}
     addresses: set[str] = set()
+    routes: set[str] = set()
     delegated: set[ServiceKey] = set()
     for piece in fragments:
         if vips is not None and piece.vip not in vips:
@@ -164,6 +168,7 @@ def assemble(shared: KernelState, fragments: Iterable[Fragment], vips: frozenset
         for name, member, owner in piece.member_list:
             members.setdefault(name, {})[member] = owner
         addresses.update(piece.addresses)
+        routes.update(piece.routes)
         delegated |= piece.delegated
     ipsets = {name: IPSet(header.name, header.kind, header.family, members.get(name, {})) for name, header in shared.ipsets.items()}
     return KernelState(
@@ -176,6 +181,7 @@ def assemble(shared: KernelState, fragments: Iterable[Fragment], vips: frozenset
         jumps=shared.jumps,
         sysctls=shared.sysctls,
         delegated=frozenset(delegated),
+        routes=frozenset(routes),
     )
 
 
@@ -194,8 +200,8 @@ def desired_from(shared: KernelState, fragments: Iterable[Fragment]) -> Desired:
     )
 
 
-# VIP -> (its IPVS service keys, real server keys, {vsop set name: members}, addresses).
-VIPIndex = dict[str, tuple[list[Any], list[Any], dict[str, list[str]], list[str]]]
+# VIP -> (its IPVS service keys, real server keys, {vsop set name: members}, addresses, routes).
+VIPIndex = dict[str, tuple[list[Any], list[Any], dict[str, list[str]], list[str], list[str]]]
 
 
 def vip_index(state: KernelState, names: Names = Names()) -> VIPIndex:
@@ -203,10 +209,10 @@ def vip_index(state: KernelState, names: Names = Names()) -> VIPIndex:
     owned_sets = names.owned_set_names()
     index: VIPIndex = {}
 
-    def entry(vip: str) -> tuple[list[Any], list[Any], dict[str, list[str]], list[str]]:
+    def entry(vip: str) -> tuple[list[Any], list[Any], dict[str, list[str]], list[str], list[str]]:
         found = index.get(vip)
         if found is None:
-            found = index[vip] = ([], [], {}, [])
+            found = index[vip] = ([], [], {}, [], [])
         return found
 
     for key in state.services:
@@ -219,6 +225,8 @@ def vip_index(state: KernelState, names: Names = Names()) -> VIPIndex:
                 entry(member_vip(member))[2].setdefault(name, []).append(member)
     for address in state.addresses:
         entry(address.split("/")[0])[3].append(address)
+    for route in state.routes:
+        entry(route.split("/")[0])[4].append(route)
     return index
 
 
@@ -228,7 +236,7 @@ def around(observed: KernelState, vips: Iterable[str], names: Names = Names(), i
     when the caller keeps one (then the cut costs what the VIPs hold, not what the node holds)."""
     if index is None:
         index = vip_index(observed, names)
-    empty: tuple[list[Any], list[Any], dict[str, list[str]], list[str]] = ([], [], {}, [])
+    empty: tuple[list[Any], list[Any], dict[str, list[str]], list[str], list[str]] = ([], [], {}, [], [])
     entries = [index.get(vip, empty) for vip in vips]
     owned_sets = names.owned_set_names()
     ipsets = {}
@@ -248,6 +256,7 @@ def around(observed: KernelState, vips: Iterable[str], names: Names = Names(), i
         sysctls=observed.sysctls,
         node_addresses=observed.node_addresses,
         delegated=observed.delegated,
+        routes=frozenset(r for e in entries for r in e[4]),
     )
 
 

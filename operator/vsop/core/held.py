@@ -132,9 +132,12 @@ def keep_held(desired: Desired, observed: KernelState, held: Held, names: Names 
                 real_servers[rs_key] = rs
 
     addresses = set(state.addresses)
+    routes = set(state.routes)
     for vip in kept_vips:
         if vip in bound:
             addresses.add(host_prefix(vip))
+            if host_prefix(vip) in observed.routes:  # still announced as the kernel has it
+                routes.add(host_prefix(vip))
 
     ipsets = dict(state.ipsets)
     chains = dict(state.chains)
@@ -168,6 +171,7 @@ def keep_held(desired: Desired, observed: KernelState, held: Held, names: Names 
         ipsets=ipsets,
         chains=chains,
         jumps=frozenset(jumps),
+        routes=frozenset(routes),
     )
     kept = tuple(
         Problem(owner, "KeptInvalid", "declared but its definition cannot be used; keeping what the kernel has for it")
@@ -231,5 +235,6 @@ def without_owner(state: KernelState, owner: str, names: Names = Names()) -> Ker
         ipsets=ipsets,
         addresses=addresses,
         delegated=delegated,
+        routes=frozenset(r for r in state.routes if r in addresses),
     )
 

@@ -3,9 +3,9 @@
 `apply_op` is the fakes' engine and the property tests' oracle. It enforces the kernel's own
 preconditions (no duplicate service, no real server without its service, no address
 without its link, no rule naming a missing set or chain, no chain deleted while a
-jump names it, no set destroyed while a rule names it) and vsop's ownership rule (an
-IPVS service is created only on a VIP already bound to vsop's link, and a VIP is
-unbound only once its services are gone), so a plan in the wrong order fails here.
+jump names it, no set destroyed while a rule names it, no route added twice) and vsop's
+ownership rules (an IPVS service is created only on a VIP already bound to vsop's link,
+a VIP is unbound only once its services are gone, and announced only while bound), so a plan in the wrong order fails here.
 `apply_in_place` (and `apply_accepted`, the same on a copy) applies what a kernel already
 accepted without checks, at the cost of the operations: the node reconciler's cache.
 Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
@@ -141,6 +141,8 @@ def _delete_link(state: KernelState, op: ops.DeleteLink, rules: _Rules) -> Kerne
     bound = state.bound_vips()
     if rules.ownership and any(key.vip in bound for key in state.services):
         raise _refuse(f"ownership: deleting {op.name} would leave its VIPs' IPVS services behind")
+    if rules.ownership and state.routes & state.addresses:
+        raise _refuse(f"ownership: deleting {op.name} while routes still attract its VIPs' traffic")
     return replace(state, link=None, addresses=frozenset())
 
 
@@ -158,7 +160,23 @@ def _delete_address(state: KernelState, op: ops.DeleteAddress, rules: _Rules) ->
     vip = op.address.split("/")[0]
     if rules.ownership and any(key.vip == vip for key in state.services):
         raise _refuse(f"ownership: unbinding {vip} first would turn its IPVS services foreign")
+    if rules.ownership and op.address in state.routes:
+        raise _refuse(f"ownership: unbinding {vip} while its route still attracts its traffic")
     return replace(state, addresses=state.addresses - {op.address})
+
+
+def _add_route(state: KernelState, op: ops.AddRoute, rules: _Rules) -> KernelState:
+    if op.prefix in state.routes:
+        raise _refuse(f"route {op.prefix} table {op.table}: File exists")
+    if rules.ownership and op.prefix not in state.addresses:
+        raise _refuse(f"ownership: route {op.prefix} announced before its VIP is bound to {rules.names.link}")
+    return replace(state, routes=state.routes | {op.prefix})
+
+
+def _delete_route(state: KernelState, op: ops.DeleteRoute, rules: _Rules) -> KernelState:
+    if op.prefix not in state.routes:
+        raise _refuse(f"route {op.prefix} table {op.table}: No such process")
+    return replace(state, routes=state.routes - {op.prefix})
 
 
 def _add_service(state: KernelState, op: ops.AddService, rules: _Rules) -> KernelState:
@@ -230,6 +248,8 @@ _HANDLERS = {
     ops.AddRealServer: _add_real_server,
     ops.EditRealServer: _edit_real_server,
     ops.DeleteRealServer: _delete_real_server,
+    ops.AddRoute: _add_route,
+    ops.DeleteRoute: _delete_route,
 }
 
 
@@ -276,6 +296,7 @@ def owned_copy(state: KernelState) -> KernelState:
         chains=dict(state.chains),
         jumps=set(state.jumps),  # type: ignore[arg-type]
         sysctls=dict(state.sysctls),
+        routes=set(state.routes),  # type: ignore[arg-type]
     )
 
 
@@ -303,6 +324,7 @@ def apply_in_place(
     chains: Any = state.chains
     jumps: Any = state.jumps
     sysctls: Any = state.sysctls
+    routes: Any = state.routes
     for op in operations:
         if isinstance(op, ops.AddSetMember):
             ipsets[op.set_name].members[op.member] = op.comment
@@ -344,6 +366,10 @@ def apply_in_place(
         elif isinstance(op, ops.DeleteLink):
             link = None
             addresses.clear()
+        elif isinstance(op, ops.AddRoute):
+            routes.add(op.prefix)
+        elif isinstance(op, ops.DeleteRoute):
+            routes.discard(op.prefix)
         else:
             raise TypeError(f"apply_in_place: unknown operation {op!r}")
     return state if link == state.link else replace(state, link=link)

@@ -219,6 +219,30 @@ class DeleteRealServer(Op):
         return f"{self.key.service} -> {self.key}"
 
 
+@dataclass(frozen=True)
+class AddRoute(Op):
+    """A blackhole route for a VIP in vsop's table: BIRD announces it (announce: bgp)."""
+
+    prefix: str  # "ip/32" or "ip/128"
+    table: int
+    protocol: int
+    kind = "route.add"
+
+    def describe(self) -> str:
+        return f"blackhole {self.prefix} table {self.table}"
+
+
+@dataclass(frozen=True)
+class DeleteRoute(Op):
+    prefix: str
+    table: int
+    protocol: int
+    kind = "route.delete"
+
+    def describe(self) -> str:
+        return f"blackhole {self.prefix} table {self.table}"
+
+
 def _family(family: int) -> str:
     return "iptables" if family == 4 else "ip6tables"
 

@@ -4,7 +4,8 @@ Owns what counts as vsop's in an observed state (its link and the VIPs bound the
 IPVS services on those VIPs, its sets, chains and jumps) and the order that keeps
 the node safe while it changes: the VIP filter is in place before a VIP is bound,
 an address is bound before its IPVS service exists, new real servers come before old
-ones leave, services go before their address, jumps go before their chains, chains
+ones leave, a VIP's route (announce: bgp) is added once its services and real servers
+exist and withdrawn before anything of it is removed, services go before their address, jumps go before their chains, chains
 before their sets. Anything not vsop's is never in a plan.
 Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
 """
@@ -56,6 +57,8 @@ PHASES: tuple[type[ops.Op], ...] = (
     ops.EditService,
     ops.AddRealServer,
     ops.EditRealServer,
+    ops.AddRoute,
+    ops.DeleteRoute,
     ops.DeleteRealServer,
     ops.DeleteService,
     ops.DeleteAddress,
@@ -89,6 +92,7 @@ def owned(observed: KernelState, names: Names, delegated: frozenset[ServiceKey] 
         jumps=frozenset(j for j in observed.jumps if jump_target(j.rule) in chains),
         sysctls=dict(observed.sysctls),
         node_addresses=observed.node_addresses,
+        routes=observed.routes,  # read from vsop's table with vsop's protocol only: all vsop's
     )
 
 
@@ -123,6 +127,7 @@ def without_vips(state: KernelState, vips: Iterable[str], names: Names, link_els
         state,
         link=state.link if addresses or link_elsewhere else None,
         addresses=addresses,
+        routes=frozenset(r for r in state.routes if r.split("/")[0] not in drop),
         services={k: v for k, v in state.services.items() if k.vip not in drop},
         real_servers={k: v for k, v in state.real_servers.items() if k.service.vip not in drop},
         ipsets=ipsets,
@@ -171,6 +176,7 @@ def plan(
     planned += _ipsets(desired, mine)
     planned += _chains(desired, mine)
     planned += _ipvs(desired, mine)
+    planned += _routes(desired, mine, names)
     order = {phase: index for index, phase in enumerate(PHASES)}
     planned.sort(key=lambda op: order[type(op)])  # stable: keeps the sorted order within a phase
     return Plan(tuple(planned), tuple(problems), frozenset(clashing))
@@ -268,6 +274,13 @@ def _chains(desired: KernelState, mine: KernelState) -> list[ops.Op]:
     result += [ops.AddJump(j) for j in sorted(desired.jumps - mine.jumps)]
     result += [ops.DeleteJump(j) for j in sorted(mine.jumps - desired.jumps)]
     return result
+
+
+def _routes(desired: KernelState, mine: KernelState, names: Names) -> list[ops.Op]:
+    table, protocol = names.route_table, names.route_protocol
+    return [ops.AddRoute(r, table, protocol) for r in sorted(desired.routes - mine.routes)] + [
+        ops.DeleteRoute(r, table, protocol) for r in sorted(mine.routes - desired.routes)
+    ]
 
 
 def _by_service(item: tuple[ServiceKey, object]) -> tuple[str, str, int]:

@@ -2,7 +2,8 @@
 
 One `KernelState` describes a node: the dummy link and its addresses, IPVS virtual
 services and real servers, ipsets, vsop's iptables chains and the jumps into them,
-and sysctls. Observed states may hold foreign objects (other IPVS services, other
+sysctls, and the blackhole routes in vsop's own routing table (the VIPs this node
+asks BGP to attract). Observed states may hold foreign objects (other IPVS services, other
 addresses of the node); `Names` says which objects are vsop's.
 Pure data: must not import anything beyond the standard library.
 """
@@ -32,6 +33,11 @@ class Names:
     forward_chain: str = "VSOP-FORWARD"
     masq_mark: int = 0x2000
     comment: str = "vsop"
+    # announce: bgp. A table no `ip rule` references (forwarding never consults it) holding
+    # one blackhole route per VIP this node should attract; BIRD learns it. The protocol
+    # number marks the routes as vsop's (118 is ASCII "v"; iproute2's rt_protos names none).
+    route_table: int = 4242
+    route_protocol: int = 118
 
     def set_name(self, base: str, family: int) -> str:
         # ipset names are global across families, so IPv6 sets get a suffix (31 chars max).
@@ -154,6 +160,8 @@ class KernelState:
     # IPVS services on vsop's VIPs that another program owns: keepalived's, for
     # mode: keepalived objects. Desired states name them so a plan leaves them alone.
     delegated: frozenset["ServiceKey"] = frozenset()
+    # Blackhole routes in vsop's table with vsop's protocol, as "ip/prefixlen" (host prefixes only).
+    routes: frozenset[str] = frozenset()
 
     def bound_vips(self) -> frozenset[str]:
         return frozenset(address.split("/")[0] for address in self.addresses)

@@ -147,6 +147,8 @@ def _op_vip(op: ops.Op) -> str | None:
         return member_vip(op.member)
     if isinstance(op, (ops.AddAddress, ops.DeleteAddress)):
         return op.address.split("/")[0]
+    if isinstance(op, (ops.AddRoute, ops.DeleteRoute)):
+        return op.prefix.split("/")[0]
     return None
 
 
@@ -157,7 +159,7 @@ def _merged(a: KernelState, b: KernelState) -> KernelState:
         before = ipsets.get(name)
         ipsets[name] = replace(ipset, members={**(before.members if before is not None else {}), **ipset.members})
     return replace(b, addresses=a.addresses | b.addresses, services={**a.services, **b.services},
-                   real_servers={**a.real_servers, **b.real_servers}, ipsets=ipsets)
+                   real_servers={**a.real_servers, **b.real_servers}, ipsets=ipsets, routes=a.routes | b.routes)
 
 
 class Reconciler:
@@ -198,6 +200,7 @@ class Reconciler:
         self.endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
         self.out_of_service: frozenset[RealServerKey] = frozenset()
         self.reserved: dict[str, str] = {}  # address -> whose (the API server's): refused as a VIP
+        self.announcing = True  # False while the node is drained: no VIP announced over BGP
         # derived, kept per object
         self.fragments: dict[str, Fragment] = {}
         # One ref, or a set of them where several share the key (rare): a set per VIP and per
@@ -346,6 +349,12 @@ class Reconciler:
             self.node = node
         if extra_node_addresses is not None:
             self.extra_node_addresses = frozenset(extra_node_addresses)
+
+    def set_announcing(self, announcing: bool) -> None:
+        """Whether this node asks BGP to attract its VIPs (False: the node is being drained)."""
+        if announcing != self.announcing:
+            self._dirty.update(ref for ref, vs in self.objects.items() if vs.spec.announce == "bgp")
+            self.announcing = announcing
 
     def set_reserved(self, reserved: Mapping[str, str]) -> None:
         """Addresses something the node depends on uses (the API server's), refused as VIPs: address -> whose."""
@@ -503,6 +512,7 @@ class Reconciler:
                     reserved={vs.spec.vip: self.reserved[vs.spec.vip]} if vs.spec.vip in self.reserved else None,
                     out_of_service=self.out_of_service,
                     vip_owners=self._vips_hit(vs),
+                    announcing=self.announcing,
                 )
                 derived += 1
             else:
@@ -790,6 +800,8 @@ class Reconciler:
                 vips.add(member_vip(member))
         if fresh.addresses != cached.addresses:
             vips.update(address.split("/")[0] for address in fresh.addresses ^ cached.addresses)
+        if fresh.routes != cached.routes:
+            vips.update(route.split("/")[0] for route in fresh.routes ^ cached.routes)
         services, known = fresh.services, cached.services
         if services is not known and services != known:  # != in C: the same objects where nothing changed
             for key, service in services.items():

@@ -8,8 +8,9 @@ from tests.contracts.ipset_contract import IPSetContract
 from tests.contracts.iptables_contract import IPTablesContract
 from tests.contracts.ipvs_contract import IPVSContract
 from tests.contracts.links_contract import LinkContract
+from tests.contracts.routes_contract import RouteContract
 from tests.contracts.sysctl_contract import SysctlContract
-from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeIPVS, FakeKernel, FakeLinks, FakeSysctls
+from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeIPVS, FakeKernel, FakeLinks, FakeRoutes, FakeSysctls
 from vsop.core.state import KernelState
 
 
@@ -61,4 +62,13 @@ class TestFakeIPVS(IPVSContract):
 
 
 class TestFakeLinks(LinkContract):
+    pass
+
+
+@pytest.fixture
+def route_adapter(fake: FakeKernel) -> FakeRoutes:
+    return FakeRoutes(fake)
+
+
+class TestFakeRoutes(RouteContract):
     pass

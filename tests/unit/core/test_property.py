@@ -44,11 +44,14 @@ def virtual_service(draw: Any, index: int) -> dict[str, Any]:
         {"address": address, "weight": draw(st.integers(0, 3))}
         for address in draw(st.lists(st.sampled_from(pool), min_size=1, max_size=len(pool), unique=True))
     ]
+    mode = draw(st.sampled_from(["ipvs", "ipvs", "keepalived"]))
+    announce = {"announce": "bgp"} if mode == "ipvs" and draw(st.booleans()) else {}
     return {
         "apiVersion": "vsop.dev/v1alpha1",
         "kind": "VirtualService",
         "metadata": {"name": f"vs{index}", "namespace": draw(st.sampled_from(["a", "b"]))},
         "spec": {
+            **announce,
             "vip": vip,
             "ports": port_specs,
             "scheduler": draw(st.sampled_from(["rr", "wlc", "sh"])),
@@ -56,7 +59,7 @@ def virtual_service(draw: Any, index: int) -> dict[str, Any]:
             "masquerade": draw(st.booleans()),
             "persistence": {"timeoutSeconds": draw(st.sampled_from([0, 60]))},
             "backends": backends,
-            "mode": draw(st.sampled_from(["ipvs", "ipvs", "keepalived"])),
+            "mode": mode,
         },
     }
 
@@ -96,6 +99,9 @@ def drift(state: KernelState, data: Any) -> KernelState:
     if mine.ipsets and data.draw(st.booleans(), label="empty a set"):
         name = data.draw(st.sampled_from(sorted(mine.ipsets)))
         state = replace(state, ipsets={**state.ipsets, name: replace(state.ipsets[name], members={})})
+    if mine.routes and data.draw(st.booleans(), label="delete a route"):
+        route = data.draw(st.sampled_from(sorted(mine.routes)))
+        state = replace(state, routes=state.routes - {route})
     return state
 
 
