@@ -653,3 +653,20 @@ def _guess_ref(data: Any) -> str | None:
 
 def is_dns_label(value: str) -> bool:
     return len(value) <= 63 and re.fullmatch(DNS_LABEL, value) is not None
+
+
+# What the other resources of this API (vsop.api.pools) share with this one: the spec base
+# (frozen, camelCase aliases, shared field sets) and how a validation error is worded.
+SpecBase = _Spec
+share_fields_set = _share_fields_set
+guess_ref = _guess_ref
+
+
+def field_errors(data: Any, exc: ValidationError, ref: str | None, kind: str) -> list[FieldError]:
+    """pydantic's errors as FieldErrors naming `kind` `ref`, one per field (the deepest one wins)."""
+    found: dict[tuple[Any, ...], Any] = {}
+    for error in exc.errors():
+        found.setdefault(_field_loc(data, tuple(error["loc"])), error)
+    shadowed = {loc for loc in found for other in found if len(other) > len(loc) and other[: len(loc)] == loc}
+    return [FieldError(obj=ref, path=_loc_to_path(loc), reason=_reason(e, loc), loc=loc, kind=kind)
+            for loc, e in found.items() if loc not in shadowed]

@@ -31,12 +31,10 @@ from vsop.api.model import (
     Drain,
     HealthCheck,
     NodeSelector,
-    _field_loc,
-    _guess_ref,
-    _loc_to_path,
-    _reason,
-    _share_fields_set,
-    _Spec,
+    SpecBase,
+    field_errors,
+    guess_ref,
+    share_fields_set,
     show,
 )
 
@@ -116,7 +114,7 @@ AddressEntry = Annotated[
 ]
 
 
-class ServiceAllocation(_Spec):
+class ServiceAllocation(SpecBase):
     """Who a pool serves: namespaces (by name or labels) and Services (by labels). Empty: everyone."""
 
     priority: int = Field(default=0, ge=0, le=1000, strict=True, description="Lower is tried first when several pools match a Service.")
@@ -125,7 +123,7 @@ class ServiceAllocation(_Spec):
     service_selectors: tuple[NodeSelector, ...] = Field(default=(), max_length=16)
 
 
-class PoolTemplate(_Spec):
+class PoolTemplate(SpecBase):
     """Defaults of the VirtualServices derived from LoadBalancer Services allocated from this pool."""
 
     scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
@@ -136,7 +134,7 @@ class PoolTemplate(_Spec):
     health_check: HealthCheck | None = None
 
 
-class VipPoolSpec(_Spec):
+class VipPoolSpec(SpecBase):
     addresses: tuple[AddressEntry, ...] = Field(
         min_length=1, max_length=64, description="CIDR prefixes, `first-last` ranges and single addresses; both families."
     )
@@ -151,7 +149,7 @@ class VipPoolSpec(_Spec):
 
 class PoolMeta(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
-    model_post_init = _share_fields_set
+    model_post_init = share_fields_set
 
     name: str = Field(min_length=1, max_length=253, pattern=NAME_PATTERN)
     creation_timestamp: str | None = Field(default=None, alias="creationTimestamp")
@@ -220,18 +218,11 @@ class VipPool(BaseModel):
 def parse_vip_pool(data: Any) -> VipPool:
     """Validate one VipPool document; raises InvalidInput naming the pool, each field and the reason."""
     name = data.get("metadata", {}).get("name") if isinstance(data, dict) and isinstance(data.get("metadata"), dict) else None
-    ref = name if isinstance(name, str) else _guess_ref(data)
+    ref = name if isinstance(name, str) else guess_ref(data)
     try:
         pool = VipPool.model_validate(data)
     except ValidationError as exc:
-        found: dict[tuple[Any, ...], Any] = {}
-        for error in exc.errors():
-            found.setdefault(_field_loc(data, tuple(error["loc"])), error)
-        shadowed = {loc for loc in found for other in found if len(other) > len(loc) and other[: len(loc)] == loc}
-        raise InvalidInput(
-            [FieldError(obj=ref, path=_loc_to_path(loc), reason=_reason(e, loc), loc=loc, kind=POOL_KIND)
-             for loc, e in found.items() if loc not in shadowed]
-        ) from None
+        raise InvalidInput(field_errors(data, exc, ref, POOL_KIND)) from None
     problems = pool_semantic_errors(pool.spec)
     if problems:
         raise InvalidInput([FieldError(obj=pool.name, path=path, reason=reason, kind=POOL_KIND) for path, reason in problems])
