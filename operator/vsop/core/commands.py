@@ -27,7 +27,10 @@ SECTION = {
         "ipsets: every VIP,proto:port (and every VIP) lives in a set, so the iptables rules\n"
         "# below stay the same few however many services exist. The comment names the owner."
     ),
-    ops.AddSetMember: "Set members: one per VIP port (and one per VIP).",
+    ops.AddSetMember: (
+        "Set members: every VIP (VSOP-FILTER rejects new connections to it unless their port\n"
+        "# is accepted below) and every VIP port that is not masqueraded."
+    ),
     ops.WriteChain: (
         "vsop's own chains (vsop loads each table with one `iptables-restore --noflush`).\n"
         "# VSOP-SERVICES marks connections and traffic to a VIP port, VSOP-POSTROUTING masquerades\n"
@@ -49,6 +52,10 @@ SECTION = {
     ops.AddAddress: "Bind each VIP as a host address (/32, /128) before its IPVS service exists.",
     ops.AddService: "IPVS virtual services: VIP:port and the scheduler (-s) that picks a real server.",
     ops.EditService: "Edit virtual services in place: connections survive a scheduler or persistence change.",
+    ops.AddAcceptMember: (
+        "Accept each VIP port only now that its IPVS service and real servers exist: until\n"
+        "# then VSOP-FILTER rejects it, so it never reaches a process listening on *:port."
+    ),
     ops.AddRealServer: "Real servers: -m masquerade (NAT), -g direct routing, -i IP-in-IP tunnel; -w weight.",
     ops.EditRealServer: "Edit real servers in place (weight 0 drains: no new connections, old ones finish).",
     ops.AddRoute: (
@@ -58,9 +65,10 @@ SECTION = {
     ),
     ops.DeleteRoute: "Withdraw VIPs from BGP first (no healthy real server, or going away): their peers stop sending.",
     ops.DeleteRealServer: "Remove real servers that are no longer wanted (new ones were added first).",
+    ops.DeleteAcceptMember: "Stop accepting VIP ports before their IPVS services go.",
     ops.DeleteService: "Remove virtual services (their real servers go with them).",
     ops.DeleteAddress: "Unbind VIPs whose services are gone.",
-    ops.DeleteSetMember: "Remove set members of VIP ports that no longer exist.",
+    ops.DeleteSetMember: "Remove set members of VIPs and ports that no longer exist.",
     ops.DeleteLink: "Remove the dummy link (no VIPs left).",
     ops.DeleteJump: "Unhook vsop's chains.",
     ops.DeleteChain: "Remove vsop's chains.",

@@ -22,7 +22,7 @@ from typing import Iterable
 
 from vsop.core.desired import Desired, Problem
 from vsop.core.plan import jump_target
-from vsop.core.state import IPSet, KernelState, LinkState, Names, ServiceKey, VirtualServer, host_prefix
+from vsop.core.state import IPSet, KernelState, LinkState, Names, ServiceKey, VirtualServer, host_prefix, member_service
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,7 @@ class Held:
         return bool(self.owners) or self.unknown
 
 
-def parse_member(member: str) -> ServiceKey | None:
-    """A `hash:ip,port` member ("VIP,proto:port") back into its service key."""
-    vip, sep, rest = member.rpartition(",")
-    protocol, sep2, port = rest.partition(":")
-    if not sep or not sep2 or not port.isdigit() or protocol not in ("tcp", "udp", "sctp"):
-        return None
-    return ServiceKey(protocol, vip, int(port))  # type: ignore[arg-type]
+parse_member = member_service
 
 
 def kernel_owners(observed: KernelState, names: Names) -> dict[str, frozenset[str]]:

@@ -5,7 +5,10 @@ preconditions (no duplicate service, no real server without its service, no addr
 without its link, no rule naming a missing set or chain, no chain deleted while a
 jump names it, no set destroyed while a rule names it, no route added twice) and vsop's
 ownership rules (an IPVS service is created only on a VIP already bound to vsop's link,
-a VIP is unbound only once its services are gone, and announced only while bound), so a plan in the wrong order fails here.
+a VIP is unbound only once its services are gone, and announced only while bound; a
+VIP:port joins the accept set only once its IPVS service exists, unless keepalived
+programs it, and a service is deleted only once its VIP:port has left that set), so a
+plan in the wrong order fails here.
 `apply_in_place` (and `apply_accepted`, the same on a copy) applies what a kernel already
 accepted without checks, at the cost of the operations: the node reconciler's cache.
 Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
@@ -18,21 +21,39 @@ from typing import Any, Callable, Iterable, Sequence
 
 from vsop.core import ops
 from vsop.core.plan import jump_target
-from vsop.core.state import ChainKey, KernelState, LinkState, Names, RealServerKey, ServiceKey
+from vsop.core.state import ChainKey, KernelState, LinkState, Names, RealServerKey, ServiceKey, ipset_member, member_service
 
 
 class KernelRefused(Exception):
     """What the real kernel would answer with an errno."""
 
 
-def apply_op(state: KernelState, op: ops.Op, names: Names = Names(), *, ownership: bool = True) -> KernelState:
-    """Apply one operation. `ownership=False` checks only what a kernel checks (for adapter fakes)."""
-    return _HANDLERS[type(op)](state, op, _Rules(names, ownership))
+def apply_op(
+    state: KernelState,
+    op: ops.Op,
+    names: Names = Names(),
+    *,
+    ownership: bool = True,
+    delegated: frozenset[ServiceKey] = frozenset(),
+) -> KernelState:
+    """Apply one operation. `ownership=False` checks only what a kernel checks (for adapter fakes).
+
+    `delegated`: services keepalived programs (mode: keepalived), accepted without one of vsop's.
+    """
+    return _HANDLERS[type(op)](state, op, _Rules(names, ownership, delegated))
 
 
-def apply_ops(state: KernelState, operations: Iterable[ops.Op], names: Names = Names(), *, ownership: bool = True) -> KernelState:
+def apply_ops(
+    state: KernelState,
+    operations: Iterable[ops.Op],
+    names: Names = Names(),
+    *,
+    ownership: bool = True,
+    delegated: frozenset[ServiceKey] = frozenset(),
+) -> KernelState:
+    rules = _Rules(names, ownership, delegated)
     for op in operations:
-        state = apply_op(state, op, names, ownership=ownership)
+        state = _HANDLERS[type(op)](state, op, rules)
     return state
 
 
@@ -40,6 +61,10 @@ def apply_ops(state: KernelState, operations: Iterable[ops.Op], names: Names = N
 class _Rules:
     names: Names
     ownership: bool  # False: only what a kernel checks, none of vsop's ownership rules
+    delegated: frozenset[ServiceKey] = frozenset()
+
+    def accept_set(self, vip: str) -> str:
+        return self.names.set_name(self.names.vip_ports_set, 6 if ":" in vip else 4)
 
 
 def _refuse(message: str) -> KernelRefused:
@@ -70,6 +95,10 @@ def _add_member(state: KernelState, op: ops.AddSetMember, rules: _Rules) -> Kern
         raise _refuse(f"ipset {op.set_name}: the set does not exist")
     if op.member in ipset.members and not op.replace:
         raise _refuse(f"ipset {op.set_name}: element {op.member} is already added")
+    key = member_service(op.member) if rules.ownership else None
+    if key is not None and op.set_name == rules.accept_set(key.vip):
+        if key not in state.services and key not in rules.delegated:
+            raise _refuse(f"ownership: {key} accepted by the filter before its IPVS service exists (a local listener would answer)")
     members = {**ipset.members, op.member: op.comment}
     return replace(state, ipsets={**state.ipsets, op.set_name: replace(ipset, members=members)})
 
@@ -198,6 +227,10 @@ def _edit_service(state: KernelState, op: ops.EditService, rules: _Rules) -> Ker
 def _delete_service(state: KernelState, op: ops.DeleteService, rules: _Rules) -> KernelState:
     if op.key not in state.services:
         raise _refuse(f"IPVS service {op.key}: No such process")
+    if rules.ownership:
+        accept = state.ipsets.get(rules.accept_set(op.key.vip))
+        if accept is not None and ipset_member(op.key) in accept.members:
+            raise _refuse(f"ownership: IPVS service {op.key} deleted while the filter still accepts it (a local listener would answer)")
     return replace(
         state,
         services={k: v for k, v in state.services.items() if k != op.key},
@@ -233,6 +266,8 @@ _HANDLERS = {
     ops.DestroySet: _destroy_set,
     ops.AddSetMember: _add_member,
     ops.DeleteSetMember: _del_member,
+    ops.AddAcceptMember: _add_member,
+    ops.DeleteAcceptMember: _del_member,
     ops.WriteChain: _write_chain,
     ops.DeleteChain: _delete_chain,
     ops.AddJump: _add_jump,

@@ -73,6 +73,18 @@ class DeleteSetMember(Op):
 
 
 @dataclass(frozen=True)
+class AddAcceptMember(AddSetMember):
+    """A VIP:port joins the accept set (VSOP-FILTER lets it through): planned only once its
+    IPVS service exists, so a VIP:port without one is rejected, never passed to whatever
+    listens on the node's `*:port`. An AddSetMember in every other respect."""
+
+
+@dataclass(frozen=True)
+class DeleteAcceptMember(DeleteSetMember):
+    """A VIP:port leaves the accept set: planned before its IPVS service is deleted."""
+
+
+@dataclass(frozen=True)
 class WriteChain(Op):
     """Create the chain, or replace its rules; applied atomically by iptables-restore."""
 

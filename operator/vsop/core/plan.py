@@ -3,10 +3,13 @@
 Owns what counts as vsop's in an observed state (its link and the VIPs bound there,
 IPVS services on those VIPs, its sets, chains and jumps) and the order that keeps
 the node safe while it changes: the VIP filter is in place before a VIP is bound,
-an address is bound before its IPVS service exists, new real servers come before old
-ones leave, a VIP's route (announce: bgp) is added once its services and real servers
-exist and withdrawn before anything of it is removed, services go before their address, jumps go before their chains, chains
-before their sets. Anything not vsop's is never in a plan.
+an address is bound before its IPVS service exists, a VIP:port is accepted by the
+filter only once its service and real servers exist and stops being accepted before
+the service goes (so a VIP:port without a service is rejected, never handed to a local
+listener on `*:port`), new real servers come before old ones leave, a VIP's route
+(announce: bgp) is added once its services and real servers exist and are accepted, and
+withdrawn before anything of it is removed, services go before their address, jumps go
+before their chains, chains before their sets. Anything not vsop's is never in a plan.
 Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
 """
 
@@ -19,7 +22,7 @@ from typing import Iterable
 
 from vsop.core import ops
 from vsop.core.desired import Problem
-from vsop.core.state import ChainKey, IPSet, KernelState, Names, RealServer, RealServerKey, ServiceKey
+from vsop.core.state import ChainKey, IPSet, KernelState, Names, RealServer, RealServerKey, ServiceKey, member_service
 from vsop.core.sysctls import IPV6_FORWARDING, accept_ra_interface, keep_router_advertisements
 
 
@@ -57,8 +60,12 @@ PHASES: tuple[type[ops.Op], ...] = (
     ops.EditService,
     ops.AddRealServer,
     ops.EditRealServer,
+    # Accepted once the service and its real servers exist (one IPVS run before, one ipset
+    # run here); announced once accepted; withdrawn, then no longer accepted.
+    ops.AddAcceptMember,
     ops.AddRoute,
     ops.DeleteRoute,
+    ops.DeleteAcceptMember,
     ops.DeleteRealServer,
     ops.DeleteService,
     ops.DeleteAddress,
@@ -173,7 +180,7 @@ def plan(
     planned += _sysctls(desired, mine)
     planned += _link(desired, mine, names)
     planned += _addresses(desired, mine, names)
-    planned += _ipsets(desired, mine)
+    planned += _ipsets(desired, mine, names)
     planned += _chains(desired, mine)
     planned += _ipvs(desired, mine)
     planned += _routes(desired, mine, names)
@@ -234,9 +241,11 @@ def _addresses(desired: KernelState, mine: KernelState, names: Names) -> list[op
     return result
 
 
-def _ipsets(desired: KernelState, mine: KernelState) -> list[ops.Op]:
+def _ipsets(desired: KernelState, mine: KernelState, names: Names) -> list[ops.Op]:
+    accept_sets = {names.set_name(names.vip_ports_set, family) for family in (4, 6)}
     result: list[ops.Op] = []
     for name, want in sorted(desired.ipsets.items()):
+        add, delete = (ops.AddAcceptMember, ops.DeleteAcceptMember) if name in accept_sets else (ops.AddSetMember, ops.DeleteSetMember)
         have = mine.ipsets.get(name)
         if have is not None and have.header != want.header:
             comments = lambda s: "" if s.comments else " without comments"  # noqa: E731
@@ -249,11 +258,19 @@ def _ipsets(desired: KernelState, mine: KernelState) -> list[ops.Op]:
             result.append(ops.CreateSet(IPSet(want.name, want.kind, want.family)))
         for member, comment in sorted(want.members.items()):
             if member not in current:
-                result.append(ops.AddSetMember(name, member, comment))
+                result.append(add(name, member, comment))
             elif current[member] != comment:
-                result.append(ops.AddSetMember(name, member, comment, replace=True))
-        result += [ops.DeleteSetMember(name, m) for m in sorted(set(current) - set(want.members))]
+                result.append(add(name, member, comment, replace=True))
+        result += [delete(name, m) for m in sorted(set(current) - set(want.members))]
     for name in sorted(set(mine.ipsets) - set(desired.ipsets)):
+        if name in accept_sets:
+            # The set goes last, after the services: a VIP:port whose service is deleted
+            # stops being accepted first, as when only that port goes.
+            result += [
+                ops.DeleteAcceptMember(name, m)
+                for m in sorted(mine.ipsets[name].members)
+                if (key := member_service(m)) is not None and key in mine.services and key not in desired.services
+            ]
         result.append(ops.DestroySet(name))  # its members go with it
     return result
 

@@ -175,3 +175,12 @@ def host_prefix(vip: str) -> str:
 def ipset_member(key: ServiceKey) -> str:
     """hash:ip,port member text, as `ipset save` prints it."""
     return f"{key.vip},{key.protocol}:{key.port}"
+
+
+def member_service(member: str) -> ServiceKey | None:
+    """A `hash:ip,port` member ("VIP,proto:port") back into its service key (`ipset_member`'s inverse)."""
+    vip, sep, rest = member.rpartition(",")
+    protocol, sep2, port = rest.partition(":")
+    if not sep or not sep2 or not port.isdigit() or protocol not in ("tcp", "udp", "sctp"):
+        return None
+    return ServiceKey(protocol, vip, int(port))  # type: ignore[arg-type]

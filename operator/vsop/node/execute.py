@@ -5,12 +5,17 @@ operations per adapter (so adapters can batch), recording the sysctls vsop chang
 (and restoring them), and forgetting removed UDP real servers' conntrack entries. The
 plan comes from vsop.node.whole (the whole node) or the node reconciler (some VIPs);
 the adapters from the Kernel port (vsop.adapters.kernel), on real or fake adapters.
+One failpoint for tests, off unless the environment names it: `VSOP_FAILPOINT=after-address:kill`
+SIGKILLs the process right after a run of writes that bound a VIP and before its IPVS
+service is added (the crash window the plan's order must keep safe).
 Must not import: kopf, kubernetes, jinja2, pyroute2 (adapters are injected).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from typing import Sequence
 
 from vsop.adapters.base import Adapter, OperationFailed
@@ -46,6 +51,23 @@ def runs(operations: Sequence[ops.Op], kernel: Kernel) -> list[tuple[Adapter, li
         else:
             result.append((adapter, [op]))
     return result
+
+
+FAILPOINT_ENV = "VSOP_FAILPOINT"
+FAILPOINTS: dict[str, type[ops.Op]] = {"after-address": ops.AddAddress}  # point -> the run it follows
+
+
+def failpoint(run: Sequence[ops.Op]) -> None:
+    """Tests only: `VSOP_FAILPOINT=POINT:kill` SIGKILLs this process after a run holding POINT's operation."""
+    spec = os.environ.get(FAILPOINT_ENV)
+    if not spec:
+        return
+    point, _, action = spec.partition(":")
+    kind = FAILPOINTS.get(point)
+    if action == "kill" and kind is not None and any(isinstance(op, kind) for op in run):
+        log.critical("failpoint reached: killing this process failpoint=%s pid=%d", spec, os.getpid())
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def probe(kernel: Kernel, the_plan: Plan, names: Names) -> None:
@@ -89,6 +111,7 @@ def execute(
                 applied.extend(run[:index])
                 raise ExecutionFailed(failure, len(applied), writes + index, applied) from None
             applied.extend(run)
+            failpoint(run)
     finally:
         record_sysctls(kernel, applied)
         failures = forget_removed_udp(kernel, applied, observed or KernelState())

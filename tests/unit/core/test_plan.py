@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import make_vs
 from vsop.core import ops
 from vsop.core.desired import Node, desired_state
-from vsop.core.memory import apply_ops
+from vsop.core.memory import KernelRefused, apply_ops
 from vsop.core.plan import PlanError, plan
 from vsop.core.state import IPSet, Jump, KernelState, LinkState, RealServer, RealServerKey, ServiceKey, VirtualServer
 
@@ -75,11 +75,36 @@ def test_removal_deletes_service_before_its_address_and_chains_before_sets() -> 
     _, _, before = converge([make_vs(), make_vs("two", vip="169.254.11.3")])
     desired = desired_state([make_vs("two", vip="169.254.11.3")], NODE).state
     result = plan(desired, before)
-    assert kinds(result) == ["service.delete", "address.delete", "ipset.del", "ipset.del"]
+    # the VIP:port stops being accepted, then its service goes, then its address, then the VIP's member
+    assert [type(op) for op in result.ops] == [ops.DeleteAcceptMember, ops.DeleteService, ops.DeleteAddress, ops.DeleteSetMember]
+    assert [op.set_name for op in result.ops if isinstance(op, ops.DeleteSetMember)] == ["VSOP-VIP-PORTS", "VSOP-VIPS"]
     cleanup = plan(KernelState(), apply_ops(before, result.ops))
     order = kinds(cleanup)
+    assert order.index("ipset.del") < order.index("service.delete")  # the set itself is destroyed last
     assert order.index("service.delete") < order.index("link.delete") < order.index("jump.delete") < order.index("chain.delete") < order.index("ipset.destroy")
     assert "address.delete" not in order  # deleting the link takes its address with it
+
+
+def test_a_vip_port_is_accepted_only_once_its_service_exists() -> None:
+    desired = desired_state([make_vs()], NODE).state
+    result = plan(desired, KernelState())
+    types = [type(op) for op in result.ops]
+    assert types.index(ops.AddService) < types.index(ops.AddRealServer) < types.index(ops.AddAcceptMember)
+    # the VIP itself (VSOP-VIPS: rejected unless accepted) is a member before it is bound
+    assert types.index(ops.AddSetMember) < types.index(ops.AddAddress)
+    accept = next(op for op in result.ops if isinstance(op, ops.AddAcceptMember))
+    assert (accept.set_name, accept.member) == ("VSOP-VIP-PORTS", "169.254.11.2,tcp:80")
+
+
+def test_the_in_memory_kernel_refuses_a_port_accepted_without_its_service() -> None:
+    desired = desired_state([make_vs()], NODE).state
+    result = plan(desired, KernelState())
+    early = sorted(result.ops, key=lambda op: not isinstance(op, (ops.CreateSet, ops.AddSetMember)))  # members first, as before
+    with pytest.raises(KernelRefused, match="accepted by the filter before its IPVS service exists"):
+        apply_ops(KernelState(), early)
+    programmed = apply_ops(KernelState(), result.ops)
+    with pytest.raises(KernelRefused, match="deleted while the filter still accepts it"):
+        apply_ops(programmed, [ops.DeleteService(WEB)])
 
 
 def test_foreign_objects_are_never_in_a_plan() -> None:
@@ -146,7 +171,7 @@ def test_set_without_the_comment_extension_is_an_error() -> None:
 def test_keepalived_s_ipvs_services_on_a_bound_vip_are_left_alone() -> None:
     vs = make_vs(mode="keepalived")
     desired = desired_state([vs], NODE).state
-    programmed = apply_ops(KernelState(), plan(desired, KernelState()).ops)
+    programmed = apply_ops(KernelState(), plan(desired, KernelState()).ops, delegated=desired.delegated)
     # keepalived programs the service and its real servers on the VIP vsop bound
     ka = VirtualServer(WEB, "wrr")
     rs = RealServer(RealServerKey(WEB, "192.168.2.111", 8080), "masq", 1)

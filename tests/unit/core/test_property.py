@@ -120,12 +120,13 @@ def comparable(state: KernelState, delegated: frozenset = frozenset()) -> Kernel
 def test_plan_reaches_desired_exactly_and_touches_nothing_foreign(before: list[Any], after: list[Any], data: Any) -> None:
     node = Node("n")
     foreign = foreign_state()
-    start = apply_ops(foreign, plan(desired_state(before, node).state, foreign).ops)
+    first = desired_state(before, node).state
+    start = apply_ops(foreign, plan(first, foreign).ops, delegated=first.delegated)
     start = drift(start, data)
 
     desired = desired_state(after, node).state
     result = plan(desired, start)
-    end = apply_ops(start, result.ops)  # raises if any operation is out of order
+    end = apply_ops(start, result.ops, delegated=desired.delegated)  # raises if any operation is out of order
 
     assert comparable(end, desired.delegated) == comparable(desired, desired.delegated)
     assert all(end.sysctls[k] == v for k, v in desired.sysctls.items())

@@ -16,7 +16,7 @@ from vsop.core.commands import command_lines, render
 from vsop.core.desired import Node, desired_state
 from vsop.core.memory import KernelRefused, apply_ops
 from vsop.core.plan import plan
-from vsop.core.state import KernelState, Names, RealServerKey, ServiceKey
+from vsop.core.state import KernelState, Names, RealServerKey, ServiceKey, ipset_member
 
 NODE = Node("node-a")
 VIP = "169.254.11.2"
@@ -90,7 +90,7 @@ def test_the_in_memory_kernel_refuses_a_route_for_an_unbound_vip_and_unbinding_a
         apply_ops(KernelState(), [ops.AddRoute(ROUTE, 4242, 118)])
     end = apply_ops(KernelState(), plan(desired_state([bgp()], NODE).state, KernelState()).ops)
     with pytest.raises(KernelRefused, match="still attracts"):
-        apply_ops(end, [ops.DeleteService(WEB), ops.DeleteAddress("vsop0", ROUTE)])
+        apply_ops(end, [ops.DeleteAcceptMember("VSOP-VIP-PORTS", ipset_member(WEB)), ops.DeleteService(WEB), ops.DeleteAddress("vsop0", ROUTE)])
     with pytest.raises(KernelRefused, match="File exists"):
         apply_ops(end, [ops.AddRoute(ROUTE, 4242, 118)])
 

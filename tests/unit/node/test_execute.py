@@ -32,7 +32,8 @@ def test_runs_batch_consecutive_operations_per_adapter() -> None:
     kernel, _ = fake_kernel()
     result = sync(kernel, [make_vs(), make_vs("b", vip="169.254.11.3")], NODE, dry_run=True)
     batches = runs(result.plan.ops, kernel)
-    assert [type(adapter).__name__ for adapter, _ in batches] == ["FakeSysctls", "FakeIPSets", "FakeIPTables", "FakeLinks", "FakeIPVS"]
+    # the VIP ports are accepted in a second ipset run, once their services exist
+    assert [type(adapter).__name__ for adapter, _ in batches] == ["FakeSysctls", "FakeIPSets", "FakeIPTables", "FakeLinks", "FakeIPVS", "FakeIPSets"]
     assert sum(len(run) for _, run in batches) == len(result.plan.ops)
 
 
@@ -46,9 +47,11 @@ def test_failure_stops_at_the_operation_and_next_sync_converges() -> None:
     assert caught.value.op.kind == "realserver.add" and "not routable" in str(caught.value)
     assert "192.168.2.222" in str(caught.value)
     assert len(fake.state.real_servers) == 1  # the one before it was applied, nothing after it
+    assert fake.state.ipsets["VSOP-VIP-PORTS"].members == {}  # nor the filter's accept: the VIP stays rejected
+    assert "169.254.11.2" in fake.state.ipsets["VSOP-VIPS"].members
     fake.refuse = lambda op: None
     healed = sync(kernel, [make_vs()], NODE)
-    assert [op.kind for op in healed.plan.ops] == ["realserver.add"]
+    assert [type(op) for op in healed.plan.ops] == [ops.AddRealServer, ops.AddAcceptMember]
     assert sync(kernel, [make_vs()], NODE).writes == 0
 
 
@@ -201,3 +204,33 @@ def test_a_change_of_the_desired_state_is_not_drift() -> None:
     fake.state = replace(fake.state, real_servers={**fake.state.real_servers, extra: RealServer(extra)})
     again = sync(kernel, [make_vs(backends=[{"address": "192.168.2.111", "weight": 3}])], NODE, expected=changed.desired.state)
     assert [r.describe() for r in again.repairs] == ["realserver.delete TCP 169.254.11.2:80 -> 192.168.2.99:8080: found masq weight 1, put back nothing"]
+
+
+FAILPOINT_SYNC = """
+from tests.conftest import make_vs
+from vsop.core.desired import Node
+from vsop.adapters.kernel import fake_kernel
+from vsop.node.whole import sync
+kernel, fake = fake_kernel()
+sync(kernel, [make_vs()], Node("n"))
+print(sorted(fake.state.addresses), sorted(fake.state.services))
+"""
+
+
+@pytest.mark.parametrize("failpoint", ["", "after-address:kill"])
+def test_the_failpoint_kills_between_the_address_and_the_service_only_when_named(failpoint: str) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "VSOP_FAILPOINT": failpoint, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", FAILPOINT_SYNC], capture_output=True, text=True, env=env, timeout=60,
+                          cwd=Path(__file__).parents[3])
+    if failpoint:
+        assert done.returncode == -signal.SIGKILL and done.stdout == ""
+        assert "failpoint reached" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+        assert "169.254.11.2/32" in done.stdout and "ServiceKey" in done.stdout
