@@ -9,6 +9,12 @@ naming the holder's pid and command line (exit 1 at the command line). Readers
 flock, not a pid file: the kernel drops the lock when its holder dies, however it
 dies, so a crashed writer never leaves the host locked. The holder writes its pid
 and command line into the file once it holds it, for the next writer's message.
+
+Root only: flock needs no write access, so a lock any user can open is a lock any user
+can hold (`flock -x /run/vsop/lock sleep 300` as nobody froze every writer). The file is
+0600 and its folder is created 0700; vsop's own /run/vsop, and a lock file an older vsop
+left, are tightened when found looser. Other folders named by --lock / $VSOP_LOCK are
+left as they are (they may be shared, like /tmp).
 Must not import: kopf, pyroute2, kubernetes.
 """
 
@@ -25,6 +31,8 @@ from typing import Callable, Iterator
 DEFAULT_LOCK = Path("/run/vsop/lock")
 ENV_LOCK = "VSOP_LOCK"
 DEFAULT_WAIT_SECONDS = 10.0
+FOLDER_MODE = 0o700
+LOCK_MODE = 0o600
 
 
 class LockTimeout(Exception):
@@ -68,6 +76,15 @@ def holder(path: Path) -> str:
     return f"pid {pid} ({cmdline})"
 
 
+def private_folder(folder: Path) -> None:
+    """The lock's folder, created root-only; vsop's own (/run/vsop) tightened when found looser."""
+    folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    if folder == DEFAULT_LOCK.parent:
+        info = os.stat(folder)
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            os.chmod(folder, FOLDER_MODE)
+
+
 def _own_cmdline() -> str:
     try:
         return Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -89,10 +106,13 @@ def writer_lock(
     once, with the holder, when the lock is busy at the first try.
     """
     path = path or lock_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    private_folder(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, LOCK_MODE)
     started = clock()
     try:
+        info = os.fstat(fd)
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            os.fchmod(fd, LOCK_MODE)  # left 0644 by an older vsop
         told = False
         while True:
             try:
