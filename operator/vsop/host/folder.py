@@ -13,6 +13,8 @@ Owns which objects a folder currently declares, made safe against partial states
 - what cannot be used right now is also reported as a `Held` (core.held): the
   objects such a path declares, or, when nothing is known about it, "unknown", so
   the kernel keeps what it has for them, also right after a restart;
+- symlinked folders are followed, each folder once per walk (by device and inode): a link
+  back up the tree (`a -> .`, `b -> ..`) is not walked again, so a poll always ends;
 - extensions match case-insensitively (.yaml .yml .json); dot files and folders
   (editors' swap files, ConfigMaps' ..data, the store's temp files) are ignored;
 - an object declared twice keeps the definition already being served (first seen
@@ -160,6 +162,7 @@ class FolderSource:
             self._swept_at = self.clock()
         listings: dict[Path, tuple[tuple[int, int], bool, dict[str, tuple[int, bool, Path, Any]]]] = {}
         pending: list[tuple[Path, os.stat_result | None]] = [(self.directory, top)]
+        walked: set[tuple[int, int]] = set()  # (device, inode) of each folder listed by this walk
         while pending:
             folder, folder_stat = pending.pop()
             try:
@@ -168,6 +171,12 @@ class FolderSource:
             except OSError as exc:
                 problems[folder] = f"folder cannot be read: {exc.strerror or exc}"
                 continue
+            here = (folder_stat.st_dev, folder_stat.st_ino)
+            if here in walked:
+                # A symlink to a folder this walk has already listed (a -> ., b -> ..): each
+                # loop would double the paths until ELOOP, 2^40 of them with two such links.
+                continue
+            walked.add(here)
             key = (folder_stat.st_ino, folder_stat.st_mtime_ns)
             cached = self._listings.get(folder)
             if not sweep and cached is not None and cached[0] == key and cached[1]:

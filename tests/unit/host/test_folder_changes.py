@@ -235,3 +235,30 @@ def test_a_sweep_that_falls_due_waits_for_a_poll_that_finds_nothing_new(tmp_path
     (tmp_path / "last.yaml").write_text(yaml.safe_dump(document("last", 2)))
     source.poll()  # 10 s since the last sweep: it happens, changes or not
     assert str(web) in source.pending()
+
+
+def test_looping_folder_symlinks_are_walked_once_and_the_folder_is_served(tmp_path: Path, monkeypatch: Any) -> None:
+    """`a -> .` and `b -> ..` in a followed folder: before, every poll walked a/a/b/store/a/...
+    until ELOOP (over 60 s measured, and on the agent's event loop). Each folder is listed once."""
+    import vsop.host.folder as folder_module
+
+    store = tmp_path / "parent" / "store"
+    store.mkdir(parents=True)
+    (store / "web.yaml").write_text(yaml.safe_dump(document("web", 1)))
+    (store / "a").symlink_to(".")
+    (store / "b").symlink_to("..")
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def counting_scandir(path: Any) -> Any:
+        listed.append(str(path))
+        if len(listed) > 100:
+            raise AssertionError(f"the walk does not end: {listed[:10]}...")
+        return real_scandir(path)
+
+    monkeypatch.setattr(folder_module.os, "scandir", counting_scandir)
+    source = FolderSource(store, settle_seconds=0)
+    source.poll()
+    assert sorted(listed) == sorted([str(store), str(store / "b")])  # the store, and its parent once (through b)
+    assert [vs.ref for vs in source.services()] == ["default/web"]
+    assert source.errors() == {} and not source.duplicates
