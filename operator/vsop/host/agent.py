@@ -334,6 +334,8 @@ class HostAgent:
     async def run(self, stop: asyncio.Event) -> None:
         wake = asyncio.Event()
         checker = HealthChecker(self.tracker, wake.set)
+        if self.metrics is not None:
+            self.metrics.watch_health(checker)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsop-sync")
         loop = asyncio.get_running_loop()
         log.info("agent started directory=%s node=%s resync_seconds=%g", self.config.directory, self.config.node.name, self.config.resync_seconds)

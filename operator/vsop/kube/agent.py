@@ -371,6 +371,7 @@ class Agent:
     async def reconcile_forever(self) -> None:
         await self.gate.wait(self.options.resync_seconds, self.probes.turned)
         self.checker = HealthChecker(self.tracker, lambda: self.trigger.wake("health check result changed"))
+        self.metrics.watch_health(self.checker)
         follower = None
         if self.apiserver is not None:
             await self.apiserver.refresh()  # before the first sync: never bind the API server's address, not even once

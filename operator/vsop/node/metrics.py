@@ -56,6 +56,12 @@ class NodeMetrics:
         self.drift_repairs = Counter(
             "vsop_drift_repairs", "Kernel changes made behind vsop's back that a full resync put back, by operation kind.", ["kind"], registry=r
         )
+        self.probe_lag = Gauge(
+            "vsop_health_probe_lag_seconds",
+            "How late the health probes start against their intervals: the latest among the last probe of each real server "
+            "(above 0 for long: more checks than the probes allowed at once can serve on time).",
+            registry=r,
+        )
         self.last_success = Gauge("vsop_last_successful_sync_timestamp_seconds", "Unix time of the last successful sync.", registry=r)
         self.incremental = Counter(
             "vsop_reconciles", "Reconciles of this node, by kind (incremental: only changed objects; full: the kernel read again; skipped: read, nothing of vsop's changed).",
@@ -89,6 +95,10 @@ class NodeMetrics:
         counts = (len(state.bound_vips()), len(state.services), active, len(state.real_servers) - active)
         self._counted = (observed, changes, counts)
         return counts
+
+    def watch_health(self, checker: Any) -> None:
+        """vsop_health_probe_lag_seconds from a vsop.node.probes.HealthChecker, read when scraped."""
+        self.probe_lag.set_function(checker.lag)
 
     def count_objects(self, states: Callable[[], Mapping[str, int]]) -> None:
         """`vsop_virtualservices` from `states()` (state -> objects), called when scraped, at most once per

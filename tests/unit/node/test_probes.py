@@ -1,0 +1,172 @@
+"""Health probes against real loopback servers that misbehave, and the checker loop around them.
+
+A server that accepts and never answers, one that trickles its headers, one whose status
+line or headers are oversized, one whose answer is malformed: each is a failed check with
+its reason, and none ends the checker's task for its target (before, a status line over
+64 KiB raised ValueError out of the task and froze that backend's health for good). The
+checker sizes its probes-at-once from the targets, starts each target at a jittered
+point of its first interval, and reports how late probes start (its lag).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+import pytest
+
+from vsop.api.model import HealthCheck
+from vsop.core.health import HealthTracker
+from vsop.core.state import RealServerKey, ServiceKey
+from vsop.node.probes import HEADER_LIMIT, LINE_LIMIT, MAX_SLOTS, MIN_SLOTS, HealthChecker, Target, check_http, slots_for
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+SERVICE = ServiceKey("tcp", "169.254.11.2", 80)
+
+
+async def serving(handler: Handler) -> tuple[asyncio.AbstractServer, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def answering(*chunks: bytes, pause: float = 0.0, then_hang: bool = False) -> Handler:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for chunk in chunks:
+            writer.write(chunk)
+            await writer.drain()
+            if pause:
+                await asyncio.sleep(pause)
+        if then_hang:
+            await asyncio.sleep(3600)
+        writer.close()
+
+    return handle
+
+
+async def probe_once(handler: Handler, timeout: float = 1.0) -> str | None:
+    server, port = await serving(handler)
+    async with server:
+        return await check_http("127.0.0.1", port, "/healthz", 200, timeout)
+
+
+CASES = {
+    "a complete 200": (answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), None),
+    "a 500": (answering(b"HTTP/1.0 500 Oops\r\n\r\n"), "HTTP status 500, expected 200"),
+    "accepts, then hangs": (answering(then_hang=True), "no complete HTTP answer within 0.5s"),
+    "status line, then headers slower than the timeout": (
+        answering(b"HTTP/1.0 200 OK\r\n", b"X-Slow: 1\r\n", b"X-Slow: 2\r\n", b"\r\n", pause=0.3),
+        "no complete HTTP answer within 0.5s",
+    ),
+    "a status line over the line limit": (answering(b"HTTP/1.0 200 " + b"x" * (LINE_LIMIT + 10) + b"\r\n\r\n"), f"HTTP answer line over {LINE_LIMIT} bytes"),
+    "a status line over 64 KiB": (answering(b"HTTP/1.0 200 " + b"x" * 70000 + b"\r\n\r\n"), f"HTTP answer line over {LINE_LIMIT} bytes"),
+    "headers over the header limit": (
+        answering(b"HTTP/1.0 200 OK\r\n" + b"X-Big: " + b"y" * 4000 + b"\r\n" * 1, *([b"X-Big: " + b"y" * 4000 + b"\r\n"] * 20), b"\r\n"),
+        f"HTTP headers over {HEADER_LIMIT} bytes",
+    ),
+    "not HTTP": (answering(b"SSH-2.0-OpenSSH_9.2\r\n"), "not an HTTP answer: 'SSH-2.0-OpenSSH_9.2'"),
+    "a status code of non-ASCII digits": (answering("HTTP/1.0 ²00 OK\r\n\r\n".encode("latin-1")), "not an HTTP answer: 'HTTP/1.0 ²00 OK'"),
+    "closed inside its headers": (answering(b"HTTP/1.0 200 OK\r\nX-Half"), "HTTP answer ended inside its headers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_an_http_answer_is_judged_whole_and_bounded(case: str) -> None:
+    handler, expected = CASES[case]
+    assert asyncio.run(probe_once(handler, timeout=0.5 if "within" in str(expected) else 5.0)) == expected
+
+
+def check(interval: int = 1, timeout: int = 1, kind: str = "http") -> HealthCheck:
+    return HealthCheck(type=kind, path="/healthz", interval_seconds=interval, timeout_seconds=timeout, failure_threshold=1, success_threshold=1)
+
+
+def test_probes_at_once_are_sized_from_the_targets_and_their_intervals() -> None:
+    def targets(count: int, interval: int, timeout: int) -> list[Target]:
+        return [Target(RealServerKey(SERVICE, f"10.0.{i // 250}.{i % 250}", 80), check(interval, timeout)) for i in range(count)]
+
+    assert slots_for([]) == MIN_SLOTS
+    assert slots_for(targets(100, 3, 2)) == 134  # 100 x 2/3 busy if every probe ran to its timeout, twice over
+    assert slots_for(targets(100, 10, 1)) == 20
+    assert slots_for(targets(5000, 1, 1)) == MAX_SLOTS
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_probe_that_raises_is_a_failed_check_and_its_target_keeps_being_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    async def flaky(self: Target) -> str | None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("Separator is found, but chunk is longer than limit")
+        return None
+
+    monkeypatch.setattr(Target, "probe", flaky)
+
+    async def scenario() -> list[tuple[bool, str]]:
+        tracker = HealthTracker()
+        key = RealServerKey(SERVICE, "10.0.0.1", 80)
+        changes: list[tuple[bool, str]] = []
+        checker = HealthChecker(tracker, lambda: changes.append((tracker.is_healthy(key), tracker.states[key].last_error)), jitter=lambda: 0.0)
+        checker.update({Target(key, check(interval=1))})
+        while len(changes) < 2:
+            await asyncio.sleep(0.01)
+        await checker.stop()
+        return changes
+
+    changes = asyncio.run(scenario())
+    # out on the raising probe, back in on the next one, a second later: the task lived on
+    assert changes[0] == (False, "health check failed: ValueError: Separator is found, but chunk is longer than limit")
+    assert changes[1][0] is True and len(calls) == 2
+
+
+def test_starts_are_jittered_and_the_lag_is_how_late_probes_start() -> None:
+    """One slot, two targets whose probes each hold it for 0.2 s: the second waits for the first."""
+
+    async def scenario() -> tuple[list[float], float, float]:
+        started: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def slow(self: Target) -> str | None:
+            started.append(loop.time())
+            await asyncio.sleep(0.2)
+            return None
+
+        jitters = iter([0.5, 0.5])
+        checker = HealthChecker(HealthTracker(), lambda: None, concurrency=1, clock=loop.time, jitter=lambda: next(jitters))
+        original = Target.probe
+        Target.probe = slow  # type: ignore[method-assign]
+        try:
+            begun = loop.time()
+            keys = [RealServerKey(SERVICE, f"10.0.0.{i}", 80) for i in (1, 2)]
+            checker.update({Target(key, check(interval=1, timeout=1)) for key in keys})
+            while len(started) < 2:
+                await asyncio.sleep(0.01)
+            lag = checker.lag()
+            await checker.stop()
+        finally:
+            Target.probe = original  # type: ignore[method-assign]
+        return [t - begun for t in started], lag, checker.lag()
+
+    started, lag, after_stop = asyncio.run(scenario())
+    assert started[0] >= 0.5  # half of a 1 s interval: not at once
+    assert started[1] - started[0] >= 0.2  # the one slot was held by the first probe
+    assert lag >= 0.2 - 0.01 and after_stop == 0.0
+
+
+def test_the_lag_gauge_reads_the_checker() -> None:
+    from prometheus_client import generate_latest
+
+    from vsop.node.metrics import NodeMetrics
+
+    metrics = NodeMetrics()
+    checker = HealthChecker(HealthTracker(), lambda: None)
+    metrics.watch_health(checker)
+    checker.lags[Target(RealServerKey(SERVICE, "10.0.0.1", 80), check())] = 2.5
+    assert "vsop_health_probe_lag_seconds 2.5" in generate_latest(metrics.registry).decode()
