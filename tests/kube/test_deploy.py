@@ -61,6 +61,8 @@ def test_the_base_builds_with_everything(manifests: dict[tuple[str, str], dict[s
         ("ClusterRole", "vsop-agent"), ("ClusterRole", "vsop-controller"),
         ("ClusterRoleBinding", "vsop-agent"), ("ClusterRoleBinding", "vsop-controller"),
         ("DaemonSet", "vsop-agent"), ("Deployment", "vsop-controller"),
+        # a node's agent writes its own NodeReport only (evaluated in tests/crd/test_admission_policy.py)
+        ("ValidatingAdmissionPolicy", "vsop-nodereport-own-node"), ("ValidatingAdmissionPolicyBinding", "vsop-nodereport-own-node"),
     }
     for (kind, name), doc in manifests.items():
         if kind in ("ServiceAccount", "DaemonSet", "Deployment"):
