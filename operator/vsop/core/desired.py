@@ -3,7 +3,8 @@
 Owns: which VirtualServices a node programs (node selector, conflicts, refused VIPs),
 how ports and backends become IPVS services and real servers, the ipset members,
 the constant iptables rules, the sysctls, and which VIPs this node asks BGP to attract
-(a route in vsop's table: programmed, a healthy real server, not withdrawn).
+(a route in vsop's table: programmed, a healthy real server, not withdrawn). What a failed
+health check does to a real server's weight is vsop.core.health's rule (apply_health).
 Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapters.
 """
 
@@ -28,6 +29,7 @@ from vsop.core.state import (
     host_prefix,
     ipset_member,
 )
+from vsop.core.health import apply_health
 from vsop.api.model import PortSpec, VirtualService, backends_on_vips
 
 
@@ -397,7 +399,7 @@ def desired_state(
                 announced.setdefault(spec.vip, []).append(key)
 
     configured = {key: virtual_servers[key.service].owner for key in real_servers}
-    real_servers, all_failing = _apply_health(real_servers, out_of_service)
+    real_servers, all_failing = apply_health(real_servers, out_of_service)
     warnings = tuple(
         Problem(
             virtual_servers[key].owner,
@@ -466,31 +468,3 @@ def _real_servers(
         ref = spec.service_ref.name if spec.service_ref is not None else ""
         problems.append(Problem(vs.ref, unresolved.reason, f"serviceRef {ref}: {unresolved.message}; this port gets no real servers from it"))
     return found
-
-
-def _apply_health(
-    real_servers: dict[RealServerKey, RealServer], out: frozenset[RealServerKey]
-) -> tuple[dict[RealServerKey, RealServer], list[ServiceKey]]:
-    """Real servers after health took some out, and the services whose every real server fails."""
-    if not out:
-        return real_servers, []
-    by_service: dict[ServiceKey, list[RealServer]] = {}
-    for rs in real_servers.values():
-        by_service.setdefault(rs.key.service, []).append(rs)
-    result = dict(real_servers)
-    all_failing: list[ServiceKey] = []
-    for service, servers in sorted(by_service.items(), key=lambda item: (item[0].protocol, item[0].vip, item[0].port)):
-        serving = [rs for rs in servers if rs.weight > 0]
-        if serving and all(rs.key in out for rs in serving):
-            all_failing.append(service)
-            continue  # all of them failing: keep them, there is nothing better to send traffic to
-        for rs in serving:
-            if rs.key not in out:
-                continue
-            if rs.key.service.protocol == "udp":
-                # UDP has no connection to finish: a quiescent real server would keep every
-                # client on a fixed source port stuck on it until the entry times out.
-                del result[rs.key]
-            else:
-                result[rs.key] = RealServer(rs.key, rs.forwarding, 0)
-    return result, all_failing

@@ -1,9 +1,11 @@
-"""Health state of real servers: thresholds of consecutive results, with no clock or I/O.
+"""Health of real servers: thresholds of consecutive results, and what being out does to a weight.
 
 Owns the state machine keepalived users expect: a real server starts in service;
 `failureThreshold` consecutive failed checks take it out, `successThreshold`
 consecutive good ones bring it back. The checks themselves (TCP connect, HTTP GET)
-are run by the agent; this module only counts their results.
+are run by the agents (vsop.node.probes); this module only counts their results.
+Owns too the rule that turns "out of service" into a weight (`apply_health`), which
+vsop.core.desired applies to every real server it derives.
 Pure: must not import asyncio, socket, subprocess or anything outside the core.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from vsop.core.state import RealServerKey
+from vsop.core.state import RealServer, RealServerKey, ServiceKey
 
 
 @dataclass
@@ -85,3 +87,36 @@ class HealthTracker:
     def is_healthy(self, key: RealServerKey) -> bool:
         state = self.states.get(key)
         return state is None or state.healthy
+
+
+def apply_health(
+    real_servers: dict[RealServerKey, RealServer], out: frozenset[RealServerKey]
+) -> tuple[dict[RealServerKey, RealServer], list[ServiceKey]]:
+    """Real servers after health took some out, and the services whose every real server fails.
+
+    A TCP or SCTP real server taken out keeps its entry at weight 0 (its connections finish);
+    a UDP one is removed. When every serving real server of a service is out, all of them
+    stay as they are: there is nothing better to send traffic to.
+    """
+    if not out:
+        return real_servers, []
+    by_service: dict[ServiceKey, list[RealServer]] = {}
+    for rs in real_servers.values():
+        by_service.setdefault(rs.key.service, []).append(rs)
+    result = dict(real_servers)
+    all_failing: list[ServiceKey] = []
+    for service, servers in sorted(by_service.items(), key=lambda item: (item[0].protocol, item[0].vip, item[0].port)):
+        serving = [rs for rs in servers if rs.weight > 0]
+        if serving and all(rs.key in out for rs in serving):
+            all_failing.append(service)
+            continue  # all of them failing: keep them, there is nothing better to send traffic to
+        for rs in serving:
+            if rs.key not in out:
+                continue
+            if rs.key.service.protocol == "udp":
+                # UDP has no connection to finish: a quiescent real server would keep every
+                # client on a fixed source port stuck on it until the entry times out.
+                del result[rs.key]
+            else:
+                result[rs.key] = RealServer(rs.key, rs.forwarding, 0)
+    return result, all_failing
