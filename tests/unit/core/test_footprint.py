@@ -123,11 +123,11 @@ def test_the_reconcilers_indexes_keep_a_lone_ref_as_itself_and_sets_only_where_s
     web, api, other = make_vs("web"), make_vs("api", ports=[{"port": 443}]), make_vs("other", vip="169.254.11.9")
     reconciler.update_objects({"default/web": web, "default/api": api, "default/other": other})
     assert reconciler.reconcile().ok
-    assert reconciler._by_vip == {"169.254.11.2": {"default/web", "default/api"}, "169.254.11.9": "default/other"}
-    assert reconciler._claimants[("169.254.11.9", 80, "TCP")] == "default/other"
+    assert reconciler.declared.by_vip == {"169.254.11.2": {"default/web", "default/api"}, "169.254.11.9": "default/other"}
+    assert reconciler.declared.claimants[("169.254.11.9", 80, "TCP")] == "default/other"
     reconciler.update_objects({"default/api": None})
     assert reconciler.reconcile().ok
-    assert reconciler._by_vip == {"169.254.11.2": "default/web", "169.254.11.9": "default/other"}
+    assert reconciler.declared.by_vip == {"169.254.11.2": "default/web", "169.254.11.9": "default/other"}
     assert reconciler.programmed == {"default/web", "default/other"}
 
 

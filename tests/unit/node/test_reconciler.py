@@ -176,7 +176,7 @@ def test_incremental_path_ends_where_a_full_sync_from_scratch_ends(steps: list[A
         assert outcome.ok and not outcome.full, outcome.error
         # What it believes the kernel holds is what the kernel holds, and who owns what in it.
         assert reconciler.observed is not None and comparable(reconciler.observed) == comparable(fake.state)
-        assert reconciler._present_owners() == set(kernel_owners(fake.state, Names()))
+        assert reconciler.cache.present_owners() == set(kernel_owners(fake.state, Names()))
         expected, declared = from_scratch(source_order(), endpoints, frozenset(out))
         same_kernel(fake.state, expected, reconciler.desired().state.delegated)
         assert reconciler.programmed == declared
@@ -562,8 +562,8 @@ def test_a_change_judges_only_the_objects_on_the_vips_it_planned(monkeypatch: py
     reconciler.set_objects(objects)
     assert reconciler.reconcile().ok and len(reconciler.programmed) == 200
     judged: list[str] = []
-    judge = reconciler._is_programmed
-    monkeypatch.setattr(reconciler, "_is_programmed", lambda ref: judged.append(ref) or judge(ref))
+    judge = reconciler.verdicts.is_programmed
+    monkeypatch.setattr(reconciler.verdicts, "is_programmed", lambda ref: judged.append(ref) or judge(ref))
     reconciler.set_objects([*objects, web("new", "169.254.99.1")])
     assert not reconciler.reconcile().full and "default/new" in reconciler.programmed
     assert set(judged) == {"default/new"} and len(reconciler.programmed) == 201
@@ -655,9 +655,9 @@ def test_a_change_during_a_split_resync_is_programmed_before_the_resync_ends_and
 
 
 def _vip_of(op: ops.Op) -> str | None:
-    from vsop.node.reconciler import _op_vip
+    from vsop.node.resync import op_vip
 
-    return _op_vip(op)
+    return op_vip(op)
 
 
 def test_drift_in_chains_and_jumps_is_repaired_without_planning_a_vip_and_a_lost_set_plans_everything() -> None:
@@ -718,7 +718,7 @@ def test_a_resync_in_parts_with_changes_between_ends_where_a_sync_from_scratch_e
 
 def _missed(reconciler: Reconciler) -> None:
     """An incremental bug: the change reached the reconciler's objects, its dirty marks were lost."""
-    reconciler._dirty.clear()
+    reconciler.declared.dirty.clear()
 
 
 def _resyncs_to_audit_all(reconciler: Reconciler, fake: Any) -> int:
@@ -797,7 +797,7 @@ def test_a_fragment_a_bug_derived_wrong_and_a_lost_endpoint_event_are_repaired_b
     """The reconciler's desired view gone wrong by hand: a change derived by a buggy path and
     programmed, the endpoints changed without their event. The kernel agrees with the cache;
     the audit re-derives from scratch and puts both right within ceil(VIPs / slice) resyncs."""
-    from vsop.node import reconciler as module
+    from vsop.node import objects as module
 
     kernel, fake = fake_kernel()
     reconciler = Reconciler(kernel, NODE, resync_chunk=2)
