@@ -174,20 +174,3 @@ def forget_removed_udp(kernel: Kernel, applied: Sequence[ops.Op], before: Kernel
                 str(key.service), key, str(exc),
             )
     return failures
-
-
-# The Kernel port moved to vsop.adapters.kernel and sync / cleanup to vsop.node.whole: their
-# old names here stay importable until the command line imports them from there.
-_MOVED = {
-    "ALL_SYSCTLS": "vsop.adapters.kernel", "fake_kernel": "vsop.adapters.kernel", "read_observed": "vsop.adapters.kernel",
-    "running_kernel_version": "vsop.adapters.kernel",
-    "SyncResult": "vsop.node.whole", "cleanup": "vsop.node.whole", "sync": "vsop.node.whole",
-}
-
-
-def __getattr__(name: str) -> object:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
