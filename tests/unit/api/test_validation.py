@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pydantic
 import pytest
 
 from tests.conftest import SEED
@@ -103,10 +104,53 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("doc", GOOD.values(), ids=GOOD.keys())
-def test_good_objects_validate(doc: dict[str, Any]) -> None:
-    vs = parse_virtual_service(doc)
-    assert vs.ref == "default/web" or vs.metadata.name
+# The seed as the model holds it, every default spelled out (written here, not computed).
+SEED_PARSED: dict[str, Any] = {
+    "apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService",
+    "metadata": {"name": "web", "namespace": "default", "creationTimestamp": None, "generation": None, "labels": {}},
+    "spec": {
+        "vip": "169.254.11.2", "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}],
+        "scheduler": "rr", "forwarding": "masq", "masquerade": True, "persistence": {"timeoutSeconds": 0},
+        "backends": [{"address": "192.168.2.111", "port": None, "weight": 1}, {"address": "192.168.2.222", "port": None, "weight": 1}],
+        "serviceRef": None,
+        "healthCheck": {"type": "none", "path": "/", "expectStatus": 200, "intervalSeconds": 3, "timeoutSeconds": 2, "failureThreshold": 2, "successThreshold": 1},
+        "drain": {"timeoutSeconds": 30}, "suppressARP": False, "nodeSelector": {"matchLabels": {}, "matchExpressions": []},
+        "mode": "ipvs", "announce": "none", "vrrp": None,
+    },
+    "status": None,
+}
+
+
+def _port(port: int, protocol: str = "TCP", target: int | str | None = None) -> dict[str, Any]:
+    return {"name": None, "port": port, "protocol": protocol, "targetPort": target}
+
+
+# Per GOOD case: how its parsed spec differs from SEED_PARSED's (defaults of each block filled in).
+GOOD_PARSED: dict[str, dict[str, Any]] = {
+    "seed": {},
+    "ipv6": {"vip": "fd00::11", "backends": [{"address": "fd00::1:2", "port": 8080, "weight": 1}]},
+    "udp and sctp": {"ports": [_port(53, "UDP"), _port(53, "TCP"), _port(9, "SCTP")]},
+    "serviceRef with named targetPort": {"ports": [_port(80, target="http")], "backends": [], "serviceRef": {"name": "nginx"}},
+    "route without port change": {"ports": [_port(80)], "forwarding": "route"},
+    "tunnel across families": {"ports": [_port(80)], "forwarding": "tunnel", "backends": [{"address": "fd00::2", "port": None, "weight": 1}]},
+    "every scheduler": {"scheduler": "mh"},
+    "persistence": {"persistence": {"timeoutSeconds": 300}},
+    "http health": {"healthCheck": {"type": "http", "path": "/healthz", "expectStatus": 204, "intervalSeconds": 5, "timeoutSeconds": 1,
+                                    "failureThreshold": 2, "successThreshold": 1}},
+    "vrrp keepalived": {"mode": "keepalived", "announce": "vrrp",
+                        "vrrp": {"interface": "eth0", "virtualRouterID": 51, "priority": 100, "advertIntervalSeconds": 1}},
+    "weight zero": {"backends": [{"address": "10.1.1.1", "port": None, "weight": 0}]},
+    "node selector": {"nodeSelector": {"matchLabels": {"lb": "yes"}, "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}},
+}
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_good_objects_parse_into_exactly_what_they_say(name: str) -> None:
+    """The whole parsed object, not only that parsing did not raise: a field dropped, renamed or
+    defaulted differently fails here."""
+    vs = parse_virtual_service(GOOD[name])
+    assert vs.model_dump(mode="json", by_alias=True) == {**SEED_PARSED, "spec": {**SEED_PARSED["spec"], **GOOD_PARSED[name]}}
+    assert vs.ref == "default/web"
 
 
 @pytest.mark.parametrize(("doc", "path", "words"), BAD.values(), ids=BAD.keys())
@@ -116,7 +160,8 @@ def test_bad_objects_name_field_and_reason(doc: dict[str, Any], path: str, words
     matching = [e for e in caught.value.errors if e.path == path]
     assert matching, f"no error names {path}: {[str(e) for e in caught.value.errors]}"
     assert words in matching[0].reason, matching[0].reason
-    assert str(matching[0]).count("VirtualService") <= 1
+    ref = f"{doc['metadata'].get('namespace', 'default')}/{doc['metadata']['name']}"
+    assert str(matching[0]) == f"VirtualService {ref}: {path}: {matching[0].reason}"  # the object, the field, the reason
 
 
 def test_defaults_are_filled() -> None:
@@ -135,8 +180,9 @@ def test_addresses_are_canonical() -> None:
 
 def test_objects_are_immutable() -> None:
     vs = parse_virtual_service(SEED)
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         vs.spec.vip = "10.0.0.1"  # type: ignore[misc]
+    assert vs.spec.vip == "169.254.11.2"
 
 
 YAML_BAD = """\
