@@ -157,15 +157,18 @@ async def test_nothing_is_deleted_before_the_initial_listing(node_a: Cluster) ->
     # The node as a previous agent left it: web, and a VirtualService deleted while no agent ran.
     previous, fake_before = fake_kernel()
     sync(previous, [make_vs("web"), make_vs("gone", vip="169.254.11.9")], Node("node-a"))
-    gate = asyncio.Event()
+    gate, asked = asyncio.Event(), asyncio.Event()
 
     async def hold_listing() -> None:
+        asked.set()
         await gate.wait()  # then fall through to the emulator's own answer
 
     cluster.server[kmock.action.LIST, kmock.resource("vsop.dev", "v1alpha1", "virtualservices")] << hold_listing
     async with run_agent(cluster, state=fake_before.state) as (agent, fake, writer):
         await until(lambda: any(r.action == kmock.action.LIST and r.resource == kmock.resource("v1/nodes") for r in list(cluster.server)), "the other listings")
-        await asyncio.sleep(0.3)  # time for a wrong agent to act; a right one waits for the listing
+        # Evidence the agent got as far as a wrong one would act: it asked for the listing it must wait for.
+        await asyncio.wait_for(asked.wait(), 30)
+        await asyncio.sleep(0)  # one turn of the loop for any task the agent started meanwhile
         assert not agent.listed and agent.syncs == 0 and fake.writes == 0 and writer.reports == []
         gate.set()
         await until(lambda: fake.state.bound_vips() == {"169.254.11.2"}, "the stale VIP removed after the listing")
@@ -530,8 +533,9 @@ async def test_the_host_writer_lock_is_held_per_sync_and_another_writer_makes_it
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             os.ftruncate(fd, 0)  # as every holder does: the stamp changes
+            turns = agent.turns
             await cluster.vs("api", {**WEB, "vip": "169.254.11.3"})
-            await asyncio.sleep(1.0)
+            await until(lambda: agent.turns > turns, "a sync turn that met the held lock", timeout=30)
             assert fake.state.bound_vips() == {"169.254.11.2"}
             # What it writes meanwhile (by hand here) is only known from a full read.
             fake.state = replace(fake.state, services={k: v for k, v in fake.state.services.items() if k != HTTP},

@@ -145,14 +145,20 @@ def test_legacy_waits_for_the_xtables_lock(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("XTABLES_LOCKFILE", str(lock_path))
     holder = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
     fcntl.flock(holder, fcntl.LOCK_EX)
-    release = threading.Timer(1.0, lambda: os.close(holder))
+    released: list[float] = []
+
+    def release_lock() -> None:
+        released.append(time.monotonic())
+        os.close(holder)
+
+    release = threading.Timer(1.0, release_lock)
     release.start()
-    started = time.monotonic()
     try:
         IPTablesKernel("legacy").apply([ops.WriteChain(filter_chain(4), (SSH_RULE,))])
+        finished = time.monotonic()  # taken before join(): an apply that did not wait returns while the lock is held
     finally:
         release.join()
-    assert time.monotonic() - started >= 0.9
+    assert released and finished >= released[0], "the apply returned while the lock was still held"
     assert IPTablesKernel("legacy").read(OWNED)[0] == {filter_chain(4): (SSH_RULE,)}
 
 
