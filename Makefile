@@ -72,6 +72,7 @@ crd: venv
 	$(BIN)/vsop crd > crds/virtualservices.vsop.dev.yaml
 	$(BIN)/python -c 'import sys, vsop.api.crd; sys.stdout.write(vsop.api.crd.node_report_crd_yaml())' > crds/nodereports.vsop.dev.yaml
 	$(BIN)/python -c 'import sys, vsop.api.crd; sys.stdout.write(vsop.api.crd.vip_pool_crd_yaml())' > crds/vippools.vsop.dev.yaml
+	$(BIN)/python -c 'import sys, vsop.api.crd; sys.stdout.write(vsop.api.crd.bgp_speaker_crd_yaml())' > crds/bgpspeakers.vsop.dev.yaml
 
 clean:
 	rm -rf $(VENV) .cache build dist

@@ -34,6 +34,7 @@ declare -A PKGS=(
   [socat]=/usr/bin/socat
   [conntrack]=/usr/sbin/conntrack
   [keepalived]=/usr/sbin/keepalived
+  [bird2]=/usr/sbin/bird
   [procps]=/usr/sbin/sysctl
   [gzip]=/usr/bin/gzip
   [python3]=/usr/bin/python3
@@ -65,7 +66,7 @@ apt_update_once() {
 if [ "${#missing[@]}" -gt 0 ]; then
   apt_update_once
   log "installing: ${missing[*]}"
-  # keepalived's postinst tries to start the service; policy-rc.d keeps it (and
+  # keepalived's and bird2's postinst try to start their services; policy-rc.d keeps it (and
   # anything else) from being started on the host.
   policy_created=0
   if [ ! -e /usr/sbin/policy-rc.d ]; then

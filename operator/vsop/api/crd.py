@@ -459,3 +459,85 @@ def vip_pool_crd() -> dict[str, Any]:
 def vip_pool_crd_yaml() -> str:
     header = "# Generated from vsop.api.crd.vip_pool_crd by `make crd`; do not edit (tests compare it).\n"
     return header + yaml.safe_dump(vip_pool_crd(), sort_keys=False, width=120, allow_unicode=False)
+
+
+# --- BGPSpeaker: cluster-scoped, whom the selected nodes' BIRD talks BGP to (vsop.api.speaker) --
+
+PEER_RULES = [
+    {
+        "rule": "!has(self.keepaliveSeconds) || self.keepaliveSeconds < (has(self.holdTimeSeconds) ? self.holdTimeSeconds : 90)",
+        "message": "keepaliveSeconds must be less than holdTimeSeconds",
+        "fieldPath": ".keepaliveSeconds",
+    },
+    {
+        "rule": "!has(self.passwordFile) || !has(self.passwordSecretRef)",
+        "message": "give passwordFile (host) or passwordSecretRef (cluster), not both",
+        "fieldPath": ".passwordFile",
+    },
+]
+SPEAKER_PRINTER_COLUMNS = [
+    {"name": "ASN", "type": "integer", "jsonPath": ".spec.localASN"},
+    {"name": "RouterID", "type": "string", "jsonPath": ".spec.routerID"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def bgp_speaker_spec_schema() -> dict[str, Any]:
+    from vsop.api.speaker import BGPSpeakerSpec
+
+    spec = _schema_of(BGPSpeakerSpec)
+    props = spec["properties"]
+    props["peers"]["items"]["x-kubernetes-validations"] = copy.deepcopy(PEER_RULES)
+    props["nodeSelector"]["properties"]["matchExpressions"]["items"]["x-kubernetes-validations"] = copy.deepcopy(MATCH_EXPRESSION_RULES)
+    return spec
+
+
+def bgp_speaker_crd() -> dict[str, Any]:
+    from vsop.api.speaker import SPEAKER_KIND, SPEAKER_PLURAL
+
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{SPEAKER_PLURAL}.{API_GROUP}"},
+        "spec": {
+            "group": API_GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": SPEAKER_KIND,
+                "listKind": f"{SPEAKER_KIND}List",
+                "plural": SPEAKER_PLURAL,
+                "singular": SPEAKER_KIND.lower(),
+                "shortNames": ["vsopbgp"],
+                "categories": ["vsop"],
+            },
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "additionalPrinterColumns": SPEAKER_PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (
+                                "The BGP peers the selected nodes' BIRD announces their announce: bgp VIPs to, "
+                                "with timers, BFD and passwords."
+                            ),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": bgp_speaker_spec_schema(),
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def bgp_speaker_crd_yaml() -> str:
+    header = "# Generated from vsop.api.crd.bgp_speaker_crd by `make crd`; do not edit (tests compare it).\n"
+    return header + yaml.safe_dump(bgp_speaker_crd(), sort_keys=False, width=120, allow_unicode=False)

@@ -255,6 +255,27 @@ class VRRP(_Spec):
     advert_interval_seconds: int = Field(default=1, ge=1, le=255, strict=True)
 
 
+# A standard BGP community (RFC 1997), "AS:value", each half 0-65535.
+COMMUNITY = r"^([0-9]{1,5}):([0-9]{1,5})$"
+
+
+def _community(value: str) -> str:
+    high, low = value.split(":")
+    if int(high) > 65535 or int(low) > 65535:
+        raise ValueError(f"{value}: each half of a community is 0-65535")
+    return f"{int(high)}:{int(low)}"
+
+
+Community = Annotated[str, Field(min_length=3, max_length=11, pattern=COMMUNITY), AfterValidator(_community)]
+
+
+class BGPAnnouncement(_Spec):
+    """How this VIP is announced with announce: bgp (BIRD's export filter for it)."""
+
+    communities: tuple[Community, ...] = Field(default=(), max_length=16, description="Standard communities added to the route, AS:value.")
+    local_preference: int | None = Field(default=None, ge=0, le=4294967295, strict=True, description="LOCAL_PREF sent to iBGP peers.")
+
+
 # Ports and backends equal in every field (and in which fields were given) are one frozen
 # instance for all the objects that declare them, as are equal lists of them: a node's
 # VIPs often share their real servers and ports (a store of 10,000 objects sending to the
@@ -313,6 +334,7 @@ class VirtualServiceSpec(_Spec):
         description="How the network learns where the VIP lives: vrrp (keepalived elects one node), bgp (every serving node announces it through BIRD).",
     )
     vrrp: VRRP | None = None
+    bgp: BGPAnnouncement | None = None
 
     @field_validator("ports", "backends", mode="after")
     @classmethod
@@ -485,6 +507,8 @@ def semantic_warnings(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
     warnings: list[tuple[str, str]] = []
     if spec.vrrp is not None and spec.announce != "vrrp":
         warnings.append(("spec.vrrp", f"ignored: announce is {spec.announce}; set announce: vrrp (with mode: keepalived) to use this block"))
+    if spec.bgp is not None and spec.announce != "bgp":
+        warnings.append(("spec.bgp", f"ignored: announce is {spec.announce}; set announce: bgp to use this block"))
     return warnings
 
 
@@ -541,9 +565,11 @@ PATTERN_WORDS = {
     NAME_PATTERN: "must be a DNS subdomain name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
     PORT_NAME: "must be a port name (IANA_SVC_NAME): lower-case letters, digits and single '-' between them, at least one letter",
     HTTP_PATH: "must be an HTTP path starting with '/', without spaces or control characters",
+    COMMUNITY: "must be a BGP community AS:value (two numbers 0-65535)",
+    r"^/[A-Za-z0-9._/\-]{1,255}$": "must be an absolute path of letters, digits, '.', '_', '-' and '/'",
 }
 # How to name what a list holds, by the field holding it.
-ITEMS = {"ports": "ports", "backends": "backends", "matchExpressions": "expressions", "values": "values", "conditions": "conditions"}
+ITEMS = {"ports": "ports", "backends": "backends", "peers": "peers", "communities": "communities", "matchExpressions": "expressions", "values": "values", "conditions": "conditions"}
 
 
 def _reason(error: Mapping[str, Any], loc: tuple[Any, ...] = ()) -> str:

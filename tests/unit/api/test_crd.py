@@ -89,3 +89,10 @@ def test_committed_vip_pool_crd_equals_generated() -> None:
 
     committed = COMMITTED.parent / "vippools.vsop.dev.yaml"
     assert committed.read_text() == vip_pool_crd_yaml(), "crds/ is stale: run `make crd`"
+
+
+def test_committed_bgp_speaker_crd_equals_generated() -> None:
+    from vsop.api.crd import bgp_speaker_crd_yaml
+
+    committed = COMMITTED.parent / "bgpspeakers.vsop.dev.yaml"
+    assert committed.read_text() == bgp_speaker_crd_yaml(), "crds/ is stale: run `make crd`"

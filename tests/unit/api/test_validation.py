@@ -115,7 +115,7 @@ SEED_PARSED: dict[str, Any] = {
         "serviceRef": None,
         "healthCheck": {"type": "none", "path": "/", "expectStatus": 200, "intervalSeconds": 3, "timeoutSeconds": 2, "failureThreshold": 2, "successThreshold": 1},
         "drain": {"timeoutSeconds": 30}, "suppressARP": False, "nodeSelector": {"matchLabels": {}, "matchExpressions": []},
-        "mode": "ipvs", "announce": "none", "vrrp": None,
+        "mode": "ipvs", "announce": "none", "vrrp": None, "bgp": None,
     },
     "status": None,
 }

@@ -1,0 +1,96 @@
+"""The agent's BIRD writer: check a candidate with `bird -p -c`, rename it into place, `birdc configure`.
+
+Owns what happens to a rendered bird.conf (vsop.bgp.render): when it differs from the live
+file, it is written beside it (mode 0600: it may hold passwords), checked by BIRD's own
+parser, renamed over the live file (atomic) and BIRD is told to read it (`birdc -s SOCKET
+configure`, a graceful reconfiguration: sessions whose options did not change stay up).
+A refused candidate changes nothing (BIRD goes on with the live file) and is reported with
+BIRD's own message; the same candidate is not checked again. A live file vsop did not write
+is never overwritten. Routes never go through here: they are the reconciler's (table 4242).
+Must not import: kopf, kubernetes, pyroute2, socket, asyncio, vsop.adapters, vsop.cli.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from vsop.bgp.render import MARKER
+
+log = logging.getLogger("vsop.bgp")
+
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+def _run(argv: Sequence[str]) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    changed: bool  # the live file was replaced
+    refused: str | None = None  # BIRD's message for a candidate it refused (nothing changed)
+    reloaded: bool = False  # birdc configure was accepted
+    reload_error: str | None = None  # why BIRD was not told (not running, socket missing...)
+
+
+class BirdWriter:
+    """bird.conf at `path`, reloaded through the control socket `control_socket`."""
+
+    def __init__(self, path: str | Path, control_socket: str, *, bird: str = "bird", birdc: str = "birdc", run: Runner = _run):
+        self.path = Path(path)
+        self.control_socket = control_socket
+        self.bird = bird
+        self.birdc = birdc
+        self.run = run
+        self._refused: tuple[str, str] | None = None  # (digest of the refused candidate, BIRD's message)
+
+    def update(self, text: str) -> WriteResult:
+        try:
+            live = self.path.read_text()
+        except FileNotFoundError:
+            live = None
+        if live == text:
+            return WriteResult(changed=False)
+        if live is not None and not live.startswith(MARKER):
+            return WriteResult(changed=False, refused=f"{self.path} was not written by vsop; not overwriting it (move it away to let vsop manage BIRD)")
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        if self._refused is not None and self._refused[0] == digest:
+            return WriteResult(changed=False, refused=self._refused[1])
+        candidate = self.path.with_name(f".{self.path.name}.vsop-candidate")
+        fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            checked = self.run([self.bird, "-p", "-c", str(candidate)])
+        except (OSError, subprocess.SubprocessError) as exc:
+            candidate.unlink(missing_ok=True)
+            return WriteResult(changed=False, refused=f"cannot run {self.bird} -p: {exc}")
+        if checked.returncode != 0:
+            candidate.unlink(missing_ok=True)
+            message = (checked.stderr or checked.stdout).strip().replace(str(candidate), str(self.path) + " (candidate)")
+            self._refused = (digest, message)
+            log.error("BIRD refused the new configuration; the live one stays path=%s reason=%r", self.path, message)
+            return WriteResult(changed=False, refused=message)
+        os.replace(candidate, self.path)
+        self._refused = None
+        return WriteResult(changed=True, **self._configure())
+
+    def _configure(self) -> dict[str, object]:
+        try:
+            answer = self.run([self.birdc, "-s", self.control_socket, "configure"])
+        except (OSError, subprocess.SubprocessError) as exc:
+            return {"reload_error": f"cannot run {self.birdc}: {exc}"}
+        output = (answer.stdout + answer.stderr).strip()
+        # birdc exits 0 even when BIRD answers with an error; its reply codes say what happened.
+        if answer.returncode == 0 and ("Reconfigured" in output or "Reconfiguration in progress" in output):
+            return {"reloaded": True}
+        log.warning("BIRD was not reconfigured; it reads the file when it starts socket=%s answer=%r", self.control_socket, output)
+        return {"reload_error": output or f"birdc exited {answer.returncode}"}
