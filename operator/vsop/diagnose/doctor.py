@@ -333,8 +333,11 @@ def check_services(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
         ipset = facts.observed.ipsets.get(names.set_name(names.vip_ports_set, key.family))
         member = ipset_member(key)
         if ipset is None or member not in ipset.members:
+            unserved = facts.ipvs_available and not _delegated(facts, key) and key not in facts.observed.services
+            why = (" (vsop accepts a port only once its IPVS service exists, so the node's own listeners never answer on the VIP:"
+                   " see why the service is missing below)") if unserved else ""
             yield Finding(f"ipset.member {member}", FAIL, f"{member} is not in {names.set_name(names.vip_ports_set, key.family)}: "
-                          "its packets are neither marked (no masquerade) nor accepted by VSOP-FILTER",
+                          f"its packets are neither marked (no masquerade) nor accepted by VSOP-FILTER{why}",
                           fix=["vsop apply -f <the VirtualService serving it>"])
         if _delegated(facts, key) or not facts.ipvs_available:
             continue

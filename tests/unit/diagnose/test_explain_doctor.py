@@ -284,6 +284,7 @@ def test_a_missing_forward_jump_only_warns_while_forward_accepts() -> None:
 def test_doctor_checks_only_the_given_targets_and_names_an_unknown_one() -> None:
     report = doctor(healthy(), [ServiceKey("tcp", "169.254.11.2", 81)])
     assert [f["check"] for f in failing(report)] == ["ipset.member 169.254.11.2,tcp:81", "ipvs.service TCP 169.254.11.2:81"]
+    assert "accepts a port only once its IPVS service exists" in failing(report)[0]["message"]
 
 
 def test_doctor_without_ipvs_says_how_to_get_it() -> None:
