@@ -2,15 +2,18 @@
 # and of the host tools. Built from the wheel, so it holds exactly what `pip install vsop`
 # would, plus the tools a person wants inside the agent's pod.
 #   docker build -t REGISTRY/vsop:TAG .
+# Without a registry: `make image` builds the same file with buildah on a base made from
+# Debian's packages (image/base.sh), passing --build-arg BASE=localhost/vsop-base:<hash>.
 #   vsop agent          (DaemonSet; deploy/agent.yaml)     vsop controller   (deploy/controller.yaml)
-FROM python:3.11-slim-bookworm AS build
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY crds ./crds
 RUN pip install --no-cache-dir build && python -m build --wheel --outdir /dist
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE}
 # iptables ships both backends (iptables-legacy and iptables-nft, with their -save and
 # -restore); vsop detects which one the host uses, as kube-proxy's iptables-wrappers do.
 # ipset, ipvsadm, iproute2 and conntrack are for humans debugging inside the pod.

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-plan test test-random deps venv unit netns vm kube lint crd bench bench-cluster clean
+.PHONY: demo demo-plan test test-random deps venv unit netns vm kube image image-tier lint crd bench bench-cluster clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install python3 (>= 3.11)"; exit 1; }
@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages for the kernel tiers (qemu, Debian's kernel, ipvsadm, ipset, iptables, keepalived...).
+# Debian packages for the kernel tiers (qemu, Debian's kernel, ipvsadm, ipset, iptables, keepalived...)
+# and for the image (mmdebstrap, buildah).
 deps:
 	bash vm/install-deps.sh
 
@@ -64,6 +65,14 @@ vm: deps venv
 
 kube: venv
 	bash tests/run-tiers.sh kube
+
+# The Dockerfile built with buildah on a base made from Debian's packages (no registry needed),
+# tagged vsop:VERSION (IMAGE=REGISTRY/vsop:TAG to tag it otherwise); its size and layers printed.
+image: deps
+	bash image/build.sh
+
+image-tier: deps venv
+	bash tests/run-tiers.sh image
 
 lint: venv
 	$(BIN)/lint-imports

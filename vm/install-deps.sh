@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what the vm test tier needs on a Debian bookworm host, and fetch the
-# guest kernel (Debian's linux-image-amd64, 6.1) into .cache/vm/kernel/.
+# Install what the vm and image test tiers need on a Debian bookworm host, and fetch the
+# guest kernel (Debian's linux-image-amd64, 6.1) into .cache/vm/kernel/. `make image` uses
+# mmdebstrap and buildah (run as root with chroot isolation: no OCI runtime is needed).
 #
 # Idempotent and fast on re-runs: apt is only touched when a tool is missing,
 # and the kernel package is only downloaded when the cached tree is absent.
@@ -39,6 +40,8 @@ declare -A PKGS=(
   [gzip]=/usr/bin/gzip
   [python3]=/usr/bin/python3
   [python3-venv]=/usr/share/doc/python3-venv
+  [mmdebstrap]=/usr/bin/mmdebstrap
+  [buildah]=/usr/bin/buildah
 )
 
 # busybox-static replaces busybox; only the static one is usable in the

@@ -7,7 +7,8 @@ environment with no test extras (the runtime stage's `pip install /tmp/*.whl`), 
 entry points the manifests use are run from there. The Debian packages the runtime
 stage installs are looked up for the Dockerfile's base release with apt-cache, so a
 typo or a package renamed in that release is caught here. What this does not prove: the
-base image's own contents, and that the engine builds it.
+base image's own contents, and that the engine builds it; the image tier (tests/image/,
+`make image`) builds the Dockerfile on a Debian-built base and runs the result.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ DOCKERFILE = ROOT / "Dockerfile"
 
 
 def stages() -> list[list[str]]:
-    """The Dockerfile's instructions (continuation lines joined), grouped by stage."""
+    """The Dockerfile's instructions (continuation lines joined), grouped by stage; the ARGs
+    before the first FROM are their own group first."""
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
-    found: list[list[str]] = []
+    found: list[list[str]] = [[]]
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -38,12 +40,19 @@ def stages() -> list[list[str]]:
         if line.upper().startswith("FROM "):
             found.append([])
         found[-1].append(line)
-    return found
+    return found[1:]
+
+
+def global_args() -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults (what a build without --build-arg uses)."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    preamble = text.split("\nFROM ", 1)[0]
+    return dict(re.findall(r"^ARG (\w+)=(\S+)$", preamble, flags=re.M))
 
 
 def base_release() -> str:
     """The Debian codename of the runtime stage's base image (python:3.11-slim-bookworm -> bookworm)."""
-    base = stages()[-1][0].split()[1]
+    base = re.sub(r"\$\{(\w+)\}", lambda m: global_args()[m.group(1)], stages()[-1][0].split()[1])
     match = re.search(r"-(bookworm|bullseye|trixie|buster)$", base)
     assert match, f"the runtime stage's base {base!r} names no Debian release"
     return match.group(1)
