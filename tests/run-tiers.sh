@@ -3,6 +3,7 @@
 # unit: anywhere. netns: root on this machine. vm: inside Debian's kernel under qemu.
 # kube: against the kmock API emulator. crd: the CRD and the image's install path checked by
 # independent implementations (Google's CEL runtime, jsonschema, pip). lint: import-linter contracts.
+# image: the Dockerfile built by buildah (make image) and its root filesystem run here and in the VM.
 #
 # A tier is green only when it passed something, failed nothing, deselected nothing and
 # skipped only what tests/allowed-skips.txt allows, with its reason (tests/tier_verdict.py
@@ -35,7 +36,7 @@ fi
 
 tiers=("$@")
 if [ ${#tiers[@]} -eq 0 ]; then
-  tiers=(lint unit crd netns vm kube)
+  tiers=(lint unit crd netns vm kube image)
 fi
 mkdir -p .cache
 summary=.cache/test-summary.txt
@@ -90,6 +91,11 @@ for tier in "${tiers[@]}"; do
       if [ ! -x .venv/bin/kubectl ]; then precondition kube "kubectl (kubectl kustomize) is not in .venv/bin: make venv installs it from the [test] extra"
       else run_tier kube "${pytest[@]}" tests/kube; fi ;;
     crd)   run_tier crd "${pytest[@]}" tests/crd ;;
+    # Builds the image (image/build.sh; its base and layers cached) and runs it here and in the VM.
+    image)
+      if [ "$(id -u)" -ne 0 ]; then precondition image "needs root (mmdebstrap, buildah's chroot isolation, mount namespaces)"
+      elif ! command -v buildah >/dev/null || ! command -v mmdebstrap >/dev/null; then precondition image "buildah or mmdebstrap is not installed (make deps)"
+      else run_tier image "${pytest[@]}" tests/image; fi ;;
     *) echo "unknown tier $tier"; exit 2 ;;
   esac
 done
