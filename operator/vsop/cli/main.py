@@ -215,6 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return delegated
     if argv[:2] == ["render", "keepalived"]:
         return render.main(argv[2:])
+    if argv[:2] == ["render", "bird"]:
+        from vsop.cli import bird
+
+        return bird.main(argv[2:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -35,11 +35,12 @@ def register(sub: Any) -> None:
     p = subcommand(
         sub,
         "render",
-        "render configuration for another tool: `vsop render keepalived -f PATH`",
-        "Render configuration for another tool. Only keepalived for now:\n"
-        "`vsop render keepalived -f PATH [--out DIR]`; see `vsop render keepalived --help`.",
+        "render configuration for another tool: `vsop render keepalived -f PATH`, `vsop render bird --speaker FILE`",
+        "Render configuration for another tool:\n"
+        "`vsop render keepalived -f PATH [--out DIR]`; see `vsop render keepalived --help`.\n"
+        "`vsop render bird --speaker FILE [-f PATH] [--out FILE]`; see `vsop render bird --help`.",
     )
-    p.add_argument("tool", choices=("keepalived",), help="keepalived: see `vsop render keepalived --help`")
+    p.add_argument("tool", choices=("keepalived", "bird"), help="keepalived or bird: see `vsop render TOOL --help`")
 
 
 def build_parser() -> argparse.ArgumentParser:
