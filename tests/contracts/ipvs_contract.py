@@ -156,22 +156,22 @@ class IPVSContract:
         assert self.state(ipvs_adapter)[1] == {backend.key: ("masq", 1)}
 
     @pytest.mark.parametrize(
-        "op",
+        ("op", "named"),
         [
-            ops.EditService(service(WEB, "wrr")),
-            ops.DeleteService(WEB),
-            ops.AddRealServer(real(WEB, "10.77.0.1")),
-            ops.EditRealServer(real(API, "10.77.0.1")),
-            ops.DeleteRealServer(RealServerKey(API, "10.77.0.1", 8080)),
+            (ops.EditService(service(WEB, "wrr")), str(WEB)),
+            (ops.DeleteService(WEB), str(WEB)),
+            (ops.AddRealServer(real(WEB, "10.77.0.1")), str(WEB)),
+            (ops.EditRealServer(real(API, "10.77.0.1")), "10.77.0.1:8080"),
+            (ops.DeleteRealServer(RealServerKey(API, "10.77.0.1", 8080)), "10.77.0.1:8080"),
         ],
         ids=["edit-service", "delete-service", "real-server-without-service", "edit-real-server", "delete-real-server"],
     )
-    def test_operations_on_missing_objects_fail(self, ipvs_adapter, op):
+    def test_operations_on_missing_objects_fail_naming_what_is_missing(self, ipvs_adapter, op, named):
         ipvs_adapter.apply([ops.AddService(service(API))])
         with pytest.raises(OperationFailed) as failure:
             ipvs_adapter.apply([op])
         assert failure.value.op == op
-        assert failure.value.reason
+        assert named in failure.value.reason  # the reason itself, not only the op's description
         assert self.state(ipvs_adapter) == ({API: ("rr", 0)}, {})
 
     def test_a_failing_operation_leaves_the_ones_before_it_applied(self, ipvs_adapter):
@@ -185,6 +185,36 @@ class IPVSContract:
         # What follows the failure is unspecified (a pipelining adapter may have sent it).
         assert {WEB: ("rr", 0), API: ("rr", 0)}.items() <= services.items()
         assert real_servers == {backend.key: ("masq", 1)}
+
+    def test_an_unknown_scheduler_is_refused_naming_it(self, ipvs_adapter):
+        unknown = ops.AddService(service(WEB, "nosuch"))
+        with pytest.raises(OperationFailed) as failure:
+            ipvs_adapter.apply([ops.AddService(service(API)), unknown])
+        assert failure.value.op == unknown
+        assert failure.value.reason == "scheduler 'nosuch' is not available in this kernel (module ip_vs_nosuch)"
+        edit = ops.EditService(service(API, "nosuch"), previous=service(API))
+        with pytest.raises(OperationFailed) as failure:
+            ipvs_adapter.apply([edit])
+        assert failure.value.op == edit
+        assert self.state(ipvs_adapter) == ({API: ("rr", 0)}, {})
+
+    @pytest.mark.parametrize("address", ["10.77.255.255", "224.0.0.5", "255.255.255.255", "0.0.0.1"],
+                             ids=["subnet-broadcast", "multicast", "broadcast", "this-network"])
+    def test_a_backend_that_is_not_unicast_is_refused_naming_it(self, ipvs_adapter, address):
+        """ip_vs_new_dest wants inet_addr_type() to say unicast or local: EINVAL otherwise."""
+        kept = real(WEB, "10.77.0.1", 80)
+        refused = ops.AddRealServer(real(WEB, address, 80))
+        with pytest.raises(OperationFailed) as failure:
+            ipvs_adapter.apply([ops.AddService(service(WEB)), ops.AddRealServer(kept), refused])
+        assert failure.value.op == refused
+        assert failure.value.reason == f"backend {address} is not routable from this node"
+        assert self.state(ipvs_adapter) == ({WEB: ("rr", 0)}, {kept.key: ("masq", 1)})
+
+    def test_a_backend_with_no_route_is_accepted(self, ipvs_adapter):
+        """A lookup miss counts as unicast: the kernel takes an address it has no route to."""
+        far = real(WEB, "198.51.100.7", 80)
+        ipvs_adapter.apply([ops.AddService(service(WEB)), ops.AddRealServer(far)])
+        assert self.state(ipvs_adapter) == ({WEB: ("rr", 0)}, {far.key: ("masq", 1)})
 
     def test_an_empty_run_writes_nothing(self, ipvs_adapter):
         assert ipvs_adapter.apply([]) == 0

@@ -54,5 +54,16 @@ class SysctlContract:
         with pytest.raises(OperationFailed) as failed:
             sysctl_adapter.apply([ops.SetSysctl(FORWARDING[4], "1"), missing, ops.SetSysctl(FORWARDING[6], "1")])
         assert failed.value.op == missing
-        assert failed.value.reason
+        assert failed.value.reason == "this kernel has no such setting (is the module that provides it loaded?)"
         assert sysctl_adapter.read([FORWARDING[4], FORWARDING[6], MISSING]) == {FORWARDING[4]: "1", FORWARDING[6]: "0"}
+
+    @pytest.mark.parametrize("value", ["yes", "1x"], ids=["word", "trailing-junk"])
+    def test_a_value_that_is_not_a_number_is_refused_naming_it(self, sysctl_adapter, family, value):
+        name = FORWARDING[family]
+        sysctl_adapter.apply([ops.SetSysctl(name, "0")])
+        refused = ops.SetSysctl(name, value)
+        with pytest.raises(OperationFailed) as failed:
+            sysctl_adapter.apply([ops.SetSysctl(FORWARDING[4], "1"), refused])
+        assert failed.value.op == refused
+        assert failed.value.reason == "the kernel refused the value"
+        assert sysctl_adapter.read([name]) == {name: "1" if family == 4 else "0"}

@@ -9,6 +9,7 @@ Must not import: pyroute2, subprocess, kopf, kubernetes.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Sequence
 
@@ -27,6 +28,11 @@ class FakeKernel:
     names: Names = field(default_factory=Names)
     has_ipvs: bool = True
     has_dummy: bool = True
+    # The node's own IPv4 networks, as IPVS sees them: ip_vs_new_dest wants inet_addr_type() to
+    # say unicast or local, so a network's broadcast address is refused (EINVAL), and so is every
+    # IPv4 backend while the node has no IPv4 address at all (no local table); an address with
+    # no route passes (the lookup miss defaults to unicast). None: some address, no network known.
+    ipv4_networks: tuple[str, ...] | None = None
     # Return a reason to refuse an operation, like a kernel errno would.
     refuse: Callable[[ops.Op], str | None] = lambda op: None
     writes: int = 0
@@ -35,7 +41,7 @@ class FakeKernel:
     def apply(self, operations: Sequence[ops.Op]) -> int:
         done = 0
         for op in operations:
-            reason = self.refuse(op)
+            reason = self.refuse(op) or self._kernel_refuses(op)
             if reason is not None:
                 raise OperationFailed(op, reason)
             try:
@@ -46,6 +52,21 @@ class FakeKernel:
             self.applied.append(op)
             done += 1
         return done
+
+
+    def _kernel_refuses(self, op: ops.Op) -> str | None:
+        """What the kernel refuses that depends on the node, not on the state (core.memory checks that)."""
+        if isinstance(op, (ops.AddRealServer, ops.EditRealServer)) and ":" not in op.real_server.key.address:
+            address = ipaddress.IPv4Address(op.real_server.key.address)
+            networks = [ipaddress.IPv4Network(n, strict=False) for n in (self.ipv4_networks or ())]
+            if (
+                address.is_multicast or address.is_unspecified or address == ipaddress.IPv4Address("255.255.255.255")
+                or int(address) >> 24 == 0  # 0.0.0.0/8: "this network"
+                or self.ipv4_networks == ()
+                or any(address == n.broadcast_address and n.prefixlen < 31 for n in networks)
+            ):
+                return f"backend {address} is not routable from this node"
+        return None
 
 
 class _View:
@@ -135,7 +156,9 @@ class FakeSysctls(_View):
             assert isinstance(op, ops.SetSysctl)
             current = self.kernel.state.sysctls.get(op.name)
             if current is None:
-                raise OperationFailed(op, f"this kernel has no sysctl {op.name}")
+                raise OperationFailed(op, "this kernel has no such setting (is the module that provides it loaded?)")
+            if not _integers(op.value):  # proc_dointvec and its kin: EINVAL
+                raise OperationFailed(op, "the kernel refused the value")
             if current != op.value:
                 writes += self.kernel.apply([op])
         return writes
@@ -147,3 +170,9 @@ class FakeSysctls(_View):
         from vsop.core.sysctls import accept_ra_interface
 
         return sorted({i for name in self.kernel.state.sysctls if (i := accept_ra_interface(name)) is not None})
+
+
+def _integers(value: str) -> bool:
+    """Every setting vsop writes is one or more integers (ip_local_port_range: two)."""
+    words = value.split()
+    return bool(words) and all(w.lstrip("-").isdigit() for w in words)

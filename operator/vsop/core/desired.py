@@ -10,6 +10,7 @@ Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapter
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,6 +32,23 @@ from vsop.core.state import (
 )
 from vsop.core.health import apply_health
 from vsop.api.model import PortSpec, VirtualService, backends_on_vips
+
+
+# The kernel keeps at most 255 bytes of an ipset comment (IPSET_MAX_COMMENT_SIZE; `ipset` refuses
+# longer ones, netlink answers ERANGE). A namespace (63) and a name (253) make up to 317.
+MAX_IPSET_COMMENT = 255
+_HASH_CHARS = 16
+
+
+def ipset_comment(ref: str) -> str:
+    """The comment that names `ref` ("namespace/name") on its ipset members: the ref itself when it
+    fits in 255 bytes, else its first 238 characters, `~` and 16 hex digits of its SHA-256. Refs are
+    ASCII (Kubernetes names), so the owner is recovered by comparing with `ipset_comment` of the refs
+    a source declares (core.held), and a person still reads the namespace and the name's start."""
+    if len(ref.encode()) <= MAX_IPSET_COMMENT:
+        return ref
+    digest = hashlib.sha256(ref.encode()).hexdigest()[:_HASH_CHARS]
+    return ref[: MAX_IPSET_COMMENT - _HASH_CHARS - 1] + "~" + digest
 
 
 @dataclass(frozen=True)
@@ -383,12 +401,13 @@ def desired_state(
             vips.add(spec.vip)
         families_used.add(spec.family)
         programmed.append(vs.ref)
-        members.setdefault(names.set_name(names.vips_set, family), {})[spec.vip] = vs.ref
+        comment = ipset_comment(vs.ref)
+        members.setdefault(names.set_name(names.vips_set, family), {})[spec.vip] = comment
         for port in spec.ports:
             key = ServiceKey(_protocol(port), spec.vip, port.port)  # type: ignore[arg-type]
-            members.setdefault(names.set_name(names.vip_ports_set, family), {})[ipset_member(key)] = vs.ref
+            members.setdefault(names.set_name(names.vip_ports_set, family), {})[ipset_member(key)] = comment
             if not masquerade:
-                members.setdefault(names.set_name(names.nomasq_set, family), {})[ipset_member(key)] = vs.ref
+                members.setdefault(names.set_name(names.nomasq_set, family), {})[ipset_member(key)] = comment
             if spec.mode != "ipvs":
                 delegated.add(key)
                 continue  # keepalived owns IPVS for this service; vsop keeps the rest

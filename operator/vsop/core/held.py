@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Iterable
 
-from vsop.core.desired import Desired, Problem
+from vsop.core.desired import Desired, Problem, ipset_comment
 from vsop.core.plan import jump_target
 from vsop.core.state import IPSet, KernelState, LinkState, Names, ServiceKey, VirtualServer, host_prefix, member_service
 
@@ -48,7 +48,8 @@ parse_member = member_service
 
 
 def kernel_owners(observed: KernelState, names: Names) -> dict[str, frozenset[str]]:
-    """Owner ref -> the members (in vsop's sets) whose comment names it."""
+    """Owner comment -> the members (in vsop's sets) whose comment it is. The comment is the owner's
+    ref, or for a ref over 255 bytes its `ipset_comment` (compare with that, not the ref)."""
     found: dict[str, set[str]] = {}
     for set_name, ipset in observed.ipsets.items():
         if set_name not in names.owned_set_names():
@@ -60,12 +61,13 @@ def kernel_owners(observed: KernelState, names: Names) -> dict[str, frozenset[st
 
 
 def held_owners(observed: KernelState, held: Held, names: Names, programmed: Iterable[str] = ()) -> frozenset[str]:
-    """The kernel owners whose state must be kept: held by name, or unaccounted for while something is unreadable."""
+    """The kernel owners (as their members' comments name them) whose state must be kept: held by
+    name, or unaccounted for while something is unreadable."""
     present = set(kernel_owners(observed, names))
-    keep = set(held.owners) & present
+    keep = {ipset_comment(ref) for ref in held.owners} & present
     if held.unknown:
-        keep |= present - set(held.known)
-    return frozenset(keep - set(programmed))
+        keep |= present - {ipset_comment(ref) for ref in held.known}
+    return frozenset(keep - {ipset_comment(ref) for ref in programmed})
 
 
 def keep_held(desired: Desired, observed: KernelState, held: Held, names: Names = Names()) -> Desired:
@@ -78,6 +80,8 @@ def keep_held(desired: Desired, observed: KernelState, held: Held, names: Names 
     owners = held_owners(observed, held, names, desired.programmed)
     if not owners:
         return desired
+    # A comment back to its ref, for the refs this source knows (a ref over 255 bytes is shortened).
+    ref_of = {ipset_comment(ref): ref for ref in (*held.owners, *held.known, *desired.programmed)}
     bound = observed.bound_vips() if observed.link is not None and observed.link.name == names.link else frozenset()
 
     kept_members: dict[str, dict[str, str]] = {}  # set name -> member -> owner
@@ -103,10 +107,11 @@ def keep_held(desired: Desired, observed: KernelState, held: Held, names: Names 
     for key, owner in kept_services.items():
         current = desired.state.services.get(key)
         claimant = current.owner if current is not None else _member_owner(desired.state, key, names)
-        if claimant and claimant != owner and claimant not in losers:
+        claimant = ref_of.get(claimant, claimant)
+        if claimant and ipset_comment(claimant) != owner and claimant not in losers:
             losers[claimant] = Problem(
                 claimant, "Conflict",
-                f"{key.vip}:{key.port}/{key.protocol.upper()} is still served for VirtualService {owner}, which is declared but invalid; fix or remove it first",
+                f"{key.vip}:{key.port}/{key.protocol.upper()} is still served for VirtualService {ref_of.get(owner, owner)}, which is declared but invalid; fix or remove it first",
             )
     state = desired.state
     for loser in losers:
@@ -120,7 +125,7 @@ def keep_held(desired: Desired, observed: KernelState, held: Held, names: Names 
         found = observed.services.get(key)
         if found is None:
             continue  # a delegated (keepalived) service or one already gone: nothing of ours to keep
-        services[key] = VirtualServer(key, found.scheduler, found.persistence_timeout, owner)
+        services[key] = VirtualServer(key, found.scheduler, found.persistence_timeout, ref_of.get(owner, owner))
         for rs_key, rs in observed.real_servers.items():
             if rs_key.service == key:
                 real_servers[rs_key] = rs
@@ -168,7 +173,7 @@ def keep_held(desired: Desired, observed: KernelState, held: Held, names: Names 
         routes=frozenset(routes),
     )
     kept = tuple(
-        Problem(owner, "KeptInvalid", "declared but its definition cannot be used; keeping what the kernel has for it")
+        Problem(ref_of.get(owner, owner), "KeptInvalid", "declared but its definition cannot be used; keeping what the kernel has for it")
         for owner in sorted(owners)
     )
     programmed = tuple(ref for ref in desired.programmed if ref not in losers)
@@ -193,6 +198,7 @@ def _member_owner(state: KernelState, key: ServiceKey, names: Names) -> str:
 def without_owner(state: KernelState, owner: str, names: Names = Names()) -> KernelState:
     """A desired state with one object's share taken out: services, real servers, members, unused VIPs."""
     services = {k: v for k, v in state.services.items() if v.owner != owner}
+    owner = ipset_comment(owner)  # from here on, members: named by their comment
     gone = {k for k in state.services if k not in services}
     # Its keepalived (delegated) services are known by their VIP:port members only. Left
     # delegated, the key would hide a held owner's IPVS service from the plan, which would

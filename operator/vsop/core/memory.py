@@ -1,7 +1,8 @@
 """An in-memory kernel: applies plan operations to a KernelState, refusing what a kernel refuses.
 
 `apply_op` is the fakes' engine and the property tests' oracle. It enforces the kernel's own
-preconditions (no duplicate service, no real server without its service, no address
+preconditions (no duplicate service, no scheduler it has no module for, no ipset comment
+over 255 bytes, no real server without its service, no address
 without its link, no rule naming a missing set or chain, no chain deleted while a
 jump names it, no set destroyed while a rule names it, no route added twice) and vsop's
 ownership rules (an IPVS service is created only on a VIP already bound to vsop's link,
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
 
+from vsop.api.model import SCHEDULERS
 from vsop.core import ops
 from vsop.core.plan import jump_target
 from vsop.core.state import ChainKey, KernelState, LinkState, Names, RealServerKey, ServiceKey, ipset_member, member_service
@@ -89,10 +91,16 @@ def _destroy_set(state: KernelState, op: ops.DestroySet, rules: _Rules) -> Kerne
     return replace(state, ipsets={k: v for k, v in state.ipsets.items() if k != op.name})
 
 
+# IPSET_MAX_COMMENT_SIZE: the kernel's netlink policy refuses a longer comment (ERANGE), `ipset` too.
+MAX_COMMENT_BYTES = 255
+
+
 def _add_member(state: KernelState, op: ops.AddSetMember, rules: _Rules) -> KernelState:
     ipset = state.ipsets.get(op.set_name)
     if ipset is None:
         raise _refuse(f"ipset {op.set_name}: the set does not exist")
+    if len(op.comment.encode()) > MAX_COMMENT_BYTES:
+        raise _refuse(f"an ipset comment is at most {MAX_COMMENT_BYTES} characters")
     if op.member in ipset.members and not op.replace:
         raise _refuse(f"ipset {op.set_name}: element {op.member} is already added")
     key = member_service(op.member) if rules.ownership else None
@@ -208,10 +216,16 @@ def _delete_route(state: KernelState, op: ops.DeleteRoute, rules: _Rules) -> Ker
     return replace(state, routes=state.routes - {op.prefix})
 
 
+def _scheduler(op: ops.AddService | ops.EditService) -> None:
+    if op.service.scheduler not in SCHEDULERS:  # no module ip_vs_<name>: ENOENT
+        raise _refuse(f"scheduler {op.service.scheduler!r} is not available in this kernel (module ip_vs_{op.service.scheduler})")
+
+
 def _add_service(state: KernelState, op: ops.AddService, rules: _Rules) -> KernelState:
     key = op.service.key
     if key in state.services:
         raise _refuse(f"IPVS service {key}: File exists")
+    _scheduler(op)
     if rules.ownership and key.vip not in state.bound_vips():
         raise _refuse(f"ownership: IPVS service {key} created before its VIP is bound to {rules.names.link}")
     return replace(state, services={**state.services, key: op.service})
@@ -221,6 +235,7 @@ def _edit_service(state: KernelState, op: ops.EditService, rules: _Rules) -> Ker
     key = op.service.key
     if key not in state.services:
         raise _refuse(f"IPVS service {key}: No such process")
+    _scheduler(op)
     return replace(state, services={**state.services, key: op.service})
 
 

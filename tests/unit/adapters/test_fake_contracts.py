@@ -49,6 +49,7 @@ class TestFakeSysctls(SysctlContract):
 
 @pytest.fixture
 def ipvs_adapter(fake: FakeKernel) -> FakeIPVS:
+    fake.ipv4_networks = ("10.77.0.0/16",)  # the contract's node: 10.77.0.0/16 routable
     return FakeIPVS(fake)
 
 
@@ -72,3 +73,17 @@ def route_adapter(fake: FakeKernel) -> FakeRoutes:
 
 class TestFakeRoutes(RouteContract):
     pass
+
+
+def test_a_node_without_ipv4_addresses_takes_no_ipv4_backend() -> None:
+    """No IPv4 address, no local table: inet_addr_type() is never unicast (tests/vm: the real kernel)."""
+    from tests.contracts.ipvs_contract import WEB, WEB6, real, service
+    from vsop.adapters.base import OperationFailed
+    from vsop.core import ops
+
+    bare = FakeIPVS(FakeKernel(ipv4_networks=()))
+    bare.apply([ops.AddService(service(WEB)), ops.AddService(service(WEB6))])
+    with pytest.raises(OperationFailed) as failure:
+        bare.apply([ops.AddRealServer(real(WEB, "10.77.0.1", 80))])
+    assert failure.value.reason == "backend 10.77.0.1 is not routable from this node"
+    assert bare.apply([ops.AddRealServer(real(WEB6, "fd00:77::1", 80))]) == 1  # IPv6 needs no route

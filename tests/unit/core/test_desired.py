@@ -204,3 +204,37 @@ def test_service_ref_named_port_missing_on_some_endpoints_only_is_not_a_problem(
     endpoints = [Endpoint("10.1.0.1", (EndpointPort("http", 8080),)), Endpoint("10.1.0.2", (EndpointPort("web", 8080),))]
     desired = desired_state([vs], NODE, endpoints={("default", "app"): endpoints})
     assert {k.address for k in desired.state.real_servers} == {"10.1.0.1"} and desired.problems == ()
+
+
+def test_a_ref_longer_than_an_ipset_comment_is_shortened_so_the_kernel_takes_it_and_held_finds_it() -> None:
+    """A 63-character namespace and a 253-character name are valid Kubernetes input and a 317-byte
+    ref; the kernel keeps at most 255 bytes of a comment (the fakes refuse more, as it does)."""
+    from vsop.adapters.kernel import fake_kernel, read_observed
+    from vsop.core.desired import ipset_comment
+    from vsop.core.held import Held, held_owners
+    from vsop.core.state import Names
+    from vsop.node.whole import derive, program, sync
+
+    namespace, name = "n" * 63, "a" * 126 + "." + "b" * 126
+    vs = make_vs(name=name, namespace=namespace)
+    other = make_vs(name=name[:-1] + "c", namespace=namespace, vip="169.254.11.3")  # the same first 238 characters
+    assert len(vs.ref) == 317
+    comment, others = ipset_comment(vs.ref), ipset_comment(other.ref)
+    assert len(comment.encode()) == 255 and comment.startswith(namespace + "/" + "a" * 126) and comment[-17] == "~"
+    assert comment == ipset_comment(vs.ref) != others and ipset_comment("default/web") == "default/web"
+    state = desired_state([vs, other], NODE).state
+    assert state.ipsets["VSOP-VIPS"].members == {"169.254.11.2": comment, "169.254.11.3": others}
+    assert state.services[WEB].owner == vs.ref  # the model and problems keep the whole ref
+
+    kernel, fake = fake_kernel()
+    first = sync(kernel, [vs, other], NODE)  # raises if the kernel refused a write
+    assert first.writes == len(first.plan.ops) > 0
+    observed = read_observed(kernel, Names())
+    assert observed.ipsets["VSOP-VIP-PORTS"].members == {"169.254.11.2,tcp:80": comment, "169.254.11.3,tcp:80": others}
+    assert sync(kernel, [vs, other], NODE).plan.ops == ()  # the comment reads back as planned: idempotent
+    # Declared but invalid now: held by its ref, its kernel state is kept; the other one is removed.
+    assert held_owners(observed, Held(owners=frozenset({vs.ref})), Names()) == {comment}
+    desired, the_plan = program(derive([], NODE, observed), observed, held=Held(owners=frozenset({vs.ref})))
+    assert {s.owner for s in desired.state.services.values()} == {vs.ref}
+    assert [p.obj for p in desired.warnings if p.reason == "KeptInvalid"] == [vs.ref]
+    assert {op.key.vip for op in the_plan.ops if op.kind == "service.delete"} == {"169.254.11.3"}
