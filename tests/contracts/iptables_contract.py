@@ -54,7 +54,10 @@ def constant_sets(family: int) -> dict[str, IPSet]:
 
 
 class IPTablesContract:
-    """Needs fixture `iptables_adapter` (empty tables) and, for rules naming sets, `ipset_adapter`."""
+    """Needs fixture `iptables_adapter` (empty tables) and, for rules naming sets, `ipset_adapter`;
+    for the jumps' position, `builtin_chain`: an object with `rules(family, table, chain)` (the
+    built-in chain's rules in order, as iptables-save prints them after "-A CHAIN ") and
+    `append(family, table, chain, rule)` (a rule of someone else's, appended)."""
 
     @pytest.fixture(params=[4, 6], ids=["ipv4", "ipv6"])
     def family(self, request: pytest.FixtureRequest) -> int:
@@ -231,3 +234,23 @@ class IPTablesContract:
         iptables_adapter.apply([ops.DeleteChain(filter_chain(family))])
         ipset_adapter.apply([ops.DestroySet(vips)])
         assert ipset_adapter.read(frozenset({vips})) == {}
+
+    # -- jumps: where they go, and how many ------------------------------------------------------
+
+    def test_a_jump_goes_first_in_its_chain_ahead_of_rules_already_there(self, iptables_adapter, builtin_chain, family):
+        """vsop's jump is inserted (-I), so a foreign ACCEPT or DROP further down cannot shadow it."""
+        into_filter = jump(family, "filter", "INPUT", NAMES.filter_chain)
+        builtin_chain.append(family, "filter", "INPUT", SSH_RULE)
+        iptables_adapter.apply([ops.WriteChain(filter_chain(family), (DNS_RULE,)), ops.AddJump(into_filter)])
+        assert builtin_chain.rules(family, "filter", "INPUT") == [into_filter.rule, SSH_RULE]
+
+    def test_a_jump_added_twice_is_there_twice_and_one_delete_removes_every_copy(self, iptables_adapter, builtin_chain, family):
+        """A crashed run may leave a copy: the read shows one Jump, and deleting it leaves none behind."""
+        into_filter = jump(family, "filter", "INPUT", NAMES.filter_chain)
+        builtin_chain.append(family, "filter", "INPUT", SSH_RULE)
+        iptables_adapter.apply([ops.WriteChain(filter_chain(family), ()), ops.AddJump(into_filter), ops.AddJump(into_filter)])
+        assert builtin_chain.rules(family, "filter", "INPUT") == [into_filter.rule, into_filter.rule, SSH_RULE]
+        assert iptables_adapter.read(OWNED)[1] == {into_filter}
+        assert iptables_adapter.apply([ops.DeleteJump(into_filter)]) == 1
+        assert builtin_chain.rules(family, "filter", "INPUT") == [SSH_RULE]
+        assert iptables_adapter.read(OWNED)[1] == frozenset()

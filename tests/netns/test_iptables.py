@@ -28,6 +28,25 @@ from vsop.core.plan import plan
 from vsop.core.state import ChainKey, Jump, KernelState
 
 
+class BuiltinChains:
+    """A built-in chain as this backend's iptables-save prints it, and foreign rules by its CLI."""
+
+    def __init__(self, backend: str):
+        self.backend = backend
+
+    def rules(self, family: int, table: str, chain: str) -> list[str]:
+        prefix = f"-A {chain} "
+        return [line[len(prefix):] for line in save(self.backend, family, table).splitlines() if line.startswith(prefix)]
+
+    def append(self, family: int, table: str, chain: str, rule: str) -> None:
+        cli(self.backend, family, "-t", table, "-A", chain, *rule.split())
+
+
+@pytest.fixture
+def builtin_chain(iptables_backend: str) -> BuiltinChains:
+    return BuiltinChains(iptables_backend)
+
+
 class TestIPTablesKernel(IPTablesContract):
     pass
 

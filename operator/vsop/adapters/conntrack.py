@@ -57,12 +57,42 @@ class ConntrackTool:
 
 @dataclass
 class FakeConntrack:
+    """The table in memory: UDP entries as (vip, port, real server address, its port); refuses
+    what the tool refuses (an address it cannot parse, a VIP and real server of two families).
+    The same contract tests (tests/contracts/conntrack_contract.py) run on it and on the tool."""
+
     forgotten: list[tuple[str, int, str, int]] = field(default_factory=list)
     # Return a reason to fail, like a conntrack tool that is missing or refuses.
     refuse: Callable[[tuple[str, int, str, int]], str | None] = lambda entry: None
+    entries: set[tuple[str, int, str, int]] = field(default_factory=set)
 
     def forget_udp(self, vip: str, port: int, address: str, rport: int) -> None:
-        reason = self.refuse((vip, port, address, rport))
+        reason = self.refuse((vip, port, address, rport)) or _unparsable(vip, address)
         if reason is not None:
             raise ConntrackFailed(reason)
         self.forgotten.append((vip, port, address, rport))
+        self.entries.discard((vip, port, address, rport))
+
+
+def _unparsable(vip: str, address: str) -> str | None:
+    """What the tool refuses before it asks the kernel (it reads IPv4 as inet_aton does: 10.0.0 is 10.0.0.0)."""
+    import ipaddress
+    import socket
+
+    def family(text: str) -> int | None:
+        try:
+            return ipaddress.ip_address(text).version
+        except ValueError:
+            pass
+        try:
+            socket.inet_aton(text)
+            return 4
+        except OSError:
+            return None
+
+    families = [family(vip), family(address)]
+    if None in families:
+        return f"conntrack -D exited 2: Invalid IP address `{vip if families[0] is None else address}'"
+    if families[0] != families[1]:
+        return "conntrack -D exited 2: mismatched address family"
+    return None

@@ -33,6 +33,10 @@ class FakeKernel:
     # IPv4 backend while the node has no IPv4 address at all (no local table); an address with
     # no route passes (the lookup miss defaults to unicast). None: some address, no network known.
     ipv4_networks: tuple[str, ...] | None = None
+    # The built-in chains' rules in order, (family, table, chain) -> rule texts, foreign ones
+    # included: a jump is inserted first (-I) and may be there twice (a crashed run), which
+    # `state.jumps` (a set) cannot show; a delete removes every copy, as the real adapter does.
+    builtin: dict[tuple[int, str, str], list[str]] = field(default_factory=dict)
     # Return a reason to refuse an operation, like a kernel errno would.
     refuse: Callable[[ops.Op], str | None] = lambda op: None
     writes: int = 0
@@ -48,10 +52,18 @@ class FakeKernel:
                 self.state = apply_op(self.state, op, self.names, ownership=False)
             except KernelRefused as exc:
                 raise OperationFailed(op, str(exc)) from None
+            self._builtin_rules(op)
             self.writes += 1
             self.applied.append(op)
             done += 1
         return done
+
+    def _builtin_rules(self, op: ops.Op) -> None:
+        if isinstance(op, ops.AddJump):
+            self.builtin.setdefault((op.jump.family, op.jump.table, op.jump.chain), []).insert(0, op.jump.rule)
+        elif isinstance(op, ops.DeleteJump):
+            key = (op.jump.family, op.jump.table, op.jump.chain)
+            self.builtin[key] = [rule for rule in self.builtin.get(key, []) if rule != op.jump.rule]
 
 
     def _kernel_refuses(self, op: ops.Op) -> str | None:

@@ -33,3 +33,34 @@ def test_a_missing_tool_is_a_failure(tmp_path: Path) -> None:
     missing.binary = None
     with pytest.raises(ConntrackFailed, match="not installed"):
         missing.forget_udp("10.0.0.1", 53, "10.0.0.2", 53)
+
+
+# -- the contract on the fake -------------------------------------------------------------------
+
+from tests.contracts.conntrack_contract import ConntrackContract  # noqa: E402
+from vsop.adapters.conntrack import FakeConntrack  # noqa: E402
+
+
+class FakeTable:
+    def __init__(self, fake: FakeConntrack):
+        self.fake = fake
+
+    def insert(self, vip: str, port: int, client: str, client_port: int, address: str, rport: int) -> None:
+        self.fake.entries.add((vip, port, address, rport))
+
+    def entries(self) -> set[tuple[str, int, str, int]]:
+        return set(self.fake.entries)
+
+
+@pytest.fixture
+def conntrack_cleaner() -> FakeConntrack:
+    return FakeConntrack()
+
+
+@pytest.fixture
+def conntrack_table(conntrack_cleaner: FakeConntrack) -> FakeTable:
+    return FakeTable(conntrack_cleaner)
+
+
+class TestFakeConntrack(ConntrackContract):
+    pass

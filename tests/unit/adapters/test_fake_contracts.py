@@ -30,6 +30,24 @@ def iptables_adapter(fake: FakeKernel) -> FakeIPTables:
     return FakeIPTables(fake)
 
 
+class FakeBuiltinChains:
+    """The fake kernel's built-in chains, for the contract's jump-position cases."""
+
+    def __init__(self, kernel: FakeKernel):
+        self.kernel = kernel
+
+    def rules(self, family: int, table: str, chain: str) -> list[str]:
+        return list(self.kernel.builtin.get((family, table, chain), []))
+
+    def append(self, family: int, table: str, chain: str, rule: str) -> None:
+        self.kernel.builtin.setdefault((family, table, chain), []).append(rule)
+
+
+@pytest.fixture
+def builtin_chain(fake: FakeKernel) -> FakeBuiltinChains:
+    return FakeBuiltinChains(fake)
+
+
 @pytest.fixture
 def sysctl_adapter(fake: FakeKernel) -> FakeSysctls:
     return FakeSysctls(fake)
