@@ -834,7 +834,28 @@ def test_a_fragment_a_bug_derived_wrong_and_a_lost_endpoint_event_are_repaired_b
     assert fake.writes == writes
 
 
+def _on_port_53(name: str, vip: str, labels: dict[str, str], mode: str = "ipvs") -> VirtualService:
+    backend = "fd00:1::1" if ":" in vip else "10.1.0.1"
+    return parse_virtual_service({
+        "apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": name, "namespace": "a"},
+        "spec": {"vip": vip, "ports": [{"port": 53, "protocol": "TCP"}], "backends": [{"address": backend, "weight": 0}],
+                 "mode": mode, "nodeSelector": {"matchLabels": labels}},
+    })
+
+
+# The failure this property found with random seeds (a72d77e, about 1 run in 8), kept as an
+# example: an object moved to another VIP (missed) while a keepalived object took its VIP:port
+# (missed too), whose stale fragment the audit planned again ("File exists" every round).
+_MOVED_WHILE_KEEPALIVED_TOOK_ITS_PORT = dict(
+    before=[_on_port_53("vs0", "169.254.11.1", {})],
+    after=[_on_port_53("vs0", "169.254.11.1", {"zone": "b"}), _on_port_53("vs0", "fd00::a", {"zone": "b"}),
+           _on_port_53("vs1", "fd00::a", {"zone": "b"}), _on_port_53("vs1", "169.254.11.1", {}, mode="keepalived")],
+    chunk=1, lost=[True, True, False, True] + [False] * 8,
+)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(**_MOVED_WHILE_KEEPALIVED_TOOK_ITS_PORT)
 @given(before=st.lists(an_object(), min_size=1, max_size=6), after=st.lists(an_object(), max_size=6), chunk=st.integers(1, 3),
        lost=st.lists(st.booleans(), min_size=12, max_size=12))
 def test_changes_the_incremental_path_missed_are_repaired_by_the_audit_within_its_bound(
@@ -884,14 +905,7 @@ def test_the_audit_derives_again_an_object_whose_missed_move_left_its_fragment_o
     the audit of the old VIP must not plan the stale fragment's IPVS service on a key keepalived
     now owns (it was added again: "File exists", a failing resync every round)."""
 
-    def one(name: str, vip: str, labels: dict[str, str], mode: str = "ipvs") -> VirtualService:
-        backend = "fd00:1::1" if ":" in vip else "10.1.0.1"
-        return parse_virtual_service({
-            "apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": name, "namespace": "a"},
-            "spec": {"vip": vip, "ports": [{"port": 53, "protocol": "TCP"}], "backends": [{"address": backend, "weight": 0}],
-                     "mode": mode, "nodeSelector": {"matchLabels": labels}},
-        })
-
+    one = _on_port_53
     kernel, fake = fake_kernel(foreign_state())
     reconciler = Reconciler(kernel, NODE, resync_chunk=1)
     reconciler.set_objects([one("vs0", "169.254.11.1", {})])
