@@ -5,7 +5,8 @@ times, and measures from the create call to the moment the fake kernel applied i
 service (the AddService write, time-stamped inside the fake). Prints, side by side in one
 run, the agent as it runs (a change plans only the changed object) and the same agent
 made to do a full level-based sync on every change (read everything, desire and plan every
-object: what the agent did before the node reconciler), with p50/p90/p99/max and ratios.
+object: what the agent did before the node reconciler; until 2026-12 this row ran a resync,
+which plans only drifted VIPs), with p50/p90/p99/max and ratios.
 Also the RSS of this process (agent + emulator + fake kernel) at the end, and where the
 time of a change goes: the emulator answering the create, kopf delivering the watch event
 to the agent's handler, the wait for the loop's turn, the turn up to the kernel write, and
@@ -80,8 +81,17 @@ async def run(objects: int, changes: int, debounce: float, full_every_change: bo
             await cluster.vs(f"s{index}", spec(index))
         agent, fake, writer = make_agent(cluster, resync_seconds=3600.0, debounce_seconds=debounce)
         if full_every_change:
-            original = agent.reconciler.reconcile
-            agent.reconciler.reconcile = lambda full=False: original(full=True)  # type: ignore[method-assign]
+            # A whole plan per change: read everything, derive and plan every object (the
+            # reconciler's recovery path, what the agent did before it). `full=True` alone is a
+            # resync: a read, then a plan of the VIPs that drifted and the audit's slice only.
+            reconciler = agent.reconciler
+            original = reconciler.reconcile
+
+            def whole(full: bool = False) -> Any:
+                reconciler._force_full = True
+                return original()
+
+            reconciler.reconcile = whole  # type: ignore[method-assign]
         applied_at: dict[str, float] = {}
         apply = fake.apply
 
