@@ -13,8 +13,8 @@ from typing import Any
 from vsop.core import ops
 from vsop.core.commands import render
 from vsop.core.plan import Plan
-from vsop.core.state import Names
-from vsop.cli.common import add_common, op_json, report_conntrack, say, subcommand
+from vsop.cli.common import add_common, op_json, report_conntrack, say, subcommand, add_route_table
+from vsop.cli.common import names as common_names
 from vsop.cli.output import Result, failed
 
 Changed = dict[str, tuple[str, "str | None"]]  # a kernel setting vsop changed: (found before, now; None: gone)
@@ -29,6 +29,7 @@ def register(sub: Any) -> None:
         "iptables chains and jumps. Foreign IPVS services, chains, sets and addresses stay.\n"
         "With --dry-run, print the operations (as commands, or -o json) and change nothing.",
     )
+    add_route_table(p)
     add_common(p)
     p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     p.add_argument(
@@ -52,7 +53,7 @@ def _cleanup(args: argparse.Namespace) -> Result:
     from vsop.node.whole import cleanup
     from vsop.adapters.real import real_kernel
 
-    names = Names()
+    names = common_names(args)
     kernel = real_kernel()
     try:
         result = cleanup(kernel, names, dry_run=args.dry_run)

@@ -19,6 +19,7 @@ from vsop.core import ops
 from vsop.core.commands import command_lines
 from vsop.core.desired import Desired, Node
 from vsop.core.plan import Plan
+from vsop.core.state import Names
 
 STATUS_FILE = "/run/vsop/agent.json"  # where the host agent writes its state, for show, explain and doctor
 
@@ -48,6 +49,28 @@ def add_files(parser: argparse.ArgumentParser) -> None:
         "--node-label", action="append", default=[], metavar="KEY=VALUE",
         help="a label of this node, for nodeSelector; repeatable (kubernetes.io/hostname is always set)",
     )
+
+
+def _route_table(text: str) -> int:
+    try:
+        table = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a table number, got {text!r}") from None
+    if not 1 <= table <= 0xFFFFFFFF or table in (253, 254, 255):
+        raise argparse.ArgumentTypeError(f"{table} is not a table vsop may own: 1-4294967295, not default (253), main (254) or local (255)")
+    return table
+
+
+def add_route_table(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--route-table", type=_route_table, default=Names().route_table, metavar="N",
+        help="the routing table that holds vsop's announce: bgp routes, which BIRD learns (default 4242; no ip rule reads it)",
+    )
+
+
+def names(args: argparse.Namespace) -> Names:
+    """The names of what vsop owns, with the command's --route-table."""
+    return Names(route_table=getattr(args, "route_table", Names().route_table))
 
 
 def say(message: str) -> None:

@@ -20,7 +20,8 @@ from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.adapters.base import OperationFailed
 from vsop.api.errors import FieldError, InvalidInput, KernelUnsupported
 from vsop.cli import cleanup, crd, diagnose, output, plan, render, show, store
-from vsop.cli.common import node, subcommand
+from vsop.cli.common import add_route_table, node, subcommand
+from vsop.cli.common import names as common_names
 from vsop.cli.output import EXIT_OK
 from vsop.node.lock import LockTimeout
 from vsop.cli.store import StoreUnreadable
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "so a write in place (same file, folder untouched) is seen within this, or twice this while polls keep finding "
                         "changes (default 5; 0: every poll)")
     p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
+    add_route_table(p)
     p.add_argument("--status-file", default="/run/vsop/agent.json", help="where the agent writes its state for `vsop show`")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                    help="serve Prometheus /metrics (and /healthz, /readyz) on this port (default: off)")
@@ -148,6 +150,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         sweep_seconds=args.sweep_seconds,
         status_file=Path(args.status_file) if args.status_file else None,
         keep_accept_ra=args.keep_accept_ra,
+        names=common_names(args),
     )
     keepalived = KeepalivedWriter(
         KeepalivedConfig(

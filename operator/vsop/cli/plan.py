@@ -16,11 +16,12 @@ from vsop.core.commands import command_lines, render
 from vsop.core.desired import Desired
 from vsop.core.held import Held
 from vsop.core.plan import Plan
-from vsop.core.state import KernelState, Names
+from vsop.core.state import KernelState
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.api.model import VirtualService
 from vsop.node.whole import derive, program
-from vsop.cli.common import add_common, add_files, load, node, refuse_problems, subcommand
+from vsop.cli.common import add_common, add_files, load, node, refuse_problems, subcommand, add_route_table
+from vsop.cli.common import names as common_names
 from vsop.cli.output import Result
 from vsop.cli.store import add_store_options, plan_services
 
@@ -35,6 +36,7 @@ def register(sub: Any) -> None:
         "operations as the ip / ipvsadm / ipset / iptables / sysctl commands a person would type,\n"
         "grouped and commented (-o commands, the same as -o text). Nothing is written.",
     )
+    add_route_table(p)
     add_files(p)
     p.add_argument("--from-empty", action="store_true", help="plan the files alone against an empty node (no store, no root)")
     add_store_options(p, writer=False)
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> Result:
 
 def planned(args: argparse.Namespace, loaded: Loaded) -> tuple[list[VirtualService], Desired, Plan]:
     """The files (on top of the store, unless --from-empty) planned against this host or an empty node."""
-    names = Names()
+    names = common_names(args)
     services, held = loaded.services, Held()
     if not args.from_empty:
         from vsop.adapters.real import read_host  # the kernel readers; imported only when a host is read

@@ -11,8 +11,8 @@ import json
 import os
 from typing import Any
 
-from vsop.core.state import Names
-from vsop.cli.common import STATUS_FILE, add_common, say, subcommand
+from vsop.cli.common import STATUS_FILE, add_common, say, subcommand, add_route_table
+from vsop.cli.common import names as common_names
 from vsop.cli.output import Result
 
 
@@ -25,6 +25,7 @@ def register(sub: Any) -> None:
         "weights and connections, and, when the host agent runs, health and draining. Like\n"
         "`ipvsadm -Ln`, limited to vsop's objects. Nothing is written.",
     )
+    add_route_table(p)
     add_common(p)
     p.add_argument(
         "--status-file", default=STATUS_FILE,
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> Result:
     from vsop.adapters.kernel import read_observed
     from vsop.node.execute import changed_sysctls
 
-    names = Names()
+    names = common_names(args)
     kernel = real_kernel()
     observed = read_observed(kernel, names)
     agent = agent_status(args.status_file)

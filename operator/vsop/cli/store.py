@@ -32,7 +32,8 @@ from vsop.node.lock import DEFAULT_WAIT_SECONDS, LockTimeout, lock_path, writer_
 from vsop.api.model import VirtualService
 from vsop.host.store import Store, StoreContents, store_path
 from vsop.node import whole
-from vsop.cli.common import add_common, add_files, conntrack_notes, load, node, op_json, refuse_problems, report_conntrack, say, subcommand
+from vsop.cli.common import add_common, add_files, conntrack_notes, load, node, op_json, refuse_problems, report_conntrack, say, subcommand, add_route_table
+from vsop.cli.common import names as common_names
 from vsop.cli.output import Result, failed
 
 
@@ -65,6 +66,7 @@ def register(sub: Any) -> None:
         "changes nothing and says so. Holds the writer lock (a running agent waits). A kernel\n"
         "refusal stops at that operation (exit 1); the next apply (or the agent) converges.",
     )
+    add_route_table(p)
     add_files(p)
     p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
     add_common(p)
@@ -81,6 +83,7 @@ def register(sub: Any) -> None:
         "connections are drained first (weight 0, up to spec.drain.timeoutSeconds) unless --now.\n"
         "Holds the writer lock.",
     )
+    add_route_table(p)
     p.add_argument("objects", nargs="*", metavar="NAMESPACE/NAME", help="objects to delete (NAME alone: namespace default)")
     p.add_argument("-f", "--filename", dest="paths", action="append", default=[], metavar="PATH", help="delete the objects these files declare")
     p.add_argument("--now", action="store_true", help="do not drain: delete at once")
@@ -97,6 +100,7 @@ def register(sub: Any) -> None:
         "this host (or why not). -o yaml|json: a v1/List of the objects with status.store.\n"
         "Reads only; never takes the writer lock.",
     )
+    add_route_table(p)
     p.add_argument("objects", nargs="*", metavar="NAMESPACE/NAME", help="only these objects")
     p.add_argument("--node-name", default=socket.gethostname(), help="this node's name, for nodeSelector")
     p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE", help="a label of this node; repeatable")
@@ -174,7 +178,7 @@ def apply(args: argparse.Namespace) -> Result:
     from vsop.node.execute import ExecutionFailed, probe
     from vsop.adapters.real import real_kernel
 
-    names = Names()
+    names = common_names(args)
     loaded = load(args)  # invalid input stops here: nothing read, nothing written
     this_node = node(args)
     store = Store(store_path(args.store))
@@ -272,7 +276,7 @@ def delete(args: argparse.Namespace) -> Result:
     from vsop.adapters.kernel import read_observed, running_kernel_version
     from vsop.adapters.real import real_kernel
 
-    names = Names()
+    names = common_names(args)
     refs = _refs_to_delete(args)
     this_node = node(args)
     store = Store(store_path(args.store))
@@ -368,7 +372,7 @@ def programmed_state(vs: VirtualService, desired: Desired, observed: KernelState
 
 
 def get(args: argparse.Namespace) -> Result:
-    names = Names()
+    names = common_names(args)
     store = Store(store_path(args.store))
     contents = read_store(store, strict=False)
     wanted = set(args.objects)
