@@ -77,6 +77,8 @@ def show_json(
     return {
         "link": None if mine.link is None else {"name": mine.link.name, "up": mine.link.up},
         "vips": sorted(a.split("/")[0] for a in mine.addresses),
+        # announce: bgp: the VIPs this node asks BIRD to announce (routes in vsop's table).
+        "announced": {"table": names.route_table, "vips": sorted(r.split("/")[0] for r in mine.routes)},
         "services": services,
         "portsWithoutIPVSService": [{"member": m, "owner": by_member[m]} for m in without_ipvs],
         "ipsets": {name: len(ipset.members) for name, ipset in sorted(mine.ipsets.items())},
@@ -110,7 +112,7 @@ def show_text(
     observed: KernelState, names: Names, agent: dict[str, Any] | None = None, changed: dict[str, tuple[str, str | None]] | None = None
 ) -> str:
     data = show_json(observed, names, agent, changed)
-    if data["link"] is None and not data["ipsets"] and not data["chains"]:
+    if data["link"] is None and not data["ipsets"] and not data["chains"] and not data["announced"]["vips"]:
         return "Nothing of vsop's on this host.\n"
     lines = []
     link = data["link"]
@@ -134,6 +136,9 @@ def show_text(
     sets = ", ".join(f"{name} {count}" for name, count in data["ipsets"].items())
     lines.append(f"ipsets: {sets or 'none'}")
     lines.append(f"iptables: {len(data['chains'])} chain(s), {sum(data['chains'].values())} rule(s), {data['jumps']} jump(s)")
+    announced = data["announced"]
+    if announced["vips"]:
+        lines.append(f"announced over BGP (routes in table {announced['table']}, learned by BIRD): {' '.join(announced['vips'])}")
     lines.append("sysctls: " + " ".join(f"{k}={v}" for k, v in data["sysctls"].items()))
     for name, values in data["changedSysctls"].items():
         why = " (router advertisements keep working with IPv6 forwarding on)" if accept_ra_interface(name) else ""
