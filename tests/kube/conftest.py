@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Mapping
 
+import attrs
 import kmock
 import pytest
 
@@ -29,6 +30,8 @@ from vsop.kube.agent import Agent, AgentOptions
 from vsop.kube.apiserver import ApiServerAddresses
 from vsop.kube.client import ApiWriter, Connection, ObjectRef
 from vsop.kube.controller import Controller, ControllerOptions
+from vsop.kube.leader import Elector, KubeLeaseApi, Timing, identity
+from vsop.kube.relist import Relister
 
 HERE = Path(__file__).resolve().parent
 
@@ -37,6 +40,7 @@ SLICES = "discovery.k8s.io/v1/endpointslices"
 NODES = "v1/nodes"
 EVENTS = "v1/events"
 REPORTS = "vsop.dev/v1alpha1/nodereports"
+LEASES = "coordination.k8s.io/v1/leases"
 
 WAIT_SECONDS = 10.0  # an upper bound only: waits return as soon as the condition holds
 
@@ -64,8 +68,17 @@ async def until(condition: Callable[[], Any], what: str = "condition", timeout: 
         await asyncio.sleep(0.01)
 
 
+@attrs.frozen
+class StaleResourceVersion(kmock.KubernetesError):
+    """What the API server answers a write whose metadata.resourceVersion is not the object's."""
+
+    status: int = 409
+    reason: str = "Conflict"
+    message: str = "the object has been modified; please apply your changes to the latest version and try again"
+
+
 class Emulator(kmock.KubernetesEmulator):
-    """kmock's emulator with watches that miss nothing.
+    """kmock's emulator with watches that miss nothing, and resourceVersions.
 
     kmock 0.8 serves a watch by copying the objects under its lock, releasing it,
     streaming the copies and only then subscribing to its change bus: an object created
@@ -74,7 +87,30 @@ class Emulator(kmock.KubernetesEmulator):
     from the list's resourceVersion. Here the subscription is taken under the same
     lock as the copy (kmock publishes changes under that lock), so each change is in
     exactly one of them.
+
+    kmock 0.8 keeps no resourceVersion: here every create and patch stamps a new one, and a
+    patch carrying metadata.resourceVersion is refused (409 Conflict) unless it is the
+    object's current one, the API server's optimistic concurrency (Lease writes and
+    allocations rely on it). Writes are serialized so that check and write are one step.
     """
+
+    _versions = itertools.count(100)
+    _writes: asyncio.Lock | None = None
+
+    async def _handle(self, request: Any) -> Any:
+        if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE) or not isinstance(request.data, dict):
+            return await super()._handle(request)
+        if self._writes is None:
+            self._writes = asyncio.Lock()
+        async with self._writes:
+            meta = request.data.setdefault("metadata", {})
+            if request.action == kmock.action.UPDATE and meta.get("resourceVersion") is not None:
+                key = (request.resource, request.namespace, request.name)
+                current = self._objects[key] if key in self._objects else None
+                if current is not None and not current.deleted and (current.get("metadata") or {}).get("resourceVersion") != meta["resourceVersion"]:
+                    return await self._render_error(StaleResourceVersion())
+            meta["resourceVersion"] = str(next(self._versions))
+            return await super()._handle(request)
 
     async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
         yield b""  # headers first: the client waits for them before anything streams
@@ -264,12 +300,15 @@ def make_agent(cluster: Cluster, node: str = "node-a", state: KernelState | None
     return agent, fake, writer
 
 
-def make_controller(cluster: Cluster, **options: Any) -> tuple[Controller, RecordingWriter]:
+def make_controller(cluster: Cluster, elect: bool = False, **options: Any) -> tuple[Controller, RecordingWriter]:
+    """A controller as main() builds it; with `elect`, holding the Lease and relisting as deployed."""
     connection = Connection.for_url(cluster.url)
     writer = RecordingWriter(connection, "vsop-controller", host="controller-0")
     options.setdefault("resync_seconds", 3600.0)
     options.setdefault("debounce_seconds", 0.01)
-    controller = Controller(ControllerOptions(**options), writer)
+    elector = Elector(KubeLeaseApi(connection), identity("controller-0"), Timing(15, 10, 0.05)) if elect else None
+    controller = Controller(ControllerOptions(**options), writer, elector=elector,
+                            relist=Relister(connection, options.get("namespaces", ())) if elect else None)
     connection.register_login(controller.registry)
     return controller, writer
 
@@ -294,8 +333,8 @@ async def run_agent(cluster: Cluster, node: str = "node-a", state: KernelState |
 
 
 @contextlib.asynccontextmanager
-async def run_controller(cluster: Cluster, **options: Any) -> AsyncIterator[tuple[Controller, RecordingWriter]]:
-    controller, writer = make_controller(cluster, **options)
+async def run_controller(cluster: Cluster, elect: bool = False, **options: Any) -> AsyncIterator[tuple[Controller, RecordingWriter]]:
+    controller, writer = make_controller(cluster, elect, **options)
     async with running(controller):
         yield controller, writer
 

@@ -92,6 +92,15 @@ def test_rbac_is_what_the_issue_grants_and_no_more(manifests: dict[tuple[str, st
         | {("", "events", "create")}
     )
     assert not any("*" in part for rule in agent | controller for part in rule)
+    lease = manifests["Role", "vsop-controller-lease"]
+    assert lease["metadata"]["namespace"] == "vsop-system"
+    assert lease["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["vsop-controller"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]
+    binding = manifests["RoleBinding", "vsop-controller-lease"]
+    assert binding["metadata"]["namespace"] == "vsop-system" and binding["roleRef"]["name"] == "vsop-controller-lease"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vsop-controller", "namespace": "vsop-system"}]
 
 
 def test_the_agent_daemonset_is_unprivileged_on_the_host_network(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
@@ -117,11 +126,22 @@ def test_the_agent_daemonset_is_unprivileged_on_the_host_network(manifests: dict
     assert container["image"] == "vsop:0.1.0"
 
 
-def test_the_controller_is_one_replica_never_two(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+def test_the_controller_is_two_replicas_one_writing(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
     deployment = manifests["Deployment", "vsop-controller"]["spec"]
-    assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
+    assert deployment["replicas"] == 2 and deployment["strategy"]["type"] == "RollingUpdate"
+    assert deployment["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
     spec = deployment["template"]["spec"]
+    [term] = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == deployment["selector"]["matchLabels"]
+    budget = manifests["PodDisruptionBudget", "vsop-controller"]
+    assert budget["metadata"]["namespace"] == "vsop-system" and budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"] == deployment["selector"]
     [container] = spec["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert not any(a.startswith("--no-leader-elect") for a in container["args"])
     assert spec["securityContext"]["runAsNonRoot"] is True and "hostNetwork" not in spec
     assert container["args"][0] == "controller" and container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -170,8 +190,9 @@ def test_the_keepalived_overlay_adds_keepalived_beside_the_agent(manifests: dict
     assert "/etc/vsop/vrrp" not in mounts["keepalived"], "only the agent reads the password"
 
 
-def used(cluster: Cluster) -> set[tuple[str, str, str]]:
-    """(group, resource[/subresource], verb) of every request vsop made (the test's own are kmock's)."""
+def used(cluster: Cluster, namespaced: bool = False) -> set[Any]:
+    """(group, resource[/subresource], verb) of every request vsop made (the test's own are kmock's);
+    with `namespaced`, (namespace, name, group, resource, verb)."""
     verbs = {kmock.action.LIST: "list", kmock.action.WATCH: "watch", kmock.action.FETCH: "get",
              kmock.action.CREATE: "create", kmock.action.UPDATE: "patch", kmock.action.DELETE: "delete"}
     found = set()
@@ -179,8 +200,23 @@ def used(cluster: Cluster) -> set[tuple[str, str, str]]:
         if request.headers.get("User-Agent", "").startswith("kmock") or request.resource is None or not request.resource.plural:
             continue  # the test's own requests, and discovery (open to every authenticated client)
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        found.add((request.resource.group or "", resource, verbs[request.action]))
+        if namespaced:
+            name = request.name
+            if name is None and isinstance(request.data, dict):  # a create names the object in its body
+                name = (request.data.get("metadata") or {}).get("name")
+            found.add((request.namespace, name, request.resource.group or "", resource, verbs[request.action]))
+        else:
+            found.add((request.resource.group or "", resource, verbs[request.action]))
     return found
+
+
+def role_allows(role: dict[str, Any], namespace: str | None, name: str | None, request: tuple[str, str, str]) -> bool:
+    """Whether a namespaced Role allows one request (resourceNames limit get and patch, never create)."""
+    if namespace != role["metadata"]["namespace"]:
+        return False
+    group, resource, verb = request
+    return any(group in rule["apiGroups"] and resource in rule["resources"] and verb in rule["verbs"]
+               and ("resourceNames" not in rule or (verb != "create" and name in rule["resourceNames"])) for rule in role["rules"])
 
 
 def allowed(granted: set[tuple[str, str, str]], requests: Iterable[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
@@ -210,10 +246,15 @@ async def test_the_controller_needs_no_more_than_its_role(cluster: Cluster, mani
     await cluster.vs("web", WEB)
     await cluster.vs("clash", WEB, namespace="team-b")
     await cluster.create(REPORTS, {"apiVersion": "vsop.dev/v1alpha1", "kind": "NodeReport", "metadata": {"name": "node-gone"}})
-    async with run_controller(cluster) as (controller, writer):
+    async with run_controller(cluster, elect=True) as (controller, writer):  # as deployed: elected, relisting
         await until(lambda: cluster.events("clash"), "the conflict Event")
         await until(lambda: (kmock.resource(REPORTS), None, "node-gone") not in cluster.server.objects
                     or cluster.server.objects[kmock.resource(REPORTS), None, "node-gone"].deleted, "the stale report deleted")
+        await until(lambda: controller.elector.attempts >= 3, "the lease renewed")
+    cluster_wide = rules(manifests, "vsop-controller")
+    role = manifests["Role", "vsop-controller-lease"]
+    refused = [r for r in used(cluster, namespaced=True) if r[2:] not in cluster_wide and not role_allows(role, r[0], r[1], r[2:])]
+    assert refused == []
     requests = used(cluster)
-    assert allowed(rules(manifests, "vsop-controller"), requests) == []
-    assert {("vsop.dev", "virtualservices/status", "patch"), ("", "events", "create")} <= requests
+    assert {("vsop.dev", "virtualservices/status", "patch"), ("", "events", "create"), ("coordination.k8s.io", "leases", "create"),
+            ("coordination.k8s.io", "leases", "patch"), ("coordination.k8s.io", "leases", "get"), ("vsop.dev", "virtualservices", "list")} <= requests

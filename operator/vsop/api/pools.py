@@ -128,7 +128,7 @@ class PoolTemplate(SpecBase):
 
     scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
     forwarding: Literal["masq", "route", "tunnel"] | None = None
-    announce: Literal["none", "vrrp"] | None = None
+    announce: Literal["none", "vrrp", "bgp"] | None = None
     node_selector: NodeSelector | None = None
     drain: Drain | None = None
     health_check: HealthCheck | None = None

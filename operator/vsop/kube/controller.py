@@ -1,4 +1,4 @@
-"""The controller (`vsop controller`, a Deployment with one replica): sums up what the nodes report.
+"""The controller (`vsop controller`, a Deployment of two replicas, one writing): sums up what the nodes report.
 
 Owns the cluster-wide verdicts: conflicts (the same `resolve_conflicts` every agent
 runs, over the same objects in the same order, so both agree on the winner), invalid
@@ -8,7 +8,9 @@ specs, the `Ready` / `Programmed` / `Degraded` / `Conflict` conditions with
 the reports of Nodes that no longer exist, removing the `status.nodes` map older agents
 wrote on the objects (upgrade), and Events on the transitions a user must notice.
 Like the agent: kopf indexes plus raw event handlers that only wake one loop;
-nothing stored on the objects but status. Never touches a kernel: must not import
+nothing stored on the objects but status. Only the holder of the Lease writes
+(vsop.kube.leader: a standby keeps its watches warm and serves its probes and metrics; a
+new leader relists, vsop.kube.relist, before its first write). Never touches a kernel: must not import
 vsop.node.execute, vsop.adapters or vsop.adapters.real.
 """
 
@@ -21,7 +23,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import kopf
 
@@ -29,7 +31,9 @@ from vsop.core.desired import Node, applies_to_node, resolve_conflicts
 from vsop.kube import checkers, objects
 from vsop.kube import report as reports
 from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
+from vsop.kube.leader import LEASE_NAME, LEASE_NAMESPACE, Elector, KubeLeaseApi, LeaderWriter, Timing, identity
 from vsop.kube.metrics import ControllerMetrics, HttpEndpoints, Probes
+from vsop.kube.relist import Listing, Relister
 from vsop.kube.runtime import ListingGate, Trigger, configure_logging, kopf_settings, kv, now_rfc3339, run_with_kopf
 from vsop.kube.status import CONDITION_TYPES, EventSpec, Facts, summarize, transition_events, with_transition_times
 from vsop.api.model import API_GROUP, API_VERSION, VirtualService
@@ -117,11 +121,24 @@ class ControllerOptions:
     debounce_seconds: float = 0.1
 
 
+class LeaseLost(Exception):
+    """The renew deadline passed (or another candidate holds the Lease): this controller must stop."""
+
+
+Snapshot = tuple[list[Observed], dict[str, NodeFacts], dict[str, dict[str, Any]]]
+
+
 class Controller:
-    def __init__(self, options: ControllerOptions, writer: Writer, *, metrics: ControllerMetrics | None = None):
+    """Decides and writes; with an `elector`, only while it holds the Lease (a standby keeps its watches warm)."""
+
+    def __init__(self, options: ControllerOptions, writer: Writer, *, metrics: ControllerMetrics | None = None,
+                 elector: Elector | None = None, relist: Callable[[], Awaitable[Listing]] | None = None):
         self.options = options
-        self.writer = writer
+        self.elector = elector
+        self.relist = relist
+        self.writer: Writer = LeaderWriter(writer, elector) if elector is not None else writer
         self.metrics = metrics or ControllerMetrics()
+        self._term = 0  # the elector's term this controller last relisted for
         self.probes = Probes(stall_seconds=max(120.0, 4 * options.resync_seconds))
         self.trigger = Trigger()
         self.gate = ListingGate(self.trigger, COMPONENT)
@@ -135,6 +152,17 @@ class Controller:
         self._legacy_removed: dict[tuple[str, str, str | None], Observed] = {}
         self.registry = self._build_registry()
         self.settings = kopf_settings()
+        if elector is not None:
+            elector.on_change = self._leadership_changed
+        self.metrics.leader.set(0 if elector is not None else 1)
+
+    @property
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.leading
+
+    def _leadership_changed(self, leading: bool) -> None:
+        self.metrics.leader.set(1 if leading else 0)
+        self.trigger.wake("became the leader" if leading else "lost the lease")
 
     def _build_registry(self) -> kopf.OperatorRegistry:
         registry = kopf.OperatorRegistry()
@@ -188,10 +216,20 @@ class Controller:
             self.probes.turned()
             woken = await self.trigger.wait(timeout, self.options.debounce_seconds)
             self.trigger.take()
+            if not self.leading:
+                # Standby: the watches stay warm (kopf keeps the indexes), nothing is written.
+                self.probes.ready = True
+                self.probes.ready_reason = "standby"
+                self.turns += 1
+                timeout = self.options.resync_seconds
+                continue
             started = time.monotonic()
             self.busy = True
             try:
-                await self.reconcile_once(periodic=not woken)
+                if self.elector is not None and self._term != self.elector.terms:
+                    await self._begin_term()
+                else:
+                    await self.reconcile_once(periodic=not woken)
                 failures = 0
                 self.metrics.reconciles.labels("success").inc()
                 self.probes.ready = True
@@ -206,6 +244,23 @@ class Controller:
             self.metrics.reconcile_duration.observe(time.monotonic() - started)
             timeout = self.options.resync_seconds if not failures else min(self.options.resync_seconds, float(2 ** min(failures - 1, 6)))
 
+    async def _begin_term(self) -> None:
+        """The first turn as the leader: forget what an earlier term wrote, relist, decide from the listing."""
+        assert self.elector is not None
+        term = self.elector.terms
+        self._written.clear()
+        self._legacy_removed.clear()
+        snapshot = None
+        if self.relist is not None:
+            listing = await self.relist()
+            records = sorted((observe(body) for body in listing.virtualservices), key=lambda r: r.key)
+            nodes = {(n.get("metadata") or {}).get("name") or "": node_facts(n) for n in listing.nodes}
+            found = {(r.get("metadata") or {}).get("name") or "": reports.entries_of(r) for r in listing.reports}
+            snapshot = (records, nodes, found)
+            log.info(kv("Relisted before the first write of this term", virtualServices=len(records), nodes=len(nodes)))
+        await self.reconcile_once(periodic=True, snapshot=snapshot)
+        self._term = term
+
     def _snapshot(self) -> tuple[list[Observed], dict[str, NodeFacts], dict[str, dict[str, Any]]]:
         records = [next(iter(store)) for store in self._indexes.get(VS_INDEX, {}).values() if len(store)]
         records.sort(key=lambda r: r.key)
@@ -213,11 +268,11 @@ class Controller:
         found = {name: next(iter(store)) for name, store in self._indexes.get(REPORT_INDEX, {}).items() if len(store)}
         return records, nodes, found
 
-    async def reconcile_once(self, *, periodic: bool = False) -> ReconcileReport:
+    async def reconcile_once(self, *, periodic: bool = False, snapshot: Snapshot | None = None) -> ReconcileReport:
         report = ReconcileReport()
-        if not self.listed:
+        if not self.listed or not self.leading:
             return report
-        records, nodes, node_reports = self._snapshot()
+        records, nodes, node_reports = snapshot or self._snapshot()
         valid = sorted((r.vs for r in records if r.vs is not None), key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
         _, problems = resolve_conflicts(valid)
         conflicts = {p.obj: p.message for p in problems if p.reason == "Conflict"}
@@ -348,17 +403,40 @@ class Controller:
             registry=self.registry,
             settings=self.settings,
             namespaces=self.options.namespaces,
-            loop=self.reconcile_forever,
+            loop=self.reconcile_forever if self.elector is None else self._elect_and_reconcile,
             stop=stop,
             name=COMPONENT,
         )
+
+    async def _elect_and_reconcile(self) -> None:
+        """The election beside the reconcile loop; a lost lease ends both (the process exits and restarts).
+        Stopped (SIGTERM), the leader releases the Lease first thing."""
+        assert self.elector is not None
+        stop = asyncio.Event()
+        tasks = {asyncio.create_task(self.elector.run(stop), name="vsop leader election"),
+                 asyncio.create_task(self.reconcile_forever(), name="vsop reconcile"),
+                 asyncio.create_task(self.elector.lost.wait(), name="vsop lease watch")}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            if self.elector.lost.is_set():
+                raise LeaseLost(f"lost the lease {self.elector.namespace}/{self.elector.name}")
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if not self.elector.lost.is_set():
+                await self.elector.release()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vsop controller",
         description=(
-            "The controller (a Deployment with one replica): decides conflicts between VirtualServices,\n"
+            "The controller (a Deployment of two replicas; the holder of a Lease writes, the other stands by):\n"
+            "decides conflicts between VirtualServices,\n"
             "sums up what every node reports in its NodeReport into the Ready, Programmed, Degraded and\n"
             "Conflict conditions and status.backends, and posts Events. It never touches a kernel."
         ),
@@ -373,6 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bind-address", default="0.0.0.0", help="address the probe and metrics ports listen on")
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster service account, else $KUBECONFIG)")
     parser.add_argument("--context", default=None, help="kubeconfig context")
+    parser.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
+                        help="hold a Lease to write; a replica without it stands by (default: on; off only for a single replica)")
+    parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE") or LEASE_NAMESPACE,
+                        help=f"namespace of the Lease (default: $POD_NAMESPACE, else {LEASE_NAMESPACE})")
+    parser.add_argument("--lease-name", default=LEASE_NAME, help=f"name of the Lease (default: {LEASE_NAME})")
+    parser.add_argument("--lease-duration-seconds", type=float, default=15.0, help="how long a lease lasts unrenewed (default: 15)")
+    parser.add_argument("--renew-deadline-seconds", type=float, default=10.0, help="a leader that cannot renew for this long stops (default: 10)")
+    parser.add_argument("--retry-period-seconds", type=float, default=2.0, help="time between two tries (default: 2)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log kopf's own messages too")
     return parser
 
@@ -387,6 +473,10 @@ def main(argv: Sequence[str] | None = None, *, connection: Connection | None = N
     if args.resync_seconds <= 0 or args.debounce_seconds < 0:
         print("vsop controller: --resync-seconds must be > 0 and --debounce-seconds >= 0", flush=True)
         return 2
+    timing = Timing(args.lease_duration_seconds, args.renew_deadline_seconds, args.retry_period_seconds)
+    if timing.problem():
+        print(f"vsop controller: {timing.problem()}", flush=True)
+        return 2
     configure_logging(args.verbose)
     try:
         connection = connection or Connection.load(args.kubeconfig, args.context)
@@ -394,10 +484,15 @@ def main(argv: Sequence[str] | None = None, *, connection: Connection | None = N
         log.error(kv("Cannot load credentials for the API server", kubeconfig=args.kubeconfig, error=str(exc)))
         return 1
     options = ControllerOptions(tuple(args.namespaces), args.resync_seconds, args.debounce_seconds)
-    controller = Controller(options, ApiWriter(connection, COMPONENT, host=os.environ.get("POD_NAME") or socket.gethostname()))
+    elector = None
+    if args.leader_elect:
+        elector = Elector(KubeLeaseApi(connection), identity(), timing, namespace=args.lease_namespace, name=args.lease_name)
+    controller = Controller(options, ApiWriter(connection, COMPONENT, host=os.environ.get("POD_NAME") or socket.gethostname()),
+                            elector=elector, relist=Relister(connection, options.namespaces) if elector is not None else None)
     connection.register_login(controller.registry)
     log.info(kv("Starting", component=COMPONENT, namespaces=",".join(args.namespaces) or "all",
-                resync=f"{args.resync_seconds:g}s", credentials=connection.source))
+                resync=f"{args.resync_seconds:g}s", credentials=connection.source,
+                lease=f"{args.lease_namespace}/{args.lease_name}" if elector else "off", identity=elector.identity if elector else None))
 
     async def serve() -> None:
         endpoints = HttpEndpoints(controller.probes, controller.metrics.registry, args.health_port, args.metrics_port, args.bind_address)
