@@ -18,9 +18,13 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from vsop.bgp.render import MARKER
+
+if TYPE_CHECKING:
+    from vsop.api.model import VirtualService
+    from vsop.core.state import Names
 
 log = logging.getLogger("vsop.bgp")
 
@@ -94,3 +98,59 @@ class BirdWriter:
             return {"reloaded": True}
         log.warning("BIRD was not reconfigured; it reads the file when it starts socket=%s answer=%r", self.control_socket, output)
         return {"reload_error": output or f"birdc exited {answer.returncode}"}
+
+
+class BirdAnnouncer:
+    """The host agent's BIRD: bird.conf from the BGPSpeaker in `speaker_file` and the objects'
+    announcement options, written through a BirdWriter after a sync that may have changed them.
+
+    Called after every successful sync with the objects and what changed; renders only when a
+    resync ran (the speaker file is read again then) or a changed object has (or had)
+    announcement options, so a change of any other object costs nothing here.
+    """
+
+    def __init__(self, speaker_file: str | Path, writer: BirdWriter, names: "Names | None" = None):
+        from vsop.core.state import Names
+
+        self.speaker_file = Path(speaker_file)
+        self.writer = writer
+        self.names = names or Names()
+        self._with_options: set[str] = set()  # refs whose bgp options are in the file
+        self.last: dict[str, object] | None = None
+        self.last_error: str | None = None
+        self.renders = 0
+
+    def due(self, full: bool, changed: "Iterable[str]", objects: "Mapping[str, VirtualService]") -> bool:
+        if full:
+            return True
+        return any(ref in self._with_options or _has_options(objects.get(ref)) for ref in changed)
+
+    def update(self, objects: "Iterable[VirtualService]") -> WriteResult | None:
+        import yaml
+
+        from vsop.api.errors import InvalidInput
+        from vsop.api.speaker import parse_bgp_speaker
+        from vsop.bgp.render import render_bird
+
+        services = list(objects)
+        self.renders += 1
+        try:
+            speaker = parse_bgp_speaker(yaml.safe_load(self.speaker_file.read_text()))
+            text = render_bird(speaker, services, names=self.names)
+        except (OSError, yaml.YAMLError, InvalidInput) as exc:
+            self.last_error = f"{self.speaker_file}: {exc}"
+            log.error("bird.conf not rendered; BIRD keeps its configuration error=%r", self.last_error)
+            return None
+        self._with_options = {vs.ref for vs in services if _has_options(vs)}
+        result = self.writer.update(text)
+        self.last_error = result.refused or result.reload_error
+        if result.changed or result.refused:
+            self.last = {"changed": result.changed, "reloaded": result.reloaded, "refused": result.refused, "reloadError": result.reload_error}
+        return result
+
+    def status(self) -> dict[str, object]:
+        return {"speakerFile": str(self.speaker_file), "config": str(self.writer.path), "last": self.last, "lastError": self.last_error}
+
+
+def _has_options(vs: "VirtualService | None") -> bool:
+    return vs is not None and vs.spec.announce == "bgp" and vs.spec.bgp is not None

@@ -105,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--keepalived-auth-file", metavar="FILE", help="VRRP PASS password (1-8 characters) for IPv4 vrrp_instances; read at each render")
     k.add_argument("--keepalived-layout", choices=("confd", "single"), default="confd", help="keepalived.conf + conf.d/*.conf (default), or one file")
     k.add_argument("--keepalived-binary", default="keepalived", metavar="PATH", help="the keepalived used for `keepalived -t` (default: keepalived on PATH)")
+    b = p.add_argument_group(
+        "announce: bgp (BIRD 2)",
+        "With --bgp-speaker, bird.conf is rendered from that BGPSpeaker and the objects' bgp options at each resync and\n"
+        "whenever an object with bgp options changes; a changed file is checked with `bird -p`, renamed into place and\n"
+        "BIRD reconfigured through its control socket (see `vsop render bird --help`). The routes themselves are in\n"
+        "--route-table whether or not this is given.",
+    )
+    b.add_argument("--bgp-speaker", metavar="FILE", help="the BGPSpeaker (YAML) this node's BIRD uses")
+    b.add_argument("--bird-conf", default="/etc/vsop/bird.conf", metavar="FILE", help="the bird.conf vsop writes (default /etc/vsop/bird.conf)")
+    b.add_argument("--bird-socket", default="/run/vsop/bird.ctl", metavar="SOCKET", help="BIRD's control socket (default /run/vsop/bird.ctl)")
 
     subcommand(
         sub,
@@ -161,9 +171,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
             binary=args.keepalived_binary,
         )
     )
+    bird = None
+    if args.bgp_speaker:
+        from vsop.bgp.writer import BirdAnnouncer, BirdWriter
+
+        bird = BirdAnnouncer(args.bgp_speaker, BirdWriter(args.bird_conf, args.bird_socket), names=config.names)
     kernel = real_kernel()
     kernel.ipvs.probe()  # say it now, not at the first sync: this kernel cannot run the agent
-    return run_agent(kernel, config, ConntrackTool(), keepalived=keepalived, metrics_port=args.metrics_port, bind_address=args.bind_address)
+    return run_agent(
+        kernel, config, ConntrackTool(), keepalived=keepalived, metrics_port=args.metrics_port, bind_address=args.bind_address, bird=bird
+    )
 
 
 COMMANDS = {

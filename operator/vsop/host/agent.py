@@ -46,6 +46,7 @@ from vsop.core.state import Names
 from vsop.adapters.kernel import Kernel, running_kernel_version
 from vsop.host.folder import FolderSource
 from vsop.keepalived.writer import KeepalivedWriter
+from vsop.bgp.writer import BirdAnnouncer
 from vsop.node.lock import LockTimeout, stamp, writer_lock
 from vsop.api.model import VirtualService
 from vsop.node import heap
@@ -85,6 +86,7 @@ class HostAgent:
         clock: Callable[[], float] = time.monotonic,
         keepalived: KeepalivedWriter | None = None,
         metrics: NodeMetrics | None = None,
+        bird: BirdAnnouncer | None = None,
     ):
         self.kernel = kernel
         self.config = config
@@ -100,6 +102,7 @@ class HostAgent:
         self.targets: set[Target] = set()
         self.syncs = 0
         self.keepalived = keepalived
+        self.bird = bird  # announce: bgp: bird.conf from --bgp-speaker (vsop.bgp.writer)
         # The kernel work (incremental changes, full resyncs, draining, health weights, conntrack).
         self.reconciler = Reconciler(kernel, config.node, names=config.names, kernel_version=self.kernel_version, clock=clock,
                                      keep_accept_ra=config.keep_accept_ra)
@@ -241,6 +244,8 @@ class HostAgent:
                 self._update_keepalived([vs for vs in declared + stand_ins if vs.ref not in reconciler.held_problems], keep)
             else:
                 log.info("keepalived configuration (layout single) left as it is while objects are held objects=%s", sorted(held.owners) or "unknown")
+        if self.bird is not None and self.bird.due(result.full, changed, reconciler.objects):
+            self.bird.update(objects)
         return result
 
     def _update_keepalived(self, services: list[VirtualService], keep: list[str]) -> None:
@@ -448,6 +453,7 @@ def run_agent(
     keepalived: KeepalivedWriter | None = None,
     metrics_port: int | None = None,
     bind_address: str = "127.0.0.1",
+    bird: BirdAnnouncer | None = None,
 ) -> int:
     """Run until SIGTERM or SIGINT; returns the exit code. `metrics_port`: serve /metrics, /healthz, /readyz."""
     heap.tune()  # before the folder is read and the sync thread starts (RSS at 10k services)
@@ -456,7 +462,7 @@ def run_agent(
         from vsop.node.metrics import HttpEndpoints, NodeMetrics, Probes  # only with a port: 12 MB of aiohttp and prometheus_client
 
         metrics = NodeMetrics()
-    agent = HostAgent(kernel, config, conntrack, keepalived=keepalived, metrics=metrics)
+    agent = HostAgent(kernel, config, conntrack, keepalived=keepalived, metrics=metrics, bird=bird)
 
     async def main() -> None:
         stop = asyncio.Event()
