@@ -263,6 +263,9 @@ def _route_step(facts: Facts, key: ServiceKey) -> Step:
     bound = key.vip in facts.observed.bound_vips()
     found = (f"{names.link} {'up' if link and link.up else 'DOWN' if link else 'MISSING'}, "
              f"{key.vip} {'bound' if bound else 'NOT bound'}")
+    if f"{key.vip}/{128 if key.family == 6 else 32}" in facts.observed.routes:
+        # announce: bgp: the route that makes BIRD attract the VIP here (not consulted by forwarding).
+        found += f"; announced over BGP (blackhole route in table {names.route_table}, learned by BIRD)"
     return Step(
         id="route", hook="routing decision", title="the VIP is this node's own address",
         why=(f"The VIP is an address of the dummy link {names.link}, so the kernel delivers the packet locally (INPUT) "
