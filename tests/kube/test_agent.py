@@ -460,7 +460,7 @@ async def test_a_restarted_agent_keeps_what_an_invalid_object_programmed(node_a:
 
 
 async def test_keep_accept_ra_refuses_ipv6_vips_with_a_status_reason(node_a: Cluster) -> None:
-    from vsop.kube.agent import build_parser
+    from vsop.cli.agents import build_parser
 
     assert build_parser().parse_args(["--keep-accept-ra"]).keep_accept_ra is True
     cluster = node_a
@@ -519,7 +519,7 @@ async def test_the_host_writer_lock_is_held_per_sync_and_another_writer_makes_it
     import fcntl
     import os
 
-    from vsop.kube.agent import build_parser
+    from vsop.cli.agents import build_parser
 
     assert build_parser().parse_args(["--lock", "/x/lock"]).lock == "/x/lock"
     cluster = node_a

@@ -19,7 +19,7 @@ import pytest
 
 from tests.kube.conftest import Cluster, until
 from tests.kube.test_agent import WEB
-from vsop.kube import agent, controller
+from vsop.cli.agents import agent_main, controller_main
 
 pytestmark = pytest.mark.asyncio
 
@@ -151,10 +151,10 @@ async def test_agent_and_controller_run_as_deployed(cluster: Cluster, tmp_path: 
 
 async def test_flags_are_checked(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("NODE_NAME", raising=False)
-    assert agent.main([]) == 2
+    assert agent_main([]) == 2
     assert "--node-name" in capsys.readouterr().out
-    assert agent.main(["--node-name", "n", "--resync-seconds", "0"]) == 2
-    assert agent.main(["--no-such-flag"]) == 2
-    assert controller.main(["--resync-seconds", "-1"]) == 2
-    assert agent.main(["--help"]) == 0 and "NodeReport" in capsys.readouterr().out
-    assert controller.main(["--help"]) == 0
+    assert agent_main(["--node-name", "n", "--resync-seconds", "0"]) == 2
+    assert agent_main(["--no-such-flag"]) == 2
+    assert controller_main(["--resync-seconds", "-1"]) == 2
+    assert agent_main(["--help"]) == 0 and "NodeReport" in capsys.readouterr().out
+    assert controller_main(["--help"]) == 0

@@ -20,7 +20,7 @@ from vsop.adapters.conntrack import FakeConntrack
 from vsop.core.state import ServiceKey
 from vsop.adapters.kernel import fake_kernel
 from vsop.keepalived.writer import Check, KeepalivedConfig, KeepalivedWriter
-from vsop.kube import agent as agent_module
+from vsop.cli import agents as agent_module
 from vsop.kube.agent import Agent, AgentOptions
 from vsop.kube.client import Connection
 
@@ -230,7 +230,7 @@ async def test_without_keepalived_dir_the_agent_writes_no_keepalived_configurati
     assert (writer.config.directory, str(writer.config.pidfile), str(writer.config.auth_file), writer.config.layout) == (
         tmp_path / "ka", "/run/keepalived/keepalived.pid", "/etc/vsop/vrrp/password", "single"
     )
-    assert agent_module.main(["--node-name", "a", "--keepalived-layout", "single"]) == 2
+    assert agent_module.agent_main(["--node-name", "a", "--keepalived-layout", "single"]) == 2
 
 
 async def test_an_absent_vrrp_password_file_means_no_authentication(node_a: Cluster, tmp_path: Path) -> None:

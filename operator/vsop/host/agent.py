@@ -1,25 +1,19 @@
 """`vsop agent`: keep the host store (or `--from DIR`, any folder) true on this host's kernel.
 
-Owns the agent's loop around the node reconciler (vsop.node.reconciler, the same one
-the in-cluster agent runs): poll the folder, run health checks, and reconcile whenever
-something changed (only the changed objects are planned; a health result is one weight
-edit), on a periodic full resync every --resync-seconds (which re-reads the kernel and
-repairs drift made by hand, in parts when it is large, a change served between them)
-and while real servers drain; a reconcile after another writer held the lock reads the
-kernel first. `--metrics-port` serves the reconciler's metrics. Each sync holds the host's writer lock
-(vsop.node.lock) and re-reads the folder under it, so `vsop apply` / `delete` and the agent
-take turns and the agent never undoes what a command just did. What the folder
-declares but cannot be used now (invalid, unreadable, being rewritten) is passed to
-the sync as `held`: the kernel keeps what it has for it (core.held), also right after
-a restart. It removes nothing on SIGTERM, so the dataplane keeps serving while the
-agent restarts, and a restart with unchanged files writes nothing. Its state for
-`vsop show` goes to a JSON status file.
-
-In keepalived mode (any loaded VirtualService with `mode: keepalived`) each successful
-sync is followed by the keepalived writer (vsop.keepalived.writer): render, validate
-with `keepalived -t`, swap in, SIGHUP only on change. The IPVS services keepalived
-creates for those objects are delegated in the desired state, so the sync leaves them alone.
-Must not import: kopf, kubernetes.
+Owns the host agent's source and sink around the node's turn (vsop.node.loop, the same
+one the in-cluster agent drives): the folder (vsop.host.folder), polled by a task of its
+own and read again under the writer lock at each turn, handed over as what changed, and
+what cannot be used now (invalid, unreadable, being rewritten) as `held` (the kernel keeps
+what it has for it, core.held, also right after a restart); and the status file for `vsop
+show` (vsop.host.status_file), written after a turn at most every --status-seconds.
+The loop owns the rest: the writer lock (so `vsop apply` / `delete` and the agent take turns
+and the agent never undoes what a command just did), health checks, draining, the periodic
+full resync every --resync-seconds that repairs drift, keepalived after a good sync
+(objects with `mode: keepalived`; the IPVS services keepalived creates are delegated in
+the desired state, so the sync leaves them alone), and the metrics `--metrics-port` serves.
+It removes nothing on SIGTERM, so the dataplane keeps serving while the agent restarts,
+and a restart with unchanged files writes nothing.
+Must not import: vsop.kube, vsop.cli, kopf, kubernetes.
 """
 
 from __future__ import annotations
@@ -30,26 +24,22 @@ import os
 import signal
 import threading
 import time
-from contextlib import nullcontext
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from vsop.adapters.conntrack import ConntrackCleaner
-from vsop.host.status_file import StatusDocument
-from vsop.node.probes import HealthChecker, Target, health_targets
+from vsop.bgp.writer import BirdAnnouncer
 from vsop.core.desired import Node
-from vsop.core.draining import Draining
 from vsop.core.health import HealthTracker
 from vsop.core.state import Names
-from vsop.adapters.kernel import Kernel, running_kernel_version
 from vsop.host.folder import FolderSource
+from vsop.host.status_file import StatusDocument
 from vsop.keepalived.writer import KeepalivedWriter
-from vsop.bgp.writer import BirdAnnouncer
-from vsop.node.lock import LockTimeout, stamp, writer_lock
-from vsop.api.model import VirtualService
 from vsop.node import heap
+from vsop.adapters.kernel import Kernel, running_kernel_version
+from vsop.node.loop import Feed, KeepalivedInput, NodeLoop, Turn, WriterLock
+from vsop.node.probes import Target
 from vsop.node.reconciler import Outcome, Reconciler
 
 if TYPE_CHECKING:  # imported when --metrics-port asks for it: aiohttp and prometheus_client are 12 MB of RSS
@@ -78,6 +68,8 @@ class AgentConfig:
 
 
 class HostAgent:
+    """The host's source (the folder) and sink (the status file) around the node's turn (vsop.node.loop)."""
+
     def __init__(
         self,
         kernel: Kernel,
@@ -96,10 +88,8 @@ class HostAgent:
         self.source = FolderSource(config.directory, settle_seconds=config.poll_seconds, sweep_seconds=config.sweep_seconds)
         self.source_guard = threading.Lock()  # the poll task and the sync thread both read the folder
         self.tracker = HealthTracker(track_changes=True)  # the status file re-renders the changed real servers
-        self.draining = Draining()
         self.kernel_version = running_kernel_version()
         self.last: dict[str, Any] = {}
-        self.targets: set[Target] = set()
         self.syncs = 0
         self.keepalived = keepalived
         self.bird = bird  # announce: bgp: bird.conf from --bgp-speaker (vsop.bgp.writer)
@@ -112,14 +102,29 @@ class HostAgent:
             from vsop.node.metrics import object_states
 
             metrics.count_objects(lambda: object_states(self.reconciler))
-        self._last_stamp: int | None = self._lock_stamp()
-        self.probes: Probes | None = None  # liveness, when the metrics port serves it
+        lock = WriterLock(config.lock, config.lock_wait_seconds, on_wait=lambda who: log.info("waiting for the writer lock holder=%r", who))
+        self.loop = NodeLoop(self.reconciler, self.tracker, lock=lock, keepalived=keepalived, metrics=metrics,
+                             resync_seconds=config.resync_seconds, debounce_seconds=config.debounce_seconds,
+                             retry=lambda failures: config.retry_seconds, settle=True, keep_probing_held=True)
         self.drift_repairs = 0  # operations that put back what changed behind vsop's back
         self.last_repairs: list[str] = []
         self.polled_at = float("-inf")  # when the folder was last polled (monotonic)
         self.kept: list[str] = []  # owners kept as the kernel has them at the last sync
         self.status_doc = StatusDocument()  # the status file's text, kept per entry (vsop.host.status_file)
-        self._change_syncing = False  # a sync for a change is wanted or running: a poll of everything waits
+        self.status_written = float("-inf")
+        self.status_due: float | None = None  # the running agent batches the status file (see flush_due)
+
+    @property
+    def targets(self) -> set[Target]:
+        return self.loop.targets
+
+    @property
+    def probes(self) -> Probes | None:
+        return self.loop.probes
+
+    @probes.setter
+    def probes(self, probes: Probes | None) -> None:
+        self.loop.probes = probes
 
     # -- one sync (blocking: adapters talk to the kernel) ---------------------------
 
@@ -134,40 +139,21 @@ class HostAgent:
         otherwise only the objects that changed are planned, unless another writer (`vsop apply`,
         `delete`) held the lock since our last reconcile: then what it wrote is read first.
         `status`: write the status file now (the running agent batches it, see run)."""
-        started = time.monotonic()
-        lock = (
-            writer_lock(self.config.lock, self.config.lock_wait_seconds, on_wait=lambda who: log.info("waiting for the writer lock holder=%r", who))
-            if self.config.lock is not None
-            else nullcontext(0.0)
-        )
-        others = self._lock_stamp() != self._last_stamp
-        try:
-            with lock as waited:
-                # Waiting means another writer held it just now (its sleep between tries is 50 ms).
-                full = full or others or waited >= 0.05
-                # The folder is polled again under the lock when another writer may have changed it,
-                # or when the poll task's last look is not fresh (a stat per file: skipped when it is).
-                # The periodic resync is the kernel's: the poll task and its sweeps follow the folder.
-                repoll = others or waited >= 0.05 or time.monotonic() - self.polled_at >= self.config.poll_seconds / 2
-                result = self._sync_locked(started, full, repoll)
-        except LockTimeout as exc:
-            self.last = {"error": str(exc), "seconds": round(time.monotonic() - started, 4), "at": time.time()}
-            log.error("sync skipped, will retry error=%r", str(exc))
-            if status:
-                self.write_status()
-            return None
-        self._last_stamp = self._lock_stamp()  # our own release: a later change is another writer's
+        turn = self.loop.turn(full, self._take, self._judge)
+        if turn.skipped is not None:
+            self.last = {"error": turn.skipped, "seconds": round(time.monotonic() - turn.started, 4), "at": time.time()}
+            log.error("sync skipped, will retry error=%r", turn.skipped)
         if status:
             self.write_status()
-        return result
+        return turn.outcome if turn.ok else None
 
-    def _lock_stamp(self) -> int | None:
-        return stamp(self.config.lock)
-
-    def _sync_locked(self, started: float, full: bool, repoll: bool = True) -> Outcome | None:
-        # Under the lock: see what the last writer (`vsop apply`, `delete`) left in the folder.
+    def _take(self, others: bool) -> Feed:
+        """Under the lock: what the last writer (`vsop apply`, `delete`) left in the folder, as changes."""
         with self.source_guard:
-            if repoll:
+            # The folder is polled again under the lock when another writer may have changed it,
+            # or when the poll task's last look is not fresh (a stat per file: skipped when it is).
+            # The periodic resync is the kernel's: the poll task and its sweeps follow the folder.
+            if others or time.monotonic() - self.polled_at >= self.config.poll_seconds / 2:
                 self.source.poll()
                 self.polled_at = time.monotonic()
             # Only what changed since the last sync: the folder knows which files did.
@@ -179,11 +165,14 @@ class HostAgent:
             # held stand-in, conflict with itself, and lose its section (keepalived would then drop
             # the virtual server and reset its connections).
             declared = self.source.services() if self.keepalived is not None else []
-        reconciler = self.reconciler
-        reconciler.update_objects(changed, order=order)
-        reconciler.set_held(held)
-        reconciler.set_out_of_service(self.tracker.out_of_service())
-        result = reconciler.reconcile(full=full)
+        rendered = KeepalivedInput(declared, stand_ins, complete) if self.keepalived is not None else None
+        return Feed(changed=changed, order=order, held=held, keepalived=rendered)
+
+    def _judge(self, turn: Turn) -> None:
+        """Still under the lock: the verdicts the status file must look at again, the log lines."""
+        result, feed, reconciler = turn.outcome, turn.feed, self.reconciler
+        assert result is not None and feed is not None
+        changed = feed.changed
         # The objects whose verdict (programmed, problems) the status file must look at again:
         # any after a failure or a whole plan, else the changed ones and those on the VIPs the
         # reconcile planned (a resync plans only where the kernel differs from the cache).
@@ -191,14 +180,10 @@ class HostAgent:
             self.status_doc.judged(None)
         else:
             self.status_doc.judged(set(changed) | result.touched)
-        if self.probes is not None:
-            self.probes.turned()
-        if self.metrics is not None:
-            self.metrics.record(result, reconciler)
         if result.error is not None:
-            self.last = {"error": result.error, "seconds": round(time.monotonic() - started, 4), "at": time.time()}
+            self.last = {"error": result.error, "seconds": round(time.monotonic() - turn.started, 4), "at": time.time()}
             log.error("sync failed, will retry error=%r", result.error)
-            return None
+            return
         self.syncs += 1
         if result.repairs:
             self.drift_repairs += len(result.repairs)
@@ -213,12 +198,6 @@ class HostAgent:
         self.kept = sorted(reconciler.kept_owners())
         for owner in self.kept:
             log.warning("VirtualService kept as the kernel has it object=%s message=%r", owner, "declared but its definition cannot be used")
-        objects = reconciler.objects.values()
-        if result.touched is None or changed or self.targets or held:
-            targets = health_targets(objects, reconciler.configured, reconciler.draining)
-            # While something is held (a file being rewritten, unreadable), keep probing what was
-            # probed: its health state must survive the blip, or a dead real server would return.
-            self.targets = targets | self.targets if held else targets
         # The lists (programmed, problems) are built when the status file is written, not per sync.
         self.last = {
             "writes": result.writes,
@@ -232,31 +211,8 @@ class HostAgent:
                      result.read_seconds, result.full, result.plan.counts())
         else:
             log.debug("synced, nothing to change objects=%d seconds=%.3f read=%.3f full=%s", len(reconciler.objects), result.seconds, result.read_seconds, result.full)
-        if self.keepalived is not None and self.keepalived.wanted([*objects, *stand_ins]):
-            # keepalived is configured from definitions: held objects render from their last good
-            # ones; those with none (a dangling symlink, a file invalid since the agent started) keep
-            # their live sections, as the kernel keeps their state (core.held), while the rest is
-            # updated. Objects refused for a held owner's ports are left out, as in the kernel.
-            keep = sorted(set(self.kept) - {vs.ref for vs in stand_ins})
-            if complete or self.keepalived.can_keep():
-                usable = {vs.ref for vs in declared}
-                stand_ins = [vs for vs in stand_ins if vs.ref not in usable]
-                self._update_keepalived([vs for vs in declared + stand_ins if vs.ref not in reconciler.held_problems], keep)
-            else:
-                log.info("keepalived configuration (layout single) left as it is while objects are held objects=%s", sorted(held.owners) or "unknown")
         if self.bird is not None and self.bird.due(result.full, changed, reconciler.objects):
-            self.bird.update(objects)
-        return result
-
-    def _update_keepalived(self, services: list[VirtualService], keep: list[str]) -> None:
-        """After a successful sync: keepalived's configuration for this node, when it is in use."""
-        if self.keepalived is None or not self.keepalived.wanted(services):
-            return
-        try:
-            self.keepalived.update(services, node=self.config.node, names=self.config.names, keep=keep)
-        except OSError as exc:  # the writer reports its own failures; this is a last resort
-            log.error("keepalived configuration not written error=%r", str(exc))
-            self.keepalived.last_error = {"at": time.time(), "stage": "write", "message": str(exc)}
+            self.bird.update(reconciler.objects.values())
 
     # -- status for `vsop show` --------------------------------------------------
 
@@ -334,84 +290,54 @@ class HostAgent:
         except OSError as exc:
             log.warning("cannot write status file path=%s error=%r", path, str(exc))
 
-    # -- the loop ------------------------------------------------------------------
+    # -- the loop (vsop.node.loop drives it: these are its Driver methods) ------------
+
+    async def turn(self, full: bool, reasons: set[str]) -> bool:
+        result = await self.loop.blocking(self.sync_once, full, False)
+        if result is not None and full:
+            # A full sync's read, desired state and plan were dropped: give their pages back.
+            await self.loop.blocking(heap.trim)
+        if self.status_due is None:
+            # The status file is written after a sync, once its writes are done, and at most every
+            # status_seconds: it costs what changed (vsop.host.status_file), yet a burst of changes
+            # does not pay for it per change, and `vsop show` lags the kernel by that much at most.
+            self.status_due = max(self.status_written + self.config.status_seconds, time.monotonic())
+        return result is not None
+
+    def probe_targets(self) -> set[Target]:
+        return self.loop.targets
+
+    def flush_due(self) -> float | None:
+        return self.status_due
+
+    async def flush(self) -> None:
+        # The tracker's changes are taken here, on the loop that records them.
+        await self.loop.blocking(self.write_status, self.tracker.take_changed())
+        self.status_written, self.status_due = time.monotonic(), None
 
     async def run(self, stop: asyncio.Event) -> None:
-        wake = asyncio.Event()
-        checker = HealthChecker(self.tracker, wake.set)
-        if self.metrics is not None:
-            self.metrics.watch_health(checker)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsop-sync")
-        loop = asyncio.get_running_loop()
         log.info("agent started directory=%s node=%s resync_seconds=%g", self.config.directory, self.config.node.name, self.config.resync_seconds)
         # A file is taken once stable over two polls: look twice before the first sync, so
         # the first sync already serves what the folder holds.
         self.poll()
         await asyncio.sleep(self.config.poll_seconds)
         self.poll()
-        poller = loop.create_task(self._poll(wake, stop), name="poll folder")
-        next_resync = 0.0
-        next_full = 0.0  # the periodic full resync, whatever changes happen meanwhile
-        # The status file is written after a sync, once its writes are done, and at most every
-        # status_seconds: it costs what changed (vsop.host.status_file), yet a burst of changes does
-        # not pay for it per change, and `vsop show` lags the kernel by that much at most.
-        status_written = float("-inf")
-        status_due: float | None = None
+        poller = asyncio.get_running_loop().create_task(self._poll(stop), name="poll folder")
         try:
-            while not stop.is_set():
-                now = time.monotonic()
-                timeout = max(0.0, next_resync - now)
-                if self.draining.since:
-                    timeout = min(timeout, 1.0)  # drained real servers are deleted promptly
-                if status_due is not None:
-                    timeout = min(timeout, max(0.0, status_due - now))
-                await _wait_any(wake, stop, timeout)
-                if stop.is_set():
-                    break
-                now = time.monotonic()
-                replanning = self.reconciler.replanning  # a resync's drift left to plan: its next part goes first
-                if status_due is not None and now >= status_due and not wake.is_set() and not replanning:  # a change goes first
-                    # The tracker's changes are taken here, on the loop that records them.
-                    await loop.run_in_executor(executor, self.write_status, self.tracker.take_changed())
-                    status_written, status_due = time.monotonic(), None
-                    if not wake.is_set() and now < next_resync and not self.draining.since and not replanning:
-                        continue  # woken for the status file only
-                if wake.is_set():
-                    await asyncio.sleep(self.config.debounce_seconds)  # gather a burst of changes into one sync
-                full = time.monotonic() >= next_full
-                self._change_syncing = not full  # the poll task's next look at everything waits for it
-                wake.clear()
-                try:
-                    result = await loop.run_in_executor(executor, self.sync_once, full, False)
-                finally:
-                    self._change_syncing = False
-                if result is not None and full:
-                    next_full = time.monotonic() + self.config.resync_seconds
-                    # A full sync's read, desired state and plan were dropped: give their pages back.
-                    await loop.run_in_executor(executor, heap.trim)
-                next_resync = min(next_full, time.monotonic() + (self.config.resync_seconds if result is not None else self.config.retry_seconds))
-                if result is not None and self.reconciler.replanning:
-                    # The resync found drift on more VIPs than one turn plans: the next part at
-                    # once, with whatever changed meanwhile (a change never waits for all of it).
-                    next_resync = time.monotonic()
-                checker.update(self.targets)
-                if status_due is None:
-                    status_due = max(status_written + self.config.status_seconds, time.monotonic())
+            await self.loop.run(self, stop)
         finally:
             poller.cancel()
-            await checker.stop()
-            executor.shutdown(wait=True)
-            if status_due is not None:
+            if self.status_due is not None:
                 self.write_status()
             log.info("agent stopped; the kernel keeps serving what was programmed syncs=%d", self.syncs)
 
-    async def _after_change(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    async def _after_change(self, stop: asyncio.Event) -> None:
         """Until no sync for a change is wanted or running (a periodic full resync is not waited for:
         a file seen meanwhile is taken as soon as it is over)."""
-        while (wake.is_set() or self._change_syncing) and not stop.is_set():
+        while self.loop.change_turn and not stop.is_set():
             await asyncio.sleep(0.01)
 
-    async def _poll(self, wake: asyncio.Event, stop: asyncio.Event) -> None:
+    async def _poll(self, stop: asyncio.Event) -> None:
         # Every poll_seconds the whole folder (a stat per file); in between, a file that changed
         # is looked at again as soon as it has been stable for the settle time, so a new file
         # costs one poll of everything, not two.
@@ -424,7 +350,7 @@ class HostAgent:
             if time.monotonic() >= next_poll:
                 # A change goes first: a look at everything (a stat per file at a sweep) runs on
                 # this loop and would hold up the sync a change just woke, or slow it down.
-                await self._after_change(wake, stop)
+                await self._after_change(stop)
                 changed = self.poll()
                 next_poll = time.monotonic() + self.config.poll_seconds
             else:
@@ -434,16 +360,7 @@ class HostAgent:
                     # writer held the lock, or the sync polls anyway).
                     self.polled_at = time.monotonic()
             if changed:
-                wake.set()  # the sync that follows writes the status file (pending files, errors)
-
-
-async def _wait_any(first: asyncio.Event, second: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+                self.loop.trigger.wake("folder changed")  # the sync that follows writes the status file (pending files, errors)
 
 
 def run_agent(

@@ -1,8 +1,14 @@
-"""The Kubernetes layer: the in-cluster node agent and controller, built on kopf.
+"""The Kubernetes layer: the in-cluster node agent and the controller, built on kopf.
 
-Owns watching the cluster (kopf indexes and event handlers that store nothing on the
-objects), turning VirtualServices, EndpointSlices and Nodes into engine input, and
-reporting back (status, Events, health, metrics). The kernel work is the engine's.
-Entry points: `vsop.kube.agent.main(argv)` and `vsop.kube.controller.main(argv)`.
-Nothing outside this package may import it but the command line.
+Reading order: client (the API server connection and the writes vsop makes), runtime (kopf
+settings, the listing gate, running kopf and a loop together, log lines), objects and endpoints
+(VirtualServices, EndpointSlices and Nodes into node input, pure), source (the agent's watches:
+kopf indexes and handlers that store nothing on the objects, what changed per turn), checkers
+(which node probes a static backend for the cluster), report and status (NodeReport entries and
+conditions, pure), sink (the agent's NodeReport entries, Events, object states), agent (the
+source and the sink plugged into the node's turn, vsop.node.loop), controller (sums up the nodes'
+reports), apiserver, metrics, toggles.
+The kernel work is vsop.node's; the command line (vsop.cli.agents) builds the real kernel and starts
+both components. Must not import: vsop.host, vsop.cli (but vsop.cli.logs, the shared log format);
+nothing outside this package imports it but the command line.
 """

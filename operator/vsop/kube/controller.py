@@ -16,11 +16,8 @@ vsop.node.execute, vsop.adapters or vsop.adapters.real.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Sequence
@@ -30,11 +27,11 @@ import kopf
 from vsop.core.desired import Node, applies_to_node, resolve_conflicts
 from vsop.kube import checkers, objects
 from vsop.kube import report as reports
-from vsop.kube.client import PLURAL, ApiError, ApiWriter, Connection, ObjectRef, Writer
-from vsop.kube.leader import LEASE_NAME, LEASE_NAMESPACE, Elector, KubeLeaseApi, LeaderWriter, Timing, identity
-from vsop.kube.metrics import ControllerMetrics, HttpEndpoints, Probes
-from vsop.kube.relist import Listing, Relister
-from vsop.kube.runtime import ListingGate, Trigger, configure_logging, kopf_settings, kv, now_rfc3339, run_with_kopf
+from vsop.kube.client import PLURAL, ApiError, ObjectRef, Writer
+from vsop.kube.leader import Elector, LeaderWriter
+from vsop.kube.metrics import ControllerMetrics, Probes
+from vsop.kube.relist import Listing
+from vsop.kube.runtime import ListingGate, Trigger, kopf_settings, kv, now_rfc3339, run_with_kopf
 from vsop.kube.status import CONDITION_TYPES, EventSpec, Facts, summarize, transition_events, with_transition_times
 from vsop.api.model import API_GROUP, API_VERSION, VirtualService
 
@@ -429,88 +426,6 @@ class Controller:
             await asyncio.gather(*tasks, return_exceptions=True)
             if not self.elector.lost.is_set():
                 await self.elector.release()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vsop controller",
-        description=(
-            "The controller (a Deployment of two replicas; the holder of a Lease writes, the other stands by):\n"
-            "decides conflicts between VirtualServices,\n"
-            "sums up what every node reports in its NodeReport into the Ready, Programmed, Degraded and\n"
-            "Conflict conditions and status.backends, and posts Events. It never touches a kernel."
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--namespace", "-n", dest="namespaces", action="append", default=[], metavar="NS",
-                        help="watch VirtualServices in this namespace; repeatable (default: all); give the agents the same")
-    parser.add_argument("--resync-seconds", type=float, default=30.0, help="full reconcile period (default: 30)")
-    parser.add_argument("--debounce-seconds", type=float, default=0.1, help="least time between two turns woken by changes; a change after a quiet spell is handled at once (default: 0.1)")
-    parser.add_argument("--health-port", type=int, default=9720, help="port of /healthz and /readyz (default: 9720)")
-    parser.add_argument("--metrics-port", type=int, default=9721, help="port of /metrics (default: 9721; may equal --health-port)")
-    parser.add_argument("--bind-address", default="0.0.0.0", help="address the probe and metrics ports listen on")
-    parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: in-cluster service account, else $KUBECONFIG)")
-    parser.add_argument("--context", default=None, help="kubeconfig context")
-    parser.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=True,
-                        help="hold a Lease to write; a replica without it stands by (default: on; off only for a single replica)")
-    parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE") or LEASE_NAMESPACE,
-                        help=f"namespace of the Lease (default: $POD_NAMESPACE, else {LEASE_NAMESPACE})")
-    parser.add_argument("--lease-name", default=LEASE_NAME, help=f"name of the Lease (default: {LEASE_NAME})")
-    parser.add_argument("--lease-duration-seconds", type=float, default=15.0, help="how long a lease lasts unrenewed (default: 15)")
-    parser.add_argument("--renew-deadline-seconds", type=float, default=10.0, help="a leader that cannot renew for this long stops (default: 10)")
-    parser.add_argument("--retry-period-seconds", type=float, default=2.0, help="time between two tries (default: 2)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log kopf's own messages too")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, *, connection: Connection | None = None) -> int:
-    """`vsop controller`. Exit codes: 0 stopped by a signal, 1 runtime failure, 2 invalid flags."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
-    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
-        return 0 if not exc.code else 2
-    if args.resync_seconds <= 0 or args.debounce_seconds < 0:
-        print("vsop controller: --resync-seconds must be > 0 and --debounce-seconds >= 0", flush=True)
-        return 2
-    timing = Timing(args.lease_duration_seconds, args.renew_deadline_seconds, args.retry_period_seconds)
-    if timing.problem():
-        print(f"vsop controller: {timing.problem()}", flush=True)
-        return 2
-    configure_logging(args.verbose)
-    try:
-        connection = connection or Connection.load(args.kubeconfig, args.context)
-    except Exception as exc:  # no kubeconfig, no service account
-        log.error(kv("Cannot load credentials for the API server", kubeconfig=args.kubeconfig, error=str(exc)))
-        return 1
-    options = ControllerOptions(tuple(args.namespaces), args.resync_seconds, args.debounce_seconds)
-    elector = None
-    if args.leader_elect:
-        elector = Elector(KubeLeaseApi(connection), identity(), timing, namespace=args.lease_namespace, name=args.lease_name)
-    controller = Controller(options, ApiWriter(connection, COMPONENT, host=os.environ.get("POD_NAME") or socket.gethostname()),
-                            elector=elector, relist=Relister(connection, options.namespaces) if elector is not None else None)
-    connection.register_login(controller.registry)
-    log.info(kv("Starting", component=COMPONENT, namespaces=",".join(args.namespaces) or "all",
-                resync=f"{args.resync_seconds:g}s", credentials=connection.source,
-                lease=f"{args.lease_namespace}/{args.lease_name}" if elector else "off", identity=elector.identity if elector else None))
-
-    async def serve() -> None:
-        endpoints = HttpEndpoints(controller.probes, controller.metrics.registry, args.health_port, args.metrics_port, args.bind_address)
-        await endpoints.start()
-        try:
-            await controller.run()
-        finally:
-            await endpoints.stop()
-
-    try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
-    except Exception as exc:
-        log.error(kv("Controller stopped on an error", error=str(exc)))
-        return 1
-    log.info(kv("Stopped", component=COMPONENT))
-    return 0
 
 
 def _node_conflict(nodes: Any) -> str | None:

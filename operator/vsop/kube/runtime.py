@@ -1,10 +1,10 @@
-"""What the agent and the controller share: kopf settings, the wake-up trigger, running, logging.
+"""What the agent and the controller share: kopf settings, the listing gate, running, logging.
 
 Owns the kopf settings both use (standalone, no CRD or namespace scanning, no
-kopf-posted events, server-side selectors), the `Trigger` that handlers pull and the
-one reconcile loop waits on (a change after a quiet spell at once, bursts coalesced),
-running kopf and that loop together so that either ending stops the other, and
-structured log lines in the style of Kubernetes components (`"Programmed kernel" node="n1" writes=3`).
+kopf-posted events, server-side selectors), the gate that holds the loop until the first
+complete listing (the `Trigger` handlers pull is vsop.node.wake's, re-exported here), running
+kopf and that loop together so that either ending stops the other, and structured log lines
+in the style of Kubernetes components (`"Programmed kernel" node="n1" writes=3`).
 Must not import vsop.node.execute, vsop.adapters or vsop.adapters.real.
 """
 
@@ -15,14 +15,15 @@ import contextlib
 import datetime
 import json
 import logging
-import math
-import time
 from typing import Any, Awaitable, Callable, Collection, Iterator
 
 import kopf
 
 from vsop.kube import toggles
+from vsop.node.wake import Trigger, wait_event
 from vsop.cli.logs import setup_logging
+
+__all__ = ["ListingGate", "Trigger", "configure_logging", "kopf_settings", "kv", "now_rfc3339", "run_with_kopf", "wait_event"]
 
 log = logging.getLogger("vsop.kube")
 
@@ -64,65 +65,6 @@ def kopf_settings() -> kopf.OperatorSettings:
     # diff-base annotations or finalizers; vsop registers none of them, only indexes and
     # raw event handlers, which kopf runs without storing anything on the objects.
     return settings
-
-
-async def wait_event(event: asyncio.Event, timeout: float) -> bool:
-    """Whether `event` was set within `timeout` seconds.
-
-    Not `asyncio.wait_for(event.wait())`: on Python 3.11 it swallows a cancellation that
-    arrives while the event is being set (CPython gh-86296), so a reconcile loop told to
-    stop as a change woke it went on waiting for its next change or resync instead.
-    """
-    try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True
-
-
-class Trigger:
-    """Wake-ups for one reconcile loop: handlers call `wake`, the loop `wait`s and `take`s the reasons.
-
-    The debounce is a minimum time between two turns, as kube-proxy's minSyncPeriod: the
-    first change after a quiet spell starts a turn at once; changes arriving while turns
-    follow each other closely wait until `debounce` after the last turn started, so a
-    burst still makes one turn per period.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-        self._event: asyncio.Event | None = None
-        self._reasons: set[str] = set()
-        self._clock = clock
-        self._sleep = sleep
-        self._taken = -math.inf  # when a turn last took the wake-ups
-
-    @property
-    def event(self) -> asyncio.Event:
-        if self._event is None:
-            self._event = asyncio.Event()
-        return self._event
-
-    def wake(self, reason: str) -> None:
-        self._reasons.add(reason)
-        self.event.set()
-
-    async def wait(self, timeout: float, debounce: float) -> bool:
-        """True when woken (no sooner than `debounce` after the last turn started); False on timeout."""
-        if timeout <= 0:
-            return False
-        if not await wait_event(self.event, timeout):
-            return False
-        delay = self._taken + debounce - self._clock()
-        if delay > 0:
-            await self._sleep(delay)
-        return True
-
-    def take(self) -> set[str]:
-        reasons, self._reasons = self._reasons, set()
-        self.event.clear()
-        self._taken = self._clock()
-        return reasons
 
 
 class ListingGate:

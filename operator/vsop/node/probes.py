@@ -3,7 +3,8 @@
 Owns the probes and the loop that runs one per real server with bounded concurrency,
 feeding results into the pure `HealthTracker` and calling back when a real server
 goes in or out of service. Checks connect to the real server itself (not through the
-VIP), as keepalived's TCP_CHECK and HTTP_GET do.
+VIP), as keepalived's TCP_CHECK and HTTP_GET do. Which real servers are probed is the node
+loop's (vsop.node.loop.health_targets).
 
 What a backend can do to a check is bounded: an HTTP answer is read up to the end of
 its headers within the timeout, each line at most `LINE_LIMIT` bytes and the headers at
@@ -28,12 +29,11 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
-from vsop.core.draining import Draining
 from vsop.core.health import HealthTracker, Thresholds
 from vsop.core.state import RealServerKey
-from vsop.api.model import HealthCheck, VirtualService
+from vsop.api.model import HealthCheck
 
 log = logging.getLogger("vsop.health")
 
@@ -237,10 +237,3 @@ class HealthChecker:
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
         self.tasks.clear()
         self.lags.clear()
-
-
-def health_targets(services: Iterable[VirtualService], configured: Mapping[RealServerKey, str], draining: Draining) -> set[Target]:
-    """Every configured real server of a VirtualService with a health check, in service or not
-    (so a failed one can come back), except those draining away."""
-    checks = {vs.ref: vs.spec.health_check for vs in services if vs.spec.health_check.type != "none"}
-    return {Target(key, checks[owner]) for key, owner in configured.items() if owner in checks and key not in draining.since}

@@ -1,0 +1,367 @@
+"""The one turn both agents run around the node reconciler, and the loop that schedules it.
+
+Owns, for the host agent (vsop.host.agent) and the in-cluster agent (vsop.kube.agent) alike:
+wake-ups (`Trigger`: a change after a quiet spell at once, bursts coalesced), the host's
+writer lock (`WriterLock`: held per turn; after another writer held it the turn reads the
+kernel first), feeding the reconciler what a source took (`Feed`), the health targets
+(every configured real server of an object with a health check, except those draining
+away) and the probes that follow them, the keepalived writer after a good sync only,
+the node metrics of each reconcile, and the schedule (`NodeLoop.run`): a periodic full
+resync whatever changes happen meanwhile, the next part at once while a resync's drift
+is left to plan, a turn every second while real servers drain, retries after a failure.
+An agent keeps only its source (what changed, handed over as a `Feed`) and its sink (what
+a turn did, reported): it plugs them in as a `Driver`.
+Must not import: vsop.host, vsop.kube, vsop.cli, kopf, kubernetes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, TypeVar
+
+from vsop.api.model import VirtualService
+from vsop.core.desired import Endpoint, Node
+from vsop.core.health import HealthTracker
+from vsop.core.held import Held
+from vsop.core.state import Names, RealServerKey
+from vsop.node.lock import LockTimeout, stamp, writer_lock
+from vsop.node.probes import HealthChecker, Target
+from vsop.node.wake import Trigger
+from vsop.node.reconciler import Outcome, Reconciler
+
+if TYPE_CHECKING:  # the metrics' module imports prometheus_client: only when an agent serves them
+    from vsop.node.metrics import NodeMetrics, Probes
+
+log = logging.getLogger("vsop.node.loop")
+
+T = TypeVar("T")
+DRAIN_SECONDS = 1.0  # while real servers drain, a turn at least this often: a drained one goes promptly
+
+
+# --- the writer lock -----------------------------------------------------------------------------
+
+
+class WriterLock:
+    """The host's writer lock (vsop.node.lock), held during each turn when there is one.
+
+    After another writer (`vsop apply`, `delete`) held it since our last release (its stamp
+    changed), or when waiting for it took a while (its holder's sleep between tries is 50 ms),
+    the turn must read the whole kernel first: `hold` says so."""
+
+    def __init__(self, path: Path | None, wait_seconds: float = 60.0, on_wait: Callable[[str], None] | None = None):
+        self.path = path
+        self.wait_seconds = wait_seconds
+        self.on_wait = on_wait
+        self._stamp = stamp(path)  # after our last release: a later change is another writer's
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[bool]:
+        """Held until the block ends; yields whether another writer held it meanwhile. LockTimeout: not taken."""
+        if self.path is None:
+            yield False
+            return
+        others = stamp(self.path) != self._stamp
+        with writer_lock(self.path, self.wait_seconds, on_wait=self.on_wait) as waited:
+            yield others or waited >= 0.05
+        self._stamp = stamp(self.path)
+
+
+# --- one turn ------------------------------------------------------------------------------------
+
+
+class KeepalivedWriter(Protocol):
+    """What the loop asks of the keepalived writer (vsop.keepalived.writer, injected by the agents)."""
+
+    last_error: dict[str, Any]
+
+    def wanted(self, services: Iterable[VirtualService]) -> bool: ...
+
+    def can_keep(self) -> bool: ...
+
+    def update(self, services: Iterable[VirtualService], node: Node | None = None, endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
+               names: Names = ..., keep: Iterable[str] = ()) -> Any: ...
+
+
+@dataclass
+class KeepalivedInput:
+    """What keepalived is rendered from after a good sync: the source's usable objects, and for
+    held ones their last good definitions (`stand_ins`; `complete`: every held object has one)."""
+
+    services: list[VirtualService]
+    stand_ins: list[VirtualService] = field(default_factory=list)
+    complete: bool = True
+    endpoints: Mapping[tuple[str, str], Any] | None = None
+    node: Node | None = None
+    prepare: Callable[[], None] | None = None  # right before a render (the in-cluster agent's optional password file)
+
+
+@dataclass
+class Feed:
+    """What a source hands the reconciler for one turn: only what changed (ref -> object, None: gone)."""
+
+    changed: Mapping[str, VirtualService | None] = field(default_factory=dict)
+    order: Mapping[str, Any] | None = None
+    held: Held = field(default_factory=Held)
+    out_of_service: frozenset[RealServerKey] = frozenset()  # besides what this node's checks took out
+    endpoints: Mapping[tuple[str, str], tuple[Endpoint, ...] | None] | None = None
+    node: Node | None = None
+    extra_addresses: tuple[str, ...] | None = None
+    reserved: Mapping[str, str] | None = None
+    keepalived: KeepalivedInput | None = None
+
+
+@dataclass
+class KeepalivedResult:
+    outcome: Any = None  # the writer's Outcome (changed, reloaded, error)
+    error: str | None = None  # not written at all (the writer reports its own failures in `outcome`)
+
+
+@dataclass
+class Turn:
+    """What one turn did: `outcome` None when the writer lock was not taken (`skipped` says why)."""
+
+    full: bool
+    started: float
+    outcome: Outcome | None = None
+    feed: Feed | None = None
+    keepalived: KeepalivedResult | None = None
+    skipped: str | None = None
+    report: Any = None  # what the driver's `after` hook made of it
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is not None and self.outcome.error is None
+
+
+def health_targets(checked: Mapping[str, VirtualService], reconciler: Reconciler) -> set[Target]:
+    """Every configured real server of an object with a health check (`checked`), in service or
+    not (so a failed one can come back), except those draining away. Costs the checked objects."""
+    configured, fragments, draining = reconciler.configured, reconciler.fragments, reconciler.draining.since
+    targets: set[Target] = set()
+    for ref, vs in checked.items():
+        piece = fragments.get(ref)
+        for key in piece.configured if piece is not None else ():
+            if configured.get(key) == ref and key not in draining:
+                targets.add(Target(key, vs.spec.health_check))
+    return targets
+
+
+class Driver(Protocol):
+    """An agent as the loop drives it: its source and sink around `NodeLoop.turn`."""
+
+    async def turn(self, full: bool, reasons: set[str]) -> bool:
+        """One turn (taking the source's changes, `NodeLoop.turn`, reporting); True: a good sync."""
+
+    def probe_targets(self) -> set[Target]:
+        """The health targets this node's checker probes (after each turn)."""
+
+    def flush_due(self) -> float | None:
+        """When the sink's batched report is due (monotonic), if one is."""
+
+    async def flush(self) -> None:
+        """Write the batched report."""
+
+
+class NodeLoop:
+    """One node's turn (`turn`, blocking) and its schedule (`run`). One turn at a time."""
+
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        tracker: HealthTracker,
+        *,
+        lock: WriterLock | None = None,
+        keepalived: KeepalivedWriter | None = None,
+        metrics: NodeMetrics | None = None,
+        resync_seconds: float = 30.0,
+        debounce_seconds: float = 0.1,
+        retry: Callable[[int], float] = lambda failures: 5.0,
+        settle: bool = False,
+        keep_probing_held: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.reconciler = reconciler
+        self.tracker = tracker
+        self.lock = lock or WriterLock(None)
+        self.keepalived = keepalived
+        self.metrics = metrics
+        self.probes: Probes | None = None  # liveness, when an agent serves it
+        self.resync_seconds = resync_seconds
+        self.debounce_seconds = debounce_seconds
+        self.retry = retry  # seconds until the next try after this many failed turns in a row
+        # settle: every woken turn first waits debounce_seconds, gathering what the source sees
+        # over a few polls (the host's folder); else the trigger's least time between turns.
+        self.settle = settle
+        # While something is held (a file being rewritten, unreadable), keep probing what was
+        # probed: its health state must survive the blip, or a dead real server would return.
+        self.keep_probing_held = keep_probing_held
+        self.clock = clock
+        self.trigger = Trigger()
+        self.checked: dict[str, VirtualService] = {}  # objects with a health check, as the reconciler has them
+        self.targets: set[Target] = set()
+        self.checker: HealthChecker | None = None
+        self.busy = False  # a turn is running
+        self.full = False  # the running (or last) turn is a full resync
+        self.turns = 0  # turns finished
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- one turn (blocking: adapters talk to the kernel) --
+
+    def turn(self, full: bool, take: Callable[[bool], Feed], after: Callable[[Turn], Any] | None = None) -> Turn:
+        """Under the writer lock: `take(others)` the source's changes (`others`: another writer held the
+        lock meanwhile), feed them to the reconciler, reconcile (`full`: a resync, or forced by another
+        writer), then keepalived after a good sync, the health targets, and `after(turn)` (the sink's
+        part that must see the reconciler as this turn left it)."""
+        turn = Turn(full=full, started=time.monotonic())
+        try:
+            with self.lock.hold() as others:
+                turn.full = full or others
+                turn.feed = feed = take(others)
+                self.feed(feed)
+                turn.outcome = outcome = self.reconciler.reconcile(full=turn.full)
+                if self.probes is not None:
+                    self.probes.turned()
+                if self.metrics is not None:
+                    self.metrics.record(outcome, self.reconciler)
+                if outcome.error is None and feed.keepalived is not None:
+                    turn.keepalived = self._keepalived(feed.keepalived)
+                targets = health_targets(self.checked, self.reconciler)
+                self.targets = targets | self.targets if self.keep_probing_held and feed.held else targets
+                if after is not None:
+                    turn.report = after(turn)
+        except LockTimeout as exc:
+            turn.skipped = str(exc)
+        return turn
+
+    def feed(self, feed: Feed) -> None:
+        reconciler = self.reconciler
+        reconciler.update_objects(feed.changed, order=feed.order)
+        for ref, vs in feed.changed.items():
+            if vs is not None and vs.spec.health_check.type != "none":
+                self.checked[ref] = vs
+            else:
+                self.checked.pop(ref, None)
+        if feed.endpoints:
+            reconciler.update_endpoints(feed.endpoints)
+        if feed.node is not None:
+            reconciler.set_node(feed.node, feed.extra_addresses)
+        if feed.reserved is not None:
+            reconciler.set_reserved(feed.reserved)
+        reconciler.set_out_of_service(self.tracker.out_of_service() | feed.out_of_service)
+        reconciler.set_held(feed.held)
+
+    def _keepalived(self, given: KeepalivedInput) -> KeepalivedResult | None:
+        """After a good sync: keepalived's configuration for this node, when it is in use.
+
+        keepalived is configured from definitions: held objects render from their last good ones
+        (stand-ins); those with none keep their live sections (confd layout), as the kernel keeps
+        their state (core.held), while the rest is updated. Objects refused for a held owner's
+        ports are left out, as in the kernel."""
+        writer, reconciler = self.keepalived, self.reconciler
+        if writer is None or not writer.wanted([*given.services, *given.stand_ins]):
+            return None
+        kept = reconciler.kept_owners()
+        keep = sorted(kept - {vs.ref for vs in given.stand_ins}) if writer.can_keep() else []
+        if not given.complete and not writer.can_keep():
+            log.info("keepalived configuration (layout single) left as it is while objects are held objects=%s", sorted(reconciler.held.owners) or "unknown")
+            return None
+        usable = {vs.ref for vs in given.services}
+        services = [vs for vs in given.services + [s for s in given.stand_ins if s.ref not in usable] if vs.ref not in reconciler.held_problems]
+        if not writer.wanted(services):
+            return None
+        if given.prepare is not None:
+            given.prepare()
+        try:
+            return KeepalivedResult(writer.update(services, node=given.node or reconciler.node, endpoints=given.endpoints,
+                                                  names=reconciler.names, keep=keep))
+        except OSError as exc:  # the writer reports its own failures; this is a last resort
+            log.error("keepalived configuration not written error=%r", str(exc))
+            writer.last_error = {"at": time.time(), "stage": "write", "message": str(exc)}
+            return KeepalivedResult(error=str(exc))
+
+    # -- the schedule --
+
+    async def blocking(self, function: Callable[..., T], *args: Any) -> T:
+        """`function(*args)` in the turns' thread (one at a time, in order)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsop-sync")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    @property
+    def change_turn(self) -> bool:
+        """A turn for a change is wanted or running (a periodic full resync is not counted)."""
+        return self.trigger.pending or (self.busy and not self.full)
+
+    async def run(self, driver: Driver, stop: asyncio.Event | None = None) -> None:
+        """Turns until `stop` (or cancelled): woken by the trigger, at least every resync period."""
+        self.checker = HealthChecker(self.tracker, lambda: self.trigger.wake("health check result changed"))
+        if self.metrics is not None:
+            self.metrics.watch_health(self.checker)
+        watcher = asyncio.create_task(self._wake_on(stop)) if stop is not None else None
+        try:
+            await self._turns(driver, stop)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await self.checker.stop()
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.trigger.event.set()
+
+    async def _turns(self, driver: Driver, stop: asyncio.Event | None) -> None:
+        next_full = -math.inf  # the periodic full resync, whatever changes happen meanwhile
+        next_turn = -math.inf
+        failures = 0
+        while stop is None or not stop.is_set():
+            if self.probes is not None:
+                self.probes.turned()
+            now = self.clock()
+            timeout = max(0.0, next_turn - now)
+            draining = bool(self.reconciler.draining.since)
+            if draining:
+                timeout = min(timeout, DRAIN_SECONDS)
+            due = driver.flush_due()
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - now))
+            await self.trigger.wait(timeout, 0.0 if self.settle else self.debounce_seconds)
+            if stop is not None and stop.is_set():
+                break
+            now = self.clock()
+            replanning = self.reconciler.replanning  # a resync's drift left to plan: its next part goes first
+            if due is not None and now >= due and not self.trigger.pending and not replanning:  # a change goes first
+                await driver.flush()
+                if not self.trigger.pending and now < next_turn and not draining and not replanning:
+                    continue  # woken for the sink only
+            if self.settle and self.trigger.pending:
+                await asyncio.sleep(self.debounce_seconds)  # gather a burst of changes into one turn
+            self.full = self.clock() >= next_full
+            reasons = self.trigger.take()
+            self.busy = True
+            try:
+                ok = await driver.turn(self.full, reasons)
+            finally:
+                self.busy = False
+                self.turns += 1
+            failures = 0 if ok else failures + 1
+            now = self.clock()
+            if ok and self.full:
+                next_full = now + self.resync_seconds
+            # A failed turn is retried after `retry`, as a full one (its resync is not done): not at
+            # once, or a kernel that keeps refusing a write would be read and written in a tight loop.
+            next_turn = min(next_full, now + self.resync_seconds) if ok else now + self.retry(failures)
+            if ok and self.reconciler.replanning:
+                # The resync found drift on more VIPs than one turn plans: the next part at once,
+                # with whatever changed meanwhile (a change never waits for all of it).
+                next_turn = now
+            self.checker.update(driver.probe_targets())

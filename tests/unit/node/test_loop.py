@@ -1,0 +1,329 @@
+"""The node's turn and its schedule (vsop.node.loop) on fake adapters, a fake keepalived writer and a scripted trigger.
+
+One turn: what a source hands over reaches the kernel and a second turn writes nothing; a
+health result is a weight; the health targets are the checked objects' configured real
+servers (kept while something is held, when asked); keepalived runs after a good sync only;
+another writer's turn under the lock makes the next turn read the kernel; a lock never taken
+skips the turn. The schedule: the first turn and every resync period are full whatever
+wakes the loop, a failure is retried after `retry(failures)` as a full turn, drift left to
+plan is planned at once, draining real servers bring a turn every second, a batched report
+goes out when due without a turn of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import make_vs
+from vsop.core.desired import Node
+from vsop.core.health import HealthTracker, Thresholds
+from vsop.core.held import Held
+from vsop.core.state import RealServerKey, ServiceKey
+from vsop.keepalived.writer import Outcome as KeepalivedOutcome
+from vsop.adapters.kernel import fake_kernel
+from vsop.node.loop import DRAIN_SECONDS, Feed, KeepalivedInput, NodeLoop, Turn, WriterLock
+from vsop.node.reconciler import Reconciler
+
+WEB = ServiceKey("tcp", "169.254.11.2", 80)
+FIRST, SECOND = RealServerKey(WEB, "192.168.2.111", 8080), RealServerKey(WEB, "192.168.2.222", 8080)
+
+
+def node_loop(state: Any = None, **options: Any) -> tuple[NodeLoop, Any]:
+    kernel, fake = fake_kernel(state)
+    return NodeLoop(Reconciler(kernel, Node("n")), HealthTracker(), **options), fake
+
+
+def given(feed: Feed) -> Any:
+    return lambda others: feed
+
+
+# --- one turn ----------------------------------------------------------------------------------
+
+
+def test_a_turn_programs_what_the_source_hands_over_and_a_second_writes_nothing() -> None:
+    loop, fake = node_loop()
+    turn = loop.turn(True, given(Feed(changed={"default/web": make_vs()})))
+    assert turn.ok and turn.full and turn.outcome is not None and turn.outcome.writes > 0
+    assert set(fake.state.real_servers) == {FIRST, SECOND}
+    again = loop.turn(False, given(Feed()))
+    assert again.ok and again.outcome is not None and again.outcome.writes == 0 and fake.writes == turn.outcome.writes
+    gone = loop.turn(False, given(Feed(changed={"default/web": None})))
+    assert gone.ok and WEB not in fake.state.services
+
+
+def test_a_health_result_becomes_a_weight_and_the_targets_follow_the_checked_objects() -> None:
+    loop, fake = node_loop()
+    checked = make_vs(healthCheck={"type": "tcp", "failureThreshold": 1})
+    loop.turn(True, given(Feed(changed={"default/web": checked, "default/api": make_vs("api", vip="169.254.11.3")})))
+    assert {t.key for t in loop.targets} == {FIRST, SECOND} and loop.checked.keys() == {"default/web"}
+    loop.tracker.record(FIRST, False, Thresholds(1, 1), "refused")
+    turn = loop.turn(False, given(Feed()))
+    assert turn.outcome is not None and turn.outcome.writes == 1 and fake.state.real_servers[FIRST].weight == 0
+    assert FIRST in {t.key for t in loop.targets}  # still probed, so it can come back
+    # What the cluster's checkers published down counts as well (Feed.out_of_service).
+    loop.tracker.record(FIRST, True, Thresholds(1, 1))
+    loop.turn(False, given(Feed(out_of_service=frozenset({SECOND}))))
+    assert (fake.state.real_servers[FIRST].weight, fake.state.real_servers[SECOND].weight) == (1, 0)
+    loop.turn(False, given(Feed(changed={"default/web": make_vs()})))
+    assert loop.targets == set() and not loop.checked
+
+
+def test_held_objects_keep_their_targets_when_asked() -> None:
+    for keep, expected in ((True, {FIRST, SECOND}), (False, set())):
+        loop, _ = node_loop(keep_probing_held=keep)
+        loop.turn(True, given(Feed(changed={"default/web": make_vs(healthCheck={"type": "tcp"})})))
+        # The file is being rewritten: the object is gone from the source for now, and held.
+        loop.turn(False, given(Feed(changed={"default/web": None}, held=Held(owners=frozenset({"default/web"})))))
+        assert {t.key for t in loop.targets} == expected
+
+
+def test_draining_real_servers_are_not_probed() -> None:
+    loop, fake = node_loop()
+    loop.turn(True, given(Feed(changed={"default/web": make_vs(healthCheck={"type": "tcp"})})))
+    fake.state = replace(fake.state, real_servers={**fake.state.real_servers, SECOND: replace(fake.state.real_servers[SECOND], active_connections=3)})
+    loop.turn(True, given(Feed()))  # the connection counts read
+    loop.turn(False, given(Feed(changed={"default/web": make_vs(healthCheck={"type": "tcp"}, backends=[{"address": "192.168.2.111"}])})))
+    assert SECOND in loop.reconciler.draining.since and fake.state.real_servers[SECOND].weight == 0
+    assert {t.key for t in loop.targets} == {FIRST}
+
+
+@dataclass
+class FakeKeepalived:
+    """The keepalived writer's surface the loop uses; records what it was asked to render."""
+
+    confd: bool = True
+    updates: list[tuple[list[str], list[str]]] = field(default_factory=list)
+    last_error: dict[str, Any] = field(default_factory=dict)
+    fail: bool = False
+
+    def wanted(self, services: Any) -> bool:
+        return any(vs.spec.mode == "keepalived" for vs in services)
+
+    def can_keep(self) -> bool:
+        return self.confd
+
+    def update(self, services: Any, node: Any = None, endpoints: Any = None, names: Any = None, keep: Any = ()) -> KeepalivedOutcome:
+        if self.fail:
+            raise OSError("read-only file system")
+        self.updates.append(([vs.ref for vs in services], list(keep)))
+        return KeepalivedOutcome(changed=True, reloaded=True)
+
+
+def test_keepalived_runs_after_a_good_sync_only() -> None:
+    writer = FakeKeepalived()
+    loop, fake = node_loop(keepalived=writer)
+    static = make_vs("static", mode="keepalived")
+    turn = loop.turn(True, given(Feed(changed={"default/static": static}, keepalived=KeepalivedInput([static]))))
+    assert turn.ok and turn.keepalived is not None and turn.keepalived.outcome is not None and turn.keepalived.outcome.changed
+    assert writer.updates == [(["default/static"], [])]
+    fake.refuse = lambda op: "Operation not permitted"
+    failed = loop.turn(False, given(Feed(changed={"default/web": make_vs(vip="169.254.11.3")}, keepalived=KeepalivedInput([static]))))
+    assert not failed.ok and failed.keepalived is None and len(writer.updates) == 1
+    fake.refuse = lambda op: None
+    writer.fail = True
+    broken = loop.turn(True, given(Feed(keepalived=KeepalivedInput([static]))))
+    assert broken.ok and broken.keepalived is not None and broken.keepalived.error == "read-only file system"
+    assert writer.last_error["stage"] == "write"
+
+
+def test_keepalived_single_layout_is_left_alone_while_held_objects_have_no_stand_in() -> None:
+    writer = FakeKeepalived(confd=False)
+    loop, _ = node_loop(keepalived=writer)
+    static = make_vs("static", mode="keepalived")
+    held = Held(unknown=True)
+    turn = loop.turn(True, given(Feed(changed={"default/static": static}, held=held, keepalived=KeepalivedInput([static], complete=False))))
+    assert turn.ok and turn.keepalived is None and writer.updates == []
+    loop.turn(True, given(Feed(held=held, keepalived=KeepalivedInput([static], complete=True))))
+    assert writer.updates == [(["default/static"], [])]
+
+
+def test_the_after_hook_sees_the_turn_under_the_lock() -> None:
+    loop, _ = node_loop()
+    seen: list[Turn] = []
+    turn = loop.turn(True, given(Feed(changed={"default/web": make_vs()})), after=lambda t: seen.append(t) or "report")
+    assert seen == [turn] and turn.report == "report"
+
+
+def test_another_writer_makes_the_next_turn_read_the_kernel_and_a_held_lock_skips_it(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    waits: list[str] = []
+    loop, _ = node_loop(lock=WriterLock(lock, wait_seconds=0.2, on_wait=waits.append))
+    loop.turn(True, given(Feed(changed={"default/web": make_vs()})))
+    reads = loop.reconciler.reads
+    others: list[bool] = []
+    turn = loop.turn(False, lambda held: others.append(held) or Feed())
+    assert not turn.full and others == [False] and loop.reconciler.reads == reads  # our own release
+    with WriterLock(lock).hold():  # `vsop apply` on the host
+        pass
+    turn = loop.turn(False, lambda held: others.append(held) or Feed())
+    assert turn.full and others == [False, True] and loop.reconciler.reads == reads + 1
+    fd = os.open(lock, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        skipped = loop.turn(False, given(Feed()))
+    finally:
+        os.close(fd)
+    assert skipped.outcome is None and skipped.skipped is not None and not skipped.ok
+
+
+def test_without_a_lock_no_other_writer_is_seen() -> None:
+    with WriterLock(None).hold() as others:
+        assert others is False
+
+
+# --- the schedule ------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedTrigger:
+    """Stands in for the Trigger: each wait takes the next step of the script (None: the timeout passes)."""
+
+    def __init__(self, clock: Clock, script: list[Any]):
+        self.clock = clock
+        self.script = script
+        self.timeouts: list[float] = []
+        self.event = asyncio.Event()
+        self.woken: set[str] = set()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.woken)
+
+    def wake(self, reason: str) -> None:
+        self.woken.add(reason)
+
+    async def wait(self, timeout: float, debounce: float) -> bool:
+        self.timeouts.append(timeout)
+        if timeout <= 0:
+            return False
+        step = self.script.pop(0) if self.script else None
+        if step is None:
+            self.clock.now += timeout
+            return False
+        self.clock.now += step[0]
+        self.woken.add(step[1])
+        return True
+
+    def take(self) -> set[str]:
+        reasons, self.woken = self.woken, set()
+        return reasons
+
+
+@dataclass
+class Draining:
+    since: dict[Any, float] = field(default_factory=dict)
+
+
+@dataclass
+class StubReconciler:
+    """What the schedule reads of the reconciler."""
+
+    draining: Draining = field(default_factory=Draining)
+    replanning: bool = False
+
+
+class Driver:
+    def __init__(self, stop: asyncio.Event, turns: int, results: list[bool] | None = None):
+        self.stop = stop
+        self.left = turns
+        self.results = results or []
+        self.turns: list[tuple[bool, set[str]]] = []
+        self.due: float | None = None
+        self.flushed = 0
+        self.on_turn: Any = None
+
+    async def turn(self, full: bool, reasons: set[str]) -> bool:
+        self.turns.append((full, reasons))
+        if self.on_turn is not None:
+            self.on_turn(len(self.turns))
+        self.left -= 1
+        if self.left <= 0:
+            self.stop.set()
+        return self.results.pop(0) if self.results else True
+
+    def probe_targets(self) -> set[Any]:
+        return set()
+
+    def flush_due(self) -> float | None:
+        return self.due
+
+    async def flush(self) -> None:
+        self.flushed += 1
+        self.due = None
+
+
+async def schedule(turns: int, script: list[Any], results: list[bool] | None = None, reconciler: Any = None,
+                   setup: Any = None, **options: Any) -> tuple[Driver, ScriptedTrigger, NodeLoop]:
+    clock = Clock()
+    loop = NodeLoop(reconciler or StubReconciler(), HealthTracker(), clock=clock, **options)  # type: ignore[arg-type]
+    loop.trigger = trigger = ScriptedTrigger(clock, script)  # type: ignore[assignment]
+    stop = asyncio.Event()
+    driver = Driver(stop, turns, results)
+    if setup is not None:
+        setup(driver, loop)
+    await asyncio.wait_for(loop.run(driver, stop), timeout=10)
+    return driver, trigger, loop
+
+
+@pytest.mark.asyncio
+async def test_the_first_turn_and_each_resync_period_are_full_whatever_wakes_the_loop() -> None:
+    # A change 10 s after the first turn, another 25 s later (the resync is then due), one more 5 s later.
+    driver, trigger, _ = await schedule(4, [(10.0, "change a"), (25.0, "change b"), (5.0, "change c")], resync_seconds=30.0, debounce_seconds=0.0)
+    assert [full for full, _ in driver.turns] == [True, False, True, False]
+    assert [reasons for _, reasons in driver.turns] == [set(), {"change a"}, {"change b"}, {"change c"}]
+    # After the first turn the resync is due 30 s later; after a change, still when the period ends.
+    assert trigger.timeouts == [0.0, 30.0, 20.0, 30.0]
+
+
+@pytest.mark.asyncio
+async def test_a_failed_turn_is_retried_as_a_full_turn_after_the_retry_period() -> None:
+    failures: list[int] = []
+
+    def retry(count: int) -> float:
+        failures.append(count)
+        return float(2 ** (count - 1))
+
+    driver, trigger, _ = await schedule(4, [], results=[True, False, False, True], retry=retry, resync_seconds=30.0)
+    assert failures == [1, 2] and trigger.timeouts == [0.0, 30.0, 1.0, 2.0]
+    assert [full for full, _ in driver.turns] == [True, True, True, True]  # every retry reads the kernel
+
+
+@pytest.mark.asyncio
+async def test_drift_left_to_plan_is_planned_at_once_and_draining_turns_come_every_second() -> None:
+    reconciler = StubReconciler(replanning=True)
+
+    def setup(driver: Driver, loop: NodeLoop) -> None:
+        def after(count: int) -> None:
+            if count == 2:
+                reconciler.replanning = False
+                reconciler.draining.since[FIRST] = 0.0
+
+        driver.on_turn = after
+
+    driver, trigger, _ = await schedule(3, [], reconciler=reconciler, setup=setup, resync_seconds=30.0)
+    assert trigger.timeouts == [0.0, 0.0, DRAIN_SECONDS]
+    assert [full for full, _ in driver.turns] == [True, False, False]
+
+
+@pytest.mark.asyncio
+async def test_a_batched_report_goes_out_when_due_without_a_turn_of_its_own() -> None:
+    def setup(driver: Driver, loop: NodeLoop) -> None:
+        driver.on_turn = lambda count: setattr(driver, "due", loop.clock() + 1.0) if count == 1 else None
+
+    driver, trigger, _ = await schedule(2, [], setup=setup, resync_seconds=30.0)
+    assert driver.flushed == 1 and trigger.timeouts == [0.0, 1.0, 29.0]
+    assert [full for full, _ in driver.turns] == [True, True]
