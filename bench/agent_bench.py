@@ -40,7 +40,8 @@ from typing import Any, Callable, Iterator
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "operator"))
 
-from vsop.node.probes import HealthChecker, health_targets  # noqa: E402
+from vsop.node.loop import health_targets  # noqa: E402
+from vsop.node.probes import HealthChecker  # noqa: E402
 from vsop.core.desired import Node  # noqa: E402
 from vsop.core.health import HealthTracker  # noqa: E402
 from vsop.core.state import RealServerKey, ServiceKey  # noqa: E402
@@ -413,7 +414,7 @@ def dead_backend(count: int) -> float:
         tracker = HealthTracker()
         wake = asyncio.Event()
         checker = HealthChecker(tracker, wake.set)
-        checker.update(health_targets(objects, reconciler.configured, reconciler.draining))
+        checker.update(health_targets({vs.ref: vs for vs in objects if vs.spec.health_check.type != "none"}, reconciler))
         await asyncio.sleep(2.5)  # a few good checks first
         echo_servers[1].kill()
         killed = time.perf_counter()
