@@ -211,7 +211,8 @@ class HealthChecker:
         thresholds = Thresholds(target.check.failure_threshold, target.check.success_threshold)
         interval = target.check.interval_seconds
         due = self.clock() + self.jitter() * interval
-        while True:
+        me = asyncio.current_task()
+        while self.tasks.get(target) is me:  # a task whose cancel was swallowed ends here (see stop)
             await asyncio.sleep(max(0.0, due - self.clock()))
             async with self.limit:
                 started = self.clock()
@@ -232,8 +233,13 @@ class HealthChecker:
             due = started + interval
 
     async def stop(self) -> None:
-        for task in self.tasks.values():
-            task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        """Cancel every task and wait for them. On Python 3.11, asyncio.wait_for returns the inner
+        result when a cancel meets its completion (the cancel is lost): such a task is cancelled
+        again until it ends, and no longer being in `tasks` ends its loop."""
+        pending = set(self.tasks.values())
         self.tasks.clear()
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
         self.lags.clear()

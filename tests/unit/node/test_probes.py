@@ -170,3 +170,28 @@ def test_the_lag_gauge_reads_the_checker() -> None:
     metrics.watch_health(checker)
     checker.lags[Target(RealServerKey(SERVICE, "10.0.0.1", 80), check())] = 2.5
     assert "vsop_health_probe_lag_seconds 2.5" in generate_latest(metrics.registry).decode()
+
+
+def test_stop_ends_a_task_whose_cancel_a_probe_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.11's asyncio.wait_for returns the inner result when a cancel meets its completion:
+    the probe's task goes on as if never cancelled. stop() must still end it (the host agent
+    waited on it forever after SIGTERM)."""
+    swallowed: list[int] = []
+
+    async def swallowing(self: Target) -> str | None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            swallowed.append(1)  # the cancel is lost, as wait_for loses it
+        return None
+
+    monkeypatch.setattr(Target, "probe", swallowing)
+
+    async def scenario() -> bool:
+        checker = HealthChecker(HealthTracker(), lambda: None, jitter=lambda: 0.0)
+        checker.update({Target(RealServerKey(SERVICE, "10.0.0.1", 80), check(interval=1))})
+        await asyncio.sleep(0.05)  # the probe is under way
+        await asyncio.wait_for(checker.stop(), 30)
+        return not checker.tasks
+
+    assert asyncio.run(scenario()) and swallowed
