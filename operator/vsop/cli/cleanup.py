@@ -2,7 +2,7 @@
 
 Owns the command's arguments and its report, including the kernel settings vsop changed (put
 back with --restore-sysctls, listed otherwise). Holds the writer lock unless --dry-run. The
-removal itself is vsop.node.execute.cleanup's. Must not import: vsop.cli.main, kopf, kubernetes.
+removal itself is vsop.node.whole.cleanup's. Must not import: vsop.cli.main, kopf, kubernetes.
 """
 
 from __future__ import annotations
