@@ -29,7 +29,8 @@ from vsop.adapters.kernel import fake_kernel
 from vsop.kube.agent import Agent, AgentOptions
 from vsop.kube.apiserver import ApiServerAddresses
 from vsop.kube.client import ApiWriter, Connection, ObjectRef
-from vsop.kube.controller import Controller, ControllerOptions
+from vsop.kube.controller import Controller, ControllerOptions, load_balancers
+from vsop.kube.loadbalancers import Options as LoadBalancerOptions
 from vsop.kube.leader import Elector, KubeLeaseApi, Timing, identity
 from vsop.kube.relist import Relister
 
@@ -40,6 +41,8 @@ SLICES = "discovery.k8s.io/v1/endpointslices"
 NODES = "v1/nodes"
 EVENTS = "v1/events"
 REPORTS = "vsop.dev/v1alpha1/nodereports"
+POOLS = "vsop.dev/v1alpha1/vippools"
+SERVICES = "v1/services"
 LEASES = "coordination.k8s.io/v1/leases"
 
 WAIT_SECONDS = 10.0  # an upper bound only: waits return as soon as the condition holds
@@ -253,6 +256,10 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
         kind="VirtualService", singular="virtualservice", namespaced=True, shortnames={"vsop"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
     )
+    emulator.resources[POOLS] = kmock.ResourceInfo(
+        kind="VipPool", singular="vippool", namespaced=False, shortnames={"vsoppool"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    )
     emulator.resources[REPORTS] = kmock.ResourceInfo(
         kind="NodeReport", singular="nodereport", namespaced=False, shortnames={"vsopnr"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
@@ -300,7 +307,8 @@ def make_agent(cluster: Cluster, node: str = "node-a", state: KernelState | None
     return agent, fake, writer
 
 
-def make_controller(cluster: Cluster, elect: bool = False, **options: Any) -> tuple[Controller, RecordingWriter]:
+def make_controller(cluster: Cluster, elect: bool = False, lb: LoadBalancerOptions | None = LoadBalancerOptions(),
+                    **options: Any) -> tuple[Controller, RecordingWriter]:
     """A controller as main() builds it; with `elect`, holding the Lease and relisting as deployed."""
     connection = Connection.for_url(cluster.url)
     writer = RecordingWriter(connection, "vsop-controller", host="controller-0")
@@ -308,7 +316,8 @@ def make_controller(cluster: Cluster, elect: bool = False, **options: Any) -> tu
     options.setdefault("debounce_seconds", 0.01)
     elector = Elector(KubeLeaseApi(connection), identity("controller-0"), Timing(15, 10, 0.05)) if elect else None
     controller = Controller(ControllerOptions(**options), writer, elector=elector,
-                            relist=Relister(connection, options.get("namespaces", ())) if elect else None)
+                            relist=Relister(connection, options.get("namespaces", ())) if elect else None,
+                            load_balancers=load_balancers(connection, lb) if lb is not None else None)
     connection.register_login(controller.registry)
     return controller, writer
 

@@ -16,7 +16,9 @@ import kmock
 import pytest
 import yaml
 
-from tests.kube.conftest import REPORTS, Cluster, run_agent, run_controller, until
+from tests.kube.conftest import REPORTS, SERVICES, VS, Cluster, run_agent, run_controller, until
+from tests.kube.test_controller import report
+from tests.kube.test_loadbalancers import derived, ingress, pool, service
 from tests.kube.test_agent import WEB
 from vsop.api.model import parse_virtual_service
 
@@ -85,8 +87,11 @@ def test_rbac_is_what_the_issue_grants_and_no_more(manifests: dict[tuple[str, st
     )
     controller = rules(manifests, "vsop-controller")
     assert controller == (
-        {("vsop.dev", "virtualservices", v) for v in read}
+        {("vsop.dev", "virtualservices", v) for v in read | {"create", "patch", "delete"}}
         | {("vsop.dev", "virtualservices/status", "patch")}
+        | {("vsop.dev", "vippools", v) for v in read}
+        | {("", "services", v) for v in read}
+        | {("", "services/status", "patch")}
         | {("vsop.dev", "nodereports", v) for v in read | {"delete"}}
         | {("", "nodes", v) for v in read}
         | {("", "events", "create")}
@@ -246,7 +251,17 @@ async def test_the_controller_needs_no_more_than_its_role(cluster: Cluster, mani
     await cluster.vs("web", WEB)
     await cluster.vs("clash", WEB, namespace="team-b")
     await cluster.create(REPORTS, {"apiVersion": "vsop.dev/v1alpha1", "kind": "NodeReport", "metadata": {"name": "node-gone"}})
+    # A LoadBalancer Service: allocated, derived, its hand-edited derived object put back, then released.
+    await pool(cluster, "lan", ["192.0.2.10-192.0.2.20"])
+    await service(cluster, "lb")
     async with run_controller(cluster, elect=True) as (controller, writer):  # as deployed: elected, relisting
+        await until(lambda: derived(cluster, "lb-lb-v4"), "the derived VirtualService")
+        await report(cluster, "lb-lb-v4", "node-a", total=1, healthy=1)
+        await until(lambda: ingress(cluster, "lb"), "the Service's status")
+        await cluster.patch(VS, "default", "lb-lb-v4", {"spec": {"scheduler": "wlc"}})
+        await until(lambda: "scheduler" not in derived(cluster, "lb-lb-v4")["spec"], "put back")
+        await cluster.delete(SERVICES, "default", "lb")
+        await until(lambda: derived(cluster, "lb-lb-v4") is None, "released")
         await until(lambda: cluster.events("clash"), "the conflict Event")
         await until(lambda: (kmock.resource(REPORTS), None, "node-gone") not in cluster.server.objects
                     or cluster.server.objects[kmock.resource(REPORTS), None, "node-gone"].deleted, "the stale report deleted")
@@ -257,4 +272,6 @@ async def test_the_controller_needs_no_more_than_its_role(cluster: Cluster, mani
     assert refused == []
     requests = used(cluster)
     assert {("vsop.dev", "virtualservices/status", "patch"), ("", "events", "create"), ("coordination.k8s.io", "leases", "create"),
-            ("coordination.k8s.io", "leases", "patch"), ("coordination.k8s.io", "leases", "get"), ("vsop.dev", "virtualservices", "list")} <= requests
+            ("coordination.k8s.io", "leases", "patch"), ("coordination.k8s.io", "leases", "get"), ("vsop.dev", "virtualservices", "list"),
+            ("vsop.dev", "virtualservices", "create"), ("vsop.dev", "virtualservices", "patch"), ("vsop.dev", "virtualservices", "delete"),
+            ("", "services/status", "patch"), ("", "services", "watch"), ("vsop.dev", "vippools", "watch")} <= requests

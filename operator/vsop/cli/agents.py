@@ -140,6 +140,12 @@ FLAGS: tuple[Flag, ...] = (
     _f("--kubeconfig", cluster=(None, _KUBECONFIG), controller=(None, _KUBECONFIG)),
     _f("--context", cluster=(None, "kubeconfig context"), controller=(None, "kubeconfig context")),
     _f("--proc-sys", metavar="DIR", cluster=(PROC_SYS, "where the host's /proc/sys is writable (default: /proc/sys; in a pod, the hostPath mount of /proc/sys/net)")),
+    _f("--load-balancer-class", controller=("vsop.dev/ipvs", "serve type: LoadBalancer Services of this spec.loadBalancerClass "
+                                                             "(default: vsop.dev/ipvs); other classes are never touched")),
+    _f("--default-load-balancer", action="store_true",
+       controller=(False, "serve LoadBalancer Services without a loadBalancerClass too (only if no other load balancer does)")),
+    _f("--load-balancers", action=argparse.BooleanOptionalAction,
+       controller=(True, "serve LoadBalancer Services from VipPools (default: on; --no-load-balancers: no Service or VipPool watches)")),
     _f("--leader-elect", action=argparse.BooleanOptionalAction,
        controller=(True, "hold a Lease to write; a replica without it stands by (default: on; off only for a single replica)")),
     _f("--lease-namespace", controller=(lambda: os.environ.get("POD_NAMESPACE") or _leader().LEASE_NAMESPACE,
@@ -385,7 +391,8 @@ def controller_main(argv: Sequence[str] | None = None, *, connection: Connection
 
     def build(connection: Connection) -> Any:
         from vsop.kube.client import ApiWriter
-        from vsop.kube.controller import COMPONENT, Controller, ControllerOptions
+        from vsop.kube.controller import COMPONENT, Controller, ControllerOptions, load_balancers
+        from vsop.kube.loadbalancers import Options as LoadBalancerOptions
         from vsop.kube.relist import Relister
 
         leader = _leader()
@@ -397,7 +404,9 @@ def controller_main(argv: Sequence[str] | None = None, *, connection: Connection
         started["lease"] = f"{args.lease_namespace}/{args.lease_name}" if elector else "off"
         started["identity"] = elector.identity if elector else None
         return Controller(options, ApiWriter(connection, COMPONENT, host=os.environ.get("POD_NAME") or socket.gethostname()),
-                          elector=elector, relist=Relister(connection, options.namespaces) if elector is not None else None)
+                          elector=elector, relist=Relister(connection, options.namespaces) if elector is not None else None,
+                          load_balancers=load_balancers(connection, LoadBalancerOptions(args.load_balancer_class, args.default_load_balancer))
+                          if args.load_balancers else None)
 
     return _serve(args, "vsop-controller", "vsop.kube.controller", build, started, connection=connection)
 

@@ -48,9 +48,11 @@ class ObjectRef:
     namespace: str
     name: str
     uid: str | None = None
+    kind: str = KIND  # or Service: the LoadBalancer Services' Events (vsop.kube.loadbalancers)
+    api_version: str = f"{API_GROUP}/{API_VERSION}"
 
     def involved_object(self) -> dict[str, Any]:
-        ref = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": KIND, "namespace": self.namespace, "name": self.name}
+        ref = {"apiVersion": self.api_version, "kind": self.kind, "namespace": self.namespace, "name": self.name}
         if self.uid:
             ref["uid"] = self.uid
         return ref

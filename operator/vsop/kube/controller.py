@@ -29,6 +29,7 @@ from vsop.kube import checkers, objects
 from vsop.kube import report as reports
 from vsop.kube.client import PLURAL, ApiError, ObjectRef, Writer
 from vsop.kube.leader import Elector, LeaderWriter
+from vsop.kube.loadbalancers import LoadBalancerApi, LoadBalancers, Options as LoadBalancerOptions
 from vsop.kube.metrics import ControllerMetrics, Probes
 from vsop.kube.relist import Listing
 from vsop.kube.runtime import ListingGate, Trigger, kopf_settings, kv, now_rfc3339, run_with_kopf
@@ -129,7 +130,8 @@ class Controller:
     """Decides and writes; with an `elector`, only while it holds the Lease (a standby keeps its watches warm)."""
 
     def __init__(self, options: ControllerOptions, writer: Writer, *, metrics: ControllerMetrics | None = None,
-                 elector: Elector | None = None, relist: Callable[[], Awaitable[Listing]] | None = None):
+                 elector: Elector | None = None, relist: Callable[[], Awaitable[Listing]] | None = None,
+                 load_balancers: Callable[[Writer, Callable[[], bool]], LoadBalancers] | None = None):
         self.options = options
         self.elector = elector
         self.relist = relist
@@ -149,6 +151,10 @@ class Controller:
         self._legacy_removed: dict[tuple[str, str, str | None], Observed] = {}
         self.registry = self._build_registry()
         self.settings = kopf_settings()
+        # LoadBalancer Services (vsop.kube.loadbalancers): built on this controller's writer and leadership.
+        self.load_balancers = load_balancers(self.writer, lambda: self.leading) if load_balancers is not None else None
+        if self.load_balancers is not None:
+            self.load_balancers.register(self.registry, self.trigger)
         if elector is not None:
             elector.on_change = self._leadership_changed
         self.metrics.leader.set(0 if elector is not None else 1)
@@ -345,6 +351,8 @@ class Controller:
                     await job
 
             await asyncio.gather(*(limited(job) for job in jobs))
+        if self.load_balancers is not None:
+            report.failed += await self.load_balancers.reconcile([r.vs for r in records if r.vs is not None])
         # The report of a Node that no longer exists goes (its agent is gone with it).
         for name in sorted(set(node_reports) - set(nodes)):
             try:
@@ -426,6 +434,11 @@ class Controller:
             await asyncio.gather(*tasks, return_exceptions=True)
             if not self.elector.lost.is_set():
                 await self.elector.release()
+
+
+def load_balancers(connection: Any, options: LoadBalancerOptions) -> Callable[[Writer, Callable[[], bool]], LoadBalancers]:
+    """How `vsop controller` (and the tests) build the LoadBalancer side: its own writes over `connection`."""
+    return lambda writer, may_write: LoadBalancers(options, LoadBalancerApi(connection), writer, may_write)
 
 
 def _node_conflict(nodes: Any) -> str | None:
