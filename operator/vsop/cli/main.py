@@ -17,7 +17,7 @@ from vsop import __version__
 from vsop.core.plan import PlanError
 from vsop.adapters.base import OperationFailed
 from vsop.api.errors import InvalidInput, KernelUnsupported
-from vsop.cli import agents, cleanup, crd, diagnose, output, plan, render, show, store
+from vsop.cli import agents, cleanup, crd, diagnose, output, plan, pools, render, show, store
 from vsop.cli.output import EXIT_OK
 from vsop.node.lock import LockTimeout
 from vsop.cli.store import StoreUnreadable
@@ -39,6 +39,7 @@ rules mark and masquerade that traffic.
   vsop agent                                     keep the store true: health checks, draining (--from DIR: a folder)
   vsop render keepalived -f examples/keepalived  keepalived.conf for mode: keepalived objects
   vsop crd                                       the CustomResourceDefinition
+  vsop pools -f vs.yaml                          VipPools granting today's VirtualServices their VIPs
 
 Every command takes -o text|json (plan also -o commands); with -o json, errors are a
 JSON object on stdout too. Exit codes: 0 done, 1 runtime failure, 2 invalid input.
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     agents.register(sub)  # agent, controller
     render.register(sub)
     crd.register(sub)  # crd, version
+    pools.register(sub)
     return parser
 
 
@@ -73,6 +75,7 @@ COMMANDS = {
     "cleanup": cleanup.run,
     "agent": agents.run,
     "crd": crd.run,
+    "pools": pools.run,
     "version": crd.run,
 }
 

@@ -176,3 +176,31 @@ def _why(owner: VirtualService, other: VirtualService, age: object) -> str:
         inherited = first != owner.metadata.creation_timestamp
         return f"which keeps it: it was created first ({first}{', before it was re-created' if inherited else ''})"
     return "which keeps it: it comes first (same age or no creationTimestamp: the order given, then the name)"
+
+
+POOL_ENTRIES_MAX = 64  # VipPoolSpec.addresses' bound
+
+
+def covering_pools(services: Iterable[VirtualService], prefix: str = "upgrade") -> list[dict[str, object]]:
+    """VipPool manifests granting each namespace exactly the VIPs its objects use today (the upgrade path).
+
+    One pool per namespace (more past 64 addresses), each VIP a single-address entry (so a
+    metadata address in use stays named, and nothing more is granted), `autoAssign: false`
+    (no LoadBalancer Service is handed these addresses unasked).
+    """
+    by_namespace: dict[str, set[str]] = {}
+    for vs in services:
+        by_namespace.setdefault(vs.metadata.namespace, set()).add(str(ipaddress.ip_address(vs.spec.vip)))
+    pools: list[dict[str, object]] = []
+    for namespace in sorted(by_namespace):
+        addresses = sorted(by_namespace[namespace], key=lambda a: (ipaddress.ip_address(a).version, int(ipaddress.ip_address(a))))
+        for part, start in enumerate(range(0, len(addresses), POOL_ENTRIES_MAX)):
+            name = f"{prefix}-{namespace}" + (f"-{part + 1}" if part else "")
+            pools.append({
+                "apiVersion": "vsop.dev/v1alpha1",
+                "kind": "VipPool",
+                "metadata": {"name": name},
+                "spec": {"addresses": addresses[start:start + POOL_ENTRIES_MAX], "autoAssign": False,
+                         "serviceAllocation": {"namespaces": [namespace]}},
+            })
+    return pools
