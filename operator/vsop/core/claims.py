@@ -26,6 +26,7 @@ from typing import Iterable, Literal, Mapping, Sequence
 from vsop.api.model import VirtualService
 from vsop.api.pools import METADATA_ADDRESSES, VipPool, pool_summary
 from vsop.core.desired import Problem
+from vsop.core.state import hostport
 
 SHARED_IP_ANNOTATION = "vsop.dev/allow-shared-ip"
 NOT_ALLOWED = "VIPNotAllowed"
@@ -152,7 +153,7 @@ def resolve_claims(services: Iterable[VirtualService], seniority: Mapping[str, s
         clash = next(((key, owners[key]) for key in keys if key in owners), None)
         if clash is not None:
             (vip, port, protocol), owner = clash
-            problems.append(Problem(vs.ref, CONFLICT, f"{vip}:{port}/{protocol} is already claimed by VirtualService {owner.ref}, {_why(owner, vs, age)}", owner.ref))
+            problems.append(Problem(vs.ref, CONFLICT, f"{hostport(vip, port)}/{protocol} is already claimed by VirtualService {owner.ref}, {_why(owner, vs, age)}", owner.ref))
             continue
         key = shared_key(vs)
         other = next((u for u in users.get(vs.spec.vip, ()) if u.metadata.namespace != vs.metadata.namespace and (key is None or shared_key(u) != key)), None)

@@ -13,7 +13,7 @@ import shlex
 from typing import Iterable
 
 from vsop.core import ops
-from vsop.core.state import RealServerKey, ServiceKey
+from vsop.core.state import RealServerKey, ServiceKey, hostport
 
 SECTION = {
     ops.SetSysctl: (
@@ -79,16 +79,12 @@ _PROTOCOL_FLAG = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
 _FORWARDING_FLAG = {"masq": "-m", "route": "-g", "tunnel": "-i"}
 
 
-def _host(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
-
-
 def _service(key: ServiceKey) -> str:
-    return f"{_PROTOCOL_FLAG[key.protocol]} {_host(key.vip)}:{key.port}"
+    return f"{_PROTOCOL_FLAG[key.protocol]} {hostport(key.vip, key.port)}"
 
 
 def _real(key: RealServerKey) -> str:
-    return f"-r {_host(key.address)}:{key.port}"
+    return f"-r {hostport(key.address, key.port)}"
 
 
 def _iptables(family: int) -> str:

@@ -18,6 +18,7 @@ from typing import Iterable, Mapping
 
 from vsop.core.state import (
     ChainKey,
+    hostport,
     IPSet,
     Jump,
     KernelState,
@@ -115,7 +116,7 @@ def resolve_conflicts(services: Iterable[VirtualService]) -> tuple[list[VirtualS
         if clash is not None:
             (vip, port, protocol), owner = clash
             problems.append(
-                Problem(vs.ref, "Conflict", f"{vip}:{port}/{protocol} is already claimed by VirtualService {owner.ref}, {_why_first(owner, vs)}", owner.ref)
+                Problem(vs.ref, "Conflict", f"{hostport(vip, port)}/{protocol} is already claimed by VirtualService {owner.ref}, {_why_first(owner, vs)}", owner.ref)
             )
             continue
         for key in keys:

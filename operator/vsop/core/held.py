@@ -22,7 +22,7 @@ from typing import Iterable
 
 from vsop.core.desired import Desired, Problem, ipset_comment
 from vsop.core.plan import jump_target
-from vsop.core.state import IPSet, KernelState, LinkState, Names, ServiceKey, VirtualServer, host_prefix, member_service
+from vsop.core.state import IPSet, KernelState, LinkState, Names, ServiceKey, VirtualServer, host_prefix, hostport, member_service
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def keep_held(desired: Desired, observed: KernelState, held: Held, names: Names 
         if claimant and ipset_comment(claimant) != owner and claimant not in losers:
             losers[claimant] = Problem(
                 claimant, "Conflict",
-                f"{key.vip}:{key.port}/{key.protocol.upper()} is still served for VirtualService {ref_of.get(owner, owner)}, which is declared but invalid; fix or remove it first",
+                f"{hostport(key.vip, key.port)}/{key.protocol.upper()} is still served for VirtualService {ref_of.get(owner, owner)}, which is declared but invalid; fix or remove it first",
             )
     state = desired.state
     for loser in losers:

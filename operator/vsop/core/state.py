@@ -57,6 +57,12 @@ class Names:
 
 # slots=True on the four below: a node of 10,000 services holds tens of thousands of each
 # (desired and observed), 40 bytes less apiece.
+def hostport(address: str, port: int) -> str:
+    """ADDRESS:PORT as a person reads and writes it: an IPv6 address in brackets ([fd00::1]:80),
+    so its own colons never read as the port's. Every message naming an endpoint uses it."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 @dataclass(frozen=True, order=True, slots=True)
 class ServiceKey:
     """An IPVS virtual service is identified by protocol, address and port."""
@@ -70,8 +76,7 @@ class ServiceKey:
         return 6 if ":" in self.vip else 4
 
     def __str__(self) -> str:
-        host = f"[{self.vip}]" if self.family == 6 else self.vip
-        return f"{self.protocol.upper()} {host}:{self.port}"
+        return f"{self.protocol.upper()} {hostport(self.vip, self.port)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +97,7 @@ class RealServerKey:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return hostport(self.address, self.port)
 
 
 @dataclass(frozen=True, slots=True)

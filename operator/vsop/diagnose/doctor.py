@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from vsop.core.desired import constant_chains, constant_jumps, family_sysctls, kernel_sysctls
-from vsop.core.state import ServiceKey, host_prefix, ipset_member
+from vsop.core.state import ServiceKey, host_prefix, hostport, ipset_member
 from vsop.diagnose.explain import FILTER_TERMINAL, NAT_TERMINAL, rules_ahead
 from vsop.diagnose.facts import Facts
 
@@ -423,7 +423,7 @@ def check_conntrack(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
         f"--reply-src {entry.reply_src} --reply-port-src {entry.reply_sport}"
         for key, entry in stale
     })
-    servers = sorted({f"{e.reply_src}:{e.reply_sport}" for _, e in stale})
+    servers = sorted({hostport(e.reply_src, e.reply_sport) for _, e in stale})
     yield Finding("conntrack.udp", FAIL,
                   f"{len(stale)} UDP conntrack entr{'y' if len(stale) == 1 else 'ies'} still point at removed real server(s) {', '.join(servers)}: "
                   "a client sending from the same port keeps going there until the entry expires", fix=fixes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vsop.core.plan import owned
-from vsop.core.state import KernelState, Names, ServiceKey
+from vsop.core.state import KernelState, Names, ServiceKey, hostport
 from vsop.core.sysctls import accept_ra_interface
 
 _FORWARD = {"masq": "Masq", "route": "Route", "tunnel": "Tunnel"}
@@ -32,7 +32,7 @@ def _member(key: ServiceKey) -> str:
 
 
 def _host(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    return hostport(address, port)
 
 
 def show_json(
