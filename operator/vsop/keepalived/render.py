@@ -535,6 +535,20 @@ class NotOurs(OSError):
         return f"{self.filename}: {self.strerror}"
 
 
+def _mode(content: str) -> int:
+    return 0o600 if "auth_pass" in content else 0o644
+
+
+def _holds(path: Path, content: str) -> bool:
+    """Whether path is a file holding exactly content, with the mode write_files gives it."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_mode & 0o777 != _mode(content):
+            return False
+        return path.read_text(encoding="utf-8") == content
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def write_files(
     directory: str | Path, files: Mapping[str, str], directories: Iterable[str] = (), *, force: bool = False
 ) -> tuple[list[Path], list[Path]]:
@@ -545,8 +559,9 @@ def write_files(
     failure before that leaves every live file as it was. A file in the way that vsop did
     not write (its first line is not vsop's marker) is refused unless `force`.
     `directories` are created even when no file goes into them. Files holding a VRRP
-    password are 0600, the others 0644. Only files whose first line is vsop's marker are
-    ever removed. Returns (written, removed).
+    password are 0600, the others 0644. A file that already holds its content with its mode
+    is not touched (a render that changes nothing writes nothing). Only files whose first
+    line is vsop's marker are ever removed. Returns (written, removed).
     """
     root = Path(directory)
     if root.exists() and not root.is_dir():
@@ -564,17 +579,19 @@ def write_files(
     root.mkdir(parents=True, exist_ok=True)
     for folder in directories:
         (root / folder).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".vsop-staging-", dir=root))
+    changed = {relative: content for relative, content in files.items() if not _holds(targets[relative], content)}
+    staging = Path(tempfile.mkdtemp(prefix=".vsop-staging-", dir=root)) if changed else None
     try:
         staged: list[tuple[Path, Path]] = []
-        for relative, content in files.items():
+        for relative, content in changed.items():
+            assert staging is not None
             temporary = staging / relative
             temporary.parent.mkdir(parents=True, exist_ok=True)
             with open(temporary, "w", encoding="utf-8") as handle:
                 handle.write(content)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(temporary, 0o600 if "auth_pass" in content else 0o644)
+            os.chmod(temporary, _mode(content))
             staged.append((temporary, targets[relative]))
         written: list[Path] = []
         for temporary, target in staged:
@@ -582,7 +599,8 @@ def write_files(
             os.replace(temporary, target)
             written.append(target)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     removed: list[Path] = []
     confd = root / CONFD
     if confd.is_dir():

@@ -576,11 +576,18 @@ def test_cli_writes_confd_tree_atomically_and_removes_only_its_stale_files(tmp_p
     assert "removed" in capsys.readouterr().out
 
 
-def test_write_files_is_idempotent(tmp_path: Path) -> None:
+def test_write_files_is_idempotent_and_a_second_write_touches_nothing(tmp_path: Path) -> None:
     files = dict(render_case("examples-confd").files)
-    write_files(tmp_path, files)
+    written, _ = write_files(tmp_path, files)
+    assert len(written) == len(files)
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in tmp_path.rglob("*")}
     written, removed = write_files(tmp_path, files)
-    assert len(written) == len(files) and removed == []
+    assert written == [] and removed == []
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in tmp_path.rglob("*")} == before  # not even a staging folder
+    main_file = tmp_path / "keepalived.conf"
+    main_file.chmod(0o600)  # the mode differs: written again, with the mode it must have
+    written, _ = write_files(tmp_path, files)
+    assert written == [main_file] and main_file.stat().st_mode & 0o777 == 0o644
 
 
 def test_cli_mode_ipvs_and_service_ref_are_reported_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -657,9 +664,9 @@ def test_out_changes_nothing_when_a_write_fails(tmp_path: Path, monkeypatch: pyt
     second = render_keepalived([ka("a", scheduler="wrr"), ka("b", vip="169.254.12.9", scheduler="sh")])
     calls = []
 
-    def failing_fsync(fd: int) -> None:
+    def failing_fsync(fd: int) -> None:  # the second of the two files that change (keepalived.conf does not)
         calls.append(fd)
-        if len(calls) == 3:
+        if len(calls) == 2:
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
