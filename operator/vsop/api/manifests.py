@@ -6,8 +6,9 @@ API groups are skipped with a note; `v1/List` and `VirtualServiceList` are expan
 the hardening of YAML (libyaml; aliases bounded, recursion and nesting refused;
 numbers and booleans that YAML 1.1 and 1.2 read differently refused with advice;
 duplicate keys, explicit tags and two merge keys in one mapping refused; bytes per
-input and digits per number bounded) and the mapping from a validation error back to the file and
-line it came from. Line numbers are looked up in the YAML nodes only when a message
+input and digits per number bounded), the fields a server sets that are ignored in what is
+read, as kubectl apply's server ignores them (so `vsop get -o yaml` and `kubectl get -o yaml`
+are valid input), and the mapping from a validation error back to the file and line it came from. Line numbers are looked up in the YAML nodes only when a message
 needs one. Nothing is half-loaded: either every file validates or `InvalidInput`
 lists every problem. Input with no VirtualService at all is returned empty (with its
 `skipped` notes): the callers decide what that means.
@@ -29,7 +30,7 @@ from typing import Any, Iterable, Iterator
 
 import yaml
 
-from vsop.api.errors import FieldError, InvalidInput
+from vsop.api.errors import FieldError, InvalidInput, printable
 from vsop.api.model import API_GROUP, KIND, VirtualService, cross_object_errors, parse_virtual_service, semantic_warnings
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
@@ -54,6 +55,17 @@ except AttributeError:  # PyYAML built without libyaml: correct, about 10x slowe
 NO_LIBYAML = (
     "PyYAML was built without libyaml here: YAML is read by its pure-Python parser, about 10x slower "
     "(install libyaml, e.g. the libyaml-dev package, then reinstall PyYAML)"
+)
+
+# Fields a server sets and a client's copy of an object carries (`kubectl get -o yaml`, `vsop get
+# -o yaml`): ignored in what is read, as the API server ignores them in what kubectl apply sends.
+# `status` is the status subresource's (vsop get's status.store included); in metadata, what
+# the API server owns. creationTimestamp stays: it decides which of two objects claiming a
+# port is older, and a copy of cluster objects keeps the cluster's decision (README, Conflicts).
+SERVER_FIELDS = ("status",)
+SERVER_METADATA = (
+    "managedFields", "resourceVersion", "uid", "generation", "selfLink",
+    "deletionTimestamp", "deletionGracePeriodSeconds",
 )
 
 _DECIMAL = re.compile(r"[-+]?(0|[1-9][0-9]*)")
@@ -801,14 +813,15 @@ def _object(
         # The existing note names the kind; the API group only where the kind is ours too (Istio's VirtualService).
         what = (f"{api_version} {kind}" if kind == KIND else kind) or "a document without kind"
         obj_name = meta.get("name") if isinstance(meta.get("name"), str) else ""
-        loaded.skipped.append(f"{name}:{line}: skipped {what} {obj_name}".rstrip())
+        # Another tool's document: its kind and name are echoed cut and escaped, whatever they hold.
+        loaded.skipped.append(f"{name}:{line}: skipped {printable(what)} {printable(obj_name)}".rstrip())
         return []
     if kind != KIND:
         where = _line_of(node, ("kind",)) or line
         shown = repr(kind) if kind else "nothing"
         return [FieldError(file=name, line=where, path="kind", reason=f"must be {KIND} (or {VS_LIST_KIND}) in {API_GROUP}, got {shown}")]
     try:
-        vs = parse_virtual_service(data)
+        vs = parse_virtual_service(without_server_fields(data))
     except InvalidInput as exc:
         if node is None and exc.errors:  # JSON: compose YAML nodes now, for the lines
             node = _json_node(text, index)
@@ -832,6 +845,19 @@ def _object(
     for path, reason in semantic_warnings(vs.spec):
         loaded.warnings.append(str(FieldError(file=name, line=_line_of(node, tuple(_split_path(path))) or line, obj=vs.ref, path=path, reason=reason)))
     return []
+
+
+def without_server_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The object without the fields a server sets (SERVER_FIELDS, SERVER_METADATA); the same
+    dict when it holds none of them."""
+    meta = data.get("metadata")
+    strip_meta = isinstance(meta, dict) and any(key in meta for key in SERVER_METADATA)
+    if not strip_meta and not any(key in data for key in SERVER_FIELDS):
+        return data
+    data = {key: value for key, value in data.items() if key not in SERVER_FIELDS}
+    if strip_meta:
+        data["metadata"] = {key: value for key, value in meta.items() if key not in SERVER_METADATA}  # type: ignore[union-attr]
+    return data
 
 
 def _child(node: yaml.Node | None, part: Any) -> yaml.Node | None:

@@ -78,6 +78,13 @@ JSON_TABS = (
     '\t"spec": {\n\t\t"vip": "10.9.0.7",\n\t\t"ports": [{"port": 80}],\n\t\t"backends": [{"address": "10.0.0.1"WEIGHT}]\n\t}\n}\n'
 )
 
+# What `vsop get -o yaml` prints: a v1 List whose items carry status.store and whose metadata names the store.
+GET_YAML = yaml.safe_dump(
+    {"apiVersion": "v1", "kind": "List", "items": [{**SEED, "status": {"store": {"file": "/s/default_web.yaml", "programmed": True, "message": ""}}}],
+     "metadata": {"store": "/s", "errors": {"/s/x.yaml": "x.yaml:1: not valid YAML"}}},
+    sort_keys=False,
+)
+
 # id: (files {name: text or bytes}, paths to pass (default: every file), exit code, words)
 Case = tuple[dict[str, Any], list[str] | None, int, list[str]]
 CASES: dict[str, Case] = {
@@ -231,6 +238,15 @@ CASES: dict[str, Case] = {
         {"a.yaml": vs("a", meta={"creationTimestamp": "2024-05-01T00:00:00Z"}), "b.yaml": vs("b", meta={"creationTimestamp": "2024-01-01T00:00:00Z"})},
         None, 2, ["a.yaml:1:", "default/a", "default/b (", "created first (2024-01-01T00:00:00Z)"],
     ),
+    "IPv6 endpoints bracketed in a conflict": (
+        {"a.yaml": vs("a", vip="fd00::1", backends=[{"address": "fd00::10"}]), "b.yaml": vs("b", vip="fd00::1", backends=[{"address": "fd00::10"}])},
+        None, 2, ["[fd00::1]:80/TCP is already claimed by VirtualService default/a"],
+    ),
+    # --- what a server sets is ignored, as kubectl apply's server ignores it: get -o yaml is input
+    "vsop get -o yaml is input": ({"a.yaml": GET_YAML}, None, 0, ["ipvsadm -A -t 10.9.0.1:80"]),
+    "kubectl get -o yaml is input": ({"a.yaml": vs(meta={"uid": "0b2c", "resourceVersion": "4711", "generation": 2, "managedFields": [{"manager": "kubectl"}]}).rstrip() + "\nstatus: {conditions: [{type: Ready, status: 'True'}]}\n"}, None, 0, ["ipvsadm -A"]),
+    "a status of any shape is ignored": ({"a.yaml": GOOD + "status: whatever a server wrote\n"}, None, 0, ["ipvsadm -A"]),
+    "a server field in spec is still refused": ({"a.yaml": vs(uid="0b2c")}, None, 2, ["spec.uid", "unknown field"]),
     "nodeSelector excludes": ({"a.yaml": vs(nodeSelector={"matchLabels": {"lb": "yes"}})}, ["a.yaml", "--node-name", "n1"], 0, ["Nothing to do", "not for node n1", "nodeSelector"]),
 }
 
