@@ -46,7 +46,12 @@ def test_doctor_without_ipvs_names_the_module_to_load_and_explain_still_walks_th
     failed = [f for f in report["findings"] if f["status"] == "fail"]
     assert [f["check"] for f in failed] == ["kernel.ipvs"] and "modprobe ip_vs" in failed[0]["fix"]
     explained = subprocess.run([VSOP, "explain", "169.254.11.2:80"], capture_output=True, text=True, timeout=120)
-    assert explained.returncode == 0, explained.stderr
+    # The path is walked all the same, and the exit code says what README says: no IPVS is a runtime failure.
+    assert explained.returncode == 1, explained.stderr
     assert "IPVS is not available" in explained.stdout and "MISSING" in explained.stdout
+    as_json = subprocess.run([VSOP, "explain", "169.254.11.2:80", "-o", "json"], capture_output=True, text=True, timeout=120)
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["target"]["vip"] == "169.254.11.2"
     bad = subprocess.run([VSOP, "explain", "169.254.11.2"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "expected VIP:PORT[/PROTOCOL]" in bad.stderr
+    zone = subprocess.run([VSOP, "explain", "[fe80::1%lo]:80"], capture_output=True, text=True, timeout=60)
+    assert zone.returncode == 2 and "a zone (%lo) is not part of a VIP" in zone.stderr and "usage" not in zone.stderr.lower()

@@ -17,8 +17,8 @@ from typing import Sequence
 from vsop.api.errors import FieldError, InvalidInput
 from vsop.api.manifests import load_paths, read_path
 from vsop.cli import output
-from vsop.cli.common import say
-from vsop.cli.output import Result
+from vsop.cli.common import FORMATS, say
+from vsop.cli.output import Result, exits
 
 DESCRIPTION = """\
 Print (or with --out, write) BIRD 2's configuration for a BGPSpeaker: kernel protocols that
@@ -32,9 +32,15 @@ file vsop did not write) and BIRD is told with `birdc -s SOCKET configure`; a ca
 refuses changes nothing and its message is printed (exit 1).
 """
 
+EXIT_CODES = exits(
+    ok="rendered (or written and BIRD told)",
+    failure="runtime failure: BIRD refused the candidate, or FILE cannot be written (nothing was changed)",
+    invalid="invalid input: nothing was rendered",
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = output.Parser(prog="vsop render bird", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = output.Parser(prog="vsop render bird", description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speaker", required=True, metavar="FILE", help="a YAML file holding one BGPSpeaker")
     parser.add_argument(
         "-f", "--filename", dest="paths", action="append", default=[], metavar="PATH",
@@ -45,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--control-socket", default="/run/vsop/bird.ctl", metavar="SOCKET", help="BIRD's control socket (default /run/vsop/bird.ctl)")
     parser.add_argument("--bird", default="bird", metavar="PATH", help="the bird used for `bird -p` (default: bird on PATH)")
     parser.add_argument("--birdc", default="birdc", metavar="PATH", help="the birdc used for `configure` (default: birdc on PATH)")
-    parser.add_argument("-o", "--output", choices=("text", "json"), default="text", help="text: the configuration or what was done; json: one object")
+    parser.add_argument("-o", "--output", choices=FORMATS, default="text", help="text: the configuration or what was done; json, yaml: one object")
     parser.add_argument("-v", "--verbose", action="store_true", help="on an unexpected failure, the full trace")
     return parser
 
@@ -61,13 +67,13 @@ def main(argv: Sequence[str]) -> int:
     try:
         return output.emit(run(args), args.output)
     except InvalidInput as exc:
-        return output.invalid(exc, args.output, nothing="nothing was rendered")
+        return output.invalid(exc, "json" if args.output == "json" else "text", nothing="nothing was rendered")
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the last resort: one line, not a trace, unless -v
-        return output.bug(exc, args.output, verbose=args.verbose)
+        return output.bug(exc, "json" if args.output == "json" else "text", verbose=args.verbose)
 
 
 def _speaker(path: str):  # type: ignore[no-untyped-def]

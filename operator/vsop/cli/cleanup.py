@@ -13,9 +13,9 @@ from typing import Any
 from vsop.core import ops
 from vsop.core.commands import render
 from vsop.core.plan import Plan
-from vsop.cli.common import add_common, op_json, report_conntrack, say, subcommand, add_route_table
+from vsop.cli.common import add_common, add_dry_run, add_lock_options, add_route_table, dry_run, op_json, report_conntrack, say, subcommand
 from vsop.cli.common import names as common_names
-from vsop.cli.output import Result, failed
+from vsop.cli.output import Result, exits, failed
 
 Changed = dict[str, tuple[str, "str | None"]]  # a kernel setting vsop changed: (found before, now; None: gone)
 
@@ -27,11 +27,15 @@ def register(sub: Any) -> None:
         "remove everything vsop owns on this host, and nothing else",
         "Remove everything vsop owns on this host: its IPVS services, VIPs and link, ipsets and\n"
         "iptables chains and jumps. Foreign IPVS services, chains, sets and addresses stay.\n"
-        "With --dry-run, print the operations (as commands, or -o json) and change nothing.",
+        "With --dry-run, print the operations (as commands, or -o json) and change nothing.\n"
+        "Holds the writer lock (--lock, --wait) unless --dry-run.",
+        exits(ok="removed (also when nothing of vsop's was there); with --dry-run, the commands printed",
+              failure="runtime failure: the kernel refused an operation, another writer held the lock too long"),
     )
     add_route_table(p)
     add_common(p)
-    p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    add_dry_run(p, "print the commands instead of running them")
+    add_lock_options(p)
     p.add_argument(
         "--restore-sysctls", action="store_true",
         help="also put back the kernel settings vsop changed, to the values found before its first change "
@@ -40,11 +44,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> Result:
-    if args.dry_run:
+    if dry_run(args):
         return _cleanup(args)
-    from vsop.node.lock import writer_lock
+    from vsop.node.lock import lock_path, writer_lock
 
-    with writer_lock(on_wait=lambda who: say(f"waiting for the writer lock held by {who}")):
+    with writer_lock(lock_path(args.lock), args.wait, on_wait=lambda who: say(f"waiting for the writer lock held by {who}")):
         return _cleanup(args)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import sys
 from typing import Any
 
 from vsop.api.errors import FieldError, InvalidInput
@@ -20,19 +19,28 @@ from vsop.core.commands import command_lines
 from vsop.core.desired import Desired, Node
 from vsop.core.plan import Plan
 from vsop.core.state import Names
+from vsop.node.lock import DEFAULT_WAIT_SECONDS
+from vsop.cli.output import exits, say
 
 STATUS_FILE = "/run/vsop/agent.json"  # where the host agent writes its state, for show, explain and doctor
 
 
-def add_common(parser: argparse.ArgumentParser, formats: tuple[str, ...] = ("text", "json")) -> None:
+FORMATS = ("text", "json", "yaml")
+
+
+def add_common(parser: argparse.ArgumentParser, formats: tuple[str, ...] = FORMATS) -> None:
     """-o and -v, the same on every command."""
     parser.add_argument("-o", "--output", choices=formats, default=formats[0], help=f"output format (default: {formats[0]})")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail; on an unexpected failure, the full trace")
 
 
-def subcommand(sub: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    """A subcommand whose --help always has a description (the one-line help if no longer one)."""
-    return sub.add_parser(name, help=help, description=description or help[0].upper() + help[1:] + ".", formatter_class=argparse.RawDescriptionHelpFormatter)
+def subcommand(sub: Any, name: str, help: str, description: str | None = None, exit_codes: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand whose --help always has a description (the one-line help if no longer one)
+    and ends with its exit codes (`exits()` unless the command words its own)."""
+    return sub.add_parser(
+        name, help=help, description=description or help[0].upper() + help[1:] + ".",
+        epilog=exit_codes or exits(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def add_files(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +49,13 @@ def add_files(parser: argparse.ArgumentParser) -> None:
         "-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
         help="a YAML file (several documents allowed) or a folder of them; repeatable; '-' reads stdin",
     )
+    add_node(parser)
+
+
+def add_node(parser: argparse.ArgumentParser) -> None:
+    """--node-name and --node-label: which node this is, for nodeSelector."""
     parser.add_argument(
-        "--node-name", default=socket.gethostname(),
+        "--node-name", default=socket.gethostname(), metavar="NODE",
         help="this node's name, for nodeSelector (default: the host name)",
     )
     parser.add_argument(
@@ -73,9 +86,40 @@ def names(args: argparse.Namespace) -> Names:
     return Names(route_table=getattr(args, "route_table", Names().route_table))
 
 
-def say(message: str) -> None:
-    """One line on stderr, while the command runs (a note, a warning, a wait)."""
-    print(f"vsop: {message}", file=sys.stderr)
+def add_lock_options(parser: argparse.ArgumentParser) -> None:
+    """--lock and --wait: every command that writes the store or the kernel holds the writer lock."""
+    parser.add_argument("--lock", metavar="FILE", help="the writer lock (default $VSOP_LOCK or /run/vsop/lock)")
+    parser.add_argument(
+        "--wait", type=float, default=DEFAULT_WAIT_SECONDS, metavar="SECONDS",
+        help=f"how long to wait for another writer (the agent, another apply) to finish (default {DEFAULT_WAIT_SECONDS:g})",
+    )
+
+
+def add_dry_run(parser: argparse.ArgumentParser, what: str) -> None:
+    """--dry-run, as kubectl spells it: bare or --dry-run=client (--dry-run=none: not a dry run; see `dry_run_flags`)."""
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help=f"{what}; nothing is written, the writer lock is not taken (kubectl's --dry-run=client; =none: a real run)",
+    )
+
+
+def dry_run_flags(argv: list[str]) -> list[str]:
+    """kubectl's `--dry-run=client|none` as argparse reads them: `--dry-run`, or nothing. A flag
+    that took an optional value would eat the NAME after it (`delete --dry-run web`)."""
+    result = []
+    for arg in argv:
+        if arg == "--":
+            return result + argv[len(result):]
+        value = arg.partition("=")[2] if arg.startswith("--dry-run=") else None
+        if value == "client":
+            result.append("--dry-run")
+        elif value != "none":
+            result.append(arg)  # argparse says what is wrong with --dry-run=server
+    return result
+
+
+def dry_run(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "dry_run", False))
 
 
 def node(args: argparse.Namespace) -> Node:
@@ -122,4 +166,4 @@ def conntrack_notes(failures: list[str]) -> tuple[str, ...]:
 
 def report_conntrack(failures: list[str]) -> None:
     for note in conntrack_notes(failures):
-        print(note, file=sys.stderr)
+        say(note.removeprefix("vsop: "))

@@ -11,7 +11,7 @@ from typing import Any
 
 from vsop import __version__
 from vsop.cli.common import add_common, subcommand
-from vsop.cli.output import Result
+from vsop.cli.output import Result, exits
 
 
 def register(sub: Any) -> None:
@@ -21,10 +21,12 @@ def register(sub: Any) -> None:
         "print the CustomResourceDefinition generated from the model",
         "Print the CustomResourceDefinition (virtualservices.vsop.dev) generated from the model,\n"
         "with its validation rules as OpenAPI schema and CEL: `vsop crd | kubectl apply -f -`.\n"
-        "-o text prints YAML, -o json the same object as JSON.",
+        "-o text (and -o yaml) prints YAML, -o json the same object as JSON.",
+        exits(ok="printed", failure="runtime failure (stdout cannot be written)", invalid="invalid usage"),
     )
     add_common(p)
-    p = subcommand(sub, "version", "print the version", "Print vsop's version (the same as `vsop --version`).")
+    p = subcommand(sub, "version", "print the version", "Print vsop's version (the same as `vsop --version`).",
+                   exits(ok="printed", failure="runtime failure (stdout cannot be written)", invalid="invalid usage"))
     add_common(p)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from vsop.api.errors import FieldError, InvalidInput
 from vsop.cli.common import STATUS_FILE, add_common, subcommand
 from vsop.cli import output
-from vsop.cli.output import Result
+from vsop.cli.output import Result, exits
 
 EXPLAIN_DESCRIPTION = """\
 The path one packet to VIP:PORT takes through this node, hook by hook: where it enters
@@ -40,24 +40,35 @@ masquerade need, strict rp_filter dropping packets, the VIP on vsop0 and vsop0 u
 chains and jumps (FORWARD with a DROP policy included), a foreign rule ahead of vsop's
 jump, rules on the other iptables backend, real servers without a route or local, ARP and conn_reuse_mode settings, stale
 UDP conntrack entries, the host agent's status. Each failure names its fix.
-Exit 0: every check passes (warnings allowed); 1: something is wrong.
 """
 
 
+CLEAR_SCREEN = "\033[H\033[2J"
+
+
 def register(sub: Any) -> None:
-    p = subcommand(sub, "explain", "the path one packet to VIP:PORT takes through this node, with live counters", EXPLAIN_DESCRIPTION)
+    p = subcommand(
+        sub, "explain", "the path one packet to VIP:PORT takes through this node, with live counters", EXPLAIN_DESCRIPTION,
+        exits(ok="the path printed, whatever it shows (doctor is the check)",
+              failure="this kernel has no IPVS (the path is printed all the same), or the host cannot be read",
+              invalid="invalid VIP:PORT or --from"),
+    )
     p.add_argument("target", metavar="VIP:PORT[/PROTOCOL]", help="e.g. 169.254.11.2:80, 169.254.11.2:53/udp, [fd00::2]:80")
     p.add_argument("--from", dest="origin", metavar="ADDRESS",
                    help="the client's address: one of this node's (or 'node') follows OUTPUT, any other PREROUTING (default: both)")
     p.add_argument("--watch", action="store_true", help="redraw until interrupted, with the growth since the previous screen")
-    p.add_argument("--interval", type=float, default=2.0, help="seconds between screens with --watch (default 2)")
+    p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="seconds between screens with --watch (default 2)")
     add_common(p)
-    p.add_argument("--status-file", default=STATUS_FILE, help="the host agent's status (health, draining)")
+    p.add_argument("--status-file", default=STATUS_FILE, metavar="FILE", help="the host agent's status (health, draining)")
 
-    p = subcommand(sub, "doctor", "every known cause of a dead VIP checked on this node, each failure with its fix", DOCTOR_DESCRIPTION)
+    p = subcommand(
+        sub, "doctor", "every known cause of a dead VIP checked on this node, each failure with its fix", DOCTOR_DESCRIPTION,
+        exits(ok="every check passes (warnings allowed)", failure="something is wrong: each failure names its fix",
+              invalid="invalid VIP:PORT"),
+    )
     p.add_argument("targets", nargs="*", metavar="VIP:PORT[/PROTOCOL]", help="the services to check (default: all of vsop's here)")
     add_common(p)  # -v also lists the checks that pass
-    p.add_argument("--status-file", default=STATUS_FILE, help="the host agent's status file")
+    p.add_argument("--status-file", default=STATUS_FILE, metavar="FILE", help="the host agent's status file")
     p.add_argument("--store", metavar="DIR", help="the VirtualServices this node should serve, for what vsop expects (default: the agent's folder, else /etc/vsop/virtualservices.d)")
 
 
@@ -97,9 +108,12 @@ def _explain(args: argparse.Namespace) -> Result:
     while True:
         facts = gather([key], status_file=args.status_file)
         report = explain(facts, key, _origin(args.origin, facts))
+        code = output.EXIT_OK if facts.ipvs_available else output.EXIT_FAILURE  # README: a kernel without IPVS is a runtime failure
         if not args.watch:
-            return Result(text=partial(explain_text, report), document=report)  # a report, whatever it shows: doctor is the check
-        header = "\033[H\033[2J" + time.strftime("%H:%M:%S  ") + f"every {args.interval:g} s, Ctrl-C stops\n"
+            return Result(code, text=partial(explain_text, report), document=report)  # a report, whatever it shows: doctor is the check
+        if args.output == "text":
+            sys.stdout.write(CLEAR_SCREEN)  # vsop's own escape code: the one line not passed through printable
+        header = time.strftime("%H:%M:%S  ") + f"every {args.interval:g} s, Ctrl-C stops\n"
         text, document = partial(explain_text, report, previous), partial(_with_deltas, report, previous)
         output.emit(Result(text=lambda: header + text(), document=document, indent=None), args.output)
         sys.stdout.flush()

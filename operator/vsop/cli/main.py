@@ -18,6 +18,8 @@ from vsop.core.plan import PlanError
 from vsop.adapters.base import OperationFailed
 from vsop.api.errors import InvalidInput, KernelUnsupported
 from vsop.cli import agents, cleanup, crd, diagnose, output, plan, pools, render, show, store
+from vsop.cli.common import dry_run, dry_run_flags
+from vsop.cli.logs import command_logging
 from vsop.cli.output import EXIT_OK
 from vsop.node.lock import LockTimeout
 from vsop.cli.store import StoreUnreadable
@@ -64,12 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _apply(args: argparse.Namespace) -> output.Result:
+    return plan.run(args) if dry_run(args) else store.run(args)  # --dry-run prints what plan would
+
+
+def _delete(args: argparse.Namespace) -> output.Result:
+    return plan.delete_dry_run(args) if dry_run(args) else store.run(args)
+
+
 COMMANDS = {
     "plan": plan.run,
     "explain": diagnose.run,
     "doctor": diagnose.run,
-    "apply": store.run,
-    "delete": store.run,
+    "apply": _apply,
+    "delete": _delete,
     "get": store.run,
     "show": show.run,
     "cleanup": cleanup.run,
@@ -93,11 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bird.main(argv[2:])
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(dry_run_flags(argv))
     except output.UsageError as exc:
         return output.usage(exc, argv)
     fmt = getattr(args, "output", "text")
     fmt = "json" if fmt == "json" else "text"
+    if args.command != "agent":  # the agent sets up its own logging
+        command_logging(getattr(args, "verbose", False))
     try:
         result = COMMANDS[args.command](args)
         return result if isinstance(result, int) else output.emit(result, args.output)  # an int: the agent spoke for itself

@@ -1,9 +1,12 @@
-"""How every command speaks: its Result printed once, as text or JSON, and the outcomes it did
-not plan for (invalid input, runtime failure, a bug) in one voice, as text on stderr or, with
+"""How every command speaks: its Result printed once, as text, YAML or JSON, and the outcomes it
+did not plan for (invalid input, runtime failure, a bug) in one voice, as text on stderr or, with
 `-o json`, as one JSON object on stdout (so a script reading stdout always gets JSON).
 
-Owns the exit codes, the Result a command returns, and the error object's shape. Must not
-import: kopf, pyroute2, kubernetes, subprocess, any other vsop.cli module.
+Owns the exit codes, the Result a command returns, the error object's shape, and the one choke
+point every printed line passes: text lines (stdout and stderr) go through
+vsop.api.errors.printable, so a file name, an object name or a note holding terminal escape codes
+is shown escaped, never obeyed by the terminal; JSON and YAML escape by their own rules. Also the
+argument parser's habits (an unknown flag is named before a missing one). Must not import: kopf, pyroute2, kubernetes, subprocess, any other vsop.cli module.
 """
 
 from __future__ import annotations
@@ -15,9 +18,36 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn, Sequence, Union
 
-from vsop.api.errors import InvalidInput
+from vsop.api.errors import InvalidInput, printable
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
+
+# The exit codes most commands share, for their --help (`exits(...)` words a command's own).
+EXITS = {
+    EXIT_OK: "done (also when nothing had to change)",
+    EXIT_FAILURE: "runtime failure: the kernel refused an operation or lacks IPVS, a file could not be written, another writer held the lock too long",
+    EXIT_INVALID: "invalid input or usage: nothing was changed",
+}
+
+
+def exits(**codes: str) -> str:
+    """The `exit codes:` section of a command's --help: EXITS, with this command's words (ok=, failure=, invalid=)."""
+    words = {EXIT_OK: codes.get("ok", EXITS[EXIT_OK]), EXIT_FAILURE: codes.get("failure", EXITS[EXIT_FAILURE]),
+             EXIT_INVALID: codes.get("invalid", EXITS[EXIT_INVALID])}
+    return "exit codes:\n" + "".join(f"  {code}  {text}\n" for code, text in words.items())
+
+
+def safe(text: str) -> str:
+    """Text lines as they may reach a terminal: each line through `printable` (no cut), newlines kept."""
+    lines = text.split("\n")
+    if all(line.isprintable() for line in lines):  # the common case, at the cost of one scan
+        return text
+    return "\n".join(printable(line, None) for line in lines)
+
+
+def say(message: str) -> None:
+    """One line on stderr while a command runs (a note, a warning, a wait), escaped."""
+    print(safe(f"vsop: {message}"), file=sys.stderr)
 
 # A Result's text or document, or the function that makes it: a command computes only the format asked for.
 Text = Union[str, Callable[[], str]]
@@ -60,9 +90,9 @@ def emit(result: Result, output: str) -> int:
         else:
             sys.stdout.write(json.dumps(document, indent=result.indent) + "\n")
     else:
-        sys.stdout.write(result.text() if callable(result.text) else result.text)
+        sys.stdout.write(safe(result.text() if callable(result.text) else result.text))
     for note in result.notes:
-        print(note, file=sys.stderr)
+        print(safe(note), file=sys.stderr)
     return result.code
 
 
@@ -87,7 +117,7 @@ def invalid(exc: InvalidInput, output: str = "text", nothing: str = "nothing was
         )
         return EXIT_INVALID
     for error in exc.errors:
-        print(f"vsop: invalid: {error}", file=sys.stderr)
+        print(safe(f"vsop: invalid: {error}"), file=sys.stderr)
     print(f"vsop: {len(exc.errors)} problem(s) found; {nothing}", file=sys.stderr)
     return EXIT_INVALID
 
@@ -95,9 +125,9 @@ def invalid(exc: InvalidInput, output: str = "text", nothing: str = "nothing was
 def failure(message: str, output: str = "text", **extra: Any) -> int:
     """Exit 1: something outside the input failed (kernel, files we write, a held lock)."""
     if output == "json":
-        _emit_json({"error": "runtime failure", "exitCode": EXIT_FAILURE, "message": message, **extra})
+        _emit_json({"error": "runtime failure", "exitCode": EXIT_FAILURE, "message": printable(message, None), **extra})
     else:
-        print(f"vsop: {message}", file=sys.stderr)
+        print(safe(f"vsop: {message}"), file=sys.stderr)
     return EXIT_FAILURE
 
 
@@ -120,10 +150,29 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, except that a usage error can be reported as JSON too (see `usage`)."""
+    """argparse, except that a usage error can be reported as JSON too (see `usage`), and an
+    unknown flag is named first: argparse checks required arguments before it looks at what it
+    did not recognise, so `render keepalived --bogus` used to complain about -f."""
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(self, message)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):  # type: ignore[no-untyped-def, override]
+        args = list(sys.argv[1:] if args is None else args)
+        required = [action for action in self._actions if action.required]
+        if required and not {"-h", "--help"} & set(args):
+            for action in required:
+                action.required = False
+            try:
+                _, extras = super().parse_known_args(args, argparse.Namespace())
+            except UsageError:
+                extras = []  # another complaint: the full parse below says it
+            finally:
+                for action in required:
+                    action.required = True
+            if extras:
+                self.error("unrecognized arguments: " + " ".join(extras))
+        return super().parse_known_args(args, namespace)
 
 
 def wants_json(argv: Sequence[str]) -> bool:
@@ -135,8 +184,9 @@ def wants_json(argv: Sequence[str]) -> bool:
 def usage(exc: UsageError, argv: Sequence[str]) -> int:
     """Exit 2, as argparse would, in the format asked for."""
     if wants_json(argv):
-        _emit_json({"error": "usage", "exitCode": EXIT_INVALID, "message": f"{exc.parser.prog}: {exc.message}"})
+        _emit_json({"error": "usage", "exitCode": EXIT_INVALID, "message": printable(f"{exc.parser.prog}: {exc.message}", None)})
     else:
         exc.parser.print_usage(sys.stderr)
-        print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
+        print(safe(f"{exc.parser.prog}: error: {exc.message}"), file=sys.stderr)
     return EXIT_INVALID
+

@@ -1,8 +1,11 @@
-"""`vsop plan`: what `apply` of the files would do on this host (or on an empty node), as commands.
+"""`vsop plan`: what `apply` of the files would do on this host (or on an empty node), as commands;
+and the dry runs, which print the same: `apply --dry-run` (exactly `plan` of the same files) and
+`delete --dry-run` (the plan of the store without the objects).
 
 Owns the command's arguments and what it plans: the files on top of the host store
 (vsop.cli.store), through the whole-node pipeline up to the plan (vsop.node.whole), problems of
-the given objects refused as invalid input. Nothing is written and the writer lock is never taken. Must not import: vsop.cli.main, kopf, kubernetes.
+the given objects refused as invalid input. Nothing is written and the writer lock is never
+taken. Must not import: vsop.cli.main, kopf, kubernetes.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from vsop.core.state import KernelState
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.api.model import VirtualService
 from vsop.node.whole import derive, program
-from vsop.cli.common import add_common, add_files, load, node, refuse_problems, subcommand, add_route_table
+from vsop.cli.common import FORMATS, add_common, add_files, add_route_table, load, node, refuse_problems, subcommand
 from vsop.cli.common import names as common_names
-from vsop.cli.output import Result
-from vsop.cli.store import add_store_options, plan_services
+from vsop.cli.output import Result, exits, failed
+from vsop.cli.store import add_store_options, deletion, not_found, plan_services, refs_to_delete
+from vsop.host.store import Store, store_path
 
 
 def register(sub: Any) -> None:
@@ -34,7 +38,10 @@ def register(sub: Any) -> None:
         "Validate the VirtualServices, compute this node's desired kernel state, diff it against\n"
         "the host (or, with --from-empty, against a node with nothing of vsop's) and print the\n"
         "operations as the ip / ipvsadm / ipset / iptables / sysctl commands a person would type,\n"
-        "grouped and commented (-o commands, the same as -o text). Nothing is written.",
+        "grouped and commented (-o commands, the same as -o text). Nothing is written.\n"
+        "`vsop apply --dry-run` prints the same.",
+        exits(ok="the plan printed (also when there is nothing to do)",
+              failure="runtime failure: this host's kernel or store cannot be read (--from-empty reads neither)"),
     )
     add_route_table(p)
     add_files(p)
@@ -42,7 +49,7 @@ def register(sub: Any) -> None:
     add_store_options(p, writer=False)
     p.add_argument("--prune", action="store_true", help="plan `apply --prune`: the files replace the whole store")
     p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
-    add_common(p, ("commands", "text", "json"))
+    add_common(p, ("commands", *FORMATS))
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -51,26 +58,50 @@ def run(args: argparse.Namespace) -> Result:
     return Result(text=lambda: _text(args, services, desired, result), document=lambda: _document(args, result))
 
 
+def delete_dry_run(args: argparse.Namespace) -> Result:
+    """`vsop delete --dry-run`: the plan of the store without the objects, against this host; nothing written."""
+    refs = refs_to_delete(args)
+    store = Store(store_path(args.store))
+    target = deletion(refs, store, strict=True)
+    if target.missing and not args.ignore_not_found:
+        return failed(not_found(target.missing, store) + "; nothing would be deleted", reason="NotFound", notFound=target.missing)
+    args.from_empty = False
+    services, desired, result = _planned(args, target.merged.services, target.merged.held, set(), None)
+    head = f"# vsop delete --dry-run: {', '.join(target.refs) or 'nothing'} would be deleted; nothing was written.\n"
+    return Result(
+        text=lambda: head + _text(args, services, desired, result),
+        document=lambda: {"dryRun": True, "deleted": target.refs, **_document(args, result)},
+    )
+
+
 def planned(args: argparse.Namespace, loaded: Loaded) -> tuple[list[VirtualService], Desired, Plan]:
     """The files (on top of the store, unless --from-empty) planned against this host or an empty node."""
-    names = common_names(args)
+    args.from_empty = getattr(args, "from_empty", False)  # apply --dry-run: always this host
     services, held = loaded.services, Held()
+    if not args.from_empty:
+        services, held = plan_services(args, loaded.services)  # what `apply` of these files would program
+    given = {vs.ref for vs in loaded.services}  # objects already in the store only warn (see vsop.cli.store)
+    return _planned(args, services, held, given, loaded)
+
+
+def _planned(
+    args: argparse.Namespace, services: list[VirtualService], held: Held, given: set[str], loaded: Loaded | None,
+) -> tuple[list[VirtualService], Desired, Plan]:
+    names = common_names(args)
     if not args.from_empty:
         from vsop.adapters.real import read_host  # the kernel readers; imported only when a host is read
         from vsop.adapters.kernel import running_kernel_version
 
-        services, held = plan_services(args, loaded.services)  # what `apply` of these files would program
         observed = read_host(names)
     else:
         observed = KernelState()
-    given = {vs.ref for vs in loaded.services}  # objects already in the store only warn (see vsop.cli.store)
 
     def check(desired: Desired) -> None:
         refuse_problems(replace(desired, problems=tuple(p for p in desired.problems if p.obj in given)), loaded)
 
     kernel_version = None if args.from_empty else running_kernel_version()
     desired = derive(services, node(args), observed, names=names, kernel_version=kernel_version)
-    desired, result = program(desired, observed, names, held=held, keep_accept_ra=args.keep_accept_ra, check=check)
+    desired, result = program(desired, observed, names, held=held, keep_accept_ra=getattr(args, "keep_accept_ra", False), check=check)
     refuse_problems(result, loaded)
     return services, desired, result
 

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 from vsop.api.errors import FieldError, InvalidInput
 from vsop.api.manifests import load_paths, problem_errors, read_stdin
 from vsop.cli import output
-from vsop.cli.common import say, subcommand
-from vsop.cli.output import Result
+from vsop.cli.common import FORMATS, say, subcommand
+from vsop.cli.output import Result, exits
 
 DESCRIPTION = """\
 Print (or with --out, write) the keepalived configuration for the VirtualServices with
@@ -27,7 +27,16 @@ layouts:
   confd   keepalived.conf (global_defs, include conf.d/*.conf) and conf.d/NAMESPACE_NAME.conf
           for each VirtualService (the default)
   single  one keepalived.conf
+
+With --out, a file that already holds what would be written is left as it is: a render that
+changes nothing writes nothing, and says so.
 """
+
+EXIT_CODES = exits(
+    ok="rendered (or written into --out; also when nothing differed)",
+    failure="runtime failure: the files cannot be written into --out (nothing was changed)",
+    invalid="invalid input, a conflict, or a value keepalived cannot take: nothing was rendered",
+)
 
 
 def register(sub: Any) -> None:
@@ -39,6 +48,7 @@ def register(sub: Any) -> None:
         "Render configuration for another tool:\n"
         "`vsop render keepalived -f PATH [--out DIR]`; see `vsop render keepalived --help`.\n"
         "`vsop render bird --speaker FILE [-f PATH] [--out FILE]`; see `vsop render bird --help`.",
+        EXIT_CODES,
     )
     p.add_argument("tool", choices=("keepalived", "bird"), help="keepalived or bird: see `vsop render TOOL --help`")
 
@@ -47,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vsop.keepalived.render import LAYOUTS
 
     parser = output.Parser(
-        prog="vsop render keepalived", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="vsop render keepalived", description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "-f", "--filename", dest="paths", action="append", required=True, metavar="PATH",
@@ -64,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="VRRP PASS password (1-8 characters) for IPv4 vrrp_instances; in the cluster, a mounted Secret key",
     )
     parser.add_argument(
-        "-o", "--output", choices=("text", "json"), default="text",
-        help="text: the configuration (or, with --out, what was written); json: the files and notes as one object",
+        "-o", "--output", choices=FORMATS, default="text",
+        help="text: the configuration (or, with --out, what was written); json, yaml: the files and notes as one object",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="on an unexpected failure, the full trace")
     return parser
@@ -82,13 +92,13 @@ def main(argv: Sequence[str]) -> int:
     try:
         return output.emit(run(args), args.output)
     except InvalidInput as exc:
-        return output.invalid(exc, args.output, nothing="nothing was rendered")
+        return output.invalid(exc, "json" if args.output == "json" else "text", nothing="nothing was rendered")
     except BrokenPipeError:
         return 0
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the last resort: one line, not a trace, unless -v
-        return output.bug(exc, args.output, verbose=args.verbose)
+        return output.bug(exc, "json" if args.output == "json" else "text", verbose=args.verbose)
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -124,13 +134,23 @@ def run(args: argparse.Namespace) -> Result:
         return output.failed(f"cannot write the configuration into {args.out}: {reason}{where}; nothing was changed")
     document = {
         "out": str(args.out),
+        "changed": bool(written or removed),
         "written": [str(p) for p in written],
         "removed": [str(p) for p in removed],
         "rendered": list(result.rendered),
         "skipped": notes,
         "warnings": warnings,
     }
+    if not written and not removed:
+        return Result(
+            text=f"vsop: nothing changed: the {len(result.files)} file(s) in {args.out} already hold this configuration"
+                 f" for {len(result.rendered)} VirtualService(s) (0 writes)\n",
+            document=document,
+        )
     lines = [f"vsop: wrote {len(written)} file(s) for {len(result.rendered)} VirtualService(s) into {args.out}"]
+    unchanged = len(result.files) - len(written)
+    if unchanged:
+        lines[0] += f"; {unchanged} already held their content"
     lines += [f"  wrote   {path}" for path in written]
     lines += [f"  removed {path} (its VirtualService is gone)" for path in removed]
     return Result(text="".join(line + "\n" for line in lines), document=document)

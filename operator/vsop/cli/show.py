@@ -11,9 +11,9 @@ import json
 import os
 from typing import Any
 
-from vsop.cli.common import STATUS_FILE, add_common, say, subcommand, add_route_table
+from vsop.cli.common import STATUS_FILE, add_common, add_route_table, say, subcommand
 from vsop.cli.common import names as common_names
-from vsop.cli.output import Result
+from vsop.cli.output import Result, exits
 
 
 def register(sub: Any) -> None:
@@ -24,11 +24,12 @@ def register(sub: Any) -> None:
         "What vsop owns on this host, read from the kernel: VIPs, IPVS services, real servers with\n"
         "weights and connections, and, when the host agent runs, health and draining. Like\n"
         "`ipvsadm -Ln`, limited to vsop's objects. Nothing is written.",
+        exits(ok="shown", failure="runtime failure: the kernel cannot be read (no IPVS, not root)", invalid="invalid usage"),
     )
     add_route_table(p)
     add_common(p)
     p.add_argument(
-        "--status-file", default=STATUS_FILE,
+        "--status-file", default=STATUS_FILE, metavar="FILE",
         help="the host agent's status (health, file errors, draining), shown when the agent runs",
     )
 

@@ -4,7 +4,10 @@ Owns the per-object semantics a kubectl user expects on a plain host: `apply -f 
 never removes what `apply -f a` added (the store keeps every applied object and the
 kernel is programmed from the whole store), `--prune` makes the store exactly the
 given set, `delete` removes objects (draining TCP real servers first unless --now),
-`get` lists what the store holds and whether each object is programmed. Every
+`get` lists what the store holds and whether each object is programmed. Objects are
+named as kubectl names them: a bare NAME is in -n NAMESPACE (default: default) on get and
+delete alike, NAMESPACE/NAME names its own, and one missing from the store is NotFound
+(exit 1). Every
 command that writes holds the writer lock (vsop.node.lock) for its whole read-plan-write;
 `get` and `plan` never take it. Invalid input (exit 2) leaves the store and the
 kernel untouched; a store file that stopped validating keeps what the kernel has for
@@ -15,7 +18,6 @@ Must not import: vsop.cli.main, kopf, kubernetes (the kernel adapters arrive thr
 from __future__ import annotations
 
 import argparse
-import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,14 +29,17 @@ from vsop.core.held import Held
 from vsop.core.plan import Plan
 from vsop.core.state import KernelState, Names, ServiceKey
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
-from vsop.api.errors import FieldError, InvalidInput
-from vsop.node.lock import DEFAULT_WAIT_SECONDS, LockTimeout, lock_path, writer_lock
-from vsop.api.model import VirtualService
+from vsop.api.errors import FieldError, InvalidInput, printable
+from vsop.node.lock import LockTimeout, lock_path, writer_lock
+from vsop.api.model import VirtualService, is_dns_label
 from vsop.host.store import Store, StoreContents, store_path
 from vsop.node import whole
-from vsop.cli.common import add_common, add_files, conntrack_notes, load, node, op_json, refuse_problems, report_conntrack, say, subcommand, add_route_table
+from vsop.cli.common import (
+    add_common, add_dry_run, add_files, add_lock_options, add_route_table, add_node, conntrack_notes, load, node, op_json, refuse_problems, report_conntrack, say,
+    subcommand,
+)
 from vsop.cli.common import names as common_names
-from vsop.cli.output import Result, failed
+from vsop.cli.output import EXITS, Result, exits, failed
 
 
 class StoreUnreadable(Exception):
@@ -47,11 +52,21 @@ def add_store_options(parser: argparse.ArgumentParser, writer: bool) -> None:
         help="the host store: one file per object (default $VSOP_STORE or /etc/vsop/virtualservices.d)",
     )
     if writer:
-        parser.add_argument("--lock", metavar="FILE", help="the writer lock (default $VSOP_LOCK or /run/vsop/lock)")
-        parser.add_argument(
-            "--wait", type=float, default=DEFAULT_WAIT_SECONDS, metavar="SECONDS",
-            help=f"how long to wait for another writer (the agent, another apply) to finish (default {DEFAULT_WAIT_SECONDS:g})",
-        )
+        add_lock_options(parser)
+
+
+def add_namespace(parser: argparse.ArgumentParser, every: bool) -> None:
+    """-n (and, to list, -A): the namespace of a bare NAME, as kubectl's."""
+    parser.add_argument(
+        "-n", "--namespace", default="default", metavar="NAMESPACE",
+        help="the namespace of a bare NAME (default: default); NAMESPACE/NAME names its own" + ("; without NAMEs, list only it" if every else ""),
+    )
+    if every:
+        parser.add_argument("-A", "--all-namespaces", action="store_true", help="list every namespace (NAMEs must then be NAMESPACE/NAME)")
+    parser.add_argument("--ignore-not-found", action="store_true", help="a named object missing from the store is not an error (exit 0)")
+
+
+NOT_FOUND_EXIT = "a named object is not in the store (NotFound; --ignore-not-found: 0)"
 
 
 def register(sub: Any) -> None:
@@ -64,7 +79,11 @@ def register(sub: Any) -> None:
         "whole store: objects applied earlier stay, as with kubectl apply. --prune makes the store\n"
         "exactly the given set. Only the difference is applied, in a safe order; a second run\n"
         "changes nothing and says so. Holds the writer lock (a running agent waits). A kernel\n"
-        "refusal stops at that operation (exit 1); the next apply (or the agent) converges.",
+        "refusal stops at that operation (exit 1); the next apply (or the agent) converges.\n"
+        "The output of `vsop get -o yaml` (and `kubectl get -o yaml`) is valid input: status and the\n"
+        "metadata a server sets (uid, resourceVersion, managedFields, generation) are ignored.\n"
+        "--dry-run prints what `vsop plan` of the same files prints, and writes nothing.",
+        exits(ok="done (also when nothing changed); with --dry-run, the plan printed"),
     )
     add_route_table(p)
     add_files(p)
@@ -73,38 +92,47 @@ def register(sub: Any) -> None:
     add_store_options(p, writer=True)
     p.add_argument("--prune", action="store_true", help="remove from the store (and the kernel) every object not in the files")
     p.add_argument("--allow-empty", action="store_true", help="with --prune: allow input with no VirtualService (empties the node)")
+    add_dry_run(p, "print what `vsop plan` of the same files would")
 
     p = subcommand(
         sub,
         "delete",
         "remove objects from the host store and their state from the kernel",
-        "Remove VirtualServices (NAMESPACE/NAME, or those in -f files) from the host store and\n"
-        "their services, real servers and VIPs from the kernel. TCP/SCTP real servers with open\n"
-        "connections are drained first (weight 0, up to spec.drain.timeoutSeconds) unless --now.\n"
-        "Holds the writer lock.",
+        "Remove VirtualServices (NAME in -n NAMESPACE, NAMESPACE/NAME, or those in -f files) from the\n"
+        "host store and their services, real servers and VIPs from the kernel. TCP/SCTP real servers\n"
+        "with open connections are drained first (weight 0, up to spec.drain.timeoutSeconds) unless\n"
+        "--now. Every named object must be in the store, or nothing is deleted. Holds the writer lock.\n"
+        "--dry-run prints the plan (as `vsop plan` does) and writes nothing.",
+        exits(ok="deleted; with --dry-run, the plan printed", failure=f"{NOT_FOUND_EXIT}, nothing deleted; or {EXITS[1]}"),
     )
     add_route_table(p)
-    p.add_argument("objects", nargs="*", metavar="NAMESPACE/NAME", help="objects to delete (NAME alone: namespace default)")
+    p.add_argument("objects", nargs="*", metavar="NAME", help="objects to delete: NAME (in -n NAMESPACE) or NAMESPACE/NAME")
     p.add_argument("-f", "--filename", dest="paths", action="append", default=[], metavar="PATH", help="delete the objects these files declare")
+    add_namespace(p, every=False)
     p.add_argument("--now", action="store_true", help="do not drain: delete at once")
-    p.add_argument("--node-name", default=socket.gethostname(), help="this node's name, for nodeSelector")
-    p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE", help="a label of this node; repeatable")
+    add_node(p)
     add_common(p)
     add_store_options(p, writer=True)
+    add_dry_run(p, "print the plan of the deletion")
 
     p = subcommand(
         sub,
         "get",
         "the objects in the host store and whether each is programmed on this host",
-        "List the VirtualServices in the host store and, for each, whether it is programmed on\n"
-        "this host (or why not). -o yaml|json: a v1/List of the objects with status.store.\n"
-        "Reads only; never takes the writer lock.",
+        "List the VirtualServices in the host store (namespace -n, default: default; -A: every\n"
+        "namespace) and, for each, whether it is programmed on this host (or why not).\n"
+        "-o wide adds mode, scheduler, real servers and the file; -o name prints NAMESPACE/NAME, the\n"
+        "form every vsop command takes; -o yaml|json: the object (one NAME) or a v1/List, each with\n"
+        "status.store, valid input for `vsop apply` (status is ignored there, as kubectl's is).\n"
+        "A store file that does not validate is said once, on stderr. Reads only; never takes the\n"
+        "writer lock.",
+        exits(ok="listed (also an empty store)", failure=NOT_FOUND_EXIT, invalid="invalid usage (a bare NAME with -A, a bad -n)"),
     )
     add_route_table(p)
-    p.add_argument("objects", nargs="*", metavar="NAMESPACE/NAME", help="only these objects")
-    p.add_argument("--node-name", default=socket.gethostname(), help="this node's name, for nodeSelector")
-    p.add_argument("--node-label", action="append", default=[], metavar="KEY=VALUE", help="a label of this node; repeatable")
-    add_common(p, ("text", "yaml", "json"))
+    p.add_argument("objects", nargs="*", metavar="NAME", help="only these: NAME (in -n NAMESPACE) or NAMESPACE/NAME")
+    add_namespace(p, every=True)
+    add_node(p)
+    add_common(p, ("text", "wide", "name", "yaml", "json"))
     add_store_options(p, writer=False)
 
 
@@ -125,16 +153,28 @@ class Merged:
     contents: StoreContents
 
 
-def read_store(store: Store, strict: bool) -> StoreContents:
+def read_store(store: Store, strict: bool, quiet: bool = False) -> StoreContents:
+    """The store's contents; each file (or folder) that cannot be used said once, on stderr
+    (`quiet`: the caller says them, see store_problems), or, `strict`, an unreadable folder is a failure."""
     contents = store.read()
-    if contents.source.folder_errors:
+    if contents.source.folder_errors and strict:
         problems = "; ".join(f"{folder}: {reason}" for folder, reason in contents.source.folder_errors.items())
-        if strict:
-            raise StoreUnreadable(f"cannot read the store {store.directory}: {problems}")
-        say(f"warning: {problems}")
-    for path, error in sorted(contents.errors.items()):
-        say(f"warning: store file {path}: {error} (what the kernel has for it is kept)")
+        raise StoreUnreadable(f"cannot read the store {store.directory}: {problems}")
+    if not quiet:
+        for line in store_problems(contents):
+            say(line)
     return contents
+
+
+def store_problems(contents: StoreContents) -> list[str]:
+    """One line per store file or folder that is not used, in one voice: `warning: FILE:LINE: why`."""
+    lines = []
+    folders = {str(folder) for folder in contents.source.folder_errors}
+    for path, error in contents.errors.items():
+        where = error if error.startswith(path) else f"{path}: {error}"
+        what = "store folder" if path in folders else "store file"
+        lines.append(f"warning: {what} {where} (what the kernel has for its objects is kept)")
+    return lines
 
 
 def merge(contents: StoreContents, given: list[VirtualService], store: Store, prune: bool) -> Merged:
@@ -254,22 +294,68 @@ def _operations_text(applied: list[ops.Op]) -> str:
     return "".join(f"  {op.kind:<18} {op.describe()}\n" for op in applied)
 
 
-def _refs_to_delete(args: argparse.Namespace) -> list[str]:
+def named(args: argparse.Namespace) -> list[str]:
+    """The objects named on the command line as NAMESPACE/NAME: a bare NAME is in -n NAMESPACE
+    (default: default), on every command; with -A a bare NAME is refused (it would be ambiguous)."""
+    namespace = args.namespace
+    if not is_dns_label(namespace):
+        raise InvalidInput([FieldError(path="--namespace", reason=f"'{namespace}' is not a namespace name (a DNS label: a-z, 0-9, '-', at most 63)")])
     refs: list[str] = []
     problems: list[FieldError] = []
     for item in args.objects:
-        namespace, sep, name = item.rpartition("/")
-        if not name:
-            problems.append(FieldError(path="NAMESPACE/NAME", reason=f"got {item!r}"))
-            continue
-        refs.append(f"{namespace or 'default'}/{name}")
-    if args.paths:
-        refs += [vs.ref for vs in load(args).services]
+        space, sep, name = item.rpartition("/")
+        if not name or (sep and not space):
+            problems.append(FieldError(path="NAME", reason=f"'{item}': expected NAME or NAMESPACE/NAME"))
+        elif not sep and getattr(args, "all_namespaces", False):
+            problems.append(FieldError(path="NAME", reason=f"'{item}': a bare NAME cannot be looked up across all namespaces (-A): write NAMESPACE/NAME or -n NAMESPACE"))
+        else:
+            refs.append(f"{space}/{name}" if sep else f"{namespace}/{name}")
     if problems:
         raise InvalidInput(problems)
-    if not refs:
-        raise InvalidInput([FieldError(reason="name the objects to delete: NAMESPACE/NAME... or -f PATH...")])
     return list(dict.fromkeys(refs))
+
+
+def not_found(refs: list[str], store: Store) -> str:
+    """kubectl's NotFound, for objects missing from the store."""
+    return "; ".join(f'NotFound: virtualservice "{ref}" not found in the store {store.directory}' for ref in refs)
+
+
+def refs_to_delete(args: argparse.Namespace) -> list[str]:
+    refs = named(args)
+    if args.paths:
+        refs += [vs.ref for vs in load(args).services]
+    if not refs:
+        raise InvalidInput([FieldError(reason="name the objects to delete: NAME (in -n NAMESPACE), NAMESPACE/NAME... or -f PATH...")])
+    return list(dict.fromkeys(refs))
+
+
+@dataclass
+class Deletion:
+    """What a delete removes: the objects (those in the store), their files, and the store after it."""
+
+    refs: list[str]
+    missing: list[str]
+    files: dict[str, Path]
+    merged: Merged
+
+
+def deletion(refs: list[str], store: Store, strict: bool) -> Deletion:
+    """The objects named or declared by -f (`refs_to_delete`), checked against the store: an object
+    missing is NotFound (the caller says it), one declared in a file vsop did not write is invalid input."""
+    contents = read_store(store, strict=strict)
+    declared = dict(contents.files)
+    missing = [ref for ref in refs if ref not in declared]
+    refs = [ref for ref in refs if ref in declared]
+    foreign = [ref for ref in refs if not store.canonical(ref, declared[ref])]
+    if foreign:
+        raise InvalidInput(
+            [FieldError(obj=ref, reason=f"is declared in {declared[ref]}, which holds more than vsop wrote; edit that file") for ref in foreign]
+        )
+    gone = set(refs)
+    remaining = [vs for vs in contents.services if vs.ref not in gone]
+    held = contents.source.held()
+    merged = Merged(remaining, Held(held.owners - gone, held.unknown, held.known | gone), contents)
+    return Deletion(refs, missing, {ref: declared[ref] for ref in refs}, merged)
 
 
 def delete(args: argparse.Namespace) -> Result:
@@ -277,7 +363,7 @@ def delete(args: argparse.Namespace) -> Result:
     from vsop.adapters.real import real_kernel
 
     names = common_names(args)
-    refs = _refs_to_delete(args)
+    refs = refs_to_delete(args)  # invalid input stops here, before the lock
     this_node = node(args)
     store = Store(store_path(args.store))
 
@@ -285,28 +371,18 @@ def delete(args: argparse.Namespace) -> Result:
         return failed(f"removed {len(refs)} object(s) from the store; the kernel refused: {exc}; apply again to converge", applied=exc.applied)
 
     with locked(args):
-        contents = read_store(store, strict=True)
-        declared = {**{ref: path for ref, path in contents.files.items()}}
-        missing = [ref for ref in refs if ref not in declared]
-        if missing:
-            raise InvalidInput([FieldError(obj=ref, reason=f"not in the store {store.directory}") for ref in missing])
-        foreign = [ref for ref in refs if not store.canonical(ref, declared[ref])]
-        if foreign:
-            raise InvalidInput(
-                [FieldError(obj=ref, reason=f"is declared in {declared[ref]}, which holds more than vsop wrote; edit that file") for ref in foreign]
-            )
-        gone = set(refs)
-        remaining = [vs for vs in contents.services if vs.ref not in gone]
-        held = contents.source.held()
-        merged = Merged(remaining, Held(held.owners - gone, held.unknown, held.known | gone), contents)
+        target = deletion(refs, store, strict=True)
+        refs = target.refs
+        if target.missing and not args.ignore_not_found:
+            return failed(not_found(target.missing, store) + "; nothing was deleted", reason="NotFound", notFound=target.missing)
         kernel = real_kernel()
         observed = read_observed(kernel, names)
         drained = 0.0
-        if not args.now:
-            drained = _drain(kernel, observed, contents.services, gone, names, args)
+        if not args.now and refs:
+            drained = _drain(kernel, observed, target.merged.contents.services, set(refs), names, args)
             observed = read_observed(kernel, names)
-        desired, result = program(merged, this_node, names, observed, running_kernel_version(), set())
-        store.remove(declared[ref] for ref in refs)
+        desired, result = program(target.merged, this_node, names, observed, running_kernel_version(), set())
+        store.remove(target.files[ref] for ref in refs)
         executed = execute_saying(kernel, result, names, observed, [], refused)
     if isinstance(executed, Result):
         return executed
@@ -374,51 +450,87 @@ def programmed_state(vs: VirtualService, desired: Desired, observed: KernelState
 def get(args: argparse.Namespace) -> Result:
     names = common_names(args)
     store = Store(store_path(args.store))
-    contents = read_store(store, strict=False)
-    wanted = set(args.objects)
-    services = [vs for vs in contents.services if not wanted or vs.ref in wanted or vs.metadata.name in wanted]
+    wanted = named(args)
+    contents = read_store(store, strict=False, quiet=True)
+    notes = store_problems(contents)
+    stored = {vs.ref: vs for vs in contents.services}
+    missing = [ref for ref in wanted if ref not in stored]
+    if wanted:
+        services = [stored[ref] for ref in wanted if ref in stored]
+    else:
+        services = [vs for vs in contents.services if args.all_namespaces or vs.metadata.namespace == args.namespace]
+    if missing and not args.ignore_not_found:
+        message = not_found(missing, store)
+        if not services:  # nothing to list: the failure alone, in every format
+            return failed(message, notes=[f"vsop: {note}" for note in notes], reason="NotFound", notFound=missing)
+        notes.append(message)
     observed: KernelState | None = None
     reason = ""
-    try:
-        from vsop.adapters.kernel import read_observed, running_kernel_version
-        from vsop.adapters.real import real_kernel
-
-        observed = read_observed(real_kernel(), names)
-    except Exception as exc:  # noqa: BLE001 - `get` still lists the store when the kernel cannot be read
-        reason = f"unknown: cannot read the kernel ({exc})"
     rows = []
-    if observed is not None:
-        desired = whole.derive(contents.services, node(args), observed, names=names, kernel_version=running_kernel_version())
+    if services and args.output != "name":
+        try:
+            from vsop.adapters.kernel import read_observed, running_kernel_version
+            from vsop.adapters.real import real_kernel
+
+            observed = read_observed(real_kernel(), names)
+        except Exception as exc:  # noqa: BLE001 - `get` still lists the store when the kernel cannot be read
+            reason = f"unknown: cannot read the kernel ({exc})"
+        if observed is not None:
+            desired = whole.derive(contents.services, node(args), observed, names=names, kernel_version=running_kernel_version())
     for vs in services:
-        state = programmed_state(vs, desired, observed, names) if observed is not None else reason
+        state = "" if args.output == "name" else programmed_state(vs, desired, observed, names) if observed is not None else reason
         rows.append((vs, state, contents.files.get(vs.ref)))
-    return Result(text=lambda: _get_text(rows, contents.errors, store), document=lambda: _get_document(rows, contents.errors, store))
+    elsewhere = 0 if wanted or args.all_namespaces else len(contents.services) - len(services)
+    single = len(wanted) == 1 and len(rows) == 1  # kubectl: one object named, the object itself
+    return Result(
+        code=1 if missing and not args.ignore_not_found else 0,
+        text=lambda: _get_text(rows, args, store, elsewhere),
+        document=lambda: _get_document(rows, contents.errors, store, single),
+        notes=tuple(f"vsop: {note}" for note in notes),
+    )
 
 
 Row = tuple[VirtualService, str, Path | None]  # the object, programmed or why not, its file
 
 
-def _get_document(rows: list[Row], errors: dict[str, str], store: Store) -> dict[str, object]:
-    """A v1/List of the stored objects, each with status.store (-o json, -o yaml)."""
+def _get_document(rows: list[Row], errors: dict[str, str], store: Store, single: bool) -> dict[str, object]:
+    """The object (one NAME) or a v1/List of them, each with status.store (-o json, -o yaml);
+    `vsop apply` reads it back (the loader ignores status, as the API server does)."""
     from vsop.host.store import document
 
     items = [
-        {**document(vs), "status": {"store": {"file": str(path), "programmed": state == "yes", "message": "" if state == "yes" else state}}}
+        {
+            **document(vs),
+            "status": {"store": {"file": printable(str(path), None), "programmed": state == "yes", "message": "" if state == "yes" else state}},
+        }
         for vs, state, path in rows
     ]
-    return {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"store": str(store.directory), "errors": errors}}
+    if single:
+        return items[0]
+    shown = {printable(path, None): printable(error, None) for path, error in errors.items()}
+    return {"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"store": printable(str(store.directory), None), "errors": shown}}
 
 
-def _get_text(rows: list[Row], errors: dict[str, str], store: Store) -> str:
-    if not rows and not errors:
-        return f"No VirtualServices in the store {store.directory}.\n"
-    width = max([len(vs.ref) for vs, _, _ in rows] + [len("NAMESPACE/NAME")])
-    lines = [f"{'NAMESPACE/NAME':<{width}}  {'VIP':<16} {'PORTS':<20} PROGRAMMED"]
-    for vs, state, _ in rows:
-        ports = ",".join(f"{p.port}/{p.protocol}" for p in vs.spec.ports)
-        lines.append(f"{vs.ref:<{width}}  {vs.spec.vip:<16} {ports:<20} {state}")
-    lines += [f"error: {path}: {error}" for path, error in sorted(errors.items())]
-    return "".join(line + "\n" for line in lines)
+def _get_text(rows: list[Row], args: argparse.Namespace, store: Store, elsewhere: int) -> str:
+    if args.output == "name":
+        return "".join(f"{vs.ref}\n" for vs, _, _ in rows)  # what `vsop get` and `vsop delete` take back
+    if not rows:
+        where = "" if args.all_namespaces else f" in namespace {args.namespace}"
+        more = f" ({elsewhere} in other namespaces: -A lists them)" if elsewhere else ""
+        return f"No VirtualServices{where} in the store {store.directory}{more}.\n"
+    wide = args.output == "wide"
+    header = ["NAMESPACE/NAME", "VIP", "PORTS"] + (["MODE", "SCHEDULER", "REAL SERVERS", "FILE"] if wide else []) + ["PROGRAMMED"]
+    table = [header]
+    for vs, state, path in rows:
+        row = [vs.ref, vs.spec.vip, ",".join(f"{p.port}/{p.protocol}" for p in vs.spec.ports)]
+        if wide:
+            real = [f"{len(vs.spec.backends)} static"] if vs.spec.backends else []
+            if vs.spec.service_ref is not None:
+                real.append(f"service {vs.spec.service_ref.name}")
+            row += [vs.spec.mode, vs.spec.scheduler, "+".join(real) or "-", str(path) if path else "-"]
+        table.append(row + [state])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    return "".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1] + "\n" for row in table)
 
 
 def plan_services(args: argparse.Namespace, given: list[VirtualService]) -> tuple[list[VirtualService], Held]:
@@ -429,4 +541,8 @@ def plan_services(args: argparse.Namespace, given: list[VirtualService]) -> tupl
     return merged.services, merged.held
 
 
-__all__ = ["LockTimeout", "StoreUnreadable", "add_store_options", "apply", "delete", "get", "plan_services", "register", "run"]
+__all__ = [
+    "Deletion", "LockTimeout", "StoreUnreadable", "add_store_options", "apply", "delete", "deletion", "get", "not_found",
+    "refs_to_delete",
+    "plan_services", "register", "run",
+]

@@ -13,8 +13,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from vsop.api.errors import printable
 from vsop.core.desired import constant_chains, constant_jumps
-from vsop.core.state import Names, RealServerKey, ServiceKey, ipset_member
+from vsop.core.state import Names, RealServerKey, ServiceKey, hostport, ipset_member
 from vsop.diagnose.facts import Chain, Facts, Rule, rule_words
 
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -29,24 +30,28 @@ class TargetError(ValueError):
 
 def parse_target(text: str) -> ServiceKey:
     """"169.254.11.2:80", "169.254.11.2:53/udp", "[fd00::2]:80/TCP" -> ServiceKey."""
+    shown = "'" + printable(text, 100) + "'"
     rest, _, protocol = text.partition("/")
     protocol = (protocol or "tcp").lower()
     if protocol not in PROTOCOLS:
-        raise TargetError(f"{text!r}: protocol must be TCP, UDP or SCTP, not {protocol!r}")
+        raise TargetError(f"{shown}: protocol must be TCP, UDP or SCTP, not '{printable(protocol, 20)}'")
     if rest.startswith("["):
         host, sep, port = rest[1:].partition("]:")
     else:
         host, sep, port = rest.rpartition(":")
         if ":" in host:
-            raise TargetError(f"{text!r}: write an IPv6 VIP in brackets: [ADDRESS]:PORT")
+            raise TargetError(f"{shown}: write an IPv6 VIP in brackets: [ADDRESS]:PORT")
     if not sep or not host:
-        raise TargetError(f"{text!r}: expected VIP:PORT[/PROTOCOL], e.g. 169.254.11.2:80 or [fd00::2]:53/udp")
+        raise TargetError(f"{shown}: expected VIP:PORT[/PROTOCOL], e.g. 169.254.11.2:80 or [fd00::2]:53/udp")
+    if "%" in host:  # Python reads fe80::1%eth0; an IPVS service address has no zone
+        address = host.partition("%")[0]
+        raise TargetError(f"{shown}: a zone (%{printable(host.partition('%')[2], 20)}) is not part of a VIP: IPVS services have none; write [{printable(address, 60)}]:PORT")
     try:
         vip = str(ipaddress.ip_address(host))
     except ValueError:
-        raise TargetError(f"{text!r}: {host!r} is not an IP address") from None
+        raise TargetError(f"{shown}: '{printable(host, 60)}' is not an IP address") from None
     if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise TargetError(f"{text!r}: the port must be a number from 1 to 65535")
+        raise TargetError(f"{shown}: the port must be a number from 1 to 65535")
     return ServiceKey(protocol, vip, int(port))  # type: ignore[arg-type]
 
 
@@ -442,7 +447,7 @@ def _conntrack_step(facts: Facts, key: ServiceKey) -> Step:
     entries = [e for e in facts.conntrack if e.protocol == key.protocol and e.orig_dst == key.vip and e.orig_dport == key.port]
     by_server: dict[str, list] = {}
     for entry in entries:
-        by_server.setdefault(f"{entry.reply_src}:{entry.reply_sport}" if ":" not in entry.reply_src else f"[{entry.reply_src}]:{entry.reply_sport}", []).append(entry)
+        by_server.setdefault(hostport(entry.reply_src, entry.reply_sport), []).append(entry)
     current = {str(k) for k in facts.observed.real_servers if k.service == key}
     items = []
     stale = 0
@@ -453,7 +458,7 @@ def _conntrack_step(facts: Facts, key: ServiceKey) -> Step:
         text = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
         if key.protocol == "udp":
             quiet = min(group, key=lambda e: e.timeout)
-            text += f"; least recently used: from {quiet.orig_src}:{quiet.orig_sport}, expires in {quiet.timeout}s"
+            text += f"; least recently used: from {hostport(quiet.orig_src, quiet.orig_sport)}, expires in {quiet.timeout}s"
         known = server in current
         if not known:
             stale += 1
@@ -535,9 +540,8 @@ def _counter_text(counters: dict[str, int], grown: dict[str, int]) -> str:
 
 def explain_text(report: dict[str, Any], previous: dict[str, Any] | None = None) -> str:
     target = report["target"]
-    host = f"[{target['vip']}]" if ":" in target["vip"] else target["vip"]
     grown = deltas(previous, report)
-    lines = [f"The path of a {target['protocol']} packet to {host}:{target['port']} through this node"
+    lines = [f"The path of a {target['protocol']} packet to {hostport(target['vip'], target['port'])} through this node"
              + (f" (owner {report['owner']})" if report["owner"] else " (no owner: vsop does not serve it)")]
     if previous is not None:
         lines[0] += "; (+N): growth since the previous screen"
