@@ -248,7 +248,8 @@ def test_one_metavar_style() -> None:
         for action in parser._actions:
             if not action.option_strings or action.nargs == 0 or action.choices is not None:
                 continue
-            assert action.metavar is not None and "_" not in action.metavar, f"vsop {name} {action.option_strings[-1]}"
+            shown = action.metavar or action.dest.upper()  # what --help prints
+            assert isinstance(shown, str) and "_" not in shown, f"vsop {name} {action.option_strings[-1]} {shown}"
 
 
 def test_every_writer_takes_lock_and_wait() -> None:
