@@ -36,12 +36,13 @@ CLIENT = "10.200.9.2"
 NODE_ON_CLIENT_SIDE = "10.200.9.1"
 
 
-def _serve_tcp_echo(ns: Netns, port: int, stop: threading.Event) -> None:
+def _serve_tcp_echo(ns: Netns, port: int, stop: threading.Event, ready: threading.Event) -> None:
     with ns.entered():
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind(("0.0.0.0", port))
     server.listen(16)
+    ready.set()
     server.settimeout(0.2)
 
     def handle(conn: socket.socket) -> None:
@@ -58,10 +59,11 @@ def _serve_tcp_echo(ns: Netns, port: int, stop: threading.Event) -> None:
     server.close()
 
 
-def _serve_udp_echo(ns: Netns, port: int, stop: threading.Event) -> None:
+def _serve_udp_echo(ns: Netns, port: int, stop: threading.Event, ready: threading.Event) -> None:
     with ns.entered():
         server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     server.bind(("0.0.0.0", port))
+    ready.set()
     server.settimeout(0.2)
     while not stop.is_set():
         try:
@@ -78,18 +80,22 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Netns]]:
     stop = threading.Event()
     spaces: dict[str, Netns] = {}
     www = tmp_path_factory.mktemp("www")
+    bound: list[threading.Event] = []
     for name, address in BACKENDS.items():
         ns = pool.add(name, name=name)
         veth(None, address.rsplit(".", 1)[0] + ".1/24", ns, f"{address}/24")
         start_http_server(ns, www / name, port=8080)
         for serve, port in ((_serve_tcp_echo, 7007), (_serve_udp_echo, 5353)):
-            threading.Thread(target=serve, args=(ns, port, stop), daemon=True).start()
+            ready = threading.Event()
+            threading.Thread(target=serve, args=(ns, port, stop, ready), daemon=True).start()
+            bound.append(ready)
         spaces[name] = ns
     client = pool.add("client", name="client")
     veth(None, f"{NODE_ON_CLIENT_SIDE}/24", client, f"{CLIENT}/24")
     client.run("ip", "route", "add", "default", "via", NODE_ON_CLIENT_SIDE)
     spaces["client"] = client
-    time.sleep(0.3)  # the echo threads bind
+    for ready in bound:  # the echo threads have bound their sockets
+        assert ready.wait(30), "an echo server did not bind"
     yield spaces
     stop.set()
     pool.close()
@@ -214,6 +220,19 @@ class AgentProcess:
             return json.loads(self.status_file.read_text())
         except (OSError, ValueError):
             return {}
+
+    def wait_resyncs(self, count: int, timeout: float = 120, full: bool = True) -> None:
+        """Return once `count` more syncs finished (full resyncs only, unless `full` is False), as the
+        status file's lastSync says: the evidence a negative assertion waits for, not a fixed sleep."""
+        seen = [self.status().get("lastSync", {}).get("at")]
+
+        def more() -> bool:
+            last = self.status().get("lastSync", {})
+            if (last.get("full") or not full) and last.get("at") not in seen:
+                seen.append(last.get("at"))
+            return len(seen) > count
+
+        wait_for(f"{count} more resyncs of the agent", more, timeout, 0.1)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

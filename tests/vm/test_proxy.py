@@ -39,6 +39,7 @@ from tests.vm.lab import (  # noqa: E402,F401
     lab,
     manifest,
     vsop,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
@@ -154,7 +155,7 @@ def test_vip_exposes_only_its_service_ports(lab, tmp_path, capsys) -> None:
     listener = subprocess.Popen(["/bin/busybox", "httpd", "-f", "-p", "2222", "-h", str(tmp_path)], start_new_session=True)
     (tmp_path / "index.html").write_text("node\n")
     try:
-        time.sleep(0.5)
+        wait_for("the node's httpd listening", lambda: socket.create_connection(("127.0.0.1", 2222), timeout=1).close() is None, 20, 0.05)
         assert http_get(NODE_ON_CLIENT_SIDE, 2222, netns=lab["client"], timeout=5).strip() == "node"  # the node's own address works
         with pytest.raises(ConnectionRefusedError):
             http_get(VIP, 2222, netns=lab["client"], timeout=5)  # rejected by VSOP-FILTER
