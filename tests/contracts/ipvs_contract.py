@@ -198,8 +198,8 @@ class IPVSContract:
         assert failure.value.op == edit
         assert self.state(ipvs_adapter) == ({API: ("rr", 0)}, {})
 
-    @pytest.mark.parametrize("address", ["10.77.255.255", "224.0.0.5", "255.255.255.255", "0.0.0.1"],
-                             ids=["subnet-broadcast", "multicast", "broadcast", "this-network"])
+    @pytest.mark.parametrize("address", ["10.77.255.255", "224.0.0.5", "255.255.255.255"],
+                             ids=["subnet-broadcast", "multicast", "broadcast"])
     def test_a_backend_that_is_not_unicast_is_refused_naming_it(self, ipvs_adapter, address):
         """ip_vs_new_dest wants inet_addr_type() to say unicast or local: EINVAL otherwise."""
         kept = real(WEB, "10.77.0.1", 80)
@@ -210,9 +210,11 @@ class IPVSContract:
         assert failure.value.reason == f"backend {address} is not routable from this node"
         assert self.state(ipvs_adapter) == ({WEB: ("rr", 0)}, {kept.key: ("masq", 1)})
 
-    def test_a_backend_with_no_route_is_accepted(self, ipvs_adapter):
-        """A lookup miss counts as unicast: the kernel takes an address it has no route to."""
-        far = real(WEB, "198.51.100.7", 80)
+    @pytest.mark.parametrize("address", ["198.51.100.7", "0.0.0.1"], ids=["no-route", "this-network"])
+    def test_a_backend_with_no_route_is_accepted(self, ipvs_adapter, address):
+        """A lookup miss counts as unicast: the kernel takes an address it has no route to, and
+        (Debian's 6.1, measured in the vm tier) one in 0.0.0.0/8 too."""
+        far = real(WEB, address, 80)
         ipvs_adapter.apply([ops.AddService(service(WEB)), ops.AddRealServer(far)])
         assert self.state(ipvs_adapter) == ({WEB: ("rr", 0)}, {far.key: ("masq", 1)})
 
