@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -94,6 +95,96 @@ def test_http_health_check_500_out_200_back_404_out(lab, agent, tmp_path, capsys
         assert weight_of(be1, 8182) == 0  # the path is still missing
     finally:
         for server in servers:
+            server.stop.set()
+
+
+class MisbehavingServer:
+    """HTTP in a namespace, one thread per connection; `mode["how"]` says how it answers:
+    ok (200 and its name), hang (accepts, reads the request, never answers), slow (the status
+    line, then one header a second: slower than the check's timeout), huge (a 70,000-byte
+    status line: over 64 KiB, which used to kill the checker's task for that backend)."""
+
+    def __init__(self, ns: Netns, port: int, name: str, how: str):
+        self.mode = {"how": how}
+        self.name = name
+        self.stop = threading.Event()
+        with ns.entered():
+            self.server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("0.0.0.0", port))
+        self.server.listen(64)
+        self.server.settimeout(0.2)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        self.server.close()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(2)
+            try:
+                conn.recv(4096)
+                how = self.mode["how"]
+                if how == "hang":
+                    self.stop.wait(30)
+                elif how == "slow":
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n")
+                    for header in range(10):
+                        if self.stop.wait(1):
+                            return
+                        conn.sendall(f"X-Slow-{header}: 1\r\n".encode())
+                    conn.sendall(b"\r\n")
+                elif how == "huge":
+                    conn.sendall(b"HTTP/1.0 200 " + b"x" * 70000 + b"\r\n\r\n")
+                else:
+                    conn.sendall(f"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n{self.name}\n".encode())
+            except OSError:
+                pass
+
+
+def test_http_checks_take_hanging_slow_and_oversized_answers_out_and_keep_checking(lab, agent, tmp_path, capsys) -> None:
+    be1, be2 = BACKENDS["be1"], BACKENDS["be2"]
+    servers = {
+        "ok": MisbehavingServer(lab["be1"], 8181, "be1", "ok"),
+        "hang": MisbehavingServer(lab["be2"], 8181, "be2-hang", "hang"),
+        "slow": MisbehavingServer(lab["be1"], 8183, "be1-slow", "slow"),
+        "huge": MisbehavingServer(lab["be2"], 8183, "be2-huge", "huge"),
+    }
+    endpoint = {"ok": (be1, 8181), "hang": (be2, 8181), "slow": (be1, 8183), "huge": (be2, 8183)}
+    try:
+        check = {"type": "http", "path": "/healthz", "expectStatus": 200, "intervalSeconds": 1, "timeoutSeconds": 1,
+                 "failureThreshold": 2, "successThreshold": 1}
+        backends = [{"address": address, "port": port} for address, port in endpoint.values()]
+        manifest(agent.directory, "web", ports=[{"port": 80}], backends=backends, healthCheck=check)
+        agent.start()
+        bad = ("hang", "slow", "huge")
+        wait_for("the hanging, slow and oversized backends out of service",
+                 lambda: all(weight_of(*endpoint[name]) == 0 for name in bad), 60, 0.1)
+        assert weight_of(*endpoint["ok"]) == 1
+        assert [http_get(VIP, 80, netns=lab["client"], timeout=3).strip() for _ in range(4)] == ["be1"] * 4
+        status = {h["realServer"]: h["lastError"] for h in agent.status()["health"]}
+        assert status[f"{be2}:8181"] == status[f"{be1}:8183"] == "no complete HTTP answer within 1s", status
+        assert status[f"{be2}:8183"] == "HTTP answer line over 8192 bytes", status
+        # The checker of the oversized backend lives on: once it answers well, it is back.
+        servers["huge"].mode["how"] = "ok"
+        wait_for("the formerly oversized backend back in service", lambda: weight_of(*endpoint["huge"]) == 1, 30, 0.1)
+        # And the others are still checked: the good one starts hanging, and goes out.
+        servers["ok"].mode["how"] = "hang"
+        wait_for("the good backend, now hanging, out of service", lambda: weight_of(*endpoint["ok"]) == 0, 30, 0.1)
+        assert {http_get(VIP, 80, netns=lab["client"], timeout=3).strip() for _ in range(4)} == {"be2-huge"}
+        assert agent.process is not None and agent.process.poll() is None
+        try:
+            agent.stop()  # SIGTERM, with probes hanging on three backends
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the agent did not stop on SIGTERM within 60 s:\n{agent.log.read_text()[-6000:]}") from None
+    finally:
+        for server in servers.values():
             server.stop.set()
 
 
