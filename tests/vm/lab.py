@@ -198,6 +198,7 @@ class AgentProcess:
         self.prefix = prefix or []
         self.resync_seconds = resync_seconds
         self.status_file = workdir / "agent.json"
+        self.state_file = workdir / "state.json"  # kept across this agent's restarts, as /run/vsop/state.json is
         self.log = workdir / "agent.log"
         self.process: subprocess.Popen | None = None
 
@@ -206,7 +207,7 @@ class AgentProcess:
         self.status_file.unlink(missing_ok=True)
         self.process = subprocess.Popen(
             [*self.prefix, VSOP, "agent", *self.args, "--poll-seconds", "0.2", "--resync-seconds", str(self.resync_seconds),
-             "--status-file", str(self.status_file), "-v"],
+             "--status-file", str(self.status_file), "--state-file", str(self.state_file), "-v"],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), start_new_session=True,
         )
         try:

@@ -189,3 +189,57 @@ def test_agent_restart_under_load_fails_no_request_and_writes_nothing(lab, agent
         worker.join(10)
     assert agent.status()["lastSync"]["writes"] == 0
     assert failures == [] and count[0] > 5
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_dead_backend_stays_out_across_an_agent_restart(lab, agent, tmp_path, capsys, how) -> None:
+    """Health verdicts survive a restart (/run/vsop/state.json, here the agent's --state-file):
+    without them the first sync after a restart put a dead real server back at weight 1 until it
+    failed its checks again, failureThreshold x interval of refused connections."""
+    client = lab["client"]
+    servers = {name: start_http_server(lab[name], tmp_path / f"h-{name}", port=9090) for name in BACKENDS}
+    check = {"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
+    manifest(agent.directory, "web", ports=[{"port": 80, "targetPort": 9090}], healthCheck=check)
+    agent.start()
+    wait_for("both backends", lambda: {http_get(VIP, netns=client, timeout=2).strip() for _ in range(4)} == set(BACKENDS), 60)
+    servers["be2"].kill()
+    servers["be2"].wait()
+    wait_for("be2 out of service", lambda: weight_of(BACKENDS["be2"], 9090) == 0, 30, 0.05)
+    wait_for("the verdict kept", lambda: agent.state_file.exists() and '"healthy": false' in agent.state_file.read_text(), 10, 0.05)
+
+    failures: list[str] = []
+    answered: list[str] = []
+    done = threading.Event()
+
+    def load() -> None:
+        while not done.is_set():
+            try:
+                answered.append(http_get(VIP, netns=client, timeout=3).strip())
+            except OSError as exc:
+                failures.append(repr(exc))
+            time.sleep(0.05)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    weights: list[int | None] = []
+    try:
+        if how == "SIGKILL":
+            assert agent.process is not None
+            agent.process.kill()
+            agent.process.wait(30)
+            agent.process = None
+        else:
+            agent.stop()
+        agent.start()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:  # sampled every 100 ms for 15 s
+            weights.append(weight_of(BACKENDS["be2"], 9090))
+            time.sleep(0.1)
+    finally:
+        done.set()
+        worker.join(10)
+    record(capsys, f"restart ({how}) with a dead backend: {len(weights)} weight samples, highest {max(w or 0 for w in weights)}; "
+                   f"{len(answered)} requests, {len(failures)} failed")
+    assert weights and set(weights) == {0}, weights
+    assert failures == [] and answered and set(answered) == {"be1"}
+    assert "recalled the previous agent's health verdicts" in agent.log.read_text()

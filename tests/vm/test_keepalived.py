@@ -117,7 +117,7 @@ def stack(lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     manifest(s.services, "web", mode="keepalived", ports=PORTS, healthCheck=CHECK)
     s.agent = subprocess.Popen(
         [VSOP, "agent", "--from", str(s.services), "--poll-seconds", "0.2", "--resync-seconds", "3",
-         "--status-file", str(s.status_file), "--keepalived-dir", str(s.keepalived_dir),
+         "--status-file", str(s.status_file), "--state-file", str(s.status_file.with_name("state.json")), "--keepalived-dir", str(s.keepalived_dir),
          "--keepalived-pidfile", str(s.pidfile), "--keepalived-binary", KEEPALIVED],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(s.agent_log, "a"), start_new_session=True,
     )

@@ -130,6 +130,9 @@ FLAGS: tuple[Flag, ...] = (
     _f("--keep-accept-ra", action="store_true", host=(False, KEEP_ACCEPT_RA_HELP), cluster=(False, KEEP_ACCEPT_RA_HELP)),
     _f("--route-table", host=(None, ""), shared=add_route_table),
     _f("--status-file", host=("/run/vsop/agent.json", "where the agent writes its state for `vsop show`")),
+    _f("--state-file", metavar="FILE", host=("/run/vsop/state.json", "health verdicts and drains kept across restarts, read by apply/delete too "
+                                                                     "(default /run/vsop/state.json; '' keeps nothing)"),
+       cluster=(None, "health verdicts and drains kept across restarts (default: /run/vsop/state.json when the node's /run/vsop is mounted)")),
     _f("--health-port", type=int, cluster=(9710, "port of /healthz and /readyz (default: 9710)"),
        controller=(9720, "port of /healthz and /readyz (default: 9720)")),
     _f("--metrics-port", type=int, host=(None, "serve Prometheus /metrics (and /healthz, /readyz) on this port (default: off)", {"metavar": "PORT"}),
@@ -262,6 +265,7 @@ def run_host_agent(args: argparse.Namespace) -> int:
         poll_seconds=args.poll_seconds,
         sweep_seconds=args.sweep_seconds,
         status_file=Path(args.status_file) if args.status_file else None,
+        state_file=Path(args.state_file) if args.state_file else None,
         keep_accept_ra=args.keep_accept_ra,
         names=names_from_flags(args),
     )
@@ -361,6 +365,7 @@ def agent_main(
         from vsop.kube.apiserver import ApiServerAddresses
         from vsop.kube.client import ApiWriter
         from vsop.node.lock import lock_path
+        from vsop.node.remember import DEFAULT_STATE_FILE
 
         node = args.node_name
         found = (kernel, conntrack) if kernel is not None else _host_from_environment(args.proc_sys, node)
@@ -371,6 +376,7 @@ def agent_main(
             debounce_seconds=args.debounce_seconds,
             keep_accept_ra=args.keep_accept_ra,
             lock=lock_path(args.lock) if args.lock or lock_path().parent.is_dir() else None,
+            state_file=Path(args.state_file) if args.state_file else (DEFAULT_STATE_FILE if DEFAULT_STATE_FILE.parent.is_dir() else None),
         )
         return Agent(options, found[0], ApiWriter(connection, COMPONENT, host=node), conntrack=found[1], keepalived=keepalived,
                      apiserver=ApiServerAddresses.for_connection(connection))

@@ -38,6 +38,7 @@ from vsop.host.status_file import StatusDocument
 from vsop.keepalived.writer import KeepalivedWriter
 from vsop.node import heap
 from vsop.adapters.kernel import Kernel, running_kernel_version
+from vsop.node.remember import RememberFile
 from vsop.node.loop import Feed, KeepalivedInput, NodeLoop, Turn, WriterLock
 from vsop.node.probes import Target
 from vsop.node.reconciler import Outcome, Reconciler
@@ -60,6 +61,7 @@ class AgentConfig:
     debounce_seconds: float = 0.1
     retry_seconds: float = 5.0
     status_file: Path | None = DEFAULT_STATUS_FILE
+    state_file: Path | None = None  # health verdicts and drains kept across restarts (vsop.node.remember); None: none
     lock: Path | None = None  # the writer lock held during each sync; None: no lock (tests on fakes)
     lock_wait_seconds: float = 60.0  # a sync gives up after this and is retried
     keep_accept_ra: bool = False  # refuse IPv6 VIPs that would need accept_ra changed (as apply --keep-accept-ra)
@@ -105,7 +107,8 @@ class HostAgent:
         lock = WriterLock(config.lock, config.lock_wait_seconds, on_wait=lambda who: log.info("waiting for the writer lock holder=%r", who))
         self.loop = NodeLoop(self.reconciler, self.tracker, lock=lock, keepalived=keepalived, metrics=metrics,
                              resync_seconds=config.resync_seconds, debounce_seconds=config.debounce_seconds,
-                             retry=lambda failures: config.retry_seconds, settle=True, keep_probing_held=True)
+                             retry=lambda failures: config.retry_seconds, settle=True, keep_probing_held=True,
+                             remember=RememberFile(config.state_file) if config.state_file else None)
         self.drift_repairs = 0  # operations that put back what changed behind vsop's back
         self.last_repairs: list[str] = []
         self.polled_at = float("-inf")  # when the folder was last polled (monotonic)

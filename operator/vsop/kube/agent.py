@@ -42,6 +42,7 @@ from vsop.kube.sink import KernelOutcome, KeepalivedReport, NodeReportSink, Sync
 from vsop.kube.source import Changes, ClusterSource, VSRecord
 from vsop.adapters.kernel import Kernel, running_kernel_version
 from vsop.node.lock import LockTimeout
+from vsop.node.remember import RememberFile
 from vsop.node.loop import Feed, KeepalivedInput, NodeLoop, Turn, WriterLock
 from vsop.node.probes import HealthChecker, Target
 from vsop.node.reconciler import Reconciler
@@ -70,6 +71,7 @@ class AgentOptions:
     # holds it, so a `vsop apply` on the node never interleaves with the agent's writes.
     lock: Path | None = None
     lock_wait_seconds: float = 60.0  # a sync gives up after this and is retried
+    state_file: Path | None = None  # health verdicts and drains kept across restarts (vsop.node.remember)
 
 
 class Agent:
@@ -107,7 +109,8 @@ class Agent:
         on_wait = lambda who: log.info(kv("Waiting for the host's writer lock", node=self.node_name, holder=who))  # noqa: E731
         self.loop = NodeLoop(self.reconciler, self.tracker, lock=WriterLock(options.lock, options.lock_wait_seconds, on_wait),
                              keepalived=keepalived, metrics=self.metrics, resync_seconds=options.resync_seconds,
-                             debounce_seconds=options.debounce_seconds, retry=self._retry)
+                             debounce_seconds=options.debounce_seconds, retry=self._retry,
+                             remember=RememberFile(options.state_file) if options.state_file else None)
         self.probes = self.loop.probes = Probes(stall_seconds=max(120.0, 4 * options.resync_seconds))
         self.trigger = self.loop.trigger
         self.gate = ListingGate(self.trigger, f"{COMPONENT} {self.node_name}")

@@ -32,6 +32,7 @@ from vsop.core.health import HealthTracker
 from vsop.core.held import Held
 from vsop.core.state import Names, RealServerKey
 from vsop.node.lock import LockTimeout, stamp, writer_lock
+from vsop.node.remember import RememberFile
 from vsop.node.probes import HealthChecker, Target
 from vsop.node.wake import Trigger
 from vsop.node.reconciler import Outcome, Reconciler
@@ -186,6 +187,7 @@ class NodeLoop:
         settle: bool = False,
         keep_probing_held: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        remember: RememberFile | None = None,
     ):
         self.reconciler = reconciler
         self.tracker = tracker
@@ -203,6 +205,9 @@ class NodeLoop:
         # probed: its health state must survive the blip, or a dead real server would return.
         self.keep_probing_held = keep_probing_held
         self.clock = clock
+        # Health verdicts and drains kept across restarts (/run/vsop/state.json): a real server
+        # checks took out starts out, and a drain keeps its age.
+        self.remember = remember
         self.trigger = Trigger()
         self.checked: dict[str, VirtualService] = {}  # objects with a health check, as the reconciler has them
         self.targets: set[Target] = set()
@@ -226,6 +231,8 @@ class NodeLoop:
                 turn.feed = feed = take(others)
                 self.feed(feed)
                 turn.outcome = outcome = self.reconciler.reconcile(full=turn.full)
+                if self.remember is not None:
+                    self.remember.save(self.tracker.states, self.reconciler.draining.since, time.time(), time.monotonic())
                 if self.probes is not None:
                     self.probes.turned()
                 if self.metrics is not None:
@@ -301,6 +308,8 @@ class NodeLoop:
 
     async def run(self, driver: Driver, stop: asyncio.Event | None = None) -> None:
         """Turns until `stop` (or cancelled): woken by the trigger, at least every resync period."""
+        if self.remember is not None:
+            self.recall(self.remember)
         self.checker = HealthChecker(self.tracker, lambda: self.trigger.wake("health check result changed"))
         if self.metrics is not None:
             self.metrics.watch_health(self.checker)
@@ -314,6 +323,20 @@ class NodeLoop:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+
+    def recall(self, remember: RememberFile) -> None:
+        """What the previous agent knew: its verdicts (and counters) and its drains' start times."""
+        remembered = remember.load(time.time(), time.monotonic())
+        for key, state in remembered.health.items():
+            self.tracker.states.setdefault(key, state)
+            if self.tracker.track_changes:
+                self.tracker.changed.add(key)
+        for key, since in remembered.draining_since.items():
+            self.reconciler.draining.since.setdefault(key, since)
+        down = sum(1 for state in remembered.health.values() if not state.healthy)
+        if remembered.health or remembered.draining_since:
+            log.info("recalled the previous agent's health verdicts and drains file=%s real_servers=%d out_of_service=%d draining=%d",
+                     remember.path, len(remembered.health), down, len(remembered.draining_since))
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()

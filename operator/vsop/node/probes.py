@@ -210,7 +210,9 @@ class HealthChecker:
     async def _run(self, target: Target) -> None:
         thresholds = Thresholds(target.check.failure_threshold, target.check.success_threshold)
         interval = target.check.interval_seconds
-        due = self.clock() + self.jitter() * interval
+        # A real server already out of service (remembered from before a restart) is probed at
+        # once, so it comes back as soon as it answers; the others start at a random point.
+        due = self.clock() + (0.0 if not self.tracker.is_healthy(target.key) else self.jitter() * interval)
         me = asyncio.current_task()
         while self.tasks.get(target) is me:  # a task whose cancel was swallowed ends here (see stop)
             await asyncio.sleep(max(0.0, due - self.clock()))

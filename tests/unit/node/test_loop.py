@@ -327,3 +327,29 @@ async def test_a_batched_report_goes_out_when_due_without_a_turn_of_its_own() ->
     driver, trigger, _ = await schedule(2, [], setup=setup, resync_seconds=30.0)
     assert driver.flushed == 1 and trigger.timeouts == [0.0, 1.0, 29.0]
     assert [full for full, _ in driver.turns] == [True, True]
+
+
+# --- memory across restarts (vsop.node.remember) -------------------------------------------------
+
+
+def test_a_restarted_loop_starts_with_the_verdicts_the_last_one_kept(tmp_path: Path) -> None:
+    from vsop.node.remember import RememberFile
+
+    checked = make_vs(healthCheck={"type": "tcp", "failureThreshold": 1})
+    before, fake = node_loop(remember=RememberFile(tmp_path / "state.json"))
+    before.turn(True, given(Feed(changed={"default/web": checked})))
+    before.tracker.record(FIRST, False, Thresholds(1, 1), "refused")
+    before.turn(False, given(Feed()))
+    assert fake.state.real_servers[FIRST].weight == 0 and (tmp_path / "state.json").exists()
+    writes = before.remember.writes  # type: ignore[union-attr]
+    before.turn(False, given(Feed()))
+    assert before.remember.writes == writes  # type: ignore[union-attr]  # nothing changed: nothing written
+
+    # A new process on the same kernel: the dead real server stays at weight 0 from its first turn.
+    kernel_state = fake.state
+    after, fake_after = node_loop(kernel_state, remember=RememberFile(tmp_path / "state.json"))
+    after.recall(after.remember)  # type: ignore[arg-type]  # what run() does first
+    assert after.tracker.out_of_service() == frozenset({FIRST})
+    turn = after.turn(True, given(Feed(changed={"default/web": checked})))
+    assert turn.ok and fake_after.state.real_servers[FIRST].weight == 0
+    assert turn.outcome is not None and turn.outcome.writes == 0  # the kernel already says so: nothing to change

@@ -195,3 +195,35 @@ def test_stop_ends_a_task_whose_cancel_a_probe_swallowed(monkeypatch: pytest.Mon
         return not checker.tasks
 
     assert asyncio.run(scenario()) and swallowed
+
+
+def test_a_real_server_already_out_of_service_is_probed_at_once() -> None:
+    """Out of service before the checker started (recalled after a restart): no jitter, it may be back."""
+    from vsop.core.health import Health
+
+    async def scenario() -> dict[str, float]:
+        started: dict[str, float] = {}
+        loop = asyncio.get_running_loop()
+
+        async def record(self: Target) -> str | None:
+            started.setdefault(self.key.address, loop.time())
+            return None
+
+        tracker = HealthTracker()
+        down, up = RealServerKey(SERVICE, "10.0.0.1", 80), RealServerKey(SERVICE, "10.0.0.2", 80)
+        tracker.states[down] = Health(healthy=False, failures=3)
+        checker = HealthChecker(tracker, lambda: None, clock=loop.time, jitter=lambda: 0.9)
+        original = Target.probe
+        Target.probe = record  # type: ignore[method-assign]
+        try:
+            begun = loop.time()
+            checker.update({Target(down, check(interval=1, timeout=1)), Target(up, check(interval=1, timeout=1))})
+            while len(started) < 2:
+                await asyncio.sleep(0.01)
+            await checker.stop()
+        finally:
+            Target.probe = original  # type: ignore[method-assign]
+        return {address: at - begun for address, at in started.items()}
+
+    started = asyncio.run(scenario())
+    assert started["10.0.0.1"] < 0.2 and started["10.0.0.2"] >= 0.9
