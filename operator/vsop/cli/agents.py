@@ -241,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
 def run_host_agent(args: argparse.Namespace) -> int:
     from vsop.adapters.conntrack import ConntrackTool
     from vsop.adapters.real import real_kernel
-    from vsop.cli.logs import setup_logging
+    from vsop.node.logs import setup_logging
     from vsop.host.agent import AgentConfig, run_agent
     from vsop.host.store import store_path
     from vsop.node.lock import lock_path

@@ -19,7 +19,7 @@ from vsop.adapters.base import OperationFailed
 from vsop.api.errors import InvalidInput, KernelUnsupported
 from vsop.cli import agents, cleanup, crd, diagnose, output, plan, pools, render, show, store
 from vsop.cli.common import dry_run, dry_run_flags
-from vsop.cli.logs import command_logging
+from vsop.cli.output import command_logging
 from vsop.cli.output import EXIT_OK
 from vsop.node.lock import LockTimeout
 from vsop.cli.store import StoreUnreadable

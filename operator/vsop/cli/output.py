@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn, Sequence, Union
 
 from vsop.api.errors import InvalidInput, printable
+from vsop.node.logs import KlogFormatter
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID = 0, 1, 2
 
@@ -190,3 +192,25 @@ def usage(exc: UsageError, argv: Sequence[str]) -> int:
         print(safe(f"{exc.parser.prog}: error: {exc.message}"), file=sys.stderr)
     return EXIT_INVALID
 
+
+def command_logging(verbose: bool) -> None:
+    """What a one-shot command does with the log records of the code it runs (the folder reader,
+    the executor): the command says what matters itself, once (a bad store file, a conntrack
+    entry kept), so the records are shown only with -v, klog-style and escaped. Without any
+    handler, Python's last resort would print each warning raw beside the command's own line.
+    A process that set up logging already (the tests, the agents) keeps its handlers."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    if not verbose:
+        root.addHandler(logging.NullHandler())
+        return
+
+    class Escaped(KlogFormatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return safe(super().format(record))
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Escaped())
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)

@@ -1,6 +1,8 @@
-"""keepalived mode: VirtualServices rendered as keepalived configuration.
+"""keepalived mode: VirtualServices rendered as keepalived configuration, and the agents' writer.
 
-Owns `servers` (the real servers of one VirtualService, whatever its mode, derived by
-the core) and `render` (the jinja2 templates, the layouts and `vsop render keepalived`).
-Must not import: kopf, kubernetes, pyroute2, subprocess, socket, vsop.adapters, vsop.cli.main.
+Reading order: servers (the real servers of one VirtualService, whatever its mode, derived by
+the core), render (the jinja2 templates and the two layouts; the command is vsop.cli.render),
+writer (what an agent does after a good sync: render, `keepalived -t`, swap in, SIGHUP).
+Must not import: kopf, kubernetes, pyroute2, vsop.adapters, vsop.cli (render and servers: no
+subprocess or socket either; only the writer runs keepalived).
 """

@@ -9,6 +9,6 @@ conditions, pure), sink (the agent's NodeReport entries, Events, object states),
 source and the sink plugged into the node's turn, vsop.node.loop), controller (sums up the nodes'
 reports), apiserver, metrics, toggles.
 The kernel work is vsop.node's; the command line (vsop.cli.agents) builds the real kernel and starts
-both components. Must not import: vsop.host, vsop.cli (but vsop.cli.logs, the shared log format);
+both components. Must not import: vsop.host, vsop.cli (but vsop.node.logs, the shared log format);
 nothing outside this package imports it but the command line.
 """

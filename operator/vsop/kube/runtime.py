@@ -21,7 +21,7 @@ import kopf
 
 from vsop.kube import toggles
 from vsop.node.wake import Trigger, wait_event
-from vsop.cli.logs import setup_logging
+from vsop.node.logs import setup_logging
 
 __all__ = ["ListingGate", "Trigger", "configure_logging", "kopf_settings", "kv", "now_rfc3339", "run_with_kopf", "wait_event"]
 

@@ -20,6 +20,8 @@ what each turn did. The modules, in reading order:
 - lock.py: the host's one writer lock.
 - metrics.py: the node's metrics and its HTTP endpoints.
 - heap.py: keeping a long-running agent's C heap close to what it holds.
+- remember.py: health verdicts and drains kept across restarts (/run/vsop/state.json).
+- logs.py: klog-style logging, set up by every vsop process (agents, controller, commands).
 
 Must not import: vsop.host, vsop.kube, vsop.cli, kopf, kubernetes (the agents in vsop.host and
 vsop.kube wire their sources and sinks to it; checked by import-linter).
