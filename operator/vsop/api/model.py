@@ -79,19 +79,19 @@ def _ip_literal(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be an IP address written as text (quote it), got {show(value)}")
     if value != value.strip() or not value:
-        raise ValueError(f"must be an IPv4 or IPv6 address literal without spaces, got {value!r}")
+        raise ValueError(f"must be an IPv4 or IPv6 address literal without spaces, got {show(value)}")
     if "/" in value:
-        raise ValueError(f"must be a single address, not a CIDR prefix, got {value!r}")
+        raise ValueError(f"must be a single address, not a CIDR prefix, got {show(value)}")
     if "%" in value:
-        raise ValueError(f"must not carry an IPv6 zone, got {value!r}")
+        raise ValueError(f"must not carry an IPv6 zone, got {show(value)}")
     try:
         address = _address(value)
     except ValueError:
-        raise ValueError(f"must be an IPv4 or IPv6 address literal (not a hostname), got {value!r}") from None
+        raise ValueError(f"must be an IPv4 or IPv6 address literal (not a hostname), got {show(value)}") from None
     if address.is_unspecified or address.is_multicast:
-        raise ValueError(f"must be a unicast address, got {value!r}")
+        raise ValueError(f"must be a unicast address, got {show(value)}")
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        raise ValueError(f"must not be an IPv4-mapped IPv6 address, use the IPv4 form, got {value!r}")
+        raise ValueError(f"must not be an IPv4-mapped IPv6 address, use the IPv4 form, got {show(value)}")
     return str(address)  # canonical text: one spelling per address in the kernel tables
 
 

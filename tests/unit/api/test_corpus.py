@@ -112,6 +112,17 @@ CASES: dict[str, Case] = {
     # --- control characters in what is echoed: escaped, one notation
     "escape codes in a name": ({"a.yaml": HEAD + 'metadata: {name: "web\\e]0;owned\\a\\e[2J"}\nspec:\n  ports: [{port: 80}]\n' + SPEC_OK}, None, 2, ["metadata.name", "\\x1b]0;owned\\x07\\x1b[2J"]),
     "NUL and bidi override in a key": ({"a.yaml": raw('  "x\\0y\\u202ez": 1\n  ports: [{port: 80}]\n' + SPEC_OK)}, None, 2, ["x\\x00y\\u202ez", "unknown field"]),
+    # --- bytes: line ends, marks, control bytes, file names
+    "CRLF line ends": ({"a.yaml": GOOD.replace("\n", "\r\n").encode()}, None, 0, ["ipvsadm -A -t 10.9.0.1:80"]),
+    "CRLF JSON": ({"a.json": json.dumps(SEED, indent=1).replace("\n", "\r\n").encode()}, None, 0, ["ipvsadm -A -t 10.9.0.1:80"]),
+    "BOM before JSON": ({"a.json": b"\xef\xbb\xbf" + json.dumps(SEED).encode()}, None, 0, ["ipvsadm -A -t 10.9.0.1:80"]),
+    "a raw NUL byte": ({"a.yaml": GOOD.encode() + b"# \x00\n"}, None, 2, ["a.yaml", "not valid YAML"]),
+    "a raw escape byte in a name": ({"a.yaml": (HEAD + "metadata: {name: web\x1b[2J}\nspec:\n  ports: [{port: 80}]\n" + SPEC_OK).encode()}, None, 2, ["a.yaml", "not valid YAML"]),
+    "escape codes in a file name in a folder": ({"d/\x1b]0;x\x07.yaml": raw("  ports: [{port: 80}]\n  bogus: 1\n" + SPEC_OK)}, ["d"], 2, ["\\x1b]0;x\\x07.yaml", "unknown field"]),
+    "a file name that is not UTF-8, in a folder": ({"d/caf\udce9.yaml": raw("  ports: [{port: 80}]\n  bogus: 1\n" + SPEC_OK)}, ["d"], 2, ["caf\\udce9.yaml", "unknown field"]),
+    "tabs indenting YAML": ({"a.yaml": GOOD.replace("  vip:", "\tvip:")}, None, 2, ["a.yaml", "not valid YAML"]),
+    "a megabyte address is cut": ({"a.yaml": raw("  ports: [{port: 80}]\n  vip: " + "a" * 1_000_000 + "\n  backends: [{address: 10.0.0.1}]\n")}, None, 2, ["spec.vip", "aaa... (1000000 characters)'"]),
+    "a long unknown key is cut with its length": ({"a.yaml": raw("  " + "k" * 900 + ": 1\n  ports: [{port: 80}]\n" + SPEC_OK)}, None, 2, ["(905 characters)", "unknown field"]),
     # --- Kubernetes' own rules for names and port names
     "name with an empty label": ({"a.yaml": vs(name="web..v1")}, None, 2, ["metadata.name", "must be a DNS subdomain name"]),
     "name with a label ending in '-'": ({"a.yaml": vs(name="web-.v1")}, None, 2, ["metadata.name", "must be a DNS subdomain name"]),
