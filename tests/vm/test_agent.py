@@ -197,14 +197,15 @@ def test_a_dead_backend_stays_out_across_an_agent_restart(lab, agent, tmp_path, 
     without them the first sync after a restart put a dead real server back at weight 1 until it
     failed its checks again, failureThreshold x interval of refused connections."""
     client = lab["client"]
-    servers = {name: start_http_server(lab[name], tmp_path / f"h-{name}", port=9090) for name in BACKENDS}
+    port = {"SIGTERM": 9091, "SIGKILL": 9092}[how]  # the earlier tests' servers may still hold 9090
+    servers = {name: start_http_server(lab[name], tmp_path / f"h-{name}", port=port) for name in BACKENDS}
     check = {"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
-    manifest(agent.directory, "web", ports=[{"port": 80, "targetPort": 9090}], healthCheck=check)
+    manifest(agent.directory, "web", ports=[{"port": 80, "targetPort": port}], healthCheck=check)
     agent.start()
     wait_for("both backends", lambda: {http_get(VIP, netns=client, timeout=2).strip() for _ in range(4)} == set(BACKENDS), 60)
     servers["be2"].kill()
     servers["be2"].wait()
-    wait_for("be2 out of service", lambda: weight_of(BACKENDS["be2"], 9090) == 0, 30, 0.05)
+    wait_for("be2 out of service", lambda: weight_of(BACKENDS["be2"], port) == 0, 30, 0.05)
     wait_for("the verdict kept", lambda: agent.state_file.exists() and '"healthy": false' in agent.state_file.read_text(), 10, 0.05)
 
     failures: list[str] = []
@@ -233,11 +234,13 @@ def test_a_dead_backend_stays_out_across_an_agent_restart(lab, agent, tmp_path, 
         agent.start()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:  # sampled every 100 ms for 15 s
-            weights.append(weight_of(BACKENDS["be2"], 9090))
+            weights.append(weight_of(BACKENDS["be2"], port))
             time.sleep(0.1)
     finally:
         done.set()
         worker.join(10)
+        servers["be1"].kill()
+        servers["be1"].wait()
     record(capsys, f"restart ({how}) with a dead backend: {len(weights)} weight samples, highest {max(w or 0 for w in weights)}; "
                    f"{len(answered)} requests, {len(failures)} failed")
     assert weights and set(weights) == {0}, weights
