@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from vsop.api.errors import FieldError, InvalidInput
 from vsop.cli.common import add_route_table, node, subcommand
+from vsop.cli.output import exits
 from vsop.cli.common import names as names_from_flags
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.keepalived.writer import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
@@ -130,7 +131,7 @@ FLAGS: tuple[Flag, ...] = (
     _f("--keep-accept-ra", action="store_true", host=(False, KEEP_ACCEPT_RA_HELP), cluster=(False, KEEP_ACCEPT_RA_HELP)),
     _f("--route-table", host=(None, ""), shared=add_route_table),
     _f("--status-file", host=("/run/vsop/agent.json", "where the agent writes its state for `vsop show`")),
-    _f("--state-file", metavar="FILE", host=("/run/vsop/state.json", "health verdicts and drains kept across restarts, read by apply/delete too "
+    _f("--state-file", metavar="FILE", host=("/run/vsop/state.json", "health verdicts and drains kept across restarts "
                                                                      "(default /run/vsop/state.json; '' keeps nothing)"),
        cluster=(None, "health verdicts and drains kept across restarts (default: /run/vsop/state.json when the node's /run/vsop is mounted)")),
     _f("--health-port", type=int, cluster=(9710, "port of /healthz and /readyz (default: 9710)"),
@@ -187,6 +188,30 @@ def _leader() -> Any:
     return leader
 
 
+# What a flag's value is called in --help, where its name alone would print a two-word metavar.
+METAVARS = {"--node-name": "NODE", "--kubeconfig": "FILE", "--load-balancer-class": "CLASS", "--lease-namespace": "NAMESPACE",
+            "--lease-name": "NAME", "--bind-address": "ADDRESS", "--context": "CONTEXT", "--status-file": "FILE"}
+
+
+def _metavar(flag: Flag) -> dict[str, str]:
+    """One word per value, as the other commands print (`--node-name NODE`, `--resync-seconds SECONDS`)."""
+    if "metavar" in flag.kwargs or flag.kwargs.get("action") is not None or "choices" in flag.kwargs:
+        return {}
+    name = flag.names[0]
+    if name in METAVARS:
+        return {"metavar": METAVARS[name]}
+    for suffix, word in (("-seconds", "SECONDS"), ("-port", "PORT"), ("-file", "FILE"), ("-dir", "DIR")):
+        if name.endswith(suffix):
+            return {"metavar": word}
+    return {}
+
+
+# The daemons' exit codes, in their --help.
+DAEMON_EXITS = exits(ok="stopped by SIGTERM or SIGINT (the kernel keeps serving what was programmed)",
+                     failure="runtime failure: this kernel cannot run it (no IPVS), or the API server cannot be reached at start",
+                     invalid="invalid flags or input: nothing was changed")
+
+
 def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
     """The flags of `command` (HOST, CLUSTER or CONTROLLER), from `FLAGS`."""
     groups: dict[str, Any] = {}
@@ -204,20 +229,23 @@ def add_flags(parser: argparse.ArgumentParser, command: str) -> None:
             if flag.group not in groups:
                 groups[flag.group] = parser.add_argument_group(*GROUPS[flag.group, command])
             target = groups[flag.group]
-        target.add_argument(*flag.names, default=default, help=help, **flag.kwargs, **(more[0] if more else {}))
+        extra = more[0] if more else {}
+        target.add_argument(*flag.names, default=default, help=help, **flag.kwargs, **({**_metavar(flag), **extra}))
 
 
 def build_parser(command: str = CLUSTER) -> argparse.ArgumentParser:
     """The own parser of the in-cluster agent (CLUSTER) or the controller (CONTROLLER)."""
     name, description = ("agent", CLUSTER_DESCRIPTION) if command == CLUSTER else ("controller", CONTROLLER_DESCRIPTION)
-    parser = argparse.ArgumentParser(prog=f"vsop {name}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=f"vsop {name}", description=description, epilog=DAEMON_EXITS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(parser, command)
     return parser
 
 
 def register(subparsers: Any) -> None:
     """`agent` (the host agent's flags; the in-cluster one is `delegated`) and `controller` in the main parser."""
-    p = subparsers.add_parser("agent", help=AGENT_HELP, description=AGENT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("agent", help=AGENT_HELP, description=AGENT_DESCRIPTION, epilog=DAEMON_EXITS,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(p, HOST)
     subcommand(
         subparsers,
@@ -225,6 +253,7 @@ def register(subparsers: Any) -> None:
         CONTROLLER_HELP,
         "The in-cluster controller (a Deployment): decides conflicts between VirtualServices,\n"
         "aggregates the nodes' status into conditions and emits Events. See `vsop controller --help`.",
+        exit_codes=DAEMON_EXITS,
     )
 
 

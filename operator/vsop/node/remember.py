@@ -4,8 +4,7 @@ Owns reading and writing `/run/vsop/state.json` (`--state-file`): written atomic
 file, fsync, rename; mode 0600, root's folder) and only when its content changed, so a
 quiet node writes nothing; read once at start. A missing file is an empty memory; an
 unreadable or malformed one is logged and ignored, never fatal: the checks then start
-from "in service" as they always did. The command line reads the same file, so `vsop
-apply` and `vsop delete` plan with the agent's verdicts and drains instead of undoing them.
+from "in service" as they always did.
 Must not import: kopf, kubernetes, pyroute2, vsop.host, vsop.kube, vsop.cli.
 """
 

@@ -232,9 +232,10 @@ def test_get_wide_adds_columns(node, tmp_path: Path, capsys) -> None:
 
 
 def test_every_command_says_its_exit_codes_in_its_help() -> None:
-    for name, parser in subcommands().items():
-        if name in DAEMONS:
-            continue
+    from vsop.cli.agents import CLUSTER, CONTROLLER, build_parser as daemon_parser
+
+    parsers = {**subcommands(), "agent (cluster)": daemon_parser(CLUSTER), "controller (own)": daemon_parser(CONTROLLER)}
+    for name, parser in parsers.items():
         text = parser.format_help()
         assert "exit codes:" in text and all(f"\n  {code}  " in text for code in (0, 1, 2)), name
     assert all("exit codes:" in tool.build_parser().format_help() for tool in (render, bird))
@@ -242,8 +243,11 @@ def test_every_command_says_its_exit_codes_in_its_help() -> None:
 
 def test_one_metavar_style() -> None:
     """`--node-name NODE`, not NODE_NAME: every option that takes a value names it in one word."""
-    parsers = {name: p for name, p in subcommands().items() if name not in DAEMONS}
+    from vsop.cli.agents import CLUSTER, CONTROLLER, build_parser as daemon_parser
+
+    parsers = dict(subcommands())
     parsers["render keepalived"], parsers["render bird"] = render.build_parser(), bird.build_parser()
+    parsers["agent (cluster)"], parsers["controller (own)"] = daemon_parser(CLUSTER), daemon_parser(CONTROLLER)
     for name, parser in parsers.items():
         for action in parser._actions:
             if not action.option_strings or action.nargs == 0 or action.choices is not None:
