@@ -365,62 +365,119 @@ def desired_state(
     reserved_by = {str(ipaddress.ip_address(a)): whose for a, whose in (reserved or {}).items()}
     winners, problems = resolve_conflicts(services)
 
-    virtual_servers: dict[ServiceKey, VirtualServer] = {}
-    real_servers: dict[RealServerKey, RealServer] = {}
-    members: dict[str, dict[str, str]] = {}  # set name -> member -> owner
-    delegated: set[ServiceKey] = set()  # keepalived's IPVS services
-    vips: set[str] = set()  # bound on vsop's link
-    families_used: set[int] = set()
-    programmed: list[str] = []
-    announced: dict[str, list[ServiceKey]] = {}  # announce: bgp VIP -> the services that may attract it
-
+    found = _Programmed()
     for vs in winners:
-        spec = vs.spec
         if not applies_to_node(vs, node):
             continue
-        # With VRRP, keepalived owns the VIP on vrrp.interface: vsop neither binds it on its
-        # link nor refuses it when this node (the VRRP master) already holds it.
-        vrrp = spec.mode == "keepalived" and spec.announce == "vrrp"
-        if spec.vip in reserved_by:
-            problems.append(
-                Problem(vs.ref, "VIPRefused", f"VIP {spec.vip} is an address of {reserved_by[spec.vip]}; a VIP there would cut node {node.name} off from it")
-            )
+        refusal = _refusal(vs, node, names, own_addresses, reserved_by, vip_owners)
+        if refusal is not None:
+            problems.append(refusal)
             continue
-        if spec.vip in own_addresses and not vrrp:
-            problems.append(
-                Problem(vs.ref, "VIPRefused", f"VIP {spec.vip} is already an address of node {node.name}; binding it to {names.link} would cut the node off")
-            )
-            continue
-        on_vips = backends_on_vips(vs, vip_owners) if spec.backends else ()
-        if on_vips:
-            path, reason, owner = on_vips[0]
-            problems.append(Problem(vs.ref, "BackendIsVIP", f"{path}: {reason}", owner))
-            continue
-        family = spec.family
-        masquerade = spec.masquerade and spec.forwarding == "masq"
-        if not vrrp:
-            vips.add(spec.vip)
-        families_used.add(spec.family)
-        programmed.append(vs.ref)
-        comment = ipset_comment(vs.ref)
-        members.setdefault(names.set_name(names.vips_set, family), {})[spec.vip] = comment
-        for port in spec.ports:
-            key = ServiceKey(_protocol(port), spec.vip, port.port)  # type: ignore[arg-type]
-            members.setdefault(names.set_name(names.vip_ports_set, family), {})[ipset_member(key)] = comment
-            if not masquerade:
-                members.setdefault(names.set_name(names.nomasq_set, family), {})[ipset_member(key)] = comment
-            if spec.mode != "ipvs":
-                delegated.add(key)
-                continue  # keepalived owns IPVS for this service; vsop keeps the rest
-            virtual_servers[key] = VirtualServer(key, spec.scheduler, spec.persistence.timeout_seconds, vs.ref)
-            for rs in _real_servers(vs, port, key, endpoints, problems):
-                real_servers.setdefault(rs.key, rs)
-            if spec.announce == "bgp" and announcing:
-                announced.setdefault(spec.vip, []).append(key)
+        _program(found, vs, names, endpoints, problems, announcing)
 
-    configured = {key: virtual_servers[key.service].owner for key in real_servers}
-    real_servers, all_failing = apply_health(real_servers, out_of_service)
-    warnings = tuple(
+    virtual_servers = found.virtual_servers
+    configured = {key: virtual_servers[key.service].owner for key in found.real_servers}
+    real_servers, all_failing = apply_health(found.real_servers, out_of_service)
+    warnings = _all_failing_warnings(virtual_servers, all_failing)
+    routes = _routes(found.announced, found.vips, real_servers, all_failing)
+
+    chosen = set(found.programmed)
+    arp = any(vs.spec.suppress_arp and vs.spec.family == 4 for vs in winners if vs.ref in chosen)
+    shared = shared_state(names, found.families_used, arp=arp, bound=bool(found.vips), kernel_version=kernel_version)
+    ipsets = {name: IPSet(empty.name, empty.kind, empty.family, dict(found.members.get(name, {}))) for name, empty in shared.ipsets.items()}
+
+    state = KernelState(
+        link=shared.link,
+        addresses=frozenset(host_prefix(vip) for vip in found.vips),
+        services=virtual_servers,
+        real_servers=real_servers,
+        ipsets=ipsets,
+        chains=shared.chains,
+        jumps=shared.jumps,
+        sysctls=shared.sysctls,
+        delegated=frozenset(found.delegated),
+        routes=routes,
+    )
+    return Desired(state, tuple(found.programmed), tuple(problems), configured, warnings)
+
+
+@dataclass
+class _Programmed:
+    """What the VirtualServices a node programs add up to, gathered one object at a time."""
+
+    virtual_servers: dict[ServiceKey, VirtualServer] = field(default_factory=dict)
+    real_servers: dict[RealServerKey, RealServer] = field(default_factory=dict)
+    members: dict[str, dict[str, str]] = field(default_factory=dict)  # set name -> member -> owner
+    delegated: set[ServiceKey] = field(default_factory=set)  # keepalived's IPVS services
+    vips: set[str] = field(default_factory=set)  # bound on vsop's link
+    families_used: set[int] = field(default_factory=set)
+    programmed: list[str] = field(default_factory=list)
+    announced: dict[str, list[ServiceKey]] = field(default_factory=dict)  # announce: bgp VIP -> the services that may attract it
+
+
+def _is_vrrp(vs: VirtualService) -> bool:
+    # With VRRP, keepalived owns the VIP on vrrp.interface: vsop neither binds it on its
+    # link nor refuses it when this node (the VRRP master) already holds it.
+    return vs.spec.mode == "keepalived" and vs.spec.announce == "vrrp"
+
+
+def _refusal(
+    vs: VirtualService,
+    node: Node,
+    names: Names,
+    own_addresses: frozenset[str],
+    reserved_by: Mapping[str, str],
+    vip_owners: Mapping[str, str],
+) -> Problem | None:
+    """Why this node must not program `vs` at all (its VIP or a backend is someone else's address), if so."""
+    spec = vs.spec
+    if spec.vip in reserved_by:
+        return Problem(vs.ref, "VIPRefused", f"VIP {spec.vip} is an address of {reserved_by[spec.vip]}; a VIP there would cut node {node.name} off from it")
+    if spec.vip in own_addresses and not _is_vrrp(vs):
+        return Problem(vs.ref, "VIPRefused", f"VIP {spec.vip} is already an address of node {node.name}; binding it to {names.link} would cut the node off")
+    on_vips = backends_on_vips(vs, vip_owners) if spec.backends else ()
+    if on_vips:
+        path, reason, owner = on_vips[0]
+        return Problem(vs.ref, "BackendIsVIP", f"{path}: {reason}", owner)
+    return None
+
+
+def _program(
+    found: _Programmed,
+    vs: VirtualService,
+    names: Names,
+    endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
+    problems: list[Problem],
+    announcing: bool,
+) -> None:
+    """Add one accepted VirtualService's VIP, set members, IPVS services and real servers to `found`."""
+    spec = vs.spec
+    family = spec.family
+    masquerade = spec.masquerade and spec.forwarding == "masq"
+    if not _is_vrrp(vs):
+        found.vips.add(spec.vip)
+    found.families_used.add(spec.family)
+    found.programmed.append(vs.ref)
+    members = found.members
+    comment = ipset_comment(vs.ref)
+    members.setdefault(names.set_name(names.vips_set, family), {})[spec.vip] = comment
+    for port in spec.ports:
+        key = ServiceKey(_protocol(port), spec.vip, port.port)  # type: ignore[arg-type]
+        members.setdefault(names.set_name(names.vip_ports_set, family), {})[ipset_member(key)] = comment
+        if not masquerade:
+            members.setdefault(names.set_name(names.nomasq_set, family), {})[ipset_member(key)] = comment
+        if spec.mode != "ipvs":
+            found.delegated.add(key)
+            continue  # keepalived owns IPVS for this service; vsop keeps the rest
+        found.virtual_servers[key] = VirtualServer(key, spec.scheduler, spec.persistence.timeout_seconds, vs.ref)
+        for rs in _real_servers(vs, port, key, endpoints, problems):
+            found.real_servers.setdefault(rs.key, rs)
+        if spec.announce == "bgp" and announcing:
+            found.announced.setdefault(spec.vip, []).append(key)
+
+
+def _all_failing_warnings(virtual_servers: Mapping[ServiceKey, VirtualServer], all_failing: Iterable[ServiceKey]) -> tuple[Problem, ...]:
+    return tuple(
         Problem(
             virtual_servers[key].owner,
             "AllBackendsFailing",
@@ -429,28 +486,17 @@ def desired_state(
         for key in all_failing
     )
 
+
+def _routes(
+    announced: Mapping[str, list[ServiceKey]],
+    vips: set[str],
+    real_servers: Mapping[RealServerKey, RealServer],
+    all_failing: Iterable[ServiceKey],
+) -> frozenset[str]:
+    """The announced VIPs that are bound and have an IPVS service taking new connections."""
     failing = set(all_failing)
     serving = {rs.key.service for rs in real_servers.values() if rs.weight > 0 and rs.key.service not in failing}
-    routes = frozenset(host_prefix(vip) for vip, keys in announced.items() if vip in vips and any(k in serving for k in keys))
-
-    chosen = set(programmed)
-    arp = any(vs.spec.suppress_arp and vs.spec.family == 4 for vs in winners if vs.ref in chosen)
-    shared = shared_state(names, families_used, arp=arp, bound=bool(vips), kernel_version=kernel_version)
-    ipsets = {name: IPSet(empty.name, empty.kind, empty.family, dict(members.get(name, {}))) for name, empty in shared.ipsets.items()}
-
-    state = KernelState(
-        link=shared.link,
-        addresses=frozenset(host_prefix(vip) for vip in vips),
-        services=virtual_servers,
-        real_servers=real_servers,
-        ipsets=ipsets,
-        chains=shared.chains,
-        jumps=shared.jumps,
-        sysctls=shared.sysctls,
-        delegated=frozenset(delegated),
-        routes=routes,
-    )
-    return Desired(state, tuple(programmed), tuple(problems), configured, warnings)
+    return frozenset(host_prefix(vip) for vip, keys in announced.items() if vip in vips and any(k in serving for k in keys))
 
 
 def _real_servers(
