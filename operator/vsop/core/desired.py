@@ -375,29 +375,11 @@ def desired_state(
             continue
         _program(found, vs, names, endpoints, problems, announcing)
 
-    virtual_servers = found.virtual_servers
-    configured = {key: virtual_servers[key.service].owner for key in found.real_servers}
+    configured = {key: found.virtual_servers[key.service].owner for key in found.real_servers}
     real_servers, all_failing = apply_health(found.real_servers, out_of_service)
-    warnings = _all_failing_warnings(virtual_servers, all_failing)
+    warnings = _all_failing_warnings(found.virtual_servers, all_failing)
     routes = _routes(found.announced, found.vips, real_servers, all_failing)
-
-    chosen = set(found.programmed)
-    arp = any(vs.spec.suppress_arp and vs.spec.family == 4 for vs in winners if vs.ref in chosen)
-    shared = shared_state(names, found.families_used, arp=arp, bound=bool(found.vips), kernel_version=kernel_version)
-    ipsets = {name: IPSet(empty.name, empty.kind, empty.family, dict(found.members.get(name, {}))) for name, empty in shared.ipsets.items()}
-
-    state = KernelState(
-        link=shared.link,
-        addresses=frozenset(host_prefix(vip) for vip in found.vips),
-        services=virtual_servers,
-        real_servers=real_servers,
-        ipsets=ipsets,
-        chains=shared.chains,
-        jumps=shared.jumps,
-        sysctls=shared.sysctls,
-        delegated=frozenset(found.delegated),
-        routes=routes,
-    )
+    state = _kernel_state(found, winners, real_servers, routes, names, kernel_version)
     return Desired(state, tuple(found.programmed), tuple(problems), configured, warnings)
 
 
@@ -497,6 +479,33 @@ def _routes(
     failing = set(all_failing)
     serving = {rs.key.service for rs in real_servers.values() if rs.weight > 0 and rs.key.service not in failing}
     return frozenset(host_prefix(vip) for vip, keys in announced.items() if vip in vips and any(k in serving for k in keys))
+
+
+def _kernel_state(
+    found: _Programmed,
+    winners: Iterable[VirtualService],
+    real_servers: dict[RealServerKey, RealServer],
+    routes: frozenset[str],
+    names: Names,
+    kernel_version: tuple[int, int] | None,
+) -> KernelState:
+    """What was programmed, on top of the state every VIP shares (link, sets, rules, sysctls)."""
+    chosen = set(found.programmed)
+    arp = any(vs.spec.suppress_arp and vs.spec.family == 4 for vs in winners if vs.ref in chosen)
+    shared = shared_state(names, found.families_used, arp=arp, bound=bool(found.vips), kernel_version=kernel_version)
+    ipsets = {name: IPSet(empty.name, empty.kind, empty.family, dict(found.members.get(name, {}))) for name, empty in shared.ipsets.items()}
+    return KernelState(
+        link=shared.link,
+        addresses=frozenset(host_prefix(vip) for vip in found.vips),
+        services=found.virtual_servers,
+        real_servers=real_servers,
+        ipsets=ipsets,
+        chains=shared.chains,
+        jumps=shared.jumps,
+        sysctls=shared.sysctls,
+        delegated=frozenset(found.delegated),
+        routes=routes,
+    )
 
 
 def _real_servers(
