@@ -22,7 +22,21 @@ from typing import Iterable
 
 from vsop.core.desired import Desired, Problem, ipset_comment
 from vsop.core.plan import jump_target
-from vsop.core.state import IPSet, KernelState, LinkState, Names, ServiceKey, VirtualServer, host_prefix, hostport, member_service
+from vsop.core.state import (
+    ChainKey,
+    IPSet,
+    Jump,
+    KernelState,
+    LinkState,
+    Names,
+    RealServer,
+    RealServerKey,
+    ServiceKey,
+    VirtualServer,
+    host_prefix,
+    hostport,
+    member_service,
+)
 
 
 @dataclass(frozen=True)
@@ -83,80 +97,16 @@ def keep_held(desired: Desired, observed: KernelState, held: Held, names: Names 
     # A comment back to its ref, for the refs this source knows (a ref over 255 bytes is shortened).
     ref_of = {ipset_comment(ref): ref for ref in (*held.owners, *held.known, *desired.programmed)}
     bound = observed.bound_vips() if observed.link is not None and observed.link.name == names.link else frozenset()
+    kept_members, kept_services, kept_vips = _kept_members(observed, owners, names)
 
-    kept_members: dict[str, dict[str, str]] = {}  # set name -> member -> owner
-    kept_services: dict[ServiceKey, str] = {}
-    kept_vips: dict[str, str] = {}
-    for set_name, ipset in observed.ipsets.items():
-        if set_name not in names.owned_set_names():
-            continue
-        base = set_name[:-3] if set_name.endswith("-V6") else set_name
-        for member, owner in ipset.members.items():
-            if owner not in owners:
-                continue
-            kept_members.setdefault(set_name, {})[member] = owner
-            if base == names.vips_set:
-                kept_vips[member] = owner
-            elif base == names.vip_ports_set:
-                key = parse_member(member)
-                if key is not None:
-                    kept_services[key] = owner
-
-    # A valid newcomer claiming what a held owner serves is refused whole.
-    losers: dict[str, Problem] = {}
-    for key, owner in kept_services.items():
-        current = desired.state.services.get(key)
-        claimant = current.owner if current is not None else _member_owner(desired.state, key, names)
-        claimant = ref_of.get(claimant, claimant)
-        if claimant and ipset_comment(claimant) != owner and claimant not in losers:
-            losers[claimant] = Problem(
-                claimant, "Conflict",
-                f"{hostport(key.vip, key.port)}/{key.protocol.upper()} is still served for VirtualService {ref_of.get(owner, owner)}, which is declared but invalid; fix or remove it first",
-            )
+    losers = _conflict_losers(desired.state, kept_services, ref_of, names)
     state = desired.state
     for loser in losers:
         state = without_owner(state, loser, names)
 
-    services = dict(state.services)
-    real_servers = dict(state.real_servers)
-    for key, owner in kept_services.items():
-        if key.vip not in bound:
-            continue
-        found = observed.services.get(key)
-        if found is None:
-            continue  # a delegated (keepalived) service or one already gone: nothing of ours to keep
-        services[key] = VirtualServer(key, found.scheduler, found.persistence_timeout, ref_of.get(owner, owner))
-        for rs_key, rs in observed.real_servers.items():
-            if rs_key.service == key:
-                real_servers[rs_key] = rs
-
-    addresses = set(state.addresses)
-    routes = set(state.routes)
-    for vip in kept_vips:
-        if vip in bound:
-            addresses.add(host_prefix(vip))
-            if host_prefix(vip) in observed.routes:  # still announced as the kernel has it
-                routes.add(host_prefix(vip))
-
-    ipsets = dict(state.ipsets)
-    chains = dict(state.chains)
-    jumps = set(state.jumps)
-    families_present = {s.family for s in state.ipsets.values()}
-    for set_name, members in kept_members.items():
-        current = ipsets.get(set_name)
-        if current is None:
-            source = observed.ipsets[set_name]
-            current = IPSet(set_name, source.kind, source.family, {}, source.comments)
-        ipsets[set_name] = replace(current, members={**current.members, **members})
-    for family in {observed.ipsets[name].family for name in kept_members} - families_present:
-        # No valid object of this family is left: keep every set of the family and vsop's
-        # chains and jumps as the kernel has them, or the held VIPs would stop passing.
-        for set_name, source in observed.ipsets.items():
-            if set_name in names.owned_set_names() and source.family == family and set_name not in ipsets:
-                ipsets[set_name] = IPSet(set_name, source.kind, source.family, {}, source.comments)
-        owned_chains = names.owned_chains()
-        chains.update({k: v for k, v in observed.chains.items() if k.family == family and k.chain in owned_chains})
-        jumps |= {j for j in observed.jumps if j.family == family and jump_target(j.rule) in owned_chains}
+    services, real_servers = _keep_services(state, observed, kept_services, bound, ref_of)
+    addresses, routes = _keep_vips(state, observed, kept_vips, bound)
+    ipsets, chains, jumps = _keep_sets_and_rules(state, observed, kept_members, names)
 
     link = state.link
     if addresses and link is None:
@@ -185,6 +135,112 @@ def keep_held(desired: Desired, observed: KernelState, held: Held, names: Names 
         warnings=desired.warnings + kept,
         configured={k: v for k, v in desired.configured.items() if v not in losers},
     )
+
+
+def _kept_members(
+    observed: KernelState, owners: frozenset[str], names: Names
+) -> tuple[dict[str, dict[str, str]], dict[ServiceKey, str], dict[str, str]]:
+    """The held owners' members in vsop's observed sets (set name -> member -> owner), and from
+    them the IPVS services (VIP:port members) and VIPs they serve, each with its owner."""
+    kept_members: dict[str, dict[str, str]] = {}
+    kept_services: dict[ServiceKey, str] = {}
+    kept_vips: dict[str, str] = {}
+    for set_name, ipset in observed.ipsets.items():
+        if set_name not in names.owned_set_names():
+            continue
+        base = set_name[:-3] if set_name.endswith("-V6") else set_name
+        for member, owner in ipset.members.items():
+            if owner not in owners:
+                continue
+            kept_members.setdefault(set_name, {})[member] = owner
+            if base == names.vips_set:
+                kept_vips[member] = owner
+            elif base == names.vip_ports_set:
+                key = parse_member(member)
+                if key is not None:
+                    kept_services[key] = owner
+    return kept_members, kept_services, kept_vips
+
+
+def _conflict_losers(
+    state: KernelState, kept_services: dict[ServiceKey, str], ref_of: dict[str, str], names: Names
+) -> dict[str, Problem]:
+    """A valid newcomer claiming what a held owner serves is refused whole: its ref -> the Conflict."""
+    losers: dict[str, Problem] = {}
+    for key, owner in kept_services.items():
+        current = state.services.get(key)
+        claimant = current.owner if current is not None else _member_owner(state, key, names)
+        claimant = ref_of.get(claimant, claimant)
+        if claimant and ipset_comment(claimant) != owner and claimant not in losers:
+            losers[claimant] = Problem(
+                claimant, "Conflict",
+                f"{hostport(key.vip, key.port)}/{key.protocol.upper()} is still served for VirtualService {ref_of.get(owner, owner)}, which is declared but invalid; fix or remove it first",
+            )
+    return losers
+
+
+def _keep_services(
+    state: KernelState,
+    observed: KernelState,
+    kept_services: dict[ServiceKey, str],
+    bound: frozenset[str],
+    ref_of: dict[str, str],
+) -> tuple[dict[ServiceKey, VirtualServer], dict[RealServerKey, RealServer]]:
+    """`state`'s IPVS services and real servers plus the held ones on bound VIPs, as the kernel has them."""
+    services = dict(state.services)
+    real_servers = dict(state.real_servers)
+    for key, owner in kept_services.items():
+        if key.vip not in bound:
+            continue
+        found = observed.services.get(key)
+        if found is None:
+            continue  # a delegated (keepalived) service or one already gone: nothing of ours to keep
+        services[key] = VirtualServer(key, found.scheduler, found.persistence_timeout, ref_of.get(owner, owner))
+        for rs_key, rs in observed.real_servers.items():
+            if rs_key.service == key:
+                real_servers[rs_key] = rs
+    return services, real_servers
+
+
+def _keep_vips(
+    state: KernelState, observed: KernelState, kept_vips: dict[str, str], bound: frozenset[str]
+) -> tuple[set[str], set[str]]:
+    """`state`'s addresses and routes plus the held VIPs still bound (and routes still announced)."""
+    addresses = set(state.addresses)
+    routes = set(state.routes)
+    for vip in kept_vips:
+        if vip in bound:
+            addresses.add(host_prefix(vip))
+            if host_prefix(vip) in observed.routes:  # still announced as the kernel has it
+                routes.add(host_prefix(vip))
+    return addresses, routes
+
+
+def _keep_sets_and_rules(
+    state: KernelState, observed: KernelState, kept_members: dict[str, dict[str, str]], names: Names
+) -> tuple[dict[str, IPSet], dict[ChainKey, tuple[str, ...]], set[Jump]]:
+    """`state`'s sets with the held members added, and for a family only held owners use,
+    its sets, chains and jumps as the kernel has them."""
+    ipsets = dict(state.ipsets)
+    chains = dict(state.chains)
+    jumps = set(state.jumps)
+    families_present = {s.family for s in state.ipsets.values()}
+    for set_name, members in kept_members.items():
+        current = ipsets.get(set_name)
+        if current is None:
+            source = observed.ipsets[set_name]
+            current = IPSet(set_name, source.kind, source.family, {}, source.comments)
+        ipsets[set_name] = replace(current, members={**current.members, **members})
+    for family in {observed.ipsets[name].family for name in kept_members} - families_present:
+        # No valid object of this family is left: keep every set of the family and vsop's
+        # chains and jumps as the kernel has them, or the held VIPs would stop passing.
+        for set_name, source in observed.ipsets.items():
+            if set_name in names.owned_set_names() and source.family == family and set_name not in ipsets:
+                ipsets[set_name] = IPSet(set_name, source.kind, source.family, {}, source.comments)
+        owned_chains = names.owned_chains()
+        chains.update({k: v for k, v in observed.chains.items() if k.family == family and k.chain in owned_chains})
+        jumps |= {j for j in observed.jumps if j.family == family and jump_target(j.rule) in owned_chains}
+    return ipsets, chains, jumps
 
 
 def _member_owner(state: KernelState, key: ServiceKey, names: Names) -> str:
