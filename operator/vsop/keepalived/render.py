@@ -354,19 +354,48 @@ def render_keepalived(
     skipped: list[str] = []
     warnings: list[str] = []
 
+    candidates = _on_node(winners, node, skipped)
+    problems.extend(_refusals(candidates, vip_owners))
+    chosen = _chosen(candidates, {p.obj for p in problems}, skipped)
+    members = _instance_members(chosen)
+    carriers = {group[0].ref: key for key, group in members.items()}
+    link = Token(names.link, _INTERFACE)
+    sections = [_section(vs, link, known, members, carriers, password, warnings) for vs in chosen]
+    return Rendered(
+        files=_files(layout, router_id, sections),
+        # keepalived complains of a missing folder behind `include`, not of an empty one.
+        directories=(CONFD,) if layout == "confd" else (),
+        rendered=tuple(vs.ref for vs in chosen),
+        skipped=tuple(skipped),
+        warnings=tuple(warnings),
+        problems=tuple(problems),
+    )
+
+
+def _on_node(winners: Iterable[VirtualService], node: Node | None, skipped: list[str]) -> list[VirtualService]:
+    """The objects this node renders (every one without a node); notes the others in `skipped`."""
     candidates: list[VirtualService] = []
     for vs in winners:
         if node is not None and not applies_to_node(vs, node):
             skipped.append(f"VirtualService {vs.ref}: its nodeSelector does not select node {node.name}; not rendered")
             continue
         candidates.append(vs)
-    problems.extend(_vrrp_problems(candidates))
+    return candidates
+
+
+def _refusals(candidates: Sequence[VirtualService], vip_owners: Mapping[str, str]) -> list[Problem]:
+    """VRRP disagreements, then per object what keepalived cannot carry and backends on VIPs."""
+    problems = _vrrp_problems(candidates)
     for vs in candidates:
         if vs.spec.mode == "keepalived":
             problems.extend(_unsupported(vs))
             # A real server on another object's VIP: refused as desired_state refuses it (the agents).
             problems.extend(Problem(vs.ref, "BackendIsVIP", f"{path}: {reason}", owner) for path, reason, owner in backends_on_vips(vs, vip_owners)[:1])
-    refused = {p.obj for p in problems}
+    return problems
+
+
+def _chosen(candidates: Iterable[VirtualService], refused: set[str], skipped: list[str]) -> list[VirtualService]:
+    """The keepalived objects not refused, by namespace and name; notes the ipvs ones in `skipped`."""
     chosen = []
     for vs in candidates:
         if vs.spec.mode != "keepalived":
@@ -374,69 +403,90 @@ def render_keepalived(
         elif vs.ref not in refused:
             chosen.append(vs)
     chosen.sort(key=lambda vs: (vs.metadata.namespace, vs.metadata.name))
+    return chosen
 
-    # One vrrp_instance per (interface, virtual router, family), carried by its first member.
+
+def _instance_members(chosen: Iterable[VirtualService]) -> dict[tuple[str, int, int], list[VirtualService]]:
+    """One vrrp_instance per (interface, virtual router, family), carried by its first member."""
     members: dict[tuple[str, int, int], list[VirtualService]] = {}
     for vs in chosen:
         if vs.spec.announce == "vrrp":
             members.setdefault(_instance_key(vs), []).append(vs)
-    carriers = {group[0].ref: key for key, group in members.items()}
+    return members
 
-    link = Token(names.link, _INTERFACE)
-    sections: list[SectionView] = []
-    for vs in chosen:
-        spec = vs.spec
-        if spec.service_ref is not None and known is None:
-            warnings.append(
-                f"VirtualService {vs.ref}: serviceRef {spec.service_ref.name}: no endpoints are known here, "
-                "so only its static backends are rendered"
-            )
-        if spec.health_check.type != "none" and spec.health_check.success_threshold > 1:
-            warnings.append(
-                f"VirtualService {vs.ref}: keepalived has no successThreshold; one good check brings a real server back"
-            )
-        all_services = services_of(vs, known)
-        virtual_servers = tuple(_virtual_server(vs, s) for s in all_services if s.real_servers)
-        empty = tuple((Token(s.key.protocol.upper(), _PROTOCOL), s.key.port) for s in all_services if not s.real_servers)
-        for protocol, port in empty:
-            warnings.append(
-                f"VirtualService {vs.ref}: {spec.vip} {port}/{protocol} has no real servers; "
-                "no virtual_server is written for it (keepalived would ignore an empty one)"
-            )
-        for view in virtual_servers:
-            if view.all_drained:
-                warnings.append(
-                    f"VirtualService {vs.ref}: every real server of {spec.vip} {view.port}/{view.protocol} has weight 0; "
-                    "keepalived runs it (drained) but `keepalived -t` reports the zero total weight as an error"
-                )
-        instance = instance_name = instance_owner = None
-        if spec.announce == "vrrp":
-            key = _instance_key(vs)
-            group = members[key]
-            instance_name, instance_owner = _instance_name(key), comment_token(group[0].ref)
-            if carriers.get(vs.ref) == key:
-                instance = _instance(key, group, password)
-                if password is not None and key[2] == 6:
-                    warnings.append(
-                        f"VirtualService {vs.ref}: vrrp_instance {instance.name} is VRRPv3 (IPv6), which has no authentication; "
-                        "the --auth-file password is not used for it"
-                    )
-        sections.append(
-            SectionView(
-                ref=comment_token(vs.ref),
-                vip=ip_token(spec.vip),
-                link=link,
-                vrrp=spec.announce == "vrrp",
-                instance=instance,
-                instance_name=instance_name,
-                instance_owner=instance_owner,
-                virtual_servers=virtual_servers,
-                empty_ports=empty,
-                service_ref=Token(spec.service_ref.name, _DNS_LABEL) if spec.service_ref is not None else None,
-                filename=f"{CONFD}/{section_filename(vs.metadata.namespace, vs.metadata.name)}",
-            )
+
+def _section(
+    vs: VirtualService,
+    link: Token,
+    known: Mapping[tuple[str, str], tuple[Endpoint, ...]] | None,
+    members: Mapping[tuple[str, int, int], Sequence[VirtualService]],
+    carriers: Mapping[str, tuple[str, int, int]],
+    password: Token | None,
+    warnings: list[str],
+) -> SectionView:
+    """What one chosen VirtualService renders; what it loses on the way goes to `warnings`."""
+    spec = vs.spec
+    if spec.service_ref is not None and known is None:
+        warnings.append(
+            f"VirtualService {vs.ref}: serviceRef {spec.service_ref.name}: no endpoints are known here, "
+            "so only its static backends are rendered"
         )
+    if spec.health_check.type != "none" and spec.health_check.success_threshold > 1:
+        warnings.append(
+            f"VirtualService {vs.ref}: keepalived has no successThreshold; one good check brings a real server back"
+        )
+    all_services = services_of(vs, known)
+    virtual_servers = tuple(_virtual_server(vs, s) for s in all_services if s.real_servers)
+    empty = tuple((Token(s.key.protocol.upper(), _PROTOCOL), s.key.port) for s in all_services if not s.real_servers)
+    warnings.extend(_port_warnings(vs, virtual_servers, empty))
+    instance = instance_name = instance_owner = None
+    if spec.announce == "vrrp":
+        key = _instance_key(vs)
+        group = members[key]
+        instance_name, instance_owner = _instance_name(key), comment_token(group[0].ref)
+        if carriers.get(vs.ref) == key:
+            instance = _instance(key, group, password)
+            if password is not None and key[2] == 6:
+                warnings.append(
+                    f"VirtualService {vs.ref}: vrrp_instance {instance.name} is VRRPv3 (IPv6), which has no authentication; "
+                    "the --auth-file password is not used for it"
+                )
+    return SectionView(
+        ref=comment_token(vs.ref),
+        vip=ip_token(spec.vip),
+        link=link,
+        vrrp=spec.announce == "vrrp",
+        instance=instance,
+        instance_name=instance_name,
+        instance_owner=instance_owner,
+        virtual_servers=virtual_servers,
+        empty_ports=empty,
+        service_ref=Token(spec.service_ref.name, _DNS_LABEL) if spec.service_ref is not None else None,
+        filename=f"{CONFD}/{section_filename(vs.metadata.namespace, vs.metadata.name)}",
+    )
 
+
+def _port_warnings(
+    vs: VirtualService, virtual_servers: Sequence[VirtualServerView], empty: Sequence[tuple[Token, int]]
+) -> list[str]:
+    """Ports keepalived gets nothing for (no real server), then ports whose real servers all weigh 0."""
+    vip = vs.spec.vip
+    warnings = [
+        f"VirtualService {vs.ref}: {vip} {port}/{protocol} has no real servers; "
+        "no virtual_server is written for it (keepalived would ignore an empty one)"
+        for protocol, port in empty
+    ]
+    warnings.extend(
+        f"VirtualService {vs.ref}: every real server of {vip} {view.port}/{view.protocol} has weight 0; "
+        "keepalived runs it (drained) but `keepalived -t` reports the zero total weight as an error"
+        for view in virtual_servers
+        if view.all_drained
+    )
+    return warnings
+
+
+def _files(layout: Layout, router_id: str, sections: Sequence[SectionView]) -> dict[str, str]:
+    """File path -> content: keepalived.conf first, then conf.d files by name."""
     env = _environment()
     rid = Token(router_id, _ROUTER_ID)
     files: dict[str, str] = {}
@@ -448,15 +498,7 @@ def render_keepalived(
         section_template = env.get_template("virtualservice.conf.j2")
         for section in sections:
             files[section.filename] = section_template.render(section=section)
-    return Rendered(
-        files=dict(sorted(files.items(), key=lambda item: (item[0] != MAIN_FILE, item[0]))),
-        # keepalived complains of a missing folder behind `include`, not of an empty one.
-        directories=(CONFD,) if layout == "confd" else (),
-        rendered=tuple(vs.ref for vs in chosen),
-        skipped=tuple(skipped),
-        warnings=tuple(warnings),
-        problems=tuple(problems),
-    )
+    return dict(sorted(files.items(), key=lambda item: (item[0] != MAIN_FILE, item[0])))
 
 
 def _instance(key: tuple[str, int, int], group: Sequence[VirtualService], password: Token | None) -> InstanceView:
