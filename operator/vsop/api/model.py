@@ -420,6 +420,17 @@ def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     if not spec.backends and spec.service_ref is None:
         errors.append(("spec.backends", "at least one of backends or serviceRef is required"))
+    errors.extend(_port_errors(spec))
+    errors.extend(_backend_errors(spec))
+    errors.extend(_health_check_errors(spec))
+    errors.extend(_node_selector_errors(spec))
+    errors.extend(_announce_errors(spec))
+    return errors
+
+
+def _port_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
+    """Duplicate ports and port names; targetPorts that need serviceRef or masq."""
+    errors: list[tuple[str, str]] = []
     seen: dict[tuple[int, str], int] = {}
     names: dict[str, int] = {}
     for index, port in enumerate(spec.ports):
@@ -443,6 +454,12 @@ def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
                     f"forwarding {spec.forwarding} cannot change the port ({port.port} -> {port.target_port}); only masq can",
                 )
             )
+    return errors
+
+
+def _backend_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
+    """Per static backend: family, port, loops and link-local addresses, duplicates."""
+    errors: list[tuple[str, str]] = []
     vip_family = spec.family
     backend_keys: dict[tuple[str, int | None], int] = {}
     for index, backend in enumerate(spec.backends):
@@ -482,17 +499,31 @@ def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
         if bkey in backend_keys:
             errors.append((f"spec.backends[{index}]", f"duplicate backend {backend.address}, already backends[{backend_keys[bkey]}]"))
         backend_keys.setdefault(bkey, index)
+    return errors
+
+
+def _health_check_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
     hc = spec.health_check
     if hc.type != "none" and hc.timeout_seconds > hc.interval_seconds:
-        errors.append(
-            ("spec.healthCheck.timeoutSeconds", f"must be at most intervalSeconds ({hc.timeout_seconds} > {hc.interval_seconds})")
-        )
+        return [("spec.healthCheck.timeoutSeconds", f"must be at most intervalSeconds ({hc.timeout_seconds} > {hc.interval_seconds})")]
+    return []
+
+
+def _node_selector_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
+    """matchExpressions whose values do not fit their operator."""
+    errors: list[tuple[str, str]] = []
     for index, req in enumerate(spec.node_selector.match_expressions):
         where = f"spec.nodeSelector.matchExpressions[{index}].values"
         if req.operator in ("In", "NotIn") and not req.values:
             errors.append((where, f"operator {req.operator} needs at least one value"))
         if req.operator in ("Exists", "DoesNotExist") and req.values:
             errors.append((where, f"operator {req.operator} takes no values"))
+    return errors
+
+
+def _announce_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
+    """Announcements and the mode (and block) each needs."""
+    errors: list[tuple[str, str]] = []
     if spec.announce == "vrrp" and spec.vrrp is None:
         errors.append(("spec.vrrp", "announce: vrrp needs the vrrp block (interface, virtualRouterID)"))
     if spec.announce == "vrrp" and spec.mode != "keepalived":
