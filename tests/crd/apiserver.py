@@ -43,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "virtualservices.vsop.dev.yaml"
 POOL_CRD_FILE = ROOT / "crds" / "vippools.vsop.dev.yaml"
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# apimachinery's qualifiedNameFmt (label names and values): alphanumeric at both ends, - _ . inside.
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 PACKAGE = "vsopcrd"
 
 F = descriptor_pb2.FieldDescriptorProto
@@ -333,6 +335,12 @@ def admit(doc: dict[str, Any], file: Path = CRD_FILE) -> tuple[dict[str, Any], l
         for key, value in (meta.get(field) or {}).items():
             if not isinstance(value, str):
                 found.append(Refusal(f"metadata.{field}.{key}", "must be a string", "apiserver"))
+    for key, value in (meta.get("labels") or {}).items():  # apimachinery's ValidateLabels
+        prefix, slash, name = key.rpartition("/")
+        if slash and (not prefix or len(prefix) > 253 or not DNS_SUBDOMAIN.match(prefix)) or not (0 < len(name) <= 63 and QUALIFIED_NAME.match(name)):
+            found.append(Refusal("metadata.labels", f"{key!r}: name part must consist of alphanumeric characters, '-', '_' or '.'", "apiserver"))
+        elif isinstance(value, str) and not (len(value) <= 63 and (value == "" or QUALIFIED_NAME.match(value))):
+            found.append(Refusal(f"metadata.labels.{key}", "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'", "apiserver"))
     name = meta.get("name")
     if not isinstance(name, str) or len(name) > 253 or not DNS_SUBDOMAIN.match(name):
         found.append(Refusal("metadata.name", "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'", "apiserver"))

@@ -48,6 +48,11 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)
 # Kubernetes' IANA_SVC_NAME for port names: at most 15 characters, hyphens only between
 # letters or digits; at least one letter is checked apart (RE2 has no look-ahead).
 PORT_NAME = r"^[a-z0-9]+(-[a-z0-9]+)*$"
+# Kubernetes' label values (and the name part of a label key): at most 63 characters, letters,
+# digits, '-', '_' and '.', starting and ending with a letter or digit; a value may be empty.
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A label key: an optional DNS-subdomain prefix and '/', then a name as above (not empty).
+LABEL_KEY = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 HTTP_PATH = r"^/[\x21-\x7e]*$"
 IP_LITERAL_PATTERN = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*)$"
 
@@ -140,6 +145,36 @@ def _port_name(value: str) -> str:
 
 
 PortName = Annotated[str, Field(min_length=1, max_length=15, pattern=PORT_NAME), AfterValidator(_port_name)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why Kubernetes refuses this label key ([prefix/]name), or None."""
+    prefix, _, name = key.rpartition("/")
+    if "/" in key and (not prefix or len(prefix) > 253 or re.fullmatch(NAME_PATTERN, prefix) is None):
+        return f"label key {show(key)}: its prefix must be a DNS subdomain (at most 253 characters)"
+    if not name or len(name) > 63 or re.fullmatch(LABEL_VALUE, name) is None:
+        return (f"label key {show(key)}: its name must be 1-63 letters, digits, '-', '_' and '.', "
+                "starting and ending with a letter or digit")
+    return None
+
+
+def _label_keys(labels: dict[str, str]) -> dict[str, str]:
+    for key in labels:
+        problem = label_key_problem(key)
+        if problem is not None:
+            raise ValueError(problem)
+    return labels
+
+
+def _label_key(key: str) -> str:
+    problem = label_key_problem(key)
+    if problem is not None:
+        raise ValueError(problem)
+    return key
+
+
+Labels = Annotated[dict[str, LabelValue], AfterValidator(_label_keys)]
 
 
 # Every model here is frozen, so which fields a model was given never changes after it is
@@ -222,14 +257,14 @@ class HealthCheck(_Spec):
 
 
 class LabelSelectorRequirement(_Spec):
-    key: str = Field(min_length=1, max_length=317)
+    key: Annotated[str, Field(min_length=1, max_length=317, pattern=LABEL_KEY), AfterValidator(_label_key)]
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
     # Bounded so the CRD's CEL rule on each requirement fits the API server's cost estimate.
-    values: tuple[Annotated[str, Field(max_length=63)], ...] = Field(default=(), max_length=64)
+    values: tuple[LabelValue, ...] = Field(default=(), max_length=64)
 
 
 class NodeSelector(_Spec):
-    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_labels: Labels = Field(default_factory=dict)
     match_expressions: tuple[LabelSelectorRequirement, ...] = Field(default=(), max_length=32)
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -356,7 +391,7 @@ class ObjectMeta(BaseModel):
     namespace: DNSLabel = "default"
     creation_timestamp: str | None = Field(default=None, alias="creationTimestamp")
     generation: int | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
 
 
 class Condition(_Spec):
@@ -594,6 +629,8 @@ PATTERN_WORDS = {
     DNS_LABEL: "must be a DNS label: lower-case letters, digits and '-', starting and ending with a letter or digit",
     INTERFACE_NAME: "must be an interface name: letters, digits, '_', '.' and '-', starting with a letter or digit",
     NAME_PATTERN: "must be a DNS subdomain name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
+    LABEL_KEY: "must be a label key: an optional DNS subdomain and '/', then letters, digits, '-', '_' and '.', starting and ending with a letter or digit",
+    LABEL_VALUE: "must be a label value: at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit (or empty)",
     PORT_NAME: "must be a port name (IANA_SVC_NAME): lower-case letters, digits and single '-' between them, at least one letter",
     HTTP_PATH: "must be an HTTP path starting with '/', without spaces or control characters",
     COMMUNITY: "must be a BGP community AS:value (two numbers 0-65535)",

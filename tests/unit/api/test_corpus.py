@@ -123,7 +123,12 @@ CASES: dict[str, Case] = {
     "tabs indenting YAML": ({"a.yaml": GOOD.replace("  vip:", "\tvip:")}, None, 2, ["a.yaml", "not valid YAML"]),
     "a megabyte address is cut": ({"a.yaml": raw("  ports: [{port: 80}]\n  vip: " + "a" * 1_000_000 + "\n  backends: [{address: 10.0.0.1}]\n")}, None, 2, ["spec.vip", "aaa... (1000000 characters)'"]),
     "a long unknown key is cut with its length": ({"a.yaml": raw("  " + "k" * 900 + ": 1\n  ports: [{port: 80}]\n" + SPEC_OK)}, None, 2, ["(905 characters)", "unknown field"]),
-    # --- Kubernetes' own rules for names and port names
+    # --- Kubernetes' own rules for names, port names and labels
+    "a label value with a space": ({"a.yaml": vs(meta={"labels": {"team": "web team"}})}, None, 2, ["metadata.labels.team", "must be a label value"]),
+    "a label key with two slashes": ({"a.yaml": vs(meta={"labels": {"a/b/c": "x"}})}, None, 2, ["metadata.labels", "label key 'a/b/c'"]),
+    "a node selector value of 64 characters": ({"a.yaml": vs(nodeSelector={"matchLabels": {"zone": "z" * 64}})}, None, 2, ["spec.nodeSelector.matchLabels.zone", "at most 63 characters"]),
+    "a node selector key with a space": ({"a.yaml": vs(nodeSelector={"matchExpressions": [{"key": "my zone", "operator": "Exists"}]})}, None, 2, ["spec.nodeSelector.matchExpressions[0].key", "must be a label key"]),
+    "prefixed label keys and an empty value are fine": ({"a.yaml": vs(meta={"labels": {"app.kubernetes.io/name": "web", "tier": ""}})}, None, 0, ["ipvsadm -A"]),
     "name with an empty label": ({"a.yaml": vs(name="web..v1")}, None, 2, ["metadata.name", "must be a DNS subdomain name"]),
     "name with a label ending in '-'": ({"a.yaml": vs(name="web-.v1")}, None, 2, ["metadata.name", "must be a DNS subdomain name"]),
     "dotted name is fine": ({"a.yaml": vs(name="web.v1")}, None, 0, ["ipvsadm -A"]),
