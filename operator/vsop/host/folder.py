@@ -58,6 +58,8 @@ STORE_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)_([a-z0-9]([-a-z0-9.]*
 
 Fingerprint = tuple[int, int, bytes]  # size, mtime_ns, sha256 of the content
 StatKey = tuple[int, int, int]  # inode, size, mtime_ns: what a poll compares (an os.stat_result is ten times its size)
+# a folder's (inode, mtime_ns), whether that is trusted, name -> (d_ino, symlink, path, stat key | why | None for a folder)
+Listing = tuple[tuple[int, int], bool, dict[str, tuple[int, bool, Path, Any]]]
 
 
 def _file_key(state: FileState) -> tuple[object, ...]:
@@ -92,6 +94,125 @@ def guess_refs(text: str) -> frozenset[str]:
     except yaml.YAMLError:
         return frozenset()
     return frozenset(refs)
+
+
+def walk_folder(
+    directory: Path,
+    cache: dict[Path, Listing],
+    problem_paths: set[Path],
+    sweep: bool,
+    on_sweep: Callable[[], None],
+) -> tuple[dict[Path, StatKey | str], dict[Path, str], dict[Path, Listing] | None]:
+    """Every candidate file under directory (its stat key, or why it cannot be read), every folder
+    that cannot be listed, and the listings to keep for the next walk (None: keep the old ones).
+
+    Between sweeps a folder whose (inode, mtime) matches a trusted cached listing is not listed
+    again; only its symlinks, unreadable entries and the files in problem_paths are stat-ed.
+    on_sweep is called when a sweep starts (the top folder is readable)."""
+    found: dict[Path, StatKey | str] = {}
+    problems: dict[Path, str] = {}
+    try:
+        top = os.stat(directory)
+    except OSError as exc:
+        problems[directory] = f"folder cannot be read: {exc.strerror or exc}"
+        return found, problems, None
+    if not stat_module.S_ISDIR(top.st_mode):
+        problems[directory] = "not a folder"
+        return found, problems, None
+    if sweep:
+        on_sweep()
+    listings: dict[Path, Listing] = {}
+    pending: list[tuple[Path, os.stat_result | None]] = [(directory, top)]
+    walked: set[tuple[int, int]] = set()  # (device, inode) of each folder listed by this walk
+    while pending:
+        folder, folder_stat = pending.pop()
+        try:
+            if folder_stat is None:
+                folder_stat = os.stat(folder)  # a subfolder's own mtime: its parent's does not move
+        except OSError as exc:
+            problems[folder] = f"folder cannot be read: {exc.strerror or exc}"
+            continue
+        here = (folder_stat.st_dev, folder_stat.st_ino)
+        if here in walked:
+            # A symlink to a folder this walk has already listed (a -> ., b -> ..): each
+            # loop would double the paths until ELOOP, 2^40 of them with two such links.
+            continue
+        walked.add(here)
+        listed = _list_folder(folder, folder_stat, cache.get(folder), problem_paths, sweep, found, pending)
+        if isinstance(listed, str):
+            problems[folder] = listed
+        else:
+            listings[folder] = listed
+    return found, problems, listings
+
+
+def _list_folder(
+    folder: Path,
+    folder_stat: os.stat_result,
+    cached: Listing | None,
+    problem_paths: set[Path],
+    sweep: bool,
+    found: dict[Path, StatKey | str],
+    pending: list[tuple[Path, os.stat_result | None]],
+) -> Listing | str:
+    """One folder's entries (added to found, its subfolders to pending): its listing to keep, or
+    why it cannot be listed."""
+    key = (folder_stat.st_ino, folder_stat.st_mtime_ns)
+    if not sweep and cached is not None and cached[0] == key and cached[1]:
+        # Nothing was added, removed or renamed here since it was listed: the names are known.
+        entries = cached[2]
+        for name, (d_ino, symlink, path, result) in entries.items():
+            if symlink or isinstance(result, str) or path in problem_paths:
+                result = _stat_entry(name, path, symlink)
+                entries[name] = (d_ino, symlink, path, result)
+            _found(path, result, found, pending)
+        return cached
+    listed_at = time.time()
+    try:
+        with os.scandir(folder) as scan:
+            listing = list(scan)
+    except OSError as exc:
+        return f"folder cannot be read: {exc.strerror or exc}"
+    known = cached[2] if cached is not None else {}
+    entries = {}
+    for entry in listing:
+        name = entry.name
+        if name.startswith("."):
+            continue
+        old = known.get(name)
+        path = old[2] if old is not None else Path(entry.path)  # the Path listed before: not made again
+        symlink = entry.is_symlink()
+        d_ino = entry.inode()
+        if not sweep and old is not None and old[0] == d_ino and not symlink and not isinstance(old[3], str) and path not in problem_paths:
+            result = old[3]  # the same file as before (a write in place is the sweep's)
+        else:
+            result = _stat_entry(name, path, symlink, entry)
+        entries[name] = (d_ino, symlink, path, result)
+        _found(path, result, found, pending)
+    # Trusted only if it changed well before this listing: a later change moves its mtime.
+    return (key, listed_at - folder_stat.st_mtime_ns / 1e9 > 1.0, entries)
+
+
+def _stat_entry(name: str, path: Path, symlink: bool, entry: os.DirEntry[str] | None = None) -> Any:
+    """A file's stat key (symlinks followed: a swapped target is a new fingerprint), why it cannot
+    be read, or None for a folder. Kept per file between polls, so only the key is."""
+    try:
+        st = entry.stat() if entry is not None else os.stat(path)
+    except OSError as exc:
+        if wanted(name):
+            reason = "dangling symlink" if symlink else "cannot be read"
+            return f"{reason}: {exc.strerror or exc}"
+        return "ignored"
+    if stat_module.S_ISDIR(st.st_mode):
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns) if wanted(name) and stat_module.S_ISREG(st.st_mode) else "ignored"
+
+
+def _found(path: Path, result: Any, found: dict[Path, StatKey | str], pending: list[tuple[Path, os.stat_result | None]]) -> None:
+    if result is None:
+        pending.append((path, None))
+    elif result != "ignored":
+        found[path] = result
 
 
 @dataclass(slots=True)  # one per file: 10,000 in a big store
@@ -141,103 +262,20 @@ class FolderSource:
     _status_refs: set[str] = field(default_factory=set, repr=False)  # refs whose place in services() may differ
     _erring: set[Path] = field(default_factory=set, repr=False)  # paths with an error or an outage (errors())
     # folder -> ((inode, mtime_ns), trusted, name -> (d_ino, symlink, path, stat | why | None for a folder))
-    _listings: dict[Path, tuple[tuple[int, int], bool, dict[str, tuple[int, bool, Path, Any]]]] = field(default_factory=dict, repr=False)
+    _listings: dict[Path, Listing] = field(default_factory=dict, repr=False)
     _swept_at: float = float("-inf")
 
     # -- reading the folder ----------------------------------------------------------
 
     def _walk(self, sweep: bool) -> tuple[dict[Path, StatKey | str], dict[Path, str]]:
         """Every candidate file (its stat key, or why it cannot be read) and every folder that cannot be listed."""
-        found: dict[Path, StatKey | str] = {}
-        problems: dict[Path, str] = {}
-        try:
-            top = os.stat(self.directory)
-        except OSError as exc:
-            problems[self.directory] = f"folder cannot be read: {exc.strerror or exc}"
-            return found, problems
-        if not stat_module.S_ISDIR(top.st_mode):
-            problems[self.directory] = "not a folder"
-            return found, problems
-        if sweep:
-            self._swept_at = self.clock()
-        listings: dict[Path, tuple[tuple[int, int], bool, dict[str, tuple[int, bool, Path, Any]]]] = {}
-        pending: list[tuple[Path, os.stat_result | None]] = [(self.directory, top)]
-        walked: set[tuple[int, int]] = set()  # (device, inode) of each folder listed by this walk
-        while pending:
-            folder, folder_stat = pending.pop()
-            try:
-                if folder_stat is None:
-                    folder_stat = os.stat(folder)  # a subfolder's own mtime: its parent's does not move
-            except OSError as exc:
-                problems[folder] = f"folder cannot be read: {exc.strerror or exc}"
-                continue
-            here = (folder_stat.st_dev, folder_stat.st_ino)
-            if here in walked:
-                # A symlink to a folder this walk has already listed (a -> ., b -> ..): each
-                # loop would double the paths until ELOOP, 2^40 of them with two such links.
-                continue
-            walked.add(here)
-            key = (folder_stat.st_ino, folder_stat.st_mtime_ns)
-            cached = self._listings.get(folder)
-            if not sweep and cached is not None and cached[0] == key and cached[1]:
-                # Nothing was added, removed or renamed here since it was listed: the names are known.
-                entries = cached[2]
-                for name, (d_ino, symlink, path, result) in entries.items():
-                    if symlink or isinstance(result, str) or path in self._problems:
-                        result = self._stat(name, path, symlink)
-                        entries[name] = (d_ino, symlink, path, result)
-                    self._found(path, result, found, pending)
-                listings[folder] = cached
-                continue
-            listed_at = time.time()
-            try:
-                with os.scandir(folder) as scan:
-                    listing = list(scan)
-            except OSError as exc:
-                problems[folder] = f"folder cannot be read: {exc.strerror or exc}"
-                continue
-            known = cached[2] if cached is not None else {}
-            entries = {}
-            for entry in listing:
-                name = entry.name
-                if name.startswith("."):
-                    continue
-                old = known.get(name)
-                path = old[2] if old is not None else Path(entry.path)  # the Path listed before: not made again
-                symlink = entry.is_symlink()
-                d_ino = entry.inode()
-                if not sweep and old is not None and old[0] == d_ino and not symlink and not isinstance(old[3], str) and path not in self._problems:
-                    result = old[3]  # the same file as before (a write in place is the sweep's)
-                else:
-                    result = self._stat(name, path, symlink, entry)
-                entries[name] = (d_ino, symlink, path, result)
-                self._found(path, result, found, pending)
-            # Trusted only if it changed well before this listing: a later change moves its mtime.
-            listings[folder] = (key, listed_at - folder_stat.st_mtime_ns / 1e9 > 1.0, entries)
-        self._listings = listings
+        found, problems, listings = walk_folder(self.directory, self._listings, self._problems, sweep, self._mark_sweep)
+        if listings is not None:
+            self._listings = listings
         return found, problems
 
-    @staticmethod
-    def _stat(name: str, path: Path, symlink: bool, entry: os.DirEntry[str] | None = None) -> Any:
-        """A file's stat key (symlinks followed: a swapped target is a new fingerprint), why it cannot
-        be read, or None for a folder. Kept per file between polls, so only the key is."""
-        try:
-            st = entry.stat() if entry is not None else os.stat(path)
-        except OSError as exc:
-            if wanted(name):
-                reason = "dangling symlink" if symlink else "cannot be read"
-                return f"{reason}: {exc.strerror or exc}"
-            return "ignored"
-        if stat_module.S_ISDIR(st.st_mode):
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns) if wanted(name) and stat_module.S_ISREG(st.st_mode) else "ignored"
-
-    @staticmethod
-    def _found(path: Path, result: Any, found: dict[Path, StatKey | str], pending: list[tuple[Path, os.stat_result | None]]) -> None:
-        if result is None:
-            pending.append((path, None))
-        elif result != "ignored":
-            found[path] = result
+    def _mark_sweep(self) -> None:
+        self._swept_at = self.clock()
 
     def _beneath_problem(self, path: Path) -> str | None:
         for folder, reason in self.folder_errors.items():
