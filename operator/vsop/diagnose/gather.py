@@ -238,17 +238,30 @@ def gather(
 
     /proc/net/netstat is read at the start and at the end, at least `netstat_window`
     seconds apart when some interface filters reverse paths strictly (doctor's drop check)."""
+    from vsop.adapters.kernel import running_kernel_version
+
+    errors: list[str] = []
+    facts = Facts(names=names, kernel_version=running_kernel_version())
+    earlier, earlier_at = _read_netstat(), time.monotonic()
+    ipvs = _read_kernel(facts, names, errors)
+    _read_paths(facts, ipvs, targets, with_conntrack, errors)
+    facts.sysctls = read_sysctls()
+    _read_netstat_window(facts, earlier, earlier_at, netstat_window)
+    _read_host(facts, status_file, store, names, errors)
+    return replace(facts, errors=tuple(errors))
+
+
+def _read_kernel(facts: Facts, names: Names, errors: list[str]) -> Any:
+    """The kernel state vsop owns (facts.observed), the IPVS availability and both backends'
+    rules; returns the IPVS adapter, still open for the stats request."""
     from vsop.adapters.ipset import IPSetKernel
     from vsop.adapters.iptables import IPTablesKernel
     from vsop.adapters.ipvs import IPVSKernel
     from vsop.adapters.links import LinkKernel
     from vsop.adapters.sysctl import SysctlKernel
-    from vsop.adapters.kernel import ALL_SYSCTLS, running_kernel_version
+    from vsop.adapters.kernel import ALL_SYSCTLS
     from vsop.api.errors import KernelUnsupported
 
-    errors: list[str] = []
-    facts = Facts(names=names, kernel_version=running_kernel_version())
-    earlier, earlier_at = _read_netstat(), time.monotonic()
     link = None
     addresses: frozenset[str] = frozenset()
     node_addresses: frozenset[str] = frozenset()
@@ -288,6 +301,13 @@ def gather(
         link=link, addresses=addresses, services=services, real_servers=real_servers, ipsets=ipsets,
         chains=chains, jumps=jumps, sysctls=SysctlKernel().read(ALL_SYSCTLS), node_addresses=node_addresses,
     )
+    return ipvs
+
+
+def _read_paths(facts: Facts, ipvs: Any, targets: Sequence[ServiceKey], with_conntrack: bool, errors: list[str]) -> None:
+    """What the packets of the services looked at meet: IPVS counters (closes ipvs), the routes
+    to their real servers, their conntrack entries. No targets: every service on a bound VIP."""
+    services, real_servers = facts.observed.services, facts.observed.real_servers
     wanted = [key for key in targets if key in services] if targets else [k for k in services if k.vip in facts.observed.bound_vips()]
     if facts.ipvs_available and wanted:
         try:
@@ -305,7 +325,9 @@ def gather(
             keys = [k for k in keys if k.protocol == "udp"]  # doctor: stale UDP entries only
         entries, facts.conntrack_error = read_conntrack(keys)
         facts.conntrack = tuple(entries)
-    facts.sysctls = read_sysctls()
+
+
+def _read_netstat_window(facts: Facts, earlier: dict[str, int] | None, earlier_at: float, netstat_window: float) -> None:
     if earlier is not None and _strict_rp_filter(facts.sysctls):
         # The drop counter counts since boot: only its growth while we watch says packets die now.
         time.sleep(max(0.0, netstat_window - (time.monotonic() - earlier_at)))
@@ -314,13 +336,16 @@ def gather(
         facts.netstat = later
         if earlier is not None:
             facts.netstat_earlier, facts.netstat_seconds = earlier, time.monotonic() - earlier_at
+
+
+def _read_host(facts: Facts, status_file: str, store: str | None, names: Names, errors: list[str]) -> None:
+    """The agent's status, the modules, links and interfaces, and what the host store declares."""
     facts.agent = read_agent(status_file)
     facts.agent_status_file = status_file
     facts.modules = read_modules()
     facts.links = read_links()
     facts.interfaces = read_interfaces()
     directory = store or (facts.agent or {}).get("directory") or (DEFAULT_STORE if os.path.isdir(DEFAULT_STORE) else None)
-    desired, source, store_errors = load_desired(directory, names, facts.kernel_version, node_addresses)
+    desired, source, store_errors = load_desired(directory, names, facts.kernel_version, facts.observed.node_addresses)
     facts.desired, facts.desired_source = desired, source
     errors += store_errors
-    return replace(facts, errors=tuple(errors))
