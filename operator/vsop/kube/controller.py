@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Coroutine, Mapping, Sequence
 
 import kopf
 
@@ -280,80 +280,97 @@ class Controller:
         _, problems = resolve_conflicts(valid)
         conflicts = {p.obj: p.message for p in problems if p.reason == "Conflict"}
         ready_nodes = {name: facts for name, facts in nodes.items() if facts.ready}
+        self._forget_gone(records)
+
+        now = now_rfc3339()
+        jobs = []
+        counts: dict[tuple[str, str], int] = {}
+        for record in records:
+            job = self._status_job(record, conflicts, ready_nodes, node_reports, periodic, now, counts, report)
+            if job is not None:
+                jobs.append(job)
+        if jobs:
+            await _run_limited(jobs)
+        if self.load_balancers is not None:
+            report.failed += await self.load_balancers.reconcile([r.vs for r in records if r.vs is not None])
+        await self._delete_gone_reports(node_reports, nodes, report)
+        if report.failed:
+            raise ApiError(0, f"{report.failed} write(s) failed")
+        self.metrics.conditions.clear()
+        for (kind, status), count in counts.items():
+            self.metrics.conditions.labels(kind, status).set(count)
+        return report
+
+    def _forget_gone(self, records: Sequence[Observed]) -> None:
+        """What was written for objects no longer listed is forgotten."""
         present = {r.identity for r in records}
         for identity in [i for i in self._written if i not in present]:
             del self._written[identity]
         for identity in [i for i in self._legacy_removed if i not in present]:
             del self._legacy_removed[identity]
 
-        now = now_rfc3339()
-        jobs = []
-        counts: dict[tuple[str, str], int] = {}
-        for record in records:
-            ref = f"{record.namespace}/{record.name}"
-            if record.vs is not None:
-                selected = tuple(sorted(n for n, f in ready_nodes.items() if applies_to_node(record.vs, Node(n, f.labels))))
-            else:
-                selected = tuple(sorted(ready_nodes))  # the selector cannot be read: count whoever reports
-            # A node counts once its agent runs (has a report): a joining node's Node object alone
-            # changes no object; its first report (every entry at once) leaves "programmed on every
-            # selected node" as it was, so a join writes nothing on the objects it programs.
-            expected = tuple(n for n in selected if n in node_reports)
-            # Each node's entry for this object, from the node's own report (vsop.kube.report).
-            node_entries = {node: entries[ref] for node, entries in node_reports.items() if ref in entries}
-            facts = Facts(
-                generation=record.generation,
-                invalid=f"spec is invalid: {record.error}" if record.error else None,
-                conflict=conflicts.get(ref) or _node_conflict(node_entries),
-                expected=expected,
-                nodes=node_entries,
-                known_nodes=None,
-                unreported=tuple(n for n in selected if n not in node_reports),
-            )
-            summary = summarize(facts)
-            found = owned_status(record.status)
-            baseline = found if periodic or record.identity not in self._written else self._written[record.identity]
-            old_conditions = list(baseline["conditions"].values())
-            conditions = with_transition_times(summary.conditions, old_conditions, now)
-            if record.vs is not None:
-                # Who checks each static backend, and their verdict (vsop.kube.checkers); sized by backends, not nodes.
-                health = checkers.published_health(record.vs, ref, expected, node_reports)
-            else:
-                health = list(record.status.get(checkers.STATUS_FIELD) or ())  # invalid: nodes keep the last valid generation
-            wanted = {
-                "observedGeneration": record.generation,
-                "conditions": {c["type"]: c for c in conditions},
-                "backends": summary.backends,
-                checkers.STATUS_FIELD: health,
-            }
-            for condition in conditions:
-                counts[(condition["type"], condition["status"])] = counts.get((condition["type"], condition["status"]), 0) + 1
-            # Upgrade: agents before NodeReports wrote status.nodes.<node> here; it goes, once.
-            legacy = "nodes" in record.status and self._legacy_removed.get(record.identity) is not record
-            if "nodes" not in record.status:
-                self._legacy_removed.pop(record.identity, None)
-            if wanted != baseline or legacy:
-                patch: dict[str, Any] = {
-                    "observedGeneration": record.generation,
-                    # Merge patch replaces lists whole: keep conditions other writers may have set.
-                    "conditions": conditions + [c for c in record.status.get("conditions") or () if isinstance(c, Mapping) and c.get("type") not in CONDITION_TYPES],
-                    "backends": summary.backends,
-                    checkers.STATUS_FIELD: health or None,
-                }
-                if legacy:
-                    patch["nodes"] = None
-                jobs.append(self._apply(record, patch, wanted, transition_events(old_conditions, conditions), report))
-        if jobs:
-            semaphore = asyncio.Semaphore(PATCH_CONCURRENCY)
+    def _status_job(self, record: Observed, conflicts: Mapping[str, str], ready_nodes: Mapping[str, NodeFacts],
+                    node_reports: Mapping[str, dict[str, Any]], periodic: bool, now: str,
+                    counts: dict[tuple[str, str], int], report: ReconcileReport) -> Coroutine[Any, Any, None] | None:
+        """One object's status as the nodes' reports make it: the patch to write (None: it is
+        already so); its conditions are added to counts."""
+        ref = f"{record.namespace}/{record.name}"
+        if record.vs is not None:
+            selected = tuple(sorted(n for n, f in ready_nodes.items() if applies_to_node(record.vs, Node(n, f.labels))))
+        else:
+            selected = tuple(sorted(ready_nodes))  # the selector cannot be read: count whoever reports
+        # A node counts once its agent runs (has a report): a joining node's Node object alone
+        # changes no object; its first report (every entry at once) leaves "programmed on every
+        # selected node" as it was, so a join writes nothing on the objects it programs.
+        expected = tuple(n for n in selected if n in node_reports)
+        # Each node's entry for this object, from the node's own report (vsop.kube.report).
+        node_entries = {node: entries[ref] for node, entries in node_reports.items() if ref in entries}
+        facts = Facts(
+            generation=record.generation,
+            invalid=f"spec is invalid: {record.error}" if record.error else None,
+            conflict=conflicts.get(ref) or _node_conflict(node_entries),
+            expected=expected,
+            nodes=node_entries,
+            known_nodes=None,
+            unreported=tuple(n for n in selected if n not in node_reports),
+        )
+        summary = summarize(facts)
+        found = owned_status(record.status)
+        baseline = found if periodic or record.identity not in self._written else self._written[record.identity]
+        old_conditions = list(baseline["conditions"].values())
+        conditions = with_transition_times(summary.conditions, old_conditions, now)
+        if record.vs is not None:
+            # Who checks each static backend, and their verdict (vsop.kube.checkers); sized by backends, not nodes.
+            health = checkers.published_health(record.vs, ref, expected, node_reports)
+        else:
+            health = list(record.status.get(checkers.STATUS_FIELD) or ())  # invalid: nodes keep the last valid generation
+        wanted = {
+            "observedGeneration": record.generation,
+            "conditions": {c["type"]: c for c in conditions},
+            "backends": summary.backends,
+            checkers.STATUS_FIELD: health,
+        }
+        for condition in conditions:
+            counts[(condition["type"], condition["status"])] = counts.get((condition["type"], condition["status"]), 0) + 1
+        # Upgrade: agents before NodeReports wrote status.nodes.<node> here; it goes, once.
+        legacy = "nodes" in record.status and self._legacy_removed.get(record.identity) is not record
+        if "nodes" not in record.status:
+            self._legacy_removed.pop(record.identity, None)
+        if wanted == baseline and not legacy:
+            return None
+        patch: dict[str, Any] = {
+            "observedGeneration": record.generation,
+            # Merge patch replaces lists whole: keep conditions other writers may have set.
+            "conditions": conditions + [c for c in record.status.get("conditions") or () if isinstance(c, Mapping) and c.get("type") not in CONDITION_TYPES],
+            "backends": summary.backends,
+            checkers.STATUS_FIELD: health or None,
+        }
+        if legacy:
+            patch["nodes"] = None
+        return self._apply(record, patch, wanted, transition_events(old_conditions, conditions), report)
 
-            async def limited(job: Any) -> None:
-                async with semaphore:
-                    await job
-
-            await asyncio.gather(*(limited(job) for job in jobs))
-        if self.load_balancers is not None:
-            report.failed += await self.load_balancers.reconcile([r.vs for r in records if r.vs is not None])
-        # The report of a Node that no longer exists goes (its agent is gone with it).
+    async def _delete_gone_reports(self, node_reports: Mapping[str, Any], nodes: Mapping[str, NodeFacts], report: ReconcileReport) -> None:
+        """The report of a Node that no longer exists goes (its agent is gone with it)."""
         for name in sorted(set(node_reports) - set(nodes)):
             try:
                 await self.writer.delete_node_report(name)
@@ -363,12 +380,6 @@ class Controller:
                 self.metrics.errors.labels("api").inc()
                 log.warning(kv("Deleting a node report failed; retried on the next reconcile", node=name, error=str(exc)))
                 report.failed += 1
-        if report.failed:
-            raise ApiError(0, f"{report.failed} write(s) failed")
-        self.metrics.conditions.clear()
-        for (kind, status), count in counts.items():
-            self.metrics.conditions.labels(kind, status).set(count)
-        return report
 
     async def _apply(self, record: Observed, patch: dict[str, Any], wanted: dict[str, Any], events: Sequence[EventSpec], report: ReconcileReport) -> None:
         """Patch the status; only once that worked, post the Events of its transitions (never twice)."""
@@ -439,6 +450,17 @@ class Controller:
 def load_balancers(connection: Any, options: LoadBalancerOptions) -> Callable[[Writer, Callable[[], bool]], LoadBalancers]:
     """How `vsop controller` (and the tests) build the LoadBalancer side: its own writes over `connection`."""
     return lambda writer, may_write: LoadBalancers(options, LoadBalancerApi(connection), writer, may_write)
+
+
+async def _run_limited(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
+    """The status writes of one turn, at most PATCH_CONCURRENCY at a time."""
+    semaphore = asyncio.Semaphore(PATCH_CONCURRENCY)
+
+    async def limited(job: Any) -> None:
+        async with semaphore:
+            await job
+
+    await asyncio.gather(*(limited(job) for job in jobs))
 
 
 def _node_conflict(nodes: Any) -> str | None:
