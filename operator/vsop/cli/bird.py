@@ -58,22 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """`vsop render bird ARGS`. 0 done, 1 BIRD refused it or cannot write, 2 invalid input."""
-    try:
-        args = build_parser().parse_args(list(argv))
-    except output.UsageError as exc:
-        return output.usage(exc, argv)
-    except SystemExit as exc:  # --help
-        return int(exc.code) if isinstance(exc.code, int) else 2
-    try:
-        return output.emit(run(args), args.output)
-    except InvalidInput as exc:
-        return output.invalid(exc, "json" if args.output == "json" else "text", nothing="nothing was rendered")
-    except BrokenPipeError:
-        return 0
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # the last resort: one line, not a trace, unless -v
-        return output.bug(exc, "json" if args.output == "json" else "text", verbose=args.verbose)
+    return output.run_own_parser(build_parser, run, argv, nothing="nothing was rendered")
 
 
 def _speaker(path: str):  # type: ignore[no-untyped-def]

@@ -214,3 +214,25 @@ def command_logging(verbose: bool) -> None:
     handler.setFormatter(Escaped())
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+
+
+def run_own_parser(build_parser: Callable[[], argparse.ArgumentParser], run: Callable[[argparse.Namespace], "Result"],
+                   argv: Sequence[str], nothing: str) -> int:
+    """A command with its own parser (`vsop render keepalived`, `vsop render bird`): parse, run, print
+    the Result once; usage errors, invalid input, a closed pipe and a bug each in the one voice."""
+    try:
+        args = build_parser().parse_args(list(argv))
+    except UsageError as exc:
+        return usage(exc, argv)
+    except SystemExit as exc:  # --help
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    try:
+        return emit(run(args), args.output)
+    except InvalidInput as exc:
+        return invalid(exc, "json" if args.output == "json" else "text", nothing=nothing)
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the last resort: one line, not a trace, unless -v
+        return bug(exc, "json" if args.output == "json" else "text", verbose=args.verbose)
