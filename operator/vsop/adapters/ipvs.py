@@ -12,11 +12,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import logging
 import os
 import socket
 import struct
 import sys
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from vsop.adapters.base import OperationFailed
 from vsop.adapters.netlink import (
@@ -40,6 +41,9 @@ from vsop.core.state import RealServer, RealServerKey, ServiceKey, VirtualServer
 from vsop.api.errors import KernelUnsupported
 
 NO_IPVS = "this kernel has no IPVS: load ip_vs or use mode: keepalived"
+
+log = logging.getLogger("vsop.adapters.ipvs")
+T = TypeVar("T")
 
 # IPVS uapi (include/uapi/linux/ip_vs.h)
 GENL_NAME, GENL_VERSION = "IPVS", 1
@@ -356,11 +360,11 @@ class IPVSKernel:
 
     handles = (ops.AddService, ops.EditService, ops.DeleteService, ops.AddRealServer, ops.EditRealServer, ops.DeleteRealServer)
 
-    def __init__(self, netns: str | None = None, batch: int = 64):
+    def __init__(self, netns: str | None = None, batch: int = 64, pipe: NetlinkPipe | None = None):
         if batch < 1:
             raise ValueError("batch must be at least 1")
         self.batch = batch
-        self._pipe = NetlinkPipe(NETLINK_GENERIC, netns)
+        self._pipe = pipe if pipe is not None else NetlinkPipe(NETLINK_GENERIC, netns)
         self._family: int | None = None
         # /proc/net/ip_vs lists every real server of every service in one read, but only
         # for the namespace of the thread reading it: used when that is the socket's.
@@ -402,9 +406,29 @@ class IPVSKernel:
     def probe(self) -> None:
         self.family_id
 
+    def family_moved(self) -> bool:
+        """After ENOENT on the family: look its id up again. True when it changed (`rmmod ip_vs;
+        modprobe ip_vs` gives the family a new id; every request to the old one answers ENOENT,
+        which would otherwise read as a missing scheduler or service forever). KernelUnsupported
+        when the kernel has no IPVS family now."""
+        stale, self._family = self._family, None
+        fresh = self.family_id
+        if fresh == stale:
+            return False
+        log.warning("IPVS generic netlink family id changed, the ip_vs module was reloaded; using the new id old=%s new=%d", stale, fresh)
+        return True
+
+    def _on_family(self, call: Callable[[int], T]) -> T:
+        """`call(family id)`, once more with the id looked up again when the old one answers ENOENT."""
+        try:
+            return call(self.family_id)
+        except NetlinkError as e:
+            if e.code != errno.ENOENT or not self.family_moved():
+                raise
+        return call(self.family_id)
+
     def read(self) -> tuple[dict[ServiceKey, VirtualServer], dict[RealServerKey, RealServer]]:
-        family = self.family_id
-        payloads = self._pipe.dump(family, _genl(IPVS_CMD_GET_SERVICE, b""))
+        payloads = self._on_family(lambda family: self._pipe.dump(family, _genl(IPVS_CMD_GET_SERVICE, b"")))
         previous: dict[bytes, tuple[ServiceKey, VirtualServer] | None] = self._service_payloads
         fresh: dict[bytes, tuple[ServiceKey, VirtualServer] | None] = {}
         changed = len(payloads) != len(previous)
@@ -462,7 +486,12 @@ class IPVSKernel:
                 real_servers[rs.key] = rs
 
         bodies = (_genl(IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in keys)
-        for index, code in self._pipe.dump_many(family, bodies, on_dest).items():
+        failed = self._pipe.dump_many(family, bodies, on_dest)
+        if errno.ENOENT in failed.values() and self.family_moved():  # not deleted: ip_vs reloaded under us
+            real_servers.clear()
+            bodies = (_genl(IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in keys)
+            failed = self._pipe.dump_many(self.family_id, bodies, on_dest)
+        for index, code in failed.items():
             if code not in (errno.ESRCH, errno.ENOENT):  # those: deleted since the service dump
                 raise NetlinkError(code, f"dumping the real servers of {keys[index]}: {os.strerror(code)}")
         return real_servers
@@ -513,10 +542,14 @@ class IPVSKernel:
         """
         if not operations:
             return 0
-        family = self.family_id
         for run in runs_of_one_kind(operations):
-            requests = [(family, 0, encode(op)) for op in run]
-            failed = self._pipe.pipeline(requests, self.batch)
+            failed = self._pipe.pipeline([(self.family_id, 0, encode(op)) for op in run], self.batch)
+            if failed is not None and failed[1] == errno.ENOENT and self.family_moved():
+                # Sent to a family id the kernel no longer has (ip_vs reloaded): nothing of this
+                # run from the failed one on was applied; send it again to the new id, once.
+                start = failed[0]
+                failed = self._pipe.pipeline([(self.family_id, 0, encode(op)) for op in run[start:]], self.batch)
+                failed = None if failed is None else (start + failed[0], failed[1], failed[2])
             if failed is not None:
                 index, code, text = failed
                 op = run[index]

@@ -174,3 +174,77 @@ def test_a_netlink_error_has_pyroute2s_shape() -> None:
     error = netlink.NetlinkError(2)
     assert error.code == 2 and error.args == (2, "No such file or directory")
     assert netlink.NetlinkError(17, "exists").args == (17, "exists")
+
+
+class ReloadablePipe:
+    """A generic netlink socket whose IPVS family gets a new id when ip_vs is reloaded: a request
+    to an id the kernel no longer has answers ENOENT, as genl_rcv_msg does."""
+
+    def __init__(self, family: int = 37):
+        self.family: int | None = family
+        self.lookups = 0
+        self.applied: list[bytes] = []
+
+    def reload(self, family: int | None) -> None:
+        self.family = family
+
+    def request(self, mtype: int, body: bytes, flags: int) -> list[bytes]:
+        from pyroute2.netlink import ctrlmsg
+
+        assert mtype == netlink.GENL_ID_CTRL
+        self.lookups += 1
+        if self.family is None:
+            raise netlink.NetlinkError(2)
+        reply = ctrlmsg()
+        reply["cmd"], reply["version"] = 1, 2
+        reply["attrs"] = [["CTRL_ATTR_FAMILY_NAME", "IPVS"], ["CTRL_ATTR_FAMILY_ID", self.family]]
+        reply.encode()
+        return [bytes(reply.data[16:])]
+
+    def dump(self, mtype: int, body: bytes) -> list[bytes]:
+        if mtype != self.family:
+            raise netlink.NetlinkError(2)
+        return []
+
+    def dump_many(self, mtype: int, bodies: object, handle: object) -> dict[int, int]:
+        return {index: 2 for index, _ in enumerate(bodies)} if mtype != self.family else {}  # type: ignore[call-overload]
+
+    def pipeline(self, requests: list[tuple[int, int, bytes]], batch: int) -> tuple[int, int, str] | None:
+        for index, (mtype, _flags, body) in enumerate(requests):
+            if mtype != self.family:
+                return index, 2, ""
+            if b"ip_vs_missing" in body:
+                return index, 2, ""
+            self.applied.append(body)
+        return None
+
+
+def test_after_ip_vs_is_reloaded_read_and_apply_use_the_new_family_id() -> None:
+    pipe = ReloadablePipe(37)
+    kernel = ipvs.IPVSKernel(pipe=pipe)  # type: ignore[arg-type]
+    assert kernel.read() == ({}, {}) and pipe.lookups == 1
+    pipe.reload(41)  # rmmod ip_vs; modprobe ip_vs
+    assert kernel.read() == ({}, {}) and pipe.lookups == 2 and kernel.family_id == 41
+    pipe.reload(43)
+    add = ops.AddService(VirtualServer(WEB, "rr"))
+    assert kernel.apply([add]) == 1 and pipe.applied == [ipvs.encode(add)]
+    pipe.reload(47)
+    assert kernel.read_real_servers([WEB]) == {} and kernel.family_id == 47
+
+
+def test_enoent_from_a_family_that_did_not_move_is_the_kernels_answer() -> None:
+    pipe = ReloadablePipe(37)
+    kernel = ipvs.IPVSKernel(pipe=pipe)  # type: ignore[arg-type]
+    missing = ops.AddService(VirtualServer(WEB, "ip_vs_missing"))
+    with pytest.raises(ipvs.OperationFailed, match="scheduler 'ip_vs_missing' is not available"):
+        kernel.apply([missing])
+    assert pipe.lookups == 2  # looked up again once, found the same id, reported the scheduler
+
+
+def test_ip_vs_unloaded_reads_as_a_kernel_without_ipvs() -> None:
+    pipe = ReloadablePipe(37)
+    kernel = ipvs.IPVSKernel(pipe=pipe)  # type: ignore[arg-type]
+    kernel.read()
+    pipe.reload(None)  # rmmod ip_vs, not loaded again
+    with pytest.raises(ipvs.KernelUnsupported, match="no IPVS"):
+        kernel.read()
