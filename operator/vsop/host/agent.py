@@ -296,7 +296,12 @@ class HostAgent:
     # -- the loop (vsop.node.loop drives it: these are its Driver methods) ------------
 
     async def turn(self, full: bool, reasons: set[str]) -> bool:
-        result = await self.loop.blocking(self.sync_once, full, False)
+        try:
+            result = await self.loop.blocking(self.sync_once, full, False)
+        except Exception as exc:  # the loop's guard logs, counts and retries it; `vsop show` says it
+            self.last = {"error": f"{type(exc).__name__}: {exc}", "at": time.time()}
+            self.status_due = self.status_due or time.monotonic()
+            raise
         if result is not None and full:
             # A full sync's read, desired state and plan were dropped: give their pages back.
             await self.loop.blocking(heap.trim)

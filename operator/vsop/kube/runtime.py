@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import json
 import logging
 from typing import Any, Awaitable, Callable, Collection, Iterator
 
@@ -21,27 +20,11 @@ import kopf
 
 from vsop.kube import toggles
 from vsop.node.wake import Trigger, wait_event
-from vsop.node.logs import setup_logging
+from vsop.node.logs import kv, setup_logging
 
 __all__ = ["ListingGate", "Trigger", "configure_logging", "kopf_settings", "kv", "now_rfc3339", "run_with_kopf", "wait_event"]
 
 log = logging.getLogger("vsop.kube")
-
-
-def kv(message: str, /, **fields: Any) -> str:
-    """A structured log line: the message quoted, then key=value pairs (strings quoted)."""
-    parts = [json.dumps(message)]
-    for key, value in fields.items():
-        if value is None:
-            continue
-        if isinstance(value, float):
-            text = f"{value:.3f}"
-        elif isinstance(value, (int, bool)):
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-        else:
-            text = json.dumps(str(value))
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 def configure_logging(verbose: bool = False) -> None:

@@ -1,10 +1,30 @@
 """Logging set-up in the style of Kubernetes components (klog): level letter, time, source, message
-with key=value. Every vsop process sets it up: the agents, the controller, the commands with -v."""
+with key=value. Every vsop process sets it up: the agents, the controller, the commands with -v.
+Owns `kv`, the shape of such a line (`"Turn failed, will retry" error="..." failedTurns=3`), which
+the node loop and the kube side both write."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from typing import Any
+
+
+def kv(message: str, /, **fields: Any) -> str:
+    """A structured log line: the message quoted, then key=value pairs (strings quoted)."""
+    parts = [json.dumps(message)]
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, float):
+            text = f"{value:.3f}"
+        elif isinstance(value, (int, bool)):
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+        else:
+            text = json.dumps(str(value))
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
 
 
 class KlogFormatter(logging.Formatter):

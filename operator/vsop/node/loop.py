@@ -8,7 +8,11 @@ kernel first), feeding the reconciler what a source took (`Feed`), the health ta
 away) and the probes that follow them, the keepalived writer after a good sync only,
 the node metrics of each reconcile, and the schedule (`NodeLoop.run`): a periodic full
 resync whatever changes happen meanwhile, the next part at once while a resync's drift
-is left to plan, a turn every second while real servers drain, retries after a failure.
+is left to plan, a turn every second while real servers drain, retries after a failure, and
+the guard around each turn: a turn that raises (a netlink, ipset or iptables read that failed,
+a tool that timed out, the lock file) is logged, counted (`vsop_errors{source="turn"}`) and
+retried with backoff; the loop itself never dies of it, and liveness (`Probes`) is told of
+turns that completed only.
 An agent keeps only its source (what changed, handed over as a `Feed`) and its sink (what
 a turn did, reported): it plugs them in as a `Driver`.
 Must not import: vsop.host, vsop.kube, vsop.cli, kopf, kubernetes.
@@ -32,6 +36,7 @@ from vsop.core.health import HealthTracker
 from vsop.core.held import Held
 from vsop.core.state import Names, RealServerKey
 from vsop.node.lock import LockTimeout, stamp, writer_lock
+from vsop.node.logs import kv
 from vsop.node.remember import RememberFile
 from vsop.node.probes import HealthChecker, Target
 from vsop.node.wake import Trigger
@@ -44,6 +49,12 @@ log = logging.getLogger("vsop.node.loop")
 
 T = TypeVar("T")
 DRAIN_SECONDS = 1.0  # while real servers drain, a turn at least this often: a drained one goes promptly
+
+
+def turn_backoff(first: float, raised: int, most: float) -> float:
+    """Seconds before the next try after `raised` turns in a row raised: `first`, doubling, at most `most`
+    (the resync period: a loop whose turns keep raising still tries once a period)."""
+    return min(max(most, first), first * 2 ** min(raised - 1, 16))
 
 
 # --- the writer lock -----------------------------------------------------------------------------
@@ -215,6 +226,8 @@ class NodeLoop:
         self.busy = False  # a turn is running
         self.full = False  # the running (or last) turn is a full resync
         self.turns = 0  # turns finished
+        self.failed_turns = 0  # turns that raised (logged, counted, retried with backoff)
+        self.last_failure: str | None = None  # what the last turn that raised said; None once one completes
         self._executor: ThreadPoolExecutor | None = None
 
     # -- one turn (blocking: adapters talk to the kernel) --
@@ -233,8 +246,6 @@ class NodeLoop:
                 turn.outcome = outcome = self.reconciler.reconcile(full=turn.full)
                 if self.remember is not None:
                     self.remember.save(self.tracker.states, self.reconciler.draining.since, time.time(), time.monotonic())
-                if self.probes is not None:
-                    self.probes.turned()
                 if self.metrics is not None:
                     self.metrics.record(outcome, self.reconciler)
                 if outcome.error is None and feed.keepalived is not None:
@@ -338,6 +349,16 @@ class NodeLoop:
             log.info("recalled the previous agent's health verdicts and drains file=%s real_servers=%d out_of_service=%d draining=%d",
                      remember.path, len(remembered.health), down, len(remembered.draining_since))
 
+    def _failed(self, exc: Exception, raised: int) -> None:
+        """A turn raised: say so (the traceback with the first of a run), count it; the schedule retries."""
+        self.failed_turns += 1
+        self.last_failure = f"{type(exc).__name__}: {exc}"
+        retry = turn_backoff(self.retry(1), raised, self.resync_seconds)
+        log.error(kv("Turn failed, will retry", error=str(exc), errorType=type(exc).__name__, failedInARow=raised,
+                     failedTurns=self.failed_turns, retryInSeconds=retry), exc_info=raised == 1)
+        if self.metrics is not None:
+            self.metrics.errors.labels("turn").inc()
+
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self.trigger.event.set()
@@ -346,9 +367,8 @@ class NodeLoop:
         next_full = -math.inf  # the periodic full resync, whatever changes happen meanwhile
         next_turn = -math.inf
         failures = 0
+        raised = 0  # turns in a row that raised
         while stop is None or not stop.is_set():
-            if self.probes is not None:
-                self.probes.turned()
             now = self.clock()
             timeout = max(0.0, next_turn - now)
             draining = bool(self.reconciler.draining.since)
@@ -373,6 +393,13 @@ class NodeLoop:
             self.busy = True
             try:
                 ok = await driver.turn(self.full, reasons)
+            except Exception as exc:  # noqa: BLE001 - whatever a turn raises, the node keeps its loop
+                ok, raised = False, raised + 1
+                self._failed(exc, raised)
+            else:
+                raised, self.last_failure = 0, None
+                if self.probes is not None:
+                    self.probes.turned()  # liveness: a turn ran to its end (a refused write included)
             finally:
                 self.busy = False
                 self.turns += 1
@@ -382,7 +409,11 @@ class NodeLoop:
                 next_full = now + self.resync_seconds
             # A failed turn is retried after `retry`, as a full one (its resync is not done): not at
             # once, or a kernel that keeps refusing a write would be read and written in a tight loop.
-            next_turn = min(next_full, now + self.resync_seconds) if ok else now + self.retry(failures)
+            # A turn that raised backs off further, doubling up to the resync period.
+            if ok:
+                next_turn = min(next_full, now + self.resync_seconds)
+            else:
+                next_turn = now + (turn_backoff(self.retry(1), raised, self.resync_seconds) if raised else self.retry(failures))
             if ok and self.reconciler.replanning:
                 # The resync found drift on more VIPs than one turn plans: the next part at once,
                 # with whatever changed meanwhile (a change never waits for all of it).

@@ -38,7 +38,8 @@ class NodeMetrics:
             "vsop_kernel_operations", "Kernel operations applied, by kind (service.add, realserver.edit, ...).", ["kind"], registry=r
         )
         self.errors = Counter(
-            "vsop_errors", "Errors, by source (kernel: a sync failed; api: a status patch or Event failed; keepalived: its configuration was not applied).", ["source"], registry=r
+            "vsop_errors", "Errors, by source (kernel: a sync failed; turn: a turn raised, a read of the kernel or the lock failed, and was retried with backoff; "
+            "api: a status patch or Event failed; keepalived: its configuration was not applied).", ["source"], registry=r
         )
         self.vips = Gauge("vsop_vips_programmed", "VIPs bound on vsop's link on this node.", registry=r)
         self.virtual_servers = Gauge("vsop_virtual_servers_programmed", "IPVS virtual services vsop programmed on this node.", registry=r)
@@ -163,7 +164,13 @@ def object_states(reconciler: Any) -> Tally[str]:
 
 
 class Probes:
-    """Liveness and readiness as the reconcile loop reports them."""
+    """Liveness and readiness as the reconcile loop reports them.
+
+    Live while a turn completed (ran to its end, a refused write included) within `stall_seconds`;
+    the agents pass four resync periods, at least 120 s: a healthy loop completes a turn at least
+    once a period (the periodic full resync), and a loop whose turns raise retries at least once a
+    period too, so four periods without one completed turn is several failed tries in a row, not
+    one slow sync or one bad read."""
 
     def __init__(self, stall_seconds: float, clock: Callable[[], float] = time.monotonic):
         self.stall_seconds = stall_seconds
@@ -178,7 +185,7 @@ class Probes:
     def live(self) -> tuple[bool, str]:
         idle = self.clock() - self.last_turn
         if idle > self.stall_seconds:
-            return False, f"reconcile loop stalled for {idle:.0f}s"
+            return False, f"no turn of the reconcile loop completed for {idle:.0f}s (limit {self.stall_seconds:.0f}s)"
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:

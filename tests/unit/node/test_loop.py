@@ -7,7 +7,9 @@ another writer's turn under the lock makes the next turn read the kernel; a lock
 skips the turn. The schedule: the first turn and every resync period are full whatever
 wakes the loop, a failure is retried after `retry(failures)` as a full turn, drift left to
 plan is planned at once, draining real servers bring a turn every second, a batched report
-goes out when due without a turn of its own.
+goes out when due without a turn of its own. The guard: a turn that raises (a netlink error, a
+tool that timed out, a full /run) is logged, counted and retried with backoff, and liveness
+turns false only when no turn has completed for the stall period.
 """
 
 from __future__ import annotations
@@ -353,3 +355,74 @@ def test_a_restarted_loop_starts_with_the_verdicts_the_last_one_kept(tmp_path: P
     turn = after.turn(True, given(Feed(changed={"default/web": checked})))
     assert turn.ok and fake_after.state.real_servers[FIRST].weight == 0
     assert turn.outcome is not None and turn.outcome.writes == 0  # the kernel already says so: nothing to change
+
+
+# --- the guard around a turn ----------------------------------------------------------------------
+
+
+class Raising(Driver):
+    """A driver whose turns raise what a failed read raises, as scripted (None: the turn completes)."""
+
+    def __init__(self, stop: asyncio.Event, turns: int, raises: list[BaseException | None]):
+        super().__init__(stop, turns)
+        self.raises = raises
+
+    async def turn(self, full: bool, reasons: set[str]) -> bool:
+        ok = await super().turn(full, reasons)
+        error = self.raises.pop(0) if self.raises else None
+        if error is not None:
+            raise error
+        return ok
+
+
+@pytest.mark.asyncio
+async def test_a_turn_that_raises_is_logged_counted_and_retried_with_backoff_and_liveness_waits(caplog: pytest.LogCaptureFixture) -> None:
+    import subprocess
+
+    from vsop.adapters.netlink import NetlinkError
+    from vsop.node.metrics import NodeMetrics, Probes
+
+    clock = Clock()
+    metrics = NodeMetrics()
+    loop = NodeLoop(StubReconciler(), HealthTracker(), clock=clock, metrics=metrics, resync_seconds=30.0,  # type: ignore[arg-type]
+                    retry=lambda failures: 5.0)
+    loop.trigger = trigger = ScriptedTrigger(clock, [])  # type: ignore[assignment]
+    loop.probes = probes = Probes(stall_seconds=120.0, clock=clock)
+    lived: list[tuple[bool, str]] = []
+    stop = asyncio.Event()
+    raises: list[BaseException | None] = [NetlinkError(2), subprocess.TimeoutExpired(["ipset", "save"], 10), OSError(28, "No space left on device"),
+                                          NetlinkError(16), None, None]
+    driver = Raising(stop, 6, raises)
+    driver.on_turn = lambda count: lived.append(probes.live())
+    await asyncio.wait_for(loop.run(driver, stop), timeout=10)
+    # Every turn ran: the loop survived four raising turns, each retried as a full turn, backing
+    # off 5, 10, 20 s, then at most the resync period; a completed turn resets the backoff.
+    assert len(driver.turns) == 6 and all(full for full, _ in driver.turns)
+    assert trigger.timeouts == [0.0, 5.0, 10.0, 20.0, 30.0, 30.0]
+    assert loop.failed_turns == 4 and loop.last_failure is None
+    assert metrics.registry.get_sample_value("vsop_errors_total", {"source": "turn"}) == 4.0
+    failed = [r.getMessage() for r in caplog.records if r.name == "vsop.node.loop" and "Turn failed" in r.getMessage()]
+    assert len(failed) == 4 and 'errorType="TimeoutExpired"' in failed[1] and "failedTurns=4" in failed[3]
+    # Liveness counts completed turns only: 65 s of raising turns (at the fifth turn's start) is
+    # within 120 s; more than 120 s after the last completed turn is not.
+    assert lived[:5] == [(True, "ok")] * 5
+    probes.clock = lambda: clock.now + 120.5
+    assert not probes.live()[0] and "no turn of the reconcile loop completed" in probes.live()[1]
+
+
+@pytest.mark.asyncio
+async def test_a_loop_whose_turns_keep_raising_goes_unlive_after_the_stall_period() -> None:
+    from vsop.node.metrics import Probes
+
+    clock = Clock()
+    loop = NodeLoop(StubReconciler(), HealthTracker(), clock=clock, resync_seconds=30.0, retry=lambda failures: 1.0)  # type: ignore[arg-type]
+    loop.trigger = ScriptedTrigger(clock, [])  # type: ignore[assignment]
+    loop.probes = probes = Probes(stall_seconds=120.0, clock=clock)
+    stop = asyncio.Event()
+    lived: list[bool] = []
+    driver = Raising(stop, 10, [RuntimeError("ipset save: unreadable output")] * 10)
+    driver.on_turn = lambda count: lived.append(probes.live()[0])
+    await asyncio.wait_for(loop.run(driver, stop), timeout=10)
+    # Backoff 1, 2, 4, 8, 16, then 30 s: a turn starts at 0, 1, 3, 7, 15, 31, 61, 91, 121, 151 s.
+    assert lived == [True] * 8 + [False, False]
+    assert loop.failed_turns == 10 and loop.last_failure == "RuntimeError: ipset save: unreadable output"
