@@ -254,3 +254,45 @@ class IPTablesContract:
         assert iptables_adapter.apply([ops.DeleteJump(into_filter)]) == 1
         assert builtin_chain.rules(family, "filter", "INPUT") == [SSH_RULE]
         assert iptables_adapter.read(OWNED)[1] == frozenset()
+
+
+# --- What iptables-save prints for vsop's constant rules -------------------------------------
+# The fake stores rule texts as written, so on the fake "the constant rules read back exactly" is
+# true of any text. The texts iptables-save really prints are kept in a golden file instead:
+# the unit tier checks core.desired's texts against it, the netns tier checks it against both
+# real backends' iptables-save. A rule text that iptables would print otherwise fails one of them.
+
+CONSTANT_RULES_GOLDEN = "iptables/constant-rules.save"
+
+
+def constant_rules_text() -> str:
+    """core.desired's constant chains and jumps, both families, in iptables-save's words."""
+    rules: dict[tuple[int, str, str], list[str]] = {}
+    for family in (4, 6):
+        for key, chain_rules in constant_chains(NAMES, family).items():
+            rules.setdefault((family, key.table, key.chain), []).extend(chain_rules)
+        for j in sorted(constant_jumps(NAMES, family), key=lambda j: (j.table, j.chain, j.rule)):
+            rules.setdefault((family, j.table, j.chain), []).append(j.rule)
+    return render_save_rules(rules)
+
+
+def render_save_rules(rules: dict[tuple[int, str, str], list[str]]) -> str:
+    """One block per family and table, chains by name, each chain's rules in their order."""
+    lines: list[str] = []
+    for family, table in sorted({(f, t) for f, t, _ in rules}):
+        lines.append(f"# ipv{family} *{table}")
+        for (_, _, chain), chain_rules in sorted(item for item in rules.items() if item[0][:2] == (family, table)):
+            lines.extend(f"-A {chain} {rule}" for rule in chain_rules)
+    return "\n".join(lines) + "\n"
+
+
+def vsop_save_rules(family: int, table: str, save_text: str) -> dict[tuple[int, str, str], list[str]]:
+    """From one table's iptables-save output: every rule of a vsop chain and every jump into one."""
+    rules: dict[tuple[int, str, str], list[str]] = {}
+    for line in save_text.splitlines():
+        if not line.startswith("-A "):
+            continue
+        chain, _, rule = line[3:].partition(" ")
+        if chain in OWNED or rule.rsplit(" -j ", 1)[-1] in OWNED:
+            rules.setdefault((family, table, chain), []).append(rule)
+    return rules

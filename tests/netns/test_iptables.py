@@ -18,7 +18,18 @@ from pathlib import Path
 import pytest
 
 from tests.contracts import apply_in_order
-from tests.contracts.iptables_contract import NAMES, OWNED, SSH_RULE, IPTablesContract, constant_sets, filter_chain
+from tests.contracts.iptables_contract import (
+    CONSTANT_RULES_GOLDEN,
+    NAMES,
+    OWNED,
+    SSH_RULE,
+    IPTablesContract,
+    constant_sets,
+    filter_chain,
+    render_save_rules,
+    vsop_save_rules,
+)
+from tests.golden import GOLDEN, check_golden
 from vsop.adapters.base import OperationFailed
 from vsop.adapters.ipset import IPSetKernel
 from vsop.adapters.iptables import IPTablesKernel, detect_backend
@@ -115,6 +126,17 @@ def test_foreign_chains_and_rules_survive_every_operation(iptables_backend: str,
     apply_in_order(plan(KernelState(), observed, NAMES).ops, adapters)
     assert foreign_lines(iptables_backend, family) == before
     assert iptables.read(OWNED) == ({}, frozenset())
+
+
+def test_iptables_save_prints_the_constant_rules_as_the_golden_file_says(iptables_backend: str):
+    """The unit tier checks core.desired's texts against this file; here the kernel's own words."""
+    adapters = (IPSetKernel(), IPTablesKernel(iptables_backend))
+    rules: dict[tuple[int, str, str], list[str]] = {}
+    for family in (4, 6):
+        apply_in_order(plan(desired_constants(family), KernelState(), NAMES).ops, adapters)
+        for table in ("filter", "nat"):
+            rules.update(vsop_save_rules(family, table, save(iptables_backend, family, table)))
+    check_golden(GOLDEN / CONSTANT_RULES_GOLDEN, render_save_rules(rules))
 
 
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
