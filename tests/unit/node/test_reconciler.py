@@ -350,6 +350,29 @@ def test_a_refused_write_forces_a_full_read_before_the_next_plan() -> None:
     same_kernel(fake.state, from_scratch_plain([*objects, web("new", "169.254.99.1")]), frozenset())
 
 
+def test_the_whole_plan_after_a_failure_drops_the_fragment_of_an_object_deleted_in_a_missed_change() -> None:
+    """The other half of what a72d77e's random seeds found: an object deleted while the change's
+    dirty marks were lost keeps its fragment; the whole plan that follows a refused write must
+    derive every object again and drop it (it met the fragment without its object: KeyError),
+    so the deleted object's VIP leaves the kernel."""
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    objects = many(3)
+    reconciler.set_objects(objects)
+    assert reconciler.reconcile().ok
+    gone = objects[0]
+    reconciler.update_objects({gone.ref: None})
+    _missed(reconciler)
+    fake.refuse = lambda op: "No route to host" if isinstance(op, ops.AddRealServer) and op.real_server.key.service.vip == "169.254.99.1" else None
+    reconciler.update_objects({"default/new": web("new", "169.254.99.1")})
+    assert not reconciler.reconcile().ok
+    fake.refuse = lambda op: None
+    healed = reconciler.reconcile()
+    assert healed.full and healed.ok, healed.error
+    same_kernel(fake.state, from_scratch_plain([*objects[1:], web("new", "169.254.99.1")]), frozenset())
+    assert gone.ref not in reconciler.fragments
+
+
 def from_scratch_plain(objects: list[VirtualService]) -> KernelState:
     kernel, fake = fake_kernel()
     sync(kernel, objects, NODE)
