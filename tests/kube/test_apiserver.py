@@ -2,8 +2,10 @@
 
 A VIP there would be bound on vsop0 and VSOP-FILTER would reject the kubelet's
 connections to the API server. The endpoints come from the EndpointSlices of
-`default/kubernetes` as kube-apiserver publishes them; the agent reads them before its
-first sync and again every resync period.
+`default/kubernetes` as kube-apiserver publishes them: an agent watching every namespace
+takes them from its EndpointSlice watch (no request of its own, however many resync periods
+pass); one confined to other namespaces lists them before its first sync and again every
+resync period.
 """
 
 from __future__ import annotations
@@ -78,6 +80,10 @@ async def test_moved_api_server_endpoints_are_followed(control_plane: Cluster) -
         # Gone again: served again.
         await cluster.patch(SLICES, "default", "kubernetes", {"endpoints": api_slice(API_A)["endpoints"]})
         await until(lambda: API_B in fake.state.bound_vips() and real_servers(fake, ServiceKey("tcp", API_B, 80)), "the VIP served again")
+        turns = agent.turns
+        await until(lambda: agent.turns >= turns + 3, "three more resync periods")
+    # Followed through the watch alone: not one list of the Service's slices of its own.
+    assert not [r for r in cluster.requests("get") if r.url.path == "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"]
 
 
 @pytest.mark.asyncio
@@ -113,16 +119,17 @@ def test_static_addresses_from_the_credentials_and_the_environment() -> None:
 
 
 @pytest.mark.asyncio
-async def test_the_endpoints_are_read_from_default_kubernetes_only_and_a_refused_read_is_retried(
+async def test_an_agent_confined_to_other_namespaces_lists_default_kubernetes_only_and_a_refused_read_is_retried(
         control_plane: Cluster, caplog: pytest.LogCaptureFixture) -> None:
-    """The read the RBAC allows (list endpointslices in default, by label); a 403 keeps the known addresses and is retried."""
+    """Its watches do not see `default`: the read the RBAC allows (list endpointslices in default, by label); a 403 keeps the known addresses and is retried."""
     cluster = control_plane
     path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
     cluster.server["get", path][:1] << 403  # the first read is refused, as without the RBAC rule
-    await cluster.vs("api", {**WEB, "vip": API_A})
-    async with run_agent(cluster, resync_seconds=0.3) as (agent, fake, writer):
+    await cluster.vs("api", {**WEB, "vip": API_A}, namespace="team-a")
+    async with run_agent(cluster, resync_seconds=0.3, namespaces=("team-a",)) as (agent, fake, writer):
         await until(lambda: any("Cannot read the API server's endpoints" in r.getMessage() for r in caplog.records), "the warning")
-        entry = await until(lambda: (node_entry(cluster, "api") or {}).get("programmed") is False and node_entry(cluster, "api"),
+        entry = await until(lambda: (node_entry(cluster, "api", namespace="team-a") or {}).get("programmed") is False
+                            and node_entry(cluster, "api", namespace="team-a"),
                             "the refusal once a later read succeeds")
         assert "endpoint of service default/kubernetes" in entry["message"]
         await until(lambda: API_A not in fake.state.bound_vips() and not fake.state.services, "the VIP withdrawn")

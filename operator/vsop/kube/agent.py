@@ -35,6 +35,7 @@ from vsop.kube import checkers
 from vsop.kube import endpoints as eps
 from vsop.kube import report as reports
 from vsop.kube.apiserver import ApiServerAddresses
+from vsop.kube.apiserver import watched as apiserver_watched
 from vsop.kube.client import Writer
 from vsop.kube.metrics import AgentMetrics, Probes
 from vsop.kube.runtime import ListingGate, kopf_settings, kv, run_with_kopf
@@ -118,6 +119,9 @@ class Agent:
         self.sink = NodeReportSink(self.node_name, writer, self.metrics, self.reconciler, self.source.records, options.names)
         self._checks_sent: dict[str, dict[str, bool]] = {}  # owner -> what this node last reported as a checker
         self.registry = self.source.registry
+        # The API server's addresses come with the EndpointSlice watch when it covers `default`
+        # (no request of their own); otherwise they are listed every resync period.
+        self.watches_apiserver = apiserver_watched(options.namespaces)
         self.settings = kopf_settings()
         # Server-side filtering where the API (and kopf >= 1.45) offers it; the handlers filter again.
         watching = self.settings.watching
@@ -156,7 +160,7 @@ class Agent:
     async def reconcile_forever(self) -> None:
         await self.gate.wait(self.options.resync_seconds, self.probes.turned)
         follower = None
-        if self.apiserver is not None:
+        if self.apiserver is not None and not self.watches_apiserver:
             await self.apiserver.refresh()  # before the first sync: never bind the API server's address, not even once
             follower = asyncio.create_task(self.apiserver.follow(self.options.resync_seconds, self.trigger.wake))
         try:
@@ -200,6 +204,8 @@ class Agent:
         self.sink.report_all = True  # until this turn is through: whatever it took is not lost
         changes = self.source.take_changes(everything, self.reconciler.endpoints)
         self.sink.forget(changes.replaced)
+        if self.apiserver is not None and self.watches_apiserver:
+            self.apiserver.take(self.source.apiserver_addresses())  # the index is complete: the first sync has them too
         node = Node(self.node_name, dict(node_info.labels))
         extra = tuple(node_info.addresses) + tuple(self.options.extra_node_addresses)
         down = checkers.roles(self.node_name, self.loop.targets, self.reconciler.configured, self.source.published).published_down

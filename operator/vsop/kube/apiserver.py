@@ -4,14 +4,17 @@ Owns finding them, and why each one is known:
 - the host of the credentials in use (an IP, or a name resolved here: often the
   control plane's load balancer);
 - `KUBERNETES_SERVICE_HOST`, the ClusterIP of the `kubernetes` Service;
-- the endpoints of the `kubernetes` Service in `default`, read from its EndpointSlices:
-  the API servers' real addresses, which kube-apiserver maintains itself. They are
-  re-read every resync period, so a replaced control-plane node is refused too.
+- the endpoints of the `kubernetes` Service in `default`, from its EndpointSlices: the API
+  servers' real addresses, which kube-apiserver maintains itself, followed so that a
+  replaced control-plane node is refused too. An agent whose watches cover `default` (every
+  namespace, the default) takes them from its EndpointSlice watch (`take`: no request of its
+  own, as an informer); one confined to other namespaces lists them before its first sync
+  and again every resync period (`refresh`, `follow`).
 A VIP equal to one of them would be bound on vsop0 and VSOP-FILTER would then reject
 every connection to it except the VirtualService's ports: the kubelet, this agent and
 everything else on the node would lose the API server.
 The agent hands `reserved()` to the desired-state computation; nothing else here
-touches the kernel. Reading needs `list` on endpointslices in `default` (deploy/rbac.yaml).
+touches the kernel. Listing needs `list` on endpointslices in `default` (deploy/rbac.yaml).
 Must not import vsop.node.execute, vsop.adapters or vsop.adapters.real.
 """
 
@@ -42,6 +45,12 @@ def _ip(text: str) -> str | None:
         return str(ipaddress.ip_address(text))
     except ValueError:
         return None
+
+
+def watched(namespaces: Iterable[str]) -> bool:
+    """Whether watches confined to `namespaces` (none: every namespace) see the `kubernetes` Service's slices."""
+    namespaces = tuple(namespaces)
+    return not namespaces or SERVICE_NAMESPACE in namespaces
 
 
 def slice_addresses(bodies: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
@@ -121,7 +130,11 @@ class ApiServerAddresses:
                            service=f"{SERVICE_NAMESPACE}/{SERVICE_NAME}", known=",".join(self.reserved()) or "none", error=str(exc)))
             return False
         # Filtered again here: the selector is the server's to honour, the verdict is ours.
-        addresses = slice_addresses(s for s in slices if slice_service(s) == (SERVICE_NAMESPACE, SERVICE_NAME))
+        return self.take(slice_addresses(s for s in slices if slice_service(s) == (SERVICE_NAMESPACE, SERVICE_NAME)))
+
+    def take(self, addresses: Iterable[str]) -> bool:
+        """The endpoints as a watch of the Service's EndpointSlices holds them; True if they changed."""
+        addresses = tuple(dict.fromkeys(addresses))
         changed = addresses != self.endpoints
         if changed or not self.read_once:
             log.info(kv("API server addresses refused as VIPs", service=f"{SERVICE_NAMESPACE}/{SERVICE_NAME}",

@@ -1,7 +1,7 @@
 """The in-cluster agent's source: what this node's watches hold, handed to the node's turn as changes.
 
-Owns the kopf indexes of VirtualServices, of EndpointSlices (by Service) and of this node's
-Node object, the raw event handlers that only note what changed and wake the loop (status-only
+Owns the kopf indexes of VirtualServices, of EndpointSlices (by Service; the `kubernetes`
+Service's in `default` also as the API server's addresses) and of this node's Node object, the raw event handlers that only note what changed and wake the loop (status-only
 changes, other nodes' keys, Node heartbeats wake nothing), and `take_changes`: the objects and
 serviceRef endpoints changed since the last turn, read from the indexes (every object on a
 full turn), with the bookkeeping that needs (which Services are referenced, which objects are
@@ -19,7 +19,7 @@ import kopf
 
 from vsop.api.model import API_GROUP, API_VERSION, VirtualService
 from vsop.core.desired import Endpoint
-from vsop.kube import checkers, objects
+from vsop.kube import apiserver, checkers, objects
 from vsop.kube import endpoints as eps
 from vsop.kube.client import PLURAL, ObjectRef
 from vsop.kube.report import ref_of
@@ -28,6 +28,8 @@ from vsop.kube.runtime import ListingGate, Trigger, kv
 log = logging.getLogger("vsop.kube.agent")
 
 VS_INDEX, SLICE_INDEX, NODE_INDEX = "vsop_virtualservices", "vsop_endpointslices", "vsop_node"
+APISERVER_INDEX = "vsop_apiserver"  # slice name -> the addresses of one EndpointSlice of default/kubernetes
+APISERVER_SERVICE = (apiserver.SERVICE_NAMESPACE, apiserver.SERVICE_NAME)
 Key = tuple[str, str]
 
 
@@ -112,6 +114,7 @@ class ClusterSource:
         self._indexes: dict[str, kopf.Index] = {}
         self._fingerprints: dict[Key, Any] = {}
         self._node_fingerprint: Any = None
+        self._apiserver_seen: tuple[str, ...] = ()
         # A turn costs what changed: the handlers note which objects and Services changed,
         # the turn reads only those from the indexes and hands the reconciler the difference.
         self._changed: set[Key] = set()  # VirtualServices changed since a turn last took them
@@ -141,6 +144,11 @@ class ClusterSource:
             service = eps.slice_service(body)
             return {service: eps.slice_endpoints(body)} if service is not None else None
 
+        @kopf.index("discovery.k8s.io", "v1", "endpointslices", id=APISERVER_INDEX, registry=registry,
+                    labels={eps.SERVICE_NAME_LABEL: apiserver.SERVICE_NAME}, when=lambda namespace, **_: namespace == apiserver.SERVICE_NAMESPACE)
+        async def index_apiserver_slices(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any]:
+            return {name: apiserver.slice_addresses([body])}
+
         @kopf.index("", "v1", "nodes", id=NODE_INDEX, registry=registry, when=lambda name, **_: name == node_name)
         async def index_node(body: kopf.Body, **_: Any) -> dict[Any, Any]:
             return {None: NodeInfo(eps.node_labels(body), eps.node_addresses(body))}
@@ -149,7 +157,7 @@ class ClusterSource:
         async def capture_indexes(**kwargs: Any) -> None:
             # Documented by kopf: indexes may be handed to tasks; they are complete once
             # any resource handler runs.
-            self._indexes = {name: kwargs[name] for name in (VS_INDEX, SLICE_INDEX, NODE_INDEX)}
+            self._indexes = {name: kwargs[name] for name in (VS_INDEX, SLICE_INDEX, NODE_INDEX, APISERVER_INDEX)}
 
         @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
         async def virtualservice_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
@@ -162,6 +170,9 @@ class ClusterSource:
             if service in self.referenced:
                 self._changed_services.add(service)  # type: ignore[arg-type]
                 self.trigger.wake(f"endpoints of service {service[0]}/{service[1]} changed")  # type: ignore[index]
+            if service == APISERVER_SERVICE and self.apiserver_addresses() != self._apiserver_seen:
+                self._apiserver_seen = self.apiserver_addresses()
+                self.trigger.wake(f"endpoints of service {service[0]}/{service[1]} changed")
 
         @kopf.on.event("", "v1", "nodes", registry=registry, when=lambda name, **_: name == node_name)
         async def node_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
@@ -191,6 +202,11 @@ class ClusterSource:
             self.trigger.wake(f"virtualservice {namespace}/{name} changed")
 
     # -- what a turn takes --
+
+    def apiserver_addresses(self) -> tuple[str, ...]:
+        """The addresses of the `kubernetes` Service's endpoints, as the EndpointSlice watch holds them."""
+        index = self._indexes.get(APISERVER_INDEX, {})
+        return tuple(dict.fromkeys(a for name in sorted(index.keys()) for addresses in index.get(name, ()) for a in addresses))
 
     def node_info(self) -> NodeInfo | None:
         node: NodeInfo | None = None
