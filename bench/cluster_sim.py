@@ -2,8 +2,8 @@
 
 N node agents (the real `vsop.kube.agent.Agent`, each on its own in-memory fake kernel) and
 the real controller run in this one process against kmock, the Kubernetes API emulator, with
-M VirtualServices. Per N it prints the API requests by verb (from kmock's request log) and
-the watch events delivered for: (a) one object created, (b) one object changed, (c) one
+M VirtualServices. Per N it prints the API requests by verb with their responses' bytes (from kmock's request
+log) and the watch events delivered with their bytes, for: (a) one object created, (b) one object changed, (c) one
 static backend failing its health check, (d) one node joining, (e) quiet minutes (steady
 state, compressed clock); the size of one VirtualService object; health probes per backend
 per interval.
@@ -32,7 +32,9 @@ Progress goes to stderr; the run of 10, 100 and 500 nodes takes minutes, not hou
 - Setup (not measured) seeds each object's status with what the nodes would have reported,
   copied from the first agent's own report, instead of N x M real patches.
 Requests made by the simulation itself (creating objects, its watch streams) are not
-counted; a joining agent's initial lists are real requests (made on its behalf).
+counted; a joining agent's initial lists are real requests (made on its behalf). Watch
+reconnections are not simulated: kopf resumes a watch from its last resourceVersion
+(bookmarks asked for) and lists again only after "410 Gone", as an informer does.
 
     .venv/bin/python bench/cluster_sim.py --nodes 10 100 500 --objects 100
     make bench-cluster
@@ -77,6 +79,7 @@ SIM_AGENT = "vsop-cluster-sim"  # user agent of the simulation's own requests (n
 ON_BEHALF = "vsop-cluster-sim-agent"  # a component's request made by the farm for it (counted)
 QUIET_SECONDS = [1.0]  # settled after this long without a write or event (1 s, or N/250 s when longer)
 REPORTS = "vsop.dev/v1alpha1/nodereports"
+BYTES = "bytes "  # prefix of the counters of watch events' bytes delivered, by resource
 
 
 # --- a fake prober ------------------------------------------------------------------------
@@ -282,6 +285,7 @@ class Farm:
                             # kopf hands listed objects to event handlers with no event type.
                             if await component.deliver(resource, None if listing else event["type"], body) and not listing:
                                 self.delivered[resource] += 1
+                                self.delivered[BYTES + resource] += len(line) + 1
                     self.last_event = time.monotonic()
                     if listing:
                         seen += 1
@@ -394,6 +398,19 @@ class RequestArchive(list):  # type: ignore[type-arg]
 
 
 ARCHIVE: list[RequestArchive] = []  # the current run's
+RESPONSE_BYTES: dict[int, int] = {}  # request id -> bytes of its response body (the current run's)
+
+
+class MeasuredEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
+    """kmock, noting the bytes of each response body it serves (a watch stream's: what it wrote)."""
+
+    async def _handle(self, request: Any) -> Any:
+        response = await super()._handle(request)
+        size = getattr(response, "body_length", 0) or 0
+        if not size and isinstance(response, aiohttp.web.Response) and response.body is not None:
+            size = len(response.body) if isinstance(response.body, (bytes, bytearray)) else (response.content_length or 0)
+        RESPONSE_BYTES[request.id] = size
+        return response
 
 
 def request_log(cluster: Cluster) -> RequestArchive:
@@ -410,8 +427,10 @@ class Counts:
         return len(request_log(self.cluster)), collections.Counter(self.farm.delivered)
 
     def since(self, mark: tuple[int, collections.Counter[str]]) -> dict[str, Any]:
-        requests = request_log(self.cluster).since(mark[0])
+        archive = request_log(self.cluster)
+        requests = archive.since(mark[0])
         verbs: collections.Counter[str] = collections.Counter()
+        sizes: collections.Counter[str] = collections.Counter()
         for request in requests:
             agent = request.headers.get("User-Agent", "")
             if agent.startswith(SIM_AGENT) and agent != ON_BEHALF or agent.startswith("kmock/"):
@@ -420,10 +439,16 @@ class Counts:
             verb = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(method) or str(request.action).split(".")[-1].lower()
             what = (request.resource.plural if request.resource is not None else "?") + ("/" + request.subresource if request.subresource else "")
             verbs[f"{verb} {what}"] += 1
+            sizes[f"{verb} {what}"] += RESPONSE_BYTES.get(request.id, 0)
         delivered = collections.Counter(self.farm.delivered)
         delivered.subtract(mark[1])
-        return {"requests": dict(sorted(verbs.items())), "writes": sum(n for k, n in verbs.items() if k.split()[0] in ("create", "update", "patch", "delete")),
-                "watch_events": sum(delivered.values()), "watch_by_resource": {k: v for k, v in sorted(delivered.items()) if v}}
+        watch_bytes = sum(v for k, v in delivered.items() if k.startswith(BYTES))
+        delivered = collections.Counter({k: v for k, v in delivered.items() if not k.startswith(BYTES)})
+        return {"requests": dict(sorted(verbs.items())), "response_bytes": dict(sorted(sizes.items())),
+                "reads": sum(n for k, n in verbs.items() if k.split()[0] not in ("create", "update", "patch", "delete")),
+                "read_bytes": sum(n for k, n in sizes.items() if k.split()[0] not in ("create", "update", "patch", "delete")),
+                "writes": sum(n for k, n in verbs.items() if k.split()[0] in ("create", "update", "patch", "delete")),
+                "watch_events": sum(delivered.values()), "watch_bytes": watch_bytes, "watch_by_resource": {k: v for k, v in sorted(delivered.items()) if v}}
 
 
 async def settle(cluster: Cluster, farm: Farm, minimum: float = 0.0, timeout: float = 3600.0) -> None:
@@ -457,7 +482,8 @@ async def simulate(nodes: int, objects: int, checked: int, resync: float, quiet_
     once = ParseOnce()
     once.install()
     try:
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator):
+        RESPONSE_BYTES.clear()
+        async with MeasuredEmulator() as emulator, kmock.Server(emulator):
             emulator.resources.load_bundled()
             emulator.resources[VS] = kmock.ResourceInfo(
                 kind="VirtualService", singular="virtualservice", namespaced=True, shortnames={"vsop"},
@@ -583,35 +609,44 @@ SCENARIOS = (("created", "(a) one object created"), ("changed", "(b) one object 
              ("steady", "(e) quiet minutes (steady state)"))
 
 
-def _verbs(requests: Mapping[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in requests.items()) or "none"
+def _verbs(figures: Mapping[str, Any]) -> str:
+    """Each verb's request count, and its responses' bytes where measured."""
+    sizes = figures.get("response_bytes") or {}
+    return ", ".join(f"{k} {v}" + (f" ({sizes[k]:,} B)" if k in sizes else "") for k, v in figures["requests"].items()) or "none"
+
+
+COLUMNS = (("writes", "writes"), ("watch_events", "watch events"), ("watch_bytes", "watch bytes"), ("reads", "reads"),
+           ("read_bytes", "read bytes"))
 
 
 def table(columns: Mapping[str, list[dict[str, Any]]]) -> str:
-    """Per N, each scenario's writes and watch events, one column per design, side by side."""
+    """Per N, each scenario's writes, watch events, reads and their bytes, one group of columns per design."""
     labels = list(columns)
     lines = []
     ns = sorted({r["nodes"] for results in columns.values() for r in results})
+    width = sum(max(12, len(title) + 2) for _, title in COLUMNS)
     for n in ns:
         rows = {label: next((r for r in columns[label] if r["nodes"] == n), None) for label in labels}
         lines.append(f"N = {n} nodes, M = {next(r for r in rows.values() if r)['objects']} VirtualServices")
-        header = f"  {'':34}" + "".join(f"{label + ': writes':>18}{'watch events':>14}" for label in labels)
-        lines.append(header)
+        lines.append(f"  {'':34}" + "".join(f"{label + ':':<{width}}" for label in labels))
+        lines.append(f"  {'':34}" + "".join(f"{title:>{max(12, len(title) + 2)}}" for label in labels for _, title in COLUMNS))
         for key, title in SCENARIOS:
             cells = ""
             for label in labels:
                 r = rows[label]
-                cells += f"{r[key]['writes']:>18}{r[key]['watch_events']:>14}" if r else f"{'-':>18}{'-':>14}"
+                for field, name in COLUMNS:
+                    value = r[key].get(field, "-") if r else "-"
+                    cells += f"{value:>{max(12, len(name) + 2)}}"
             lines.append(f"  {title:34}{cells}")
         for key, title in (("object_bytes", "bytes of one VirtualService"), ("probes_per_backend_per_interval", "probes per backend per interval")):
-            lines.append(f"  {title:34}" + "".join(f"{(rows[label] or {}).get(key, '-'):>32}" for label in labels))
+            lines.append(f"  {title:34}" + "".join(f"{(rows[label] or {}).get(key, '-'):>{width}}" for label in labels))
         for label in labels:
             r = rows[label]
             if r:
-                lines.append(f"  {label} requests by verb:")
+                lines.append(f"  {label} requests by verb (count, response bytes):")
                 for key, title in SCENARIOS:
                     extra = f" ({r[key]['minutes']:g} min compressed)" if key == "steady" else ""
-                    lines.append(f"    {title}{extra}: {_verbs(r[key]['requests'])}; watch events {r[key]['watch_by_resource'] or 0}")
+                    lines.append(f"    {title}{extra}: {_verbs(r[key])}; watch events {r[key]['watch_by_resource'] or 0}")
         lines.append("")
     return "\n".join(lines)
 
