@@ -56,6 +56,11 @@ class Trigger:
         """Woken since the last `take`."""
         return self._event is not None and self._event.is_set()
 
+    @property
+    def noted(self) -> frozenset[str]:
+        """The reasons given since the last `take`: what the next turn takes."""
+        return frozenset(self._reasons)
+
     def wake(self, reason: str) -> None:
         self._reasons.add(reason)
         self.event.set()
