@@ -80,6 +80,11 @@ class StaleResourceVersion(kmock.KubernetesError):
     message: str = "the object has been modified; please apply your changes to the latest version and try again"
 
 
+GAP: dict[str, Any] = {"type": "GAP"}  # on a change bus: the watches reading it end there
+EXPIRED = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410,
+                                      "message": "too old resource version"}}
+
+
 class Emulator(kmock.KubernetesEmulator):
     """kmock's emulator with watches that miss nothing, and resourceVersions.
 
@@ -99,6 +104,27 @@ class Emulator(kmock.KubernetesEmulator):
 
     _versions = itertools.count(100)
     _writes: asyncio.Lock | None = None
+    _gaps: dict[Any, asyncio.Event] | None = None
+
+    async def open_gap(self, *resources: str) -> None:
+        """A watch gap: every open watch of these kinds ends (as a dropped connection does), and
+        a new one is held, hearing nothing, until `close_gap`. What changes meanwhile reaches
+        no watcher: the gap's marker goes on each kind's change bus under the emulator's lock, so
+        a watch stops before any change made after this returns."""
+        self._gaps = self._gaps or {}
+        async with self._lock:
+            for name in resources:
+                resource = kmock.resource(name)
+                self._gaps[resource] = asyncio.Event()
+                await self._buses[resource].put(GAP)
+
+    def close_gap(self, *resources: str) -> None:
+        """End the gap with the API server's answer to a watch from a compacted resourceVersion:
+        each held watch gets `410 Gone` (an ERROR event, as the watch cache sends it) and ends;
+        the client must list again."""
+        for name in resources:
+            assert self._gaps is not None
+            self._gaps.pop(kmock.resource(name)).set()
 
     async def _handle(self, request: Any) -> Any:
         if request.resource is None or request.action not in (kmock.action.CREATE, kmock.action.UPDATE) or not isinstance(request.data, dict):
@@ -118,6 +144,11 @@ class Emulator(kmock.KubernetesEmulator):
     async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
         yield b""  # headers first: the client waits for them before anything streams
         assert request.resource is not None
+        gap = (self._gaps or {}).get(request.resource)
+        if gap is not None:
+            await gap.wait()
+            yield EXPIRED
+            return
         bus = self._buses[request.resource]
         async with self._lock:
             marker = await bus.mark()
@@ -126,6 +157,8 @@ class Emulator(kmock.KubernetesEmulator):
             for event in events:
                 yield event
             async for event in bus.stream(since=marker):
+                if event is GAP:
+                    return  # the connection dropped
                 meta = (event.get("object") or {}).get("metadata") or {}
                 if _watched(request, (request.resource, meta.get("namespace"), meta.get("name"))):
                     yield event

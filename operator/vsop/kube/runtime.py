@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Collection, Iterator
 
 import kopf
 
-from vsop.kube import toggles
+from vsop.kube import reflector, toggles
 from vsop.node.wake import Trigger, wait_event
 from vsop.node.logs import kv, setup_logging
 
@@ -38,6 +38,7 @@ def configure_logging(verbose: bool = False) -> None:
 def kopf_settings() -> kopf.OperatorSettings:
     """Settings for a reader of the cluster that never writes kopf's own bookkeeping."""
     toggles.install()  # index readiness in O(objects), not O(objects^2) (vsop.kube.toggles)
+    reflector.install()  # a relist deletes what the new listing lacks (vsop.kube.reflector)
     settings = kopf.OperatorSettings()
     settings.peering.standalone = True  # every agent runs; the controller runs as one replica
     # No runtime watching of CRDs and namespaces: no permission needed for them.
