@@ -107,6 +107,7 @@ def clean_node(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: 
     # subprocesses (the agent, the console script) inherit them through the environment.
     monkeypatch.setenv("VSOP_STORE", str(tmp_path / "store"))
     monkeypatch.setenv("VSOP_LOCK", str(tmp_path / "lock"))
+    monkeypatch.setenv("VSOP_STATE_FILE", str(tmp_path / "state.json"))  # the AgentProcess's --state-file: apply reads it
     yield
     assert vsop(["cleanup"]) == 0
     capsys.readouterr()

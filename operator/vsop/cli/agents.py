@@ -131,8 +131,8 @@ FLAGS: tuple[Flag, ...] = (
     _f("--keep-accept-ra", action="store_true", host=(False, KEEP_ACCEPT_RA_HELP), cluster=(False, KEEP_ACCEPT_RA_HELP)),
     _f("--route-table", host=(None, ""), shared=add_route_table),
     _f("--status-file", host=("/run/vsop/agent.json", "where the agent writes its state for `vsop show`")),
-    _f("--state-file", metavar="FILE", host=("/run/vsop/state.json", "health verdicts and drains kept across restarts "
-                                                                     "(default /run/vsop/state.json; '' keeps nothing)"),
+    _f("--state-file", metavar="FILE", host=("/run/vsop/state.json", "health verdicts and drains kept across restarts, and read by "
+                                                                     "apply and delete (default /run/vsop/state.json; '' keeps nothing)"),
        cluster=(None, "health verdicts and drains kept across restarts (default: /run/vsop/state.json when the node's /run/vsop is mounted)")),
     _f("--health-port", type=int, cluster=(9710, "port of /healthz and /readyz (default: 9710)"),
        controller=(9720, "port of /healthz and /readyz (default: 9720)")),

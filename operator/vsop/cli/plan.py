@@ -3,7 +3,8 @@ and the dry runs, which print the same: `apply --dry-run` (exactly `plan` of the
 `delete --dry-run` (the plan of the store without the objects).
 
 Owns the command's arguments and what it plans: the files on top of the host store
-(vsop.cli.store), through the whole-node pipeline up to the plan (vsop.node.whole), problems of
+(vsop.cli.store), through the whole-node pipeline up to the plan (vsop.node.whole), with the
+running agent's health verdicts and drains as apply keeps them (vsop.cli.verdicts), problems of
 the given objects refused as invalid input. Nothing is written and the writer lock is never
 taken. Must not import: vsop.cli.main, kopf, kubernetes.
 """
@@ -27,6 +28,7 @@ from vsop.cli.common import FORMATS, add_common, add_files, add_route_table, loa
 from vsop.cli.common import names as common_names
 from vsop.cli.output import Result, exits, failed
 from vsop.cli.store import add_store_options, deletion, not_found, plan_services, refs_to_delete
+from vsop.cli.verdicts import AgentView, add_state_option, announce, read_view, state_file
 from vsop.host.store import Store, store_path
 
 
@@ -47,6 +49,7 @@ def register(sub: Any) -> None:
     add_files(p)
     p.add_argument("--from-empty", action="store_true", help="plan the files alone against an empty node (no store, no root)")
     add_store_options(p, writer=False)
+    add_state_option(p)
     p.add_argument("--prune", action="store_true", help="plan `apply --prune`: the files replace the whole store")
     p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
     add_common(p, ("commands", *FORMATS))
@@ -93,16 +96,19 @@ def _planned(
         from vsop.adapters.kernel import running_kernel_version
 
         observed = read_host(names)
+        view = read_view(state_file(args))  # what apply would keep of the running agent's verdicts and drains
     else:
-        observed = KernelState()
+        observed, view = KernelState(), AgentView()
 
     def check(desired: Desired) -> None:
         refuse_problems(replace(desired, problems=tuple(p for p in desired.problems if p.obj in given)), loaded)
 
     kernel_version = None if args.from_empty else running_kernel_version()
-    desired = derive(services, node(args), observed, names=names, kernel_version=kernel_version)
-    desired, result = program(desired, observed, names, held=held, keep_accept_ra=getattr(args, "keep_accept_ra", False), check=check)
+    desired = derive(services, node(args), observed, names=names, kernel_version=kernel_version, out_of_service=view.out_of_service)
+    desired, result = program(desired, observed, names, held=held, keep_accept_ra=getattr(args, "keep_accept_ra", False), check=check,
+                              drain=view.drain(services, names))
     refuse_problems(result, loaded)
+    announce(view, desired.state)
     return services, desired, result
 
 

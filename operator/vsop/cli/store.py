@@ -9,7 +9,10 @@ named as kubectl names them: a bare NAME is in -n NAMESPACE (default: default) o
 delete alike, NAMESPACE/NAME names its own, and one missing from the store is NotFound
 (exit 1). Every
 command that writes holds the writer lock (vsop.node.lock) for its whole read-plan-write;
-`get` and `plan` never take it. Invalid input (exit 2) leaves the store and the
+`delete` lets go of it while it waits for connections to drain (its objects stay in the store at
+weight 0 meanwhile) and takes it again to delete them; `get` and `plan` never take it. `apply`
+and `delete` plan with the running agent's health verdicts and drains (vsop.cli.verdicts), so
+they never put back a real server its checks took out nor delete one it is draining. Invalid input (exit 2) leaves the store and the
 kernel untouched; a store file that stopped validating keeps what the kernel has for
 its objects (core.held), exactly as the host agent does.
 Must not import: vsop.cli.main, kopf, kubernetes (the kernel adapters arrive through vsop.adapters.real).
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +43,7 @@ from vsop.cli.common import (
 )
 from vsop.cli.common import names as common_names
 from vsop.cli.output import EXITS, Result, exits, failed
+from vsop.cli.verdicts import AgentView, add_state_option, announce, read_view, state_file
 
 
 class StoreUnreadable(Exception):
@@ -53,6 +57,7 @@ def add_store_options(parser: argparse.ArgumentParser, writer: bool) -> None:
     )
     if writer:
         add_lock_options(parser)
+        add_state_option(parser)
 
 
 def add_namespace(parser: argparse.ArgumentParser, every: bool) -> None:
@@ -78,8 +83,9 @@ def register(sub: Any) -> None:
         "the host store (one file per object, written atomically), then program this host from the\n"
         "whole store: objects applied earlier stay, as with kubectl apply. --prune makes the store\n"
         "exactly the given set. Only the difference is applied, in a safe order; a second run\n"
-        "changes nothing and says so. Holds the writer lock (a running agent waits). A kernel\n"
-        "refusal stops at that operation (exit 1); the next apply (or the agent) converges.\n"
+        "changes nothing and says so. Holds the writer lock (a running agent waits). Real servers\n"
+        "the agent's health checks took out stay at weight 0 and those it drains stay (--state-file).\n"
+        "A kernel refusal stops at that operation (exit 1); the next apply (or the agent) converges.\n"
         "The output of `vsop get -o yaml` (and `kubectl get -o yaml`) is valid input: status and the\n"
         "metadata a server sets (uid, resourceVersion, managedFields, generation) are ignored.\n"
         "--dry-run prints what `vsop plan` of the same files prints, and writes nothing.",
@@ -101,7 +107,9 @@ def register(sub: Any) -> None:
         "Remove VirtualServices (NAME in -n NAMESPACE, NAMESPACE/NAME, or those in -f files) from the\n"
         "host store and their services, real servers and VIPs from the kernel. TCP/SCTP real servers\n"
         "with open connections are drained first (weight 0, up to spec.drain.timeoutSeconds) unless\n"
-        "--now. Every named object must be in the store, or nothing is deleted. Holds the writer lock.\n"
+        "--now. While it drains, the objects stay in the store at weight 0 (annotation vsop.dev/deleting)\n"
+        "and the writer lock is free, so a running agent keeps syncing; each write holds the lock.\n"
+        "Every named object must be in the store, or nothing is deleted.\n"
         "--dry-run prints the plan (as `vsop plan` does) and writes nothing.",
         exits(ok="deleted; with --dry-run, the plan printed", failure=f"{NOT_FOUND_EXIT}, nothing deleted; or {EXITS[1]}"),
     )
@@ -197,19 +205,24 @@ def merge(contents: StoreContents, given: list[VirtualService], store: Store, pr
 
 def program(
     merged: Merged, node, names: Names, observed: KernelState, kernel_version, new: set[str],  # type: ignore[no-untyped-def]
-    loaded=None, keep_accept_ra: bool = False,  # type: ignore[no-untyped-def]
+    loaded=None, keep_accept_ra: bool = False, view: AgentView | None = None,  # type: ignore[no-untyped-def]
 ) -> tuple[Desired, Plan]:
     """The store as it will be, through the whole-node pipeline: the objects being applied (`new`)
-    must be programmable (invalid input otherwise); older ones only warn."""
+    must be programmable (invalid input otherwise); older ones only warn. `view`: the running
+    agent's health verdicts and drains (vsop.cli.verdicts), kept as the agent keeps them."""
     def check(desired: Desired) -> None:
         refuse_problems(Desired(desired.state, desired.programmed, tuple(p for p in desired.problems if p.obj in new)), loaded)
         for problem in desired.problems + desired.warnings:
             if problem.obj not in new:
                 say(f"warning: VirtualService {problem.obj}: {problem.reason}: {problem.message}")
 
-    desired = whole.derive(merged.services, node, observed, names=names, kernel_version=kernel_version)
-    desired, result = whole.program(desired, observed, names, held=merged.held, keep_accept_ra=keep_accept_ra, check=check)
+    view = view or AgentView()
+    desired = whole.derive(merged.services, node, observed, names=names, kernel_version=kernel_version, out_of_service=view.out_of_service)
+    desired, result = whole.program(
+        desired, observed, names, held=merged.held, keep_accept_ra=keep_accept_ra, check=check, drain=view.drain(merged.services, names),
+    )
     refuse_problems(result, loaded)
+    announce(view, desired.state)
     return desired, result
 
 
@@ -239,7 +252,8 @@ def apply(args: argparse.Namespace) -> Result:
         merged = merge(contents, loaded.services, store, args.prune)
         kernel = real_kernel()
         observed = read_observed(kernel, names)
-        desired, result = program(merged, this_node, names, observed, running_kernel_version(), new, loaded, args.keep_accept_ra)
+        view = read_view(state_file(args))  # under the lock: the agent's last turn
+        desired, result = program(merged, this_node, names, observed, running_kernel_version(), new, loaded, args.keep_accept_ra, view)
         probe(kernel, result, names)  # a kernel that cannot do it refuses before the store changes
         stored = store.write(loaded.services)
         pruned: list[Path] = []
@@ -358,59 +372,123 @@ def deletion(refs: list[str], store: Store, strict: bool) -> Deletion:
     return Deletion(refs, missing, {ref: declared[ref] for ref in refs}, merged)
 
 
+DELETING = "vsop.dev/deleting"  # on a stored object while `vsop delete` drains it: when the drain started
+
+
+@dataclass
+class Deleting:
+    """One `vsop delete`: its writes, each under the writer lock (see `delete`)."""
+
+    args: argparse.Namespace
+    refs: list[str]
+    store: Store
+    names: Names
+    node: Any
+    writes: int = 0
+    applied: list[ops.Op] = field(default_factory=list)
+    failure: Result | None = None
+
+    def program(self, kernel, merged: Merged, observed: KernelState, write_store: Callable[[], object], what: str) -> bool:  # type: ignore[no-untyped-def]
+        """Program the store as `merged` holds it, with the agent's verdicts and drains; `write_store`
+        changes the store once the plan stands. False: the kernel refused (`failure` says it)."""
+        from vsop.adapters.kernel import running_kernel_version
+
+        view = read_view(state_file(self.args))  # under the lock: the agent's last turn
+        _, result = program(merged, self.node, self.names, observed, running_kernel_version(), set(), view=view)
+        write_store()
+
+        def refused(exc: Any) -> Result:
+            return failed(f"{what}; the kernel refused: {exc}; apply again to converge", applied=exc.applied)
+
+        executed = execute_saying(kernel, result, self.names, observed, [], refused)
+        if isinstance(executed, Result):
+            self.failure = executed
+            return False
+        self.writes += executed[0]
+        self.applied += executed[1]
+        return True
+
+    def finish(self, kernel, observed: KernelState | None = None) -> bool:  # type: ignore[no-untyped-def]
+        """The objects out of the store and their state out of the kernel (those still in the store)."""
+        from vsop.adapters.kernel import read_observed
+
+        target = deletion(self.refs, self.store, strict=True)
+        observed = observed if observed is not None else read_observed(kernel, self.names)
+        return self.program(kernel, target.merged, observed, lambda: self.store.remove(target.files[ref] for ref in target.refs),
+                            f"removed {len(target.refs)} object(s) from the store")
+
+    def start_drain(self, kernel, target: Deletion, observed: KernelState) -> bool:  # type: ignore[no-untyped-def]
+        """The objects stay in the store with every backend at weight 0 (and `vsop.dev/deleting`), so
+        the kernel and a running agent alike keep their real servers at weight 0 while they drain."""
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        zero = [at_weight_zero(vs, started) for vs in target.merged.contents.services if vs.ref in set(target.refs)]
+        merged = Merged(target.merged.services + zero, target.merged.held, target.merged.contents)
+        return self.program(kernel, merged, observed, lambda: self.store.write(zero),
+                            f"stored {len(zero)} object(s) at weight 0 to drain them (annotation {DELETING})")
+
+
+def at_weight_zero(vs: VirtualService, since: str) -> VirtualService:
+    """The object with every static backend at weight 0 (drained: no new connections) and marked deleting."""
+    backends = type(vs.spec.backends)(backend.model_copy(update={"weight": 0}) for backend in vs.spec.backends)
+    annotations = {**(getattr(vs.metadata, "annotations", None) or {}), DELETING: since}
+    return vs.model_copy(update={"spec": vs.spec.model_copy(update={"backends": backends}),
+                                 "metadata": vs.metadata.model_copy(update={"annotations": annotations})})
+
+
 def delete(args: argparse.Namespace) -> Result:
-    from vsop.adapters.kernel import read_observed, running_kernel_version
+    """Without connections to wait for, one write under the writer lock. Otherwise three steps, so a
+    running agent keeps syncing (health flips, other objects) through a drain of up to an hour: under
+    the lock, the objects go to weight 0 (in the store and the kernel); without it, wait for their
+    established connections; under the lock again, delete them."""
+    from vsop.adapters.kernel import read_observed
     from vsop.adapters.real import real_kernel
 
-    names = common_names(args)
-    refs = refs_to_delete(args)  # invalid input stops here, before the lock
-    this_node = node(args)
-    store = Store(store_path(args.store))
-
-    def refused(exc: Any) -> Result:
-        return failed(f"removed {len(refs)} object(s) from the store; the kernel refused: {exc}; apply again to converge", applied=exc.applied)
-
+    run = Deleting(args, refs_to_delete(args), Store(store_path(args.store)), common_names(args), node(args))  # invalid input: before the lock
+    drained = 0.0
     with locked(args):
-        target = deletion(refs, store, strict=True)
-        refs = target.refs
+        target = deletion(run.refs, run.store, strict=True)
+        run.refs = target.refs
         if target.missing and not args.ignore_not_found:
-            return failed(not_found(target.missing, store) + "; nothing was deleted", reason="NotFound", notFound=target.missing)
+            return failed(not_found(target.missing, run.store) + "; nothing was deleted", reason="NotFound", notFound=target.missing)
         kernel = real_kernel()
-        observed = read_observed(kernel, names)
-        drained = 0.0
-        if not args.now and refs:
-            drained = _drain(kernel, observed, target.merged.contents.services, set(refs), names, args)
-            observed = read_observed(kernel, names)
-        desired, result = program(target.merged, this_node, names, observed, running_kernel_version(), set())
-        store.remove(target.files[ref] for ref in refs)
-        executed = execute_saying(kernel, result, names, observed, [], refused)
-    if isinstance(executed, Result):
-        return executed
-    writes, applied = executed
-    text = "".join(f"vsop: deleted VirtualService {ref}" + (f" (drained {drained:.1f}s)" if drained >= 0.05 else "") + "\n" for ref in refs)
+        observed = read_observed(kernel, run.names)
+        busy = None if args.now or not run.refs else _busy(observed, target.merged.contents.services, set(run.refs))
+        if busy is None:
+            run.finish(kernel, observed)
+        else:
+            run.start_drain(kernel, target, observed)
+    if busy is not None and run.failure is None:
+        drained = _wait_drained(kernel, run.names, *busy)
+        with locked(args):
+            run.finish(kernel)
+    if run.failure is not None:
+        return run.failure
+    text = "".join(f"vsop: deleted VirtualService {ref}" + (f" (drained {drained:.1f}s)" if drained >= 0.05 else "") + "\n" for ref in run.refs)
     return Result(
-        text=text + f"vsop: {len(applied)} kernel operation(s)\n" + _operations_text(applied),
-        document={"deleted": refs, "writes": writes, "drainedSeconds": round(drained, 3), "operations": [op_json(op) for op in applied]},
+        text=text + f"vsop: {len(run.applied)} kernel operation(s)\n" + _operations_text(run.applied),
+        document={"deleted": run.refs, "writes": run.writes, "drainedSeconds": round(drained, 3), "operations": [op_json(op) for op in run.applied]},
     )
 
 
-def _drain(kernel, observed: KernelState, services: list[VirtualService], gone: set[str], names: Names, args: argparse.Namespace) -> float:  # type: ignore[no-untyped-def]
-    """Weight 0 for the deleted objects' TCP/SCTP real servers, then wait for their established connections."""
-    from vsop.adapters.kernel import read_observed
-    from vsop.node.execute import execute
-
+def _busy(observed: KernelState, services: list[VirtualService], gone: set[str]) -> tuple[set[ServiceKey], float, int] | None:
+    """The deleted objects' TCP/SCTP services, their longest grace and how many of their real servers hold
+    established connections; None when none does (nothing to wait for)."""
     keys: set[ServiceKey] = set()
     grace = 0.0
     for vs in services:
         if vs.ref in gone:
             grace = max(grace, float(vs.spec.drain.timeout_seconds))
             keys |= {ServiceKey(p.protocol.lower(), vs.spec.vip, p.port) for p in vs.spec.ports if p.protocol != "UDP"}  # type: ignore[arg-type]
-    busy = [rs for rs in observed.real_servers.values() if rs.key.service in keys and rs.active_connections > 0]
-    if not busy:
-        return 0.0
-    edits = [ops.EditRealServer(replace(rs, weight=0)) for rs in observed.real_servers.values() if rs.key.service in keys and rs.weight > 0]
-    execute(kernel, Plan(tuple(edits)), names, observed=observed)
-    say(f"draining {len(busy)} real server(s) with open connections (up to {grace:g}s; --now skips this)")
+    busy = sum(1 for rs in observed.real_servers.values() if rs.key.service in keys and rs.active_connections > 0)
+    return (keys, grace, busy) if busy and grace > 0 else None
+
+
+def _wait_drained(kernel, names: Names, keys: set[ServiceKey], grace: float, busy: int) -> float:  # type: ignore[no-untyped-def]
+    """Until the services' established connections are gone or `grace` ran out; the writer lock is free meanwhile."""
+    from vsop.adapters.kernel import read_observed
+
+    say(f"draining {busy} real server(s) with open connections (up to {grace:g}s; --now skips this); "
+        "the writer lock is free meanwhile: a running agent keeps syncing")
     started = time.monotonic()
     while time.monotonic() - started < grace:
         current = read_observed(kernel, names)

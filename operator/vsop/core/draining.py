@@ -81,3 +81,26 @@ def grace_by_service(services: Iterable[VirtualService]) -> dict[ServiceKey, flo
             key = ServiceKey(port.protocol.lower(), vs.spec.vip, port.port)  # type: ignore[arg-type]
             grace[key] = float(vs.spec.drain.timeout_seconds)
     return grace
+
+
+def keep_drains(
+    desired: KernelState,
+    observed: KernelState,
+    since: Mapping[RealServerKey, float],
+    now: float,
+    grace: Mapping[ServiceKey, float] | None = None,
+    names: Names = Names(),
+) -> KernelState:
+    """The desired state plus weight-0 entries for the real servers another writer is draining.
+
+    `since` says when each of the host agent's drains started (on the clock of `now`): those
+    still within their grace and holding established connections are kept at weight 0, as the
+    agent keeps them (`with_draining`). No drain starts here: a one-shot command cannot wait
+    for one (`vsop delete` drains the objects it deletes itself), so any other real server that
+    left the desired state goes as the plan says.
+    """
+    state = with_draining(desired, observed, Draining(dict(since)), now, grace, names)
+    fresh = {key for key in state.real_servers if key not in desired.real_servers and key not in since}
+    if not fresh:
+        return state
+    return replace(state, real_servers={key: rs for key, rs in state.real_servers.items() if key not in fresh})

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from tests.conftest import make_vs
 from vsop.core.desired import Node, desired_state
-from vsop.core.draining import Draining, with_draining
+from vsop.core.draining import Draining, keep_drains, with_draining
 from vsop.core.health import HealthTracker, Thresholds
 from vsop.core.memory import apply_ops
 from vsop.core.plan import plan
@@ -94,3 +94,17 @@ def test_a_backend_that_returns_stops_draining() -> None:
     back = desired_state([make_vs()], Node("n")).state
     assert with_draining(back, observed, draining, now=1.0).real_servers[B].weight == 1
     assert draining.keys() == frozenset()
+
+
+def test_another_writers_drains_are_kept_and_no_drain_starts() -> None:
+    """`vsop apply` keeps what the agent drains (until its grace ends) and starts no drain of its own:
+    it cannot wait for one, and a drain nobody finishes would hold a real server at weight 0 forever."""
+    observed = with_connections(with_connections(programmed([make_vs()]), A, 2), B, 3)
+    neither = replace(desired_state([make_vs()], Node("n")).state, real_servers={})  # the service stays, both real servers left
+    kept = keep_drains(neither, observed, {B: 100.0}, now=105.0, grace={WEB: 10.0})
+    assert kept.real_servers == {B: replace(observed.real_servers[B], weight=0)}  # A left now: deleted, not drained
+    assert keep_drains(neither, observed, {B: 100.0}, now=110.0, grace={WEB: 10.0}).real_servers == {}  # grace over
+    idle = with_connections(observed, B, 0)
+    assert keep_drains(neither, idle, {B: 100.0}, now=105.0, grace={WEB: 10.0}).real_servers == {}  # drained
+    back = desired_state([make_vs()], Node("n")).state
+    assert keep_drains(back, observed, {B: 100.0}, now=105.0).real_servers[B].weight == 1  # it came back

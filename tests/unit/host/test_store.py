@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import threading
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,16 @@ from vsop.core.held import Held, keep_held
 from vsop.core.plan import plan
 from vsop.core.state import ServiceKey
 from vsop.adapters.kernel import fake_kernel
+from vsop.adapters.fake import FakeIPVS
 from vsop.node.whole import sync
 from vsop.host.folder import FolderSource, ref_from_file_name
 from vsop.node.lock import LockTimeout, holder, writer_lock
 from vsop.api.manifests import load_text
 from vsop.host.store import Store, file_name, render
+from vsop.cli import store as store_cli
+from vsop.core.health import Health
+from vsop.core.state import RealServerKey
+from vsop.node.remember import RememberFile
 
 WEB = ServiceKey("tcp", "169.254.11.2", 80)
 API = ServiceKey("tcp", "169.254.11.3", 80)
@@ -319,6 +326,7 @@ def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(host, "real_kernel", lambda *a, **k: kernel)
     monkeypatch.setenv("VSOP_STORE", str(tmp_path / "store"))
     monkeypatch.setenv("VSOP_LOCK", str(tmp_path / "lock"))
+    monkeypatch.setenv("VSOP_STATE_FILE", str(tmp_path / "state.json"))  # the agent's --state-file
     return fake
 
 
@@ -470,3 +478,99 @@ def _a_dead_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+# -- the command line and a running agent agree (its state file) ----------------------------------
+
+BE1 = RealServerKey(WEB, "192.168.2.111", 8080)
+BE2 = RealServerKey(WEB, "192.168.2.222", 8080)
+
+
+def agent_kept(path: Path, out: tuple[RealServerKey, ...] = (), draining: dict[RealServerKey, float] | None = None) -> None:
+    """The state file as the agent keeps it after a turn (vsop.node.remember): `out` failed their checks,
+    `draining` started draining that many seconds ago."""
+    now = time.monotonic()
+    RememberFile(path).save({key: Health(False, 0, 3, "connection refused") for key in out},
+                            {key: now - ago for key, ago in (draining or {}).items()}, time.time(), now)
+
+
+def weights(fake) -> dict[RealServerKey, int]:  # type: ignore[no-untyped-def]
+    return {key: rs.weight for key, rs in fake.state.real_servers.items() if key.service == WEB}
+
+
+def set_real_server(fake, key: RealServerKey, **changes: Any) -> None:  # type: ignore[no-untyped-def]
+    fake.state = replace(fake.state, real_servers={**fake.state.real_servers, key: replace(fake.state.real_servers[key], **changes)})
+
+
+def test_apply_and_plan_keep_a_backend_the_agents_checks_took_out(node, tmp_path: Path, capsys) -> None:
+    a = write(tmp_path, "a.yaml", doc("web"))
+    b = write(tmp_path, "b.yaml", doc("api", vip="169.254.11.3"))
+    assert run(capsys, "apply", "-f", str(a), "--node-name", "n")[0] == 0
+    set_real_server(node, BE2, weight=0)  # the agent's checks took it out
+    agent_kept(tmp_path / "state.json", out=(BE2,))
+    code, out, err = run(capsys, "plan", "-f", str(b), "--node-name", "n", "-o", "json")
+    assert code == 0 and not [op for op in json.loads(out)["operations"] if "169.254.11.2:80 -> 192.168.2.222" in op["description"]]
+    code, _, err = run(capsys, "apply", "-f", str(b), "--node-name", "n")
+    assert code == 0 and weights(node) == {BE1: 1, BE2: 0} and API in node.state.services
+    assert "kept 1 real server(s) the agent's health checks took out at weight 0" in err and "TCP 169.254.11.2:80 -> 192.168.2.222:8080" in err
+    code, _, err = run(capsys, "apply", "-f", str(a), "--node-name", "n")  # the object of the failed backend itself
+    assert code == 0 and weights(node) == {BE1: 1, BE2: 0}
+    # Without the agent's view (what apply did before) the failed backend came back at weight 1.
+    assert run(capsys, "apply", "-f", str(a), "--node-name", "n", "--state-file", "")[0] == 0
+    assert weights(node) == {BE1: 1, BE2: 1}
+
+
+def test_apply_keeps_a_real_server_the_agent_drains_until_its_grace_ends(node, tmp_path: Path, capsys) -> None:
+    a = write(tmp_path, "a.yaml", doc("web", drain={"timeoutSeconds": 60}))
+    b = write(tmp_path, "b.yaml", doc("api", vip="169.254.11.3"))
+    assert run(capsys, "apply", "-f", str(a), "--node-name", "n")[0] == 0
+    # BE2 left web's file (the store now holds web without it) and the agent drains its connection.
+    write(tmp_path, "a.yaml", doc("web", drain={"timeoutSeconds": 60}, backends=[{"address": "192.168.2.111"}]))
+    (tmp_path / "store" / "default_web.yaml").write_text(render(load_text((tmp_path / "a.yaml").read_text()).services[0]))
+    set_real_server(node, BE2, weight=0, active_connections=1)
+    agent_kept(tmp_path / "state.json", draining={BE2: 10.0})
+    code, _, err = run(capsys, "apply", "-f", str(b), "--node-name", "n")
+    assert code == 0 and weights(node) == {BE1: 1, BE2: 0}  # its connection lives on
+    assert "kept 1 real server(s) the agent is draining at weight 0" in err
+    agent_kept(tmp_path / "state.json", draining={BE2: 61.0})  # its grace is over: the agent would delete it too
+    assert run(capsys, "apply", "-f", str(b), "--node-name", "n")[0] == 0
+    assert weights(node) == {BE1: 1}
+
+
+def test_delete_drains_with_the_writer_lock_free_then_deletes_under_it(node, tmp_path: Path, capsys, monkeypatch) -> None:
+    a = write(tmp_path, "a.yaml", doc("web", drain={"timeoutSeconds": 3600}))
+    b = write(tmp_path, "b.yaml", doc("api", vip="169.254.11.3"))
+    c = write(tmp_path, "c.yaml", doc("api", vip="169.254.11.3", backends=[{"address": "192.168.2.50"}]))
+    assert run(capsys, "apply", "-f", str(a), "-f", str(b), "--node-name", "n")[0] == 0
+    connected = [True]  # the fake keeps no counters across a weight edit: its reads report BE1's connection
+    fake_read = FakeIPVS.read
+
+    def read(self):  # type: ignore[no-untyped-def]
+        services, servers = fake_read(self)
+        if connected and BE1 in servers:
+            servers[BE1] = replace(servers[BE1], active_connections=2)
+        return services, servers
+
+    monkeypatch.setattr(FakeIPVS, "read", read)
+    during: list[dict[str, Any]] = []
+    said: list[str] = []
+
+    def meanwhile(seconds: float) -> None:
+        """What delete's drain sees at each look: the lock is free, so another writer (the agent, an apply) writes."""
+        with writer_lock(tmp_path / "lock", wait_seconds=0):  # LockTimeout if delete held it
+            pass
+        stored = yaml.safe_load((tmp_path / "store" / "default_web.yaml").read_text())
+        during.append({"weights": weights(node), "stored": [b.get("weight") for b in stored["spec"]["backends"]],
+                       "annotated": "vsop.dev/deleting" in stored["metadata"].get("annotations", {})})
+        assert vsop(["apply", "-f", str(c), "--node-name", "n", "--wait", "0"]) == 0
+        said.append(capsys.readouterr().err)  # delete's words so far (the apply's report goes)
+        connected.clear()  # the client closes its connection
+
+    monkeypatch.setattr(store_cli.time, "sleep", meanwhile)
+    code, out, err = run(capsys, "delete", "web", "--node-name", "n", "-o", "json")
+    assert code == 0, err
+    assert during == [{"weights": {BE1: 0, BE2: 0}, "stored": [0, 0], "annotated": True}]
+    assert "the writer lock is free meanwhile" in said[0]
+    assert WEB not in node.state.services and not (tmp_path / "store" / "default_web.yaml").exists()
+    assert RealServerKey(API, "192.168.2.50", 8080) in node.state.real_servers  # the apply made during the drain stays
+    assert json.loads(out)["deleted"] == ["default/web"]
