@@ -6,6 +6,9 @@ own and read again under the writer lock at each turn, handed over as what chang
 what cannot be used now (invalid, unreadable, being rewritten) as `held` (the kernel keeps
 what it has for it, core.held, also right after a restart); and the status file for `vsop
 show` (vsop.host.status_file), written after a turn at most every --status-seconds.
+The poll task's walks of the folder run in daemon threads (`off_loop`), never on the event
+loop: a walk that takes long (a huge folder, a hung network mount) holds up neither health
+checks nor SIGTERM, which stops the agent without waiting for it.
 The loop owns the rest: the writer lock (so `vsop apply` / `delete` and the agent take turns
 and the agent never undoes what a command just did), health checks, draining, the periodic
 full resync every --resync-seconds that repairs drift, keepalived after a good sync
@@ -19,6 +22,7 @@ Must not import: vsop.kube, vsop.cli, kopf, kubernetes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -26,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from vsop.adapters.conntrack import ConntrackCleaner
 from vsop.bgp.writer import BirdAnnouncer
@@ -39,6 +43,7 @@ from vsop.keepalived.writer import KeepalivedWriter
 from vsop.node import heap
 from vsop.adapters.kernel import Kernel, running_kernel_version
 from vsop.node.remember import RememberFile
+from vsop.node.lock import LockTimeout
 from vsop.node.loop import Feed, KeepalivedInput, NodeLoop, Turn, WriterLock
 from vsop.node.probes import Target
 from vsop.node.reconciler import Outcome, Reconciler
@@ -49,6 +54,11 @@ if TYPE_CHECKING:  # imported when --metrics-port asks for it: aiohttp and prome
 log = logging.getLogger("vsop.agent")
 
 DEFAULT_STATUS_FILE = Path("/run/vsop/agent.json")
+T = TypeVar("T")
+
+
+class FolderBusy(LockTimeout):
+    """The agent is stopping and a walk of the folder still holds it: the turn or status write is skipped."""
 
 
 @dataclass
@@ -89,6 +99,7 @@ class HostAgent:
         self.clock = clock
         self.source = FolderSource(config.directory, settle_seconds=config.poll_seconds, sweep_seconds=config.sweep_seconds)
         self.source_guard = threading.Lock()  # the poll task and the sync thread both read the folder
+        self.stopping = threading.Event()  # SIGTERM: nothing waits for the guard any more (see guarded)
         self.tracker = HealthTracker(track_changes=True)  # the status file re-renders the changed real servers
         self.kernel_version = running_kernel_version()
         self.last: dict[str, Any] = {}
@@ -152,7 +163,7 @@ class HostAgent:
 
     def _take(self, others: bool) -> Feed:
         """Under the lock: what the last writer (`vsop apply`, `delete`) left in the folder, as changes."""
-        with self.source_guard:
+        with self.guarded():
             # The folder is polled again under the lock when another writer may have changed it,
             # or when the poll task's last look is not fresh (a stat per file: skipped when it is).
             # The periodic resync is the kernel's: the poll task and its sweeps follow the folder.
@@ -264,7 +275,7 @@ class HostAgent:
         (`health_changed`: taken by the caller from the tracker; None: taken here). The source
         guard is held only for the folder's changes. Run it where syncs run (one thread)."""
         doc = self.status_doc
-        with self.source_guard:
+        with self.guarded():
             paths, refs = self.source.take_status_changes()
             doc.update_files(self.source, paths, refs)
             errors, pending = self.source.errors(), self.source.pending()
@@ -292,6 +303,20 @@ class HostAgent:
             temporary.replace(path)
         except OSError as exc:
             log.warning("cannot write status file path=%s error=%r", path, str(exc))
+        except FolderBusy:
+            log.info("status file not written: stopping while the folder is being read path=%s", path)
+
+    @contextlib.contextmanager
+    def guarded(self) -> Iterator[None]:
+        """The source guard, waited for as long as a walk takes, unless the agent is stopping: then
+        FolderBusy (a LockTimeout: the turn is skipped), so SIGTERM never waits on a walk that hangs."""
+        while not self.source_guard.acquire(timeout=0.05):
+            if self.stopping.is_set():
+                raise FolderBusy(f"stopping while the folder {self.config.directory} is being read")
+        try:
+            yield
+        finally:
+            self.source_guard.release()
 
     # -- the loop (vsop.node.loop drives it: these are its Driver methods) ------------
 
@@ -325,19 +350,31 @@ class HostAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("agent started directory=%s node=%s resync_seconds=%g", self.config.directory, self.config.node.name, self.config.resync_seconds)
-        # A file is taken once stable over two polls: look twice before the first sync, so
-        # the first sync already serves what the folder holds.
-        self.poll()
-        await asyncio.sleep(self.config.poll_seconds)
-        self.poll()
-        poller = asyncio.get_running_loop().create_task(self._poll(stop), name="poll folder")
+        poller = asyncio.get_running_loop().create_task(self._first_looks(stop), name="poll folder")
+        stopping = asyncio.get_running_loop().create_task(self._stopping(stop), name="stopping")
         try:
-            await self.loop.run(self, stop)
+            await _until(poller, stop)
+            if not stop.is_set():
+                poller = asyncio.get_running_loop().create_task(self._poll(stop), name="poll folder")
+                await self.loop.run(self, stop)
         finally:
             poller.cancel()
+            stopping.cancel()
+            self.stopping.set()
             if self.status_due is not None:
-                self.write_status()
+                self.write_status()  # the last status, unless a walk still holds the folder
             log.info("agent stopped; the kernel keeps serving what was programmed syncs=%d", self.syncs)
+
+    async def _stopping(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.stopping.set()  # the sync thread's waits for the folder end (see guarded)
+
+    async def _first_looks(self, stop: asyncio.Event) -> None:
+        # A file is taken once stable over two polls: look twice before the first sync, so
+        # the first sync already serves what the folder holds.
+        await off_loop(self.poll)
+        await asyncio.sleep(self.config.poll_seconds)
+        await off_loop(self.poll)
 
     async def _after_change(self, stop: asyncio.Event) -> None:
         """Until no sync for a change is wanted or running (a periodic full resync is not waited for:
@@ -351,24 +388,67 @@ class HostAgent:
         # costs one poll of everything, not two.
         next_poll = time.monotonic() + self.config.poll_seconds
         while not stop.is_set():
-            with self.source_guard:
-                due = self.source.settle_due()
+            due = await off_loop(self._settle_due)  # off the loop: the guard may be held by a walk
             at = next_poll if due is None else min(next_poll, due)
             await asyncio.sleep(max(0.0, at - time.monotonic()))
             if time.monotonic() >= next_poll:
-                # A change goes first: a look at everything (a stat per file at a sweep) runs on
-                # this loop and would hold up the sync a change just woke, or slow it down.
+                # A change goes first: a look at everything (a stat per file at a sweep) would
+                # hold up the sync a change just woke (both read the folder), or slow it down.
                 await self._after_change(stop)
-                changed = self.poll()
+                changed = await off_loop(self.poll)
                 next_poll = time.monotonic() + self.config.poll_seconds
             else:
-                with self.source_guard:
-                    changed = self.source.recheck()
-                    # A look just now: the sync it wakes needs no poll of everything (no other
-                    # writer held the lock, or the sync polls anyway).
-                    self.polled_at = time.monotonic()
+                changed = await off_loop(self._recheck)
             if changed:
                 self.loop.trigger.wake("folder changed")  # the sync that follows writes the status file (pending files, errors)
+
+
+    def _settle_due(self) -> float | None:
+        with self.source_guard:
+            return self.source.settle_due()
+
+    def _recheck(self) -> bool:
+        with self.source_guard:
+            changed = self.source.recheck()
+            # A look just now: the sync it wakes needs no poll of everything (no other
+            # writer held the lock, or the sync polls anyway).
+            self.polled_at = time.monotonic()
+            return changed
+
+
+async def off_loop(function: Callable[[], T]) -> T:
+    """`function()` in a daemon thread of its own, awaited. Unlike an executor's worker, a daemon
+    thread never holds up the process's exit: a walk still running at SIGTERM is abandoned."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = function(), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed meanwhile (the agent stopped): nobody waits
+            pass
+
+    threading.Thread(target=work, name="vsop-poll", daemon=True).start()
+    return await future
+
+
+async def _until(task: asyncio.Task[Any], stop: asyncio.Event) -> None:
+    """Until `task` ends or `stop` is set, whichever comes first."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        task.result()
 
 
 def run_agent(

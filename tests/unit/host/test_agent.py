@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -549,3 +550,46 @@ def test_the_host_agents_metrics_count_its_virtualservices_by_state_when_scraped
     agent.source.poll()
     agent.sync_once(full=False)
     assert scrape() == {"programmed": 1, "failed": 1, "conflict": 0, "invalid": 1, "not_selected": 1} and calls == [1, 1]
+
+
+def test_a_walk_that_hangs_holds_up_neither_the_event_loop_nor_sigterm(tmp_path: Path) -> None:
+    """The folder walk runs in a daemon thread: while one hangs (a hung network mount), the event
+    loop keeps running (health, wake-ups), a turn that needs the folder gives up once the agent is
+    stopping, and stopping never waits for the walk."""
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    write(folder, "web")
+    agent, fake = agent_for(folder)
+    agent.config.resync_seconds = 0.05  # turns keep coming, and each wants the folder
+    looks, hung, release, walking = [0], threading.Event(), threading.Event(), threading.Event()
+    poll = agent.source.poll
+
+    def hanging_poll() -> bool:
+        looks[0] += 1
+        if looks[0] > 3:  # the first looks and the first turn's, then the walk hangs
+            walking.set()
+            hung.set()
+            release.wait(20)
+            walking.clear()
+        return poll()
+
+    agent.source.poll = hanging_poll  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        while not hung.is_set():
+            await asyncio.sleep(0.02)  # the loop runs on while the walk hangs
+        for _ in range(10):  # resyncs come due meanwhile: one of them waits for the folder
+            await asyncio.sleep(0.02)
+            assert walking.is_set()  # this loop runs while the walk hangs
+        assert WEB in fake.state.services
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        assert walking.is_set()  # stopped while the walk still hangs
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+    assert WEB in fake.state.services  # stopping removed nothing
