@@ -222,12 +222,18 @@ class IPTablesKernel:
             return
 
         reason = _reason(result.stderr)
+        if "xtables lock" in result.stderr:
+            # Legacy only: another program (iptables -w, a firewall reload) held /run/xtables.lock
+            # for longer than -w waits. Nothing of the batch was applied; the caller's next turn retries.
+            raise OperationFailed(
+                first, f"another program held the xtables lock for over {self._lock_wait} s ({reason}); nothing of this batch was applied"
+            )
         failed = _FAILED_LINE.search(result.stderr)
         line_number = int(failed.group(1)) if failed else 0
         index = owners[line_number - 1] if 1 <= line_number <= len(owners) else None
         if index is None:
             index = _op_naming_missing_object(result.stderr, batch.operations, copies)
-        if index is None and len(batch.operations) > 1 and "xtables lock" not in result.stderr:
+        if index is None and len(batch.operations) > 1:
             # A failure found only at COMMIT (legacy: the kernel refusing the whole table,
             # e.g. MASQUERADE reached from OUTPUT) names the COMMIT line. Replaying the ops
             # one restore each finds the op, and leaves the ones before it applied.
