@@ -129,6 +129,20 @@ def test_the_agent_daemonset_is_unprivileged_on_the_host_network(manifests: dict
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["image"] == "vsop:0.1.0"
+    assert_probes_reachable_and_metrics_on_loopback(manifests["DaemonSet", "vsop-agent"])
+
+
+def assert_probes_reachable_and_metrics_on_loopback(workload: dict[str, Any]) -> None:
+    """The kubelet probes the pod IP: the health port listens on every address; /metrics on 127.0.0.1
+    (kube-proxy's default), with no scrape annotation pointing at a port nothing outside can reach."""
+    template = workload["spec"]["template"]
+    [container] = template["spec"]["containers"]
+    args = container["args"]
+    assert "--health-bind-address=0.0.0.0" in args and "--metrics-bind-address=127.0.0.1" in args
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] != ports["metrics"]
+    assert {container["livenessProbe"]["httpGet"]["port"], container["readinessProbe"]["httpGet"]["port"]} == {"health"}
+    assert "prometheus.io/scrape" not in (template["metadata"].get("annotations") or {})
 
 
 def test_the_controller_is_two_replicas_one_writing(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
@@ -150,6 +164,7 @@ def test_the_controller_is_two_replicas_one_writing(manifests: dict[tuple[str, s
     assert spec["securityContext"]["runAsNonRoot"] is True and "hostNetwork" not in spec
     assert container["args"][0] == "controller" and container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert_probes_reachable_and_metrics_on_loopback(manifests["Deployment", "vsop-controller"])
 
 
 def test_examples_are_valid() -> None:

@@ -78,7 +78,7 @@ async def start(name: str, *args: str, **env: str) -> Process:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     environment.update(env)
     process = await asyncio.create_subprocess_exec(
-        *VSOP, *args, "--health-port", "0", "--metrics-port", "0", "--bind-address", "127.0.0.1",
+        *VSOP, *args, "--health-port", "0", "--metrics-port", "0", "--health-bind-address", "127.0.0.1",  # /metrics: its default
         env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     return Process(name, process)
@@ -144,6 +144,8 @@ async def test_agent_and_controller_run_as_deployed(cluster: Cluster, tmp_path: 
         codes = {process.name: await process.stop() for process in processes}
     assert codes == {"agent": 0, "controller": 0}, "\n".join(p.output for p in processes)
     assert '"Programmed kernel" node="node-a"' in agent_process.output
+    for process in processes:  # /metrics on loopback unless opened (kube-proxy's default)
+        assert 'healthAddress="127.0.0.1" metricsAddress="127.0.0.1"' in process.output, process.output
     assert "in-memory fake kernel" in agent_process.output
     assert "Signal SIGTERM is received" in agent_process.output
     assert '"Updated status" virtualService="default/web"' in controller_process.output

@@ -81,6 +81,7 @@ GROUPS = {
 # Flags no host agent has: given to `vsop agent`, they make it the in-cluster one.
 CLUSTER_ONLY_FLAGS = (
     "--kubeconfig", "--context", "--namespace", "-n", "--health-port", "--metrics-port", "--bind-address",
+    "--health-bind-address", "--metrics-bind-address",
     "--proc-sys", "--debounce-seconds", "--help-cluster",
 )
 
@@ -108,6 +109,13 @@ def _f(*flags: str, host: tuple[Any, ...] | None = None, cluster: tuple[Any, ...
 _RESYNC_CLUSTER = "least time between two turns woken by changes; a change after a quiet spell is handled at once (default: 0.1)"
 _NAMESPACE = "watch VirtualServices in this namespace; repeatable (default: all"
 _KUBECONFIG = "kubeconfig file (default: in-cluster service account, else $KUBECONFIG)"
+# kube-proxy's split: /healthz on every address (--healthz-bind-address 0.0.0.0:10256: the kubelet probes the
+# pod IP), /metrics on loopback (--metrics-bind-address 127.0.0.1:10249) unless opened.
+_HEALTH_BIND = ("address /healthz and /readyz listen on (default: 0.0.0.0, so the kubelet's probes reach them on the pod IP; "
+                "they say only alive and ready)")
+_METRICS_BIND = ("address /metrics listens on (default: 127.0.0.1, as kube-proxy's metrics; 0.0.0.0 lets Prometheus scrape it "
+                 "from other hosts). When --metrics-port equals --health-port, all three listen here")
+_BOTH_BIND = "both addresses at once: --health-bind-address and --metrics-bind-address"
 
 # Every flag of `vsop agent` (on a host and in the cluster) and `vsop controller`, in --help order: a table.
 FLAGS: tuple[Flag, ...] = (
@@ -140,7 +148,9 @@ FLAGS: tuple[Flag, ...] = (
        cluster=(9711, "port of /metrics (default: 9711; may equal --health-port)"),
        controller=(9721, "port of /metrics (default: 9721; may equal --health-port)")),
     _f("--bind-address", host=("127.0.0.1", "address the metrics port listens on (default 127.0.0.1)"),
-       cluster=("0.0.0.0", "address the probe and metrics ports listen on"), controller=("0.0.0.0", "address the probe and metrics ports listen on")),
+       cluster=(None, _BOTH_BIND), controller=(None, _BOTH_BIND)),
+    _f("--health-bind-address", cluster=("0.0.0.0", _HEALTH_BIND), controller=("0.0.0.0", _HEALTH_BIND)),
+    _f("--metrics-bind-address", cluster=("127.0.0.1", _METRICS_BIND), controller=("127.0.0.1", _METRICS_BIND)),
     _f("--kubeconfig", cluster=(None, _KUBECONFIG), controller=(None, _KUBECONFIG)),
     _f("--context", cluster=(None, "kubeconfig context"), controller=(None, "kubeconfig context")),
     _f("--proc-sys", metavar="DIR", cluster=(PROC_SYS, "where the host's /proc/sys is writable (default: /proc/sys; in a pod, the hostPath mount of /proc/sys/net)")),
@@ -190,7 +200,8 @@ def _leader() -> Any:
 
 # What a flag's value is called in --help, where its name alone would print a two-word metavar.
 METAVARS = {"--node-name": "NODE", "--kubeconfig": "FILE", "--load-balancer-class": "CLASS", "--lease-namespace": "NAMESPACE",
-            "--lease-name": "NAME", "--bind-address": "ADDRESS", "--context": "CONTEXT", "--status-file": "FILE"}
+            "--lease-name": "NAME", "--bind-address": "ADDRESS", "--context": "CONTEXT", "--status-file": "FILE",
+            "--health-bind-address": "ADDRESS", "--metrics-bind-address": "ADDRESS"}
 
 
 def _metavar(flag: Flag) -> dict[str, str]:
@@ -507,7 +518,8 @@ def _serve(
     log.info(kv("Starting", component=component, **{k: connection.source if k == "credentials" else v for k, v in started.items()}))
 
     async def serve() -> None:
-        endpoints = HttpEndpoints(built.probes, built.metrics.registry, args.health_port, args.metrics_port, args.bind_address)
+        health, metrics = (args.bind_address, args.bind_address) if args.bind_address else (args.health_bind_address, args.metrics_bind_address)
+        endpoints = HttpEndpoints(built.probes, built.metrics.registry, args.health_port, args.metrics_port, health, metrics_host=metrics)
         await endpoints.start()
         try:
             await built.run()

@@ -193,14 +193,20 @@ class Probes:
 
 
 class HttpEndpoints:
-    """/healthz, /readyz and /metrics on `health_port` and `metrics_port` (the same port serves all three)."""
+    """/healthz, /readyz and /metrics on `health_port` and `metrics_port` (the same port serves all three).
 
-    def __init__(self, probes: Probes, registry: CollectorRegistry, health_port: int, metrics_port: int, host: str = "0.0.0.0"):
+    The probes listen on `host`, /metrics on `metrics_host` (default: `host`), as kube-proxy splits
+    them: the kubelet reaches the probes on the pod IP while the metrics stay on loopback unless
+    opened. One port for all three listens on `metrics_host`: the metrics never go wider than asked."""
+
+    def __init__(self, probes: Probes, registry: CollectorRegistry, health_port: int, metrics_port: int, host: str = "127.0.0.1",
+                 metrics_host: str | None = None):
         self.probes = probes
         self.registry = registry
         self.health_port = health_port
         self.metrics_port = metrics_port
         self.host = host
+        self.metrics_host = metrics_host or host
         self.runners: list[web.AppRunner] = []
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -214,13 +220,13 @@ class HttpEndpoints:
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _serve(self, port: int, routes: list[web.RouteDef]) -> int:
+    async def _serve(self, host: str, port: int, routes: list[web.RouteDef]) -> int:
         """Serve the routes; returns the port bound (port 0 picks a free one)."""
         app = web.Application()
         app.add_routes(routes)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, port)
+        site = web.TCPSite(runner, host, port)
         await site.start()
         self.runners.append(runner)
         server = getattr(site, "_server", None)
@@ -231,12 +237,14 @@ class HttpEndpoints:
         health = [web.get("/healthz", self._healthz), web.get("/livez", self._healthz), web.get("/readyz", self._readyz)]
         metrics = [web.get("/metrics", self._metrics)]
         if self.health_port == self.metrics_port:
-            self.health_port = self.metrics_port = await self._serve(self.health_port, health + metrics)
+            self.host = self.metrics_host
+            self.health_port = self.metrics_port = await self._serve(self.metrics_host, self.health_port, health + metrics)
         else:
-            self.health_port = await self._serve(self.health_port, health)
-            self.metrics_port = await self._serve(self.metrics_port, metrics)
-        # The klog-style line both agents print (vsop.kube.runtime.kv's shape).
-        log.info('"Serving probes and metrics" address="%s" healthPort=%d metricsPort=%d', self.host, self.health_port, self.metrics_port)
+            self.health_port = await self._serve(self.host, self.health_port, health)
+            self.metrics_port = await self._serve(self.metrics_host, self.metrics_port, metrics)
+        # The klog-style line both agents print (vsop.node.logs.kv's shape).
+        log.info('"Serving probes and metrics" healthAddress="%s" metricsAddress="%s" healthPort=%d metricsPort=%d',
+                 self.host, self.metrics_host, self.health_port, self.metrics_port)
 
     async def stop(self) -> None:
         for runner in self.runners:
