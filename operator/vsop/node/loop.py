@@ -12,7 +12,8 @@ is left to plan, a turn every second while real servers drain, retries after a f
 the guard around each turn: a turn that raises (a netlink, ipset or iptables read that failed,
 a tool that timed out, the lock file) is logged, counted (`vsop_errors{source="turn"}`) and
 retried with backoff; the loop itself never dies of it, and liveness (`Probes`) is told of
-turns that completed only.
+turns that completed only; and the order an `announce: bgp` object leaves in
+(vsop.node.withdraw: its route first, its IPVS services after its drain).
 An agent keeps only its source (what changed, handed over as a `Feed`) and its sink (what
 a turn did, reported): it plugs them in as a `Driver`.
 Must not import: vsop.host, vsop.kube, vsop.cli, kopf, kubernetes.
@@ -40,6 +41,7 @@ from vsop.node.logs import kv
 from vsop.node.remember import RememberFile
 from vsop.node.probes import HealthChecker, Target
 from vsop.node.wake import Trigger
+from vsop.node.withdraw import Withdrawals
 from vsop.node.reconciler import Outcome, Reconciler
 
 if TYPE_CHECKING:  # the metrics' module imports prometheus_client: only when an agent serves them
@@ -220,6 +222,7 @@ class NodeLoop:
         # checks took out starts out, and a drain keeps its age.
         self.remember = remember
         self.trigger = Trigger()
+        self.withdrawals = Withdrawals()  # announce: bgp objects gone from the source, removed after their drain
         self.checked: dict[str, VirtualService] = {}  # objects with a health check, as the reconciler has them
         self.targets: set[Target] = set()
         self.checker: HealthChecker | None = None
@@ -260,8 +263,11 @@ class NodeLoop:
 
     def feed(self, feed: Feed) -> None:
         reconciler = self.reconciler
-        reconciler.update_objects(feed.changed, order=feed.order)
-        for ref, vs in feed.changed.items():
+        now = self.clock()
+        # An announce: bgp object that is gone is withdrawn first and removed after its drain.
+        changed = self.withdrawals.intercept(feed.changed, reconciler.objects, now) | self.withdrawals.expired(now)
+        reconciler.update_objects(changed, order=feed.order)
+        for ref, vs in changed.items():
             if vs is not None and vs.spec.health_check.type != "none":
                 self.checked[ref] = vs
             else:
@@ -374,6 +380,9 @@ class NodeLoop:
             draining = bool(self.reconciler.draining.since)
             if draining:
                 timeout = min(timeout, DRAIN_SECONDS)
+            removal = self.withdrawals.next_due()
+            if removal is not None:
+                timeout = min(timeout, max(0.0, removal - now))
             due = driver.flush_due()
             if due is not None:
                 timeout = min(timeout, max(0.0, due - now))
@@ -384,7 +393,8 @@ class NodeLoop:
             replanning = self.reconciler.replanning  # a resync's drift left to plan: its next part goes first
             if due is not None and now >= due and not self.trigger.pending and not replanning:  # a change goes first
                 await driver.flush()
-                if not self.trigger.pending and now < next_turn and not draining and not replanning:
+                removing = removal is not None and now >= removal
+                if not self.trigger.pending and now < next_turn and not draining and not replanning and not removing:
                     continue  # woken for the sink only
             if self.settle and self.trigger.pending:
                 await asyncio.sleep(self.debounce_seconds)  # gather a burst of changes into one turn
