@@ -16,11 +16,13 @@ import hashlib
 import logging
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from vsop.bgp.render import MARKER
+from vsop.bgp.sessions import Reading, read_sessions
 
 if TYPE_CHECKING:
     from vsop.api.model import VirtualService
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vsop.bgp")
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+SESSIONS_SECONDS = 5.0  # BIRD's sessions are asked again after this long (status file, metrics)
 
 
 def _run(argv: Sequence[str]) -> "subprocess.CompletedProcess[str]":
@@ -102,14 +105,16 @@ class BirdWriter:
 
 class BirdAnnouncer:
     """The host agent's BIRD: bird.conf from the BGPSpeaker in `speaker_file` and the objects'
-    announcement options, written through a BirdWriter after a sync that may have changed them.
+    announcement options, written through a BirdWriter after a sync that may have changed them,
+    and BIRD's BGP sessions for the status file and the metrics.
 
     Called after every successful sync with the objects and what changed; renders only when a
     resync ran (the speaker file is read again then) or a changed object has (or had)
     announcement options, so a change of any other object costs nothing here.
     """
 
-    def __init__(self, speaker_file: str | Path, writer: BirdWriter, names: "Names | None" = None):
+    def __init__(self, speaker_file: str | Path, writer: BirdWriter, names: "Names | None" = None,
+                 clock: Callable[[], float] = time.monotonic, sessions_seconds: float = SESSIONS_SECONDS):
         from vsop.core.state import Names
 
         self.speaker_file = Path(speaker_file)
@@ -119,6 +124,9 @@ class BirdAnnouncer:
         self.last: dict[str, object] | None = None
         self.last_error: str | None = None
         self.renders = 0
+        self.clock = clock
+        self.sessions_seconds = sessions_seconds
+        self._reading: tuple[float, Reading] | None = None  # (when, BIRD's answer), reused for sessions_seconds
 
     def due(self, full: bool, changed: "Iterable[str]", objects: "Mapping[str, VirtualService]") -> bool:
         if full:
@@ -148,8 +156,17 @@ class BirdAnnouncer:
             self.last = {"changed": result.changed, "reloaded": result.reloaded, "refused": result.refused, "reloadError": result.reload_error}
         return result
 
+    def sessions(self) -> Reading:
+        """BIRD's BGP sessions (vsop.bgp.sessions), asked at most every sessions_seconds: the status
+        file and a scrape of vsop_bgp_session_up share one `birdc show protocols all`."""
+        now = self.clock()
+        if self._reading is None or now - self._reading[0] >= self.sessions_seconds:
+            self._reading = (now, read_sessions(self.writer.control_socket, birdc=self.writer.birdc, run=self.writer.run))
+        return self._reading[1]
+
     def status(self) -> dict[str, object]:
-        return {"speakerFile": str(self.speaker_file), "config": str(self.writer.path), "last": self.last, "lastError": self.last_error}
+        return {"speakerFile": str(self.speaker_file), "config": str(self.writer.path), "socket": self.writer.control_socket,
+                "last": self.last, "lastError": self.last_error, **self.sessions().as_dict()}
 
 
 def _has_options(vs: "VirtualService | None") -> bool:

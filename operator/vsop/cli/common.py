@@ -81,6 +81,16 @@ def add_route_table(parser: argparse.ArgumentParser) -> None:
     )
 
 
+BIRD_SOCKET = "/run/vsop/bird.ctl"  # BIRD's control socket on a host (announce: bgp)
+
+
+def add_bird_socket(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bird-socket", default=BIRD_SOCKET, metavar="SOCKET",
+        help=f"BIRD's control socket, for its BGP sessions (default {BIRD_SOCKET}; asked when it exists or VIPs are announced)",
+    )
+
+
 def names(args: argparse.Namespace) -> Names:
     """The names of what vsop owns, with the command's --route-table."""
     return Names(route_table=getattr(args, "route_table", Names().route_table))

@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from vsop.api.errors import FieldError, InvalidInput
-from vsop.cli.common import STATUS_FILE, add_common, subcommand
+from vsop.cli.common import STATUS_FILE, add_bird_socket, add_common, subcommand
 from vsop.cli import output
 from vsop.cli.output import Result, exits
 
@@ -70,6 +70,7 @@ def register(sub: Any) -> None:
     add_common(p)  # -v also lists the checks that pass
     p.add_argument("--status-file", default=STATUS_FILE, metavar="FILE", help="the host agent's status file")
     p.add_argument("--store", metavar="DIR", help="the VirtualServices this node should serve, for what vsop expects (default: the agent's folder, else /etc/vsop/virtualservices.d)")
+    add_bird_socket(p)
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -138,6 +139,6 @@ def _doctor(args: argparse.Namespace) -> Result:
     from vsop.diagnose.gather import NETSTAT_WINDOW_SECONDS, gather
 
     keys = [_target(text, f"VIP:PORT {text}") for text in args.targets]
-    facts = gather(keys, status_file=args.status_file, store=args.store, netstat_window=NETSTAT_WINDOW_SECONDS)
+    facts = gather(keys, status_file=args.status_file, store=args.store, netstat_window=NETSTAT_WINDOW_SECONDS, bird_socket=args.bird_socket)
     report = doctor(facts, keys)
     return Result(0 if report["ok"] else 1, text=lambda: doctor_text(report, verbose=args.verbose), document=report)

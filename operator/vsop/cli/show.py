@@ -1,4 +1,4 @@
-"""`vsop show`: what vsop owns on this host, read from the kernel, with the host agent's status beside it.
+"""`vsop show`: what vsop owns on this host, read from the kernel, with the host agent's status and BIRD's BGP sessions beside it.
 
 Owns the command's arguments and reading the agent's status file; the tables and the JSON
 are vsop.diagnose.show's. Nothing is written. Must not import: vsop.cli.main, kopf, kubernetes.
@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from vsop.cli.common import STATUS_FILE, add_common, add_route_table, say, subcommand
+from vsop.cli.common import STATUS_FILE, add_bird_socket, add_common, add_route_table, say, subcommand
 from vsop.cli.common import names as common_names
 from vsop.cli.output import Result, exits
 
@@ -32,6 +32,7 @@ def register(sub: Any) -> None:
         "--status-file", default=STATUS_FILE, metavar="FILE",
         help="the host agent's status (health, file errors, draining), shown when the agent runs",
     )
+    add_bird_socket(p)
 
 
 def run(args: argparse.Namespace) -> Result:
@@ -49,7 +50,10 @@ def run(args: argparse.Namespace) -> Result:
     except OSError as exc:
         say(f"warning: {exc}")
         changed = {}
-    return Result(text=lambda: show_text(observed, names, agent, changed), document=lambda: show_json(observed, names, agent, changed))
+    from vsop.bgp.sessions import sessions_report
+
+    bgp = sessions_report(args.bird_socket, bool(observed.routes))
+    return Result(text=lambda: show_text(observed, names, agent, changed, bgp), document=lambda: show_json(observed, names, agent, changed, bgp))
 
 
 def agent_status(path: str) -> dict[str, object] | None:

@@ -4,7 +4,7 @@ Owns the checks (IPVS present, the sysctls IPVS and masquerade need, strict rp_f
 dropping packets, the VIP on vsop0 and vsop0 up, vsop's chains and jumps, a foreign
 rule ahead of vsop's jump, rules on the other iptables backend, real servers without a
 route or local, ARP and conn_reuse_mode settings, stale UDP conntrack entries, the host
-agent's status) and their text and JSON forms. A fix is a command a person can run, or
+agent's status, BIRD's BGP sessions for announce: bgp) and their text and JSON forms. A fix is a command a person can run, or
 the setting to change. Pure: reads a `Facts`, never the host.
 Must not import: subprocess, socket, pyroute2, kopf, vsop.adapters.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from vsop.core.desired import constant_chains, constant_jumps, family_sysctls, kernel_sysctls
 from vsop.core.state import ServiceKey, host_prefix, hostport, ipset_member
@@ -453,8 +453,50 @@ def check_agent(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
         yield Finding("agent.file", WARN, f"the agent ignores {path}: {message} (its last good objects stay)", setting=f"fix {path}")
 
 
+def _session_fix(session: Mapping[str, Any], socket: str) -> tuple[str, list[str]]:
+    """Why a BGP session is down, in BIRD's words where it gave some, and what fixes it."""
+    error, peer = str(session.get("lastError") or ""), session["peer"]
+    show = f"birdc -s {socket} show protocols all {session['protocol']}"
+    if "refused" in error.lower():
+        return "the peer refuses the TCP connection: it has no neighbor configured for this node", [
+            f"configure this node as a neighbor on {peer} (its address and the BGPSpeaker's localASN)", show]
+    if "Bad peer AS" in error:
+        return "the peer's AS is not the one the BGPSpeaker names", [f"set spec.peers[].asn to {peer}'s AS in the BGPSpeaker", show]
+    if "Hold timer" in error or "BFD" in error:
+        return "the peer stopped answering (its link, a firewall, or the peer itself)", [
+            f"ping {peer}", f"allow TCP 179 (and UDP 3784/3785 with BFD) between this node and {peer}", show]
+    return "no BGP session with the peer yet", [f"check that {peer} is reachable and expects this node on TCP 179", show]
+
+
+def check_bgp(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
+    """announce: bgp: BIRD answers and each of its sessions to the BGPSpeaker's peers is Established."""
+    bgp, vips = facts.bgp, sorted(r.split("/")[0] for r in facts.observed.routes)
+    if bgp is None:
+        return
+    socket, announced = bgp["socket"], f"{len(vips)} VIP(s) in table {facts.names.route_table}"
+    if bgp.get("error"):
+        yield Finding("bgp.bird", FAIL if vips else WARN,
+                      f"BIRD does not answer at {socket} ({bgp['error']}): {announced} reach no peer",
+                      fix=["systemctl restart bird", f"birdc -s {socket} show status"])
+        return
+    sessions = bgp.get("sessions") or []
+    if not sessions:
+        yield Finding("bgp.sessions", FAIL if vips else WARN,
+                      f"BIRD at {socket} has no BGP peer from vsop's bird.conf: {announced} reach no peer",
+                      setting="give the host agent --bgp-speaker FILE (or run `vsop render bird --out`) with at least one peer")
+    for session in sessions:
+        name = f"BGP session to {session['peer']} ({session['protocol']})"
+        if session.get("up"):
+            yield Finding("bgp.session", PASS, f"{name} is Established since {session['since']}: {announced} announced to it")
+            continue
+        why, fix = _session_fix(session, socket)
+        state = session.get("bgpState") or session.get("state")
+        last = f", last error: {session['lastError']}" if session.get("lastError") else ""
+        yield Finding("bgp.session", FAIL, f"{name} is {state} since {session['since']}{last}: {why}; {announced} not announced to it", fix=fix)
+
+
 CHECKS = (check_ipvs, check_sysctls, check_rp_filter, check_link, check_services, check_rules, check_foreign_rules,
-          check_other_backend, check_real_servers, check_conntrack, check_agent)
+          check_other_backend, check_real_servers, check_conntrack, check_agent, check_bgp)
 
 
 def doctor(facts: Facts, keys: list[ServiceKey] | None = None) -> dict[str, Any]:

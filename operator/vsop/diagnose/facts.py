@@ -127,6 +127,7 @@ class Facts:
     netstat_seconds: float = 0.0
     agent: Mapping[str, Any] | None = None  # the host agent's status file, "stale" added when its pid is gone
     agent_status_file: str = ""
+    bgp: Mapping[str, Any] | None = None  # BIRD's BGP sessions (vsop.bgp.sessions.sessions_report), when asked
     kernel_version: tuple[int, int] | None = None
     modules: frozenset[str] = frozenset()  # loaded kernel modules that matter (ipip, ip6_tunnel...)
     links: Mapping[str, bool] = field(default_factory=dict)  # interface -> up, for tunnel devices

@@ -233,6 +233,7 @@ def gather(
     store: str | None = None,
     with_conntrack: bool = True,
     netstat_window: float = 0.0,
+    bird_socket: str | None = None,
 ) -> Facts:
     """Read everything explain and doctor need from this host; what fails is noted in `errors`.
 
@@ -248,6 +249,10 @@ def gather(
     facts.sysctls = read_sysctls()
     _read_netstat_window(facts, earlier, earlier_at, netstat_window)
     _read_host(facts, status_file, store, names, errors)
+    if bird_socket is not None:
+        from vsop.bgp.sessions import sessions_report
+
+        facts.bgp = sessions_report(bird_socket, bool(facts.observed.routes))
     return replace(facts, errors=tuple(errors))
 
 

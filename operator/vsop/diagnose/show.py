@@ -40,8 +40,10 @@ def show_json(
     names: Names,
     agent: dict[str, Any] | None = None,
     changed: dict[str, tuple[str, str | None]] | None = None,
+    bgp: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`changed`: the sysctls vsop changed, (value before vsop's first change, value now)."""
+    """`changed`: the sysctls vsop changed, (value before vsop's first change, value now).
+    `bgp`: BIRD's BGP sessions (vsop.bgp.sessions' Reading as a dict, with its socket), when asked."""
     mine = owned(observed, names)
     by_member = owners(mine, names)
     health = {(h["service"], h["realServer"]): h for h in (agent or {}).get("health", [])}
@@ -79,6 +81,7 @@ def show_json(
         "vips": sorted(a.split("/")[0] for a in mine.addresses),
         # announce: bgp: the VIPs this node asks BIRD to announce (routes in vsop's table).
         "announced": {"table": names.route_table, "vips": sorted(r.split("/")[0] for r in mine.routes)},
+        "bgp": bgp,
         "services": services,
         "portsWithoutIPVSService": [{"member": m, "owner": by_member[m]} for m in without_ipvs],
         "ipsets": {name: len(ipset.members) for name, ipset in sorted(mine.ipsets.items())},
@@ -101,6 +104,21 @@ def show_json(
     }
 
 
+def bgp_lines(bgp: dict[str, Any] | None) -> list[str]:
+    """BIRD's BGP sessions, one line per peer."""
+    if bgp is None:
+        return []
+    if bgp.get("error"):
+        return [f"BGP: BIRD not reachable at {bgp['socket']}: {bgp['error']}"]
+    sessions = bgp.get("sessions") or []
+    lines = [f"BGP sessions (BIRD at {bgp['socket']}): {sum(1 for s in sessions if s['up'])} of {len(sessions)} up"]
+    for s in sessions:
+        asn = f" AS{s['asn']}" if s.get("asn") is not None else ""
+        error = f", last error: {s['lastError']}" if s.get("lastError") else ""
+        lines.append(f"  peer {s['peer']}{asn} ({s['protocol']}): {'up' if s['up'] else 'DOWN'}, {s['bgpState'] or s['state']} since {s['since']}{error}")
+    return lines
+
+
 def _health_of(health: dict[tuple[str, str], dict[str, Any]], key: Any) -> dict[str, Any]:
     found = health.get((str(key.service), str(key)))
     if found is None:
@@ -109,9 +127,13 @@ def _health_of(health: dict[tuple[str, str], dict[str, Any]], key: Any) -> dict[
 
 
 def show_text(
-    observed: KernelState, names: Names, agent: dict[str, Any] | None = None, changed: dict[str, tuple[str, str | None]] | None = None
+    observed: KernelState,
+    names: Names,
+    agent: dict[str, Any] | None = None,
+    changed: dict[str, tuple[str, str | None]] | None = None,
+    bgp: dict[str, Any] | None = None,
 ) -> str:
-    data = show_json(observed, names, agent, changed)
+    data = show_json(observed, names, agent, changed, bgp)
     if data["link"] is None and not data["ipsets"] and not data["chains"] and not data["announced"]["vips"]:
         return "Nothing of vsop's on this host.\n"
     lines = []
@@ -139,6 +161,7 @@ def show_text(
     announced = data["announced"]
     if announced["vips"]:
         lines.append(f"announced over BGP (routes in table {announced['table']}, learned by BIRD): {' '.join(announced['vips'])}")
+    lines.extend(bgp_lines(data["bgp"]))
     lines.append("sysctls: " + " ".join(f"{k}={v}" for k, v in data["sysctls"].items()))
     for name, values in data["changedSysctls"].items():
         why = " (router advertisements keep working with IPv6 forwarding on)" if accept_ra_interface(name) else ""

@@ -259,6 +259,7 @@ class HostAgent:
             "lastSync": self._last_sync(),
             "driftRepairs": {"total": self.drift_repairs, "last": self.last_repairs},
             **({"keepalived": self.keepalived.status()} if self.keepalived is not None else {}),
+            **({"bgp": self.bird.status()} if self.bird is not None else {}),
         }
 
     def _last_sync(self) -> dict[str, Any]:
@@ -290,6 +291,7 @@ class HostAgent:
             kept=self.kept,
             drift={"total": self.drift_repairs, "last": self.last_repairs},
             keepalived=self.keepalived.status if self.keepalived is not None else None,
+            bgp=self.bird.status if self.bird is not None else None,
         )
 
     def write_status(self, health_changed: set[Any] | None = None) -> None:
@@ -468,6 +470,8 @@ def run_agent(
 
         metrics = NodeMetrics()
     agent = HostAgent(kernel, config, conntrack, keepalived=keepalived, metrics=metrics, bird=bird)
+    if metrics is not None and bird is not None:
+        metrics.watch_bgp(bird.sessions)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -179,6 +179,7 @@ class StatusDocument:
         kept: list[str],
         drift: dict[str, Any],
         keepalived: Callable[[], dict[str, Any]] | None,
+        bgp: Callable[[], dict[str, Any]] | None = None,
     ) -> str:
         head_text = dumps(head)
         if not last or "error" in last:
@@ -201,6 +202,8 @@ class StatusDocument:
         ]
         if keepalived is not None:
             parts += [',"keepalived":', dumps(keepalived())]
+        if bgp is not None:
+            parts += [',"bgp":', dumps(bgp())]
         parts.append("}")
         return "".join(parts)
 

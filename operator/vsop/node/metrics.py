@@ -101,6 +101,11 @@ class NodeMetrics:
         """vsop_health_probe_lag_seconds from a vsop.node.probes.HealthChecker, read when scraped."""
         self.probe_lag.set_function(checker.lag)
 
+    def watch_bgp(self, sessions: Callable[[], Any]) -> None:
+        """vsop_bgp_session_up{peer,protocol} and vsop_bgp_bird_up from `sessions()` (a
+        vsop.bgp.sessions Reading), read when scraped."""
+        self.registry.register(_BGPSessions(sessions))
+
     def count_objects(self, states: Callable[[], Mapping[str, int]]) -> None:
         """`vsop_virtualservices` from `states()` (state -> objects), called when scraped, at most once per
         recorded reconcile: a change costs nothing here (the in-cluster agent counts per change instead)."""
@@ -142,6 +147,28 @@ class NodeMetrics:
         observed = reconciler.observed if outcome.error is None else outcome.after
         if observed is not None or outcome.error is not None:
             self._observed = (observed, reconciler.names, getattr(reconciler, "changes", 0))
+
+
+class _BGPSessions:
+    """A collector: BIRD's sessions as they are when scraped (the peers come and go with the BGPSpeaker)."""
+
+    def __init__(self, sessions: Callable[[], Any]):
+        self.sessions = sessions
+
+    def describe(self) -> list[Any]:
+        return []  # no samples at registration: BIRD is asked when scraped only
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        reading = self.sessions()
+        bird = GaugeMetricFamily("vsop_bgp_bird_up", "1 when BIRD answered on its control socket (announce: bgp).")
+        bird.add_metric([], 0.0 if reading.error else 1.0)
+        up = GaugeMetricFamily("vsop_bgp_session_up", "1 when BIRD's BGP session to the peer is Established.", labels=["peer", "protocol"])
+        for session in reading.sessions:
+            up.add_metric([session.peer, session.protocol], 1.0 if session.up else 0.0)
+        yield bird
+        yield up
 
 
 def object_states(reconciler: Any) -> Tally[str]:
