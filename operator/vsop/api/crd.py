@@ -63,9 +63,14 @@ SPEC_RULES: list[dict[str, str]] = [
         "fieldPath": ".vrrp",
     },
     {
-        "rule": "!has(self.announce) || self.announce != 'vrrp' || self.mode == 'keepalived'",
-        "message": "announce: vrrp is done by keepalived and needs mode: keepalived",
-        "fieldPath": ".announce",
+        "rule": "!has(self.vrrp) || !has(self.vrrp.peers) || self.vrrp.peers.all(p, p.contains(':') == self.vip.contains(':'))",
+        "message": "VRRP talks the VIP's family: every vrrp peer must be of the VIP's family",
+        "fieldPath": ".vrrp.peers",
+    },
+    {
+        "rule": "!has(self.vrrp) || !has(self.vrrp.peers) || self.vrrp.peers.all(p, self.vrrp.peers.filter(q, q == p).size() == 1)",
+        "message": "vrrp peers must be unique",
+        "fieldPath": ".vrrp.peers",
     },
     {
         "rule": "!has(self.announce) || self.announce != 'bgp' || self.mode == 'ipvs'",

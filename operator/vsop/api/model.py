@@ -283,11 +283,37 @@ class NodeSelector(_Spec):
         return True
 
 
+MAX_VRRP_PEERS = 32
+
+
 class VRRP(_Spec):
     interface: str = Field(min_length=1, max_length=15, pattern=INTERFACE_NAME)
-    virtual_router_id: int = Field(alias="virtualRouterID", ge=1, le=255, strict=True)
-    priority: int = Field(default=100, ge=1, le=254, strict=True)
+    virtual_router_id: int = Field(
+        alias="virtualRouterID", ge=1, le=255, strict=True,
+        description="One virtual router per interface and family: objects with the same ID share it (and move together).",
+    )
+    priority: int = Field(default=100, ge=1, le=254, strict=True, description="mode: keepalived only; with mode: ipvs each node's priority comes from a rendezvous hash of (VIP, node).")
     advert_interval_seconds: int = Field(default=1, ge=1, le=255, strict=True)
+    peers: tuple[BackendAddress, ...] = Field(
+        default=(), max_length=MAX_VRRP_PEERS,
+        description="mode: ipvs: the addresses of every node that may hold the VIP (this one included), for unicast VRRP "
+        "and the spread of VIPs over nodes; empty: multicast.",
+    )
+    preempt_delay_seconds: int = Field(
+        default=10, ge=0, le=1000, strict=True,
+        description="mode: ipvs: how long a node of higher priority waits before taking the VIP back (keepalived's preempt_delay).",
+    )
+
+    @field_validator("peers", mode="after")
+    @classmethod
+    def _unique_peers(cls, peers: tuple[str, ...]) -> tuple[str, ...]:
+        seen = [p for i, p in enumerate(peers) if p in peers[:i]]
+        if seen:
+            raise ValueError(f"peers must be unique; {seen[0]} is given twice")
+        families = {":" in p for p in peers}
+        if len(families) > 1:
+            raise ValueError("peers must all be of one family (IPv4 or IPv6)")
+        return peers
 
 
 # A standard BGP community (RFC 1997), "AS:value", each half 0-65535.
@@ -379,6 +405,13 @@ class VirtualServiceSpec(_Spec):
     @property
     def family(self) -> int:
         return 6 if ":" in self.vip else 4  # vip is a validated literal: only IPv6 has colons
+
+    @property
+    def arp_suppressed(self) -> bool:
+        """The ARP sysctls are wanted: asked for, or VRRP in ipvs mode (only the master answers, on
+        vrrp.interface, where keepalived adds the VIP; never on every node through vsop0). IPv4 only:
+        Linux answers neighbour solicitations only for addresses of the interface they arrive on."""
+        return self.family == 4 and (self.suppress_arp or (self.announce == "vrrp" and self.mode == "ipvs"))
 
 
 class ObjectMeta(BaseModel):
@@ -561,8 +594,8 @@ def _announce_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     if spec.announce == "vrrp" and spec.vrrp is None:
         errors.append(("spec.vrrp", "announce: vrrp needs the vrrp block (interface, virtualRouterID)"))
-    if spec.announce == "vrrp" and spec.mode != "keepalived":
-        errors.append(("spec.announce", "announce: vrrp is done by keepalived and needs mode: keepalived"))
+    if spec.vrrp is not None and spec.vrrp.peers and (":" in spec.vrrp.peers[0]) != (spec.family == 6):
+        errors.append(("spec.vrrp.peers", f"VRRP for an IPv{spec.family} VIP talks IPv{spec.family}: every peer must be an IPv{spec.family} address"))
     if spec.announce == "bgp" and spec.mode != "ipvs":
         errors.append(("spec.announce", "announce: bgp announces what vsop programs into IPVS and needs mode: ipvs"))
     return errors
@@ -572,7 +605,9 @@ def semantic_warnings(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
     """Accepted, but probably not what was meant; each is (field path, reason)."""
     warnings: list[tuple[str, str]] = []
     if spec.vrrp is not None and spec.announce != "vrrp":
-        warnings.append(("spec.vrrp", f"ignored: announce is {spec.announce}; set announce: vrrp (with mode: keepalived) to use this block"))
+        warnings.append(("spec.vrrp", f"ignored: announce is {spec.announce}; set announce: vrrp to use this block"))
+    if spec.vrrp is not None and spec.announce == "vrrp" and spec.mode == "keepalived" and spec.vrrp.peers:
+        warnings.append(("spec.vrrp.peers", "ignored with mode: keepalived (multicast VRRP, one priority); used with mode: ipvs"))
     if spec.bgp is not None and spec.announce != "bgp":
         warnings.append(("spec.bgp", f"ignored: announce is {spec.announce}; set announce: bgp to use this block"))
     return warnings

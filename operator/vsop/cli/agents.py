@@ -28,6 +28,7 @@ from vsop.cli.common import add_route_table, node, subcommand
 from vsop.cli.output import exits
 from vsop.cli.common import names as names_from_flags
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
+from vsop.keepalived.vrrp import TRACK_DIR
 from vsop.keepalived.writer import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
 
 if TYPE_CHECKING:
@@ -185,6 +186,9 @@ FLAGS: tuple[Flag, ...] = (
     _f("--keepalived-binary", metavar="PATH", group=KEEPALIVED,
        host=("keepalived", "the keepalived used for `keepalived -t` (default: keepalived on PATH)"),
        cluster=(None, "the keepalived used for `keepalived -t` (default: keepalived on PATH)")),
+    _f("--vrrp-track-dir", metavar="DIR", group=KEEPALIVED,
+       host=(TRACK_DIR, f"the track files of mode: ipvs objects announced by VRRP, one per object (default {TRACK_DIR})"),
+       cluster=(None, f"the track files of mode: ipvs objects announced by VRRP, one per object (default {TRACK_DIR})")),
     _f("--bgp-speaker", metavar="FILE", group=BGP, host=(None, "the BGPSpeaker (YAML) this node's BIRD uses")),
     _f("--bird-conf", metavar="FILE", group=BGP, host=("/etc/vsop/bird.conf", "the bird.conf vsop writes (default /etc/vsop/bird.conf)")),
     _f("--bird-socket", metavar="SOCKET", group=BGP, host=("/run/vsop/bird.ctl", "BIRD's control socket (default /run/vsop/bird.ctl)")),
@@ -346,7 +350,8 @@ def delegated(argv: Sequence[str]) -> int | None:
 def keepalived_writer(args: argparse.Namespace) -> KeepalivedWriter | None:
     """The writer the --keepalived-* flags ask for; None without --keepalived-dir. ValueError: flags without it."""
     given = [flag for flag, value in (("--keepalived-pidfile", args.keepalived_pidfile), ("--keepalived-auth-file", args.keepalived_auth_file),
-                                      ("--keepalived-layout", args.keepalived_layout), ("--keepalived-binary", args.keepalived_binary)) if value]
+                                      ("--keepalived-layout", args.keepalived_layout), ("--keepalived-binary", args.keepalived_binary),
+                                      ("--vrrp-track-dir", args.vrrp_track_dir)) if value]
     if not args.keepalived_dir:
         if given:
             raise ValueError(f"{', '.join(given)} need --keepalived-dir")
@@ -358,6 +363,7 @@ def keepalived_writer(args: argparse.Namespace) -> KeepalivedWriter | None:
             layout=args.keepalived_layout or "confd",
             auth_file=Path(args.keepalived_auth_file) if args.keepalived_auth_file else None,
             binary=args.keepalived_binary or "keepalived",
+            track_dir=Path(args.vrrp_track_dir or TRACK_DIR),
         )
     )
 

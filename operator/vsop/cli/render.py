@@ -9,6 +9,7 @@ vsop.kube, vsop.adapters.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 from typing import Any, Sequence
 
 from vsop.api.errors import FieldError, InvalidInput
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="VRRP PASS password (1-8 characters) for IPv4 vrrp_instances; in the cluster, a mounted Secret key",
     )
     parser.add_argument(
+        "--node-address", dest="node_addresses", action="append", metavar="ADDRESS",
+        help="this node's address, to find it among a mode: ipvs object's vrrp.peers; repeatable (the agents read the node's own)",
+    )
+    parser.add_argument(
         "-o", "--output", choices=FORMATS, default="text",
         help="text: the configuration (or, with --out, what was written); json, yaml: the files and notes as one object",
     )
@@ -97,7 +102,11 @@ def run(args: argparse.Namespace) -> Result:
         for note in notes:
             say(note)
         raise InvalidInput([FieldError(reason=f"no VirtualService found in {' '.join(args.paths)}")])
-    result = render_keepalived(loaded.services, layout=args.layout, auth_password=password)
+    try:
+        addresses = [str(ipaddress.ip_address(a)) for a in args.node_addresses] if args.node_addresses else None
+    except ValueError as exc:
+        raise InvalidInput([FieldError(path="--node-address", reason=str(exc))]) from None
+    result = render_keepalived(loaded.services, layout=args.layout, auth_password=password, node_addresses=addresses)
     notes.extend(result.skipped)
     for note in notes:
         say(note)

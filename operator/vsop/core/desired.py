@@ -398,8 +398,10 @@ class _Programmed:
 
 
 def _is_vrrp(vs: VirtualService) -> bool:
-    # With VRRP, keepalived owns the VIP on vrrp.interface: vsop neither binds it on its
-    # link nor refuses it when this node (the VRRP master) already holds it.
+    # With VRRP, keepalived owns the VIP on vrrp.interface, and the VRRP master holds it there:
+    # vsop never refuses such a VIP as a node address. In keepalived mode vsop does not bind
+    # it on its link either; in ipvs mode it does (IPVS needs it local on every node), with
+    # the ARP sysctls so that only the master's vrrp.interface answers for it.
     return vs.spec.mode == "keepalived" and vs.spec.announce == "vrrp"
 
 
@@ -415,7 +417,7 @@ def _refusal(
     spec = vs.spec
     if spec.vip in reserved_by:
         return Problem(vs.ref, "VIPRefused", f"VIP {spec.vip} is an address of {reserved_by[spec.vip]}; a VIP there would cut node {node.name} off from it")
-    if spec.vip in own_addresses and not _is_vrrp(vs):
+    if spec.vip in own_addresses and spec.announce != "vrrp":
         return Problem(vs.ref, "VIPRefused", f"VIP {spec.vip} is already an address of node {node.name}; binding it to {names.link} would cut the node off")
     on_vips = backends_on_vips(vs, vip_owners) if spec.backends else ()
     if on_vips:
@@ -491,7 +493,7 @@ def _kernel_state(
 ) -> KernelState:
     """What was programmed, on top of the state every VIP shares (link, sets, rules, sysctls)."""
     chosen = set(found.programmed)
-    arp = any(vs.spec.suppress_arp and vs.spec.family == 4 for vs in winners if vs.ref in chosen)
+    arp = any(vs.spec.arp_suppressed for vs in winners if vs.ref in chosen)
     shared = shared_state(names, found.families_used, arp=arp, bound=bool(found.vips), kernel_version=kernel_version)
     ipsets = {name: IPSet(empty.name, empty.kind, empty.family, dict(found.members.get(name, {}))) for name, empty in shared.ipsets.items()}
     return KernelState(

@@ -136,9 +136,17 @@ def fragment(
         delegated=state.delegated or _NO_SERVICES,
         configured_keys=tuple(desired.configured),
         family=vs.spec.family if programmed else None,
-        arp=programmed and vs.spec.suppress_arp and vs.spec.family == 4,
+        arp=programmed and vs.spec.arp_suppressed,
         drain_seconds=float(vs.spec.drain.timeout_seconds),
     )
+
+
+def serves(fragment: Fragment | None, out_of_service: frozenset[RealServerKey]) -> bool:
+    """Whether this node serves the object: programmed, with a real server that takes new
+    connections (weight > 0, not taken out by a health check); what VRRP's track files say."""
+    if fragment is None or not fragment.programmed:
+        return False
+    return any(rs.weight > 0 and rs.key not in out_of_service for rs in fragment.real_server_list)
 
 
 def refused(vs: VirtualService, problem: Problem) -> Fragment:

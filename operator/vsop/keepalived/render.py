@@ -1,7 +1,8 @@
 """keepalived configuration from VirtualServices, and `vsop render keepalived`.
 
 Owns the view of a VirtualService that keepalived needs (virtual_server, real_server,
-TCP_CHECK / HTTP_GET, vrrp_instance), the two layouts (`single`: one keepalived.conf;
+TCP_CHECK / HTTP_GET, vrrp_instance; for `mode: ipvs` with `announce: vrrp` the vrrp_instance
+only, with its track files, unicast peers and rendezvous priority), the two layouts (`single`: one keepalived.conf;
 `confd`: keepalived.conf with global_defs and `include conf.d/*.conf`, one file per
 VirtualService), and the checks for what keepalived cannot carry. The command `vsop render keepalived` is vsop.cli.render.
 
@@ -15,6 +16,7 @@ Must not import: kopf, kubernetes, pyroute2, subprocess, socket, vsop.adapters, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import os
@@ -32,6 +34,7 @@ from vsop.core.desired import Endpoint, Node, Problem, applies_to_node, resolve_
 from vsop.core.state import Names
 from vsop.api.errors import FieldError, InvalidInput
 from vsop.keepalived.servers import Service, services_of
+from vsop.keepalived.vrrp import TRACK_DIR, address_key, multicast_priority, priority, spread, whoami
 from vsop.api.model import INTERFACE_NAME, PROTOCOLS, SCHEDULERS, VirtualService, backends_on_vips
 
 Layout = Literal["single", "confd"]
@@ -56,6 +59,8 @@ _INTERFACE = re.compile(INTERFACE_NAME.strip("^$"))
 _INSTANCE = re.compile(r"vsop_[A-Za-z0-9_.\-]{1,15}_[0-9]{1,3}(_v6)?")
 _ROUTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _COMMENT = re.compile(r"[a-z0-9./\-]+")
+_TRACK = re.compile(r"vsop_[A-Za-z0-9_.\-]{1,250}")
+_PATH = re.compile(r"/[A-Za-z0-9_./\-]{1,4000}")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 # An HTTP path keepalived reads as one word: RFC 3986 path and query characters but `!`,
 # `$`, `'` (parser meanings); anything else must be percent-encoded by the user.
@@ -160,6 +165,14 @@ class InstanceView:
     addresses: tuple[Token, ...]  # VIP/32 or VIP/128
     members: tuple[Token, ...]  # refs, for a comment
     password: Token | None
+    # mode: ipvs (vsop programs IPVS, keepalived only announces):
+    ipvs: bool = False
+    preempt_delay: int | None = None  # None: nopreempt (mode: keepalived)
+    unicast_src: Token | None = None
+    unicast_peers: tuple[Token, ...] = ()
+    order: tuple[Token, ...] = ()  # the peers in priority order (for a comment)
+    tracks: tuple[tuple[Token, Token], ...] = ()  # (vrrp_track_file name, its file), one per member
+    password_dropped: bool = False  # a password was given, but VRRPv3 has no authentication
 
 
 @dataclass(frozen=True)
@@ -170,6 +183,7 @@ class SectionView:
     vip: Token
     link: Token
     vrrp: bool
+    ipvs: bool  # mode: ipvs: only the vrrp_instance, vsop programs IPVS
     instance: InstanceView | None  # the vrrp_instance this section carries
     instance_name: Token | None  # the instance that announces this VIP
     instance_owner: Token | None  # the section that carries it
@@ -277,9 +291,21 @@ def _instance_name(key: tuple[str, int, int]) -> Token:
 
 
 def _announce(vs: VirtualService) -> tuple[Any, ...]:
-    if vs.spec.mode == "keepalived" and vs.spec.announce == "vrrp" and vs.spec.vrrp is not None:
+    if vs.spec.announce == "vrrp" and vs.spec.vrrp is not None:
         return ("vrrp", vs.spec.vrrp.interface, vs.spec.vrrp.virtual_router_id)
     return ("link",)
+
+
+def _router_settings(vs: VirtualService) -> tuple[tuple[str, Any], ...]:
+    """What every member of one virtual router must agree on, as (field, value) pairs."""
+    spec = vs.spec
+    assert spec.vrrp is not None
+    if spec.mode == "keepalived":
+        return (("mode", spec.mode), ("priority", spec.vrrp.priority), ("advertIntervalSeconds", spec.vrrp.advert_interval_seconds))
+    return (
+        ("mode", spec.mode), ("advertIntervalSeconds", spec.vrrp.advert_interval_seconds),
+        ("peers", ",".join(sorted(spec.vrrp.peers, key=address_key)) or "none"), ("preemptDelaySeconds", spec.vrrp.preempt_delay_seconds),
+    )
 
 
 def _vrrp_problems(services: Sequence[VirtualService]) -> list[Problem]:
@@ -289,7 +315,7 @@ def _vrrp_problems(services: Sequence[VirtualService]) -> list[Problem]:
     """
     problems: list[Problem] = []
     vip_claims: dict[str, tuple[str, tuple[Any, ...]]] = {}
-    routers: dict[tuple[str, int, int], tuple[str, tuple[int, int]]] = {}
+    routers: dict[tuple[str, int, int], tuple[str, tuple[tuple[str, Any], ...]]] = {}
     for vs in services:
         spec = vs.spec
         how = _announce(vs)
@@ -307,15 +333,16 @@ def _vrrp_problems(services: Sequence[VirtualService]) -> list[Problem]:
         if how[0] == "vrrp":
             assert spec.vrrp is not None
             key = _instance_key(vs)
-            settings = (spec.vrrp.priority, spec.vrrp.advert_interval_seconds)
+            settings = _router_settings(vs)
             router = routers.get(key)
             if router is not None and router[1] != settings:
+                described = " and ".join(f"{name} {value}" for name, value in router[1])
                 problems.append(
                     Problem(
                         vs.ref,
                         "Conflict",
                         f"vrrp virtualRouterID {key[1]} on {key[0]} is already used by VirtualService {router[0]} with "
-                        f"priority {router[1][0]} and advertIntervalSeconds {router[1][1]}; one virtual router has one setting",
+                        f"{described}; one virtual router has one setting",
                     )
                 )
                 continue
@@ -333,13 +360,18 @@ def render_keepalived(
     node: Node | None = None,
     router_id: str = "vsop",
     names: Names = Names(),
+    node_addresses: Iterable[str] | None = None,
+    track_dir: str = TRACK_DIR,
 ) -> Rendered:
-    """The keepalived configuration for the VirtualServices with `mode: keepalived`.
+    """The keepalived configuration for the VirtualServices with `mode: keepalived`, and the
+    vrrp_instance blocks (only) of those with `mode: ipvs` and `announce: vrrp`.
 
     `endpoints` maps (namespace, service name) to a serviceRef's endpoints, as for
     `desired_state`; None means none are known (only static backends are rendered).
     `auth_password` is the VRRP PASS password (checked with `check_auth_password`).
     `node`: render only what this node's labels select; None renders every object.
+    `node_addresses`: this node's addresses, to find it among an ipvs-mode object's vrrp.peers
+    (None: unknown, and such an object is refused). `track_dir`: where the track files are.
     Conflicts and what keepalived cannot carry are `problems`; those objects are left out.
     """
     if layout not in LAYOUTS:
@@ -356,11 +388,15 @@ def render_keepalived(
 
     candidates = _on_node(winners, node, skipped)
     problems.extend(_refusals(candidates, vip_owners))
+    problems.extend(_peer_problems(candidates, node, node_addresses))
     chosen = _chosen(candidates, {p.obj for p in problems}, skipped)
     members = _instance_members(chosen)
     carriers = {group[0].ref: key for key, group in members.items()}
+    orders = spread(_ipvs_routers(winners))
+    me = _Identity(node.name if node is not None else router_id, node_addresses or (), track_dir)
+    instances = {key: _instance(key, group, password, orders.get(key, ()), me) for key, group in members.items()}
     link = Token(names.link, _INTERFACE)
-    sections = [_section(vs, link, known, members, carriers, password, warnings) for vs in chosen]
+    sections = [_section(vs, link, known, members, carriers, instances, warnings) for vs in chosen]
     return Rendered(
         files=_files(layout, router_id, sections),
         # keepalived complains of a missing folder behind `include`, not of an empty one.
@@ -395,10 +431,11 @@ def _refusals(candidates: Sequence[VirtualService], vip_owners: Mapping[str, str
 
 
 def _chosen(candidates: Iterable[VirtualService], refused: set[str], skipped: list[str]) -> list[VirtualService]:
-    """The keepalived objects not refused, by namespace and name; notes the ipvs ones in `skipped`."""
+    """The keepalived objects and ipvs ones announced by VRRP not refused, by namespace and name;
+    notes the other ipvs ones in `skipped`."""
     chosen = []
     for vs in candidates:
-        if vs.spec.mode != "keepalived":
+        if vs.spec.mode != "keepalived" and vs.spec.announce != "vrrp":
             skipped.append(f"VirtualService {vs.ref} has mode: {vs.spec.mode}; not rendered (vsop programs IPVS for it)")
         elif vs.ref not in refused:
             chosen.append(vs)
@@ -421,10 +458,47 @@ def _section(
     known: Mapping[tuple[str, str], tuple[Endpoint, ...]] | None,
     members: Mapping[tuple[str, int, int], Sequence[VirtualService]],
     carriers: Mapping[str, tuple[str, int, int]],
-    password: Token | None,
+    instances: Mapping[tuple[str, int, int], InstanceView],
     warnings: list[str],
 ) -> SectionView:
     """What one chosen VirtualService renders; what it loses on the way goes to `warnings`."""
+    spec = vs.spec
+    if spec.mode == "ipvs":  # vsop programs IPVS: keepalived gets the vrrp_instance only
+        virtual_servers: tuple[VirtualServerView, ...] = ()
+        empty: tuple[tuple[Token, int], ...] = ()
+    else:
+        virtual_servers, empty = _keepalived_servers(vs, known, warnings)
+    instance = instance_name = instance_owner = None
+    if spec.announce == "vrrp":
+        key = _instance_key(vs)
+        instance_name, instance_owner = _instance_name(key), comment_token(members[key][0].ref)
+        if carriers.get(vs.ref) == key:
+            instance = instances[key]
+            if instance.password_dropped:
+                warnings.append(
+                    f"VirtualService {vs.ref}: vrrp_instance {instance.name} is VRRPv3 (IPv6), which has no authentication; "
+                    "the --auth-file password is not used for it"
+                )
+    return SectionView(
+        ref=comment_token(vs.ref),
+        vip=ip_token(spec.vip),
+        link=link,
+        vrrp=spec.announce == "vrrp",
+        ipvs=spec.mode == "ipvs",
+        instance=instance,
+        instance_name=instance_name,
+        instance_owner=instance_owner,
+        virtual_servers=virtual_servers,
+        empty_ports=empty,
+        service_ref=Token(spec.service_ref.name, _DNS_LABEL) if spec.service_ref is not None else None,
+        filename=f"{CONFD}/{section_filename(vs.metadata.namespace, vs.metadata.name)}",
+    )
+
+
+def _keepalived_servers(
+    vs: VirtualService, known: Mapping[tuple[str, str], tuple[Endpoint, ...]] | None, warnings: list[str]
+) -> tuple[tuple[VirtualServerView, ...], tuple[tuple[Token, int], ...]]:
+    """A keepalived-mode object's virtual_servers and its ports with no real server."""
     spec = vs.spec
     if spec.service_ref is not None and known is None:
         warnings.append(
@@ -439,31 +513,7 @@ def _section(
     virtual_servers = tuple(_virtual_server(vs, s) for s in all_services if s.real_servers)
     empty = tuple((Token(s.key.protocol.upper(), _PROTOCOL), s.key.port) for s in all_services if not s.real_servers)
     warnings.extend(_port_warnings(vs, virtual_servers, empty))
-    instance = instance_name = instance_owner = None
-    if spec.announce == "vrrp":
-        key = _instance_key(vs)
-        group = members[key]
-        instance_name, instance_owner = _instance_name(key), comment_token(group[0].ref)
-        if carriers.get(vs.ref) == key:
-            instance = _instance(key, group, password)
-            if password is not None and key[2] == 6:
-                warnings.append(
-                    f"VirtualService {vs.ref}: vrrp_instance {instance.name} is VRRPv3 (IPv6), which has no authentication; "
-                    "the --auth-file password is not used for it"
-                )
-    return SectionView(
-        ref=comment_token(vs.ref),
-        vip=ip_token(spec.vip),
-        link=link,
-        vrrp=spec.announce == "vrrp",
-        instance=instance,
-        instance_name=instance_name,
-        instance_owner=instance_owner,
-        virtual_servers=virtual_servers,
-        empty_ports=empty,
-        service_ref=Token(spec.service_ref.name, _DNS_LABEL) if spec.service_ref is not None else None,
-        filename=f"{CONFD}/{section_filename(vs.metadata.namespace, vs.metadata.name)}",
-    )
+    return virtual_servers, empty
 
 
 def _port_warnings(
@@ -501,13 +551,54 @@ def _files(layout: Layout, router_id: str, sections: Sequence[SectionView]) -> d
     return dict(sorted(files.items(), key=lambda item: (item[0] != MAIN_FILE, item[0])))
 
 
-def _instance(key: tuple[str, int, int], group: Sequence[VirtualService], password: Token | None) -> InstanceView:
+@dataclass(frozen=True)
+class _Identity:
+    """Who this node is for VRRP: its name (multicast), its addresses (to find it among peers)."""
+
+    name: str
+    addresses: Iterable[str]
+    track_dir: str
+
+
+def _ipvs_routers(winners: Iterable[VirtualService]) -> dict[tuple[str, int, int], tuple[str, tuple[str, ...]]]:
+    """Every ipvs-mode virtual router with peers, on any node: (its lowest VIP, its peers), for `spread`."""
+    routers: dict[tuple[str, int, int], tuple[str, tuple[str, ...]]] = {}
+    for vs in winners:
+        if vs.spec.mode == "ipvs" and vs.spec.announce == "vrrp" and vs.spec.vrrp is not None and vs.spec.vrrp.peers:
+            key = _instance_key(vs)
+            vip, peers = routers.get(key, (vs.spec.vip, vs.spec.vrrp.peers))
+            routers[key] = (min(vip, vs.spec.vip, key=address_key), peers)
+    return routers
+
+
+def _peer_problems(candidates: Iterable[VirtualService], node: Node | None, node_addresses: Iterable[str] | None) -> list[Problem]:
+    """ipvs-mode objects whose vrrp.peers do not name this node exactly once."""
+    problems = []
+    where = f"node {node.name}" if node is not None else "this node"
+    for vs in candidates:
+        vrrp = vs.spec.vrrp
+        if vs.spec.mode != "ipvs" or vs.spec.announce != "vrrp" or vrrp is None or not vrrp.peers:
+            continue
+        if node_addresses is None:
+            mine: list[str] = []
+            why = f"which of them is {where} is unknown here (give this node's address: --node-address)"
+        else:
+            mine = whoami(vrrp.peers, node_addresses)
+            why = f"none of them is an address of {where}" if not mine else f"{' and '.join(mine)} are all addresses of {where}"
+        if len(mine) != 1:
+            problems.append(Problem(vs.ref, "VRRPPeers", f"spec.vrrp.peers ({', '.join(vrrp.peers)}): {why}; one peer must be this node"))
+    return problems
+
+
+def _instance(
+    key: tuple[str, int, int], group: Sequence[VirtualService], password: Token | None, order: Sequence[str], me: _Identity
+) -> InstanceView:
     interface, vrid, family = key
     first = group[0].spec.vrrp
     assert first is not None
     prefix = 32 if family == 4 else 128
     addresses = sorted({vs.spec.vip for vs in group}, key=lambda a: int(ipaddress.ip_address(a)))
-    return InstanceView(
+    view = InstanceView(
         name=_instance_name(key),
         interface=Token(interface, _INTERFACE),
         virtual_router_id=vrid,
@@ -517,7 +608,29 @@ def _instance(key: tuple[str, int, int], group: Sequence[VirtualService], passwo
         addresses=tuple(Token(f"{ip_token(a)}/{prefix}", _PREFIX) for a in addresses),
         members=tuple(comment_token(vs.ref) for vs in group),
         password=password if family == 4 else None,
+        password_dropped=password is not None and family == 6,
     )
+    if group[0].spec.mode != "ipvs":
+        return view
+    tracks = tuple(
+        (Token(f"vsop_{track_filename(vs.metadata.namespace, vs.metadata.name)}", _TRACK),
+         Token(f"{me.track_dir.rstrip('/')}/{track_filename(vs.metadata.namespace, vs.metadata.name)}", _PATH))
+        for vs in group
+    )
+    if not order:  # multicast: the hash alone
+        return dataclasses.replace(view, ipvs=True, preempt_delay=first.preempt_delay_seconds, tracks=tracks,
+                                   priority=multicast_priority(addresses[0], me.name))
+    mine = whoami(order, me.addresses)[0]
+    return dataclasses.replace(
+        view, ipvs=True, preempt_delay=first.preempt_delay_seconds, tracks=tracks, priority=priority(order, mine),
+        unicast_src=ip_token(mine), unicast_peers=tuple(ip_token(p) for p in sorted(order, key=address_key) if p != mine),
+        order=tuple(ip_token(p) for p in order),
+    )
+
+
+def track_filename(namespace: str, name: str) -> str:
+    """The track file of one object in the track folder: NAMESPACE_NAME, as its conf.d file is named."""
+    return section_filename(namespace, name)[: -len(".conf")]
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 from vsop.core.desired import Endpoint, Node
 from vsop.core.state import Names
 from vsop.api.errors import InvalidInput
-from vsop.keepalived.render import CONFD, MAIN_FILE, MARKER, Layout, read_auth_file, render_keepalived, section_filename, write_files
+from vsop.keepalived.render import CONFD, MAIN_FILE, MARKER, Layout, read_auth_file, render_keepalived, section_filename, track_filename, write_files
+from vsop.keepalived.vrrp import TRACK_DIR, track_content
 from vsop.api.model import VirtualService
 
 log = logging.getLogger("vsop.keepalived")
@@ -129,6 +130,7 @@ class KeepalivedConfig:
     auth_file: Path | None = None
     binary: str = "keepalived"
     router_id: str = "vsop"
+    track_dir: Path = Path(TRACK_DIR)
 
 
 @dataclass
@@ -149,6 +151,7 @@ class KeepalivedWriter:
     last_written: dict[str, Any] = field(default_factory=dict)
     last_error: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    tracks: dict[str, bool] = field(default_factory=dict)  # track file -> this node serves its object
     _rejected: tuple[str, str] | None = None  # (digest of a rejected candidate, why)
     _reload_pending: bool = False  # the files are written but keepalived was not told
 
@@ -161,7 +164,7 @@ class KeepalivedWriter:
 
     def wanted(self, services: Iterable[VirtualService]) -> bool:
         """Whether this agent manages keepalived's files: a keepalived-mode object, or vsop's files already there."""
-        return self.active or any(vs.spec.mode == "keepalived" for vs in services)
+        return self.active or any(vs.spec.mode == "keepalived" or vs.spec.announce == "vrrp" for vs in services)
 
     def update(
         self,
@@ -170,11 +173,16 @@ class KeepalivedWriter:
         endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
         names: Names = Names(),
         keep: Iterable[str] = (),
+        node_addresses: Iterable[str] | None = None,
+        serving: Mapping[str, bool] | None = None,
     ) -> Outcome:
         """Render; when the result differs from the live files, validate, swap in and reload.
 
         `keep`: refs ("namespace/name") declared but without a usable definition now
         (core.held): their live conf.d files stay as they are (confd layout only, see can_keep).
+        `node_addresses`: this node's, to find it among vrrp.peers. `serving`: ref -> whether this
+        node serves an ipvs-mode object announced by VRRP; its track file says so (first, so that a
+        new configuration never names a missing file).
         """
         services = list(services)
         keep = sorted(set(keep) - {vs.ref for vs in services})
@@ -185,9 +193,15 @@ class KeepalivedWriter:
             rendered = render_keepalived(
                 services, layout=self.config.layout, endpoints=endpoints, auth_password=password,
                 node=node, router_id=self.config.router_id, names=names,
+                node_addresses=node_addresses, track_dir=str(self.config.track_dir),
             )
         except InvalidInput as exc:
             return self._fail("; ".join(str(e) for e in exc.errors))
+        tracked = {vs.ref: vs for vs in services if vs.ref in rendered.rendered and vs.spec.mode == "ipvs" and vs.spec.announce == "vrrp"}
+        try:
+            self.write_tracks({ref: bool((serving or {}).get(ref)) for ref in tracked}, tracked)
+        except OSError as exc:
+            return self._fail(f"cannot write the VRRP track files into {self.config.track_dir}: {exc}", stage="track")
         self.problems = [f"{p.obj}: {p.reason}: {p.message}" for p in rendered.problems]
         for problem in self.problems:
             log.warning("VirtualService not rendered for keepalived: %s", problem)
@@ -240,6 +254,36 @@ class KeepalivedWriter:
         log.info("keepalived configuration written directory=%s files=%d removed=%d", directory, len(written), len(removed))
         return self._reload(changed=True)
 
+    def write_tracks(self, serving: Mapping[str, bool], services: Mapping[str, VirtualService]) -> list[str]:
+        """One track file per object (0: this node serves it, 1: it does not), each written only when it
+        changes (write + rename); files of objects gone are removed. Returns the files written."""
+        folder = self.config.track_dir
+        wanted = {}
+        for ref, vs in services.items():
+            wanted[track_filename(vs.metadata.namespace, vs.metadata.name)] = track_content(serving.get(ref, False))
+        if not wanted and not folder.is_dir():
+            return []
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, content in sorted(wanted.items()):
+            path = folder / name
+            try:
+                if path.read_text() == content:
+                    continue
+            except (OSError, UnicodeDecodeError):
+                pass
+            temporary = folder / f".{name}.tmp"
+            temporary.write_text(content)
+            os.replace(temporary, path)
+            written.append(name)
+            log.info("VRRP track file written file=%s serving=%s", path, content.strip() == "0")
+        for path in folder.iterdir():
+            if path.is_file() and not path.name.startswith(".") and path.name not in wanted:
+                path.unlink()
+                log.info("VRRP track file removed file=%s", path)
+        self.tracks = {name: content.strip() == "0" for name, content in wanted.items()}
+        return written
+
     def _reload(self, changed: bool) -> Outcome:
         try:
             note = self.signaller.reload(self.config.pidfile)
@@ -267,6 +311,7 @@ class KeepalivedWriter:
             "lastWritten": self.last_written,
             "lastError": self.last_error,
             "problems": self.problems,
+            **({"vrrpTracks": {"directory": str(self.config.track_dir), "serving": dict(sorted(self.tracks.items()))}} if self.tracks else {}),
         }
 
     # -- helpers -------------------------------------------------------------------

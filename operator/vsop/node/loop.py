@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Pr
 
 from vsop.api.model import VirtualService
 from vsop.core.desired import Endpoint, Node
+from vsop.core.fragments import serves
 from vsop.core.health import HealthTracker
 from vsop.core.held import Held
 from vsop.core.state import Names, RealServerKey
@@ -90,6 +91,17 @@ class WriterLock:
 # --- one turn ------------------------------------------------------------------------------------
 
 
+def vrrp_serving(reconciler: Reconciler, services: Iterable[VirtualService]) -> dict[str, bool]:
+    """ref -> whether this node should hold its VIP, for each ipvs-mode object announced by VRRP:
+    programmed as declared, a real server taking new connections, the node not being drained."""
+    return {
+        vs.ref: reconciler.announcing and vs.ref in reconciler.programmed
+        and serves(reconciler.fragments.get(vs.ref), reconciler.out_of_service)
+        for vs in services
+        if vs.spec.mode == "ipvs" and vs.spec.announce == "vrrp"
+    }
+
+
 class KeepalivedWriter(Protocol):
     """What the loop asks of the keepalived writer (vsop.keepalived.writer, injected by the agents)."""
 
@@ -100,7 +112,8 @@ class KeepalivedWriter(Protocol):
     def can_keep(self) -> bool: ...
 
     def update(self, services: Iterable[VirtualService], node: Node | None = None, endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
-               names: Names = ..., keep: Iterable[str] = ()) -> Any: ...
+               names: Names = ..., keep: Iterable[str] = (), node_addresses: Iterable[str] | None = None,
+               serving: Mapping[str, bool] | None = None) -> Any: ...
 
 
 @dataclass
@@ -302,9 +315,12 @@ class NodeLoop:
             return None
         if given.prepare is not None:
             given.prepare()
+        observed = reconciler.observed
+        addresses = (observed.node_addresses if observed is not None else frozenset()) | reconciler.extra_node_addresses
         try:
             return KeepalivedResult(writer.update(services, node=given.node or reconciler.node, endpoints=given.endpoints,
-                                                  names=reconciler.names, keep=keep))
+                                                  names=reconciler.names, keep=keep, node_addresses=addresses,
+                                                  serving=vrrp_serving(reconciler, services)))
         except OSError as exc:  # the writer reports its own failures; this is a last resort
             log.error("keepalived configuration not written error=%r", str(exc))
             writer.last_error = {"at": time.time(), "stage": "write", "message": str(exc)}

@@ -64,7 +64,7 @@ def test_constraints_reach_the_schema() -> None:
     assert props["healthCheck"]["properties"]["expectStatus"]["minimum"] == 100
     assert props["vip"]["pattern"] and props["backends"]["items"]["properties"]["address"]["pattern"]
     messages = " ".join(rule["message"] for rule in spec["x-kubernetes-validations"])
-    for words in ("backends or serviceRef", "needs serviceRef", "forwarding: tunnel", "needs mode: keepalived", "vrrp block"):
+    for words in ("backends or serviceRef", "needs serviceRef", "forwarding: tunnel", "vrrp peer", "vrrp block"):
         assert words in messages
     assert props["healthCheck"]["x-kubernetes-validations"][0]["rule"].startswith("self.type == 'none'")
 

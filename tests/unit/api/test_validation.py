@@ -45,6 +45,7 @@ GOOD = {
     "persistence": with_spec(persistence={"timeoutSeconds": 300}),
     "http health": with_spec(healthCheck={"type": "http", "path": "/healthz", "expectStatus": 204, "intervalSeconds": 5, "timeoutSeconds": 1}),
     "vrrp keepalived": with_spec(mode="keepalived", announce="vrrp", vrrp={"interface": "eth0", "virtualRouterID": 51}),
+    "vrrp ipvs": with_spec(announce="vrrp", vrrp={"interface": "eth0", "virtualRouterID": 52, "peers": ["192.168.5.2", "192.168.5.1"]}),
     "weight zero": with_spec(backends=[{"address": "10.1.1.1", "weight": 0}]),
     "node selector": with_spec(nodeSelector={"matchLabels": {"lb": "yes"}, "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}),
 }
@@ -92,7 +93,8 @@ BAD = {
     "interface": (with_spec(mode="keepalived", announce="vrrp", vrrp={"interface": "eth0 ; rm", "virtualRouterID": 5}), "spec.vrrp.interface", "interface name"),
     "interface too long": (with_spec(mode="keepalived", announce="vrrp", vrrp={"interface": "a" * 16, "virtualRouterID": 5}), "spec.vrrp.interface", "15"),
     "vrrp without block": (with_spec(mode="keepalived", announce="vrrp"), "spec.vrrp", "vrrp block"),
-    "vrrp in ipvs mode": (with_spec(announce="vrrp", vrrp={"interface": "eth0", "virtualRouterID": 5}), "spec.announce", "keepalived"),
+    "vrrp peer of another family": (with_spec(announce="vrrp", vrrp={"interface": "eth0", "virtualRouterID": 5, "peers": ["fd00::1"]}), "spec.vrrp.peers", "IPv4"),
+    "vrrp peer twice": (with_spec(announce="vrrp", vrrp={"interface": "eth0", "virtualRouterID": 5, "peers": ["10.0.0.1", "10.0.0.1"]}), "spec.vrrp.peers", "unique"),
     "mode": (with_spec(mode="nftables"), "spec.mode", "'ipvs' or 'keepalived'"),
     "unknown spec field": (with_spec(schedular="rr"), "spec.schedular", "unknown field"),
     "unknown nested field": (with_spec(backends=[{"address": "10.0.0.1", "wieght": 2}]), "spec.backends[0].wieght", "unknown field"),
@@ -138,7 +140,9 @@ GOOD_PARSED: dict[str, dict[str, Any]] = {
     "http health": {"healthCheck": {"type": "http", "path": "/healthz", "expectStatus": 204, "intervalSeconds": 5, "timeoutSeconds": 1,
                                     "failureThreshold": 2, "successThreshold": 1}},
     "vrrp keepalived": {"mode": "keepalived", "announce": "vrrp",
-                        "vrrp": {"interface": "eth0", "virtualRouterID": 51, "priority": 100, "advertIntervalSeconds": 1}},
+                        "vrrp": {"interface": "eth0", "virtualRouterID": 51, "priority": 100, "advertIntervalSeconds": 1, "peers": [], "preemptDelaySeconds": 10}},
+    "vrrp ipvs": {"announce": "vrrp", "vrrp": {"interface": "eth0", "virtualRouterID": 52, "priority": 100, "advertIntervalSeconds": 1,
+                                               "peers": ["192.168.5.2", "192.168.5.1"], "preemptDelaySeconds": 10}},
     "weight zero": {"backends": [{"address": "10.1.1.1", "port": None, "weight": 0}]},
     "node selector": {"nodeSelector": {"matchLabels": {"lb": "yes"}, "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}},
 }

@@ -155,6 +155,18 @@ def test_vrrp_vips_are_keepalived_s_to_bind_but_keep_sets_and_chains() -> None:
     assert state.chains and state.jumps and state.services == {}
 
 
+def test_vrrp_in_ipvs_mode_binds_on_vsop0_everywhere_with_arp_suppressed() -> None:
+    vs = make_vs(announce="vrrp", vrrp={"interface": "eth0", "virtualRouterID": 51})
+    for addresses in ([], ["169.254.11.2"]):  # a backup, then the VRRP master (keepalived added the VIP to eth0)
+        result = desired_state([vs], NODE, node_addresses=addresses)
+        state = result.state
+        assert not result.problems and state.addresses == frozenset({"169.254.11.2/32"})
+        assert len(state.services) == 1 and len(state.real_servers) == 2
+        assert state.sysctls["net.ipv4.conf.all.arp_ignore"] == "1" and state.sysctls["net.ipv4.conf.all.arp_announce"] == "2"
+    v6 = desired_state([make_vs(vip="fd00::100", backends=[{"address": "fd00::1"}], announce="vrrp", vrrp={"interface": "eth0", "virtualRouterID": 51})], NODE)
+    assert "net.ipv4.conf.all.arp_ignore" not in v6.state.sysctls  # IPv6: NS is answered only for the interface's own addresses
+
+
 # --- serviceRef ports, resolved as Kubernetes resolves a Service's ports ---------------------
 
 MULTI = (EndpointPort("http", 8080), EndpointPort("metrics", 9090), EndpointPort("dns", 53, "UDP"))

@@ -56,6 +56,24 @@ ENDPOINTS = {
     ),
 }
 
+PEERS = ["192.168.50.1", "192.168.50.2"]
+VRRP_IPVS = {"interface": "eth0", "virtualRouterID": 61, "peers": PEERS, "preemptDelaySeconds": 15}
+
+
+def _vrrp_ipvs() -> list[Any]:
+    """mode: ipvs objects announced by VRRP, as two nodes render them: unicast to the other peer,
+    two VIPs sharing one virtual router, IPv6 over multicast, and one plain keepalived object beside them."""
+    return [
+        make_vs("web", vip="192.168.50.100", healthCheck={"type": "tcp"}, announce="vrrp", vrrp=VRRP_IPVS),
+        make_vs("web-tls", vip="192.168.50.100", ports=[{"port": 443}], announce="vrrp", vrrp=VRRP_IPVS),
+        make_vs("api", vip="192.168.50.101", announce="vrrp", vrrp={**VRRP_IPVS, "virtualRouterID": 62}),
+        make_vs("dns", vip="192.168.50.102", announce="vrrp", vrrp={**VRRP_IPVS, "virtualRouterID": 63}),
+        make_vs("web6", vip="fd00:50::100", backends=[{"address": "fd00:50::10"}], announce="vrrp",
+                vrrp={"interface": "eth0", "virtualRouterID": 61}),
+        ka("legacy", vip="192.168.50.200", announce="vrrp", vrrp={**VRRP, "virtualRouterID": 70}),
+    ]
+
+
 # name -> (services, render keyword arguments)
 CASES: dict[str, Callable[[], tuple[list[Any], dict[str, Any]]]] = {
     "nat-http": lambda: (
@@ -134,6 +152,8 @@ CASES: dict[str, Callable[[], tuple[list[Any], dict[str, Any]]]] = {
         [ka("web-vrrp", vip="192.168.2.100", healthCheck={"type": "tcp"}, announce="vrrp", vrrp=VRRP)],
         {},
     ),
+    "vrrp-ipvs-node1": lambda: (_vrrp_ipvs(), {"node": Node("node1"), "node_addresses": ["192.168.50.1/24", "fd00:50::1/64"]}),
+    "vrrp-ipvs-node2": lambda: (_vrrp_ipvs(), {"node": Node("node2"), "node_addresses": ["192.168.50.2/24", "fd00:50::2/64"]}),
     "vrrp-auth": lambda: (
         [
             ka("web-vrrp", vip="192.168.2.100", healthCheck={"type": "tcp"}, announce="vrrp", vrrp=VRRP),
@@ -336,8 +356,50 @@ def test_vrrp_auth_and_shared_instance() -> None:
     assert "192.168.2.100/32 dev eth0" in _lines(api) and "192.168.2.101/32 dev eth0" in _lines(api)
     assert "auth_type PASS" in _lines(api) and f"auth_pass {PASSWORD}" in _lines(api)
     # IPv6: VRRPv3, no authentication, a separate instance with the same virtual router id.
-    assert "vrrp_instance vsop_eth0_51_v6 {" in web6 and "auth_pass" not in web6 and "fd00::100/128 dev eth0" in _lines(web6)
+    assert "vrrp_instance vsop_eth0_51_v6 {" in web6 and "auth_pass" not in web6 and "fd00::100/128 dev eth0 -nodad" in _lines(web6)
     assert any("VRRPv3" in w for w in result.warnings)
+
+
+def test_vrrp_in_ipvs_mode_renders_the_instance_only_with_complementary_priorities() -> None:
+    one, two = (render_case(f"vrrp-ipvs-node{n}") for n in (1, 2))
+    assert one.rendered == two.rendered and "default/web" in one.rendered and not one.problems
+    for result, me, other in ((one, "192.168.50.1", "192.168.50.2"), (two, "192.168.50.2", "192.168.50.1")):
+        web = _lines(result.files["conf.d/default_web.conf"])
+        assert "virtual_server" not in result.files["conf.d/default_web.conf"] and "virtual_server" not in result.files["conf.d/default_web6.conf"]
+        for line in ("state BACKUP", "preempt_delay 15", f"unicast_src_ip {me}", other, "vsop_default_web", "vsop_default_web-tls",
+                     "file /run/vsop/vrrp/default_web-tls", "weight 0", "192.168.50.100/32 dev eth0"):
+            assert line in web, line
+        assert "nopreempt" not in web and me not in web[web.index("unicast_peer {"):]
+        assert "fd00:50::100/128 dev eth0 -nodad" in _lines(result.files["conf.d/default_web6.conf"])
+        assert "virtual_server 192.168.50.200 80 {" in _lines(result.files["conf.d/default_legacy.conf"])  # keepalived mode as before
+    priorities = {
+        name: (_priority(one.files[f"conf.d/default_{name}.conf"]), _priority(two.files[f"conf.d/default_{name}.conf"]))
+        for name in ("web", "api", "dns")
+    }
+    assert all(a != b and {a, b} == {250, 245} for a, b in priorities.values()), priorities
+    firsts = [1 if a > b else 2 for a, b in priorities.values()]
+    assert max(firsts.count(1), firsts.count(2)) == 2  # three routers on two peers: at most ceil(3/2) each
+
+
+def _priority(text: str) -> int:
+    return next(int(line.split()[1]) for line in _lines(text) if line.startswith("priority "))
+
+
+def test_vrrp_peers_must_name_this_node_once() -> None:
+    services = [make_vs("web", vip="192.168.50.100", announce="vrrp", vrrp=VRRP_IPVS)]
+    elsewhere = render_keepalived(services, node=Node("n9"), node_addresses=["192.168.50.9/24"])
+    unknown = render_keepalived(services)
+    assert [(p.obj, p.reason) for p in elsewhere.problems] == [("default/web", "VRRPPeers")] and not elsewhere.rendered
+    assert "none of them is an address of node n9" in elsewhere.problems[0].message
+    assert "--node-address" in unknown.problems[0].message
+
+
+def test_one_virtual_router_is_of_one_mode() -> None:
+    first = ka("first", created="2024-01-01T00:00:00Z", vip="192.168.50.100", announce="vrrp", vrrp={**VRRP, "virtualRouterID": 61})
+    second = make_vs("second", created="2024-02-01T00:00:00Z", vip="192.168.50.101", announce="vrrp", vrrp=VRRP_IPVS)
+    result = render_keepalived([second, first], node_addresses=["192.168.50.1"])
+    assert result.rendered == ("default/first",)
+    assert [(p.obj, p.reason) for p in result.problems] == [("default/second", "Conflict")] and "mode keepalived" in result.problems[0].message
 
 
 def test_vrrp_conflicts_are_refused_oldest_wins() -> None:

@@ -290,3 +290,40 @@ def test_vsop_show_reports_the_keepalived_state(tmp_path: Path) -> None:
     text = show_text(KernelState(link=LinkState("vsop0", up=True)), Names(), agent)
     assert "keepalived: not applied (check): keepalived -t rejected the new configuration" in text
     assert "SIGHUP sent to keepalived 42" in text
+
+
+VRRP_IPVS = {"interface": "eth0", "virtualRouterID": 61, "peers": ["192.168.50.1", "192.168.50.2"]}
+
+
+def test_host_agent_announces_an_ipvs_vip_by_vrrp_and_tracks_its_health(tmp_path: Path) -> None:
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    _write(folder, "web", vip="192.168.50.100", announce="vrrp", vrrp=VRRP_IPVS)
+    kernel, fake = fake_kernel()
+    fake.state = replace(fake.state, node_addresses=frozenset({"192.168.50.2"}))
+    w, check, signaller = writer(tmp_path, track_dir=tmp_path / "vrrp")
+    agent = HostAgent(kernel, AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02), FakeConntrack(), keepalived=w)
+    agent.poll()
+    time.sleep(0.03)
+    assert agent.sync_once() is not None
+    # vsop programs IPVS and binds the VIP on vsop0 with ARP suppressed; keepalived gets the vrrp_instance only.
+    assert len(fake.state.services) == 1 and "192.168.50.100/32" in fake.state.addresses
+    assert fake.state.sysctls["net.ipv4.conf.all.arp_ignore"] == "1"
+    conf = live(w)["conf.d/default_web.conf"]
+    assert "virtual_server" not in conf and "unicast_src_ip 192.168.50.2" in conf and f"file {tmp_path}/vrrp/default_web" in conf
+    assert (tmp_path / "vrrp" / "default_web").read_text() == "0\n" and len(signaller.sent) == 1
+    # Every backend drained: this node serves nothing of it, the track file says so; keepalived's files stay.
+    _write(folder, "web", vip="192.168.50.100", announce="vrrp", vrrp=VRRP_IPVS,
+           backends=[{"address": "192.168.2.111", "weight": 0}, {"address": "192.168.2.222", "weight": 0}])
+    agent.poll()
+    time.sleep(0.03)
+    agent.poll()
+    agent.sync_once()
+    assert (tmp_path / "vrrp" / "default_web").read_text() == "1\n"
+    assert len(signaller.sent) == 1 and len(check.calls) == 1
+    assert w.status()["vrrpTracks"]["serving"] == {"default_web": False}
+    # The object gone: its track file goes with its section.
+    (folder / "web.yaml").unlink()
+    agent.poll()
+    agent.sync_once()
+    assert not (tmp_path / "vrrp" / "default_web").exists() and "conf.d/default_web.conf" not in live(w)

@@ -111,7 +111,7 @@ class FakeKeepalived:
     def can_keep(self) -> bool:
         return self.confd
 
-    def update(self, services: Any, node: Any = None, endpoints: Any = None, names: Any = None, keep: Any = ()) -> KeepalivedOutcome:
+    def update(self, services: Any, node: Any = None, endpoints: Any = None, names: Any = None, keep: Any = (), node_addresses: Any = None, serving: Any = None) -> KeepalivedOutcome:
         if self.fail:
             raise OSError("read-only file system")
         self.updates.append(([vs.ref for vs in services], list(keep)))
