@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Callable, Mapping
 
 import attrs
 import kmock
+import kmock._internal.parsing as kmock_parsing
 import pytest
 
 from vsop.adapters.conntrack import FakeConntrack
@@ -44,6 +45,7 @@ REPORTS = "vsop.dev/v1alpha1/nodereports"
 POOLS = "vsop.dev/v1alpha1/vippools"
 SERVICES = "v1/services"
 LEASES = "coordination.k8s.io/v1/leases"
+NAMESPACES = "v1/namespaces"
 
 WAIT_SECONDS = 10.0  # an upper bound only: waits return as soon as the condition holds
 
@@ -168,6 +170,20 @@ class Emulator(kmock.KubernetesEmulator):
     def _replayed(self, request: Any) -> list[dict[str, Any]]:
         """What a new watch hears first (under the lock): every object it watches, as ADDED."""
         return [{"type": "ADDED", "object": obj.raw} for key, obj in self._objects.items() if _watched(request, key) and not obj.deleted]
+
+
+def _parse_path(path: str) -> Any:
+    """kmock 0.8 reads `/api/v1/namespaces` as "namespace <missing>" and answers 500; the API
+    server lists Namespaces there (and `/api/v1/namespaces/NAME` is that Namespace). The agent and
+    the controller watch Namespaces (their labels decide VipPool namespaceSelectors)."""
+    parts = path.strip("/").split("/")
+    if parts[:2] == ["api", "v1"] and parts[2:3] == ["namespaces"] and len(parts) in (3, 4):
+        return kmock_parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+    return _kmock_parse_path(path)
+
+
+_kmock_parse_path = kmock_parsing.parse_path
+kmock_parsing.parse_path = _parse_path
 
 
 def _watched(request: Any, key: tuple[Any, str | None, str | None]) -> bool:
@@ -334,6 +350,7 @@ def make_agent(cluster: Cluster, node: str = "node-a", state: KernelState | None
     writer = RecordingWriter(connection, "vsop-agent", host=node)
     options.setdefault("resync_seconds", 3600.0)  # tests wake the loop themselves
     options.setdefault("debounce_seconds", 0.01)
+    options.setdefault("vip_policy", "any")  # tests of other features make no VipPools; tests/kube/test_claims.py use "pools"
     apiserver = options.pop("apiserver", None) or ApiServerAddresses.for_connection(connection)  # as main() does
     agent = Agent(AgentOptions(node_name=node, **options), kernel, writer, conntrack=FakeConntrack(), apiserver=apiserver)
     connection.register_login(agent.registry)
@@ -347,6 +364,7 @@ def make_controller(cluster: Cluster, elect: bool = False, lb: LoadBalancerOptio
     writer = RecordingWriter(connection, "vsop-controller", host="controller-0")
     options.setdefault("resync_seconds", 3600.0)
     options.setdefault("debounce_seconds", 0.01)
+    options.setdefault("vip_policy", "any")  # as make_agent
     elector = Elector(KubeLeaseApi(connection), identity("controller-0"), Timing(15, 10, 0.05)) if elect else None
     controller = Controller(ControllerOptions(**options), writer, elector=elector,
                             relist=Relister(connection, options.get("namespaces", ())) if elect else None,

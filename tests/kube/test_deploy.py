@@ -83,6 +83,8 @@ def test_rbac_is_what_the_issue_grants_and_no_more(manifests: dict[tuple[str, st
         | {("vsop.dev", "nodereports", v) for v in ("get", "create", "patch")}
         | {("discovery.k8s.io", "endpointslices", v) for v in read}
         | {("", "nodes", v) for v in read}
+        | {("vsop.dev", "vippools", v) for v in read}
+        | {("", "namespaces", v) for v in read}
         | {("", "events", "create")}
     )
     controller = rules(manifests, "vsop-controller")
@@ -94,6 +96,7 @@ def test_rbac_is_what_the_issue_grants_and_no_more(manifests: dict[tuple[str, st
         | {("", "services/status", "patch")}
         | {("vsop.dev", "nodereports", v) for v in read | {"delete"}}
         | {("", "nodes", v) for v in read}
+        | {("", "namespaces", v) for v in read}
         | {("", "events", "create")}
     )
     assert not any("*" in part for rule in agent | controller for part in rule)

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.kube.conftest import Cluster, until
+from tests.kube.conftest import POOLS, Cluster, until
 from tests.kube.test_agent import WEB
 from vsop.cli.agents import agent_main, controller_main
 
@@ -94,6 +94,9 @@ async def get(session: aiohttp.ClientSession, port: int, path: str) -> tuple[int
 
 async def test_agent_and_controller_run_as_deployed(cluster: Cluster, tmp_path: Path) -> None:
     await cluster.node("node-a", addresses=("10.0.0.11",))
+    # As deployed: --vip-policy=pools, so the VIP needs a VipPool granting its namespace.
+    await cluster.create(POOLS, {"apiVersion": "vsop.dev/v1alpha1", "kind": "VipPool", "metadata": {"name": "lan"},
+                                 "spec": {"addresses": [WEB["vip"]], "serviceAllocation": {"namespaces": ["default"]}}})
     await cluster.vs("web", WEB)
     config = str(kubeconfig(tmp_path / "kubeconfig", cluster.url))
     processes = [

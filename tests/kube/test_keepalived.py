@@ -96,7 +96,7 @@ async def run_keepalived_agent(cluster: Cluster, setup: Setup) -> AsyncIterator[
     kernel, fake = fake_kernel()
     connection = Connection.for_url(cluster.url)
     writer = RecordingWriter(connection, "vsop-agent", host="node-a")
-    options = AgentOptions(node_name="node-a", resync_seconds=3600.0, debounce_seconds=0.01)
+    options = AgentOptions(node_name="node-a", resync_seconds=3600.0, debounce_seconds=0.01, vip_policy="any")
     agent = Agent(options, kernel, writer, conntrack=FakeConntrack(), keepalived=setup.writer)
     connection.register_login(agent.registry)
     async with running(agent):

@@ -58,7 +58,7 @@ class Candidate:
             self.writes_before_relist = len(self.writer.patches) + len(self.writer.posted)
             return await relister()
 
-        self.controller = Controller(ControllerOptions(resync_seconds=3600, debounce_seconds=0.01), self.writer,
+        self.controller = Controller(ControllerOptions(resync_seconds=3600, debounce_seconds=0.01, vip_policy="any"), self.writer,
                                      elector=self.elector, relist=relist)
         connection.register_login(self.controller.registry)
         self.stop = asyncio.Event()

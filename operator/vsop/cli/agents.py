@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from vsop.api.errors import FieldError, InvalidInput
-from vsop.cli.common import add_route_table, node, subcommand
+from vsop.cli.common import ALLOW_VIP_HELP, VIP_POLICY_HELP_HOST, add_route_table, claim_rule, node, subcommand
 from vsop.cli.output import exits
 from vsop.cli.common import names as names_from_flags
+from vsop.core.claims import POLICIES
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.keepalived.vrrp import TRACK_DIR
 from vsop.keepalived.writer import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
@@ -117,6 +118,8 @@ _HEALTH_BIND = ("address /healthz and /readyz listen on (default: 0.0.0.0, so th
 _METRICS_BIND = ("address /metrics listens on (default: 127.0.0.1, as kube-proxy's metrics; 0.0.0.0 lets Prometheus scrape it "
                  "from other hosts). When --metrics-port equals --health-port, all three listen here")
 _BOTH_BIND = "both addresses at once: --health-bind-address and --metrics-bind-address"
+_VIP_POLICY_CLUSTER = ("pools (default): a VIP must lie in a VipPool granting the object's namespace; any: every VIP "
+                       "(the behaviour before VipPools); a cloud metadata address needs a pool naming it under both")
 
 # Every flag of `vsop agent` (on a host and in the cluster) and `vsop controller`, in --help order: a table.
 FLAGS: tuple[Flag, ...] = (
@@ -139,6 +142,9 @@ FLAGS: tuple[Flag, ...] = (
                                                   "changes (default 5; 0: every poll)")),
     _f("--keep-accept-ra", action="store_true", host=(False, KEEP_ACCEPT_RA_HELP), cluster=(False, KEEP_ACCEPT_RA_HELP)),
     _f("--route-table", host=(None, ""), shared=add_route_table),
+    _f("--vip-policy", choices=POLICIES, host=("any", VIP_POLICY_HELP_HOST), cluster=("pools", _VIP_POLICY_CLUSTER),
+       controller=("pools", _VIP_POLICY_CLUSTER + "; give the agents the same")),
+    _f("--allow-vip", action="append", metavar="ADDRESS", host=([], ALLOW_VIP_HELP)),
     _f("--status-file", host=("/run/vsop/agent.json", "where the agent writes its state for `vsop show`")),
     _f("--state-file", metavar="FILE", host=("/run/vsop/state.json", "health verdicts and drains kept across restarts, and read by "
                                                                      "apply and delete (default /run/vsop/state.json; '' keeps nothing)"),
@@ -312,6 +318,7 @@ def run_host_agent(args: argparse.Namespace) -> int:
         state_file=Path(args.state_file) if args.state_file else None,
         keep_accept_ra=args.keep_accept_ra,
         names=names_from_flags(args),
+        claims=claim_rule(args),
     )
     keepalived = keepalived_writer(args)
     bird = None
@@ -421,6 +428,7 @@ def agent_main(
             resync_seconds=args.resync_seconds,
             debounce_seconds=args.debounce_seconds,
             keep_accept_ra=args.keep_accept_ra,
+            vip_policy=args.vip_policy,
             lock=lock_path(args.lock) if args.lock or lock_path().parent.is_dir() else None,
             state_file=Path(args.state_file) if args.state_file else (DEFAULT_STATE_FILE if DEFAULT_STATE_FILE.parent.is_dir() else None),
         )
@@ -429,7 +437,7 @@ def agent_main(
 
     started = {"node": args.node_name, "namespaces": ",".join(args.namespaces) or "all", "resync": f"{args.resync_seconds:g}s",
                "credentials": None, "host": socket.gethostname(),
-               "keepalived": str(keepalived.config.directory) if keepalived is not None else "off"}
+               "keepalived": str(keepalived.config.directory) if keepalived is not None else "off", "vipPolicy": args.vip_policy}
     return _serve(args, "vsop-agent", "vsop.kube.agent", build, started, stopped={"node": args.node_name}, connection=connection)
 
 
@@ -439,7 +447,8 @@ def controller_main(argv: Sequence[str] | None = None, *, connection: Connection
     if isinstance(args, int):
         return args
 
-    started: dict[str, str | None] = {"namespaces": ",".join(args.namespaces) or "all", "resync": f"{args.resync_seconds:g}s", "credentials": None}
+    started: dict[str, str | None] = {"namespaces": ",".join(args.namespaces) or "all", "resync": f"{args.resync_seconds:g}s", "credentials": None,
+                                      "vipPolicy": args.vip_policy}
 
     def build(connection: Connection) -> Any:
         from vsop.kube.client import ApiWriter
@@ -448,7 +457,7 @@ def controller_main(argv: Sequence[str] | None = None, *, connection: Connection
         from vsop.kube.relist import Relister
 
         leader = _leader()
-        options = ControllerOptions(tuple(args.namespaces), args.resync_seconds, args.debounce_seconds)
+        options = ControllerOptions(tuple(args.namespaces), args.resync_seconds, args.debounce_seconds, vip_policy=args.vip_policy)
         elector = None
         if args.leader_elect:
             timing = leader.Timing(args.lease_duration_seconds, args.renew_deadline_seconds, args.retry_period_seconds)

@@ -14,7 +14,9 @@ from typing import Any
 
 from vsop.api.errors import FieldError, InvalidInput
 from vsop.api.manifests import Loaded, load_paths, problem_errors, read_stdin
+from vsop.api.pools import parse_block
 from vsop.core import ops
+from vsop.core.claims import POLICIES, ClaimRule
 from vsop.core.commands import command_lines
 from vsop.core.desired import Desired, Node
 from vsop.core.plan import Plan
@@ -89,6 +91,32 @@ def add_bird_socket(parser: argparse.ArgumentParser) -> None:
         "--bird-socket", default=BIRD_SOCKET, metavar="SOCKET",
         help=f"BIRD's control socket, for its BGP sessions (default {BIRD_SOCKET}; asked when it exists or VIPs are announced)",
     )
+
+
+VIP_POLICY_HELP_HOST = ("any (default on a plain host, where the store's writer is root): every VIP but the cloud metadata "
+                        "addresses; pools: only VIPs inside an --allow-vip entry")
+ALLOW_VIP_HELP = ("an address, CIDR or first-last range VIPs may take; repeatable. A cloud metadata address (169.254.169.254, "
+                  "fd00:ec2::254) is refused unless an entry is exactly that address")
+
+
+def add_claim_flags(parser: argparse.ArgumentParser) -> None:
+    """--vip-policy and --allow-vip: who may claim which VIP on a plain host (vsop.core.claims)."""
+    parser.add_argument("--vip-policy", choices=POLICIES, default="any", help=VIP_POLICY_HELP_HOST)
+    parser.add_argument("--allow-vip", action="append", default=[], metavar="ADDRESS", help=ALLOW_VIP_HELP)
+
+
+def claim_rule(args: argparse.Namespace) -> ClaimRule:
+    """The plain host's rule from --vip-policy and --allow-vip; a malformed entry is invalid input (exit 2)."""
+    allowed = tuple(getattr(args, "allow_vip", None) or ())
+    errors = []
+    for entry in allowed:
+        try:
+            parse_block(entry)
+        except ValueError as exc:
+            errors.append(FieldError(path="--allow-vip", reason=str(exc)))
+    if errors:
+        raise InvalidInput(errors)
+    return ClaimRule(policy=getattr(args, "vip_policy", "any"), host=True, allow=allowed)
 
 
 def names(args: argparse.Namespace) -> Names:

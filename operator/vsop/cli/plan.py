@@ -24,7 +24,7 @@ from vsop.core.state import KernelState
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.api.model import VirtualService
 from vsop.node.whole import derive, program
-from vsop.cli.common import FORMATS, add_common, add_files, add_route_table, load, node, refuse_problems, subcommand
+from vsop.cli.common import FORMATS, add_claim_flags, add_common, claim_rule, add_files, add_route_table, load, node, refuse_problems, subcommand
 from vsop.cli.common import names as common_names
 from vsop.cli.output import Result, exits, failed
 from vsop.cli.store import add_store_options, deletion, not_found, plan_services, refs_to_delete
@@ -52,6 +52,7 @@ def register(sub: Any) -> None:
     add_state_option(p)
     p.add_argument("--prune", action="store_true", help="plan `apply --prune`: the files replace the whole store")
     p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
+    add_claim_flags(p)
     add_common(p, ("commands", *FORMATS))
 
 
@@ -104,7 +105,8 @@ def _planned(
         refuse_problems(replace(desired, problems=tuple(p for p in desired.problems if p.obj in given)), loaded)
 
     kernel_version = None if args.from_empty else running_kernel_version()
-    desired = derive(services, node(args), observed, names=names, kernel_version=kernel_version, out_of_service=view.out_of_service)
+    desired = derive(services, node(args), observed, names=names, kernel_version=kernel_version, out_of_service=view.out_of_service,
+                     rule=claim_rule(args))
     desired, result = program(desired, observed, names, held=held, keep_accept_ra=getattr(args, "keep_accept_ra", False), check=check,
                               drain=view.drain(services, names))
     refuse_problems(result, loaded)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from vsop.core import ops
+from vsop.core.claims import HOST_RULE, ClaimRule
 from vsop.core.desired import Desired
 from vsop.core.held import Held
 from vsop.core.plan import Plan
@@ -38,7 +39,7 @@ from vsop.api.model import VirtualService, is_dns_label
 from vsop.host.store import Store, StoreContents, store_path
 from vsop.node import whole
 from vsop.cli.common import (
-    add_common, add_dry_run, add_files, add_lock_options, add_route_table, add_node, conntrack_notes, load, node, op_json, refuse_problems, report_conntrack, say,
+    add_claim_flags, add_common, add_dry_run, add_files, claim_rule, add_lock_options, add_route_table, add_node, conntrack_notes, load, node, op_json, refuse_problems, report_conntrack, say,
     subcommand,
 )
 from vsop.cli.common import names as common_names
@@ -94,6 +95,7 @@ def register(sub: Any) -> None:
     add_route_table(p)
     add_files(p)
     p.add_argument("--keep-accept-ra", action="store_true", help=KEEP_ACCEPT_RA_HELP)
+    add_claim_flags(p)
     add_common(p)
     add_store_options(p, writer=True)
     p.add_argument("--prune", action="store_true", help="remove from the store (and the kernel) every object not in the files")
@@ -205,7 +207,7 @@ def merge(contents: StoreContents, given: list[VirtualService], store: Store, pr
 
 def program(
     merged: Merged, node, names: Names, observed: KernelState, kernel_version, new: set[str],  # type: ignore[no-untyped-def]
-    loaded=None, keep_accept_ra: bool = False, view: AgentView | None = None,  # type: ignore[no-untyped-def]
+    loaded=None, keep_accept_ra: bool = False, view: AgentView | None = None, rule: ClaimRule = HOST_RULE,  # type: ignore[no-untyped-def]
 ) -> tuple[Desired, Plan]:
     """The store as it will be, through the whole-node pipeline: the objects being applied (`new`)
     must be programmable (invalid input otherwise); older ones only warn. `view`: the running
@@ -217,7 +219,8 @@ def program(
                 say(f"warning: VirtualService {problem.obj}: {problem.reason}: {problem.message}")
 
     view = view or AgentView()
-    desired = whole.derive(merged.services, node, observed, names=names, kernel_version=kernel_version, out_of_service=view.out_of_service)
+    desired = whole.derive(merged.services, node, observed, names=names, kernel_version=kernel_version, out_of_service=view.out_of_service,
+                           rule=rule)
     desired, result = whole.program(
         desired, observed, names, held=merged.held, keep_accept_ra=keep_accept_ra, check=check, drain=view.drain(merged.services, names),
     )
@@ -234,6 +237,7 @@ def apply(args: argparse.Namespace) -> Result:
     names = common_names(args)
     loaded = load(args)  # invalid input stops here: nothing read, nothing written
     this_node = node(args)
+    rule = claim_rule(args)  # a malformed --allow-vip stops here too
     store = Store(store_path(args.store))
     new = {vs.ref for vs in loaded.services}
     if args.prune and not loaded.services and not args.allow_empty:
@@ -253,7 +257,7 @@ def apply(args: argparse.Namespace) -> Result:
         kernel = real_kernel()
         observed = read_observed(kernel, names)
         view = read_view(state_file(args))  # under the lock: the agent's last turn
-        desired, result = program(merged, this_node, names, observed, running_kernel_version(), new, loaded, args.keep_accept_ra, view)
+        desired, result = program(merged, this_node, names, observed, running_kernel_version(), new, loaded, args.keep_accept_ra, view, rule)
         probe(kernel, result, names)  # a kernel that cannot do it refuses before the store changes
         stored = store.write(loaded.services)
         pruned: list[Path] = []

@@ -8,7 +8,11 @@ the same verdict):
   metadata address is refused under both policies unless a granting pool names it as a
   single address;
 - `host_vip_refused`: on a plain host pools are optional, the metadata addresses are
-  refused unless `--allow-vip` names them;
+  refused unless `--allow-vip` names them (with `--vip-policy=pools` every VIP must lie in
+  an `--allow-vip` entry);
+- `ClaimRule` (one of the two above, as configured where it runs, cached per VIP and
+  namespace) and `admit`: every object refused its claim, the rule first, then sharing and
+  ports among the admitted ones;
 - `resolve_claims`: one VIP:port/protocol has one owner, the older object; a VIP used by
   one namespace is claimed from another only when both objects carry the same
   `vsop.dev/allow-shared-ip` key (and their ports differ, MetalLB's rule);
@@ -20,11 +24,11 @@ Must not import: kopf, kubernetes, pyroute2, asyncio, subprocess, socket, vsop.a
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping, Sequence
 
 from vsop.api.model import VirtualService
-from vsop.api.pools import METADATA_ADDRESSES, VipPool, pool_summary
+from vsop.api.pools import METADATA_ADDRESSES, VipPool, parse_block, pool_summary
 from vsop.core.desired import Problem
 from vsop.core.state import hostport
 
@@ -73,13 +77,76 @@ def vip_not_allowed(vip: str, namespace: str, pools: Sequence[VipPool], namespac
     return f"{vip} lies in no VipPool granting namespace {namespace} ({_names(pools)})"
 
 
-def host_vip_refused(vip: str, allowed: Iterable[str] = ()) -> str | None:
-    """On a plain host (no cluster): only the metadata addresses, unless `--allow-vip` names them."""
-    if not is_metadata_address(vip):
-        return None
-    if str(ipaddress.ip_address(vip)) in {str(ipaddress.ip_address(a)) for a in allowed}:
-        return None
-    return f"{vip} is a cloud metadata address (the host's instance credentials): refused unless --allow-vip={vip} is given"
+def host_vip_refused(vip: str, allowed: Iterable[str] = (), policy: Policy = "any") -> str | None:
+    """On a plain host (no cluster): the store's writer is root, so pools are optional there.
+
+    `allowed` are the `--allow-vip` entries (addresses, CIDRs, `first-last` ranges). A metadata
+    address is refused unless an entry is that single address; with `policy` "pools" every VIP
+    must lie in an entry (the host's own pool).
+    """
+    blocks = [parse_block(entry) for entry in allowed]
+    address = ipaddress.ip_address(vip)
+    if is_metadata_address(vip):
+        if any(b.first == b.last and address in b for b in blocks):
+            return None
+        return f"{vip} is a cloud metadata address (the host's instance credentials): refused unless --allow-vip={vip} is given"
+    if policy == "pools" and not any(address in b for b in blocks):
+        given = ", ".join(allowed) if allowed else "none given"
+        return f"{vip} lies in no --allow-vip entry (--vip-policy=pools; entries: {given})"
+    return None
+
+
+@dataclass(frozen=True)
+class ClaimRule:
+    """Who may claim which VIP where this runs: a cluster's VipPools under `policy`, or a plain
+    host's `--allow-vip` entries (`host`). Decisions are cached per (VIP, namespace)."""
+
+    policy: Policy = "any"
+    pools: tuple[VipPool, ...] = ()
+    namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # the Namespaces that exist
+    host: bool = False
+    allow: tuple[str, ...] = ()  # --allow-vip entries (plain hosts)
+    _decided: dict[tuple[str, str], str | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def why_not(self, vip: str, namespace: str) -> str | None:
+        """Why `namespace` may not claim `vip` here, or None."""
+        key = (vip, namespace)
+        if key not in self._decided:
+            if self.host:
+                self._decided[key] = host_vip_refused(vip, self.allow, self.policy)
+            else:
+                self._decided[key] = vip_not_allowed(vip, namespace, self.pools, self.namespace_labels.get(namespace), self.policy)
+        return self._decided[key]
+
+    def refusal(self, vs: VirtualService) -> Problem | None:
+        why = self.why_not(vs.spec.vip, vs.metadata.namespace)
+        return Problem(vs.ref, NOT_ALLOWED, why) if why is not None else None
+
+
+HOST_RULE = ClaimRule(host=True)  # a plain host without --allow-vip: only the metadata addresses are refused
+
+
+def admit(services: Iterable[VirtualService], rule: ClaimRule | None, *, sharing: bool = True,
+          seniority: Mapping[str, str] | None = None) -> dict[str, Problem]:
+    """Every object refused its claim, ref -> why: VIPNotAllowed by `rule`, then (with `sharing`,
+    in a cluster) the Conflicts of `resolve_claims` among the others. `services` in conflict order.
+
+    An object refused by the rule claims nothing: it neither wins a port nor blocks another
+    namespace from the VIP, so an older object outside its pool cannot squat what a pool
+    grants to another namespace.
+    """
+    refused: dict[str, Problem] = {}
+    allowed: list[VirtualService] = []
+    for vs in services:
+        problem = rule.refusal(vs) if rule is not None else None
+        if problem is not None:
+            refused[vs.ref] = problem
+        else:
+            allowed.append(vs)
+    if sharing:
+        for problem in resolve_claims(allowed, seniority)[1]:
+            refused.setdefault(problem.obj, problem)
+    return refused
 
 
 def shared_key(vs: VirtualService) -> str | None:

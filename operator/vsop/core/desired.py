@@ -339,6 +339,7 @@ def desired_state(
     kernel_version: tuple[int, int] | None = None,
     vip_owners: Mapping[str, str] | None = None,
     announcing: bool = True,
+    refused: Mapping[str, Problem] | None = None,
 ) -> Desired:
     """The node's desired kernel state.
 
@@ -351,6 +352,8 @@ def desired_state(
     `vip_owners` maps addresses to the object whose VIP each is (default: the VIPs of `services`):
     an object with a static backend on another object's VIP is refused (BackendIsVIP).
     `announcing`: False while the node is being drained: no VIP is announced over BGP.
+    `refused`: objects refused their claim (vsop.core.claims.admit: ref -> why): never programmed,
+    and they claim no port, so they lose no conflict to and win none from the others.
     An `announce: bgp` object gets a route for its VIP when it is programmed and at least one
     of its IPVS services has a real server that takes new connections (weight > 0, not
     every one of them failing its checks).
@@ -363,7 +366,12 @@ def desired_state(
             vip_owners.setdefault(vs.spec.vip, vs.ref)
     own_addresses = _own_addresses(node_addresses if isinstance(node_addresses, frozenset) else frozenset(node_addresses))
     reserved_by = {str(ipaddress.ip_address(a)): whose for a, whose in (reserved or {}).items()}
-    winners, problems = resolve_conflicts(services)
+    problems: list[Problem] = []
+    if refused:
+        problems = [refused[vs.ref] for vs in services if vs.ref in refused]
+        services = [vs for vs in services if vs.ref not in refused]
+    winners, lost = resolve_conflicts(services)
+    problems += lost
 
     found = _Programmed()
     for vs in winners:

@@ -30,11 +30,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, TypeVar
 
 from vsop.adapters.conntrack import ConntrackCleaner
 from vsop.bgp.writer import BirdAnnouncer
-from vsop.core.desired import Node
+from vsop.api.model import VirtualService
+from vsop.core.claims import HOST_RULE, ClaimRule
+from vsop.core.desired import Node, Problem
 from vsop.core.health import HealthTracker
 from vsop.core.state import Names
 from vsop.host.folder import FolderSource
@@ -77,6 +79,7 @@ class AgentConfig:
     keep_accept_ra: bool = False  # refuse IPv6 VIPs that would need accept_ra changed (as apply --keep-accept-ra)
     sweep_seconds: float = 0.0  # every file stat-ed this often (0: every poll); see FolderSource (vsop agent: 5)
     status_seconds: float = 1.0  # the running agent rewrites the status file at most this often
+    claims: ClaimRule = HOST_RULE  # who may claim which VIP (--vip-policy, --allow-vip; vsop.core.claims)
 
 
 class HostAgent:
@@ -120,6 +123,7 @@ class HostAgent:
                              resync_seconds=config.resync_seconds, debounce_seconds=config.debounce_seconds,
                              retry=lambda failures: config.retry_seconds, settle=True, keep_probing_held=True,
                              remember=RememberFile(config.state_file) if config.state_file else None)
+        self.refusals: dict[str, Problem] = {}  # ref -> why it may not claim its VIP here
         self.drift_repairs = 0  # operations that put back what changed behind vsop's back
         self.last_repairs: list[str] = []
         self.polled_at = float("-inf")  # when the folder was last polled (monotonic)
@@ -180,7 +184,19 @@ class HostAgent:
             # the virtual server and reset its connections).
             declared = self.source.services() if self.keepalived is not None else []
         rendered = KeepalivedInput(declared, stand_ins, complete) if self.keepalived is not None else None
-        return Feed(changed=changed, order=order, held=held, keepalived=rendered)
+        return Feed(changed=changed, order=order, held=held, keepalived=rendered, refusals=self._refused(changed))
+
+    def _refused(self, changed: Mapping[str, VirtualService | None]) -> dict[str, Problem]:
+        """The objects refused their VIP (--allow-vip, --vip-policy), kept per change: judged as each object changes."""
+        for ref, vs in changed.items():
+            problem = self.config.claims.refusal(vs) if vs is not None else None
+            if problem is None:
+                self.refusals.pop(ref, None)
+            elif self.refusals.get(ref) != problem:
+                self.refusals[ref] = problem
+                log.warning("VirtualService refused its VIP: not programmed virtualService=%s field=spec.vip reason=%s message=%r",
+                            ref, problem.reason, problem.message)
+        return self.refusals
 
     def _judge(self, turn: Turn) -> None:
         """Still under the lock: the verdicts the status file must look at again, the log lines."""

@@ -6,6 +6,8 @@ its sink (vsop.kube.sink: this node's NodeReport entries, Events, object states)
 node's turn (vsop.node.loop, the same one the host agent drives: writer lock, reconciler,
 health checks, draining, keepalived after a good sync, metrics, the schedule). Each turn
 hands the reconciler what changed in the indexes (every object on a periodic full resync),
+the objects refused their claim (vsop.kube.claims: the VipPools and Namespaces under
+`--vip-policy`, decided by vsop.core.claims.admit as the controller decides it),
 the serviceRef endpoints, the node and the published health of static backends
 (vsop.kube.checkers); nothing at all happens before the first complete listing of every
 watched kind. The kernel and the conntrack cleaner are injected; only the command line
@@ -26,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from vsop.api.model import VirtualService
-from vsop.core.desired import Node
+from vsop.core.claims import NOT_ALLOWED, ClaimRule, Policy, admit
+from vsop.core.desired import Node, Problem
 from vsop.core.health import HealthTracker
 from vsop.core.held import Held
 from vsop.core.state import Names
@@ -36,6 +39,7 @@ from vsop.kube import endpoints as eps
 from vsop.kube import report as reports
 from vsop.kube.apiserver import ApiServerAddresses
 from vsop.kube.apiserver import watched as apiserver_watched
+from vsop.kube.claims import ClaimWatch
 from vsop.kube.client import Writer
 from vsop.kube.metrics import AgentMetrics, Probes
 from vsop.kube.runtime import ListingGate, kopf_settings, kv, run_with_kopf
@@ -73,6 +77,7 @@ class AgentOptions:
     lock: Path | None = None
     lock_wait_seconds: float = 60.0  # a sync gives up after this and is retried
     state_file: Path | None = None  # health verdicts and drains kept across restarts (vsop.node.remember)
+    vip_policy: Policy = "pools"  # a VIP must lie in a VipPool granting its namespace (vsop.core.claims)
 
 
 class Agent:
@@ -116,6 +121,10 @@ class Agent:
         self.trigger = self.loop.trigger
         self.gate = ListingGate(self.trigger, f"{COMPONENT} {self.node_name}")
         self.source = ClusterSource(self.node_name, self.trigger, self.gate)
+        # Who may claim which VIP: the VipPools and Namespaces, judged as the controller judges (vsop.kube.claims).
+        self.claims = ClaimWatch(options.vip_policy, self.trigger, self.gate)
+        self.claims.register(self.source.registry)
+        self._refusals: tuple[ClaimRule, dict[str, Problem]] | None = None  # the rule and every object it refused
         self.sink = NodeReportSink(self.node_name, writer, self.metrics, self.reconciler, self.source.records, options.names)
         self._checks_sent: dict[str, dict[str, bool]] = {}  # owner -> what this node last reported as a checker
         self.registry = self.source.registry
@@ -232,10 +241,12 @@ class Agent:
     def _feed(self, changes: Changes, node: Node, extra: tuple[str, ...], down: frozenset[Any]) -> Feed:
         delta = {reports.ref_of(*key): record.vs if record is not None else None for key, record in changes.objects.items()}
         keepalived = None
+        services = self.source.services()
+        refusals = self._refused(services, bool(changes.objects))
         if self.keepalived is not None:
             # An object declared but invalid keeps its conf.d section as it keeps its kernel state
             # (core.held); it has no last good definition here (`complete`: nothing to wait for).
-            keepalived = KeepalivedInput(self.source.services(), endpoints=self.reconciler.endpoints, node=node, prepare=self.password.check)
+            keepalived = KeepalivedInput(services, endpoints=self.reconciler.endpoints, node=node, prepare=self.password.check)
         return Feed(
             # Invalid objects are not the reconciler's to derive: what the kernel has for them is
             # held (core.held; the owners live in the set comments, so this holds after a restart
@@ -249,8 +260,24 @@ class Agent:
             reserved=self.apiserver.reserved() if self.apiserver is not None else {},
             out_of_service=down,
             held=Held(owners=frozenset(reports.ref_of(*key) for key in self.source.invalid)),
+            refusals=refusals,
             keepalived=keepalived,
         )
+
+    def _refused(self, services: list[VirtualService], changed: bool) -> dict[str, Problem]:
+        """Every object refused its claim (vsop.core.claims.admit, as the controller decides it),
+        judged again when an object, a VipPool or a Namespace's labels changed."""
+        rule = self.claims.rule()
+        if self._refusals is not None and self._refusals[0] is rule and not changed:
+            return self._refusals[1]
+        refusals = admit(services, rule)
+        before = self._refusals[1] if self._refusals is not None else {}
+        for ref in sorted(refusals.keys() - before.keys()):
+            if refusals[ref].reason == NOT_ALLOWED:
+                log.warning(kv("VirtualService refused its VIP: not programmed", node=self.node_name, virtualService=ref,
+                               field="spec.vip", reason=NOT_ALLOWED, message=refusals[ref].message))
+        self._refusals = (rule, refusals)
+        return refusals
 
     def _judge(self, turn: Turn, cover_all: bool) -> tuple[KernelOutcome, KeepalivedReport | None]:
         """Still in the turn's thread: the verdicts the report needs, and what keepalived made of each object."""
@@ -258,7 +285,8 @@ class Agent:
         outcome = kernel_outcome(self.reconciler, turn.outcome, cover_all)
         if turn.keepalived is None or self.keepalived is None or turn.feed is None or turn.feed.keepalived is None:
             return outcome, None
-        rendered: list[VirtualService] = [vs for vs in turn.feed.keepalived.services if vs.ref not in self.reconciler.held_problems]
+        rendered: list[VirtualService] = [vs for vs in turn.feed.keepalived.services
+                                        if vs.ref not in self.reconciler.held_problems and vs.ref not in self.reconciler.refusals]
         report = keepalived_report(self.keepalived, turn.keepalived, rendered, self.reconciler.endpoints, set(self.reconciler.programmed))
         return outcome, report
 

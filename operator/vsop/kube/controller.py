@@ -1,7 +1,8 @@
 """The controller (`vsop controller`, a Deployment of two replicas, one writing): sums up what the nodes report.
 
-Owns the cluster-wide verdicts: conflicts (the same `resolve_conflicts` every agent
-runs, over the same objects in the same order, so both agree on the winner), invalid
+Owns the cluster-wide verdicts: who may claim which VIP and conflicts (the same
+vsop.core.claims.admit every agent runs, over the same objects, VipPools and Namespaces
+(vsop.kube.claims) in the same order, so both agree: `VIPNotAllowed` or the winner), invalid
 specs, the `Ready` / `Programmed` / `Degraded` / `Conflict` conditions with
 `status.backends` and `status.observedGeneration`, summed up from the nodes' NodeReports
 (vsop.kube.report: one object per node, which only the controller watches), deleting
@@ -24,9 +25,11 @@ from typing import Any, Awaitable, Callable, Coroutine, Mapping, Sequence
 
 import kopf
 
-from vsop.core.desired import Node, applies_to_node, resolve_conflicts
+from vsop.core.claims import NOT_ALLOWED, Policy, admit
+from vsop.core.desired import Node, Problem, applies_to_node
 from vsop.kube import checkers, objects
 from vsop.kube import report as reports
+from vsop.kube.claims import ClaimWatch
 from vsop.kube.client import PLURAL, ApiError, ObjectRef, Writer
 from vsop.kube.leader import Elector, LeaderWriter
 from vsop.kube.loadbalancers import LoadBalancerApi, LoadBalancers, Options as LoadBalancerOptions
@@ -41,6 +44,7 @@ log = logging.getLogger("vsop.kube.controller")
 COMPONENT = "vsop-controller"
 VS_INDEX, NODE_INDEX, REPORT_INDEX = "vsop_virtualservices", "vsop_nodes", "vsop_nodereports"
 PATCH_CONCURRENCY = 8
+_KEPT = Problem("", "", "")  # what refusals.get answers for an object not refused
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class ControllerOptions:
     namespaces: tuple[str, ...] = ()
     resync_seconds: float = 30.0
     debounce_seconds: float = 0.1
+    vip_policy: Policy = "pools"  # a VIP must lie in a VipPool granting its namespace (vsop.core.claims)
 
 
 class LeaseLost(Exception):
@@ -150,6 +155,9 @@ class Controller:
         # brings the object back, a turn sees the map still there and must not remove it again.
         self._legacy_removed: dict[tuple[str, str, str | None], Observed] = {}
         self.registry = self._build_registry()
+        # Who may claim which VIP: the VipPools and Namespaces, judged as every agent judges (vsop.kube.claims).
+        self.claims = ClaimWatch(options.vip_policy, self.trigger, self.gate)
+        self.claims.register(self.registry)
         self.settings = kopf_settings()
         # LoadBalancer Services (vsop.kube.loadbalancers): built on this controller's writer and leadership.
         self.load_balancers = load_balancers(self.writer, lambda: self.leading) if load_balancers is not None else None
@@ -277,8 +285,10 @@ class Controller:
             return report
         records, nodes, node_reports = snapshot or self._snapshot()
         valid = sorted((r.vs for r in records if r.vs is not None), key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
-        _, problems = resolve_conflicts(valid)
-        conflicts = {p.obj: p.message for p in problems if p.reason == "Conflict"}
+        # The agents refuse the same objects (vsop.core.claims.admit over the same objects, in the same order).
+        refusals = admit(valid, self.claims.rule())
+        conflicts = {ref: p.message for ref, p in refusals.items() if p.reason == "Conflict"}
+        not_allowed = {ref: f"spec.vip: {p.message}" for ref, p in refusals.items() if p.reason == NOT_ALLOWED}
         ready_nodes = {name: facts for name, facts in nodes.items() if facts.ready}
         self._forget_gone(records)
 
@@ -286,13 +296,14 @@ class Controller:
         jobs = []
         counts: dict[tuple[str, str], int] = {}
         for record in records:
-            job = self._status_job(record, conflicts, ready_nodes, node_reports, periodic, now, counts, report)
+            job = self._status_job(record, (conflicts, not_allowed), ready_nodes, node_reports, periodic, now, counts, report)
             if job is not None:
                 jobs.append(job)
         if jobs:
             await _run_limited(jobs)
         if self.load_balancers is not None:
-            report.failed += await self.load_balancers.reconcile([r.vs for r in records if r.vs is not None])
+            # An object refused its VIP holds no address: the allocator may hand it out.
+            report.failed += await self.load_balancers.reconcile([vs for vs in valid if refusals.get(vs.ref, _KEPT).reason != NOT_ALLOWED])
         await self._delete_gone_reports(node_reports, nodes, report)
         if report.failed:
             raise ApiError(0, f"{report.failed} write(s) failed")
@@ -309,11 +320,12 @@ class Controller:
         for identity in [i for i in self._legacy_removed if i not in present]:
             del self._legacy_removed[identity]
 
-    def _status_job(self, record: Observed, conflicts: Mapping[str, str], ready_nodes: Mapping[str, NodeFacts],
+    def _status_job(self, record: Observed, refused: tuple[Mapping[str, str], Mapping[str, str]], ready_nodes: Mapping[str, NodeFacts],
                     node_reports: Mapping[str, dict[str, Any]], periodic: bool, now: str,
                     counts: dict[tuple[str, str], int], report: ReconcileReport) -> Coroutine[Any, Any, None] | None:
         """One object's status as the nodes' reports make it: the patch to write (None: it is
-        already so); its conditions are added to counts."""
+        already so); its conditions are added to counts. `refused`: (conflicts, VIPs not allowed), ref -> why."""
+        conflicts, not_allowed = refused
         ref = f"{record.namespace}/{record.name}"
         if record.vs is not None:
             selected = tuple(sorted(n for n, f in ready_nodes.items() if applies_to_node(record.vs, Node(n, f.labels))))
@@ -329,6 +341,7 @@ class Controller:
             generation=record.generation,
             invalid=f"spec is invalid: {record.error}" if record.error else None,
             conflict=conflicts.get(ref) or _node_conflict(node_entries),
+            not_allowed=not_allowed.get(ref),
             expected=expected,
             nodes=node_entries,
             known_nodes=None,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from vsop.api.model import VirtualService
+from vsop.core.claims import NOT_ALLOWED
 from vsop.core.desired import Problem
 from vsop.core.fragments import Fragment
 from vsop.core.held import parse_member
@@ -257,8 +258,8 @@ class NodeReportSink:
             elif problem is not None and problem.reason == "Conflict" and ref in self.reconciler.held_problems:
                 # Refused for what an invalid owner still serves: only the nodes know; the controller reads it here.
                 entry = NodeEntry(False, 0, 0, f"{problem.reason}: {problem.message}", record.generation)
-            elif problem is not None and problem.reason == "Conflict":
-                entry = None  # a conflict loser: the controller reports it
+            elif problem is not None and problem.reason in ("Conflict", NOT_ALLOWED):
+                entry = None  # a conflict loser, or refused its VIP (vsop.core.claims): the controller reports it, once
             elif problem is not None:
                 entry = NodeEntry(False, 0, 0, f"{problem.reason}: {problem.message}", record.generation)
             elif ref in programmed:

@@ -90,6 +90,7 @@ class Facts:
     generation: int | None
     invalid: str | None = None  # why the current spec is refused, or None
     conflict: str | None = None  # the conflict, naming the winner, or None
+    not_allowed: str | None = None  # why its namespace may not claim its VIP (vsop.core.claims), or None
     expected: tuple[str, ...] = ()  # Ready nodes the nodeSelector matches whose agent has a NodeReport
     nodes: Mapping[str, Any] | None = None  # node -> its entry for this object, from the NodeReports
     known_nodes: frozenset[str] | None = None  # every Node of the cluster; None while not listed yet
@@ -143,6 +144,8 @@ def summarize(facts: Facts) -> Summary:
     if facts.invalid is not None:
         still = f"; {n} node(s) keep programming the last valid generation" if n else ""
         prog = _condition("Programmed", False, "InvalidSpec", f"{facts.invalid}{still}", gen)
+    elif facts.not_allowed is not None:
+        prog = _condition("Programmed", False, "VIPNotAllowed", facts.not_allowed, gen)
     elif facts.conflict is not None:
         prog = _condition("Programmed", False, "Conflict", facts.conflict, gen)
     elif m == 0 and facts.unreported:
@@ -162,12 +165,12 @@ def summarize(facts: Facts) -> Summary:
         degraded = _condition("Degraded", True, reason, f"failed on {len(failed)} node(s): {failures}", gen)
     elif facts.invalid is not None and n:
         degraded = _condition("Degraded", True, "InvalidSpec", f"{facts.invalid}; {n} node(s) keep programming the last valid generation", gen)
-    elif facts.invalid is None and facts.conflict is None and n and healthy == 0:
+    elif facts.invalid is None and facts.conflict is None and facts.not_allowed is None and n and healthy == 0:
         degraded = _condition("Degraded", True, "NoReadyBackends", f"no ready backends ({total} known); {on_nodes}", gen)
     else:
         degraded = _condition("Degraded", False, "AsExpected", "", gen)
 
-    if prog["reason"] in ("InvalidSpec", "Conflict", "NoMatchingNodes"):
+    if prog["reason"] in ("InvalidSpec", "VIPNotAllowed", "Conflict", "NoMatchingNodes"):
         ready = _condition("Ready", False, prog["reason"], prog["message"], gen)
     elif n == 0:
         ready = _condition("Ready", False, prog["reason"], prog["message"], gen)
@@ -208,7 +211,7 @@ class EventSpec:
 
 
 def transition_events(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> list[EventSpec]:
-    """What a user must notice in a change of conditions: conflict, invalid spec, degraded, programmed."""
+    """What a user must notice in a change of conditions: conflict, invalid spec, a VIP not allowed, degraded, programmed."""
     before = {c.get("type"): c for c in old if isinstance(c, Mapping)}
     after = {c["type"]: c for c in new}
     events: list[EventSpec] = []
@@ -221,8 +224,8 @@ def transition_events(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[st
     if conflict and conflict["status"] == "True" and changed("Conflict", "status", "message"):
         events.append(EventSpec("Warning", "Conflict", conflict["message"]))
     ready = after.get("Ready")
-    if ready and ready["reason"] == "InvalidSpec" and changed("Ready", "reason", "message"):
-        events.append(EventSpec("Warning", "InvalidSpec", ready["message"]))
+    if ready and ready["reason"] in ("InvalidSpec", "VIPNotAllowed") and changed("Ready", "reason", "message"):
+        events.append(EventSpec("Warning", ready["reason"], ready["message"]))
     degraded = after.get("Degraded")
     if degraded and degraded["status"] == "True" and degraded["reason"] != "InvalidSpec" and changed("Degraded", "status", "reason"):
         events.append(EventSpec("Warning", degraded["reason"], degraded["message"]))

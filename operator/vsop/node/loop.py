@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, TypeVar
 
 from vsop.api.model import VirtualService
-from vsop.core.desired import Endpoint, Node
+from vsop.core.desired import Endpoint, Node, Problem
 from vsop.core.fragments import serves
 from vsop.core.health import HealthTracker
 from vsop.core.held import Held
@@ -141,6 +141,7 @@ class Feed:
     node: Node | None = None
     extra_addresses: tuple[str, ...] | None = None
     reserved: Mapping[str, str] | None = None
+    refusals: Mapping[str, Problem] | None = None  # every object refused its claim (vsop.core.claims.admit); None: as before
     keepalived: KeepalivedInput | None = None
 
 
@@ -291,6 +292,8 @@ class NodeLoop:
             reconciler.set_node(feed.node, feed.extra_addresses)
         if feed.reserved is not None:
             reconciler.set_reserved(feed.reserved)
+        if feed.refusals is not None:
+            reconciler.set_refusals(feed.refusals)
         reconciler.set_out_of_service(self.tracker.out_of_service() | feed.out_of_service)
         reconciler.set_held(feed.held)
 
@@ -300,7 +303,7 @@ class NodeLoop:
         keepalived is configured from definitions: held objects render from their last good ones
         (stand-ins); those with none keep their live sections (confd layout), as the kernel keeps
         their state (core.held), while the rest is updated. Objects refused for a held owner's
-        ports are left out, as in the kernel."""
+        ports, and those refused their claim (vsop.core.claims), are left out, as in the kernel."""
         writer, reconciler = self.keepalived, self.reconciler
         if writer is None or not writer.wanted([*given.services, *given.stand_ins]):
             return None
@@ -310,7 +313,7 @@ class NodeLoop:
             log.info("keepalived configuration (layout single) left as it is while objects are held objects=%s", sorted(reconciler.held.owners) or "unknown")
             return None
         usable = {vs.ref for vs in given.services}
-        services = [vs for vs in given.services + [s for s in given.stand_ins if s.ref not in usable] if vs.ref not in reconciler.held_problems]
+        services = [vs for vs in given.services + [s for s in given.stand_ins if s.ref not in usable] if vs.ref not in reconciler.held_problems and vs.ref not in reconciler.refusals]
         if not writer.wanted(services):
             return None
         if given.prepare is not None:

@@ -92,6 +92,7 @@ class Objects:
         self.out_of_service: frozenset[RealServerKey] = frozenset()
         self.reserved: dict[str, str] = {}  # address -> whose (the API server's): refused as a VIP
         self.announcing = True  # False while the node is drained: no VIP announced over BGP
+        self.refusals: dict[str, Problem] = {}  # ref -> why it may not claim its VIP (vsop.core.claims.admit)
         # derived, kept per object
         self.fragments: dict[str, Fragment] = {}
         # One ref, or a set of them where several share the key (rare): a set per VIP and per
@@ -213,6 +214,16 @@ class Objects:
                 self.dirty.update(refs(self.by_vip, address))
         self.reserved = fresh
 
+    def set_refusals(self, refusals: Mapping[str, Problem]) -> None:
+        """Objects refused their claim (vsop.core.claims.admit: ref -> why): never programmed, and
+        they claim no port. Each change re-derives its object and those sharing its claims."""
+        if refusals == self.refusals:
+            return
+        for ref in self.refusals.keys() | refusals.keys():
+            if self.refusals.get(ref) != refusals.get(ref):
+                self.dirty.add(ref)
+        self.refusals = dict(refusals)
+
     def set_out_of_service(self, keys: frozenset[RealServerKey]) -> None:
         """The real servers health checks took out; each flip re-derives its one object."""
         for key in keys ^ self.out_of_service:
@@ -244,7 +255,7 @@ class Objects:
         if not self.dirty:
             return set(), set()
         group = self._claim_group()
-        present = [ref for ref in group if ref in self.objects]
+        present = [ref for ref in group if ref in self.objects and ref not in self.refusals]
         _, problems = resolve_conflicts([self.objects[ref] for ref in self.ordered(present)])
         lost = {problem.obj: problem for problem in problems}
         vips: set[str] = set()
@@ -254,6 +265,8 @@ class Objects:
             vs = self.objects.get(ref)
             if vs is None:
                 new = None
+            elif ref in self.refusals:
+                new = refused(vs, self.refusals[ref])
             elif ref in lost:
                 new = refused(vs, lost[ref])
             elif ref in self.dirty or old is None or old.problems[:1] and old.problems[0].reason == "Conflict":

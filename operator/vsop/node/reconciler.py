@@ -156,6 +156,7 @@ class Reconciler:
     set_node = _part("declared", "set_node", "The node (its labels select objects), and the extra node addresses when given.")
     set_announcing = _part("declared", "set_announcing", "Whether this node asks BGP to attract its VIPs (False: the node is being drained).")
     set_reserved = _part("declared", "set_reserved", "Addresses something the node depends on uses (the API server's), refused as VIPs: address -> whose.")
+    set_refusals = _part("declared", "set_refusals", "Objects refused their claim (vsop.core.claims.admit): ref -> why; never programmed, claiming nothing.")
     set_out_of_service = _part("declared", "set_out_of_service", "The real servers health checks took out; each flip re-derives its one object.")
 
     def set_held(self, held: Held) -> None:
@@ -181,6 +182,7 @@ class Reconciler:
     endpoints = _part("declared", "endpoints", "serviceRef (namespace, name) -> its endpoints.")
     out_of_service = _part("declared", "out_of_service", "The real servers health checks took out.")
     reserved = _part("declared", "reserved", "Addresses refused as VIPs: address -> whose.")
+    refusals = _part("declared", "refusals", "Objects refused their claim: ref -> why.")
     announcing = _part("declared", "announcing", "False while the node is drained: no VIP announced over BGP.")
     fragments = _part("declared", "fragments", "ref -> its desired Fragment.")
     configured = _part("declared", "configured", "Every configured real server -> its object.")

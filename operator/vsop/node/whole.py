@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Mapping
 
 from vsop.adapters.kernel import Kernel, read_observed
 from vsop.core import ops
+from vsop.core.claims import HOST_RULE, ClaimRule, admit
 from vsop.core.desired import Desired, Endpoint, Node, desired_state
 from vsop.core.drift import Repair, repairs
 from vsop.core.held import Held, keep_held
@@ -59,8 +60,11 @@ def derive(
     endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
     out_of_service: frozenset[RealServerKey] = frozenset(),
     kernel_version: tuple[int, int] | None = None,
+    rule: ClaimRule | None = HOST_RULE,
 ) -> Desired:
-    """The node's desired state from its objects, with the node addresses `observed` was read with."""
+    """The node's desired state from its objects, with the node addresses `observed` was read with.
+    `rule`: who may claim which VIP (vsop.core.claims; a plain host's by default)."""
+    services = list(services)
     return desired_state(
         services,
         node,
@@ -69,6 +73,7 @@ def derive(
         node_addresses=observed.node_addresses,
         out_of_service=out_of_service,
         kernel_version=kernel_version,
+        refused=admit(services, rule, sharing=False) if rule is not None else None,
     )
 
 
