@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 import vsop.node.probes
-from tests.kube.conftest import NODES, VS, Cluster, make_agent, make_controller, until
+from tests.kube.conftest import NODES, VS, WAIT_SECONDS, Cluster, make_agent, make_controller, until
 from vsop.core.state import ServiceKey
 from vsop.kube import checkers
 from vsop.kube.agent import Agent
@@ -116,7 +116,8 @@ async def cluster_of_four(cluster: Cluster) -> AsyncIterator[Nodes]:
     for name in NODE_NAMES:
         nodes.start(name)
     try:
-        await until(nodes.settled, "checkers published and taken up by every agent")
+        # An upper bound only: five components start their watches (VipPools and Namespaces among them) at once.
+        await until(nodes.settled, "checkers published and taken up by every agent", timeout=4 * WAIT_SECONDS)
         yield nodes
     finally:
         for name in list(nodes.stops):
