@@ -23,6 +23,9 @@ ALLOWED = Path(__file__).resolve().parent / "allowed-skips.txt"
 # pytest -q ends with e.g. "12 passed, 2 skipped, 1 deselected, 3 warnings in 4.56s", in -v with "=" around.
 _SUMMARY = re.compile(r"^=*\s*((?:\d+ \w+(?:, )?)+) in [\d.]+s(?: \([^)]*\))?\s*=*$")
 _NO_TESTS = re.compile(r"^=*\s*no tests ran(?: in [\d.]+s)?\s*=*$")
+# Progress glued in front of the summary ("....   [100%]119 passed in 3.1s"): seen in the vm tier when
+# the guest's last newlines did not reach vm/run; the counts after it are still pytest's summary.
+_PROGRESS = re.compile(r"^[.sFExX]*\s*\[\s*\d+%\]\s*")
 _COUNT = re.compile(r"(\d+) (\w+)")
 _SKIPPED = re.compile(r"^SKIPPED \[(\d+)\] (\S+?):(\d+): (.*)$")
 
@@ -66,8 +69,8 @@ def load_allowed(path: Path = ALLOWED) -> list[Allowed]:
 
 def judge(tier: str, output: str, exit_code: int, allowed: list[Allowed] | None = None) -> Verdict:
     allowed = load_allowed() if allowed is None else allowed
-    lines = output.splitlines()
-    summary = next((line.strip("= ").strip() for line in reversed(lines) if _SUMMARY.match(line.strip()) or _NO_TESTS.match(line.strip())), None)
+    lines = [_PROGRESS.sub("", line.strip()) for line in output.splitlines()]
+    summary = next((line.strip("= ").strip() for line in reversed(lines) if _SUMMARY.match(line) or _NO_TESTS.match(line)), None)
     if summary is None:
         return Verdict(f"no pytest summary (exit {exit_code})", problems=["pytest printed no summary line"])
     verdict = Verdict(summary)

@@ -32,6 +32,15 @@ def test_a_tier_that_passed_tests_is_green(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (0, "ok  12 passed, 3 warnings in 4.56s\n")
 
 
+def test_a_summary_glued_to_the_progress_line_is_still_read(tmp_path: Path) -> None:
+    """The vm tier's log once ended "....   [100%]119 passed in 2225.77s (0:37:05)": the guest's last
+    newlines did not reach vm/run. The counts are pytest's all the same, and are judged."""
+    done = verdict(tmp_path, "vm", ".....                        [100%]119 passed in 2225.77s (0:37:05)", 0)
+    assert (done.returncode, done.stdout) == (0, "ok  119 passed in 2225.77s (0:37:05)\n")
+    failed = verdict(tmp_path, "vm", "..F                          [100%]1 failed, 2 passed in 9.1s", 1)
+    assert failed.returncode == 1 and "1 failed" in failed.stdout
+
+
 @pytest.mark.parametrize(
     ("output", "code", "why"),
     [
