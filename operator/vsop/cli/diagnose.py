@@ -60,6 +60,7 @@ def register(sub: Any) -> None:
     p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="seconds between screens with --watch (default 2)")
     add_common(p)
     p.add_argument("--status-file", default=STATUS_FILE, metavar="FILE", help="the host agent's status (health, draining)")
+    add_bird_socket(p)
 
     p = subcommand(
         sub, "doctor", "every known cause of a dead VIP checked on this node, each failure with its fix", DOCTOR_DESCRIPTION,
@@ -107,7 +108,7 @@ def _explain(args: argparse.Namespace) -> Result:
     key = _target(args.target, "VIP:PORT")
     previous: dict[str, Any] | None = None
     while True:
-        facts = gather([key], status_file=args.status_file)
+        facts = gather([key], status_file=args.status_file, bird_socket=args.bird_socket)
         report = explain(facts, key, _origin(args.origin, facts))
         code = output.EXIT_OK if facts.ipvs_available else output.EXIT_FAILURE  # README: a kernel without IPVS is a runtime failure
         if not args.watch:

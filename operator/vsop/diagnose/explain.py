@@ -262,6 +262,20 @@ def _match_step(facts: Facts, key: ServiceKey) -> Step:
     )
 
 
+def _peers(facts: Facts) -> str:
+    """To whom BIRD announces it: the peers whose session is Established (BIRD's own answer)."""
+    bgp = facts.bgp
+    if bgp is None:
+        return ""
+    if bgp.get("error"):
+        return f" but BIRD does not answer at {bgp['socket']}"
+    sessions = bgp.get("sessions") or []
+    up = [s["peer"] for s in sessions if s.get("up")]
+    down = [s["peer"] for s in sessions if not s.get("up")]
+    return (f" to {', '.join(up) if up else 'no peer'} (session Established)"
+            + (f"; not to {', '.join(down)} (session down)" if down else ""))
+
+
 def _route_step(facts: Facts, key: ServiceKey) -> Step:
     names = facts.names
     link = facts.observed.link
@@ -270,7 +284,7 @@ def _route_step(facts: Facts, key: ServiceKey) -> Step:
              f"{key.vip} {'bound' if bound else 'NOT bound'}")
     if f"{key.vip}/{128 if key.family == 6 else 32}" in facts.observed.routes:
         # announce: bgp: the route that makes BIRD attract the VIP here (not consulted by forwarding).
-        found += f"; announced over BGP (blackhole route in table {names.route_table}, learned by BIRD)"
+        found += f"; announced over BGP (blackhole route in table {names.route_table}, learned by BIRD){_peers(facts)}"
     return Step(
         id="route", hook="routing decision", title="the VIP is this node's own address",
         why=(f"The VIP is an address of the dummy link {names.link}, so the kernel delivers the packet locally (INPUT) "
