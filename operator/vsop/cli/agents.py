@@ -79,6 +79,10 @@ GROUPS = {
                   "whenever an object with bgp options changes; a changed file is checked with `bird -p`, renamed into place and\n"
                   "BIRD reconfigured through its control socket (see `vsop render bird --help`). The routes themselves are in\n"
                   "--route-table whether or not this is given."),
+    (BGP, CLUSTER): ("announce: bgp (BIRD 2; off unless --bgp-speaker is given)",
+                     "bird.conf is rendered from the BGPSpeaker file and the objects' bgp options at each resync and whenever an\n"
+                     "object with bgp options changes, checked with `bird -p`, renamed into place and BIRD (a container of the same\n"
+                     "pod, deploy/bgp) reconfigured through the shared control socket; its sessions are served as metrics."),
 }
 # Flags no host agent has: given to `vsop agent`, they make it the in-cluster one.
 CLUSTER_ONLY_FLAGS = (
@@ -195,9 +199,12 @@ FLAGS: tuple[Flag, ...] = (
     _f("--vrrp-track-dir", metavar="DIR", group=KEEPALIVED,
        host=(TRACK_DIR, f"the track files of mode: ipvs objects announced by VRRP, one per object (default {TRACK_DIR})"),
        cluster=(None, f"the track files of mode: ipvs objects announced by VRRP, one per object (default {TRACK_DIR})")),
-    _f("--bgp-speaker", metavar="FILE", group=BGP, host=(None, "the BGPSpeaker (YAML) this node's BIRD uses")),
-    _f("--bird-conf", metavar="FILE", group=BGP, host=("/etc/vsop/bird.conf", "the bird.conf vsop writes (default /etc/vsop/bird.conf)")),
-    _f("--bird-socket", metavar="SOCKET", group=BGP, host=("/run/vsop/bird.ctl", "BIRD's control socket (default /run/vsop/bird.ctl)")),
+    _f("--bgp-speaker", metavar="FILE", group=BGP, host=(None, "the BGPSpeaker (YAML) this node's BIRD uses"),
+       cluster=(None, "the BGPSpeaker (YAML, e.g. a mounted ConfigMap key) this node's BIRD uses; enables BIRD's configuration")),
+    _f("--bird-conf", metavar="FILE", group=BGP, host=("/etc/vsop/bird.conf", "the bird.conf vsop writes (default /etc/vsop/bird.conf)"),
+       cluster=("/etc/vsop/bird/bird.conf", "the bird.conf vsop writes, in a volume BIRD's container reads (default /etc/vsop/bird/bird.conf)")),
+    _f("--bird-socket", metavar="SOCKET", group=BGP, host=("/run/vsop/bird.ctl", "BIRD's control socket (default /run/vsop/bird.ctl)"),
+       cluster=("/run/vsop/bird/bird.ctl", "BIRD's control socket, in a volume shared with BIRD's container (default /run/vsop/bird/bird.ctl)")),
 )
 
 
@@ -321,11 +328,7 @@ def run_host_agent(args: argparse.Namespace) -> int:
         claims=claim_rule(args),
     )
     keepalived = keepalived_writer(args)
-    bird = None
-    if args.bgp_speaker:
-        from vsop.bgp.writer import BirdAnnouncer, BirdWriter
-
-        bird = BirdAnnouncer(args.bgp_speaker, BirdWriter(args.bird_conf, args.bird_socket), names=config.names)
+    bird = bird_announcer(args, config.names) if args.bgp_speaker else None
     kernel = real_kernel()
     kernel.ipvs.probe()  # say it now, not at the first sync: this kernel cannot run the agent
     return run_agent(
@@ -352,6 +355,13 @@ def delegated(argv: Sequence[str]) -> int | None:
     if host or not cluster:
         return None
     return agent_main([a for a in rest if a != "--help-cluster"] + (["--help"] if "--help-cluster" in rest else []))
+
+
+def bird_announcer(args: argparse.Namespace, names: Any = None) -> Any:
+    """The BIRD announcer --bgp-speaker asks for (vsop.bgp.writer), on --bird-conf and --bird-socket."""
+    from vsop.bgp.writer import BirdAnnouncer, BirdWriter
+
+    return BirdAnnouncer(args.bgp_speaker, BirdWriter(args.bird_conf, args.bird_socket), names=names)
 
 
 def keepalived_writer(args: argparse.Namespace) -> KeepalivedWriter | None:
@@ -413,6 +423,8 @@ def agent_main(
         print(f"vsop agent: {exc}", flush=True)
         return 2
 
+    bird = bird_announcer(args) if args.bgp_speaker else None
+
     def build(connection: Connection) -> Any:
         from vsop.kube.agent import COMPONENT, Agent, AgentOptions
         from vsop.kube.apiserver import ApiServerAddresses
@@ -433,11 +445,12 @@ def agent_main(
             state_file=Path(args.state_file) if args.state_file else (DEFAULT_STATE_FILE if DEFAULT_STATE_FILE.parent.is_dir() else None),
         )
         return Agent(options, found[0], ApiWriter(connection, COMPONENT, host=node), conntrack=found[1], keepalived=keepalived,
-                     apiserver=ApiServerAddresses.for_connection(connection))
+                     apiserver=ApiServerAddresses.for_connection(connection), bird=bird)
 
     started = {"node": args.node_name, "namespaces": ",".join(args.namespaces) or "all", "resync": f"{args.resync_seconds:g}s",
                "credentials": None, "host": socket.gethostname(),
-               "keepalived": str(keepalived.config.directory) if keepalived is not None else "off", "vipPolicy": args.vip_policy}
+               "keepalived": str(keepalived.config.directory) if keepalived is not None else "off", "vipPolicy": args.vip_policy,
+               "bgp": args.bgp_speaker or "off"}
     return _serve(args, "vsop-agent", "vsop.kube.agent", build, started, stopped={"node": args.node_name}, connection=connection)
 
 

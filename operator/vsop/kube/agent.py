@@ -15,7 +15,9 @@ watched kind. The kernel and the conntrack cleaner are injected; only the comman
 In keepalived mode (`--keepalived-dir`, off by default) each successful kernel sync is
 followed by the keepalived writer (vsop.keepalived.writer: render with the serviceRef
 endpoints, `keepalived -t`, swap in, SIGHUP only on change); its failures go into the
-status entries of the keepalived-mode objects and Events.
+status entries of the keepalived-mode objects and Events. With --bgp-speaker, each successful
+sync that may have changed it renders bird.conf (vsop.bgp.writer, as the host agent does) for
+BIRD's container, and BIRD's sessions are served as vsop_bgp_session_up{peer}.
 Must not import: vsop.adapters.real, vsop.host, vsop.cli.
 """
 
@@ -33,6 +35,7 @@ from vsop.core.desired import Node, Problem
 from vsop.core.health import HealthTracker
 from vsop.core.held import Held
 from vsop.core.state import Names
+from vsop.bgp.writer import BirdAnnouncer
 from vsop.keepalived.writer import KeepalivedWriter
 from vsop.kube import checkers
 from vsop.kube import endpoints as eps
@@ -93,8 +96,10 @@ class Agent:
         metrics: AgentMetrics | None = None,
         keepalived: KeepalivedWriter | None = None,
         apiserver: ApiServerAddresses | None = None,
+        bird: BirdAnnouncer | None = None,
     ):
         self.options = options
+        self.bird = bird  # announce: bgp: bird.conf from --bgp-speaker, BIRD's sessions as metrics (vsop.bgp.writer)
         self.apiserver = apiserver  # the API server's addresses: refused as VIPs
         self.keepalived = keepalived
         self.password = VrrpPassword(keepalived) if keepalived is not None else None  # read at each render
@@ -108,6 +113,8 @@ class Agent:
         self.tracker = HealthTracker()
         self.roles = checkers.Roles(set(), {}, frozenset())  # which health targets this node checks for the cluster
         self.metrics = metrics or AgentMetrics()
+        if bird is not None:
+            self.metrics.watch_bgp(bird.sessions)
         self.syncs = 0  # syncs that reached the kernel
         # The kernel work: sync, draining, health weights, conntrack (through the engine), incremental.
         self.reconciler = Reconciler(kernel, Node(self.node_name), names=options.names, kernel_version=self.kernel_version,
@@ -282,6 +289,9 @@ class Agent:
     def _judge(self, turn: Turn, cover_all: bool) -> tuple[KernelOutcome, KeepalivedReport | None]:
         """Still in the turn's thread: the verdicts the report needs, and what keepalived made of each object."""
         assert turn.outcome is not None
+        if self.bird is not None and turn.outcome.error is None and turn.feed is not None:
+            if self.bird.due(turn.outcome.full, turn.feed.changed, self.reconciler.objects):
+                self.bird.update(self.reconciler.objects.values())
         outcome = kernel_outcome(self.reconciler, turn.outcome, cover_all)
         if turn.keepalived is None or self.keepalived is None or turn.feed is None or turn.feed.keepalived is None:
             return outcome, None
