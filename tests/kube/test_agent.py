@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 
 from tests.conftest import make_vs
-from tests.kube.conftest import NODES, REPORTS, SLICES, VS, Cluster, resync, run_agent, until
+from tests.kube.conftest import NODES, REPORTS, SLICES, VS, Cluster, make_agent, resync, run_agent, running, until
 from vsop.core import ops
 from vsop.core.desired import Node
 from vsop.core.state import KernelState, ServiceKey, VirtualServer
@@ -324,11 +324,47 @@ async def test_kernel_failure_is_reported_then_retried(node_a: Cluster) -> None:
         fake.refuse = lambda op: kernel_says_no if isinstance(op, ops.AddRealServer) and op.real_server.key.address == "192.168.2.222" else None
         entry = await until(lambda: node_entry(cluster, "web"), "the failure reported")
         assert entry["programmed"] is False and entry["message"].startswith("KernelError: realserver.add") and kernel_says_no in entry["message"]
-        assert agent.probes.readiness()[0] is False
+        # One VIP refused: the node goes on serving the rest, and stays ready.
+        assert agent.probes.readiness() == (True, "ok") and agent.reconciler.kernel_refusals.vips.keys() == {"169.254.11.2"}
         await until(lambda: any(e["reason"] == "KernelError" for e in cluster.events("web")), "the Event")
         fake.refuse = lambda op: None
-        await until(lambda: (node_entry(cluster, "web") or {}).get("programmed"), "programmed on the retry", timeout=5)
+        # Tried again when its backoff (5 s) ends, without any change or resync.
+        await until(lambda: (node_entry(cluster, "web") or {}).get("programmed"), "programmed on the retry", timeout=15)
         assert len(real_servers(fake)) == 2 and agent.probes.readiness() == (True, "ok")
+
+
+async def test_kernel_errors_stay_with_their_object_and_the_rest_is_programmed(node_a: Cluster) -> None:
+    """Two objects refused for two reasons on two VIPs: each entry and Event says its own reason;
+    a third object on another VIP is programmed in the same turn."""
+    cluster = node_a
+    await cluster.vs("lacking", {**WEB, "vip": "169.254.11.3", "scheduler": "twos"})
+    await cluster.vs("unroutable", {**WEB, "vip": "169.254.11.4"})
+    await cluster.vs("fine", {**WEB, "vip": "169.254.11.5"})
+    no_module = "scheduler 'twos' is not available in this kernel (module ip_vs_twos)"
+    not_unicast = "backend 192.168.2.222 is not routable from this node"
+
+    def refuse(op: ops.Op) -> str | None:
+        if isinstance(op, ops.AddService) and op.service.scheduler == "twos":
+            return no_module
+        if isinstance(op, ops.AddRealServer) and op.real_server.key.service.vip == "169.254.11.4" and op.real_server.key.address == "192.168.2.222":
+            return not_unicast
+        return None
+
+    agent, fake, _ = make_agent(cluster)
+    fake.refuse = refuse  # from the first sync on
+    async with running(agent):
+        lacking = await until(lambda: node_entry(cluster, "lacking"), "lacking reported")
+        unroutable = await until(lambda: node_entry(cluster, "unroutable"), "unroutable reported")
+        fine = await until(lambda: node_entry(cluster, "fine"), "fine reported")
+        assert lacking["message"].startswith("KernelError: service.add") and lacking["message"].endswith(no_module)
+        assert "169.254.11.3" in lacking["message"] and not_unicast not in lacking["message"]
+        assert unroutable["message"].startswith("KernelError: realserver.add") and unroutable["message"].endswith(not_unicast)
+        assert "169.254.11.4" in unroutable["message"] and no_module not in unroutable["message"]
+        assert fine["programmed"] is True and fine["message"] == ""
+        await until(lambda: cluster.events("lacking") and cluster.events("unroutable"), "the Events")
+        assert all(no_module in e["message"] and not_unicast not in e["message"] for e in cluster.events("lacking"))
+        assert all(not_unicast in e["message"] and no_module not in e["message"] for e in cluster.events("unroutable"))
+        assert cluster.events("fine") == [] or all(e["reason"] != "KernelError" for e in cluster.events("fine"))
 
 
 async def test_agent_limited_to_namespaces(node_a: Cluster) -> None:

@@ -180,6 +180,9 @@ def show_text(
             lines.extend(f"    {item}" for item in drift.get("last", []))
         if agent_data["lastSync"].get("error"):
             lines.append(f"  last sync failed: {agent_data['lastSync']['error']}")
+        for problem in agent_data["lastSync"].get("problems", []):
+            if problem.get("reason") == "KernelError":  # its VIP left as the kernel has it; the rest of the node is programmed
+                lines.append(f"  KernelError {problem.get('obj')}: {problem.get('message')} (its VIP is tried again with backoff)")
         keepalived = agent_data.get("keepalived")
         if keepalived and keepalived.get("active"):
             written = keepalived.get("lastWritten") or {}

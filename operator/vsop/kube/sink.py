@@ -31,6 +31,7 @@ from vsop.kube.client import ApiError, Writer
 from vsop.kube.metrics import AgentMetrics
 from vsop.kube.runtime import kv
 from vsop.kube.status import NodeEntry
+from vsop.node.metrics import OBJECT_STATES
 from vsop.node.reconciler import Outcome, Reconciler
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ def judge(reconciler: Reconciler, refs: Iterable[str]) -> tuple[dict[str, Proble
         piece = reconciler.fragments.get(ref)
         if piece is None:
             continue
-        found = reconciler.problems(ref) if piece.problems or reconciler.plan_problems or reconciler.held_problems else ()
+        found = reconciler.problems(ref) if piece.problems or reconciler.plan_problems or reconciler.held_problems or reconciler.kernel_refusals else ()
         if found:
             problems[ref] = found[-1]
         if ref in reconciler.programmed:
@@ -402,6 +403,8 @@ class NodeReportSink:
                 state = "invalid"
             elif problems.get(ref) == "Conflict":
                 state = "conflict"
+            elif problems.get(ref) == "KernelError":
+                state = "kernel_error"
             elif ref in problems:
                 state = "failed"
             elif ref in outcome.programmed:
@@ -411,7 +414,7 @@ class NodeReportSink:
                 state = "not_selected"
             self._states[key] = state
             self.state_counts[state] += 1
-        for state_name in ("programmed", "failed", "conflict", "invalid", "not_selected"):
+        for state_name in OBJECT_STATES:
             m.virtualservices.labels(state_name).set(self.state_counts[state_name])
 
     def log_outcome(self, outcome: KernelOutcome, reasons: Iterable[str]) -> None:

@@ -443,6 +443,9 @@ class NodeLoop:
                 next_turn = min(next_full, now + self.resync_seconds)
             else:
                 next_turn = now + (turn_backoff(self.retry(1), raised, self.resync_seconds) if raised else self.retry(failures))
+            retry = self.reconciler.retry_in() if ok else None
+            if retry is not None:  # a VIP the kernel refused is tried again with backoff (vsop.node.refusals)
+                next_turn = min(next_turn, now + retry)
             if ok and self.reconciler.replanning:
                 # The resync found drift on more VIPs than one turn plans: the next part at once,
                 # with whatever changed meanwhile (a change never waits for all of it).

@@ -23,7 +23,8 @@ from vsop.core.state import KernelState
 
 log = logging.getLogger("vsop.node.metrics")
 
-OBJECT_STATES = ("programmed", "failed", "conflict", "invalid", "not_selected")
+# kernel_error: on a VIP the kernel refused a write of (vsop.node.refusals); the rest of the node is programmed.
+OBJECT_STATES = ("programmed", "failed", "kernel_error", "conflict", "invalid", "not_selected")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -41,6 +42,12 @@ class NodeMetrics:
             "vsop_errors", "Errors, by source (kernel: a sync failed; turn: a turn raised, a read of the kernel or the lock failed, and was retried with backoff; "
             "api: a status patch or Event failed; keepalived: its configuration was not applied).", ["source"], registry=r
         )
+        self.kernel_refusals = Counter(
+            "vsop_kernel_refusals",
+            "Writes the kernel refused that took out only their VIP (or IPv6: its settings), by operation kind; the rest of the node was written.",
+            ["kind"], registry=r,
+        )
+        self.refused_vips = Gauge("vsop_kernel_refused_vips", "VIPs left as the kernel has them after it refused a write of theirs, tried again with backoff.", registry=r)
         self.vips = Gauge("vsop_vips_programmed", "VIPs bound on vsop's link on this node.", registry=r)
         self.virtual_servers = Gauge("vsop_virtual_servers_programmed", "IPVS virtual services vsop programmed on this node.", registry=r)
         self.real_servers = Gauge(
@@ -48,7 +55,7 @@ class NodeMetrics:
         )
         self.virtualservices = Gauge(
             "vsop_virtualservices",
-            "VirtualServices seen by this node, by state (programmed, failed, conflict, invalid, not_selected).",
+            "VirtualServices seen by this node, by state (programmed, failed, kernel_error, conflict, invalid, not_selected).",
             ["state"],
             registry=r,
         )
@@ -138,6 +145,11 @@ class NodeMetrics:
             self.operations.labels(op.kind).inc()
         for repair in getattr(outcome, "repairs", ()):  # drift a full resync put back
             self.drift_repairs.labels(repair.op.kind).inc()
+        for refused in getattr(outcome, "refused", {}).values():  # "service.add ...: reason"
+            self.kernel_refusals.labels(refused.split(" ", 1)[0]).inc()
+        refusals = getattr(reconciler, "kernel_refusals", None)
+        if refusals is not None:
+            self.refused_vips.set(len(refusals.vips))
         if outcome.error:
             self.errors.labels("kernel").inc()
         else:
@@ -181,7 +193,8 @@ def object_states(reconciler: Any) -> Tally[str]:
     for ref in list(objects):
         found = reconciler.problems(ref)
         if found:
-            counts["conflict" if found[-1].reason == "Conflict" else "failed"] += 1
+            reason = found[-1].reason
+            counts["conflict" if reason == "Conflict" else "kernel_error" if reason == "KernelError" else "failed"] += 1
         elif ref in programmed:
             counts["programmed"] += 1
         else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from typing import AbstractSet, Any, Collection, Iterable, Mapping, Sequence
+from typing import AbstractSet, Any, Callable, Collection, Iterable, Mapping, Sequence
 
 from vsop.core.desired import Desired, Endpoint, Node, Problem, resolve_conflicts
 from vsop.core.fragments import Fragment, desired_from, fragment, refused, shared_state
@@ -430,8 +430,10 @@ class Verdicts:
         self.left_alone: set[str] = set()  # VIPs the last plans left alone (someone else's IPVS services on them)
         self.held_problems: dict[str, Problem] = {}  # ref -> refused: it claims what a held owner serves
         # Objects whose state is in the kernel as declared: their fragment is programmed and
-        # neither a held owner nor the last plan of their VIP refused them.
+        # neither a held owner, the last plan of their VIP nor the kernel refused them.
         self.programmed: set[str] = set()
+        # VIP -> why the kernel refused a write of it (vsop.node.refusals); None: it did not.
+        self.kernel_refused: Callable[[str], str | None] = lambda vip: None
 
     def is_programmed(self, ref: str) -> bool:
         piece = self._objects.fragments.get(ref)
@@ -440,6 +442,7 @@ class Verdicts:
             and piece.programmed
             and ref not in self.held_problems
             and not any(p.obj == ref for p in self.plan_problems.get(piece.vip, ()))  # VIPInUse, RouterAdvertisements
+            and self.kernel_refused(piece.vip) is None
         )
 
     def judge(self, refs: Iterable[str]) -> None:
@@ -459,7 +462,9 @@ class Verdicts:
         if piece is None:
             return ()
         held = (self.held_problems[ref],) if ref in self.held_problems else ()
-        return piece.problems + held + tuple(p for p in self.plan_problems.get(piece.vip, ()) if p.obj == ref)
+        found = piece.problems + held + tuple(p for p in self.plan_problems.get(piece.vip, ()) if p.obj == ref)
+        reason = self.kernel_refused(piece.vip) if piece.programmed else None
+        return found + (Problem(ref, "KernelError", reason),) if reason is not None else found
 
     def verdict(self, ref: str) -> tuple[bool, tuple[Problem, ...]]:
         return ref in self.programmed, self.problems(ref)

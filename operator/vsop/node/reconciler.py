@@ -13,7 +13,11 @@ differs. Each resync also audits a rotating slice of VIPs (`audit_chunk`): their
 re-derived from scratch and planned against the fresh read (vsop.node.resync). The first
 reconcile, one after any failed or partial write (which drops the cache), and a resync
 that finds vsop's link or a set's header changed plan the whole node through
-vsop.node.whole.sync, the same path `vsop apply` takes.
+vsop.node.whole.sync, the same path `vsop apply` takes. A write the kernel refuses takes out
+only the VIP it was about (or IPv6, for an IPv6 setting): the kernel is read again and the
+rest of the node planned and written without it in the same reconcile; that VIP is kept as
+the kernel has it, its objects `KernelError` with the kernel's words, and tried again with
+backoff (vsop.node.refusals). Only a failure that is no one VIP's fails the reconcile.
 Sources (host folder, kopf indexes) and sinks (status file, Kubernetes status) are
 the agents' business: this module neither reads files nor talks to an API server.
 Must not import: kopf, kubernetes, pyroute2, asyncio (adapters are injected; it blocks).
@@ -35,10 +39,12 @@ from vsop.core.drift import Repair
 from vsop.core.fragments import assemble, grace_of, member_vip
 from vsop.core.held import Held, held_owners
 from vsop.core.plan import Plan, PlanError
+from vsop.core.refused import keep_as_found, vip_family
 from vsop.core.state import KernelState, Names
 from vsop.node.cache import Cache
 from vsop.node.execute import ExecutionFailed, execute
 from vsop.node.objects import Objects, Verdicts
+from vsop.node.refusals import Refusals, write_leaving_out
 from vsop.node.resync import Resync, drift, op_vip
 from vsop.node.whole import program, sync
 from vsop.api.errors import KernelUnsupported
@@ -65,6 +71,9 @@ class Outcome:
     plan_seconds: float = 0.0
     execute_seconds: float = 0.0
     conntrack_failures: list[str] = field(default_factory=list)  # removed UDP real servers whose entries stay
+    # VIPs (or "IPv6": that family's settings) the kernel refused a write of in this reconcile ->
+    # the refused operation and the kernel's words; the rest of the node was written (vsop.node.refusals).
+    refused: dict[str, str] = field(default_factory=dict)
     repairs: list[Repair] = field(default_factory=list)  # drift a full sync put back (vsop.core.drift)
     # Objects whose fragment, problems or kernel state this reconcile may have changed (those
     # on the VIPs it planned); None after a full sync: any of them. A source's status sink
@@ -76,13 +85,24 @@ class Outcome:
         return self.error is None
 
 
+def vips_of_held(observed: KernelState, held: Held, names: Names, programmed: Iterable[str]) -> frozenset[str]:
+    """The VIPs where held owners have members in `observed` (vsop.core.held)."""
+    owners = held_owners(observed, held, names, programmed)
+    owned_sets = names.owned_set_names()
+    return frozenset(
+        member_vip(member)
+        for name, ipset in observed.ipsets.items() if name in owned_sets
+        for member, owner in ipset.members.items() if owner in owners
+    )
+
+
 def _part(part: str, name: str, doc: str = "", settable: bool = False) -> Any:
     """A Reconciler attribute (or method) kept by one of its parts, read (and set) through it."""
 
-    def get(self: Reconciler) -> Any:
+    def get(self: _Parts) -> Any:
         return getattr(getattr(self, part), name)
 
-    def put(self: Reconciler, value: Any) -> None:
+    def put(self: _Parts, value: Any) -> None:
         setattr(getattr(self, part), name, value)
 
     return property(get, put if settable else None, doc=doc or f"{part}.{name}")
@@ -100,7 +120,64 @@ class _Turn:
     verdicts: dict[str, Any] = field(default_factory=dict)  # audited objects' verdicts before: reported only if they change
 
 
-class Reconciler:
+class _Parts:
+    """The Reconciler's inputs and readings that belong to one of its parts, set and read through
+    that part (a property each): `declared`, `verdicts`, `cache`, `resyncing` and `kernel_refusals`."""
+
+    declared: Objects
+    verdicts: Verdicts
+    cache: Cache
+    resyncing: Resync
+    kernel_refusals: Refusals
+
+    # -- inputs: the source's objects, endpoints, node, reserved addresses and health results go to
+    # vsop.node.objects (see there what each costs); what is held is decided by Reconciler.set_held, over the cache.
+
+    set_objects = _part("declared", "set_objects", "Everything the source declares, in its order (ties in age go to the first). Returns objects changed.")
+    update_objects = _part("declared", "update_objects", """Only what changed in the source: ref -> its object now, or None when it is gone. Returns objects changed.
+
+        Costs what the change is, whatever the node holds (set_objects compares the whole
+        list). Ties in age go to the first in the source's order: `order` gives the changed
+        objects' positions in it (ref -> any value comparable with the others'; give it
+        always or never); without it a new object comes after every object seen so far and
+        an updated one keeps its place.""")
+    set_endpoints = _part("declared", "set_endpoints", "The endpoints of every serviceRef (missing key: none).")
+    update_endpoints = _part("declared", "update_endpoints", "Only the serviceRefs whose endpoints changed (None or empty: none now); the others stay.")
+    set_node = _part("declared", "set_node", "The node (its labels select objects), and the extra node addresses when given.")
+    set_announcing = _part("declared", "set_announcing", "Whether this node asks BGP to attract its VIPs (False: the node is being drained).")
+    set_reserved = _part("declared", "set_reserved", "Addresses something the node depends on uses (the API server's), refused as VIPs: address -> whose.")
+    set_refusals = _part("declared", "set_refusals", "Objects refused their claim (vsop.core.claims.admit): ref -> why; never programmed, claiming nothing.")
+    set_out_of_service = _part("declared", "set_out_of_service", "The real servers health checks took out; each flip re-derives its one object.")
+
+    # -- what the agents read ------------------------------------------------------------------------
+
+    node = _part("declared", "node", "The node, as last set.")
+    kernel_version = _part("declared", "kernel_version")
+    extra_node_addresses = _part("declared", "extra_node_addresses", "Node addresses the kernel does not show (the source's).")
+    objects = _part("declared", "objects", "The declared objects: ref -> VirtualService.")
+    endpoints = _part("declared", "endpoints", "serviceRef (namespace, name) -> its endpoints.")
+    out_of_service = _part("declared", "out_of_service", "The real servers health checks took out.")
+    reserved = _part("declared", "reserved", "Addresses refused as VIPs: address -> whose.")
+    refusals = _part("declared", "refusals", "Objects refused their claim: ref -> why.")
+    announcing = _part("declared", "announcing", "False while the node is drained: no VIP announced over BGP.")
+    fragments = _part("declared", "fragments", "ref -> its desired Fragment.")
+    configured = _part("declared", "configured", "Every configured real server -> its object.")
+    observed = _part("cache", "state", "The kernel as last read plus what was written since; None: read it before planning.")
+    changes = _part("cache", "changes", "Changes applied in place to `observed` (with its identity: which state it is).")
+    programmed = _part("verdicts", "programmed", "The objects whose state is in the kernel as declared (read-only; kept true per change, not computed per call).")
+    plan_problems = _part("verdicts", "plan_problems", "VIP -> problems the plan found (VIPInUse, RouterAdvertisements).")
+    held_problems = _part("verdicts", "held_problems", "ref -> refused: it claims what a held owner serves.")
+    left_alone = _part("verdicts", "left_alone", "VIPs the last plans left alone (someone else's IPVS services on them).")
+    problems = _part("verdicts", "problems", "Why an object is not (or not wholly) programmed: from its derivation and the last plan of its VIP.")
+    shared = _part("declared", "shared", "What every VIP shares (link, set headers, constant chains and jumps, sysctls) for the objects now programmed.")
+    desired = _part("declared", "desired", "The node's whole desired state (before draining), as desired_state would compute it.")
+    resync_chunk = _part("resyncing", "resync_chunk", "Drifted VIPs a resync plans per reconcile.", settable=True)
+    audit_chunk = _part("resyncing", "audit_chunk", "VIPs each resync audits from scratch (0: none).", settable=True)
+    audit_repairs = _part("resyncing", "audit_repairs", "Writes audits made: the incremental path had left a VIP wrong.")
+    retry_in = _part("kernel_refusals", "retry_in", "Seconds until a VIP the kernel refused is due to be tried again (0: now); None: none refused.")
+
+
+class Reconciler(_Parts):
     """One node's kernel, reconciled from whatever its source declares. Not thread-safe: one caller at a time.
 
     Its parts: `declared` (the objects, their indexes and fragments), `verdicts` (which are
@@ -131,6 +208,10 @@ class Reconciler:
         self.cache = Cache(names)
         self.resyncing = Resync(resync_chunk, audit_chunk)
         self.draining = Draining()
+        # VIPs (and address families) whose writes the kernel refused: kept as the kernel has them,
+        # their objects KernelError, tried again with backoff, while the rest of the node converges.
+        self.kernel_refusals = Refusals(clock)
+        self.verdicts.kernel_refused = self.kernel_refusals.reason
         # Objects declared but unusable (invalid, unreadable): the kernel keeps what it has for
         # them, decided from the owners in the set comments, so it survives restarts (core.held).
         self.held = Held()
@@ -139,25 +220,6 @@ class Reconciler:
         self._force_full = False
         self.reads = 0  # full reads of the kernel
         self.last: Outcome | None = None
-
-    # -- inputs: the source's objects, endpoints, node, reserved addresses and health results go to
-    # vsop.node.objects (see there what each costs); what is held is decided here, over the cache.
-
-    set_objects = _part("declared", "set_objects", "Everything the source declares, in its order (ties in age go to the first). Returns objects changed.")
-    update_objects = _part("declared", "update_objects", """Only what changed in the source: ref -> its object now, or None when it is gone. Returns objects changed.
-
-        Costs what the change is, whatever the node holds (set_objects compares the whole
-        list). Ties in age go to the first in the source's order: `order` gives the changed
-        objects' positions in it (ref -> any value comparable with the others'; give it
-        always or never); without it a new object comes after every object seen so far and
-        an updated one keeps its place.""")
-    set_endpoints = _part("declared", "set_endpoints", "The endpoints of every serviceRef (missing key: none).")
-    update_endpoints = _part("declared", "update_endpoints", "Only the serviceRefs whose endpoints changed (None or empty: none now); the others stay.")
-    set_node = _part("declared", "set_node", "The node (its labels select objects), and the extra node addresses when given.")
-    set_announcing = _part("declared", "set_announcing", "Whether this node asks BGP to attract its VIPs (False: the node is being drained).")
-    set_reserved = _part("declared", "set_reserved", "Addresses something the node depends on uses (the API server's), refused as VIPs: address -> whose.")
-    set_refusals = _part("declared", "set_refusals", "Objects refused their claim (vsop.core.claims.admit): ref -> why; never programmed, claiming nothing.")
-    set_out_of_service = _part("declared", "set_out_of_service", "The real servers health checks took out; each flip re-derives its one object.")
 
     def set_held(self, held: Held) -> None:
         """Owners declared but unusable now. When that changes and, before or after, some owner in
@@ -172,32 +234,6 @@ class Reconciler:
         if key(held) != key(self.held) and (self.observed is None or self.cache.kept_by(held) or self.cache.kept_by(self.held)):
             self._force_full = True
         self.held = held
-
-    # -- what the agents read ------------------------------------------------------------------------
-
-    node = _part("declared", "node", "The node, as last set.")
-    kernel_version = _part("declared", "kernel_version")
-    extra_node_addresses = _part("declared", "extra_node_addresses", "Node addresses the kernel does not show (the source's).")
-    objects = _part("declared", "objects", "The declared objects: ref -> VirtualService.")
-    endpoints = _part("declared", "endpoints", "serviceRef (namespace, name) -> its endpoints.")
-    out_of_service = _part("declared", "out_of_service", "The real servers health checks took out.")
-    reserved = _part("declared", "reserved", "Addresses refused as VIPs: address -> whose.")
-    refusals = _part("declared", "refusals", "Objects refused their claim: ref -> why.")
-    announcing = _part("declared", "announcing", "False while the node is drained: no VIP announced over BGP.")
-    fragments = _part("declared", "fragments", "ref -> its desired Fragment.")
-    configured = _part("declared", "configured", "Every configured real server -> its object.")
-    observed = _part("cache", "state", "The kernel as last read plus what was written since; None: read it before planning.")
-    changes = _part("cache", "changes", "Changes applied in place to `observed` (with its identity: which state it is).")
-    programmed = _part("verdicts", "programmed", "The objects whose state is in the kernel as declared (read-only; kept true per change, not computed per call).")
-    plan_problems = _part("verdicts", "plan_problems", "VIP -> problems the plan found (VIPInUse, RouterAdvertisements).")
-    held_problems = _part("verdicts", "held_problems", "ref -> refused: it claims what a held owner serves.")
-    left_alone = _part("verdicts", "left_alone", "VIPs the last plans left alone (someone else's IPVS services on them).")
-    problems = _part("verdicts", "problems", "Why an object is not (or not wholly) programmed: from its derivation and the last plan of its VIP.")
-    shared = _part("declared", "shared", "What every VIP shares (link, set headers, constant chains and jumps, sysctls) for the objects now programmed.")
-    desired = _part("declared", "desired", "The node's whole desired state (before draining), as desired_state would compute it.")
-    resync_chunk = _part("resyncing", "resync_chunk", "Drifted VIPs a resync plans per reconcile.", settable=True)
-    audit_chunk = _part("resyncing", "audit_chunk", "VIPs each resync audits from scratch (0: none).", settable=True)
-    audit_repairs = _part("resyncing", "audit_repairs", "Writes audits made: the incremental path had left a VIP wrong.")
 
     @property
     def pending(self) -> bool:
@@ -222,6 +258,7 @@ class Reconciler:
             "reads": self.reads,
             "draining": len(self.draining.since),
             "last": None if last is None else {"full": last.full, "writes": last.writes, "seconds": round(last.seconds, 4), "error": last.error},
+            "kernelRefused": self.kernel_refusals.reasons(),
         }
 
     # -- reconcile -----------------------------------------------------------------------------------
@@ -294,7 +331,7 @@ class Reconciler:
             self._shared_dirty = self._shared_dirty or shared
         self.cache.adopt(fresh, bool(vips))
         if vips and self.held:
-            self._held_vips = self._vips_of_held(self.cache.state)
+            self._held_vips = vips_of_held(self.cache.state, self.held, self.names, self.programmed)
         self.resyncing.next_slice(self._audit_vips, self.declared.gone)
         return self._incremental(outcome, started)
 
@@ -316,24 +353,16 @@ class Reconciler:
         self._derive(addresses)
         outcome.objects = self.declared.derived
         desired = self.desired()
-        grace = grace_of(self.fragments.values())
-
-        def adjust(want: KernelState, have: KernelState) -> KernelState:
-            return with_draining(want, have, self.draining, self.clock(), grace, self.names)
-
         expected = self.observed  # what vsop believes it left: a difference now is drift
         self.cache.drop()  # until the writes are known to have worked
         self.resyncing.reset()
-        try:
-            result = sync(
-                self.kernel, (), self.node, names=self.names, observed=observed, desired=desired, adjust=adjust, expected=expected,
-                held=self.held if self.held else None, keep_accept_ra=self.keep_accept_ra,
-            )
-        except ExecutionFailed as exc:
-            return self._failed(outcome, started, str(exc), exc.writes, list(exc.applied_ops))
-        except (PlanError, KernelUnsupported, OperationFailed, OSError) as exc:
-            return self._failed(outcome, started, str(exc), 0, [])
+        written = self._write_whole(outcome, started, observed, desired, expected)
+        if isinstance(written, Outcome):
+            return written
+        result, observed = written
         self.cache.whole(observed, result.applied)  # the reconciler's own copy: changed in place by each change
+        if self.kernel_refusals:
+            self.kernel_refusals.written(list(self.kernel_refusals.vips), families=True)
         self._shared_dirty = False
         verdicts = self.verdicts
         verdicts.plan_problems = verdicts.by_vip(result.plan.problems)
@@ -341,14 +370,36 @@ class Reconciler:
         verdicts.held_problems = {}
         verdicts.held_for((), desired.programmed, result.desired)
         verdicts.judge_all()  # the full path's cost is N anyway
-        self._held_vips = self._vips_of_held(observed) if self.held else frozenset()
+        self._held_vips = vips_of_held(observed, self.held, self.names, self.programmed) if self.held else frozenset()
         self._force_full = False
-        outcome.plan, outcome.writes, outcome.applied = result.plan, result.writes, result.applied
+        outcome.plan, outcome.writes, outcome.applied = result.plan, outcome.writes + result.writes, [*outcome.applied, *result.applied]
         outcome.conntrack_failures = result.conntrack_failures
         outcome.repairs = result.repairs
         outcome.read_seconds, outcome.plan_seconds, outcome.execute_seconds = read_done - started, result.plan_seconds, result.execute_seconds
         outcome.seconds = time.monotonic() - started
         return outcome
+
+    def _write_whole(
+        self, outcome: Outcome, started: float, observed: KernelState, desired: Desired, expected: KernelState | None
+    ) -> tuple[Any, KernelState] | Outcome:
+        """The whole plan written through vsop.node.whole.sync, refused VIPs kept as found, each new
+        refusal taking one more VIP (or IPv6) out (vsop.node.refusals.write_leaving_out). Returns the
+        sync's result and the state it was planned from, or the outcome of a failure."""
+        grace = grace_of(self.fragments.values())
+
+        def write(state: KernelState, kept: frozenset[str], families: frozenset[int]) -> Any:
+            def adjust(want: KernelState, have: KernelState) -> KernelState:
+                drained = with_draining(want, have, self.draining, self.clock(), grace, self.names)
+                return keep_as_found(drained, have, kept, families, self.names)
+
+            return sync(self.kernel, (), self.node, names=self.names, observed=state, desired=desired, adjust=adjust, expected=expected,
+                        held=self.held if self.held else None, keep_accept_ra=self.keep_accept_ra)
+
+        try:
+            done = write_leaving_out(self.kernel_refusals, self.declared.by_vip, observed, write, lambda: self._read(outcome, started), outcome)
+        except (PlanError, KernelUnsupported, OperationFailed, OSError, ExecutionFailed, RuntimeError) as exc:
+            return self._failed(outcome, started, str(exc), outcome.writes, outcome.applied)
+        return outcome if done is None else done
 
     def _incremental(self, outcome: Outcome, started: float) -> Outcome:
         """Plan the VIPs that changed (and the next part of a resync's drift) against the cache."""
@@ -378,8 +429,12 @@ class Reconciler:
         self._judge_plan(outcome, turn, cut, the_plan)
         if the_plan.ops:
             failed = self._write(outcome, turn, cut, observed, want)
+            if isinstance(failed, ExecutionFailed):
+                return self._recover(outcome, started, failed)
             if failed is not None:
                 return self._failed(outcome, started, *failed)
+        if self.kernel_refusals and self.kernel_refusals.written(cut, families=True):
+            self.verdicts.judge(outcome.touched or ())  # the objects of VIPs no longer refused
         self._shared_dirty = False
         self.resyncing.planned()
         if turn.stale:
@@ -408,6 +463,8 @@ class Reconciler:
             vips |= self.cache.refresh_draining(self.kernel, self.draining)
             if self.observed is None:
                 return None
+        if self.kernel_refusals:
+            vips |= self.kernel_refusals.due_now(turn.changed, self.declared.by_vip)
         turn.repairing = resyncing.take() if resyncing.replan else set()
         if turn.audit and resyncing.replan:  # drifted VIPs the audit plans now: repaired (and reported) as drift
             overlap = turn.audit & resyncing.replan
@@ -425,6 +482,7 @@ class Reconciler:
         elsewhere = any(vip not in cut and vip not in self.left_alone for vip in self.declared.bound_vips())
         want = replace(want, link=want.link if want.addresses or elsewhere else None)
         wanted = tuple(p.ref for p in pieces if p.programmed)
+        kept, families = (self.kernel_refusals.kept() & cut, self.kernel_refusals.kept_families()) if self.kernel_refusals else (frozenset(), frozenset())
 
         def check(kept: Desired) -> None:
             if self.held:
@@ -434,7 +492,7 @@ class Reconciler:
             sub = Draining({k: v for k, v in self.draining.since.items() if k.service.vip in cut})
             state = with_draining(state, have, sub, self.clock(), grace_of(pieces), self.names)
             self.draining.since = {**{k: v for k, v in self.draining.since.items() if k.service.vip not in cut}, **sub.since}
-            return state
+            return keep_as_found(state, have, kept, families, self.names)
 
         target, the_plan = program(
             Desired(want, wanted), observed, self.names, held=self.held, drain=drain, check=check,
@@ -459,15 +517,18 @@ class Reconciler:
                 or (ref in fragments and fragments[ref].vip in written)
             )
 
-    def _write(self, outcome: Outcome, turn: _Turn, cut: frozenset[str], observed: KernelState, want: KernelState) -> tuple[str, int, list[ops.Op]] | None:
+    def _write(
+        self, outcome: Outcome, turn: _Turn, cut: frozenset[str], observed: KernelState, want: KernelState
+    ) -> ExecutionFailed | tuple[str, int, list[ops.Op]] | None:
         """Execute the plan, report what it repaired, and apply its writes to the cache. Returns
-        (error, writes, applied) when the kernel refused it."""
+        the refusal when the kernel refused an operation, (error, writes, applied) when the plan
+        could not be executed at all."""
         try:
             outcome.writes, outcome.applied = execute(
                 self.kernel, outcome.plan, self.names, observed=observed, conntrack_failures=outcome.conntrack_failures
             )
         except ExecutionFailed as exc:
-            return str(exc), exc.writes, list(exc.applied_ops)
+            return exc
         except (KernelUnsupported, OperationFailed, OSError) as exc:
             return str(exc), 0, []
         resyncing = self.resyncing
@@ -480,14 +541,20 @@ class Reconciler:
         self.cache.written(cut, observed, outcome.applied)
         return None
 
-    def _vips_of_held(self, observed: KernelState) -> frozenset[str]:
-        owners = held_owners(observed, self.held, self.names, self.programmed)
-        owned_sets = self.names.owned_set_names()
-        return frozenset(
-            member_vip(member)
-            for name, ipset in observed.ipsets.items() if name in owned_sets
-            for member, owner in ipset.members.items() if owner in owners
-        )
+    def _recover(self, outcome: Outcome, started: float, exc: ExecutionFailed) -> Outcome:
+        """A change's write the kernel refused: the kernel is read again and the whole node planned
+        from it (the cache may have been stale), the refused VIP left out when the whole plan is
+        refused too. A refused VIP tried again and refused again is left out at once."""
+        outcome.writes, outcome.applied = exc.writes, list(exc.applied_ops)
+        vip = op_vip(exc.op)
+        if vip in self.kernel_refusals.vips or (vip is None and self.kernel_refusals.families):  # a try again, refused again
+            if self.kernel_refusals.refuse(exc.op, str(exc), self.kernel_refusals.kept(), self.kernel_refusals.kept_families(), self.declared.by_vip):
+                outcome.refused[vip or "IPv6"] = str(exc)
+        self.cache.drop()
+        self._shared_dirty = True
+        outcome.full, outcome.touched = True, None
+        observed = self._read(outcome, started)
+        return outcome if observed is None else self._whole(outcome, observed, started)
 
     def _failed(self, outcome: Outcome, started: float, error: str, writes: int, applied: list[ops.Op]) -> Outcome:
         """A refused, partial or impossible write: forget what we think the kernel holds."""

@@ -49,10 +49,15 @@ def test_show_includes_the_agents_health_errors_and_draining() -> None:
             {"service": "TCP 169.254.11.2:80", "realServer": "192.168.2.222:8080", "healthy": True, "lastError": ""},
         ],
         "draining": ["TCP 169.254.11.2:80 -> 10.0.0.9:8080"],
-        "lastSync": {"writes": 0},
+        "lastSync": {"writes": 0, "problems": [
+            {"obj": "default/fast", "reason": "KernelError", "message": "service.add TCP 169.254.11.3:80 scheduler twos: No such file or directory"},
+            {"obj": "default/copy", "reason": "Conflict", "message": "default/web claims 169.254.11.2:80/TCP"},
+        ]},
     }
     text = show_text(observed, Names(), agent)
     assert "FAILING (TCP connect failed: Connection refused)" in text and "  ok" in text
+    assert ("  KernelError default/fast: service.add TCP 169.254.11.3:80 scheduler twos: No such file or directory"
+            " (its VIP is tried again with backoff)\n") in text and "default/copy" not in text
     assert "ignored file /etc/vsop/services/api.yaml" in text and "draining TCP 169.254.11.2:80 -> 10.0.0.9:8080" in text
     data = show_json(observed, Names(), agent)
     assert [rs["healthy"] for rs in data["services"][0]["realServers"]] == [False, True]

@@ -521,10 +521,12 @@ def test_the_host_agents_metrics_count_its_virtualservices_by_state_when_scraped
     write(folder, "clash", backends=[{"address": "192.168.2.9"}])  # web's VIP and port: one of them loses
     write(folder, "elsewhere", vip="169.254.11.3", nodeSelector={"matchLabels": {"zone": "b"}})
     write(folder, "taken", vip="169.254.11.4")  # a VIP:port something else's IPVS service has
+    write(folder, "lacking", vip="169.254.11.5", scheduler="twos")  # a scheduler module this kernel lacks
     (folder / "broken.yaml").write_text(yaml.safe_dump({**SEED, "metadata": {"name": "broken", "namespace": "default"},
                                                         "spec": {**SEED["spec"], "scheduler": "bogus"}}))
     foreign = VirtualServer(ServiceKey("tcp", "169.254.11.4", 80), "rr")
     kernel, fake = fake_kernel(KernelState(services={foreign.key: foreign}))
+    fake.refuse = lambda op: "No such file or directory" if getattr(getattr(op, "service", None), "scheduler", "") == "twos" else None
     config = AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02, debounce_seconds=0.01)
     metrics = NodeMetrics()
     agent = HostAgent(kernel, config, FakeConntrack(), metrics=metrics)
@@ -544,12 +546,12 @@ def test_the_host_agents_metrics_count_its_virtualservices_by_state_when_scraped
     agent.sync_once()
     agent.sync_once(full=False)
     assert calls == []  # nothing per reconcile
-    assert scrape() == {"programmed": 1, "failed": 1, "conflict": 1, "invalid": 1, "not_selected": 1}
+    assert scrape() == {"programmed": 1, "failed": 1, "kernel_error": 1, "conflict": 1, "invalid": 1, "not_selected": 1}
     assert scrape()["programmed"] == 1 and calls == [1]  # once per reconcile, however many scrapes
     (folder / "clash.yaml").unlink()
     agent.source.poll()
     agent.sync_once(full=False)
-    assert scrape() == {"programmed": 1, "failed": 1, "conflict": 0, "invalid": 1, "not_selected": 1} and calls == [1, 1]
+    assert scrape() == {"programmed": 1, "failed": 1, "kernel_error": 1, "conflict": 0, "invalid": 1, "not_selected": 1} and calls == [1, 1]
 
 
 def test_a_walk_that_hangs_holds_up_neither_the_event_loop_nor_sigterm(tmp_path: Path) -> None:

@@ -125,10 +125,10 @@ def test_keepalived_runs_after_a_good_sync_only() -> None:
     turn = loop.turn(True, given(Feed(changed={"default/static": static}, keepalived=KeepalivedInput([static]))))
     assert turn.ok and turn.keepalived is not None and turn.keepalived.outcome is not None and turn.keepalived.outcome.changed
     assert writer.updates == [(["default/static"], [])]
-    fake.refuse = lambda op: "Operation not permitted"
+    fake.has_ipvs = False  # nobody's VIP to take out: the whole turn fails (one VIP refused is vsop.node.refusals')
     failed = loop.turn(False, given(Feed(changed={"default/web": make_vs(vip="169.254.11.3")}, keepalived=KeepalivedInput([static]))))
     assert not failed.ok and failed.keepalived is None and len(writer.updates) == 1
-    fake.refuse = lambda op: None
+    fake.has_ipvs = True
     writer.fail = True
     broken = loop.turn(True, given(Feed(keepalived=KeepalivedInput([static]))))
     assert broken.ok and broken.keepalived is not None and broken.keepalived.error == "read-only file system"
@@ -236,6 +236,10 @@ class StubReconciler:
 
     draining: Draining = field(default_factory=Draining)
     replanning: bool = False
+    retry: float | None = None  # a refused VIP's next try, in seconds from now
+
+    def retry_in(self) -> float | None:
+        return self.retry
 
 
 class Driver:
@@ -319,6 +323,19 @@ async def test_drift_left_to_plan_is_planned_at_once_and_draining_turns_come_eve
     driver, trigger, _ = await schedule(3, [], reconciler=reconciler, setup=setup, resync_seconds=30.0)
     assert trigger.timeouts == [0.0, 0.0, DRAIN_SECONDS]
     assert [full for full, _ in driver.turns] == [True, False, False]
+
+
+@pytest.mark.asyncio
+async def test_a_vip_the_kernel_refused_is_tried_again_when_its_backoff_ends_not_at_the_next_resync() -> None:
+    reconciler = StubReconciler(retry=5.0)
+
+    def setup(driver: Driver, loop: NodeLoop) -> None:
+        driver.on_turn = lambda count: setattr(reconciler, "retry", 10.0 if count == 1 else None)
+
+    driver, trigger, _ = await schedule(3, [], reconciler=reconciler, setup=setup, resync_seconds=30.0)
+    # After the first turn, the refused VIP is due 10 s later; once programmed, the resync period again.
+    assert trigger.timeouts == [0.0, 10.0, 20.0]
+    assert [full for full, _ in driver.turns] == [True, False, True]
 
 
 @pytest.mark.asyncio

@@ -327,27 +327,37 @@ def test_drift_by_hand_is_repaired_by_the_next_full_resync() -> None:
     assert again.skipped and again.writes == 0  # nothing of vsop's changed: nothing planned
 
 
-def test_a_refused_write_forces_a_full_read_before_the_next_plan() -> None:
+def test_a_refused_write_reads_the_kernel_again_and_leaves_only_its_vip_out() -> None:
+    now = [0.0]
     kernel, fake = fake_kernel()
-    reconciler = Reconciler(kernel, NODE)
+    reconciler = Reconciler(kernel, NODE, clock=lambda: now[0])
     objects = many(3)
     reconciler.set_objects(objects)
     reconciler.reconcile()
     fake.refuse = lambda op: "No route to host" if isinstance(op, ops.AddRealServer) and op.real_server.key.address == "10.1.0.2" else None
-    reconciler.set_objects([*objects, web("new", "169.254.99.1")])
-    failed = reconciler.reconcile()
-    assert not failed.ok and "No route to host" in (failed.error or "")
-    assert reconciler.observed is None and failed.after is not None
-    assert any(op.kind == "realserver.add" for op in failed.applied)  # the one before it went in
+    new = web("new", "169.254.99.1")
+    reconciler.set_objects([*objects, new])
+    reads = reconciler.reads
+    refused = reconciler.reconcile()
+    assert refused.ok and refused.full and reconciler.reads > reads  # the cache may have been stale: read again
+    assert list(refused.refused) == ["169.254.99.1"] and refused.refused["169.254.99.1"].endswith("No route to host")
+    assert any(op.kind == "realserver.add" for op in refused.applied)  # the one before it went in
+    assert reconciler.programmed == {vs.ref for vs in objects}
+    (problem,) = reconciler.problems(new.ref)
+    assert problem.reason == "KernelError" and "169.254.99.1" in problem.message and problem.message.endswith("No route to host")
+    assert reconciler.retry_in() == 5.0
     # Meanwhile someone deletes a VIP's service by hand: only a full read can know.
     lost = ServiceKey("tcp", "169.254.30.1", 80)
     fake.state = replace(fake.state, services={k: v for k, v in fake.state.services.items() if k != lost},
                          real_servers={k: v for k, v in fake.state.real_servers.items() if k.service != lost})
     fake.refuse = lambda op: None
-    reads = reconciler.reads
-    healed = reconciler.reconcile()
-    assert healed.full and healed.ok and reconciler.reads == reads + 1
-    same_kernel(fake.state, from_scratch_plain([*objects, web("new", "169.254.99.1")]), frozenset())
+    assert reconciler.reconcile().writes == 0  # not due yet: the refused VIP is left as it is
+    now[0] += 5.0
+    healed = reconciler.reconcile(full=True)
+    assert healed.ok and not healed.refused and not reconciler.kernel_refusals and reconciler.retry_in() is None
+    assert reconciler.programmed == {vs.ref for vs in [*objects, new]} and reconciler.problems(new.ref) == ()
+    same_kernel(fake.state, from_scratch_plain([*objects, new]), frozenset())
+    assert reconciler.reconcile(full=True).writes == 0
 
 
 def test_the_whole_plan_after_a_failure_drops_the_fragment_of_an_object_deleted_in_a_missed_change() -> None:
@@ -355,8 +365,9 @@ def test_the_whole_plan_after_a_failure_drops_the_fragment_of_an_object_deleted_
     dirty marks were lost keeps its fragment; the whole plan that follows a refused write must
     derive every object again and drop it (it met the fragment without its object: KeyError),
     so the deleted object's VIP leaves the kernel."""
+    now = [0.0]
     kernel, fake = fake_kernel()
-    reconciler = Reconciler(kernel, NODE)
+    reconciler = Reconciler(kernel, NODE, clock=lambda: now[0])
     objects = many(3)
     reconciler.set_objects(objects)
     assert reconciler.reconcile().ok
@@ -365,10 +376,13 @@ def test_the_whole_plan_after_a_failure_drops_the_fragment_of_an_object_deleted_
     _missed(reconciler)
     fake.refuse = lambda op: "No route to host" if isinstance(op, ops.AddRealServer) and op.real_server.key.service.vip == "169.254.99.1" else None
     reconciler.update_objects({"default/new": web("new", "169.254.99.1")})
-    assert not reconciler.reconcile().ok
+    refused = reconciler.reconcile()  # the refused VIP left out, the rest planned whole in the same reconcile
+    assert refused.ok and refused.full and set(refused.refused) == {"169.254.99.1"}, refused.error
+    assert gone.ref not in reconciler.fragments and not any(k.vip == gone.spec.vip for k in fake.state.services)
     fake.refuse = lambda op: None
+    now[0] += 5.0  # its retry is due
     healed = reconciler.reconcile()
-    assert healed.full and healed.ok, healed.error
+    assert healed.ok and not reconciler.kernel_refusals, healed.error
     same_kernel(fake.state, from_scratch_plain([*objects[1:], web("new", "169.254.99.1")]), frozenset())
     assert gone.ref not in reconciler.fragments
 
