@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="this node's address, to find it among a mode: ipvs object's vrrp.peers; repeatable (the agents read the node's own)",
     )
     parser.add_argument(
+        "--vrrp-track-dir", metavar="DIR", default=None,
+        help="where the track files of mode: ipvs objects announced by VRRP are (default /run/vsop/vrrp, as the agents write them)",
+    )
+    parser.add_argument(
         "-o", "--output", choices=FORMATS, default="text",
         help="text: the configuration (or, with --out, what was written); json, yaml: the files and notes as one object",
     )
@@ -106,7 +110,8 @@ def run(args: argparse.Namespace) -> Result:
         addresses = [str(ipaddress.ip_address(a)) for a in args.node_addresses] if args.node_addresses else None
     except ValueError as exc:
         raise InvalidInput([FieldError(path="--node-address", reason=str(exc))]) from None
-    result = render_keepalived(loaded.services, layout=args.layout, auth_password=password, node_addresses=addresses)
+    tracks = {"track_dir": args.vrrp_track_dir} if args.vrrp_track_dir else {}
+    result = render_keepalived(loaded.services, layout=args.layout, auth_password=password, node_addresses=addresses, **tracks)
     notes.extend(result.skipped)
     for note in notes:
         say(note)

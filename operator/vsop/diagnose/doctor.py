@@ -495,8 +495,31 @@ def check_bgp(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
         yield Finding("bgp.session", FAIL, f"{name} is {state} since {session['since']}{last}: {why}; {announced} not announced to it", fix=fix)
 
 
+def check_vrrp(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
+    """announce: vrrp: the master holds the VIP on its interface, a backup does not, and vsop0 answers no ARP."""
+    announced = ((facts.agent or {}).get("keepalived") or {}).get("announced") or {}
+    for vip in sorted({key.vip for key in keys} & set(announced)):
+        state, prefix = announced[vip], host_prefix(vip)
+        held = sorted(i.name for i in facts.interfaces.values() if i.name != facts.names.link and prefix in i.addresses)
+        if state == "master" and held:
+            yield Finding(f"vrrp.owner {vip}", PASS, f"VRRP master of {vip}: it is on {', '.join(held)}, this node answers ARP/ND for it")
+        elif state == "master":
+            yield Finding(f"vrrp.owner {vip}", FAIL, f"keepalived says master of {vip}, but it is on no interface: nobody answers ARP/ND for it",
+                          fix=["journalctl -u vsop-keepalived", "systemctl restart vsop-keepalived"])
+        elif held:
+            yield Finding(f"vrrp.owner {vip}", FAIL, f"VRRP {state} of {vip}, yet it is on {', '.join(held)}: two nodes may answer ARP/ND for it",
+                          fix=[f"ip addr del {prefix} dev {held[0]}"])
+        else:
+            yield Finding(f"vrrp.owner {vip}", PASS, f"VRRP {state} of {vip}: another node holds it and answers ARP/ND")
+        arp_ignore = _sysctl(facts, "net.ipv4.conf.all.arp_ignore")
+        if ":" not in vip and arp_ignore is not None and arp_ignore == "0":
+            yield Finding(f"vrrp.arp {vip}", FAIL, f"arp_ignore is 0: this node answers ARP for {vip} through {facts.names.link} on every "
+                          "interface, whatever VRRP elected: the LAN's ARP cache flaps between nodes",
+                          fix=["sysctl -w net.ipv4.conf.all.arp_ignore=1", "sysctl -w net.ipv4.conf.all.arp_announce=2"])
+
+
 CHECKS = (check_ipvs, check_sysctls, check_rp_filter, check_link, check_services, check_rules, check_foreign_rules,
-          check_other_backend, check_real_servers, check_conntrack, check_agent, check_bgp)
+          check_other_backend, check_real_servers, check_conntrack, check_agent, check_bgp, check_vrrp)
 
 
 def doctor(facts: Facts, keys: list[ServiceKey] | None = None) -> dict[str, Any]:

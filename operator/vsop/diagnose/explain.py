@@ -294,6 +294,30 @@ def _route_step(facts: Facts, key: ServiceKey) -> Step:
     )
 
 
+def arrival_step(facts: Facts, key: ServiceKey) -> Step | None:
+    """announce: vrrp: how a packet from the LAN reaches this node at all (None for a VIP not announced by VRRP)."""
+    announced = ((facts.agent or {}).get("keepalived") or {}).get("announced") or {}
+    if key.vip not in announced:
+        return None
+    state = announced[key.vip]
+    prefix = 128 if key.family == 6 else 32
+    held = sorted(i.name for i in facts.interfaces.values() if i.name != facts.names.link and f"{key.vip}/{prefix}" in i.addresses)
+    if held:
+        found, ok = f"this node owns {key.vip} on {', '.join(held)} (VRRP {state}): it answers ARP/ND for it, the LAN sends it here", state in ("master", "unknown")
+    elif state == "master":
+        found, ok = f"keepalived says master, but {key.vip} is on no interface but {facts.names.link}: nobody answers ARP/ND for it", False
+    else:
+        found, ok = (f"another node owns {key.vip} (this node is VRRP {state}): packets from the LAN reach that node, "
+                     "not this one; only this node's own programs reach the VIP here"), None
+    return Step(
+        id="arrival", hook="the LAN (ARP/ND)", title="how the packet reaches this node",
+        why=("announce: vrrp: keepalived's VRRP elects one node per VIP; that node adds the VIP to vrrp.interface and answers "
+             f"ARP/ND for it, the others hold it only on {facts.names.link}, where ARP is suppressed (arp_ignore=1)."),
+        expect=f"the VRRP master holds {key.vip}/{prefix} on vrrp.interface; a backup holds it on {facts.names.link} only",
+        found=found, ok=ok,
+    )
+
+
 def _filter_step(facts: Facts, key: ServiceKey) -> Step:
     names, family = facts.names, key.family
     jump = find_jump(facts, family, "filter", "INPUT", names.filter_chain)
@@ -496,6 +520,9 @@ def explain(facts: Facts, key: ServiceKey, origin: str = "both") -> dict[str, An
     """The path of a packet to key as a JSON-able report. origin: "remote", "local" or "both"."""
     steps: list[Step] = []
     if origin in ("remote", "both"):
+        arrival = arrival_step(facts, key)
+        if arrival is not None:
+            steps.append(arrival)
         steps.append(_entry_step(facts, key, "PREROUTING"))
     if origin in ("local", "both"):
         steps.append(_entry_step(facts, key, "OUTPUT"))

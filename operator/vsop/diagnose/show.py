@@ -191,6 +191,8 @@ def show_text(
                 lines.append(f"  keepalived: not applied ({keepalived['lastError'].get('stage')}): {keepalived['lastError'].get('message')}")
             for problem in keepalived.get("problems", []):
                 lines.append(f"  keepalived: not rendered: {problem}")
+            for vip, state in keepalived.get("announced", {}).items():
+                lines.append(f"  announced: {vip} {state} (VRRP{': this node holds it' if state == 'master' else ''})")
     return "\n".join(lines) + "\n"
 
 

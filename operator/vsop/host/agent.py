@@ -368,6 +368,9 @@ class HostAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("agent started directory=%s node=%s resync_seconds=%g", self.config.directory, self.config.node.name, self.config.resync_seconds)
+        if self.keepalived is not None:  # a VRRP transition: a turn, so that the status file and metrics say it
+            running = asyncio.get_running_loop()
+            self.keepalived.on_announce = lambda: running.call_soon_threadsafe(self.loop.trigger.wake, "VRRP state changed")
         poller = asyncio.get_running_loop().create_task(self._first_looks(stop), name="poll folder")
         stopping = asyncio.get_running_loop().create_task(self._stopping(stop), name="stopping")
         try:

@@ -201,6 +201,7 @@ class Rendered:
     skipped: tuple[str, ...] = ()  # notes about objects left out on purpose (mode ipvs, other nodes)
     warnings: tuple[str, ...] = ()
     problems: tuple[Problem, ...] = ()  # refused objects: nothing of theirs is rendered
+    instances: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # vrrp_instance name -> its VIPs
 
     def text(self) -> str:
         """All files for a terminal: each under a `# ==> path <==` line when there are several."""
@@ -362,6 +363,7 @@ def render_keepalived(
     names: Names = Names(),
     node_addresses: Iterable[str] | None = None,
     track_dir: str = TRACK_DIR,
+    notify_fifo: str | None = None,
 ) -> Rendered:
     """The keepalived configuration for the VirtualServices with `mode: keepalived`, and the
     vrrp_instance blocks (only) of those with `mode: ipvs` and `announce: vrrp`.
@@ -372,6 +374,7 @@ def render_keepalived(
     `node`: render only what this node's labels select; None renders every object.
     `node_addresses`: this node's addresses, to find it among an ipvs-mode object's vrrp.peers
     (None: unknown, and such an object is refused). `track_dir`: where the track files are.
+    `notify_fifo`: keepalived's vrrp_notify_fifo (global_defs), read by the agent (vsop.keepalived.notify).
     Conflicts and what keepalived cannot carry are `problems`; those objects are left out.
     """
     if layout not in LAYOUTS:
@@ -398,13 +401,14 @@ def render_keepalived(
     link = Token(names.link, _INTERFACE)
     sections = [_section(vs, link, known, members, carriers, instances, warnings) for vs in chosen]
     return Rendered(
-        files=_files(layout, router_id, sections),
+        files=_files(layout, router_id, sections, Token(notify_fifo, _PATH) if notify_fifo is not None else None),
         # keepalived complains of a missing folder behind `include`, not of an empty one.
         directories=(CONFD,) if layout == "confd" else (),
         rendered=tuple(vs.ref for vs in chosen),
         skipped=tuple(skipped),
         warnings=tuple(warnings),
         problems=tuple(problems),
+        instances={str(view.name): tuple(str(a).split("/")[0] for a in view.addresses) for view in instances.values()},
     )
 
 
@@ -535,16 +539,16 @@ def _port_warnings(
     return warnings
 
 
-def _files(layout: Layout, router_id: str, sections: Sequence[SectionView]) -> dict[str, str]:
+def _files(layout: Layout, router_id: str, sections: Sequence[SectionView], notify_fifo: Token | None = None) -> dict[str, str]:
     """File path -> content: keepalived.conf first, then conf.d files by name."""
     env = _environment()
     rid = Token(router_id, _ROUTER_ID)
     files: dict[str, str] = {}
     main = env.get_template("keepalived.conf.j2")
     if layout == "single":
-        files[MAIN_FILE] = main.render(layout=layout, router_id=rid, sections=sections)
+        files[MAIN_FILE] = main.render(layout=layout, router_id=rid, sections=sections, notify_fifo=notify_fifo)
     else:
-        files[MAIN_FILE] = main.render(layout=layout, router_id=rid, sections=())
+        files[MAIN_FILE] = main.render(layout=layout, router_id=rid, sections=(), notify_fifo=notify_fifo)
         section_template = env.get_template("virtualservice.conf.j2")
         for section in sections:
             files[section.filename] = section_template.render(section=section)

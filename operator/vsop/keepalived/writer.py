@@ -39,6 +39,7 @@ from vsop.core.desired import Endpoint, Node
 from vsop.core.state import Names
 from vsop.api.errors import InvalidInput
 from vsop.keepalived.render import CONFD, MAIN_FILE, MARKER, Layout, read_auth_file, render_keepalived, section_filename, track_filename, write_files
+from vsop.keepalived.notify import NotifyFifo
 from vsop.keepalived.vrrp import TRACK_DIR, track_content
 from vsop.api.model import VirtualService
 
@@ -152,6 +153,9 @@ class KeepalivedWriter:
     last_error: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     tracks: dict[str, bool] = field(default_factory=dict)  # track file -> this node serves its object
+    notify: NotifyFifo | None = None  # keepalived's VRRP transitions, once an ipvs-mode object is announced by VRRP
+    instances: dict[str, tuple[str, ...]] = field(default_factory=dict)  # vrrp_instance -> its VIPs, as last rendered
+    on_announce: Callable[[], None] | None = None  # called from the FIFO's thread after each transition (the agent wakes)
     _rejected: tuple[str, str] | None = None  # (digest of a rejected candidate, why)
     _reload_pending: bool = False  # the files are written but keepalived was not told
 
@@ -188,12 +192,13 @@ class KeepalivedWriter:
         keep = sorted(set(keep) - {vs.ref for vs in services})
         if keep and not self.can_keep():
             raise ValueError("keeping objects' sections needs the confd layout")
+        fifo = self._notify_fifo(services)
         try:
             password = read_auth_file(self.config.auth_file) if self.config.auth_file is not None else None
             rendered = render_keepalived(
                 services, layout=self.config.layout, endpoints=endpoints, auth_password=password,
                 node=node, router_id=self.config.router_id, names=names,
-                node_addresses=node_addresses, track_dir=str(self.config.track_dir),
+                node_addresses=node_addresses, track_dir=str(self.config.track_dir), notify_fifo=fifo,
             )
         except InvalidInput as exc:
             return self._fail("; ".join(str(e) for e in exc.errors))
@@ -203,6 +208,7 @@ class KeepalivedWriter:
         except OSError as exc:
             return self._fail(f"cannot write the VRRP track files into {self.config.track_dir}: {exc}", stage="track")
         self.problems = [f"{p.obj}: {p.reason}: {p.message}" for p in rendered.problems]
+        self.instances = dict(rendered.instances)
         for problem in self.problems:
             log.warning("VirtualService not rendered for keepalived: %s", problem)
         for warning in rendered.warnings:
@@ -211,15 +217,7 @@ class KeepalivedWriter:
         main = directory / MAIN_FILE
         if main.exists() and not _is_vsops(main):
             return self._fail(f"{main} was not written by vsop; not overwritten (move it away, or pass another --keepalived-dir)")
-        files = dict(rendered.files)
-        for ref in keep:
-            namespace, _, name = ref.partition("/")
-            relative = f"{CONFD}/{section_filename(namespace, name)}"
-            try:
-                if _is_vsops(directory / relative):
-                    files[relative] = (directory / relative).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                log.warning("keepalived: cannot read a held object's section, it is dropped object=%s error=%r", ref, str(exc))
+        files = {**rendered.files, **self._kept_sections(keep)}
         if self._live(files) == files:
             self.active = True
             self._rejected = None
@@ -253,6 +251,37 @@ class KeepalivedWriter:
         }
         log.info("keepalived configuration written directory=%s files=%d removed=%d", directory, len(written), len(removed))
         return self._reload(changed=True)
+
+    def _kept_sections(self, keep: Iterable[str]) -> dict[str, str]:
+        """The live conf.d files of objects held as they are (core.held)."""
+        directory, files = self.config.directory, {}
+        for ref in keep:
+            namespace, _, name = ref.partition("/")
+            relative = f"{CONFD}/{section_filename(namespace, name)}"
+            try:
+                if _is_vsops(directory / relative):
+                    files[relative] = (directory / relative).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                log.warning("keepalived: cannot read a held object's section, it is dropped object=%s error=%r", ref, str(exc))
+        return files
+
+    def _notify_fifo(self, services: Iterable[VirtualService]) -> str | None:
+        """The FIFO keepalived tells VRRP transitions through, read from now on; None while no ipvs-mode
+        object is announced by VRRP (or when it cannot be made: `vsop show` then says `unknown`)."""
+        if self.notify is None:
+            if not any(vs.spec.mode == "ipvs" and vs.spec.announce == "vrrp" for vs in services):
+                return None
+            self.notify = NotifyFifo(self.config.track_dir / "notify.fifo", on_change=self._announced_changed)
+        return str(self.notify.path) if self.notify.start() else None
+
+    def _announced_changed(self, instance: str, state: str) -> None:
+        if self.on_announce is not None:
+            self.on_announce()
+
+    def announced(self) -> dict[str, str]:
+        """VIP -> this node's VRRP state for it (master, backup, fault, stop; unknown: keepalived said nothing yet)."""
+        states = self.notify.states() if self.notify is not None else {}
+        return {vip: states.get(instance, "unknown") for instance, vips in sorted(self.instances.items()) for vip in vips}
 
     def write_tracks(self, serving: Mapping[str, bool], services: Mapping[str, VirtualService]) -> list[str]:
         """One track file per object (0: this node serves it, 1: it does not), each written only when it
@@ -312,6 +341,7 @@ class KeepalivedWriter:
             "lastError": self.last_error,
             "problems": self.problems,
             **({"vrrpTracks": {"directory": str(self.config.track_dir), "serving": dict(sorted(self.tracks.items()))}} if self.tracks else {}),
+            **({"announced": self.announced()} if self.instances and self.notify is not None else {}),
         }
 
     # -- helpers -------------------------------------------------------------------

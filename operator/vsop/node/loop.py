@@ -111,6 +111,8 @@ class KeepalivedWriter(Protocol):
 
     def can_keep(self) -> bool: ...
 
+    def announced(self) -> Mapping[str, str]: ...
+
     def update(self, services: Iterable[VirtualService], node: Node | None = None, endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
                names: Names = ..., keep: Iterable[str] = (), node_addresses: Iterable[str] | None = None,
                serving: Mapping[str, bool] | None = None) -> Any: ...
@@ -267,6 +269,8 @@ class NodeLoop:
                     self.metrics.record(outcome, self.reconciler)
                 if outcome.error is None and feed.keepalived is not None:
                     turn.keepalived = self._keepalived(feed.keepalived)
+                    if self.metrics is not None and self.keepalived is not None:
+                        self.metrics.record_announced(self.keepalived.announced())
                 targets = health_targets(self.checked, self.reconciler)
                 self.targets = targets | self.targets if self.keep_probing_held and feed.held else targets
                 if after is not None:

@@ -71,6 +71,10 @@ class NodeMetrics:
             registry=r,
         )
         self.last_success = Gauge("vsop_last_successful_sync_timestamp_seconds", "Unix time of the last successful sync.", registry=r)
+        self.announced = Gauge(
+            "vsop_vip_announced", "1 per VIP announced by VRRP, labelled with this node's VRRP state for it "
+            "(master: this node holds it; backup; fault; stop; unknown: keepalived has not said yet).", ["vip", "state"], registry=r,
+        )
         self.incremental = Counter(
             "vsop_reconciles", "Reconciles of this node, by kind (incremental: only changed objects; full: the kernel read again; skipped: read, nothing of vsop's changed).",
             ["kind"], registry=r,
@@ -134,6 +138,12 @@ class NodeMetrics:
                     return self._objects[1] if self._objects is not None else {}
         self._objects = (recorded, counts)
         return counts
+
+    def record_announced(self, states: Mapping[str, str]) -> None:
+        """This node's VRRP state of each VIP announced by VRRP (vsop.keepalived.writer's `announced`)."""
+        self.announced.clear()
+        for vip, state in states.items():
+            self.announced.labels(vip, state).set(1)
 
     def record(self, outcome: Any, reconciler: Any) -> None:
         """One reconcile's figures (a vsop.node.reconciler Outcome, and its Reconciler): its result, duration and operations, and what the kernel now holds of vsop's."""

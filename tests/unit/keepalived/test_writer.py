@@ -312,6 +312,16 @@ def test_host_agent_announces_an_ipvs_vip_by_vrrp_and_tracks_its_health(tmp_path
     conf = live(w)["conf.d/default_web.conf"]
     assert "virtual_server" not in conf and "unicast_src_ip 192.168.50.2" in conf and f"file {tmp_path}/vrrp/default_web" in conf
     assert (tmp_path / "vrrp" / "default_web").read_text() == "0\n" and len(signaller.sent) == 1
+    # keepalived tells its transitions through the FIFO the agent made and reads (no script runs).
+    assert f"vrrp_notify_fifo {tmp_path}/vrrp/notify.fifo" in live(w)["keepalived.conf"]
+    assert w.status()["announced"] == {"192.168.50.100": "unknown"}
+    with open(tmp_path / "vrrp" / "notify.fifo", "w") as fifo:
+        fifo.write('INSTANCE "vsop_eth0_61" MASTER 250\nGROUP "other" BACKUP 100\n')
+    deadline = time.monotonic() + 10
+    while w.status()["announced"]["192.168.50.100"] != "master" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert w.status()["announced"] == {"192.168.50.100": "master"}
+    assert "announced: 192.168.50.100 master (VRRP: this node holds it)" in show_text_of(agent, fake.state)
     # Every backend drained: this node serves nothing of it, the track file says so; keepalived's files stay.
     _write(folder, "web", vip="192.168.50.100", announce="vrrp", vrrp=VRRP_IPVS,
            backends=[{"address": "192.168.2.111", "weight": 0}, {"address": "192.168.2.222", "weight": 0}])
@@ -327,3 +337,18 @@ def test_host_agent_announces_an_ipvs_vip_by_vrrp_and_tracks_its_health(tmp_path
     agent.poll()
     agent.sync_once()
     assert not (tmp_path / "vrrp" / "default_web").exists() and "conf.d/default_web.conf" not in live(w)
+
+
+def show_text_of(agent: HostAgent, state: Any) -> str:
+    from vsop.core.state import Names
+    from vsop.diagnose.show import show_text
+
+    return show_text(state, Names(), agent.status())
+
+
+def test_notify_lines_are_parsed_for_vrrp_instances_only() -> None:
+    from vsop.keepalived.notify import parse
+
+    assert parse('INSTANCE "vsop_eth0_61" FAULT 0\n') == ("vsop_eth0_61", "fault")
+    assert parse("INSTANCE vsop_eth0_61 BACKUP 245") == ("vsop_eth0_61", "backup")
+    assert parse('GROUP "g" MASTER 100') is None and parse('VS "x" UP') is None and parse("") is None

@@ -111,6 +111,9 @@ class FakeKeepalived:
     def can_keep(self) -> bool:
         return self.confd
 
+    def announced(self) -> dict[str, str]:
+        return {}
+
     def update(self, services: Any, node: Any = None, endpoints: Any = None, names: Any = None, keep: Any = (), node_addresses: Any = None, serving: Any = None) -> KeepalivedOutcome:
         if self.fail:
             raise OSError("read-only file system")

@@ -28,3 +28,13 @@ def test_a_scrape_after_a_change_counts_it() -> None:
     metrics.record(outcome, reconciler)
     assert vips() == 2
     assert metrics.registry.get_sample_value("vsop_real_servers_programmed", {"state": "active"}) == 8
+
+
+def test_vip_announced_is_one_for_the_current_vrrp_state_only() -> None:
+    metrics = NodeMetrics()
+    metrics.record_announced({"192.168.50.100": "backup", "192.168.50.101": "master"})
+    metrics.record_announced({"192.168.50.100": "master"})
+    value = metrics.registry.get_sample_value
+    assert value("vsop_vip_announced", {"vip": "192.168.50.100", "state": "master"}) == 1
+    assert value("vsop_vip_announced", {"vip": "192.168.50.100", "state": "backup"}) is None
+    assert value("vsop_vip_announced", {"vip": "192.168.50.101", "state": "master"}) is None  # no longer announced here

@@ -1,0 +1,53 @@
+"""`vsop explain` says how a packet from the LAN reaches this node when its VIP is announced by VRRP."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tests.unit.diagnose.test_explain_doctor import KEY, healthy
+from vsop.diagnose.explain import explain
+from vsop.diagnose.facts import Interface
+
+
+def steps(facts) -> dict:
+    return {s["id"]: s for s in explain(facts, KEY)["steps"]}
+
+
+def announced(state: str, on_eth0: bool):  # type: ignore[no-untyped-def]
+    facts = healthy(announce="vrrp", vrrp={"interface": "eth0", "virtualRouterID": 61})
+    addresses = ("192.168.50.1/24", "169.254.11.2/32") if on_eth0 else ("192.168.50.1/24",)
+    return replace(
+        facts,
+        agent={**(facts.agent or {}), "keepalived": {"announced": {"169.254.11.2": state}}},
+        interfaces={"eth0": Interface("eth0", True, addresses), "vsop0": Interface("vsop0", True, ("169.254.11.2/32",))},
+    )
+
+
+def test_the_master_owns_the_vip_on_its_interface() -> None:
+    step = steps(announced("master", on_eth0=True))["arrival"]
+    assert step["ok"] is True and "this node owns 169.254.11.2 on eth0 (VRRP master)" in step["found"]
+    assert list(steps(announced("master", on_eth0=True)))[0] == "arrival"  # the first thing a packet needs
+
+
+def test_a_backup_says_another_node_owns_it_and_a_master_without_the_address_is_a_problem() -> None:
+    backup = steps(announced("backup", on_eth0=False))["arrival"]
+    assert backup["ok"] is None and "another node owns 169.254.11.2 (this node is VRRP backup)" in backup["found"]
+    broken = explain(announced("master", on_eth0=False), KEY)
+    assert "arrival" in broken["problems"]
+    assert "arrival" not in steps(healthy())  # not announced by VRRP: no such step
+
+
+def test_doctor_checks_who_holds_the_vip_and_that_vsop0_answers_no_arp() -> None:
+    from vsop.diagnose.doctor import doctor
+
+    def findings(facts) -> dict:  # type: ignore[no-untyped-def]
+        return {f["check"]: f for f in doctor(facts)["findings"] if f["check"].startswith("vrrp.")}
+
+    assert findings(announced("master", on_eth0=True))["vrrp.owner 169.254.11.2"]["status"] == "pass"
+    assert findings(announced("backup", on_eth0=False))["vrrp.owner 169.254.11.2"]["status"] == "pass"
+    two = findings(announced("backup", on_eth0=True))["vrrp.owner 169.254.11.2"]
+    assert two["status"] == "fail" and "two nodes may answer" in two["message"]
+    loud = announced("backup", on_eth0=False)
+    loud = replace(loud, sysctls={**loud.sysctls, "net.ipv4.conf.all.arp_ignore": "0"},
+                   observed=replace(loud.observed, sysctls={**loud.observed.sysctls, "net.ipv4.conf.all.arp_ignore": "0"}))
+    assert findings(loud)["vrrp.arp 169.254.11.2"]["status"] == "fail"
