@@ -171,7 +171,7 @@ class InstanceView:
     unicast_src: Token | None = None
     unicast_peers: tuple[Token, ...] = ()
     order: tuple[Token, ...] = ()  # the peers in priority order (for a comment)
-    tracks: tuple[tuple[Token, Token], ...] = ()  # (vrrp_track_file name, its file), one per member
+    tracks: tuple[tuple[Token, Token], ...] = ()  # (track_file name, its file), one per member
     password_dropped: bool = False  # a password was given, but VRRPv3 has no authentication
 
 
