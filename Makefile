@@ -33,10 +33,11 @@ demo-plan: venv
 bench: deps venv
 	vm/run --timeout 3000 --mem 4096 -- $(BIN)/python bench/sync_bench.py
 
-# What one change costs the API server with 10, 100, 500 simulated node agents (counts, not timings):
-# the design before NodeReports (commit $(CLUSTER_BEFORE), exported to .cache/) and this tree, side by side.
-CLUSTER_BEFORE ?= 66ef99c
-CLUSTER_NODES ?= 10 100 500
+# What one change costs the API server with 10, 100, 1,000 simulated node agents (counts, not timings):
+# commit $(CLUSTER_BEFORE) (before the API server's endpoints came from the watch; exported to .cache/;
+# 66ef99c is the design before NodeReports, too slow at 1,000) and this tree, side by side.
+CLUSTER_BEFORE ?= e7216d4
+CLUSTER_NODES ?= 10 100 1000
 bench-cluster: venv
 	rm -rf .cache/cluster-before && mkdir -p .cache/cluster-before
 	git archive $(CLUSTER_BEFORE) | tar -x -C .cache/cluster-before

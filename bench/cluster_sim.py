@@ -36,7 +36,7 @@ counted; a joining agent's initial lists are real requests (made on its behalf).
 reconnections are not simulated: kopf resumes a watch from its last resourceVersion
 (bookmarks asked for) and lists again only after "410 Gone", as an informer does.
 
-    .venv/bin/python bench/cluster_sim.py --nodes 10 100 500 --objects 100
+    .venv/bin/python bench/cluster_sim.py --nodes 10 100 1000 --objects 100
     make bench-cluster
 
 Figures only, no assertions: docs/performance.md records them. Nothing leaves loopback.
@@ -185,6 +185,9 @@ class Component:
         self._contrib: dict[tuple[str, Any], dict[Any, Any]] = {}  # (index id, object key) -> {index key: value}
         self.task: asyncio.Task[None] | None = None
         self.changing = 0  # turns running that a change woke (not periodic ones)
+        # The agent's Node watch has a field selector (metadata.name): the API server sends it
+        # its own Node only, so the farm hands it no other (none would be taken or counted).
+        self.only: dict[str, str] = {"v1/nodes": obj.node_name} if isinstance(obj, Agent) else {}
         for method in ("sync_once", "reconcile_once"):
             if hasattr(obj, method):
                 setattr(obj, method, self._counted(getattr(obj, method)))
@@ -281,7 +284,7 @@ class Farm:
                     else:
                         self.objects[resource][key] = body
                     for component in self.components:
-                        if resource in component.resources:
+                        if resource in component.resources and component.only.get(resource, key[1]) == key[1]:
                             # kopf hands listed objects to event handlers with no event type.
                             if await component.deliver(resource, None if listing else event["type"], body) and not listing:
                                 self.delivered[resource] += 1
@@ -312,7 +315,9 @@ class Farm:
                     await response.read()
         await component.start()
         for resource in sorted(component.resources):
-            for body in list(self.objects[resource].values()):
+            for (_, name), body in list(self.objects[resource].items()):
+                if component.only.get(resource, name) != name:
+                    continue
                 await component.deliver(resource, None, body)
         self.components.append(component)
         component.task = asyncio.create_task(component.obj.reconcile_forever(), name=f"loop {component.name}")
@@ -507,11 +512,49 @@ def _node_name(index: int) -> str:
     return f"node-{index:04d}"
 
 
+class SimClock:
+    """The agents' loops' clock: real time, plus the resync periods the simulation moves it on by.
+
+    Every agent's loop runs its periodic full resync when this clock says a period has passed
+    (`resync_all`), not on its own: N agents' resyncs in the setup and the scenarios (a) to
+    (d), which write nothing, were most of the simulation's time at N = 100. The steady state
+    drives them, one period after another. Everything else (debounce, health-check intervals,
+    the API server's endpoints re-read by an agent that lists them) keeps real time.
+    """
+
+    PERIOD = 1e6  # the loops' own resync period: reached only when the simulation moves the clock
+
+    def __init__(self) -> None:
+        self.shift = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.shift
+
+
+CLOCK = SimClock()
+
+
 def _agent(connection: Connection, name: str, resync: float) -> Agent:
     kernel, _ = fake_kernel()
     writer = ApiWriter(connection, "vsop-agent", host=name)
-    return Agent(AgentOptions(node_name=name, resync_seconds=resync, debounce_seconds=0.05), kernel, writer,
-                 apiserver=ApiServerAddresses.for_connection(connection))
+    agent = Agent(AgentOptions(node_name=name, resync_seconds=resync, debounce_seconds=0.05), kernel, writer,
+                  apiserver=ApiServerAddresses.for_connection(connection))
+    agent.loop.clock, agent.loop.resync_seconds = CLOCK, SimClock.PERIOD
+    return agent
+
+
+async def resync_all(farm: "Farm", resync: float) -> None:
+    """One resync period of every agent: the clock moves on by a period, each loop is woken and
+    runs its full resync; returns once all have, and no sooner than `resync` seconds."""
+    started = time.monotonic()
+    agents = [c for c in farm.components if isinstance(c.obj, Agent)]
+    turns = {c.name: c.obj.loop.turns for c in agents}
+    CLOCK.shift += SimClock.PERIOD
+    for component in agents:
+        component.obj.trigger.wake("resync period (simulated clock)")
+    while any(c.obj.loop.turns <= turns[c.name] or c.obj.loop.busy for c in agents):
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(max(0.0, resync - (time.monotonic() - started)))
 
 
 async def _simulate(cluster: Cluster, prober: FakeProber, nodes: int, objects: int, checked: int, resync: float,
@@ -553,7 +596,8 @@ async def _simulate(cluster: Cluster, prober: FakeProber, nodes: int, objects: i
     mark = counts.mark()
     probes_before = collections.Counter(prober.probes)
     started = time.monotonic()
-    await asyncio.sleep(quiet_resyncs * resync)
+    for _ in range(quiet_resyncs):
+        await resync_all(farm, resync)
     await settle(cluster, farm)
     elapsed = time.monotonic() - started
     steady = counts.since(mark)
@@ -653,7 +697,7 @@ def table(columns: Mapping[str, list[dict[str, Any]]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 100, 500])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--objects", type=int, default=100)
     parser.add_argument("--checked", type=int, default=10, help="how many of the objects have a TCP health check")
     parser.add_argument("--check-interval", type=int, default=None,
@@ -663,7 +707,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compress", type=float, default=None,
                         help="clock compression: a resync period lasts resync-seconds/compress (default: 2 s, or N/50 s when longer, "
                              "so that N agents' resyncs fit in the machine)")
-    parser.add_argument("--quiet-resyncs", type=int, default=20, help="resync periods of steady state (20 x 30 s = 10 minutes)")
+    parser.add_argument("--quiet-resyncs", type=int, default=None,
+                        help="resync periods of steady state (default: 20 x 30 s = 10 minutes up to N = 100, 4 beyond)")
     parser.add_argument("--label", default="now", help="column name of these figures")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write the figures here")
     parser.add_argument("--compare", default=None, metavar="FILE", help="figures of another design (--json output) printed side by side")
@@ -674,7 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         resync = args.resync_seconds / args.compress if args.compress else max(2.0, n / 50.0)
         interval = args.check_interval or max(1, n // 100)
-        results.append(asyncio.run(simulate(n, args.objects, args.checked, resync, args.quiet_resyncs, lambda s: print(s, file=sys.stderr, flush=True),
+        quiet = args.quiet_resyncs or (20 if n <= 100 else 4)
+        results.append(asyncio.run(simulate(n, args.objects, args.checked, resync, quiet, lambda s: print(s, file=sys.stderr, flush=True),
                                             interval=interval)))
         results[-1]["seconds"] = round(time.monotonic() - started)
         print(f"  N={n}: done in {results[-1]['seconds']}s, peak RSS {results[-1]['rss_mb']} MB", file=sys.stderr, flush=True)
