@@ -33,11 +33,12 @@ demo-plan: venv
 bench: deps venv
 	vm/run --timeout 3000 --mem 4096 -- $(BIN)/python bench/sync_bench.py
 
-# What one change costs the API server with 10, 100, 1,000 simulated node agents (counts, not timings):
+# What one change costs the API server with 10 and 100 simulated node agents (counts, not timings;
+# CLUSTER_NODES="10 100 1000" for 1,000, not yet measured to the end on the shared machine):
 # commit $(CLUSTER_BEFORE) (before the API server's endpoints came from the watch; exported to .cache/;
 # 66ef99c is the design before NodeReports, too slow at 1,000) and this tree, side by side.
 CLUSTER_BEFORE ?= e7216d4
-CLUSTER_NODES ?= 10 100 1000
+CLUSTER_NODES ?= 10 100
 bench-cluster: venv
 	rm -rf .cache/cluster-before && mkdir -p .cache/cluster-before
 	git archive $(CLUSTER_BEFORE) | tar -x -C .cache/cluster-before
