@@ -9,12 +9,13 @@ named as kubectl names them: a bare NAME is in -n NAMESPACE (default: default) o
 delete alike, NAMESPACE/NAME names its own, and one missing from the store is NotFound
 (exit 1). Every
 command that writes holds the writer lock (vsop.node.lock) for its whole read-plan-write;
-`delete` lets go of it while it waits for connections to drain (its objects stay in the store at
-weight 0 meanwhile) and takes it again to delete them; `get` and `plan` never take it. `apply`
-and `delete` plan with the running agent's health verdicts and drains (vsop.cli.verdicts), so
-they never put back a real server its checks took out nor delete one it is draining. Invalid input (exit 2) leaves the store and the
-kernel untouched; a store file that stopped validating keeps what the kernel has for
-its objects (core.held), exactly as the host agent does.
+`delete` lets go of it while it waits for connections to drain (its objects stay in the store
+at weight 0 meanwhile) and takes it again to delete them; `get` and `plan` never take it.
+`apply` and `delete` plan with the running agent's health verdicts and drains
+(vsop.cli.verdicts), so they never put back a real server its checks took out nor delete one
+it is draining. Invalid input (exit 2) leaves the store and the kernel untouched; a store
+file that stopped validating keeps what the kernel has for its objects (core.held), exactly
+as the host agent does.
 Must not import: vsop.cli.main, kopf, kubernetes (the kernel adapters arrive through vsop.adapters.real).
 """
 
