@@ -54,6 +54,8 @@ async def test_what_was_deleted_during_a_watch_gap_leaves_the_kernel_after_the_4
         await until(lambda: real_servers(fake, WEB) == {"10.1.0.1"}, "the deleted slice's pod IP gone from the kernel")
         await until(lambda: STATIC not in fake.state.services, "the deleted VirtualService's service gone from the kernel")
         assert agent.turns > turns and fake.state.bound_vips() == {"169.254.11.2"}
+        counted = {kind: agent.metrics.registry.get_sample_value("vsop_relist_deletions_total", {"kind": kind}) for kind in ("endpointslices", "virtualservices")}
+        assert counted == {"endpointslices": 1.0, "virtualservices": 1.0}
         assert {key for key in agent.source.records} == {("default", "web")}
         # The watch that follows the relist hears changes as before.
         await cluster.endpoint_slice("nginx-c", "nginx", [{"addresses": ["10.1.0.3"], "conditions": {"ready": True}}], PORTS)
@@ -76,3 +78,6 @@ async def test_a_node_and_a_report_deleted_during_a_watch_gap_are_gone_for_the_c
         await until(lambda: not cluster.report("node-b"), "the report of the Node deleted in the gap, deleted")
         await until(lambda: conditions(cluster, "web")["Programmed"]["message"] == "programmed on every selected node",
                     "node-c's deleted report no longer summed up")
+        deleted = {kind: controller.metrics.registry.get_sample_value("vsop_controller_relist_deletions_total", {"kind": kind})
+                   for kind in ("nodes", "nodereports")}
+        assert deleted == {"nodes": 1.0, "nodereports": 1.0}

@@ -37,7 +37,7 @@ from vsop.core.held import Held
 from vsop.core.state import Names
 from vsop.bgp.writer import BirdAnnouncer
 from vsop.keepalived.writer import KeepalivedWriter
-from vsop.kube import checkers
+from vsop.kube import checkers, reflector
 from vsop.kube import endpoints as eps
 from vsop.kube import report as reports
 from vsop.kube.apiserver import ApiServerAddresses
@@ -139,6 +139,7 @@ class Agent:
         # (no request of their own); otherwise they are listed every resync period.
         self.watches_apiserver = apiserver_watched(options.namespaces)
         self.settings = kopf_settings()
+        reflector.on_relisted(self.settings, lambda kind, deleted: self.metrics.relist_deletions.labels(kind).inc(deleted))
         # Server-side filtering where the API (and kopf >= 1.45) offers it; the handlers filter again.
         watching = self.settings.watching
         if hasattr(watching, "field_selectors") and hasattr(watching, "label_selectors"):

@@ -27,7 +27,7 @@ import kopf
 
 from vsop.core.claims import NOT_ALLOWED, Policy, admit
 from vsop.core.desired import Node, Problem, applies_to_node
-from vsop.kube import checkers, objects
+from vsop.kube import checkers, objects, reflector
 from vsop.kube import report as reports
 from vsop.kube.claims import ClaimWatch
 from vsop.kube.client import PLURAL, ApiError, ObjectRef, Writer
@@ -159,6 +159,7 @@ class Controller:
         self.claims = ClaimWatch(options.vip_policy, self.trigger, self.gate)
         self.claims.register(self.registry)
         self.settings = kopf_settings()
+        reflector.on_relisted(self.settings, lambda kind, deleted: self.metrics.relist_deletions.labels(kind).inc(deleted))
         # LoadBalancer Services (vsop.kube.loadbalancers): built on this controller's writer and leadership.
         self.load_balancers = load_balancers(self.writer, lambda: self.leading) if load_balancers is not None else None
         if self.load_balancers is not None:

@@ -30,6 +30,10 @@ class ControllerMetrics:
         self.status_patches = Counter("vsop_controller_status_patches", "Status patches made.", registry=r)
         self.errors = Counter("vsop_controller_errors", "Errors, by source (api).", ["source"], registry=r)
         self.events = Counter("vsop_controller_events", "Events posted, by reason.", ["reason"], registry=r)
+        self.relist_deletions = Counter(
+            "vsop_controller_relist_deletions", "Objects a relist found gone and deleted (their deletion fell in a watch gap), by kind.",
+            ["kind"], registry=r,
+        )
         self.leader = Gauge("vsop_controller_leader", "1 while this controller holds the Lease and writes, 0 on standby.", registry=r)
         self.conditions = Gauge(
             "vsop_controller_virtualservices", "VirtualServices by condition type and status.", ["condition", "status"], registry=r

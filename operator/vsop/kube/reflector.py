@@ -16,7 +16,9 @@ every object the stream delivered, and once a listing is complete (kopf's `Bookm
 it yields a `DELETED` event for each remembered object the listing did not contain. kopf
 processes that event as any other deletion: the indexes drop the object and the raw event
 handlers hear `DELETED`, so the agents and the controller wake and forget it. A listing cut
-short (no `LISTED`) deletes nothing. The first listing has nothing remembered.
+short (no `LISTED`) deletes nothing. The first listing has nothing remembered. Each relist
+that deleted objects is logged, and told to the operator's listener (`on_relisted`: the agent
+and the controller count it in their metrics, by kind).
 
 It touches kopf's private module, so it checks the shape it expects and leaves kopf as it
 is (with a warning) when that shape changed.
@@ -36,6 +38,8 @@ from vsop.node.logs import kv
 log = logging.getLogger("vsop.kube")
 
 _MARK = "_vsop_relists_delete_what_is_gone"
+_LISTENER = "_vsop_on_relisted"  # on an operator's kopf settings: who hears of its relists' deletions
+Listener = Callable[[str, int], None]
 Known = dict[str, dict[str, Any]]  # uid -> the object's last known identity (apiVersion, kind, metadata)
 
 # Per watch stream: kopf runs one watcher task per (resource, namespace) for the life of the
@@ -51,7 +55,13 @@ def last_known(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": kept}
 
 
-async def reflect(events: AsyncIterator[Any], known: Known, listed_mark: Any, where: str = "") -> AsyncIterator[Any]:
+def on_relisted(settings: Any, listener: Listener) -> None:
+    """`listener(kind, deleted)` after each relist of this operator's watches (its kopf `settings`) that deleted objects."""
+    setattr(settings, _LISTENER, listener)
+
+
+async def reflect(events: AsyncIterator[Any], known: Known, listed_mark: Any, where: str = "", kind: str = "",
+                  listener: Listener | None = None) -> AsyncIterator[Any]:
     """`events` (one kopf listing then one watch) as they are, and after the listing's end
     (`listed_mark`) a DELETED event for each object in `known` the listing lacked. `known` is kept
     up to date with every event, for the next listing of the same stream."""
@@ -61,20 +71,22 @@ async def reflect(events: AsyncIterator[Any], known: Known, listed_mark: Any, wh
             yield event
             gone = [uid for uid in known if listing is not None and uid not in listing]
             listing = None
+            if gone:
+                log.info(kv("Relisted; deleting the objects the listing no longer holds (their deletion fell in a watch gap)",
+                            stream=where, deleted=len(gone)))
+                if listener is not None:
+                    listener(kind, len(gone))
             for uid in gone:
                 yield {"type": "DELETED", "object": known.pop(uid)}
-            if gone:
-                log.info(kv("Relisted; deleted the objects the listing no longer holds (their deletion fell in a watch gap)",
-                            stream=where, deleted=len(gone)))
             continue
         if isinstance(event, Mapping):
-            kind, body = event.get("type"), event.get("object") or {}
+            verb, body = event.get("type"), event.get("object") or {}
             uid = (body.get("metadata") or {}).get("uid") if isinstance(body, Mapping) else None
-            if uid and kind in (None, "ADDED", "MODIFIED"):
+            if uid and verb in (None, "ADDED", "MODIFIED"):
                 known[uid] = last_known(body)
                 if listing is not None:
                     listing.add(uid)
-            elif uid and kind == "DELETED":
+            elif uid and verb == "DELETED":
                 known.pop(uid, None)
                 if listing is not None:
                     listing.discard(uid)
@@ -105,7 +117,8 @@ def install() -> bool:
         known: Known = _streams.setdefault(task, {}) if task is not None else {}
         where = f"{resource} in {namespace}" if namespace is not None else f"{resource}"
         stream = watch(settings=settings, resource=resource, namespace=namespace, operator_pause_waiter=operator_pause_waiter)
-        async for event in reflect(stream, known, bookmark, where):
+        kind, listener = str(getattr(resource, "plural", resource)), getattr(settings, _LISTENER, None)
+        async for event in reflect(stream, known, bookmark, where, kind, listener):
             yield event
 
     setattr(continuous_watch, _MARK, True)

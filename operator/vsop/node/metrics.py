@@ -60,6 +60,10 @@ class NodeMetrics:
             registry=r,
         )
         self.status_patches = Counter("vsop_status_patches", "Merge patches of status.nodes.<this node>.", registry=r)
+        self.relist_deletions = Counter(
+            "vsop_relist_deletions", "Objects a relist found gone and deleted (their deletion fell in a watch gap: a dropped watch, "
+            "410 Gone), by kind (the in-cluster agent).", ["kind"], registry=r,
+        )
         self.events = Counter("vsop_events", "Events posted, by reason.", ["reason"], registry=r)
         self.drift_repairs = Counter(
             "vsop_drift_repairs", "Kernel changes made behind vsop's back that a full resync put back, by operation kind.", ["kind"], registry=r

@@ -27,9 +27,12 @@ async def script(*events: Any) -> AsyncIterator[Any]:
         yield event
 
 
-def run(known: dict[str, Any], *events: Any) -> list[Any]:
+def run(known: dict[str, Any], *events: Any, told: list[tuple[str, int]] | None = None) -> list[Any]:
+    def listener(kind: str, deleted: int) -> None:
+        (told if told is not None else []).append((kind, deleted))
+
     async def collect() -> list[Any]:
-        return [event async for event in reflector.reflect(script(*events), known, LISTED)]
+        return [event async for event in reflector.reflect(script(*events), known, LISTED, "endpointslices", "endpointslices", listener)]
 
     return asyncio.run(collect())
 
@@ -42,7 +45,9 @@ def test_a_relist_deletes_what_the_listing_lacks_and_nothing_else() -> None:
     assert [e if e is LISTED else e["type"] for e in first] == [None, None, None, LISTED, "ADDED", "DELETED"]  # nothing to delete at first
     assert set(known) == {"u-a", "u-b", "u-d"}
     # A 410 after a gap in which b and d were deleted: the relist holds a only.
-    second = run(known, {"type": None, "object": a}, LISTED, {"type": "MODIFIED", "object": a})
+    told: list[tuple[str, int]] = []
+    second = run(known, {"type": None, "object": a}, LISTED, {"type": "MODIFIED", "object": a}, told=told)
+    assert told == [("endpointslices", 2)]  # the kind and how many, for the metrics
     assert second[:2] == [{"type": None, "object": a}, LISTED] and second[-1] == {"type": "MODIFIED", "object": a}
     deleted = second[2:-1]
     assert sorted(e["object"]["metadata"]["name"] for e in deleted) == ["b", "d"] and {e["type"] for e in deleted} == {"DELETED"}
