@@ -184,3 +184,29 @@ class IPSetContract:
         with pytest.raises(OperationFailed) as failed:
             ipset_adapter.apply([missing])
         assert failed.value.op == missing
+
+    # -- sourceRanges: hash:ip,port,net members, host prefixes spelled without their length ----
+
+    def test_source_range_members_read_back_as_ipset_save_spells_them(self, ipset_adapter, family):
+        name = NAMES.set_name(NAMES.source_cidr_set, family)
+        members = {
+            4: ("169.254.11.2,tcp:80,10.0.0.0/8", "169.254.11.2,udp:53,192.0.2.7", "169.254.11.2,tcp:80,128.0.0.0/1"),
+            6: ("fd00::1,tcp:80,fd01::/64", "fd00::1,udp:53,2001:db8::7", "fd00::1,tcp:80,8000::/1"),
+        }[family]
+        written = ipset_adapter.apply(
+            [ops.CreateSet(IPSet(name, "hash:ip,port,net", family))]  # type: ignore[arg-type]
+            + [ops.AddSetMember(name, member, OWNER) for member in members]
+        )
+        assert written == 4
+        found = self.read_all(ipset_adapter)[name]
+        assert (found.kind, found.members) == ("hash:ip,port,net", {member: OWNER for member in members})
+        assert ipset_adapter.apply([ops.DeleteSetMember(name, members[1])]) == 1
+        assert self.read_all(ipset_adapter)[name].members == {members[0]: OWNER, members[2]: OWNER}
+
+    def test_many_source_range_members_in_one_apply(self, ipset_adapter):
+        """A run long enough to go over netlink where the real adapter has it."""
+        name = NAMES.source_cidr_set
+        members = {f"10.9.{i // 250}.{i % 250},tcp:80,{10 + i % 50}.{i % 7}.0.0/16": OWNER for i in range(600)}
+        operations = [ops.CreateSet(IPSet(name, "hash:ip,port,net", 4))] + [ops.AddSetMember(name, m, c) for m, c in members.items()]  # type: ignore[arg-type]
+        assert ipset_adapter.apply(operations) == len(operations)
+        assert self.read_all(ipset_adapter)[name].members == members

@@ -13,7 +13,7 @@ import pytest
 from tests.contracts import apply_in_order
 from vsop.adapters.base import OperationFailed
 from vsop.core import ops
-from vsop.core.desired import constant_chains, constant_jumps
+from vsop.core.desired import SET_KINDS, constant_chains, constant_jumps
 from vsop.core.plan import plan
 from vsop.core.state import ChainKey, IPSet, Jump, KernelState, Names
 
@@ -46,10 +46,9 @@ def jump(family: int, table: str, chain: str, target: str) -> Jump:
 
 
 def constant_sets(family: int) -> dict[str, IPSet]:
-    kinds = ((NAMES.vip_ports_set, "hash:ip,port"), (NAMES.nomasq_set, "hash:ip,port"), (NAMES.vips_set, "hash:ip"))
     return {
-        NAMES.set_name(base, family): IPSet(NAMES.set_name(base, family), kind, family)  # type: ignore[arg-type]
-        for base, kind in kinds
+        NAMES.set_name(getattr(NAMES, attribute), family): IPSet(NAMES.set_name(getattr(NAMES, attribute), family), kind, family)  # type: ignore[arg-type]
+        for attribute, kind in SET_KINDS
     }
 
 

@@ -49,6 +49,7 @@ IPSET_CMD_PROTOCOL, IPSET_CMD_LIST, IPSET_CMD_ADD, IPSET_CMD_DEL = 1, 7, 9, 10
 IPSET_PROTOCOL = 7
 _ATTR_PROTOCOL, _ATTR_SETNAME, _ATTR_TYPENAME, _ATTR_FAMILY, _ATTR_DATA, _ATTR_ADT = 1, 2, 3, 5, 7, 8
 _ATTR_IP, _ATTR_IP_TO, _ATTR_CIDR, _ATTR_PORT, _ATTR_PORT_TO, _ATTR_PROTO, _ATTR_CADT_FLAGS, _ATTR_COMMENT = 1, 2, 3, 4, 5, 7, 8, 26
+_ATTR_IP2, _ATTR_CIDR2 = 20, 21  # hash:ip,port,net's third part: the network and its prefix length
 IPSET_FLAG_WITH_COMMENT = 1 << 4
 _PROTO_NAME = {6: "tcp", 17: "udp", 132: "sctp"}  # as getprotobynumber spells them in `ipset save`
 _NFPROTO_FAMILY = {2: 4, 10: 6}
@@ -367,8 +368,10 @@ def _protocol(pipe: NetlinkPipe) -> int:
 
 
 def add_body(op: ops.AddSetMember, protocol: int = IPSET_PROTOCOL) -> bytes:
-    """The nfnetlink body of IPSET_CMD_ADD for one member ("VIP" or "VIP,proto:port") with its comment."""
+    """The nfnetlink body of IPSET_CMD_ADD for one member ("VIP", "VIP,proto:port" or "VIP,proto:port,NET")
+    with its comment."""
     address, _, port_spec = op.member.partition(",")
+    port_spec, _, network = port_spec.partition(",")
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     packed = socket.inet_pton(family, address)
     ip_kind = _ATTR_IPADDR_IPV6 if family == socket.AF_INET6 else _ATTR_IPADDR_IPV4
@@ -380,6 +383,10 @@ def add_body(op: ops.AddSetMember, protocol: int = IPSET_PROTOCOL) -> bytes:
             raise ValueError(f"cannot parse {port_spec!r} as a protocol and port")
         data += nla(NLA_F_NET_BYTEORDER | _ATTR_PORT, struct.pack("!H", int(port)))
         data += nla(NLA_F_NET_BYTEORDER | _ATTR_PROTO, bytes([number]))
+    if network:
+        net_address, _, length = network.partition("/")
+        data += nla(NLA_F_NESTED | _ATTR_IP2, nla(NLA_F_NET_BYTEORDER | ip_kind, socket.inet_pton(family, net_address)))
+        data += nla(_ATTR_CIDR2, bytes([int(length) if length else (128 if family == socket.AF_INET6 else 32)]))
     if op.comment:
         data += nla(_ATTR_COMMENT, op.comment.encode() + b"\0")
     return b"".join((

@@ -93,6 +93,14 @@ SPEC_RULES += [
     },
 ]
 
+SPEC_RULES.append(
+    {
+        "rule": "!has(self.sourceRanges) || self.sourceRanges.all(r, r.contains(':') == self.vip.contains(':'))",
+        "message": "a source range of another IP family than the VIP never matches a client",
+        "fieldPath": ".sourceRanges",
+    }
+)
+
 VIP_RULES = [
     {
         "rule": "!self.matches('^(24[0-9]|25[0-5])[.]')",
@@ -236,6 +244,7 @@ def spec_schema() -> dict[str, Any]:
     props["vip"]["x-kubernetes-validations"] = IP_LITERAL_RULES + VIP_RULES
     props["backends"]["items"]["x-kubernetes-validations"] = BACKEND_RULES
     props["nodeSelector"]["properties"]["matchExpressions"]["items"]["x-kubernetes-validations"] = MATCH_EXPRESSION_RULES
+    props["sourceRanges"]["items"]["x-kubernetes-validations"] = SOURCE_RANGE_RULES
     props["vip"]["description"] = "The virtual IP: an IPv4 or IPv6 address literal, bound as /32 or /128 on vsop0."
     return spec
 
@@ -376,6 +385,18 @@ def node_report_crd_yaml() -> str:
 # --- VipPool: cluster-scoped, written by an administrator (vsop.api.pools) -------------------
 
 _IPV4 = f"({_OCTET}[.]){{3}}{_OCTET}"
+# sourceRanges entries: host bits are allowed (as in a Service's loadBalancerSourceRanges); the model keeps the network.
+SOURCE_RANGE_RULES = [
+    {
+        "rule": f"self.contains(':') || self.matches('^{_IPV4}/(3[0-2]|[12]?[0-9])$')",
+        "message": "must be an IPv4 CIDR prefix (length 0-32) in dotted decimal (0-255, no leading zeros), or an IPv6 one",
+    },
+    {
+        "rule": "!self.contains(':') || self.matches('/(12[0-8]|1[01][0-9]|[1-9]?[0-9])$')",
+        "message": "an IPv6 prefix length is 0-128",
+    },
+]
+
 POOL_ADDRESS_RULES = [
     {
         "rule": f"self.contains(':') || self.matches('^{_IPV4}(/(3[0-2]|[12]?[0-9])|-{_IPV4})?$')",

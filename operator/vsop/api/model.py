@@ -131,6 +131,43 @@ IPLiteral = Annotated[
     WithJsonSchema({"type": "string", "maxLength": 45, "pattern": IP_LITERAL_PATTERN}),
 ]
 VIP = Annotated[IPLiteral, AfterValidator(_vip)]
+
+
+SOURCE_RANGE_PATTERN = r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$"
+MAX_SOURCE_RANGES = 64
+
+
+def _source_range(value: Any) -> str:
+    """A client range (kube-proxy's loadBalancerSourceRanges entry): ADDRESS/LENGTH, host bits allowed
+    (Kubernetes accepts them; the network is what counts). Returned as the network, canonical."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a CIDR prefix written as text (10.0.0.0/8), got {show(value)}")
+    address, slash, length = value.partition("/")
+    if not slash or not length.isdigit() or (length.startswith("0") and length != "0"):
+        raise ValueError(f"{show(value)} is not a CIDR prefix (address/length, the length in plain decimal)")
+    literal = _ip_literal_any(address)
+    try:
+        network = ipaddress.ip_network(f"{literal}/{length}", strict=False)
+    except ValueError:
+        raise ValueError(f"{show(value)}: the prefix length is 0-32 for IPv4, 0-128 for IPv6") from None
+    return str(network)
+
+
+def _ip_literal_any(value: str) -> str:
+    try:
+        address = _address(value)
+    except ValueError:
+        raise ValueError(f"{show(value)} is not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        raise ValueError(f"{show(value)} is an IPv4-mapped IPv6 address: use the IPv4 form")
+    return str(address)
+
+
+SourceRange = Annotated[
+    str,
+    BeforeValidator(_source_range),
+    WithJsonSchema({"type": "string", "maxLength": 49, "pattern": SOURCE_RANGE_PATTERN}),
+]
 BackendAddress = Annotated[IPLiteral, AfterValidator(_backend)]
 PortNumber = Annotated[int, Field(ge=1, le=65535, strict=True)]
 DNSLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=DNS_LABEL)]
@@ -396,6 +433,11 @@ class VirtualServiceSpec(_Spec):
     )
     vrrp: VRRP | None = None
     bgp: BGPAnnouncement | None = None
+    source_ranges: tuple[SourceRange, ...] = Field(
+        default=(),
+        max_length=MAX_SOURCE_RANGES,
+        description="Only clients in these CIDR prefixes reach the VIP's ports; others are dropped (kube-proxy's loadBalancerSourceRanges). Empty: every client.",
+    )
 
     @field_validator("ports", "backends", mode="after")
     @classmethod
@@ -493,7 +535,17 @@ def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
     errors.extend(_health_check_errors(spec))
     errors.extend(_node_selector_errors(spec))
     errors.extend(_announce_errors(spec))
+    errors.extend(_source_range_errors(spec))
     return errors
+
+
+def _source_range_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
+    """A client range of the other family would never match: refused, not silently ignored."""
+    return [
+        (f"spec.sourceRanges[{index}]", f"IPv{6 if ':' in cidr else 4} range {cidr} for an IPv{spec.family} VIP never matches a client")
+        for index, cidr in enumerate(spec.source_ranges)
+        if (6 if ":" in cidr else 4) != spec.family
+    ]
 
 
 def _port_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:

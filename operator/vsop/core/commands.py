@@ -29,14 +29,15 @@ SECTION = {
     ),
     ops.AddSetMember: (
         "Set members: every VIP (VSOP-FILTER rejects new connections to it unless their port\n"
-        "# is accepted below) and every VIP port that is not masqueraded."
+        "# is accepted below), every VIP port that is not masqueraded, and for sourceRanges each\n"
+        "# such VIP port (VSOP-SRC-FW) with each client prefix it admits (VSOP-SRC-CIDR)."
     ),
     ops.WriteChain: (
         "vsop's own chains (vsop loads each table with one `iptables-restore --noflush`).\n"
         "# VSOP-SERVICES marks connections and traffic to a VIP port, VSOP-POSTROUTING masquerades\n"
         "# marked traffic so replies from real servers on other hosts come back through this node,\n"
-        "# VSOP-FILTER lets only service ports through to a VIP (the node's sshd stays unreachable\n"
-        "# on it), and VSOP-FORWARD accepts the real servers' replies of VIP connections: they are\n"
+        "# VSOP-FILTER first drops clients outside a VIP port's sourceRanges, then lets only service\n"
+        "# ports through to a VIP (the node's sshd stays unreachable on it), and VSOP-FORWARD accepts the real servers' replies of VIP connections: they are\n"
         "# routed through FORWARD, where a policy of DROP (Docker, ufw) would drop them before IPVS\n"
         "# sees them (kube-proxy's KUBE-FORWARD). The policy itself is left as it is."
     ),

@@ -30,6 +30,7 @@ from vsop.core.state import (
     VirtualServer,
     host_prefix,
     ipset_member,
+    source_member,
 )
 from vsop.core.health import apply_health
 from vsop.api.model import PortSpec, VirtualService, backends_on_vips
@@ -137,6 +138,8 @@ def constant_chains(names: Names, family: int) -> dict[ChainKey, tuple[str, ...]
     vip_ports = names.set_name(names.vip_ports_set, family)
     nomasq = names.set_name(names.nomasq_set, family)
     vips = names.set_name(names.vips_set, family)
+    source_fw = names.set_name(names.source_fw_set, family)
+    source_cidr = names.set_name(names.source_cidr_set, family)
     reject = "icmp-port-unreachable" if family == 4 else "icmp6-port-unreachable"
     f = 4 if family == 4 else 6
     return {
@@ -150,6 +153,9 @@ def constant_chains(names: Names, family: int) -> dict[ChainKey, tuple[str, ...]
         ChainKey(f, "nat", names.mark_chain): (f"-j MARK --set-xmark {names.mark}",),
         ChainKey(f, "nat", names.postrouting_chain): (f"-m mark --mark {names.mark} -j MASQUERADE",),
         ChainKey(f, "filter", names.filter_chain): (
+            # sourceRanges: a VIP port that admits some clients only drops every other one. One rule
+            # however many VIPs and ranges (kube-proxy's KUBE-LOAD-BALANCER-FW / -SOURCE-CIDR pair).
+            f"-m set --match-set {source_fw} dst,dst -m set ! --match-set {source_cidr} dst,dst,src -j DROP",
             f"-m set --match-set {vip_ports} dst,dst -j ACCEPT",
             f"-m set --match-set {vips} dst -m conntrack --ctstate NEW -j REJECT --reject-with {reject}",
         ),
@@ -280,7 +286,24 @@ def _endpoint_port(port: PortSpec, endpoint: Endpoint) -> int | Unresolved:
     )
 
 
-SET_KINDS = (("vip_ports_set", "hash:ip,port"), ("nomasq_set", "hash:ip,port"), ("vips_set", "hash:ip"))
+SET_KINDS = (
+    ("vip_ports_set", "hash:ip,port"),
+    ("nomasq_set", "hash:ip,port"),
+    ("vips_set", "hash:ip"),
+    ("source_fw_set", "hash:ip,port"),
+    ("source_cidr_set", "hash:ip,port,net"),
+)
+
+
+def source_networks(ranges: Iterable[str]) -> list[str]:
+    """The prefixes a hash:ip,port,net set can hold for `ranges`: the kernel refuses a length of 0,
+    so "every address" (0.0.0.0/0, ::/0) is its two halves."""
+    found: list[str] = []
+    for cidr in ranges:
+        network = ipaddress.ip_network(cidr)
+        halves = network.subnets(new_prefix=1) if network.prefixlen == 0 else (network,)
+        found.extend(str(half) for half in halves if str(half) not in found)
+    return found
 
 
 def shared_state(
@@ -453,11 +476,17 @@ def _program(
     members = found.members
     comment = ipset_comment(vs.ref)
     members.setdefault(names.set_name(names.vips_set, family), {})[spec.vip] = comment
+    networks = source_networks(spec.source_ranges) if spec.source_ranges else []
     for port in spec.ports:
         key = ServiceKey(_protocol(port), spec.vip, port.port)  # type: ignore[arg-type]
         members.setdefault(names.set_name(names.vip_ports_set, family), {})[ipset_member(key)] = comment
         if not masquerade:
             members.setdefault(names.set_name(names.nomasq_set, family), {})[ipset_member(key)] = comment
+        if spec.source_ranges:
+            members.setdefault(names.set_name(names.source_fw_set, family), {})[ipset_member(key)] = comment
+            admitted = members.setdefault(names.set_name(names.source_cidr_set, family), {})
+            for network in networks:
+                admitted[source_member(key, network)] = comment
         if spec.mode != "ipvs":
             found.delegated.add(key)
             continue  # keepalived owns IPVS for this service; vsop keeps the rest

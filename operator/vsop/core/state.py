@@ -26,6 +26,10 @@ class Names:
     vip_ports_set: str = "VSOP-VIP-PORTS"
     vips_set: str = "VSOP-VIPS"
     nomasq_set: str = "VSOP-VIP-PORTS-NOMASQ"
+    # sourceRanges (kube-proxy's KUBE-LOAD-BALANCER-FW / -SOURCE-CIDR): the VIP ports that admit
+    # only some clients (hash:ip,port), and each such port with each admitted prefix (hash:ip,port,net).
+    source_fw_set: str = "VSOP-SRC-FW"
+    source_cidr_set: str = "VSOP-SRC-CIDR"
     services_chain: str = "VSOP-SERVICES"
     mark_chain: str = "VSOP-MARK-MASQ"
     postrouting_chain: str = "VSOP-POSTROUTING"
@@ -44,7 +48,7 @@ class Names:
         return base if family == 4 else f"{base}-V6"
 
     def owned_set_names(self) -> frozenset[str]:
-        bases = (self.vip_ports_set, self.vips_set, self.nomasq_set)
+        bases = (self.vip_ports_set, self.vips_set, self.nomasq_set, self.source_fw_set, self.source_cidr_set)
         return frozenset(self.set_name(base, family) for base in bases for family in (4, 6))
 
     def owned_chains(self) -> frozenset[str]:
@@ -116,7 +120,7 @@ class RealServer:
 @dataclass(frozen=True)
 class IPSet:
     name: str
-    kind: str  # "hash:ip,port" | "hash:ip"
+    kind: str  # "hash:ip,port" | "hash:ip" | "hash:ip,port,net"
     family: Family
     members: Mapping[str, str] = field(default_factory=dict)  # member -> comment (owning object)
     comments: bool = True  # created with the comment extension, which vsop's members need
@@ -179,6 +183,13 @@ def host_prefix(vip: str) -> str:
 def ipset_member(key: ServiceKey) -> str:
     """hash:ip,port member text, as `ipset save` prints it."""
     return f"{key.vip},{key.protocol}:{key.port}"
+
+
+def source_member(key: ServiceKey, network: str) -> str:
+    """hash:ip,port,net member text, as `ipset save` prints it: a host prefix (/32, /128) without its length."""
+    address, _, length = network.partition("/")
+    host = length == ("128" if ":" in address else "32")
+    return f"{ipset_member(key)},{address if host else network}"
 
 
 def member_service(member: str) -> ServiceKey | None:

@@ -349,6 +349,12 @@ def check_services(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
         serving = [rs for rs in servers if rs.weight > 0]
         if serving:
             yield Finding(f"ipvs.service {key}", PASS, f"IPVS service {key}: {len(serving)} of {len(servers)} real server(s) take new connections")
+        elif not servers:
+            # kube-proxy's "should be rejected when no endpoints exist": IPVS's ip_vs_leave() answers
+            # ICMP port unreachable, so a client fails at once instead of waiting for a timeout.
+            yield Finding(f"ipvs.service {key}", FAIL,
+                          f"IPVS service {key} has no real server: clients are refused (IPVS answers ICMP port unreachable)",
+                          setting="backends / serviceRef of the VirtualService (a serviceRef whose Service has no ready endpoint here)")
         else:
             failing = [h for h in (facts.agent or {}).get("health", []) if h.get("service") == str(key) and not h.get("healthy")]
             reason = "; ".join(f"{h['realServer']}: {h.get('lastError', '')}" for h in failing)

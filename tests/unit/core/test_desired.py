@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.conftest import make_vs
 from vsop.core.desired import Endpoint, EndpointPort, Node, desired_state, resolve_conflicts
-from vsop.core.state import RealServerKey, ServiceKey
+from vsop.core.state import ChainKey, RealServerKey, ServiceKey
 
 NODE = Node("node-a", {"kubernetes.io/hostname": "node-a", "zone": "a"})
 WEB = ServiceKey("tcp", "169.254.11.2", 80)
@@ -33,14 +33,40 @@ def test_rule_count_is_constant_however_many_services() -> None:
         [make_vs(f"s{i}", vip=f"10.50.{i // 250}.{i % 250 + 1}") for i in range(600)], NODE
     ).state
     rules = lambda s: sum(len(r) for r in s.chains.values()) + len(s.jumps)  # noqa: E731
-    assert rules(one) == rules(many) == 14  # 9 rules in 5 chains, 5 jumps
+    assert rules(one) == rules(many) == 15  # 10 rules in 5 chains, 5 jumps
     assert len(many.services) == 600 and len(many.ipsets["VSOP-VIP-PORTS"].members) == 600
+
+
+def test_source_ranges_keep_the_rule_count_from_1_to_1000_vips() -> None:
+    """kube-proxy's KUBE-LOAD-BALANCER-FW / -SOURCE-CIDR pair: ranges are set members, never rules."""
+    ranges = ["10.0.0.0/8", "192.168.0.0/16"]
+    rules = lambda s: {k: len(r) for k, r in s.chains.items()}  # noqa: E731
+    without = desired_state([make_vs()], NODE).state
+    one = desired_state([make_vs(sourceRanges=ranges)], NODE).state
+    many = desired_state([make_vs(f"s{i}", vip=f"10.50.{i // 250}.{i % 250 + 1}", sourceRanges=ranges) for i in range(1000)], NODE).state
+    assert rules(without) == rules(one) == rules(many)
+    assert without.jumps == one.jumps == many.jumps
+    assert len(many.ipsets["VSOP-SRC-FW"].members) == 1000 and len(many.ipsets["VSOP-SRC-CIDR"].members) == 2000
+    assert many.chains[ChainKey(4, "filter", "VSOP-FILTER")][0] == (
+        "-m set --match-set VSOP-SRC-FW dst,dst -m set ! --match-set VSOP-SRC-CIDR dst,dst,src -j DROP"
+    )
+
+
+def test_source_ranges_become_members_per_port_and_every_address_is_two_halves() -> None:
+    vs = make_vs(ports=[{"port": 80}, {"port": 53, "protocol": "UDP"}], sourceRanges=["10.1.2.3/8", "0.0.0.0/0", "192.0.2.9/32"])
+    state = desired_state([vs, make_vs("open", vip="169.254.11.3")], NODE).state
+    assert state.ipsets["VSOP-SRC-FW"].members == {"169.254.11.2,tcp:80": "default/web", "169.254.11.2,udp:53": "default/web"}
+    assert set(state.ipsets["VSOP-SRC-CIDR"].members) == {
+        f"169.254.11.2,{port},{net}" for port in ("tcp:80", "udp:53") for net in ("10.0.0.0/8", "0.0.0.0/1", "128.0.0.0/1", "192.0.2.9")
+    }
+    v6 = desired_state([make_vs(vip="fd00::11", backends=[{"address": "fd00::2"}], sourceRanges=["::/0", "fd01::1/128"])], NODE).state
+    assert set(v6.ipsets["VSOP-SRC-CIDR-V6"].members) == {"fd00::11,tcp:80,::/1", "fd00::11,tcp:80,8000::/1", "fd00::11,tcp:80,fd01::1"}
 
 
 def test_ipv6_gets_its_own_sets_chains_and_host_prefix() -> None:
     state = desired_state([make_vs(vip="fd00::11", backends=[{"address": "fd00::2"}])], NODE).state
     assert state.addresses == {"fd00::11/128"}
-    assert set(state.ipsets) == {"VSOP-VIP-PORTS-V6", "VSOP-VIPS-V6", "VSOP-VIP-PORTS-NOMASQ-V6"}
+    assert set(state.ipsets) == {"VSOP-VIP-PORTS-V6", "VSOP-VIPS-V6", "VSOP-VIP-PORTS-NOMASQ-V6", "VSOP-SRC-FW-V6", "VSOP-SRC-CIDR-V6"}
     assert {k.family for k in state.chains} == {6}
     assert "net.ipv6.conf.all.forwarding" in state.sysctls
     assert any("icmp6-port-unreachable" in r for rules in state.chains.values() for r in rules)
@@ -250,3 +276,14 @@ def test_a_ref_longer_than_an_ipset_comment_is_shortened_so_the_kernel_takes_it_
     assert {s.owner for s in desired.state.services.values()} == {vs.ref}
     assert [p.obj for p in desired.warnings if p.reason == "KeptInvalid"] == [vs.ref]
     assert {op.key.vip for op in the_plan.ops if op.kind == "service.delete"} == {"169.254.11.3"}
+
+
+def test_a_service_without_endpoints_keeps_its_ipvs_service_and_its_filter_acceptance() -> None:
+    """kube-proxy's "should be rejected when no endpoints exist": the IPVS service with no real
+    server stays (IPVS then answers ICMP port unreachable), and its port stays accepted by
+    VSOP-FILTER, so the client's packet reaches IPVS instead of the node's own listeners."""
+    vs = make_vs(backends=[], serviceRef={"name": "nginx"}, ports=[{"port": 80}, {"port": 53, "protocol": "UDP"}])
+    state = desired_state([vs], NODE, endpoints={("default", "nginx"): []}).state
+    assert set(state.services) == {ServiceKey("tcp", "169.254.11.2", 80), ServiceKey("udp", "169.254.11.2", 53)}
+    assert state.real_servers == {}
+    assert set(state.ipsets["VSOP-VIP-PORTS"].members) == {"169.254.11.2,tcp:80", "169.254.11.2,udp:53"}

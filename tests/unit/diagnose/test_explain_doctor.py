@@ -221,6 +221,8 @@ def fault(name: str, facts: Facts) -> Facts:
         facts.sysctls = {**facts.sysctls, "net.ipv4.vs.conn_reuse_mode": "1"}
     elif name == "no-real-server":
         facts.observed = replace(state, real_servers={k: replace(rs, weight=0) for k, rs in state.real_servers.items()})
+    elif name == "no-endpoints":
+        facts.observed = replace(state, real_servers={})
     return facts
 
 
@@ -239,7 +241,16 @@ FAULTS = {
     "agent-stale": ("agent.status", "systemctl restart vsop-agent"),
     "conn-reuse": ("sysctl.conn_reuse_mode", "sysctl -w net.ipv4.vs.conn_reuse_mode=0"),
     "no-real-server": ("ipvs.service TCP 169.254.11.2:80", None),
+    "no-endpoints": ("ipvs.service TCP 169.254.11.2:80", None),
 }
+
+
+def test_doctor_says_a_service_without_real_servers_refuses_clients() -> None:
+    """kube-proxy's "should be rejected when no endpoints exist": the IPVS service stays, IPVS refuses."""
+    found = failing(doctor(fault("no-endpoints", healthy())))
+    assert "has no real server: clients are refused" in found[0]["message"]
+    drained = failing(doctor(fault("no-real-server", healthy())))
+    assert "no real server with weight > 0" in drained[0]["message"]
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))
