@@ -33,6 +33,11 @@ def test_endpoint_conditions_follow_the_api_defaults() -> None:
     assert eps.slice_service({"metadata": {"labels": {}}}) is None
 
 
+def test_an_endpoint_names_the_node_its_pod_runs_on() -> None:
+    found = eps.slice_endpoints(slice_of({"addresses": ["10.1.0.1"], "nodeName": "node-a"}, {"addresses": ["10.1.0.2"], "nodeName": ""}))
+    assert [(e.address, e.node_name) for e in found] == [("10.1.0.1", "node-a"), ("10.1.0.2", None)]
+
+
 def test_an_endpoint_in_two_slices_counts_once_at_its_best() -> None:
     terminating = Endpoint("10.1.0.1", HTTP, ready=False, serving=True, terminating=True)
     ready = Endpoint("10.1.0.1", HTTP)
@@ -79,6 +84,17 @@ def test_summary_of_nodes() -> None:
         "Ready": ("False", "InvalidSpec"), "Programmed": ("False", "InvalidSpec"),
         "Degraded": ("True", "InvalidSpec"), "Conflict": ("False", "NoConflict"),
     }
+
+
+def test_traffic_policy_local_nodes_without_a_local_endpoint_are_programmed_and_say_so() -> None:
+    none_here = entry(True, 0, "NoLocalEndpoints: trafficPolicy Local: no ready endpoint ...")
+    some = summarize(Facts(3, expected=("a", "b"), nodes={"a": none_here, "b": entry(True, 1)}))
+    assert by_type(some.conditions)["Ready"] == ("True", "Ready") and by_type(some.conditions)["Degraded"] == ("False", "AsExpected")
+    assert some.backends == {"total": 2, "healthy": 1}  # b's, not the minimum with a's none
+    nowhere = summarize(Facts(3, expected=("a", "b"), nodes={"a": none_here, "b": none_here}))
+    assert by_type(nowhere.conditions)["Ready"] == ("False", "NoLocalEndpoints")
+    assert by_type(nowhere.conditions)["Degraded"] == ("True", "NoLocalEndpoints")
+    assert by_type(nowhere.conditions)["Programmed"] == ("True", "Programmed")
 
 
 def test_transition_times_and_events() -> None:

@@ -95,6 +95,20 @@ SPEC_RULES += [
 
 SPEC_RULES.append(
     {
+        "rule": "!has(self.trafficPolicy) || self.trafficPolicy != 'Local' || (has(self.serviceRef) && (!has(self.backends) || size(self.backends) == 0))",
+        "message": "trafficPolicy Local keeps the endpoints of serviceRef on each node; it needs serviceRef and no static backends",
+        "fieldPath": ".trafficPolicy",
+    }
+)
+SPEC_RULES.append(
+    {
+        "rule": "!has(self.trafficPolicy) || self.trafficPolicy != 'Local' || !has(self.mode) || self.mode == 'ipvs'",
+        "message": "trafficPolicy Local is what vsop programs into IPVS per node; it needs mode: ipvs",
+        "fieldPath": ".trafficPolicy",
+    }
+)
+SPEC_RULES.append(
+    {
         "rule": "!has(self.sourceRanges) || self.sourceRanges.all(r, r.contains(':') == self.vip.contains(':'))",
         "message": "a source range of another IP family than the VIP never matches a client",
         "fieldPath": ".sourceRanges",

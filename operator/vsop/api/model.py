@@ -433,6 +433,11 @@ class VirtualServiceSpec(_Spec):
     )
     vrrp: VRRP | None = None
     bgp: BGPAnnouncement | None = None
+    traffic_policy: Literal["Cluster", "Local"] = Field(
+        default="Cluster",
+        description="Local (serviceRef only): real servers are the endpoints on the node itself, and the client's address "
+        "reaches them (no masquerade), as kube-proxy's externalTrafficPolicy: Local.",
+    )
     source_ranges: tuple[SourceRange, ...] = Field(
         default=(),
         max_length=MAX_SOURCE_RANGES,
@@ -536,6 +541,10 @@ def semantic_errors(spec: VirtualServiceSpec) -> list[tuple[str, str]]:
     errors.extend(_node_selector_errors(spec))
     errors.extend(_announce_errors(spec))
     errors.extend(_source_range_errors(spec))
+    if spec.traffic_policy == "Local" and (spec.service_ref is None or spec.backends):
+        errors.append(("spec.trafficPolicy", "Local keeps the endpoints of serviceRef on each node; it needs serviceRef and no static backends"))
+    elif spec.traffic_policy == "Local" and spec.mode != "ipvs":
+        errors.append(("spec.trafficPolicy", "Local is what vsop programs into IPVS per node; it needs mode: ipvs"))
     return errors
 
 

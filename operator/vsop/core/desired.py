@@ -69,6 +69,7 @@ class Endpoint:
     ready: bool = True
     serving: bool = True
     terminating: bool = False
+    node_name: str | None = None  # the node its pod runs on (trafficPolicy: Local keeps this node's only)
 
 
 @dataclass(frozen=True)
@@ -404,11 +405,15 @@ def desired_state(
         if refusal is not None:
             problems.append(refusal)
             continue
-        _program(found, vs, names, endpoints, problems, announcing)
+        _program(found, vs, node, names, endpoints, problems, announcing)
 
     configured = {key: found.virtual_servers[key.service].owner for key in found.real_servers}
     real_servers, all_failing = apply_health(found.real_servers, out_of_service)
-    warnings = _all_failing_warnings(found.virtual_servers, all_failing)
+    warnings = _all_failing_warnings(found.virtual_servers, all_failing) + tuple(
+        Problem(ref, "NoLocalEndpoints", f"trafficPolicy Local: no ready endpoint of its serviceRef runs on node {node.name}; "
+                "its IPVS services stay with no real server here, so clients of this node are refused")
+        for ref in found.no_local
+    )
     routes = _routes(found.announced, found.vips, real_servers, all_failing)
     state = _kernel_state(found, winners, real_servers, routes, names, kernel_version)
     return Desired(state, tuple(found.programmed), tuple(problems), configured, warnings)
@@ -426,6 +431,7 @@ class _Programmed:
     families_used: set[int] = field(default_factory=set)
     programmed: list[str] = field(default_factory=list)
     announced: dict[str, list[ServiceKey]] = field(default_factory=dict)  # announce: bgp VIP -> the services that may attract it
+    no_local: list[str] = field(default_factory=list)  # trafficPolicy: Local objects with no ready endpoint on this node
 
 
 def _is_vrrp(vs: VirtualService) -> bool:
@@ -460,6 +466,7 @@ def _refusal(
 def _program(
     found: _Programmed,
     vs: VirtualService,
+    node: Node,
     names: Names,
     endpoints: Mapping[tuple[str, str], Iterable[Endpoint]],
     problems: list[Problem],
@@ -480,7 +487,7 @@ def _program(
     for port in spec.ports:
         key = ServiceKey(_protocol(port), spec.vip, port.port)  # type: ignore[arg-type]
         members.setdefault(names.set_name(names.vip_ports_set, family), {})[ipset_member(key)] = comment
-        if not masquerade:
+        if not masquerade or spec.traffic_policy == "Local":
             members.setdefault(names.set_name(names.nomasq_set, family), {})[ipset_member(key)] = comment
         if spec.source_ranges:
             members.setdefault(names.set_name(names.source_fw_set, family), {})[ipset_member(key)] = comment
@@ -491,10 +498,28 @@ def _program(
             found.delegated.add(key)
             continue  # keepalived owns IPVS for this service; vsop keeps the rest
         found.virtual_servers[key] = VirtualServer(key, spec.scheduler, spec.persistence.timeout_seconds, vs.ref)
-        for rs in _real_servers(vs, port, key, endpoints, problems):
+        for rs in _real_servers(vs, port, key, _endpoints_here(vs, node, endpoints, found), problems):
             found.real_servers.setdefault(rs.key, rs)
         if spec.announce == "bgp" and announcing:
             found.announced.setdefault(spec.vip, []).append(key)
+
+
+def _endpoints_here(
+    vs: VirtualService, node: Node, endpoints: Mapping[tuple[str, str], Iterable[Endpoint]], found: _Programmed
+) -> Mapping[tuple[str, str], Iterable[Endpoint]]:
+    """`endpoints`, or with trafficPolicy: Local only the serviceRef's endpoints on this node (kube-proxy's
+    externalTrafficPolicy: Local): the client's address reaches them unmasqueraded, and their replies
+    leave through this node. None here: the IPVS service stays with no real server, so IPVS refuses
+    clients at once (ICMP port unreachable), never sends them to another node unmasqueraded
+    (kubernetes#71596), and the object is told NoLocalEndpoints."""
+    spec = vs.spec
+    if spec.traffic_policy != "Local" or spec.service_ref is None:
+        return endpoints
+    key = (vs.metadata.namespace, spec.service_ref.name)
+    local = [e for e in endpoints.get(key, ()) if e.node_name == node.name]
+    if not any(e.ready for e in local) and vs.ref not in found.no_local:
+        found.no_local.append(vs.ref)
+    return {key: local}
 
 
 def _all_failing_warnings(virtual_servers: Mapping[ServiceKey, VirtualServer], all_failing: Iterable[ServiceKey]) -> tuple[Problem, ...]:

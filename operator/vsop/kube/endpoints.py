@@ -58,7 +58,9 @@ def slice_endpoints(body: Mapping[str, Any]) -> tuple[Endpoint, ...]:
         serving_value = conditions.get("serving")
         serving = ready if serving_value is None else bool(serving_value)
         terminating = conditions.get("terminating") is True
-        found.append(Endpoint(address, ports, ready=ready, serving=serving, terminating=terminating))
+        node_name = item.get("nodeName")
+        found.append(Endpoint(address, ports, ready=ready, serving=serving, terminating=terminating,
+                              node_name=node_name if isinstance(node_name, str) and node_name else None))
     return tuple(found)
 
 

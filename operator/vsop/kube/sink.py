@@ -267,6 +267,8 @@ class NodeReportSink:
                 total, healthy = _backend_counts(fragments[ref])
                 ok = outcome.error is None or _programmed_in(outcome.after or KernelState(), fragments[ref], shared)
                 message = "" if ok else f"KernelError: {outcome.error}"
+                if ok:  # programmed, but this node refuses its clients (trafficPolicy: Local): said per node
+                    message = next((f"{w.reason}: {w.message}" for w in fragments[ref].warnings if w.reason == "NoLocalEndpoints"), "")
                 if ok and keepalived is not None and ref in keepalived.backends:
                     # keepalived programs IPVS for it: count what was rendered (keepalived's checks decide the rest).
                     total, healthy = keepalived.backends[ref]

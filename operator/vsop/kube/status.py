@@ -131,7 +131,10 @@ def summarize(facts: Facts) -> Summary:
     programmed = tuple(n for n in facts.expected if current.get(n, {}).get("programmed"))
     failed = {n: e["message"] for n, e in current.items() if not e["programmed"] and e["message"]}
     waiting = [n for n in facts.expected if n not in programmed and n not in failed]
-    counts = [current[n]["backends"] for n in programmed]
+    # trafficPolicy: Local: a node without a local endpoint is programmed and refuses its clients; the
+    # backends are those of the nodes that have some (every node has its own).
+    local_less = {n for n in programmed if node_reason(current[n]["message"]) == "NoLocalEndpoints"}
+    counts = [current[n]["backends"] for n in programmed if n not in local_less]
     total = max((c["total"] for c in counts), default=0)
     healthy = min((c["healthy"] for c in counts), default=0)
     n, m = len(programmed), len(facts.expected)
@@ -165,6 +168,8 @@ def summarize(facts: Facts) -> Summary:
         degraded = _condition("Degraded", True, reason, f"failed on {len(failed)} node(s): {failures}", gen)
     elif facts.invalid is not None and n:
         degraded = _condition("Degraded", True, "InvalidSpec", f"{facts.invalid}; {n} node(s) keep programming the last valid generation", gen)
+    elif facts.invalid is None and facts.conflict is None and facts.not_allowed is None and local_less and len(local_less) == n:
+        degraded = _condition("Degraded", True, "NoLocalEndpoints", f"trafficPolicy Local: no node has a ready local endpoint; {on_nodes}", gen)
     elif facts.invalid is None and facts.conflict is None and facts.not_allowed is None and n and healthy == 0:
         degraded = _condition("Degraded", True, "NoReadyBackends", f"no ready backends ({total} known); {on_nodes}", gen)
     else:
@@ -174,6 +179,8 @@ def summarize(facts: Facts) -> Summary:
         ready = _condition("Ready", False, prog["reason"], prog["message"], gen)
     elif n == 0:
         ready = _condition("Ready", False, prog["reason"], prog["message"], gen)
+    elif local_less and len(local_less) == n:
+        ready = _condition("Ready", False, "NoLocalEndpoints", f"trafficPolicy Local: no node has a ready local endpoint; {on_nodes}", gen)
     elif healthy == 0:
         ready = _condition("Ready", False, "NoReadyBackends", f"no ready backends ({total} known); {on_nodes}", gen)
     else:

@@ -48,6 +48,7 @@ GOOD = {
     "vrrp ipvs": with_spec(announce="vrrp", vrrp={"interface": "eth0", "virtualRouterID": 52, "peers": ["192.168.5.2", "192.168.5.1"]}),
     "weight zero": with_spec(backends=[{"address": "10.1.1.1", "weight": 0}]),
     "node selector": with_spec(nodeSelector={"matchLabels": {"lb": "yes"}, "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}),
+    "traffic policy local": with_spec(backends=[], serviceRef={"name": "nginx"}, ports=[{"port": 80}], trafficPolicy="Local"),
     "source ranges": with_spec(sourceRanges=["10.0.0.0/8", "192.168.7.9/24", "0.0.0.0/0", "203.0.113.5/32"]),
 }
 
@@ -104,6 +105,11 @@ BAD = {
     "missing vip": ({**SEED, "spec": {k: v for k, v in SEED["spec"].items() if k != "vip"}}, "spec.vip", "required"),
     "wrong apiVersion": ({**SEED, "apiVersion": "vsop.dev/v2"}, "apiVersion", "vsop.dev/v1alpha1"),
     "bad name": ({**SEED, "metadata": {"name": "Web_1"}}, "metadata.name", "DNS subdomain"),
+    "local without serviceRef": (with_spec(trafficPolicy="Local"), "spec.trafficPolicy", "needs serviceRef"),
+    "local with backends": (with_spec(serviceRef={"name": "nginx"}, trafficPolicy="Local"), "spec.trafficPolicy", "no static backends"),
+    "local in keepalived mode": (with_spec(backends=[], serviceRef={"name": "nginx"}, mode="keepalived", trafficPolicy="Local"),
+                                 "spec.trafficPolicy", "needs mode: ipvs"),
+    "unknown traffic policy": (with_spec(trafficPolicy="Nearby"), "spec.trafficPolicy", "Cluster"),
     "source range without length": (with_spec(sourceRanges=["10.0.0.0"]), "spec.sourceRanges[0]", "not a CIDR prefix"),
     "source range too long": (with_spec(sourceRanges=["10.0.0.0/33"]), "spec.sourceRanges[0]", "prefix length"),
     "source range v6 too long": (with_spec(sourceRanges=["fd00::/129"]), "spec.sourceRanges[0]", "prefix length"),
@@ -124,7 +130,7 @@ SEED_PARSED: dict[str, Any] = {
         "serviceRef": None,
         "healthCheck": {"type": "none", "path": "/", "expectStatus": 200, "intervalSeconds": 3, "timeoutSeconds": 2, "failureThreshold": 2, "successThreshold": 1},
         "drain": {"timeoutSeconds": 30}, "suppressARP": False, "nodeSelector": {"matchLabels": {}, "matchExpressions": []},
-        "mode": "ipvs", "announce": "none", "vrrp": None, "bgp": None, "sourceRanges": [],
+        "mode": "ipvs", "announce": "none", "vrrp": None, "bgp": None, "trafficPolicy": "Cluster", "sourceRanges": [],
     },
     "status": None,
 }
@@ -152,6 +158,7 @@ GOOD_PARSED: dict[str, dict[str, Any]] = {
                                                "peers": ["192.168.5.2", "192.168.5.1"], "preemptDelaySeconds": 10}},
     "weight zero": {"backends": [{"address": "10.1.1.1", "port": None, "weight": 0}]},
     "node selector": {"nodeSelector": {"matchLabels": {"lb": "yes"}, "matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}},
+    "traffic policy local": {"ports": [_port(80)], "backends": [], "serviceRef": {"name": "nginx"}, "trafficPolicy": "Local"},
     # Host bits go (as Kubernetes reads loadBalancerSourceRanges): the network is what is kept.
     "source ranges": {"sourceRanges": ["10.0.0.0/8", "192.168.7.0/24", "0.0.0.0/0", "203.0.113.5/32"]},
 }

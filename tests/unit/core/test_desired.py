@@ -287,3 +287,28 @@ def test_a_service_without_endpoints_keeps_its_ipvs_service_and_its_filter_accep
     assert set(state.services) == {ServiceKey("tcp", "169.254.11.2", 80), ServiceKey("udp", "169.254.11.2", 53)}
     assert state.real_servers == {}
     assert set(state.ipsets["VSOP-VIP-PORTS"].members) == {"169.254.11.2,tcp:80", "169.254.11.2,udp:53"}
+
+
+def test_traffic_policy_local_keeps_this_nodes_endpoints_unmasqueraded() -> None:
+    """kube-proxy's externalTrafficPolicy: Local: this node's endpoints only, the client's address kept."""
+    vs = make_vs(backends=[], serviceRef={"name": "nginx"}, ports=[{"port": 80}], trafficPolicy="Local")
+    http = (EndpointPort(None, 8080),)
+    slices = {("default", "nginx"): [Endpoint("10.1.0.1", http, node_name="node-a"), Endpoint("10.1.0.2", http, node_name="node-b"),
+                                     Endpoint("10.1.0.3", http, node_name=None)]}
+    desired = desired_state([vs], NODE, endpoints=slices)
+    assert {k.address for k in desired.state.real_servers} == {"10.1.0.1"}
+    assert set(desired.state.ipsets["VSOP-VIP-PORTS-NOMASQ"].members) == {"169.254.11.2,tcp:80"}
+    assert desired.warnings == ()
+    cluster = desired_state([make_vs(backends=[], serviceRef={"name": "nginx"}, ports=[{"port": 80}])], NODE, endpoints=slices).state
+    assert {k.address for k in cluster.real_servers} == {"10.1.0.1", "10.1.0.2", "10.1.0.3"}
+    assert cluster.ipsets["VSOP-VIP-PORTS-NOMASQ"].members == {}
+
+
+def test_traffic_policy_local_without_a_local_endpoint_refuses_and_says_so() -> None:
+    vs = make_vs(backends=[], serviceRef={"name": "nginx"}, ports=[{"port": 80}], trafficPolicy="Local")
+    slices = {("default", "nginx"): [Endpoint("10.1.0.2", (EndpointPort(None, 8080),), node_name="node-b")]}
+    desired = desired_state([vs], NODE, endpoints=slices)
+    assert set(desired.state.services) == {ServiceKey("tcp", "169.254.11.2", 80)} and desired.state.real_servers == {}
+    assert desired.programmed == ("default/web",)
+    assert [(w.obj, w.reason) for w in desired.warnings] == [("default/web", "NoLocalEndpoints")]
+    assert "node-a" in desired.warnings[0].message
