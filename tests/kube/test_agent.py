@@ -583,3 +583,44 @@ async def test_the_host_writer_lock_is_held_per_sync_and_another_writer_makes_it
         await until(lambda: fake.state.bound_vips() == {"169.254.11.2", "169.254.11.3"}, "the new VIP once the lock is free", timeout=10)
         await until(lambda: HTTP in fake.state.services, "the other writer's change read and put right")
         assert agent.reconciler.reads > reads and lock.exists()
+
+
+async def test_traffic_policy_local_programs_this_nodes_endpoints_and_answers_kube_proxys_health_check(node_a: Cluster) -> None:
+    """externalTrafficPolicy: Local as kube-proxy did it: this node's endpoints only, unmasqueraded; with none,
+    the IPVS service stays empty (clients refused), the node says NoLocalEndpoints, /health/NS/NAME says 503."""
+    import aiohttp
+    from prometheus_client import CollectorRegistry
+    from vsop.node.metrics import HttpEndpoints
+
+    cluster = node_a
+    await cluster.vs("web", {"vip": "169.254.11.2", "ports": [{"name": "http", "port": 80}], "serviceRef": {"name": "nginx"},
+                             "trafficPolicy": "Local"})
+    ports = [{"name": "http", "port": 8080, "protocol": "TCP"}]
+
+    def on(node: str, address: str) -> dict[str, Any]:
+        return {"addresses": [address], "conditions": {"ready": True}, "nodeName": node}
+
+    await cluster.endpoint_slice("nginx-abc", "nginx", [on("node-a", "10.1.0.1"), on("node-b", "10.1.0.2")], ports)
+    async with run_agent(cluster) as (agent, fake, _):
+        endpoints = HttpEndpoints(agent.probes, CollectorRegistry(), 0, 0, "127.0.0.1")
+        await endpoints.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def health(namespace: str = "default", name: str = "web") -> tuple[int, Any]:
+                    async with session.get(f"http://127.0.0.1:{endpoints.health_port}/health/{namespace}/{name}") as response:
+                        return response.status, await response.json()
+
+                await until(lambda: real_servers(fake) == {"10.1.0.1:8080": 1}, "only node-a's endpoint")
+                assert fake.state.ipsets["VSOP-VIP-PORTS-NOMASQ"].members == {"169.254.11.2,tcp:80": "default/web"}
+                assert await health() == (200, {"service": {"namespace": "default", "name": "web"}, "localEndpoints": 1})
+                assert (await health("default", "other"))[0] == 404
+
+                await cluster.patch(SLICES, "default", "nginx-abc", {"endpoints": [on("node-b", "10.1.0.2")]})
+                await until(lambda: real_servers(fake) == {} and HTTP in fake.state.services, "no local endpoint: the service stays, empty")
+                entry = await until(lambda: (node_entry(cluster, "web") or {}).get("message", "").startswith("NoLocalEndpoints") and node_entry(cluster, "web"),
+                                    "NoLocalEndpoints in the node's report")
+                assert entry["programmed"] is True
+                assert await health() == (503, {"service": {"namespace": "default", "name": "web"}, "localEndpoints": 0})
+        finally:
+            await endpoints.stop()

@@ -89,6 +89,20 @@ async def test_a_service_of_the_class_is_allocated_derived_and_given_its_status(
         await until(lambda: (derived(cluster, "next-lb-v4") or {}).get("spec", {}).get("vip") == "192.0.2.10", "the address reused")
 
 
+async def test_local_policy_and_source_ranges_of_the_service_are_the_derived_objects(cluster: Cluster) -> None:
+    """What kube-proxy's IPVS mode did with them: externalTrafficPolicy: Local and loadBalancerSourceRanges."""
+    await cluster.node("node-a")
+    await pool(cluster, "lan", ["192.0.2.10-192.0.2.11"])
+    await service(cluster, "web", externalTrafficPolicy="Local", loadBalancerSourceRanges=["10.0.0.1/8", "fd00::/8"])
+    await service(cluster, "v6only", loadBalancerSourceRanges=["fd00::/8"])
+    async with run_controller(cluster):
+        vs = await until(lambda: derived(cluster, "web-lb-v4"), "the derived VirtualService")
+        assert (vs["spec"]["trafficPolicy"], vs["spec"]["sourceRanges"]) == ("Local", ["10.0.0.0/8"])
+        other = await until(lambda: derived(cluster, "v6only-lb-v4"), "the other derived VirtualService")
+        assert other["spec"]["sourceRanges"] == ["255.255.255.255/32"]  # ranges, none of its family: no client admitted
+        assert "trafficPolicy" not in other["spec"]
+
+
 async def test_foreign_and_classless_services_are_never_touched(cluster: Cluster) -> None:
     await cluster.node("node-a")
     await pool(cluster, "lan", ["192.0.2.10-192.0.2.20"])

@@ -125,6 +125,7 @@ class Agent:
                              debounce_seconds=options.debounce_seconds, retry=self._retry,
                              remember=RememberFile(options.state_file) if options.state_file else None)
         self.probes = self.loop.probes = Probes(stall_seconds=max(120.0, 4 * options.resync_seconds))
+        self.probes.service_health = self.local_health
         self.trigger = self.loop.trigger
         self.gate = ListingGate(self.trigger, f"{COMPONENT} {self.node_name}")
         self.source = ClusterSource(self.node_name, self.trigger, self.gate)
@@ -145,6 +146,17 @@ class Agent:
         if hasattr(watching, "field_selectors") and hasattr(watching, "label_selectors"):
             watching.field_selectors["", "v1", "nodes"] = f"metadata.name={self.node_name}"
             watching.label_selectors["discovery.k8s.io", "v1", "endpointslices"] = eps.SERVICE_NAME_LABEL
+
+    def local_health(self, namespace: str, name: str) -> tuple[int, dict[str, Any]] | None:
+        """kube-proxy's health JSON for a trafficPolicy: Local object: its ready real servers on this node
+        (they are its local endpoints); None for any other object."""
+        record = self.source.records.get((namespace, name))
+        if record is None or record.vs is None or record.vs.spec.traffic_policy != "Local":
+            return None
+        piece = self.reconciler.fragments.get(record.vs.ref)
+        local = {rs.key.address for rs in piece.real_server_list if rs.weight > 0} if piece is not None and piece.programmed else set()
+        body = {"service": {"namespace": namespace, "name": name}, "localEndpoints": len(local)}
+        return (200 if local else 503), body
 
     def _retry(self, failures: int) -> float:
         """Retry a failed sync sooner than the resync period, backing off: 1s, 2s, 4s..."""

@@ -6,12 +6,14 @@ equal to the controller's class; a classless one only with `--default-load-balan
 other class is never touched), its allocation request (vsop.core.allocate), and the
 VirtualService derived from it per address: owned by the Service (ownerReference, label
 `vsop.dev/service`), its ports, `serviceRef` to itself, persistence from
-`sessionAffinity: ClientIP`, the pool's template as defaults.
+`sessionAffinity: ClientIP`, `trafficPolicy: Local` from `externalTrafficPolicy: Local`,
+`sourceRanges` from `loadBalancerSourceRanges`, the pool's template as defaults.
 Must not import: kopf, kubernetes, asyncio, subprocess, socket, pyroute2, vsop.adapters, vsop.cli.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -44,6 +46,8 @@ class ServiceFacts:
     families: tuple[int, ...] = (4,)
     ingress: tuple[str, ...] = ()
     legacy_ip: str | None = None  # spec.loadBalancerIP, deprecated: read, never written
+    local: bool = False  # externalTrafficPolicy: Local
+    source_ranges: tuple[str, ...] = ()  # loadBalancerSourceRanges, as networks (unparsable entries dropped)
 
     @property
     def key(self) -> str:
@@ -66,7 +70,28 @@ def service_facts(body: Mapping[str, Any]) -> ServiceFacts:
         annotations=dict(meta.get("annotations") or {}), labels=dict(meta.get("labels") or {}),
         ports=tuple(p for p in spec.get("ports") or () if isinstance(p, Mapping)), affinity_seconds=affinity,
         families=families, ingress=ingress, legacy_ip=spec.get("loadBalancerIP") or None,
+        local=spec.get("externalTrafficPolicy") == "Local", source_ranges=_networks(spec.get("loadBalancerSourceRanges") or ()),
     )
+
+
+def _networks(ranges: Any) -> tuple[str, ...]:
+    found: list[str] = []
+    for text in ranges if isinstance(ranges, (list, tuple)) else ():
+        try:
+            found.append(str(ipaddress.ip_network(str(text).strip(), strict=False)))
+        except ValueError:
+            continue  # the API server validates them; a stray one is not a reason to serve nothing
+    return tuple(dict.fromkeys(found))[:64]
+
+
+# A Service whose ranges are all of the other family admits no client of this one (as kube-proxy's
+# FW set entry without a matching CIDR): a range no packet comes from says so.
+_ADMITS_NONE = {4: "255.255.255.255/32", 6: "ff00::/128"}
+
+
+def _ranges_for(facts: ServiceFacts, family: int) -> list[str]:
+    mine = [r for r in facts.source_ranges if (6 if ":" in r else 4) == family]
+    return mine or ([_ADMITS_NONE[family]] if facts.source_ranges else [])
 
 
 def ours(facts: ServiceFacts, lb_class: str = DEFAULT_CLASS, default: bool = False) -> bool:
@@ -103,6 +128,11 @@ def derived_spec(facts: ServiceFacts, address: str, pool: VipPool | None) -> dic
     spec: dict[str, Any] = {"vip": address, "ports": [_port(p, forwarding) for p in facts.ports], "serviceRef": {"name": facts.name}}
     if facts.affinity_seconds:
         spec["persistence"] = {"timeoutSeconds": facts.affinity_seconds}
+    if facts.local:
+        spec["trafficPolicy"] = "Local"
+    ranges = _ranges_for(facts, 6 if ":" in address else 4)
+    if ranges:
+        spec["sourceRanges"] = ranges
     if template is not None:
         for key, value in template.model_dump(by_alias=True, exclude_none=True, mode="json").items():
             spec[key] = value

@@ -232,6 +232,8 @@ class Probes:
         self.last_turn = clock()
         self.ready = False
         self.ready_reason = "waiting for the initial listing and the first sync"
+        # /health/NAMESPACE/NAME: (HTTP status, JSON body) of one object, None: no such object here (404).
+        self.service_health: Callable[[str, str], tuple[int, dict[str, Any]] | None] | None = None
 
     def turned(self) -> None:
         self.last_turn = self.clock()
@@ -271,6 +273,16 @@ class HttpEndpoints:
         ok, why = self.probes.readiness()
         return web.Response(status=200 if ok else 503, text=why + "\n")
 
+    async def _service_health(self, request: web.Request) -> web.Response:
+        """kube-proxy's health check of an externalTrafficPolicy: Local Service, per VirtualService with
+        trafficPolicy: Local: 200 while this node has a local endpoint, 503 otherwise, so an external
+        load balancer or an announcer skips the nodes that would refuse."""
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        found = self.probes.service_health(namespace, name) if self.probes.service_health is not None else None
+        if found is None:
+            return web.json_response({"error": f"no VirtualService {namespace}/{name} with trafficPolicy Local on this node"}, status=404)
+        return web.json_response(found[1], status=found[0])
+
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -288,7 +300,8 @@ class HttpEndpoints:
         return int(sockets[0].getsockname()[1]) if sockets else port
 
     async def start(self) -> None:
-        health = [web.get("/healthz", self._healthz), web.get("/livez", self._healthz), web.get("/readyz", self._readyz)]
+        health = [web.get("/healthz", self._healthz), web.get("/livez", self._healthz), web.get("/readyz", self._readyz),
+                  web.get("/health/{namespace}/{name}", self._service_health)]
         metrics = [web.get("/metrics", self._metrics)]
         if self.health_port == self.metrics_port:
             self.host = self.metrics_host

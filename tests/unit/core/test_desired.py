@@ -312,3 +312,11 @@ def test_traffic_policy_local_without_a_local_endpoint_refuses_and_says_so() -> 
     assert desired.programmed == ("default/web",)
     assert [(w.obj, w.reason) for w in desired.warnings] == [("default/web", "NoLocalEndpoints")]
     assert "node-a" in desired.warnings[0].message
+
+
+def test_traffic_policy_local_withdraws_the_bgp_route_of_a_node_without_a_local_endpoint() -> None:
+    vs = make_vs(backends=[], serviceRef={"name": "nginx"}, ports=[{"port": 80}], trafficPolicy="Local", announce="bgp")
+    http = (EndpointPort(None, 8080),)
+    here = desired_state([vs], NODE, endpoints={("default", "nginx"): [Endpoint("10.1.0.1", http, node_name="node-a")]}).state
+    elsewhere = desired_state([vs], NODE, endpoints={("default", "nginx"): [Endpoint("10.1.0.2", http, node_name="node-b")]}).state
+    assert here.routes == {"169.254.11.2/32"} and elsewhere.routes == frozenset()
