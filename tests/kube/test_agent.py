@@ -624,3 +624,31 @@ async def test_traffic_policy_local_programs_this_nodes_endpoints_and_answers_ku
                 assert await health() == (503, {"service": {"namespace": "default", "name": "web"}, "localEndpoints": 0})
         finally:
             await endpoints.stop()
+
+
+async def test_topology_hints_choose_the_endpoints_of_this_node_then_its_zone_with_the_fallback(cluster: Cluster) -> None:
+    """EndpointSlice hints as kube-proxy reads them, for nodes in two zones: the agent of node-a (zone z1)."""
+    await cluster.node("node-a", labels={"topology.kubernetes.io/zone": "z1"}, addresses=("10.0.0.11",))
+    await cluster.node("node-b", labels={"topology.kubernetes.io/zone": "z2"}, addresses=("10.0.0.12",))
+    await cluster.vs("web", {"vip": "169.254.11.2", "ports": [{"name": "http", "port": 80}], "serviceRef": {"name": "nginx"}})
+    ports = [{"name": "http", "port": 8080, "protocol": "TCP"}]
+
+    def hinted(address: str, zone: str, node: str | None = None) -> dict[str, Any]:
+        hints: dict[str, Any] = {"forZones": [{"name": zone}]}
+        if node is not None:
+            hints["forNodes"] = [{"name": node}]
+        return {"addresses": [address], "conditions": {"ready": True}, "hints": hints}
+
+    await cluster.endpoint_slice("nginx-abc", "nginx", [hinted("10.1.0.1", "z1"), hinted("10.1.0.2", "z2")], ports)
+    async with run_agent(cluster) as (agent, fake, _):
+        await until(lambda: real_servers(fake) == {"10.1.0.1:8080": 1}, "zone z1's endpoint only")
+
+        async def endpoints(*items: dict[str, Any]) -> None:
+            await cluster.patch(SLICES, "default", "nginx-abc", {"endpoints": list(items)})
+
+        await endpoints(hinted("10.1.0.1", "z2"), hinted("10.1.0.2", "z2"))
+        await until(lambda: real_servers(fake) == {"10.1.0.1:8080": 1, "10.1.0.2:8080": 1}, "none for z1: every endpoint")
+        await endpoints(hinted("10.1.0.1", "z1", "node-b"), hinted("10.1.0.2", "z2", "node-a"))
+        await until(lambda: real_servers(fake) == {"10.1.0.2:8080": 1}, "the endpoint hinted for node-a, before its zone's")
+        await endpoints(hinted("10.1.0.1", "z1"), {"addresses": ["10.1.0.2"], "conditions": {"ready": True}})
+        await until(lambda: real_servers(fake) == {"10.1.0.1:8080": 1, "10.1.0.2:8080": 1}, "an endpoint without hints: every endpoint")

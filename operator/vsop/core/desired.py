@@ -70,6 +70,30 @@ class Endpoint:
     serving: bool = True
     terminating: bool = False
     node_name: str | None = None  # the node its pod runs on (trafficPolicy: Local keeps this node's only)
+    # Topology hints the EndpointSlice controller sets (trafficDistribution, topology-aware routing).
+    for_zones: tuple[str, ...] = ()
+    for_nodes: tuple[str, ...] = ()
+
+
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
+def topology_filter(endpoints: Iterable[Endpoint], node: Node) -> list[Endpoint]:
+    """kube-proxy's use of EndpointSlice hints (pkg/proxy/topology.go): when every ready endpoint has
+    node hints and one is for this node, the ready endpoints for this node (PreferSameNode); else when
+    every ready endpoint has zone hints and one is for this node's zone (label topology.kubernetes.io/zone),
+    those (PreferSameZone, PreferClose); else all of them. Endpoints that are not ready are kept as they are."""
+    endpoints = list(endpoints)
+    ready = [e for e in endpoints if e.ready]
+    zone = node.labels.get(ZONE_LABEL, "")
+    keep = None
+    if ready and all(e.for_nodes for e in ready) and any(node.name in e.for_nodes for e in ready):
+        keep = lambda e: node.name in e.for_nodes  # noqa: E731
+    elif ready and zone and all(e.for_zones for e in ready) and any(zone in e.for_zones for e in ready):
+        keep = lambda e: zone in e.for_zones  # noqa: E731
+    if keep is None:
+        return endpoints
+    return [e for e in endpoints if not e.ready or keep(e)]
 
 
 @dataclass(frozen=True)
@@ -507,15 +531,18 @@ def _program(
 def _endpoints_here(
     vs: VirtualService, node: Node, endpoints: Mapping[tuple[str, str], Iterable[Endpoint]], found: _Programmed
 ) -> Mapping[tuple[str, str], Iterable[Endpoint]]:
-    """`endpoints`, or with trafficPolicy: Local only the serviceRef's endpoints on this node (kube-proxy's
+    """The serviceRef's endpoints this node uses: filtered by their topology hints (`topology_filter`),
+    or with trafficPolicy: Local only the serviceRef's endpoints on this node (kube-proxy's
     externalTrafficPolicy: Local): the client's address reaches them unmasqueraded, and their replies
     leave through this node. None here: the IPVS service stays with no real server, so IPVS refuses
     clients at once (ICMP port unreachable), never sends them to another node unmasqueraded
     (kubernetes#71596), and the object is told NoLocalEndpoints."""
     spec = vs.spec
-    if spec.traffic_policy != "Local" or spec.service_ref is None:
+    if spec.service_ref is None:
         return endpoints
     key = (vs.metadata.namespace, spec.service_ref.name)
+    if spec.traffic_policy != "Local":
+        return {key: topology_filter(endpoints.get(key, ()), node)}
     local = [e for e in endpoints.get(key, ()) if e.node_name == node.name]
     if not any(e.ready for e in local) and vs.ref not in found.no_local:
         found.no_local.append(vs.ref)

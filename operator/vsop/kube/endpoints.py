@@ -3,7 +3,7 @@
 Owns reading discovery.k8s.io/v1 EndpointSlices and core/v1 Nodes (plain dicts, as
 the API serves them) into core types: `Endpoint`s with the API's defaults for
 ready / serving / terminating, named ports with protocols, the first address of each
-endpoint, the same endpoint listed by two slices merged; a node's labels and addresses.
+endpoint, its node and topology hints, the same endpoint listed by two slices merged; a node's labels and addresses.
 Pure: must not import kopf, kubernetes, asyncio, vsop.node.execute or vsop.adapters.
 """
 
@@ -59,9 +59,18 @@ def slice_endpoints(body: Mapping[str, Any]) -> tuple[Endpoint, ...]:
         serving = ready if serving_value is None else bool(serving_value)
         terminating = conditions.get("terminating") is True
         node_name = item.get("nodeName")
+        hints = item.get("hints") or {}
         found.append(Endpoint(address, ports, ready=ready, serving=serving, terminating=terminating,
-                              node_name=node_name if isinstance(node_name, str) and node_name else None))
+                              node_name=node_name if isinstance(node_name, str) and node_name else None,
+                              for_zones=_hinted(hints.get("forZones")), for_nodes=_hinted(hints.get("forNodes"))))
     return tuple(found)
+
+
+def _hinted(entries: Any) -> tuple[str, ...]:
+    """The names of `hints.forZones` / `hints.forNodes` ([{name: ...}, ...])."""
+    if not isinstance(entries, list):
+        return ()
+    return tuple(str(e["name"]) for e in entries if isinstance(e, Mapping) and isinstance(e.get("name"), str) and e["name"])
 
 
 def _rank(endpoint: Endpoint) -> int:

@@ -320,3 +320,30 @@ def test_traffic_policy_local_withdraws_the_bgp_route_of_a_node_without_a_local_
     here = desired_state([vs], NODE, endpoints={("default", "nginx"): [Endpoint("10.1.0.1", http, node_name="node-a")]}).state
     elsewhere = desired_state([vs], NODE, endpoints={("default", "nginx"): [Endpoint("10.1.0.2", http, node_name="node-b")]}).state
     assert here.routes == {"169.254.11.2/32"} and elsewhere.routes == frozenset()
+
+
+def test_topology_hints_pick_this_nodes_then_this_zones_endpoints_and_fall_back_to_all() -> None:
+    """kube-proxy's pkg/proxy/topology.go: node hints (PreferSameNode) before zone hints (PreferSameZone,
+    PreferClose), each only when every ready endpoint carries one and one is for here; else every endpoint."""
+    from vsop.core.desired import topology_filter
+
+    node = Node("node-a", {"topology.kubernetes.io/zone": "z1"})
+    port = (EndpointPort(None, 8080),)
+
+    def ep(address: str, zones: tuple[str, ...] = (), nodes: tuple[str, ...] = (), ready: bool = True) -> Endpoint:
+        return Endpoint(address, port, ready=ready, serving=True, terminating=not ready, for_zones=zones, for_nodes=nodes)
+
+    def kept(*endpoints: Endpoint, on: Node = node) -> list[str]:
+        return [e.address for e in topology_filter(endpoints, on)]
+
+    assert kept(ep("1", ("z1",)), ep("2", ("z2",))) == ["1"]
+    assert kept(ep("1", ("z1",), ("node-a",)), ep("2", ("z1",), ("node-b",))) == ["1"]  # the node's hint first
+    assert kept(ep("1", ("z1",), ("node-b",)), ep("2", ("z1",), ("node-c",))) == ["1", "2"]  # none for node-a: its zone's
+    assert kept(ep("1", ("z2",)), ep("2", ("z3",))) == ["1", "2"]  # none for z1: fall back to all
+    assert kept(ep("1", ("z1",)), ep("2")) == ["1", "2"]  # an endpoint without hints: all
+    assert kept(ep("1", ("z1",)), ep("2", ("z2",)), on=Node("node-x")) == ["1", "2"]  # a node without a zone label: all
+    assert kept(ep("1", ("z1",)), ep("2", ("z2",)), ep("3", ready=False)) == ["1", "3"]  # a draining one stays draining
+
+    vs = make_vs(backends=[], serviceRef={"name": "nginx"}, ports=[{"port": 80}])
+    state = desired_state([vs], node, endpoints={("default", "nginx"): [ep("10.1.0.1", ("z1",)), ep("10.1.0.2", ("z2",))]}).state
+    assert {k.address for k in state.real_servers} == {"10.1.0.1"}
