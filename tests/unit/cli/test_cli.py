@@ -36,6 +36,29 @@ def test_invalid_input_exits_two_naming_the_field(tmp_path: Path, capsys: pytest
     assert "nothing was changed" in err
 
 
+def test_plan_refuses_the_metadata_address_unless_allow_vip_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    metadata = tmp_path / "md.yaml"
+    metadata.write_text(Path(SEED).read_text().replace("169.254.11.2", "169.254.169.254"))
+    assert main(["plan", "--from-empty", "-f", str(metadata)]) == 2
+    err = capsys.readouterr().err
+    assert (f"{metadata}:3: VirtualService default/web: spec.vip: VIPNotAllowed: 169.254.169.254 is a cloud metadata address "
+            "(the host's instance credentials): refused unless --allow-vip=169.254.169.254 is given") in err
+    assert "nothing was changed" in err
+    assert main(["plan", "--from-empty", "-f", str(metadata), "--allow-vip", "169.254.0.0/16"]) == 2, "only an entry of its own"
+    capsys.readouterr()
+    assert main(["plan", "--from-empty", "-f", str(metadata), "--allow-vip", "169.254.169.254"]) == 0
+    assert "ipvsadm -A -t 169.254.169.254:80 -s rr" in capsys.readouterr().out
+
+
+def test_plan_with_vip_policy_pools_takes_only_vips_inside_allow_vip(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--from-empty", "-f", SEED, "--vip-policy", "pools", "--allow-vip", "169.254.11.0/24"]) == 0
+    capsys.readouterr()
+    assert main(["plan", "--from-empty", "-f", SEED, "--vip-policy", "pools", "--allow-vip", "10.0.0.1-10.0.0.9"]) == 2
+    assert "spec.vip: VIPNotAllowed: 169.254.11.2 lies in no --allow-vip entry (--vip-policy=pools; entries: 10.0.0.1-10.0.0.9)" in capsys.readouterr().err
+    assert main(["plan", "--from-empty", "-f", SEED, "--allow-vip", "10.0.0.9-10.0.0.1"]) == 2
+    assert "--allow-vip: '10.0.0.9-10.0.0.1' runs backwards: write the lower address first" in capsys.readouterr().err
+
+
 def test_missing_file_exits_two(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--from-empty", "-f", "/nonexistent/x.yaml"]) == 2
     assert "/nonexistent/x.yaml: no such file or folder" in capsys.readouterr().err

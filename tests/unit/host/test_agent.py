@@ -595,3 +595,46 @@ def test_a_walk_that_hangs_holds_up_neither_the_event_loop_nor_sigterm(tmp_path:
     finally:
         release.set()
     assert WEB in fake.state.services  # stopping removed nothing
+
+
+def test_the_metadata_address_is_refused_unless_allow_vip_names_it_and_the_rest_is_served(tmp_path: Path) -> None:
+    from vsop.core.claims import ClaimRule
+
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    kernel, fake = fake_kernel()
+    config = AgentConfig(folder, Node("n"), status_file=tmp_path / "status.json", poll_seconds=0.02)
+    agent = HostAgent(kernel, config, FakeConntrack())
+    write(folder, "web")
+    write(folder, "metadata", vip="169.254.169.254")
+    settle(agent)
+    agent.sync_once()
+    assert fake.state.bound_vips() == {"169.254.11.2"}, "the metadata address reaches no kernel; the other object is served"
+    status = json.loads((tmp_path / "status.json").read_text())
+    [problem] = status["lastSync"]["problems"]
+    assert (problem["obj"], problem["reason"]) == ("default/metadata", "VIPNotAllowed")
+    assert "refused unless --allow-vip=169.254.169.254 is given" in problem["message"]
+    writes = fake.writes
+    agent.sync_once()
+    assert fake.writes == writes, "a second turn writes nothing"
+    # The same store under `vsop agent --allow-vip 169.254.169.254`: programmed (a restart judges every object again).
+    allowed = HostAgent(kernel, replace(config, claims=ClaimRule(host=True, allow=("169.254.169.254",))), FakeConntrack())
+    settle(allowed)
+    allowed.sync_once()
+    assert fake.state.bound_vips() == {"169.254.11.2", "169.254.169.254"}
+
+
+def test_vsop_agent_allow_vip_and_vip_policy_reach_the_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vsop.adapters.real
+    import vsop.host.agent
+    from vsop.cli.main import main
+
+    kernel, _ = fake_kernel()
+    monkeypatch.setattr(vsop.adapters.real, "real_kernel", lambda: kernel)
+    configs: list[AgentConfig] = []
+    monkeypatch.setattr(vsop.host.agent, "run_agent", lambda kernel, config, *a, **k: configs.append(config) or 0)
+    assert main(["agent", "--from", str(tmp_path), "--status-file", ""]) == 0
+    assert (configs[-1].claims.policy, configs[-1].claims.allow, configs[-1].claims.host) == ("any", (), True)
+    assert main(["agent", "--from", str(tmp_path), "--status-file", "", "--vip-policy", "pools", "--allow-vip", "10.0.0.0/24"]) == 0
+    assert (configs[-1].claims.policy, configs[-1].claims.allow) == ("pools", ("10.0.0.0/24",))
+    assert main(["agent", "--from", str(tmp_path), "--status-file", "", "--allow-vip", "10.0.0.1/24"]) == 2, "host bits set: invalid flags"
