@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
-from tests.kube.conftest import NAMESPACES, POOLS, Cluster, make_agent, make_controller, resync, running, until
+from tests.kube.conftest import NAMESPACES, POOLS, WAIT_SECONDS, Cluster, make_agent, make_controller, resync, running, until
 from tests.kube.test_controller import condition, conditions
 
 pytestmark = pytest.mark.asyncio
 
+# An upper bound only: a controller and two agents start their watches at once on a shared machine.
+STARTUP = 3 * WAIT_SECONDS
 PORTS = [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]
 BACKENDS = [{"address": "192.168.2.111"}]
 
@@ -60,7 +62,8 @@ async def test_a_tenant_is_refused_the_metadata_address_and_another_tenants_pool
     await cluster.vs("mine", spec("198.51.100.4"), namespace="team-a")
     controller, writer, agent_a, fake_a, agent_b, fake_b = components(cluster)
     async with running(controller, agent_a, agent_b):
-        await until(lambda: condition(cluster, "mine", "Programmed", "team-a") == ("True", "Programmed"), "the granted claim programmed")
+        await until(lambda: condition(cluster, "mine", "Programmed", "team-a") == ("True", "Programmed"), "the granted claim programmed",
+                    timeout=STARTUP)
         await until(lambda: condition(cluster, "metadata", "Ready", "team-b") == ("False", "VIPNotAllowed")
                     and condition(cluster, "theirs", "Ready", "team-b") == ("False", "VIPNotAllowed"), "both refusals told")
         assert vips(fake_a) == vips(fake_b) == {"198.51.100.4"}, "nothing of the refused claims reaches a kernel"
@@ -93,7 +96,8 @@ async def test_an_older_object_outside_the_pool_cannot_squat_the_owners_port(clu
     await cluster.vs("owner", spec("198.51.100.3"), namespace="team-a", created="2025-01-01T00:00:00Z")
     controller, writer, agent_a, fake_a, agent_b, fake_b = components(cluster)
     async with running(controller, agent_a, agent_b):
-        await until(lambda: condition(cluster, "owner", "Programmed", "team-a") == ("True", "Programmed"), "the owner programmed")
+        await until(lambda: condition(cluster, "owner", "Programmed", "team-a") == ("True", "Programmed"), "the owner programmed",
+                    timeout=STARTUP)
         assert condition(cluster, "owner", "Conflict", "team-a") == ("False", "NoConflict")
         assert condition(cluster, "squat", "Ready", "team-b") == ("False", "VIPNotAllowed")
         for fake in (fake_a, fake_b):

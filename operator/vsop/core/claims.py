@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping, Sequence
 
 from vsop.api.model import VirtualService
-from vsop.api.pools import METADATA_ADDRESSES, VipPool, parse_block, pool_summary
+from vsop.api.pools import METADATA_ADDRESSES, Block, VipPool, parse_block, pool_summary
 from vsop.core.desired import Problem
 from vsop.core.state import hostport
 
@@ -54,23 +54,35 @@ def _names(pools: Sequence[VipPool]) -> str:
 
 
 def vip_not_allowed(vip: str, namespace: str, pools: Sequence[VipPool], namespace_labels: Mapping[str, str] | None,
-                    policy: Policy = "pools") -> str | None:
+                    policy: Policy = "pools", blocks: Mapping[str, tuple[Block, ...]] | None = None,
+                    granting: Sequence[VipPool] | None = None) -> str | None:
     """Why `namespace` may not use `vip` (a message for the VIPNotAllowed reason), or None.
 
     `namespace_labels` is None when the Namespace is unknown: only pools naming the
-    namespace (or granting every namespace) grant it then.
+    namespace (or granting every namespace) grant it then. `blocks`: each pool's entries
+    parsed (by name), when the caller keeps them; `granting`: the pools granting `namespace`, likewise.
     """
-    granting = [p for p in pools if p.grants_namespace(namespace, namespace_labels)]
+    address = ipaddress.ip_address(vip)
+    parsed = blocks if blocks is not None else {p.name: p.blocks for p in pools}
+
+    def holds(pool: VipPool) -> bool:
+        return any(address in block for block in parsed[pool.name])
+
+    def names(pool: VipPool) -> bool:
+        return any(block.first == block.last and address in block for block in parsed[pool.name])
+
+    if granting is None:
+        granting = [p for p in pools if p.grants_namespace(namespace, namespace_labels)]
     if is_metadata_address(vip):
-        if any(p.names(vip) for p in granting):
+        if any(names(p) for p in granting):
             return None
         return (f"{vip} is a cloud metadata address (the nodes' instance credentials): refused unless a VipPool granting "
                 f"namespace {namespace} names it as a single address ({_names(pools)})")
     if policy == "any":
         return None
-    if any(p.holds(vip) for p in granting):
+    if any(holds(p) for p in granting):
         return None
-    holding = [p.name for p in pools if p.holds(vip)]
+    holding = [p.name for p in pools if holds(p)]
     if holding:
         return (f"{vip} lies in VipPool {', '.join(sorted(holding))}, which does not grant namespace {namespace} "
                 f"({_names(pools)})")
@@ -107,6 +119,8 @@ class ClaimRule:
     host: bool = False
     allow: tuple[str, ...] = ()  # --allow-vip entries (plain hosts)
     _decided: dict[tuple[str, str], str | None] = field(default_factory=dict, compare=False, repr=False)
+    _blocks: dict[str, tuple[Block, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _granting: dict[str, list[VipPool]] = field(default_factory=dict, compare=False, repr=False)
 
     def why_not(self, vip: str, namespace: str) -> str | None:
         """Why `namespace` may not claim `vip` here, or None."""
@@ -115,7 +129,12 @@ class ClaimRule:
             if self.host:
                 self._decided[key] = host_vip_refused(vip, self.allow, self.policy)
             else:
-                self._decided[key] = vip_not_allowed(vip, namespace, self.pools, self.namespace_labels.get(namespace), self.policy)
+                if len(self._blocks) != len(self.pools):
+                    self._blocks.update((p.name, p.blocks) for p in self.pools)
+                labels = self.namespace_labels.get(namespace)
+                if namespace not in self._granting:
+                    self._granting[namespace] = [p for p in self.pools if p.grants_namespace(namespace, labels)]
+                self._decided[key] = vip_not_allowed(vip, namespace, self.pools, labels, self.policy, self._blocks, self._granting[namespace])
         return self._decided[key]
 
     def refusal(self, vs: VirtualService) -> Problem | None:
@@ -147,6 +166,57 @@ def admit(services: Iterable[VirtualService], rule: ClaimRule | None, *, sharing
         for problem in resolve_claims(allowed, seniority)[1]:
             refused.setdefault(problem.obj, problem)
     return refused
+
+
+class Admission:
+    """`admit`, kept per change (the agents' turns): each changed object is judged by the rule,
+    and conflicts are judged again on the VIPs a change touches only (a port conflict and a
+    shared VIP never cross VIPs, so per VIP, oldest first, is `admit` over all). A new rule
+    (a pool or a Namespace changed) judges every object again. Order: creationTimestamp,
+    then namespace/name, as the sources and the controller order them."""
+
+    def __init__(self) -> None:
+        self.rule: ClaimRule | None = None
+        self.objects: dict[str, VirtualService] = {}
+        self._by_vip: dict[str, set[str]] = {}
+        self._by_rule: dict[str, Problem] = {}
+        self._lost: dict[str, Problem] = {}
+        self.refusals: dict[str, Problem] = {}
+
+    def update(self, rule: ClaimRule, changed: Mapping[str, VirtualService | None]) -> dict[str, Problem]:
+        """Every object refused now (ref -> why), after `changed` (ref -> the object now, None: gone)."""
+        vips: set[str] = set()
+        for ref, vs in changed.items():
+            old = self.objects.pop(ref, None)
+            if old is not None:
+                vips.add(old.spec.vip)
+                self._by_vip[old.spec.vip].discard(ref)
+                if not self._by_vip[old.spec.vip]:
+                    del self._by_vip[old.spec.vip]
+            self._by_rule.pop(ref, None)
+            self._lost.pop(ref, None)
+            if vs is not None:
+                self.objects[ref] = vs
+                self._by_vip.setdefault(vs.spec.vip, set()).add(ref)
+                vips.add(vs.spec.vip)
+                problem = rule.refusal(vs) if rule is self.rule else None
+                if problem is not None:
+                    self._by_rule[ref] = problem
+        if rule is not self.rule:
+            self.rule = rule
+            self._by_rule = {ref: p for ref, vs in self.objects.items() if (p := rule.refusal(vs)) is not None}
+            vips = set(self._by_vip)
+            self._lost = {}
+        for vip in vips:
+            claimants = self._by_vip.get(vip, set())
+            for ref in claimants:
+                self._lost.pop(ref, None)
+            group = sorted((self.objects[ref] for ref in claimants if ref not in self._by_rule),
+                           key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
+            if len(group) > 1:
+                self._lost.update((p.obj, p) for p in resolve_claims(group)[1])
+        self.refusals = {**self._lost, **self._by_rule}
+        return self.refusals
 
 
 def shared_key(vs: VirtualService) -> str | None:

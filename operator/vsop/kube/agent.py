@@ -27,10 +27,10 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from vsop.api.model import VirtualService
-from vsop.core.claims import NOT_ALLOWED, ClaimRule, Policy, admit
+from vsop.core.claims import NOT_ALLOWED, Admission, Policy
 from vsop.core.desired import Node, Problem
 from vsop.core.health import HealthTracker
 from vsop.core.held import Held
@@ -132,7 +132,7 @@ class Agent:
         # Who may claim which VIP: the VipPools and Namespaces, judged as the controller judges (vsop.kube.claims).
         self.claims = ClaimWatch(options.vip_policy, self.trigger, self.gate)
         self.claims.register(self.source.registry)
-        self._refusals: tuple[ClaimRule, dict[str, Problem]] | None = None  # the rule and every object it refused
+        self.admission = Admission()  # every object refused its claim, kept per change
         self.sink = NodeReportSink(self.node_name, writer, self.metrics, self.reconciler, self.source.records, options.names)
         self._checks_sent: dict[str, dict[str, bool]] = {}  # owner -> what this node last reported as a checker
         self.registry = self.source.registry
@@ -261,12 +261,11 @@ class Agent:
     def _feed(self, changes: Changes, node: Node, extra: tuple[str, ...], down: frozenset[Any]) -> Feed:
         delta = {reports.ref_of(*key): record.vs if record is not None else None for key, record in changes.objects.items()}
         keepalived = None
-        services = self.source.services()
-        refusals = self._refused(services, bool(changes.objects))
+        refusals = self._refused(delta)
         if self.keepalived is not None:
             # An object declared but invalid keeps its conf.d section as it keeps its kernel state
             # (core.held); it has no last good definition here (`complete`: nothing to wait for).
-            keepalived = KeepalivedInput(services, endpoints=self.reconciler.endpoints, node=node, prepare=self.password.check)
+            keepalived = KeepalivedInput(self.source.services(), endpoints=self.reconciler.endpoints, node=node, prepare=self.password.check)
         return Feed(
             # Invalid objects are not the reconciler's to derive: what the kernel has for them is
             # held (core.held; the owners live in the set comments, so this holds after a restart
@@ -284,19 +283,15 @@ class Agent:
             keepalived=keepalived,
         )
 
-    def _refused(self, services: list[VirtualService], changed: bool) -> dict[str, Problem]:
-        """Every object refused its claim (vsop.core.claims.admit, as the controller decides it),
-        judged again when an object, a VipPool or a Namespace's labels changed."""
-        rule = self.claims.rule()
-        if self._refusals is not None and self._refusals[0] is rule and not changed:
-            return self._refusals[1]
-        refusals = admit(services, rule)
-        before = self._refusals[1] if self._refusals is not None else {}
+    def _refused(self, delta: Mapping[str, VirtualService | None]) -> dict[str, Problem]:
+        """Every object refused its claim (vsop.core.claims, as the controller decides it), judged
+        again for what changed: these objects, or all when a VipPool or a Namespace's labels did."""
+        before = self.admission.refusals
+        refusals = self.admission.update(self.claims.rule(), delta)
         for ref in sorted(refusals.keys() - before.keys()):
             if refusals[ref].reason == NOT_ALLOWED:
                 log.warning(kv("VirtualService refused its VIP: not programmed", node=self.node_name, virtualService=ref,
                                field="spec.vip", reason=NOT_ALLOWED, message=refusals[ref].message))
-        self._refusals = (rule, refusals)
         return refusals
 
     def _judge(self, turn: Turn, cover_all: bool) -> tuple[KernelOutcome, KeepalivedReport | None]:

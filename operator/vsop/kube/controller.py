@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Coroutine, Mapping, Sequence
 
 import kopf
 
-from vsop.core.claims import NOT_ALLOWED, Policy, admit
+from vsop.core.claims import NOT_ALLOWED, Admission, Policy
 from vsop.core.desired import Node, Problem, applies_to_node
 from vsop.kube import checkers, objects, reflector
 from vsop.kube import report as reports
@@ -158,6 +158,8 @@ class Controller:
         # Who may claim which VIP: the VipPools and Namespaces, judged as every agent judges (vsop.kube.claims).
         self.claims = ClaimWatch(options.vip_policy, self.trigger, self.gate)
         self.claims.register(self.registry)
+        self.admission = Admission()
+        self._admitted: dict[str, VirtualService] = {}  # the objects the admission last judged
         self.settings = kopf_settings()
         reflector.on_relisted(self.settings, lambda kind, deleted: self.metrics.relist_deletions.labels(kind).inc(deleted))
         # LoadBalancer Services (vsop.kube.loadbalancers): built on this controller's writer and leadership.
@@ -287,7 +289,7 @@ class Controller:
         records, nodes, node_reports = snapshot or self._snapshot()
         valid = sorted((r.vs for r in records if r.vs is not None), key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
         # The agents refuse the same objects (vsop.core.claims.admit over the same objects, in the same order).
-        refusals = admit(valid, self.claims.rule())
+        refusals = self._refused(valid)
         conflicts = {ref: p.message for ref, p in refusals.items() if p.reason == "Conflict"}
         not_allowed = {ref: f"spec.vip: {p.message}" for ref, p in refusals.items() if p.reason == NOT_ALLOWED}
         ready_nodes = {name: facts for name, facts in nodes.items() if facts.ready}
@@ -312,6 +314,15 @@ class Controller:
         for (kind, status), count in counts.items():
             self.metrics.conditions.labels(kind, status).set(count)
         return report
+
+    def _refused(self, valid: Sequence[VirtualService]) -> dict[str, Problem]:
+        """Every object refused its claim (vsop.core.claims.Admission, as each agent keeps it), judged
+        again for the objects whose parsed version changed, or all when a VipPool or a Namespace did."""
+        current = {vs.ref: vs for vs in valid}
+        changed: dict[str, VirtualService | None] = {ref: vs for ref, vs in current.items() if self._admitted.get(ref) is not vs}
+        changed.update((ref, None) for ref in self._admitted.keys() - current.keys())
+        self._admitted = current
+        return self.admission.update(self.claims.rule(), changed)
 
     def _forget_gone(self, records: Sequence[Observed]) -> None:
         """What was written for objects no longer listed is forgotten."""

@@ -7,12 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.api.test_pools import pool
 from tests.unit.core.test_claims import vs
 from vsop.adapters.kernel import fake_kernel
 from vsop.api.pools import parse_vip_pool
-from vsop.core.claims import HOST_RULE, NOT_ALLOWED, ClaimRule, admit
+from vsop.core.claims import HOST_RULE, NOT_ALLOWED, Admission, ClaimRule, admit
 from vsop.core.desired import Node, desired_state
 from vsop.node.reconciler import Reconciler
 from vsop.node.whole import derive
@@ -135,3 +137,33 @@ def test_the_reconciler_never_programs_a_refused_object_and_the_other_takes_the_
     reconciler.set_refusals({})
     assert reconciler.reconcile().ok
     assert owners() == {"team-b/squat"} and reconciler.programmed == {"team-b/squat"}
+
+RULES = (CLUSTER, ClaimRule(policy="any", pools=CLUSTER.pools, namespace_labels={"team-b": {"tier": "db"}}))
+CHANGE = st.tuples(
+    st.sampled_from(["a", "b", "c", "d", "e"]),  # name
+    st.one_of(st.none(), st.tuples(st.sampled_from(["team-a", "team-b", "team-c"]), st.sampled_from(["198.51.100.3", "192.0.2.9", "203.0.113.5"]),
+                                   st.sampled_from([(80,), (443,), (80, 443)]), st.sampled_from(["2024-01-01T00:00:00Z", "2024-01-02T00:00:00Z"]),
+                                   st.sampled_from([None, "k", "j"]))),
+    st.sampled_from([0, 1]),  # the rule after this change
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(CHANGE, min_size=1, max_size=12))
+def test_admission_kept_per_change_is_admit_over_everything(steps: list[Any]) -> None:
+    admission = Admission()
+    objects: dict[str, Any] = {}
+    for name, what, rule_index in steps:
+        changed: dict[str, Any] = {}
+        for ref in [r for r in objects if r.endswith("/" + name)]:
+            del objects[ref]  # the name moves namespace (or goes): the old object goes
+            changed[ref] = None
+        if what is not None:
+            namespace, vip, ports, created, shared = what
+            obj = vs(name, vip, ports, namespace=namespace, created=created, shared=shared)
+            objects[obj.ref] = obj
+            changed[obj.ref] = obj
+        rule = RULES[rule_index]
+        found = admission.update(rule, changed)
+        everything = sorted(objects.values(), key=lambda o: (o.metadata.creation_timestamp or "", o.ref))
+        assert found == admit(everything, rule)
