@@ -1,0 +1,327 @@
+"""announce: bgp on a real kernel, proven by packets: two nodes, their BIRDs, a router, a client.
+
+Topology (namespaces inside the VM; BIRD is Debian's bird2):
+
+    client 10.31.9.2 --- router (BIRD, merge paths: ECMP into its kernel) --- node1 10.31.1.2
+                                                                          \\-- node2 10.31.2.2
+    node1 10.31.10.11, node2 10.31.10.12 --- bridge "lan" --- backends 10.31.10.21, 10.31.10.22
+
+Each node is a host: `vsop agent --from DIR --bgp-speaker FILE` (the real console script, in
+the node's namespace, with its own folder, lock, status file, bird.conf and control socket)
+and its own BIRD started on the bird.conf the agent rendered. The agent programs IPVS and puts
+`blackhole VIP/32` in table 4242 when the node should attract the VIP; BIRD learns the table
+and announces the route to the router (eBGP). The backends have no default route: their
+answers reach the client only through the node that masqueraded the request.
+
+The tests share one lab (agent and BIRD starts are dear under emulation) and run in order:
+the VIP announced by both nodes (the router's route has two next hops; the client's requests
+pass through both nodes' IPVS and reach both backends); every backend failing node 1's checks
+withdraws node 1 only, and their recovery announces it again; deleting the object on node 1
+withdraws node 1 at once and its IPVS service goes after the object's drain.timeoutSeconds. The seconds each took are printed and appended to
+.cache/measurements.txt: from the file written (or the backends blocked) to the router's kernel.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import yaml
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))
+
+from tests.vm.conftest import Namespaces, Netns, http_get, run, start_http_server, veth  # noqa: E402
+from tests.vm.lab import STARTUP_TIMEOUT, VSOP, AgentProcess, wait_for  # noqa: E402
+from tests.vm.test_agent import hex_endpoint, record  # noqa: E402
+from tests.vm.test_keepalived import _on_lan, stop_process  # noqa: E402
+
+pytestmark = [pytest.mark.vm]
+
+BIRD = "/usr/sbin/bird"
+BIRDC = "/usr/sbin/birdc"
+VIP = "198.51.100.24"
+CLIENT = "10.31.9.2"
+NODES = {"node1": "10.31.10.11", "node2": "10.31.10.12"}  # on the backends' LAN
+UPLINKS = {"node1": "10.31.1.2", "node2": "10.31.2.2"}  # towards the router, the BGP next hops
+BACKENDS = {"bgpbe1": "10.31.10.21", "bgpbe2": "10.31.10.22"}
+DRAIN = 4  # seconds a deleted object's IPVS services stay after its route is withdrawn
+CHECK = {"type": "tcp", "intervalSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
+ROUTER_CONF = """\
+router id 10.31.9.1;
+protocol device {}
+protocol kernel {
+	merge paths on;
+	ipv4 { import none; export all; };
+}
+template bgp node {
+	local as 65000;
+	hold time 9;
+	keepalive time 3;
+	ipv4 { import all; export none; };
+}
+protocol bgp node1 from node { neighbor 10.31.1.2 as 65001; }
+protocol bgp node2 from node { neighbor 10.31.2.2 as 65001; }
+"""
+
+
+def speaker(name: str) -> dict:
+    router_side = UPLINKS[name].rsplit(".", 1)[0] + ".1"
+    return {
+        "apiVersion": "vsop.dev/v1alpha1", "kind": "BGPSpeaker", "metadata": {"name": name},
+        "spec": {"localASN": 65001, "routerID": UPLINKS[name],
+                 "peers": [{"address": router_side, "asn": 65000, "holdTimeSeconds": 9, "keepaliveSeconds": 3}]},
+    }
+
+
+def service() -> dict:
+    return {
+        "apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": "bgpweb", "namespace": "default"},
+        "spec": {"vip": VIP, "announce": "bgp", "scheduler": "rr", "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                 "backends": [{"address": a} for a in BACKENDS.values()], "healthCheck": CHECK, "drain": {"timeoutSeconds": DRAIN}},
+    }
+
+
+@dataclass
+class Node:
+    name: str
+    ns: Netns
+    root: Path
+    agent: AgentProcess
+    bird: subprocess.Popen | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self.root / "services"
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "bird.ctl"
+
+    def table(self) -> str:
+        return self.ns.run("ip", "route", "show", "table", "4242").stdout
+
+    def ipvs_clients(self) -> set[str]:
+        """The client's source ports in this node's IPVS connection table (/proc/net/ip_vs_conn: entries
+        stay minutes after a close; ip_vs_stats' totals lag, the estimator updates them every 2 s)."""
+        client = "".join(f"{int(octet):02X}" for octet in CLIENT.split("."))
+        with self.ns.entered():
+            lines = Path("/proc/thread-self/net/ip_vs_conn").read_text().splitlines()[1:]
+        return {fields[2] for fields in (line.split() for line in lines) if len(fields) > 2 and fields[1] == client}
+
+    def services(self) -> str:
+        with self.ns.entered():
+            return Path("/proc/thread-self/net/ip_vs").read_text()
+
+
+class RouteWatch:
+    """The router's kernel routes over a netlink socket opened inside it: no process per sample."""
+
+    def __init__(self, ns: Netns):
+        from pyroute2 import IPRoute
+
+        with ns.entered():
+            self.ipr = IPRoute()
+
+    def next_hops(self, address: str) -> set[str]:
+        hops: set[str] = set()
+        for route in self.ipr.get_routes(family=socket.AF_INET, table=254):
+            if route.get_attr("RTA_DST") != address or route["dst_len"] != 32:
+                continue
+            if route.get_attr("RTA_GATEWAY"):
+                hops.add(route.get_attr("RTA_GATEWAY"))
+            for hop in route.get_attr("RTA_MULTIPATH") or ():
+                hops.add(hop.get_attr("RTA_GATEWAY"))
+        return hops
+
+    def close(self) -> None:
+        self.ipr.close()
+
+
+@dataclass
+class Lab:
+    router: Netns
+    client: Netns
+    backends: dict[str, Netns]
+    nodes: dict[str, Node]
+    root: Path
+
+    watch: RouteWatch
+
+    def next_hops(self) -> set[str]:
+        return self.watch.next_hops(VIP)
+
+    def wait_hops(self, what: str, hops: set[str], timeout: float = 60) -> float:
+        try:
+            return wait_for(what, lambda: self.next_hops() == hops, timeout, 0.02)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the router has {self.next_hops()}\n{self.logs()}") from None
+
+    def logs(self) -> str:
+        out = [f"router: {self.router.run(BIRDC, '-s', str(self.root / 'router.ctl'), 'show', 'protocols', check=False).stdout}"]
+        for node in self.nodes.values():
+            out.append(f"--- {node.name} table 4242: {node.table()!r}; agent log:\n{node.agent.log.read_text()[-2000:] if node.agent.log.exists() else ''}")
+        return "\n".join(out)
+
+
+def _network(pool: Namespaces, root: Path) -> tuple[Netns, Netns, dict[str, Netns], dict[str, Netns]]:
+    router, client = pool.add("bgprtr"), pool.add("bgpcl")
+    veth(router, "10.31.9.1/24", client, f"{CLIENT}/24")
+    client.run("ip", "route", "add", "default", "via", "10.31.9.1")
+    # Two paths to the VIP: hash on ports too, so one client's connections take both.
+    router.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.fib_multipath_hash_policy=1")
+    lan = pool.add("bgplan")
+    lan.run("ip", "-batch", "-", input="link add br0 type bridge\nlink set br0 up\n")
+    nodes = {}
+    for name, address in NODES.items():
+        ns = nodes[name] = pool.add(name)
+        _on_lan(lan, ns, address)
+        router_side = UPLINKS[name].rsplit(".", 1)[0] + ".1"
+        veth(router, f"{router_side}/24", ns, f"{UPLINKS[name]}/24")
+        ns.run("ip", "route", "add", "default", "via", router_side)
+    backends = {}
+    for name, address in BACKENDS.items():
+        ns = backends[name] = pool.add(name)
+        _on_lan(lan, ns, address)  # no default route: answers come back through the node that masqueraded
+        start_http_server(ns, root / f"www-{name}", port=8080, body=name)
+    return router, client, backends, nodes
+
+
+@pytest.fixture(scope="module")
+def bgp_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    root = tmp_path_factory.mktemp("bgp")
+    pool = Namespaces()
+    processes: list[subprocess.Popen] = []
+    nodes: dict[str, Node] = {}
+    watches: list[RouteWatch] = []
+    try:
+        router, client, backends, spaces = _network(pool, root)
+        (root / "router.conf").write_text(ROUTER_CONF)
+        processes.append(router.popen(BIRD, "-f", "-c", str(root / "router.conf"), "-s", str(root / "router.ctl"), "-P", str(root / "router.pid")))
+        for name, ns in spaces.items():
+            home = root / name
+            (home / "services").mkdir(parents=True)
+            (home / "speaker.yaml").write_text(yaml.safe_dump(speaker(name)))
+            agent = AgentProcess(home, "--from", str(home / "services"), "--lock", str(home / "lock"),
+                                 "--bgp-speaker", str(home / "speaker.yaml"), "--bird-conf", str(home / "bird.conf"),
+                                 "--bird-socket", str(home / "bird.ctl"), prefix=ns.cmd(), resync_seconds=30)
+            nodes[name] = Node(name, ns, home, agent)
+        start_together([node.agent for node in nodes.values()])  # their first syncs render bird.conf
+        for name, node in nodes.items():
+            assert (node.root / "bird.conf").read_text().startswith("# Generated by vsop")
+            node.bird = node.ns.popen(BIRD, "-f", "-c", str(node.root / "bird.conf"), "-s", str(node.socket), "-P", str(node.root / "bird.pid"))
+            processes.append(node.bird)
+        lab = Lab(router, client, backends, nodes, root, RouteWatch(router))
+        watches.append(lab.watch)
+        for name, node in nodes.items():
+            wait_for(f"{name}'s BGP session", lambda node=node: "Established" in node.ns.run(BIRDC, "-s", str(node.socket), "show", "protocols").stdout, 60, 0.2)
+        yield lab
+    finally:
+        for watch in watches:
+            watch.close()
+        for node in nodes.values():
+            node.agent.stop()
+        for process in processes:
+            stop_process(process)
+        pool.close()
+
+
+def start_together(agents: list[AgentProcess], timeout: float = 3 * STARTUP_TIMEOUT) -> None:
+    """Start the agents at once (their imports overlap under emulation); return after each one's first sync."""
+    for agent in agents:
+        agent.status_file.unlink(missing_ok=True)
+        agent.process = subprocess.Popen(
+            [*agent.prefix, VSOP, "agent", *agent.args, "--poll-seconds", "0.2", "--resync-seconds", str(agent.resync_seconds),
+             "--status-file", str(agent.status_file), "--state-file", str(agent.state_file), "-v"],
+            stdout=subprocess.DEVNULL, stderr=open(agent.log, "a"), start_new_session=True,
+        )
+    for agent in agents:
+        try:
+            wait_for("the agent's first sync", lambda agent=agent: agent.status().get("lastSync", {}).get("at"), timeout, 0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; exit code {agent.process.poll() if agent.process else None}; log:\n{agent.log.read_text()[-3000:]}") from None
+
+
+def write_service(node: Node) -> None:
+    temporary = node.folder / ".bgpweb.yaml.tmp"
+    temporary.write_text(yaml.safe_dump(service()))
+    temporary.rename(node.folder / "bgpweb.yaml")
+
+
+def served_through_both(lab: Lab, count: int = 24) -> tuple[dict[str, int], set[str]]:
+    """`count` requests from the client (a new source port each); the connections each node's
+    IPVS scheduled meanwhile and the backends that answered."""
+    before = {name: node.ipvs_clients() for name, node in lab.nodes.items()}
+    answered = {http_get(VIP, 80, netns=lab.client, timeout=5).strip() for _ in range(count)}
+    return {name: len(node.ipvs_clients() - before[name]) for name, node in lab.nodes.items()}, answered
+
+
+def test_both_nodes_announce_the_vip_and_the_client_is_served_through_both(bgp_lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    lab = bgp_lab
+    assert lab.next_hops() == set()  # nothing declared: nothing announced
+    for name in ("node1", "node2"):
+        write_service(lab.nodes[name])
+        seconds = lab.wait_hops(f"{name} announcing {VIP}", {UPLINKS[n] for n in ("node1", "node2") if n <= name})
+        record(capsys, f"BGP (vm): VirtualService file written on {name} -> {VIP}/32 via {name} in the router's kernel in {seconds:.2f} s")
+    for node in lab.nodes.values():
+        assert node.table().split()[:2] == ["blackhole", VIP], node.table()
+    per_node, answered = served_through_both(lab)
+    assert all(count > 0 for count in per_node.values()), per_node
+    assert answered == set(BACKENDS), answered
+    record(capsys, f"BGP (vm): 24 client connections over the router's ECMP route: {per_node} by node, answered by {sorted(answered)}")
+
+
+def block(lab: Lab, node: str, on: bool) -> None:
+    """Every backend drops what `node` sends (its health checks and its clients' requests) or takes it again."""
+    for ns in lab.backends.values():
+        ns.run("iptables", "-I" if on else "-D", "INPUT", "-s", NODES[node], "-j", "DROP")
+
+
+def test_every_backend_failing_node_1s_checks_withdraws_node_1_only(bgp_lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    lab = bgp_lab
+    both = {UPLINKS["node1"], UPLINKS["node2"]}
+    lab.wait_hops("both nodes announcing", both)
+    block(lab, "node1", True)
+    try:
+        gone = lab.wait_hops("node1 withdrawn after its checks failed", {UPLINKS["node2"]})
+        assert lab.nodes["node1"].table().strip() == ""
+        assert VIP in lab.nodes["node2"].table()
+        # Everything the client sends now goes through node 2, which still reaches the backends.
+        per_node, answered = served_through_both(lab, 8)
+        assert per_node == {"node1": 0, "node2": 8} and answered == set(BACKENDS), (per_node, answered)
+    finally:
+        block(lab, "node1", False)
+    back = lab.wait_hops("node1 announced again after its checks passed", both)
+    limit = CHECK["intervalSeconds"] * CHECK["failureThreshold"] + CHECK["timeoutSeconds"]
+    record(capsys, f"BGP (vm): node1's backends blocked -> withdrawn from the router's kernel in {gone:.2f} s "
+                   f"(checks every {CHECK['intervalSeconds']} s, {CHECK['failureThreshold']} failures, timeout {CHECK['timeoutSeconds']} s: {limit} s); "
+                   f"unblocked -> announced again in {back:.2f} s")
+
+
+def test_deleting_the_object_on_node_1_withdraws_its_route_first_and_removes_its_service_after_the_drain(
+    bgp_lab: Lab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab = bgp_lab
+    node1 = lab.nodes["node1"]
+    lab.wait_hops("both nodes announcing", {UPLINKS["node1"], UPLINKS["node2"]})
+    deleted = time.monotonic()
+    (node1.folder / "bgpweb.yaml").unlink()
+    gone = lab.wait_hops("node1 withdrawn after its object was deleted", {UPLINKS["node2"]})
+    # The route went first: node 1's IPVS service is still there, serving what the network still sends.
+    assert hex_endpoint(VIP, 80) in node1.services() and node1.table().strip() == ""
+    wait_for("node1's IPVS service removed after the drain", lambda: hex_endpoint(VIP, 80) not in node1.services(), 60, 0.1)
+    removed = time.monotonic() - deleted
+    assert removed >= DRAIN  # never before the drain
+    per_node, answered = served_through_both(lab, 6)
+    assert per_node["node2"] == 6 and answered == set(BACKENDS), (per_node, answered)
+    record(capsys, f"BGP (vm): the object's file deleted on node1 -> withdrawn from the router's kernel in {gone:.2f} s, "
+                   f"its IPVS service removed {removed:.2f} s after the deletion (drain.timeoutSeconds {DRAIN})")
+    # The session itself stays up: BIRD and its configuration are untouched by a VIP going.
+    assert "Established" in node1.ns.run(BIRDC, "-s", str(node1.socket), "show", "protocols", "vsop_peer_1").stdout
