@@ -1,0 +1,309 @@
+"""announce: vrrp in mode: ipvs on a real kernel: one node answers ARP for the VIP, VRRP moves it, packets prove it.
+
+The LAN of the keepalived tests (tests/vm/test_keepalived.py): a bridge in a "lan" namespace with
+two nodes, two backends and a client. Each node is a namespace running what a host runs: the vsop
+host agent (`vsop agent --from DIR`, the same folder of objects for both, as one file deployed to
+every host) programs IPVS, binds the VIP on vsop0 with ARP suppressed, renders keepalived's
+vrrp_instance for this node (unicast to the other peer, priority by rendezvous hash) and writes
+the object's track file from its health checks; keepalived runs on that configuration.
+
+One test, in phases, because the lab is dear to start under emulation: which node answers ARP and
+serves; every backend failing its checks on the master (the VIP moves, then comes back after
+preempt_delay); the master's keepalived killed and its link gone (the client's neighbour entry
+flips with the backup's gratuitous ARP). Timings are printed and appended to .cache/measurements.txt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+if str(REPOSITORY) not in sys.path:
+    sys.path.insert(0, str(REPOSITORY))
+
+from tests.vm.conftest import BUSYBOX, Namespaces, Netns, http_get, run, start_http_server  # noqa: E402
+from tests.vm.lab import AgentProcess, manifest, wait_for  # noqa: E402
+from tests.vm.test_agent import record  # noqa: E402
+from tests.vm.test_keepalived import KEEPALIVED, AddressWatch, _on_lan, start_keepalived, stop_process  # noqa: E402
+from vsop.keepalived.vrrp import spread  # noqa: E402
+
+pytestmark = [pytest.mark.vm]
+
+VIP = "10.202.0.100"
+NODES = {"node1": "10.202.0.11", "node2": "10.202.0.12"}
+BACKENDS = {"vbe1": "10.202.0.21", "vbe2": "10.202.0.22"}
+CLIENT = "10.202.0.50"
+ADVERT = 1
+PREEMPT_DELAY = 3
+CHECK = {"type": "tcp", "intervalSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
+
+
+class Neighbours:
+    """The client's neighbour table over a netlink socket opened inside its namespace."""
+
+    def __init__(self, ns: Netns):
+        from pyroute2 import IPRoute
+
+        with ns.entered():
+            self.ipr = IPRoute()
+
+    def mac_of(self, address: str) -> str | None:
+        for msg in self.ipr.get_neighbours(family=socket.AF_INET):
+            if msg.get_attr("NDA_DST") == address and msg["state"] not in (0x20, 0x01):  # not FAILED, not INCOMPLETE
+                return msg.get_attr("NDA_LLADDR")
+        return None
+
+    def close(self) -> None:
+        self.ipr.close()
+
+
+def mac(ns: Netns, ifname: str = "eth0") -> str:
+    return re.search(r"link/ether ([0-9a-f:]{17})", ns.run("ip", "-o", "link", "show", ifname).stdout).group(1)
+
+
+def arp_replies(client: Netns, address: str) -> list[str]:
+    """The MAC of every ARP reply the client gets for `address` (busybox arping, three requests)."""
+    out = client.run(BUSYBOX, "arping", "-c", "3", "-w", "5", "-I", "eth0", address, check=False).stdout
+    return [m.lower() for m in re.findall(r"reply from \S+ \[([0-9A-Fa-f:]{17})\]", out)]
+
+
+def connections(ns: Netns) -> int:
+    """Connections IPVS scheduled for VIP:80 in this namespace (ipvsadm --stats)."""
+    out = ns.run("ipvsadm", "-Ln", "--stats", "-t", f"{VIP}:80").stdout
+    line = next(line for line in out.splitlines() if line.startswith("TCP"))
+    return int(line.split()[2])
+
+
+class Node:
+    def __init__(self, name: str, ns: Netns, root: Path, objects: Path):
+        self.name, self.ns, self.work = name, ns, root / name
+        self.work.mkdir()
+        self.keepalived_dir, self.tracks = self.work / "keepalived", self.work / "vrrp"
+        self.agent = AgentProcess(
+            self.work, "--from", str(objects), "--lock", str(self.work / "lock"), "--keepalived-dir", str(self.keepalived_dir),
+            "--keepalived-pidfile", str(self.work / "keepalived.pid"), "--keepalived-binary", KEEPALIVED,
+            "--vrrp-track-dir", str(self.tracks), prefix=ns.cmd(), resync_seconds=5,
+        )
+        self.keepalived = None
+        self.watch: AddressWatch | None = None
+
+    def start_keepalived(self) -> None:
+        self.keepalived = start_keepalived(self.work, self.keepalived_dir / "keepalived.conf", "keepalived", self.ns)
+
+    def holds(self) -> bool:
+        assert self.watch is not None
+        return self.watch.holds(VIP)
+
+    def logs(self) -> str:
+        out = []
+        for path in (self.agent.log, self.work / "keepalived.log"):
+            if path.exists():
+                out.append(f"--- {self.name} {path.name}\n{path.read_text()[-2500:]}")
+        return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Node], Netns]]:
+    root = tmp_path_factory.mktemp("vrrp-lan")
+    pool = Namespaces()
+    nodes: dict[str, Node] = {}
+    try:
+        bridge = pool.add("lan")
+        run("ip", "-n", bridge.name, "-batch", "-", input="link add br0 type bridge\nlink set br0 up\n")
+        objects = root / "objects"
+        objects.mkdir()
+        for name, address in BACKENDS.items():
+            backend = pool.add(name)
+            _on_lan(bridge, backend, address)
+            start_http_server(backend, root / f"www-{name}", port=8080, body=name)
+        client = pool.add("client")
+        _on_lan(bridge, client, CLIENT)
+        manifest(
+            objects, "lanweb", vip=VIP, announce="vrrp", healthCheck=CHECK, backends=[{"address": a} for a in BACKENDS.values()],
+            vrrp={"interface": "eth0", "virtualRouterID": 52, "advertIntervalSeconds": ADVERT, "peers": list(NODES.values()),
+                  "preemptDelaySeconds": PREEMPT_DELAY},
+        )
+        for name, address in NODES.items():
+            ns = pool.add(name)
+            _on_lan(bridge, ns, address)
+            nodes[name] = Node(name, ns, root, objects)
+        for node in nodes.values():
+            node.agent.start()
+            wait_for(f"{node.name}'s keepalived configuration", lambda: (node.tracks / "default_lanweb").exists(), 60, 0.3)
+            node.watch = AddressWatch(node.ns)
+        for node in nodes.values():
+            node.start_keepalived()
+        yield nodes, client
+    except BaseException:
+        for node in nodes.values():
+            sys.stderr.write(node.logs())
+        raise
+    finally:
+        for node in nodes.values():
+            stop_process(node.keepalived)
+            node.agent.stop()
+            if node.watch is not None:
+                node.watch.close()
+        pool.close()
+
+
+def expected_master() -> str:
+    order = spread({("eth0", 52, 4): (VIP, tuple(NODES.values()))})[("eth0", 52, 4)]
+    return next(name for name, address in NODES.items() if address == order[0])
+
+
+def served(client: Netns, count: int = 4) -> set[str]:
+    return {http_get(VIP, 80, netns=client, timeout=3).strip() for _ in range(count)}
+
+
+def test_one_node_answers_serves_through_ipvs_and_vrrp_moves_the_vip(lan, capsys) -> None:
+    nodes, client = lan
+    master = nodes[expected_master()]
+    backup = next(node for node in nodes.values() if node is not master)
+    neighbours = Neighbours(client)
+    try:
+        wait_for("the rendezvous master to hold the VIP", lambda: master.holds() and not backup.holds(), 60, 0.1)
+        master_mac, backup_mac = mac(master.ns), mac(backup.ns)
+        # Every node binds the VIP on vsop0 and programs IPVS; only the master has it on eth0 and answers ARP.
+        for node in nodes.values():
+            assert f"inet {VIP}/32" in node.ns.run("ip", "-o", "addr", "show", "dev", "vsop0").stdout
+            assert node.ns.run("sysctl", "-n", "net.ipv4.conf.all.arp_ignore").stdout.strip() == "1"
+        replies = arp_replies(client, VIP)
+        assert replies and set(replies) == {master_mac}, (replies, master_mac, backup_mac)
+        before = {name: connections(node.ns) for name, node in nodes.items()}
+        assert served(client, 6) == set(BACKENDS)
+        assert neighbours.mac_of(VIP) == master_mac
+        assert connections(master.ns) >= before[master.name] + 6 and connections(backup.ns) == before[backup.name]
+
+        _health_moves_the_vip(master, backup, client, neighbours, backup_mac, master_mac, capsys)
+        _failover(master, backup, client, neighbours, backup_mac, capsys)
+    except BaseException:
+        for node in nodes.values():
+            sys.stderr.write(node.logs())
+        raise
+    finally:
+        neighbours.close()
+
+
+def _health_moves_the_vip(master: Node, backup: Node, client: Netns, neighbours: Neighbours,
+                          backup_mac: str, master_mac: str, capsys) -> None:
+    """Every backend fails its checks from the master: its track file says 1, it goes FAULT, the VIP moves."""
+    cut = "".join(f"route add blackhole {address}/32\n" for address in BACKENDS.values())
+    started = time.monotonic()
+    master.ns.run("ip", "-batch", "-", input=cut)
+    wait_for("the master's track file to say it serves nothing", lambda: (master.tracks / "default_lanweb").read_text() == "1\n", 30, 0.05)
+    tracked = time.monotonic() - started
+    wait_for("the VIP to move to the backup", lambda: backup.holds() and not master.holds(), 30, 0.05)
+    moved = time.monotonic() - started
+    bound = CHECK["intervalSeconds"] * CHECK["failureThreshold"] + 3 * ADVERT + 1
+    record(capsys, f"VRRP (ipvs mode): every backend failing on the master to the VIP on the backup in {moved:.2f}s "
+                   f"(track file written after {tracked:.2f}s; bound interval x threshold + 3 x advert + 1 s = {bound}s)")
+    wait_for("the client's neighbour entry on the backup", lambda: neighbours.mac_of(VIP) == backup_mac, 15, 0.05)
+    assert served(client) == set(BACKENDS)
+    # The backends come back: the master serves again and takes the VIP back after preempt_delay.
+    healed = time.monotonic()
+    master.ns.run("ip", "-batch", "-", input=cut.replace("route add", "route del"))
+    wait_for("the master's track file to say it serves", lambda: (master.tracks / "default_lanweb").read_text() == "0\n", 30, 0.05)
+    wait_for("the master to take the VIP back", lambda: master.holds() and not backup.holds(), 30 + PREEMPT_DELAY, 0.05)
+    record(capsys, f"VRRP (ipvs mode): backends back on the master to the VIP back there in {time.monotonic() - healed:.2f}s "
+                   f"(preempt_delay {PREEMPT_DELAY}s)")
+    wait_for("the client's neighbour entry back on the master", lambda: neighbours.mac_of(VIP) == master_mac, 15, 0.05)
+
+
+def _failover(master: Node, backup: Node, client: Netns, neighbours: Neighbours, backup_mac: str, capsys) -> None:
+    """The master's keepalived SIGKILLed (no goodbye advert) and its link gone: the backup's GARP moves the client."""
+    from pyroute2 import IPRoute
+
+    with master.ns.entered():
+        ipr = IPRoute()
+    eth0 = ipr.link_lookup(ifname="eth0")[0]
+    killed = time.monotonic()
+    assert master.keepalived is not None
+    os.killpg(master.keepalived.pid, signal.SIGKILL)
+    ipr.link("set", index=eth0, state="down")
+    ipr.close()
+    wait_for("the client's neighbour entry to flip to the backup", lambda: neighbours.mac_of(VIP) == backup_mac, 30, 0.05)
+    flipped = time.monotonic() - killed
+    wait_for("the client served through the backup", lambda: _answers(client), 10, 0.05)
+    resumed = time.monotonic() - killed
+    record(capsys, f"VRRP (ipvs mode): master killed and link down to the client's ARP entry on the backup in {flipped:.2f}s, "
+                   f"requests answered again after {resumed:.2f}s (bound 3 x advert + 1 s = {3 * ADVERT + 1}s)")
+    assert backup.holds() and served(client) == set(BACKENDS)
+    with contextlib.suppress(Exception):
+        master.ns.run("ip", "link", "set", "eth0", "up")
+
+
+def _answers(client: Netns) -> bool:
+    try:
+        return http_get(VIP, 80, netns=client, timeout=1).strip() in BACKENDS
+    except Exception:
+        return False
+
+
+SPREAD_NODES = {"s1": "10.203.0.11", "s2": "10.203.0.12", "s3": "10.203.0.13"}
+SPREAD_VIPS = ["10.203.0.101", "10.203.0.102", "10.203.0.103", "10.203.0.104"]
+
+
+def test_four_vips_on_three_nodes_no_node_holds_more_than_two(tmp_path) -> None:
+    """Each node renders its own priorities (`vsop render keepalived --node-address`); keepalived elects: the VIPs spread."""
+    from vsop.cli.main import main as vsop
+
+    pool = Namespaces()
+    procs, watches = [], {}
+    try:
+        bridge = pool.add("lan")
+        run("ip", "-n", bridge.name, "-batch", "-", input="link add br0 type bridge\nlink set br0 up\n")
+        objects = tmp_path / "objects"
+        objects.mkdir()
+        for index, vip in enumerate(SPREAD_VIPS):
+            manifest(objects, f"web{index}", vip=vip, announce="vrrp", backends=[{"address": "10.203.0.21"}],
+                     vrrp={"interface": "eth0", "virtualRouterID": 71 + index, "peers": list(SPREAD_NODES.values()), "preemptDelaySeconds": 0})
+        tracks = tmp_path / "vrrp"  # what the agents would write: every node serves every VIP
+        tracks.mkdir()
+        for index in range(len(SPREAD_VIPS)):
+            (tracks / f"default_web{index}").write_text("0\n")
+        for name, address in SPREAD_NODES.items():
+            ns = pool.add(name)
+            _on_lan(bridge, ns, address)
+            out = tmp_path / name
+            with contextlib.redirect_stdout(open(os.devnull, "w")):
+                assert vsop(["render", "keepalived", "-f", str(objects), "--node-address", address,
+                             "--vrrp-track-dir", str(tracks), "--out", str(out)]) == 0
+            procs.append(start_keepalived(out, out / "keepalived.conf", "keepalived", ns))
+            watches[name] = AddressWatch(ns)
+
+        def holders() -> dict[str, list[str]]:
+            return {vip: [name for name, w in watches.items() if w.holds(vip)] for vip in SPREAD_VIPS}
+
+        # Until every keepalived has been up for 3 adverts a node started early may hold more: wait for
+        # the election the priorities ask for (the first of each router's rendezvous order), then count.
+        peers = tuple(SPREAD_NODES.values())
+        orders = spread({("eth0", 71 + index, 4): (vip, peers) for index, vip in enumerate(SPREAD_VIPS)})
+        by_address = {address: name for name, address in SPREAD_NODES.items()}
+        expected = {vip: [by_address[orders[("eth0", 71 + index, 4)][0]]] for index, vip in enumerate(SPREAD_VIPS)}
+        try:
+            wait_for("each VIP held by its first node only", lambda: holders() == expected, 90, 0.2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: held {holders()}, expected {expected}") from None
+        per_node = {name: sum(1 for h in expected.values() if h == [name]) for name in SPREAD_NODES}
+        assert max(per_node.values()) <= 2 and sum(per_node.values()) == len(SPREAD_VIPS), expected
+    except BaseException:
+        for log in sorted(tmp_path.glob("*/keepalived.log")):
+            sys.stderr.write(f"--- {log}\n{log.read_text()[-1500:]}\n")
+        raise
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        for w in watches.values():
+            w.close()
+        pool.close()
