@@ -101,8 +101,10 @@ class Node:
         self.keepalived = start_keepalived(self.work, self.keepalived_dir / "keepalived.conf", "keepalived", self.ns)
 
     def holds(self) -> bool:
+        """The VIP on eth0, where keepalived puts it on the master (every node has it on vsop0)."""
         assert self.watch is not None
-        return self.watch.holds(VIP)
+        return any(msg.get_attr("IFA_ADDRESS") == VIP and msg.get_attr("IFA_LABEL") == "eth0"
+                   for msg in self.watch.ipr.get_addr(family=socket.AF_INET))
 
     def logs(self) -> str:
         out = []
