@@ -191,6 +191,7 @@ PRINTER_COLUMNS = [
     {"name": "Healthy", "type": "integer", "jsonPath": ".status.backends.healthy"},
     {"name": "Backends", "type": "integer", "jsonPath": ".status.backends.total"},
     {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+    {"name": "Announced-By", "type": "string", "jsonPath": ".status.announcedBy"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -332,6 +333,11 @@ def node_report_crd() -> dict[str, Any]:
             "backends": {"type": "object", "properties": {"total": {"type": "integer"}, "healthy": {"type": "integer"}}},
             "message": {"type": "string", "maxLength": 512},
             "observedGeneration": {"type": "integer"},
+            "announced": {
+                "type": "string",
+                "maxLength": 16,
+                "description": "announce: vrrp: this node's VRRP state for the VIP (master holds it); bgp: announced, withdrawn or nosession.",
+            },
             "checks": {
                 "type": "object",
                 "description": "address:port -> healthy, for the static backends this node is a designated checker of.",
@@ -379,7 +385,22 @@ def node_report_crd() -> dict[str, Any]:
                                             "type": "object",
                                             "description": "namespace/name of a VirtualService -> this node's entry for it.",
                                             "additionalProperties": entry,
-                                        }
+                                        },
+                                        "bgpSessions": {
+                                            "type": "array",
+                                            "maxItems": 32,
+                                            "description": "This node's BGP sessions as BIRD reports them (announce: bgp).",
+                                            "items": {
+                                                "type": "object",
+                                                "properties": {
+                                                    "peer": {"type": "string", "maxLength": 64},
+                                                    "asn": {"type": "integer"},
+                                                    "up": {"type": "boolean"},
+                                                    "bgpState": {"type": "string", "maxLength": 32},
+                                                    "lastError": {"type": "string", "maxLength": 256},
+                                                },
+                                            },
+                                        },
                                     },
                                 },
                             },

@@ -509,6 +509,9 @@ class VirtualServiceStatus(_Spec):
     conditions: tuple[Condition, ...] = ()
     backends: BackendCounts = Field(default_factory=BackendCounts)
     backend_health: tuple[BackendHealth, ...] = Field(default=(), description="static backends with a health check: who checks each, and the verdict")
+    announced_by: str | None = Field(
+        default=None, max_length=1024,
+        description="announce: vrrp or bgp: the nodes announcing the VIP (VRRP: the master), 'every selected node', or 'none'")
     nodes: dict[str, NodeStatus] = Field(default_factory=dict)
 
 

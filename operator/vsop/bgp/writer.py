@@ -164,6 +164,10 @@ class BirdAnnouncer:
             self._reading = (now, read_sessions(self.writer.control_socket, birdc=self.writer.birdc, run=self.writer.run))
         return self._reading[1]
 
+    def known(self) -> Reading | None:
+        """BIRD's sessions as last asked (None: not asked yet); never asks."""
+        return self._reading[1] if self._reading is not None else None
+
     def status(self) -> dict[str, object]:
         return {"speakerFile": str(self.speaker_file), "config": str(self.writer.path), "socket": self.writer.control_socket,
                 "last": self.last, "lastError": self.last_error, **self.sessions().as_dict()}

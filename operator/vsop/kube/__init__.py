@@ -4,8 +4,8 @@ Reading order: client (the API server connection and the writes vsop makes), run
 settings, the listing gate, running kopf and a loop together, log lines), objects and endpoints
 (VirtualServices, EndpointSlices and Nodes into node input, pure), source (the agent's watches:
 kopf indexes and handlers that store nothing on the objects, what changed per turn), checkers
-(which node probes a static backend for the cluster), report and status (NodeReport entries and
-conditions, pure), sink (the agent's NodeReport entries, Events, object states), agent (the
+(which node probes a static backend for the cluster), report, status and announce (NodeReport
+entries, conditions, who announces a VIP; pure), sink (the agent's NodeReport entries, Events, object states), agent (the
 source and the sink plugged into the node's turn, vsop.node.loop), controller (sums up the nodes'
 reports), apiserver, metrics, toggles and reflector (two fixes to kopf: index readiness in O(objects),
 and relists that delete what a watch gap hid).

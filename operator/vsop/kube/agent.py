@@ -17,7 +17,10 @@ followed by the keepalived writer (vsop.keepalived.writer: render with the servi
 endpoints, `keepalived -t`, swap in, SIGHUP only on change); its failures go into the
 status entries of the keepalived-mode objects and Events. With --bgp-speaker, each successful
 sync that may have changed it renders bird.conf (vsop.bgp.writer, as the host agent does) for
-BIRD's container, and BIRD's sessions are served as vsop_bgp_session_up{peer}.
+BIRD's container, and BIRD's sessions are served as vsop_bgp_session_up{peer}. Who announces
+(vsop.kube.announce): this node's state for each `announce: vrrp` / `bgp` object (keepalived's VRRP
+state from its notify FIFO, whose transitions wake a turn; the route and whether a BGP session is
+up, BIRD asked every few seconds) and its BGP sessions go into its NodeReport.
 Must not import: vsop.adapters.real, vsop.host, vsop.cli.
 """
 
@@ -37,7 +40,7 @@ from vsop.core.held import Held
 from vsop.core.state import Names
 from vsop.bgp.writer import BirdAnnouncer
 from vsop.keepalived.writer import KeepalivedWriter
-from vsop.kube import checkers, reflector
+from vsop.kube import announce, checkers, reflector
 from vsop.kube import endpoints as eps
 from vsop.kube import report as reports
 from vsop.kube.apiserver import ApiServerAddresses
@@ -135,6 +138,12 @@ class Agent:
         self.admission = Admission()  # every object refused its claim, kept per change
         self.sink = NodeReportSink(self.node_name, writer, self.metrics, self.reconciler, self.source.records, options.names)
         self._checks_sent: dict[str, dict[str, bool]] = {}  # owner -> what this node last reported as a checker
+        # announce: vrrp / bgp: this node's state for each such object (vsop.kube.announce), what it was
+        # derived from (keepalived's VRRP states, whether a BGP session is up), the sessions last seen.
+        self._announced: dict[str, str] = {}
+        self._announce_changed: set[str] = set()  # objects whose state changed since the last report
+        self._announce_inputs: Any = None
+        self._sessions_seen: Any = None
         self.registry = self.source.registry
         # The API server's addresses come with the EndpointSlice watch when it covers `default`
         # (no request of their own); otherwise they are listed every resync period.
@@ -192,12 +201,28 @@ class Agent:
         if self.apiserver is not None and not self.watches_apiserver:
             await self.apiserver.refresh()  # before the first sync: never bind the API server's address, not even once
             follower = asyncio.create_task(self.apiserver.follow(self.options.resync_seconds, self.trigger.wake))
+        if self.keepalived is not None:  # a VRRP transition: a turn, so that the NodeReport says it
+            running = asyncio.get_running_loop()
+            self.keepalived.on_announce = lambda: running.call_soon_threadsafe(self.trigger.wake, "VRRP state changed")
+        sessions = asyncio.create_task(self._follow_sessions()) if self.bird is not None else None
         try:
             await self.loop.run(self)
         finally:
-            if follower is not None:
-                follower.cancel()
-                await asyncio.gather(follower, return_exceptions=True)
+            for task in (follower, sessions):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+
+    async def _follow_sessions(self) -> None:
+        """BIRD's BGP sessions, asked every few seconds (vsop.bgp.writer): a change is a turn, which reports it."""
+        assert self.bird is not None
+        while True:
+            reading = await asyncio.to_thread(self.bird.sessions)
+            seen = (announce.session_entries(reading.sessions), reading.error)
+            if seen != self._sessions_seen:
+                self._sessions_seen = seen
+                self.trigger.wake("BGP sessions changed")
+            await asyncio.sleep(self.bird.sessions_seconds)
 
     async def turn(self, full: bool, reasons: set[str]) -> bool:
         try:
@@ -301,12 +326,41 @@ class Agent:
             if self.bird.due(turn.outcome.full, turn.feed.changed, self.reconciler.objects):
                 self.bird.update(self.reconciler.objects.values())
         outcome = kernel_outcome(self.reconciler, turn.outcome, cover_all)
+        self._announce(outcome.touched)
         if turn.keepalived is None or self.keepalived is None or turn.feed is None or turn.feed.keepalived is None:
             return outcome, None
         rendered: list[VirtualService] = [vs for vs in turn.feed.keepalived.services
                                         if vs.ref not in self.reconciler.held_problems and vs.ref not in self.reconciler.refusals]
         report = keepalived_report(self.keepalived, turn.keepalived, rendered, self.reconciler.endpoints, set(self.reconciler.programmed))
         return outcome, report
+
+    def _announce(self, touched: frozenset[str] | None) -> None:
+        """This node's state for each object with announce: vrrp or bgp (vsop.kube.announce): derived again
+        for the objects the turn touched, or for all when keepalived's VRRP states or the BGP sessions changed."""
+        reconciler = self.reconciler
+        vrrp = self.keepalived.announced() if self.keepalived is not None and self.keepalived.notify is not None else None
+        reading = self.bird.known() if self.bird is not None else None
+        up = None if reading is None else (False if reading.error else announce.sessions_up(reading.sessions))
+        inputs = (vrrp, up)
+        everything = touched is None or inputs != self._announce_inputs
+        self._announce_inputs = inputs
+        refs: Iterable[str] = set(reconciler.objects) | set(self._announced) if everything else touched or ()
+        for ref in refs:
+            vs = reconciler.objects.get(ref)
+            piece = reconciler.fragments.get(ref)
+            routed = piece is not None and bool(piece.routes) and ref in reconciler.programmed
+            state = announce.object_state(vs.spec.announce, vs.spec.vip, routed, vrrp, up) if vs is not None else None
+            if state != self._announced.get(ref):
+                self._announce_changed.add(ref)
+            if state is None:
+                self._announced.pop(ref, None)
+            else:
+                self._announced[ref] = state
+
+    def _sessions(self) -> list[dict[str, Any]] | None:
+        """This node's BGP sessions for its NodeReport (None: no BGP speaker here, or BIRD not asked yet)."""
+        reading = self.bird.known() if self.bird is not None else None
+        return announce.session_entries(reading.sessions) if reading is not None else None
 
     async def _report(self, report: SyncReport, changes: Changes, reasons: Iterable[str]) -> None:
         """This node's entries for the objects this turn may have changed: every object's after a full
@@ -332,10 +386,17 @@ class Agent:
                 if (namespace, name) in records:
                     keys.add((namespace, name))
         self._checks_sent = checks
+        # This node's announce state changes with keepalived's VRRP states and BGP sessions too.
+        for ref in self._announce_changed:
+            namespace, _, name = ref.partition("/")
+            if (namespace, name) in records:
+                keys.add((namespace, name))
+        self._announce_changed = set()
+        report.announced, report.sessions = self._announced, self._sessions()
         if not complete:
             problems, programmed = judge(self.reconciler, (reports.ref_of(*key) for key in keys))
             outcome.problems, outcome.programmed = problems, frozenset(programmed)
-        report.entries = self.sink.entries([records[key] for key in sorted(keys)], outcome, report.keepalived)
+        report.entries = self.sink.entries([records[key] for key in sorted(keys)], outcome, report.keepalived, report.announced)
         checkers.add_checks(report.entries, self.roles, self.tracker)
         for key, record in changes.objects.items():
             if record is None:

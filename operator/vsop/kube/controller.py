@@ -4,7 +4,7 @@ Owns the cluster-wide verdicts: who may claim which VIP and conflicts (the same
 vsop.core.claims.admit every agent runs, over the same objects, VipPools and Namespaces
 (vsop.kube.claims) in the same order, so both agree: `VIPNotAllowed` or the winner), invalid
 specs, the `Ready` / `Programmed` / `Degraded` / `Conflict` conditions with
-`status.backends` and `status.observedGeneration`, summed up from the nodes' NodeReports
+`status.backends`, `status.observedGeneration` and `status.announcedBy` (vsop.kube.announce), summed up from the nodes' NodeReports
 (vsop.kube.report: one object per node, which only the controller watches), deleting
 the reports of Nodes that no longer exist, removing the `status.nodes` map older agents
 wrote on the objects (upgrade), and Events on the transitions a user must notice.
@@ -105,6 +105,7 @@ def owned_status(status: Mapping[str, Any]) -> dict[str, Any]:
         "conditions": {c.get("type"): dict(c) for c in status.get("conditions") or () if isinstance(c, Mapping) and c.get("type") in CONDITION_TYPES},
         "backends": dict(status.get("backends") or {}),
         checkers.STATUS_FIELD: list(status.get(checkers.STATUS_FIELD) or ()),
+        "announcedBy": status.get("announcedBy"),
     }
 
 
@@ -358,6 +359,7 @@ class Controller:
             nodes=node_entries,
             known_nodes=None,
             unreported=tuple(n for n in selected if n not in node_reports),
+            announce=record.vs.spec.announce if record.vs is not None else "none",
         )
         summary = summarize(facts)
         found = owned_status(record.status)
@@ -374,6 +376,7 @@ class Controller:
             "conditions": {c["type"]: c for c in conditions},
             "backends": summary.backends,
             checkers.STATUS_FIELD: health,
+            "announcedBy": summary.announced_by,
         }
         for condition in conditions:
             counts[(condition["type"], condition["status"])] = counts.get((condition["type"], condition["status"]), 0) + 1
@@ -389,6 +392,7 @@ class Controller:
             "conditions": conditions + [c for c in record.status.get("conditions") or () if isinstance(c, Mapping) and c.get("type") not in CONDITION_TYPES],
             "backends": summary.backends,
             checkers.STATUS_FIELD: health or None,
+            "announcedBy": summary.announced_by,  # None removes it
         }
         if legacy:
             patch["nodes"] = None

@@ -4,7 +4,8 @@ Owns the `NodeReport` object (cluster-scoped, group vsop.dev, named after the no
 `status.virtualServices["<namespace>/<name>"]` holds the node's entry for each
 VirtualService it handles (the shape of vsop.kube.status.NodeEntry), and what the
 agent changes in it from one turn to the next (`report_patch`: only changed entries,
-removed ones as null, so one turn is at most one write).
+removed ones as null, so one turn is at most one write), and `status.bgpSessions`: the node's BGP
+sessions (vsop.kube.announce), replaced whole when they change.
 Why a separate object and not `status.nodes.<node>` on each VirtualService: every agent
 watches every VirtualService, so a key per node on the objects made one change N status
 writes each delivered to N agents (N^2 watch events) and grew each object with N. A
@@ -37,6 +38,23 @@ def entries_of(body: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     if not isinstance(found, Mapping):
         return {}
     return {str(ref): dict(entry) for ref, entry in found.items() if isinstance(entry, Mapping)}
+
+
+def sessions_of(body: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
+    """`status.bgpSessions` of a report body (None when absent or malformed)."""
+    status = (body or {}).get("status") if isinstance(body, Mapping) else None
+    found = status.get("bgpSessions") if isinstance(status, Mapping) else None
+    return [dict(s) for s in found if isinstance(s, Mapping)] if isinstance(found, list) else None
+
+
+def with_sessions(patch: dict[str, Any] | None, before: list[dict[str, Any]] | None, after: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """`patch` (from report_patch, or None) also writing the BGP sessions where they changed
+    (a merge patch replaces a list whole; None removes them)."""
+    if before == after:
+        return patch
+    out = patch if patch is not None else {"status": {"virtualServices": {}}}
+    out["status"]["bgpSessions"] = after
+    return out
 
 
 def bounded(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,9 +124,11 @@ def merge_into(entries: dict[str, dict[str, Any]], patch: Mapping[str, Any]) -> 
 def new_report(node: str, patch: Mapping[str, Any]) -> dict[str, Any]:
     """The body creating a node's first report from a report patch (nulls dropped)."""
     changes = (patch.get("status") or {}).get("virtualServices") or {}
+    sessions = (patch.get("status") or {}).get("bgpSessions")
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,
         "metadata": {"name": node, "labels": {"vsop.dev/node": node}},
-        "status": {"virtualServices": {ref: _without_nulls(entry) for ref, entry in changes.items() if entry is not None}},
+        "status": {"virtualServices": {ref: _without_nulls(entry) for ref, entry in changes.items() if entry is not None},
+                   **({"bgpSessions": sessions} if sessions is not None else {})},
     }

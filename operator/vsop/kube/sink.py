@@ -4,7 +4,8 @@ Owns what the node tells the cluster after each turn: its entries in its NodeRep
 (vsop.kube.report, one object per node, watched by the controller only), read once at start
 and then patched with changes only; an Event per new failure (not again after a restart, when
 the report already carries it) and per drift repair; what keepalived made of each
-keepalived-mode object (backends rendered, refusals); the objects by state in the metrics.
+keepalived-mode object (backends rendered, refusals); with `announce`, this node's state for each
+VIP and its BGP sessions (vsop.kube.announce); the objects by state in the metrics.
 Must not import: vsop.node.execute, vsop.adapters, vsop.kube.source's kopf wiring.
 """
 
@@ -84,6 +85,8 @@ class SyncReport:
 
     outcome: KernelOutcome | None
     keepalived: KeepalivedReport | None = None
+    announced: Mapping[str, str] = field(default_factory=dict)  # ref -> this node's announce state (vsop.kube.announce)
+    sessions: list[dict[str, Any]] | None = None  # this node's BGP sessions for its report (None: no BGP here)
     entries: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
     patched: list[tuple[str, str]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (object, reason, message)
@@ -215,6 +218,7 @@ class NodeReportSink:
         self.names = names
         self.report_all = True  # the next turn reports every object (first turn, after a failure)
         self._reported: dict[str, dict[str, Any]] | None = None  # this node's report as last read or written
+        self._sessions: list[dict[str, Any]] | None = None  # its status.bgpSessions, as last read or written
         self._evented: dict[tuple[str, str, str | None], str] = {}
         self._report_read = False  # the report was read once since the start
         self._restarted_with: dict[str, dict[str, Any]] | None = None  # its entries then, until the turn that reads them
@@ -238,7 +242,8 @@ class NodeReportSink:
                 await self._event(record, "Warning", "DriftRepaired", "the kernel was changed behind vsop's back; put back: " + "; ".join(described), report)
 
     def entries(
-        self, records: Sequence[VSRecord], outcome: KernelOutcome, keepalived: KeepalivedReport | None = None
+        self, records: Sequence[VSRecord], outcome: KernelOutcome, keepalived: KeepalivedReport | None = None,
+        announced: Mapping[str, str] | None = None,
     ) -> dict[tuple[str, str], dict[str, Any] | None]:
         """This node's report entry for each of `records` (objects the outcome covers); None: this node has no business with it."""
         problems = outcome.problems
@@ -275,7 +280,7 @@ class NodeReportSink:
                     failure = keepalived.failure(ref)
                     if failure:
                         ok, message = False, failure
-                entry = NodeEntry(ok, total, healthy, message, record.generation)
+                entry = NodeEntry(ok, total, healthy, message, record.generation, (announced or {}).get(ref))
             entries[record.key] = entry.as_status() if entry is not None else None
         return entries
 
@@ -329,7 +334,8 @@ class NodeReportSink:
     async def _read_report(self, complete: bool) -> bool:
         """This node's NodeReport as stored (at start, and after a failed write); False: not read, retried next turn."""
         try:
-            self._reported = reports.entries_of(await self.writer.read_node_report(self.node_name))
+            body = await self.writer.read_node_report(self.node_name)
+            self._reported, self._sessions = reports.entries_of(body), reports.sessions_of(body)
         except (ApiError, OSError) as exc:
             self.metrics.errors.labels("api").inc()
             self.report_all = True
@@ -351,7 +357,7 @@ class NodeReportSink:
         if self._reported is None:  # _publish could not read it this turn
             return
         after = {reports.ref_of(*key): entry for key, entry in report.entries.items()}
-        patch = reports.report_patch(self._reported, after, complete=complete)
+        patch = reports.with_sessions(reports.report_patch(self._reported, after, complete=complete), self._sessions, report.sessions)
         if patch is None:
             return
         try:
@@ -364,6 +370,10 @@ class NodeReportSink:
             return
         changed = patch["status"]["virtualServices"]
         reports.merge_into(self._reported, patch)
+        if "bgpSessions" in patch["status"]:
+            self._sessions = report.sessions
+            log.info(kv("Updated node report", node=self.node_name, bgpSessionsUp=sum(1 for s in report.sessions or () if s.get("up")),
+                        bgpSessions=len(report.sessions or ())))
         self.metrics.status_patches.inc()
         report.patched.extend(tuple(ref.split("/", 1)) for ref in sorted(changed))  # type: ignore[misc]
         for ref, entry in sorted(changed.items()):

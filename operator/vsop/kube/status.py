@@ -6,7 +6,8 @@ own NodeReport, vsop.kube.report), the
 (written by the controller), keeping `lastTransitionTime` when a condition's status
 does not change, and which condition changes deserve an Event.
 Node messages start with a reason (`VIPRefused: ...`, `KernelError: ...`,
-`InvalidSpec: ...`) so the controller can tell failures apart.
+`InvalidSpec: ...`) so the controller can tell failures apart. With `announce`, an entry says this
+node's state for the VIP and the status who announces it (vsop.kube.announce).
 Pure: must not import kopf, kubernetes, asyncio, vsop.node.execute or vsop.adapters.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 from vsop.core.state import KernelState
+from vsop.kube.announce import announced_by
 
 CONDITION_TYPES = ("Ready", "Programmed", "Degraded", "Conflict")
 NODE_FAILURE_REASONS = ("VIPRefused", "KernelError")
@@ -34,6 +36,7 @@ class NodeEntry:
     healthy: int = 0
     message: str = ""
     observed_generation: int | None = None
+    announced: str | None = None  # announce: vrrp or bgp: this node's state for the VIP (vsop.kube.announce)
 
     def as_status(self) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -43,6 +46,8 @@ class NodeEntry:
         }
         if self.observed_generation is not None:
             entry["observedGeneration"] = self.observed_generation
+        if self.announced is not None:
+            entry["announced"] = self.announced
         return entry
 
 
@@ -58,6 +63,8 @@ def normalize_node_status(raw: Any) -> dict[str, Any] | None:
     }
     if raw.get("observedGeneration") is not None:
         entry["observedGeneration"] = raw.get("observedGeneration")
+    if isinstance(raw.get("announced"), str):
+        entry["announced"] = raw["announced"]
     return entry
 
 
@@ -95,6 +102,7 @@ class Facts:
     nodes: Mapping[str, Any] | None = None  # node -> its entry for this object, from the NodeReports
     known_nodes: frozenset[str] | None = None  # every Node of the cluster; None while not listed yet
     unreported: tuple[str, ...] = ()  # Ready nodes the nodeSelector matches whose agent has not reported yet
+    announce: str = "none"  # spec.announce of the current generation (vsop.kube.announce sums up who does)
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,7 @@ class Summary:
     expected: tuple[str, ...]
     failed: Mapping[str, str]
     stale: tuple[str, ...]  # node keys of Nodes that no longer exist
+    announced_by: str | None = None  # status.announcedBy (vsop.kube.announce)
 
 
 def _names(names: Sequence[str]) -> str:
@@ -196,6 +205,7 @@ def summarize(facts: Facts) -> Summary:
         expected=facts.expected,
         failed=failed,
         stale=stale,
+        announced_by=announced_by(facts.announce, {node: current[node].get("announced") for node in programmed}, programmed, n == m),
     )
 
 

@@ -1,0 +1,160 @@
+"""Which node announces a VIP, in the cluster: the agents' NodeReports and the controller's status.announcedBy.
+
+VRRP: two agents (node-a, node-b) run with a KeepalivedWriter each (a fake `keepalived -t` and
+signaller) on an `announce: vrrp` object in mode ipvs; keepalived's transitions are written into
+each agent's real notify FIFO as keepalived writes them. Each node's entry says its VRRP state, and
+the controller names the master in status.announcedBy (the printer column ANNOUNCED-BY), also after
+a failover. BGP: an agent with --bgp-speaker and a fake birdc: its entry says the VIP is announced
+while a session is Established, `nosession` once none is, and the NodeReport carries the sessions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import yaml
+
+from tests.kube.conftest import Cluster, RecordingWriter, resync, run_controller, running, until
+from tests.kube.test_bgp import SPEAKER, WEB as BGP_WEB, FakeBird
+from tests.kube.test_keepalived import FakeCheck, FakeSignaller
+from tests.unit.bgp.test_sessions import ANSWER
+from vsop.adapters.conntrack import FakeConntrack
+from vsop.adapters.kernel import fake_kernel
+from vsop.bgp.writer import BirdAnnouncer, BirdWriter
+from vsop.keepalived.writer import KeepalivedConfig, KeepalivedWriter
+from vsop.kube.agent import Agent, AgentOptions
+from vsop.kube.client import Connection
+
+pytestmark = pytest.mark.asyncio
+
+ADDRESSES = {"node-a": "10.0.0.11", "node-b": "10.0.0.12"}
+VRRP_WEB = {
+    "vip": "169.254.11.2", "mode": "ipvs", "announce": "vrrp",
+    "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+    "backends": [{"address": "192.168.2.111"}],
+    "vrrp": {"interface": "eth0", "virtualRouterID": 61, "peers": sorted(ADDRESSES.values())},
+}
+INSTANCE = "vsop_eth0_61"
+
+
+def entry(cluster: Cluster, node: str, name: str = "web") -> dict[str, Any]:
+    return cluster.report(node).get(f"default/{name}") or {}
+
+
+def announced_by(cluster: Cluster, name: str = "web") -> Any:
+    return cluster.status("default", name).get("announcedBy")
+
+
+def tell(writer: KeepalivedWriter, state: str) -> None:
+    """One line into the agent's notify FIFO, as keepalived writes it at a transition."""
+    assert writer.notify is not None
+    fd = os.open(writer.notify.path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, f'INSTANCE "{INSTANCE}" {state} 250\n'.encode())
+    finally:
+        os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def vrrp_agents(cluster: Cluster, tmp_path: Path) -> AsyncIterator[dict[str, KeepalivedWriter]]:
+    writers, agents = {}, []
+    for node, address in ADDRESSES.items():
+        await cluster.node(node, addresses=(address,))
+        writers[node] = KeepalivedWriter(
+            KeepalivedConfig(directory=tmp_path / node / "keepalived", pidfile=tmp_path / node / "keepalived.pid",
+                             track_dir=tmp_path / node / "vrrp"),
+            check=FakeCheck(), signaller=FakeSignaller())
+        kernel, _ = fake_kernel()
+        connection = Connection.for_url(cluster.url)
+        agent = Agent(AgentOptions(node_name=node, resync_seconds=3600.0, debounce_seconds=0.01, vip_policy="any"), kernel,
+                      RecordingWriter(connection, "vsop-agent", host=node), conntrack=FakeConntrack(), keepalived=writers[node])
+        connection.register_login(agent.registry)
+        agents.append(agent)
+    async with running(*agents):
+        yield writers
+
+
+async def test_the_vrrp_master_is_in_its_report_and_in_status_and_a_failover_moves_it(cluster: Cluster, tmp_path: Path) -> None:
+    await cluster.vs("web", VRRP_WEB)
+    async with vrrp_agents(cluster, tmp_path) as writers, run_controller(cluster) as (controller, writer):
+        for node in ADDRESSES:
+            await until(lambda: entry(cluster, node).get("announced") == "unknown", f"{node}: keepalived said nothing yet")
+        await until(lambda: announced_by(cluster) == "none", "nobody announces before keepalived says so")
+
+        tell(writers["node-a"], "MASTER")
+        tell(writers["node-b"], "BACKUP")
+        await until(lambda: entry(cluster, "node-a").get("announced") == "master", "node-a's report: master")
+        await until(lambda: entry(cluster, "node-b").get("announced") == "backup", "node-b's report: backup")
+        await until(lambda: announced_by(cluster) == "node-a", "status.announcedBy: the master")
+        assert entry(cluster, "node-a") == {"programmed": True, "backends": {"total": 1, "healthy": 1}, "message": "",
+                                            "observedGeneration": 1, "announced": "master"}
+
+        # Nothing changes: the controller writes nothing.
+        patches = len(writer.patches)
+        await resync(controller)
+        assert len(writer.patches) == patches
+
+        # The master fails over to node-b.
+        tell(writers["node-a"], "FAULT")
+        tell(writers["node-b"], "MASTER")
+        await until(lambda: announced_by(cluster) == "node-b", "status.announcedBy follows the failover")
+        assert entry(cluster, "node-a")["announced"] == "fault"
+
+
+async def test_an_object_not_announced_has_no_announced_by(cluster: Cluster, tmp_path: Path) -> None:
+    await cluster.vs("plain", {k: v for k, v in VRRP_WEB.items() if k not in ("announce", "vrrp")})
+    async with vrrp_agents(cluster, tmp_path), run_controller(cluster):
+        await until(lambda: entry(cluster, "node-a", "plain").get("programmed"), "programmed")
+        await until(lambda: cluster.status("default", "plain").get("conditions"), "the status")
+        assert "announced" not in entry(cluster, "node-a", "plain") and announced_by(cluster, "plain") is None
+
+
+class Sessions(FakeBird):
+    """FakeBird whose `show protocols all` answer the test changes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = ANSWER
+
+    def __call__(self, argv: Any) -> Any:
+        done = super().__call__(argv)
+        if argv[-1] == "all":
+            done.stdout = self.answer
+        return done
+
+
+async def test_bgp_sessions_and_the_announcing_node_in_report_and_status(cluster: Cluster, tmp_path: Path) -> None:
+    await cluster.node("node-a", addresses=("10.0.0.11",))
+    (tmp_path / "speaker.yaml").write_text(yaml.safe_dump(SPEAKER))
+    bird = Sessions()
+    announcer = BirdAnnouncer(tmp_path / "speaker.yaml", BirdWriter(tmp_path / "bird.conf", str(tmp_path / "bird.ctl"), run=bird),
+                              sessions_seconds=0.05)
+    kernel, fake = fake_kernel()
+    connection = Connection.for_url(cluster.url)
+    agent = Agent(AgentOptions(node_name="node-a", resync_seconds=3600.0, debounce_seconds=0.01, vip_policy="any"), kernel,
+                  RecordingWriter(connection, "vsop-agent", host="node-a"), conntrack=FakeConntrack(), bird=announcer)
+    connection.register_login(agent.registry)
+    await cluster.vs("web", BGP_WEB)
+    async with running(agent), run_controller(cluster):
+        await until(lambda: entry(cluster, "node-a").get("announced") == "announced", "announced: route in table 4242, a session up")
+        await until(lambda: announced_by(cluster) == "every selected node", "status.announcedBy")
+        sessions = (cluster.get("vsop.dev/v1alpha1/nodereports", None, "node-a")["status"]).get("bgpSessions")
+        assert sessions == [
+            {"peer": "10.99.0.2", "asn": 65000, "up": False, "bgpState": "Active", "lastError": "Hold timer expired"},
+            {"peer": "10.99.0.3", "asn": 65002, "up": True, "bgpState": "Established"},
+        ]
+
+        # The Established session goes down: no router hears the route.
+        bird.answer = ANSWER.replace("Established", "Active").replace("up     07:06:21.802", "start  07:06:30.000")
+        await until(lambda: entry(cluster, "node-a").get("announced") == "nosession", "nosession in the report")
+        await until(lambda: announced_by(cluster) == "none", "nobody announces it")
+        status = cluster.get("vsop.dev/v1alpha1/nodereports", None, "node-a")["status"]
+        assert [s["up"] for s in status["bgpSessions"]] == [False, False]
+        assert "169.254.11.2/32" in fake.state.routes  # the route stays: BIRD announces it once a session is back
+
+        bird.answer = ANSWER
+        await until(lambda: announced_by(cluster) == "every selected node", "announced again")

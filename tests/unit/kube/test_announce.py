@@ -1,0 +1,65 @@
+"""Who announces a VIP (vsop.kube.announce): one node's state per object, the controller's announcedBy,
+the BGP sessions a NodeReport carries, and the report patch that writes them only when they change."""
+
+from __future__ import annotations
+
+from vsop.bgp.sessions import Session
+from vsop.kube.announce import EVERY_NODE, announced_by, bgp_state, object_state, session_entries, sessions_up
+from vsop.kube.report import new_report, sessions_of, with_sessions
+from vsop.kube.status import Facts, NodeEntry, normalize_node_status, summarize
+
+UP = Session("vsop_peer_1", "10.0.0.1", 65000, "up", "Established", "07:00", "")
+DOWN = Session("vsop_peer_2", "10.0.1.1", None, "start", "Active", "07:00", "Hold timer expired " + "x" * 400)
+
+
+def test_a_nodes_state_for_each_kind_of_announcement() -> None:
+    assert object_state("vrrp", "192.0.2.1", False, {"192.0.2.1": "master"}, None) == "master"
+    assert object_state("vrrp", "192.0.2.2", False, {"192.0.2.1": "master"}, None) == "unknown"
+    assert object_state("vrrp", "192.0.2.1", False, None, None) is None  # keepalived's transitions not read here
+    assert object_state("none", "192.0.2.1", True, {}, True) is None
+    assert [bgp_state(True, True), bgp_state(True, None), bgp_state(True, False), bgp_state(False, True)] == [
+        "announced", "announced", "nosession", "withdrawn"]
+    assert sessions_up(None) is None and sessions_up([DOWN]) is False and sessions_up([DOWN, UP]) is True
+
+
+def test_sessions_are_bounded_in_the_report() -> None:
+    entries = session_entries([UP, DOWN] * 20)
+    assert len(entries) == 32
+    assert entries[0] == {"peer": "10.0.0.1", "up": True, "bgpState": "Established", "asn": 65000}
+    assert "asn" not in entries[1] and len(entries[1]["lastError"]) == 256
+
+
+def test_announced_by_names_the_announcing_nodes_bounded() -> None:
+    nodes = [f"node-{i}" for i in range(8)]
+    assert announced_by("vrrp", {"node-1": "backup", "node-2": "master"}, nodes, True) == "node-2"
+    assert announced_by("vrrp", {"node-1": "master", "node-2": "master"}, nodes, True) == "node-1, node-2"  # two masters: shown
+    assert announced_by("vrrp", {"node-1": "fault"}, nodes, True) == "none"
+    assert announced_by("vrrp", {}, nodes, True) is None and announced_by("none", {"node-1": "master"}, nodes, True) is None
+    every = dict.fromkeys(nodes, "announced")
+    assert announced_by("bgp", every, nodes, True) == EVERY_NODE
+    assert announced_by("bgp", every, nodes, False) == "node-0, node-1, node-2, node-3, node-4 and 3 more"
+    assert announced_by("bgp", {**every, "node-7": "withdrawn"}, nodes, True) == "node-0, node-1, node-2, node-3, node-4 and 2 more"
+    assert announced_by("bgp", {"node-0": "announced", "gone": "announced"}, ["node-0"], True) == EVERY_NODE  # programmed nodes only
+
+
+def test_the_controller_sums_up_the_entries() -> None:
+    def entry(announced: str) -> dict[str, object]:
+        return NodeEntry(True, 1, 1, "", 3, announced).as_status()
+
+    facts = Facts(generation=3, expected=("a", "b"), nodes={"a": entry("backup"), "b": entry("master")}, announce="vrrp")
+    assert summarize(facts).announced_by == "b"
+    stale = Facts(generation=4, expected=("a", "b"), nodes={"a": entry("backup"), "b": entry("master")}, announce="vrrp")
+    assert summarize(stale).announced_by is None  # entries of another generation say nothing
+    assert normalize_node_status(entry("master"))["announced"] == "master"  # type: ignore[index]
+    assert "announced" not in NodeEntry(True).as_status()
+
+
+def test_sessions_are_written_when_they_change_and_read_back() -> None:
+    sessions = session_entries([UP])
+    assert with_sessions(None, sessions, list(sessions)) is None
+    patch = with_sessions(None, None, sessions)
+    assert patch == {"status": {"virtualServices": {}, "bgpSessions": sessions}}
+    assert with_sessions({"status": {"virtualServices": {"a/b": None}}}, sessions, None) == {
+        "status": {"virtualServices": {"a/b": None}, "bgpSessions": None}}
+    body = new_report("node-a", patch)
+    assert sessions_of(body) == sessions and sessions_of(new_report("node-a", {"status": {"virtualServices": {}}})) is None
