@@ -158,3 +158,57 @@ async def test_bgp_sessions_and_the_announcing_node_in_report_and_status(cluster
 
         bird.answer = ANSWER
         await until(lambda: announced_by(cluster) == "every selected node", "announced again")
+
+
+def unicast_peers(conf: str) -> list[str]:
+    """The addresses in a rendered vrrp_instance's unicast_peer block."""
+    block = conf.split("unicast_peer {", 1)[1].split("}", 1)[0] if "unicast_peer {" in conf else ""
+    return block.split()
+
+
+async def test_vrrp_peers_from_the_selected_nodes_follow_joins_and_leaves_and_nothing_else(cluster: Cluster, tmp_path: Path) -> None:
+    lb = {"vsop.dev/lb": "true"}
+    await cluster.node("node-a", labels=lb, addresses=("10.0.0.11",))
+    await cluster.node("node-b", labels=lb, addresses=("10.0.0.12",))
+    await cluster.node("node-x", addresses=("10.0.0.99",))  # not selected
+    await cluster.vs("web", {**VRRP_WEB, "vrrp": {"interface": "eth0", "virtualRouterID": 61}, "nodeSelector": {"matchLabels": lb}})
+    check, signaller = FakeCheck(), FakeSignaller()
+    keepalived = KeepalivedWriter(KeepalivedConfig(directory=tmp_path / "keepalived", pidfile=tmp_path / "keepalived.pid",
+                                                   track_dir=tmp_path / "vrrp"), check=check, signaller=signaller)
+    kernel, _ = fake_kernel()
+    connection = Connection.for_url(cluster.url)
+    agent = Agent(AgentOptions(node_name="node-a", resync_seconds=3600.0, debounce_seconds=0.01, vip_policy="any", node_peers=True),
+                  kernel, RecordingWriter(connection, "vsop-agent", host="node-a"), conntrack=FakeConntrack(), keepalived=keepalived)
+    connection.register_login(agent.registry)
+    conf = tmp_path / "keepalived" / "conf.d" / "default_web.conf"
+
+    def text() -> str:
+        return conf.read_text() if conf.exists() else ""
+
+    async with running(agent):
+        await until(lambda: unicast_peers(text()) == ["10.0.0.12"], "node-b's InternalIP as the only unicast peer")
+        assert "unicast_src_ip 10.0.0.11" in text() and "10.0.0.99" not in text()
+        assert (len(check.calls), len(signaller.sent)) == (1, 1)
+
+        await cluster.node("node-c", labels=lb, addresses=("10.0.0.13",))
+        await until(lambda: unicast_peers(text()) == ["10.0.0.12", "10.0.0.13"], "node-c joins the peers")
+        await until(lambda: len(signaller.sent) == 2, "one SIGHUP for the join")
+        assert len(check.calls) == 2
+
+        # A heartbeat, a label that selects nothing new, an unselected node joining: nothing is written.
+        stat = conf.stat()
+        await cluster.patch("v1/nodes", None, "node-c", {"status": {"conditions": [{"type": "Ready", "status": "True",
+                                                                                      "lastHeartbeatTime": "2026-01-01T00:00:00Z"}]}})
+        await cluster.patch("v1/nodes", None, "node-x", {"metadata": {"labels": {"zone": "b"}}})
+        await cluster.node("node-y", addresses=("10.0.0.98",))
+        await resync(agent)
+        await resync(agent)
+        assert (len(check.calls), len(signaller.sent)) == (2, 2)
+        assert (conf.stat().st_ino, conf.stat().st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+
+        await cluster.delete("v1/nodes", None, "node-b")
+        await until(lambda: unicast_peers(text()) == ["10.0.0.13"], "node-b leaves the peers")
+        await until(lambda: len(signaller.sent) == 3, "one SIGHUP for the leave")
+        # node-x selected by a label change joins too.
+        await cluster.patch("v1/nodes", None, "node-x", {"metadata": {"labels": lb}})
+        await until(lambda: unicast_peers(text()) == ["10.0.0.13", "10.0.0.99"], "node-x selected now")

@@ -334,7 +334,8 @@ class VRRP(_Spec):
     peers: tuple[BackendAddress, ...] = Field(
         default=(), max_length=MAX_VRRP_PEERS,
         description="mode: ipvs: the addresses of every node that may hold the VIP (this one included), for unicast VRRP "
-        "and the spread of VIPs over nodes; empty: multicast.",
+        "and the spread of VIPs over nodes; empty: in a cluster the InternalIPs of the Nodes it selects (agents running keepalived), "
+        "on hosts multicast.",
     )
     preempt_delay_seconds: int = Field(
         default=10, ge=0, le=1000, strict=True,

@@ -199,6 +199,9 @@ FLAGS: tuple[Flag, ...] = (
     _f("--vrrp-track-dir", metavar="DIR", group=KEEPALIVED,
        host=(TRACK_DIR, f"the track files of mode: ipvs objects announced by VRRP, one per object (default {TRACK_DIR})"),
        cluster=(None, f"the track files of mode: ipvs objects announced by VRRP, one per object (default {TRACK_DIR})")),
+    _f("--vrrp-node-peers", action=argparse.BooleanOptionalAction, group=KEEPALIVED,
+       cluster=(None, "watch every Node: an announce: vrrp object naming no vrrp.peers gets the InternalIPs of the Nodes it selects "
+                      "(unicast VRRP); default: on with --keepalived-dir; --no-vrrp-node-peers: multicast, this node's Node watched only")),
     _f("--bgp-speaker", metavar="FILE", group=BGP, host=(None, "the BGPSpeaker (YAML) this node's BIRD uses"),
        cluster=(None, "the BGPSpeaker (YAML, e.g. a mounted ConfigMap key) this node's BIRD uses; enables BIRD's configuration")),
     _f("--bird-conf", metavar="FILE", group=BGP, host=("/etc/vsop/bird.conf", "the bird.conf vsop writes (default /etc/vsop/bird.conf)"),
@@ -441,6 +444,7 @@ def agent_main(
             debounce_seconds=args.debounce_seconds,
             keep_accept_ra=args.keep_accept_ra,
             vip_policy=args.vip_policy,
+            node_peers=args.vrrp_node_peers if args.vrrp_node_peers is not None else keepalived is not None,
             lock=lock_path(args.lock) if args.lock or lock_path().parent.is_dir() else None,
             state_file=Path(args.state_file) if args.state_file else (DEFAULT_STATE_FILE if DEFAULT_STATE_FILE.parent.is_dir() else None),
         )

@@ -7,6 +7,8 @@ Owns three decisions, all pure:
   the node that came up first; every node computes the same order from the same objects and peers.
   Without peers (multicast VRRP) the other nodes are unknown: the priority is the hash itself, which
   is rendezvous hashing without the bound,
+- in a cluster, the peers of an object that names none (`with_node_peers`): the InternalIP of the
+  VIP's family of every Node its nodeSelector selects, so unicast VRRP needs no list kept by hand,
 - the track file of each object (`TRACK_DIR/NAMESPACE_NAME`): 0 while this node serves the object (a
   real server taking new connections), 1 when it does not; keepalived's `track_file` with weight 0
   puts the instance in FAULT on a non-zero value, and the VIP moves to a node that serves.
@@ -18,7 +20,11 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
+
+from vsop.api.model import VirtualService
+from vsop.core.desired import Node, applies_to_node
 
 TRACK_DIR = "/run/vsop/vrrp"
 PRIORITY_TOP = 250  # the first node of a virtual router; keepalived keeps 255 for an address owner
@@ -76,3 +82,45 @@ def whoami(peers: Iterable[str], node_addresses: Iterable[str]) -> list[str]:
 
 def track_content(serving: bool) -> str:
     return "0\n" if serving else "1\n"
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    """A Node as the peers need it: its labels (for nodeSelectors) and its InternalIP addresses."""
+
+    labels: Mapping[str, str]
+    internal_ips: tuple[str, ...]
+
+
+def needs_node_peers(vs: VirtualService) -> bool:
+    """An ipvs-mode object announced by VRRP that names no peers: in a cluster they come from the Nodes."""
+    return vs.spec.mode == "ipvs" and vs.spec.announce == "vrrp" and vs.spec.vrrp is not None and not vs.spec.vrrp.peers
+
+
+def node_peers(vs: VirtualService, nodes: Mapping[str, ClusterNode]) -> tuple[str, ...]:
+    """The first InternalIP of the VIP's family of each Node the object selects, by address."""
+    family = vs.spec.family
+    peers = set()
+    for name, node in nodes.items():
+        if applies_to_node(vs, Node(name, dict(node.labels))):
+            mine = [a for a in node.internal_ips if (":" in a) == (family == 6)]
+            if mine:
+                peers.add(mine[0])
+    return tuple(sorted(peers, key=address_key))
+
+
+def with_node_peers(services: Iterable[VirtualService], nodes: Mapping[str, ClusterNode]) -> list[VirtualService]:
+    """`services`, those that name no peers (needs_node_peers) given the selected Nodes' InternalIPs as
+    `vrrp.peers`; objects with the same nodeSelector and family are looked up once."""
+    found: dict[tuple[str, int], tuple[str, ...]] = {}
+    out = []
+    for vs in services:
+        if needs_node_peers(vs):
+            assert vs.spec.vrrp is not None
+            key = (vs.spec.node_selector.model_dump_json(), vs.spec.family)
+            if key not in found:
+                found[key] = node_peers(vs, nodes)
+            vrrp = vs.spec.vrrp.model_copy(update={"peers": found[key]})
+            vs = vs.model_copy(update={"spec": vs.spec.model_copy(update={"vrrp": vrrp})})
+        out.append(vs)
+    return out

@@ -39,6 +39,7 @@ from vsop.core.health import HealthTracker
 from vsop.core.held import Held
 from vsop.core.state import Names
 from vsop.bgp.writer import BirdAnnouncer
+from vsop.keepalived.vrrp import with_node_peers
 from vsop.keepalived.writer import KeepalivedWriter
 from vsop.kube import announce, checkers, reflector
 from vsop.kube import endpoints as eps
@@ -84,6 +85,9 @@ class AgentOptions:
     lock_wait_seconds: float = 60.0  # a sync gives up after this and is retried
     state_file: Path | None = None  # health verdicts and drains kept across restarts (vsop.node.remember)
     vip_policy: Policy = "pools"  # a VIP must lie in a VipPool granting its namespace (vsop.core.claims)
+    # Watch every Node: an announce: vrrp object naming no vrrp.peers gets the InternalIPs of the Nodes
+    # it selects (unicast VRRP). Off: such objects use multicast VRRP, and only this node's Node is watched.
+    node_peers: bool = False
 
 
 class Agent:
@@ -131,7 +135,8 @@ class Agent:
         self.probes.service_health = self.local_health
         self.trigger = self.loop.trigger
         self.gate = ListingGate(self.trigger, f"{COMPONENT} {self.node_name}")
-        self.source = ClusterSource(self.node_name, self.trigger, self.gate)
+        self.source = ClusterSource(self.node_name, self.trigger, self.gate, node_peers=options.node_peers)
+        self._peers: tuple[int, list[VirtualService], list[VirtualService]] | None = None  # (nodes version, objects, with peers)
         # Who may claim which VIP: the VipPools and Namespaces, judged as the controller judges (vsop.kube.claims).
         self.claims = ClaimWatch(options.vip_policy, self.trigger, self.gate)
         self.claims.register(self.source.registry)
@@ -153,7 +158,8 @@ class Agent:
         # Server-side filtering where the API (and kopf >= 1.45) offers it; the handlers filter again.
         watching = self.settings.watching
         if hasattr(watching, "field_selectors") and hasattr(watching, "label_selectors"):
-            watching.field_selectors["", "v1", "nodes"] = f"metadata.name={self.node_name}"
+            if not options.node_peers:
+                watching.field_selectors["", "v1", "nodes"] = f"metadata.name={self.node_name}"
             watching.label_selectors["discovery.k8s.io", "v1", "endpointslices"] = eps.SERVICE_NAME_LABEL
 
     def local_health(self, namespace: str, name: str) -> tuple[int, dict[str, Any]] | None:
@@ -290,7 +296,8 @@ class Agent:
         if self.keepalived is not None:
             # An object declared but invalid keeps its conf.d section as it keeps its kernel state
             # (core.held); it has no last good definition here (`complete`: nothing to wait for).
-            keepalived = KeepalivedInput(self.source.services(), endpoints=self.reconciler.endpoints, node=node, prepare=self.password.check)
+            keepalived = KeepalivedInput(self._with_peers(self.source.services()), endpoints=self.reconciler.endpoints, node=node,
+                                         prepare=self.password.check)
         return Feed(
             # Invalid objects are not the reconciler's to derive: what the kernel has for them is
             # held (core.held; the owners live in the set comments, so this holds after a restart
@@ -307,6 +314,17 @@ class Agent:
             refusals=refusals,
             keepalived=keepalived,
         )
+
+    def _with_peers(self, services: list[VirtualService]) -> list[VirtualService]:
+        """With node_peers, objects announced by VRRP naming no peers get the selected Nodes' InternalIPs
+        (vsop.keepalived.vrrp.with_node_peers); looked up again only when the objects or the Nodes changed."""
+        if not self.options.node_peers:
+            return services
+        version = self.source.nodes_version
+        same = self._peers is not None and len(self._peers[1]) == len(services) and all(a is b for a, b in zip(self._peers[1], services))
+        if self._peers is None or self._peers[0] != version or not same:
+            self._peers = (version, services, with_node_peers(services, self.source.cluster_nodes()))
+        return self._peers[2]
 
     def _refused(self, delta: Mapping[str, VirtualService | None]) -> dict[str, Problem]:
         """Every object refused its claim (vsop.core.claims, as the controller decides it), judged

@@ -97,6 +97,18 @@ def node_labels(body: Mapping[str, Any]) -> dict[str, str]:
     return dict((body.get("metadata") or {}).get("labels") or {})
 
 
+def node_internal_ips(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The node's InternalIP addresses, in the API's order."""
+    found: list[str] = []
+    for item in (body.get("status") or {}).get("addresses") or ():
+        if item.get("type") == "InternalIP":
+            try:
+                found.append(str(ipaddress.ip_address(str(item.get("address", "")))))
+            except ValueError:
+                continue
+    return tuple(dict.fromkeys(found))
+
+
 def node_addresses(body: Mapping[str, Any]) -> tuple[str, ...]:
     """The node's IP addresses as the API reports them (InternalIP, ExternalIP)."""
     found: list[str] = []

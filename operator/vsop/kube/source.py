@@ -1,7 +1,8 @@
 """The in-cluster agent's source: what this node's watches hold, handed to the node's turn as changes.
 
 Owns the kopf indexes of VirtualServices, of EndpointSlices (by Service; the `kubernetes`
-Service's in `default` also as the API server's addresses) and of this node's Node object, the raw event handlers that only note what changed and wake the loop (status-only
+Service's in `default` also as the API server's addresses) and of this node's Node object (with
+`node_peers`, of every Node: labels and InternalIPs, the VRRP peers of objects naming none), the raw event handlers that only note what changed and wake the loop (status-only
 changes, other nodes' keys, Node heartbeats wake nothing), and `take_changes`: the objects and
 serviceRef endpoints changed since the last turn, read from the indexes (every object on a
 full turn), with the bookkeeping that needs (which Services are referenced, which objects are
@@ -19,6 +20,7 @@ import kopf
 
 from vsop.api.model import API_GROUP, API_VERSION, VirtualService
 from vsop.core.desired import Endpoint
+from vsop.keepalived.vrrp import ClusterNode
 from vsop.kube import apiserver, checkers, objects
 from vsop.kube import endpoints as eps
 from vsop.kube.client import PLURAL, ObjectRef
@@ -28,6 +30,7 @@ from vsop.kube.runtime import ListingGate, Trigger, kv
 log = logging.getLogger("vsop.kube.agent")
 
 VS_INDEX, SLICE_INDEX, NODE_INDEX = "vsop_virtualservices", "vsop_endpointslices", "vsop_node"
+NODES_INDEX = "vsop_nodes"  # with node_peers: every Node's labels and InternalIPs (VRRP peers)
 APISERVER_INDEX = "vsop_apiserver"  # slice name -> the addresses of one EndpointSlice of default/kubernetes
 APISERVER_SERVICE = (apiserver.SERVICE_NAMESPACE, apiserver.SERVICE_NAME)
 Key = tuple[str, str]
@@ -107,8 +110,12 @@ class Changes:
 class ClusterSource:
     """The watches (`registry`, run by kopf) and what changed since the last turn (`take_changes`)."""
 
-    def __init__(self, node_name: str, trigger: Trigger, gate: ListingGate):
+    def __init__(self, node_name: str, trigger: Trigger, gate: ListingGate, *, node_peers: bool = False):
         self.node_name = node_name
+        # Every Node watched (not this node's only): the VRRP peers of objects naming none (vsop.keepalived.vrrp).
+        self.node_peers = node_peers
+        self._peer_fingerprints: dict[str, Any] = {}
+        self.nodes_version = 0  # bumped when a Node joins, leaves, or changes its labels or InternalIPs
         self.trigger = trigger
         self.gate = gate
         self._indexes: dict[str, kopf.Index] = {}
@@ -153,11 +160,29 @@ class ClusterSource:
         async def index_node(body: kopf.Body, **_: Any) -> dict[Any, Any]:
             return {None: NodeInfo(eps.node_labels(body), eps.node_addresses(body))}
 
+        if self.node_peers:
+            @kopf.index("", "v1", "nodes", id=NODES_INDEX, registry=registry)
+            async def index_nodes(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any]:
+                return {name: ClusterNode(eps.node_labels(body), eps.node_internal_ips(body))}
+
+            @kopf.on.event("", "v1", "nodes", registry=registry)
+            async def peer_event(event: Mapping[str, Any], body: kopf.Body, name: str, **_: Any) -> None:
+                self.gate.done()
+                current = None if event.get("type") == "DELETED" else (eps.node_labels(body), eps.node_internal_ips(body))
+                if self._peer_fingerprints.get(name) != current:  # not every heartbeat: labels and InternalIPs only
+                    if current is None:
+                        self._peer_fingerprints.pop(name, None)
+                    else:
+                        self._peer_fingerprints[name] = current
+                    self.nodes_version += 1
+                    self.trigger.wake(f"node {name} {'left' if current is None else 'joined or changed'} (VRRP peers)")
+
         @kopf.on.startup(registry=registry)
         async def capture_indexes(**kwargs: Any) -> None:
             # Documented by kopf: indexes may be handed to tasks; they are complete once
             # any resource handler runs.
-            self._indexes = {name: kwargs[name] for name in (VS_INDEX, SLICE_INDEX, NODE_INDEX, APISERVER_INDEX)}
+            names = (VS_INDEX, SLICE_INDEX, NODE_INDEX, APISERVER_INDEX) + ((NODES_INDEX,) if self.node_peers else ())
+            self._indexes = {name: kwargs[name] for name in names}
 
         @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
         async def virtualservice_event(event: Mapping[str, Any], body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
@@ -207,6 +232,11 @@ class ClusterSource:
         """The addresses of the `kubernetes` Service's endpoints, as the EndpointSlice watch holds them."""
         index = self._indexes.get(APISERVER_INDEX, {})
         return tuple(dict.fromkeys(a for name in sorted(index.keys()) for addresses in index.get(name, ()) for a in addresses))
+
+    def cluster_nodes(self) -> dict[str, ClusterNode]:
+        """Every Node (with node_peers): name -> labels and InternalIPs."""
+        index = self._indexes.get(NODES_INDEX, {})
+        return {name: node for name in index.keys() for node in index.get(name, ())}
 
     def node_info(self) -> NodeInfo | None:
         node: NodeInfo | None = None

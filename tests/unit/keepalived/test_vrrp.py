@@ -46,3 +46,30 @@ def test_whoami_and_track_content() -> None:
     assert whoami(PEERS, []) == []
     assert (track_content(True), track_content(False)) == ("0\n", "1\n")
     assert list(itertools.islice(spread(routers(["192.168.1.10"], ())).items(), 1)) == []  # no peers: no order (multicast)
+
+
+def test_node_peers_are_the_selected_nodes_internal_ips_of_the_vips_family() -> None:
+    from tests.conftest import make_vs
+    from vsop.keepalived.render import render_keepalived
+    from vsop.keepalived.vrrp import ClusterNode, with_node_peers
+
+    lb = {"vsop.dev/lb": "true"}
+    nodes = {
+        "a": ClusterNode(lb, ("10.0.0.11", "fd00::11")),
+        "b": ClusterNode(lb, ("fd00::12", "10.0.0.12", "10.0.1.12")),  # the first of the family
+        "c": ClusterNode(lb, ("fd00::13",)),  # no IPv4 InternalIP: not an IPv4 peer
+        "x": ClusterNode({}, ("10.0.0.99",)),  # not selected
+    }
+    vrrp = {"interface": "eth0", "virtualRouterID": 61}
+    selected = {"nodeSelector": {"matchLabels": lb}}
+    v4 = make_vs("v4", mode="ipvs", announce="vrrp", vrrp=vrrp, **selected)
+    v6 = make_vs("v6", vip="fd00::100", mode="ipvs", announce="vrrp", vrrp=vrrp, backends=[{"address": "fd00::200"}], **selected)
+    named = make_vs("named", vip="192.0.2.7", mode="ipvs", announce="vrrp", vrrp={**vrrp, "virtualRouterID": 62, "peers": ["10.0.0.11", "10.0.0.50"]})
+    plain = make_vs("plain", vip="192.0.2.8")
+    out = with_node_peers([v4, v6, named, plain], nodes)
+    assert [vs.spec.vrrp.peers if vs.spec.vrrp else None for vs in out] == [
+        ("10.0.0.11", "10.0.0.12"), ("fd00::11", "fd00::12", "fd00::13"), ("10.0.0.11", "10.0.0.50"), None]
+    assert out[2] is named and out[3] is plain and v4.spec.vrrp is not None and v4.spec.vrrp.peers == ()  # the others untouched
+    rendered = render_keepalived(out[:1], node_addresses=["10.0.0.12"])
+    text = "".join(rendered.files.values())
+    assert "unicast_src_ip 10.0.0.12" in text and "    10.0.0.11\n" in text and not rendered.problems
