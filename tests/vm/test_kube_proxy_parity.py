@@ -10,6 +10,11 @@
 - sourceRanges (a Service's loadBalancerSourceRanges): a client inside a range is served,
   one outside is dropped by the one rule at the head of VSOP-FILTER, and a second VIP
   without ranges serves both.
+- INVALID (kube-proxy e2e "should drop INVALID conntrack entries", kubernetes#74839): a
+  client's out-of-window segment, injected with a raw socket, is dropped by VSOP-FILTER's
+  INVALID rule and the connection lives on; without the rule it reaches the real server
+  unmasqueraded and the real server's RST resets the client; with
+  nf_conntrack_tcp_be_liberal=1 the rule is left out and the segment is harmless.
 
 The lab (tests/vm/lab.py): a client namespace (10.200.9.2) and two backends; this file adds
 a second client (10.200.8.2) for the address outside the range.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -68,6 +74,13 @@ def doctor(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     capsys.readouterr()
     vsop(["doctor", "-o", "json"])
     return json.loads(capsys.readouterr().out)
+
+
+def filter_rule_packets_matching(text: str) -> int:
+    """The packet counter of the VSOP-FILTER rule whose listing holds `text`."""
+    lines = run("iptables", "-t", "filter", "-L", "VSOP-FILTER", "-v", "-n", "-x").stdout.splitlines()[2:]
+    (line,) = [line for line in lines if text in line]
+    return int(line.split()[0])
 
 
 def filter_rule_packets(position: int) -> int:
@@ -174,3 +187,181 @@ def test_persistence_keeps_one_client_on_one_real_server(lab, tmp_path, capsys) 
     assert len(served) == 1 and served <= {"be1", "be2"}, served
     apply(capsys, manifest(tmp_path, "sticky"))  # persistence off: rr again
     assert len({http_get(VIP, 80, netns=lab["client"], timeout=10).strip() for _ in range(4)}) == 2
+
+
+# --- INVALID: an out-of-window segment never reaches the real server unmasqueraded ----------------
+
+INVALID_VIP, INVALID_PORT = "169.254.11.4", 82
+ROUTED = "10.200.6.2"  # a real server whose default route is this node, as on a routed network
+LIBERAL = "net.netfilter.nf_conntrack_tcp_be_liberal"
+RST, ACK, PSH = 0x04, 0x10, 0x08
+
+
+class Segments:
+    """Every TCP segment of the client's namespace (AF_PACKET), both directions, and the sequence
+    numbers a third party needs to inject a segment into a flow (what the kube-proxy e2e's pod does)."""
+
+    def __init__(self, netns: Netns) -> None:
+        with netns.entered():
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self.seen: list[tuple[str, int, str, int, int, int, int, int]] = []  # src, sport, dst, dport, seq, ack, flags, length
+
+    def drain(self, quiet: float = 0.3) -> None:
+        self.sock.settimeout(quiet)
+        while True:
+            try:
+                frame = self.sock.recv(65535)
+            except socket.timeout:
+                return
+            ip = frame[14:]
+            if len(ip) < 40 or ip[0] >> 4 != 4 or ip[9] != 6:
+                continue
+            ihl, total = (ip[0] & 0x0F) * 4, struct.unpack("!H", ip[2:4])[0]
+            tcp = ip[ihl:total]
+            sport, dport, seq, ack = struct.unpack("!HHII", tcp[:12])
+            length = len(tcp) - (tcp[12] >> 4) * 4 + (1 if tcp[13] & 0x03 else 0)  # SYN and FIN take a number
+            self.seen.append((socket.inet_ntoa(ip[12:16]), sport, socket.inet_ntoa(ip[16:20]), dport, seq, ack, tcp[13], length))
+
+    def from_peer(self, flow: tuple[str, int, str, int]) -> list[tuple[str, int, str, int, int, int, int, int]]:
+        """The segments the VIP sent to the client in `flow` (client, port, VIP, port)."""
+        mine, port, vip, vport = flow
+        return [s for s in self.seen if (s[0], s[1], s[2], s[3]) == (vip, vport, mine, port)]
+
+    def next_numbers(self, flow: tuple[str, int, str, int]) -> tuple[int, int]:
+        """(the client's next sequence number, the next it expects) from the last segment each way."""
+        self.drain()
+        sent = [s for s in self.seen if (s[0], s[1], s[2], s[3]) == flow][-1]
+        got = self.from_peer(flow)[-1]
+        return (sent[4] + sent[7]) % 2**32, (got[4] + got[7]) % 2**32
+
+
+def _checksum(data: bytes) -> int:
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def flow_of(conn: socket.socket) -> tuple[str, int, str, int]:
+    return (*conn.getsockname(), *conn.getpeername())
+
+
+def inject_out_of_window(netns: Netns, flow: tuple[str, int, str, int], segments: Segments) -> None:
+    """A data segment of `conn`'s flow whose sequence number is 2**30 past the receiver's window
+    (conntrack: INVALID), acknowledging exactly what the client has received."""
+    snd_nxt, rcv_nxt = segments.next_numbers(flow)
+    mine, port, vip, vport = flow
+    payload = b"x"
+    header = struct.pack("!HHIIBBHHH", port, vport, (snd_nxt + 2**30) % 2**32, rcv_nxt, 5 << 4, ACK | PSH, 65535, 0, 0)
+    pseudo = socket.inet_aton(mine) + socket.inet_aton(vip) + struct.pack("!BBH", 0, 6, len(header) + len(payload))
+    header = header[:16] + struct.pack("!H", _checksum(pseudo + header + payload)) + header[18:]
+    with netns.entered():
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+    with raw:
+        raw.sendto(header + payload, (vip, 0))
+
+
+def echo_once(conn: socket.socket, word: str) -> str:
+    conn.sendall(word.encode())
+    return conn.recv(64).decode()
+
+
+@pytest.fixture
+def routed(lab) -> Iterator[Netns]:
+    """A real server (TCP echo on 7100) whose default route is this node: what it sends to a client's
+    own address comes back through the node, whose IPVS hands it to the client as the VIP's."""
+    pool = Namespaces()
+    stop = threading.Event()
+    ns = pool.add("routed", name="routed")
+    veth(None, "10.200.6.1/24", ns, f"{ROUTED}/24")
+    ns.run("ip", "route", "add", "default", "via", "10.200.6.1")
+    with ns.entered():
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", 7100))
+    server.listen(8)
+    server.settimeout(0.2)
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(64):
+                conn.sendall(b"routed:" + data)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+        server.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield ns
+    stop.set()
+    pool.close()
+
+
+def _invalid_manifest(tmp_path) -> str:
+    return manifest(tmp_path, "invalid", vip=INVALID_VIP, ports=[{"port": INVALID_PORT, "targetPort": 7100}],
+                    backends=[{"address": ROUTED}])
+
+
+def test_an_out_of_window_segment_is_dropped_and_the_connection_lives_on(lab, routed, tmp_path, capsys) -> None:
+    """With the rule the flow survives and no RST reaches the client; with the rule deleted the same
+    injection resets the client (the lab can tell), kube-proxy IPVS mode's behaviour."""
+    assert run("sysctl", "-n", LIBERAL).stdout.strip() == "0"
+    apply(capsys, _invalid_manifest(tmp_path))
+    invalid = "-m set --match-set VSOP-VIP-PORTS dst,dst -m conntrack --ctstate INVALID -j DROP"
+    assert f"-A VSOP-FILTER {invalid}" in run("iptables-save", "-t", "filter").stdout
+    segments = Segments(lab["client"])
+    with segments.sock, connect(lab["client"], INVALID_VIP, INVALID_PORT, timeout=10) as conn:
+        assert echo_once(conn, "one") == "routed:one"
+        dropped = filter_rule_packets_matching("ctstate INVALID")
+        inject_out_of_window(lab["client"], flow_of(conn), segments)
+        for _ in range(100):  # the segment's fate is decided once the rule has counted it
+            if filter_rule_packets_matching("ctstate INVALID") > dropped:
+                break
+            segments.drain(0.05)
+        assert filter_rule_packets_matching("ctstate INVALID") == dropped + 1
+        assert echo_once(conn, "two") == "routed:two"
+        segments.drain()
+        assert not [s for s in segments.from_peer(flow_of(conn)) if s[6] & RST]
+
+        # The same injection without the rule: MASQUERADE skips the INVALID segment, the real
+        # server answers the client's own address with a RST, IPVS hands it over as the VIP's.
+        run("iptables", "-t", "filter", "-D", "VSOP-FILTER", *invalid.split())
+        with connect(lab["client"], INVALID_VIP, INVALID_PORT, timeout=10) as unguarded:
+            assert echo_once(unguarded, "three") == "routed:three"
+            flow = flow_of(unguarded)
+            inject_out_of_window(lab["client"], flow, segments)
+            with pytest.raises(ConnectionResetError):
+                unguarded.recv(64)
+            segments.drain()
+            assert [s for s in segments.from_peer(flow) if s[6] & RST]
+
+
+def test_with_tcp_be_liberal_the_invalid_rule_is_left_out_and_the_segment_is_harmless(lab, routed, tmp_path, capsys) -> None:
+    """nf_conntrack_tcp_be_liberal=1 tracks out-of-window segments, so MASQUERADE rewrites them: vsop
+    leaves the rule out, as kube-proxy does, and the connection survives the same injection."""
+    run("sysctl", "-w", f"{LIBERAL}=1")
+    try:
+        apply(capsys, _invalid_manifest(tmp_path))
+        assert "--ctstate INVALID" not in run("iptables-save", "-t", "filter").stdout
+        segments = Segments(lab["client"])
+        with segments.sock, connect(lab["client"], INVALID_VIP, INVALID_PORT, timeout=10) as conn:
+            assert echo_once(conn, "one") == "routed:one"
+            flow = flow_of(conn)
+            segments.drain()
+            before = len(segments.from_peer(flow))
+            inject_out_of_window(lab["client"], flow, segments)
+            for _ in range(100):  # the real server answers the stray segment with an ACK
+                segments.drain(0.05)
+                if len(segments.from_peer(flow)) > before:
+                    break
+            assert echo_once(conn, "two") == "routed:two"
+            segments.drain()
+            assert not [s for s in segments.from_peer(flow) if s[6] & RST]
+    finally:
+        run("sysctl", "-w", f"{LIBERAL}=0")

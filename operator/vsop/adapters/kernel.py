@@ -2,7 +2,7 @@
 
 Owns `Kernel` (one adapter per kind of kernel object, and which of them applies an
 operation), reading every adapter into one observed `KernelState`, the running kernel's
-version, and `fake_kernel` (the same bundle of in-memory fakes, vsop.adapters.fake).
+version and whether its conntrack is liberal, and `fake_kernel` (the same bundle of in-memory fakes, vsop.adapters.fake).
 The real bundle is built by vsop.adapters.real. Planning and executing are vsop.node's.
 Must not import: kopf, kubernetes, jinja2, pyroute2 (the real adapters are built elsewhere),
 vsop.node.
@@ -17,7 +17,7 @@ from vsop.adapters.base import Adapter, IPSetAdapter, IPTablesAdapter, IPVSAdapt
 from vsop.adapters.conntrack import ConntrackCleaner
 from vsop.adapters.sysctl import SysctlRecord
 from vsop.core import ops
-from vsop.core.desired import ARP_SYSCTLS, family_sysctls, kernel_sysctls
+from vsop.core.desired import ARP_SYSCTLS, TCP_LIBERAL_SYSCTL, family_sysctls, kernel_sysctls, tcp_liberal
 from vsop.core.sysctls import accept_ra_name
 from vsop.core.state import KernelState, Names
 
@@ -36,6 +36,18 @@ def running_kernel_version() -> tuple[int, int] | None:
         return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
     except (IndexError, ValueError):
         return None
+
+
+def conntrack_tcp_liberal(sysctls: SysctlAdapter | None = None) -> bool:
+    """Whether the kernel's conntrack is liberal (vsop.core.desired.TCP_LIBERAL_SYSCTL), read through
+    `sysctls` (default: this host's /proc/sys). Without conntrack loaded yet it reads as not liberal,
+    its default once loaded. Read at start by the agents, as kube-proxy reads it, and by each `apply`
+    and `plan`."""
+    if sysctls is None:
+        from vsop.adapters.sysctl import SysctlKernel
+
+        sysctls = SysctlKernel()
+    return tcp_liberal(sysctls.read([TCP_LIBERAL_SYSCTL]))
 
 
 @dataclass

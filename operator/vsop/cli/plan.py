@@ -94,7 +94,7 @@ def _planned(
     names = common_names(args)
     if not args.from_empty:
         from vsop.adapters.real import read_host  # the kernel readers; imported only when a host is read
-        from vsop.adapters.kernel import running_kernel_version
+        from vsop.adapters.kernel import conntrack_tcp_liberal, running_kernel_version
 
         observed = read_host(names)
         view = read_view(state_file(args))  # what apply would keep of the running agent's verdicts and drains
@@ -105,8 +105,9 @@ def _planned(
         refuse_problems(replace(desired, problems=tuple(p for p in desired.problems if p.obj in given)), loaded)
 
     kernel_version = None if args.from_empty else running_kernel_version()
+    liberal = False if args.from_empty else conntrack_tcp_liberal()
     desired = derive(services, node(args), observed, names=names, kernel_version=kernel_version, out_of_service=view.out_of_service,
-                     rule=claim_rule(args))
+                     rule=claim_rule(args), liberal=liberal)
     desired, result = program(desired, observed, names, held=held, keep_accept_ra=getattr(args, "keep_accept_ra", False), check=check,
                               drain=view.drain(services, names))
     refuse_problems(result, loaded)

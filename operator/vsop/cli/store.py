@@ -209,6 +209,7 @@ def merge(contents: StoreContents, given: list[VirtualService], store: Store, pr
 def program(
     merged: Merged, node, names: Names, observed: KernelState, kernel_version, new: set[str],  # type: ignore[no-untyped-def]
     loaded=None, keep_accept_ra: bool = False, view: AgentView | None = None, rule: ClaimRule = HOST_RULE,  # type: ignore[no-untyped-def]
+    liberal: bool = False,
 ) -> tuple[Desired, Plan]:
     """The store as it will be, through the whole-node pipeline: the objects being applied (`new`)
     must be programmable (invalid input otherwise); older ones only warn. `view`: the running
@@ -221,7 +222,7 @@ def program(
 
     view = view or AgentView()
     desired = whole.derive(merged.services, node, observed, names=names, kernel_version=kernel_version, out_of_service=view.out_of_service,
-                           rule=rule)
+                           rule=rule, liberal=liberal)
     desired, result = whole.program(
         desired, observed, names, held=merged.held, keep_accept_ra=keep_accept_ra, check=check, drain=view.drain(merged.services, names),
     )
@@ -231,7 +232,7 @@ def program(
 
 
 def apply(args: argparse.Namespace) -> Result:
-    from vsop.adapters.kernel import read_observed, running_kernel_version
+    from vsop.adapters.kernel import conntrack_tcp_liberal, read_observed, running_kernel_version
     from vsop.node.execute import ExecutionFailed, probe
     from vsop.adapters.real import real_kernel
 
@@ -258,7 +259,8 @@ def apply(args: argparse.Namespace) -> Result:
         kernel = real_kernel()
         observed = read_observed(kernel, names)
         view = read_view(state_file(args))  # under the lock: the agent's last turn
-        desired, result = program(merged, this_node, names, observed, running_kernel_version(), new, loaded, args.keep_accept_ra, view, rule)
+        desired, result = program(merged, this_node, names, observed, running_kernel_version(), new, loaded, args.keep_accept_ra, view, rule,
+                                  conntrack_tcp_liberal(kernel.sysctls))
         probe(kernel, result, names)  # a kernel that cannot do it refuses before the store changes
         stored = store.write(loaded.services)
         pruned: list[Path] = []
@@ -396,10 +398,11 @@ class Deleting:
     def program(self, kernel, merged: Merged, observed: KernelState, write_store: Callable[[], object], what: str) -> bool:  # type: ignore[no-untyped-def]
         """Program the store as `merged` holds it, with the agent's verdicts and drains; `write_store`
         changes the store once the plan stands. False: the kernel refused (`failure` says it)."""
-        from vsop.adapters.kernel import running_kernel_version
+        from vsop.adapters.kernel import conntrack_tcp_liberal, running_kernel_version
 
         view = read_view(state_file(self.args))  # under the lock: the agent's last turn
-        _, result = program(merged, self.node, self.names, observed, running_kernel_version(), set(), view=view)
+        _, result = program(merged, self.node, self.names, observed, running_kernel_version(), set(), view=view,
+                            liberal=conntrack_tcp_liberal(kernel.sysctls))
         write_store()
 
         def refused(exc: Any) -> Result:
@@ -552,14 +555,15 @@ def get(args: argparse.Namespace) -> Result:
     rows = []
     if services and args.output != "name":
         try:
-            from vsop.adapters.kernel import read_observed, running_kernel_version
+            from vsop.adapters.kernel import conntrack_tcp_liberal, read_observed, running_kernel_version
             from vsop.adapters.real import real_kernel
 
             observed = read_observed(real_kernel(), names)
         except Exception as exc:  # noqa: BLE001 - `get` still lists the store when the kernel cannot be read
             reason = f"unknown: cannot read the kernel ({exc})"
         if observed is not None:
-            desired = whole.derive(contents.services, node(args), observed, names=names, kernel_version=running_kernel_version())
+            desired = whole.derive(contents.services, node(args), observed, names=names, kernel_version=running_kernel_version(),
+                                   liberal=conntrack_tcp_liberal())
     for vs in services:
         state = "" if args.output == "name" else programmed_state(vs, desired, observed, names) if observed is not None else reason
         rows.append((vs, state, contents.files.get(vs.ref)))

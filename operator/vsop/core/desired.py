@@ -158,8 +158,19 @@ def _why_first(owner: VirtualService, other: VirtualService) -> str:
     return "which keeps it: it comes first (same age or no creationTimestamp: the order given, then the name)"
 
 
-def constant_chains(names: Names, family: int) -> dict[ChainKey, tuple[str, ...]]:
-    """The fixed rules: their count never depends on how many services exist."""
+# When it is 1, conntrack marks only out-of-window RSTs INVALID (kernel docs, nf_conntrack-sysctl):
+# the segments the INVALID rule exists for are then tracked, and the rule is left out, as kube-proxy does.
+TCP_LIBERAL_SYSCTL = "net.netfilter.nf_conntrack_tcp_be_liberal"
+
+
+def tcp_liberal(sysctls: Mapping[str, str]) -> bool:
+    """Whether `sysctls` (name -> value as read) say conntrack is liberal (any value but 0; unread: no)."""
+    return sysctls.get(TCP_LIBERAL_SYSCTL, "0").strip() not in ("", "0")
+
+
+def constant_chains(names: Names, family: int, *, liberal: bool = False) -> dict[ChainKey, tuple[str, ...]]:
+    """The fixed rules: their count never depends on how many services exist. `liberal`: the host's
+    conntrack is liberal (TCP_LIBERAL_SYSCTL), so the INVALID rule is left out."""
     vip_ports = names.set_name(names.vip_ports_set, family)
     nomasq = names.set_name(names.nomasq_set, family)
     vips = names.set_name(names.vips_set, family)
@@ -181,6 +192,11 @@ def constant_chains(names: Names, family: int) -> dict[ChainKey, tuple[str, ...]
             # sourceRanges: a VIP port that admits some clients only drops every other one. One rule
             # however many VIPs and ranges (kube-proxy's KUBE-LOAD-BALANCER-FW / -SOURCE-CIDR pair).
             f"-m set --match-set {source_fw} dst,dst -m set ! --match-set {source_cidr} dst,dst,src -j DROP",
+            # A client's segment conntrack calls INVALID (out of its window) is still forwarded by IPVS,
+            # but MASQUERADE, a conntrack NAT, skips it: it would reach the real server with the client's
+            # own address, and the real server's RST, routed back through this node, resets the client's
+            # connection (kubernetes#74839; kube-proxy drops INVALID in KUBE-FORWARD, its IPVS mode never did).
+            *(() if liberal else (f"-m set --match-set {vip_ports} dst,dst -m conntrack --ctstate INVALID -j DROP",)),
             f"-m set --match-set {vip_ports} dst,dst -j ACCEPT",
             f"-m set --match-set {vips} dst -m conntrack --ctstate NEW -j REJECT --reject-with {reject}",
         ),
@@ -332,10 +348,11 @@ def source_networks(ranges: Iterable[str]) -> list[str]:
 
 
 def shared_state(
-    names: Names, families: Iterable[int], *, arp: bool, bound: bool, kernel_version: tuple[int, int] | None
+    names: Names, families: Iterable[int], *, arp: bool, bound: bool, kernel_version: tuple[int, int] | None, liberal: bool = False
 ) -> KernelState:
-    """Link, empty set headers, constant chains and jumps, sysctls: what every VIP shares."""
-    ipsets, chains, jumps, sysctls = _shared(names, tuple(sorted(set(families))), arp, kernel_version)
+    """Link, empty set headers, constant chains and jumps, sysctls: what every VIP shares.
+    `liberal`: the host's conntrack is liberal (constant_chains)."""
+    ipsets, chains, jumps, sysctls = _shared(names, tuple(sorted(set(families))), arp, kernel_version, liberal)
     # Fresh containers each time: callers own what they get (the strings inside are immutable).
     return KernelState(
         link=LinkState(names.link, up=True) if bound else None,
@@ -348,7 +365,7 @@ def shared_state(
 
 @lru_cache(maxsize=64)
 def _shared(
-    names: Names, used: tuple[int, ...], arp: bool, kernel_version: tuple[int, int] | None
+    names: Names, used: tuple[int, ...], arp: bool, kernel_version: tuple[int, int] | None, liberal: bool
 ) -> tuple[tuple[tuple[str, str, int], ...], dict[ChainKey, tuple[str, ...]], frozenset[Jump], dict[str, str]]:
     # Computed once per combination: the reconciler derives one object at a time, and
     # building these strings per object was a large part of a cold sync under emulation.
@@ -359,7 +376,7 @@ def _shared(
     for family in used:
         for attribute, kind in SET_KINDS:
             ipsets.append((names.set_name(getattr(names, attribute), family), kind, family))
-        chains.update(constant_chains(names, family))
+        chains.update(constant_chains(names, family, liberal=liberal))
         jumps |= constant_jumps(names, family)
         sysctls.update(family_sysctls(family))
     if used:
@@ -385,6 +402,7 @@ def desired_state(
     reserved: Mapping[str, str] | None = None,
     out_of_service: frozenset[RealServerKey] = frozenset(),
     kernel_version: tuple[int, int] | None = None,
+    liberal: bool = False,
     vip_owners: Mapping[str, str] | None = None,
     announcing: bool = True,
     refused: Mapping[str, Problem] | None = None,
@@ -400,6 +418,7 @@ def desired_state(
     `vip_owners` maps addresses to the object whose VIP each is (default: the VIPs of `services`):
     an object with a static backend on another object's VIP is refused (BackendIsVIP).
     `announcing`: False while the node is being drained: no VIP is announced over BGP.
+    `liberal`: the host's conntrack is liberal (TCP_LIBERAL_SYSCTL): no INVALID rule.
     `refused`: objects refused their claim (vsop.core.claims.admit: ref -> why): never programmed,
     and they claim no port, so they lose no conflict to and win none from the others.
     An `announce: bgp` object gets a route for its VIP when it is programmed and at least one
@@ -439,7 +458,7 @@ def desired_state(
         for ref in found.no_local
     )
     routes = _routes(found.announced, found.vips, real_servers, all_failing)
-    state = _kernel_state(found, winners, real_servers, routes, names, kernel_version)
+    state = _kernel_state(found, winners, real_servers, routes, names, kernel_version, liberal)
     return Desired(state, tuple(found.programmed), tuple(problems), configured, warnings)
 
 
@@ -579,11 +598,12 @@ def _kernel_state(
     routes: frozenset[str],
     names: Names,
     kernel_version: tuple[int, int] | None,
+    liberal: bool,
 ) -> KernelState:
     """What was programmed, on top of the state every VIP shares (link, sets, rules, sysctls)."""
     chosen = set(found.programmed)
     arp = any(vs.spec.arp_suppressed for vs in winners if vs.ref in chosen)
-    shared = shared_state(names, found.families_used, arp=arp, bound=bool(found.vips), kernel_version=kernel_version)
+    shared = shared_state(names, found.families_used, arp=arp, bound=bool(found.vips), kernel_version=kernel_version, liberal=liberal)
     ipsets = {name: IPSet(empty.name, empty.kind, empty.family, dict(found.members.get(name, {}))) for name, empty in shared.ipsets.items()}
     return KernelState(
         link=shared.link,

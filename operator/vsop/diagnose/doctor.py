@@ -16,7 +16,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from vsop.core.desired import constant_chains, constant_jumps, family_sysctls, kernel_sysctls
+from vsop.core.desired import constant_chains, constant_jumps, family_sysctls, kernel_sysctls, tcp_liberal
 from vsop.core.state import ServiceKey, host_prefix, hostport, ipset_member
 from vsop.diagnose.explain import FILTER_TERMINAL, NAT_TERMINAL, rules_ahead
 from vsop.diagnose.facts import Facts
@@ -224,7 +224,7 @@ def check_rules(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
     names = facts.names
     for family in sorted({key.family for key in keys}):
         tool = _iptables(family)
-        for chain_key, rules in sorted(constant_chains(names, family).items()):
+        for chain_key, rules in sorted(constant_chains(names, family, liberal=tcp_liberal(facts.sysctls)).items()):
             have = facts.chain(family, chain_key.table, chain_key.chain)
             label = f"rules.chain {tool} {chain_key.table} {chain_key.chain}"
             if have is None:

@@ -318,6 +318,15 @@ def arrival_step(facts: Facts, key: ServiceKey) -> Step | None:
     )
 
 
+def _filter_rule_word(names: Names, family: int, text: str, target: str | None) -> str:
+    """What a rule of VSOP-FILTER does, as its counter's name: each of the two DROP rules its own."""
+    if target == "DROP" and names.set_name(names.source_fw_set, family) in text.split():
+        return "sourceRanges drop"
+    if target == "DROP" and "INVALID" in text.split():
+        return "invalid drop"
+    return "accept" if target == "ACCEPT" else "reject" if target == "REJECT" else (target or "rule").lower()
+
+
 def _filter_step(facts: Facts, key: ServiceKey) -> Step:
     names, family = facts.names, key.family
     jump = find_jump(facts, family, "filter", "INPUT", names.filter_chain)
@@ -331,8 +340,7 @@ def _filter_step(facts: Facts, key: ServiceKey) -> Step:
     ]
     counters = _rule_counters(jump, "jump ")
     for rule in own.rules if own else ():
-        word = "accept" if rule.target == "ACCEPT" else "reject" if rule.target == "REJECT" else (rule.target or "rule").lower()
-        counters[f"{word} packets"] = rule.packets
+        counters[f"{_filter_rule_word(names, family, rule.text, rule.target)} packets"] = rule.packets
         items.append(Item(f"{names.filter_chain} {rule.position}", f"-A {names.filter_chain} {rule.text}", None, _rule_counters(rule)))
     policy = f"; INPUT policy {chain.policy}" if chain and chain.policy else ""
     return Step(

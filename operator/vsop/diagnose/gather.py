@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from vsop.core.state import KernelState, Names, ServiceKey
+from vsop.core.desired import tcp_liberal
 from vsop.diagnose.facts import ConntrackEntry, Facts, Interface, Route, parse_addresses, parse_conntrack, parse_netstat, parse_route, parse_save_counters
 
 SEARCH_PATH = os.pathsep.join(filter(None, (os.environ.get("PATH"), "/usr/sbin", "/sbin")))
@@ -120,7 +121,7 @@ def read_sysctls(root: str = "/proc/sys") -> dict[str, str]:
         "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce",
         "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding",
         "net.ipv4.vs.conntrack", "net.ipv4.vs.conn_reuse_mode", "net.ipv4.vs.expire_nodest_conn",
-        "net.ipv4.vs.expire_quiescent_template",
+        "net.ipv4.vs.expire_quiescent_template", "net.netfilter.nf_conntrack_tcp_be_liberal",
     ]
     pairs = [(name, name.replace(".", "/")) for name in names]
     try:
@@ -193,7 +194,8 @@ def read_links() -> dict[str, bool]:
     return links
 
 
-def load_desired(directory: str | None, names: Names, kernel_version: tuple[int, int] | None, node_addresses: Iterable[str]) -> tuple[KernelState | None, str, list[str]]:
+def load_desired(directory: str | None, names: Names, kernel_version: tuple[int, int] | None, node_addresses: Iterable[str],
+                 liberal: bool = False) -> tuple[KernelState | None, str, list[str]]:
     """The desired state of the VirtualServices in the agent's folder, when there is one."""
     if not directory or not os.path.isdir(directory):
         return None, "", []
@@ -207,7 +209,7 @@ def load_desired(directory: str | None, names: Names, kernel_version: tuple[int,
     errors = [f"{path}: {reason} (the agent keeps what it had for this file; the other files are checked)" for path, reason in source.errors().items()]
     hostname = socket.gethostname()
     desired = desired_state(source.services(), Node(hostname, {"kubernetes.io/hostname": hostname}), names=names,
-                            node_addresses=node_addresses, kernel_version=kernel_version)
+                            node_addresses=node_addresses, kernel_version=kernel_version, liberal=liberal)
     return desired.state, directory, errors
 
 
@@ -351,6 +353,7 @@ def _read_host(facts: Facts, status_file: str, store: str | None, names: Names, 
     facts.links = read_links()
     facts.interfaces = read_interfaces()
     directory = store or (facts.agent or {}).get("directory") or (DEFAULT_STORE if os.path.isdir(DEFAULT_STORE) else None)
-    desired, source, store_errors = load_desired(directory, names, facts.kernel_version, facts.observed.node_addresses)
+    desired, source, store_errors = load_desired(directory, names, facts.kernel_version, facts.observed.node_addresses,
+                                                 tcp_liberal(facts.sysctls))
     facts.desired, facts.desired_source = desired, source
     errors += store_errors

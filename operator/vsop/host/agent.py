@@ -43,7 +43,7 @@ from vsop.host.folder import FolderSource
 from vsop.host.status_file import StatusDocument
 from vsop.keepalived.writer import KeepalivedWriter
 from vsop.node import heap
-from vsop.adapters.kernel import Kernel, running_kernel_version
+from vsop.adapters.kernel import Kernel, conntrack_tcp_liberal, running_kernel_version
 from vsop.node.remember import RememberFile
 from vsop.node.lock import LockTimeout
 from vsop.node.loop import Feed, KeepalivedInput, NodeLoop, Turn, WriterLock
@@ -105,13 +105,14 @@ class HostAgent:
         self.stopping = threading.Event()  # SIGTERM: nothing waits for the guard any more (see guarded)
         self.tracker = HealthTracker(track_changes=True)  # the status file re-renders the changed real servers
         self.kernel_version = running_kernel_version()
+        self.liberal = conntrack_tcp_liberal(kernel.sysctls)  # read once, as kube-proxy does: no INVALID rule when 1
         self.last: dict[str, Any] = {}
         self.syncs = 0
         self.keepalived = keepalived
         self.bird = bird  # announce: bgp: bird.conf from --bgp-speaker (vsop.bgp.writer)
         # The kernel work (incremental changes, full resyncs, draining, health weights, conntrack).
         self.reconciler = Reconciler(kernel, config.node, names=config.names, kernel_version=self.kernel_version, clock=clock,
-                                     keep_accept_ra=config.keep_accept_ra)
+                                     liberal=self.liberal, keep_accept_ra=config.keep_accept_ra)
         self.draining = self.reconciler.draining
         self.metrics = metrics
         if metrics is not None:  # vsop_virtualservices, counted when scraped

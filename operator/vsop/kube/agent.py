@@ -52,7 +52,7 @@ from vsop.kube.metrics import AgentMetrics, Probes
 from vsop.kube.runtime import ListingGate, kopf_settings, kv, run_with_kopf
 from vsop.kube.sink import KernelOutcome, KeepalivedReport, NodeReportSink, SyncReport, VrrpPassword, judge, kernel_outcome, keepalived_report
 from vsop.kube.source import Changes, ClusterSource, VSRecord
-from vsop.adapters.kernel import Kernel, running_kernel_version
+from vsop.adapters.kernel import Kernel, conntrack_tcp_liberal, running_kernel_version
 from vsop.node.lock import LockTimeout
 from vsop.node.remember import RememberFile
 from vsop.node.loop import Feed, KeepalivedInput, NodeLoop, Turn, WriterLock
@@ -117,6 +117,7 @@ class Agent:
         if conntrack is not None:
             kernel.conntrack = conntrack  # the engine forgets removed UDP real servers' entries
         self.kernel_version = running_kernel_version()
+        self.liberal = conntrack_tcp_liberal(kernel.sysctls)  # read once, as kube-proxy does: no INVALID rule when 1
         self.tracker = HealthTracker()
         self.roles = checkers.Roles(set(), {}, frozenset())  # which health targets this node checks for the cluster
         self.metrics = metrics or AgentMetrics()
@@ -125,7 +126,7 @@ class Agent:
         self.syncs = 0  # syncs that reached the kernel
         # The kernel work: sync, draining, health weights, conntrack (through the engine), incremental.
         self.reconciler = Reconciler(kernel, Node(self.node_name), names=options.names, kernel_version=self.kernel_version,
-                                     keep_accept_ra=options.keep_accept_ra)
+                                     liberal=self.liberal, keep_accept_ra=options.keep_accept_ra)
         on_wait = lambda who: log.info(kv("Waiting for the host's writer lock", node=self.node_name, holder=who))  # noqa: E731
         self.loop = NodeLoop(self.reconciler, self.tracker, lock=WriterLock(options.lock, options.lock_wait_seconds, on_wait),
                              keepalived=keepalived, metrics=self.metrics, resync_seconds=options.resync_seconds,

@@ -79,10 +79,12 @@ class Objects:
     """The declared objects of one node and their fragments, kept per change. `dirty` names the
     objects to derive again at the next `derive`."""
 
-    def __init__(self, node: Node, names: Names, kernel_version: tuple[int, int] | None, extra_node_addresses: Iterable[str]):
+    def __init__(self, node: Node, names: Names, kernel_version: tuple[int, int] | None, extra_node_addresses: Iterable[str],
+                 liberal: bool = False):
         self.node = node
         self.names = names
         self.kernel_version = kernel_version
+        self.liberal = liberal  # the host's conntrack is liberal: no INVALID rule (vsop.core.desired.constant_chains)
         self.extra_node_addresses = frozenset(extra_node_addresses)
         # inputs
         self.objects: dict[str, VirtualService] = {}
@@ -404,7 +406,8 @@ class Objects:
 
     def shared(self) -> KernelState:
         """What every VIP shares (link, set headers, constant chains and jumps, sysctls) for the objects now programmed."""
-        return shared_state(self.names, self._families, arp=self._arp > 0, bound=bool(self._bound), kernel_version=self.kernel_version)
+        return shared_state(self.names, self._families, arp=self._arp > 0, bound=bool(self._bound), kernel_version=self.kernel_version,
+                            liberal=self.liberal)
 
     def pieces(self, vips: Iterable[str] | None = None) -> list[Fragment]:
         """Fragments in conflict order: all of them, or those on some VIPs."""

@@ -191,6 +191,7 @@ class Reconciler(_Parts):
         *,
         names: Names = Names(),
         kernel_version: tuple[int, int] | None = None,
+        liberal: bool = False,
         extra_node_addresses: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
         keep_accept_ra: bool = False,
@@ -203,7 +204,7 @@ class Reconciler(_Parts):
         # are refused (RouterAdvertisements), as `vsop apply --keep-accept-ra` refuses them.
         self.keep_accept_ra = keep_accept_ra
         self.clock = clock
-        self.declared = Objects(node, names, kernel_version, extra_node_addresses)
+        self.declared = Objects(node, names, kernel_version, extra_node_addresses, liberal)
         self.verdicts = Verdicts(self.declared)
         self.cache = Cache(names)
         self.resyncing = Resync(resync_chunk, audit_chunk)

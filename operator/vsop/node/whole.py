@@ -61,6 +61,7 @@ def derive(
     out_of_service: frozenset[RealServerKey] = frozenset(),
     kernel_version: tuple[int, int] | None = None,
     rule: ClaimRule | None = HOST_RULE,
+    liberal: bool = False,
 ) -> Desired:
     """The node's desired state from its objects, with the node addresses `observed` was read with.
     `rule`: who may claim which VIP (vsop.core.claims; a plain host's by default)."""
@@ -73,6 +74,7 @@ def derive(
         node_addresses=observed.node_addresses,
         out_of_service=out_of_service,
         kernel_version=kernel_version,
+        liberal=liberal,
         refused=admit(services, rule, sharing=False) if rule is not None else None,
     )
 
@@ -125,6 +127,7 @@ def sync(
     endpoints: Mapping[tuple[str, str], Iterable[Endpoint]] | None = None,
     out_of_service: frozenset[RealServerKey] = frozenset(),
     kernel_version: tuple[int, int] | None = None,
+    liberal: bool = False,
     adjust: Drain | None = None,
     dry_run: bool = False,
     observed: KernelState | None = None,
@@ -153,7 +156,8 @@ def sync(
     read_done = time.monotonic()
     if desired is None:
         desired = derive(
-            services, node, observed, names=names, endpoints=endpoints, out_of_service=out_of_service, kernel_version=kernel_version
+            services, node, observed, names=names, endpoints=endpoints, out_of_service=out_of_service, kernel_version=kernel_version,
+            liberal=liberal,
         )
     desired, the_plan = program(desired, observed, names, held=held, drain=adjust, keep_accept_ra=keep_accept_ra)
     planned = time.monotonic()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import make_vs
-from vsop.core.desired import Endpoint, EndpointPort, Node, desired_state, resolve_conflicts
+from vsop.core.desired import TCP_LIBERAL_SYSCTL, Endpoint, EndpointPort, Node, desired_state, resolve_conflicts, tcp_liberal
 from vsop.core.state import ChainKey, RealServerKey, ServiceKey
 
 NODE = Node("node-a", {"kubernetes.io/hostname": "node-a", "zone": "a"})
@@ -33,7 +33,7 @@ def test_rule_count_is_constant_however_many_services() -> None:
         [make_vs(f"s{i}", vip=f"10.50.{i // 250}.{i % 250 + 1}") for i in range(600)], NODE
     ).state
     rules = lambda s: sum(len(r) for r in s.chains.values()) + len(s.jumps)  # noqa: E731
-    assert rules(one) == rules(many) == 15  # 10 rules in 5 chains, 5 jumps
+    assert rules(one) == rules(many) == 16  # 11 rules in 5 chains, 5 jumps
     assert len(many.services) == 600 and len(many.ipsets["VSOP-VIP-PORTS"].members) == 600
 
 
@@ -50,6 +50,20 @@ def test_source_ranges_keep_the_rule_count_from_1_to_1000_vips() -> None:
     assert many.chains[ChainKey(4, "filter", "VSOP-FILTER")][0] == (
         "-m set --match-set VSOP-SRC-FW dst,dst -m set ! --match-set VSOP-SRC-CIDR dst,dst,src -j DROP"
     )
+
+
+def test_invalid_segments_to_a_vip_port_are_dropped_unless_conntrack_is_liberal() -> None:
+    """kubernetes#74839: an out-of-window segment is INVALID to conntrack, so MASQUERADE skips it and the
+    real server answers the client's own address with a RST. One rule, scoped to VIP ports, ahead of
+    the ACCEPT; kube-proxy leaves its rule out when nf_conntrack_tcp_be_liberal is 1, and so does vsop."""
+    invalid = "-m set --match-set VSOP-VIP-PORTS dst,dst -m conntrack --ctstate INVALID -j DROP"
+    strict = desired_state([make_vs()], NODE).state.chains[ChainKey(4, "filter", "VSOP-FILTER")]
+    assert strict.index(invalid) == 1 and strict[2] == "-m set --match-set VSOP-VIP-PORTS dst,dst -j ACCEPT"
+    liberal = desired_state([make_vs()], NODE, liberal=True).state.chains[ChainKey(4, "filter", "VSOP-FILTER")]
+    assert liberal == tuple(rule for rule in strict if rule != invalid)
+    six = desired_state([make_vs(vip="fd00::2", backends=[{"address": "fd00:1::2", "port": 8080}])], NODE).state.chains[ChainKey(6, "filter", "VSOP-FILTER")]
+    assert "-m set --match-set VSOP-VIP-PORTS-V6 dst,dst -m conntrack --ctstate INVALID -j DROP" in six
+    assert tcp_liberal({TCP_LIBERAL_SYSCTL: "1\n"}) and not tcp_liberal({TCP_LIBERAL_SYSCTL: "0"}) and not tcp_liberal({})
 
 
 def test_source_ranges_become_members_per_port_and_every_address_is_two_halves() -> None:

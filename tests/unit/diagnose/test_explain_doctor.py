@@ -412,3 +412,16 @@ def test_rp_filter_drops_are_judged_by_two_readings_not_the_since_boot_total() -
     single = rp_filter(None, 4)
     assert single["status"] == "fail" and "since boot (one reading: not necessarily now)" in single["message"]
     assert rp_filter(0, 0)["status"] == "pass" and "since boot" in rp_filter(0, 0)["message"]
+
+
+def test_doctor_expects_the_invalid_rule_only_where_conntrack_is_strict() -> None:
+    """With nf_conntrack_tcp_be_liberal=1 the agents leave the INVALID rule out; doctor expects the same."""
+    strict = healthy()
+    assert not failing(doctor(strict))
+    liberal_state = desired_state([make_vs()], Node("n"), kernel_version=(6, 1), liberal=True).state
+    liberal = replace(strict, rules=parse_save_counters(save_text(liberal_state, counters=5), 4),
+                      sysctls={**strict.sysctls, "net.netfilter.nf_conntrack_tcp_be_liberal": "1"})
+    assert not failing(doctor(liberal))
+    found = failing(doctor(replace(strict, rules=liberal.rules)))  # strict conntrack, the rule missing
+    assert [f["check"] for f in found] == ["rules.chain iptables filter VSOP-FILTER"]
+    assert any("--ctstate INVALID -j DROP" in line for line in found[0]["fix"])

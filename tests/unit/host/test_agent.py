@@ -638,3 +638,20 @@ def test_vsop_agent_allow_vip_and_vip_policy_reach_the_agent(tmp_path: Path, mon
     assert main(["agent", "--from", str(tmp_path), "--status-file", "", "--vip-policy", "pools", "--allow-vip", "10.0.0.0/24"]) == 0
     assert (configs[-1].claims.policy, configs[-1].claims.allow) == ("pools", ("10.0.0.0/24",))
     assert main(["agent", "--from", str(tmp_path), "--status-file", "", "--allow-vip", "10.0.0.1/24"]) == 2, "host bits set: invalid flags"
+
+
+@pytest.mark.parametrize("liberal", ["0", "1"])
+def test_the_agent_reads_tcp_be_liberal_once_and_leaves_the_invalid_rule_out_when_it_is_1(tmp_path: Path, liberal: str) -> None:
+    """As kube-proxy: nf_conntrack_tcp_be_liberal=1 tracks the out-of-window segments the rule would drop."""
+    from vsop.core.state import ChainKey, KernelState
+
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    agent, fake = agent_for(folder, KernelState(sysctls={"net.netfilter.nf_conntrack_tcp_be_liberal": liberal}))
+    write(folder, "web")
+    settle(agent)
+    agent.sync_once()
+    rules = fake.state.chains[ChainKey(4, "filter", "VSOP-FILTER")]
+    invalid = [rule for rule in rules if "--ctstate INVALID" in rule]
+    assert invalid == ([] if liberal == "1" else ["-m set --match-set VSOP-VIP-PORTS dst,dst -m conntrack --ctstate INVALID -j DROP"])
+    assert agent.sync_once().writes == 0
