@@ -212,3 +212,44 @@ async def test_vrrp_peers_from_the_selected_nodes_follow_joins_and_leaves_and_no
         # node-x selected by a label change joins too.
         await cluster.patch("v1/nodes", None, "node-x", {"metadata": {"labels": lb}})
         await until(lambda: unicast_peers(text()) == ["10.0.0.13", "10.0.0.99"], "node-x selected now")
+
+
+async def test_a_drained_node_withdraws_its_routes_and_gives_its_vrrp_vips_away_first(cluster: Cluster, tmp_path: Path) -> None:
+    """Cordoned (kubectl drain's first step) or labelled exclude-from-external-load-balancers: the BGP route goes and
+    the VRRP track file says 1 (keepalived puts the instance in FAULT); IPVS stays for what still arrives."""
+    await cluster.node("node-a", addresses=("10.0.0.11",))
+    (tmp_path / "speaker.yaml").write_text(yaml.safe_dump(SPEAKER))
+    announcer = BirdAnnouncer(tmp_path / "speaker.yaml", BirdWriter(tmp_path / "bird.conf", str(tmp_path / "bird.ctl"), run=Sessions()),
+                              sessions_seconds=0.05)
+    keepalived = KeepalivedWriter(KeepalivedConfig(directory=tmp_path / "keepalived", pidfile=tmp_path / "keepalived.pid",
+                                                   track_dir=tmp_path / "vrrp"), check=FakeCheck(), signaller=FakeSignaller())
+    kernel, fake = fake_kernel()
+    connection = Connection.for_url(cluster.url)
+    agent = Agent(AgentOptions(node_name="node-a", resync_seconds=3600.0, debounce_seconds=0.01, vip_policy="any"), kernel,
+                  RecordingWriter(connection, "vsop-agent", host="node-a"), conntrack=FakeConntrack(), bird=announcer, keepalived=keepalived)
+    connection.register_login(agent.registry)
+    await cluster.vs("web", BGP_WEB)
+    await cluster.vs("lan", {**VRRP_WEB, "vip": "169.254.11.5"})
+    track = tmp_path / "vrrp" / "default_lan"
+
+    def track_says() -> str:
+        return track.read_text() if track.exists() else ""
+
+    async with running(agent), run_controller(cluster):
+        await until(lambda: "169.254.11.2/32" in fake.state.routes, "the BGP route")
+        await until(lambda: track_says() == "0\n", "the VRRP track file: this node serves")
+        await until(lambda: announced_by(cluster) == "every selected node", "announced")
+
+        await cluster.patch("v1/nodes", None, "node-a", {"spec": {"unschedulable": True}})
+        await until(lambda: "169.254.11.2/32" not in fake.state.routes, "the route withdrawn on cordon")
+        await until(lambda: track_says() == "1\n", "the track file: keepalived gives the VIP away")
+        assert any(key.vip == "169.254.11.2" for key in fake.state.services)  # IPVS stays
+        assert any(key.vip == "169.254.11.5" for key in fake.state.services)
+        await until(lambda: entry(cluster, "node-a").get("announced") == "withdrawn", "withdrawn in the report")
+        await until(lambda: announced_by(cluster) == "none", "nobody announces it")
+
+        await cluster.patch("v1/nodes", None, "node-a", {"spec": {"unschedulable": False}})
+        await until(lambda: "169.254.11.2/32" in fake.state.routes and track_says() == "0\n", "announced again when uncordoned")
+
+        await cluster.patch("v1/nodes", None, "node-a", {"metadata": {"labels": {"node.kubernetes.io/exclude-from-external-load-balancers": ""}}})
+        await until(lambda: "169.254.11.2/32" not in fake.state.routes and track_says() == "1\n", "withdrawn when excluded by label")

@@ -20,7 +20,9 @@ sync that may have changed it renders bird.conf (vsop.bgp.writer, as the host ag
 BIRD's container, and BIRD's sessions are served as vsop_bgp_session_up{peer}. Who announces
 (vsop.kube.announce): this node's state for each `announce: vrrp` / `bgp` object (keepalived's VRRP
 state from its notify FIFO, whose transitions wake a turn; the route and whether a BGP session is
-up, BIRD asked every few seconds) and its BGP sessions go into its NodeReport.
+up, BIRD asked every few seconds) and its BGP sessions go into its NodeReport. A drained Node
+(cordoned, or excluded from external load balancers) announces nothing: routes withdrawn, VRRP
+track files at 1, IPVS kept.
 Must not import: vsop.adapters.real, vsop.host, vsop.cli.
 """
 
@@ -314,7 +316,19 @@ class Agent:
             held=Held(owners=frozenset(reports.ref_of(*key) for key in self.source.invalid)),
             refusals=refusals,
             keepalived=keepalived,
+            announcing=self._announcing(),
         )
+
+    def _announcing(self) -> bool:
+        """False while this node is drained (cordoned, or excluded from external load balancers): its BGP
+        routes are withdrawn and its VRRP track files say it serves nothing, so the VIPs move first;
+        IPVS keeps serving what still arrives (established connections, routers converging)."""
+        info = self.source.node_info()
+        announcing = info is None or not info.draining
+        if announcing != self.reconciler.announcing:
+            log.warning(kv("Node drained: withdrawing its BGP routes and giving its VRRP VIPs away" if not announcing
+                           else "Node no longer drained: announcing its VIPs again", node=self.node_name))
+        return announcing
 
     def _with_peers(self, services: list[VirtualService]) -> list[VirtualService]:
         """With node_peers, objects announced by VRRP naming no peers get the selected Nodes' InternalIPs

@@ -97,6 +97,15 @@ def node_labels(body: Mapping[str, Any]) -> dict[str, str]:
     return dict((body.get("metadata") or {}).get("labels") or {})
 
 
+EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+
+
+def node_draining(body: Mapping[str, Any]) -> bool:
+    """The node is being drained: cordoned (spec.unschedulable, what `kubectl drain` does first) or
+    labelled node.kubernetes.io/exclude-from-external-load-balancers (any value, as Kubernetes reads it)."""
+    return bool((body.get("spec") or {}).get("unschedulable")) or EXCLUDE_LABEL in node_labels(body)
+
+
 def node_internal_ips(body: Mapping[str, Any]) -> tuple[str, ...]:
     """The node's InternalIP addresses, in the API's order."""
     found: list[str] = []

@@ -96,6 +96,7 @@ def _service_of(record: VSRecord | None) -> tuple[str, str] | None:
 class NodeInfo:
     labels: Mapping[str, str]
     addresses: tuple[str, ...]
+    draining: bool = False  # cordoned, or excluded from external load balancers: announce nothing (eps.node_draining)
 
 
 @dataclass
@@ -158,7 +159,7 @@ class ClusterSource:
 
         @kopf.index("", "v1", "nodes", id=NODE_INDEX, registry=registry, when=lambda name, **_: name == node_name)
         async def index_node(body: kopf.Body, **_: Any) -> dict[Any, Any]:
-            return {None: NodeInfo(eps.node_labels(body), eps.node_addresses(body))}
+            return {None: NodeInfo(eps.node_labels(body), eps.node_addresses(body), eps.node_draining(body))}
 
         if self.node_peers:
             @kopf.index("", "v1", "nodes", id=NODES_INDEX, registry=registry)
@@ -202,8 +203,8 @@ class ClusterSource:
         @kopf.on.event("", "v1", "nodes", registry=registry, when=lambda name, **_: name == node_name)
         async def node_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
             self.gate.done()
-            current = (eps.node_labels(body), eps.node_addresses(body), event.get("type") == "DELETED")
-            if current != self._node_fingerprint:  # not every heartbeat: labels and addresses only
+            current = (eps.node_labels(body), eps.node_addresses(body), eps.node_draining(body), event.get("type") == "DELETED")
+            if current != self._node_fingerprint:  # not every heartbeat: labels, addresses and cordon only
                 self._node_fingerprint = current
                 self.trigger.wake(f"node {node_name} changed")
 

@@ -145,6 +145,7 @@ class Feed:
     reserved: Mapping[str, str] | None = None
     refusals: Mapping[str, Problem] | None = None  # every object refused its claim (vsop.core.claims.admit); None: as before
     keepalived: KeepalivedInput | None = None
+    announcing: bool | None = None  # False while the node is drained: no VIP announced (BGP route, VRRP track file); None: as before
 
 
 @dataclass
@@ -298,6 +299,8 @@ class NodeLoop:
             reconciler.set_reserved(feed.reserved)
         if feed.refusals is not None:
             reconciler.set_refusals(feed.refusals)
+        if feed.announcing is not None:
+            reconciler.set_announcing(feed.announcing)
         reconciler.set_out_of_service(self.tracker.out_of_service() | feed.out_of_service)
         reconciler.set_held(feed.held)
 

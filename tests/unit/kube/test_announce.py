@@ -63,3 +63,12 @@ def test_sessions_are_written_when_they_change_and_read_back() -> None:
         "status": {"virtualServices": {"a/b": None}, "bgpSessions": None}}
     body = new_report("node-a", patch)
     assert sessions_of(body) == sessions and sessions_of(new_report("node-a", {"status": {"virtualServices": {}}})) is None
+
+
+def test_a_node_is_drained_when_cordoned_or_excluded_from_load_balancers() -> None:
+    from vsop.kube.endpoints import node_draining
+
+    assert not node_draining({"metadata": {"labels": {"a": "b"}}, "spec": {}})
+    assert node_draining({"spec": {"unschedulable": True}})
+    assert node_draining({"metadata": {"labels": {"node.kubernetes.io/exclude-from-external-load-balancers": ""}}})
+    assert not node_draining({"spec": {"unschedulable": False}})
