@@ -119,7 +119,14 @@ def slots_for(targets: Iterable["Target"]) -> int:
 
 
 class Slots:
-    """A semaphore whose size can change while probes wait for it."""
+    """A semaphore whose size can change while probes wait for it, first come first served.
+
+    A freed slot is handed to the oldest waiter at once (counted as used before it resumes), so
+    a probe arriving meanwhile cannot take it and send the woken one to the back of the queue.
+    A waiter that is cancelled stays in the queue, done, and is skipped when its turn comes:
+    removing it costs the whole queue, which at 20,000 targets was most of the checker's time
+    (every probe paid it). One handed a slot just before its cancel gives the slot on.
+    """
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -131,27 +138,29 @@ class Slots:
         self._wake()
 
     async def __aenter__(self) -> None:
-        while self.used >= self.limit:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiting.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiting:
-                    self._waiting.remove(waiter)
-        self.used += 1
+        if self.used < self.limit:  # no one waits while a slot is free: _wake hands them out
+            self.used += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter  # its slot is counted by _wake
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed a slot, then cancelled before resuming
+                self.used -= 1
+                self._wake()
+            raise
 
     async def __aexit__(self, *exc: object) -> None:
         self.used -= 1
         self._wake()
 
     def _wake(self) -> None:
-        free = self.limit - self.used
-        while free > 0 and self._waiting:
+        while self.used < self.limit and self._waiting:
             waiter = self._waiting.popleft()
-            if not waiter.done():
+            if not waiter.done():  # not cancelled
                 waiter.set_result(None)
-                free -= 1
+                self.used += 1
 
 
 class HealthChecker:

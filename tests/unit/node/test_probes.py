@@ -18,7 +18,7 @@ import pytest
 from vsop.api.model import HealthCheck
 from vsop.core.health import HealthTracker
 from vsop.core.state import RealServerKey, ServiceKey
-from vsop.node.probes import HEADER_LIMIT, LINE_LIMIT, MAX_SLOTS, MIN_SLOTS, HealthChecker, Target, check_http, slots_for
+from vsop.node.probes import HEADER_LIMIT, LINE_LIMIT, MAX_SLOTS, MIN_SLOTS, HealthChecker, Slots, Target, check_http, slots_for
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 SERVICE = ServiceKey("tcp", "169.254.11.2", 80)
@@ -88,6 +88,44 @@ def test_probes_at_once_are_sized_from_the_targets_and_their_intervals() -> None
     assert slots_for(targets(100, 3, 2)) == 134  # 100 x 2/3 busy if every probe ran to its timeout, twice over
     assert slots_for(targets(100, 10, 1)) == 20
     assert slots_for(targets(5000, 1, 1)) == MAX_SLOTS
+
+
+def test_a_freed_slot_goes_to_the_oldest_waiter_and_a_cancelled_waiter_is_passed_over() -> None:
+    """First come, first served: a slot freed while others wait is handed to the oldest one, not
+    taken by a probe arriving before it resumes; a cancelled waiter, left in the queue, is skipped;
+    one cancelled after it was handed a slot gives that slot on."""
+    order: list[str] = []
+
+    async def scenario() -> int:
+        slots = Slots(1)
+
+        async def hold(name: str, release: asyncio.Event) -> None:
+            async with slots:
+                order.append(name)
+                await release.wait()
+
+        go = asyncio.Event()
+        await slots.__aenter__()  # held here, released below without a pause in between
+        order.append("first")
+        cancelled = asyncio.create_task(hold("cancelled", go))
+        handed = asyncio.create_task(hold("handed then cancelled", go))
+        second = asyncio.create_task(hold("second", go))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        await slots.__aexit__(None, None, None)  # the cancelled waiter is skipped, the next one handed the slot
+        handed.cancel()  # before it resumed: the slot goes on to "second"
+        late = asyncio.create_task(hold("late", go))  # arrives after: waits behind "second"
+        await asyncio.sleep(0)
+        go.set()
+        await asyncio.gather(second, late)
+        for task in (cancelled, handed):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return slots.used
+
+    assert asyncio.run(scenario()) == 0
+    assert order == ["first", "second", "late"]
 
 
 class Clock:
