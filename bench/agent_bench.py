@@ -6,9 +6,12 @@ Prints, side by side in one run:
     one object, plan its VIP, write), and the full level-based sync the agents used to run
     for every change (engine.sync of every object) at the same N;
   - a real server that dies (TCP check every 2 s, failure threshold 2) reaching weight 0
-    at N = 10,000: check results through the pure HealthTracker, one weight edit;
-  - the periodic no-op resync at N = 10,000 next to `ipvsadm -Sn` + `ipset save` +
-    `iptables-save` run in the same namespace;
+    at N = 10,000 programmed, ONE of them checked, by this bench's own check loop
+    (HealthChecker and the reconciler), not the agent's: bench/agent_checks.py has every
+    service checked through `vsop agent` itself;
+  - the periodic no-op resync at N = 10,000 (warm, in this process) next to `ipvsadm -Sn` +
+    `ipset save` + `iptables-save` run in the same namespace (cold processes, /etc over 9p:
+    not like for like; --fair-resync is);
   - the cold first reconcile of N = 10,000 services x 2 real servers next to `ipvsadm -R`;
   - this process's peak RSS holding 10,000 services.
 Figures only, no assertions: targets are judged by a person (docs/performance.md).
@@ -16,6 +19,13 @@ Everything happens in throwaway network namespaces made here; traffic stays insi
 
     vm/run --timeout 3000 --mem 4096 -- .venv/bin/python bench/agent_bench.py
     (--host-agent-only: the host agent's new-file figure alone; --resync: a new file during the periodic full resync)
+
+--fair-resync: the kernel read like for like, at N = 100 and 10,000 x 2 real servers, median of
+--samples: vsop's read (read_observed, what the resync reads) in a fresh process against the
+three dump tools, each a fresh process, with /etc as the VM has it (9p from the host) and again
+in a private mount namespace with /etc/protocols, /etc/services and /etc/nsswitch.conf on a
+tmpfs (ipset save opens /etc/protocols once per member; ipvsadm -Sn and iptables-save look
+nothing up); vsop's warm read and no-op resync beside them.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "operator"))
@@ -49,25 +59,28 @@ from vsop.adapters.conntrack import ConntrackTool  # noqa: E402
 from vsop.node.whole import cleanup, sync  # noqa: E402
 from vsop.host.agent import AgentConfig, HostAgent  # noqa: E402
 from vsop.host.store import Store, file_name, render  # noqa: E402
+from vsop.adapters.kernel import read_observed  # noqa: E402
 from vsop.adapters.real import real_kernel  # noqa: E402
 from vsop.api.model import VirtualService, parse_virtual_service  # noqa: E402
 from vsop.node.reconciler import Reconciler  # noqa: E402
 
 NODE = Node("bench")
 BACKENDS = ("10.250.0.2", "10.250.0.3")
+VICTIM = "10.250.0.4"  # a real server of one service alone (bench/agent_checks.py kills it)
 CLIENT, CLIENT_GATEWAY = "10.251.0.2", "10.251.0.1"
 _libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
 
 
 def vip(index: int) -> str:
     return f"169.254.{index // 250 + 1}.{index % 250 + 1}"
 
 
-def service(index: int, checked: bool = False) -> VirtualService:
+def service(index: int, checked: bool = False, backends: tuple[str, ...] = BACKENDS) -> VirtualService:
     spec = {
         "vip": vip(index),
         "ports": [{"port": 80, "targetPort": 8080}],
-        "backends": [{"address": address} for address in BACKENDS],
+        "backends": [{"address": address} for address in backends],
     }
     if checked:
         spec["healthCheck"] = {"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2}
@@ -105,7 +118,7 @@ def lab() -> Iterator[str]:
             sh("ip", "link", "set", "lo", "up")
             sh("ip", "link", "add", "bench0", "type", "dummy")
             sh("ip", "addr", "add", "10.250.0.1/24", "dev", "bench0")
-            for address in BACKENDS:
+            for address in (*BACKENDS, VICTIM):
                 sh("ip", "addr", "add", f"{address}/32", "dev", "bench0")
             sh("ip", "link", "set", "bench0", "up")
             sh("ip", "link", "add", "cli0", "type", "veth", "peer", "name", "cli1", "netns", client)
@@ -248,10 +261,10 @@ def change_figures(client: str, count: int) -> dict[str, float]:
     return figures
 
 
-def store_folder(count: int) -> Path:
-    """A new temporary folder holding the store files of service(0) .. service(count - 1)."""
+def store_folder(count: int, checked: bool = False) -> Path:
+    """A new temporary folder holding the store files of service(0, checked) .. service(count - 1, checked)."""
     folder = Path(tempfile.mkdtemp(prefix="vsop-bench-store-"))
-    template = render(service(0))  # the store's own rendering, renamed per object (yaml.dump of 10k is slow here)
+    template = render(service(0, checked))  # the store's own rendering, renamed per object (yaml.dump of 10k is slow here)
     assert template.count("name: s0\n") == 1 and template.count(vip(0)) == 1
     for index in range(count):
         text = template.replace("name: s0\n", f"name: s{index}\n").replace(vip(0), vip(index))
@@ -434,6 +447,122 @@ def dead_backend(count: int) -> float:
     return asyncio.run(run())
 
 
+# The files the dump tools look names up in: `ipset save` calls getprotobynumber per member
+# (an open and read of /etc/protocols each, after nsswitch.conf); ipvsadm -Sn and iptables-save
+# look nothing up (strace -e openat, natively).
+LOOKED_UP = ("/etc/protocols", "/etc/services", "/etc/nsswitch.conf")
+CLONE_NEWNS, MS_BIND, MS_REC, MS_PRIVATE = 0x00020000, 4096, 0x4000, 1 << 18
+# A fresh process reading the kernel state once, as the resync does (read_observed), and nothing else.
+READ_ONCE = f"""import sys
+sys.path.insert(0, {str(REPOSITORY / "operator")!r})
+from vsop.adapters.real import read_host
+from vsop.core.state import Names
+state = read_host(Names())
+print(len(state.services), len(state.real_servers))
+"""
+
+
+def _mount(source: str | None, target: str, kind: str | None, flags: int) -> None:
+    def text(value: str | None) -> bytes | None:
+        return None if value is None else value.encode()
+
+    if _libc.mount(text(source), text(target), text(kind), ctypes.c_ulong(flags), None) != 0:
+        raise OSError(ctypes.get_errno(), f"mount {target}")
+
+
+def with_etc_on_tmpfs(node: str, work: Callable[[], T]) -> T:
+    """work() in a thread of its own, in the node's namespace and a private mount namespace where
+    LOOKED_UP are copies on a tmpfs (not 9p, as the VM's /etc is): the processes it starts inherit both."""
+    found: dict[str, Any] = {}
+    scratch = tempfile.mkdtemp(prefix="vsop-bench-etc-")
+
+    def run() -> None:
+        try:
+            if _libc.unshare(CLONE_NEWNS) != 0:
+                raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+            _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted here shows outside
+            _mount("tmpfs", scratch, "tmpfs", 0)
+            for path in LOOKED_UP:
+                copy = os.path.join(scratch, os.path.basename(path))
+                shutil.copyfile(path, copy)
+                _mount(copy, path, None, MS_BIND)
+            with entered(node):
+                found["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            found["error"] = exc
+
+    thread = threading.Thread(target=run, name="etc on tmpfs")
+    thread.start()
+    thread.join()
+    os.rmdir(scratch)
+    if "error" in found:
+        raise found["error"]
+    return found["value"]
+
+
+def read_costs(reconciler: Reconciler, count: int, repeat: int) -> dict[str, float]:
+    """Medians of `repeat`: each dump tool cold, vsop's read in a fresh process, vsop's read and no-op
+    resync in this (warm) process. In the calling thread's namespaces: its processes inherit them."""
+    def cold_read() -> float:
+        started = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", READ_ONCE], capture_output=True, text=True, check=True).stdout
+        seconds = time.perf_counter() - started
+        assert out.split() == [str(count), str(2 * count)], out  # it read this namespace's kernel
+        return seconds
+
+    def warm_read() -> float:
+        started = time.perf_counter()
+        read_observed(reconciler.kernel, reconciler.names)
+        return time.perf_counter() - started
+
+    def resync() -> float:
+        started = time.perf_counter()
+        outcome = reconciler.reconcile(full=True)
+        assert outcome.ok and outcome.writes == 0, outcome.error
+        return time.perf_counter() - started
+
+    costs: dict[str, Callable[[], float]] = {
+        "ipvsadm": lambda: timed("ipvsadm", "-Sn"), "ipset": lambda: timed("ipset", "save"),
+        "iptables": lambda: timed("iptables-save"), "cold_read": cold_read, "warm_read": warm_read, "resync": resync,
+    }
+    figures = {name: statistics.median(cost() for _ in range(repeat)) for name, cost in costs.items()}
+    figures["tools"] = figures["ipvsadm"] + figures["ipset"] + figures["iptables"]
+    return figures
+
+
+def fair_resync_figures(node: str, count: int, repeat: int) -> dict[str, dict[str, float]]:
+    """At N=count programmed: read_costs as the VM has /etc (9p), and with LOOKED_UP on a tmpfs."""
+    reconciler = Reconciler(real_kernel(), NODE)
+    reconciler.set_objects([service(i) for i in range(count)])
+    assert reconciler.reconcile().ok
+    assert reconciler.reconcile(full=True).writes == 0
+    return {"as_is": read_costs(reconciler, count, repeat),
+            "tmpfs": with_etc_on_tmpfs(node, lambda: read_costs(reconciler, count, repeat))}
+
+
+def print_fair_resync(small: int, large: int, repeat: int) -> int:
+    node = f"vsopbench{os.getpid()}"
+    results = {}
+    for count in (small, large):
+        results[count] = fair_resync_figures(node, count, repeat)
+        cleanup(real_kernel())
+    rows = (("ipvsadm -Sn", "ipvsadm"), ("ipset save", "ipset"), ("iptables-save", "iptables"), ("the three tools", "tools"),
+            ("vsop's read, a fresh process", "cold_read"), ("vsop's read, in process (warm)", "warm_read"),
+            ("vsop's no-op resync, in process", "resync"))
+    print(f"\n## reading the kernel state once, N services x 2 real servers, median of {repeat}; /etc as the VM has it")
+    print("## (9p from the host) and with /etc/protocols, /etc/services, /etc/nsswitch.conf on a tmpfs (ipset save")
+    print("## opens /etc/protocols once per member; ipvsadm -Sn and iptables-save look nothing up)")
+    print(f"{'':32}" + "".join(f"{f'N={count} 9p':>12}{'tmpfs':>9}" for count in results))
+    for label, key in rows:
+        print(f"{label:32}" + "".join(f"{r['as_is'][key]:>11.3f}s{r['tmpfs'][key]:>8.3f}s" for r in results.values()))
+    for count, r in results.items():
+        tmpfs, as_is = r["tmpfs"], r["as_is"]
+        print(f"FAIR RESYNC RATIO N={count}: vsop's read in a fresh process / the three tools, /etc on tmpfs: "
+              f"{tmpfs['cold_read'] / tmpfs['tools']:.2f}x (9p: {as_is['cold_read'] / as_is['tools']:.2f}x); "
+              f"warm no-op resync / the tools on tmpfs: {tmpfs['resync'] / tmpfs['tools']:.2f}x (9p: {as_is['resync'] / as_is['tools']:.2f}x)")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", type=int, default=100)
@@ -441,10 +570,14 @@ def main() -> int:
     parser.add_argument("--host-agent-only", action="store_true", help="only the host agent's new-file figure")
     parser.add_argument("--resync", action="store_true", help="only the host agent's new file written during its periodic full resync")
     parser.add_argument("--samples", type=int, default=3, help="new files per N for the host agent's figure (median printed)")
+    parser.add_argument("--fair-resync", action="store_true",
+                        help="only the kernel read like for like: vsop's read in a fresh process and the dump tools, /etc on 9p and on tmpfs")
     args = parser.parse_args()
     print(f"# node reconciler benchmark, kernel {os.uname().release}, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f}")
     global echo_servers
     with lab() as client:
+        if args.fair_resync:
+            return print_fair_resync(args.small, args.large, args.samples)
         echo_servers = [Echo(address) for address in BACKENDS]
         if args.resync:
             return print_resync(client, args.small, args.large)
