@@ -43,6 +43,7 @@ NODES = "v1/nodes"
 EVENTS = "v1/events"
 REPORTS = "vsop.dev/v1alpha1/nodereports"
 POOLS = "vsop.dev/v1alpha1/vippools"
+SPEAKERS = "vsop.dev/v1alpha1/bgpspeakers"
 SERVICES = "v1/services"
 LEASES = "coordination.k8s.io/v1/leases"
 NAMESPACES = "v1/namespaces"
@@ -307,6 +308,10 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
     )
     emulator.resources[POOLS] = kmock.ResourceInfo(
         kind="VipPool", singular="vippool", namespaced=False, shortnames={"vsoppool"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    )
+    emulator.resources[SPEAKERS] = kmock.ResourceInfo(
+        kind="BGPSpeaker", singular="bgpspeaker", namespaced=False, shortnames={"vsopbgp"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     )
     emulator.resources[REPORTS] = kmock.ResourceInfo(

@@ -253,3 +253,51 @@ async def test_a_drained_node_withdraws_its_routes_and_gives_its_vrrp_vips_away_
 
         await cluster.patch("v1/nodes", None, "node-a", {"metadata": {"labels": {"node.kubernetes.io/exclude-from-external-load-balancers": ""}}})
         await until(lambda: "169.254.11.2/32" not in fake.state.routes and track_says() == "1\n", "withdrawn when excluded by label")
+
+
+async def test_the_bgpspeaker_selecting_this_node_is_watched_and_bird_reconfigured_on_change(cluster: Cluster, tmp_path: Path) -> None:
+    from tests.kube.conftest import SPEAKERS
+
+    lb = {"vsop.dev/lb": "true"}
+    await cluster.node("node-a", labels=lb, addresses=("10.0.0.11",))
+    other = {**SPEAKER, "metadata": {"name": "other"},
+             "spec": {"localASN": 65009, "routerID": "10.9.9.9", "nodeSelector": {"matchLabels": {"zone": "b"}},
+                      "peers": [{"address": "10.99.9.9", "asn": 65000}]}}
+    await cluster.create(SPEAKERS, other)  # selects another node
+    bird = Sessions()
+    announcer = BirdAnnouncer("BGPSpeaker", BirdWriter(tmp_path / "bird.conf", str(tmp_path / "bird.ctl"), run=bird), sessions_seconds=3600)
+    kernel, _ = fake_kernel()
+    connection = Connection.for_url(cluster.url)
+    agent = Agent(AgentOptions(node_name="node-a", resync_seconds=3600.0, debounce_seconds=0.01, vip_policy="any", watch_speakers=True),
+                  kernel, RecordingWriter(connection, "vsop-agent", host="node-a"), conntrack=FakeConntrack(), bird=announcer)
+    connection.register_login(agent.registry)
+    conf = tmp_path / "bird.conf"
+
+    def text() -> str:
+        return conf.read_text() if conf.exists() else ""
+
+    async with running(agent):
+        await until(lambda: agent.syncs >= 1, "the first sync")
+        assert not conf.exists() and "no BGPSpeaker selects node node-a" in (announcer.last_error or "")
+
+        edge = {**SPEAKER, "spec": {"localASN": 65001, "nodeSelector": {"matchLabels": lb}, "peers": [{"address": "10.99.0.2", "asn": 65000}]}}
+        await cluster.create(SPEAKERS, edge)
+        await until(lambda: "neighbor 10.99.0.2 port 179 as 65000;" in text(), "bird.conf from the BGPSpeaker selecting node-a")
+        assert "router id 10.0.0.11;" in text() and "10.99.9.9" not in text()  # the node's InternalIP as router ID
+        await until(lambda: bird.configures() == 1, "BIRD told (birdc configure follows the rename)")
+
+        await cluster.patch(SPEAKERS, None, "edge", {"spec": {"peers": [{"address": "10.99.0.7", "asn": 65007}]}})
+        await until(lambda: "neighbor 10.99.0.7 port 179 as 65007;" in text(), "the changed peer rendered")
+        assert "10.99.0.2" not in text()
+        await until(lambda: bird.configures() == 2, "BIRD told again")
+
+        # A change of neither spec nor labels, or of a speaker selecting another node: nothing is written.
+        await cluster.patch(SPEAKERS, None, "edge", {"metadata": {"annotations": {"note": "x"}}})
+        await cluster.patch(SPEAKERS, None, "other", {"spec": {"localASN": 65010}})
+        await resync(agent)
+        assert bird.configures() == 2
+
+        # The speaker gone: BIRD keeps its last configuration, and the agent says why.
+        await cluster.delete(SPEAKERS, None, "edge")
+        await until(lambda: "no BGPSpeaker selects node node-a" in (announcer.last_error or ""), "no speaker any more")
+        assert "10.99.0.7" in text() and bird.configures() == 2

@@ -84,6 +84,7 @@ def test_rbac_is_what_the_issue_grants_and_no_more(manifests: dict[tuple[str, st
         | {("discovery.k8s.io", "endpointslices", v) for v in read}
         | {("", "nodes", v) for v in read}
         | {("vsop.dev", "vippools", v) for v in read}
+        | {("vsop.dev", "bgpspeakers", v) for v in read}
         | {("", "namespaces", v) for v in read}
         | {("", "events", "create")}
     )

@@ -97,7 +97,9 @@ class Peer(SpecBase):
 
 class BGPSpeakerSpec(SpecBase):
     local_asn: ASN = Field(alias="localASN")
-    router_id: RouterID = Field(alias="routerID")
+    router_id: RouterID | None = Field(
+        default=None, alias="routerID",
+        description="The BGP router ID (IPv4). Host: required. Cluster: default, each node's first IPv4 InternalIP (unique per node).")
     node_selector: NodeSelector = Field(default_factory=NodeSelector, description="Cluster: the nodes whose BIRD uses this speaker.")
     peers: tuple[Peer, ...] = Field(min_length=1, max_length=MAX_PEERS)
 

@@ -172,12 +172,18 @@ def render_bird(
     *,
     names: Names = Names(),
     password_of: Callable[[Peer], str | None] = read_password_file,
+    router_id: str | None = None,
 ) -> str:
-    """bird.conf for this speaker; raises InvalidInput (speaker, field, reason) for a password it cannot carry."""
+    """bird.conf for this speaker; raises InvalidInput (speaker, field, reason) for a password it cannot carry.
+    `router_id`: the default when the speaker gives none (in a cluster, the node's IPv4 InternalIP)."""
+    rid = speaker.spec.router_id or router_id
+    if rid is None:
+        raise InvalidInput([FieldError(obj=speaker.name, path="spec.routerID", kind=SPEAKER_KIND,
+                                       reason="is required on a host (in a cluster each node's IPv4 InternalIP is the default)")])
     peers = [_peer(speaker, index, peer, password_of) for index, peer in enumerate(speaker.spec.peers)]
     return _environment().get_template("bird.conf.j2").render(
         speaker=Token(speaker.name, _SPEAKER),
-        router_id=ip_token(speaker.spec.router_id),
+        router_id=ip_token(rid),
         local_asn=speaker.spec.local_asn,
         table=names.route_table,
         protocol=names.route_protocol,

@@ -26,6 +26,7 @@ from vsop.bgp.sessions import Reading, read_sessions
 
 if TYPE_CHECKING:
     from vsop.api.model import VirtualService
+    from vsop.api.speaker import BGPSpeaker
     from vsop.core.state import Names
 
 log = logging.getLogger("vsop.bgp")
@@ -127,9 +128,19 @@ class BirdAnnouncer:
         self.clock = clock
         self.sessions_seconds = sessions_seconds
         self._reading: tuple[float, Reading] | None = None  # (when, BIRD's answer), reused for sessions_seconds
+        # In a cluster the speaker comes from the BGPSpeaker watch, not the file: (speaker, the node's
+        # default router ID, why there is none), set by the agent before each turn; `stale`: it changed.
+        self.given: tuple[BGPSpeaker | None, str | None, str | None] | None = None
+        self.stale = False
+
+    def give(self, speaker: "BGPSpeaker | None", router_id: str | None, why: str | None) -> None:
+        """The cluster's speaker for this node (vsop.kube.speakers); a change renders at the next sync."""
+        given = (speaker, router_id, why)
+        if given != self.given:
+            self.given, self.stale = given, True
 
     def due(self, full: bool, changed: "Iterable[str]", objects: "Mapping[str, VirtualService]") -> bool:
-        if full:
+        if full or self.stale:
             return True
         return any(ref in self._with_options or _has_options(objects.get(ref)) for ref in changed)
 
@@ -142,10 +153,16 @@ class BirdAnnouncer:
 
         services = list(objects)
         self.renders += 1
+        self.stale = False
         try:
-            speaker = parse_bgp_speaker(yaml.safe_load(self.speaker_file.read_text()))
-            text = render_bird(speaker, services, names=self.names)
-        except (OSError, yaml.YAMLError, InvalidInput) as exc:
+            if self.given is None:
+                speaker, router_id = parse_bgp_speaker(yaml.safe_load(self.speaker_file.read_text())), None
+            elif self.given[0] is None:
+                raise LookupError(self.given[2] or "no BGPSpeaker selects this node")
+            else:
+                speaker, router_id = self.given[0], self.given[1]
+            text = render_bird(speaker, services, names=self.names, router_id=router_id)
+        except (OSError, yaml.YAMLError, InvalidInput, LookupError) as exc:
             self.last_error = f"{self.speaker_file}: {exc}"
             log.error("bird.conf not rendered; BIRD keeps its configuration error=%r", self.last_error)
             return None

@@ -88,7 +88,7 @@ GROUPS = {
 CLUSTER_ONLY_FLAGS = (
     "--kubeconfig", "--context", "--namespace", "-n", "--health-port", "--metrics-port", "--bind-address",
     "--health-bind-address", "--metrics-bind-address",
-    "--proc-sys", "--debounce-seconds", "--help-cluster",
+    "--proc-sys", "--debounce-seconds", "--help-cluster", "--bgp-speakers", "--vrrp-node-peers", "--no-vrrp-node-peers",
 )
 
 
@@ -204,6 +204,9 @@ FLAGS: tuple[Flag, ...] = (
                       "(unicast VRRP); default: on with --keepalived-dir; --no-vrrp-node-peers: multicast, this node's Node watched only")),
     _f("--bgp-speaker", metavar="FILE", group=BGP, host=(None, "the BGPSpeaker (YAML) this node's BIRD uses"),
        cluster=(None, "the BGPSpeaker (YAML, e.g. a mounted ConfigMap key) this node's BIRD uses; enables BIRD's configuration")),
+    _f("--bgp-speakers", action="store_true", group=BGP,
+       cluster=(False, "watch BGPSpeaker objects: this node's BIRD uses the one whose nodeSelector selects it (the oldest when "
+                       "several do), routerID defaulting to the node's IPv4 InternalIP; instead of --bgp-speaker")),
     _f("--bird-conf", metavar="FILE", group=BGP, host=("/etc/vsop/bird.conf", "the bird.conf vsop writes (default /etc/vsop/bird.conf)"),
        cluster=("/etc/vsop/bird/bird.conf", "the bird.conf vsop writes, in a volume BIRD's container reads (default /etc/vsop/bird/bird.conf)")),
     _f("--bird-socket", metavar="SOCKET", group=BGP, host=("/run/vsop/bird.ctl", "BIRD's control socket (default /run/vsop/bird.ctl)"),
@@ -364,7 +367,7 @@ def bird_announcer(args: argparse.Namespace, names: Any = None) -> Any:
     """The BIRD announcer --bgp-speaker asks for (vsop.bgp.writer), on --bird-conf and --bird-socket."""
     from vsop.bgp.writer import BirdAnnouncer, BirdWriter
 
-    return BirdAnnouncer(args.bgp_speaker, BirdWriter(args.bird_conf, args.bird_socket), names=names)
+    return BirdAnnouncer(args.bgp_speaker or "BGPSpeaker", BirdWriter(args.bird_conf, args.bird_socket), names=names)
 
 
 def keepalived_writer(args: argparse.Namespace) -> KeepalivedWriter | None:
@@ -426,7 +429,10 @@ def agent_main(
         print(f"vsop agent: {exc}", flush=True)
         return 2
 
-    bird = bird_announcer(args) if args.bgp_speaker else None
+    if args.bgp_speaker and args.bgp_speakers:
+        print("vsop agent: --bgp-speaker FILE and --bgp-speakers exclude each other (a file, or the cluster's BGPSpeakers)", flush=True)
+        return 2
+    bird = bird_announcer(args) if args.bgp_speaker or args.bgp_speakers else None
 
     def build(connection: Connection) -> Any:
         from vsop.kube.agent import COMPONENT, Agent, AgentOptions
@@ -444,6 +450,7 @@ def agent_main(
             debounce_seconds=args.debounce_seconds,
             keep_accept_ra=args.keep_accept_ra,
             vip_policy=args.vip_policy,
+            watch_speakers=args.bgp_speakers,
             node_peers=args.vrrp_node_peers if args.vrrp_node_peers is not None else keepalived is not None,
             lock=lock_path(args.lock) if args.lock or lock_path().parent.is_dir() else None,
             state_file=Path(args.state_file) if args.state_file else (DEFAULT_STATE_FILE if DEFAULT_STATE_FILE.parent.is_dir() else None),
@@ -454,7 +461,7 @@ def agent_main(
     started = {"node": args.node_name, "namespaces": ",".join(args.namespaces) or "all", "resync": f"{args.resync_seconds:g}s",
                "credentials": None, "host": socket.gethostname(),
                "keepalived": str(keepalived.config.directory) if keepalived is not None else "off", "vipPolicy": args.vip_policy,
-               "bgp": args.bgp_speaker or "off"}
+               "bgp": args.bgp_speaker or ("BGPSpeakers" if args.bgp_speakers else "off")}
     return _serve(args, "vsop-agent", "vsop.kube.agent", build, started, stopped={"node": args.node_name}, connection=connection)
 
 

@@ -17,7 +17,8 @@ followed by the keepalived writer (vsop.keepalived.writer: render with the servi
 endpoints, `keepalived -t`, swap in, SIGHUP only on change); its failures go into the
 status entries of the keepalived-mode objects and Events. With --bgp-speaker, each successful
 sync that may have changed it renders bird.conf (vsop.bgp.writer, as the host agent does) for
-BIRD's container, and BIRD's sessions are served as vsop_bgp_session_up{peer}. Who announces
+BIRD's container (with --bgp-speakers, from the BGPSpeaker object selecting this node:
+vsop.kube.speakers), and BIRD's sessions are served as vsop_bgp_session_up{peer}. Who announces
 (vsop.kube.announce): this node's state for each `announce: vrrp` / `bgp` object (keepalived's VRRP
 state from its notify FIFO, whose transitions wake a turn; the route and whether a BGP session is
 up, BIRD asked every few seconds) and its BGP sessions go into its NodeReport. A drained Node
@@ -54,6 +55,7 @@ from vsop.kube.metrics import AgentMetrics, Probes
 from vsop.kube.runtime import ListingGate, kopf_settings, kv, run_with_kopf
 from vsop.kube.sink import KernelOutcome, KeepalivedReport, NodeReportSink, SyncReport, VrrpPassword, judge, kernel_outcome, keepalived_report
 from vsop.kube.source import Changes, ClusterSource, VSRecord
+from vsop.kube.speakers import SpeakerWatch
 from vsop.adapters.kernel import Kernel, conntrack_tcp_liberal, running_kernel_version
 from vsop.node.lock import LockTimeout
 from vsop.node.remember import RememberFile
@@ -90,6 +92,8 @@ class AgentOptions:
     # Watch every Node: an announce: vrrp object naming no vrrp.peers gets the InternalIPs of the Nodes
     # it selects (unicast VRRP). Off: such objects use multicast VRRP, and only this node's Node is watched.
     node_peers: bool = False
+    # With a BIRD announcer: its speaker is the BGPSpeaker object selecting this node (vsop.kube.speakers), not a file.
+    watch_speakers: bool = False
 
 
 class Agent:
@@ -144,6 +148,9 @@ class Agent:
         self.claims = ClaimWatch(options.vip_policy, self.trigger, self.gate)
         self.claims.register(self.source.registry)
         self.admission = Admission()  # every object refused its claim, kept per change
+        self.speakers = SpeakerWatch(self.trigger, self.gate) if bird is not None and options.watch_speakers else None
+        if self.speakers is not None:
+            self.speakers.register(self.source.registry)
         self.sink = NodeReportSink(self.node_name, writer, self.metrics, self.reconciler, self.source.records, options.names)
         self._checks_sent: dict[str, dict[str, bool]] = {}  # owner -> what this node last reported as a checker
         # announce: vrrp / bgp: this node's state for each such object (vsop.kube.announce), what it was
@@ -270,6 +277,8 @@ class Agent:
         if self.apiserver is not None and self.watches_apiserver:
             self.apiserver.take(self.source.apiserver_addresses())  # the index is complete: the first sync has them too
         node = Node(self.node_name, dict(node_info.labels))
+        if self.speakers is not None and self.bird is not None:
+            self.bird.give(*self.speakers.choose(self.node_name, node.labels, node_info.addresses))
         extra = tuple(node_info.addresses) + tuple(self.options.extra_node_addresses)
         down = checkers.roles(self.node_name, self.loop.targets, self.reconciler.configured, self.source.published).published_down
         feed = self._feed(changes, node, extra, down)

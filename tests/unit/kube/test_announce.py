@@ -72,3 +72,39 @@ def test_a_node_is_drained_when_cordoned_or_excluded_from_load_balancers() -> No
     assert node_draining({"spec": {"unschedulable": True}})
     assert node_draining({"metadata": {"labels": {"node.kubernetes.io/exclude-from-external-load-balancers": ""}}})
     assert not node_draining({"spec": {"unschedulable": False}})
+
+
+def test_the_speaker_for_a_node_and_its_router_id() -> None:
+    import pytest
+
+    from vsop.api.errors import InvalidInput
+    from vsop.api.speaker import parse_bgp_speaker
+    from vsop.bgp.render import render_bird
+    from vsop.kube.speakers import choose
+
+    def speaker(name: str, created: str, labels: dict[str, str], router_id: str | None = None) -> object:
+        spec = {"localASN": 65001, "nodeSelector": {"matchLabels": labels}, "peers": [{"address": "10.99.0.2", "asn": 65000}]}
+        if router_id:
+            spec["routerID"] = router_id
+        return parse_bgp_speaker({"apiVersion": "vsop.dev/v1alpha1", "kind": "BGPSpeaker",
+                                  "metadata": {"name": name, "creationTimestamp": created}, "spec": spec})
+
+    old, new, elsewhere = speaker("old", "2026-01-01T00:00:00Z", {}), speaker("new", "2026-02-01T00:00:00Z", {}), speaker("b", "2025-01-01T00:00:00Z", {"zone": "b"})
+    chosen, router_id, why = choose([new, elsewhere, old], "node-a", {"zone": "a"}, ["fd00::1", "10.0.0.11"])
+    assert (chosen, router_id) == (old, "10.0.0.11") and why == "BGPSpeakers old, new all select node node-a; old (the oldest) is used"
+    assert choose([elsewhere], "node-a", {}, []) == (None, None, "no BGPSpeaker selects node node-a")
+    assert "router id 10.0.0.11;" in render_bird(old, router_id="10.0.0.11")  # type: ignore[arg-type]
+    assert "router id 10.5.5.5;" in render_bird(speaker("own", "", {}, "10.5.5.5"), router_id="10.0.0.11")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="spec.routerID: is required on a host"):
+        render_bird(old)  # type: ignore[arg-type]
+
+
+def test_a_speaker_with_a_secret_ref_is_not_used_without_its_password() -> None:
+    from vsop.api.speaker import parse_bgp_speaker
+    from vsop.kube.speakers import choose
+
+    speaker = parse_bgp_speaker({"apiVersion": "vsop.dev/v1alpha1", "kind": "BGPSpeaker", "metadata": {"name": "edge"},
+                                 "spec": {"localASN": 65001, "peers": [{"address": "10.99.0.2", "asn": 65000,
+                                                                        "passwordSecretRef": {"name": "bgp", "key": "password"}}]}})
+    chosen, _, why = choose([speaker], "node-a", {}, ["10.0.0.11"])
+    assert chosen is None and why is not None and "spec.peers[0].passwordSecretRef is not read by the agent yet" in why
