@@ -3,7 +3,8 @@
 10,000 VirtualServices in 50 namespaces and 50 VipPools (one per namespace): `admit` over
 everything with a fresh rule (cold: each pool's entries and each namespace's granting pools
 computed once, then one decision per VIP and namespace), again with the same rule (warm), and
-`Admission` (what the agents and the controller keep): every object at once, then one change.
+`Admission` (what the agents and the controller keep): every object at once, then one change,
+then with 100 deleted objects' claims held.
 Prints seconds; asserts nothing (figures go to docs/performance.md).
 """
 
@@ -14,7 +15,7 @@ import time
 
 from vsop.api.model import parse_virtual_service
 from vsop.api.pools import parse_vip_pool
-from vsop.core.claims import Admission, ClaimRule, admit
+from vsop.core.claims import Admission, ClaimRule, Tombstone, admit
 
 
 def main() -> None:
@@ -46,6 +47,11 @@ def main() -> None:
     fresh = rule()
     timed("Admission.update, every object, cold rule", lambda: admission.update(fresh, {vs.ref: vs for vs in services}))
     timed("Admission.update, one object changed", lambda: admission.update(fresh, {services[5].ref: services[5]}))
+    # Deleted objects' claims held for their re-creation (100 of them, as the VipPools' status may carry).
+    held = {f"gone/g{i}": Tombstone("gone", f"g{i}", services[i].spec.vip, ((81, "TCP"),), "2023-01-01T00:00:00Z", 4e9) for i in range(100)}
+    timed("Admission.update, 100 held claims arrive", lambda: admission.update(fresh, {}, held=held))
+    timed("Admission.update, one object changed, 100 held claims", lambda: admission.update(fresh, {services[7].ref: services[7]}, held=held))
+    timed("admit, every object, 100 held claims", lambda: admit(services, fresh, held=held))
 
 
 if __name__ == "__main__":

@@ -16,16 +16,21 @@ the same verdict):
 - `resolve_claims`: one VIP:port/protocol has one owner, the older object; a VIP used by
   one namespace is claimed from another only when both objects carry the same
   `vsop.dev/allow-shared-ip` key (and their ports differ, MetalLB's rule);
-- `Tombstones`: an object deleted and re-created (same namespace and name) within the grace
-  period keeps the seniority it had, so delete + create is not a takeover.
+- `Tombstone` / `Tombstones`: a deleted object's claim (its VIP, ports, namespace, sharing key
+  and seniority) is held for the grace period: any other object is refused it, and the object
+  re-created under the same namespace and name takes it back with the seniority it had (its
+  `claimedSince`), so delete + create is not a takeover. `Admission` and `admit` judge the
+  held claims with the objects.
 Must not import: kopf, kubernetes, pyroute2, asyncio, subprocess, socket, vsop.adapters, vsop.cli.
 """
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
+import math
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Any, Container, Iterable, Literal, Mapping, Sequence
 
 from vsop.api.model import VirtualService
 from vsop.api.pools import METADATA_ADDRESSES, Block, VipPool, parse_block, pool_summary
@@ -146,14 +151,18 @@ HOST_RULE = ClaimRule(host=True)  # a plain host without --allow-vip: only the m
 
 
 def admit(services: Iterable[VirtualService], rule: ClaimRule | None, *, sharing: bool = True,
-          seniority: Mapping[str, str] | None = None) -> dict[str, Problem]:
+          since: Mapping[str, str] | None = None, held: Mapping[str, "Tombstone"] | None = None) -> dict[str, Problem]:
     """Every object refused its claim, ref -> why: VIPNotAllowed by `rule`, then (with `sharing`,
-    in a cluster) the Conflicts of `resolve_claims` among the others. `services` in conflict order.
+    in a cluster) the Conflicts of `resolve_claims` among the others and the held claims of deleted
+    objects (`held`, ref -> Tombstone; one whose object exists again is taken back by it).
+    `since`: ref -> status.claimedSince, the seniority a re-created object kept. `services` in conflict order.
 
     An object refused by the rule claims nothing: it neither wins a port nor blocks another
     namespace from the VIP, so an older object outside its pool cannot squat what a pool
-    grants to another namespace.
+    grants to another namespace. A held claim the rule refuses holds nothing either.
     """
+    services = list(services)
+    held = held or {}
     refused: dict[str, Problem] = {}
     allowed: list[VirtualService] = []
     for vs in services:
@@ -163,40 +172,73 @@ def admit(services: Iterable[VirtualService], rule: ClaimRule | None, *, sharing
         else:
             allowed.append(vs)
     if sharing:
-        for problem in resolve_claims(allowed, seniority)[1]:
+        present = {vs.ref for vs in services}
+        phantoms = [t for ref, t in sorted(held.items()) if ref not in present and (rule is None or rule.why_not(t.vip, t.namespace) is None)]
+        ages = {vs.ref: claim_age(vs, since, held) for vs in allowed}
+        for problem in resolve_claims(allowed, ages, phantoms)[1]:
             refused.setdefault(problem.obj, problem)
     return refused
+
+
+def claim_age(vs: VirtualService, since: Mapping[str, str] | None = None, held: Mapping[str, "Tombstone"] | None = None) -> str:
+    """The seniority of an object's claim: the earliest of its creationTimestamp, its status.claimedSince
+    (kept from the object it replaced) and the held claim of a deleted object of its name."""
+    tomb = (held or {}).get(vs.ref)
+    ages = [a for a in (vs.metadata.creation_timestamp, (since or {}).get(vs.ref), tomb.created if tomb is not None else None) if a]
+    return min(ages) if ages else ""
 
 
 class Admission:
     """`admit`, kept per change (the agents' turns): each changed object is judged by the rule,
     and conflicts are judged again on the VIPs a change touches only (a port conflict and a
     shared VIP never cross VIPs, so per VIP, oldest first, is `admit` over all). A new rule
-    (a pool or a Namespace changed) judges every object again. Order: creationTimestamp,
+    (a pool or a Namespace changed) judges every object again; a held claim that comes, goes
+    or changes judges its VIP (and its re-created object's) again. Order: creationTimestamp,
     then namespace/name, as the sources and the controller order them."""
 
     def __init__(self) -> None:
         self.rule: ClaimRule | None = None
         self.objects: dict[str, VirtualService] = {}
+        self.since: dict[str, str] = {}  # ref -> status.claimedSince
+        self.held: dict[str, Tombstone] = {}  # ref -> the held claim of a deleted object
         self._by_vip: dict[str, set[str]] = {}
+        self._held_by_vip: dict[str, set[str]] = {}
         self._by_rule: dict[str, Problem] = {}
         self._lost: dict[str, Problem] = {}
         self.refusals: dict[str, Problem] = {}
 
-    def update(self, rule: ClaimRule, changed: Mapping[str, VirtualService | None]) -> dict[str, Problem]:
-        """Every object refused now (ref -> why), after `changed` (ref -> the object now, None: gone)."""
+    def age(self, ref: str) -> str:
+        """The seniority of an object judged here (claim_age)."""
+        return claim_age(self.objects[ref], self.since, self.held)
+
+    def phantoms(self) -> set[str]:
+        """The held claims no object of their name takes back (yet)."""
+        return {ref for ref in self.held if ref not in self.objects}
+
+    def update(self, rule: ClaimRule, changed: Mapping[str, VirtualService | None], since: Mapping[str, str | None] | None = None,
+               held: Mapping[str, "Tombstone"] | None = None) -> dict[str, Problem]:
+        """Every object refused now (ref -> why), after `changed` (ref -> the object now, None: gone).
+        `since`: the status.claimedSince of changed objects; `held`: every held claim now (None: as before)."""
         vips: set[str] = set()
+        if held is not None and held != self.held:
+            vips |= self._hold(held)
         for ref, vs in changed.items():
             old = self.objects.pop(ref, None)
+            self.since.pop(ref, None)
             if old is not None:
                 vips.add(old.spec.vip)
                 self._by_vip[old.spec.vip].discard(ref)
                 if not self._by_vip[old.spec.vip]:
                     del self._by_vip[old.spec.vip]
+            if ref in self.held:
+                vips.add(self.held[ref].vip)  # taken back, or held again
             self._by_rule.pop(ref, None)
             self._lost.pop(ref, None)
             if vs is not None:
                 self.objects[ref] = vs
+                claimed = (since or {}).get(ref)
+                if claimed:
+                    self.since[ref] = claimed
                 self._by_vip.setdefault(vs.spec.vip, set()).add(ref)
                 vips.add(vs.spec.vip)
                 problem = rule.refusal(vs) if rule is self.rule else None
@@ -205,18 +247,44 @@ class Admission:
         if rule is not self.rule:
             self.rule = rule
             self._by_rule = {ref: p for ref, vs in self.objects.items() if (p := rule.refusal(vs)) is not None}
-            vips = set(self._by_vip)
+            vips = set(self._by_vip)  # a VIP with held claims only has nobody to refuse
             self._lost = {}
         for vip in vips:
-            claimants = self._by_vip.get(vip, set())
-            for ref in claimants:
-                self._lost.pop(ref, None)
-            group = sorted((self.objects[ref] for ref in claimants if ref not in self._by_rule),
-                           key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
-            if len(group) > 1:
-                self._lost.update((p.obj, p) for p in resolve_claims(group)[1])
+            self._judge(rule, vip)
         self.refusals = {**self._lost, **self._by_rule}
         return self.refusals
+
+    def _hold(self, held: Mapping[str, "Tombstone"]) -> set[str]:
+        """Take the held claims now; the VIPs whose claims changed."""
+        vips: set[str] = set()
+        for ref in held.keys() | self.held.keys():
+            old, new = self.held.get(ref), held.get(ref)
+            if old == new:
+                continue
+            if old is not None:
+                vips.add(old.vip)
+                self._held_by_vip[old.vip].discard(ref)
+                if not self._held_by_vip[old.vip]:
+                    del self._held_by_vip[old.vip]
+            if new is not None:
+                vips.add(new.vip)
+                self._held_by_vip.setdefault(new.vip, set()).add(ref)
+            if ref in self.objects:
+                vips.add(self.objects[ref].spec.vip)  # its seniority changed
+        self.held = dict(held)
+        return vips
+
+    def _judge(self, rule: ClaimRule, vip: str) -> None:
+        claimants = self._by_vip.get(vip, set())
+        for ref in claimants:
+            self._lost.pop(ref, None)
+        group = sorted((self.objects[ref] for ref in claimants if ref not in self._by_rule),
+                       key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
+        phantoms = [self.held[ref] for ref in sorted(self._held_by_vip.get(vip, ())) if ref not in self.objects
+                    and rule.why_not(vip, self.held[ref].namespace) is None]
+        if group and len(group) + len(phantoms) > 1:
+            ages = {vs.ref: self.age(vs.ref) for vs in group}
+            self._lost.update((p.obj, p) for p in resolve_claims(group, ages, phantoms)[1])
 
 
 def shared_key(vs: VirtualService) -> str | None:
@@ -225,91 +293,167 @@ def shared_key(vs: VirtualService) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
+def rfc3339(seconds: float) -> str:
+    """Seconds since the epoch as Kubernetes writes a time (UTC, whole seconds)."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str) -> float:
+    """The seconds since the epoch of a Kubernetes time (ValueError when it is none)."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 @dataclass(frozen=True)
 class Tombstone:
-    """A deleted object's claim, kept for its re-creation until `until` (the caller's clock)."""
+    """A deleted object's claim, held for its re-creation (same namespace and name) until `until`."""
 
-    created: str  # the deleted object's creationTimestamp: the seniority a re-created one inherits
-    until: float
+    namespace: str
+    name: str
+    vip: str
+    ports: tuple[tuple[int, str], ...]  # (port, protocol)
+    created: str  # the seniority it had: what the re-created object keeps (its status.claimedSince)
+    until: float  # seconds since the epoch (a wall clock: judges on other machines read it)
+    shared: str | None = None  # its vsop.dev/allow-shared-ip key
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def of(cls, vs: VirtualService, created: str, until: float) -> "Tombstone":
+        return cls(vs.metadata.namespace, vs.metadata.name, vs.spec.vip, tuple((p.port, p.protocol) for p in vs.spec.ports),
+                   created, until, shared_key(vs))
+
+    def as_status(self) -> dict[str, Any]:
+        """Its entry in a VipPool's status.released."""
+        entry: dict[str, Any] = {"namespace": self.namespace, "name": self.name, "vip": self.vip,
+                                 "ports": [{"port": port, "protocol": protocol} for port, protocol in self.ports],
+                                 "since": self.created, "until": rfc3339(self.until)}
+        if self.shared is not None:
+            entry["sharedKey"] = self.shared
+        return entry
+
+    @classmethod
+    def from_status(cls, entry: Any) -> "Tombstone | None":
+        """An entry of a VipPool's status.released (None when it is not one)."""
+        try:
+            ports = tuple((int(p["port"]), str(p["protocol"])) for p in entry["ports"])
+            shared = entry.get("sharedKey")
+            return cls(str(entry["namespace"]), str(entry["name"]), str(ipaddress.ip_address(entry["vip"])), ports,
+                       str(entry["since"]), parse_rfc3339(str(entry["until"])), str(shared) if shared else None)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
 
 
 class Tombstones:
-    """Deleted objects' seniority, by namespace/name, for the grace period. The caller passes the clock."""
+    """The claims of deleted objects one judge saw go (its own), kept for the grace period, merged with
+    the shared ones (what the controller wrote in the VipPools' status). The caller passes the clock."""
 
     def __init__(self, grace_seconds: float = DEFAULT_GRACE_SECONDS):
         self.grace_seconds = grace_seconds
-        self._seen: dict[str, tuple[str | None, str]] = {}  # ref -> (uid, effective creationTimestamp)
-        self._dead: dict[str, Tombstone] = {}
+        self.local: dict[str, Tombstone] = {}
 
-    def observe(self, services: Iterable[VirtualService], now: float, uids: Mapping[str, str | None] | None = None) -> dict[str, str]:
-        """Record this listing; return the seniority (a creationTimestamp) of every object that inherits one."""
-        uids = uids or {}
-        current: dict[str, tuple[str | None, str]] = {}
-        for vs in services:
-            created = vs.metadata.creation_timestamp or ""
-            uid = uids.get(vs.ref)
-            seen = self._seen.get(vs.ref)
-            if seen is not None:
-                # The same object keeps the seniority settled when it appeared; another uid under the
-                # same name was deleted and re-created between two listings, well within the grace.
-                current[vs.ref] = seen if seen[0] == uid else (uid, min(seen[1], created) if created else seen[1])
+    def note(self, admission: Admission, changed: Mapping[str, VirtualService | None], now: float, declared: Container[str] = ()) -> None:
+        """Before `admission.update(changed)`: an object gone, or replaced by another one under its name
+        (a delete and create between two turns: another creationTimestamp), leaves its claim held.
+        `declared`: objects still there but invalid (not judged; their kernel state is held, vsop.core.held): not gone."""
+        if self.grace_seconds <= 0:
+            return
+        for ref, vs in changed.items():
+            old = admission.objects.get(ref)
+            if old is None or (vs is None and ref in declared) or (vs is not None and vs.metadata.creation_timestamp == old.metadata.creation_timestamp):
                 continue
-            tomb = self._dead.pop(vs.ref, None)
-            if tomb is not None and now <= tomb.until and tomb.created < created:
-                current[vs.ref] = (uid, tomb.created)
-            else:
-                current[vs.ref] = (uid, created)
-        for ref, (_, created) in self._seen.items():
-            if ref not in current and created:
-                self._dead[ref] = Tombstone(created, now + self.grace_seconds)
-        self._dead = {ref: t for ref, t in self._dead.items() if now <= t.until}
-        self._seen = current
-        return {ref: created for ref, (_, created) in current.items() if created}
+            self.local[ref] = Tombstone.of(old, admission.age(ref), float(math.ceil(now + self.grace_seconds)))
+
+    def held(self, shared: Mapping[str, Tombstone], now: float) -> dict[str, Tombstone]:
+        """Every claim held now: this judge's own and the shared ones (a shared one wins: every judge reads it)."""
+        self.local = {ref: t for ref, t in self.local.items() if now < t.until}
+        return {**self.local, **{ref: t for ref, t in shared.items() if now < t.until}}
 
 
-def resolve_claims(services: Iterable[VirtualService], seniority: Mapping[str, str] | None = None) -> tuple[list[VirtualService], list[Problem]]:
+def _namespace(claim: Any) -> str:
+    return claim.namespace if isinstance(claim, Tombstone) else claim.metadata.namespace
+
+
+def _key(claim: Any) -> str | None:
+    return claim.shared if isinstance(claim, Tombstone) else shared_key(claim)
+
+
+def resolve_claims(services: Iterable[VirtualService], seniority: Mapping[str, str] | None = None,
+                   held: Iterable[Tombstone] = ()) -> tuple[list[VirtualService], list[Problem]]:
     """The objects that keep their claims, and a Conflict for each other one (refused whole).
 
-    Older first (`seniority` overrides an object's creationTimestamp: Tombstones), ties to
+    Older first (`seniority` overrides an object's creationTimestamp: claim_age), ties to
     the order given, then the name. A VIP:port/protocol has one owner. A VIP another
     namespace already uses is shared only when both objects carry the same
-    `vsop.dev/allow-shared-ip` key.
+    `vsop.dev/allow-shared-ip` key. `held`: deleted objects' claims (no object of their name
+    exists), judged as the objects were, at their seniority, before an object of the same age.
     """
     seniority = seniority or {}
 
     def age(vs: VirtualService) -> str:
         return seniority.get(vs.ref) or vs.metadata.creation_timestamp or ""
 
-    ordered = sorted(enumerate(services), key=lambda item: (age(item[1]), item[0], item[1].ref))
-    owners: dict[tuple[str, int, str], VirtualService] = {}
-    users: dict[str, list[VirtualService]] = {}  # vip -> the winners using it
+    ordered: list[tuple[str, int, int, str, Any]] = [(t.created, 0, i, t.ref, t) for i, t in enumerate(held)]
+    ordered += [(age(vs), 1, i, vs.ref, vs) for i, vs in enumerate(services)]
+    ordered.sort(key=lambda item: item[:4])
+    owners: dict[tuple[str, int, str], Any] = {}
+    users: dict[str, list[Any]] = {}  # vip -> the winners using it (objects and held claims)
     winners: list[VirtualService] = []
     problems: list[Problem] = []
-    for _, vs in ordered:
-        keys = [(vs.spec.vip, port.port, port.protocol) for port in vs.spec.ports]
-        clash = next(((key, owners[key]) for key in keys if key in owners), None)
-        if clash is not None:
-            (vip, port, protocol), owner = clash
-            problems.append(Problem(vs.ref, CONFLICT, f"{hostport(vip, port)}/{protocol} is already claimed by VirtualService {owner.ref}, {_why(owner, vs, age)}", owner.ref))
+    for *_, claim in ordered:
+        problem = _clash(claim, owners, users, age)
+        if isinstance(claim, Tombstone):
+            if problem is None:
+                for port, protocol in claim.ports:
+                    owners[(claim.vip, port, protocol)] = claim
+                users.setdefault(claim.vip, []).append(claim)
             continue
-        key = shared_key(vs)
-        other = next((u for u in users.get(vs.spec.vip, ()) if u.metadata.namespace != vs.metadata.namespace and (key is None or shared_key(u) != key)), None)
-        if other is not None:
-            theirs = shared_key(other)
-            problems.append(Problem(vs.ref, CONFLICT, (
-                f"{vs.spec.vip} is used by namespace {other.metadata.namespace} (VirtualService {other.ref}, {_why(other, vs, age)}); "
-                f"another namespace shares it only when both carry the same {SHARED_IP_ANNOTATION} annotation "
-                f"(this one: {key or 'none'}, theirs: {theirs or 'none'})"), other.ref))
+        if problem is not None:
+            problems.append(problem)
             continue
-        for k in keys:
-            owners[k] = vs
-        users.setdefault(vs.spec.vip, []).append(vs)
-        winners.append(vs)
+        for port in claim.spec.ports:
+            owners[(claim.spec.vip, port.port, port.protocol)] = claim
+        users.setdefault(claim.spec.vip, []).append(claim)
+        winners.append(claim)
     return winners, problems
 
 
-def _why(owner: VirtualService, other: VirtualService, age: object) -> str:
-    first, second = age(owner), age(other)  # type: ignore[operator]
+def _clash(claim: Any, owners: Mapping[tuple[str, int, str], Any], users: Mapping[str, list[Any]], age: Any) -> Problem | None:
+    """Why `claim` loses to the claims already kept (None: it keeps its own). A held claim's is never shown."""
+    if isinstance(claim, Tombstone):
+        ref, vip, keys = claim.ref, claim.vip, [(claim.vip, port, protocol) for port, protocol in claim.ports]
+    else:
+        ref, vip, keys = claim.ref, claim.spec.vip, [(claim.spec.vip, p.port, p.protocol) for p in claim.spec.ports]
+    clash = next(((index, key, owners[key]) for index, key in enumerate(keys) if key in owners), None)
+    if clash is not None and isinstance(claim, Tombstone):
+        return Problem(ref, CONFLICT, "", clash[2].ref)  # a held claim that lost: nothing to tell
+    if clash is not None:
+        index, (_, port, protocol), owner = clash
+        if isinstance(owner, Tombstone):
+            return Problem(ref, CONFLICT, f"spec.ports[{index}]: {hostport(vip, port)}/{protocol} is held for VirtualService {owner.ref}, "
+                                          f"{_held(owner)}", owner.ref)
+        return Problem(ref, CONFLICT, f"{hostport(vip, port)}/{protocol} is already claimed by VirtualService {owner.ref}, {_why(owner, claim, age)}", owner.ref)
+    key = _key(claim)
+    other = next((u for u in users.get(vip, ()) if _namespace(u) != _namespace(claim) and (key is None or _key(u) != key)), None)
+    if other is None or isinstance(claim, Tombstone):
+        return None if other is None else Problem(ref, CONFLICT, "", other.ref)
+    theirs = _key(other)
+    sharing = (f"another namespace shares it only when both carry the same {SHARED_IP_ANNOTATION} annotation "
+               f"(this one: {key or 'none'}, theirs: {theirs or 'none'})")
+    if isinstance(other, Tombstone):
+        return Problem(ref, CONFLICT, f"spec.vip: {vip} is held for namespace {other.namespace} (VirtualService {other.ref}, "
+                                      f"{_held(other)}); {sharing}", other.ref)
+    return Problem(ref, CONFLICT, f"{vip} is used by namespace {_namespace(other)} (VirtualService {other.ref}, {_why(other, claim, age)}); {sharing}", other.ref)
+
+
+def _held(tomb: Tombstone) -> str:
+    return (f"deleted: its claim is kept for it until {rfc3339(tomb.until)} (re-created under that name by then, "
+            f"it keeps its claim; --claim-grace-seconds)")
+
+
+def _why(owner: VirtualService, other: VirtualService, age: Any) -> str:
+    first, second = age(owner), age(other)
     if first and (not second or first < second):
         inherited = first != owner.metadata.creation_timestamp
         return f"which keeps it: it was created first ({first}{', before it was re-created' if inherited else ''})"
