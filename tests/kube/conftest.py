@@ -308,7 +308,7 @@ def register_resources(emulator: kmock.KubernetesEmulator) -> None:
     )
     emulator.resources[POOLS] = kmock.ResourceInfo(
         kind="VipPool", singular="vippool", namespaced=False, shortnames={"vsoppool"},
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
     )
     emulator.resources[SPEAKERS] = kmock.ResourceInfo(
         kind="BGPSpeaker", singular="bgpspeaker", namespaced=False, shortnames={"vsopbgp"},
@@ -356,6 +356,8 @@ def make_agent(cluster: Cluster, node: str = "node-a", state: KernelState | None
     options.setdefault("resync_seconds", 3600.0)  # tests wake the loop themselves
     options.setdefault("debounce_seconds", 0.01)
     options.setdefault("vip_policy", "any")  # tests of other features make no VipPools; tests/kube/test_claims.py use "pools"
+    # Tests of other features delete a winner and watch the next one take over at once; tests/kube/test_claims.py hold claims.
+    options.setdefault("claim_grace_seconds", 0.0)
     apiserver = options.pop("apiserver", None) or ApiServerAddresses.for_connection(connection)  # as main() does
     agent = Agent(AgentOptions(node_name=node, **options), kernel, writer, conntrack=FakeConntrack(), apiserver=apiserver)
     connection.register_login(agent.registry)
@@ -370,6 +372,7 @@ def make_controller(cluster: Cluster, elect: bool = False, lb: LoadBalancerOptio
     options.setdefault("resync_seconds", 3600.0)
     options.setdefault("debounce_seconds", 0.01)
     options.setdefault("vip_policy", "any")  # as make_agent
+    options.setdefault("claim_grace_seconds", 0.0)  # as make_agent
     elector = Elector(KubeLeaseApi(connection), identity("controller-0"), Timing(15, 10, 0.05)) if elect else None
     controller = Controller(ControllerOptions(**options), writer, elector=elector,
                             relist=Relister(connection, options.get("namespaces", ())) if elect else None,

@@ -101,7 +101,7 @@ async def test_an_older_object_outside_the_pool_cannot_squat_the_owners_port(clu
         assert condition(cluster, "owner", "Conflict", "team-a") == ("False", "NoConflict")
         assert condition(cluster, "squat", "Ready", "team-b") == ("False", "VIPNotAllowed")
         for fake in (fake_a, fake_b):
-            assert set(fake.state.ipsets["VSOP-VIP-PORTS"].members.values()) == {"team-a/owner"}
+            assert owners(fake) == {"team-a/owner"}
 
 
 async def test_a_namespace_selector_is_judged_again_when_the_namespaces_labels_change(cluster: Cluster) -> None:
@@ -151,3 +151,94 @@ async def test_policy_any_keeps_every_vip_but_the_metadata_address(cluster: Clus
         assert vips(fake) == {"192.0.2.7"}
         await pool(cluster, "metadata", ["169.254.169.254"], namespaces=["default"])
         await until(lambda: vips(fake) == {"192.0.2.7", "169.254.169.254"}, "a pool naming it grants it")
+
+
+def released(cluster: Cluster, pool_name: str) -> list[str]:
+    """namespace/name of the claims a VipPool's status holds for deleted objects."""
+    return [f"{e['namespace']}/{e['name']}" for e in (cluster.get(POOLS, None, pool_name).get("status") or {}).get("released") or ()]
+
+
+def served_for(fake: Any, address: str) -> bool:
+    """Whether this node's kernel ever got a real server `address` (the squatter's backend)."""
+    return any(getattr(getattr(op, "real_server", None), "key", None) is not None and op.real_server.key.address == address
+               for op in fake.applied)
+
+
+def owners(fake: Any) -> set[str]:
+    """Whom this node serves its VIP:ports for (the owners in the accept set's comments)."""
+    accepted = fake.state.ipsets.get("VSOP-VIP-PORTS")
+    return set(accepted.members.values()) if accepted is not None else set()
+
+
+SQUAT_BACKENDS = [{"address": "192.168.2.222"}]
+
+
+async def squatted(cluster: Cluster) -> None:
+    """team-a's owner (older) and team-b's squatter on the same VIP:port, in a pool granting both namespaces."""
+    await cluster.node("node-a")
+    await cluster.node("node-b")
+    await namespace(cluster, "team-a")
+    await namespace(cluster, "team-b")
+    await pool(cluster, "shared", ["198.51.100.0/28"], namespaces=["team-a", "team-b"])
+    await cluster.vs("owner", spec("198.51.100.3"), namespace="team-a")
+    await cluster.vs("squat", {**spec("198.51.100.3"), "backends": SQUAT_BACKENDS}, namespace="team-b")
+
+
+async def test_delete_and_recreate_the_owner_it_keeps_its_port_on_every_node_even_on_a_restarted_agent(cluster: Cluster) -> None:
+    await squatted(cluster)
+    controller, _ = make_controller(cluster, vip_policy="pools", claim_grace_seconds=300)
+    agent_a, fake_a, _ = make_agent(cluster, "node-a", vip_policy="pools", claim_grace_seconds=300)
+    agent_b, fake_b, _ = make_agent(cluster, "node-b", vip_policy="pools", claim_grace_seconds=300)
+    async with running(controller, agent_a):
+        async with running(agent_b):
+            await until(lambda: condition(cluster, "owner", "Programmed", "team-a") == ("True", "Programmed"), "the owner programmed",
+                        timeout=STARTUP)
+            await until(lambda: condition(cluster, "squat", "Conflict", "team-b") == ("True", "Conflict"), "the squatter refused")
+            created = cluster.get("vsop.dev/v1alpha1/virtualservices", "team-a", "owner")["metadata"]["creationTimestamp"]
+            await cluster.delete("vsop.dev/v1alpha1/virtualservices", "team-a", "owner")
+            # The controller shares the contested claim in the pool's status; the nodes drop the owner, program no squatter.
+            await until(lambda: released(cluster, "shared") == ["team-a/owner"], "the held claim shared in the pool's status")
+            await until(lambda: not vips(fake_a) and not vips(fake_b), "the owner's VIP gone from both nodes")
+            await until(lambda: "is held for VirtualService team-a/owner" in conditions(cluster, "squat", "team-b")["Conflict"]["message"],
+                        "the squatter told whom the claim is held for")
+            message = conditions(cluster, "squat", "team-b")["Conflict"]["message"]
+            assert message.startswith("spec.ports[0]: 198.51.100.3:80/TCP is held for VirtualService team-a/owner, deleted: its claim is kept for it until ")
+            [entry] = cluster.get(POOLS, None, "shared")["status"]["released"]
+            assert (entry["vip"], entry["ports"], entry["since"]) == ("198.51.100.3", [{"port": 80, "protocol": "TCP"}], created)
+        # node-b's agent restarts within the grace period: it never saw the deletion, it reads the shared claim.
+        agent_b2, fake_b2, _ = make_agent(cluster, "node-b", state=fake_b.state, vip_policy="pools", claim_grace_seconds=300)
+        async with running(agent_b2):
+            await until(lambda: agent_b2.syncs >= 1, "the restarted agent's first sync", timeout=STARTUP)
+            await resync(agent_b2)
+            assert agent_b2.admission.refusals["team-b/squat"].other == "team-a/owner"
+            # Re-created, younger than the squatter: the owner takes its port back on every node, the restarted one too.
+            await cluster.vs("owner", spec("198.51.100.3"), namespace="team-a")
+            for fake in (fake_a, fake_b2):
+                await until(lambda: owners(fake) == {"team-a/owner"}, "the owner programmed again")
+            await until(lambda: cluster.status("team-a", "owner").get("claimedSince") == created, "its seniority recorded on the object")
+            await until(lambda: released(cluster, "shared") == [], "the held claim taken back: gone from the pool's status")
+            await until(lambda: condition(cluster, "owner", "Programmed", "team-a") == ("True", "Programmed"), "the owner Programmed")
+            assert condition(cluster, "squat", "Conflict", "team-b") == ("True", "Conflict")
+            assert "before it was re-created" in conditions(cluster, "squat", "team-b")["Conflict"]["message"]
+            await resync(controller)
+            await resync(agent_a)
+            await resync(agent_b2)
+            assert owners(fake_b2) == {"team-a/owner"}
+    for fake in (fake_a, fake_b, fake_b2):
+        assert not served_for(fake, "192.168.2.222"), "the squatter was never programmed on any node"
+
+
+async def test_past_the_grace_period_the_other_object_takes_the_port(cluster: Cluster) -> None:
+    await squatted(cluster)
+    controller, _ = make_controller(cluster, vip_policy="pools", claim_grace_seconds=2)
+    agent_a, fake_a, _ = make_agent(cluster, "node-a", vip_policy="pools", claim_grace_seconds=2)
+    agent_b, fake_b, _ = make_agent(cluster, "node-b", vip_policy="pools", claim_grace_seconds=2)
+    async with running(controller, agent_a, agent_b):
+        await until(lambda: condition(cluster, "owner", "Programmed", "team-a") == ("True", "Programmed"), "the owner programmed",
+                    timeout=STARTUP)
+        await cluster.delete("vsop.dev/v1alpha1/virtualservices", "team-a", "owner")
+        # Nobody re-creates it: once the grace period ends (the loops wake for it) the squatter is the owner.
+        for fake in (fake_a, fake_b):
+            await until(lambda: owners(fake) == {"team-b/squat"}, "the squatter programmed")
+        await until(lambda: condition(cluster, "squat", "Programmed", "team-b") == ("True", "Programmed"), "the squatter Programmed")
+        await until(lambda: released(cluster, "shared") == [], "the expired claim gone from the pool's status")

@@ -16,7 +16,7 @@ import kmock
 import pytest
 import yaml
 
-from tests.kube.conftest import REPORTS, SERVICES, VS, Cluster, run_agent, run_controller, until
+from tests.kube.conftest import POOLS, REPORTS, SERVICES, VS, Cluster, run_agent, run_controller, until
 from tests.kube.test_controller import report
 from tests.kube.test_loadbalancers import derived, ingress, pool, service
 from tests.kube.test_agent import WEB
@@ -93,6 +93,7 @@ def test_rbac_is_what_the_issue_grants_and_no_more(manifests: dict[tuple[str, st
         {("vsop.dev", "virtualservices", v) for v in read | {"create", "patch", "delete"}}
         | {("vsop.dev", "virtualservices/status", "patch")}
         | {("vsop.dev", "vippools", v) for v in read}
+        | {("vsop.dev", "vippools/status", "patch")}
         | {("", "services", v) for v in read}
         | {("", "services/status", "patch")}
         | {("vsop.dev", "nodereports", v) for v in read | {"delete"}}
@@ -272,8 +273,9 @@ async def test_the_controller_needs_no_more_than_its_role(cluster: Cluster, mani
     await cluster.create(REPORTS, {"apiVersion": "vsop.dev/v1alpha1", "kind": "NodeReport", "metadata": {"name": "node-gone"}})
     # A LoadBalancer Service: allocated, derived, its hand-edited derived object put back, then released.
     await pool(cluster, "lan", ["192.0.2.10-192.0.2.20"])
+    await pool(cluster, "held", [WEB["vip"]], autoAssign=False)
     await service(cluster, "lb")
-    async with run_controller(cluster, elect=True) as (controller, writer):  # as deployed: elected, relisting
+    async with run_controller(cluster, elect=True, claim_grace_seconds=300) as (controller, writer):  # as deployed: elected, relisting, claims held
         await until(lambda: derived(cluster, "lb-lb-v4"), "the derived VirtualService")
         await report(cluster, "lb-lb-v4", "node-a", total=1, healthy=1)
         await until(lambda: ingress(cluster, "lb"), "the Service's status")
@@ -282,6 +284,9 @@ async def test_the_controller_needs_no_more_than_its_role(cluster: Cluster, mani
         await cluster.delete(SERVICES, "default", "lb")
         await until(lambda: derived(cluster, "lb-lb-v4") is None, "released")
         await until(lambda: cluster.events("clash"), "the conflict Event")
+        # The winner deleted: its claim is held, contested by the other one, so it is shared in a pool's status.
+        await cluster.delete(VS, "default", "web")
+        await until(lambda: (cluster.get(POOLS, None, "held").get("status") or {}).get("released"), "the held claim shared")
         await until(lambda: (kmock.resource(REPORTS), None, "node-gone") not in cluster.server.objects
                     or cluster.server.objects[kmock.resource(REPORTS), None, "node-gone"].deleted, "the stale report deleted")
         await until(lambda: controller.elector.attempts >= 3, "the lease renewed")
@@ -293,4 +298,5 @@ async def test_the_controller_needs_no_more_than_its_role(cluster: Cluster, mani
     assert {("vsop.dev", "virtualservices/status", "patch"), ("", "events", "create"), ("coordination.k8s.io", "leases", "create"),
             ("coordination.k8s.io", "leases", "patch"), ("coordination.k8s.io", "leases", "get"), ("vsop.dev", "virtualservices", "list"),
             ("vsop.dev", "virtualservices", "create"), ("vsop.dev", "virtualservices", "patch"), ("vsop.dev", "virtualservices", "delete"),
-            ("", "services/status", "patch"), ("", "services", "watch"), ("vsop.dev", "vippools", "watch")} <= requests
+            ("", "services/status", "patch"), ("", "services", "watch"), ("vsop.dev", "vippools", "watch"),
+            ("vsop.dev", "vippools/status", "patch")} <= requests

@@ -471,6 +471,35 @@ def vip_pool_spec_schema() -> dict[str, Any]:
     return spec
 
 
+RELEASED_MAX = 100  # vsop.kube.claims keeps at most this many entries in one pool's status.released
+
+
+def vip_pool_status_schema() -> dict[str, Any]:
+    """What the controller writes in a pool's status: the held claims of deleted objects (vsop.core.claims.Tombstone)."""
+    port = {"type": "object", "required": ["port", "protocol"], "properties": {
+        "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        "protocol": {"type": "string", "enum": ["TCP", "UDP", "SCTP"]}}}
+    entry = {
+        "type": "object",
+        "required": ["namespace", "name", "vip", "ports", "since", "until"],
+        "properties": {
+            "namespace": {"type": "string", "maxLength": 63},
+            "name": {"type": "string", "maxLength": 253},
+            "vip": {"type": "string", "maxLength": 45},
+            "ports": {"type": "array", "maxItems": 100, "items": port},
+            "since": {"type": "string", "maxLength": 64, "description": "the seniority the object had: what its re-creation keeps"},
+            "until": {"type": "string", "format": "date-time", "description": "when the claim is released if the object is not re-created"},
+            "sharedKey": {"type": "string", "maxLength": 253},
+        },
+    }
+    return {"type": "object", "properties": {"released": {
+        "type": "array", "maxItems": RELEASED_MAX, "items": entry,
+        "description": ("Claims of deleted VirtualServices on this pool's addresses, held for their re-creation under the same "
+                        "namespace and name until `until` (the controller's --claim-grace-seconds): any other object is refused "
+                        "them meanwhile. Written by the controller when another object contests one."),
+    }}}
+
+
 def vip_pool_crd() -> dict[str, Any]:
     from vsop.api.pools import POOL_KIND, POOL_PLURAL
 
@@ -495,6 +524,7 @@ def vip_pool_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "additionalPrinterColumns": POOL_PRINTER_COLUMNS,
+                    "subresources": {"status": {}},
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
@@ -508,6 +538,7 @@ def vip_pool_crd() -> dict[str, Any]:
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": vip_pool_spec_schema(),
+                                "status": vip_pool_status_schema(),
                             },
                         }
                     },

@@ -513,6 +513,9 @@ class VirtualServiceStatus(_Spec):
     announced_by: str | None = Field(
         default=None, max_length=1024,
         description="announce: vrrp or bgp: the nodes announcing the VIP (VRRP: the master), 'every selected node', or 'none'")
+    claimed_since: str | None = Field(default=None, max_length=64, description=(
+        "the seniority of this object's claim on its VIP:ports when it is older than its creationTimestamp: the object it "
+        "replaced (deleted and re-created under this name within the controller's --claim-grace-seconds) had it; written by the controller"))
     nodes: dict[str, NodeStatus] = Field(default_factory=dict)
 
 

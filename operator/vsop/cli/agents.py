@@ -27,7 +27,7 @@ from vsop.api.errors import FieldError, InvalidInput
 from vsop.cli.common import ALLOW_VIP_HELP, VIP_POLICY_HELP_HOST, add_route_table, claim_rule, node, subcommand
 from vsop.cli.output import exits
 from vsop.cli.common import names as names_from_flags
-from vsop.core.claims import POLICIES
+from vsop.core.claims import DEFAULT_GRACE_SECONDS, POLICIES
 from vsop.core.sysctls import KEEP_ACCEPT_RA_HELP
 from vsop.keepalived.vrrp import TRACK_DIR
 from vsop.keepalived.writer import DEFAULT_PIDFILE, KeepalivedConfig, KeepalivedWriter
@@ -124,6 +124,9 @@ _METRICS_BIND = ("address /metrics listens on (default: 127.0.0.1, as kube-proxy
 _BOTH_BIND = "both addresses at once: --health-bind-address and --metrics-bind-address"
 _VIP_POLICY_CLUSTER = ("pools (default): a VIP must lie in a VipPool granting the object's namespace; any: every VIP "
                        "(the behaviour before VipPools); a cloud metadata address needs a pool naming it under both")
+_CLAIM_GRACE = ("a deleted VirtualService's claim on its VIP:ports is held this long for its re-creation under the same "
+                "namespace and name: any other object is refused it meanwhile (default: 300; 0: not held); give the agents and "
+                "the controller the same")
 
 # Every flag of `vsop agent` (on a host and in the cluster) and `vsop controller`, in --help order: a table.
 FLAGS: tuple[Flag, ...] = (
@@ -148,6 +151,7 @@ FLAGS: tuple[Flag, ...] = (
     _f("--route-table", host=(None, ""), shared=add_route_table),
     _f("--vip-policy", choices=POLICIES, host=("any", VIP_POLICY_HELP_HOST), cluster=("pools", _VIP_POLICY_CLUSTER),
        controller=("pools", _VIP_POLICY_CLUSTER + "; give the agents the same")),
+    _f("--claim-grace-seconds", type=float, cluster=(DEFAULT_GRACE_SECONDS, _CLAIM_GRACE), controller=(DEFAULT_GRACE_SECONDS, _CLAIM_GRACE)),
     _f("--allow-vip", action="append", metavar="ADDRESS", host=([], ALLOW_VIP_HELP)),
     _f("--status-file", host=("/run/vsop/agent.json", "where the agent writes its state for `vsop show`")),
     _f("--state-file", metavar="FILE", host=("/run/vsop/state.json", "health verdicts and drains kept across restarts, and read by "
@@ -404,6 +408,9 @@ def _parse(command: str, argv: Sequence[str] | None) -> argparse.Namespace | int
     if args.resync_seconds <= 0 or args.debounce_seconds < 0:
         print(f"{parser.prog}: --resync-seconds must be > 0 and --debounce-seconds >= 0", flush=True)
         return 2
+    if command != HOST and not 0 <= args.claim_grace_seconds <= 86400:
+        print(f"{parser.prog}: --claim-grace-seconds must be between 0 and 86400, got {args.claim_grace_seconds:g}", flush=True)
+        return 2
     if command == CONTROLLER:
         problem = _leader().Timing(args.lease_duration_seconds, args.renew_deadline_seconds, args.retry_period_seconds).problem()
         if problem:
@@ -452,6 +459,7 @@ def agent_main(
             vip_policy=args.vip_policy,
             watch_speakers=args.bgp_speakers,
             node_peers=args.vrrp_node_peers if args.vrrp_node_peers is not None else keepalived is not None,
+            claim_grace_seconds=args.claim_grace_seconds,
             lock=lock_path(args.lock) if args.lock or lock_path().parent.is_dir() else None,
             state_file=Path(args.state_file) if args.state_file else (DEFAULT_STATE_FILE if DEFAULT_STATE_FILE.parent.is_dir() else None),
         )
@@ -481,7 +489,8 @@ def controller_main(argv: Sequence[str] | None = None, *, connection: Connection
         from vsop.kube.relist import Relister
 
         leader = _leader()
-        options = ControllerOptions(tuple(args.namespaces), args.resync_seconds, args.debounce_seconds, vip_policy=args.vip_policy)
+        options = ControllerOptions(tuple(args.namespaces), args.resync_seconds, args.debounce_seconds, vip_policy=args.vip_policy,
+                                    claim_grace_seconds=args.claim_grace_seconds)
         elector = None
         if args.leader_elect:
             timing = leader.Timing(args.lease_duration_seconds, args.renew_deadline_seconds, args.retry_period_seconds)

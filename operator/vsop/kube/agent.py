@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from vsop.api.model import VirtualService
-from vsop.core.claims import NOT_ALLOWED, Admission, Policy
+from vsop.core.claims import DEFAULT_GRACE_SECONDS, NOT_ALLOWED, Admission, Policy
 from vsop.core.desired import Node, Problem
 from vsop.core.health import HealthTracker
 from vsop.core.held import Held
@@ -49,7 +49,7 @@ from vsop.kube import endpoints as eps
 from vsop.kube import report as reports
 from vsop.kube.apiserver import ApiServerAddresses
 from vsop.kube.apiserver import watched as apiserver_watched
-from vsop.kube.claims import ClaimWatch
+from vsop.kube.claims import ClaimWatch, HeldClaims
 from vsop.kube.client import Writer
 from vsop.kube.metrics import AgentMetrics, Probes
 from vsop.kube.runtime import ListingGate, kopf_settings, kv, run_with_kopf
@@ -94,6 +94,7 @@ class AgentOptions:
     node_peers: bool = False
     # With a BIRD announcer: its speaker is the BGPSpeaker object selecting this node (vsop.kube.speakers), not a file.
     watch_speakers: bool = False
+    claim_grace_seconds: float = DEFAULT_GRACE_SECONDS  # a deleted object's claim is held this long (as the controller's)
 
 
 class Agent:
@@ -151,6 +152,8 @@ class Agent:
         self.speakers = SpeakerWatch(self.trigger, self.gate) if bird is not None and options.watch_speakers else None
         if self.speakers is not None:
             self.speakers.register(self.source.registry)
+        # Deleted objects' claims held for their re-creation: the ones this agent saw go, and the controller's (vsop.kube.claims).
+        self.held = HeldClaims(self.claims, self.trigger, options.claim_grace_seconds)
         self.sink = NodeReportSink(self.node_name, writer, self.metrics, self.reconciler, self.source.records, options.names)
         self._checks_sent: dict[str, dict[str, bool]] = {}  # owner -> what this node last reported as a checker
         # announce: vrrp / bgp: this node's state for each such object (vsop.kube.announce), what it was
@@ -304,7 +307,9 @@ class Agent:
     def _feed(self, changes: Changes, node: Node, extra: tuple[str, ...], down: frozenset[Any]) -> Feed:
         delta = {reports.ref_of(*key): record.vs if record is not None else None for key, record in changes.objects.items()}
         keepalived = None
-        refusals = self._refused(delta)
+        since = {reports.ref_of(*key): record.claimed_since for key, record in changes.objects.items() if record is not None}
+        invalid = {reports.ref_of(*key) for key, record in changes.objects.items() if record is not None and record.vs is None}
+        refusals = self._refused(delta, since, invalid)
         if self.keepalived is not None:
             # An object declared but invalid keeps its conf.d section as it keeps its kernel state
             # (core.held); it has no last good definition here (`complete`: nothing to wait for).
@@ -350,11 +355,12 @@ class Agent:
             self._peers = (version, services, with_node_peers(services, self.source.cluster_nodes()))
         return self._peers[2]
 
-    def _refused(self, delta: Mapping[str, VirtualService | None]) -> dict[str, Problem]:
-        """Every object refused its claim (vsop.core.claims, as the controller decides it), judged
-        again for what changed: these objects, or all when a VipPool or a Namespace's labels did."""
+    def _refused(self, delta: Mapping[str, VirtualService | None], since: Mapping[str, str | None], invalid: set[str]) -> dict[str, Problem]:
+        """Every object refused its claim (vsop.core.claims, as the controller decides it, with the claims held
+        for deleted objects), judged again for what changed: these objects (and the VIPs whose held claims
+        came, went or expired), or all when a VipPool or a Namespace's labels did."""
         before = self.admission.refusals
-        refusals = self.admission.update(self.claims.rule(), delta)
+        refusals = self.held.judge(self.admission, delta, since, invalid)
         for ref in sorted(refusals.keys() - before.keys()):
             if refusals[ref].reason == NOT_ALLOWED:
                 log.warning(kv("VirtualService refused its VIP: not programmed", node=self.node_name, virtualService=ref,

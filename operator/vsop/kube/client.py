@@ -2,7 +2,7 @@
 
 Owns where credentials come from (in-cluster service account, or a kubeconfig),
 handing them to kopf (which does all reading: lists and watches), and the writes:
-a JSON merge patch of a VirtualService's status subresource (controller), a node's
+a JSON merge patch of a VirtualService's status subresource and of a VipPool's (controller), a node's
 own report object read once and merge-patched or created (agent, vsop.kube.report),
 and creating a core/v1 Event. Writes go through the official client in a worker thread, so the same
 credentials (with token refresh) serve both.
@@ -26,6 +26,7 @@ import kubernetes.config
 
 from vsop.kube.report import PLURAL as REPORTS, new_report
 from vsop.api.model import API_GROUP, API_VERSION, KIND
+from vsop.api.pools import POOL_PLURAL as POOLS
 
 log = logging.getLogger("vsop.kube.client")
 
@@ -80,6 +81,10 @@ class Writer(Protocol):
 
     async def delete_node_report(self, node: str) -> None:
         """Delete a node's report (the controller, once its Node is gone); gone already is fine."""
+        ...
+
+    async def patch_pool_status(self, pool: str, status: Mapping[str, Any]) -> bool:
+        """Merge-patch a VipPool's status (the controller: held claims, vsop.kube.claims); False if the pool is gone."""
         ...
 
 
@@ -194,6 +199,23 @@ class ApiWriter:
         code, found = await asyncio.to_thread(self._report, "delete", node)
         if code != 404 and not 200 <= code < 300:
             raise ApiError(code, _message(str(found)))
+
+    def _patch_pool_status(self, pool: str, body: dict[str, Any]) -> tuple[int, str]:
+        api = kubernetes.client.CustomObjectsApi(self.connection.api)
+        try:
+            response = api.patch_cluster_custom_object_status(API_GROUP, API_VERSION, POOLS, pool, body,
+                                                              _content_type="application/merge-patch+json", _preload_content=False)
+            return int(response.status), ""
+        except kubernetes.client.exceptions.ApiException as exc:
+            return int(exc.status or 0), str(exc.body or exc.reason)
+
+    async def patch_pool_status(self, pool: str, status: Mapping[str, Any]) -> bool:
+        code, text = await asyncio.to_thread(self._patch_pool_status, pool, {"status": dict(status)})
+        if code == 404:
+            return False
+        if not 200 <= code < 300:
+            raise ApiError(code, _message(text))
+        return True
 
     async def patch_status(self, ref: ObjectRef, status: Mapping[str, Any]) -> bool:
         code, text = await asyncio.to_thread(self._patch_status, ref, {"status": dict(status)})

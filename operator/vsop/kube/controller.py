@@ -3,7 +3,9 @@
 Owns the cluster-wide verdicts: who may claim which VIP and conflicts (the same
 vsop.core.claims.admit every agent runs, over the same objects, VipPools and Namespaces
 (vsop.kube.claims) in the same order, so both agree: `VIPNotAllowed` or the winner), invalid
-specs, the `Ready` / `Programmed` / `Degraded` / `Conflict` conditions with
+specs, the claims of deleted objects held for their re-creation (vsop.kube.claims: shared in the
+VipPools' status.released when contested, the kept seniority in status.claimedSince), the
+`Ready` / `Programmed` / `Degraded` / `Conflict` conditions with
 `status.backends`, `status.observedGeneration` and `status.announcedBy` (vsop.kube.announce), summed up from the nodes' NodeReports
 (vsop.kube.report: one object per node, which only the controller watches), deleting
 the reports of Nodes that no longer exist, removing the `status.nodes` map older agents
@@ -25,11 +27,11 @@ from typing import Any, Awaitable, Callable, Coroutine, Mapping, Sequence
 
 import kopf
 
-from vsop.core.claims import NOT_ALLOWED, Admission, Policy
+from vsop.core.claims import DEFAULT_GRACE_SECONDS, NOT_ALLOWED, Admission, Policy
 from vsop.core.desired import Node, Problem, applies_to_node
 from vsop.kube import checkers, objects, reflector
 from vsop.kube import report as reports
-from vsop.kube.claims import ClaimWatch
+from vsop.kube.claims import ClaimWatch, HeldClaims, released, released_of
 from vsop.kube.client import PLURAL, ApiError, ObjectRef, Writer
 from vsop.kube.leader import Elector, LeaderWriter
 from vsop.kube.loadbalancers import LoadBalancerApi, LoadBalancers, Options as LoadBalancerOptions
@@ -106,6 +108,7 @@ def owned_status(status: Mapping[str, Any]) -> dict[str, Any]:
         "backends": dict(status.get("backends") or {}),
         checkers.STATUS_FIELD: list(status.get(checkers.STATUS_FIELD) or ()),
         "announcedBy": status.get("announcedBy"),
+        "claimedSince": status.get("claimedSince"),
     }
 
 
@@ -123,6 +126,7 @@ class ControllerOptions:
     resync_seconds: float = 30.0
     debounce_seconds: float = 0.1
     vip_policy: Policy = "pools"  # a VIP must lie in a VipPool granting its namespace (vsop.core.claims)
+    claim_grace_seconds: float = DEFAULT_GRACE_SECONDS  # a deleted object's claim is held this long for its re-creation
 
 
 class LeaseLost(Exception):
@@ -160,6 +164,8 @@ class Controller:
         self.claims = ClaimWatch(options.vip_policy, self.trigger, self.gate)
         self.claims.register(self.registry)
         self.admission = Admission()
+        # Deleted objects' claims, held for their re-creation; shared through the VipPools' status (vsop.kube.claims).
+        self.held = HeldClaims(self.claims, self.trigger, options.claim_grace_seconds)
         self._admitted: dict[str, VirtualService] = {}  # the objects the admission last judged
         self.settings = kopf_settings()
         reflector.on_relisted(self.settings, lambda kind, deleted: self.metrics.relist_deletions.labels(kind).inc(deleted))
@@ -232,7 +238,11 @@ class Controller:
             woken = await self.trigger.wait(timeout, self.options.debounce_seconds)
             self.trigger.take()
             if not self.leading:
-                # Standby: the watches stay warm (kopf keeps the indexes), nothing is written.
+                # Standby: the watches stay warm (kopf keeps the indexes), nothing is written; claims are
+                # judged as the leader judges them, so the deletions seen meanwhile are held when it leads.
+                if self.listed:
+                    records = self._snapshot()[0]
+                    self._refused(records, [r.vs for r in records if r.vs is not None])
                 self.probes.ready = True
                 self.probes.ready_reason = "standby"
                 self.turns += 1
@@ -290,9 +300,12 @@ class Controller:
         records, nodes, node_reports = snapshot or self._snapshot()
         valid = sorted((r.vs for r in records if r.vs is not None), key=lambda vs: (vs.metadata.creation_timestamp or "", vs.ref))
         # The agents refuse the same objects (vsop.core.claims.admit over the same objects, in the same order).
-        refusals = self._refused(valid)
+        refusals = self._refused(records, valid)
         conflicts = {ref: p.message for ref, p in refusals.items() if p.reason == "Conflict"}
         not_allowed = {ref: f"spec.vip: {p.message}" for ref, p in refusals.items() if p.reason == NOT_ALLOWED}
+        # A re-created object keeps the seniority of the claim held for it: recorded in its status.claimedSince.
+        claimed = {ref: age for ref in self.held.held.keys() & self.admission.objects.keys()
+                   if (age := self.admission.age(ref)) < (self.admission.objects[ref].metadata.creation_timestamp or "")}
         ready_nodes = {name: facts for name, facts in nodes.items() if facts.ready}
         self._forget_gone(records)
 
@@ -300,7 +313,7 @@ class Controller:
         jobs = []
         counts: dict[tuple[str, str], int] = {}
         for record in records:
-            job = self._status_job(record, (conflicts, not_allowed), ready_nodes, node_reports, periodic, now, counts, report)
+            job = self._status_job(record, (conflicts, not_allowed, claimed), ready_nodes, node_reports, periodic, now, counts, report)
             if job is not None:
                 jobs.append(job)
         if jobs:
@@ -309,6 +322,7 @@ class Controller:
             # An object refused its VIP holds no address: the allocator may hand it out.
             report.failed += await self.load_balancers.reconcile([vs for vs in valid if refusals.get(vs.ref, _KEPT).reason != NOT_ALLOWED])
         await self._delete_gone_reports(node_reports, nodes, report)
+        await self._share_held_claims(report)
         if report.failed:
             raise ApiError(0, f"{report.failed} write(s) failed")
         self.metrics.conditions.clear()
@@ -316,14 +330,33 @@ class Controller:
             self.metrics.conditions.labels(kind, status).set(count)
         return report
 
-    def _refused(self, valid: Sequence[VirtualService]) -> dict[str, Problem]:
-        """Every object refused its claim (vsop.core.claims.Admission, as each agent keeps it), judged
-        again for the objects whose parsed version changed, or all when a VipPool or a Namespace did."""
+    def _refused(self, records: Sequence[Observed], valid: Sequence[VirtualService]) -> dict[str, Problem]:
+        """Every object refused its claim (vsop.core.claims.Admission, as each agent keeps it, with the claims
+        held for deleted objects), judged again for the objects whose parsed version changed, or all when a
+        VipPool or a Namespace did."""
         current = {vs.ref: vs for vs in valid}
         changed: dict[str, VirtualService | None] = {ref: vs for ref, vs in current.items() if self._admitted.get(ref) is not vs}
         changed.update((ref, None) for ref in self._admitted.keys() - current.keys())
         self._admitted = current
-        return self.admission.update(self.claims.rule(), changed)
+        since = {ref: objects.claimed_since({"status": r.status}) for r in records if (ref := f"{r.namespace}/{r.name}") in changed}
+        invalid = {ref for r in records if r.vs is None and (ref := f"{r.namespace}/{r.name}") in changed}
+        return self.held.judge(self.admission, changed, since, invalid)
+
+    async def _share_held_claims(self, report: ReconcileReport) -> None:
+        """The held claims another object contests go in the VipPools' status.released (vsop.kube.claims.released),
+        so that an agent restarted within the grace period judges as the others; written only when they change."""
+        pools = self.claims.pools()
+        for name, tombs in sorted(released(self.admission, self.held.held, pools).items()):
+            pool = next(p for p in pools if p.name == name)
+            if released_of(pool) == tombs:
+                continue
+            try:
+                await self.writer.patch_pool_status(name, {"released": [t.as_status() for t in tombs] or None})
+                log.info(kv("Held claims of deleted VirtualServices written", pool=name, held=",".join(t.ref for t in tombs) or None))
+            except (ApiError, OSError) as exc:
+                self.metrics.errors.labels("api").inc()
+                log.warning(kv("Writing held claims failed; retried on the next reconcile", pool=name, error=str(exc)))
+                report.failed += 1
 
     def _forget_gone(self, records: Sequence[Observed]) -> None:
         """What was written for objects no longer listed is forgotten."""
@@ -333,12 +366,13 @@ class Controller:
         for identity in [i for i in self._legacy_removed if i not in present]:
             del self._legacy_removed[identity]
 
-    def _status_job(self, record: Observed, refused: tuple[Mapping[str, str], Mapping[str, str]], ready_nodes: Mapping[str, NodeFacts],
+    def _status_job(self, record: Observed, refused: tuple[Mapping[str, str], Mapping[str, str], Mapping[str, str]], ready_nodes: Mapping[str, NodeFacts],
                     node_reports: Mapping[str, dict[str, Any]], periodic: bool, now: str,
                     counts: dict[tuple[str, str], int], report: ReconcileReport) -> Coroutine[Any, Any, None] | None:
         """One object's status as the nodes' reports make it: the patch to write (None: it is
-        already so); its conditions are added to counts. `refused`: (conflicts, VIPs not allowed), ref -> why."""
-        conflicts, not_allowed = refused
+        already so); its conditions are added to counts. `refused`: (conflicts, VIPs not allowed), ref -> why,
+        and the seniority of re-created objects that keep a held claim, ref -> claimedSince."""
+        conflicts, not_allowed, claimed = refused
         ref = f"{record.namespace}/{record.name}"
         if record.vs is not None:
             selected = tuple(sorted(n for n, f in ready_nodes.items() if applies_to_node(record.vs, Node(n, f.labels))))
@@ -371,12 +405,14 @@ class Controller:
             health = checkers.published_health(record.vs, ref, expected, node_reports)
         else:
             health = list(record.status.get(checkers.STATUS_FIELD) or ())  # invalid: nodes keep the last valid generation
+        since = [s for s in (record.status.get("claimedSince"), claimed.get(ref)) if isinstance(s, str) and s]
         wanted = {
             "observedGeneration": record.generation,
             "conditions": {c["type"]: c for c in conditions},
             "backends": summary.backends,
             checkers.STATUS_FIELD: health,
             "announcedBy": summary.announced_by,
+            "claimedSince": min(since) if since else None,
         }
         for condition in conditions:
             counts[(condition["type"], condition["status"])] = counts.get((condition["type"], condition["status"]), 0) + 1
@@ -394,6 +430,8 @@ class Controller:
             checkers.STATUS_FIELD: health or None,
             "announcedBy": summary.announced_by,  # None removes it
         }
+        if wanted["claimedSince"] is not None:
+            patch["claimedSince"] = wanted["claimedSince"]
         if legacy:
             patch["nodes"] = None
         return self._apply(record, patch, wanted, transition_events(old_conditions, conditions), report)

@@ -279,5 +279,9 @@ class LeaderWriter:
         self._check()
         await self.writer.delete_node_report(node)
 
+    async def patch_pool_status(self, pool: str, status: Mapping[str, Any]) -> bool:
+        self._check()
+        return await self.writer.patch_pool_status(pool, status)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.writer, name)

@@ -38,6 +38,13 @@ def parse_and_fingerprint(body: Mapping[str, Any]) -> tuple[VirtualService | Non
     return (*parse_plain(raw), stamp)
 
 
+def claimed_since(body: Mapping[str, Any]) -> str | None:
+    """status.claimedSince: the seniority the controller recorded for a re-created object (vsop.core.claims)."""
+    status = body.get("status") or {}
+    value = status.get("claimedSince") if isinstance(status, Mapping) else None
+    return value if isinstance(value, str) and value else None
+
+
 def parse_plain(raw: dict[str, Any]) -> tuple[VirtualService | None, str | None]:
     try:
         return parse_virtual_service(raw), None

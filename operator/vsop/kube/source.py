@@ -49,6 +49,7 @@ class VSRecord:
     fingerprint: str  # what the kernel depends on: uid, creation time and spec
     # status.backendHealth: the checkers of each static backend and their verdict (vsop.kube.checkers)
     published: tuple[tuple[str, checkers.Published], ...] = ()
+    claimed_since: str | None = None  # status.claimedSince: the seniority a re-created object kept (vsop.core.claims)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -77,12 +78,13 @@ def vs_record(body: Mapping[str, Any], node_name: str) -> VSRecord:
         error=error,
         fingerprint=fingerprint,
         published=tuple(sorted(checkers.parse_published(status).items())),
+        claimed_since=objects.claimed_since(body),
     )
 
 
-def _seen(record: VSRecord) -> tuple[str, tuple[tuple[str, checkers.Published], ...]]:
+def _seen(record: VSRecord) -> tuple[str, tuple[tuple[str, checkers.Published], ...], str | None]:
     """What a VirtualService event must change for the agent to look at the object again."""
-    return (record.fingerprint, record.published)
+    return (record.fingerprint, record.published, record.claimed_since)
 
 
 def _service_of(record: VSRecord | None) -> tuple[str, str] | None:
