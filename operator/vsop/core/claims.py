@@ -353,15 +353,16 @@ class Tombstones:
         self.grace_seconds = grace_seconds
         self.local: dict[str, Tombstone] = {}
 
-    def note(self, admission: Admission, changed: Mapping[str, VirtualService | None], now: float, declared: Container[str] = ()) -> None:
+    def note(self, admission: Admission, changed: Mapping[str, VirtualService | None], now: float, unheld: Container[str] = ()) -> None:
         """Before `admission.update(changed)`: an object gone, or replaced by another one under its name
         (a delete and create between two turns: another creationTimestamp), leaves its claim held.
-        `declared`: objects still there but invalid (not judged; their kernel state is held, vsop.core.held): not gone."""
+        `unheld`: objects whose going holds nothing (still declared but invalid: their kernel state is
+        held, vsop.core.held; or derived from a LoadBalancer Service: its allocation owns the address)."""
         if self.grace_seconds <= 0:
             return
         for ref, vs in changed.items():
             old = admission.objects.get(ref)
-            if old is None or (vs is None and ref in declared) or (vs is not None and vs.metadata.creation_timestamp == old.metadata.creation_timestamp):
+            if old is None or ref in unheld or (vs is not None and vs.metadata.creation_timestamp == old.metadata.creation_timestamp):
                 continue
             self.local[ref] = Tombstone.of(old, admission.age(ref), float(math.ceil(now + self.grace_seconds)))
 

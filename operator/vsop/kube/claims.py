@@ -26,12 +26,12 @@ from typing import Any, Callable, Container, Mapping
 import kopf
 
 from vsop.api.errors import InvalidInput
-from vsop.api.model import API_GROUP, API_VERSION
-from vsop.api.pools import POOL_PLURAL, VipPool, parse_vip_pool
 from vsop.api.crd import RELEASED_MAX
-from vsop.api.model import VirtualService
+from vsop.api.model import API_GROUP, API_VERSION, VirtualService
+from vsop.api.pools import POOL_PLURAL, VipPool, parse_vip_pool
 from vsop.core.claims import DEFAULT_GRACE_SECONDS, Admission, ClaimRule, Policy, Tombstone, Tombstones
 from vsop.core.desired import Problem
+from vsop.kube.lbservices import SERVICE_LABEL
 from vsop.kube.runtime import ListingGate, Trigger, kv
 
 log = logging.getLogger("vsop.kube.claims")
@@ -150,9 +150,12 @@ class HeldClaims:
 
     def judge(self, admission: Admission, changed: Mapping[str, VirtualService | None], since: Mapping[str, str | None],
               declared: Container[str] = ()) -> dict[str, Problem]:
-        """`admission.update` with the held claims; `declared`: changed objects still there but invalid (not gone)."""
+        """`admission.update` with the held claims; `declared`: changed objects still there but invalid (not gone).
+        An object derived from a LoadBalancer Service holds nothing when it goes: the allocation owns its address
+        (vsop.kube.loadbalancers), and a Service handed the address next must not wait for a grace period."""
         now = self.clock()
-        self.tombstones.note(admission, changed, now, declared)
+        derived = {ref for ref in changed if (old := admission.objects.get(ref)) is not None and SERVICE_LABEL in old.metadata.labels}
+        self.tombstones.note(admission, changed, now, derived | {ref for ref in changed if ref in declared})
         self.held = self.tombstones.held(self.watch.shared(), now)
         refusals = admission.update(self.watch.rule(), changed, since=since, held=self.held)
         self._wake_at(min((t.until for t in self.held.values()), default=None), now)

@@ -210,7 +210,7 @@ def test_an_object_turned_invalid_is_not_gone() -> None:
     tombs, admission = Tombstones(grace_seconds=60), Admission()
     owner = vs("owner", "192.0.2.1")
     admission.update(ClaimRule(policy="any"), {owner.ref: owner})
-    tombs.note(admission, {owner.ref: None}, 1.0, declared={owner.ref})
+    tombs.note(admission, {owner.ref: None}, 1.0, unheld={owner.ref})
     assert tombs.local == {}
     tombs.note(admission, {owner.ref: None}, 1.0)
     assert set(tombs.local) == {owner.ref}

@@ -10,7 +10,7 @@ from tests.unit.core.test_claims import vs
 from vsop.api.crd import RELEASED_MAX
 from vsop.api.pools import parse_vip_pool
 from vsop.core.claims import Admission, ClaimRule, Tombstone
-from vsop.kube.claims import released
+from vsop.kube.claims import HeldClaims, released
 
 RULE = ClaimRule(policy="any")
 
@@ -55,3 +55,31 @@ def test_a_pool_keeps_at_most_released_max_the_last_to_expire() -> None:
     held = {t.ref: t for t in (tomb(f"o{i}", "192.0.2.1", until=float(i)) for i in range(RELEASED_MAX + 5))}
     written = released(admission, held, [vip_pool("lan", ["192.0.2.0/28"], list(held.values()))])["lan"]
     assert len(written) == RELEASED_MAX and min(t.until for t in written) == 5.0
+
+
+class Watch:
+    """What HeldClaims reads of the cluster's pools: the rule and the shared held claims."""
+
+    def __init__(self) -> None:
+        self.shared_claims: dict[str, Tombstone] = {}
+
+    def rule(self) -> ClaimRule:
+        return RULE
+
+    def shared(self) -> dict[str, Tombstone]:
+        return self.shared_claims
+
+
+def test_an_object_derived_from_a_loadbalancer_service_holds_nothing_when_it_goes() -> None:
+    """The allocation owns a LoadBalancer Service's address: the next Service handed it waits for no grace period."""
+    from vsop.kube.runtime import Trigger
+
+    derived = vs("lb-web-v4", "192.0.2.1", namespace="a")
+    derived = derived.model_copy(update={"metadata": derived.metadata.model_copy(update={"labels": {"vsop.dev/service": "web"}})})
+    plain = vs("web", "192.0.2.2", namespace="a")
+    held = HeldClaims(Watch(), Trigger(), grace_seconds=300, clock=lambda: 1000.0)  # type: ignore[arg-type]
+    admission = Admission()
+    held.judge(admission, {derived.ref: derived, plain.ref: plain}, {})
+    held.judge(admission, {derived.ref: None, plain.ref: None}, {})
+    assert set(held.held) == {"a/web"}
+    assert held.held["a/web"].until == 1300.0
