@@ -142,7 +142,8 @@ async def test_bgp_sessions_and_the_announcing_node_in_report_and_status(cluster
     async with running(agent), run_controller(cluster):
         await until(lambda: entry(cluster, "node-a").get("announced") == "announced", "announced: route in table 4242, a session up")
         await until(lambda: announced_by(cluster) == "every selected node", "status.announcedBy")
-        sessions = (cluster.get("vsop.dev/v1alpha1/nodereports", None, "node-a")["status"]).get("bgpSessions")
+        sessions = await until(lambda: cluster.get("vsop.dev/v1alpha1/nodereports", None, "node-a")["status"].get("bgpSessions"),
+                               "the sessions in the NodeReport")
         assert sessions == [
             {"peer": "10.99.0.2", "asn": 65000, "up": False, "bgpState": "Active", "lastError": "Hold timer expired"},
             {"peer": "10.99.0.3", "asn": 65002, "up": True, "bgpState": "Established"},
@@ -152,8 +153,8 @@ async def test_bgp_sessions_and_the_announcing_node_in_report_and_status(cluster
         bird.answer = ANSWER.replace("Established", "Active").replace("up     07:06:21.802", "start  07:06:30.000")
         await until(lambda: entry(cluster, "node-a").get("announced") == "nosession", "nosession in the report")
         await until(lambda: announced_by(cluster) == "none", "nobody announces it")
-        status = cluster.get("vsop.dev/v1alpha1/nodereports", None, "node-a")["status"]
-        assert [s["up"] for s in status["bgpSessions"]] == [False, False]
+        await until(lambda: [s["up"] for s in cluster.get("vsop.dev/v1alpha1/nodereports", None, "node-a")["status"]["bgpSessions"]]
+                    == [False, False], "the sessions down in the NodeReport")
         assert "169.254.11.2/32" in fake.state.routes  # the route stays: BIRD announces it once a session is back
 
         bird.answer = ANSWER
@@ -188,7 +189,8 @@ async def test_vrrp_peers_from_the_selected_nodes_follow_joins_and_leaves_and_no
     async with running(agent):
         await until(lambda: unicast_peers(text()) == ["10.0.0.12"], "node-b's InternalIP as the only unicast peer")
         assert "unicast_src_ip 10.0.0.11" in text() and "10.0.0.99" not in text()
-        assert (len(check.calls), len(signaller.sent)) == (1, 1)
+        await until(lambda: len(signaller.sent) == 1, "the SIGHUP after the files are in place")
+        assert len(check.calls) == 1
 
         await cluster.node("node-c", labels=lb, addresses=("10.0.0.13",))
         await until(lambda: unicast_peers(text()) == ["10.0.0.12", "10.0.0.13"], "node-c joins the peers")
