@@ -203,14 +203,20 @@ class AgentProcess:
         self.log = workdir / "agent.log"
         self.process: subprocess.Popen | None = None
 
+    def spawn(self) -> subprocess.Popen:
+        """Start it without waiting for anything (its log appended to `log`)."""
+        self.status_file.unlink(missing_ok=True)
+        with open(self.log, "a") as log:
+            self.process = subprocess.Popen(
+                [*self.prefix, VSOP, "agent", *self.args, "--poll-seconds", "0.2", "--resync-seconds", str(self.resync_seconds),
+                 "--status-file", str(self.status_file), "--state-file", str(self.state_file), "-v"],
+                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
+            )
+        return self.process
+
     def start(self) -> None:
         """Start it and wait for its first sync; a timeout shows its exit code and log."""
-        self.status_file.unlink(missing_ok=True)
-        self.process = subprocess.Popen(
-            [*self.prefix, VSOP, "agent", *self.args, "--poll-seconds", "0.2", "--resync-seconds", str(self.resync_seconds),
-             "--status-file", str(self.status_file), "--state-file", str(self.state_file), "-v"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "a"), start_new_session=True,
-        )
+        self.spawn()
         try:
             wait_for("the agent's first sync", lambda: self.status().get("lastSync", {}).get("at"), STARTUP_TIMEOUT, 0.5)
         except AssertionError as exc:

@@ -95,6 +95,8 @@ def execute(
     clients on a fixed source port stay on the old real server until their entry expires.
     """
     probe(kernel, the_plan, names)
+    if the_plan.ops:  # a long sync's derive and plan end here (-v): what follows changes the kernel
+        log.debug("writing to the kernel operations=%d", len(the_plan.ops))
     if observed is None and kernel.conntrack is not None and any(
         isinstance(op, ops.DeleteService) and op.key.protocol == "udp" for op in the_plan.ops
     ):
