@@ -303,3 +303,24 @@ async def test_the_bgpspeaker_selecting_this_node_is_watched_and_bird_reconfigur
         await cluster.delete(SPEAKERS, None, "edge")
         await until(lambda: "no BGPSpeaker selects node node-a" in (announcer.last_error or ""), "no speaker any more")
         assert "10.99.0.7" in text() and bird.configures() == 2
+
+
+async def test_a_restarted_agent_takes_the_master_from_the_vip_on_an_interface_until_keepalived_speaks(cluster: Cluster, tmp_path: Path) -> None:
+    """keepalived writes its FIFO at transitions only: an agent started beside a running master hears nothing.
+    The VIP on one of the node's interfaces (keepalived put it on eth0) says who holds it meanwhile."""
+    from vsop.core.state import KernelState
+
+    await cluster.node("node-a", addresses=("10.0.0.11",))
+    await cluster.vs("web", VRRP_WEB)
+    keepalived = KeepalivedWriter(KeepalivedConfig(directory=tmp_path / "keepalived", pidfile=tmp_path / "keepalived.pid",
+                                                   track_dir=tmp_path / "vrrp"), check=FakeCheck(), signaller=FakeSignaller())
+    kernel, _ = fake_kernel(KernelState(node_addresses=frozenset({"10.0.0.11", "169.254.11.2"})))  # the VIP on eth0
+    connection = Connection.for_url(cluster.url)
+    agent = Agent(AgentOptions(node_name="node-a", resync_seconds=3600.0, debounce_seconds=0.01, vip_policy="any"), kernel,
+                  RecordingWriter(connection, "vsop-agent", host="node-a"), conntrack=FakeConntrack(), keepalived=keepalived)
+    connection.register_login(agent.registry)
+    async with running(agent), run_controller(cluster):
+        await until(lambda: entry(cluster, "node-a").get("announced") == "master", "master: the VIP is on an interface of the node")
+        await until(lambda: announced_by(cluster) == "node-a", "status.announcedBy")
+        tell(keepalived, "BACKUP")  # what keepalived says wins
+        await until(lambda: entry(cluster, "node-a").get("announced") == "backup", "backup once keepalived says so")

@@ -387,6 +387,11 @@ class Agent:
         for the objects the turn touched, or for all when keepalived's VRRP states or the BGP sessions changed."""
         reconciler = self.reconciler
         vrrp = self.keepalived.announced() if self.keepalived is not None and self.keepalived.notify is not None else None
+        if vrrp is not None and "unknown" in vrrp.values():
+            # keepalived tells transitions only: after the agent restarted it says nothing until the next one.
+            # The VIP on one of this node's interfaces (keepalived adds it there on MASTER) says it meanwhile.
+            held = reconciler.observed.node_addresses if reconciler.observed is not None else frozenset()
+            vrrp = {vip: "master" if state == "unknown" and vip in held else state for vip, state in vrrp.items()}
         reading = self.bird.known() if self.bird is not None else None
         up = None if reading is None else (False if reading.error else announce.sessions_up(reading.sessions))
         inputs = (vrrp, up)
