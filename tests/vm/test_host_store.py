@@ -363,6 +363,53 @@ def test_apply_keeps_the_agents_verdicts_and_drains(lab, agents, tmp_path, capsy
             server.wait()
 
 
+def test_delete_drains_with_the_writer_lock_free_beside_a_running_agent(lab, agents, tmp_path, capsys) -> None:
+    """`vsop delete gone` with a connection open: the lock is free while it drains, a health flip on
+    `flip` lands meanwhile, the connection survives, and web's failed be2 stays at 0 throughout."""
+    client, store, lock = lab["client"], Path(os.environ["VSOP_STORE"]), Path(os.environ["VSOP_LOCK"])
+    check = {"type": "tcp", "intervalSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 1, "successThreshold": 1}
+    servers = {(name, port): start_http_server(lab[name], tmp_path / f"h-{name}-{port}", port=port) for name in BACKENDS for port in (9095, 9096)}
+    echo_port = [{"name": "echo", "port": 7, "targetPort": 7007}]
+    apply(capsys, manifest(tmp_path, "web", ports=[{"port": 80, "targetPort": 9095}], healthCheck=check),
+          manifest(tmp_path, "flip", vip="169.254.11.5", ports=[{"port": 80, "targetPort": 9096}], healthCheck=check),
+          manifest(tmp_path, "gone", vip="169.254.11.6", ports=echo_port, drain={"timeoutSeconds": 3600}))
+    agent = agents()
+    agent.start()
+    be1, be2 = BACKENDS["be1"], BACKENDS["be2"]
+    try:
+        servers[("be2", 9095)].kill()
+        wait_for("web's be2 taken out by the agent", lambda: weight_of(VIP, 80, be2, 9095) == 0, 60, 0.1)
+        wait_for("the verdict kept", lambda: '"healthy": false' in agent.state_file.read_text(), 60, 0.2)
+        with connect(client, "169.254.11.6", 7) as open_one:
+            assert echo(open_one, "a").endswith(":a")
+            deleting = subprocess.Popen([VSOP, "delete", "gone", "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+            def draining() -> bool:
+                if deleting.poll() is not None:
+                    out, err = deleting.communicate()
+                    raise AssertionError(f"vsop delete ended before its drain: exit {deleting.returncode}; {out} {err}")
+                return "vsop.dev/deleting" in (store / "default_gone.yaml").read_text()
+
+            # A console script's start under emulation beside a busy agent (one vCPU): minutes, not seconds.
+            wait_for("delete draining gone", draining, 600, 0.5)
+            # The writer lock is free during the drain (delete held it for the whole drain before).
+            assert run("flock", "-w", "30", str(lock), "true", check=False).returncode == 0
+            servers[("be1", 9096)].kill()  # a health flip elsewhere
+            wait_for("flip's be1 taken out during the drain", lambda: weight_of("169.254.11.5", 80, be1, 9096) == 0, 120, 0.1)
+            assert deleting.poll() is None  # still draining: the flip landed meanwhile
+            assert echo(open_one, "b").endswith(":b")  # the connection being drained survives
+            assert weight_of(VIP, 80, be2, 9095) == 0
+        out, err = deleting.communicate(timeout=600)  # the connection closed: the drain ends
+        assert deleting.returncode == 0, err
+        assert "the writer lock is free meanwhile" in err and json.loads(out)["deleted"] == ["default/gone"]
+        assert not (store / "default_gone.yaml").exists() and "169.254.11.6" not in vips_in_kernel()
+        assert weight_of(VIP, 80, be2, 9095) == 0  # still out: no command put it back
+    finally:
+        for server in servers.values():
+            server.kill()
+            server.wait()
+
+
 # -- 7. a folder whose symlinks loop, and SIGTERM ------------------------------------------------
 
 
