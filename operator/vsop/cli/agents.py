@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import gc
 import logging
 import os
 import socket
@@ -341,6 +343,9 @@ def run_host_agent(args: argparse.Namespace) -> int:
     bird = bird_announcer(args, config.names) if args.bgp_speaker else None
     kernel = real_kernel()
     kernel.ipvs.probe()  # say it now, not at the first sync: this kernel cannot run the agent
+    # At the process's exit, whose end frees everything anyway: the heap frozen is skipped by the
+    # interpreter's final collections, most of SIGTERM-to-exit under emulation (bench/agent_stop.py).
+    atexit.register(gc.freeze)
     return run_agent(
         kernel, config, ConntrackTool(), keepalived=keepalived, metrics_port=args.metrics_port, bind_address=args.bind_address, bird=bird
     )

@@ -132,6 +132,7 @@ class HostAgent:
         self.status_doc = StatusDocument()  # the status file's text, kept per entry (vsop.host.status_file)
         self.status_written = float("-inf")
         self.status_due: float | None = None  # the running agent batches the status file (see flush_due)
+        self.stop_requested: float | None = None  # when SIGTERM / SIGINT arrived (monotonic)
 
     @property
     def targets(self) -> set[Target]:
@@ -380,12 +381,14 @@ class HostAgent:
                 poller = asyncio.get_running_loop().create_task(self._poll(stop), name="poll folder")
                 await self.loop.run(self, stop)
         finally:
+            log.debug("stopping: turns and health checks ended")
             poller.cancel()
             stopping.cancel()
             self.stopping.set()
             if self.status_due is not None:
                 self.write_status()  # the last status, unless a walk still holds the folder
-            log.info("agent stopped; the kernel keeps serving what was programmed syncs=%d", self.syncs)
+            took = "" if self.stop_requested is None else f" stop_seconds={time.monotonic() - self.stop_requested:.3f}"
+            log.info("agent stopped; the kernel keeps serving what was programmed syncs=%d%s", self.syncs, took)
 
     async def _stopping(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -496,8 +499,14 @@ def run_agent(
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        def stopping(sig: signal.Signals) -> None:
+            if not stop.is_set():
+                agent.stop_requested = time.monotonic()
+                log.info("stopping signal=%s", sig.name)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stopping, sig)
         endpoints = None
         if metrics is not None and metrics_port is not None:
             probes = Probes(stall_seconds=max(120.0, 4 * config.resync_seconds))
@@ -512,4 +521,5 @@ def run_agent(
                 await endpoints.stop()
 
     asyncio.run(main())
+    log.debug("stopping: event loop closed")
     return 0

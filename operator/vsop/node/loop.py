@@ -360,9 +360,11 @@ class NodeLoop:
         try:
             await self._turns(driver, stop)
         finally:
+            log.debug("stopping: no turn running")
             if watcher is not None:
                 watcher.cancel()
             await self.checker.stop()
+            log.debug("stopping: health checks stopped")
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
