@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from dataclasses import replace
@@ -345,8 +346,9 @@ def test_the_host_agent_loads_the_http_stack_only_for_a_metrics_port() -> None:
     assert out == "[]", out
 
 
-def test_vsop_agent_serves_metrics_and_health_on_its_metrics_port(tmp_path: Path) -> None:
-    """run_agent with a metrics port (the lazily imported HTTP stack) serves /metrics and /healthz, and stops on SIGTERM."""
+def test_vsop_agent_serves_metrics_and_health_on_its_metrics_port(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """run_agent with a metrics port (the lazily imported HTTP stack) serves /metrics and /healthz, and
+    stops on SIGTERM, logging the signal and how long its stop took (stop_seconds)."""
     import os
     import signal
     import socket
@@ -384,10 +386,14 @@ def test_vsop_agent_serves_metrics_and_health_on_its_metrics_port(tmp_path: Path
 
     thread = threading.Thread(target=scrape, daemon=True)
     thread.start()
+    caplog.set_level(logging.INFO, logger="vsop.agent")
     assert run_agent(kernel, config, FakeConntrack(), metrics_port=port) == 0
     thread.join(5)
     assert scraped.get("healthz") == "200", scraped
     assert "vsop_" in scraped["metrics"]
+    said = [record.getMessage() for record in caplog.records if record.name == "vsop.agent"]
+    assert "stopping signal=SIGTERM" in said, said
+    assert any(line.startswith("agent stopped;") and " stop_seconds=" in line for line in said), said
 
 
 def test_a_full_sync_hands_the_freed_heap_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
