@@ -525,7 +525,11 @@ def read_costs(reconciler: Reconciler, count: int, repeat: int) -> dict[str, flo
         "ipvsadm": lambda: timed("ipvsadm", "-Sn"), "ipset": lambda: timed("ipset", "save"),
         "iptables": lambda: timed("iptables-save"), "cold_read": cold_read, "warm_read": warm_read, "resync": resync,
     }
-    figures = {name: statistics.median(cost() for _ in range(repeat)) for name, cost in costs.items()}
+    figures = {}
+    for name, cost in costs.items():
+        taken = [cost() for _ in range(repeat)]
+        figures[name] = statistics.median(taken)
+        print(f"#   N={count} {name}: {' '.join(f'{t:.3f}s' for t in taken)}", flush=True)  # as it goes: a run cut short keeps them
     figures["tools"] = figures["ipvsadm"] + figures["ipset"] + figures["iptables"]
     return figures
 
@@ -536,14 +540,16 @@ def fair_resync_figures(node: str, count: int, repeat: int) -> dict[str, dict[st
     reconciler.set_objects([service(i) for i in range(count)])
     assert reconciler.reconcile().ok
     assert reconciler.reconcile(full=True).writes == 0
-    return {"as_is": read_costs(reconciler, count, repeat),
-            "tmpfs": with_etc_on_tmpfs(node, lambda: read_costs(reconciler, count, repeat))}
+    print(f"# N={count}, /etc over 9p", flush=True)
+    as_is = read_costs(reconciler, count, repeat)
+    print(f"# N={count}, /etc/protocols, /etc/services, /etc/nsswitch.conf on a tmpfs", flush=True)
+    return {"as_is": as_is, "tmpfs": with_etc_on_tmpfs(node, lambda: read_costs(reconciler, count, repeat))}
 
 
 def print_fair_resync(small: int, large: int, repeat: int) -> int:
     node = f"vsopbench{os.getpid()}"
     results = {}
-    for count in (small, large):
+    for count in (large, small):  # the large first: it is the figure
         results[count] = fair_resync_figures(node, count, repeat)
         cleanup(real_kernel())
     rows = (("ipvsadm -Sn", "ipvsadm"), ("ipset save", "ipset"), ("iptables-save", "iptables"), ("the three tools", "tools"),

@@ -149,6 +149,8 @@ def deaths(ipvs: IPVSKernel, listeners: dict[str, Listener], samples: int, limit
         found["lag_dead"].append(probe_lag())
         listeners[VICTIM] = Listener(VICTIM)
         found["back"].append(until_weight(ipvs, 1, limit))
+        print(f"#   killed: weight 0 after {seconds(found['dead'][-1]).strip()} (lag then {found['lag_dead'][-1]:.2f}s), "
+              f"back to 1 after {seconds(found['back'][-1]).strip()}", flush=True)
         if time.perf_counter() - started > budget or found["dead"][-1] == float("inf"):
             break
     return found
@@ -171,6 +173,8 @@ def measure(count: int, args: argparse.Namespace, samples: int) -> dict[str, flo
         arrived = sum(s.accepted for s in listeners.values()) - before
         figures["per_interval"] = arrived / (time.perf_counter() - window) * INTERVAL
         figures["lag_before"] = probe_lag()
+        print(f"# N={count}: programmed in {took:.1f}s; {figures['per_interval']:.0f} probes arrived per {INTERVAL:g} s interval "
+              f"({2 * count} targets); probe lag {figures['lag_before']:.2f}s", flush=True)
         found = deaths(ipvs, listeners, samples, args.limit, args.budget)
         figures.update(dead=statistics.median(found["dead"]), dead_min=min(found["dead"]), dead_max=max(found["dead"]),
                        back=statistics.median(found["back"]), lag_dead=max(found["lag_dead"]), samples=len(found["dead"]))
@@ -233,8 +237,11 @@ def main() -> int:
     parser.add_argument("--vsop", default=str(Path(sys.executable).parent / "vsop"), help="the vsop command (default: beside this python)")
     args = parser.parse_args()
     print(f"# host agent health checks, kernel {os.uname().release}, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f}")
+    results: dict[int, dict[str, float]] = {}
     with lab():
-        results = {args.small: measure(args.small, args, args.samples), args.large: measure(args.large, args, args.large_samples)}
+        for count, samples in ((args.small, args.samples), (args.large, args.large_samples)):
+            results[count] = measure(count, args, samples)
+            print(f"# N={count}: {', '.join(f'{name} {value:.2f}' for name, value in results[count].items())}", flush=True)
     report(results, args)
     return 0
 
