@@ -204,7 +204,7 @@ def stop(agent: subprocess.Popen[bytes]) -> None:
 
 
 def seconds(value: float) -> str:
-    return "  never" if value == float("inf") else f"{value:6.2f}s"
+    return "  never" if value == float("inf") else f"{value:6.2f}s"  # never: not within --limit
 
 
 def report(results: dict[int, dict[str, float]], args: argparse.Namespace) -> None:
@@ -212,7 +212,8 @@ def report(results: dict[int, dict[str, float]], args: argparse.Namespace) -> No
     print("\n## `vsop agent --from DIR` (its own process), N services each TCP-checked every 2 s (timeout 1 s, threshold 2),")
     print("## a real server of one of them killed (its port refuses): seconds until weight 0 in the kernel, and back to 1")
     print("## (targets: what the agent's checker probes each interval; arrived: probes the backends accepted per interval;")
-    print("##  lag: vsop_health_probe_lag_seconds before the kill / at weight 0; wrong: other real servers at weight 0 at the end)")
+    print("##  lag: vsop_health_probe_lag_seconds before the kill / at weight 0; wrong: other real servers at weight 0 at the end;")
+    print(f"##  never: not within --limit {args.limit:g} s)")
     print(f"{'N':>6} {'start':>7} {'targets':>8} {'arrived':>8} {'lag':>15} {'dead (median)':>14} {'[min-max]':>17} {'back':>8} {'n':>2} "
           f"{'wrong':>6} {'overflows':>9}")
     for count, r in results.items():
