@@ -124,6 +124,17 @@ def test_source_ranges_serve_clients_inside_and_drop_the_rest(lab, outside, tmp_
     with pytest.raises(socket.timeout):
         connect(outside, VIP, 80, timeout=WAIT_SECONDS).close()  # outside: dropped, not refused
     assert filter_rule_packets(1) > dropped_before  # by the sourceRanges rule at the head of VSOP-FILTER
+    # explain and doctor --from read the ranges from the kernel's sets and name them.
+    capsys.readouterr()
+    vsop(["explain", f"{VIP}:80", "--from", OUTSIDE, "-o", "json"])
+    step = next(s for s in json.loads(capsys.readouterr().out)["steps"] if s["id"] == "input")
+    assert f"{OUTSIDE} is DROPPED by sourceRanges" in step["found"] and step["counters"]["sourceRanges drop packets"] > 0
+    vsop(["explain", f"{VIP}:80", "--from", "10.200.9.2", "-o", "json"])
+    step = next(s for s in json.loads(capsys.readouterr().out)["steps"] if s["id"] == "input")
+    assert "10.200.9.2 is admitted by sourceRanges 10.200.9.0/24" in step["found"]
+    assert vsop(["doctor", f"{VIP}:80", "--from", OUTSIDE, "-o", "json"]) == 1
+    (finding,) = [f for f in json.loads(capsys.readouterr().out)["findings"] if f["check"].startswith("sourceRanges")]
+    assert finding["status"] == "fail" and "(10.200.9.0/24, 192.0.2.0/24)" in finding["message"]
     for client in (lab["client"], outside):  # the VIP without ranges serves everyone
         assert http_get(OPEN_VIP, 80, netns=client, timeout=10).strip() in ("be1", "be2")
 

@@ -65,9 +65,11 @@ def register(sub: Any) -> None:
     p = subcommand(
         sub, "doctor", "every known cause of a dead VIP checked on this node, each failure with its fix", DOCTOR_DESCRIPTION,
         exits(ok="every check passes (warnings allowed)", failure="something is wrong: each failure names its fix",
-              invalid="invalid VIP:PORT"),
+              invalid="invalid VIP:PORT or --from"),
     )
     p.add_argument("targets", nargs="*", metavar="VIP:PORT[/PROTOCOL]", help="the services to check (default: all of vsop's here)")
+    p.add_argument("--from", dest="origin", metavar="ADDRESS",
+                   help="a client's address: each service's sourceRanges must admit it (fails naming the ranges that drop it)")
     add_common(p)  # -v also lists the checks that pass
     p.add_argument("--status-file", default=STATUS_FILE, metavar="FILE", help="the host agent's status file")
     p.add_argument("--store", metavar="DIR", help="the VirtualServices this node should serve, for what vsop expects (default: the agent's folder, else /etc/vsop/virtualservices.d)")
@@ -101,6 +103,16 @@ def _origin(origin: str | None, facts: Any) -> str:
     return "local" if address.is_loopback or str(address) in own else "remote"
 
 
+def _client(origin: str | None) -> str | None:
+    """doctor's --from: an IP address (its canonical text), or invalid input."""
+    if origin is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(origin))
+    except ValueError:
+        raise InvalidInput([FieldError(path="--from", reason=f"{origin!r} is not an IP address")]) from None
+
+
 def _explain(args: argparse.Namespace) -> Result:
     from vsop.diagnose.explain import explain, explain_text
     from vsop.diagnose.gather import gather
@@ -109,7 +121,8 @@ def _explain(args: argparse.Namespace) -> Result:
     previous: dict[str, Any] | None = None
     while True:
         facts = gather([key], status_file=args.status_file, bird_socket=args.bird_socket)
-        report = explain(facts, key, _origin(args.origin, facts))
+        origin = _origin(args.origin, facts)
+        report = explain(facts, key, origin, client=args.origin if origin == "remote" else None)
         code = output.EXIT_OK if facts.ipvs_available else output.EXIT_FAILURE  # README: a kernel without IPVS is a runtime failure
         if not args.watch:
             return Result(code, text=partial(explain_text, report), document=report)  # a report, whatever it shows: doctor is the check
@@ -140,6 +153,7 @@ def _doctor(args: argparse.Namespace) -> Result:
     from vsop.diagnose.gather import NETSTAT_WINDOW_SECONDS, gather
 
     keys = [_target(text, f"VIP:PORT {text}") for text in args.targets]
+    client = _client(args.origin)
     facts = gather(keys, status_file=args.status_file, store=args.store, netstat_window=NETSTAT_WINDOW_SECONDS, bird_socket=args.bird_socket)
-    report = doctor(facts, keys)
+    report = doctor(facts, keys, client=client)
     return Result(0 if report["ok"] else 1, text=lambda: doctor_text(report, verbose=args.verbose), document=report)

@@ -4,7 +4,8 @@ Owns the checks (IPVS present, the sysctls IPVS and masquerade need, strict rp_f
 dropping packets, the VIP on vsop0 and vsop0 up, vsop's chains and jumps, a foreign
 rule ahead of vsop's jump, rules on the other iptables backend, real servers without a
 route or local, ARP and conn_reuse_mode settings, stale UDP conntrack entries, the host
-agent's status, BIRD's BGP sessions for announce: bgp) and their text and JSON forms. A fix is a command a person can run, or
+agent's status, BIRD's BGP sessions for announce: bgp; with `--from ADDRESS`, whether each
+service's sourceRanges admit that client, vsop.diagnose.ranges) and their text and JSON forms. A fix is a command a person can run, or
 the setting to change. Pure: reads a `Facts`, never the host.
 Must not import: subprocess, socket, pyroute2, kopf, vsop.adapters.
 """
@@ -20,6 +21,7 @@ from vsop.core.desired import constant_chains, constant_jumps, family_sysctls, k
 from vsop.core.state import ServiceKey, host_prefix, hostport, ipset_member
 from vsop.diagnose.explain import FILTER_TERMINAL, NAT_TERMINAL, rules_ahead
 from vsop.diagnose.facts import Facts
+from vsop.diagnose.ranges import source_ranges
 
 PASS, FAIL, WARN = "pass", "fail", "warn"
 AGENT_STATUS_MAX_AGE = 300.0  # the agent rewrites its status at every sync (resync: 30 s by default)
@@ -528,17 +530,36 @@ CHECKS = (check_ipvs, check_sysctls, check_rp_filter, check_link, check_services
           check_other_backend, check_real_servers, check_conntrack, check_agent, check_bgp, check_vrrp)
 
 
-def doctor(facts: Facts, keys: list[ServiceKey] | None = None) -> dict[str, Any]:
-    """Every check on the given services (default: everything vsop serves here)."""
+def check_source_ranges(facts: Facts, keys: list[ServiceKey], client: str) -> Iterable[Finding]:
+    """doctor --from: each service's sourceRanges admit `client`, or the failure names the ranges that drop it."""
+    for key in keys:
+        label = f"sourceRanges {key} from {client}"
+        ranges = source_ranges(facts, key)
+        if ranges is None:
+            yield Finding(label, PASS, f"{key} has no sourceRanges: {client} may reach it")
+        elif ranges.admitting(client):
+            yield Finding(label, PASS, ranges.verdict(client))
+        else:
+            prefix = "128" if key.family == 6 else "32"
+            yield Finding(label, FAIL, ranges.verdict(client) + f"; VSOP-FILTER's first rule drops its packets to {key}",
+                          setting=f"add {client}/{prefix} (or its network) to spec.sourceRanges of VirtualService {ranges.owner or key}")
+
+
+def doctor(facts: Facts, keys: list[ServiceKey] | None = None, client: str | None = None) -> dict[str, Any]:
+    """Every check on the given services (default: everything vsop serves here); with `client`, also
+    whether their sourceRanges admit that address."""
     targets = sorted(set(keys)) if keys else served(facts)
     findings: list[Finding] = []
     if not targets:
         findings.append(Finding("vsop.services", WARN, "vsop serves nothing on this host (no VIP:port in its sets, store or IPVS)"))
     for check in CHECKS:
         findings.extend(check(facts, targets))
+    if client is not None:
+        findings.extend(check_source_ranges(facts, targets, client))
     failed = [f for f in findings if f.status == FAIL]
     return {
         "targets": [str(key) for key in targets],
+        "from": client,
         "ok": not failed,
         "failed": len(failed),
         "warnings": sum(1 for f in findings if f.status == WARN),

@@ -17,6 +17,7 @@ from vsop.api.errors import printable
 from vsop.core.desired import constant_chains, constant_jumps
 from vsop.core.state import Names, RealServerKey, ServiceKey, hostport, ipset_member
 from vsop.diagnose.facts import Chain, Facts, Rule, rule_words
+from vsop.diagnose.ranges import source_ranges
 
 PROTOCOLS = ("tcp", "udp", "sctp")
 # What ends a packet's walk through a nat chain before vsop's jump (it is never marked).
@@ -327,7 +328,19 @@ def _filter_rule_word(names: Names, family: int, text: str, target: str | None) 
     return "accept" if target == "ACCEPT" else "reject" if target == "REJECT" else (target or "rule").lower()
 
 
-def _filter_step(facts: Facts, key: ServiceKey) -> Step:
+def _ranges_text(facts: Facts, key: ServiceKey, client: str | None, dropped: int | None) -> tuple[str, bool]:
+    """What the port's sourceRanges say (vsop.diagnose.ranges), and False when they drop `client`."""
+    ranges = source_ranges(facts, key)
+    if ranges is None:
+        return "; no sourceRanges: every client may reach this port", True
+    text = f"; sourceRanges of {ranges.owner or 'its owner'}: {len(ranges.ranges)} range(s) ({ranges.listed() or 'none'})"
+    so_far = f" ({dropped} packet(s) dropped so far)" if dropped is not None else ""
+    if client is None:
+        return text + f"; a client in none of them is dropped by the sourceRanges rule{so_far}", True
+    return text + "; " + ranges.verdict(client) + ("" if ranges.admitting(client) else f", the sourceRanges rule{so_far}"), bool(ranges.admitting(client))
+
+
+def _filter_step(facts: Facts, key: ServiceKey, client: str | None = None) -> Step:
     names, family = facts.names, key.family
     jump = find_jump(facts, family, "filter", "INPUT", names.filter_chain)
     chain = facts.chain(family, "filter", "INPUT")
@@ -343,13 +356,14 @@ def _filter_step(facts: Facts, key: ServiceKey) -> Step:
         counters[f"{_filter_rule_word(names, family, rule.text, rule.target)} packets"] = rule.packets
         items.append(Item(f"{names.filter_chain} {rule.position}", f"-A {names.filter_chain} {rule.text}", None, _rule_counters(rule)))
     policy = f"; INPUT policy {chain.policy}" if chain and chain.policy else ""
+    ranges, admitted = _ranges_text(facts, key, client, counters.get("sourceRanges drop packets"))
     return Step(
         id="input", hook="filter INPUT", title="may the packet reach the VIP?",
         why=(f"{names.filter_chain} accepts the VIP:port pairs in the set and rejects anything else addressed to a "
              "VIP, so a VIP does not expose the node's own sshd or kubelet (kube-proxy's KUBE-IPVS-FILTER). "
              "filter rules see every packet, not only the first."),
         expect=_expected_jump(names, family, "filter", "INPUT"),
-        found=_jump_text(jump, chain, "") + policy, ok=jump is not None and not any(sure for _, sure in ahead),
+        found=_jump_text(jump, chain, "") + policy + ranges, ok=jump is not None and not any(sure for _, sure in ahead) and admitted,
         counters=counters, items=items,
     )
 
@@ -524,8 +538,9 @@ def _conntrack_step(facts: Facts, key: ServiceKey) -> Step:
     )
 
 
-def explain(facts: Facts, key: ServiceKey, origin: str = "both") -> dict[str, Any]:
-    """The path of a packet to key as a JSON-able report. origin: "remote", "local" or "both"."""
+def explain(facts: Facts, key: ServiceKey, origin: str = "both", client: str | None = None) -> dict[str, Any]:
+    """The path of a packet to key as a JSON-able report. origin: "remote", "local" or "both";
+    `client`: a remote client's address, judged against the port's sourceRanges."""
     steps: list[Step] = []
     if origin in ("remote", "both"):
         arrival = arrival_step(facts, key)
@@ -537,7 +552,7 @@ def explain(facts: Facts, key: ServiceKey, origin: str = "both") -> dict[str, An
     steps.append(_match_step(facts, key))
     steps.append(_route_step(facts, key))
     if origin in ("remote", "both"):
-        steps.append(_filter_step(facts, key))
+        steps.append(_filter_step(facts, key, client))
     steps.append(_ipvs_step(facts, key))
     steps.append(_real_servers_step(facts, key))
     steps.append(_postrouting_step(facts, key))

@@ -425,3 +425,48 @@ def test_doctor_expects_the_invalid_rule_only_where_conntrack_is_strict() -> Non
     found = failing(doctor(replace(strict, rules=liberal.rules)))  # strict conntrack, the rule missing
     assert [f["check"] for f in found] == ["rules.chain iptables filter VSOP-FILTER"]
     assert any("--ctstate INVALID -j DROP" in line for line in found[0]["fix"])
+
+
+# --- sourceRanges: which range lets a client in, which drop it -----------------------------------
+
+RANGES = ["10.200.9.0/24", "192.0.2.0/24", "198.51.100.7/32"]
+
+
+def test_explain_says_which_source_range_admits_a_client_and_counts_the_rule() -> None:
+    facts = healthy(sourceRanges=RANGES)
+    step = next(s for s in explain(facts, KEY, "remote", client="10.200.9.7")["steps"] if s["id"] == "input")
+    assert "sourceRanges of default/web: 3 range(s) (10.200.9.0/24, 192.0.2.0/24, 198.51.100.7)" in step["found"]
+    assert "10.200.9.7 is admitted by sourceRanges 10.200.9.0/24" in step["found"] and step["ok"] is True
+    assert step["counters"]["sourceRanges drop packets"] == 5 and step["counters"]["invalid drop packets"] == 5
+    assert any(i["text"].startswith("-A VSOP-FILTER -m set --match-set VSOP-SRC-FW") for i in step["items"])
+
+
+def test_explain_says_a_client_outside_every_range_is_dropped_and_by_which_rule() -> None:
+    report = explain(healthy(sourceRanges=RANGES), KEY, "remote", client="10.200.8.2")
+    step = next(s for s in report["steps"] if s["id"] == "input")
+    assert "10.200.8.2 is DROPPED by sourceRanges: it is in none of the 3 range(s) default/web admits" in step["found"]
+    assert "the sourceRanges rule (5 packet(s) dropped so far)" in step["found"]
+    assert step["ok"] is False and "input" in report["problems"]
+    assert "no sourceRanges: every client may reach this port" in next(
+        s for s in explain(healthy(), KEY, "remote", client="10.200.8.2")["steps"] if s["id"] == "input")["found"]
+
+
+def test_doctor_from_names_the_ranges_that_drop_an_address() -> None:
+    facts = healthy(sourceRanges=RANGES)
+    assert not failing(doctor(facts, [KEY], client="198.51.100.7"))
+    found = failing(doctor(facts, [KEY], client="10.200.8.2"))
+    assert [f["check"] for f in found] == ["sourceRanges TCP 169.254.11.2:80 from 10.200.8.2"]
+    assert "in none of the 3 range(s) default/web admits (10.200.9.0/24, 192.0.2.0/24, 198.51.100.7)" in found[0]["message"]
+    assert found[0]["setting"] == "add 10.200.8.2/32 (or its network) to spec.sourceRanges of VirtualService default/web"
+    assert not failing(doctor(healthy(), [KEY], client="10.200.8.2"))  # no ranges: everyone admitted
+    assert not failing(doctor(facts, [KEY]))  # without --from nothing is judged
+
+
+def test_doctor_from_refuses_what_is_not_an_address(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import vsop.diagnose.gather
+    from vsop.cli.main import main
+
+    monkeypatch.setattr(vsop.diagnose.gather, "gather", lambda *a, **k: healthy())
+    assert main(["doctor", "--from", "nowhere"]) == 2
+    assert "--from" in capsys.readouterr().err
+    assert main(["doctor", "169.254.11.2:80", "--from", "10.200.8.2", "-o", "json"]) == 0  # no ranges here
