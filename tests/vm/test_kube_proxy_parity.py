@@ -10,6 +10,11 @@
 - sourceRanges (a Service's loadBalancerSourceRanges): a client inside a range is served,
   one outside is dropped by the one rule at the head of VSOP-FILTER, and a second VIP
   without ranges serves both.
+- trafficPolicy: Local, driven through the node reconciler both agents share (the vm has no API
+  server; the in-cluster agent feeds it EndpointSlices the same way): only this node's endpoint
+  is a real server and sees the client's own address, kube-proxy's health JSON says 200 with 1;
+  with no endpoint here the IPVS service stays empty, a client is refused at once and the
+  health JSON says 503 with 0.
 - INVALID (kube-proxy e2e "should drop INVALID conntrack entries", kubernetes#74839): a
   client's out-of-window segment, injected with a raw socket, is dropped by VSOP-FILTER's
   INVALID rule and the connection lives on; without the rule it reaches the real server
@@ -294,21 +299,33 @@ def routed(lab) -> Iterator[Netns]:
     server.listen(8)
     server.settimeout(0.2)
 
+    with ns.entered():
+        teller = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    teller.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    teller.bind(("0.0.0.0", 7101))
+    teller.listen(8)
+    teller.settimeout(0.2)
+
     def handle(conn: socket.socket) -> None:
         with conn:
             while data := conn.recv(64):
                 conn.sendall(b"routed:" + data)
 
-    def serve() -> None:
+    def tell(conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(conn.getpeername()[0].encode())  # 7101: the address the real server sees
+
+    def serve(listener: socket.socket, handler) -> None:  # type: ignore[no-untyped-def]
         while not stop.is_set():
             try:
-                conn, _ = server.accept()
+                conn, _ = listener.accept()
             except socket.timeout:
                 continue
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-        server.close()
+            threading.Thread(target=handler, args=(conn,), daemon=True).start()
+        listener.close()
 
-    threading.Thread(target=serve, daemon=True).start()
+    threading.Thread(target=serve, args=(server, handle), daemon=True).start()
+    threading.Thread(target=serve, args=(teller, tell), daemon=True).start()
     yield ns
     stop.set()
     pool.close()
@@ -376,3 +393,66 @@ def test_with_tcp_be_liberal_the_invalid_rule_is_left_out_and_the_segment_is_har
             assert not [s for s in segments.from_peer(flow) if s[6] & RST]
     finally:
         run("sysctl", "-w", f"{LIBERAL}=0")
+
+
+# --- trafficPolicy: Local: this node's endpoints, the client's address, refused without -----------
+
+LOCAL_VIP = "169.254.11.5"
+THIS_NODE = "vm-node"
+
+
+def _health(reconciler, namespace: str, name: str) -> tuple[int, Any]:  # type: ignore[no-untyped-def]
+    """GET /health/NAMESPACE/NAME from the agents' HTTP endpoints, served over a real socket."""
+    import asyncio
+
+    import aiohttp
+    from prometheus_client import CollectorRegistry
+
+    from vsop.node.metrics import HttpEndpoints, Probes, local_health
+
+    async def ask() -> tuple[int, Any]:
+        probes = Probes(stall_seconds=120)
+        probes.service_health = lambda ns, n: local_health(reconciler, ns, n)
+        endpoints = HttpEndpoints(probes, CollectorRegistry(), 0, 0, "127.0.0.1")
+        await endpoints.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{endpoints.health_port}/health/{namespace}/{name}") as response:
+                    return response.status, await response.json()
+        finally:
+            await endpoints.stop()
+
+    return asyncio.run(ask())
+
+
+def test_traffic_policy_local_keeps_the_clients_address_and_refuses_without_a_local_endpoint(lab, routed) -> None:
+    from vsop.adapters.real import real_kernel
+    from vsop.api.model import parse_virtual_service
+    from vsop.core.desired import Endpoint, EndpointPort, Node
+    from vsop.node.reconciler import Reconciler
+
+    vs = parse_virtual_service({
+        "apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": "local", "namespace": "default"},
+        "spec": {"vip": LOCAL_VIP, "ports": [{"name": "tell", "port": 83}], "serviceRef": {"name": "tell"}, "trafficPolicy": "Local"},
+    })
+    ports = (EndpointPort("tell", 7101),)
+    here, elsewhere = Endpoint(ROUTED, ports, node_name=THIS_NODE), Endpoint("10.200.1.2", ports, node_name="other-node")
+    reconciler = Reconciler(real_kernel(), Node(THIS_NODE, {"kubernetes.io/hostname": THIS_NODE}))
+    reconciler.update_objects({vs.ref: vs})
+    reconciler.update_endpoints({("default", "tell"): [here, elsewhere]})
+    assert reconciler.reconcile(full=True).error is None
+    service = run("ipvsadm", "-Ln", "-t", f"{LOCAL_VIP}:83").stdout
+    assert f"{ROUTED}:7101" in service and "10.200.1.2" not in service  # this node's endpoint only
+    assert f"{LOCAL_VIP},tcp:83" in run("ipset", "list", "VSOP-VIP-PORTS-NOMASQ").stdout
+    with connect(lab["client"], LOCAL_VIP, 83, timeout=10) as conn:
+        assert conn.recv(64).decode() == "10.200.9.2"  # the client's own address, not the node's
+    assert _health(reconciler, "default", "local") == (200, {"service": {"namespace": "default", "name": "local"}, "localEndpoints": 1})
+    assert _health(reconciler, "default", "other")[0] == 404
+
+    reconciler.update_endpoints({("default", "tell"): [elsewhere]})  # the pod moved to another node
+    assert reconciler.reconcile().error is None
+    service = run("ipvsadm", "-Ln", "-t", f"{LOCAL_VIP}:83").stdout
+    assert "->" not in service.split(f"{LOCAL_VIP}:83", 1)[1].replace("-> RemoteAddress", "")  # kept, no real server
+    with pytest.raises(ConnectionRefusedError):  # refused at once, never forwarded unmasqueraded to another node
+        connect(lab["client"], LOCAL_VIP, 83, timeout=WAIT_SECONDS).close()
+    assert _health(reconciler, "default", "local") == (503, {"service": {"namespace": "default", "name": "local"}, "localEndpoints": 0})

@@ -61,6 +61,7 @@ from vsop.node.lock import LockTimeout
 from vsop.node.remember import RememberFile
 from vsop.node.loop import Feed, KeepalivedInput, NodeLoop, Turn, WriterLock
 from vsop.node.probes import HealthChecker, Target
+from vsop.node.metrics import local_health
 from vsop.node.reconciler import Reconciler
 
 if TYPE_CHECKING:  # a Protocol; the real cleaner is built by the command line
@@ -179,12 +180,9 @@ class Agent:
         """kube-proxy's health JSON for a trafficPolicy: Local object: its ready real servers on this node
         (they are its local endpoints); None for any other object."""
         record = self.source.records.get((namespace, name))
-        if record is None or record.vs is None or record.vs.spec.traffic_policy != "Local":
+        if record is None or record.vs is None:
             return None
-        piece = self.reconciler.fragments.get(record.vs.ref)
-        local = {rs.key.address for rs in piece.real_server_list if rs.weight > 0} if piece is not None and piece.programmed else set()
-        body = {"service": {"namespace": namespace, "name": name}, "localEndpoints": len(local)}
-        return (200 if local else 503), body
+        return local_health(self.reconciler, namespace, name)
 
     def _retry(self, failures: int) -> float:
         """Retry a failed sync sooner than the resync period, backing off: 1s, 2s, 4s..."""

@@ -3,7 +3,8 @@
 Owns the metric names and labels of a node agent, host or in-cluster (each process has
 its own registry, so tests can run several in one process), `NodeMetrics.record`, which
 turns one reconcile `Outcome` into them, and a small aiohttp server: `/healthz` (alive:
-the loop keeps turning), `/readyz` (the first sync succeeded) and `/metrics`, on one
+the loop keeps turning), `/readyz` (the first sync succeeded), `/health/NAMESPACE/NAME`
+(kube-proxy's health JSON of a trafficPolicy: Local object, `local_health`) and `/metrics`, on one
 port or two. Both agents hang these off the same reconciler.
 Must not import: kopf, kubernetes, vsop.kube, vsop.adapters.
 """
@@ -195,6 +196,18 @@ class _BGPSessions:
             up.add_metric([session.peer, session.protocol], 1.0 if session.up else 0.0)
         yield bird
         yield up
+
+
+def local_health(reconciler: Any, namespace: str, name: str) -> tuple[int, dict[str, Any]] | None:
+    """kube-proxy's health JSON (/health/NAMESPACE/NAME) for a trafficPolicy: Local object of a node
+    reconciler: 200 with the count of its ready real servers here (they are its local endpoints), 503
+    with 0; None for an object that is not declared or not Local (404)."""
+    vs = reconciler.objects.get(f"{namespace}/{name}")
+    if vs is None or vs.spec.traffic_policy != "Local":
+        return None
+    piece = reconciler.fragments.get(vs.ref)
+    local = {rs.key.address for rs in piece.real_server_list if rs.weight > 0} if piece is not None and piece.programmed else set()
+    return (200 if local else 503), {"service": {"namespace": namespace, "name": name}, "localEndpoints": len(local)}
 
 
 def object_states(reconciler: Any) -> Tally[str]:

@@ -38,3 +38,27 @@ def test_vip_announced_is_one_for_the_current_vrrp_state_only() -> None:
     assert value("vsop_vip_announced", {"vip": "192.168.50.100", "state": "master"}) == 1
     assert value("vsop_vip_announced", {"vip": "192.168.50.100", "state": "backup"}) is None
     assert value("vsop_vip_announced", {"vip": "192.168.50.101", "state": "master"}) is None  # no longer announced here
+
+
+def test_local_health_counts_this_nodes_real_servers_as_kube_proxy_does() -> None:
+    """/health/NS/NAME for trafficPolicy: Local: 200 with the local endpoints, 503 with 0, None (404) otherwise."""
+    from vsop.adapters.kernel import fake_kernel
+    from vsop.core.desired import Endpoint, EndpointPort, Node
+    from vsop.node.metrics import local_health
+    from vsop.node.reconciler import Reconciler
+    from tests.conftest import make_vs
+
+    local = make_vs("local", backends=[], serviceRef={"name": "tell"}, trafficPolicy="Local", ports=[{"name": "tell", "port": 83}])
+    plain = make_vs("plain", vip="169.254.11.9")
+    ports = (EndpointPort("tell", 7101),)
+    here, elsewhere = Endpoint("10.200.6.2", ports, node_name="n"), Endpoint("10.200.1.2", ports, node_name="other")
+    kernel, _ = fake_kernel()
+    reconciler = Reconciler(kernel, Node("n"))
+    reconciler.update_objects({local.ref: local, plain.ref: plain})
+    reconciler.update_endpoints({("default", "tell"): [here, elsewhere]})
+    reconciler.reconcile(full=True)
+    assert local_health(reconciler, "default", "local") == (200, {"service": {"namespace": "default", "name": "local"}, "localEndpoints": 1})
+    assert local_health(reconciler, "default", "plain") is None and local_health(reconciler, "default", "gone") is None
+    reconciler.update_endpoints({("default", "tell"): [elsewhere]})
+    reconciler.reconcile()
+    assert local_health(reconciler, "default", "local") == (503, {"service": {"namespace": "default", "name": "local"}, "localEndpoints": 0})
