@@ -23,6 +23,7 @@ PROTOCOLS = ("tcp", "udp", "sctp")
 # What ends a packet's walk through a nat chain before vsop's jump (it is never marked).
 NAT_TERMINAL = frozenset({"ACCEPT", "RETURN", "DNAT", "REDIRECT", "SNAT", "MASQUERADE", "DROP"})
 FILTER_TERMINAL = frozenset({"DROP", "REJECT"})
+MAX_TEMPLATES = 20  # persistence templates listed per service (the count says how many there are)
 
 
 class TargetError(ValueError):
@@ -382,13 +383,24 @@ def _ipvs_step(facts: Facts, key: ServiceKey) -> Step:
             found += (f"; {stats.get('connections', 0)} connections, {stats.get('inPackets', 0)} packets in, "
                       f"{stats.get('outPackets', 0)} out, {stats.get('cps', 0)} conn/s")
         ok = True
+    items: list[Item] = []
+    if service is not None and service.persistence_timeout:
+        templates = sorted((t for t in facts.templates if (t.protocol, t.vip, t.port) == (key.protocol, key.vip, key.port)),
+                           key=lambda t: (t.client, t.dest))
+        found += f"; {len(templates)} persistence template(s) (ipvsadm -Lnc)"
+        items = [Item(f"template {t.client}", f"{t.client} -> {hostport(t.dest, t.dest_port)}: its new connections go there; "
+                      f"expires in {t.expires} s unless a connection it controls still lives ({t.state})", None, {"expires": t.expires})
+                 for t in templates[:MAX_TEMPLATES]]
     return Step(
         id="ipvs", hook="IPVS (LOCAL_IN; LOCAL_OUT for this node's own packets)", title="the virtual service picks a real server",
         why=("IPVS sits after the filter on INPUT (for packets from this node, on OUTPUT). The scheduler picks a real "
              "server for each new connection and IPVS rewrites the destination (masq) or re-sends the packet "
              "(route, tunnel); later packets follow IPVS's own connection entry. Counters since creation; the kernel folds its "
-             "per-CPU counters into these totals every 2 s (the rate estimator), so they lag up to 2 s."),
-        expect=f"IPVS service {key}", found=found, ok=ok, counters=stats,
+             "per-CPU counters into these totals every 2 s (the rate estimator), so they lag up to 2 s. With persistence, a "
+             "client's first connection leaves a template (client, VIP port -> real server) that sends its later connections "
+             "to the same real server; each new connection re-arms it and it outlives the connections it controls "
+             "(kubernetes#89358), so it ends timeoutSeconds after the last of them, not after the first."),
+        expect=f"IPVS service {key}", found=found, ok=ok, counters=stats, items=items,
     )
 
 

@@ -2,14 +2,16 @@
 
 Owns the `Facts` shape (the observed kernel state plus what the sync never reads:
 rule counters from `iptables-save -c`, the other iptables backend, IPVS stats,
-routes, conntrack entries, rp_filter and ARP sysctls, the agent's status file) and
-the pure parsers of `iptables-save -c`, `conntrack -L` and `ip -j route get` output.
+routes, conntrack entries, IPVS persistence templates, rp_filter and ARP sysctls, the agent's
+status file) and the pure parsers of `iptables-save -c`, `conntrack -L`, /proc/net/ip_vs_conn
+and `ip -j route get` output.
 Gathering them from a live host is `vsop.diagnose.gather`; tests build `Facts` by hand.
 Must not import: subprocess, socket, pyroute2, kopf, vsop.adapters, vsop.cli.main.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shlex
@@ -82,6 +84,21 @@ class Route:
 
 
 @dataclass(frozen=True)
+class PersistenceTemplate:
+    """An IPVS persistence template (`ipvsadm -Lnc`, /proc/net/ip_vs_conn): while it lives, new
+    connections of `client` to the VIP port go to `dest`:`dest_port`."""
+
+    protocol: str  # tcp | udp | sctp
+    client: str
+    vip: str
+    port: int
+    dest: str
+    dest_port: int
+    expires: int  # seconds until its timer fires; connections it controls re-arm it
+    state: str  # NONE or ASSURED
+
+
+@dataclass(frozen=True)
 class ConntrackEntry:
     protocol: str
     timeout: int  # seconds left
@@ -119,6 +136,7 @@ class Facts:
     dest_stats: Mapping[RealServerKey, Mapping[str, int]] = field(default_factory=dict)
     routes: Mapping[str, Route] = field(default_factory=dict)
     conntrack: tuple[ConntrackEntry, ...] = ()
+    templates: tuple[PersistenceTemplate, ...] = ()  # IPVS persistence templates of the services looked at
     conntrack_error: str = ""  # the conntrack tool is missing, or failed
     sysctls: Mapping[str, str] = field(default_factory=dict)  # beyond observed.sysctls: rp_filter per interface...
     netstat: Mapping[str, int] = field(default_factory=dict)  # TcpExt / IpExt counters of /proc/net/netstat
@@ -210,6 +228,36 @@ def parse_save_counters(text: str, family: int) -> dict[tuple[int, str], dict[st
             table = ""
     close()
     return tables
+
+
+# --- /proc/net/ip_vs_conn ------------------------------------------------------------------
+
+
+def _ipvs_address(text: str) -> str:
+    """An address as /proc/net/ip_vs_conn prints it: 8 hex digits (IPv4) or an IPv6 address."""
+    if ":" in text:
+        return str(ipaddress.ip_address(text))
+    return str(ipaddress.IPv4Address(int(text, 16)))
+
+
+def parse_ipvs_templates(text: str) -> list[PersistenceTemplate]:
+    """The persistence templates among IPVS's connection entries (/proc/net/ip_vs_conn): the entries
+    with client port 0 whose state is a template's (NONE, ASSURED). Other lines are skipped."""
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 9 or words[0].lower() not in ("tcp", "udp", "sctp") or words[7] not in ("NONE", "ASSURED"):
+            continue
+        try:
+            if int(words[2], 16) != 0:
+                continue
+            found.append(PersistenceTemplate(
+                words[0].lower(), _ipvs_address(words[1]), _ipvs_address(words[3]), int(words[4], 16),
+                _ipvs_address(words[5]), int(words[6], 16), int(words[8]), words[7],
+            ))
+        except ValueError:
+            continue
+    return found
 
 
 # --- conntrack -L ------------------------------------------------------------------------

@@ -22,7 +22,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from vsop.core.state import KernelState, Names, ServiceKey
 from vsop.core.desired import tcp_liberal
-from vsop.diagnose.facts import ConntrackEntry, Facts, Interface, Route, parse_addresses, parse_conntrack, parse_netstat, parse_route, parse_save_counters
+from vsop.diagnose.facts import (
+    ConntrackEntry, Facts, Interface, PersistenceTemplate, Route, parse_addresses, parse_conntrack, parse_ipvs_templates, parse_netstat,
+    parse_route, parse_save_counters,
+)
 
 SEARCH_PATH = os.pathsep.join(filter(None, (os.environ.get("PATH"), "/usr/sbin", "/sbin")))
 DEFAULT_STATUS_FILE = "/run/vsop/agent.json"
@@ -81,6 +84,14 @@ def read_route(address: str) -> Route:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Route(address, False, "unknown", error=str(exc))
     return parse_route(address, done.stdout, done.stderr, done.returncode)
+
+
+def read_ipvs_templates(path: str = "/proc/net/ip_vs_conn") -> list[PersistenceTemplate]:
+    """IPVS's persistence templates (what `ipvsadm -Lnc` lists with client port 0); none when unreadable."""
+    try:
+        return parse_ipvs_templates(Path(path).read_text())
+    except OSError:
+        return []
 
 
 def read_conntrack(keys: Iterable[ServiceKey]) -> tuple[list[ConntrackEntry], str]:
@@ -326,6 +337,9 @@ def _read_paths(facts: Facts, ipvs: Any, targets: Sequence[ServiceKey], with_con
     facts.routes = {address: read_route(address) for address in addresses_to_route[:MAX_ROUTES]}
     if len(addresses_to_route) > MAX_ROUTES:
         errors.append(f"routes: only the first {MAX_ROUTES} of {len(addresses_to_route)} real server addresses were checked")
+    persistent = {key for key in wanted if services[key].persistence_timeout}
+    if persistent:
+        facts.templates = tuple(t for t in read_ipvs_templates() if ServiceKey(t.protocol, t.vip, t.port) in persistent)
     if with_conntrack:
         keys = list(targets) or sorted(k for k in services if k.vip in facts.observed.bound_vips())
         if not targets:

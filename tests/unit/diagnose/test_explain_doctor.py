@@ -470,3 +470,37 @@ def test_doctor_from_refuses_what_is_not_an_address(monkeypatch: pytest.MonkeyPa
     assert main(["doctor", "--from", "nowhere"]) == 2
     assert "--from" in capsys.readouterr().err
     assert main(["doctor", "169.254.11.2:80", "--from", "10.200.8.2", "-o", "json"]) == 0  # no ranges here
+
+
+# --- persistence: the templates ipvsadm -Lnc lists ----------------------------------------------
+
+IP_VS_CONN = """Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData
+UDP 0AC80902 0000 A9FE0B02 0035 0AC80102 14E9 NONE             58
+UDP 0AC80902 D431 A9FE0B02 0035 0AC80102 14E9 UDP             298
+TCP 0AC80903 0000 A9FE0B02 0050 0AC80202 1F90 ASSURED         170
+TCP 0AC80903 C001 A9FE0B02 0050 0AC80202 1F90 ESTABLISHED     899
+TCP fd00:0000:0000:0000:0000:0000:0000:0009 0000 fd00:0000:0000:0000:0000:0000:0000:0002 0050 fd00:0001:0000:0000:0000:0000:0000:0002 1F90 NONE 30
+"""
+
+
+def test_the_ipvs_connection_table_gives_the_persistence_templates() -> None:
+    from vsop.diagnose.facts import PersistenceTemplate, parse_ipvs_templates
+
+    assert parse_ipvs_templates(IP_VS_CONN) == [
+        PersistenceTemplate("udp", "10.200.9.2", "169.254.11.2", 53, "10.200.1.2", 5353, 58, "NONE"),
+        PersistenceTemplate("tcp", "10.200.9.3", "169.254.11.2", 80, "10.200.2.2", 8080, 170, "ASSURED"),
+        PersistenceTemplate("tcp", "fd00::9", "fd00::2", 80, "fd00:1::2", 8080, 30, "NONE"),
+    ]
+
+
+def test_explain_lists_the_persistence_templates_of_a_persistent_service() -> None:
+    from vsop.diagnose.facts import parse_ipvs_templates
+
+    facts = healthy(persistence={"timeoutSeconds": 60})
+    facts.templates = tuple(parse_ipvs_templates(IP_VS_CONN))
+    step = next(s for s in explain(facts, KEY)["steps"] if s["id"] == "ipvs")
+    assert "persistent 60s" in step["found"] and step["found"].endswith("; 1 persistence template(s) (ipvsadm -Lnc)")
+    assert [(i["label"], i["counters"]) for i in step["items"]] == [("template 10.200.9.3", {"expires": 170})]
+    assert "10.200.9.3 -> 10.200.2.2:8080" in step["items"][0]["text"]
+    plain = next(s for s in explain(healthy(), KEY)["steps"] if s["id"] == "ipvs")
+    assert "template" not in plain["found"] and plain["items"] == []
