@@ -70,6 +70,7 @@ def test_a_read_that_fails_once_is_logged_counted_retried_and_the_agent_stays_up
     metrics = NodeMetrics()
     agent = HostAgent(kernel, config, FakeConntrack(), metrics=metrics)
     resynced_after: list[int] = []
+    armings: list[float] = []
 
     async def scenario() -> None:
         stop = asyncio.Event()
@@ -78,8 +79,11 @@ def test_a_read_that_fails_once_is_logged_counted_retried_and_the_agent_stays_up
         while time.monotonic() - started < 120 and not resynced_after:
             await asyncio.sleep(0.05)
             assert not task.done(), f"the agent stopped: {task.exception() if task.done() else ''}"
-            if not armed.exists() and agent.loop.failed_turns == 0 and agent.syncs and WEB in fake.state.services:
+            # Armed once: between the wrapper's failure (which removes the mark) and the loop counting
+            # it, the mark is gone and no turn has failed yet; arming again there failed twice.
+            if not armings and agent.syncs and WEB in fake.state.services:
                 armed.touch()  # the next full resync's read fails
+                armings.append(time.monotonic())
             elif agent.loop.failed_turns and agent.last.get("full") and agent.last.get("error") is None:
                 resynced_after.append(agent.syncs)  # a full resync completed after the failed turn
         stop.set()
