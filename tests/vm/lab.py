@@ -284,3 +284,26 @@ def ipv6_client_and_backends(pool: Namespaces, tmp_path: Path, prefix: str, name
         start_http_server(backend, tmp_path / f"www6-{index}", port=8080, body=f"v6-{index}")
         backends.append({"address": f"{prefix}:{index}::2"})
     return client, backends
+
+
+class FolderAgent(AgentProcess):
+    """The host agent following a folder (--from DIR)."""
+
+    def __init__(self, directory: Path, workdir: Path, resync_seconds: float = 30):
+        super().__init__(workdir, "--from", str(directory), resync_seconds=resync_seconds)
+        self.directory = directory
+
+
+@contextlib.contextmanager
+def folder_agent(tmp_path: Path, resync_seconds: float = 30) -> Iterator[FolderAgent]:
+    """A FolderAgent over the empty folder tmp_path/services, not started; stopped afterwards,
+    with the tail of its log on stderr (pytest shows it beside a failure)."""
+    folder = tmp_path / "services"
+    folder.mkdir()
+    running = FolderAgent(folder, tmp_path, resync_seconds)
+    try:
+        yield running
+    finally:
+        running.stop()
+        if running.log.exists():
+            sys.stderr.write(running.log.read_text()[-4000:])

@@ -20,7 +20,7 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import http_get, run, start_http_server  # noqa: E402
-from tests.vm.lab import BACKENDS, VIP, AgentProcess, clean_node, connect, echo, lab, manifest, udp_asker, wait_for  # noqa: E402,F401
+from tests.vm.lab import BACKENDS, VIP, FolderAgent, folder_agent, clean_node, connect, echo, lab, manifest, udp_asker, wait_for  # noqa: E402,F401
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
 
@@ -32,23 +32,10 @@ def record(capsys: pytest.CaptureFixture[str], text: str) -> None:
         out.write(text + "\n")
 
 
-class Agent(AgentProcess):
-    """The host agent following a folder (--from)."""
-
-    def __init__(self, directory: Path, workdir: Path, resync_seconds: float = 30):
-        super().__init__(workdir, "--from", str(directory), resync_seconds=resync_seconds)
-        self.directory = directory
-
-
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    folder = tmp_path / "services"
-    folder.mkdir()
-    running = Agent(folder, tmp_path)
-    yield running
-    running.stop()
-    if running.log.exists():
-        sys.stderr.write(running.log.read_text()[-4000:])
+def agent(tmp_path: Path) -> Iterator[FolderAgent]:
+    with folder_agent(tmp_path) as running:
+        yield running
 
 
 def real_servers_in_kernel() -> str:

@@ -25,7 +25,7 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import http_get, run, start_http_server  # noqa: E402
-from tests.vm.lab import BACKENDS, NODE_ON_CLIENT_SIDE, VSOP, AgentProcess, clean_node, lab, manifest, wait_for  # noqa: E402,F401
+from tests.vm.lab import BACKENDS, NODE_ON_CLIENT_SIDE, VSOP, FolderAgent, folder_agent, clean_node, lab, manifest, wait_for  # noqa: E402,F401
 from tests.vm.test_agent import record  # noqa: E402
 from tests.vm.test_faults import PORT, node_listener  # noqa: E402,F401
 
@@ -35,29 +35,17 @@ VIPS = {"a": "169.254.12.1", "b": "169.254.12.2", "c": "169.254.12.3", "d": "169
 CHECKED = 9093  # the backends' health-checked httpd (an earlier test's servers may hold 9090-9092)
 
 
-class Agent(AgentProcess):
-    def __init__(self, directory: Path, workdir: Path):
-        # No periodic resync during the test: what converges, converges on the change path.
-        super().__init__(workdir, "--from", str(directory), resync_seconds=3600)
-        self.directory = directory
-
-
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    folder = tmp_path / "services"
-    folder.mkdir()
-    running = Agent(folder, tmp_path)
-    yield running
-    running.stop()
-    if running.log.exists():
-        sys.stderr.write(running.log.read_text()[-4000:])
+def agent(tmp_path: Path) -> Iterator[FolderAgent]:
+    with folder_agent(tmp_path, resync_seconds=3600) as running:
+        yield running
 
 
-def problems_of(agent: Agent, ref: str) -> list[dict[str, Any]]:
+def problems_of(agent: FolderAgent, ref: str) -> list[dict[str, Any]]:
     return [p for p in agent.status().get("lastSync", {}).get("problems", []) if p.get("obj") == ref]
 
 
-def kernel_error(agent: Agent, ref: str) -> str | None:
+def kernel_error(agent: FolderAgent, ref: str) -> str | None:
     found = [p["message"] for p in problems_of(agent, ref) if p.get("reason") == "KernelError"]
     return found[0] if found else None
 

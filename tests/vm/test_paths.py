@@ -23,8 +23,8 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import Netns, http_get, run  # noqa: E402
-from tests.vm.lab import BACKENDS, VIP, apply, clean_node, lab, manifest, udp_asker, wait_for  # noqa: E402,F401
-from tests.vm.test_agent import Agent, agent, record, weight_of  # noqa: E402,F401
+from tests.vm.lab import FolderAgent, BACKENDS, VIP, apply, clean_node, lab, manifest, udp_asker, wait_for  # noqa: E402,F401
+from tests.vm.test_agent import agent, record, weight_of  # noqa: E402,F401
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
 
@@ -250,7 +250,7 @@ def test_udp_client_on_a_fixed_port_survives_its_virtualservice_being_replaced(l
 def quick_agent(tmp_path: Path):
     folder = tmp_path / "quick"
     folder.mkdir()
-    running = Agent(folder, tmp_path, resync_seconds=2)
+    running = FolderAgent(folder, tmp_path, resync_seconds=2)
     yield running
     running.stop()
     if running.log.exists():

@@ -22,7 +22,7 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import http_get, run  # noqa: E402
-from tests.vm.lab import VIP, AgentProcess, clean_node, lab, manifest, wait_for  # noqa: E402,F401
+from tests.vm.lab import VIP, FolderAgent, folder_agent, clean_node, lab, manifest, wait_for  # noqa: E402,F401
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
 
@@ -30,21 +30,10 @@ OTHER_VIP = "169.254.11.3"
 KERNEL_TREE = REPOSITORY / ".cache" / "vm" / "kernel"  # the guest's modules (vm/initramfs-init)
 
 
-class Agent(AgentProcess):
-    def __init__(self, directory: Path, workdir: Path):
-        super().__init__(workdir, "--from", str(directory), resync_seconds=2)
-        self.directory = directory
-
-
 @pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    folder = tmp_path / "services"
-    folder.mkdir()
-    running = Agent(folder, tmp_path)
-    yield running
-    running.stop()
-    if running.log.exists():
-        sys.stderr.write(running.log.read_text()[-4000:])
+def agent(tmp_path: Path) -> Iterator[FolderAgent]:
+    with folder_agent(tmp_path, resync_seconds=2) as running:
+        yield running
 
 
 def served(vip: str, netns: object) -> bool:
