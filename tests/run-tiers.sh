@@ -86,7 +86,7 @@ for tier in "${tiers[@]}"; do
     # kmock and hypothesis plugins cost ~6 s of start-up under emulation; the vm tier uses neither.
     vm)
       if [ "$(id -u)" -ne 0 ]; then precondition vm "needs root (qemu, network namespaces in the guest)"
-      else run_tier vm vm/run --timeout 2400 -- "${pytest[@]}" tests/vm -p no:kmock -p no:hypothesispytest; fi ;;
+      else run_tier vm vm/run --timeout 3000 -- "${pytest[@]}" tests/vm -p no:kmock -p no:hypothesispytest; fi ;;
     kube)
       if [ ! -x .venv/bin/kubectl ]; then precondition kube "kubectl (kubectl kustomize) is not in .venv/bin: make venv installs it from the [test] extra"
       else run_tier kube "${pytest[@]}" tests/kube; fi ;;
