@@ -110,9 +110,17 @@ class VIPView:
     local_preference: int | None
 
 
+class SecretNotReadable(LookupError):
+    """A peer names a Secret where none is read (a BGPSpeaker from a file: a host, or --bgp-speaker)."""
+
+
 def read_password_file(peer: Peer) -> str | None:
-    """The host's way: the peer's passwordFile, read at each render (trailing newline dropped)."""
+    """The host's way: the peer's passwordFile, read at each render (trailing newline dropped).
+    A peer asking for a passwordSecretRef is refused, never rendered without its password: the
+    router would then refuse the session with nothing on the node saying why."""
     if peer.password_file is None:
+        if peer.password_secret_ref is not None:
+            raise SecretNotReadable
         return None
     return Path(peer.password_file).read_text().rstrip("\r\n")
 
@@ -123,6 +131,9 @@ def _peer(speaker: BGPSpeaker, index: int, peer: Peer, password_of: Callable[[Pe
         secret = password_of(peer)
     except OSError as exc:
         raise InvalidInput([FieldError(obj=speaker.name, path=f"{where}.passwordFile", reason=f"cannot read it: {exc.strerror}", kind=SPEAKER_KIND)]) from None
+    except SecretNotReadable:
+        raise InvalidInput([FieldError(obj=speaker.name, path=f"{where}.passwordSecretRef", kind=SPEAKER_KIND,
+                                       reason="a BGPSpeaker read from a file cannot have its Secret read; give passwordFile (a root-only file, in a cluster a mounted Secret)")]) from None
     password = None
     if secret is not None:
         if _PASSWORD.fullmatch(secret) is None:

@@ -88,3 +88,14 @@ def test_only_checked_words_reach_the_file() -> None:
 
     with pytest.raises(TypeError, match="only ints and checked Tokens"):
         _environment().from_string("{{ value }}").render(value="10.0.0.1; }")
+
+
+def test_a_peer_naming_a_secret_is_refused_on_a_host_not_rendered_without_its_password() -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "bgp" / "speaker.yaml").read_text())
+    peer = doc["spec"]["peers"][1]
+    peer.pop("passwordFile", None)
+    peer["passwordSecretRef"] = {"name": "bgp", "key": "password"}
+    with pytest.raises(InvalidInput) as failure:
+        render_bird(parse_bgp_speaker(doc), ())  # the host's way: read_password_file
+    (error,) = failure.value.errors
+    assert (error.obj, error.path) == ("edge", "spec.peers[1].passwordSecretRef") and "passwordFile" in error.reason
