@@ -574,3 +574,30 @@ def test_delete_drains_with_the_writer_lock_free_then_deletes_under_it(node, tmp
     assert WEB not in node.state.services and not (tmp_path / "store" / "default_web.yaml").exists()
     assert RealServerKey(API, "192.168.2.50", 8080) in node.state.real_servers  # the apply made during the drain stays
     assert json.loads(out)["deleted"] == ["default/web"]
+
+
+def test_delete_of_an_announced_object_withdraws_its_route_before_the_drain_and_the_services_after(node, tmp_path: Path, capsys, monkeypatch) -> None:
+    a = write(tmp_path, "a.yaml", doc("web", announce="bgp", drain={"timeoutSeconds": 3600}))
+    assert run(capsys, "apply", "-f", str(a), "--node-name", "n")[0] == 0
+    assert node.state.routes == frozenset({"169.254.11.2/32"})
+    connected = [True]
+    fake_read = FakeIPVS.read
+
+    def read(self):  # type: ignore[no-untyped-def]
+        services, servers = fake_read(self)
+        if connected and BE1 in servers:
+            servers[BE1] = replace(servers[BE1], active_connections=1)
+        return services, servers
+
+    monkeypatch.setattr(FakeIPVS, "read", read)
+    during: list[tuple[frozenset[str], bool]] = []
+
+    def meanwhile(seconds: float) -> None:
+        during.append((node.state.routes, WEB in node.state.services))
+        connected.clear()
+
+    monkeypatch.setattr(store_cli.time, "sleep", meanwhile)
+    code, _, err = run(capsys, "delete", "web", "--node-name", "n")
+    assert code == 0, err
+    assert during == [(frozenset(), True)]  # withdrawn while the service still serves its connection
+    assert WEB not in node.state.services and node.state.routes == frozenset()
