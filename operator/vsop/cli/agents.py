@@ -343,9 +343,7 @@ def run_host_agent(args: argparse.Namespace) -> int:
     bird = bird_announcer(args, config.names) if args.bgp_speaker else None
     kernel = real_kernel()
     kernel.ipvs.probe()  # say it now, not at the first sync: this kernel cannot run the agent
-    # At the process's exit, whose end frees everything anyway: the heap frozen is skipped by the
-    # interpreter's final collections, most of SIGTERM-to-exit under emulation (bench/agent_stop.py).
-    atexit.register(gc.freeze)
+    _freeze_heap_at_exit()
     return run_agent(
         kernel, config, ConntrackTool(), keepalived=keepalived, metrics_port=args.metrics_port, bind_address=args.bind_address, bird=bird
     )
@@ -541,6 +539,18 @@ def _host_from_environment(proc_sys: str, node: str) -> tuple[Kernel, ConntrackC
         raise _Unusable() from exc
 
 
+_FROZEN_AT_EXIT: list[bool] = []
+
+
+def _freeze_heap_at_exit() -> None:
+    """At the process's exit, whose end frees everything anyway: the heap frozen is skipped by the
+    interpreter's final collections, most of SIGTERM-to-exit under emulation (bench/agent_stop.py).
+    Registered once per process (the kube tier starts components in one)."""
+    if not _FROZEN_AT_EXIT:
+        _FROZEN_AT_EXIT.append(True)
+        atexit.register(gc.freeze)
+
+
 def _serve(
     args: argparse.Namespace,
     component: str,
@@ -557,6 +567,7 @@ def _serve(
     from vsop.kube.runtime import configure_logging, kv
 
     log = logging.getLogger(logger)
+    _freeze_heap_at_exit()
     configure_logging(args.verbose)
     try:
         connection = connection or Loaded.load(args.kubeconfig, args.context)
