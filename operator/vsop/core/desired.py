@@ -196,7 +196,10 @@ def constant_chains(names: Names, family: int, *, liberal: bool = False) -> dict
             # but MASQUERADE, a conntrack NAT, skips it: it would reach the real server with the client's
             # own address, and the real server's RST, routed back through this node, resets the client's
             # connection (kubernetes#74839; kube-proxy drops INVALID in KUBE-FORWARD, its IPVS mode never did).
-            *(() if liberal else (f"-m set --match-set {vip_ports} dst,dst -m conntrack --ctstate INVALID -j DROP",)),
+            # Masqueraded ports only: a never-masqueraded port may be forwarded by route or tunnel, where
+            # the node sees the client's side alone and conntrack calls the client's ACK after the
+            # backend's direct SYN-ACK INVALID (dropping it broke every such connection, vm test_proxy.py).
+            *(() if liberal else (f"-m set --match-set {vip_ports} dst,dst -m set ! --match-set {nomasq} dst,dst -m conntrack --ctstate INVALID -j DROP",)),
             f"-m set --match-set {vip_ports} dst,dst -j ACCEPT",
             f"-m set --match-set {vips} dst -m conntrack --ctstate NEW -j REJECT --reject-with {reject}",
         ),

@@ -54,15 +54,16 @@ def test_source_ranges_keep_the_rule_count_from_1_to_1000_vips() -> None:
 
 def test_invalid_segments_to_a_vip_port_are_dropped_unless_conntrack_is_liberal() -> None:
     """kubernetes#74839: an out-of-window segment is INVALID to conntrack, so MASQUERADE skips it and the
-    real server answers the client's own address with a RST. One rule, scoped to VIP ports, ahead of
+    real server answers the client's own address with a RST. One rule, scoped to masqueraded VIP ports (a
+    route or tunnel port has one side of its flows only: conntrack calls them INVALID), ahead of
     the ACCEPT; kube-proxy leaves its rule out when nf_conntrack_tcp_be_liberal is 1, and so does vsop."""
-    invalid = "-m set --match-set VSOP-VIP-PORTS dst,dst -m conntrack --ctstate INVALID -j DROP"
+    invalid = "-m set --match-set VSOP-VIP-PORTS dst,dst -m set ! --match-set VSOP-VIP-PORTS-NOMASQ dst,dst -m conntrack --ctstate INVALID -j DROP"
     strict = desired_state([make_vs()], NODE).state.chains[ChainKey(4, "filter", "VSOP-FILTER")]
     assert strict.index(invalid) == 1 and strict[2] == "-m set --match-set VSOP-VIP-PORTS dst,dst -j ACCEPT"
     liberal = desired_state([make_vs()], NODE, liberal=True).state.chains[ChainKey(4, "filter", "VSOP-FILTER")]
     assert liberal == tuple(rule for rule in strict if rule != invalid)
     six = desired_state([make_vs(vip="fd00::2", backends=[{"address": "fd00:1::2", "port": 8080}])], NODE).state.chains[ChainKey(6, "filter", "VSOP-FILTER")]
-    assert "-m set --match-set VSOP-VIP-PORTS-V6 dst,dst -m conntrack --ctstate INVALID -j DROP" in six
+    assert "-m set --match-set VSOP-VIP-PORTS-V6 dst,dst -m set ! --match-set VSOP-VIP-PORTS-NOMASQ-V6 dst,dst -m conntrack --ctstate INVALID -j DROP" in six
     assert tcp_liberal({TCP_LIBERAL_SYSCTL: "1\n"}) and not tcp_liberal({TCP_LIBERAL_SYSCTL: "0"}) and not tcp_liberal({})
 
 

@@ -659,5 +659,5 @@ def test_the_agent_reads_tcp_be_liberal_once_and_leaves_the_invalid_rule_out_whe
     agent.sync_once()
     rules = fake.state.chains[ChainKey(4, "filter", "VSOP-FILTER")]
     invalid = [rule for rule in rules if "--ctstate INVALID" in rule]
-    assert invalid == ([] if liberal == "1" else ["-m set --match-set VSOP-VIP-PORTS dst,dst -m conntrack --ctstate INVALID -j DROP"])
+    assert invalid == ([] if liberal == "1" else ["-m set --match-set VSOP-VIP-PORTS dst,dst -m set ! --match-set VSOP-VIP-PORTS-NOMASQ dst,dst -m conntrack --ctstate INVALID -j DROP"])
     assert agent.sync_once().writes == 0
