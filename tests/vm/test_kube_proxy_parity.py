@@ -341,7 +341,7 @@ def test_an_out_of_window_segment_is_dropped_and_the_connection_lives_on(lab, ro
     injection resets the client (the lab can tell), kube-proxy IPVS mode's behaviour."""
     assert run("sysctl", "-n", LIBERAL).stdout.strip() == "0"
     apply(capsys, _invalid_manifest(tmp_path))
-    invalid = "-m set --match-set VSOP-VIP-PORTS dst,dst -m conntrack --ctstate INVALID -j DROP"
+    invalid = "-m set --match-set VSOP-VIP-PORTS dst,dst -m set ! --match-set VSOP-VIP-PORTS-NOMASQ dst,dst -m conntrack --ctstate INVALID -j DROP"
     assert f"-A VSOP-FILTER {invalid}" in run("iptables-save", "-t", "filter").stdout
     segments = Segments(lab["client"])
     with segments.sock, connect(lab["client"], INVALID_VIP, INVALID_PORT, timeout=10) as conn:
