@@ -537,21 +537,29 @@ def test_apply_keeps_a_real_server_the_agent_drains_until_its_grace_ends(node, t
     assert weights(node) == {BE1: 1}
 
 
-def test_delete_drains_with_the_writer_lock_free_then_deletes_under_it(node, tmp_path: Path, capsys, monkeypatch) -> None:
-    a = write(tmp_path, "a.yaml", doc("web", drain={"timeoutSeconds": 3600}))
-    b = write(tmp_path, "b.yaml", doc("api", vip="169.254.11.3"))
-    c = write(tmp_path, "c.yaml", doc("api", vip="169.254.11.3", backends=[{"address": "192.168.2.50"}]))
-    assert run(capsys, "apply", "-f", str(a), "-f", str(b), "--node-name", "n")[0] == 0
-    connected = [True]  # the fake keeps no counters across a weight edit: its reads report BE1's connection
+
+def be1_connected(monkeypatch: pytest.MonkeyPatch, count: int) -> list[bool]:
+    """The fake's reads report `count` connections on BE1 while the returned list is non-empty (the fake
+    keeps no counters across a weight edit); clear it when the client closes."""
+    connected = [True]
     fake_read = FakeIPVS.read
 
     def read(self):  # type: ignore[no-untyped-def]
         services, servers = fake_read(self)
         if connected and BE1 in servers:
-            servers[BE1] = replace(servers[BE1], active_connections=2)
+            servers[BE1] = replace(servers[BE1], active_connections=count)
         return services, servers
 
     monkeypatch.setattr(FakeIPVS, "read", read)
+    return connected
+
+
+def test_delete_drains_with_the_writer_lock_free_then_deletes_under_it(node, tmp_path: Path, capsys, monkeypatch) -> None:
+    a = write(tmp_path, "a.yaml", doc("web", drain={"timeoutSeconds": 3600}))
+    b = write(tmp_path, "b.yaml", doc("api", vip="169.254.11.3"))
+    c = write(tmp_path, "c.yaml", doc("api", vip="169.254.11.3", backends=[{"address": "192.168.2.50"}]))
+    assert run(capsys, "apply", "-f", str(a), "-f", str(b), "--node-name", "n")[0] == 0
+    connected = be1_connected(monkeypatch, 2)
     during: list[dict[str, Any]] = []
     said: list[str] = []
 
@@ -580,16 +588,7 @@ def test_delete_of_an_announced_object_withdraws_its_route_before_the_drain_and_
     a = write(tmp_path, "a.yaml", doc("web", announce="bgp", drain={"timeoutSeconds": 3600}))
     assert run(capsys, "apply", "-f", str(a), "--node-name", "n")[0] == 0
     assert node.state.routes == frozenset({"169.254.11.2/32"})
-    connected = [True]
-    fake_read = FakeIPVS.read
-
-    def read(self):  # type: ignore[no-untyped-def]
-        services, servers = fake_read(self)
-        if connected and BE1 in servers:
-            servers[BE1] = replace(servers[BE1], active_connections=1)
-        return services, servers
-
-    monkeypatch.setattr(FakeIPVS, "read", read)
+    connected = be1_connected(monkeypatch, 1)
     during: list[tuple[frozenset[str], bool]] = []
 
     def meanwhile(seconds: float) -> None:
