@@ -537,7 +537,6 @@ def test_apply_keeps_a_real_server_the_agent_drains_until_its_grace_ends(node, t
     assert weights(node) == {BE1: 1}
 
 
-
 def be1_connected(monkeypatch: pytest.MonkeyPatch, count: int) -> list[bool]:
     """The fake's reads report `count` connections on BE1 while the returned list is non-empty (the fake
     keeps no counters across a weight edit); clear it when the client closes."""
