@@ -599,3 +599,31 @@ def test_delete_of_an_announced_object_withdraws_its_route_before_the_drain_and_
     assert code == 0, err
     assert during == [(frozenset(), True)]  # withdrawn while the service still serves its connection
     assert WEB not in node.state.services and node.state.routes == frozenset()
+
+
+@pytest.mark.parametrize("argv", [("delete", "web", "--now"), ("delete", "web"), ("cleanup",)])
+def test_delete_and_cleanup_withdraw_the_route_by_a_kernel_write_and_never_ask_bird(node, tmp_path: Path, capsys, monkeypatch,
+                                                                                     argv: tuple[str, ...]) -> None:
+    """Withdrawing is a local kernel write: BIRD learns it from table 4242 on its own, so neither command runs
+    bird or birdc nor waits for anything (BGP convergence is the routers' business). A delete without --now
+    waits only for connections its real servers hold, and this object has none."""
+    a = write(tmp_path, "a.yaml", doc("web", announce="bgp", drain={"timeoutSeconds": 3600}))
+    assert run(capsys, "apply", "-f", str(a), "--node-name", "n")[0] == 0
+    assert node.state.routes == frozenset({"169.254.11.2/32"})
+    asked: list[Any] = []
+
+    def no_bird(original: Any) -> Any:
+        def call(args: Any, *rest: Any, **kwargs: Any) -> Any:
+            if any("bird" in str(part) for part in ([args] if isinstance(args, str) else args)):
+                asked.append(args)
+                raise AssertionError(f"{argv[0]} ran {args}")
+            return original(args, *rest, **kwargs)
+        return call
+
+    monkeypatch.setattr(subprocess, "run", no_bird(subprocess.run))
+    monkeypatch.setattr(subprocess, "Popen", no_bird(subprocess.Popen))
+    monkeypatch.setattr(store_cli.time, "sleep", lambda seconds: asked.append(f"sleep {seconds}"))
+    code, _, err = run(capsys, *argv, "--node-name", "n") if argv[0] == "delete" else run(capsys, *argv)
+    assert code == 0, err
+    assert node.state.routes == frozenset() and WEB not in node.state.services
+    assert asked == []
