@@ -19,8 +19,10 @@ FROM ${BASE}
 # ipset, ipvsadm, iproute2 and conntrack are for humans debugging inside the pod.
 # keepalived (Debian's 2.2.7) is for keepalived mode: the agent checks each candidate
 # configuration with `keepalived -t`, and deploy/keepalived runs it from this image.
+# bird2 (Debian's 2.0.12) is for announce: bgp: the agent checks each bird.conf with
+# `bird -p` and reconfigures BIRD with `birdc`; deploy/bgp runs BIRD from this image.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables ipset ipvsadm iproute2 conntrack keepalived \
+ && apt-get install -y --no-install-recommends iptables ipset ipvsadm iproute2 conntrack keepalived bird2 \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /dist/*.whl /tmp/
 RUN pip install --no-cache-dir /tmp/*.whl && rm /tmp/*.whl

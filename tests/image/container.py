@@ -23,7 +23,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 ROOTFS = REPOSITORY / ".cache" / "image" / "rootfs"
 CONFIG = REPOSITORY / ".cache" / "image" / "rootfs.config.json"
 # Mount points a runtime creates in the container's root for the manifests' volumes.
-MOUNT_POINTS = ("host/proc/sys/net", "run/vsop", "usr/lib/modules", "mnt/examples")
+MOUNT_POINTS = ("host/proc/sys/net", "run/vsop", "usr/lib/modules", "mnt/examples", "etc/bird", "run/bird")
 MOUNT_FILES = ("run/xtables.lock",)
 
 
@@ -42,8 +42,10 @@ class SecurityContext:
 
 
 # deploy/agent.yaml: root, drop ALL, add NET_ADMIN and NET_RAW. deploy/controller.yaml: 65532, none.
+# deploy/bgp/daemonset.yaml's bird container: root, drop ALL, add NET_ADMIN and NET_BIND_SERVICE.
 AGENT = SecurityContext(0, 0, ("NET_ADMIN", "NET_RAW"))
 CONTROLLER = SecurityContext(65532, 65532, ())
+BIRD = SecurityContext(0, 0, ("NET_ADMIN", "NET_BIND_SERVICE"))
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,19 @@ class Image:
         timeout: float = 600,
     ) -> subprocess.CompletedProcess[str]:
         """`args` after the image's entrypoint (or `entrypoint`), as the container's process."""
+        argv, environment = self.command(args, context=context, mounts=mounts, entrypoint=entrypoint, env=env)
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout, env=environment)
+
+    def start(self, args: list[str], *, context: SecurityContext, mounts: tuple[Mount, ...] = (),
+              entrypoint: list[str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+        """The same, left running (a container's long-lived process); its output into `log`."""
+        argv, environment = self.command(args, context=context, mounts=mounts, entrypoint=entrypoint)
+        output = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115 (the child holds it)
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
+
+    def command(self, args: list[str], *, context: SecurityContext, mounts: tuple[Mount, ...] = (),
+                entrypoint: list[str] | None = None, env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+        """The argv (and environment) that plays the runtime's part and runs `args` in the image."""
         self.prepare()
         root = shlex.quote(str(self.rootfs))
         lines = [
@@ -103,10 +118,7 @@ class Image:
         command = [*((self.config.get("Entrypoint") or []) if entrypoint is None else entrypoint), *args]
         lines.append(f'exec chroot "$R" {shlex.join(context.setpriv() + command)}')
         environment = self.environment({"HOME": "/root" if context.uid == 0 else "/", **(env or {})})
-        return subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines)],
-            input=stdin, capture_output=True, text=True, timeout=timeout, env=environment,
-        )
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(lines)], environment
 
 
 def capabilities(status: str) -> dict[str, int]:

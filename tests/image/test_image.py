@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.image.container import AGENT, CONTROLLER, NET_ADMIN, NET_RAW, REPOSITORY, Image, Mount, capabilities
+from tests.image.container import AGENT, BIRD, CONTROLLER, NET_ADMIN, NET_RAW, REPOSITORY, Image, Mount, capabilities
 from vsop import __version__
 
 pytestmark = pytest.mark.image
@@ -58,6 +58,7 @@ def test_the_python_image_layout(image: Image) -> None:
     (["ip6tables-legacy-save", "-V"], "(legacy)"), (["ip6tables-nft-restore", "-V"], "(nf_tables)"),
     (["ipset", "--version"], "ipset v7"), (["conntrack", "--version"], "conntrack v1.4"),
     (["keepalived", "--version"], "Keepalived v2.2"), (["ip", "-V"], "iproute2-6"),
+    (["bird", "--version"], "BIRD version 2.0"),
 ])
 def test_the_debian_tools_run(image: Image, tool: list[str], says: str) -> None:
     done = image.run(tool[1:], entrypoint=tool[:1], context=AGENT)
@@ -120,3 +121,34 @@ def test_the_compose_services_commands_go_through_the_images_entrypoint(image: I
     entrypoint = compose["entrypoint"] if "entrypoint" in compose else None
     done = image.run([*compose["command"], "--help"], entrypoint=entrypoint, context=AGENT)
     assert done.returncode == 0 and "usage" in (done.stdout + done.stderr).lower(), done
+
+
+def bgp_container() -> dict:
+    """The bird container deploy/bgp adds to the agent's pod."""
+    [doc] = yaml.safe_load_all((REPOSITORY / "deploy" / "bgp" / "daemonset.yaml").read_text())
+    return next(c for c in doc["spec"]["template"]["spec"]["containers"] if c["name"] == "bird")
+
+
+def test_the_agent_writes_a_bird_conf_the_images_bird_accepts_as_deploy_bgp_runs_it(image: Image, tmp_path: Path) -> None:
+    """`vsop render bird --out` in the agent's context (its `bird -p` passes, birdc finds no BIRD yet), then the
+    bird container's own parse of that file, on the read-only volume and with the capabilities deploy/bgp grants."""
+    assert bgp_container()["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": list(BIRD.capabilities)}
+    config, socket = tmp_path / "etc-bird", tmp_path / "run-bird"
+    config.mkdir()
+    socket.mkdir()
+    (config / "password").write_text("s3cret-Pass\n")
+    speaker = yaml.safe_load((REPOSITORY / "examples" / "bgp" / "speaker.yaml").read_text())
+    speaker["spec"]["peers"][1]["passwordFile"] = "/etc/bird/password"
+    (config / "speaker.yaml").write_text(yaml.safe_dump(speaker))
+    agent_mounts = (Mount(str(config), "/etc/bird", writable=True), Mount(str(socket), "/run/bird", writable=True))
+    done = image.run(["render", "bird", "--speaker", "/etc/bird/speaker.yaml", "--out", "/etc/bird/bird.conf",
+                      "--control-socket", "/run/bird/bird.ctl"], context=AGENT, mounts=agent_mounts)
+    assert "wrote /etc/bird/bird.conf (BIRD not reconfigured)" in ok(done), done
+    assert 'password "s3cret-Pass";' in (config / "bird.conf").read_text() and (config / "bird.conf").stat().st_mode & 0o777 == 0o600
+    bird_mounts = (Mount(str(config), "/etc/bird"), Mount(str(socket), "/run/bird", writable=True))
+    parsed = image.run(["-p", "-c", "/etc/bird/bird.conf"], entrypoint=["bird"], context=BIRD, mounts=bird_mounts)
+    assert parsed.returncode == 0 and not parsed.stdout + parsed.stderr, parsed
+    broken = config / "broken.conf"
+    broken.write_text((config / "bird.conf").read_text().replace("router id", "router identifier"))
+    refused = image.run(["-p", "-c", "/etc/bird/broken.conf"], entrypoint=["bird"], context=BIRD, mounts=bird_mounts)
+    assert refused.returncode != 0 and "syntax error" in refused.stderr, refused  # the parse can fail

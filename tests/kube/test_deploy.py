@@ -215,6 +215,39 @@ def test_the_keepalived_overlay_adds_keepalived_beside_the_agent(manifests: dict
     assert "/etc/vsop/vrrp" not in mounts["keepalived"], "only the agent reads the password"
 
 
+
+def test_the_bgp_overlay_runs_bird_beside_the_agent_on_the_files_the_agent_writes(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """deploy/bgp (a Component) through the example overlay: BIRD reads the bird.conf the agent's flags write and
+    listens on the socket they name."""
+    from vsop.cli.agents import CLUSTER, build_parser
+
+    built = {(doc["kind"], doc["metadata"]["name"]): doc for doc in build(ROOT / "examples" / "k8s" / "bgp")}
+    assert set(built) == set(manifests), "the same objects as the base"
+    spec = built["DaemonSet", "vsop-agent"]["spec"]["template"]["spec"]
+    base = manifests["DaemonSet", "vsop-agent"]["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True and "shareProcessNamespace" not in spec, "birdc talks over the socket: no shared PIDs"
+    agent, bird = spec["containers"]
+    assert agent["name"] == "agent" and bird["name"] == "bird" and bird["image"] == agent["image"] == "vsop:0.1.0"
+    assert agent["securityContext"] == base["containers"][0]["securityContext"], "the agent gains no capability"
+    assert agent["args"][: len(base["containers"][0]["args"])] == base["containers"][0]["args"]
+    # The agent's own parser reads the flags: what it writes and asks is what BIRD reads and serves.
+    args = build_parser(CLUSTER).parse_args(agent["args"][1:] + ["--node-name", "node-a"])
+    assert args.bgp_speakers and not args.bgp_speaker
+    script = " ".join(bird["args"])
+    assert f"exec bird -f -c {args.bird_conf} -s {args.bird_socket}" in script and f"[ ! -f {args.bird_conf} ]" in script
+    security = bird["securityContext"]
+    assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_BIND_SERVICE"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {c["name"]: {m["mountPath"]: m for m in c["volumeMounts"]} for c in (agent, bird)}
+    for path in (str(Path(args.bird_conf).parent), str(Path(args.bird_socket).parent)):
+        assert mounts["agent"][path]["name"] == mounts["bird"][path]["name"], f"{path} shared"
+        assert volumes[mounts["agent"][path]["name"]]["emptyDir"]["medium"] == "Memory", "passwords never on the node's disk"
+        assert not mounts["agent"][path].get("readOnly")
+    assert mounts["bird"][str(Path(args.bird_conf).parent)]["readOnly"] is True and not mounts["bird"][str(Path(args.bird_socket).parent)].get("readOnly")
+    assert set(mounts["bird"]) == {str(Path(args.bird_conf).parent), str(Path(args.bird_socket).parent)}, "BIRD sees nothing else of the node"
+
+
 def used(cluster: Cluster, namespaced: bool = False) -> set[Any]:
     """(group, resource[/subresource], verb) of every request vsop made (the test's own are kmock's);
     with `namespaced`, (namespace, name, group, resource, verb)."""

@@ -214,9 +214,11 @@ FLAGS: tuple[Flag, ...] = (
        cluster=(False, "watch BGPSpeaker objects: this node's BIRD uses the one whose nodeSelector selects it (the oldest when "
                        "several do), routerID defaulting to the node's IPv4 InternalIP; instead of --bgp-speaker")),
     _f("--bird-conf", metavar="FILE", group=BGP, host=("/etc/vsop/bird.conf", "the bird.conf vsop writes (default /etc/vsop/bird.conf)"),
-       cluster=("/etc/vsop/bird/bird.conf", "the bird.conf vsop writes, in a volume BIRD's container reads (default /etc/vsop/bird/bird.conf)")),
+       cluster=("/etc/bird/bird.conf", "the bird.conf vsop writes, in a volume BIRD's container reads (default /etc/bird/bird.conf, "
+                                       "as deploy/bgp mounts it)")),
     _f("--bird-socket", metavar="SOCKET", group=BGP, host=("/run/vsop/bird.ctl", "BIRD's control socket (default /run/vsop/bird.ctl)"),
-       cluster=("/run/vsop/bird/bird.ctl", "BIRD's control socket, in a volume shared with BIRD's container (default /run/vsop/bird/bird.ctl)")),
+       cluster=("/run/bird/bird.ctl", "BIRD's control socket, in a volume shared with BIRD's container (default /run/bird/bird.ctl, "
+                                      "as deploy/bgp mounts it)")),
 )
 
 
