@@ -324,3 +324,74 @@ async def test_a_restarted_agent_takes_the_master_from_the_vip_on_an_interface_u
         await until(lambda: announced_by(cluster) == "node-a", "status.announcedBy")
         tell(keepalived, "BACKUP")  # what keepalived says wins
         await until(lambda: entry(cluster, "node-a").get("announced") == "backup", "backup once keepalived says so")
+
+
+async def test_a_peers_password_comes_from_the_secret_its_speaker_names_and_follows_it(cluster: Cluster, tmp_path: Path,
+                                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """passwordSecretRef: the agent GETs the named Secret in its own namespace (nothing else: the Role of deploy/bgp
+    allows each request); without it BIRD's file is not written and the BGPSpeaker gets a Warning Event naming the
+    Secret; with it bird.conf (0600) carries the password; a changed value is rendered once the last read is a
+    resync period old (here 0 s: the next turn); a key gone keeps BIRD's last file. The value is in no log, Event, NodeReport or request vsop sends."""
+    import base64
+
+    from tests.kube.conftest import SPEAKERS
+    from tests.kube.test_deploy import ROOT, build, role_allows, used
+    from vsop.kube.client import ApiSecrets
+
+    secrets, name = "v1/secrets", "vsop-bgp-passwords"
+    lb = {"vsop.dev/lb": "true"}
+    await cluster.node("node-a", labels=lb, addresses=("10.0.0.11",))
+    await cluster.create(SPEAKERS, {**SPEAKER, "spec": {"localASN": 65001, "nodeSelector": {"matchLabels": lb}, "peers": [
+        {"address": "10.99.0.2", "asn": 65000, "passwordSecretRef": {"name": name, "key": "router-1"}}]}})
+    bird = Sessions()
+    announcer = BirdAnnouncer("BGPSpeaker", BirdWriter(tmp_path / "bird.conf", str(tmp_path / "bird.ctl"), run=bird), sessions_seconds=3600)
+    kernel, _ = fake_kernel()
+    connection = Connection.for_url(cluster.url)
+    writer = RecordingWriter(connection, "vsop-agent", host="node-a")
+    agent = Agent(AgentOptions(node_name="node-a", resync_seconds=3600.0, debounce_seconds=0.01, vip_policy="any", watch_speakers=True,
+                               secrets_namespace="vsop-system", secrets_seconds=0.0),  # read again at each turn
+                  kernel, writer, conntrack=FakeConntrack(), bird=announcer, secrets=ApiSecrets(connection))
+    connection.register_login(agent.registry)
+    conf = tmp_path / "bird.conf"
+
+    def text() -> str:
+        return conf.read_text() if conf.exists() else ""
+
+    def warnings() -> list[dict[str, Any]]:
+        return [e for e in cluster.events("edge") if e["reason"] == "BirdConfigNotApplied"]
+
+    def secret(data: dict[str, str]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "vsop-system"}, "type": "Opaque",
+                "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}}
+
+    caplog.set_level("DEBUG")
+    async with running(agent):
+        await until(lambda: warnings(), "a Warning Event on the BGPSpeaker")
+        [event] = warnings()
+        assert event["type"] == "Warning" and event["metadata"]["namespace"] == "vsop-system"
+        assert event["involvedObject"]["kind"] == "BGPSpeaker" and "namespace" not in event["involvedObject"]
+        assert f"Secret vsop-system/{name} not found" in event["message"] and "spec.peers[0].passwordSecretRef" in event["message"]
+        assert not conf.exists(), "never rendered without its password"
+
+        await cluster.create(secrets, secret({"router-1": "Pass-One"}))
+        await resync(agent)  # a turn once the last read is secrets_seconds old reads it again
+        await until(lambda: 'password "Pass-One";' in text(), "bird.conf with the Secret's password")
+        assert conf.stat().st_mode & 0o777 == 0o600 and bird.configures() == 1
+
+        await cluster.patch(secrets, "vsop-system", name, {"data": {"router-1": base64.b64encode(b"Pass-Two").decode()}})
+        await resync(agent)
+        await until(lambda: 'password "Pass-Two";' in text(), "the changed value rendered")
+        await until(lambda: bird.configures() == 2, "BIRD told")
+
+        await cluster.patch(secrets, "vsop-system", name, {"data": {"router-1": None, "router-2": base64.b64encode(b"Other").decode()}})
+        await resync(agent)
+        await until(lambda: len(warnings()) == 2, "a second Warning: the key is gone")
+        assert "has no key 'router-1' (its keys: router-2)" in warnings()[-1]["message"]
+        assert 'password "Pass-Two";' in text() and bird.configures() == 2, "BIRD keeps its last configuration"
+
+    sent = str(writer.posted) + str(writer.reports) + str(writer.patches) + caplog.text
+    assert "Pass-" not in sent and "Other" not in sent
+    role = next(d for d in build(ROOT / "examples" / "k8s" / "bgp") if d["kind"] == "Role" and d["metadata"]["name"] == "vsop-agent-bgp-passwords")
+    asked = {r for r in used(cluster, namespaced=True) if r[3] == "secrets"}
+    assert asked == {("vsop-system", name, "", "secrets", "get")}
+    assert all(role_allows(role, *r[:2], r[2:]) for r in asked)

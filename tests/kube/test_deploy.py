@@ -218,11 +218,12 @@ def test_the_keepalived_overlay_adds_keepalived_beside_the_agent(manifests: dict
 
 def test_the_bgp_overlay_runs_bird_beside_the_agent_on_the_files_the_agent_writes(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
     """deploy/bgp (a Component) through the example overlay: BIRD reads the bird.conf the agent's flags write and
-    listens on the socket they name."""
+    listens on the socket they name; the agent reads only the BGP password Secret, in its own namespace."""
     from vsop.cli.agents import CLUSTER, build_parser
 
     built = {(doc["kind"], doc["metadata"]["name"]): doc for doc in build(ROOT / "examples" / "k8s" / "bgp")}
-    assert set(built) == set(manifests), "the same objects as the base"
+    assert set(built) - set(manifests) == {("Role", "vsop-agent-bgp-passwords"), ("RoleBinding", "vsop-agent-bgp-passwords")}
+    assert set(manifests) <= set(built)
     spec = built["DaemonSet", "vsop-agent"]["spec"]["template"]["spec"]
     base = manifests["DaemonSet", "vsop-agent"]["spec"]["template"]["spec"]
     assert spec["hostNetwork"] is True and "shareProcessNamespace" not in spec, "birdc talks over the socket: no shared PIDs"
@@ -235,6 +236,8 @@ def test_the_bgp_overlay_runs_bird_beside_the_agent_on_the_files_the_agent_write
     assert args.bgp_speakers and not args.bgp_speaker
     script = " ".join(bird["args"])
     assert f"exec bird -f -c {args.bird_conf} -s {args.bird_socket}" in script and f"[ ! -f {args.bird_conf} ]" in script
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     security = bird["securityContext"]
     assert security["privileged"] is False and security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
     assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_BIND_SERVICE"]}
@@ -246,6 +249,16 @@ def test_the_bgp_overlay_runs_bird_beside_the_agent_on_the_files_the_agent_write
         assert not mounts["agent"][path].get("readOnly")
     assert mounts["bird"][str(Path(args.bird_conf).parent)]["readOnly"] is True and not mounts["bird"][str(Path(args.bird_socket).parent)].get("readOnly")
     assert set(mounts["bird"]) == {str(Path(args.bird_conf).parent), str(Path(args.bird_socket).parent)}, "BIRD sees nothing else of the node"
+    role, binding = built["Role", "vsop-agent-bgp-passwords"], built["RoleBinding", "vsop-agent-bgp-passwords"]
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == agent_namespace(built)
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["vsop-bgp-passwords"], "verbs": ["get"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "vsop-agent-bgp-passwords"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "vsop-agent", "namespace": agent_namespace(built)}]
+    assert ("", "secrets", "get") not in rules(built, "vsop-agent"), "no Secret anywhere else"
+
+
+def agent_namespace(built: dict[tuple[str, str], dict[str, Any]]) -> str:
+    return str(built["DaemonSet", "vsop-agent"]["metadata"]["namespace"])
 
 
 def used(cluster: Cluster, namespaced: bool = False) -> set[Any]:

@@ -9,7 +9,9 @@ Safety, as vsop.keepalived.render: jinja2 with StrictUndefined and no autoescapi
 `finalize` that refuses anything but an int or a `Token` (a string that fully matched a
 pattern without whitespace, quotes, braces, semicolons or comment characters). Every
 Token is built here from a validated field; the password, the one free-form value, is
-limited to printable ASCII without quote or backslash and printed inside quotes.
+limited to printable ASCII without quote or backslash and printed inside quotes. It comes
+from a peer's passwordFile (read at each render) or, in a cluster, from the Secrets the agent
+read (`SecretPasswords`); it is never part of an error message or a repr.
 Must not import: kopf, kubernetes, pyroute2, subprocess, socket, vsop.adapters, vsop.cli.
 """
 
@@ -114,6 +116,37 @@ class SecretNotReadable(LookupError):
     """A peer names a Secret where none is read (a BGPSpeaker from a file: a host, or --bgp-speaker)."""
 
 
+class PasswordUnavailable(LookupError):
+    """A peer's passwordSecretRef could not be resolved; the message says why (never the value)."""
+
+
+@dataclass(frozen=True, eq=True)
+class SecretPasswords:
+    """The passwords of a cluster's BGPSpeaker, read from its Secrets by the agent (vsop.kube.speakers):
+    (secret name, key) -> value, and secret name -> why it could not be read. Called as the render's
+    `password_of`: a peer with passwordSecretRef gets its value or PasswordUnavailable; a peer with
+    passwordFile reads its file. Its repr never shows a value (it may reach a log through a repr)."""
+
+    values: tuple[tuple[tuple[str, str], str], ...] = ()
+    problems: tuple[tuple[str, str], ...] = ()  # (secret name, why it is not readable)
+
+    def __call__(self, peer: Peer) -> str | None:
+        ref = peer.password_secret_ref
+        if ref is None:
+            return read_password_file(peer)
+        problem = dict(self.problems).get(ref.name)
+        if problem is not None:
+            raise PasswordUnavailable(problem)
+        value = dict(self.values).get((ref.name, ref.key))
+        if value is None:
+            keys = sorted(key for (name, key), _ in self.values if name == ref.name)
+            raise PasswordUnavailable(f"the Secret {ref.name} has no key {ref.key!r} (its keys: {', '.join(keys) or 'none'})")
+        return value
+
+    def __repr__(self) -> str:
+        return f"SecretPasswords({len(self.values)} value(s) hidden, problems={list(self.problems)!r})"
+
+
 def read_password_file(peer: Peer) -> str | None:
     """The host's way: the peer's passwordFile, read at each render (trailing newline dropped).
     A peer asking for a passwordSecretRef is refused, never rendered without its password: the
@@ -134,6 +167,8 @@ def _peer(speaker: BGPSpeaker, index: int, peer: Peer, password_of: Callable[[Pe
     except SecretNotReadable:
         raise InvalidInput([FieldError(obj=speaker.name, path=f"{where}.passwordSecretRef", kind=SPEAKER_KIND,
                                        reason="a BGPSpeaker read from a file cannot have its Secret read; give passwordFile (a root-only file, in a cluster a mounted Secret)")]) from None
+    except PasswordUnavailable as exc:  # the peer is never rendered without the password it asks for
+        raise InvalidInput([FieldError(obj=speaker.name, path=f"{where}.passwordSecretRef", kind=SPEAKER_KIND, reason=str(exc))]) from None
     password = None
     if secret is not None:
         if _PASSWORD.fullmatch(secret) is None:

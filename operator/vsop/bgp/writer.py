@@ -27,6 +27,7 @@ from vsop.bgp.sessions import Reading, read_sessions
 if TYPE_CHECKING:
     from vsop.api.model import VirtualService
     from vsop.api.speaker import BGPSpeaker
+    from vsop.bgp.render import SecretPasswords
     from vsop.core.state import Names
 
 log = logging.getLogger("vsop.bgp")
@@ -131,13 +132,16 @@ class BirdAnnouncer:
         # In a cluster the speaker comes from the BGPSpeaker watch, not the file: (speaker, the node's
         # default router ID, why there is none), set by the agent before each turn; `stale`: it changed.
         self.given: tuple[BGPSpeaker | None, str | None, str | None] | None = None
+        self.passwords: SecretPasswords | None = None  # its peers' passwordSecretRef values, read by the agent
         self.stale = False
 
-    def give(self, speaker: "BGPSpeaker | None", router_id: str | None, why: str | None) -> None:
-        """The cluster's speaker for this node (vsop.kube.speakers); a change renders at the next sync."""
+    def give(self, speaker: "BGPSpeaker | None", router_id: str | None, why: str | None,
+             passwords: "SecretPasswords | None" = None) -> None:
+        """The cluster's speaker for this node (vsop.kube.speakers) and the passwords its Secrets hold;
+        a change of either (a Secret's new value) renders at the next sync."""
         given = (speaker, router_id, why)
-        if given != self.given:
-            self.given, self.stale = given, True
+        if given != self.given or passwords != self.passwords:
+            self.given, self.passwords, self.stale = given, passwords, True
 
     def due(self, full: bool, changed: "Iterable[str]", objects: "Mapping[str, VirtualService]") -> bool:
         if full or self.stale:
@@ -149,7 +153,7 @@ class BirdAnnouncer:
 
         from vsop.api.errors import InvalidInput
         from vsop.api.speaker import parse_bgp_speaker
-        from vsop.bgp.render import render_bird
+        from vsop.bgp.render import read_password_file, render_bird
 
         services = list(objects)
         self.renders += 1
@@ -161,9 +165,10 @@ class BirdAnnouncer:
                 raise LookupError(self.given[2] or "no BGPSpeaker selects this node")
             else:
                 speaker, router_id = self.given[0], self.given[1]
-            text = render_bird(speaker, services, names=self.names, router_id=router_id)
+            text = render_bird(speaker, services, names=self.names, router_id=router_id,
+                               password_of=self.passwords if self.passwords is not None else read_password_file)
         except (OSError, yaml.YAMLError, InvalidInput, LookupError) as exc:
-            self.last_error = f"{self.speaker_file}: {exc}"
+            self.last_error = str(exc) if self.given is not None else f"{self.speaker_file}: {exc}"
             log.error("bird.conf not rendered; BIRD keeps its configuration error=%r", self.last_error)
             return None
         self._with_options = {vs.ref for vs in services if _has_options(vs)}

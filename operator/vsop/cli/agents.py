@@ -81,10 +81,12 @@ GROUPS = {
                   "whenever an object with bgp options changes; a changed file is checked with `bird -p`, renamed into place and\n"
                   "BIRD reconfigured through its control socket (see `vsop render bird --help`). The routes themselves are in\n"
                   "--route-table whether or not this is given."),
-    (BGP, CLUSTER): ("announce: bgp (BIRD 2; off unless --bgp-speaker is given)",
-                     "bird.conf is rendered from the BGPSpeaker file and the objects' bgp options at each resync and whenever an\n"
+    (BGP, CLUSTER): ("announce: bgp (BIRD 2; off unless --bgp-speaker or --bgp-speakers is given)",
+                     "bird.conf is rendered from the BGPSpeaker and the objects' bgp options at each resync and whenever an\n"
                      "object with bgp options changes, checked with `bird -p`, renamed into place and BIRD (a container of the same\n"
-                     "pod, deploy/bgp) reconfigured through the shared control socket; its sessions are served as metrics."),
+                     "pod, deploy/bgp) reconfigured through the shared control socket; its sessions are served as metrics.\n"
+                     "With --bgp-speakers, a peer's passwordSecretRef is read from that Secret in the agent's namespace\n"
+                     "($POD_NAMESPACE), again once a resync period old; a missing one is a Warning Event on the BGPSpeaker."),
 }
 # Flags no host agent has: given to `vsop agent`, they make it the in-cluster one.
 CLUSTER_ONLY_FLAGS = (
@@ -449,7 +451,8 @@ def agent_main(
     def build(connection: Connection) -> Any:
         from vsop.kube.agent import COMPONENT, Agent, AgentOptions
         from vsop.kube.apiserver import ApiServerAddresses
-        from vsop.kube.client import ApiWriter
+        from vsop.kube.client import ApiSecrets, ApiWriter
+        from vsop.kube.speakers import own_namespace
         from vsop.node.lock import lock_path
         from vsop.node.remember import DEFAULT_STATE_FILE
 
@@ -463,13 +466,15 @@ def agent_main(
             keep_accept_ra=args.keep_accept_ra,
             vip_policy=args.vip_policy,
             watch_speakers=args.bgp_speakers,
+            secrets_namespace=own_namespace(),
             node_peers=args.vrrp_node_peers if args.vrrp_node_peers is not None else keepalived is not None,
             claim_grace_seconds=args.claim_grace_seconds,
             lock=lock_path(args.lock) if args.lock or lock_path().parent.is_dir() else None,
             state_file=Path(args.state_file) if args.state_file else (DEFAULT_STATE_FILE if DEFAULT_STATE_FILE.parent.is_dir() else None),
         )
         return Agent(options, found[0], ApiWriter(connection, COMPONENT, host=node), conntrack=found[1], keepalived=keepalived,
-                     apiserver=ApiServerAddresses.for_connection(connection), bird=bird)
+                     apiserver=ApiServerAddresses.for_connection(connection), bird=bird,
+                     secrets=ApiSecrets(connection) if args.bgp_speakers else None)
 
     started = {"node": args.node_name, "namespaces": ",".join(args.namespaces) or "all", "resync": f"{args.resync_seconds:g}s",
                "credentials": None, "host": socket.gethostname(),

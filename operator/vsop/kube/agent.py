@@ -17,8 +17,8 @@ followed by the keepalived writer (vsop.keepalived.writer: render with the servi
 endpoints, `keepalived -t`, swap in, SIGHUP only on change); its failures go into the
 status entries of the keepalived-mode objects and Events. With --bgp-speaker, each successful
 sync that may have changed it renders bird.conf (vsop.bgp.writer, as the host agent does) for
-BIRD's container (with --bgp-speakers, from the BGPSpeaker object selecting this node:
-vsop.kube.speakers), and BIRD's sessions are served as vsop_bgp_session_up{peer}. Who announces
+BIRD's container (with --bgp-speakers, from the BGPSpeaker object selecting this node and the
+Secrets its peers name: vsop.kube.speakers), and BIRD's sessions are served as vsop_bgp_session_up{peer}. Who announces
 (vsop.kube.announce): this node's state for each `announce: vrrp` / `bgp` object (keepalived's VRRP
 state from its notify FIFO, whose transitions wake a turn; the route and whether a BGP session is
 up, BIRD asked every few seconds) and its BGP sessions go into its NodeReport. A drained Node
@@ -50,12 +50,12 @@ from vsop.kube import report as reports
 from vsop.kube.apiserver import ApiServerAddresses
 from vsop.kube.apiserver import watched as apiserver_watched
 from vsop.kube.claims import ClaimWatch, HeldClaims
-from vsop.kube.client import Writer
+from vsop.kube.client import SecretReader, Writer
 from vsop.kube.metrics import AgentMetrics, Probes
 from vsop.kube.runtime import ListingGate, kopf_settings, kv, run_with_kopf
 from vsop.kube.sink import KernelOutcome, KeepalivedReport, NodeReportSink, SyncReport, VrrpPassword, judge, kernel_outcome, keepalived_report
 from vsop.kube.source import Changes, ClusterSource, VSRecord
-from vsop.kube.speakers import SpeakerWatch
+from vsop.kube.speakers import DEFAULT_NAMESPACE, SpeakerPasswords, SpeakerWatch
 from vsop.adapters.kernel import Kernel, conntrack_tcp_liberal, running_kernel_version
 from vsop.node.lock import LockTimeout
 from vsop.node.remember import RememberFile
@@ -95,6 +95,8 @@ class AgentOptions:
     node_peers: bool = False
     # With a BIRD announcer: its speaker is the BGPSpeaker object selecting this node (vsop.kube.speakers), not a file.
     watch_speakers: bool = False
+    secrets_namespace: str = DEFAULT_NAMESPACE  # where its peers' passwordSecretRef Secrets are: the agent's own
+    secrets_seconds: float | None = None  # a Secret is read again once this old (default: resync_seconds)
     claim_grace_seconds: float = DEFAULT_GRACE_SECONDS  # a deleted object's claim is held this long (as the controller's)
 
 
@@ -112,6 +114,7 @@ class Agent:
         keepalived: KeepalivedWriter | None = None,
         apiserver: ApiServerAddresses | None = None,
         bird: BirdAnnouncer | None = None,
+        secrets: SecretReader | None = None,
     ):
         self.options = options
         self.bird = bird  # announce: bgp: bird.conf from --bgp-speaker, BIRD's sessions as metrics (vsop.bgp.writer)
@@ -150,7 +153,9 @@ class Agent:
         self.claims = ClaimWatch(options.vip_policy, self.trigger, self.gate)
         self.claims.register(self.source.registry)
         self.admission = Admission()  # every object refused its claim, kept per change
-        self.speakers = SpeakerWatch(self.trigger, self.gate) if bird is not None and options.watch_speakers else None
+        refresh = options.secrets_seconds if options.secrets_seconds is not None else options.resync_seconds
+        self.speakers = (SpeakerWatch(self.trigger, self.gate, SpeakerPasswords(secrets, options.secrets_namespace, refresh))
+                         if bird is not None and options.watch_speakers else None)
         if self.speakers is not None:
             self.speakers.register(self.source.registry)
         # Deleted objects' claims held for their re-creation: the ones this agent saw go, and the controller's (vsop.kube.claims).
@@ -279,7 +284,7 @@ class Agent:
             self.apiserver.take(self.source.apiserver_addresses())  # the index is complete: the first sync has them too
         node = Node(self.node_name, dict(node_info.labels))
         if self.speakers is not None and self.bird is not None:
-            self.bird.give(*self.speakers.choose(self.node_name, node.labels, node_info.addresses))
+            await self.speakers.give(self.bird, self.node_name, node.labels, node_info.addresses)
         extra = tuple(node_info.addresses) + tuple(self.options.extra_node_addresses)
         down = checkers.roles(self.node_name, self.loop.targets, self.reconciler.configured, self.source.published).published_down
         feed = self._feed(changes, node, extra, down)
@@ -300,6 +305,8 @@ class Agent:
             self.probes.ready_reason = "ok"
         report = SyncReport(outcome=outcome, keepalived=keepalived)
         await self._report(report, changes, reasons)
+        if self.speakers is not None and self.bird is not None:
+            await self.speakers.tell(self.bird, self.writer, self.node_name)
         return report
 
     def _feed(self, changes: Changes, node: Node, extra: tuple[str, ...], down: frozenset[Any]) -> Feed:

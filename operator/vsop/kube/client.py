@@ -4,7 +4,8 @@ Owns where credentials come from (in-cluster service account, or a kubeconfig),
 handing them to kopf (which does all reading: lists and watches), and the writes:
 a JSON merge patch of a VirtualService's status subresource and of a VipPool's (controller), a node's
 own report object read once and merge-patched or created (agent, vsop.kube.report),
-and creating a core/v1 Event. Writes go through the official client in a worker thread, so the same
+and creating a core/v1 Event; and the one read kopf does not make: a GET of a named Secret (the
+agent's BGP passwords). These go through the official client in a worker thread, so the same
 credentials (with token refresh) serve both.
 Must not import vsop.node.execute, vsop.adapters or vsop.adapters.real.
 """
@@ -51,9 +52,13 @@ class ObjectRef:
     uid: str | None = None
     kind: str = KIND  # or Service: the LoadBalancer Services' Events (vsop.kube.loadbalancers)
     api_version: str = f"{API_GROUP}/{API_VERSION}"
+    # A cluster-scoped object (a BGPSpeaker): its Events live in `namespace`, the involved object has none.
+    cluster_scoped: bool = False
 
     def involved_object(self) -> dict[str, Any]:
         ref = {"apiVersion": self.api_version, "kind": self.kind, "namespace": self.namespace, "name": self.name}
+        if self.cluster_scoped:
+            del ref["namespace"]
         if self.uid:
             ref["uid"] = self.uid
         return ref
@@ -135,6 +140,31 @@ class Connection:
         @kopf.on.login(registry=registry)
         def login(**_: Any) -> kopf.ConnectionInfo:
             return self.connection_info()
+
+
+class SecretReader(Protocol):
+    """GET one Secret (the agent's BGP passwords, vsop.kube.speakers): (HTTP status, its `data` or why not)."""
+
+    async def read_secret(self, namespace: str, name: str) -> tuple[int, Mapping[str, str] | str]: ...
+
+
+class ApiSecrets:
+    """`SecretReader` over the official client: one GET by name (no list, no watch). The body of an
+    error is the API server's message, never the Secret; the data stays base64 as the API gives it."""
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+
+    def _read(self, namespace: str, name: str) -> tuple[int, Mapping[str, str] | str]:
+        api = kubernetes.client.CoreV1Api(self.connection.api)
+        try:
+            response = api.read_namespaced_secret(name, namespace, _preload_content=False)
+            return int(response.status), dict(json.loads(response.data or b"{}").get("data") or {})
+        except kubernetes.client.exceptions.ApiException as exc:
+            return int(exc.status or 0), _message(str(exc.body or exc.reason))
+
+    async def read_secret(self, namespace: str, name: str) -> tuple[int, Mapping[str, str] | str]:
+        return await asyncio.to_thread(self._read, namespace, name)
 
 
 class ApiWriter:

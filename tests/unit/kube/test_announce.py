@@ -3,6 +3,12 @@ the BGP sessions a NodeReport carries, and the report patch that writes them onl
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
+from vsop.api.errors import InvalidInput
+from vsop.bgp.render import render_bird
 from vsop.bgp.sessions import Session
 from vsop.kube.announce import EVERY_NODE, announced_by, bgp_state, object_state, session_entries, sessions_up
 from vsop.kube.report import new_report, sessions_of, with_sessions
@@ -75,11 +81,7 @@ def test_a_node_is_drained_when_cordoned_or_excluded_from_load_balancers() -> No
 
 
 def test_the_speaker_for_a_node_and_its_router_id() -> None:
-    import pytest
-
-    from vsop.api.errors import InvalidInput
     from vsop.api.speaker import parse_bgp_speaker
-    from vsop.bgp.render import render_bird
     from vsop.kube.speakers import choose
 
     def speaker(name: str, created: str, labels: dict[str, str], router_id: str | None = None) -> object:
@@ -99,12 +101,83 @@ def test_the_speaker_for_a_node_and_its_router_id() -> None:
         render_bird(old)  # type: ignore[arg-type]
 
 
-def test_a_speaker_with_a_secret_ref_is_not_used_without_its_password() -> None:
-    from vsop.api.speaker import parse_bgp_speaker
-    from vsop.kube.speakers import choose
+class Secrets:
+    """A SecretReader on a dict: name -> data (plain text, encoded as the API serves it) or an HTTP status."""
 
-    speaker = parse_bgp_speaker({"apiVersion": "vsop.dev/v1alpha1", "kind": "BGPSpeaker", "metadata": {"name": "edge"},
-                                 "spec": {"localASN": 65001, "peers": [{"address": "10.99.0.2", "asn": 65000,
-                                                                        "passwordSecretRef": {"name": "bgp", "key": "password"}}]}})
-    chosen, _, why = choose([speaker], "node-a", {}, ["10.0.0.11"])
-    assert chosen is None and why is not None and "spec.peers[0].passwordSecretRef is not read by the agent yet" in why
+    def __init__(self, found: dict[str, Any]):
+        self.found = found
+        self.asked: list[tuple[str, str]] = []
+
+    async def read_secret(self, namespace: str, name: str) -> tuple[int, Any]:
+        import base64
+
+        self.asked.append((namespace, name))
+        data = self.found.get(name, 404)
+        if isinstance(data, int):
+            return data, f"secrets \"{name}\" is not allowed"
+        return 200, {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+
+
+def secret_speaker(*refs: tuple[str, str]) -> Any:
+    from vsop.api.speaker import parse_bgp_speaker
+
+    return parse_bgp_speaker({"apiVersion": "vsop.dev/v1alpha1", "kind": "BGPSpeaker", "metadata": {"name": "edge"},
+                              "spec": {"localASN": 65001, "routerID": "10.0.0.11", "peers": [
+                                  {"address": f"10.99.0.{i + 2}", "asn": 65000, "passwordSecretRef": {"name": name, "key": key}}
+                                  for i, (name, key) in enumerate(refs)]}})
+
+
+def test_a_peers_secret_is_read_in_the_agents_namespace_when_named_and_again_a_resync_period_later() -> None:
+    import asyncio
+
+    from vsop.kube.speakers import SpeakerPasswords
+
+    secrets = Secrets({"bgp": {"r1": "s3cret-One", "r2": "s3cret-Two\n"}})
+    now = [0.0]
+    passwords = SpeakerPasswords(secrets, "vsop-ns", refresh_seconds=30, clock=lambda: now[0])
+    speaker = secret_speaker(("bgp", "r1"), ("bgp", "r2"))
+    book = asyncio.run(passwords.take(speaker))
+    assert book is not None
+    conf = render_bird(speaker, password_of=book)
+    assert 'password "s3cret-One";' in conf and 'password "s3cret-Two";' in conf  # a trailing newline (echo > file) dropped
+    assert "s3cret" not in repr(book) and "s3cret" not in str(book)
+    assert secrets.asked == [("vsop-ns", "bgp")]  # one GET for both keys
+    now[0] = 29.9
+    asyncio.run(passwords.take(speaker))
+    assert secrets.asked == [("vsop-ns", "bgp")]  # known: not read again before a resync period
+    secrets.found["bgp"] = {"r1": "s3cret-New", "r2": "s3cret-Two"}
+    now[0] = 30.0
+    again = asyncio.run(passwords.take(speaker))
+    assert again != book and 'password "s3cret-New";' in render_bird(speaker, password_of=again)
+    assert asyncio.run(passwords.take(None)) is None and len(secrets.asked) == 2
+
+
+@pytest.mark.parametrize(("found", "ref", "says"), [
+    ({}, ("bgp", "r1"), "Secret vsop-ns/bgp not found (create it: kubectl -n vsop-ns create secret generic bgp"),
+    ({"bgp": {"r2": "s3cret-Two"}}, ("bgp", "r1"), "the Secret bgp has no key 'r1' (its keys: r2)"),
+    ({"bgp": 403}, ("bgp", "r1"), "Secret vsop-ns/bgp cannot be read: forbidden"),
+    ({"bgp": {"r1": 's3cret "quoted"'}}, ("bgp", "r1"), "the password must be 1-80 printable ASCII"),
+])
+def test_a_peer_whose_secret_or_key_is_missing_is_never_rendered_and_the_reason_names_no_value(found: dict[str, Any], ref: tuple[str, str],
+                                                                                                 says: str) -> None:
+    import asyncio
+
+    from vsop.kube.speakers import SpeakerPasswords
+
+    speaker = secret_speaker(ref)
+    book = asyncio.run(SpeakerPasswords(Secrets(found), "vsop-ns").take(speaker))
+    with pytest.raises(InvalidInput) as failure:
+        render_bird(speaker, password_of=book)  # type: ignore[arg-type]
+    (error,) = failure.value.errors
+    assert (error.obj, error.path) == ("edge", "spec.peers[0].passwordSecretRef") and says in error.reason, error.reason
+    assert "s3cret" not in str(failure.value)
+
+
+def test_the_agents_namespace_is_the_pods_then_the_service_accounts(tmp_path: Any) -> None:
+    from vsop.kube.speakers import own_namespace
+
+    account = tmp_path / "namespace"
+    assert own_namespace({"POD_NAMESPACE": "vsop-ns"}, account) == "vsop-ns"
+    assert own_namespace({}, account) == "vsop-system"
+    account.write_text("from-token\n")
+    assert own_namespace({}, account) == "from-token"
