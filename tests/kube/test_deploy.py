@@ -233,7 +233,7 @@ def test_the_bgp_overlay_runs_bird_beside_the_agent_on_the_files_the_agent_write
     assert agent["args"][: len(base["containers"][0]["args"])] == base["containers"][0]["args"]
     # The agent's own parser reads the flags: what it writes and asks is what BIRD reads and serves.
     args = build_parser(CLUSTER).parse_args(agent["args"][1:] + ["--node-name", "node-a"])
-    assert args.bgp_speakers and not args.bgp_speaker
+    assert args.bgp_speakers and not args.bgp_speaker and args.bird_log == "stderr", "BIRD's lines in `kubectl logs -c bird`"
     script = " ".join(bird["args"])
     assert f"exec bird -f -c {args.bird_conf} -s {args.bird_socket}" in script and f"[ ! -f {args.bird_conf} ]" in script
     env = {e["name"]: e for e in agent["env"]}

@@ -39,6 +39,14 @@ def test_bird_accepts_the_golden_configuration() -> None:
     assert (checked.returncode, checked.stderr) == (0, "")
 
 
+def test_bird_accepts_the_configuration_logging_to_stderr_as_in_a_pod(tmp_path: Path) -> None:
+    conf = tmp_path / "bird.conf"
+    conf.write_text(rendered().replace("\nlog syslog all;\n", "\nlog stderr all;\n"))
+    assert "log stderr all;" in conf.read_text()
+    checked = subprocess.run([BIRD, "-p", "-c", str(conf)], capture_output=True, text=True)
+    assert (checked.returncode, checked.stderr) == (0, "")
+
+
 @pytest.fixture
 def bird(tmp_path: Path) -> Iterator[tuple[BirdWriter, Path]]:
     """A BIRD running on a vsop-written bird.conf, and the writer for that file."""

@@ -38,6 +38,10 @@ _IP = re.compile(r"[0-9a-f.:]+")
 _PREFIX = re.compile(r"[0-9a-f.:]+/(32|128)")
 _PROTOCOL_NAME = re.compile(r"vsop_peer_[0-9]{1,3}")
 _SPEAKER = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+# Where BIRD logs: syslog on a host (the journal), stderr in a pod (a container has no /dev/log:
+# syslog() would drop every line, and `kubectl logs -c bird` would show nothing).
+LOG_TARGETS = ("syslog", "stderr")
+_LOG = re.compile("|".join(LOG_TARGETS))
 # TCP MD5 keys are at most 80 bytes; inside BIRD's double quotes only `"` and `\` mean something.
 _PASSWORD = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,80}")
 PASSWORD_RULE = "1-80 printable ASCII characters, no space, quote or backslash"
@@ -219,9 +223,11 @@ def render_bird(
     names: Names = Names(),
     password_of: Callable[[Peer], str | None] = read_password_file,
     router_id: str | None = None,
+    log: str = "syslog",
 ) -> str:
     """bird.conf for this speaker; raises InvalidInput (speaker, field, reason) for a password it cannot carry.
-    `router_id`: the default when the speaker gives none (in a cluster, the node's IPv4 InternalIP)."""
+    `router_id`: the default when the speaker gives none (in a cluster, the node's IPv4 InternalIP);
+    `log`: one of LOG_TARGETS."""
     rid = speaker.spec.router_id or router_id
     if rid is None:
         raise InvalidInput([FieldError(obj=speaker.name, path="spec.routerID", kind=SPEAKER_KIND,
@@ -230,6 +236,7 @@ def render_bird(
     return _environment().get_template("bird.conf.j2").render(
         speaker=Token(speaker.name, _SPEAKER),
         router_id=ip_token(rid),
+        log=Token(log, _LOG),
         local_asn=speaker.spec.local_asn,
         table=names.route_table,
         protocol=names.route_protocol,

@@ -116,9 +116,10 @@ class BirdAnnouncer:
     """
 
     def __init__(self, speaker_file: str | Path, writer: BirdWriter, names: "Names | None" = None,
-                 clock: Callable[[], float] = time.monotonic, sessions_seconds: float = SESSIONS_SECONDS):
+                 clock: Callable[[], float] = time.monotonic, sessions_seconds: float = SESSIONS_SECONDS, log: str = "syslog"):
         from vsop.core.state import Names
 
+        self.log = log  # where BIRD logs (vsop.bgp.render.LOG_TARGETS): stderr in a pod
         self.speaker_file = Path(speaker_file)
         self.writer = writer
         self.names = names or Names()
@@ -165,7 +166,7 @@ class BirdAnnouncer:
                 raise LookupError(self.given[2] or "no BGPSpeaker selects this node")
             else:
                 speaker, router_id = self.given[0], self.given[1]
-            text = render_bird(speaker, services, names=self.names, router_id=router_id,
+            text = render_bird(speaker, services, names=self.names, router_id=router_id, log=self.log,
                                password_of=self.passwords if self.passwords is not None else read_password_file)
         except (OSError, yaml.YAMLError, InvalidInput, LookupError) as exc:
             self.last_error = str(exc) if self.given is not None else f"{self.speaker_file}: {exc}"

@@ -218,6 +218,10 @@ FLAGS: tuple[Flag, ...] = (
     _f("--bird-conf", metavar="FILE", group=BGP, host=("/etc/vsop/bird.conf", "the bird.conf vsop writes (default /etc/vsop/bird.conf)"),
        cluster=("/etc/bird/bird.conf", "the bird.conf vsop writes, in a volume BIRD's container reads (default /etc/bird/bird.conf, "
                                        "as deploy/bgp mounts it)")),
+    _f("--bird-log", choices=("syslog", "stderr"), group=BGP,
+       host=("syslog", "where the rendered bird.conf has BIRD log: syslog (default) or stderr"),
+       cluster=("stderr", "where the rendered bird.conf has BIRD log: stderr (default: `kubectl logs POD -c bird`; a container has "
+                          "no syslog) or syslog")),
     _f("--bird-socket", metavar="SOCKET", group=BGP, host=("/run/vsop/bird.ctl", "BIRD's control socket (default /run/vsop/bird.ctl)"),
        cluster=("/run/bird/bird.ctl", "BIRD's control socket, in a volume shared with BIRD's container (default /run/bird/bird.ctl, "
                                       "as deploy/bgp mounts it)")),
@@ -378,7 +382,7 @@ def bird_announcer(args: argparse.Namespace, names: Any = None) -> Any:
     """The BIRD announcer --bgp-speaker asks for (vsop.bgp.writer), on --bird-conf and --bird-socket."""
     from vsop.bgp.writer import BirdAnnouncer, BirdWriter
 
-    return BirdAnnouncer(args.bgp_speaker or "BGPSpeaker", BirdWriter(args.bird_conf, args.bird_socket), names=names)
+    return BirdAnnouncer(args.bgp_speaker or "BGPSpeaker", BirdWriter(args.bird_conf, args.bird_socket), names=names, log=args.bird_log)
 
 
 def keepalived_writer(args: argparse.Namespace) -> KeepalivedWriter | None:

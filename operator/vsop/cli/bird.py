@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--route-table", type=int, default=4242, metavar="N", help="the kernel table vsop's routes are in (default 4242)")
     parser.add_argument("--out", metavar="FILE", help="write FILE (checked, renamed into place) and reconfigure BIRD")
     parser.add_argument("--control-socket", default="/run/vsop/bird.ctl", metavar="SOCKET", help="BIRD's control socket (default /run/vsop/bird.ctl)")
+    parser.add_argument("--log", choices=("syslog", "stderr"), default="syslog",
+                        help="where BIRD logs: syslog (default) or stderr (BIRD in a container, run with -f)")
     parser.add_argument("--bird", default="bird", metavar="PATH", help="the bird used for `bird -p` (default: bird on PATH)")
     parser.add_argument("--birdc", default="birdc", metavar="PATH", help="the birdc used for `configure` (default: birdc on PATH)")
     parser.add_argument("-o", "--output", choices=FORMATS, default="text", help="text: the configuration or what was done; json, yaml: one object")
@@ -89,7 +91,7 @@ def run(args: argparse.Namespace) -> Result:
         raise InvalidInput([FieldError(path="--route-table", reason=f"{args.route_table} is not a table vsop may own (1-4294967295, not default/main/local)")])
     speaker = _speaker(args.speaker)
     services = load_paths(args.paths).services if args.paths else []
-    text = render_bird(speaker, services, names=Names(route_table=args.route_table))
+    text = render_bird(speaker, services, names=Names(route_table=args.route_table), log=args.log)
     if not args.out:
         return Result(text=text, document={"speaker": speaker.name, "config": text})
     writer = BirdWriter(args.out, args.control_socket, bird=args.bird, birdc=args.birdc)

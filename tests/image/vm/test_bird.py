@@ -87,10 +87,11 @@ def test_the_images_bird_announces_what_the_images_vsop_routes(lab, image: Image
         assert applied.returncode == 0, applied
         assert "proto 118" in subprocess.run(["ip", "route", "show", "table", "4242"], capture_output=True, text=True).stdout
         rendered = image.run(["render", "bird", "--speaker", "/etc/bird/speaker.yaml", "--out", "/etc/bird/bird.conf",
-                              "--control-socket", "/run/bird/bird.ctl"], context=AGENT, mounts=shared)
+                              "--control-socket", "/run/bird/bird.ctl", "--log", "stderr"], context=AGENT, mounts=shared)
         assert rendered.returncode == 0 and "wrote /etc/bird/bird.conf" in rendered.stdout, rendered
         # The container's script was waiting for this file; now it is BIRD.
         wait_for("BIRD up on the control socket", lambda: "Daemon is up and running" in birdc("show", "status"), 30, 0.2)
+        assert "<INFO> Started" in (tmp_path / "bird.log").read_text(), "BIRD's lines reach the container's output (kubectl logs)"
         try:
             took = wait_for("the VIP in the router's kernel, via the node", router_has_vip, 60, 0.2)
         except AssertionError as exc:

@@ -56,6 +56,14 @@ def test_only_vips_with_options_are_in_the_file_so_adding_a_vip_never_rewrites_i
     )
 
 
+def test_bird_logs_to_syslog_on_a_host_and_to_stderr_when_asked_as_in_a_pod() -> None:
+    assert "\nlog syslog all;\n" in rendered()
+    in_a_pod = render_bird(two_peers(), services(), password_of=lambda p: PASSWORD if p.password_file else None, log="stderr")
+    assert in_a_pod == rendered().replace("\nlog syslog all;\n", "\nlog stderr all;\n")
+    with pytest.raises(ValueError, match="not a safe BIRD word"):
+        render_bird(two_peers(), (), password_of=lambda p: None, log='"/tmp/x"')
+
+
 def test_table_and_protocol_follow_the_names() -> None:
     text = render_bird(two_peers(), (), names=Names(route_table=7, route_protocol=99), password_of=lambda p: None)
     assert "kernel table 7;" in text and "krt_source = 99" in text
