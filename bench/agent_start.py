@@ -1,0 +1,219 @@
+"""The host agent's start over a folder of 1,010 objects, split in phases: where a restart's time goes.
+
+A restart after a crash is this path: the process starts, imports, reads the folder, derives
+and plans, reads the kernel and writes what is missing. The folder holds the objects of
+tests/vm/test_crash_points.py: 1,000 VirtualServices (one VIP, one TCP port, two real servers
+each) and 10 more, one file each. Each run starts `vsop agent --from FOLDER -v` as its own
+process and splits its time by its log's klog stamps:
+
+- `started`: from the process's spawn to its `agent started` line (interpreter, imports, flags,
+  the agent's construction);
+- `first write`: from there to `writing to the kernel` (the two first looks at the folder, each
+  file read and validated, the desired state, the kernel read, the plan);
+- `synced`: from there to its `synced` line (the writes), and the whole to the status file.
+
+`cold` starts over an empty kernel (everything is written); `restart` starts again over the kernel
+the cold start left (nothing to write: its `synced, nothing to change` line ends it). With
+`--profile FILE` one more cold start runs under cProfile (`python -m cProfile`), its top functions
+by cumulative time are printed and the stats kept in FILE. Prints figures, asserts nothing. It
+programs IPVS, so it runs in the throwaway VM:
+
+    flock /tmp/vsop-vm.lock vm/run --timeout 1500 -- .venv/bin/python bench/agent_start.py [--repeat 3] [--profile F]
+
+`--in-process` splits the same starts further, in one process on the real kernel: the imports,
+then per start (cold, restart) the agent's construction, its first look at the folder (each file
+read and validated) and its first full sync, each under cProfile (the top functions printed).
+
+`--native` measures what needs no kernel, on this machine: a fresh process's imports of the
+agent, then in-process over the same folder the agent's construction, its first look at the
+folder and its first sync against the in-memory fake kernel (whose own time is part of it).
+
+Must not import: kopf, kubernetes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VSOP = str(Path(sys.executable).parent / "vsop")
+BACKENDS = ("10.200.1.2", "10.200.2.2")
+BULK, SERVED = 1000, 10
+PHASES = ("started", "first write", "synced", "status")
+
+
+def write_objects(folder: Path) -> None:
+    backends = "".join(f"  - address: {address}\n" for address in BACKENDS)
+    vips = [(f"served-{i}", f"10.231.0.{i + 1}") for i in range(SERVED)]
+    vips += [(f"bulk-{i:04d}", f"10.232.{i // 250}.{i % 250 + 1}") for i in range(BULK)]
+    for name, vip in vips:
+        (folder / f"{name}.yaml").write_text(
+            "apiVersion: vsop.dev/v1alpha1\nkind: VirtualService\n"
+            f"metadata:\n  name: {name}\n  namespace: default\n"
+            f"spec:\n  vip: {vip}\n  scheduler: rr\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n"
+            f"  backends:\n{backends}"
+        )
+
+
+def stamp(line: str, year: int) -> float:
+    """A klog line's wall-clock time: `I1205 10:33:54.123456 ...`."""
+    return datetime.datetime.strptime(f"{year}{line[1:21]}", "%Y%m%d %H:%M:%S.%f").timestamp()
+
+
+def start_once(work: Path, folder: Path, profile: Path | None = None) -> dict[str, float]:
+    """One agent started over `folder`, stopped (SIGTERM) once its first sync is in the status file."""
+    status, log = work / "agent.json", work / "agent.log"
+    status.unlink(missing_ok=True)
+    prefix = [sys.executable, "-m", "cProfile", "-o", str(profile)] if profile else []
+    spawned = time.time()
+    process = subprocess.Popen(
+        [*prefix, VSOP, "agent", "--from", str(folder), "--poll-seconds", "0.2", "--resync-seconds", "3600",
+         "--status-file", str(status), "--state-file", str(work / "state.json"), "--lock", str(work / "lock"), "-v"],
+        stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            if json.loads(status.read_text()).get("lastSync", {}).get("at"):
+                break
+        except (OSError, ValueError):
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the agent exited or took too long; its log:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    status_seen = time.time()
+    process.send_signal(signal.SIGTERM)
+    process.wait(120)
+    year, marks = datetime.date.today().year, {"spawned": spawned}
+    for line in log.read_text().splitlines():
+        for key, text in (("started", "agent started"), ("first write", "writing to the kernel"), ("synced", "synced")):
+            if text in line and key not in marks:
+                marks[key] = stamp(line, year)
+    marks["status"] = status_seen
+    order = [key for key in ("spawned", *PHASES) if key in marks]
+    return {b: marks[b] - marks[a] for a, b in zip(order, order[1:])} | {"total": status_seen - spawned}
+
+
+def show(label: str, runs: list[dict[str, float]]) -> None:
+    for run in runs:
+        print(f"{label}: " + "  ".join(f"{k} {v:.2f}s" for k, v in run.items()), flush=True)
+    keys = [key for key in (*PHASES, "total") if key in runs[0]]
+    print(f"AGENT START {label.upper()} ({BULK + SERVED} objects, median of {len(runs)}): "
+          + ", ".join(f"{key} {statistics.median(r.get(key, 0.0) for r in runs):.2f}s" for key in keys), flush=True)
+
+
+def in_vm(args: argparse.Namespace) -> None:
+    cold: list[dict[str, float]] = []
+    restart: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory() as name:
+        work = Path(name)
+        folder = work / "services"
+        folder.mkdir()
+        write_objects(folder)
+        for _ in range(args.repeat):
+            subprocess.run([VSOP, "cleanup"], check=False, capture_output=True)
+            cold.append(start_once(work, folder))
+            restart.append(start_once(work, folder))
+        show("cold", cold)
+        show("restart", restart)
+        if args.profile:
+            subprocess.run([VSOP, "cleanup"], check=False, capture_output=True)
+            profiled = start_once(work, folder, Path(args.profile))
+            print("profiled cold start: " + "  ".join(f"{k} {v:.2f}s" for k, v in profiled.items()))
+            import pstats
+
+            pstats.Stats(args.profile).sort_stats("cumulative").print_stats(60)
+        subprocess.run([VSOP, "cleanup"], check=False, capture_output=True)
+
+
+def in_process(args: argparse.Namespace) -> None:
+    import cProfile
+    import pstats
+
+    started = time.perf_counter()
+    from vsop.adapters.conntrack import ConntrackTool
+    from vsop.adapters.real import real_kernel
+    from vsop.core.desired import Node
+    from vsop.host.agent import AgentConfig, HostAgent
+
+    imported = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        write_objects(folder)
+        subprocess.run([VSOP, "cleanup"], check=False, capture_output=True)
+        for label in ("cold", "restart"):
+            profile = cProfile.Profile()
+            profile.enable()
+            begun = time.perf_counter()
+            agent = HostAgent(real_kernel(), AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.0), ConntrackTool())
+            built = time.perf_counter()
+            agent.poll()
+            looked = time.perf_counter()
+            outcome = agent.sync_once(full=True, status=False)
+            synced = time.perf_counter()
+            profile.disable()
+            assert outcome is not None
+            print(f"AGENT START IN-PROCESS {label.upper()} ({BULK + SERVED} objects, under cProfile): imports {imported:.2f}s, "
+                  f"agent built {built - begun:.2f}s, first look at the folder {looked - built:.2f}s, first sync {synced - looked:.2f}s "
+                  f"(its kernel read {outcome.read_seconds:.2f}s, {outcome.writes} writes)", flush=True)
+            pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
+        subprocess.run([VSOP, "cleanup"], check=False, capture_output=True)
+
+
+def native(args: argparse.Namespace) -> None:
+    imports = "import vsop.cli.main, vsop.cli.agents, vsop.host.agent, vsop.adapters.real, vsop.adapters.kernel, vsop.node.loop"
+    samples: dict[str, list[float]] = {}
+    for _ in range(args.repeat):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", imports], check=True)
+        samples.setdefault("imports (a fresh process)", []).append(time.perf_counter() - started)
+        from vsop.adapters.conntrack import FakeConntrack
+        from vsop.adapters.kernel import fake_kernel
+        from vsop.core.desired import Node
+        from vsop.host.agent import AgentConfig, HostAgent
+
+        with tempfile.TemporaryDirectory() as name:
+            folder = Path(name)
+            write_objects(folder)
+            started = time.perf_counter()
+            agent = HostAgent(fake_kernel()[0], AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.0), FakeConntrack())
+            built = time.perf_counter()
+            agent.poll()
+            looked = time.perf_counter()
+            outcome = agent.sync_once(full=True, status=False)
+            synced = time.perf_counter()
+            assert outcome is not None and outcome.writes > 0
+        for key, value in (("agent built", built - started), ("first look at the folder", looked - built),
+                           ("first sync on the fake kernel", synced - looked)):
+            samples.setdefault(key, []).append(value)
+    print(f"AGENT START NATIVE ({BULK + SERVED} objects, median of {args.repeat}): "
+          + ", ".join(f"{key} {statistics.median(values):.3f}s" for key, values in samples.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", metavar="FILE", help="one more cold start under cProfile, its stats kept here")
+    parser.add_argument("--in-process", action="store_true", help="imports, first look and first sync in one process, profiled (VM)")
+    parser.add_argument("--native", action="store_true", help="what needs no kernel, on this machine (fake kernel)")
+    args = parser.parse_args()
+    if args.native:
+        native(args)
+    elif os.environ.get("VSOP_IN_VM") != "1":
+        raise SystemExit("it programs IPVS: run it in the VM (see its docstring), or --native")
+    elif args.in_process:
+        in_process(args)
+    else:
+        in_vm(args)
+
+
+if __name__ == "__main__":
+    main()
