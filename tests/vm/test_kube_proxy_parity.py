@@ -6,7 +6,9 @@
   with ECONNREFUSED instead of waiting for a timeout; `vsop doctor` says so.
 - The VIP port in VSOP-VIP-PORTS-NOMASQ (what trafficPolicy: Local and masquerade: false put
   there): the real server sees the client's own address.
-- Session affinity: persistence keeps one client on one real server.
+- Session affinity: persistence keeps one client on one real server while its IPVS template
+  lives; the template goes at timeoutSeconds once no connection it controls is left
+  (kubernetes#89358), and the client's next connection is balanced again.
 - sourceRanges (a Service's loadBalancerSourceRanges): a client inside a range is served,
   one outside is dropped by the one rule at the head of VSOP-FILTER, and a second VIP
   without ranges serves both.
@@ -43,7 +45,7 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import Namespaces, Netns, http_get, run, veth  # noqa: E402
-from tests.vm.lab import BACKENDS, VIP, apply, clean_node, connect, lab, manifest, vsop  # noqa: E402,F401
+from tests.vm.lab import BACKENDS, CLIENT, VIP, apply, clean_node, connect, lab, manifest, vsop, wait_for  # noqa: E402,F401
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("clean_node")]
 
@@ -203,6 +205,65 @@ def test_persistence_keeps_one_client_on_one_real_server(lab, tmp_path, capsys) 
     assert len(served) == 1 and served <= {"be1", "be2"}, served
     apply(capsys, manifest(tmp_path, "sticky"))  # persistence off: rr again
     assert len({http_get(VIP, 80, netns=lab["client"], timeout=10).strip() for _ in range(4)}) == 2
+
+
+# Why the client resets its connections (kubernetes#89358, measured on Debian's 6.1): a template
+# whose timer fires while a connection entry it controls lives is re-armed for 60 s
+# (ip_vs_conn_expire). A connection closed with FIN stays in IPVS's TIME_WAIT for 120 s, which
+# `ipvsadm --set` cannot shorten (it sets established, FIN_WAIT and UDP only; `--set 900 2 300`
+# changed nothing), so a 5 s template lived 126 s. One closed with RST stays in CLOSE for 10 s: a
+# 5 s template lived 66 s, one outlasting CLOSE goes at its own timeout. 15 s leaves CLOSE 5 s of
+# room; were it missed, the 60 s re-arm still ends inside the 120 s the test waits.
+AFFINITY_SECONDS = 15
+
+
+def get_then_reset(netns: Netns) -> str:
+    """GET / from `netns` on the VIP, the connection ended with a RST (SO_LINGER 0); the answer's body."""
+    with connect(netns, VIP, 80, timeout=10) as conn:
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(4096):
+            answer += chunk
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n", 1)[0], head
+    return body.decode().strip()
+
+
+def client_templates() -> list[Any]:
+    """The lab client's persistence templates on VIP:80, as the kernel lists them (/proc/net/ip_vs_conn)."""
+    from vsop.diagnose.gather import read_ipvs_templates
+
+    return [t for t in read_ipvs_templates() if (t.client, t.vip, t.port) == (CLIENT, VIP, 80)]
+
+
+def test_the_affinity_timeout_ends_with_the_template_and_the_client_is_balanced_again(lab, tmp_path, capsys) -> None:
+    """sessionAffinity's timeoutSeconds is persistence.timeoutSeconds: the IPVS template it leaves holds
+    the client on one real server while it lives; once the kernel dropped it, the client's next
+    connection is scheduled again (rr: the other real server) and a new template names that one."""
+    apply(capsys, manifest(tmp_path, "sticky", persistence={"timeoutSeconds": AFFINITY_SECONDS}))
+    assert f"{VIP}:80 rr persistent {AFFINITY_SECONDS}" in run("ipvsadm", "-Ln").stdout
+    served = {get_then_reset(lab["client"]) for _ in range(20)}
+    assert len(served) == 1 and served <= set(BACKENDS), served
+    (first,) = served
+    (template,) = client_templates()  # within the timeout: one template, the kernel's timer at most the timeout
+    assert (template.dest, template.dest_port) == (BACKENDS[first], 8080) and 0 < template.expires <= AFFINITY_SECONDS, template
+    listed = run("ipvsadm", "-Lnc").stdout  # ipvsadm's own listing of it
+    assert any(line.split()[3:6] == [f"{CLIENT}:0", f"{VIP}:80", f"{BACKENDS[first]}:8080"] for line in listed.splitlines()), listed
+    capsys.readouterr()
+    vsop(["explain", f"{VIP}:80", "-o", "json"])
+    step = next(s for s in json.loads(capsys.readouterr().out)["steps"] if s["id"] == "ipvs")
+    assert "1 persistence template(s)" in step["found"], step
+    assert f"{CLIENT} -> {BACKENDS[first]}:8080" in json.dumps(step["items"]), step
+
+    wait_for("the persistence template to expire", lambda: not client_templates(), timeout=120, interval=0.5)
+    client = "".join(f"{int(octet):02X}" for octet in CLIENT.split("."))  # the template went after its last connection
+    assert not [line for line in Path("/proc/net/ip_vs_conn").read_text().splitlines() if line.split()[1:2] == [client]]
+
+    moved = {get_then_reset(lab["client"]) for _ in range(4)}  # scheduled afresh, then held by a new template
+    assert moved == set(BACKENDS) - served, (served, moved)
+    (template,) = client_templates()
+    assert template.dest == BACKENDS[moved.pop()], template
 
 
 # --- INVALID: an out-of-window segment never reaches the real server unmasqueraded ----------------
