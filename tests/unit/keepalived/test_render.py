@@ -62,7 +62,7 @@ VRRP_IPVS = {"interface": "eth0", "virtualRouterID": 61, "peers": PEERS, "preemp
 
 def _vrrp_ipvs() -> list[Any]:
     """mode: ipvs objects announced by VRRP, as two nodes render them: unicast to the other peer,
-    two VIPs sharing one virtual router, IPv6 over multicast, and one plain keepalived object beside them."""
+    two VIPs sharing one virtual router, IPv6 over multicast and over unicast, and one plain keepalived object beside them."""
     return [
         make_vs("web", vip="192.168.50.100", healthCheck={"type": "tcp"}, announce="vrrp", vrrp=VRRP_IPVS),
         make_vs("web-tls", vip="192.168.50.100", ports=[{"port": 443}], announce="vrrp", vrrp=VRRP_IPVS),
@@ -70,6 +70,8 @@ def _vrrp_ipvs() -> list[Any]:
         make_vs("dns", vip="192.168.50.102", announce="vrrp", vrrp={**VRRP_IPVS, "virtualRouterID": 63}),
         make_vs("web6", vip="fd00:50::100", backends=[{"address": "fd00:50::10"}], announce="vrrp",
                 vrrp={"interface": "eth0", "virtualRouterID": 61}),
+        make_vs("api6", vip="fd00:50::101", backends=[{"address": "fd00:50::10"}], announce="vrrp",
+                vrrp={**VRRP_IPVS, "virtualRouterID": 62, "peers": ["fd00:50::1", "fd00:50::2"]}),
         ka("legacy", vip="192.168.50.200", announce="vrrp", vrrp={**VRRP, "virtualRouterID": 70}),
     ]
 
@@ -356,7 +358,7 @@ def test_vrrp_auth_and_shared_instance() -> None:
     assert "192.168.2.100/32 dev eth0" in _lines(api) and "192.168.2.101/32 dev eth0" in _lines(api)
     assert "auth_type PASS" in _lines(api) and f"auth_pass {PASSWORD}" in _lines(api)
     # IPv6: VRRPv3, no authentication, a separate instance with the same virtual router id.
-    assert "vrrp_instance vsop_eth0_51_v6 {" in web6 and "auth_pass" not in web6 and "fd00::100/128 dev eth0 -nodad" in _lines(web6)
+    assert "vrrp_instance vsop_eth0_51_v6 {" in web6 and "auth_pass" not in web6 and "fd00::100/128 dev eth0" in _lines(web6)
     assert any("VRRPv3" in w for w in result.warnings)
 
 
@@ -370,7 +372,10 @@ def test_vrrp_in_ipvs_mode_renders_the_instance_only_with_complementary_prioriti
                      "file /run/vsop/vrrp/default_web-tls", "weight 0", "192.168.50.100/32 dev eth0"):
             assert line in web, line
         assert "nopreempt" not in web and me not in web[web.index("unicast_peer {"):]
-        assert "fd00:50::100/128 dev eth0 -nodad" in _lines(result.files["conf.d/default_web6.conf"])
+        # keepalived adds IPv6 VIPs without DAD by itself; its `-nodad` keyword would turn DAD on.
+        assert "fd00:50::100/128 dev eth0" in _lines(result.files["conf.d/default_web6.conf"])
+        api6 = _lines(result.files["conf.d/default_api6.conf"])
+        assert "fd00:50::101/128 dev eth0" in api6 and f"unicast_src_ip fd00:50::{me[-1]}" in api6 and f"fd00:50::{other[-1]}" in api6
         assert "virtual_server 192.168.50.200 80 {" in _lines(result.files["conf.d/default_legacy.conf"])  # keepalived mode as before
     priorities = {
         name: (_priority(one.files[f"conf.d/default_{name}.conf"]), _priority(two.files[f"conf.d/default_{name}.conf"]))
