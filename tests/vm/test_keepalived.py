@@ -224,9 +224,13 @@ ADVERT = 1
 
 
 def _on_lan(lan: Netns, ns: Netns, address: str, ifname: str = "eth0") -> None:
-    lan_end, ns_end = veth(lan, None, ns, f"{address}/24")
+    v6 = ":" in address
+    lan_end, ns_end = veth(lan, None, ns, None if v6 else f"{address}/24")
     run("ip", "-n", lan.name, "link", "set", lan_end, "master", "br0")
-    run("ip", "-n", ns.name, "-batch", "-", input=f"link set {ns_end} down\nlink set {ns_end} name {ifname}\nlink set {ifname} up\n")
+    batch = f"link set {ns_end} down\nlink set {ns_end} name {ifname}\nlink set {ifname} up\n"
+    # An IPv6 address leaves with its link going down (for the rename): given after it.
+    batch += f"addr add {address}/64 dev {ifname} nodad\n" if v6 else ""
+    run("ip", "-n", ns.name, "-batch", "-", input=batch)
     ns.links.remove(ns_end)
     ns.links.append(ifname)
 

@@ -10,18 +10,23 @@ the object's track file from its health checks; keepalived runs on that configur
 One test, in phases, because the lab is dear to start under emulation: which node answers ARP and
 serves; every backend failing its checks on the master (the VIP moves, then comes back after
 preempt_delay); the master's keepalived killed and its link gone (the client's neighbour entry
-flips with the backup's gratuitous ARP). Timings are printed and appended to .cache/measurements.txt.
+flips with the backup's gratuitous ARP). The same LAN in IPv6 (a lab of its own): one node answers
+neighbour solicitations and serves, and the backup's unsolicited neighbour advertisement moves the
+client at failover. Timings are printed and appended to .cache/measurements.txt.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import re
 import signal
 import socket
+import struct
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -48,6 +53,31 @@ PREEMPT_DELAY = 3
 CHECK = {"type": "tcp", "intervalSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
 
 
+@dataclass(frozen=True)
+class Plan:
+    """One LAN lab's addresses: the VIP, the nodes (its VRRP peers), the backends, the client."""
+
+    vip: str
+    nodes: dict[str, str]
+    backends: dict[str, str]
+    client: str
+    router_id: int
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.vip else 4
+
+    def expected_master(self) -> str:
+        key = ("eth0", self.router_id, self.family)
+        order = spread({key: (self.vip, tuple(self.nodes.values()))})[key]
+        return next(name for name, address in self.nodes.items() if address == order[0])
+
+
+PLAN4 = Plan(VIP, NODES, BACKENDS, CLIENT, 52)
+PLAN6 = Plan("fd02:202::100", {"node1": "fd02:202::11", "node2": "fd02:202::12"},
+             {"vbe1": "fd02:202::21", "vbe2": "fd02:202::22"}, "fd02:202::50", 53)
+
+
 class Neighbours:
     """The client's neighbour table over a netlink socket opened inside its namespace."""
 
@@ -58,7 +88,7 @@ class Neighbours:
             self.ipr = IPRoute()
 
     def mac_of(self, address: str) -> str | None:
-        for msg in self.ipr.get_neighbours(family=socket.AF_INET):
+        for msg in self.ipr.get_neighbours(family=socket.AF_INET6 if ":" in address else socket.AF_INET):
             if msg.get_attr("NDA_DST") == address and msg["state"] not in (0x20, 0x01):  # not FAILED, not INCOMPLETE
                 return msg.get_attr("NDA_LLADDR")
         return None
@@ -77,16 +107,50 @@ def arp_replies(client: Netns, address: str) -> list[str]:
     return [m.lower() for m in re.findall(r"reply from \S+ \[([0-9A-Fa-f:]{17})\]", out)]
 
 
-def connections(ns: Netns) -> int:
+def nd_replies(client: Netns, address: str, wait: float = 3) -> list[str]:
+    """The MAC of every neighbour advertisement the client gets for `address` after one multicast
+    solicitation (what arping does for IPv4; busybox has no ND tool): the target link-layer address
+    option of each NA, read from a raw ICMPv6 socket (the kernel fills in the checksum)."""
+    target = ipaddress.IPv6Address(address)
+    group = ipaddress.IPv6Address(int(ipaddress.IPv6Address("ff02::1:ff00:0")) | (int(target) & 0xFFFFFF))
+    own = bytes.fromhex(mac(client).replace(":", ""))
+    with client.entered():
+        index = socket.if_nametoindex("eth0")
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    replies = []
+    with sock:
+        # A receiver drops neighbour discovery that arrives with a hop limit under 255 (RFC 4861 7.1.1).
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+        solicitation = struct.pack("!BBHI", 135, 0, 0, 0) + target.packed + bytes([1, 1]) + own  # option 1: our MAC
+        sock.sendto(solicitation, (str(group), 0, 0, index))
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(1500)
+            except TimeoutError:
+                break
+            if len(data) < 24 or data[0] != 136 or data[8:24] != target.packed:
+                continue
+            options = data[24:]
+            while len(options) >= 8 and options[1]:
+                if options[0] == 2:  # target link-layer address
+                    replies.append(":".join(f"{b:02x}" for b in options[2:8]))
+                options = options[8 * options[1]:]
+    return replies
+
+
+def connections(ns: Netns, vip: str = VIP) -> int:
     """Connections IPVS scheduled for VIP:80 in this namespace (ipvsadm --stats)."""
-    out = ns.run("ipvsadm", "-Ln", "--stats", "-t", f"{VIP}:80").stdout
+    out = ns.run("ipvsadm", "-Ln", "--stats", "-t", f"[{vip}]:80" if ":" in vip else f"{vip}:80").stdout
     line = next(line for line in out.splitlines() if line.startswith("TCP"))
     return int(line.split()[2])
 
 
 class Node:
-    def __init__(self, name: str, ns: Netns, root: Path, objects: Path):
-        self.name, self.ns, self.work = name, ns, root / name
+    def __init__(self, name: str, ns: Netns, root: Path, objects: Path, vip: str):
+        self.name, self.ns, self.work, self.vip = name, ns, root / name, vip
         self.work.mkdir()
         self.keepalived_dir, self.tracks = self.work / "keepalived", self.work / "vrrp"
         self.agent = AgentProcess(
@@ -96,15 +160,21 @@ class Node:
         )
         self.keepalived = None
         self.watch: AddressWatch | None = None
+        self.eth0 = 0
 
     def start_keepalived(self) -> None:
         self.keepalived = start_keepalived(self.work, self.keepalived_dir / "keepalived.conf", "keepalived", self.ns)
 
+    def watch_addresses(self) -> None:
+        self.watch = AddressWatch(self.ns)
+        self.eth0 = self.watch.ipr.link_lookup(ifname="eth0")[0]
+
     def holds(self) -> bool:
         """The VIP on eth0, where keepalived puts it on the master (every node has it on vsop0)."""
         assert self.watch is not None
-        return any(msg.get_attr("IFA_ADDRESS") == VIP and msg.get_attr("IFA_LABEL") == "eth0"
-                   for msg in self.watch.ipr.get_addr(family=socket.AF_INET))
+        family = socket.AF_INET6 if ":" in self.vip else socket.AF_INET
+        return any(msg.get_attr("IFA_ADDRESS") == self.vip and msg["index"] == self.eth0
+                   for msg in self.watch.ipr.get_addr(family=family))
 
     def logs(self) -> str:
         out = []
@@ -114,9 +184,9 @@ class Node:
         return "\n".join(out)
 
 
-@pytest.fixture(scope="module")
-def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, Node], Netns]]:
-    root = tmp_path_factory.mktemp("vrrp-lan")
+@contextlib.contextmanager
+def lab(root: Path, plan: Plan) -> Iterator[tuple[dict[str, Node], Netns]]:
+    """The LAN of `plan` with both nodes' agents and keepalived running."""
     pool = Namespaces()
     nodes: dict[str, Node] = {}
     try:
@@ -124,25 +194,29 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, No
         run("ip", "-n", bridge.name, "-batch", "-", input="link add br0 type bridge\nlink set br0 up\n")
         objects = root / "objects"
         objects.mkdir()
-        for name, address in BACKENDS.items():
+        for name, address in plan.backends.items():
             backend = pool.add(name)
             _on_lan(bridge, backend, address)
             start_http_server(backend, root / f"www-{name}", port=8080, body=name)
         client = pool.add("client")
-        _on_lan(bridge, client, CLIENT)
+        _on_lan(bridge, client, plan.client)
         manifest(
-            objects, "lanweb", vip=VIP, announce="vrrp", healthCheck=CHECK, backends=[{"address": a} for a in BACKENDS.values()],
-            vrrp={"interface": "eth0", "virtualRouterID": 52, "advertIntervalSeconds": ADVERT, "peers": list(NODES.values()),
-                  "preemptDelaySeconds": PREEMPT_DELAY},
+            objects, "lanweb", vip=plan.vip, announce="vrrp", healthCheck=CHECK, backends=[{"address": a} for a in plan.backends.values()],
+            vrrp={"interface": "eth0", "virtualRouterID": plan.router_id, "advertIntervalSeconds": ADVERT,
+                  "peers": list(plan.nodes.values()), "preemptDelaySeconds": PREEMPT_DELAY},
         )
-        for name, address in NODES.items():
+        for name, address in plan.nodes.items():
             ns = pool.add(name)
+            if plan.family == 6:
+                # The lab's addresses are nodad; the link-local one keepalived sends its unsolicited
+                # NAs from would be tentative for a second after the link comes up: no DAD at all.
+                ns.run("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
             _on_lan(bridge, ns, address)
-            nodes[name] = Node(name, ns, root, objects)
+            nodes[name] = Node(name, ns, root, objects, plan.vip)
         for node in nodes.values():
             node.agent.start()
             wait_for(f"{node.name}'s keepalived configuration", lambda: (node.tracks / "default_lanweb").exists(), 60, 0.3)
-            node.watch = AddressWatch(node.ns)
+            node.watch_addresses()
         for node in nodes.values():
             node.start_keepalived()
         yield nodes, client
@@ -159,18 +233,25 @@ def lan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, No
         pool.close()
 
 
-def expected_master() -> str:
-    order = spread({("eth0", 52, 4): (VIP, tuple(NODES.values()))})[("eth0", 52, 4)]
-    return next(name for name, address in NODES.items() if address == order[0])
+@pytest.fixture
+def lan(tmp_path: Path) -> Iterator[tuple[dict[str, Node], Netns]]:
+    with lab(tmp_path, PLAN4) as made:
+        yield made
 
 
-def served(client: Netns, count: int = 4) -> set[str]:
-    return {http_get(VIP, 80, netns=client, timeout=3).strip() for _ in range(count)}
+@pytest.fixture
+def lan6(tmp_path: Path) -> Iterator[tuple[dict[str, Node], Netns]]:
+    with lab(tmp_path, PLAN6) as made:
+        yield made
+
+
+def served(client: Netns, count: int = 4, vip: str = VIP) -> set[str]:
+    return {http_get(vip, 80, netns=client, timeout=3).strip() for _ in range(count)}
 
 
 def test_one_node_answers_serves_through_ipvs_and_vrrp_moves_the_vip(lan, capsys) -> None:
     nodes, client = lan
-    master = nodes[expected_master()]
+    master = nodes[PLAN4.expected_master()]
     backup = next(node for node in nodes.values() if node is not master)
     neighbours = Neighbours(client)
     try:
@@ -190,7 +271,7 @@ def test_one_node_answers_serves_through_ipvs_and_vrrp_moves_the_vip(lan, capsys
         assert connections(backup.ns) == before[backup.name]
 
         _health_moves_the_vip(master, backup, client, neighbours, backup_mac, master_mac, capsys)
-        _failover(master, backup, client, neighbours, backup_mac, capsys)
+        _failover(PLAN4, master, backup, client, neighbours, backup_mac, capsys)
     except BaseException:
         for node in nodes.values():
             sys.stderr.write(node.logs())
@@ -224,8 +305,9 @@ def _health_moves_the_vip(master: Node, backup: Node, client: Netns, neighbours:
     wait_for("the client's neighbour entry back on the master", lambda: neighbours.mac_of(VIP) == master_mac, 15, 0.05)
 
 
-def _failover(master: Node, backup: Node, client: Netns, neighbours: Neighbours, backup_mac: str, capsys) -> None:
-    """The master's keepalived SIGKILLed (no goodbye advert) and its link gone: the backup's GARP moves the client."""
+def _failover(plan: Plan, master: Node, backup: Node, client: Netns, neighbours: Neighbours, backup_mac: str, capsys) -> None:
+    """The master's keepalived SIGKILLed (no goodbye advert) and its link gone: the backup's GARP
+    (IPv6: unsolicited NA with the override flag) moves the client."""
     from pyroute2 import IPRoute
 
     with master.ns.entered():
@@ -236,22 +318,65 @@ def _failover(master: Node, backup: Node, client: Netns, neighbours: Neighbours,
     os.killpg(master.keepalived.pid, signal.SIGKILL)
     ipr.link("set", index=eth0, state="down")
     ipr.close()
-    wait_for("the client's neighbour entry to flip to the backup", lambda: neighbours.mac_of(VIP) == backup_mac, 30, 0.05)
+    wait_for("the client's neighbour entry to flip to the backup", lambda: neighbours.mac_of(plan.vip) == backup_mac, 30, 0.05)
     flipped = time.monotonic() - killed
-    wait_for("the client served through the backup", lambda: _answers(client), 10, 0.05)
+    wait_for("the client served through the backup", lambda: _answers(client, plan.vip, plan.backends), 10, 0.05)
     resumed = time.monotonic() - killed
-    record(capsys, f"VRRP (ipvs mode): master killed and link down to the client's ARP entry on the backup in {flipped:.2f}s, "
-                   f"requests answered again after {resumed:.2f}s (bound 3 x advert + 1 s = {3 * ADVERT + 1}s)")
-    assert backup.holds() and served(client) == set(BACKENDS)
+    what = "ARP entry" if plan.family == 4 else "neighbour entry (unsolicited NA)"
+    record(capsys, f"VRRP (ipvs mode{', IPv6' if plan.family == 6 else ''}): master killed and link down to the client's {what} "
+                   f"on the backup in {flipped:.2f}s, requests answered again after {resumed:.2f}s (bound 3 x advert + 1 s = {3 * ADVERT + 1}s)")
+    assert backup.holds() and served(client, vip=plan.vip) == set(plan.backends)
     with contextlib.suppress(Exception):
         master.ns.run("ip", "link", "set", "eth0", "up")
 
 
-def _answers(client: Netns) -> bool:
+def _answers(client: Netns, vip: str = VIP, backends: dict[str, str] = BACKENDS) -> bool:
     try:
-        return http_get(VIP, 80, netns=client, timeout=1).strip() in BACKENDS
+        return http_get(vip, 80, netns=client, timeout=1).strip() in backends
     except Exception:
         return False
+
+
+def test_ipv6_one_node_answers_nd_serves_and_the_backups_na_moves_the_client(lan6, capsys) -> None:
+    """The IPv6 VIP: the master adds VIP/128 to eth0 without DAD, so it is usable at takeover, and alone
+    answers neighbour solicitations; its keepalived killed and its link gone, the backup's unsolicited
+    NA moves the client's neighbour entry and requests go through the backup's IPVS."""
+    nodes, client = lan6
+    vip, backends = PLAN6.vip, set(PLAN6.backends)
+    master = nodes[PLAN6.expected_master()]
+    backup = next(node for node in nodes.values() if node is not master)
+    neighbours = Neighbours(client)
+    try:
+        wait_for("the rendezvous master to hold the VIP", lambda: master.holds() and not backup.holds(), 60, 0.1)
+        master_mac, backup_mac = mac(master.ns), mac(backup.ns)
+        for node in nodes.values():
+            assert f"inet6 {vip}/128" in node.ns.run("ip", "-o", "addr", "show", "dev", "vsop0").stdout
+        assert "nodad" in _vip_on_eth0_flags(master)
+        replies = nd_replies(client, vip)
+        assert replies and set(replies) == {master_mac}, (replies, master_mac, backup_mac)
+        before = {name: connections(node.ns, vip) for name, node in nodes.items()}
+        assert served(client, 6, vip) == backends
+        assert neighbours.mac_of(vip) == master_mac
+        wait_for("the master's IPVS counters to grow", lambda: connections(master.ns, vip) >= before[master.name] + 6, 15, 0.5)
+        assert connections(backup.ns, vip) == before[backup.name]
+
+        _failover(PLAN6, master, backup, client, neighbours, backup_mac, capsys)
+        flags = _vip_on_eth0_flags(backup)
+        assert "nodad" in flags and "tentative" not in flags and "dadfailed" not in flags, flags
+        wait_for("the backup's IPVS counters to grow", lambda: connections(backup.ns, vip) > before[backup.name], 15, 0.5)
+    except BaseException:
+        for node in nodes.values():
+            sys.stderr.write(node.logs())
+        raise
+    finally:
+        neighbours.close()
+
+
+def _vip_on_eth0_flags(node: Node) -> set[str]:
+    """The words `ip` prints for the node's IPv6 VIP on eth0, its flags among them (nodad, tentative...)."""
+    out = node.ns.run("ip", "-o", "-6", "addr", "show", "dev", "eth0").stdout
+    line = next(line for line in out.splitlines() if f"inet6 {node.vip}/128 " in line)
+    return set(line.split("\\")[0].split())
 
 
 SPREAD_NODES = {"s1": "10.203.0.11", "s2": "10.203.0.12", "s3": "10.203.0.13"}
