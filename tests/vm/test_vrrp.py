@@ -251,11 +251,9 @@ def served(client: Netns, count: int = 4, vip: str = VIP) -> set[str]:
 
 def test_one_node_answers_serves_through_ipvs_and_vrrp_moves_the_vip(lan, capsys) -> None:
     nodes, client = lan
-    master = nodes[PLAN4.expected_master()]
-    backup = next(node for node in nodes.values() if node is not master)
     neighbours = Neighbours(client)
     try:
-        wait_for("the rendezvous master to hold the VIP", lambda: master.holds() and not backup.holds(), 60, 0.1)
+        master, backup = _elected(nodes, PLAN4)
         master_mac, backup_mac = mac(master.ns), mac(backup.ns)
         # Every node binds the VIP on vsop0 and programs IPVS; only the master has it on eth0 and answers ARP.
         for node in nodes.values():
@@ -263,12 +261,7 @@ def test_one_node_answers_serves_through_ipvs_and_vrrp_moves_the_vip(lan, capsys
             assert node.ns.run("sysctl", "-n", "net.ipv4.conf.all.arp_ignore").stdout.strip() == "1"
         replies = arp_replies(client, VIP)
         assert replies and set(replies) == {master_mac}, (replies, master_mac, backup_mac)
-        before = {name: connections(node.ns) for name, node in nodes.items()}
-        assert served(client, 6) == set(BACKENDS)
-        assert neighbours.mac_of(VIP) == master_mac
-        # IPVS sums its per-CPU counters into what ipvsadm shows in its estimator, every 2 s.
-        wait_for("the master's IPVS counters to grow", lambda: connections(master.ns) >= before[master.name] + 6, 15, 0.5)
-        assert connections(backup.ns) == before[backup.name]
+        _served_through_the_master(PLAN4, master, backup, client, neighbours, master_mac)
 
         _health_moves_the_vip(master, backup, client, neighbours, backup_mac, master_mac, capsys)
         _failover(PLAN4, master, backup, client, neighbours, backup_mac, capsys)
@@ -278,6 +271,27 @@ def test_one_node_answers_serves_through_ipvs_and_vrrp_moves_the_vip(lan, capsys
         raise
     finally:
         neighbours.close()
+
+
+def _elected(nodes: dict[str, Node], plan: Plan) -> tuple[Node, Node]:
+    """The master and the backup, once the node first in the rendezvous order holds the VIP (it alone)."""
+    master = nodes[plan.expected_master()]
+    backup = next(node for node in nodes.values() if node is not master)
+    wait_for("the rendezvous master to hold the VIP", lambda: master.holds() and not backup.holds(), 60, 0.1)
+    return master, backup
+
+
+def _served_through_the_master(plan: Plan, master: Node, backup: Node, client: Netns, neighbours: Neighbours,
+                               master_mac: str) -> int:
+    """Requests reach every backend through the master's IPVS, the backup's counts no connection;
+    returns the backup's count."""
+    before = {node.name: connections(node.ns, plan.vip) for node in (master, backup)}
+    assert served(client, 6, plan.vip) == set(plan.backends)
+    assert neighbours.mac_of(plan.vip) == master_mac
+    # IPVS sums its per-CPU counters into what ipvsadm shows in its estimator, every 2 s.
+    wait_for("the master's IPVS counters to grow", lambda: connections(master.ns, plan.vip) >= before[master.name] + 6, 15, 0.5)
+    assert connections(backup.ns, plan.vip) == before[backup.name]
+    return before[backup.name]
 
 
 def _health_moves_the_vip(master: Node, backup: Node, client: Netns, neighbours: Neighbours,
@@ -342,28 +356,22 @@ def test_ipv6_one_node_answers_nd_serves_and_the_backups_na_moves_the_client(lan
     answers neighbour solicitations; its keepalived killed and its link gone, the backup's unsolicited
     NA moves the client's neighbour entry and requests go through the backup's IPVS."""
     nodes, client = lan6
-    vip, backends = PLAN6.vip, set(PLAN6.backends)
-    master = nodes[PLAN6.expected_master()]
-    backup = next(node for node in nodes.values() if node is not master)
+    vip = PLAN6.vip
     neighbours = Neighbours(client)
     try:
-        wait_for("the rendezvous master to hold the VIP", lambda: master.holds() and not backup.holds(), 60, 0.1)
+        master, backup = _elected(nodes, PLAN6)
         master_mac, backup_mac = mac(master.ns), mac(backup.ns)
         for node in nodes.values():
             assert f"inet6 {vip}/128" in node.ns.run("ip", "-o", "addr", "show", "dev", "vsop0").stdout
         assert "nodad" in _vip_on_eth0_flags(master)
         replies = nd_replies(client, vip)
         assert replies and set(replies) == {master_mac}, (replies, master_mac, backup_mac)
-        before = {name: connections(node.ns, vip) for name, node in nodes.items()}
-        assert served(client, 6, vip) == backends
-        assert neighbours.mac_of(vip) == master_mac
-        wait_for("the master's IPVS counters to grow", lambda: connections(master.ns, vip) >= before[master.name] + 6, 15, 0.5)
-        assert connections(backup.ns, vip) == before[backup.name]
+        before = _served_through_the_master(PLAN6, master, backup, client, neighbours, master_mac)
 
         _failover(PLAN6, master, backup, client, neighbours, backup_mac, capsys)
         flags = _vip_on_eth0_flags(backup)
         assert "nodad" in flags and "tentative" not in flags and "dadfailed" not in flags, flags
-        wait_for("the backup's IPVS counters to grow", lambda: connections(backup.ns, vip) > before[backup.name], 15, 0.5)
+        wait_for("the backup's IPVS counters to grow", lambda: connections(backup.ns, vip) > before, 15, 0.5)
     except BaseException:
         for node in nodes.values():
             sys.stderr.write(node.logs())
