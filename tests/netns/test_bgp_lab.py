@@ -14,8 +14,11 @@ from a BGPSpeaker (eBGP, BFD 100 ms x 3, hold time 9 s), each with its own contr
   table (another protocol) and one in another table survive.
 
 The data path (client -> router -> either node's IPVS -> a backend) needs IPVS, which only the
-vm tier's kernel has. Each test starts its own lab: BIRD's first connect waits its `connect
-delay time` (5 s).
+vm tier's kernel has: tests/vm/test_bgp.py repeats the silent nodes and cleanup with packets.
+These stay for what the VM cannot give: BFD and hold-time figures on an unemulated kernel (BFD
+at 100 ms x 3, a 3 s hold time), the route operations the reconciler and cleanup planned, and a
+quick signal without qemu. Each test starts its own lab: BIRD's first connect waits its
+`connect delay time` (5 s).
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ CLIENT = "10.200.9.2"
 NODE_ON_CLIENT_SIDE = "10.200.9.1"
 
 
-def _serve_tcp_echo(ns: Netns, port: int, stop: threading.Event, ready: threading.Event) -> None:
+def serve_tcp_echo(ns: Netns, port: int, stop: threading.Event, ready: threading.Event) -> None:
+    """A TCP echo in `ns` (a thread per connection) answering "<ns name>:<data>" until `stop`; `ready` once it listens."""
     with ns.entered():
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -85,7 +86,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Netns]]:
         ns = pool.add(name, name=name)
         veth(None, address.rsplit(".", 1)[0] + ".1/24", ns, f"{address}/24")
         start_http_server(ns, www / name, port=8080)
-        for serve, port in ((_serve_tcp_echo, 7007), (_serve_udp_echo, 5353)):
+        for serve, port in ((serve_tcp_echo, 7007), (_serve_udp_echo, 5353)):
             ready = threading.Event()
             threading.Thread(target=serve, args=(ns, port, stop, ready), daemon=True).start()
             bound.append(ready)
