@@ -145,6 +145,13 @@ class Node:
         with self.ns.entered():
             return Path("/proc/thread-self/net/ip_vs").read_text()
 
+    def weight(self, address: str, port: int) -> int | None:
+        """The weight of real server address:port in this node's IPVS (the first service holding it)."""
+        for fields in (line.split() for line in self.services().splitlines()):
+            if len(fields) >= 4 and fields[0] == "->" and fields[1] == hex_endpoint(address, port):
+                return int(fields[3])
+        return None
+
 
 class RouteWatch:
     """The router's kernel routes over a netlink socket opened inside it: no process per sample."""
@@ -458,7 +465,9 @@ def test_an_mh_direct_routing_connection_moved_to_another_node_keeps_its_real_se
 ) -> None:
     """Maglev hashing picks the same real server on both nodes (same kernel, same real servers added in the same
     order, same weights); the node that gets a connection mid-flow schedules its next segment only with
-    net.ipv4.vs.sloppy_tcp=1 (otherwise IPVS schedules SYNs alone and the node's own stack resets the connection)."""
+    net.ipv4.vs.sloppy_tcp=1 (otherwise IPVS schedules SYNs alone and the node's own stack resets the connection).
+    A real server a node's checks took out (weight 0) keeps its Maglev slots: without the mh-fallback flag, which
+    vsop does not set, the clients hashed to it are refused on that node."""
     lab = bgp_lab
     node1, node2 = lab.nodes["node1"], lab.nodes["node2"]
     with direct_routing_backends(lab):
@@ -476,6 +485,15 @@ def test_an_mh_direct_routing_connection_moved_to_another_node_keeps_its_real_se
             assert f"{port:04X}" in node2.ipvs_clients()  # node 2's IPVS made an entry from a segment without SYN
             assert {name: established_from_client(ns) for name, ns in lab.backends.items()} == {
                 name: [port] if name == backend else [] for name in BACKENDS}
+        # Node 2's checks take the client's real server out; the other one still serves, so the VIP stays announced.
+        lab.backends[backend].run("iptables", "-I", "INPUT", "-s", NODES["node2"], "-j", "DROP")
+        try:
+            wait_for(f"node2 taking {backend} out", lambda: node2.weight(BACKENDS[backend], ECHO) == 0, 30, 0.1)
+            with pytest.raises(ConnectionRefusedError):  # IPVS found no real server for this client: ICMP port unreachable
+                connect(lab.client, MH_VIP, ECHO).close()
+        finally:
+            lab.backends[backend].run("iptables", "-D", "INPUT", "-s", NODES["node2"], "-j", "DROP")
+        wait_for(f"node2 taking {backend} back", lambda: node2.weight(BACKENDS[backend], ECHO) == 1, 30, 0.1)
         # The control: the node the next connection moves to schedules SYNs only.
         node1.ns.run("sysctl", "-qw", "net.ipv4.vs.sloppy_tcp=0")
         with connect(lab.client, MH_VIP, ECHO) as conn:
@@ -485,7 +503,8 @@ def test_an_mh_direct_routing_connection_moved_to_another_node_keeps_its_real_se
                 echo(conn, "after")
     record(capsys, f"BGP (vm): a TCP connection to an mh/route VIP through node1, the router's route moved to node2 alone "
                    f"({moved:.2f} s from node1's deletion): with sloppy_tcp=1 on node2 the next segment reached the same "
-                   f"real server ({backend}) on the same connection; moved back to node1 with sloppy_tcp=0 ({back:.2f} s): "
+                   f"real server ({backend}) on the same connection; {backend} out of service on node2 (weight 0): the client's "
+                   f"new connection refused there (no mh-fallback); moved back to node1 with sloppy_tcp=0 ({back:.2f} s): "
                    f"the connection was reset")
 
 
