@@ -9,6 +9,14 @@ holding every object's entry. Counts the turns, the NodeReport writes and Events
 that start. Two starts per N: `cold` (empty kernel, no NodeReport: a new node) and
 `restart` (the kernel and the NodeReport the cold start left: a restarted agent).
 
+Prints this process's VmRSS / VmHWM (emulator, agents and fake kernels together) and,
+with `--agent-rss`, a third, cold start of the agent in its own process (a fresh
+interpreter running only the agent and its fake kernel against this emulator): its VmRSS
+and VmHWM once every object is programmed, the figure to hold against the DaemonSet's
+memory limit (the fake kernel's copy of the state and the bench's imports are in it, so it
+is an upper bound). kmock takes request bodies up to 3 MiB as kube-apiserver does (its
+HTTP server's own limit, 1 MiB, refuses a NodeReport of 10,000 entries).
+
 Optionally (`--profile`) the main thread's CPU time of a start by package, so that
 kmock's own cost (it deep-copies a whole NodeReport per patch, serves lists and watches
 from Python) and kopf's are told from vsop's; the kernel reconcile runs in a worker
@@ -22,6 +30,7 @@ server resumes a watch from the listing's resourceVersion, and so does this benc
 emulator (nothing changes in it while an agent starts).
 
     .venv/bin/python bench/kube_startup.py --objects 500 5000
+    .venv/bin/python bench/kube_startup.py --objects 5000 10000 --agent-rss
 
 Figures only, no assertions: targets are judged by a person (docs/performance.md).
 Nothing leaves loopback.
@@ -32,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import logging
 import os
 import pstats
@@ -39,6 +49,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -62,8 +73,17 @@ PHASES = (
 )
 
 
+# kube-apiserver takes request bodies up to 3 MiB; kmock's HTTP server (aiohttp's default)
+# refuses more than 1 MiB, which a NodeReport of 10,000 entries (about 106 bytes each) is.
+API_SERVER_BODY_LIMIT = 3 * 1024 * 1024
+
+
 class ResumingEmulator(Emulator):
-    """The tests' emulator, whose watches resume from a listing (resourceVersion given) instead of replaying every object."""
+    """The tests' emulator, whose watches resume from a listing (resourceVersion given) instead of replaying every object,
+    and which takes request bodies as large as an API server does."""
+
+    async def __call__(self, raw_request: Any) -> Any:
+        return await super().__call__(raw_request.clone(client_max_size=API_SERVER_BODY_LIMIT))
 
     def _replayed(self, request: Any) -> list[dict[str, Any]]:
         if (getattr(request, "params", None) or {}).get("resourceVersion"):
@@ -163,7 +183,40 @@ async def start(cluster: Cluster, emulator: Any, objects: int, state: Any, profi
     }
 
 
-async def run(objects: int, profile: bool, debounce: float) -> dict[str, Any]:
+def memory() -> dict[str, float]:
+    """This process's VmRSS and VmHWM (the peak), MB, from /proc/self/status."""
+    with open("/proc/self/status") as status:
+        return {name: int(value.split()[0]) / 1024 for name, _, value in (line.partition(":") for line in status) if name in ("VmRSS", "VmHWM")}
+
+
+async def child_agent(url: str, objects: int, debounce: float) -> None:
+    """The agent alone in this process (no emulator): a cold start against `url`; prints its memory once every object is programmed."""
+    agent, fake, _ = make_agent(SimpleNamespace(url=url), resync_seconds=3600.0, debounce_seconds=debounce)  # type: ignore[arg-type]
+    vips = {spec(index)["vip"] for index in range(objects)}
+    async with running(agent):
+        while not (vips <= {key.vip for key in fake.state.services} and agent.turns >= 1 and not agent.busy):
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # whatever the last turn woke
+        print(json.dumps(memory()), flush=True)
+
+
+async def agent_memory(emulator: Any, objects: int, debounce: float) -> dict[str, float]:
+    """A cold start of the agent in its own process against this emulator: its memory once programmed."""
+    stop = asyncio.Event()
+    trimmer = asyncio.create_task(_trimming(emulator, stop))
+    try:
+        child = await asyncio.create_subprocess_exec(sys.executable, __file__, "--child", str(emulator.url), str(objects), str(debounce),
+                                                     stdout=asyncio.subprocess.PIPE)
+        out, _ = await child.communicate()
+    finally:
+        stop.set()
+        await trimmer
+    if child.returncode != 0:
+        raise SystemExit(f"the agent's own process exited {child.returncode}")
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+async def run(objects: int, profile: bool, debounce: float, own_process: bool = False) -> dict[str, Any]:
     async with ResumingEmulator() as emulator, kmock.Server(emulator):
         register_resources(emulator)
         cluster = Cluster(emulator)
@@ -176,7 +229,8 @@ async def run(objects: int, profile: bool, debounce: float) -> dict[str, Any]:
         profiles = {"cold": cProfile.Profile() if profile else None, "restart": cProfile.Profile() if profile else None}
         cold = await start(cluster, emulator, objects, None, profiles["cold"], debounce)
         restart = await start(cluster, emulator, objects, cold["state"], profiles["restart"], debounce)
-        return {"loaded": loaded, "cold": cold, "restart": restart, "profiles": profiles}
+        own = await agent_memory(emulator, objects, debounce) if own_process else {}
+        return {"loaded": loaded, "cold": cold, "restart": restart, "profiles": profiles, "memory": memory(), "own": own}
 
 
 def by_package(profile: cProfile.Profile) -> dict[str, float]:
@@ -201,6 +255,17 @@ def top(profile: cProfile.Profile, package: str, count: int) -> list[tuple[float
     return sorted(rows, reverse=True)[:count]
 
 
+def print_memory(results: dict[int, dict[str, Any]], own_process: bool) -> None:
+    def mb(figures: dict[str, float]) -> str:
+        return f"{figures['VmRSS']:.0f} / {figures['VmHWM']:.0f}" if figures else "-"
+
+    print("VmRSS / VmHWM, MB: this bench's process (emulator, both agents, fake kernels): "
+          + ", ".join(f"N={n} {mb(r['memory'])}" for n, r in results.items()))
+    if own_process:
+        print("VmRSS / VmHWM, MB: the agent in its own process, a cold start (its fake kernel's state included): "
+              + ", ".join(f"N={n} {mb(r['own'])}" for n, r in results.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--objects", type=int, nargs="+", default=[500, 5000])
@@ -208,8 +273,13 @@ def main() -> None:
     parser.add_argument("--kopf-unpatched", action="store_true", help="leave kopf's index readiness as kopf does it (vsop.kube.toggles not installed): the figure before")
     parser.add_argument("--profile", action="store_true", help="also the main thread's CPU time by package (slows everything down)")
     parser.add_argument("--top", type=int, default=0, metavar="K", help="with --profile: the K functions with most own time of vsop, kopf and kmock")
+    parser.add_argument("--agent-rss", action="store_true", help="also a cold start of the agent in its own process (no emulator in it): its VmRSS and VmHWM")
+    parser.add_argument("--child", nargs=3, metavar=("URL", "N", "DEBOUNCE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
+    if args.child:
+        asyncio.run(child_agent(args.child[0], int(args.child[1]), float(args.child[2])))
+        return
     if args.kopf_unpatched:
         from vsop.kube import toggles
 
@@ -218,7 +288,7 @@ def main() -> None:
           f"{', kopf index readiness unpatched' if args.kopf_unpatched else ''}; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     results = {}
     for objects in args.objects:
-        results[objects] = asyncio.run(run(objects, args.profile, args.debounce))
+        results[objects] = asyncio.run(run(objects, args.profile, args.debounce, args.agent_rss))
         print(f"  N={objects}: created in kmock in {results[objects]['loaded']:.1f} s; load {os.getloadavg()[0]:.1f}", flush=True)
     columns = [(n, kind) for n in args.objects for kind in ("cold", "restart")]
     print(f"{'seconds from the agent start':<40}" + "".join(f"{f'N={n} {kind}':>16}" for n, kind in columns))
@@ -232,6 +302,7 @@ def main() -> None:
                             ("NodeReport writes", "reports", "{:16d}"), ("Events posted", "events", "{:16d}"),
                             ("full kernel reads", "reads", "{:16d}")):
         print(f"{label:<40}" + "".join(fmt.format(results[n][kind][key]) for n, kind in columns))
+    print_memory(results, args.agent_rss)
     if len(args.objects) >= 2:
         small, big = args.objects[0], args.objects[-1]
         for kind in ("cold", "restart"):
