@@ -4,10 +4,11 @@ Starts `vsop agent --from DIR --metrics-port PORT` (the console script, its own 
 bench/agent_rss.py does) in bench/agent_bench.py's lab over N store files, every one of them
 with a TCP check (every 2 s, timeout 1 s, failure threshold 2, success threshold 1): service s0
 on real servers 10.250.0.2 and 10.250.0.4, every other one on 10.250.0.2 and 10.250.0.3, all
-port 8080. What the agent probes: one target per real server of each checked service
-(vsop.node.loop.health_targets; a target is a RealServerKey, which names its service), so the
-N services sharing two backends are 2 x N probes per interval, not 2: the checker does not
-merge probes of one (address, port) across services. The backends are three listening sockets
+port 8080. What the agent checks: one target per real server of each checked service
+(vsop.node.loop.health_targets; a target is a RealServerKey, which names its service), 2 x N
+targets; the targets on one (address, port) with the same check share one probe
+(vsop.node.probes.Probe), so the checker runs 3 probes per interval whatever N (before they
+were merged, 2 x N probes). The backends are three listening sockets
 in the node namespace that accept and close at once, counting what they accept: the probes
 that really arrived.
 
@@ -211,7 +212,8 @@ def report(results: dict[int, dict[str, float]], args: argparse.Namespace) -> No
     show: Callable[[float], str] = seconds
     print("\n## `vsop agent --from DIR` (its own process), N services each TCP-checked every 2 s (timeout 1 s, threshold 2),")
     print("## a real server of one of them killed (its port refuses): seconds until weight 0 in the kernel, and back to 1")
-    print("## (targets: what the agent's checker probes each interval; arrived: probes the backends accepted per interval;")
+    print("## (targets: real servers the agent's checker checks, 2 per service, those on one address:port with one check sharing")
+    print("##  a probe; arrived: probes the backends accepted per interval;")
     print("##  lag: vsop_health_probe_lag_seconds before the kill / at weight 0; wrong: other real servers at weight 0 at the end;")
     print(f"##  never: not within --limit {args.limit:g} s)")
     print(f"{'N':>6} {'start':>7} {'targets':>8} {'arrived':>8} {'lag':>15} {'dead (median)':>14} {'[min-max]':>17} {'back':>8} {'n':>2} "

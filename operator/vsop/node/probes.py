@@ -6,14 +6,21 @@ goes in or out of service. Checks connect to the real server itself (not through
 VIP), as keepalived's TCP_CHECK and HTTP_GET do. Which real servers are probed is the node
 loop's (vsop.node.loop.health_targets).
 
+A target names its service (a `RealServerKey`), but what a probe does depends only on the
+real server's address and port and on the check: the targets that share those three share
+one probe (`Probe`), whose result is recorded for each of them. Ten thousand services over
+the same two backends with the same check are two probes per interval, not twenty thousand
+(keepalived runs one checker per real server of each virtual server). A target that joins a
+probe already running gets its first result from that probe's next round.
+
 What a backend can do to a check is bounded: an HTTP answer is read up to the end of
 its headers within the timeout, each line at most `LINE_LIMIT` bytes and the headers at
 most `HEADER_LIMIT`; an answer that hangs, trickles, is oversized or malformed is a failed
-check with its reason, and nothing a probe raises ends its target's task. Probes run in
-at most `slots_for(targets)` at once: enough for every target to be probed on time even
-if each probe ran to its timeout (the sum of timeout/interval, twice over), within
-[MIN_SLOTS, MAX_SLOTS]. Each target starts at a random point of its first interval, so a
-thousand targets added at once do not probe in one burst; how late the probes start
+check with its reason, and nothing a probe raises ends its task. Probes run in at most
+`slots_for(probes)` at once: enough for every probe to run on time even if each ran to
+its timeout (the sum of timeout/interval, twice over), within [MIN_SLOTS, MAX_SLOTS].
+Each probe starts at a random point of its first interval, so a thousand added at once
+do not run in one burst; how late the probes start
 against their schedule is `lag()` (vsop_health_probe_lag_seconds): above zero for long,
 the checks are slower than their intervals say.
 Must not import: kopf, kubernetes, pyroute2.
@@ -32,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from vsop.core.health import HealthTracker, Thresholds
-from vsop.core.state import RealServerKey
+from vsop.core.state import RealServerKey, hostport
 from vsop.api.model import HealthCheck
 
 log = logging.getLogger("vsop.health")
@@ -102,6 +109,8 @@ async def check_http(address: str, port: int, path: str, expect: int, timeout: f
 
 @dataclass(frozen=True)
 class Target:
+    """One real server of one service, checked as that service's spec says."""
+
     key: RealServerKey
     check: HealthCheck
 
@@ -112,8 +121,21 @@ class Target:
         return await check_tcp(address, port, self.check.timeout_seconds)
 
 
-def slots_for(targets: Iterable["Target"]) -> int:
-    """Probes allowed at once: twice what keeps every target on time if every probe ran to its timeout."""
+@dataclass(frozen=True)
+class Probe:
+    """What a probe connects to and how: every target with these three shares its result."""
+
+    address: str
+    port: int
+    check: HealthCheck
+
+    @classmethod
+    def of(cls, target: Target) -> "Probe":
+        return cls(target.key.address, target.key.port, target.check)
+
+
+def slots_for(targets: Iterable["Target | Probe"]) -> int:
+    """Probes allowed at once: twice what keeps every probe on time if every probe ran to its timeout."""
     busy = sum(min(t.check.timeout_seconds, t.check.interval_seconds) / t.check.interval_seconds for t in targets)
     return max(MIN_SLOTS, min(MAX_SLOTS, math.ceil(2 * busy)))
 
@@ -164,10 +186,10 @@ class Slots:
 
 
 class HealthChecker:
-    """One asyncio task per real server; `update` starts and stops them to match the targets.
+    """One asyncio task per `Probe`; `update` starts and stops them to match the targets.
 
-    `concurrency` fixes the number of probes at once; None sizes it from the targets (`slots_for`).
-    `jitter()` gives the fraction of its interval a new target waits before its first probe.
+    `concurrency` fixes the number of probes at once; None sizes it from the probes (`slots_for`).
+    `jitter()` gives the fraction of its interval a new probe waits before its first run.
     """
 
     def __init__(
@@ -185,62 +207,80 @@ class HealthChecker:
         self.limit = Slots(concurrency or MIN_SLOTS)
         self.clock = clock
         self.jitter = jitter
-        self.tasks: dict[Target, asyncio.Task[None]] = {}
-        self.lags: dict[Target, float] = {}  # how late the last probe of each target started
+        self.tasks: dict[Probe, asyncio.Task[None]] = {}
+        self.members: dict[Probe, list[Target]] = {}  # the targets each probe's result is recorded for
+        self.lags: dict[Probe, float] = {}  # how late the last run of each probe started
         self.failures = 0  # probes that raised (counted as failed checks)
 
     def update(self, targets: set[Target]) -> None:
-        for target in list(self.tasks):
-            if target not in targets:
-                self.tasks.pop(target).cancel()
-                self.lags.pop(target, None)
+        members: dict[Probe, list[Target]] = {}
         for target in targets:
-            if target not in self.tasks:
-                self.tasks[target] = asyncio.get_running_loop().create_task(self._run(target), name=f"health {target.key}")
+            members.setdefault(Probe.of(target), []).append(target)
+        for probe in list(self.tasks):
+            if probe not in members:
+                self.tasks.pop(probe).cancel()
+                self.lags.pop(probe, None)
+        self.members = members
+        for probe in members:
+            if probe not in self.tasks:
+                self.tasks[probe] = asyncio.get_running_loop().create_task(self._run(probe), name=f"health {hostport(probe.address, probe.port)}")
         if self.concurrency is None:
-            self.limit.resize(slots_for(targets))
+            self.limit.resize(slots_for(members))
         self.tracker.forget_except(target.key for target in targets)
 
     def lag(self) -> float:
-        """The latest start, against its schedule, among the last probe of each target (seconds)."""
+        """The latest start, against its schedule, among the last run of each probe (seconds)."""
         return max(self.lags.values(), default=0.0)
 
-    async def _probe(self, target: Target) -> str:
+    async def _probe(self, target: Target, sharing: int) -> str:
         try:
             return await target.probe() or ""
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a check that raises is a failed check; its task goes on
             self.failures += 1
-            log.warning("health check raised; counted as failed service=%r real_server=%s error=%r",
-                        str(target.key.service), str(target.key), f"{type(exc).__name__}: {exc}")
+            log.warning("health check raised; counted as failed service=%r real_server=%s services=%d error=%r",
+                        str(target.key.service), str(target.key), sharing, f"{type(exc).__name__}: {exc}")
             return f"health check failed: {type(exc).__name__}: {str(exc)[:200]}"
 
-    async def _run(self, target: Target) -> None:
-        thresholds = Thresholds(target.check.failure_threshold, target.check.success_threshold)
-        interval = target.check.interval_seconds
+    def _record(self, probe: Probe, error: str) -> None:
+        """The probe's result for each of its targets; the callback once if any verdict (or first result) came."""
+        thresholds = Thresholds(probe.check.failure_threshold, probe.check.success_threshold)
+        flipped: list[RealServerKey] = []
+        first = False
+        for target in self.members.get(probe, ()):
+            first = first or target.key not in self.tracker.states
+            if self.tracker.record(target.key, not error, thresholds, error):
+                flipped.append(target.key)
+        if flipped:
+            healthy = self.tracker.is_healthy(flipped[0])
+            log.info(
+                "real server %s service=%r real_server=%s services=%d reason=%r",
+                "back in service" if healthy else "taken out of service",
+                str(flipped[0].service), str(flipped[0]), len(flipped), error or "checks pass",
+            )
+            self.on_change()
+        elif first:
+            # A first result changes no weight, but a designated checker publishes it (vsop.kube.checkers).
+            self.on_change()
+
+    async def _run(self, probe: Probe) -> None:
+        interval = probe.check.interval_seconds
         # A real server already out of service (remembered from before a restart) is probed at
         # once, so it comes back as soon as it answers; the others start at a random point.
-        due = self.clock() + (0.0 if not self.tracker.is_healthy(target.key) else self.jitter() * interval)
+        down = any(not self.tracker.is_healthy(t.key) for t in self.members.get(probe, ()))
+        due = self.clock() + (0.0 if down else self.jitter() * interval)
         me = asyncio.current_task()
-        while self.tasks.get(target) is me:  # a task whose cancel was swallowed ends here (see stop)
+        while self.tasks.get(probe) is me:  # a task whose cancel was swallowed ends here (see stop)
             await asyncio.sleep(max(0.0, due - self.clock()))
+            targets = self.members.get(probe)
+            if not targets:
+                break
             async with self.limit:
                 started = self.clock()
-                self.lags[target] = max(0.0, started - due)
-                error = await self._probe(target)
-            first = target.key not in self.tracker.states
-            if self.tracker.record(target.key, not error, thresholds, error):
-                healthy = self.tracker.is_healthy(target.key)
-                log.info(
-                    "real server %s service=%r real_server=%s reason=%r",
-                    "back in service" if healthy else "taken out of service",
-                    str(target.key.service), str(target.key), error or "checks pass",
-                )
-                self.on_change()
-            elif first:
-                # A first result changes no weight, but a designated checker publishes it (vsop.kube.checkers).
-                self.on_change()
+                self.lags[probe] = max(0.0, started - due)
+                error = await self._probe(targets[0], len(targets))
+            self._record(probe, error)
             due = started + interval
 
     async def stop(self) -> None:
@@ -253,4 +293,5 @@ class HealthChecker:
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
+        self.members.clear()
         self.lags.clear()

@@ -4,7 +4,8 @@ A server that accepts and never answers, one that trickles its headers, one whos
 line or headers are oversized, one whose answer is malformed: each is a failed check with
 its reason, and none ends the checker's task for its target (before, a status line over
 64 KiB raised ValueError out of the task and froze that backend's health for good). The
-checker sizes its probes-at-once from the targets, starts each target at a jittered
+checker shares one probe among the targets on one (address, port) with one check, sizes its
+probes-at-once from its probes, starts each probe at a jittered
 point of its first interval, and reports how late probes start (its lag).
 """
 
@@ -265,3 +266,68 @@ def test_a_real_server_already_out_of_service_is_probed_at_once() -> None:
 
     started = asyncio.run(scenario())
     assert started["10.0.0.1"] < 0.2 and started["10.0.0.2"] >= 0.9
+
+
+def test_services_sharing_a_real_server_and_a_check_share_one_probe() -> None:
+    """A thousand services on one (address, port) with one check: one probe per interval (not a
+    thousand) whose result every one of them gets, and one callback per verdict flip. A different
+    check (another path) or another port is its own probe; a target that leaves stops sharing."""
+
+    async def scenario() -> tuple[list[str], list[bool], int, list[str], list[str]]:
+        loop = asyncio.get_running_loop()
+        probed: list[str] = []
+        answer = {"error": "TCP connect failed: refused"}
+
+        async def fake(self: Target) -> str | None:
+            probed.append(f"{self.key.address}:{self.key.port}{self.check.path}")
+            return answer["error"]
+
+        services = [ServiceKey("tcp", "169.254.11.2", 1000 + i) for i in range(1000)]
+        shared = [Target(RealServerKey(service, "10.0.0.1", 80), check(interval=1)) for service in services]
+        other_path = Target(RealServerKey(ServiceKey("tcp", "169.254.11.3", 80), "10.0.0.1", 80), check(interval=1).model_copy(update={"path": "/other"}))
+        other_port = Target(RealServerKey(ServiceKey("tcp", "169.254.11.4", 80), "10.0.0.1", 81), check(interval=1))
+        tracker = HealthTracker()
+        changes: list[int] = []
+        checker = HealthChecker(tracker, lambda: changes.append(1), clock=loop.time, jitter=lambda: 0.0)
+        original = Target.probe
+        Target.probe = fake  # type: ignore[method-assign]
+        try:
+            checker.update(set(shared) | {other_path, other_port})
+            while len(probed) < 3:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # the last probe's result recorded
+            first_round = sorted(probed)
+            out = [tracker.is_healthy(t.key) for t in shared]
+            flips = len(changes)
+            probed.clear()
+            answer["error"] = None
+            checker.update(set(shared[:10]))  # 990 services and the other two probes go
+            while not probed:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            second_round = list(probed)
+            back = [key for key in tracker.states if tracker.is_healthy(key)]
+            await checker.stop()
+        finally:
+            Target.probe = original  # type: ignore[method-assign]
+        return first_round, out, flips, second_round, sorted(str(key) for key in back)
+
+    first_round, out, flips, second_round, back = asyncio.run(scenario())
+    assert first_round == ["10.0.0.1:80/healthz", "10.0.0.1:80/other", "10.0.0.1:81/healthz"]
+    assert out == [False] * 1000  # every service sharing the probe took its failure (threshold 1)
+    assert flips == 3  # one callback per probe whose verdict flipped, not one per service
+    assert second_round == ["10.0.0.1:80/healthz"]
+    assert len(back) == 10  # the ten that stayed got the passing result; the others were forgotten
+
+
+def test_probes_at_once_count_shared_probes_once() -> None:
+    targets = {Target(RealServerKey(ServiceKey("tcp", "169.254.11.2", 1000 + i), "10.0.0.1", 80), check(3, 2)) for i in range(5000)}
+
+    async def scenario() -> int:
+        checker = HealthChecker(HealthTracker(), lambda: None, jitter=lambda: 0.99)
+        checker.update(targets)
+        limit = checker.limit.limit
+        await checker.stop()
+        return limit
+
+    assert asyncio.run(scenario()) == MIN_SLOTS  # one probe, not 5,000 (which would be MAX_SLOTS)
