@@ -76,6 +76,12 @@ class HealthTracker:
                 if self.track_changes:
                     self.changed.add(key)
 
+    def forget(self, keys: Iterable[RealServerKey]) -> None:
+        """Drop the state of these real servers (no longer checked)."""
+        for key in keys:
+            if self.states.pop(key, None) is not None and self.track_changes:
+                self.changed.add(key)
+
     def take_changed(self) -> set[RealServerKey]:
         """The real servers whose reported health changed since the last call."""
         changed, self.changed = self.changed, set()

@@ -298,7 +298,8 @@ class HostAgent:
             paths, refs = self.source.take_status_changes()
             doc.update_files(self.source, paths, refs)
             errors, pending = self.source.errors(), self.source.pending()
-        doc.update_health(self.targets, self.tracker, self.tracker.take_changed() if health_changed is None else health_changed)
+        doc.update_health(self.targets, self.tracker, self.tracker.take_changed() if health_changed is None else health_changed,
+                          self.loop.take_target_changes("status"))
         doc.update_verdicts(self.reconciler)
         return doc.render(
             head={"pid": os.getpid(), "directory": str(self.config.directory), "node": self.config.node.name},

@@ -83,8 +83,7 @@ class StatusDocument:
         self.objects = Entries()  # (path parts, place in the file, ref) -> "ref"
         self._object_at: dict[str, tuple[Any, ...]] = {}  # ref -> its key in objects
         self.health = Entries()  # real server -> {...}
-        self._targets: frozenset[Target] = frozenset()
-        self._given: object = None  # the targets object last given (update_health)
+        self._targets: set[Target] = set()  # the targets as the entries have them (update_health)
         self._target_of: dict[Any, Target] = {}  # real server -> its target
         self.programmed = Entries()  # ref -> "ref"
         self.problems = Entries()  # ref -> its problems, joined
@@ -145,19 +144,26 @@ class StatusDocument:
                 self.problems.put(ref, None)
         self._all_refs, self._refs = False, set()
 
-    def update_health(self, targets: set[Target] | frozenset[Target], tracker: HealthTracker, changed: Iterable[Any]) -> None:
-        """The health targets now (a set the caller replaces, never changes in place: the same
-        object means the same targets), and the real servers whose tracked health changed."""
+    def update_health(self, targets: set[Target] | frozenset[Target], tracker: HealthTracker, changed: Iterable[Any],
+                      target_changes: tuple[set[Target], set[Target]] | None = None) -> None:
+        """The health targets now, and the real servers whose tracked health changed. `target_changes`:
+        the targets added and removed since the last call (vsop.node.loop.NodeLoop.take_target_changes),
+        so a turn costs what it changed; None: `targets` compared whole."""
         redo: dict[Any, Target] = {}
-        if targets is not self._given:
-            before, now = self._targets, frozenset(targets)
-            for target in before - now:
-                if self._target_of.get(target.key) == target:
-                    del self._target_of[target.key]
-                    self.health.put(target.key, None)
-            for target in now - before:
-                self._target_of[target.key] = redo[target.key] = target
-            self._targets, self._given = now, targets
+        if target_changes is None:
+            before, now = self._targets, set(targets)
+            removed, added = before - now, now - before
+            self._targets = now
+        else:
+            added, removed = target_changes
+            self._targets -= removed
+            self._targets |= added
+        for target in removed:
+            if self._target_of.get(target.key) == target:
+                del self._target_of[target.key]
+                self.health.put(target.key, None)
+        for target in added:
+            self._target_of[target.key] = redo[target.key] = target
         for key in changed:
             target = self._target_of.get(key)
             if target is not None:

@@ -208,25 +208,47 @@ class HealthChecker:
         self.clock = clock
         self.jitter = jitter
         self.tasks: dict[Probe, asyncio.Task[None]] = {}
-        self.members: dict[Probe, list[Target]] = {}  # the targets each probe's result is recorded for
+        self.members: dict[Probe, dict[Target, None]] = {}  # the targets each probe's result is recorded for
+        self.given: set[Target] = set()  # every member (what update and change were given)
+        # Probes whose last result passed with every member in service: another pass changes no
+        # verdict, so it is not recorded member by member (a backend shared by 10,000 services
+        # would cost 10,000 records per interval on the event loop, for nothing visible).
+        self.steady: set[Probe] = set()
         self.lags: dict[Probe, float] = {}  # how late the last run of each probe started
         self.failures = 0  # probes that raised (counted as failed checks)
 
     def update(self, targets: set[Target]) -> None:
-        members: dict[Probe, list[Target]] = {}
-        for target in targets:
-            members.setdefault(Probe.of(target), []).append(target)
-        for probe in list(self.tasks):
-            if probe not in members:
+        """Probe exactly `targets` (and forget the state of every other real server)."""
+        self.change(targets - self.given, self.given - targets)
+        self.tracker.forget_except(target.key for target in targets)
+
+    def change(self, added: Iterable[Target], removed: Iterable[Target]) -> None:
+        """Probe `added` too and `removed` no more: costs what changed, not every target."""
+        gone: list[RealServerKey] = []
+        for target in removed:
+            probe = Probe.of(target)
+            members = self.members.get(probe)
+            if members is None or members.pop(target, False) is False:
+                continue
+            self.given.discard(target)
+            gone.append(target.key)
+            if not members:
+                del self.members[probe]
+                self.steady.discard(probe)
                 self.tasks.pop(probe).cancel()
                 self.lags.pop(probe, None)
-        self.members = members
-        for probe in members:
+        for target in added:
+            if target in self.given:
+                continue
+            self.given.add(target)
+            probe = Probe.of(target)
+            self.members.setdefault(probe, {})[target] = None
+            self.steady.discard(probe)  # the newcomer's first result is recorded
             if probe not in self.tasks:
                 self.tasks[probe] = asyncio.get_running_loop().create_task(self._run(probe), name=f"health {hostport(probe.address, probe.port)}")
         if self.concurrency is None:
-            self.limit.resize(slots_for(members))
-        self.tracker.forget_except(target.key for target in targets)
+            self.limit.resize(slots_for(self.members))
+        self.tracker.forget(gone)
 
     def lag(self) -> float:
         """The latest start, against its schedule, among the last run of each probe (seconds)."""
@@ -245,13 +267,20 @@ class HealthChecker:
 
     def _record(self, probe: Probe, error: str) -> None:
         """The probe's result for each of its targets; the callback once if any verdict (or first result) came."""
+        if not error and probe in self.steady:
+            return
         thresholds = Thresholds(probe.check.failure_threshold, probe.check.success_threshold)
         flipped: list[RealServerKey] = []
         first = False
+        states = self.tracker.states
         for target in self.members.get(probe, ()):
-            first = first or target.key not in self.tracker.states
+            first = first or target.key not in states
             if self.tracker.record(target.key, not error, thresholds, error):
                 flipped.append(target.key)
+        if not error and all(states[target.key].healthy for target in self.members.get(probe, ())):
+            self.steady.add(probe)
+        else:
+            self.steady.discard(probe)
         if flipped:
             healthy = self.tracker.is_healthy(flipped[0])
             log.info(
@@ -279,7 +308,7 @@ class HealthChecker:
             async with self.limit:
                 started = self.clock()
                 self.lags[probe] = max(0.0, started - due)
-                error = await self._probe(targets[0], len(targets))
+                error = await self._probe(next(iter(targets)), len(targets))
             self._record(probe, error)
             due = started + interval
 
@@ -294,4 +323,6 @@ class HealthChecker:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
         self.members.clear()
+        self.given.clear()
+        self.steady.clear()
         self.lags.clear()

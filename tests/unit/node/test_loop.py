@@ -30,7 +30,7 @@ from vsop.core.held import Held
 from vsop.core.state import RealServerKey, ServiceKey
 from vsop.keepalived.writer import Outcome as KeepalivedOutcome
 from vsop.adapters.kernel import fake_kernel
-from vsop.node.loop import DRAIN_SECONDS, Feed, KeepalivedInput, NodeLoop, Turn, WriterLock
+from vsop.node.loop import DRAIN_SECONDS, Feed, KeepalivedInput, NodeLoop, Turn, WriterLock, health_targets
 from vsop.node.reconciler import Reconciler
 
 WEB = ServiceKey("tcp", "169.254.11.2", 80)
@@ -94,6 +94,62 @@ def test_draining_real_servers_are_not_probed() -> None:
     loop.turn(False, given(Feed(changed={"default/web": make_vs(healthCheck={"type": "tcp"}, backends=[{"address": "192.168.2.111"}])})))
     assert SECOND in loop.reconciler.draining.since and fake.state.real_servers[SECOND].weight == 0
     assert {t.key for t in loop.targets} == {FIRST}
+
+
+def test_the_targets_change_per_turn_as_from_scratch_and_followers_get_what_changed() -> None:
+    """Kept per object and changed by what each turn touched, the targets always equal the ones
+    derived from scratch (health_targets), and a follower that takes the changes (the checker,
+    the status file) rebuilds the same set from them; a health flip's turn changes none."""
+    loop, fake = node_loop()
+    follower: set[Any] = set()
+
+    def follow() -> None:
+        changes = loop.take_target_changes("test")
+        if changes is None:
+            follower.clear()
+            follower.update(loop.targets)
+        else:
+            added, removed = changes
+            assert not added & removed
+            follower.difference_update(removed)
+            follower.update(added)
+        assert loop.targets == health_targets(loop.checked, loop.reconciler) == follower
+
+    tcp = {"type": "tcp", "failureThreshold": 1}
+    web = make_vs(healthCheck=tcp)
+    api = make_vs("api", vip="169.254.11.3", healthCheck=tcp)
+    one = [{"address": "192.168.2.111"}]
+    steps: list[tuple[bool, Feed]] = [
+        (True, Feed(changed={"default/web": web})),
+        (False, Feed(changed={"default/api": api})),
+        (False, Feed(changed={"default/db": make_vs("db", vip="169.254.11.4")})),  # unchecked: no targets
+        (False, Feed()),
+        (False, Feed(changed={"default/web": make_vs(healthCheck=tcp, backends=one)})),  # SECOND drains
+        (False, Feed(changed={"default/api": make_vs("api", vip="169.254.11.3")})),  # check removed
+        (False, Feed(changed={"default/db": make_vs("db", vip="169.254.11.4", healthCheck={"type": "http"})})),
+        (True, Feed()),
+        (False, Feed(changed={"default/web": None})),
+        (False, Feed(changed={"default/web": web, "default/api": api})),
+        # The same VIP:port claimed twice: the second waits (no targets) until the first is gone,
+        # then it is programmed in a turn that never fed it (it was touched).
+        (False, Feed(changed={"default/twin": make_vs("twin", healthCheck=tcp)})),
+        (False, Feed(changed={"default/web": None})),
+    ]
+    for number, (full, feed) in enumerate(steps):
+        if number == 3:  # a health flip alone: no target changes
+            loop.tracker.record(FIRST, False, Thresholds(1, 1), "refused")
+        if number == 4:  # SECOND has a connection: removed, it drains (and is no target)
+            fake.state = replace(fake.state, real_servers={**fake.state.real_servers, SECOND: replace(fake.state.real_servers[SECOND], active_connections=3)})
+            loop.turn(True, given(Feed()))
+            follow()
+        turn = loop.turn(full, given(feed))
+        assert turn.ok
+        if number == 3:
+            assert loop.take_target_changes("test") == (set(), set()) and fake.state.real_servers[FIRST].weight == 0
+            continue
+        follow()
+    assert {t.key.service.vip for t in loop.targets} == {"169.254.11.2", "169.254.11.3", "169.254.11.4"}
+    assert {ref for ref, targets in loop.targets_by_ref.items() if targets} == {"default/twin", "default/api", "default/db"}
 
 
 @dataclass

@@ -12,7 +12,7 @@ point of its first interval, and reports how late probes start (its lag).
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import pytest
 
@@ -331,3 +331,82 @@ def test_probes_at_once_count_shared_probes_once() -> None:
         return limit
 
     assert asyncio.run(scenario()) == MIN_SLOTS  # one probe, not 5,000 (which would be MAX_SLOTS)
+
+
+class CountingTracker(HealthTracker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records = 0
+
+    def record(self, key: RealServerKey, ok: bool, thresholds: Any, error: str = "") -> bool:
+        self.records += 1
+        return super().record(key, ok, thresholds, error)
+
+
+def test_a_steady_probe_records_nothing_until_its_result_or_members_change() -> None:
+    """A passing probe whose every member is in service changes no verdict by passing again: its
+    result is not recorded member by member (a backend shared by 10,000 services cost 10,000
+    records per interval). A failure is recorded for each member, a newcomer gets its first
+    result, and a member taken out is brought back by passes as before."""
+
+    async def scenario() -> list[tuple[int, bool]]:
+        loop = asyncio.get_running_loop()
+        rounds = [0]
+        answer: dict[str, str | None] = {"error": None}
+
+        async def fake(self: Target) -> str | None:
+            rounds[0] += 1
+            return answer["error"]
+
+        shared = [Target(RealServerKey(ServiceKey("tcp", "169.254.11.2", 1000 + i), "10.0.0.1", 80), check(interval=1)) for i in range(100)]
+        tracker = CountingTracker()
+        checker = HealthChecker(tracker, lambda: None, clock=loop.time, jitter=lambda: 0.0)
+        seen: list[tuple[int, bool]] = []
+
+        async def after_rounds(count: int) -> None:
+            target = rounds[0] + count
+            while rounds[0] < target:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            seen.append((tracker.records, tracker.is_healthy(shared[0].key)))
+
+        original = Target.probe
+        Target.probe = fake  # type: ignore[method-assign]
+        try:
+            checker.change(shared[:50], ())
+            await after_rounds(1)  # first results: 50 records
+            await after_rounds(2)  # steady: none
+            checker.change(shared[50:], ())
+            await after_rounds(1)  # 100 (the newcomers' first results)
+            answer["error"] = "TCP connect failed: refused"
+            await after_rounds(1)  # 100 failures: out (threshold 1)
+            answer["error"] = None
+            await after_rounds(1)  # 100 passes: back
+            await after_rounds(1)  # steady again
+            await checker.stop()
+        finally:
+            Target.probe = original  # type: ignore[method-assign]
+        return seen
+
+    assert asyncio.run(scenario()) == [(50, True), (50, True), (150, True), (250, False), (350, True), (350, True)]
+
+
+def test_change_follows_what_update_follows() -> None:
+    """Targets added and removed by `change` leave the checker as `update` with the result does."""
+    keys = [RealServerKey(ServiceKey("tcp", "169.254.11.2", 1000 + i), f"10.0.0.{i % 3}", 80) for i in range(30)]
+    targets = [Target(key, check(interval=1)) for key in keys]
+
+    async def scenario() -> tuple[Any, Any, Any]:
+        by_change = HealthChecker(HealthTracker(), lambda: None, jitter=lambda: 0.99)
+        by_update = HealthChecker(HealthTracker(), lambda: None, jitter=lambda: 0.99)
+        by_change.change(targets[:20], ())
+        by_change.change(targets[20:], targets[:5] + targets[:1])  # removed twice: once counts
+        by_change.change((), [t for t in targets if t.key.address == "10.0.0.1"])  # a whole probe goes
+        by_update.update({t for t in targets[5:] if t.key.address != "10.0.0.1"})
+        shapes = [({p: set(m) for p, m in c.members.items()}, set(c.tasks), c.given) for c in (by_change, by_update)]
+        await by_change.stop()
+        await by_update.stop()
+        return shapes[0], shapes[1], len(shapes[0][1])
+
+    left, right, probes = asyncio.run(scenario())
+    assert left == right and probes == 2

@@ -23,6 +23,7 @@ def test_a_dead_backend_is_remembered_dead_with_its_counters(tmp_path: Path) -> 
     for _ in range(3):
         tracker.record(DEAD, False, Thresholds(failure=2), error="connection refused")
     tracker.record(LIVE, True, Thresholds())
+    tracker.record(V6, False, Thresholds(failure=2), error="timed out")  # one failure: in service, counting
     kept = RememberFile(tmp_path / "state.json")
     assert kept.save(tracker.states, {}, wall_now=1000.0, monotonic_now=50.0)
 
@@ -31,7 +32,9 @@ def test_a_dead_backend_is_remembered_dead_with_its_counters(tmp_path: Path) -> 
     restarted.states.update(remembered.health)
     assert restarted.out_of_service() == frozenset({DEAD})
     assert remembered.health[DEAD] == Health(healthy=False, successes=0, failures=3, last_error="connection refused")
-    assert remembered.health[LIVE] == Health(healthy=True, successes=1, failures=0, last_error="")
+    assert remembered.health[V6] == Health(healthy=True, successes=0, failures=1, last_error="timed out")
+    # in service with nothing counted against it: not kept, a restart starts it so anyway
+    assert set(remembered.health) == {DEAD, V6}
     # one good check brings it back (successThreshold 1), as before the restart
     assert restarted.record(DEAD, True, Thresholds()) and restarted.out_of_service() == frozenset()
 
@@ -64,13 +67,13 @@ def test_a_missing_or_broken_file_is_an_empty_memory(tmp_path: Path) -> None:
 
 
 def test_malformed_records_are_skipped_and_counted_the_rest_kept() -> None:
-    document = encode({DEAD: Health(False, 0, 2, "x"), V6: Health(True, 4, 0, "")}, {LIVE: 5.0})
+    document = encode({DEAD: Health(False, 0, 2, "x"), V6: Health(True, 0, 1, "y")}, {LIVE: 5.0})
     document["health"].append({"protocol": "icmp", "vip": "1.2.3.4", "port": 1, "address": "a", "targetPort": 1, "healthy": False, "successes": 0, "failures": 1})
     document["health"].append({"protocol": "tcp", "vip": "1.2.3.4", "port": 1, "address": "a", "targetPort": 1, "healthy": "no", "successes": 0, "failures": 1})
     document["draining"].append({"since": "yesterday"})
     document["health"].append("garbage")
     remembered = decode(json.loads(json.dumps(document)))
-    assert remembered.health == {DEAD: Health(False, 0, 2, "x"), V6: Health(True, 4, 0, "")}
+    assert remembered.health == {DEAD: Health(False, 0, 2, "x"), V6: Health(True, 0, 1, "y")}
     assert remembered.draining_since == {LIVE: 5.0}
     assert remembered.skipped == 4
     assert decode({"format": 99}).health == {} and decode({"format": 99}).skipped == 1
