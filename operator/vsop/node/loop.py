@@ -313,22 +313,28 @@ class NodeLoop:
             moved = self.draining_keys.symmetric_difference(draining)
             refs.update(ref for key in moved if (ref := self.reconciler.configured.get(key)) is not None)
             self.draining_keys = frozenset(draining)
+        # Differenced over all the refs at once: a real server moving between two objects in one turn
+        # (the same VIP:port, one gone and the other programmed in its place) is one Target on both
+        # sides, which a per-ref difference would add for one and then remove for the other.
+        before: set[Target] = set()
+        after: set[Target] = set()
         for ref in refs:
             new = targets_of(ref, self.checked.get(ref), self.reconciler)
-            old = self.targets_by_ref.pop(ref, frozenset())
+            before |= self.targets_by_ref.pop(ref, frozenset())
             if new:
                 self.targets_by_ref[ref] = new
-            if new == old:
-                continue
-            added, removed = new - old, old - new
-            self.targets -= removed
-            self.targets |= added
-            for changes in self.target_changes.values():
-                if changes is not None:
-                    changes[0].difference_update(removed)
-                    changes[0].update(added)
-                    changes[1].difference_update(added)
-                    changes[1].update(removed)
+                after |= new
+        added, removed = after - before, before - after
+        if not added and not removed:
+            return
+        self.targets -= removed
+        self.targets |= added
+        for changes in self.target_changes.values():
+            if changes is not None:
+                changes[0].difference_update(removed)
+                changes[0].update(added)
+                changes[1].difference_update(added)
+                changes[1].update(removed)
 
     def take_target_changes(self, follower: str) -> tuple[set[Target], set[Target]] | None:
         """The targets added and removed since `follower` last took them; None: follow `targets` whole
