@@ -503,6 +503,34 @@ def check_bgp(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
         yield Finding("bgp.session", FAIL, f"{name} is {state} since {session['since']}{last}: {why}; {announced} not announced to it", fix=fix)
 
 
+def check_ecmp(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
+    """announce: bgp: what a connection needs to survive an ECMP change that moves it to this node
+    (README "Connections across an ECMP change"): sloppy_tcp, so IPVS takes a flow from any segment
+    and not only from a SYN, and mh, so this node picks the real server the other node picked."""
+    vips = {route.split("/")[0] for route in facts.observed.routes}
+    services = sorted(key for key in facts.observed.services if key.vip in vips)
+    if not services:
+        return
+    sloppy = _sysctl(facts, "net.ipv4.vs.sloppy_tcp")
+    announced = f"{len(vips)} VIP(s) announced over BGP"
+    if any(key.protocol == "tcp" for key in services) and sloppy is not None and sloppy != "1":
+        yield Finding("bgp.ecmp.sloppy_tcp", WARN,
+                      f"net.ipv4.vs.sloppy_tcp is {sloppy} with {announced}: IPVS takes a connection only from its SYN, so an "
+                      "established connection that an ECMP change moves to this node reaches the node's own TCP stack and is reset",
+                      fix=["sysctl -w net.ipv4.vs.sloppy_tcp=1"],
+                      setting="keep it in /etc/sysctl.d/90-ipvs.conf on every node; vsop leaves this host-wide switch alone")
+    other = [key for key in services if facts.observed.services[key].scheduler != "mh"]
+    if other:
+        named = ", ".join(f"{key} ({facts.observed.services[key].scheduler})" for key in other[:3])
+        more = f" and {len(other) - 3} more" if len(other) > 3 else ""
+        yield Finding("bgp.ecmp.scheduler", WARN,
+                      f"{named}{more} on a VIP announced over BGP: a connection an ECMP change moves to another node is scheduled "
+                      "there afresh and reaches another real server, which resets it",
+                      setting="scheduler: mh in the VirtualService (equal Maglev tables on every node pick the same real server)")
+    if sloppy == "1" and not other:
+        yield Finding("bgp.ecmp", PASS, f"sloppy_tcp=1 and scheduler mh on the {announced}: a connection moved by an ECMP change keeps its real server")
+
+
 def check_vrrp(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
     """announce: vrrp: the master holds the VIP on its interface, a backup does not, and vsop0 answers no ARP."""
     announced = ((facts.agent or {}).get("keepalived") or {}).get("announced") or {}
@@ -527,7 +555,7 @@ def check_vrrp(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
 
 
 CHECKS = (check_ipvs, check_sysctls, check_rp_filter, check_link, check_services, check_rules, check_foreign_rules,
-          check_other_backend, check_real_servers, check_conntrack, check_agent, check_bgp, check_vrrp)
+          check_other_backend, check_real_servers, check_conntrack, check_agent, check_bgp, check_ecmp, check_vrrp)
 
 
 def check_source_ranges(facts: Facts, keys: list[ServiceKey], client: str) -> Iterable[Finding]:

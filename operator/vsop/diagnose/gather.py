@@ -132,7 +132,7 @@ def read_sysctls(root: str = "/proc/sys") -> dict[str, str]:
         "net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce",
         "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding",
         "net.ipv4.vs.conntrack", "net.ipv4.vs.conn_reuse_mode", "net.ipv4.vs.expire_nodest_conn",
-        "net.ipv4.vs.expire_quiescent_template", "net.netfilter.nf_conntrack_tcp_be_liberal",
+        "net.ipv4.vs.expire_quiescent_template", "net.ipv4.vs.sloppy_tcp", "net.netfilter.nf_conntrack_tcp_be_liberal",
     ]
     pairs = [(name, name.replace(".", "/")) for name in names]
     try:

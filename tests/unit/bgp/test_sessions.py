@@ -8,6 +8,7 @@ answer of a birdc whose BIRD is not there.
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from typing import Sequence
 
 from tests.conftest import make_vs
@@ -15,7 +16,7 @@ from vsop.adapters.kernel import fake_kernel
 from vsop.bgp.sessions import Session, parse_protocols, read_sessions, sessions_report
 from vsop.core.desired import Node
 from vsop.core.state import KernelState, Names
-from vsop.diagnose.doctor import FAIL, PASS, WARN, check_bgp
+from vsop.diagnose.doctor import FAIL, PASS, WARN, check_bgp, check_ecmp, doctor
 from vsop.diagnose.facts import Facts
 from vsop.diagnose.show import show_json, show_text
 from vsop.node.whole import sync
@@ -165,3 +166,30 @@ def test_the_announcer_asks_bird_at_most_every_few_seconds_and_the_metrics_say_w
     announcer.writer.run, _ = answered("Unable to connect to server control socket", 1)
     text = generate_latest(metrics.registry).decode()
     assert "vsop_bgp_bird_up 0.0" in text and "vsop_bgp_session_up{" not in text
+
+
+def test_doctor_says_what_a_connection_needs_to_survive_an_ecmp_change() -> None:
+    """sloppy_tcp (an established connection moved to this node is taken, not reset) and mh (the same
+    real server as on the other node), for the services on VIPs this node announces over BGP."""
+    kernel, fake = fake_kernel()
+    sync(kernel, [make_vs("web", announce="bgp"), make_vs("db", vip="169.254.11.9")], Node("n"))
+    state = fake.state
+    assert state.routes == frozenset({"169.254.11.2/32"})
+
+    def findings(sloppy: str | None, scheduler: str = "rr") -> list[tuple[str, str]]:
+        services = {key: replace(vs, scheduler=scheduler) for key, vs in state.services.items()}
+        sysctls = {} if sloppy is None else {"net.ipv4.vs.sloppy_tcp": sloppy}
+        facts = Facts(observed=replace(state, services=services), sysctls=sysctls)
+        return [(f.check, f.status) for f in check_ecmp(facts, [])]
+
+    assert findings("0") == [("bgp.ecmp.sloppy_tcp", WARN), ("bgp.ecmp.scheduler", WARN)]
+    assert findings("1", "mh") == [("bgp.ecmp", PASS)]
+    assert findings("0", "mh") == [("bgp.ecmp.sloppy_tcp", WARN)]
+    assert findings(None, "mh") == []  # not read (another kernel): nothing claimed
+    facts = Facts(observed=state, sysctls={"net.ipv4.vs.sloppy_tcp": "0"})
+    warned = [f for f in doctor(facts)["findings"] if f["check"].startswith("bgp.ecmp")]
+    assert warned[0]["fix"] == ["sysctl -w net.ipv4.vs.sloppy_tcp=1"]
+    assert "TCP 169.254.11.2:80 (rr) on a VIP announced over BGP" in warned[1]["message"]
+    assert "169.254.11.9" not in warned[1]["message"]  # not announced: no ECMP change can move its connections
+    unannounced = Facts(observed=replace(state, routes=frozenset()), sysctls={"net.ipv4.vs.sloppy_tcp": "0"})
+    assert list(check_ecmp(unannounced, [])) == []
