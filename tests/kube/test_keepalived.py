@@ -59,10 +59,14 @@ class FakeCheck:
 class FakeSignaller:
     def __init__(self) -> None:
         self.sent: list[Path] = []
+        self.alive: bool | None = True  # what `running` says: False once the test "kills" keepalived
 
     def reload(self, pidfile: Path) -> str:
         self.sent.append(pidfile)
         return "SIGHUP sent to keepalived 42"
+
+    def running(self, pidfile: Path) -> bool | None:
+        return self.alive
 
 
 def endpoint(address: str, ready: bool = True) -> dict[str, Any]:

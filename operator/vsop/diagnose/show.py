@@ -191,8 +191,10 @@ def show_text(
                 lines.append(f"  keepalived: not applied ({keepalived['lastError'].get('stage')}): {keepalived['lastError'].get('message')}")
             for problem in keepalived.get("problems", []):
                 lines.append(f"  keepalived: not rendered: {problem}")
+            dead = keepalived.get("running") is False  # killed without a word: found gone by its pidfile
             for vip, state in keepalived.get("announced", {}).items():
-                lines.append(f"  announced: {vip} {state} (VRRP{': this node holds it' if state == 'master' else ''})")
+                why = ": keepalived is not running" if dead else ": this node holds it" if state == "master" else ""
+                lines.append(f"  announced: {vip} {state} (VRRP{why})")
     return "\n".join(lines) + "\n"
 
 

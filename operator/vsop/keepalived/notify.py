@@ -5,6 +5,10 @@ keepalived writes one line per transition to `vrrp_notify_fifo` (global_defs), e
 for reading and writing (so that keepalived closing it on a reload or a restart is no end of
 file) and reads the lines in a daemon thread; `states()` is the last state of each instance
 (`master`, `backup`, `fault`, `stop`). An instance never heard of is not in it.
+
+A keepalived that dies without a goodbye (SIGKILL, OOM killer, a crash) writes no `STOP` line:
+the agent, finding its pidfile's process gone, calls `forget` and every instance becomes `stop`
+until the next keepalived says otherwise (it notifies each instance's first state as it starts).
 Must not import: kopf, kubernetes, pyroute2, socket, subprocess, vsop.adapters, vsop.cli.
 """
 
@@ -39,6 +43,7 @@ class NotifyFifo:
         self.path = path
         self.on_change = on_change
         self._states: dict[str, str] = {}
+        self.lines = 0  # instance lines read so far: `forget` leaves alone what came after its caller looked
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.error = ""
@@ -76,12 +81,26 @@ class NotifyFifo:
             return
         instance, state = parsed
         with self._lock:
+            self.lines += 1
             before = self._states.get(instance)
             self._states[instance] = state
         if before != state:
             log.info("VRRP instance changed state instance=%s state=%s before=%s", instance, state, before or "unknown")
             if self.on_change is not None:
                 self.on_change(instance, state)
+
+    def forget(self, seen: int) -> bool:
+        """keepalived is gone (its pidfile's process is not running): every instance it told of is
+        `stop`, unless a line came after `seen` (the `lines` the caller read before finding it gone: a
+        keepalived started meanwhile said it). Returns whether the states were forgotten."""
+        with self._lock:
+            if self.lines != seen:
+                return False
+            changed = sorted(instance for instance, state in self._states.items() if state != "stop")
+            self._states = dict.fromkeys(self._states, "stop")
+        if changed:
+            log.warning("keepalived is not running: its VRRP instances no longer announce instances=%s", ",".join(changed))
+        return True
 
     def _read(self, fd: int) -> None:
         with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as handle:

@@ -80,9 +80,16 @@ class Signaller(Protocol):
     def reload(self, pidfile: Path) -> str:
         """SIGHUP the keepalived of pidfile; return what was done. Raises ReloadFailed."""
 
+    def running(self, pidfile: Path) -> bool | None:
+        """Whether the pidfile names a live keepalived (None: cannot tell, e.g. the pidfile is unreadable)."""
+
 
 class ReloadFailed(Exception):
     pass
+
+
+class NotKeepalived(ReloadFailed):
+    """The pidfile names a live process that is not keepalived (a stale pidfile, its number reused)."""
 
 
 class NotRunning(Exception):
@@ -97,6 +104,28 @@ class ProcessSignaller:
         self.proc = proc
 
     def reload(self, pidfile: Path) -> str:
+        pid = self._pid(pidfile)
+        try:
+            self.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            raise NotRunning(f"no keepalived is running (process {pid} of {pidfile} is gone)") from None
+        except PermissionError as exc:
+            raise ReloadFailed(f"cannot signal keepalived {pid}: {exc.strerror or exc}") from None
+        return f"SIGHUP sent to keepalived {pid}"
+
+    def running(self, pidfile: Path) -> bool | None:
+        try:
+            self._pid(pidfile)
+        except NotRunning:
+            return False
+        except NotKeepalived:
+            return False
+        except ReloadFailed:  # an unreadable or garbled pidfile: cannot tell
+            return None
+        return True
+
+    def _pid(self, pidfile: Path) -> int:
+        """The pid of the live keepalived the pidfile names. Raises NotRunning, ReloadFailed."""
         try:
             text = pidfile.read_text().strip()
         except FileNotFoundError:
@@ -107,20 +136,22 @@ class ProcessSignaller:
             pid = int(text)
         except ValueError:
             raise ReloadFailed(f"{pidfile} does not hold a process id: {text[:40]!r}") from None
+        gone = NotRunning(f"no keepalived is running (process {pid} of {pidfile} is gone)")
         try:
             name = (self.proc / str(pid) / "comm").read_text().strip()
+            stat_line = (self.proc / str(pid) / "stat").read_text()
         except OSError:
-            raise NotRunning(f"no keepalived is running (process {pid} of {pidfile} is gone)") from None
+            raise gone from None
+        # A killed keepalived whose parent has not reaped it yet (a zombie, state Z; X while it is
+        # being reaped) keeps its /proc entry and its comm: it is gone all the same. The state is
+        # the first field after the comm's closing parenthesis (a comm may itself hold one).
+        state = stat_line[stat_line.rfind(")") + 1:].split()[:1]
+        if state and state[0] in ("Z", "X"):
+            raise gone
         if name != "keepalived":
             # A stale pidfile whose number now belongs to something else: never signal it.
-            raise ReloadFailed(f"process {pid} of {pidfile} is {name!r}, not keepalived; not signalled")
-        try:
-            self.kill(pid, signal.SIGHUP)
-        except ProcessLookupError:
-            raise NotRunning(f"no keepalived is running (process {pid} of {pidfile} is gone)") from None
-        except PermissionError as exc:
-            raise ReloadFailed(f"cannot signal keepalived {pid}: {exc.strerror or exc}") from None
-        return f"SIGHUP sent to keepalived {pid}"
+            raise NotKeepalived(f"process {pid} of {pidfile} is {name!r}, not keepalived; not signalled")
+        return pid
 
 
 @dataclass
@@ -156,6 +187,7 @@ class KeepalivedWriter:
     notify: NotifyFifo | None = None  # keepalived's VRRP transitions, once an ipvs-mode object is announced by VRRP
     instances: dict[str, tuple[str, ...]] = field(default_factory=dict)  # vrrp_instance -> its VIPs, as last rendered
     on_announce: Callable[[], None] | None = None  # called from the FIFO's thread after each transition (the agent wakes)
+    running: bool | None = None  # the pidfile's keepalived was alive at the last turn (None: not asked, or cannot tell)
     _rejected: tuple[str, str] | None = None  # (digest of a rejected candidate, why)
     _reload_pending: bool = False  # the files are written but keepalived was not told
 
@@ -193,6 +225,7 @@ class KeepalivedWriter:
         if keep and not self.can_keep():
             raise ValueError("keeping objects' sections needs the confd layout")
         fifo = self._notify_fifo(services)
+        self._look_alive()
         try:
             password = read_auth_file(self.config.auth_file) if self.config.auth_file is not None else None
             rendered = render_keepalived(
@@ -274,13 +307,30 @@ class KeepalivedWriter:
             self.notify = NotifyFifo(self.config.track_dir / "notify.fifo", on_change=self._announced_changed)
         return str(self.notify.path) if self.notify.start() else None
 
+    def _look_alive(self) -> None:
+        """Whether keepalived still runs, once a turn while VRRP states are read: a keepalived killed
+        (SIGKILL, OOM) writes no STOP to the FIFO, and its last word (often MASTER) would stand for ever
+        in `vsop show`, the status file, metrics and the NodeReport. Found gone, its instances are `stop`."""
+        if self.notify is None:
+            return
+        seen = self.notify.lines
+        running = self.signaller.running(self.config.pidfile)
+        if running is False and self.running is not False:
+            log.warning("keepalived is not running pidfile=%s: this node announces none of its VIPs", self.config.pidfile)
+        if running is False:
+            self.notify.forget(seen)
+        self.running = running
+
     def _announced_changed(self, instance: str, state: str) -> None:
         if self.on_announce is not None:
             self.on_announce()
 
     def announced(self) -> dict[str, str]:
-        """VIP -> this node's VRRP state for it (master, backup, fault, stop; unknown: keepalived said nothing yet)."""
+        """VIP -> this node's VRRP state for it (master, backup, fault, stop; unknown: keepalived said nothing yet).
+        While keepalived is not running every VIP is `stop`, also those it never told of."""
         states = self.notify.states() if self.notify is not None else {}
+        if self.running is False:
+            return {vip: "stop" for _, vips in sorted(self.instances.items()) for vip in vips}
         return {vip: states.get(instance, "unknown") for instance, vips in sorted(self.instances.items()) for vip in vips}
 
     def write_tracks(self, serving: Mapping[str, bool], services: Mapping[str, VirtualService]) -> list[str]:
@@ -342,6 +392,7 @@ class KeepalivedWriter:
             "problems": self.problems,
             **({"vrrpTracks": {"directory": str(self.config.track_dir), "serving": dict(sorted(self.tracks.items()))}} if self.tracks else {}),
             **({"announced": self.announced()} if self.instances and self.notify is not None else {}),
+            **({"running": self.running} if self.notify is not None and self.running is not None else {}),
         }
 
     # -- helpers -------------------------------------------------------------------

@@ -56,6 +56,10 @@ class FakeSignaller:
     def __init__(self, outcome: Exception | None = None) -> None:
         self.sent: list[Path] = []
         self.outcome = outcome
+        self.alive: bool | None = True  # what `running` says: False once the test "kills" keepalived
+
+    def running(self, pidfile: Path) -> bool | None:
+        return self.alive
 
     def reload(self, pidfile: Path) -> str:
         if self.outcome is not None:
@@ -205,6 +209,7 @@ def test_process_signaller_checks_the_pid_names_keepalived(tmp_path: Path) -> No
         assert "process 123" in str(exc)
     (proc / "123").mkdir(parents=True)
     (proc / "123" / "comm").write_text("sshd\n")
+    (proc / "123" / "stat").write_text("123 (sshd) S 1 123 123 0 -1\n")
     try:
         signaller.reload(pidfile)
         raise AssertionError("expected ReloadFailed")
@@ -212,6 +217,7 @@ def test_process_signaller_checks_the_pid_names_keepalived(tmp_path: Path) -> No
         assert "not keepalived" in str(exc)
     assert sent == []
     (proc / "123" / "comm").write_text("keepalived\n")
+    (proc / "123" / "stat").write_text("123 (keepalived) S 1 123 123 0 -1\n")
     assert signaller.reload(pidfile) == "SIGHUP sent to keepalived 123"
     assert sent == [(123, signal.SIGHUP)]
 
@@ -352,3 +358,80 @@ def test_notify_lines_are_parsed_for_vrrp_instances_only() -> None:
     assert parse('INSTANCE "vsop_eth0_61" FAULT 0\n') == ("vsop_eth0_61", "fault")
     assert parse("INSTANCE vsop_eth0_61 BACKUP 245") == ("vsop_eth0_61", "backup")
     assert parse('GROUP "g" MASTER 100') is None and parse('VS "x" UP') is None and parse("") is None
+
+
+def test_process_signaller_says_whether_keepalived_runs(tmp_path: Path) -> None:
+    proc, pidfile = tmp_path / "proc", tmp_path / "keepalived.pid"
+    signaller = ProcessSignaller(kill=lambda pid, sig: None, proc=proc)
+    assert signaller.running(pidfile) is False  # no pidfile
+    pidfile.write_text("123\n")
+    assert signaller.running(pidfile) is False  # its process is gone
+    (proc / "123").mkdir(parents=True)
+    (proc / "123" / "comm").write_text("keepalived\n")
+    (proc / "123" / "stat").write_text("123 (keepalived) S 1 123 123 0 -1\n")
+    assert signaller.running(pidfile) is True
+    # SIGKILLed and not reaped yet: a zombie keeps its /proc entry and its name.
+    (proc / "123" / "stat").write_text("123 (keepalived) Z 1 123 123 0 -1\n")
+    assert signaller.running(pidfile) is False
+    try:
+        signaller.reload(pidfile)
+        raise AssertionError("expected NotRunning")
+    except NotRunning as exc:
+        assert "process 123" in str(exc) and "gone" in str(exc)
+    (proc / "123" / "comm").write_text("sshd\n")  # the number reused by another process
+    (proc / "123" / "stat").write_text("123 (sshd) S 1 123 123 0 -1\n")
+    assert signaller.running(pidfile) is False
+    pidfile.write_text("garbage\n")
+    assert signaller.running(pidfile) is None  # cannot tell
+
+
+def test_a_killed_keepalived_announces_nothing_from_the_next_turn(tmp_path: Path) -> None:
+    """A keepalived killed while MASTER writes no STOP line: found gone at the next turn, its VIPs are `stop` in
+    the status file, `vsop show` and the metrics, the FIFO's states are forgotten, and a new keepalived's lines count."""
+    from vsop.node.metrics import NodeMetrics
+
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    _write(folder, "web", vip="192.168.50.100", announce="vrrp", vrrp=VRRP_IPVS)
+    kernel, fake = fake_kernel()
+    fake.state = replace(fake.state, node_addresses=frozenset({"192.168.50.2"}))
+    w, _, signaller = writer(tmp_path, track_dir=tmp_path / "vrrp")
+    metrics = NodeMetrics()
+    agent = HostAgent(kernel, AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02), FakeConntrack(), keepalived=w, metrics=metrics)
+    agent.poll()
+    time.sleep(0.03)
+    assert agent.sync_once() is not None
+    assert w.notify is not None
+    w.notify.feed('INSTANCE "vsop_eth0_61" MASTER 250\n')
+    agent.sync_once()
+    value = metrics.registry.get_sample_value
+    assert w.status()["announced"] == {"192.168.50.100": "master"}
+    assert value("vsop_vip_announced", {"vip": "192.168.50.100", "state": "master"}) == 1
+
+    signaller.alive = False  # SIGKILL: no FAULT, no STOP on the FIFO
+    assert w.status()["announced"] == {"192.168.50.100": "master"}  # not looked at before the next turn
+    agent.sync_once()
+    assert w.status()["announced"] == {"192.168.50.100": "stop"}
+    assert w.status()["running"] is False
+    assert w.notify.states() == {"vsop_eth0_61": "stop"}
+    assert value("vsop_vip_announced", {"vip": "192.168.50.100", "state": "master"}) is None
+    assert value("vsop_vip_announced", {"vip": "192.168.50.100", "state": "stop"}) == 1
+    text = show_text_of(agent, fake.state)
+    assert "announced: 192.168.50.100 stop (VRRP: keepalived is not running)" in text and "master" not in text
+
+    # keepalived started again: it tells each instance's first state, and the next turn finds it running.
+    signaller.alive = True
+    w.notify.feed('INSTANCE "vsop_eth0_61" BACKUP 245\n')
+    agent.sync_once()
+    assert w.status()["announced"] == {"192.168.50.100": "backup"} and w.status()["running"] is True
+
+
+def test_forget_leaves_what_a_new_keepalived_said_meanwhile() -> None:
+    from vsop.keepalived.notify import NotifyFifo
+
+    fifo = NotifyFifo(Path("/nonexistent/notify.fifo"))
+    fifo.feed('INSTANCE "a" MASTER 250\n')
+    seen = fifo.lines
+    fifo.feed('INSTANCE "a" BACKUP 245\n')  # a keepalived started between the look and `forget`
+    assert fifo.forget(seen) is False and fifo.states() == {"a": "backup"}
+    assert fifo.forget(fifo.lines) is True and fifo.states() == {"a": "stop"}
