@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from vsop.core.desired import constant_chains, constant_jumps, family_sysctls, kernel_sysctls, tcp_liberal
 from vsop.core.state import ServiceKey, host_prefix, hostport, ipset_member
-from vsop.diagnose.explain import FILTER_TERMINAL, NAT_TERMINAL, rules_ahead
+from vsop.diagnose.explain import FILTER_TERMINAL, NAT_TERMINAL, rules_ahead, vrrp_hold
 from vsop.diagnose.facts import Facts
 from vsop.diagnose.ranges import source_ranges
 
@@ -533,20 +533,17 @@ def check_ecmp(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
 
 def check_vrrp(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
     """announce: vrrp: the master holds the VIP on its interface, a backup does not, and vsop0 answers no ARP."""
-    announced = ((facts.agent or {}).get("keepalived") or {}).get("announced") or {}
-    for vip in sorted({key.vip for key in keys} & set(announced)):
-        state, prefix = announced[vip], host_prefix(vip)
-        held = sorted(i.name for i in facts.interfaces.values() if i.name != facts.names.link and prefix in i.addresses)
-        if state == "master" and held:
-            yield Finding(f"vrrp.owner {vip}", PASS, f"VRRP master of {vip}: it is on {', '.join(held)}, this node answers ARP/ND for it")
-        elif state == "master":
-            yield Finding(f"vrrp.owner {vip}", FAIL, f"keepalived says master of {vip}, but it is on no interface: nobody answers ARP/ND for it",
-                          fix=["journalctl -u vsop-keepalived", "systemctl restart vsop-keepalived"])
-        elif held:
-            yield Finding(f"vrrp.owner {vip}", FAIL, f"VRRP {state} of {vip}, yet it is on {', '.join(held)}: two nodes may answer ARP/ND for it",
-                          fix=[f"ip addr del {prefix} dev {held[0]}"])
+    for vip in sorted({key.vip for key in keys}):
+        hold = vrrp_hold(facts, vip)
+        if hold is None:
+            continue
+        found, ok = hold.verdict(fix_in_text=False)
+        if hold.leftovers:
+            yield Finding(f"vrrp.owner {vip}", FAIL, found, fix=hold.fix())
+        elif ok is False:  # master by keepalived's word, but on no interface
+            yield Finding(f"vrrp.owner {vip}", FAIL, found, fix=["journalctl -u vsop-keepalived", "systemctl restart vsop-keepalived"])
         else:
-            yield Finding(f"vrrp.owner {vip}", PASS, f"VRRP {state} of {vip}: another node holds it and answers ARP/ND")
+            yield Finding(f"vrrp.owner {vip}", PASS, found)
         arp_ignore = _sysctl(facts, "net.ipv4.conf.all.arp_ignore")
         if ":" not in vip and arp_ignore is not None and arp_ignore == "0":
             yield Finding(f"vrrp.arp {vip}", FAIL, f"arp_ignore is 0: this node answers ARP for {vip} through {facts.names.link} on every "

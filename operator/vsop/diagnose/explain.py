@@ -296,26 +296,84 @@ def _route_step(facts: Facts, key: ServiceKey) -> Step:
     )
 
 
+@dataclass(frozen=True)
+class VrrpHold:
+    """Where this node holds a VIP announced by VRRP besides vsop0 (`ip addr`), and this node's VRRP
+    state for it (the agent's status): explain's arrival step and doctor's vrrp.owner read the same."""
+
+    vip: str
+    prefix: str  # "VIP/32" or "VIP/128", as `ip addr del` takes it
+    link: str  # vsop's dummy link, where every node holds the VIP with ARP suppressed
+    state: str  # master, backup, fault, stop, unknown
+    running: bool | None  # keepalived's process alive at the agent's last turn (None: not known)
+    up: tuple[str, ...]  # links up holding it: this node answers ARP/ND for it there
+    down: tuple[str, ...]  # links down holding it: nothing answered now, but again as soon as the link comes up
+
+    @property
+    def owner(self) -> bool:
+        """keepalived stands behind this node's address: master (or not said yet) and running."""
+        return self.state in ("master", "unknown") and self.running is not False
+
+    @property
+    def leftovers(self) -> tuple[str, ...]:
+        """Links holding the VIP that no live VRRP master put there: all of them on a node that is not the
+        owner (keepalived killed, or backup/fault/stop with the address left behind), the down ones on the owner."""
+        return self.down if self.owner else self.up + self.down
+
+    @property
+    def dead(self) -> str:
+        return ", keepalived is not running" if self.running is False else ""
+
+    def fix(self) -> list[str]:
+        return [f"ip addr del {self.prefix} dev {name}" for name in self.leftovers]
+
+    def verdict(self, fix_in_text: bool = True) -> tuple[str, bool | None]:
+        """What this node's holding means for the LAN, and whether it is right (None: another node's business);
+        `fix_in_text`: the text ends with the commands that remove leftovers (doctor lists them apart)."""
+        vip, fix = self.vip, "; remove it: " + "; ".join(self.fix()) if self.leftovers and fix_in_text else ""
+        if self.owner and self.up:
+            down = f"; also left on {', '.join(self.down)}, which is DOWN" if self.down else ""
+            return (f"this node owns {vip} on {', '.join(self.up)} (VRRP {self.state}): it answers ARP/ND for it, "
+                    f"the LAN sends it here{down}{fix}"), not self.down
+        if self.up:
+            return (f"{vip} is left on {', '.join(self.up)} while this node is VRRP {self.state}{self.dead}: no live master "
+                    "stands behind it, yet this node answers ARP/ND for it there: two nodes may answer ARP/ND for it, "
+                    f"and the LAN may send it here or flap between them{fix}"), False
+        if self.down:
+            said = "keepalived says master" if self.state == "master" and self.running is not False else f"this node is VRRP {self.state}{self.dead}"
+            return (f"{vip} is only on {', '.join(self.down)}, which is DOWN ({said}): this node answers no ARP/ND for it "
+                    f"now, and would again as soon as the link comes up, beside whichever node VRRP elected{fix}"), False
+        if self.owner and self.state == "master":
+            return f"keepalived says master, but {vip} is on no interface but {self.link}: nobody answers ARP/ND for it", False
+        return (f"another node owns {vip} (this node is VRRP {self.state}{self.dead}): packets from the LAN reach that node, "
+                "not this one; only this node's own programs reach the VIP here"), None
+
+
+def vrrp_hold(facts: Facts, vip: str) -> VrrpHold | None:
+    """None for a VIP this node's agent does not announce by VRRP."""
+    keepalived = (facts.agent or {}).get("keepalived") or {}
+    announced = keepalived.get("announced") or {}
+    if vip not in announced:
+        return None
+    prefix = f"{vip}/{128 if ':' in vip else 32}"
+    holding = sorted((i for i in facts.interfaces.values() if i.name != facts.names.link and prefix in i.addresses), key=lambda i: i.name)
+    running = keepalived.get("running")
+    return VrrpHold(vip, prefix, facts.names.link, announced[vip], running if isinstance(running, bool) else None,
+                    tuple(i.name for i in holding if i.up), tuple(i.name for i in holding if not i.up))
+
+
 def arrival_step(facts: Facts, key: ServiceKey) -> Step | None:
     """announce: vrrp: how a packet from the LAN reaches this node at all (None for a VIP not announced by VRRP)."""
-    announced = ((facts.agent or {}).get("keepalived") or {}).get("announced") or {}
-    if key.vip not in announced:
+    hold = vrrp_hold(facts, key.vip)
+    if hold is None:
         return None
-    state = announced[key.vip]
-    prefix = 128 if key.family == 6 else 32
-    held = sorted(i.name for i in facts.interfaces.values() if i.name != facts.names.link and f"{key.vip}/{prefix}" in i.addresses)
-    if held:
-        found, ok = f"this node owns {key.vip} on {', '.join(held)} (VRRP {state}): it answers ARP/ND for it, the LAN sends it here", state in ("master", "unknown")
-    elif state == "master":
-        found, ok = f"keepalived says master, but {key.vip} is on no interface but {facts.names.link}: nobody answers ARP/ND for it", False
-    else:
-        found, ok = (f"another node owns {key.vip} (this node is VRRP {state}): packets from the LAN reach that node, "
-                     "not this one; only this node's own programs reach the VIP here"), None
+    found, ok = hold.verdict()
     return Step(
         id="arrival", hook="the LAN (ARP/ND)", title="how the packet reaches this node",
         why=("announce: vrrp: keepalived's VRRP elects one node per VIP; that node adds the VIP to vrrp.interface and answers "
-             f"ARP/ND for it, the others hold it only on {facts.names.link}, where ARP is suppressed (arp_ignore=1)."),
-        expect=f"the VRRP master holds {key.vip}/{prefix} on vrrp.interface; a backup holds it on {facts.names.link} only",
+             f"ARP/ND for it, the others hold it only on {facts.names.link}, where ARP is suppressed (arp_ignore=1). "
+             "keepalived killed (SIGKILL, OOM) removes nothing: the address it added stays until someone deletes it."),
+        expect=f"the VRRP master holds {hold.prefix} on vrrp.interface, up; a backup holds it on {facts.names.link} only",
         found=found, ok=ok,
     )
 
