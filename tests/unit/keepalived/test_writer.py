@@ -301,17 +301,23 @@ def test_vsop_show_reports_the_keepalived_state(tmp_path: Path) -> None:
 VRRP_IPVS = {"interface": "eth0", "virtualRouterID": 61, "peers": ["192.168.50.1", "192.168.50.2"]}
 
 
-def test_host_agent_announces_an_ipvs_vip_by_vrrp_and_tracks_its_health(tmp_path: Path) -> None:
+def vrrp_agent(tmp_path: Path, metrics: Any = None) -> tuple[HostAgent, Any, KeepalivedWriter, FakeCheck, FakeSignaller, Path]:
+    """A host agent on node 192.168.50.2 with one ipvs-mode object announced by VRRP, after its first sync."""
     folder = tmp_path / "vs"
     folder.mkdir()
     _write(folder, "web", vip="192.168.50.100", announce="vrrp", vrrp=VRRP_IPVS)
     kernel, fake = fake_kernel()
     fake.state = replace(fake.state, node_addresses=frozenset({"192.168.50.2"}))
     w, check, signaller = writer(tmp_path, track_dir=tmp_path / "vrrp")
-    agent = HostAgent(kernel, AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02), FakeConntrack(), keepalived=w)
+    agent = HostAgent(kernel, AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02), FakeConntrack(), keepalived=w, metrics=metrics)
     agent.poll()
     time.sleep(0.03)
     assert agent.sync_once() is not None
+    return agent, fake, w, check, signaller, folder
+
+
+def test_host_agent_announces_an_ipvs_vip_by_vrrp_and_tracks_its_health(tmp_path: Path) -> None:
+    agent, fake, w, check, signaller, folder = vrrp_agent(tmp_path)
     # vsop programs IPVS and binds the VIP on vsop0 with ARP suppressed; keepalived gets the vrrp_instance only.
     assert len(fake.state.services) == 1 and "192.168.50.100/32" in fake.state.addresses
     assert fake.state.sysctls["net.ipv4.conf.all.arp_ignore"] == "1"
@@ -390,17 +396,8 @@ def test_a_killed_keepalived_announces_nothing_from_the_next_turn(tmp_path: Path
     the status file, `vsop show` and the metrics, the FIFO's states are forgotten, and a new keepalived's lines count."""
     from vsop.node.metrics import NodeMetrics
 
-    folder = tmp_path / "vs"
-    folder.mkdir()
-    _write(folder, "web", vip="192.168.50.100", announce="vrrp", vrrp=VRRP_IPVS)
-    kernel, fake = fake_kernel()
-    fake.state = replace(fake.state, node_addresses=frozenset({"192.168.50.2"}))
-    w, _, signaller = writer(tmp_path, track_dir=tmp_path / "vrrp")
     metrics = NodeMetrics()
-    agent = HostAgent(kernel, AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.02), FakeConntrack(), keepalived=w, metrics=metrics)
-    agent.poll()
-    time.sleep(0.03)
-    assert agent.sync_once() is not None
+    agent, fake, w, _, signaller, _ = vrrp_agent(tmp_path, metrics)
     assert w.notify is not None
     w.notify.feed('INSTANCE "vsop_eth0_61" MASTER 250\n')
     agent.sync_once()
