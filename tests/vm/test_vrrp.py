@@ -10,7 +10,10 @@ the object's track file from its health checks; keepalived runs on that configur
 One test, in phases, because the lab is dear to start under emulation: which node answers ARP and
 serves; every backend failing its checks on the master (the VIP moves, then comes back after
 preempt_delay); the master's keepalived killed and its link gone (the client's neighbour entry
-flips with the backup's gratuitous ARP). The same LAN in IPv6 (a lab of its own): one node answers
+flips with the backup's gratuitous ARP), then what each node says: the killed one `stop` in its
+status file, `vsop show` and metrics, explain and doctor there a problem with the VIP keepalived
+left on eth0 (which answers ARP beside the new master once the link is up, until doctor's fix
+removes it), the new master that it owns the VIP. The same LAN in IPv6 (a lab of its own): one node answers
 neighbour solicitations and serves, and the backup's unsolicited neighbour advertisement moves the
 client at failover. Timings are printed and appended to .cache/measurements.txt.
 """
@@ -19,11 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import re
+import shlex
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +43,7 @@ if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))
 
 from tests.vm.conftest import BUSYBOX, Namespaces, Netns, http_get, run, start_http_server  # noqa: E402
-from tests.vm.lab import AgentProcess, manifest, wait_for  # noqa: E402
+from tests.vm.lab import VSOP, AgentProcess, manifest, wait_for  # noqa: E402
 from tests.vm.test_agent import record  # noqa: E402
 from tests.vm.test_keepalived import KEEPALIVED, AddressWatch, _on_lan, start_keepalived, stop_process  # noqa: E402
 from vsop.keepalived.vrrp import spread  # noqa: E402
@@ -51,6 +57,8 @@ CLIENT = "10.202.0.50"
 ADVERT = 1
 PREEMPT_DELAY = 3
 CHECK = {"type": "tcp", "intervalSeconds": 1, "timeoutSeconds": 1, "failureThreshold": 2, "successThreshold": 1}
+RESYNC = 5  # the agents' resync period: a killed keepalived is found gone at the next turn at the latest
+METRICS_PORT = 9101  # each node's agent serves /metrics on its own loopback
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,7 @@ class Node:
         self.agent = AgentProcess(
             self.work, "--from", str(objects), "--lock", str(self.work / "lock"), "--keepalived-dir", str(self.keepalived_dir),
             "--keepalived-pidfile", str(self.work / "keepalived.pid"), "--keepalived-binary", KEEPALIVED,
-            "--vrrp-track-dir", str(self.tracks), prefix=ns.cmd(), resync_seconds=5,
+            "--vrrp-track-dir", str(self.tracks), "--metrics-port", str(METRICS_PORT), prefix=ns.cmd(), resync_seconds=RESYNC,
         )
         self.keepalived = None
         self.watch: AddressWatch | None = None
@@ -265,6 +273,7 @@ def test_one_node_answers_serves_through_ipvs_and_vrrp_moves_the_vip(lan, capsys
 
         _health_moves_the_vip(master, backup, client, neighbours, backup_mac, master_mac, capsys)
         _failover(PLAN4, master, backup, client, neighbours, backup_mac, capsys)
+        _the_nodes_say_who_announces_after_the_kill(master, backup, client, master_mac, backup_mac)
     except BaseException:
         for node in nodes.values():
             sys.stderr.write(node.logs())
@@ -340,8 +349,66 @@ def _failover(plan: Plan, master: Node, backup: Node, client: Netns, neighbours:
     record(capsys, f"VRRP (ipvs mode{', IPv6' if plan.family == 6 else ''}): master killed and link down to the client's {what} "
                    f"on the backup in {flipped:.2f}s, requests answered again after {resumed:.2f}s (bound 3 x advert + 1 s = {3 * ADVERT + 1}s)")
     assert backup.holds() and served(client, vip=plan.vip) == set(plan.backends)
-    with contextlib.suppress(Exception):
-        master.ns.run("ip", "link", "set", "eth0", "up")
+
+
+def _the_nodes_say_who_announces_after_the_kill(killed: Node, master: Node, client: Netns, killed_mac: str, master_mac: str) -> None:
+    """The killed keepalived wrote no STOP: its agent finds it gone by its pidfile at its next turn and says
+    `stop` in its status file, `vsop show` and metrics; explain and doctor there call the VIP keepalived left on
+    the downed eth0 a problem with its fix, and on the new master say it owns the VIP. The killed node's link back
+    up with keepalived still dead, its leftover answers ARP beside the master's, as doctor warned; its fix ends it."""
+    wait_for("the killed node's agent to say its keepalived no longer announces", lambda: announced(killed) == {VIP: "stop"}, 3 * RESYNC + 15, 0.1)
+    assert killed.agent.status()["keepalived"]["running"] is False
+    assert f"announced: {VIP} stop (VRRP: keepalived is not running)" in vsop(killed, "show").stdout
+    assert vip_announced(killed) == {"stop"}
+    wait_for("the new master's agent to say master", lambda: announced(master) == {VIP: "master"}, 15, 0.1)
+    assert vip_announced(master) == {"master"}
+
+    fix = [f"ip addr del {VIP}/32 dev eth0"]
+    arrival = explained(killed)
+    assert arrival["ok"] is False and "which is DOWN" in arrival["found"] and "keepalived is not running" in arrival["found"], arrival
+    assert owner_check(killed)["status"] == "fail" and owner_check(killed)["fix"] == fix
+    arrival = explained(master)
+    assert arrival["ok"] is True and f"this node owns {VIP} on eth0 (VRRP master)" in arrival["found"], arrival
+    assert owner_check(master)["status"] == "pass"
+
+    killed.ns.run("ip", "link", "set", "eth0", "up")
+    wait_for("both nodes to answer ARP for the VIP", lambda: set(arp_replies(client, VIP)) == {killed_mac, master_mac}, 30, 0.1)
+    finding = owner_check(killed)
+    assert finding["status"] == "fail" and "two nodes may answer" in finding["message"] and finding["fix"] == fix, finding
+    killed.ns.run(*shlex.split(fix[0]))
+    assert set(arp_replies(client, VIP)) == {master_mac}
+    assert owner_check(killed)["status"] == "pass" and explained(killed)["ok"] is None
+
+
+def vsop(node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+    """`vsop ARGS` in the node's namespace, reading its agent's status file; exit 1 (problems found) is an answer."""
+    done = node.ns.run(VSOP, *args, "--status-file", str(node.agent.status_file), check=False, timeout=120)
+    assert done.returncode in (0, 1), done.stderr
+    return done
+
+
+def announced(node: Node) -> dict[str, str]:
+    return node.agent.status().get("keepalived", {}).get("announced", {})
+
+
+def vip_announced(node: Node) -> set[str]:
+    """The states vsop_vip_announced says 1 for, for the VIP, on the node's /metrics."""
+    text = http_get("127.0.0.1", METRICS_PORT, "/metrics", netns=node.ns, timeout=10)
+    samples = (re.match(r"vsop_vip_announced\{(.*)\} 1\.0$", line) for line in text.splitlines())
+    labels = [dict(re.findall(r'(\w+)="([^"]*)"', sample.group(1))) for sample in samples if sample is not None]
+    return {label["state"] for label in labels if label.get("vip") == VIP}
+
+
+def explained(node: Node) -> dict:
+    """`vsop explain VIP:80`'s step "how the packet reaches this node"."""
+    report = json.loads(vsop(node, "explain", f"{VIP}:80", "-o", "json").stdout)
+    return next(step for step in report["steps"] if step["id"] == "arrival")
+
+
+def owner_check(node: Node) -> dict:
+    """`vsop doctor VIP:80`'s vrrp.owner finding."""
+    report = json.loads(vsop(node, "doctor", f"{VIP}:80", "-o", "json").stdout)
+    return next(f for f in report["findings"] if f["check"] == f"vrrp.owner {VIP}")
 
 
 def _answers(client: Netns, vip: str = VIP, backends: dict[str, str] = BACKENDS) -> bool:
