@@ -167,7 +167,7 @@ class IPTablesContract:
         with pytest.raises(OperationFailed) as failed:
             iptables_adapter.apply([before, missing, after])
         assert failed.value.op == missing
-        assert failed.value.reason
+        assert NAMES.services_chain in failed.value.reason and "does not exist" in failed.value.reason, failed.value.reason
         assert iptables_adapter.read(OWNED)[0] == {filter_chain(family): (SSH_RULE,)}
 
     def test_jumping_to_a_missing_chain_fails_naming_it(self, iptables_adapter, family):

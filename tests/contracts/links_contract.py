@@ -86,7 +86,7 @@ class LinkContract:
         with pytest.raises(OperationFailed) as failure:
             link_adapter.apply([op])
         assert failure.value.op == op
-        assert failure.value.reason
+        assert failure.value.reason == f"link {LINK} does not exist"
         assert link_adapter.read(LINK)[:2] == (None, frozenset())
 
     def test_unbinding_an_unbound_address_fails(self, link_adapter):

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from tests.contracts.routes_contract import PROTOCOL, TABLE, VIP4, VIP6, RouteContract, add, delete
+from vsop.adapters.base import OperationFailed
 from vsop.adapters.routes import RouteKernel
 
 
@@ -45,10 +46,10 @@ def test_foreign_routes_are_neither_read_nor_touched(route_adapter: RouteKernel)
 
 def test_deleting_never_removes_another_protocols_route_on_the_same_prefix(route_adapter: RouteKernel) -> None:
     ip("route", "add", "blackhole", VIP4, "table", str(TABLE), "proto", "static")
-    with pytest.raises(Exception) as failure:
+    with pytest.raises(OperationFailed) as failure:
         route_adapter.apply([delete(VIP4)])
     assert "protocol 118" in str(failure.value)
     assert "192.0.2.10 proto static" in ip("route", "show", "table", str(TABLE))
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(OperationFailed) as refused:
         route_adapter.apply([add(VIP4)])
     assert "already has a route" in str(refused.value)

@@ -288,7 +288,12 @@ def test_vrrp_failover_moves_the_vip_to_the_backup_and_the_client_keeps_working(
         procs["node1"] = start_keepalived(tmp_path, config / "keepalived.conf", "node1", nodes["node1"])
         wait_for("node1 to become MASTER", lambda: watch["node1"].holds(LAN_VIP), 30, 0.1)
         procs["node2"] = start_keepalived(tmp_path, config / "keepalived.conf", "node2", nodes["node2"])
-        time.sleep(3 * ADVERT + 1)  # node2 hears node1's adverts and stays BACKUP
+        # Evidence first: node2's VRRP instance is running and BACKUP (its master-down timer armed
+        # then); only after that timer's whole length (3 x advert + skew < 3 x advert + 1 s) can
+        # "node2 stays BACKUP" mean it heard node1's adverts rather than that it had not started.
+        node2_log = tmp_path / "node2.log"
+        wait_for("node2's VRRP instance to enter BACKUP", lambda: "Entering BACKUP STATE" in node2_log.read_text(), 60, 0.1)
+        time.sleep(3 * ADVERT + 1)
         assert watch["node1"].holds(LAN_VIP) and not watch["node2"].holds(LAN_VIP)
         assert {http_get(LAN_VIP, 80, netns=client, timeout=5).strip() for _ in range(4)} == set(LAN_BACKENDS)
 

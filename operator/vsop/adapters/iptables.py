@@ -249,7 +249,7 @@ class IPTablesKernel:
                 "its batch is named; nothing of that batch was applied)",
             )
         self._restore_prefix(batch, index)
-        raise OperationFailed(batch.operations[index], reason)
+        raise OperationFailed(batch.operations[index], _naming(batch.operations[index], reason))
 
     def _restore_prefix(self, batch: _Batch, failing_index: int) -> None:
         # restore commits a table all or nothing, so the ops before the failing one were
@@ -374,6 +374,16 @@ def rule_target(rule: str) -> str | None:
         if word in _JUMP_FLAGS:
             target = words[index + 1]
     return target
+
+
+def _naming(op: ops.Op, reason: str) -> str:
+    """`reason` with the chain the failing op touched: legacy restore says only "line 4 failed"."""
+    if isinstance(op, ops.DeleteChain):
+        return f"chain {op.key.chain} in table {op.key.table} could not be deleted (it does not exist, or a rule still jumps to it): {reason}"
+    chain = getattr(getattr(op, "key", None), "chain", None)
+    if chain is not None and chain not in reason:
+        return f"chain {chain} in table {op.key.table}: {reason}"  # type: ignore[attr-defined]
+    return reason
 
 
 def _reason(stderr: str) -> str:

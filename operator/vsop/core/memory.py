@@ -162,19 +162,19 @@ def _delete_jump(state: KernelState, op: ops.DeleteJump, rules: _Rules) -> Kerne
 
 def _create_link(state: KernelState, op: ops.CreateLink, rules: _Rules) -> KernelState:
     if state.link is not None:
-        raise _refuse(f"link {op.name}: File exists")
+        raise _refuse(f"a link named {op.name} already exists")
     return replace(state, link=LinkState(op.name, up=True), addresses=frozenset())
 
 
 def _link_up(state: KernelState, op: ops.SetLinkUp, rules: _Rules) -> KernelState:
     if state.link is None:
-        raise _refuse(f"link {op.name}: No such device")
+        raise _refuse(f"link {op.name} does not exist")
     return replace(state, link=LinkState(op.name, up=True))
 
 
 def _delete_link(state: KernelState, op: ops.DeleteLink, rules: _Rules) -> KernelState:
     if state.link is None:
-        raise _refuse(f"link {op.name}: No such device")
+        raise _refuse(f"link {op.name} does not exist")
     bound = state.bound_vips()
     if rules.ownership and any(key.vip in bound for key in state.services):
         raise _refuse(f"ownership: deleting {op.name} would leave its VIPs' IPVS services behind")
@@ -185,13 +185,15 @@ def _delete_link(state: KernelState, op: ops.DeleteLink, rules: _Rules) -> Kerne
 
 def _add_address(state: KernelState, op: ops.AddAddress, rules: _Rules) -> KernelState:
     if state.link is None:
-        raise _refuse(f"address {op.address}: Cannot find device {op.link}")
+        raise _refuse(f"link {op.link} does not exist")
     if op.address in state.addresses:
         raise _refuse(f"address {op.address}: File exists")
     return replace(state, addresses=state.addresses | {op.address})
 
 
 def _delete_address(state: KernelState, op: ops.DeleteAddress, rules: _Rules) -> KernelState:
+    if state.link is None:
+        raise _refuse(f"link {op.link} does not exist")
     if op.address not in state.addresses:
         raise _refuse(f"address {op.address}: Cannot assign requested address")
     vip = op.address.split("/")[0]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import make_vs
+from tests.golden import check_golden
 from vsop.api.errors import InvalidInput
 from vsop.api.speaker import BGPSpeaker, parse_bgp_speaker
 from vsop.bgp.render import Token, _PASSWORD, render_bird
@@ -36,15 +36,8 @@ def rendered() -> str:
     return render_bird(two_peers(), services(), password_of=lambda peer: PASSWORD if peer.password_file else None)
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("VSOP_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text(), f"{path} differs; rerun with VSOP_UPDATE_GOLDEN=1 if the change is intended"
-
-
 def test_two_peer_speaker_matches_golden() -> None:
-    check_golden("two-peers.conf", rendered())
+    check_golden(GOLDEN / "two-peers.conf", rendered())
 
 
 def test_only_vips_with_options_are_in_the_file_so_adding_a_vip_never_rewrites_it() -> None:
