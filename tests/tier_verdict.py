@@ -2,7 +2,7 @@
 
 A tier is green only when pytest exited 0, its summary line was found, something passed,
 nothing failed or errored, nothing was deselected (a -k/-m from PYTEST_ADDOPTS or an ini
-file would hide tests), and every skip is in tests/allowed-skips.txt for this tier, with
+file would hide tests), the property tests' tiers say hypothesis ran derandomized, and every skip is in tests/allowed-skips.txt for this tier, with
 the reason it is allowed. The skip reasons come from pytest's `-rs` report
 (`SKIPPED [N] path:line: reason`), which run-tiers.sh asks for.
 
@@ -28,6 +28,10 @@ _NO_TESTS = re.compile(r"^=*\s*no tests ran(?: in [\d.]+s)?\s*=*$")
 _PROGRESS = re.compile(r"^[.sFExX]*\s*\[\s*\d+%\]\s*")
 _COUNT = re.compile(r"(\d+) (\w+)")
 _SKIPPED = re.compile(r"^SKIPPED \[(\d+)\] (\S+?):(\d+): (.*)$")
+# The tiers holding property tests print which hypothesis profile ran (tests/conftest.py); a tier
+# green on random examples would pass or fail by luck, so it must say the derandomized one did.
+DERANDOMIZED = "hypothesis: profile ci, derandomized"
+PROPERTY_TIERS = ("unit", "crd")
 
 
 @dataclass
@@ -95,6 +99,8 @@ def judge(tier: str, output: str, exit_code: int, allowed: list[Allowed] | None 
         reported += int(number)
         if not any(a.tier == tier and path == a.where and reason == a.reason for a in allowed):
             verdict.problems.append(f"skipped outside tests/allowed-skips.txt: {path}: {reason}")
+    if tier in PROPERTY_TIERS and not any(line.startswith(DERANDOMIZED) for line in lines):
+        verdict.problems.append(f"no '{DERANDOMIZED}' line: the property tests ran without the ci profile")
     if counts.get("skipped", 0) != reported:
         verdict.problems.append(f"{counts.get('skipped', 0)} skipped but {reported} skip reasons reported (run pytest with -rs)")
     return verdict

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tier_verdict import Allowed, judge, load_allowed
+from tests.tier_verdict import DERANDOMIZED, Allowed, judge, load_allowed
 
 ROOT = Path(__file__).resolve().parents[3]
 RUN_TIERS = ROOT / "tests" / "run-tiers.sh"
@@ -28,8 +28,17 @@ def verdict(tmp_path: Path, tier: str, output: str, code: int) -> subprocess.Com
 
 
 def test_a_tier_that_passed_tests_is_green(tmp_path: Path) -> None:
-    done = verdict(tmp_path, "unit", "....\n12 passed, 3 warnings in 4.56s\n", 0)
+    done = verdict(tmp_path, "unit", f"....\n{DERANDOMIZED} (each test's seed derives from the test itself)\n12 passed, 3 warnings in 4.56s\n", 0)
     assert (done.returncode, done.stdout) == (0, "ok  12 passed, 3 warnings in 4.56s\n")
+
+
+def test_a_property_tier_without_the_derandomized_profile_fails(tmp_path: Path) -> None:
+    """unit and crd hold the hypothesis tests: a run on random examples (another profile, or the
+    plugin disabled) passes or fails by luck, so the tier says which profile ran or is red."""
+    random = verdict(tmp_path, "unit", "....\nhypothesis: profile random, seed 7\n12 passed in 4.56s\n", 0)
+    assert random.returncode == 1 and "ran without the ci profile" in random.stdout
+    assert verdict(tmp_path, "crd", "..\n2 passed in 0.1s\n", 0).returncode == 1
+    assert verdict(tmp_path, "netns", "..\n2 passed in 0.1s\n", 0).returncode == 0  # no property tests there
 
 
 def test_a_summary_glued_to_the_progress_line_is_still_read(tmp_path: Path) -> None:
