@@ -361,6 +361,9 @@ class HostAgent:
     def probe_targets(self) -> set[Target]:
         return self.loop.targets
 
+    def probe_changes(self) -> tuple[set[Target], set[Target]] | None:
+        return self.loop.take_target_changes("checker")  # the checker follows the turns' own target changes
+
     def flush_due(self) -> float | None:
         return self.status_due
 

@@ -130,7 +130,9 @@ class Agent:
         self.kernel_version = running_kernel_version()
         self.liberal = conntrack_tcp_liberal(kernel.sysctls)  # read once, as kube-proxy does: no INVALID rule when 1
         self.tracker = HealthTracker()
-        self.roles = checkers.Roles(set(), {}, frozenset())  # which health targets this node checks for the cluster
+        # Which health targets this node checks for the cluster, kept per object (vsop.kube.checkers).
+        self.role_keeper = checkers.RoleKeeper(self.node_name)
+        self._followed: HealthChecker | None = None  # the checker that follows the roles' changes
         self.metrics = metrics or AgentMetrics()
         if bird is not None:
             self.metrics.watch_bgp(bird.sessions)
@@ -215,6 +217,10 @@ class Agent:
     def health_targets(self) -> set[Target]:
         return self.loop.targets
 
+    @property
+    def roles(self) -> checkers.Roles:
+        return self.role_keeper.roles
+
     # -- the loop (vsop.node.loop drives it: these are its Driver methods) --
 
     async def reconcile_forever(self) -> None:
@@ -259,6 +265,10 @@ class Agent:
     def probe_targets(self) -> set[Target]:
         return self.roles.targets
 
+    def probe_changes(self) -> tuple[set[Target], set[Target]] | None:
+        self._follow_checker()  # each turn has it follow the roles: nothing left, unless it is new
+        return set(), set()
+
     def flush_due(self) -> float | None:
         return None  # the report is written by each turn
 
@@ -286,7 +296,8 @@ class Agent:
         if self.speakers is not None and self.bird is not None:
             await self.speakers.give(self.bird, self.node_name, node.labels, node_info.addresses)
         extra = tuple(node_info.addresses) + tuple(self.options.extra_node_addresses)
-        down = checkers.roles(self.node_name, self.loop.targets, self.reconciler.configured, self.source.published).published_down
+        # The published health of the objects just taken (the turn's out-of-service set), with the targets as they are.
+        down = self._follow_roles(everything, (reports.ref_of(*key) for key in changes.objects)).published_down
         feed = self._feed(changes, node, extra, down)
         # Keepalived's writer renders every object: then every object's outcome is looked at.
         cover_all = everything or self.keepalived is not None
@@ -294,11 +305,9 @@ class Agent:
         if turn.skipped is not None:
             raise LockTimeout(turn.skipped)
         self.syncs += 1
-        self.roles = checkers.roles(self.node_name, self.loop.targets, self.reconciler.configured, self.source.published)
-        if self.roles.published_down != down:
+        if self._follow_roles(False, ()).published_down != down:
             self.trigger.wake("published backend health changed")
-        if self.loop.checker is not None:
-            self.loop.checker.update(self.roles.targets)
+        self._follow_checker()
         outcome, keepalived = turn.report
         if outcome.error is None:
             self.probes.ready = True
@@ -308,6 +317,29 @@ class Agent:
         if self.speakers is not None and self.bird is not None:
             await self.speakers.tell(self.bird, self.writer, self.node_name)
         return report
+
+    def _follow_roles(self, everything: bool, published: Iterable[str]) -> checkers.Roles:
+        """The roles (vsop.kube.checkers) of the objects whose targets changed since the last look
+        (vsop.node.loop.NodeLoop.take_ref_changes) and of those whose published health may have
+        (`published`: the objects just taken); all of them when the loop rebuilt its targets or the
+        source handed every object over. Equal to `checkers.roles` over every target."""
+        refs = self.loop.take_ref_changes("roles")
+        if refs is not None:
+            refs.update(published)
+        return self.role_keeper.follow(None if everything else refs, self.loop.targets_by_ref, self.source.published)
+
+    def _follow_checker(self) -> None:
+        """The checker probes the roles' targets: by what changed since it last followed them, whole
+        when the roles were rebuilt or it is a new checker."""
+        checker = self.loop.checker
+        if checker is None:
+            return
+        changes = self.role_keeper.take_changes()
+        if changes is None or checker is not self._followed:
+            self._followed = checker
+            checker.update(self.roles.targets)
+        else:
+            checker.change(*changes)
 
     def _feed(self, changes: Changes, node: Node, extra: tuple[str, ...], down: frozenset[Any]) -> Feed:
         delta = {reports.ref_of(*key): record.vs if record is not None else None for key, record in changes.objects.items()}

@@ -16,7 +16,8 @@ Owns who checks a static backend in a cluster and how the result reaches every n
   itself, the behaviour without a controller), which it probes only every
   `SLOW_FACTOR` x interval (the others: a node that cannot reach a backend still takes
   it out, more slowly), the backends published down (taken out here too), and the
-  `checks` this node publishes as a checker.
+  `checks` this node publishes as a checker. `RoleKeeper` keeps them per object, derived again
+  for the objects whose health targets or published health changed (a turn costs what changed).
 serviceRef endpoints are not covered: their readiness comes from the EndpointSlices, and
 a health check on them stays a check every node runs.
 No I/O of its own: must not import kopf, vsop.node.execute or vsop.adapters.
@@ -133,30 +134,137 @@ class Roles:
         return out
 
 
+@dataclass(frozen=True)
+class _Role:
+    run: Target  # the target as this node probes it (slowed down when it is not a checker)
+    checking: tuple[str, str] | None  # (owner, backend) when this node is a designated checker
+    down: bool  # published down, and this node is not a checker
+
+
+def _role(node: str, target: Target, owner: str, published: Mapping[str, Mapping[str, Published]]) -> _Role:
+    backend = backend_id(target.key.address, target.key.port)
+    found = (published.get(owner) or {}).get(backend)
+    if found is None or not found.checkers:
+        return _Role(target, None, False)  # nothing published (no controller yet, or a serviceRef endpoint): check it here
+    if node in found.checkers:
+        return _Role(target, (owner, backend), False)
+    slow = target.check.model_copy(update={"interval_seconds": target.check.interval_seconds * SLOW_FACTOR})
+    return _Role(Target(target.key, slow), None, not found.healthy)
+
+
 def roles(node: str, targets: Iterable[Target], owners: Mapping[RealServerKey, str],
           published: Mapping[str, Mapping[str, Published]]) -> Roles:
     """Split this node's health targets: checker (full rate), others (slow, applying the published verdict).
 
     `owners`: real server -> "namespace/name" of its VirtualService; `published`: owner -> backend -> Published.
+    Costs every target: `RoleKeeper` keeps the same per object and costs what changed.
     """
     run: set[Target] = set()
     checking: dict[RealServerKey, tuple[str, str]] = {}
     down: set[RealServerKey] = set()
     for target in targets:
-        owner = owners.get(target.key, "")
-        backend = backend_id(target.key.address, target.key.port)
-        found = (published.get(owner) or {}).get(backend)
-        if found is None or not found.checkers:
-            run.add(target)  # nothing published (no controller yet, or a serviceRef endpoint): check it here
-        elif node in found.checkers:
-            run.add(target)
-            checking[target.key] = (owner, backend)
-        else:
-            slow = target.check.model_copy(update={"interval_seconds": target.check.interval_seconds * SLOW_FACTOR})
-            run.add(Target(target.key, slow))
-            if not found.healthy:
-                down.add(target.key)
+        role = _role(node, target, owners.get(target.key, ""), published)
+        run.add(role.run)
+        if role.checking is not None:
+            checking[target.key] = role.checking
+        if role.down:
+            down.add(target.key)
     return Roles(run, checking, frozenset(down))
+
+
+class RoleKeeper:
+    """`roles` kept per object and derived again only for the objects whose health targets or
+    published health changed: a health flip at 10k checked objects must not cost every target.
+
+    Fed the node loop's targets per object (vsop.node.loop.NodeLoop.targets_by_ref: each target's
+    owner is the object it is kept under, as `owners` says of it) and the published health per
+    object. A real server passing from one object to another in one turn is the same target on both
+    sides yet may change role (the owners' published health differ): both objects are derived again
+    and the run targets differenced over all of them at once. A real server has one target (one
+    owner, one check), so each key has one role. `take_changes`: the run targets added and removed
+    since the checker last took them (None: follow `roles.targets` whole)."""
+
+    def __init__(self, node: str):
+        self.node = node
+        self.roles = Roles(set(), {}, frozenset())
+        self._by_ref: dict[str, dict[Target, _Role]] = {}
+        self._down: set[RealServerKey] = set()
+        self._changes: tuple[set[Target], set[Target]] | None = None
+
+    def rebuild(self, targets_by_ref: Mapping[str, Iterable[Target]], published: Mapping[str, Mapping[str, Published]]) -> Roles:
+        """Every object's roles from scratch (the targets rebuilt, or at the first look)."""
+        self._by_ref = {}
+        run: set[Target] = set()
+        checking: dict[RealServerKey, tuple[str, str]] = {}
+        self._down = set()
+        for ref, targets in targets_by_ref.items():
+            derived = {target: _role(self.node, target, ref, published) for target in targets}
+            if not derived:
+                continue
+            self._by_ref[ref] = derived
+            for target, role in derived.items():
+                run.add(role.run)
+                if role.checking is not None:
+                    checking[target.key] = role.checking
+                if role.down:
+                    self._down.add(target.key)
+        self.roles = Roles(run, checking, frozenset(self._down))
+        self._changes = None
+        return self.roles
+
+    def follow(self, refs: Iterable[str] | None, targets_by_ref: Mapping[str, Iterable[Target]],
+               published: Mapping[str, Mapping[str, Published]]) -> Roles:
+        """Derive again the roles of these objects' targets (`refs`: those whose targets or published
+        health changed; None: every object, `rebuild`); costs their targets."""
+        if refs is None:
+            return self.rebuild(targets_by_ref, published)
+        before: set[Target] = set()
+        after: set[Target] = set()
+        olds: list[dict[Target, _Role]] = []
+        news: list[dict[Target, _Role]] = []
+        for ref in refs:
+            old = self._by_ref.pop(ref, None)
+            if old:
+                olds.append(old)
+                before.update(role.run for role in old.values())
+            new = {target: _role(self.node, target, ref, published) for target in targets_by_ref.get(ref, ())}
+            if new:
+                self._by_ref[ref] = new
+                news.append(new)
+                after.update(role.run for role in new.values())
+        # All the old roles out, then all the new in: a key that passed between two of these objects
+        # keeps the role its new owner gives it, whichever came first.
+        checking, down = self.roles.checking, self._down
+        was_down: dict[RealServerKey, bool] = {}  # the keys whose membership of `down` was touched: before
+        for old in olds:
+            for target in old:
+                checking.pop(target.key, None)
+                if target.key in down:
+                    was_down.setdefault(target.key, True)
+                    down.discard(target.key)
+        for new in news:
+            for target, role in new.items():
+                if role.checking is not None:
+                    checking[target.key] = role.checking
+                if role.down:
+                    was_down.setdefault(target.key, target.key in down)
+                    down.add(target.key)
+        if any((key in down) != was for key, was in was_down.items()):
+            self.roles.published_down = frozenset(down)
+        added, removed = after - before, before - after
+        self.roles.targets -= removed
+        self.roles.targets |= added
+        if self._changes is not None:
+            self._changes[0].difference_update(removed)
+            self._changes[0].update(added)
+            self._changes[1].difference_update(added)
+            self._changes[1].update(removed)
+        return self.roles
+
+    def take_changes(self) -> tuple[set[Target], set[Target]] | None:
+        """The run targets added and removed since the last call; None: follow `roles.targets` whole."""
+        changes, self._changes = self._changes, (set(), set())
+        return changes
 
 
 def add_checks(entries: dict[tuple[str, str], dict[str, Any] | None], node_roles: Roles, tracker: HealthTracker) -> None:

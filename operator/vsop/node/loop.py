@@ -199,6 +199,10 @@ class Driver(Protocol):
     def probe_targets(self) -> set[Target]:
         """The health targets this node's checker probes (after each turn)."""
 
+    def probe_changes(self) -> tuple[set[Target], set[Target]] | None:
+        """The probe targets added and removed since the checker last followed them (after each
+        turn); None: the checker follows `probe_targets()` whole."""
+
     def flush_due(self) -> float | None:
         """When the sink's batched report is due (monotonic), if one is."""
 
@@ -254,6 +258,10 @@ class NodeLoop:
         self.targets: set[Target] = set()
         self.targets_by_ref: dict[str, frozenset[Target]] = {}
         self.target_changes: dict[str, tuple[set[Target], set[Target]] | None] = {}
+        # Per follower, the objects whose targets changed since it last took them (None: all), for
+        # what is derived per object from `targets_by_ref` (the in-cluster agent's checker roles): a
+        # real server passing between two objects in one turn changes no target, yet its owner.
+        self.ref_changes: dict[str, set[str] | None] = {}
         self.draining_keys: frozenset[RealServerKey] = frozenset()
         self.held_before = False
         self.fed: set[str] = set()  # the objects the last feed changed (withdrawals' stand-ins included)
@@ -306,6 +314,7 @@ class NodeLoop:
             targets = set().union(*self.targets_by_ref.values())
             self.targets = targets | self.targets if self.keep_probing_held and feed.held else targets
             self.target_changes = {follower: None for follower in self.target_changes}
+            self.ref_changes = {follower: None for follower in self.ref_changes}
             self.draining_keys = frozenset(draining)
             return
         refs = set(outcome.touched) | self.fed
@@ -318,12 +327,19 @@ class NodeLoop:
         # sides, which a per-ref difference would add for one and then remove for the other.
         before: set[Target] = set()
         after: set[Target] = set()
+        changed: set[str] = set()
         for ref in refs:
             new = targets_of(ref, self.checked.get(ref), self.reconciler)
-            before |= self.targets_by_ref.pop(ref, frozenset())
+            old = self.targets_by_ref.pop(ref, frozenset())
+            before |= old
             if new:
                 self.targets_by_ref[ref] = new
                 after |= new
+            if new != old:
+                changed.add(ref)
+        for refs_changed in self.ref_changes.values():
+            if refs_changed is not None:
+                refs_changed |= changed
         added, removed = after - before, before - after
         if not added and not removed:
             return
@@ -341,6 +357,13 @@ class NodeLoop:
         (its first look, or the targets were rebuilt)."""
         changes = self.target_changes.get(follower)
         self.target_changes[follower] = (set(), set())
+        return changes
+
+    def take_ref_changes(self, follower: str) -> set[str] | None:
+        """The objects whose targets (`targets_by_ref`) changed since `follower` last took them; None:
+        all of them (its first look, or the targets were rebuilt)."""
+        changes = self.ref_changes.get(follower)
+        self.ref_changes[follower] = set()
         return changes
 
     def feed(self, feed: Feed) -> None:
@@ -526,11 +549,11 @@ class NodeLoop:
             self._follow_probes(driver)
 
     def _follow_probes(self, driver: Driver) -> None:
-        """The checker follows the driver's targets: by the turns' changes when they are the loop's
-        own (the host agent's), whole otherwise (the in-cluster agent splits them by role)."""
-        targets = driver.probe_targets()
-        changes = self.take_target_changes("checker") if targets is self.targets else None
+        """The checker follows the driver's targets: by what changed (the host agent: the turns' own
+        changes; the in-cluster agent: its roles', vsop.kube.checkers), whole when the driver says none."""
+        assert self.checker is not None
+        changes = driver.probe_changes()
         if changes is not None:
             self.checker.change(*changes)
         else:
-            self.checker.update(targets)
+            self.checker.update(driver.probe_targets())

@@ -225,6 +225,7 @@ class HealthChecker:
     def change(self, added: Iterable[Target], removed: Iterable[Target]) -> None:
         """Probe `added` too and `removed` no more: costs what changed, not every target."""
         gone: list[RealServerKey] = []
+        joined = False
         for target in removed:
             probe = Probe.of(target)
             members = self.members.get(probe)
@@ -241,12 +242,13 @@ class HealthChecker:
             if target in self.given:
                 continue
             self.given.add(target)
+            joined = True
             probe = Probe.of(target)
             self.members.setdefault(probe, {})[target] = None
             self.steady.discard(probe)  # the newcomer's first result is recorded
             if probe not in self.tasks:
                 self.tasks[probe] = asyncio.get_running_loop().create_task(self._run(probe), name=f"health {hostport(probe.address, probe.port)}")
-        if self.concurrency is None:
+        if self.concurrency is None and (joined or gone):  # sized over every probe: only when they changed
             self.limit.resize(slots_for(self.members))
         self.tracker.forget(gone)
 

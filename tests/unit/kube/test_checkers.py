@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from tests.conftest import make_vs
 from vsop.kube import checkers
 
@@ -51,3 +53,91 @@ def test_published_health_is_a_majority_of_the_checkers_that_reported() -> None:
 def test_no_published_health_without_a_check_or_static_backends() -> None:
     assert checkers.static_backends(make_vs("web", backends=[{"address": "10.0.0.1"}])) == []
     assert checkers.published_health(make_vs("web", backends=[{"address": "10.0.0.1"}], healthCheck={"type": "tcp"}), "default/web", [], {}) == []
+
+
+def test_roles_kept_per_object_equal_the_ones_from_scratch_after_every_turn() -> None:
+    """RoleKeeper, fed as the in-cluster agent feeds it (the loop's per-object target changes, the
+    objects whose published health was just taken, everything on a full turn), equals
+    `checkers.roles` over every target before and after each turn, and a checker following its
+    changes probes the same targets; a health flip's turn changes nothing. Run with the objects
+    handed over in both orders: a real server passing from a deleted object to its twin in one
+    turn is one target on both sides, whose role its new owner's published health decides."""
+    for descending in (False, True):
+        _drive_roles(descending)
+
+
+def _drive_roles(descending: bool) -> None:
+    from vsop.adapters.kernel import fake_kernel
+    from vsop.core.desired import Node
+    from vsop.core.health import HealthTracker, Thresholds
+    from vsop.core.state import RealServerKey, ServiceKey
+    from vsop.node.loop import Feed, NodeLoop
+    from vsop.node.reconciler import Reconciler
+
+    first = RealServerKey(ServiceKey("tcp", "169.254.11.2", 80), "192.168.2.111", 8080)
+    kernel, _ = fake_kernel()
+    loop = NodeLoop(Reconciler(kernel, Node("me")), HealthTracker())
+    keeper = checkers.RoleKeeper("me")
+    published: dict[str, dict[str, checkers.Published]] = {}
+    checker: set[Any] = set()
+
+    def follow(refs: set[str] | None, taken: set[str], everything: bool) -> checkers.Roles:
+        if refs is not None:
+            refs |= taken
+        given = None if everything or refs is None else sorted(refs, reverse=descending)
+        roles = keeper.follow(given, loop.targets_by_ref, published)
+        scratch = checkers.roles("me", loop.targets, loop.reconciler.configured, published)
+        assert (roles.targets, roles.checking, roles.published_down) == (scratch.targets, scratch.checking, scratch.published_down)
+        changes = keeper.take_changes()
+        if changes is None:
+            checker.clear()
+            checker.update(roles.targets)
+        else:
+            added, removed = changes
+            assert not added & removed
+            checker.difference_update(removed)
+            checker.update(added)
+        assert checker == roles.targets
+        return roles
+
+    def pub(*items: tuple[str, tuple[str, ...], bool]) -> dict[str, checkers.Published]:
+        return {backend: checkers.Published(names, healthy) for backend, names, healthy in items}
+
+    tcp = {"type": "tcp", "failureThreshold": 1}
+    web = make_vs(healthCheck=tcp)
+    api = make_vs("api", vip="169.254.11.3", healthCheck=tcp)
+    a, b = "192.168.2.111:8080", "192.168.2.222:8080"
+    # (full, feed, published health taken with it)
+    steps: list[tuple[bool, dict[str, Any], dict[str, dict[str, checkers.Published] | None]]] = [
+        (True, {"default/web": web}, {}),
+        (False, {"default/api": api}, {"default/api": pub((a, ("x", "y"), False), (b, ("me", "x"), True))}),
+        (False, {}, {"default/web": pub((a, ("me",), True), (b, ("x",), False))}),  # published only
+        (False, {}, {}),  # a health flip
+        (False, {"default/web": make_vs(healthCheck=tcp, backends=[{"address": "192.168.2.111"}])}, {}),
+        (False, {"default/api": make_vs("api", vip="169.254.11.3")}, {"default/api": None}),  # check removed
+        (False, {}, {"default/web": pub((a, ("x",), False))}),
+        (True, {}, {"default/web": pub((a, ("x",), True))}),
+        (False, {"default/web": None}, {"default/web": None}),
+        (False, {"default/web": web, "default/api": api}, {"default/web": pub((a, ("me",), True))}),
+        # The same VIP:port claimed twice: the twin waits, then takes the VIP:port in the turn that
+        # deletes web: FIRST's target is the same on both sides, its role is now the twin's.
+        (False, {"default/twin": make_vs("twin", healthCheck=tcp)}, {"default/twin": pub((a, ("x",), False), (b, ("me",), True))}),
+        (False, {"default/web": None}, {"default/web": None}),
+    ]
+    for number, (full, changed, health) in enumerate(steps):
+        for ref, value in health.items():
+            if value is None:
+                published.pop(ref, None)
+            else:
+                published[ref] = value
+        if number == 3:
+            loop.tracker.record(first, False, Thresholds(1, 1), "refused")
+        taken = set(changed) | set(health)
+        down = follow(loop.take_ref_changes("roles"), taken, full).published_down
+        turn = loop.turn(full, lambda others: Feed(changed=changed, out_of_service=down))
+        assert turn.ok
+        roles = follow(loop.take_ref_changes("roles"), set(), False)
+        if number == 3:
+            assert keeper.take_changes() == (set(), set())
+    assert first not in roles.checking and roles.published_down == frozenset({first})
+    assert {t.key for t in roles.targets if t.check.interval_seconds > make_vs(healthCheck=tcp).spec.health_check.interval_seconds} == {first}

@@ -102,6 +102,7 @@ def test_the_targets_change_per_turn_as_from_scratch_and_followers_get_what_chan
     the status file) rebuilds the same set from them; a health flip's turn changes none."""
     loop, fake = node_loop()
     follower: set[Any] = set()
+    per_ref: dict[str, Any] = {}
 
     def follow() -> None:
         changes = loop.take_target_changes("test")
@@ -114,6 +115,13 @@ def test_the_targets_change_per_turn_as_from_scratch_and_followers_get_what_chan
             follower.difference_update(removed)
             follower.update(added)
         assert loop.targets == health_targets(loop.checked, loop.reconciler) == follower
+        refs = loop.take_ref_changes("test")  # what is kept per object (the in-cluster agent's roles) follows these
+        if refs is None:
+            per_ref.clear()
+            per_ref.update(loop.targets_by_ref)
+        for ref in refs or ():
+            per_ref[ref] = loop.targets_by_ref.get(ref, frozenset())
+        assert {ref: t for ref, t in per_ref.items() if t} == {ref: t for ref, t in loop.targets_by_ref.items() if t}
 
     tcp = {"type": "tcp", "failureThreshold": 1}
     web = make_vs(healthCheck=tcp)
@@ -146,6 +154,7 @@ def test_the_targets_change_per_turn_as_from_scratch_and_followers_get_what_chan
         assert turn.ok
         if number == 3:
             assert loop.take_target_changes("test") == (set(), set()) and fake.state.real_servers[FIRST].weight == 0
+            assert loop.take_ref_changes("test") == set()
             continue
         follow()
     assert {t.key.service.vip for t in loop.targets} == {"169.254.11.2", "169.254.11.3", "169.254.11.4"}
@@ -322,6 +331,9 @@ class Driver:
 
     def probe_targets(self) -> set[Any]:
         return set()
+
+    def probe_changes(self) -> None:
+        return None
 
     def flush_due(self) -> float | None:
         return self.due
