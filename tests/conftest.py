@@ -30,6 +30,19 @@ def make_vs(name: str = "web", namespace: str = "default", created: str | None =
     return parse_virtual_service(doc)
 
 
+def follow_changes(follower: set[Any], changes: tuple[set[Any], set[Any]] | None, whole: set[Any]) -> set[Any]:
+    """A follower of (added, removed) changes (the checker, the status file): `whole` when None."""
+    if changes is None:
+        follower.clear()
+        follower.update(whole)
+    else:
+        added, removed = changes
+        assert not added & removed
+        follower.difference_update(removed)
+        follower.update(added)
+    return follower
+
+
 @pytest.fixture
 def seed_doc() -> dict[str, Any]:
     return copy.deepcopy(SEED)

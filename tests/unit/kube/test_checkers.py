@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import make_vs
+from tests.conftest import follow_changes, make_vs
 from vsop.kube import checkers
 
 NODES = [f"node-{i:02d}" for i in range(20)]
@@ -88,16 +88,7 @@ def _drive_roles(descending: bool) -> None:
         roles = keeper.follow(given, loop.targets_by_ref, published)
         scratch = checkers.roles("me", loop.targets, loop.reconciler.configured, published)
         assert (roles.targets, roles.checking, roles.published_down) == (scratch.targets, scratch.checking, scratch.published_down)
-        changes = keeper.take_changes()
-        if changes is None:
-            checker.clear()
-            checker.update(roles.targets)
-        else:
-            added, removed = changes
-            assert not added & removed
-            checker.difference_update(removed)
-            checker.update(added)
-        assert checker == roles.targets
+        assert follow_changes(checker, keeper.take_changes(), roles.targets) == roles.targets
         return roles
 
     def pub(*items: tuple[str, tuple[str, ...], bool]) -> dict[str, checkers.Published]:

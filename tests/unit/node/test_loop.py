@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import make_vs
+from tests.conftest import follow_changes, make_vs
 from vsop.core.desired import Node
 from vsop.core.health import HealthTracker, Thresholds
 from vsop.core.held import Held
@@ -105,15 +105,7 @@ def test_the_targets_change_per_turn_as_from_scratch_and_followers_get_what_chan
     per_ref: dict[str, Any] = {}
 
     def follow() -> None:
-        changes = loop.take_target_changes("test")
-        if changes is None:
-            follower.clear()
-            follower.update(loop.targets)
-        else:
-            added, removed = changes
-            assert not added & removed
-            follower.difference_update(removed)
-            follower.update(added)
+        follow_changes(follower, loop.take_target_changes("test"), loop.targets)
         assert loop.targets == health_targets(loop.checked, loop.reconciler) == follower
         refs = loop.take_ref_changes("test")  # what is kept per object (the in-cluster agent's roles) follows these
         if refs is None:
