@@ -44,7 +44,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "operator"))
 
 from vsop.adapters.kernel import fake_kernel  # noqa: E402
-from vsop.api.model import VirtualService, parse_virtual_service  # noqa: E402
+from vsop.api.model import HealthCheck, VirtualService  # noqa: E402
 from vsop.core.desired import Node  # noqa: E402
 from vsop.core.health import HealthTracker, Thresholds  # noqa: E402
 from vsop.core.state import RealServerKey, ServiceKey  # noqa: E402
@@ -52,24 +52,20 @@ from vsop.kube import checkers  # noqa: E402
 from vsop.node.loop import Feed, NodeLoop  # noqa: E402
 from vsop.node.probes import HealthChecker  # noqa: E402
 from vsop.node.reconciler import Reconciler  # noqa: E402
+from reconciler_bench import service as unchecked  # noqa: E402
 
 ME = "node-00"
 NODES = [f"node-{i:02d}" for i in range(20)]
-BACKENDS = ("10.250.0.2", "10.250.0.3")
+BACKENDS = ("10.250.0.2", "10.250.0.3")  # reconciler_bench's
 
 
-def vip(index: int) -> str:
-    return f"169.254.{index // 250 + 1}.{index % 250 + 1}"
+CHECK = HealthCheck.model_validate({"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 1})
 
 
 def service(index: int) -> VirtualService:
-    return parse_virtual_service({
-        "apiVersion": "vsop.dev/v1alpha1", "kind": "VirtualService",
-        "metadata": {"name": f"s{index}", "namespace": "bench", "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {"vip": vip(index), "ports": [{"port": 80, "targetPort": 8080}],
-                 "backends": [{"address": address} for address in BACKENDS],
-                 "healthCheck": {"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 1}},
-    })
+    """bench/reconciler_bench.py's object (two backends on port 8080), health-checked."""
+    vs = unchecked(index)
+    return vs.model_copy(update={"spec": vs.spec.model_copy(update={"health_check": CHECK})})
 
 
 def publish(vs: VirtualService, down: set[str] = frozenset()) -> dict[str, checkers.Published]:  # type: ignore[assignment]
