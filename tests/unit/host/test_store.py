@@ -549,7 +549,16 @@ def be1_connected(monkeypatch: pytest.MonkeyPatch, count: int) -> list[bool]:
             servers[BE1] = replace(servers[BE1], active_connections=count)
         return services, servers
 
+    fake_read_real_servers = FakeIPVS.read_real_servers
+
+    def read_real_servers(self, services):  # type: ignore[no-untyped-def]
+        servers = fake_read_real_servers(self, services)
+        if connected and BE1 in servers:
+            servers[BE1] = replace(servers[BE1], active_connections=count)
+        return servers
+
     monkeypatch.setattr(FakeIPVS, "read", read)
+    monkeypatch.setattr(FakeIPVS, "read_real_servers", read_real_servers)
     return connected
 
 
@@ -581,6 +590,31 @@ def test_delete_drains_with_the_writer_lock_free_then_deletes_under_it(node, tmp
     assert WEB not in node.state.services and not (tmp_path / "store" / "default_web.yaml").exists()
     assert RealServerKey(API, "192.168.2.50", 8080) in node.state.real_servers  # the apply made during the drain stays
     assert json.loads(out)["deleted"] == ["default/web"]
+
+
+def test_the_drain_looks_at_the_deleted_services_real_servers_not_the_whole_node(node, tmp_path: Path, capsys, monkeypatch) -> None:
+    """A drain may last an hour and looks twice a second: each look reads the real servers of the
+    deleted object's services only (a whole read is seconds of work at 10k services)."""
+    a = write(tmp_path, "a.yaml", doc("web", drain={"timeoutSeconds": 3600}))
+    b = write(tmp_path, "b.yaml", doc("api", vip="169.254.11.3"))
+    assert run(capsys, "apply", "-f", str(a), "-f", str(b), "--node-name", "n")[0] == 0
+    connected = be1_connected(monkeypatch, 1)
+    whole, looked = [], []
+    partial_read, whole_read = FakeIPVS.read_real_servers, FakeIPVS.read
+    monkeypatch.setattr(FakeIPVS, "read", lambda self: whole.append(1) or whole_read(self))
+    monkeypatch.setattr(FakeIPVS, "read_real_servers", lambda self, services: looked.append(sorted(services)) or partial_read(self, services))
+    sleeps: list[int] = []
+
+    def meanwhile(seconds: float) -> None:
+        sleeps.append(len(whole))
+        if len(sleeps) == 3:
+            connected.clear()
+
+    monkeypatch.setattr(store_cli.time, "sleep", meanwhile)
+    assert run(capsys, "delete", "web", "--node-name", "n")[0] == 0
+    assert len(sleeps) == 3 and len(set(sleeps)) == 1  # no whole read between the looks
+    assert looked == [[WEB]] * 4
+    assert WEB not in node.state.services and API in node.state.services
 
 
 def test_delete_of_an_announced_object_withdraws_its_route_before_the_drain_and_the_services_after(node, tmp_path: Path, capsys, monkeypatch) -> None:
