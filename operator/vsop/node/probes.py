@@ -210,6 +210,7 @@ class HealthChecker:
         self.tasks: dict[Probe, asyncio.Task[None]] = {}
         self.members: dict[Probe, dict[Target, None]] = {}  # the targets each probe's result is recorded for
         self.given: set[Target] = set()  # every member (what update and change were given)
+        self.checks: dict[RealServerKey, int] = {}  # real server -> its targets among `given`
         # Probes whose last result passed with every member in service: another pass changes no
         # verdict, so it is not recorded member by member (a backend shared by 10,000 services
         # would cost 10,000 records per interval on the event loop, for nothing visible).
@@ -232,6 +233,7 @@ class HealthChecker:
             if members is None or members.pop(target, False) is False:
                 continue
             self.given.discard(target)
+            self._count(target.key, -1)
             gone.append(target.key)
             if not members:
                 del self.members[probe]
@@ -242,6 +244,7 @@ class HealthChecker:
             if target in self.given:
                 continue
             self.given.add(target)
+            self._count(target.key, 1)
             joined = True
             probe = Probe.of(target)
             self.members.setdefault(probe, {})[target] = None
@@ -250,7 +253,18 @@ class HealthChecker:
                 self.tasks[probe] = asyncio.get_running_loop().create_task(self._run(probe), name=f"health {hostport(probe.address, probe.port)}")
         if self.concurrency is None and (joined or gone):  # sized over every probe: only when they changed
             self.limit.resize(slots_for(self.members))
-        self.tracker.forget(gone)
+        # A real server still checked under another target keeps its verdict: its check changed
+        # (the in-cluster agent's slowed probe when this node stops or starts being a designated
+        # checker, vsop.kube.checkers), and forgetting would put a dead one back in service until
+        # the new check fails failureThreshold times.
+        self.tracker.forget(key for key in gone if key not in self.checks)
+
+    def _count(self, key: RealServerKey, by: int) -> None:
+        count = self.checks.get(key, 0) + by
+        if count:
+            self.checks[key] = count
+        else:
+            del self.checks[key]
 
     def lag(self) -> float:
         """The latest start, against its schedule, among the last run of each probe (seconds)."""
@@ -326,5 +340,6 @@ class HealthChecker:
             _, pending = await asyncio.wait(pending, timeout=0.5)
         self.members.clear()
         self.given.clear()
+        self.checks.clear()
         self.steady.clear()
         self.lags.clear()

@@ -410,3 +410,31 @@ def test_change_follows_what_update_follows() -> None:
 
     left, right, probes = asyncio.run(scenario())
     assert left == right and probes == 2
+
+
+def test_a_real_server_whose_check_changes_keeps_its_verdict() -> None:
+    """The same real server under another check (the in-cluster agent's slowed probe when this node
+    stops or starts being a designated checker, vsop.kube.checkers) keeps its verdict, by `change`
+    and by `update`: forgotten, a dead one came back in service until the new check failed
+    failureThreshold times. One no longer checked at all is forgotten."""
+    from vsop.core.health import Thresholds
+
+    key = RealServerKey(SERVICE, "10.0.0.1", 80)
+    fast, slow = Target(key, check(interval=1)), Target(key, check(interval=10))
+
+    async def scenario() -> list[bool | None]:
+        tracker = HealthTracker()
+        checker = HealthChecker(tracker, lambda: None, jitter=lambda: 0.99)
+        seen: list[bool | None] = []
+        checker.update({fast})
+        tracker.record(key, False, Thresholds(1, 1), "refused")
+        checker.change([slow], [fast])
+        seen.append(tracker.states[key].healthy if key in tracker.states else None)
+        checker.update({fast})
+        seen.append(tracker.states[key].healthy if key in tracker.states else None)
+        checker.change([], [fast])
+        seen.append(tracker.states[key].healthy if key in tracker.states else None)
+        await checker.stop()
+        return seen
+
+    assert asyncio.run(scenario()) == [False, False, None]
