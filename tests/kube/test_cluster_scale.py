@@ -93,6 +93,8 @@ async def test_a_node_joining_writes_no_virtualservice(cluster: Cluster) -> None
             for node in ("node-a", "node-b"):
                 await report(cluster, name, node)
         await until(lambda: all(condition(cluster, name, "Programmed") == ("True", "Programmed") for name in names), "programmed on both")
+        # zone-c (no node selected yet) gets its first status in its own write, maybe after the others'.
+        await until(lambda: "Programmed" in conditions(cluster, "zone-c"), "zone-c's first status")
         marker = conditions(cluster, "zone-c")["Programmed"]["message"]
         patches = len(writer.patches)
         await cluster.node("node-c", labels={"zone": "c"})  # the node joins; its agent has not reported yet
