@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-plan test test-random deps venv unit netns vm kube image image-tier lint crd bench bench-cluster clean
+.PHONY: demo demo-plan test test-random deps venv unit netns vm kube image image-tier lint crd bench bench-cluster bench-keepalived clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found; install python3 (>= 3.11)"; exit 1; }
@@ -32,6 +32,13 @@ demo-plan: venv
 
 bench: deps venv
 	vm/run --timeout 3000 --mem 4096 -- $(BIN)/python bench/sync_bench.py
+
+# vsop's host agent beside keepalived on the same services, in the VM (KEEPALIVED_SIZES="100 1000 10000"
+# with KEEPALIVED_TIMEOUT=5400 or so for the 10k column).
+KEEPALIVED_SIZES ?= 100 1000
+KEEPALIVED_TIMEOUT ?= 1500
+bench-keepalived: deps venv
+	vm/run --timeout $(KEEPALIVED_TIMEOUT) --mem 4096 -- $(BIN)/python bench/keepalived_side_by_side.py --sizes $(KEEPALIVED_SIZES)
 
 # What one change costs the API server with 10 and 100 simulated node agents (counts, not timings;
 # CLUSTER_NODES="10 100 1000" for 1,000, not yet measured to the end on the shared machine):
