@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator
 import pytest
 import yaml
 
-from tests.kube.conftest import Cluster, RecordingWriter, resync, run_controller, running, until
+from tests.kube.conftest import VS, Cluster, RecordingWriter, resync, run_controller, running, until
 from tests.kube.test_bgp import SPEAKER, WEB as BGP_WEB, FakeBird
 from tests.kube.test_keepalived import FakeCheck, FakeSignaller
 from tests.unit.bgp.test_sessions import ANSWER
@@ -103,6 +103,26 @@ async def test_the_vrrp_master_is_in_its_report_and_in_status_and_a_failover_mov
         tell(writers["node-b"], "MASTER")
         await until(lambda: announced_by(cluster) == "node-b", "status.announcedBy follows the failover")
         assert entry(cluster, "node-a")["announced"] == "fault"
+
+
+async def test_a_master_whose_keepalived_was_killed_reports_stop_and_gives_up_announced_by(cluster: Cluster, tmp_path: Path) -> None:
+    """keepalived SIGKILLed (or OOM-killed) writes nothing to the FIFO: the agent finds it gone by its pidfile at
+    its next turn, its report says stop, and status.announcedBy no longer names the node."""
+    await cluster.vs("web", VRRP_WEB)
+    async with vrrp_agents(cluster, tmp_path) as writers, run_controller(cluster):
+        for node in ADDRESSES:
+            await until(lambda: entry(cluster, node).get("announced") == "unknown", f"{node}: keepalived said nothing yet")
+        tell(writers["node-a"], "MASTER")
+        tell(writers["node-b"], "BACKUP")
+        await until(lambda: announced_by(cluster) == "node-a", "status.announcedBy: the master")
+        signaller = writers["node-a"].signaller
+        assert isinstance(signaller, FakeSignaller)
+        signaller.alive = False  # killed without a word
+        # The next turn (here: a change of the object; the periodic resync otherwise) finds it gone.
+        await cluster.patch(VS, "default", "web", {"spec": {"backends": [{"address": "192.168.2.112"}]}})
+        await until(lambda: entry(cluster, "node-a").get("announced") == "stop", "node-a's report: stop")
+        await until(lambda: announced_by(cluster) == "none", "nobody announces: node-b's keepalived has not taken over yet")
+        assert entry(cluster, "node-b").get("announced") == "backup"
 
 
 async def test_an_object_not_announced_has_no_announced_by(cluster: Cluster, tmp_path: Path) -> None:
