@@ -40,6 +40,7 @@ from vsop.core.desired import Node, Problem
 from vsop.core.health import HealthTracker
 from vsop.core.state import Names
 from vsop.host.folder import FolderSource
+from vsop.host.store import remove_stale_temporaries, store_path
 from vsop.host.status_file import StatusDocument
 from vsop.keepalived.writer import KeepalivedWriter
 from vsop.node import heap
@@ -125,6 +126,7 @@ class HostAgent:
                              retry=lambda failures: config.retry_seconds, settle=True, keep_probing_held=True,
                              remember=RememberFile(config.state_file) if config.state_file else None)
         self.refusals: dict[str, Problem] = {}  # ref -> why it may not claim its VIP here
+        self.temporaries_swept = False  # the host store's leftover staged files, removed at the first turn
         self.drift_repairs = 0  # operations that put back what changed behind vsop's back
         self.last_repairs: list[str] = []
         self.polled_at = float("-inf")  # when the folder was last polled (monotonic)
@@ -169,6 +171,9 @@ class HostAgent:
 
     def _take(self, others: bool) -> Feed:
         """Under the lock: what the last writer (`vsop apply`, `delete`) left in the folder, as changes."""
+        if not self.temporaries_swept:
+            self.temporaries_swept = True
+            self._sweep_temporaries()
         with self.guarded():
             # The folder is polled again under the lock when another writer may have changed it,
             # or when the poll task's last look is not fresh (a stat per file: skipped when it is).
@@ -187,6 +192,18 @@ class HostAgent:
             declared = self.source.services() if self.keepalived is not None else []
         rendered = KeepalivedInput(declared, stand_ins, complete) if self.keepalived is not None else None
         return Feed(changed=changed, order=order, held=held, keepalived=rendered, refusals=self._refused(changed))
+
+    def _sweep_temporaries(self) -> None:
+        """At start, under the writer lock: the files a store writer that died staged and never renamed
+        (`.NAME.PID.tmp`, its PID gone; vsop.host.store). Only in the host store: another folder's dot
+        files are not vsop's to remove. The folder source skips dot files anyway; this keeps the store tidy."""
+        try:
+            if Path(self.config.directory).resolve() != store_path().resolve():
+                return
+        except OSError:
+            return
+        for path in remove_stale_temporaries(Path(self.config.directory)):
+            log.info("removed a file a store writer staged and never renamed file=%s", path)
 
     def _refused(self, changed: Mapping[str, VirtualService | None]) -> dict[str, Problem]:
         """The objects refused their VIP (--allow-vip, --vip-policy), kept per change: judged as each object changes."""

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import threading
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -661,3 +662,23 @@ def test_the_agent_reads_tcp_be_liberal_once_and_leaves_the_invalid_rule_out_whe
     invalid = [rule for rule in rules if "--ctstate INVALID" in rule]
     assert invalid == ([] if liberal == "1" else ["-m set --match-set VSOP-VIP-PORTS dst,dst -m set ! --match-set VSOP-VIP-PORTS-NOMASQ dst,dst -m conntrack --ctstate INVALID -j DROP"])
     assert agent.sync_once().writes == 0
+
+
+def test_the_agent_removes_the_stores_leftover_staged_files_at_its_first_turn_and_no_other_folders(tmp_path: Path, monkeypatch) -> None:
+    """A store writer killed between staging and renaming leaves `.NAME.PID.tmp`; the agent, at its first
+    turn under the writer lock, removes those of dead writers from the host store, never from another folder."""
+    from tests.unit.host.test_store import _a_dead_pid
+
+    store, other = tmp_path / "store", tmp_path / "other"
+    store.mkdir(), other.mkdir()
+    dead = _a_dead_pid()
+    stale, foreign = store / f".default_web.yaml.{dead}.tmp", other / f".default_web.yaml.{dead}.tmp"
+    alive = store / f".default_api.yaml.{os.getppid()}.tmp"
+    for path in (stale, foreign, alive):
+        path.write_text("half a file")
+    monkeypatch.setenv("VSOP_STORE", str(store))
+    for folder in (store, other):
+        agent, _ = agent_for(folder)
+        settle(agent)
+        assert agent.sync_once() is not None
+    assert not stale.exists() and alive.exists() and foreign.exists()
