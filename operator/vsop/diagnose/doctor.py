@@ -541,7 +541,9 @@ def check_vrrp(facts: Facts, keys: list[ServiceKey]) -> Iterable[Finding]:
         if hold.leftovers:
             yield Finding(f"vrrp.owner {vip}", FAIL, found, fix=hold.fix())
         elif ok is False:  # master by keepalived's word, but on no interface
-            yield Finding(f"vrrp.owner {vip}", FAIL, found, fix=["journalctl -u vsop-keepalived", "systemctl restart vsop-keepalived"])
+            yield Finding(f"vrrp.owner {vip}", FAIL, found, fix=["journalctl -u vsop-keepalived", "systemctl restart vsop-keepalived"],
+                          setting="in a cluster, keepalived is the vsop-agent pod's keepalived container: "
+                                  "kubectl -n vsop-system logs POD -c keepalived, and delete the pod to restart it")
         else:
             yield Finding(f"vrrp.owner {vip}", PASS, found)
         arp_ignore = _sysctl(facts, "net.ipv4.conf.all.arp_ignore")

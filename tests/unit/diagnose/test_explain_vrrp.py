@@ -84,3 +84,9 @@ def test_a_vip_left_by_a_killed_keepalived_is_a_problem_with_its_fix() -> None:
     # keepalived dead, the address gone with the link's reset or an operator: another node's business.
     gone = steps(announced("stop", on_eth0=False, running=False))["arrival"]
     assert gone["ok"] is None and "this node is VRRP stop, keepalived is not running" in gone["found"]
+
+
+def test_a_master_holding_the_vip_on_no_interface_names_how_to_look_at_keepalived_on_a_host_and_in_a_cluster() -> None:
+    lost = owner(announced("master", on_eth0=False))
+    assert lost["status"] == "fail" and lost["fix"] == ["journalctl -u vsop-keepalived", "systemctl restart vsop-keepalived"]
+    assert "kubectl -n vsop-system logs POD -c keepalived" in lost["setting"]
