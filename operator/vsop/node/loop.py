@@ -519,6 +519,10 @@ class NodeLoop:
             if self.settle and self.trigger.pending:
                 await asyncio.sleep(self.debounce_seconds)  # gather a burst of changes into one turn
             self.full = self._resync_due(self.clock() >= next_full)
+            if self._reading is not None and not self.trigger.pending and not self.reconciler.replanning:
+                # The resync's read runs aside and no change waits: no turn until one comes or the read ends.
+                next_turn = self.clock() + self.resync_seconds
+                continue
             reasons = self.trigger.take()
             self.busy = True
             try:

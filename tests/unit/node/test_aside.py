@@ -249,3 +249,8 @@ async def test_when_the_resync_falls_due_its_read_runs_aside_and_the_turn_after_
         (True, {"resync read"}),  # the read ended: the resync, from it
     ]
     assert reconciler.handed == ["read 1"] and len(reconciler.begun) == 1
+    # Falling due with no change waiting, the read starts and no turn runs until it ends.
+    quiet = AsideStub()
+    driver, trigger, _ = await schedule(3, [(10.0, "change a")], reconciler=quiet, resync_seconds=30.0, debounce_seconds=0.0)
+    assert [(full, reasons) for full, reasons in driver.turns] == [(True, set()), (False, {"change a"}), (True, {"resync read"})]
+    assert quiet.handed == ["read 1"]
