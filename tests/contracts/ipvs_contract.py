@@ -221,3 +221,12 @@ class IPVSContract:
     def test_an_empty_run_writes_nothing(self, ipvs_adapter):
         assert ipvs_adapter.apply([]) == 0
         assert ipvs_adapter.read() == ({}, {})
+
+    def test_the_generation_stays_the_same_across_reads_and_writes(self, ipvs_adapter):
+        # It moves only when the tables are replaced wholesale (ip_vs reloaded: vm test_read_faults.py);
+        # a resync's read made aside is trusted only while it has not moved.
+        before = ipvs_adapter.generation()
+        ipvs_adapter.apply([ops.AddService(service(WEB)), ops.AddRealServer(real(WEB, "10.77.0.1"))])
+        ipvs_adapter.read()
+        ipvs_adapter.apply([ops.DeleteService(WEB)])
+        assert ipvs_adapter.generation() == before

@@ -41,6 +41,12 @@ class FakeKernel:
     refuse: Callable[[ops.Op], str | None] = lambda op: None
     writes: int = 0
     applied: list[ops.Op] = field(default_factory=list)
+    ipvs_generation: int = 0  # what FakeIPVS.generation() answers: reload_ipvs() moves it
+
+    def reload_ipvs(self) -> None:
+        """`rmmod ip_vs; modprobe ip_vs`: every IPVS service and real server gone, a new generation."""
+        self.state = replace(self.state, services={}, real_servers={})
+        self.ipvs_generation += 1
 
     def apply(self, operations: Sequence[ops.Op]) -> int:
         done = 0
@@ -108,6 +114,9 @@ class FakeIPVS(_View):
     def read_real_servers(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, RealServer]:
         wanted = frozenset(services)
         return {k: v for k, v in self.kernel.state.real_servers.items() if k.service in wanted}
+
+    def generation(self) -> int:
+        return self.kernel.ipvs_generation
 
 
 class FakeLinks(_View):

@@ -418,6 +418,14 @@ class IPVSKernel:
         log.warning("IPVS generic netlink family id changed, the ip_vs module was reloaded; using the new id old=%s new=%d", stale, fresh)
         return True
 
+    def generation(self) -> int:
+        """The IPVS generic netlink family id, looked up afresh (one request): the kernel gives the
+        family a new id each time ip_vs is loaded (ids are allocated cyclically), so a read made
+        before a reload and one made after it answer different values."""
+        if self._family is not None:
+            self.family_moved()
+        return self.family_id
+
     def _on_family(self, call: Callable[[int], T]) -> T:
         """`call(family id)`, once more with the id looked up again when the old one answers ENOENT."""
         try:

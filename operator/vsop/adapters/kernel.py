@@ -11,7 +11,7 @@ vsop.node.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from vsop.adapters.base import Adapter, IPSetAdapter, IPTablesAdapter, IPVSAdapter, LinkAdapter, RouteAdapter, SysctlAdapter
 from vsop.adapters.conntrack import ConntrackCleaner
@@ -63,6 +63,9 @@ class Kernel:
     sysctl_record: SysctlRecord | None = None
     # vsop's routing table (announce: bgp); None: no routes are read or written.
     routes: RouteAdapter | None = None
+    # Makes a Kernel of its own adapters (its own sockets) for reads in another thread, beside
+    # this one's writes (a resync's read made aside, vsop.node.aside); None: reads stay on this one.
+    reader: Callable[[], "Kernel"] | None = None
 
     def adapter_for(self, op: ops.Op) -> Adapter:
         for adapter in (self.ipvs, self.links, self.ipsets, self.iptables, self.sysctls, self.routes):
@@ -89,8 +92,9 @@ def read_observed(kernel: Kernel, names: Names) -> KernelState:
     )
 
 
-def fake_kernel(state: KernelState | None = None, names: Names = Names()) -> tuple[Kernel, "FakeKernel"]:
-    """A Kernel of in-memory fakes sharing one state, and that state's holder."""
+def fake_kernel(state: KernelState | None = None, names: Names = Names(), reader: bool = False) -> tuple[Kernel, "FakeKernel"]:
+    """A Kernel of in-memory fakes sharing one state, and that state's holder. `reader`: the Kernel
+    makes readers (more fake views of the same state), as the real one does."""
     from vsop.adapters.conntrack import FakeConntrack
     from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeIPVS, FakeKernel, FakeLinks, FakeRoutes, FakeSysctls
     from vsop.adapters.sysctl import MemoryRecord
@@ -99,7 +103,8 @@ def fake_kernel(state: KernelState | None = None, names: Names = Names()) -> tup
     # Like a kernel with IPVS loaded: every setting vsop reads exists, off by default.
     state = replace(state, sysctls={**{name: "0" for name in ALL_SYSCTLS}, **state.sysctls})
     fake = FakeKernel(state, names)
-    kernel = Kernel(
-        FakeIPVS(fake), FakeLinks(fake), FakeIPSets(fake), FakeIPTables(fake), FakeSysctls(fake), FakeConntrack(), MemoryRecord(), FakeRoutes(fake)
-    )
-    return kernel, fake
+    def views() -> Kernel:
+        return Kernel(FakeIPVS(fake), FakeLinks(fake), FakeIPSets(fake), FakeIPTables(fake), FakeSysctls(fake), FakeConntrack(),
+                      MemoryRecord(), FakeRoutes(fake), reader=views if reader else None)
+
+    return views(), fake

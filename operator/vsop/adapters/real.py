@@ -22,7 +22,8 @@ def real_kernel(proc_sys: str = "/proc/sys") -> Kernel:
     from vsop.adapters.sysctl import FileRecord, SysctlKernel
 
     return Kernel(
-        IPVSKernel(), LinkKernel(), IPSetKernel(), IPTablesKernel(), SysctlKernel(root=proc_sys), ConntrackTool(), FileRecord(), RouteKernel()
+        IPVSKernel(), LinkKernel(), IPSetKernel(), IPTablesKernel(), SysctlKernel(root=proc_sys), ConntrackTool(), FileRecord(), RouteKernel(),
+        reader=lambda: real_kernel(proc_sys),
     )
 
 

@@ -256,10 +256,11 @@ class HostAgent:
             "full": result.full,
         }
         if result.writes:
-            log.info("synced objects=%d writes=%d seconds=%.3f read=%.3f full=%s operations=%s", len(reconciler.objects), result.writes, result.seconds,
-                     result.read_seconds, result.full, result.plan.counts())
+            log.info("synced objects=%d writes=%d seconds=%.3f read=%.3f read_aside=%.3f full=%s operations=%s", len(reconciler.objects), result.writes,
+                     result.seconds, result.read_seconds, result.aside_seconds, result.full, result.plan.counts())
         else:
-            log.debug("synced, nothing to change objects=%d seconds=%.3f read=%.3f full=%s", len(reconciler.objects), result.seconds, result.read_seconds, result.full)
+            log.debug("synced, nothing to change objects=%d seconds=%.3f read=%.3f read_aside=%.3f full=%s", len(reconciler.objects), result.seconds,
+                      result.read_seconds, result.aside_seconds, result.full)
         if self.bird is not None and self.bird.due(result.full, changed, reconciler.objects):
             self.bird.update(reconciler.objects.values())
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -272,6 +273,8 @@ class NodeLoop:
         self.failed_turns = 0  # turns that raised (logged, counted, retried with backoff)
         self.last_failure: str | None = None  # what the last turn that raised said; None once one completes
         self._executor: ThreadPoolExecutor | None = None
+        # A resync's kernel read running aside (vsop.node.aside): its result when it ends.
+        self._reading: asyncio.Future[Any] | None = None
 
     # -- one turn (blocking: adapters talk to the kernel) --
 
@@ -283,6 +286,8 @@ class NodeLoop:
         turn = Turn(full=full, started=time.monotonic())
         try:
             with self.lock.hold() as others:
+                if others:  # what another writer wrote may be missing from a read made aside
+                    self.reconciler.spoil_aside("another writer held the lock")
                 turn.full = full or others
                 turn.feed = feed = take(others)
                 self.feed(feed)
@@ -513,7 +518,11 @@ class NodeLoop:
                     continue  # woken for the sink only
             if self.settle and self.trigger.pending:
                 await asyncio.sleep(self.debounce_seconds)  # gather a burst of changes into one turn
-            self.full = self.clock() >= next_full
+            self.full = self._resync_due(self.clock() >= next_full)
+            if self._reading is not None and not self.trigger.pending and not self.reconciler.replanning:
+                # The resync's read runs aside and no change waits: no turn until one comes or the read ends.
+                next_turn = self.clock() + self.resync_seconds
+                continue
             reasons = self.trigger.take()
             self.busy = True
             try:
@@ -536,7 +545,8 @@ class NodeLoop:
             # once, or a kernel that keeps refusing a write would be read and written in a tight loop.
             # A turn that raised backs off further, doubling up to the resync period.
             if ok:
-                next_turn = min(next_full, now + self.resync_seconds)
+                # While a resync's read runs aside, its end (not the period) wakes the resync.
+                next_turn = min(next_full if self._reading is None else math.inf, now + self.resync_seconds)
             else:
                 next_turn = now + (turn_backoff(self.retry(1), raised, self.resync_seconds) if raised else self.retry(failures))
             retry = self.reconciler.retry_in() if ok else None
@@ -548,6 +558,30 @@ class NodeLoop:
                 next_turn = now
             self._follow_probes(driver)
 
+    def _resync_due(self, due: bool) -> bool:
+        """Whether this turn is the resync. When one falls due and the reconciler can read aside, its read
+        starts in a thread of its own and this turn serves changes only; the turn after the read ended is
+        the resync, planned from that read (vsop.node.aside). A read that failed: the resync reads itself."""
+        reading = self._reading
+        if reading is not None:
+            if not reading.done():
+                return False
+            self._reading = None
+            try:
+                self.reconciler.hand_aside(reading.result())
+            except Exception as exc:  # noqa: BLE001 - the resync reads under the lock instead, and says why if that fails too
+                log.warning(kv("Resync read aside failed; reading under the lock", error=str(exc), errorType=type(exc).__name__))
+                self.reconciler.hand_aside(None)
+            return True
+        if not due:
+            return False
+        aside = self.reconciler.begin_aside()
+        if aside is None:
+            return True
+        self._reading = _in_thread(self.reconciler.read_aside, aside)
+        self._reading.add_done_callback(lambda _: self.trigger.wake("resync read"))
+        return False
+
     def _follow_probes(self, driver: Driver) -> None:
         """The checker follows the driver's targets: by what changed (the host agent: the turns' own
         changes; the in-cluster agent: its roles', vsop.kube.checkers), whole when the driver says none."""
@@ -557,3 +591,29 @@ class NodeLoop:
             self.checker.change(*changes)
         else:
             self.checker.update(driver.probe_targets())
+
+
+def _in_thread(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """`function(*args)` in a daemon thread of its own, as a future of the running loop. A daemon, so
+    that a stop never waits for a read still running (its result is dropped with the loop)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            result, error = function(*args), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, which decides
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=work, name="vsop-resync-read", daemon=True).start()
+    return future

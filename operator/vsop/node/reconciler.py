@@ -36,11 +36,12 @@ from vsop.core import ops
 from vsop.core.desired import Desired, Node
 from vsop.core.draining import Draining, with_draining
 from vsop.core.drift import Repair
-from vsop.core.fragments import assemble, grace_of, member_vip
+from vsop.core.fragments import assemble, grace_of, member_vip, vip_index
 from vsop.core.held import Held, held_owners
 from vsop.core.plan import Plan, PlanError
 from vsop.core.refused import keep_as_found, vip_family
 from vsop.core.state import KernelState, Names
+from vsop.node.aside import Aside, AsideRead, splice
 from vsop.node.cache import Cache
 from vsop.node.execute import ExecutionFailed, execute
 from vsop.node.objects import Objects, Verdicts
@@ -68,6 +69,7 @@ class Outcome:
     vips: int = 0  # VIPs planned (incremental)
     seconds: float = 0.0
     read_seconds: float = 0.0
+    aside_seconds: float = 0.0  # a resync's read made aside (off the lock, vsop.node.aside): its seconds, not on this path
     plan_seconds: float = 0.0
     execute_seconds: float = 0.0
     conntrack_failures: list[str] = field(default_factory=list)  # removed UDP real servers whose entries stay
@@ -220,6 +222,12 @@ class Reconciler(_Parts):
         self._shared_dirty = True
         self._force_full = False
         self.reads = 0  # full reads of the kernel
+        self.aside_reads = 0  # those made aside (vsop.node.aside) and taken by a resync
+        # A resync's read made off the lock while changes go on (vsop.node.aside): the one running,
+        # the reader's own adapters (made in its thread at its first read), the read handed over.
+        self._aside: Aside | None = None
+        self._reader: Kernel | None = None
+        self._aside_read: AsideRead | None = None
         self.last: Outcome | None = None
 
     def set_held(self, held: Held) -> None:
@@ -262,6 +270,47 @@ class Reconciler(_Parts):
             "kernelRefused": self.kernel_refusals.reasons(),
         }
 
+    # -- the resync's read made aside (vsop.node.aside) ---------------------------------------------------
+
+    def begin_aside(self) -> Aside | None:
+        """Between turns: a resync's read may now be made aside (`read_aside` in another thread);
+        None when it cannot be (no reader, nothing read yet, or the next reconcile reads whole anyway)."""
+        if self.kernel.reader is None or self.observed is None or self._force_full:
+            return None
+        self._aside = Aside()
+        return self._aside
+
+    def read_aside(self, aside: Aside) -> AsideRead:
+        """In a thread of its own, beside the turns: the kernel through the reader's own adapters
+        (their own netlink sockets: the turns' are not shared across threads), and its VIP index."""
+        started = time.monotonic()
+        if self._reader is None:
+            assert self.kernel.reader is not None
+            self._reader = self.kernel.reader()
+        generation = self._reader.ipvs.generation()
+        state = read_observed(self._reader, self.names)
+        return AsideRead(aside, state, vip_index(state, self.names), time.monotonic() - started, generation)
+
+    def hand_aside(self, read: AsideRead | None) -> None:
+        """The read the next resync takes instead of reading under the lock (when still usable)."""
+        self._aside_read = read
+
+    def spoil_aside(self, why: str) -> None:
+        if self._aside is not None:
+            self._aside.spoil(why)
+
+    def _take_aside(self) -> AsideRead | None:
+        read, self._aside_read = self._aside_read, None
+        aside, self._aside = self._aside, None
+        if read is None or read.aside is not aside or aside.unusable:
+            if read is not None:
+                log.info("resync: the read made aside is not used, reading again why=%r", aside.unusable if aside is read.aside else "superseded")
+            return None
+        if self.kernel.ipvs.generation() != read.generation:
+            log.info("resync: the read made aside is not used, reading again why=%r", "the IPVS tables were replaced during it (ip_vs reloaded)")
+            return None
+        return read
+
     # -- reconcile -----------------------------------------------------------------------------------
 
     def reconcile(self, *, full: bool = False) -> Outcome:
@@ -269,6 +318,7 @@ class Reconciler(_Parts):
         changed. `full`: a resync: read the kernel again and plan the VIPs where it differs from
         the cache (drift), at most `resync_chunk` of them now (see `replanning`)."""
         if self.observed is None or self._force_full:
+            self._aside_read = self._aside = None
             outcome = self._full()
         elif full:
             outcome = self._resync()
@@ -313,7 +363,15 @@ class Reconciler(_Parts):
         whole through vsop.node.whole.sync, as after a failure."""
         started = time.monotonic()
         outcome = Outcome(full=True)
-        fresh = self._read(outcome, started)
+        aside = self._take_aside()
+        if aside is not None:
+            # Read off the lock while changes went on: the VIPs they wrote meanwhile keep the cache's
+            # entries (which hold those writes); they are compared at the next resync.
+            fresh = splice(aside.state, aside.index, self.cache.state, self.cache.index(), aside.aside.written, self.names)
+            self.aside_reads += 1
+            outcome.aside_seconds = aside.seconds
+        else:
+            fresh = self._read(outcome, started)
         if fresh is None:
             return outcome
         old = self.observed
@@ -346,6 +404,7 @@ class Reconciler(_Parts):
     def _whole(self, outcome: Outcome, observed: KernelState, started: float) -> Outcome:
         """Plan every object against a full read through vsop.node.whole.sync (`vsop apply`'s path)."""
         read_done = time.monotonic()
+        self.spoil_aside("the whole node was planned")
         addresses = frozenset(observed.node_addresses) | self.extra_node_addresses
         # This is also the recovery path (after a failed write, a lost link or set): it trusts no
         # per-object state that a missed change may have left stale, and derives every object
@@ -540,6 +599,8 @@ class Reconciler(_Parts):
             if found:
                 outcome.repairs = [*outcome.repairs, *found]
         self.cache.written(cut, observed, outcome.applied)
+        if self._aside is not None:
+            self._aside.wrote(outcome.applied)
         return None
 
     def _recover(self, outcome: Outcome, started: float, exc: ExecutionFailed) -> Outcome:
@@ -547,6 +608,7 @@ class Reconciler(_Parts):
         from it (the cache may have been stale), the refused VIP left out when the whole plan is
         refused too. A refused VIP tried again and refused again is left out at once."""
         outcome.writes, outcome.applied = exc.writes, list(exc.applied_ops)
+        self.spoil_aside("a write was refused")
         vip = op_vip(exc.op)
         if vip in self.kernel_refusals.vips or (vip is None and self.kernel_refusals.families):  # a try again, refused again
             if self.kernel_refusals.refuse(exc.op, str(exc), self.kernel_refusals.kept(), self.kernel_refusals.kept_families(), self.declared.by_vip):
@@ -559,6 +621,7 @@ class Reconciler(_Parts):
 
     def _failed(self, outcome: Outcome, started: float, error: str, writes: int, applied: list[ops.Op]) -> Outcome:
         """A refused, partial or impossible write: forget what we think the kernel holds."""
+        self.spoil_aside("a write failed")
         self.cache.drop()
         self._shared_dirty = True
         outcome.error, outcome.writes, outcome.applied = error, writes, applied

@@ -301,6 +301,9 @@ class StubReconciler:
     def retry_in(self) -> float | None:
         return self.retry
 
+    def begin_aside(self) -> None:  # reads under the lock (vsop.node.aside: the tests below read aside)
+        return None
+
 
 class Driver:
     def __init__(self, stop: asyncio.Event, turns: int, results: list[bool] | None = None):

@@ -81,6 +81,25 @@ step = st.one_of(
 )
 
 
+def take_step(action: Any, reconciler: Reconciler, objects: dict[str, VirtualService], endpoints: dict[Any, Any],
+              out: set[RealServerKey]) -> dict[str, VirtualService | None]:
+    """One `step` applied to the source's objects, endpoints and health verdicts; the objects it changed."""
+    changed: dict[str, VirtualService | None] = {}
+    if action[0] == "put":
+        objects[action[1].ref] = changed[action[1].ref] = action[1]
+    elif action[0] == "delete":
+        ref = f"a/vs{action[1]}"
+        if objects.pop(ref, None) is not None:
+            changed[ref] = None
+    elif action[0] == "health":
+        configured = sorted(reconciler.configured)
+        if configured:
+            out ^= {configured[action[1] % len(configured)]}
+    else:
+        endpoints[("a", action[1])] = endpoints_of(action[2])
+    return changed
+
+
 def from_scratch(objects: list[VirtualService], endpoints: dict[Any, Any], out: frozenset[RealServerKey]) -> tuple[KernelState, set[str]]:
     """The kernel a full sync on a fresh node ends with, and the objects it programmed as declared."""
     kernel, fake = fake_kernel(foreign_state())
@@ -145,22 +164,10 @@ def test_incremental_path_ends_where_a_full_sync_from_scratch_ends(steps: list[A
         return list(objects.values())
 
     for number, action in enumerate(steps):
-        changed: dict[str, VirtualService | None] = {}
+        changed = take_step(action, reconciler, objects, endpoints, out)
         if action[0] == "put":
-            objects[action[1].ref] = action[1]
-            changed[action[1].ref] = action[1]
             # A position from the object's timestamp slot and name: ties happen on purpose.
             positions[action[1].ref] = (len(action[1].metadata.name) + number % 2,)
-        elif action[0] == "delete":
-            ref = f"a/vs{action[1]}"
-            if objects.pop(ref, None) is not None:
-                changed[ref] = None
-        elif action[0] == "health":
-            configured = sorted(reconciler.configured)
-            if configured:
-                out ^= {configured[action[1] % len(configured)]}
-        else:
-            endpoints[("a", action[1])] = endpoints_of(action[2])
         if positioned:
             reconciler.update_objects(changed, order={ref: positions[ref] for ref, vs in changed.items() if vs is not None})
         elif via[0] == "list" or via[0] == "mixed" and via[number] in ("list", "positions"):

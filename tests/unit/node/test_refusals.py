@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.core.test_property import V4_VIPS, V6_VIPS, comparable, foreign_state
-from tests.unit.node.test_reconciler import NODE, endpoints_of, from_scratch, same_kernel, step, web
+from tests.unit.node.test_reconciler import NODE, from_scratch, same_kernel, step, take_step, web
 from vsop.adapters.kernel import fake_kernel
 from vsop.core import ops
 from vsop.core.desired import Endpoint
@@ -61,16 +61,7 @@ def test_whatever_the_kernel_refuses_on_some_vips_the_others_end_as_from_scratch
     endpoints: dict[tuple[str, str], tuple[Endpoint, ...]] = {}
     out: set[RealServerKey] = set()
     for action in steps:
-        if action[0] == "put":
-            objects[action[1].ref] = action[1]
-        elif action[0] == "delete":
-            objects.pop(f"a/vs{action[1]}", None)
-        elif action[0] == "health":
-            configured = sorted(reconciler.configured)
-            if configured:
-                out ^= {configured[action[1] % len(configured)]}
-        else:
-            endpoints[("a", action[1])] = endpoints_of(action[2])
+        take_step(action, reconciler, objects, endpoints, out)
         reconciler.set_objects(list(objects.values()))
         reconciler.set_endpoints(endpoints)
         reconciler.set_out_of_service(frozenset(out))
