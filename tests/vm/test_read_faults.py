@@ -3,8 +3,8 @@ as the real console script, against the lab of tests/vm/lab.py.
 
 `rmmod ip_vs; modprobe ip_vs` gives the IPVS generic netlink family a new id: every request to the
 old one answers ENOENT, which the agent once kept reading as a missing scheduler, for good. It now
-looks the family up again, so a new object is programmed within two turns and the full resync puts
-back what the unload flushed. (A read that fails once, `iptables-save` or `ipset`, is proven with
+looks the family up again, so a new object is programmed within two turns and the next full resync
+puts back what the unload flushed. (A read that fails once, `iptables-save` or `ipset`, is proven with
 the real tools in tests/netns/test_read_fails_once.py.)
 """
 
@@ -64,6 +64,11 @@ def test_ip_vs_reloaded_under_a_running_agent_new_objects_are_programmed_within_
     reload_ip_vs()
     manifest(agent.directory, "api", vip=OTHER_VIP)
     agent.wait_resyncs(2, full=False)  # two turns after the new file
+    services = run("ipvsadm", "-Ln").stdout
+    assert f"{OTHER_VIP}:80" in services, services
+    # What the unload flushed comes back at the next resync: its read, made aside while turns go on,
+    # began after the reload, or it is refused (the IPVS generation moved) and the resync reads again.
+    agent.wait_resyncs(1, full=True)
     services = run("ipvsadm", "-Ln").stdout
     assert f"{OTHER_VIP}:80" in services and f"{VIP}:80" in services, services
     assert served(OTHER_VIP, client) and served(VIP, client)
