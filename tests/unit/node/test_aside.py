@@ -128,7 +128,8 @@ def test_a_vip_written_during_the_read_keeps_the_cache_entries_and_another_vips_
     assert reconciler.reconcile(full=True).writes == 0
 
 
-def test_a_read_spoiled_by_a_failure_or_another_writer_is_not_used() -> None:
+def web_synced_and_reading() -> tuple[Any, Any, Reconciler, Aside]:
+    """One object synced on a fake kernel that makes readers, and a read aside begun."""
     kernel, fake = fake_kernel(reader=True)
     reconciler = Reconciler(kernel, NODE)
     web = make_vs("web")
@@ -136,6 +137,11 @@ def test_a_read_spoiled_by_a_failure_or_another_writer_is_not_used() -> None:
     assert reconciler.reconcile().ok
     aside = reconciler.begin_aside()
     assert aside is not None
+    return kernel, fake, reconciler, aside
+
+
+def test_a_read_spoiled_by_a_failure_or_another_writer_is_not_used() -> None:
+    kernel, fake, reconciler, aside = web_synced_and_reading()
     read = reconciler.read_aside(aside)
     reconciler.spoil_aside("another writer held the lock")
     reads = reconciler.reads
@@ -154,13 +160,7 @@ def test_a_read_spoiled_by_a_failure_or_another_writer_is_not_used() -> None:
 def test_a_read_made_before_ip_vs_was_reloaded_is_not_used_and_the_resync_puts_back_what_the_reload_flushed(reloaded: str) -> None:
     # The read would show the services the reload flushed, and the resync would find no drift: the
     # lost services would come back a whole resync period later (the vm tier's test_read_faults.py).
-    kernel, fake = fake_kernel(reader=True)
-    reconciler = Reconciler(kernel, NODE)
-    web = make_vs("web")
-    reconciler.update_objects({web.ref: web})
-    assert reconciler.reconcile().ok
-    aside = reconciler.begin_aside()
-    assert aside is not None
+    kernel, fake, reconciler, aside = web_synced_and_reading()
     if reloaded == "during the read":
         class Reloading:  # the reader's IPVS view: the module goes away once the services were read
             def __init__(self, real: Any) -> None:
