@@ -48,6 +48,7 @@ import argparse
 import asyncio
 import collections
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import resource
@@ -537,10 +538,18 @@ class SimClock:
 CLOCK = SimClock()
 
 
+def any_vip(options: type) -> dict[str, Any]:
+    """`vip_policy="any"` where the design has VIP policies (dc8d954 on): the simulation makes no
+    VipPool, and under the in-cluster default ("pools") every object would be refused on every
+    node, programmed nowhere and reported by nobody (its counts would be nothing but the
+    controller's). The design before (e7216d4) admits every VIP, as "any" does."""
+    return {"vip_policy": "any"} if "vip_policy" in {f.name for f in dataclasses.fields(options)} else {}
+
+
 def _agent(connection: Connection, name: str, resync: float) -> Agent:
     kernel, _ = fake_kernel()
     writer = ApiWriter(connection, "vsop-agent", host=name)
-    agent = Agent(AgentOptions(node_name=name, resync_seconds=resync, debounce_seconds=0.05), kernel, writer,
+    agent = Agent(AgentOptions(node_name=name, resync_seconds=resync, debounce_seconds=0.05, **any_vip(AgentOptions)), kernel, writer,
                   apiserver=ApiServerAddresses.for_connection(connection))
     agent.loop.clock, agent.loop.resync_seconds = CLOCK, SimClock.PERIOD
     return agent
@@ -570,7 +579,7 @@ async def _simulate(cluster: Cluster, prober: FakeProber, nodes: int, objects: i
         await cluster.vs(f"s{index:03d}", spec(index, index < checked))
     connection = Connection.for_url(cluster.url)
     farm = Farm(cluster)
-    controller = Controller(ControllerOptions(resync_seconds=resync, debounce_seconds=0.05), ApiWriter(connection, "vsop-controller", host="controller-0"))
+    controller = Controller(ControllerOptions(resync_seconds=resync, debounce_seconds=0.05, **any_vip(ControllerOptions)), ApiWriter(connection, "vsop-controller", host="controller-0"))
     components = [Component("controller", controller)]
     agents = [Component(_node_name(i), _agent(connection, _node_name(i), resync)) for i in range(nodes)]
     await farm.open(sorted(set().union(*(c.resources for c in components + agents[:1]))))
