@@ -54,7 +54,7 @@ bench-cluster: venv
 	git archive $(CLUSTER_BEFORE) | tar -x -C .cache/cluster-before
 	cp bench/cluster_sim.py .cache/cluster-before/bench/
 	cd .cache/cluster-before && $(CURDIR)/$(BIN)/python bench/cluster_sim.py --nodes $(CLUSTER_BEFORE_NODES) --label before --json $(CURDIR)/.cache/cluster-before.json >/dev/null
-	$(BIN)/python bench/cluster_sim.py --nodes $(CLUSTER_NODES) --label after --compare .cache/cluster-before.json
+	$(BIN)/python bench/cluster_sim.py --nodes $(CLUSTER_NODES) --label after --compare .cache/cluster-before.json --json .cache/cluster-after.json
 
 test: deps venv
 	bash tests/run-tiers.sh
