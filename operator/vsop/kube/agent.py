@@ -309,7 +309,9 @@ class Agent:
             self.trigger.wake("published backend health changed")
         self._follow_checker()
         outcome, keepalived = turn.report
-        if outcome.error is None:
+        if outcome.error is None and self.reconciler.cold:  # ready once the first sync's last part is written
+            self.probes.ready_reason = f"first sync in parts: {len(self.reconciler.resyncing.cold)} VIPs left to program"
+        elif outcome.error is None:
             self.probes.ready = True
             self.probes.ready_reason = "ok"
         report = SyncReport(outcome=outcome, keepalived=keepalived)

@@ -437,6 +437,8 @@ class Verdicts:
         self.programmed: set[str] = set()
         # VIP -> why the kernel refused a write of it (vsop.node.refusals); None: it did not.
         self.kernel_refused: Callable[[str], str | None] = lambda vip: None
+        # VIPs the first sync has yet to plan (vsop.node.resync.Resync.cold): their objects are not programmed yet.
+        self.waiting: AbstractSet[str] = frozenset()
 
     def is_programmed(self, ref: str) -> bool:
         piece = self._objects.fragments.get(ref)
@@ -446,6 +448,7 @@ class Verdicts:
             and ref not in self.held_problems
             and not any(p.obj == ref for p in self.plan_problems.get(piece.vip, ()))  # VIPInUse, RouterAdvertisements
             and self.kernel_refused(piece.vip) is None
+            and piece.vip not in self.waiting
         )
 
     def judge(self, refs: Iterable[str]) -> None:

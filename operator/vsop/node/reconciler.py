@@ -11,9 +11,11 @@ made by hand) like a change, `resync_chunk` VIPs per reconcile, so changes are s
 between its parts (`replanning` says more are due); it plans nothing else when nothing
 differs. Each resync also audits a rotating slice of VIPs (`audit_chunk`): their objects
 re-derived from scratch and planned against the fresh read (vsop.node.resync). The first
-reconcile, one after any failed or partial write (which drops the cache), and a resync
-that finds vsop's link or a set's header changed plan the whole node through
-vsop.node.whole.sync, the same path `vsop apply` takes. A write the kernel refuses takes out
+reconcile reads the kernel, derives every object and plans the VIPs in parts the same way,
+`cold_chunk` per reconcile, what every VIP shares and what vsop left on VIPs nobody wants
+with the first part (`_cold_start`). A reconcile after any failed or partial write (which
+drops the cache), and a resync that finds vsop's link or a set's header changed plan the
+whole node through vsop.node.whole.sync, the same path `vsop apply` takes. A write the kernel refuses takes out
 only the VIP it was about (or IPv6, for an IPv6 setting): the kernel is read again and the
 rest of the node planned and written without it in the same reconcile; that VIP is kept as
 the kernel has it, its objects `KernelError` with the kernel's words, and tried again with
@@ -118,6 +120,7 @@ class _Turn:
     vips: set[str]  # every VIP to plan: changed, audited, drifted, draining
     audit: set[str] = field(default_factory=set)  # VIPs the audit re-derived from scratch
     repairing: set[str] = field(default_factory=set)  # drifted VIPs planned now
+    cold: set[str] = field(default_factory=set)  # VIPs the first sync planned now (nothing expected of them: no drift, no audit finding)
     stale: set[str] = field(default_factory=set)  # audited objects whose fragment differed from a derivation from scratch
     verdicts: dict[str, Any] = field(default_factory=dict)  # audited objects' verdicts before: reported only if they change
 
@@ -199,6 +202,7 @@ class Reconciler(_Parts):
         keep_accept_ra: bool = False,
         resync_chunk: int = 256,
         audit_chunk: int | None = None,
+        cold_chunk: int = 256,
     ):
         self.kernel = kernel
         self.names = names
@@ -209,7 +213,8 @@ class Reconciler(_Parts):
         self.declared = Objects(node, names, kernel_version, extra_node_addresses, liberal)
         self.verdicts = Verdicts(self.declared)
         self.cache = Cache(names)
-        self.resyncing = Resync(resync_chunk, audit_chunk)
+        self.resyncing = Resync(resync_chunk, audit_chunk, cold_chunk)
+        self.verdicts.waiting = self.resyncing.cold  # an object on a VIP the first sync has yet to plan is not programmed
         self.draining = Draining()
         # VIPs (and address families) whose writes the kernel refused: kept as the kernel has them,
         # their objects KernelError, tried again with backoff, while the rest of the node converges.
@@ -221,6 +226,9 @@ class Reconciler(_Parts):
         self._held_vips: frozenset[str] = frozenset()  # where held owners have members (read at the last full sync)
         self._shared_dirty = True
         self._force_full = False
+        self._cold = True  # no sync yet: the first one is planned in parts (`cold_chunk` VIPs each)
+        self._unwanted: set[str] = set()  # the first part's: VIPs the kernel holds that no object wants here
+        self._cold_deferred = False  # the last reconcile planned a change without a part of the first sync
         self.reads = 0  # full reads of the kernel
         self.aside_reads = 0  # those made aside (vsop.node.aside) and taken by a resync
         # A resync's read made off the lock while changes go on (vsop.node.aside): the one running,
@@ -246,12 +254,18 @@ class Reconciler(_Parts):
 
     @property
     def pending(self) -> bool:
-        return bool(self.declared.dirty) or self.observed is None or bool(self.resyncing.replan)
+        return bool(self.declared.dirty) or self.observed is None or self.replanning
 
     @property
     def replanning(self) -> bool:
-        """A resync found drift on more VIPs than one reconcile plans: call reconcile() again soon."""
-        return bool(self.resyncing.replan)
+        """A resync found drift on more VIPs than one reconcile plans, or the first sync has parts
+        left: call reconcile() again soon."""
+        return bool(self.resyncing.replan) or bool(self.resyncing.cold)
+
+    @property
+    def cold(self) -> bool:
+        """The first sync has VIPs left to plan (their objects are not programmed yet)."""
+        return bool(self.resyncing.cold)
 
     def kept_owners(self) -> frozenset[str]:
         """The kernel owners kept as the kernel has them now (core.held.held_owners over the cached state)."""
@@ -319,7 +333,8 @@ class Reconciler(_Parts):
         the cache (drift), at most `resync_chunk` of them now (see `replanning`)."""
         if self.observed is None or self._force_full:
             self._aside_read = self._aside = None
-            outcome = self._full()
+            # Before the first read, what is held decides nothing yet (both paths plan every VIP from it).
+            outcome = self._cold_start() if self._cold and self.resyncing.cold_chunk else self._full()
         elif full:
             outcome = self._resync()
         else:
@@ -350,6 +365,49 @@ class Reconciler(_Parts):
         outcome = Outcome(full=True)
         observed = self._read(outcome, started)
         return outcome if observed is None else self._whole(outcome, observed, started)
+
+    def _cold_start(self) -> Outcome:
+        """The first sync, in parts: the kernel read whole and every object derived now, then the
+        VIPs (declared, and vsop's found in the kernel: stale ones are removed) planned against the
+        read like a resync's drift, `cold_chunk` per reconcile (`replanning` says more are due),
+        so changes and health verdicts are served between the parts. The first part plans the
+        chains, jumps, set headers, link and sysctls with its VIPs (they are planned with any VIPs:
+        core.fragments.around), before any VIP needs them; within a VIP the plan orders the IPVS
+        service before its accept-set member. A failure drops the cache: the next reconcile plans
+        the whole node through vsop.node.whole.sync (the recovery path), as does a change of
+        what is held that keeps something in the kernel."""
+        started = time.monotonic()
+        outcome = Outcome(full=True)
+        observed = self._read(outcome, started)
+        if observed is None:
+            return outcome
+        self._cold = self._force_full = False
+        addresses = frozenset(observed.node_addresses) | self.extra_node_addresses
+        self.declared.dirty.update(self.objects.keys() | self.fragments.keys())
+        self.resyncing.reset()
+        self._derive(addresses)
+        outcome.objects = self.declared.derived
+        self.cache.adopt(observed, True)
+        # The VIPs where the kernel holds something of vsop's (set members, an address on its link, a
+        # route) that no object wants here go with the first part: it plans the chains, sets and link
+        # for what is wanted, and a set destroyed or the link deleted there takes their members and
+        # addresses along, which no later part would expect. (VIPs with only someone else's IPVS
+        # services, kube-proxy's, are planned in their turn: left alone.)
+        wanted = {piece.vip for piece in self.fragments.values() if piece.programmed}
+        self._unwanted = {vip for vip, entry in self.cache.index().items() if vip not in wanted and (entry[2] or entry[3] or entry[4])}
+        self.resyncing.cold.update(self.declared.by_vip)
+        self.resyncing.cold.update(self.cache.index())
+        self.verdicts.programmed.clear()  # nothing is, before its VIP's part (each part judges its objects)
+        self._shared_dirty = True
+        if self.held:
+            would = [ref for ref, piece in self.fragments.items() if piece.programmed]
+            self._held_vips = vips_of_held(self.cache.state, self.held, self.names, would)
+        else:
+            self._held_vips = frozenset()
+        outcome = self._incremental(outcome, started)
+        if outcome.ok:
+            outcome.touched = None  # every object is new to the sinks
+        return outcome
 
     def _resync(self) -> Outcome:
         """The periodic level-based resync, in parts. Reads the whole kernel (the only part that
@@ -531,6 +589,16 @@ class Reconciler(_Parts):
             resyncing.replan -= overlap
             turn.repairing |= overlap
         vips |= turn.repairing
+        if resyncing.cold:
+            vips |= self._unwanted  # the first part's (see _cold_start)
+            self._unwanted = set()
+            # A reconcile for a change plans the change alone (and whatever of the first sync it
+            # covers), so it answers as in quiet time; the next reconcile takes the next part. Only
+            # every other one: changes that never stop do not hold the first sync back.
+            alone = bool(turn.changed) and not self._cold_deferred
+            self._cold_deferred = alone
+            turn.cold = resyncing.take_cold(vips, part=not alone)
+            vips |= turn.cold
         return turn
 
     def _plan(self, cut: frozenset[str], observed: KernelState) -> tuple[KernelState, Plan]:
@@ -593,9 +661,9 @@ class Reconciler(_Parts):
             return str(exc), 0, []
         resyncing = self.resyncing
         if (turn.repairing or resyncing.shared_drift) and resyncing.expected is not None:
-            outcome.repairs = resyncing.report_repairs(outcome.applied, turn.repairing - turn.changed, observed, want)
+            outcome.repairs = resyncing.report_repairs(outcome.applied, turn.repairing - turn.changed - turn.cold, observed, want)
         if turn.audit:
-            found = resyncing.report_audit(outcome.applied, turn.audit - turn.changed - turn.repairing, observed, want)
+            found = resyncing.report_audit(outcome.applied, turn.audit - turn.changed - turn.repairing - turn.cold, observed, want)
             if found:
                 outcome.repairs = [*outcome.repairs, *found]
         self.cache.written(cut, observed, outcome.applied)

@@ -109,7 +109,7 @@ def drift(fresh: KernelState, cached: KernelState, names: Names) -> tuple[set[st
 class Resync:
     """Drift still to plan and the audit's round, between reconciles."""
 
-    def __init__(self, resync_chunk: int, audit_chunk: int | None):
+    def __init__(self, resync_chunk: int, audit_chunk: int | None, cold_chunk: int = 256):
         # A resync that finds drift on many VIPs plans at most this many per reconcile; the
         # rest wait in `replan` for the next ones, so a change is served between them.
         self.resync_chunk = max(1, resync_chunk)
@@ -120,6 +120,12 @@ class Resync:
         # what the cache said they held (for the drift report: vsop.core.drift).
         self.replan: set[str] = set()
         self.expected: KernelState | None = None
+        # The first sync in parts: every VIP declared or found in the kernel, planned `cold_chunk`
+        # per reconcile after the first (the chains, jumps, sets and sysctls are planned with any
+        # VIPs, so the first part makes them). Nothing to report as drift: nothing was expected.
+        # Changed in place only (the verdicts hold it: an object on a VIP still here is not programmed).
+        self.cold_chunk = max(0, cold_chunk)  # 0: the first sync plans the whole node in one reconcile
+        self.cold: set[str] = set()
         self.shared_drift = False  # the chains, jumps or sysctls too (reported at the next plan)
         # The audit's round: every VIP in a stable order, taken audit_chunk per resync.
         self._audit_round: list[str] = []
@@ -131,6 +137,26 @@ class Resync:
     def reset(self) -> None:
         """A whole plan: every VIP is planned now."""
         self.replan, self.expected, self.shared_drift = set(), None, False
+        self.cold.clear()
+
+    def take_cold(self, planned: set[str], part: bool = True) -> set[str]:
+        """The first sync's next part (unless not `part`), and whatever of it `planned` (this
+        reconcile's other VIPs) covers: none of them is left to plan again."""
+        cold = self.cold
+        if not cold:
+            return set()
+        taken = cold & planned
+        cold -= taken
+        if not part:
+            return taken
+        if len(cold) <= max(1, self.cold_chunk):
+            taken |= cold
+            cold.clear()
+        else:
+            part = set(itertools.islice(cold, max(1, self.cold_chunk)))
+            cold -= part
+            taken |= part
+        return taken
 
     def found(self, vips: set[str], shared: bool, expected: KernelState) -> None:
         """Drift a resync found: `vips` to plan again, `expected` what the cache said they held."""
