@@ -18,7 +18,8 @@ Figures only, no assertions: targets are judged by a person (docs/performance.md
 Everything happens in throwaway network namespaces made here; traffic stays inside them.
 
     vm/run --timeout 3000 --mem 4096 -- .venv/bin/python bench/agent_bench.py
-    (--host-agent-only: the host agent's new-file figure alone; --resync: a new file during the periodic full resync)
+    (--host-agent-only: the host agent's new-file figure alone; --resync: a new file during the periodic full resync;
+     --cold-change: a new file during the agent's cold first sync, whole vs in parts, beside quiet time)
 
 --fair-resync: the kernel read like for like, at N = 100 and 10,000 x 2 real servers, median of
 --samples: vsop's read (read_observed, what the resync reads) in a fresh process against the
@@ -274,10 +275,12 @@ def store_folder(count: int, checked: bool = False) -> Path:
 
 
 @contextmanager
-def running_agent(node: str, config: AgentConfig, count: int, prepare: Callable[[HostAgent], None] | None = None) -> Iterator[tuple[HostAgent, float]]:
+def running_agent(node: str, config: AgentConfig, count: int, prepare: Callable[[HostAgent], None] | None = None,
+                  ready: Callable[[HostAgent], bool] | None = None) -> Iterator[tuple[HostAgent, float]]:
     """`vsop agent`'s loop (HostAgent.run) in a thread, its netlink sockets and tools in the node's
-    namespace, once it has programmed `count` files; stopped on exit. `prepare` may wrap the
-    agent's methods before it runs. Yields the agent and the seconds it took to program them."""
+    namespace, once it has programmed `count` files (or once `ready(agent)`); stopped on exit.
+    `prepare` may wrap the agent's methods before it runs. Yields the agent and the seconds it
+    took to program them."""
     holder: dict[str, Any] = {}
 
     def run() -> None:
@@ -299,7 +302,7 @@ def running_agent(node: str, config: AgentConfig, count: int, prepare: Callable[
     thread.start()
     while True:
         agent = holder.get("agent")
-        if isinstance(agent, HostAgent) and agent.syncs and len(agent.reconciler.objects) == count:
+        if isinstance(agent, HostAgent) and (ready(agent) if ready is not None else agent.syncs and len(agent.reconciler.objects) == count):
             break
         if time.perf_counter() - started > 1500 or not thread.is_alive():
             raise SystemExit(f"the host agent did not program {count} files")
@@ -431,6 +434,93 @@ def resync_figures(node: str, client: str, count: int, samples: int = 3, resync_
     return {"quiet": quiet[middle], "quiet_max": quiet[-1], "during": during[middle], "during_min": during[0], "during_max": during[-1],
             "during_p90": during[p90], "resync_turn": turns[middle], "resync_turn_max": turns[-1], "resync_read": reads[middle],
             "status_in_slowest": worst}
+
+
+def cold_change_figures(node: str, client: str, count: int, parts: bool, delay: float = 1.0) -> dict[str, float]:
+    """The host agent started on a store of `count` files and an empty kernel: one new store file
+    written `delay` seconds after its first sync began (the cold sync), until its VIP answers; the
+    cold sync's total (its first reconcile's start until its last part ended: every file's VIP
+    programmed); then one file written in quiet time (just after a poll), until its VIP answers.
+    `parts`: the first sync in parts (the agent's way since vsop.node.reconciler's _cold_start),
+    else the whole node in one reconcile (cold_chunk 0, the way before)."""
+    folder = store_folder(count)
+    config = AgentConfig(folder, NODE, status_file=folder.parent / f"{folder.name}.json", lock=None, sweep_seconds=5.0)  # as `vsop agent`
+    began = threading.Event()
+    marks: dict[str, float] = {}
+    turns: list[float] = []
+
+    def prepare(agent: HostAgent) -> None:
+        reconciler = agent.reconciler
+        if not parts:
+            reconciler.resyncing.cold_chunk = 0
+        reconcile = reconciler.reconcile
+
+        def traced(*, full: bool = False):  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            marks.setdefault("began", started)
+            began.set()
+            outcome = reconcile(full=full)
+            turns.append(time.perf_counter() - started)
+            if "cold_done" not in marks and outcome.ok and not reconciler.replanning:
+                marks["cold_done"] = time.perf_counter()
+                marks["cold_turns"] = len(turns)
+            return outcome
+
+        reconciler.reconcile = traced  # type: ignore[method-assign]
+
+    answered: dict[str, float] = {}
+    new = service(count)
+
+    def write_during() -> None:
+        began.wait()
+        time.sleep(delay)
+        written = time.perf_counter()
+        marks["written"] = written
+        Store(folder).write([new])
+        answered["during"] = until_answers(client, new.spec.vip, limit=1500, timeout=0.05)
+        marks["answered"] = written + answered["during"]
+
+    writer = threading.Thread(target=write_during, daemon=True, name="bench-cold-writer")
+    writer.start()
+    with running_agent(node, config, count, prepare, ready=lambda agent: "cold_done" in marks and "answered" in marks) as (agent, took):
+        writer.join()
+        time.sleep(2.5)  # past the cold sync's status write and a quiet poll or two
+        polled = agent.polled_at
+        while agent.polled_at == polled:
+            time.sleep(0.002)
+        quiet = service(count + 1)
+        Store(folder).write([quiet])
+        answered["quiet"] = until_answers(client, quiet.spec.vip, limit=300, timeout=0.05)
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"during": answered["during"], "quiet": answered["quiet"], "cold": marks["cold_done"] - marks["began"],
+            "answered_before_cold_done": float(marks["answered"] < marks["cold_done"]), "turns": marks["cold_turns"],
+            "longest_turn": max(turns[:int(marks["cold_turns"])])}
+
+
+def print_cold_change(client: str, count: int, samples: int, delay: float) -> int:
+    figures: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    for _ in range(samples):
+        for parts in (False, True):  # alternated: the machine's drift falls on both alike
+            figures[parts].append(cold_change_figures(f"vsopbench{os.getpid()}", client, count, parts, delay))
+            cleanup(real_kernel())
+
+    def median(parts: bool, key: str) -> float:
+        return statistics.median(r[key] for r in figures[parts])
+
+    print(f"\n## the host agent started on {count} store files, empty kernel: a new file written {delay:g} s after its first sync")
+    print(f"## began, until its VIP answers (during), beside one written in quiet time after it (quiet); the cold sync from its first")
+    print(f"## reconcile's start until every file's VIP is programmed; median of {samples} [min, max], whole and in parts alternated")
+    print(f"{'first sync':>12} {'during':>26} {'quiet':>8} {'cold sync':>26} {'turns':>6} {'longest':>8} {'answered first':>15}")
+    for parts in (False, True):
+        runs = figures[parts]
+        during, cold = sorted(r["during"] for r in runs), sorted(r["cold"] for r in runs)
+        print(f"{'in parts' if parts else 'whole':>12} {median(parts, 'during'):>7.3f}s [{during[0]:.3f}, {during[-1]:.3f}s] {median(parts, 'quiet'):>7.3f}s "
+              f"{median(parts, 'cold'):>7.2f}s [{cold[0]:.2f}, {cold[-1]:.2f}s] {median(parts, 'turns'):>6.0f} {median(parts, 'longest_turn'):>7.2f}s "
+              f"{sum(r['answered_before_cold_done'] for r in runs):>8.0f} of {len(runs)}")
+    print(f"DURING-COLD / QUIET at N={count}, in parts (goal <= 2.0): median {median(True, 'during') / median(True, 'quiet'):.2f}x, "
+          f"max {max(r['during'] for r in figures[True]) / median(True, 'quiet'):.2f}x (whole: {median(False, 'during') / median(False, 'quiet'):.2f}x)")
+    print(f"COLD SYNC IN PARTS / WHOLE at N={count} (goal <= 1.1): {median(True, 'cold') / median(False, 'cold'):.2f}x")
+    return 0
 
 
 def dead_backend(count: int) -> float:
@@ -595,6 +685,9 @@ def main() -> int:
     parser.add_argument("--host-agent-only", action="store_true", help="only the host agent's new-file figure")
     parser.add_argument("--resync", action="store_true", help="only the host agent's new file written during its periodic full resync")
     parser.add_argument("--samples", type=int, default=3, help="new files per N for the host agent's figure (median printed)")
+    parser.add_argument("--cold-change", action="store_true",
+                        help="only a new file written during the host agent's cold first sync at --large, whole vs in parts (--samples agent starts each)")
+    parser.add_argument("--cold-delay", type=float, default=1.0, help="seconds after the cold sync began that --cold-change writes its file")
     parser.add_argument("--fair-resync", action="store_true",
                         help="only the kernel read like for like: vsop's read in a fresh process and the dump tools, /etc on 9p and on tmpfs")
     args = parser.parse_args()
@@ -606,6 +699,8 @@ def main() -> int:
         echo_servers = [Echo(address) for address in BACKENDS]
         if args.resync:
             return print_resync(client, args.small, args.large, args.samples)
+        if args.cold_change:
+            return print_cold_change(client, args.large, args.samples, args.cold_delay)
         results: dict[int, dict[str, float]] = {args.small: {}, args.large: {}}
         for count in () if args.host_agent_only else (args.small, args.large):
             results[count] = change_figures(client, count)

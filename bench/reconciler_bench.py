@@ -5,11 +5,13 @@ per change as the node grows: N = 100 and N = 10,000 services x 2 real servers. 
 side by side in one run: adding one object (reconciler change path vs a full engine.sync
 of every object, what each change cost before), one health result (weight edit), the
 periodic no-op resync (full read, nothing of vsop's changed; with and without its audit of
-a slice of VIPs), the cold first reconcile,
-and this process's peak RSS. The real kernel's share is measured in the VM by
+a slice of VIPs), the cold first sync (all its parts),
+and this process's peak RSS. --cold: the cold first sync alone, whole (one reconcile, the way
+before) vs in parts (256 VIPs per reconcile), with vsop's own share and the longest turn. The real kernel's share is measured in the VM by
 bench/agent_bench.py.
 
     .venv/bin/python bench/reconciler_bench.py
+    .venv/bin/python bench/reconciler_bench.py --cold --repeat 3
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def measure(count: int) -> dict[str, float]:
     reconciler.set_objects(objects)
     started = time.perf_counter()
     assert reconciler.reconcile().ok
+    while reconciler.replanning:  # the first sync's parts (--cold: whole vs in parts)
+        assert reconciler.reconcile().ok
     figures = {"cold": time.perf_counter() - started}
 
     # What a source hands over after one new object: the change alone (both agents), and the
@@ -139,11 +143,59 @@ def measure(count: int) -> dict[str, float]:
     return figures
 
 
+def cold(count: int, chunk: int) -> dict[str, float]:
+    """The first sync of `count` objects on an empty fake kernel, every part of it (`chunk` VIPs per
+    reconcile after the first; 0: the whole node in one, the way before): its total, vsop's own share
+    (less the fake kernel's copying), the longest reconcile (what a change written meanwhile waits
+    for at most, besides its own turn) and the number of reconciles."""
+    objects = [service(i) for i in range(count)]
+    kernel, fake = fake_kernel()
+    in_fake = timed(fake)
+    reconciler = Reconciler(kernel, NODE, cold_chunk=chunk)
+    reconciler.set_objects(objects)
+    turns: list[float] = []
+    started = time.perf_counter()
+    while True:
+        began = time.perf_counter()
+        assert reconciler.reconcile().ok
+        turns.append(time.perf_counter() - began)
+        if not reconciler.replanning:
+            break
+    total = time.perf_counter() - started
+    assert len(reconciler.programmed) == count and reconciler.reconcile(full=True).writes == 0
+    return {"total": total, "own": total - in_fake[0], "longest": max(turns), "first": turns[0], "turns": len(turns)}
+
+
+def print_cold(count: int, repeat: int) -> None:
+    """The cold first sync whole (one reconcile) and in parts (256 VIPs each), alternated, median of `repeat`."""
+    runs: dict[str, list[dict[str, float]]] = {"whole": [], "parts": []}
+    for _ in range(repeat):
+        runs["whole"].append(cold(count, 0))
+        runs["parts"].append(cold(count, 256))
+
+    def median(kind: str, key: str) -> float:
+        return sorted(r[key] for r in runs[kind])[len(runs[kind]) // 2]
+
+    print(f"\n## cold first sync of N={count} on the fake kernel, whole vs in parts of 256 VIPs (median of {repeat}, alternated)")
+    print(f"{'':>6} {'total':>8} {'vsop own':>9} {'first turn':>11} {'longest turn':>13} {'turns':>6}")
+    for kind in runs:
+        print(f"{kind:>6} {median(kind, 'total'):>7.2f}s {median(kind, 'own'):>8.2f}s {median(kind, 'first'):>10.2f}s {median(kind, 'longest'):>12.2f}s "
+              f"{median(kind, 'turns'):>6.0f}")
+    print(f"COLD IN PARTS / WHOLE (goal <= 1.1): total {median('parts', 'total') / median('whole', 'total'):.2f}x, "
+          f"vsop's own {median('parts', 'own') / median('whole', 'own'):.2f}x; longest turn {median('parts', 'longest'):.2f}s vs {median('whole', 'longest'):.2f}s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--large", type=int, default=10000)
+    parser.add_argument("--cold", action="store_true", help="only the cold first sync at --large, whole vs in parts")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each for --cold (median printed)")
     args = parser.parse_args()
+    if args.cold:
+        print(f"# node reconciler on the fake kernel, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print_cold(args.large, args.repeat)
+        return 0
     print(f"# node reconciler on the fake kernel, python {sys.version.split()[0]}, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     results = {n: measure(n) for n in (args.small, args.large)}
     print(f"{'N':>6} {'add: change':>12} {'(vsop only)':>12} {'add: whole list':>16} {'add: full sync':>15} {'health flip':>12} {'no-op resync':>13} {'(no audit)':>11} {'cold':>8} {'peak RSS':>9}")
