@@ -229,6 +229,7 @@ class Reconciler(_Parts):
         self._cold = True  # no sync yet: the first one is planned in parts (`cold_chunk` VIPs each)
         self._unwanted: set[str] = set()  # the first part's: VIPs the kernel holds that no object wants here
         self._cold_deferred = False  # the last reconcile planned a change without a part of the first sync
+        self._cold_parts = [0, 0.0]
         self.reads = 0  # full reads of the kernel
         self.aside_reads = 0  # those made aside (vsop.node.aside) and taken by a resync
         # A resync's read made off the lock while changes go on (vsop.node.aside): the one running,
@@ -382,6 +383,7 @@ class Reconciler(_Parts):
         if observed is None:
             return outcome
         self._cold = self._force_full = False
+        self._cold_parts = [0, started]  # parts written so far, and when the first sync began (its log line)
         addresses = frozenset(observed.node_addresses) | self.extra_node_addresses
         self.declared.dirty.update(self.objects.keys() | self.fragments.keys())
         self.resyncing.reset()
@@ -555,6 +557,10 @@ class Reconciler(_Parts):
             self.verdicts.judge(outcome.touched or ())  # the objects of VIPs no longer refused
         self._shared_dirty = False
         self.resyncing.planned()
+        if turn.cold and not self.resyncing.cold:
+            log.info("first sync complete: every VIP planned in parts parts=%d seconds=%.3f", self._cold_parts[0] + 1, time.monotonic() - self._cold_parts[1])
+        elif turn.cold:
+            self._cold_parts[0] += 1
         if turn.stale:
             log.info("audit: re-derived from scratch, objects differed from what the incremental path kept objects=%s", ",".join(sorted(turn.stale)))
         outcome.skipped = quiet and not outcome.writes and not turn.stale

@@ -13,8 +13,10 @@ whole-node recovery path.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -113,7 +115,8 @@ def many(count: int) -> list[VirtualService]:
     return [make_vs(f"s{i}", vip=f"169.254.{60 + i // 200}.{i % 200 + 1}") for i in range(count)]
 
 
-def test_the_first_sync_plans_cold_chunk_vips_per_reconcile_the_shared_objects_with_the_first() -> None:
+def test_the_first_sync_plans_cold_chunk_vips_per_reconcile_the_shared_objects_with_the_first(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="vsop.node")
     kernel, fake = fake_kernel()
     reconciler = Reconciler(kernel, NODE, cold_chunk=4)
     reconciler.set_objects(many(10))
@@ -127,6 +130,8 @@ def test_the_first_sync_plans_cold_chunk_vips_per_reconcile_the_shared_objects_w
     assert second.ok and not second.full and second.vips == 4 and second.touched is not None and len(second.touched) == 4
     third = reconciler.reconcile()
     assert third.ok and third.vips == 2 and not reconciler.replanning and len(reconciler.programmed) == 10
+    assert [r.getMessage().split(" seconds=")[0] for r in caplog.records if "first sync complete" in r.getMessage()] == [
+        "first sync complete: every VIP planned in parts parts=3"]
     assert reconciler.reads == 1 and reconciler.reconcile(full=True).writes == 0
 
 
