@@ -230,3 +230,12 @@ class IPVSContract:
         ipvs_adapter.read()
         ipvs_adapter.apply([ops.DeleteService(WEB)])
         assert ipvs_adapter.generation() == before
+
+    def test_a_read_after_forgetting_answers_the_same(self, ipvs_adapter):
+        ipvs_adapter.apply([ops.AddService(service(WEB)), ops.AddRealServer(real(WEB, "10.77.0.1"))])
+        before = self.state(ipvs_adapter)
+        ipvs_adapter.forget_reads()
+        assert self.state(ipvs_adapter) == before
+        ipvs_adapter.apply([ops.DeleteService(WEB)])
+        ipvs_adapter.forget_reads()
+        assert ipvs_adapter.read() == ({}, {})

@@ -49,6 +49,10 @@ class IPVSAdapter(Adapter, Protocol):
         """The real servers (with connection counters) of just these services; a missing service has none."""
         ...
 
+    def forget_reads(self) -> None:
+        """Drop whatever the adapter keeps to make its next read cheaper; reads answer the same after it."""
+        ...
+
     def generation(self) -> object:
         """A value that changes when the host's IPVS tables were replaced wholesale (the ip_vs module
         unloaded and loaded again): two reads made under different values describe different tables."""

@@ -118,6 +118,9 @@ class FakeIPVS(_View):
     def generation(self) -> int:
         return self.kernel.ipvs_generation
 
+    def forget_reads(self) -> None:
+        pass  # keeps nothing between reads
+
 
 class FakeLinks(_View):
     handles = (ops.CreateLink, ops.SetLinkUp, ops.DeleteLink, ops.AddAddress, ops.DeleteAddress)

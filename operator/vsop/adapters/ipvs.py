@@ -418,6 +418,14 @@ class IPVSKernel:
         log.warning("IPVS generic netlink family id changed, the ip_vs module was reloaded; using the new id old=%s new=%d", stale, fresh)
         return True
 
+    def forget_reads(self) -> None:
+        """Drop what the last reads parsed (the next read parses every message again). A resync's read
+        made aside reads through another adapter (vsop.node.aside): once the cache holds what that one
+        parsed, what this one keeps from the first read is a second copy of 10k services and their real
+        servers that nothing else refers to."""
+        self._service_payloads, self._last_services = {}, None
+        self._proc_lines, self._last_proc = {}, None
+
     def generation(self) -> int:
         """The IPVS generic netlink family id, looked up afresh (one request): the kernel gives the
         family a new id each time ip_vs is loaded (ids are allocated cyclically), so a read made

@@ -429,6 +429,7 @@ class Reconciler(_Parts):
             # entries (which hold those writes); they are compared at the next resync.
             fresh = splice(aside.state, aside.index, self.cache.state, self.cache.index(), aside.aside.written, self.names)
             self.aside_reads += 1
+            self.kernel.ipvs.forget_reads()  # the cache now holds the reader's objects: the turns' copies go
             outcome.aside_seconds = aside.seconds
         else:
             fresh = self._read(outcome, started)
