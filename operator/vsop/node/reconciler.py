@@ -229,7 +229,8 @@ class Reconciler(_Parts):
         self._cold = True  # no sync yet: the first one is planned in parts (`cold_chunk` VIPs each)
         self._unwanted: set[str] = set()  # the first part's: VIPs the kernel holds that no object wants here
         self._cold_deferred = False  # the last reconcile planned a change without a part of the first sync
-        self._cold_parts = [0, 0.0]
+        self._cold_parts_written = 0  # the first sync's parts written so far, and when it began (its last log line)
+        self._cold_started = 0.0
         self.reads = 0  # full reads of the kernel
         self.aside_reads = 0  # those made aside (vsop.node.aside) and taken by a resync
         # A resync's read made off the lock while changes go on (vsop.node.aside): the one running,
@@ -383,7 +384,7 @@ class Reconciler(_Parts):
         if observed is None:
             return outcome
         self._cold = self._force_full = False
-        self._cold_parts = [0, started]  # parts written so far, and when the first sync began (its log line)
+        self._cold_parts_written, self._cold_started = 0, started
         addresses = frozenset(observed.node_addresses) | self.extra_node_addresses
         self.declared.dirty.update(self.objects.keys() | self.fragments.keys())
         self.resyncing.reset()
@@ -559,9 +560,10 @@ class Reconciler(_Parts):
         self._shared_dirty = False
         self.resyncing.planned()
         if turn.cold and not self.resyncing.cold:
-            log.info("first sync complete: every VIP planned in parts parts=%d seconds=%.3f", self._cold_parts[0] + 1, time.monotonic() - self._cold_parts[1])
+            log.info("first sync complete: every VIP planned in parts parts=%d seconds=%.3f", self._cold_parts_written + 1,
+                     time.monotonic() - self._cold_started)
         elif turn.cold:
-            self._cold_parts[0] += 1
+            self._cold_parts_written += 1
         if turn.stale:
             log.info("audit: re-derived from scratch, objects differed from what the incremental path kept objects=%s", ",".join(sorted(turn.stale)))
         outcome.skipped = quiet and not outcome.writes and not turn.stale

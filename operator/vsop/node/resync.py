@@ -147,15 +147,10 @@ class Resync:
             return set()
         taken = cold & planned
         cold -= taken
-        if not part:
-            return taken
-        if len(cold) <= max(1, self.cold_chunk):
-            taken |= cold
-            cold.clear()
-        else:
-            part = set(itertools.islice(cold, max(1, self.cold_chunk)))
-            cold -= part
-            taken |= part
+        if part:
+            chunk = set(itertools.islice(cold, max(1, self.cold_chunk)))
+            cold -= chunk
+            taken |= chunk
         return taken
 
     def found(self, vips: set[str], shared: bool, expected: KernelState) -> None:
