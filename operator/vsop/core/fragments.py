@@ -19,7 +19,7 @@ Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapter
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 from vsop.core.desired import (
@@ -193,6 +193,28 @@ def assemble(shared: KernelState, fragments: Iterable[Fragment], vips: frozenset
     )
 
 
+def with_shared_as_found(want: KernelState, have: KernelState, names: Names = Names()) -> KernelState:
+    """`want` with what every VIP shares grown by what `have` holds of vsop's: its link, set
+    headers, chains, jumps and sysctls kept where `want` has none of them (nothing shared is
+    taken away). While the first sync derives its objects part by part, what the objects not yet
+    derived need is unknown: a set destroyed or the link deleted would take their members and
+    addresses along, so only the part that derives the last object plans the shared state exactly.
+    Members of `have`'s sets are not kept: `want` decides those of its VIPs."""
+    owned = names.owned_set_names()
+    ipsets = dict(want.ipsets)
+    for name, ipset in have.ipsets.items():
+        if name in owned and name not in ipsets:
+            ipsets[name] = IPSet(ipset.name, ipset.kind, ipset.family, {})
+    return replace(
+        want,
+        link=want.link if want.link is not None else have.link,
+        ipsets=ipsets,
+        chains={**have.chains, **want.chains},
+        jumps=want.jumps | have.jumps,
+        sysctls={**have.sysctls, **want.sysctls},
+    )
+
+
 def desired_from(shared: KernelState, fragments: Iterable[Fragment]) -> Desired:
     """The whole Desired of the node, as desired_state would compute it from the same objects."""
     pieces = list(fragments)
@@ -276,4 +298,4 @@ def grace_of(fragments: Iterable[Fragment]) -> dict[ServiceKey, float]:
     return grace
 
 
-__all__ = ["DEFAULT_GRACE_SECONDS", "Fragment", "VIPIndex", "around", "vip_index", "assemble", "desired_from", "fragment", "grace_of", "refused", "shared_state"]
+__all__ = ["DEFAULT_GRACE_SECONDS", "Fragment", "VIPIndex", "around", "vip_index", "assemble", "desired_from", "fragment", "grace_of", "refused", "shared_state", "with_shared_as_found"]

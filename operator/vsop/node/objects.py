@@ -109,6 +109,9 @@ class Objects:
         self.configured: dict[RealServerKey, str] = {}  # every configured real server -> its object
         self._node_addresses: frozenset[str] = frozenset()  # what the fragments were derived with
         self.dirty: set[str] = set()
+        # Objects not derived yet: the first sync in parts derives each with its VIP's part
+        # (`defer_all`, `undefer`), so its first part does not wait for every object's derivation.
+        self.deferred: set[str] = set()
         self._new_objects: dict[str, VirtualService] | None = None  # set_objects' input, adopted at the next derive
         self.derived = 0  # objects re-derived by the last derive
 
@@ -243,6 +246,25 @@ class Objects:
     def ordered(self, refs: Iterable[str]) -> list[str]:
         return sorted(refs, key=lambda ref: self._order[ref])
 
+    def defer_all(self) -> None:
+        """Every object waits to be derived with its VIP (`undefer`); fragments of objects gone are
+        dropped at the next derive. While any waits, what every VIP shares is known only in part."""
+        if self._new_objects is not None:
+            self._adopt(self._new_objects)
+            self._new_objects = None
+        self.deferred = set(self.objects)
+        self.dirty -= self.deferred
+        self.dirty.update(self.fragments.keys() - self.deferred)
+
+    def undefer(self, vips: Iterable[str]) -> bool:
+        """The objects on `vips` still waiting (`defer_all`) are derived at the next derive. Returns whether any were."""
+        if not self.deferred:
+            return False
+        waiting = self.on(vips) & self.deferred
+        self.deferred -= waiting
+        self.dirty |= waiting
+        return bool(waiting)
+
     def derive(self, node_addresses: frozenset[str]) -> tuple[set[str], set[str]]:
         """Apply pending object changes; re-derive the objects they touch. Returns the VIPs whose
         desired state may differ, and the objects whose verdict is to be judged again."""
@@ -296,6 +318,8 @@ class Objects:
             else:
                 self.fragments.pop(ref, None)
         self.dirty.clear()
+        if self.deferred:
+            self.deferred -= group  # derived now (a change, or a neighbour on its VIP:port)
         self.derived = derived
         return vips, group
 

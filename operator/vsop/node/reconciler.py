@@ -11,9 +11,10 @@ made by hand) like a change, `resync_chunk` VIPs per reconcile, so changes are s
 between its parts (`replanning` says more are due); it plans nothing else when nothing
 differs. Each resync also audits a rotating slice of VIPs (`audit_chunk`): their objects
 re-derived from scratch and planned against the fresh read (vsop.node.resync). The first
-reconcile reads the kernel, derives every object and plans the VIPs in parts the same way,
-`cold_chunk` per reconcile, what every VIP shares and what vsop left on VIPs nobody wants
-with the first part (`_cold_start`). A reconcile after any failed or partial write (which
+reconcile reads the kernel and plans the VIPs in parts the same way, `cold_chunk` per
+reconcile, each part deriving the objects on its VIPs, what every VIP shares and what vsop
+left on VIPs nobody declares with the first part, nothing shared taken away before the last
+(`_cold_start`). A reconcile after any failed or partial write (which
 drops the cache), and a resync that finds vsop's link or a set's header changed plan the
 whole node through vsop.node.whole.sync, the same path `vsop apply` takes. A write the kernel refuses takes out
 only the VIP it was about (or IPv6, for an IPv6 setting): the kernel is read again and the
@@ -38,7 +39,7 @@ from vsop.core import ops
 from vsop.core.desired import Desired, Node
 from vsop.core.draining import Draining, with_draining
 from vsop.core.drift import Repair
-from vsop.core.fragments import assemble, grace_of, member_vip, vip_index
+from vsop.core.fragments import assemble, grace_of, member_vip, vip_index, with_shared_as_found
 from vsop.core.held import Held, held_owners
 from vsop.core.plan import Plan, PlanError
 from vsop.core.refused import keep_as_found, vip_family
@@ -369,13 +370,15 @@ class Reconciler(_Parts):
         return outcome if observed is None else self._whole(outcome, observed, started)
 
     def _cold_start(self) -> Outcome:
-        """The first sync, in parts: the kernel read whole and every object derived now, then the
-        VIPs (declared, and vsop's found in the kernel: stale ones are removed) planned against the
-        read like a resync's drift, `cold_chunk` per reconcile (`replanning` says more are due),
-        so changes and health verdicts are served between the parts. The first part plans the
-        chains, jumps, set headers, link and sysctls with its VIPs (they are planned with any VIPs:
-        core.fragments.around), before any VIP needs them; within a VIP the plan orders the IPVS
-        service before its accept-set member. A failure drops the cache: the next reconcile plans
+        """The first sync, in parts: the kernel read whole, then the VIPs (declared, and vsop's found
+        in the kernel: stale ones are removed) planned against the read like a resync's drift,
+        `cold_chunk` per reconcile (`replanning` says more are due), each part deriving the objects
+        on its VIPs first (all of them now when held owners keep something: what they keep is
+        decided over every object), so changes and health verdicts are served between the parts.
+        The first part plans the chains, jumps, set headers, link and sysctls with its VIPs (they
+        are planned with any VIPs: core.fragments.around), before any VIP needs them, and adds
+        only, as does every part until the objects are all derived (what the rest need is not
+        known yet); within a VIP the plan orders the IPVS service before its accept-set member. A failure drops the cache: the next reconcile plans
         the whole node through vsop.node.whole.sync (the recovery path), as does a change of
         what is held that keeps something in the kernel."""
         started = time.monotonic()
@@ -386,17 +389,24 @@ class Reconciler(_Parts):
         self._cold = self._force_full = False
         self._cold_parts_written, self._cold_started = 0, started
         addresses = frozenset(observed.node_addresses) | self.extra_node_addresses
-        self.declared.dirty.update(self.objects.keys() | self.fragments.keys())
         self.resyncing.reset()
+        if self.held:
+            # What held owners keep is decided over every object that would be programmed: all derived now.
+            self.declared.dirty.update(self.objects.keys() | self.fragments.keys())
+        else:
+            # Each object is derived with its VIP's part (deriving them all took the first part 13.6 s
+            # of its 13.7 s at 10k in the VM); until the last part, nothing shared is taken away
+            # (core.fragments.with_shared_as_found).
+            self.declared.defer_all()
         self._derive(addresses)
         outcome.objects = self.declared.derived
         self.cache.adopt(observed, True)
         # The VIPs where the kernel holds something of vsop's (set members, an address on its link, a
-        # route) that no object wants here go with the first part: it plans the chains, sets and link
-        # for what is wanted, and a set destroyed or the link deleted there takes their members and
-        # addresses along, which no later part would expect. (VIPs with only someone else's IPVS
-        # services, kube-proxy's, are planned in their turn: left alone.)
-        wanted = {piece.vip for piece in self.fragments.values() if piece.programmed}
+        # route) that no object wants here go with the first part. (VIPs with only someone else's
+        # IPVS services, kube-proxy's, are planned in their turn: left alone.) A VIP an object not yet
+        # derived declares goes in its own part.
+        objects = self.objects
+        wanted = {piece.vip for piece in self.fragments.values() if piece.programmed} | {objects[ref].spec.vip for ref in self.declared.deferred}
         self._unwanted = {vip for vip, entry in self.cache.index().items() if vip not in wanted and (entry[2] or entry[3] or entry[4])}
         self.resyncing.cold.update(self.declared.by_vip)
         self.resyncing.cold.update(self.cache.index())
@@ -608,6 +618,10 @@ class Reconciler(_Parts):
             self._cold_deferred = alone
             turn.cold = resyncing.take_cold(vips, part=not alone)
             vips |= turn.cold
+        if self.declared.deferred and self.declared.undefer(vips):
+            # The first sync's objects on the VIPs planned now, derived before any of those VIPs is planned.
+            vips |= self._derive(addresses)
+            outcome.objects += self.declared.derived
         return turn
 
     def _plan(self, cut: frozenset[str], observed: KernelState) -> tuple[KernelState, Plan]:
@@ -618,6 +632,8 @@ class Reconciler(_Parts):
         # The link stays while any VIP outside the cut is bound (one left alone as VIPInUse is not).
         elsewhere = any(vip not in cut and vip not in self.left_alone for vip in self.declared.bound_vips())
         want = replace(want, link=want.link if want.addresses or elsewhere else None)
+        if self.declared.deferred:  # the first sync has objects left to derive: what they share is kept
+            want = with_shared_as_found(want, observed, self.names)
         wanted = tuple(p.ref for p in pieces if p.programmed)
         kept, families = (self.kernel_refusals.kept() & cut, self.kernel_refusals.kept_families()) if self.kernel_refusals else (frozenset(), frozenset())
 

@@ -111,6 +111,37 @@ def test_a_cold_sync_in_parts_with_changes_between_them_ends_as_a_sync_from_scra
     assert again.ok and again.writes == 0 and fake.writes == writes and not again.repairs
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(first=st.lists(step, min_size=1, max_size=8), chunk=st.integers(1, 2))
+def test_a_restart_in_parts_over_what_it_left_writes_nothing(first: list[Any], chunk: int) -> None:
+    """The agent restarted over the kernel it left (the same objects and endpoints): no part writes
+    anything, though each part derives only its own VIPs' objects. What every VIP shares is kept
+    until the last part: a set, the link, a family's chains or a sysctl planned from the first
+    part's objects alone would be taken away and made again, their other VIPs' members and
+    addresses with them."""
+    kernel, fake = fake_kernel(foreign_state())
+    endpoints: dict[tuple[str, str], Any] = {}
+    objects: dict[str, VirtualService] = {}
+    for action in first:
+        take_step(action, Reconciler(fake_kernel()[0], NODE), objects, endpoints, set())
+    sync(kernel, list(objects.values()), NODE, endpoints=endpoints)
+    writes = fake.writes
+    reconciler = Reconciler(kernel, NODE, cold_chunk=chunk)
+    reconciler.set_objects(list(objects.values()))
+    reconciler.set_endpoints(endpoints)
+    outcome = reconciler.reconcile()
+    derived, applied = outcome.objects, list(outcome.applied)
+    while outcome.ok and reconciler.replanning:
+        outcome = reconciler.reconcile()
+        derived, applied = derived + outcome.objects, applied + outcome.applied
+    assert outcome.ok, outcome.error
+    assert fake.writes == writes, [f"{op.kind} {op.describe()}" for op in applied]
+    # Each object derived once, in its VIP's part (a conflict's loser is refused, not derived).
+    assert derived <= len(objects) and not reconciler.declared.deferred and set(reconciler.fragments) == set(objects)
+    expected, declared = from_scratch(list(objects.values()), endpoints, frozenset())
+    assert reconciler.programmed == declared
+
+
 def many(count: int) -> list[VirtualService]:
     return [make_vs(f"s{i}", vip=f"169.254.{60 + i // 200}.{i % 200 + 1}") for i in range(count)]
 
@@ -122,6 +153,7 @@ def test_the_first_sync_plans_cold_chunk_vips_per_reconcile_the_shared_objects_w
     reconciler.set_objects(many(10))
     first = reconciler.reconcile()
     assert first.ok and first.full and first.vips == 4 and reconciler.replanning and reconciler.cold
+    assert first.objects == 4  # only the first part's objects derived: the first turn does not wait for the others
     # The node-wide objects exist before any VIP but the first part's needs them.
     assert fake.state.link is not None and fake.state.chains and fake.state.jumps
     assert {name for name in Names().owned_set_names() if name in fake.state.ipsets}
