@@ -225,8 +225,9 @@ class Reconciler(_Parts):
         # them, decided from the owners in the set comments, so it survives restarts (core.held).
         self.held = Held()
         self._held_vips: frozenset[str] = frozenset()  # where held owners have members (read at the last full sync)
+        self._held_changed: set[str] = set()  # VIPs where what held owners keep changed: planned at the next reconcile
         self._shared_dirty = True
-        self._force_full = False
+        self._force_full = False  # the next reconcile reads and plans the whole node (bench/kube_bench.py's baseline)
         self._cold = True  # no sync yet: the first one is planned in parts (`cold_chunk` VIPs each)
         self._unwanted: set[str] = set()  # the first part's: VIPs the kernel holds that no object wants here
         self._cold_deferred = False  # the last reconcile planned a change without a part of the first sync
@@ -243,16 +244,20 @@ class Reconciler(_Parts):
 
     def set_held(self, held: Held) -> None:
         """Owners declared but unusable now. When that changes and, before or after, some owner in
-        the kernel is (or was) kept, the next reconcile re-reads and re-plans everything; when
-        nothing in the kernel is kept either way (a host's new file not yet stable makes
-        everything "unknown" for one poll, though every owner in the kernel is accounted for),
-        the change path goes on."""
+        the kernel is (or was) kept, the next reconcile plans the VIPs where the owners kept before
+        or after have members, against the cache, like a change (a file being rewritten on a
+        host of 10,000 services cost two whole-node plans, 60 s in the VM, before); when nothing
+        in the kernel is kept either way (a host's new file not yet stable makes everything
+        "unknown" for one poll, though every owner in the kernel is accounted for), nothing more."""
         # `known` (what the source accounts for) matters only while something is unreadable.
         def key(h: Held) -> tuple[Any, ...]:
             return (h.owners, h.unknown, h.known if h.unknown else frozenset())
 
-        if key(held) != key(self.held) and (self.observed is None or self.cache.kept_by(held) or self.cache.kept_by(self.held)):
-            self._force_full = True
+        if key(held) != key(self.held) and self.observed is not None and (self.cache.kept_by(held) or self.cache.kept_by(self.held)):
+            state, programmed = self.cache.state, self.programmed
+            before = vips_of_held(state, self.held, self.names, programmed) if self.held else frozenset()
+            self._held_vips = vips_of_held(state, held, self.names, programmed) if held else frozenset()
+            self._held_changed |= before | self._held_vips
         self.held = held
 
     @property
@@ -602,6 +607,9 @@ class Reconciler(_Parts):
                 return None
         if self.kernel_refusals:
             vips |= self.kernel_refusals.due_now(turn.changed, self.declared.by_vip)
+        if self._held_changed:
+            vips |= self._held_changed
+            self._held_changed = set()
         turn.repairing = resyncing.take() if resyncing.replan else set()
         if turn.audit and resyncing.replan:  # drifted VIPs the audit plans now: repaired (and reported) as drift
             overlap = turn.audit & resyncing.replan
@@ -618,7 +626,7 @@ class Reconciler(_Parts):
             self._cold_deferred = alone
             turn.cold = resyncing.take_cold(vips, part=not alone)
             vips |= turn.cold
-        if self.declared.deferred and self.declared.undefer(vips):
+        if self.declared.deferred and self.declared.undefer(vips | (self._held_vips if self.held else frozenset())):
             # The first sync's objects on the VIPs planned now, derived before any of those VIPs is planned.
             vips |= self._derive(addresses)
             outcome.objects += self.declared.derived
@@ -630,7 +638,9 @@ class Reconciler(_Parts):
         pieces = self.declared.pieces(cut)
         want = assemble(self.shared(), pieces, cut)
         # The link stays while any VIP outside the cut is bound (one left alone as VIPInUse is not).
-        elsewhere = any(vip not in cut and vip not in self.left_alone for vip in self.declared.bound_vips())
+        # While the first sync has objects left to derive, their VIPs may be bound: a link there stays too.
+        elsewhere = (bool(self.declared.deferred) and observed.link is not None) or any(
+            vip not in cut and vip not in self.left_alone for vip in self.declared.bound_vips())
         want = replace(want, link=want.link if want.addresses or elsewhere else None)
         if self.declared.deferred:  # the first sync has objects left to derive: what they share is kept
             want = with_shared_as_found(want, observed, self.names)

@@ -283,7 +283,8 @@ def test_changes_alone_keep_the_source_order_for_ties_in_age() -> None:
 
 def test_a_moment_of_unknown_that_keeps_nothing_more_needs_no_full_read() -> None:
     """A host's new file is "unknown" for one poll: with every kernel owner accounted for, the
-    change path goes on; when what is kept does change, the kernel is read and planned whole."""
+    change path goes on; when what is kept does change, the VIPs where it was kept are planned
+    against the cache, like a change (no read, no whole-node plan)."""
     from vsop.core.held import Held
 
     kernel, fake = fake_kernel()
@@ -302,10 +303,11 @@ def test_a_moment_of_unknown_that_keeps_nothing_more_needs_no_full_read() -> Non
     reconciler.set_held(Held(unknown=True, known=frozenset({a.ref, c.ref})))
     reconciler.update_objects({b.ref: None})
     assert reconciler.reconcile().ok and "169.254.20.2" in {key.vip for key in fake.state.services}
-    # ...until the source is whole again: b's state is no longer kept, everything is re-planned.
+    # ...until the source is whole again: b's state is no longer kept, its VIP alone is planned again.
     reconciler.set_held(Held())
     outcome = reconciler.reconcile()
-    assert outcome.full and outcome.ok and "169.254.20.2" not in {key.vip for key in fake.state.services}
+    assert not outcome.full and outcome.ok and outcome.vips == 1 and "169.254.20.2" not in {key.vip for key in fake.state.services}
+    assert reconciler.reads == 1
     assert reconciler.reconcile(full=True).writes == 0
 
 
