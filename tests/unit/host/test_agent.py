@@ -682,3 +682,29 @@ def test_the_agent_removes_the_stores_leftover_staged_files_at_its_first_turn_an
         settle(agent)
         assert agent.sync_once() is not None
     assert not stale.exists() and alive.exists() and foreign.exists()
+
+
+def test_a_file_rewritten_in_place_is_planned_as_a_change_while_pending_and_once_taken(tmp_path: Path) -> None:
+    """A store file being rewritten is unusable for a poll or two (not yet stable): its object is
+    held, the kernel keeps what it has for it. Neither that moment nor its end reads the kernel or
+    plans the whole node: only the VIP whose owner is kept is planned (at 10,000 services a
+    rewrite cost two whole-node plans, 60 s in the VM)."""
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    agent, fake = agent_for(folder)
+    write(folder, "web")
+    write(folder, "api", vip="169.254.11.3")
+    settle(agent)
+    assert agent.sync_once().ok
+    reads = agent.reconciler.reads
+    write(folder, "api", vip="169.254.11.3", scheduler="wrr")  # rewritten: pending until stable
+    agent.poll()
+    pending = agent.sync_once(full=False)
+    assert pending.ok and not pending.full and agent.reconciler.reads == reads
+    assert pending.vips <= 1 and not pending.writes  # the kernel keeps it as it is
+    assert ServiceKey("tcp", "169.254.11.3", 80) in fake.state.services
+    settle(agent)
+    taken = agent.sync_once(full=False)
+    assert taken.ok and not taken.full and agent.reconciler.reads == reads and taken.vips == 1
+    assert fake.state.services[ServiceKey("tcp", "169.254.11.3", 80)].scheduler == "wrr"
+    assert agent.sync_once(full=True).writes == 0
