@@ -448,6 +448,7 @@ def cold_change_figures(node: str, client: str, count: int, parts: bool, delay: 
     began = threading.Event()
     marks: dict[str, float] = {}
     turns: list[float] = []
+    writing: list[float] = []  # each turn's kernel writes (Outcome.execute_seconds)
 
     def prepare(agent: HostAgent) -> None:
         reconciler = agent.reconciler
@@ -461,6 +462,7 @@ def cold_change_figures(node: str, client: str, count: int, parts: bool, delay: 
             began.set()
             outcome = reconcile(full=full)
             turns.append(time.perf_counter() - started)
+            writing.append(outcome.execute_seconds)
             if "cold_done" not in marks and outcome.ok and not reconciler.replanning:
                 marks["cold_done"] = time.perf_counter()
                 marks["cold_turns"] = len(turns)
@@ -494,7 +496,8 @@ def cold_change_figures(node: str, client: str, count: int, parts: bool, delay: 
     shutil.rmtree(folder, ignore_errors=True)
     return {"during": answered["during"], "quiet": answered["quiet"], "cold": marks["cold_done"] - marks["began"],
             "answered_before_cold_done": float(marks["answered"] < marks["cold_done"]), "turns": marks["cold_turns"],
-            "longest_turn": max(turns[:int(marks["cold_turns"])])}
+            "longest_turn": max(turns[:int(marks["cold_turns"])]),
+            "in_turns": sum(turns[:int(marks["cold_turns"])]), "writing": sum(writing[:int(marks["cold_turns"])])}
 
 
 def print_cold_change(client: str, count: int, samples: int, delay: float) -> int:
@@ -510,12 +513,14 @@ def print_cold_change(client: str, count: int, samples: int, delay: float) -> in
     print(f"\n## the host agent started on {count} store files, empty kernel: a new file written {delay:g} s after its first sync")
     print(f"## began, until its VIP answers (during), beside one written in quiet time after it (quiet); the cold sync from its first")
     print(f"## reconcile's start until every file's VIP is programmed; median of {samples} [min, max], whole and in parts alternated")
-    print(f"{'first sync':>12} {'during':>26} {'quiet':>8} {'cold sync':>26} {'turns':>6} {'longest':>8} {'answered first':>15}")
+    print(f"## (in turns: the cold sync's reconciles added up, the rest of it is the agent between them; writing: their kernel writes)")
+    print(f"{'first sync':>12} {'during':>26} {'quiet':>8} {'cold sync':>26} {'turns':>6} {'longest':>8} {'in turns':>9} {'writing':>8} {'answered first':>15}")
     for parts in (False, True):
         runs = figures[parts]
         during, cold = sorted(r["during"] for r in runs), sorted(r["cold"] for r in runs)
         print(f"{'in parts' if parts else 'whole':>12} {median(parts, 'during'):>7.3f}s [{during[0]:.3f}, {during[-1]:.3f}s] {median(parts, 'quiet'):>7.3f}s "
               f"{median(parts, 'cold'):>7.2f}s [{cold[0]:.2f}, {cold[-1]:.2f}s] {median(parts, 'turns'):>6.0f} {median(parts, 'longest_turn'):>7.2f}s "
+              f"{median(parts, 'in_turns'):>8.2f}s {median(parts, 'writing'):>7.2f}s "
               f"{sum(r['answered_before_cold_done'] for r in runs):>8.0f} of {len(runs)}")
     print(f"DURING-COLD / QUIET at N={count}, in parts (goal <= 2.0): median {median(True, 'during') / median(True, 'quiet'):.2f}x, "
           f"max {max(r['during'] for r in figures[True]) / median(True, 'quiet'):.2f}x (whole: {median(False, 'during') / median(False, 'quiet'):.2f}x)")
