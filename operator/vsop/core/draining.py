@@ -73,6 +73,16 @@ def with_draining(
     return replace(desired, real_servers={**desired.real_servers, **keep})
 
 
+def starting_to_drain(desired: KernelState, observed: KernelState, draining: Draining, names: Names = Names()) -> frozenset[ServiceKey]:
+    """The TCP services where a real server of vsop's leaves the desired state without draining
+    yet: whether it drains or goes at once depends on its connection counters now."""
+    return frozenset(
+        key.service for key in owned(observed, names).real_servers
+        if key not in desired.real_servers and key.service in desired.services
+        and key.service.protocol != "udp" and key not in draining.since
+    )
+
+
 def grace_by_service(services: Iterable[VirtualService]) -> dict[ServiceKey, float]:
     """How long the removed real servers of each IPVS service may drain (spec.drain.timeoutSeconds)."""
     grace: dict[ServiceKey, float] = {}

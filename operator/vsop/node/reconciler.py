@@ -37,7 +37,7 @@ from vsop.adapters.base import OperationFailed
 from vsop.adapters.kernel import Kernel, read_observed
 from vsop.core import ops
 from vsop.core.desired import Desired, Node
-from vsop.core.draining import Draining, with_draining
+from vsop.core.draining import Draining, starting_to_drain, with_draining
 from vsop.core.drift import Repair
 from vsop.core.fragments import assemble, grace_of, member_vip, vip_index, with_shared_as_found
 from vsop.core.held import Held, held_owners
@@ -653,7 +653,8 @@ class Reconciler(_Parts):
 
         def drain(state: KernelState, have: KernelState) -> KernelState:
             sub = Draining({k: v for k, v in self.draining.since.items() if k.service.vip in cut})
-            state = with_draining(state, have, sub, self.clock(), grace_of(pieces), self.names)
+            counted = self._counted(state, have, sub)
+            state = with_draining(state, counted, sub, self.clock(), grace_of(pieces), self.names)
             self.draining.since = {**{k: v for k, v in self.draining.since.items() if k.service.vip not in cut}, **sub.since}
             return keep_as_found(state, have, kept, families, self.names)
 
@@ -662,6 +663,25 @@ class Reconciler(_Parts):
             link_elsewhere=elsewhere, keep_accept_ra=self.keep_accept_ra,
         )
         return target.state, the_plan
+
+    def _counted(self, want: KernelState, have: KernelState, draining: Draining) -> KernelState:
+        """`have` with the kernel's connection counters now for the services where a real server
+        starts to drain: the cache's are those of the last read (up to a resync period old, none
+        at all for a connection opened since), and a real server with established connections
+        must drain, not go. Only those services' real servers are dumped. When the dump fails, the
+        leaving real servers are taken as busy: they go to weight 0, and the draining read of the
+        next reconcile (every second while draining) deletes the idle ones."""
+        services = starting_to_drain(want, have, draining, self.names)
+        if not services:
+            return have
+        try:
+            fresh = self.kernel.ipvs.read_real_servers(services)
+        except (OperationFailed, OSError) as exc:
+            log.warning("reading the connection counters of leaving real servers failed, draining them error=%r", str(exc))
+            fresh = {key: replace(rs, active_connections=max(1, rs.active_connections))
+                     for key, rs in have.real_servers.items() if key.service in services}
+        counted = {key: fresh.get(key, rs) for key, rs in have.real_servers.items()}
+        return replace(have, real_servers=counted)
 
     def _judge_plan(self, outcome: Outcome, turn: _Turn, cut: frozenset[str], the_plan: Plan) -> None:
         """The plan's verdicts for every object on the planned VIPs; `outcome.touched` cut down to

@@ -421,11 +421,13 @@ def test_draining_real_server_keeps_weight_zero_until_its_connections_end() -> N
     reconciler.set_objects([web()])
     reconciler.reconcile()
     key = RealServerKey(ServiceKey("tcp", "169.254.20.1", 80), "10.1.0.2", 8080)
+    # A connection opened since the last read: the cache's counters say idle, the kernel's do not.
     fake.state = replace(fake.state, real_servers={**fake.state.real_servers, key: replace(fake.state.real_servers[key], active_connections=3)})
-    reconciler.reconcile(full=True)  # the counters are read
+    reads = reconciler.reads
     reconciler.set_objects([web(backends=[{"address": "10.1.0.1"}])])
     reconciler.reconcile()
     assert fake.state.real_servers[key].weight == 0 and key in reconciler.draining.since
+    assert reconciler.reads == reads  # the leaving service's real servers dumped, not the kernel
     now[0] += 5
     reconciler.reconcile()  # still connected: stays
     assert key in fake.state.real_servers
