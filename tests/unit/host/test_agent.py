@@ -708,3 +708,30 @@ def test_a_file_rewritten_in_place_is_planned_as_a_change_while_pending_and_once
     assert taken.ok and not taken.full and agent.reconciler.reads == reads and taken.vips == 1
     assert fake.state.services[ServiceKey("tcp", "169.254.11.3", 80)].scheduler == "wrr"
     assert agent.sync_once(full=True).writes == 0
+
+
+def test_the_cold_syncs_parts_do_not_poll_the_folder_again(tmp_path: Path) -> None:
+    """A part of the cold sync takes longer than half a poll period at 10k: polling in each part's
+    turn stat-ed every file once per part. The poll task follows the folder meanwhile."""
+    folder = tmp_path / "vs"
+    folder.mkdir()
+    for index in range(4):
+        write(folder, f"web{index}", vip=f"169.254.20.{index + 1}")
+    agent, fake = agent_for(folder)
+    agent.reconciler.resyncing.cold_chunk = 1
+    settle(agent)
+    polls = []
+    poll = agent.source.poll
+    agent.source.poll = lambda: polls.append(agent.reconciler.replanning) or poll()
+    parts = 0
+    while True:
+        time.sleep(agent.config.poll_seconds)  # the poll task's last look is stale at every turn
+        agent.sync_once(full=False)
+        parts += 1
+        if not agent.reconciler.replanning:
+            break
+    assert parts > 2 and len(fake.state.services) == 4
+    assert polls == [False]  # the first turn's poll, none in the parts that went on with it
+    time.sleep(agent.config.poll_seconds)
+    agent.sync_once(full=False)
+    assert polls == [False, False]  # a turn after the cold sync looks again when the last look is stale
