@@ -126,6 +126,10 @@ class Resync:
         # Changed in place only (the verdicts hold it: an object on a VIP still here is not programmed).
         self.cold_chunk = max(0, cold_chunk)  # 0: the first sync plans the whole node in one reconcile
         self.cold: set[str] = set()
+        # The order the parts take them in: sorted once, so that which VIPs go together does not
+        # depend on the interpreter's string hashing (a restart plans the same parts; tests replay).
+        self._cold_order: list[str] = []
+        self._cold_at = 0
         self.shared_drift = False  # the chains, jumps or sysctls too (reported at the next plan)
         # The audit's round: every VIP in a stable order, taken audit_chunk per resync.
         self._audit_round: list[str] = []
@@ -138,6 +142,7 @@ class Resync:
         """A whole plan: every VIP is planned now."""
         self.replan, self.expected, self.shared_drift = set(), None, False
         self.cold.clear()
+        self._cold_order, self._cold_at = [], 0
 
     def take_cold(self, planned: set[str], part: bool = True) -> set[str]:
         """The first sync's next part (unless not `part`), and whatever of it `planned` (this
@@ -148,10 +153,26 @@ class Resync:
         taken = cold & planned
         cold -= taken
         if part:
-            chunk = set(itertools.islice(cold, max(1, self.cold_chunk)))
+            chunk = self._next_cold(max(1, self.cold_chunk))
             cold -= chunk
             taken |= chunk
         return taken
+
+    def _next_cold(self, size: int) -> set[str]:
+        """Up to `size` VIPs still in `cold`, in sorted order (each VIP looked at once over the
+        whole first sync; VIPs added to `cold` after the order was made come after it)."""
+        cold, chunk = self.cold, set()
+        while len(chunk) < size:
+            if self._cold_at >= len(self._cold_order):
+                left = cold - chunk
+                if not left:
+                    break
+                self._cold_order, self._cold_at = sorted(left), 0
+            vip = self._cold_order[self._cold_at]
+            self._cold_at += 1
+            if vip in cold:
+                chunk.add(vip)
+        return chunk
 
     def found(self, vips: set[str], shared: bool, expected: KernelState) -> None:
         """Drift a resync found: `vips` to plan again, `expected` what the cache said they held."""

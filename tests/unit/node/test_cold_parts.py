@@ -31,6 +31,7 @@ from vsop.core.held import Held
 from vsop.core.state import KernelState, Names, RealServerKey, ServiceKey
 from vsop.node.loop import Feed, NodeLoop
 from vsop.node.reconciler import Reconciler
+from vsop.node.resync import Resync
 from vsop.node.whole import sync
 
 
@@ -276,3 +277,14 @@ def test_a_cold_sync_in_parts_keeps_held_owners_as_the_whole_node_plan_does(
         ends.append((comparable(fake.state), set(reconciler.programmed), dict(reconciler.held_problems), reconciler.kept_owners()))
         assert reconciler.reconcile(full=True).writes == 0
     assert ends[0] == ends[1]
+
+
+def test_the_parts_take_the_vips_in_sorted_order_whatever_the_string_hashing() -> None:
+    resync = Resync(resync_chunk=8, audit_chunk=0, cold_chunk=2)
+    resync.cold.update({"169.254.0.4", "169.254.0.1", "169.254.0.3", "169.254.0.2", "169.254.0.5"})
+    assert resync.take_cold(set()) == {"169.254.0.1", "169.254.0.2"}
+    # A change planned now takes its VIP out of what is left, and the part goes on in order.
+    assert resync.take_cold({"169.254.0.3"}) == {"169.254.0.3", "169.254.0.4", "169.254.0.5"}
+    resync.cold.update({"169.254.0.9", "169.254.0.0"})  # added after the order was made: after it
+    assert resync.take_cold(set(), part=False) == set()
+    assert resync.take_cold(set()) == {"169.254.0.0", "169.254.0.9"} and not resync.cold
