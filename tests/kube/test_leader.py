@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import threading
 from typing import Any, AsyncIterator
 
 import pytest
@@ -42,13 +44,53 @@ class FlakyLeases(KubeLeaseApi):
         return await super().get(namespace, name)
 
 
+class LateRenewal(FlakyLeases):
+    """The real Lease client, whose renewal a test holds on its way to the API server once `hold` is set.
+
+    A stopped controller cancels its election mid-request, but a request asyncio.to_thread
+    already started runs on in its thread and lands when it lands. Here the held renewal
+    lands right after the next read (the release's), before the release writes."""
+
+    hold = False
+
+    def __init__(self, connection: Connection):
+        super().__init__(connection)
+        self.held = threading.Event()  # a renewal waits at the gate
+        self.gate = threading.Event()
+        self.landed = threading.Event()
+
+    async def get(self, namespace: str, name: str) -> Any:
+        found = await super().get(namespace, name)
+        if self.held.is_set() and not self.gate.is_set():
+            self.gate.set()
+            await asyncio.to_thread(self.landed.wait)
+        return found
+
+    async def patch(self, namespace: str, name: str, body: Any) -> Any:
+        if not (self.hold and body["spec"].get("holderIdentity")) or self.held.is_set():
+            return await super().patch(namespace, name, body)
+
+        def late() -> tuple[int, Any]:
+            self.held.set()
+            self.gate.wait()
+            try:
+                return self._call("patch", namespace, name, dict(body))
+            finally:
+                self.landed.set()
+
+        code, found = await asyncio.to_thread(late)
+        if not 200 <= code < 300:
+            raise ApiError(code, str(found)[:500])
+        return found
+
+
 class Candidate:
-    def __init__(self, cluster: Cluster, name: str, clock: Clock):
+    def __init__(self, cluster: Cluster, name: str, clock: Clock, leases: type[FlakyLeases] = FlakyLeases):
         self.name = name
         connection = Connection.for_url(cluster.url)
         connection.api.user_agent = f"vsop-test/{name}"  # tells its requests apart in the emulator's log
         self.writer = RecordingWriter(connection, "vsop-controller", host=name)
-        self.leases = FlakyLeases(connection)
+        self.leases = leases(connection)
         self.elector = Elector(self.leases, name, TIMING, clock=clock)
         relister = Relister(connection)
         self.relists = 0
@@ -162,6 +204,49 @@ async def test_a_stopped_holder_releases_and_the_standby_takes_over_at_once(clus
         await until(lambda: b.elector.leading, "ctl-b leads without the clock moving")
         await cluster.vs("web", WEB)
         await until(lambda: ready(cluster, "web"), "ctl-b writes")
+
+
+async def test_a_renewal_landing_during_the_release_does_not_keep_the_lease(cluster: Cluster) -> None:
+    """Stopped while a renewal is on its way, the controller still hands the lease over: the
+    renewal lands between the release's read and its write, whose resourceVersion is then
+    stale (409); the release reads again and releases."""
+    await cluster.node("node-a")
+    clock = Clock()
+    a = Candidate(cluster, "ctl-a", clock, leases=LateRenewal)
+    a.start()
+    await until(lambda: a.elector.leading, "ctl-a leads")
+    assert isinstance(a.leases, LateRenewal)
+    a.leases.hold = True
+    await until(a.leases.held.is_set, "a renewal of ctl-a on its way")
+    await a.halt()  # SIGTERM while the renewal is in flight
+    assert a.leases.landed.is_set(), "the renewal landed before the release wrote"
+    assert holder(cluster) == "", "released"
+    lease = cluster.get(LEASES, "vsop-system", "vsop-controller")["spec"]
+    assert lease["leaseDurationSeconds"] == 1
+
+
+async def test_a_lease_taken_over_during_the_release_is_left_to_its_holder(cluster: Cluster,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Another candidate writes the Lease between the release's read and its write: the release
+    is refused (409), reads again, finds another holder and leaves the Lease to it (nothing of
+    this process's to release, and no failure to report)."""
+    clock = Clock()
+    a = Candidate(cluster, "ctl-a", clock)
+    await a.elector.step()
+    assert a.elector.leading
+    read = a.leases.get
+
+    async def read_then_taken_over(namespace: str, name: str) -> Any:
+        found = await read(namespace, name)
+        if holder(cluster) == "ctl-a":
+            await cluster.patch(LEASES, namespace, name, {"spec": {"holderIdentity": "ctl-b", "leaseTransitions": 1}})
+        return found
+
+    a.leases.get = read_then_taken_over  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="vsop.kube.leader"):
+        await a.elector.release()
+    assert holder(cluster) == "ctl-b" and not a.elector.leading
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_a_write_with_a_stale_resource_version_is_refused(cluster: Cluster) -> None:

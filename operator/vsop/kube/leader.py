@@ -36,6 +36,7 @@ log = logging.getLogger("vsop.kube.leader")
 
 LEASE_NAMESPACE = "vsop-system"
 LEASE_NAME = "vsop-controller"
+RELEASE_READS = 3  # a release refused (409) reads again; one renewal of this process may still land (Elector.release)
 
 
 @dataclass(frozen=True)
@@ -226,22 +227,39 @@ class Elector:
                 pass
 
     async def release(self) -> None:
-        """On shutdown: hand the lease back (empty holder, 1 s), so the standby need not wait it out."""
+        """On shutdown: hand the lease back (empty holder, 1 s), so the standby need not wait it out.
+
+        A 409 means the Lease changed between the read and the write. Either this process's own
+        renewal landed then (the election is cancelled mid-request on stop, and a request
+        asyncio.to_thread started runs on in its thread: it lands when it lands), or another
+        candidate took the Lease. So read again: still the holder, release with the new
+        resourceVersion; another holder, nothing is this process's to release. The election is
+        stopped, so at most one renewal of this process is still on its way: a second read sees it."""
         if not self.leading:
             return
         self._set(False)
+        lease = f"{self.namespace}/{self.name}"
         try:
-            found = await self.api.get(self.namespace, self.name)
-            spec = (found or {}).get("spec") or {}
-            if found is None or spec.get("holderIdentity") != self.identity:
+            for _ in range(RELEASE_READS):
+                found = await self.api.get(self.namespace, self.name)
+                spec = (found or {}).get("spec") or {}
+                if found is None or spec.get("holderIdentity") != self.identity:
+                    return  # not (or no longer) this process's
+                try:
+                    await self.api.patch(self.namespace, self.name, {
+                        "metadata": {"resourceVersion": (found.get("metadata") or {}).get("resourceVersion")},
+                        "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": micro_time()},
+                    })
+                except ApiError as exc:
+                    if exc.status == 409:
+                        continue  # changed since the read: read again
+                    raise
+                log.info(kv("Released the lease", lease=lease, identity=self.identity))
                 return
-            await self.api.patch(self.namespace, self.name, {
-                "metadata": {"resourceVersion": (found.get("metadata") or {}).get("resourceVersion")},
-                "spec": {"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": micro_time()},
-            })
-            log.info(kv("Released the lease", lease=f"{self.namespace}/{self.name}", identity=self.identity))
+            log.warning(kv("Releasing the lease failed; the standby takes over when it expires", lease=lease,
+                           error=f"the Lease changed under each of {RELEASE_READS} reads"))
         except (ApiError, OSError) as exc:
-            log.warning(kv("Releasing the lease failed; the standby takes over when it expires", error=str(exc)))
+            log.warning(kv("Releasing the lease failed; the standby takes over when it expires", lease=lease, error=str(exc)))
 
 
 class NotLeading(ApiError):
