@@ -12,7 +12,7 @@ import pytest
 
 from vsop.adapters.base import OperationFailed
 from vsop.core import ops
-from vsop.core.state import RealServer, RealServerKey, ServiceKey, VirtualServer
+from vsop.core.state import RealServer, RealServerKey, ServiceKey, Traffic, VirtualServer
 
 WEB = ServiceKey("tcp", "192.0.2.10", 80)
 API = ServiceKey("tcp", "192.0.2.11", 443)
@@ -53,6 +53,14 @@ class IPVSContract:
         chosen = ipvs_adapter.read_real_servers([DNS, API])  # API does not exist: it has none
         assert {k: (v.forwarding, v.weight) for k, v in chosen.items()} == {dns.key: ("masq", 1)}
         assert ipvs_adapter.read_real_servers([]) == {}
+
+    def test_reads_the_traffic_of_chosen_services_real_servers_from_zero(self, ipvs_adapter):
+        web, web2, dns = real(WEB, "10.77.0.1"), real(WEB, "10.77.0.3"), real(DNS, "10.77.0.2", 53)
+        ipvs_adapter.apply([ops.AddService(service(WEB)), ops.AddService(service(DNS))])
+        ipvs_adapter.apply([ops.AddRealServer(web), ops.AddRealServer(web2), ops.AddRealServer(dns)])
+        # No packet went through them: every counter 0; API does not exist, DNS was not asked for.
+        assert ipvs_adapter.traffic([WEB, API]) == {web.key: Traffic(), web2.key: Traffic()}
+        assert ipvs_adapter.traffic([]) == {}
 
     def test_adds_a_service_and_counts_writes(self, ipvs_adapter):
         assert ipvs_adapter.apply([ops.AddService(service(WEB))]) == 1

@@ -17,7 +17,7 @@ import pytest
 
 import vsop.node.probes
 from tests.kube.conftest import NODES, VS, WAIT_SECONDS, Cluster, make_agent, make_controller, until
-from vsop.core.state import ServiceKey
+from vsop.core.state import RealServerKey, ServiceKey
 from vsop.kube import checkers
 from vsop.kube.agent import Agent
 
@@ -126,7 +126,7 @@ async def cluster_of_four(cluster: Cluster) -> AsyncIterator[Nodes]:
         await asyncio.wait_for(controller, timeout=15)
 
 
-async def test_every_agent_takes_the_same_checkers_and_the_others_probe_slowly(cluster: Cluster, prober: Prober) -> None:
+async def test_every_agent_takes_the_same_checkers_and_the_others_watch_their_counters(cluster: Cluster, prober: Prober) -> None:
     async with cluster_of_four(cluster) as nodes:
         found = published(cluster)
         for backend in BACKENDS:
@@ -135,8 +135,11 @@ async def test_every_agent_takes_the_same_checkers_and_the_others_probe_slowly(c
             assert found[backend]["healthy"] is True
         for name, agent in nodes.agents.items():
             agent = nodes.agents[name]
+            # A checker probes at the spec's interval; the others (masquerade, TCP) watch their own counters instead.
             intervals = {checkers.backend_id(t.key.address, t.key.port): t.check.interval_seconds for t in agent.roles.targets}
-            assert intervals == {b: 1 if name in found[b]["checkers"] else checkers.SLOW_FACTOR for b in BACKENDS}, name
+            assert intervals == {b: 1 for b in BACKENDS if name in found[b]["checkers"]}, name
+            watched = {checkers.backend_id(key.address, key.port) for key in agent.roles.watched}
+            assert watched == {b for b in BACKENDS if name not in found[b]["checkers"]}, name
             # Checkers publish their results in their own report; nobody else does.
             await until(lambda: set(cluster.report(name)["default/checked"].get("checks") or {}) == checked_here(agent), f"{name}'s checks")
         assert len(str(cluster.status("default", "checked").get("backendHealth"))) < 400  # K names per backend, not N
@@ -184,8 +187,22 @@ async def test_a_node_whose_own_probe_fails_stops_sending_though_the_checkers_sa
         chosen = published(cluster)[backend]["checkers"]
         [outsider] = [n for n in NODE_NAMES if n not in chosen]
         prober.down_from["192.0.2.1"] = {outsider}  # only the outsider cannot reach it
-        # Its slow probe (every SLOW_FACTOR x 1 s) finds it.
-        await until(lambda: weights(nodes.fakes[outsider]) == {"192.0.2.1:8080": 0, "192.0.2.2:8080": 1}, "the outsider stops sending",
-                    timeout=checkers.SLOW_FACTOR + 5)
+        agent, fake = nodes.agents[outsider], nodes.fakes[outsider]
+        key = RealServerKey(HTTP, "192.0.2.1", 8080)
+        await agent.look_at_traffic()  # as each resync period does: the first look, a baseline
+        await agent.look_at_traffic()
+        assert agent.checker is not None and key not in {t.key for t in agent.checker.given}  # no trouble: not probed here
+        assert key in agent.roles.watched and not agent.local_probes.running
+        probed = prober.probes[(outsider, backend)]  # before checkers were published, every node probed it
+        fake.send(key, connections=3, out_packets=0)  # clients' connections, not one packet back
+        await agent.look_at_traffic()
+        agent.trigger.wake("the data path looked at")
+        await until(lambda: weights(fake) == {"192.0.2.1:8080": 0, "192.0.2.2:8080": 1}, "the outsider stops sending")
+        assert prober.probes[(outsider, backend)] > probed
         assert published(cluster)[backend]["healthy"] is True
         assert all(weights(nodes.fakes[n]) == {"192.0.2.1:8080": 1, "192.0.2.2:8080": 1} for n in chosen)
+        await agent.look_at_traffic()  # taken out here: no new connection, the counters are quiet; its probe goes on
+        prober.down_from["192.0.2.1"] = set()
+        await until(lambda: weights(fake) == {"192.0.2.1:8080": 1, "192.0.2.2:8080": 1}, "back in service on the outsider")
+        await until(lambda: not agent.local_probes.running, "its local probe stops once it answers and the data path is quiet")
+        assert key not in {t.key for t in agent.probe_targets()}

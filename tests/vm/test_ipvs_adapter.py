@@ -214,3 +214,47 @@ def test_an_unchanged_table_reads_as_the_same_objects_and_a_hand_made_change_is_
             assert changed[RealServerKey(other, "10.77.0.1", 8080)] is real_servers[RealServerKey(other, "10.77.0.1", 8080)]
         finally:
             adapter.close()
+
+
+def _traffic_until(adapter: IPVSKernel, key: ServiceKey, seen) -> dict:  # type: ignore[no-untyped-def]
+    """The traffic of `key`'s real servers once `seen(it)` holds: IPVS sums its per-CPU counters into
+    what netlink answers in its estimator's timer (every 2 s), so a packet shows there a little later."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while True:
+        found = adapter.traffic([key])
+        if seen(found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_traffic_counts_connections_and_replies_of_real_packets(ipvs_adapter, ipvs_netns):
+    """A client connecting to a VIP whose masquerade real server never answers: the connection is
+    counted, packets go in, none come back. A real server that answers (a listener of this namespace):
+    its replies are counted too."""
+    import socket
+
+    from tests.vm.conftest import entered_netns
+
+    dead, alive = real(WEB, "10.77.0.1"), real(API, "10.77.0.254", 8443)  # 10.77.0.1: behind the dummy rs0, packets vanish
+    ipvs_adapter.apply([ops.AddService(service(WEB)), ops.AddService(service(API))])
+    ipvs_adapter.apply([ops.AddRealServer(dead), ops.AddRealServer(alive)])
+    with IPRoute(netns=ipvs_netns, flags=0) as ipr:
+        for vip in (WEB.vip, API.vip):
+            ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address=vip, prefixlen=32)
+    with entered_netns(f"/var/run/netns/{ipvs_netns}"):
+        listener = socket.create_server(("10.77.0.254", 8443))
+        client = socket.socket()
+        client.setblocking(False)
+        client.connect_ex((WEB.vip, WEB.port))  # a SYN to the VIP, scheduled to the dead real server
+        answered = socket.create_connection((API.vip, API.port), timeout=10)
+    try:
+        found = _traffic_until(ipvs_adapter, WEB, lambda f: f[dead.key].connections >= 1)
+        assert found[dead.key].connections == 1 and found[dead.key].in_packets >= 1
+        assert found[dead.key].out_packets == 0  # no reply: the data path's sign of a dead masquerade real server
+        found = _traffic_until(ipvs_adapter, API, lambda f: f[alive.key].out_packets >= 1)
+        assert found[alive.key].connections == 1 and found[alive.key].out_packets >= 1  # its SYN-ACK at least
+    finally:
+        for sock in (client, answered, listener):
+            sock.close()

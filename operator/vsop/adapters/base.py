@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 from vsop.core import ops
-from vsop.core.state import ChainKey, IPSet, Jump, LinkState, RealServer, RealServerKey, ServiceKey, VirtualServer
+from vsop.core.state import ChainKey, IPSet, Jump, LinkState, RealServer, RealServerKey, ServiceKey, Traffic, VirtualServer
 
 
 class OperationFailed(Exception):
@@ -47,6 +47,11 @@ class IPVSAdapter(Adapter, Protocol):
 
     def read_real_servers(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, RealServer]:
         """The real servers (with connection counters) of just these services; a missing service has none."""
+        ...
+
+    def traffic(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, Traffic]:
+        """The counters of the real servers of just these services (one dump per service, none of the
+        rates); a missing service has none, a real server just added reads all zeros."""
         ...
 
     def forget_reads(self) -> None:

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 from vsop.adapters.base import OperationFailed
 from vsop.core import ops
 from vsop.core.memory import KernelRefused, apply_op
-from vsop.core.state import ChainKey, IPSet, Jump, KernelState, LinkState, Names, RealServer, RealServerKey, ServiceKey, VirtualServer
+from vsop.core.state import ChainKey, IPSet, Jump, KernelState, LinkState, Names, RealServer, RealServerKey, ServiceKey, Traffic, VirtualServer
 from vsop.api.errors import KernelUnsupported
 
 
@@ -43,10 +43,23 @@ class FakeKernel:
     applied: list[ops.Op] = field(default_factory=list)
     ipvs_generation: int = 0  # what FakeIPVS.generation() answers: reload_ipvs() moves it
 
+    # IPVS counters of the real servers that had traffic (`send`); they go with their real server.
+    traffic: dict[RealServerKey, Traffic] = field(default_factory=dict)
+
     def reload_ipvs(self) -> None:
         """`rmmod ip_vs; modprobe ip_vs`: every IPVS service and real server gone, a new generation."""
         self.state = replace(self.state, services={}, real_servers={})
+        self.traffic.clear()
         self.ipvs_generation += 1
+
+    def send(self, key: RealServerKey, connections: int = 1, in_packets: int | None = None, out_packets: int = 0) -> None:
+        """Packets through an existing real server, as IPVS counts them: `connections` new ones,
+        `in_packets` from the clients (default one per connection), `out_packets` of replies."""
+        if key not in self.state.real_servers:
+            raise KeyError(f"no real server {key} of {key.service}")
+        was = self.traffic.get(key, Traffic())
+        self.traffic[key] = Traffic(was.connections + connections, was.in_packets + (connections if in_packets is None else in_packets),
+                                    was.out_packets + out_packets)
 
     def apply(self, operations: Sequence[ops.Op]) -> int:
         done = 0
@@ -59,6 +72,11 @@ class FakeKernel:
             except KernelRefused as exc:
                 raise OperationFailed(op, str(exc)) from None
             self._builtin_rules(op)
+            if isinstance(op, ops.DeleteRealServer):
+                self.traffic.pop(op.key, None)
+            elif isinstance(op, ops.DeleteService):
+                for key in [key for key in self.traffic if key.service == op.key]:
+                    del self.traffic[key]
             self.writes += 1
             self.applied.append(op)
             done += 1
@@ -114,6 +132,10 @@ class FakeIPVS(_View):
     def read_real_servers(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, RealServer]:
         wanted = frozenset(services)
         return {k: v for k, v in self.kernel.state.real_servers.items() if k.service in wanted}
+
+    def traffic(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, Traffic]:
+        wanted = frozenset(services)
+        return {k: self.kernel.traffic.get(k, Traffic()) for k in self.kernel.state.real_servers if k.service in wanted}
 
     def generation(self) -> int:
         return self.kernel.ipvs_generation

@@ -37,7 +37,7 @@ from vsop.adapters.netlink import (
     nla,
 )
 from vsop.core import ops
-from vsop.core.state import RealServer, RealServerKey, ServiceKey, VirtualServer
+from vsop.core.state import RealServer, RealServerKey, ServiceKey, Traffic, VirtualServer
 from vsop.api.errors import KernelUnsupported
 
 NO_IPVS = "this kernel has no IPVS: load ip_vs or use mode: keepalived"
@@ -511,6 +511,29 @@ class IPVSKernel:
             if code not in (errno.ESRCH, errno.ENOENT):  # those: deleted since the service dump
                 raise NetlinkError(code, f"dumping the real servers of {keys[index]}: {os.strerror(code)}")
         return real_servers
+
+    def traffic(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, Traffic]:
+        """The counters of these services' real servers: one pipelined GET_DEST dump per service, as
+        read_real_servers, keeping only the connections and packets of each destination's STATS64 nest
+        (the in-cluster agent's look at the data path of the real servers it does not probe,
+        vsop.kube.checkers.LocalProbes). A service that does not exist has none."""
+        family = self.family_id
+        found: dict[RealServerKey, Traffic] = {}
+        keys = list(services)
+
+        def on_dest(index: int, payload: bytes) -> None:
+            where = _top_attr(payload, _CMD_ATTR_DEST)
+            if where is not None:
+                rs = _parse_dest(keys[index], payload, *where)
+                counted = parse_stats(payload, *where, "dest")
+                found[rs.key] = Traffic(counted.get("connections", 0), counted.get("inPackets", 0), counted.get("outPackets", 0))
+
+        bodies = (_genl(IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in keys)
+        failed = self._pipe.dump_many(family, bodies, on_dest)
+        for index, code in failed.items():
+            if code not in (errno.ESRCH, errno.ENOENT):  # those: deleted meanwhile (or ip_vs reloaded: the next look sees it)
+                raise NetlinkError(code, f"dumping the real servers of {keys[index]}: {os.strerror(code)}")
+        return found
 
     def stats(self, keys: Sequence[ServiceKey]) -> tuple[dict[ServiceKey, dict[str, int]], dict[RealServerKey, dict[str, int]]]:
         """Counters and rates of the given services and of their real servers (`ipvsadm -Ln --stats --rate`).

@@ -118,6 +118,18 @@ class RealServer:
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """A real server's IPVS counters since it was added (IPVS_DEST_ATTR_STATS64): the connections
+    scheduled to it and the packets of those connections, client to real server (`in_packets`) and
+    back (`out_packets`). Only a masquerade real server's replies pass through this node: with
+    direct routing or tunnelling they go to the client straight, and `out_packets` stays 0."""
+
+    connections: int = 0
+    in_packets: int = 0
+    out_packets: int = 0
+
+
+@dataclass(frozen=True)
 class IPSet:
     name: str
     kind: str  # "hash:ip,port" | "hash:ip" | "hash:ip,port,net"

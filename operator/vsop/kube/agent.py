@@ -131,7 +131,9 @@ class Agent:
         self.liberal = conntrack_tcp_liberal(kernel.sysctls)  # read once, as kube-proxy does: no INVALID rule when 1
         self.tracker = HealthTracker()
         # Which health targets this node checks for the cluster, kept per object (vsop.kube.checkers).
-        self.role_keeper = checkers.RoleKeeper(self.node_name)
+        self.role_keeper = checkers.RoleKeeper(self.node_name, self._forwarding)
+        # Of the real servers it does not check, those this node probes because its counters show trouble.
+        self.local_probes = checkers.LocalProbes()
         self._followed: HealthChecker | None = None  # the checker that follows the roles' changes
         self.metrics = metrics or AgentMetrics()
         if bird is not None:
@@ -263,7 +265,7 @@ class Agent:
         return report.outcome is not None and report.outcome.error is None
 
     def probe_targets(self) -> set[Target]:
-        return self.roles.targets
+        return self.roles.targets | set(self.local_probes.running.values())
 
     def probe_changes(self) -> tuple[set[Target], set[Target]] | None:
         self._follow_checker()  # each turn has it follow the roles: nothing left, unless it is new
@@ -307,6 +309,8 @@ class Agent:
         self.syncs += 1
         if self._follow_roles(False, ()).published_down != down:
             self.trigger.wake("published backend health changed")
+        if periodic:
+            await self.look_at_traffic()
         self._follow_checker()
         outcome, keepalived = turn.report
         if outcome.error is None and self.reconciler.cold:  # ready once the first sync's last part is written
@@ -330,18 +334,44 @@ class Agent:
             refs.update(published)
         return self.role_keeper.follow(None if everything else refs, self.loop.targets_by_ref, self.source.published)
 
+    def _forwarding(self, ref: str) -> str | None:
+        """An object's spec.forwarding as the source has it now (vsop.kube.checkers.watchable)."""
+        namespace, _, name = ref.partition("/")
+        record = self.source.records.get((namespace, name))
+        return record.vs.spec.forwarding if record is not None and record.vs is not None else None
+
+    async def look_at_traffic(self) -> None:
+        """Once per resync period: the IPVS counters of the real servers this node watches instead of
+        probing (vsop.kube.checkers.LocalProbes), read in the turns' thread (one dump per service)."""
+        watched = self.roles.watched
+        if not watched and not self.local_probes.last:
+            return
+        try:
+            traffic = await self.loop.blocking(self.kernel.ipvs.traffic, self.local_probes.services(watched)) if watched else {}
+        except Exception as exc:  # a failed look is no trouble seen; the next period looks again
+            log.warning(kv("Reading the IPVS counters of the real servers this node does not check failed", node=self.node_name,
+                           error=f"{type(exc).__name__}: {exc}"))
+            return
+        for key in sorted(self.local_probes.look(traffic, watched)):
+            log.info(kv("New connections without a reply packet: probing the real server here", node=self.node_name,
+                        service=str(key.service), real_server=str(key)))
+
     def _follow_checker(self) -> None:
-        """The checker probes the roles' targets: by what changed since it last followed them, whole
-        when the roles were rebuilt or it is a new checker."""
+        """The checker probes the roles' targets and the watched ones in trouble (vsop.kube.checkers):
+        by what changed since it last followed them, whole when the roles were rebuilt or it is a new checker."""
         checker = self.loop.checker
         if checker is None:
             return
         changes = self.role_keeper.take_changes()
+        local = self.local_probes.follow(self.roles.watched, self.tracker.is_healthy)
         if changes is None or checker is not self._followed:
             self._followed = checker
-            checker.update(self.roles.targets)
+            checker.update(self.probe_targets())
         else:
-            checker.change(*changes)
+            # Roles and local probes hold different real servers at any time; one moving from one to the
+            # other in this turn with the same check stays probed (its verdict kept).
+            added, removed = changes[0] | local[0], changes[1] | local[1]
+            checker.change(added - removed, removed - added)
 
     def _feed(self, changes: Changes, node: Node, extra: tuple[str, ...], down: frozenset[Any]) -> Feed:
         delta = {reports.ref_of(*key): record.vs if record is not None else None for key, record in changes.objects.items()}

@@ -13,11 +13,25 @@ Owns who checks a static backend in a cluster and how the result reaches every n
   K names per backend, independent of the number of nodes.
 - `Roles` (agent): from the published list, which health targets this node probes at the
   spec's interval (it is a checker, or nothing is published yet: every node checks for
-  itself, the behaviour without a controller), which it probes only every
-  `SLOW_FACTOR` x interval (the others: a node that cannot reach a backend still takes
-  it out, more slowly), the backends published down (taken out here too), and the
-  `checks` this node publishes as a checker. `RoleKeeper` keeps them per object, derived again
-  for the objects whose health targets or published health changed (a turn costs what changed).
+  itself, the behaviour without a controller), which it watches through its own IPVS
+  counters instead of probing (`watched`: the others' masquerade TCP and SCTP real servers),
+  which it probes only every `SLOW_FACTOR` x interval (the others' direct-routing, tunnelled
+  and UDP real servers: a node that cannot reach a backend still takes it out, more slowly),
+  the backends published down (taken out here too), and the `checks` this node publishes as a
+  checker. `RoleKeeper` keeps them per object, derived again for the objects whose health
+  targets or published health changed (a turn costs what changed).
+- `LocalProbes` (agent): which watched real servers this node probes after all. Once per resync
+  period the agent reads their counters (IPVS per-destination stats: connections, packets each
+  way); `trouble` says, from two looks, whether the data path shows a dead real server (new
+  connections, not one reply packet). A masquerade real server's replies pass through this
+  node, so a real server this node cannot reach shows exactly that once clients use it; one
+  that carries no traffic here hurts no client here and is not probed. A real server in
+  trouble is probed at the spec's interval (clients are failing now: it goes out within
+  failureThreshold x interval of the look) until its own verdict is healthy and the last look
+  showed no trouble. Direct routing and tunnelling send the replies around this node, and a
+  UDP service may be one-way (new flows without replies prove nothing): those keep the slow
+  probe. Probes per backend per interval: K, plus one per node whose data path shows trouble
+  for it (masquerade TCP/SCTP), plus (N - K) / SLOW_FACTOR for the others.
 serviceRef endpoints are not covered: their readiness comes from the EndpointSlices, and
 a health check on them stays a check every node runs.
 No I/O of its own: must not import kopf, vsop.node.execute or vsop.adapters.
@@ -26,12 +40,12 @@ No I/O of its own: must not import kopf, vsop.node.execute or vsop.adapters.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
 from vsop.node.probes import Target
 from vsop.core.health import HealthTracker
-from vsop.core.state import RealServerKey
+from vsop.core.state import RealServerKey, ServiceKey, Traffic
 from vsop.api.model import VirtualService
 
 CHECKERS = 3  # K: checker nodes per static backend
@@ -116,6 +130,16 @@ def parse_published(status: Any) -> dict[str, Published]:
     return found
 
 
+Forwarding = Callable[[str], "str | None"]  # owner ("namespace/name") -> its spec.forwarding; None: not known
+
+
+def watchable(target: Target, forwarding: str | None) -> bool:
+    """Whether this node's own counters can tell that `target` is dead: a masquerade real server's
+    replies pass through this node, and a TCP or SCTP connection always has one (the SYN-ACK, the
+    INIT-ACK). Direct routing and tunnelling send replies around this node; UDP may be one-way."""
+    return forwarding == "masq" and target.key.service.protocol != "udp"
+
+
 @dataclass
 class Roles:
     """What this node does about each health target, given what the controller published."""
@@ -123,6 +147,9 @@ class Roles:
     targets: set[Target]  # the targets to run, each at the interval it is to be probed at
     checking: dict[RealServerKey, tuple[str, str]]  # key -> (owner, backend): this node is a designated checker
     published_down: frozenset[RealServerKey]  # keys this node is not a checker of, published down
+    # Keys this node is not a checker of, whose data path its own counters show (`watchable`): not in
+    # `targets`; LocalProbes runs them, at the spec's interval, while those counters show trouble.
+    watched: dict[RealServerKey, Target] = field(default_factory=dict)
 
     def entry_checks(self, healthy: Mapping[RealServerKey, bool]) -> dict[str, dict[str, bool]]:
         """owner -> {backend: healthy} this node publishes as a checker (only backends it has a result for)."""
@@ -136,40 +163,53 @@ class Roles:
 
 @dataclass(frozen=True)
 class _Role:
-    run: Target  # the target as this node probes it (slowed down when it is not a checker)
+    run: Target | None  # the target as this node probes it (slowed down when it is not a checker); None: watched
     checking: tuple[str, str] | None  # (owner, backend) when this node is a designated checker
     down: bool  # published down, and this node is not a checker
+    watched: Target | None = None  # not a checker, and its counters show its data path: probed only on trouble
 
 
-def _role(node: str, target: Target, owner: str, published: Mapping[str, Mapping[str, Published]]) -> _Role:
+def _unknown(owner: str) -> str | None:
+    return None
+
+
+def _role(node: str, target: Target, owner: str, published: Mapping[str, Mapping[str, Published]],
+          forwarding: Forwarding = _unknown) -> _Role:
     backend = backend_id(target.key.address, target.key.port)
     found = (published.get(owner) or {}).get(backend)
     if found is None or not found.checkers:
         return _Role(target, None, False)  # nothing published (no controller yet, or a serviceRef endpoint): check it here
     if node in found.checkers:
         return _Role(target, (owner, backend), False)
+    if watchable(target, forwarding(owner)):
+        return _Role(None, None, not found.healthy, target)
     slow = target.check.model_copy(update={"interval_seconds": target.check.interval_seconds * SLOW_FACTOR})
     return _Role(Target(target.key, slow), None, not found.healthy)
 
 
 def roles(node: str, targets: Iterable[Target], owners: Mapping[RealServerKey, str],
-          published: Mapping[str, Mapping[str, Published]]) -> Roles:
-    """Split this node's health targets: checker (full rate), others (slow, applying the published verdict).
+          published: Mapping[str, Mapping[str, Published]], forwarding: Forwarding = _unknown) -> Roles:
+    """Split this node's health targets: checker (full rate), others (watched, or slow; applying the published verdict).
 
-    `owners`: real server -> "namespace/name" of its VirtualService; `published`: owner -> backend -> Published.
+    `owners`: real server -> "namespace/name" of its VirtualService; `published`: owner -> backend -> Published;
+    `forwarding`: owner -> its spec.forwarding (unknown: every other target slow, as without counters).
     Costs every target: `RoleKeeper` keeps the same per object and costs what changed.
     """
     run: set[Target] = set()
     checking: dict[RealServerKey, tuple[str, str]] = {}
     down: set[RealServerKey] = set()
+    watched: dict[RealServerKey, Target] = {}
     for target in targets:
-        role = _role(node, target, owners.get(target.key, ""), published)
-        run.add(role.run)
+        role = _role(node, target, owners.get(target.key, ""), published, forwarding)
+        if role.run is not None:
+            run.add(role.run)
+        if role.watched is not None:
+            watched[target.key] = role.watched
         if role.checking is not None:
             checking[target.key] = role.checking
         if role.down:
             down.add(target.key)
-    return Roles(run, checking, frozenset(down))
+    return Roles(run, checking, frozenset(down), watched)
 
 
 class RoleKeeper:
@@ -184,8 +224,9 @@ class RoleKeeper:
     owner, one check), so each key has one role. `take_changes`: the run targets added and removed
     since the checker last took them (None: follow `roles.targets` whole)."""
 
-    def __init__(self, node: str):
+    def __init__(self, node: str, forwarding: Forwarding = _unknown):
         self.node = node
+        self.forwarding = forwarding  # owner -> its spec.forwarding, as it is now (the source's)
         self.roles = Roles(set(), {}, frozenset())
         self._by_ref: dict[str, dict[Target, _Role]] = {}
         self._down: set[RealServerKey] = set()
@@ -197,18 +238,22 @@ class RoleKeeper:
         run: set[Target] = set()
         checking: dict[RealServerKey, tuple[str, str]] = {}
         self._down = set()
+        watched: dict[RealServerKey, Target] = {}
         for ref, targets in targets_by_ref.items():
-            derived = {target: _role(self.node, target, ref, published) for target in targets}
+            derived = {target: _role(self.node, target, ref, published, self.forwarding) for target in targets}
             if not derived:
                 continue
             self._by_ref[ref] = derived
             for target, role in derived.items():
-                run.add(role.run)
+                if role.run is not None:
+                    run.add(role.run)
+                if role.watched is not None:
+                    watched[target.key] = role.watched
                 if role.checking is not None:
                     checking[target.key] = role.checking
                 if role.down:
                     self._down.add(target.key)
-        self.roles = Roles(run, checking, frozenset(self._down))
+        self.roles = Roles(run, checking, frozenset(self._down), watched)
         self._changes = None
         return self.roles
 
@@ -226,19 +271,20 @@ class RoleKeeper:
             old = self._by_ref.pop(ref, None)
             if old:
                 olds.append(old)
-                before.update(role.run for role in old.values())
-            new = {target: _role(self.node, target, ref, published) for target in targets_by_ref.get(ref, ())}
+                before.update(role.run for role in old.values() if role.run is not None)
+            new = {target: _role(self.node, target, ref, published, self.forwarding) for target in targets_by_ref.get(ref, ())}
             if new:
                 self._by_ref[ref] = new
                 news.append(new)
-                after.update(role.run for role in new.values())
+                after.update(role.run for role in new.values() if role.run is not None)
         # All the old roles out, then all the new in: a key that passed between two of these objects
         # keeps the role its new owner gives it, whichever came first.
-        checking, down = self.roles.checking, self._down
+        checking, down, watched = self.roles.checking, self._down, self.roles.watched
         was_down: dict[RealServerKey, bool] = {}  # the keys whose membership of `down` was touched: before
         for old in olds:
             for target in old:
                 checking.pop(target.key, None)
+                watched.pop(target.key, None)
                 if target.key in down:
                     was_down.setdefault(target.key, True)
                     down.discard(target.key)
@@ -246,6 +292,8 @@ class RoleKeeper:
             for target, role in new.items():
                 if role.checking is not None:
                     checking[target.key] = role.checking
+                if role.watched is not None:
+                    watched[target.key] = role.watched
                 if role.down:
                     was_down.setdefault(target.key, target.key in down)
                     down.add(target.key)
@@ -275,3 +323,60 @@ def add_checks(entries: dict[tuple[str, str], dict[str, Any] | None], node_roles
         entry = entries.get((namespace, name))
         if entry is not None:
             entry[ENTRY_FIELD] = dict(sorted(checks.items()))
+
+
+# --- the data path instead of a probe: non-checkers' masquerade real servers ------------------
+
+
+def trouble(before: Traffic | None, now: Traffic | None) -> bool:
+    """Whether a masquerade real server's counters, between two looks, show a dead data path: new
+    connections were scheduled to it and not one packet came back. False without two looks, and
+    when a counter went back (the real server was removed and added again: counting from zero)."""
+    if before is None or now is None:
+        return False
+    if now.connections < before.connections or now.out_packets < before.out_packets:
+        return False
+    return now.connections > before.connections and now.out_packets == before.out_packets
+
+
+class LocalProbes:
+    """Which of the watched real servers (`Roles.watched`) this node probes itself, from what its own
+    IPVS counters show (`trouble`) and its own verdicts.
+
+    `services`: what to read (once per resync period: the services of the watched real servers);
+    `look`: what was read; `follow`: the targets to probe as of now, as changes (costs the real servers
+    in trouble or probed, not every watched one). A watched real server is probed at the spec's
+    interval from the look that shows trouble until a look shows none and its own verdict is healthy:
+    taken out here, it gets no new connection and its counters go quiet, but its probe goes on until
+    it answers again (then it is back in service here, and forgetting its verdict changes nothing)."""
+
+    def __init__(self) -> None:
+        self.last: dict[RealServerKey, Traffic] = {}  # each watched real server's counters at the last look
+        self.troubled: set[RealServerKey] = set()  # those whose last two looks show trouble
+        self.running: dict[RealServerKey, Target] = {}  # what this node probes of them now
+
+    @staticmethod
+    def services(watched: Mapping[RealServerKey, Target]) -> list[ServiceKey]:
+        return sorted({key.service for key in watched})
+
+    def look(self, traffic: Mapping[RealServerKey, Traffic], watched: Mapping[RealServerKey, Target]) -> set[RealServerKey]:
+        """Take one read of the watched real servers' counters; returns the real servers newly in trouble."""
+        last = self.last
+        troubled = {key for key in watched if trouble(last.get(key), traffic.get(key))}
+        self.last = {key: traffic[key] for key in watched if key in traffic}
+        new = troubled - self.troubled
+        self.troubled = troubled
+        return new
+
+    def follow(self, watched: Mapping[RealServerKey, Target], healthy: Callable[[RealServerKey], bool]) -> tuple[set[Target], set[Target]]:
+        """(added, removed): the probes to start and stop so that this node probes, of the watched real
+        servers, those in trouble and those its own probe found down (until they answer again)."""
+        want: dict[RealServerKey, Target] = {}
+        for key in self.troubled | self.running.keys():
+            target = watched.get(key)
+            if target is not None and (key in self.troubled or not healthy(key)):
+                want[key] = target
+        added = {target for key, target in want.items() if self.running.get(key) != target}
+        removed = {target for key, target in self.running.items() if want.get(key) != target}
+        self.running = want
+        return added, removed

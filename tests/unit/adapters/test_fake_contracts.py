@@ -105,3 +105,21 @@ def test_a_node_without_ipv4_addresses_takes_no_ipv4_backend() -> None:
         bare.apply([ops.AddRealServer(real(WEB, "10.77.0.1", 80))])
     assert failure.value.reason == "backend 10.77.0.1 is not routable from this node"
     assert bare.apply([ops.AddRealServer(real(WEB6, "fd00:77::1", 80))]) == 1  # IPv6 needs no route
+
+
+def test_the_fake_counts_the_traffic_it_is_told_of_until_its_real_server_goes(fake: FakeKernel) -> None:
+    from tests.contracts.ipvs_contract import WEB, real, service
+    from vsop.core import ops
+    from vsop.core.state import Traffic
+
+    ipvs = FakeIPVS(fake)
+    web = real(WEB, "10.77.0.1")
+    ipvs.apply([ops.AddService(service(WEB)), ops.AddRealServer(web)])
+    fake.send(web.key, connections=2, out_packets=0)
+    fake.send(web.key, connections=1, in_packets=4, out_packets=3)
+    assert ipvs.traffic([WEB]) == {web.key: Traffic(connections=3, in_packets=6, out_packets=3)}
+    ipvs.apply([ops.DeleteRealServer(web.key), ops.AddRealServer(web)])  # added again: counted from zero, as IPVS does
+    assert ipvs.traffic([WEB]) == {web.key: Traffic()}
+    fake.send(web.key)
+    ipvs.apply([ops.DeleteService(WEB)])
+    assert fake.traffic == {}

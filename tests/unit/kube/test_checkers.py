@@ -61,12 +61,14 @@ def test_roles_kept_per_object_equal_the_ones_from_scratch_after_every_turn() ->
     `checkers.roles` over every target before and after each turn, and a checker following its
     changes probes the same targets; a health flip's turn changes nothing. Run with the objects
     handed over in both orders: a real server passing from a deleted object to its twin in one
-    turn is one target on both sides, whose role its new owner's published health decides."""
+    turn is one target on both sides, whose role its new owner's published health decides. Run
+    with the objects' forwarding unknown (every non-checker target slow) and masquerade (watched)."""
     for descending in (False, True):
-        _drive_roles(descending)
+        for forwarding in (None, "masq"):
+            _drive_roles(descending, forwarding)
 
 
-def _drive_roles(descending: bool) -> None:
+def _drive_roles(descending: bool, masq: str | None = None) -> None:
     from vsop.adapters.kernel import fake_kernel
     from vsop.core.desired import Node
     from vsop.core.health import HealthTracker, Thresholds
@@ -77,7 +79,8 @@ def _drive_roles(descending: bool) -> None:
     first = RealServerKey(ServiceKey("tcp", "169.254.11.2", 80), "192.168.2.111", 8080)
     kernel, _ = fake_kernel()
     loop = NodeLoop(Reconciler(kernel, Node("me")), HealthTracker())
-    keeper = checkers.RoleKeeper("me")
+    forwarding = lambda ref: masq  # noqa: E731
+    keeper = checkers.RoleKeeper("me", forwarding)
     published: dict[str, dict[str, checkers.Published]] = {}
     checker: set[Any] = set()
 
@@ -86,8 +89,9 @@ def _drive_roles(descending: bool) -> None:
             refs |= taken
         given = None if everything or refs is None else sorted(refs, reverse=descending)
         roles = keeper.follow(given, loop.targets_by_ref, published)
-        scratch = checkers.roles("me", loop.targets, loop.reconciler.configured, published)
-        assert (roles.targets, roles.checking, roles.published_down) == (scratch.targets, scratch.checking, scratch.published_down)
+        scratch = checkers.roles("me", loop.targets, loop.reconciler.configured, published, forwarding)
+        assert (roles.targets, roles.checking, roles.published_down, roles.watched) == (
+            scratch.targets, scratch.checking, scratch.published_down, scratch.watched)
         assert follow_changes(checker, keeper.take_changes(), roles.targets) == roles.targets
         return roles
 
@@ -131,4 +135,85 @@ def _drive_roles(descending: bool) -> None:
         if number == 3:
             assert keeper.take_changes() == (set(), set())
     assert first not in roles.checking and roles.published_down == frozenset({first})
-    assert {t.key for t in roles.targets if t.check.interval_seconds > make_vs(healthCheck=tcp).spec.health_check.interval_seconds} == {first}
+    slow = {t.key for t in roles.targets if t.check.interval_seconds > make_vs(healthCheck=tcp).spec.health_check.interval_seconds}
+    if masq is None:
+        assert slow == {first} and roles.watched == {}
+    else:  # watched through the counters instead, not probed
+        assert slow == set() and set(roles.watched) == {first} and first not in {t.key for t in roles.targets}
+
+
+# --- a non-checker probes a watched real server only when its data path shows trouble ----------
+
+
+def _target(protocol: str = "tcp", address: str = "192.0.2.1") -> Any:
+    from vsop.core.state import RealServerKey, ServiceKey
+    from vsop.node.probes import Target
+
+    return Target(RealServerKey(ServiceKey(protocol, "169.254.11.2", 80), address, 8080), make_vs(healthCheck={"type": "tcp"}).spec.health_check)
+
+
+def test_trouble_is_new_connections_without_a_reply_packet() -> None:
+    from vsop.core.state import Traffic
+
+    before = Traffic(connections=10, in_packets=50, out_packets=40)
+    assert checkers.trouble(before, Traffic(12, 53, 40))  # two new connections, nothing back
+    assert not checkers.trouble(before, Traffic(12, 53, 41))  # a reply came back
+    assert not checkers.trouble(before, Traffic(10, 55, 40))  # no new connection (no client tried)
+    assert not checkers.trouble(before, before)  # quiet
+    assert not checkers.trouble(None, Traffic(5, 5, 0))  # one look only: nothing to compare
+    assert not checkers.trouble(before, None)  # not read (the service is gone)
+    assert not checkers.trouble(before, Traffic(2, 2, 0))  # counting from zero again: added anew since
+
+
+def test_only_a_non_checkers_masquerade_tcp_real_server_is_watched_instead_of_probed() -> None:
+    owners = {}
+    targets = {name: _target(protocol, address) for name, protocol, address in
+               (("web", "tcp", "192.0.2.1"), ("dns", "udp", "192.0.2.2"), ("mine", "tcp", "192.0.2.3"), ("new", "tcp", "192.0.2.4"))}
+    for name, target in targets.items():
+        owners[target.key] = f"default/{name}"
+    published = {f"default/{name}": {checkers.backend_id(t.key.address, t.key.port): checkers.Published(("x", "me" if name == "mine" else "y"), True)}
+                 for name, t in targets.items() if name != "new"}
+    slow = lambda t: checkers.Target(t.key, t.check.model_copy(update={"interval_seconds": t.check.interval_seconds * checkers.SLOW_FACTOR}))  # noqa: E731
+    masq = checkers.roles("me", targets.values(), owners, published, lambda ref: "masq")
+    assert masq.watched == {targets["web"].key: targets["web"]}
+    assert masq.targets == {slow(targets["dns"]), targets["mine"], targets["new"]}  # UDP: slow; checker and unpublished: full rate
+    route = checkers.roles("me", targets.values(), owners, published, lambda ref: "route")
+    assert route.watched == {} and route.targets == {slow(targets["web"]), slow(targets["dns"]), targets["mine"], targets["new"]}
+
+
+def test_a_watched_real_server_is_probed_from_the_look_showing_trouble_until_it_answers_again() -> None:
+    from vsop.core.state import Traffic
+
+    web, api = _target(address="192.0.2.1"), _target(address="192.0.2.2")
+    watched = {web.key: web, api.key: api}
+    down: set[Any] = set()
+    local = checkers.LocalProbes()
+    healthy = lambda key: key not in down  # noqa: E731
+    assert local.services(watched) == [web.key.service]
+
+    assert local.look({web.key: Traffic(5, 9, 7), api.key: Traffic(1, 1, 1)}, watched) == set()  # the first look: a baseline
+    assert local.follow(watched, healthy) == (set(), set())  # no trouble: nothing probed
+    assert local.look({web.key: Traffic(9, 9, 12), api.key: Traffic(1, 1, 1)}, watched) == set()  # busy and answering, idle
+    assert local.follow(watched, healthy) == (set(), set())
+
+    assert local.look({web.key: Traffic(12, 14, 12), api.key: Traffic(1, 1, 1)}, watched) == {web.key}  # 3 connections, no reply
+    assert local.follow(watched, healthy) == ({web}, set())  # probed at the spec's interval
+    down.add(web.key)  # its own probe fails: taken out here, no new connection comes to it
+    assert local.follow(watched, healthy) == (set(), set())
+    assert local.look({web.key: Traffic(12, 14, 12), api.key: Traffic(1, 1, 1)}, watched) == set()
+    assert local.follow(watched, healthy) == (set(), set())  # quiet, yet still down: the probe goes on
+    down.discard(web.key)  # it answers again
+    assert local.follow(watched, healthy) == (set(), {web})
+    assert local.running == {}
+
+
+def test_a_real_server_no_longer_watched_is_no_longer_probed_by_the_local_probes() -> None:
+    from vsop.core.state import Traffic
+
+    web = _target()
+    local = checkers.LocalProbes()
+    local.look({web.key: Traffic(1, 1, 0)}, {web.key: web})
+    local.look({web.key: Traffic(4, 4, 0)}, {web.key: web})
+    assert local.follow({web.key: web}, lambda key: True) == ({web}, set())
+    assert local.follow({}, lambda key: False) == (set(), {web})  # this node became its checker (it probes it as such)
+    assert local.look({}, {}) == set() and local.last == {} and local.troubled == set()
