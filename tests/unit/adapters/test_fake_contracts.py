@@ -6,12 +6,13 @@ import pytest
 
 from tests.contracts.ipset_contract import IPSetContract
 from tests.contracts.iptables_contract import IPTablesContract
-from tests.contracts.ipvs_contract import IPVSContract
+from tests.contracts.ipvs_contract import WEB, IPVSContract, real, service
 from tests.contracts.links_contract import LinkContract
 from tests.contracts.routes_contract import RouteContract
 from tests.contracts.sysctl_contract import SysctlContract
 from vsop.adapters.fake import FakeIPSets, FakeIPTables, FakeIPVS, FakeKernel, FakeLinks, FakeRoutes, FakeSysctls
-from vsop.core.state import KernelState
+from vsop.core import ops
+from vsop.core.state import KernelState, Traffic
 
 
 @pytest.fixture
@@ -108,10 +109,6 @@ def test_a_node_without_ipv4_addresses_takes_no_ipv4_backend() -> None:
 
 
 def test_the_fake_counts_the_traffic_it_is_told_of_until_its_real_server_goes(fake: FakeKernel) -> None:
-    from tests.contracts.ipvs_contract import WEB, real, service
-    from vsop.core import ops
-    from vsop.core.state import Traffic
-
     ipvs = FakeIPVS(fake)
     web = real(WEB, "10.77.0.1")
     ipvs.apply([ops.AddService(service(WEB)), ops.AddRealServer(web)])
