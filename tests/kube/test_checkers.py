@@ -195,8 +195,7 @@ async def test_a_node_whose_own_probe_fails_stops_sending_though_the_checkers_sa
         assert key in agent.roles.watched and not agent.local_probes.running
         probed = prober.probes[(outsider, backend)]  # before checkers were published, every node probed it
         fake.send(key, connections=3, out_packets=0)  # clients' connections, not one packet back
-        await agent.look_at_traffic()
-        agent.trigger.wake("the data path looked at")
+        await agent.look_at_traffic()  # wakes a turn: its probe starts
         await until(lambda: weights(fake) == {"192.0.2.1:8080": 0, "192.0.2.2:8080": 1}, "the outsider stops sending")
         assert prober.probes[(outsider, backend)] > probed
         assert published(cluster)[backend]["healthy"] is True

@@ -40,7 +40,7 @@ from vsop.core.claims import DEFAULT_GRACE_SECONDS, NOT_ALLOWED, Admission, Poli
 from vsop.core.desired import Node, Problem
 from vsop.core.health import HealthTracker
 from vsop.core.held import Held
-from vsop.core.state import Names
+from vsop.core.state import Names, RealServerKey, ServiceKey, Traffic
 from vsop.bgp.writer import BirdAnnouncer
 from vsop.keepalived.vrrp import with_node_peers
 from vsop.keepalived.writer import KeepalivedWriter
@@ -134,6 +134,8 @@ class Agent:
         self.role_keeper = checkers.RoleKeeper(self.node_name, self._forwarding)
         # Of the real servers it does not check, those this node probes because its counters show trouble.
         self.local_probes = checkers.LocalProbes()
+        self._looking: asyncio.Task[None] | None = None  # the look at their counters under way, beside the turns
+        self._traffic_reader: Any = None  # the IPVS adapter of that look (its own socket, when the kernel makes readers)
         self._followed: HealthChecker | None = None  # the checker that follows the roles' changes
         self.metrics = metrics or AgentMetrics()
         if bird is not None:
@@ -238,7 +240,7 @@ class Agent:
         try:
             await self.loop.run(self)
         finally:
-            for task in (follower, sessions):
+            for task in (follower, sessions, self._looking):
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -310,7 +312,7 @@ class Agent:
         if self._follow_roles(False, ()).published_down != down:
             self.trigger.wake("published backend health changed")
         if periodic:
-            await self.look_at_traffic()
+            self._start_look()
         self._follow_checker()
         outcome, keepalived = turn.report
         if outcome.error is None and self.reconciler.cold:  # ready once the first sync's last part is written
@@ -340,21 +342,39 @@ class Agent:
         record = self.source.records.get((namespace, name))
         return record.vs.spec.forwarding if record is not None and record.vs is not None else None
 
+    def _start_look(self) -> None:
+        """The look at the watched real servers' counters (`look_at_traffic`), beside the turns: a change
+        never waits for it. One at a time; a resync period whose look is still under way skips its own."""
+        if self._looking is None or self._looking.done():
+            self._looking = asyncio.create_task(self.look_at_traffic(), name=f"{COMPONENT} look at the data path")
+
     async def look_at_traffic(self) -> None:
         """Once per resync period: the IPVS counters of the real servers this node watches instead of
-        probing (vsop.kube.checkers.LocalProbes), read in the turns' thread (one dump per service)."""
-        watched = self.roles.watched
+        probing (vsop.kube.checkers.LocalProbes), one dump per service, read through an adapter of its
+        own in a thread of its own when the kernel makes readers (else in the turns' thread). A real
+        server newly in trouble wakes a turn, which starts its probe."""
+        watched = dict(self.roles.watched)  # as of now: the turns go on meanwhile
         if not watched and not self.local_probes.last:
             return
         try:
-            traffic = await self.loop.blocking(self.kernel.ipvs.traffic, self.local_probes.services(watched)) if watched else {}
+            traffic = await self._read_traffic(self.local_probes.services(watched)) if watched else {}
         except Exception as exc:  # a failed look is no trouble seen; the next period looks again
             log.warning(kv("Reading the IPVS counters of the real servers this node does not check failed", node=self.node_name,
                            error=f"{type(exc).__name__}: {exc}"))
             return
-        for key in sorted(self.local_probes.look(traffic, watched)):
+        troubled = sorted(self.local_probes.look(traffic, watched))
+        for key in troubled:
             log.info(kv("New connections without a reply packet: probing the real server here", node=self.node_name,
                         service=str(key.service), real_server=str(key)))
+        if troubled:
+            self.trigger.wake("a real server's data path shows trouble")
+
+    async def _read_traffic(self, services: list[ServiceKey]) -> dict[RealServerKey, Traffic]:
+        if self.kernel.reader is None:
+            return await self.loop.blocking(self.kernel.ipvs.traffic, services)
+        if self._traffic_reader is None:
+            self._traffic_reader = self.kernel.reader().ipvs
+        return await asyncio.to_thread(self._traffic_reader.traffic, services)
 
     def _follow_checker(self) -> None:
         """The checker probes the roles' targets and the watched ones in trouble (vsop.kube.checkers):
