@@ -383,8 +383,11 @@ class Agent:
         if checker is None:
             return
         changes = self.role_keeper.take_changes()
-        local = self.local_probes.follow(self.roles.watched, self.tracker.is_healthy)
-        if changes is None or checker is not self._followed:
+        whole = changes is None or checker is not self._followed
+        # Followed whole (a full turn, a new checker), its own verdicts are looked at too: one recalled
+        # from before a restart keeps its probe, or the checker's update would forget it.
+        local = self.local_probes.follow(self.roles.watched, self.tracker.is_healthy, self.tracker.out_of_service() if whole else ())
+        if whole:
             self._followed = checker
             checker.update(self.probe_targets())
         else:

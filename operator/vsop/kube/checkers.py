@@ -366,11 +366,14 @@ class LocalProbes:
         self.troubled = troubled
         return new
 
-    def follow(self, watched: Mapping[RealServerKey, Target], healthy: Callable[[RealServerKey], bool]) -> tuple[set[Target], set[Target]]:
+    def follow(self, watched: Mapping[RealServerKey, Target], healthy: Callable[[RealServerKey], bool],
+               down: Iterable[RealServerKey] = ()) -> tuple[set[Target], set[Target]]:
         """(added, removed): the probes to start and stop so that this node probes, of the watched real
-        servers, those in trouble and those its own probe found down (until they answer again)."""
+        servers, those in trouble and those its own probe found down (until they answer again).
+        `down`: more real servers this node holds out of service by its own verdict (the ones recalled
+        from before a restart): probed too when watched, or nothing would bring them back here."""
         want: dict[RealServerKey, Target] = {}
-        for key in self.troubled | self.running.keys():
+        for key in self.troubled | self.running.keys() | set(down):
             target = watched.get(key)
             if target is not None and (key in self.troubled or not healthy(key)):
                 want[key] = target

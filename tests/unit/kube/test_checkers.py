@@ -217,3 +217,12 @@ def test_a_real_server_no_longer_watched_is_no_longer_probed_by_the_local_probes
     assert local.follow({web.key: web}, lambda key: True) == ({web}, set())
     assert local.follow({}, lambda key: False) == (set(), {web})  # this node became its checker (it probes it as such)
     assert local.look({}, {}) == set() and local.last == {} and local.troubled == set()
+
+
+def test_a_watched_real_server_held_down_by_this_nodes_own_verdict_is_probed_until_it_answers() -> None:
+    """A verdict recalled from before a restart: no trouble seen yet, but only a probe brings it back."""
+    web, api = _target(address="192.0.2.1"), _target(address="192.0.2.2")
+    watched = {web.key: web}
+    local = checkers.LocalProbes()
+    assert local.follow(watched, lambda key: False, down=[web.key, api.key]) == ({web}, set())  # api: not watched here
+    assert local.follow(watched, lambda key: True) == (set(), {web})
