@@ -491,25 +491,13 @@ class IPVSKernel:
 
     def read_real_servers(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, RealServer]:
         """One pipelined GET_DEST dump per service (many requests in flight, not one round trip each)."""
-        family = self.family_id
         real_servers: dict[RealServerKey, RealServer] = {}
-        keys = list(services)
 
-        def on_dest(index: int, payload: bytes) -> None:
-            where = _top_attr(payload, _CMD_ATTR_DEST)
-            if where is not None:
-                rs = _parse_dest(keys[index], payload, *where)
-                real_servers[rs.key] = rs
+        def take(service: ServiceKey, payload: bytes, start: int, end: int) -> None:
+            rs = _parse_dest(service, payload, start, end)
+            real_servers[rs.key] = rs
 
-        bodies = (_genl(IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in keys)
-        failed = self._pipe.dump_many(family, bodies, on_dest)
-        if errno.ENOENT in failed.values() and self.family_moved():  # not deleted: ip_vs reloaded under us
-            real_servers.clear()
-            bodies = (_genl(IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in keys)
-            failed = self._pipe.dump_many(self.family_id, bodies, on_dest)
-        for index, code in failed.items():
-            if code not in (errno.ESRCH, errno.ENOENT):  # those: deleted since the service dump
-                raise NetlinkError(code, f"dumping the real servers of {keys[index]}: {os.strerror(code)}")
+        self._each_dest(list(services), take, real_servers.clear)
         return real_servers
 
     def traffic(self, services: Iterable[ServiceKey]) -> dict[RealServerKey, Traffic]:
@@ -517,23 +505,35 @@ class IPVSKernel:
         read_real_servers, keeping only the connections and packets of each destination's STATS64 nest
         (the in-cluster agent's look at the data path of the real servers it does not probe,
         vsop.kube.checkers.LocalProbes). A service that does not exist has none."""
-        family = self.family_id
         found: dict[RealServerKey, Traffic] = {}
-        keys = list(services)
+
+        def take(service: ServiceKey, payload: bytes, start: int, end: int) -> None:
+            rs = _parse_dest(service, payload, start, end)
+            counted = parse_stats(payload, start, end, "dest")
+            found[rs.key] = Traffic(counted.get("connections", 0), counted.get("inPackets", 0), counted.get("outPackets", 0))
+
+        self._each_dest(list(services), take, found.clear)
+        return found
+
+    def _each_dest(self, keys: list[ServiceKey], take: Callable[[ServiceKey, bytes, int, int], None], restart: Callable[[], None]) -> None:
+        """Every destination of these services, `take(service, message, start, end)` each: one pipelined
+        GET_DEST dump per service; all of them again, after `restart()`, when ip_vs was reloaded under it."""
 
         def on_dest(index: int, payload: bytes) -> None:
             where = _top_attr(payload, _CMD_ATTR_DEST)
             if where is not None:
-                rs = _parse_dest(keys[index], payload, *where)
-                counted = parse_stats(payload, *where, "dest")
-                found[rs.key] = Traffic(counted.get("connections", 0), counted.get("inPackets", 0), counted.get("outPackets", 0))
+                take(keys[index], payload, *where)
 
-        bodies = (_genl(IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in keys)
-        failed = self._pipe.dump_many(family, bodies, on_dest)
+        def bodies() -> Iterator[bytes]:
+            return (_genl(IPVS_CMD_GET_DEST, nla(_CMD_ATTR_SERVICE, _service_key_attrs(key))) for key in keys)
+
+        failed = self._pipe.dump_many(self.family_id, bodies(), on_dest)
+        if errno.ENOENT in failed.values() and self.family_moved():  # not deleted: ip_vs reloaded under us
+            restart()
+            failed = self._pipe.dump_many(self.family_id, bodies(), on_dest)
         for index, code in failed.items():
-            if code not in (errno.ESRCH, errno.ENOENT):  # those: deleted meanwhile (or ip_vs reloaded: the next look sees it)
+            if code not in (errno.ESRCH, errno.ENOENT):  # those: deleted since the service dump
                 raise NetlinkError(code, f"dumping the real servers of {keys[index]}: {os.strerror(code)}")
-        return found
 
     def stats(self, keys: Sequence[ServiceKey]) -> tuple[dict[ServiceKey, dict[str, int]], dict[RealServerKey, dict[str, int]]]:
         """Counters and rates of the given services and of their real servers (`ipvsadm -Ln --stats --rate`).
