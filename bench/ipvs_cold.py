@@ -4,7 +4,11 @@ N services (TCP, rr) with 2 masquerading real servers each, on an empty IPVS tab
 Prints figures, asserts nothing. It flushes the whole IPVS table (`ipvsadm -C`)
 between runs, so it only runs inside the throwaway VM:
 
-    vm/run -- .venv/bin/python bench/ipvs_cold.py [-n 1000 10000] [--batch 1 64 256] [--repeat 3] [--naive]
+    vm/run -- .venv/bin/python bench/ipvs_cold.py [-n 1000 10000] [--batch 1 64 256] [--repeat 3] [--naive] [--traffic]
+
+`--traffic` also times `IPVSKernel.traffic` over every service (the in-cluster agent's look at
+the counters of the real servers it does not probe, once per resync period: one GET_DEST dump
+per service) beside `ipvsadm -Ln --stats` listing the same counters.
 
 Must not import: kopf, kubernetes, jinja2.
 """
@@ -79,6 +83,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 64, 256], help="IPVSKernel batch sizes")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--naive", action="store_true", help="also time one synchronous pyroute2 request per op")
+    parser.add_argument("--traffic", action="store_true", help="also time traffic() over every service and ipvsadm -Ln --stats")
     args = parser.parse_args()
     if os.environ.get("VSOP_IN_VM") != "1":
         print("bench/ipvs_cold.py flushes the IPVS table: run it inside the VM (vm/run -- ...)", file=sys.stderr)
@@ -100,8 +105,13 @@ def main() -> int:
             listing.append(timed(lambda: subprocess.run(["ipvsadm", "-Sn"], stdout=subprocess.DEVNULL, check=True)))
         flush()
         print(f"  ipvsadm -Sn (list all)     {best(listing)}")
+        if args.traffic:
+            subprocess.run(["ipvsadm", "-R"], input=rules, text=True, check=True)
+            stats = [timed(lambda: subprocess.run(["ipvsadm", "-Ln", "--stats"], stdout=subprocess.DEVNULL, check=True)) for _ in range(args.repeat)]
+            flush()
+            print(f"  ipvsadm -Ln --stats        {best(stats)}")
         for batch in args.batch:
-            applied, reads = [], []
+            applied, reads, looks = [], [], []
             for _ in range(args.repeat):
                 with IPVSKernel(batch=batch) as adapter:
                     adapter.probe()
@@ -109,10 +119,15 @@ def main() -> int:
                     reads.append(timed(adapter.read))
                     services, real_servers = adapter.read()
                     assert (len(services), len(real_servers)) == (n, 2 * n), "the table is not what was applied"
+                    if args.traffic:
+                        looks.append(timed(lambda: adapter.traffic(list(services))))
+                        assert len(adapter.traffic(list(services))) == 2 * n, "traffic() missed real servers"
                 flush()
             ratio = min(applied) / min(restore)
             print(f"  vsop apply batch={batch:<4}     {best(applied)}   {ratio:.2f}x ipvsadm -R")
             print(f"  vsop read() after it       {best(reads)}")
+            if looks:
+                print(f"  vsop traffic(every service) {best(looks)}")
         if args.naive:
             naive = timed(lambda: naive_pyroute2(operations))
             flush()
