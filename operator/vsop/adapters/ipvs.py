@@ -204,6 +204,32 @@ def _parse_dest(service: ServiceKey, buf: bytes, start: int, end: int) -> RealSe
     )
 
 
+def _parse_traffic(service: ServiceKey, buf: bytes, start: int, end: int) -> tuple[RealServerKey, Traffic]:
+    """A destination's key and its first three counters (connections, packets in, packets out), read
+    from its STATS64 (else STATS) nest without parsing the rest: at 10k services, parsing every field
+    of 20k destinations (`_parse_dest`, `parse_stats`) was most of a look's time."""
+    at = attr_offsets(buf, start, end)
+    if _DST_ADDR_FAMILY in at:
+        family = U16_AT.unpack_from(buf, at[_DST_ADDR_FAMILY])[0]
+    else:
+        family = socket.AF_INET6 if service.family == 6 else socket.AF_INET
+    key = RealServerKey(service, address_text(family, buf, at[_DST_ADDR]), BE16_AT.unpack_from(buf, at[_DST_PORT])[0])
+    nest = at.get(_DST_STATS64, at.get(_DST_STATS))
+    if nest is None:
+        return key, Traffic()
+    values = [0, 0, 0]
+    offset, stop, seen = nest, nest + U16_AT.unpack_from(buf, nest - 4)[0] - 4, 0
+    while offset + 4 <= stop and seen < 3:
+        length, atype = NLA_HEADER.unpack_from(buf, offset)
+        if length < 4:
+            break
+        if 1 <= atype <= 3:  # IPVS_STATS_ATTR_CONNS, _INPKTS, _OUTPKTS: u32 in STATS, u64 in STATS64
+            values[atype - 1] = int.from_bytes(buf[offset + 4 : offset + length], sys.byteorder)
+            seen += 1
+        offset += (length + 3) & ~3
+    return key, Traffic(*values)
+
+
 def parse_stats(buf: bytes, start: int, end: int, kind: str) -> dict[str, int]:
     """The STATS64 (else STATS) nest of a service or destination message, as {field: value}.
 
@@ -508,9 +534,8 @@ class IPVSKernel:
         found: dict[RealServerKey, Traffic] = {}
 
         def take(service: ServiceKey, payload: bytes, start: int, end: int) -> None:
-            rs = _parse_dest(service, payload, start, end)
-            counted = parse_stats(payload, start, end, "dest")
-            found[rs.key] = Traffic(counted.get("connections", 0), counted.get("inPackets", 0), counted.get("outPackets", 0))
+            key, counted = _parse_traffic(service, payload, start, end)
+            found[key] = counted
 
         self._each_dest(list(services), take, found.clear)
         return found

@@ -248,3 +248,26 @@ def test_ip_vs_unloaded_reads_as_a_kernel_without_ipvs() -> None:
     pipe.reload(None)  # rmmod ip_vs, not loaded again
     with pytest.raises(ipvs.KernelUnsupported, match="no IPVS"):
         kernel.read()
+
+
+def test_a_destinations_traffic_is_its_first_three_counters_as_parse_stats_reads_them() -> None:
+    """The look's lean parse (`_parse_traffic`) reads what `parse_stats` reads, STATS64 or STATS, a pad
+    attribute before a u64 or not (nla_put_u64_64bit adds one where alignment wants it)."""
+    import struct
+    import sys
+
+    from vsop.core.state import Traffic
+
+    service = ServiceKey("tcp", "192.0.2.10", 80)
+    head = (netlink.nla(1, socket.inet_aton("10.77.0.1") + bytes(12)) + netlink.nla(2, struct.pack("!H", 8080))
+            + netlink.nla(11, struct.pack("=H", socket.AF_INET)))
+    wide = netlink.nla(11, b"") + b"".join(netlink.nla(field, (field * 1000 + 7).to_bytes(8, sys.byteorder)) for field in range(1, 11))
+    narrow = b"".join(netlink.nla(field, (field * 10).to_bytes(8 if field in (4, 5) else 4, sys.byteorder)) for field in range(1, 11))
+    for nest, attr, expected in ((wide, 12, Traffic(1007, 2007, 3007)), (narrow, 10, Traffic(10, 20, 30))):
+        payload = head + netlink.nla(attr, nest)
+        key, traffic = ipvs._parse_traffic(service, payload, 0, len(payload))
+        stats = ipvs.parse_stats(payload, 0, len(payload), "dest")
+        assert key == RealServerKey(service, "10.77.0.1", 8080)
+        assert traffic == expected == Traffic(stats["connections"], stats["inPackets"], stats["outPackets"])
+    key, traffic = ipvs._parse_traffic(service, head, 0, len(head))  # no counters at all: zeros
+    assert traffic == Traffic()
