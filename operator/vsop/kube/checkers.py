@@ -195,12 +195,16 @@ def roles(node: str, targets: Iterable[Target], owners: Mapping[RealServerKey, s
     `forwarding`: owner -> its spec.forwarding (unknown: every other target slow, as without counters).
     Costs every target: `RoleKeeper` keeps the same per object and costs what changed.
     """
+    return _collect((target, _role(node, target, owners.get(target.key, ""), published, forwarding)) for target in targets)
+
+
+def _collect(derived: Iterable[tuple[Target, _Role]]) -> Roles:
+    """The node's Roles from each target's role."""
     run: set[Target] = set()
     checking: dict[RealServerKey, tuple[str, str]] = {}
     down: set[RealServerKey] = set()
     watched: dict[RealServerKey, Target] = {}
-    for target in targets:
-        role = _role(node, target, owners.get(target.key, ""), published, forwarding)
+    for target, role in derived:
         if role.run is not None:
             run.add(role.run)
         if role.watched is not None:
@@ -235,25 +239,12 @@ class RoleKeeper:
     def rebuild(self, targets_by_ref: Mapping[str, Iterable[Target]], published: Mapping[str, Mapping[str, Published]]) -> Roles:
         """Every object's roles from scratch (the targets rebuilt, or at the first look)."""
         self._by_ref = {}
-        run: set[Target] = set()
-        checking: dict[RealServerKey, tuple[str, str]] = {}
-        self._down = set()
-        watched: dict[RealServerKey, Target] = {}
         for ref, targets in targets_by_ref.items():
             derived = {target: _role(self.node, target, ref, published, self.forwarding) for target in targets}
-            if not derived:
-                continue
-            self._by_ref[ref] = derived
-            for target, role in derived.items():
-                if role.run is not None:
-                    run.add(role.run)
-                if role.watched is not None:
-                    watched[target.key] = role.watched
-                if role.checking is not None:
-                    checking[target.key] = role.checking
-                if role.down:
-                    self._down.add(target.key)
-        self.roles = Roles(run, checking, frozenset(self._down), watched)
+            if derived:
+                self._by_ref[ref] = derived
+        self.roles = _collect(pair for derived in self._by_ref.values() for pair in derived.items())
+        self._down = set(self.roles.published_down)
         self._changes = None
         return self.roles
 
