@@ -37,11 +37,14 @@ def with_draining(
     now: float,
     grace: Mapping[ServiceKey, float] | None = None,
     names: Names = Names(),
+    uncounted: frozenset[ServiceKey] = frozenset(),
 ) -> KernelState:
     """The desired state plus weight-0 entries for real servers still draining.
 
     Updates `draining` in place: starts the clock for newly removed real servers and
-    forgets those that are deleted or came back.
+    forgets those that are deleted or came back. `uncounted`: services whose connection
+    counters could not be read now; their leaving real servers are taken as busy (they
+    drain, and a later reconcile with counters deletes the idle ones).
     """
     grace = grace or {}
     mine = owned(observed, names)
@@ -58,7 +61,7 @@ def with_draining(
         # Only established connections are waited for: closing ones (InActConn) are
         # expired by the kernel anyway (expire_nodest_conn=1) and would hold a real
         # server for the two minutes of TIME_WAIT.
-        if current.active_connections == 0:
+        if current.active_connections == 0 and key.service not in uncounted:
             draining.since.pop(key, None)  # nothing to drain: the plan deletes it now
             continue
         if now - started >= limit:

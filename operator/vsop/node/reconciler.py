@@ -43,7 +43,7 @@ from vsop.core.fragments import assemble, grace_of, member_vip, vip_index, with_
 from vsop.core.held import Held, held_owners
 from vsop.core.plan import Plan, PlanError
 from vsop.core.refused import keep_as_found, vip_family
-from vsop.core.state import KernelState, Names
+from vsop.core.state import KernelState, Names, ServiceKey
 from vsop.node.aside import Aside, AsideRead, splice
 from vsop.node.cache import Cache
 from vsop.node.execute import ExecutionFailed, execute
@@ -653,8 +653,8 @@ class Reconciler(_Parts):
 
         def drain(state: KernelState, have: KernelState) -> KernelState:
             sub = Draining({k: v for k, v in self.draining.since.items() if k.service.vip in cut})
-            counted = self._counted(state, have, sub)
-            state = with_draining(state, counted, sub, self.clock(), grace_of(pieces), self.names)
+            counted, uncounted = self._counted(state, have, sub)
+            state = with_draining(state, counted, sub, self.clock(), grace_of(pieces), self.names, uncounted)
             self.draining.since = {**{k: v for k, v in self.draining.since.items() if k.service.vip not in cut}, **sub.since}
             return keep_as_found(state, have, kept, families, self.names)
 
@@ -664,24 +664,24 @@ class Reconciler(_Parts):
         )
         return target.state, the_plan
 
-    def _counted(self, want: KernelState, have: KernelState, draining: Draining) -> KernelState:
+    def _counted(self, want: KernelState, have: KernelState, draining: Draining) -> tuple[KernelState, frozenset[ServiceKey]]:
         """`have` with the kernel's connection counters now for the services where a real server
         starts to drain: the cache's are those of the last read (up to a resync period old, none
         at all for a connection opened since), and a real server with established connections
-        must drain, not go. Only those services' real servers are dumped. When the dump fails, the
-        leaving real servers are taken as busy: they go to weight 0, and the draining read of the
-        next reconcile (every second while draining) deletes the idle ones."""
+        must drain, not go. Only those services' real servers are dumped. When the dump fails,
+        those services come back as uncounted: their leaving real servers are taken as busy and
+        go to weight 0, and the draining read of the next reconcile (every second while
+        draining) deletes the idle ones."""
         services = starting_to_drain(want, have, draining, self.names)
         if not services:
-            return have
+            return have, frozenset()
         try:
             fresh = self.kernel.ipvs.read_real_servers(services)
         except (OperationFailed, OSError) as exc:
             log.warning("reading the connection counters of leaving real servers failed, draining them error=%r", str(exc))
-            fresh = {key: replace(rs, active_connections=max(1, rs.active_connections))
-                     for key, rs in have.real_servers.items() if key.service in services}
+            return have, services
         counted = {key: fresh.get(key, rs) for key, rs in have.real_servers.items()}
-        return replace(have, real_servers=counted)
+        return replace(have, real_servers=counted), frozenset()
 
     def _judge_plan(self, outcome: Outcome, turn: _Turn, cut: frozenset[str], the_plan: Plan) -> None:
         """The plan's verdicts for every object on the planned VIPs; `outcome.touched` cut down to

@@ -66,6 +66,16 @@ def test_removed_real_server_drains_then_goes_when_idle() -> None:
     assert [op.kind for op in plan(idle, observed).ops] == ["realserver.delete"]
 
 
+def test_a_leaving_real_server_of_a_service_whose_counters_were_not_read_drains_even_when_the_cache_says_idle() -> None:
+    observed = with_connections(programmed([make_vs()]), B, 0)
+    desired = desired_state([make_vs(backends=[{"address": "192.168.2.111"}])], Node("n")).state
+    draining = Draining()
+    unread = with_draining(desired, observed, draining, now=100.0, uncounted=frozenset({WEB}))
+    assert unread.real_servers[B].weight == 0 and draining.keys() == {B}
+    counted = with_draining(desired, observed, draining, now=101.0)  # counters read again: idle, it goes
+    assert B not in counted.real_servers and draining.keys() == frozenset()
+
+
 def test_grace_period_ends_draining_even_with_connections() -> None:
     observed = with_connections(programmed([make_vs()]), B, 5)
     desired = desired_state([make_vs(backends=[{"address": "192.168.2.111"}])], Node("n")).state

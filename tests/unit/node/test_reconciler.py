@@ -437,6 +437,29 @@ def test_draining_real_server_keeps_weight_zero_until_its_connections_end() -> N
     assert key not in fake.state.real_servers and not reconciler.draining.since and reconciler.reads == reads
 
 
+def test_a_leaving_real_server_drains_when_its_counters_cannot_be_read_and_goes_once_they_say_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE, clock=lambda: now[0])
+    reconciler.set_objects([web()])
+    reconciler.reconcile()
+    key = RealServerKey(ServiceKey("tcp", "169.254.20.1", 80), "10.1.0.2", 8080)
+    dump = kernel.ipvs.read_real_servers
+
+    def refused(services):  # type: ignore[no-untyped-def]
+        raise OSError("netlink dump interrupted")
+
+    monkeypatch.setattr(kernel.ipvs, "read_real_servers", refused)
+    reconciler.set_objects([web(backends=[{"address": "10.1.0.1"}])])
+    assert reconciler.reconcile().ok
+    # Idle by the cache, but unknown now: it drains rather than cut a connection opened since.
+    assert fake.state.real_servers[key].weight == 0 and key in reconciler.draining.since
+    monkeypatch.setattr(kernel.ipvs, "read_real_servers", dump)
+    now[0] += 1
+    reconciler.reconcile()  # the draining read finds it idle: it goes
+    assert key not in fake.state.real_servers and not reconciler.draining.since
+
+
 held_step = st.one_of(
     st.tuples(st.just("put"), an_object()),
     st.tuples(st.just("delete"), st.integers(0, 5)),
