@@ -68,6 +68,11 @@ def checked_here(agent: Agent) -> set[str]:
     return {backend for _, backend in agent.roles.checking.values()}
 
 
+def probed_locally(cluster: Cluster, node: str) -> dict[str, Any] | None:
+    """`status.localProbes` of a node's NodeReport (None: absent)."""
+    return (cluster.get("vsop.dev/v1alpha1/nodereports", None, node).get("status") or {}).get("localProbes")
+
+
 class Nodes:
     """The agents and the controller, each agent started with its node name in PROBING."""
 
@@ -195,9 +200,15 @@ async def test_a_node_whose_own_probe_fails_stops_sending_though_the_checkers_sa
         assert key in agent.roles.watched and not agent.local_probes.running
         probed = prober.probes[(outsider, backend)]  # before checkers were published, every node probed it
         fake.send(key, connections=3, out_packets=0)  # clients' connections, not one packet back
+        assert probed_locally(cluster, outsider) is None
         await agent.look_at_traffic()  # wakes a turn: its probe starts
         await until(lambda: weights(fake) == {"192.0.2.1:8080": 0, "192.0.2.2:8080": 1}, "the outsider stops sending")
         assert prober.probes[(outsider, backend)] > probed
+        # An operator sees it: the outsider's report and its metrics say what it probes itself, and why.
+        listed = {"count": 1, "backends": [{"virtualService": "default/checked", "backend": backend}]}
+        await until(lambda: probed_locally(cluster, outsider) == listed, "the outsider's report names its local probe")
+        assert agent.metrics.registry.get_sample_value("vsop_health_local_probes") == 1
+        assert all(probed_locally(cluster, n) is None for n in chosen)
         assert published(cluster)[backend]["healthy"] is True
         assert all(weights(nodes.fakes[n]) == {"192.0.2.1:8080": 1, "192.0.2.2:8080": 1} for n in chosen)
         await agent.look_at_traffic()  # taken out here: no new connection, the counters are quiet; its probe goes on
@@ -205,3 +216,5 @@ async def test_a_node_whose_own_probe_fails_stops_sending_though_the_checkers_sa
         await until(lambda: weights(fake) == {"192.0.2.1:8080": 1, "192.0.2.2:8080": 1}, "back in service on the outsider")
         await until(lambda: not agent.local_probes.running, "its local probe stops once it answers and the data path is quiet")
         assert key not in {t.key for t in agent.probe_targets()}
+        await until(lambda: probed_locally(cluster, outsider) is None, "the report no longer names it")
+        assert agent.metrics.registry.get_sample_value("vsop_health_local_probes") == 0

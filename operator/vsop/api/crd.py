@@ -322,6 +322,7 @@ def crd_yaml() -> str:
 # --- NodeReport: one object per node, what that node did with each VirtualService ---------
 
 REPORT_KIND, REPORT_PLURAL = "NodeReport", "nodereports"  # as vsop.kube.report names them
+REPORT_PROBES_LISTED = 8  # status.localProbes.backends: at most this many (vsop.kube.report.local_probes)
 
 
 def node_report_crd() -> dict[str, Any]:
@@ -398,6 +399,30 @@ def node_report_crd() -> dict[str, Any]:
                                                     "up": {"type": "boolean"},
                                                     "bgpState": {"type": "string", "maxLength": 32},
                                                     "lastError": {"type": "string", "maxLength": 256},
+                                                },
+                                            },
+                                        },
+                                        "localProbes": {
+                                            "type": "object",
+                                            "description": (
+                                                "Static backends this node probes itself though it is not one of their "
+                                                "designated checkers: its IPVS counters showed new connections without a "
+                                                "reply packet. Absent when there are none."
+                                            ),
+                                            "properties": {
+                                                "count": {"type": "integer", "minimum": 0,
+                                                          "description": "Real servers probed (a backend per VIP port)."},
+                                                "backends": {
+                                                    "type": "array",
+                                                    "maxItems": REPORT_PROBES_LISTED,
+                                                    "description": "The first of them, in order.",
+                                                    "items": {
+                                                        "type": "object",
+                                                        "properties": {
+                                                            "virtualService": {"type": "string", "maxLength": 317},
+                                                            "backend": {"type": "string", "maxLength": 64},
+                                                        },
+                                                    },
                                                 },
                                             },
                                         },

@@ -138,6 +138,8 @@ class Agent:
         self._traffic_reader: Any = None  # the IPVS adapter of that look (its own socket, when the kernel makes readers)
         self._followed: HealthChecker | None = None  # the checker that follows the roles' changes
         self.metrics = metrics or AgentMetrics()
+        self.metrics.watch_local_probes(lambda: len(self.local_probes.running))
+        self._probed_here: tuple[frozenset[RealServerKey], dict[str, Any] | None] = (frozenset(), None)  # status.localProbes, of what
         if bird is not None:
             self.metrics.watch_bgp(bird.sessions)
         self.syncs = 0  # syncs that reached the kernel
@@ -502,6 +504,14 @@ class Agent:
             else:
                 self._announced[ref] = state
 
+    def _local_probes_status(self) -> dict[str, Any] | None:
+        """This node's `status.localProbes`: the static backends it probes because its data path showed
+        trouble (vsop.kube.checkers.LocalProbes), derived again only when they changed."""
+        running = frozenset(self.local_probes.running)
+        if running != self._probed_here[0]:
+            self._probed_here = (running, reports.local_probes(len(running), self.local_probes.probed_here(self.loop.targets_by_ref)))
+        return self._probed_here[1]
+
     def _sessions(self) -> list[dict[str, Any]] | None:
         """This node's BGP sessions for its NodeReport (None: no BGP speaker here, or BIRD not asked yet)."""
         reading = self.bird.known() if self.bird is not None else None
@@ -538,6 +548,7 @@ class Agent:
                 keys.add((namespace, name))
         self._announce_changed = set()
         report.announced, report.sessions = self._announced, self._sessions()
+        report.local_probes = self._local_probes_status()
         if not complete:
             problems, programmed = judge(self.reconciler, (reports.ref_of(*key) for key in keys))
             outcome.problems, outcome.programmed = problems, frozenset(programmed)

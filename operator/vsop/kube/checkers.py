@@ -31,7 +31,9 @@ Owns who checks a static backend in a cluster and how the result reaches every n
   showed no trouble. Direct routing and tunnelling send the replies around this node, and a
   UDP service may be one-way (new flows without replies prove nothing): those keep the slow
   probe. Probes per backend per interval: K, plus one per node whose data path shows trouble
-  for it (masquerade TCP/SCTP), plus (N - K) / SLOW_FACTOR for the others.
+  for it (masquerade TCP/SCTP), plus (N - K) / SLOW_FACTOR for the others. What a node probes
+  this way is in its metrics (vsop_health_local_probes) and its NodeReport (`status.localProbes`,
+  `probed_here`).
 serviceRef endpoints are not covered: their readiness comes from the EndpointSlices, and
 a health check on them stays a check every node runs.
 No I/O of its own: must not import kopf, vsop.node.execute or vsop.adapters.
@@ -372,3 +374,13 @@ class LocalProbes:
         removed = {target for key, target in self.running.items() if want.get(key) != target}
         self.running = want
         return added, removed
+
+    def probed_here(self, targets_by_ref: Mapping[str, Iterable[Target]]) -> list[tuple[str, str]]:
+        """(owner, backend) of each real server probed here (`running`), for the node's report; costs
+        every target (`targets_by_ref`: owner -> its targets, vsop.node.loop.NodeLoop's), so the agent
+        asks again only when `running` changed."""
+        running = self.running
+        if not running:
+            return []
+        return sorted((ref, backend_id(target.key.address, target.key.port))
+                      for ref, targets in targets_by_ref.items() for target in targets if target.key in running)

@@ -4,8 +4,11 @@ Owns the `NodeReport` object (cluster-scoped, group vsop.dev, named after the no
 `status.virtualServices["<namespace>/<name>"]` holds the node's entry for each
 VirtualService it handles (the shape of vsop.kube.status.NodeEntry), and what the
 agent changes in it from one turn to the next (`report_patch`: only changed entries,
-removed ones as null, so one turn is at most one write), and `status.bgpSessions`: the node's BGP
-sessions (vsop.kube.announce), replaced whole when they change.
+removed ones as null, so one turn is at most one write), and the fields of the node as a whole
+(`NODE_FIELDS`), each written only when it changes: `status.bgpSessions`, the node's BGP sessions
+(vsop.kube.announce), and `status.localProbes`, the static backends this node probes itself although
+it is not their designated checker (vsop.kube.checkers.LocalProbes: its data path showed trouble),
+as a count and the first few (`MAX_LOCAL_PROBES_LISTED`), so the report stays bounded whatever fails.
 Why a separate object and not `status.nodes.<node>` on each VirtualService: every agent
 watches every VirtualService, so a key per node on the objects made one change N status
 writes each delivered to N agents (N^2 watch events) and grew each object with N. A
@@ -17,14 +20,18 @@ Pure: must not import kopf, kubernetes, asyncio, vsop.node.execute or vsop.adapt
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
+from vsop.api.crd import REPORT_PROBES_LISTED
 from vsop.api.model import API_GROUP, API_VERSION
 
 KIND = "NodeReport"
 PLURAL = "nodereports"
 RESOURCE = f"{API_GROUP}/{API_VERSION}/{PLURAL}"
 MAX_ENTRY_MESSAGE = 512  # a node's message in its report; the controller shows the first few nodes' anyway
+# status fields of the node as a whole, each replaced whole where it changed (None: absent)
+NODE_FIELDS = ("bgpSessions", "localProbes")
+MAX_LOCAL_PROBES_LISTED = REPORT_PROBES_LISTED  # localProbes names this many (the CRD's maxItems); its count says how many there are
 
 
 def ref_of(namespace: str, name: str) -> str:
@@ -47,14 +54,40 @@ def sessions_of(body: Mapping[str, Any] | None) -> list[dict[str, Any]] | None:
     return [dict(s) for s in found if isinstance(s, Mapping)] if isinstance(found, list) else None
 
 
-def with_sessions(patch: dict[str, Any] | None, before: list[dict[str, Any]] | None, after: list[dict[str, Any]] | None) -> dict[str, Any] | None:
-    """`patch` (from report_patch, or None) also writing the BGP sessions where they changed
-    (a merge patch replaces a list whole; None removes them)."""
-    if before == after:
+def node_fields_of(body: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The node-wide fields (`NODE_FIELDS`) of a report body, those present and well formed."""
+    status = (body or {}).get("status") if isinstance(body, Mapping) else None
+    found: dict[str, Any] = {}
+    sessions = sessions_of(body)
+    if sessions is not None:
+        found["bgpSessions"] = sessions
+    probes = status.get("localProbes") if isinstance(status, Mapping) else None
+    if isinstance(probes, Mapping):
+        found["localProbes"] = dict(probes)
+    return found
+
+
+def with_node_fields(patch: dict[str, Any] | None, before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`patch` (from report_patch, or None) also writing each node-wide field (`NODE_FIELDS`) whose value
+    changed from `before` to `after` (field -> value; absent or None: not in the report). A merge patch
+    replaces a list whole and None removes the field; `localProbes` always carries both its keys."""
+    changed = {name: after.get(name) for name in NODE_FIELDS if before.get(name) != after.get(name)}
+    if not changed:
         return patch
     out = patch if patch is not None else {"status": {"virtualServices": {}}}
-    out["status"]["bgpSessions"] = after
+    out["status"].update(changed)
     return out
+
+
+def local_probes(count: int, probed: Iterable[tuple[str, str]]) -> dict[str, Any] | None:
+    """`status.localProbes`: how many real servers this node probes itself for trouble seen in its data
+    path (`count`: one per backend and VIP port, as vsop_health_local_probes counts them), and the first
+    `MAX_LOCAL_PROBES_LISTED` of their (VirtualService, backend) pairs in order; None when there are
+    none (the field is left out)."""
+    if count <= 0:
+        return None
+    pairs = sorted(set(probed))[:MAX_LOCAL_PROBES_LISTED]
+    return {"count": count, "backends": [{"virtualService": ref, "backend": backend} for ref, backend in pairs]}
 
 
 def bounded(entry: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,12 +156,12 @@ def merge_into(entries: dict[str, dict[str, Any]], patch: Mapping[str, Any]) -> 
 
 def new_report(node: str, patch: Mapping[str, Any]) -> dict[str, Any]:
     """The body creating a node's first report from a report patch (nulls dropped)."""
-    changes = (patch.get("status") or {}).get("virtualServices") or {}
-    sessions = (patch.get("status") or {}).get("bgpSessions")
+    status = patch.get("status") or {}
+    changes = status.get("virtualServices") or {}
+    fields = {name: status[name] for name in NODE_FIELDS if status.get(name) is not None}
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,
         "metadata": {"name": node, "labels": {"vsop.dev/node": node}},
-        "status": {"virtualServices": {ref: _without_nulls(entry) for ref, entry in changes.items() if entry is not None},
-                   **({"bgpSessions": sessions} if sessions is not None else {})},
+        "status": {"virtualServices": {ref: _without_nulls(entry) for ref, entry in changes.items() if entry is not None}, **fields},
     }

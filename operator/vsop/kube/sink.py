@@ -5,7 +5,9 @@ Owns what the node tells the cluster after each turn: its entries in its NodeRep
 and then patched with changes only; an Event per new failure (not again after a restart, when
 the report already carries it) and per drift repair; what keepalived made of each
 keepalived-mode object (backends rendered, refusals); with `announce`, this node's state for each
-VIP and its BGP sessions (vsop.kube.announce); the objects by state in the metrics.
+VIP and its BGP sessions (vsop.kube.announce); the static backends it probes itself because its
+data path showed trouble (vsop.kube.checkers.LocalProbes, `status.localProbes`, bounded); the
+objects by state in the metrics.
 Must not import: vsop.node.execute, vsop.adapters, vsop.kube.source's kopf wiring.
 """
 
@@ -87,6 +89,7 @@ class SyncReport:
     keepalived: KeepalivedReport | None = None
     announced: Mapping[str, str] = field(default_factory=dict)  # ref -> this node's announce state (vsop.kube.announce)
     sessions: list[dict[str, Any]] | None = None  # this node's BGP sessions for its report (None: no BGP here)
+    local_probes: dict[str, Any] | None = None  # its status.localProbes (vsop.kube.report.local_probes; None: none)
     entries: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
     patched: list[tuple[str, str]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (object, reason, message)
@@ -218,7 +221,7 @@ class NodeReportSink:
         self.names = names
         self.report_all = True  # the next turn reports every object (first turn, after a failure)
         self._reported: dict[str, dict[str, Any]] | None = None  # this node's report as last read or written
-        self._sessions: list[dict[str, Any]] | None = None  # its status.bgpSessions, as last read or written
+        self._fields: dict[str, Any] = {}  # its node-wide fields (bgpSessions, localProbes), as last read or written
         self._evented: dict[tuple[str, str, str | None], str] = {}
         self._report_read = False  # the report was read once since the start
         self._restarted_with: dict[str, dict[str, Any]] | None = None  # its entries then, until the turn that reads them
@@ -335,7 +338,7 @@ class NodeReportSink:
         """This node's NodeReport as stored (at start, and after a failed write); False: not read, retried next turn."""
         try:
             body = await self.writer.read_node_report(self.node_name)
-            self._reported, self._sessions = reports.entries_of(body), reports.sessions_of(body)
+            self._reported, self._fields = reports.entries_of(body), reports.node_fields_of(body)
         except (ApiError, OSError) as exc:
             self.metrics.errors.labels("api").inc()
             self.report_all = True
@@ -357,7 +360,8 @@ class NodeReportSink:
         if self._reported is None:  # _publish could not read it this turn
             return
         after = {reports.ref_of(*key): entry for key, entry in report.entries.items()}
-        patch = reports.with_sessions(reports.report_patch(self._reported, after, complete=complete), self._sessions, report.sessions)
+        fields = {"bgpSessions": report.sessions, "localProbes": report.local_probes}
+        patch = reports.with_node_fields(reports.report_patch(self._reported, after, complete=complete), self._fields, fields)
         if patch is None:
             return
         try:
@@ -370,10 +374,12 @@ class NodeReportSink:
             return
         changed = patch["status"]["virtualServices"]
         reports.merge_into(self._reported, patch)
+        self._fields = {name: value for name, value in fields.items() if value is not None}
         if "bgpSessions" in patch["status"]:
-            self._sessions = report.sessions
             log.info(kv("Updated node report", node=self.node_name, bgpSessionsUp=sum(1 for s in report.sessions or () if s.get("up")),
                         bgpSessions=len(report.sessions or ())))
+        if "localProbes" in patch["status"]:
+            log.info(kv("Updated node report", node=self.node_name, localProbes=(report.local_probes or {}).get("count", 0)))
         self.metrics.status_patches.inc()
         report.patched.extend(tuple(ref.split("/", 1)) for ref in sorted(changed))  # type: ignore[misc]
         for ref, entry in sorted(changed.items()):

@@ -117,6 +117,17 @@ class NodeMetrics:
         """vsop_health_probe_lag_seconds from a vsop.node.probes.HealthChecker, read when scraped."""
         self.probe_lag.set_function(checker.lag)
 
+    def watch_local_probes(self, count: Callable[[], int]) -> None:
+        """vsop_health_local_probes from `count()`, read when scraped: registered by the in-cluster agent
+        only (the host agent checks every real server it has and watches none through its counters)."""
+        gauge = Gauge(
+            "vsop_health_local_probes",
+            "Static backends this node probes itself though it is not one of their designated checkers: its IPVS counters "
+            "showed new connections without a reply packet (probed until the probe passes and the counters are quiet).",
+            registry=self.registry,
+        )
+        gauge.set_function(count)
+
     def watch_bgp(self, sessions: Callable[[], Any]) -> None:
         """vsop_bgp_session_up{peer,protocol} and vsop_bgp_bird_up from `sessions()` (a
         vsop.bgp.sessions Reading), read when scraped."""

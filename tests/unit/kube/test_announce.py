@@ -11,7 +11,7 @@ from vsop.api.errors import InvalidInput
 from vsop.bgp.render import render_bird
 from vsop.bgp.sessions import Session
 from vsop.kube.announce import EVERY_NODE, announced_by, bgp_state, object_state, session_entries, sessions_up
-from vsop.kube.report import new_report, sessions_of, with_sessions
+from vsop.kube.report import new_report, sessions_of, with_node_fields
 from vsop.kube.status import Facts, NodeEntry, normalize_node_status, summarize
 
 UP = Session("vsop_peer_1", "10.0.0.1", 65000, "up", "Established", "07:00", "")
@@ -62,10 +62,10 @@ def test_the_controller_sums_up_the_entries() -> None:
 
 def test_sessions_are_written_when_they_change_and_read_back() -> None:
     sessions = session_entries([UP])
-    assert with_sessions(None, sessions, list(sessions)) is None
-    patch = with_sessions(None, None, sessions)
+    assert with_node_fields(None, {"bgpSessions": sessions}, {"bgpSessions": list(sessions)}) is None
+    patch = with_node_fields(None, {}, {"bgpSessions": sessions})
     assert patch == {"status": {"virtualServices": {}, "bgpSessions": sessions}}
-    assert with_sessions({"status": {"virtualServices": {"a/b": None}}}, sessions, None) == {
+    assert with_node_fields({"status": {"virtualServices": {"a/b": None}}}, {"bgpSessions": sessions}, {"bgpSessions": None}) == {
         "status": {"virtualServices": {"a/b": None}, "bgpSessions": None}}
     body = new_report("node-a", patch)
     assert sessions_of(body) == sessions and sessions_of(new_report("node-a", {"status": {"virtualServices": {}}})) is None

@@ -226,3 +226,18 @@ def test_a_watched_real_server_held_down_by_this_nodes_own_verdict_is_probed_unt
     local = checkers.LocalProbes()
     assert local.follow(watched, lambda key: False, down=[web.key, api.key]) == ({web}, set())  # api: not watched here
     assert local.follow(watched, lambda key: True) == (set(), {web})
+
+
+def test_the_real_servers_probed_here_are_named_with_their_owner_for_the_report() -> None:
+    from vsop.core.state import Traffic
+
+    web, api = _target(address="192.0.2.1"), _target(address="192.0.2.2")
+    watched = {web.key: web, api.key: api}
+    local = checkers.LocalProbes()
+    by_ref = {"default/web": [web], "default/api": [api]}
+    assert local.probed_here(by_ref) == []
+    local.look({web.key: Traffic(1, 1, 0), api.key: Traffic(1, 1, 1)}, watched)
+    local.look({web.key: Traffic(4, 4, 0), api.key: Traffic(3, 3, 3)}, watched)  # web: trouble; api answers
+    local.follow(watched, lambda key: True)
+    assert local.probed_here(by_ref) == [("default/web", "192.0.2.1:8080")]
+

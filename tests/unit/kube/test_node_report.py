@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vsop.kube.report import MAX_ENTRY_MESSAGE, apply_patch, entries_of, merge_into, new_report, report_patch
+from vsop.kube.report import (MAX_ENTRY_MESSAGE, MAX_LOCAL_PROBES_LISTED, apply_patch, entries_of, local_probes, merge_into, new_report,
+                              node_fields_of, report_patch, with_node_fields)
 
 OK = {"programmed": True, "backends": {"total": 2, "healthy": 2}, "message": "", "observedGeneration": 1}
 DOWN = {**OK, "backends": {"total": 2, "healthy": 1}}
@@ -56,3 +57,27 @@ def test_the_first_report_is_created_without_nulls_and_read_back() -> None:
     assert body["metadata"]["name"] == "node-a" and body["kind"] == "NodeReport"
     assert entries_of(body) == {"default/a": OK}
     assert entries_of(None) == {} and entries_of({"status": {"virtualServices": "junk"}}) == {}
+
+
+def test_local_probes_are_a_count_and_the_first_few_backends() -> None:
+    assert local_probes(0, []) is None  # none: the field is left out
+    assert local_probes(2, [("default/web", "192.0.2.1:8080"), ("default/api", "192.0.2.9:80")]) == {
+        "count": 2, "backends": [{"virtualService": "default/api", "backend": "192.0.2.9:80"},
+                                 {"virtualService": "default/web", "backend": "192.0.2.1:8080"}]}
+    many = [(f"default/s{i:03d}", "192.0.2.1:8080") for i in range(100)]
+    found = local_probes(100, many)
+    assert found is not None and found["count"] == 100 and len(found["backends"]) == MAX_LOCAL_PROBES_LISTED
+    assert found["backends"][0] == {"virtualService": "default/s000", "backend": "192.0.2.1:8080"}
+
+
+def test_local_probes_are_written_when_they_change_gone_as_null_and_read_back() -> None:
+    probes = local_probes(1, [("default/web", "192.0.2.1:8080")])
+    patch = with_node_fields(None, {}, {"bgpSessions": None, "localProbes": probes})
+    assert patch == {"status": {"virtualServices": {}, "localProbes": probes}}
+    body = new_report("node-a", patch)
+    assert node_fields_of(body) == {"localProbes": probes} and "bgpSessions" not in body["status"]
+    assert with_node_fields(None, node_fields_of(body), {"localProbes": dict(probes or {})}) is None  # unchanged: no write
+    gone = with_node_fields(report_patch({}, {"default/web": OK}), {"localProbes": probes}, {"localProbes": None})
+    assert gone == {"status": {"virtualServices": {"default/web": OK}, "localProbes": None}}
+    assert node_fields_of(None) == {} and node_fields_of({"status": {"localProbes": "junk"}}) == {}
+

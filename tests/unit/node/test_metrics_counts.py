@@ -62,3 +62,14 @@ def test_local_health_counts_this_nodes_real_servers_as_kube_proxy_does() -> Non
     reconciler.update_endpoints({("default", "tell"): [elsewhere]})
     reconciler.reconcile()
     assert local_health(reconciler, "default", "local") == (503, {"service": {"namespace": "default", "name": "local"}, "localEndpoints": 0})
+
+
+def test_local_probes_are_a_gauge_read_when_scraped_and_only_where_asked() -> None:
+    probed: list[str] = []
+    metrics = NodeMetrics()
+    assert metrics.registry.get_sample_value("vsop_health_local_probes") is None  # the host agent has none
+    metrics.watch_local_probes(lambda: len(probed))
+    assert metrics.registry.get_sample_value("vsop_health_local_probes") == 0
+    probed.append("192.0.2.1:8080")
+    assert metrics.registry.get_sample_value("vsop_health_local_probes") == 1
+
