@@ -6,7 +6,10 @@ M VirtualServices. Per N it prints the API requests by verb with their responses
 log) and the watch events delivered with their bytes, for: (a) one object created, (b) one object changed, (c) one
 static backend failing its health check, (d) one node joining, (e) quiet minutes (steady
 state, compressed clock); the size of one VirtualService object; health probes per backend
-per interval.
+per interval; (f) how long a node that is not a designated checker of a static backend, and
+the only node that cannot reach it, takes to take it out (weight 0): its fake kernel's IPVS
+counters show that backend's new connections without a reply packet while the resync
+periods go on (`trouble_out`).
 
 What makes N=500 fit in one process on a small machine (and why the counts stay exact):
 - One watch stream per resource for the whole process (`Farm`), fanned out in-process to
@@ -16,7 +19,8 @@ What makes N=500 fit in one process on a small machine (and why the counts stay 
   watches. The components are driven only through `registry` and `reconcile_forever()`.
 - Health checks go through a fake prober (`vsop.node.probes.check_tcp` replaced in this
   process): no packet is sent, probes are counted per backend, and a backend is "down"
-  when the scenario says so. Their interval is 1 s, or N/100 s when longer
+  when the scenario says so, everywhere or from one node only (each component's loop runs
+  with its name in `PROBING`, which the probe tasks it starts inherit). Their interval is 1 s, or N/100 s when longer
   (`--check-interval`); probes are counted per interval.
 - Each watched body is parsed (and fingerprinted) once for all the components it is
   delivered to (`ParseOnce`): CPU only, the deliveries are counted as before.
@@ -76,6 +80,7 @@ import vsop.node.probes  # noqa: E402
 import vsop.kube.objects  # noqa: E402
 from tests.kube.conftest import NODES, SLICES, VS, Cluster  # noqa: E402
 from vsop.adapters.kernel import fake_kernel  # noqa: E402
+from vsop.core.state import RealServerKey, ServiceKey  # noqa: E402
 from vsop.kube.agent import Agent, AgentOptions  # noqa: E402
 from vsop.kube.apiserver import ApiServerAddresses  # noqa: E402
 from vsop.kube.client import ApiWriter, Connection  # noqa: E402
@@ -91,18 +96,24 @@ BYTES = "bytes "  # prefix of the counters of watch events' bytes delivered, by 
 # --- a fake prober ------------------------------------------------------------------------
 
 
+PROBING: contextvars.ContextVar[str] = contextvars.ContextVar("probing_node", default="")  # the component a probe runs for
+
+
 class FakeProber:
-    """Replaces the TCP probe of `vsop.node.probes`: counts probes per backend, fails the `down` ones."""
+    """Replaces the TCP probe of `vsop.node.probes`: counts probes per backend, fails the `down` ones
+    (and, from one node, the ones `down_from` names for it)."""
 
     def __init__(self) -> None:
         self.down: set[str] = set()
+        self.down_from: dict[str, set[str]] = collections.defaultdict(set)  # node -> addresses it cannot reach
         self.probes: collections.Counter[tuple[str, int]] = collections.Counter()
         self._original: Any = None
 
     async def check_tcp(self, address: str, port: int, timeout: float) -> str | None:
         self.probes[(address, port)] += 1
         await asyncio.sleep(0)
-        return "TCP connect failed: Connection refused (simulated)" if address in self.down else None
+        down = address in self.down or address in self.down_from.get(PROBING.get(), ())
+        return "TCP connect failed: Connection refused (simulated)" if down else None
 
     def install(self) -> None:
         self._original = vsop.node.probes.check_tcp
@@ -332,7 +343,11 @@ class Farm:
                     continue
                 await component.deliver(resource, None, body)
         self.components.append(component)
-        component.task = asyncio.create_task(component.obj.reconcile_forever(), name=f"loop {component.name}")
+        token = PROBING.set(component.name)
+        try:  # the task copies PROBING as it is now: the probes it starts run as this component's
+            component.task = asyncio.create_task(component.obj.reconcile_forever(), name=f"loop {component.name}")
+        finally:
+            PROBING.reset(token)
 
     async def close(self) -> None:
         for component in self.components:
@@ -586,8 +601,12 @@ class SharedSyncThread(concurrent.futures.ThreadPoolExecutor):
 SYNC_THREAD: list[SharedSyncThread] = []  # the current run's
 
 
+FAKE_KERNELS: dict[str, Any] = {}  # node -> its agent's fake kernel (vsop.adapters.fake.FakeKernel), the current run's
+
+
 def _agent(connection: Connection, name: str, resync: float) -> Agent:
-    kernel, _ = fake_kernel()
+    kernel, fake = fake_kernel()
+    FAKE_KERNELS[name] = fake
     writer = ApiWriter(connection, "vsop-agent", host=name)
     agent = Agent(AgentOptions(node_name=name, resync_seconds=resync, debounce_seconds=0.05, **any_vip(AgentOptions)), kernel, writer,
                   apiserver=ApiServerAddresses.for_connection(connection))
@@ -695,9 +714,101 @@ async def _simulate(cluster: Cluster, prober: FakeProber, nodes: int, objects: i
     result["node_joined"] = counts.since(mark)
     log(f"  N={nodes}: node_joined measured at {time.monotonic() - t0:.0f}s")
 
+    # (f) a static backend that only one node, not one of its checkers, cannot reach
+    found = await trouble_out(farm, prober, resync, log)
+    if found is not None:
+        result["trouble_out"] = found
+        log(f"  N={nodes}: trouble_out measured at {time.monotonic() - t0:.0f}s")
+
     await farm.close()
+    FAKE_KERNELS.clear()
     result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     return result
+
+
+TROUBLED = (2, 3, 4)  # (f): the objects whose first backend one node cannot reach, in turn: checked, untouched by (a) to (d)
+
+
+async def trouble_out(farm: Farm, prober: FakeProber, resync: float, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """(f) once per object of TROUBLED (its first backend, another node each time as rendezvous
+    hashing has it): the median and each sample of `trouble_sample`; None in a design whose agents
+    probe every backend themselves (no `local_probes`: nothing to measure)."""
+    samples = []
+    for index in TROUBLED:
+        found = await trouble_sample(farm, prober, resync, index, log)
+        if found is None:
+            return None
+        samples.append(found)
+    ordered = sorted(samples, key=lambda sample: sample["seconds"])
+    middle = ordered[len(ordered) // 2]
+    return {**middle, "samples": [sample["seconds"] for sample in samples]}
+
+
+async def trouble_sample(farm: Farm, prober: FakeProber, resync: float, index: int, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Seconds from a static backend (object `index`'s first) becoming unreachable from one node (not
+    one of its checkers) until that node's kernel has weight 0 for it.
+
+    Clients keep opening connections through that node (one every 0.1 s while its weight is above
+    0); its fake kernel counts them, with reply packets until the backend becomes unreachable, with
+    none after. The resync periods go on for every agent (each ends in a look at the counters); the
+    backend becomes unreachable half a period after one ended, so the look after it still sees
+    replies from before, and the next one sees none: the typical case, 1.5 periods before trouble
+    is seen. Then the local probe (interval CHECK_INTERVAL, failureThreshold 1) fails and a turn
+    writes weight 0. Every other node and the checkers still reach it."""
+    body = spec(index, True)
+    address = body["backends"][0]["address"]
+    key = RealServerKey(ServiceKey("tcp", body["vip"], 80), address, 8080)
+    agents = [c.obj for c in farm.components if isinstance(c.obj, Agent)]
+    outsider = next((a for a in agents if hasattr(a, "local_probes") and key in a.roles.watched), None)
+    if outsider is None:
+        return None
+    fake = FAKE_KERNELS[outsider.node_name]
+    unreachable = asyncio.Event()
+    looks: list[float] = []  # when each resync period (and so each look) of every agent ended
+
+    def weight() -> int:
+        found = fake.state.real_servers.get(key)
+        return found.weight if found is not None else -1
+
+    async def clients() -> None:
+        while True:
+            if weight() > 0:
+                fake.send(key, connections=1, in_packets=3, out_packets=0 if unreachable.is_set() else 2)
+            await asyncio.sleep(0.1)
+
+    async def periods() -> None:
+        while True:
+            await resync_all(farm, resync)
+            looks.append(time.monotonic())
+
+    tasks = [asyncio.create_task(clients()), asyncio.create_task(periods())]
+    try:
+        while len(looks) < 2:  # two looks with replies: the baseline is a working backend
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(max(0.0, looks[-1] + resync / 2 - time.monotonic()))
+        prober.down_from[outsider.node_name].add(address)
+        unreachable.set()
+        started, seen = time.monotonic(), None
+        while weight() != 0:
+            if seen is None and key in outsider.local_probes.troubled:
+                seen = time.monotonic()
+            if time.monotonic() - started > 60 * resync:
+                raise TimeoutError(f"{outsider.node_name} did not take {key} out within 60 resync periods")
+            await asyncio.sleep(0.02)
+        done = time.monotonic()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        prober.down_from[outsider.node_name].discard(address)
+    seen = seen if seen is not None else done
+    others = [a for a in agents if a is not outsider and FAKE_KERNELS[a.node_name].state.real_servers.get(key) is not None]
+    log(f"  (f) {outsider.node_name} took {key} out after {done - started:.1f}s")
+    return {"seconds": round(done - started, 2), "seen_after": round(seen - started, 2), "resync": resync,
+            "interval": CHECK_INTERVAL[0], "failure_threshold": 1,
+            "periods": round((seen - started) / resync, 2), "probe_seconds": round(done - seen, 2),
+            "still_in_elsewhere": sum(1 for a in others if FAKE_KERNELS[a.node_name].state.real_servers[key].weight > 0),
+            "elsewhere": len(others)}
 
 
 # --- printing -----------------------------------------------------------------------------------
@@ -738,6 +849,15 @@ def table(columns: Mapping[str, list[dict[str, Any]]]) -> str:
             lines.append(f"  {title:34}{cells}")
         for key, title in (("object_bytes", "bytes of one VirtualService"), ("probes_per_backend_per_interval", "probes per backend per interval")):
             lines.append(f"  {title:34}" + "".join(f"{(rows[label] or {}).get(key, '-'):>{width}}" for label in labels))
+        outs = {label: (rows[label] or {}).get("trouble_out") for label in labels}
+        lines.append(f"  {'(f) out on the one node (median s)':34}" + "".join(f"{(outs[label] or {}).get('seconds', '-'):>{width}}" for label in labels))
+        for label, out in outs.items():
+            if out:
+                lines.append(f"    {label}: a backend only one non-checker node cannot reach: weight 0 there {out['seconds']} s after, median of "
+                             f"{'/'.join(str(x) for x in out['samples'])} s "
+                             f"(in the median, trouble seen after {out['seen_after']} s = {out['periods']} resync periods of {out['resync']:g} s, "
+                             f"then {out['probe_seconds']} s to weight 0 with its probe every {out['interval']} s, failureThreshold "
+                             f"{out['failure_threshold']}); still in service on {out['still_in_elsewhere']} of the other {out['elsewhere']} nodes")
         for label in labels:
             r = rows[label]
             if r:
