@@ -30,7 +30,18 @@ Owns who checks a static backend in a cluster and how the result reaches every n
   failureThreshold x interval of the look) until its own verdict is healthy and the last look
   showed no trouble. Direct routing and tunnelling send the replies around this node, and a
   UDP service may be one-way (new flows without replies prove nothing): those keep the slow
-  probe. Probes per backend per interval: K, plus one per node whose data path shows trouble
+  probe. A real server that refuses (a RST, or an ICMP error the kernel relates to the connection)
+  answers as far as the counters go: IPVS counts every packet of a connection coming back from
+  the real server as a packet out (ip_vs_out_stats, handle_response_icmp for ICMP), and its
+  per-destination counters hold connections, packets and bytes each way, no TCP flags and no
+  outcome per connection. The one trace a refusal leaves, a single packet in per connection
+  (the SYN, never its ACK), is lost in the sums: packets of the real server's longer-lived
+  connections hide it, and a lone connection caught mid-handshake by a look shows it while
+  healthy. So refusals are left to the designated checkers' probes, which see them as
+  "Connection refused"; a refusal is nearly always the backend's own (nothing listens, the
+  backlog is full) and so seen from every node alike. A refusal on one node's path only (a
+  REJECT with tcp-reset for that node) goes unseen there.
+  Probes per backend per interval: K, plus one per node whose data path shows trouble
   for it (masquerade TCP/SCTP), plus (N - K) / SLOW_FACTOR for the others. What a node probes
   this way is in its metrics (vsop_health_local_probes) and its NodeReport (`status.localProbes`,
   `probed_here`).
@@ -324,7 +335,8 @@ def add_checks(entries: dict[tuple[str, str], dict[str, Any] | None], node_roles
 def trouble(before: Traffic | None, now: Traffic | None) -> bool:
     """Whether a masquerade real server's counters, between two looks, show a dead data path: new
     connections were scheduled to it and not one packet came back. False without two looks; a real
-    server removed and added again counts from zero, which reads as fewer connections: no trouble."""
+    server removed and added again counts from zero, which reads as fewer connections: no trouble.
+    A refusal (RST) is a packet back: no trouble (the checkers find it; see the module's docstring)."""
     if before is None or now is None:
         return False
     return now.connections > before.connections and now.out_packets == before.out_packets
