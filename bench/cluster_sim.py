@@ -715,9 +715,13 @@ async def _simulate(cluster: Cluster, prober: FakeProber, nodes: int, objects: i
     log(f"  N={nodes}: node_joined measured at {time.monotonic() - t0:.0f}s")
 
     # (f) a static backend that only one node, not one of its checkers, cannot reach
+    mark = counts.mark()
     found = await trouble_out(farm, prober, resync, log)
     if found is not None:
-        result["trouble_out"] = found
+        # Until the writes it caused are done (its probe passing again included): the controller is
+        # never stopped in the middle of a reconcile it was woken for.
+        await settle(cluster, farm, minimum=2.0 * CHECK_INTERVAL[0])
+        result["trouble_out"] = {**found, "api": counts.since(mark)}
         log(f"  N={nodes}: trouble_out measured at {time.monotonic() - t0:.0f}s")
 
     await farm.close()
@@ -857,7 +861,9 @@ def table(columns: Mapping[str, list[dict[str, Any]]]) -> str:
                              f"{'/'.join(str(x) for x in out['samples'])} s "
                              f"(in the median, trouble seen after {out['seen_after']} s = {out['periods']} resync periods of {out['resync']:g} s, "
                              f"then {out['probe_seconds']} s to weight 0 with its probe every {out['interval']} s, failureThreshold "
-                             f"{out['failure_threshold']}); still in service on {out['still_in_elsewhere']} of the other {out['elsewhere']} nodes")
+                             f"{out['failure_threshold']}); still in service on {out['still_in_elsewhere']} of the other {out['elsewhere']} nodes; "
+                             f"the {len(out['samples'])} samples, their probes passing again after and the writes that followed: "
+                             f"{_verbs(out['api'])}; watch events {out['api']['watch_by_resource'] or 0}")
         for label in labels:
             r = rows[label]
             if r:
