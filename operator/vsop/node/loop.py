@@ -525,6 +525,7 @@ class NodeLoop:
                 continue
             reasons = self.trigger.take()
             self.busy = True
+            cold = self.reconciler.cold  # the first sync has parts left (this turn plans one)
             try:
                 ok = await driver.turn(self.full, reasons)
             except Exception as exc:  # noqa: BLE001 - whatever a turn raises, the node keeps its loop
@@ -539,7 +540,10 @@ class NodeLoop:
                 self.turns += 1
             failures = 0 if ok else failures + 1
             now = self.clock()
-            if ok and self.full:
+            if ok and (self.full or cold):
+                # The period counts from the first sync's last part, as from a whole first sync: it
+                # read the kernel and planned every VIP, so no resync runs beside its parts (a read
+                # aside there shared the CPU with the parts' writes and re-derived an audit slice).
                 next_full = now + self.resync_seconds
             # A failed turn is retried after `retry`, as a full one (its resync is not done): not at
             # once, or a kernel that keeps refusing a write would be read and written in a tight loop.

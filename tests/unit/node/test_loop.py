@@ -296,6 +296,7 @@ class StubReconciler:
 
     draining: Draining = field(default_factory=Draining)
     replanning: bool = False
+    cold: bool = False  # the first sync has parts left
     retry: float | None = None  # a refused VIP's next try, in seconds from now
 
     def retry_in(self) -> float | None:
@@ -389,6 +390,24 @@ async def test_drift_left_to_plan_is_planned_at_once_and_draining_turns_come_eve
     driver, trigger, _ = await schedule(3, [], reconciler=reconciler, setup=setup, resync_seconds=30.0)
     assert trigger.timeouts == [0.0, 0.0, DRAIN_SECONDS]
     assert [full for full, _ in driver.turns] == [True, False, False]
+
+
+@pytest.mark.asyncio
+async def test_no_resync_falls_due_during_the_first_sync_in_parts_the_period_counts_from_its_last_part() -> None:
+    reconciler = StubReconciler(replanning=True, cold=True)
+
+    def setup(driver: Driver, loop: NodeLoop) -> None:
+        def after(count: int) -> None:
+            loop.clock.now += 20.0  # each part takes 20 s: the period (30 s) passes during the parts
+            if count == 4:
+                reconciler.replanning = reconciler.cold = False
+
+        driver.on_turn = after
+
+    driver, trigger, _ = await schedule(5, [], reconciler=reconciler, setup=setup, resync_seconds=30.0)
+    assert [full for full, _ in driver.turns] == [True, False, False, False, True]
+    # The parts follow each other at once; the resync comes a whole period after the last one.
+    assert trigger.timeouts == [0.0, 0.0, 0.0, 0.0, 30.0]
 
 
 @pytest.mark.asyncio
