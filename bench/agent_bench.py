@@ -342,16 +342,14 @@ def host_agent_figures(node: str, client: str, count: int, samples: int = 3) -> 
     return figures
 
 
-def resync_figures(node: str, client: str, count: int, samples: int = 3, resync_seconds: float = 12.0, aside: bool = True,
-                   give_way: bool = True) -> dict[str, float]:
+def resync_figures(node: str, client: str, count: int, samples: int = 3, resync_seconds: float = 12.0, aside: bool = True) -> dict[str, float]:
     """The host agent following a store of `count` files, as host_agent_figures: a new store file
     written just after a poll (quiet time), and one written just after the periodic resync started
     (the store changed since the last one, as it does in use), until its VIP answers. The resync
     starts with its kernel read: with `aside` (the agent's way since vsop.node.aside) that read runs
     in a thread of its own while changes are served, without it the read is the resync turn's own
     (the way before, for the side-by-side figure). The resync's turn and read are timed too. A quiet
-    sample is written just after a poll that follows a resync's end (no read runs beside it); without
-    `give_way` the read aside does not wait for the turns and the folder's looks (vsop.adapters.pacing)."""
+    sample is written just after a poll that follows a resync's end (no read runs beside it)."""
     folder = store_folder(count)
     config = AgentConfig(folder, NODE, status_file=folder.parent / f"{folder.name}.json", lock=None, sweep_seconds=5.0,
                          resync_seconds=resync_seconds)
@@ -363,8 +361,6 @@ def resync_figures(node: str, client: str, count: int, samples: int = 3, resync_
         reconciler = agent.reconciler
         if not aside:
             reconciler.kernel.reader = None  # the resync reads under the lock, in its turn
-        if not give_way:
-            agent.loop.priority.cap = 0.0  # the read's steps never wait
         reconcile, read_aside = reconciler.reconcile, reconciler.read_aside
 
         def traced(*, full: bool = False):  # type: ignore[no-untyped-def]
@@ -762,13 +758,9 @@ def main() -> int:
 
 
 def print_resync(client: str, small: int, large: int, samples: int, aside_only: bool = False) -> int:
-    figures: dict[tuple[int, Any], dict[str, float]] = {}
-    if aside_only:  # the agent's way, its read giving way to the turns and looks or not (vsop.adapters.pacing)
-        for give_way in (False, True):
-            figures[large, "aside" if give_way else "eager"] = resync_figures(f"vsopbench{os.getpid()}", client, large, samples, give_way=give_way)
-            cleanup(real_kernel())
-    for count in () if aside_only else (small, large):
-        for aside in (False, True):
+    figures: dict[tuple[int, bool], dict[str, float]] = {}
+    for count in (large,) if aside_only else (small, large):
+        for aside in (True,) if aside_only else (False, True):
             figures[count, aside] = resync_figures(f"vsopbench{os.getpid()}", client, count, samples, aside=aside)
             cleanup(real_kernel())
     print(f"\n## the host agent: a new store file until its VIP answers, written in quiet time (just after a poll) and just")
@@ -777,16 +769,13 @@ def print_resync(client: str, small: int, large: int, samples: int, aside_only: 
     print("## (resync: from its start until its full reconcile ended; read: its kernel read; status: seconds of status")
     print("##  file writes between the slowest sample's write and its answer)")
     print(f"{'N':>6} {'read':>6} {'quiet':>8} {'during resync':>26} {'resync':>8} {'(read)':>8} {'status':>7}")
-    if aside_only:
-        print("## (eager: the read made aside without giving way to the turns and the folder's looks)")
     for (count, aside), r in figures.items():
-        print(f"{count:>6} {aside if isinstance(aside, str) else 'aside' if aside else 'lock':>6} {r['quiet']:>7.3f}s {r['during']:>7.3f}s [{r['during_p90']:.3f}, {r['during_max']:.3f}s] "
+        print(f"{count:>6} {'aside' if aside else 'lock':>6} {r['quiet']:>7.3f}s {r['during']:>7.3f}s [{r['during_p90']:.3f}, {r['during_max']:.3f}s] "
               f"{r['resync_turn']:>7.3f}s {r['resync_read']:>7.3f}s {r['status_in_slowest']:>6.2f}s")
-    for aside in ("eager", "aside") if aside_only else (False, True):
+    for aside in (True,) if aside_only else (False, True):
         r = figures[large, aside]
         versus = "" if aside_only else f"; N={large} / N={small} during resync: {r['during'] / figures[small, aside]['during']:.2f}x"
-        way = {False: "under the lock", True: "aside", "aside": "aside, giving way", "eager": "aside, not giving way"}[aside]
-        print(f"DURING-RESYNC / QUIET at N={large}, read {way} (goal <= 1.2): median {r['during'] / r['quiet']:.2f}x, "
+        print(f"DURING-RESYNC / QUIET at N={large}, read {'aside' if aside else 'under the lock'} (goal <= 1.2): median {r['during'] / r['quiet']:.2f}x, "
               f"p90 {r['during_p90'] / r['quiet']:.2f}x{versus}")
     return 0
 

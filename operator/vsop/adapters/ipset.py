@@ -29,7 +29,6 @@ import subprocess
 from typing import Sequence
 
 from vsop.adapters.base import OperationFailed
-from vsop.adapters.pacing import pace
 from vsop.adapters.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, NLMSG_HEADER, NetlinkError, NetlinkPipe, attr_offsets, kernel_refused, nla
 from vsop.core import ops
 from vsop.core.state import IPSet
@@ -301,9 +300,7 @@ def parse_listed(name: str, payloads: Sequence[bytes]) -> IPSet | None:
     family: int | None = None
     comments = False
     members: dict[str, str] = {}
-    for count, payload in enumerate(payloads):
-        if not count & 63:  # a message holds a few hundred members
-            pace()
+    for payload in payloads:
         top = attr_offsets(payload, _NFGENMSG.size, len(payload))
         if _ATTR_TYPENAME in top:
             kind = _string(payload, top[_ATTR_TYPENAME])

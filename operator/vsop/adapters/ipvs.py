@@ -20,7 +20,6 @@ import sys
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from vsop.adapters.base import OperationFailed
-from vsop.adapters.pacing import pace
 from vsop.adapters.netlink import (
     NLM_F_REQUEST,
     NetlinkError,
@@ -327,9 +326,7 @@ def _parse_proc(text: str, previous: _Lines, fresh: _Lines) -> dict[RealServerKe
     service: ServiceKey | None = None
     service_line = ""
     backends: dict[str, tuple[str, int]] = {}  # the same few real servers recur under many services
-    for count, line in enumerate(text.splitlines()[3:]):
-        if not count & 2047:
-            pace()
+    for line in text.splitlines()[3:]:
         if line.startswith("  ->"):
             if service is None:
                 continue
@@ -477,9 +474,7 @@ class IPVSKernel:
         previous: dict[bytes, tuple[ServiceKey, VirtualServer] | None] = self._service_payloads
         fresh: dict[bytes, tuple[ServiceKey, VirtualServer] | None] = {}
         changed = len(payloads) != len(previous)
-        for count, payload in enumerate(payloads):
-            if not count & 1023:
-                pace()
+        for payload in payloads:
             digest = hashlib.blake2b(payload, digest_size=16).digest()
             if digest in previous:
                 parsed = previous[digest]

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Callable
 
 from vsop.adapters.base import Adapter, IPSetAdapter, IPTablesAdapter, IPVSAdapter, LinkAdapter, RouteAdapter, SysctlAdapter
 from vsop.adapters.conntrack import ConntrackCleaner
-from vsop.adapters.pacing import pace
 from vsop.adapters.sysctl import SysctlRecord
 from vsop.core import ops
 from vsop.core.desired import ARP_SYSCTLS, TCP_LIBERAL_SYSCTL, family_sysctls, kernel_sysctls, tcp_liberal
@@ -76,21 +75,15 @@ class Kernel:
 
 
 def read_observed(kernel: Kernel, names: Names) -> KernelState:
-    """Every adapter's read, as one state; a read aside gives way between them (vsop.adapters.pacing)."""
     link, addresses, node_addresses = kernel.links.read(names.link)
-    pace()
     services, real_servers = kernel.ipvs.read()
-    pace()
     chains, jumps = kernel.iptables.read(names.owned_chains())
-    pace()
-    ipsets = kernel.ipsets.read(names.owned_set_names())
-    pace()
     return KernelState(
         link=link,
         addresses=addresses,
         services=services,
         real_servers=real_servers,
-        ipsets=ipsets,
+        ipsets=kernel.ipsets.read(names.owned_set_names()),
         chains=chains,
         jumps=jumps,
         sysctls=kernel.sysctls.read((*ALL_SYSCTLS, *(accept_ra_name(i) for i in kernel.sysctls.ipv6_interfaces()))),

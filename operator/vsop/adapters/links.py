@@ -18,7 +18,6 @@ import struct
 from typing import Sequence
 
 from vsop.adapters.base import OperationFailed
-from vsop.adapters.pacing import pace
 from vsop.adapters.netlink import NLM_F_ACK, NLM_F_REQUEST, NetlinkError, NetlinkPipe, address_text, attr_offsets, kernel_refused, nla
 from vsop.core import ops
 from vsop.core.state import LinkState
@@ -163,9 +162,7 @@ class LinkKernel:
         last = self._last
         if last is not None and last[0] == index and last[1] == raw:
             return state, last[2], last[3]
-        for count, payload in enumerate(payloads):
-            if not count & 1023:
-                pace()
+        for payload in payloads:
             family, prefixlen, _flags, _scope, ifindex = _IFADDRMSG.unpack_from(payload)
             if family not in (socket.AF_INET, socket.AF_INET6):
                 continue

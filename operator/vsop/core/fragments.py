@@ -20,7 +20,7 @@ Pure: must not import kopf, pyroute2, jinja2, subprocess, socket or vsop.adapter
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from vsop.core.desired import (
     Desired,
@@ -234,12 +234,10 @@ def desired_from(shared: KernelState, fragments: Iterable[Fragment]) -> Desired:
 VIPIndex = dict[str, tuple[list[Any], list[Any], dict[str, list[str]], list[str], list[str]]]
 
 
-def vip_index(state: KernelState, names: Names = Names(), pace: Callable[[], None] | None = None) -> VIPIndex:
-    """Everything of `state` that belongs to one VIP, by VIP: one pass over the state. `pace` is
-    called between its parts (a read aside gives way to the turns: vsop.adapters.pacing)."""
+def vip_index(state: KernelState, names: Names = Names()) -> VIPIndex:
+    """Everything of `state` that belongs to one VIP, by VIP: one pass over the state."""
     owned_sets = names.owned_set_names()
     index: VIPIndex = {}
-    step = pace if pace is not None else (lambda: None)
 
     def entry(vip: str) -> tuple[list[Any], list[Any], dict[str, list[str]], list[str], list[str]]:
         found = index.get(vip)
@@ -249,15 +247,12 @@ def vip_index(state: KernelState, names: Names = Names(), pace: Callable[[], Non
 
     for key in state.services:
         entry(key.vip)[0].append(key)
-    step()
     for rs_key in state.real_servers:
         entry(rs_key.service.vip)[1].append(rs_key)
-    step()
     for name, ipset in state.ipsets.items():
         if name in owned_sets:
             for member in ipset.members:
                 entry(member_vip(member))[2].setdefault(name, []).append(member)
-    step()
     for address in state.addresses:
         entry(address.split("/")[0])[3].append(address)
     for route in state.routes:

@@ -151,7 +151,7 @@ class HostAgent:
     # -- one sync (blocking: adapters talk to the kernel) ---------------------------
 
     def poll(self) -> bool:
-        with self.loop.priority.serving(), self.source_guard:  # a resync's read aside gives way to it
+        with self.source_guard:
             changed = self.source.poll()
             self.polled_at = time.monotonic()
             return changed
@@ -460,7 +460,7 @@ class HostAgent:
             return self.source.settle_due()
 
     def _recheck(self) -> bool:
-        with self.loop.priority.serving(), self.source_guard:
+        with self.source_guard:
             changed = self.source.recheck()
             # A look just now: the sync it wakes needs no poll of everything (no other
             # writer held the lock, or the sync polls anyway).

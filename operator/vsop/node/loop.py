@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Protocol, TypeVar
 
-from vsop.adapters.pacing import Priority
 from vsop.api.model import VirtualService
 from vsop.core.desired import Endpoint, Node, Problem
 from vsop.core.fragments import serves
@@ -237,9 +236,6 @@ class NodeLoop:
         self.keepalived = keepalived
         self.metrics = metrics
         self.probes: Probes | None = None  # liveness, when an agent serves it
-        # The work a change waits on (each turn; the host agent's looks at its folder): a resync's
-        # read aside gives way to it (vsop.adapters.pacing).
-        self.priority = Priority()
         self.resync_seconds = resync_seconds
         self.debounce_seconds = debounce_seconds
         self.retry = retry  # seconds until the next try after this many failed turns in a row
@@ -289,7 +285,7 @@ class NodeLoop:
         part that must see the reconciler as this turn left it)."""
         turn = Turn(full=full, started=time.monotonic())
         try:
-            with self.priority.serving(), self.lock.hold() as others:
+            with self.lock.hold() as others:
                 if others:  # what another writer wrote may be missing from a read made aside
                     self.reconciler.spoil_aside("another writer held the lock")
                 turn.full = full or others
@@ -586,7 +582,7 @@ class NodeLoop:
         aside = self.reconciler.begin_aside()
         if aside is None:
             return True
-        self._reading = _in_thread(self.reconciler.read_aside, aside, self.priority.wait)
+        self._reading = _in_thread(self.reconciler.read_aside, aside)
         self._reading.add_done_callback(lambda _: self.trigger.wake("resync read"))
         return False
 

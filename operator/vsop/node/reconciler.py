@@ -35,7 +35,6 @@ from typing import Any, Callable, Iterable
 
 from vsop.adapters.base import OperationFailed
 from vsop.adapters.kernel import Kernel, read_observed
-from vsop.adapters.pacing import paced
 from vsop.core import ops
 from vsop.core.desired import Desired, Node
 from vsop.core.draining import Draining, starting_to_drain, with_draining
@@ -303,20 +302,16 @@ class Reconciler(_Parts):
         self._aside = Aside()
         return self._aside
 
-    def read_aside(self, aside: Aside, give_way: Callable[[], None] | None = None) -> AsideRead:
+    def read_aside(self, aside: Aside) -> AsideRead:
         """In a thread of its own, beside the turns: the kernel through the reader's own adapters
-        (their own netlink sockets: the turns' are not shared across threads), and its VIP index.
-        `give_way`: called between the read's steps, waits while work a change waits on runs
-        (vsop.adapters.pacing: the read and that work share one interpreter)."""
+        (their own netlink sockets: the turns' are not shared across threads), and its VIP index."""
         started = time.monotonic()
         if self._reader is None:
             assert self.kernel.reader is not None
             self._reader = self.kernel.reader()
-        with paced(give_way):
-            generation = self._reader.ipvs.generation()
-            state = read_observed(self._reader, self.names)
-            index = vip_index(state, self.names, give_way)
-        return AsideRead(aside, state, index, time.monotonic() - started, generation)
+        generation = self._reader.ipvs.generation()
+        state = read_observed(self._reader, self.names)
+        return AsideRead(aside, state, vip_index(state, self.names), time.monotonic() - started, generation)
 
     def hand_aside(self, read: AsideRead | None) -> None:
         """The read the next resync takes instead of reading under the lock (when still usable)."""

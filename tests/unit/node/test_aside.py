@@ -255,7 +255,7 @@ class AsideStub:
         self.begun.append(Aside())
         return self.begun[-1]
 
-    def read_aside(self, aside: Aside, give_way: Any = None) -> str:
+    def read_aside(self, aside: Aside) -> str:
         return f"read {len(self.begun)}"
 
     def hand_aside(self, read: Any) -> None:
@@ -299,15 +299,3 @@ async def test_when_the_resync_falls_due_its_read_runs_aside_and_the_turn_after_
     driver, trigger, _ = await schedule(3, [(10.0, "change a")], reconciler=quiet, resync_seconds=30.0, debounce_seconds=0.0)
     assert [(full, reasons) for full, reasons in driver.turns] == [(True, set()), (False, {"change a"}), (True, {"resync read"})]
     assert quiet.handed == ["read 1"]
-
-
-def test_the_read_aside_gives_way_between_its_steps_and_its_index() -> None:
-    kernel, _ = fake_kernel(foreign_state(), reader=True)
-    reconciler = Reconciler(kernel, NODE)
-    assert reconciler.reconcile().ok
-    aside = reconciler.begin_aside()
-    assert aside is not None
-    steps: list[int] = []
-    read = reconciler.read_aside(aside, lambda: steps.append(1))
-    assert len(steps) >= 7  # between the adapters' reads and the index's parts
-    assert read.state.services == kernel.ipvs.read()[0]
