@@ -414,13 +414,18 @@ def test_removed_udp_real_server_forgets_its_conntrack_entries_once() -> None:
     assert conntrack.forgotten == [("169.254.20.1", 53, "10.1.0.2", 53)]
 
 
-def test_draining_real_server_keeps_weight_zero_until_its_connections_end() -> None:
-    now = [100.0]
+def web_programmed(now: list[float]) -> tuple[Any, Any, Reconciler, RealServerKey]:
+    """web() programmed on a fake kernel, the clock at now[0]; and the key of the real server its next version drops."""
     kernel, fake = fake_kernel()
     reconciler = Reconciler(kernel, NODE, clock=lambda: now[0])
     reconciler.set_objects([web()])
     reconciler.reconcile()
-    key = RealServerKey(ServiceKey("tcp", "169.254.20.1", 80), "10.1.0.2", 8080)
+    return kernel, fake, reconciler, RealServerKey(ServiceKey("tcp", "169.254.20.1", 80), "10.1.0.2", 8080)
+
+
+def test_draining_real_server_keeps_weight_zero_until_its_connections_end() -> None:
+    now = [100.0]
+    kernel, fake, reconciler, key = web_programmed(now)
     # A connection opened since the last read: the cache's counters say idle, the kernel's do not.
     fake.state = replace(fake.state, real_servers={**fake.state.real_servers, key: replace(fake.state.real_servers[key], active_connections=3)})
     reads = reconciler.reads
@@ -439,11 +444,7 @@ def test_draining_real_server_keeps_weight_zero_until_its_connections_end() -> N
 
 def test_a_leaving_real_server_drains_when_its_counters_cannot_be_read_and_goes_once_they_say_idle(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    kernel, fake = fake_kernel()
-    reconciler = Reconciler(kernel, NODE, clock=lambda: now[0])
-    reconciler.set_objects([web()])
-    reconciler.reconcile()
-    key = RealServerKey(ServiceKey("tcp", "169.254.20.1", 80), "10.1.0.2", 8080)
+    kernel, fake, reconciler, key = web_programmed(now)
     dump = kernel.ipvs.read_real_servers
 
     def refused(services):  # type: ignore[no-untyped-def]
