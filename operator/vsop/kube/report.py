@@ -8,7 +8,7 @@ removed ones as null, so one turn is at most one write), and the fields of the n
 (`NODE_FIELDS`), each written only when it changes: `status.bgpSessions`, the node's BGP sessions
 (vsop.kube.announce), and `status.localProbes`, the static backends this node probes itself although
 it is not their designated checker (vsop.kube.checkers.LocalProbes: its data path showed trouble),
-as a count and the first few (`MAX_LOCAL_PROBES_LISTED`), so the report stays bounded whatever fails.
+as a count and the first few (`REPORT_PROBES_LISTED`, the CRD's maxItems), so the report stays bounded whatever fails.
 Why a separate object and not `status.nodes.<node>` on each VirtualService: every agent
 watches every VirtualService, so a key per node on the objects made one change N status
 writes each delivered to N agents (N^2 watch events) and grew each object with N. A
@@ -31,7 +31,6 @@ RESOURCE = f"{API_GROUP}/{API_VERSION}/{PLURAL}"
 MAX_ENTRY_MESSAGE = 512  # a node's message in its report; the controller shows the first few nodes' anyway
 # status fields of the node as a whole, each replaced whole where it changed (None: absent)
 NODE_FIELDS = ("bgpSessions", "localProbes")
-MAX_LOCAL_PROBES_LISTED = REPORT_PROBES_LISTED  # localProbes names this many (the CRD's maxItems); its count says how many there are
 
 
 def ref_of(namespace: str, name: str) -> str:
@@ -82,11 +81,11 @@ def with_node_fields(patch: dict[str, Any] | None, before: Mapping[str, Any], af
 def local_probes(count: int, probed: Iterable[tuple[str, str]]) -> dict[str, Any] | None:
     """`status.localProbes`: how many real servers this node probes itself for trouble seen in its data
     path (`count`: one per backend and VIP port, as vsop_health_local_probes counts them), and the first
-    `MAX_LOCAL_PROBES_LISTED` of their (VirtualService, backend) pairs in order; None when there are
+    `REPORT_PROBES_LISTED` of their (VirtualService, backend) pairs in order; None when there are
     none (the field is left out)."""
     if count <= 0:
         return None
-    pairs = sorted(set(probed))[:MAX_LOCAL_PROBES_LISTED]
+    pairs = sorted(set(probed))[:REPORT_PROBES_LISTED]
     return {"count": count, "backends": [{"virtualService": ref, "backend": backend} for ref, backend in pairs]}
 
 

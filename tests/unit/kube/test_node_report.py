@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from vsop.kube.report import (MAX_ENTRY_MESSAGE, MAX_LOCAL_PROBES_LISTED, apply_patch, entries_of, local_probes, merge_into, new_report,
+from vsop.api.crd import REPORT_PROBES_LISTED
+from vsop.kube.report import (MAX_ENTRY_MESSAGE, apply_patch, entries_of, local_probes, merge_into, new_report,
                               node_fields_of, report_patch, with_node_fields)
 
 OK = {"programmed": True, "backends": {"total": 2, "healthy": 2}, "message": "", "observedGeneration": 1}
@@ -66,7 +67,7 @@ def test_local_probes_are_a_count_and_the_first_few_backends() -> None:
                                  {"virtualService": "default/web", "backend": "192.0.2.1:8080"}]}
     many = [(f"default/s{i:03d}", "192.0.2.1:8080") for i in range(100)]
     found = local_probes(100, many)
-    assert found is not None and found["count"] == 100 and len(found["backends"]) == MAX_LOCAL_PROBES_LISTED
+    assert found is not None and found["count"] == 100 and len(found["backends"]) == REPORT_PROBES_LISTED
     assert found["backends"][0] == {"virtualService": "default/s000", "backend": "192.0.2.1:8080"}
 
 
