@@ -74,6 +74,9 @@ precondition() {  # tier message: the tier cannot run here; that is a failure, n
 }
 
 py=.venv/bin/python
+# A kube test runs in seconds (the slowest, the cluster simulations, in under a minute); one that
+# waits past this is stuck on an event that never comes: its stacks are printed and the tier fails.
+KUBE_TEST_TIMEOUT=300
 pytest=($py -m pytest -q -rs)
 for tier in "${tiers[@]}"; do
   case $tier in
@@ -89,7 +92,7 @@ for tier in "${tiers[@]}"; do
       else run_tier vm vm/run --timeout 3000 -- "${pytest[@]}" tests/vm -p no:kmock -p no:hypothesispytest; fi ;;
     kube)
       if [ ! -x .venv/bin/kubectl ]; then precondition kube "kubectl (kubectl kustomize) is not in .venv/bin: make venv installs it from the [test] extra"
-      else run_tier kube "${pytest[@]}" tests/kube; fi ;;
+      else run_tier kube "${pytest[@]}" --timeout "$KUBE_TEST_TIMEOUT" --timeout-method thread tests/kube; fi ;;
     crd)   run_tier crd "${pytest[@]}" tests/crd ;;
     # Builds the image (image/build.sh; its base and layers cached) and runs it here and in the VM.
     image)
