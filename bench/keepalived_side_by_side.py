@@ -192,11 +192,14 @@ def until_answers(client: str, address: str, started: float, limit: float) -> fl
         time.sleep(0.02)  # the emulated VM has two cores: leave them to the daemon under test
 
 
-def all_answer(client: str, count: int, started: float, limit: float) -> float:
-    """Seconds since `started` until every VIP has answered once, swept in order."""
+def all_answer(client: str, count: int, started: float, limit: float, progress: list[float] | None = None) -> float:
+    """Seconds since `started` until every VIP has answered once, swept in order; `progress`
+    gets the seconds at which each tenth of them had answered."""
     for index in range(count):
         if until_answers(client, vip(index), started, limit) == NEVER:
             return NEVER
+        if progress is not None and (index + 1) * 10 // count > len(progress):
+            progress.append(time.perf_counter() - started)
     return time.perf_counter() - started
 
 
@@ -344,13 +347,15 @@ def measure(side: Keepalived | Vsop, count: int, client: str, echo: dict[str, Ec
     say: Callable[[str], None] = lambda text: print(f"#   {side.name} N={count}: {text}", flush=True)  # noqa: E731
     started = time.perf_counter()
     side.start()
-    figures["cold"] = all_answer(client, count, started, args.limit)
+    tenths: list[float] = []
+    figures["cold"] = all_answer(client, count, started, args.limit, tenths)
     figures["check"] = side.check_seconds
     sweep = time.perf_counter()
     all_answer(client, count, sweep, args.limit)
     figures["sweep"] = time.perf_counter() - sweep
     check = f"keepalived -t: {figures['check']:.2f}s; " if isinstance(side, Keepalived) else ""
     say(f"every VIP answered {figures['cold']:.2f}s after the start ({check}a sweep when all answer: {figures['sweep']:.2f}s)")
+    say("each tenth of the VIPs, in the sweep's order, answered by " + " ".join(f"{at:.1f}" for at in tenths) + " s")
     if figures["cold"] == NEVER:
         raise SystemExit(f"{side.name}: not every VIP answered within {args.limit:g}s")
     time.sleep(args.settle)  # the checks past their first round
@@ -406,8 +411,9 @@ def keepalived_kernel(local: bool) -> None:
 
 def run(count: int, client: str, echo: dict[str, Echo], args: argparse.Namespace) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
-    for make in (lambda: Keepalived(count), lambda: Vsop(count, args.vsop)):
-        side = make()
+    makers = {"keepalived": lambda: Keepalived(count), "vsop": lambda: Vsop(count, args.vsop)}
+    for name in args.sides:
+        side = makers[name]()
         if isinstance(side, Keepalived):
             keepalived_kernel(True)
         try:
@@ -419,6 +425,9 @@ def run(count: int, client: str, echo: dict[str, Echo], args: argparse.Namespace
             side.stop()
             if isinstance(side, Keepalived):
                 keepalived_kernel(False)
+            if args.logs is not None:
+                args.logs.mkdir(parents=True, exist_ok=True)
+                (args.logs / f"{side.name}-{count}.log").write_text(side.log())
             side.remove()
     return results
 
@@ -447,15 +456,17 @@ def report(results: dict[int, dict[str, dict[str, float]]], args: argparse.Names
     print("\n## keepalived (vsop's rendered confd configuration, TCP_CHECK) beside `vsop agent --from DIR` (store files, tcp checks),")
     print("## N services x 2 real servers, checks every 2 s (timeout 1 s, 2 failures); ratio = vsop / keepalived (below 1: vsop ahead)")
     print(f"{'N':>6}  {'figure':<44} {'keepalived':>11} {'vsop':>11} {'ratio':>7}")
+    missing = {key: NEVER for key, _, _ in ROWS} | {"check": 0.0, "sweep": NEVER, "pss": 0.0, "held": 0.0, "wrong": 0.0}
     for count, sides in results.items():
-        ka, vs = sides["keepalived"], sides["vsop"]
+        ka, vs = sides.get("keepalived", missing), sides.get("vsop", missing)  # a side not run prints "never"
         for key, label, unit in ROWS:
             ratio = f"{vs[key] / ka[key]:.2f}x" if ka[key] not in (0, NEVER) and vs[key] != NEVER else "-"
             print(f"{count:>6}  {label:<44} {show(ka[key], unit):>11} {show(vs[key], unit):>11} {ratio:>7}")
         print(f"#       keepalived -t: {ka['check']:.2f} s (in its cold figure); a sweep of every VIP when all answer: "
               f"{ka['sweep']:.2f} s / {vs['sweep']:.2f} s (in both cold figures); PSS {ka['pss']:.1f} / {vs['pss']:.1f} MB; "
               f"held connections {ka['held']:.0f} / {vs['held']:.0f}; real servers wrongly at weight 0 at the end "
-              f"{ka['wrong']:.0f} / {vs['wrong']:.0f}; new: median of {args.new_samples}, dead: median of {args.samples}")
+              f"{ka['wrong']:.0f} / {vs['wrong']:.0f}; new: median of {args.new_samples}, dead: median of {args.samples}"
+              + ("" if len(sides) == 2 else f"; only {', '.join(sides)} ran"))
 
 
 def main() -> int:
@@ -467,6 +478,9 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=6.0, help="seconds the checks run after the cold start before the next step")
     parser.add_argument("--limit", type=float, default=900.0, help="seconds to wait for any one step before giving up")
     parser.add_argument("--vsop", default=str(Path(sys.executable).parent / "vsop"), help="the vsop command (default: beside this python)")
+    parser.add_argument("--sides", nargs="+", choices=("keepalived", "vsop"), default=["keepalived", "vsop"],
+                        help="which to run (default both; with one, the table has no ratio)")
+    parser.add_argument("--logs", type=Path, help="keep each side's log here as SIDE-N.log (the agent's lines are timed)")
     args = parser.parse_args()
     version = subprocess.run([KEEPALIVED, "--version"], capture_output=True, text=True)
     print(f"# vsop beside keepalived, kernel {os.uname().release}, {(version.stderr or version.stdout).splitlines()[0]}, "
