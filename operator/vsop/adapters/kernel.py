@@ -86,7 +86,10 @@ def read_observed(kernel: Kernel, names: Names) -> KernelState:
         ipsets=kernel.ipsets.read(names.owned_set_names()),
         chains=chains,
         jumps=jumps,
-        sysctls=kernel.sysctls.read((*ALL_SYSCTLS, *(accept_ra_name(i) for i in kernel.sysctls.ipv6_interfaces()))),
+        # accept_ra of every interface but vsop's own link: plans never touch that one (it gets no
+        # RAs), and the kernel makes it with the link, so the first sync's read (before the link)
+        # lacked it and every first resync found the sysctls drifted.
+        sysctls=kernel.sysctls.read((*ALL_SYSCTLS, *(accept_ra_name(i) for i in kernel.sysctls.ipv6_interfaces() if i != names.link))),
         node_addresses=node_addresses,
         routes=kernel.routes.read(names.route_table, names.route_protocol) if kernel.routes is not None else frozenset(),
     )

@@ -336,6 +336,19 @@ def test_drift_by_hand_is_repaired_by_the_next_full_resync() -> None:
     assert again.skipped and again.writes == 0  # nothing of vsop's changed: nothing planned
 
 
+def test_vsops_link_appearing_with_its_own_sysctls_is_not_drift(caplog: pytest.LogCaptureFixture) -> None:
+    # The kernel makes net.ipv6.conf.<link>.* with the link: the first sync's read came before it.
+    kernel, fake = fake_kernel()
+    reconciler = Reconciler(kernel, NODE)
+    reconciler.set_objects(many(2))
+    assert reconciler.reconcile().ok
+    fake.state = replace(fake.state, sysctls={**fake.state.sysctls, f"net.ipv6.conf.{Names().link}.accept_ra": "1"})
+    with caplog.at_level("INFO", logger="vsop.node"):
+        resync = reconciler.reconcile(full=True)
+    assert resync.ok and resync.writes == 0
+    assert "differs from what vsop left" not in caplog.text
+
+
 def test_a_refused_write_reads_the_kernel_again_and_leaves_only_its_vip_out() -> None:
     now = [0.0]
     kernel, fake = fake_kernel()
