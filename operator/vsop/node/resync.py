@@ -13,6 +13,7 @@ Must not import: kopf, kubernetes, pyroute2, asyncio, vsop.adapters (it never se
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
 from dataclasses import replace
@@ -55,6 +56,16 @@ def merged(a: KernelState, b: KernelState) -> KernelState:
         ipsets[name] = replace(ipset, members={**(before.members if before is not None else {}), **ipset.members})
     return replace(b, addresses=a.addresses | b.addresses, services={**a.services, **b.services},
                    real_servers={**a.real_servers, **b.real_servers}, ipsets=ipsets, routes=a.routes | b.routes)
+
+
+def address_order(vip: str) -> tuple[int, int, str]:
+    """IPv4 before IPv6, each by number: VIPs come up in the order a person lists them
+    (169.254.2.1 before 169.254.10.1, which string order reverses); anything else last."""
+    try:
+        address = ipaddress.ip_address(vip)
+    except ValueError:
+        return 7, 0, vip
+    return address.version, int(address), ""
 
 
 def drift(fresh: KernelState, cached: KernelState, names: Names) -> tuple[set[str], bool] | None:
@@ -159,7 +170,7 @@ class Resync:
         return taken
 
     def _next_cold(self, size: int) -> set[str]:
-        """Up to `size` VIPs still in `cold`, in sorted order (each VIP looked at once over the
+        """Up to `size` VIPs still in `cold`, in address order (each VIP looked at once over the
         whole first sync; VIPs added to `cold` after the order was made come after it)."""
         cold, chunk = self.cold, set()
         while len(chunk) < size:
@@ -167,7 +178,7 @@ class Resync:
                 left = cold - chunk
                 if not left:
                     break
-                self._cold_order, self._cold_at = sorted(left), 0
+                self._cold_order, self._cold_at = sorted(left, key=address_order), 0
             vip = self._cold_order[self._cold_at]
             self._cold_at += 1
             if vip in cold:

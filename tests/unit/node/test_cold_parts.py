@@ -279,7 +279,7 @@ def test_a_cold_sync_in_parts_keeps_held_owners_as_the_whole_node_plan_does(
     assert ends[0] == ends[1]
 
 
-def test_the_parts_take_the_vips_in_sorted_order_whatever_the_string_hashing() -> None:
+def test_the_parts_take_the_vips_in_order_whatever_the_string_hashing() -> None:
     resync = Resync(resync_chunk=8, audit_chunk=0, cold_chunk=2)
     resync.cold.update({"169.254.0.4", "169.254.0.1", "169.254.0.3", "169.254.0.2", "169.254.0.5"})
     assert resync.take_cold(set()) == {"169.254.0.1", "169.254.0.2"}
@@ -288,3 +288,11 @@ def test_the_parts_take_the_vips_in_sorted_order_whatever_the_string_hashing() -
     resync.cold.update({"169.254.0.9", "169.254.0.0"})  # added after the order was made: after it
     assert resync.take_cold(set(), part=False) == set()
     assert resync.take_cold(set()) == {"169.254.0.0", "169.254.0.9"} and not resync.cold
+
+
+def test_the_parts_take_the_vips_in_address_order_ipv4_first() -> None:
+    resync = Resync(resync_chunk=8, audit_chunk=0, cold_chunk=2)
+    resync.cold.update({"169.254.10.1", "fd00::2", "169.254.2.1", "fd00::10", "169.254.1.200"})
+    assert resync.take_cold(set()) == {"169.254.1.200", "169.254.2.1"}  # string order would take .1.200 and .10.1
+    assert resync.take_cold(set()) == {"169.254.10.1", "fd00::2"}
+    assert resync.take_cold(set()) == {"fd00::10"} and not resync.cold
