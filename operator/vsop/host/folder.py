@@ -54,6 +54,7 @@ from vsop.api.model import KIND, VirtualService
 log = logging.getLogger("vsop.host.folder")
 
 SUFFIXES = (".yaml", ".yml", ".json")
+LOADED_NAMED = 10  # a look that takes more files than this logs them in one line (each at debug level)
 STORE_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)_([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 
 Fingerprint = tuple[int, int, bytes]  # size, mtime_ns, sha256 of the content
@@ -264,6 +265,7 @@ class FolderSource:
     # folder -> ((inode, mtime_ns), trusted, name -> (d_ino, symlink, path, stat | why | None for a folder))
     _listings: dict[Path, Listing] = field(default_factory=dict, repr=False)
     _swept_at: float = float("-inf")
+    _loaded: list[tuple[Path, int]] = field(default_factory=list, repr=False)  # files taken by this look (_report_loaded)
 
     # -- reading the folder ----------------------------------------------------------
 
@@ -345,6 +347,7 @@ class FolderSource:
             if _file_key(state) != before:
                 touched.add(path)
         served_changed = self._resolve_duplicates(touched)
+        self._report_loaded()
         return bool(touched) or served_changed or self.folder_errors != errors_before
 
     def settle_due(self) -> float | None:
@@ -369,7 +372,22 @@ class FolderSource:
             if _file_key(state) != before:
                 touched.add(path)
         served_changed = self._resolve_duplicates(touched)
+        self._report_loaded()
         return bool(touched) or served_changed
+
+    def _report_loaded(self) -> None:
+        """A line per file taken, or one line for a look that took many (an agent starting over
+        10,000 files logged 10,000 lines, each one more write on the way to its first sync)."""
+        loaded, self._loaded = self._loaded, []
+        if len(loaded) <= LOADED_NAMED:
+            for path, count in loaded:
+                log.info("file loaded file=%s objects=%d", path, count)
+            return
+        paths = [path for path, _ in loaded]
+        log.info("files loaded files=%d objects=%d first=%s last=%s", len(loaded), sum(count for _, count in loaded), min(paths), max(paths))
+        if log.isEnabledFor(logging.DEBUG):
+            for path, count in loaded:
+                log.debug("file loaded file=%s objects=%d", path, count)
 
     def _look(self, path: Path, state: FileState, key: StatKey) -> None:
         try:
@@ -423,7 +441,7 @@ class FolderSource:
         state.services, state.error = services, None
         state.names = frozenset(vs.ref for vs in services)
         self.ever.update(state.names)
-        log.info("file loaded file=%s objects=%d", path, len(services))
+        self._loaded.append((path, len(services)))
 
     def _resolve_duplicates(self, touched: set[Path]) -> bool:
         """Which path serves each ref the touched paths declare (or declared): the one already

@@ -262,3 +262,25 @@ def test_looping_folder_symlinks_are_walked_once_and_the_folder_is_served(tmp_pa
     assert sorted(listed) == sorted([str(store), str(store / "b")])  # the store, and its parent once (through b)
     assert [vs.ref for vs in source.services()] == ["default/web"]
     assert source.errors() == {} and not source.duplicates
+
+
+def test_a_look_that_takes_many_files_logs_one_line(caplog: Any) -> None:
+    folder = Path(tempfile.mkdtemp())
+    try:
+        source = FolderSource(folder, settle_seconds=0)
+        for index in range(3):
+            (folder / f"few{index}.yaml").write_text(yaml.safe_dump(document(f"few{index}", index + 1)))
+        with caplog.at_level("INFO", logger="vsop.host.folder"):
+            source.poll()
+        assert [r.getMessage().split()[1] for r in caplog.records] == ["loaded"] * 3  # "file loaded file=..." each
+        caplog.clear()
+        for index in range(12):
+            (folder / f"many{index:02}.yaml").write_text(yaml.safe_dump(document(f"many{index}", 100 + index)))
+        with caplog.at_level("INFO", logger="vsop.host.folder"):
+            source.poll()
+        assert len(source.services()) == 15
+        assert [r.getMessage() for r in caplog.records] == [
+            f"files loaded files=12 objects=12 first={folder / 'many00.yaml'} last={folder / 'many11.yaml'}"
+        ]
+    finally:
+        shutil.rmtree(folder)
