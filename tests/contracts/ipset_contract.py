@@ -138,14 +138,65 @@ class IPSetContract:
         assert self.read_all(ipset_adapter)[name].members == {first: OWNER}
 
     def test_deleting_an_absent_member_fails_naming_it(self, ipset_adapter, family):
-        first, second, _ = MEMBERS[family]
+        first, second, third = MEMBERS[family]
         name = vip_ports_set(family)
-        ipset_adapter.apply(create_ops(family) + [ops.AddSetMember(name, first, OWNER)])
+        ipset_adapter.apply(create_ops(family) + [ops.AddSetMember(name, first, OWNER), ops.AddSetMember(name, third, OWNER)])
         absent = ops.DeleteSetMember(name, second)
         with pytest.raises(OperationFailed) as failed:
-            ipset_adapter.apply([absent, ops.DeleteSetMember(name, first)])
+            ipset_adapter.apply([ops.DeleteSetMember(name, first), absent, ops.DeleteSetMember(name, third)])
         assert failed.value.op == absent
-        assert self.read_all(ipset_adapter)[name].members == {first: OWNER}
+        assert "not added" in failed.value.reason
+        assert self.read_all(ipset_adapter)[name].members == {third: OWNER}
+
+    def test_a_refused_delete_in_a_long_run_stops_the_run_there(self, ipset_adapter):
+        name = vip_ports_set(4)
+        members = [f"10.1.{i // 250}.{i % 250},tcp:80" for i in range(300)]
+        ipset_adapter.apply(create_ops(4) + [ops.AddSetMember(name, m, OWNER) for m in members])
+        absent = ops.DeleteSetMember(name, "10.2.0.1,tcp:80")
+        deletes = [ops.DeleteSetMember(name, m) for m in members[:150]] + [absent] + [ops.DeleteSetMember(name, m) for m in members[150:]]
+        with pytest.raises(OperationFailed) as failed:
+            ipset_adapter.apply(deletes)
+        assert failed.value.op == absent
+        assert self.read_all(ipset_adapter)[name].members == {m: OWNER for m in members[150:]}
+
+    def test_adds_and_deletes_apply_in_the_order_given(self, ipset_adapter, family):
+        """Deleting and adding the same member, in both orders, in one apply; the accept set's own
+        op kinds (subclasses) and a replaced comment among them."""
+        first, second, third = MEMBERS[family]
+        name = vip_ports_set(family)
+        ipset_adapter.apply(create_ops(family) + [ops.AddSetMember(name, first, OWNER), ops.AddSetMember(name, second, OWNER)])
+        operations = [
+            ops.DeleteSetMember(name, first),
+            ops.AddAcceptMember(name, first, OTHER_OWNER),
+            ops.AddSetMember(name, third, OWNER),
+            ops.DeleteAcceptMember(name, third),
+            ops.AddSetMember(name, second, "", replace=True),
+            ops.DeleteSetMember(name, second),
+            ops.AddSetMember(name, second, OTHER_OWNER),
+            ops.AddSetMember(vips_set(family), VIP[family], OWNER),
+        ]
+        assert ipset_adapter.apply(operations) == len(operations)
+        found = self.read_all(ipset_adapter)
+        assert found[name].members == {first: OTHER_OWNER, second: OTHER_OWNER}
+        assert found[vips_set(family)].members == {VIP[family]: OWNER}
+
+    def test_a_refused_add_after_deletes_leaves_the_deletes_and_nothing_after_it(self, ipset_adapter, family):
+        first, second, third = MEMBERS[family]
+        name = vip_ports_set(family)
+        ipset_adapter.apply(create_ops(family) + [ops.AddSetMember(name, m, OWNER) for m in (first, second, third)])
+        duplicate = ops.AddSetMember(name, third, OTHER_OWNER)
+        with pytest.raises(OperationFailed) as failed:
+            ipset_adapter.apply([ops.DeleteSetMember(name, first), duplicate, ops.DeleteSetMember(name, second)])
+        assert failed.value.op == duplicate
+        assert self.read_all(ipset_adapter)[name].members == {second: OWNER, third: OWNER}
+
+    def test_deleting_from_a_missing_set_fails_naming_it(self, ipset_adapter, family):
+        ipset_adapter.apply([create_ops(family)[1]])
+        orphan = ops.DeleteSetMember(vip_ports_set(family), MEMBERS[family][0])
+        with pytest.raises(OperationFailed) as failed:
+            ipset_adapter.apply([orphan, create_ops(family)[0]])
+        assert failed.value.op == orphan
+        assert set(self.read_all(ipset_adapter)) == {vips_set(family)}
 
     def test_creating_an_existing_set_fails_naming_it(self, ipset_adapter, family):
         ipset_adapter.apply(create_ops(family))

@@ -10,11 +10,11 @@ from tests.contracts.ipset_contract import MEMBERS, OWNER, VIP, IPSetContract, c
 from vsop.adapters.base import OperationFailed
 from vsop.adapters.ipset import IPSetKernel
 from vsop.core import ops
-from vsop.core.state import Names
+from vsop.core.state import IPSet, Names
 
 
 class TestIPSetKernel(IPSetContract):
-    pass
+    """The default adapter (the conftest's IPSetKernel()): members over netlink, sets through the command."""
 
 
 def ipset(*arguments: str) -> str:
@@ -97,16 +97,91 @@ def test_an_unchanged_set_reads_as_the_same_object_and_a_hand_made_change_is_see
     assert changed.members == {**{m: OWNER for m in MEMBERS[4][1:]}, f"{VIP[4]},udp:9": OWNER}
 
 
-class TestIPSetKernelOverNetlink(IPSetContract):
-    """The same contract with every run of added members sent over netlink (a cold sync's path)."""
+class TestIPSetKernelThroughTheCommand(IPSetContract):
+    """The same contract with every write through `ipset restore` (the default, TestIPSetKernel,
+    writes members over netlink)."""
 
     @pytest.fixture
     def ipset_adapter(self) -> IPSetKernel:
-        return IPSetKernel(netlink_from=1)
+        return IPSetKernel(netlink_from=None)
+
+
+def no_command(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Any run of the ipset command fails the test; returns the runs tried."""
+    tried: list[list[str]] = []
+
+    def refuse(self: IPSetKernel, arguments: list[str], stdin: str | None = None) -> object:
+        tried.append(arguments)
+        raise AssertionError(f"ipset {' '.join(arguments)} was run: {stdin!r}")
+
+    monkeypatch.setattr(IPSetKernel, "_run", refuse)
+    return tried
+
+
+def test_the_default_adds_and_deletes_single_members_over_netlink(monkeypatch: pytest.MonkeyPatch):
+    """A new VIP is one member in each of two applies: neither starts the command."""
+    IPSetKernel(netlink_from=None).apply(create_ops(4))
+    name, member = vip_ports_set(4), MEMBERS[4][0]
+    tried = no_command(monkeypatch)
+    adapter = IPSetKernel()
+    adapter.apply([ops.AddAcceptMember(name, member, OWNER)])
+    adapter.apply([ops.AddSetMember(vips_set(4), VIP[4], OWNER)])
+    assert adapter.read(frozenset({name, vips_set(4)})) == {
+        name: IPSet(name, "hash:ip,port", 4, {member: OWNER}),
+        vips_set(4): IPSet(vips_set(4), "hash:ip", 4, {VIP[4]: OWNER}),
+    }
+    adapter.apply([ops.DeleteAcceptMember(name, member)])
+    adapter.apply([ops.DeleteSetMember(vips_set(4), VIP[4])])
+    assert all(not found.members for found in adapter.read(frozenset({name, vips_set(4)})).values())
+    assert tried == []
+
+
+@pytest.mark.parametrize("netlink_from", [1, None], ids=["netlink", "command"])
+def test_a_refused_delete_reads_as_the_command_words_it(netlink_from: int | None):
+    """Both paths name the refused op with the command's words (ipset's lib/errcode.c for IPSET_ERR_EXIST
+    to a delete, ENOENT), and stop there."""
+    adapter = IPSetKernel(netlink_from=netlink_from)
+    first, second, third = MEMBERS[4]
+    name = vip_ports_set(4)
+    adapter.apply(create_ops(4) + [ops.AddSetMember(name, first, OWNER), ops.AddSetMember(name, third, OWNER)])
+    absent = ops.DeleteSetMember(name, second)
+    with pytest.raises(OperationFailed) as failed:
+        adapter.apply([ops.DeleteSetMember(name, first), absent, ops.DeleteSetMember(name, third)])
+    assert (failed.value.op, failed.value.reason) == (absent, "Element cannot be deleted from the set: it's not added")
+    assert adapter.read(frozenset({name}))[name].members == {third: OWNER}
+    orphan = ops.DeleteSetMember(vip_ports_set(6), MEMBERS[6][0])
+    with pytest.raises(OperationFailed) as failed:
+        adapter.apply([orphan, ops.DeleteSetMember(name, third)])
+    assert (failed.value.op, failed.value.reason) == (orphan, "The set with the given name does not exist")
+    assert adapter.read(frozenset({name}))[name].members == {third: OWNER}
+
+
+def test_a_delete_over_netlink_keeps_the_other_members_extensions():
+    """The kernel deletes by the member alone, as `ipset del` does: counters and comments of the rest stay."""
+    name = vip_ports_set(4)
+    ipset("create", name, "hash:ip,port", "family", "inet", "counters", "comment")
+    for member in MEMBERS[4]:
+        ipset("add", name, member, "comment", OWNER, "packets", "7", "bytes", "700")
+    IPSetKernel(netlink_from=1).apply([ops.DeleteSetMember(name, MEMBERS[4][1])])
+    lines = sorted(line for line in ipset("save", name).splitlines() if line.startswith("add "))
+    assert lines == [f'add {name} {m} packets 7 bytes 700 comment "{OWNER}"' for m in sorted((MEMBERS[4][0], MEMBERS[4][2]))]
+
+
+def test_a_member_netlink_does_not_spell_is_deleted_by_the_command():
+    """An ICMP member put in vsop's set by hand is read through `ipset save` and deleted through `ipset restore`,
+    between deletes that go over netlink."""
+    name = vip_ports_set(4)
+    IPSetKernel().apply(create_ops(4) + [ops.AddSetMember(name, m, OWNER) for m in MEMBERS[4][:2]])
+    icmp = f"{VIP[4]},icmp:echo-request"
+    ipset("add", name, icmp)
+    adapter = IPSetKernel()
+    assert set(adapter.read(frozenset({name}))[name].members) == {*MEMBERS[4][:2], icmp}
+    adapter.apply([ops.DeleteSetMember(name, MEMBERS[4][0]), ops.DeleteSetMember(name, icmp), ops.DeleteSetMember(name, MEMBERS[4][1])])
+    assert adapter.read(frozenset({name}))[name].members == {}
 
 
 def test_netlink_and_restore_leave_the_same_set(ipset_adapter: IPSetKernel):
-    """Members added over netlink read back exactly as those `ipset restore` adds."""
+    """Members added (and deleted) over netlink read back exactly as those `ipset restore` adds (and deletes)."""
     members = [ops.AddSetMember(vip_ports_set(f), m, OWNER) for f in (4, 6) for m in MEMBERS[f]]
     members += [ops.AddSetMember(vips_set(f), VIP[f], OWNER) for f in (4, 6)]
     names = frozenset({vip_ports_set(4), vip_ports_set(6), vips_set(4), vips_set(6)})
@@ -119,6 +194,12 @@ def test_netlink_and_restore_leave_the_same_set(ipset_adapter: IPSetKernel):
     ipset_adapter.apply([ops.DestroySet(name) for name in names])
     IPSetKernel(netlink_from=1).apply(create_ops(4) + create_ops(6) + members)
     assert saved() == by_restore
+    deletes = [ops.DeleteSetMember(vip_ports_set(f), MEMBERS[f][1]) for f in (4, 6)]
+    IPSetKernel(netlink_from=1).apply(deletes)
+    by_netlink = saved()
+    ipset_adapter.apply([ops.DestroySet(name) for name in names])
+    IPSetKernel(netlink_from=None).apply(create_ops(4) + create_ops(6) + members + deletes)
+    assert saved() == by_netlink != by_restore
 
 
 def test_the_netlink_listing_reads_what_ipset_save_prints():
@@ -155,3 +236,5 @@ def test_without_ipset_over_netlink_the_command_does_it_all(monkeypatch: pytest.
     name = vip_ports_set(4)
     adapter.apply(create_ops(4) + [ops.AddSetMember(name, m, OWNER) for m in MEMBERS[4]])
     assert adapter.read(frozenset({name}))[name].members == {m: OWNER for m in MEMBERS[4]}
+    adapter.apply([ops.DeleteSetMember(name, MEMBERS[4][0])])
+    assert adapter.read(frozenset({name}))[name].members == {m: OWNER for m in MEMBERS[4][1:]}
