@@ -23,9 +23,10 @@ each), are written into the folder:
    it spent writing, or earlier once the kernel holds all but 300 services' real servers (an
    agent over what others left can outpace the uninterrupted sync: a part already there is
    skipped); past that mark the remaining kills are not made (less than a part left can be
-   written before a kill lands, or by the killed agent's `ipset restore`, and the last agent
-   would have nothing to do). The agent alone is killed, as the OOM killer does: an `ipset restore` it
-   was feeding sees its input end, and the next agent writes that part again (which is why the
+   written before a kill lands, and the last agent would have nothing to do). The agent alone
+   is killed, as the OOM killer does: the set members it was writing over netlink stop at the
+   last message the kernel took, an `ipset restore` it started (sets are made through the
+   command) runs to its end, and the next agent writes what is missing (which is why the
    last tenth is left out: a point there can fall after the sync's end, where a kill proves
    nothing). So the kills land ever deeper in the writes of the one sync the agents take turns
    at; what the kernel held at each kill is printed.
@@ -77,7 +78,7 @@ DENSE, SPARSE = 0.02, 0.25  # seconds between requests while an agent writes, wh
 DEPTH = 0.9  # the points fall in the first nine tenths of the writes (the docstring says why)
 # An agent is killed at its point or once the kernel holds all but 300 services' real servers,
 # whichever comes first, and no agent is started to be killed past that: more than a part (256
-# VIPs) is then left, which a killed agent's `ipset restore` cannot finish on its own, so the
+# VIPs) is then left, which nothing a killed agent started can finish on its own, so the
 # agent after the last kill always has something to write.
 ALMOST_DONE = 2 * (len(SERVED) + BULK - 300)
 
@@ -306,7 +307,7 @@ def test_sigkill_at_points_of_a_1000_service_sync_fails_no_request_and_ends_as_t
     written = 0.0  # seconds of the sync's writes the killed agents did
     for number, point in enumerate(points, 1):
         if real_servers_in_kernel() >= ALMOST_DONE:
-            # Less than a part left may be written before a kill lands (or by a killed agent's ipset restore).
+            # Less than a part left may be written before a kill lands.
             record(capsys, f"kill {number} and after: not made, the kernel held {progress()} (the agent after them has the rest to write)")
             break
         log = Log(agent.log)
