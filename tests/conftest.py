@@ -1,4 +1,4 @@
-"""Shared test helpers: building VirtualServices from small dicts."""
+"""Shared test helpers: building VirtualServices from small dicts, following target changes, health states recorded meanwhile."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from vsop.api.model import VirtualService, parse_virtual_service
+from vsop.core.health import Health
 
 SEED: dict[str, Any] = {
     "apiVersion": "vsop.dev/v1alpha1",
@@ -41,6 +42,21 @@ def follow_changes(follower: set[Any], changes: tuple[set[Any], set[Any]] | None
         follower.difference_update(removed)
         follower.update(added)
     return follower
+
+
+class RecordedMeanwhile(dict):
+    """A tracker's `states` whose loop lets the recording thread in after its first entry, as a
+    thread switch inside a loop over it does: the first result of a new real server is recorded."""
+
+    def __init__(self, states: dict[Any, Any], newcomer: Any) -> None:
+        super().__init__(states)
+        self.newcomer = newcomer
+
+    def items(self):  # type: ignore[override]
+        for number, item in enumerate(super().items()):
+            if number == 1:
+                self[self.newcomer] = Health()
+            yield item
 
 
 @pytest.fixture

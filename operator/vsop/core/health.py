@@ -6,6 +6,9 @@ consecutive good ones bring it back. The checks themselves (TCP connect, HTTP GE
 are run by the agents (vsop.node.probes); this module only counts their results.
 Owns too the rule that turns "out of service" into a weight (`apply_health`), which
 vsop.core.desired applies to every real server it derives.
+The agents record results on their event loop while their turns read the tracker in a thread
+of their own: a reader in that thread goes through `snapshot` (or `out_of_service`), never
+iterates `states` itself.
 Pure: must not import asyncio, socket, subprocess or anything outside the core.
 """
 
@@ -87,8 +90,17 @@ class HealthTracker:
         changed, self.changed = self.changed, set()
         return changed
 
+    def snapshot(self) -> dict[RealServerKey, Health]:
+        """`states` as they are now, for a reader in another thread than the one recording. Copied
+        by one C call (dict.copy) that the recording thread cannot interleave with, so it cannot
+        add or drop a real server halfway: iterating `states` itself from the agents' turn thread
+        raised "dictionary changed size during iteration" when a probe's first result for a new
+        real server came meanwhile, and the turn was retried seconds later. The Health values are
+        shared: one may be read halfway through a record, and the next read sees it whole."""
+        return self.states.copy()
+
     def out_of_service(self) -> frozenset[RealServerKey]:
-        return frozenset(key for key, state in self.states.items() if not state.healthy)
+        return frozenset(key for key, state in self.snapshot().items() if not state.healthy)
 
     def is_healthy(self, key: RealServerKey) -> bool:
         state = self.states.get(key)

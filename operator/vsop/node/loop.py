@@ -293,7 +293,7 @@ class NodeLoop:
                 self.feed(feed)
                 turn.outcome = outcome = self.reconciler.reconcile(full=turn.full)
                 if self.remember is not None:
-                    self.remember.save(self.tracker.states, self.reconciler.draining.since, time.time(), time.monotonic())
+                    self.remember.save(self.tracker.snapshot(), self.reconciler.draining.since, time.time(), time.monotonic())
                 if self.metrics is not None:
                     self.metrics.record(outcome, self.reconciler)
                 if outcome.error is None and feed.keepalived is not None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tests.conftest import make_vs
+from tests.conftest import RecordedMeanwhile, make_vs
 from vsop.core.desired import Node, desired_state
 from vsop.core.draining import Draining, keep_drains, with_draining
-from vsop.core.health import HealthTracker, Thresholds
+from vsop.core.health import Health, HealthTracker, Thresholds
 from vsop.core.memory import apply_ops
 from vsop.core.plan import plan
 from vsop.core.state import KernelState, RealServerKey, ServiceKey
@@ -40,6 +40,12 @@ def test_forget_drops_removed_real_servers() -> None:
     tracker.record(A, False, Thresholds(failure=1))
     tracker.forget_except([B])
     assert tracker.out_of_service() == frozenset()
+
+
+def test_readers_in_another_thread_see_a_snapshot_not_states_changing_under_them() -> None:
+    tracker = HealthTracker(states=RecordedMeanwhile({A: Health(healthy=False, failures=2), B: Health()}, RealServerKey(WEB, "192.168.2.233", 8080)))
+    assert tracker.out_of_service() == {A}
+    assert tracker.snapshot() == {A: Health(healthy=False, failures=2), B: Health()} and len(tracker.states) == 2
 
 
 def programmed(services) -> KernelState:

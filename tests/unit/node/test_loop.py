@@ -23,15 +23,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import follow_changes, make_vs
+from tests.conftest import RecordedMeanwhile, follow_changes, make_vs
 from vsop.core.desired import Node
-from vsop.core.health import HealthTracker, Thresholds
+from vsop.core.health import Health, HealthTracker, Thresholds
 from vsop.core.held import Held
 from vsop.core.state import RealServerKey, ServiceKey
 from vsop.keepalived.writer import Outcome as KeepalivedOutcome
 from vsop.adapters.kernel import fake_kernel
 from vsop.node.loop import DRAIN_SECONDS, Feed, KeepalivedInput, NodeLoop, Turn, WriterLock, health_targets
 from vsop.node.reconciler import Reconciler
+from vsop.node.remember import RememberFile
 
 WEB = ServiceKey("tcp", "169.254.11.2", 80)
 FIRST, SECOND = RealServerKey(WEB, "192.168.2.111", 8080), RealServerKey(WEB, "192.168.2.222", 8080)
@@ -84,6 +85,15 @@ def test_held_objects_keep_their_targets_when_asked() -> None:
         # The file is being rewritten: the object is gone from the source for now, and held.
         loop.turn(False, given(Feed(changed={"default/web": None}, held=Held(owners=frozenset({"default/web"})))))
         assert {t.key for t in loop.targets} == expected
+
+
+def test_a_turn_keeps_the_health_verdicts_from_a_snapshot_while_results_come_in(tmp_path: Path) -> None:
+    """The turn's thread saves the verdicts (and sets the weights) while the event loop records
+    results: the first result of a new real server arriving meanwhile does not fail the turn."""
+    loop, fake = node_loop(remember=RememberFile(tmp_path / "state.json"))
+    loop.tracker.states = RecordedMeanwhile({FIRST: Health(healthy=False, failures=2), SECOND: Health(failures=1)}, RealServerKey(WEB, "192.168.2.233", 8080))
+    assert loop.turn(True, given(Feed(changed={"default/web": make_vs(healthCheck={"type": "tcp"})}))).ok
+    assert fake.state.real_servers[FIRST].weight == 0 and set(loop.remember.load(0.0, 0.0).health) == {FIRST, SECOND}
 
 
 def test_draining_real_servers_are_not_probed() -> None:
