@@ -163,6 +163,43 @@ def test_the_targets_change_per_turn_as_from_scratch_and_followers_get_what_chan
     assert {ref for ref, targets in loop.targets_by_ref.items() if targets} == {"default/twin", "default/api", "default/db"}
 
 
+def test_around_held_objects_the_targets_change_per_turn_as_rebuilt_whole() -> None:
+    """While something is held, a target no object has any more is probed on (keep_probing_held),
+    as a whole rebuild that unions the targets before with those derived from scratch kept it; once
+    nothing is held, the targets are those derived from scratch again. Followers (the checker, the
+    status file) get what changed, not the whole set, from a turn for a change."""
+    tcp = {"type": "tcp", "failureThreshold": 1}
+    web, api = make_vs(healthCheck=tcp), make_vs("api", vip="169.254.11.3", healthCheck=tcp)
+    one = make_vs(healthCheck=tcp, backends=[{"address": "192.168.2.111"}])
+    rewriting, unknown = Held(owners=frozenset({"default/web"}), unknown=True), Held(unknown=True)
+    steps: list[tuple[bool, Feed]] = [
+        (True, Feed(changed={"default/web": web, "default/api": api})),
+        (False, Feed(changed={"default/web": None}, held=rewriting)),  # its file is being rewritten
+        (False, Feed(held=rewriting)),
+        (False, Feed(changed={"default/api": None}, held=rewriting)),  # gone while something is held
+        (False, Feed(changed={"default/web": web, "default/db": make_vs("db", vip="169.254.11.4", healthCheck=tcp)})),
+        (False, Feed(held=unknown)),  # a new file not yet stable
+        (False, Feed(changed={"default/new": make_vs("new", vip="169.254.11.5", healthCheck=tcp)})),
+        (False, Feed(changed={"default/web": None}, held=rewriting)),
+        (True, Feed(held=rewriting)),  # the resync while held
+        (False, Feed(changed={"default/web": one})),  # back with one real server: the other goes
+        (False, Feed(changed={"default/web": None}, held=rewriting)),
+        (False, Feed(changed={"default/web": web, "default/db": None}, held=unknown)),  # back while another file is not stable
+        (False, Feed()),
+    ]
+    for keep in (True, False):
+        loop, _ = node_loop(keep_probing_held=keep)
+        follower: set[Any] = set()
+        expected: set[Any] = set()
+        for full, feed in steps:
+            assert loop.turn(full, given(feed)).ok
+            expected = health_targets(loop.checked, loop.reconciler) | (expected if keep and feed.held else set())
+            changes = loop.take_target_changes("test")
+            assert changes is not None or full or not follower  # a turn for a change hands over what it changed
+            assert loop.targets == expected == follow_changes(follower, changes, loop.targets)
+        assert {t.key.service.vip for t in loop.targets} == {"169.254.11.2", "169.254.11.5"}
+
+
 @dataclass
 class FakeKeepalived:
     """The keepalived writer's surface the loop uses; records what it was asked to render."""
