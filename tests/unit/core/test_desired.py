@@ -287,6 +287,9 @@ def test_a_ref_longer_than_an_ipset_comment_is_shortened_so_the_kernel_takes_it_
     assert sync(kernel, [vs, other], NODE).plan.ops == ()  # the comment reads back as planned: idempotent
     # Declared but invalid now: held by its ref, its kernel state is kept; the other one is removed.
     assert held_owners(observed, Held(owners=frozenset({vs.ref})), Names()) == {comment}
+    # Something unreadable: what is not known is kept, and the owners counted by the caller count the same.
+    unknown = Held(unknown=True, known=frozenset({other.ref, "default/web"}))
+    assert held_owners(observed, unknown, Names()) == held_owners(observed, unknown, Names(), present={comment, others}) == {comment}
     desired, the_plan = program(derive([], NODE, observed), observed, held=Held(owners=frozenset({vs.ref})))
     assert {s.owner for s in desired.state.services.values()} == {vs.ref}
     assert [p.obj for p in desired.warnings if p.reason == "KeptInvalid"] == [vs.ref]
