@@ -215,6 +215,9 @@ class HealthChecker:
         # verdict, so it is not recorded member by member (a backend shared by 10,000 services
         # would cost 10,000 records per interval on the event loop, for nothing visible).
         self.steady: set[Probe] = set()
+        # Members that joined a steady probe since its last result: a pass is recorded for them
+        # alone (their first result), not for the 10,000 already in service beside them.
+        self.newcomers: dict[Probe, set[Target]] = {}
         self.lags: dict[Probe, float] = {}  # how late the last run of each probe started
         self.failures = 0  # probes that raised (counted as failed checks)
 
@@ -235,9 +238,11 @@ class HealthChecker:
             self.given.discard(target)
             self._count(target.key, -1)
             gone.append(target.key)
+            self.newcomers.get(probe, set()).discard(target)
             if not members:
                 del self.members[probe]
                 self.steady.discard(probe)
+                self.newcomers.pop(probe, None)
                 self.tasks.pop(probe).cancel()
                 self.lags.pop(probe, None)
         for target in added:
@@ -248,7 +253,8 @@ class HealthChecker:
             joined = True
             probe = Probe.of(target)
             self.members.setdefault(probe, {})[target] = None
-            self.steady.discard(probe)  # the newcomer's first result is recorded
+            if probe in self.steady:
+                self.newcomers.setdefault(probe, set()).add(target)  # its first result is recorded, alone
             if probe not in self.tasks:
                 self.tasks[probe] = asyncio.get_running_loop().create_task(self._run(probe), name=f"health {hostport(probe.address, probe.port)}")
         if self.concurrency is None and (joined or gone):  # sized over every probe: only when they changed
@@ -282,18 +288,23 @@ class HealthChecker:
             return f"health check failed: {type(exc).__name__}: {str(exc)[:200]}"
 
     def _record(self, probe: Probe, error: str) -> None:
-        """The probe's result for each of its targets; the callback once if any verdict (or first result) came."""
+        """The probe's result for each of its targets (a pass of a steady probe: for its newcomers
+        only); the callback once if any verdict (or first result) came."""
+        recorded: Iterable[Target] = self.members.get(probe, ())
+        newcomers = self.newcomers.pop(probe, None)
         if not error and probe in self.steady:
-            return
+            if not newcomers:
+                return
+            recorded = newcomers  # the others are in service, and a pass leaves them so
         thresholds = Thresholds(probe.check.failure_threshold, probe.check.success_threshold)
         flipped: list[RealServerKey] = []
         first = False
         states = self.tracker.states
-        for target in self.members.get(probe, ()):
+        for target in recorded:
             first = first or target.key not in states
             if self.tracker.record(target.key, not error, thresholds, error):
                 flipped.append(target.key)
-        if not error and all(states[target.key].healthy for target in self.members.get(probe, ())):
+        if not error and all(states[target.key].healthy for target in recorded):
             self.steady.add(probe)
         else:
             self.steady.discard(probe)
@@ -342,4 +353,5 @@ class HealthChecker:
         self.given.clear()
         self.checks.clear()
         self.steady.clear()
+        self.newcomers.clear()
         self.lags.clear()

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 import pytest
 
 from vsop.api.model import HealthCheck
-from vsop.core.health import HealthTracker
+from vsop.core.health import Health, HealthTracker
 from vsop.core.state import RealServerKey, ServiceKey
 from vsop.node.probes import HEADER_LIMIT, LINE_LIMIT, MAX_SLOTS, MIN_SLOTS, HealthChecker, Slots, Target, check_http, slots_for
 
@@ -346,8 +346,9 @@ class CountingTracker(HealthTracker):
 def test_a_steady_probe_records_nothing_until_its_result_or_members_change() -> None:
     """A passing probe whose every member is in service changes no verdict by passing again: its
     result is not recorded member by member (a backend shared by 10,000 services cost 10,000
-    records per interval). A failure is recorded for each member, a newcomer gets its first
-    result, and a member taken out is brought back by passes as before."""
+    records per interval). Newcomers get their first result, recorded for them alone (a new
+    service's real server on such a backend cost 10,000 records), a failure is recorded for each
+    member, and a member taken out is brought back by passes as before."""
 
     async def scenario() -> list[tuple[int, bool]]:
         loop = asyncio.get_running_loop()
@@ -377,7 +378,8 @@ def test_a_steady_probe_records_nothing_until_its_result_or_members_change() -> 
             await after_rounds(1)  # first results: 50 records
             await after_rounds(2)  # steady: none
             checker.change(shared[50:], ())
-            await after_rounds(1)  # 100 (the newcomers' first results)
+            await after_rounds(1)  # 50 (the newcomers' first results)
+            assert all(target.key in tracker.states for target in shared)
             answer["error"] = "TCP connect failed: refused"
             await after_rounds(1)  # 100 failures: out (threshold 1)
             answer["error"] = None
@@ -388,7 +390,51 @@ def test_a_steady_probe_records_nothing_until_its_result_or_members_change() -> 
             Target.probe = original  # type: ignore[method-assign]
         return seen
 
-    assert asyncio.run(scenario()) == [(50, True), (50, True), (150, True), (250, False), (350, True), (350, True)]
+    assert asyncio.run(scenario()) == [(50, True), (50, True), (100, True), (200, False), (300, True), (300, True)]
+
+
+def test_a_newcomer_out_of_service_joining_a_steady_probe_comes_back_and_then_all_are_recorded_again() -> None:
+    """A newcomer recalled out of service (a restart's verdict) joins a steady probe: passes are
+    recorded for it until it is back (successThreshold 2: one pass leaves it out, and the probe
+    is no longer steady, so the next pass is recorded for every member), then steady again."""
+
+    async def scenario() -> list[tuple[int, bool]]:
+        loop = asyncio.get_running_loop()
+        rounds = [0]
+
+        async def fake(self: Target) -> str | None:
+            rounds[0] += 1
+            return None
+
+        slow = check(interval=1).model_copy(update={"success_threshold": 2})
+        members = [Target(RealServerKey(ServiceKey("tcp", "169.254.11.2", 1000 + i), "10.0.0.1", 80), slow) for i in range(20)]
+        tracker = CountingTracker()
+        checker = HealthChecker(tracker, lambda: None, clock=loop.time, jitter=lambda: 0.0)
+        seen: list[tuple[int, bool]] = []
+
+        async def after_rounds(count: int) -> None:
+            target = rounds[0] + count
+            while rounds[0] < target:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            seen.append((tracker.records, tracker.is_healthy(members[-1].key)))
+
+        original = Target.probe
+        Target.probe = fake  # type: ignore[method-assign]
+        try:
+            checker.change(members[:-1], ())
+            await after_rounds(2)  # 19 first results, then steady
+            tracker.states[members[-1].key] = Health(healthy=False, failures=3)  # recalled out of service
+            checker.change(members[-1:], ())
+            await after_rounds(1)  # its first pass, alone: still out
+            await after_rounds(1)  # every member: it is back
+            await after_rounds(1)  # steady
+            await checker.stop()
+        finally:
+            Target.probe = original  # type: ignore[method-assign]
+        return seen
+
+    assert asyncio.run(scenario()) == [(19, True), (20, False), (40, True), (40, True)]
 
 
 def test_change_follows_what_update_follows() -> None:
