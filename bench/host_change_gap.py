@@ -288,6 +288,7 @@ def measure(count: int, samples: int, state_file: bool, profile: bool, spans: Sp
     figures["longest"] = longest(spans, steady, time.monotonic())
     holder["loop"].call_soon_threadsafe(holder["stop"].set)
     thread.join(60)
+    time.sleep(2.0)  # a walk of the folder still running is abandoned at stop: let it end before the folder goes
     for name in ("vsop.host.folder", "vsop.agent"):
         logging.getLogger(name).removeHandler(events)
     shutil.rmtree(folder, ignore_errors=True)
@@ -295,7 +296,7 @@ def measure(count: int, samples: int, state_file: bool, profile: bool, spans: Sp
     return figures
 
 
-def longest(spans: Spans, start: float, end: float, count: int = 5) -> list[tuple[float, str, str, int]]:
+def longest(spans: Spans, start: float, end: float, count: int = 16) -> list[tuple[float, str, str, int]]:
     """The longest spans over the samples (seconds, thread, name, how many such spans of at least 10 ms)."""
     with spans.lock:
         inside = [(finish - begin, thread, name) for name, thread, begin, finish in spans.spans if begin >= start and finish <= end]
