@@ -343,12 +343,9 @@ class CountingTracker(HealthTracker):
         return super().record(key, ok, thresholds, error)
 
 
-def test_a_steady_probe_records_nothing_until_its_result_or_members_change() -> None:
-    """A passing probe whose every member is in service changes no verdict by passing again: its
-    result is not recorded member by member (a backend shared by 10,000 services cost 10,000
-    records per interval). Newcomers get their first result, recorded for them alone (a new
-    service's real server on such a backend cost 10,000 records), a failure is recorded for each
-    member, and a member taken out is brought back by passes as before."""
+def counted_rounds(watched: RealServerKey, script: Callable[..., Awaitable[None]]) -> list[tuple[int, bool]]:
+    """`script(checker, tracker, after_rounds, answer)` run against probes that answer `answer["error"]`;
+    what each `await after_rounds(n)` saw once n more rounds ran: (records so far, `watched` in service)."""
 
     async def scenario() -> list[tuple[int, bool]]:
         loop = asyncio.get_running_loop()
@@ -359,7 +356,6 @@ def test_a_steady_probe_records_nothing_until_its_result_or_members_change() -> 
             rounds[0] += 1
             return answer["error"]
 
-        shared = [Target(RealServerKey(ServiceKey("tcp", "169.254.11.2", 1000 + i), "10.0.0.1", 80), check(interval=1)) for i in range(100)]
         tracker = CountingTracker()
         checker = HealthChecker(tracker, lambda: None, clock=loop.time, jitter=lambda: 0.0)
         seen: list[tuple[int, bool]] = []
@@ -369,72 +365,61 @@ def test_a_steady_probe_records_nothing_until_its_result_or_members_change() -> 
             while rounds[0] < target:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.05)
-            seen.append((tracker.records, tracker.is_healthy(shared[0].key)))
+            seen.append((tracker.records, tracker.is_healthy(watched)))
 
         original = Target.probe
         Target.probe = fake  # type: ignore[method-assign]
         try:
-            checker.change(shared[:50], ())
-            await after_rounds(1)  # first results: 50 records
-            await after_rounds(2)  # steady: none
-            checker.change(shared[50:], ())
-            await after_rounds(1)  # 50 (the newcomers' first results)
-            assert all(target.key in tracker.states for target in shared)
-            answer["error"] = "TCP connect failed: refused"
-            await after_rounds(1)  # 100 failures: out (threshold 1)
-            answer["error"] = None
-            await after_rounds(1)  # 100 passes: back
-            await after_rounds(1)  # steady again
+            await script(checker, tracker, after_rounds, answer)
             await checker.stop()
         finally:
             Target.probe = original  # type: ignore[method-assign]
         return seen
 
-    assert asyncio.run(scenario()) == [(50, True), (50, True), (100, True), (200, False), (300, True), (300, True)]
+    return asyncio.run(scenario())
+
+
+def test_a_steady_probe_records_nothing_until_its_result_or_members_change() -> None:
+    """A passing probe whose every member is in service changes no verdict by passing again: its
+    result is not recorded member by member (a backend shared by 10,000 services cost 10,000
+    records per interval). Newcomers get their first result, recorded for them alone (a new
+    service's real server on such a backend cost 10,000 records), a failure is recorded for each
+    member, and a member taken out is brought back by passes as before."""
+    shared = [Target(RealServerKey(ServiceKey("tcp", "169.254.11.2", 1000 + i), "10.0.0.1", 80), check(interval=1)) for i in range(100)]
+
+    async def script(checker: HealthChecker, tracker: HealthTracker, after_rounds: Any, answer: dict[str, str | None]) -> None:
+        checker.change(shared[:50], ())
+        await after_rounds(1)  # first results: 50 records
+        await after_rounds(2)  # steady: none
+        checker.change(shared[50:], ())
+        await after_rounds(1)  # 50 (the newcomers' first results)
+        assert all(target.key in tracker.states for target in shared)
+        answer["error"] = "TCP connect failed: refused"
+        await after_rounds(1)  # 100 failures: out (threshold 1)
+        answer["error"] = None
+        await after_rounds(1)  # 100 passes: back
+        await after_rounds(1)  # steady again
+
+    assert counted_rounds(shared[0].key, script) == [(50, True), (50, True), (100, True), (200, False), (300, True), (300, True)]
 
 
 def test_a_newcomer_out_of_service_joining_a_steady_probe_comes_back_and_then_all_are_recorded_again() -> None:
     """A newcomer recalled out of service (a restart's verdict) joins a steady probe: passes are
     recorded for it until it is back (successThreshold 2: one pass leaves it out, and the probe
     is no longer steady, so the next pass is recorded for every member), then steady again."""
+    slow = check(interval=1).model_copy(update={"success_threshold": 2})
+    members = [Target(RealServerKey(ServiceKey("tcp", "169.254.11.2", 1000 + i), "10.0.0.1", 80), slow) for i in range(20)]
 
-    async def scenario() -> list[tuple[int, bool]]:
-        loop = asyncio.get_running_loop()
-        rounds = [0]
+    async def script(checker: HealthChecker, tracker: HealthTracker, after_rounds: Any, answer: dict[str, str | None]) -> None:
+        checker.change(members[:-1], ())
+        await after_rounds(2)  # 19 first results, then steady
+        tracker.states[members[-1].key] = Health(healthy=False, failures=3)  # recalled out of service
+        checker.change(members[-1:], ())
+        await after_rounds(1)  # its first pass, alone: still out
+        await after_rounds(1)  # every member: it is back
+        await after_rounds(1)  # steady
 
-        async def fake(self: Target) -> str | None:
-            rounds[0] += 1
-            return None
-
-        slow = check(interval=1).model_copy(update={"success_threshold": 2})
-        members = [Target(RealServerKey(ServiceKey("tcp", "169.254.11.2", 1000 + i), "10.0.0.1", 80), slow) for i in range(20)]
-        tracker = CountingTracker()
-        checker = HealthChecker(tracker, lambda: None, clock=loop.time, jitter=lambda: 0.0)
-        seen: list[tuple[int, bool]] = []
-
-        async def after_rounds(count: int) -> None:
-            target = rounds[0] + count
-            while rounds[0] < target:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)
-            seen.append((tracker.records, tracker.is_healthy(members[-1].key)))
-
-        original = Target.probe
-        Target.probe = fake  # type: ignore[method-assign]
-        try:
-            checker.change(members[:-1], ())
-            await after_rounds(2)  # 19 first results, then steady
-            tracker.states[members[-1].key] = Health(healthy=False, failures=3)  # recalled out of service
-            checker.change(members[-1:], ())
-            await after_rounds(1)  # its first pass, alone: still out
-            await after_rounds(1)  # every member: it is back
-            await after_rounds(1)  # steady
-            await checker.stop()
-        finally:
-            Target.probe = original  # type: ignore[method-assign]
-        return seen
-
-    assert asyncio.run(scenario()) == [(19, True), (20, False), (40, True), (40, True)]
+    assert counted_rounds(members[-1].key, script) == [(19, True), (20, False), (40, True), (40, True)]
 
 
 def test_change_follows_what_update_follows() -> None:
