@@ -157,7 +157,7 @@ async def measure(count: int, repeat: int) -> dict[str, Any]:
         weight = 0 if repeat % 2 == 1 else 1
         assert all(agent.fake.state.real_servers[dead].weight == weight for agent in agents.values())
         assert (whole.targets, whole.checking, whole.published_down) == (kept_roles.targets, kept_roles.checking, kept_roles.published_down)
-        assert agents[False].checker.given == agents[True].checker.given
+        assert agents[False].checker.given() == agents[True].checker.given()
 
     def local(agent: Agent, number: int) -> dict[str, VirtualService | None]:
         agent.loop.tracker.record(dead, number % 2 == 1, Thresholds(1, 1), "" if number % 2 else "refused")

@@ -196,7 +196,7 @@ async def test_a_node_whose_own_probe_fails_stops_sending_though_the_checkers_sa
         key = RealServerKey(HTTP, "192.0.2.1", 8080)
         await agent.look_at_traffic()  # as each resync period does: the first look, a baseline
         await agent.look_at_traffic()
-        assert agent.checker is not None and key not in {t.key for t in agent.checker.given}  # no trouble: not probed here
+        assert agent.checker is not None and key not in {t.key for t in agent.checker.given()}  # no trouble: not probed here
         assert key in agent.roles.watched and not agent.local_probes.running
         probed = prober.probes[(outsider, backend)]  # before checkers were published, every node probed it
         fake.send(key, connections=3, out_packets=0)  # clients' connections, not one packet back

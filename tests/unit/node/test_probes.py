@@ -434,7 +434,7 @@ def test_change_follows_what_update_follows() -> None:
         by_change.change(targets[20:], targets[:5] + targets[:1])  # removed twice: once counts
         by_change.change((), [t for t in targets if t.key.address == "10.0.0.1"])  # a whole probe goes
         by_update.update({t for t in targets[5:] if t.key.address != "10.0.0.1"})
-        shapes = [({p: set(m) for p, m in c.members.items()}, set(c.tasks), c.given) for c in (by_change, by_update)]
+        shapes = [({p: set(m) for p, m in c.members.items()}, set(c.tasks), c.given()) for c in (by_change, by_update)]
         await by_change.stop()
         await by_update.stop()
         return shapes[0], shapes[1], len(shapes[0][1])
