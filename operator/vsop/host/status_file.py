@@ -83,8 +83,9 @@ class StatusDocument:
         self.objects = Entries()  # (path parts, place in the file, ref) -> "ref"
         self._object_at: dict[str, tuple[Any, ...]] = {}  # ref -> its key in objects
         self.health = Entries()  # real server -> {...}
-        self._targets: set[Target] = set()  # the targets as the entries have them (update_health)
-        self._target_of: dict[Any, Target] = {}  # real server -> its target
+        # Real server -> its target, as the entries have them (update_health). No set of the targets
+        # beside it: at 20,000 targets such a set is 1 MB (bench/agent_memory.py).
+        self._target_of: dict[Any, Target] = {}
         self.programmed = Entries()  # ref -> "ref"
         self.problems = Entries()  # ref -> its problems, joined
         self._all_refs = True  # every object's verdict must be looked at (nothing rendered yet, a full sync)
@@ -151,13 +152,10 @@ class StatusDocument:
         so a turn costs what it changed; None: `targets` compared whole."""
         redo: dict[Any, Target] = {}
         if target_changes is None:
-            before, now = self._targets, set(targets)
+            before, now = set(self._target_of.values()), set(targets)
             removed, added = before - now, now - before
-            self._targets = now
         else:
             added, removed = target_changes
-            self._targets -= removed
-            self._targets |= added
         for target in removed:
             if self._target_of.get(target.key) == target:
                 del self._target_of[target.key]
