@@ -107,7 +107,8 @@ async def check_http(address: str, port: int, path: str, expect: int, timeout: f
         return f"HTTP check failed: {exc.strerror or exc}"
 
 
-@dataclass(frozen=True)
+# slots=True on the two below: a node of 10,000 checked services holds 20,000 targets.
+@dataclass(frozen=True, slots=True)
 class Target:
     """One real server of one service, checked as that service's spec says."""
 
@@ -121,7 +122,7 @@ class Target:
         return await check_tcp(address, port, self.check.timeout_seconds)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Probe:
     """What a probe connects to and how: every target with these three shares its result."""
 
