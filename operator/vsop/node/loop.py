@@ -193,6 +193,13 @@ def targets_of(ref: str, vs: VirtualService | None, reconciler: Reconciler) -> t
                  if configured.get(key) == ref and key not in draining)
 
 
+def same(new: tuple[Target, ...], old: tuple[Target, ...] | None) -> tuple[Target, ...]:
+    """`old` when it holds the same targets as `new`: the followers (the checker, the status file) hold
+    the objects they were given, and a resync that re-derived every target would otherwise leave two
+    equal objects of each behind (0.9 MB at 10,000 checked objects, bench/agent_memory.py)."""
+    return old if old is not None and old == new else new
+
+
 class Driver(Protocol):
     """An agent as the loop drives it: its source and sink around `NodeLoop.turn`."""
 
@@ -325,8 +332,8 @@ class NodeLoop:
         draining = self.reconciler.draining.since
         keep = self.keep_probing_held and bool(feed.held)
         if turn.full or outcome.touched is None:
-            before = self.targets
-            self.targets_by_ref = {ref: targets_of(ref, vs, self.reconciler) for ref, vs in self.checked.items()}
+            before, kept = self.targets, self.targets_by_ref
+            self.targets_by_ref = {ref: same(targets_of(ref, vs, self.reconciler), kept.get(ref)) for ref, vs in self.checked.items()}
             targets = set().union(*self.targets_by_ref.values())
             self.held_targets = before - targets if keep else set()
             self.targets = targets | self.held_targets
@@ -346,8 +353,8 @@ class NodeLoop:
         after: set[Target] = set()
         changed: set[str] = set()
         for ref in refs:
-            new = targets_of(ref, self.checked.get(ref), self.reconciler)
             old = self.targets_by_ref.pop(ref, ())
+            new = same(targets_of(ref, self.checked.get(ref), self.reconciler), old)
             before.update(old)
             if new:
                 self.targets_by_ref[ref] = new
