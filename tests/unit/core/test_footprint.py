@@ -141,3 +141,14 @@ def test_equal_ports_and_backends_are_one_instance_and_keep_which_fields_were_gi
     assert given.spec.backends[1] is a.spec.backends[1]
     other = make_vs("d", backends=[{"address": "192.168.2.99"}])
     assert other.spec.backends[0].address == "192.168.2.99" and other.spec.ports is a.spec.ports
+
+
+def test_equal_health_checks_are_one_instance_and_keep_which_fields_were_given() -> None:
+    a, b = make_vs("a", healthCheck={"type": "tcp"}), make_vs("b", vip="169.254.11.3", healthCheck={"type": "tcp"})
+    assert a.spec.health_check is b.spec.health_check
+    given = make_vs("c", healthCheck={"type": "tcp", "intervalSeconds": 3})
+    assert given.spec.health_check == a.spec.health_check and given.spec.health_check is not a.spec.health_check
+    assert given.spec.model_dump(exclude_unset=True, by_alias=True)["healthCheck"] == {"type": "tcp", "intervalSeconds": 3}
+    assert a.spec.model_dump(exclude_unset=True, by_alias=True)["healthCheck"] == {"type": "tcp"}
+    other = make_vs("d", healthCheck={"type": "http", "path": "/ready"})
+    assert other.spec.health_check.path == "/ready" and make_vs("e").spec.health_check.type == "none"
