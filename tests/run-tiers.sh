@@ -77,6 +77,8 @@ py=.venv/bin/python
 # A kube test runs in seconds (the slowest, the cluster simulations, in under a minute); one that
 # waits past this is stuck on an event that never comes: its stacks are printed and the tier fails.
 KUBE_TEST_TIMEOUT=300
+# 20 s before that bound, the stuck test's name and its event loop's tasks (tests/kube/conftest.py).
+export KUBE_TASK_DUMP_SECONDS=$((KUBE_TEST_TIMEOUT - 20))
 pytest=($py -m pytest -q -rs)
 for tier in "${tiers[@]}"; do
   case $tier in

@@ -13,7 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import gc
 import itertools
+import os
+import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -60,6 +64,47 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in Path(item.path).resolve().parents:
             item.add_marker(pytest.mark.kube)
+
+
+# The tier's per-test bound (pytest-timeout, tests/run-tiers.sh) prints every thread's stack, but a
+# test stuck in the kube tier waits in its event loop, whose thread stack is only `select`: the
+# awaits that never end are in its tasks. Shortly before the bound this prints the test's name and
+# every task's stack, so one hang in a run of hundreds names its test and the await it sits in.
+TASK_DUMP_SECONDS = float(os.environ.get("KUBE_TASK_DUMP_SECONDS", "0"))
+
+
+def _dump_tasks(nodeid: str) -> None:
+    out = sys.__stderr__
+    assert out is not None
+    print(f"\n=== {nodeid}: still running after {TASK_DUMP_SECONDS:.0f} s; its event loops' tasks:", file=out)
+    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_running()]
+    for loop in loops:
+        for _ in range(3):  # the set of tasks can change while it is copied from this thread
+            try:
+                tasks = list(asyncio.all_tasks(loop))
+                break
+            except RuntimeError:
+                continue
+        else:
+            tasks = []
+        for task in tasks:
+            print(f"--- {task!r}", file=out)
+            task.print_stack(limit=12, file=out)
+    out.flush()
+
+
+@pytest.fixture(autouse=True)
+def _tasks_dumped_before_the_bound(request: pytest.FixtureRequest) -> Any:
+    if TASK_DUMP_SECONDS <= 0:
+        yield
+        return
+    timer = threading.Timer(TASK_DUMP_SECONDS, _dump_tasks, (request.node.nodeid,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 async def until(condition: Callable[[], Any], what: str = "condition", timeout: float = WAIT_SECONDS) -> Any:
