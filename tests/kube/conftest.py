@@ -68,7 +68,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # The tier's per-test bound (pytest-timeout, tests/run-tiers.sh) prints every thread's stack, but a
 # test stuck in the kube tier waits in its event loop, whose thread stack is only `select`: the
-# awaits that never end are in its tasks. Shortly before the bound this prints the test's name and
+# awaits that never end are in its tasks. Shortly before the bound (tests/run-tiers.sh) this prints the test's name and
 # every task's stack, so one hang in a run of hundreds names its test and the await it sits in.
 TASK_DUMP_SECONDS = float(os.environ.get("KUBE_TASK_DUMP_SECONDS", "0"))
 
