@@ -27,6 +27,15 @@ read and validated) and its first full sync, each under cProfile (the top functi
 `--native` measures what needs no kernel, on this machine: a fresh process's imports of the
 agent, then in-process over the same folder the agent's construction, its first look at the
 folder and its first sync against the in-memory fake kernel (whose own time is part of it).
+`--objects N` sets how many objects (one file each) the folder holds besides the 10 (1,000 by
+default; a big store is 10,000). With `--profile FILE` the native first look runs once more
+under cProfile: its time split by area (stat and read, sha256, YAML, the loader's own
+constructors and checks, pydantic validation, the folder's bookkeeping), per file. With
+`--baseline DIR` (another checkout, e.g. `git worktree add --detach /tmp/before COMMIT`) the
+first look at the same folder is timed in fresh processes, alternately with DIR's vsop and this
+one's, so a change is read as a ratio in one run on a busy machine:
+
+    .venv/bin/python bench/agent_start.py --native --objects 10000 --baseline /tmp/before [--profile F]
 
 Must not import: kopf, kubernetes.
 """
@@ -44,6 +53,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 VSOP = str(Path(sys.executable).parent / "vsop")
 BACKENDS = ("10.200.1.2", "10.200.2.2")
@@ -51,10 +61,11 @@ BULK, SERVED = 1000, 10
 PHASES = ("started", "first write", "synced", "status")
 
 
-def write_objects(folder: Path) -> None:
+def write_objects(folder: Path, bulk: int = BULK) -> None:
     backends = "".join(f"  - address: {address}\n" for address in BACKENDS)
+    width = max(4, len(str(bulk - 1)))  # bulk-0000 .. bulk-0999 as before at 1,000
     vips = [(f"served-{i}", f"10.231.0.{i + 1}") for i in range(SERVED)]
-    vips += [(f"bulk-{i:04d}", f"10.232.{i // 250}.{i % 250 + 1}") for i in range(BULK)]
+    vips += [(f"bulk-{i:0{width}d}", f"10.{232 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}") for i in range(bulk)]
     for name, vip in vips:
         (folder / f"{name}.yaml").write_text(
             "apiVersion: vsop.dev/v1alpha1\nkind: VirtualService\n"
@@ -102,11 +113,11 @@ def start_once(work: Path, folder: Path, profile: Path | None = None) -> dict[st
     return {b: marks[b] - marks[a] for a, b in zip(order, order[1:])} | {"total": status_seen - spawned}
 
 
-def show(label: str, runs: list[dict[str, float]]) -> None:
+def show(label: str, runs: list[dict[str, float]], objects: int) -> None:
     for run in runs:
         print(f"{label}: " + "  ".join(f"{k} {v:.2f}s" for k, v in run.items()), flush=True)
     keys = [key for key in (*PHASES, "total") if key in runs[0]]
-    print(f"AGENT START {label.upper()} ({BULK + SERVED} objects, median of {len(runs)}): "
+    print(f"AGENT START {label.upper()} ({objects} objects, median of {len(runs)}): "
           + ", ".join(f"{key} {statistics.median(r.get(key, 0.0) for r in runs):.2f}s" for key in keys), flush=True)
 
 
@@ -117,13 +128,13 @@ def in_vm(args: argparse.Namespace) -> None:
         work = Path(name)
         folder = work / "services"
         folder.mkdir()
-        write_objects(folder)
+        write_objects(folder, args.objects)
         for _ in range(args.repeat):
             subprocess.run([VSOP, "cleanup"], check=False, capture_output=True)
             cold.append(start_once(work, folder))
             restart.append(start_once(work, folder))
-        show("cold", cold)
-        show("restart", restart)
+        show("cold", cold, args.objects + SERVED)
+        show("restart", restart, args.objects + SERVED)
         if args.profile:
             subprocess.run([VSOP, "cleanup"], check=False, capture_output=True)
             profiled = start_once(work, folder, Path(args.profile))
@@ -147,7 +158,7 @@ def in_process(args: argparse.Namespace) -> None:
     imported = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        write_objects(folder)
+        write_objects(folder, args.objects)
         subprocess.run([VSOP, "cleanup"], check=False, capture_output=True)
         for label in ("cold", "restart"):
             profile = cProfile.Profile()
@@ -161,7 +172,7 @@ def in_process(args: argparse.Namespace) -> None:
             synced = time.perf_counter()
             profile.disable()
             assert outcome is not None
-            print(f"AGENT START IN-PROCESS {label.upper()} ({BULK + SERVED} objects, under cProfile): imports {imported:.2f}s, "
+            print(f"AGENT START IN-PROCESS {label.upper()} ({args.objects + SERVED} objects, under cProfile): imports {imported:.2f}s, "
                   f"agent built {built - begun:.2f}s, first look at the folder {looked - built:.2f}s, first sync {synced - looked:.2f}s "
                   f"(its kernel read {outcome.read_seconds:.2f}s, {outcome.writes} writes)", flush=True)
             pstats.Stats(profile).sort_stats("cumulative").print_stats(40)
@@ -182,7 +193,7 @@ def native(args: argparse.Namespace) -> None:
 
         with tempfile.TemporaryDirectory() as name:
             folder = Path(name)
-            write_objects(folder)
+            write_objects(folder, args.objects)
             started = time.perf_counter()
             agent = HostAgent(fake_kernel()[0], AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.0), FakeConntrack())
             built = time.perf_counter()
@@ -194,8 +205,94 @@ def native(args: argparse.Namespace) -> None:
         for key, value in (("agent built", built - started), ("first look at the folder", looked - built),
                            ("first sync on the fake kernel", synced - looked)):
             samples.setdefault(key, []).append(value)
-    print(f"AGENT START NATIVE ({BULK + SERVED} objects, median of {args.repeat}): "
-          + ", ".join(f"{key} {statistics.median(values):.3f}s" for key, values in samples.items()))
+    files = args.objects + SERVED
+    print(f"AGENT START NATIVE ({files} objects, median of {args.repeat}): "
+          + ", ".join(f"{key} {statistics.median(values):.3f}s" for key, values in samples.items())
+          + f"; the first look {statistics.median(samples['first look at the folder']) / files * 1e6:.0f} us a file", flush=True)
+    if args.profile:
+        profile_first_look(args, Path(args.profile))
+    if args.baseline:
+        against_baseline(args, Path(args.baseline))
+
+
+def first_look(folder: Path) -> tuple[float, float]:
+    """The agent's first look at folder (as `vsop agent` starts: construction, then poll), in
+    this process: its wall-clock and CPU seconds."""
+    from vsop.adapters.conntrack import FakeConntrack
+    from vsop.adapters.kernel import fake_kernel
+    from vsop.core.desired import Node
+    from vsop.host.agent import AgentConfig, HostAgent
+
+    agent = HostAgent(fake_kernel()[0], AgentConfig(folder, Node("n"), status_file=None, poll_seconds=0.0), FakeConntrack())
+    wall, cpu = time.perf_counter(), time.process_time()
+    agent.poll()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+# Where a profiled first look's own time (cProfile's tottime) goes: the first area whose test
+# matches a function (its file, its name) takes it. libyaml's parsing is C called from the
+# loader's `_documents`, so it is counted there, with the Python callbacks it makes.
+AREAS: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
+    ("sha256", lambda file, name: "sha256" in name or "_hashlib.HASH" in name),
+    ("stat, list and read", lambda file, name: any(word in name for word in ("stat", "scandir", "open", "read", "inode", "is_symlink"))
+     or file.endswith(("pathlib.py", "posixpath.py")) or name in ("walk_folder", "_list_folder", "_stat_entry", "_found")),
+    ("YAML (libyaml, nodes, resolve)", lambda file, name: "/yaml/" in file or name in ("_documents", "resolve", "check_node", "get_node", "dispose")),
+    ("loader's constructors and checks", lambda file, name: file.endswith("manifests.py")),
+    ("pydantic validation (and vsop's validators)", lambda file, name: "pydantic" in file or "validate" in name or file.endswith(("model.py", "ipaddress.py", "functools.py"))),
+    ("folder bookkeeping, logging", lambda file, name: file.endswith(("folder.py", "agent.py", "held.py")) or "/logging/" in file),
+)
+
+
+def profile_first_look(args: argparse.Namespace, stats_file: Path) -> None:
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        write_objects(folder, args.objects)
+        profile = cProfile.Profile()
+        profile.runcall(first_look, folder)
+    profile.dump_stats(stats_file)
+    stats = pstats.Stats(str(stats_file))
+    def area_of(file: str, function: str) -> str | None:
+        return next((label for label, test in AREAS if test(file, function)), None)
+
+    areas: dict[str, float] = {}
+    for (file, _, function), (_, _, own, _, callers) in stats.stats.items():  # type: ignore[attr-defined]
+        area = area_of(file, function)
+        if area is None and file == "~":  # a builtin (dict.get, isinstance): its callers' areas, by their share
+            for (caller_file, _, caller), (_, _, share, _) in callers.items():
+                label = area_of(caller_file, caller) or "other"
+                areas[label] = areas.get(label, 0.0) + share
+            continue
+        areas[area or "other"] = areas.get(area or "other", 0.0) + own
+    files, total = args.objects + SERVED, sum(areas.values())
+    print(f"FIRST LOOK UNDER cProfile ({files} files, {total:.2f}s, {total / files * 1e6:.0f} us a file with the profiler's cost), own time by area:")
+    for area, seconds in sorted(areas.items(), key=lambda item: -item[1]):
+        print(f"  {area:48s} {seconds:6.2f}s {seconds / total:6.1%} {seconds / files * 1e6:6.1f} us a file")
+    stats.sort_stats("tottime").print_stats(25)
+
+
+def against_baseline(args: argparse.Namespace, baseline: Path) -> None:
+    """The first look at one folder in fresh processes, alternately with baseline's vsop and this one's."""
+    trees = {"baseline": baseline / "operator", "this tree": Path(__file__).resolve().parent.parent / "operator"}
+    samples: dict[str, list[tuple[float, float]]] = {label: [] for label in trees}
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        write_objects(folder, args.objects)
+        for _ in range(args.repeat):
+            for label, tree in trees.items():
+                env = dict(os.environ, PYTHONPATH=str(tree))  # before the editable install's path
+                done = subprocess.run([sys.executable, __file__, "--first-look-of", str(folder)], env=env, check=True,
+                                      capture_output=True, text=True)
+                samples[label].append(tuple(json.loads(done.stdout.splitlines()[-1])))  # type: ignore[arg-type]
+    files = args.objects + SERVED
+    medians = {label: (statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)) for label, runs in samples.items()}
+    for label, (wall, cpu) in medians.items():
+        print(f"FIRST LOOK {label} ({trees[label].parent}): {wall:.2f}s wall, {cpu:.2f}s CPU, {cpu / files * 1e6:.0f} us CPU a file "
+              f"(median of {args.repeat} fresh processes)")
+    (base_wall, base_cpu), (wall, cpu) = medians["baseline"], medians["this tree"]
+    print(f"FIRST LOOK this tree / baseline ({files} files): wall {wall / base_wall:.2f}, CPU {cpu / base_cpu:.2f}", flush=True)
 
 
 def main() -> None:
@@ -204,8 +301,13 @@ def main() -> None:
     parser.add_argument("--profile", metavar="FILE", help="one more cold start under cProfile, its stats kept here")
     parser.add_argument("--in-process", action="store_true", help="imports, first look and first sync in one process, profiled (VM)")
     parser.add_argument("--native", action="store_true", help="what needs no kernel, on this machine (fake kernel)")
+    parser.add_argument("--objects", type=int, default=BULK, help="objects in the folder besides the 10 (one file each)")
+    parser.add_argument("--baseline", metavar="DIR", help="with --native: the first look timed against DIR's vsop too")
+    parser.add_argument("--first-look-of", metavar="FOLDER", help=argparse.SUPPRESS)  # one timed look, for --baseline
     args = parser.parse_args()
-    if args.native:
+    if args.first_look_of:
+        print(json.dumps(first_look(Path(args.first_look_of))))
+    elif args.native:
         native(args)
     elif os.environ.get("VSOP_IN_VM") != "1":
         raise SystemExit("it programs IPVS: run it in the VM (see its docstring), or --native")
