@@ -531,7 +531,7 @@ def read_path(path: Path) -> str:
     return decode(data, str(path))
 
 
-def _without_gc(function: Any) -> Any:
+def without_gc(function: Any) -> Any:
     """Loading allocates millions of small objects that all survive: the cyclic collector
     would rescan them again and again (quadratic in a big file) and find nothing to free."""
 
@@ -548,7 +548,7 @@ def _without_gc(function: Any) -> Any:
     return wrapper
 
 
-@_without_gc
+@without_gc
 def load_paths(paths: Iterable[str | Path], *, stdin_text: str | None = None) -> Loaded:
     loaded = Loaded(warnings=[] if LIBYAML else [NO_LIBYAML])
     errors: list[FieldError] = []
@@ -568,7 +568,7 @@ def load_paths(paths: Iterable[str | Path], *, stdin_text: str | None = None) ->
     return loaded
 
 
-@_without_gc
+@without_gc
 def load_text(text: str, name: str = "<input>") -> Loaded:
     loaded = Loaded(files=[name], warnings=[] if LIBYAML else [NO_LIBYAML])
     errors = _load_text(text, name, loaded)

@@ -48,7 +48,7 @@ import yaml
 
 from vsop.core.held import Held
 from vsop.api.errors import InvalidInput
-from vsop.api.manifests import load_text
+from vsop.api.manifests import load_text, without_gc
 from vsop.api.model import KIND, VirtualService
 
 log = logging.getLogger("vsop.host.folder")
@@ -303,6 +303,9 @@ class FolderSource:
             return True
         return self._poll(sweep=True)
 
+    # A look that takes many files keeps everything it builds: between load_text's own pauses
+    # the cyclic collector would rescan the objects of every file taken so far, and free nothing.
+    @without_gc
     def _poll(self, sweep: bool) -> bool:
         errors_before = self.folder_errors
         found, self.folder_errors = self._walk(sweep)
@@ -355,6 +358,7 @@ class FolderSource:
         seen = [self.files[path].seen_at for path in self._problems if self.files[path].pending]
         return min(seen) + self.settle_seconds if seen else None
 
+    @without_gc
     def recheck(self) -> bool:
         """Look again at the files not yet stable, and only at them: a file is taken once it has
         been the same for settle_seconds (the second look of the stability rule), without
