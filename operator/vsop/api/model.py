@@ -83,6 +83,14 @@ def show(value: Any) -> str:
 def _ip_literal(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be an IP address written as text (quote it), got {show(value)}")
+    return _ip_text(value)
+
+
+# The same real servers stand behind many VirtualServices: their addresses are checked once.
+# Small: a VIP is seen once per look (10,000 distinct in a big store), so only repeats pay off.
+# A refused address raises, and what raises is not kept.
+@functools.lru_cache(maxsize=4096)
+def _ip_text(value: str) -> str:
     if value != value.strip() or not value:
         raise ValueError(f"must be an IPv4 or IPv6 address literal without spaces, got {show(value)}")
     if "/" in value:
