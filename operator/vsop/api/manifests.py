@@ -199,6 +199,8 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
                 if len(_RESOLVED) < 100_000:
                     _RESOLVED[key] = tag
             return tag
+        if not self.yaml_path_resolvers:  # none is ever added: a mapping or list takes the default tag
+            return _MAP if kind is yaml.MappingNode else _SEQ
         return super().resolve(kind, value, implicit)
 
     def build(self, node: yaml.Node, memo: dict[int, Any] | None, depth: int = 0) -> Any:

@@ -216,6 +216,20 @@ def _found(path: Path, result: Any, found: dict[Path, StatKey | str], pending: l
         found[path] = result
 
 
+def read_file(path: Path, size: int) -> bytes:
+    """A file's bytes, `size` (its stat) the likely length. Half the cost of Path.read_bytes,
+    whose buffered file object is made and dropped for one read: the store's first look reads
+    10,000 files. Raises OSError as reading does (a folder: EISDIR)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, size + 1)]  # to the end, also when it grew since the stat
+        while chunks[-1]:
+            chunks.append(os.read(fd, 1 << 16))
+        return chunks[0] if len(chunks) == 2 else b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 @dataclass(slots=True)  # one per file: 10,000 in a big store
 class FileState:
     services: list[VirtualService] = field(default_factory=list)  # the last good ones
@@ -395,7 +409,7 @@ class FolderSource:
 
     def _look(self, path: Path, state: FileState, key: StatKey) -> None:
         try:
-            content = path.read_bytes()
+            content = read_file(path, key[1])
         except OSError as exc:
             reason = f"cannot be read: {exc.strerror or exc}"
             if state.error != reason:
