@@ -105,6 +105,8 @@ def _ip_text(value: str) -> str:
         raise ValueError(f"must be a unicast address, got {show(value)}")
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         raise ValueError(f"must not be an IPv4-mapped IPv6 address, use the IPv4 form, got {show(value)}")
+    if address.version == 4 and type(value) is str:
+        return value  # IPv4 text that parses is already canonical (four decimal octets, no leading zeros)
     return str(address)  # canonical text: one spelling per address in the kernel tables
 
 

@@ -198,6 +198,21 @@ def test_addresses_are_canonical() -> None:
     assert vs.spec.vip == "fd00::11" and vs.spec.backends[0].address == "fd00::2"
 
 
+@pytest.mark.parametrize("address", ["10.0.0.1", "0.0.0.1", "192.168.255.254", "1.2.3.4"])
+def test_ipv4_addresses_keep_their_text_which_is_canonical(address: str) -> None:
+    import ipaddress
+
+    vs = parse_virtual_service(with_spec(vip="10.9.0.1", backends=[{"address": address}]))
+    assert vs.spec.backends[0].address == str(ipaddress.ip_address(address)) == address
+
+
+@pytest.mark.parametrize("address", ["010.0.0.1", "10.0.0.01", "10.0.0", "10.0.0.256", "\uff11.0.0.1"])
+def test_ipv4_text_that_is_not_canonical_is_refused_every_time(address: str) -> None:
+    for _ in range(2):  # the second from the addresses already checked, if it were kept
+        with pytest.raises(InvalidInput, match="address literal"):
+            parse_virtual_service(with_spec(backends=[{"address": address}]))
+
+
 def test_objects_are_immutable() -> None:
     vs = parse_virtual_service(SEED)
     with pytest.raises(pydantic.ValidationError, match="frozen"):
