@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 if TYPE_CHECKING:
     from vsop.node.probes import Target
     from vsop.core.health import HealthTracker
+    from vsop.core.state import RealServerKey
     from vsop.host.folder import FolderSource
     from vsop.node.reconciler import Reconciler
 
@@ -77,7 +78,10 @@ class StatusDocument:
         self.files = Entries()  # path parts -> "path":error
         self.objects = Entries()  # (path parts, place in the file, ref) -> "ref"
         self._object_at: dict[str, tuple[Any, ...]] = {}  # ref -> its key in objects
-        self.health = Entries()  # real server -> {...}
+        # Real server (as `in_order`) -> {...}. Kept by a flat tuple, not the RealServerKey: bisect then
+        # compares in C, where the dataclass's ordering built two tuples in Python per comparison (a
+        # status file after a first sync of 10,000 checked objects: 0.93 s natively, 20,000 entries).
+        self.health = Entries()
         # Real server -> its target, as the entries have them (update_health). No set of the targets
         # beside it: at 20,000 targets such a set is 1 MB (bench/agent_memory.py).
         self._target_of: dict[Any, Target] = {}
@@ -154,7 +158,7 @@ class StatusDocument:
         for target in removed:
             if self._target_of.get(target.key) == target:
                 del self._target_of[target.key]
-                self.health.put(target.key, None)
+                self.health.put(in_order(target.key), None)
         for target in added:
             self._target_of[target.key] = redo[target.key] = target
         for key in changed:
@@ -162,7 +166,7 @@ class StatusDocument:
             if target is not None:
                 redo[key] = target
         for key, target in redo.items():
-            self.health.put(key, dumps(health_entry(target, tracker)))
+            self.health.put(in_order(key), dumps(health_entry(target, tracker)))
             self.serialized += 1
 
     # -- the document -----------------------------------------------------------------------
@@ -205,6 +209,13 @@ class StatusDocument:
             parts += [',"bgp":', dumps(bgp())]
         parts.append("}")
         return "".join(parts)
+
+
+def in_order(key: RealServerKey) -> tuple[str, str, int, str, int]:
+    """A real server's key as a flat tuple that sorts as the key does (RealServerKey's dataclass order:
+    its service's protocol, VIP and port, then address and port), the order of `vsop show`'s health."""
+    service = key.service
+    return service.protocol, service.vip, service.port, key.address, key.port
 
 
 def health_entry(target: Target, tracker: HealthTracker) -> dict[str, Any]:

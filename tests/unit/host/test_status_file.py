@@ -24,7 +24,9 @@ from vsop.adapters.conntrack import FakeConntrack
 from vsop.core.desired import Node
 from vsop.core.health import Thresholds
 from vsop.adapters.kernel import fake_kernel
+from vsop.core.state import RealServerKey, ServiceKey
 from vsop.host.agent import AgentConfig, HostAgent
+from vsop.host.status_file import in_order
 
 FILES = ["a.yaml", "b.yaml", "sub/c.yaml", "sub-x.yaml"]
 CHECK = {"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2}
@@ -192,3 +194,21 @@ def test_a_tracker_keeps_changes_only_when_asked() -> None:
         tracker.record(key, False, Thresholds(), "connection refused")
         tracker.forget_except(())
     assert quiet.take_changed() == set() and tracking.take_changed() == {key}
+
+
+keys = st.builds(
+    RealServerKey,
+    st.builds(ServiceKey, st.sampled_from(["tcp", "udp", "sctp"]), st.sampled_from(["169.254.11.2", "169.254.2.1", "fd00::1", "10.0.0.10"]),
+              st.integers(1, 65535)),
+    st.sampled_from(["192.168.2.222", "192.168.10.1", "fd00::2", "10.0.0.9"]),
+    st.integers(1, 65535),
+)
+
+
+@given(st.lists(keys, max_size=30))
+def test_health_entries_are_kept_in_the_order_of_their_real_servers(found: list[RealServerKey]) -> None:
+    """The health section is kept by a flat tuple (compared in C): it sorts as the keys do, as the
+    document built from scratch sorts its targets."""
+    assert sorted(found, key=in_order) == sorted(found)
+    assert all((in_order(a) == in_order(b)) == (a == b) for a in found for b in found)
+
