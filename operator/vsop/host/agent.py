@@ -135,6 +135,9 @@ class HostAgent:
         self.status_written = float("-inf")
         self.status_due: float | None = None  # the running agent batches the status file (see flush_due)
         self.stop_requested: float | None = None  # when SIGTERM / SIGINT arrived (monotonic)
+        # After the first looks, what is held is frozen out of the collector's passes (vsop.node.heap):
+        # the process's own agent only (run_agent), not one of many in a process that goes on (tests).
+        self.freeze_heap = False
 
     @property
     def targets(self) -> set[Target]:
@@ -405,6 +408,11 @@ class HostAgent:
         try:
             await _until(poller, stop)
             if not stop.is_set():
+                if self.freeze_heap:
+                    # The folder is read whole: what the agent holds now lasts as long as it does, and
+                    # the collector's full passes during the first sync need not walk it (vsop.node.heap).
+                    frozen = heap.freeze()
+                    log.debug("objects held since the first looks kept out of the collector's passes objects=%d", frozen)
                 poller = asyncio.get_running_loop().create_task(self._poll(stop), name="poll folder")
                 await self.loop.run(self, stop)
         finally:
@@ -520,6 +528,7 @@ def run_agent(
 
         metrics = NodeMetrics()
     agent = HostAgent(kernel, config, conntrack, keepalived=keepalived, metrics=metrics, bird=bird)
+    agent.freeze_heap = True
     if metrics is not None and bird is not None:
         metrics.watch_bgp(bird.sessions)
 

@@ -19,7 +19,7 @@ what each turn did. The modules, in reading order:
 - probes.py: active health checks of real servers.
 - lock.py: the host's one writer lock.
 - metrics.py: the node's metrics and its HTTP endpoints.
-- heap.py: keeping a long-running agent's C heap close to what it holds.
+- heap.py: keeping a long-running agent's heap close to what it holds, its collector off what it keeps.
 - remember.py: health verdicts and drains kept across restarts (/run/vsop/state.json).
 - logs.py: klog-style logging, set up by every vsop process (agents, controller, commands).
 

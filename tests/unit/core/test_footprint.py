@@ -97,8 +97,66 @@ def test_the_host_agent_tunes_the_heap_before_it_reads_anything(tmp_path: Path, 
         init(self, *args, **kwargs)
 
     monkeypatch.setattr(HostAgent, "__init__", created)
+    made: list[HostAgent] = []
+    monkeypatch.setattr(HostAgent, "run", lambda self, stop: made.append(self) or run(self, stop))
     assert run_agent(fake_kernel()[0], AgentConfig(tmp_path, Node("n"), status_file=None), FakeConntrack()) == 0
     assert calls == ["tune", "agent", "run"]
+    assert made[0].freeze_heap  # the process's own agent freezes what it holds after its first looks
+
+
+def test_freezing_keeps_what_is_held_out_of_the_collectors_passes_and_frees_it_still() -> None:
+    """heap.freeze moves what is tracked into the permanent generation: a full collection no longer
+    walks it (the first sync's gen2 passes at 10,000 objects), yet an object whose last reference
+    goes is still freed at once."""
+    import gc
+    import weakref
+
+    class Held:
+        pass
+
+    held = Held()
+    gone = weakref.ref(held)
+    try:
+        assert heap.freeze() == gc.get_freeze_count() > 0
+        del held
+        assert gone() is None  # reference counting, not the collector, frees it
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_host_agent_freezes_once_the_folder_is_read_and_only_when_it_is_the_process(tmp_path: Path, monkeypatch) -> None:
+    """run_agent's agent freezes what it holds after the first looks at the folder and before the first
+    sync; an agent run any other way (tests, benches in one process) does not."""
+    import asyncio
+
+    from vsop.adapters.conntrack import FakeConntrack
+    from vsop.adapters.kernel import fake_kernel
+    from vsop.host.agent import AgentConfig, HostAgent
+
+    (tmp_path / "web.yaml").write_text(
+        "apiVersion: vsop.dev/v1alpha1\nkind: VirtualService\nmetadata: {name: web, namespace: default}\n"
+        "spec: {vip: 169.254.11.2, ports: [{port: 80}], backends: [{address: 192.168.2.222}]}\n"
+    )
+    for freezing in (True, False):
+        agent = HostAgent(fake_kernel()[0], AgentConfig(tmp_path, Node("n"), status_file=None, poll_seconds=0.01), FakeConntrack())
+        agent.freeze_heap = freezing
+        seen: list[tuple[int, int]] = []
+        monkeypatch.setattr(heap, "freeze", lambda agent=agent: seen.append((len(agent.source.services()), agent.loop.turns)) or 0)
+
+        async def scenario(agent: HostAgent = agent) -> None:
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if agent.loop.turns:
+                    break
+            stop.set()
+            await asyncio.wait_for(task, 5)
+
+        asyncio.run(scenario())
+        assert agent.loop.turns >= 1
+        assert seen == ([(1, 0)] if freezing else []), (freezing, seen)
 
 
 def test_the_host_agent_loads_neither_pyroute2_nor_jinja2() -> None:
