@@ -41,34 +41,59 @@ class Entries:
 
     The join is not kept between writes: it would be a second copy of every entry (3.4 MB of the
     status file's health section at 10,000 checked services, bench/agent_memory.py), while joining
-    again costs one pass over text that the write copies into the document anyway."""
+    again costs one pass over text that the write copies into the document anyway.
+    Entries put are gathered until the next `text` (or `len`): a few are then bisected into their
+    places, many merged with the rest and sorted once. Put one by one, the first write after a
+    first sync of 10,000 checked objects (50,000 entries) cost 0.46 s natively in bisects and list
+    inserts (each insert moves the list's tail)."""
 
     def __init__(self) -> None:
         self._keys: list[Any] = []
         self._texts: list[str] = []
+        self._pending: dict[Any, str | None] = {}  # key -> its entry now (None: none), not yet in place
 
     def __len__(self) -> int:
+        self._settle()
         return len(self._keys)
 
     def put(self, key: Any, text: str | None) -> None:
         """The entry of key (None: no entry)."""
-        keys = self._keys
-        at = bisect.bisect_left(keys, key)
-        present = at < len(keys) and keys[at] == key
-        if text is None:
-            if present:
-                del keys[at], self._texts[at]
-        elif present:
-            self._texts[at] = text
-        else:
-            keys.insert(at, key)
-            self._texts.insert(at, text)
+        self._pending[key] = text
 
     def clear(self) -> None:
-        self._keys, self._texts = [], []
+        self._keys, self._texts, self._pending = [], [], {}
 
     def text(self) -> str:
+        self._settle()
         return ",".join(self._texts)
+
+    def _settle(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = {}
+        keys, texts = self._keys, self._texts
+        if len(pending) * 8 < len(keys):  # a few among many: each into its place (a change's write)
+            for key, text in pending.items():
+                at = bisect.bisect_left(keys, key)
+                present = at < len(keys) and keys[at] == key
+                if text is None:
+                    if present:
+                        del keys[at], texts[at]
+                elif present:
+                    texts[at] = text
+                else:
+                    keys.insert(at, key)
+                    texts.insert(at, text)
+            return
+        merged = dict(zip(keys, texts))
+        for key, text in pending.items():
+            if text is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = text
+        self._keys = sorted(merged)
+        self._texts = [merged[key] for key in self._keys]
 
 
 class StatusDocument:

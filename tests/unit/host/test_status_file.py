@@ -26,7 +26,7 @@ from vsop.core.health import Thresholds
 from vsop.adapters.kernel import fake_kernel
 from vsop.core.state import RealServerKey, ServiceKey
 from vsop.host.agent import AgentConfig, HostAgent
-from vsop.host.status_file import in_order
+from vsop.host.status_file import Entries, in_order
 
 FILES = ["a.yaml", "b.yaml", "sub/c.yaml", "sub-x.yaml"]
 CHECK = {"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2}
@@ -211,4 +211,20 @@ def test_health_entries_are_kept_in_the_order_of_their_real_servers(found: list[
     document built from scratch sorts its targets."""
     assert sorted(found, key=in_order) == sorted(found)
     assert all((in_order(a) == in_order(b)) == (a == b) for a in found for b in found)
+
+
+@given(st.lists(st.lists(st.tuples(st.integers(0, 40), st.one_of(st.none(), st.text(max_size=3))), max_size=60), max_size=8))
+def test_entries_put_in_batches_of_any_size_are_the_sorted_join(batches: list[list[tuple[int, str | None]]]) -> None:
+    """Entries gathered between two texts, a few (bisected into place) or many (merged and sorted),
+    give the join of the entries in key order, the last put of a key winning."""
+    entries, model = Entries(), {}
+    for batch in batches:
+        for key, text in batch:
+            entries.put(key, text)
+            if text is None:
+                model.pop(key, None)
+            else:
+                model[key] = text
+        assert entries.text() == ",".join(model[key] for key in sorted(model))
+        assert len(entries) == len(model)
 
