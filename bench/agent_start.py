@@ -37,6 +37,16 @@ one's, so a change is read as a ratio in one run on a busy machine:
 
     .venv/bin/python bench/agent_start.py --native --objects 10000 --baseline /tmp/before [--profile F]
 
+`--parts N [N ...]` times the host agent's first sync in parts natively, over N store files (one
+VIP, port 80, two real servers, a tcp check each; the fake kernel): per part, its steps (taking
+the folder's changes, feeding the reconciler, deriving the part's objects, the plan, the verdicts,
+the fake kernel's writes apart, the cache, the state file, the health targets, the status file
+after the last part) and the collector's full passes, before (as at 7294db2, emulated in the same
+process) and after, alternated `--repeat` times; `--profile-parts` profiles one more run at the
+largest N. Asserts only that a quiet turn and a resync after the parts write nothing:
+
+    .venv/bin/python bench/agent_start.py --parts 100 10000 --repeat 3
+
 Must not import: kopf, kubernetes.
 """
 
@@ -302,6 +312,170 @@ def against_baseline(args: argparse.Namespace, baseline: Path) -> None:
     print(f"FIRST LOOK this tree / baseline ({files} files): CPU {cpu / base_cpu:.2f}, wall {wall / base_wall:.2f}", flush=True)
 
 
+# --- the first sync's parts (--parts) ------------------------------------------------------------
+
+# What a part's turn runs, timed per part by name: (module, class, attribute, label). The fake
+# kernel's own time is apart: it copies its whole state per write (a model, not what a kernel costs).
+PART_STEPS = (
+    ("vsop.host.agent", "HostAgent", "_take", "take (the folder's changes)"),
+    ("vsop.node.loop", "NodeLoop", "feed", "feed"),
+    ("vsop.node.reconciler", "Reconciler", "_gather", "derive (the part's objects)"),
+    ("vsop.node.reconciler", "Reconciler", "_plan", "plan (target, diff)"),
+    ("vsop.node.reconciler", "Reconciler", "_judge_plan", "verdicts"),
+    ("vsop.adapters.fake", "FakeKernel", "apply", "fake kernel (apart)"),
+    ("vsop.node.cache", "Cache", "written", "cache (the part's writes)"),
+    ("vsop.node.remember", "RememberFile", "save", "state file"),
+    ("vsop.node.loop", "NodeLoop", "_follow_targets", "health targets"),
+    ("vsop.host.agent", "HostAgent", "_judge", "judge (log lines)"),
+    ("vsop.host.agent", "HostAgent", "write_status", "status file (after the last)"),
+)
+COLLECTOR = "collector's full passes (gen2)"
+
+
+def cold_parts(count: int, before: bool, profile: bool = False, profile_from: int = 0) -> dict[str, Any]:
+    """The first sync over `count` store files (one VIP, port 80, two real servers, a tcp check each),
+    part by part as the running agent's loop takes them: each part a turn (NodeLoop.turn through
+    HostAgent.sync_once), the checker taking the turn's target changes and each new real server's
+    first (passing) result recorded, the state file kept after each part, the status file written
+    after the last (the loop holds it while parts are left). Unless `before`, vsop.node.heap.freeze()
+    after the first look, where HostAgent.run calls it (unfrozen at the end). `before`: as at 7294db2, no
+    freeze, the status file's health entries kept by the RealServerKey itself and each entry bisected
+    into place as it is put. Returns seconds per step per part, and checks the parts left nothing to
+    write (a quiet turn, then a resync, write nothing)."""
+    import cProfile
+    import gc
+    import importlib
+    import pstats
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from agent_bench import store_folder
+    from vsop.adapters.conntrack import FakeConntrack
+    from vsop.adapters.kernel import fake_kernel
+    from vsop.core.desired import Node
+    from vsop.core.health import Thresholds
+    from vsop.host import status_file
+    from vsop.host.agent import AgentConfig, HostAgent
+    from vsop.node import heap
+
+    in_order, put = status_file.in_order, status_file.Entries.put
+    if before:
+        status_file.in_order = lambda key: key  # type: ignore[assignment,return-value]
+
+        def put_now(self: Any, key: Any, text: str | None) -> None:  # each entry bisected into place as it comes
+            put(self, key, text)
+            self._settle()
+
+        status_file.Entries.put = put_now  # type: ignore[method-assign]
+    spent: dict[str, float] = {}
+    originals = []
+    for module_name, class_name, attribute, label in PART_STEPS:
+        owner = getattr(importlib.import_module(module_name), class_name)
+        original = getattr(owner, attribute)
+        originals.append((owner, attribute, original))
+
+        def timed(*args: Any, _original: Any = original, _label: str = label, **kwargs: Any) -> Any:
+            begun = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                spent[_label] = spent.get(_label, 0.0) + time.perf_counter() - begun
+
+        setattr(owner, attribute, timed)
+    collecting: list[float] = []
+
+    def collector(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            collecting.append(time.perf_counter())
+        elif collecting:
+            spent[COLLECTOR] = spent.get(COLLECTOR, 0.0) + time.perf_counter() - collecting.pop()
+
+    folder = store_folder(count, checked=True)
+    work = Path(tempfile.mkdtemp(prefix="vsop-bench-parts-"))
+    parts: list[dict[str, float]] = []
+    profiler = cProfile.Profile() if profile else None
+    gc.collect()  # what an earlier run left is not this one's to walk
+    gc.callbacks.append(collector)
+    try:
+        config = AgentConfig(folder, Node("n"), status_file=work / "status.json", state_file=work / "state.json", poll_seconds=0.0)
+        agent = HostAgent(fake_kernel()[0], config, FakeConntrack())
+        agent.poll()
+        if not before:
+            heap.freeze()
+        full = True
+        while full or agent.reconciler.cold:
+            spent.clear()
+            if profiler is not None and len(parts) >= profile_from:
+                profiler.enable()
+            begun = time.perf_counter()
+            outcome = agent.sync_once(full=full, status=False)
+            assert outcome is not None, agent.last
+            if not agent.reconciler.cold:  # the running agent's status file waits while parts are left
+                agent.write_status()
+            # The checker follows the turn's target changes; each new real server's first result.
+            changes = agent.probe_changes()
+            for target in (changes[0] if changes is not None else agent.probe_targets()):
+                agent.tracker.record(target.key, True, Thresholds(target.check.failure_threshold, target.check.success_threshold))
+            ended = time.perf_counter()
+            if profiler is not None:
+                profiler.disable()
+            parts.append({**spent, "part": ended - begun, "writes": outcome.writes})
+            full = False
+        again = [agent.sync_once(full=False, status=True), agent.sync_once(full=True, status=True)]
+        assert all(o is not None and o.writes == 0 for o in again), [o and o.writes for o in again]
+        assert len(agent.reconciler.programmed) == count, len(agent.reconciler.programmed)
+    finally:
+        gc.callbacks.remove(collector)
+        gc.unfreeze()
+        status_file.in_order, status_file.Entries.put = in_order, put  # type: ignore[method-assign]
+        for owner, attribute, original in originals:
+            setattr(owner, attribute, original)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    return {"parts": parts, "profile": pstats.Stats(profiler) if profiler is not None else None}
+
+
+def show_parts(count: int, runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Side by side (before: as at 7294db2; after: as the agent runs now), median over the runs of
+    each: per step, the first part's seconds and the sum over the others; the whole less the fake
+    kernel's own time."""
+    labels = [label for *_, label in PART_STEPS] + [COLLECTOR]
+    names = list(runs)
+    print(f"FIRST SYNC IN PARTS N={count} ({len(runs[names[0]][0]['parts'])} parts; seconds, median of {len(runs[names[0]])}: "
+          f"first part | the others summed)")
+    print(f"  {'':34s}" + "".join(f"{name:>24s}" for name in names))
+
+    def row(label: str, value: Callable[[dict[str, float]], float]) -> None:
+        cells = []
+        for name in names:
+            first = statistics.median(value(run["parts"][0]) for run in runs[name])
+            others = statistics.median(sum(value(p) for p in run["parts"][1:]) for run in runs[name])
+            cells.append(f"{first:9.3f} | {others:9.3f}")
+        print(f"  {label:34s}" + "".join(f"{cell:>24s}" for cell in cells))
+
+    for label in labels:
+        row(label, lambda p, _label=label: p.get(_label, 0.0))
+    steps = [label for label in labels if label != COLLECTOR]  # the collector runs inside the steps
+    row("the rest (turn, checker)", lambda p: p["part"] - sum(p.get(label, 0.0) for label in steps))
+    row("whole, less the fake kernel", lambda p: p["part"] - p.get("fake kernel (apart)", 0.0))
+    row("whole", lambda p: p["part"])
+
+
+def parts(args: argparse.Namespace) -> None:
+    """Before and after alternated, `--repeat` runs of each per N, in one process."""
+    for count in args.parts:
+        runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+        for index in range(args.repeat):
+            for name in (("before", "after") if index % 2 == 0 else ("after", "before")):
+                runs[name].append(cold_parts(count, before=name == "before"))
+        show_parts(count, runs)
+        if args.profile_parts and count == max(args.parts):
+            profiled = cold_parts(count, before=False, profile=True)
+            profiled["profile"].sort_stats("cumulative").print_stats(45)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -311,9 +485,14 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=BULK, help="objects in the folder besides the 10 (one file each)")
     parser.add_argument("--baseline", metavar="DIR", help="with --native: the first look timed against DIR's vsop too")
     parser.add_argument("--first-look-of", metavar="FOLDER", help=argparse.SUPPRESS)  # one timed look, for --baseline
+    parser.add_argument("--parts", type=int, nargs="+", metavar="N",
+                        help="the first sync in parts over N store files each (fake kernel), timed per part and step, before and after")
+    parser.add_argument("--profile-parts", action="store_true", help="with --parts: cProfile of the parts at the largest N")
     args = parser.parse_args()
     if args.first_look_of:
         print(json.dumps(first_look(Path(args.first_look_of))))
+    elif args.parts:
+        parts(args)
     elif args.native:
         native(args)
     elif os.environ.get("VSOP_IN_VM") != "1":
