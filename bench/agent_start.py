@@ -338,8 +338,8 @@ def cold_parts(count: int, before: bool, profile: bool = False, profile_from: in
     HostAgent.sync_once), the checker taking the turn's target changes and each new real server's
     first (passing) result recorded, the state file kept after each part, the status file written
     after the last (the loop holds it while parts are left). Unless `before`, vsop.node.heap.freeze()
-    after the first look, where HostAgent.run calls it (unfrozen at the end). `before`: as at 7294db2, no
-    freeze, the status file's health entries kept by the RealServerKey itself and each entry bisected
+    after the first look, where HostAgent.run calls it, and after each part (HostAgent.keep_first_sync;
+    unfrozen at the end). `before`: as at 7294db2, no freeze, the status file's health entries kept by the RealServerKey itself and each entry bisected
     into place as it is put. Returns seconds per step per part, and checks the parts left nothing to
     write (a quiet turn, then a resync, write nothing)."""
     import cProfile
@@ -403,7 +403,8 @@ def cold_parts(count: int, before: bool, profile: bool = False, profile_from: in
         agent = HostAgent(fake_kernel()[0], config, FakeConntrack())
         agent.poll()
         if not before:
-            heap.freeze()
+            heap.freeze()  # where HostAgent.run freezes, after the first looks
+            agent.freeze_heap = True
         full = True
         while full or agent.reconciler.cold:
             spent.clear()
@@ -422,6 +423,7 @@ def cold_parts(count: int, before: bool, profile: bool = False, profile_from: in
             if profiler is not None:
                 profiler.disable()
             parts.append({**spent, "part": ended - begun, "writes": outcome.writes})
+            agent.keep_first_sync(True)  # as HostAgent.turn does after each (a no-op without freeze_heap)
             full = False
         again = [agent.sync_once(full=False, status=True), agent.sync_once(full=True, status=True)]
         assert all(o is not None and o.writes == 0 for o in again), [o and o.writes for o in again]

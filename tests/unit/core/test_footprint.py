@@ -156,7 +156,34 @@ def test_the_host_agent_freezes_once_the_folder_is_read_and_only_when_it_is_the_
 
         asyncio.run(scenario())
         assert agent.loop.turns >= 1
-        assert seen == ([(1, 0)] if freezing else []), (freezing, seen)
+        assert seen[:1] == ([(1, 0)] if freezing else []), (freezing, seen)
+
+
+def test_the_host_agent_freezes_after_each_part_of_its_first_sync_and_then_no_more(tmp_path: Path, monkeypatch) -> None:
+    """keep_first_sync (after each turn): with freeze_heap, a freeze per turn while the first sync has
+    parts left and after its last; none after it, nor without freeze_heap."""
+    from vsop.adapters.conntrack import FakeConntrack
+    from vsop.adapters.kernel import fake_kernel
+    from vsop.host.agent import AgentConfig, HostAgent
+
+    for index in range(5):
+        (tmp_path / f"s{index}.yaml").write_text(
+            f"apiVersion: vsop.dev/v1alpha1\nkind: VirtualService\nmetadata: {{name: s{index}, namespace: default}}\n"
+            f"spec: {{vip: 169.254.11.{index + 2}, ports: [{{port: 80}}], backends: [{{address: 192.168.2.222}}]}}\n"
+        )
+    for freezing in (True, False):
+        agent = HostAgent(fake_kernel()[0], AgentConfig(tmp_path, Node("n"), status_file=None, poll_seconds=0.0), FakeConntrack())
+        agent.reconciler.resyncing.cold_chunk = 2  # five VIPs: the first sync in three parts
+        agent.freeze_heap = freezing
+        frozen: list[bool] = []
+        monkeypatch.setattr(heap, "freeze", lambda agent=agent: frozen.append(agent.reconciler.cold) or 0)
+        agent.poll()
+        full = True
+        for _ in range(5):  # three parts, then two turns after
+            agent.keep_first_sync(agent.sync_once(full=full, status=False) is not None)
+            full = False
+        assert frozen == ([True, True, False] if freezing else []), (freezing, frozen)
+        assert len(agent.reconciler.programmed) == 5
 
 
 def test_the_host_agent_loads_neither_pyroute2_nor_jinja2() -> None:
