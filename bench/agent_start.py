@@ -338,10 +338,10 @@ def cold_parts(count: int, before: bool, profile: bool = False, profile_from: in
     HostAgent.sync_once), the checker taking the turn's target changes and each new real server's
     first (passing) result recorded, the state file kept after each part, the status file written
     after the last (the loop holds it while parts are left). Unless `before`, vsop.node.heap.freeze()
-    after the first look, where HostAgent.run calls it, and after each part (HostAgent.keep_first_sync;
-    unfrozen at the end). `before`: as at 7294db2, no freeze, the status file's health entries kept by the RealServerKey itself and each entry bisected
-    into place as it is put. Returns seconds per step per part, and checks the parts left nothing to
-    write (a quiet turn, then a resync, write nothing)."""
+    after the first look (where HostAgent.run freezes) and after each part (HostAgent.keep_first_sync),
+    unfrozen at the end. `before`: as at 7294db2, no freeze, the status file's health entries kept by
+    the RealServerKey itself and each entry bisected into place as it is put. Returns seconds per step
+    per part, and checks the parts left nothing to write (a quiet turn, then a resync, write nothing)."""
     import cProfile
     import gc
     import importlib

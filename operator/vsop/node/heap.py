@@ -13,12 +13,13 @@ heap for reuse and returns only the top of it on its own, so an agent's resident
 stays at the burst's high-water mark between resyncs. `malloc_trim(0)` releases every
 free page in the heap (MADV_DONTNEED), a few ms at that size. Objects Python keeps
 (its own small-object arenas are returned when empty) are not affected.
-`freeze()`, once the agent's source has been read whole (before the first sync): what is held
-then (every declared object as parsed, the modules) lasts as long as the agent, yet each of
-Python's full collections walked all of it again. Over a first sync of 10,000 objects in parts
-those walks ran about every seven parts and grew with the node (bench/agent_start.py --parts:
-gen2 1.05 s of the parts' 6.9 s natively, 0.4 s once that is frozen). Frozen objects are still
-freed when their last reference goes; only a cycle among them would be kept for good.
+`freeze()`, once the agent's source has been read whole and after each part of its first sync
+(vsop.host.agent): what is held then (every declared object as parsed, the modules, the parts'
+fragments, cache entries and health targets) lasts as long as the agent, yet each of Python's
+full collections walked all of it again. Over a first sync of 10,000 objects in parts those
+passes ran about every seven parts and grew with the node (bench/agent_start.py --parts: 0.86 s
+of the later parts' 3.1 s natively; none once frozen). Frozen objects are still freed when their
+last reference goes; only a cycle among them would be kept for good.
 Owns nothing but these calls; a libc without them (musl) makes trim and tune no-ops.
 Must not import: kopf, kubernetes, pyroute2, asyncio.
 """
@@ -70,7 +71,7 @@ def trim() -> bool:
 
 def freeze() -> int:
     """Move everything the collector tracks now out of its passes (gc.freeze); returns how many
-    objects that was. No collection first: at 10,000 objects one full pass costs what the
-    freeze saves over a first sync, and garbage that is a cycle now is a one-time cost."""
+    objects that is. No collection first: that would be one more full pass over everything (what
+    the freeze avoids), for garbage cycles that are kept once, not again and again."""
     gc.freeze()
     return gc.get_freeze_count()
