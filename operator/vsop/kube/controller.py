@@ -527,7 +527,13 @@ async def _run_limited(jobs: Sequence[Coroutine[Any, Any, None]]) -> None:
         async with semaphore:
             await job
 
-    await asyncio.gather(*(limited(job) for job in jobs))
+    try:
+        await asyncio.gather(*(limited(job) for job in jobs))
+    finally:
+        # Cancelled (the controller stopping) while some waited for the semaphore: those never ran.
+        # Closed here, they go quietly instead of "coroutine was never awaited"; the rest are done.
+        for job in jobs:
+            job.close()
 
 
 def _node_conflict(nodes: Any) -> str | None:
