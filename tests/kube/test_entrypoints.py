@@ -9,6 +9,7 @@ kubelet sends it, must end both with exit code 0.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import re
 import signal
@@ -74,12 +75,22 @@ class Process:
         return int(self.process.returncode or 0)
 
 
+LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_the_test_run() -> None:
+    """In the child before exec: SIGTERM when pytest dies. The tier's per-test bound ends a hung run with
+    os._exit, which runs no fixture teardown; without this the agent and controller outlive it."""
+    LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 async def start(name: str, *args: str, **env: str) -> Process:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     environment.update(env)
     process = await asyncio.create_subprocess_exec(
         *VSOP, *args, "--health-port", "0", "--metrics-port", "0", "--health-bind-address", "127.0.0.1",  # /metrics: its default
-        env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env=environment, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, preexec_fn=die_with_the_test_run,
     )
     return Process(name, process)
 
