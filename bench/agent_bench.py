@@ -266,10 +266,10 @@ def change_figures(client: str, count: int) -> dict[str, float]:
 def store_folder(count: int, checked: bool = False) -> Path:
     """A new temporary folder holding the store files of service(0, checked) .. service(count - 1, checked)."""
     folder = Path(tempfile.mkdtemp(prefix="vsop-bench-store-"))
-    template = render(service(0, checked))  # the store's own rendering, renamed per object (yaml.dump of 10k is slow here)
-    assert template.count("name: s0\n") == 1 and template.count(vip(0)) == 1
+    template = render(service(0, checked))  # the store's own rendering, renamed per object (rendering 10k is slow here)
+    assert template.count('"name": "s0"') == 1 and template.count(f'"{vip(0)}"') == 1
     for index in range(count):
-        text = template.replace("name: s0\n", f"name: s{index}\n").replace(vip(0), vip(index))
+        text = template.replace('"name": "s0"', f'"name": "s{index}"').replace(f'"{vip(0)}"', f'"{vip(index)}"')
         (folder / file_name(f"bench/s{index}")).write_text(text)
     return folder
 

@@ -37,6 +37,10 @@ one's, so a change is read as a ratio in one run on a busy machine:
 
     .venv/bin/python bench/agent_start.py --native --objects 10000 --baseline /tmp/before [--profile F]
 
+With `--formats` the same objects are written twice, as YAML by hand and as the store renders them
+(`vsop apply`'s files: JSON, vsop.host.store.render), and the first look at each is timed in fresh
+processes alternately.
+
 `--parts N [N ...]` times the host agent's first sync in parts natively, over N store files (one
 VIP, port 80, two real servers, a tcp check each; the fake kernel): per part, its steps (taking
 the folder's changes, feeding the reconciler, deriving the part's objects, the plan, the verdicts,
@@ -71,18 +75,22 @@ BULK, SERVED = 1000, 10
 PHASES = ("started", "first write", "synced", "status")
 
 
-def write_objects(folder: Path, bulk: int = BULK) -> None:
+def write_objects(folder: Path, bulk: int = BULK, as_store: bool = False) -> None:
+    """The objects, one file each, as a user writes YAML by hand; `as_store`: as the store renders
+    them (`vsop apply`'s files, vsop.host.store.render)."""
+    if as_store:
+        from vsop.api.manifests import load_text
+        from vsop.host.store import render
     backends = "".join(f"  - address: {address}\n" for address in BACKENDS)
     width = max(4, len(str(bulk - 1)))  # bulk-0000 .. bulk-0999 as before at 1,000
     vips = [(f"served-{i}", f"10.231.0.{i + 1}") for i in range(SERVED)]
     vips += [(f"bulk-{i:0{width}d}", f"10.{232 + i // 62500}.{i // 250 % 250}.{i % 250 + 1}") for i in range(bulk)]
     for name, vip in vips:
-        (folder / f"{name}.yaml").write_text(
-            "apiVersion: vsop.dev/v1alpha1\nkind: VirtualService\n"
-            f"metadata:\n  name: {name}\n  namespace: default\n"
-            f"spec:\n  vip: {vip}\n  scheduler: rr\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n"
-            f"  backends:\n{backends}"
-        )
+        text = ("apiVersion: vsop.dev/v1alpha1\nkind: VirtualService\n"
+                f"metadata:\n  name: {name}\n  namespace: default\n"
+                f"spec:\n  vip: {vip}\n  scheduler: rr\n  ports:\n  - name: http\n    port: 80\n    targetPort: 8080\n"
+                f"  backends:\n{backends}")
+        (folder / f"{name}.yaml").write_text(render(load_text(text).services[0]) if as_store else text)
 
 
 def stamp(line: str, year: int) -> float:
@@ -223,6 +231,8 @@ def native(args: argparse.Namespace) -> None:
         profile_first_look(args, Path(args.profile))
     if args.baseline:
         against_baseline(args, Path(args.baseline))
+    if args.formats:
+        against_formats(args)
 
 
 def agent_over(folder: Path) -> Any:
@@ -310,6 +320,28 @@ def against_baseline(args: argparse.Namespace, baseline: Path) -> None:
               f" ({args.repeat} fresh processes)")
     (base_wall, base_cpu), (wall, cpu) = least["baseline"], least["this tree"]
     print(f"FIRST LOOK this tree / baseline ({files} files): CPU {cpu / base_cpu:.2f}, wall {wall / base_wall:.2f}", flush=True)
+
+
+def against_formats(args: argparse.Namespace) -> None:
+    """The first look at the same objects written as YAML by hand and as the store writes them (JSON),
+    in fresh processes of this tree, alternately."""
+    samples: dict[str, list[tuple[float, float]]] = {"hand-written YAML": [], "the store's files (JSON)": []}
+    with tempfile.TemporaryDirectory() as yaml_name, tempfile.TemporaryDirectory() as store_name:
+        folders = dict(zip(samples, (Path(yaml_name), Path(store_name))))
+        for label, folder in folders.items():
+            write_objects(folder, args.objects, as_store=label != "hand-written YAML")
+        for _ in range(args.repeat):
+            for label, folder in folders.items():
+                done = subprocess.run([sys.executable, __file__, "--first-look-of", str(folder)], check=True, capture_output=True, text=True)
+                samples[label].append(tuple(json.loads(done.stdout.splitlines()[-1])))  # type: ignore[arg-type]
+    files = args.objects + SERVED
+    least = {label: (min(w for w, _ in runs), min(c for _, c in runs)) for label, runs in samples.items()}
+    for label, runs in samples.items():
+        print(f"FIRST LOOK {label}: CPU " + " ".join(f"{c:.2f}s" for _, c in runs)
+              + f", least {least[label][1]:.2f}s, {least[label][1] / files * 1e6:.0f} us CPU a file; wall least {least[label][0]:.2f}s"
+              f" ({args.repeat} fresh processes)")
+    (yaml_wall, yaml_cpu), (store_wall, store_cpu) = least.values()
+    print(f"FIRST LOOK store files / hand-written YAML ({files} files): CPU {store_cpu / yaml_cpu:.2f}, wall {store_wall / yaml_wall:.2f}", flush=True)
 
 
 # --- the first sync's parts (--parts) ------------------------------------------------------------
@@ -486,6 +518,8 @@ def main() -> None:
     parser.add_argument("--native", action="store_true", help="what needs no kernel, on this machine (fake kernel)")
     parser.add_argument("--objects", type=int, default=BULK, help="objects in the folder besides the 10 (one file each)")
     parser.add_argument("--baseline", metavar="DIR", help="with --native: the first look timed against DIR's vsop too")
+    parser.add_argument("--formats", action="store_true",
+                        help="with --native: the first look at hand-written YAML against the store's own files (JSON), same objects")
     parser.add_argument("--first-look-of", metavar="FOLDER", help=argparse.SUPPRESS)  # one timed look, for --baseline
     parser.add_argument("--parts", type=int, nargs="+", metavar="N",
                         help="the first sync in parts over N store files each (fake kernel), timed per part and step, before and after")

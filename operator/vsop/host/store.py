@@ -2,7 +2,8 @@
 
 Owns where a host keeps its declared objects and how they are written: one file
 `NAMESPACE_NAME.yaml` per object (namespaces and names cannot hold '_', so the name
-maps back to the object), written atomically (a dot-named temp file in the same
+maps back to the object), its text indented JSON (JSON is YAML, so any YAML reader takes it;
+the agent reads it with the C json module, see `render`), written atomically (a dot-named temp file in the same
 folder, fsync, rename, fsync of the folder), so a reader never sees half a file and a
 crash leaves the old file or the new one; an apply of several objects stages every file
 before renaming any, so it lands whole or not at all, and temp files a dead writer left
@@ -16,14 +17,15 @@ Must not import: kopf, pyroute2, kubernetes.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-import yaml
-
+from vsop.api.errors import InvalidInput
+from vsop.api.manifests import load_text
 from vsop.host.folder import FolderSource, ref_from_file_name
 from vsop.api.model import VirtualService
 
@@ -53,7 +55,21 @@ def document(vs: VirtualService) -> dict[str, object]:
 
 
 def render(vs: VirtualService) -> str:
-    return "# Written by vsop apply; the host agent follows this folder.\n" + yaml.safe_dump(document(vs), sort_keys=False)
+    """The stored text: the document as indented JSON. JSON, a subset of YAML, because the host
+    agent's look at its store takes every file through the loader, and JSON goes through the C
+    json module: natively 70 µs a file, against 165-180 µs for the same object as YAML through
+    libyaml's composer and PyYAML's constructor (most of an agent's start over a 10,000-file store)."""
+    return json.dumps(document(vs), indent=2) + "\n"
+
+
+def holds(text: str, vs: VirtualService) -> bool:
+    """Whether a stored text declares exactly `vs`: a file an older vsop wrote as YAML, or written by
+    hand, holding the same object is no change (`apply` neither rewrites it nor reports it)."""
+    try:
+        loaded = load_text(text)
+    except InvalidInput:
+        return False
+    return len(loaded.services) == 1 and document(loaded.services[0]) == document(vs)
 
 
 def _temporary_for(path: Path) -> Path:
@@ -180,10 +196,11 @@ class Store:
             path = self.path_for(vs.ref)
             text = render(vs)
             try:
-                if path.read_text(encoding="utf-8") == text:
-                    continue
+                stored = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError):
-                pass
+                stored = None
+            if stored is not None and (stored == text or holds(stored, vs)):
+                continue
             pending.append((vs.ref, path, text))
         staged: list[tuple[Path, Path]] = []
         try:

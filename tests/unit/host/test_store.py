@@ -81,6 +81,23 @@ def test_store_writes_one_file_per_object_atomically_and_reads_it_back(tmp_path:
     assert [vs.ref for vs in store.read().services] == ["default/web"]
 
 
+def test_store_files_are_json_and_a_yaml_file_of_the_same_object_is_no_change(tmp_path: Path) -> None:
+    """The store writes JSON (the agent reads it with the C json module); a store an older vsop
+    wrote as YAML, or a hand-placed file, holding the same object is neither rewritten nor reported."""
+    store = Store(tmp_path / "store")
+    web = make_vs("web")
+    store.write([web])
+    path = store.path_for(web.ref)
+    assert json.loads(path.read_text()) == yaml.safe_load(path.read_text())  # JSON, and YAML too
+    as_yaml = "# Written by vsop apply; the host agent follows this folder.\n" + yaml.safe_dump(json.loads(path.read_text()), sort_keys=False)
+    path.write_text(as_yaml)
+    assert store.write([web]) == [] and path.read_text() == as_yaml
+    assert store.write([make_vs("web", scheduler="wlc")]) == ["default/web"]  # another object: rewritten, as JSON
+    assert json.loads(path.read_text())["spec"]["scheduler"] == "wlc"
+    path.write_text("kind: [not a VirtualService")
+    assert store.write([web]) == ["default/web"] and load_text(path.read_text()).services == [web]
+
+
 def test_store_names_map_back_to_objects() -> None:
     assert file_name("default/web") == "default_web.yaml"
     assert ref_from_file_name(Path("kube-system_my.app.yaml")) == "kube-system/my.app"
