@@ -298,50 +298,49 @@ def profile_first_look(args: argparse.Namespace, stats_file: Path) -> None:
     stats.sort_stats("tottime").print_stats(25)
 
 
-def against_baseline(args: argparse.Namespace, baseline: Path) -> None:
-    """The first look at one folder in fresh processes, alternately with baseline's vsop and this one's."""
-    trees = {"baseline": baseline / "operator", "this tree": Path(__file__).resolve().parent.parent / "operator"}
-    samples: dict[str, list[tuple[float, float]]] = {label: [] for label in trees}
-    with tempfile.TemporaryDirectory() as name:
-        folder = Path(name)
-        write_objects(folder, args.objects)
-        for _ in range(args.repeat):
-            for label, tree in trees.items():
-                env = dict(os.environ, PYTHONPATH=str(tree))  # before the editable install's path
-                done = subprocess.run([sys.executable, __file__, "--first-look-of", str(folder)], env=env, check=True,
-                                      capture_output=True, text=True)
-                samples[label].append(tuple(json.loads(done.stdout.splitlines()[-1])))  # type: ignore[arg-type]
-    files = args.objects + SERVED
+def fresh_looks(runs: dict[str, tuple[Path, dict[str, str] | None]], repeat: int) -> dict[str, list[tuple[float, float]]]:
+    """The first look (wall, CPU) at each run's folder in fresh processes (its environment), the runs alternated."""
+    samples: dict[str, list[tuple[float, float]]] = {label: [] for label in runs}
+    for _ in range(repeat):
+        for label, (folder, env) in runs.items():
+            done = subprocess.run([sys.executable, __file__, "--first-look-of", str(folder)], env=env, check=True,
+                                  capture_output=True, text=True)
+            samples[label].append(tuple(json.loads(done.stdout.splitlines()[-1])))  # type: ignore[arg-type]
+    return samples
+
+
+def show_looks(samples: dict[str, list[tuple[float, float]]], files: int, ratio: str) -> None:
+    """Each run's CPU per look and the least, then `ratio`: the second run's least against the first's."""
     # The least CPU time is the one least disturbed by other work on the machine.
     least = {label: (min(w for w, _ in runs), min(c for _, c in runs)) for label, runs in samples.items()}
     for label, runs in samples.items():
-        print(f"FIRST LOOK {label} ({trees[label].parent}): CPU " + " ".join(f"{c:.2f}s" for _, c in runs)
+        print(f"FIRST LOOK {label}: CPU " + " ".join(f"{c:.2f}s" for _, c in runs)
               + f", least {least[label][1]:.2f}s, {least[label][1] / files * 1e6:.0f} us CPU a file; wall least {least[label][0]:.2f}s"
-              f" ({args.repeat} fresh processes)")
-    (base_wall, base_cpu), (wall, cpu) = least["baseline"], least["this tree"]
-    print(f"FIRST LOOK this tree / baseline ({files} files): CPU {cpu / base_cpu:.2f}, wall {wall / base_wall:.2f}", flush=True)
+              f" ({len(runs)} fresh processes)")
+    (first_wall, first_cpu), (second_wall, second_cpu) = least.values()
+    print(f"FIRST LOOK {ratio} ({files} files): CPU {second_cpu / first_cpu:.2f}, wall {second_wall / first_wall:.2f}", flush=True)
+
+
+def against_baseline(args: argparse.Namespace, baseline: Path) -> None:
+    """The first look at one folder in fresh processes, alternately with baseline's vsop and this one's."""
+    trees = {"baseline": baseline / "operator", "this tree": Path(__file__).resolve().parent.parent / "operator"}
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        write_objects(folder, args.objects)
+        # PYTHONPATH goes before the editable install's path.
+        samples = fresh_looks({f"{label} ({tree.parent})": (folder, dict(os.environ, PYTHONPATH=str(tree))) for label, tree in trees.items()},
+                              args.repeat)
+    show_looks(samples, args.objects + SERVED, "this tree / baseline")
 
 
 def against_formats(args: argparse.Namespace) -> None:
     """The first look at the same objects written as YAML by hand and as the store writes them (JSON),
     in fresh processes of this tree, alternately."""
-    samples: dict[str, list[tuple[float, float]]] = {"hand-written YAML": [], "the store's files (JSON)": []}
     with tempfile.TemporaryDirectory() as yaml_name, tempfile.TemporaryDirectory() as store_name:
-        folders = dict(zip(samples, (Path(yaml_name), Path(store_name))))
-        for label, folder in folders.items():
-            write_objects(folder, args.objects, as_store=label != "hand-written YAML")
-        for _ in range(args.repeat):
-            for label, folder in folders.items():
-                done = subprocess.run([sys.executable, __file__, "--first-look-of", str(folder)], check=True, capture_output=True, text=True)
-                samples[label].append(tuple(json.loads(done.stdout.splitlines()[-1])))  # type: ignore[arg-type]
-    files = args.objects + SERVED
-    least = {label: (min(w for w, _ in runs), min(c for _, c in runs)) for label, runs in samples.items()}
-    for label, runs in samples.items():
-        print(f"FIRST LOOK {label}: CPU " + " ".join(f"{c:.2f}s" for _, c in runs)
-              + f", least {least[label][1]:.2f}s, {least[label][1] / files * 1e6:.0f} us CPU a file; wall least {least[label][0]:.2f}s"
-              f" ({args.repeat} fresh processes)")
-    (yaml_wall, yaml_cpu), (store_wall, store_cpu) = least.values()
-    print(f"FIRST LOOK store files / hand-written YAML ({files} files): CPU {store_cpu / yaml_cpu:.2f}, wall {store_wall / yaml_wall:.2f}", flush=True)
+        write_objects(Path(yaml_name), args.objects)
+        write_objects(Path(store_name), args.objects, as_store=True)
+        samples = fresh_looks({"hand-written YAML": (Path(yaml_name), None), "the store's files (JSON)": (Path(store_name), None)}, args.repeat)
+    show_looks(samples, args.objects + SERVED, "store files / hand-written YAML")
 
 
 # --- the first sync's parts (--parts) ------------------------------------------------------------
