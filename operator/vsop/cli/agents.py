@@ -150,7 +150,7 @@ FLAGS: tuple[Flag, ...] = (
     _f("--poll-seconds", type=float, host=(1.0, "how often the folder is checked for changes (default 1)")),
     _f("--sweep-seconds", type=float, host=(5.0, "how often every file is stat-ed; between sweeps a poll stats what its folder's listing says is new, "
                                                   "so a write in place (same file, folder untouched) is seen within this, or twice this while polls keep finding "
-                                                  "changes (default 5; 0: every poll)")),
+                                                  "changes; at least 20 times the CPU time of the last sweep apart (default 5; 0: every poll)")),
     _f("--keep-accept-ra", action="store_true", host=(False, KEEP_ACCEPT_RA_HELP), cluster=(False, KEEP_ACCEPT_RA_HELP)),
     _f("--route-table", host=(None, ""), shared=add_route_table),
     _f("--vip-policy", choices=POLICIES, host=("any", VIP_POLICY_HELP_HOST), cluster=("pools", _VIP_POLICY_CLUSTER),
