@@ -32,7 +32,10 @@ Per N and per side:
            change, how many no longer echo afterwards;
   RSS      VmRSS summed over the daemon and all its descendant processes (keepalived: the
            parent and its checker child), after the steps above; PSS printed beside it (pages
-           shared between keepalived's processes counted once).
+           shared between keepalived's processes counted once);
+  idle     CPU time of the same processes over --idle seconds (default 30, one periodic resync
+           of vsop's) while nothing changes, right after the settle: the checks, the folder's
+           polls, the periodic work, as a share of one CPU.
 Ratios are vsop / keepalived: below 1, vsop is faster or smaller. Figures only, no assertions.
 
     flock /tmp/vsop-vm.lock vm/run --timeout 1500 --mem 4096 -- .venv/bin/python bench/keepalived_side_by_side.py
@@ -215,8 +218,8 @@ def until_weight(ipvs: IPVSKernel, key: RealServerKey, weight: int, limit: float
         time.sleep(0.05)
 
 
-def memory(pid: int) -> tuple[float, float]:
-    """VmRSS and PSS in MB, summed over pid and all its descendants."""
+def tree_of(pid: int) -> set[int]:
+    """pid and all its descendants."""
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -230,8 +233,26 @@ def memory(pid: int) -> tuple[float, float]:
         more = {child for child, parent in parents.items() if parent in tree} - tree
         tree |= more
         grown = bool(more)
+    return tree
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time, summed over pid and all its descendants (live ones)."""
+    ticks = 0
+    for member in tree_of(pid):
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def memory(pid: int) -> tuple[float, float]:
+    """VmRSS and PSS in MB, summed over pid and all its descendants."""
     rss = pss = 0.0
-    for member in tree:
+    for member in tree_of(pid):
         try:
             with open(f"/proc/{member}/status") as status:
                 rss += sum(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
@@ -359,6 +380,11 @@ def measure(side: Keepalived | Vsop, count: int, client: str, echo: dict[str, Ec
     if figures["cold"] == NEVER:
         raise SystemExit(f"{side.name}: not every VIP answered within {args.limit:g}s")
     time.sleep(args.settle)  # the checks past their first round
+    assert side.process is not None
+    before, at = cpu_seconds(side.process.pid), time.perf_counter()
+    time.sleep(args.idle)  # nothing changes: the checks, the polls, the periodic work
+    figures["idle"] = 100 * (cpu_seconds(side.process.pid) - before) / (time.perf_counter() - at)
+    say(f"CPU while nothing changes, {args.idle:g} s: {figures['idle']:.1f}% of one CPU")
 
     news = []
     for extra in range(count, count + args.new_samples):
@@ -439,6 +465,7 @@ ROWS: tuple[tuple[str, str, str], ...] = (
     ("change", "one changed weight until the kernel has it", "s"),
     ("resets", "held connections lost by that change", "n"),
     ("rss", "RSS, all processes", "MB"),
+    ("idle", "CPU while nothing changes (% of one)", "%"),
 )
 
 
@@ -449,6 +476,8 @@ def show(value: float, unit: str) -> str:
         return f"{value:.2f} s"
     if unit == "MB":
         return f"{value:.1f} MB"
+    if unit == "%":
+        return f"{value:.1f} %"
     return f"{value:.0f}"
 
 
@@ -476,6 +505,8 @@ def main() -> int:
     parser.add_argument("--new-samples", type=int, default=3, help="new services timed per side and N (median printed)")
     parser.add_argument("--holds", type=int, default=4, help="connections held open to each of s1's and s2's VIPs across the change")
     parser.add_argument("--settle", type=float, default=6.0, help="seconds the checks run after the cold start before the next step")
+    parser.add_argument("--idle", type=float, default=30.0,
+                        help="seconds over which the daemon's CPU is measured while nothing changes, after the settle (default 30: one resync period)")
     parser.add_argument("--limit", type=float, default=900.0, help="seconds to wait for any one step before giving up")
     parser.add_argument("--vsop", default=str(Path(sys.executable).parent / "vsop"), help="the vsop command (default: beside this python)")
     parser.add_argument("--sides", nargs="+", choices=("keepalived", "vsop"), default=["keepalived", "vsop"],
