@@ -233,7 +233,9 @@ def test_agent_started_with_an_invalid_file_keeps_its_vip(lab, agents, tmp_path,
     agent.start()
     agent.stop()
 
-    stored.write_text(good.replace("port: 80", "port: 0"))  # a typo made while the agent was stopped
+    typo = yaml.safe_load(good)  # the store's text (JSON, which is YAML)
+    typo["spec"]["ports"][0]["port"] = 0
+    stored.write_text(yaml.safe_dump(typo))  # a typo made by hand while the agent was stopped
     before = kernel_snapshot()
     agent.start()
     wait_for("the invalid file reported", lambda: str(stored) in agent.status().get("errors", {}), 30)
