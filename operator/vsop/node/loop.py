@@ -320,7 +320,10 @@ class NodeLoop:
 
     def _follow_targets(self, turn: Turn, feed: Feed, outcome: Outcome) -> None:
         """The health targets after this turn: those of the objects it changed or touched, and of
-        real servers that started or ended draining; all of them after a full or failed reconcile.
+        real servers that started or ended draining; all of them after a whole or failed reconcile.
+        A periodic resync is followed like a change: it re-derives no object, and the VIPs it
+        plans (drift, its audit) are in `touched` (rebuilding all 20,000 targets of 10k checked
+        objects at each resync cost 0.11 s natively, in the turn's thread).
         While something is held (keep_probing_held), a target no object has any more is kept
         probing (`held_targets`): a file being rewritten is gone from the source meanwhile, and its
         real servers' health must survive the blip; once nothing is held, those go. A held file
@@ -331,7 +334,7 @@ class NodeLoop:
         on the event loop at every resync (0.1-0.15 s natively)."""
         draining = self.reconciler.draining.since
         keep = self.keep_probing_held and bool(feed.held)
-        if turn.full or outcome.touched is None:
+        if outcome.touched is None or outcome.error is not None:
             before, kept = self.targets, self.targets_by_ref
             self.targets_by_ref = {ref: same(targets_of(ref, vs, self.reconciler), kept.get(ref)) for ref, vs in self.checked.items()}
             targets = set().union(*self.targets_by_ref.values())

@@ -163,6 +163,21 @@ def test_the_targets_change_per_turn_as_from_scratch_and_followers_get_what_chan
     assert {ref for ref, targets in loop.targets_by_ref.items() if targets} == {"default/twin", "default/api", "default/db"}
 
 
+def test_a_periodic_resync_that_plans_nothing_rebuilds_no_target() -> None:
+    """A resync re-derives no object: its targets are followed like a change's (at 10k checked
+    objects, rebuilding all 20,000 at every resync took 0.11 s natively in the turn's thread)."""
+    loop, _ = node_loop()
+    tcp = {"type": "tcp", "failureThreshold": 1}
+    loop.turn(True, given(Feed(changed={"default/web": make_vs(healthCheck=tcp), "default/api": make_vs("api", vip="169.254.11.3", healthCheck=tcp)})))
+    loop.take_target_changes("test"), loop.take_ref_changes("test")
+    kept = dict(loop.targets_by_ref)
+    turn = loop.turn(True, given(Feed()))  # the periodic resync: the kernel as the cache has it
+    assert turn.ok and turn.full and turn.outcome is not None and turn.outcome.touched == frozenset()
+    assert loop.take_target_changes("test") == (set(), set()) and loop.take_ref_changes("test") == set()
+    assert all(loop.targets_by_ref[ref] is targets for ref, targets in kept.items())
+    assert loop.targets == health_targets(loop.checked, loop.reconciler)
+
+
 def test_around_held_objects_the_targets_change_per_turn_as_rebuilt_whole() -> None:
     """While something is held, a target no object has any more is probed on (keep_probing_held),
     as a whole rebuild that unions the targets before with those derived from scratch kept it; once
