@@ -234,6 +234,19 @@ def test_a_quiet_poll_visits_only_symlinks_subfolders_and_files_not_yet_taken(tm
     assert source.poll() and sorted(visited) == ["api.yaml", "new.yaml", "sub"]
 
 
+def one_file_taken(folder: Path, now: list[float]) -> tuple[FolderSource, Path, int]:
+    """A source sweeping every 5 s over web.yaml, taken (its folder's mtime long past, so trusted)."""
+    source = FolderSource(folder, settle_seconds=1.0, clock=lambda: now[0], sweep_seconds=5.0)
+    web = folder / "web.yaml"
+    web.write_text(yaml.safe_dump(document("web", 1)))
+    past = 1_000_000_000 * 10**9
+    os.utime(folder, ns=(past, past))
+    source.poll()  # the first poll sweeps
+    now[0] += 1.0
+    source.poll()
+    return source, web, past
+
+
 def test_sweeps_are_spaced_by_their_own_cpu_time_on_a_slow_machine(tmp_path: Path, monkeypatch: Any) -> None:
     """A sweep that cost 0.5 s of CPU is followed by the next one 10 s later at the soonest
     (SWEEP_SHARE times its cost), not at sweep_seconds (5 s)."""
@@ -247,14 +260,7 @@ def test_sweeps_are_spaced_by_their_own_cpu_time_on_a_slow_machine(tmp_path: Pat
 
     monkeypatch.setattr(folder_module.time, "thread_time", slow_thread_time)
     now = [100.0]
-    source = FolderSource(tmp_path, settle_seconds=1.0, clock=lambda: now[0], sweep_seconds=5.0)
-    web = tmp_path / "web.yaml"
-    web.write_text(yaml.safe_dump(document("web", 1)))
-    past = 1_000_000_000 * 10**9
-    os.utime(tmp_path, ns=(past, past))
-    source.poll()  # the first poll sweeps
-    now[0] += 1.0
-    source.poll()
+    source, web, past = one_file_taken(tmp_path, now)
     assert source._sweep_cpu == 0.25 and folder_module.SWEEP_SHARE * 0.25 == 5.0
     cpu_of_sweep = 0.5
     monkeypatch.setattr(source, "_sweep_cpu", cpu_of_sweep)
@@ -275,14 +281,7 @@ def test_a_sweep_that_falls_due_waits_for_a_poll_that_finds_nothing_new(tmp_path
     file's settle time and the sync it wakes); the next poll that finds nothing does, and a
     sweep is put off for at most another sweep period."""
     now = [100.0]
-    source = FolderSource(tmp_path, settle_seconds=1.0, clock=lambda: now[0], sweep_seconds=5.0)
-    web = tmp_path / "web.yaml"
-    web.write_text(yaml.safe_dump(document("web", 1)))
-    past = 1_000_000_000 * 10**9
-    os.utime(tmp_path, ns=(past, past))
-    source.poll()  # the first poll sweeps
-    now[0] += 1.0
-    source.poll()
+    source, web, past = one_file_taken(tmp_path, now)
     web.write_text(yaml.safe_dump(document("web", 3)))  # in place: only a sweep sees it
     os.utime(web, ns=(past + 10**9, past + 10**9))
     now[0] += 4.0  # the sweep is due
