@@ -188,7 +188,10 @@ def _list_folder(
         # Nothing was added, removed or renamed here since it was listed: the names are known, and
         # a plain file's entry is as found before (a write in place is the sweep's).
         entries = cached[2]
-        for name in {*cached[3], *problem_names}:
+        watched = cached[3]
+        # In listing order, as a relisting would push the subfolders: of two paths to one folder
+        # (`alias -> sub`), the walk keeps listing the same one, so its files keep their paths.
+        for name in (*watched, *(name for name in problem_names if name not in watched)):
             if name not in entries:
                 continue
             d_ino, symlink, path, result = entries[name]

@@ -360,3 +360,31 @@ def test_a_look_that_takes_many_files_logs_one_line(caplog: Any) -> None:
         ]
     finally:
         shutil.rmtree(folder)
+
+
+def test_a_folder_reached_by_two_paths_keeps_the_one_it_was_listed_by(tmp_path: Path) -> None:
+    """`alias -> sub` beside `sub`: each walk lists the folder once, always by the same path, also
+    while other files come and go unsettled, so its files keep their paths (none dropped and re-added)."""
+    now = [100.0]
+    source = FolderSource(tmp_path, settle_seconds=1.0, clock=lambda: now[0], sweep_seconds=5.0)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "web.yaml").write_text(yaml.safe_dump(document("web", 1)))
+    (tmp_path / "alias").symlink_to(tmp_path / "sub")
+    for name in ("a", "b", "c", "d", "e", "f"):
+        (tmp_path / f"{name}.txt").write_text("not a VirtualService file name")
+    past = 1_000_000_000 * 10**9
+    for folder in (tmp_path, tmp_path / "sub"):
+        os.utime(folder, ns=(past, past))
+    source.poll()
+    now[0] += 1.0
+    source.poll()
+    served = dict(source.served)
+    assert list(served) == ["default/web"]
+    for index in range(12):
+        # A file not yet stable (a problem path, looked at on every poll), a new one each time.
+        (tmp_path / f"n{index}.yaml").write_text("kind: [")
+        os.utime(tmp_path, ns=(past, past))  # listed at the sweep only: its listing stays trusted
+        now[0] += 1.0
+        source.poll()
+        assert dict(source.served) == served
+        assert not any("web" in str(path) and path != served["default/web"] for path in source.files)
