@@ -198,6 +198,18 @@ def test_between_sweeps_a_poll_stats_only_what_a_folder_listing_says_is_new(tmp_
     assert vips()["default/db"] == "169.254.11.2"
 
 
+def taken_and_trusted(source: FolderSource, now: list[float], *folders: Path) -> int:
+    """Every file taken (two polls a settle time apart), the folders' mtimes long past (their listings
+    trusted between sweeps); returns that mtime."""
+    past = 1_000_000_000 * 10**9
+    for folder in folders:
+        os.utime(folder, ns=(past, past))
+    source.poll()
+    now[0] += 1.0
+    source.poll()
+    return past
+
+
 def test_a_quiet_poll_visits_only_symlinks_subfolders_and_files_not_yet_taken(tmp_path: Path, monkeypatch: Any) -> None:
     """Between sweeps a trusted, unchanged folder's plain files are not visited at all (a store of
     10,000 cost 12 ms a poll when each was); a relisted folder reuses the entries of the same inodes."""
@@ -210,12 +222,7 @@ def test_a_quiet_poll_visits_only_symlinks_subfolders_and_files_not_yet_taken(tm
     (tmp_path / "target.txt").write_text(yaml.safe_dump(document("api", 2)))
     (tmp_path / "api.yaml").symlink_to(tmp_path / "target.txt")
     (tmp_path / "sub").mkdir()
-    past = 1_000_000_000 * 10**9
-    for folder in (tmp_path, tmp_path / "sub"):
-        os.utime(folder, ns=(past, past))
-    source.poll()
-    now[0] += 1.0
-    source.poll()
+    taken_and_trusted(source, now, tmp_path, tmp_path / "sub")
     assert len(source.services()) == 51
     visited: list[str] = []
     real_found = folder_module._found
@@ -372,12 +379,7 @@ def test_a_folder_reached_by_two_paths_keeps_the_one_it_was_listed_by(tmp_path: 
     (tmp_path / "alias").symlink_to(tmp_path / "sub")
     for name in ("a", "b", "c", "d", "e", "f"):
         (tmp_path / f"{name}.txt").write_text("not a VirtualService file name")
-    past = 1_000_000_000 * 10**9
-    for folder in (tmp_path, tmp_path / "sub"):
-        os.utime(folder, ns=(past, past))
-    source.poll()
-    now[0] += 1.0
-    source.poll()
+    past = taken_and_trusted(source, now, tmp_path, tmp_path / "sub")
     served = dict(source.served)
     assert list(served) == ["default/web"]
     for index in range(12):
