@@ -246,12 +246,7 @@ def one_file_taken(folder: Path, now: list[float]) -> tuple[FolderSource, Path, 
     source = FolderSource(folder, settle_seconds=1.0, clock=lambda: now[0], sweep_seconds=5.0)
     web = folder / "web.yaml"
     web.write_text(yaml.safe_dump(document("web", 1)))
-    past = 1_000_000_000 * 10**9
-    os.utime(folder, ns=(past, past))
-    source.poll()  # the first poll sweeps
-    now[0] += 1.0
-    source.poll()
-    return source, web, past
+    return source, web, taken_and_trusted(source, now, folder)  # the first poll sweeps
 
 
 def test_sweeps_are_spaced_by_their_own_cpu_time_on_a_slow_machine(tmp_path: Path, monkeypatch: Any) -> None:
