@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from vsop.api.model import VirtualService, parse_virtual_service
-from vsop.core.health import Health
+from vsop.core.health import Health, HealthTracker
 
 SEED: dict[str, Any] = {
     "apiVersion": "vsop.dev/v1alpha1",
@@ -45,11 +45,11 @@ def follow_changes(follower: set[Any], changes: tuple[set[Any], set[Any]] | None
 
 
 class RecordedMeanwhile(dict):
-    """A tracker's `states` whose loop lets the recording thread in after its first entry, as a
+    """A tracker's states whose loop lets the recording thread in after its first entry, as a
     thread switch inside a loop over it does: the first result of a new real server is recorded."""
 
-    def __init__(self, states: dict[Any, Any], newcomer: Any) -> None:
-        super().__init__(states)
+    def __init__(self, newcomer: Any) -> None:
+        super().__init__()
         self.newcomer = newcomer
 
     def items(self):  # type: ignore[override]
@@ -57,6 +57,15 @@ class RecordedMeanwhile(dict):
             if number == 1:
                 self[self.newcomer] = Health()
             yield item
+
+
+def recording_meanwhile(states: dict[Any, Health], newcomer: Any) -> HealthTracker:
+    """A tracker knowing `states` where a reader that loops over them sees `newcomer` recorded
+    meanwhile (RecordedMeanwhile); readers that copy first see the states as they were."""
+    tracker = HealthTracker(RecordedMeanwhile(newcomer))
+    for key, state in states.items():
+        tracker.restore(key, state)
+    return tracker
 
 
 @pytest.fixture

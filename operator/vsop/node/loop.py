@@ -304,7 +304,7 @@ class NodeLoop:
                 self.feed(feed)
                 turn.outcome = outcome = self.reconciler.reconcile(full=turn.full)
                 if self.remember is not None:
-                    self.remember.save(self.tracker.snapshot(), self.reconciler.draining.since, time.time(), time.monotonic())
+                    self.remember.save(self.tracker.noted(), self.reconciler.draining.since, time.time(), time.monotonic())
                 if self.metrics is not None:
                     self.metrics.record(outcome, self.reconciler)
                 if outcome.error is None and feed.keepalived is not None:
@@ -501,9 +501,7 @@ class NodeLoop:
         """What the previous agent knew: its verdicts (and counters) and its drains' start times."""
         remembered = remember.load(time.time(), time.monotonic())
         for key, state in remembered.health.items():
-            self.tracker.states.setdefault(key, state)
-            if self.tracker.track_changes:
-                self.tracker.changed.add(key)
+            self.tracker.restore(key, state)
         for key, since in remembered.draining_since.items():
             self.reconciler.draining.since.setdefault(key, since)
         down = sum(1 for state in remembered.health.values() if not state.healthy)

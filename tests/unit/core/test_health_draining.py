@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tests.conftest import RecordedMeanwhile, make_vs
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.conftest import make_vs, recording_meanwhile
 from vsop.core.desired import Node, desired_state
 from vsop.core.draining import Draining, keep_drains, with_draining
 from vsop.core.health import Health, HealthTracker, Thresholds
@@ -43,9 +46,45 @@ def test_forget_drops_removed_real_servers() -> None:
 
 
 def test_readers_in_another_thread_see_a_snapshot_not_states_changing_under_them() -> None:
-    tracker = HealthTracker(states=RecordedMeanwhile({A: Health(healthy=False, failures=2), B: Health()}, RealServerKey(WEB, "192.168.2.233", 8080)))
+    tracker = recording_meanwhile({A: Health(healthy=False, failures=2), B: Health()}, RealServerKey(WEB, "192.168.2.233", 8080))
     assert tracker.out_of_service() == {A}
     assert tracker.snapshot() == {A: Health(healthy=False, failures=2), B: Health()} and len(tracker.states) == 2
+
+
+KEYS = [RealServerKey(WEB, f"192.168.2.{n}", 8080) for n in range(1, 5)]
+STEPS = st.one_of(
+    st.tuples(st.just("record"), st.sampled_from(KEYS), st.booleans(), st.integers(1, 3), st.integers(1, 3)),
+    st.tuples(st.just("restore"), st.sampled_from(KEYS), st.booleans(), st.integers(0, 3)),
+    st.tuples(st.just("forget"), st.lists(st.sampled_from(KEYS), max_size=2)),
+    st.tuples(st.just("forget_except"), st.lists(st.sampled_from(KEYS), max_size=3)),
+)
+
+
+@given(st.lists(STEPS, max_size=30))
+def test_what_a_turn_reads_is_kept_in_step_with_every_state(steps: list[tuple]) -> None:
+    """`out_of_service` and `noted` (read at every turn) are kept as results come, not derived from
+    all states: after any run of records, restores and forgets, they equal what all states say."""
+    tracker = HealthTracker(track_changes=True)
+    for step in steps:
+        if step[0] == "record":
+            _, key, ok, failure, success = step
+            tracker.record(key, ok, Thresholds(failure=failure, success=success), "" if ok else "refused")
+        elif step[0] == "restore":
+            _, key, healthy, failures = step
+            tracker.restore(key, Health(healthy=healthy, failures=failures))
+        else:
+            getattr(tracker, step[0])(step[1])
+        states = tracker.snapshot()
+        assert tracker.out_of_service() == {key for key, state in states.items() if not state.healthy}
+        assert tracker.noted() == {key: state for key, state in states.items() if not state.healthy or state.failures}
+
+
+def test_a_restore_never_overrides_results_counted_since_the_start() -> None:
+    tracker = HealthTracker()
+    tracker.record(A, True, Thresholds())
+    tracker.restore(A, Health(healthy=False, failures=3))
+    tracker.restore(B, Health(healthy=False, failures=3))
+    assert tracker.out_of_service() == {B} and tracker.is_healthy(A)
 
 
 def programmed(services) -> KernelState:

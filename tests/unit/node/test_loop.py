@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RecordedMeanwhile, follow_changes, make_vs
+from tests.conftest import follow_changes, make_vs, recording_meanwhile
 from vsop.core.desired import Node
 from vsop.core.health import Health, HealthTracker, Thresholds
 from vsop.core.held import Held
@@ -91,7 +91,7 @@ def test_a_turn_keeps_the_health_verdicts_from_a_snapshot_while_results_come_in(
     """The turn's thread saves the verdicts (and sets the weights) while the event loop records
     results: the first result of a new real server arriving meanwhile does not fail the turn."""
     loop, fake = node_loop(remember=RememberFile(tmp_path / "state.json"))
-    loop.tracker.states = RecordedMeanwhile({FIRST: Health(healthy=False, failures=2), SECOND: Health(failures=1)}, RealServerKey(WEB, "192.168.2.233", 8080))
+    loop.tracker = recording_meanwhile({FIRST: Health(healthy=False, failures=2), SECOND: Health(failures=1)}, RealServerKey(WEB, "192.168.2.233", 8080))
     assert loop.turn(True, given(Feed(changed={"default/web": make_vs(healthCheck={"type": "tcp"})}))).ok
     assert fake.state.real_servers[FIRST].weight == 0 and set(loop.remember.load(0.0, 0.0).health) == {FIRST, SECOND}
 

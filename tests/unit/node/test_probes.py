@@ -250,7 +250,7 @@ def test_a_real_server_already_out_of_service_is_probed_at_once() -> None:
 
         tracker = HealthTracker()
         down, up = RealServerKey(SERVICE, "10.0.0.1", 80), RealServerKey(SERVICE, "10.0.0.2", 80)
-        tracker.states[down] = Health(healthy=False, failures=3)
+        tracker.restore(down, Health(healthy=False, failures=3))
         checker = HealthChecker(tracker, lambda: None, clock=loop.time, jitter=lambda: 0.9)
         original = Target.probe
         Target.probe = record  # type: ignore[method-assign]
@@ -413,7 +413,7 @@ def test_a_newcomer_out_of_service_joining_a_steady_probe_comes_back_and_then_al
     async def script(checker: HealthChecker, tracker: HealthTracker, after_rounds: Any, answer: dict[str, str | None]) -> None:
         checker.change(members[:-1], ())
         await after_rounds(2)  # 19 first results, then steady
-        tracker.states[members[-1].key] = Health(healthy=False, failures=3)  # recalled out of service
+        tracker.restore(members[-1].key, Health(healthy=False, failures=3))  # recalled out of service
         checker.change(members[-1:], ())
         await after_rounds(1)  # its first pass, alone: still out
         await after_rounds(1)  # every member: it is back

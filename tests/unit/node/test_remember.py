@@ -25,11 +25,12 @@ def test_a_dead_backend_is_remembered_dead_with_its_counters(tmp_path: Path) -> 
     tracker.record(LIVE, True, Thresholds())
     tracker.record(V6, False, Thresholds(failure=2), error="timed out")  # one failure: in service, counting
     kept = RememberFile(tmp_path / "state.json")
-    assert kept.save(tracker.states, {}, wall_now=1000.0, monotonic_now=50.0)
+    assert kept.save(tracker.noted(), {}, wall_now=1000.0, monotonic_now=50.0)
 
     restarted = HealthTracker()
     remembered = RememberFile(tmp_path / "state.json").load(wall_now=1010.0, monotonic_now=3.0)
-    restarted.states.update(remembered.health)
+    for key, state in remembered.health.items():
+        restarted.restore(key, state)
     assert restarted.out_of_service() == frozenset({DEAD})
     assert remembered.health[DEAD] == Health(healthy=False, successes=0, failures=3, last_error="connection refused")
     assert remembered.health[V6] == Health(healthy=True, successes=0, failures=1, last_error="timed out")
