@@ -265,11 +265,13 @@ class HostAgent:
             "full": result.full,
         }
         if result.writes:
-            log.info("synced objects=%d writes=%d seconds=%.3f read=%.3f read_aside=%.3f full=%s operations=%s", len(reconciler.objects), result.writes,
-                     result.seconds, result.read_seconds, result.aside_seconds, result.full, result.plan.counts())
+            log.info("synced objects=%d writes=%d seconds=%.3f read=%.3f read_aside=%.3f full=%s waited=%.3f turn=%.3f operations=%s",
+                     len(reconciler.objects), result.writes, result.seconds, result.read_seconds, result.aside_seconds, result.full,
+                     self.loop.trigger.waited, time.monotonic() - turn.started, result.plan.counts())
         else:
-            log.debug("synced, nothing to change objects=%d seconds=%.3f read=%.3f read_aside=%.3f full=%s", len(reconciler.objects), result.seconds,
-                      result.read_seconds, result.aside_seconds, result.full)
+            log.debug("synced, nothing to change objects=%d seconds=%.3f read=%.3f read_aside=%.3f full=%s waited=%.3f turn=%.3f",
+                      len(reconciler.objects), result.seconds, result.read_seconds, result.aside_seconds, result.full,
+                      self.loop.trigger.waited, time.monotonic() - turn.started)
         if self.bird is not None and self.bird.due(result.full, changed, reconciler.objects):
             self.bird.update(reconciler.objects.values())
 
@@ -344,11 +346,15 @@ class HostAgent:
         path = self.config.status_file
         if path is None:
             return
+        started = time.monotonic()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_suffix(".tmp")
-            temporary.write_text(self.status_text(health_changed))
+            text = self.status_text(health_changed)
+            temporary.write_text(text)
             temporary.replace(path)
+            # In the turns' thread: a change that comes meanwhile waits for it (its turn's waited=).
+            log.debug("status file written path=%s characters=%d seconds=%.3f", path, len(text), time.monotonic() - started)
         except OSError as exc:
             log.warning("cannot write status file path=%s error=%r", path, str(exc))
         except FolderBusy:

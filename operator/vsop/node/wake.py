@@ -44,6 +44,10 @@ class Trigger:
         self._clock = clock
         self._sleep = sleep
         self._taken = -math.inf  # when a turn last took the wake-ups
+        self._woken: float | None = None  # the first wake-up since then
+        # How long the wake-ups the last `take` took had waited (the first of them): the debounce, a
+        # status write or a turn running before it; the agents log it with the turn.
+        self.waited = 0.0
 
     @property
     def event(self) -> asyncio.Event:
@@ -63,6 +67,8 @@ class Trigger:
 
     def wake(self, reason: str) -> None:
         self._reasons.add(reason)
+        if self._woken is None:
+            self._woken = self._clock()
         self.event.set()
 
     async def wait(self, timeout: float, debounce: float) -> bool:
@@ -80,4 +86,6 @@ class Trigger:
         reasons, self._reasons = self._reasons, set()
         self.event.clear()
         self._taken = self._clock()
+        self.waited = self._taken - self._woken if self._woken is not None else 0.0
+        self._woken = None
         return reasons

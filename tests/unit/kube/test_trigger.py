@@ -83,3 +83,16 @@ def test_a_timeout_is_not_a_wake_up() -> None:
         return quiet, await trigger.wait(0, 0.0)  # a zero timeout is a periodic turn, as before
 
     assert asyncio.run(scenario()) == (False, False)
+
+
+def test_a_turn_knows_how_long_its_first_wake_up_waited() -> None:
+    """`waited` (logged with each turn): from the first wake-up a turn takes to the take, whatever came after it."""
+    clock = Clock()
+    trigger = Trigger(clock=clock, sleep=clock.sleep)
+    trigger.wake("a changed")
+    clock.now += 0.3
+    trigger.wake("b changed")  # a later wake-up does not restart the wait
+    clock.now += 0.2
+    assert trigger.take() == {"a changed", "b changed"} and round(trigger.waited, 6) == 0.5
+    clock.now += 7.0
+    assert trigger.take() == set() and trigger.waited == 0.0  # nothing woke it: nothing waited
