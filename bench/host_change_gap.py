@@ -15,7 +15,9 @@ For each sample, what ran in that gap, summed per name: spans of the agent's own
 its parts, status writes, the folder's looks, the checker's records; on the event loop or in
 threads) and the event loop's callbacks that took longer than --slow-ms.
 --profile: cProfile of the event loop's thread and the turns' thread over the samples at the
-largest N, top functions by cumulative time. Figures only, no assertions.
+largest N, top functions by cumulative CPU time of that thread (time.thread_time: on the wall
+clock, a wait for the GIL held by another thread was charged to whatever function was running,
+and small functions called often looked costly). Figures only, no assertions.
 
     .venv/bin/python bench/host_change_gap.py
     .venv/bin/python bench/host_change_gap.py --sizes 10000 --samples 5 --profile
@@ -239,7 +241,7 @@ def measure(count: int, samples: int, state_file: bool, profile: bool, spans: Sp
     kernel, _ = fake_kernel()
     agent = HostAgent(kernel, config, FakeConntrack())
     holder: dict[str, Any] = {}
-    profiles = [cProfile.Profile(), cProfile.Profile()] if profile else []
+    profiles = [cProfile.Profile(time.thread_time), cProfile.Profile(time.thread_time)] if profile else []
 
     def run() -> None:
         LOOP_THREADS.append(threading.get_ident())
