@@ -101,8 +101,13 @@ def _not_named(comments: AbstractSet[str], refs: Iterable[str]) -> set[str]:
     rewritten file's two turns natively, for the one or two owners held."""
     rest = set(comments).difference(refs)
     if rest:
-        rest.difference_update(ipset_comment(ref) for ref in refs if len(ref) > _FITS)
+        rest.difference_update(_shortened(refs))
     return rest
+
+
+def _shortened(refs: Iterable[str]) -> dict[str, str]:
+    """The comment of each ref that may not fit whole -> that ref (a ref that fits is its own comment)."""
+    return {ipset_comment(ref): ref for ref in refs if len(ref) > _FITS}
 
 
 def _refs_of(refs: Iterable[str]) -> Callable[[str], str]:
@@ -117,7 +122,7 @@ def _refs_of(refs: Iterable[str]) -> Callable[[str], str]:
         if "~" not in comment:
             return comment
         if shortened is None:
-            shortened = {ipset_comment(ref): ref for ref in refs if len(ref) > _FITS}
+            shortened = _shortened(refs)
         return shortened.get(comment, comment)
 
     return ref_of

@@ -264,14 +264,13 @@ class HostAgent:
             "at": time.time(),
             "full": result.full,
         }
+        times = (result.seconds, result.read_seconds, result.aside_seconds, result.full, self.loop.trigger.waited, time.monotonic() - turn.started)
         if result.writes:
             log.info("synced objects=%d writes=%d seconds=%.3f read=%.3f read_aside=%.3f full=%s waited=%.3f turn=%.3f operations=%s",
-                     len(reconciler.objects), result.writes, result.seconds, result.read_seconds, result.aside_seconds, result.full,
-                     self.loop.trigger.waited, time.monotonic() - turn.started, result.plan.counts())
+                     len(reconciler.objects), result.writes, *times, result.plan.counts())
         else:
             log.debug("synced, nothing to change objects=%d seconds=%.3f read=%.3f read_aside=%.3f full=%s waited=%.3f turn=%.3f",
-                      len(reconciler.objects), result.seconds, result.read_seconds, result.aside_seconds, result.full,
-                      self.loop.trigger.waited, time.monotonic() - turn.started)
+                      len(reconciler.objects), *times)
         if self.bird is not None and self.bird.due(result.full, changed, reconciler.objects):
             self.bird.update(reconciler.objects.values())
 
