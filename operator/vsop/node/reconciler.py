@@ -95,6 +95,8 @@ def vips_of_held(observed: KernelState, held: Held, names: Names, programmed: It
     """The VIPs where held owners have members in `observed` (vsop.core.held); `present`: the owners
     its comments name, as the cache keeps them counted for its state (KernelCache.present_owners)."""
     owners = held_owners(observed, held, names, programmed, present)
+    if not owners:  # the usual case: no walk of every member (20,000 at 10k services)
+        return frozenset()
     owned_sets = names.owned_set_names()
     return frozenset(
         member_vip(member)
