@@ -2,8 +2,9 @@
 
 For each N (--sizes, default 100 and 1,000): N virtual services, VIP:80 -> 2 real servers on
 port 8080 (NAT, rr), every real server TCP-checked every 2 s (timeout 1 s, 2 failures take it
-out, 1 success brings it back), first served by keepalived alone, then by `vsop agent --from
-DIR` alone, in bench/agent_bench.py's lab (a node namespace with the backends on a dummy link,
+out, 1 success brings it back; --check-intervals: one pass of every N per interval), first
+served by keepalived alone, then by `vsop agent --from DIR` alone, in bench/agent_bench.py's
+lab (a node namespace with the backends on a dummy link,
 a client namespace behind a veth). Service s0's second real server is 10.250.0.4 (alone: the
 one killed); every other one is on 10.250.0.2 and 10.250.0.3. The backends are echo servers in
 the node namespace that keep their connections open.
@@ -75,7 +76,7 @@ from vsop.node.whole import cleanup  # noqa: E402
 
 PORT = 8080
 KEEPALIVED = shutil.which("keepalived") or "/usr/sbin/keepalived"
-CHECK = {"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2}
+CHECK = {"type": "tcp", "intervalSeconds": 2, "timeoutSeconds": 1, "failureThreshold": 2}  # intervalSeconds: --check-intervals
 DEAD = RealServerKey(ServiceKey("tcp", vip(0), 80), VICTIM, PORT)
 CHANGED = RealServerKey(ServiceKey("tcp", vip(1), 80), BACKENDS[1], PORT)
 NEVER = float("inf")
@@ -453,7 +454,8 @@ def run(count: int, client: str, echo: dict[str, Echo], args: argparse.Namespace
                 keepalived_kernel(False)
             if args.logs is not None:
                 args.logs.mkdir(parents=True, exist_ok=True)
-                (args.logs / f"{side.name}-{count}.log").write_text(side.log())
+                every = "" if CHECK["intervalSeconds"] == 2 else f"-every{CHECK['intervalSeconds']}s"
+                (args.logs / f"{side.name}-{count}{every}.log").write_text(side.log())
             side.remove()
     return results
 
@@ -481,9 +483,9 @@ def show(value: float, unit: str) -> str:
     return f"{value:.0f}"
 
 
-def report(results: dict[int, dict[str, dict[str, float]]], args: argparse.Namespace) -> None:
+def report(results: dict[int, dict[str, dict[str, float]]], args: argparse.Namespace, interval: int) -> None:
     print("\n## keepalived (vsop's rendered confd configuration, TCP_CHECK) beside `vsop agent --from DIR` (store files, tcp checks),")
-    print("## N services x 2 real servers, checks every 2 s (timeout 1 s, 2 failures); ratio = vsop / keepalived (below 1: vsop ahead)")
+    print(f"## N services x 2 real servers, checks every {interval} s (timeout 1 s, 2 failures); ratio = vsop / keepalived (below 1: vsop ahead)")
     print(f"{'N':>6}  {'figure':<44} {'keepalived':>11} {'vsop':>11} {'ratio':>7}")
     missing = {key: NEVER for key, _, _ in ROWS} | {"check": 0.0, "sweep": NEVER, "pss": 0.0, "held": 0.0, "wrong": 0.0}
     for count, sides in results.items():
@@ -512,6 +514,9 @@ def main() -> int:
     parser.add_argument("--sides", nargs="+", choices=("keepalived", "vsop"), default=["keepalived", "vsop"],
                         help="which to run (default both; with one, the table has no ratio)")
     parser.add_argument("--logs", type=Path, help="keep each side's log here as SIDE-N.log (the agent's lines are timed)")
+    parser.add_argument("--check-intervals", type=int, nargs="+", default=[2], metavar="SECONDS",
+                        help="the checks' interval, one pass of every size per interval (default 2): at N = 10,000 and 2 s "
+                             "the checks connect 10,000 times a second; 20 s there is the rate of N = 1,000 at 2 s")
     args = parser.parse_args()
     version = subprocess.run([KEEPALIVED, "--version"], capture_output=True, text=True)
     print(f"# vsop beside keepalived, kernel {os.uname().release}, {(version.stderr or version.stdout).splitlines()[0]}, "
@@ -522,16 +527,20 @@ def main() -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = max(hard, int(Path("/proc/sys/fs/nr_open").read_text())) if os.geteuid() == 0 else hard
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
-    results: dict[int, dict[str, dict[str, float]]] = {}
+    passes: dict[int, dict[int, dict[str, dict[str, float]]]] = {}
     with lab() as client:
         echo = {address: Echo(address) for address in (*BACKENDS, VICTIM)}
         try:
-            for count in args.sizes:
-                results[count] = run(count, client, echo, args)
+            for interval in args.check_intervals:
+                CHECK["intervalSeconds"] = interval
+                results = passes.setdefault(interval, {})
+                for count in args.sizes:
+                    results[count] = run(count, client, echo, args)
         finally:
             for server in echo.values():
                 server.kill()
-    report(results, args)
+    for interval, results in passes.items():
+        report(results, args, interval)
     return 0
 
 
