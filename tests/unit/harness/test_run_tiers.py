@@ -119,15 +119,20 @@ def test_golden_updates_are_refused_under_ci() -> None:
     assert "VSOP_UPDATE_GOLDEN is set under CI" in done.stderr and "=== tier" not in done.stdout
 
 
-def test_the_first_vm_shard_names_test_files_that_exist_and_leaves_some_to_the_second() -> None:
-    """The vm tier's two VMs split tests/vm: the first runs the files VM_SHARD_ONE lists, the second
-    every other (`--ignore` each listed one). A renamed file would leave the first shard's pytest
-    erroring on a path that is gone; a list of every file would leave the second with nothing."""
+def test_the_vm_shards_name_test_files_that_exist_and_leave_some_to_the_second() -> None:
+    """The vm tier's VMs split tests/vm: the first runs the files VM_SHARD_ONE lists, the third
+    (alone, after) those VM_SHARD_ALONE lists, the second every other (`--ignore` each listed
+    one). A renamed file would leave a shard's pytest erroring on a path that is gone; a file in
+    both lists would run twice; lists of every file would leave the second with nothing."""
     import re
     import shlex
 
-    line = next(line for line in RUN_TIERS.read_text().splitlines() if line.startswith("VM_SHARD_ONE=("))
-    listed = shlex.split(re.fullmatch(r"VM_SHARD_ONE=\((.*)\)", line).group(1))
+    def listed(name: str) -> list[str]:
+        line = next(line for line in RUN_TIERS.read_text().splitlines() if line.startswith(f"{name}=("))
+        return shlex.split(re.fullmatch(rf"{name}=\((.*)\)", line).group(1))
+
+    one, alone = listed("VM_SHARD_ONE"), listed("VM_SHARD_ALONE")
     every = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests" / "vm").glob("test_*.py"))
-    assert listed and all(path in every for path in listed), listed
-    assert len(set(listed)) == len(listed) and set(every) - set(listed), "the second shard runs what is left"
+    assert one and alone and all(path in every for path in one + alone), (one, alone)
+    assert len(set(one + alone)) == len(one + alone), "no file in two shards"
+    assert set(every) - set(one) - set(alone), "the second shard runs what is left"
