@@ -138,7 +138,8 @@ def differences(got: dict[str, list[str]], want: dict[str, list[str]]) -> dict[s
 
 
 def ipvs_services() -> int:
-    """IPVS services in the kernel (/proc/net/ip_vs: reading it spawns nothing)."""
+    """IPVS services in the kernel (/proc/net/ip_vs: reading it spawns nothing; it lists them all only
+    while no other namespace has IPVS services, vsop.adapters.ipvs._all_real_servers says why)."""
     return sum(line.startswith(("TCP", "UDP")) for line in Path("/proc/net/ip_vs").read_text().splitlines())
 
 

@@ -316,11 +316,12 @@ def parse_proc_ip_vs(text: str) -> dict[RealServerKey, RealServer]:
 _Lines = dict[tuple[str, str], "RealServer | None"]
 
 
-def _parse_proc(text: str, previous: _Lines, fresh: _Lines) -> dict[RealServerKey, RealServer]:
+def _parse_proc(text: str, previous: _Lines, fresh: _Lines, listed: set[ServiceKey] | None = None) -> dict[RealServerKey, RealServer]:
     """parse_proc_ip_vs, reusing the real server parsed last time from the same (service line, line).
 
     `fresh` receives this read's lines: a line whose counters moved is parsed again, the
-    others (all of them on an idle node) cost a dictionary lookup.
+    others (all of them on an idle node) cost a dictionary lookup. `listed` receives the
+    services whose lines the text has (a service without real servers has one too).
     """
     found: dict[RealServerKey, RealServer] = {}
     service: ServiceKey | None = None
@@ -363,6 +364,8 @@ def _parse_proc(text: str, previous: _Lines, fresh: _Lines) -> dict[RealServerKe
         vip, port = _proc_address(words[1])
         service = ServiceKey(protocol, vip, port)  # type: ignore[arg-type]
         service_line = line
+        if listed is not None:
+            listed.add(service)
     return found
 
 
@@ -407,6 +410,8 @@ class IPVSKernel:
         self._last_services: dict[ServiceKey, VirtualServer] | None = None
         self._proc_lines: _Lines = {}
         self._last_proc: tuple[dict[ServiceKey, VirtualServer], dict[RealServerKey, RealServer]] | None = None
+        # Services the netlink dump listed and /proc/net/ip_vs left out, summed over reads (see _all_real_servers).
+        self.skipped_by_proc = 0
 
     def close(self) -> None:
         self._pipe.close()
@@ -495,6 +500,17 @@ class IPVSKernel:
         Netlink dumps destinations of one service per request and a socket runs one dump
         at a time, so at 10k services the per-service round trips dominate the whole read;
         the proc file is the same table rendered by the kernel in one pass.
+
+        Kernel quirk: the proc file can leave services out. Reading it takes one read() per
+        page or so, and each read() starts again from the position reached, which the
+        kernel counts over the services of every network namespace (ip_vs_info_seq_next)
+        but looks up over this namespace's only (ip_vs_info_array; Debian's 6.1 does). So
+        when another namespace has IPVS services (a container runtime's, Docker Swarm's
+        routing mesh, a lab's node), each read() after the first skips as many of this
+        namespace's services as it passed of the others'. Their real servers would read as
+        missing: the plan would add them again and the kernel refuse with EEXIST. The
+        services the netlink dump listed (it counts positions consistently) and the proc
+        file did not are therefore dumped over netlink, one request each.
         """
         if self._proc_netns is not None and self._proc_netns == _thread_netns():
             try:
@@ -504,9 +520,17 @@ class IPVSKernel:
                 self._proc_netns = None  # not readable here: netlink from now on
             else:
                 lines: _Lines = {}
+                listed: set[ServiceKey] = set()
                 previous = self._proc_lines
-                found = _parse_proc(text, previous, lines)
+                found = _parse_proc(text, previous, lines, listed)
                 self._proc_lines = lines
+                unlisted = [key for key in services if key not in listed]
+                if unlisted:
+                    self.skipped_by_proc += len(unlisted)
+                    found = {k: v for k, v in found.items() if k.service in services}
+                    found.update(self.read_real_servers(unlisted))
+                    self._last_proc = None  # what the dumps read is not in the lines compared next time
+                    return found
                 last = self._last_proc
                 if last is not None and last[0] is services and len(lines) == len(previous) and all(pair in previous for pair in lines):
                     return last[1]  # every line as last time: the same dict

@@ -271,3 +271,36 @@ def test_a_destinations_traffic_is_its_first_three_counters_as_parse_stats_reads
         assert traffic == expected == Traffic(stats["connections"], stats["inPackets"], stats["outPackets"])
     key, traffic = ipvs._parse_traffic(service, head, 0, len(head))  # no counters at all: zeros
     assert traffic == Traffic()
+
+
+def test_services_the_proc_file_leaves_out_are_dumped_over_netlink(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc/net/ip_vs skips services of this namespace when another namespace has IPVS services
+    (vsop.adapters.ipvs._all_real_servers says why): those the service dump listed and the file did
+    not are dumped one by one, and the next read does not reuse the answer as the file's."""
+    import io
+
+    from vsop.adapters.ipvs import IPVSKernel
+    from vsop.core.state import RealServer, RealServerKey, ServiceKey, VirtualServer
+
+    head = "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n"
+    text = head + "TCP  A9FE0B02:0050 rr \n  -> C0A8026F:1F90      Masq    1      0          0         \n"
+    listed, skipped = ServiceKey("tcp", "169.254.11.2", 80), ServiceKey("tcp", "169.254.11.3", 80)
+    hidden = RealServer(RealServerKey(skipped, "192.168.2.111", 8080), forwarding="masq", weight=1)
+    dumped: list[list[ServiceKey]] = []
+
+    class Adapter(IPVSKernel):
+        def read_real_servers(self, services):  # type: ignore[no-untyped-def]
+            dumped.append(list(services))
+            return {hidden.key: hidden} if skipped in dumped[-1] else {}
+
+    monkeypatch.setattr(ipvs, "_thread_netns", lambda: 7)
+    monkeypatch.setattr(ipvs, "open", lambda *args, **kwargs: io.StringIO(text), raising=False)
+    adapter = Adapter()
+    services = {listed: VirtualServer(listed), skipped: VirtualServer(skipped)}
+    for _ in range(2):
+        found = adapter._all_real_servers(services)
+        assert set(found) == {RealServerKey(listed, "192.168.2.111", 8080), hidden.key}
+    assert dumped == [[skipped], [skipped]] and adapter.skipped_by_proc == 2
+    # Every service in the file: nothing is dumped.
+    assert set(adapter._all_real_servers({listed: services[listed]})) == {RealServerKey(listed, "192.168.2.111", 8080)}
+    assert len(dumped) == 2
