@@ -498,6 +498,7 @@ class Reconciler(_Parts):
         desired = self.desired()
         expected = self.observed  # what vsop believes it left: a difference now is drift
         self.cache.drop()  # until the writes are known to have worked
+        finishing_cold = self.cold  # the first sync had parts left: this plan finishes it
         self.resyncing.reset()
         written = self._write_whole(outcome, started, observed, desired, expected)
         if isinstance(written, Outcome):
@@ -515,6 +516,9 @@ class Reconciler(_Parts):
         verdicts.judge_all()  # the full path's cost is N anyway
         self._held_vips = vips_of_held(observed, self.held, self.names, self.programmed) if self.held else frozenset()
         self._force_full = False
+        if finishing_cold:
+            log.info("first sync complete: the parts left planned whole after a failed or refused write parts=%d seconds=%.3f",
+                     self._cold_parts_written + 1, time.monotonic() - self._cold_started)
         outcome.plan, outcome.writes, outcome.applied = result.plan, outcome.writes + result.writes, [*outcome.applied, *result.applied]
         outcome.conntrack_failures = result.conntrack_failures
         outcome.repairs = result.repairs

@@ -175,7 +175,8 @@ def test_cold_chunk_zero_plans_the_whole_node_at_once() -> None:
     assert reconciler.reconcile().ok and not reconciler.replanning and len(reconciler.programmed) == 10
 
 
-def test_a_refused_write_in_a_part_falls_back_to_the_whole_node_recovery_path() -> None:
+def test_a_refused_write_in_a_part_falls_back_to_the_whole_node_recovery_path(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="vsop.node")
     kernel, fake = fake_kernel()
     reconciler = Reconciler(kernel, NODE, cold_chunk=3)
     objects = many(9)
@@ -189,6 +190,9 @@ def test_a_refused_write_in_a_part_falls_back_to_the_whole_node_recovery_path() 
     assert {key.vip for key in fake.state.services} == {vs.spec.vip for vs in objects} - bad
     assert reconciler.programmed == {vs.ref for vs in objects if vs.spec.vip not in bad}
     assert reconciler.retry_in() is not None
+    # The first sync ended on the recovery path: its end is logged all the same (what a restart waits for).
+    assert [r.getMessage().split(" seconds=")[0] for r in caplog.records if "first sync complete" in r.getMessage()] == [
+        "first sync complete: the parts left planned whole after a failed or refused write parts=2"]
 
 
 def test_a_change_is_served_between_the_parts_of_the_first_sync() -> None:
