@@ -243,11 +243,23 @@ class AgentProcess:
 
         wait_for(f"{count} more resyncs of the agent", more, timeout, 0.1)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=60)
-        self.process = None
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM, and its exit awaited. An agent still running after `timeout` is asked for its threads'
+        stacks (SIGUSR1, vsop.node.logs), killed, and the test fails with them: nothing is left running."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            process.kill()
+            process.wait()
+        stacks = self.log.read_text(errors="replace").rsplit("stopping signal=SIGTERM", 1)[-1][-6000:]
+        raise AssertionError(f"the agent did not exit within {timeout:g} s of SIGTERM; killed. Its log since then, with its threads' stacks:\n{stacks}")
 
 
 @contextlib.contextmanager

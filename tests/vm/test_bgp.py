@@ -264,13 +264,16 @@ def bgp_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             wait_for(f"{name}'s BGP session", lambda node=node: "Established" in node.ns.run(BIRDC, "-s", str(node.socket), "show", "protocols").stdout, 60, 0.2)
         yield lab
     finally:
-        for watch in watches:
-            watch.close()
-        for node in nodes.values():
-            node.agent.stop()
-        for process in processes:
-            stop_process(process)
-        pool.close()
+        # Every agent, BIRD and namespace goes even when an agent would not stop (its stop fails the
+        # test after): one left running would hold IPVS services in its namespace for the tests after.
+        with contextlib.ExitStack() as teardown:
+            teardown.callback(pool.close)
+            for process in processes:
+                teardown.callback(stop_process, process)
+            for node in nodes.values():
+                teardown.callback(node.agent.stop)
+            for watch in watches:
+                teardown.callback(watch.close)
 
 
 def start_together(agents: list[AgentProcess], timeout: float = 3 * STARTUP_TIMEOUT) -> None:

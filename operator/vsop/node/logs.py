@@ -1,12 +1,15 @@
 """Logging set-up in the style of Kubernetes components (klog): level letter, time, source, message
 with key=value. Every vsop process sets it up: the agents, the controller, the commands with -v.
 Owns `kv`, the shape of such a line (`"Turn failed, will retry" error="..." failedTurns=3`), which
-the node loop and the kube side both write."""
+the node loop and the kube side both write, and SIGUSR1: every thread's Python stack written to
+stderr (the log), as Go programs do on SIGQUIT, to see what a process that will not stop is doing."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -44,3 +47,5 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("pyroute2", "asyncio", "kubernetes", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # `kill -USR1 <pid>`: the stacks of every thread, in the log, and the process goes on.
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
