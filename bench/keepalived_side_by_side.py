@@ -46,7 +46,9 @@ Ratios are vsop / keepalived: below 1, vsop is faster or smaller. Figures only, 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
+import re
 import resource
 import selectors
 import shutil
@@ -182,6 +184,17 @@ def echoes(sock: socket.socket) -> bool:
         return sock.recv(64) == b"ping"
     except OSError:
         return False
+
+
+_LOG_TIME = re.compile(r"^[IWEF](\d{4}) (\d\d:\d\d:\d\d\.\d{6}) ")
+
+
+def log_time(line: str) -> float | None:
+    """The wall-clock time of a vsop log line (vsop.node.logs: `I1207 22:51:30.123456 ...`, local time)."""
+    found = _LOG_TIME.match(line)
+    if found is None:
+        return None
+    return datetime.datetime.strptime(f"{time.localtime().tm_year}{found[1]} {found[2]}", "%Y%m%d %H:%M:%S.%f").timestamp()
 
 
 def until_answers(client: str, address: str, started: float, limit: float) -> float:
@@ -346,6 +359,23 @@ class Vsop:
         """A rewritten or new store file: the agent polls the folder every second and takes a file once stable over two."""
         Store(self.folder).write([vs])
 
+    def phases(self, ref: str, written: float) -> tuple[float, float] | None:
+        """Seconds from a store file written (`written`, wall clock) to the agent's `file loaded` line
+        for it (the folder's polls) and to the end of the turn after that (its `synced` line), from
+        the agent's timed log; None when the log does not show both."""
+        name = Store(self.folder).path_for(ref).name
+        loaded = None
+        for line in self.log().splitlines():
+            at = log_time(line)
+            if at is None or at < written:
+                continue
+            if loaded is None:
+                if "file loaded" in line and name in line:
+                    loaded = at
+            elif "] synced objects=" in line:
+                return loaded - written, at - written
+        return None
+
     def stop(self) -> None:
         if self.process is not None:
             stop(self.process)
@@ -387,14 +417,22 @@ def measure(side: Keepalived | Vsop, count: int, client: str, echo: dict[str, Ec
     figures["idle"] = 100 * (cpu_seconds(side.process.pid) - before) / (time.perf_counter() - at)
     say(f"CPU while nothing changes, {args.idle:g} s: {figures['idle']:.1f}% of one CPU")
 
-    news = []
+    news, splits = [], []
     for extra in range(count, count + args.new_samples):
-        started = time.perf_counter()
+        started, written = time.perf_counter(), time.time()
         side.apply(virtual_service(extra, "keepalived" if side.name == "keepalived" else "ipvs"))
         news.append(until_answers(client, vip(extra), started, args.limit))
-        say(f"new service s{extra} answered after {news[-1]:.2f}s")
+        split = side.phases(f"bench/s{extra}", written) if isinstance(side, Vsop) else None
+        if split is not None:
+            splits.append((split[0], split[1] - split[0], news[-1] - split[1]))
+        took = "" if split is None else f" (file loaded after {split[0]:.2f}s, its turn done after {split[1]:.2f}s)"
+        say(f"new service s{extra} answered after {news[-1]:.2f}s{took}")
         time.sleep(1.0)
     figures["new"] = statistics.median(news)
+    if splits:
+        loaded, turn, answer = (statistics.median(split[i] for split in splits) for i in range(3))
+        say(f"new service, medians of {len(splits)}: file loaded after {loaded:.2f}s (the folder's polls), "
+            f"its turn done {turn:.2f}s after that, the VIP answering {answer:.2f}s after the turn")
 
     held = [sock for sock in (connect(client, vip(index), 2.0) for index in (1, 2) for _ in range(args.holds)) if sock is not None]
     figures["held"] = len(held)
