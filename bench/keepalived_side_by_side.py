@@ -364,17 +364,21 @@ class Vsop:
         for it (the folder's polls) and to the end of the turn after that (its `synced` line), from
         the agent's timed log; None when the log does not show both."""
         name = Store(self.folder).path_for(ref).name
-        loaded = None
-        for line in self.log().splitlines():
-            at = log_time(line)
-            if at is None or at < written:
-                continue
-            if loaded is None:
-                if "file loaded" in line and name in line:
-                    loaded = at
-            elif "] synced objects=" in line:
-                return loaded - written, at - written
-        return None
+        deadline = time.monotonic() + 5  # the VIP may answer before the turn's line is written
+        while True:
+            loaded = None
+            for line in self.log().splitlines():
+                at = log_time(line)
+                if at is None or at < written:
+                    continue
+                if loaded is None:
+                    if "file loaded" in line and name in line:
+                        loaded = at
+                elif "] synced objects=" in line:
+                    return loaded - written, at - written
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.process is not None:
