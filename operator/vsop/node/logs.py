@@ -47,5 +47,9 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("pyroute2", "asyncio", "kubernetes", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # `kill -USR1 <pid>`: the stacks of every thread, in the log, and the process goes on.
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    # `kill -USR1 <pid>`: the stacks of every thread, in the log, and the process goes on. Only where
+    # stderr is a file descriptor (faulthandler writes to it from the signal handler); never fatal.
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    except (OSError, ValueError, RuntimeError, AttributeError) as exc:
+        logging.getLogger("vsop").debug("SIGUSR1 writes no stacks: stderr is not a file descriptor error=%r", str(exc))

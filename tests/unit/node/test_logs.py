@@ -30,3 +30,19 @@ def test_sigusr1_writes_every_threads_stack_to_stderr_and_the_process_goes_on() 
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == "still running\n"
     assert "a_turn_that_hangs" in done.stderr and "Current thread" in done.stderr
+
+
+def test_set_up_without_a_file_descriptor_behind_stderr_all_the_same(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """stderr replaced by something without fileno (pytest's sys capture, an embedding program): no stacks, no failure."""
+    import io
+
+    from vsop.node.logs import setup_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    try:
+        setup_logging()
+        assert root.handlers[0].stream is sys.stderr  # type: ignore[attr-defined]
+    finally:
+        root.handlers[:], root.level = handlers, level
