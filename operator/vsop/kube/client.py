@@ -24,6 +24,7 @@ from typing import Any, Mapping, Protocol
 import kopf
 import kubernetes.client
 import kubernetes.config
+import urllib3
 
 from vsop.kube.report import PLURAL as REPORTS, new_report
 from vsop.api.model import API_GROUP, API_VERSION, KIND
@@ -33,6 +34,32 @@ log = logging.getLogger("vsop.kube.client")
 
 PLURAL = "virtualservices"
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# (connect, read) seconds of every request vsop makes through the official client (kopf's own reads
+# and watches are kopf's). Without them a request on a connection that stalls (an API server gone
+# behind a load balancer, a partition that drops packets) waits in its worker thread for ever: that
+# writer stops, and at exit asyncio.run waits for the thread (the kube tier's "hang": a status PATCH
+# to kmock whose answer never came, the process stuck in shutdown_default_executor). The API server
+# gives up on a request after 60 s by default; a write answered after 30 s is retried by the turns.
+REQUEST_TIMEOUT = (10.0, 30.0)
+
+
+class TimedApiClient(kubernetes.client.ApiClient):
+    """The official client with REQUEST_TIMEOUT on every request that sets none, the response's body
+    read within it, and a request that got no answer (a timeout, a refused or reset connection)
+    raised as `ApiException` with status 0, as the client raises a TLS failure: what every caller
+    already turns into a failed write (`ApiError`), instead of urllib3's own exceptions."""
+
+    def call_api(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("_request_timeout") is None:
+            kwargs["_request_timeout"] = REQUEST_TIMEOUT
+        try:
+            response = super().call_api(*args, **kwargs)
+            read = getattr(response, "read", None)
+            if callable(read):
+                read()  # the body now, under the timeout and this translation (callers read `.data` later)
+            return response
+        except urllib3.exceptions.HTTPError as exc:
+            raise kubernetes.client.exceptions.ApiException(status=0, reason=f"no answer from the API server: {exc}") from exc
 
 
 class ApiError(Exception):
@@ -99,7 +126,7 @@ class Connection:
     def __init__(self, configuration: kubernetes.client.Configuration, source: str):
         self.configuration = configuration
         self.source = source
-        self.api = kubernetes.client.ApiClient(configuration)
+        self.api = TimedApiClient(configuration)
 
     @classmethod
     def for_url(cls, url: str) -> "Connection":
