@@ -525,17 +525,15 @@ class IPVSKernel:
                 found = _parse_proc(text, previous, lines, listed)
                 self._proc_lines = lines
                 unlisted = [key for key in services if key not in listed]
-                if unlisted:
-                    self.skipped_by_proc += len(unlisted)
-                    found = {k: v for k, v in found.items() if k.service in services}
-                    found.update(self.read_real_servers(unlisted))
-                    self._last_proc = None  # what the dumps read is not in the lines compared next time
-                    return found
                 last = self._last_proc
-                if last is not None and last[0] is services and len(lines) == len(previous) and all(pair in previous for pair in lines):
+                if not unlisted and last is not None and last[0] is services and len(lines) == len(previous) and all(pair in previous for pair in lines):
                     return last[1]  # every line as last time: the same dict
                 found = {k: v for k, v in found.items() if k.service in services}
-                self._last_proc = (services, found)
+                if unlisted:
+                    self.skipped_by_proc += len(unlisted)
+                    found.update(self.read_real_servers(unlisted))
+                # What the dumps read is not in the lines compared next time: no reuse after them.
+                self._last_proc = None if unlisted else (services, found)
                 return found
         return self.read_real_servers(services)
 

@@ -54,9 +54,10 @@ class TimedApiClient(kubernetes.client.ApiClient):
             kwargs["_request_timeout"] = REQUEST_TIMEOUT
         try:
             response = super().call_api(*args, **kwargs)
-            read = getattr(response, "read", None)
-            if callable(read):
-                read()  # the body now, under the timeout and this translation (callers read `.data` later)
+            if isinstance(response, kubernetes.client.rest.RESTResponse) and callable(getattr(response, "read", None)):
+                # The body now, under this translation; its read() keeps it for the callers' `.data`
+                # (a raw urllib3 response, which older clients return, would not: left to the caller).
+                response.read()
             return response
         except urllib3.exceptions.HTTPError as exc:
             raise kubernetes.client.exceptions.ApiException(status=0, reason=f"no answer from the API server: {exc}") from exc
